@@ -1,0 +1,198 @@
+//! The build state: the small JSON document that flows from state to state.
+//!
+//! It holds the prepared build, what the build has learnt and created so far (the
+//! ledger), timings and wait start times. It never holds a secret: key material lives in
+//! SSM Parameter Store, sensitive variables stay placeholders until the moment of use.
+
+use std::collections::BTreeMap;
+
+use amiflow_template::PreparedBuild;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Tag put on every resource a build creates; its value is the execution name.
+pub const BUILD_TAG: &str = "amiflow:build";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildState {
+    /// The execution's name: the value of the [`BUILD_TAG`] on everything this build creates,
+    /// and the seed of every ClientToken.
+    pub execution: String,
+    pub build: PreparedBuild,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// What the build has learnt so far (source AMI, network, instance, images, ...).
+    #[serde(default)]
+    pub data: BuildData,
+    #[serde(default)]
+    pub ledger: Ledger,
+    /// Wait name → when that wait began, so `aws_polling` budgets hold across retries.
+    #[serde(default)]
+    pub waits: BTreeMap<String, DateTime<Utc>>,
+    #[serde(default)]
+    pub timings: Vec<StepTiming>,
+    /// Set by the state machine's Catch (`ResultPath: $.error`) when a step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CaughtError>,
+}
+
+/// Packer's `-on-error`: clean up (default) or keep everything for debugging.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Cleanup,
+    Abort,
+}
+
+/// The error a Catch stores, in Step Functions' own shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CaughtError {
+    #[serde(rename = "Error")]
+    pub error: String,
+    #[serde(rename = "Cause", default)]
+    pub cause: String,
+}
+
+impl CaughtError {
+    /// The human-readable message: Lambda wraps a handler's error as a JSON cause.
+    pub fn message(&self) -> String {
+        serde_json::from_str::<crate::error::ErrorPayload>(&self.cause)
+            .map(|p| p.error_message)
+            .unwrap_or_else(|_| self.cause.clone())
+    }
+}
+
+/// Facts gathered by the steps, Packer's "generated data" and state-bag keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BuildData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ami: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ami_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ami_creation_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ami_owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ami_owner_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_ami_tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_group_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pair_name: Option<String>,
+    /// SSM parameter holding the temporary private key (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_parameter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_host: Option<String>,
+    /// Region → AMI id, Packer's `amis`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub amis: BTreeMap<String, String>,
+    /// Region → snapshot ids, Packer's `snapshots`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, Vec<String>>,
+    /// Region → volume ids kept as the artifact (amazon-ebsvolume).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, Vec<String>>,
+    /// Anything else a builder needs to pass along (device, mount path, command id, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    Instance,
+    SpotRequest,
+    LaunchTemplate,
+    SecurityGroup,
+    KeyPair,
+    Parameter,
+    InstanceProfile,
+    Role,
+    Volume,
+    Snapshot,
+    Image,
+    S3Object,
+}
+
+/// One resource the build created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resource {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub region: String,
+    /// Part of the artifact: kept when the build succeeds, removed when it fails.
+    #[serde(default)]
+    pub artifact: bool,
+}
+
+/// Every resource the build created, written by the handler that created it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ledger {
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+}
+
+impl Ledger {
+    /// Records a resource once; recording the same one again is a no-op (retried handlers).
+    pub fn record(&mut self, kind: ResourceKind, region: &str, id: &str, artifact: bool) {
+        if !self.contains(kind, id) {
+            self.resources.push(Resource { kind, id: id.to_string(), region: region.to_string(), artifact });
+        }
+    }
+
+    pub fn contains(&self, kind: ResourceKind, id: &str) -> bool {
+        self.resources.iter().any(|r| r.kind == kind && r.id == id)
+    }
+
+    pub fn forget(&mut self, kind: ResourceKind, id: &str) {
+        self.resources.retain(|r| !(r.kind == kind && r.id == id));
+    }
+
+    pub fn of_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &Resource> {
+        self.resources.iter().filter(move |r| r.kind == kind)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepTiming {
+    pub step: String,
+    pub started: DateTime<Utc>,
+    pub millis: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_twice_keeps_one_entry() {
+        let mut ledger = Ledger::default();
+        ledger.record(ResourceKind::Instance, "us-east-1", "i-1", false);
+        ledger.record(ResourceKind::Instance, "us-east-1", "i-1", false);
+        assert_eq!(ledger.resources.len(), 1);
+        ledger.forget(ResourceKind::Instance, "i-1");
+        assert!(ledger.resources.is_empty());
+    }
+
+    #[test]
+    fn caught_error_message_unwraps_lambda_cause() {
+        let e = CaughtError { error: "BuildFailed".into(), cause: r#"{"errorType":"BuildFailed","errorMessage":"boom"}"#.into() };
+        assert_eq!(e.message(), "boom");
+        let plain = CaughtError { error: "States.Timeout".into(), cause: "took too long".into() };
+        assert_eq!(plain.message(), "took too long");
+    }
+}

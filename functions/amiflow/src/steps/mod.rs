@@ -1,0 +1,87 @@
+//! One file per step: the handler, the IAM actions it calls and its wait policy together.
+//!
+//! [`registry`] lists every step; the Lambda binary, the local engine and `serve-lambdas`
+//! dispatch through it by handler name, the flows chain them, the SAM template's roles
+//! are checked against their `iam_actions`.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::{Ctx, StepError};
+
+/// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitPolicy {
+    pub interval_seconds: u32,
+    pub backoff_rate: f64,
+    pub max_delay_seconds: u32,
+    pub max_attempts: u32,
+}
+
+impl WaitPolicy {
+    /// The longest this policy keeps polling, in seconds (interval grows by the backoff,
+    /// capped at max_delay).
+    pub fn budget_seconds(&self) -> f64 {
+        let mut total = 0.0;
+        let mut delay = self.interval_seconds as f64;
+        for _ in 0..self.max_attempts {
+            total += delay.min(self.max_delay_seconds as f64);
+            delay *= self.backoff_rate;
+        }
+        total
+    }
+}
+
+/// The boxed form every handler is called through.
+pub type Handler = fn(Arc<Ctx>, Value) -> BoxFuture<'static, Result<Value, StepError>>;
+
+/// A step as the rest of the system sees it.
+#[derive(Clone, Copy)]
+pub struct StepSpec {
+    /// The state and handler name (Packer's step name), e.g. `CreateImage`.
+    pub name: &'static str,
+    /// IAM actions the handler calls, e.g. `ec2:CreateImage`.
+    pub iam_actions: &'static [&'static str],
+    /// Set for wait steps: the handler raises `NotReady` until the resource is ready.
+    pub wait: Option<WaitPolicy>,
+    /// Lambda timeout for this step, seconds.
+    pub timeout_seconds: u32,
+    pub handler: Handler,
+}
+
+impl std::fmt::Debug for StepSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepSpec").field("name", &self.name).field("wait", &self.wait).finish()
+    }
+}
+
+/// Adapts `async fn(&Ctx, T) -> Result<U, StepError>` to a [`Handler`], where `T` and `U`
+/// are the step's typed input and output (usually [`crate::BuildState`]).
+#[macro_export]
+macro_rules! handler {
+    ($f:path) => {{
+        fn boxed(
+            ctx: ::std::sync::Arc<$crate::Ctx>,
+            input: ::serde_json::Value,
+        ) -> ::futures::future::BoxFuture<'static, Result<::serde_json::Value, $crate::StepError>> {
+            Box::pin(async move {
+                let input = ::serde_json::from_value(input)?;
+                let output = $f(&ctx, input).await?;
+                Ok(::serde_json::to_value(output)?)
+            })
+        }
+        boxed as $crate::steps::Handler
+    }};
+}
+
+/// Every step, by handler name.
+pub fn registry() -> Vec<StepSpec> {
+    vec![]
+}
+
+/// The step with this handler name.
+pub fn find(name: &str) -> Option<StepSpec> {
+    registry().into_iter().find(|s| s.name == name)
+}

@@ -1,0 +1,1 @@
+//! Parsing Packer JSON templates, variables and interpolation.
