@@ -5,9 +5,11 @@
 //! → [`PreparedBuild`]s that the steps carry in their build state.
 
 pub mod config;
+pub mod problem;
 pub mod template;
 
 pub use config::{BuilderConfig, BuilderType};
+pub use problem::{Problem, Problems};
 
 use serde::{Deserialize, Serialize};
 

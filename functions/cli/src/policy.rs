@@ -1,0 +1,6 @@
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<u8> {
+    anyhow::bail!("`amiflow policy` is not implemented yet")
+}
