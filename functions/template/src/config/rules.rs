@@ -7,9 +7,10 @@ use serde_json::{Map, Value};
 use super::*;
 use crate::problem::Problem;
 
-/// True when a value still holds a template expression rendered later.
+/// True when a value is not known yet: a template expression rendered later with build
+/// data, or a sensitive variable's placeholder (`<sensitive:NAME>`, revealed at use).
 fn templated(s: &str) -> bool {
-    s.contains("{{")
+    s.contains("{{") || s.contains("<sensitive:")
 }
 
 fn given(map: &Map<String, Value>, key: &str) -> bool {
