@@ -577,11 +577,10 @@ fn device(c: &mut Check, at: &str, d: &BlockDevice, omit_allowed: bool) {
                     }
                 }
             }
-            Some("gp3") => {
-                if !(3000..=16000).contains(&iops) {
-                    c.err(format!("{at}.iops"), format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"));
-                }
+            Some("gp3") if !(3000..=16000).contains(&iops) => {
+                c.err(format!("{at}.iops"), format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"));
             }
+            Some("gp3") => {}
             Some(other) => c.err(format!("{at}.iops"), format!("iops only applies to io1, io2 and gp3 volumes, not {other}")),
             None => {}
         }
