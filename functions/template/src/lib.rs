@@ -10,6 +10,10 @@ pub mod template;
 
 pub use config::{BuilderConfig, BuilderType};
 pub use problem::{Problem, Problems};
+pub use template::inspect::{inspect, BuilderSummary, StepSummary, TemplateSummary, VariableSummary};
+pub use template::prepare::{parse_var_flag, prepare, PrepareOptions, Prepared};
+pub use template::render_later;
+pub use template::secrets::Secrets;
 
 use serde::{Deserialize, Serialize};
 
