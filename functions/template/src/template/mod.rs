@@ -45,3 +45,5 @@ pub fn render_later(text: &str, build_data: &BTreeMap<String, String>) -> Result
     };
     eval::render(text, &scope).map_err(|e| e.describe(text))
 }
+#[cfg(test)]
+mod prepare_tests;

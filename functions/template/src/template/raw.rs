@@ -35,6 +35,8 @@ pub(crate) struct RawTemplate {
     pub sensitive: BTreeSet<String>,
     pub builders: Vec<RawBuilder>,
     pub provisioners: Vec<RawProvisioner>,
+    /// Checked like any provisioner; not carried into the prepared builds yet (no step runs it).
+    #[allow(dead_code)]
     pub error_cleanup_provisioner: Option<RawProvisioner>,
     pub post_processors: Vec<RawPostProcessor>,
 }
