@@ -78,7 +78,13 @@ pub fn summarize(states: Vec<BuildState>) -> FinalizeOutput {
 
 fn artifact_of(state: BuildState) -> BuildArtifact {
     let data = state.data;
-    let error = state.error.map(|e| format!("{}: {}", e.error, e.message()));
+    let error = state.error.map(|e| {
+        let message = e.message();
+        // aws-local-stepfunctions writes a Lambda error's Cause as "errorType: errorMessage"
+        // where Step Functions writes the JSON payload: both read the same here.
+        let message = message.strip_prefix(&format!("{}: ", e.error)).unwrap_or(&message).to_string();
+        format!("{}: {message}", e.error)
+    });
     let pairs: Vec<String> = if state.build.builder_type == BuilderType::EbsVolume {
         data.volumes
             .iter()
