@@ -22,10 +22,16 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// A binary of the workspace next to the test executable (target/debug/<name>);
-/// `cargo test --workspace` builds it.
+/// `cargo test --workspace` builds it. `AMIFLOW_BIN_DIR` overrides the directory: several
+/// worktrees sharing one CARGO_TARGET_DIR overwrite each other's target/debug/<bin>.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let dir = match std::env::var_os("AMIFLOW_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

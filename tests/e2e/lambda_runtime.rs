@@ -139,3 +139,64 @@ async fn unknown_handler_fails_init_and_lists_the_known_ones() {
     let status = child.0.wait().unwrap();
     assert!(!status.success(), "the runtime exits after an init error");
 }
+
+/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lower-case) and body.
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to serve-lambdas");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+#[test]
+fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(amiflow_tests::lambda_harness::workspace_binary("amiflow"));
+    cmd.args(["serve-lambdas", "--port", "0"])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_LAMBDA_FUNCTION_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut server = amiflow_tests::lambda_harness::ChildGuard(cmd.spawn().expect("spawn amiflow serve-lambdas"));
+    let mut first_line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    let addr = first_line.trim().strip_prefix("http://").unwrap_or_else(|| panic!("endpoint on the first line: {first_line:?}")).to_string();
+
+    let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3APrepare";
+    let (status, headers, body) = http_post(
+        &addr,
+        &format!("/2015-03-31/functions/{arn}/invocations"),
+        r#"{"input": {"template": "{ not json"}, "execution": "e-1"}"#,
+    );
+    assert_eq!(status, 200, "a function error is still HTTP 200");
+    assert!(headers.contains(&("x-amz-function-error".into(), "Unhandled".into())), "{headers:?}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["errorType"], "InvalidTemplate", "{error}");
+
+    let (status, headers, body) = http_post(&addr, "/2015-03-31/functions/FinalizeFunctionArn/invocations", "[]");
+    assert_eq!(status, 200);
+    assert!(!headers.iter().any(|(k, _)| k == "x-amz-function-error"), "{headers:?}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"builds": [], "failed": 0}));
+
+    let (status, headers, body) = http_post(&addr, "/2015-03-31/functions/NoSuchStep/invocations", "{}");
+    assert_eq!(status, 404);
+    assert!(headers.contains(&("x-amzn-errortype".into(), "ResourceNotFoundException".into())), "{headers:?}");
+    assert!(body.contains("Finalize"), "lists the known handlers: {body}");
+}
