@@ -38,3 +38,12 @@ impl BuilderType {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(transparent)]
 pub struct BuilderConfig(pub serde_json::Map<String, serde_json::Value>);
+
+/// Stand-in until the typed configs land (branch `config`): keeps the rendered map.
+pub fn from_builder(
+    _name: &str,
+    _builder_type: BuilderType,
+    raw: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BuilderConfig, Vec<crate::problem::Problem>> {
+    Ok(BuilderConfig(raw.clone()))
+}
