@@ -5,13 +5,15 @@
 //! ```json
 //! "Prepare": {
 //!   "Type": "Task", "Resource": "${PrepareFunctionArn}",
-//!   "Parameters": {"input.$": "$", "execution.$": "$$.Execution.Name"},
+//!   "Parameters": {"input.$": "$", "execution.$": "$$.Execution.Name",
+//!                  "start_time.$": "$$.Execution.StartTime"},
 //!   "Catch": none for InvalidTemplate: nothing exists yet, the execution fails at once,
 //!   "Next": the Map, with "ItemsPath": "$.builds"
 //! }
 //! ```
 //!
-//! Its input is therefore `{"input": <execution input>, "execution": "<execution name>"}`,
+//! Its input is therefore `{"input": <execution input>, "execution": "<execution name>",
+//! "start_time": "<RFC 3339>"}` (start_time optional: now when absent),
 //! and the execution input is
 //!
 //! ```json
@@ -29,9 +31,8 @@
 
 use std::collections::BTreeMap;
 
-use amiflow_template::{Problem, Problems};
-// The template crate's `prepare` (branch `template`) replaces `interim` when it lands.
-use interim::{prepare as prepare_template, PrepareOptions};
+use amiflow_template::{prepare as prepare_template, PrepareOptions, Problem, Problems};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -59,6 +60,10 @@ const STATIC_CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 pub struct PrepareInput {
     pub input: ExecutionInput,
     pub execution: String,
+    /// `$$.Execution.StartTime`: every `{{timestamp}}`/`{{isotime}}` of the build, and a
+    /// retried Prepare, agree on it. Now when absent.
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -92,7 +97,7 @@ pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, St
 
 /// Everything after the template text is known; no AWS call.
 pub fn prepare_text(text: &str, input: PrepareInput, in_lambda: bool) -> Result<PrepareOutput, StepError> {
-    let PrepareInput { input, execution } = input;
+    let PrepareInput { input, execution, start_time } = input;
     let mut problems = Vec::new();
     if execution.trim().is_empty() {
         problems.push(Problem::key("execution", "the execution name is empty; the state machine passes $$.Execution.Name"));
@@ -101,7 +106,12 @@ pub fn prepare_text(text: &str, input: PrepareInput, in_lambda: bool) -> Result<
     if !problems.is_empty() {
         return Err(invalid(Problems(problems)));
     }
-    let options = PrepareOptions { vars, only: input.only.clone(), except: input.except.clone(), ..Default::default() };
+    // The process environment is not offered to `{{env}}`: in Lambda it holds the
+    // function's credentials.
+    let mut options = PrepareOptions::new(start_time.unwrap_or_else(Utc::now));
+    options.vars = vars.into_iter().collect();
+    options.only = input.only.clone();
+    options.except = input.except.clone();
     let prepared = prepare_template(text, &options).map_err(invalid)?;
     if prepared.builds.is_empty() {
         return Err(invalid(Problems(vec![Problem::new(format!(
@@ -232,54 +242,6 @@ async fn fetch_s3(ctx: &Ctx, url: &str) -> Result<String, StepError> {
         .map_err(|e| StepError::Transient(format!("reading {url} was interrupted: {e}")))?
         .into_bytes();
     String::from_utf8(bytes.to_vec()).map_err(|_| invalid(format!("{url} is not UTF-8 text")))
-}
-
-/// Interim stand-in for `amiflow_template::prepare` with the same signature: parses the
-/// JSON, takes each builder as its raw config, applies only/except. No variables, no
-/// interpolation, no validation — those come with the template crate.
-mod interim {
-    use std::collections::BTreeMap;
-
-    use amiflow_template::{BuilderConfig, BuilderType, PreparedBuild, Problem, Problems};
-    use serde_json::Value;
-
-    #[derive(Debug, Clone, Default)]
-    pub struct PrepareOptions {
-        #[allow(dead_code)] // interpolation comes with the template crate
-        pub vars: BTreeMap<String, String>,
-        pub only: Vec<String>,
-        pub except: Vec<String>,
-    }
-
-    pub struct Prepared {
-        pub builds: Vec<PreparedBuild>,
-    }
-
-    pub fn prepare(text: &str, options: &PrepareOptions) -> Result<Prepared, Problems> {
-        let template: Value = serde_json::from_str(text).map_err(|e| Problems(vec![Problem::new(format!("the template is not valid JSON: {e}"))]))?;
-        let Some(builders) = template.get("builders").and_then(Value::as_array) else {
-            return Err(Problems(vec![Problem::key("builders", "the template has no `builders` list")]));
-        };
-        let mut problems = Vec::new();
-        let mut builds = Vec::new();
-        for (i, builder) in builders.iter().enumerate() {
-            let Some(config) = builder.as_object() else {
-                problems.push(Problem::key(format!("builders[{i}]"), "a builder must be an object"));
-                continue;
-            };
-            let type_name = config.get("type").and_then(Value::as_str).unwrap_or("");
-            let Some(builder_type) = BuilderType::parse(type_name) else {
-                problems.push(Problem::key(format!("builders[{i}].type"), format!("{type_name:?} is not an Amazon builder amiflow runs")));
-                continue;
-            };
-            let name = config.get("name").and_then(Value::as_str).unwrap_or(type_name).to_string();
-            if (!options.only.is_empty() && !options.only.contains(&name)) || options.except.contains(&name) {
-                continue;
-            }
-            builds.push(PreparedBuild { name, builder_type, config: BuilderConfig(config.clone()), provisioners: vec![], post_processors: vec![] });
-        }
-        if problems.is_empty() { Ok(Prepared { builds }) } else { Err(Problems(problems)) }
-    }
 }
 
 #[cfg(test)]
