@@ -133,7 +133,8 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         secrets.conceal_json(&mut rendered);
         let Value::Object(rendered) = rendered else { unreachable!("an object renders to an object") };
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
-        let config = match config::from_builder(&b.name, bt, &rendered) {
+        let env = |k: &str| opts.env.get(k).cloned();
+        let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
             Ok(c) => Some(c),
             Err(ps) => {
                 problems.extend(ps.into_iter().map(|p| if p.builder.is_some() { p } else { p.in_builder(&b.name) }));
