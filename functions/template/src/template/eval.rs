@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::funcs;
+use super::secrets::SECRET_MARK;
 use super::golayout;
 use super::syntax::{self, Arg, Cmd, Node, Pipe};
 
@@ -262,6 +263,11 @@ fn needs_time(name: &str, scope: &Scope) -> Result<DateTime<Utc>, String> {
 }
 
 fn call(name: &str, args: Vec<Value>, scope: &Scope) -> Result<Value, String> {
+    if name != "user" && args.iter().any(|a| matches!(a, Value::Str(s) if s.contains(SECRET_MARK))) {
+        return Err(format!(
+            "a sensitive variable cannot be passed to `{name}`: its value is only put in place when it is used; use {{{{user `name`}}}} on its own"
+        ));
+    }
     let s = |i: usize| args[i].clone().into_string();
     let v = match name {
         "timestamp" => {

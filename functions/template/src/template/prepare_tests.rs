@@ -369,3 +369,33 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn short_secrets_touch_only_the_strings_that_use_them() {
+    let tpl = json!({
+        "variables": {"pw": "x", "dsn": "db://admin:{{user `pw`}}@host", "plain": "xlarge"},
+        "sensitive-variables": ["pw"],
+        "builders": [builder("amazon-ebs", json!({"instance_type": "t3.{{user `plain`}}", "max_retries": 3}))],
+        "provisioners": [{"type": "shell", "inline": ["connect {{user `dsn`}}", "echo max"]}]
+    });
+    let p = ok(&tpl, &opts());
+    assert_eq!(cfg(&p, "amazon-ebs", "instance_type"), "t3.xlarge");
+    let inline = &p.builds[0].provisioners[0]["inline"];
+    assert_eq!(inline[0], "connect db://admin:<sensitive:pw>@host");
+    assert_eq!(inline[1], "echo max");
+    assert_eq!(p.secrets.reveal(inline[0].as_str().unwrap()), "connect db://admin:x@host");
+    // A variable built from a secret is masked in the summary too.
+    assert_eq!(p.variables["dsn"], "db://admin:<sensitive>@host");
+    assert_eq!(p.variables["plain"], "xlarge");
+}
+
+#[test]
+fn functions_on_sensitive_values_are_refused() {
+    let tpl = json!({
+        "variables": {"pw": "hunter2hunter2"}, "sensitive-variables": ["pw"],
+        "builders": [builder("amazon-ebs", json!({}))],
+        "provisioners": [{"type": "shell", "inline": ["echo {{user `pw` | upper}}"]}]
+    });
+    let all = problems(&tpl, &opts());
+    assert!(all.contains("a sensitive variable cannot be passed to `upper`") && !all.contains("hunter2"), "{all}");
+}
