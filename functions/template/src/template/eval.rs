@@ -85,11 +85,14 @@ pub(crate) enum Data<'a> {
     Values(&'a BTreeMap<String, String>),
 }
 
+/// How `{{user `name`}}` finds a variable's value.
+pub(crate) type UserLookup<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
 /// What the text being rendered may use. `None` means "not available here".
 #[derive(Clone, Copy)]
 pub(crate) struct Scope<'a> {
     pub time: Option<DateTime<Utc>>,
-    pub user: Option<&'a dyn Fn(&str) -> Result<String, String>>,
+    pub user: Option<UserLookup<'a>>,
     pub env: Option<&'a dyn Fn(&str) -> String>,
     pub build_name: Option<&'a str>,
     pub build_type: Option<&'a str>,
