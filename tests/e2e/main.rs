@@ -2,5 +2,6 @@
 //! prerequisite is missing says so and skips.
 
 mod asl;
+mod ebs;
 mod engines;
 mod lambda_runtime;
