@@ -7,6 +7,7 @@
 pub mod ctx;
 pub mod error;
 pub mod flows;
+pub mod provision;
 pub mod state;
 pub mod steps;
 
