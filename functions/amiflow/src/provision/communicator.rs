@@ -1,16 +1,13 @@
-//! The communicator keys of a build (Packer's `communicator.Config` subset amiflow uses),
-//! where to connect, and with which credentials.
+//! The communicator of a build resolved for use: where to connect, with which credentials.
 //!
-//! Read from the builder's config object; a stand-in until the `config` helper's typed
-//! communicator config is merged. Credentials never enter the build state: the temporary
-//! key's private half is read from SSM Parameter Store (the parameter *name* is in the
-//! state), a key file from disk, a password from the template's sensitive variables.
+//! Built from the typed `CommunicatorConfig` (config helper). Credentials never enter the
+//! build state: the temporary key's private half is read from SSM Parameter Store (the
+//! parameter *name* is in the state), a key file from disk, a password from [`Secrets`]
+//! (the config never serialises `ssh_password`, so the local runner hands it over with
+//! [`Secrets::set_ssh_password`]; deployed builds use keys).
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
-use super::config::parse_duration;
 use super::render::Secrets;
 use super::ssh::{SshAuth, SshTarget};
 use crate::{BuildState, Ctx, StepError};
@@ -23,126 +20,78 @@ pub enum Communicator {
     None,
 }
 
-/// Packer's default `ssh_timeout`.
-pub const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Env var naming the deployed stack's artifacts bucket, the SSM staging fallback.
+pub const ARTIFACTS_BUCKET_ENV: &str = "AMIFLOW_ARTIFACTS_BUCKET";
 
 #[derive(Debug, Clone)]
-pub struct CommunicatorConfig {
+pub struct Communication {
     pub communicator: Communicator,
     pub region: String,
     pub ssh_host: Option<String>,
     pub ssh_port: u16,
     pub ssh_username: Option<String>,
-    /// May be a sensitive-variable placeholder; revealed only when connecting.
-    pub ssh_password: Option<String>,
     pub ssh_private_key_file: Option<String>,
     pub ssh_keypair_name: Option<String>,
     pub ssh_interface: Option<String>,
-    /// How long Connect waits for the communicator (`ssh_timeout`, also used for the SSM agent).
+    /// How long Connect waits: `ssh_timeout` for SSH, `ssm_timeout` for the SSM agent.
     pub timeout: Duration,
     pub ssh_pty: bool,
     pub ssh_clear_authorized_keys: bool,
-    /// S3 bucket for SSM file staging and full command output (`ssm_bucket`).
+    /// SSM: staging and full-output bucket (`ssm_output_s3_bucket`, else $AMIFLOW_ARTIFACTS_BUCKET).
     pub ssm_bucket: Option<String>,
+    /// SSM: limit of each command unless the provisioner has a `timeout`.
+    pub ssm_execution_timeout: Duration,
 }
 
-fn str_of(m: &Map<String, Value>, k: &str) -> Option<String> {
-    match m.get(k)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn bool_of(m: &Map<String, Value>, k: &str) -> Result<bool, String> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(other) => Err(format!("{k}: expected true or false, got {other}")),
-    }
-}
-
-impl CommunicatorConfig {
-    /// Reads the keys from a builder's config object; every problem names its key.
-    pub fn from_builder(m: &Map<String, Value>) -> Result<CommunicatorConfig, Vec<String>> {
-        let mut problems = Vec::new();
-        let communicator = match str_of(m, "communicator").as_deref() {
-            None | Some("ssh") => Communicator::Ssh,
-            Some("ssm") => Communicator::Ssm,
-            Some("none") => Communicator::None,
-            Some(other) => {
-                problems.push(format!("communicator: {other:?} is not supported; use \"ssh\", \"ssm\" or \"none\""));
-                Communicator::None
+impl Communication {
+    pub fn from_config(c: &amiflow_template::config::CommunicatorConfig, region: &str) -> Result<Communication, StepError> {
+        let communicator = match c.communicator.as_str() {
+            "ssh" => Communicator::Ssh,
+            "ssm" => Communicator::Ssm,
+            "none" => Communicator::None,
+            other => {
+                return Err(StepError::BuildFailed(format!(
+                    "communicator: {other:?} is not supported; use \"ssh\", \"ssm\" or \"none\""
+                )))
             }
         };
-        let ssh_port = match str_of(m, "ssh_port") {
-            None => 22,
-            Some(p) => p.parse().unwrap_or_else(|_| {
-                problems.push(format!("ssh_port: {p:?} is not a port number"));
-                22
-            }),
+        let ssh_interface = match (&c.ssh_interface, c.ssh_private_ip) {
+            (Some(i), _) => Some(i.clone()),
+            (None, Some(true)) => Some("private_ip".to_string()),
+            _ => None,
         };
-        let timeout = match str_of(m, "ssh_timeout").or_else(|| str_of(m, "ssh_wait_timeout")) {
-            None => DEFAULT_SSH_TIMEOUT,
-            Some(t) => parse_duration(&t).unwrap_or_else(|e| {
-                problems.push(format!("ssh_timeout: {e}"));
-                DEFAULT_SSH_TIMEOUT
-            }),
-        };
-        let ssh_interface = str_of(m, "ssh_interface");
-        if let Some(i) = &ssh_interface {
-            if !["public_ip", "private_ip", "public_dns", "private_dns", "ipv6"].contains(&i.as_str()) {
-                problems.push(format!(
-                    "ssh_interface: {i:?} is not supported; use public_ip, private_ip, public_dns, private_dns or ipv6 \
-                     (for session_manager use \"communicator\": \"ssm\")"
-                ));
-            }
-        }
-        let ssh_pty = bool_of(m, "ssh_pty").unwrap_or_else(|e| {
-            problems.push(e);
-            false
-        });
-        let ssh_clear_authorized_keys = bool_of(m, "ssh_clear_authorized_keys").unwrap_or_else(|e| {
-            problems.push(e);
-            false
-        });
-        let cfg = CommunicatorConfig {
+        Ok(Communication {
             communicator,
-            region: str_of(m, "region").unwrap_or_default(),
-            ssh_host: str_of(m, "ssh_host"),
-            ssh_port,
-            ssh_username: str_of(m, "ssh_username"),
-            ssh_password: str_of(m, "ssh_password"),
-            ssh_private_key_file: str_of(m, "ssh_private_key_file"),
-            ssh_keypair_name: str_of(m, "ssh_keypair_name"),
+            region: region.to_string(),
+            ssh_host: c.ssh_host.clone().filter(|h| !h.is_empty()),
+            ssh_port: c.ssh_port,
+            ssh_username: c.ssh_username.clone(),
+            ssh_private_key_file: c.ssh_private_key_file.clone().filter(|f| !f.is_empty()),
+            ssh_keypair_name: c.ssh_keypair_name.clone(),
             ssh_interface,
-            timeout,
-            ssh_pty,
-            ssh_clear_authorized_keys,
-            ssm_bucket: str_of(m, "ssm_bucket"),
-        };
-        if cfg.communicator == Communicator::Ssh && cfg.ssh_username.is_none() {
-            problems.push("ssh_username: required for the SSH communicator (e.g. \"ec2-user\" or \"ubuntu\")".into());
-        }
-        if cfg.ssh_keypair_name.is_some() && cfg.ssh_private_key_file.is_none() {
-            problems.push("ssh_keypair_name: needs ssh_private_key_file (the private half of that key pair)".into());
-        }
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(problems)
-        }
+            timeout: if communicator == Communicator::Ssm { c.ssm_timeout.0 } else { c.ssh_timeout.0 },
+            ssh_pty: c.ssh_pty,
+            ssh_clear_authorized_keys: c.ssh_clear_authorized_keys,
+            ssm_bucket: c.ssm_output_s3_bucket.clone().or_else(|| std::env::var(ARTIFACTS_BUCKET_ENV).ok()).filter(|b| !b.is_empty()),
+            ssm_execution_timeout: c.ssm_execution_timeout.0,
+        })
     }
 
-    pub fn of_state(state: &BuildState) -> Result<CommunicatorConfig, StepError> {
-        CommunicatorConfig::from_builder(&state.build.config.0).map_err(|p| StepError::BuildFailed(p.join("; ")))
+    /// The build's communicator; builders without one (chroot) count as `none`.
+    pub fn of_state(state: &BuildState) -> Result<Communication, StepError> {
+        let region = state.build.config.region().unwrap_or_default().to_string();
+        match state.build.config.comm() {
+            Some(c) => Communication::from_config(c, &region),
+            None => Communication::from_config(&Default::default(), &region).map(|mut c| {
+                c.communicator = Communicator::None;
+                c
+            }),
+        }
     }
 
     /// The temporary key pair is used when neither a password nor a key file is given.
-    pub fn uses_temporary_key(&self) -> bool {
-        self.ssh_password.is_none() && self.ssh_private_key_file.is_none()
+    pub fn uses_temporary_key(&self, secrets: &Secrets) -> bool {
+        secrets.ssh_password().is_none() && self.ssh_private_key_file.is_none()
     }
 }
 
@@ -166,7 +115,7 @@ pub fn s3(ctx: &Ctx, region: &str) -> aws_sdk_s3::Client {
 
 /// The address to connect to: `ssh_host`, else the instance's address chosen by
 /// `ssh_interface` (default: public IP, else private IP, as Packer does in a VPC).
-pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &CommunicatorConfig) -> Result<String, StepError> {
+pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &Communication) -> Result<String, StepError> {
     if let Some(h) = &cfg.ssh_host {
         return Ok(h.clone());
     }
@@ -208,7 +157,7 @@ pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &CommunicatorConfi
 pub async fn ssh_target(
     ctx: &Ctx,
     state: &BuildState,
-    cfg: &CommunicatorConfig,
+    cfg: &Communication,
     secrets: &mut Secrets,
     connect_timeout: Duration,
 ) -> Result<SshTarget, StepError> {
@@ -216,10 +165,8 @@ pub async fn ssh_target(
         .ssh_username
         .clone()
         .ok_or_else(|| StepError::BuildFailed("ssh_username: required for the SSH communicator".into()))?;
-    let auth = if let Some(password) = &cfg.ssh_password {
-        let revealed = secrets.reveal(password);
-        secrets.add_value(revealed.clone());
-        SshAuth::Password(revealed)
+    let auth = if let Some(password) = secrets.ssh_password() {
+        SshAuth::Password(password.to_string())
     } else if let Some(file) = &cfg.ssh_private_key_file {
         let pem = std::fs::read_to_string(file)
             .map_err(|e| StepError::BuildFailed(format!("ssh_private_key_file: cannot read {file:?} ({e})")))?;
@@ -251,23 +198,3 @@ pub async fn ssh_target(
     Ok(SshTarget { host, port: cfg.ssh_port, username, auth, pty: cfg.ssh_pty, connect_timeout })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn defaults_and_problems() {
-        let m = json!({"ssh_username": "ec2-user", "region": "us-east-1"});
-        let c = CommunicatorConfig::from_builder(m.as_object().unwrap()).unwrap();
-        assert_eq!((c.communicator, c.ssh_port, c.timeout), (Communicator::Ssh, 22, DEFAULT_SSH_TIMEOUT));
-        assert!(c.uses_temporary_key());
-        let bad = json!({"ssh_port": "x", "ssh_timeout": "soon", "ssh_interface": "session_manager", "ssh_keypair_name": "k"});
-        let problems = CommunicatorConfig::from_builder(bad.as_object().unwrap()).unwrap_err();
-        for key in ["ssh_port", "ssh_timeout", "ssh_interface", "ssh_username", "ssh_keypair_name"] {
-            assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing in {problems:?}");
-        }
-        let ssm = json!({"communicator": "ssm"});
-        assert_eq!(CommunicatorConfig::from_builder(ssm.as_object().unwrap()).unwrap().communicator, Communicator::Ssm);
-    }
-}

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Default)]
 pub struct Secrets {
     pairs: Vec<(String, String)>,
+    ssh_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -72,6 +73,18 @@ impl Secrets {
             }
         }
         out
+    }
+
+    /// The builder's `ssh_password` (already revealed); the config never serialises it, so the
+    /// local runner passes it here. Masked like every secret.
+    pub fn set_ssh_password(&mut self, password: impl Into<String>) {
+        let password = self.reveal(&password.into());
+        self.add_value(password.clone());
+        self.ssh_password = Some(password);
+    }
+
+    pub fn ssh_password(&self) -> Option<&str> {
+        self.ssh_password.as_deref()
     }
 
     pub fn is_empty(&self) -> bool {

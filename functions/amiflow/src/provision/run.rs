@@ -175,3 +175,48 @@ async fn download<T: Transport>(transport: &mut T, remote: &str, local: &std::pa
         write(local, &data)
     }
 }
+
+/// The transport of `communicator: "none"`: only `shell-local` provisioners can run.
+pub struct NoTransport;
+
+fn no_communicator<T>() -> Result<T, super::transport::TransportError> {
+    Err(super::transport::TransportError(
+        "the build has \"communicator\": \"none\", so nothing can run on the instance; use \"ssh\" or \"ssm\"".into(),
+    ))
+}
+
+impl Transport for NoTransport {
+    async fn exec(&mut self, _: &str, _: &mut OutputSink) -> Result<ExecStatus, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn upload(&mut self, _: &[u8], _: &str, _: u32) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn mkdir_all(&mut self, _: &str) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn download(&mut self, _: &str) -> Result<Vec<u8>, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn list_files(&mut self, _: &str) -> Result<Vec<String>, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn reconnect(&mut self) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+}
+
+/// Lambda's invocation deadline, when the Lambda binary exported it (epoch milliseconds in
+/// `AMIFLOW_DEADLINE_MS`, from the invocation's `Lambda-Runtime-Deadline-Ms`).
+pub fn deadline_from_env() -> Option<Instant> {
+    let ms: i64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    let left = ms - chrono::Utc::now().timestamp_millis();
+    Some(Instant::now() + Duration::from_millis(left.max(0) as u64))
+}
+
+pub const DEADLINE_ENV: &str = "AMIFLOW_DEADLINE_MS";
+
+/// Whether this process is a Lambda function.
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+}

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use super::communicator::{s3, ssm, CommunicatorConfig};
+use super::communicator::{s3, ssm, Communication};
 use super::config::{Kind, Provisioner};
 use super::local;
 use super::plan::{plan, Action, ExitCheck, PlanEnv};
@@ -163,7 +163,7 @@ fn output_prefix(execution: &str) -> String {
     format!("amiflow/{execution}/output")
 }
 
-async fn remove_staged(ctx: &Ctx, cfg: &CommunicatorConfig, prefix: &str) {
+async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
     let Some(bucket) = &cfg.ssm_bucket else { return };
     let s3 = s3(ctx, &cfg.region);
     if let Ok(list) = s3.list_objects_v2().bucket(bucket).prefix(prefix).send().await {
@@ -179,7 +179,7 @@ async fn remove_staged(ctx: &Ctx, cfg: &CommunicatorConfig, prefix: &str) {
 pub async fn provision(
     ctx: &Ctx,
     mut state: BuildState,
-    cfg: &CommunicatorConfig,
+    cfg: &Communication,
     provisioners: &[Provisioner],
     env: &PlanEnv,
     opts: &RunOptions,
@@ -282,9 +282,8 @@ pub async fn provision(
             .instance_ids(&instance_id)
             .comment(comment(&execution, next))
             .parameters("commands", commands);
-        if let Some(t) = p.common.timeout {
-            send = send.parameters("executionTimeout", vec![t.as_secs().max(1).to_string()]);
-        }
+        let limit = p.common.timeout.unwrap_or(cfg.ssm_execution_timeout);
+        send = send.parameters("executionTimeout", vec![limit.as_secs().clamp(1, 172_800).to_string()]);
         if let Some(bucket) = &cfg.ssm_bucket {
             send = send.output_s3_bucket_name(bucket).output_s3_key_prefix(output_prefix(&execution));
         }
@@ -317,7 +316,7 @@ pub async fn provision(
 /// else what GetCommandInvocation returns (truncated by SSM to 24 000 characters).
 async fn command_output(
     ctx: &Ctx,
-    cfg: &CommunicatorConfig,
+    cfg: &Communication,
     execution: &str,
     command_id: &str,
     instance_id: &str,

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use crate::{Ctx, StepError};
 
+pub mod connect;
+pub mod provision;
+
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WaitPolicy {
@@ -78,7 +81,7 @@ macro_rules! handler {
 
 /// Every step, by handler name.
 pub fn registry() -> Vec<StepSpec> {
-    vec![]
+    vec![connect::spec(), provision::spec()]
 }
 
 /// The step with this handler name.
