@@ -57,6 +57,14 @@ impl Secrets {
         out
     }
 
+    /// [`Secrets::reveal`] for file contents (an inline script, `content`); binary data unchanged.
+    pub fn reveal_bytes(&self, data: &[u8]) -> Vec<u8> {
+        match std::str::from_utf8(data) {
+            Ok(text) if !self.pairs.is_empty() => self.reveal(text).into_bytes(),
+            _ => data.to_vec(),
+        }
+    }
+
     /// The text with every secret value replaced by `<sensitive>`.
     pub fn mask(&self, text: &str) -> String {
         let mut values: Vec<&str> = self.pairs.iter().map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()).collect();

@@ -117,7 +117,7 @@ async fn attempt_once<T: Transport>(transport: &mut T, p: &Provisioner, env: &Pl
             Action::Mkdir { path } => transport.mkdir_all(&path).await.map_err(|e| fail(e.0))?,
             Action::Upload { data, remote, mode, from } => {
                 tracing::info!(provisioner = %label, "uploading {from} to {remote}");
-                transport.upload(&data, &remote, mode).await.map_err(|e| fail(e.0))?
+                transport.upload(&opts.secrets.reveal_bytes(&data), &remote, mode).await.map_err(|e| fail(e.0))?
             }
             Action::Download { remote, local, directory } => download(transport, &remote, &local, directory).await.map_err(fail)?,
             Action::Exec { command, check } => {

@@ -270,7 +270,7 @@ pub async fn provision(
                 s3.put_object()
                     .bucket(bucket)
                     .key(key)
-                    .body(data.clone().into())
+                    .body(opts.secrets.reveal_bytes(data).into())
                     .send()
                     .await
                     .map_err(|e| fail(format!("staging s3://{bucket}/{key}: {}", DisplayErrorContext(&e))))?;
