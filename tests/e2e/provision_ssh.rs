@@ -215,8 +215,8 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
     let local = tempfile::tempdir().unwrap();
     let secret = "Hunter2-S3cr3t-value";
     let placeholder = "<sensitive:db_password>";
-    let mut secrets = Secrets::new();
-    secrets.add(placeholder, secret);
+    let secrets = Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
+    assert_eq!(amiflow::provision::render::placeholder("db_password"), placeholder);
     let marker = sshd.path("secret.marker");
     let st = for_sshd(
         &sshd,

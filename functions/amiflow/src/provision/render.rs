@@ -2,78 +2,74 @@
 //!
 //! Packer renders provisioner fields twice: user variables at prepare time, and, when the
 //! provisioner runs, the context variables (`{{.Vars}}`, `{{.Path}}`, `{{.Script}}`) and
-//! build data (`{{build `SourceAMIName`}}`). Only the second pass happens here.
-//!
-//! Stand-in until the template helper's renderer is merged: it understands exactly
-//! `{{.Key}}` and `{{build `Key`}}`/`{{build "Key"}}` (spaces allowed), which is all that
-//! is left in a provisioner after prepare.
+//! build data (`{{build `SourceAMIName`}}`). The second pass is the template helper's
+//! [`render_later`]; secrets are the template's [`TemplateSecrets`] (sensitive variables,
+//! `<sensitive:NAME>` placeholders) plus values that never had a placeholder (a key read
+//! from Parameter Store, `ssh_password`).
 
 use std::collections::BTreeMap;
 
-/// Values revealed only at the moment of use, and masked in everything that is logged.
-///
-/// `pairs` maps what the prepared build contains (a sensitive variable's placeholder) to the
-/// real value. Values that never had a placeholder (a password read from Parameter Store,
-/// a private key) are added with [`Secrets::add_value`] so they are masked too.
+use amiflow_template::template::render_later;
+pub use amiflow_template::template::secrets::{placeholder, Secrets as TemplateSecrets, MASK};
+
+/// Secrets revealed only at the moment of use, and masked in everything that is logged.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    pairs: Vec<(String, String)>,
+    template: TemplateSecrets,
+    values: Vec<String>,
     ssh_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} values)", self.pairs.len())
+        write!(f, "Secrets({:?} + {} values)", self.template, self.values.len())
     }
 }
 
-/// What a secret is replaced with in logs and errors (Packer's word).
-pub const MASK: &str = "<sensitive>";
+impl From<TemplateSecrets> for Secrets {
+    fn from(template: TemplateSecrets) -> Secrets {
+        Secrets { template, ..Default::default() }
+    }
+}
 
 impl Secrets {
     pub fn new() -> Secrets {
         Secrets::default()
     }
 
-    /// A placeholder in the prepared build and the value it stands for.
-    pub fn add(&mut self, placeholder: impl Into<String>, value: impl Into<String>) {
-        self.pairs.push((placeholder.into(), value.into()));
+    /// Sensitive variables by name and value (their placeholder is `<sensitive:NAME>`).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
+        TemplateSecrets::from_pairs(pairs).into()
     }
 
-    /// A value to mask that has no placeholder.
+    /// A value to mask that has no placeholder (key material, a password).
     pub fn add_value(&mut self, value: impl Into<String>) {
         let value = value.into();
-        self.pairs.push((String::new(), value));
+        if !value.is_empty() {
+            self.values.push(value);
+            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
     }
 
     /// The text with every placeholder replaced by its value: use only at the moment of use.
     pub fn reveal(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for (placeholder, value) in &self.pairs {
-            if !placeholder.is_empty() {
-                out = out.replace(placeholder, value);
-            }
-        }
-        out
+        self.template.reveal(text)
     }
 
     /// [`Secrets::reveal`] for file contents (an inline script, `content`); binary data unchanged.
     pub fn reveal_bytes(&self, data: &[u8]) -> Vec<u8> {
         match std::str::from_utf8(data) {
-            Ok(text) if !self.pairs.is_empty() => self.reveal(text).into_bytes(),
+            Ok(text) if !self.template.is_empty() => self.reveal(text).into_bytes(),
             _ => data.to_vec(),
         }
     }
 
-    /// The text with every secret value replaced by `<sensitive>`.
+    /// The text with every secret value (and placeholder) replaced by `<sensitive>`.
     pub fn mask(&self, text: &str) -> String {
-        let mut values: Vec<&str> = self.pairs.iter().map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()).collect();
-        // Longest first, so a secret containing another is masked whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        let mut out = text.to_string();
-        for v in values {
-            out = out.replace(v, MASK);
-            // Multi-line secrets (private keys) are logged line by line: mask each line too.
+        let mut out = self.template.mask(text);
+        for v in &self.values {
+            out = out.replace(v.as_str(), MASK);
+            // Multi-line secrets (private keys) would be logged line by line: mask each line.
             if v.contains('\n') {
                 for line in v.lines().filter(|l| l.trim().len() >= 8) {
                     out = out.replace(line, MASK);
@@ -83,8 +79,8 @@ impl Secrets {
         out
     }
 
-    /// The builder's `ssh_password` (already revealed); the config never serialises it, so the
-    /// local runner passes it here. Masked like every secret.
+    /// The builder's `ssh_password` (revealed); the config never serialises it, so the local
+    /// runner passes it here. Masked like every secret.
     pub fn set_ssh_password(&mut self, password: impl Into<String>) {
         let password = self.reveal(&password.into());
         self.add_value(password.clone());
@@ -96,7 +92,7 @@ impl Secrets {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.template.is_empty() && self.values.is_empty()
     }
 }
 
@@ -120,37 +116,15 @@ impl RenderContext {
     }
 }
 
-/// Renders `{{.Key}}` and `{{build `Key`}}`; anything else inside `{{ }}` is an error that
-/// names it, since prepare has already rendered every other function.
+/// Renders a provisioner field with the template helper's [`render_later`]: `{{.Key}}`
+/// looks up the context variables, then build data; `{{build `Key`}}` the build data.
 pub fn render(text: &str, ctx: &RenderContext) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err(format!("unclosed '{{{{' in {text:?}"));
-        };
-        let inner = after[..end].trim().trim_start_matches('-').trim_end_matches('-').trim();
-        let value = if let Some(key) = inner.strip_prefix('.') {
-            ctx.dot.get(key).cloned().ok_or_else(|| {
-                let known: Vec<&str> = ctx.dot.keys().map(String::as_str).collect();
-                format!("{{{{.{key}}}}} is not available here (known: {})", known.join(", "))
-            })?
-        } else if let Some(arg) = inner.strip_prefix("build") {
-            let key = arg.trim().trim_matches(|c| c == '`' || c == '"');
-            ctx.build.get(key).cloned().ok_or_else(|| {
-                let known: Vec<&str> = ctx.build.keys().map(String::as_str).collect();
-                format!("{{{{build `{key}`}}}}: no such build data (known: {})", known.join(", "))
-            })?
-        } else {
-            return Err(format!("{{{{{inner}}}}} cannot be rendered when the provisioner runs; only {{{{.Name}}}} variables and {{{{build `Name`}}}} are"));
-        };
-        out.push_str(&value);
-        rest = &after[end + 2..];
+    if !text.contains("{{") {
+        return Ok(text.to_string());
     }
-    out.push_str(rest);
-    Ok(out)
+    let mut data = ctx.build.clone();
+    data.extend(ctx.dot.iter().map(|(k, v)| (k.clone(), v.clone())));
+    render_later(text, &data)
 }
 
 #[cfg(test)]
@@ -166,18 +140,19 @@ mod tests {
             render("chmod +x {{.Path}}; {{.Vars}} {{ .Path }} {{build `SourceAMIName`}} {{ build \"SourceAMIName\" }}", &ctx).unwrap(),
             "chmod +x /tmp/s.sh; A='1'  /tmp/s.sh amzn2 amzn2"
         );
-        assert!(render("{{.Nope}}", &ctx).unwrap_err().contains("Nope"));
-        assert!(render("{{build `Nope`}}", &ctx).unwrap_err().contains("Nope"));
+        assert!(render("{{.Nope}}", &ctx).is_err());
+        assert!(render("{{build `Nope`}}", &ctx).is_err());
         assert!(render("{{timestamp}}", &ctx).is_err());
+        assert_eq!(render("{{ .Path | upper }}", &ctx).unwrap(), "/TMP/S.SH");
     }
 
     #[test]
     fn secrets_reveal_and_mask() {
-        let mut s = Secrets::new();
-        s.add("<sensitive:db_password>", "hunter22");
+        let mut s = Secrets::from_pairs([("db_password".to_string(), "hunter22".to_string())]);
         s.add_value("-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\n-----END KEY-----");
         assert_eq!(s.reveal("pw=<sensitive:db_password>"), "pw=hunter22");
         assert_eq!(s.mask("pw=hunter22"), "pw=<sensitive>");
+        assert_eq!(s.mask("pw=<sensitive:db_password>"), "pw=<sensitive>");
         assert_eq!(s.mask("line AAAABBBBCCCCDDDD"), "line <sensitive>");
         assert!(!format!("{s:?}").contains("hunter22"));
     }
