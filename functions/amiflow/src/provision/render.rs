@@ -22,13 +22,21 @@ pub struct Secrets {
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({:?} + {} values)", self.template, self.values.len())
+        write!(
+            f,
+            "Secrets({:?} + {} values)",
+            self.template,
+            self.values.len()
+        )
     }
 }
 
 impl From<TemplateSecrets> for Secrets {
     fn from(template: TemplateSecrets) -> Secrets {
-        Secrets { template, ..Default::default() }
+        Secrets {
+            template,
+            ..Default::default()
+        }
     }
 }
 
@@ -107,7 +115,10 @@ pub struct RenderContext {
 
 impl RenderContext {
     pub fn with_build(build: &BTreeMap<String, String>) -> RenderContext {
-        RenderContext { dot: BTreeMap::new(), build: build.clone() }
+        RenderContext {
+            dot: BTreeMap::new(),
+            build: build.clone(),
+        }
     }
 
     pub fn set(mut self, key: &str, value: impl Into<String>) -> RenderContext {
@@ -135,7 +146,9 @@ mod tests {
     fn renders_dot_and_build() {
         let mut build = BTreeMap::new();
         build.insert("SourceAMIName".to_string(), "amzn2".to_string());
-        let ctx = RenderContext::with_build(&build).set("Path", "/tmp/s.sh").set("Vars", "A='1' ");
+        let ctx = RenderContext::with_build(&build)
+            .set("Path", "/tmp/s.sh")
+            .set("Vars", "A='1' ");
         assert_eq!(
             render("chmod +x {{.Path}}; {{.Vars}} {{ .Path }} {{build `SourceAMIName`}} {{ build \"SourceAMIName\" }}", &ctx).unwrap(),
             "chmod +x /tmp/s.sh; A='1'  /tmp/s.sh amzn2 amzn2"

@@ -67,7 +67,10 @@ struct TrustOnFirstUse;
 impl client::Handler for TrustOnFirstUse {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, _key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         Ok(true)
     }
 }
@@ -93,17 +96,28 @@ impl SshTransport {
                 keepalive_max: 6,
                 ..Default::default()
             });
-            let mut handle = client::connect(config, (target.host.as_str(), target.port), TrustOnFirstUse)
-                .await
-                .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?;
+            let mut handle =
+                client::connect(config, (target.host.as_str(), target.port), TrustOnFirstUse)
+                    .await
+                    .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?;
             let result = match &target.auth {
                 SshAuth::Key(key) => {
                     let hash = if key.algorithm().is_rsa() {
-                        handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .ok()
+                            .flatten()
+                            .flatten()
                     } else {
                         None
                     };
-                    handle.authenticate_publickey(&target.username, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
+                    handle
+                        .authenticate_publickey(
+                            &target.username,
+                            PrivateKeyWithHashAlg::new(key.clone(), hash),
+                        )
+                        .await
                 }
                 SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
             }
@@ -122,8 +136,18 @@ impl SshTransport {
         };
         let handle = tokio::time::timeout(target.connect_timeout, attempt)
             .await
-            .map_err(|_| TransportError(format!("no SSH answer from {address} within {:?}", target.connect_timeout)))??;
-        Ok(SshTransport { handle, sftp: None, target: target.clone(), address })
+            .map_err(|_| {
+                TransportError(format!(
+                    "no SSH answer from {address} within {:?}",
+                    target.connect_timeout
+                ))
+            })??;
+        Ok(SshTransport {
+            handle,
+            sftp: None,
+            target: target.clone(),
+            address,
+        })
     }
 
     pub fn address(&self) -> &str {
@@ -134,33 +158,51 @@ impl SshTransport {
         if let Some(sftp) = self.sftp.take() {
             let _ = sftp.close().await;
         }
-        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
     }
 
     async fn sftp(&mut self) -> Result<&SftpSession, TransportError> {
         if self.sftp.is_none() {
             let err = |e: String| TransportError(format!("SFTP to {} failed: {e}", self.address));
-            let channel = self.handle.channel_open_session().await.map_err(|e| err(e.to_string()))?;
-            channel.request_subsystem(true, "sftp").await.map_err(|e| err(e.to_string()))?;
-            let session = SftpSession::new(channel.into_stream()).await.map_err(|e| err(e.to_string()))?;
+            let channel = self
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            channel
+                .request_subsystem(true, "sftp")
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let session = SftpSession::new(channel.into_stream())
+                .await
+                .map_err(|e| err(e.to_string()))?;
             self.sftp = Some(session);
         }
         Ok(self.sftp.as_ref().unwrap())
     }
 
-    async fn exec_capture(&mut self, command: &str) -> Result<(ExecStatus, Vec<u8>), TransportError> {
-        let mut channel = self
-            .handle
-            .channel_open_session()
+    async fn exec_capture(
+        &mut self,
+        command: &str,
+    ) -> Result<(ExecStatus, Vec<u8>), TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
+        channel
+            .exec(true, command)
             .await
-            .map_err(|e| TransportError(format!("cannot open a session on {}: {e}", self.address)))?;
-        channel.exec(true, command).await.map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
         let mut status = None;
         let mut stdout = Vec::new();
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(ExecStatus::Exited(exit_status as i64)),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
                 _ => {}
             }
         }
@@ -169,27 +211,38 @@ impl SshTransport {
 }
 
 impl Transport for SshTransport {
-    async fn exec(&mut self, command: &str, out: &mut OutputSink) -> Result<ExecStatus, TransportError> {
-        let mut channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| TransportError(format!("cannot open a session on {}: {e}", self.address)))?;
+    async fn exec(
+        &mut self,
+        command: &str,
+        out: &mut OutputSink,
+    ) -> Result<ExecStatus, TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
         if self.target.pty {
             channel
                 .request_pty(true, "xterm", 80, 40, 0, 0, &[])
                 .await
-                .map_err(|e| TransportError(format!("PTY request on {} failed: {e}", self.address)))?;
+                .map_err(|e| {
+                    TransportError(format!("PTY request on {} failed: {e}", self.address))
+                })?;
         }
-        channel.exec(true, command).await.map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
         let mut status = None;
         // Read until the channel closes: the exit status may arrive before the last output.
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => out.push(false, &data),
                 ChannelMsg::ExtendedData { data, .. } => out.push(true, &data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(ExecStatus::Exited(exit_status as i64)),
-                ChannelMsg::ExitSignal { signal_name, .. } => status = Some(ExecStatus::Signal(format!("{signal_name:?}"))),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status = Some(ExecStatus::Signal(format!("{signal_name:?}")))
+                }
                 _ => {}
             }
         }
@@ -197,38 +250,70 @@ impl Transport for SshTransport {
         Ok(status.unwrap_or(ExecStatus::Disconnected))
     }
 
-    async fn upload(&mut self, data: &[u8], remote_path: &str, mode: u32) -> Result<(), TransportError> {
+    async fn upload(
+        &mut self,
+        data: &[u8],
+        remote_path: &str,
+        mode: u32,
+    ) -> Result<(), TransportError> {
         let address = self.address.clone();
-        let err = |e: String| TransportError(format!("upload of {remote_path} to {address} failed: {e}"));
+        let err =
+            |e: String| TransportError(format!("upload of {remote_path} to {address} failed: {e}"));
         let sftp = self.sftp().await?;
-        let mut file = sftp.create(remote_path).await.map_err(|e| err(e.to_string()))?;
+        let mut file = sftp
+            .create(remote_path)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         file.write_all(data).await.map_err(|e| err(e.to_string()))?;
         file.shutdown().await.map_err(|e| err(e.to_string()))?;
-        let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
-        sftp.set_metadata(remote_path, attrs).await.map_err(|e| err(e.to_string()))?;
+        let attrs = russh_sftp::protocol::FileAttributes {
+            permissions: Some(mode),
+            ..Default::default()
+        };
+        sftp.set_metadata(remote_path, attrs)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 
     async fn mkdir_all(&mut self, remote_path: &str) -> Result<(), TransportError> {
-        let (status, _) = self.exec_capture(&format!("mkdir -p {}", shell_quote(remote_path))).await?;
+        let (status, _) = self
+            .exec_capture(&format!("mkdir -p {}", shell_quote(remote_path)))
+            .await?;
         match status {
             ExecStatus::Exited(0) => Ok(()),
-            other => Err(TransportError(format!("mkdir -p {remote_path} on {} failed: {other}", self.address))),
+            other => Err(TransportError(format!(
+                "mkdir -p {remote_path} on {} failed: {other}",
+                self.address
+            ))),
         }
     }
 
     async fn download(&mut self, remote_path: &str) -> Result<Vec<u8>, TransportError> {
         let address = self.address.clone();
         let sftp = self.sftp().await?;
-        sftp.read(remote_path).await.map_err(|e| TransportError(format!("download of {remote_path} from {address} failed: {e}")))
+        sftp.read(remote_path).await.map_err(|e| {
+            TransportError(format!(
+                "download of {remote_path} from {address} failed: {e}"
+            ))
+        })
     }
 
     async fn list_files(&mut self, remote_dir: &str) -> Result<Vec<String>, TransportError> {
-        let (status, stdout) = self.exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir))).await?;
+        let (status, stdout) = self
+            .exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir)))
+            .await?;
         if status != ExecStatus::Exited(0) {
-            return Err(TransportError(format!("cannot list {remote_dir} on {}: {status}", self.address)));
+            return Err(TransportError(format!(
+                "cannot list {remote_dir} on {}: {status}",
+                self.address
+            )));
         }
-        Ok(String::from_utf8_lossy(&stdout).lines().map(|l| l.trim_start_matches("./").to_string()).filter(|l| !l.is_empty()).collect())
+        Ok(String::from_utf8_lossy(&stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("./").to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     async fn reconnect(&mut self) -> Result<(), TransportError> {

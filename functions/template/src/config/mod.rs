@@ -18,6 +18,7 @@ pub mod ebssurrogate;
 pub mod ebsvolume;
 pub mod instance;
 pub mod run;
+mod rules;
 mod validate;
 pub(crate) mod weak;
 
@@ -33,7 +34,7 @@ pub use ebssurrogate::EbsSurrogateConfig;
 pub use ebsvolume::EbsVolumeConfig;
 pub use instance::InstanceConfig;
 pub use run::{MetadataOptions, Placement, PolicyDocument, PolicyStatement, RunConfig};
-pub use validate::{from_builder, from_builder_with_env};
+pub use validate::{from_builder, from_builder_with_env, known_keys};
 
 use serde::{Deserialize, Serialize};
 
