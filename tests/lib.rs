@@ -2,6 +2,7 @@
 //! 127.0.0.1 ports and stopped by their own PID.
 
 pub mod lambda_harness;
+pub mod sshd;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

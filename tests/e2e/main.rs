@@ -5,3 +5,5 @@ mod asl;
 mod ebs;
 mod engines;
 mod lambda_runtime;
+mod provision_ebs;
+mod provision_ssh;

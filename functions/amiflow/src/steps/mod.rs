@@ -5,6 +5,7 @@
 //! are checked against their `iam_actions`.
 
 pub mod cleanup;
+pub mod connect;
 pub mod copy_image;
 pub mod create_image;
 pub mod create_tags;
@@ -18,6 +19,7 @@ pub mod modify_image_attributes;
 pub mod modify_instance;
 pub mod network_info;
 pub mod pre_validate;
+pub mod provision;
 pub mod run_source_instance;
 pub mod security_group;
 pub mod source_ami_info;
@@ -115,6 +117,8 @@ pub fn registry() -> Vec<StepSpec> {
         iam_instance_profile::SPEC,
         run_source_instance::SPEC,
         wait_instance_running::SPEC,
+        connect::SPEC,
+        provision::SPEC,
         stop_instance::SPEC,
         wait_instance_stopped::SPEC,
         modify_instance::SPEC,
