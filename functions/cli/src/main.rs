@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
+mod manifest;
 mod policy;
+mod progress;
 mod serve_lambdas;
 mod start;
 mod validate;

@@ -75,7 +75,12 @@ impl ProvisionOptions {
 }
 
 pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    provision_with(ctx, state, &ProvisionOptions::from_env()).await
+    let mut options = ProvisionOptions::from_env();
+    options.secrets = ctx.secrets.clone();
+    if let Some(dir) = &ctx.base_dir {
+        options.base_dir = dir.clone();
+    }
+    provision_with(ctx, state, &options).await
 }
 
 /// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
