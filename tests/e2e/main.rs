@@ -3,3 +3,4 @@
 mod ebs;
 mod provision_ebs;
 mod provision_ssh;
+mod provision_ssm;
