@@ -58,9 +58,6 @@ async fn with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState, max: u32) ->
 /// Runs the chain with Catch → Cleanup; returns the final state or the error and the cleaned state.
 async fn run(ctx: &Arc<Ctx>, mut state: BuildState, connect_attempts: u32) -> Result<BuildState, (StepError, BuildState)> {
     for step in CHAIN {
-        if *step == "Connect" {
-            state.waits.entry("Connect".into()).or_insert_with(chrono::Utc::now);
-        }
         let max = if *step == "Connect" { connect_attempts } else { 30 };
         match with_retry(ctx, step, &state, max).await {
             Ok(s) => state = s,
