@@ -1,6 +1,10 @@
 //! End-to-end tests. Each module needs a piece of the local stack; a test whose
 //! prerequisite is missing says so and skips.
+
+mod asl;
 mod ebs;
+mod engines;
+mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

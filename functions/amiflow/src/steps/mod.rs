@@ -37,6 +37,8 @@ use serde_json::Value;
 
 use crate::{Ctx, StepError};
 
+pub mod finalize;
+pub mod prepare;
 
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +108,7 @@ macro_rules! handler {
 /// Every step, by handler name.
 pub fn registry() -> Vec<StepSpec> {
     vec![
+        prepare::STEP,
         pre_validate::SPEC,
         source_ami_info::SPEC,
         network_info::SPEC,
@@ -128,6 +131,7 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        finalize::STEP,
     ]
 }
 
