@@ -75,6 +75,9 @@ pub struct Ctx {
     pub sdk: SdkConfig,
     /// The template's `custom_endpoint_ec2`, when given.
     pub ec2_endpoint: Option<String>,
+    /// Sensitive values of a local run (sensitive variables, `ssh_password`), revealed by
+    /// Connect/Provision at the moment of use; empty in Lambda, where nothing carries them.
+    pub secrets: crate::provision::Secrets,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
     s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
@@ -97,6 +100,7 @@ impl Ctx {
         Ctx {
             sdk,
             ec2_endpoint: None,
+            secrets: Default::default(),
             ec2: Mutex::default(),
             ssm: Mutex::default(),
             s3: Mutex::default(),

@@ -42,7 +42,7 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    connect_with(ctx, state, &Secrets::default()).await
+    connect_with(ctx, state, &ctx.secrets).await
 }
 
 /// [`connect`] with the secrets of a local run (e.g. `ssh_password`).
