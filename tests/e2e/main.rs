@@ -7,3 +7,4 @@ mod engines;
 mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
+mod provision_ssm;

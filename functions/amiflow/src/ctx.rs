@@ -39,8 +39,8 @@ pub struct Ctx {
     s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
     iam: Mutex<Option<aws_sdk_iam::Client>>,
     sts: Mutex<HashMap<String, aws_sdk_sts::Client>>,
-    /// Sensitive values of a local run (`amiflow build`), revealed only at the moment of use.
-    /// Empty in Lambda: there, secrets come from SSM Parameter Store, never from the input.
+    /// Sensitive values of a local run (sensitive variables, `ssh_password`), revealed by
+    /// Connect/Provision at the moment of use; empty in Lambda, where nothing carries them.
     pub secrets: crate::provision::Secrets,
     /// Where a local run resolves relative script and file paths (the template's directory).
     pub base_dir: Option<std::path::PathBuf>,

@@ -51,7 +51,8 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(provision),
 };
 
-/// What a Provision invocation needs beyond the build state.
+/// What a Provision invocation needs beyond the build state. The registered handler takes
+/// the secrets from `Ctx::secrets` and the rest from the process ([`ProvisionOptions::from_env`]).
 #[derive(Debug, Clone, Default)]
 pub struct ProvisionOptions {
     pub secrets: Secrets,
