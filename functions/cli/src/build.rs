@@ -72,7 +72,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .iter()
         .flat_map(|b| b.post_processors.iter().filter(|p| p["type"] == "manifest").map(move |p| (b.name.clone(), p.clone())))
         .collect();
-    ctx.secrets = prepared.secrets.into();
+    let mut secrets: amiflow::provision::Secrets = prepared.secrets.into();
+    // Typed configs never serialize passwords: the step gets them from the run's secrets.
+    if let Some(password) = prepared.builds[0].config.comm().and_then(|c| c.ssh_password.clone()) {
+        secrets.set_ssh_password(password);
+    }
+    ctx.secrets = secrets;
 
     let execution = format!("amiflow-{}-{}", opts.build_time.format("%Y%m%d-%H%M%S"), &uuid_fragment());
     let input = json!({
