@@ -158,7 +158,15 @@ fn assert_clean(mut disk: LoopDisk) {
     let out = Command::new("losetup").args(["-d", &disk.device]).output().expect("losetup -d");
     assert!(out.status.success(), "losetup -d {}: {}", disk.device, String::from_utf8_lossy(&out.stderr));
     disk.attached = false;
-    let loops = loop_devices_of(&disk.image);
+    // The kernel detaches once the last opener (a concurrent blkid, partx, debugfs) closes.
+    let mut loops = loop_devices_of(&disk.image);
+    for _ in 0..50 {
+        if loops.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        loops = loop_devices_of(&disk.image);
+    }
     assert!(loops.is_empty(), "loop devices left: {loops}");
 }
 
