@@ -2,5 +2,6 @@
 //! prerequisite is missing says so and skips.
 
 mod asl;
+mod chroot_build;
 mod chroot_host;
 mod ebs;

@@ -159,7 +159,13 @@ const GROUPS: &[&str] = &["access", "ami", "run", "comm", "communicator", "snaps
 
 impl EbsView {
     pub fn of(state: &BuildState) -> Result<EbsView, StepError> {
-        let raw = serde_json::to_value(&state.build.config)?;
+        let mut raw = serde_json::to_value(&state.build.config)?;
+        // The typed config serializes externally tagged: `{"amazon-chroot": {...}}`.
+        if let Value::Object(m) = &raw {
+            if m.len() == 1 && m.keys().all(|k| k.starts_with("amazon-")) {
+                raw = m.values().next().cloned().unwrap_or_default();
+            }
+        }
         let mut flat = serde_json::Map::new();
         flatten_into(&raw, &mut flat);
         serde_json::from_value(Value::Object(flat)).map_err(|e| {
@@ -235,6 +241,10 @@ impl EbsView {
 fn flatten_into(v: &Value, out: &mut serde_json::Map<String, Value>) {
     if let Value::Object(m) = v {
         for (k, val) in m {
+            if val.is_null() {
+                // An unset option of the typed config: the view's default applies.
+                continue;
+            }
             if GROUPS.contains(&k.as_str()) && val.is_object() {
                 flatten_into(val, out);
             } else {
