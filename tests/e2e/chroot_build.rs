@@ -245,3 +245,31 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
     }
     assert!(mounts_under(a.dir.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(moto) = setup("chroot_build::ssm_mode_sends_the_script_inline_and_waits_for_the_invocation") else { return };
+    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "ssm");
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let host = start_host(&ctx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = state("chroot-e2e-ssm", &host, dir.path(), "amiflow-chroot-ssm", &["true"]);
+    let upto = CHAIN.iter().position(|s| *s == "DetachVolume").unwrap();
+    for step in &CHAIN[..upto] {
+        s = invoke_with_retry(&ctx, step, &s).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+    }
+    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
+    let cmd = &s.data.extra["chroot_command"];
+    assert_eq!(cmd["via"], "ssm", "{cmd}");
+    assert_eq!(cmd["instance_id"], host.as_str());
+    let id = cmd["command_id"].as_str().unwrap();
+    let sent = ctx.ssm(REGION).list_commands().command_id(id).send().await.unwrap();
+    let params = sent.commands()[0].parameters().cloned().unwrap_or_default();
+    let inline = params.get("commands").and_then(|c| c.first()).cloned().unwrap_or_default();
+    assert!(inline.contains("amiflow chroot host script") && inline.contains("--job-base64"), "the command does not carry the host script");
+    let cleaned = invoke_with_retry(&ctx, "Cleanup", &s).await.expect("Cleanup");
+    assert!(cleaned.ledger.of_kind(amiflow::state::ResourceKind::Volume).next().is_none());
+    let (vols, _, _) = tagged(&ctx, "chroot-e2e-ssm").await;
+    assert!(vols.is_empty(), "volume left after Cleanup detached it: {vols:?}");
+}
