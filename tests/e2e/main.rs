@@ -2,6 +2,8 @@
 //! prerequisite is missing says so and skips.
 
 mod asl;
+mod chroot_build;
+mod chroot_host;
 mod ebs;
 mod engines;
 mod lambda_runtime;

@@ -227,11 +227,12 @@ impl EbsView {
 fn flatten_into(v: &Value, out: &mut serde_json::Map<String, Value>) {
     if let Value::Object(m) = v {
         for (k, val) in m {
+            if val.is_null() {
+                // An unset option of the typed config: the view's default applies.
+                continue;
+            }
             if GROUPS.contains(&k.as_str()) && val.is_object() {
                 flatten_into(val, out);
-            } else if val.is_null() {
-                // The typed config writes unset options as null; here unset means the default.
-                continue;
             } else {
                 out.insert(k.clone(), val.clone());
             }
