@@ -223,3 +223,5 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+pub mod lambda_harness;

@@ -2,3 +2,5 @@
 //! prerequisite is missing says so and skips.
 mod asl;
 mod ebs;
+mod engines;
+mod lambda_runtime;

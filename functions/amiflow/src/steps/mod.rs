@@ -35,6 +35,9 @@ use serde_json::Value;
 
 use crate::{Ctx, StepError};
 
+pub mod finalize;
+pub mod prepare;
+
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WaitPolicy {
@@ -103,6 +106,8 @@ macro_rules! handler {
 /// Every step, by handler name.
 pub fn registry() -> Vec<StepSpec> {
     vec![
+        prepare::STEP,
+        finalize::STEP,
         pre_validate::SPEC,
         source_ami_info::SPEC,
         network_info::SPEC,
