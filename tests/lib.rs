@@ -225,3 +225,4 @@ impl Drop for Moto {
 }
 
 pub mod lambda_harness;
+pub mod sshd;

@@ -4,3 +4,4 @@ mod asl;
 mod ebs;
 mod engines;
 mod lambda_runtime;
+mod provision_ssh;

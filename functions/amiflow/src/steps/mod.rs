@@ -37,6 +37,8 @@ use crate::{Ctx, StepError};
 
 pub mod finalize;
 pub mod prepare;
+pub mod connect;
+pub mod provision;
 
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +130,8 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        connect::spec(),
+        provision::spec(),
     ]
 }
 
