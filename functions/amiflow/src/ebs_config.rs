@@ -162,6 +162,10 @@ impl EbsView {
         let raw = serde_json::to_value(&state.build.config)?;
         let mut flat = serde_json::Map::new();
         flatten_into(&raw, &mut flat);
+        // amazon-ebsvolume launches with `ebs_volumes` (block devices plus what to keep).
+        if let Some(v) = flat.remove("ebs_volumes") {
+            flat.insert("launch_block_device_mappings".into(), v);
+        }
         serde_json::from_value(Value::Object(flat)).map_err(|e| {
             StepError::BuildFailed(format!("build {}: the prepared amazon-ebs config is not readable: {e}", state.build.name))
         })

@@ -26,6 +26,17 @@ pub mod wait_copies_available;
 pub mod wait_image_available;
 pub mod wait_instance_running;
 pub mod wait_instance_stopped;
+// amazon-ebssurrogate, amazon-ebsvolume, amazon-instance
+pub mod bundle_volume;
+pub mod instance_store;
+pub mod modify_snapshot_attributes;
+pub mod register_image;
+pub mod snapshot_volumes;
+pub mod tag_volumes;
+pub mod upload_bundle;
+pub mod upload_x509_cert;
+pub mod volumes;
+pub mod wait_snapshots_completed;
 mod prelude;
 
 use std::sync::Arc;
@@ -130,6 +141,14 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        tag_volumes::SPEC,
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        modify_snapshot_attributes::SPEC,
+        register_image::SPEC,
+        upload_x509_cert::SPEC,
+        bundle_volume::SPEC,
+        upload_bundle::SPEC,
         connect::spec(),
         provision::spec(),
     ]

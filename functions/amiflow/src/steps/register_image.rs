@@ -1,0 +1,203 @@
+//! RegisterImage: registers the AMI, tagged with the build; WaitImageAvailable follows.
+//!
+//! - amazon-ebssurrogate (Packer's StepRegisterAMI): the block devices are
+//!   `ami_block_device_mappings` overlaid by the non-omitted launch mappings (launch wins)
+//!   with the snapshots SnapshotVolumes took, `Encrypted`/`KmsKeyId` cleared (they come
+//!   with the snapshot); `ami_root_device.source_device_name` becomes
+//!   `ami_root_device.device_name`, the root. With `use_create_image`, CreateImage on the
+//!   stopped instance with the same mappings instead.
+//! - amazon-instance: from the uploaded manifest `<bucket>/<prefix>.manifest.xml`; with
+//!   `delete_bundle_after_register`, the bundle objects are removed once registered.
+//!
+//! The image is an artifact in the ledger at once: Cleanup deregisters it if a later step
+//! fails. EC2 takes no ClientToken here: a retried step finds its image by name and owner.
+
+use amiflow_template::config::BlockDevice as TypedDevice;
+use amiflow_template::BuilderConfig;
+use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, TpmSupportValues, VolumeType};
+
+use super::create_image::{image_name, WAIT};
+use super::prelude::*;
+use super::volumes::{same_device, snapshot_ids};
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "RegisterImage",
+    iam_actions: &["ec2:RegisterImage", "ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags", "s3:GetObject", "s3:ListBucket", "s3:DeleteObject"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+fn mapping(d: &TypedDevice, device_name: &str, snapshot: Option<&str>) -> BlockDeviceMapping {
+    let m = BlockDeviceMapping::builder().device_name(device_name);
+    if d.no_device {
+        return m.no_device("").build();
+    }
+    if let Some(v) = d.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+        return m.virtual_name(v).build();
+    }
+    let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
+    if let Some(t) = &d.volume_type {
+        ebs = ebs.volume_type(VolumeType::from(t.as_str()));
+        if matches!(t.as_str(), "io1" | "io2" | "gp3") {
+            ebs = ebs.set_iops(d.iops.map(|v| v as i32));
+        }
+        if t == "gp3" {
+            ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
+        }
+    }
+    ebs = ebs.set_volume_size(d.volume_size.map(|v| v as i32));
+    match snapshot {
+        // From the launch volume's snapshot: encryption is the snapshot's.
+        Some(s) => ebs = ebs.snapshot_id(s),
+        None => ebs = ebs.set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone()),
+    }
+    m.ebs(ebs.build()).build()
+}
+
+/// amazon-ebssurrogate's AMI block devices (Packer's `combineDevices` + root rename).
+pub fn surrogate_mappings(
+    ami: &[TypedDevice],
+    launch: &[TypedDevice],
+    snapshots: &BTreeMap<String, String>,
+    root_source: &str,
+    root_name: &str,
+    with_snapshots: bool,
+) -> Result<Vec<BlockDeviceMapping>, StepError> {
+    let mut out: Vec<(String, BlockDeviceMapping)> = Vec::new();
+    for d in ami {
+        out.push((d.device_name.clone(), mapping(d, &d.device_name, None)));
+    }
+    for d in launch.iter().filter(|d| !d.omit_from_artifact) {
+        let snap = if with_snapshots && !d.no_device && d.virtual_name.is_none() {
+            Some(snapshots.iter().find(|(dev, _)| same_device(dev, &d.device_name)).map(|(_, s)| s.as_str()).ok_or_else(|| {
+                StepError::BuildFailed(format!("RegisterImage: no snapshot of launch device {} in the state (SnapshotVolumes must run first)", d.device_name))
+            })?)
+        } else {
+            None
+        };
+        let name = if same_device(&d.device_name, root_source) { root_name.to_string() } else { d.device_name.clone() };
+        let m = mapping(d, &name, snap);
+        out.retain(|(n, _)| !same_device(n, &name));
+        out.push((name, m));
+    }
+    Ok(out.into_iter().map(|(_, m)| m).collect())
+}
+
+async fn find_own(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>, StepError> {
+    let found = ctx
+        .ec2(region)
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", [name.to_string()]))
+        .filters(filter("state", ["pending", "available"]))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", name, e))?;
+    Ok(found.images().first().and_then(|i| i.image_id()).map(String::from))
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let name = image_name(&state, &cfg);
+    let intermediary = cfg.intermediary_image();
+    let ec2 = ctx.ec2(&region);
+    let id = match find_own(ctx, &region, &name).await? {
+        Some(id) => id,
+        None => match &state.build.config {
+            BuilderConfig::EbsSurrogate(c) => {
+                let root = c.ami_root_device.clone().unwrap_or_default();
+                if c.use_create_image {
+                    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("RegisterImage: no instance in the state".into()))?;
+                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &BTreeMap::new(), &root.source_device_name, &root.device_name, false)?;
+                    let mut tags = if c.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&c.run.run_tags, &state.data, &region) };
+                    tags.extend(build_tags(&state));
+                    let out = ec2
+                        .create_image()
+                        .instance_id(&instance)
+                        .name(&name)
+                        .set_block_device_mappings(Some(devices))
+                        .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
+                                StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))
+                            } else {
+                                classify("CreateImage", &name, e)
+                            }
+                        })?;
+                    out.image_id().unwrap_or_default().to_string()
+                } else {
+                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &snapshot_ids(&state), &root.source_device_name, &root.device_name, true)?;
+                    let mut req = ec2
+                        .register_image()
+                        .name(&name)
+                        .architecture(ArchitectureValues::from(c.ami_architecture.as_str()))
+                        .root_device_name(&root.device_name)
+                        .set_virtualization_type(c.ami.ami_virtualization_type.clone())
+                        .set_block_device_mappings(Some(devices))
+                        .set_boot_mode(c.boot_mode.as_deref().map(BootModeValues::from))
+                        .set_uefi_data(c.uefi_data.clone())
+                        .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                    if c.ami.sriov_support {
+                        req = req.sriov_net_support("simple");
+                    }
+                    if c.ami.ena_support == Some(true) {
+                        req = req.ena_support(true);
+                    }
+                    let out = req.send().await.map_err(|e| classify("RegisterImage", &name, e))?;
+                    out.image_id().unwrap_or_default().to_string()
+                }
+            }
+            BuilderConfig::Instance(c) => {
+                let location = state
+                    .data
+                    .extra
+                    .get("remote_manifest_path")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+                    .ok_or_else(|| StepError::BuildFailed("RegisterImage: no uploaded manifest in the state (UploadBundle must run first)".into()))?;
+                let devices: Vec<BlockDeviceMapping> = c.ami_block_device_mappings.iter().map(|d| mapping(d, &d.device_name, None)).collect();
+                let mut req = ec2
+                    .register_image()
+                    .name(&name)
+                    .image_location(&location)
+                    .set_virtualization_type(c.ami.ami_virtualization_type.clone())
+                    .set_block_device_mappings(Some(devices).filter(|d| !d.is_empty()))
+                    .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                if c.ami.sriov_support {
+                    req = req.sriov_net_support("simple");
+                }
+                if c.ami.ena_support == Some(true) {
+                    req = req.ena_support(true);
+                }
+                let out = req.send().await.map_err(|e| classify("RegisterImage", &location, e))?;
+                out.image_id().unwrap_or_default().to_string()
+            }
+            other => {
+                return Err(StepError::BuildFailed(format!("RegisterImage has no registration for {}", other.builder_type().as_str())));
+            }
+        },
+    };
+    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
+    // RegisterImage takes no tags everywhere: tag explicitly so Cleanup and the janitor find it.
+    ec2.create_tags()
+        .resources(&id)
+        .set_tags(Some(tags_with_build(&state, &BTreeMap::new())))
+        .send()
+        .await
+        .map_err(|e| classify("CreateTags", &id, e))?;
+    if intermediary {
+        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+    }
+    state.data.amis.insert(region.clone(), id);
+    if let BuilderConfig::Instance(c) = &state.build.config {
+        if c.delete_bundle_after_register {
+            super::instance_store::delete_bundle(ctx, &mut state).await?;
+        }
+    }
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}

@@ -1,0 +1,62 @@
+//! WaitSnapshotsCompleted: `NotReady` until every snapshot SnapshotVolumes took is
+//! `completed` (Packer's SnapshotCompleted waiter, 30 minutes unless `aws_polling`);
+//! `BuildFailed` when one went to `error`. amazon-ebsvolume's snapshots are its artifact:
+//! they go to `data.snapshots` here.
+
+use aws_sdk_ec2::types::SnapshotState;
+
+use super::prelude::*;
+use super::snapshot_volumes::WAIT;
+use super::volumes::snapshot_ids;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "WaitSnapshotsCompleted",
+    iam_actions: &["ec2:DescribeSnapshots"],
+    wait: Some(LONG_WAIT),
+    timeout_seconds: 60,
+    handler: handler!(run),
+};
+
+/// Packer's SnapshotCompleted waiter: 30 minutes.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let ids: Vec<String> = snapshot_ids(&state).into_values().collect();
+    if ids.is_empty() {
+        return Ok(state);
+    }
+    let out = match ctx.ec2(&region).describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
+        Ok(out) => out,
+        Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {
+            return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots {} are not visible yet", ids.join(", "))));
+        }
+        Err(e) => return Err(classify("DescribeSnapshots", &ids.join(","), e)),
+    };
+    let mut pending = Vec::new();
+    for s in out.snapshots() {
+        let id = s.snapshot_id().unwrap_or_default();
+        match s.state() {
+            Some(SnapshotState::Completed) => {}
+            Some(SnapshotState::Error) => {
+                return Err(StepError::BuildFailed(format!(
+                    "snapshot {id} of volume {} in {region} failed: {}",
+                    s.volume_id().unwrap_or("?"),
+                    s.state_message().unwrap_or("AWS gave no reason")
+                )))
+            }
+            _ => pending.push(format!("{id} ({})", s.progress().unwrap_or("0%"))),
+        }
+    }
+    if !pending.is_empty() || out.snapshots().len() < ids.len() {
+        return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots pending in {region}: {}", pending.join(", "))));
+    }
+    end_wait(&mut state, WAIT);
+    if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {
+        let mut sorted = ids;
+        sorted.sort();
+        state.data.snapshots.insert(region, sorted);
+    }
+    Ok(state)
+}
