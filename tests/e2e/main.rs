@@ -5,3 +5,4 @@ mod ebs;
 mod engines;
 mod lambda_runtime;
 mod provision_ssh;
+mod builders;

@@ -113,7 +113,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if cfg.temporary_iam_instance_profile_policy_document.is_some() {
         iam_names.push(temp_name(&state, "amiflow", "Iam").replace('_', "-"));
     }
-    let report = sweep(ctx, &scope, &state.ledger, &iam_names).await?;
+    let mut ledger = state.ledger.clone();
+    super::instance_store::discover(ctx, &state, &mut ledger).await?;
+    let report = sweep(ctx, &scope, &ledger, &iam_names).await?;
     state.ledger.resources.retain(|r| !failed && r.artifact);
     if failed {
         state.data.amis.clear();

@@ -142,3 +142,23 @@ pub async fn delete_objects_under(ctx: &Ctx, region: &str, bucket_and_prefix: &s
         }
     }
 }
+
+/// For Cleanup: the bundle prefix and, when it carries this build's tags, the bucket —
+/// found from the config alone, so a step that failed before its state was saved leaks
+/// nothing. No-op for other builders.
+pub async fn discover(ctx: &Ctx, state: &BuildState, ledger: &mut crate::state::Ledger) -> Result<(), StepError> {
+    let Ok(c) = config(state) else { return Ok(()) };
+    let region = c.access.region.clone().unwrap_or_default();
+    if c.s3_bucket.is_empty() || c.bundle_prefix.is_empty() {
+        return Ok(());
+    }
+    ledger.record(ResourceKind::S3Object, &region, &format!("{}/{}", c.s3_bucket, object_prefix(c, &c.bundle_prefix)), true);
+    if let Ok(out) = ctx.s3(&region).get_bucket_tagging().bucket(&c.s3_bucket).send().await {
+        let own = build_tags(state);
+        let ours = own.iter().all(|(k, v)| out.tag_set().iter().any(|t| t.key() == k && t.value() == v));
+        if ours {
+            ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
+        }
+    }
+    Ok(())
+}
