@@ -69,8 +69,12 @@ impl Moto {
             bail!("{} does not exist", bin.display());
         }
         let port = free_port()?;
+        // The recorder writes its file into the working directory: keep it out of the tree.
+        let rec = std::env::temp_dir().join(format!("amiflow-moto-recording-{port}"));
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", &rec)
+            .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -41,7 +41,6 @@ const CREATING: &[&str] = &["KeyPair", "SecurityGroup", "IamInstanceProfile", "R
 
 fn template(ami_name: &str) -> Value {
     json!({
-        "type": "amazon-ebs",
         "region": REGION,
         "ami_name": ami_name,
         "ami_description": "built from {{ .SourceAMIName }}",
@@ -80,7 +79,7 @@ fn template(ami_name: &str) -> Value {
 fn state(execution: &str, config: Value) -> BuildState {
     serde_json::from_value(json!({
         "execution": execution,
-        "build": {"name": "ebs-e2e", "builder_type": "amazon-ebs", "config": config},
+        "build": {"name": "ebs-e2e", "builder_type": "amazon-ebs", "config": {"amazon-ebs": config}},
     }))
     .expect("a build state")
 }
