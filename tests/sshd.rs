@@ -22,7 +22,10 @@ pub struct Sshd {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
 }
 
 fn keygen(path: &Path, comment: &str) -> Result<()> {
@@ -48,13 +51,18 @@ impl Sshd {
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .context("sshd not installed (Debian package openssh-server; run scripts/setup.sh sshd)")?;
+            .context(
+                "sshd not installed (Debian package openssh-server; run scripts/setup.sh sshd)",
+            )?;
         let dir = tempfile::tempdir()?;
         let host_key = dir.path().join("host_ed25519");
         let client_key = dir.path().join("client_ed25519");
         keygen(&host_key, "amiflow-test-host")?;
         keygen(&client_key, "amiflow-test-client")?;
-        std::fs::copy(client_key.with_extension("pub"), dir.path().join("authorized_keys"))?;
+        std::fs::copy(
+            client_key.with_extension("pub"),
+            dir.path().join("authorized_keys"),
+        )?;
         // Privilege separation directory Debian's sshd insists on.
         let _ = std::fs::create_dir_all("/run/sshd");
         let port = free_port();
@@ -70,16 +78,40 @@ impl Sshd {
                 dir = dir.path().display()
             ),
         )?;
-        let check = Command::new(sshd).arg("-t").arg("-f").arg(&config).output()?;
+        let check = Command::new(sshd)
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()?;
         if !check.status.success() {
-            bail!("sshd -t rejected the config: {}", String::from_utf8_lossy(&check.stderr));
+            bail!(
+                "sshd -t rejected the config: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
         }
-        let child = Command::new(sshd).args(["-D", "-e", "-f"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-            let out = Command::new("id").arg("-un").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-            out.unwrap_or_else(|_| "root".into())
-        });
-        let server = Sshd { port, dir, client_key, user, child };
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let user = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                let out = Command::new("id")
+                    .arg("-un")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+                out.unwrap_or_else(|_| "root".into())
+            });
+        let server = Sshd {
+            port,
+            dir,
+            client_key,
+            user,
+            child,
+        };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {

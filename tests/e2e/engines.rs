@@ -20,7 +20,10 @@ fn fixture() -> PathBuf {
 }
 
 fn execution_input(builds: &[&str]) -> Value {
-    let builders: Vec<Value> = builds.iter().map(|name| json!({"type": "amazon-ebs", "name": name})).collect();
+    let builders: Vec<Value> = builds.iter().map(|name| json!({
+            "type": "amazon-ebs", "name": name, "region": "us-east-1", "source_ami": "ami-12345678",
+            "instance_type": "t3.micro", "ami_name": format!("engines-{name}"), "communicator": "none",
+        })).collect();
     json!({"template": {"builders": builders}, "vars": {}})
 }
 

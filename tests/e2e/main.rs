@@ -4,5 +4,7 @@ mod asl;
 mod ebs;
 mod engines;
 mod lambda_runtime;
-mod provision_ssh;
 mod builders;
+mod provision_ebs;
+mod provision_ssh;
+mod provision_ssm;

@@ -25,15 +25,24 @@ macro_rules! sshd_or_skip {
     };
 }
 
-fn state(host: &str, port: u16, user: &str, key: &std::path::Path, provisioners: Value, extra: Value) -> BuildState {
+fn state(
+    host: &str,
+    port: u16,
+    user: &str,
+    key: &std::path::Path,
+    provisioners: Value,
+    extra: Value,
+) -> BuildState {
     let mut raw = json!({
-        "region": "us-east-1", "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro", "ami_name": "t",
+        "region": "us-east-1", "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro", "ami_name": "amiflow-test",
         "ssh_username": user, "ssh_host": host, "ssh_port": port, "ssh_private_key_file": key,
     });
     for (k, v) in extra.as_object().unwrap() {
         raw[k] = v.clone();
     }
-    let config = amiflow_template::config::from_builder("test", BuilderType::Ebs, raw.as_object().unwrap()).expect("valid builder");
+    let config =
+        amiflow_template::config::from_builder("test", BuilderType::Ebs, raw.as_object().unwrap())
+            .expect("valid builder");
     serde_json::from_value(json!({
         "execution": format!("e2e-{}", uuid_like()),
         "build": {"name": "test", "builder_type": "amazon-ebs", "config": config, "provisioners": provisioners},
@@ -43,11 +52,24 @@ fn state(host: &str, port: u16, user: &str, key: &std::path::Path, provisioners:
 }
 
 fn uuid_like() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 fn for_sshd(sshd: &Sshd, provisioners: Value) -> BuildState {
-    state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners, json!({}))
+    state(
+        "127.0.0.1",
+        sshd.port,
+        &sshd.user,
+        &sshd.client_key,
+        provisioners,
+        json!({}),
+    )
 }
 
 async fn ctx() -> Ctx {
@@ -55,14 +77,21 @@ async fn ctx() -> Ctx {
 }
 
 fn opts(base: &std::path::Path) -> ProvisionOptions {
-    ProvisionOptions { base_dir: base.to_path_buf(), ..Default::default() }
+    ProvisionOptions {
+        base_dir: base.to_path_buf(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
 async fn shell_script_env_and_file_uploads_leave_markers() {
     let sshd = sshd_or_skip!();
     let local = tempfile::tempdir().unwrap();
-    std::fs::write(local.path().join("setup.sh"), "#!/bin/sh\necho \"greeting=$GREETING build=$PACKER_BUILD_NAME\" > \"$OUT\"\n").unwrap();
+    std::fs::write(
+        local.path().join("setup.sh"),
+        "#!/bin/sh\necho \"greeting=$GREETING build=$PACKER_BUILD_NAME\" > \"$OUT\"\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(local.path().join("conf/sub")).unwrap();
     std::fs::write(local.path().join("conf/a.txt"), "A").unwrap();
     std::fs::write(local.path().join("conf/sub/b.txt"), "B").unwrap();
@@ -80,8 +109,12 @@ async fn shell_script_env_and_file_uploads_leave_markers() {
         {"type": "file", "direction": "download", "source": m("inline.marker"), "destination": local.path().join("got.marker")}
     ]);
     let st = for_sshd(&sshd, provisioners);
-    provision_with(&ctx().await, st, &opts(local.path())).await.expect("provisioning succeeds");
-    let read = |rel: &str| std::fs::read_to_string(sshd.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .expect("provisioning succeeds");
+    let read = |rel: &str| {
+        std::fs::read_to_string(sshd.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
     assert_eq!(read("inline.marker"), "inline-ran amzn2-test\n");
     assert_eq!(read("script.marker"), "greeting=it's me build=test\n");
     assert_eq!(read("files/single.txt"), "single");
@@ -90,15 +123,28 @@ async fn shell_script_env_and_file_uploads_leave_markers() {
     assert_eq!(read("contents/a.txt"), "A");
     assert_eq!(read("contents/sub/b.txt"), "B");
     assert_eq!(read("content.txt"), "from content");
-    assert_eq!(std::fs::read_to_string(local.path().join("got.marker")).unwrap(), "inline-ran amzn2-test\n");
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("got.marker")).unwrap(),
+        "inline-ran amzn2-test\n"
+    );
     // skip_clean is false: the uploaded scripts are gone from /tmp.
     let leftovers: Vec<_> = std::fs::read_dir("/tmp")
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("script_") && e.file_name().to_string_lossy().ends_with(".sh"))
-        .filter(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains(&m("inline.marker")))
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("script_")
+                && e.file_name().to_string_lossy().ends_with(".sh")
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(&m("inline.marker"))
+        })
         .collect();
-    assert!(leftovers.is_empty(), "uploaded scripts left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "uploaded scripts left behind: {leftovers:?}"
+    );
 }
 
 #[tokio::test]
@@ -113,13 +159,23 @@ async fn failing_command_fails_the_build_with_exit_code_and_output() {
             {"type": "shell", "inline": [format!("touch {}", sshd.path("never.marker").display())]}
         ]),
     );
-    let err = provision_with(&ctx().await, st, &opts(local.path())).await.unwrap_err();
-    let StepError::BuildFailed(msg) = &err else { panic!("expected BuildFailed, got {err:?}") };
+    let err = provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .unwrap_err();
+    let StepError::BuildFailed(msg) = &err else {
+        panic!("expected BuildFailed, got {err:?}")
+    };
     assert!(msg.contains("provisioner 1 (shell)"), "{msg}");
     assert!(msg.contains("exit code 7"), "{msg}");
-    assert!(msg.contains("about to fail") && msg.contains("on stderr"), "{msg}");
+    assert!(
+        msg.contains("about to fail") && msg.contains("on stderr"),
+        "{msg}"
+    );
     assert!(msg.contains("chmod +x"), "names the command: {msg}");
-    assert!(!sshd.path("never.marker").exists(), "later provisioners must not run");
+    assert!(
+        !sshd.path("never.marker").exists(),
+        "later provisioners must not run"
+    );
 }
 
 #[tokio::test]
@@ -133,36 +189,64 @@ async fn expect_disconnect_reconnects_and_continues() {
         sshd.path("sshd.pid").display()
     );
     let after = format!("touch {}", sshd.path("after.marker").display());
-    let st = for_sshd(&sshd, json!([
-        {"type": "shell", "inline": [kill], "expect_disconnect": true},
-        {"type": "shell", "inline": [after]}
-    ]));
-    provision_with(&ctx().await, st, &opts(local.path())).await.expect("disconnect expected");
+    let st = for_sshd(
+        &sshd,
+        json!([
+            {"type": "shell", "inline": [kill], "expect_disconnect": true},
+            {"type": "shell", "inline": [after]}
+        ]),
+    );
+    provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .expect("disconnect expected");
     assert!(sshd.path("after.marker").exists());
 
     let st = for_sshd(&sshd, json!([{"type": "shell", "inline": [kill]}]));
-    let err = provision_with(&ctx().await, st, &opts(local.path())).await.unwrap_err();
-    assert!(err.message().contains("connection closed before the command reported an exit status"), "{err:?}");
+    let err = provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("connection closed before the command reported an exit status"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn connect_answers_for_sshd_and_waits_then_fails_for_an_unreachable_host() {
     let sshd = sshd_or_skip!();
     let c = ctx().await;
-    connect(&c, for_sshd(&sshd, json!([]))).await.expect("sshd answers");
+    connect(&c, for_sshd(&sshd, json!([])))
+        .await
+        .expect("sshd answers");
 
     let port = free_port();
-    let mut st = state("127.0.0.1", port, "root", &sshd.client_key, json!([]), json!({"ssh_timeout": "2m"}));
+    let mut st = state(
+        "127.0.0.1",
+        port,
+        "root",
+        &sshd.client_key,
+        json!([]),
+        json!({"ssh_timeout": "2m"}),
+    );
     st.waits.insert(WAIT.into(), chrono::Utc::now());
     match connect(&c, st.clone()).await {
         Err(StepError::NotReady(m)) => assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}"),
         other => panic!("expected NotReady, got {other:?}"),
     }
     // The wait began longer ago than ssh_timeout: the build fails with the cause.
-    st.waits.insert(WAIT.into(), chrono::Utc::now() - chrono::Duration::minutes(3));
+    st.waits.insert(
+        WAIT.into(),
+        chrono::Utc::now() - chrono::Duration::minutes(3),
+    );
     match connect(&c, st).await {
         Err(StepError::BuildFailed(m)) => {
-            assert!(m.contains(&format!("127.0.0.1:{port}")) && m.contains("ssh_timeout") && m.contains("last error"), "{m}")
+            assert!(
+                m.contains(&format!("127.0.0.1:{port}"))
+                    && m.contains("ssh_timeout")
+                    && m.contains("last error"),
+                "{m}"
+            )
         }
         other => panic!("expected BuildFailed, got {other:?}"),
     }
@@ -179,7 +263,10 @@ async fn lambda_deadline_fails_clearly_instead_of_being_killed() {
     let started = std::time::Instant::now();
     let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert!(matches!(&err, StepError::BuildFailed(m) if m.contains("15 minutes") && m.contains("ssm")), "{err:?}");
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("15 minutes") && m.contains("ssm")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -187,13 +274,25 @@ async fn shell_local_runs_here_but_is_refused_in_lambda() {
     let local = tempfile::tempdir().unwrap();
     let marker = local.path().join("local.marker");
     let provisioners = json!([{"type": "shell-local", "inline": [format!("echo $WHO > {}", marker.display())], "environment_vars": ["WHO=local"]}]);
-    let st = state("127.0.0.1", 1, "root", &local.path().join("none"), provisioners, json!({"communicator": "none"}));
-    provision_with(&ctx().await, st.clone(), &opts(local.path())).await.unwrap();
+    let st = state(
+        "127.0.0.1",
+        1,
+        "root",
+        &local.path().join("none"),
+        provisioners,
+        json!({"communicator": "none"}),
+    );
+    provision_with(&ctx().await, st.clone(), &opts(local.path()))
+        .await
+        .unwrap();
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "local\n");
     let mut o = opts(local.path());
     o.in_lambda = true;
     let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
-    assert!(err.message().contains("cannot run inside Lambda"), "{err:?}");
+    assert!(
+        err.message().contains("cannot run inside Lambda"),
+        "{err:?}"
+    );
 }
 
 #[derive(Clone, Default)]
@@ -216,7 +315,10 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
     let secret = "Hunter2-S3cr3t-value";
     let placeholder = "<sensitive:db_password>";
     let secrets = Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
-    assert_eq!(amiflow::provision::render::placeholder("db_password"), placeholder);
+    assert_eq!(
+        amiflow::provision::render::placeholder("db_password"),
+        placeholder
+    );
     let marker = sshd.path("secret.marker");
     let st = for_sshd(
         &sshd,
@@ -229,11 +331,21 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
     );
     let captured = Captured::default();
     let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let before = serde_json::to_string(&st).unwrap();
-    let o = ProvisionOptions { secrets, base_dir: local.path().to_path_buf(), ..Default::default() };
-    let err = provision_with(&ctx().await, st.clone(), &o).await.unwrap_err();
+    let o = ProvisionOptions {
+        secrets,
+        base_dir: local.path().to_path_buf(),
+        ..Default::default()
+    };
+    let err = provision_with(&ctx().await, st.clone(), &o)
+        .await
+        .unwrap_err();
     drop(_guard);
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // Used on the instance...
@@ -247,7 +359,31 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
     assert!(err.message().contains("<sensitive>"), "{err:?}");
     assert!(!before.contains(secret));
     // A successful run returns the state: it must not carry the secret either.
-    let ok = for_sshd(&sshd, json!([{"type": "shell", "inline": [format!("echo {placeholder}")]}]));
+    let ok = for_sshd(
+        &sshd,
+        json!([{"type": "shell", "inline": [format!("echo {placeholder}")]}]),
+    );
     let after = provision_with(&ctx().await, ok, &o).await.unwrap();
     assert!(!serde_json::to_string(&after).unwrap().contains(secret));
+}
+
+#[tokio::test]
+async fn bastion_carries_the_connection() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let marker = sshd.path("via-bastion.marker");
+    let provisioners = json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]);
+    let bastion = |port: u16| {
+        json!({"ssh_bastion_host": "127.0.0.1", "ssh_bastion_port": port, "ssh_bastion_private_key_file": sshd.client_key})
+    };
+    // A closed bastion port: the build cannot reach the target, and says it was the bastion.
+    let closed = free_port();
+    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners.clone(), bastion(closed));
+    let err = provision_with(&ctx().await, st, &opts(local.path())).await.unwrap_err();
+    assert!(err.message().contains(&format!("via bastion 127.0.0.1:{closed}")), "{err:?}");
+    assert!(!marker.exists());
+    // The sshd as its own bastion: target reached through a direct-tcpip channel.
+    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners, bastion(sshd.port));
+    provision_with(&ctx().await, st, &opts(local.path())).await.expect("provisioning through the bastion");
+    assert!(marker.exists());
 }

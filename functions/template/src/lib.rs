@@ -90,7 +90,12 @@ mod corpus {
         let mut failures = Vec::new();
         for path in &files {
             let text = std::fs::read_to_string(path).expect("readable example");
-            if let Err(problems) = prepare(&text, &options()) {
+            // A required variable is part of an example (a password, a VPC): give it a value.
+            let mut opts = options();
+            if let Ok(summary) = crate::inspect(&text) {
+                opts.vars = summary.variables.iter().filter(|v| v.required).map(|v| (v.name.clone(), format!("example-{}", v.name))).collect();
+            }
+            if let Err(problems) = prepare(&text, &opts) {
                 failures.push(format!("{}:\n{problems}", path.display()));
             }
         }

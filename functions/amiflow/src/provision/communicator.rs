@@ -41,10 +41,24 @@ pub struct Communication {
     pub ssm_bucket: Option<String>,
     /// SSM: limit of each command unless the provisioner has a `timeout`.
     pub ssm_execution_timeout: Duration,
+    /// `ssh_bastion_host` and friends.
+    pub bastion: Option<Bastion>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bastion {
+    pub host: String,
+    pub port: u16,
+    /// `ssh_bastion_username`, else `ssh_username`.
+    pub username: Option<String>,
+    pub private_key_file: Option<String>,
 }
 
 impl Communication {
-    pub fn from_config(c: &amiflow_template::config::CommunicatorConfig, region: &str) -> Result<Communication, StepError> {
+    pub fn from_config(
+        c: &amiflow_template::config::CommunicatorConfig,
+        region: &str,
+    ) -> Result<Communication, StepError> {
         let communicator = match c.communicator.as_str() {
             "ssh" => Communicator::Ssh,
             "ssm" => Communicator::Ssm,
@@ -69,11 +83,25 @@ impl Communication {
             ssh_private_key_file: c.ssh_private_key_file.clone().filter(|f| !f.is_empty()),
             ssh_keypair_name: c.ssh_keypair_name.clone(),
             ssh_interface,
-            timeout: if communicator == Communicator::Ssm { c.ssm_timeout.0 } else { c.ssh_timeout.0 },
+            timeout: if communicator == Communicator::Ssm {
+                c.ssm_timeout.0
+            } else {
+                c.ssh_timeout.0
+            },
             ssh_pty: c.ssh_pty,
             ssh_clear_authorized_keys: c.ssh_clear_authorized_keys,
-            ssm_bucket: c.ssm_output_s3_bucket.clone().or_else(|| std::env::var(ARTIFACTS_BUCKET_ENV).ok()).filter(|b| !b.is_empty()),
+            ssm_bucket: c
+                .ssm_output_s3_bucket
+                .clone()
+                .or_else(|| std::env::var(ARTIFACTS_BUCKET_ENV).ok())
+                .filter(|b| !b.is_empty()),
             ssm_execution_timeout: c.ssm_execution_timeout.0,
+            bastion: c.ssh_bastion_host.clone().filter(|h| !h.is_empty()).map(|host| Bastion {
+                host,
+                port: c.ssh_bastion_port,
+                username: c.ssh_bastion_username.clone().or_else(|| c.ssh_username.clone()),
+                private_key_file: c.ssh_bastion_private_key_file.clone().filter(|f| !f.is_empty()),
+            }),
         })
     }
 
@@ -100,22 +128,20 @@ pub fn ec2(ctx: &Ctx, region: &str) -> aws_sdk_ec2::Client {
 }
 
 pub fn ssm(ctx: &Ctx, region: &str) -> aws_sdk_ssm::Client {
-    let conf = aws_sdk_ssm::config::Builder::from(&ctx.sdk).region(aws_types::region::Region::new(region.to_string())).build();
-    aws_sdk_ssm::Client::from_conf(conf)
+    ctx.ssm(region)
 }
 
 pub fn s3(ctx: &Ctx, region: &str) -> aws_sdk_s3::Client {
-    // Path-style works against every S3 endpoint and is required by local emulators.
-    let conf = aws_sdk_s3::config::Builder::from(&ctx.sdk)
-        .region(aws_types::region::Region::new(region.to_string()))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    ctx.s3(region)
 }
 
 /// The address to connect to: `ssh_host`, else the instance's address chosen by
 /// `ssh_interface` (default: public IP, else private IP, as Packer does in a VPC).
-pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &Communication) -> Result<String, StepError> {
+pub async fn resolve_host(
+    ctx: &Ctx,
+    state: &BuildState,
+    cfg: &Communication,
+) -> Result<String, StepError> {
     if let Some(h) = &cfg.ssh_host {
         return Ok(h.clone());
     }
@@ -129,13 +155,20 @@ pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &Communication) ->
         .instance_ids(instance_id)
         .send()
         .await
-        .map_err(|e| StepError::Transient(format!("DescribeInstances {instance_id}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e))))?;
+        .map_err(|e| {
+            StepError::Transient(format!(
+                "DescribeInstances {instance_id}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            ))
+        })?;
     let instance = out
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
         .next()
-        .ok_or_else(|| StepError::BuildFailed(format!("instance {instance_id} no longer exists")))?;
+        .ok_or_else(|| {
+            StepError::BuildFailed(format!("instance {instance_id} no longer exists"))
+        })?;
     let pick = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(String::from);
     let host = match cfg.ssh_interface.as_deref() {
         Some("public_ip") => pick(instance.public_ip_address()),
@@ -145,12 +178,15 @@ pub async fn resolve_host(ctx: &Ctx, state: &BuildState, cfg: &Communication) ->
         Some("ipv6") => pick(instance.ipv6_address()),
         _ => pick(instance.public_ip_address()).or_else(|| pick(instance.private_ip_address())),
     };
-    host.or_else(|| state.data.instance_host.clone()).ok_or_else(|| {
-        StepError::NotReady(format!(
-            "instance {instance_id} has no {} address yet",
-            cfg.ssh_interface.as_deref().unwrap_or("public or private IP")
-        ))
-    })
+    host.or_else(|| state.data.instance_host.clone())
+        .ok_or_else(|| {
+            StepError::NotReady(format!(
+                "instance {instance_id} has no {} address yet",
+                cfg.ssh_interface
+                    .as_deref()
+                    .unwrap_or("public or private IP")
+            ))
+        })
 }
 
 /// The SSH target with its credentials; every secret value is added to `secrets` for masking.
@@ -161,17 +197,18 @@ pub async fn ssh_target(
     secrets: &mut Secrets,
     connect_timeout: Duration,
 ) -> Result<SshTarget, StepError> {
-    let username = cfg
-        .ssh_username
-        .clone()
-        .ok_or_else(|| StepError::BuildFailed("ssh_username: required for the SSH communicator".into()))?;
+    let username = cfg.ssh_username.clone().ok_or_else(|| {
+        StepError::BuildFailed("ssh_username: required for the SSH communicator".into())
+    })?;
     let auth = if let Some(password) = secrets.ssh_password() {
         SshAuth::Password(password.to_string())
     } else if let Some(file) = &cfg.ssh_private_key_file {
-        let pem = std::fs::read_to_string(file)
-            .map_err(|e| StepError::BuildFailed(format!("ssh_private_key_file: cannot read {file:?} ({e})")))?;
+        let pem = std::fs::read_to_string(file).map_err(|e| {
+            StepError::BuildFailed(format!("ssh_private_key_file: cannot read {file:?} ({e})"))
+        })?;
         secrets.add_value(pem.clone());
-        SshAuth::from_pem(&pem).map_err(|e| StepError::BuildFailed(format!("ssh_private_key_file {file:?}: {e}")))?
+        SshAuth::from_pem(&pem)
+            .map_err(|e| StepError::BuildFailed(format!("ssh_private_key_file {file:?}: {e}")))?
     } else {
         let parameter = state.data.private_key_parameter.clone().ok_or_else(|| {
             StepError::BuildFailed(
@@ -190,11 +227,78 @@ pub async fn ssh_target(
                     aws_smithy_types::error::display::DisplayErrorContext(&e)
                 ))
             })?;
-        let pem = out.parameter().and_then(|p| p.value()).unwrap_or_default().to_string();
+        let pem = out
+            .parameter()
+            .and_then(|p| p.value())
+            .unwrap_or_default()
+            .to_string();
         secrets.add_value(pem.clone());
-        SshAuth::from_pem(&pem).map_err(|e| StepError::BuildFailed(format!("SSM parameter {parameter}: {e}")))?
+        SshAuth::from_pem(&pem)
+            .map_err(|e| StepError::BuildFailed(format!("SSM parameter {parameter}: {e}")))?
     };
     let host = resolve_host(ctx, state, cfg).await?;
-    Ok(SshTarget { host, port: cfg.ssh_port, username, auth, pty: cfg.ssh_pty, connect_timeout })
+    let bastion = match &cfg.bastion {
+        None => None,
+        Some(b) => {
+            let auth = if let Some(file) = &b.private_key_file {
+                let pem = std::fs::read_to_string(file).map_err(|e| {
+                    StepError::BuildFailed(format!("ssh_bastion_private_key_file: cannot read {file:?} ({e})"))
+                })?;
+                secrets.add_value(pem.clone());
+                SshAuth::from_pem(&pem)
+                    .map_err(|e| StepError::BuildFailed(format!("ssh_bastion_private_key_file {file:?}: {e}")))?
+            } else if let Some(p) = secrets.bastion_password() {
+                SshAuth::Password(p.to_string())
+            } else {
+                return Err(StepError::BuildFailed(
+                    "ssh_bastion_host: needs ssh_bastion_private_key_file here (ssh_bastion_password never enters \
+                     the build state; a local run passes it with the secrets)"
+                        .into(),
+                ));
+            };
+            let username = b.username.clone().ok_or_else(|| {
+                StepError::BuildFailed("ssh_bastion_username: required (or ssh_username)".into())
+            })?;
+            Some(Box::new(SshTarget {
+                host: b.host.clone(),
+                port: b.port,
+                username,
+                auth,
+                pty: false,
+                connect_timeout,
+                bastion: None,
+            }))
+        }
+    };
+    Ok(SshTarget { host, port: cfg.ssh_port, username, auth, pty: cfg.ssh_pty, connect_timeout, bastion })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiflow_template::config::CommunicatorConfig;
+    use serde_json::json;
+
+    fn comm(v: serde_json::Value) -> Communication {
+        let c: CommunicatorConfig = serde_json::from_value(v).unwrap();
+        Communication::from_config(&c, "eu-west-1").unwrap()
+    }
+
+    #[test]
+    fn from_the_typed_config() {
+        let c = comm(json!({"ssh_username": "ec2-user"}));
+        assert_eq!((c.communicator, c.ssh_port, c.timeout), (Communicator::Ssh, 22, Duration::from_secs(300)));
+        assert!(c.uses_temporary_key(&Secrets::new()));
+        let mut with_pw = Secrets::new();
+        with_pw.set_ssh_password("pw");
+        assert!(!c.uses_temporary_key(&with_pw));
+        // Legacy ssh_private_ip folds into ssh_interface; ssm uses ssm_timeout.
+        assert_eq!(comm(json!({"ssh_private_ip": true})).ssh_interface.as_deref(), Some("private_ip"));
+        let s = comm(json!({"communicator": "ssm", "ssm_timeout": "2m", "ssm_output_s3_bucket": "b"}));
+        assert_eq!((s.communicator, s.timeout, s.ssm_bucket.as_deref()), (Communicator::Ssm, Duration::from_secs(120), Some("b")));
+        let b = comm(json!({"ssh_username": "u", "ssh_bastion_host": "jump", "ssh_bastion_private_key_file": "/k"})).bastion.unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.username.as_deref()), ("jump", 22, Some("u")));
+        let bad: CommunicatorConfig = serde_json::from_value(json!({"communicator": "winrm"})).unwrap();
+        assert!(Communication::from_config(&bad, "r").unwrap_err().message().contains("winrm"));
+    }
+}

@@ -10,7 +10,16 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Keys every provisioner accepts besides its own.
-const COMMON_KEYS: &[&str] = &["type", "only", "except", "override", "pause_before", "max_retries", "timeout", "name"];
+const COMMON_KEYS: &[&str] = &[
+    "type",
+    "only",
+    "except",
+    "override",
+    "pause_before",
+    "max_retries",
+    "timeout",
+    "name",
+];
 
 /// Packer's defaults for the shell provisioner.
 pub const DEFAULT_EXECUTE_COMMAND: &str = "chmod +x {{.Path}}; {{.Vars}} {{.Path}}";
@@ -97,13 +106,19 @@ pub struct ShellConfig {
 
 impl ShellConfig {
     pub fn execute_command(&self) -> &str {
-        self.execute_command.as_deref().unwrap_or(DEFAULT_EXECUTE_COMMAND)
+        self.execute_command
+            .as_deref()
+            .unwrap_or(DEFAULT_EXECUTE_COMMAND)
     }
     pub fn inline_shebang(&self) -> &str {
-        self.inline_shebang.as_deref().unwrap_or(DEFAULT_INLINE_SHEBANG)
+        self.inline_shebang
+            .as_deref()
+            .unwrap_or(DEFAULT_INLINE_SHEBANG)
     }
     pub fn env_var_format(&self) -> &str {
-        self.env_var_format.as_deref().unwrap_or(DEFAULT_ENV_VAR_FORMAT)
+        self.env_var_format
+            .as_deref()
+            .unwrap_or(DEFAULT_ENV_VAR_FORMAT)
     }
     pub fn valid_exit_codes(&self) -> Vec<i64> {
         if self.valid_exit_codes.is_empty() {
@@ -118,8 +133,14 @@ impl ShellConfig {
         if let Some(p) = &self.remote_path {
             return p.clone();
         }
-        let folder = self.remote_folder.as_deref().unwrap_or(DEFAULT_REMOTE_FOLDER);
-        let file = self.remote_file.clone().unwrap_or_else(|| format!("script_{random}.sh"));
+        let folder = self
+            .remote_folder
+            .as_deref()
+            .unwrap_or(DEFAULT_REMOTE_FOLDER);
+        let file = self
+            .remote_file
+            .clone()
+            .unwrap_or_else(|| format!("script_{random}.sh"));
         format!("{}/{}", folder.trim_end_matches('/'), file)
     }
 }
@@ -184,7 +205,11 @@ pub struct ShellLocalConfig {
 impl ShellLocalConfig {
     pub fn execute_command(&self) -> Vec<String> {
         if self.execute_command.is_empty() {
-            vec!["/bin/sh".into(), "-c".into(), "{{.Vars}} {{.Script}}".into()]
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "{{.Vars}} {{.Script}}".into(),
+            ]
         } else {
             self.execute_command.clone()
         }
@@ -202,12 +227,17 @@ impl Provisioner {
     /// Parses one provisioner; every problem is listed, each naming the key.
     pub fn parse(index: usize, value: &Value) -> Result<Provisioner, Vec<String>> {
         let Some(obj) = value.as_object() else {
-            return Err(vec!["a provisioner must be a JSON object with a \"type\"".into()]);
+            return Err(vec![
+                "a provisioner must be a JSON object with a \"type\"".into()
+            ]);
         };
         let mut problems = Vec::new();
         let common = parse_common(obj, &mut problems);
-        let own: Map<String, Value> =
-            obj.iter().filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let own: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let type_name = obj.get("type").and_then(Value::as_str).unwrap_or("");
         let kind = match type_name {
             "shell" => typed::<ShellConfig>(own, &mut problems).map(Kind::Shell),
@@ -228,7 +258,11 @@ impl Provisioner {
             validate_kind(kind, &mut problems);
         }
         match kind {
-            Some(kind) if problems.is_empty() => Ok(Provisioner { index, common, kind }),
+            Some(kind) if problems.is_empty() => Ok(Provisioner {
+                index,
+                common,
+                kind,
+            }),
             _ => Err(problems),
         }
     }
@@ -236,7 +270,11 @@ impl Provisioner {
     /// How messages and log lines name this provisioner: `provisioner 2 (shell)`.
     pub fn label(&self) -> String {
         match &self.common.name {
-            Some(n) => format!("provisioner {} ({} {n:?})", self.index, self.kind.type_name()),
+            Some(n) => format!(
+                "provisioner {} ({} {n:?})",
+                self.index,
+                self.kind.type_name()
+            ),
             None => format!("provisioner {} ({})", self.index, self.kind.type_name()),
         }
     }
@@ -268,7 +306,10 @@ pub fn parse_all(values: &[Value]) -> Result<Vec<Provisioner>, Vec<String>> {
     }
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(own: Map<String, Value>, problems: &mut Vec<String>) -> Option<T> {
+fn typed<T: for<'de> Deserialize<'de>>(
+    own: Map<String, Value>,
+    problems: &mut Vec<String>,
+) -> Option<T> {
     match serde_json::from_value::<T>(Value::Object(own)) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -279,7 +320,10 @@ fn typed<T: for<'de> Deserialize<'de>>(own: Map<String, Value>, problems: &mut V
 }
 
 fn parse_common(obj: &Map<String, Value>, problems: &mut Vec<String>) -> Common {
-    let mut common = Common { name: obj.get("name").and_then(Value::as_str).map(String::from), ..Default::default() };
+    let mut common = Common {
+        name: obj.get("name").and_then(Value::as_str).map(String::from),
+        ..Default::default()
+    };
     for key in ["pause_before", "timeout"] {
         match obj.get(key) {
             None | Some(Value::Null) => {}
@@ -293,14 +337,22 @@ fn parse_common(obj: &Map<String, Value>, problems: &mut Vec<String>) -> Common 
                 }
                 Err(e) => problems.push(format!("{key}: {e}")),
             },
-            Some(other) => problems.push(format!("{key}: expected a duration string such as \"30s\" or \"5m\", got {other}")),
+            Some(other) => problems.push(format!(
+                "{key}: expected a duration string such as \"30s\" or \"5m\", got {other}"
+            )),
         }
     }
     match obj.get("max_retries") {
         None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64().is_some() => common.max_retries = n.as_u64().unwrap() as u32,
-        Some(Value::String(s)) if s.parse::<u32>().is_ok() => common.max_retries = s.parse().unwrap(),
-        Some(other) => problems.push(format!("max_retries: expected a non-negative number, got {other}")),
+        Some(Value::Number(n)) if n.as_u64().is_some() => {
+            common.max_retries = n.as_u64().unwrap() as u32
+        }
+        Some(Value::String(s)) if s.parse::<u32>().is_ok() => {
+            common.max_retries = s.parse().unwrap()
+        }
+        Some(other) => problems.push(format!(
+            "max_retries: expected a non-negative number, got {other}"
+        )),
     }
     for key in ["only", "except"] {
         if let Some(v) = obj.get(key) {
@@ -316,7 +368,9 @@ fn validate_env_vars(vars: &[String], problems: &mut Vec<String>) {
     for v in vars {
         match v.split_once('=') {
             Some((k, _)) if !k.trim().is_empty() => {}
-            _ => problems.push(format!("environment_vars: {v:?} must be KEY=VALUE with a non-empty KEY")),
+            _ => problems.push(format!(
+                "environment_vars: {v:?} must be KEY=VALUE with a non-empty KEY"
+            )),
         }
     }
 }
@@ -324,7 +378,14 @@ fn validate_env_vars(vars: &[String], problems: &mut Vec<String>) {
 fn validate_kind(kind: &Kind, problems: &mut Vec<String>) {
     match kind {
         Kind::Shell(c) => {
-            let given = [!c.inline.is_empty(), c.script.is_some(), !c.scripts.is_empty()].iter().filter(|b| **b).count();
+            let given = [
+                !c.inline.is_empty(),
+                c.script.is_some(),
+                !c.scripts.is_empty(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if given == 0 {
                 problems.push("inline, script or scripts: one of them must be given (what should the shell provisioner run?)".into());
             } else if given > 1 {
@@ -332,11 +393,16 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<String>) {
             }
             validate_env_vars(&c.environment_vars, problems);
             if c.remote_path.is_some() && (c.remote_folder.is_some() || c.remote_file.is_some()) {
-                problems.push("remote_path: give either remote_path or remote_folder/remote_file, not both".into());
+                problems.push(
+                    "remote_path: give either remote_path or remote_folder/remote_file, not both"
+                        .into(),
+                );
             }
             if let Some(f) = &c.env_var_format {
                 if f.matches("%s").count() != 2 {
-                    problems.push(format!("env_var_format: {f:?} must contain %s twice (name, then value)"));
+                    problems.push(format!(
+                        "env_var_format: {f:?} must contain %s twice (name, then value)"
+                    ));
                 }
             }
             if let Some(p) = &c.pause_after {
@@ -351,11 +417,15 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<String>) {
             }
             match c.direction.as_deref() {
                 None | Some("upload") | Some("download") => {}
-                Some(d) => problems.push(format!("direction: {d:?} must be \"upload\" or \"download\"")),
+                Some(d) => problems.push(format!(
+                    "direction: {d:?} must be \"upload\" or \"download\""
+                )),
             }
             let sources = c.sources().len();
             if c.content.is_some() && sources > 0 {
-                problems.push("content, source: give either content or source/sources, not both".into());
+                problems.push(
+                    "content, source: give either content or source/sources, not both".into(),
+                );
             } else if c.content.is_none() && sources == 0 {
                 problems.push("source: required (or content, for an inline file)".into());
             }
@@ -364,10 +434,18 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<String>) {
             }
         }
         Kind::ShellLocal(c) => {
-            let given =
-                [c.command.is_some(), !c.inline.is_empty(), c.script.is_some(), !c.scripts.is_empty()].iter().filter(|b| **b).count();
+            let given = [
+                c.command.is_some(),
+                !c.inline.is_empty(),
+                c.script.is_some(),
+                !c.scripts.is_empty(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if given == 0 {
-                problems.push("command, inline, script or scripts: one of them must be given".into());
+                problems
+                    .push("command, inline, script or scripts: one of them must be given".into());
             } else if given > 1 {
                 problems.push("command, inline, script, scripts: give only one of them".into());
             }
@@ -390,13 +468,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("{text:?} is not a duration; write e.g. \"30s\", \"5m\" or \"1h30m\""));
+            return Err(format!(
+                "{text:?} is not a duration; write e.g. \"30s\", \"5m\" or \"1h30m\""
+            ));
         }
-        let n: f64 = rest[..num_len].parse().map_err(|_| format!("{text:?} is not a duration"))?;
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -423,7 +509,10 @@ mod tests {
         assert_eq!(p.common.pause_before, Some(Duration::from_secs(2)));
         assert_eq!(p.common.max_retries, 3);
         let Kind::Shell(s) = &p.kind else { panic!() };
-        assert_eq!(s.execute_command(), "chmod +x {{.Path}}; {{.Vars}} {{.Path}}");
+        assert_eq!(
+            s.execute_command(),
+            "chmod +x {{.Path}}; {{.Vars}} {{.Path}}"
+        );
         assert_eq!(s.inline_shebang(), "/bin/sh -e");
         assert_eq!(s.remote_path("abc"), "/tmp/script_abc.sh");
         assert_eq!(s.valid_exit_codes(), vec![0]);
@@ -438,16 +527,36 @@ mod tests {
 
     #[test]
     fn every_problem_is_listed() {
-        let problems = validate_provisioner(&json!({"type": "shell", "environment_vars": ["NOEQUALS"], "timeout": "5 parsecs"}));
-        assert!(problems.iter().any(|p| p.starts_with("inline, script or scripts")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("environment_vars")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("timeout")), "{problems:?}");
+        let problems = validate_provisioner(
+            &json!({"type": "shell", "environment_vars": ["NOEQUALS"], "timeout": "5 parsecs"}),
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("inline, script or scripts")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("environment_vars")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("timeout")),
+            "{problems:?}"
+        );
         assert!(validate_provisioner(&json!({"type": "ansible"}))[0].contains("not supported"));
-        assert!(validate_provisioner(&json!({"type": "file", "source": "a"}))[0].starts_with("destination"));
-        assert!(validate_provisioner(&json!({"type": "file", "destination": "/x", "direction": "sideways", "content": "c"}))
-            .iter()
-            .any(|p| p.starts_with("direction")));
-        assert!(validate_provisioner(&json!({"type": "shell-local", "command": "true"})).is_empty());
+        assert!(
+            validate_provisioner(&json!({"type": "file", "source": "a"}))[0]
+                .starts_with("destination")
+        );
+        assert!(validate_provisioner(
+            &json!({"type": "file", "destination": "/x", "direction": "sideways", "content": "c"})
+        )
+        .iter()
+        .any(|p| p.starts_with("direction")));
+        assert!(
+            validate_provisioner(&json!({"type": "shell-local", "command": "true"})).is_empty()
+        );
     }
 
     #[test]

@@ -15,7 +15,12 @@ use super::run::{tail_text, RunOptions};
 use super::transport::OutputSink;
 use crate::StepError;
 
-pub async fn run_shell_local(label: &str, c: &ShellLocalConfig, env: &PlanEnv, opts: &RunOptions) -> Result<(), StepError> {
+pub async fn run_shell_local(
+    label: &str,
+    c: &ShellLocalConfig,
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
     let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
     if opts.in_lambda {
         return Err(fail(
@@ -25,31 +30,60 @@ pub async fn run_shell_local(label: &str, c: &ShellLocalConfig, env: &PlanEnv, o
         ));
     }
     let ctx = RenderContext::with_build(&env.build);
-    let dir = tempfile::tempdir().map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
     let mut scripts = Vec::new();
-    let inline: Vec<String> = c.command.iter().cloned().chain(c.inline.iter().cloned()).collect();
+    let inline: Vec<String> = c
+        .command
+        .iter()
+        .cloned()
+        .chain(c.inline.iter().cloned())
+        .collect();
     if !inline.is_empty() {
-        let mut text = format!("#!{}\n", c.inline_shebang.as_deref().unwrap_or("/bin/sh -e"));
+        let mut text = format!(
+            "#!{}\n",
+            c.inline_shebang.as_deref().unwrap_or("/bin/sh -e")
+        );
         for line in &inline {
-            text.push_str(&opts.secrets.reveal(&render(line, &ctx).map_err(|e| fail(format!("inline: {e}")))?));
+            text.push_str(
+                &opts
+                    .secrets
+                    .reveal(&render(line, &ctx).map_err(|e| fail(format!("inline: {e}")))?),
+            );
             text.push('\n');
         }
         let path = dir.path().join("inline.sh");
-        std::fs::write(&path, text).map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, text)
+            .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
         set_executable(&path);
         scripts.push(path);
     }
     for s in c.script.iter().chain(c.scripts.iter()) {
         scripts.push(env.local_path(s));
     }
-    let vars = flatten_env_vars(&c.environment_vars, c.env_var_format.as_deref().unwrap_or(DEFAULT_ENV_VAR_FORMAT), env).map_err(fail)?;
+    let vars = flatten_env_vars(
+        &c.environment_vars,
+        c.env_var_format
+            .as_deref()
+            .unwrap_or(DEFAULT_ENV_VAR_FORMAT),
+        env,
+    )
+    .map_err(fail)?;
     let valid = c.valid_exit_codes();
     for script in scripts {
         let script_str = script.display().to_string();
         let argv: Vec<String> = c
             .execute_command()
             .iter()
-            .map(|a| render(a, &ctx.clone().set("Vars", vars.clone()).set("Script", script_str.clone()).set("Command", script_str.clone())))
+            .map(|a| {
+                render(
+                    a,
+                    &ctx.clone()
+                        .set("Vars", vars.clone())
+                        .set("Script", script_str.clone())
+                        .set("Command", script_str.clone()),
+                )
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| fail(format!("execute_command: {e}")))?;
         let revealed: Vec<String> = argv.iter().map(|a| opts.secrets.reveal(a)).collect();
@@ -81,11 +115,19 @@ pub async fn run_shell_local(label: &str, c: &ShellLocalConfig, env: &PlanEnv, o
             }
         }
         sink.finish();
-        let status = child.wait().await.map_err(|e| fail(format!("waiting for `{shown}`: {e}")))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| fail(format!("waiting for `{shown}`: {e}")))?;
         let code = status.code().map(i64::from);
         if !code.is_some_and(|c| valid.contains(&c)) {
-            let how = code.map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
-            return Err(fail(format!("`{shown}` failed: {how} (valid exit codes: {valid:?}){}", tail_text(&sink.tail()))));
+            let how = code
+                .map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| "killed by a signal".into());
+            return Err(fail(format!(
+                "`{shown}` failed: {how} (valid exit codes: {valid:?}){}",
+                tail_text(&sink.tail())
+            )));
         }
     }
     Ok(())

@@ -11,17 +11,34 @@ use super::transport::shell_quote;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Mkdir { path: String },
-    Upload { data: Vec<u8>, remote: String, mode: u32, from: String },
+    Mkdir {
+        path: String,
+    },
+    Upload {
+        data: Vec<u8>,
+        remote: String,
+        mode: u32,
+        from: String,
+    },
     /// `command` may still hold secret placeholders: reveal at the moment of use.
-    Exec { command: String, check: ExitCheck },
-    Download { remote: String, local: PathBuf, directory: bool },
+    Exec {
+        command: String,
+        check: ExitCheck,
+    },
+    Download {
+        remote: String,
+        local: PathBuf,
+        directory: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExitCheck {
     /// The provisioner's own command: exit codes outside `valid` fail the build.
-    Main { valid: Vec<i64>, expect_disconnect: bool },
+    Main {
+        valid: Vec<i64>,
+        expect_disconnect: bool,
+    },
     /// Housekeeping (removing the uploaded script): must succeed, Packer fails the build too.
     Housekeeping,
 }
@@ -72,7 +89,9 @@ pub fn flatten_env_vars(vars: &[String], format: &str, env: &PlanEnv) -> Result<
     map.insert("PACKER_BUILDER_TYPE".to_string(), env.builder_type.clone());
     for v in vars {
         let v = render(v, &env.ctx()).map_err(|e| format!("environment_vars: {e}"))?;
-        let (k, val) = v.split_once('=').ok_or_else(|| format!("environment_vars: {v:?} must be KEY=VALUE"))?;
+        let (k, val) = v
+            .split_once('=')
+            .ok_or_else(|| format!("environment_vars: {v:?} must be KEY=VALUE"))?;
         map.insert(k.to_string(), val.to_string());
     }
     let mut out = String::new();
@@ -95,23 +114,44 @@ fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action
     }
     for s in c.script.iter().chain(c.scripts.iter()) {
         let path = env.local_path(s);
-        let data = std::fs::read(&path).map_err(|e| format!("script {s:?}: cannot read {} ({e})", path.display()))?;
+        let data = std::fs::read(&path)
+            .map_err(|e| format!("script {s:?}: cannot read {} ({e})", path.display()))?;
         scripts.push((s.clone(), data));
     }
     let vars = flatten_env_vars(&c.environment_vars, c.env_var_format(), env)?;
     let mut actions = Vec::new();
     for (n, (from, data)) in scripts.into_iter().enumerate() {
-        let random = if n == 0 { format!("{}_{index}", env.random) } else { format!("{}_{index}_{n}", env.random) };
+        let random = if n == 0 {
+            format!("{}_{index}", env.random)
+        } else {
+            format!("{}_{index}_{n}", env.random)
+        };
         let remote = c.remote_path(&random);
-        let command = render(c.execute_command(), &env.ctx().set("Vars", vars.clone()).set("Path", remote.clone()))
-            .map_err(|e| format!("execute_command: {e}"))?;
-        actions.push(Action::Upload { data, remote: remote.clone(), mode: 0o755, from });
+        let command = render(
+            c.execute_command(),
+            &env.ctx()
+                .set("Vars", vars.clone())
+                .set("Path", remote.clone()),
+        )
+        .map_err(|e| format!("execute_command: {e}"))?;
+        actions.push(Action::Upload {
+            data,
+            remote: remote.clone(),
+            mode: 0o755,
+            from,
+        });
         actions.push(Action::Exec {
             command,
-            check: ExitCheck::Main { valid: c.valid_exit_codes(), expect_disconnect: c.expect_disconnect },
+            check: ExitCheck::Main {
+                valid: c.valid_exit_codes(),
+                expect_disconnect: c.expect_disconnect,
+            },
         });
         if !c.skip_clean {
-            actions.push(Action::Exec { command: format!("rm -f {}", shell_quote(&remote)), check: ExitCheck::Housekeeping });
+            actions.push(Action::Exec {
+                command: format!("rm -f {}", shell_quote(&remote)),
+                check: ExitCheck::Housekeeping,
+            });
         }
     }
     Ok(actions)
@@ -130,11 +170,17 @@ fn parent_remote(p: &str) -> Option<&str> {
 }
 
 fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
-    let destination = render(c.destination.as_deref().unwrap_or(""), &env.ctx()).map_err(|e| format!("destination: {e}"))?;
+    let destination = render(c.destination.as_deref().unwrap_or(""), &env.ctx())
+        .map_err(|e| format!("destination: {e}"))?;
     let mut actions = Vec::new();
     if let Some(content) = &c.content {
         let content = render(content, &env.ctx()).map_err(|e| format!("content: {e}"))?;
-        actions.push(Action::Upload { data: content.into_bytes(), remote: destination, mode: 0o644, from: "content".into() });
+        actions.push(Action::Upload {
+            data: content.into_bytes(),
+            remote: destination,
+            mode: 0o644,
+            from: "content".into(),
+        });
         return Ok(actions);
     }
     for source in c.sources() {
@@ -146,17 +192,29 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
             } else {
                 PathBuf::from(&destination)
             };
-            actions.push(Action::Download { remote: source.clone(), local, directory });
+            actions.push(Action::Download {
+                remote: source.clone(),
+                local,
+                directory,
+            });
             continue;
         }
         let local = env.local_path(&source);
-        let meta = std::fs::metadata(&local).map_err(|e| format!("source {source:?}: cannot read {} ({e})", local.display()))?;
+        let meta = std::fs::metadata(&local)
+            .map_err(|e| format!("source {source:?}: cannot read {} ({e})", local.display()))?;
         if meta.is_dir() {
             // Packer: "dir/" uploads the contents into destination, "dir" the directory itself.
-            let target = if source.ends_with('/') { destination.clone() } else { join_remote(&destination, base_name(&source)) };
-            actions.push(Action::Mkdir { path: target.clone() });
+            let target = if source.ends_with('/') {
+                destination.clone()
+            } else {
+                join_remote(&destination, base_name(&source))
+            };
+            actions.push(Action::Mkdir {
+                path: target.clone(),
+            });
             let mut files = Vec::new();
-            walk(&local, Path::new(""), &mut files).map_err(|e| format!("source {source:?}: {e}"))?;
+            walk(&local, Path::new(""), &mut files)
+                .map_err(|e| format!("source {source:?}: {e}"))?;
             files.sort();
             let mut made = std::collections::BTreeSet::new();
             for rel in files {
@@ -164,18 +222,35 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
                 let remote = join_remote(&target, &rel_str);
                 if let Some(parent) = parent_remote(&remote) {
                     if parent != target && made.insert(parent.to_string()) {
-                        actions.push(Action::Mkdir { path: parent.to_string() });
+                        actions.push(Action::Mkdir {
+                            path: parent.to_string(),
+                        });
                     }
                 }
                 let path = local.join(&rel);
-                let data = std::fs::read(&path).map_err(|e| format!("source {}: {e}", path.display()))?;
-                actions.push(Action::Upload { data, remote, mode: file_mode(&path), from: path.display().to_string() });
+                let data =
+                    std::fs::read(&path).map_err(|e| format!("source {}: {e}", path.display()))?;
+                actions.push(Action::Upload {
+                    data,
+                    remote,
+                    mode: file_mode(&path),
+                    from: path.display().to_string(),
+                });
             }
         } else {
-            let remote =
-                if destination.ends_with('/') { join_remote(&destination, base_name(&source)) } else { destination.clone() };
-            let data = std::fs::read(&local).map_err(|e| format!("source {}: {e}", local.display()))?;
-            actions.push(Action::Upload { data, remote, mode: file_mode(&local), from: local.display().to_string() });
+            let remote = if destination.ends_with('/') {
+                join_remote(&destination, base_name(&source))
+            } else {
+                destination.clone()
+            };
+            let data =
+                std::fs::read(&local).map_err(|e| format!("source {}: {e}", local.display()))?;
+            actions.push(Action::Upload {
+                data,
+                remote,
+                mode: file_mode(&local),
+                from: local.display().to_string(),
+            });
         }
     }
     Ok(actions)
@@ -196,7 +271,9 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
 
 fn file_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644)
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
 }
 
 #[cfg(test)]
@@ -205,22 +282,41 @@ mod tests {
     use serde_json::json;
 
     fn env() -> PlanEnv {
-        PlanEnv { build_name: "web".into(), builder_type: "amazon-ebs".into(), random: "r".into(), ..Default::default() }
+        PlanEnv {
+            build_name: "web".into(),
+            builder_type: "amazon-ebs".into(),
+            random: "r".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn inline_shell_uploads_runs_and_cleans() {
-        let p = Provisioner::parse(0, &json!({"type": "shell", "inline": ["echo a"], "environment_vars": ["X=it's"]})).unwrap();
+        let p = Provisioner::parse(
+            0,
+            &json!({"type": "shell", "inline": ["echo a"], "environment_vars": ["X=it's"]}),
+        )
+        .unwrap();
         let actions = plan(&p, &env()).unwrap();
-        let Action::Upload { data, remote, .. } = &actions[0] else { panic!() };
+        let Action::Upload { data, remote, .. } = &actions[0] else {
+            panic!()
+        };
         assert_eq!(String::from_utf8_lossy(data), "#!/bin/sh -e\necho a\n");
         assert_eq!(remote, "/tmp/script_r_0.sh");
-        let Action::Exec { command, .. } = &actions[1] else { panic!() };
+        let Action::Exec { command, .. } = &actions[1] else {
+            panic!()
+        };
         assert_eq!(
             command,
             "chmod +x /tmp/script_r_0.sh; PACKER_BUILDER_TYPE='amazon-ebs' PACKER_BUILD_NAME='web' X='it'\"'\"'s'  /tmp/script_r_0.sh"
         );
-        assert_eq!(actions[2], Action::Exec { command: "rm -f /tmp/script_r_0.sh".into(), check: ExitCheck::Housekeeping });
+        assert_eq!(
+            actions[2],
+            Action::Exec {
+                command: "rm -f /tmp/script_r_0.sh".into(),
+                check: ExitCheck::Housekeeping
+            }
+        );
     }
 
     #[test]
@@ -229,16 +325,32 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("conf/sub")).unwrap();
         std::fs::write(dir.path().join("conf/a.txt"), "a").unwrap();
         std::fs::write(dir.path().join("conf/sub/b.txt"), "b").unwrap();
-        let env = PlanEnv { base_dir: dir.path().to_path_buf(), ..env() };
+        let env = PlanEnv {
+            base_dir: dir.path().to_path_buf(),
+            ..env()
+        };
         let remotes = |src: &str| -> Vec<String> {
-            let p = Provisioner::parse(0, &json!({"type": "file", "source": src, "destination": "/opt/x"})).unwrap();
+            let p = Provisioner::parse(
+                0,
+                &json!({"type": "file", "source": src, "destination": "/opt/x"}),
+            )
+            .unwrap();
             plan(&p, &env)
                 .unwrap()
                 .into_iter()
-                .filter_map(|a| if let Action::Upload { remote, .. } = a { Some(remote) } else { None })
+                .filter_map(|a| {
+                    if let Action::Upload { remote, .. } = a {
+                        Some(remote)
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         };
-        assert_eq!(remotes("conf"), vec!["/opt/x/conf/a.txt", "/opt/x/conf/sub/b.txt"]);
+        assert_eq!(
+            remotes("conf"),
+            vec!["/opt/x/conf/a.txt", "/opt/x/conf/sub/b.txt"]
+        );
         assert_eq!(remotes("conf/"), vec!["/opt/x/a.txt", "/opt/x/sub/b.txt"]);
     }
 }

@@ -18,17 +18,26 @@ pub struct Secrets {
     template: TemplateSecrets,
     values: Vec<String>,
     ssh_password: Option<String>,
+    bastion_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({:?} + {} values)", self.template, self.values.len())
+        write!(
+            f,
+            "Secrets({:?} + {} values)",
+            self.template,
+            self.values.len()
+        )
     }
 }
 
 impl From<TemplateSecrets> for Secrets {
     fn from(template: TemplateSecrets) -> Secrets {
-        Secrets { template, ..Default::default() }
+        Secrets {
+            template,
+            ..Default::default()
+        }
     }
 }
 
@@ -91,6 +100,17 @@ impl Secrets {
         self.ssh_password.as_deref()
     }
 
+    /// The builder's `ssh_bastion_password`, like [`Secrets::set_ssh_password`].
+    pub fn set_bastion_password(&mut self, password: impl Into<String>) {
+        let password = self.reveal(&password.into());
+        self.add_value(password.clone());
+        self.bastion_password = Some(password);
+    }
+
+    pub fn bastion_password(&self) -> Option<&str> {
+        self.bastion_password.as_deref()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.template.is_empty() && self.values.is_empty()
     }
@@ -107,7 +127,10 @@ pub struct RenderContext {
 
 impl RenderContext {
     pub fn with_build(build: &BTreeMap<String, String>) -> RenderContext {
-        RenderContext { dot: BTreeMap::new(), build: build.clone() }
+        RenderContext {
+            dot: BTreeMap::new(),
+            build: build.clone(),
+        }
     }
 
     pub fn set(mut self, key: &str, value: impl Into<String>) -> RenderContext {
@@ -135,7 +158,9 @@ mod tests {
     fn renders_dot_and_build() {
         let mut build = BTreeMap::new();
         build.insert("SourceAMIName".to_string(), "amzn2".to_string());
-        let ctx = RenderContext::with_build(&build).set("Path", "/tmp/s.sh").set("Vars", "A='1' ");
+        let ctx = RenderContext::with_build(&build)
+            .set("Path", "/tmp/s.sh")
+            .set("Vars", "A='1' ");
         assert_eq!(
             render("chmod +x {{.Path}}; {{.Vars}} {{ .Path }} {{build `SourceAMIName`}} {{ build \"SourceAMIName\" }}", &ctx).unwrap(),
             "chmod +x /tmp/s.sh; A='1'  /tmp/s.sh amzn2 amzn2"

@@ -32,7 +32,10 @@ pub struct RunOptions {
 
 impl RunOptions {
     fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(DEADLINE_MARGIN))
+        self.deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(DEADLINE_MARGIN)
+        })
     }
 }
 
@@ -59,7 +62,12 @@ pub async fn run_all<T: Transport>(
 }
 
 /// One provisioner, with its pause, retries and time limits.
-pub async fn run_one<T: Transport>(transport: &mut T, p: &Provisioner, env: &PlanEnv, opts: &RunOptions) -> Result<(), StepError> {
+pub async fn run_one<T: Transport>(
+    transport: &mut T,
+    p: &Provisioner,
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
     let label = p.label();
     if let Some(pause) = p.common.pause_before {
         if opts.remaining().is_some_and(|r| r < pause) {
@@ -80,11 +88,17 @@ pub async fn run_one<T: Transport>(transport: &mut T, p: &Provisioner, env: &Pla
         };
         let result = match limit {
             None => attempt_once(transport, p, env, opts).await,
-            Some((limit, is_deadline)) => match tokio::time::timeout(limit, attempt_once(transport, p, env, opts)).await {
-                Ok(r) => r,
-                Err(_) if is_deadline => return Err(StepError::BuildFailed(lambda_limit_message(&label))),
-                Err(_) => Err(StepError::BuildFailed(format!("{label} timed out after {limit:?} (its \"timeout\")"))),
-            },
+            Some((limit, is_deadline)) => {
+                match tokio::time::timeout(limit, attempt_once(transport, p, env, opts)).await {
+                    Ok(r) => r,
+                    Err(_) if is_deadline => {
+                        return Err(StepError::BuildFailed(lambda_limit_message(&label)))
+                    }
+                    Err(_) => Err(StepError::BuildFailed(format!(
+                        "{label} timed out after {limit:?} (its \"timeout\")"
+                    ))),
+                }
+            }
         };
         match result {
             Ok(()) => return Ok(()),
@@ -99,38 +113,72 @@ pub async fn run_one<T: Transport>(transport: &mut T, p: &Provisioner, env: &Pla
     Err(last.expect("at least one attempt"))
 }
 
-async fn attempt_once<T: Transport>(transport: &mut T, p: &Provisioner, env: &PlanEnv, opts: &RunOptions) -> Result<(), StepError> {
+async fn attempt_once<T: Transport>(
+    transport: &mut T,
+    p: &Provisioner,
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
     let label = p.label();
     if let Kind::ShellLocal(c) = &p.kind {
         return local::run_shell_local(&label, c, env, opts).await;
     }
-    let actions = plan(p, env).map_err(|e| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {e}"))))?;
+    let actions = plan(p, env)
+        .map_err(|e| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {e}"))))?;
     let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
     let mut reconnect = false;
     for action in actions {
         if reconnect {
             tracing::info!(provisioner = %label, "reconnecting after the expected disconnect");
-            transport.reconnect().await.map_err(|e| fail(format!("could not reconnect after the expected disconnect: {e}")))?;
+            transport.reconnect().await.map_err(|e| {
+                fail(format!(
+                    "could not reconnect after the expected disconnect: {e}"
+                ))
+            })?;
             reconnect = false;
         }
         match action {
             Action::Mkdir { path } => transport.mkdir_all(&path).await.map_err(|e| fail(e.0))?,
-            Action::Upload { data, remote, mode, from } => {
+            Action::Upload {
+                data,
+                remote,
+                mode,
+                from,
+            } => {
                 tracing::info!(provisioner = %label, "uploading {from} to {remote}");
-                transport.upload(&opts.secrets.reveal_bytes(&data), &remote, mode).await.map_err(|e| fail(e.0))?
+                transport
+                    .upload(&opts.secrets.reveal_bytes(&data), &remote, mode)
+                    .await
+                    .map_err(|e| fail(e.0))?
             }
-            Action::Download { remote, local, directory } => download(transport, &remote, &local, directory).await.map_err(fail)?,
+            Action::Download {
+                remote,
+                local,
+                directory,
+            } => download(transport, &remote, &local, directory)
+                .await
+                .map_err(fail)?,
             Action::Exec { command, check } => {
                 let shown = opts.secrets.mask(&command);
                 let revealed = opts.secrets.reveal(&command);
                 let mut sink = OutputSink::new(&label, &opts.secrets);
-                let status = transport.exec(&revealed, &mut sink).await.map_err(|e| fail(format!("running `{shown}`: {}", e.0)))?;
+                let status = transport
+                    .exec(&revealed, &mut sink)
+                    .await
+                    .map_err(|e| fail(format!("running `{shown}`: {}", e.0)))?;
                 match (&check, &status) {
-                    (ExitCheck::Main { expect_disconnect: true, .. }, ExecStatus::Disconnected) => {
+                    (
+                        ExitCheck::Main {
+                            expect_disconnect: true,
+                            ..
+                        },
+                        ExecStatus::Disconnected,
+                    ) => {
                         tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
                         reconnect = true;
                     }
-                    (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code)) if valid.contains(code) => {}
+                    (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code))
+                        if valid.contains(code) => {}
                     (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => {}
                     (ExitCheck::Main { valid, .. }, _) => {
                         return Err(fail(format!(
@@ -139,7 +187,10 @@ async fn attempt_once<T: Transport>(transport: &mut T, p: &Provisioner, env: &Pl
                         )))
                     }
                     (ExitCheck::Housekeeping, _) => {
-                        return Err(fail(format!("cleaning up with `{shown}` failed: {status}{}", tail_text(&sink.tail()))))
+                        return Err(fail(format!(
+                            "cleaning up with `{shown}` failed: {status}{}",
+                            tail_text(&sink.tail())
+                        )))
                     }
                 }
             }
@@ -157,16 +208,25 @@ pub fn tail_text(tail: &[String]) -> String {
     }
 }
 
-async fn download<T: Transport>(transport: &mut T, remote: &str, local: &std::path::Path, directory: bool) -> Result<(), String> {
+async fn download<T: Transport>(
+    transport: &mut T,
+    remote: &str,
+    local: &std::path::Path,
+    directory: bool,
+) -> Result<(), String> {
     let write = |path: &std::path::Path, data: &[u8]| -> Result<(), String> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     if directory {
         for rel in transport.list_files(remote).await.map_err(|e| e.0)? {
-            let data = transport.download(&format!("{}/{rel}", remote.trim_end_matches('/'))).await.map_err(|e| e.0)?;
+            let data = transport
+                .download(&format!("{}/{rel}", remote.trim_end_matches('/')))
+                .await
+                .map_err(|e| e.0)?;
             write(&local.join(&rel), &data)?;
         }
         Ok(())
@@ -186,10 +246,19 @@ fn no_communicator<T>() -> Result<T, super::transport::TransportError> {
 }
 
 impl Transport for NoTransport {
-    async fn exec(&mut self, _: &str, _: &mut OutputSink) -> Result<ExecStatus, super::transport::TransportError> {
+    async fn exec(
+        &mut self,
+        _: &str,
+        _: &mut OutputSink,
+    ) -> Result<ExecStatus, super::transport::TransportError> {
         no_communicator()
     }
-    async fn upload(&mut self, _: &[u8], _: &str, _: u32) -> Result<(), super::transport::TransportError> {
+    async fn upload(
+        &mut self,
+        _: &[u8],
+        _: &str,
+        _: u32,
+    ) -> Result<(), super::transport::TransportError> {
         no_communicator()
     }
     async fn mkdir_all(&mut self, _: &str) -> Result<(), super::transport::TransportError> {
@@ -198,7 +267,10 @@ impl Transport for NoTransport {
     async fn download(&mut self, _: &str) -> Result<Vec<u8>, super::transport::TransportError> {
         no_communicator()
     }
-    async fn list_files(&mut self, _: &str) -> Result<Vec<String>, super::transport::TransportError> {
+    async fn list_files(
+        &mut self,
+        _: &str,
+    ) -> Result<Vec<String>, super::transport::TransportError> {
         no_communicator()
     }
     async fn reconnect(&mut self) -> Result<(), super::transport::TransportError> {

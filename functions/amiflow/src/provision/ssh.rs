@@ -50,6 +50,8 @@ pub struct SshTarget {
     pub pty: bool,
     /// Bound on TCP connect + handshake + auth for one attempt.
     pub connect_timeout: Duration,
+    /// `ssh_bastion_*`: reach the target through this host (a `direct-tcpip` channel).
+    pub bastion: Option<Box<SshTarget>>,
 }
 
 impl SshTarget {
@@ -67,13 +69,18 @@ struct TrustOnFirstUse;
 impl client::Handler for TrustOnFirstUse {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, _key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         Ok(true)
     }
 }
 
 pub struct SshTransport {
     handle: client::Handle<TrustOnFirstUse>,
+    /// Kept open while the target is reached through it.
+    bastion: Option<client::Handle<TrustOnFirstUse>>,
     sftp: Option<SftpSession>,
     target: SshTarget,
     address: String,
@@ -87,43 +94,23 @@ impl SshTransport {
     pub async fn connect(target: &SshTarget) -> Result<SshTransport, TransportError> {
         let address = target.address();
         let attempt = async {
-            let config = Arc::new(client::Config {
-                inactivity_timeout: Some(Duration::from_secs(3600)),
-                keepalive_interval: Some(Duration::from_secs(5)),
-                keepalive_max: 6,
-                ..Default::default()
-            });
-            let mut handle = client::connect(config, (target.host.as_str(), target.port), TrustOnFirstUse)
-                .await
-                .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?;
-            let result = match &target.auth {
-                SshAuth::Key(key) => {
-                    let hash = if key.algorithm().is_rsa() {
-                        handle.best_supported_rsa_hash().await.ok().flatten().flatten()
-                    } else {
-                        None
-                    };
-                    handle.authenticate_publickey(&target.username, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
-                }
-                SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
-            }
-            .map_err(|e| TransportError(format!("authentication to {address} failed: {e}")))?;
-            if !result.success() {
-                let how = match target.auth {
-                    SshAuth::Key(_) => "the private key",
-                    SshAuth::Password(_) => "the password",
-                };
-                return Err(TransportError(format!(
-                    "{address} refused user {:?} with {how}: check ssh_username and that the key is authorized on the instance",
-                    target.username
-                )));
-            }
-            Ok(handle)
+            let bastion = match &target.bastion {
+                None => None,
+                Some(b) => Some(open(b, None).await.map_err(|e| TransportError(format!("via bastion {}: {}", b.address(), e.0)))?),
+            };
+            let handle = open(target, bastion.as_ref()).await?;
+            Ok::<_, TransportError>((handle, bastion))
         };
-        let handle = tokio::time::timeout(target.connect_timeout, attempt)
-            .await
-            .map_err(|_| TransportError(format!("no SSH answer from {address} within {:?}", target.connect_timeout)))??;
-        Ok(SshTransport { handle, sftp: None, target: target.clone(), address })
+        let (handle, bastion) = tokio::time::timeout(target.connect_timeout, attempt).await.map_err(|_| {
+            TransportError(format!("no SSH answer from {address} within {:?}", target.connect_timeout))
+        })??;
+        Ok(SshTransport {
+            handle,
+            bastion,
+            sftp: None,
+            target: target.clone(),
+            address,
+        })
     }
 
     pub fn address(&self) -> &str {
@@ -134,33 +121,54 @@ impl SshTransport {
         if let Some(sftp) = self.sftp.take() {
             let _ = sftp.close().await;
         }
-        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+        if let Some(b) = self.bastion.take() {
+            let _ = b.disconnect(Disconnect::ByApplication, "", "en").await;
+        }
     }
 
     async fn sftp(&mut self) -> Result<&SftpSession, TransportError> {
         if self.sftp.is_none() {
             let err = |e: String| TransportError(format!("SFTP to {} failed: {e}", self.address));
-            let channel = self.handle.channel_open_session().await.map_err(|e| err(e.to_string()))?;
-            channel.request_subsystem(true, "sftp").await.map_err(|e| err(e.to_string()))?;
-            let session = SftpSession::new(channel.into_stream()).await.map_err(|e| err(e.to_string()))?;
+            let channel = self
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            channel
+                .request_subsystem(true, "sftp")
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let session = SftpSession::new(channel.into_stream())
+                .await
+                .map_err(|e| err(e.to_string()))?;
             self.sftp = Some(session);
         }
         Ok(self.sftp.as_ref().unwrap())
     }
 
-    async fn exec_capture(&mut self, command: &str) -> Result<(ExecStatus, Vec<u8>), TransportError> {
-        let mut channel = self
-            .handle
-            .channel_open_session()
+    async fn exec_capture(
+        &mut self,
+        command: &str,
+    ) -> Result<(ExecStatus, Vec<u8>), TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
+        channel
+            .exec(true, command)
             .await
-            .map_err(|e| TransportError(format!("cannot open a session on {}: {e}", self.address)))?;
-        channel.exec(true, command).await.map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
         let mut status = None;
         let mut stdout = Vec::new();
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(ExecStatus::Exited(exit_status as i64)),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
                 _ => {}
             }
         }
@@ -168,28 +176,93 @@ impl SshTransport {
     }
 }
 
-impl Transport for SshTransport {
-    async fn exec(&mut self, command: &str, out: &mut OutputSink) -> Result<ExecStatus, TransportError> {
-        let mut channel = self
-            .handle
-            .channel_open_session()
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 6,
+        ..Default::default()
+    })
+}
+
+/// Handshake and authentication, over TCP or through a bastion's `direct-tcpip` channel.
+async fn open(
+    target: &SshTarget,
+    via: Option<&client::Handle<TrustOnFirstUse>>,
+) -> Result<client::Handle<TrustOnFirstUse>, TransportError> {
+    let address = target.address();
+    let mut handle = match via {
+        None => client::connect(client_config(), (target.host.as_str(), target.port), TrustOnFirstUse)
             .await
-            .map_err(|e| TransportError(format!("cannot open a session on {}: {e}", self.address)))?;
+            .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?,
+        Some(bastion) => {
+            let channel = bastion
+                .channel_open_direct_tcpip(target.host.as_str(), target.port as u32, "127.0.0.1", 0)
+                .await
+                .map_err(|e| TransportError(format!("the bastion cannot reach {address}: {e}")))?;
+            client::connect_stream(client_config(), channel.into_stream(), TrustOnFirstUse)
+                .await
+                .map_err(|e| TransportError(format!("cannot connect to {address} through the bastion: {e}")))?
+        }
+    };
+    let result = match &target.auth {
+        SshAuth::Key(key) => {
+            let hash = if key.algorithm().is_rsa() {
+                handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+            } else {
+                None
+            };
+            handle.authenticate_publickey(&target.username, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
+        }
+        SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
+    }
+    .map_err(|e| TransportError(format!("authentication to {address} failed: {e}")))?;
+    if !result.success() {
+        let how = match target.auth {
+            SshAuth::Key(_) => "the private key",
+            SshAuth::Password(_) => "the password",
+        };
+        return Err(TransportError(format!(
+            "{address} refused user {:?} with {how}: check the username and that the key is authorized there",
+            target.username
+        )));
+    }
+    Ok(handle)
+}
+
+impl Transport for SshTransport {
+    async fn exec(
+        &mut self,
+        command: &str,
+        out: &mut OutputSink,
+    ) -> Result<ExecStatus, TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
         if self.target.pty {
             channel
                 .request_pty(true, "xterm", 80, 40, 0, 0, &[])
                 .await
-                .map_err(|e| TransportError(format!("PTY request on {} failed: {e}", self.address)))?;
+                .map_err(|e| {
+                    TransportError(format!("PTY request on {} failed: {e}", self.address))
+                })?;
         }
-        channel.exec(true, command).await.map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
         let mut status = None;
         // Read until the channel closes: the exit status may arrive before the last output.
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => out.push(false, &data),
                 ChannelMsg::ExtendedData { data, .. } => out.push(true, &data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(ExecStatus::Exited(exit_status as i64)),
-                ChannelMsg::ExitSignal { signal_name, .. } => status = Some(ExecStatus::Signal(format!("{signal_name:?}"))),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status = Some(ExecStatus::Signal(format!("{signal_name:?}")))
+                }
                 _ => {}
             }
         }
@@ -197,38 +270,70 @@ impl Transport for SshTransport {
         Ok(status.unwrap_or(ExecStatus::Disconnected))
     }
 
-    async fn upload(&mut self, data: &[u8], remote_path: &str, mode: u32) -> Result<(), TransportError> {
+    async fn upload(
+        &mut self,
+        data: &[u8],
+        remote_path: &str,
+        mode: u32,
+    ) -> Result<(), TransportError> {
         let address = self.address.clone();
-        let err = |e: String| TransportError(format!("upload of {remote_path} to {address} failed: {e}"));
+        let err =
+            |e: String| TransportError(format!("upload of {remote_path} to {address} failed: {e}"));
         let sftp = self.sftp().await?;
-        let mut file = sftp.create(remote_path).await.map_err(|e| err(e.to_string()))?;
+        let mut file = sftp
+            .create(remote_path)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         file.write_all(data).await.map_err(|e| err(e.to_string()))?;
         file.shutdown().await.map_err(|e| err(e.to_string()))?;
-        let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
-        sftp.set_metadata(remote_path, attrs).await.map_err(|e| err(e.to_string()))?;
+        let attrs = russh_sftp::protocol::FileAttributes {
+            permissions: Some(mode),
+            ..Default::default()
+        };
+        sftp.set_metadata(remote_path, attrs)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 
     async fn mkdir_all(&mut self, remote_path: &str) -> Result<(), TransportError> {
-        let (status, _) = self.exec_capture(&format!("mkdir -p {}", shell_quote(remote_path))).await?;
+        let (status, _) = self
+            .exec_capture(&format!("mkdir -p {}", shell_quote(remote_path)))
+            .await?;
         match status {
             ExecStatus::Exited(0) => Ok(()),
-            other => Err(TransportError(format!("mkdir -p {remote_path} on {} failed: {other}", self.address))),
+            other => Err(TransportError(format!(
+                "mkdir -p {remote_path} on {} failed: {other}",
+                self.address
+            ))),
         }
     }
 
     async fn download(&mut self, remote_path: &str) -> Result<Vec<u8>, TransportError> {
         let address = self.address.clone();
         let sftp = self.sftp().await?;
-        sftp.read(remote_path).await.map_err(|e| TransportError(format!("download of {remote_path} from {address} failed: {e}")))
+        sftp.read(remote_path).await.map_err(|e| {
+            TransportError(format!(
+                "download of {remote_path} from {address} failed: {e}"
+            ))
+        })
     }
 
     async fn list_files(&mut self, remote_dir: &str) -> Result<Vec<String>, TransportError> {
-        let (status, stdout) = self.exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir))).await?;
+        let (status, stdout) = self
+            .exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir)))
+            .await?;
         if status != ExecStatus::Exited(0) {
-            return Err(TransportError(format!("cannot list {remote_dir} on {}: {status}", self.address)));
+            return Err(TransportError(format!(
+                "cannot list {remote_dir} on {}: {status}",
+                self.address
+            )));
         }
-        Ok(String::from_utf8_lossy(&stdout).lines().map(|l| l.trim_start_matches("./").to_string()).filter(|l| !l.is_empty()).collect())
+        Ok(String::from_utf8_lossy(&stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("./").to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     async fn reconnect(&mut self) -> Result<(), TransportError> {

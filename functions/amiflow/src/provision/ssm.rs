@@ -4,7 +4,7 @@
 //!
 //! Requirements on the instance: the SSM agent running and registered, an instance profile
 //! granting SSM (the managed policy `AmazonSSMManagedInstanceCore`) and read access to the
-//! staging bucket (`s3:GetObject` on `ssm_bucket`, plus `s3:PutObject` for full output), and
+//! staging bucket (`s3:GetObject` on `ssm_output_s3_bucket`, plus `s3:PutObject` for full output), and
 //! the AWS CLI for staged files. No inbound port and no key material are needed.
 //!
 //! No Lambda runs while a command runs: Provision sends one command per provisioner and
@@ -35,7 +35,10 @@ pub fn comment(execution: &str, index: usize) -> String {
 
 fn index_of(comment: &str, execution: &str) -> Option<usize> {
     let exec: String = execution.chars().take(80).collect();
-    comment.strip_prefix(&format!("amiflow {exec} #"))?.parse().ok()
+    comment
+        .strip_prefix(&format!("amiflow {exec} #"))?
+        .parse()
+        .ok()
 }
 
 /// What a command invocation's `Status` and `StatusDetails` mean for the build.
@@ -43,7 +46,13 @@ fn index_of(comment: &str, execution: &str) -> Option<usize> {
 /// GetCommandInvocation reports Pending, InProgress, Delayed, Success, Cancelled,
 /// Cancelling, TimedOut and Failed as the status; Undeliverable, Terminated and the two
 /// kinds of time-out only appear in the details, so the details are looked at first.
-pub fn decide(label: &str, status: &str, details: &str, response_code: i32, output: &[String]) -> Result<(), StepError> {
+pub fn decide(
+    label: &str,
+    status: &str,
+    details: &str,
+    response_code: i32,
+    output: &[String],
+) -> Result<(), StepError> {
     let tail = tail_text(output);
     let squeezed: String = details.chars().filter(|c| !c.is_whitespace()).collect();
     match (squeezed.as_str(), status) {
@@ -73,7 +82,10 @@ pub fn decide(label: &str, status: &str, details: &str, response_code: i32, outp
 }
 
 fn still_running(status: &str, details: &str) -> bool {
-    matches!(decide("", status, details, 0, &[]), Err(StepError::NotReady(_)))
+    matches!(
+        decide("", status, details, 0, &[]),
+        Err(StepError::NotReady(_))
+    )
 }
 
 /// A provisioner as one shell script plus the objects to stage for it.
@@ -89,28 +101,58 @@ pub fn staging_prefix(execution: &str, index: usize) -> String {
     format!("amiflow/{execution}/provision/{index}/")
 }
 
+const HEREDOC_END: &str = "AMIFLOW_FILE_END";
+
+/// The file as here-document text, when it can be one: UTF-8, small, ends with a newline
+/// (a here-document always does) and never contains the end marker line.
+fn heredoc(data: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(data).ok()?;
+    let fits = text.len() <= 16 * 1024 && text.ends_with('\n') && !text.lines().any(|l| l == HEREDOC_END);
+    fits.then_some(text)
+}
+
 /// Turns the actions into one POSIX sh script; uploads become `aws s3 cp` from `bucket`.
-pub fn compile(label: &str, actions: &[Action], bucket: Option<&str>, prefix: &str) -> Result<Compiled, String> {
+pub fn compile(
+    label: &str,
+    actions: &[Action],
+    bucket: Option<&str>,
+    prefix: &str,
+) -> Result<Compiled, String> {
     let mut script = String::from("#!/bin/sh\n");
     let mut staged = Vec::new();
     for action in actions {
         match action {
-            Action::Mkdir { path } => script.push_str(&format!("mkdir -p {} || exit $?\n", shell_quote(path))),
-            Action::Upload { data, remote, mode, from } => {
-                let bucket = bucket.ok_or_else(|| {
-                    format!("uploading {from} over SSM needs a staging bucket: set \"ssm_bucket\" in the builder")
-                })?;
-                let key = format!("{prefix}{}", staged.len());
-                script.push_str(&format!(
-                    "aws s3 cp --only-show-errors {} {} || exit $?\nchmod {:o} {} || exit $?\n",
-                    shell_quote(&format!("s3://{bucket}/{key}")),
-                    shell_quote(remote),
-                    mode,
-                    shell_quote(remote)
-                ));
-                staged.push((key, data.clone()));
+            Action::Mkdir { path } => {
+                script.push_str(&format!("mkdir -p {} || exit $?\n", shell_quote(path)))
             }
-            Action::Exec { command, check: ExitCheck::Main { valid, .. } } => {
+            Action::Upload { data, remote, mode, from } => {
+                let fetch = match (bucket, heredoc(data)) {
+                    (Some(bucket), _) => {
+                        let key = format!("{prefix}{}", staged.len());
+                        staged.push((key.clone(), data.clone()));
+                        format!(
+                            "aws s3 cp --only-show-errors {} {} || exit $?\n",
+                            shell_quote(&format!("s3://{bucket}/{key}")),
+                            shell_quote(remote)
+                        )
+                    }
+                    // Small text files travel inside the command when there is no bucket.
+                    (None, Some(text)) => {
+                        format!("cat > {} <<'{HEREDOC_END}' || exit $?\n{text}{HEREDOC_END}\n", shell_quote(remote))
+                    }
+                    (None, None) => {
+                        return Err(format!(
+                            "uploading {from} over SSM needs a staging bucket (binary or large file): \
+                             set \"ssm_output_s3_bucket\" in the builder"
+                        ))
+                    }
+                };
+                script.push_str(&format!("{fetch}chmod {:o} {} || exit $?\n", mode, shell_quote(remote)));
+            }
+            Action::Exec {
+                command,
+                check: ExitCheck::Main { valid, .. },
+            } => {
                 let codes: Vec<String> = valid.iter().map(|c| c.to_string()).collect();
                 script.push_str(&format!(
                     "{command}\nrc=$?\ncase \" {} \" in *\" $rc \"*) ;; *) echo \"amiflow: {} exited with $rc\" >&2; exit $rc ;; esac\n",
@@ -118,9 +160,14 @@ pub fn compile(label: &str, actions: &[Action], bucket: Option<&str>, prefix: &s
                     label.replace('"', "'")
                 ));
             }
-            Action::Exec { command, check: ExitCheck::Housekeeping } => script.push_str(&format!("{command} || exit $?\n")),
+            Action::Exec {
+                command,
+                check: ExitCheck::Housekeeping,
+            } => script.push_str(&format!("{command} || exit $?\n")),
             Action::Download { remote, .. } => {
-                return Err(format!("downloading {remote} is not supported over SSM; use the SSH communicator"));
+                return Err(format!(
+                    "downloading {remote} is not supported over SSM; use the SSH communicator"
+                ));
             }
         }
     }
@@ -139,20 +186,36 @@ pub enum AgentStatus {
 }
 
 pub async fn agent_status(ctx: &Ctx, region: &str, instance_id: &str) -> AgentStatus {
-    let filter = aws_sdk_ssm::types::InstanceInformationStringFilter::builder().key("InstanceIds").values(instance_id).build();
+    let filter = aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+        .key("InstanceIds")
+        .values(instance_id)
+        .build();
     let filter = match filter {
         Ok(f) => f,
         Err(e) => return AgentStatus::CannotTell(e.to_string()),
     };
-    match ssm(ctx, region).describe_instance_information().filters(filter).send().await {
+    match ssm(ctx, region)
+        .describe_instance_information()
+        .filters(filter)
+        .send()
+        .await
+    {
         Err(e) => AgentStatus::CannotTell(DisplayErrorContext(&e).to_string()),
-        Ok(out) => match out.instance_information_list().iter().find(|i| i.instance_id() == Some(instance_id)) {
-            None => AgentStatus::NotYet(format!("the SSM agent on {instance_id} has not registered yet")),
+        Ok(out) => match out
+            .instance_information_list()
+            .iter()
+            .find(|i| i.instance_id() == Some(instance_id))
+        {
+            None => AgentStatus::NotYet(format!(
+                "the SSM agent on {instance_id} has not registered yet"
+            )),
             Some(info) => match info.ping_status() {
                 Some(aws_sdk_ssm::types::PingStatus::Online) => AgentStatus::Online,
                 other => AgentStatus::NotYet(format!(
                     "the SSM agent on {instance_id} is {}",
-                    other.map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into())
+                    other
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "unknown".into())
                 )),
             },
         },
@@ -164,9 +227,17 @@ fn output_prefix(execution: &str) -> String {
 }
 
 async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
-    let Some(bucket) = &cfg.ssm_bucket else { return };
+    let Some(bucket) = &cfg.ssm_bucket else {
+        return;
+    };
     let s3 = s3(ctx, &cfg.region);
-    if let Ok(list) = s3.list_objects_v2().bucket(bucket).prefix(prefix).send().await {
+    if let Ok(list) = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+    {
         for obj in list.contents() {
             if let Some(key) = obj.key() {
                 let _ = s3.delete_object().bucket(bucket).key(key).send().await;
@@ -184,23 +255,34 @@ pub async fn provision(
     env: &PlanEnv,
     opts: &RunOptions,
 ) -> Result<BuildState, StepError> {
-    let instance_id = state
-        .data
-        .instance_id
-        .clone()
-        .ok_or_else(|| StepError::BuildFailed("the SSM communicator needs an instance: the build state has no instance_id".into()))?;
+    let instance_id = state.data.instance_id.clone().ok_or_else(|| {
+        StepError::BuildFailed(
+            "the SSM communicator needs an instance: the build state has no instance_id".into(),
+        )
+    })?;
     let client = ssm(ctx, &cfg.region);
     let execution = state.execution.clone();
 
     // Find where the build is: the newest command of this build on this instance.
     let mut sent: BTreeMap<usize, String> = BTreeMap::new();
-    let listed = client.list_commands().instance_id(&instance_id).send().await.map_err(|e| {
-        StepError::Transient(format!("ListCommands for {instance_id}: {}", DisplayErrorContext(&e)))
-    })?;
+    let listed = client
+        .list_commands()
+        .instance_id(&instance_id)
+        .send()
+        .await
+        .map_err(|e| {
+            StepError::Transient(format!(
+                "ListCommands for {instance_id}: {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
     let mut commands: Vec<_> = listed.commands().to_vec();
     commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
     for c in &commands {
-        if let (Some(i), Some(id)) = (c.comment().and_then(|s| index_of(s, &execution)), c.command_id()) {
+        if let (Some(i), Some(id)) = (
+            c.comment().and_then(|s| index_of(s, &execution)),
+            c.command_id(),
+        ) {
             sent.insert(i, id.to_string());
         }
     }
@@ -210,16 +292,31 @@ pub async fn provision(
             .get(index)
             .ok_or_else(|| StepError::BuildFailed(format!("SSM command {command_id} names provisioner {index}, which this build does not have")))?;
         let label = p.label();
-        let inv = client.get_command_invocation().command_id(command_id).instance_id(&instance_id).send().await.map_err(|e| {
-            // Right after SendCommand the invocation may not be visible yet.
-            StepError::NotReady(format!("{label}: command {command_id} not visible yet: {}", DisplayErrorContext(&e)))
-        })?;
-        let status = inv.status().map(|s| s.as_str().to_string()).unwrap_or_else(|| "Pending".into());
+        let inv = client
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(&instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                // Right after SendCommand the invocation may not be visible yet.
+                StepError::NotReady(format!(
+                    "{label}: command {command_id} not visible yet: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+        let status = inv
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "Pending".into());
         let details = inv.status_details().unwrap_or("").to_string();
         if still_running(&status, &details) {
-            return Err(StepError::NotReady(format!("{label}: SSM command {command_id} is {status}")));
+            return Err(StepError::NotReady(format!(
+                "{label}: SSM command {command_id} is {status}"
+            )));
         }
-        let (stdout, stderr) = command_output(ctx, cfg, &execution, command_id, &instance_id, &inv).await;
+        let (stdout, stderr) =
+            command_output(ctx, cfg, &execution, command_id, &instance_id, &inv).await;
         let mut sink = OutputSink::new(&label, &opts.secrets);
         sink.push(false, stdout.as_bytes());
         sink.push(false, b"\n");
@@ -242,7 +339,8 @@ pub async fn provision(
         let fail = |m: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {m}")));
         let actions = plan(p, env).map_err(fail)?;
         let prefix = staging_prefix(&execution, next);
-        let mut compiled = compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
+        let mut compiled =
+            compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
         let revealed = opts.secrets.reveal(&compiled.script);
         let commands: Vec<String> = if let Some(bucket) = &cfg.ssm_bucket {
             // The script goes through S3 so that revealed secrets never appear in the
@@ -251,14 +349,17 @@ pub async fn provision(
             compiled.staged.push((key.clone(), revealed.into_bytes()));
             let path = format!("/tmp/amiflow-{}.sh", next);
             vec![
-                format!("aws s3 cp --only-show-errors {} {path} || exit $?", shell_quote(&format!("s3://{bucket}/{key}"))),
+                format!(
+                    "aws s3 cp --only-show-errors {} {path} || exit $?",
+                    shell_quote(&format!("s3://{bucket}/{key}"))
+                ),
                 format!("sh {path}; rc=$?; rm -f {path}; exit $rc"),
             ]
         } else {
             if revealed != compiled.script {
                 return Err(fail(
                     "this provisioner uses sensitive variables; over SSM they would be stored in the command's history. \
-                     Set \"ssm_bucket\" so the script is staged in S3 instead"
+                     Set \"ssm_output_s3_bucket\" so the script is staged in S3 instead"
                         .into(),
                 ));
             }
@@ -273,7 +374,12 @@ pub async fn provision(
                     .body(opts.secrets.reveal_bytes(data).into())
                     .send()
                     .await
-                    .map_err(|e| fail(format!("staging s3://{bucket}/{key}: {}", DisplayErrorContext(&e))))?;
+                    .map_err(|e| {
+                        fail(format!(
+                            "staging s3://{bucket}/{key}: {}",
+                            DisplayErrorContext(&e)
+                        ))
+                    })?;
             }
         }
         let mut send = client
@@ -283,15 +389,25 @@ pub async fn provision(
             .comment(comment(&execution, next))
             .parameters("commands", commands);
         let limit = p.common.timeout.unwrap_or(cfg.ssm_execution_timeout);
-        send = send.parameters("executionTimeout", vec![limit.as_secs().clamp(1, 172_800).to_string()]);
+        send = send.parameters(
+            "executionTimeout",
+            vec![limit.as_secs().clamp(1, 172_800).to_string()],
+        );
         if let Some(bucket) = &cfg.ssm_bucket {
-            send = send.output_s3_bucket_name(bucket).output_s3_key_prefix(output_prefix(&execution));
+            send = send
+                .output_s3_bucket_name(bucket)
+                .output_s3_key_prefix(output_prefix(&execution));
         }
         match send.send().await {
             Ok(out) => {
-                let id = out.command().and_then(|c| c.command_id()).unwrap_or_default();
+                let id = out
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .unwrap_or_default();
                 tracing::info!(provisioner = %label, command_id = id, "sent SSM command");
-                return Err(StepError::NotReady(format!("{label}: sent SSM command {id}, waiting for it")));
+                return Err(StepError::NotReady(format!(
+                    "{label}: sent SSM command {id}, waiting for it"
+                )));
             }
             Err(e) => {
                 let text = DisplayErrorContext(&e).to_string();
@@ -307,7 +423,11 @@ pub async fn provision(
     }
     state.data.extra.insert(
         "ssm_commands".into(),
-        serde_json::to_value(sent.into_iter().map(|(i, id)| (i.to_string(), id)).collect::<BTreeMap<_, _>>())?,
+        serde_json::to_value(
+            sent.into_iter()
+                .map(|(i, id)| (i.to_string(), id))
+                .collect::<BTreeMap<_, _>>(),
+        )?,
     );
     Ok(state)
 }
@@ -322,10 +442,18 @@ async fn command_output(
     instance_id: &str,
     inv: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
 ) -> (String, String) {
-    let fallback = (inv.standard_output_content().unwrap_or("").to_string(), inv.standard_error_content().unwrap_or("").to_string());
-    let Some(bucket) = &cfg.ssm_bucket else { return fallback };
+    let fallback = (
+        inv.standard_output_content().unwrap_or("").to_string(),
+        inv.standard_error_content().unwrap_or("").to_string(),
+    );
+    let Some(bucket) = &cfg.ssm_bucket else {
+        return fallback;
+    };
     let s3 = s3(ctx, &cfg.region);
-    let base = format!("{}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript", output_prefix(execution));
+    let base = format!(
+        "{}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript",
+        output_prefix(execution)
+    );
     let mut got = Vec::new();
     for stream in ["stdout", "stderr"] {
         let key = format!("{base}/{stream}");
@@ -354,15 +482,28 @@ mod tests {
     #[test]
     fn every_status_has_a_decision() {
         let out = vec!["last line".to_string()];
-        for (s, d) in [("Pending", "Pending"), ("InProgress", "In Progress"), ("Delayed", "Delayed")] {
-            assert!(matches!(decide("p", s, d, 0, &out), Err(StepError::NotReady(_))), "{s}");
+        for (s, d) in [
+            ("Pending", "Pending"),
+            ("InProgress", "In Progress"),
+            ("Delayed", "Delayed"),
+        ] {
+            assert!(
+                matches!(decide("p", s, d, 0, &out), Err(StepError::NotReady(_))),
+                "{s}"
+            );
         }
         assert_eq!(decide("p", "Success", "Success", 0, &out), Ok(()));
         let failed = decide("provisioner 1 (shell)", "Failed", "Failed", 3, &out).unwrap_err();
-        assert!(matches!(&failed, StepError::BuildFailed(m) if m.contains("exit code 3") && m.contains("last line") && m.contains("provisioner 1 (shell)")));
+        assert!(
+            matches!(&failed, StepError::BuildFailed(m) if m.contains("exit code 3") && m.contains("last line") && m.contains("provisioner 1 (shell)"))
+        );
         let reasons = [
             ("TimedOut", "Execution Timed Out", "while running"),
-            ("TimedOut", "Delivery Timed Out", "before the agent picked it up"),
+            (
+                "TimedOut",
+                "Delivery Timed Out",
+                "before the agent picked it up",
+            ),
             ("Cancelled", "Canceled", "cancelled"),
             ("Cancelling", "Cancelling", "cancelled"),
             ("Failed", "Undeliverable", "not managed by SSM"),
@@ -389,21 +530,74 @@ mod tests {
     #[test]
     fn compiled_script_checks_valid_exit_codes() {
         let actions = vec![
-            Action::Upload { data: b"x".to_vec(), remote: "/tmp/s.sh".into(), mode: 0o755, from: "inline".into() },
-            Action::Exec { command: "/tmp/s.sh".into(), check: ExitCheck::Main { valid: vec![0, 2], expect_disconnect: false } },
-            Action::Exec { command: "rm -f /tmp/s.sh".into(), check: ExitCheck::Housekeeping },
+            Action::Upload {
+                data: b"x".to_vec(),
+                remote: "/tmp/s.sh".into(),
+                mode: 0o755,
+                from: "inline".into(),
+            },
+            Action::Exec {
+                command: "/tmp/s.sh".into(),
+                check: ExitCheck::Main {
+                    valid: vec![0, 2],
+                    expect_disconnect: false,
+                },
+            },
+            Action::Exec {
+                command: "rm -f /tmp/s.sh".into(),
+                check: ExitCheck::Housekeeping,
+            },
         ];
         let c = compile("p", &actions, Some("b"), "amiflow/e/provision/0/").unwrap();
-        assert_eq!(c.staged, vec![("amiflow/e/provision/0/0".to_string(), b"x".to_vec())]);
-        assert!(c.script.contains("aws s3 cp --only-show-errors s3://b/amiflow/e/provision/0/0 /tmp/s.sh"));
+        assert_eq!(
+            c.staged,
+            vec![("amiflow/e/provision/0/0".to_string(), b"x".to_vec())]
+        );
+        assert!(c
+            .script
+            .contains("aws s3 cp --only-show-errors s3://b/amiflow/e/provision/0/0 /tmp/s.sh"));
         // Run it for real (with the staging replaced) to prove the exit-code logic.
         for (cmd, want) in [("(exit 2)", 0), ("(exit 3)", 3), ("true", 0)] {
-            let actions = vec![Action::Exec { command: cmd.into(), check: ExitCheck::Main { valid: vec![0, 2], expect_disconnect: false } }];
+            let actions = vec![Action::Exec {
+                command: cmd.into(),
+                check: ExitCheck::Main {
+                    valid: vec![0, 2],
+                    expect_disconnect: false,
+                },
+            }];
             let c = compile("p", &actions, None, "").unwrap();
-            let status = std::process::Command::new("sh").arg("-c").arg(&c.script).status().unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&c.script)
+                .status()
+                .unwrap();
             assert_eq!(status.code(), Some(want), "{cmd}");
         }
-        assert!(compile("p", &[Action::Download { remote: "/x".into(), local: "/y".into(), directory: false }], None, "").is_err());
-        assert!(compile("p", &actions, None, "").unwrap_err().contains("ssm_bucket"));
+        assert!(compile(
+            "p",
+            &[Action::Download {
+                remote: "/x".into(),
+                local: "/y".into(),
+                directory: false
+            }],
+            None,
+            ""
+        )
+        .is_err());
+        let binary = vec![Action::Upload { data: vec![0, 159, 146, 150], remote: "/b".into(), mode: 0o644, from: "b".into() }];
+        assert!(compile("p", &binary, None, "").unwrap_err().contains("ssm_output_s3_bucket"));
+        // Without a bucket, a text file is written by a here-document: run it for real.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("motd");
+        let text = vec![Action::Upload {
+            data: b"it's $HOME\n`x`\n".to_vec(),
+            remote: target.display().to_string(),
+            mode: 0o600,
+            from: "content".into(),
+        }];
+        let c = compile("p", &text, None, "").unwrap();
+        assert!(c.staged.is_empty());
+        assert!(std::process::Command::new("sh").arg("-c").arg(&c.script).status().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "it's $HOME\n`x`\n");
     }
 }

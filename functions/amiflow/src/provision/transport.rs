@@ -21,7 +21,9 @@ impl std::fmt::Display for ExecStatus {
         match self {
             ExecStatus::Exited(c) => write!(f, "exit code {c}"),
             ExecStatus::Signal(s) => write!(f, "killed by signal {s}"),
-            ExecStatus::Disconnected => f.write_str("the connection closed before the command reported an exit status"),
+            ExecStatus::Disconnected => {
+                f.write_str("the connection closed before the command reported an exit status")
+            }
         }
     }
 }
@@ -43,15 +45,26 @@ pub struct OutputSink {
 
 impl OutputSink {
     pub fn new(label: impl Into<String>, secrets: &Secrets) -> OutputSink {
-        OutputSink { label: label.into(), secrets: secrets.clone(), keep: 20, tail: VecDeque::new(), partial: [Vec::new(), Vec::new()] }
+        OutputSink {
+            label: label.into(),
+            secrets: secrets.clone(),
+            keep: 20,
+            tail: VecDeque::new(),
+            partial: [Vec::new(), Vec::new()],
+        }
     }
 
     /// A chunk of stdout (`stderr == false`) or stderr.
     pub fn push(&mut self, stderr: bool, bytes: &[u8]) {
         self.partial[stderr as usize].extend_from_slice(bytes);
-        while let Some(pos) = self.partial[stderr as usize].iter().position(|b| *b == b'\n') {
+        while let Some(pos) = self.partial[stderr as usize]
+            .iter()
+            .position(|b| *b == b'\n')
+        {
             let line: Vec<u8> = self.partial[stderr as usize].drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1])
+                .trim_end_matches('\r')
+                .to_string();
             self.emit(stderr, text);
         }
     }
@@ -61,7 +74,12 @@ impl OutputSink {
         for stderr in [false, true] {
             let buf = std::mem::take(&mut self.partial[stderr as usize]);
             if !buf.is_empty() {
-                self.emit(stderr, String::from_utf8_lossy(&buf).trim_end_matches('\r').to_string());
+                self.emit(
+                    stderr,
+                    String::from_utf8_lossy(&buf)
+                        .trim_end_matches('\r')
+                        .to_string(),
+                );
             }
         }
     }
@@ -91,22 +109,43 @@ impl OutputSink {
 /// SSM is not one: its commands run detached from any invocation (see `ssm.rs`).
 pub trait Transport: Send {
     /// Runs `command` (already revealed) and streams its output into `out`.
-    fn exec(&mut self, command: &str, out: &mut OutputSink) -> impl Future<Output = Result<ExecStatus, TransportError>> + Send;
+    fn exec(
+        &mut self,
+        command: &str,
+        out: &mut OutputSink,
+    ) -> impl Future<Output = Result<ExecStatus, TransportError>> + Send;
     /// Writes `data` to `remote_path` (parent directory must exist), with Unix `mode`.
-    fn upload(&mut self, data: &[u8], remote_path: &str, mode: u32) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn upload(
+        &mut self,
+        data: &[u8],
+        remote_path: &str,
+        mode: u32,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// `mkdir -p`.
-    fn mkdir_all(&mut self, remote_path: &str) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn mkdir_all(
+        &mut self,
+        remote_path: &str,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// Reads a remote file.
-    fn download(&mut self, remote_path: &str) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+    fn download(
+        &mut self,
+        remote_path: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
     /// Lists the regular files below a remote directory, relative to it (for directory downloads).
-    fn list_files(&mut self, remote_dir: &str) -> impl Future<Output = Result<Vec<String>, TransportError>> + Send;
+    fn list_files(
+        &mut self,
+        remote_dir: &str,
+    ) -> impl Future<Output = Result<Vec<String>, TransportError>> + Send;
     /// Connects again after an expected disconnect (a reboot), retrying for a while.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
 }
 
 /// Quotes a word for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\"'\"'"))

@@ -23,23 +23,34 @@ pub const WAIT: &str = "Connect";
 /// One connection attempt (TCP + handshake + auth).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn spec() -> StepSpec {
-    StepSpec {
-        name: "Connect",
-        iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "ssm:DescribeInstanceInformation"],
-        // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
-        wait: Some(WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 120 }),
-        timeout_seconds: 60,
-        handler: handler!(connect),
-    }
-}
+pub const SPEC: StepSpec = StepSpec {
+    name: "Connect",
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ssm:GetParameter",
+        "ssm:DescribeInstanceInformation",
+    ],
+    // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
+    wait: Some(WaitPolicy {
+        interval_seconds: 5,
+        backoff_rate: 1.5,
+        max_delay_seconds: 30,
+        max_attempts: 120,
+    }),
+    timeout_seconds: 60,
+    handler: handler!(connect),
+};
 
 pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     connect_with(ctx, state, &Secrets::default()).await
 }
 
 /// [`connect`] with the secrets of a local run (e.g. `ssh_password`).
-pub async fn connect_with(ctx: &Ctx, state: BuildState, secrets: &Secrets) -> Result<BuildState, StepError> {
+pub async fn connect_with(
+    ctx: &Ctx,
+    mut state: BuildState,
+    secrets: &Secrets,
+) -> Result<BuildState, StepError> {
     let comm = Communication::of_state(&state)?;
     let started = state.waits.get(WAIT).copied().unwrap_or_else(Utc::now);
     let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
@@ -48,19 +59,28 @@ pub async fn connect_with(ctx: &Ctx, state: BuildState, secrets: &Secrets) -> Re
         Communicator::None => Ok(state),
         Communicator::Ssh => {
             let mut secrets = secrets.clone();
-            let (address, error) = match ssh_target(ctx, &state, &comm, &mut secrets, ATTEMPT_TIMEOUT).await {
-                Ok(target) => match SshTransport::connect(&target).await {
-                    Ok(t) => {
-                        tracing::info!(step = "Connect", "SSH on {} answers", t.address());
-                        t.close().await;
-                        return Ok(state);
-                    }
-                    Err(e) => (target.address(), secrets.mask(&e.0)),
-                },
-                // No address yet (instance still getting one): keep waiting.
-                Err(StepError::NotReady(m)) => (format!("{}:{}", comm.ssh_host.as_deref().unwrap_or("instance"), comm.ssh_port), m),
-                Err(e) => return Err(e),
-            };
+            let (address, error) =
+                match ssh_target(ctx, &state, &comm, &mut secrets, ATTEMPT_TIMEOUT).await {
+                    Ok(target) => match SshTransport::connect(&target).await {
+                        Ok(t) => {
+                            tracing::info!(step = "Connect", "SSH on {} answers", t.address());
+                            t.close().await;
+                            state.waits.remove(WAIT);
+                            return Ok(state);
+                        }
+                        Err(e) => (target.address(), secrets.mask(&e.0)),
+                    },
+                    // No address yet (instance still getting one): keep waiting.
+                    Err(StepError::NotReady(m)) => (
+                        format!(
+                            "{}:{}",
+                            comm.ssh_host.as_deref().unwrap_or("instance"),
+                            comm.ssh_port
+                        ),
+                        m,
+                    ),
+                    Err(e) => return Err(e),
+                };
             if timed_out {
                 Err(StepError::BuildFailed(format!(
                     "SSH on {address} did not answer within ssh_timeout ({:?}); last error: {error}. Check that the \
@@ -68,18 +88,27 @@ pub async fn connect_with(ctx: &Ctx, state: BuildState, secrets: &Secrets) -> Re
                     comm.timeout, comm.ssh_port
                 )))
             } else {
-                Err(StepError::NotReady(format!("waiting for SSH on {address}: {error}")))
+                Err(StepError::NotReady(format!(
+                    "waiting for SSH on {address}: {error}"
+                )))
             }
         }
         Communicator::Ssm => {
             let instance_id = state.data.instance_id.clone().ok_or_else(|| {
-                StepError::BuildFailed("the SSM communicator needs an instance: the build state has no instance_id".into())
+                StepError::BuildFailed(
+                    "the SSM communicator needs an instance: the build state has no instance_id"
+                        .into(),
+                )
             })?;
             match agent_status(ctx, &comm.region, &instance_id).await {
-                AgentStatus::Online => Ok(state),
+                AgentStatus::Online => {
+                    state.waits.remove(WAIT);
+                    Ok(state)
+                }
                 AgentStatus::CannotTell(why) => {
                     // Provision's SendCommand answers InvalidInstanceId until the agent registers.
                     tracing::warn!(step = "Connect", "cannot tell whether the SSM agent is online ({why}); Provision will find out");
+                    state.waits.remove(WAIT);
                     Ok(state)
                 }
                 AgentStatus::NotYet(why) if timed_out => Err(StepError::BuildFailed(format!(

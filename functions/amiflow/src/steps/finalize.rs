@@ -116,10 +116,23 @@ mod tests {
     use crate::state::CaughtError;
     use serde_json::json;
 
+    /// A build state whose build is a real prepared build of the given type.
     fn state(name: &str, builder: &str) -> BuildState {
+        let builder_json = match builder {
+            "amazon-ebsvolume" => json!({"type": builder, "name": name, "region": "us-east-1",
+                "source_ami": "ami-12345678", "instance_type": "t3.micro", "communicator": "none",
+                "ebs_volumes": [{"device_name": "/dev/sdf", "volume_size": 1}]}),
+            "amazon-chroot" => json!({"type": builder, "name": name, "region": "us-east-1",
+                "source_ami": "ami-12345678", "ami_name": "finalize-test"}),
+            _ => json!({"type": builder, "name": name, "region": "us-east-1",
+                "source_ami": "ami-12345678", "instance_type": "t3.micro", "communicator": "none", "ami_name": "finalize-test"}),
+        };
+        let template = json!({"builders": [builder_json]}).to_string();
+        let opts = amiflow_template::PrepareOptions::new(chrono::Utc::now());
+        let prepared = amiflow_template::prepare(&template, &opts).expect("fixture template prepares");
         serde_json::from_value(json!({
             "execution": "exec-1",
-            "build": {"name": name, "builder_type": builder, "config": {}},
+            "build": prepared.builds[0],
         }))
         .unwrap()
     }

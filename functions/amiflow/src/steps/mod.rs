@@ -5,6 +5,7 @@
 //! are checked against their `iam_actions`.
 
 pub mod cleanup;
+pub mod connect;
 pub mod copy_image;
 pub mod create_image;
 pub mod create_tags;
@@ -18,6 +19,7 @@ pub mod modify_image_attributes;
 pub mod modify_instance;
 pub mod network_info;
 pub mod pre_validate;
+pub mod provision;
 pub mod run_source_instance;
 pub mod security_group;
 pub mod source_ami_info;
@@ -48,8 +50,6 @@ use crate::{Ctx, StepError};
 
 pub mod finalize;
 pub mod prepare;
-pub mod connect;
-pub mod provision;
 
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,7 +120,6 @@ macro_rules! handler {
 pub fn registry() -> Vec<StepSpec> {
     vec![
         prepare::STEP,
-        finalize::STEP,
         pre_validate::SPEC,
         source_ami_info::SPEC,
         network_info::SPEC,
@@ -129,6 +128,8 @@ pub fn registry() -> Vec<StepSpec> {
         iam_instance_profile::SPEC,
         run_source_instance::SPEC,
         wait_instance_running::SPEC,
+        connect::SPEC,
+        provision::SPEC,
         stop_instance::SPEC,
         wait_instance_stopped::SPEC,
         modify_instance::SPEC,
@@ -149,8 +150,7 @@ pub fn registry() -> Vec<StepSpec> {
         upload_x509_cert::SPEC,
         bundle_volume::SPEC,
         upload_bundle::SPEC,
-        connect::spec(),
-        provision::spec(),
+        finalize::STEP,
     ]
 }
 

@@ -26,27 +26,30 @@ use crate::provision::{parse_all, ssm, Secrets};
 use crate::steps::{StepSpec, WaitPolicy};
 use crate::{handler, BuildState, Ctx, StepError};
 
-pub fn spec() -> StepSpec {
-    StepSpec {
-        name: "Provision",
-        iam_actions: &[
-            "ec2:DescribeInstances",
-            "ssm:GetParameter",
-            "ssm:SendCommand",
-            "ssm:ListCommands",
-            "ssm:GetCommandInvocation",
-            "s3:PutObject",
-            "s3:GetObject",
-            "s3:ListBucket",
-            "s3:DeleteObject",
-        ],
-        // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
-        wait: Some(WaitPolicy { interval_seconds: 10, backoff_rate: 1.5, max_delay_seconds: 60, max_attempts: 480 }),
-        // Lambda's maximum: an SSH provisioning runs within one invocation.
-        timeout_seconds: 900,
-        handler: handler!(provision),
-    }
-}
+pub const SPEC: StepSpec = StepSpec {
+    name: "Provision",
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ssm:GetParameter",
+        "ssm:SendCommand",
+        "ssm:ListCommands",
+        "ssm:GetCommandInvocation",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:DeleteObject",
+    ],
+    // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
+    wait: Some(WaitPolicy {
+        interval_seconds: 10,
+        backoff_rate: 1.5,
+        max_delay_seconds: 60,
+        max_attempts: 480,
+    }),
+    // Lambda's maximum: an SSH provisioning runs within one invocation.
+    timeout_seconds: 900,
+    handler: handler!(provision),
+};
 
 /// What a Provision invocation needs beyond the build state.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +79,11 @@ pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepE
 }
 
 /// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
-pub fn build_data(state: &BuildState, comm: &Communication, host: &str) -> BTreeMap<String, String> {
+pub fn build_data(
+    state: &BuildState,
+    comm: &Communication,
+    host: &str,
+) -> BTreeMap<String, String> {
     let d = &state.data;
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: Option<&String>| {
@@ -102,8 +109,16 @@ pub fn build_data(state: &BuildState, comm: &Communication, host: &str) -> BTree
     m
 }
 
-fn plan_env(state: &BuildState, comm: &Communication, host: &str, base_dir: &std::path::Path) -> PlanEnv {
-    let random = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, state.execution.as_bytes()).simple().to_string()[..8].to_string();
+fn plan_env(
+    state: &BuildState,
+    comm: &Communication,
+    host: &str,
+    base_dir: &std::path::Path,
+) -> PlanEnv {
+    let random = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, state.execution.as_bytes())
+        .simple()
+        .to_string()[..8]
+        .to_string();
     PlanEnv {
         build_name: state.build.name.clone(),
         builder_type: state.build.builder_type.as_str().to_string(),
@@ -114,14 +129,29 @@ fn plan_env(state: &BuildState, comm: &Communication, host: &str, base_dir: &std
 }
 
 /// [`provision`] with explicit secrets, deadline and base directory (local runs, tests).
-pub async fn provision_with(ctx: &Ctx, state: BuildState, opts: &ProvisionOptions) -> Result<BuildState, StepError> {
-    let provisioners = parse_all(&state.build.provisioners)
-        .map_err(|p| StepError::BuildFailed(format!("the build's provisioners are invalid:\n* {}", p.join("\n* "))))?;
+pub async fn provision_with(
+    ctx: &Ctx,
+    state: BuildState,
+    opts: &ProvisionOptions,
+) -> Result<BuildState, StepError> {
+    let provisioners = parse_all(&state.build.provisioners).map_err(|p| {
+        StepError::BuildFailed(format!(
+            "the build's provisioners are invalid:\n* {}",
+            p.join("\n* ")
+        ))
+    })?;
     let comm = Communication::of_state(&state)?;
-    let mut run_opts = RunOptions { secrets: opts.secrets.clone(), deadline: opts.deadline, in_lambda: opts.in_lambda };
+    let mut run_opts = RunOptions {
+        secrets: opts.secrets.clone(),
+        deadline: opts.deadline,
+        in_lambda: opts.in_lambda,
+    };
     match comm.communicator {
         Communicator::None => {
-            if let Some(p) = provisioners.iter().find(|p| !matches!(p.kind, Kind::ShellLocal(_))) {
+            if let Some(p) = provisioners
+                .iter()
+                .find(|p| !matches!(p.kind, Kind::ShellLocal(_)))
+            {
                 return Err(StepError::BuildFailed(format!(
                     "{} needs a communicator, but the build has \"communicator\": \"none\"; use \"ssh\" or \"ssm\"",
                     p.label()
@@ -136,11 +166,19 @@ pub async fn provision_with(ctx: &Ctx, state: BuildState, opts: &ProvisionOption
             ssm::provision(ctx, state, &comm, &provisioners, &env, &run_opts).await
         }
         Communicator::Ssh => {
-            let clear_keys = comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&run_opts.secrets);
+            let clear_keys =
+                comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&run_opts.secrets);
             if provisioners.is_empty() && !clear_keys {
                 return Ok(state);
             }
-            let target = ssh_target(ctx, &state, &comm, &mut run_opts.secrets, crate::steps::connect::ATTEMPT_TIMEOUT).await?;
+            let target = ssh_target(
+                ctx,
+                &state,
+                &comm,
+                &mut run_opts.secrets,
+                crate::steps::connect::ATTEMPT_TIMEOUT,
+            )
+            .await?;
             let mut transport = connect_retrying(&target, &run_opts.secrets).await?;
             let env = plan_env(&state, &comm, &target.host, &opts.base_dir);
             let result = run_all(&mut transport, &provisioners, &env, &run_opts).await;
@@ -156,7 +194,10 @@ pub async fn provision_with(ctx: &Ctx, state: BuildState, opts: &ProvisionOption
 }
 
 /// Connect has already seen SSH answer; a few quick attempts cover a flaky moment.
-async fn connect_retrying(target: &crate::provision::ssh::SshTarget, secrets: &Secrets) -> Result<SshTransport, StepError> {
+async fn connect_retrying(
+    target: &crate::provision::ssh::SshTarget,
+    secrets: &Secrets,
+) -> Result<SshTransport, StepError> {
     let mut last = String::new();
     for attempt in 0..3 {
         if attempt > 0 {
@@ -167,7 +208,10 @@ async fn connect_retrying(target: &crate::provision::ssh::SshTarget, secrets: &S
             Err(e) => last = secrets.mask(&e.0),
         }
     }
-    Err(StepError::BuildFailed(format!("cannot connect to {} for provisioning: {last}", target.address())))
+    Err(StepError::BuildFailed(format!(
+        "cannot connect to {} for provisioning: {last}",
+        target.address()
+    )))
 }
 
 /// Packer's StepCleanupTempKeys: drop the temporary key's line from authorized_keys (the

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::funcs;
+use super::secrets::SECRET_MARK;
 use super::golayout;
 use super::syntax::{self, Arg, Cmd, Node, Pipe};
 
@@ -84,11 +85,14 @@ pub(crate) enum Data<'a> {
     Values(&'a BTreeMap<String, String>),
 }
 
+/// How `{{user `name`}}` finds a variable's value.
+pub(crate) type UserLookup<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
 /// What the text being rendered may use. `None` means "not available here".
 #[derive(Clone, Copy)]
 pub(crate) struct Scope<'a> {
     pub time: Option<DateTime<Utc>>,
-    pub user: Option<&'a dyn Fn(&str) -> Result<String, String>>,
+    pub user: Option<UserLookup<'a>>,
     pub env: Option<&'a dyn Fn(&str) -> String>,
     pub build_name: Option<&'a str>,
     pub build_type: Option<&'a str>,
@@ -262,6 +266,11 @@ fn needs_time(name: &str, scope: &Scope) -> Result<DateTime<Utc>, String> {
 }
 
 fn call(name: &str, args: Vec<Value>, scope: &Scope) -> Result<Value, String> {
+    if name != "user" && args.iter().any(|a| matches!(a, Value::Str(s) if s.contains(SECRET_MARK))) {
+        return Err(format!(
+            "a sensitive variable cannot be passed to `{name}`: its value is only put in place when it is used; use {{{{user `name`}}}} on its own"
+        ));
+    }
     let s = |i: usize| args[i].clone().into_string();
     let v = match name {
         "timestamp" => {

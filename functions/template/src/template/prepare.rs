@@ -2,7 +2,7 @@
 //! configs, secrets — every problem of the template collected before anything runs.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use super::deferred;
 use super::eval::{self, Data, Scope};
 use super::raw::{self, RawTemplate};
-use super::secrets::{Secrets, MASK};
+use super::secrets::{placeholder, Secrets, MASK};
+use super::syntax::user_refs;
 use super::variables::{self, VarInputs};
 use crate::config::{self, BuilderType};
 use crate::problem::{Problem, Problems};
@@ -124,16 +125,32 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         problems.push(Problem::new("-only/-except leave no build to run"));
     }
 
-    let ctx = Ctx { tpl: &tpl, values: &values, opts, template_dir: template_dir.as_deref() };
+    // What builds see: a sensitive variable is its placeholder, a variable built from one
+    // holds placeholders where the secret was.
+    let tainted = tainted_variables(&tpl, &opts.vars);
+    let visible: BTreeMap<String, String> = values
+        .iter()
+        .map(|(k, v)| {
+            let shown = if tpl.sensitive.contains(k) {
+                placeholder(k)
+            } else if tainted.contains(k) {
+                secrets.conceal(v)
+            } else {
+                v.clone()
+            };
+            (k.clone(), shown)
+        })
+        .collect();
+    let ctx = Ctx { tpl: &tpl, values: &visible, opts, template_dir: template_dir.as_deref() };
     let mut builds = Vec::new();
     for b in selected {
         let Some(bt) = b.builder_type else { continue };
         let mut found = Vec::new();
-        let mut rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
-        secrets.conceal_json(&mut rendered);
+        let rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
         let Value::Object(rendered) = rendered else { unreachable!("an object renders to an object") };
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
-        let config = match config::from_builder(&b.name, bt, &rendered) {
+        let env = |k: &str| opts.env.get(k).cloned();
+        let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
             Ok(c) => Some(c),
             Err(ps) => {
                 problems.extend(ps.into_iter().map(|p| if p.builder.is_some() { p } else { p.in_builder(&b.name) }));
@@ -147,15 +164,11 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             if let Some(o) = p.overrides.get(&b.name) {
                 merged.extend(o.clone());
             }
-            let mut v = ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems);
-            secrets.conceal_json(&mut v);
-            provisioners.push(v);
+            provisioners.push(ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems));
         }
         let mut post_processors = Vec::new();
         for pp in tpl.post_processors.iter().filter(|pp| pp.applies_to(&b.name)) {
-            let mut v = ctx.render_deferred(&b.name, bt, &Value::Object(pp.config.clone()), &pp.path, &mut problems);
-            secrets.conceal_json(&mut v);
-            post_processors.push(v);
+            post_processors.push(ctx.render_deferred(&b.name, bt, &Value::Object(pp.config.clone()), &pp.path, &mut problems));
         }
         if let Some(config) = config {
             builds.push(PreparedBuild { name: b.name.clone(), builder_type: bt, config, provisioners, post_processors });
@@ -172,8 +185,34 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         }
         return Err(Problems(out));
     }
-    let variables = values.into_iter().map(|(k, v)| if tpl.sensitive.contains(&k) { (k, MASK.to_string()) } else { (k, v) }).collect();
+    let variables = values
+        .into_iter()
+        .map(|(k, v)| {
+            let shown = if tpl.sensitive.contains(&k) { MASK.to_string() } else if tainted.contains(&k) { secrets.mask(&v) } else { v };
+            (k, shown)
+        })
+        .collect();
     Ok(Prepared { builds, description: tpl.description.clone(), variables, secrets })
+}
+
+/// Sensitive variables and every variable whose value uses one, directly or not.
+fn tainted_variables(tpl: &RawTemplate, vars: &[(String, String)]) -> BTreeSet<String> {
+    let text_of = |name: &str| -> Option<String> {
+        vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| tpl.variables.iter().find(|d| d.name == name).and_then(|d| d.default.clone()))
+    };
+    let refs: BTreeMap<&str, Vec<String>> = tpl.variables.iter().map(|d| (d.name.as_str(), text_of(&d.name).map(|t| user_refs(&t)).unwrap_or_default())).collect();
+    let mut tainted: BTreeSet<String> = tpl.sensitive.clone();
+    loop {
+        let before = tainted.len();
+        for (name, uses) in &refs {
+            if uses.iter().any(|u| tainted.contains(u)) {
+                tainted.insert(name.to_string());
+            }
+        }
+        if tainted.len() == before {
+            return tainted;
+        }
+    }
 }
 
 struct Ctx<'a> {

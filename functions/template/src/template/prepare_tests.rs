@@ -11,44 +11,7 @@ fn opts() -> PrepareOptions {
     PrepareOptions::new(Utc.with_ymd_and_hms(2024, 3, 5, 14, 7, 9).unwrap())
 }
 
-/// Fills in what the typed configs require but a test does not care about (region, source,
-/// instance type, instance-store keys, an AMI name long enough), leaving given keys alone.
-fn complete(tpl: &Value) -> Value {
-    let mut tpl = tpl.clone();
-    for b in tpl["builders"].as_array_mut().into_iter().flatten() {
-        let Some(b) = b.as_object_mut() else { continue };
-        let ty = b.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-        let mut fill = |k: &str, v: Value| {
-            b.entry(k.to_string()).or_insert(v);
-        };
-        if ty != "amazon-chroot" {
-            fill("region", json!("us-east-1"));
-            fill("instance_type", json!("t3.micro"));
-            fill("communicator", json!("none"));
-        }
-        if ty == "amazon-instance" {
-            fill("account_id", json!("123456789012"));
-            fill("s3_bucket", json!("images"));
-            fill("x509_cert_path", json!("cert.pem"));
-            fill("x509_key_path", json!("key.pem"));
-        }
-        if !b.contains_key("source_ami_filter") {
-            b.entry("source_ami").or_insert(json!("ami-0f8848d57eb4fe2d2"));
-        }
-        if b.contains_key("secret_key") {
-            b.entry("access_key").or_insert(json!("AKIAEXAMPLE"));
-        }
-        if let Some(Value::String(name)) = b.get_mut("ami_name") {
-            if name.len() < 3 && !name.contains("{{") {
-                name.push_str("-image");
-            }
-        }
-    }
-    tpl
-}
-
 fn ok(tpl: &Value, o: &PrepareOptions) -> Prepared {
-    let tpl = &complete(tpl);
     match prepare(&tpl.to_string(), o) {
         Ok(p) => p,
         Err(e) => panic!("expected the template to prepare, got:\n{e}"),
@@ -62,16 +25,37 @@ fn problems(tpl: &Value, o: &PrepareOptions) -> String {
     }
 }
 
+/// A key of a build's typed config, found wherever the config nests it.
 fn cfg(p: &Prepared, build: &str, key: &str) -> Value {
     let b = p.builds.iter().find(|b| b.name == build).unwrap_or_else(|| panic!("no build {build}"));
-    // The typed config serializes as {"<builder type>": {key: value, ...}}.
-    let tagged = serde_json::to_value(&b.config).expect("config serializes");
-    let fields = tagged.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
-    fields.get(key).cloned().unwrap_or_else(|| panic!("no key {key} in {build}"))
+    let v = serde_json::to_value(&b.config).unwrap();
+    find(&v, key).unwrap_or_else(|| panic!("no key {key} in {build}: {v}"))
+}
+
+fn find(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Object(m) => m.get(key).cloned().or_else(|| m.values().find_map(|c| find(c, key))),
+        Value::Array(a) => a.iter().find_map(|c| find(c, key)),
+        _ => None,
+    }
 }
 
 fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A builder object with the keys its type requires, plus `extra`.
+fn builder(t: &str, extra: Value) -> Value {
+    let mut base = match t {
+        "amazon-chroot" => json!({"source_ami": "ami-0123456789abcdef0", "ami_name": "test-chroot", "region": "us-east-1"}),
+        "amazon-instance" => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "m5.large",
+            "ssh_username": "ubuntu", "account_id": "0123-4567-0890", "s3_bucket": "amiflow-bundles", "x509_cert_path": "c", "x509_key_path": "k", "ami_name": "test-instance"}),
+        "amazon-ebsvolume" => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu"}),
+        _ => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu", "ami_name": "test-ami"}),
+    };
+    base["type"] = json!(t);
+    base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    base
 }
 
 fn two_builds() -> Value {
@@ -80,10 +64,10 @@ fn two_builds() -> Value {
         "min_packer_version": "1.5.0",
         "variables": {"region": "us-east-1", "app": "web"},
         "builders": [
-            {"type": "amazon-ebs", "region": "{{user `region`}}", "ami_name": "{{user `app`}}-{{timestamp}}",
+            builder("amazon-ebs", json!({"region": "{{user `region`}}", "ami_name": "{{user `app`}}-{{timestamp}}",
              "ami_description": "from {{ .SourceAMIName }} by {{build_name}}",
-             "tags": {"Name": "{{user `app`}}", "Source": "{{ .SourceAMI }}", "{{user `app`}}-key": "v"}},
-            {"name": "second", "type": "amazon-ebs", "region": "eu-west-1", "ami_name": "{{user `app`}}-{{timestamp}}-{{build_name}}"}
+             "tags": {"Name": "{{user `app`}}", "Source": "{{ .SourceAMI }}", "{{user `app`}}-key": "v"}})),
+            builder("amazon-ebs", json!({"name": "second", "region": "eu-west-1", "ami_name": "{{user `app`}}-{{timestamp}}-{{build_name}}"}))
         ],
         "provisioners": [
             {"type": "shell", "inline": ["echo {{build_name}} {{build_type}}"], "pause_before": "10s",
@@ -125,11 +109,11 @@ fn builder_specific_deferred_fields() {
     let tpl = json!({
         "variables": {"wrap": "sudo"},
         "builders": [
-            {"type": "amazon-chroot", "source_ami": "ami-1", "ami_name": "c",
+            builder("amazon-chroot", json!({
              "command_wrapper": "{{user `wrap`}} {{.Command}}", "mount_path": "/mnt/{{.Device}}",
-             "pre_mount_commands": ["echo {{.Device}}"], "post_mount_commands": ["ls {{.MountPath}}"]},
-            {"type": "amazon-instance", "ami_name": "i", "bundle_vol_command": "bundle -k {{.KeyPath}} -p {{.Prefix}}"},
-            {"type": "amazon-ebsvolume", "ebs_volumes": [{"device_name": "/dev/sdb", "tags": {"From": "{{ .SourceAMI }}"}}]}
+             "pre_mount_commands": ["echo {{.Device}}"], "post_mount_commands": ["ls {{.MountPath}}"]})),
+            builder("amazon-instance", json!({"bundle_vol_command": "bundle -k {{.KeyPath}} -p {{.Prefix}}"})),
+            builder("amazon-ebsvolume", json!({"ebs_volumes": [{"device_name": "/dev/sdb", "tags": {"From": "{{ .SourceAMI }}"}}]}))
         ]
     });
     let p = ok(&tpl, &opts());
@@ -144,8 +128,8 @@ fn builder_specific_deferred_fields() {
 #[test]
 fn build_data_where_packer_renders_at_prepare_is_a_problem() {
     let tpl = json!({"builders": [
-        {"type": "amazon-ebs", "ami_name": "x-{{ .SourceAMIName }}"},
-        {"type": "amazon-chroot", "ami_name": "c", "run_tags": {"a": "{{ .BuildRegion }}"}}
+        builder("amazon-ebs", json!({"ami_name": "x-{{ .SourceAMIName }}"})),
+        builder("amazon-chroot", json!({"run_tags": {"a": "{{ .BuildRegion }}"}}))
     ]});
     let all = problems(&tpl, &opts());
     assert!(all.contains("amazon-ebs: ami_name: `{{ .SourceAMIName }}` is build data"), "{all}");
@@ -157,21 +141,21 @@ fn build_data_where_packer_renders_at_prepare_is_a_problem() {
 #[test]
 fn env_only_in_variables() {
     let o = PrepareOptions { env: [("TEAM".to_string(), "core".to_string())].into(), ..opts() };
-    let tpl = json!({"variables": {"team": "{{env `TEAM`}}"}, "builders": [{"type": "amazon-ebs", "ami_name": "{{user `team`}}"}]});
+    let tpl = json!({"variables": {"team": "{{env `TEAM`}}"}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `team`}}"}))]});
     assert_eq!(cfg(&ok(&tpl, &o), "amazon-ebs", "ami_name"), "core");
-    let tpl = json!({"builders": [{"type": "amazon-ebs", "ami_name": "{{env `TEAM`}}"}]});
+    let tpl = json!({"builders": [builder("amazon-ebs", json!({"ami_name": "{{env `TEAM`}}"}))]});
     let all = problems(&tpl, &o);
     assert!(all.contains("ami_name: `env` is only allowed in \"variables\""), "{all}");
 }
 
 #[test]
 fn required_and_undeclared_variables() {
-    let tpl = json!({"variables": {"subnet": null}, "builders": [{"type": "amazon-ebs", "ami_name": "{{user `subnet`}}", "region": "{{user `nope`}}"}]});
+    let tpl = json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}", "region": "{{user `nope`}}"}))]});
     let all = problems(&tpl, &opts());
     assert!(all.contains("variable `subnet` is required") && all.contains("-var 'subnet=VALUE'"), "{all}");
     assert!(all.contains("variable `nope` is not declared"), "{all}");
     let o = PrepareOptions { vars: vec![("subnet".into(), "s-1".into()), ("other".into(), "x".into())], ..opts() };
-    let all = problems(&json!({"variables": {"subnet": null}, "builders": [{"type": "amazon-ebs", "ami_name": "{{user `subnet`}}"}]}), &o);
+    let all = problems(&json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}"}))]}), &o);
     assert!(all.contains("-var other=…: variable `other` is not declared"), "{all}");
     assert!(!all.contains("`subnet` is required"), "{all}");
 }
@@ -187,7 +171,7 @@ fn var_file_and_var_precedence() {
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\n  \"a\": }").unwrap();
     let tpl = json!({"variables": {"a": "d", "b": "d", "c": "d", "e": "d"},
-        "builders": [{"type": "amazon-ebs", "ami_name": "{{user `a`}} {{user `b`}} {{user `c`}} {{user `e`}}"}]});
+        "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `a`}} {{user `b`}} {{user `c`}} {{user `e`}}"}))]});
     let o = PrepareOptions { var_files: vec![f1.clone(), f2.clone()], vars: vec![("c".into(), "cli".into())], ..opts() };
     assert_eq!(cfg(&ok(&tpl, &o), "amazon-ebs", "ami_name"), "file1 file2 cli d");
     let o = PrepareOptions { var_files: vec![bad.clone(), dir.join("missing.json")], ..opts() };
@@ -232,8 +216,8 @@ fn sensitive_values_never_serialized_and_masked() {
     let tpl = json!({
         "variables": {"secret_key": "S3cr3tValue!", "password": null, "region": "us-east-1"},
         "sensitive-variables": ["secret_key", "password"],
-        "builders": [{"type": "amazon-ebs", "ami_name": "x", "secret_key": "{{user `secret_key`}}",
-                      "tags": {"pw": "{{user `password`}}", "src": "{{ .SourceAMI }}"}}],
+        "builders": [builder("amazon-ebs", json!({"access_key": "AKIAEXAMPLE", "secret_key": "{{user `secret_key`}}",
+                      "tags": {"pw": "{{user `password`}}", "src": "{{ .SourceAMI }}"}}))],
         "provisioners": [{"type": "shell", "environment_vars": ["PW={{user `password`}}"], "inline": ["echo {{user `secret_key`}}"]}]
     });
     let o = PrepareOptions { vars: vec![("password".into(), "hunter2hunter2".into())], ..opts() };
@@ -258,7 +242,7 @@ fn sensitive_values_never_serialized_and_masked() {
 fn sensitive_values_are_masked_in_problems() {
     let tpl = json!({
         "variables": {"pw": "hunter2hunter2"}, "sensitive-variables": ["pw"],
-        "builders": [{"type": "amazon-ebs", "ami_name": "{{ replace `a` `b` `hunter2hunter2` `c` }} {{user `pw`}}"}]
+        "builders": [builder("amazon-ebs", json!({"ami_name": "{{ replace `a` `b` `hunter2hunter2` `c` }} {{user `pw`}}"}))]
     });
     let all = problems(&tpl, &opts());
     assert!(all.contains("whole number") && !all.contains("hunter2hunter2"), "{all}");
@@ -319,7 +303,7 @@ fn inspect_summarises_without_variables() {
         "description": "demo",
         "variables": {"region": "us-east-1", "token": "abc123", "subnet": null},
         "sensitive-variables": ["token"],
-        "builders": [{"type": "amazon-ebs"}, {"name": "c", "type": "amazon-chroot"}],
+        "builders": [builder("amazon-ebs", json!({})), {"name": "c", "type": "amazon-chroot"}],
         "provisioners": [{"type": "shell", "only": ["c"]}, {"type": "file", "override": {"c": {}}}],
         "post-processors": ["manifest"]
     });
@@ -362,7 +346,7 @@ mod fuzz {
     }
 
     fn template_with(s: &str) -> String {
-        json!({"variables": {"a": s}, "builders": [{"type": "amazon-ebs", "ami_name": s, "tags": {s: s}}],
+        json!({"variables": {"a": s}, "builders": [builder("amazon-ebs", json!({"ami_name": s, "tags": {s: s}}))],
                "provisioners": [{"type": "shell", "inline": [s]}]})
         .to_string()
     }
@@ -384,4 +368,34 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn short_secrets_touch_only_the_strings_that_use_them() {
+    let tpl = json!({
+        "variables": {"pw": "x", "dsn": "db://admin:{{user `pw`}}@host", "plain": "xlarge"},
+        "sensitive-variables": ["pw"],
+        "builders": [builder("amazon-ebs", json!({"instance_type": "t3.{{user `plain`}}", "max_retries": 3}))],
+        "provisioners": [{"type": "shell", "inline": ["connect {{user `dsn`}}", "echo max"]}]
+    });
+    let p = ok(&tpl, &opts());
+    assert_eq!(cfg(&p, "amazon-ebs", "instance_type"), "t3.xlarge");
+    let inline = &p.builds[0].provisioners[0]["inline"];
+    assert_eq!(inline[0], "connect db://admin:<sensitive:pw>@host");
+    assert_eq!(inline[1], "echo max");
+    assert_eq!(p.secrets.reveal(inline[0].as_str().unwrap()), "connect db://admin:x@host");
+    // A variable built from a secret is masked in the summary too.
+    assert_eq!(p.variables["dsn"], "db://admin:<sensitive>@host");
+    assert_eq!(p.variables["plain"], "xlarge");
+}
+
+#[test]
+fn functions_on_sensitive_values_are_refused() {
+    let tpl = json!({
+        "variables": {"pw": "hunter2hunter2"}, "sensitive-variables": ["pw"],
+        "builders": [builder("amazon-ebs", json!({}))],
+        "provisioners": [{"type": "shell", "inline": ["echo {{user `pw` | upper}}"]}]
+    });
+    let all = problems(&tpl, &opts());
+    assert!(all.contains("a sensitive variable cannot be passed to `upper`") && !all.contains("hunter2"), "{all}");
 }

@@ -1,22 +1,25 @@
 //! Values of sensitive variables, kept out of everything that is serialized.
 //!
-//! `prepare` replaces each sensitive value in the prepared builds by a placeholder
-//! `<sensitive:NAME>`; the values travel separately in [`Secrets`], which is not
+//! In the prepared builds `{{user `NAME`}}` of a sensitive variable yields the placeholder
+//! `<sensitive:NAME>` (and a variable built from one holds placeholders too), so only the
+//! strings that use a secret carry it, and no other text is touched however short the
+//! value is. The values travel separately in [`Secrets`], which is not
 //! `Serialize` and whose `Debug` shows names only. A step calls [`Secrets::reveal`] at the
 //! moment it uses a text (command, password), and [`Secrets::mask`] on anything it logs.
 //!
 //! The placeholder is not `{{...}}` syntax on purpose: it passes through
 //! [`render_later`](crate::render_later) untouched, and a placeholder that reached a shell
 //! unrevealed fails (`<` is a redirection) instead of running with a wrong value.
-//! Like Packer, only the exact value is protected: a value transformed by a template
-//! function (`{{user `pw` | upper}}`) is not recognised.
+//! A template function applied to a sensitive variable is refused (it would transform
+//! the placeholder, not the value).
 
 use std::fmt;
 
-use serde_json::Value;
-
 /// What masked values look like in logs and errors (Packer prints `<sensitive>` too).
 pub const MASK: &str = "<sensitive>";
+
+/// How every placeholder starts.
+pub(crate) const SECRET_MARK: &str = "<sensitive:";
 
 pub fn placeholder(name: &str) -> String {
     format!("<sensitive:{name}>")
@@ -77,25 +80,6 @@ impl Secrets {
         }
         out
     }
-
-    /// Values → placeholders in every string (and object key) of a JSON value.
-    pub(crate) fn conceal_json(&self, v: &mut Value) {
-        if self.is_empty() {
-            return;
-        }
-        match v {
-            Value::String(s) => *s = self.conceal(s),
-            Value::Array(items) => items.iter_mut().for_each(|i| self.conceal_json(i)),
-            Value::Object(map) => {
-                let old = std::mem::take(map);
-                for (k, mut val) in old {
-                    self.conceal_json(&mut val);
-                    map.insert(self.conceal(&k), val);
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 impl fmt::Debug for Secrets {
@@ -126,13 +110,5 @@ mod tests {
     fn debug_shows_names_only() {
         let dbg = format!("{:?}", secrets());
         assert!(dbg.contains("pw") && !dbg.contains("hunter2"), "{dbg}");
-    }
-
-    #[test]
-    fn conceal_json_keys_and_values() {
-        let mut v = serde_json::json!({"k": ["hunter2"], "hunter2": {"x": "1hunter2"}});
-        secrets().conceal_json(&mut v);
-        let text = v.to_string();
-        assert!(!text.contains("hunter2"), "{text}");
     }
 }

@@ -395,6 +395,31 @@ impl Parser {
     }
 }
 
+/// The variables a text reads with `{{user `name`}}` (literal names only).
+pub(crate) fn user_refs(src: &str) -> Vec<String> {
+    fn pipe(p: &Pipe, out: &mut Vec<String>) {
+        for c in &p.cmds {
+            if let [Arg::Ident(f), Arg::Str(name), ..] = c.args.as_slice() {
+                if f == "user" {
+                    out.push(name.clone());
+                }
+            }
+            for a in &c.args {
+                if let Arg::Sub(sub) = a {
+                    pipe(sub, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for node in parse(src).unwrap_or_default() {
+        if let Node::Action(a) = node {
+            pipe(&a.pipe, &mut out);
+        }
+    }
+    out
+}
+
 /// Go-style quoting, readable back by [`parse`].
 pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
