@@ -143,7 +143,7 @@ fn instance_template(f: &InstanceFixture, moto: &Moto, upload_override: Option<&
                echo part0 > {{.Destination}}/{{.Prefix}}.part.00";
     let upload = format!(
         "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
-         curl -sf -X PUT --data-binary @$f {}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 1; done; \
+         curl -sf -T $f {}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 1; done; \
          test -n '{{{{.AccessKey}}}}' && test -n '{{{{.SecretKey}}}}' && test '{{{{.Region}}}}' = {REGION} && test -d {{{{.BundleDirectory}}}}",
         moto.url()
     );
