@@ -78,7 +78,8 @@ pub fn surrogate_mappings(
         };
         let name = if same_device(&d.device_name, root_source) { root_name.to_string() } else { d.device_name.clone() };
         let m = mapping(d, &name, snap);
-        out.retain(|(n, _)| !same_device(n, &name));
+        // Packer combines by device name first (launch wins), then renames the root.
+        out.retain(|(n, _)| !same_device(n, &d.device_name) && !same_device(n, &name));
         out.push((name, m));
     }
     Ok(out.into_iter().map(|(_, m)| m).collect())
@@ -200,4 +201,33 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     begin_wait(&mut state, WAIT);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str) -> TypedDevice {
+        TypedDevice { device_name: name.into(), volume_size: Some(8), volume_type: Some("gp3".into()), delete_on_termination: true, ..Default::default() }
+    }
+
+    #[test]
+    fn launch_devices_win_the_root_is_renamed_and_omitted_ones_stay_out() {
+        let ami = vec![TypedDevice { device_name: "/dev/xvdf".into(), volume_size: Some(100), ..Default::default() }, TypedDevice { device_name: "/dev/sdb".into(), virtual_name: Some("ephemeral0".into()), ..Default::default() }];
+        let mut omitted = dev("/dev/xvdg");
+        omitted.omit_from_artifact = true;
+        let mut encrypted = dev("/dev/xvdf");
+        encrypted.encrypted = Some(true);
+        encrypted.kms_key_id = Some("alias/k".into());
+        let launch = vec![encrypted, omitted];
+        let snaps = BTreeMap::from([("/dev/xvdf".to_string(), "snap-1".to_string()), ("/dev/xvdg".to_string(), "snap-2".to_string())]);
+        let m = surrogate_mappings(&ami, &launch, &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap();
+        let names: Vec<&str> = m.iter().filter_map(|d| d.device_name()).collect();
+        assert_eq!(names, vec!["/dev/sdb", "/dev/xvda"], "the AMI's /dev/xvdf is replaced by the launch device, renamed");
+        let root = m.iter().find(|d| d.device_name() == Some("/dev/xvda")).unwrap().ebs().unwrap();
+        assert_eq!((root.snapshot_id(), root.encrypted(), root.kms_key_id(), root.volume_size()), (Some("snap-1"), None, None, Some(8)));
+        assert_eq!(m[0].virtual_name(), Some("ephemeral0"));
+        let missing = surrogate_mappings(&[], &[dev("/dev/xvdh")], &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap_err();
+        assert!(missing.message().contains("/dev/xvdh"), "{missing:?}");
+    }
 }
