@@ -235,6 +235,7 @@ async fn ebssurrogate_build_registers_the_surrogate_volume_as_root() {
     let east = b["amis"][REGION].as_str().expect("an AMI in the build region").to_string();
     let west = b["amis"][COPY_REGION].as_str().expect("a copy in ami_regions").to_string();
     assert_eq!(b["artifact_id"], json!(format!("{REGION}:{east},{COPY_REGION}:{west}")));
+    assert_eq!(b["artifact"], json!(format!("AMIs were created:\n{REGION}: {east}\n{COPY_REGION}: {west}\n")));
 
     // RegisterImage as Packer calls it: xvdf's snapshot renamed to the root, xvdg omitted.
     let reg = recorded_bodies(&moto, "RegisterImage");
@@ -279,6 +280,8 @@ async fn ebsvolume_build_keeps_the_volumes_with_their_tags() {
     let mut pairs: Vec<String> = vols.iter().chain(&snaps).map(|id| format!("{REGION}:{id}")).collect();
     pairs.sort();
     assert_eq!(b["artifact_id"], json!(pairs.join(",")));
+    let lines: Vec<String> = pairs.iter().map(|p| p.replacen(':', ": ", 1)).collect();
+    assert_eq!(b["artifact"], json!(format!("EBS Volumes were created:\n\n{}\n", lines.join("\n"))), "Packer's artifact string");
 
     let ec2 = ctx.ec2(REGION);
     let source = ec2.describe_instances().filters(amiflow::aws::build_filter(execution)).send().await.unwrap();
