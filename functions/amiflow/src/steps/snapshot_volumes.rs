@@ -69,6 +69,14 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = EbsView::of(&state)?;
     let region = cfg.region.clone();
+    if surrogate(&state).is_some_and(|c| c.use_create_image) {
+        // Without the swap, CreateImage would image the instance's own root, not the surrogate.
+        return Err(StepError::BuildFailed(
+            "use_create_image: the volume swap it needs (Packer's StepSwapVolumes) is not available in amiflow yet; \
+             set \"use_create_image\": false to register the AMI from snapshots of the launch volumes"
+                .into(),
+        ));
+    }
     let wanted = wanted(&state)?;
     if wanted.is_empty() {
         return Ok(state);
