@@ -42,6 +42,15 @@ pub mod wait_snapshots_completed;
 pub mod wait_volume_attached;
 pub mod wait_volume_available;
 pub mod wait_volume_detached;
+// amazon-ebssurrogate, amazon-ebsvolume, amazon-instance
+pub mod bundle_volume;
+pub mod instance_store;
+pub mod modify_snapshot_attributes;
+pub mod snapshot_volumes;
+pub mod tag_volumes;
+pub mod upload_bundle;
+pub mod upload_x509_cert;
+pub mod volumes;
 mod prelude;
 
 use std::sync::Arc;
@@ -145,6 +154,14 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        tag_volumes::SPEC,
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        modify_snapshot_attributes::SPEC,
+        register_image::SPEC,
+        upload_x509_cert::SPEC,
+        bundle_volume::SPEC,
+        upload_bundle::SPEC,
         finalize::STEP,
         host_info::SPEC,
         create_volume::SPEC,
@@ -156,8 +173,6 @@ pub fn registry() -> Vec<StepSpec> {
         detach_volume::SPEC,
         wait_volume_detached::SPEC,
         create_snapshot::SPEC,
-        wait_snapshots_completed::SPEC,
-        register_image::SPEC,
     ]
 }
 
