@@ -7,6 +7,7 @@
 pub mod ctx;
 pub mod error;
 pub mod flows;
+pub mod infra;
 pub mod state;
 pub mod steps;
 
