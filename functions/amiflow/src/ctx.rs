@@ -1,26 +1,372 @@
-//! AWS clients for a step, built from the standard credential chain.
+//! AWS clients for a step, built from the credential chain the seeds describe.
+//!
+//! Order (local runs): the template's static keys (`access_key`/`secret_key`/`token`),
+//! environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or Packer's
+//! `AWS_ACCESS_KEY`/`AWS_SECRET_KEY`), the shared credentials file (`profile` or
+//! `AWS_PROFILE`; `shared_credentials_file` or `AWS_SHARED_CREDENTIALS_FILE`), then the
+//! container or instance role; `assume_role` goes on top of whichever answered.
 //!
 //! Endpoints: aws-config honours `AWS_ENDPOINT_URL` and the per-service
-//! `AWS_ENDPOINT_URL_<SERVICE>` variables, which is how the demo and the tests point every
-//! client at the local emulator. Retries: the SDK's standard mode.
+//! `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_SSM`, … (checked by a test below), which is how
+//! the demo and the tests point every client at the local emulator; the template's
+//! `custom_endpoint_ec2` overrides the EC2 one. Retries: the SDK's standard mode with
+//! `max_retries` attempts (Packer's default 10; the SDK's 3 "regularly gets tripped").
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use serde::{Deserialize, Serialize};
+
+use crate::StepError;
+
+/// Packer's default for `max_retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+
+/// The access settings of a template (Packer's access config), as far as clients need them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AccessConfig {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub access_key: Option<String>,
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub shared_credentials_file: Option<String>,
+    #[serde(default)]
+    pub custom_endpoint_ec2: Option<String>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub skip_metadata_api_check: bool,
+    #[serde(default)]
+    pub assume_role: Option<AssumeRole>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    #[serde(default)]
+    pub duration_seconds: Option<u64>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub policy_arns: Vec<String>,
+    #[serde(default)]
+    pub session_name: Option<String>,
+    #[serde(default)]
+    pub tags: HashMap<String, String>,
+}
+
+/// The clients a step uses, cached per region.
 pub struct Ctx {
     pub sdk: SdkConfig,
+    /// The template's `custom_endpoint_ec2`, when given.
+    pub ec2_endpoint: Option<String>,
+    ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
+    s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
+    iam: Mutex<Option<aws_sdk_iam::Client>>,
+    sts: Mutex<HashMap<String, aws_sdk_sts::Client>>,
 }
 
 impl Ctx {
-    /// Clients from the environment's credential chain (keys, profile, container or instance role).
+    /// Clients from the environment's credential chain (Lambda: the function's role).
     pub async fn from_env() -> Ctx {
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        Ctx { sdk }
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_RETRIES))
+            .load()
+            .await;
+        Ctx::from_sdk_config(sdk)
+    }
+
+    /// Clients from an already loaded SDK config (tests, callers with their own chain).
+    pub fn from_sdk_config(sdk: SdkConfig) -> Ctx {
+        Ctx {
+            sdk,
+            ec2_endpoint: None,
+            ec2: Mutex::default(),
+            ssm: Mutex::default(),
+            s3: Mutex::default(),
+            iam: Mutex::default(),
+            sts: Mutex::default(),
+        }
+    }
+
+    /// Clients for a local build of a template, following the seeds' credential order.
+    pub async fn for_build(access: &AccessConfig) -> Result<Ctx, StepError> {
+        let max_attempts = access.max_retries.filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_RETRIES);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(max_attempts));
+        if !access.region.is_empty() {
+            loader = loader.region(Region::new(access.region.clone()));
+        }
+        match (&access.access_key, &access.secret_key) {
+            (Some(key), Some(secret)) if !key.is_empty() => {
+                let token = access.token.clone().or_else(|| std::env::var("AWS_SESSION_TOKEN").ok());
+                loader = loader.credentials_provider(Credentials::new(key, secret, token, None, "template"));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(StepError::BuildFailed(
+                    "access_key and secret_key must be set together: set both, or neither to use the \
+                     environment, the shared credentials file or the instance role"
+                        .into(),
+                ))
+            }
+            _ => {
+                if let Some(creds) = packer_env_credentials() {
+                    loader = loader.credentials_provider(creds);
+                }
+            }
+        }
+        if let Some(profile) = access.profile.as_deref().filter(|p| !p.is_empty()) {
+            loader = loader.profile_name(profile);
+        }
+        // The re-export is deprecated in favour of aws-runtime, not a direct dependency.
+        #[allow(deprecated)]
+        if let Some(file) = access.shared_credentials_file.as_deref().filter(|p| !p.is_empty()) {
+            use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+            let files = ProfileFiles::builder()
+                .include_default_config_file(true)
+                .with_file(ProfileFileKind::Credentials, file)
+                .build();
+            loader = loader.profile_files(files);
+        }
+        let mut sdk = loader.load().await;
+        if let Some(role) = &access.assume_role {
+            let base = sdk.credentials_provider().ok_or_else(|| {
+                StepError::BuildFailed(format!(
+                    "assume_role {}: no base credentials were found to assume it with",
+                    role.role_arn
+                ))
+            })?;
+            let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+                .session_name(role.session_name.clone().unwrap_or_else(|| "amiflow".into()))
+                .configure(&sdk);
+            if let Some(id) = &role.external_id {
+                builder = builder.external_id(id);
+            }
+            if let Some(p) = &role.policy {
+                builder = builder.policy(p);
+            }
+            if !role.policy_arns.is_empty() {
+                builder = builder.policy_arns(role.policy_arns.clone());
+            }
+            if let Some(s) = role.duration_seconds {
+                builder = builder.session_length(Duration::from_secs(s));
+            }
+            if !role.tags.is_empty() {
+                builder = builder.tags(role.tags.clone());
+            }
+            let provider = builder.build_from_provider(base).await;
+            sdk = sdk.into_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build();
+        }
+        let mut ctx = Ctx::from_sdk_config(sdk);
+        ctx.ec2_endpoint = access.custom_endpoint_ec2.clone().filter(|e| !e.is_empty());
+        Ok(ctx)
     }
 
     pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        let conf = aws_sdk_ec2::config::Builder::from(&self.sdk)
-            .region(aws_types::region::Region::new(region.to_string()))
-            .build();
-        aws_sdk_ec2::Client::from_conf(conf)
+        let mut cache = self.ec2.lock().unwrap();
+        cache
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let mut conf = aws_sdk_ec2::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                if let Some(url) = &self.ec2_endpoint {
+                    conf = conf.endpoint_url(url);
+                }
+                aws_sdk_ec2::Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let mut cache = self.ssm.lock().unwrap();
+        cache
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_ssm::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                aws_sdk_ssm::Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+
+    pub fn s3(&self, region: &str) -> aws_sdk_s3::Client {
+        let mut cache = self.s3.lock().unwrap();
+        cache
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                // Path style: moto and custom endpoints do not resolve bucket subdomains.
+                let path_style = self.sdk.endpoint_url().is_some();
+                let conf = aws_sdk_s3::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_string()))
+                    .force_path_style(path_style);
+                aws_sdk_s3::Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+
+    /// IAM is global: one client.
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        self.iam.lock().unwrap().get_or_insert_with(|| aws_sdk_iam::Client::new(&self.sdk)).clone()
+    }
+
+    pub fn sts(&self, region: &str) -> aws_sdk_sts::Client {
+        let mut cache = self.sts.lock().unwrap();
+        cache
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_sts::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                aws_sdk_sts::Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+}
+
+/// Packer also reads `AWS_ACCESS_KEY`/`AWS_SECRET_KEY` when the SDK's names are unset.
+fn packer_env_credentials() -> Option<Credentials> {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        return None; // the SDK's own environment provider picks these up
+    }
+    let key = std::env::var("AWS_ACCESS_KEY").ok().filter(|k| !k.is_empty())?;
+    let secret = std::env::var("AWS_SECRET_KEY").ok().filter(|k| !k.is_empty())?;
+    let token = std::env::var("AWS_SESSION_TOKEN").ok();
+    Some(Credentials::new(key, secret, token, None, "environment (AWS_ACCESS_KEY/AWS_SECRET_KEY)"))
+}
+
+/// Error codes that mean "slow down" or "try again shortly".
+const THROTTLING: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "Unavailable",
+];
+
+/// The troubleshooting hint for an error code, from the seeds.
+pub fn hint(code: &str) -> Option<&'static str> {
+    match code {
+        "AuthFailure" | "RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" => Some(
+            "AWS was not able to validate the provided access credentials. Amazon signs every request with \
+             the current time: if your system clock is skewed, requests fail this way. Compare `date` with \
+             http://www.time.gov/ (on Linux: `sudo ntpd -q` or `chronyc makestep`), and check the access \
+             key, secret key and session token in use",
+        ),
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some(
+            "You are not authorized to perform this operation: the credentials' policy must allow this \
+             action (`amiflow policy TEMPLATE` prints the minimal policy); with an IAM instance profile \
+             also allow iam:PassRole for the profile's role",
+        ),
+        _ => None,
+    }
+}
+
+/// Maps an SDK error to a step error: throttling and 5xx are `Transient`, everything else
+/// `BuildFailed`, naming the operation, the resource and AWS's own message.
+pub fn classify<E, R>(operation: &str, resource: &str, err: SdkError<E, R>) -> StepError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    let code = err.code().unwrap_or("").to_string();
+    let message = err.message().unwrap_or("").to_string();
+    let status = err.raw_response().map(|r| r.status_code()).unwrap_or(0);
+    let what = if resource.is_empty() { operation.to_string() } else { format!("{operation} {resource}") };
+    let detail = if code.is_empty() {
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+                return StepError::Transient(format!("{what}: could not reach AWS: {}", error_chain(&err)));
+            }
+            _ => error_chain(&err),
+        }
+    } else {
+        format!("{code}: {message}")
+    };
+    if THROTTLING.contains(&code.as_str()) || status >= 500 {
+        return StepError::Transient(format!("{what}: {detail}"));
+    }
+    match hint(&code) {
+        Some(h) => StepError::BuildFailed(format!("{what}: {detail}. {h}")),
+        None => StepError::BuildFailed(format!("{what}: {detail}")),
+    }
+}
+
+/// The AWS error code of an SDK error, if AWS answered with one.
+pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(s) => s.err().code(),
+        _ => None,
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        src = e.source();
+    }
+    out
+}
+
+/// The HTTP status of a raw response, whatever the SDK's response type.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_ec2::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_the_clock_and_the_policy() {
+        assert!(hint("AuthFailure").unwrap().contains("clock"));
+        assert!(hint("RequestExpired").unwrap().contains("clock"));
+        assert!(hint("UnauthorizedOperation").unwrap().contains("iam:PassRole"));
+        assert!(hint("InvalidAMIID.NotFound").is_none());
+    }
+
+    #[tokio::test]
+    async fn template_keys_win_and_half_a_pair_is_refused() {
+        let access = AccessConfig {
+            region: "eu-west-1".into(),
+            access_key: Some("AKIDTEMPLATE".into()),
+            secret_key: Some("secret".into()),
+            ..Default::default()
+        };
+        let ctx = Ctx::for_build(&access).await.unwrap();
+        use aws_credential_types::provider::ProvideCredentials;
+        let creds = ctx.sdk.credentials_provider().unwrap().provide_credentials().await.unwrap();
+        assert_eq!(creds.access_key_id(), "AKIDTEMPLATE");
+        assert_eq!(ctx.sdk.region().unwrap().as_ref(), "eu-west-1");
+        let half = AccessConfig { access_key: Some("AKID".into()), ..Default::default() };
+        assert!(matches!(Ctx::for_build(&half).await, Err(StepError::BuildFailed(m)) if m.contains("together")));
     }
 }

@@ -4,7 +4,9 @@
 //! [`steps`] registry maps handler names to them for the Lambda binary, the local
 //! engine and `serve-lambdas`, and [`flows`] chains them per builder.
 
+pub mod aws;
 pub mod ctx;
+pub mod ebs_config;
 pub mod error;
 pub mod flows;
 pub mod infra;

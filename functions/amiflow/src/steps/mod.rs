@@ -4,6 +4,30 @@
 //! dispatch through it by handler name, the flows chain them, the SAM template's roles
 //! are checked against their `iam_actions`.
 
+pub mod cleanup;
+pub mod copy_image;
+pub mod create_image;
+pub mod create_tags;
+pub mod deregister_ami;
+pub mod enable_deprecation;
+pub mod iam_instance_profile;
+pub mod images;
+pub mod instance_state;
+pub mod key_pair;
+pub mod modify_image_attributes;
+pub mod modify_instance;
+pub mod network_info;
+pub mod pre_validate;
+pub mod run_source_instance;
+pub mod security_group;
+pub mod source_ami_info;
+pub mod stop_instance;
+pub mod wait_copies_available;
+pub mod wait_image_available;
+pub mod wait_instance_running;
+pub mod wait_instance_stopped;
+mod prelude;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -78,7 +102,28 @@ macro_rules! handler {
 
 /// Every step, by handler name.
 pub fn registry() -> Vec<StepSpec> {
-    vec![]
+    vec![
+        pre_validate::SPEC,
+        source_ami_info::SPEC,
+        network_info::SPEC,
+        key_pair::SPEC,
+        security_group::SPEC,
+        iam_instance_profile::SPEC,
+        run_source_instance::SPEC,
+        wait_instance_running::SPEC,
+        stop_instance::SPEC,
+        wait_instance_stopped::SPEC,
+        modify_instance::SPEC,
+        deregister_ami::SPEC,
+        create_image::SPEC,
+        wait_image_available::SPEC,
+        copy_image::SPEC,
+        wait_copies_available::SPEC,
+        modify_image_attributes::SPEC,
+        create_tags::SPEC,
+        enable_deprecation::SPEC,
+        cleanup::SPEC,
+    ]
 }
 
 /// The step with this handler name.

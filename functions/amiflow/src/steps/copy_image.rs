@@ -1,0 +1,96 @@
+//! CopyImage: copies the build-region image to every `ami_regions` region (and, when
+//! encrypting, back into the build region from the intermediary), with `encrypt_boot`,
+//! `kms_key_id` / `region_kms_key_ids`, a ClientToken per region and the build tags.
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "CopyImage",
+    iam_actions: &["ec2:CopyImage", "ec2:DescribeImages", "ec2:CreateTags", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKeyWithoutPlaintext"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub const WAIT: &str = "CopiesAvailable";
+
+pub fn copies(state: &BuildState) -> BTreeMap<String, String> {
+    state.data.extra.get("copies").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if cfg.skip_create_ami {
+        return Ok(state);
+    }
+    let build_region = cfg.region.clone();
+    let source = state.data.amis.get(&build_region).cloned();
+    let source = match state.data.extra.get("intermediary_image").and_then(|v| v["id"].as_str()) {
+        Some(id) => id.to_string(),
+        None => source.ok_or_else(|| StepError::BuildFailed("CopyImage: no image in the build region".into()))?,
+    };
+    let mut copies = copies(&state);
+    for region in cfg.copy_regions() {
+        if copies.contains_key(&region) {
+            continue;
+        }
+        let ec2 = ctx.ec2(&region);
+        let token = client_token(&state, &format!("CopyImage/{region}"));
+        // Idempotent: the name is free in the region (PreValidate / DeregisterAmi), so an
+        // image with it owned by us is this build's copy from an earlier attempt.
+        let found = ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter("name", [cfg.ami_name.clone()]))
+            .filters(filter("state", ["pending", "available"]))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", &cfg.ami_name, e))?;
+        let id = match found.images().first().and_then(|i| i.image_id()) {
+            Some(id) => id.to_string(),
+            None => {
+                let mut req = ec2
+                    .copy_image()
+                    .client_token(&token)
+                    .name(&cfg.ami_name)
+                    .source_image_id(&source)
+                    .source_region(&build_region)
+                    .copy_image_tags(true);
+                if cfg.encrypt_boot == Some(true) {
+                    req = req.encrypted(true);
+                    let key = cfg.region_kms_key_ids.get(&region).cloned().or_else(|| if region == build_region { cfg.kms_key_id.clone() } else { None });
+                    if let Some(k) = key.filter(|k| !k.is_empty()) {
+                        req = req.kms_key_id(k);
+                    }
+                } else if cfg.encrypt_boot == Some(false) {
+                    req = req.encrypted(false);
+                }
+                let out = req.send().await.map_err(|e| classify("CopyImage", &format!("{source} to {region}"), e))?;
+                out.image_id().unwrap_or_default().to_string()
+            }
+        };
+        state.ledger.record(ResourceKind::Image, &region, &id, true);
+        copies.insert(region.clone(), id.clone());
+        state.data.extra.insert("copies".into(), serde_json::to_value(&copies)?);
+        // CopyImageTags carries the source's tags; tag explicitly too so the build tag is
+        // there whatever the copy carried over.
+        ec2.create_tags()
+            .resources(&id)
+            .set_tags(Some(tags_with_build(&state, &BTreeMap::new())))
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", &id, e))?;
+    }
+    for (region, id) in &copies {
+        if region == &build_region {
+            state.data.snapshots.remove(region);
+        }
+        state.data.amis.insert(region.clone(), id.clone());
+    }
+    if cfg.skip_save_build_region && !copies.contains_key(&build_region) {
+        state.data.amis.remove(&build_region);
+        state.data.snapshots.remove(&build_region);
+    }
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}

@@ -1,0 +1,71 @@
+//! CreateImage: images the stopped instance, tagged at creation (image and snapshots);
+//! the image is recorded at once (an artifact, or the intermediary when encrypting).
+
+use super::prelude::*;
+use super::run_source_instance::mappings;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "CreateImage",
+    iam_actions: &["ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub const WAIT: &str = "ImageAvailable";
+
+pub fn image_name(state: &BuildState, cfg: &EbsView) -> String {
+    if cfg.intermediary_image() {
+        format!("amiflow-intermediary-{}", &stable_uuid(state, "IntermediaryImage").simple().to_string()[..12])
+    } else {
+        cfg.ami_name.clone()
+    }
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if cfg.skip_create_ami {
+        return Ok(state);
+    }
+    let region = cfg.region.clone();
+    let ec2 = ctx.ec2(&region);
+    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("CreateImage: no instance in the state".into()))?;
+    let name = image_name(&state, &cfg);
+    let intermediary = cfg.intermediary_image();
+
+    // EC2 takes no ClientToken here: a retried step finds its image by name and build tag.
+    let mut lookup = own_filters(&state);
+    lookup.push(filter("name", [name.clone()]));
+    let found = ec2.describe_images().owners("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeImages", &name, e))?;
+    let id = match found.images().first().and_then(|i| i.image_id()) {
+        Some(id) => id.to_string(),
+        None => {
+            let mut tags = if cfg.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&cfg.run_tags, &state.data, &region) };
+            tags.extend(build_tags(&state));
+            let out = ec2
+                .create_image()
+                .instance_id(&instance)
+                .name(&name)
+                .set_block_device_mappings(Some(mappings(&cfg.ami_block_device_mappings, false)).filter(|m| !m.is_empty()))
+                .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
+                .tag_specifications(tag_spec(ResourceType::Snapshot, &state, &tags))
+                .send()
+                .await
+                .map_err(|e| {
+                    if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
+                        StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))
+                    } else {
+                        classify("CreateImage", &name, e)
+                    }
+                })?;
+            out.image_id().unwrap_or_default().to_string()
+        }
+    };
+    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
+    if intermediary {
+        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+    }
+    state.data.amis.insert(region, id);
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}

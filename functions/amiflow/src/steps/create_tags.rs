@@ -1,0 +1,44 @@
+//! CreateTags: `tags` on every AMI and its snapshots, then `snapshot_tags` on the
+//! snapshots, keys and values rendered with build data (`{{ .SourceAMIName }}`, ...).
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "CreateTags",
+    iam_actions: &["ec2:CreateTags", "ec2:DescribeImages"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if cfg.tags.is_empty() && cfg.snapshot_tags.is_empty() {
+        return Ok(state);
+    }
+    for (region, ami) in &state.data.amis {
+        let ec2 = ctx.ec2(region);
+        let snaps = match super::images::describe(ctx, region, ami).await? {
+            Some(img) => super::images::snapshots(&img),
+            None => return Err(StepError::Transient(format!("CreateTags: image {ami} in {region} is not visible yet"))),
+        };
+        let to_tags = |m: &BTreeMap<String, String>| {
+            render_tags(m, &state.data, region).into_iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect::<Vec<_>>()
+        };
+        if !cfg.tags.is_empty() {
+            let mut resources = vec![ami.clone()];
+            resources.extend(snaps.iter().cloned());
+            ec2.create_tags().set_resources(Some(resources)).set_tags(Some(to_tags(&cfg.tags))).send().await.map_err(|e| match error_code(&e) {
+                Some("InvalidAMIID.NotFound" | "InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags {ami}: not visible yet")),
+                _ => classify("CreateTags", ami, e),
+            })?;
+        }
+        if !cfg.snapshot_tags.is_empty() && !snaps.is_empty() {
+            ec2.create_tags().set_resources(Some(snaps.clone())).set_tags(Some(to_tags(&cfg.snapshot_tags))).send().await.map_err(|e| match error_code(&e) {
+                Some("InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags: snapshots of {ami} not visible yet")),
+                _ => classify("CreateTags", &snaps.join(","), e),
+            })?;
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,51 @@
+//! DeregisterAmi: with `force_deregister`, removes images named `ami_name` in every
+//! target region (and their snapshots with `force_delete_snapshot`).
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "DeregisterAmi",
+    iam_actions: &["ec2:DescribeImages", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if !cfg.force_deregister || cfg.skip_create_ami {
+        return Ok(state);
+    }
+    for region in cfg.target_regions() {
+        let ec2 = ctx.ec2(&region);
+        let out = ec2
+            .describe_images()
+            .owners("self")
+            .filters(filter("name", [cfg.ami_name.clone()]))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", &cfg.ami_name, e))?;
+        for img in out.images() {
+            // Never the image this very build made (a retried late step).
+            if img.tags().iter().any(|t| t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())) {
+                continue;
+            }
+            let id = img.image_id().unwrap_or_default();
+            match ec2.deregister_image().image_id(id).send().await {
+                Ok(_) => {}
+                Err(e) if error_code(&e) == Some("InvalidAMIID.NotFound") => {}
+                Err(e) => return Err(classify("DeregisterImage", id, e)),
+            }
+            if cfg.force_delete_snapshot {
+                for snap in img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id())) {
+                    match ec2.delete_snapshot().snapshot_id(snap).send().await {
+                        Ok(_) => {}
+                        Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {}
+                        Err(e) => return Err(classify("DeleteSnapshot", snap, e)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,121 @@
+//! IamInstanceProfile: an existing profile (validated), or a temporary role + inline
+//! policy + profile from `temporary_iam_instance_profile_policy_document`; `NotReady`
+//! until EC2 accepts the new profile (IAM is eventually consistent).
+
+use aws_sdk_iam::types::Tag as IamTag;
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "IamInstanceProfile",
+    iam_actions: &[
+        "iam:GetInstanceProfile",
+        "iam:CreateInstanceProfile",
+        "iam:CreateRole",
+        "iam:GetRole",
+        "iam:PutRolePolicy",
+        "iam:AddRoleToInstanceProfile",
+        "iam:TagRole",
+        "iam:TagInstanceProfile",
+        "iam:PassRole",
+        "ec2:RunInstances",
+    ],
+    wait: Some(WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 12 }),
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+/// Path of every temporary role and profile: the janitor lists them under it.
+pub const IAM_PATH: &str = "/amiflow/";
+
+const ASSUME_EC2: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let iam = ctx.iam();
+    if let Some(name) = cfg.iam_instance_profile.as_deref().filter(|s| !s.is_empty()) {
+        if !cfg.skip_profile_validation {
+            iam.get_instance_profile().instance_profile_name(name).send().await.map_err(|e| classify("GetInstanceProfile", name, e))?;
+        }
+        state.data.instance_profile = Some(name.to_string());
+        return Ok(state);
+    }
+    let Some(doc) = &cfg.temporary_iam_instance_profile_policy_document else {
+        return Ok(state);
+    };
+    let name = temp_name(&state, "amiflow", "Iam").replace('_', "-");
+    let tags: Vec<IamTag> = build_tags(&state)
+        .into_iter()
+        .chain(render_tags(&cfg.run_tags, &state.data, &cfg.region))
+        .map(|(k, v)| IamTag::builder().key(k).value(v).build().unwrap())
+        .collect();
+
+    match iam
+        .create_role()
+        .role_name(&name)
+        .path(IAM_PATH)
+        .description("Temporary role for amiflow")
+        .assume_role_policy_document(ASSUME_EC2)
+        .set_tags(Some(tags.clone()))
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
+        Err(e) => return Err(classify("CreateRole", &name, e)),
+    }
+    state.ledger.record(ResourceKind::Role, "global", &name, false);
+    iam.put_role_policy()
+        .role_name(&name)
+        .policy_name(&name)
+        .policy_document(doc.to_string())
+        .send()
+        .await
+        .map_err(|e| classify("PutRolePolicy", &name, e))?;
+    match iam.create_instance_profile().instance_profile_name(&name).path(IAM_PATH).set_tags(Some(tags)).send().await {
+        Ok(_) => {}
+        Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
+        Err(e) => return Err(classify("CreateInstanceProfile", &name, e)),
+    }
+    state.ledger.record(ResourceKind::InstanceProfile, "global", &name, false);
+    let profile = iam.get_instance_profile().instance_profile_name(&name).send().await.map_err(|e| classify("GetInstanceProfile", &name, e))?;
+    let has_role = profile.instance_profile().is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name));
+    if !has_role {
+        iam.add_role_to_instance_profile()
+            .instance_profile_name(&name)
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(|e| classify("AddRoleToInstanceProfile", &name, e))?;
+    }
+    state.data.instance_profile = Some(name.clone());
+
+    // Propagation: EC2 must accept the profile. A dry run with the build's own source AMI,
+    // instance type and subnet (Packer's t3.nano dry run broke arm64 builds, #675).
+    if let Some(ami) = &state.data.source_ami {
+        let mut dry = ctx
+            .ec2(&cfg.region)
+            .run_instances()
+            .dry_run(true)
+            .image_id(ami)
+            .instance_type(cfg.instance_type.as_str().into())
+            .min_count(1)
+            .max_count(1)
+            .iam_instance_profile(aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(&name).build());
+        if let Some(s) = &state.data.subnet_id {
+            dry = dry.subnet_id(s);
+        }
+        match dry.send().await {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("DryRunOperation") => {}
+            Err(e) => {
+                let msg = aws_sdk_ec2::error::ProvideErrorMetadata::message(&e).unwrap_or("").to_string();
+                if msg.contains("Invalid IAM Instance Profile") || msg.contains("iamInstanceProfile") {
+                    return Err(StepError::NotReady(format!("instance profile {name} is not usable by EC2 yet: {msg}")));
+                }
+                return Err(classify("RunInstances (dry run)", &name, e));
+            }
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,101 @@
+//! KeyPair: a temporary EC2 key pair (rsa or ed25519) whose private key goes to SSM
+//! Parameter Store as a SecureString for the build's lifetime, never into the state.
+
+use aws_sdk_ec2::types::{KeyFormat, KeyType};
+use aws_sdk_ssm::types::{ParameterType, Tag as SsmTag};
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "KeyPair",
+    iam_actions: &["ec2:CreateKeyPair", "ec2:DescribeKeyPairs", "ec2:DeleteKeyPair", "ec2:CreateTags", "ssm:PutParameter", "ssm:GetParameter", "ssm:AddTagsToResource"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+/// `/amiflow/<execution>/<build>/ssh-key`: per build, and every parameter of an execution
+/// sits under one path the janitor can sweep.
+pub fn parameter_name(state: &BuildState) -> String {
+    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect::<String>();
+    format!("/amiflow/{}/{}/ssh-key", clean(&state.execution), clean(&state.build.name))
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if let Some(name) = cfg.ssh_keypair_name.as_deref().filter(|s| !s.is_empty()) {
+        state.data.key_pair_name = Some(name.to_string());
+        return Ok(state);
+    }
+    let no_temp_key = matches!(cfg.communicator(), "none" | "ssm")
+        || cfg.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
+        || cfg.ssh_agent_auth
+        || cfg.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
+    if no_temp_key {
+        return Ok(state);
+    }
+    let region = cfg.region.clone();
+    let ec2 = ctx.ec2(&region);
+    let ssm = ctx.ssm(&region);
+    let name = cfg.temporary_key_pair_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
+    let param = parameter_name(&state);
+
+    // A retried step finds its key pair; reuse it only if its private key was stored.
+    let existing = match ec2.describe_key_pairs().key_names(&name).send().await {
+        Ok(out) => !out.key_pairs().is_empty(),
+        Err(e) if error_code(&e) == Some("InvalidKeyPair.NotFound") => false,
+        Err(e) => return Err(classify("DescribeKeyPairs", &name, e)),
+    };
+    let stored = match ssm.get_parameter().name(&param).send().await {
+        Ok(_) => true,
+        Err(e) if error_code(&e) == Some("ParameterNotFound") => false,
+        Err(e) => return Err(classify("GetParameter", &param, e)),
+    };
+    if !(existing && stored) {
+        if existing {
+            ec2.delete_key_pair().key_name(&name).send().await.map_err(|e| classify("DeleteKeyPair", &name, e))?;
+        }
+        let key_type = match cfg.temporary_key_pair_type.as_deref().unwrap_or("rsa") {
+            "ed25519" => KeyType::Ed25519,
+            "rsa" => KeyType::Rsa,
+            other => {
+                return Err(StepError::BuildFailed(format!("temporary_key_pair_type {other:?}: use \"rsa\" or \"ed25519\"")));
+            }
+        };
+        let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
+        let out = ec2
+            .create_key_pair()
+            .key_name(&name)
+            .key_type(key_type)
+            .key_format(KeyFormat::Pem)
+            .tag_specifications(tag_spec(ResourceType::KeyPair, &state, &run_tags))
+            .send()
+            .await
+            .map_err(|e| classify("CreateKeyPair", &name, e))?;
+        state.ledger.record(ResourceKind::KeyPair, &region, &name, false);
+        let material = out.key_material().ok_or_else(|| StepError::BuildFailed(format!("CreateKeyPair {name}: AWS returned no key material")))?;
+        let tags: Vec<SsmTag> = build_tags(&state).into_iter().map(|(k, v)| SsmTag::builder().key(k).value(v).build().unwrap()).collect();
+        let put = ssm
+            .put_parameter()
+            .name(&param)
+            .description(format!("amiflow temporary SSH key {name}"))
+            .r#type(ParameterType::SecureString)
+            .value(material)
+            .set_tags(Some(tags))
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("ParameterAlreadyExists") => {
+                // A half-finished earlier attempt stored a key for a pair that is now gone.
+                ssm.put_parameter().name(&param).r#type(ParameterType::SecureString).value(material).overwrite(true).send().await.map_err(|e| classify("PutParameter", &param, e))?;
+            }
+            Err(e) => return Err(classify("PutParameter", &param, e)),
+        }
+    }
+    state.ledger.record(ResourceKind::KeyPair, &region, &name, false);
+    state.ledger.record(ResourceKind::Parameter, &region, &param, false);
+    state.data.key_pair_name = Some(name);
+    state.data.private_key_parameter = Some(param);
+    Ok(state)
+}

@@ -1,0 +1,23 @@
+//! What step files share.
+
+pub use std::collections::BTreeMap;
+pub use std::time::Duration;
+
+pub use aws_sdk_ec2::types::{Filter, ResourceType};
+
+pub use crate::aws::*;
+pub use crate::ctx::{classify, error_code};
+pub use crate::ebs_config::EbsView;
+pub use crate::state::{ResourceKind, BUILD_TAG};
+pub use crate::steps::{StepSpec, WaitPolicy};
+pub use crate::{handler, BuildState, Ctx, StepError};
+
+/// Lambda timeout for steps that make a handful of API calls.
+pub const SHORT_TIMEOUT: u32 = 120;
+
+/// Polls every 5 s growing to 30 s: ~2 h of budget, above every waiter's default; the
+/// handler enforces the template's `aws_polling` limit from the wait's start time.
+pub const LONG_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 250 };
+
+/// Instance state changes: 15 s cap, ~1 h.
+pub const INSTANCE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 3, backoff_rate: 1.5, max_delay_seconds: 15, max_attempts: 250 };

@@ -1,0 +1,184 @@
+//! RunSourceInstance: launches the source instance (on-demand, or spot through
+//! RunInstances' spot market options) with a ClientToken, tagged at creation.
+//!
+//! Spot: RunInstances with `InstanceMarketOptions` rather than Packer's launch template +
+//! instant fleet: one call, one resource, the same ClientToken idempotency and tagging as
+//! on-demand; the one-time spot request ends with the instance. `spot_instance_types`
+//! (several types) is not covered by this path: the first type is used.
+
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState, InstanceNetworkInterfaceSpecification,
+    MarketType, Placement, ShutdownBehavior, SpotMarketOptions, SpotInstanceType, VolumeType,
+};
+use base64::Engine;
+
+use super::prelude::*;
+use crate::ebs_config::BlockDevice;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "RunSourceInstance",
+    iam_actions: &["ec2:RunInstances", "ec2:DescribeInstances", "ec2:CreateTags", "iam:PassRole"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub const WAIT: &str = "InstanceRunning";
+
+pub fn mappings(devs: &[BlockDevice], no_ephemeral: bool) -> Vec<BlockDeviceMapping> {
+    let mut out: Vec<BlockDeviceMapping> = devs
+        .iter()
+        .map(|d| {
+            let mut m = BlockDeviceMapping::builder().device_name(&d.device_name);
+            if d.no_device {
+                return m.no_device("").build();
+            }
+            if let Some(v) = d.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+                return m.virtual_name(v).build();
+            }
+            let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
+            if let Some(t) = &d.volume_type {
+                ebs = ebs.volume_type(VolumeType::from(t.as_str()));
+                if matches!(t.as_str(), "io1" | "io2" | "gp3") {
+                    ebs = ebs.set_iops(d.iops);
+                }
+                if t == "gp3" {
+                    ebs = ebs.set_throughput(d.throughput);
+                }
+            }
+            ebs = ebs.set_volume_size(d.volume_size).set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone());
+            m = m.ebs(ebs.build());
+            m.build()
+        })
+        .collect();
+    if no_ephemeral {
+        for c in b'a'..=b'z' {
+            out.push(BlockDeviceMapping::builder().device_name(format!("xvdc{}", c as char)).no_device("").build());
+        }
+    }
+    out
+}
+
+/// User data, base64-encoded unless it already is (Packer's rule).
+pub fn user_data(cfg: &EbsView) -> Result<Option<String>, StepError> {
+    let raw = match (&cfg.user_data, &cfg.user_data_file) {
+        (Some(d), _) if !d.is_empty() => d.clone(),
+        (_, Some(f)) if !f.is_empty() => std::fs::read_to_string(f)
+            .map_err(|e| StepError::BuildFailed(format!("user_data_file {f}: cannot read it: {e}")))?,
+        _ => return Ok(None),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if b64.decode(raw.trim()).is_ok() {
+        Ok(Some(raw.trim().to_string()))
+    } else {
+        Ok(Some(b64.encode(raw.as_bytes())))
+    }
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let ec2 = ctx.ec2(&region);
+    let ami = state.data.source_ami.clone().ok_or_else(|| StepError::BuildFailed("RunSourceInstance: no source AMI in the state (SourceAmiInfo must run first)".into()))?;
+    if let Some(t) = state.data.extra.get("source_root_device_type").and_then(|v| v.as_str()) {
+        if t != "ebs" {
+            return Err(StepError::BuildFailed(format!("source AMI {ami}: root device type {t}, amazon-ebs needs ebs")));
+        }
+    }
+    // A retried step (or a lost response) finds the instance its token launched.
+    let token = client_token(&state, SPEC.name);
+    let mut lookup = own_filters(&state);
+    lookup.push(filter("client-token", [token.clone()]));
+    lookup.push(filter("instance-state-name", ["pending", "running", "stopping", "stopped"]));
+    let found = ec2.describe_instances().set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeInstances", &token, e))?;
+    let existing = found.reservations().iter().flat_map(|r| r.instances()).next().cloned();
+
+    let instance = match existing {
+        Some(i) => i,
+        None => {
+            let instance_type = if cfg.instance_type.is_empty() { cfg.spot_instance_types.first().cloned().unwrap_or_default() } else { cfg.instance_type.clone() };
+            let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
+            let volume_tags = render_tags(&cfg.run_volume_tags, &state.data, &region);
+            let mut req = ec2
+                .run_instances()
+                .client_token(&token)
+                .image_id(&ami)
+                .instance_type(instance_type.as_str().into())
+                .min_count(1)
+                .max_count(1)
+                .set_user_data(user_data(&cfg)?)
+                .set_key_name(state.data.key_pair_name.clone())
+                .set_block_device_mappings(Some(mappings(&cfg.launch_block_device_mappings, cfg.no_ephemeral)).filter(|m| !m.is_empty()))
+                .tag_specifications(tag_spec(ResourceType::Instance, &state, &run_tags))
+                .tag_specifications(tag_spec(ResourceType::NetworkInterface, &state, &run_tags))
+                .tag_specifications(tag_spec(ResourceType::Volume, &state, &volume_tags));
+            if cfg.ebs_optimized {
+                req = req.ebs_optimized(true);
+            }
+            if let Some(p) = &state.data.instance_profile {
+                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(p).build());
+            }
+            if let Some(az) = &state.data.availability_zone {
+                req = req.placement(Placement::builder().availability_zone(az).build());
+            }
+            if let Some(m) = &cfg.metadata_options {
+                if m.http_endpoint.as_deref().unwrap_or("enabled") == "enabled" {
+                    req = req.metadata_options(
+                        InstanceMetadataOptionsRequest::builder()
+                            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                            .http_tokens(HttpTokensState::from(m.http_tokens.as_deref().unwrap_or("optional")))
+                            .set_http_put_response_hop_limit(m.http_put_response_hop_limit)
+                            .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_deref().unwrap_or("disabled")))
+                            .build(),
+                    );
+                } else {
+                    req = req.metadata_options(InstanceMetadataOptionsRequest::builder().http_endpoint(InstanceMetadataEndpointState::Disabled).build());
+                }
+            }
+            if cfg.is_spot() {
+                let mut spot = SpotMarketOptions::builder().spot_instance_type(SpotInstanceType::OneTime);
+                if let Some(p) = cfg.spot_price.as_deref().filter(|p| *p != "auto") {
+                    spot = spot.max_price(p);
+                }
+                req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot.build()).build());
+            } else {
+                req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(cfg.shutdown_behavior.as_deref().unwrap_or("stop")));
+            }
+            match (&state.data.subnet_id, cfg.associate_public_ip_address) {
+                (Some(subnet), Some(public)) => {
+                    req = req.network_interfaces(
+                        InstanceNetworkInterfaceSpecification::builder()
+                            .device_index(0)
+                            .associate_public_ip_address(public)
+                            .subnet_id(subnet)
+                            .set_groups(Some(state.data.security_group_ids.clone()))
+                            .delete_on_termination(true)
+                            .build(),
+                    );
+                }
+                (subnet, _) => {
+                    req = req.set_subnet_id(subnet.clone()).set_security_group_ids(Some(state.data.security_group_ids.clone()).filter(|v| !v.is_empty()));
+                }
+            }
+            let out = req.send().await.map_err(|e| match error_code(&e) {
+                Some("InvalidParameterValue") if format!("{e:?}").contains("iamInstanceProfile") => {
+                    StepError::Transient(format!("RunInstances: instance profile not usable yet: {e:?}"))
+                }
+                Some("VPCIdNotSpecified") => StepError::BuildFailed(
+                    "RunInstances: a valid Subnet Id was not specified: set subnet_id or subnet_filter (the account has no default VPC)".into(),
+                ),
+                _ => classify("RunInstances", &ami, e),
+            })?;
+            out.instances().first().cloned().ok_or_else(|| StepError::BuildFailed("RunInstances returned no instance".into()))?
+        }
+    };
+    let id = instance.instance_id().unwrap_or_default().to_string();
+    state.ledger.record(ResourceKind::Instance, &region, &id, false);
+    if let Some(spot) = instance.spot_instance_request_id() {
+        state.ledger.record(ResourceKind::SpotRequest, &region, spot, false);
+    }
+    state.data.instance_id = Some(id);
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}

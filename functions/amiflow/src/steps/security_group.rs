@@ -1,0 +1,102 @@
+//! SecurityGroup: existing groups (ids or filter), or a temporary group whose only
+//! ingress is the communicator port from `temporary_security_group_source_cidrs`; no rule
+//! at all when the communicator needs no inbound port (none, SSM).
+
+use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range};
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "SecurityGroup",
+    iam_actions: &["ec2:DescribeSecurityGroups", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateTags"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let ec2 = ctx.ec2(&region);
+    let mut ids: Vec<String> = cfg.security_group_ids.clone();
+    if let Some(id) = cfg.security_group_id.as_deref().filter(|s| !s.is_empty()) {
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_string());
+        }
+    }
+    if !ids.is_empty() {
+        let out = ec2.describe_security_groups().set_group_ids(Some(ids.clone())).send().await.map_err(|e| classify("DescribeSecurityGroups", &ids.join(","), e))?;
+        if out.security_groups().len() != ids.len() {
+            return Err(StepError::BuildFailed(format!("security_group_ids {}: not all of them exist in {region}", ids.join(", "))));
+        }
+        state.data.security_group_ids = ids;
+        return Ok(state);
+    }
+    if let Some(f) = cfg.security_group_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+        let mut req = ec2.describe_security_groups();
+        for (k, v) in &f.filters {
+            req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
+        }
+        if let Some(vpc) = &state.data.vpc_id {
+            req = req.filters(filter("vpc-id", [vpc.clone()]));
+        }
+        let out = req.send().await.map_err(|e| classify("DescribeSecurityGroups", "security_group_filter", e))?;
+        if out.security_groups().is_empty() {
+            return Err(StepError::BuildFailed("security_group_filter matched no security group".into()));
+        }
+        state.data.security_group_ids = out.security_groups().iter().filter_map(|g| g.group_id().map(String::from)).collect();
+        return Ok(state);
+    }
+
+    let name = temp_name(&state, "amiflow", "SecurityGroup");
+    let found = ec2
+        .describe_security_groups()
+        .set_filters(Some({
+            let mut f = own_filters(&state);
+            f.push(filter("group-name", [name.clone()]));
+            f
+        }))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeSecurityGroups", &name, e))?;
+    let group_id = match found.security_groups().first().and_then(|g| g.group_id()) {
+        Some(id) => id.to_string(),
+        None => {
+            let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
+            let out = ec2
+                .create_security_group()
+                .group_name(&name)
+                .description("Temporary group for amiflow")
+                .set_vpc_id(state.data.vpc_id.clone())
+                .tag_specifications(tag_spec(ResourceType::SecurityGroup, &state, &run_tags))
+                .send()
+                .await
+                .map_err(|e| classify("CreateSecurityGroup", &name, e))?;
+            out.group_id().unwrap_or_default().to_string()
+        }
+    };
+    state.ledger.record(ResourceKind::SecurityGroup, &region, &group_id, false);
+
+    if let Some(port) = cfg.communicator_port() {
+        let cidrs = if cfg.temporary_security_group_source_cidrs.is_empty() {
+            vec![if cfg.ssh_interface.as_deref() == Some("ipv6") { "::/0".to_string() } else { "0.0.0.0/0".to_string() }]
+        } else {
+            cfg.temporary_security_group_source_cidrs.clone()
+        };
+        let mut perm = IpPermission::builder().ip_protocol("tcp").from_port(port as i32).to_port(port as i32);
+        for c in &cidrs {
+            if c.contains(':') {
+                perm = perm.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build());
+            } else {
+                perm = perm.ip_ranges(IpRange::builder().cidr_ip(c).build());
+            }
+        }
+        match ec2.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm.build()).send().await {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("InvalidPermission.Duplicate") => {}
+            Err(e) => return Err(classify("AuthorizeSecurityGroupIngress", &group_id, e)),
+        }
+    }
+    state.data.security_group_ids = vec![group_id];
+    Ok(state)
+}

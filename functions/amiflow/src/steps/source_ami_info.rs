@@ -1,0 +1,74 @@
+//! SourceAmiInfo: resolves `source_ami` / `source_ami_filter` to one image and records
+//! Packer's build data about it (SourceAMI, SourceAMIName, ...).
+
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "SourceAmiInfo",
+    iam_actions: &["ec2:DescribeImages"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let mut req = ctx.ec2(&cfg.region).describe_images();
+    let mut most_recent = false;
+    if let Some(id) = cfg.source_ami.as_deref().filter(|s| !s.is_empty()) {
+        req = req.image_ids(id);
+    }
+    if let Some(f) = &cfg.source_ami_filter {
+        for (name, values) in &f.filters {
+            req = req.filters(filter(name, values.split(',').map(|v| v.trim().to_string())));
+        }
+        for o in &f.owners {
+            req = req.owners(o);
+        }
+        if f.include_deprecated {
+            req = req.include_deprecated(true);
+        }
+        most_recent = f.most_recent;
+    }
+    let what = cfg.source_ami.clone().unwrap_or_else(|| "source_ami_filter".into());
+    let out = req.send().await.map_err(|e| classify("DescribeImages", &what, e))?;
+    let mut images = out.images().to_vec();
+    if images.is_empty() {
+        return Err(StepError::BuildFailed(format!(
+            "No AMI was found matching filters ({what}) in {}: check source_ami / source_ami_filter and its owners",
+            cfg.region
+        )));
+    }
+    if images.len() > 1 && !most_recent {
+        return Err(StepError::BuildFailed(format!(
+            "Your query returned more than one result ({} images). Please try a more specific search, or set most_recent to true",
+            images.len()
+        )));
+    }
+    images.sort_by(|a, b| a.creation_date().cmp(&b.creation_date()));
+    let img = images.pop().unwrap();
+    if img.root_device_type().map(|t| t.as_str()) != Some("ebs") {
+        return Err(StepError::BuildFailed(format!(
+            "source AMI {} has root device type {:?}; amazon-ebs needs an EBS-backed source (use amazon-instance for instance-store images)",
+            img.image_id().unwrap_or("?"),
+            img.root_device_type().map(|t| t.as_str()).unwrap_or("unknown")
+        )));
+    }
+    if cfg.ena_support == Some(true) || cfg.sriov_support {
+        let virt = cfg.ami_virtualization_type.clone().or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
+        if virt.as_deref() != Some("hvm") {
+            return Err(StepError::BuildFailed(
+                "Enhanced Networking (ena_support / sriov_support) requires an HVM source AMI or ami_virtualization_type \"hvm\"".into(),
+            ));
+        }
+    }
+    let d = &mut state.data;
+    d.source_ami = img.image_id().map(String::from);
+    d.source_ami_name = img.name().map(String::from);
+    d.source_ami_creation_date = img.creation_date().map(String::from);
+    d.source_ami_owner = img.owner_id().map(String::from);
+    d.source_ami_owner_name = img.image_owner_alias().map(String::from);
+    d.source_ami_tags = img.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
+    d.extra.insert("source_root_device_type".into(), "ebs".into());
+    Ok(state)
+}

@@ -1,0 +1,33 @@
+//! WaitImageAvailable: `NotReady` while the build-region image is pending; its snapshots
+//! recorded once available; `BuildFailed` with AWS's StateReason when it failed.
+
+use super::create_image::WAIT;
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "WaitImageAvailable",
+    iam_actions: &["ec2:DescribeImages"],
+    wait: Some(LONG_WAIT),
+    timeout_seconds: 60,
+    handler: handler!(run),
+};
+
+/// Packer's ImageAvailable waiter: 30 minutes.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let Some(id) = state.data.amis.get(&region).cloned() else { return Ok(state) };
+    let Some(img) = super::images::available(ctx, &region, &id).await? else {
+        return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("image {id} in {region} is pending")));
+    };
+    let artifact = !cfg.intermediary_image();
+    let snaps = super::images::snapshots(&img);
+    for s in &snaps {
+        state.ledger.record(ResourceKind::Snapshot, &region, s, artifact);
+    }
+    state.data.snapshots.insert(region, snaps);
+    end_wait(&mut state, WAIT);
+    Ok(state)
+}

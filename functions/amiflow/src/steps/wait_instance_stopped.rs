@@ -1,0 +1,34 @@
+//! WaitInstanceStopped: `NotReady` until stopped; terminated is a failure.
+
+use super::instance_state::{describe, reason, state_name};
+use super::prelude::*;
+use super::stop_instance::WAIT;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "WaitInstanceStopped",
+    iam_actions: &["ec2:DescribeInstances"],
+    wait: Some(INSTANCE_WAIT),
+    timeout_seconds: 60,
+    handler: handler!(run),
+};
+
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    if cfg.is_spot() {
+        return Ok(state);
+    }
+    let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("WaitInstanceStopped: no instance in the state".into()))?;
+    let Some(i) = describe(ctx, &cfg.region, &id).await? else {
+        return Err(StepError::BuildFailed(format!("instance {id} disappeared while stopping")));
+    };
+    match state_name(&i) {
+        "stopped" => {
+            end_wait(&mut state, WAIT);
+            Ok(state)
+        }
+        "stopping" | "running" | "pending" => Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("instance {id} is {}", state_name(&i)))),
+        other => Err(StepError::BuildFailed(format!("instance {id} is {other} instead of stopped: {}", reason(&i)))),
+    }
+}
