@@ -11,6 +11,7 @@ pub mod create_tags;
 pub mod deregister_ami;
 pub mod enable_deprecation;
 pub mod iam_instance_profile;
+pub mod janitor;
 pub mod images;
 pub mod instance_state;
 pub mod key_pair;
@@ -123,6 +124,7 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        janitor::SPEC,
     ]
 }
 
