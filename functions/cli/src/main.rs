@@ -1,14 +1,12 @@
 //! The `amiflow` command. One module per subcommand.
 
+use amiflow_cli::{policy, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
-mod policy;
 mod serve_lambdas;
-mod start;
 mod validate;
-mod watch;
 
 #[derive(Parser)]
 #[command(name = "amiflow", version, about = "Bake Amazon machine images from Packer templates, serverless")]
