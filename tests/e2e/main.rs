@@ -1,3 +1,4 @@
 //! End-to-end tests. Each module needs a piece of the local stack; a test whose
 //! prerequisite is missing says so and skips.
+mod ebs;
 mod infra;

@@ -159,7 +159,13 @@ const GROUPS: &[&str] = &["access", "ami", "run", "comm", "communicator", "snaps
 
 impl EbsView {
     pub fn of(state: &BuildState) -> Result<EbsView, StepError> {
-        let raw = serde_json::to_value(&state.build.config)?;
+        let mut raw = serde_json::to_value(&state.build.config)?;
+        // The typed config serializes externally tagged: `{"amazon-ebs": {...}}`.
+        if let Value::Object(m) = &raw {
+            if m.len() == 1 && amiflow_template::BuilderType::parse(m.keys().next().unwrap()).is_some() {
+                raw = m.values().next().unwrap().clone();
+            }
+        }
         let mut flat = serde_json::Map::new();
         flatten_into(&raw, &mut flat);
         serde_json::from_value(Value::Object(flat)).map_err(|e| {

@@ -37,7 +37,8 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:DeleteParameter",
         "ssm:DeleteParameters",
         "iam:ListInstanceProfiles",
-        "iam:ListInstanceProfileTags",
+        "iam:ListRoles",
+        "iam:GetRole",
         "iam:GetInstanceProfile",
         "iam:RemoveRoleFromInstanceProfile",
         "iam:DeleteInstanceProfile",
@@ -296,15 +297,27 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
     let iam = ctx.iam();
     let mut profiles = union(ledger.of_kind(ResourceKind::InstanceProfile).map(|r| r.id.clone()).collect(), iam_names.iter().cloned());
     let mut roles = union(ledger.of_kind(ResourceKind::Role).map(|r| r.id.clone()).collect(), iam_names.iter().cloned());
+    // Found by path + the role's tags (GetRole returns them; profile tags need a call
+    // emulators lack), then every profile under the path holding such a role.
+    let listed = iam.list_roles().path_prefix(IAM_PATH).send().await.map_err(|e| classify("ListRoles", IAM_PATH, e))?;
+    for r in listed.roles() {
+        let name = r.role_name().to_string();
+        let role = match iam.get_role().role_name(&name).send().await {
+            Ok(out) => out.role,
+            Err(e) if error_code(&e) == Some("NoSuchEntity") => continue,
+            Err(e) => return Err(classify("GetRole", &name, e)),
+        };
+        let tags = role.map(|r| r.tags.unwrap_or_default()).unwrap_or_default();
+        let ours = tags.iter().any(|t| t.key() == BUILD_TAG && t.value() == scope.execution)
+            && scope.build_name.as_ref().is_none_or(|b| tags.iter().any(|t| t.key() == BUILD_NAME_TAG && t.value() == b));
+        if ours {
+            roles = union(roles, [name]);
+        }
+    }
     let listed = iam.list_instance_profiles().path_prefix(IAM_PATH).send().await.map_err(|e| classify("ListInstanceProfiles", IAM_PATH, e))?;
     for p in listed.instance_profiles() {
-        let name = p.instance_profile_name().to_string();
-        let tags = iam.list_instance_profile_tags().instance_profile_name(&name).send().await.map_err(|e| classify("ListInstanceProfileTags", &name, e))?;
-        let ours = tags.tags().iter().any(|t| t.key() == BUILD_TAG && t.value() == scope.execution)
-            && scope.build_name.as_ref().is_none_or(|b| tags.tags().iter().any(|t| t.key() == BUILD_NAME_TAG && t.value() == b));
-        if ours {
-            profiles = union(profiles, [name.clone()]);
-            roles = union(roles, p.roles().iter().map(|r| r.role_name().to_string()));
+        if p.roles().iter().any(|r| roles.iter().any(|n| n == r.role_name())) || roles.iter().any(|n| n == p.instance_profile_name()) {
+            profiles = union(profiles, [p.instance_profile_name().to_string()]);
         }
     }
     for p in &profiles {

@@ -42,15 +42,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         None => {
             let mut tags = if cfg.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&cfg.run_tags, &state.data, &region) };
             tags.extend(build_tags(&state));
-            let out = ec2
+            let request = ec2
                 .create_image()
                 .instance_id(&instance)
                 .name(&name)
                 .set_block_device_mappings(Some(mappings(&cfg.ami_block_device_mappings, false)).filter(|m| !m.is_empty()))
-                .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
+                .tag_specifications(tag_spec(ResourceType::Image, &state, &tags));
+            // No SDK retries on this first form: a 500 here means "not supported" (below).
+            let mut result = request
+                .clone()
                 .tag_specifications(tag_spec(ResourceType::Snapshot, &state, &tags))
+                .customize()
+                .config_override(aws_sdk_ec2::config::Config::builder().retry_config(aws_config::retry::RetryConfig::disabled()))
                 .send()
-                .await
+                .await;
+            // Emulators without snapshot tag specifications (moto answers 500): the image is
+            // tagged at creation, its snapshots by WaitImageAvailable.
+            if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500) {
+                result = request.send().await;
+            }
+            let out = result
                 .map_err(|e| {
                     if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
                         StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))

@@ -2,7 +2,7 @@
 //! OU ARNs), product codes and IMDS support on every AMI; create-volume permissions on
 //! every snapshot. EC2 takes one attribute kind per call.
 
-use aws_sdk_ec2::types::{AttributeValue, CreateVolumePermission, CreateVolumePermissionModifications, LaunchPermission, LaunchPermissionModifications, PermissionGroup};
+use aws_sdk_ec2::types::{AttributeValue, LaunchPermission, LaunchPermissionModifications, OperationType, PermissionGroup, SnapshotAttributeName};
 
 use super::prelude::*;
 
@@ -74,17 +74,15 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         if cfg.snapshot_users.is_empty() && cfg.snapshot_groups.is_empty() {
             continue;
         }
+        // The OperationType + UserIds/GroupNames form: AWS takes it as well as
+        // CreateVolumePermission.Add, and emulators (moto) only this one.
         for snap in state.data.snapshots.get(region).into_iter().flatten() {
-            let mut add = CreateVolumePermissionModifications::builder();
-            for u in &cfg.snapshot_users {
-                add = add.add(CreateVolumePermission::builder().user_id(u).build());
-            }
-            for g in &cfg.snapshot_groups {
-                add = add.add(CreateVolumePermission::builder().group(PermissionGroup::from(g.as_str())).build());
-            }
             ec2.modify_snapshot_attribute()
                 .snapshot_id(snap)
-                .create_volume_permission(add.build())
+                .attribute(SnapshotAttributeName::CreateVolumePermission)
+                .operation_type(OperationType::Add)
+                .set_user_ids(Some(cfg.snapshot_users.clone()).filter(|v| !v.is_empty()))
+                .set_group_names(Some(cfg.snapshot_groups.clone()).filter(|v| !v.is_empty()))
                 .send()
                 .await
                 .map_err(|e| classify("ModifySnapshotAttribute (createVolumePermission)", snap, e))?;

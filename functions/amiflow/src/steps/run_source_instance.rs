@@ -86,10 +86,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             return Err(StepError::BuildFailed(format!("source AMI {ami}: root device type {t}, amazon-ebs needs ebs")));
         }
     }
-    // A retried step (or a lost response) finds the instance its token launched.
+    // A retried step (or a lost response) finds the instance it launched: by the build's
+    // tags (one source instance per build), and EC2 itself dedupes by the ClientToken.
     let token = client_token(&state, SPEC.name);
     let mut lookup = own_filters(&state);
-    lookup.push(filter("client-token", [token.clone()]));
     lookup.push(filter("instance-state-name", ["pending", "running", "stopping", "stopped"]));
     let found = ec2.describe_instances().set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeInstances", &token, e))?;
     let existing = found.reservations().iter().flat_map(|r| r.instances()).next().cloned();

@@ -6,7 +6,7 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
-    iam_actions: &["ec2:DescribeImages"],
+    iam_actions: &["ec2:DescribeImages", "ec2:CreateTags"],
     wait: Some(LONG_WAIT),
     timeout_seconds: 60,
     handler: handler!(run),
@@ -24,6 +24,18 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     let artifact = !cfg.intermediary_image();
     let snaps = super::images::snapshots(&img);
+    if !snaps.is_empty() {
+        // Snapshot tags at creation are not honoured everywhere: make sure the build's are on.
+        let mut tags = if cfg.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&cfg.run_tags, &state.data, &region) };
+        tags.extend(build_tags(&state));
+        ctx.ec2(&region)
+            .create_tags()
+            .set_resources(Some(snaps.clone()))
+            .set_tags(Some(tags_with_build(&state, &tags)))
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", &snaps.join(","), e))?;
+    }
     for s in &snaps {
         state.ledger.record(ResourceKind::Snapshot, &region, s, artifact);
     }
