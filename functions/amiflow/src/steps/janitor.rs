@@ -8,6 +8,7 @@
 //! `ami_regions`), plus `AMIFLOW_JANITOR_REGIONS`, or else the function's own region.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,7 +65,17 @@ pub struct JanitorReport {
     pub kept: Vec<String>,
 }
 
+/// How long the handler keeps sweeping while resources terminate: the function's timeout
+/// less a margin. EventBridge's async invoke retries only twice, so the waiting is done here.
+const SWEEP_BUDGET: Duration = Duration::from_secs(SPEC.timeout_seconds as u64 - 60);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 pub async fn run(ctx: &Ctx, event: StatusChangeEvent) -> Result<JanitorReport, StepError> {
+    sweep(ctx, event, SWEEP_INTERVAL, SWEEP_BUDGET).await
+}
+
+/// [`run`] with the polling made explicit (tests poll fast).
+pub async fn sweep(ctx: &Ctx, event: StatusChangeEvent, interval: Duration, budget: Duration) -> Result<JanitorReport, StepError> {
     if event.source != "aws.states" || event.detail_type != "Step Functions Execution Status Change" {
         return Err(StepError::BuildFailed(format!(
             "Janitor expects a Step Functions Execution Status Change event from aws.states, got detail-type {:?} from {:?}: check the JanitorRule's event pattern",
@@ -94,7 +105,16 @@ pub async fn run(ctx: &Ctx, event: StatusChangeEvent) -> Result<JanitorReport, S
         )));
     }
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
-    let CleanupReport { removed, kept, .. } = cleanup_by_tag(ctx, &detail.name, &regions).await?;
+    let started = Instant::now();
+    let CleanupReport { removed, kept, .. } = loop {
+        match cleanup_by_tag(ctx, &detail.name, &regions).await {
+            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
+                tracing::info!(%why, "waiting before sweeping again");
+                tokio::time::sleep(interval).await;
+            }
+            other => break other?,
+        }
+    };
     report.swept = true;
     report.removed = removed;
     report.kept = kept;
