@@ -133,8 +133,8 @@ pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
                 "work=$(mktemp -d /tmp/amiflow-chroot.XXXXXX)".into(),
                 "trap 'rm -rf \"$work\"' EXIT".into(),
                 format!("printf '%s' '{encoded}' | base64 -d > \"$work/chroot-host.sh\""),
-                format!("printf '%s' '{{{{ {CHROOT_JOB_PARAMETER} }}}}' | base64 -d > \"$work/job.json\""),
-                "AMIFLOW_CHROOT_JOB=\"$work/job.json\" bash \"$work/chroot-host.sh\" \"$work/job.json\"".into(),
+                format!("printf '%s' '{{{{ {CHROOT_JOB_PARAMETER} }}}}' | base64 -d > \"$work/job\""),
+                "AMIFLOW_CHROOT_JOB=\"$work/job\" bash \"$work/chroot-host.sh\" \"$work/job\"".into(),
             ]
         }
         // Rendered only until the chroot host script exists; the sync test then fails until
@@ -149,7 +149,7 @@ pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
         "parameters": {
             CHROOT_JOB_PARAMETER: {
                 "type": "String",
-                "description": "The chroot job as base64-encoded JSON (volume id, mounts, copy_files, provisioners)",
+                "description": "The chroot job file (KEY=value lines: volume id, mounts, copy_files, provisioners), base64-encoded",
                 "allowedPattern": "^[A-Za-z0-9+/=]*$"
             }
         },
