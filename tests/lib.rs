@@ -1,6 +1,9 @@
 //! Shared harness for the end-to-end tests: local servers (moto, sshd), started on free
 //! 127.0.0.1 ports and stopped by their own PID.
 
+pub mod lambda_harness;
+pub mod sshd;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

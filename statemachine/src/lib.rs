@@ -1,2 +1,8 @@
 //! Amazon States Language: the model the flows are declared in, its JSON rendering, and
 //! the local engine that interprets a definition in-process.
+
+pub mod engine;
+pub mod model;
+
+pub use engine::{resource_name, Clock, Engine, Event, ExecutionError, RealClock, Scope, TaskError, TaskInvoker, VirtualClock};
+pub use model::*;

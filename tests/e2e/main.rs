@@ -1,5 +1,11 @@
 //! End-to-end tests. Each module needs a piece of the local stack; a test whose
 //! prerequisite is missing says so and skips.
+
+mod asl;
 mod deploy;
 mod ebs;
+mod engines;
 mod infra;
+mod lambda_runtime;
+mod provision_ebs;
+mod provision_ssh;

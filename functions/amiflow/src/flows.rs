@@ -1,1 +1,613 @@
 //! The flows: each builder's chain of steps, declared once and rendered to ASL.
+//!
+//! ```text
+//! Prepare ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail) | Succeeded
+//!   │            └─ BuilderType (Choice on $.build.builder_type)
+//!   │                 └─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
+//!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
+//! ```
+//!
+//! State names are `<builder type>.<Packer step name>` (`amazon-ebs.CreateImage`): Step
+//! Functions wants names unique in the whole definition, and the builders share steps.
+//! Task resources are `${<Step>FunctionArn}` DefinitionSubstitutions, one Lambda function
+//! per step whatever the builder; the handler reads the builder type from the build state.
+//!
+//! A Map iteration never fails: every Task catches `States.ALL` into `$.error` (the build
+//! state's [`crate::state::CaughtError`]) and goes to its chain's Cleanup; Cleanup's own
+//! failure is caught the same way. Other builds therefore finish and clean up, and
+//! Finalize sees every build with its artifact or its error.
+
+use amiflow_statemachine::{
+    Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine, States, SubMachine, Succeed, Task,
+};
+use amiflow_template::BuilderType;
+use serde_json::json;
+
+use crate::steps::{self, WaitPolicy};
+
+pub const PREPARE: &str = "Prepare";
+pub const FINALIZE: &str = "Finalize";
+pub const CLEANUP: &str = "Cleanup";
+
+/// amazon-ebs (reference §3.1). Spot instances go through RunSourceInstance too.
+pub const EBS_STEPS: &[&str] = &[
+    "PreValidate",
+    "SourceAmiInfo",
+    "NetworkInfo",
+    "KeyPair",
+    "SecurityGroup",
+    "IamInstanceProfile",
+    "RunSourceInstance",
+    "WaitInstanceRunning",
+    "Connect",
+    "Provision",
+    "StopInstance",
+    "WaitInstanceStopped",
+    "ModifyInstance",
+    "DeregisterAmi",
+    "CreateImage",
+    "WaitImageAvailable",
+    "CopyImage",
+    "WaitCopiesAvailable",
+    "EnableDeprecation",
+    "ModifyImageAttributes",
+    "CreateTags",
+];
+
+/// amazon-chroot (reference §3.4): the mount/chroot/provision/unmount work of Packer's
+/// steps 5–17 is the host script, started by RunHostScript and polled by WaitHostScript.
+pub const CHROOT_STEPS: &[&str] = &[
+    "PreValidate",
+    "HostInfo",
+    "SourceAmiInfo",
+    "CreateVolume",
+    "WaitVolumeAvailable",
+    "AttachVolume",
+    "WaitVolumeAttached",
+    "RunHostScript",
+    "WaitHostScript",
+    "DetachVolume",
+    "WaitVolumeDetached",
+    "CreateSnapshot",
+    "WaitSnapshotsCompleted",
+    "DeregisterAmi",
+    "RegisterImage",
+    "WaitImageAvailable",
+    "CopyImage",
+    "WaitCopiesAvailable",
+    "EnableDeprecation",
+    "ModifyImageAttributes",
+    "CreateTags",
+];
+
+/// amazon-instance (reference §3.5): no stop; the bundle is made and uploaded on the
+/// running instance, then registered from S3.
+pub const INSTANCE_STEPS: &[&str] = &[
+    "PreValidate",
+    "SourceAmiInfo",
+    "NetworkInfo",
+    "KeyPair",
+    "SecurityGroup",
+    "IamInstanceProfile",
+    "RunSourceInstance",
+    "WaitInstanceRunning",
+    "Connect",
+    "Provision",
+    "UploadX509Cert",
+    "BundleVolume",
+    "UploadBundle",
+    "DeregisterAmi",
+    "RegisterImage",
+    "WaitImageAvailable",
+    "CopyImage",
+    "WaitCopiesAvailable",
+    "EnableDeprecation",
+    "ModifyImageAttributes",
+    "CreateTags",
+];
+
+/// amazon-ebssurrogate (reference §3.2). With `use_create_image`, SnapshotVolumes swaps
+/// the volumes instead (StepSwapVolumes) and RegisterImage calls CreateImage.
+pub const EBSSURROGATE_STEPS: &[&str] = &[
+    "PreValidate",
+    "SourceAmiInfo",
+    "NetworkInfo",
+    "KeyPair",
+    "SecurityGroup",
+    "IamInstanceProfile",
+    "RunSourceInstance",
+    "WaitInstanceRunning",
+    "Connect",
+    "Provision",
+    "StopInstance",
+    "WaitInstanceStopped",
+    "ModifyInstance",
+    "SnapshotVolumes",
+    "WaitSnapshotsCompleted",
+    "DeregisterAmi",
+    "RegisterImage",
+    "WaitImageAvailable",
+    "CopyImage",
+    "WaitCopiesAvailable",
+    "EnableDeprecation",
+    "ModifyImageAttributes",
+    "CreateTags",
+];
+
+/// amazon-ebsvolume (reference §3.3): no AMI; the kept volumes (and their snapshots when
+/// `snapshot_volume`) are the artifact.
+pub const EBSVOLUME_STEPS: &[&str] = &[
+    "SourceAmiInfo",
+    "NetworkInfo",
+    "KeyPair",
+    "SecurityGroup",
+    "IamInstanceProfile",
+    "RunSourceInstance",
+    "WaitInstanceRunning",
+    "TagVolumes",
+    "Connect",
+    "Provision",
+    "StopInstance",
+    "WaitInstanceStopped",
+    "ModifyInstance",
+    "SnapshotVolumes",
+    "WaitSnapshotsCompleted",
+    "ModifySnapshotAttributes",
+];
+
+/// Each builder's chain, without its Cleanup (every chain ends in [`CLEANUP`]).
+pub fn chain(builder: BuilderType) -> &'static [&'static str] {
+    match builder {
+        BuilderType::Ebs => EBS_STEPS,
+        BuilderType::Chroot => CHROOT_STEPS,
+        BuilderType::Instance => INSTANCE_STEPS,
+        BuilderType::EbsSurrogate => EBSSURROGATE_STEPS,
+        BuilderType::EbsVolume => EBSVOLUME_STEPS,
+    }
+}
+
+/// The state name of `step` in `builder`'s chain.
+pub fn state_name(builder: BuilderType, step: &str) -> String {
+    format!("{}.{step}", builder.as_str())
+}
+
+/// The step (handler) name of a state name: `amazon-ebs.CreateImage` → `CreateImage`.
+pub fn step_of(state_name: &str) -> &str {
+    state_name.rsplit_once('.').map_or(state_name, |(_, step)| step)
+}
+
+/// Polling budgets at least Packer's (reference §7.4), used for a wait step until its
+/// handler is registered with its own [`WaitPolicy`]. The numbers are the ones the step
+/// helpers chose, so the rendered definition does not move when their handlers land.
+const IMAGE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 250 };
+const INSTANCE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 3, backoff_rate: 1.5, max_delay_seconds: 15, max_attempts: 250 };
+const VOLUME_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 120 };
+const COMMAND_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 10, backoff_rate: 1.5, max_delay_seconds: 60, max_attempts: 480 };
+const CONNECT_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 120 };
+const PROFILE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 12 };
+
+fn fallback_wait(step: &str) -> Option<WaitPolicy> {
+    Some(match step {
+        "WaitImageAvailable" | "WaitCopiesAvailable" | "WaitSnapshotsCompleted" => IMAGE_WAIT,
+        "WaitInstanceRunning" | "WaitInstanceStopped" | CLEANUP => INSTANCE_WAIT,
+        "WaitVolumeAvailable" | "WaitVolumeAttached" | "WaitVolumeDetached" => VOLUME_WAIT,
+        "Provision" | "WaitHostScript" | "BundleVolume" | "UploadBundle" => COMMAND_WAIT,
+        "Connect" => CONNECT_WAIT,
+        "IamInstanceProfile" => PROFILE_WAIT,
+        _ => return None,
+    })
+}
+
+/// The wait policy a step's `NotReady` retry is rendered from: the registered handler's,
+/// else the fallback above.
+pub fn wait_policy(step: &str) -> Option<WaitPolicy> {
+    match steps::find(step) {
+        Some(spec) => spec.wait,
+        None => fallback_wait(step),
+    }
+}
+
+/// Lambda service errors, retried as AWS recommends for Lambda tasks.
+pub const LAMBDA_SERVICE_ERRORS: &[&str] =
+    &["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"];
+
+fn retriers(step: &str) -> Vec<Retrier> {
+    let mut retry = Vec::new();
+    if let Some(w) = wait_policy(step) {
+        retry.push(Retrier {
+            error_equals: vec!["NotReady".into()],
+            interval_seconds: Some(w.interval_seconds.into()),
+            max_attempts: Some(w.max_attempts),
+            backoff_rate: Some(w.backoff_rate),
+            max_delay_seconds: Some(w.max_delay_seconds.into()),
+            jitter_strategy: None,
+        });
+    }
+    retry.push(Retrier {
+        error_equals: vec!["Transient".into()],
+        interval_seconds: Some(2),
+        max_attempts: Some(6),
+        backoff_rate: Some(2.0),
+        max_delay_seconds: Some(60),
+        jitter_strategy: Some(JitterStrategy::Full),
+    });
+    retry.push(Retrier {
+        error_equals: LAMBDA_SERVICE_ERRORS.iter().map(|s| s.to_string()).collect(),
+        interval_seconds: Some(2),
+        max_attempts: Some(6),
+        backoff_rate: Some(2.0),
+        max_delay_seconds: None,
+        jitter_strategy: None,
+    });
+    retry
+}
+
+fn resource(step: &str) -> String {
+    format!("${{{step}FunctionArn}}")
+}
+
+fn task(step: &str, next: Option<String>, catch: Vec<Catcher>) -> Task {
+    Task {
+        resource: resource(step),
+        retry: retriers(step),
+        catch,
+        end: next.is_none().then_some(true),
+        next,
+        ..Task::default()
+    }
+}
+
+fn catch_all_into_error(next: String) -> Vec<Catcher> {
+    vec![Catcher { error_equals: vec!["States.ALL".into()], result_path: Some(Some("$.error".into())), next }]
+}
+
+const BUILDER_CHOICE: &str = "BuilderType";
+const UNSUPPORTED_BUILDER: &str = "UnsupportedBuilder";
+
+/// The Map's iteration: choose the chain by builder type, run it, clean up.
+fn build_iteration() -> SubMachine {
+    let mut states = States::new();
+    let mut rules = Vec::new();
+    for builder in BuilderType::ALL {
+        let first = chain(builder)[0];
+        rules.push(ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str()).then(state_name(builder, first)));
+    }
+    states.add(BUILDER_CHOICE, Choice { choices: rules, default: Some(UNSUPPORTED_BUILDER.into()), ..Choice::default() });
+    states.add(
+        UNSUPPORTED_BUILDER,
+        Pass {
+            comment: Some("Prepare accepts only the five Amazon builders; this keeps the Map from failing if one slips through".into()),
+            result: Some(json!({"Error": "BuildFailed", "Cause": "this builder type has no flow in amiflow"})),
+            result_path: Some(Some("$.error".into())),
+            end: Some(true),
+            ..Pass::default()
+        },
+    );
+    for builder in BuilderType::ALL {
+        let steps = chain(builder);
+        let cleanup = state_name(builder, CLEANUP);
+        for (i, step) in steps.iter().enumerate() {
+            let next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
+            states.add(state_name(builder, step), task(step, Some(next), catch_all_into_error(cleanup.clone())));
+        }
+        let cleanup_failed = state_name(builder, "CleanupFailed");
+        let mut cleanup_task = task(CLEANUP, None, catch_all_into_error(cleanup_failed.clone()));
+        cleanup_task.comment = Some("Runs on success and on failure; ends the iteration so other builds go on".into());
+        states.add(cleanup, cleanup_task);
+        states.add(
+            cleanup_failed,
+            Pass {
+                comment: Some("Cleanup's error is in $.error: Finalize reports the build failed; the janitor sweeps what is left by tag".into()),
+                end: Some(true),
+                ..Pass::default()
+            },
+        );
+    }
+    SubMachine { comment: None, processor_config: Some(json!({"Mode": "INLINE"})), start_at: BUILDER_CHOICE.into(), states }
+}
+
+pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
+pub const BUILDS: &str = "Builds";
+pub const ANY_BUILD_FAILED: &str = "AnyBuildFailed";
+pub const BUILD_FAILED: &str = "BuildFailed";
+pub const SUCCEEDED: &str = "Succeeded";
+
+/// The whole definition.
+pub fn definition() -> StateMachine {
+    let mut states = States::new();
+    let mut prepare = task(
+        PREPARE,
+        Some(BUILDS.into()),
+        vec![Catcher { error_equals: vec!["InvalidTemplate".into()], result_path: None, next: TEMPLATE_INVALID.into() }],
+    );
+    prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
+    states.add(PREPARE, prepare);
+    states.add(
+        TEMPLATE_INVALID,
+        Fail {
+            comment: Some("Prepare lists every problem of the template; nothing was created".into()),
+            error: Some("InvalidTemplate".into()),
+            cause_path: Some("$.Cause".into()),
+            ..Fail::default()
+        },
+    );
+    states.add(
+        BUILDS,
+        MapState {
+            comment: Some("One iteration per build; an iteration records its error instead of failing".into()),
+            input_path: None,
+            items_path: Some("$.builds".into()),
+            item_selector: None,
+            parameters: None,
+            max_concurrency: None,
+            item_processor: Some(build_iteration()),
+            iterator: None,
+            result_selector: None,
+            result_path: Some(Some("$.builds".into())),
+            output_path: None,
+            retry: Vec::new(),
+            catch: Vec::new(),
+            next: Some(FINALIZE.into()),
+            end: None,
+        },
+    );
+    states.add(FINALIZE, task(FINALIZE, Some(ANY_BUILD_FAILED.into()), Vec::new()));
+    states.add(
+        ANY_BUILD_FAILED,
+        Choice {
+            choices: vec![ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)],
+            default: Some(SUCCEEDED.into()),
+            ..Choice::default()
+        },
+    );
+    states.add(
+        BUILD_FAILED,
+        Fail { comment: Some("Finalize's cause: one line per failed build".into()), error: Some("BuildFailed".into()), cause_path: Some("$.cause".into()), ..Fail::default() },
+    );
+    states.add(SUCCEEDED, Succeed::default());
+    StateMachine {
+        comment: Some("amiflow: Packer's Amazon builders as a workflow. Generated by functions/amiflow/src/flows.rs; do not edit.".into()),
+        start_at: PREPARE.into(),
+        timeout_seconds: None,
+        states,
+    }
+}
+
+/// The definition as committed in `statemachine/amiflow.asl.json`.
+pub fn render() -> String {
+    definition().to_json_pretty()
+}
+
+/// Where the rendered definition is committed.
+pub fn committed_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../statemachine/amiflow.asl.json")
+}
+
+/// Every step the definition invokes, once each, in first-use order.
+pub fn all_steps() -> Vec<&'static str> {
+    let mut all = vec![PREPARE];
+    for builder in BuilderType::ALL {
+        all.extend(chain(builder).iter().copied());
+    }
+    all.extend([CLEANUP, FINALIZE]);
+    let mut seen = std::collections::BTreeSet::new();
+    all.retain(|s| seen.insert(*s));
+    all
+}
+
+/// The steps of `builder`'s flow (Prepare, its chain, Cleanup, Finalize) that have no
+/// registered handler yet.
+pub fn unregistered_steps(builder: BuilderType) -> Vec<&'static str> {
+    std::iter::once(PREPARE)
+        .chain(chain(builder).iter().copied())
+        .chain([CLEANUP, FINALIZE])
+        .filter(|s| steps::find(s).is_none())
+        .collect()
+}
+
+/// Panics, naming the missing handlers, unless every step of `builder`'s flow is registered.
+pub fn assert_flow_complete(builder: BuilderType) {
+    let missing = unregistered_steps(builder);
+    assert!(missing.is_empty(), "{} flow: no handler registered for {missing:?} (steps::registry)", builder.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiflow_statemachine::{State, Transition};
+
+    #[test]
+    fn committed_definition_is_up_to_date() {
+        let rendered = render();
+        let path = committed_path();
+        if std::env::var_os("AMIFLOW_UPDATE_ASL").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+            eprintln!("rewrote {}", path.display());
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "{} is out of date with flows.rs: run `AMIFLOW_UPDATE_ASL=1 cargo test --workspace committed_definition_is_up_to_date` and commit it",
+            path.display()
+        );
+        // And it parses back to the same model.
+        assert_eq!(StateMachine::from_json(&committed).unwrap(), definition());
+    }
+
+    #[test]
+    fn every_chain_step_has_catch_to_its_cleanup_and_the_retries() {
+        let def = definition();
+        def.check().unwrap();
+        let Some(State::Map(map)) = def.states.get(BUILDS) else { panic!("no Map") };
+        let inner = &map.processor().unwrap().states;
+        for builder in BuilderType::ALL {
+            let cleanup = state_name(builder, CLEANUP);
+            let steps = chain(builder);
+            for (i, step) in steps.iter().enumerate() {
+                let name = state_name(builder, step);
+                let Some(State::Task(t)) = inner.get(&name) else { panic!("{name} is not a Task") };
+                assert_eq!(t.resource, format!("${{{step}FunctionArn}}"));
+                assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{name}");
+                let expect_next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
+                assert_eq!(State::Task(t.clone()).transition(), Some(Transition::Next(&expect_next)));
+                let names: Vec<&str> = t.retry.iter().map(|r| r.error_equals[0].as_str()).collect();
+                let transient = t.retry.iter().find(|r| r.error_equals == ["Transient"]).unwrap();
+                assert_eq!(transient.jitter_strategy, Some(JitterStrategy::Full));
+                assert!(names.contains(&"Lambda.ServiceException"), "{name}");
+                assert_eq!(names.contains(&"NotReady"), wait_policy(step).is_some(), "{name}");
+            }
+            let Some(State::Task(c)) = inner.get(&cleanup) else { panic!("no {cleanup}") };
+            assert_eq!(c.end, Some(true));
+            assert!(c.retry.iter().any(|r| r.error_equals == ["NotReady"]), "Cleanup retries NotReady while things terminate");
+        }
+    }
+
+    #[test]
+    fn wait_budgets_are_at_least_packers() {
+        let budget = |s: &str| wait_policy(s).unwrap_or_else(|| panic!("{s} has no wait policy")).budget_seconds();
+        for s in ["WaitImageAvailable", "WaitCopiesAvailable", "WaitSnapshotsCompleted"] {
+            assert!(budget(s) >= 1800.0, "{s}: {} s < 30 min", budget(s));
+        }
+        for s in ["WaitInstanceRunning", "WaitInstanceStopped", "Cleanup"] {
+            assert!(budget(s) >= 600.0, "{s}: {} s < 10 min", budget(s));
+        }
+        for s in ["WaitVolumeAvailable", "WaitVolumeAttached", "WaitVolumeDetached"] {
+            assert!(budget(s) >= 200.0, "{s}: {} s < Packer's 5 s × 40", budget(s));
+        }
+        for s in all_steps() {
+            if s.starts_with("Wait") {
+                assert!(wait_policy(s).is_some(), "{s} waits but has no policy");
+            }
+        }
+    }
+
+    #[test]
+    fn state_names_are_unique_and_short_enough() {
+        let def = definition();
+        let mut names: Vec<String> = def.states.names().map(String::from).collect();
+        let Some(State::Map(map)) = def.states.get(BUILDS) else { panic!() };
+        names.extend(map.processor().unwrap().states.names().map(String::from));
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "duplicate state names");
+        assert!(names.iter().all(|n| n.chars().count() <= 80), "Step Functions allows 80 characters");
+        assert_eq!(step_of("amazon-ebs.CreateImage"), "CreateImage");
+    }
+
+    /// Lists, for every builder, the steps still without a handler; fails for amazon-ebs
+    /// once the ebs steps are in the registry (CreateImage is the tell).
+    #[test]
+    fn unregistered_steps_are_listed() {
+        for builder in BuilderType::ALL {
+            let missing = unregistered_steps(builder);
+            if !missing.is_empty() {
+                eprintln!("{}: no handler yet for {missing:?}", builder.as_str());
+            }
+        }
+        if steps::find("CreateImage").is_some() {
+            assert_flow_complete(BuilderType::Ebs);
+        }
+    }
+
+    /// The rendered flow run by the local engine with scripted steps: two builds, one of
+    /// which fails mid-chain; both clean up, Finalize sees both, the execution fails with
+    /// Finalize's cause.
+    mod run {
+        use std::sync::{Arc, Mutex};
+
+        use amiflow_statemachine::{resource_name, Engine, Event, TaskError, TaskInvoker, VirtualClock};
+        use serde_json::{json, Value};
+
+        use super::super::*;
+
+        #[derive(Default)]
+        struct Scripted {
+            calls: Mutex<Vec<(String, String)>>,
+            polls: Mutex<u32>,
+        }
+
+        impl TaskInvoker for Scripted {
+            async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
+                let step = resource_name(resource).to_string();
+                let build = input.pointer("/build/name").and_then(Value::as_str).unwrap_or("-").to_string();
+                self.calls.lock().unwrap().push((build.clone(), step.clone()));
+                match step.as_str() {
+                    "Prepare" => {
+                        if input.pointer("/input/bad") == Some(&json!(true)) {
+                            return Err(TaskError::new("InvalidTemplate", "builders[0].region: required"));
+                        }
+                        let exec = input["execution"].clone();
+                        Ok(json!({"builds": [
+                            {"execution": exec, "build": {"name": "good", "builder_type": "amazon-ebs"}},
+                            {"execution": exec, "build": {"name": "bad", "builder_type": "amazon-ebs"}}
+                        ]}))
+                    }
+                    "WaitImageAvailable" if build == "good" => {
+                        let mut polls = self.polls.lock().unwrap();
+                        *polls += 1;
+                        if *polls <= 3 { Err(TaskError::new("NotReady", "ami-1 is pending")) } else { Ok(input) }
+                    }
+                    "CreateImage" if build == "bad" => Err(TaskError::new("BuildFailed", "CreateImage: InvalidParameter")),
+                    "Finalize" => {
+                        let builds = input["builds"].as_array().unwrap();
+                        let failed: Vec<String> = builds
+                            .iter()
+                            .filter(|b| b.get("error").is_some())
+                            .map(|b| format!("{}: {}", b["build"]["name"].as_str().unwrap(), b["error"]["Cause"].as_str().unwrap()))
+                            .collect();
+                        Ok(json!({"builds": builds.len(), "failed": failed.len(), "cause": failed.join("\n")}))
+                    }
+                    _ => Ok(input),
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn one_failing_build_cleans_up_both_and_fails_the_execution_with_a_readable_cause() {
+            let script = Arc::new(Scripted::default());
+            let clock = VirtualClock::default();
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let sink = events.clone();
+            let engine = Engine::from_arc(script.clone()).with_clock(clock.clone()).on_event(move |e| sink.lock().unwrap().push(e.clone()));
+            let def = StateMachine::from_json(&render()).unwrap();
+            let err = engine.run(&def, "exec-7", json!({"template": {}})).await.unwrap_err();
+            assert_eq!(err.error, "BuildFailed");
+            assert_eq!(err.cause, "bad: CreateImage: InvalidParameter");
+
+            let calls = script.calls.lock().unwrap().clone();
+            let of = |b: &str| calls.iter().filter(|(n, _)| n == b).map(|(_, s)| s.as_str()).collect::<Vec<_>>();
+            let mut good_expected: Vec<&str> = EBS_STEPS.to_vec();
+            let wait_at = good_expected.iter().position(|s| *s == "WaitImageAvailable").unwrap();
+            for _ in 0..3 {
+                good_expected.insert(wait_at, "WaitImageAvailable");
+            }
+            good_expected.push(CLEANUP);
+            assert_eq!(of("good"), good_expected);
+            let create_at = EBS_STEPS.iter().position(|s| *s == "CreateImage").unwrap();
+            let mut bad_expected: Vec<&str> = EBS_STEPS[..=create_at].to_vec();
+            bad_expected.push(CLEANUP);
+            assert_eq!(of("bad"), bad_expected, "the failed build goes straight to its Cleanup");
+            assert_eq!(calls.last().unwrap().1, "Finalize");
+
+            // The image wait polled on its NotReady policy: 5 s, 7.5 s, 11.25 s.
+            let delays: Vec<f64> = clock.delays().iter().map(|d| d.as_secs_f64()).collect();
+            assert_eq!(delays, vec![5.0, 7.5, 11.25]);
+            let events = events.lock().unwrap();
+            assert!(events.iter().any(|e| matches!(e, Event::Caught { name, error, next, scope }
+                if name == "amazon-ebs.CreateImage" && error == "BuildFailed" && next == "amazon-ebs.Cleanup" && scope[0].index == 1)));
+            assert!(events.iter().any(|e| matches!(e, Event::StateEntered { name, .. } if name == BUILD_FAILED)));
+        }
+
+        #[tokio::test]
+        async fn an_invalid_template_fails_at_once_without_any_build_step() {
+            let script = Arc::new(Scripted::default());
+            let engine = Engine::from_arc(script.clone()).with_clock(VirtualClock::default());
+            let def = StateMachine::from_json(&render()).unwrap();
+            let err = engine.run(&def, "exec-8", json!({"bad": true})).await.unwrap_err();
+            assert_eq!((err.error.as_str(), err.cause.as_str()), ("InvalidTemplate", "builders[0].region: required"));
+            assert_eq!(script.calls.lock().unwrap().len(), 1, "only Prepare ran");
+        }
+    }
+}

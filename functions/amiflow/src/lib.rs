@@ -10,6 +10,8 @@ pub mod ebs_config;
 pub mod error;
 pub mod flows;
 pub mod infra;
+pub mod lambda_api;
+pub mod provision;
 pub mod state;
 pub mod steps;
 

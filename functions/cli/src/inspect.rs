@@ -1,6 +1,31 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `amiflow inspect TEMPLATE`: builders, variables (sensitive defaults masked), provisioners
+//! and post-processors, without rendering anything.
 
-pub async fn run(_args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`amiflow inspect` is not implemented yet")
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Packer JSON template.
+    pub template: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(&args.template).map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", args.template.display()))?;
+    match amiflow_template::inspect(&text) {
+        Ok(summary) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(0)
+        }
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(0)
+        }
+        Err(problems) => {
+            eprintln!("Template has problems:\n{problems}");
+            Ok(1)
+        }
+    }
 }

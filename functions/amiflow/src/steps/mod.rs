@@ -5,6 +5,7 @@
 //! are checked against their `iam_actions`.
 
 pub mod cleanup;
+pub mod connect;
 pub mod copy_image;
 pub mod create_image;
 pub mod create_tags;
@@ -19,6 +20,7 @@ pub mod modify_image_attributes;
 pub mod modify_instance;
 pub mod network_info;
 pub mod pre_validate;
+pub mod provision;
 pub mod run_source_instance;
 pub mod security_group;
 pub mod source_ami_info;
@@ -35,6 +37,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::{Ctx, StepError};
+
+pub mod finalize;
+pub mod prepare;
 
 /// How a wait step is polled: rendered as the state's `Retry` on `NotReady`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,6 +109,7 @@ macro_rules! handler {
 /// Every step, by handler name.
 pub fn registry() -> Vec<StepSpec> {
     vec![
+        prepare::STEP,
         pre_validate::SPEC,
         source_ami_info::SPEC,
         network_info::SPEC,
@@ -112,6 +118,8 @@ pub fn registry() -> Vec<StepSpec> {
         iam_instance_profile::SPEC,
         run_source_instance::SPEC,
         wait_instance_running::SPEC,
+        connect::SPEC,
+        provision::SPEC,
         stop_instance::SPEC,
         wait_instance_stopped::SPEC,
         modify_instance::SPEC,
@@ -125,6 +133,7 @@ pub fn registry() -> Vec<StepSpec> {
         enable_deprecation::SPEC,
         cleanup::SPEC,
         janitor::SPEC,
+        finalize::STEP,
     ]
 }
 

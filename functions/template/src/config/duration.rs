@@ -96,10 +96,10 @@ impl fmt::Display for Duration {
         if total == 0 {
             return f.write_str("0s");
         }
-        if total % 1_000_000_000 != 0 && total < 1_000_000_000 {
-            return if total % 1_000_000 == 0 {
+        if total < 1_000_000_000 {
+            return if total.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", total / 1_000_000)
-            } else if total % 1_000 == 0 {
+            } else if total.is_multiple_of(1_000) {
                 write!(f, "{}us", total / 1_000)
             } else {
                 write!(f, "{total}ns")

@@ -7,9 +7,10 @@ use serde_json::{Map, Value};
 use super::*;
 use crate::problem::Problem;
 
-/// True when a value still holds a template expression rendered later.
+/// True when a value is not known yet: a template expression rendered later with build
+/// data, or a sensitive variable's placeholder (`<sensitive:NAME>`, revealed at use).
 fn templated(s: &str) -> bool {
-    s.contains("{{")
+    s.contains("{{") || s.contains("<sensitive:")
 }
 
 fn given(map: &Map<String, Value>, key: &str) -> bool {
@@ -576,11 +577,10 @@ fn device(c: &mut Check, at: &str, d: &BlockDevice, omit_allowed: bool) {
                     }
                 }
             }
-            Some("gp3") => {
-                if !(3000..=16000).contains(&iops) {
-                    c.err(format!("{at}.iops"), format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"));
-                }
+            Some("gp3") if !(3000..=16000).contains(&iops) => {
+                c.err(format!("{at}.iops"), format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"));
             }
+            Some("gp3") => {}
             Some(other) => c.err(format!("{at}.iops"), format!("iops only applies to io1, io2 and gp3 volumes, not {other}")),
             None => {}
         }

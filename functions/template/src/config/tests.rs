@@ -436,3 +436,44 @@ fn known_keys_cover_the_seed_documents() {
     }
     assert!(!chroot.contains("ssh_password") && !chroot.contains("instance_type"));
 }
+
+/// The builder half of the bad-template corpus (tests/templates/bad, files not named
+/// `template-*`), run through `from_builder` alone: each file's builders must be refused
+/// with every line of its `.expect` in the problems. The full runner (through `prepare`)
+/// lives with the template module.
+#[test]
+fn bad_corpus_via_from_builder() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/templates/bad");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("corpus dir").map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        if stem.starts_with("template-") {
+            continue;
+        }
+        let tpl: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let mut out = Vec::new();
+        for b in tpl["builders"].as_array().expect("builders") {
+            let t = BuilderType::parse(b["type"].as_str().unwrap()).unwrap();
+            let name = b.get("name").and_then(Value::as_str).unwrap_or(t.as_str());
+            if let Err(ps) = from_builder_with_env(name, t, b.as_object().unwrap(), &no_env) {
+                out.extend(ps.iter().map(|p| format!("* {p}")));
+            }
+        }
+        let out = out.join("\n");
+        let expect = std::fs::read_to_string(path.with_extension("expect")).unwrap_or_else(|_| panic!("{stem}.expect missing"));
+        if out.is_empty() {
+            failures.push(format!("{stem}: accepted"));
+        }
+        for line in expect.lines().filter(|l| !l.trim().is_empty()) {
+            if !out.contains(line) {
+                failures.push(format!("{stem}: expected {line:?} in\n{out}"));
+            }
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(checked >= 60, "only {checked} corpus files");
+}

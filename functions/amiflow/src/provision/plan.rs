@@ -1,0 +1,356 @@
+//! A remote provisioner as a list of plain actions (make a directory, upload bytes, run a
+//! command, download a file), so SSH runs them one by one and SSM turns them into one
+//! script with its uploads staged in S3 — both with Packer's semantics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::config::{FileConfig, Kind, Provisioner, ShellConfig};
+use super::render::{render, RenderContext};
+use super::transport::shell_quote;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Mkdir {
+        path: String,
+    },
+    Upload {
+        data: Vec<u8>,
+        remote: String,
+        mode: u32,
+        from: String,
+    },
+    /// `command` may still hold secret placeholders: reveal at the moment of use.
+    Exec {
+        command: String,
+        check: ExitCheck,
+    },
+    Download {
+        remote: String,
+        local: PathBuf,
+        directory: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitCheck {
+    /// The provisioner's own command: exit codes outside `valid` fail the build.
+    Main {
+        valid: Vec<i64>,
+        expect_disconnect: bool,
+    },
+    /// Housekeeping (removing the uploaded script): must succeed, Packer fails the build too.
+    Housekeeping,
+}
+
+/// What a plan is rendered with.
+#[derive(Debug, Clone, Default)]
+pub struct PlanEnv {
+    pub build_name: String,
+    pub builder_type: String,
+    /// `{{build `Key`}}` data.
+    pub build: BTreeMap<String, String>,
+    /// Makes `script_<random>.sh` names unique per build yet stable across retries.
+    pub random: String,
+    /// Where relative local paths (scripts, file sources) are resolved: the template's directory.
+    pub base_dir: PathBuf,
+}
+
+impl PlanEnv {
+    fn ctx(&self) -> RenderContext {
+        RenderContext::with_build(&self.build)
+    }
+
+    pub fn local_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// The actions of a `shell` or `file` provisioner. `shell-local` has none (it runs locally).
+pub fn plan(p: &Provisioner, env: &PlanEnv) -> Result<Vec<Action>, String> {
+    match &p.kind {
+        Kind::Shell(c) => plan_shell(p.index, c, env),
+        Kind::File(c) => plan_file(c, env),
+        Kind::ShellLocal(_) => Ok(Vec::new()),
+    }
+}
+
+/// Packer's `{{.Vars}}`: PACKER_BUILD_NAME, PACKER_BUILDER_TYPE and `environment_vars`
+/// (which may override them), sorted by name, each formatted with `env_var_format`, single
+/// quotes in values escaped for the shell.
+pub fn flatten_env_vars(vars: &[String], format: &str, env: &PlanEnv) -> Result<String, String> {
+    let mut map = BTreeMap::new();
+    map.insert("PACKER_BUILD_NAME".to_string(), env.build_name.clone());
+    map.insert("PACKER_BUILDER_TYPE".to_string(), env.builder_type.clone());
+    for v in vars {
+        let v = render(v, &env.ctx()).map_err(|e| format!("environment_vars: {e}"))?;
+        let (k, val) = v
+            .split_once('=')
+            .ok_or_else(|| format!("environment_vars: {v:?} must be KEY=VALUE"))?;
+        map.insert(k.to_string(), val.to_string());
+    }
+    let mut out = String::new();
+    for (k, v) in map {
+        let escaped = v.replace('\'', "'\"'\"'");
+        out.push_str(&format.replacen("%s", &k, 1).replacen("%s", &escaped, 1));
+    }
+    Ok(out)
+}
+
+fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
+    let mut scripts: Vec<(String, Vec<u8>)> = Vec::new();
+    if !c.inline.is_empty() {
+        let mut text = format!("#!{}\n", c.inline_shebang());
+        for line in &c.inline {
+            text.push_str(&render(line, &env.ctx()).map_err(|e| format!("inline: {e}"))?);
+            text.push('\n');
+        }
+        scripts.push(("inline script".into(), text.into_bytes()));
+    }
+    for s in c.script.iter().chain(c.scripts.iter()) {
+        let path = env.local_path(s);
+        let data = std::fs::read(&path)
+            .map_err(|e| format!("script {s:?}: cannot read {} ({e})", path.display()))?;
+        scripts.push((s.clone(), data));
+    }
+    let vars = flatten_env_vars(&c.environment_vars, c.env_var_format(), env)?;
+    let mut actions = Vec::new();
+    for (n, (from, data)) in scripts.into_iter().enumerate() {
+        let random = if n == 0 {
+            format!("{}_{index}", env.random)
+        } else {
+            format!("{}_{index}_{n}", env.random)
+        };
+        let remote = c.remote_path(&random);
+        let command = render(
+            c.execute_command(),
+            &env.ctx()
+                .set("Vars", vars.clone())
+                .set("Path", remote.clone()),
+        )
+        .map_err(|e| format!("execute_command: {e}"))?;
+        actions.push(Action::Upload {
+            data,
+            remote: remote.clone(),
+            mode: 0o755,
+            from,
+        });
+        actions.push(Action::Exec {
+            command,
+            check: ExitCheck::Main {
+                valid: c.valid_exit_codes(),
+                expect_disconnect: c.expect_disconnect,
+            },
+        });
+        if !c.skip_clean {
+            actions.push(Action::Exec {
+                command: format!("rm -f {}", shell_quote(&remote)),
+                check: ExitCheck::Housekeeping,
+            });
+        }
+    }
+    Ok(actions)
+}
+
+fn base_name(p: &str) -> &str {
+    p.trim_end_matches('/').rsplit('/').next().unwrap_or(p)
+}
+
+fn join_remote(dir: &str, name: &str) -> String {
+    format!("{}/{}", dir.trim_end_matches('/'), name)
+}
+
+fn parent_remote(p: &str) -> Option<&str> {
+    p.rfind('/').map(|i| if i == 0 { "/" } else { &p[..i] })
+}
+
+fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
+    let destination = render(c.destination.as_deref().unwrap_or(""), &env.ctx())
+        .map_err(|e| format!("destination: {e}"))?;
+    let mut actions = Vec::new();
+    if let Some(content) = &c.content {
+        let content = render(content, &env.ctx()).map_err(|e| format!("content: {e}"))?;
+        actions.push(Action::Upload {
+            data: content.into_bytes(),
+            remote: destination,
+            mode: 0o644,
+            from: "content".into(),
+        });
+        return Ok(actions);
+    }
+    for source in c.sources() {
+        let source = render(&source, &env.ctx()).map_err(|e| format!("source: {e}"))?;
+        if c.is_download() {
+            let directory = source.ends_with('/');
+            let local = if !directory && destination.ends_with('/') {
+                PathBuf::from(&destination).join(base_name(&source))
+            } else {
+                PathBuf::from(&destination)
+            };
+            actions.push(Action::Download {
+                remote: source.clone(),
+                local,
+                directory,
+            });
+            continue;
+        }
+        let local = env.local_path(&source);
+        let meta = std::fs::metadata(&local)
+            .map_err(|e| format!("source {source:?}: cannot read {} ({e})", local.display()))?;
+        if meta.is_dir() {
+            // Packer: "dir/" uploads the contents into destination, "dir" the directory itself.
+            let target = if source.ends_with('/') {
+                destination.clone()
+            } else {
+                join_remote(&destination, base_name(&source))
+            };
+            actions.push(Action::Mkdir {
+                path: target.clone(),
+            });
+            let mut files = Vec::new();
+            walk(&local, Path::new(""), &mut files)
+                .map_err(|e| format!("source {source:?}: {e}"))?;
+            files.sort();
+            let mut made = std::collections::BTreeSet::new();
+            for rel in files {
+                let rel_str = rel.to_string_lossy().replace('\\', "/");
+                let remote = join_remote(&target, &rel_str);
+                if let Some(parent) = parent_remote(&remote) {
+                    if parent != target && made.insert(parent.to_string()) {
+                        actions.push(Action::Mkdir {
+                            path: parent.to_string(),
+                        });
+                    }
+                }
+                let path = local.join(&rel);
+                let data =
+                    std::fs::read(&path).map_err(|e| format!("source {}: {e}", path.display()))?;
+                actions.push(Action::Upload {
+                    data,
+                    remote,
+                    mode: file_mode(&path),
+                    from: path.display().to_string(),
+                });
+            }
+        } else {
+            let remote = if destination.ends_with('/') {
+                join_remote(&destination, base_name(&source))
+            } else {
+                destination.clone()
+            };
+            let data =
+                std::fs::read(&local).map_err(|e| format!("source {}: {e}", local.display()))?;
+            actions.push(Action::Upload {
+                data,
+                remote,
+                mode: file_mode(&local),
+                from: local.display().to_string(),
+            });
+        }
+    }
+    Ok(actions)
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let rel_child = rel.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            walk(root, &rel_child, out)?;
+        } else {
+            out.push(rel_child);
+        }
+    }
+    Ok(())
+}
+
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> PlanEnv {
+        PlanEnv {
+            build_name: "web".into(),
+            builder_type: "amazon-ebs".into(),
+            random: "r".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inline_shell_uploads_runs_and_cleans() {
+        let p = Provisioner::parse(
+            0,
+            &json!({"type": "shell", "inline": ["echo a"], "environment_vars": ["X=it's"]}),
+        )
+        .unwrap();
+        let actions = plan(&p, &env()).unwrap();
+        let Action::Upload { data, remote, .. } = &actions[0] else {
+            panic!()
+        };
+        assert_eq!(String::from_utf8_lossy(data), "#!/bin/sh -e\necho a\n");
+        assert_eq!(remote, "/tmp/script_r_0.sh");
+        let Action::Exec { command, .. } = &actions[1] else {
+            panic!()
+        };
+        assert_eq!(
+            command,
+            "chmod +x /tmp/script_r_0.sh; PACKER_BUILDER_TYPE='amazon-ebs' PACKER_BUILD_NAME='web' X='it'\"'\"'s'  /tmp/script_r_0.sh"
+        );
+        assert_eq!(
+            actions[2],
+            Action::Exec {
+                command: "rm -f /tmp/script_r_0.sh".into(),
+                check: ExitCheck::Housekeeping
+            }
+        );
+    }
+
+    #[test]
+    fn directory_trailing_slash_semantics() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("conf/sub")).unwrap();
+        std::fs::write(dir.path().join("conf/a.txt"), "a").unwrap();
+        std::fs::write(dir.path().join("conf/sub/b.txt"), "b").unwrap();
+        let env = PlanEnv {
+            base_dir: dir.path().to_path_buf(),
+            ..env()
+        };
+        let remotes = |src: &str| -> Vec<String> {
+            let p = Provisioner::parse(
+                0,
+                &json!({"type": "file", "source": src, "destination": "/opt/x"}),
+            )
+            .unwrap();
+            plan(&p, &env)
+                .unwrap()
+                .into_iter()
+                .filter_map(|a| {
+                    if let Action::Upload { remote, .. } = a {
+                        Some(remote)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            remotes("conf"),
+            vec!["/opt/x/conf/a.txt", "/opt/x/conf/sub/b.txt"]
+        );
+        assert_eq!(remotes("conf/"), vec!["/opt/x/a.txt", "/opt/x/sub/b.txt"]);
+    }
+}

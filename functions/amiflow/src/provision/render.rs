@@ -1,0 +1,172 @@
+//! Render-time interpolation for provisioners, and the secrets they may carry.
+//!
+//! Packer renders provisioner fields twice: user variables at prepare time, and, when the
+//! provisioner runs, the context variables (`{{.Vars}}`, `{{.Path}}`, `{{.Script}}`) and
+//! build data (`{{build `SourceAMIName`}}`). The second pass is the template helper's
+//! [`render_later`]; secrets are the template's [`TemplateSecrets`] (sensitive variables,
+//! `<sensitive:NAME>` placeholders) plus values that never had a placeholder (a key read
+//! from Parameter Store, `ssh_password`).
+
+use std::collections::BTreeMap;
+
+use amiflow_template::template::render_later;
+pub use amiflow_template::template::secrets::{placeholder, Secrets as TemplateSecrets, MASK};
+
+/// Secrets revealed only at the moment of use, and masked in everything that is logged.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    template: TemplateSecrets,
+    values: Vec<String>,
+    ssh_password: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets({:?} + {} values)",
+            self.template,
+            self.values.len()
+        )
+    }
+}
+
+impl From<TemplateSecrets> for Secrets {
+    fn from(template: TemplateSecrets) -> Secrets {
+        Secrets {
+            template,
+            ..Default::default()
+        }
+    }
+}
+
+impl Secrets {
+    pub fn new() -> Secrets {
+        Secrets::default()
+    }
+
+    /// Sensitive variables by name and value (their placeholder is `<sensitive:NAME>`).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
+        TemplateSecrets::from_pairs(pairs).into()
+    }
+
+    /// A value to mask that has no placeholder (key material, a password).
+    pub fn add_value(&mut self, value: impl Into<String>) {
+        let value = value.into();
+        if !value.is_empty() {
+            self.values.push(value);
+            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    /// The text with every placeholder replaced by its value: use only at the moment of use.
+    pub fn reveal(&self, text: &str) -> String {
+        self.template.reveal(text)
+    }
+
+    /// [`Secrets::reveal`] for file contents (an inline script, `content`); binary data unchanged.
+    pub fn reveal_bytes(&self, data: &[u8]) -> Vec<u8> {
+        match std::str::from_utf8(data) {
+            Ok(text) if !self.template.is_empty() => self.reveal(text).into_bytes(),
+            _ => data.to_vec(),
+        }
+    }
+
+    /// The text with every secret value (and placeholder) replaced by `<sensitive>`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = self.template.mask(text);
+        for v in &self.values {
+            out = out.replace(v.as_str(), MASK);
+            // Multi-line secrets (private keys) would be logged line by line: mask each line.
+            if v.contains('\n') {
+                for line in v.lines().filter(|l| l.trim().len() >= 8) {
+                    out = out.replace(line, MASK);
+                }
+            }
+        }
+        out
+    }
+
+    /// The builder's `ssh_password` (revealed); the config never serialises it, so the local
+    /// runner passes it here. Masked like every secret.
+    pub fn set_ssh_password(&mut self, password: impl Into<String>) {
+        let password = self.reveal(&password.into());
+        self.add_value(password.clone());
+        self.ssh_password = Some(password);
+    }
+
+    pub fn ssh_password(&self) -> Option<&str> {
+        self.ssh_password.as_deref()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.template.is_empty() && self.values.is_empty()
+    }
+}
+
+/// The variables a provisioner field is rendered with at run time.
+#[derive(Debug, Clone, Default)]
+pub struct RenderContext {
+    /// `{{.Key}}` values, e.g. `Vars`, `Path`, `Script`.
+    pub dot: BTreeMap<String, String>,
+    /// `{{build `Key`}}` values: Packer's generated data.
+    pub build: BTreeMap<String, String>,
+}
+
+impl RenderContext {
+    pub fn with_build(build: &BTreeMap<String, String>) -> RenderContext {
+        RenderContext {
+            dot: BTreeMap::new(),
+            build: build.clone(),
+        }
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> RenderContext {
+        self.dot.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// Renders a provisioner field with the template helper's [`render_later`]: `{{.Key}}`
+/// looks up the context variables, then build data; `{{build `Key`}}` the build data.
+pub fn render(text: &str, ctx: &RenderContext) -> Result<String, String> {
+    if !text.contains("{{") {
+        return Ok(text.to_string());
+    }
+    let mut data = ctx.build.clone();
+    data.extend(ctx.dot.iter().map(|(k, v)| (k.clone(), v.clone())));
+    render_later(text, &data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_dot_and_build() {
+        let mut build = BTreeMap::new();
+        build.insert("SourceAMIName".to_string(), "amzn2".to_string());
+        let ctx = RenderContext::with_build(&build)
+            .set("Path", "/tmp/s.sh")
+            .set("Vars", "A='1' ");
+        assert_eq!(
+            render("chmod +x {{.Path}}; {{.Vars}} {{ .Path }} {{build `SourceAMIName`}} {{ build \"SourceAMIName\" }}", &ctx).unwrap(),
+            "chmod +x /tmp/s.sh; A='1'  /tmp/s.sh amzn2 amzn2"
+        );
+        assert!(render("{{.Nope}}", &ctx).is_err());
+        assert!(render("{{build `Nope`}}", &ctx).is_err());
+        assert!(render("{{timestamp}}", &ctx).is_err());
+        assert_eq!(render("{{ .Path | upper }}", &ctx).unwrap(), "/TMP/S.SH");
+    }
+
+    #[test]
+    fn secrets_reveal_and_mask() {
+        let mut s = Secrets::from_pairs([("db_password".to_string(), "hunter22".to_string())]);
+        s.add_value("-----BEGIN KEY-----\nAAAABBBBCCCCDDDD\n-----END KEY-----");
+        assert_eq!(s.reveal("pw=<sensitive:db_password>"), "pw=hunter22");
+        assert_eq!(s.mask("pw=hunter22"), "pw=<sensitive>");
+        assert_eq!(s.mask("pw=<sensitive:db_password>"), "pw=<sensitive>");
+        assert_eq!(s.mask("line AAAABBBBCCCCDDDD"), "line <sensitive>");
+        assert!(!format!("{s:?}").contains("hunter22"));
+    }
+}

@@ -1,0 +1,294 @@
+//! Runs provisioners in order over a [`Transport`] (SSH) or locally (`shell-local`), with
+//! Packer's `pause_before`, `max_retries` and `timeout`, and an invocation deadline.
+//!
+//! Inside Lambda an SSH provisioning must finish within one invocation (at most 15
+//! minutes, less what the step already spent): the connection cannot outlive it. When the
+//! deadline would be passed the build fails with that explanation rather than being killed
+//! silently by Lambda; long provisioning belongs to `communicator: "ssm"` (no Lambda runs
+//! while its command runs) or to a local `amiflow build`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::{Kind, Provisioner};
+use super::local;
+use super::plan::{plan, Action, ExitCheck, PlanEnv};
+use super::render::Secrets;
+use super::transport::{ExecStatus, OutputSink, Transport};
+use crate::StepError;
+
+/// Time kept back before the deadline to report the failure and let the state machine catch it.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub secrets: Secrets,
+    /// When the current invocation must have returned (Lambda's deadline), if any.
+    pub deadline: Option<Instant>,
+    /// Running inside Lambda: `shell-local` is refused there.
+    pub in_lambda: bool,
+}
+
+impl RunOptions {
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(DEADLINE_MARGIN)
+        })
+    }
+}
+
+fn lambda_limit_message(label: &str) -> String {
+    format!(
+        "{label} did not finish before this Lambda invocation's deadline. Over SSH the whole \
+         provisioning must run within one invocation (Lambda allows at most 15 minutes). Use \
+         \"communicator\": \"ssm\" for long provisioning (no Lambda runs while the command runs), \
+         split the work, or run the build locally with `amiflow build`."
+    )
+}
+
+/// Runs every provisioner in order; the first failure stops the build.
+pub async fn run_all<T: Transport>(
+    transport: &mut T,
+    provisioners: &[Provisioner],
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
+    for p in provisioners {
+        run_one(transport, p, env, opts).await?;
+    }
+    Ok(())
+}
+
+/// One provisioner, with its pause, retries and time limits.
+pub async fn run_one<T: Transport>(
+    transport: &mut T,
+    p: &Provisioner,
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
+    let label = p.label();
+    if let Some(pause) = p.common.pause_before {
+        if opts.remaining().is_some_and(|r| r < pause) {
+            return Err(StepError::BuildFailed(lambda_limit_message(&label)));
+        }
+        tracing::info!(provisioner = %label, "pausing {pause:?} before running (pause_before)");
+        tokio::time::sleep(pause).await;
+    }
+    let attempts = p.common.max_retries + 1;
+    let mut last = None;
+    for attempt in 1..=attempts {
+        tracing::info!(provisioner = %label, attempt, "running");
+        let limit = match (p.common.timeout, opts.remaining()) {
+            (Some(t), Some(r)) => Some((t.min(r), r < t)),
+            (Some(t), None) => Some((t, false)),
+            (None, Some(r)) => Some((r, true)),
+            (None, None) => None,
+        };
+        let result = match limit {
+            None => attempt_once(transport, p, env, opts).await,
+            Some((limit, is_deadline)) => {
+                match tokio::time::timeout(limit, attempt_once(transport, p, env, opts)).await {
+                    Ok(r) => r,
+                    Err(_) if is_deadline => {
+                        return Err(StepError::BuildFailed(lambda_limit_message(&label)))
+                    }
+                    Err(_) => Err(StepError::BuildFailed(format!(
+                        "{label} timed out after {limit:?} (its \"timeout\")"
+                    ))),
+                }
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if attempt < attempts {
+                    tracing::warn!(provisioner = %label, attempt, "failed, retrying (max_retries {}): {}", p.common.max_retries, e.message());
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn attempt_once<T: Transport>(
+    transport: &mut T,
+    p: &Provisioner,
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
+    let label = p.label();
+    if let Kind::ShellLocal(c) = &p.kind {
+        return local::run_shell_local(&label, c, env, opts).await;
+    }
+    let actions = plan(p, env)
+        .map_err(|e| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {e}"))))?;
+    let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
+    let mut reconnect = false;
+    for action in actions {
+        if reconnect {
+            tracing::info!(provisioner = %label, "reconnecting after the expected disconnect");
+            transport.reconnect().await.map_err(|e| {
+                fail(format!(
+                    "could not reconnect after the expected disconnect: {e}"
+                ))
+            })?;
+            reconnect = false;
+        }
+        match action {
+            Action::Mkdir { path } => transport.mkdir_all(&path).await.map_err(|e| fail(e.0))?,
+            Action::Upload {
+                data,
+                remote,
+                mode,
+                from,
+            } => {
+                tracing::info!(provisioner = %label, "uploading {from} to {remote}");
+                transport
+                    .upload(&opts.secrets.reveal_bytes(&data), &remote, mode)
+                    .await
+                    .map_err(|e| fail(e.0))?
+            }
+            Action::Download {
+                remote,
+                local,
+                directory,
+            } => download(transport, &remote, &local, directory)
+                .await
+                .map_err(fail)?,
+            Action::Exec { command, check } => {
+                let shown = opts.secrets.mask(&command);
+                let revealed = opts.secrets.reveal(&command);
+                let mut sink = OutputSink::new(&label, &opts.secrets);
+                let status = transport
+                    .exec(&revealed, &mut sink)
+                    .await
+                    .map_err(|e| fail(format!("running `{shown}`: {}", e.0)))?;
+                match (&check, &status) {
+                    (
+                        ExitCheck::Main {
+                            expect_disconnect: true,
+                            ..
+                        },
+                        ExecStatus::Disconnected,
+                    ) => {
+                        tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
+                        reconnect = true;
+                    }
+                    (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code))
+                        if valid.contains(code) => {}
+                    (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => {}
+                    (ExitCheck::Main { valid, .. }, _) => {
+                        return Err(fail(format!(
+                            "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
+                            tail_text(&sink.tail())
+                        )))
+                    }
+                    (ExitCheck::Housekeeping, _) => {
+                        return Err(fail(format!(
+                            "cleaning up with `{shown}` failed: {status}{}",
+                            tail_text(&sink.tail())
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `\nLast output:\n  line…` or nothing.
+pub fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(". Last output:\n  {}", tail.join("\n  "))
+    }
+}
+
+async fn download<T: Transport>(
+    transport: &mut T,
+    remote: &str,
+    local: &std::path::Path,
+    directory: bool,
+) -> Result<(), String> {
+    let write = |path: &std::path::Path, data: &[u8]| -> Result<(), String> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    if directory {
+        for rel in transport.list_files(remote).await.map_err(|e| e.0)? {
+            let data = transport
+                .download(&format!("{}/{rel}", remote.trim_end_matches('/')))
+                .await
+                .map_err(|e| e.0)?;
+            write(&local.join(&rel), &data)?;
+        }
+        Ok(())
+    } else {
+        let data = transport.download(remote).await.map_err(|e| e.0)?;
+        write(local, &data)
+    }
+}
+
+/// The transport of `communicator: "none"`: only `shell-local` provisioners can run.
+pub struct NoTransport;
+
+fn no_communicator<T>() -> Result<T, super::transport::TransportError> {
+    Err(super::transport::TransportError(
+        "the build has \"communicator\": \"none\", so nothing can run on the instance; use \"ssh\" or \"ssm\"".into(),
+    ))
+}
+
+impl Transport for NoTransport {
+    async fn exec(
+        &mut self,
+        _: &str,
+        _: &mut OutputSink,
+    ) -> Result<ExecStatus, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn upload(
+        &mut self,
+        _: &[u8],
+        _: &str,
+        _: u32,
+    ) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn mkdir_all(&mut self, _: &str) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn download(&mut self, _: &str) -> Result<Vec<u8>, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn list_files(
+        &mut self,
+        _: &str,
+    ) -> Result<Vec<String>, super::transport::TransportError> {
+        no_communicator()
+    }
+    async fn reconnect(&mut self) -> Result<(), super::transport::TransportError> {
+        no_communicator()
+    }
+}
+
+/// Lambda's invocation deadline, when the Lambda binary exported it (epoch milliseconds in
+/// `AMIFLOW_DEADLINE_MS`, from the invocation's `Lambda-Runtime-Deadline-Ms`).
+pub fn deadline_from_env() -> Option<Instant> {
+    let ms: i64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    let left = ms - chrono::Utc::now().timestamp_millis();
+    Some(Instant::now() + Duration::from_millis(left.max(0) as u64))
+}
+
+pub const DEADLINE_ENV: &str = "AMIFLOW_DEADLINE_MS";
+
+/// Whether this process is a Lambda function.
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+}

@@ -1,0 +1,333 @@
+//! The SSH communicator (russh + russh-sftp): connect and authenticate, run commands with
+//! streamed output, upload over SFTP.
+//!
+//! Host keys are accepted on first use, as Packer does for the fresh instance it launched
+//! (it cannot know the key in advance). Files go over SFTP; commands are `exec` requests,
+//! with a PTY when `ssh_pty` is set (stderr then arrives merged into stdout, as in Packer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use russh_sftp::client::SftpSession;
+use tokio::io::AsyncWriteExt;
+
+use super::transport::{shell_quote, ExecStatus, OutputSink, Transport, TransportError};
+
+/// How to log in. Never serialised: it holds key material or a password.
+#[derive(Clone)]
+pub enum SshAuth {
+    Key(Arc<PrivateKey>),
+    Password(String),
+}
+
+impl std::fmt::Debug for SshAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SshAuth::Key(_) => f.write_str("SshAuth::Key(..)"),
+            SshAuth::Password(_) => f.write_str("SshAuth::Password(..)"),
+        }
+    }
+}
+
+impl SshAuth {
+    /// Parses an OpenSSH or PKCS#8 PEM private key (unencrypted: Packer has no passphrase key either).
+    pub fn from_pem(pem: &str) -> Result<SshAuth, TransportError> {
+        russh::keys::decode_secret_key(pem, None)
+            .map(|k| SshAuth::Key(Arc::new(k)))
+            .map_err(|e| TransportError(format!("the private key cannot be read ({e}); it must be an unencrypted OpenSSH or PEM key")))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub auth: SshAuth,
+    pub pty: bool,
+    /// Bound on TCP connect + handshake + auth for one attempt.
+    pub connect_timeout: Duration,
+}
+
+impl SshTarget {
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+struct TrustOnFirstUse;
+
+impl client::Handler for TrustOnFirstUse {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+pub struct SshTransport {
+    handle: client::Handle<TrustOnFirstUse>,
+    sftp: Option<SftpSession>,
+    target: SshTarget,
+    address: String,
+}
+
+/// How long to keep trying after an expected disconnect (Packer's `start_retry_timeout` default).
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl SshTransport {
+    /// One attempt: TCP connect, handshake, authentication, each within `connect_timeout`.
+    pub async fn connect(target: &SshTarget) -> Result<SshTransport, TransportError> {
+        let address = target.address();
+        let attempt = async {
+            let config = Arc::new(client::Config {
+                inactivity_timeout: Some(Duration::from_secs(3600)),
+                keepalive_interval: Some(Duration::from_secs(5)),
+                keepalive_max: 6,
+                ..Default::default()
+            });
+            let mut handle =
+                client::connect(config, (target.host.as_str(), target.port), TrustOnFirstUse)
+                    .await
+                    .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?;
+            let result = match &target.auth {
+                SshAuth::Key(key) => {
+                    let hash = if key.algorithm().is_rsa() {
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .ok()
+                            .flatten()
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    handle
+                        .authenticate_publickey(
+                            &target.username,
+                            PrivateKeyWithHashAlg::new(key.clone(), hash),
+                        )
+                        .await
+                }
+                SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
+            }
+            .map_err(|e| TransportError(format!("authentication to {address} failed: {e}")))?;
+            if !result.success() {
+                let how = match target.auth {
+                    SshAuth::Key(_) => "the private key",
+                    SshAuth::Password(_) => "the password",
+                };
+                return Err(TransportError(format!(
+                    "{address} refused user {:?} with {how}: check ssh_username and that the key is authorized on the instance",
+                    target.username
+                )));
+            }
+            Ok(handle)
+        };
+        let handle = tokio::time::timeout(target.connect_timeout, attempt)
+            .await
+            .map_err(|_| {
+                TransportError(format!(
+                    "no SSH answer from {address} within {:?}",
+                    target.connect_timeout
+                ))
+            })??;
+        Ok(SshTransport {
+            handle,
+            sftp: None,
+            target: target.clone(),
+            address,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub async fn close(mut self) {
+        if let Some(sftp) = self.sftp.take() {
+            let _ = sftp.close().await;
+        }
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+
+    async fn sftp(&mut self) -> Result<&SftpSession, TransportError> {
+        if self.sftp.is_none() {
+            let err = |e: String| TransportError(format!("SFTP to {} failed: {e}", self.address));
+            let channel = self
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            channel
+                .request_subsystem(true, "sftp")
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let session = SftpSession::new(channel.into_stream())
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            self.sftp = Some(session);
+        }
+        Ok(self.sftp.as_ref().unwrap())
+    }
+
+    async fn exec_capture(
+        &mut self,
+        command: &str,
+    ) -> Result<(ExecStatus, Vec<u8>), TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+        let mut status = None;
+        let mut stdout = Vec::new();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
+                _ => {}
+            }
+        }
+        Ok((status.unwrap_or(ExecStatus::Disconnected), stdout))
+    }
+}
+
+impl Transport for SshTransport {
+    async fn exec(
+        &mut self,
+        command: &str,
+        out: &mut OutputSink,
+    ) -> Result<ExecStatus, TransportError> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            TransportError(format!("cannot open a session on {}: {e}", self.address))
+        })?;
+        if self.target.pty {
+            channel
+                .request_pty(true, "xterm", 80, 40, 0, 0, &[])
+                .await
+                .map_err(|e| {
+                    TransportError(format!("PTY request on {} failed: {e}", self.address))
+                })?;
+        }
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
+        let mut status = None;
+        // Read until the channel closes: the exit status may arrive before the last output.
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.push(false, &data),
+                ChannelMsg::ExtendedData { data, .. } => out.push(true, &data),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(ExecStatus::Exited(exit_status as i64))
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status = Some(ExecStatus::Signal(format!("{signal_name:?}")))
+                }
+                _ => {}
+            }
+        }
+        out.finish();
+        Ok(status.unwrap_or(ExecStatus::Disconnected))
+    }
+
+    async fn upload(
+        &mut self,
+        data: &[u8],
+        remote_path: &str,
+        mode: u32,
+    ) -> Result<(), TransportError> {
+        let address = self.address.clone();
+        let err =
+            |e: String| TransportError(format!("upload of {remote_path} to {address} failed: {e}"));
+        let sftp = self.sftp().await?;
+        let mut file = sftp
+            .create(remote_path)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        file.write_all(data).await.map_err(|e| err(e.to_string()))?;
+        file.shutdown().await.map_err(|e| err(e.to_string()))?;
+        let attrs = russh_sftp::protocol::FileAttributes {
+            permissions: Some(mode),
+            ..Default::default()
+        };
+        sftp.set_metadata(remote_path, attrs)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn mkdir_all(&mut self, remote_path: &str) -> Result<(), TransportError> {
+        let (status, _) = self
+            .exec_capture(&format!("mkdir -p {}", shell_quote(remote_path)))
+            .await?;
+        match status {
+            ExecStatus::Exited(0) => Ok(()),
+            other => Err(TransportError(format!(
+                "mkdir -p {remote_path} on {} failed: {other}",
+                self.address
+            ))),
+        }
+    }
+
+    async fn download(&mut self, remote_path: &str) -> Result<Vec<u8>, TransportError> {
+        let address = self.address.clone();
+        let sftp = self.sftp().await?;
+        sftp.read(remote_path).await.map_err(|e| {
+            TransportError(format!(
+                "download of {remote_path} from {address} failed: {e}"
+            ))
+        })
+    }
+
+    async fn list_files(&mut self, remote_dir: &str) -> Result<Vec<String>, TransportError> {
+        let (status, stdout) = self
+            .exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir)))
+            .await?;
+        if status != ExecStatus::Exited(0) {
+            return Err(TransportError(format!(
+                "cannot list {remote_dir} on {}: {status}",
+                self.address
+            )));
+        }
+        Ok(String::from_utf8_lossy(&stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("./").to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    async fn reconnect(&mut self) -> Result<(), TransportError> {
+        self.sftp = None;
+        let start = tokio::time::Instant::now();
+        loop {
+            match SshTransport::connect(&self.target).await {
+                Ok(fresh) => {
+                    *self = fresh;
+                    return Ok(());
+                }
+                Err(e) if start.elapsed() >= RECONNECT_TIMEOUT => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The SSM communicator (`communicator: "ssm"`): provisioners run through RunCommand
+//! (`AWS-RunShellScript`), files are staged in S3 and fetched on the instance with
+//! `aws s3 cp`.
+//!
+//! Requirements on the instance: the SSM agent running and registered, an instance profile
+//! granting SSM (the managed policy `AmazonSSMManagedInstanceCore`) and read access to the
+//! staging bucket (`s3:GetObject` on `ssm_bucket`, plus `s3:PutObject` for full output), and
+//! the AWS CLI for staged files. No inbound port and no key material are needed.
+//!
+//! No Lambda runs while a command runs: Provision sends one command per provisioner and
+//! raises `NotReady`; the state's Retry invokes it again later. Progress needs no state:
+//! each command carries the comment `amiflow <execution> #<index>`, and the next invocation
+//! finds the newest one with ListCommands (so a retried invocation with the same input
+//! resumes where the build is, never re-sending a command).
+
+use std::collections::BTreeMap;
+
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use super::communicator::{s3, ssm, Communication};
+use super::config::{Kind, Provisioner};
+use super::local;
+use super::plan::{plan, Action, ExitCheck, PlanEnv};
+use super::run::{tail_text, RunOptions};
+use super::transport::{shell_quote, OutputSink};
+use crate::{BuildState, Ctx, StepError};
+
+pub const DOCUMENT: &str = "AWS-RunShellScript";
+
+/// The comment that identifies a provisioner's command (SSM allows 100 characters).
+pub fn comment(execution: &str, index: usize) -> String {
+    let exec: String = execution.chars().take(80).collect();
+    format!("amiflow {exec} #{index}")
+}
+
+fn index_of(comment: &str, execution: &str) -> Option<usize> {
+    let exec: String = execution.chars().take(80).collect();
+    comment
+        .strip_prefix(&format!("amiflow {exec} #"))?
+        .parse()
+        .ok()
+}
+
+/// What a command invocation's `Status` and `StatusDetails` mean for the build.
+///
+/// GetCommandInvocation reports Pending, InProgress, Delayed, Success, Cancelled,
+/// Cancelling, TimedOut and Failed as the status; Undeliverable, Terminated and the two
+/// kinds of time-out only appear in the details, so the details are looked at first.
+pub fn decide(
+    label: &str,
+    status: &str,
+    details: &str,
+    response_code: i32,
+    output: &[String],
+) -> Result<(), StepError> {
+    let tail = tail_text(output);
+    let squeezed: String = details.chars().filter(|c| !c.is_whitespace()).collect();
+    match (squeezed.as_str(), status) {
+        ("Undeliverable", _) | (_, "Undeliverable") => Err(StepError::BuildFailed(format!(
+            "{label}: the SSM command could not be delivered: the instance is not managed by SSM (is the agent \
+             running, does the instance profile grant AmazonSSMManagedInstanceCore, can it reach the SSM endpoints?)"
+        ))),
+        ("Terminated", _) | (_, "Terminated") => Err(StepError::BuildFailed(format!(
+            "{label}: the SSM command was terminated: a child process was stopped or the instance went away{tail}"
+        ))),
+        ("DeliveryTimedOut", _) => Err(StepError::BuildFailed(format!(
+            "{label}: the SSM command timed out before the agent picked it up (is the instance running and its agent online?)"
+        ))),
+        ("ExecutionTimedOut", _) | (_, "TimedOut") => Err(StepError::BuildFailed(format!(
+            "{label}: the SSM command timed out while running; raise the provisioner's \"timeout\" if the work is just long{tail}"
+        ))),
+        (_, "Pending" | "InProgress" | "Delayed") => Err(StepError::NotReady(format!("{label}: SSM command is {status}"))),
+        (_, "Success") => Ok(()),
+        (_, "Failed") => {
+            Err(StepError::BuildFailed(format!("{label}: the command failed on the instance with exit code {response_code}{tail}")))
+        }
+        (_, "Cancelled" | "Cancelling") => Err(StepError::BuildFailed(format!(
+            "{label}: the SSM command was cancelled (by someone or something outside this build){tail}"
+        ))),
+        (_, other) => Err(StepError::BuildFailed(format!("{label}: unexpected SSM command status {other:?} ({details}){tail}"))),
+    }
+}
+
+fn still_running(status: &str, details: &str) -> bool {
+    matches!(
+        decide("", status, details, 0, &[]),
+        Err(StepError::NotReady(_))
+    )
+}
+
+/// A provisioner as one shell script plus the objects to stage for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub script: String,
+    /// (S3 key, bytes) to upload before sending.
+    pub staged: Vec<(String, Vec<u8>)>,
+}
+
+/// Staging location of a provisioner's files: `amiflow/<execution>/provision/<index>/`.
+pub fn staging_prefix(execution: &str, index: usize) -> String {
+    format!("amiflow/{execution}/provision/{index}/")
+}
+
+/// Turns the actions into one POSIX sh script; uploads become `aws s3 cp` from `bucket`.
+pub fn compile(
+    label: &str,
+    actions: &[Action],
+    bucket: Option<&str>,
+    prefix: &str,
+) -> Result<Compiled, String> {
+    let mut script = String::from("#!/bin/sh\n");
+    let mut staged = Vec::new();
+    for action in actions {
+        match action {
+            Action::Mkdir { path } => {
+                script.push_str(&format!("mkdir -p {} || exit $?\n", shell_quote(path)))
+            }
+            Action::Upload {
+                data,
+                remote,
+                mode,
+                from,
+            } => {
+                let bucket = bucket.ok_or_else(|| {
+                    format!("uploading {from} over SSM needs a staging bucket: set \"ssm_bucket\" in the builder")
+                })?;
+                let key = format!("{prefix}{}", staged.len());
+                script.push_str(&format!(
+                    "aws s3 cp --only-show-errors {} {} || exit $?\nchmod {:o} {} || exit $?\n",
+                    shell_quote(&format!("s3://{bucket}/{key}")),
+                    shell_quote(remote),
+                    mode,
+                    shell_quote(remote)
+                ));
+                staged.push((key, data.clone()));
+            }
+            Action::Exec {
+                command,
+                check: ExitCheck::Main { valid, .. },
+            } => {
+                let codes: Vec<String> = valid.iter().map(|c| c.to_string()).collect();
+                script.push_str(&format!(
+                    "{command}\nrc=$?\ncase \" {} \" in *\" $rc \"*) ;; *) echo \"amiflow: {} exited with $rc\" >&2; exit $rc ;; esac\n",
+                    codes.join(" "),
+                    label.replace('"', "'")
+                ));
+            }
+            Action::Exec {
+                command,
+                check: ExitCheck::Housekeeping,
+            } => script.push_str(&format!("{command} || exit $?\n")),
+            Action::Download { remote, .. } => {
+                return Err(format!(
+                    "downloading {remote} is not supported over SSM; use the SSH communicator"
+                ));
+            }
+        }
+    }
+    script.push_str("exit 0\n");
+    Ok(Compiled { script, staged })
+}
+
+/// Whether the agent answers, as far as SSM can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentStatus {
+    Online,
+    NotYet(String),
+    /// DescribeInstanceInformation failed (not permitted, or an emulator without it): the
+    /// first SendCommand finds out (InvalidInstanceId → NotReady).
+    CannotTell(String),
+}
+
+pub async fn agent_status(ctx: &Ctx, region: &str, instance_id: &str) -> AgentStatus {
+    let filter = aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+        .key("InstanceIds")
+        .values(instance_id)
+        .build();
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => return AgentStatus::CannotTell(e.to_string()),
+    };
+    match ssm(ctx, region)
+        .describe_instance_information()
+        .filters(filter)
+        .send()
+        .await
+    {
+        Err(e) => AgentStatus::CannotTell(DisplayErrorContext(&e).to_string()),
+        Ok(out) => match out
+            .instance_information_list()
+            .iter()
+            .find(|i| i.instance_id() == Some(instance_id))
+        {
+            None => AgentStatus::NotYet(format!(
+                "the SSM agent on {instance_id} has not registered yet"
+            )),
+            Some(info) => match info.ping_status() {
+                Some(aws_sdk_ssm::types::PingStatus::Online) => AgentStatus::Online,
+                other => AgentStatus::NotYet(format!(
+                    "the SSM agent on {instance_id} is {}",
+                    other
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                )),
+            },
+        },
+    }
+}
+
+fn output_prefix(execution: &str) -> String {
+    format!("amiflow/{execution}/output")
+}
+
+async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
+    let Some(bucket) = &cfg.ssm_bucket else {
+        return;
+    };
+    let s3 = s3(ctx, &cfg.region);
+    if let Ok(list) = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+    {
+        for obj in list.contents() {
+            if let Some(key) = obj.key() {
+                let _ = s3.delete_object().bucket(bucket).key(key).send().await;
+            }
+        }
+    }
+}
+
+/// Runs the build's provisioners over SSM, one command per invocation (see the module doc).
+pub async fn provision(
+    ctx: &Ctx,
+    mut state: BuildState,
+    cfg: &Communication,
+    provisioners: &[Provisioner],
+    env: &PlanEnv,
+    opts: &RunOptions,
+) -> Result<BuildState, StepError> {
+    let instance_id = state.data.instance_id.clone().ok_or_else(|| {
+        StepError::BuildFailed(
+            "the SSM communicator needs an instance: the build state has no instance_id".into(),
+        )
+    })?;
+    let client = ssm(ctx, &cfg.region);
+    let execution = state.execution.clone();
+
+    // Find where the build is: the newest command of this build on this instance.
+    let mut sent: BTreeMap<usize, String> = BTreeMap::new();
+    let listed = client
+        .list_commands()
+        .instance_id(&instance_id)
+        .send()
+        .await
+        .map_err(|e| {
+            StepError::Transient(format!(
+                "ListCommands for {instance_id}: {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
+    let mut commands: Vec<_> = listed.commands().to_vec();
+    commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
+    for c in &commands {
+        if let (Some(i), Some(id)) = (
+            c.comment().and_then(|s| index_of(s, &execution)),
+            c.command_id(),
+        ) {
+            sent.insert(i, id.to_string());
+        }
+    }
+    let mut next = 0;
+    if let Some((&index, command_id)) = sent.iter().next_back() {
+        let p = provisioners
+            .get(index)
+            .ok_or_else(|| StepError::BuildFailed(format!("SSM command {command_id} names provisioner {index}, which this build does not have")))?;
+        let label = p.label();
+        let inv = client
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(&instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                // Right after SendCommand the invocation may not be visible yet.
+                StepError::NotReady(format!(
+                    "{label}: command {command_id} not visible yet: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+        let status = inv
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "Pending".into());
+        let details = inv.status_details().unwrap_or("").to_string();
+        if still_running(&status, &details) {
+            return Err(StepError::NotReady(format!(
+                "{label}: SSM command {command_id} is {status}"
+            )));
+        }
+        let (stdout, stderr) =
+            command_output(ctx, cfg, &execution, command_id, &instance_id, &inv).await;
+        let mut sink = OutputSink::new(&label, &opts.secrets);
+        sink.push(false, stdout.as_bytes());
+        sink.push(false, b"\n");
+        sink.push(true, stderr.as_bytes());
+        sink.finish();
+        remove_staged(ctx, cfg, &staging_prefix(&execution, index)).await;
+        decide(&label, &status, &details, inv.response_code(), &sink.tail())
+            .map_err(|e| StepError::from_name(e.name(), opts.secrets.mask(e.message())))?;
+        next = index + 1;
+    }
+
+    while next < provisioners.len() {
+        let p = &provisioners[next];
+        let label = p.label();
+        if let Kind::ShellLocal(c) = &p.kind {
+            local::run_shell_local(&label, c, env, opts).await?;
+            next += 1;
+            continue;
+        }
+        let fail = |m: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {m}")));
+        let actions = plan(p, env).map_err(fail)?;
+        let prefix = staging_prefix(&execution, next);
+        let mut compiled =
+            compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
+        let revealed = opts.secrets.reveal(&compiled.script);
+        let commands: Vec<String> = if let Some(bucket) = &cfg.ssm_bucket {
+            // The script goes through S3 so that revealed secrets never appear in the
+            // command's parameters (visible in SSM's command history).
+            let key = format!("{prefix}script.sh");
+            compiled.staged.push((key.clone(), revealed.into_bytes()));
+            let path = format!("/tmp/amiflow-{}.sh", next);
+            vec![
+                format!(
+                    "aws s3 cp --only-show-errors {} {path} || exit $?",
+                    shell_quote(&format!("s3://{bucket}/{key}"))
+                ),
+                format!("sh {path}; rc=$?; rm -f {path}; exit $rc"),
+            ]
+        } else {
+            if revealed != compiled.script {
+                return Err(fail(
+                    "this provisioner uses sensitive variables; over SSM they would be stored in the command's history. \
+                     Set \"ssm_bucket\" so the script is staged in S3 instead"
+                        .into(),
+                ));
+            }
+            vec![compiled.script.clone()]
+        };
+        if let Some(bucket) = &cfg.ssm_bucket {
+            let s3 = s3(ctx, &cfg.region);
+            for (key, data) in &compiled.staged {
+                s3.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(opts.secrets.reveal_bytes(data).into())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        fail(format!(
+                            "staging s3://{bucket}/{key}: {}",
+                            DisplayErrorContext(&e)
+                        ))
+                    })?;
+            }
+        }
+        let mut send = client
+            .send_command()
+            .document_name(DOCUMENT)
+            .instance_ids(&instance_id)
+            .comment(comment(&execution, next))
+            .parameters("commands", commands);
+        let limit = p.common.timeout.unwrap_or(cfg.ssm_execution_timeout);
+        send = send.parameters(
+            "executionTimeout",
+            vec![limit.as_secs().clamp(1, 172_800).to_string()],
+        );
+        if let Some(bucket) = &cfg.ssm_bucket {
+            send = send
+                .output_s3_bucket_name(bucket)
+                .output_s3_key_prefix(output_prefix(&execution));
+        }
+        match send.send().await {
+            Ok(out) => {
+                let id = out
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .unwrap_or_default();
+                tracing::info!(provisioner = %label, command_id = id, "sent SSM command");
+                return Err(StepError::NotReady(format!(
+                    "{label}: sent SSM command {id}, waiting for it"
+                )));
+            }
+            Err(e) => {
+                let text = DisplayErrorContext(&e).to_string();
+                remove_staged(ctx, cfg, &prefix).await;
+                if text.contains("InvalidInstanceId") {
+                    return Err(StepError::NotReady(format!(
+                        "{label}: {instance_id} is not ready for SSM commands yet (agent not registered or instance not running)"
+                    )));
+                }
+                return Err(fail(format!("SendCommand: {text}")));
+            }
+        }
+    }
+    state.data.extra.insert(
+        "ssm_commands".into(),
+        serde_json::to_value(
+            sent.into_iter()
+                .map(|(i, id)| (i.to_string(), id))
+                .collect::<BTreeMap<_, _>>(),
+        )?,
+    );
+    Ok(state)
+}
+
+/// stdout and stderr of an invocation: from the output bucket when one is set (complete),
+/// else what GetCommandInvocation returns (truncated by SSM to 24 000 characters).
+async fn command_output(
+    ctx: &Ctx,
+    cfg: &Communication,
+    execution: &str,
+    command_id: &str,
+    instance_id: &str,
+    inv: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
+) -> (String, String) {
+    let fallback = (
+        inv.standard_output_content().unwrap_or("").to_string(),
+        inv.standard_error_content().unwrap_or("").to_string(),
+    );
+    let Some(bucket) = &cfg.ssm_bucket else {
+        return fallback;
+    };
+    let s3 = s3(ctx, &cfg.region);
+    let base = format!(
+        "{}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript",
+        output_prefix(execution)
+    );
+    let mut got = Vec::new();
+    for stream in ["stdout", "stderr"] {
+        let key = format!("{base}/{stream}");
+        let text = match s3.get_object().bucket(bucket).key(&key).send().await {
+            Ok(o) => match o.body.collect().await {
+                Ok(b) => Some(String::from_utf8_lossy(&b.into_bytes()).to_string()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if text.is_some() {
+            let _ = s3.delete_object().bucket(bucket).key(&key).send().await;
+        }
+        got.push(text);
+    }
+    match (got[0].take(), got[1].take()) {
+        (None, None) => fallback,
+        (o, e) => (o.unwrap_or(fallback.0), e.unwrap_or(fallback.1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_a_decision() {
+        let out = vec!["last line".to_string()];
+        for (s, d) in [
+            ("Pending", "Pending"),
+            ("InProgress", "In Progress"),
+            ("Delayed", "Delayed"),
+        ] {
+            assert!(
+                matches!(decide("p", s, d, 0, &out), Err(StepError::NotReady(_))),
+                "{s}"
+            );
+        }
+        assert_eq!(decide("p", "Success", "Success", 0, &out), Ok(()));
+        let failed = decide("provisioner 1 (shell)", "Failed", "Failed", 3, &out).unwrap_err();
+        assert!(
+            matches!(&failed, StepError::BuildFailed(m) if m.contains("exit code 3") && m.contains("last line") && m.contains("provisioner 1 (shell)"))
+        );
+        let reasons = [
+            ("TimedOut", "Execution Timed Out", "while running"),
+            (
+                "TimedOut",
+                "Delivery Timed Out",
+                "before the agent picked it up",
+            ),
+            ("Cancelled", "Canceled", "cancelled"),
+            ("Cancelling", "Cancelling", "cancelled"),
+            ("Failed", "Undeliverable", "not managed by SSM"),
+            ("Undeliverable", "", "not managed by SSM"),
+            ("Failed", "Terminated", "terminated"),
+            ("Terminated", "", "terminated"),
+            ("Weird", "", "unexpected"),
+        ];
+        for (s, d, word) in reasons {
+            match decide("p", s, d, -1, &out) {
+                Err(StepError::BuildFailed(m)) => assert!(m.contains(word), "{s}/{d}: {m}"),
+                other => panic!("{s}/{d}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn comments_round_trip() {
+        assert_eq!(index_of(&comment("exec-1", 4), "exec-1"), Some(4));
+        assert_eq!(index_of(&comment("exec-1", 4), "exec-2"), None);
+        assert!(comment(&"x".repeat(200), 999).len() <= 100);
+    }
+
+    #[test]
+    fn compiled_script_checks_valid_exit_codes() {
+        let actions = vec![
+            Action::Upload {
+                data: b"x".to_vec(),
+                remote: "/tmp/s.sh".into(),
+                mode: 0o755,
+                from: "inline".into(),
+            },
+            Action::Exec {
+                command: "/tmp/s.sh".into(),
+                check: ExitCheck::Main {
+                    valid: vec![0, 2],
+                    expect_disconnect: false,
+                },
+            },
+            Action::Exec {
+                command: "rm -f /tmp/s.sh".into(),
+                check: ExitCheck::Housekeeping,
+            },
+        ];
+        let c = compile("p", &actions, Some("b"), "amiflow/e/provision/0/").unwrap();
+        assert_eq!(
+            c.staged,
+            vec![("amiflow/e/provision/0/0".to_string(), b"x".to_vec())]
+        );
+        assert!(c
+            .script
+            .contains("aws s3 cp --only-show-errors s3://b/amiflow/e/provision/0/0 /tmp/s.sh"));
+        // Run it for real (with the staging replaced) to prove the exit-code logic.
+        for (cmd, want) in [("(exit 2)", 0), ("(exit 3)", 3), ("true", 0)] {
+            let actions = vec![Action::Exec {
+                command: cmd.into(),
+                check: ExitCheck::Main {
+                    valid: vec![0, 2],
+                    expect_disconnect: false,
+                },
+            }];
+            let c = compile("p", &actions, None, "").unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&c.script)
+                .status()
+                .unwrap();
+            assert_eq!(status.code(), Some(want), "{cmd}");
+        }
+        assert!(compile(
+            "p",
+            &[Action::Download {
+                remote: "/x".into(),
+                local: "/y".into(),
+                directory: false
+            }],
+            None,
+            ""
+        )
+        .is_err());
+        assert!(compile("p", &actions, None, "")
+            .unwrap_err()
+            .contains("ssm_bucket"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Connect (Packer's `communicator.StepConnect`): a wait that raises `NotReady` until the
+//! communicator answers — SSH connect and authentication succeed, or the SSM agent is
+//! online — and fails the build after `ssh_timeout` (`ssm_timeout` for SSM), counted from
+//! the wait's start time in `BuildState.waits["Connect"]`. A no-op for `communicator: none`.
+//!
+//! Each invocation makes one attempt bounded by [`ATTEMPT_TIMEOUT`]; the state's Retry
+//! spaces the attempts, so no Lambda sleeps while an instance boots.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::provision::communicator::{ssh_target, Communication, Communicator};
+use crate::provision::ssh::SshTransport;
+use crate::provision::ssm::{agent_status, AgentStatus};
+use crate::provision::Secrets;
+use crate::steps::{StepSpec, WaitPolicy};
+use crate::{handler, BuildState, Ctx, StepError};
+
+/// The wait's name in `BuildState.waits`.
+pub const WAIT: &str = "Connect";
+
+/// One connection attempt (TCP + handshake + auth).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "Connect",
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ssm:GetParameter",
+        "ssm:DescribeInstanceInformation",
+    ],
+    // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
+    wait: Some(WaitPolicy {
+        interval_seconds: 5,
+        backoff_rate: 1.5,
+        max_delay_seconds: 30,
+        max_attempts: 120,
+    }),
+    timeout_seconds: 60,
+    handler: handler!(connect),
+};
+
+pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
+    connect_with(ctx, state, &Secrets::default()).await
+}
+
+/// [`connect`] with the secrets of a local run (e.g. `ssh_password`).
+pub async fn connect_with(
+    ctx: &Ctx,
+    state: BuildState,
+    secrets: &Secrets,
+) -> Result<BuildState, StepError> {
+    let comm = Communication::of_state(&state)?;
+    let started = state.waits.get(WAIT).copied().unwrap_or_else(Utc::now);
+    let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+    let timed_out = elapsed >= comm.timeout;
+    match comm.communicator {
+        Communicator::None => Ok(state),
+        Communicator::Ssh => {
+            let mut secrets = secrets.clone();
+            let (address, error) =
+                match ssh_target(ctx, &state, &comm, &mut secrets, ATTEMPT_TIMEOUT).await {
+                    Ok(target) => match SshTransport::connect(&target).await {
+                        Ok(t) => {
+                            tracing::info!(step = "Connect", "SSH on {} answers", t.address());
+                            t.close().await;
+                            return Ok(state);
+                        }
+                        Err(e) => (target.address(), secrets.mask(&e.0)),
+                    },
+                    // No address yet (instance still getting one): keep waiting.
+                    Err(StepError::NotReady(m)) => (
+                        format!(
+                            "{}:{}",
+                            comm.ssh_host.as_deref().unwrap_or("instance"),
+                            comm.ssh_port
+                        ),
+                        m,
+                    ),
+                    Err(e) => return Err(e),
+                };
+            if timed_out {
+                Err(StepError::BuildFailed(format!(
+                    "SSH on {address} did not answer within ssh_timeout ({:?}); last error: {error}. Check that the \
+                     security group allows port {} from here, that ssh_username is right, and that the instance boots",
+                    comm.timeout, comm.ssh_port
+                )))
+            } else {
+                Err(StepError::NotReady(format!(
+                    "waiting for SSH on {address}: {error}"
+                )))
+            }
+        }
+        Communicator::Ssm => {
+            let instance_id = state.data.instance_id.clone().ok_or_else(|| {
+                StepError::BuildFailed(
+                    "the SSM communicator needs an instance: the build state has no instance_id"
+                        .into(),
+                )
+            })?;
+            match agent_status(ctx, &comm.region, &instance_id).await {
+                AgentStatus::Online => Ok(state),
+                AgentStatus::CannotTell(why) => {
+                    // Provision's SendCommand answers InvalidInstanceId until the agent registers.
+                    tracing::warn!(step = "Connect", "cannot tell whether the SSM agent is online ({why}); Provision will find out");
+                    Ok(state)
+                }
+                AgentStatus::NotYet(why) if timed_out => Err(StepError::BuildFailed(format!(
+                    "{why} after ssm_timeout ({:?}): the instance needs the SSM agent and an instance profile with \
+                     AmazonSSMManagedInstanceCore, and must reach the SSM endpoints",
+                    comm.timeout
+                ))),
+                AgentStatus::NotYet(why) => Err(StepError::NotReady(why)),
+            }
+        }
+    }
+}

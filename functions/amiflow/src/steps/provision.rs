@@ -1,0 +1,232 @@
+//! Provision (Packer's `StepProvision` + `StepCleanupTempKeys`): runs the build's
+//! provisioners in order.
+//!
+//! - SSH: one connection, every provisioner within this one invocation. Lambda allows at
+//!   most 15 minutes per invocation (this step's timeout); when the remaining time would be
+//!   exceeded the build fails with that explanation (see `provision::run`). Afterwards, with
+//!   `ssh_clear_authorized_keys` and the temporary key pair, the key is removed from
+//!   `~/.ssh/authorized_keys` (Packer's `sed`).
+//! - SSM: sends one command per provisioner and raises `NotReady` until it finishes, so no
+//!   Lambda runs while it runs (see `provision::ssm`); the command ids end up in
+//!   `data.extra["ssm_commands"]`.
+//! - none: only `shell-local` provisioners can run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tokio::time::Instant;
+
+use crate::provision::communicator::{ssh_target, Communication, Communicator};
+use crate::provision::config::Kind;
+use crate::provision::plan::PlanEnv;
+use crate::provision::run::{deadline_from_env, in_lambda, run_all, NoTransport, RunOptions};
+use crate::provision::ssh::SshTransport;
+use crate::provision::transport::{OutputSink, Transport};
+use crate::provision::{parse_all, ssm, Secrets};
+use crate::steps::{StepSpec, WaitPolicy};
+use crate::{handler, BuildState, Ctx, StepError};
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "Provision",
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ssm:GetParameter",
+        "ssm:SendCommand",
+        "ssm:ListCommands",
+        "ssm:GetCommandInvocation",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:DeleteObject",
+    ],
+    // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
+    wait: Some(WaitPolicy {
+        interval_seconds: 10,
+        backoff_rate: 1.5,
+        max_delay_seconds: 60,
+        max_attempts: 480,
+    }),
+    // Lambda's maximum: an SSH provisioning runs within one invocation.
+    timeout_seconds: 900,
+    handler: handler!(provision),
+};
+
+/// What a Provision invocation needs beyond the build state.
+#[derive(Debug, Clone, Default)]
+pub struct ProvisionOptions {
+    pub secrets: Secrets,
+    /// When this invocation must have returned (Lambda), if any.
+    pub deadline: Option<Instant>,
+    pub in_lambda: bool,
+    /// Where relative script and file paths are resolved (the template's directory).
+    pub base_dir: PathBuf,
+}
+
+impl ProvisionOptions {
+    /// From the process: the Lambda deadline exported by the Lambda binary, the current directory.
+    pub fn from_env() -> ProvisionOptions {
+        ProvisionOptions {
+            secrets: Secrets::default(),
+            deadline: deadline_from_env(),
+            in_lambda: in_lambda(),
+            base_dir: std::env::current_dir().unwrap_or_default(),
+        }
+    }
+}
+
+pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
+    provision_with(ctx, state, &ProvisionOptions::from_env()).await
+}
+
+/// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
+pub fn build_data(
+    state: &BuildState,
+    comm: &Communication,
+    host: &str,
+) -> BTreeMap<String, String> {
+    let d = &state.data;
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: Option<&String>| {
+        m.insert(k.to_string(), v.cloned().unwrap_or_default());
+    };
+    put("ID", d.instance_id.as_ref());
+    put("SourceAMI", d.source_ami.as_ref());
+    put("SourceAMIName", d.source_ami_name.as_ref());
+    put("SourceAMICreationDate", d.source_ami_creation_date.as_ref());
+    put("SourceAMIOwner", d.source_ami_owner.as_ref());
+    put("SourceAMIOwnerName", d.source_ami_owner_name.as_ref());
+    put("BuildRegion", Some(&comm.region));
+    put("PackerRunUUID", Some(&state.execution));
+    put("Host", Some(&host.to_string()));
+    put("Port", Some(&comm.ssh_port.to_string()));
+    put("User", comm.ssh_username.as_ref());
+    let conn = match comm.communicator {
+        Communicator::Ssh => "ssh",
+        Communicator::Ssm => "ssm",
+        Communicator::None => "none",
+    };
+    put("ConnType", Some(&conn.to_string()));
+    m
+}
+
+fn plan_env(
+    state: &BuildState,
+    comm: &Communication,
+    host: &str,
+    base_dir: &std::path::Path,
+) -> PlanEnv {
+    let random = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, state.execution.as_bytes())
+        .simple()
+        .to_string()[..8]
+        .to_string();
+    PlanEnv {
+        build_name: state.build.name.clone(),
+        builder_type: state.build.builder_type.as_str().to_string(),
+        build: build_data(state, comm, host),
+        random,
+        base_dir: base_dir.to_path_buf(),
+    }
+}
+
+/// [`provision`] with explicit secrets, deadline and base directory (local runs, tests).
+pub async fn provision_with(
+    ctx: &Ctx,
+    state: BuildState,
+    opts: &ProvisionOptions,
+) -> Result<BuildState, StepError> {
+    let provisioners = parse_all(&state.build.provisioners).map_err(|p| {
+        StepError::BuildFailed(format!(
+            "the build's provisioners are invalid:\n* {}",
+            p.join("\n* ")
+        ))
+    })?;
+    let comm = Communication::of_state(&state)?;
+    let mut run_opts = RunOptions {
+        secrets: opts.secrets.clone(),
+        deadline: opts.deadline,
+        in_lambda: opts.in_lambda,
+    };
+    match comm.communicator {
+        Communicator::None => {
+            if let Some(p) = provisioners
+                .iter()
+                .find(|p| !matches!(p.kind, Kind::ShellLocal(_)))
+            {
+                return Err(StepError::BuildFailed(format!(
+                    "{} needs a communicator, but the build has \"communicator\": \"none\"; use \"ssh\" or \"ssm\"",
+                    p.label()
+                )));
+            }
+            let env = plan_env(&state, &comm, "", &opts.base_dir);
+            run_all(&mut NoTransport, &provisioners, &env, &run_opts).await?;
+            Ok(state)
+        }
+        Communicator::Ssm => {
+            let env = plan_env(&state, &comm, "", &opts.base_dir);
+            ssm::provision(ctx, state, &comm, &provisioners, &env, &run_opts).await
+        }
+        Communicator::Ssh => {
+            let clear_keys =
+                comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&run_opts.secrets);
+            if provisioners.is_empty() && !clear_keys {
+                return Ok(state);
+            }
+            let target = ssh_target(
+                ctx,
+                &state,
+                &comm,
+                &mut run_opts.secrets,
+                crate::steps::connect::ATTEMPT_TIMEOUT,
+            )
+            .await?;
+            let mut transport = connect_retrying(&target, &run_opts.secrets).await?;
+            let env = plan_env(&state, &comm, &target.host, &opts.base_dir);
+            let result = run_all(&mut transport, &provisioners, &env, &run_opts).await;
+            if result.is_ok() && clear_keys {
+                if let Some(name) = &state.data.key_pair_name {
+                    clear_authorized_key(&mut transport, name, &run_opts.secrets).await;
+                }
+            }
+            transport.close().await;
+            result.map(|()| state)
+        }
+    }
+}
+
+/// Connect has already seen SSH answer; a few quick attempts cover a flaky moment.
+async fn connect_retrying(
+    target: &crate::provision::ssh::SshTarget,
+    secrets: &Secrets,
+) -> Result<SshTransport, StepError> {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        match SshTransport::connect(target).await {
+            Ok(t) => return Ok(t),
+            Err(e) => last = secrets.mask(&e.0),
+        }
+    }
+    Err(StepError::BuildFailed(format!(
+        "cannot connect to {} for provisioning: {last}",
+        target.address()
+    )))
+}
+
+/// Packer's StepCleanupTempKeys: drop the temporary key's line from authorized_keys (the
+/// user's and root's); failures are reported, not fatal, as in Packer.
+async fn clear_authorized_key(transport: &mut SshTransport, key_name: &str, secrets: &Secrets) {
+    let pattern = key_name.replace('/', "\\/");
+    for cmd in [
+        format!("sed -i.bak '/ {pattern}$/d' ~/.ssh/authorized_keys; rm ~/.ssh/authorized_keys.bak"),
+        format!("sudo sed -i.bak '/ {pattern}$/d' /root/.ssh/authorized_keys; sudo rm /root/.ssh/authorized_keys.bak"),
+    ] {
+        let mut sink = OutputSink::new("ssh_clear_authorized_keys", secrets);
+        match transport.exec(&cmd, &mut sink).await {
+            Ok(crate::provision::transport::ExecStatus::Exited(0)) => {}
+            Ok(status) => tracing::warn!("clearing the temporary key from authorized_keys: `{cmd}` ended with {status}"),
+            Err(e) => tracing::warn!("clearing the temporary key from authorized_keys: {e}"),
+        }
+    }
+}

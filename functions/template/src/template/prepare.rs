@@ -1,0 +1,323 @@
+//! From template text to prepared builds: structure, variables, interpolation, typed
+//! configs, secrets — every problem of the template collected before anything runs.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::deferred;
+use super::eval::{self, Data, Scope};
+use super::raw::{self, RawTemplate};
+use super::secrets::{placeholder, Secrets, MASK};
+use super::syntax::user_refs;
+use super::variables::{self, VarInputs};
+use crate::config::{self, BuilderType};
+use crate::problem::{Problem, Problems};
+use crate::PreparedBuild;
+
+/// What `packer build`/`validate` take besides the template.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// `-var name=value`, in command-line order (a later one wins).
+    pub vars: Vec<(String, String)>,
+    /// `-var-file` paths (JSON objects), in command-line order; -var wins over them.
+    pub var_files: Vec<PathBuf>,
+    /// `-only`/`-except`: build names.
+    pub only: Vec<String>,
+    pub except: Vec<String>,
+    /// The run's fixed time: every `{{timestamp}}`/`{{isotime}}` of every build agrees.
+    pub build_time: DateTime<Utc>,
+    /// What `{{env `X`}}` in variables sees. Empty by default: in Lambda the process
+    /// environment holds the function's credentials, which must not reach a template.
+    pub env: BTreeMap<String, String>,
+    /// The template file's directory, for `{{template_dir}}`.
+    pub template_dir: Option<PathBuf>,
+}
+
+impl PrepareOptions {
+    pub fn new(build_time: DateTime<Utc>) -> PrepareOptions {
+        PrepareOptions {
+            vars: Vec::new(),
+            var_files: Vec::new(),
+            only: Vec::new(),
+            except: Vec::new(),
+            build_time,
+            env: BTreeMap::new(),
+            template_dir: None,
+        }
+    }
+
+    /// Lets `{{env `X`}}` read this process's environment (the CLI's behaviour, as Packer).
+    pub fn with_process_env(mut self) -> PrepareOptions {
+        self.env = std::env::vars().collect();
+        self
+    }
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions::new(Utc::now())
+    }
+}
+
+/// A template ready to build. Not `Serialize` as a whole: `secrets` must stay out of the
+/// build state; `builds` are what the state carries.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub builds: Vec<PreparedBuild>,
+    pub description: Option<String>,
+    /// Every variable's value, sensitive ones shown as `<sensitive>`.
+    pub variables: BTreeMap<String, String>,
+    pub secrets: Secrets,
+}
+
+/// Parses `-var name=value` (the value may contain `=`).
+pub fn parse_var_flag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("-var {s:?} must have the form name=value, e.g. -var 'region=us-east-1'")),
+    }
+}
+
+pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, Problems> {
+    let (tpl, mut problems) = raw::parse_template(template_text).map_err(Problems)?;
+
+    let mut files = Vec::new();
+    for path in &opts.var_files {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => match raw::parse_json(&text, &format!("-var-file {origin}")) {
+                Ok(v) => files.push((origin, v)),
+                Err(p) => problems.push(p),
+            },
+            Err(e) => problems.push(Problem::new(format!("-var-file {origin}: cannot read it: {e}"))),
+        }
+    }
+    let template_dir = opts.template_dir.as_ref().map(|d| d.display().to_string());
+    let (values, var_problems) = variables::resolve(&VarInputs {
+        decls: &tpl.variables,
+        files,
+        vars: &opts.vars,
+        env: &opts.env,
+        time: opts.build_time,
+        template_dir: template_dir.as_deref(),
+    });
+    problems.extend(var_problems);
+    let secrets = Secrets::from_pairs(tpl.sensitive.iter().filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone()))));
+
+    let names: Vec<&str> = tpl.builders.iter().map(|b| b.name.as_str()).collect();
+    for (flag, list) in [("-only", &opts.only), ("-except", &opts.except)] {
+        for n in list {
+            if !names.contains(&n.as_str()) {
+                problems.push(Problem::new(format!("{flag} names build `{n}`, which is not in the template (builds: {})", names.join(", "))));
+            }
+        }
+    }
+    let selected = tpl
+        .builders
+        .iter()
+        .filter(|b| (opts.only.is_empty() || opts.only.contains(&b.name)) && !opts.except.contains(&b.name))
+        .collect::<Vec<_>>();
+    if selected.is_empty() && !tpl.builders.is_empty() {
+        problems.push(Problem::new("-only/-except leave no build to run"));
+    }
+
+    // What builds see: a sensitive variable is its placeholder, a variable built from one
+    // holds placeholders where the secret was.
+    let tainted = tainted_variables(&tpl, &opts.vars);
+    let visible: BTreeMap<String, String> = values
+        .iter()
+        .map(|(k, v)| {
+            let shown = if tpl.sensitive.contains(k) {
+                placeholder(k)
+            } else if tainted.contains(k) {
+                secrets.conceal(v)
+            } else {
+                v.clone()
+            };
+            (k.clone(), shown)
+        })
+        .collect();
+    let ctx = Ctx { tpl: &tpl, values: &visible, opts, template_dir: template_dir.as_deref() };
+    let mut builds = Vec::new();
+    for b in selected {
+        let Some(bt) = b.builder_type else { continue };
+        let mut found = Vec::new();
+        let rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
+        let Value::Object(rendered) = rendered else { unreachable!("an object renders to an object") };
+        problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
+        let env = |k: &str| opts.env.get(k).cloned();
+        let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
+            Ok(c) => Some(c),
+            Err(ps) => {
+                problems.extend(ps.into_iter().map(|p| if p.builder.is_some() { p } else { p.in_builder(&b.name) }));
+                None
+            }
+        };
+
+        let mut provisioners = Vec::new();
+        for p in tpl.provisioners.iter().filter(|p| p.applies_to(&b.name)) {
+            let mut merged = p.config.clone();
+            if let Some(o) = p.overrides.get(&b.name) {
+                merged.extend(o.clone());
+            }
+            provisioners.push(ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems));
+        }
+        let mut post_processors = Vec::new();
+        for pp in tpl.post_processors.iter().filter(|pp| pp.applies_to(&b.name)) {
+            post_processors.push(ctx.render_deferred(&b.name, bt, &Value::Object(pp.config.clone()), &pp.path, &mut problems));
+        }
+        if let Some(config) = config {
+            builds.push(PreparedBuild { name: b.name.clone(), builder_type: bt, config, provisioners, post_processors });
+        }
+    }
+
+    if !problems.is_empty() {
+        let mut out: Vec<Problem> = Vec::new();
+        for mut p in problems {
+            p.message = secrets.mask(&p.message);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        return Err(Problems(out));
+    }
+    let variables = values
+        .into_iter()
+        .map(|(k, v)| {
+            let shown = if tpl.sensitive.contains(&k) { MASK.to_string() } else if tainted.contains(&k) { secrets.mask(&v) } else { v };
+            (k, shown)
+        })
+        .collect();
+    Ok(Prepared { builds, description: tpl.description.clone(), variables, secrets })
+}
+
+/// Sensitive variables and every variable whose value uses one, directly or not.
+fn tainted_variables(tpl: &RawTemplate, vars: &[(String, String)]) -> BTreeSet<String> {
+    let text_of = |name: &str| -> Option<String> {
+        vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| tpl.variables.iter().find(|d| d.name == name).and_then(|d| d.default.clone()))
+    };
+    let refs: BTreeMap<&str, Vec<String>> = tpl.variables.iter().map(|d| (d.name.as_str(), text_of(&d.name).map(|t| user_refs(&t)).unwrap_or_default())).collect();
+    let mut tainted: BTreeSet<String> = tpl.sensitive.clone();
+    loop {
+        let before = tainted.len();
+        for (name, uses) in &refs {
+            if uses.iter().any(|u| tainted.contains(u)) {
+                tainted.insert(name.to_string());
+            }
+        }
+        if tainted.len() == before {
+            return tainted;
+        }
+    }
+}
+
+struct Ctx<'a> {
+    tpl: &'a RawTemplate,
+    values: &'a BTreeMap<String, String>,
+    opts: &'a PrepareOptions,
+    template_dir: Option<&'a str>,
+}
+
+impl Ctx<'_> {
+    /// Renders one string; `None` (with a problem pushed, unless the cause is a variable
+    /// whose own problem is reported) when it fails.
+    fn render_str(&self, s: &str, key: &str, build: (&str, BuilderType), data: Data, problems: &mut Vec<Problem>) -> Option<String> {
+        if !s.contains("{{") {
+            return Some(s.to_string());
+        }
+        let failed_variable = Cell::new(false);
+        let user = |name: &str| -> Result<String, String> {
+            if let Some(v) = self.values.get(name) {
+                return Ok(v.clone());
+            }
+            if self.tpl.variables.iter().any(|d| d.name == name) {
+                failed_variable.set(true);
+                return Err(format!("variable `{name}` has no value"));
+            }
+            let declared: Vec<&str> = self.tpl.variables.iter().map(|d| d.name.as_str()).collect();
+            Err(format!(
+                "variable `{name}` is not declared: add it to \"variables\" (declared: {})",
+                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+            ))
+        };
+        let scope = Scope {
+            time: Some(self.opts.build_time),
+            user: Some(&user),
+            env: None,
+            build_name: Some(build.0),
+            build_type: Some(build.1.as_str()),
+            template_dir: self.template_dir,
+            data,
+        };
+        match eval::render(s, &scope) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if !failed_variable.get() {
+                    problems.push(Problem::key(key, e.describe(s)));
+                }
+                None
+            }
+        }
+    }
+
+    fn render_builder(&self, name: &str, bt: BuilderType, config: &Map<String, Value>, problems: &mut Vec<Problem>) -> Value {
+        let hint = format!(
+            "{} renders build data only in {}; use variables, {{{{timestamp}}}} or {{{{isotime}}}} here",
+            bt.as_str(),
+            deferred::deferred_keys(bt).into_iter().filter(|k| !k.ends_with("_tag") && *k != "tag").collect::<Vec<_>>().join(", ")
+        );
+        let mut w = Walker { ctx: self, build: (name, bt), hint: &hint, builder_paths: true, problems };
+        w.walk(&Value::Object(config.clone()), "", &mut Vec::new(), false)
+    }
+
+    /// Provisioners and post-processors: build data (`{{ build `X` }}`, `{{.Path}}`) is
+    /// rendered when they run.
+    fn render_deferred(&self, name: &str, bt: BuilderType, v: &Value, path: &str, problems: &mut Vec<Problem>) -> Value {
+        let mut w = Walker { ctx: self, build: (name, bt), hint: "", builder_paths: false, problems };
+        w.walk(v, path, &mut Vec::new(), true)
+    }
+}
+
+struct Walker<'a, 'b> {
+    ctx: &'a Ctx<'a>,
+    build: (&'a str, BuilderType),
+    hint: &'a str,
+    /// Whether deferred fields are looked up by builder path.
+    builder_paths: bool,
+    problems: &'b mut Vec<Problem>,
+}
+
+impl Walker<'_, '_> {
+    fn walk(&mut self, v: &Value, path: &str, keys: &mut Vec<String>, deferred: bool) -> Value {
+        let data = if deferred { Data::Defer } else { Data::Unavailable(self.hint) };
+        match v {
+            Value::String(s) => {
+                let r = self.ctx.render_str(s, path, self.build, data, self.problems);
+                Value::String(r.unwrap_or_else(|| s.clone()))
+            }
+            Value::Array(items) => {
+                Value::Array(items.iter().enumerate().map(|(i, item)| self.walk(item, &format!("{path}[{i}]"), keys, deferred)).collect())
+            }
+            Value::Object(map) => {
+                let mut out = Map::new();
+                for (k, item) in map {
+                    let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    keys.push(k.clone());
+                    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let child_deferred = deferred || (self.builder_paths && deferred::is_deferred(self.build.1, &key_refs));
+                    let key_data = if child_deferred { Data::Defer } else { Data::Unavailable(self.hint) };
+                    let new_key = self.ctx.render_str(k, &child, self.build, key_data, self.problems).unwrap_or_else(|| k.clone());
+                    let new_val = self.walk(item, &child, keys, child_deferred);
+                    keys.pop();
+                    out.insert(new_key, new_val);
+                }
+                Value::Object(out)
+            }
+            other => other.clone(),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! SSH provisioning against a throwaway OpenSSH server: the provisioners run on the
+//! "instance" (the sshd's own filesystem, reached through `ssh_host`/`ssh_port`), and the
+//! markers they leave are checked afterwards.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use amiflow::provision::Secrets;
+use amiflow::steps::connect::{connect, WAIT};
+use amiflow::steps::provision::{provision_with, ProvisionOptions};
+use amiflow::{BuildState, Ctx, StepError};
+use amiflow_template::BuilderType;
+use amiflow_tests::sshd::{free_port, Sshd};
+use serde_json::{json, Value};
+
+macro_rules! sshd_or_skip {
+    () => {
+        match Sshd::start() {
+            Ok(s) => s,
+            Err(why) => {
+                eprintln!("SKIPPED: no local sshd: {why}");
+                return;
+            }
+        }
+    };
+}
+
+fn state(
+    host: &str,
+    port: u16,
+    user: &str,
+    key: &std::path::Path,
+    provisioners: Value,
+    extra: Value,
+) -> BuildState {
+    let mut raw = json!({
+        "region": "us-east-1", "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro", "ami_name": "amiflow-test",
+        "ssh_username": user, "ssh_host": host, "ssh_port": port, "ssh_private_key_file": key,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        raw[k] = v.clone();
+    }
+    let config =
+        amiflow_template::config::from_builder("test", BuilderType::Ebs, raw.as_object().unwrap())
+            .expect("valid builder");
+    serde_json::from_value(json!({
+        "execution": format!("e2e-{}", uuid_like()),
+        "build": {"name": "test", "builder_type": "amazon-ebs", "config": config, "provisioners": provisioners},
+        "data": {"instance_id": "i-0123456789abcdef0", "source_ami_name": "amzn2-test"}
+    }))
+    .unwrap()
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn for_sshd(sshd: &Sshd, provisioners: Value) -> BuildState {
+    state(
+        "127.0.0.1",
+        sshd.port,
+        &sshd.user,
+        &sshd.client_key,
+        provisioners,
+        json!({}),
+    )
+}
+
+async fn ctx() -> Ctx {
+    Ctx::from_env().await
+}
+
+fn opts(base: &std::path::Path) -> ProvisionOptions {
+    ProvisionOptions {
+        base_dir: base.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn shell_script_env_and_file_uploads_leave_markers() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(
+        local.path().join("setup.sh"),
+        "#!/bin/sh\necho \"greeting=$GREETING build=$PACKER_BUILD_NAME\" > \"$OUT\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(local.path().join("conf/sub")).unwrap();
+    std::fs::write(local.path().join("conf/a.txt"), "A").unwrap();
+    std::fs::write(local.path().join("conf/sub/b.txt"), "B").unwrap();
+    std::fs::write(local.path().join("single.txt"), "single").unwrap();
+    let m = |rel: &str| sshd.path(rel).display().to_string();
+    std::fs::create_dir_all(sshd.path("files")).unwrap();
+    let provisioners = json!([
+        {"type": "shell", "inline": [format!("echo inline-ran {{{{build `SourceAMIName`}}}} > {}", m("inline.marker"))]},
+        {"type": "shell", "script": "setup.sh", "environment_vars": ["GREETING=it's me", format!("OUT={}", m("script.marker"))]},
+        {"type": "file", "source": "single.txt", "destination": format!("{}/", m("files"))},
+        {"type": "file", "source": "conf", "destination": m("withdir")},
+        {"type": "file", "source": "conf/", "destination": m("contents")},
+        {"type": "file", "content": "from content", "destination": m("content.txt")},
+        {"type": "shell", "inline": ["exit 3"], "valid_exit_codes": [0, 3]},
+        {"type": "file", "direction": "download", "source": m("inline.marker"), "destination": local.path().join("got.marker")}
+    ]);
+    let st = for_sshd(&sshd, provisioners);
+    provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .expect("provisioning succeeds");
+    let read = |rel: &str| {
+        std::fs::read_to_string(sshd.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    assert_eq!(read("inline.marker"), "inline-ran amzn2-test\n");
+    assert_eq!(read("script.marker"), "greeting=it's me build=test\n");
+    assert_eq!(read("files/single.txt"), "single");
+    assert_eq!(read("withdir/conf/a.txt"), "A");
+    assert_eq!(read("withdir/conf/sub/b.txt"), "B");
+    assert_eq!(read("contents/a.txt"), "A");
+    assert_eq!(read("contents/sub/b.txt"), "B");
+    assert_eq!(read("content.txt"), "from content");
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("got.marker")).unwrap(),
+        "inline-ran amzn2-test\n"
+    );
+    // skip_clean is false: the uploaded scripts are gone from /tmp.
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("script_")
+                && e.file_name().to_string_lossy().ends_with(".sh")
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(&m("inline.marker"))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "uploaded scripts left behind: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn failing_command_fails_the_build_with_exit_code_and_output() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let st = for_sshd(
+        &sshd,
+        json!([
+            {"type": "shell", "inline": ["true"]},
+            {"type": "shell", "inline": ["echo about to fail", "echo on stderr >&2", "exit 7"]},
+            {"type": "shell", "inline": [format!("touch {}", sshd.path("never.marker").display())]}
+        ]),
+    );
+    let err = provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .unwrap_err();
+    let StepError::BuildFailed(msg) = &err else {
+        panic!("expected BuildFailed, got {err:?}")
+    };
+    assert!(msg.contains("provisioner 1 (shell)"), "{msg}");
+    assert!(msg.contains("exit code 7"), "{msg}");
+    assert!(
+        msg.contains("about to fail") && msg.contains("on stderr"),
+        "{msg}"
+    );
+    assert!(msg.contains("chmod +x"), "names the command: {msg}");
+    assert!(
+        !sshd.path("never.marker").exists(),
+        "later provisioners must not run"
+    );
+}
+
+#[tokio::test]
+async fn expect_disconnect_reconnects_and_continues() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    // Kill this connection's sshd process (the ancestor whose parent is the listening sshd):
+    // the command never reports an exit status.
+    let kill = format!(
+        "l=$(cat {}); p=$$; while :; do pp=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2); [ \"$pp\" = \"$l\" ] && break; p=$pp; done; kill -9 $p",
+        sshd.path("sshd.pid").display()
+    );
+    let after = format!("touch {}", sshd.path("after.marker").display());
+    let st = for_sshd(
+        &sshd,
+        json!([
+            {"type": "shell", "inline": [kill], "expect_disconnect": true},
+            {"type": "shell", "inline": [after]}
+        ]),
+    );
+    provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .expect("disconnect expected");
+    assert!(sshd.path("after.marker").exists());
+
+    let st = for_sshd(&sshd, json!([{"type": "shell", "inline": [kill]}]));
+    let err = provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("connection closed before the command reported an exit status"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_answers_for_sshd_and_waits_then_fails_for_an_unreachable_host() {
+    let sshd = sshd_or_skip!();
+    let c = ctx().await;
+    connect(&c, for_sshd(&sshd, json!([])))
+        .await
+        .expect("sshd answers");
+
+    let port = free_port();
+    let mut st = state(
+        "127.0.0.1",
+        port,
+        "root",
+        &sshd.client_key,
+        json!([]),
+        json!({"ssh_timeout": "2m"}),
+    );
+    st.waits.insert(WAIT.into(), chrono::Utc::now());
+    match connect(&c, st.clone()).await {
+        Err(StepError::NotReady(m)) => assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}"),
+        other => panic!("expected NotReady, got {other:?}"),
+    }
+    // The wait began longer ago than ssh_timeout: the build fails with the cause.
+    st.waits.insert(
+        WAIT.into(),
+        chrono::Utc::now() - chrono::Duration::minutes(3),
+    );
+    match connect(&c, st).await {
+        Err(StepError::BuildFailed(m)) => {
+            assert!(
+                m.contains(&format!("127.0.0.1:{port}"))
+                    && m.contains("ssh_timeout")
+                    && m.contains("last error"),
+                "{m}"
+            )
+        }
+        other => panic!("expected BuildFailed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lambda_deadline_fails_clearly_instead_of_being_killed() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let st = for_sshd(&sshd, json!([{"type": "shell", "inline": ["sleep 20"]}]));
+    let mut o = opts(local.path());
+    // 10 s margin is kept back: 12 s leaves 2 s for the command.
+    o.deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(12));
+    let started = std::time::Instant::now();
+    let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("15 minutes") && m.contains("ssm")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn shell_local_runs_here_but_is_refused_in_lambda() {
+    let local = tempfile::tempdir().unwrap();
+    let marker = local.path().join("local.marker");
+    let provisioners = json!([{"type": "shell-local", "inline": [format!("echo $WHO > {}", marker.display())], "environment_vars": ["WHO=local"]}]);
+    let st = state(
+        "127.0.0.1",
+        1,
+        "root",
+        &local.path().join("none"),
+        provisioners,
+        json!({"communicator": "none"}),
+    );
+    provision_with(&ctx().await, st.clone(), &opts(local.path()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "local\n");
+    let mut o = opts(local.path());
+    o.in_lambda = true;
+    let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
+    assert!(
+        err.message().contains("cannot run inside Lambda"),
+        "{err:?}"
+    );
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let secret = "Hunter2-S3cr3t-value";
+    let placeholder = "<sensitive:db_password>";
+    let secrets = Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
+    assert_eq!(
+        amiflow::provision::render::placeholder("db_password"),
+        placeholder
+    );
+    let marker = sshd.path("secret.marker");
+    let st = for_sshd(
+        &sshd,
+        json!([
+            {"type": "shell", "inline": [format!("echo \"password is {placeholder}\""), format!("printf %s {placeholder} > {}", marker.display())],
+             "environment_vars": [format!("DB_PASSWORD={placeholder}")]},
+            {"type": "shell", "inline": ["echo \"env has $DB_PASSWORD\"", "echo failing with $DB_PASSWORD >&2", "exit 1"],
+             "environment_vars": [format!("DB_PASSWORD={placeholder}")]}
+        ]),
+    );
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let before = serde_json::to_string(&st).unwrap();
+    let o = ProvisionOptions {
+        secrets,
+        base_dir: local.path().to_path_buf(),
+        ..Default::default()
+    };
+    let err = provision_with(&ctx().await, st.clone(), &o)
+        .await
+        .unwrap_err();
+    drop(_guard);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // Used on the instance...
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), secret);
+    // ...the output lines were logged, masked...
+    assert!(logs.contains("password is <sensitive>"), "{logs}");
+    assert!(logs.contains("env has <sensitive>"), "{logs}");
+    // ...and the secret is nowhere: not in the logs, the error or the state.
+    assert!(!logs.contains(secret), "secret in logs:\n{logs}");
+    assert!(!err.message().contains(secret), "secret in error: {err:?}");
+    assert!(err.message().contains("<sensitive>"), "{err:?}");
+    assert!(!before.contains(secret));
+    // A successful run returns the state: it must not carry the secret either.
+    let ok = for_sshd(
+        &sshd,
+        json!([{"type": "shell", "inline": [format!("echo {placeholder}")]}]),
+    );
+    let after = provision_with(&ctx().await, ok, &o).await.unwrap();
+    assert!(!serde_json::to_string(&after).unwrap().contains(secret));
+}
