@@ -258,13 +258,18 @@ async fn start_sends_the_prepared_input_and_watch_follows_to_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_refuses_static_credentials_before_calling_aws() {
-    let Some(moto) = Moto::start_or_skip("start_refuses_static_credentials_before_calling_aws") else { return };
+async fn start_refuses_static_credentials_and_invalid_templates_before_calling_aws() {
+    let Some(moto) = Moto::start_or_skip("start_refuses_static_credentials_and_invalid_templates_before_calling_aws") else { return };
     let sfn = sfn_client(&moto).await;
     let machine = create_state_machine(&sfn).await;
     let template = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION, "access_key": "AKIAEXAMPLE", "secret_key": "wJalr" }] });
     let err = amiflow_cli::start::execution_input(&template, &Default::default(), "cleanup").unwrap_err().to_string();
     assert!(err.contains("history"), "{err}");
+    // A template Prepare rejects is refused locally, with every problem listed.
+    let incomplete = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION }] });
+    let input = amiflow_cli::start::execution_input(&incomplete, &Default::default(), "cleanup").unwrap();
+    let err = amiflow_cli::start::validate_locally(&input, "e2e-invalid").await.unwrap_err().to_string();
+    assert!(err.contains("ami_name") && err.contains("source_ami"), "{err}");
     let executions = sfn.list_executions().state_machine_arn(&machine).send().await.unwrap();
     assert!(executions.executions().is_empty(), "nothing was started");
 }
