@@ -122,15 +122,10 @@ fn definition_placeholders_are_all_substituted() {
     assert!(registered.is_empty(), "{registered:?} are registered now: remove them from PENDING_STEPS");
 }
 
-/// States the flows already name whose steps other branches are still writing (chroot,
-/// instance, ebsvolume/ebssurrogate). A deploy before they land fails on the missing
+/// States the flows already name whose steps other branches are still writing (instance,
+/// ebsvolume/ebssurrogate). A deploy before they land fails on the missing
 /// substitutions; this list may only shrink.
-const PENDING_STEPS: &[&str] = &[
-    "HostInfo", "CreateVolume", "WaitVolumeAvailable", "AttachVolume", "WaitVolumeAttached", "RunHostScript",
-    "WaitHostScript", "DetachVolume", "WaitVolumeDetached", "CreateSnapshot", "WaitSnapshotsCompleted",
-    "RegisterImage", "UploadX509Cert", "BundleVolume", "UploadBundle", "SnapshotVolumes", "TagVolumes",
-    "ModifySnapshotAttributes",
-];
+const PENDING_STEPS: &[&str] = &["UploadX509Cert", "BundleVolume", "UploadBundle", "SnapshotVolumes", "TagVolumes", "ModifySnapshotAttributes"];
 
 #[test]
 fn cdk_construct_synthesizes_with_the_expected_resources() {

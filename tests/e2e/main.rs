@@ -2,6 +2,7 @@
 //! prerequisite is missing says so and skips.
 
 mod asl;
+mod chroot_host;
 mod deploy;
 mod ebs;
 mod engines;

@@ -27,7 +27,7 @@ pub const MEMORY_MB: u32 = 256;
 pub const CHROOT_HOST_SCRIPT: &str = "infra/chroot-host.sh";
 
 /// The SSM document parameter carrying the chroot job (base64 of its JSON).
-pub const CHROOT_JOB_PARAMETER: &str = "Job";
+pub const CHROOT_JOB_PARAMETER: &str = "job";
 
 const LAMBDA_BASIC_EXECUTION: &str = "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
 const XRAY_WRITE: &str = "arn:${AWS::Partition}:iam::aws:policy/AWSXRayDaemonWriteAccess";
@@ -123,7 +123,7 @@ fn step_function(spec: &StepSpec) -> Value {
 
 /// The SSM Command document that runs the chroot host script on the build host. The script
 /// is embedded as base64 (SSM would otherwise interpret `{{ }}` in it); the job comes as
-/// the base64 `Job` parameter, restricted to base64 characters so it cannot inject shell.
+/// the base64 `job` parameter, restricted to base64 characters so it cannot inject shell.
 pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
     let run_command: Vec<String> = match chroot_script {
         Some(script) => {
@@ -582,8 +582,8 @@ mod tests {
         assert!(!lines.contains("not ssm"), "the script must be encoded, SSM would interpret {{{{ }}}}");
         let encoded = base64::engine::general_purpose::STANDARD.encode("#!/bin/bash\necho '{{ not ssm }}'\n");
         assert!(lines.contains(&encoded));
-        assert!(lines.contains("{{ Job }}"));
-        assert_eq!(doc["parameters"]["Job"]["allowedPattern"], "^[A-Za-z0-9+/=]*$");
+        assert!(lines.contains("{{ job }}"));
+        assert_eq!(doc["parameters"]["job"]["allowedPattern"], "^[A-Za-z0-9+/=]*$");
     }
 
     #[test]

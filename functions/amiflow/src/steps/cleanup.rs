@@ -29,6 +29,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeleteSecurityGroup",
         "ec2:DescribeVolumes",
         "ec2:DeleteVolume",
+        "ec2:DetachVolume",
         "ec2:DescribeImages",
         "ec2:DeregisterImage",
         "ec2:DescribeSnapshots",
@@ -245,7 +246,12 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             let id = v.volume_id().unwrap_or_default().to_string();
             match v.state() {
                 Some(VolumeState::Available) => volumes.push(id),
-                Some(VolumeState::InUse) | Some(VolumeState::Creating) => in_use.push(id),
+                Some(VolumeState::InUse) => {
+                    // A chroot build volume stays attached to a host the build does not own.
+                    super::chroot::detach(ctx, region, v).await?;
+                    in_use.push(id)
+                }
+                Some(VolumeState::Creating) => in_use.push(id),
                 _ => {}
             }
         }

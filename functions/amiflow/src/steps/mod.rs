@@ -29,6 +29,20 @@ pub mod wait_copies_available;
 pub mod wait_image_available;
 pub mod wait_instance_running;
 pub mod wait_instance_stopped;
+// amazon-chroot
+pub mod attach_volume;
+pub mod chroot;
+pub mod create_snapshot;
+pub mod create_volume;
+pub mod detach_volume;
+pub mod host_info;
+pub mod register_image;
+pub mod run_host_script;
+pub mod wait_host_script;
+pub mod wait_snapshots_completed;
+pub mod wait_volume_attached;
+pub mod wait_volume_available;
+pub mod wait_volume_detached;
 mod prelude;
 
 use std::sync::Arc;
@@ -134,6 +148,18 @@ pub fn registry() -> Vec<StepSpec> {
         cleanup::SPEC,
         janitor::SPEC,
         finalize::STEP,
+        host_info::SPEC,
+        create_volume::SPEC,
+        wait_volume_available::SPEC,
+        attach_volume::SPEC,
+        wait_volume_attached::SPEC,
+        run_host_script::SPEC,
+        wait_host_script::SPEC,
+        detach_volume::SPEC,
+        wait_volume_detached::SPEC,
+        create_snapshot::SPEC,
+        wait_snapshots_completed::SPEC,
+        register_image::SPEC,
     ]
 }
 

@@ -13,6 +13,9 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = EbsView::of(&state)?;
+    if matches!(&state.build.config, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch) {
+        return Ok(state);
+    }
     let mut req = ctx.ec2(&cfg.region).describe_images();
     let mut most_recent = false;
     if let Some(id) = cfg.source_ami.as_deref().filter(|s| !s.is_empty()) {

@@ -1,0 +1,71 @@
+//! HostInfo: the build host the volume is attached to (Packer's StepInstanceInfo). Lambda
+//! has no instance identity, so the template names the host (`chroot_host_instance_id`
+//! or `chroot_host_filter`, exactly one running instance); with neither, a local run on
+//! the host asks its own metadata service, as Packer does.
+
+use super::chroot::{self, Host};
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "HostInfo",
+    iam_actions: &["ec2:DescribeInstances"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = chroot::config(&state)?;
+    let region = EbsView::of(&state)?.region;
+    let ec2 = ctx.ec2(&region);
+    let (req, found_by, what) = if let Some(id) = cfg.chroot_host_instance_id.as_deref().filter(|s| !s.is_empty()) {
+        (ec2.describe_instances().instance_ids(id), "instance_id", id.to_string())
+    } else if let Some(f) = cfg.chroot_host_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+        let mut req = ec2.describe_instances().filters(filter("instance-state-name", ["running"]));
+        for (name, values) in &f.filters {
+            req = req.filters(filter(name, values.split(',').map(|v| v.trim().to_string())));
+        }
+        (req, "filter", format!("chroot_host_filter {:?}", f.filters))
+    } else {
+        let id = own_instance_id().await?;
+        (ec2.describe_instances().instance_ids(&id), "imds", id)
+    };
+    let out = req.send().await.map_err(|e| classify("DescribeInstances", &what, e))?;
+    let hosts: Vec<_> = out.reservations().iter().flat_map(|r| r.instances()).collect();
+    let host = match hosts.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(StepError::BuildFailed(format!(
+                "the chroot build host ({what}) was not found in {region}: check chroot_host_instance_id / chroot_host_filter and the region"
+            )))
+        }
+        many => {
+            return Err(StepError::BuildFailed(format!(
+                "{what} matches {} instances ({}); it must match exactly one build host",
+                many.len(),
+                many.iter().filter_map(|i| i.instance_id()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let id = host.instance_id().unwrap_or_default().to_string();
+    if host.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("running") {
+        return Err(StepError::BuildFailed(format!("the chroot build host {id} is not running")));
+    }
+    let az = host.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string();
+    state.data.availability_zone = Some(az.clone());
+    chroot::set_host(&mut state, &Host { instance_id: id, availability_zone: az, found_by: found_by.into() });
+    Ok(state)
+}
+
+/// This machine's instance id from IMDS (Packer: "Please verify Packer is running on a
+/// proper AWS EC2 instance").
+async fn own_instance_id() -> Result<String, StepError> {
+    let client = aws_config::imds::Client::builder().build();
+    match client.get("/latest/meta-data/instance-id").await {
+        Ok(id) => Ok(id.as_ref().trim().to_string()),
+        Err(e) => Err(StepError::BuildFailed(format!(
+            "amazon-chroot: no build host named and this machine's instance metadata did not answer ({e}). \
+             Set chroot_host_instance_id or chroot_host_filter, or run the build on an EC2 instance"
+        ))),
+    }
+}

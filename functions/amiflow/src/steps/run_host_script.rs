@@ -1,0 +1,144 @@
+//! RunHostScript: starts the host script (infra/chroot-host.sh) for this build: mount the
+//! attached volume, chroot_mounts, copy_files, the provisioners through command_wrapper,
+//! undo. Sent to the host by SSM RunCommand, or run right here when the build runs on the
+//! host itself (HostInfo found it by IMDS, or `AMIFLOW_CHROOT_RUN=local`).
+
+use std::process::Stdio;
+
+use aws_sdk_ssm::types::CloudWatchOutputConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
+use super::prelude::*;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "RunHostScript",
+    iam_actions: &["ssm:SendCommand"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub const WAIT: &str = "HostScript";
+/// Environment: run this script file instead of the copy built into the binary (local runs).
+pub const SCRIPT_ENV: &str = "AMIFLOW_CHROOT_HOST_SCRIPT";
+/// The SSM command's execution limit, seconds (AWS-RunShellScript's own default is 1 h).
+const EXECUTION_TIMEOUT: &str = "43200";
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = chroot::config(&state)?.clone();
+    let region = EbsView::of(&state)?.region;
+    let host = chroot::host(&state, "RunHostScript")?;
+    let vol = chroot::volume(&state, "RunHostScript")?;
+    let job = chroot::job(&state, &cfg, &vol)?;
+    let local = match std::env::var(RUN_MODE_ENV).as_deref() {
+        Ok("local") => true,
+        Ok("ssm") => false,
+        _ => host.found_by == "imds",
+    };
+    if local {
+        let (exit_code, last_marker) = run_locally(&job).await?;
+        chroot::set_command(&mut state, &HostCommand::Local { exit_code, last_marker });
+        return Ok(state);
+    }
+    let job_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(job.as_bytes())
+    };
+    let ssm = ctx.ssm(&region);
+    let mut req = ssm.send_command().instance_ids(&host.instance_id).comment(format!("amiflow {} {}: amazon-chroot host script", state.execution, state.build.name));
+    req = match std::env::var(DOCUMENT_ENV) {
+        Ok(doc) if !doc.is_empty() => req.document_name(doc).parameters("job", vec![job_b64]),
+        _ => req
+            .document_name("AWS-RunShellScript")
+            .parameters("commands", vec![inline_command(&job_b64)])
+            .parameters("executionTimeout", vec![EXECUTION_TIMEOUT.to_string()]),
+    };
+    req = req.cloud_watch_output_config(CloudWatchOutputConfig::builder().cloud_watch_output_enabled(false).build());
+    let out = req.send().await.map_err(|e| classify("SendCommand", &host.instance_id, e))?;
+    let command_id = out.command().and_then(|c| c.command_id()).unwrap_or_default().to_string();
+    chroot::set_command(&mut state, &HostCommand::Ssm { command_id, instance_id: host.instance_id });
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}
+
+/// AWS-RunShellScript's command: the script written to a temporary file, run with the job.
+fn inline_command(job_b64: &str) -> String {
+    format!(
+        "f=$(mktemp /tmp/amiflow-chroot-host.XXXXXX) || exit 1\ncat > \"$f\" <<'AMIFLOW_CHROOT_HOST_SCRIPT_END'\n{HOST_SCRIPT}AMIFLOW_CHROOT_HOST_SCRIPT_END\nbash \"$f\" --job-base64 '{job_b64}'\nrc=$?\nrm -f \"$f\"\nexit $rc\n"
+    )
+}
+
+/// Runs the host script on this machine; its output goes to this process's stderr as it
+/// comes. Returns the exit status and the last `amiflow-chroot:` marker.
+async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
+    let (script, _keep) = match std::env::var(SCRIPT_ENV) {
+        Ok(p) if !p.is_empty() => (std::path::PathBuf::from(p), None),
+        _ => {
+            let dir = std::env::temp_dir().join(format!("amiflow-chroot-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).map_err(|e| StepError::BuildFailed(format!("cannot write the host script under {}: {e}", dir.display())))?;
+            let path = dir.join("chroot-host.sh");
+            std::fs::write(&path, HOST_SCRIPT).map_err(|e| StepError::BuildFailed(format!("cannot write {}: {e}", path.display())))?;
+            (path, Some(TempDir(dir)))
+        }
+    };
+    let mut child = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| StepError::BuildFailed(format!("cannot run the chroot host script {}: {e}", script.display())))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let job = job.to_string();
+    let feed = tokio::spawn(async move {
+        let _ = stdin.write_all(job.as_bytes()).await;
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut errs = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let mut last_marker = String::new();
+    let (mut out_done, mut err_done) = (false, false);
+    while !(out_done && err_done) {
+        tokio::select! {
+            l = lines.next_line(), if !out_done => match l {
+                Ok(Some(l)) => {
+                    if l.starts_with("amiflow-chroot:") && !l.contains(": cleanup:") && !l.ends_with(": done") && !l.contains("finished with exit") {
+                        last_marker = l.clone();
+                    }
+                    eprintln!("    {l}");
+                }
+                _ => out_done = true,
+            },
+            l = errs.next_line(), if !err_done => match l {
+                Ok(Some(l)) => eprintln!("    {l}"),
+                _ => err_done = true,
+            },
+        }
+    }
+    let _ = feed.await;
+    let status = child.wait().await.map_err(|e| StepError::BuildFailed(format!("the chroot host script: {e}")))?;
+    let code = status.code().unwrap_or(-1);
+    if code != 0 {
+        return Err(StepError::BuildFailed(format!("the chroot host script failed (exit {code}): {last_marker}")));
+    }
+    Ok((code, last_marker))
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inline_command_carries_the_whole_script() {
+        let c = super::inline_command("Sk9C");
+        assert!(c.contains(super::HOST_SCRIPT));
+        assert!(c.contains("--job-base64 'Sk9C'"));
+        assert!(!super::HOST_SCRIPT.contains("AMIFLOW_CHROOT_HOST_SCRIPT_END"));
+    }
+}
