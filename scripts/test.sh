@@ -5,6 +5,8 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 "$AMIFLOW_ROOT/scripts/setup.sh" all
 cd "$AMIFLOW_ROOT"
-# One `cargo test --workspace` builds the binaries too, with the same features: the AWS SDK
-# is compiled once (a separate `cargo build` would compile it a second time).
+# The end-to-end tests drive the real `amiflow` and `bootstrap` binaries, which
+# `cargo test` does not build for another package's tests. Both commands resolve the same
+# features (no dev-dependency changes an SDK crate's), so the AWS SDK is compiled once.
+cargo build --workspace --bins
 exec cargo test --workspace "$@"

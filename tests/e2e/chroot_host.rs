@@ -142,6 +142,8 @@ pub struct ScriptRun {
 pub fn run_script(job: &str, env: &[(&str, &str)]) -> ScriptRun {
     let mut cmd = Command::new("bash");
     cmd.arg(host_script()).arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // chroot_build sets a device pool for the whole process; these runs name their own.
+    cmd.env_remove("AMIFLOW_CHROOT_TEST_DEVICES");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -2,6 +2,7 @@
 //! prerequisite is missing says so and skips.
 
 mod asl;
+mod chroot_build;
 mod chroot_host;
 mod deploy;
 mod ebs;
@@ -10,3 +11,4 @@ mod infra;
 mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
+mod provision_ssm;

@@ -58,9 +58,6 @@ async fn with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState, max: u32) ->
 /// Runs the chain with Catch → Cleanup; returns the final state or the error and the cleaned state.
 async fn run(ctx: &Arc<Ctx>, mut state: BuildState, connect_attempts: u32) -> Result<BuildState, (StepError, BuildState)> {
     for step in CHAIN {
-        if *step == "Connect" {
-            state.waits.entry("Connect".into()).or_insert_with(chrono::Utc::now);
-        }
         let max = if *step == "Connect" { connect_attempts } else { 30 };
         match with_retry(ctx, step, &state, max).await {
             Ok(s) => state = s,
@@ -135,7 +132,11 @@ macro_rules! stack_or_skip {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amazon_ebs_build_provisions_over_ssh_and_makes_the_ami() {
     let (moto, sshd) = stack_or_skip!("amazon_ebs_build_provisions_over_ssh_and_makes_the_ami");
-    let ctx = Arc::new(moto.ctx(REGION).await);
+    // A local run's sensitive variable reaches the registered handlers through Ctx::secrets.
+    let secret = "db-Pa55-e2e";
+    let mut local_ctx = moto.ctx(REGION).await;
+    local_ctx.secrets = amiflow::provision::Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
+    let ctx = Arc::new(local_ctx);
     import_key(&ctx, &sshd).await;
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("motd"), "built by amiflow\n").unwrap();
@@ -143,6 +144,7 @@ async fn amazon_ebs_build_provisions_over_ssh_and_makes_the_ami() {
     let provisioners = json!([
         {"type": "shell", "inline": [format!("echo \"{{{{build `ID`}}}} from {{{{build `SourceAMI`}}}}\" > {}", m("instance.marker"))]},
         {"type": "shell", "inline": [format!("echo $ROLE > {}", m("env.marker"))], "environment_vars": ["ROLE=web"]},
+        {"type": "shell", "inline": [format!("printf %s \"$DB\" > {}", m("secret.marker"))], "environment_vars": ["DB=<sensitive:db_password>"]},
         {"type": "file", "source": local.path().join("motd"), "destination": m("motd")}
     ]);
     let st = state("e2e-ebs-ssh-ok", &sshd, sshd.port, provisioners, json!({}));
@@ -151,6 +153,8 @@ async fn amazon_ebs_build_provisions_over_ssh_and_makes_the_ami() {
     assert_eq!(std::fs::read_to_string(sshd.path("instance.marker")).unwrap(), format!("{instance} from ami-0f8848d57eb4fe2d2\n"));
     assert_eq!(std::fs::read_to_string(sshd.path("env.marker")).unwrap(), "web\n");
     assert_eq!(std::fs::read_to_string(sshd.path("motd")).unwrap(), "built by amiflow\n");
+    assert_eq!(std::fs::read_to_string(sshd.path("secret.marker")).unwrap(), secret);
+    assert!(!serde_json::to_string(&built).unwrap().contains(secret));
     assert_eq!(built.data.amis.len(), 1, "{:?}", built.data.amis);
     assert_eq!(instance_state(&ctx, &instance).await, "terminated");
 }

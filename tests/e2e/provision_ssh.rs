@@ -366,3 +366,24 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
     let after = provision_with(&ctx().await, ok, &o).await.unwrap();
     assert!(!serde_json::to_string(&after).unwrap().contains(secret));
 }
+
+#[tokio::test]
+async fn bastion_carries_the_connection() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let marker = sshd.path("via-bastion.marker");
+    let provisioners = json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]);
+    let bastion = |port: u16| {
+        json!({"ssh_bastion_host": "127.0.0.1", "ssh_bastion_port": port, "ssh_bastion_private_key_file": sshd.client_key})
+    };
+    // A closed bastion port: the build cannot reach the target, and says it was the bastion.
+    let closed = free_port();
+    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners.clone(), bastion(closed));
+    let err = provision_with(&ctx().await, st, &opts(local.path())).await.unwrap_err();
+    assert!(err.message().contains(&format!("via bastion 127.0.0.1:{closed}")), "{err:?}");
+    assert!(!marker.exists());
+    // The sshd as its own bastion: target reached through a direct-tcpip channel.
+    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners, bastion(sshd.port));
+    provision_with(&ctx().await, st, &opts(local.path())).await.expect("provisioning through the bastion");
+    assert!(marker.exists());
+}

@@ -21,54 +21,13 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use serde::{Deserialize, Serialize};
 
 use crate::StepError;
 
 /// Packer's default for `max_retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 10;
 
-/// The access settings of a template (Packer's access config), as far as clients need them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct AccessConfig {
-    #[serde(default)]
-    pub region: String,
-    #[serde(default)]
-    pub access_key: Option<String>,
-    #[serde(default)]
-    pub secret_key: Option<String>,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub profile: Option<String>,
-    #[serde(default)]
-    pub shared_credentials_file: Option<String>,
-    #[serde(default)]
-    pub custom_endpoint_ec2: Option<String>,
-    #[serde(default)]
-    pub max_retries: Option<u32>,
-    #[serde(default)]
-    pub skip_metadata_api_check: bool,
-    #[serde(default)]
-    pub assume_role: Option<AssumeRole>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct AssumeRole {
-    pub role_arn: String,
-    #[serde(default)]
-    pub duration_seconds: Option<u64>,
-    #[serde(default)]
-    pub external_id: Option<String>,
-    #[serde(default)]
-    pub policy: Option<String>,
-    #[serde(default)]
-    pub policy_arns: Vec<String>,
-    #[serde(default)]
-    pub session_name: Option<String>,
-    #[serde(default)]
-    pub tags: HashMap<String, String>,
-}
+pub use amiflow_template::config::{AccessConfig, AssumeRoleConfig};
 
 /// The clients a step uses, cached per region.
 pub struct Ctx {
@@ -80,6 +39,14 @@ pub struct Ctx {
     s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
     iam: Mutex<Option<aws_sdk_iam::Client>>,
     sts: Mutex<HashMap<String, aws_sdk_sts::Client>>,
+    /// Sensitive values of a local run (sensitive variables, `ssh_password`), revealed by
+    /// Connect/Provision at the moment of use; empty in Lambda, where nothing carries them.
+    pub secrets: crate::provision::Secrets,
+    /// Where a local run resolves relative script and file paths (the template's directory).
+    pub base_dir: Option<std::path::PathBuf>,
+    /// What `{{env}}` sees when Prepare runs locally. Empty in Lambda, where the process
+    /// environment holds the function's own credentials.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl Ctx {
@@ -102,16 +69,19 @@ impl Ctx {
             s3: Mutex::default(),
             iam: Mutex::default(),
             sts: Mutex::default(),
+            secrets: Default::default(),
+            base_dir: None,
+            env: Default::default(),
         }
     }
 
     /// Clients for a local build of a template, following the seeds' credential order.
     pub async fn for_build(access: &AccessConfig) -> Result<Ctx, StepError> {
-        let max_attempts = access.max_retries.filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_RETRIES);
+        let max_attempts = Some(access.max_retries).filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_RETRIES);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(max_attempts));
-        if !access.region.is_empty() {
-            loader = loader.region(Region::new(access.region.clone()));
+        if let Some(region) = access.region.as_deref().filter(|r| !r.is_empty()) {
+            loader = loader.region(Region::new(region.to_string()));
         }
         match (&access.access_key, &access.secret_key) {
             (Some(key), Some(secret)) if !key.is_empty() => {
@@ -165,7 +135,7 @@ impl Ctx {
                 builder = builder.policy_arns(role.policy_arns.clone());
             }
             if let Some(s) = role.duration_seconds {
-                builder = builder.session_length(Duration::from_secs(s));
+                builder = builder.session_length(Duration::from_secs(u64::from(s)));
             }
             if !role.tags.is_empty() {
                 builder = builder.tags(role.tags.clone());
@@ -356,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn template_keys_win_and_half_a_pair_is_refused() {
         let access = AccessConfig {
-            region: "eu-west-1".into(),
+            region: Some("eu-west-1".into()),
             access_key: Some("AKIDTEMPLATE".into()),
             secret_key: Some("secret".into()),
             ..Default::default()

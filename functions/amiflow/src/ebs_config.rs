@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ctx::{AccessConfig, AssumeRole};
+use crate::ctx::AssumeRoleConfig;
 use crate::{BuildState, StepError};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -26,7 +26,7 @@ pub struct EbsView {
     pub max_retries: Option<u32>,
     pub skip_region_validation: bool,
     pub skip_metadata_api_check: bool,
-    pub assume_role: Option<AssumeRole>,
+    pub assume_role: Option<AssumeRoleConfig>,
     pub aws_polling: Option<AwsPolling>,
     // ami
     pub ami_name: String,
@@ -173,20 +173,6 @@ impl EbsView {
         })
     }
 
-    pub fn access(&self) -> AccessConfig {
-        AccessConfig {
-            region: self.region.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
-            token: self.token.clone(),
-            profile: self.profile.clone(),
-            shared_credentials_file: self.shared_credentials_file.clone(),
-            custom_endpoint_ec2: self.custom_endpoint_ec2.clone(),
-            max_retries: self.max_retries,
-            skip_metadata_api_check: self.skip_metadata_api_check,
-            assume_role: self.assume_role.clone(),
-        }
-    }
 
     /// The regions the AMI ends up in, build region first, deduplicated.
     pub fn target_regions(&self) -> Vec<String> {
@@ -241,6 +227,10 @@ impl EbsView {
 fn flatten_into(v: &Value, out: &mut serde_json::Map<String, Value>) {
     if let Value::Object(m) = v {
         for (k, val) in m {
+            if val.is_null() {
+                // An unset option of the typed config: the view's default applies.
+                continue;
+            }
             if GROUPS.contains(&k.as_str()) && val.is_object() {
                 flatten_into(val, out);
             } else {

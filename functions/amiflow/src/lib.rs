@@ -10,6 +10,7 @@ pub mod ebs_config;
 pub mod error;
 pub mod flows;
 pub mod infra;
+pub mod local;
 pub mod lambda_api;
 pub mod provision;
 pub mod state;

@@ -1,6 +1,198 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `amiflow build TEMPLATE`: runs the committed state machine on this machine with the
+//! local engine, every step in-process, against the AWS account of the usual credential
+//! chain (or the emulator `AWS_ENDPOINT_URL` points at). Nothing is uploaded anywhere.
 
-pub async fn run(_args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("`amiflow build` is not implemented yet")
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use amiflow::local::LocalInvoker;
+use amiflow::Ctx;
+use amiflow_statemachine::{Engine, StateMachine};
+use anyhow::Context;
+use serde_json::{json, Map, Value};
+
+use crate::progress::Progress;
+use crate::validate::prepare_options;
+use crate::{manifest, validate};
+
+/// The definition deployed to Step Functions, byte for byte (a test keeps it in sync
+/// with the flows).
+const DEFINITION: &str = include_str!("../../../statemachine/amiflow.asl.json");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Packer JSON template.
+    pub template: PathBuf,
+    /// Set a variable (repeatable): -var 'name=value'.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// JSON file of variables (repeatable); -var wins over it.
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+    /// Build only these builds (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Build all builds but these (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub except: Vec<String>,
+    /// What to do when a build fails: `cleanup` (default) removes everything it created,
+    /// `abort` keeps it for debugging.
+    #[arg(long = "on-error", value_name = "cleanup|abort", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
+    pub on_error: String,
+    /// Print the execution's output document (JSON) at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(&args.template).with_context(|| format!("cannot read template {}", args.template.display()))?;
+    let opts = match prepare_options(&args.template, &args.vars, &args.var_files, &args.only, &args.except) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+    };
+    // Validate before anything exists; the engine's Prepare step will do the same again
+    // from the execution input, as it does in Step Functions.
+    let prepared = match amiflow_template::prepare(&text, &opts) {
+        Ok(p) => p,
+        Err(problems) => {
+            validate::print_problems(&args.template, &problems);
+            return Ok(1);
+        }
+    };
+    let access = prepared.builds[0].config.access().clone();
+    let mut ctx = Ctx::for_build(&access).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    ctx.env = opts.env.clone();
+    ctx.base_dir = opts.template_dir.clone();
+    let build_names: Vec<String> = prepared.builds.iter().map(|b| b.name.clone()).collect();
+    let manifests: Vec<(String, Value)> = prepared
+        .builds
+        .iter()
+        .flat_map(|b| b.post_processors.iter().filter(|p| p["type"] == "manifest").map(move |p| (b.name.clone(), p.clone())))
+        .collect();
+    let mut secrets: amiflow::provision::Secrets = prepared.secrets.into();
+    // Typed configs never serialize passwords: the step gets them from the run's secrets.
+    if let Some(password) = prepared.builds[0].config.comm().and_then(|c| c.ssh_password.clone()) {
+        secrets.set_ssh_password(password);
+    }
+    ctx.secrets = secrets;
+
+    let execution = format!("amiflow-{}-{}", opts.build_time.format("%Y%m%d-%H%M%S"), &uuid_fragment());
+    let input = json!({
+        "template": text,
+        "vars": variables(&opts)?,
+        "only": args.only,
+        "except": args.except,
+        "on_error": args.on_error,
+    });
+    let machine = StateMachine::from_json(DEFINITION).map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;
+    let (engine, mut events) = Engine::new(LocalInvoker::new(Arc::new(ctx))).event_channel();
+
+    eprintln!("==> {execution}: {} build(s): {}", build_names.len(), build_names.join(", "));
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(async move { engine.run(&machine, &execution, input).await });
+    let mut progress = Progress::new(build_names);
+    while let Some(event) = events.recv().await {
+        progress.on_event(&event);
+    }
+    progress.finish();
+    let result = run.await.context("the local engine stopped unexpectedly")?;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let (output, failed_cause) = match result {
+        Ok(output) => (Some(output), None),
+        Err(e) => {
+            // A failed build still has an output document: Finalize's, kept in the cause.
+            (None, Some((e.error, e.cause)))
+        }
+    };
+    if let Some(output) = &output {
+        print_artifacts(output);
+        write_manifests(output, &manifests, opts.build_time.timestamp())?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(output)?);
+        }
+    }
+    eprintln!("==> finished in {elapsed:.1}s ({} retries)", progress.retries);
+    match failed_cause {
+        None => Ok(0),
+        Some((error, cause)) => {
+            eprintln!("==> build failed: {error}");
+            for line in cause.lines() {
+                eprintln!("    {line}");
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// -var-file contents, then -var, as the execution input's `vars`.
+fn variables(opts: &amiflow_template::PrepareOptions) -> anyhow::Result<Map<String, Value>> {
+    let mut vars = Map::new();
+    for file in &opts.var_files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read -var-file {}", file.display()))?;
+        let values: Map<String, Value> = serde_json::from_str(&text).with_context(|| format!("-var-file {} is not a JSON object", file.display()))?;
+        vars.extend(values);
+    }
+    for (name, value) in &opts.vars {
+        vars.insert(name.clone(), Value::String(value.clone()));
+    }
+    Ok(vars)
+}
+
+/// Packer's closing lines: `--> name: AMIs were created:` then `region: ami-id`.
+fn print_artifacts(output: &Value) {
+    let builds = output["builds"].as_array().cloned().unwrap_or_default();
+    println!("==> Builds finished. The artifacts of successful builds are:");
+    for build in builds {
+        let name = build["name"].as_str().unwrap_or("?");
+        if let Some(error) = build["error"].as_str() {
+            println!("--> {name}: failed: {error}");
+            continue;
+        }
+        let volumes = build["volumes"].as_object().filter(|v| !v.is_empty());
+        if let Some(volumes) = volumes {
+            println!("--> {name}: EBS Volumes were created:");
+            for (region, ids) in volumes {
+                for id in ids.as_array().into_iter().flatten() {
+                    println!("{region}: {}", id.as_str().unwrap_or_default());
+                }
+            }
+            continue;
+        }
+        println!("--> {name}: AMIs were created:");
+        for (region, ami) in build["amis"].as_object().into_iter().flatten() {
+            println!("{region}: {}", ami.as_str().unwrap_or_default());
+        }
+    }
+}
+
+fn write_manifests(output: &Value, manifests: &[(String, Value)], build_time: i64) -> anyhow::Result<()> {
+    let run_uuid = uuid_fragment_full();
+    let builds = output["builds"].as_array().cloned().unwrap_or_default();
+    let mut by_file: Vec<(PathBuf, Vec<Value>)> = Vec::new();
+    for (name, post_processor) in manifests {
+        let Some(build) = builds.iter().find(|b| b["name"] == name.as_str() && b.get("error").is_none()) else { continue };
+        let path = manifest::output_path(post_processor);
+        let entry = manifest::entry(build, post_processor, &run_uuid, build_time);
+        match by_file.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, entries)) => entries.push(entry),
+            None => by_file.push((path, vec![entry])),
+        }
+    }
+    for (path, entries) in by_file {
+        manifest::append(&path, entries, &run_uuid)?;
+        eprintln!("==> manifest written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn uuid_fragment_full() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn uuid_fragment() -> String {
+    uuid_fragment_full()[..8].to_string()
 }

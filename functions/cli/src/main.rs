@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
+mod manifest;
+mod progress;
 mod serve_lambdas;
 mod validate;
 

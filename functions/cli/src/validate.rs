@@ -62,8 +62,14 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(problems) => {
-            eprintln!("Template validation failed ({} problem{}):\n{problems}", problems.0.len(), if problems.0.len() == 1 { "" } else { "s" });
+            print_problems(&args.template, &problems);
             Ok(1)
         }
     }
+}
+
+/// Every problem of a template, one per line; `validate` and `build` print the same.
+pub fn print_problems(template: &std::path::Path, problems: &amiflow_template::Problems) {
+    let n = problems.0.len();
+    eprintln!("Template {} is not valid ({n} problem{}):\n{problems}", template.display(), if n == 1 { "" } else { "s" });
 }

@@ -41,6 +41,17 @@ pub struct Communication {
     pub ssm_bucket: Option<String>,
     /// SSM: limit of each command unless the provisioner has a `timeout`.
     pub ssm_execution_timeout: Duration,
+    /// `ssh_bastion_host` and friends.
+    pub bastion: Option<Bastion>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bastion {
+    pub host: String,
+    pub port: u16,
+    /// `ssh_bastion_username`, else `ssh_username`.
+    pub username: Option<String>,
+    pub private_key_file: Option<String>,
 }
 
 impl Communication {
@@ -85,6 +96,12 @@ impl Communication {
                 .or_else(|| std::env::var(ARTIFACTS_BUCKET_ENV).ok())
                 .filter(|b| !b.is_empty()),
             ssm_execution_timeout: c.ssm_execution_timeout.0,
+            bastion: c.ssh_bastion_host.clone().filter(|h| !h.is_empty()).map(|host| Bastion {
+                host,
+                port: c.ssh_bastion_port,
+                username: c.ssh_bastion_username.clone().or_else(|| c.ssh_username.clone()),
+                private_key_file: c.ssh_bastion_private_key_file.clone().filter(|f| !f.is_empty()),
+            }),
         })
     }
 
@@ -220,12 +237,68 @@ pub async fn ssh_target(
             .map_err(|e| StepError::BuildFailed(format!("SSM parameter {parameter}: {e}")))?
     };
     let host = resolve_host(ctx, state, cfg).await?;
-    Ok(SshTarget {
-        host,
-        port: cfg.ssh_port,
-        username,
-        auth,
-        pty: cfg.ssh_pty,
-        connect_timeout,
-    })
+    let bastion = match &cfg.bastion {
+        None => None,
+        Some(b) => {
+            let auth = if let Some(file) = &b.private_key_file {
+                let pem = std::fs::read_to_string(file).map_err(|e| {
+                    StepError::BuildFailed(format!("ssh_bastion_private_key_file: cannot read {file:?} ({e})"))
+                })?;
+                secrets.add_value(pem.clone());
+                SshAuth::from_pem(&pem)
+                    .map_err(|e| StepError::BuildFailed(format!("ssh_bastion_private_key_file {file:?}: {e}")))?
+            } else if let Some(p) = secrets.bastion_password() {
+                SshAuth::Password(p.to_string())
+            } else {
+                return Err(StepError::BuildFailed(
+                    "ssh_bastion_host: needs ssh_bastion_private_key_file here (ssh_bastion_password never enters \
+                     the build state; a local run passes it with the secrets)"
+                        .into(),
+                ));
+            };
+            let username = b.username.clone().ok_or_else(|| {
+                StepError::BuildFailed("ssh_bastion_username: required (or ssh_username)".into())
+            })?;
+            Some(Box::new(SshTarget {
+                host: b.host.clone(),
+                port: b.port,
+                username,
+                auth,
+                pty: false,
+                connect_timeout,
+                bastion: None,
+            }))
+        }
+    };
+    Ok(SshTarget { host, port: cfg.ssh_port, username, auth, pty: cfg.ssh_pty, connect_timeout, bastion })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiflow_template::config::CommunicatorConfig;
+    use serde_json::json;
+
+    fn comm(v: serde_json::Value) -> Communication {
+        let c: CommunicatorConfig = serde_json::from_value(v).unwrap();
+        Communication::from_config(&c, "eu-west-1").unwrap()
+    }
+
+    #[test]
+    fn from_the_typed_config() {
+        let c = comm(json!({"ssh_username": "ec2-user"}));
+        assert_eq!((c.communicator, c.ssh_port, c.timeout), (Communicator::Ssh, 22, Duration::from_secs(300)));
+        assert!(c.uses_temporary_key(&Secrets::new()));
+        let mut with_pw = Secrets::new();
+        with_pw.set_ssh_password("pw");
+        assert!(!c.uses_temporary_key(&with_pw));
+        // Legacy ssh_private_ip folds into ssh_interface; ssm uses ssm_timeout.
+        assert_eq!(comm(json!({"ssh_private_ip": true})).ssh_interface.as_deref(), Some("private_ip"));
+        let s = comm(json!({"communicator": "ssm", "ssm_timeout": "2m", "ssm_output_s3_bucket": "b"}));
+        assert_eq!((s.communicator, s.timeout, s.ssm_bucket.as_deref()), (Communicator::Ssm, Duration::from_secs(120), Some("b")));
+        let b = comm(json!({"ssh_username": "u", "ssh_bastion_host": "jump", "ssh_bastion_private_key_file": "/k"})).bastion.unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.username.as_deref()), ("jump", 22, Some("u")));
+        let bad: CommunicatorConfig = serde_json::from_value(json!({"communicator": "winrm"})).unwrap();
+        assert!(Communication::from_config(&bad, "r").unwrap_err().message().contains("winrm"));
+    }
 }

@@ -18,6 +18,7 @@ pub struct Secrets {
     template: TemplateSecrets,
     values: Vec<String>,
     ssh_password: Option<String>,
+    bastion_password: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -97,6 +98,17 @@ impl Secrets {
 
     pub fn ssh_password(&self) -> Option<&str> {
         self.ssh_password.as_deref()
+    }
+
+    /// The builder's `ssh_bastion_password`, like [`Secrets::set_ssh_password`].
+    pub fn set_bastion_password(&mut self, password: impl Into<String>) {
+        let password = self.reveal(&password.into());
+        self.add_value(password.clone());
+        self.bastion_password = Some(password);
+    }
+
+    pub fn bastion_password(&self) -> Option<&str> {
+        self.bastion_password.as_deref()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -50,6 +50,8 @@ pub struct SshTarget {
     pub pty: bool,
     /// Bound on TCP connect + handshake + auth for one attempt.
     pub connect_timeout: Duration,
+    /// `ssh_bastion_*`: reach the target through this host (a `direct-tcpip` channel).
+    pub bastion: Option<Box<SshTarget>>,
 }
 
 impl SshTarget {
@@ -77,6 +79,8 @@ impl client::Handler for TrustOnFirstUse {
 
 pub struct SshTransport {
     handle: client::Handle<TrustOnFirstUse>,
+    /// Kept open while the target is reached through it.
+    bastion: Option<client::Handle<TrustOnFirstUse>>,
     sftp: Option<SftpSession>,
     target: SshTarget,
     address: String,
@@ -90,60 +94,19 @@ impl SshTransport {
     pub async fn connect(target: &SshTarget) -> Result<SshTransport, TransportError> {
         let address = target.address();
         let attempt = async {
-            let config = Arc::new(client::Config {
-                inactivity_timeout: Some(Duration::from_secs(3600)),
-                keepalive_interval: Some(Duration::from_secs(5)),
-                keepalive_max: 6,
-                ..Default::default()
-            });
-            let mut handle =
-                client::connect(config, (target.host.as_str(), target.port), TrustOnFirstUse)
-                    .await
-                    .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?;
-            let result = match &target.auth {
-                SshAuth::Key(key) => {
-                    let hash = if key.algorithm().is_rsa() {
-                        handle
-                            .best_supported_rsa_hash()
-                            .await
-                            .ok()
-                            .flatten()
-                            .flatten()
-                    } else {
-                        None
-                    };
-                    handle
-                        .authenticate_publickey(
-                            &target.username,
-                            PrivateKeyWithHashAlg::new(key.clone(), hash),
-                        )
-                        .await
-                }
-                SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
-            }
-            .map_err(|e| TransportError(format!("authentication to {address} failed: {e}")))?;
-            if !result.success() {
-                let how = match target.auth {
-                    SshAuth::Key(_) => "the private key",
-                    SshAuth::Password(_) => "the password",
-                };
-                return Err(TransportError(format!(
-                    "{address} refused user {:?} with {how}: check ssh_username and that the key is authorized on the instance",
-                    target.username
-                )));
-            }
-            Ok(handle)
+            let bastion = match &target.bastion {
+                None => None,
+                Some(b) => Some(open(b, None).await.map_err(|e| TransportError(format!("via bastion {}: {}", b.address(), e.0)))?),
+            };
+            let handle = open(target, bastion.as_ref()).await?;
+            Ok::<_, TransportError>((handle, bastion))
         };
-        let handle = tokio::time::timeout(target.connect_timeout, attempt)
-            .await
-            .map_err(|_| {
-                TransportError(format!(
-                    "no SSH answer from {address} within {:?}",
-                    target.connect_timeout
-                ))
-            })??;
+        let (handle, bastion) = tokio::time::timeout(target.connect_timeout, attempt).await.map_err(|_| {
+            TransportError(format!("no SSH answer from {address} within {:?}", target.connect_timeout))
+        })??;
         Ok(SshTransport {
             handle,
+            bastion,
             sftp: None,
             target: target.clone(),
             address,
@@ -162,6 +125,9 @@ impl SshTransport {
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
+        if let Some(b) = self.bastion.take() {
+            let _ = b.disconnect(Disconnect::ByApplication, "", "en").await;
+        }
     }
 
     async fn sftp(&mut self) -> Result<&SftpSession, TransportError> {
@@ -208,6 +174,60 @@ impl SshTransport {
         }
         Ok((status.unwrap_or(ExecStatus::Disconnected), stdout))
     }
+}
+
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 6,
+        ..Default::default()
+    })
+}
+
+/// Handshake and authentication, over TCP or through a bastion's `direct-tcpip` channel.
+async fn open(
+    target: &SshTarget,
+    via: Option<&client::Handle<TrustOnFirstUse>>,
+) -> Result<client::Handle<TrustOnFirstUse>, TransportError> {
+    let address = target.address();
+    let mut handle = match via {
+        None => client::connect(client_config(), (target.host.as_str(), target.port), TrustOnFirstUse)
+            .await
+            .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?,
+        Some(bastion) => {
+            let channel = bastion
+                .channel_open_direct_tcpip(target.host.as_str(), target.port as u32, "127.0.0.1", 0)
+                .await
+                .map_err(|e| TransportError(format!("the bastion cannot reach {address}: {e}")))?;
+            client::connect_stream(client_config(), channel.into_stream(), TrustOnFirstUse)
+                .await
+                .map_err(|e| TransportError(format!("cannot connect to {address} through the bastion: {e}")))?
+        }
+    };
+    let result = match &target.auth {
+        SshAuth::Key(key) => {
+            let hash = if key.algorithm().is_rsa() {
+                handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+            } else {
+                None
+            };
+            handle.authenticate_publickey(&target.username, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
+        }
+        SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
+    }
+    .map_err(|e| TransportError(format!("authentication to {address} failed: {e}")))?;
+    if !result.success() {
+        let how = match target.auth {
+            SshAuth::Key(_) => "the private key",
+            SshAuth::Password(_) => "the password",
+        };
+        return Err(TransportError(format!(
+            "{address} refused user {:?} with {how}: check the username and that the key is authorized there",
+            target.username
+        )));
+    }
+    Ok(handle)
 }
 
 impl Transport for SshTransport {

@@ -4,7 +4,7 @@
 //!
 //! Requirements on the instance: the SSM agent running and registered, an instance profile
 //! granting SSM (the managed policy `AmazonSSMManagedInstanceCore`) and read access to the
-//! staging bucket (`s3:GetObject` on `ssm_bucket`, plus `s3:PutObject` for full output), and
+//! staging bucket (`s3:GetObject` on `ssm_output_s3_bucket`, plus `s3:PutObject` for full output), and
 //! the AWS CLI for staged files. No inbound port and no key material are needed.
 //!
 //! No Lambda runs while a command runs: Provision sends one command per provisioner and
@@ -101,6 +101,16 @@ pub fn staging_prefix(execution: &str, index: usize) -> String {
     format!("amiflow/{execution}/provision/{index}/")
 }
 
+const HEREDOC_END: &str = "AMIFLOW_FILE_END";
+
+/// The file as here-document text, when it can be one: UTF-8, small, ends with a newline
+/// (a here-document always does) and never contains the end marker line.
+fn heredoc(data: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(data).ok()?;
+    let fits = text.len() <= 16 * 1024 && text.ends_with('\n') && !text.lines().any(|l| l == HEREDOC_END);
+    fits.then_some(text)
+}
+
 /// Turns the actions into one POSIX sh script; uploads become `aws s3 cp` from `bucket`.
 pub fn compile(
     label: &str,
@@ -115,24 +125,29 @@ pub fn compile(
             Action::Mkdir { path } => {
                 script.push_str(&format!("mkdir -p {} || exit $?\n", shell_quote(path)))
             }
-            Action::Upload {
-                data,
-                remote,
-                mode,
-                from,
-            } => {
-                let bucket = bucket.ok_or_else(|| {
-                    format!("uploading {from} over SSM needs a staging bucket: set \"ssm_bucket\" in the builder")
-                })?;
-                let key = format!("{prefix}{}", staged.len());
-                script.push_str(&format!(
-                    "aws s3 cp --only-show-errors {} {} || exit $?\nchmod {:o} {} || exit $?\n",
-                    shell_quote(&format!("s3://{bucket}/{key}")),
-                    shell_quote(remote),
-                    mode,
-                    shell_quote(remote)
-                ));
-                staged.push((key, data.clone()));
+            Action::Upload { data, remote, mode, from } => {
+                let fetch = match (bucket, heredoc(data)) {
+                    (Some(bucket), _) => {
+                        let key = format!("{prefix}{}", staged.len());
+                        staged.push((key.clone(), data.clone()));
+                        format!(
+                            "aws s3 cp --only-show-errors {} {} || exit $?\n",
+                            shell_quote(&format!("s3://{bucket}/{key}")),
+                            shell_quote(remote)
+                        )
+                    }
+                    // Small text files travel inside the command when there is no bucket.
+                    (None, Some(text)) => {
+                        format!("cat > {} <<'{HEREDOC_END}' || exit $?\n{text}{HEREDOC_END}\n", shell_quote(remote))
+                    }
+                    (None, None) => {
+                        return Err(format!(
+                            "uploading {from} over SSM needs a staging bucket (binary or large file): \
+                             set \"ssm_output_s3_bucket\" in the builder"
+                        ))
+                    }
+                };
+                script.push_str(&format!("{fetch}chmod {:o} {} || exit $?\n", mode, shell_quote(remote)));
             }
             Action::Exec {
                 command,
@@ -344,7 +359,7 @@ pub async fn provision(
             if revealed != compiled.script {
                 return Err(fail(
                     "this provisioner uses sensitive variables; over SSM they would be stored in the command's history. \
-                     Set \"ssm_bucket\" so the script is staged in S3 instead"
+                     Set \"ssm_output_s3_bucket\" so the script is staged in S3 instead"
                         .into(),
                 ));
             }
@@ -569,8 +584,20 @@ mod tests {
             ""
         )
         .is_err());
-        assert!(compile("p", &actions, None, "")
-            .unwrap_err()
-            .contains("ssm_bucket"));
+        let binary = vec![Action::Upload { data: vec![0, 159, 146, 150], remote: "/b".into(), mode: 0o644, from: "b".into() }];
+        assert!(compile("p", &binary, None, "").unwrap_err().contains("ssm_output_s3_bucket"));
+        // Without a bucket, a text file is written by a here-document: run it for real.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("motd");
+        let text = vec![Action::Upload {
+            data: b"it's $HOME\n`x`\n".to_vec(),
+            remote: target.display().to_string(),
+            mode: 0o600,
+            from: "content".into(),
+        }];
+        let c = compile("p", &text, None, "").unwrap();
+        assert!(c.staged.is_empty());
+        assert!(std::process::Command::new("sh").arg("-c").arg(&c.script).status().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "it's $HOME\n`x`\n");
     }
 }

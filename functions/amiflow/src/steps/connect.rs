@@ -42,13 +42,13 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    connect_with(ctx, state, &Secrets::default()).await
+    connect_with(ctx, state, &ctx.secrets).await
 }
 
 /// [`connect`] with the secrets of a local run (e.g. `ssh_password`).
 pub async fn connect_with(
     ctx: &Ctx,
-    state: BuildState,
+    mut state: BuildState,
     secrets: &Secrets,
 ) -> Result<BuildState, StepError> {
     let comm = Communication::of_state(&state)?;
@@ -65,6 +65,7 @@ pub async fn connect_with(
                         Ok(t) => {
                             tracing::info!(step = "Connect", "SSH on {} answers", t.address());
                             t.close().await;
+                            state.waits.remove(WAIT);
                             return Ok(state);
                         }
                         Err(e) => (target.address(), secrets.mask(&e.0)),
@@ -100,10 +101,14 @@ pub async fn connect_with(
                 )
             })?;
             match agent_status(ctx, &comm.region, &instance_id).await {
-                AgentStatus::Online => Ok(state),
+                AgentStatus::Online => {
+                    state.waits.remove(WAIT);
+                    Ok(state)
+                }
                 AgentStatus::CannotTell(why) => {
                     // Provision's SendCommand answers InvalidInstanceId until the agent registers.
                     tracing::warn!(step = "Connect", "cannot tell whether the SSM agent is online ({why}); Provision will find out");
+                    state.waits.remove(WAIT);
                     Ok(state)
                 }
                 AgentStatus::NotYet(why) if timed_out => Err(StepError::BuildFailed(format!(

@@ -92,12 +92,21 @@ pub struct PrepareOutput {
 
 pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, StepError> {
     let text = template_text(ctx, &input.input).await?;
-    prepare_text(&text, input, running_in_lambda())
+    let mut options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
+    options.env = ctx.env.clone();
+    options.template_dir = ctx.base_dir.clone();
+    prepare_text_with(&text, input, running_in_lambda(), options)
 }
 
 /// Everything after the template text is known; no AWS call.
 pub fn prepare_text(text: &str, input: PrepareInput, in_lambda: bool) -> Result<PrepareOutput, StepError> {
-    let PrepareInput { input, execution, start_time } = input;
+    let options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
+    prepare_text_with(text, input, in_lambda, options)
+}
+
+/// As [`prepare_text`], with the environment and template directory a local run offers.
+fn prepare_text_with(text: &str, input: PrepareInput, in_lambda: bool, mut options: PrepareOptions) -> Result<PrepareOutput, StepError> {
+    let PrepareInput { input, execution, .. } = input;
     let mut problems = Vec::new();
     if execution.trim().is_empty() {
         problems.push(Problem::key("execution", "the execution name is empty; the state machine passes $$.Execution.Name"));
@@ -106,9 +115,6 @@ pub fn prepare_text(text: &str, input: PrepareInput, in_lambda: bool) -> Result<
     if !problems.is_empty() {
         return Err(invalid(Problems(problems)));
     }
-    // The process environment is not offered to `{{env}}`: in Lambda it holds the
-    // function's credentials.
-    let mut options = PrepareOptions::new(start_time.unwrap_or_else(Utc::now));
     options.vars = vars.into_iter().collect();
     options.only = input.only.clone();
     options.except = input.except.clone();

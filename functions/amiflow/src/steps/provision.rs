@@ -51,7 +51,8 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(provision),
 };
 
-/// What a Provision invocation needs beyond the build state.
+/// What a Provision invocation needs beyond the build state. The registered handler takes
+/// the secrets from `Ctx::secrets` and the rest from the process ([`ProvisionOptions::from_env`]).
 #[derive(Debug, Clone, Default)]
 pub struct ProvisionOptions {
     pub secrets: Secrets,
@@ -75,7 +76,12 @@ impl ProvisionOptions {
 }
 
 pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    provision_with(ctx, state, &ProvisionOptions::from_env()).await
+    let mut options = ProvisionOptions::from_env();
+    options.secrets = ctx.secrets.clone();
+    if let Some(dir) = &ctx.base_dir {
+        options.base_dir = dir.clone();
+    }
+    provision_with(ctx, state, &options).await
 }
 
 /// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).

@@ -30,6 +30,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .or(i.public_dns_name().filter(|s| !s.is_empty()))
                 .map(String::from);
             end_wait(&mut state, WAIT);
+            // Connect's ssh_timeout counts from here (its retries re-run with this input).
+            begin_wait(&mut state, super::connect::WAIT);
             Ok(state)
         }
         "pending" => Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("instance {id} is pending"))),

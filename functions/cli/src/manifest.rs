@@ -1,0 +1,71 @@
+//! Packer's `manifest` post-processor: appends each build's artifact to a JSON file
+//! (`output`, default `packer-manifest.json`), in Packer's format so tools that read
+//! Packer manifests read ours.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// One build's entry, from the Finalize output and the manifest's own settings.
+pub fn entry(build: &Value, post_processor: &Value, run_uuid: &str, build_time: i64) -> Value {
+    let mut entry = json!({
+        "name": build["name"],
+        "builder_type": build["builder_type"],
+        "build_time": build_time,
+        "files": null,
+        "artifact_id": build["artifact_id"],
+        "packer_run_uuid": run_uuid,
+    });
+    if post_processor["strip_time"].as_bool() == Some(true) {
+        entry["build_time"] = json!(0);
+    }
+    if let Some(custom) = post_processor.get("custom_data") {
+        entry["custom_data"] = custom.clone();
+    }
+    entry
+}
+
+/// Where the manifest goes: `output`, relative to the working directory as in Packer.
+pub fn output_path(post_processor: &Value) -> PathBuf {
+    PathBuf::from(post_processor["output"].as_str().filter(|s| !s.is_empty()).unwrap_or("packer-manifest.json"))
+}
+
+/// Appends entries to the manifest at `path` (created when missing).
+pub fn append(path: &Path, entries: Vec<Value>, run_uuid: &str) -> anyhow::Result<()> {
+    let mut manifest = match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str::<Value>(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a manifest amiflow can append to: {e}; move it away or pick another `output`", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({"builds": []}),
+        Err(e) => anyhow::bail!("cannot read manifest {}: {e}", path.display()),
+    };
+    let builds = manifest["builds"].as_array_mut().ok_or_else(|| anyhow::anyhow!("{} has no \"builds\" list", path.display()))?;
+    builds.extend(entries);
+    manifest["last_run_uuid"] = json!(run_uuid);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&manifest)? + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write manifest {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_to_an_existing_manifest_and_keeps_the_last_run() {
+        let dir = std::env::temp_dir().join(format!("amiflow-manifest-{}", std::process::id()));
+        let path = dir.join("m.json");
+        let build = json!({"name": "web", "builder_type": "amazon-ebs", "artifact_id": "us-east-1:ami-1"});
+        append(&path, vec![entry(&build, &json!({}), "run-1", 10)], "run-1").unwrap();
+        append(&path, vec![entry(&build, &json!({"strip_time": true, "custom_data": {"k": "v"}}), "run-2", 20)], "run-2").unwrap();
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(m["builds"].as_array().unwrap().len(), 2);
+        assert_eq!(m["builds"][0]["build_time"], 10);
+        assert_eq!(m["builds"][1]["build_time"], 0);
+        assert_eq!(m["builds"][1]["custom_data"]["k"], "v");
+        assert_eq!(m["builds"][1]["artifact_id"], "us-east-1:ami-1");
+        assert_eq!(m["last_run_uuid"], "run-2");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
