@@ -3,8 +3,10 @@
 mod asl;
 mod chroot_build;
 mod chroot_host;
+mod deploy;
 mod ebs;
 mod engines;
+mod infra;
 mod lambda_runtime;
 mod builders;
 mod provision_ebs;

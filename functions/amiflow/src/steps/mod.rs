@@ -12,6 +12,7 @@ pub mod create_tags;
 pub mod deregister_ami;
 pub mod enable_deprecation;
 pub mod iam_instance_profile;
+pub mod janitor;
 pub mod images;
 pub mod instance_state;
 pub mod key_pair;
@@ -162,6 +163,7 @@ pub fn registry() -> Vec<StepSpec> {
         upload_x509_cert::SPEC,
         bundle_volume::SPEC,
         upload_bundle::SPEC,
+        janitor::SPEC,
         finalize::STEP,
         host_info::SPEC,
         create_volume::SPEC,
