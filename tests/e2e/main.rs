@@ -4,6 +4,7 @@
 mod asl;
 mod ebs;
 mod engines;
+mod faults;
 mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
