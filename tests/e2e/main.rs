@@ -6,6 +6,7 @@ mod ebs;
 mod engines;
 mod faults;
 mod lambda_runtime;
+mod peer;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
