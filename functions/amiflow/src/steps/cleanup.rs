@@ -63,6 +63,9 @@ pub struct Scope {
     /// own region; other target regions only receive image copies and their snapshots).
     /// The janitor, knowing nothing, gives every region.
     pub instance_regions: Vec<String>,
+    /// Whether to search for temporary key pairs and their parameters by tag: only when
+    /// the build's config makes one (the ledger's are removed either way).
+    pub key_pairs: bool,
     /// The build failed or was aborted: its AMIs and snapshots go too.
     pub delete_artifacts: bool,
     /// AMIs to keep (the artifact of a successful build).
@@ -113,6 +116,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         build_name: Some(state.build.name.clone()),
         regions,
         instance_regions,
+        key_pairs: super::key_pair::creates_temporary_key(&cfg),
         delete_artifacts: failed,
         keep_images: if failed { BTreeSet::new() } else { state.data.amis.values().cloned().collect() },
     };
@@ -138,6 +142,7 @@ pub async fn cleanup_by_tag(ctx: &Ctx, execution: &str, regions: &[String]) -> R
         build_name: None,
         regions: regions.to_vec(),
         instance_regions: regions.to_vec(),
+        key_pairs: true,
         delete_artifacts: true,
         keep_images: BTreeSet::new(),
     };
@@ -198,9 +203,13 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
 
         // Key pairs and their private keys do not depend on the instance being gone.
-        let tagged_keys: Vec<String> = match ec2.describe_key_pairs().set_filters(Some(scope.filters())).send().await {
-            Ok(out) => out.key_pairs().iter().filter_map(|k| k.key_name().map(String::from)).collect(),
-            Err(e) => return Err(classify("DescribeKeyPairs", &scope.execution, e)),
+        let tagged_keys: Vec<String> = if !scope.key_pairs {
+            Vec::new()
+        } else {
+            match ec2.describe_key_pairs().set_filters(Some(scope.filters())).send().await {
+                Ok(out) => out.key_pairs().iter().filter_map(|k| k.key_name().map(String::from)).collect(),
+                Err(e) => return Err(classify("DescribeKeyPairs", &scope.execution, e)),
+            }
         };
         for name in union(ledger_ids(ledger, ResourceKind::KeyPair, region), tagged_keys) {
             match ec2.delete_key_pair().key_name(&name).send().await {
@@ -218,7 +227,7 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
         let mut params = ledger_ids(ledger, ResourceKind::Parameter, region);
         let mut next: Option<String> = None;
-        loop {
+        while scope.key_pairs {
             let out = ssm.get_parameters_by_path().path(&path).recursive(true).set_next_token(next.clone()).send().await.map_err(|e| classify("GetParametersByPath", &path, e))?;
             params = union(params, out.parameters().iter().filter_map(|p| p.name().map(String::from)));
             next = out.next_token().map(String::from);
