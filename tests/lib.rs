@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end tests: local servers (moto, sshd), started on free
 //! 127.0.0.1 ports and stopped by their own PID.
 
+pub mod fault_proxy;
 pub mod lambda_harness;
 pub mod sshd;
 

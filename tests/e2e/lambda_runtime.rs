@@ -10,10 +10,21 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// An amazon-ebs builder that passes validation (typed configs need these keys).
+fn ebs_builder(name: &str) -> Value {
+    json!({"type": "amazon-ebs", "name": name, "region": "us-east-1", "source_ami": "ami-12345678",
+        "instance_type": "t3.micro", "ami_name": format!("lambda-runtime-{name}"), "communicator": "none"})
+}
+
+/// A build state around a really prepared build (Prepare's own output), with the AMIs and
+/// error Finalize reads.
 fn build_state(name: &str, amis: Value, error: Option<Value>) -> Value {
+    let template = json!({"builders": [ebs_builder(name)]}).to_string();
+    let prepared = amiflow_template::prepare(&template, &amiflow_template::PrepareOptions::new(chrono::Utc::now()))
+        .expect("the fixture template prepares");
     let mut s = json!({
         "execution": "exec-1",
-        "build": {"name": name, "builder_type": "amazon-ebs", "config": {"type": "amazon-ebs"}},
+        "build": prepared.builds[0],
         "data": {"amis": amis},
     });
     if let Some(e) = error {
@@ -67,7 +78,10 @@ async fn finalize_answers_an_invoke_and_names_its_errors() {
 async fn prepare_reports_invalid_template_with_every_problem() {
     let mut api = RuntimeApi::start().await;
     let good = api.invoke(json!({
-        "input": {"template": {"builders": [{"type": "amazon-ebs", "name": "web"}, {"type": "amazon-chroot"}]}, "on_error": "abort"},
+        "input": {"template": {"builders": [
+            ebs_builder("web"),
+            {"type": "amazon-chroot", "region": "us-east-1", "source_ami": "ami-12345678", "ami_name": "lambda-runtime-chroot"},
+        ]}, "on_error": "abort"},
         "execution": "exec-42",
     }));
     let bad = api.invoke(json!({
@@ -104,7 +118,11 @@ async fn prepare_reports_invalid_template_with_every_problem() {
 async fn prepare_in_lambda_refuses_static_credentials() {
     let mut api = RuntimeApi::start().await;
     api.invoke(json!({
-        "input": {"template": {"builders": [{"type": "amazon-ebs", "name": "web", "access_key": "AKIAEXAMPLE", "secret_key": "s3cr3t"}]}},
+        "input": {"template": {"builders": [{
+            "access_key": "AKIAEXAMPLE", "secret_key": "s3cr3t",
+            "type": "amazon-ebs", "name": "web", "region": "us-east-1", "source_ami": "ami-12345678",
+            "instance_type": "t3.micro", "ami_name": "lambda-runtime-web", "communicator": "none",
+        }]}},
         "execution": "exec-1",
     }));
     let (mut child, _) = api.spawn_bootstrap("Prepare");

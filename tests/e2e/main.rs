@@ -1,14 +1,17 @@
 //! End-to-end tests. Each module needs a piece of the local stack; a test whose
 //! prerequisite is missing says so and skips.
+
 mod asl;
+mod builders;
 mod chroot_build;
 mod chroot_host;
 mod deploy;
 mod ebs;
 mod engines;
+mod faults;
 mod infra;
 mod lambda_runtime;
-mod builders;
+mod peer;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

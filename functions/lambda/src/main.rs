@@ -38,12 +38,14 @@ async fn main() -> ExitCode {
     let name = step.name;
     let result = lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let ctx = ctx.clone();
-        async move {
+        // Provision stops its commands before Lambda's limit kills the sandbox mid-command.
+        let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        with_invocation_deadline(deadline_ms, async move {
             handler(ctx, event.payload).await.map_err(|e| {
                 log_step_error(name, &event.context.request_id, &e);
                 Diagnostic { error_type: e.name().to_string(), error_message: e.message().to_string() }
             })
-        }
+        })
     }))
     .await;
     match result {
@@ -53,6 +55,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs one invocation with its deadline (epoch ms) visible to the step through
+/// [`amiflow::provision::run::deadline_from_env`].
+fn with_invocation_deadline<F: std::future::Future>(deadline_ms: i64, invocation: F) -> impl std::future::Future<Output = F::Output> {
+    amiflow::provision::run::INVOCATION_DEADLINE_MS.scope(deadline_ms, invocation)
 }
 
 /// JSON lines on stdout (CloudWatch keeps one event per line). Level from
@@ -123,7 +131,26 @@ async fn report_init_error(error_type: &str, message: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_step;
+    use super::{resolve_step, with_invocation_deadline};
+    use amiflow::provision::run::deadline_from_env;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    }
+
+    #[tokio::test]
+    async fn the_invocation_deadline_reaches_the_step_and_only_its_invocation() {
+        std::env::remove_var(amiflow::provision::run::DEADLINE_ENV);
+        let in_ten_minutes = now_ms() + 600_000;
+        let seen = with_invocation_deadline(in_ten_minutes, async { deadline_from_env() }).await.expect("a deadline");
+        let left = seen.saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(595) && left <= Duration::from_secs(600), "{left:?}");
+        let past = with_invocation_deadline(now_ms() - 5_000, async { deadline_from_env() }).await.unwrap();
+        assert!(past <= Instant::now(), "a deadline already passed is now, not later");
+        assert_eq!(deadline_from_env(), None, "outside an invocation there is none");
+    }
 
     #[test]
     fn unknown_handler_lists_the_known_ones() {

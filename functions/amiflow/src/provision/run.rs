@@ -278,10 +278,21 @@ impl Transport for NoTransport {
     }
 }
 
-/// Lambda's invocation deadline, when the Lambda binary exported it (epoch milliseconds in
-/// `AMIFLOW_DEADLINE_MS`, from the invocation's `Lambda-Runtime-Deadline-Ms`).
+tokio::task_local! {
+    /// The current Lambda invocation's deadline (epoch milliseconds, the Runtime API's
+    /// `Lambda-Runtime-Deadline-Ms`), set by the Lambda binary around each invocation.
+    /// A task-local rather than a process variable: setting the environment while other
+    /// threads read it is unsound, and the value changes with every invocation.
+    pub static INVOCATION_DEADLINE_MS: i64;
+}
+
+/// Lambda's invocation deadline: the task-local the Lambda binary sets for the invocation,
+/// else `AMIFLOW_DEADLINE_MS` (epoch milliseconds) from the environment; None outside Lambda.
 pub fn deadline_from_env() -> Option<Instant> {
-    let ms: i64 = std::env::var(DEADLINE_ENV).ok()?.parse().ok()?;
+    let ms: i64 = match INVOCATION_DEADLINE_MS.try_with(|ms| *ms) {
+        Ok(ms) => ms,
+        Err(_) => std::env::var(DEADLINE_ENV).ok()?.parse().ok()?,
+    };
     let left = ms - chrono::Utc::now().timestamp_millis();
     Some(Instant::now() + Duration::from_millis(left.max(0) as u64))
 }

@@ -62,6 +62,14 @@ pub struct Scope {
     /// One build of the execution; None = every build (the janitor).
     pub build_name: Option<String>,
     pub regions: Vec<String>,
+    /// Where instances, key pairs, security groups, volumes and key parameters can be: the
+    /// build region and any region the ledger names for them (a build launches only in its
+    /// own region; other target regions only receive image copies and their snapshots).
+    /// The janitor, knowing nothing, gives every region.
+    pub instance_regions: Vec<String>,
+    /// Whether to search for temporary key pairs and their parameters by tag: only when
+    /// the build's config makes one (the ledger's are removed either way).
+    pub key_pairs: bool,
     /// The build failed or was aborted: its AMIs and snapshots go too.
     pub delete_artifacts: bool,
     /// AMIs to keep (the artifact of a successful build).
@@ -102,10 +110,19 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             regions.push(r.region.clone());
         }
     }
+    let mut instance_regions = vec![cfg.region.clone()];
+    for r in &state.ledger.resources {
+        let launched = !matches!(r.kind, ResourceKind::Image | ResourceKind::Snapshot);
+        if launched && r.region != "global" && !instance_regions.contains(&r.region) {
+            instance_regions.push(r.region.clone());
+        }
+    }
     let scope = Scope {
         execution: state.execution.clone(),
         build_name: Some(state.build.name.clone()),
         regions,
+        instance_regions,
+        key_pairs: super::key_pair::creates_temporary_key(&cfg),
         delete_artifacts: failed,
         keep_images: if failed { BTreeSet::new() } else { state.data.amis.values().cloned().collect() },
         keep_volumes: if failed { BTreeSet::new() } else { state.data.volumes.values().flatten().cloned().collect() },
@@ -133,6 +150,8 @@ pub async fn cleanup_by_tag(ctx: &Ctx, execution: &str, regions: &[String]) -> R
         execution: execution.to_string(),
         build_name: None,
         regions: regions.to_vec(),
+        instance_regions: regions.to_vec(),
+        key_pairs: true,
         delete_artifacts: true,
         keep_images: BTreeSet::new(),
         keep_volumes: BTreeSet::new(),
@@ -158,7 +177,7 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
     let mut waiting: Vec<String> = Vec::new();
 
     // Instances first: everything else waits for them to be gone.
-    for region in &scope.regions {
+    for region in &scope.instance_regions {
         let ec2 = ctx.ec2(region);
         let tagged = ec2.describe_instances().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeInstances", &scope.execution, e))?;
         let mut instances: Vec<(String, InstanceStateName, Option<String>)> = tagged
@@ -194,9 +213,13 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
 
         // Key pairs and their private keys do not depend on the instance being gone.
-        let tagged_keys: Vec<String> = match ec2.describe_key_pairs().set_filters(Some(scope.filters())).send().await {
-            Ok(out) => out.key_pairs().iter().filter_map(|k| k.key_name().map(String::from)).collect(),
-            Err(e) => return Err(classify("DescribeKeyPairs", &scope.execution, e)),
+        let tagged_keys: Vec<String> = if !scope.key_pairs {
+            Vec::new()
+        } else {
+            match ec2.describe_key_pairs().set_filters(Some(scope.filters())).send().await {
+                Ok(out) => out.key_pairs().iter().filter_map(|k| k.key_name().map(String::from)).collect(),
+                Err(e) => return Err(classify("DescribeKeyPairs", &scope.execution, e)),
+            }
         };
         for name in union(ledger_ids(ledger, ResourceKind::KeyPair, region), tagged_keys) {
             match ec2.delete_key_pair().key_name(&name).send().await {
@@ -214,7 +237,7 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
         let mut params = ledger_ids(ledger, ResourceKind::Parameter, region);
         let mut next: Option<String> = None;
-        loop {
+        while scope.key_pairs {
             let out = ssm.get_parameters_by_path().path(&path).recursive(true).set_next_token(next.clone()).send().await.map_err(|e| classify("GetParametersByPath", &path, e))?;
             params = union(params, out.parameters().iter().filter_map(|p| p.name().map(String::from)));
             next = out.next_token().map(String::from);
@@ -236,55 +259,9 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
 
     for region in &scope.regions {
         let ec2 = ctx.ec2(region);
-        let tagged = ec2.describe_security_groups().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
-        let groups = union(ledger_ids(ledger, ResourceKind::SecurityGroup, region), tagged.security_groups().iter().filter_map(|g| g.group_id().map(String::from)));
-        for g in groups {
-            match ec2.delete_security_group().group_id(&g).send().await {
-                Ok(_) => report.removed.push(format!("security group {g} ({region})")),
-                Err(e) if error_code(&e) == Some("InvalidGroup.NotFound") => {}
-                Err(e) if error_code(&e) == Some("DependencyViolation") => {
-                    return Err(StepError::NotReady(format!("security group {g} ({region}) is still in use (network interface detaching)")));
-                }
-                Err(e) => return Err(classify("DeleteSecurityGroup", &g, e)),
-            }
+        if scope.instance_regions.contains(region) {
+            sweep_groups_and_volumes(ctx, scope, ledger, region, &mut report).await?;
         }
-        let vols = ec2.describe_volumes().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
-        let mut in_use = Vec::new();
-        let mut volumes: Vec<String> = Vec::new();
-        for v in vols.volumes() {
-            let id = v.volume_id().unwrap_or_default().to_string();
-            match v.state() {
-                Some(VolumeState::Available) => volumes.push(id),
-                Some(VolumeState::InUse) => {
-                    // A chroot build volume stays attached to a host the build does not own.
-                    super::chroot::detach(ctx, region, v).await?;
-                    in_use.push(id)
-                }
-                Some(VolumeState::Creating) => in_use.push(id),
-                _ => {}
-            }
-        }
-        for id in ledger_ids(ledger, ResourceKind::Volume, region) {
-            if !volumes.contains(&id) && !in_use.contains(&id) {
-                volumes.push(id);
-            }
-        }
-        for v in volumes {
-            if scope.keep_volumes.contains(&v) {
-                report.kept.push(format!("volume {v} ({region})"));
-                continue;
-            }
-            match ec2.delete_volume().volume_id(&v).send().await {
-                Ok(_) => report.removed.push(format!("volume {v} ({region})")),
-                Err(e) if error_code(&e) == Some("InvalidVolume.NotFound") => {}
-                Err(e) if error_code(&e) == Some("VolumeInUse") => in_use.push(v),
-                Err(e) => return Err(classify("DeleteVolume", &v, e)),
-            }
-        }
-        if !in_use.is_empty() {
-            return Err(StepError::NotReady(format!("volumes {} ({region}) are still attached", in_use.join(", "))));
-        }
-
         // Images: the intermediary always; every image of a failed build.
         let tagged = ec2.describe_images().owners("self").set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeImages", &scope.execution, e))?;
         let mut images: Vec<String> = tagged.images().iter().filter_map(|i| i.image_id().map(String::from)).collect();
@@ -397,4 +374,58 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
     }
     Ok(report)
+}
+
+/// Security groups and volumes of one region where the build launched.
+async fn sweep_groups_and_volumes(ctx: &Ctx, scope: &Scope, ledger: &Ledger, region: &str, report: &mut CleanupReport) -> Result<(), StepError> {
+    let ec2 = ctx.ec2(region);
+    let tagged = ec2.describe_security_groups().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
+    let groups = union(ledger_ids(ledger, ResourceKind::SecurityGroup, region), tagged.security_groups().iter().filter_map(|g| g.group_id().map(String::from)));
+    for g in groups {
+        match ec2.delete_security_group().group_id(&g).send().await {
+            Ok(_) => report.removed.push(format!("security group {g} ({region})")),
+            Err(e) if error_code(&e) == Some("InvalidGroup.NotFound") => {}
+            Err(e) if error_code(&e) == Some("DependencyViolation") => {
+                return Err(StepError::NotReady(format!("security group {g} ({region}) is still in use (network interface detaching)")));
+            }
+            Err(e) => return Err(classify("DeleteSecurityGroup", &g, e)),
+        }
+    }
+    let vols = ec2.describe_volumes().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
+    let mut in_use = Vec::new();
+    let mut volumes: Vec<String> = Vec::new();
+    for v in vols.volumes() {
+        let id = v.volume_id().unwrap_or_default().to_string();
+        match v.state() {
+            Some(VolumeState::Available) => volumes.push(id),
+            Some(VolumeState::InUse) => {
+                // A chroot build volume stays attached to a host the build does not own.
+                super::chroot::detach(ctx, region, v).await?;
+                in_use.push(id)
+            }
+            Some(VolumeState::Creating) => in_use.push(id),
+            _ => {}
+        }
+    }
+    for id in ledger_ids(ledger, ResourceKind::Volume, region) {
+        if !volumes.contains(&id) && !in_use.contains(&id) {
+            volumes.push(id);
+        }
+    }
+    for v in volumes {
+        if scope.keep_volumes.contains(&v) {
+            report.kept.push(format!("volume {v} ({region})"));
+            continue;
+        }
+        match ec2.delete_volume().volume_id(&v).send().await {
+            Ok(_) => report.removed.push(format!("volume {v} ({region})")),
+            Err(e) if error_code(&e) == Some("InvalidVolume.NotFound") => {}
+            Err(e) if error_code(&e) == Some("VolumeInUse") => in_use.push(v),
+            Err(e) => return Err(classify("DeleteVolume", &v, e)),
+        }
+    }
+    if !in_use.is_empty() {
+        return Err(StepError::NotReady(format!("volumes {} ({region}) are still attached", in_use.join(", "))));
+    }
+    Ok(())
 }

@@ -21,17 +21,24 @@ pub fn parameter_name(state: &BuildState) -> String {
     format!("/amiflow/{}/{}/ssh-key", clean(&state.execution), clean(&state.build.name))
 }
 
+/// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
+/// for them only then.
+pub fn creates_temporary_key(cfg: &EbsView) -> bool {
+    let no_temp_key = cfg.ssh_keypair_name.as_deref().is_some_and(|s| !s.is_empty())
+        || matches!(cfg.communicator(), "none" | "ssm")
+        || cfg.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
+        || cfg.ssh_agent_auth
+        || cfg.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
+    !no_temp_key
+}
+
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = EbsView::of(&state)?;
     if let Some(name) = cfg.ssh_keypair_name.as_deref().filter(|s| !s.is_empty()) {
         state.data.key_pair_name = Some(name.to_string());
         return Ok(state);
     }
-    let no_temp_key = matches!(cfg.communicator(), "none" | "ssm")
-        || cfg.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
-        || cfg.ssh_agent_auth
-        || cfg.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
-    if no_temp_key {
+    if !creates_temporary_key(&cfg) {
         return Ok(state);
     }
     let region = cfg.region.clone();

@@ -163,11 +163,15 @@ fn invalid(problems: Problems) -> StepError {
 /// Inside Lambda the execution input is stored in Step Functions' history: a key written in
 /// the template (or passed as a var) would be kept there in clear.
 fn static_credentials(build: &amiflow_template::PreparedBuild) -> Vec<Problem> {
-    let config = serde_json::to_value(&build.config).unwrap_or(Value::Null);
+    // Read from the typed config: secrets are never serialized, so its JSON cannot tell.
+    let access = build.config.access();
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    let present = [given(&access.access_key), given(&access.secret_key), given(&access.token)];
     STATIC_CREDENTIAL_KEYS
         .iter()
-        .filter(|k| config.get(**k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()))
-        .map(|k| {
+        .zip(present)
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| {
             Problem::key(
                 *k,
                 "static credentials are refused in a deployed build: the execution input and history would keep them \

@@ -1,0 +1,205 @@
+//! Whole amazon-ebs builds (the committed state machine on the local engine, the real steps
+//! in-process) against moto behind the fault proxy (tests/fault_proxy.rs):
+//!
+//! - each mutating call in turn fails: every run ends built or failed with a clear cause,
+//!   and after a failed run nothing tagged with its execution is left;
+//! - describes answer `pending` N times: the build still succeeds, the polls show as retries;
+//! - RequestLimitExceeded: retried (SDK retries, then the state machine's Transient Retry).
+//!
+//! Delays run on a scaled clock (1/1000): a 5 s poll interval takes 5 ms.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amiflow::local::LocalInvoker;
+use amiflow::Ctx;
+use amiflow_statemachine::{Engine, Event, RealClock, StateMachine};
+use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
+use amiflow_tests::{Moto, FAKE_ACCESS_KEY, FAKE_SECRET_KEY};
+use serde_json::{json, Value};
+
+const REGION: &str = "us-east-1";
+const COPY_REGION: &str = "us-west-2";
+
+/// Most amazon-ebs options that create something without a communicator: a temporary
+/// instance profile, an extra non-deleted volume, a copy to a second region, sharing, tags.
+fn template() -> String {
+    json!({
+        "variables": {"run": ""},
+        "builders": [{
+            "type": "amazon-ebs",
+            "name": "faulty",
+            "region": REGION,
+            "ami_name": "amiflow-fault-{{user `run`}}",
+            "instance_type": "t3.micro",
+            "source_ami_filter": {
+                "filters": {"name": "amzn2-ami-hvm-*-x86_64-gp2", "virtualization-type": "hvm", "root-device-type": "ebs"},
+                "owners": ["amazon"],
+                "most_recent": true
+            },
+            "communicator": "none",
+            "ami_regions": [COPY_REGION],
+            "ami_users": ["111122223333"],
+            "snapshot_users": ["111122223333"],
+            "tags": {"Name": "fault {{ .SourceAMIName }}"},
+            "snapshot_tags": {"Kind": "snapshot"},
+            "run_tags": {"Purpose": "fault proxy"},
+            "launch_block_device_mappings": [
+                {"device_name": "/dev/xvda", "volume_size": 8, "volume_type": "gp3", "delete_on_termination": true},
+                {"device_name": "/dev/xvdb", "volume_size": 2, "volume_type": "gp2", "delete_on_termination": false}
+            ],
+            "ena_support": true,
+            "temporary_iam_instance_profile_policy_document": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["*"]}]
+            }
+        }]
+    })
+    .to_string()
+}
+
+async fn ctx_via(proxy: &FaultProxy) -> Arc<Ctx> {
+    use aws_config::retry::RetryConfig;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(proxy.url())
+        .credentials_provider(aws_credential_types::Credentials::new(FAKE_ACCESS_KEY, FAKE_SECRET_KEY, None, None, "moto"))
+        .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(5)))
+        .load()
+        .await;
+    Arc::new(Ctx::from_sdk_config(sdk))
+}
+
+struct Outcome {
+    result: Result<Value, amiflow_statemachine::ExecutionError>,
+    events: Vec<Event>,
+}
+
+impl Outcome {
+    fn retries(&self, state: &str, error: &str) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::RetryScheduled { name, error: err, .. } if name == state && err == error))
+            .count()
+    }
+}
+
+async fn build(ctx: Arc<Ctx>, execution: &str, run: &str) -> Outcome {
+    let machine = StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
+    let events: Arc<Mutex<Vec<Event>>> = Default::default();
+    let sink = events.clone();
+    let engine = Engine::new(LocalInvoker::new(ctx))
+        .with_clock(RealClock { scale: 0.001 })
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let input = json!({"template": template(), "vars": {"run": run}});
+    let result = tokio::time::timeout(Duration::from_secs(120), engine.run(&machine, execution, input))
+        .await
+        .unwrap_or_else(|_| panic!("{execution}: the build did not end within 120 s"));
+    let events = events.lock().unwrap().clone();
+    Outcome { result, events }
+}
+
+/// Leftovers, read from moto directly (not through the proxy).
+async fn leftovers(moto: &Moto, execution: &str, include_artifacts: bool) -> Vec<String> {
+    let ctx = moto.ctx(REGION).await;
+    crate::ebs::tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], include_artifacts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let Some(moto) = Moto::start_or_skip("each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = ctx_via(&proxy).await;
+
+    // A clean run first: how many mutating calls a build makes, and which.
+    proxy.set(Faults::default());
+    let clean = build(ctx.clone(), "fault-clean", "clean").await;
+    clean.result.as_ref().expect("the build succeeds without faults");
+    let total = proxy.mutating_seen();
+    let actions: Vec<String> =
+        proxy.log().into_iter().filter(|c| amiflow_tests::fault_proxy::is_mutating(&c.action) && c.service != "sts").map(|c| c.action).collect();
+    assert!(total >= 10, "a build with these options makes many mutating calls: {actions:?}");
+    assert!(leftovers(&moto, "fault-clean", false).await.is_empty());
+
+    let (mut built, mut failed) = (0, 0);
+    for n in 1..=total {
+        let action = actions[n - 1].clone();
+        // A creating call fails for good (UnauthorizedOperation: not retryable); a removal
+        // fails with InternalError through every SDK attempt, so Cleanup's Retry is what
+        // saves the run: a permanent error there would leave things for the janitor.
+        let injected = if is_removal(&action) {
+            Injected { code: "InternalError".into(), status: 500, times: 3 }
+        } else {
+            Injected { code: "UnauthorizedOperation".into(), status: 403, times: 1 }
+        };
+        proxy.set(Faults { fail_mutating: Some((n, injected.clone())), ..Default::default() });
+        let execution = format!("fault-{n}");
+        let outcome = build(ctx.clone(), &execution, &n.to_string()).await;
+        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action).collect();
+        match &outcome.result {
+            Ok(output) => {
+                built += 1;
+                assert_eq!(output["failed"], 0, "{execution}: {output}");
+                let left = leftovers(&moto, &execution, false).await;
+                assert!(left.is_empty(), "{execution} (fail {action} with {}) built but left: {left:?}", injected.code);
+                println!("  #{n:>2} {action:<32} {:<22} → built", injected.code);
+            }
+            Err(e) => {
+                failed += 1;
+                assert_eq!(e.error, "BuildFailed", "{execution}: {e}");
+                assert!(
+                    e.cause.contains(&hit[0]) && e.cause.contains(&injected.code),
+                    "{execution}: the cause names the failed call {} and its error: {}",
+                    hit[0],
+                    e.cause
+                );
+                let left = leftovers(&moto, &execution, true).await;
+                assert!(left.is_empty(), "{execution} failed at {action} and left: {left:?}\ncause: {}", e.cause);
+                println!("  #{n:>2} {action:<32} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
+            }
+        }
+    }
+    println!("fault proxy: tried {total} failure points ({built} runs built, {failed} failed, nothing left behind)");
+    assert!(failed > 0, "injected permanent errors fail some builds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_describes_are_polled_until_ready() {
+    let Some(moto) = Moto::start_or_skip("pending_describes_are_polled_until_ready") else { return };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = ctx_via(&proxy).await;
+    proxy.set(Faults { pending_describes: 4, ..Default::default() });
+    let outcome = build(ctx, "fault-pending", "pending").await;
+    let output = outcome.result.as_ref().expect("the build succeeds after the pending answers");
+    assert_eq!(output["failed"], 0);
+    let rewritten = proxy.log().iter().filter(|c| c.fate == "pending").count();
+    assert_eq!(rewritten, 8, "4 DescribeInstances and 4 DescribeImages answered pending");
+    let instance_polls = outcome.retries("amazon-ebs.WaitInstanceRunning", "NotReady");
+    let image_polls = outcome.retries("amazon-ebs.WaitImageAvailable", "NotReady");
+    println!("pending ×4: WaitInstanceRunning polled {instance_polls} more times, WaitImageAvailable {image_polls}");
+    assert!(instance_polls >= 1 && image_polls >= 1, "the waits were retried on NotReady");
+    assert!(leftovers(&moto, "fault-pending", false).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limit_exceeded_is_retried() {
+    let Some(moto) = Moto::start_or_skip("request_limit_exceeded_is_retried") else { return };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = ctx_via(&proxy).await;
+    // Twice: within the SDK's 3 attempts. CopyImage 4 times: beyond them, so the step
+    // reports Transient and the state machine retries it.
+    let throttle = [("RunInstances", 2), ("DescribeImages", 2), ("CreateImage", 2), ("CopyImage", 4)]
+        .into_iter()
+        .map(|(a, n)| (a.to_string(), n))
+        .collect();
+    proxy.set(Faults { throttle, ..Default::default() });
+    let outcome = build(ctx, "fault-throttle", "throttle").await;
+    let output = outcome.result.as_ref().unwrap_or_else(|e| panic!("the build succeeds despite throttling: {e}"));
+    assert_eq!(output["failed"], 0);
+    let throttled = proxy.log().iter().filter(|c| c.fate == "throttled").count();
+    assert_eq!(throttled, 10, "every throttled answer was sent");
+    let copy_retries = outcome.retries("amazon-ebs.CopyImage", "Transient");
+    println!("RequestLimitExceeded ×{throttled}: CopyImage retried {copy_retries} times by the state machine");
+    assert!(copy_retries >= 1, "CopyImage past the SDK's attempts is a Transient retry");
+    assert!(leftovers(&moto, "fault-throttle", false).await.is_empty());
+}
