@@ -411,22 +411,28 @@ fn validate_env_vars(vars: &[String], problems: &mut Vec<Problem>) {
     }
 }
 
+/// What the provisioner runs is given by exactly one of these keys (`(key, given)`); `why`
+/// follows the message when none is.
+fn exactly_one(keys: &[(&str, bool)], why: &str, problems: &mut Vec<Problem>) {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+    match keys.iter().filter(|(_, given)| *given).count() {
+        0 => {
+            let (last, rest) = names.split_last().expect("at least one key");
+            problems.push(Problem::key(format!("{} or {last}", rest.join(", ")), format!("one of them must be given{why}")));
+        }
+        1 => {}
+        _ => problems.push(Problem::key(names.join(", "), "give only one of them")),
+    }
+}
+
 fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
     match kind {
         Kind::Shell(c) => {
-            let given = [
-                !c.inline.is_empty(),
-                c.script.is_some(),
-                !c.scripts.is_empty(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if given == 0 {
-                problems.push(Problem::key("inline, script or scripts", "one of them must be given (what should the shell provisioner run?)"));
-            } else if given > 1 {
-                problems.push(Problem::key("inline, script, scripts", "give only one of them"));
-            }
+            exactly_one(
+                &[("inline", !c.inline.is_empty()), ("script", c.script.is_some()), ("scripts", !c.scripts.is_empty())],
+                " (what should the shell provisioner run?)",
+                problems,
+            );
             validate_env_vars(&c.environment_vars, problems);
             if c.remote_path.is_some() && (c.remote_folder.is_some() || c.remote_file.is_some()) {
                 problems.push(Problem::key(
@@ -473,20 +479,16 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
             }
         }
         Kind::ShellLocal(c) => {
-            let given = [
-                c.command.is_some(),
-                !c.inline.is_empty(),
-                c.script.is_some(),
-                !c.scripts.is_empty(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if given == 0 {
-                problems.push(Problem::key("command, inline, script or scripts", "one of them must be given"));
-            } else if given > 1 {
-                problems.push(Problem::key("command, inline, script, scripts", "give only one of them"));
-            }
+            exactly_one(
+                &[
+                    ("command", c.command.is_some()),
+                    ("inline", !c.inline.is_empty()),
+                    ("script", c.script.is_some()),
+                    ("scripts", !c.scripts.is_empty()),
+                ],
+                "",
+                problems,
+            );
             validate_env_vars(&c.environment_vars, problems);
         }
     }
