@@ -83,16 +83,3 @@ pub struct EbsVolumeMapping {
     #[serde(default, deserialize_with = "weak::strings")]
     pub snapshot_groups: Vec<String>,
 }
-
-/// Packer's `BlockDevices` group, the same two keys in amazon-ebs, -ebssurrogate and
-/// -instance: the AMI's mappings and the launched instance's.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct BlockDevices {
-    /// Block devices of the AMI, beyond what the instance had.
-    #[serde(default)]
-    pub ami_block_device_mappings: Vec<BlockDevice>,
-    /// Block devices of the launched instance (amazon-ebssurrogate: must contain
-    /// `ami_root_device.source_device_name`, and `omit_from_artifact` is allowed there).
-    #[serde(default)]
-    pub launch_block_device_mappings: Vec<BlockDevice>,
-}

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::AmiConfig;
-use super::block_device::BlockDevices;
+use super::block_device::BlockDevice;
 use super::common::Tags;
 use super::communicator::CommunicatorConfig;
 use super::run::RunConfig;
@@ -20,8 +20,10 @@ pub struct EbsConfig {
     #[serde(flatten)]
     pub comm: CommunicatorConfig,
 
-    #[serde(flatten)]
-    pub devices: BlockDevices,
+    #[serde(default)]
+    pub ami_block_device_mappings: Vec<BlockDevice>,
+    #[serde(default)]
+    pub launch_block_device_mappings: Vec<BlockDevice>,
     /// On the launched volumes; values may hold `{{...}}` rendered with build data.
     #[serde(default, deserialize_with = "crate::config::weak::string_map")]
     pub run_volume_tags: Tags,

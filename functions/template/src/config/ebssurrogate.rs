@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::AmiConfig;
-use super::block_device::{BlockDevices, RootBlockDevice};
+use super::block_device::{BlockDevice, RootBlockDevice};
 use super::common::Tags;
 use super::communicator::CommunicatorConfig;
 use super::run::RunConfig;
@@ -25,8 +25,11 @@ pub struct EbsSurrogateConfig {
     #[serde(flatten)]
     pub comm: CommunicatorConfig,
 
-    #[serde(flatten)]
-    pub devices: BlockDevices,
+    #[serde(default)]
+    pub ami_block_device_mappings: Vec<BlockDevice>,
+    /// Must contain `ami_root_device.source_device_name`; `omit_from_artifact` allowed here.
+    #[serde(default)]
+    pub launch_block_device_mappings: Vec<BlockDevice>,
     /// Required.
     #[serde(default)]
     pub ami_root_device: Option<RootBlockDevice>,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::AmiConfig;
-use super::block_device::BlockDevices;
+use super::block_device::BlockDevice;
 use super::communicator::CommunicatorConfig;
 use super::run::RunConfig;
 
@@ -37,8 +37,6 @@ pub struct InstanceConfig {
     pub run: RunConfig,
     #[serde(flatten)]
     pub comm: CommunicatorConfig,
-    #[serde(flatten)]
-    pub devices: BlockDevices,
 
     /// Required; dashes are removed by `from_builder` (`0123-4567-0890` → `012345670890`).
     #[serde(default)]
@@ -67,6 +65,10 @@ pub struct InstanceConfig {
     /// Default depends on `iam_instance_profile` (filled by `from_builder`).
     #[serde(default)]
     pub bundle_upload_command: String,
+    #[serde(default)]
+    pub ami_block_device_mappings: Vec<BlockDevice>,
+    #[serde(default)]
+    pub launch_block_device_mappings: Vec<BlockDevice>,
     #[serde(default)]
     pub tpm_support: Option<String>,
     /// amiflow: delete the uploaded bundle objects from S3 once the AMI is registered

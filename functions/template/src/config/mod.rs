@@ -24,7 +24,7 @@ pub(crate) mod weak;
 
 pub use access::{AccessConfig, AssumeRoleConfig, AwsPolling, CredentialSource};
 pub use ami::{AmiConfig, DeregistrationProtection};
-pub use block_device::{BlockDevice, BlockDevices, EbsVolumeMapping, RootBlockDevice};
+pub use block_device::{BlockDevice, EbsVolumeMapping, RootBlockDevice};
 pub use chroot::ChrootConfig;
 pub use common::{AmiFilter, Filter, SubnetFilter, Tags};
 pub use communicator::CommunicatorConfig;

@@ -136,7 +136,8 @@ pub(super) fn check(config: &BuilderConfig, map: &Map<String, Value>, env: &dyn 
     spot_vs_networking(&mut c, config);
     match config {
         BuilderConfig::Ebs(e) => {
-            block_devices(&mut c, &e.devices, false);
+            devices(&mut c, "ami_block_device_mappings", &e.ami_block_device_mappings, false);
+            devices(&mut c, "launch_block_device_mappings", &e.launch_block_device_mappings, false);
             one_of_arch(&mut c, None, e.boot_mode.as_deref(), e.tpm_support.as_deref());
             if let Some(f) = &e.fast_launch {
                 fast_launch(&mut c, f);
@@ -538,12 +539,6 @@ fn comm_rules(c: &mut Check, m: &CommunicatorConfig, run: &RunConfig) {
     }
 }
 
-/// Both lists of the BlockDevices group; `omit_from_artifact` only in ebssurrogate's launch list.
-fn block_devices(c: &mut Check, d: &BlockDevices, launch_omit_allowed: bool) {
-    devices(c, "ami_block_device_mappings", &d.ami_block_device_mappings, false);
-    devices(c, "launch_block_device_mappings", &d.launch_block_device_mappings, launch_omit_allowed);
-}
-
 /// Block device rules (reference §4.4).
 fn devices(c: &mut Check, key: &str, list: &[BlockDevice], omit_allowed: bool) {
     let mut names = BTreeSet::new();
@@ -638,12 +633,13 @@ fn fast_launch(c: &mut Check, f: &FastLaunch) {
 }
 
 fn surrogate(c: &mut Check, s: &EbsSurrogateConfig) {
-    block_devices(c, &s.devices, true);
+    devices(c, "ami_block_device_mappings", &s.ami_block_device_mappings, false);
+    devices(c, "launch_block_device_mappings", &s.launch_block_device_mappings, true);
     one_of_arch(c, Some(&s.ami_architecture), s.boot_mode.as_deref(), s.tpm_support.as_deref());
     if s.ami.ami_virtualization_type.is_none() {
         c.err("ami_virtualization_type", "required for amazon-ebssurrogate: \"hvm\" or \"paravirtual\"");
     }
-    if s.devices.launch_block_device_mappings.is_empty() {
+    if s.launch_block_device_mappings.is_empty() {
         c.err("launch_block_device_mappings", "required for amazon-ebssurrogate: map the volume that becomes the AMI's root");
     }
     match &s.ami_root_device {
@@ -651,7 +647,7 @@ fn surrogate(c: &mut Check, s: &EbsSurrogateConfig) {
         Some(root) => {
             if root.source_device_name.is_empty() {
                 c.err("ami_root_device.source_device_name", "required: the launch_block_device_mappings device to snapshot");
-            } else if !s.devices.launch_block_device_mappings.is_empty() && !s.devices.launch_block_device_mappings.iter().any(|d| d.device_name == root.source_device_name) {
+            } else if !s.launch_block_device_mappings.is_empty() && !s.launch_block_device_mappings.iter().any(|d| d.device_name == root.source_device_name) {
                 c.err("ami_root_device.source_device_name", format!("{} is not in launch_block_device_mappings; map it there", root.source_device_name));
             }
             if root.device_name.is_empty() {
@@ -705,7 +701,8 @@ fn ebsvolume(c: &mut Check, v: &EbsVolumeConfig, map: &Map<String, Value>) {
 }
 
 fn instance(c: &mut Check, i: &InstanceConfig) {
-    block_devices(c, &i.devices, false);
+    devices(c, "ami_block_device_mappings", &i.ami_block_device_mappings, false);
+    devices(c, "launch_block_device_mappings", &i.launch_block_device_mappings, false);
     c.one_of("tpm_support", i.tpm_support.as_deref(), &["v2.0"]);
     for (key, value, what) in [
         ("account_id", &i.account_id, "your 12-digit AWS account id (dashes allowed), used by ec2-bundle-vol"),

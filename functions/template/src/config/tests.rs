@@ -139,9 +139,9 @@ fn weak_typing_like_mapstructure() {
     assert!(e.run.ebs_optimized);
     assert_eq!(e.run.spot_price.as_deref(), Some("0.05"));
     assert_eq!(e.ami.ami_users, vec!["123456789012"]);
-    assert_eq!(e.devices.launch_block_device_mappings[0].volume_size, Some(20));
-    assert!(e.devices.launch_block_device_mappings[0].delete_on_termination);
-    assert_eq!(e.devices.launch_block_device_mappings[0].encrypted, Some(false));
+    assert_eq!(e.launch_block_device_mappings[0].volume_size, Some(20));
+    assert!(e.launch_block_device_mappings[0].delete_on_termination);
+    assert_eq!(e.launch_block_device_mappings[0].encrypted, Some(false));
     assert_eq!(e.ami.tags["Version"], "3");
     assert_eq!(e.ami.tags["Released"], "true");
 }
