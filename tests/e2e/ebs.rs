@@ -126,7 +126,7 @@ async fn run_chain(ctx: &Arc<Ctx>, mut state: BuildState, upto: usize) -> Result
 }
 
 /// Everything still in moto that carries the build tag (and is not gone): the leak list.
-async fn tagged_leftovers(ctx: &Ctx, execution: &str, regions: &[&str], include_artifacts: bool) -> Vec<String> {
+pub(crate) async fn tagged_leftovers(ctx: &Ctx, execution: &str, regions: &[&str], include_artifacts: bool) -> Vec<String> {
     let f = || aws_sdk_ec2::types::Filter::builder().name(format!("tag:{BUILD_TAG}")).values(execution).build();
     let mut out = Vec::new();
     for region in regions {

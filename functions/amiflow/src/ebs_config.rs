@@ -168,6 +168,12 @@ impl EbsView {
         }
         let mut flat = serde_json::Map::new();
         flatten_into(&raw, &mut flat);
+        // Unset options serialize as null; the view's defaults stand for them.
+        flat.retain(|_, v| !v.is_null());
+        // amazon-ebsvolume launches with `ebs_volumes` (block devices plus what to keep).
+        if let Some(v) = flat.remove("ebs_volumes") {
+            flat.insert("launch_block_device_mappings".into(), v);
+        }
         serde_json::from_value(Value::Object(flat)).map_err(|e| {
             StepError::BuildFailed(format!("build {}: the prepared amazon-ebs config is not readable: {e}", state.build.name))
         })

@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod ebs_config;
 pub mod error;
 pub mod flows;
+pub mod infra;
 pub mod local;
 pub mod lambda_api;
 pub mod provision;

@@ -125,7 +125,10 @@ pub enum ResourceKind {
     Volume,
     Snapshot,
     Image,
+    /// A key prefix `bucket/prefix`: every object under it (amazon-instance's bundle).
     S3Object,
+    /// A bucket the build created (amazon-instance's `s3_bucket` when it was missing).
+    S3Bucket,
 }
 
 /// One resource the build created.

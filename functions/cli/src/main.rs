@@ -1,16 +1,14 @@
 //! The `amiflow` command. One module per subcommand.
 
+use amiflow_cli::{policy, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
 mod manifest;
-mod policy;
 mod progress;
 mod serve_lambdas;
-mod start;
 mod validate;
-mod watch;
 
 #[derive(Parser)]
 #[command(name = "amiflow", version, about = "Bake Amazon machine images from Packer templates, serverless")]

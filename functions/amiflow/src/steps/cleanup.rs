@@ -46,6 +46,9 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:ListRolePolicies",
         "iam:DeleteRolePolicy",
         "iam:DeleteRole",
+        "s3:ListBucket",
+        "s3:DeleteObject",
+        "s3:DeleteBucket",
     ],
     wait: Some(INSTANCE_WAIT),
     timeout_seconds: 300,
@@ -63,6 +66,8 @@ pub struct Scope {
     pub delete_artifacts: bool,
     /// AMIs to keep (the artifact of a successful build).
     pub keep_images: BTreeSet<String>,
+    /// Volumes to keep (amazon-ebsvolume's artifact of a successful build).
+    pub keep_volumes: BTreeSet<String>,
 }
 
 /// What a sweep removed (or, with `on_error: abort`, kept).
@@ -103,12 +108,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         regions,
         delete_artifacts: failed,
         keep_images: if failed { BTreeSet::new() } else { state.data.amis.values().cloned().collect() },
+        keep_volumes: if failed { BTreeSet::new() } else { state.data.volumes.values().flatten().cloned().collect() },
     };
     let mut iam_names = Vec::new();
     if cfg.temporary_iam_instance_profile_policy_document.is_some() {
         iam_names.push(temp_name(&state, "amiflow", "Iam").replace('_', "-"));
     }
-    let report = sweep(ctx, &scope, &state.ledger, &iam_names).await?;
+    let mut ledger = state.ledger.clone();
+    super::instance_store::discover(ctx, &state, &mut ledger).await?;
+    let report = sweep(ctx, &scope, &ledger, &iam_names).await?;
     state.ledger.resources.retain(|r| !failed && r.artifact);
     if failed {
         state.data.amis.clear();
@@ -127,6 +135,7 @@ pub async fn cleanup_by_tag(ctx: &Ctx, execution: &str, regions: &[String]) -> R
         regions: regions.to_vec(),
         delete_artifacts: true,
         keep_images: BTreeSet::new(),
+        keep_volumes: BTreeSet::new(),
     };
     sweep(ctx, &scope, &Ledger::default(), &[]).await
 }
@@ -261,6 +270,10 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             }
         }
         for v in volumes {
+            if scope.keep_volumes.contains(&v) {
+                report.kept.push(format!("volume {v} ({region})"));
+                continue;
+            }
             match ec2.delete_volume().volume_id(&v).send().await {
                 Ok(_) => report.removed.push(format!("volume {v} ({region})")),
                 Err(e) if error_code(&e) == Some("InvalidVolume.NotFound") => {}
@@ -296,6 +309,23 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
                 super::images::delete_snapshot(ctx, region, &s).await?;
                 report.removed.push(format!("snapshot {s} ({region})"));
             }
+        }
+    }
+
+    // S3 (amazon-instance): the bundle and the bucket the build created, when not kept.
+    for r in ledger.of_kind(ResourceKind::S3Object).filter(|r| !r.artifact || scope.delete_artifacts) {
+        let removed = super::instance_store::delete_objects_under(ctx, &r.region, &r.id).await?;
+        report.removed.extend(removed);
+    }
+    for r in ledger.of_kind(ResourceKind::S3Bucket).filter(|_| scope.delete_artifacts) {
+        match ctx.s3(&r.region).delete_bucket().bucket(&r.id).send().await {
+            Ok(_) => report.removed.push(format!("bucket {} ({})", r.id, r.region)),
+            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("NoSuchBucket") => {}
+            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("BucketNotEmpty") => {
+                tracing::warn!("bucket {} was created by this build but holds other objects now: kept", r.id);
+                report.kept.push(format!("bucket {} ({}): not empty", r.id, r.region));
+            }
+            Err(e) => return Err(StepError::Transient(format!("DeleteBucket {}: {}", r.id, aws_smithy_types::error::display::DisplayErrorContext(&e)))),
         }
     }
 

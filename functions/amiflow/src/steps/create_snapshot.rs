@@ -13,7 +13,8 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub const WAIT: &str = "SnapshotsCompleted";
+/// The same wait as SnapshotVolumes': WaitSnapshotsCompleted serves both.
+pub use super::snapshot_volumes::WAIT;
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let view = EbsView::of(&state)?;

@@ -53,6 +53,10 @@ pub struct BuildArtifact {
     /// build failed or created nothing (Packer's nil artifact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_id: Option<String>,
+    /// Packer's `Artifact.String()`: `AMIs were created:` or, for amazon-ebsvolume,
+    /// `EBS Volumes were created:`, then one sorted `region: id` line each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
     pub amis: BTreeMap<String, String>,
     pub snapshots: BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -102,12 +106,25 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
     BuildArtifact {
         name: state.build.name,
         builder_type: state.build.builder_type,
+        artifact: artifact_id.as_ref().map(|_| packer_string(state.build.builder_type, &data)),
         artifact_id,
         amis: data.amis,
         snapshots: data.snapshots,
         volumes: data.volumes,
         error,
     }
+}
+
+/// Packer's `Artifact.String()` (reference §10.1).
+pub fn packer_string(builder: BuilderType, data: &crate::state::BuildData) -> String {
+    let mut lines: Vec<String> = if builder == BuilderType::EbsVolume {
+        data.volumes.iter().chain(data.snapshots.iter()).flat_map(|(r, ids)| ids.iter().map(move |id| format!("{r}: {id}"))).collect()
+    } else {
+        data.amis.iter().map(|(r, ami)| format!("{r}: {ami}")).collect()
+    };
+    lines.sort();
+    let head = if builder == BuilderType::EbsVolume { "EBS Volumes were created:\n\n" } else { "AMIs were created:\n" };
+    format!("{head}{}\n", lines.join("\n"))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod create_tags;
 pub mod deregister_ami;
 pub mod enable_deprecation;
 pub mod iam_instance_profile;
+pub mod janitor;
 pub mod images;
 pub mod instance_state;
 pub mod key_pair;
@@ -42,6 +43,15 @@ pub mod wait_snapshots_completed;
 pub mod wait_volume_attached;
 pub mod wait_volume_available;
 pub mod wait_volume_detached;
+// amazon-ebssurrogate, amazon-ebsvolume, amazon-instance
+pub mod bundle_volume;
+pub mod instance_store;
+pub mod modify_snapshot_attributes;
+pub mod snapshot_volumes;
+pub mod tag_volumes;
+pub mod upload_bundle;
+pub mod upload_x509_cert;
+pub mod volumes;
 mod prelude;
 
 use std::sync::Arc;
@@ -145,6 +155,15 @@ pub fn registry() -> Vec<StepSpec> {
         create_tags::SPEC,
         enable_deprecation::SPEC,
         cleanup::SPEC,
+        tag_volumes::SPEC,
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        modify_snapshot_attributes::SPEC,
+        register_image::SPEC,
+        upload_x509_cert::SPEC,
+        bundle_volume::SPEC,
+        upload_bundle::SPEC,
+        janitor::SPEC,
         finalize::STEP,
         host_info::SPEC,
         create_volume::SPEC,
@@ -156,8 +175,6 @@ pub fn registry() -> Vec<StepSpec> {
         detach_volume::SPEC,
         wait_volume_detached::SPEC,
         create_snapshot::SPEC,
-        wait_snapshots_completed::SPEC,
-        register_image::SPEC,
     ]
 }
 

@@ -1,24 +1,213 @@
-//! RegisterImage: registers the AMI from the build snapshot (reference §5.4): the source's
-//! mappings and root device name, or `ami_block_device_mappings` + `root_device_name`
-//! (always with `from_scratch`); the root entry gets the snapshot and `root_volume_size`;
-//! architecture, virtualization type, kernel/ramdisk, ENA/SR-IOV, boot mode, UEFI, TPM.
-//! A retried step finds its image by name and build tag.
+//! RegisterImage: registers the AMI, tagged with the build; WaitImageAvailable follows.
+//!
+//! - amazon-ebssurrogate (Packer's StepRegisterAMI): the block devices are
+//!   `ami_block_device_mappings` overlaid by the non-omitted launch mappings (launch wins)
+//!   with the snapshots SnapshotVolumes took, `Encrypted`/`KmsKeyId` cleared (they come
+//!   with the snapshot); `ami_root_device.source_device_name` becomes
+//!   `ami_root_device.device_name`, the root. With `use_create_image`, CreateImage on the
+//!   stopped instance with the same mappings instead.
+//! - amazon-chroot (reference §5.4): from the build snapshot, with the source's mappings and
+//!   root device name, or `ami_block_device_mappings` + `root_device_name` (always with
+//!   `from_scratch`); the root entry gets the snapshot and `root_volume_size`; architecture,
+//!   virtualization type, kernel/ramdisk, ENA/SR-IOV, boot mode, UEFI, TPM.
+//! - amazon-instance: from the uploaded manifest `<bucket>/<prefix>.manifest.xml`; with
+//!   `delete_bundle_after_register`, the bundle objects are removed once registered.
+//!
+//! The image is an artifact in the ledger at once: Cleanup deregisters it if a later step
+//! fails. EC2 takes no ClientToken here: a retried step finds its image by name and owner.
 
-use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, TpmSupportValues, VolumeType,
-};
+use amiflow_template::config::BlockDevice as TypedDevice;
+use amiflow_template::BuilderConfig;
+use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, TpmSupportValues, VolumeType};
 
 use super::chroot::{self, SourceMapping};
 use super::create_image::{image_name, WAIT};
 use super::prelude::*;
+use super::volumes::{same_device, snapshot_ids};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RegisterImage",
-    iam_actions: &["ec2:DescribeImages", "ec2:RegisterImage", "ec2:CreateTags"],
+    iam_actions: &["ec2:RegisterImage", "ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags", "s3:GetObject", "s3:ListBucket", "s3:DeleteObject"],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+fn mapping(d: &TypedDevice, device_name: &str, snapshot: Option<&str>) -> BlockDeviceMapping {
+    let m = BlockDeviceMapping::builder().device_name(device_name);
+    if d.no_device {
+        return m.no_device("").build();
+    }
+    if let Some(v) = d.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+        return m.virtual_name(v).build();
+    }
+    let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
+    if let Some(t) = &d.volume_type {
+        ebs = ebs.volume_type(VolumeType::from(t.as_str()));
+        if matches!(t.as_str(), "io1" | "io2" | "gp3") {
+            ebs = ebs.set_iops(d.iops.map(|v| v as i32));
+        }
+        if t == "gp3" {
+            ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
+        }
+    }
+    ebs = ebs.set_volume_size(d.volume_size.map(|v| v as i32));
+    match snapshot {
+        // From the launch volume's snapshot: encryption is the snapshot's.
+        Some(s) => ebs = ebs.snapshot_id(s),
+        None => ebs = ebs.set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone()),
+    }
+    m.ebs(ebs.build()).build()
+}
+
+/// amazon-ebssurrogate's AMI block devices (Packer's `combineDevices` + root rename).
+pub fn surrogate_mappings(
+    ami: &[TypedDevice],
+    launch: &[TypedDevice],
+    snapshots: &BTreeMap<String, String>,
+    root_source: &str,
+    root_name: &str,
+    with_snapshots: bool,
+) -> Result<Vec<BlockDeviceMapping>, StepError> {
+    let mut out: Vec<(String, BlockDeviceMapping)> = Vec::new();
+    for d in ami {
+        out.push((d.device_name.clone(), mapping(d, &d.device_name, None)));
+    }
+    for d in launch.iter().filter(|d| !d.omit_from_artifact) {
+        let snap = if with_snapshots && !d.no_device && d.virtual_name.is_none() {
+            Some(snapshots.iter().find(|(dev, _)| same_device(dev, &d.device_name)).map(|(_, s)| s.as_str()).ok_or_else(|| {
+                StepError::BuildFailed(format!("RegisterImage: no snapshot of launch device {} in the state (SnapshotVolumes must run first)", d.device_name))
+            })?)
+        } else {
+            None
+        };
+        let name = if same_device(&d.device_name, root_source) { root_name.to_string() } else { d.device_name.clone() };
+        let m = mapping(d, &name, snap);
+        // Packer combines by device name first (launch wins), then renames the root.
+        out.retain(|(n, _)| !same_device(n, &d.device_name) && !same_device(n, &name));
+        out.push((name, m));
+    }
+    Ok(out.into_iter().map(|(_, m)| m).collect())
+}
+
+async fn find_own(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>, StepError> {
+    let found = ctx
+        .ec2(region)
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", [name.to_string()]))
+        .filters(filter("state", ["pending", "available"]))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", name, e))?;
+    Ok(found.images().first().and_then(|i| i.image_id()).map(String::from))
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let name = image_name(&state, &cfg);
+    let intermediary = cfg.intermediary_image();
+    let ec2 = ctx.ec2(&region);
+    let id = match find_own(ctx, &region, &name).await? {
+        Some(id) => id,
+        None => match &state.build.config {
+            BuilderConfig::EbsSurrogate(c) => {
+                let root = c.ami_root_device.clone().unwrap_or_default();
+                if c.use_create_image {
+                    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("RegisterImage: no instance in the state".into()))?;
+                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &BTreeMap::new(), &root.source_device_name, &root.device_name, false)?;
+                    let mut tags = if c.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&c.run.run_tags, &state.data, &region) };
+                    tags.extend(build_tags(&state));
+                    let out = ec2
+                        .create_image()
+                        .instance_id(&instance)
+                        .name(&name)
+                        .set_block_device_mappings(Some(devices))
+                        .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
+                                StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))
+                            } else {
+                                classify("CreateImage", &name, e)
+                            }
+                        })?;
+                    out.image_id().unwrap_or_default().to_string()
+                } else {
+                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &snapshot_ids(&state), &root.source_device_name, &root.device_name, true)?;
+                    let mut req = ec2
+                        .register_image()
+                        .name(&name)
+                        .architecture(ArchitectureValues::from(c.ami_architecture.as_str()))
+                        .root_device_name(&root.device_name)
+                        .set_virtualization_type(c.ami.ami_virtualization_type.clone())
+                        .set_block_device_mappings(Some(devices))
+                        .set_boot_mode(c.boot_mode.as_deref().map(BootModeValues::from))
+                        .set_uefi_data(c.uefi_data.clone())
+                        .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                    if c.ami.sriov_support {
+                        req = req.sriov_net_support("simple");
+                    }
+                    if c.ami.ena_support == Some(true) {
+                        req = req.ena_support(true);
+                    }
+                    let out = req.send().await.map_err(|e| classify("RegisterImage", &name, e))?;
+                    out.image_id().unwrap_or_default().to_string()
+                }
+            }
+            BuilderConfig::Instance(c) => {
+                let location = state
+                    .data
+                    .extra
+                    .get("remote_manifest_path")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+                    .ok_or_else(|| StepError::BuildFailed("RegisterImage: no uploaded manifest in the state (UploadBundle must run first)".into()))?;
+                let devices: Vec<BlockDeviceMapping> = c.ami_block_device_mappings.iter().map(|d| mapping(d, &d.device_name, None)).collect();
+                let mut req = ec2
+                    .register_image()
+                    .name(&name)
+                    .image_location(&location)
+                    .set_virtualization_type(c.ami.ami_virtualization_type.clone())
+                    .set_block_device_mappings(Some(devices).filter(|d| !d.is_empty()))
+                    .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                if c.ami.sriov_support {
+                    req = req.sriov_net_support("simple");
+                }
+                if c.ami.ena_support == Some(true) {
+                    req = req.ena_support(true);
+                }
+                let out = req.send().await.map_err(|e| classify("RegisterImage", &location, e))?;
+                out.image_id().unwrap_or_default().to_string()
+            }
+            BuilderConfig::Chroot(c) => register_chroot(ctx, &state, c, &cfg, &name, &region).await?,
+            other => {
+                return Err(StepError::BuildFailed(format!("RegisterImage has no registration for {}", other.builder_type().as_str())));
+            }
+        },
+    };
+    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
+    // RegisterImage takes no tags everywhere: tag explicitly so Cleanup and the janitor find it.
+    ec2.create_tags()
+        .resources(&id)
+        .set_tags(Some(tags_with_build(&state, &BTreeMap::new())))
+        .send()
+        .await
+        .map_err(|e| classify("CreateTags", &id, e))?;
+    if intermediary {
+        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+    }
+    state.data.amis.insert(region.clone(), id);
+    if let BuilderConfig::Instance(c) = &state.build.config {
+        if c.delete_bundle_after_register {
+            super::instance_store::delete_bundle(ctx, &mut state).await?;
+        }
+    }
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}
 
 /// The mappings to register and the root device name.
 pub fn registration_mappings(
@@ -93,86 +282,94 @@ pub fn registration_mappings(
     Ok((out, root))
 }
 
-pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = chroot::config(&state)?.clone();
-    let view = EbsView::of(&state)?;
-    let region = view.region.clone();
-    let vol = chroot::volume(&state, "RegisterImage")?;
+/// amazon-chroot: registers the build snapshot (the source's mappings or the template's).
+async fn register_chroot(
+    ctx: &Ctx,
+    state: &BuildState,
+    cfg: &amiflow_template::config::chroot::ChrootConfig,
+    view: &EbsView,
+    name: &str,
+    region: &str,
+) -> Result<String, StepError> {
+    let vol = chroot::volume(state, "RegisterImage")?;
     let snapshot = state
         .data
         .snapshots
-        .get(&region)
+        .get(region)
         .and_then(|s| s.first().cloned())
         .ok_or_else(|| StepError::BuildFailed("RegisterImage: no snapshot in the build state (CreateSnapshot did not run)".into()))?;
-    let name = image_name(&state, &view);
     let intermediary = view.intermediary_image();
-    let ec2 = ctx.ec2(&region);
-
-    let mut lookup = own_filters(&state);
-    lookup.push(filter("name", [name.clone()]));
-    let found = ec2.describe_images().owners("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeImages", &name, e))?;
-    let id = match found.images().first().and_then(|i| i.image_id()) {
-        Some(id) => id.to_string(),
-        None => {
-            let source = vol.source.as_ref();
-            let (mappings, root) = registration_mappings(&cfg, source, &snapshot)?;
-            let virt = cfg
-                .ami
-                .ami_virtualization_type
-                .clone()
-                .filter(|v| !v.is_empty())
-                .or_else(|| source.and_then(|s| s.virtualization_type.clone()))
-                .unwrap_or_else(|| "hvm".into());
-            let arch = if cfg.from_scratch { Some(cfg.ami_architecture.clone()) } else { source.and_then(|s| s.architecture.clone()) };
-            let mut req = ec2
-                .register_image()
-                .name(&name)
-                .root_device_name(&root)
-                .set_block_device_mappings(Some(mappings))
-                .virtualization_type(&virt)
-                .set_architecture(arch.map(|a| ArchitectureValues::from(a.as_str())));
-            if !view.ami_description.is_empty() && !intermediary {
-                req = req.description(render(&view.ami_description, &state.data, &region));
-            }
-            if virt != "hvm" {
-                if let Some(s) = source {
-                    req = req.set_kernel_id(s.kernel_id.clone()).set_ramdisk_id(s.ramdisk_id.clone());
-                }
-            }
-            if view.sriov_support {
-                req = req.sriov_net_support("simple");
-            }
-            if view.ena_support == Some(true) {
-                req = req.ena_support(true);
-            }
-            if let Some(b) = cfg.boot_mode.as_deref().filter(|b| !b.is_empty()) {
-                req = req.boot_mode(BootModeValues::from(b));
-            }
-            if let Some(u) = cfg.uefi_data.as_deref().filter(|u| !u.is_empty()) {
-                req = req.uefi_data(u);
-            }
-            if let Some(t) = cfg.tpm_support.as_deref().filter(|t| !t.is_empty()) {
-                req = req.tpm_support(TpmSupportValues::from(t));
-            }
-            req = req.tag_specifications(tag_spec(ResourceType::Image, &state, &BTreeMap::new()));
-            let out = req.send().await.map_err(|e| classify("RegisterImage", &name, e))?;
-            let id = out.image_id().unwrap_or_default().to_string();
-            // Tags at registration are not honoured everywhere; the build's tags make the
-            // image findable by Cleanup and the janitor.
-            ec2.create_tags()
-                .resources(&id)
-                .set_tags(Some(tags_with_build(&state, &BTreeMap::new())))
-                .send()
-                .await
-                .map_err(|e| classify("CreateTags", &id, e))?;
-            id
-        }
-    };
-    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
-    if intermediary {
-        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+    let ec2 = ctx.ec2(region);
+    let source = vol.source.as_ref();
+    let (mappings, root) = registration_mappings(&cfg, source, &snapshot)?;
+    let virt = cfg
+        .ami
+        .ami_virtualization_type
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| source.and_then(|s| s.virtualization_type.clone()))
+        .unwrap_or_else(|| "hvm".into());
+    let arch = if cfg.from_scratch { Some(cfg.ami_architecture.clone()) } else { source.and_then(|s| s.architecture.clone()) };
+    let mut req = ec2
+        .register_image()
+        .name(name)
+        .root_device_name(&root)
+        .set_block_device_mappings(Some(mappings))
+        .virtualization_type(&virt)
+        .set_architecture(arch.map(|a| ArchitectureValues::from(a.as_str())));
+    if !view.ami_description.is_empty() && !intermediary {
+        req = req.description(render(&view.ami_description, &state.data, region));
     }
-    state.data.amis.insert(region, id);
-    begin_wait(&mut state, WAIT);
-    Ok(state)
+    if virt != "hvm" {
+        if let Some(s) = source {
+            req = req.set_kernel_id(s.kernel_id.clone()).set_ramdisk_id(s.ramdisk_id.clone());
+        }
+    }
+    if view.sriov_support {
+        req = req.sriov_net_support("simple");
+    }
+    if view.ena_support == Some(true) {
+        req = req.ena_support(true);
+    }
+    if let Some(b) = cfg.boot_mode.as_deref().filter(|b| !b.is_empty()) {
+        req = req.boot_mode(BootModeValues::from(b));
+    }
+    if let Some(u) = cfg.uefi_data.as_deref().filter(|u| !u.is_empty()) {
+        req = req.uefi_data(u);
+    }
+    if let Some(t) = cfg.tpm_support.as_deref().filter(|t| !t.is_empty()) {
+        req = req.tpm_support(TpmSupportValues::from(t));
+    }
+    req = req.tag_specifications(tag_spec(ResourceType::Image, state, &BTreeMap::new()));
+    let out = req.send().await.map_err(|e| classify("RegisterImage", name, e))?;
+    Ok(out.image_id().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str) -> TypedDevice {
+        TypedDevice { device_name: name.into(), volume_size: Some(8), volume_type: Some("gp3".into()), delete_on_termination: true, ..Default::default() }
+    }
+
+    #[test]
+    fn launch_devices_win_the_root_is_renamed_and_omitted_ones_stay_out() {
+        let ami = vec![TypedDevice { device_name: "/dev/xvdf".into(), volume_size: Some(100), ..Default::default() }, TypedDevice { device_name: "/dev/sdb".into(), virtual_name: Some("ephemeral0".into()), ..Default::default() }];
+        let mut omitted = dev("/dev/xvdg");
+        omitted.omit_from_artifact = true;
+        let mut encrypted = dev("/dev/xvdf");
+        encrypted.encrypted = Some(true);
+        encrypted.kms_key_id = Some("alias/k".into());
+        let launch = vec![encrypted, omitted];
+        let snaps = BTreeMap::from([("/dev/xvdf".to_string(), "snap-1".to_string()), ("/dev/xvdg".to_string(), "snap-2".to_string())]);
+        let m = surrogate_mappings(&ami, &launch, &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap();
+        let names: Vec<&str> = m.iter().filter_map(|d| d.device_name()).collect();
+        assert_eq!(names, vec!["/dev/sdb", "/dev/xvda"], "the AMI's /dev/xvdf is replaced by the launch device, renamed");
+        let root = m.iter().find(|d| d.device_name() == Some("/dev/xvda")).unwrap().ebs().unwrap();
+        assert_eq!((root.snapshot_id(), root.encrypted(), root.kms_key_id(), root.volume_size()), (Some("snap-1"), None, None, Some(8)));
+        assert_eq!(m[0].virtual_name(), Some("ephemeral0"));
+        let missing = surrogate_mappings(&[], &[dev("/dev/xvdh")], &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap_err();
+        assert!(missing.message().contains("/dev/xvdh"), "{missing:?}");
+    }
 }

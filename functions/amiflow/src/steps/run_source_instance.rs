@@ -81,9 +81,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = cfg.region.clone();
     let ec2 = ctx.ec2(&region);
     let ami = state.data.source_ami.clone().ok_or_else(|| StepError::BuildFailed("RunSourceInstance: no source AMI in the state (SourceAmiInfo must run first)".into()))?;
+    // amazon-instance launches any root type and sends no shutdown behaviour (Packer's
+    // StepRunSourceInstance without ExpectedRootDevice); the EBS builders need an EBS root.
+    let ebs_backed = state.build.builder_type != amiflow_template::BuilderType::Instance;
     if let Some(t) = state.data.extra.get("source_root_device_type").and_then(|v| v.as_str()) {
-        if t != "ebs" {
-            return Err(StepError::BuildFailed(format!("source AMI {ami}: root device type {t}, amazon-ebs needs ebs")));
+        if ebs_backed && t != "ebs" {
+            return Err(StepError::BuildFailed(format!("source AMI {ami}: root device type {t}, {} needs ebs", state.build.builder_type.as_str())));
         }
     }
     // A retried step (or a lost response) finds the instance it launched: by the build's
@@ -142,7 +145,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     spot = spot.max_price(p);
                 }
                 req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot.build()).build());
-            } else {
+            } else if ebs_backed {
                 req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(cfg.shutdown_behavior.as_deref().unwrap_or("stop")));
             }
             match (&state.data.subnet_id, cfg.associate_public_ip_address) {

@@ -1,10 +1,13 @@
-//! WaitSnapshotsCompleted: `NotReady` while the build's snapshots are pending; a snapshot in
-//! `error` fails the build with AWS's state message.
+//! WaitSnapshotsCompleted: `NotReady` until every snapshot the build took (SnapshotVolumes'
+//! per device, chroot's CreateSnapshot's in `data.snapshots`) is `completed` (Packer's
+//! SnapshotCompleted waiter, 30 minutes unless `aws_polling`); `BuildFailed` when one went
+//! to `error`. amazon-ebsvolume's snapshots are its artifact: they go to `data.snapshots` here.
 
 use aws_sdk_ec2::types::SnapshotState;
 
-use super::create_snapshot::WAIT;
 use super::prelude::*;
+use super::snapshot_volumes::WAIT;
+use super::volumes::snapshot_ids;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitSnapshotsCompleted",
@@ -14,34 +17,51 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-/// Packer's SnapshotCompleted waiter (plugin: 30 min and more).
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(3600);
+/// Packer's SnapshotCompleted waiter: 30 minutes.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let view = EbsView::of(&state)?;
-    let region = view.region.clone();
-    let ids = state.data.snapshots.get(&region).cloned().unwrap_or_default();
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    let mut ids: Vec<String> = snapshot_ids(&state).into_values().collect();
+    for id in state.data.snapshots.get(&region).into_iter().flatten() {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
     if ids.is_empty() {
         return Ok(state);
     }
-    let out = ctx.ec2(&region).describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await.map_err(|e| classify("DescribeSnapshots", &ids.join(","), e))?;
+    let out = match ctx.ec2(&region).describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
+        Ok(out) => out,
+        Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {
+            return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots {} are not visible yet", ids.join(", "))));
+        }
+        Err(e) => return Err(classify("DescribeSnapshots", &ids.join(","), e)),
+    };
     let mut pending = Vec::new();
     for s in out.snapshots() {
         let id = s.snapshot_id().unwrap_or_default();
         match s.state() {
             Some(SnapshotState::Completed) => {}
             Some(SnapshotState::Error) => {
-                return Err(StepError::BuildFailed(format!("snapshot {id} failed: {}", s.state_message().unwrap_or("AWS gave no reason"))));
+                return Err(StepError::BuildFailed(format!(
+                    "snapshot {id} of volume {} in {region} failed: {}",
+                    s.volume_id().unwrap_or("?"),
+                    s.state_message().unwrap_or("AWS gave no reason")
+                )))
             }
             _ => pending.push(format!("{id} ({})", s.progress().unwrap_or("0%"))),
         }
     }
-    if out.snapshots().len() < ids.len() {
-        pending.push("not yet listed".into());
-    }
-    if !pending.is_empty() {
-        return Err(not_ready(&state, &view, WAIT, DEFAULT_BUDGET, format!("snapshots pending: {}", pending.join(", "))));
+    if !pending.is_empty() || out.snapshots().len() < ids.len() {
+        return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots pending in {region}: {}", pending.join(", "))));
     }
     end_wait(&mut state, WAIT);
+    if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {
+        let mut sorted = ids;
+        sorted.sort();
+        state.data.snapshots.insert(region, sorted);
+    }
     Ok(state)
 }

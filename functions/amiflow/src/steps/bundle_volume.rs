@@ -1,0 +1,60 @@
+//! BundleVolume (Packer's StepBundleVolume): renders `bundle_vol_command` (reference §6.1:
+//! `.KeyPath .AccountId .CertPath .Architecture .PrivatePath .Destination .Prefix`) and
+//! runs it on the instance. Records where the bundle will land in S3 before anything is
+//! uploaded, so Cleanup can remove it whatever happens next.
+
+use super::instance_store::{config, object_prefix, render_command, run_remote, session};
+use super::prelude::*;
+use crate::provision::transport::ExecStatus;
+use crate::provision::Secrets;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "BundleVolume",
+    iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter"],
+    wait: None,
+    // A bundle of a large volume takes a while: Lambda's maximum.
+    timeout_seconds: 900,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let c = config(&state)?.clone();
+    let region = c.access.region.clone().unwrap_or_default();
+    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("BundleVolume: no instance in the state".into()))?;
+    let architecture = super::instance_state::describe(ctx, &region, &instance)
+        .await?
+        .and_then(|i| i.architecture().map(|a| a.as_str().to_string()))
+        .unwrap_or_else(|| "x86_64".into());
+    let upload = c.x509_upload_path.trim_end_matches('/').to_string();
+    let prefix = c.bundle_prefix.clone();
+    let vars = BTreeMap::from([
+        ("AccountId".to_string(), c.account_id.replace('-', "")),
+        ("Architecture".to_string(), architecture),
+        ("CertPath".to_string(), format!("{upload}/cert.pem")),
+        ("KeyPath".to_string(), format!("{upload}/key.pem")),
+        ("PrivatePath".to_string(), upload.clone()),
+        ("Destination".to_string(), c.bundle_destination.clone()),
+        ("Prefix".to_string(), prefix.clone()),
+    ]);
+    let command = render_command("bundle_vol_command", &c.bundle_vol_command, &vars)?;
+    // Where UploadBundle puts it: recorded first, an artifact (it backs the AMI).
+    state.ledger.record(ResourceKind::S3Object, &region, &format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix)), true);
+    let mut secrets = Secrets::default();
+    let mut t = session(ctx, &state, &mut secrets).await?;
+    let result = run_remote(&mut t, "bundle_vol_command", &command, &secrets).await;
+    t.close().await;
+    let (status, tail) = result?;
+    if status != ExecStatus::Exited(0) {
+        return Err(StepError::BuildFailed(format!(
+            "Volume bundling failed ({status}). Please check that ec2-ami-tools (ec2-bundle-vol) is installed on the source \
+             instance (a provisioner can install it), that the X.509 certificate and key are valid and that {} has room for \
+             the bundle. Last output:\n{}",
+            c.bundle_destination,
+            tail.join("\n")
+        )));
+    }
+    let manifest = format!("{prefix}.manifest.xml");
+    state.data.extra.insert("bundle_prefix".into(), serde_json::json!(prefix));
+    state.data.extra.insert("manifest_path".into(), serde_json::json!(format!("{}/{manifest}", c.bundle_destination.trim_end_matches('/'))));
+    Ok(state)
+}

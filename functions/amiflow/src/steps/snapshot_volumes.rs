@@ -1,0 +1,129 @@
+//! SnapshotVolumes: snapshots the stopped instance's volumes, all at once (Packer's
+//! StepSnapshotVolumes / stepSnapshotEBSVolumes), each tagged at creation; the wait is
+//! WaitSnapshotsCompleted.
+//!
+//! - amazon-ebssurrogate: every `launch_block_device_mappings` device not
+//!   `omit_from_artifact`, described by `snapshot_description`, tagged `snapshot_tags`.
+//! - amazon-ebsvolume: every `ebs_volumes` entry with `snapshot_volume`, with its own
+//!   `snapshot_description` and `snapshot_tags`.
+//!
+//! The snapshots are artifacts in the ledger: kept when the build succeeds (they back the
+//! AMI, or are the ebsvolume artifact), removed when a later step fails.
+
+use aws_sdk_ec2::types::SnapshotState;
+use futures::future::try_join_all;
+
+use super::prelude::*;
+use super::volumes::{ebsvolume, instance_volumes, snapshot_ids, surrogate, volume_at};
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "SnapshotVolumes",
+    iam_actions: &["ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:CreateSnapshot", "ec2:CreateTags"],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+pub const WAIT: &str = "SnapshotsCompleted";
+
+/// One snapshot to take: device, description, tags (unrendered).
+struct Wanted {
+    device: String,
+    key: String,
+    description: Option<String>,
+    tags: BTreeMap<String, String>,
+}
+
+fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
+    if let Some(c) = surrogate(state) {
+        return Ok(c
+            .launch_block_device_mappings
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.omit_from_artifact && !d.no_device && d.virtual_name.as_deref().is_none_or(|v| !v.starts_with("ephemeral")))
+            .map(|(i, d)| Wanted {
+                device: d.device_name.clone(),
+                key: format!("launch_block_device_mappings[{i}].device_name"),
+                description: c.snapshot_description.clone(),
+                tags: c.ami.snapshot_tags.clone(),
+            })
+            .collect());
+    }
+    if let Some(c) = ebsvolume(state) {
+        return Ok(c
+            .ebs_volumes
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.snapshot_volume)
+            .map(|(i, v)| Wanted {
+                device: v.device.device_name.clone(),
+                key: format!("ebs_volumes[{i}].device_name"),
+                description: v.snapshot_description.clone(),
+                tags: v.snapshot_tags.clone(),
+            })
+            .collect());
+    }
+    Err(StepError::BuildFailed(format!("SnapshotVolumes serves amazon-ebssurrogate and amazon-ebsvolume, not {}", state.build.builder_type.as_str())))
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = EbsView::of(&state)?;
+    let region = cfg.region.clone();
+    if surrogate(&state).is_some_and(|c| c.use_create_image) {
+        // Without the swap, CreateImage would image the instance's own root, not the surrogate.
+        return Err(StepError::BuildFailed(
+            "use_create_image: the volume swap it needs (Packer's StepSwapVolumes) is not available in amiflow yet; \
+             set \"use_create_image\": false to register the AMI from snapshots of the launch volumes"
+                .into(),
+        ));
+    }
+    let wanted = wanted(&state)?;
+    if wanted.is_empty() {
+        return Ok(state);
+    }
+    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("SnapshotVolumes: no instance in the state".into()))?;
+    let attached = instance_volumes(ctx, &region, &instance).await?;
+    let mut done = snapshot_ids(&state);
+    let now = chrono::Utc::now().to_rfc3339();
+    let state_ref = &state;
+    let attached = &attached;
+    let jobs = wanted.iter().filter(|w| !done.contains_key(&w.device)).map(|w| {
+        let ec2 = ctx.ec2(&region);
+        let region = region.clone();
+        let now = now.clone();
+        async move {
+            let volume = volume_at(attached, &w.device, &w.key)?;
+            // EC2 takes no ClientToken for snapshots: a retried step finds its snapshot of
+            // this volume by the build's tags.
+            let mut lookup = own_filters(state_ref);
+            lookup.push(filter("volume-id", [volume.clone()]));
+            let found = ec2.describe_snapshots().owner_ids("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeSnapshots", &volume, e))?;
+            let live = found.snapshots().iter().find(|s| s.state() != Some(&SnapshotState::Error)).and_then(|s| s.snapshot_id()).map(String::from);
+            let id = match live {
+                Some(id) => id,
+                None => {
+                    let description = w.description.clone().filter(|d| !d.is_empty()).map(|d| render(&d, &state_ref.data, &region)).unwrap_or_else(|| format!("amiflow: {now}"));
+                    let tags = render_tags(&w.tags, &state_ref.data, &region);
+                    let out = ec2
+                        .create_snapshot()
+                        .volume_id(&volume)
+                        .description(description)
+                        .tag_specifications(tag_spec(ResourceType::Snapshot, state_ref, &tags))
+                        .send()
+                        .await
+                        .map_err(|e| classify("CreateSnapshot", &format!("{volume} ({})", w.device), e))?;
+                    out.snapshot_id().unwrap_or_default().to_string()
+                }
+            };
+            Ok::<_, StepError>((w.device.clone(), id))
+        }
+    });
+    let taken = try_join_all(jobs).await?;
+    for (device, id) in taken {
+        state.ledger.record(ResourceKind::Snapshot, &region, &id, true);
+        done.insert(device, id);
+    }
+    state.data.extra.insert("snapshot_ids".into(), serde_json::to_value(&done)?);
+    begin_wait(&mut state, WAIT);
+    Ok(state)
+}

@@ -1,0 +1,6 @@
+//! The subcommands that talk to a deployed amiflow, as a library so the end-to-end tests can
+//! drive them against the emulator: `start`, `watch`, and `policy`.
+
+pub mod policy;
+pub mod start;
+pub mod watch;

@@ -1,0 +1,145 @@
+// `cdk synth` of the construct, with assertions on the resources it produces.
+// Run: npm test (tsc, then node --test), or through the Rust e2e test infra::cdk_synth.
+
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { App } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as events from 'aws-cdk-lib/aws-events';
+import { AmiflowStack, StepsManifest, loadStepsManifest } from '../lib/amiflow';
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'amiflow-cdk-'));
+const bootstrapDir = path.join(work, 'lambda');
+fs.mkdirSync(bootstrapDir);
+fs.writeFileSync(path.join(bootstrapDir, 'bootstrap'), '#!/bin/sh\n');
+const definitionFile = path.join(work, 'amiflow.asl.json');
+fs.writeFileSync(definitionFile, JSON.stringify({
+  StartAt: 'CreateImage',
+  States: { CreateImage: { Type: 'Task', Resource: '${CreateImageFunctionArn}', End: true } },
+}));
+
+const sample: StepsManifest = {
+  chroot_host_document: loadStepsManifest().chroot_host_document,
+  steps: [
+    { name: 'CreateImage', logical_id: 'CreateImage', iam_actions: ['ec2:CreateImage', 'ec2:CreateTags'], timeout_seconds: 30, memory_mb: 256, state_machine_task: true, substitution: 'CreateImageFunctionArn' },
+    { name: 'RunSourceInstance', logical_id: 'RunSourceInstance', iam_actions: ['ec2:RunInstances', 'iam:PassRole'], timeout_seconds: 60, memory_mb: 256, state_machine_task: true, substitution: 'RunSourceInstanceFunctionArn' },
+    { name: 'Janitor', logical_id: 'Janitor', iam_actions: ['ec2:DescribeInstances', 'ec2:TerminateInstances'], timeout_seconds: 900, memory_mb: 256, state_machine_task: false, substitution: 'JanitorFunctionArn' },
+  ],
+};
+
+function synth(steps: StepsManifest, extra: Record<string, unknown> = {}): Template {
+  const app = new App({ outdir: fs.mkdtempSync(path.join(work, 'out-')) });
+  const stack = new AmiflowStack(app, 'Amiflow', { bootstrapDir, definitionFile, steps, ...extra });
+  return Template.fromStack(stack);
+}
+
+/** Handler → actions of the role's inline policies, from the synthesized template. */
+function roleActions(template: Template): Map<string, string[]> {
+  const functions = template.findResources('AWS::Lambda::Function');
+  const roles = template.findResources('AWS::IAM::Role');
+  const out = new Map<string, string[]>();
+  for (const fn of Object.values(functions)) {
+    const roleId = fn.Properties.Role['Fn::GetAtt'][0];
+    const actions = new Set<string>();
+    for (const policy of roles[roleId].Properties.Policies ?? []) {
+      for (const st of policy.PolicyDocument.Statement) {
+        for (const a of [st.Action].flat()) actions.add(a);
+      }
+    }
+    out.set(fn.Properties.Handler, [...actions].sort());
+  }
+  return out;
+}
+
+test('one function per step, each role allowing exactly the step actions', () => {
+  const manifest = loadStepsManifest();
+  for (const steps of [manifest, sample]) {
+    const template = synth(steps, { instanceProfileRoleNames: ['packer-build'] });
+    template.resourceCountIs('AWS::Lambda::Function', steps.steps.length);
+    const actions = roleActions(template);
+    for (const step of steps.steps) {
+      assert.deepEqual(actions.get(step.name), [...new Set(step.iam_actions)].sort(), step.name);
+    }
+  }
+});
+
+test('functions run the bootstrap binary with the step handler, timeout and memory', () => {
+  const template = synth(sample);
+  template.hasResourceProperties('AWS::Lambda::Function', {
+    Handler: 'CreateImage', Runtime: 'provided.al2023', Architectures: ['arm64'], Timeout: 30, MemorySize: 256,
+  });
+  template.hasResourceProperties('AWS::Lambda::Function', { Handler: 'Janitor', Timeout: 900 });
+});
+
+test('iam:PassRole only on the named roles, towards EC2', () => {
+  const template = synth(sample, { instanceProfileRoleNames: ['packer-build'] });
+  template.hasResourceProperties('AWS::IAM::Role', {
+    Policies: [{
+      PolicyName: 'amiflow-RunSourceInstance',
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({
+        Action: 'iam:PassRole',
+        Condition: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+        Resource: Match.objectLike({ 'Fn::Join': Match.arrayWith([Match.arrayWith([':role/packer-build'])]) }),
+      })]) },
+    }],
+  });
+  // No roles named: no PassRole statement at all.
+  const none = synth(sample);
+  assert.ok(!JSON.stringify(none.toJSON()).includes('iam:PassRole'));
+});
+
+test('state machine: substitutions, invoke only its tasks, logs without execution data', () => {
+  const template = synth(sample, { tracing: true });
+  template.resourceCountIs('AWS::StepFunctions::StateMachine', 1);
+  template.hasResourceProperties('AWS::StepFunctions::StateMachine', {
+    TracingConfiguration: { Enabled: true },
+    LoggingConfiguration: Match.objectLike({ IncludeExecutionData: false, Level: 'ALL' }),
+  });
+  const machine = Object.values(template.findResources('AWS::StepFunctions::StateMachine'))[0];
+  const rendered = JSON.stringify(machine.Properties.DefinitionString);
+  assert.ok(rendered.includes('CreateImageFunction'), 'the CreateImage ARN is substituted');
+  template.hasResourceProperties('AWS::IAM::Role', {
+    AssumeRolePolicyDocument: Match.objectLike({ Statement: [Match.objectLike({ Principal: { Service: 'states.amazonaws.com' } })] }),
+    Policies: [{ PolicyName: 'amiflow-state-machine', PolicyDocument: { Statement: [Match.objectLike({
+      Action: 'lambda:InvokeFunction',
+      Resource: [
+        { 'Fn::GetAtt': [Match.stringLikeRegexp('CreateImageFunction'), 'Arn'] },
+        { 'Fn::GetAtt': [Match.stringLikeRegexp('RunSourceInstanceFunction'), 'Arn'] },
+      ],
+    })] } }],
+  });
+  template.resourceCountIs('AWS::Logs::LogGroup', 1);
+});
+
+test('artifacts bucket is encrypted, private and expires staged files', () => {
+  const template = synth(sample);
+  template.hasResourceProperties('AWS::S3::Bucket', {
+    BucketEncryption: { ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
+    PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+    LifecycleConfiguration: { Rules: Match.arrayWith([Match.objectLike({ Prefix: 'staged/', ExpirationInDays: 7 })]) },
+  });
+});
+
+test('chroot host SSM document, janitor rule and optional schedule', () => {
+  const plain = synth(sample);
+  plain.hasResourceProperties('AWS::SSM::Document', { DocumentType: 'Command', Content: Match.objectLike({ schemaVersion: '2.2' }) });
+  plain.resourceCountIs('AWS::Events::Rule', 1);
+  plain.hasResourceProperties('AWS::Events::Rule', {
+    EventPattern: {
+      source: ['aws.states'],
+      'detail-type': ['Step Functions Execution Status Change'],
+      detail: { status: ['ABORTED', 'TIMED_OUT', 'FAILED'], stateMachineArn: [{ Ref: Match.stringLikeRegexp('StateMachine') }] },
+    },
+  });
+  const scheduled = synth(sample, {
+    schedule: { schedule: events.Schedule.expression('cron(0 3 * * ? *)'), templateS3: 's3://b/t.json', vars: { version: '1' } },
+  });
+  scheduled.resourceCountIs('AWS::Events::Rule', 2);
+  scheduled.hasResourceProperties('AWS::Events::Rule', {
+    ScheduleExpression: 'cron(0 3 * * ? *)',
+    Targets: [Match.objectLike({ Input: JSON.stringify({ template_s3: 's3://b/t.json', vars: { version: '1' } }) })],
+  });
+});

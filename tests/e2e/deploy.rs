@@ -1,0 +1,286 @@
+//! Operating a deployed amiflow, against moto: the janitor sweeps an aborted build by tag,
+//! `amiflow start` and `amiflow watch` drive Step Functions' API (moto's executions run no
+//! Lambdas: they stay RUNNING until stopped and return a canned history).
+
+use std::time::Duration;
+
+use amiflow::state::BUILD_TAG;
+use amiflow::steps::janitor::{sweep, StatusChangeEvent};
+use amiflow_tests::Moto;
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use serde_json::json;
+
+const REGION: &str = "us-east-1";
+const COPY_REGION: &str = "eu-west-1";
+const AMI: &str = "ami-0f8848d57eb4fe2d2";
+
+fn tags(kind: ResourceType, build: Option<&str>) -> Vec<TagSpecification> {
+    build
+        .map(|b| vec![TagSpecification::builder().resource_type(kind).tags(Tag::builder().key(BUILD_TAG).value(b).build()).build()])
+        .unwrap_or_default()
+}
+
+/// Every live resource of each kind in a region, as "kind id" strings.
+async fn inventory(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in ec2.describe_instances().send().await.unwrap().reservations() {
+        for i in r.instances() {
+            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+            if state != "terminated" && state != "shutting-down" {
+                out.push(format!("instance {}", i.instance_id().unwrap()));
+            }
+        }
+    }
+    for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+        out.push(format!("sg {}", g.group_id().unwrap()));
+    }
+    for k in ec2.describe_key_pairs().send().await.unwrap().key_pairs() {
+        out.push(format!("key {}", k.key_name().unwrap()));
+    }
+    for v in ec2.describe_volumes().send().await.unwrap().volumes() {
+        out.push(format!("volume {}", v.volume_id().unwrap()));
+    }
+    for i in ec2.describe_images().owners("self").send().await.unwrap().images() {
+        out.push(format!("image {}", i.image_id().unwrap()));
+    }
+    for s in ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots() {
+        out.push(format!("snapshot {}", s.snapshot_id().unwrap()));
+    }
+    out
+}
+
+/// One of each resource a build makes, tagged for `build` (or untagged): (kind id) list.
+async fn make_build_resources(ec2: &aws_sdk_ec2::Client, build: Option<&str>, label: &str) -> Vec<String> {
+    let mut made = Vec::new();
+    let sg = ec2
+        .create_security_group()
+        .group_name(format!("amiflow-{label}"))
+        .description("e2e")
+        .set_tag_specifications(Some(tags(ResourceType::SecurityGroup, build)))
+        .send()
+        .await
+        .unwrap();
+    made.push(format!("sg {}", sg.group_id().unwrap()));
+    let key = ec2
+        .create_key_pair()
+        .key_name(format!("amiflow-{label}"))
+        .set_tag_specifications(Some(tags(ResourceType::KeyPair, build)))
+        .send()
+        .await
+        .unwrap();
+    made.push(format!("key {}", key.key_name().unwrap()));
+    let run = ec2
+        .run_instances()
+        .image_id(AMI)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T2Micro)
+        .min_count(1)
+        .max_count(1)
+        .set_tag_specifications(Some(tags(ResourceType::Instance, build)))
+        .send()
+        .await
+        .unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_string();
+    made.push(format!("instance {instance}"));
+    let volume = ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(1)
+        .set_tag_specifications(Some(tags(ResourceType::Volume, build)))
+        .send()
+        .await
+        .unwrap();
+    made.push(format!("volume {}", volume.volume_id().unwrap()));
+    let image = ec2.create_image().instance_id(&instance).name(format!("amiflow-{label}")).send().await.unwrap();
+    let image_id = image.image_id().unwrap().to_string();
+    made.push(format!("image {image_id}"));
+    let described = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
+    let snapshots: Vec<String> = described.images()[0]
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(String::from))
+        .collect();
+    made.extend(snapshots.iter().map(|s| format!("snapshot {s}")));
+    if let Some(b) = build {
+        let mut ids = vec![image_id.clone()];
+        ids.extend(snapshots);
+        ec2.create_tags().set_resources(Some(ids)).tags(Tag::builder().key(BUILD_TAG).value(b).build()).send().await.unwrap();
+    }
+    made
+}
+
+fn aborted_event(name: &str, input: serde_json::Value) -> StatusChangeEvent {
+    serde_json::from_value(json!({
+        "version": "0", "id": "1", "detail-type": "Step Functions Execution Status Change", "source": "aws.states",
+        "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": REGION,
+        "resources": [format!("arn:aws:states:{REGION}:123456789012:execution:amiflow:{name}")],
+        "detail": {
+            "executionArn": format!("arn:aws:states:{REGION}:123456789012:execution:amiflow:{name}"),
+            "stateMachineArn": format!("arn:aws:states:{REGION}:123456789012:stateMachine:amiflow"),
+            "name": name, "status": "ABORTED", "startDate": 1, "stopDate": 2,
+            "input": input.to_string(), "inputDetails": { "included": true }, "output": null
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_else() {
+    let Some(moto) = Moto::start_or_skip("janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_else") else { return };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let copy_ec2 = ctx.ec2(COPY_REGION);
+    let baseline = inventory(&ec2).await;
+    let doomed = make_build_resources(&ec2, Some("aborted-1"), "aborted").await;
+    let other = make_build_resources(&ec2, Some("still-running-2"), "other").await;
+    let untagged = make_build_resources(&ec2, None, "untagged").await;
+    // A copy region named only through a template variable.
+    let copied = copy_ec2
+        .create_volume()
+        .availability_zone(format!("{COPY_REGION}a"))
+        .size(1)
+        .set_tag_specifications(Some(tags(ResourceType::Volume, Some("aborted-1"))))
+        .send()
+        .await
+        .unwrap();
+    let copied = format!("volume {}", copied.volume_id().unwrap());
+    let copy_baseline: Vec<String> = inventory(&copy_ec2).await.into_iter().filter(|r| *r != copied).collect();
+
+    let input = json!({
+        "template": {
+            "variables": { "copy_to": COPY_REGION },
+            "builders": [{ "type": "amazon-ebs", "region": REGION, "ami_regions": ["{{user `copy_to`}}"] }]
+        },
+        "vars": {}
+    });
+    let report = sweep(&ctx, aborted_event("aborted-1", input), Duration::from_millis(100), Duration::from_secs(60))
+        .await
+        .expect("the janitor sweeps");
+    assert!(report.swept);
+    assert_eq!(report.regions, vec![COPY_REGION.to_string(), REGION.to_string()]);
+    println!("janitor removed {} resources: {:?}", report.removed.len(), report.removed);
+
+    let left = inventory(&ec2).await;
+    for r in &doomed {
+        assert!(!left.contains(r), "{r} of the aborted build is still there");
+    }
+    for r in other.iter().chain(&untagged).chain(&baseline) {
+        assert!(left.contains(r), "{r} (not the aborted build's) was removed");
+    }
+    let copy_left = inventory(&copy_ec2).await;
+    assert!(!copy_left.contains(&copied), "{copied} in {COPY_REGION} is still there");
+    for r in &copy_baseline {
+        assert!(copy_left.contains(r), "{r} in {COPY_REGION} was removed");
+    }
+    // Still tagged and alive elsewhere: nothing.
+    let tagged_left = ec2
+        .describe_volumes()
+        .filters(Filter::builder().name(format!("tag:{BUILD_TAG}")).values("aborted-1").build())
+        .send()
+        .await
+        .unwrap();
+    assert!(tagged_left.volumes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_ignores_statuses_that_need_no_sweep() {
+    let Some(moto) = Moto::start_or_skip("janitor_ignores_statuses_that_need_no_sweep") else { return };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let made = make_build_resources(&ec2, Some("succeeded-3"), "succeeded").await;
+    let mut event = aborted_event("succeeded-3", json!({ "template": { "builders": [{ "type": "amazon-ebs", "region": REGION }] } }));
+    event.detail.status = "SUCCEEDED".into();
+    let report = sweep(&ctx, event, Duration::from_millis(100), Duration::from_secs(10)).await.unwrap();
+    assert!(!report.swept);
+    let left = inventory(&ec2).await;
+    assert!(made.iter().all(|r| left.contains(r)), "a succeeded build's artifacts must stay");
+}
+
+async fn sfn_client(moto: &Moto) -> aws_sdk_sfn::Client {
+    aws_sdk_sfn::Client::new(&moto.sdk_config(REGION).await)
+}
+
+async fn create_state_machine(sfn: &aws_sdk_sfn::Client) -> String {
+    let definition = json!({ "StartAt": "Prepare", "States": { "Prepare": { "Type": "Pass", "End": true } } });
+    sfn.create_state_machine()
+        .name("amiflow")
+        .definition(definition.to_string())
+        .role_arn("arn:aws:iam::123456789012:role/amiflow-state-machine")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_sends_the_prepared_input_and_watch_follows_to_the_end() {
+    let Some(moto) = Moto::start_or_skip("start_sends_the_prepared_input_and_watch_follows_to_the_end") else { return };
+    let sfn = sfn_client(&moto).await;
+    let machine = create_state_machine(&sfn).await;
+    let template = json!({
+        "variables": { "region": REGION },
+        "builders": [{ "type": "amazon-ebs", "region": "{{user `region`}}", "source_ami": AMI, "instance_type": "t2.micro",
+            "ssh_username": "ec2-user", "ami_name": "e2e {{timestamp}}" }]
+    });
+    let vars = std::collections::BTreeMap::from([("region".to_string(), REGION.to_string())]);
+    let input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
+    let name = amiflow_cli::start::execution_name(std::path::Path::new("basic.json"));
+    let arn = amiflow_cli::start::start(&sfn, &machine, &name, &input).await.unwrap();
+    assert!(arn.ends_with(&format!(":{name}")), "{arn}");
+
+    let described = sfn.describe_execution().execution_arn(&arn).send().await.unwrap();
+    assert_eq!(described.name(), Some(name.as_str()));
+    let sent: serde_json::Value = serde_json::from_str(described.input().unwrap()).unwrap();
+    assert_eq!(sent, input, "the execution got exactly the prepared input");
+    assert_eq!(sent["template"]["builders"][0]["source_ami"], AMI);
+    assert_eq!(described.status().as_str(), "RUNNING");
+
+    // Stopped by hand while watched: watch renders moto's history and ends with exit code 2.
+    let stopper = {
+        let sfn = sfn.clone();
+        let arn = arn.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            sfn.stop_execution().execution_arn(arn).error("Manual").cause("stopped by the e2e test").send().await.unwrap();
+        })
+    };
+    let outcome = amiflow_cli::watch::follow(&sfn, &arn, Duration::from_millis(200), Some(Duration::from_secs(30))).await.unwrap();
+    stopper.await.unwrap();
+    assert_eq!(outcome.status, "ABORTED");
+    assert_eq!(outcome.exit_code(), 2);
+    let history = sfn.get_execution_history().execution_arn(&arn).send().await.unwrap();
+    let entered: Vec<String> = history.events().iter().filter_map(|e| e.state_entered_event_details()).map(|d| format!("→ {}", d.name())).collect();
+    assert!(!entered.is_empty(), "moto returns a history with states");
+    for line in &entered {
+        assert!(outcome.lines.contains(line), "watch did not show {line}: {:?}", outcome.lines);
+    }
+    assert_eq!(outcome.lines.iter().filter(|l| l.starts_with('→')).count(), entered.len(), "each event once: {:?}", outcome.lines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_static_credentials_and_invalid_templates_before_calling_aws() {
+    let Some(moto) = Moto::start_or_skip("start_refuses_static_credentials_and_invalid_templates_before_calling_aws") else { return };
+    let sfn = sfn_client(&moto).await;
+    let machine = create_state_machine(&sfn).await;
+    let template = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION, "access_key": "AKIAEXAMPLE", "secret_key": "wJalr" }] });
+    let err = amiflow_cli::start::execution_input(&template, &Default::default(), "cleanup").unwrap_err().to_string();
+    assert!(err.contains("history"), "{err}");
+    // A template Prepare rejects is refused locally, with every problem listed.
+    let incomplete = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION }] });
+    let input = amiflow_cli::start::execution_input(&incomplete, &Default::default(), "cleanup").unwrap();
+    let err = amiflow_cli::start::validate_locally(&input, "e2e-invalid").await.unwrap_err().to_string();
+    assert!(err.contains("ami_name") && err.contains("source_ami"), "{err}");
+    let executions = sfn.list_executions().state_machine_arn(&machine).send().await.unwrap();
+    assert!(executions.executions().is_empty(), "nothing was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_a_timeout_deadline_without_hanging() {
+    let Some(moto) = Moto::start_or_skip("watch_reports_a_timeout_deadline_without_hanging") else { return };
+    let sfn = sfn_client(&moto).await;
+    let machine = create_state_machine(&sfn).await;
+    let arn = amiflow_cli::start::start(&sfn, &machine, "still-running", &json!({ "template": {} })).await.unwrap();
+    let outcome = amiflow_cli::watch::follow(&sfn, &arn, Duration::from_millis(100), Some(Duration::from_millis(500))).await.unwrap();
+    assert_eq!(outcome.status, "RUNNING");
+    assert_eq!(outcome.exit_code(), 1, "a watch that gave up is not a success");
+}
