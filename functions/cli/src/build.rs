@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use crate::progress::Progress;
-use crate::validate::prepare_options;
+use crate::validate::TemplateArgs;
 use crate::{manifest, validate};
 
 /// The definition deployed to Step Functions, byte for byte (a test keeps it in sync
@@ -21,20 +21,8 @@ const DEFINITION: &str = include_str!("../../../statemachine/amiflow.asl.json");
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Packer JSON template.
-    pub template: PathBuf,
-    /// Set a variable (repeatable): -var 'name=value'.
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    pub vars: Vec<String>,
-    /// JSON file of variables (repeatable); -var wins over it.
-    #[arg(long = "var-file", value_name = "FILE")]
-    pub var_files: Vec<PathBuf>,
-    /// Build only these builds (comma-separated names).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub only: Vec<String>,
-    /// Build all builds but these (comma-separated names).
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub except: Vec<String>,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// What to do when a build fails: `cleanup` (default) removes everything it created,
     /// `abort` keeps it for debugging.
     #[arg(long = "on-error", value_name = "cleanup|abort", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
@@ -45,8 +33,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.template).with_context(|| format!("cannot read template {}", args.template.display()))?;
-    let opts = match prepare_options(&args.template, &args.vars, &args.var_files, &args.only, &args.except) {
+    let text = args.template.read()?;
+    let opts = match args.template.prepare_options() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -58,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let prepared = match amiflow_template::prepare(&text, &opts) {
         Ok(p) => p,
         Err(problems) => {
-            validate::print_problems(&args.template, &problems);
+            validate::print_problems(&args.template.template, &problems);
             return Ok(1);
         }
     };
@@ -83,8 +71,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let input = json!({
         "template": text,
         "vars": variables(&opts)?,
-        "only": args.only,
-        "except": args.except,
+        "only": args.template.only,
+        "except": args.template.except,
         "on_error": args.on_error,
     });
     let machine = StateMachine::from_json(DEFINITION).map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;

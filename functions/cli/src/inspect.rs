@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.template).map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", args.template.display()))?;
+    let text = crate::validate::read_template(&args.template)?;
     match amiflow_template::inspect(&text) {
         Ok(summary) if args.json => {
             println!("{}", serde_json::to_string_pretty(&summary)?);

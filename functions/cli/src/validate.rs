@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use amiflow_template::{inspect, parse_var_flag, prepare, PrepareOptions};
 
+/// What `validate` and `build` take to prepare a template, as Packer's flags.
 #[derive(clap::Args)]
-pub struct Args {
+pub struct TemplateArgs {
     /// The Packer JSON template.
     pub template: PathBuf,
     /// Set a variable (repeatable): -var 'name=value'.
@@ -15,35 +16,53 @@ pub struct Args {
     /// JSON file of variables (repeatable); -var wins over it.
     #[arg(long = "var-file", value_name = "FILE")]
     pub var_files: Vec<PathBuf>,
-    /// Validate only these builds (comma-separated names).
+    /// Only these builds (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
-    /// Validate all builds but these (comma-separated names).
+    /// All builds but these (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub except: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// The template's text.
+    pub fn read(&self) -> anyhow::Result<String> {
+        read_template(&self.template)
+    }
+
+    /// Variables, files, only/except, this process's environment for `{{env}}`, the
+    /// template's directory for `{{template_dir}}`.
+    pub fn prepare_options(&self) -> Result<PrepareOptions, String> {
+        let mut opts = PrepareOptions::new(chrono::Utc::now()).with_process_env();
+        opts.vars = self.vars.iter().map(|v| parse_var_flag(v)).collect::<Result<_, _>>()?;
+        opts.var_files = self.var_files.clone();
+        opts.only = self.only.clone();
+        opts.except = self.except.clone();
+        opts.template_dir = self.template.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+        Ok(opts)
+    }
+}
+
+/// A template file's text, or an error naming the file.
+pub fn read_template(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Check the template's structure only: no variables, no interpolation, no builder keys.
     #[arg(long)]
     pub syntax_only: bool,
 }
 
-/// The options `validate` and `build` share: variables, files, only/except, this process's
-/// environment for `{{env}}`, the template's directory for `{{template_dir}}`.
-pub fn prepare_options(template: &std::path::Path, vars: &[String], var_files: &[PathBuf], only: &[String], except: &[String]) -> Result<PrepareOptions, String> {
-    let mut opts = PrepareOptions::new(chrono::Utc::now()).with_process_env();
-    opts.vars = vars.iter().map(|v| parse_var_flag(v)).collect::<Result<_, _>>()?;
-    opts.var_files = var_files.to_vec();
-    opts.only = only.to_vec();
-    opts.except = except.to_vec();
-    opts.template_dir = template.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
-    Ok(opts)
-}
-
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.template).map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", args.template.display()))?;
+    let text = args.template.read()?;
     let result = if args.syntax_only {
         inspect(&text).map(|_| ())
     } else {
-        let opts = match prepare_options(&args.template, &args.vars, &args.var_files, &args.only, &args.except) {
+        let opts = match args.template.prepare_options() {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("{e}");
@@ -62,7 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(problems) => {
-            print_problems(&args.template, &problems);
+            print_problems(&args.template.template, &problems);
             Ok(1)
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod problem;
+pub mod provisioner;
 pub mod template;
 
 pub use config::{BuilderConfig, BuilderType};

@@ -1,7 +1,7 @@
 //! Provisioning: Packer's `shell`, `file` and `shell-local` provisioners, run over SSH
 //! (russh), over SSM RunCommand (`communicator: "ssm"`), or locally.
 //!
-//! - [`config`]: typed provisioner configs and [`validate_provisioner`] for Prepare.
+//! - [`config`]: the typed provisioner configs (from `amiflow_template::provisioner`).
 //! - [`plan`]: a remote provisioner as plain actions (upload, exec, mkdir, download).
 //! - [`run`]: runs them in order over a [`transport::Transport`] (SSH), with retries,
 //!   timeouts and the Lambda invocation deadline.

@@ -154,25 +154,56 @@ impl SshTransport {
         &mut self,
         command: &str,
     ) -> Result<(ExecStatus, Vec<u8>), TransportError> {
+        let mut stdout = Vec::new();
+        let status = self
+            .run_command(command, false, |is_stderr, data| {
+                if !is_stderr {
+                    stdout.extend_from_slice(data)
+                }
+            })
+            .await?;
+        Ok((status, stdout))
+    }
+
+    /// Runs one command on a new session channel (with a PTY when asked), handing every
+    /// piece of output to `on_output(is_stderr, bytes)`; reads until the channel closes,
+    /// as the exit status may arrive before the last output.
+    async fn run_command(
+        &mut self,
+        command: &str,
+        pty: bool,
+        mut on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExecStatus, TransportError> {
         let mut channel = self.handle.channel_open_session().await.map_err(|e| {
             TransportError(format!("cannot open a session on {}: {e}", self.address))
         })?;
+        if pty {
+            channel
+                .request_pty(true, "xterm", 80, 40, 0, 0, &[])
+                .await
+                .map_err(|e| {
+                    TransportError(format!("PTY request on {} failed: {e}", self.address))
+                })?;
+        }
         channel
             .exec(true, command)
             .await
             .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
         let mut status = None;
-        let mut stdout = Vec::new();
         while let Some(msg) = channel.wait().await {
             match msg {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::Data { data } => on_output(false, &data),
+                ChannelMsg::ExtendedData { data, .. } => on_output(true, &data),
                 ChannelMsg::ExitStatus { exit_status } => {
                     status = Some(ExecStatus::Exited(exit_status as i64))
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status = Some(ExecStatus::Signal(format!("{signal_name:?}")))
                 }
                 _ => {}
             }
         }
-        Ok((status.unwrap_or(ExecStatus::Disconnected), stdout))
+        Ok(status.unwrap_or(ExecStatus::Disconnected))
     }
 }
 
@@ -236,38 +267,12 @@ impl Transport for SshTransport {
         command: &str,
         out: &mut OutputSink,
     ) -> Result<ExecStatus, TransportError> {
-        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
-            TransportError(format!("cannot open a session on {}: {e}", self.address))
-        })?;
-        if self.target.pty {
-            channel
-                .request_pty(true, "xterm", 80, 40, 0, 0, &[])
-                .await
-                .map_err(|e| {
-                    TransportError(format!("PTY request on {} failed: {e}", self.address))
-                })?;
-        }
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| TransportError(format!("exec on {} failed: {e}", self.address)))?;
-        let mut status = None;
-        // Read until the channel closes: the exit status may arrive before the last output.
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.push(false, &data),
-                ChannelMsg::ExtendedData { data, .. } => out.push(true, &data),
-                ChannelMsg::ExitStatus { exit_status } => {
-                    status = Some(ExecStatus::Exited(exit_status as i64))
-                }
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    status = Some(ExecStatus::Signal(format!("{signal_name:?}")))
-                }
-                _ => {}
-            }
-        }
+        let pty = self.target.pty;
+        let status = self
+            .run_command(command, pty, |is_stderr, data| out.push(is_stderr, data))
+            .await?;
         out.finish();
-        Ok(status.unwrap_or(ExecStatus::Disconnected))
+        Ok(status)
     }
 
     async fn upload(

@@ -1,4 +1,6 @@
 //! Go duration strings (`"5m"`, `"1h30m"`, `"300s"`, `"1.5h"`), as Packer's templates use them.
+//! The one duration parser of amiflow: builder keys, and provisioner keys both in the
+//! template's structural check and in the typed provisioner configs.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -162,11 +164,13 @@ mod tests {
         assert_eq!(d("0").0.as_secs(), 0);
         assert_eq!(d("2h45m30s").0.as_secs(), 9930);
         assert_eq!(d("10µs").0.as_micros(), 10);
+        assert_eq!(d("30s").0.as_secs(), 30);
+        assert_eq!(d("1.5m").0.as_secs(), 90);
     }
 
     #[test]
     fn refuses_malformed() {
-        for bad in ["", "5", "5x", "m", "1h-30m", "-5m", "5 m", "1..5s", "five minutes", "1d"] {
+        for bad in ["", "5", "30", "5x", "1x", "m", "1h-30m", "-5m", "-1s", "5 m", "1..5s", "1..2s", "1.s.s", "five minutes", "1d"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} accepted");
         }
     }

@@ -9,7 +9,6 @@
 //! * [`prepare`] and [`inspect`] tie them together.
 
 pub mod deferred;
-pub mod duration;
 pub(crate) mod eval;
 pub mod funcs;
 pub(crate) mod golayout;

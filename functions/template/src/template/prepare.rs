@@ -10,12 +10,13 @@ use serde_json::{Map, Value};
 
 use super::deferred;
 use super::eval::{self, Data, Scope};
-use super::raw::{self, RawTemplate};
+use super::raw::{self, RawProvisioner, RawTemplate};
 use super::secrets::{placeholder, Secrets, MASK};
 use super::syntax::user_refs;
 use super::variables::{self, VarInputs};
 use crate::config::{self, BuilderType};
 use crate::problem::{Problem, Problems};
+use crate::provisioner;
 use crate::PreparedBuild;
 
 /// What `packer build`/`validate` take besides the template.
@@ -164,7 +165,12 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             if let Some(o) = p.overrides.get(&b.name) {
                 merged.extend(o.clone());
             }
-            provisioners.push(ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems));
+            let rendered = ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems);
+            let found = provisioner_problems(p, &rendered, &problems);
+            // An override can make a provisioner bad for one build only: then say which.
+            let overridden = p.overrides.contains_key(&b.name);
+            problems.extend(found.into_iter().map(|q| if overridden { q.in_builder(&b.name) } else { q }));
+            provisioners.push(rendered);
         }
         let mut post_processors = Vec::new();
         for pp in tpl.post_processors.iter().filter(|pp| pp.applies_to(&b.name)) {
@@ -193,6 +199,18 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         })
         .collect();
     Ok(Prepared { builds, description: tpl.description.clone(), variables, secrets })
+}
+
+/// The typed check of one provisioner as the Provision step will parse it (rendered,
+/// override merged), placed in the template: `provisioners[2] (shell): inline: ...`.
+/// A key the structural check (`raw`) already reported is not reported twice.
+fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]) -> Vec<Problem> {
+    let reported = |key: &str| so_far.iter().any(|q| q.key.as_deref() == Some(&format!("{}.{key}", p.path)));
+    provisioner::check(rendered)
+        .into_iter()
+        .filter(|q| !q.key.as_deref().is_some_and(reported))
+        .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string()))
+        .collect()
 }
 
 /// Sensitive variables and every variable whose value uses one, directly or not.

@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::duration::parse_go_duration;
 use super::eval::PACKER_COMPAT_VERSION;
 use super::version::Version;
-use crate::config::BuilderType;
+use crate::config::{BuilderType, Duration};
 use crate::problem::Problem;
 
 /// Provisioner types amiflow runs (issue 5: shell and file over SSH/SSM, shell-local locally).
@@ -383,8 +382,8 @@ fn parse_provisioner(item: &Value, path: String, build_names: &[String], problem
         match map.get(key) {
             None => {}
             Some(Value::String(s)) if !s.contains("{{") => {
-                if let Err(e) = parse_go_duration(s) {
-                    problems.push(Problem::key(format!("{path}.{key}"), e));
+                if let Err(e) = s.parse::<Duration>() {
+                    problems.push(Problem::key(format!("{path}.{key}"), e.to_string()));
                 }
             }
             Some(Value::String(_)) => {}

@@ -1,0 +1,567 @@
+//! Typed provisioner configs: Packer's keys and defaults for `shell`, `file` and
+//! `shell-local`, plus the keys every provisioner has (`only`/`except` are applied at
+//! prepare time and only tolerated here).
+//!
+//! Here rather than next to the code that runs them so that `prepare` (and so `amiflow
+//! validate`) refuses a bad provisioner before any instance exists; the Provision step
+//! parses the same values again into these types. Unknown keys are errors, with the key
+//! named, so a typo does not silently do nothing.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::problem::Problem;
+
+/// Keys every provisioner accepts besides its own.
+const COMMON_KEYS: &[&str] = &[
+    "type",
+    "only",
+    "except",
+    "override",
+    "pause_before",
+    "max_retries",
+    "timeout",
+    "name",
+];
+
+/// Packer's defaults for the shell provisioner.
+pub const DEFAULT_EXECUTE_COMMAND: &str = "chmod +x {{.Path}}; {{.Vars}} {{.Path}}";
+pub const DEFAULT_INLINE_SHEBANG: &str = "/bin/sh -e";
+pub const DEFAULT_REMOTE_FOLDER: &str = "/tmp";
+pub const DEFAULT_ENV_VAR_FORMAT: &str = "%s='%s' ";
+
+/// One provisioner of the build, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provisioner {
+    /// Position in the template's `provisioners` list (0-based), used in every message.
+    pub index: usize,
+    pub common: Common,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Common {
+    /// Packer's `name` (HCL) or nothing; the log label falls back to the type.
+    pub name: Option<String>,
+    pub pause_before: Option<Duration>,
+    /// Packer retries a failed provisioner this many times (0 = no retry).
+    pub max_retries: u32,
+    /// Whole-provisioner time limit.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Shell(ShellConfig),
+    File(FileConfig),
+    ShellLocal(ShellLocalConfig),
+}
+
+impl Kind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::Shell(_) => "shell",
+            Kind::File(_) => "file",
+            Kind::ShellLocal(_) => "shell-local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    #[serde(default)]
+    pub inline: Vec<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    #[serde(default)]
+    pub environment_vars: Vec<String>,
+    #[serde(default)]
+    pub execute_command: Option<String>,
+    #[serde(default)]
+    pub inline_shebang: Option<String>,
+    #[serde(default)]
+    pub remote_folder: Option<String>,
+    #[serde(default)]
+    pub remote_file: Option<String>,
+    #[serde(default)]
+    pub remote_path: Option<String>,
+    #[serde(default)]
+    pub skip_clean: bool,
+    #[serde(default)]
+    pub expect_disconnect: bool,
+    #[serde(default)]
+    pub valid_exit_codes: Vec<i64>,
+    #[serde(default)]
+    pub env_var_format: Option<String>,
+    /// Packer: upload scripts without converting line endings. Accepted; we never convert.
+    #[serde(default)]
+    pub binary: bool,
+    #[serde(default)]
+    pub pause_after: Option<String>,
+    /// Packer retries starting the command for this long; accepted for compatibility
+    /// (our Connect wait already guarantees the communicator answers).
+    #[serde(default)]
+    pub start_retry_timeout: Option<String>,
+}
+
+impl ShellConfig {
+    pub fn execute_command(&self) -> &str {
+        self.execute_command
+            .as_deref()
+            .unwrap_or(DEFAULT_EXECUTE_COMMAND)
+    }
+    pub fn inline_shebang(&self) -> &str {
+        self.inline_shebang
+            .as_deref()
+            .unwrap_or(DEFAULT_INLINE_SHEBANG)
+    }
+    pub fn env_var_format(&self) -> &str {
+        self.env_var_format
+            .as_deref()
+            .unwrap_or(DEFAULT_ENV_VAR_FORMAT)
+    }
+    pub fn valid_exit_codes(&self) -> Vec<i64> {
+        if self.valid_exit_codes.is_empty() {
+            vec![0]
+        } else {
+            self.valid_exit_codes.clone()
+        }
+    }
+    /// Packer: `remote_path` wins; else `remote_folder`/`remote_file`, the file name being
+    /// `script_<random>.sh` (the random part is given so the path is stable across retries).
+    pub fn remote_path(&self, random: &str) -> String {
+        if let Some(p) = &self.remote_path {
+            return p.clone();
+        }
+        let folder = self
+            .remote_folder
+            .as_deref()
+            .unwrap_or(DEFAULT_REMOTE_FOLDER);
+        let file = self
+            .remote_file
+            .clone()
+            .unwrap_or_else(|| format!("script_{random}.sh"));
+        format!("{}/{}", folder.trim_end_matches('/'), file)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub destination: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Packer: the source is created by an earlier step; we check existence at run time anyway.
+    #[serde(default)]
+    pub generated: bool,
+}
+
+impl FileConfig {
+    pub fn is_download(&self) -> bool {
+        self.direction.as_deref() == Some("download")
+    }
+    pub fn sources(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.source.iter().cloned().collect();
+        all.extend(self.sources.iter().cloned());
+        all
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShellLocalConfig {
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub inline: Vec<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    #[serde(default)]
+    pub environment_vars: Vec<String>,
+    /// Packer's default: `["/bin/sh", "-c", "{{.Vars}} {{.Script}}"]`.
+    #[serde(default)]
+    pub execute_command: Vec<String>,
+    #[serde(default)]
+    pub inline_shebang: Option<String>,
+    #[serde(default)]
+    pub only_on: Vec<String>,
+    #[serde(default)]
+    pub valid_exit_codes: Vec<i64>,
+    #[serde(default)]
+    pub env_var_format: Option<String>,
+    #[serde(default)]
+    pub use_linux_pathing: bool,
+}
+
+impl ShellLocalConfig {
+    pub fn execute_command(&self) -> Vec<String> {
+        if self.execute_command.is_empty() {
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "{{.Vars}} {{.Script}}".into(),
+            ]
+        } else {
+            self.execute_command.clone()
+        }
+    }
+    pub fn valid_exit_codes(&self) -> Vec<i64> {
+        if self.valid_exit_codes.is_empty() {
+            vec![0]
+        } else {
+            self.valid_exit_codes.clone()
+        }
+    }
+}
+
+impl Provisioner {
+    /// Parses one provisioner; every problem is listed, each naming the key.
+    pub fn parse(index: usize, value: &Value) -> Result<Provisioner, Vec<String>> {
+        Provisioner::parse_keyed(index, value)
+            .map_err(|ps| ps.iter().map(Problem::to_string).collect())
+    }
+
+    /// [`Provisioner::parse`] with each problem's key kept apart (the provisioner's own key,
+    /// such as `inline` or `pause_before`), for Prepare to place it in the template.
+    pub fn parse_keyed(index: usize, value: &Value) -> Result<Provisioner, Vec<Problem>> {
+        let Some(obj) = value.as_object() else {
+            return Err(vec![Problem::new(
+                "a provisioner must be a JSON object with a \"type\"",
+            )]);
+        };
+        let mut problems = Vec::new();
+        let common = parse_common(obj, &mut problems);
+        let own: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let type_name = obj.get("type").and_then(Value::as_str).unwrap_or("");
+        let kind = match type_name {
+            "shell" => typed::<ShellConfig>(own, &mut problems).map(Kind::Shell),
+            "file" => typed::<FileConfig>(own, &mut problems).map(Kind::File),
+            "shell-local" => typed::<ShellLocalConfig>(own, &mut problems).map(Kind::ShellLocal),
+            "" => {
+                problems.push(Problem::key("type", "missing; amiflow runs \"shell\", \"file\" and \"shell-local\" provisioners"));
+                None
+            }
+            other => {
+                problems.push(Problem::key("type", format!(
+                    "provisioner type {other:?} is not supported; amiflow runs \"shell\", \"file\" and \"shell-local\""
+                )));
+                None
+            }
+        };
+        if let Some(kind) = &kind {
+            validate_kind(kind, &mut problems);
+        }
+        match kind {
+            Some(kind) if problems.is_empty() => Ok(Provisioner {
+                index,
+                common,
+                kind,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// How messages and log lines name this provisioner: `provisioner 2 (shell)`.
+    pub fn label(&self) -> String {
+        match &self.common.name {
+            Some(n) => format!(
+                "provisioner {} ({} {n:?})",
+                self.index,
+                self.kind.type_name()
+            ),
+            None => format!("provisioner {} ({})", self.index, self.kind.type_name()),
+        }
+    }
+}
+
+/// Every problem of one provisioner, as messages naming the key; empty when it is valid.
+pub fn validate_provisioner(value: &Value) -> Vec<String> {
+    check(value).iter().map(Problem::to_string).collect()
+}
+
+/// Every problem of one provisioner, each keyed by the provisioner's own key; empty when it
+/// is valid. Prepare places them in the template (`provisioners[2] (shell)`).
+pub fn check(value: &Value) -> Vec<Problem> {
+    match Provisioner::parse_keyed(0, value) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems,
+    }
+}
+
+/// Every provisioner of a build, or every problem of all of them (prefixed with their index).
+pub fn parse_all(values: &[Value]) -> Result<Vec<Provisioner>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        match Provisioner::parse(i, v) {
+            Ok(p) => out.push(p),
+            Err(ps) => problems.extend(ps.into_iter().map(|p| format!("provisioners[{i}]: {p}"))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Decodes the provisioner's own keys; when that fails, each key alone again, so every
+/// problem names its key (serde's message alone does not say which key had the wrong type).
+fn typed<T: DeserializeOwned>(own: Map<String, Value>, problems: &mut Vec<Problem>) -> Option<T> {
+    match serde_json::from_value::<T>(Value::Object(own.clone())) {
+        Ok(t) => Some(t),
+        Err(whole) => {
+            let before = problems.len();
+            for (key, value) in own {
+                let alone = Map::from_iter([(key.clone(), value)]);
+                if let Err(e) = serde_json::from_value::<T>(Value::Object(alone)) {
+                    problems.push(Problem::key(key, e.to_string()));
+                }
+            }
+            if problems.len() == before {
+                problems.push(Problem::new(whole.to_string()));
+            }
+            None
+        }
+    }
+}
+
+/// A Go duration string, parsed by the one parser of the template crate.
+fn duration(text: &str) -> Result<Duration, String> {
+    text.parse::<crate::config::Duration>()
+        .map(crate::config::Duration::as_std)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_common(obj: &Map<String, Value>, problems: &mut Vec<Problem>) -> Common {
+    let mut common = Common {
+        name: obj.get("name").and_then(Value::as_str).map(String::from),
+        ..Default::default()
+    };
+    for key in ["pause_before", "timeout"] {
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => match duration(s) {
+                Ok(d) => {
+                    if key == "pause_before" {
+                        common.pause_before = Some(d)
+                    } else {
+                        common.timeout = Some(d)
+                    }
+                }
+                Err(e) => problems.push(Problem::key(key, e)),
+            },
+            Some(other) => problems.push(Problem::key(
+                key,
+                format!("expected a duration string such as \"30s\" or \"5m\", got {other}"),
+            )),
+        }
+    }
+    match obj.get("max_retries") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some() => {
+            common.max_retries = n.as_u64().unwrap() as u32
+        }
+        Some(Value::String(s)) if s.parse::<u32>().is_ok() => {
+            common.max_retries = s.parse().unwrap()
+        }
+        Some(other) => problems.push(Problem::key(
+            "max_retries",
+            format!("expected a non-negative number, got {other}"),
+        )),
+    }
+    for key in ["only", "except"] {
+        if let Some(v) = obj.get(key) {
+            if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+                problems.push(Problem::key(key, "expected a list of build names"));
+            }
+        }
+    }
+    common
+}
+
+fn validate_env_vars(vars: &[String], problems: &mut Vec<Problem>) {
+    for v in vars {
+        match v.split_once('=') {
+            Some((k, _)) if !k.trim().is_empty() => {}
+            _ => problems.push(Problem::key(
+                "environment_vars",
+                format!("{v:?} must be KEY=VALUE with a non-empty KEY"),
+            )),
+        }
+    }
+}
+
+/// What the provisioner runs is given by exactly one of these keys (`(key, given)`); `why`
+/// follows the message when none is.
+fn exactly_one(keys: &[(&str, bool)], why: &str, problems: &mut Vec<Problem>) {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+    match keys.iter().filter(|(_, given)| *given).count() {
+        0 => {
+            let (last, rest) = names.split_last().expect("at least one key");
+            problems.push(Problem::key(format!("{} or {last}", rest.join(", ")), format!("one of them must be given{why}")));
+        }
+        1 => {}
+        _ => problems.push(Problem::key(names.join(", "), "give only one of them")),
+    }
+}
+
+fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
+    match kind {
+        Kind::Shell(c) => {
+            exactly_one(
+                &[("inline", !c.inline.is_empty()), ("script", c.script.is_some()), ("scripts", !c.scripts.is_empty())],
+                " (what should the shell provisioner run?)",
+                problems,
+            );
+            validate_env_vars(&c.environment_vars, problems);
+            if c.remote_path.is_some() && (c.remote_folder.is_some() || c.remote_file.is_some()) {
+                problems.push(Problem::key(
+                    "remote_path",
+                    "give either remote_path or remote_folder/remote_file, not both",
+                ));
+            }
+            if let Some(f) = &c.env_var_format {
+                if f.matches("%s").count() != 2 {
+                    problems.push(Problem::key(
+                        "env_var_format",
+                        format!("{f:?} must contain %s twice (name, then value)"),
+                    ));
+                }
+            }
+            if let Some(p) = &c.pause_after {
+                if let Err(e) = duration(p) {
+                    problems.push(Problem::key("pause_after", e));
+                }
+            }
+        }
+        Kind::File(c) => {
+            if c.destination.as_deref().unwrap_or("").is_empty() {
+                problems.push(Problem::key("destination", "required (where the file goes)"));
+            }
+            match c.direction.as_deref() {
+                None | Some("upload") | Some("download") => {}
+                Some(d) => problems.push(Problem::key(
+                    "direction",
+                    format!("{d:?} must be \"upload\" or \"download\""),
+                )),
+            }
+            let sources = c.sources().len();
+            if c.content.is_some() && sources > 0 {
+                problems.push(Problem::key(
+                    "content, source",
+                    "give either content or source/sources, not both",
+                ));
+            } else if c.content.is_none() && sources == 0 {
+                problems.push(Problem::key("source", "required (or content, for an inline file)"));
+            }
+            if c.is_download() && c.content.is_some() {
+                problems.push(Problem::key("content", "cannot be used with direction \"download\""));
+            }
+        }
+        Kind::ShellLocal(c) => {
+            exactly_one(
+                &[
+                    ("command", c.command.is_some()),
+                    ("inline", !c.inline.is_empty()),
+                    ("script", c.script.is_some()),
+                    ("scripts", !c.scripts.is_empty()),
+                ],
+                "",
+                problems,
+            );
+            validate_env_vars(&c.environment_vars, problems);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shell_with_defaults() {
+        let p = Provisioner::parse(1, &json!({"type": "shell", "inline": ["echo hi"], "pause_before": "2s", "max_retries": "3"})).unwrap();
+        assert_eq!(p.common.pause_before, Some(Duration::from_secs(2)));
+        assert_eq!(p.common.max_retries, 3);
+        let Kind::Shell(s) = &p.kind else { panic!() };
+        assert_eq!(
+            s.execute_command(),
+            "chmod +x {{.Path}}; {{.Vars}} {{.Path}}"
+        );
+        assert_eq!(s.inline_shebang(), "/bin/sh -e");
+        assert_eq!(s.remote_path("abc"), "/tmp/script_abc.sh");
+        assert_eq!(s.valid_exit_codes(), vec![0]);
+        assert_eq!(p.label(), "provisioner 1 (shell)");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let problems = validate_provisioner(&json!({"type": "shell", "inlin": ["x"]}));
+        assert!(problems.iter().any(|p| p.contains("inlin")), "{problems:?}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let problems = validate_provisioner(
+            &json!({"type": "shell", "environment_vars": ["NOEQUALS"], "timeout": "5 parsecs"}),
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("inline, script or scripts")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("environment_vars")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("timeout")),
+            "{problems:?}"
+        );
+        assert!(validate_provisioner(&json!({"type": "ansible"}))[0].contains("not supported"));
+        assert!(
+            validate_provisioner(&json!({"type": "file", "source": "a"}))[0]
+                .starts_with("destination")
+        );
+        assert!(validate_provisioner(
+            &json!({"type": "file", "destination": "/x", "direction": "sideways", "content": "c"})
+        )
+        .iter()
+        .any(|p| p.starts_with("direction")));
+        assert!(
+            validate_provisioner(&json!({"type": "shell-local", "command": "true"})).is_empty()
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        // Go's time.ParseDuration, as Packer: a number needs its unit (only "0" goes without).
+        assert!(duration("10").unwrap_err().contains("is not a duration"));
+        assert_eq!(duration("0").unwrap(), Duration::ZERO);
+        assert!(duration("5 minutes").is_err());
+    }
+}
