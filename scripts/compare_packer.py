@@ -124,7 +124,7 @@ def case_instance(env):
             "ssh_keypair_name": sshd.keypair_name, "ssh_private_key_file": sshd.client_key,
             "account_id": "0123-4567-0890", "s3_bucket": BUCKET,
             "x509_cert_path": sshd.cert, "x509_key_path": sshd.key,
-            "x509_upload_path": os.path.join(sshd.dir, "x509"),
+            "x509_upload_path": sshd.x509_dir,
             "bundle_destination": dest, "bundle_prefix": "peer-{{timestamp}}",
             "bundle_vol_command": vol, "bundle_upload_command": upload,
             "ami_name": "peer-instance-{{timestamp}}", "ami_virtualization_type": "hvm",
@@ -176,6 +176,10 @@ class Sshd:
         with open(self.key, "w") as f:
             f.write("-----BEGIN PRIVATE KEY-----\nFAKEKEY\n-----END PRIVATE KEY-----\n")
         self.keypair_name = "peer-ssh"
+        # Packer scp's the cert and key INTO x509_upload_path: it must already be a directory
+        # (on a real instance it is /tmp), or scp creates a file of that name.
+        self.x509_dir = os.path.join(self.dir, "x509")
+        os.makedirs(self.x509_dir)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -212,7 +216,7 @@ def parse_recording(text):
 
 # --- one build -------------------------------------------------------------------------------
 
-ARTIFACT = re.compile(r"([a-z]{2}(?:-gov)?-[a-z]+-\d): ((?:ami|vol)-[0-9a-f]+)")
+ARTIFACT = re.compile(r"([a-z]{2}(?:-gov)?-[a-z]+-\d): ?((?:ami|vol)-[0-9a-f]+)")
 
 
 def reset_and_warm(endpoint, env):
