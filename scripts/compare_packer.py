@@ -310,6 +310,38 @@ def other_counts(calls):
     return collections.Counter(f"{s}:{a}" for s, _, a in calls if s != "ec2")
 
 
+NOTES = """
+Why the counts differ (read from the recorded sequences; step code as of this branch):
+ amiflow makes more calls:
+  - Idempotency lookups: every creating step first looks for what a retried run of itself
+    would have made, by build tag (Lambda steps may run twice): DescribeSecurityGroups before
+    CreateSecurityGroup, DescribeInstances before RunInstances, DescribeImages (name + tag)
+    before CreateImage/RegisterImage/CopyImage, DescribeSnapshots before CreateSnapshot,
+    DescribeInstances before SnapshotVolumes reads the attached volumes.
+  - Cleanup's tag sweep: it finds what to remove by the ledger AND by tag:amiflow:build in
+    every region the build touched (DescribeInstances, DescribeKeyPairs, SSM
+    GetParametersByPath, DescribeSecurityGroups, DescribeVolumes, DescribeImages, IAM
+    ListRoles/ListInstanceProfiles). Its first pass answers NotReady while the instance
+    terminates, so the instance/key-pair/SSM part runs twice: most of the +DescribeInstances
+    and all of DescribeKeyPairs. That 3 s retry interval is also most of amiflow's wall time;
+    Packer instead polls DescribeInstances once (moto says terminated at once).
+  - Build tags: amiflow tags what it registers with amiflow:build so the sweep and the
+    janitor can find it: CreateTags on each image/copy it registers and on the snapshots.
+  - PreValidate checks the AMI name in every target region (DescribeImages in the copy
+    region too); Packer 1.6.6 checks only the build region.
+  - moto only: CreateImage is sent twice, because moto answers 500 to a snapshot
+    TagSpecification and CreateImage retries without it (then CreateTags on the snapshot).
+    Against AWS that is one CreateImage and no extra CreateTags.
+ Packer makes calls amiflow does not:
+  - CreateKeyPair/DeleteKeyPair and AuthorizeSecurityGroupIngress even with communicator
+    none (a temporary key and port 22 nobody uses); amiflow skips both.
+ Artifact differences that are moto's, not either tool's:
+  - snapshot users: Packer 1.6.6 sends ModifySnapshotAttribute without OperationType (AWS
+    accepts it); moto ignores such a request, so Packer's snapshots show no users here.
+  - moto ignores ENA and most RegisterImage fields for both tools (ena=None for both).
+"""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
@@ -392,7 +424,8 @@ def main():
         for tool in ("packer", "amiflow"):
             if res[tool]["left"]:
                 print(f"   left behind by {tool}: {' '.join(res[tool]['left'])}")
-    print(f"\ntemplates, logs and recorded calls: {base}")
+    print(NOTES)
+    print(f"templates, logs and recorded calls: {base}")
 
 
 if __name__ == "__main__":
