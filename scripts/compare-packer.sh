@@ -14,7 +14,13 @@
 # loads the AMI catalogue), so both tools start from the same empty account.
 # amazon-instance runs against a throwaway sshd on 127.0.0.1 (ssh_host/ssh_port, an imported
 # ssh_keypair_name) with bundle commands that write a manifest and PUT it into moto's S3.
-# amazon-chroot is not compared: see the notes printed at the end.
+# amazon-chroot is not compared yet. Packer 1.6.6 sets custom_endpoint_ec2 as the SESSION
+# endpoint, so its instance-identity lookup (ec2metadata) goes to moto, which cannot answer it:
+# it needs a small proxy in front of moto answering /latest/dynamic/instance-identity/document
+# (and /latest/api/token) for a host instance launched beforehand, plus a loop disk whose
+# partition is linked to the attach device in pre_mount_commands; amiflow's side needs
+# chroot_host_instance_id, AMIFLOW_CHROOT_RUN=local and AMIFLOW_CHROOT_TEST_DEVICES (see
+# tests/e2e/chroot_build.rs), as root.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 . "$AMIFLOW_ROOT/scripts/moto.sh"
