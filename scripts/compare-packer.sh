@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Side by side with Packer 1.6.6: the SAME template through `packer build` and `amiflow build`
+# against the same local moto, counting the EC2 API calls each build makes (moto's recorder),
+# wall time, the artifacts each registered (compared attribute by attribute) and anything left
+# behind. A measurement, not a test: it is not part of scripts/test.sh and asserts nothing.
+#
+#   scripts/compare-packer.sh [--keep DIR] [CASE...]
+#   CASE: ebs-none ebs-full ebssurrogate ebsvolume instance (default: all)
+#
+# Each template carries what Packer needs to reach moto (custom_endpoint_ec2,
+# skip_credential_validation, skip_metadata_api_check, skip_region_validation except for
+# amazon-ebsvolume, which refuses it, fake static keys); amiflow takes the same file as it is.
+# moto is reset before every build and warmed in both regions (its first EC2 call per region
+# loads the AMI catalogue), so both tools start from the same empty account.
+# amazon-instance runs against a throwaway sshd on 127.0.0.1 (ssh_host/ssh_port, an imported
+# ssh_keypair_name) with bundle commands that write a manifest and PUT it into moto's S3.
+# amazon-chroot is not compared yet. Packer 1.6.6 sets custom_endpoint_ec2 as the SESSION
+# endpoint, so its instance-identity lookup (ec2metadata) goes to moto, which cannot answer it:
+# it needs a small proxy in front of moto answering /latest/dynamic/instance-identity/document
+# (and /latest/api/token) for a host instance launched beforehand, plus a loop disk whose
+# partition is linked to the attach device in pre_mount_commands; amiflow's side needs
+# chroot_host_instance_id, AMIFLOW_CHROOT_RUN=local and AMIFLOW_CHROOT_TEST_DEVICES (see
+# tests/e2e/chroot_build.rs), as root.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+. "$AMIFLOW_ROOT/scripts/moto.sh"
+"$AMIFLOW_ROOT/scripts/setup.sh" moto packer sshd
+cd "$AMIFLOW_ROOT"
+cargo build --workspace --bins -q
+start_moto
+trap stop_moto EXIT
+echo "==> moto on $AWS_ENDPOINT_URL; $(packer version | head -1) vs amiflow"
+"$AMIFLOW_CACHE/venv/bin/python" "$AMIFLOW_ROOT/scripts/compare_packer.py" \
+    --endpoint "$AWS_ENDPOINT_URL" --amiflow "$CARGO_TARGET_DIR/debug/amiflow" "$@"
