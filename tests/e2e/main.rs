@@ -11,7 +11,6 @@ mod engines;
 mod faults;
 mod infra;
 mod lambda_runtime;
-mod peer;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
