@@ -88,7 +88,6 @@ impl Scope {
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
     let failed = state.error.is_some();
     if failed && state.on_error == OnError::Abort {
         let kept: Vec<String> = state.ledger.resources.iter().map(|r| format!("{:?} {} ({})", r.kind, r.id, r.region)).collect();
@@ -96,7 +95,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.extra.insert("cleanup".into(), serde_json::to_value(CleanupReport { removed: vec![], kept })?);
         return Ok(state);
     }
-    let mut regions = cfg.target_regions();
+    let mut regions = state.build.config.target_regions();
     for r in &state.ledger.resources {
         if r.region != "global" && !regions.contains(&r.region) {
             regions.push(r.region.clone());
@@ -111,7 +110,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         keep_volumes: if failed { BTreeSet::new() } else { state.data.volumes.values().flatten().cloned().collect() },
     };
     let mut iam_names = Vec::new();
-    if cfg.temporary_iam_instance_profile_policy_document.is_some() {
+    if state.build.config.run().is_some_and(|r| r.temporary_iam_instance_profile_policy_document.is_some()) {
         iam_names.push(temp_name(&state, "amiflow", "Iam").replace('_', "-"));
     }
     let mut ledger = state.ledger.clone();
