@@ -75,8 +75,6 @@ fn state(execution: &str, sshd: &Sshd, port: u16, provisioners: Value, extra: Va
     let mut raw = json!({
         "region": REGION,
         "ami_name": format!("amiflow-{execution}"),
-        // EbsView (ebs) cannot read a null ami_description yet: give one.
-        "ami_description": "amiflow e2e",
         "instance_type": "t3.micro",
         "source_ami": "ami-0f8848d57eb4fe2d2",
         "communicator": "ssh",

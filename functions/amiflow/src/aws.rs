@@ -8,7 +8,8 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::ebs_config::EbsView;
+use amiflow_template::config::AwsPolling;
+
 use crate::state::{BuildData, BUILD_TAG};
 use crate::{BuildState, StepError};
 
@@ -83,52 +84,28 @@ pub fn build_template_data(data: &BuildData, region: &str) -> BTreeMap<String, S
     m
 }
 
-/// Renders `{{ .Name }}` references to build data in a string rendered late (tags,
-/// descriptions). A small stand-in for the template crate's `render_later`: it knows only
-/// the build data variables and `.SourceAMITags.<key>`; anything else is left as written.
-pub fn render(text: &str, data: &BuildData, region: &str) -> String {
-    if !text.contains("{{") {
-        return text.to_string();
-    }
-    let vars = build_template_data(data, region);
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let inner = after[..end].trim().trim_start_matches('-').trim_end_matches('-').trim();
-        let value = inner.strip_prefix('.').and_then(|name| {
-            if let Some(tag) = name.strip_prefix("SourceAMITags.") {
-                data.source_ami_tags.get(tag).cloned()
-            } else {
-                vars.get(name).cloned()
-            }
-        });
-        match value {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[start..start + 2 + end + 2]),
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    out
+/// Renders a field Packer renders late (tags, descriptions) with the build data: the
+/// provisioners' renderer ([`crate::provision::render`], the template crate's
+/// `render_later`), so `{{ .SourceAMIName | clean_resource_name }}` works here as there.
+/// `key` names the field in the error.
+pub fn render(key: &str, text: &str, data: &BuildData, region: &str) -> Result<String, StepError> {
+    let mut vars = build_template_data(data, region);
+    vars.extend(data.source_ami_tags.iter().map(|(k, v)| (format!("SourceAMITags.{k}"), v.clone())));
+    crate::provision::render::render(text, &crate::provision::render::RenderContext::with_build(&vars))
+        .map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
 }
 
 /// Renders both keys and values of a tag map (Packer renders both).
-pub fn render_tags(tags: &BTreeMap<String, String>, data: &BuildData, region: &str) -> BTreeMap<String, String> {
-    tags.iter().map(|(k, v)| (render(k, data, region), render(v, data, region))).collect()
+pub fn render_tags(key: &str, tags: &BTreeMap<String, String>, data: &BuildData, region: &str) -> Result<BTreeMap<String, String>, StepError> {
+    tags.iter().map(|(k, v)| Ok((render(key, k, data, region)?, render(&format!("{key}.{k}"), v, data, region)?))).collect()
 }
 
 /// The longest a wait may last: `aws_polling` when set (Packer v2 semantics:
 /// attempts × delay, delay 2 s unless set), else the waiter's own default.
-pub fn wait_budget(cfg: &EbsView, default: Duration) -> Duration {
-    match &cfg.aws_polling {
+pub fn wait_budget(polling: Option<&AwsPolling>, default: Duration) -> Duration {
+    match polling {
         Some(p) if p.max_attempts.unwrap_or(0) > 0 => {
-            Duration::from_secs(p.max_attempts.unwrap() * p.delay_seconds.filter(|d| *d > 0).unwrap_or(2))
+            Duration::from_secs(u64::from(p.max_attempts.unwrap()) * u64::from(p.delay_seconds.filter(|d| *d > 0).unwrap_or(2)))
         }
         _ => default,
     }
@@ -141,9 +118,9 @@ pub fn begin_wait(state: &mut BuildState, wait: &str) {
 }
 
 /// Not ready yet: `NotReady` while within the budget, `BuildFailed` past it.
-pub fn not_ready(state: &BuildState, cfg: &EbsView, wait: &str, default: Duration, what: String) -> StepError {
+pub fn not_ready(state: &BuildState, wait: &str, default: Duration, what: String) -> StepError {
     if let Some(start) = state.waits.get(wait) {
-        let budget = wait_budget(cfg, default);
+        let budget = wait_budget(state.build.config.aws_polling(), default);
         let elapsed = (Utc::now() - *start).to_std().unwrap_or_default();
         if elapsed > budget {
             return StepError::BuildFailed(format!(
@@ -167,20 +144,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_build_data_and_leaves_the_rest() {
-        let data = BuildData { source_ami: Some("ami-1".into()), source_ami_name: Some("amzn2".into()), ..Default::default() };
-        assert_eq!(render("from {{ .SourceAMIName }} ({{.SourceAMI}}) in {{ .BuildRegion }}", &data, "eu-west-1"), "from amzn2 (ami-1) in eu-west-1");
-        assert_eq!(render("{{ timestamp }} {{ .Nope }}", &data, "r"), "{{ timestamp }} {{ .Nope }}");
-        assert_eq!(render("open {{ .SourceAMI", &data, "r"), "open {{ .SourceAMI");
+    fn renders_build_data_with_the_template_renderer() {
+        let data = BuildData {
+            source_ami: Some("ami-1".into()),
+            source_ami_name: Some("amzn2: x".into()),
+            source_ami_tags: BTreeMap::from([("Team".to_string(), "core".to_string())]),
+            ..Default::default()
+        };
+        let r = |t: &str| render("tags.Name", t, &data, "eu-west-1");
+        assert_eq!(r("from {{ .SourceAMIName }} ({{.SourceAMI}}) in {{ .BuildRegion }}").unwrap(), "from amzn2: x (ami-1) in eu-west-1");
+        assert_eq!(r("{{ .SourceAMIName | clean_resource_name }} {{ .SourceAMITags.Team }} {{ build `SourceAMI` }}").unwrap(), "amzn2- x core ami-1");
+        let e = r("{{ .Nope }}").unwrap_err();
+        assert!(e.message().contains("tags.Name") && e.message().contains("Nope"), "{e:?}");
+        assert_eq!(render_tags("run_tags", &BTreeMap::from([("{{ .BuildRegion }}".to_string(), "{{ .SourceAMI }}".to_string())]), &data, "r").unwrap(), BTreeMap::from([("r".to_string(), "ami-1".to_string())]));
     }
 
     #[test]
     fn polling_budget_follows_packer_v2() {
-        let mut cfg = EbsView::default();
-        assert_eq!(wait_budget(&cfg, Duration::from_secs(600)), Duration::from_secs(600));
-        cfg.aws_polling = Some(crate::ebs_config::AwsPolling { max_attempts: Some(240), delay_seconds: None });
-        assert_eq!(wait_budget(&cfg, Duration::from_secs(600)), Duration::from_secs(480));
-        cfg.aws_polling = Some(crate::ebs_config::AwsPolling { max_attempts: Some(240), delay_seconds: Some(15) });
-        assert_eq!(wait_budget(&cfg, Duration::from_secs(600)), Duration::from_secs(3600));
+        assert_eq!(wait_budget(None, Duration::from_secs(600)), Duration::from_secs(600));
+        let attempts = AwsPolling { max_attempts: Some(240), delay_seconds: None };
+        assert_eq!(wait_budget(Some(&attempts), Duration::from_secs(600)), Duration::from_secs(480));
+        let both = AwsPolling { max_attempts: Some(240), delay_seconds: Some(15) };
+        assert_eq!(wait_budget(Some(&both), Duration::from_secs(600)), Duration::from_secs(3600));
     }
 }

@@ -6,7 +6,6 @@
 
 pub mod aws;
 pub mod ctx;
-pub mod ebs_config;
 pub mod error;
 pub mod flows;
 pub mod infra;

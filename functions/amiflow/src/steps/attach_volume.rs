@@ -35,7 +35,7 @@ pub fn free_names(used: &[String]) -> Vec<String> {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?.clone();
-    let region = EbsView::of(&state)?.region;
+    let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "AttachVolume")?;
     let mut vol = chroot::volume(&state, "AttachVolume")?;
     let ec2 = ctx.ec2(&region);

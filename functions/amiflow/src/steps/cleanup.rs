@@ -96,7 +96,6 @@ impl Scope {
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
     let failed = state.error.is_some();
     if failed && state.on_error == OnError::Abort {
         let kept: Vec<String> = state.ledger.resources.iter().map(|r| format!("{:?} {} ({})", r.kind, r.id, r.region)).collect();
@@ -104,13 +103,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.extra.insert("cleanup".into(), serde_json::to_value(CleanupReport { removed: vec![], kept })?);
         return Ok(state);
     }
-    let mut regions = cfg.target_regions();
+    let mut regions = state.build.config.target_regions();
     for r in &state.ledger.resources {
         if r.region != "global" && !regions.contains(&r.region) {
             regions.push(r.region.clone());
         }
     }
-    let mut instance_regions = vec![cfg.region.clone()];
+    let mut instance_regions = vec![state.build.config.build_region().to_string()];
     for r in &state.ledger.resources {
         let launched = !matches!(r.kind, ResourceKind::Image | ResourceKind::Snapshot);
         if launched && r.region != "global" && !instance_regions.contains(&r.region) {
@@ -122,13 +121,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         build_name: Some(state.build.name.clone()),
         regions,
         instance_regions,
-        key_pairs: super::key_pair::creates_temporary_key(&cfg),
+        key_pairs: super::key_pair::creates_temporary_key(&state.build.config),
         delete_artifacts: failed,
         keep_images: if failed { BTreeSet::new() } else { state.data.amis.values().cloned().collect() },
         keep_volumes: if failed { BTreeSet::new() } else { state.data.volumes.values().flatten().cloned().collect() },
     };
     let mut iam_names = Vec::new();
-    if cfg.temporary_iam_instance_profile_policy_document.is_some() {
+    if state.build.config.run().is_some_and(|r| r.temporary_iam_instance_profile_policy_document.is_some()) {
         iam_names.push(temp_name(&state, "amiflow", "Iam").replace('_', "-"));
     }
     let mut ledger = state.ledger.clone();

@@ -19,11 +19,12 @@ pub fn copies(state: &BuildState) -> BTreeMap<String, String> {
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    if cfg.skip_create_ami {
+    let cfg = state.build.config.clone();
+    if cfg.skip_create_ami() {
         return Ok(state);
     }
-    let build_region = cfg.region.clone();
+    let ami = ami_config(&state, SPEC.name)?.clone();
+    let build_region = cfg.build_region().to_string();
     let source = state.data.amis.get(&build_region).cloned();
     let source = match state.data.extra.get("intermediary_image").and_then(|v| v["id"].as_str()) {
         Some(id) => id.to_string(),
@@ -41,28 +42,28 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         let found = ec2
             .describe_images()
             .owners("self")
-            .filters(filter("name", [cfg.ami_name.clone()]))
+            .filters(filter("name", [ami.ami_name.clone()]))
             .filters(filter("state", ["pending", "available"]))
             .send()
             .await
-            .map_err(|e| classify("DescribeImages", &cfg.ami_name, e))?;
+            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
         let id = match found.images().first().and_then(|i| i.image_id()) {
             Some(id) => id.to_string(),
             None => {
                 let mut req = ec2
                     .copy_image()
                     .client_token(&token)
-                    .name(&cfg.ami_name)
+                    .name(&ami.ami_name)
                     .source_image_id(&source)
                     .source_region(&build_region)
                     .copy_image_tags(true);
-                if cfg.encrypt_boot == Some(true) {
+                if ami.encrypt_boot == Some(true) {
                     req = req.encrypted(true);
-                    let key = cfg.region_kms_key_ids.get(&region).cloned().or_else(|| if region == build_region { cfg.kms_key_id.clone() } else { None });
+                    let key = ami.region_kms_key_ids.get(&region).cloned().or_else(|| if region == build_region { ami.kms_key_id.clone() } else { None });
                     if let Some(k) = key.filter(|k| !k.is_empty()) {
                         req = req.kms_key_id(k);
                     }
-                } else if cfg.encrypt_boot == Some(false) {
+                } else if ami.encrypt_boot == Some(false) {
                     req = req.encrypted(false);
                 }
                 let out = req.send().await.map_err(|e| classify("CopyImage", &format!("{source} to {region}"), e))?;
@@ -87,7 +88,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
         state.data.amis.insert(region.clone(), id.clone());
     }
-    if cfg.skip_save_build_region && !copies.contains_key(&build_region) {
+    if ami.skip_save_build_region && !copies.contains_key(&build_region) {
         state.data.amis.remove(&build_region);
         state.data.snapshots.remove(&build_region);
     }

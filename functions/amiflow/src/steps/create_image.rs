@@ -14,23 +14,23 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub const WAIT: &str = "ImageAvailable";
 
-pub fn image_name(state: &BuildState, cfg: &EbsView) -> String {
-    if cfg.intermediary_image() {
+pub fn image_name(state: &BuildState) -> String {
+    if state.build.config.intermediary_image() {
         format!("amiflow-intermediary-{}", &stable_uuid(state, "IntermediaryImage").simple().to_string()[..12])
     } else {
-        cfg.ami_name.clone()
+        state.build.config.ami().map(|a| a.ami_name.clone()).unwrap_or_default()
     }
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    if cfg.skip_create_ami {
+    let cfg = state.build.config.clone();
+    if cfg.skip_create_ami() {
         return Ok(state);
     }
-    let region = cfg.region.clone();
+    let region = cfg.build_region().to_string();
     let ec2 = ctx.ec2(&region);
     let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("CreateImage: no instance in the state".into()))?;
-    let name = image_name(&state, &cfg);
+    let name = image_name(&state);
     let intermediary = cfg.intermediary_image();
 
     // EC2 takes no ClientToken here: a retried step finds its image by name and build tag.
@@ -40,13 +40,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let id = match found.images().first().and_then(|i| i.image_id()) {
         Some(id) => id.to_string(),
         None => {
-            let mut tags = if cfg.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&cfg.run_tags, &state.data, &region) };
+            let mut tags = if cfg.skip_ami_run_tags() { BTreeMap::new() } else { render_tags("run_tags", cfg.run_tags(), &state.data, &region)? };
             tags.extend(build_tags(&state));
             let request = ec2
                 .create_image()
                 .instance_id(&instance)
                 .name(&name)
-                .set_block_device_mappings(Some(mappings(&cfg.ami_block_device_mappings, false)).filter(|m| !m.is_empty()))
+                .set_block_device_mappings(Some(mappings(cfg.ami_block_device_mappings(), false)).filter(|m| !m.is_empty()))
                 .tag_specifications(tag_spec(ResourceType::Image, &state, &tags));
             // No SDK retries on this first form: a 500 here means "not supported" (below).
             let mut result = request

@@ -17,8 +17,7 @@ pub const SPEC: StepSpec = StepSpec {
 pub use super::snapshot_volumes::WAIT;
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let view = EbsView::of(&state)?;
-    let region = view.region.clone();
+    let region = state.build.config.build_region().to_string();
     let vol = chroot::volume(&state, "CreateSnapshot")?;
     let ec2 = ctx.ec2(&region);
     let mut lookup = own_filters(&state);
@@ -27,7 +26,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let id = match found.snapshots().first().and_then(|s| s.snapshot_id()) {
         Some(id) => id.to_string(),
         None => {
-            let tags = render_tags(&view.snapshot_tags, &state.data, &region);
+            let tags = render_tags("snapshot_tags", &ami_config(&state, SPEC.name)?.snapshot_tags, &state.data, &region)?;
             let out = ec2
                 .create_snapshot()
                 .volume_id(&vol.volume_id)

@@ -12,7 +12,7 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let cfg = ami_config(&state, SPEC.name)?;
     if cfg.tags.is_empty() && cfg.snapshot_tags.is_empty() {
         return Ok(state);
     }
@@ -22,19 +22,19 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             Some(img) => super::images::snapshots(&img),
             None => return Err(StepError::Transient(format!("CreateTags: image {ami} in {region} is not visible yet"))),
         };
-        let to_tags = |m: &BTreeMap<String, String>| {
-            render_tags(m, &state.data, region).into_iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect::<Vec<_>>()
+        let to_tags = |key: &str, m: &BTreeMap<String, String>| -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
+            Ok(render_tags(key, m, &state.data, region)?.into_iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect())
         };
         if !cfg.tags.is_empty() {
             let mut resources = vec![ami.clone()];
             resources.extend(snaps.iter().cloned());
-            ec2.create_tags().set_resources(Some(resources)).set_tags(Some(to_tags(&cfg.tags))).send().await.map_err(|e| match error_code(&e) {
+            ec2.create_tags().set_resources(Some(resources)).set_tags(Some(to_tags("tags", &cfg.tags)?)).send().await.map_err(|e| match error_code(&e) {
                 Some("InvalidAMIID.NotFound" | "InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags {ami}: not visible yet")),
                 _ => classify("CreateTags", ami, e),
             })?;
         }
         if !cfg.snapshot_tags.is_empty() && !snaps.is_empty() {
-            ec2.create_tags().set_resources(Some(snaps.clone())).set_tags(Some(to_tags(&cfg.snapshot_tags))).send().await.map_err(|e| match error_code(&e) {
+            ec2.create_tags().set_resources(Some(snaps.clone())).set_tags(Some(to_tags("snapshot_tags", &cfg.snapshot_tags)?)).send().await.map_err(|e| match error_code(&e) {
                 Some("InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags: snapshots of {ami} not visible yet")),
                 _ => classify("CreateTags", &snaps.join(","), e),
             })?;

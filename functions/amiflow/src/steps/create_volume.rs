@@ -19,8 +19,7 @@ pub const WAIT: &str = "VolumeAvailable";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?.clone();
-    let view = EbsView::of(&state)?;
-    let region = view.region.clone();
+    let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "CreateVolume")?;
     let ec2 = ctx.ec2(&region);
     let mut req = ec2.create_volume().availability_zone(&host.availability_zone).client_token(client_token(&state, "CreateVolume"));
@@ -59,7 +58,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
         source = Some(src);
     }
-    let tags = render_tags(&cfg.root_volume_tags, &state.data, &region);
+    let tags = render_tags("root_volume_tags", &cfg.root_volume_tags, &state.data, &region)?;
     req = req.tag_specifications(tag_spec(ResourceType::Volume, &state, &tags));
     let out = req.send().await.map_err(|e| classify("CreateVolume", &host.availability_zone, e))?;
     let id = out.volume_id().unwrap_or_default().to_string();

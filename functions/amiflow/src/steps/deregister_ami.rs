@@ -12,8 +12,9 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    if !cfg.force_deregister || cfg.skip_create_ami {
+    let cfg = &state.build.config;
+    let ami = ami_config(&state, SPEC.name)?;
+    if !ami.force_deregister || cfg.skip_create_ami() {
         return Ok(state);
     }
     for region in cfg.target_regions() {
@@ -21,10 +22,10 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         let out = ec2
             .describe_images()
             .owners("self")
-            .filters(filter("name", [cfg.ami_name.clone()]))
+            .filters(filter("name", [ami.ami_name.clone()]))
             .send()
             .await
-            .map_err(|e| classify("DescribeImages", &cfg.ami_name, e))?;
+            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
         for img in out.images() {
             // Never the image this very build made (a retried late step).
             if img.tags().iter().any(|t| t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())) {
@@ -36,7 +37,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 Err(e) if error_code(&e) == Some("InvalidAMIID.NotFound") => {}
                 Err(e) => return Err(classify("DeregisterImage", id, e)),
             }
-            if cfg.force_delete_snapshot {
+            if ami.force_delete_snapshot {
                 for snap in img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id())) {
                     match ec2.delete_snapshot().snapshot_id(snap).send().await {
                         Ok(_) => {}

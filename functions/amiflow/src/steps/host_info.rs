@@ -16,7 +16,7 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?;
-    let region = EbsView::of(&state)?.region;
+    let region = state.build.config.build_region().to_string();
     let ec2 = ctx.ec2(&region);
     let (req, found_by, what) = if let Some(id) = cfg.chroot_host_instance_id.as_deref().filter(|s| !s.is_empty()) {
         (ec2.describe_instances().instance_ids(id), "instance_id", id.to_string())

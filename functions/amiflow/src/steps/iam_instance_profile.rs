@@ -31,7 +31,8 @@ pub const IAM_PATH: &str = "/amiflow/";
 const ASSUME_EC2: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let region = state.build.config.build_region().to_string();
+    let cfg = run_config(&state, SPEC.name)?.clone();
     let iam = ctx.iam();
     if let Some(name) = cfg.iam_instance_profile.as_deref().filter(|s| !s.is_empty()) {
         if !cfg.skip_profile_validation {
@@ -46,7 +47,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let name = temp_name(&state, "amiflow", "Iam").replace('_', "-");
     let tags: Vec<IamTag> = build_tags(&state)
         .into_iter()
-        .chain(render_tags(&cfg.run_tags, &state.data, &cfg.region))
+        .chain(render_tags("run_tags", &cfg.run_tags, &state.data, &region)?)
         .map(|(k, v)| IamTag::builder().key(k).value(v).build().unwrap())
         .collect();
 
@@ -68,7 +69,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     iam.put_role_policy()
         .role_name(&name)
         .policy_name(&name)
-        .policy_document(doc.to_string())
+        .policy_document(serde_json::to_string(doc)?)
         .send()
         .await
         .map_err(|e| classify("PutRolePolicy", &name, e))?;
@@ -94,11 +95,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // instance type and subnet (Packer's t3.nano dry run broke arm64 builds, #675).
     if let Some(ami) = &state.data.source_ami {
         let mut dry = ctx
-            .ec2(&cfg.region)
+            .ec2(&region)
             .run_instances()
             .dry_run(true)
             .image_id(ami)
-            .instance_type(cfg.instance_type.as_str().into())
+            .instance_type(cfg.instance_type.as_deref().unwrap_or_default().into())
             .min_count(1)
             .max_count(1)
             .iam_instance_profile(aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(&name).build());

@@ -67,7 +67,7 @@ pub async fn read_source(ctx: &Ctx, region: &str, key: &str, source: &str) -> Re
 /// Renders a bundle command with its variables; `{{timestamp}}`-style functions were
 /// rendered by Prepare, so only `.Name` references are left.
 pub fn render_command(key: &str, template: &str, vars: &BTreeMap<String, String>) -> Result<String, StepError> {
-    amiflow_template::template::render_later(template, vars).map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
+    crate::provision::render::render(template, &crate::provision::render::RenderContext::with_build(vars)).map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
 }
 
 /// Runs a command on the instance, its output logged (masked) under `label`.

@@ -23,28 +23,30 @@ pub fn parameter_name(state: &BuildState) -> String {
 
 /// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
 /// for them only then.
-pub fn creates_temporary_key(cfg: &EbsView) -> bool {
-    let no_temp_key = cfg.ssh_keypair_name.as_deref().is_some_and(|s| !s.is_empty())
-        || matches!(cfg.communicator(), "none" | "ssm")
-        || cfg.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
-        || cfg.ssh_agent_auth
-        || cfg.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
+pub fn creates_temporary_key(config: &amiflow_template::BuilderConfig) -> bool {
+    let Some(comm) = config.comm() else { return false };
+    let no_temp_key = comm.ssh_keypair_name.as_deref().is_some_and(|s| !s.is_empty())
+        || matches!(comm.communicator.as_str(), "none" | "ssm")
+        || comm.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
+        || comm.ssh_agent_auth
+        || comm.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
     !no_temp_key
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    if let Some(name) = cfg.ssh_keypair_name.as_deref().filter(|s| !s.is_empty()) {
+    let cfg = state.build.config.clone();
+    let comm = comm_config(&state, SPEC.name)?.clone();
+    if let Some(name) = comm.ssh_keypair_name.as_deref().filter(|s| !s.is_empty()) {
         state.data.key_pair_name = Some(name.to_string());
         return Ok(state);
     }
     if !creates_temporary_key(&cfg) {
         return Ok(state);
     }
-    let region = cfg.region.clone();
+    let region = cfg.build_region().to_string();
     let ec2 = ctx.ec2(&region);
     let ssm = ctx.ssm(&region);
-    let name = cfg.temporary_key_pair_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
+    let name = comm.temporary_key_pair_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
     let param = parameter_name(&state);
 
     // A retried step finds its key pair; reuse it only if its private key was stored.
@@ -62,14 +64,14 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         if existing {
             ec2.delete_key_pair().key_name(&name).send().await.map_err(|e| classify("DeleteKeyPair", &name, e))?;
         }
-        let key_type = match cfg.temporary_key_pair_type.as_deref().unwrap_or("rsa") {
+        let key_type = match comm.temporary_key_pair_type.as_str() {
             "ed25519" => KeyType::Ed25519,
             "rsa" => KeyType::Rsa,
             other => {
                 return Err(StepError::BuildFailed(format!("temporary_key_pair_type {other:?}: use \"rsa\" or \"ed25519\"")));
             }
         };
-        let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
+        let run_tags = render_tags("run_tags", cfg.run_tags(), &state.data, &region)?;
         let out = ec2
             .create_key_pair()
             .key_name(&name)

@@ -15,12 +15,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let cfg = ami_config(&state, SPEC.name)?;
     for (region, ami) in &state.data.amis {
         let ec2 = ctx.ec2(region);
         let op = |what: &str| format!("ModifyImageAttribute ({what})");
-        if !cfg.ami_description.is_empty() {
-            let desc = render(&cfg.ami_description, &state.data, region);
+        if let Some(desc) = cfg.ami_description.as_deref().filter(|d| !d.is_empty()) {
+            let desc = render("ami_description", desc, &state.data, region)?;
             ec2.modify_image_attribute()
                 .image_id(ami)
                 .description(AttributeValue::builder().value(desc).build())

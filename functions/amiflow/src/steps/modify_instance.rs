@@ -14,10 +14,10 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let cfg = state.build.config.clone();
     let Some(id) = state.data.instance_id.clone() else { return Ok(state) };
-    let ec2 = ctx.ec2(&cfg.region);
-    if cfg.sriov_support {
+    let ec2 = ctx.ec2(cfg.build_region());
+    if cfg.sriov_support() {
         ec2.modify_instance_attribute()
             .instance_id(&id)
             .sriov_net_support(AttributeValue::builder().value("simple").build())
@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             .await
             .map_err(|e| classify("ModifyInstanceAttribute (SriovNetSupport)", &id, e))?;
     }
-    if let Some(ena) = cfg.ena_support {
+    if let Some(ena) = cfg.ena_support() {
         ec2.modify_instance_attribute()
             .instance_id(&id)
             .ena_support(AttributeBooleanValue::builder().value(ena).build())

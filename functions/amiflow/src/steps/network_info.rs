@@ -11,8 +11,9 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let ec2 = ctx.ec2(&cfg.region);
+    let region = state.build.config.build_region().to_string();
+    let cfg = run_config(&state, SPEC.name)?.clone();
+    let ec2 = ctx.ec2(&region);
     let mut vpc = cfg.vpc_id.clone().filter(|s| !s.is_empty());
     let mut subnet = cfg.subnet_id.clone().filter(|s| !s.is_empty());
     let mut az = cfg.availability_zone.clone().filter(|s| !s.is_empty());
@@ -71,7 +72,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if let Some(id) = &subnet {
         if vpc.is_none() || az.is_none() {
             let out = ec2.describe_subnets().subnet_ids(id).send().await.map_err(|e| classify("DescribeSubnets", id, e))?;
-            let s = out.subnets().first().ok_or_else(|| StepError::BuildFailed(format!("subnet_id {id} was not found in {}", cfg.region)))?;
+            let s = out.subnets().first().ok_or_else(|| StepError::BuildFailed(format!("subnet_id {id} was not found in {region}")))?;
             vpc = vpc.or(s.vpc_id().map(String::from));
             az = az.or(s.availability_zone().map(String::from));
         }

@@ -12,9 +12,9 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let ec2 = ctx.ec2(&cfg.region);
-    if !cfg.skip_region_validation {
+    let cfg = &state.build.config;
+    let ec2 = ctx.ec2(cfg.build_region());
+    if !cfg.access().skip_region_validation {
         let out = ec2.describe_regions().all_regions(true).send().await.map_err(|e| classify("DescribeRegions", "", e))?;
         let known: Vec<String> = out.regions().iter().filter_map(|r| r.region_name().map(String::from)).collect();
         let bad: Vec<String> = cfg.target_regions().into_iter().filter(|r| !known.contains(r)).collect();
@@ -25,13 +25,14 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             )));
         }
     }
-    if let (Some(vpc), None, None) = (&cfg.vpc_id, &cfg.subnet_id, &cfg.subnet_filter) {
+    if let Some((Some(vpc), None, None)) = cfg.run().map(|r| (&r.vpc_id, &r.subnet_id, &r.subnet_filter)) {
         let out = ec2.describe_vpcs().vpc_ids(vpc).send().await.map_err(|e| classify("DescribeVpcs", vpc, e))?;
         if !out.vpcs().iter().any(|v| v.is_default() == Some(true)) {
             return Err(StepError::BuildFailed(format!("vpc_id {vpc}: subnet_id or subnet_filter must be provided for non-default VPCs")));
         }
     }
-    if cfg.force_deregister || cfg.skip_create_ami {
+    let ami = ami_config(&state, SPEC.name)?;
+    if ami.force_deregister || cfg.skip_create_ami() {
         return Ok(state);
     }
     for region in cfg.target_regions() {
@@ -39,14 +40,14 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             .ec2(&region)
             .describe_images()
             .owners("self")
-            .filters(filter("name", [cfg.ami_name.clone()]))
+            .filters(filter("name", [ami.ami_name.clone()]))
             .send()
             .await
-            .map_err(|e| classify("DescribeImages", &cfg.ami_name, e))?;
+            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
         if let Some(img) = out.images().first() {
             return Err(StepError::BuildFailed(format!(
                 "AMI Name: '{}' is used by an existing AMI: {} in {region}. Choose another ami_name (e.g. add {{{{timestamp}}}}) or set force_deregister",
-                cfg.ami_name,
+                ami.ami_name,
                 img.image_id().unwrap_or("?")
             )));
         }

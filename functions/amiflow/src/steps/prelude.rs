@@ -3,11 +3,11 @@
 pub use std::collections::BTreeMap;
 pub use std::time::Duration;
 
+pub use amiflow_template::config::{AmiConfig, CommunicatorConfig, RunConfig};
 pub use aws_sdk_ec2::types::{Filter, ResourceType};
 
 pub use crate::aws::*;
 pub use crate::ctx::{classify, error_code};
-pub use crate::ebs_config::EbsView;
 pub use crate::state::{ResourceKind, BUILD_TAG};
 pub use crate::steps::{StepSpec, WaitPolicy};
 pub use crate::{handler, BuildState, Ctx, StepError};
@@ -21,3 +21,26 @@ pub const LONG_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate
 
 /// Instance state changes: 15 s cap, ~1 h.
 pub const INSTANCE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 3, backoff_rate: 1.5, max_delay_seconds: 15, max_attempts: 250 };
+
+/// The build's AMI settings, for a step that only runs in builders that make an AMI.
+pub fn ami_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a AmiConfig, StepError> {
+    state.build.config.ami().ok_or_else(|| wrong_builder(state, step, "AMI"))
+}
+
+/// The source instance's settings, for a step that only runs in builders that launch one.
+pub fn run_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a RunConfig, StepError> {
+    state.build.config.run().ok_or_else(|| wrong_builder(state, step, "source instance"))
+}
+
+/// The communicator's settings, for a step that only runs in builders that connect.
+pub fn comm_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a CommunicatorConfig, StepError> {
+    state.build.config.comm().ok_or_else(|| wrong_builder(state, step, "communicator"))
+}
+
+fn wrong_builder(state: &BuildState, step: &str, what: &str) -> StepError {
+    StepError::BuildFailed(format!(
+        "build {}: {step} needs {what} settings, which a {} build has none of (the step is not in that builder's flow)",
+        state.build.name,
+        state.build.builder_type.as_str()
+    ))
+}

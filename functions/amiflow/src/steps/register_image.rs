@@ -104,9 +104,9 @@ async fn find_own(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let region = cfg.region.clone();
-    let name = image_name(&state, &cfg);
+    let cfg = state.build.config.clone();
+    let region = cfg.build_region().to_string();
+    let name = image_name(&state);
     let intermediary = cfg.intermediary_image();
     let ec2 = ctx.ec2(&region);
     let id = match find_own(ctx, &region, &name).await? {
@@ -117,7 +117,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 if c.use_create_image {
                     let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("RegisterImage: no instance in the state".into()))?;
                     let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &BTreeMap::new(), &root.source_device_name, &root.device_name, false)?;
-                    let mut tags = if c.skip_ami_run_tags { BTreeMap::new() } else { render_tags(&c.run.run_tags, &state.data, &region) };
+                    let mut tags = if c.skip_ami_run_tags { BTreeMap::new() } else { render_tags("run_tags", &c.run.run_tags, &state.data, &region)? };
                     tags.extend(build_tags(&state));
                     let out = ec2
                         .create_image()
@@ -182,7 +182,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 let out = req.send().await.map_err(|e| classify("RegisterImage", &location, e))?;
                 out.image_id().unwrap_or_default().to_string()
             }
-            BuilderConfig::Chroot(c) => register_chroot(ctx, &state, c, &cfg, &name, &region).await?,
+            BuilderConfig::Chroot(c) => register_chroot(ctx, &state, c, &name, &region).await?,
             other => {
                 return Err(StepError::BuildFailed(format!("RegisterImage has no registration for {}", other.builder_type().as_str())));
             }
@@ -287,7 +287,6 @@ async fn register_chroot(
     ctx: &Ctx,
     state: &BuildState,
     cfg: &amiflow_template::config::chroot::ChrootConfig,
-    view: &EbsView,
     name: &str,
     region: &str,
 ) -> Result<String, StepError> {
@@ -298,7 +297,7 @@ async fn register_chroot(
         .get(region)
         .and_then(|s| s.first().cloned())
         .ok_or_else(|| StepError::BuildFailed("RegisterImage: no snapshot in the build state (CreateSnapshot did not run)".into()))?;
-    let intermediary = view.intermediary_image();
+    let intermediary = state.build.config.intermediary_image();
     let ec2 = ctx.ec2(region);
     let source = vol.source.as_ref();
     let (mappings, root) = registration_mappings(&cfg, source, &snapshot)?;
@@ -317,18 +316,18 @@ async fn register_chroot(
         .set_block_device_mappings(Some(mappings))
         .virtualization_type(&virt)
         .set_architecture(arch.map(|a| ArchitectureValues::from(a.as_str())));
-    if !view.ami_description.is_empty() && !intermediary {
-        req = req.description(render(&view.ami_description, &state.data, region));
+    if let Some(d) = cfg.ami.ami_description.as_deref().filter(|d| !d.is_empty() && !intermediary) {
+        req = req.description(render("ami_description", d, &state.data, region)?);
     }
     if virt != "hvm" {
         if let Some(s) = source {
             req = req.set_kernel_id(s.kernel_id.clone()).set_ramdisk_id(s.ramdisk_id.clone());
         }
     }
-    if view.sriov_support {
+    if cfg.ami.sriov_support {
         req = req.sriov_net_support("simple");
     }
-    if view.ena_support == Some(true) {
+    if cfg.ami.ena_support == Some(true) {
         req = req.ena_support(true);
     }
     if let Some(b) = cfg.boot_mode.as_deref().filter(|b| !b.is_empty()) {

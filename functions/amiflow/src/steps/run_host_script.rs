@@ -27,7 +27,7 @@ const EXECUTION_TIMEOUT: &str = "43200";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?.clone();
-    let region = EbsView::of(&state)?.region;
+    let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "RunHostScript")?;
     let vol = chroot::volume(&state, "RunHostScript")?;
     let job = chroot::job(&state, &cfg, &vol)?;

@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::prelude::*;
-use crate::ebs_config::BlockDevice;
+use amiflow_template::config::BlockDevice;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
@@ -26,9 +26,9 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub const WAIT: &str = "InstanceRunning";
 
-pub fn mappings(devs: &[BlockDevice], no_ephemeral: bool) -> Vec<BlockDeviceMapping> {
+pub fn mappings<'a>(devs: impl IntoIterator<Item = &'a BlockDevice>, no_ephemeral: bool) -> Vec<BlockDeviceMapping> {
     let mut out: Vec<BlockDeviceMapping> = devs
-        .iter()
+        .into_iter()
         .map(|d| {
             let mut m = BlockDeviceMapping::builder().device_name(&d.device_name);
             if d.no_device {
@@ -41,13 +41,13 @@ pub fn mappings(devs: &[BlockDevice], no_ephemeral: bool) -> Vec<BlockDeviceMapp
             if let Some(t) = &d.volume_type {
                 ebs = ebs.volume_type(VolumeType::from(t.as_str()));
                 if matches!(t.as_str(), "io1" | "io2" | "gp3") {
-                    ebs = ebs.set_iops(d.iops);
+                    ebs = ebs.set_iops(d.iops.map(|v| v as i32));
                 }
                 if t == "gp3" {
-                    ebs = ebs.set_throughput(d.throughput);
+                    ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
                 }
             }
-            ebs = ebs.set_volume_size(d.volume_size).set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone());
+            ebs = ebs.set_volume_size(d.volume_size.map(|v| v as i32)).set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone());
             m = m.ebs(ebs.build());
             m.build()
         })
@@ -61,7 +61,7 @@ pub fn mappings(devs: &[BlockDevice], no_ephemeral: bool) -> Vec<BlockDeviceMapp
 }
 
 /// User data, base64-encoded unless it already is (Packer's rule).
-pub fn user_data(cfg: &EbsView) -> Result<Option<String>, StepError> {
+pub fn user_data(cfg: &RunConfig) -> Result<Option<String>, StepError> {
     let raw = match (&cfg.user_data, &cfg.user_data_file) {
         (Some(d), _) if !d.is_empty() => d.clone(),
         (_, Some(f)) if !f.is_empty() => std::fs::read_to_string(f)
@@ -77,8 +77,9 @@ pub fn user_data(cfg: &EbsView) -> Result<Option<String>, StepError> {
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let region = cfg.region.clone();
+    let build = state.build.config.clone();
+    let cfg = run_config(&state, SPEC.name)?.clone();
+    let region = build.build_region().to_string();
     let ec2 = ctx.ec2(&region);
     let ami = state.data.source_ami.clone().ok_or_else(|| StepError::BuildFailed("RunSourceInstance: no source AMI in the state (SourceAmiInfo must run first)".into()))?;
     // amazon-instance launches any root type and sends no shutdown behaviour (Packer's
@@ -100,9 +101,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let instance = match existing {
         Some(i) => i,
         None => {
-            let instance_type = if cfg.instance_type.is_empty() { cfg.spot_instance_types.first().cloned().unwrap_or_default() } else { cfg.instance_type.clone() };
-            let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
-            let volume_tags = render_tags(&cfg.run_volume_tags, &state.data, &region);
+            let instance_type = match cfg.instance_type.clone().filter(|t| !t.is_empty()) {
+                Some(t) => t,
+                None => cfg.spot_instance_types.first().cloned().unwrap_or_default(),
+            };
+            let run_tags = render_tags("run_tags", &cfg.run_tags, &state.data, &region)?;
+            let volume_tags = render_tags("run_volume_tags", build.run_volume_tags(), &state.data, &region)?;
             let mut req = ec2
                 .run_instances()
                 .client_token(&token)
@@ -112,7 +116,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .max_count(1)
                 .set_user_data(user_data(&cfg)?)
                 .set_key_name(state.data.key_pair_name.clone())
-                .set_block_device_mappings(Some(mappings(&cfg.launch_block_device_mappings, cfg.no_ephemeral)).filter(|m| !m.is_empty()))
+                .set_block_device_mappings(Some(mappings(build.launch_block_device_mappings(), build.no_ephemeral())).filter(|m| !m.is_empty()))
                 .tag_specifications(tag_spec(ResourceType::Instance, &state, &run_tags))
                 .tag_specifications(tag_spec(ResourceType::NetworkInterface, &state, &run_tags))
                 .tag_specifications(tag_spec(ResourceType::Volume, &state, &volume_tags));
@@ -125,19 +129,18 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             if let Some(az) = &state.data.availability_zone {
                 req = req.placement(Placement::builder().availability_zone(az).build());
             }
-            if let Some(m) = &cfg.metadata_options {
-                if m.http_endpoint.as_deref().unwrap_or("enabled") == "enabled" {
-                    req = req.metadata_options(
-                        InstanceMetadataOptionsRequest::builder()
-                            .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                            .http_tokens(HttpTokensState::from(m.http_tokens.as_deref().unwrap_or("optional")))
-                            .set_http_put_response_hop_limit(m.http_put_response_hop_limit)
-                            .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_deref().unwrap_or("disabled")))
-                            .build(),
-                    );
-                } else {
-                    req = req.metadata_options(InstanceMetadataOptionsRequest::builder().http_endpoint(InstanceMetadataEndpointState::Disabled).build());
-                }
+            let m = &cfg.metadata_options;
+            if m.http_endpoint == "enabled" {
+                req = req.metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                        .http_tokens(HttpTokensState::from(m.http_tokens.as_str()))
+                        .http_put_response_hop_limit(m.http_put_response_hop_limit as i32)
+                        .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_str()))
+                        .build(),
+                );
+            } else {
+                req = req.metadata_options(InstanceMetadataOptionsRequest::builder().http_endpoint(InstanceMetadataEndpointState::Disabled).build());
             }
             if cfg.is_spot() {
                 let mut spot = SpotMarketOptions::builder().spot_instance_type(SpotInstanceType::OneTime);
@@ -146,7 +149,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 }
                 req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot.build()).build());
             } else if ebs_backed {
-                req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(cfg.shutdown_behavior.as_deref().unwrap_or("stop")));
+                req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(cfg.shutdown_behavior.as_str()));
             }
             match (&state.data.subnet_id, cfg.associate_public_ip_address) {
                 (Some(subnet), Some(public)) => {

@@ -15,11 +15,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let region = cfg.region.clone();
+    let cfg = state.build.config.clone();
+    let run = run_config(&state, SPEC.name)?.clone();
+    let region = cfg.build_region().to_string();
     let ec2 = ctx.ec2(&region);
-    let mut ids: Vec<String> = cfg.security_group_ids.clone();
-    if let Some(id) = cfg.security_group_id.as_deref().filter(|s| !s.is_empty()) {
+    let mut ids: Vec<String> = run.security_group_ids.clone();
+    if let Some(id) = run.security_group_id.as_deref().filter(|s| !s.is_empty()) {
         if !ids.iter().any(|i| i == id) {
             ids.push(id.to_string());
         }
@@ -32,7 +33,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.security_group_ids = ids;
         return Ok(state);
     }
-    if let Some(f) = cfg.security_group_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+    if let Some(f) = run.security_group_filter.as_ref().filter(|f| !f.filters.is_empty()) {
         let mut req = ec2.describe_security_groups();
         for (k, v) in &f.filters {
             req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
@@ -62,7 +63,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let group_id = match found.security_groups().first().and_then(|g| g.group_id()) {
         Some(id) => id.to_string(),
         None => {
-            let run_tags = render_tags(&cfg.run_tags, &state.data, &region);
+            let run_tags = render_tags("run_tags", &run.run_tags, &state.data, &region)?;
             let out = ec2
                 .create_security_group()
                 .group_name(&name)
@@ -78,10 +79,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.ledger.record(ResourceKind::SecurityGroup, &region, &group_id, false);
 
     if let Some(port) = cfg.communicator_port() {
-        let cidrs = if cfg.temporary_security_group_source_cidrs.is_empty() {
-            vec![if cfg.ssh_interface.as_deref() == Some("ipv6") { "::/0".to_string() } else { "0.0.0.0/0".to_string() }]
+        let cidrs = if run.temporary_security_group_source_cidrs.is_empty() {
+            vec![if cfg.comm().and_then(|c| c.ssh_interface.as_deref()) == Some("ipv6") { "::/0".to_string() } else { "0.0.0.0/0".to_string() }]
         } else {
-            cfg.temporary_security_group_source_cidrs.clone()
+            run.temporary_security_group_source_cidrs.clone()
         };
         let mut perm = IpPermission::builder().ip_protocol("tcp").from_port(port as i32).to_port(port as i32);
         for c in &cidrs {

@@ -67,8 +67,7 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let region = cfg.region.clone();
+    let region = state.build.config.build_region().to_string();
     if surrogate(&state).is_some_and(|c| c.use_create_image) {
         // Without the swap, CreateImage would image the instance's own root, not the surrogate.
         return Err(StepError::BuildFailed(
@@ -102,8 +101,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             let id = match live {
                 Some(id) => id,
                 None => {
-                    let description = w.description.clone().filter(|d| !d.is_empty()).map(|d| render(&d, &state_ref.data, &region)).unwrap_or_else(|| format!("amiflow: {now}"));
-                    let tags = render_tags(&w.tags, &state_ref.data, &region);
+                    let description = w.description.clone().filter(|d| !d.is_empty()).map(|d| render(&format!("{}.snapshot_description", w.key), &d, &state_ref.data, &region)).transpose()?.unwrap_or_else(|| format!("amiflow: {now}"));
+                    let tags = render_tags(&format!("{}.snapshot_tags", w.key), &w.tags, &state_ref.data, &region)?;
                     let out = ec2
                         .create_snapshot()
                         .volume_id(&volume)

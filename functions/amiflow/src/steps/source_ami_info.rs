@@ -12,16 +12,16 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let cfg = state.build.config.clone();
     if matches!(&state.build.config, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch) {
         return Ok(state);
     }
-    let mut req = ctx.ec2(&cfg.region).describe_images();
+    let mut req = ctx.ec2(cfg.build_region()).describe_images();
     let mut most_recent = false;
-    if let Some(id) = cfg.source_ami.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(id) = cfg.source_ami() {
         req = req.image_ids(id);
     }
-    if let Some(f) = &cfg.source_ami_filter {
+    if let Some(f) = cfg.source_ami_filter() {
         for (name, values) in &f.filters {
             req = req.filters(filter(name, values.split(',').map(|v| v.trim().to_string())));
         }
@@ -33,13 +33,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
         most_recent = f.most_recent;
     }
-    let what = cfg.source_ami.clone().unwrap_or_else(|| "source_ami_filter".into());
+    let what = cfg.source_ami().unwrap_or("source_ami_filter").to_string();
     let out = req.send().await.map_err(|e| classify("DescribeImages", &what, e))?;
     let mut images = out.images().to_vec();
     if images.is_empty() {
         return Err(StepError::BuildFailed(format!(
             "No AMI was found matching filters ({what}) in {}: check source_ami / source_ami_filter and its owners",
-            cfg.region
+            cfg.build_region()
         )));
     }
     if images.len() > 1 && !most_recent {
@@ -57,8 +57,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             img.root_device_type().map(|t| t.as_str()).unwrap_or("unknown")
         )));
     }
-    if cfg.ena_support == Some(true) || cfg.sriov_support {
-        let virt = cfg.ami_virtualization_type.clone().or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
+    if cfg.ena_support() == Some(true) || cfg.sriov_support() {
+        let virt = cfg.ami().and_then(|a| a.ami_virtualization_type.clone()).or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
         if virt.as_deref() != Some("hvm") {
             return Err(StepError::BuildFailed(
                 "Enhanced Networking (ena_support / sriov_support) requires an HVM source AMI or ami_virtualization_type \"hvm\"".into(),

@@ -14,13 +14,13 @@ pub const SPEC: StepSpec = StepSpec {
 pub const WAIT: &str = "InstanceStopped";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
+    let cfg = state.build.config.clone();
     if cfg.is_spot() {
         return Ok(state);
     }
     let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("StopInstance: no instance in the state".into()))?;
-    if !cfg.disable_stop_instance {
-        ctx.ec2(&cfg.region).stop_instances().instance_ids(&id).send().await.map_err(|e| match error_code(&e) {
+    if !run_config(&state, SPEC.name)?.disable_stop_instance {
+        ctx.ec2(cfg.build_region()).stop_instances().instance_ids(&id).send().await.map_err(|e| match error_code(&e) {
             Some("InvalidInstanceID.NotFound") => StepError::Transient(format!("StopInstances {id}: not visible yet")),
             _ => classify("StopInstances", &id, e),
         })?;

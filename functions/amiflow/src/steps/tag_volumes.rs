@@ -34,7 +34,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // build's own tags stay until the build ends (Cleanup finds the volumes by them if a
     // later step fails).
     let own = build_tags(&state);
-    let temporary: Vec<Tag> = render_tags(&cfg.run_volume_tags, &state.data, &region)
+    let temporary: Vec<Tag> = render_tags("run_volume_tags", &cfg.run_volume_tags, &state.data, &region)?
         .into_iter()
         .filter(|(k, _)| !own.contains_key(k))
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -51,7 +51,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         if v.tags.is_empty() {
             continue;
         }
-        let tags: Vec<Tag> = render_tags(&v.tags, &state.data, &region).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let tags: Vec<Tag> = render_tags(&format!("ebs_volumes tags of {}", v.device.device_name), &v.tags, &state.data, &region)?.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         ec2.create_tags().resources(id).set_tags(Some(tags)).send().await.map_err(|e| classify("CreateTags", id, e))?;
     }
     for id in &kept {

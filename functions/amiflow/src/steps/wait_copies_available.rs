@@ -15,7 +15,6 @@ pub const SPEC: StepSpec = StepSpec {
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
     let mut pending = Vec::new();
     for (region, id) in copies(&state) {
         match super::images::available(ctx, &region, &id).await? {
@@ -30,7 +29,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() {
-        return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("image copies pending: {}", pending.join(", "))));
+        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("image copies pending: {}", pending.join(", "))));
     }
     end_wait(&mut state, WAIT);
     Ok(state)

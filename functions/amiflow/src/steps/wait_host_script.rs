@@ -21,15 +21,15 @@ pub const COMMAND_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 10, backoff_
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(12 * 3600);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let view = EbsView::of(&state)?;
+    let region = state.build.config.build_region().to_string();
     let (command_id, instance_id) = match chroot::command(&state, "WaitHostScript")? {
         HostCommand::Local { .. } => return Ok(state),
         HostCommand::Ssm { command_id, instance_id } => (command_id, instance_id),
     };
-    let out = match ctx.ssm(&view.region).get_command_invocation().command_id(&command_id).instance_id(&instance_id).send().await {
+    let out = match ctx.ssm(&region).get_command_invocation().command_id(&command_id).instance_id(&instance_id).send().await {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvocationDoesNotExist") => {
-            return Err(not_ready(&state, &view, WAIT, DEFAULT_BUDGET, format!("command {command_id} not yet delivered to {instance_id}")));
+            return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("command {command_id} not yet delivered to {instance_id}")));
         }
         Err(e) => return Err(classify("GetCommandInvocation", &command_id, e)),
     };
@@ -40,7 +40,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             Ok(state)
         }
         CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed => {
-            Err(not_ready(&state, &view, WAIT, DEFAULT_BUDGET, format!("the host script runs on {instance_id} (command {command_id})")))
+            Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("the host script runs on {instance_id} (command {command_id})")))
         }
         other => {
             let stdout = out.standard_output_content().unwrap_or("");

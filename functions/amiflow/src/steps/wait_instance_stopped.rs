@@ -15,12 +15,12 @@ pub const SPEC: StepSpec = StepSpec {
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    if cfg.is_spot() {
+    let region = state.build.config.build_region().to_string();
+    if state.build.config.is_spot() {
         return Ok(state);
     }
     let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("WaitInstanceStopped: no instance in the state".into()))?;
-    let Some(i) = describe(ctx, &cfg.region, &id).await? else {
+    let Some(i) = describe(ctx, &region, &id).await? else {
         return Err(StepError::BuildFailed(format!("instance {id} disappeared while stopping")));
     };
     match state_name(&i) {
@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        "stopping" | "running" | "pending" => Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("instance {id} is {}", state_name(&i)))),
+        "stopping" | "running" | "pending" => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("instance {id} is {}", state_name(&i)))),
         other => Err(StepError::BuildFailed(format!("instance {id} is {other} instead of stopped: {}", reason(&i)))),
     }
 }

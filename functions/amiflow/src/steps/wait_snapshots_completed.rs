@@ -21,8 +21,7 @@ pub const SPEC: StepSpec = StepSpec {
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = EbsView::of(&state)?;
-    let region = cfg.region.clone();
+    let region = state.build.config.build_region().to_string();
     let mut ids: Vec<String> = snapshot_ids(&state).into_values().collect();
     for id in state.data.snapshots.get(&region).into_iter().flatten() {
         if !ids.contains(id) {
@@ -35,7 +34,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let out = match ctx.ec2(&region).describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {
-            return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots {} are not visible yet", ids.join(", "))));
+            return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("snapshots {} are not visible yet", ids.join(", "))));
         }
         Err(e) => return Err(classify("DescribeSnapshots", &ids.join(","), e)),
     };
@@ -55,7 +54,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() || out.snapshots().len() < ids.len() {
-        return Err(not_ready(&state, &cfg, WAIT, DEFAULT_BUDGET, format!("snapshots pending in {region}: {}", pending.join(", "))));
+        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("snapshots pending in {region}: {}", pending.join(", "))));
     }
     end_wait(&mut state, WAIT);
     if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {

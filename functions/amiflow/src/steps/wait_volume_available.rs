@@ -20,15 +20,15 @@ pub const VOLUME_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_ra
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let view = EbsView::of(&state)?;
+    let region = state.build.config.build_region().to_string();
     let vol = chroot::volume(&state, "WaitVolumeAvailable")?;
-    let v = chroot::describe_volume(ctx, &view.region, &vol.volume_id).await?;
+    let v = chroot::describe_volume(ctx, &region, &vol.volume_id).await?;
     match v.as_ref().and_then(|v| v.state()) {
         Some(VolumeState::Available) => {
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        Some(VolumeState::Creating) | None => Err(not_ready(&state, &view, WAIT, DEFAULT_BUDGET, format!("volume {} is being created", vol.volume_id))),
+        Some(VolumeState::Creating) | None => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is being created", vol.volume_id))),
         Some(other) => Err(StepError::BuildFailed(format!("volume {} is {} instead of available", vol.volume_id, other.as_str()))),
     }
 }

@@ -12,6 +12,7 @@ pub mod block_device;
 pub mod chroot;
 pub mod common;
 pub mod communicator;
+mod derived;
 pub mod duration;
 pub mod ebs;
 pub mod ebssurrogate;
