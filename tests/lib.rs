@@ -74,7 +74,7 @@ impl Moto {
         }
         let port = free_port()?;
         // The recorder writes its file into the working directory: keep it out of the tree.
-        let rec = std::env::temp_dir().join(format!("amiflow-moto-recording-{port}"));
+        let rec = Moto::recording_file(port);
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", &rec)
@@ -98,6 +98,11 @@ impl Moto {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where this moto's recorder writes (removed when the moto is dropped).
+    fn recording_file(port: u16) -> PathBuf {
+        std::env::temp_dir().join(format!("amiflow-moto-recording-{port}"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -229,5 +234,6 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(Moto::recording_file(self.port));
     }
 }

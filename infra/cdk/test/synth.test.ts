@@ -1,7 +1,7 @@
 // `cdk synth` of the construct, with assertions on the resources it produces.
 // Run: npm test (tsc, then node --test), or through the Rust e2e test infra::cdk_synth.
 
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -12,6 +12,7 @@ import * as events from 'aws-cdk-lib/aws-events';
 import { AmiflowStack, StepsManifest, loadStepsManifest } from '../lib/amiflow';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'amiflow-cdk-'));
+after(() => fs.rmSync(work, { recursive: true, force: true }));
 const bootstrapDir = path.join(work, 'lambda');
 fs.mkdirSync(bootstrapDir);
 fs.writeFileSync(path.join(bootstrapDir, 'bootstrap'), '#!/bin/sh\n');
