@@ -21,10 +21,12 @@ const COPY_REGION: &str = "us-west-2";
 const SHARE_USER: &str = "210987654321";
 
 /// Runs every Task with the registry's real handler; optionally fails right after one
-/// step has done its work (its result is lost, as when a Lambda dies after the AWS call).
+/// step has done its work (its result is lost, as when a Lambda dies after the AWS call);
+/// `replayed` steps run twice on the same input, the first result lost (a retried Lambda).
 struct InProcess {
     ctx: Arc<Ctx>,
     fail_after: Option<String>,
+    replayed: Vec<String>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -33,6 +35,10 @@ impl TaskInvoker for InProcess {
         let step = resource_name(resource).to_string();
         self.calls.lock().unwrap().push(step.clone());
         let spec = steps::find(&step).ok_or_else(|| TaskError::new("BuildFailed", format!("step {step} is not registered")))?;
+        if self.replayed.contains(&step) {
+            let first = (spec.handler)(self.ctx.clone(), input.clone()).await;
+            assert!(first.is_ok() || matches!(first, Err(StepError::NotReady(_))), "{step}, first run: {first:?}");
+        }
         match (spec.handler)(self.ctx.clone(), input).await {
             Ok(out) if self.fail_after.as_deref() == Some(step.as_str()) => {
                 let _ = out;
@@ -51,7 +57,12 @@ impl TaskInvoker for InProcess {
 }
 
 async fn run_build(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>) -> (Result<Value, ExecutionError>, Vec<String>) {
-    let invoker = Arc::new(InProcess { ctx: ctx.clone(), fail_after: fail_after.map(String::from), calls: Mutex::default() });
+    run_build_replaying(ctx, execution, template, fail_after, &[]).await
+}
+
+async fn run_build_replaying(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>, replayed: &[&str]) -> (Result<Value, ExecutionError>, Vec<String>) {
+    let replayed = replayed.iter().map(|s| s.to_string()).collect();
+    let invoker = Arc::new(InProcess { ctx: ctx.clone(), fail_after: fail_after.map(String::from), replayed, calls: Mutex::default() });
     let engine = Engine::from_arc(invoker.clone()).with_clock(VirtualClock::default());
     let def = StateMachine::from_json(&flows::render()).expect("the flows render valid ASL");
     let out = engine.run(&def, execution, json!({"template": template})).await;
@@ -321,6 +332,27 @@ async fn ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot() 
     }
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
     assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+}
+
+/// Each swap step run twice on the same input (the first result lost, as when a Lambda
+/// times out after its calls): the second run finds the surrogate by its mark and its own
+/// attachment, and the build still makes its AMI and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebssurrogate_swap_steps_survive_a_lost_result() {
+    let Some(moto) = Moto::start_or_skip("ebssurrogate_swap_steps_survive_a_lost_result") else { return };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let execution = "e2e-surrogate-swap-replay";
+    moto.start_recording().unwrap();
+    let replayed = ["SwapVolumes", "AttachRootVolume", "WaitRootVolumeAttached", "RegisterImage"];
+    let (out, calls) = run_build_replaying(&ctx, execution, surrogate_create_image_template("amiflow-e2e-surrogate-replay"), None, &replayed).await;
+    moto.stop_recording().unwrap();
+    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
+    let b = only_build(&out);
+    assert!(b["amis"][REGION].is_string(), "{b:#}");
+    assert_eq!(recorded_bodies(&moto, "AttachVolume").len(), 1, "the retried AttachRootVolume found its attachment");
+    assert_eq!(recorded_bodies(&moto, "CreateImage").len(), 1, "the retried RegisterImage found its image");
+    let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use super::wait_volume_available::VOLUME_WAIT;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "AttachRootVolume",
-    iam_actions: &["ec2:DescribeVolumes", "ec2:AttachVolume", "ec2:ModifyInstanceAttribute"],
+    iam_actions: &["ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:AttachVolume", "ec2:ModifyInstanceAttribute"],
     wait: Some(VOLUME_WAIT),
     timeout_seconds: 60,
     handler: handler!(run),
@@ -38,6 +38,14 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         let busy: Vec<String> = out.volumes().iter().filter(|v| v.state() != Some(&VolumeState::Available)).filter_map(|v| v.volume_id().map(String::from)).collect();
         if !busy.is_empty() {
             return Err(not_ready(&state, DETACHED, DEFAULT_BUDGET, format!("volumes {} are detaching from {}", busy.join(", "), plan.instance_id)));
+        }
+        // A retried SwapVolumes knows only what was still attached: look at the slot itself.
+        let instance = super::instance_state::describe(ctx, &region, &plan.instance_id)
+            .await?
+            .ok_or_else(|| StepError::BuildFailed(format!("AttachRootVolume: instance {} in {region} no longer exists", plan.instance_id)))?;
+        if let Some(held) = instance.block_device_mappings().iter().find(|m| m.device_name().is_some_and(|d| super::volumes::same_device(d, &plan.root_device))) {
+            let by = held.ebs().and_then(|e| e.volume_id()).unwrap_or("?");
+            return Err(not_ready(&state, DETACHED, DEFAULT_BUDGET, format!("{} on {} is still held by volume {by}", plan.root_device, plan.instance_id)));
         }
         ec2.attach_volume()
             .volume_id(&plan.source_volume)
