@@ -21,10 +21,12 @@ const COPY_REGION: &str = "us-west-2";
 const SHARE_USER: &str = "210987654321";
 
 /// Runs every Task with the registry's real handler; optionally fails right after one
-/// step has done its work (its result is lost, as when a Lambda dies after the AWS call).
+/// step has done its work (its result is lost, as when a Lambda dies after the AWS call);
+/// `replayed` steps run twice on the same input, the first result lost (a retried Lambda).
 struct InProcess {
     ctx: Arc<Ctx>,
     fail_after: Option<String>,
+    replayed: Vec<String>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -33,6 +35,10 @@ impl TaskInvoker for InProcess {
         let step = resource_name(resource).to_string();
         self.calls.lock().unwrap().push(step.clone());
         let spec = steps::find(&step).ok_or_else(|| TaskError::new("BuildFailed", format!("step {step} is not registered")))?;
+        if self.replayed.contains(&step) {
+            let first = (spec.handler)(self.ctx.clone(), input.clone()).await;
+            assert!(first.is_ok() || matches!(first, Err(StepError::NotReady(_))), "{step}, first run: {first:?}");
+        }
         match (spec.handler)(self.ctx.clone(), input).await {
             Ok(out) if self.fail_after.as_deref() == Some(step.as_str()) => {
                 let _ = out;
@@ -51,7 +57,12 @@ impl TaskInvoker for InProcess {
 }
 
 async fn run_build(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>) -> (Result<Value, ExecutionError>, Vec<String>) {
-    let invoker = Arc::new(InProcess { ctx: ctx.clone(), fail_after: fail_after.map(String::from), calls: Mutex::default() });
+    run_build_replaying(ctx, execution, template, fail_after, &[]).await
+}
+
+async fn run_build_replaying(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>, replayed: &[&str]) -> (Result<Value, ExecutionError>, Vec<String>) {
+    let replayed = replayed.iter().map(|s| s.to_string()).collect();
+    let invoker = Arc::new(InProcess { ctx: ctx.clone(), fail_after: fail_after.map(String::from), replayed, calls: Mutex::default() });
     let engine = Engine::from_arc(invoker.clone()).with_clock(VirtualClock::default());
     let def = StateMachine::from_json(&flows::render()).expect("the flows render valid ASL");
     let out = engine.run(&def, execution, json!({"template": template})).await;
@@ -263,6 +274,87 @@ async fn ebssurrogate_build_registers_the_surrogate_volume_as_root() {
     assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
 }
 
+/// The surrogate template with `use_create_image`: the surrogate volume is swapped into the
+/// root slot and CreateImage images the instance. The source's own root is launched
+/// explicitly (moto gives an instance no root volume when mappings are given) and omitted.
+fn surrogate_create_image_template(ami_name: &str) -> Value {
+    let mut t = surrogate_template(ami_name);
+    let b = &mut t["builders"][0];
+    b["use_create_image"] = json!(true);
+    let root = json!({"device_name": "/dev/xvda", "volume_size": 8, "volume_type": "gp2", "delete_on_termination": true, "omit_from_artifact": true});
+    b["launch_block_device_mappings"].as_array_mut().unwrap().insert(0, root);
+    t
+}
+
+fn form_value<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot() {
+    let Some(moto) = Moto::start_or_skip("ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot") else { return };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let execution = "e2e-surrogate-swap";
+    moto.start_recording().unwrap();
+    let (out, calls) = run_build(&ctx, execution, surrogate_create_image_template("amiflow-e2e-surrogate-swap"), None).await;
+    moto.stop_recording().unwrap();
+    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
+    println!("ebssurrogate use_create_image: {} EC2 calls, {} task invocations", moto.ec2_calls().unwrap().len(), calls.len());
+    let b = only_build(&out);
+    assert!(b.get("error").is_none(), "{b:#}");
+    let east = b["amis"][REGION].as_str().expect("an AMI in the build region").to_string();
+    assert!(b["amis"][COPY_REGION].is_string(), "a copy in ami_regions: {b:#}");
+
+    // Packer's StepSwapVolumes: the original root, the surrogate and the omitted volume
+    // come off (each DetachVolume names the instance), the surrogate goes on as the root.
+    let detached = recorded_bodies(&moto, "DetachVolume");
+    assert_eq!(detached.len(), 3, "root, /dev/xvdf, /dev/xvdg: {detached:#?}");
+    assert!(detached.iter().all(|d| form_value(d, "InstanceId").is_some()), "{detached:#?}");
+    let attached = recorded_bodies(&moto, "AttachVolume");
+    assert_eq!(attached.len(), 1, "{attached:#?}");
+    assert_eq!(form_value(&attached[0], "Device"), Some("/dev/xvda"));
+    let surrogate_volume = form_value(&attached[0], "VolumeId").unwrap().to_string();
+    let detached_ids: Vec<&str> = detached.iter().filter_map(|d| form_value(d, "VolumeId")).collect();
+    assert!(detached_ids.contains(&surrogate_volume.as_str()), "the surrogate was detached first");
+    let created = recorded_bodies(&moto, "CreateImage");
+    assert_eq!(created.len(), 1, "CreateImage instead of RegisterImage: {created:#?}");
+    assert!(recorded_bodies(&moto, "RegisterImage").is_empty() && recorded_bodies(&moto, "CreateSnapshot").is_empty(), "no snapshot path");
+    let c = &created[0];
+    assert!(c.contains("DeviceName=/dev/xvda") && !c.contains("xvdg") && !c.contains("xvdf"), "CreateImage mappings: {c}");
+
+    let ec2 = ctx.ec2(REGION);
+    let img = ec2.describe_images().image_ids(&east).send().await.unwrap();
+    assert_eq!(img.images().len(), 1);
+    // The swapped-out volumes (original root, omitted xvdg) are gone with the instance.
+    for v in detached_ids.iter().filter(|v| **v != surrogate_volume) {
+        let left = ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(*v).build()).send().await.unwrap();
+        assert!(left.volumes().is_empty(), "swapped-out volume {v} left: {:?}", left.volumes());
+    }
+    let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
+    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+}
+
+/// Each swap step run twice on the same input (the first result lost, as when a Lambda
+/// times out after its calls): the second run finds the surrogate by its mark and its own
+/// attachment, and the build still makes its AMI and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebssurrogate_swap_steps_survive_a_lost_result() {
+    let Some(moto) = Moto::start_or_skip("ebssurrogate_swap_steps_survive_a_lost_result") else { return };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let execution = "e2e-surrogate-swap-replay";
+    moto.start_recording().unwrap();
+    let replayed = ["SwapVolumes", "AttachRootVolume", "WaitRootVolumeAttached", "RegisterImage"];
+    let (out, calls) = run_build_replaying(&ctx, execution, surrogate_create_image_template("amiflow-e2e-surrogate-replay"), None, &replayed).await;
+    moto.stop_recording().unwrap();
+    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
+    let b = only_build(&out);
+    assert!(b["amis"][REGION].is_string(), "{b:#}");
+    assert_eq!(recorded_bodies(&moto, "AttachVolume").len(), 1, "the retried AttachRootVolume found its attachment");
+    assert_eq!(recorded_bodies(&moto, "CreateImage").len(), 1, "the retried RegisterImage found its image");
+    let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebsvolume_build_keeps_the_volumes_with_their_tags() {
     let Some(moto) = Moto::start_or_skip("ebsvolume_build_keeps_the_volumes_with_their_tags") else { return };
@@ -389,6 +481,7 @@ async fn a_failure_after_any_step_leaves_nothing_tagged_for_each_builder() {
     let Some(moto) = Moto::start_or_skip("a_failure_after_any_step_leaves_nothing_tagged_for_each_builder") else { return };
     let ctx = Arc::new(moto.ctx(REGION).await);
     assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsSurrogate, || surrogate_template("amiflow-e2e-surrogate-fail"), &[REGION, COPY_REGION]).await;
+    assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsSurrogate, || surrogate_create_image_template("amiflow-e2e-surrogate-swap-fail"), &[REGION, COPY_REGION]).await;
     assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsVolume, ebsvolume_template, &[REGION]).await;
     let Some(f) = instance_fixture() else { return };
     assert_failures_leave_nothing(&moto, &ctx, BuilderType::Instance, || instance_template(&f, &moto, None), &[REGION]).await;

@@ -106,8 +106,10 @@ pub const INSTANCE_STEPS: &[&str] = &[
     "CreateTags",
 ];
 
-/// amazon-ebssurrogate (reference §3.2). With `use_create_image`, SnapshotVolumes swaps
-/// the volumes instead (StepSwapVolumes) and RegisterImage calls CreateImage.
+/// amazon-ebssurrogate (reference §3.2). By default SnapshotVolumes snapshots the launch
+/// volumes and RegisterImage registers them; the swap steps do nothing. With
+/// `use_create_image` SnapshotVolumes does nothing, the swap steps put the surrogate volume
+/// in the root slot (Packer's StepSwapVolumes) and RegisterImage calls CreateImage.
 pub const EBSSURROGATE_STEPS: &[&str] = &[
     "PreValidate",
     "SourceAmiInfo",
@@ -124,6 +126,9 @@ pub const EBSSURROGATE_STEPS: &[&str] = &[
     "ModifyInstance",
     "SnapshotVolumes",
     "WaitSnapshotsCompleted",
+    "SwapVolumes",
+    "AttachRootVolume",
+    "WaitRootVolumeAttached",
     "DeregisterAmi",
     "RegisterImage",
     "WaitImageAvailable",

@@ -48,6 +48,9 @@ pub mod bundle_volume;
 pub mod instance_store;
 pub mod modify_snapshot_attributes;
 pub mod snapshot_volumes;
+pub mod swap_volumes;
+pub mod attach_root_volume;
+pub mod wait_root_volume_attached;
 pub mod tag_volumes;
 pub mod upload_bundle;
 pub mod upload_x509_cert;
@@ -158,6 +161,9 @@ pub fn registry() -> Vec<StepSpec> {
         tag_volumes::SPEC,
         snapshot_volumes::SPEC,
         wait_snapshots_completed::SPEC,
+        swap_volumes::SPEC,
+        attach_root_volume::SPEC,
+        wait_root_volume_attached::SPEC,
         modify_snapshot_attributes::SPEC,
         register_image::SPEC,
         upload_x509_cert::SPEC,

@@ -7,6 +7,8 @@
 //! - amazon-ebsvolume: every `ebs_volumes` entry with `snapshot_volume`, with its own
 //!   `snapshot_description` and `snapshot_tags`.
 //!
+//! With `use_create_image` it does nothing: SwapVolumes and CreateImage take over.
+//!
 //! The snapshots are artifacts in the ledger: kept when the build succeeds (they back the
 //! AMI, or are the ebsvolume artifact), removed when a later step fails.
 
@@ -69,12 +71,8 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     if surrogate(&state).is_some_and(|c| c.use_create_image) {
-        // Without the swap, CreateImage would image the instance's own root, not the surrogate.
-        return Err(StepError::BuildFailed(
-            "use_create_image: the volume swap it needs (Packer's StepSwapVolumes) is not available in amiflow yet; \
-             set \"use_create_image\": false to register the AMI from snapshots of the launch volumes"
-                .into(),
-        ));
+        // SwapVolumes puts the surrogate in the root slot instead; CreateImage snapshots it.
+        return Ok(state);
     }
     let wanted = wanted(&state)?;
     if wanted.is_empty() {

@@ -1,0 +1,37 @@
+//! WaitRootVolumeAttached: `NotReady` until the surrogate volume is `attached` in the
+//! instance's root slot (Packer's VolumeAttached waiter). A no-op without `use_create_image`.
+
+use aws_sdk_ec2::types::VolumeAttachmentState;
+
+use super::attach_root_volume::{DEFAULT_BUDGET, WAIT};
+use super::prelude::*;
+use super::swap_volumes::swap;
+use super::wait_volume_available::VOLUME_WAIT;
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "WaitRootVolumeAttached",
+    iam_actions: &["ec2:DescribeVolumes"],
+    wait: Some(VOLUME_WAIT),
+    timeout_seconds: 60,
+    handler: handler!(run),
+};
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let Some(plan) = swap(&state) else { return Ok(state) };
+    let region = state.build.config.build_region().to_string();
+    let out = ctx.ec2(&region).describe_volumes().volume_ids(&plan.source_volume).send().await.map_err(|e| classify("DescribeVolumes", &plan.source_volume, e))?;
+    let attachment = out.volumes().first().and_then(|v| v.attachments().iter().find(|a| a.instance_id() == Some(plan.instance_id.as_str())).cloned());
+    match attachment.as_ref().and_then(|a| a.state()) {
+        Some(VolumeAttachmentState::Attached) => {
+            end_wait(&mut state, WAIT);
+            Ok(state)
+        }
+        Some(VolumeAttachmentState::Attaching) => {
+            Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is attaching to {} as {}", plan.source_volume, plan.instance_id, plan.root_device)))
+        }
+        other => Err(StepError::BuildFailed(format!(
+            "volume {} is not attaching to {} as {} ({other:?}); was the instance started or changed meanwhile?",
+            plan.source_volume, plan.instance_id, plan.root_device
+        ))),
+    }
+}
