@@ -26,6 +26,9 @@ pub struct Call {
     pub action: String,
     /// What the proxy did: `forwarded`, `failed:<code>`, `throttled`, `pending`.
     pub fate: String,
+    /// Its place among the mutating calls (1-based, as `fail_mutating` counts); 0 for reads
+    /// and for the repeats of an injected error.
+    pub nth: usize,
 }
 
 /// An error answered instead of moto's response.
@@ -41,6 +44,8 @@ pub struct Injected {
 pub struct Faults {
     /// Fail the Nth mutating call (1-based, counted over every service) with this error.
     pub fail_mutating: Option<(usize, Injected)>,
+    /// A second one, later: e.g. one of Cleanup's removals after the first failure.
+    pub fail_mutating_too: Option<(usize, Injected)>,
     /// Rewrite the first N DescribeInstances responses after RunInstances (running →
     /// pending, stopped → stopping) and the first N DescribeImages after CreateImage
     /// (available → pending).
@@ -219,7 +224,7 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     }
     if is_mutating(action) && service != "sts" {
         state.mutating_seen += 1;
-        if let Some((n, injected)) = state.faults.fail_mutating.clone() {
+        for (n, injected) in [state.faults.fail_mutating.clone(), state.faults.fail_mutating_too.clone()].into_iter().flatten() {
             if n == state.mutating_seen {
                 state.failing = Some((action.to_string(), injected.clone(), injected.times.saturating_sub(1)));
                 return Decision::Fail(injected.code, injected.status);
@@ -248,14 +253,19 @@ async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incom
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let service = service_of(header("authorization").unwrap_or(""));
     let action = action_of(&service, parts.method.as_str(), &parts.uri, header("x-amz-target"), &body);
-    let decision = decide(&mut state.lock().unwrap(), &service, &action);
+    let (decision, nth) = {
+        let mut st = state.lock().unwrap();
+        let before = st.mutating_seen;
+        let decision = decide(&mut st, &service, &action);
+        (decision, if st.mutating_seen > before { st.mutating_seen } else { 0 })
+    };
     let fate = match &decision {
         Decision::Forward => "forwarded".to_string(),
         Decision::Fail(code, _) if code == "RequestLimitExceeded" => "throttled".to_string(),
         Decision::Fail(code, _) => format!("failed:{code}"),
         Decision::Pending => "pending".to_string(),
     };
-    state.lock().unwrap().log.push(Call { service: service.clone(), action: action.clone(), fate });
+    state.lock().unwrap().log.push(Call { service: service.clone(), action: action.clone(), fate, nth });
     if let Decision::Fail(code, status) = &decision {
         return Ok(error_response(&service, code, *status));
     }

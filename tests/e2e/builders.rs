@@ -436,14 +436,14 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
     let Some(moto) = Moto::start_or_skip("instance_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
     let Some(f) = instance_fixture() else { return };
     let direct = Arc::new(moto.ctx(REGION).await);
-    // A failed build also leaves no bundle object and no bucket it created; a build that
-    // succeeded keeps both (the registered AMI's manifest lives there, as with Packer).
+    // No bundle object is left either way (delete_bundle_after_register); a failed build
+    // also leaves no bucket it created, a build that succeeded keeps it.
     let check: LeftoversCheck = Box::new(move |execution, built| {
         let ctx = direct.clone();
         Box::pin(async move {
             let mut left = tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await;
+            left.extend(bucket_objects(&ctx).await.into_iter().map(|k| format!("s3 object {BUCKET}/{k}")));
             if built.is_none() {
-                left.extend(bucket_objects(&ctx).await.into_iter().map(|k| format!("s3 object {BUCKET}/{k}")));
                 if bucket_exists(&ctx).await {
                     left.push(format!("bucket {BUCKET}"));
                 }
@@ -451,6 +451,11 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
             left
         })
     });
-    let template = || instance_template(&f, &moto, None).to_string();
+    // delete_bundle_after_register: the bundle's removal is among the calls that fail.
+    let template = || {
+        let mut t = instance_template(&f, &moto, None);
+        t["builders"][0]["delete_bundle_after_register"] = json!(true);
+        t.to_string()
+    };
     each_mutating_call_fails_in_turn(&moto, "amazon-instance", template, check, FAULT_POINTS).await;
 }

@@ -155,6 +155,8 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
 
     let points = sample(total, max_points);
     let (mut built, mut failed) = (0, 0);
+    // The failed run whose Cleanup removed the most: (point, its fault, the removals).
+    let mut widest_cleanup: Option<(usize, Injected, Vec<(usize, String)>)> = None;
     for &n in &points {
         moto.reset().unwrap();
         let action = actions[n - 1].clone();
@@ -172,8 +174,11 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
         proxy.set(Faults { fail_mutating: Some((n, injected.clone())), ..Default::default() });
         let execution = format!("{builder}-fault-{n}");
         let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
-        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action).collect();
+        let log = proxy.log();
+        let hit: Vec<String> = log.iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action.clone()).collect();
         assert!(!hit.is_empty(), "{execution}: call #{n} ({action}) was never made: the build is not deterministic");
+        let removals: Vec<(usize, String)> =
+            log.iter().filter(|c| c.nth > n && is_removal(&c.action)).map(|c| (c.nth, format!("{}:{}", c.service, c.action))).collect();
         match &outcome.result {
             Ok(output) => {
                 built += 1;
@@ -194,9 +199,31 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
                 let left = leftovers(execution.clone(), None).await;
                 assert!(left.is_empty(), "{execution} failed at {action} and left: {left:?}\ncause: {}", e.cause);
                 println!("  {builder} #{n:>2} {action:<36} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
+                if widest_cleanup.as_ref().is_none_or(|(_, _, r)| removals.len() > r.len()) {
+                    widest_cleanup = Some((n, injected.clone(), removals));
+                }
             }
         }
     }
+
+    // Then Cleanup's own removals fail in turn (InternalError through every SDK attempt),
+    // after the failure whose Cleanup removes the most: its Retry must still remove all.
+    let (first, first_fault, removals) = widest_cleanup.expect("some run failed");
+    for (k, removal) in &removals {
+        moto.reset().unwrap();
+        let too = Injected { code: "InternalError".into(), status: 500, times: 3 };
+        proxy.set(Faults { fail_mutating: Some((first, first_fault.clone())), fail_mutating_too: Some((*k, too)), ..Default::default() });
+        let execution = format!("{builder}-fault-{first}-{k}");
+        let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
+        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| format!("{}:{}", c.service, c.action)).collect();
+        assert!(hit.iter().any(|h| h == removal), "{execution}: Cleanup's call #{k} ({removal}) was not made again: {hit:?}");
+        let e = outcome.result.as_ref().expect_err("the first fault fails the build");
+        assert_eq!(e.error, "BuildFailed", "{execution}: {e}");
+        let left = leftovers(execution.clone(), None).await;
+        assert!(left.is_empty(), "{execution}: failed at #{first}, Cleanup's {removal} failed transiently, and left: {left:?}");
+        println!("  {builder} #{first:>2} then Cleanup #{k:>2} {removal:<28} InternalError ×3 → removed all");
+    }
+    println!("{builder}: Cleanup removals failed in turn after failure point #{first}: {}", removals.len());
     println!(
         "{builder}: fault proxy tried {} of {total} failure points {points:?} ({built} runs built, {failed} failed, nothing left behind)",
         points.len()
