@@ -155,8 +155,8 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
 
     let points = sample(total, max_points);
     let (mut built, mut failed) = (0, 0);
-    // The failed run whose Cleanup removed the most: (point, its fault, the removals).
-    let mut widest_cleanup: Option<(usize, Injected, Vec<(usize, String)>)> = None;
+    // Each failed run: (point, its fault, the removals its Cleanup made).
+    let mut cleanups: Vec<(usize, Injected, Vec<(usize, String)>)> = Vec::new();
     for &n in &points {
         moto.reset().unwrap();
         let action = actions[n - 1].clone();
@@ -199,20 +199,29 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
                 let left = leftovers(execution.clone(), None).await;
                 assert!(left.is_empty(), "{execution} failed at {action} and left: {left:?}\ncause: {}", e.cause);
                 println!("  {builder} #{n:>2} {action:<36} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
-                if widest_cleanup.as_ref().is_none_or(|(_, _, r)| removals.len() > r.len()) {
-                    widest_cleanup = Some((n, injected.clone(), removals));
-                }
+                cleanups.push((n, injected.clone(), removals));
             }
         }
     }
 
-    // Then Cleanup's own removals fail in turn (InternalError through every SDK attempt),
-    // after the failure whose Cleanup removes the most: its Retry must still remove all.
-    let (first, first_fault, removals) = widest_cleanup.expect("some run failed");
-    for (k, removal) in &removals {
+    // Then Cleanup's own removals fail in turn (InternalError through every SDK attempt):
+    // all of them after the failure whose Cleanup removes the most, and each kind of
+    // removal that Cleanup leaves out there after another failure that makes it. Cleanup's
+    // Retry must still remove everything.
+    cleanups.sort_by_key(|(_, _, r)| std::cmp::Reverse(r.len()));
+    let mut second_faults: Vec<(usize, Injected, usize, String)> = Vec::new();
+    for (i, (first, fault, removals)) in cleanups.iter().enumerate() {
+        for (k, removal) in removals {
+            if i == 0 || !second_faults.iter().any(|(_, _, _, r)| r == removal) {
+                second_faults.push((*first, fault.clone(), *k, removal.clone()));
+            }
+        }
+    }
+    for (first, first_fault, k, removal) in &second_faults {
+        let (first, k) = (*first, *k);
         moto.reset().unwrap();
         let too = Injected { code: "InternalError".into(), status: 500, times: 3 };
-        proxy.set(Faults { fail_mutating: Some((first, first_fault.clone())), fail_mutating_too: Some((*k, too)), ..Default::default() });
+        proxy.set(Faults { fail_mutating: Some((first, first_fault.clone())), fail_mutating_too: Some((k, too)), ..Default::default() });
         let execution = format!("{builder}-fault-{first}-{k}");
         let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
         let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| format!("{}:{}", c.service, c.action)).collect();
@@ -223,7 +232,7 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
         assert!(left.is_empty(), "{execution}: failed at #{first}, Cleanup's {removal} failed transiently, and left: {left:?}");
         println!("  {builder} #{first:>2} then Cleanup #{k:>2} {removal:<28} InternalError ×3 → removed all");
     }
-    println!("{builder}: Cleanup removals failed in turn after failure point #{first}: {}", removals.len());
+    println!("{builder}: Cleanup removals failed in turn: {} (after a first failure)", second_faults.len());
     println!(
         "{builder}: fault proxy tried {} of {total} failure points {points:?} ({built} runs built, {failed} failed, nothing left behind)",
         points.len()
