@@ -1,5 +1,6 @@
 //! A fault-injecting HTTP proxy in front of moto, on 127.0.0.1: forwards every request, reads
-//! the AWS Query `Action` from the form body (EC2, IAM) or `X-Amz-Target` (SSM), and, as
+//! the AWS Query `Action` from the form body (EC2, IAM) or `X-Amz-Target` (SSM), names S3's
+//! REST calls from method and path (CreateBucket, PutObject, DeleteObject, ...), and, as
 //! configured, answers instead of moto with an AWS error, rewrites describe responses to
 //! say `pending`, or throttles with `RequestLimitExceeded`.
 //!
@@ -25,6 +26,9 @@ pub struct Call {
     pub action: String,
     /// What the proxy did: `forwarded`, `failed:<code>`, `throttled`, `pending`.
     pub fate: String,
+    /// Its place among the mutating calls (1-based, as `fail_mutating` counts); 0 for reads
+    /// and for the repeats of an injected error.
+    pub nth: usize,
 }
 
 /// An error answered instead of moto's response.
@@ -40,6 +44,8 @@ pub struct Injected {
 pub struct Faults {
     /// Fail the Nth mutating call (1-based, counted over every service) with this error.
     pub fail_mutating: Option<(usize, Injected)>,
+    /// A second one, later: e.g. one of Cleanup's removals after the first failure.
+    pub fail_mutating_too: Option<(usize, Injected)>,
     /// Rewrite the first N DescribeInstances responses after RunInstances (running →
     /// pending, stopped → stopping) and the first N DescribeImages after CreateImage
     /// (available → pending).
@@ -74,10 +80,10 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Calls that change something. Reads are Describe*/Get*/List*; everything else counts.
+/// Calls that change something. Reads are Describe*/Get*/List*/Head*; everything else counts.
 pub fn is_mutating(action: &str) -> bool {
     !action.is_empty()
-        && !["Describe", "Get", "List", "Search", "Lookup"].iter().any(|p| action.starts_with(p))
+        && !["Describe", "Get", "List", "Head", "Search", "Lookup"].iter().any(|p| action.starts_with(p))
 }
 
 /// Cleanup's calls: removing what the build made.
@@ -127,7 +133,37 @@ fn service_of(auth: &str) -> String {
     auth.split("Credential=").nth(1).unwrap_or("").split(',').next().unwrap_or("").split('/').nth(3).unwrap_or("").to_string()
 }
 
-fn action_of(target: Option<&str>, body: &[u8]) -> String {
+/// S3 is REST: the operation is the method on a bucket or an object, plus a sub-resource.
+fn s3_action(method: &str, uri: &hyper::Uri) -> String {
+    let on_object = uri.path().trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty());
+    let query = uri.query().unwrap_or("");
+    let sub = ["tagging", "delete", "acl", "uploads", "uploadId", "policy", "versioning"]
+        .into_iter()
+        .find(|q| query.split('&').any(|kv| kv.split('=').next() == Some(*q)));
+    let op = match (method, on_object, sub) {
+        ("HEAD", false, _) => "HeadBucket",
+        ("HEAD", true, _) => "HeadObject",
+        ("GET", false, Some("tagging")) => "GetBucketTagging",
+        ("GET", false, _) => "ListObjects",
+        ("GET", true, _) => "GetObject",
+        ("PUT", false, Some("tagging")) => "PutBucketTagging",
+        ("PUT", false, Some(_)) => "PutBucketSubresource",
+        ("PUT", false, None) => "CreateBucket",
+        ("PUT", true, _) => "PutObject",
+        ("POST", false, Some("delete")) => "DeleteObjects",
+        ("POST", _, _) => "PostObject",
+        ("DELETE", false, Some("tagging")) => "DeleteBucketTagging",
+        ("DELETE", false, _) => "DeleteBucket",
+        ("DELETE", true, _) => "DeleteObject",
+        _ => "",
+    };
+    op.to_string()
+}
+
+fn action_of(service: &str, method: &str, uri: &hyper::Uri, target: Option<&str>, body: &[u8]) -> String {
+    if service == "s3" {
+        return s3_action(method, uri);
+    }
     if let Some(t) = target {
         return t.rsplit('.').next().unwrap_or(t).to_string();
     }
@@ -144,6 +180,10 @@ fn error_response(service: &str, code: &str, status: u16) -> Response<Full<Bytes
             format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
             ),
+        ),
+        "s3" => (
+            "application/xml",
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"),
         ),
         "ssm" | "logs" => ("application/x-amz-json-1.1", format!(r#"{{"__type":"{code}","message":"{message}"}}"#)),
         _ => (
@@ -184,7 +224,7 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     }
     if is_mutating(action) && service != "sts" {
         state.mutating_seen += 1;
-        if let Some((n, injected)) = state.faults.fail_mutating.clone() {
+        for (n, injected) in [state.faults.fail_mutating.clone(), state.faults.fail_mutating_too.clone()].into_iter().flatten() {
             if n == state.mutating_seen {
                 state.failing = Some((action.to_string(), injected.clone(), injected.times.saturating_sub(1)));
                 return Decision::Fail(injected.code, injected.status);
@@ -212,15 +252,20 @@ async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incom
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let service = service_of(header("authorization").unwrap_or(""));
-    let action = action_of(header("x-amz-target"), &body);
-    let decision = decide(&mut state.lock().unwrap(), &service, &action);
+    let action = action_of(&service, parts.method.as_str(), &parts.uri, header("x-amz-target"), &body);
+    let (decision, nth) = {
+        let mut st = state.lock().unwrap();
+        let before = st.mutating_seen;
+        let decision = decide(&mut st, &service, &action);
+        (decision, if st.mutating_seen > before { st.mutating_seen } else { 0 })
+    };
     let fate = match &decision {
         Decision::Forward => "forwarded".to_string(),
         Decision::Fail(code, _) if code == "RequestLimitExceeded" => "throttled".to_string(),
         Decision::Fail(code, _) => format!("failed:{code}"),
         Decision::Pending => "pending".to_string(),
     };
-    state.lock().unwrap().log.push(Call { service: service.clone(), action: action.clone(), fate });
+    state.lock().unwrap().log.push(Call { service: service.clone(), action: action.clone(), fate, nth });
     if let Decision::Fail(code, status) = &decision {
         return Ok(error_response(&service, code, *status));
     }

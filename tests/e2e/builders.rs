@@ -15,6 +15,11 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::ebs::tagged_leftovers;
+use crate::faults::{each_mutating_call_fails_in_turn, LeftoversCheck};
+
+/// At most this many failure points per builder in the fault-proxy runs (sampled evenly
+/// when a build makes more mutating calls): keeps each builder's loop near a minute.
+const FAULT_POINTS: usize = 40;
 
 const REGION: &str = "us-east-1";
 const COPY_REGION: &str = "us-west-2";
@@ -485,4 +490,65 @@ async fn a_failure_after_any_step_leaves_nothing_tagged_for_each_builder() {
     assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsVolume, ebsvolume_template, &[REGION]).await;
     let Some(f) = instance_fixture() else { return };
     assert_failures_leave_nothing(&moto, &ctx, BuilderType::Instance, || instance_template(&f, &moto, None), &[REGION]).await;
+}
+
+/// Kept volumes of an ebsvolume build are its artifact, not leftovers.
+fn artifact_volumes(output: &Value) -> Vec<String> {
+    output["builds"].as_array().into_iter().flatten().flat_map(|b| b["volumes"][REGION].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(String::from)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let Some(moto) = Moto::start_or_skip("ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let direct = Arc::new(moto.ctx(REGION).await);
+    let check: LeftoversCheck = Box::new(move |execution, built| {
+        let ctx = direct.clone();
+        Box::pin(async move { tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none()).await })
+    });
+    let template = || surrogate_template("amiflow-e2e-surrogate-faults").to_string();
+    each_mutating_call_fails_in_turn(&moto, "amazon-ebssurrogate", template, check, FAULT_POINTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let Some(moto) = Moto::start_or_skip("ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let direct = Arc::new(moto.ctx(REGION).await);
+    let check: LeftoversCheck = Box::new(move |execution, built| {
+        let ctx = direct.clone();
+        Box::pin(async move {
+            let kept = built.as_ref().map(artifact_volumes).unwrap_or_default();
+            let left = tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await;
+            left.into_iter().filter(|l| !kept.iter().any(|v| l.starts_with(&format!("volume {v} ")))).collect()
+        })
+    });
+    each_mutating_call_fails_in_turn(&moto, "amazon-ebsvolume", || ebsvolume_template().to_string(), check, FAULT_POINTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let Some(moto) = Moto::start_or_skip("instance_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let Some(f) = instance_fixture() else { return };
+    let direct = Arc::new(moto.ctx(REGION).await);
+    // No bundle object is left either way (delete_bundle_after_register); a failed build
+    // also leaves no bucket it created, a build that succeeded keeps it.
+    let check: LeftoversCheck = Box::new(move |execution, built| {
+        let ctx = direct.clone();
+        Box::pin(async move {
+            let mut left = tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await;
+            left.extend(bucket_objects(&ctx).await.into_iter().map(|k| format!("s3 object {BUCKET}/{k}")));
+            if built.is_none() {
+                if bucket_exists(&ctx).await {
+                    left.push(format!("bucket {BUCKET}"));
+                }
+            }
+            left
+        })
+    });
+    // delete_bundle_after_register: the bundle's removal is among the calls that fail.
+    let template = || {
+        let mut t = instance_template(&f, &moto, None);
+        t["builders"][0]["delete_bundle_after_register"] = json!(true);
+        t.to_string()
+    };
+    each_mutating_call_fails_in_turn(&moto, "amazon-instance", template, check, FAULT_POINTS).await;
 }

@@ -1,8 +1,9 @@
-//! Whole amazon-ebs builds (the committed state machine on the local engine, the real steps
+//! Whole builds (the committed state machine on the local engine, the real steps
 //! in-process) against moto behind the fault proxy (tests/fault_proxy.rs):
 //!
-//! - each mutating call in turn fails: every run ends built or failed with a clear cause,
-//!   and after a failed run nothing tagged with its execution is left;
+//! - each mutating call in turn fails ([`each_mutating_call_fails_in_turn`], for amazon-ebs
+//!   here and for the other builders in builders.rs): every run ends built or failed with a
+//!   clear cause, and after a failed run nothing tagged with its execution is left;
 //! - describes answer `pending` N times: the build still succeeds, the polls show as retries;
 //! - RequestLimitExceeded: retried (SDK retries, then the state machine's Transient Retry).
 //!
@@ -16,6 +17,7 @@ use amiflow::Ctx;
 use amiflow_statemachine::{Engine, Event, RealClock, StateMachine};
 use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
 use amiflow_tests::{Moto, FAKE_ACCESS_KEY, FAKE_SECRET_KEY};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -84,14 +86,14 @@ impl Outcome {
     }
 }
 
-async fn build(ctx: Arc<Ctx>, execution: &str, run: &str) -> Outcome {
+async fn build(ctx: Arc<Ctx>, execution: &str, template: String, vars: Value) -> Outcome {
     let machine = StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
     let events: Arc<Mutex<Vec<Event>>> = Default::default();
     let sink = events.clone();
     let engine = Engine::new(LocalInvoker::new(ctx))
         .with_clock(RealClock { scale: 0.001 })
         .on_event(move |e| sink.lock().unwrap().push(e.clone()));
-    let input = json!({"template": template(), "vars": {"run": run}});
+    let input = json!({"template": template, "vars": vars});
     let result = tokio::time::timeout(Duration::from_secs(120), engine.run(&machine, execution, input))
         .await
         .unwrap_or_else(|_| panic!("{execution}: the build did not end within 120 s"));
@@ -99,50 +101,91 @@ async fn build(ctx: Arc<Ctx>, execution: &str, run: &str) -> Outcome {
     Outcome { result, events }
 }
 
+/// What a builder's run left, read from moto directly (not through the proxy): given the
+/// execution and, for a run that built, its output (whose artifacts are not leftovers).
+pub(crate) type LeftoversCheck = Box<dyn Fn(String, Option<Value>) -> BoxFuture<'static, Vec<String>>>;
+
 /// Leftovers, read from moto directly (not through the proxy).
 async fn leftovers(moto: &Moto, execution: &str, include_artifacts: bool) -> Vec<String> {
     let ctx = moto.ctx(REGION).await;
     crate::ebs::tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], include_artifacts).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let Some(moto) = Moto::start_or_skip("each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+/// Which of `total` failure points to try: all of them, or `max` spread evenly from the
+/// first to the last.
+fn sample(total: usize, max: usize) -> Vec<usize> {
+    if total <= max || max < 2 {
+        return (1..=total).collect();
+    }
+    let mut points: Vec<usize> = (0..max).map(|i| 1 + i * (total - 1) / (max - 1)).collect();
+    points.dedup();
+    points
+}
+
+/// A clean run of `template` records the mutating calls a build makes; then each (or an
+/// even sample of at most `max_points`) fails in turn. Every run must end built (nothing
+/// temporary left) or BuildFailed naming the failed call (nothing tagged with it left).
+/// moto is reset before each run, so one run's artifacts do not meet the next.
+pub(crate) async fn each_mutating_call_fails_in_turn(
+    moto: &Moto,
+    builder: &str,
+    template: impl Fn() -> String,
+    leftovers: LeftoversCheck,
+    max_points: usize,
+) {
     let proxy = FaultProxy::start(moto.port).await;
     let ctx = ctx_via(&proxy).await;
 
-    // A clean run first: how many mutating calls a build makes, and which.
+    moto.reset().unwrap();
     proxy.set(Faults::default());
-    let clean = build(ctx.clone(), "fault-clean", "clean").await;
-    clean.result.as_ref().expect("the build succeeds without faults");
+    let clean = build(ctx.clone(), &format!("{builder}-clean"), template(), json!({})).await;
+    let output = clean.result.as_ref().unwrap_or_else(|e| panic!("{builder}: the build succeeds without faults: {e}"));
+    assert_eq!(output["failed"], 0, "{builder}: {output}");
+    let actions: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|c| amiflow_tests::fault_proxy::is_mutating(&c.action) && c.service != "sts")
+        .map(|c| format!("{}:{}", c.service, c.action))
+        .collect();
     let total = proxy.mutating_seen();
-    let actions: Vec<String> =
-        proxy.log().into_iter().filter(|c| amiflow_tests::fault_proxy::is_mutating(&c.action) && c.service != "sts").map(|c| c.action).collect();
-    assert!(total >= 10, "a build with these options makes many mutating calls: {actions:?}");
-    assert!(leftovers(&moto, "fault-clean", false).await.is_empty());
+    assert_eq!(total, actions.len());
+    assert!(total >= 5, "{builder}: a build makes several mutating calls: {actions:?}");
+    let left = leftovers(format!("{builder}-clean"), Some(output.clone())).await;
+    assert!(left.is_empty(), "{builder}: the clean build left {left:?}");
 
+    let points = sample(total, max_points);
     let (mut built, mut failed) = (0, 0);
-    for n in 1..=total {
+    // Each failed run: (point, its fault, the removals its Cleanup made).
+    let mut cleanups: Vec<(usize, Injected, Vec<(usize, String)>)> = Vec::new();
+    for &n in &points {
+        moto.reset().unwrap();
         let action = actions[n - 1].clone();
-        // A creating call fails for good (UnauthorizedOperation: not retryable); a removal
-        // fails with InternalError through every SDK attempt, so Cleanup's Retry is what
-        // saves the run: a permanent error there would leave things for the janitor.
-        let injected = if is_removal(&action) {
+        let (service, call) = action.split_once(':').unwrap();
+        // A creating call fails for good (not retryable); a removal fails with InternalError
+        // through every SDK attempt, so Cleanup's Retry is what saves the run: a permanent
+        // error there would leave things for the janitor.
+        let injected = if is_removal(call) {
             Injected { code: "InternalError".into(), status: 500, times: 3 }
+        } else if service == "s3" {
+            Injected { code: "AccessDenied".into(), status: 403, times: 1 }
         } else {
             Injected { code: "UnauthorizedOperation".into(), status: 403, times: 1 }
         };
         proxy.set(Faults { fail_mutating: Some((n, injected.clone())), ..Default::default() });
-        let execution = format!("fault-{n}");
-        let outcome = build(ctx.clone(), &execution, &n.to_string()).await;
-        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action).collect();
+        let execution = format!("{builder}-fault-{n}");
+        let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
+        let log = proxy.log();
+        let hit: Vec<String> = log.iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action.clone()).collect();
+        assert!(!hit.is_empty(), "{execution}: call #{n} ({action}) was never made: the build is not deterministic");
+        let removals: Vec<(usize, String)> =
+            log.iter().filter(|c| c.nth > n && is_removal(&c.action)).map(|c| (c.nth, format!("{}:{}", c.service, c.action))).collect();
         match &outcome.result {
             Ok(output) => {
                 built += 1;
                 assert_eq!(output["failed"], 0, "{execution}: {output}");
-                let left = leftovers(&moto, &execution, false).await;
+                let left = leftovers(execution.clone(), Some(output.clone())).await;
                 assert!(left.is_empty(), "{execution} (fail {action} with {}) built but left: {left:?}", injected.code);
-                println!("  #{n:>2} {action:<32} {:<22} → built", injected.code);
+                println!("  {builder} #{n:>2} {action:<36} {:<22} → built", injected.code);
             }
             Err(e) => {
                 failed += 1;
@@ -153,14 +196,59 @@ async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
                     hit[0],
                     e.cause
                 );
-                let left = leftovers(&moto, &execution, true).await;
+                let left = leftovers(execution.clone(), None).await;
                 assert!(left.is_empty(), "{execution} failed at {action} and left: {left:?}\ncause: {}", e.cause);
-                println!("  #{n:>2} {action:<32} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
+                println!("  {builder} #{n:>2} {action:<36} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
+                cleanups.push((n, injected.clone(), removals));
             }
         }
     }
-    println!("fault proxy: tried {total} failure points ({built} runs built, {failed} failed, nothing left behind)");
-    assert!(failed > 0, "injected permanent errors fail some builds");
+
+    // Then Cleanup's own removals fail in turn (InternalError through every SDK attempt):
+    // all of them after the failure whose Cleanup removes the most, and each kind of
+    // removal that Cleanup leaves out there after another failure that makes it. Cleanup's
+    // Retry must still remove everything.
+    cleanups.sort_by_key(|(_, _, r)| std::cmp::Reverse(r.len()));
+    let mut second_faults: Vec<(usize, Injected, usize, String)> = Vec::new();
+    for (i, (first, fault, removals)) in cleanups.iter().enumerate() {
+        for (k, removal) in removals {
+            if i == 0 || !second_faults.iter().any(|(_, _, _, r)| r == removal) {
+                second_faults.push((*first, fault.clone(), *k, removal.clone()));
+            }
+        }
+    }
+    for (first, first_fault, k, removal) in &second_faults {
+        let (first, k) = (*first, *k);
+        moto.reset().unwrap();
+        let too = Injected { code: "InternalError".into(), status: 500, times: 3 };
+        proxy.set(Faults { fail_mutating: Some((first, first_fault.clone())), fail_mutating_too: Some((k, too)), ..Default::default() });
+        let execution = format!("{builder}-fault-{first}-{k}");
+        let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
+        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| format!("{}:{}", c.service, c.action)).collect();
+        assert!(hit.iter().any(|h| h == removal), "{execution}: Cleanup's call #{k} ({removal}) was not made again: {hit:?}");
+        let e = outcome.result.as_ref().expect_err("the first fault fails the build");
+        assert_eq!(e.error, "BuildFailed", "{execution}: {e}");
+        let left = leftovers(execution.clone(), None).await;
+        assert!(left.is_empty(), "{execution}: failed at #{first}, Cleanup's {removal} failed transiently, and left: {left:?}");
+        println!("  {builder} #{first:>2} then Cleanup #{k:>2} {removal:<28} InternalError ×3 → removed all");
+    }
+    println!("{builder}: Cleanup removals failed in turn: {} (after a first failure)", second_faults.len());
+    println!(
+        "{builder}: fault proxy tried {} of {total} failure points {points:?} ({built} runs built, {failed} failed, nothing left behind)",
+        points.len()
+    );
+    assert!(failed > 0, "{builder}: injected permanent errors fail some builds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let Some(moto) = Moto::start_or_skip("each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let direct = Arc::new(moto.ctx(REGION).await);
+    let check: LeftoversCheck = Box::new(move |execution, built| {
+        let ctx = direct.clone();
+        Box::pin(async move { crate::ebs::tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none()).await })
+    });
+    each_mutating_call_fails_in_turn(&moto, "amazon-ebs", template, check, usize::MAX).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +257,7 @@ async fn pending_describes_are_polled_until_ready() {
     let proxy = FaultProxy::start(moto.port).await;
     let ctx = ctx_via(&proxy).await;
     proxy.set(Faults { pending_describes: 4, ..Default::default() });
-    let outcome = build(ctx, "fault-pending", "pending").await;
+    let outcome = build(ctx, "fault-pending", template(), json!({"run": "pending"})).await;
     let output = outcome.result.as_ref().expect("the build succeeds after the pending answers");
     assert_eq!(output["failed"], 0);
     let rewritten = proxy.log().iter().filter(|c| c.fate == "pending").count();
@@ -193,7 +281,7 @@ async fn request_limit_exceeded_is_retried() {
         .map(|(a, n)| (a.to_string(), n))
         .collect();
     proxy.set(Faults { throttle, ..Default::default() });
-    let outcome = build(ctx, "fault-throttle", "throttle").await;
+    let outcome = build(ctx, "fault-throttle", template(), json!({"run": "throttle"})).await;
     let output = outcome.result.as_ref().unwrap_or_else(|e| panic!("the build succeeds despite throttling: {e}"));
     assert_eq!(output["failed"], 0);
     let throttled = proxy.log().iter().filter(|c| c.fate == "throttled").count();

@@ -122,18 +122,12 @@ pub async fn delete_objects_under(ctx: &Ctx, region: &str, bucket_and_prefix: &s
         let out = match s3.list_objects_v2().bucket(bucket).prefix(prefix).set_continuation_token(token.clone()).send().await {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => return Ok(removed),
-            Err(e) => {
-                return Err(StepError::BuildFailed(format!(
-                    "ListObjectsV2 s3://{bucket}/{prefix}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                )))
-            }
+            // classify: a 5xx or throttling is Transient, so Cleanup's Retry gets another go.
+            Err(e) => return Err(classify("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e)),
         };
         for o in out.contents() {
             let key = o.key().unwrap_or_default();
-            s3.delete_object().bucket(bucket).key(key).send().await.map_err(|e| {
-                StepError::BuildFailed(format!("DeleteObject s3://{bucket}/{key}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)))
-            })?;
+            s3.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
             removed.push(format!("s3://{bucket}/{key}"));
         }
         token = out.next_continuation_token().map(String::from);

@@ -61,12 +61,22 @@ async fn ensure_bucket(ctx: &Ctx, state: &mut BuildState, region: &str, bucket: 
         .into_iter()
         .filter_map(|(k, v)| aws_sdk_s3::types::Tag::builder().key(k).value(v).build().ok())
         .collect();
-    s3.put_bucket_tagging()
-        .bucket(bucket)
-        .tagging(Tagging::builder().set_tag_set(Some(tags)).build().map_err(|e| StepError::BuildFailed(e.to_string()))?)
-        .send()
-        .await
-        .map_err(|e| StepError::BuildFailed(format!("PutBucketTagging {bucket}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e))))?;
+    let tagging = Tagging::builder().set_tag_set(Some(tags)).build().map_err(|e| StepError::BuildFailed(e.to_string()))?;
+    if let Err(e) = s3.put_bucket_tagging().bucket(bucket).tagging(tagging).send().await {
+        // The error loses this state's ledger, and Cleanup knows the bucket as ours only by
+        // these tags: remove the empty bucket now or it is left behind.
+        let removed = match s3.delete_bucket().bucket(bucket).send().await {
+            Ok(_) => "the bucket was removed again".to_string(),
+            Err(d) => format!(
+                "the bucket could not be removed again ({}): delete s3://{bucket} by hand",
+                aws_smithy_types::error::display::DisplayErrorContext(&d)
+            ),
+        };
+        return Err(StepError::BuildFailed(format!(
+            "PutBucketTagging {bucket}: {}; {removed}",
+            aws_smithy_types::error::display::DisplayErrorContext(&e)
+        )));
+    }
     Ok(())
 }
 
