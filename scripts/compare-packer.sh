@@ -24,7 +24,7 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 . "$AMIFLOW_ROOT/scripts/moto.sh"
-"$AMIFLOW_ROOT/scripts/setup.sh" moto packer sshd
+"$AMIFLOW_ROOT/scripts/setup.sh" moto packer sshd chroot
 cd "$AMIFLOW_ROOT"
 cargo build --workspace --bins -q
 start_moto
