@@ -418,7 +418,10 @@ def run_build(tool, cmd, template_path, endpoint, workdir, timeout, extra_env=No
         rc, out = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
     wall = time.monotonic() - t0
     http(endpoint, "POST", "/moto-api/recorder/stop-recording")
-    calls = parse_recording(http(endpoint, "GET", "/moto-api/recorder/download-recording"))
+    recording = http(endpoint, "GET", "/moto-api/recorder/download-recording")
+    calls = parse_recording(recording)
+    with open(os.path.join(workdir, f"{tool}.recording.jsonl"), "w") as f:
+        f.write(recording)
     tail = out.split("artifacts of successful builds", 1)[-1] if "artifacts of successful builds" in out else ""
     artifacts = sorted(set(ARTIFACT.findall(tail)))
     with open(os.path.join(workdir, f"{tool}.log"), "w") as f:
@@ -508,6 +511,24 @@ Why the counts differ (read from the recorded sequences; step code as of this br
  Packer makes calls amiflow does not:
   - CreateKeyPair/DeleteKeyPair and AuthorizeSecurityGroupIngress even with communicator
     none (a temporary key and port 22 nobody uses); amiflow skips both.
+ amazon-chroot (Packer 16 EC2 calls, amiflow 27; same 12 mutating calls on both sides):
+  - DescribeImages +3: CreateVolume reads the source image again for its root mapping (Packer
+    keeps it in the state bag from StepSourceAMIInfo); RegisterImage's idempotency lookup by
+    name; Cleanup's image sweep by build tag.
+  - DescribeVolumes +3: AttachVolume first checks whether a retried run already attached the
+    volume; DetachVolume reads the attachment before detaching; Cleanup's volume sweep.
+    (Without device_path amiflow also reads the host's mappings and attached volumes to pick
+    a free name — DescribeInstances + DescribeVolumes — where Packer lists /sys/block.)
+  - CreateTags +2: amiflow:build tags on the registered image (RegisterImage takes no tags)
+    and on the image's snapshots in WaitImageAvailable; moto makes its own "Auto-created
+    snapshot" for RegisterImage, so that is a second snapshot here.
+  - DescribeSnapshots +1: the idempotency lookup before CreateSnapshot.
+  - DescribeInstances +1, DescribeSecurityGroups +1 (and IAM ListRoles/ListInstanceProfiles):
+    Cleanup's tag sweep, which runs whatever the builder.
+  - IMDS: Packer asks the proxy for a token and the identity document (not EC2 API calls);
+    amiflow is given chroot_host_instance_id. Both then DescribeInstances the host once.
+  - moto only: Packer's DetachVolume names just the volume (EC2 accepts that); moto needs the
+    instance and answers 500, so the proxy adds InstanceId (counted once, as sent).
  Artifact differences that are moto's, not either tool's:
   - snapshot users: Packer 1.6.6 sends ModifySnapshotAttribute without OperationType (AWS
     accepts it); moto ignores such a request, so Packer's snapshots show no users here.
