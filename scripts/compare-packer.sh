@@ -18,7 +18,10 @@
 # instance is launched in moto before each build, and a proxy in front of moto (the templates'
 # custom_endpoint_ec2) answers Packer's IMDS requests (/latest/api/token, the instance-identity
 # document) for it: Packer 1.6.6 sets custom_endpoint_ec2 as the session endpoint, and its
-# ec2metadata client takes that endpoint too. The attached volume is a loop disk with a busybox
+# ec2metadata client takes that endpoint too (AWS_EC2_METADATA_SERVICE_ENDPOINT is not
+# consulted then: pointed at the proxy with custom_endpoint_ec2 = moto, Packer never asks it and
+# fails after ~40 s with "Please verify Packer is running on a proper AWS EC2 instance").
+# moto also needs DetachVolume's InstanceId, which Packer omits: the proxy adds it. The attached volume is a loop disk with a busybox
 # root on partition 1: device_path /dev/sdf (the attach name) and nvme_device_path /dev/loopNp
 # (+ mount_partition 1) make both tools mount it. amiflow's copy of the template adds
 # chroot_host_instance_id and runs with AMIFLOW_CHROOT_RUN=local AMIFLOW_CHROOT_TEST_DEVICES.

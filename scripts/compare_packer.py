@@ -554,6 +554,9 @@ def main():
     rows, details = [], []
     for name in names:
         builder, what, make = CASES[name]
+        if builder == "amazon-chroot" and os.geteuid() != 0:
+            print(f"  {name:13} skipped: amazon-chroot needs root (loop devices, mount, chroot)", file=sys.stderr)
+            continue
         env = {"endpoint": a.endpoint}
         try:
             if builder == "amazon-instance":
@@ -643,7 +646,7 @@ def main():
                   + "; amiflow " + (", ".join(f"{k}×{v}" for k, v in sorted(fo.items())) or "none"))
         if "marker" in p:
             print(f"   provisioner marker {MARKER} in the image: packer {p['marker']}, amiflow {f['marker']}")
-            print(f"   IMDS requests answered by the proxy: packer {p['imds'] or 'none'}; amiflow {f['imds'] or 'none'}")
+            print(f"   requests the proxy answered or amended: packer {p['imds'] or 'none'}; amiflow {f['imds'] or 'none'}")
         if p["summary"] != f["summary"]:
             print("   artifacts packer : " + "; ".join(" ".join(s) for s in p["summary"]))
             print("   artifacts amiflow: " + "; ".join(" ".join(s) for s in f["summary"]))
