@@ -24,6 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -131,12 +134,30 @@ def case_instance(env):
             "tags": {"Name": "peer-instance"}}
 
 
+def case_chroot(env):
+    """The host instance (launched in moto before each build) is this machine: Packer finds it
+    through the IMDS answers of the proxy in front of moto, amiflow by chroot_host_instance_id
+    (added to its copy of the template). EC2 attaches the volume as /dev/sdf, which never
+    appears here: nvme_device_path points both tools' mount at the loop disk's partition
+    instead (…p + mount_partition 1), as on a Nitro host."""
+    disk = env["disk"]
+    return {"type": "amazon-chroot", "region": REGION, "source_ami": AMZN2,
+            "ami_name": "peer-chroot-{{timestamp}}",
+            "device_path": "/dev/sdf", "nvme_device_path": disk.device + "p", "mount_partition": "1",
+            "mount_path": os.path.join(disk.dir, "mnt", "{{.Device}}"),
+            "copy_files": ["/etc/resolv.conf"],
+            "root_volume_tags": {"Purpose": "peer chroot"},
+            "tags": {"Name": "peer-chroot"},
+            "_provisioners": [{"type": "shell", "inline": [f"echo built > {MARKER}", "test -s /etc/resolv.conf"]}]}
+
+
 CASES = {
     "ebs-none": ("amazon-ebs", "communicator none, one region", case_ebs_none),
     "ebs-full": ("amazon-ebs", "filter, copy, users/groups, tags, bdm, ENA", case_ebs_full),
     "ebssurrogate": ("amazon-ebssurrogate", "root volume swap, copy", case_ebssurrogate),
     "ebsvolume": ("amazon-ebsvolume", "two kept volumes", case_ebsvolume),
     "instance": ("amazon-instance", "SSH bundle, S3 manifest", case_instance),
+    "chroot": ("amazon-chroot", "loop disk, IMDS proxy, shell marker", case_chroot),
 }
 
 
@@ -187,6 +208,153 @@ class Sshd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# --- loop disk and IMDS proxy (for amazon-chroot) ---------------------------------------------
+
+MARKER = "/etc/peer-marker"
+BUSYBOX = "/bin/busybox"
+
+
+class LoopDisk:
+    """A 64 MiB image with one partition holding a busybox root (ext4), on a loop device with
+    partition scanning: what the attached volume stands for (as tests/e2e/chroot_host.rs)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="peer-chroot-")
+        image = os.path.join(self.dir, "disk.img")
+        with open(image, "wb") as f:
+            f.truncate(64 << 20)
+        subprocess.run(["sfdisk", "-q", image], input=b",,L\n", check=True, stdout=subprocess.DEVNULL)
+        self.device = subprocess.run(["losetup", "-f", "--show", "-P", image], check=True,
+                                     capture_output=True, text=True).stdout.strip()
+        self.partition = self.device + "p1"
+        if not os.path.exists(self.partition):
+            subprocess.run(["partx", "-a", self.device], capture_output=True)
+        subprocess.run(["mkfs.ext4", "-q", self.partition], check=True)
+        root = os.path.join(self.dir, "setup")
+        os.makedirs(root)
+        subprocess.run(["mount", self.partition, root], check=True)
+        try:
+            for d in ("bin", "etc", "tmp", "proc", "sys", "dev"):
+                os.makedirs(os.path.join(root, d), exist_ok=True)
+            shutil.copy(BUSYBOX, os.path.join(root, "bin/busybox"))
+            subprocess.run(["chroot", root, "/bin/busybox", "--install", "-s", "/bin"], check=True)
+        finally:
+            subprocess.run(["umount", root], check=True)
+
+    def read(self, path):
+        """The file's content, or None; read with debugfs, without mounting."""
+        stat = subprocess.run(["debugfs", "-R", f"stat {path}", self.partition], capture_output=True, text=True)
+        if "File not found" in stat.stderr:
+            return None
+        return subprocess.run(["debugfs", "-R", f"cat {path}", self.partition], capture_output=True, text=True).stdout
+
+    def remove(self, path):
+        subprocess.run(["debugfs", "-w", "-R", f"rm {path}", self.partition], capture_output=True)
+
+    def mounts(self):
+        with open("/proc/mounts") as f:
+            return [l.split()[1] for l in f if l.split()[1].startswith(self.dir)]
+
+    def stop(self):
+        for m in reversed(self.mounts()):
+            subprocess.run(["umount", m], capture_output=True)
+        subprocess.run(["losetup", "-d", self.device], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ImdsProxy:
+    """In front of moto: answers the instance-metadata paths for the build host (Packer 1.6.6's
+    ec2metadata client takes custom_endpoint_ec2 as its endpoint too) and forwards everything
+    else to moto unchanged, so moto's recorder still sees every EC2 call."""
+
+    def __init__(self, upstream):
+        proxy = self
+        self.upstream = upstream
+        self.instance_id, self.az = None, None
+        self.hits = collections.Counter()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, body, headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def imds(self):
+                path = self.path.split("?")[0]
+                if not path.startswith("/latest/"):
+                    return False
+                proxy.hits[f"{self.command} {path}"] += 1
+                if self.command == "PUT" and path == "/latest/api/token":
+                    self.reply(200, b"peer-imds-token", [("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")])
+                elif path == "/latest/dynamic/instance-identity/document":
+                    doc = {"instanceId": proxy.instance_id, "region": REGION, "availabilityZone": proxy.az,
+                           "accountId": "123456789012", "imageId": AMZN2, "instanceType": "t3.micro",
+                           "architecture": "x86_64", "privateIp": "10.0.0.10", "version": "2017-09-30",
+                           "pendingTime": "2020-01-01T00:00:00Z"}
+                    self.reply(200, json.dumps(doc).encode(), [("Content-Type", "application/json")])
+                elif path == "/latest/meta-data/instance-id":
+                    self.reply(200, proxy.instance_id.encode())
+                elif path == "/latest/meta-data/placement/availability-zone":
+                    self.reply(200, proxy.az.encode())
+                elif path == "/latest/meta-data/placement/region":
+                    self.reply(200, REGION.encode())
+                else:
+                    self.reply(404, b"not found")
+                return True
+
+            def forward(self):
+                if self.imds():
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                form = urllib.parse.parse_qs(body.decode(errors="replace")) if body else {}
+                if form.get("Action") == ["DetachVolume"] and "InstanceId" not in form:
+                    # EC2 finds the instance from the volume; moto needs it named (without it
+                    # moto answers 500 and Packer 1.6.6, which sends only VolumeId, retries
+                    # until it gives up). The action still counts once, as sent.
+                    body += f"&InstanceId={proxy.instance_id}".encode()
+                    proxy.hits["DetachVolume given InstanceId for moto"] += 1
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length", "accept-encoding")}
+                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        status, rh, rb = r.status, r.getheaders(), r.read()
+                except urllib.error.HTTPError as e:
+                    status, rh, rb = e.code, e.headers.items(), e.read()
+                skip = ("connection", "content-length", "transfer-encoding", "server", "date")
+                self.reply(status, rb, [(k, v) for k, v in rh if k.lower() not in skip])
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_chroot_host(endpoint, proxy):
+    """The build host: an instance of a moto AMI, launched after the reset so both tools see
+    the same account; the proxy answers IMDS as that instance."""
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION)
+    i = ec2.run_instances(ImageId=AMZN2, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]
+    proxy.instance_id, proxy.az = i["InstanceId"], i["Placement"]["AvailabilityZone"]
+    proxy.hits.clear()
+    # The host's own root volume is not the build's.
+    vols = [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
+    return i["InstanceId"], vols
+
+
 # --- recording -------------------------------------------------------------------------------
 
 SCOPE = re.compile(r"Credential=[^/]+/\d+/([^/]+)/([^/]+)/")
@@ -235,7 +403,11 @@ def run_build(tool, cmd, template_path, endpoint, workdir, timeout, extra_env=No
                AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION,
                AWS_EC2_METADATA_DISABLED="true", PACKER_LOG="0", CHECKPOINT_DISABLE="1")
     env.pop("AWS_SESSION_TOKEN", None)
-    env.update(extra_env or {})
+    for k, v in (extra_env or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     http(endpoint, "POST", "/moto-api/recorder/reset-recording")
     http(endpoint, "POST", "/moto-api/recorder/start-recording")
     t0 = time.monotonic()
@@ -246,7 +418,10 @@ def run_build(tool, cmd, template_path, endpoint, workdir, timeout, extra_env=No
         rc, out = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
     wall = time.monotonic() - t0
     http(endpoint, "POST", "/moto-api/recorder/stop-recording")
-    calls = parse_recording(http(endpoint, "GET", "/moto-api/recorder/download-recording"))
+    recording = http(endpoint, "GET", "/moto-api/recorder/download-recording")
+    calls = parse_recording(recording)
+    with open(os.path.join(workdir, f"{tool}.recording.jsonl"), "w") as f:
+        f.write(recording)
     tail = out.split("artifacts of successful builds", 1)[-1] if "artifacts of successful builds" in out else ""
     artifacts = sorted(set(ARTIFACT.findall(tail)))
     with open(os.path.join(workdir, f"{tool}.log"), "w") as f:
@@ -287,13 +462,14 @@ def describe_artifacts(endpoint, artifacts):
     return sorted(summary)
 
 
-def leftovers(endpoint, artifacts, preexisting_keys):
-    keep = {rid for _, rid in artifacts}
+def leftovers(endpoint, artifacts, preexisting_keys, preexisting=()):
+    keep = {rid for _, rid in artifacts} | set(preexisting)
     left = []
     for region in (REGION, COPY_REGION):
         ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=region)
         for r in ec2.describe_instances()["Reservations"]:
-            left += [i["InstanceId"] for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+            left += [i["InstanceId"] for i in r["Instances"]
+                     if i["State"]["Name"] not in ("terminated", "shutting-down") and i["InstanceId"] not in keep]
         left += [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
         left += [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] not in preexisting_keys]
         left += [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"] if v["VolumeId"] not in keep]
@@ -335,6 +511,24 @@ Why the counts differ (read from the recorded sequences; step code as of this br
  Packer makes calls amiflow does not:
   - CreateKeyPair/DeleteKeyPair and AuthorizeSecurityGroupIngress even with communicator
     none (a temporary key and port 22 nobody uses); amiflow skips both.
+ amazon-chroot (Packer 16 EC2 calls, amiflow 27; same 12 mutating calls on both sides):
+  - DescribeImages +3: CreateVolume reads the source image again for its root mapping (Packer
+    keeps it in the state bag from StepSourceAMIInfo); RegisterImage's idempotency lookup by
+    name; Cleanup's image sweep by build tag.
+  - DescribeVolumes +3: AttachVolume first checks whether a retried run already attached the
+    volume; DetachVolume reads the attachment before detaching; Cleanup's volume sweep.
+    (Without device_path amiflow also reads the host's mappings and attached volumes to pick
+    a free name — DescribeInstances + DescribeVolumes — where Packer lists /sys/block.)
+  - CreateTags +2: amiflow:build tags on the registered image (RegisterImage takes no tags)
+    and on the image's snapshots in WaitImageAvailable; moto makes its own "Auto-created
+    snapshot" for RegisterImage, so that is a second snapshot here.
+  - DescribeSnapshots +1: the idempotency lookup before CreateSnapshot.
+  - DescribeInstances +1, DescribeSecurityGroups +1 (and IAM ListRoles/ListInstanceProfiles):
+    Cleanup's tag sweep, which runs whatever the builder.
+  - IMDS: Packer asks the proxy for a token and the identity document (not EC2 API calls);
+    amiflow is given chroot_host_instance_id. Both then DescribeInstances the host once.
+  - moto only: Packer's DetachVolume names just the volume (EC2 accepts that); moto needs the
+    instance and answers 500, so the proxy adds InstanceId (counted once, as sent).
  Artifact differences that are moto's, not either tool's:
   - snapshot users: Packer 1.6.6 sends ModifySnapshotAttribute without OperationType (AWS
     accepts it); moto ignores such a request, so Packer's snapshots show no users here.
@@ -360,36 +554,68 @@ def main():
     rows, details = [], []
     for name in names:
         builder, what, make = CASES[name]
+        if builder == "amazon-chroot" and os.geteuid() != 0:
+            print(f"  {name:13} skipped: amazon-chroot needs root (loop devices, mount, chroot)", file=sys.stderr)
+            continue
         env = {"endpoint": a.endpoint}
-        if builder == "amazon-instance":
-            env["sshd"] = Sshd()
         try:
+            if builder == "amazon-instance":
+                env["sshd"] = Sshd()
+            if builder == "amazon-chroot":
+                env["disk"] = LoopDisk()
+                env["proxy"] = ImdsProxy(a.endpoint)
             workdir = os.path.join(base, name)
             os.makedirs(workdir, exist_ok=True)
             b = make(env)
-            b.update(peer_keys(a.endpoint, builder))
-            path = os.path.join(workdir, "template.json")
-            with open(path, "w") as f:
-                json.dump({"builders": [b]}, f, indent=2)
+            provisioners = b.pop("_provisioners", None)
+            b.update(peer_keys(env["proxy"].url if env.get("proxy") else a.endpoint, builder))
             res = {}
-            for tool, cmd, extra in (("packer", [a.packer, "build", "-color=false"], {}),
-                                     ("amiflow", [a.amiflow, "build"], {})):
+            for tool, cmd in (("packer", [a.packer, "build", "-color=false"]),
+                              ("amiflow", [a.amiflow, "build"])):
                 reset_and_warm(a.endpoint, env)
                 pre_keys = {env["sshd"].keypair_name} if env.get("sshd") else set()
+                tb, extra, host, preexisting = dict(b), {}, None, []
+                if env.get("proxy"):
+                    host, host_vols = start_chroot_host(a.endpoint, env["proxy"])
+                    preexisting = [host] + host_vols
+                    env["disk"].remove(MARKER)
+                    if tool == "packer":
+                        # Packer's ec2metadata client must be allowed to ask (the proxy answers).
+                        extra["AWS_EC2_METADATA_DISABLED"] = None
+                    else:
+                        # amiflow has no IMDS here: the template names the host, the host script
+                        # runs on this machine and takes the loop disk as the attached volume.
+                        tb["chroot_host_instance_id"] = host
+                        extra.update(AMIFLOW_CHROOT_RUN="local", AMIFLOW_CHROOT_TEST_DEVICES=env["disk"].device)
+                template = {"builders": [tb]}
+                if provisioners:
+                    template["provisioners"] = provisioners
+                path = os.path.join(workdir, f"template.{tool}.json")
+                with open(path, "w") as f:
+                    json.dump(template, f, indent=2)
                 r = run_build(tool, cmd, path, a.endpoint, workdir, a.timeout, extra)
                 r["summary"] = describe_artifacts(a.endpoint, r["artifacts"]) if r["rc"] == 0 else []
-                r["left"] = leftovers(a.endpoint, r["artifacts"], pre_keys)
+                r["left"] = leftovers(a.endpoint, r["artifacts"], pre_keys, preexisting)
+                if env.get("disk"):
+                    marker = env["disk"].read(MARKER)
+                    r["marker"] = (marker or "").strip() or "MISSING"
+                    r["left"] += [f"mount:{m}" for m in env["disk"].mounts()]
+                    if env["disk"].read("/etc/resolv.conf") is not None:
+                        r["left"].append("copied /etc/resolv.conf")
+                    r["imds"] = dict(env["proxy"].hits)
                 with open(os.path.join(workdir, f"{tool}.calls.json"), "w") as f:
                     json.dump(r["calls"], f)
                 res[tool] = r
                 print(f"  {name:13} {tool:7} rc={r['rc']} {r['wall']:.1f}s ec2={sum(ec2_counts(r['calls']).values())} "
-                      f"artifacts={[x for _, x in r['artifacts']]}", file=sys.stderr)
+                      f"artifacts={[x for _, x in r['artifacts']]}"
+                      + (f" marker={r['marker']} imds={r['imds']}" if "marker" in r else ""), file=sys.stderr)
                 if r["rc"] != 0:
                     print("    " + "\n    ".join(r["out"].strip().splitlines()[-8:]), file=sys.stderr)
             rows.append((name, builder, what, res))
         finally:
-            if env.get("sshd"):
-                env["sshd"].stop()
+            for k in ("sshd", "disk", "proxy"):
+                if env.get(k):
+                    env[k].stop()
 
     print()
     print(f"{'case':13} {'builder':20} {'Packer EC2':>10} {'amiflow EC2':>11} {'Packer s':>8} {'amiflow s':>9}  {'other svc (P/a)':15}  artifacts equivalent")
@@ -418,6 +644,9 @@ def main():
         if po or fo:
             print("   other services: packer " + (", ".join(f"{k}×{v}" for k, v in sorted(po.items())) or "none")
                   + "; amiflow " + (", ".join(f"{k}×{v}" for k, v in sorted(fo.items())) or "none"))
+        if "marker" in p:
+            print(f"   provisioner marker {MARKER} in the image: packer {p['marker']}, amiflow {f['marker']}")
+            print(f"   requests the proxy answered or amended: packer {p['imds'] or 'none'}; amiflow {f['imds'] or 'none'}")
         if p["summary"] != f["summary"]:
             print("   artifacts packer : " + "; ".join(" ".join(s) for s in p["summary"]))
             print("   artifacts amiflow: " + "; ".join(" ".join(s) for s in f["summary"]))
