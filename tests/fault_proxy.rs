@@ -83,27 +83,39 @@ impl Drop for FaultProxy {
 /// Calls that change something. Reads are Describe*/Get*/List*/Head*; everything else counts.
 pub fn is_mutating(action: &str) -> bool {
     !action.is_empty()
-        && !["Describe", "Get", "List", "Head", "Search", "Lookup"].iter().any(|p| action.starts_with(p))
+        && !["Describe", "Get", "List", "Head", "Search", "Lookup"]
+            .iter()
+            .any(|p| action.starts_with(p))
 }
 
 /// Cleanup's calls: removing what the build made.
 pub fn is_removal(action: &str) -> bool {
-    ["Delete", "Terminate", "Deregister", "Remove", "Cancel"].iter().any(|p| action.starts_with(p))
+    ["Delete", "Terminate", "Deregister", "Remove", "Cancel"]
+        .iter()
+        .any(|p| action.starts_with(p))
 }
 
 impl FaultProxy {
     pub async fn start(upstream_port: u16) -> FaultProxy {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let state: Arc<Mutex<ProxyState>> = Default::default();
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = shared.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), upstream_port, req));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(state.clone(), upstream_port, req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -116,7 +128,10 @@ impl FaultProxy {
 
     /// New faults; counters and the log start over.
     pub fn set(&self, faults: Faults) {
-        *self.state.lock().unwrap() = ProxyState { faults, ..Default::default() };
+        *self.state.lock().unwrap() = ProxyState {
+            faults,
+            ..Default::default()
+        };
     }
 
     pub fn log(&self) -> Vec<Call> {
@@ -130,16 +145,37 @@ impl FaultProxy {
 }
 
 fn service_of(auth: &str) -> String {
-    auth.split("Credential=").nth(1).unwrap_or("").split(',').next().unwrap_or("").split('/').nth(3).unwrap_or("").to_string()
+    auth.split("Credential=")
+        .nth(1)
+        .unwrap_or("")
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .nth(3)
+        .unwrap_or("")
+        .to_string()
 }
 
 /// S3 is REST: the operation is the method on a bucket or an object, plus a sub-resource.
 fn s3_action(method: &str, uri: &hyper::Uri) -> String {
-    let on_object = uri.path().trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty());
+    let on_object = uri
+        .path()
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
     let query = uri.query().unwrap_or("");
-    let sub = ["tagging", "delete", "acl", "uploads", "uploadId", "policy", "versioning"]
-        .into_iter()
-        .find(|q| query.split('&').any(|kv| kv.split('=').next() == Some(*q)));
+    let sub = [
+        "tagging",
+        "delete",
+        "acl",
+        "uploads",
+        "uploadId",
+        "policy",
+        "versioning",
+    ]
+    .into_iter()
+    .find(|q| query.split('&').any(|kv| kv.split('=').next() == Some(*q)));
     let op = match (method, on_object, sub) {
         ("HEAD", false, _) => "HeadBucket",
         ("HEAD", true, _) => "HeadObject",
@@ -160,14 +196,24 @@ fn s3_action(method: &str, uri: &hyper::Uri) -> String {
     op.to_string()
 }
 
-fn action_of(service: &str, method: &str, uri: &hyper::Uri, target: Option<&str>, body: &[u8]) -> String {
+fn action_of(
+    service: &str,
+    method: &str,
+    uri: &hyper::Uri,
+    target: Option<&str>,
+    body: &[u8],
+) -> String {
     if service == "s3" {
         return s3_action(method, uri);
     }
     if let Some(t) = target {
         return t.rsplit('.').next().unwrap_or(t).to_string();
     }
-    String::from_utf8_lossy(body).split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string()
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The service's own error document: EC2's `<Response><Errors>`, the Query services'
@@ -224,9 +270,19 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     }
     if is_mutating(action) && service != "sts" {
         state.mutating_seen += 1;
-        for (n, injected) in [state.faults.fail_mutating.clone(), state.faults.fail_mutating_too.clone()].into_iter().flatten() {
+        for (n, injected) in [
+            state.faults.fail_mutating.clone(),
+            state.faults.fail_mutating_too.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if n == state.mutating_seen {
-                state.failing = Some((action.to_string(), injected.clone(), injected.times.saturating_sub(1)));
+                state.failing = Some((
+                    action.to_string(),
+                    injected.clone(),
+                    injected.times.saturating_sub(1),
+                ));
                 return Decision::Fail(injected.code, injected.status);
             }
         }
@@ -234,11 +290,15 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     match action {
         "RunInstances" => state.saw_run = true,
         "CreateImage" => state.saw_create_image = true,
-        "DescribeInstances" if state.saw_run && state.instances_pending < state.faults.pending_describes => {
+        "DescribeInstances"
+            if state.saw_run && state.instances_pending < state.faults.pending_describes =>
+        {
             state.instances_pending += 1;
             return Decision::Pending;
         }
-        "DescribeImages" if state.saw_create_image && state.images_pending < state.faults.pending_describes => {
+        "DescribeImages"
+            if state.saw_create_image && state.images_pending < state.faults.pending_describes =>
+        {
             state.images_pending += 1;
             return Decision::Pending;
         }
@@ -247,17 +307,38 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     Decision::Forward
 }
 
-async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<Mutex<ProxyState>>,
+    upstream: u16,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let service = service_of(header("authorization").unwrap_or(""));
-    let action = action_of(&service, parts.method.as_str(), &parts.uri, header("x-amz-target"), &body);
+    let action = action_of(
+        &service,
+        parts.method.as_str(),
+        &parts.uri,
+        header("x-amz-target"),
+        &body,
+    );
     let (decision, nth) = {
         let mut st = state.lock().unwrap();
         let before = st.mutating_seen;
         let decision = decide(&mut st, &service, &action);
-        (decision, if st.mutating_seen > before { st.mutating_seen } else { 0 })
+        (
+            decision,
+            if st.mutating_seen > before {
+                st.mutating_seen
+            } else {
+                0
+            },
+        )
     };
     let fate = match &decision {
         Decision::Forward => "forwarded".to_string(),
@@ -265,14 +346,24 @@ async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incom
         Decision::Fail(code, _) => format!("failed:{code}"),
         Decision::Pending => "pending".to_string(),
     };
-    state.lock().unwrap().log.push(Call { service: service.clone(), action: action.clone(), fate, nth });
+    state.lock().unwrap().log.push(Call {
+        service: service.clone(),
+        action: action.clone(),
+        fate,
+        nth,
+    });
     if let Decision::Fail(code, status) = &decision {
         return Ok(error_response(&service, code, *status));
     }
     let (status, headers, mut payload) = match forward(upstream, &parts, &body).await {
         Ok(r) => r,
         Err(e) => {
-            return Ok(Response::builder().status(502).body(Full::new(Bytes::from(format!("fault proxy: moto unreachable: {e}")))).unwrap())
+            return Ok(Response::builder()
+                .status(502)
+                .body(Full::new(Bytes::from(format!(
+                    "fault proxy: moto unreachable: {e}"
+                ))))
+                .unwrap())
         }
     };
     if matches!(decision, Decision::Pending) {
@@ -281,12 +372,17 @@ async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incom
             .replace("<name>stopped</name>", "<name>stopping</name>")
             .replace("<code>16</code>", "<code>0</code>")
             .replace("<code>80</code>", "<code>64</code>")
-            .replace("<imageState>available</imageState>", "<imageState>pending</imageState>");
+            .replace(
+                "<imageState>available</imageState>",
+                "<imageState>pending</imageState>",
+            );
         payload = text.into_bytes();
     }
     let mut resp = Response::builder().status(status);
     for (k, v) in headers {
-        if !["content-length", "transfer-encoding", "connection"].contains(&k.to_ascii_lowercase().as_str()) {
+        if !["content-length", "transfer-encoding", "connection"]
+            .contains(&k.to_ascii_lowercase().as_str())
+        {
             resp = resp.header(k, v);
         }
     }
@@ -294,9 +390,17 @@ async fn handle(state: Arc<Mutex<ProxyState>>, upstream: u16, req: Request<Incom
 }
 
 /// The request to moto over a fresh connection (`Connection: close`), whole response back.
-async fn forward(upstream: u16, parts: &hyper::http::request::Parts, body: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+async fn forward(
+    upstream: u16,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", upstream)).await?;
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut head = format!("{} {path} HTTP/1.1\r\n", parts.method);
     for (k, v) in &parts.headers {
         let name = k.as_str();
@@ -305,19 +409,34 @@ async fn forward(upstream: u16, parts: &hyper::http::request::Parts, body: &[u8]
         }
         head.push_str(&format!("{name}: {}\r\n", v.to_str().unwrap_or("")));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP head from moto"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head from moto"))?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut rest = raw[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(502);
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         rest = dechunk(&rest);
     }
     Ok((status, headers, rest))

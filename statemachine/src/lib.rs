@@ -4,5 +4,8 @@
 pub mod engine;
 pub mod model;
 
-pub use engine::{resource_name, Clock, Engine, Event, ExecutionError, RealClock, Scope, TaskError, TaskInvoker, VirtualClock};
+pub use engine::{
+    resource_name, Clock, Engine, Event, ExecutionError, RealClock, Scope, TaskError, TaskInvoker,
+    VirtualClock,
+};
 pub use model::*;

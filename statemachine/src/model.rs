@@ -29,7 +29,11 @@ pub struct StateMachine {
     pub comment: Option<String>,
     #[serde(rename = "StartAt")]
     pub start_at: String,
-    #[serde(rename = "TimeoutSeconds", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "TimeoutSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_seconds: Option<u64>,
     #[serde(rename = "States")]
     pub states: States,
@@ -38,14 +42,16 @@ pub struct StateMachine {
 impl StateMachine {
     /// Parses a definition and checks that every transition names an existing state.
     pub fn from_json(text: &str) -> Result<StateMachine, String> {
-        let machine: StateMachine = serde_json::from_str(text).map_err(|e| format!("invalid ASL: {e}"))?;
+        let machine: StateMachine =
+            serde_json::from_str(text).map_err(|e| format!("invalid ASL: {e}"))?;
         machine.check()?;
         Ok(machine)
     }
 
     /// Pretty JSON, two-space indent, stable key order, trailing newline.
     pub fn to_json_pretty(&self) -> String {
-        let mut text = serde_json::to_string_pretty(self).expect("a state machine always serializes");
+        let mut text =
+            serde_json::to_string_pretty(self).expect("a state machine always serializes");
         text.push('\n');
         text
     }
@@ -62,7 +68,9 @@ fn check_scope(scope: &str, start_at: &str, states: &States) -> Result<(), Strin
         if states.get(name).is_some() {
             Ok(())
         } else {
-            Err(format!("{scope}{from}: {what} names state {name:?}, which does not exist in this scope"))
+            Err(format!(
+                "{scope}{from}: {what} names state {name:?}, which does not exist in this scope"
+            ))
         }
     };
     exists(start_at, "StartAt", "StartAt")?;
@@ -71,7 +79,9 @@ fn check_scope(scope: &str, start_at: &str, states: &States) -> Result<(), Strin
         match state {
             State::Choice(c) => {
                 for rule in &c.choices {
-                    let next = rule.next.as_deref().ok_or_else(|| format!("{scope}{name}: a top-level choice rule has no Next"))?;
+                    let next = rule.next.as_deref().ok_or_else(|| {
+                        format!("{scope}{name}: a top-level choice rule has no Next")
+                    })?;
                     exists(next, "Next", name)?;
                 }
                 if let Some(d) = &c.default {
@@ -90,7 +100,9 @@ fn check_scope(scope: &str, start_at: &str, states: &States) -> Result<(), Strin
         }
         match state {
             State::Map(m) => {
-                let p = m.processor().ok_or_else(|| format!("{scope}{name}: Map needs ItemProcessor (or Iterator)"))?;
+                let p = m.processor().ok_or_else(|| {
+                    format!("{scope}{name}: Map needs ItemProcessor (or Iterator)")
+                })?;
                 check_scope(&format!("{scope}{name}/"), &p.start_at, &p.states)?;
             }
             State::Parallel(p) => {
@@ -175,7 +187,11 @@ impl<'de> Deserialize<'de> for States {
 pub struct SubMachine {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "ProcessorConfig", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ProcessorConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub processor_config: Option<Value>,
     #[serde(rename = "StartAt")]
     pub start_at: String,
@@ -268,7 +284,9 @@ mod nullable_path {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
         Ok(Some(Option::<String>::deserialize(d)?))
     }
 }
@@ -279,19 +297,50 @@ pub struct Task {
     pub comment: Option<String>,
     #[serde(rename = "Resource")]
     pub resource: String,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
-    #[serde(rename = "Parameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Parameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub parameters: Option<Value>,
-    #[serde(rename = "ResultSelector", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ResultSelector",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub result_selector: Option<Value>,
-    #[serde(rename = "ResultPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "ResultPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub result_path: Option<Option<String>>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
-    #[serde(rename = "TimeoutSeconds", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "TimeoutSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_seconds: Option<u64>,
-    #[serde(rename = "HeartbeatSeconds", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "HeartbeatSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub heartbeat_seconds: Option<u64>,
     #[serde(rename = "Retry", default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<Retrier>,
@@ -307,15 +356,34 @@ pub struct Task {
 pub struct Pass {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
-    #[serde(rename = "Parameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Parameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub parameters: Option<Value>,
     #[serde(rename = "Result", default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    #[serde(rename = "ResultPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "ResultPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub result_path: Option<Option<String>>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
     #[serde(rename = "Next", default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -327,13 +395,23 @@ pub struct Pass {
 pub struct Choice {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
     #[serde(rename = "Choices")]
     pub choices: Vec<ChoiceRule>,
     #[serde(rename = "Default", default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
 }
 
@@ -341,17 +419,35 @@ pub struct Choice {
 pub struct Wait {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
     #[serde(rename = "Seconds", default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<u64>,
-    #[serde(rename = "SecondsPath", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "SecondsPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seconds_path: Option<String>,
     #[serde(rename = "Timestamp", default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
-    #[serde(rename = "TimestampPath", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "TimestampPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timestamp_path: Option<String>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
     #[serde(rename = "Next", default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -363,27 +459,62 @@ pub struct Wait {
 pub struct MapState {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
     #[serde(rename = "ItemsPath", default, skip_serializing_if = "Option::is_none")]
     pub items_path: Option<String>,
-    #[serde(rename = "ItemSelector", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ItemSelector",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub item_selector: Option<Value>,
     /// The older name of ItemSelector.
-    #[serde(rename = "Parameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Parameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub parameters: Option<Value>,
-    #[serde(rename = "MaxConcurrency", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MaxConcurrency",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_concurrency: Option<u32>,
-    #[serde(rename = "ItemProcessor", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ItemProcessor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub item_processor: Option<SubMachine>,
     /// The older name of ItemProcessor.
     #[serde(rename = "Iterator", default, skip_serializing_if = "Option::is_none")]
     pub iterator: Option<SubMachine>,
-    #[serde(rename = "ResultSelector", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ResultSelector",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub result_selector: Option<Value>,
-    #[serde(rename = "ResultPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "ResultPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub result_path: Option<Option<String>>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
     #[serde(rename = "Retry", default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<Retrier>,
@@ -408,17 +539,40 @@ impl MapState {
 pub struct Parallel {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
-    #[serde(rename = "Parameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Parameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub parameters: Option<Value>,
     #[serde(rename = "Branches")]
     pub branches: Vec<SubMachine>,
-    #[serde(rename = "ResultSelector", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ResultSelector",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub result_selector: Option<Value>,
-    #[serde(rename = "ResultPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "ResultPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub result_path: Option<Option<String>>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
     #[serde(rename = "Retry", default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<Retrier>,
@@ -434,9 +588,19 @@ pub struct Parallel {
 pub struct Succeed {
     #[serde(rename = "Comment", default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
-    #[serde(rename = "InputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "InputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub input_path: Option<Option<String>>,
-    #[serde(rename = "OutputPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "OutputPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub output_path: Option<Option<String>>,
 }
 
@@ -466,15 +630,35 @@ pub enum JitterStrategy {
 pub struct Retrier {
     #[serde(rename = "ErrorEquals")]
     pub error_equals: Vec<String>,
-    #[serde(rename = "IntervalSeconds", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "IntervalSeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval_seconds: Option<u64>,
-    #[serde(rename = "MaxAttempts", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MaxAttempts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_attempts: Option<u32>,
-    #[serde(rename = "BackoffRate", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BackoffRate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backoff_rate: Option<f64>,
-    #[serde(rename = "MaxDelaySeconds", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MaxDelaySeconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_delay_seconds: Option<u64>,
-    #[serde(rename = "JitterStrategy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "JitterStrategy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter_strategy: Option<JitterStrategy>,
 }
 
@@ -506,7 +690,12 @@ impl Retrier {
 pub struct Catcher {
     #[serde(rename = "ErrorEquals")]
     pub error_equals: Vec<String>,
-    #[serde(rename = "ResultPath", default, skip_serializing_if = "Option::is_none", with = "nullable_path")]
+    #[serde(
+        rename = "ResultPath",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "nullable_path"
+    )]
     pub result_path: Option<Option<String>>,
     #[serde(rename = "Next")]
     pub next: String,
@@ -542,9 +731,11 @@ pub const COMPARISON_OPERATORS: &[&str] = &[
 
 fn known_operator(op: &str) -> bool {
     COMPARISON_OPERATORS.contains(&op)
-        || op
-            .strip_suffix("Path")
-            .is_some_and(|base| COMPARISON_OPERATORS.contains(&base) && !base.starts_with("Is") && base != "StringMatches")
+        || op.strip_suffix("Path").is_some_and(|base| {
+            COMPARISON_OPERATORS.contains(&base)
+                && !base.starts_with("Is")
+                && base != "StringMatches"
+        })
 }
 
 /// A data-test expression: `Variable` compared with `operator` against `value` (a literal,
@@ -573,20 +764,36 @@ pub struct ChoiceRule {
 
 impl ChoiceRule {
     pub fn compare(variable: &str, operator: &str, value: impl Into<Value>) -> ChoiceRule {
-        assert!(known_operator(operator), "unknown Choice operator {operator:?}");
+        assert!(
+            known_operator(operator),
+            "unknown Choice operator {operator:?}"
+        );
         ChoiceRule {
-            condition: Condition::Compare(Comparison { variable: variable.into(), operator: operator.into(), value: value.into() }),
+            condition: Condition::Compare(Comparison {
+                variable: variable.into(),
+                operator: operator.into(),
+                value: value.into(),
+            }),
             next: None,
         }
     }
     pub fn and(rules: Vec<ChoiceRule>) -> ChoiceRule {
-        ChoiceRule { condition: Condition::And(rules), next: None }
+        ChoiceRule {
+            condition: Condition::And(rules),
+            next: None,
+        }
     }
     pub fn or(rules: Vec<ChoiceRule>) -> ChoiceRule {
-        ChoiceRule { condition: Condition::Or(rules), next: None }
+        ChoiceRule {
+            condition: Condition::Or(rules),
+            next: None,
+        }
     }
     pub fn not(rule: ChoiceRule) -> ChoiceRule {
-        ChoiceRule { condition: Condition::Not(Box::new(rule)), next: None }
+        ChoiceRule {
+            condition: Condition::Not(Box::new(rule)),
+            next: None,
+        }
     }
     pub fn then(mut self, next: impl Into<String>) -> ChoiceRule {
         self.next = Some(next.into());
@@ -619,36 +826,63 @@ impl<'de> Deserialize<'de> for ChoiceRule {
         let next = match obj.remove("Next") {
             None => None,
             Some(Value::String(s)) => Some(s),
-            Some(other) => return Err(de::Error::custom(format!("Choice rule Next must be a string, got {other}"))),
+            Some(other) => {
+                return Err(de::Error::custom(format!(
+                    "Choice rule Next must be a string, got {other}"
+                )))
+            }
         };
         obj.remove("Comment");
-        let rules = |v: Value| -> Result<Vec<ChoiceRule>, D::Error> { serde_json::from_value(v).map_err(de::Error::custom) };
+        let rules = |v: Value| -> Result<Vec<ChoiceRule>, D::Error> {
+            serde_json::from_value(v).map_err(de::Error::custom)
+        };
         let condition = if let Some(v) = obj.remove("And") {
             Condition::And(rules(v)?)
         } else if let Some(v) = obj.remove("Or") {
             Condition::Or(rules(v)?)
         } else if let Some(v) = obj.remove("Not") {
-            Condition::Not(Box::new(serde_json::from_value(v).map_err(de::Error::custom)?))
+            Condition::Not(Box::new(
+                serde_json::from_value(v).map_err(de::Error::custom)?,
+            ))
         } else {
             let variable = match obj.remove("Variable") {
                 Some(Value::String(s)) => s,
-                _ => return Err(de::Error::custom("a Choice rule needs Variable (a path) or And/Or/Not")),
+                _ => {
+                    return Err(de::Error::custom(
+                        "a Choice rule needs Variable (a path) or And/Or/Not",
+                    ))
+                }
             };
             let mut ops = obj.into_iter();
-            let (operator, value) = ops
-                .next()
-                .ok_or_else(|| de::Error::custom(format!("Choice rule on {variable} has no comparison operator")))?;
+            let (operator, value) = ops.next().ok_or_else(|| {
+                de::Error::custom(format!(
+                    "Choice rule on {variable} has no comparison operator"
+                ))
+            })?;
             if let Some((extra, _)) = ops.next() {
-                return Err(de::Error::custom(format!("Choice rule on {variable} has more than one operator ({operator}, {extra})")));
+                return Err(de::Error::custom(format!(
+                    "Choice rule on {variable} has more than one operator ({operator}, {extra})"
+                )));
             }
             if !known_operator(&operator) {
-                return Err(de::Error::custom(format!("Choice rule on {variable}: unknown operator {operator}")));
+                return Err(de::Error::custom(format!(
+                    "Choice rule on {variable}: unknown operator {operator}"
+                )));
             }
-            return Ok(ChoiceRule { condition: Condition::Compare(Comparison { variable, operator, value }), next });
+            return Ok(ChoiceRule {
+                condition: Condition::Compare(Comparison {
+                    variable,
+                    operator,
+                    value,
+                }),
+                next,
+            });
         };
         if !obj.is_empty() {
             let keys: Vec<_> = obj.keys().cloned().collect();
-            return Err(de::Error::custom(format!("Choice rule has unexpected fields {keys:?}")));
+            return Err(de::Error::custom(format!(
+                "Choice rule has unexpected fields {keys:?}"
+            )));
         }
         Ok(ChoiceRule { condition, next })
     }

@@ -15,7 +15,13 @@ fn node_tools() -> Option<(PathBuf, PathBuf)> {
 }
 
 fn validate(node: &PathBuf, validator: &PathBuf, file: &std::path::Path, extra: &[&str]) {
-    let out = Command::new(node).arg(validator).arg("--json-path").arg(file).args(extra).output().expect("run asl-validator");
+    let out = Command::new(node)
+        .arg(validator)
+        .arg("--json-path")
+        .arg(file)
+        .args(extra)
+        .output()
+        .expect("run asl-validator");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -41,7 +47,9 @@ fn committed_definition_passes_asl_validator() {
         let end = start + rest[start..].find('}').expect("closing brace");
         let step = rest[start + 2..end].trim_end_matches("FunctionArn");
         substituted.push_str(&rest[..start]);
-        substituted.push_str(&format!("arn:aws:lambda:us-east-1:123456789012:function:amiflow-{step}"));
+        substituted.push_str(&format!(
+            "arn:aws:lambda:us-east-1:123456789012:function:amiflow-{step}"
+        ));
         rest = &rest[end + 1..];
     }
     substituted.push_str(rest);
@@ -55,12 +63,22 @@ fn committed_definition_passes_asl_validator() {
 #[test]
 fn asl_validator_can_fail() {
     let Some((node, validator)) = node_tools() else {
-        eprintln!("SKIPPED asl_validator_can_fail: node or asl-validator missing; run scripts/setup.sh");
+        eprintln!(
+            "SKIPPED asl_validator_can_fail: node or asl-validator missing; run scripts/setup.sh"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.asl.json");
     std::fs::write(&file, r#"{"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:x", "Next": "Nowhere"}}}"#).unwrap();
-    let out = Command::new(&node).arg(&validator).arg("--json-path").arg(&file).output().unwrap();
-    assert!(!out.status.success(), "a transition to a missing state must be rejected");
+    let out = Command::new(&node)
+        .arg(&validator)
+        .arg("--json-path")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a transition to a missing state must be rejected"
+    );
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use amiflow::state::BUILD_TAG;
 use amiflow::{flows, steps, Ctx, StepError};
-use amiflow_statemachine::{resource_name, Engine, ExecutionError, StateMachine, TaskError, TaskInvoker, VirtualClock};
+use amiflow_statemachine::{
+    resource_name, Engine, ExecutionError, StateMachine, TaskError, TaskInvoker, VirtualClock,
+};
 use amiflow_template::BuilderType;
 use amiflow_tests::sshd::Sshd;
 use amiflow_tests::Moto;
@@ -39,15 +41,23 @@ impl TaskInvoker for InProcess {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
         let step = resource_name(resource).to_string();
         self.calls.lock().unwrap().push(step.clone());
-        let spec = steps::find(&step).ok_or_else(|| TaskError::new("BuildFailed", format!("step {step} is not registered")))?;
+        let spec = steps::find(&step).ok_or_else(|| {
+            TaskError::new("BuildFailed", format!("step {step} is not registered"))
+        })?;
         if self.replayed.contains(&step) {
             let first = (spec.handler)(self.ctx.clone(), input.clone()).await;
-            assert!(first.is_ok() || matches!(first, Err(StepError::NotReady(_))), "{step}, first run: {first:?}");
+            assert!(
+                first.is_ok() || matches!(first, Err(StepError::NotReady(_))),
+                "{step}, first run: {first:?}"
+            );
         }
         match (spec.handler)(self.ctx.clone(), input).await {
             Ok(out) if self.fail_after.as_deref() == Some(step.as_str()) => {
                 let _ = out;
-                Err(TaskError::new("BuildFailed", format!("injected failure after {step}")))
+                Err(TaskError::new(
+                    "BuildFailed",
+                    format!("injected failure after {step}"),
+                ))
             }
             Ok(out) => Ok(out),
             Err(e) => {
@@ -61,16 +71,34 @@ impl TaskInvoker for InProcess {
     }
 }
 
-async fn run_build(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>) -> (Result<Value, ExecutionError>, Vec<String>) {
+async fn run_build(
+    ctx: &Arc<Ctx>,
+    execution: &str,
+    template: Value,
+    fail_after: Option<&str>,
+) -> (Result<Value, ExecutionError>, Vec<String>) {
     run_build_replaying(ctx, execution, template, fail_after, &[]).await
 }
 
-async fn run_build_replaying(ctx: &Arc<Ctx>, execution: &str, template: Value, fail_after: Option<&str>, replayed: &[&str]) -> (Result<Value, ExecutionError>, Vec<String>) {
+async fn run_build_replaying(
+    ctx: &Arc<Ctx>,
+    execution: &str,
+    template: Value,
+    fail_after: Option<&str>,
+    replayed: &[&str],
+) -> (Result<Value, ExecutionError>, Vec<String>) {
     let replayed = replayed.iter().map(|s| s.to_string()).collect();
-    let invoker = Arc::new(InProcess { ctx: ctx.clone(), fail_after: fail_after.map(String::from), replayed, calls: Mutex::default() });
+    let invoker = Arc::new(InProcess {
+        ctx: ctx.clone(),
+        fail_after: fail_after.map(String::from),
+        replayed,
+        calls: Mutex::default(),
+    });
     let engine = Engine::from_arc(invoker.clone()).with_clock(VirtualClock::default());
     let def = StateMachine::from_json(&flows::render()).expect("the flows render valid ASL");
-    let out = engine.run(&def, execution, json!({"template": template})).await;
+    let out = engine
+        .run(&def, execution, json!({"template": template}))
+        .await;
     let calls = invoker.calls.lock().unwrap().clone();
     (out, calls)
 }
@@ -144,8 +172,16 @@ fn instance_fixture() -> Option<InstanceFixture> {
     };
     let cert = sshd.path("local-cert.pem");
     let key = sshd.path("local-key.pem");
-    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nFAKECERT\n-----END CERTIFICATE-----\n").unwrap();
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nFAKEX509KEYMATERIAL\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nFAKECERT\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nFAKEX509KEYMATERIAL\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     Some(InstanceFixture { sshd, cert, key })
 }
 
@@ -191,7 +227,9 @@ fn instance_template(f: &InstanceFixture, moto: &Moto, upload_override: Option<&
 
 /// Request bodies moto's recorder saw for one EC2 action (URL-encoded query strings).
 fn recorded_bodies(moto: &Moto, action: &str) -> Vec<String> {
-    let (_, body) = moto.http("GET", "/moto-api/recorder/download-recording", "").unwrap();
+    let (_, body) = moto
+        .http("GET", "/moto-api/recorder/download-recording", "")
+        .unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
     body.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -209,7 +247,9 @@ fn recorded_bodies(moto: &Moto, action: &str) -> Vec<String> {
 }
 
 fn tag<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
-    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 fn only_build(out: &Value) -> &Value {
@@ -220,63 +260,142 @@ fn only_build(out: &Value) -> &Value {
 
 async fn bucket_objects(ctx: &Ctx) -> Vec<String> {
     match ctx.s3(REGION).list_objects_v2().bucket(BUCKET).send().await {
-        Ok(out) => out.contents().iter().filter_map(|o| o.key().map(String::from)).collect(),
+        Ok(out) => out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(String::from))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
 
 async fn bucket_exists(ctx: &Ctx) -> bool {
-    ctx.s3(REGION).head_bucket().bucket(BUCKET).send().await.is_ok()
+    ctx.s3(REGION)
+        .head_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .is_ok()
 }
 
 #[test]
 fn every_step_of_the_three_chains_is_registered() {
-    for b in [BuilderType::EbsSurrogate, BuilderType::EbsVolume, BuilderType::Instance] {
-        assert!(flows::unregistered_steps(b).is_empty(), "{}: {:?}", b.as_str(), flows::unregistered_steps(b));
+    for b in [
+        BuilderType::EbsSurrogate,
+        BuilderType::EbsVolume,
+        BuilderType::Instance,
+    ] {
+        assert!(
+            flows::unregistered_steps(b).is_empty(),
+            "{}: {:?}",
+            b.as_str(),
+            flows::unregistered_steps(b)
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebssurrogate_build_registers_the_surrogate_volume_as_root() {
-    let Some(moto) = Moto::start_or_skip("ebssurrogate_build_registers_the_surrogate_volume_as_root") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ebssurrogate_build_registers_the_surrogate_volume_as_root")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-surrogate";
     moto.start_recording().unwrap();
-    let (out, calls) = run_build(&ctx, execution, surrogate_template("amiflow-e2e-surrogate"), None).await;
+    let (out, calls) = run_build(
+        &ctx,
+        execution,
+        surrogate_template("amiflow-e2e-surrogate"),
+        None,
+    )
+    .await;
     moto.stop_recording().unwrap();
     let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!("ebssurrogate: {} EC2 calls, {} task invocations", moto.ec2_calls().unwrap().len(), calls.len());
+    println!(
+        "ebssurrogate: {} EC2 calls, {} task invocations",
+        moto.ec2_calls().unwrap().len(),
+        calls.len()
+    );
     let b = only_build(&out);
     assert!(b.get("error").is_none(), "{b:#}");
-    let east = b["amis"][REGION].as_str().expect("an AMI in the build region").to_string();
-    let west = b["amis"][COPY_REGION].as_str().expect("a copy in ami_regions").to_string();
-    assert_eq!(b["artifact_id"], json!(format!("{REGION}:{east},{COPY_REGION}:{west}")));
-    assert_eq!(b["artifact"], json!(format!("AMIs were created:\n{REGION}: {east}\n{COPY_REGION}: {west}\n")));
+    let east = b["amis"][REGION]
+        .as_str()
+        .expect("an AMI in the build region")
+        .to_string();
+    let west = b["amis"][COPY_REGION]
+        .as_str()
+        .expect("a copy in ami_regions")
+        .to_string();
+    assert_eq!(
+        b["artifact_id"],
+        json!(format!("{REGION}:{east},{COPY_REGION}:{west}"))
+    );
+    assert_eq!(
+        b["artifact"],
+        json!(format!(
+            "AMIs were created:\n{REGION}: {east}\n{COPY_REGION}: {west}\n"
+        ))
+    );
 
     // RegisterImage as Packer calls it: xvdf's snapshot renamed to the root, xvdg omitted.
     let reg = recorded_bodies(&moto, "RegisterImage");
     assert_eq!(reg.len(), 1, "{reg:?}");
     let r = &reg[0];
-    for want in ["RootDeviceName=/dev/xvda", "VirtualizationType=hvm", "Architecture=x86_64", "BootMode=uefi", "TpmSupport=v2.0", "EnaSupport=true", "DeviceName=/dev/xvda"] {
+    for want in [
+        "RootDeviceName=/dev/xvda",
+        "VirtualizationType=hvm",
+        "Architecture=x86_64",
+        "BootMode=uefi",
+        "TpmSupport=v2.0",
+        "EnaSupport=true",
+        "DeviceName=/dev/xvda",
+    ] {
         assert!(r.contains(want), "RegisterImage lacks {want}: {r}");
     }
-    assert!(!r.contains("xvdg") && !r.contains("xvdf"), "omitted/renamed devices in RegisterImage: {r}");
+    assert!(
+        !r.contains("xvdg") && !r.contains("xvdf"),
+        "omitted/renamed devices in RegisterImage: {r}"
+    );
     let snaps = recorded_bodies(&moto, "CreateSnapshot");
-    assert_eq!(snaps.len(), 1, "one snapshot: the non-omitted launch volume");
-    let snap_id = r.split('&').find_map(|kv| kv.strip_prefix("BlockDeviceMapping.1.Ebs.SnapshotId=")).expect("the root mapping has a snapshot").to_string();
+    assert_eq!(
+        snaps.len(),
+        1,
+        "one snapshot: the non-omitted launch volume"
+    );
+    let snap_id = r
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("BlockDeviceMapping.1.Ebs.SnapshotId="))
+        .expect("the root mapping has a snapshot")
+        .to_string();
 
     let ec2 = ctx.ec2(REGION);
-    let s = ec2.describe_snapshots().snapshot_ids(&snap_id).send().await.unwrap();
+    let s = ec2
+        .describe_snapshots()
+        .snapshot_ids(&snap_id)
+        .send()
+        .await
+        .unwrap();
     let s = &s.snapshots()[0];
     assert_eq!(tag(s.tags(), "Kind"), Some("surrogate"));
     assert_eq!(tag(s.tags(), BUILD_TAG), Some(execution));
     assert_eq!(s.description(), Some("surrogate root"));
     let img = ec2.describe_images().image_ids(&east).send().await.unwrap();
     let img = &img.images()[0];
-    assert!(tag(img.tags(), "Name").unwrap_or("").starts_with("surrogate amzn2-ami-hvm-"), "{:?}", img.tags());
+    assert!(
+        tag(img.tags(), "Name")
+            .unwrap_or("")
+            .starts_with("surrogate amzn2-ami-hvm-"),
+        "{:?}",
+        img.tags()
+    );
 
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
-    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "left behind after a successful build: {left:#?}"
+    );
 }
 
 /// The surrogate template with `use_create_image`: the surrogate volume is swapped into the
@@ -287,56 +406,123 @@ fn surrogate_create_image_template(ami_name: &str) -> Value {
     let b = &mut t["builders"][0];
     b["use_create_image"] = json!(true);
     let root = json!({"device_name": "/dev/xvda", "volume_size": 8, "volume_type": "gp2", "delete_on_termination": true, "omit_from_artifact": true});
-    b["launch_block_device_mappings"].as_array_mut().unwrap().insert(0, root);
+    b["launch_block_device_mappings"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, root);
     t
 }
 
 fn form_value<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    body.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+    body.split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot() {
-    let Some(moto) = Moto::start_or_skip("ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-surrogate-swap";
     moto.start_recording().unwrap();
-    let (out, calls) = run_build(&ctx, execution, surrogate_create_image_template("amiflow-e2e-surrogate-swap"), None).await;
+    let (out, calls) = run_build(
+        &ctx,
+        execution,
+        surrogate_create_image_template("amiflow-e2e-surrogate-swap"),
+        None,
+    )
+    .await;
     moto.stop_recording().unwrap();
     let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!("ebssurrogate use_create_image: {} EC2 calls, {} task invocations", moto.ec2_calls().unwrap().len(), calls.len());
+    println!(
+        "ebssurrogate use_create_image: {} EC2 calls, {} task invocations",
+        moto.ec2_calls().unwrap().len(),
+        calls.len()
+    );
     let b = only_build(&out);
     assert!(b.get("error").is_none(), "{b:#}");
-    let east = b["amis"][REGION].as_str().expect("an AMI in the build region").to_string();
-    assert!(b["amis"][COPY_REGION].is_string(), "a copy in ami_regions: {b:#}");
+    let east = b["amis"][REGION]
+        .as_str()
+        .expect("an AMI in the build region")
+        .to_string();
+    assert!(
+        b["amis"][COPY_REGION].is_string(),
+        "a copy in ami_regions: {b:#}"
+    );
 
     // Packer's StepSwapVolumes: the original root, the surrogate and the omitted volume
     // come off (each DetachVolume names the instance), the surrogate goes on as the root.
     let detached = recorded_bodies(&moto, "DetachVolume");
-    assert_eq!(detached.len(), 3, "root, /dev/xvdf, /dev/xvdg: {detached:#?}");
-    assert!(detached.iter().all(|d| form_value(d, "InstanceId").is_some()), "{detached:#?}");
+    assert_eq!(
+        detached.len(),
+        3,
+        "root, /dev/xvdf, /dev/xvdg: {detached:#?}"
+    );
+    assert!(
+        detached
+            .iter()
+            .all(|d| form_value(d, "InstanceId").is_some()),
+        "{detached:#?}"
+    );
     let attached = recorded_bodies(&moto, "AttachVolume");
     assert_eq!(attached.len(), 1, "{attached:#?}");
     assert_eq!(form_value(&attached[0], "Device"), Some("/dev/xvda"));
     let surrogate_volume = form_value(&attached[0], "VolumeId").unwrap().to_string();
-    let detached_ids: Vec<&str> = detached.iter().filter_map(|d| form_value(d, "VolumeId")).collect();
-    assert!(detached_ids.contains(&surrogate_volume.as_str()), "the surrogate was detached first");
+    let detached_ids: Vec<&str> = detached
+        .iter()
+        .filter_map(|d| form_value(d, "VolumeId"))
+        .collect();
+    assert!(
+        detached_ids.contains(&surrogate_volume.as_str()),
+        "the surrogate was detached first"
+    );
     let created = recorded_bodies(&moto, "CreateImage");
-    assert_eq!(created.len(), 1, "CreateImage instead of RegisterImage: {created:#?}");
-    assert!(recorded_bodies(&moto, "RegisterImage").is_empty() && recorded_bodies(&moto, "CreateSnapshot").is_empty(), "no snapshot path");
+    assert_eq!(
+        created.len(),
+        1,
+        "CreateImage instead of RegisterImage: {created:#?}"
+    );
+    assert!(
+        recorded_bodies(&moto, "RegisterImage").is_empty()
+            && recorded_bodies(&moto, "CreateSnapshot").is_empty(),
+        "no snapshot path"
+    );
     let c = &created[0];
-    assert!(c.contains("DeviceName=/dev/xvda") && !c.contains("xvdg") && !c.contains("xvdf"), "CreateImage mappings: {c}");
+    assert!(
+        c.contains("DeviceName=/dev/xvda") && !c.contains("xvdg") && !c.contains("xvdf"),
+        "CreateImage mappings: {c}"
+    );
 
     let ec2 = ctx.ec2(REGION);
     let img = ec2.describe_images().image_ids(&east).send().await.unwrap();
     assert_eq!(img.images().len(), 1);
     // The swapped-out volumes (original root, omitted xvdg) are gone with the instance.
     for v in detached_ids.iter().filter(|v| **v != surrogate_volume) {
-        let left = ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(*v).build()).send().await.unwrap();
-        assert!(left.volumes().is_empty(), "swapped-out volume {v} left: {:?}", left.volumes());
+        let left = ec2
+            .describe_volumes()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("volume-id")
+                    .values(*v)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            left.volumes().is_empty(),
+            "swapped-out volume {v} left: {:?}",
+            left.volumes()
+        );
     }
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
-    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "left behind after a successful build: {left:#?}"
+    );
 }
 
 /// Each swap step run twice on the same input (the first result lost, as when a Lambda
@@ -344,71 +530,170 @@ async fn ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot() 
 /// attachment, and the build still makes its AMI and leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebssurrogate_swap_steps_survive_a_lost_result() {
-    let Some(moto) = Moto::start_or_skip("ebssurrogate_swap_steps_survive_a_lost_result") else { return };
+    let Some(moto) = Moto::start_or_skip("ebssurrogate_swap_steps_survive_a_lost_result") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-surrogate-swap-replay";
     moto.start_recording().unwrap();
-    let replayed = ["SwapVolumes", "AttachRootVolume", "WaitRootVolumeAttached", "RegisterImage"];
-    let (out, calls) = run_build_replaying(&ctx, execution, surrogate_create_image_template("amiflow-e2e-surrogate-replay"), None, &replayed).await;
+    let replayed = [
+        "SwapVolumes",
+        "AttachRootVolume",
+        "WaitRootVolumeAttached",
+        "RegisterImage",
+    ];
+    let (out, calls) = run_build_replaying(
+        &ctx,
+        execution,
+        surrogate_create_image_template("amiflow-e2e-surrogate-replay"),
+        None,
+        &replayed,
+    )
+    .await;
     moto.stop_recording().unwrap();
     let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
     let b = only_build(&out);
     assert!(b["amis"][REGION].is_string(), "{b:#}");
-    assert_eq!(recorded_bodies(&moto, "AttachVolume").len(), 1, "the retried AttachRootVolume found its attachment");
-    assert_eq!(recorded_bodies(&moto, "CreateImage").len(), 1, "the retried RegisterImage found its image");
+    assert_eq!(
+        recorded_bodies(&moto, "AttachVolume").len(),
+        1,
+        "the retried AttachRootVolume found its attachment"
+    );
+    assert_eq!(
+        recorded_bodies(&moto, "CreateImage").len(),
+        1,
+        "the retried RegisterImage found its image"
+    );
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebsvolume_build_keeps_the_volumes_with_their_tags() {
-    let Some(moto) = Moto::start_or_skip("ebsvolume_build_keeps_the_volumes_with_their_tags") else { return };
+    let Some(moto) = Moto::start_or_skip("ebsvolume_build_keeps_the_volumes_with_their_tags")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebsvolume";
     moto.start_recording().unwrap();
     let (out, calls) = run_build(&ctx, execution, ebsvolume_template(), None).await;
     moto.stop_recording().unwrap();
     let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!("ebsvolume: {} EC2 calls, {} task invocations", moto.ec2_calls().unwrap().len(), calls.len());
+    println!(
+        "ebsvolume: {} EC2 calls, {} task invocations",
+        moto.ec2_calls().unwrap().len(),
+        calls.len()
+    );
     let b = only_build(&out);
-    let vols: Vec<String> = serde_json::from_value(b["volumes"][REGION].clone()).expect("volumes per region");
-    let snaps: Vec<String> = serde_json::from_value(b["snapshots"][REGION].clone()).expect("snapshots per region");
+    let vols: Vec<String> =
+        serde_json::from_value(b["volumes"][REGION].clone()).expect("volumes per region");
+    let snaps: Vec<String> =
+        serde_json::from_value(b["snapshots"][REGION].clone()).expect("snapshots per region");
     assert_eq!((vols.len(), snaps.len()), (2, 1), "{b:#}");
-    let mut pairs: Vec<String> = vols.iter().chain(&snaps).map(|id| format!("{REGION}:{id}")).collect();
+    let mut pairs: Vec<String> = vols
+        .iter()
+        .chain(&snaps)
+        .map(|id| format!("{REGION}:{id}"))
+        .collect();
     pairs.sort();
     assert_eq!(b["artifact_id"], json!(pairs.join(",")));
     let lines: Vec<String> = pairs.iter().map(|p| p.replacen(':', ": ", 1)).collect();
-    assert_eq!(b["artifact"], json!(format!("EBS Volumes were created:\n\n{}\n", lines.join("\n"))), "Packer's artifact string");
+    assert_eq!(
+        b["artifact"],
+        json!(format!(
+            "EBS Volumes were created:\n\n{}\n",
+            lines.join("\n")
+        )),
+        "Packer's artifact string"
+    );
 
     let ec2 = ctx.ec2(REGION);
-    let source = ec2.describe_instances().filters(amiflow::aws::build_filter(execution)).send().await.unwrap();
+    let source = ec2
+        .describe_instances()
+        .filters(amiflow::aws::build_filter(execution))
+        .send()
+        .await
+        .unwrap();
     let instance = &source.reservations()[0].instances()[0];
-    assert_eq!(instance.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("terminated"), "the instance is terminated");
-    let described = ec2.describe_volumes().set_volume_ids(Some(vols.clone())).send().await.unwrap();
+    assert_eq!(
+        instance.state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("terminated"),
+        "the instance is terminated"
+    );
+    let described = ec2
+        .describe_volumes()
+        .set_volume_ids(Some(vols.clone()))
+        .send()
+        .await
+        .unwrap();
     let mut names = Vec::new();
     for v in described.volumes() {
-        assert_eq!(v.state().map(|s| s.as_str()), Some("available"), "kept volume {:?}", v.volume_id());
-        assert_eq!(tag(v.tags(), "Building"), None, "run_volume_tags removed from {:?}", v.volume_id());
+        assert_eq!(
+            v.state().map(|s| s.as_str()),
+            Some("available"),
+            "kept volume {:?}",
+            v.volume_id()
+        );
+        assert_eq!(
+            tag(v.tags(), "Building"),
+            None,
+            "run_volume_tags removed from {:?}",
+            v.volume_id()
+        );
         names.push(tag(v.tags(), "Name").unwrap_or("").to_string());
         if tag(v.tags(), "Name") == Some("dataset") {
-            assert_eq!(tag(v.tags(), "Source"), instance.image_id(), "tags rendered with build data");
+            assert_eq!(
+                tag(v.tags(), "Source"),
+                instance.image_id(),
+                "tags rendered with build data"
+            );
         }
     }
     names.sort();
     assert_eq!(names, vec!["dataset", "scratch"]);
-    let s = ec2.describe_snapshots().snapshot_ids(&snaps[0]).send().await.unwrap();
+    let s = ec2
+        .describe_snapshots()
+        .snapshot_ids(&snaps[0])
+        .send()
+        .await
+        .unwrap();
     let s = &s.snapshots()[0];
-    assert_eq!((tag(s.tags(), "Name"), s.description()), (Some("dataset-snapshot"), Some("dataset snapshot")));
-    let perm = ec2.describe_snapshot_attribute().snapshot_id(&snaps[0]).attribute("createVolumePermission".into()).send().await.unwrap();
-    assert!(perm.create_volume_permissions().iter().any(|p| p.user_id() == Some(SHARE_USER)), "{perm:?}");
+    assert_eq!(
+        (tag(s.tags(), "Name"), s.description()),
+        (Some("dataset-snapshot"), Some("dataset snapshot"))
+    );
+    let perm = ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(&snaps[0])
+        .attribute("createVolumePermission".into())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        perm.create_volume_permissions()
+            .iter()
+            .any(|p| p.user_id() == Some(SHARE_USER)),
+        "{perm:?}"
+    );
     // Nothing else of the build: the only tagged volumes are the kept ones.
-    let left: Vec<String> = tagged_leftovers(&ctx, execution, &[REGION], false).await.into_iter().filter(|l| !vols.iter().any(|v| l.contains(v.as_str()))).collect();
-    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+    let left: Vec<String> = tagged_leftovers(&ctx, execution, &[REGION], false)
+        .await
+        .into_iter()
+        .filter(|l| !vols.iter().any(|v| l.contains(v.as_str())))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind after a successful build: {left:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_build_bundles_over_ssh_and_registers_from_s3() {
-    let Some(moto) = Moto::start_or_skip("instance_build_bundles_over_ssh_and_registers_from_s3") else { return };
+    let Some(moto) = Moto::start_or_skip("instance_build_bundles_over_ssh_and_registers_from_s3")
+    else {
+        return;
+    };
     let Some(f) = instance_fixture() else { return };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-instance";
@@ -416,45 +701,124 @@ async fn instance_build_bundles_over_ssh_and_registers_from_s3() {
     let (out, calls) = run_build(&ctx, execution, instance_template(&f, &moto, None), None).await;
     moto.stop_recording().unwrap();
     let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!("instance: {} EC2 calls, {} task invocations", moto.ec2_calls().unwrap().len(), calls.len());
+    println!(
+        "instance: {} EC2 calls, {} task invocations",
+        moto.ec2_calls().unwrap().len(),
+        calls.len()
+    );
     let b = only_build(&out);
     let ami = b["amis"][REGION].as_str().expect("an AMI").to_string();
 
     // The X.509 files went to x509_upload_path; the bundle landed in the created bucket.
-    assert_eq!(std::fs::read(f.sshd.path("x509/key.pem")).unwrap(), std::fs::read(&f.key).unwrap());
-    assert_eq!(std::fs::read(f.sshd.path("x509/cert.pem")).unwrap(), std::fs::read(&f.cert).unwrap());
+    assert_eq!(
+        std::fs::read(f.sshd.path("x509/key.pem")).unwrap(),
+        std::fs::read(&f.key).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(f.sshd.path("x509/cert.pem")).unwrap(),
+        std::fs::read(&f.cert).unwrap()
+    );
     let objects = bucket_objects(&ctx).await;
-    let manifest = objects.iter().find(|k| k.ends_with(".manifest.xml")).unwrap_or_else(|| panic!("no manifest in {objects:?}")).clone();
-    assert!(manifest.starts_with("web-") && !manifest.contains("{{"), "bundle_prefix rendered: {manifest}");
-    let body = ctx.s3(REGION).get_object().bucket(BUCKET).key(&manifest).send().await.unwrap().body.collect().await.unwrap().into_bytes();
+    let manifest = objects
+        .iter()
+        .find(|k| k.ends_with(".manifest.xml"))
+        .unwrap_or_else(|| panic!("no manifest in {objects:?}"))
+        .clone();
+    assert!(
+        manifest.starts_with("web-") && !manifest.contains("{{"),
+        "bundle_prefix rendered: {manifest}"
+    );
+    let body = ctx
+        .s3(REGION)
+        .get_object()
+        .bucket(BUCKET)
+        .key(&manifest)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
     let body = String::from_utf8_lossy(&body).to_string();
-    assert!(body.contains("account=\"012345670890\"") && body.contains("arch=\"x86_64\"") && body.contains("/x509/*"), "template variables rendered: {body}");
+    assert!(
+        body.contains("account=\"012345670890\"")
+            && body.contains("arch=\"x86_64\"")
+            && body.contains("/x509/*"),
+        "template variables rendered: {body}"
+    );
     let reg = recorded_bodies(&moto, "RegisterImage");
     assert_eq!(reg.len(), 1);
-    assert!(reg[0].contains(&format!("ImageLocation={BUCKET}/{manifest}")), "{}", reg[0]);
-    let img = ctx.ec2(REGION).describe_images().image_ids(&ami).send().await.unwrap();
+    assert!(
+        reg[0].contains(&format!("ImageLocation={BUCKET}/{manifest}")),
+        "{}",
+        reg[0]
+    );
+    let img = ctx
+        .ec2(REGION)
+        .describe_images()
+        .image_ids(&ami)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(tag(img.images()[0].tags(), "Name"), Some("instance-store"));
     // The secrets are not in the output or the state.
     let text = out.to_string();
-    assert!(!text.contains("FAKEX509KEYMATERIAL") && !text.contains(amiflow_tests::FAKE_SECRET_KEY), "secret in the execution output");
+    assert!(
+        !text.contains("FAKEX509KEYMATERIAL") && !text.contains(amiflow_tests::FAKE_SECRET_KEY),
+        "secret in the execution output"
+    );
 
     let left = tagged_leftovers(&ctx, execution, &[REGION], false).await;
-    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "left behind after a successful build: {left:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_upload_failure_says_what_to_check_and_masks_the_keys() {
-    let Some(moto) = Moto::start_or_skip("instance_upload_failure_says_what_to_check_and_masks_the_keys") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("instance_upload_failure_says_what_to_check_and_masks_the_keys")
+    else {
+        return;
+    };
     let Some(f) = instance_fixture() else { return };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let failing = "echo uploading with {{.AccessKey}} {{.SecretKey}}; exit 3";
-    let (out, _) = run_build(&ctx, "e2e-instance-exit3", instance_template(&f, &moto, Some(failing)), None).await;
+    let (out, _) = run_build(
+        &ctx,
+        "e2e-instance-exit3",
+        instance_template(&f, &moto, Some(failing)),
+        None,
+    )
+    .await;
     let err = out.expect_err("the upload fails");
-    assert!(err.cause.contains("owned by somebody else"), "{}", err.cause);
-    assert!(!err.cause.contains(amiflow_tests::FAKE_SECRET_KEY), "secret key in the error: {}", err.cause);
-    assert!(err.cause.contains("<sensitive>"), "masked output kept: {}", err.cause);
-    assert!(tagged_leftovers(&ctx, "e2e-instance-exit3", &[REGION], true).await.is_empty());
-    assert!(!bucket_exists(&ctx).await, "the bucket this build created is removed");
+    assert!(
+        err.cause.contains("owned by somebody else"),
+        "{}",
+        err.cause
+    );
+    assert!(
+        !err.cause.contains(amiflow_tests::FAKE_SECRET_KEY),
+        "secret key in the error: {}",
+        err.cause
+    );
+    assert!(
+        err.cause.contains("<sensitive>"),
+        "masked output kept: {}",
+        err.cause
+    );
+    assert!(
+        tagged_leftovers(&ctx, "e2e-instance-exit3", &[REGION], true)
+            .await
+            .is_empty()
+    );
+    assert!(
+        !bucket_exists(&ctx).await,
+        "the bucket this build created is removed"
+    );
 }
 
 /// Steps whose failure is injected: from KeyPair (the first create) to the end.
@@ -464,69 +828,156 @@ fn failure_points(builder: BuilderType) -> Vec<&'static str> {
     chain[first..].to_vec()
 }
 
-async fn assert_failures_leave_nothing(moto: &Moto, ctx: &Arc<Ctx>, builder: BuilderType, template: impl Fn() -> Value, regions: &[&str]) {
+async fn assert_failures_leave_nothing(
+    moto: &Moto,
+    ctx: &Arc<Ctx>,
+    builder: BuilderType,
+    template: impl Fn() -> Value,
+    regions: &[&str],
+) {
     let mut tried = 0;
     for step in failure_points(builder) {
         moto.reset().unwrap();
         let execution = format!("e2e-{}-fail-{step}", builder.as_str());
         let (out, calls) = run_build(ctx, &execution, template(), Some(step)).await;
         let err = out.expect_err("the injected failure fails the execution");
-        assert!(err.cause.contains(&format!("injected failure after {step}")), "{step}: {}", err.cause);
-        assert_eq!(calls.last().map(String::as_str), Some("Finalize"), "{step}: {calls:?}");
+        assert!(
+            err.cause
+                .contains(&format!("injected failure after {step}")),
+            "{step}: {}",
+            err.cause
+        );
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("Finalize"),
+            "{step}: {calls:?}"
+        );
         let left = tagged_leftovers(ctx, &execution, regions, true).await;
-        assert!(left.is_empty(), "{}: left behind after a failure after {step}: {left:#?}", builder.as_str());
-        assert!(bucket_objects(ctx).await.is_empty() && !bucket_exists(ctx).await, "{step}: S3 bundle or bucket left");
+        assert!(
+            left.is_empty(),
+            "{}: left behind after a failure after {step}: {left:#?}",
+            builder.as_str()
+        );
+        assert!(
+            bucket_objects(ctx).await.is_empty() && !bucket_exists(ctx).await,
+            "{step}: S3 bundle or bucket left"
+        );
         tried += 1;
     }
-    println!("{}: failure points tried: {tried}, resources left: 0", builder.as_str());
+    println!(
+        "{}: failure points tried: {tried}, resources left: 0",
+        builder.as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_after_any_step_leaves_nothing_tagged_for_each_builder() {
-    let Some(moto) = Moto::start_or_skip("a_failure_after_any_step_leaves_nothing_tagged_for_each_builder") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("a_failure_after_any_step_leaves_nothing_tagged_for_each_builder")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
-    assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsSurrogate, || surrogate_template("amiflow-e2e-surrogate-fail"), &[REGION, COPY_REGION]).await;
-    assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsSurrogate, || surrogate_create_image_template("amiflow-e2e-surrogate-swap-fail"), &[REGION, COPY_REGION]).await;
-    assert_failures_leave_nothing(&moto, &ctx, BuilderType::EbsVolume, ebsvolume_template, &[REGION]).await;
+    assert_failures_leave_nothing(
+        &moto,
+        &ctx,
+        BuilderType::EbsSurrogate,
+        || surrogate_template("amiflow-e2e-surrogate-fail"),
+        &[REGION, COPY_REGION],
+    )
+    .await;
+    assert_failures_leave_nothing(
+        &moto,
+        &ctx,
+        BuilderType::EbsSurrogate,
+        || surrogate_create_image_template("amiflow-e2e-surrogate-swap-fail"),
+        &[REGION, COPY_REGION],
+    )
+    .await;
+    assert_failures_leave_nothing(
+        &moto,
+        &ctx,
+        BuilderType::EbsVolume,
+        ebsvolume_template,
+        &[REGION],
+    )
+    .await;
     let Some(f) = instance_fixture() else { return };
-    assert_failures_leave_nothing(&moto, &ctx, BuilderType::Instance, || instance_template(&f, &moto, None), &[REGION]).await;
+    assert_failures_leave_nothing(
+        &moto,
+        &ctx,
+        BuilderType::Instance,
+        || instance_template(&f, &moto, None),
+        &[REGION],
+    )
+    .await;
 }
 
 /// Kept volumes of an ebsvolume build are its artifact, not leftovers.
 fn artifact_volumes(output: &Value) -> Vec<String> {
-    output["builds"].as_array().into_iter().flatten().flat_map(|b| b["volumes"][REGION].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(String::from)).collect()
+    output["builds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["volumes"][REGION].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let Some(moto) = Moto::start_or_skip("ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let Some(moto) = Moto::start_or_skip(
+        "ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind",
+    ) else {
+        return;
+    };
     let direct = Arc::new(moto.ctx(REGION).await);
     let check: LeftoversCheck = Box::new(move |execution, built| {
         let ctx = direct.clone();
-        Box::pin(async move { tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none()).await })
+        Box::pin(async move {
+            tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none()).await
+        })
     });
     let template = || surrogate_template("amiflow-e2e-surrogate-faults").to_string();
-    each_mutating_call_fails_in_turn(&moto, "amazon-ebssurrogate", template, check, FAULT_POINTS).await;
+    each_mutating_call_fails_in_turn(&moto, "amazon-ebssurrogate", template, check, FAULT_POINTS)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let Some(moto) = Moto::start_or_skip("ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind")
+    else {
+        return;
+    };
     let direct = Arc::new(moto.ctx(REGION).await);
     let check: LeftoversCheck = Box::new(move |execution, built| {
         let ctx = direct.clone();
         Box::pin(async move {
             let kept = built.as_ref().map(artifact_volumes).unwrap_or_default();
             let left = tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await;
-            left.into_iter().filter(|l| !kept.iter().any(|v| l.starts_with(&format!("volume {v} ")))).collect()
+            left.into_iter()
+                .filter(|l| !kept.iter().any(|v| l.starts_with(&format!("volume {v} "))))
+                .collect()
         })
     });
-    each_mutating_call_fails_in_turn(&moto, "amazon-ebsvolume", || ebsvolume_template().to_string(), check, FAULT_POINTS).await;
+    each_mutating_call_fails_in_turn(
+        &moto,
+        "amazon-ebsvolume",
+        || ebsvolume_template().to_string(),
+        check,
+        FAULT_POINTS,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let Some(moto) = Moto::start_or_skip("instance_each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("instance_each_mutating_call_failing_in_turn_leaves_nothing_behind")
+    else {
+        return;
+    };
     let Some(f) = instance_fixture() else { return };
     let direct = Arc::new(moto.ctx(REGION).await);
     // No bundle object is left either way (delete_bundle_after_register); a failed build
@@ -535,7 +986,12 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
         let ctx = direct.clone();
         Box::pin(async move {
             let mut left = tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await;
-            left.extend(bucket_objects(&ctx).await.into_iter().map(|k| format!("s3 object {BUCKET}/{k}")));
+            left.extend(
+                bucket_objects(&ctx)
+                    .await
+                    .into_iter()
+                    .map(|k| format!("s3 object {BUCKET}/{k}")),
+            );
             if built.is_none() {
                 if bucket_exists(&ctx).await {
                     left.push(format!("bucket {BUCKET}"));

@@ -40,7 +40,13 @@ const CHAIN: &[&str] = &[
     "CreateTags",
 ];
 
-fn state(execution: &str, host: &str, mount_dir: &std::path::Path, ami_name: &str, inline: &[&str]) -> BuildState {
+fn state(
+    execution: &str,
+    host: &str,
+    mount_dir: &std::path::Path,
+    ami_name: &str,
+    inline: &[&str],
+) -> BuildState {
     let config = json!({
         "region": REGION,
         "ami_name": ami_name,
@@ -71,7 +77,11 @@ async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildS
     Ok(serde_json::from_value(out).unwrap())
 }
 
-async fn invoke_with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildState, StepError> {
+async fn invoke_with_retry(
+    ctx: &Arc<Ctx>,
+    step: &str,
+    state: &BuildState,
+) -> Result<BuildState, StepError> {
     let mut attempts = 0;
     loop {
         match invoke(ctx, step, state).await {
@@ -90,35 +100,87 @@ async fn build(ctx: &Arc<Ctx>, state: BuildState) -> (Option<StepError>, BuildSt
     build_from(ctx, state, 0).await
 }
 
-async fn build_from(ctx: &Arc<Ctx>, mut state: BuildState, first: usize) -> (Option<StepError>, BuildState) {
+async fn build_from(
+    ctx: &Arc<Ctx>,
+    mut state: BuildState,
+    first: usize,
+) -> (Option<StepError>, BuildState) {
     let mut failure = None;
     for step in &CHAIN[first..] {
         match invoke_with_retry(ctx, step, &state).await {
             Ok(s) => state = s,
             Err(e) => {
                 eprintln!("  {step} failed: {e}");
-                state.error = Some(CaughtError { error: e.name().into(), cause: e.message().into() });
+                state.error = Some(CaughtError {
+                    error: e.name().into(),
+                    cause: e.message().into(),
+                });
                 failure = Some(e);
                 break;
             }
         }
     }
-    let cleaned = invoke_with_retry(ctx, "Cleanup", &state).await.expect("Cleanup succeeds");
+    let cleaned = invoke_with_retry(ctx, "Cleanup", &state)
+        .await
+        .expect("Cleanup succeeds");
     (failure, cleaned)
 }
 
 async fn start_host(ctx: &Ctx) -> String {
-    let out = ctx.ec2(REGION).run_instances().image_id(SOURCE_AMI).instance_type("t3.micro".into()).min_count(1).max_count(1).send().await.unwrap();
+    let out = ctx
+        .ec2(REGION)
+        .run_instances()
+        .image_id(SOURCE_AMI)
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
     out.instances()[0].instance_id().unwrap().to_string()
 }
 
 /// What the build tag still finds in moto (volumes always; images and snapshots too).
 async fn tagged(ctx: &Ctx, execution: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let f = || aws_sdk_ec2::types::Filter::builder().name(format!("tag:{BUILD_TAG}")).values(execution).build();
+    let f = || {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(format!("tag:{BUILD_TAG}"))
+            .values(execution)
+            .build()
+    };
     let ec2 = ctx.ec2(REGION);
-    let vols = ec2.describe_volumes().filters(f()).send().await.unwrap().volumes().iter().map(|v| v.volume_id().unwrap().to_string()).collect();
-    let imgs = ec2.describe_images().owners("self").filters(f()).send().await.unwrap().images().iter().map(|i| i.image_id().unwrap().to_string()).collect();
-    let snaps = ec2.describe_snapshots().owner_ids("self").filters(f()).send().await.unwrap().snapshots().iter().map(|s| s.snapshot_id().unwrap().to_string()).collect();
+    let vols = ec2
+        .describe_volumes()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .volumes()
+        .iter()
+        .map(|v| v.volume_id().unwrap().to_string())
+        .collect();
+    let imgs = ec2
+        .describe_images()
+        .owners("self")
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .map(|i| i.image_id().unwrap().to_string())
+        .collect();
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .iter()
+        .map(|s| s.snapshot_id().unwrap().to_string())
+        .collect();
     (vols, imgs, snaps)
 }
 
@@ -138,7 +200,11 @@ fn setup(test: &str) -> Option<Moto> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(moto) = setup("chroot_build::chroot_build_registers_the_provisioned_volume_and_leaves_no_volume") else { return };
+    let Some(moto) =
+        setup("chroot_build::chroot_build_registers_the_provisioned_volume_and_leaves_no_volume")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let disk = LoopDisk::new();
@@ -146,21 +212,54 @@ async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
     std::env::set_var("AMIFLOW_CHROOT_TEST_DEVICES", &disk.device);
     let execution = "chroot-e2e-ok";
     moto.start_recording().unwrap();
-    let s = state(execution, &host, &mounts, "amiflow-chroot-e2e", &["echo built-by-amiflow > /etc/amiflow-marker", "test -s /etc/resolv.conf"]);
+    let s = state(
+        execution,
+        &host,
+        &mounts,
+        "amiflow-chroot-e2e",
+        &[
+            "echo built-by-amiflow > /etc/amiflow-marker",
+            "test -s /etc/resolv.conf",
+        ],
+    );
     let (failure, done) = build(&ctx, s).await;
     moto.stop_recording().unwrap();
     assert!(failure.is_none(), "the build failed: {failure:?}");
 
-    let ami = done.data.amis.get(REGION).cloned().expect("an AMI in the state");
-    let img = ctx.ec2(REGION).describe_images().image_ids(&ami).send().await.unwrap().images()[0].clone();
+    let ami = done
+        .data
+        .amis
+        .get(REGION)
+        .cloned()
+        .expect("an AMI in the state");
+    let img = ctx
+        .ec2(REGION)
+        .describe_images()
+        .image_ids(&ami)
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .clone();
     assert_eq!(img.name(), Some("amiflow-chroot-e2e"));
     // moto does not echo EnaSupport from RegisterImage, so ena_support is not checked here.
     let root = img.root_device_name().unwrap().to_string();
-    let root_map = img.block_device_mappings().iter().find(|m| m.device_name() == Some(root.as_str())).expect("root mapping");
-    assert!(root_map.ebs().and_then(|e| e.snapshot_id()).is_some(), "the root mapping has no snapshot");
+    let root_map = img
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root.as_str()))
+        .expect("root mapping");
+    assert!(
+        root_map.ebs().and_then(|e| e.snapshot_id()).is_some(),
+        "the root mapping has no snapshot"
+    );
     // The build's own snapshot (ledger) and the image's: the same on EC2; moto's RegisterImage
     // makes an extra "Auto-created snapshot for AMI" instead of using the given one.
-    let mut artifact_snaps: Vec<String> = done.ledger.of_kind(amiflow::state::ResourceKind::Snapshot).map(|r| r.id.clone()).collect();
+    let mut artifact_snaps: Vec<String> = done
+        .ledger
+        .of_kind(amiflow::state::ResourceKind::Snapshot)
+        .map(|r| r.id.clone())
+        .collect();
     for m in img.block_device_mappings() {
         if let Some(id) = m.ebs().and_then(|e| e.snapshot_id()) {
             if !artifact_snaps.iter().any(|s| s == id) {
@@ -170,13 +269,23 @@ async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
     }
     artifact_snaps.sort();
     assert!(
-        img.tags().iter().any(|t| t.key() == Some("Name") && t.value().is_some_and(|v| v.starts_with("amiflow chroot amzn2-ami-hvm"))),
+        img.tags().iter().any(|t| t.key() == Some("Name")
+            && t.value()
+                .is_some_and(|v| v.starts_with("amiflow chroot amzn2-ami-hvm"))),
         "tags rendered with the source AMI's name: {:?}",
         img.tags()
     );
 
-    assert_eq!(disk.read_file("/etc/amiflow-marker").as_deref(), Some("built-by-amiflow\n"), "the provisioner's marker is not on the volume");
-    assert_eq!(disk.read_file("/etc/resolv.conf"), None, "copy_files not undone");
+    assert_eq!(
+        disk.read_file("/etc/amiflow-marker").as_deref(),
+        Some("built-by-amiflow\n"),
+        "the provisioner's marker is not on the volume"
+    );
+    assert_eq!(
+        disk.read_file("/etc/resolv.conf"),
+        None,
+        "copy_files not undone"
+    );
     let (vols, imgs, snaps) = tagged(&ctx, execution).await;
     assert!(vols.is_empty(), "build volumes left: {vols:?}");
     assert_eq!(imgs, vec![ami.clone()], "only the artifact image stays");
@@ -189,25 +298,43 @@ async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
     for c in &ec2 {
         *counts.entry(c.action.clone()).or_default() += 1;
     }
-    eprintln!("amiflow amazon-chroot: {} EC2 calls per build: {counts:?}", ec2.len());
+    eprintln!(
+        "amiflow amazon-chroot: {} EC2 calls per build: {counts:?}",
+        ec2.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(moto) = setup("chroot_build::chroot_build_with_a_failing_provisioner_leaves_nothing") else { return };
+    let Some(moto) = setup("chroot_build::chroot_build_with_a_failing_provisioner_leaves_nothing")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let disk = LoopDisk::new();
     std::env::set_var("AMIFLOW_CHROOT_TEST_DEVICES", &disk.device);
     let execution = "chroot-e2e-fail";
-    let s = state(execution, &host, &disk.dir.path().join("mnt"), "amiflow-chroot-fail", &["echo half > /half", "exit 3"]);
+    let s = state(
+        execution,
+        &host,
+        &disk.dir.path().join("mnt"),
+        "amiflow-chroot-fail",
+        &["echo half > /half", "exit 3"],
+    );
     let (failure, done) = build(&ctx, s).await;
     let failure = failure.expect("the build must fail");
-    assert!(failure.message().contains("FAILED at provision (exit 3)"), "{failure}");
+    assert!(
+        failure.message().contains("FAILED at provision (exit 3)"),
+        "{failure}"
+    );
     assert!(done.data.amis.is_empty());
     let (vols, imgs, snaps) = tagged(&ctx, execution).await;
-    assert!(vols.is_empty() && imgs.is_empty() && snaps.is_empty(), "left after a failure: {vols:?} {imgs:?} {snaps:?}");
+    assert!(
+        vols.is_empty() && imgs.is_empty() && snaps.is_empty(),
+        "left after a failure: {vols:?} {imgs:?} {snaps:?}"
+    );
     assert!(mounts_under(disk.dir.path()).is_empty(), "mounts left");
     assert_eq!(disk.read_file("/half").as_deref(), Some("half\n"));
 }
@@ -215,29 +342,71 @@ async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(moto) = setup("chroot_build::two_chroot_builds_on_one_host_at_once_both_succeed") else { return };
+    let Some(moto) = setup("chroot_build::two_chroot_builds_on_one_host_at_once_both_succeed")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let (a, b) = (LoopDisk::new(), LoopDisk::new());
-    std::env::set_var("AMIFLOW_CHROOT_TEST_DEVICES", format!("{} {}", a.device, b.device));
+    std::env::set_var(
+        "AMIFLOW_CHROOT_TEST_DEVICES",
+        format!("{} {}", a.device, b.device),
+    );
     let mnt = a.dir.path().join("mnt");
-    let sa = state("chroot-e2e-par-a", &host, &mnt, "amiflow-chroot-par-a", &["echo a > /who"]);
-    let sb = state("chroot-e2e-par-b", &host, &mnt, "amiflow-chroot-par-b", &["echo b > /who"]);
+    let sa = state(
+        "chroot-e2e-par-a",
+        &host,
+        &mnt,
+        "amiflow-chroot-par-a",
+        &["echo a > /who"],
+    );
+    let sb = state(
+        "chroot-e2e-par-b",
+        &host,
+        &mnt,
+        "amiflow-chroot-par-b",
+        &["echo b > /who"],
+    );
     // moto does not refuse a device name already in use (EC2 answers InvalidParameterValue and
     // AttachVolume takes the next), so A attaches first; B then chooses while A's volume is
     // attached, and both run their host scripts, snapshots and registrations at once.
-    let attached = CHAIN.iter().position(|s| *s == "WaitVolumeAttached").unwrap();
+    let attached = CHAIN
+        .iter()
+        .position(|s| *s == "WaitVolumeAttached")
+        .unwrap();
     let mut sa = sa;
     for step in &CHAIN[..attached] {
-        sa = invoke_with_retry(&ctx, step, &sa).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+        sa = invoke_with_retry(&ctx, step, &sa)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
     let ((fa, da), (fb, db)) = tokio::join!(build_from(&ctx, sa, attached), build(&ctx, sb));
-    assert!(fa.is_none() && fb.is_none(), "a parallel build failed: {fa:?} {fb:?}");
-    let dev = |s: &BuildState| s.data.extra["chroot_volume"]["device"].as_str().unwrap_or_default().to_string();
-    assert_ne!(dev(&da), dev(&db), "both builds attached under the same device name");
-    let mut who = vec![a.read_file("/who").unwrap_or_default(), b.read_file("/who").unwrap_or_default()];
+    assert!(
+        fa.is_none() && fb.is_none(),
+        "a parallel build failed: {fa:?} {fb:?}"
+    );
+    let dev = |s: &BuildState| {
+        s.data.extra["chroot_volume"]["device"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_ne!(
+        dev(&da),
+        dev(&db),
+        "both builds attached under the same device name"
+    );
+    let mut who = vec![
+        a.read_file("/who").unwrap_or_default(),
+        b.read_file("/who").unwrap_or_default(),
+    ];
     who.sort();
-    assert_eq!(who, vec!["a\n", "b\n"], "each loop device provisioned by exactly one build");
+    assert_eq!(
+        who,
+        vec!["a\n", "b\n"],
+        "each loop device provisioned by exactly one build"
+    );
     for e in ["chroot-e2e-par-a", "chroot-e2e-par-b"] {
         let (vols, imgs, _) = tagged(&ctx, e).await;
         assert!(vols.is_empty(), "{e}: volumes left: {vols:?}");
@@ -249,27 +418,61 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(moto) = setup("chroot_build::ssm_mode_sends_the_script_inline_and_waits_for_the_invocation") else { return };
+    let Some(moto) =
+        setup("chroot_build::ssm_mode_sends_the_script_inline_and_waits_for_the_invocation")
+    else {
+        return;
+    };
     std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "ssm");
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut s = state("chroot-e2e-ssm", &host, dir.path(), "amiflow-chroot-ssm", &["true"]);
+    let mut s = state(
+        "chroot-e2e-ssm",
+        &host,
+        dir.path(),
+        "amiflow-chroot-ssm",
+        &["true"],
+    );
     let upto = CHAIN.iter().position(|s| *s == "DetachVolume").unwrap();
     for step in &CHAIN[..upto] {
-        s = invoke_with_retry(&ctx, step, &s).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+        s = invoke_with_retry(&ctx, step, &s)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
     std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
     let cmd = &s.data.extra["chroot_command"];
     assert_eq!(cmd["via"], "ssm", "{cmd}");
     assert_eq!(cmd["instance_id"], host.as_str());
     let id = cmd["command_id"].as_str().unwrap();
-    let sent = ctx.ssm(REGION).list_commands().command_id(id).send().await.unwrap();
+    let sent = ctx
+        .ssm(REGION)
+        .list_commands()
+        .command_id(id)
+        .send()
+        .await
+        .unwrap();
     let params = sent.commands()[0].parameters().cloned().unwrap_or_default();
-    let inline = params.get("commands").and_then(|c| c.first()).cloned().unwrap_or_default();
-    assert!(inline.contains("amiflow chroot host script") && inline.contains("--job-base64"), "the command does not carry the host script");
-    let cleaned = invoke_with_retry(&ctx, "Cleanup", &s).await.expect("Cleanup");
-    assert!(cleaned.ledger.of_kind(amiflow::state::ResourceKind::Volume).next().is_none());
+    let inline = params
+        .get("commands")
+        .and_then(|c| c.first())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        inline.contains("amiflow chroot host script") && inline.contains("--job-base64"),
+        "the command does not carry the host script"
+    );
+    let cleaned = invoke_with_retry(&ctx, "Cleanup", &s)
+        .await
+        .expect("Cleanup");
+    assert!(cleaned
+        .ledger
+        .of_kind(amiflow::state::ResourceKind::Volume)
+        .next()
+        .is_none());
     let (vols, _, _) = tagged(&ctx, "chroot-e2e-ssm").await;
-    assert!(vols.is_empty(), "volume left after Cleanup detached it: {vols:?}");
+    assert!(
+        vols.is_empty(),
+        "volume left after Cleanup detached it: {vols:?}"
+    );
 }

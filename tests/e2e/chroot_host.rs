@@ -15,7 +15,11 @@ pub fn host_script() -> PathBuf {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -35,8 +39,15 @@ pub fn loop_devices_usable(test: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -52,15 +63,33 @@ pub struct LoopDisk {
 
 impl LoopDisk {
     pub fn new() -> LoopDisk {
-        let dir = tempfile::Builder::new().prefix("amiflow-chroot-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("amiflow-chroot-")
+            .tempdir()
+            .expect("tempdir");
         let image = dir.path().join("disk.img");
-        std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("create image");
-        let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&image).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("sfdisk (Debian fdisk)");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("create image");
+        let mut sfdisk = Command::new("sfdisk")
+            .args(["-q"])
+            .arg(&image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sfdisk (Debian fdisk)");
         sfdisk.stdin.take().unwrap().write_all(b",,L\n").unwrap();
         assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
-        let out = run(Command::new("losetup").args(["-f", "--show", "-P"]).arg(&image));
+        let out = run(Command::new("losetup")
+            .args(["-f", "--show", "-P"])
+            .arg(&image));
         let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let disk = LoopDisk { dir, image, device, attached: true };
+        let disk = LoopDisk {
+            dir,
+            image,
+            device,
+            attached: true,
+        };
         let part = disk.partition();
         if !Path::new(&part).exists() {
             let _ = Command::new("partx").args(["-a", &disk.device]).output();
@@ -76,11 +105,18 @@ impl LoopDisk {
             std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
             Ok(())
         })();
-        let install = Command::new("chroot").arg(&root).args(["/bin/busybox", "--install", "-s", "/bin"]).output();
+        let install = Command::new("chroot")
+            .arg(&root)
+            .args(["/bin/busybox", "--install", "-s", "/bin"])
+            .output();
         run(Command::new("umount").arg(&root));
         populate.expect("populate the image");
         let install = install.expect("chroot busybox --install");
-        assert!(install.status.success(), "busybox --install: {}", String::from_utf8_lossy(&install.stderr));
+        assert!(
+            install.status.success(),
+            "busybox --install: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
         disk
     }
 
@@ -90,14 +126,19 @@ impl LoopDisk {
 
     /// A file of the image's filesystem, read without mounting it (debugfs).
     pub fn read_file(&self, path: &str) -> Option<String> {
-        let out = Command::new("debugfs").args(["-R", &format!("cat {path}"), &self.partition()]).output().expect("debugfs (e2fsprogs)");
-        let stat = Command::new("debugfs").args(["-R", &format!("stat {path}"), &self.partition()]).output().unwrap();
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("cat {path}"), &self.partition()])
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        let stat = Command::new("debugfs")
+            .args(["-R", &format!("stat {path}"), &self.partition()])
+            .output()
+            .unwrap();
         if String::from_utf8_lossy(&stat.stderr).contains("File not found") {
             return None;
         }
         Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-
 }
 
 impl Drop for LoopDisk {
@@ -141,24 +182,48 @@ pub struct ScriptRun {
 /// Runs the host script with `job` (env-style lines) on stdin.
 pub fn run_script(job: &str, env: &[(&str, &str)]) -> ScriptRun {
     let mut cmd = Command::new("bash");
-    cmd.arg(host_script()).arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(host_script())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // chroot_build sets a device pool for the whole process; these runs name their own.
     cmd.env_remove("AMIFLOW_CHROOT_TEST_DEVICES");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("run chroot-host.sh");
-    child.stdin.take().unwrap().write_all(job.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ScriptRun { code: out.status.code().unwrap_or(-1), output }
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ScriptRun {
+        code: out.status.code().unwrap_or(-1),
+        output,
+    }
 }
 
 fn assert_clean(mut disk: LoopDisk) {
     let left = mounts_under(disk.dir.path());
     assert!(left.is_empty(), "mounts left behind: {left:?}");
-    let out = Command::new("losetup").args(["-d", &disk.device]).output().expect("losetup -d");
-    assert!(out.status.success(), "losetup -d {}: {}", disk.device, String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("losetup")
+        .args(["-d", &disk.device])
+        .output()
+        .expect("losetup -d");
+    assert!(
+        out.status.success(),
+        "losetup -d {}: {}",
+        disk.device,
+        String::from_utf8_lossy(&out.stderr)
+    );
     disk.attached = false;
     // The kernel detaches once the last opener (a concurrent blkid, partx, debugfs) closes.
     let mut loops = loop_devices_of(&disk.image);
@@ -197,27 +262,74 @@ fn default_mounts_copy_files_wrapper_and_marker() {
     );
     let run = run_script(&job, &[]);
     assert_eq!(run.code, 0, "script failed:\n{}", run.output);
-    for marker in ["lock: released", "chroot-mounts: binfmt_misc", "copy-files: /etc/resolv.conf", "provision[1]", "done"] {
-        assert!(run.output.contains(&format!("amiflow-chroot: {marker}")), "no '{marker}' in:\n{}", run.output);
+    for marker in [
+        "lock: released",
+        "chroot-mounts: binfmt_misc",
+        "copy-files: /etc/resolv.conf",
+        "provision[1]",
+        "done",
+    ] {
+        assert!(
+            run.output.contains(&format!("amiflow-chroot: {marker}")),
+            "no '{marker}' in:\n{}",
+            run.output
+        );
     }
-    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), disk.device, "{{{{.Device}}}} in pre_mount_commands");
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        disk.device,
+        "{{{{.Device}}}} in pre_mount_commands"
+    );
     assert_eq!(disk.read_file("/marker").as_deref(), Some("built\n"));
-    assert!(disk.read_file("/post-mount").is_some(), "post_mount_commands did not run with {{{{.MountPath}}}}");
-    assert_eq!(disk.read_file("/wrapped").as_deref(), Some("yes\n"), "command_wrapper not applied");
+    assert!(
+        disk.read_file("/post-mount").is_some(),
+        "post_mount_commands did not run with {{{{.MountPath}}}}"
+    );
+    assert_eq!(
+        disk.read_file("/wrapped").as_deref(),
+        Some("yes\n"),
+        "command_wrapper not applied"
+    );
     assert_eq!(disk.read_file("/quoted").as_deref(), Some("its quoted\n"));
     let mounts = disk.read_file("/mounts-seen").unwrap();
-    let points: Vec<(&str, &str)> = mounts.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 2).then(|| (f[1], f[2]))
-    }).collect();
-    for (point, fstype) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev/pts", "devpts"), ("/proc/sys/fs/binfmt_misc", "binfmt_misc")] {
-        assert!(points.contains(&(point, fstype)), "{point} ({fstype}) not mounted in the chroot: {points:?}");
+    let points: Vec<(&str, &str)> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2).then(|| (f[1], f[2]))
+        })
+        .collect();
+    for (point, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev/pts", "devpts"),
+        ("/proc/sys/fs/binfmt_misc", "binfmt_misc"),
+    ] {
+        assert!(
+            points.contains(&(point, fstype)),
+            "{point} ({fstype}) not mounted in the chroot: {points:?}"
+        );
     }
-    assert!(points.iter().any(|(p, _)| *p == "/dev"), "/dev not bound in the chroot: {points:?}");
+    assert!(
+        points.iter().any(|(p, _)| *p == "/dev"),
+        "/dev not bound in the chroot: {points:?}"
+    );
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    assert_eq!(disk.read_file("/resolv-seen").unwrap(), resolv, "copy_files did not copy /etc/resolv.conf");
-    assert_eq!(disk.read_file("/etc/resolv.conf"), None, "copied /etc/resolv.conf not removed afterwards");
-    assert!(mount_path.parent().unwrap().join(format!("root-{}", disk.device.trim_start_matches("/dev/"))).is_dir());
+    assert_eq!(
+        disk.read_file("/resolv-seen").unwrap(),
+        resolv,
+        "copy_files did not copy /etc/resolv.conf"
+    );
+    assert_eq!(
+        disk.read_file("/etc/resolv.conf"),
+        None,
+        "copied /etc/resolv.conf not removed afterwards"
+    );
+    assert!(mount_path
+        .parent()
+        .unwrap()
+        .join(format!("root-{}", disk.device.trim_start_matches("/dev/")))
+        .is_dir());
     assert_clean(disk);
 }
 
@@ -235,11 +347,23 @@ fn custom_chroot_mounts_replace_the_defaults() {
     );
     let run = run_script(&job, &[]);
     assert_eq!(run.code, 0, "script failed:\n{}", run.output);
-    assert!(!run.output.contains("copy-files:"), "an empty COPY_FILE must copy nothing:\n{}", run.output);
+    assert!(
+        !run.output.contains("copy-files:"),
+        "an empty COPY_FILE must copy nothing:\n{}",
+        run.output
+    );
     let mounts = disk.read_file("/mounts-seen").unwrap();
     let points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).collect();
-    assert_eq!(points, vec!["/", "/proc", "/mnt/scratch"], "mounts seen in the chroot:\n{mounts}");
-    assert_eq!(disk.read_file("/mnt/scratch/gone"), None, "the tmpfs was not a mount");
+    assert_eq!(
+        points,
+        vec!["/", "/proc", "/mnt/scratch"],
+        "mounts seen in the chroot:\n{mounts}"
+    );
+    assert_eq!(
+        disk.read_file("/mnt/scratch/gone"),
+        None,
+        "the tmpfs was not a mount"
+    );
     assert_clean(disk);
 }
 
@@ -255,18 +379,40 @@ fn failing_provisioner_stops_and_still_cleans_up() {
         disk.dir.path().join("root").display()
     );
     let run = run_script(&job, &[]);
-    assert_eq!(run.code, 7, "the provisioner's exit status must be the script's:\n{}", run.output);
-    assert!(run.output.contains("amiflow-chroot: FAILED at provision (exit 7)"), "{}", run.output);
-    assert!(run.output.contains("amiflow-chroot: cleanup: unmounting"), "{}", run.output);
+    assert_eq!(
+        run.code, 7,
+        "the provisioner's exit status must be the script's:\n{}",
+        run.output
+    );
+    assert!(
+        run.output
+            .contains("amiflow-chroot: FAILED at provision (exit 7)"),
+        "{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("amiflow-chroot: cleanup: unmounting"),
+        "{}",
+        run.output
+    );
     assert_eq!(disk.read_file("/before").as_deref(), Some("before\n"));
-    assert_eq!(disk.read_file("/after"), None, "a command after the failing one ran");
-    assert_eq!(disk.read_file("/etc/resolv.conf"), None, "copied file not removed after a failure");
+    assert_eq!(
+        disk.read_file("/after"),
+        None,
+        "a command after the failing one ran"
+    );
+    assert_eq!(
+        disk.read_file("/etc/resolv.conf"),
+        None,
+        "copied file not removed after a failure"
+    );
     assert_clean(disk);
 }
 
 #[test]
 fn missing_device_fails_in_find_device_with_nothing_mounted() {
-    if !loop_devices_usable("chroot_host::missing_device_fails_in_find_device_with_nothing_mounted") {
+    if !loop_devices_usable("chroot_host::missing_device_fails_in_find_device_with_nothing_mounted")
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -277,7 +423,12 @@ fn missing_device_fails_in_find_device_with_nothing_mounted() {
     );
     let run = run_script(&job, &[]);
     assert_eq!(run.code, 1, "{}", run.output);
-    assert!(run.output.contains("FAILED at find-device") && run.output.contains("vol-0000000000000dead"), "{}", run.output);
+    assert!(
+        run.output.contains("FAILED at find-device")
+            && run.output.contains("vol-0000000000000dead"),
+        "{}",
+        run.output
+    );
     assert!(mounts_under(dir.path()).is_empty());
 }
 
@@ -295,22 +446,34 @@ fn two_runs_at_once_take_different_devices() {
         shared.path().join("lock").display()
     );
     let runs: Vec<ScriptRun> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| run_script(&job, &[("AMIFLOW_CHROOT_TEST_DEVICES", &pool)]))).collect();
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| run_script(&job, &[("AMIFLOW_CHROOT_TEST_DEVICES", &pool)])))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for run in &runs {
         assert_eq!(run.code, 0, "a parallel run failed:\n{}", run.output);
     }
-    assert!(a.read_file("/marker").is_some() && b.read_file("/marker").is_some(), "both devices must be provisioned once:\n{}\n{}", runs[0].output, runs[1].output);
+    assert!(
+        a.read_file("/marker").is_some() && b.read_file("/marker").is_some(),
+        "both devices must be provisioned once:\n{}\n{}",
+        runs[0].output,
+        runs[1].output
+    );
     assert!(mounts_under(shared.path()).is_empty());
     assert_clean(a);
     assert_clean(b);
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
-    let out = Command::new("base64").arg("-w0").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().map(|mut c| {
-        c.stdin.take().unwrap().write_all(bytes).unwrap();
-        c.wait_with_output().unwrap()
-    });
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes).unwrap();
+            c.wait_with_output().unwrap()
+        });
     String::from_utf8(out.expect("base64").stdout).unwrap()
 }

@@ -16,22 +16,43 @@ const AMI: &str = "ami-0f8848d57eb4fe2d2";
 
 fn tags(kind: ResourceType, build: Option<&str>) -> Vec<TagSpecification> {
     build
-        .map(|b| vec![TagSpecification::builder().resource_type(kind).tags(Tag::builder().key(BUILD_TAG).value(b).build()).build()])
+        .map(|b| {
+            vec![TagSpecification::builder()
+                .resource_type(kind)
+                .tags(Tag::builder().key(BUILD_TAG).value(b).build())
+                .build()]
+        })
         .unwrap_or_default()
 }
 
 /// Every live resource of each kind in a region, as "kind id" strings.
 async fn inventory(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
     let mut out = Vec::new();
-    for r in ec2.describe_instances().send().await.unwrap().reservations() {
+    for r in ec2
+        .describe_instances()
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+    {
         for i in r.instances() {
-            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+            let state = i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default();
             if state != "terminated" && state != "shutting-down" {
                 out.push(format!("instance {}", i.instance_id().unwrap()));
             }
         }
     }
-    for g in ec2.describe_security_groups().send().await.unwrap().security_groups() {
+    for g in ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+    {
         out.push(format!("sg {}", g.group_id().unwrap()));
     }
     for k in ec2.describe_key_pairs().send().await.unwrap().key_pairs() {
@@ -40,17 +61,35 @@ async fn inventory(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
     for v in ec2.describe_volumes().send().await.unwrap().volumes() {
         out.push(format!("volume {}", v.volume_id().unwrap()));
     }
-    for i in ec2.describe_images().owners("self").send().await.unwrap().images() {
+    for i in ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()
+    {
         out.push(format!("image {}", i.image_id().unwrap()));
     }
-    for s in ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots() {
+    for s in ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+    {
         out.push(format!("snapshot {}", s.snapshot_id().unwrap()));
     }
     out
 }
 
 /// One of each resource a build makes, tagged for `build` (or untagged): (kind id) list.
-async fn make_build_resources(ec2: &aws_sdk_ec2::Client, build: Option<&str>, label: &str) -> Vec<String> {
+async fn make_build_resources(
+    ec2: &aws_sdk_ec2::Client,
+    build: Option<&str>,
+    label: &str,
+) -> Vec<String> {
     let mut made = Vec::new();
     let sg = ec2
         .create_security_group()
@@ -90,10 +129,21 @@ async fn make_build_resources(ec2: &aws_sdk_ec2::Client, build: Option<&str>, la
         .await
         .unwrap();
     made.push(format!("volume {}", volume.volume_id().unwrap()));
-    let image = ec2.create_image().instance_id(&instance).name(format!("amiflow-{label}")).send().await.unwrap();
+    let image = ec2
+        .create_image()
+        .instance_id(&instance)
+        .name(format!("amiflow-{label}"))
+        .send()
+        .await
+        .unwrap();
     let image_id = image.image_id().unwrap().to_string();
     made.push(format!("image {image_id}"));
-    let described = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
+    let described = ec2
+        .describe_images()
+        .image_ids(&image_id)
+        .send()
+        .await
+        .unwrap();
     let snapshots: Vec<String> = described.images()[0]
         .block_device_mappings()
         .iter()
@@ -103,7 +153,12 @@ async fn make_build_resources(ec2: &aws_sdk_ec2::Client, build: Option<&str>, la
     if let Some(b) = build {
         let mut ids = vec![image_id.clone()];
         ids.extend(snapshots);
-        ec2.create_tags().set_resources(Some(ids)).tags(Tag::builder().key(BUILD_TAG).value(b).build()).send().await.unwrap();
+        ec2.create_tags()
+            .set_resources(Some(ids))
+            .tags(Tag::builder().key(BUILD_TAG).value(b).build())
+            .send()
+            .await
+            .unwrap();
     }
     made
 }
@@ -125,7 +180,11 @@ fn aborted_event(name: &str, input: serde_json::Value) -> StatusChangeEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_else() {
-    let Some(moto) = Moto::start_or_skip("janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_else") else { return };
+    let Some(moto) = Moto::start_or_skip(
+        "janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_else",
+    ) else {
+        return;
+    };
     let ctx = moto.ctx(REGION).await;
     let ec2 = ctx.ec2(REGION);
     let copy_ec2 = ctx.ec2(COPY_REGION);
@@ -143,7 +202,11 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         .await
         .unwrap();
     let copied = format!("volume {}", copied.volume_id().unwrap());
-    let copy_baseline: Vec<String> = inventory(&copy_ec2).await.into_iter().filter(|r| *r != copied).collect();
+    let copy_baseline: Vec<String> = inventory(&copy_ec2)
+        .await
+        .into_iter()
+        .filter(|r| *r != copied)
+        .collect();
 
     let input = json!({
         "template": {
@@ -152,29 +215,52 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         },
         "vars": {}
     });
-    let report = sweep(&ctx, aborted_event("aborted-1", input), Duration::from_millis(100), Duration::from_secs(60))
-        .await
-        .expect("the janitor sweeps");
+    let report = sweep(
+        &ctx,
+        aborted_event("aborted-1", input),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the janitor sweeps");
     assert!(report.swept);
-    assert_eq!(report.regions, vec![COPY_REGION.to_string(), REGION.to_string()]);
-    println!("janitor removed {} resources: {:?}", report.removed.len(), report.removed);
+    assert_eq!(
+        report.regions,
+        vec![COPY_REGION.to_string(), REGION.to_string()]
+    );
+    println!(
+        "janitor removed {} resources: {:?}",
+        report.removed.len(),
+        report.removed
+    );
 
     let left = inventory(&ec2).await;
     for r in &doomed {
         assert!(!left.contains(r), "{r} of the aborted build is still there");
     }
     for r in other.iter().chain(&untagged).chain(&baseline) {
-        assert!(left.contains(r), "{r} (not the aborted build's) was removed");
+        assert!(
+            left.contains(r),
+            "{r} (not the aborted build's) was removed"
+        );
     }
     let copy_left = inventory(&copy_ec2).await;
-    assert!(!copy_left.contains(&copied), "{copied} in {COPY_REGION} is still there");
+    assert!(
+        !copy_left.contains(&copied),
+        "{copied} in {COPY_REGION} is still there"
+    );
     for r in &copy_baseline {
         assert!(copy_left.contains(r), "{r} in {COPY_REGION} was removed");
     }
     // Still tagged and alive elsewhere: nothing.
     let tagged_left = ec2
         .describe_volumes()
-        .filters(Filter::builder().name(format!("tag:{BUILD_TAG}")).values("aborted-1").build())
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{BUILD_TAG}"))
+                .values("aborted-1")
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -183,16 +269,31 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_ignores_statuses_that_need_no_sweep() {
-    let Some(moto) = Moto::start_or_skip("janitor_ignores_statuses_that_need_no_sweep") else { return };
+    let Some(moto) = Moto::start_or_skip("janitor_ignores_statuses_that_need_no_sweep") else {
+        return;
+    };
     let ctx = moto.ctx(REGION).await;
     let ec2 = ctx.ec2(REGION);
     let made = make_build_resources(&ec2, Some("succeeded-3"), "succeeded").await;
-    let mut event = aborted_event("succeeded-3", json!({ "template": { "builders": [{ "type": "amazon-ebs", "region": REGION }] } }));
+    let mut event = aborted_event(
+        "succeeded-3",
+        json!({ "template": { "builders": [{ "type": "amazon-ebs", "region": REGION }] } }),
+    );
     event.detail.status = "SUCCEEDED".into();
-    let report = sweep(&ctx, event, Duration::from_millis(100), Duration::from_secs(10)).await.unwrap();
+    let report = sweep(
+        &ctx,
+        event,
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert!(!report.swept);
     let left = inventory(&ec2).await;
-    assert!(made.iter().all(|r| left.contains(r)), "a succeeded build's artifacts must stay");
+    assert!(
+        made.iter().all(|r| left.contains(r)),
+        "a succeeded build's artifacts must stay"
+    );
 }
 
 async fn sfn_client(moto: &Moto) -> aws_sdk_sfn::Client {
@@ -200,7 +301,8 @@ async fn sfn_client(moto: &Moto) -> aws_sdk_sfn::Client {
 }
 
 async fn create_state_machine(sfn: &aws_sdk_sfn::Client) -> String {
-    let definition = json!({ "StartAt": "Prepare", "States": { "Prepare": { "Type": "Pass", "End": true } } });
+    let definition =
+        json!({ "StartAt": "Prepare", "States": { "Prepare": { "Type": "Pass", "End": true } } });
     sfn.create_state_machine()
         .name("amiflow")
         .definition(definition.to_string())
@@ -214,7 +316,11 @@ async fn create_state_machine(sfn: &aws_sdk_sfn::Client) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_sends_the_prepared_input_and_watch_follows_to_the_end() {
-    let Some(moto) = Moto::start_or_skip("start_sends_the_prepared_input_and_watch_follows_to_the_end") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("start_sends_the_prepared_input_and_watch_follows_to_the_end")
+    else {
+        return;
+    };
     let sfn = sfn_client(&moto).await;
     let machine = create_state_machine(&sfn).await;
     let template = json!({
@@ -225,10 +331,17 @@ async fn start_sends_the_prepared_input_and_watch_follows_to_the_end() {
     let vars = std::collections::BTreeMap::from([("region".to_string(), REGION.to_string())]);
     let input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
     let name = amiflow_cli::start::execution_name(std::path::Path::new("basic.json"));
-    let arn = amiflow_cli::start::start(&sfn, &machine, &name, &input).await.unwrap();
+    let arn = amiflow_cli::start::start(&sfn, &machine, &name, &input)
+        .await
+        .unwrap();
     assert!(arn.ends_with(&format!(":{name}")), "{arn}");
 
-    let described = sfn.describe_execution().execution_arn(&arn).send().await.unwrap();
+    let described = sfn
+        .describe_execution()
+        .execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(described.name(), Some(name.as_str()));
     let sent: serde_json::Value = serde_json::from_str(described.input().unwrap()).unwrap();
     assert_eq!(sent, input, "the execution got exactly the prepared input");
@@ -241,46 +354,112 @@ async fn start_sends_the_prepared_input_and_watch_follows_to_the_end() {
         let arn = arn.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(600)).await;
-            sfn.stop_execution().execution_arn(arn).error("Manual").cause("stopped by the e2e test").send().await.unwrap();
+            sfn.stop_execution()
+                .execution_arn(arn)
+                .error("Manual")
+                .cause("stopped by the e2e test")
+                .send()
+                .await
+                .unwrap();
         })
     };
-    let outcome = amiflow_cli::watch::follow(&sfn, &arn, Duration::from_millis(200), Some(Duration::from_secs(30))).await.unwrap();
+    let outcome = amiflow_cli::watch::follow(
+        &sfn,
+        &arn,
+        Duration::from_millis(200),
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
     stopper.await.unwrap();
     assert_eq!(outcome.status, "ABORTED");
     assert_eq!(outcome.exit_code(), 2);
-    let history = sfn.get_execution_history().execution_arn(&arn).send().await.unwrap();
-    let entered: Vec<String> = history.events().iter().filter_map(|e| e.state_entered_event_details()).map(|d| format!("→ {}", d.name())).collect();
+    let history = sfn
+        .get_execution_history()
+        .execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let entered: Vec<String> = history
+        .events()
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .map(|d| format!("→ {}", d.name()))
+        .collect();
     assert!(!entered.is_empty(), "moto returns a history with states");
     for line in &entered {
-        assert!(outcome.lines.contains(line), "watch did not show {line}: {:?}", outcome.lines);
+        assert!(
+            outcome.lines.contains(line),
+            "watch did not show {line}: {:?}",
+            outcome.lines
+        );
     }
-    assert_eq!(outcome.lines.iter().filter(|l| l.starts_with('→')).count(), entered.len(), "each event once: {:?}", outcome.lines);
+    assert_eq!(
+        outcome.lines.iter().filter(|l| l.starts_with('→')).count(),
+        entered.len(),
+        "each event once: {:?}",
+        outcome.lines
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_static_credentials_and_invalid_templates_before_calling_aws() {
-    let Some(moto) = Moto::start_or_skip("start_refuses_static_credentials_and_invalid_templates_before_calling_aws") else { return };
+    let Some(moto) = Moto::start_or_skip(
+        "start_refuses_static_credentials_and_invalid_templates_before_calling_aws",
+    ) else {
+        return;
+    };
     let sfn = sfn_client(&moto).await;
     let machine = create_state_machine(&sfn).await;
     let template = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION, "access_key": "AKIAEXAMPLE", "secret_key": "wJalr" }] });
-    let err = amiflow_cli::start::execution_input(&template, &Default::default(), "cleanup").unwrap_err().to_string();
+    let err = amiflow_cli::start::execution_input(&template, &Default::default(), "cleanup")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("history"), "{err}");
     // A template Prepare rejects is refused locally, with every problem listed.
     let incomplete = json!({ "builders": [{ "type": "amazon-ebs", "region": REGION }] });
-    let input = amiflow_cli::start::execution_input(&incomplete, &Default::default(), "cleanup").unwrap();
-    let err = amiflow_cli::start::validate_locally(&input, "e2e-invalid").await.unwrap_err().to_string();
-    assert!(err.contains("ami_name") && err.contains("source_ami"), "{err}");
-    let executions = sfn.list_executions().state_machine_arn(&machine).send().await.unwrap();
+    let input =
+        amiflow_cli::start::execution_input(&incomplete, &Default::default(), "cleanup").unwrap();
+    let err = amiflow_cli::start::validate_locally(&input, "e2e-invalid")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ami_name") && err.contains("source_ami"),
+        "{err}"
+    );
+    let executions = sfn
+        .list_executions()
+        .state_machine_arn(&machine)
+        .send()
+        .await
+        .unwrap();
     assert!(executions.executions().is_empty(), "nothing was started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_a_timeout_deadline_without_hanging() {
-    let Some(moto) = Moto::start_or_skip("watch_reports_a_timeout_deadline_without_hanging") else { return };
+    let Some(moto) = Moto::start_or_skip("watch_reports_a_timeout_deadline_without_hanging") else {
+        return;
+    };
     let sfn = sfn_client(&moto).await;
     let machine = create_state_machine(&sfn).await;
-    let arn = amiflow_cli::start::start(&sfn, &machine, "still-running", &json!({ "template": {} })).await.unwrap();
-    let outcome = amiflow_cli::watch::follow(&sfn, &arn, Duration::from_millis(100), Some(Duration::from_millis(500))).await.unwrap();
+    let arn =
+        amiflow_cli::start::start(&sfn, &machine, "still-running", &json!({ "template": {} }))
+            .await
+            .unwrap();
+    let outcome = amiflow_cli::watch::follow(
+        &sfn,
+        &arn,
+        Duration::from_millis(100),
+        Some(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.status, "RUNNING");
-    assert_eq!(outcome.exit_code(), 1, "a watch that gave up is not a success");
+    assert_eq!(
+        outcome.exit_code(),
+        1,
+        "a watch that gave up is not a success"
+    );
 }

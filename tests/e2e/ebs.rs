@@ -37,7 +37,14 @@ const CHAIN: &[&str] = &[
 ];
 
 /// Steps that create something: each must create one resource when invoked twice.
-const CREATING: &[&str] = &["KeyPair", "SecurityGroup", "IamInstanceProfile", "RunSourceInstance", "CreateImage", "CopyImage"];
+const CREATING: &[&str] = &[
+    "KeyPair",
+    "SecurityGroup",
+    "IamInstanceProfile",
+    "RunSourceInstance",
+    "CreateImage",
+    "CopyImage",
+];
 
 fn template(ami_name: &str) -> Value {
     json!({
@@ -91,7 +98,11 @@ async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildS
 }
 
 /// One state with its Retry: NotReady and Transient are retried (quickly: moto is instant).
-async fn invoke_with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildState, StepError> {
+async fn invoke_with_retry(
+    ctx: &Arc<Ctx>,
+    step: &str,
+    state: &BuildState,
+) -> Result<BuildState, StepError> {
     let mut attempts = 0;
     loop {
         match invoke(ctx, step, state).await {
@@ -107,12 +118,21 @@ async fn invoke_with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Re
 
 /// Catch → Cleanup with `$.error` set, as the state machine does.
 async fn fail_and_clean(ctx: &Arc<Ctx>, mut state: BuildState, err: &StepError) -> BuildState {
-    state.error = Some(CaughtError { error: err.name().into(), cause: err.message().into() });
-    invoke_with_retry(ctx, "Cleanup", &state).await.expect("Cleanup after a failure succeeds")
+    state.error = Some(CaughtError {
+        error: err.name().into(),
+        cause: err.message().into(),
+    });
+    invoke_with_retry(ctx, "Cleanup", &state)
+        .await
+        .expect("Cleanup after a failure succeeds")
 }
 
 /// Runs the first `upto` steps of the chain; a failure runs Cleanup like the Catch does.
-async fn run_chain(ctx: &Arc<Ctx>, mut state: BuildState, upto: usize) -> Result<BuildState, (StepError, BuildState)> {
+async fn run_chain(
+    ctx: &Arc<Ctx>,
+    mut state: BuildState,
+    upto: usize,
+) -> Result<BuildState, (StepError, BuildState)> {
     for step in &CHAIN[..upto] {
         match invoke_with_retry(ctx, step, &state).await {
             Ok(s) => state = s,
@@ -126,45 +146,125 @@ async fn run_chain(ctx: &Arc<Ctx>, mut state: BuildState, upto: usize) -> Result
 }
 
 /// Everything still in moto that carries the build tag (and is not gone): the leak list.
-pub(crate) async fn tagged_leftovers(ctx: &Ctx, execution: &str, regions: &[&str], include_artifacts: bool) -> Vec<String> {
-    let f = || aws_sdk_ec2::types::Filter::builder().name(format!("tag:{BUILD_TAG}")).values(execution).build();
+pub(crate) async fn tagged_leftovers(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[&str],
+    include_artifacts: bool,
+) -> Vec<String> {
+    let f = || {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(format!("tag:{BUILD_TAG}"))
+            .values(execution)
+            .build()
+    };
     let mut out = Vec::new();
     for region in regions {
         let ec2 = ctx.ec2(region);
         let inst = ec2.describe_instances().filters(f()).send().await.unwrap();
         for i in inst.reservations().iter().flat_map(|r| r.instances()) {
-            let st = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+            let st = i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default();
             if st != "terminated" {
-                out.push(format!("instance {} {st} ({region})", i.instance_id().unwrap()));
+                out.push(format!(
+                    "instance {} {st} ({region})",
+                    i.instance_id().unwrap()
+                ));
             }
         }
-        for k in ec2.describe_key_pairs().filters(f()).send().await.unwrap().key_pairs() {
+        for k in ec2
+            .describe_key_pairs()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .key_pairs()
+        {
             out.push(format!("key pair {} ({region})", k.key_name().unwrap()));
         }
-        for g in ec2.describe_security_groups().filters(f()).send().await.unwrap().security_groups() {
-            out.push(format!("security group {} ({region})", g.group_id().unwrap()));
+        for g in ec2
+            .describe_security_groups()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+        {
+            out.push(format!(
+                "security group {} ({region})",
+                g.group_id().unwrap()
+            ));
         }
-        for v in ec2.describe_volumes().filters(f()).send().await.unwrap().volumes() {
-            out.push(format!("volume {} {:?} ({region})", v.volume_id().unwrap(), v.state()));
+        for v in ec2
+            .describe_volumes()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .volumes()
+        {
+            out.push(format!(
+                "volume {} {:?} ({region})",
+                v.volume_id().unwrap(),
+                v.state()
+            ));
         }
         if include_artifacts {
-            for i in ec2.describe_images().owners("self").filters(f()).send().await.unwrap().images() {
+            for i in ec2
+                .describe_images()
+                .owners("self")
+                .filters(f())
+                .send()
+                .await
+                .unwrap()
+                .images()
+            {
                 out.push(format!("image {} ({region})", i.image_id().unwrap()));
             }
-            for s in ec2.describe_snapshots().owner_ids("self").filters(f()).send().await.unwrap().snapshots() {
+            for s in ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(f())
+                .send()
+                .await
+                .unwrap()
+                .snapshots()
+            {
                 out.push(format!("snapshot {} ({region})", s.snapshot_id().unwrap()));
             }
         }
-        let params = ctx.ssm(region).get_parameters_by_path().path(format!("/amiflow/{execution}/")).recursive(true).send().await.unwrap();
+        let params = ctx
+            .ssm(region)
+            .get_parameters_by_path()
+            .path(format!("/amiflow/{execution}/"))
+            .recursive(true)
+            .send()
+            .await
+            .unwrap();
         for p in params.parameters() {
             out.push(format!("parameter {} ({region})", p.name().unwrap()));
         }
     }
-    let profiles = ctx.iam().list_instance_profiles().path_prefix("/amiflow/").send().await.unwrap();
+    let profiles = ctx
+        .iam()
+        .list_instance_profiles()
+        .path_prefix("/amiflow/")
+        .send()
+        .await
+        .unwrap();
     for p in profiles.instance_profiles() {
         out.push(format!("instance profile {}", p.instance_profile_name()));
     }
-    let roles = ctx.iam().list_roles().path_prefix("/amiflow/").send().await.unwrap();
+    let roles = ctx
+        .iam()
+        .list_roles()
+        .path_prefix("/amiflow/")
+        .send()
+        .await
+        .unwrap();
     for r in roles.roles() {
         out.push(format!("role {}", r.role_name()));
     }
@@ -173,22 +273,41 @@ pub(crate) async fn tagged_leftovers(ctx: &Ctx, execution: &str, regions: &[&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebs_build_with_most_options_leaves_only_the_amis() {
-    let Some(moto) = Moto::start_or_skip("ebs_build_with_most_options_leaves_only_the_amis") else { return };
+    let Some(moto) = Moto::start_or_skip("ebs_build_with_most_options_leaves_only_the_amis") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebs-full";
     moto.start_recording().unwrap();
-    let built = run_chain(&ctx, state(execution, template("amiflow-e2e-full")), CHAIN.len()).await.map_err(|(e, _)| e).expect("the build succeeds");
-    let built = invoke_with_retry(&ctx, "Cleanup", &built).await.expect("Cleanup succeeds");
+    let built = run_chain(
+        &ctx,
+        state(execution, template("amiflow-e2e-full")),
+        CHAIN.len(),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("the build succeeds");
+    let built = invoke_with_retry(&ctx, "Cleanup", &built)
+        .await
+        .expect("Cleanup succeeds");
     moto.stop_recording().unwrap();
     let calls = moto.ec2_calls().unwrap();
     let mut by_action = std::collections::BTreeMap::<String, usize>::new();
     for c in &calls {
         *by_action.entry(c.action.clone()).or_default() += 1;
     }
-    println!("EC2 calls per build (amazon-ebs, most options, 2 regions, incl. Cleanup): {}", calls.len());
+    println!(
+        "EC2 calls per build (amazon-ebs, most options, 2 regions, incl. Cleanup): {}",
+        calls.len()
+    );
     println!("  by action: {by_action:?}");
     let all = moto.recorded_calls().unwrap();
-    println!("  all services: {} calls ({} ssm, {} iam)", all.len(), all.iter().filter(|c| c.service == "ssm").count(), all.iter().filter(|c| c.service == "iam").count());
+    println!(
+        "  all services: {} calls ({} ssm, {} iam)",
+        all.len(),
+        all.iter().filter(|c| c.service == "ssm").count(),
+        all.iter().filter(|c| c.service == "iam").count()
+    );
 
     // The AMI in each region, and nothing else.
     assert_eq!(built.data.amis.len(), 2, "amis: {:?}", built.data.amis);
@@ -197,61 +316,162 @@ async fn ebs_build_with_most_options_leaves_only_the_amis() {
     assert!(source_name.starts_with("amzn2-ami-hvm-"), "{source_name}");
     for region in [REGION, COPY_REGION] {
         let ec2 = ctx.ec2(region);
-        let ami = built.data.amis.get(region).unwrap_or_else(|| panic!("no AMI in {region}"));
-        let imgs = ec2.describe_images().owners("self").filters(amiflow::aws::filter("name", ["amiflow-e2e-full"])).send().await.unwrap();
-        assert_eq!(imgs.images().len(), 1, "one image named amiflow-e2e-full in {region}");
+        let ami = built
+            .data
+            .amis
+            .get(region)
+            .unwrap_or_else(|| panic!("no AMI in {region}"));
+        let imgs = ec2
+            .describe_images()
+            .owners("self")
+            .filters(amiflow::aws::filter("name", ["amiflow-e2e-full"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            imgs.images().len(),
+            1,
+            "one image named amiflow-e2e-full in {region}"
+        );
         let img = &imgs.images()[0];
         assert_eq!(img.image_id(), Some(ami.as_str()));
         assert_eq!(img.state().map(|s| s.as_str()), Some("available"));
-        let tag = |k: &str| img.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(String::from);
+        let tag = |k: &str| {
+            img.tags()
+                .iter()
+                .find(|t| t.key() == Some(k))
+                .and_then(|t| t.value())
+                .map(String::from)
+        };
         assert_eq!(tag("Name"), Some(format!("amiflow {source_name}")));
-        assert_eq!(tag("Region").as_deref(), Some(region), "BuildRegion rendered per region");
+        assert_eq!(
+            tag("Region").as_deref(),
+            Some(region),
+            "BuildRegion rendered per region"
+        );
         assert_eq!(tag("Base"), Some(source_id.clone()));
         assert_eq!(tag(BUILD_TAG).as_deref(), Some(execution));
 
-        let perms = ec2.describe_image_attribute().image_id(ami).attribute("launchPermission".into()).send().await.unwrap();
+        let perms = ec2
+            .describe_image_attribute()
+            .image_id(ami)
+            .attribute("launchPermission".into())
+            .send()
+            .await
+            .unwrap();
         let lp = perms.launch_permissions();
-        assert!(lp.iter().any(|p| p.user_id() == Some(SHARE_USER)), "ami_users in {region}: {lp:?}");
-        assert!(lp.iter().any(|p| p.group().map(|g| g.as_str()) == Some("all")), "ami_groups in {region}: {lp:?}");
+        assert!(
+            lp.iter().any(|p| p.user_id() == Some(SHARE_USER)),
+            "ami_users in {region}: {lp:?}"
+        );
+        assert!(
+            lp.iter()
+                .any(|p| p.group().map(|g| g.as_str()) == Some("all")),
+            "ami_groups in {region}: {lp:?}"
+        );
 
-        let snaps = built.data.snapshots.get(region).cloned().unwrap_or_default();
+        let snaps = built
+            .data
+            .snapshots
+            .get(region)
+            .cloned()
+            .unwrap_or_default();
         assert!(!snaps.is_empty(), "snapshots recorded for {region}");
         for s in &snaps {
-            let attr = ec2.describe_snapshot_attribute().snapshot_id(s).attribute("createVolumePermission".into()).send().await.unwrap();
-            assert!(attr.create_volume_permissions().iter().any(|p| p.user_id() == Some(SHARE_USER)), "snapshot_users on {s} in {region}: {attr:?}");
-            let st = ec2.describe_snapshots().snapshot_ids(s).send().await.unwrap();
-            let kind = st.snapshots()[0].tags().iter().find(|t| t.key() == Some("Kind")).and_then(|t| t.value()).map(String::from);
-            assert_eq!(kind, Some(format!("snapshot of {source_name}")), "snapshot_tags on {s}");
+            let attr = ec2
+                .describe_snapshot_attribute()
+                .snapshot_id(s)
+                .attribute("createVolumePermission".into())
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                attr.create_volume_permissions()
+                    .iter()
+                    .any(|p| p.user_id() == Some(SHARE_USER)),
+                "snapshot_users on {s} in {region}: {attr:?}"
+            );
+            let st = ec2
+                .describe_snapshots()
+                .snapshot_ids(s)
+                .send()
+                .await
+                .unwrap();
+            let kind = st.snapshots()[0]
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("Kind"))
+                .and_then(|t| t.value())
+                .map(String::from);
+            assert_eq!(
+                kind,
+                Some(format!("snapshot of {source_name}")),
+                "snapshot_tags on {s}"
+            );
         }
     }
     // Run tags rendered on the (terminated) instance; the key pair was ed25519.
-    let inst = ctx.ec2(REGION).describe_instances().filters(amiflow::aws::build_filter(execution)).send().await.unwrap();
+    let inst = ctx
+        .ec2(REGION)
+        .describe_instances()
+        .filters(amiflow::aws::build_filter(execution))
+        .send()
+        .await
+        .unwrap();
     let i = inst.reservations()[0].instances()[0].clone();
-    let purpose = i.tags().iter().find(|t| t.key() == Some("Purpose")).and_then(|t| t.value()).map(String::from);
+    let purpose = i
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("Purpose"))
+        .and_then(|t| t.value())
+        .map(String::from);
     assert_eq!(purpose, Some(format!("amiflow e2e from {source_id}")));
 
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await;
-    assert!(left.is_empty(), "left behind after a successful build: {left:#?}");
+    assert!(
+        left.is_empty(),
+        "left behind after a successful build: {left:#?}"
+    );
     // The secret never entered the state.
     let text = serde_json::to_string(&built).unwrap();
-    assert!(!text.contains("PRIVATE KEY"), "private key material in the build state");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "private key material in the build state"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_at_any_step_leaves_nothing_tagged() {
-    let Some(moto) = Moto::start_or_skip("a_failure_at_any_step_leaves_nothing_tagged") else { return };
+    let Some(moto) = Moto::start_or_skip("a_failure_at_any_step_leaves_nothing_tagged") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let mut tried = 0;
     // Fail right after each step, from the first create on (KeyPair is index 3).
     for upto in 4..=CHAIN.len() {
         moto.reset().unwrap();
         let execution = format!("e2e-ebs-fail-{upto}");
-        let st = run_chain(&ctx, state(&execution, template(&format!("amiflow-e2e-fail-{upto}"))), upto).await.map_err(|(e, _)| e).expect("the chain runs");
-        let injected = StepError::BuildFailed(format!("injected failure after {}", CHAIN[upto - 1]));
+        let st = run_chain(
+            &ctx,
+            state(&execution, template(&format!("amiflow-e2e-fail-{upto}"))),
+            upto,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the chain runs");
+        let injected =
+            StepError::BuildFailed(format!("injected failure after {}", CHAIN[upto - 1]));
         let cleaned = fail_and_clean(&ctx, st, &injected).await;
-        assert!(cleaned.data.amis.is_empty(), "a failed build reports no AMI");
+        assert!(
+            cleaned.data.amis.is_empty(),
+            "a failed build reports no AMI"
+        );
         let left = tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], true).await;
-        assert!(left.is_empty(), "left behind after a failure after {}: {left:#?}", CHAIN[upto - 1]);
+        assert!(
+            left.is_empty(),
+            "left behind after a failure after {}: {left:#?}",
+            CHAIN[upto - 1]
+        );
         tried += 1;
     }
     println!("failure points tried: {tried}, resources left: 0");
@@ -261,51 +481,135 @@ async fn a_failure_at_any_step_leaves_nothing_tagged() {
     let mut cfg = template("amiflow-e2e-bad-source");
     cfg.as_object_mut().unwrap().remove("source_ami_filter");
     cfg["source_ami"] = json!("ami-00000000000000000");
-    let err = run_chain(&ctx, state("e2e-ebs-bad", cfg), CHAIN.len()).await.err().expect("the build fails").0;
-    assert!(matches!(&err, StepError::BuildFailed(m) if m.contains("ami-00000000000000000")), "{err:?}");
-    assert!(tagged_leftovers(&ctx, "e2e-ebs-bad", &[REGION, COPY_REGION], true).await.is_empty());
+    let err = run_chain(&ctx, state("e2e-ebs-bad", cfg), CHAIN.len())
+        .await
+        .err()
+        .expect("the build fails")
+        .0;
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("ami-00000000000000000")),
+        "{err:?}"
+    );
+    assert!(
+        tagged_leftovers(&ctx, "e2e-ebs-bad", &[REGION, COPY_REGION], true)
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_creating_step_twice_creates_one_resource() {
-    let Some(moto) = Moto::start_or_skip("each_creating_step_twice_creates_one_resource") else { return };
+    let Some(moto) = Moto::start_or_skip("each_creating_step_twice_creates_one_resource") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebs-twice";
     let mut st = state(execution, template("amiflow-e2e-twice"));
     for step in CHAIN {
-        let first = invoke_with_retry(&ctx, step, &st).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+        let first = invoke_with_retry(&ctx, step, &st)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
         if CREATING.contains(step) {
-            let second = invoke_with_retry(&ctx, step, &st).await.unwrap_or_else(|e| panic!("{step} again: {e}"));
-            assert_eq!(first.ledger, second.ledger, "{step} twice recorded different resources");
-            assert_eq!(first.data, second.data, "{step} twice learnt different things");
+            let second = invoke_with_retry(&ctx, step, &st)
+                .await
+                .unwrap_or_else(|e| panic!("{step} again: {e}"));
+            assert_eq!(
+                first.ledger, second.ledger,
+                "{step} twice recorded different resources"
+            );
+            assert_eq!(
+                first.data, second.data,
+                "{step} twice learnt different things"
+            );
         }
         st = first;
     }
     let f = || amiflow::aws::build_filter(execution);
     let ec2 = ctx.ec2(REGION);
-    let n_inst = ec2.describe_instances().filters(f()).send().await.unwrap().reservations().iter().map(|r| r.instances().len()).sum::<usize>();
+    let n_inst = ec2
+        .describe_instances()
+        .filters(f())
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .map(|r| r.instances().len())
+        .sum::<usize>();
     assert_eq!(n_inst, 1, "one instance");
-    assert_eq!(ec2.describe_key_pairs().filters(f()).send().await.unwrap().key_pairs().len(), 1, "one key pair");
-    assert_eq!(ec2.describe_security_groups().filters(f()).send().await.unwrap().security_groups().len(), 1, "one security group");
-    assert_eq!(ctx.iam().list_instance_profiles().path_prefix("/amiflow/").send().await.unwrap().instance_profiles().len(), 1, "one profile");
+    assert_eq!(
+        ec2.describe_key_pairs()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .key_pairs()
+            .len(),
+        1,
+        "one key pair"
+    );
+    assert_eq!(
+        ec2.describe_security_groups()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len(),
+        1,
+        "one security group"
+    );
+    assert_eq!(
+        ctx.iam()
+            .list_instance_profiles()
+            .path_prefix("/amiflow/")
+            .send()
+            .await
+            .unwrap()
+            .instance_profiles()
+            .len(),
+        1,
+        "one profile"
+    );
     for region in [REGION, COPY_REGION] {
-        let imgs = ctx.ec2(region).describe_images().owners("self").send().await.unwrap();
+        let imgs = ctx
+            .ec2(region)
+            .describe_images()
+            .owners("self")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(imgs.images().len(), 1, "one image in {region}");
     }
     let st = invoke_with_retry(&ctx, "Cleanup", &st).await.unwrap();
-    let again = invoke_with_retry(&ctx, "Cleanup", &st).await.expect("Cleanup is idempotent");
+    let again = invoke_with_retry(&ctx, "Cleanup", &st)
+        .await
+        .expect("Cleanup is idempotent");
     assert_eq!(again.data.amis, st.data.amis);
-    assert!(tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false).await.is_empty());
+    assert!(
+        tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], false)
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_sweeps_an_aborted_execution_by_tag_alone() {
-    let Some(moto) = Moto::start_or_skip("janitor_sweeps_an_aborted_execution_by_tag_alone") else { return };
+    let Some(moto) = Moto::start_or_skip("janitor_sweeps_an_aborted_execution_by_tag_alone") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebs-aborted";
     // The execution died after copying: the state (and its ledger) is lost.
-    let _ = run_chain(&ctx, state(execution, template("amiflow-e2e-aborted")), 16).await.map_err(|(e, _)| e).unwrap();
-    assert!(!tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], true).await.is_empty());
+    let _ = run_chain(&ctx, state(execution, template("amiflow-e2e-aborted")), 16)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert!(
+        !tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], true)
+            .await
+            .is_empty()
+    );
     let regions = vec![REGION.to_string(), COPY_REGION.to_string()];
     let mut report = None;
     for _ in 0..30 {
@@ -314,7 +618,9 @@ async fn janitor_sweeps_an_aborted_execution_by_tag_alone() {
                 report = Some(r);
                 break;
             }
-            Err(StepError::NotReady(_)) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(StepError::NotReady(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
             Err(e) => panic!("janitor: {e}"),
         }
     }
@@ -326,7 +632,9 @@ async fn janitor_sweeps_an_aborted_execution_by_tag_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_abort_keeps_everything_and_says_so() {
-    let Some(moto) = Moto::start_or_skip("on_error_abort_keeps_everything_and_says_so") else { return };
+    let Some(moto) = Moto::start_or_skip("on_error_abort_keeps_everything_and_says_so") else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebs-abort";
     let mut st = state(execution, template("amiflow-e2e-abort"));
@@ -334,6 +642,18 @@ async fn on_error_abort_keeps_everything_and_says_so() {
     let st = run_chain(&ctx, st, 8).await.map_err(|(e, _)| e).unwrap();
     let kept = fail_and_clean(&ctx, st, &StepError::BuildFailed("injected".into())).await;
     let report = kept.data.extra.get("cleanup").expect("a cleanup report");
-    assert!(report["kept"].as_array().unwrap().iter().any(|k| k.as_str().unwrap().contains("Instance")), "{report}");
-    assert!(!tagged_leftovers(&ctx, execution, &[REGION], false).await.is_empty(), "abort keeps the resources");
+    assert!(
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().contains("Instance")),
+        "{report}"
+    );
+    assert!(
+        !tagged_leftovers(&ctx, execution, &[REGION], false)
+            .await
+            .is_empty(),
+        "abort keeps the resources"
+    );
 }

@@ -20,8 +20,12 @@ use std::sync::{Arc, Mutex};
 
 use amiflow::error::ErrorPayload;
 use amiflow::lambda_api;
-use amiflow_statemachine::{resource_name, Engine, Event, StateMachine, TaskError, TaskInvoker, VirtualClock};
-use amiflow_tests::lambda_harness::{als_path, path_by_iteration, workspace_binary, Als, ChildGuard, ScriptedInvoker};
+use amiflow_statemachine::{
+    resource_name, Engine, Event, StateMachine, TaskError, TaskInvoker, VirtualClock,
+};
+use amiflow_tests::lambda_harness::{
+    als_path, path_by_iteration, workspace_binary, Als, ChildGuard, ScriptedInvoker,
+};
 use amiflow_tests::Moto;
 use serde_json::{json, Value};
 
@@ -61,7 +65,11 @@ impl Record {
         path_by_iteration(&self.path)
     }
     fn retries_of(&self, state: &str) -> usize {
-        self.retries.iter().filter(|((s, _), _)| s == state).map(|(_, n)| n).sum()
+        self.retries
+            .iter()
+            .filter(|((s, _), _)| s == state)
+            .map(|(_, n)| n)
+            .sum()
     }
     fn calls_of(&self, key: &str) -> usize {
         self.calls.iter().filter(|c| *c == key).count()
@@ -91,7 +99,11 @@ fn normalise_output(v: &Value) -> Value {
     match v {
         Value::String(s) => Value::String(normalise_text(s)),
         Value::Array(a) => Value::Array(a.iter().map(normalise_output).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), normalise_output(v))).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), normalise_output(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -113,18 +125,46 @@ async fn run_als(input: &Value, script: &[&str]) -> Option<Record> {
     };
     let ctx = Arc::new(amiflow::Ctx::from_env().await);
     let invoker = Arc::new(ScriptedInvoker::new(script).with_real(&["Prepare", "Finalize"], ctx));
-    let (addr, server) = lambda_api::serve(0, invoker.clone()).await.expect("serve the invoke API");
-    let raw = als.run(&definition_path(), input, "exec-engines", &format!("http://{addr}")).await;
+    let (addr, server) = lambda_api::serve(0, invoker.clone())
+        .await
+        .expect("serve the invoke API");
+    let raw = als
+        .run(
+            &definition_path(),
+            input,
+            "exec-engines",
+            &format!("http://{addr}"),
+        )
+        .await;
     server.abort();
     let mut retries = BTreeMap::new();
     for r in raw["retries"].as_array().into_iter().flatten() {
-        *retries.entry((r["state"].as_str().unwrap_or_default().to_string(), r["index"].as_u64())).or_insert(0) += 1;
+        *retries
+            .entry((
+                r["state"].as_str().unwrap_or_default().to_string(),
+                r["index"].as_u64(),
+            ))
+            .or_insert(0) += 1;
     }
     let error = (!raw["error"].is_null()).then(|| {
-        (raw["error"]["Error"].as_str().unwrap_or_default().to_string(), normalise_text(&normalise_cause(raw["error"]["Cause"].as_str().unwrap_or_default())))
+        (
+            raw["error"]["Error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            normalise_text(&normalise_cause(
+                raw["error"]["Cause"].as_str().unwrap_or_default(),
+            )),
+        )
     });
     let calls = sorted(invoker.calls.lock().unwrap().clone());
-    Some(Record { path: als_path(&raw), retries, output: normalise_output(&raw["output"]), error, calls })
+    Some(Record {
+        path: als_path(&raw),
+        retries,
+        output: normalise_output(&raw["output"]),
+        error,
+        calls,
+    })
 }
 
 /// The scripted handlers as the local engine's Task dispatch: a failure's cause is
@@ -133,10 +173,13 @@ struct ScriptedTasks(Arc<ScriptedInvoker>);
 
 impl TaskInvoker for ScriptedTasks {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
-        self.0.call(resource_name(resource), input).await.map_err(|p| {
-            let cause = serde_json::to_string(&p).expect("an error payload serializes");
-            TaskError::new(p.error_type, cause)
-        })
+        self.0
+            .call(resource_name(resource), input)
+            .await
+            .map_err(|p| {
+                let cause = serde_json::to_string(&p).expect("an error payload serializes");
+                TaskError::new(p.error_type, cause)
+            })
     }
 }
 
@@ -148,7 +191,8 @@ fn iteration(scope: &[amiflow_statemachine::Scope]) -> Option<u64> {
 async fn run_local(input: &Value, script: &[&str]) -> Record {
     let ctx = Arc::new(amiflow::Ctx::from_env().await);
     let invoker = Arc::new(ScriptedInvoker::new(script).with_real(&["Prepare", "Finalize"], ctx));
-    let machine = StateMachine::from_json(&std::fs::read_to_string(definition_path()).unwrap()).expect("the committed definition parses");
+    let machine = StateMachine::from_json(&std::fs::read_to_string(definition_path()).unwrap())
+        .expect("the committed definition parses");
     let events: Arc<Mutex<Vec<Event>>> = Default::default();
     let sink = events.clone();
     let engine = Engine::from_arc(Arc::new(ScriptedTasks(invoker.clone())))
@@ -160,23 +204,38 @@ async fn run_local(input: &Value, script: &[&str]) -> Record {
     for e in events.lock().unwrap().iter() {
         match e {
             Event::StateEntered { name, scope, .. } => path.push((name.clone(), iteration(scope))),
-            Event::RetryScheduled { name, scope, .. } => *retries.entry((name.clone(), iteration(scope))).or_insert(0) += 1,
+            Event::RetryScheduled { name, scope, .. } => {
+                *retries.entry((name.clone(), iteration(scope))).or_insert(0) += 1
+            }
             _ => {}
         }
     }
     let (output, error) = match result {
         Ok(out) => (normalise_output(&out), None),
-        Err(e) => (Value::Null, Some((e.error, normalise_text(&normalise_cause(&e.cause))))),
+        Err(e) => (
+            Value::Null,
+            Some((e.error, normalise_text(&normalise_cause(&e.cause)))),
+        ),
     };
     let calls = sorted(invoker.calls.lock().unwrap().clone());
-    Record { path, retries, output, error, calls }
+    Record {
+        path,
+        retries,
+        output,
+        error,
+        calls,
+    }
 }
 
 /// Both engines on the same case; panics unless they agree. None when ALS is missing.
 async fn both(input: Value, script: &[&str]) -> Option<Record> {
     let als = run_als(&input, script).await?;
     let local = run_local(&input, script).await;
-    assert_eq!(local.paths(), als.paths(), "same path per iteration\nlocal: {local:#?}\nals: {als:#?}");
+    assert_eq!(
+        local.paths(),
+        als.paths(),
+        "same path per iteration\nlocal: {local:#?}\nals: {als:#?}"
+    );
     assert_eq!(local.retries, als.retries, "same retries");
     assert_eq!(local.calls, als.calls, "same handler calls");
     assert_eq!(local.error, als.error, "same error");
@@ -233,13 +292,35 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const TOP_OK: [&str; 5] = ["Prepare", "Builds", "Finalize", "AnyBuildFailed", "Succeeded"];
-const TOP_FAILED: [&str; 5] = ["Prepare", "Builds", "Finalize", "AnyBuildFailed", "BuildFailed"];
+const TOP_OK: [&str; 5] = [
+    "Prepare",
+    "Builds",
+    "Finalize",
+    "AnyBuildFailed",
+    "Succeeded",
+];
+const TOP_FAILED: [&str; 5] = [
+    "Prepare",
+    "Builds",
+    "Finalize",
+    "AnyBuildFailed",
+    "BuildFailed",
+];
 
 #[tokio::test]
 async fn image_ready_after_polls() {
-    let Some(run) = both(execution_input(&["web"]), &["WaitImageAvailable: NotReady*3, Ok"]).await else { return };
-    assert_eq!(run.paths(), vec![(None, strings(&TOP_OK)), (Some(0), full_chain())]);
+    let Some(run) = both(
+        execution_input(&["web"]),
+        &["WaitImageAvailable: NotReady*3, Ok"],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        run.paths(),
+        vec![(None, strings(&TOP_OK)), (Some(0), full_chain())]
+    );
     assert_eq!(run.retries_of("amazon-ebs.WaitImageAvailable"), 3);
     assert_eq!(run.calls_of("WaitImageAvailable@web"), 4);
     assert_eq!(run.error, None);
@@ -249,8 +330,21 @@ async fn image_ready_after_polls() {
 
 #[tokio::test]
 async fn transient_failures_are_retried() {
-    let Some(run) = both(execution_input(&["web"]), &["SourceAmiInfo: Transient*2, Ok", "CreateImage: Transient, Ok"]).await else { return };
-    assert_eq!(run.paths(), vec![(None, strings(&TOP_OK)), (Some(0), full_chain())]);
+    let Some(run) = both(
+        execution_input(&["web"]),
+        &[
+            "SourceAmiInfo: Transient*2, Ok",
+            "CreateImage: Transient, Ok",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        run.paths(),
+        vec![(None, strings(&TOP_OK)), (Some(0), full_chain())]
+    );
     assert_eq!(run.retries_of("amazon-ebs.SourceAmiInfo"), 2);
     assert_eq!(run.retries_of("amazon-ebs.CreateImage"), 1);
     assert_eq!(run.output["failed"], 0);
@@ -259,47 +353,98 @@ async fn transient_failures_are_retried() {
 #[tokio::test]
 async fn retries_exhausted_mid_chain_are_caught_cleaned_up_and_fail_the_execution() {
     // Transient: MaxAttempts 6, so the first call and six retries fail, then Catch.
-    let Some(run) = both(execution_input(&["web"]), &["CreateImage: Transient*7"]).await else { return };
-    assert_eq!(run.paths(), vec![(None, strings(&TOP_FAILED)), (Some(0), chain_until("CreateImage"))]);
+    let Some(run) = both(execution_input(&["web"]), &["CreateImage: Transient*7"]).await else {
+        return;
+    };
+    assert_eq!(
+        run.paths(),
+        vec![
+            (None, strings(&TOP_FAILED)),
+            (Some(0), chain_until("CreateImage"))
+        ]
+    );
     assert_eq!(run.calls_of("CreateImage@web"), 7);
-    assert_eq!(run.calls_of("WaitImageAvailable@web"), 0, "nothing runs after the failed step but Cleanup");
+    assert_eq!(
+        run.calls_of("WaitImageAvailable@web"),
+        0,
+        "nothing runs after the failed step but Cleanup"
+    );
     assert_eq!(run.calls_of("Cleanup@web"), 1);
     let (error, cause) = run.error.clone().expect("the execution fails");
     assert_eq!(error, "BuildFailed");
-    assert!(cause.contains(r#"build "web""#) && cause.contains("Transient: scripted Transient from CreateImage"), "{cause}");
+    assert!(
+        cause.contains(r#"build "web""#)
+            && cause.contains("Transient: scripted Transient from CreateImage"),
+        "{cause}"
+    );
 }
 
 #[tokio::test]
 async fn map_over_two_builds_where_one_fails() {
-    let Some(run) =
-        both(execution_input(&["web", "db"]), &["CreateImage@db: BuildFailed", "WaitImageAvailable@web: NotReady*2, Ok"]).await
+    let Some(run) = both(
+        execution_input(&["web", "db"]),
+        &[
+            "CreateImage@db: BuildFailed",
+            "WaitImageAvailable@web: NotReady*2, Ok",
+        ],
+    )
+    .await
     else {
         return;
     };
-    assert_eq!(run.paths(), vec![(None, strings(&TOP_FAILED)), (Some(0), full_chain()), (Some(1), chain_until("CreateImage"))]);
-    assert_eq!(run.calls_of("CreateImage@db"), 1, "BuildFailed is not retried");
+    assert_eq!(
+        run.paths(),
+        vec![
+            (None, strings(&TOP_FAILED)),
+            (Some(0), full_chain()),
+            (Some(1), chain_until("CreateImage"))
+        ]
+    );
+    assert_eq!(
+        run.calls_of("CreateImage@db"),
+        1,
+        "BuildFailed is not retried"
+    );
     assert_eq!(run.calls_of("Cleanup@db"), 1);
     assert_eq!(run.calls_of("Cleanup@web"), 1);
     let (_, cause) = run.error.clone().expect("the execution fails");
-    assert!(cause.contains(r#"build "db""#) && !cause.contains(r#"build "web""#), "only db failed: {cause}");
+    assert!(
+        cause.contains(r#"build "db""#) && !cause.contains(r#"build "web""#),
+        "only db failed: {cause}"
+    );
 }
 
 #[tokio::test]
 async fn invalid_template_fails_at_once() {
     let input = json!({"template": {"builders": [{"type": "amazon-ebs", "name": "web"}, {"type": "docker"}]}, "vars": {}});
-    let Some(run) = both(input, &[]).await else { return };
-    assert_eq!(run.paths(), vec![(None, strings(&["Prepare", "TemplateInvalid"]))]);
-    assert_eq!(run.calls, vec!["Prepare".to_string()], "no step after Prepare runs");
+    let Some(run) = both(input, &[]).await else {
+        return;
+    };
+    assert_eq!(
+        run.paths(),
+        vec![(None, strings(&["Prepare", "TemplateInvalid"]))]
+    );
+    assert_eq!(
+        run.calls,
+        vec!["Prepare".to_string()],
+        "no step after Prepare runs"
+    );
     let (error, cause) = run.error.clone().expect("the execution fails");
     assert_eq!(error, "InvalidTemplate");
-    assert!(cause.contains("web: region") && cause.contains("docker"), "every problem is listed: {cause}");
+    assert!(
+        cause.contains("web: region") && cause.contains("docker"),
+        "every problem is listed: {cause}"
+    );
 }
 
 // ------------------------------------------------ the real handlers against moto, both ways
 
 /// The demo template, with the AMI name from a variable so both runs can share one moto.
 fn real_template() -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ebs-basic.json")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ebs-basic.json"),
+    )
+    .unwrap();
     let mut t: Value = serde_json::from_str(&text).unwrap();
     t["variables"] = json!({"suffix": ""});
     t["builders"][0]["ami_name"] = json!("amiflow-parity-{{user `suffix`}}");
@@ -333,7 +478,11 @@ async fn ebs_template_through_als_and_serve_lambdas_matches_amiflow_build() {
         Ok(als) => als,
         Err(missing) => return eprintln!("SKIP ALS against moto: {missing}"),
     };
-    let Some(moto) = Moto::start_or_skip("ebs_template_through_als_and_serve_lambdas_matches_amiflow_build") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ebs_template_through_als_and_serve_lambdas_matches_amiflow_build")
+    else {
+        return;
+    };
     let region = "us-east-1";
     let dir = tempfile::tempdir().unwrap();
     let template_path = dir.path().join("ebs.json");
@@ -348,9 +497,15 @@ async fn ebs_template_through_als_and_serve_lambdas_matches_amiflow_build() {
         .stderr(std::process::Stdio::null());
     let mut server = ChildGuard(cmd.spawn().expect("spawn amiflow serve-lambdas"));
     let mut endpoint = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.take().unwrap()), &mut endpoint).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut endpoint,
+    )
+    .unwrap();
     let input = json!({"template": real_template(), "vars": {"suffix": "als"}});
-    let record = als.run(&definition_path(), &input, "parity-als", endpoint.trim()).await;
+    let record = als
+        .run(&definition_path(), &input, "parity-als", endpoint.trim())
+        .await;
     drop(server);
     assert_eq!(record["error"], Value::Null, "{record}");
     let als_output = &record["output"];
@@ -368,37 +523,81 @@ async fn ebs_template_through_als_and_serve_lambdas_matches_amiflow_build() {
         .expect("run amiflow build");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "amiflow build failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "amiflow build failed:\n{stdout}\n{stderr}"
+    );
     let json_start = stdout.find("\n{").map(|i| i + 1).unwrap_or(0);
-    let cli_output: Value = serde_json::from_str(&stdout[json_start..]).unwrap_or_else(|e| panic!("no output document ({e}):\n{stdout}"));
+    let cli_output: Value = serde_json::from_str(&stdout[json_start..])
+        .unwrap_or_else(|e| panic!("no output document ({e}):\n{stdout}"));
     let cli_execution = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("==> ").and_then(|r| r.split_once(": ")).map(|(e, _)| e.to_string()))
+        .find_map(|l| {
+            l.strip_prefix("==> ")
+                .and_then(|r| r.split_once(": "))
+                .map(|(e, _)| e.to_string())
+        })
         .expect("amiflow build names its execution");
 
     // Same states, one AMI each, same output shape.
-    let build = als_output["builds"][0]["name"].as_str().unwrap().to_string();
-    assert_eq!(cli_steps(&stderr, &build), als_steps(&record), "same states\n{stderr}");
+    let build = als_output["builds"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cli_steps(&stderr, &build),
+        als_steps(&record),
+        "same states\n{stderr}"
+    );
     let strip = |v: &Value| {
         let mut b = v["builds"][0].clone();
-        let amis = b["amis"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+        let amis = b["amis"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>());
         b["amis"] = json!(amis);
         b["artifact_id"] = Value::Null;
         // Packer's artifact string names the AMI ids: keep its shape, not the ids.
         let artifact = b["artifact"].as_str().unwrap_or_default();
-        b["artifact"] = json!(artifact.lines().map(|l| l.split_once(": ami-").map_or(l, |(region, _)| region)).collect::<Vec<_>>());
-        b["snapshots"] = json!(b["snapshots"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()));
+        b["artifact"] = json!(artifact
+            .lines()
+            .map(|l| l.split_once(": ami-").map_or(l, |(region, _)| region))
+            .collect::<Vec<_>>());
+        b["snapshots"] = json!(b["snapshots"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>()));
         b
     };
-    assert_eq!(strip(&cli_output), strip(als_output), "same result but the ids");
+    assert_eq!(
+        strip(&cli_output),
+        strip(als_output),
+        "same result but the ids"
+    );
     let ctx = moto.ctx(region).await;
-    for (output, execution) in [(als_output, "parity-als"), (&cli_output, cli_execution.as_str())] {
-        let ami = output["builds"][0]["amis"][region].as_str().unwrap_or_else(|| panic!("an AMI in {region}: {output}"));
-        let images = ctx.ec2(region).describe_images().image_ids(ami).send().await.unwrap();
+    for (output, execution) in [
+        (als_output, "parity-als"),
+        (&cli_output, cli_execution.as_str()),
+    ] {
+        let ami = output["builds"][0]["amis"][region]
+            .as_str()
+            .unwrap_or_else(|| panic!("an AMI in {region}: {output}"));
+        let images = ctx
+            .ec2(region)
+            .describe_images()
+            .image_ids(ami)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(images.images().len(), 1, "{ami} is registered");
         let left = crate::ebs::tagged_leftovers(&ctx, execution, &[region], false).await;
-        assert!(left.is_empty(), "{execution} left temporary resources: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{execution} left temporary resources: {left:?}"
+        );
     }
-    println!("ALS + serve-lambdas and amiflow build: same {} states, AMIs {} and {}", als_steps(&record).len(),
-        als_output["builds"][0]["amis"][region], cli_output["builds"][0]["amis"][region]);
+    println!(
+        "ALS + serve-lambdas and amiflow build: same {} states, AMIs {} and {}",
+        als_steps(&record).len(),
+        als_output["builds"][0]["amis"][region],
+        cli_output["builds"][0]["amis"][region]
+    );
 }

@@ -65,8 +65,18 @@ async fn ctx_via(proxy: &FaultProxy) -> Arc<Ctx> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(proxy.url())
-        .credentials_provider(aws_credential_types::Credentials::new(FAKE_ACCESS_KEY, FAKE_SECRET_KEY, None, None, "moto"))
-        .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(5)))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            FAKE_ACCESS_KEY,
+            FAKE_SECRET_KEY,
+            None,
+            None,
+            "moto",
+        ))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(5)),
+        )
         .load()
         .await;
     Arc::new(Ctx::from_sdk_config(sdk))
@@ -87,23 +97,28 @@ impl Outcome {
 }
 
 async fn build(ctx: Arc<Ctx>, execution: &str, template: String, vars: Value) -> Outcome {
-    let machine = StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
+    let machine =
+        StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
     let events: Arc<Mutex<Vec<Event>>> = Default::default();
     let sink = events.clone();
     let engine = Engine::new(LocalInvoker::new(ctx))
         .with_clock(RealClock { scale: 0.001 })
         .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     let input = json!({"template": template, "vars": vars});
-    let result = tokio::time::timeout(Duration::from_secs(120), engine.run(&machine, execution, input))
-        .await
-        .unwrap_or_else(|_| panic!("{execution}: the build did not end within 120 s"));
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        engine.run(&machine, execution, input),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{execution}: the build did not end within 120 s"));
     let events = events.lock().unwrap().clone();
     Outcome { result, events }
 }
 
 /// What a builder's run left, read from moto directly (not through the proxy): given the
 /// execution and, for a run that built, its output (whose artifacts are not leftovers).
-pub(crate) type LeftoversCheck = Box<dyn Fn(String, Option<Value>) -> BoxFuture<'static, Vec<String>>>;
+pub(crate) type LeftoversCheck =
+    Box<dyn Fn(String, Option<Value>) -> BoxFuture<'static, Vec<String>>>;
 
 /// Leftovers, read from moto directly (not through the proxy).
 async fn leftovers(moto: &Moto, execution: &str, include_artifacts: bool) -> Vec<String> {
@@ -138,8 +153,17 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
 
     moto.reset().unwrap();
     proxy.set(Faults::default());
-    let clean = build(ctx.clone(), &format!("{builder}-clean"), template(), json!({})).await;
-    let output = clean.result.as_ref().unwrap_or_else(|e| panic!("{builder}: the build succeeds without faults: {e}"));
+    let clean = build(
+        ctx.clone(),
+        &format!("{builder}-clean"),
+        template(),
+        json!({}),
+    )
+    .await;
+    let output = clean
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{builder}: the build succeeds without faults: {e}"));
     assert_eq!(output["failed"], 0, "{builder}: {output}");
     let actions: Vec<String> = proxy
         .log()
@@ -149,7 +173,10 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
         .collect();
     let total = proxy.mutating_seen();
     assert_eq!(total, actions.len());
-    assert!(total >= 5, "{builder}: a build makes several mutating calls: {actions:?}");
+    assert!(
+        total >= 5,
+        "{builder}: a build makes several mutating calls: {actions:?}"
+    );
     let left = leftovers(format!("{builder}-clean"), Some(output.clone())).await;
     assert!(left.is_empty(), "{builder}: the clean build left {left:?}");
 
@@ -165,27 +192,59 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
         // through every SDK attempt, so Cleanup's Retry is what saves the run: a permanent
         // error there would leave things for the janitor.
         let injected = if is_removal(call) {
-            Injected { code: "InternalError".into(), status: 500, times: 3 }
+            Injected {
+                code: "InternalError".into(),
+                status: 500,
+                times: 3,
+            }
         } else if service == "s3" {
-            Injected { code: "AccessDenied".into(), status: 403, times: 1 }
+            Injected {
+                code: "AccessDenied".into(),
+                status: 403,
+                times: 1,
+            }
         } else {
-            Injected { code: "UnauthorizedOperation".into(), status: 403, times: 1 }
+            Injected {
+                code: "UnauthorizedOperation".into(),
+                status: 403,
+                times: 1,
+            }
         };
-        proxy.set(Faults { fail_mutating: Some((n, injected.clone())), ..Default::default() });
+        proxy.set(Faults {
+            fail_mutating: Some((n, injected.clone())),
+            ..Default::default()
+        });
         let execution = format!("{builder}-fault-{n}");
         let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
         let log = proxy.log();
-        let hit: Vec<String> = log.iter().filter(|c| c.fate.starts_with("failed")).map(|c| c.action.clone()).collect();
-        assert!(!hit.is_empty(), "{execution}: call #{n} ({action}) was never made: the build is not deterministic");
-        let removals: Vec<(usize, String)> =
-            log.iter().filter(|c| c.nth > n && is_removal(&c.action)).map(|c| (c.nth, format!("{}:{}", c.service, c.action))).collect();
+        let hit: Vec<String> = log
+            .iter()
+            .filter(|c| c.fate.starts_with("failed"))
+            .map(|c| c.action.clone())
+            .collect();
+        assert!(
+            !hit.is_empty(),
+            "{execution}: call #{n} ({action}) was never made: the build is not deterministic"
+        );
+        let removals: Vec<(usize, String)> = log
+            .iter()
+            .filter(|c| c.nth > n && is_removal(&c.action))
+            .map(|c| (c.nth, format!("{}:{}", c.service, c.action)))
+            .collect();
         match &outcome.result {
             Ok(output) => {
                 built += 1;
                 assert_eq!(output["failed"], 0, "{execution}: {output}");
                 let left = leftovers(execution.clone(), Some(output.clone())).await;
-                assert!(left.is_empty(), "{execution} (fail {action} with {}) built but left: {left:?}", injected.code);
-                println!("  {builder} #{n:>2} {action:<36} {:<22} → built", injected.code);
+                assert!(
+                    left.is_empty(),
+                    "{execution} (fail {action} with {}) built but left: {left:?}",
+                    injected.code
+                );
+                println!(
+                    "  {builder} #{n:>2} {action:<36} {:<22} → built",
+                    injected.code
+                );
             }
             Err(e) => {
                 failed += 1;
@@ -197,8 +256,16 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
                     e.cause
                 );
                 let left = leftovers(execution.clone(), None).await;
-                assert!(left.is_empty(), "{execution} failed at {action} and left: {left:?}\ncause: {}", e.cause);
-                println!("  {builder} #{n:>2} {action:<36} {:<22} → failed: {}", injected.code, e.cause.lines().next().unwrap_or(""));
+                assert!(
+                    left.is_empty(),
+                    "{execution} failed at {action} and left: {left:?}\ncause: {}",
+                    e.cause
+                );
+                println!(
+                    "  {builder} #{n:>2} {action:<36} {:<22} → failed: {}",
+                    injected.code,
+                    e.cause.lines().next().unwrap_or("")
+                );
                 cleanups.push((n, injected.clone(), removals));
             }
         }
@@ -220,74 +287,142 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
     for (first, first_fault, k, removal) in &second_faults {
         let (first, k) = (*first, *k);
         moto.reset().unwrap();
-        let too = Injected { code: "InternalError".into(), status: 500, times: 3 };
-        proxy.set(Faults { fail_mutating: Some((first, first_fault.clone())), fail_mutating_too: Some((k, too)), ..Default::default() });
+        let too = Injected {
+            code: "InternalError".into(),
+            status: 500,
+            times: 3,
+        };
+        proxy.set(Faults {
+            fail_mutating: Some((first, first_fault.clone())),
+            fail_mutating_too: Some((k, too)),
+            ..Default::default()
+        });
         let execution = format!("{builder}-fault-{first}-{k}");
         let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
-        let hit: Vec<String> = proxy.log().into_iter().filter(|c| c.fate.starts_with("failed")).map(|c| format!("{}:{}", c.service, c.action)).collect();
-        assert!(hit.iter().any(|h| h == removal), "{execution}: Cleanup's call #{k} ({removal}) was not made again: {hit:?}");
-        let e = outcome.result.as_ref().expect_err("the first fault fails the build");
+        let hit: Vec<String> = proxy
+            .log()
+            .into_iter()
+            .filter(|c| c.fate.starts_with("failed"))
+            .map(|c| format!("{}:{}", c.service, c.action))
+            .collect();
+        assert!(
+            hit.iter().any(|h| h == removal),
+            "{execution}: Cleanup's call #{k} ({removal}) was not made again: {hit:?}"
+        );
+        let e = outcome
+            .result
+            .as_ref()
+            .expect_err("the first fault fails the build");
         assert_eq!(e.error, "BuildFailed", "{execution}: {e}");
         let left = leftovers(execution.clone(), None).await;
         assert!(left.is_empty(), "{execution}: failed at #{first}, Cleanup's {removal} failed transiently, and left: {left:?}");
         println!("  {builder} #{first:>2} then Cleanup #{k:>2} {removal:<28} InternalError ×3 → removed all");
     }
-    println!("{builder}: Cleanup removals failed in turn: {} (after a first failure)", second_faults.len());
+    println!(
+        "{builder}: Cleanup removals failed in turn: {} (after a first failure)",
+        second_faults.len()
+    );
     println!(
         "{builder}: fault proxy tried {} of {total} failure points {points:?} ({built} runs built, {failed} failed, nothing left behind)",
         points.len()
     );
-    assert!(failed > 0, "{builder}: injected permanent errors fail some builds");
+    assert!(
+        failed > 0,
+        "{builder}: injected permanent errors fail some builds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let Some(moto) = Moto::start_or_skip("each_mutating_call_failing_in_turn_leaves_nothing_behind") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("each_mutating_call_failing_in_turn_leaves_nothing_behind")
+    else {
+        return;
+    };
     let direct = Arc::new(moto.ctx(REGION).await);
     let check: LeftoversCheck = Box::new(move |execution, built| {
         let ctx = direct.clone();
-        Box::pin(async move { crate::ebs::tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none()).await })
+        Box::pin(async move {
+            crate::ebs::tagged_leftovers(&ctx, &execution, &[REGION, COPY_REGION], built.is_none())
+                .await
+        })
     });
     each_mutating_call_fails_in_turn(&moto, "amazon-ebs", template, check, usize::MAX).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_describes_are_polled_until_ready() {
-    let Some(moto) = Moto::start_or_skip("pending_describes_are_polled_until_ready") else { return };
+    let Some(moto) = Moto::start_or_skip("pending_describes_are_polled_until_ready") else {
+        return;
+    };
     let proxy = FaultProxy::start(moto.port).await;
     let ctx = ctx_via(&proxy).await;
-    proxy.set(Faults { pending_describes: 4, ..Default::default() });
+    proxy.set(Faults {
+        pending_describes: 4,
+        ..Default::default()
+    });
     let outcome = build(ctx, "fault-pending", template(), json!({"run": "pending"})).await;
-    let output = outcome.result.as_ref().expect("the build succeeds after the pending answers");
+    let output = outcome
+        .result
+        .as_ref()
+        .expect("the build succeeds after the pending answers");
     assert_eq!(output["failed"], 0);
     let rewritten = proxy.log().iter().filter(|c| c.fate == "pending").count();
-    assert_eq!(rewritten, 8, "4 DescribeInstances and 4 DescribeImages answered pending");
+    assert_eq!(
+        rewritten, 8,
+        "4 DescribeInstances and 4 DescribeImages answered pending"
+    );
     let instance_polls = outcome.retries("amazon-ebs.WaitInstanceRunning", "NotReady");
     let image_polls = outcome.retries("amazon-ebs.WaitImageAvailable", "NotReady");
     println!("pending ×4: WaitInstanceRunning polled {instance_polls} more times, WaitImageAvailable {image_polls}");
-    assert!(instance_polls >= 1 && image_polls >= 1, "the waits were retried on NotReady");
+    assert!(
+        instance_polls >= 1 && image_polls >= 1,
+        "the waits were retried on NotReady"
+    );
     assert!(leftovers(&moto, "fault-pending", false).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limit_exceeded_is_retried() {
-    let Some(moto) = Moto::start_or_skip("request_limit_exceeded_is_retried") else { return };
+    let Some(moto) = Moto::start_or_skip("request_limit_exceeded_is_retried") else {
+        return;
+    };
     let proxy = FaultProxy::start(moto.port).await;
     let ctx = ctx_via(&proxy).await;
     // Twice: within the SDK's 3 attempts. CopyImage 4 times: beyond them, so the step
     // reports Transient and the state machine retries it.
-    let throttle = [("RunInstances", 2), ("DescribeImages", 2), ("CreateImage", 2), ("CopyImage", 4)]
-        .into_iter()
-        .map(|(a, n)| (a.to_string(), n))
-        .collect();
-    proxy.set(Faults { throttle, ..Default::default() });
-    let outcome = build(ctx, "fault-throttle", template(), json!({"run": "throttle"})).await;
-    let output = outcome.result.as_ref().unwrap_or_else(|e| panic!("the build succeeds despite throttling: {e}"));
+    let throttle = [
+        ("RunInstances", 2),
+        ("DescribeImages", 2),
+        ("CreateImage", 2),
+        ("CopyImage", 4),
+    ]
+    .into_iter()
+    .map(|(a, n)| (a.to_string(), n))
+    .collect();
+    proxy.set(Faults {
+        throttle,
+        ..Default::default()
+    });
+    let outcome = build(
+        ctx,
+        "fault-throttle",
+        template(),
+        json!({"run": "throttle"}),
+    )
+    .await;
+    let output = outcome
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the build succeeds despite throttling: {e}"));
     assert_eq!(output["failed"], 0);
     let throttled = proxy.log().iter().filter(|c| c.fate == "throttled").count();
     assert_eq!(throttled, 10, "every throttled answer was sent");
     let copy_retries = outcome.retries("amazon-ebs.CopyImage", "Transient");
     println!("RequestLimitExceeded ×{throttled}: CopyImage retried {copy_retries} times by the state machine");
-    assert!(copy_retries >= 1, "CopyImage past the SDK's attempts is a Transient retry");
+    assert!(
+        copy_retries >= 1,
+        "CopyImage past the SDK's attempts is a Transient retry"
+    );
     assert!(leftovers(&moto, "fault-throttle", false).await.is_empty());
 }

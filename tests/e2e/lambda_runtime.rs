@@ -20,8 +20,11 @@ fn ebs_builder(name: &str) -> Value {
 /// error Finalize reads.
 fn build_state(name: &str, amis: Value, error: Option<Value>) -> Value {
     let template = json!({"builders": [ebs_builder(name)]}).to_string();
-    let prepared = amiflow_template::prepare(&template, &amiflow_template::PrepareOptions::new(chrono::Utc::now()))
-        .expect("the fixture template prepares");
+    let prepared = amiflow_template::prepare(
+        &template,
+        &amiflow_template::PrepareOptions::new(chrono::Utc::now()),
+    )
+    .expect("the fixture template prepares");
     let mut s = json!({
         "execution": "exec-1",
         "build": prepared.builds[0],
@@ -35,9 +38,16 @@ fn build_state(name: &str, amis: Value, error: Option<Value>) -> Value {
 
 fn json_log_lines(child: &mut std::process::Child) -> Vec<Value> {
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
         .collect()
 }
 
@@ -49,29 +59,56 @@ async fn finalize_answers_an_invoke_and_names_its_errors() {
         build_state("db", json!({}), Some(json!({"Error": "BuildFailed", "Cause": "{\"errorType\":\"BuildFailed\",\"errorMessage\":\"instance i-1 terminated\"}"}))),
     ]));
     let (mut child, started) = api.spawn_bootstrap("Finalize");
-    let RuntimeReport::Response { request_id, body, at } = api.report(WAIT).await else { panic!("expected a response") };
+    let RuntimeReport::Response {
+        request_id,
+        body,
+        at,
+    } = api.report(WAIT).await
+    else {
+        panic!("expected a response")
+    };
     let cold_start = at - started;
     assert_eq!(request_id, id);
     assert_eq!(body["failed"], 1);
-    assert_eq!(body["builds"][0]["artifact_id"], "us-east-1:ami-1,us-west-2:ami-2");
-    assert_eq!(body["builds"][1]["error"], "BuildFailed: instance i-1 terminated");
+    assert_eq!(
+        body["builds"][0]["artifact_id"],
+        "us-east-1:ami-1,us-west-2:ami-2"
+    );
+    assert_eq!(
+        body["builds"][1]["error"],
+        "BuildFailed: instance i-1 terminated"
+    );
 
     // Input that is not a list of build states: the step's own error name, not a Rust type name.
     let bad = api.invoke(json!({"not": "a build state"}));
     match api.report(WAIT).await {
-        RuntimeReport::Error { request_id, body, .. } => {
+        RuntimeReport::Error {
+            request_id, body, ..
+        } => {
             assert_eq!(request_id, bad);
             assert_eq!(body["errorType"], "BuildFailed", "{body}");
-            assert!(body["errorMessage"].as_str().unwrap().contains("build state"), "{body}");
+            assert!(
+                body["errorMessage"]
+                    .as_str()
+                    .unwrap()
+                    .contains("build state"),
+                "{body}"
+            );
         }
         other => panic!("expected an error report, got {other:?}"),
     }
-    let rss = child.peak_rss_kib().expect("VmHWM of the running bootstrap");
+    let rss = child
+        .peak_rss_kib()
+        .expect("VmHWM of the running bootstrap");
     println!("bootstrap (debug) Finalize: cold start {:.1} ms (exec → first response), peak RSS {rss} KiB", cold_start.as_secs_f64() * 1e3);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let logs = json_log_lines(&mut child.0);
-    assert!(logs.iter().any(|l| l["fields"]["error_type"] == "BuildFailed"), "the failure is logged as JSON: {logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["error_type"] == "BuildFailed"),
+        "the failure is logged as JSON: {logs:?}"
+    );
 }
 
 #[tokio::test]
@@ -90,7 +127,9 @@ async fn prepare_reports_invalid_template_with_every_problem() {
     }));
     let (mut child, _) = api.spawn_bootstrap("Prepare");
     match api.report(WAIT).await {
-        RuntimeReport::Response { request_id, body, .. } => {
+        RuntimeReport::Response {
+            request_id, body, ..
+        } => {
             assert_eq!(request_id, good);
             let builds = body["builds"].as_array().expect("builds");
             assert_eq!(builds.len(), 2);
@@ -101,12 +140,23 @@ async fn prepare_reports_invalid_template_with_every_problem() {
         other => panic!("expected a response, got {other:?}"),
     }
     match api.report(WAIT).await {
-        RuntimeReport::Error { request_id, body, error_type_header, .. } => {
+        RuntimeReport::Error {
+            request_id,
+            body,
+            error_type_header,
+            ..
+        } => {
             assert_eq!(request_id, bad);
             assert_eq!(body["errorType"], "InvalidTemplate", "{body}");
             let message = body["errorMessage"].as_str().unwrap();
-            assert!(message.contains("docker") && message.contains("googlecompute"), "every problem listed: {message}");
-            assert!(error_type_header.is_some(), "the runtime marks the error with Lambda-Runtime-Function-Error-Type");
+            assert!(
+                message.contains("docker") && message.contains("googlecompute"),
+                "every problem listed: {message}"
+            );
+            assert!(
+                error_type_header.is_some(),
+                "the runtime marks the error with Lambda-Runtime-Function-Error-Type"
+            );
         }
         other => panic!("expected an error report, got {other:?}"),
     }
@@ -130,7 +180,10 @@ async fn prepare_in_lambda_refuses_static_credentials() {
         RuntimeReport::Error { body, .. } => {
             assert_eq!(body["errorType"], "InvalidTemplate");
             let message = body["errorMessage"].as_str().unwrap();
-            assert!(message.contains("web: access_key") && message.contains("web: secret_key"), "{message}");
+            assert!(
+                message.contains("web: access_key") && message.contains("web: secret_key"),
+                "{message}"
+            );
             assert!(message.contains("history"), "says why: {message}");
         }
         other => panic!("expected an error report, got {other:?}"),
@@ -139,7 +192,10 @@ async fn prepare_in_lambda_refuses_static_credentials() {
     child.0.wait().unwrap();
     let logs = json_log_lines(&mut child.0);
     let all = serde_json::to_string(&logs).unwrap();
-    assert!(!all.contains("s3cr3t"), "the secret never reaches the logs: {all}");
+    assert!(
+        !all.contains("s3cr3t"),
+        "the secret never reaches the logs: {all}"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +206,12 @@ async fn unknown_handler_fails_init_and_lists_the_known_ones() {
         RuntimeReport::InitError { body, .. } => {
             assert_eq!(body["errorType"], "UnknownHandler");
             let message = body["errorMessage"].as_str().unwrap();
-            assert!(message.contains("CreateImagee") && message.contains("Prepare") && message.contains("Finalize"), "{message}");
+            assert!(
+                message.contains("CreateImagee")
+                    && message.contains("Prepare")
+                    && message.contains("Finalize"),
+                "{message}"
+            );
         }
         other => panic!("expected an init error, got {other:?}"),
     }
@@ -172,7 +233,14 @@ fn http_post(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>,
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
@@ -183,7 +251,8 @@ fn http_post(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>,
 #[test]
 fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
     use std::io::BufRead;
-    let mut cmd = std::process::Command::new(amiflow_tests::lambda_harness::workspace_binary("amiflow"));
+    let mut cmd =
+        std::process::Command::new(amiflow_tests::lambda_harness::workspace_binary("amiflow"));
     cmd.args(["serve-lambdas", "--port", "0"])
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -192,10 +261,18 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
         .env_remove("AWS_LAMBDA_FUNCTION_NAME")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
-    let mut server = amiflow_tests::lambda_harness::ChildGuard(cmd.spawn().expect("spawn amiflow serve-lambdas"));
+    let mut server = amiflow_tests::lambda_harness::ChildGuard(
+        cmd.spawn().expect("spawn amiflow serve-lambdas"),
+    );
     let mut first_line = String::new();
-    std::io::BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let addr = first_line.trim().strip_prefix("http://").unwrap_or_else(|| panic!("endpoint on the first line: {first_line:?}")).to_string();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let addr = first_line
+        .trim()
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("endpoint on the first line: {first_line:?}"))
+        .to_string();
 
     let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3APrepare";
     let (status, headers, body) = http_post(
@@ -204,17 +281,40 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
         r#"{"input": {"template": "{ not json"}, "execution": "e-1"}"#,
     );
     assert_eq!(status, 200, "a function error is still HTTP 200");
-    assert!(headers.contains(&("x-amz-function-error".into(), "Unhandled".into())), "{headers:?}");
+    assert!(
+        headers.contains(&("x-amz-function-error".into(), "Unhandled".into())),
+        "{headers:?}"
+    );
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["errorType"], "InvalidTemplate", "{error}");
 
-    let (status, headers, body) = http_post(&addr, "/2015-03-31/functions/FinalizeFunctionArn/invocations", "[]");
+    let (status, headers, body) = http_post(
+        &addr,
+        "/2015-03-31/functions/FinalizeFunctionArn/invocations",
+        "[]",
+    );
     assert_eq!(status, 200);
-    assert!(!headers.iter().any(|(k, _)| k == "x-amz-function-error"), "{headers:?}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"builds": [], "failed": 0}));
+    assert!(
+        !headers.iter().any(|(k, _)| k == "x-amz-function-error"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"builds": [], "failed": 0})
+    );
 
-    let (status, headers, body) = http_post(&addr, "/2015-03-31/functions/NoSuchStep/invocations", "{}");
+    let (status, headers, body) =
+        http_post(&addr, "/2015-03-31/functions/NoSuchStep/invocations", "{}");
     assert_eq!(status, 404);
-    assert!(headers.contains(&("x-amzn-errortype".into(), "ResourceNotFoundException".into())), "{headers:?}");
-    assert!(body.contains("Finalize"), "lists the known handlers: {body}");
+    assert!(
+        headers.contains(&(
+            "x-amzn-errortype".into(),
+            "ResourceNotFoundException".into()
+        )),
+        "{headers:?}"
+    );
+    assert!(
+        body.contains("Finalize"),
+        "lists the known handlers: {body}"
+    );
 }

@@ -41,7 +41,12 @@ async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildS
 }
 
 /// The state's Retry on NotReady/Transient, with `max` attempts.
-async fn with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState, max: u32) -> Result<BuildState, StepError> {
+async fn with_retry(
+    ctx: &Arc<Ctx>,
+    step: &str,
+    state: &BuildState,
+    max: u32,
+) -> Result<BuildState, StepError> {
     let mut attempts = 0;
     loop {
         match invoke(ctx, step, state).await {
@@ -56,19 +61,34 @@ async fn with_retry(ctx: &Arc<Ctx>, step: &str, state: &BuildState, max: u32) ->
 }
 
 /// Runs the chain with Catch → Cleanup; returns the final state or the error and the cleaned state.
-async fn run(ctx: &Arc<Ctx>, mut state: BuildState, connect_attempts: u32) -> Result<BuildState, (StepError, BuildState)> {
+async fn run(
+    ctx: &Arc<Ctx>,
+    mut state: BuildState,
+    connect_attempts: u32,
+) -> Result<BuildState, (StepError, BuildState)> {
     for step in CHAIN {
-        let max = if *step == "Connect" { connect_attempts } else { 30 };
+        let max = if *step == "Connect" {
+            connect_attempts
+        } else {
+            30
+        };
         match with_retry(ctx, step, &state, max).await {
             Ok(s) => state = s,
             Err(e) => {
-                state.error = Some(CaughtError { error: e.name().into(), cause: e.message().into() });
-                let cleaned = with_retry(ctx, "Cleanup", &state, 30).await.expect("Cleanup succeeds");
+                state.error = Some(CaughtError {
+                    error: e.name().into(),
+                    cause: e.message().into(),
+                });
+                let cleaned = with_retry(ctx, "Cleanup", &state, 30)
+                    .await
+                    .expect("Cleanup succeeds");
                 return Err((e, cleaned));
             }
         }
     }
-    Ok(with_retry(ctx, "Cleanup", &state, 30).await.expect("Cleanup succeeds"))
+    Ok(with_retry(ctx, "Cleanup", &state, 30)
+        .await
+        .expect("Cleanup succeeds"))
 }
 
 fn state(execution: &str, sshd: &Sshd, port: u16, provisioners: Value, extra: Value) -> BuildState {
@@ -87,7 +107,12 @@ fn state(execution: &str, sshd: &Sshd, port: u16, provisioners: Value, extra: Va
     for (k, v) in extra.as_object().unwrap() {
         raw[k] = v.clone();
     }
-    let config = amiflow_template::config::from_builder("ebs-ssh", BuilderType::Ebs, raw.as_object().unwrap()).expect("valid builder");
+    let config = amiflow_template::config::from_builder(
+        "ebs-ssh",
+        BuilderType::Ebs,
+        raw.as_object().unwrap(),
+    )
+    .expect("valid builder");
     serde_json::from_value(json!({
         "execution": execution,
         "build": {"name": "ebs-ssh", "builder_type": "amazon-ebs", "config": config, "provisioners": provisioners},
@@ -98,7 +123,11 @@ fn state(execution: &str, sshd: &Sshd, port: u16, provisioners: Value, extra: Va
 async fn import_key(ctx: &Ctx, sshd: &Sshd) {
     let public = std::fs::read(sshd.client_key.with_extension("pub")).unwrap();
     let ec2 = ctx.ec2(REGION);
-    let _ = ec2.delete_key_pair().key_name("amiflow-e2e-sshd").send().await;
+    let _ = ec2
+        .delete_key_pair()
+        .key_name("amiflow-e2e-sshd")
+        .send()
+        .await;
     ec2.import_key_pair()
         .key_name("amiflow-e2e-sshd")
         .public_key_material(aws_sdk_ec2::primitives::Blob::new(public))
@@ -108,14 +137,25 @@ async fn import_key(ctx: &Ctx, sshd: &Sshd) {
 }
 
 async fn instance_state(ctx: &Ctx, id: &str) -> String {
-    let out = ctx.ec2(REGION).describe_instances().instance_ids(id).send().await.unwrap();
+    let out = ctx
+        .ec2(REGION)
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
     let i = out.reservations()[0].instances()[0].clone();
-    i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default()
+    i.state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
 }
 
 macro_rules! stack_or_skip {
     ($name:expr) => {{
-        let Some(moto) = Moto::start_or_skip($name) else { return };
+        let Some(moto) = Moto::start_or_skip($name) else {
+            return;
+        };
         let sshd = match Sshd::start() {
             Ok(s) => s,
             Err(why) => {
@@ -133,7 +173,8 @@ async fn amazon_ebs_build_provisions_over_ssh_and_makes_the_ami() {
     // A local run's sensitive variable reaches the registered handlers through Ctx::secrets.
     let secret = "db-Pa55-e2e";
     let mut local_ctx = moto.ctx(REGION).await;
-    local_ctx.secrets = amiflow::provision::Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
+    local_ctx.secrets =
+        amiflow::provision::Secrets::from_pairs([("db_password".to_string(), secret.to_string())]);
     let ctx = Arc::new(local_ctx);
     import_key(&ctx, &sshd).await;
     let local = tempfile::tempdir().unwrap();
@@ -146,12 +187,27 @@ async fn amazon_ebs_build_provisions_over_ssh_and_makes_the_ami() {
         {"type": "file", "source": local.path().join("motd"), "destination": m("motd")}
     ]);
     let st = state("e2e-ebs-ssh-ok", &sshd, sshd.port, provisioners, json!({}));
-    let built = run(&ctx, st, 5).await.map_err(|(e, _)| e).expect("the build succeeds");
+    let built = run(&ctx, st, 5)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the build succeeds");
     let instance = built.data.instance_id.clone().unwrap();
-    assert_eq!(std::fs::read_to_string(sshd.path("instance.marker")).unwrap(), format!("{instance} from ami-0f8848d57eb4fe2d2\n"));
-    assert_eq!(std::fs::read_to_string(sshd.path("env.marker")).unwrap(), "web\n");
-    assert_eq!(std::fs::read_to_string(sshd.path("motd")).unwrap(), "built by amiflow\n");
-    assert_eq!(std::fs::read_to_string(sshd.path("secret.marker")).unwrap(), secret);
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("instance.marker")).unwrap(),
+        format!("{instance} from ami-0f8848d57eb4fe2d2\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("env.marker")).unwrap(),
+        "web\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("motd")).unwrap(),
+        "built by amiflow\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("secret.marker")).unwrap(),
+        secret
+    );
     assert!(!serde_json::to_string(&built).unwrap().contains(secret));
     assert_eq!(built.data.amis.len(), 1, "{:?}", built.data.amis);
     assert_eq!(instance_state(&ctx, &instance).await, "terminated");
@@ -163,24 +219,53 @@ async fn failing_provisioner_fails_the_build_and_cleanup_runs() {
     let ctx = Arc::new(moto.ctx(REGION).await);
     import_key(&ctx, &sshd).await;
     let provisioners = json!([{"type": "shell", "inline": ["echo broken package", "exit 42"]}]);
-    let st = state("e2e-ebs-ssh-fail", &sshd, sshd.port, provisioners, json!({}));
+    let st = state(
+        "e2e-ebs-ssh-fail",
+        &sshd,
+        sshd.port,
+        provisioners,
+        json!({}),
+    );
     let (err, cleaned) = run(&ctx, st, 5).await.expect_err("the build fails");
-    assert!(matches!(&err, StepError::BuildFailed(m) if m.contains("exit code 42") && m.contains("broken package")), "{err:?}");
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("exit code 42") && m.contains("broken package")),
+        "{err:?}"
+    );
     assert!(cleaned.data.amis.is_empty());
-    assert_eq!(instance_state(&ctx, cleaned.data.instance_id.as_deref().unwrap()).await, "terminated");
+    assert_eq!(
+        instance_state(&ctx, cleaned.data.instance_id.as_deref().unwrap()).await,
+        "terminated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_ssh_retries_then_fails_after_ssh_timeout_and_cleanup_runs() {
-    let (moto, sshd) = stack_or_skip!("unreachable_ssh_retries_then_fails_after_ssh_timeout_and_cleanup_runs");
+    let (moto, sshd) =
+        stack_or_skip!("unreachable_ssh_retries_then_fails_after_ssh_timeout_and_cleanup_runs");
     let ctx = Arc::new(moto.ctx(REGION).await);
     import_key(&ctx, &sshd).await;
     let closed = amiflow_tests::sshd::free_port();
-    let st = state("e2e-ebs-ssh-unreachable", &sshd, closed, json!([{"type": "shell", "inline": ["true"]}]), json!({"ssh_timeout": "1s"}));
+    let st = state(
+        "e2e-ebs-ssh-unreachable",
+        &sshd,
+        closed,
+        json!([{"type": "shell", "inline": ["true"]}]),
+        json!({"ssh_timeout": "1s"}),
+    );
     let started = std::time::Instant::now();
     let (err, cleaned) = run(&ctx, st, 50).await.expect_err("the build fails");
-    let StepError::BuildFailed(m) = &err else { panic!("{err:?}") };
-    assert!(m.contains(&format!("127.0.0.1:{closed}")) && m.contains("ssh_timeout") && m.contains("last error"), "{m}");
+    let StepError::BuildFailed(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        m.contains(&format!("127.0.0.1:{closed}"))
+            && m.contains("ssh_timeout")
+            && m.contains("last error"),
+        "{m}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    assert_eq!(instance_state(&ctx, cleaned.data.instance_id.as_deref().unwrap()).await, "terminated");
+    assert_eq!(
+        instance_state(&ctx, cleaned.data.instance_id.as_deref().unwrap()).await,
+        "terminated"
+    );
 }

@@ -155,7 +155,8 @@ async fn failing_command_fails_the_build_with_exit_code_and_output() {
         &sshd,
         json!([
             {"type": "shell", "inline": ["true"]},
-            {"type": "shell", "inline": ["echo about to fail", "echo on stderr >&2", "exit 7"]},
+            {"type": "shell", "inline": ["echo about to fail", "echo on stderr >&2", "exit 7"],
+             "remote_folder": sshd.path("").display().to_string()},
             {"type": "shell", "inline": [format!("touch {}", sshd.path("never.marker").display())]}
         ]),
     );
@@ -176,6 +177,16 @@ async fn failing_command_fails_the_build_with_exit_code_and_output() {
         !sshd.path("never.marker").exists(),
         "later provisioners must not run"
     );
+    let left: Vec<_> = std::fs::read_dir(sshd.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("script_"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the failed script is removed from the host: {left:?}"
+    );
 }
 
 #[tokio::test]
@@ -189,10 +200,12 @@ async fn expect_disconnect_reconnects_and_continues() {
         sshd.path("sshd.pid").display()
     );
     let after = format!("touch {}", sshd.path("after.marker").display());
+    // The connection dies with the script still on disk: keep it in the sshd's own dir.
+    let folder = sshd.path("").display().to_string();
     let st = for_sshd(
         &sshd,
         json!([
-            {"type": "shell", "inline": [kill], "expect_disconnect": true},
+            {"type": "shell", "inline": [kill], "expect_disconnect": true, "remote_folder": folder},
             {"type": "shell", "inline": [after]}
         ]),
     );
@@ -201,7 +214,10 @@ async fn expect_disconnect_reconnects_and_continues() {
         .expect("disconnect expected");
     assert!(sshd.path("after.marker").exists());
 
-    let st = for_sshd(&sshd, json!([{"type": "shell", "inline": [kill]}]));
+    let st = for_sshd(
+        &sshd,
+        json!([{"type": "shell", "inline": [kill], "remote_folder": folder}]),
+    );
     let err = provision_with(&ctx().await, st, &opts(local.path()))
         .await
         .unwrap_err();
@@ -256,7 +272,11 @@ async fn connect_answers_for_sshd_and_waits_then_fails_for_an_unreachable_host()
 async fn lambda_deadline_fails_clearly_instead_of_being_killed() {
     let sshd = sshd_or_skip!();
     let local = tempfile::tempdir().unwrap();
-    let st = for_sshd(&sshd, json!([{"type": "shell", "inline": ["sleep 20"]}]));
+    let folder = sshd.path("").display().to_string();
+    let st = for_sshd(
+        &sshd,
+        json!([{"type": "shell", "inline": ["sleep 20"], "remote_folder": folder}]),
+    );
     let mut o = opts(local.path());
     // 10 s margin is kept back: 12 s leaves 2 s for the command.
     o.deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(12));
@@ -372,18 +392,39 @@ async fn bastion_carries_the_connection() {
     let sshd = sshd_or_skip!();
     let local = tempfile::tempdir().unwrap();
     let marker = sshd.path("via-bastion.marker");
-    let provisioners = json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]);
-    let bastion = |port: u16| {
-        json!({"ssh_bastion_host": "127.0.0.1", "ssh_bastion_port": port, "ssh_bastion_private_key_file": sshd.client_key})
-    };
+    let provisioners =
+        json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]);
+    let bastion = |port: u16| json!({"ssh_bastion_host": "127.0.0.1", "ssh_bastion_port": port, "ssh_bastion_private_key_file": sshd.client_key});
     // A closed bastion port: the build cannot reach the target, and says it was the bastion.
     let closed = free_port();
-    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners.clone(), bastion(closed));
-    let err = provision_with(&ctx().await, st, &opts(local.path())).await.unwrap_err();
-    assert!(err.message().contains(&format!("via bastion 127.0.0.1:{closed}")), "{err:?}");
+    let st = state(
+        "127.0.0.1",
+        sshd.port,
+        &sshd.user,
+        &sshd.client_key,
+        provisioners.clone(),
+        bastion(closed),
+    );
+    let err = provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains(&format!("via bastion 127.0.0.1:{closed}")),
+        "{err:?}"
+    );
     assert!(!marker.exists());
     // The sshd as its own bastion: target reached through a direct-tcpip channel.
-    let st = state("127.0.0.1", sshd.port, &sshd.user, &sshd.client_key, provisioners, bastion(sshd.port));
-    provision_with(&ctx().await, st, &opts(local.path())).await.expect("provisioning through the bastion");
+    let st = state(
+        "127.0.0.1",
+        sshd.port,
+        &sshd.user,
+        &sshd.client_key,
+        provisioners,
+        bastion(sshd.port),
+    );
+    provision_with(&ctx().await, st, &opts(local.path()))
+        .await
+        .expect("provisioning through the bastion");
     assert!(marker.exists());
 }

@@ -39,7 +39,9 @@ fn state(execution: &str, instance_id: &str, provisioners: Value, bucket: bool) 
     if bucket {
         raw["ssm_output_s3_bucket"] = json!(BUCKET);
     }
-    let config = amiflow_template::config::from_builder("ssm", BuilderType::Ebs, raw.as_object().unwrap()).expect("valid builder");
+    let config =
+        amiflow_template::config::from_builder("ssm", BuilderType::Ebs, raw.as_object().unwrap())
+            .expect("valid builder");
     serde_json::from_value(json!({
         "execution": execution,
         "build": {"name": "ssm", "builder_type": "amazon-ebs", "config": config, "provisioners": provisioners},
@@ -49,20 +51,46 @@ fn state(execution: &str, instance_id: &str, provisioners: Value, bucket: bool) 
 }
 
 async fn staged_keys(ctx: &Ctx, prefix: &str) -> Vec<String> {
-    let out = ctx.s3(REGION).list_objects_v2().bucket(BUCKET).prefix(prefix).send().await.unwrap();
-    out.contents().iter().filter_map(|o| o.key().map(String::from)).collect()
+    let out = ctx
+        .s3(REGION)
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
 }
 
 async fn object(ctx: &Ctx, key: &str) -> String {
-    let o = ctx.s3(REGION).get_object().bucket(BUCKET).key(key).send().await.unwrap();
+    let o = ctx
+        .s3(REGION)
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
     String::from_utf8(o.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
-    let Some(moto) = Moto::start_or_skip("ssm_sends_one_command_per_provisioner_with_files_staged_in_s3") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ssm_sends_one_command_per_provisioner_with_files_staged_in_s3")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
-    ctx.s3(REGION).create_bucket().bucket(BUCKET).send().await.unwrap();
+    ctx.s3(REGION)
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
     let id = instance(&ctx).await;
     let execution = "e2e-ssm";
     let secret = "tok-9f8e7d6c5b";
@@ -72,15 +100,29 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         {"type": "shell", "inline": ["systemctl enable app"], "timeout": "10m"}
     ]);
     let st = state(execution, &id, provisioners, true);
-    let o = ProvisionOptions { secrets: Secrets::from_pairs([("api_token".to_string(), secret.to_string())]), ..Default::default() };
+    let o = ProvisionOptions {
+        secrets: Secrets::from_pairs([("api_token".to_string(), secret.to_string())]),
+        ..Default::default()
+    };
 
     // Connect: moto lacks DescribeInstanceInformation, so "cannot tell" lets the build go on.
-    connect(&ctx, st.clone()).await.expect("Connect cannot tell, and says so");
+    connect(&ctx, st.clone())
+        .await
+        .expect("Connect cannot tell, and says so");
 
     // 1st invocation: sends provisioner 0 and waits.
     let err = provision_with(&ctx, st.clone(), &o).await.unwrap_err();
-    assert!(matches!(&err, StepError::NotReady(m) if m.contains("provisioner 0 (shell)") && m.contains("sent SSM command")), "{err:?}");
-    let listed = ctx.ssm(REGION).list_commands().instance_id(&id).send().await.unwrap();
+    assert!(
+        matches!(&err, StepError::NotReady(m) if m.contains("provisioner 0 (shell)") && m.contains("sent SSM command")),
+        "{err:?}"
+    );
+    let listed = ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(listed.commands().len(), 1);
     let c = &listed.commands()[0];
     assert_eq!(c.document_name(), Some("AWS-RunShellScript"));
@@ -89,60 +131,172 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     assert_eq!(c.output_s3_bucket_name(), Some(BUCKET));
     let params = c.parameters().unwrap();
     let commands = params["commands"].join("\n");
-    assert!(commands.contains(&format!("aws s3 cp --only-show-errors s3://{BUCKET}/amiflow/{execution}/provision/0/script.sh")), "{commands}");
+    assert!(
+        commands.contains(&format!(
+            "aws s3 cp --only-show-errors s3://{BUCKET}/amiflow/{execution}/provision/0/script.sh"
+        )),
+        "{commands}"
+    );
     assert_eq!(params["executionTimeout"], vec!["3600".to_string()]);
-    assert!(!format!("{:?}", c).contains(secret), "the secret must not be in the command's parameters");
+    assert!(
+        !format!("{:?}", c).contains(secret),
+        "the secret must not be in the command's parameters"
+    );
     // What was staged: the inline script (secret revealed: it runs there) and the wrapper.
     let keys = staged_keys(&ctx, &format!("amiflow/{execution}/provision/0/")).await;
-    assert_eq!(keys, vec![format!("amiflow/{execution}/provision/0/0"), format!("amiflow/{execution}/provision/0/script.sh")]);
-    assert!(object(&ctx, &keys[0]).await.contains(&format!("echo using {secret}")));
+    assert_eq!(
+        keys,
+        vec![
+            format!("amiflow/{execution}/provision/0/0"),
+            format!("amiflow/{execution}/provision/0/script.sh")
+        ]
+    );
+    assert!(object(&ctx, &keys[0])
+        .await
+        .contains(&format!("echo using {secret}")));
     let wrapper = object(&ctx, &keys[1]).await;
-    assert!(wrapper.contains("STAGE='prod'") && wrapper.contains("rm -f /tmp/script_"), "{wrapper}");
+    assert!(
+        wrapper.contains("STAGE='prod'") && wrapper.contains("rm -f /tmp/script_"),
+        "{wrapper}"
+    );
 
     // 2nd: moto says Success → staging of #0 removed, #1 (file) sent.
     let err = provision_with(&ctx, st.clone(), &o).await.unwrap_err();
-    assert!(matches!(&err, StepError::NotReady(m) if m.contains("provisioner 1 (file)")), "{err:?}");
-    assert!(staged_keys(&ctx, &format!("amiflow/{execution}/provision/0/")).await.is_empty());
+    assert!(
+        matches!(&err, StepError::NotReady(m) if m.contains("provisioner 1 (file)")),
+        "{err:?}"
+    );
+    assert!(
+        staged_keys(&ctx, &format!("amiflow/{execution}/provision/0/"))
+            .await
+            .is_empty()
+    );
     let file_keys = staged_keys(&ctx, &format!("amiflow/{execution}/provision/1/")).await;
     assert_eq!(object(&ctx, &file_keys[0]).await, "welcome\n");
-    assert!(object(&ctx, &file_keys[1]).await.contains("chmod 644 /etc/motd"));
+    assert!(object(&ctx, &file_keys[1])
+        .await
+        .contains("chmod 644 /etc/motd"));
 
     // 3rd: #2 sent with its own timeout.
     provision_with(&ctx, st.clone(), &o).await.unwrap_err();
-    let listed = ctx.ssm(REGION).list_commands().instance_id(&id).send().await.unwrap();
-    let third = listed.commands().iter().find(|c| c.comment() == Some("amiflow e2e-ssm #2")).expect("command #2");
-    assert_eq!(third.parameters().unwrap()["executionTimeout"], vec!["600".to_string()]);
+    let listed = ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let third = listed
+        .commands()
+        .iter()
+        .find(|c| c.comment() == Some("amiflow e2e-ssm #2"))
+        .expect("command #2");
+    assert_eq!(
+        third.parameters().unwrap()["executionTimeout"],
+        vec!["600".to_string()]
+    );
 
     // 4th: everything done; a retried invocation with the same input resends nothing.
-    let done = provision_with(&ctx, st.clone(), &o).await.expect("provisioning done");
-    assert_eq!(done.data.extra["ssm_commands"].as_object().unwrap().len(), 3);
+    let done = provision_with(&ctx, st.clone(), &o)
+        .await
+        .expect("provisioning done");
+    assert_eq!(
+        done.data.extra["ssm_commands"].as_object().unwrap().len(),
+        3
+    );
     provision_with(&ctx, st, &o).await.expect("still done");
-    assert_eq!(ctx.ssm(REGION).list_commands().instance_id(&id).send().await.unwrap().commands().len(), 3);
-    assert!(staged_keys(&ctx, &format!("amiflow/{execution}/provision/")).await.is_empty(), "staged objects removed");
+    assert_eq!(
+        ctx.ssm(REGION)
+            .list_commands()
+            .instance_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .commands()
+            .len(),
+        3
+    );
+    assert!(
+        staged_keys(&ctx, &format!("amiflow/{execution}/provision/"))
+            .await
+            .is_empty(),
+        "staged objects removed"
+    );
     assert!(!serde_json::to_string(&done).unwrap().contains(secret));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
-    let Some(moto) = Moto::start_or_skip("ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing") else { return };
+    let Some(moto) =
+        Moto::start_or_skip("ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing")
+    else {
+        return;
+    };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let id = instance(&ctx).await;
-    let o = ProvisionOptions { secrets: Secrets::from_pairs([("pw".to_string(), "s3cret-pw".to_string())]), ..Default::default() };
+    let o = ProvisionOptions {
+        secrets: Secrets::from_pairs([("pw".to_string(), "s3cret-pw".to_string())]),
+        ..Default::default()
+    };
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("blob.bin"), [0u8, 159, 146, 150]).unwrap();
-    let o = ProvisionOptions { base_dir: local.path().to_path_buf(), ..o };
-    let file = state("e2e-ssm-nobucket", &id, json!([{"type": "file", "source": "blob.bin", "destination": "/tmp/x"}]), false);
+    let o = ProvisionOptions {
+        base_dir: local.path().to_path_buf(),
+        ..o
+    };
+    let file = state(
+        "e2e-ssm-nobucket",
+        &id,
+        json!([{"type": "file", "source": "blob.bin", "destination": "/tmp/x"}]),
+        false,
+    );
     let err = provision_with(&ctx, file, &o).await.unwrap_err();
-    assert!(matches!(&err, StepError::BuildFailed(m) if m.contains("ssm_output_s3_bucket")), "{err:?}");
-    let secret = state("e2e-ssm-nobucket", &id, json!([{"type": "shell", "inline": ["echo <sensitive:pw>"]}]), false);
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("ssm_output_s3_bucket")),
+        "{err:?}"
+    );
+    let secret = state(
+        "e2e-ssm-nobucket",
+        &id,
+        json!([{"type": "shell", "inline": ["echo <sensitive:pw>"]}]),
+        false,
+    );
     let err = provision_with(&ctx, secret, &o).await.unwrap_err();
-    assert!(matches!(&err, StepError::BuildFailed(m) if m.contains("sensitive") && !m.contains("s3cret-pw")), "{err:?}");
-    assert!(ctx.ssm(REGION).list_commands().instance_id(&id).send().await.unwrap().commands().is_empty());
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("sensitive") && !m.contains("s3cret-pw")),
+        "{err:?}"
+    );
+    assert!(ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .commands()
+        .is_empty());
     // A plain inline script needs no bucket: it travels in the command itself.
-    let plain = state("e2e-ssm-nobucket", &id, json!([{"type": "shell", "inline": ["uname -a"]}]), false);
-    assert!(matches!(provision_with(&ctx, plain.clone(), &o).await, Err(StepError::NotReady(_))));
-    let listed = ctx.ssm(REGION).list_commands().instance_id(&id).send().await.unwrap();
+    let plain = state(
+        "e2e-ssm-nobucket",
+        &id,
+        json!([{"type": "shell", "inline": ["uname -a"]}]),
+        false,
+    );
+    assert!(matches!(
+        provision_with(&ctx, plain.clone(), &o).await,
+        Err(StepError::NotReady(_))
+    ));
+    let listed = ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap();
     let sent = &listed.commands()[0].parameters().unwrap()["commands"][0];
-    assert!(sent.contains("uname -a") && sent.contains("<<'AMIFLOW_FILE_END'"), "{sent}");
+    assert!(
+        sent.contains("uname -a") && sent.contains("<<'AMIFLOW_FILE_END'"),
+        "{sent}"
+    );
     provision_with(&ctx, plain, &o).await.expect("done");
 }

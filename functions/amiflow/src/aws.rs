@@ -15,7 +15,10 @@ use crate::{BuildState, StepError};
 
 /// A stable UUID for (execution, build, what): the same on every retry of a step.
 pub fn stable_uuid(state: &BuildState, what: &str) -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("amiflow/{}/{}/{}", state.execution, state.build.name, what).as_bytes())
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("amiflow/{}/{}/{}", state.execution, state.build.name, what).as_bytes(),
+    )
 }
 
 /// EC2's idempotency token for one create of one step.
@@ -30,7 +33,10 @@ pub fn temp_name(state: &BuildState, prefix: &str, what: &str) -> String {
 
 /// The `tag:amiflow:build = execution` filter that finds everything this build created.
 pub fn build_filter(execution: &str) -> Filter {
-    Filter::builder().name(format!("tag:{BUILD_TAG}")).values(execution).build()
+    Filter::builder()
+        .name(format!("tag:{BUILD_TAG}"))
+        .values(execution)
+        .build()
 }
 
 pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
@@ -57,16 +63,28 @@ pub fn build_tags(state: &BuildState) -> BTreeMap<String, String> {
 pub fn tags_with_build(state: &BuildState, extra: &BTreeMap<String, String>) -> Vec<Tag> {
     let mut all = extra.clone();
     all.extend(build_tags(state));
-    all.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+    all.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
-pub fn tag_spec(rt: ResourceType, state: &BuildState, extra: &BTreeMap<String, String>) -> TagSpecification {
-    TagSpecification::builder().resource_type(rt).set_tags(Some(tags_with_build(state, extra))).build()
+pub fn tag_spec(
+    rt: ResourceType,
+    state: &BuildState,
+    extra: &BTreeMap<String, String>,
+) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(rt)
+        .set_tags(Some(tags_with_build(state, extra)))
+        .build()
 }
 
 /// Filters matching what this build (not just this execution) created.
 pub fn own_filters(state: &BuildState) -> Vec<Filter> {
-    vec![build_filter(&state.execution), filter(&format!("tag:{BUILD_NAME_TAG}"), [state.build.name.clone()])]
+    vec![
+        build_filter(&state.execution),
+        filter(&format!("tag:{BUILD_NAME_TAG}"), [state.build.name.clone()]),
+    ]
 }
 
 /// Packer's build template data for a region (`.BuildRegion`, `.SourceAMI`, ...).
@@ -90,23 +108,43 @@ pub fn build_template_data(data: &BuildData, region: &str) -> BTreeMap<String, S
 /// `key` names the field in the error.
 pub fn render(key: &str, text: &str, data: &BuildData, region: &str) -> Result<String, StepError> {
     let mut vars = build_template_data(data, region);
-    vars.extend(data.source_ami_tags.iter().map(|(k, v)| (format!("SourceAMITags.{k}"), v.clone())));
-    crate::provision::render::render(text, &crate::provision::render::RenderContext::with_build(&vars))
-        .map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
+    vars.extend(
+        data.source_ami_tags
+            .iter()
+            .map(|(k, v)| (format!("SourceAMITags.{k}"), v.clone())),
+    );
+    crate::provision::render::render(
+        text,
+        &crate::provision::render::RenderContext::with_build(&vars),
+    )
+    .map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
 }
 
 /// Renders both keys and values of a tag map (Packer renders both).
-pub fn render_tags(key: &str, tags: &BTreeMap<String, String>, data: &BuildData, region: &str) -> Result<BTreeMap<String, String>, StepError> {
-    tags.iter().map(|(k, v)| Ok((render(key, k, data, region)?, render(&format!("{key}.{k}"), v, data, region)?))).collect()
+pub fn render_tags(
+    key: &str,
+    tags: &BTreeMap<String, String>,
+    data: &BuildData,
+    region: &str,
+) -> Result<BTreeMap<String, String>, StepError> {
+    tags.iter()
+        .map(|(k, v)| {
+            Ok((
+                render(key, k, data, region)?,
+                render(&format!("{key}.{k}"), v, data, region)?,
+            ))
+        })
+        .collect()
 }
 
 /// The longest a wait may last: `aws_polling` when set (Packer v2 semantics:
 /// attempts × delay, delay 2 s unless set), else the waiter's own default.
 pub fn wait_budget(polling: Option<&AwsPolling>, default: Duration) -> Duration {
     match polling {
-        Some(p) if p.max_attempts.unwrap_or(0) > 0 => {
-            Duration::from_secs(u64::from(p.max_attempts.unwrap()) * u64::from(p.delay_seconds.filter(|d| *d > 0).unwrap_or(2)))
-        }
+        Some(p) if p.max_attempts.unwrap_or(0) > 0 => Duration::from_secs(
+            u64::from(p.max_attempts.unwrap())
+                * u64::from(p.delay_seconds.filter(|d| *d > 0).unwrap_or(2)),
+        ),
         _ => default,
     }
 }
@@ -152,19 +190,52 @@ mod tests {
             ..Default::default()
         };
         let r = |t: &str| render("tags.Name", t, &data, "eu-west-1");
-        assert_eq!(r("from {{ .SourceAMIName }} ({{.SourceAMI}}) in {{ .BuildRegion }}").unwrap(), "from amzn2: x (ami-1) in eu-west-1");
+        assert_eq!(
+            r("from {{ .SourceAMIName }} ({{.SourceAMI}}) in {{ .BuildRegion }}").unwrap(),
+            "from amzn2: x (ami-1) in eu-west-1"
+        );
         assert_eq!(r("{{ .SourceAMIName | clean_resource_name }} {{ .SourceAMITags.Team }} {{ build `SourceAMI` }}").unwrap(), "amzn2- x core ami-1");
         let e = r("{{ .Nope }}").unwrap_err();
-        assert!(e.message().contains("tags.Name") && e.message().contains("Nope"), "{e:?}");
-        assert_eq!(render_tags("run_tags", &BTreeMap::from([("{{ .BuildRegion }}".to_string(), "{{ .SourceAMI }}".to_string())]), &data, "r").unwrap(), BTreeMap::from([("r".to_string(), "ami-1".to_string())]));
+        assert!(
+            e.message().contains("tags.Name") && e.message().contains("Nope"),
+            "{e:?}"
+        );
+        assert_eq!(
+            render_tags(
+                "run_tags",
+                &BTreeMap::from([(
+                    "{{ .BuildRegion }}".to_string(),
+                    "{{ .SourceAMI }}".to_string()
+                )]),
+                &data,
+                "r"
+            )
+            .unwrap(),
+            BTreeMap::from([("r".to_string(), "ami-1".to_string())])
+        );
     }
 
     #[test]
     fn polling_budget_follows_packer_v2() {
-        assert_eq!(wait_budget(None, Duration::from_secs(600)), Duration::from_secs(600));
-        let attempts = AwsPolling { max_attempts: Some(240), delay_seconds: None };
-        assert_eq!(wait_budget(Some(&attempts), Duration::from_secs(600)), Duration::from_secs(480));
-        let both = AwsPolling { max_attempts: Some(240), delay_seconds: Some(15) };
-        assert_eq!(wait_budget(Some(&both), Duration::from_secs(600)), Duration::from_secs(3600));
+        assert_eq!(
+            wait_budget(None, Duration::from_secs(600)),
+            Duration::from_secs(600)
+        );
+        let attempts = AwsPolling {
+            max_attempts: Some(240),
+            delay_seconds: None,
+        };
+        assert_eq!(
+            wait_budget(Some(&attempts), Duration::from_secs(600)),
+            Duration::from_secs(480)
+        );
+        let both = AwsPolling {
+            max_attempts: Some(240),
+            delay_seconds: Some(15),
+        };
+        assert_eq!(
+            wait_budget(Some(&both), Duration::from_secs(600)),
+            Duration::from_secs(3600)
+        );
     }
 }

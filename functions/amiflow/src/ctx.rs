@@ -77,7 +77,9 @@ impl Ctx {
 
     /// Clients for a local build of a template, following the seeds' credential order.
     pub async fn for_build(access: &AccessConfig) -> Result<Ctx, StepError> {
-        let max_attempts = Some(access.max_retries).filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_RETRIES);
+        let max_attempts = Some(access.max_retries)
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_RETRIES);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(max_attempts));
         if let Some(region) = access.region.as_deref().filter(|r| !r.is_empty()) {
@@ -85,16 +87,18 @@ impl Ctx {
         }
         match (&access.access_key, &access.secret_key) {
             (Some(key), Some(secret)) if !key.is_empty() => {
-                let token = access.token.clone().or_else(|| std::env::var("AWS_SESSION_TOKEN").ok());
-                loader = loader.credentials_provider(Credentials::new(key, secret, token, None, "template"));
+                let token = access
+                    .token
+                    .clone()
+                    .or_else(|| std::env::var("AWS_SESSION_TOKEN").ok());
+                loader = loader
+                    .credentials_provider(Credentials::new(key, secret, token, None, "template"));
             }
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(StepError::BuildFailed(
-                    "access_key and secret_key must be set together: set both, or neither to use the \
+            (Some(_), None) | (None, Some(_)) => return Err(StepError::BuildFailed(
+                "access_key and secret_key must be set together: set both, or neither to use the \
                      environment, the shared credentials file or the instance role"
-                        .into(),
-                ))
-            }
+                    .into(),
+            )),
             _ => {
                 if let Some(creds) = packer_env_credentials() {
                     loader = loader.credentials_provider(creds);
@@ -106,7 +110,11 @@ impl Ctx {
         }
         // The re-export is deprecated in favour of aws-runtime, not a direct dependency.
         #[allow(deprecated)]
-        if let Some(file) = access.shared_credentials_file.as_deref().filter(|p| !p.is_empty()) {
+        if let Some(file) = access
+            .shared_credentials_file
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
             use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
             let files = ProfileFiles::builder()
                 .include_default_config_file(true)
@@ -123,7 +131,11 @@ impl Ctx {
                 ))
             })?;
             let mut builder = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
-                .session_name(role.session_name.clone().unwrap_or_else(|| "amiflow".into()))
+                .session_name(
+                    role.session_name
+                        .clone()
+                        .unwrap_or_else(|| "amiflow".into()),
+                )
                 .configure(&sdk);
             if let Some(id) = &role.external_id {
                 builder = builder.external_id(id);
@@ -141,7 +153,10 @@ impl Ctx {
                 builder = builder.tags(role.tags.clone());
             }
             let provider = builder.build_from_provider(base).await;
-            sdk = sdk.into_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build();
+            sdk = sdk
+                .into_builder()
+                .credentials_provider(SharedCredentialsProvider::new(provider))
+                .build();
         }
         let mut ctx = Ctx::from_sdk_config(sdk);
         ctx.ec2_endpoint = access.custom_endpoint_ec2.clone().filter(|e| !e.is_empty());
@@ -153,7 +168,8 @@ impl Ctx {
         cache
             .entry(region.to_string())
             .or_insert_with(|| {
-                let mut conf = aws_sdk_ec2::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                let mut conf = aws_sdk_ec2::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_string()));
                 if let Some(url) = &self.ec2_endpoint {
                     conf = conf.endpoint_url(url);
                 }
@@ -167,7 +183,8 @@ impl Ctx {
         cache
             .entry(region.to_string())
             .or_insert_with(|| {
-                let conf = aws_sdk_ssm::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                let conf = aws_sdk_ssm::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_string()));
                 aws_sdk_ssm::Client::from_conf(conf.build())
             })
             .clone()
@@ -190,7 +207,11 @@ impl Ctx {
 
     /// IAM is global: one client.
     pub fn iam(&self) -> aws_sdk_iam::Client {
-        self.iam.lock().unwrap().get_or_insert_with(|| aws_sdk_iam::Client::new(&self.sdk)).clone()
+        self.iam
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| aws_sdk_iam::Client::new(&self.sdk))
+            .clone()
     }
 
     pub fn sts(&self, region: &str) -> aws_sdk_sts::Client {
@@ -198,7 +219,8 @@ impl Ctx {
         cache
             .entry(region.to_string())
             .or_insert_with(|| {
-                let conf = aws_sdk_sts::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+                let conf = aws_sdk_sts::config::Builder::from(&self.sdk)
+                    .region(Region::new(region.to_string()));
                 aws_sdk_sts::Client::from_conf(conf.build())
             })
             .clone()
@@ -210,10 +232,20 @@ fn packer_env_credentials() -> Option<Credentials> {
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
         return None; // the SDK's own environment provider picks these up
     }
-    let key = std::env::var("AWS_ACCESS_KEY").ok().filter(|k| !k.is_empty())?;
-    let secret = std::env::var("AWS_SECRET_KEY").ok().filter(|k| !k.is_empty())?;
+    let key = std::env::var("AWS_ACCESS_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    let secret = std::env::var("AWS_SECRET_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
     let token = std::env::var("AWS_SESSION_TOKEN").ok();
-    Some(Credentials::new(key, secret, token, None, "environment (AWS_ACCESS_KEY/AWS_SECRET_KEY)"))
+    Some(Credentials::new(
+        key,
+        secret,
+        token,
+        None,
+        "environment (AWS_ACCESS_KEY/AWS_SECRET_KEY)",
+    ))
 }
 
 /// Error codes that mean "slow down" or "try again shortly".
@@ -261,11 +293,20 @@ where
     let code = err.code().unwrap_or("").to_string();
     let message = err.message().unwrap_or("").to_string();
     let status = err.raw_response().map(|r| r.status_code()).unwrap_or(0);
-    let what = if resource.is_empty() { operation.to_string() } else { format!("{operation} {resource}") };
+    let what = if resource.is_empty() {
+        operation.to_string()
+    } else {
+        format!("{operation} {resource}")
+    };
     let detail = if code.is_empty() {
         match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                return StepError::Transient(format!("{what}: could not reach AWS: {}", error_chain(&err)));
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => {
+                return StepError::Transient(format!(
+                    "{what}: could not reach AWS: {}",
+                    error_chain(&err)
+                ));
             }
             _ => error_chain(&err),
         }
@@ -319,7 +360,9 @@ mod tests {
     fn hints_name_the_clock_and_the_policy() {
         assert!(hint("AuthFailure").unwrap().contains("clock"));
         assert!(hint("RequestExpired").unwrap().contains("clock"));
-        assert!(hint("UnauthorizedOperation").unwrap().contains("iam:PassRole"));
+        assert!(hint("UnauthorizedOperation")
+            .unwrap()
+            .contains("iam:PassRole"));
         assert!(hint("InvalidAMIID.NotFound").is_none());
     }
 
@@ -333,10 +376,21 @@ mod tests {
         };
         let ctx = Ctx::for_build(&access).await.unwrap();
         use aws_credential_types::provider::ProvideCredentials;
-        let creds = ctx.sdk.credentials_provider().unwrap().provide_credentials().await.unwrap();
+        let creds = ctx
+            .sdk
+            .credentials_provider()
+            .unwrap()
+            .provide_credentials()
+            .await
+            .unwrap();
         assert_eq!(creds.access_key_id(), "AKIDTEMPLATE");
         assert_eq!(ctx.sdk.region().unwrap().as_ref(), "eu-west-1");
-        let half = AccessConfig { access_key: Some("AKID".into()), ..Default::default() };
-        assert!(matches!(Ctx::for_build(&half).await, Err(StepError::BuildFailed(m)) if m.contains("together")));
+        let half = AccessConfig {
+            access_key: Some("AKID".into()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(Ctx::for_build(&half).await, Err(StepError::BuildFailed(m)) if m.contains("together"))
+        );
     }
 }

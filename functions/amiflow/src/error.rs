@@ -50,7 +50,10 @@ impl StepError {
     }
 
     pub fn payload(&self) -> ErrorPayload {
-        ErrorPayload { error_type: self.name().to_string(), error_message: self.message().to_string() }
+        ErrorPayload {
+            error_type: self.name().to_string(),
+            error_message: self.message().to_string(),
+        }
     }
 }
 
@@ -65,6 +68,8 @@ pub struct ErrorPayload {
 
 impl From<serde_json::Error> for StepError {
     fn from(e: serde_json::Error) -> Self {
-        StepError::BuildFailed(format!("the step's input is not a build state amiflow understands: {e}"))
+        StepError::BuildFailed(format!(
+            "the step's input is not a build state amiflow understands: {e}"
+        ))
     }
 }

@@ -18,7 +18,8 @@
 //! Finalize sees every build with its artifact or its error.
 
 use amiflow_statemachine::{
-    Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine, States, SubMachine, Succeed, Task,
+    Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
+    States, SubMachine, Succeed, Task,
 };
 use amiflow_template::BuilderType;
 use serde_json::json;
@@ -178,18 +179,50 @@ pub fn state_name(builder: BuilderType, step: &str) -> String {
 
 /// The step (handler) name of a state name: `amazon-ebs.CreateImage` → `CreateImage`.
 pub fn step_of(state_name: &str) -> &str {
-    state_name.rsplit_once('.').map_or(state_name, |(_, step)| step)
+    state_name
+        .rsplit_once('.')
+        .map_or(state_name, |(_, step)| step)
 }
 
 /// Polling budgets at least Packer's (reference §7.4), used for a wait step until its
 /// handler is registered with its own [`WaitPolicy`]. The numbers are the ones the step
 /// helpers chose, so the rendered definition does not move when their handlers land.
-const IMAGE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 250 };
-const INSTANCE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 3, backoff_rate: 1.5, max_delay_seconds: 15, max_attempts: 250 };
-const VOLUME_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 120 };
-const COMMAND_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 10, backoff_rate: 1.5, max_delay_seconds: 60, max_attempts: 480 };
-const CONNECT_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 120 };
-const PROFILE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 12 };
+const IMAGE_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 5,
+    backoff_rate: 1.5,
+    max_delay_seconds: 30,
+    max_attempts: 250,
+};
+const INSTANCE_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 3,
+    backoff_rate: 1.5,
+    max_delay_seconds: 15,
+    max_attempts: 250,
+};
+const VOLUME_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 2,
+    backoff_rate: 1.5,
+    max_delay_seconds: 10,
+    max_attempts: 120,
+};
+const COMMAND_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 10,
+    backoff_rate: 1.5,
+    max_delay_seconds: 60,
+    max_attempts: 480,
+};
+const CONNECT_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 5,
+    backoff_rate: 1.5,
+    max_delay_seconds: 30,
+    max_attempts: 120,
+};
+const PROFILE_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 2,
+    backoff_rate: 1.5,
+    max_delay_seconds: 10,
+    max_attempts: 12,
+};
 
 fn fallback_wait(step: &str) -> Option<WaitPolicy> {
     Some(match step {
@@ -213,8 +246,12 @@ pub fn wait_policy(step: &str) -> Option<WaitPolicy> {
 }
 
 /// Lambda service errors, retried as AWS recommends for Lambda tasks.
-pub const LAMBDA_SERVICE_ERRORS: &[&str] =
-    &["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"];
+pub const LAMBDA_SERVICE_ERRORS: &[&str] = &[
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+];
 
 fn retriers(step: &str) -> Vec<Retrier> {
     let mut retry = Vec::new();
@@ -237,7 +274,10 @@ fn retriers(step: &str) -> Vec<Retrier> {
         jitter_strategy: Some(JitterStrategy::Full),
     });
     retry.push(Retrier {
-        error_equals: LAMBDA_SERVICE_ERRORS.iter().map(|s| s.to_string()).collect(),
+        error_equals: LAMBDA_SERVICE_ERRORS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         interval_seconds: Some(2),
         max_attempts: Some(6),
         backoff_rate: Some(2.0),
@@ -263,7 +303,11 @@ fn task(step: &str, next: Option<String>, catch: Vec<Catcher>) -> Task {
 }
 
 fn catch_all_into_error(next: String) -> Vec<Catcher> {
-    vec![Catcher { error_equals: vec!["States.ALL".into()], result_path: Some(Some("$.error".into())), next }]
+    vec![Catcher {
+        error_equals: vec!["States.ALL".into()],
+        result_path: Some(Some("$.error".into())),
+        next,
+    }]
 }
 
 const BUILDER_CHOICE: &str = "BuilderType";
@@ -275,9 +319,19 @@ fn build_iteration() -> SubMachine {
     let mut rules = Vec::new();
     for builder in BuilderType::ALL {
         let first = chain(builder)[0];
-        rules.push(ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str()).then(state_name(builder, first)));
+        rules.push(
+            ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str())
+                .then(state_name(builder, first)),
+        );
     }
-    states.add(BUILDER_CHOICE, Choice { choices: rules, default: Some(UNSUPPORTED_BUILDER.into()), ..Choice::default() });
+    states.add(
+        BUILDER_CHOICE,
+        Choice {
+            choices: rules,
+            default: Some(UNSUPPORTED_BUILDER.into()),
+            ..Choice::default()
+        },
+    );
     states.add(
         UNSUPPORTED_BUILDER,
         Pass {
@@ -293,11 +347,15 @@ fn build_iteration() -> SubMachine {
         let cleanup = state_name(builder, CLEANUP);
         for (i, step) in steps.iter().enumerate() {
             let next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
-            states.add(state_name(builder, step), task(step, Some(next), catch_all_into_error(cleanup.clone())));
+            states.add(
+                state_name(builder, step),
+                task(step, Some(next), catch_all_into_error(cleanup.clone())),
+            );
         }
         let cleanup_failed = state_name(builder, "CleanupFailed");
         let mut cleanup_task = task(CLEANUP, None, catch_all_into_error(cleanup_failed.clone()));
-        cleanup_task.comment = Some("Runs on success and on failure; ends the iteration so other builds go on".into());
+        cleanup_task.comment =
+            Some("Runs on success and on failure; ends the iteration so other builds go on".into());
         states.add(cleanup, cleanup_task);
         states.add(
             cleanup_failed,
@@ -308,7 +366,12 @@ fn build_iteration() -> SubMachine {
             },
         );
     }
-    SubMachine { comment: None, processor_config: Some(json!({"Mode": "INLINE"})), start_at: BUILDER_CHOICE.into(), states }
+    SubMachine {
+        comment: None,
+        processor_config: Some(json!({"Mode": "INLINE"})),
+        start_at: BUILDER_CHOICE.into(),
+        states,
+    }
 }
 
 pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
@@ -323,14 +386,20 @@ pub fn definition() -> StateMachine {
     let mut prepare = task(
         PREPARE,
         Some(BUILDS.into()),
-        vec![Catcher { error_equals: vec!["InvalidTemplate".into()], result_path: None, next: TEMPLATE_INVALID.into() }],
+        vec![Catcher {
+            error_equals: vec!["InvalidTemplate".into()],
+            result_path: None,
+            next: TEMPLATE_INVALID.into(),
+        }],
     );
     prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
     states.add(PREPARE, prepare);
     states.add(
         TEMPLATE_INVALID,
         Fail {
-            comment: Some("Prepare lists every problem of the template; nothing was created".into()),
+            comment: Some(
+                "Prepare lists every problem of the template; nothing was created".into(),
+            ),
             error: Some("InvalidTemplate".into()),
             cause_path: Some("$.Cause".into()),
             ..Fail::default()
@@ -339,7 +408,9 @@ pub fn definition() -> StateMachine {
     states.add(
         BUILDS,
         MapState {
-            comment: Some("One iteration per build; an iteration records its error instead of failing".into()),
+            comment: Some(
+                "One iteration per build; an iteration records its error instead of failing".into(),
+            ),
             input_path: None,
             items_path: Some("$.builds".into()),
             item_selector: None,
@@ -356,18 +427,28 @@ pub fn definition() -> StateMachine {
             end: None,
         },
     );
-    states.add(FINALIZE, task(FINALIZE, Some(ANY_BUILD_FAILED.into()), Vec::new()));
+    states.add(
+        FINALIZE,
+        task(FINALIZE, Some(ANY_BUILD_FAILED.into()), Vec::new()),
+    );
     states.add(
         ANY_BUILD_FAILED,
         Choice {
-            choices: vec![ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)],
+            choices: vec![
+                ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)
+            ],
             default: Some(SUCCEEDED.into()),
             ..Choice::default()
         },
     );
     states.add(
         BUILD_FAILED,
-        Fail { comment: Some("Finalize's cause: one line per failed build".into()), error: Some("BuildFailed".into()), cause_path: Some("$.cause".into()), ..Fail::default() },
+        Fail {
+            comment: Some("Finalize's cause: one line per failed build".into()),
+            error: Some("BuildFailed".into()),
+            cause_path: Some("$.cause".into()),
+            ..Fail::default()
+        },
     );
     states.add(SUCCEEDED, Succeed::default());
     StateMachine {
@@ -413,7 +494,11 @@ pub fn unregistered_steps(builder: BuilderType) -> Vec<&'static str> {
 /// Panics, naming the missing handlers, unless every step of `builder`'s flow is registered.
 pub fn assert_flow_complete(builder: BuilderType) {
     let missing = unregistered_steps(builder);
-    assert!(missing.is_empty(), "{} flow: no handler registered for {missing:?} (steps::registry)", builder.as_str());
+    assert!(
+        missing.is_empty(),
+        "{} flow: no handler registered for {missing:?} (steps::registry)",
+        builder.as_str()
+    );
 }
 
 #[cfg(test)]
@@ -444,41 +529,77 @@ mod tests {
     fn every_chain_step_has_catch_to_its_cleanup_and_the_retries() {
         let def = definition();
         def.check().unwrap();
-        let Some(State::Map(map)) = def.states.get(BUILDS) else { panic!("no Map") };
+        let Some(State::Map(map)) = def.states.get(BUILDS) else {
+            panic!("no Map")
+        };
         let inner = &map.processor().unwrap().states;
         for builder in BuilderType::ALL {
             let cleanup = state_name(builder, CLEANUP);
             let steps = chain(builder);
             for (i, step) in steps.iter().enumerate() {
                 let name = state_name(builder, step);
-                let Some(State::Task(t)) = inner.get(&name) else { panic!("{name} is not a Task") };
+                let Some(State::Task(t)) = inner.get(&name) else {
+                    panic!("{name} is not a Task")
+                };
                 assert_eq!(t.resource, format!("${{{step}FunctionArn}}"));
                 assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{name}");
                 let expect_next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
-                assert_eq!(State::Task(t.clone()).transition(), Some(Transition::Next(&expect_next)));
+                assert_eq!(
+                    State::Task(t.clone()).transition(),
+                    Some(Transition::Next(&expect_next))
+                );
                 let names: Vec<&str> = t.retry.iter().map(|r| r.error_equals[0].as_str()).collect();
-                let transient = t.retry.iter().find(|r| r.error_equals == ["Transient"]).unwrap();
+                let transient = t
+                    .retry
+                    .iter()
+                    .find(|r| r.error_equals == ["Transient"])
+                    .unwrap();
                 assert_eq!(transient.jitter_strategy, Some(JitterStrategy::Full));
                 assert!(names.contains(&"Lambda.ServiceException"), "{name}");
-                assert_eq!(names.contains(&"NotReady"), wait_policy(step).is_some(), "{name}");
+                assert_eq!(
+                    names.contains(&"NotReady"),
+                    wait_policy(step).is_some(),
+                    "{name}"
+                );
             }
-            let Some(State::Task(c)) = inner.get(&cleanup) else { panic!("no {cleanup}") };
+            let Some(State::Task(c)) = inner.get(&cleanup) else {
+                panic!("no {cleanup}")
+            };
             assert_eq!(c.end, Some(true));
-            assert!(c.retry.iter().any(|r| r.error_equals == ["NotReady"]), "Cleanup retries NotReady while things terminate");
+            assert!(
+                c.retry.iter().any(|r| r.error_equals == ["NotReady"]),
+                "Cleanup retries NotReady while things terminate"
+            );
         }
     }
 
     #[test]
     fn wait_budgets_are_at_least_packers() {
-        let budget = |s: &str| wait_policy(s).unwrap_or_else(|| panic!("{s} has no wait policy")).budget_seconds();
-        for s in ["WaitImageAvailable", "WaitCopiesAvailable", "WaitSnapshotsCompleted"] {
+        let budget = |s: &str| {
+            wait_policy(s)
+                .unwrap_or_else(|| panic!("{s} has no wait policy"))
+                .budget_seconds()
+        };
+        for s in [
+            "WaitImageAvailable",
+            "WaitCopiesAvailable",
+            "WaitSnapshotsCompleted",
+        ] {
             assert!(budget(s) >= 1800.0, "{s}: {} s < 30 min", budget(s));
         }
         for s in ["WaitInstanceRunning", "WaitInstanceStopped", "Cleanup"] {
             assert!(budget(s) >= 600.0, "{s}: {} s < 10 min", budget(s));
         }
-        for s in ["WaitVolumeAvailable", "WaitVolumeAttached", "WaitVolumeDetached"] {
-            assert!(budget(s) >= 200.0, "{s}: {} s < Packer's 5 s × 40", budget(s));
+        for s in [
+            "WaitVolumeAvailable",
+            "WaitVolumeAttached",
+            "WaitVolumeDetached",
+        ] {
+            assert!(
+                budget(s) >= 200.0,
+                "{s}: {} s < Packer's 5 s × 40",
+                budget(s)
+            );
         }
         for s in all_steps() {
             if s.starts_with("Wait") {
@@ -491,13 +612,18 @@ mod tests {
     fn state_names_are_unique_and_short_enough() {
         let def = definition();
         let mut names: Vec<String> = def.states.names().map(String::from).collect();
-        let Some(State::Map(map)) = def.states.get(BUILDS) else { panic!() };
+        let Some(State::Map(map)) = def.states.get(BUILDS) else {
+            panic!()
+        };
         names.extend(map.processor().unwrap().states.names().map(String::from));
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len(), "duplicate state names");
-        assert!(names.iter().all(|n| n.chars().count() <= 80), "Step Functions allows 80 characters");
+        assert!(
+            names.iter().all(|n| n.chars().count() <= 80),
+            "Step Functions allows 80 characters"
+        );
         assert_eq!(step_of("amazon-ebs.CreateImage"), "CreateImage");
     }
 
@@ -522,7 +648,9 @@ mod tests {
     mod run {
         use std::sync::{Arc, Mutex};
 
-        use amiflow_statemachine::{resource_name, Engine, Event, TaskError, TaskInvoker, VirtualClock};
+        use amiflow_statemachine::{
+            resource_name, Engine, Event, TaskError, TaskInvoker, VirtualClock,
+        };
         use serde_json::{json, Value};
 
         use super::super::*;
@@ -536,12 +664,22 @@ mod tests {
         impl TaskInvoker for Scripted {
             async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
                 let step = resource_name(resource).to_string();
-                let build = input.pointer("/build/name").and_then(Value::as_str).unwrap_or("-").to_string();
-                self.calls.lock().unwrap().push((build.clone(), step.clone()));
+                let build = input
+                    .pointer("/build/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string();
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((build.clone(), step.clone()));
                 match step.as_str() {
                     "Prepare" => {
                         if input.pointer("/input/bad") == Some(&json!(true)) {
-                            return Err(TaskError::new("InvalidTemplate", "builders[0].region: required"));
+                            return Err(TaskError::new(
+                                "InvalidTemplate",
+                                "builders[0].region: required",
+                            ));
                         }
                         let exec = input["execution"].clone();
                         Ok(json!({"builds": [
@@ -552,17 +690,32 @@ mod tests {
                     "WaitImageAvailable" if build == "good" => {
                         let mut polls = self.polls.lock().unwrap();
                         *polls += 1;
-                        if *polls <= 3 { Err(TaskError::new("NotReady", "ami-1 is pending")) } else { Ok(input) }
+                        if *polls <= 3 {
+                            Err(TaskError::new("NotReady", "ami-1 is pending"))
+                        } else {
+                            Ok(input)
+                        }
                     }
-                    "CreateImage" if build == "bad" => Err(TaskError::new("BuildFailed", "CreateImage: InvalidParameter")),
+                    "CreateImage" if build == "bad" => Err(TaskError::new(
+                        "BuildFailed",
+                        "CreateImage: InvalidParameter",
+                    )),
                     "Finalize" => {
                         let builds = input["builds"].as_array().unwrap();
                         let failed: Vec<String> = builds
                             .iter()
                             .filter(|b| b.get("error").is_some())
-                            .map(|b| format!("{}: {}", b["build"]["name"].as_str().unwrap(), b["error"]["Cause"].as_str().unwrap()))
+                            .map(|b| {
+                                format!(
+                                    "{}: {}",
+                                    b["build"]["name"].as_str().unwrap(),
+                                    b["error"]["Cause"].as_str().unwrap()
+                                )
+                            })
                             .collect();
-                        Ok(json!({"builds": builds.len(), "failed": failed.len(), "cause": failed.join("\n")}))
+                        Ok(
+                            json!({"builds": builds.len(), "failed": failed.len(), "cause": failed.join("\n")}),
+                        )
                     }
                     _ => Ok(input),
                 }
@@ -575,16 +728,30 @@ mod tests {
             let clock = VirtualClock::default();
             let events = Arc::new(Mutex::new(Vec::new()));
             let sink = events.clone();
-            let engine = Engine::from_arc(script.clone()).with_clock(clock.clone()).on_event(move |e| sink.lock().unwrap().push(e.clone()));
+            let engine = Engine::from_arc(script.clone())
+                .with_clock(clock.clone())
+                .on_event(move |e| sink.lock().unwrap().push(e.clone()));
             let def = StateMachine::from_json(&render()).unwrap();
-            let err = engine.run(&def, "exec-7", json!({"template": {}})).await.unwrap_err();
+            let err = engine
+                .run(&def, "exec-7", json!({"template": {}}))
+                .await
+                .unwrap_err();
             assert_eq!(err.error, "BuildFailed");
             assert_eq!(err.cause, "bad: CreateImage: InvalidParameter");
 
             let calls = script.calls.lock().unwrap().clone();
-            let of = |b: &str| calls.iter().filter(|(n, _)| n == b).map(|(_, s)| s.as_str()).collect::<Vec<_>>();
+            let of = |b: &str| {
+                calls
+                    .iter()
+                    .filter(|(n, _)| n == b)
+                    .map(|(_, s)| s.as_str())
+                    .collect::<Vec<_>>()
+            };
             let mut good_expected: Vec<&str> = EBS_STEPS.to_vec();
-            let wait_at = good_expected.iter().position(|s| *s == "WaitImageAvailable").unwrap();
+            let wait_at = good_expected
+                .iter()
+                .position(|s| *s == "WaitImageAvailable")
+                .unwrap();
             for _ in 0..3 {
                 good_expected.insert(wait_at, "WaitImageAvailable");
             }
@@ -593,7 +760,11 @@ mod tests {
             let create_at = EBS_STEPS.iter().position(|s| *s == "CreateImage").unwrap();
             let mut bad_expected: Vec<&str> = EBS_STEPS[..=create_at].to_vec();
             bad_expected.push(CLEANUP);
-            assert_eq!(of("bad"), bad_expected, "the failed build goes straight to its Cleanup");
+            assert_eq!(
+                of("bad"),
+                bad_expected,
+                "the failed build goes straight to its Cleanup"
+            );
             assert_eq!(calls.last().unwrap().1, "Finalize");
 
             // The image wait polled on its NotReady policy: 5 s, 7.5 s, 11.25 s.
@@ -602,7 +773,9 @@ mod tests {
             let events = events.lock().unwrap();
             assert!(events.iter().any(|e| matches!(e, Event::Caught { name, error, next, scope }
                 if name == "amazon-ebs.CreateImage" && error == "BuildFailed" && next == "amazon-ebs.Cleanup" && scope[0].index == 1)));
-            assert!(events.iter().any(|e| matches!(e, Event::StateEntered { name, .. } if name == BUILD_FAILED)));
+            assert!(events
+                .iter()
+                .any(|e| matches!(e, Event::StateEntered { name, .. } if name == BUILD_FAILED)));
         }
 
         #[tokio::test]
@@ -610,8 +783,14 @@ mod tests {
             let script = Arc::new(Scripted::default());
             let engine = Engine::from_arc(script.clone()).with_clock(VirtualClock::default());
             let def = StateMachine::from_json(&render()).unwrap();
-            let err = engine.run(&def, "exec-8", json!({"bad": true})).await.unwrap_err();
-            assert_eq!((err.error.as_str(), err.cause.as_str()), ("InvalidTemplate", "builders[0].region: required"));
+            let err = engine
+                .run(&def, "exec-8", json!({"bad": true}))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (err.error.as_str(), err.cause.as_str()),
+                ("InvalidTemplate", "builders[0].region: required")
+            );
             assert_eq!(script.calls.lock().unwrap().len(), 1, "only Prepare ran");
         }
     }

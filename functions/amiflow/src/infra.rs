@@ -29,7 +29,8 @@ pub const CHROOT_HOST_SCRIPT: &str = "infra/chroot-host.sh";
 /// The SSM document parameter carrying the chroot job (base64 of its JSON).
 pub const CHROOT_JOB_PARAMETER: &str = "job";
 
-const LAMBDA_BASIC_EXECUTION: &str = "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
+const LAMBDA_BASIC_EXECUTION: &str =
+    "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
 const XRAY_WRITE: &str = "arn:${AWS::Partition}:iam::aws:policy/AWSXRayDaemonWriteAccess";
 
 /// CloudFormation logical id prefix of a step: `CreateImage` → `CreateImage` (ids are
@@ -48,7 +49,9 @@ fn split_actions(spec: &StepSpec) -> (Vec<String>, bool) {
     let mut actions: Vec<String> = spec.iam_actions.iter().map(|a| a.to_string()).collect();
     actions.sort();
     actions.dedup();
-    let pass_role = actions.iter().any(|a| a.eq_ignore_ascii_case("iam:PassRole"));
+    let pass_role = actions
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case("iam:PassRole"));
     actions.retain(|a| !a.eq_ignore_ascii_case("iam:PassRole"));
     (actions, pass_role)
 }
@@ -60,7 +63,9 @@ fn step_policy_document(spec: &StepSpec) -> Value {
     let (actions, pass_role) = split_actions(spec);
     let mut statements = Vec::new();
     if !actions.is_empty() {
-        statements.push(json!({ "Sid": "StepActions", "Effect": "Allow", "Action": actions, "Resource": "*" }));
+        statements.push(
+            json!({ "Sid": "StepActions", "Effect": "Allow", "Action": actions, "Resource": "*" }),
+        );
     }
     if pass_role {
         statements.push(json!({
@@ -107,7 +112,8 @@ fn step_function(spec: &StepSpec) -> Value {
         "AMIFLOW_CHROOT_DOCUMENT": { "Ref": "ChrootHostDocument" }
     });
     if spec.name == JANITOR {
-        environment["AMIFLOW_JANITOR_REGIONS"] = json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
+        environment["AMIFLOW_JANITOR_REGIONS"] =
+            json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
     }
     json!({
         "Type": "AWS::Serverless::Function",
@@ -195,8 +201,7 @@ fn conditions(any_pass_role: bool) -> Value {
     });
     // Declared only when used: cfn-lint rejects unused conditions.
     if any_pass_role {
-        conditions["HasInstanceProfileRoles"] =
-            json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "InstanceProfileRoleNames" }] }, ""] }] });
+        conditions["HasInstanceProfileRoles"] = json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "InstanceProfileRoleNames" }] }, ""] }] });
     }
     conditions
 }
@@ -216,7 +221,12 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
 
     let substitutions: Map<String, Value> = state_steps
         .iter()
-        .map(|s| (substitution_name(s.name), json!({ "Fn::GetAtt": [format!("{}Function", logical_id(s.name)), "Arn"] })))
+        .map(|s| {
+            (
+                substitution_name(s.name),
+                json!({ "Fn::GetAtt": [format!("{}Function", logical_id(s.name)), "Arn"] }),
+            )
+        })
         .collect();
     let invoked: Vec<Value> = state_steps
         .iter()
@@ -252,13 +262,16 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
             "Policies": [{ "PolicyName": "amiflow-state-machine", "PolicyDocument": { "Version": "2012-10-17", "Statement": state_machine_statements } }]
         }
     }));
-    resources.insert("StateMachineLogGroup".into(), json!({
-        "Type": "AWS::Logs::LogGroup",
-        "Properties": {
-            "LogGroupName": { "Fn::Sub": "/aws/vendedlogs/states/${AWS::StackName}-amiflow" },
-            "RetentionInDays": { "Ref": "LogRetentionDays" }
-        }
-    }));
+    resources.insert(
+        "StateMachineLogGroup".into(),
+        json!({
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": { "Fn::Sub": "/aws/vendedlogs/states/${AWS::StackName}-amiflow" },
+                "RetentionInDays": { "Ref": "LogRetentionDays" }
+            }
+        }),
+    );
     resources.insert("StateMachine".into(), json!({
         "Type": "AWS::Serverless::StateMachine",
         "Properties": {
@@ -359,15 +372,18 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 }]
             }
         }));
-        resources.insert("JanitorInvokePermission".into(), json!({
-            "Type": "AWS::Lambda::Permission",
-            "Properties": {
-                "Action": "lambda:InvokeFunction",
-                "FunctionName": { "Ref": format!("{janitor}Function") },
-                "Principal": "events.amazonaws.com",
-                "SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] }
-            }
-        }));
+        resources.insert(
+            "JanitorInvokePermission".into(),
+            json!({
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "Action": "lambda:InvokeFunction",
+                    "FunctionName": { "Ref": format!("{janitor}Function") },
+                    "Principal": "events.amazonaws.com",
+                    "SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] }
+                }
+            }),
+        );
     }
 
     canonical(json!({
@@ -430,7 +446,12 @@ fn canonical(value: Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, canonical(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonical(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
         other => other,
@@ -442,8 +463,14 @@ pub fn generated_files(repo_root: &Path, steps: &[StepSpec]) -> Vec<(PathBuf, St
     let script = std::fs::read_to_string(repo_root.join(CHROOT_HOST_SCRIPT)).ok();
     let render = |v: Value| serde_json::to_string_pretty(&v).expect("JSON renders") + "\n";
     vec![
-        (PathBuf::from("infra/template.json"), render(sam_template(steps, script.as_deref()))),
-        (PathBuf::from("infra/steps.json"), render(steps_manifest(steps, script.as_deref()))),
+        (
+            PathBuf::from("infra/template.json"),
+            render(sam_template(steps, script.as_deref())),
+        ),
+        (
+            PathBuf::from("infra/steps.json"),
+            render(steps_manifest(steps, script.as_deref())),
+        ),
     ]
 }
 
@@ -457,7 +484,8 @@ pub fn policy_actions(document: &Value) -> Vec<String> {
                     if k == "Action" {
                         match v {
                             Value::String(s) => found.push(s.clone()),
-                            Value::Array(items) => found.extend(items.iter().filter_map(|i| i.as_str().map(String::from))),
+                            Value::Array(items) => found
+                                .extend(items.iter().filter_map(|i| i.as_str().map(String::from))),
                             _ => {}
                         }
                     } else {
@@ -478,22 +506,34 @@ pub fn policy_actions(document: &Value) -> Vec<String> {
 /// For every function in a rendered SAM template: (handler, actions its own role's inline
 /// policies allow). Managed policies (logs, X-Ray) are not step actions and are left out.
 pub fn function_role_actions(template: &Value) -> Result<Vec<(String, Vec<String>)>, String> {
-    let resources = template["Resources"].as_object().ok_or("template has no Resources")?;
+    let resources = template["Resources"]
+        .as_object()
+        .ok_or("template has no Resources")?;
     let mut out = Vec::new();
     for (id, resource) in resources {
         if resource["Type"] != "AWS::Serverless::Function" {
             continue;
         }
-        let handler = resource["Properties"]["Handler"].as_str().ok_or(format!("{id}: no Handler"))?;
+        let handler = resource["Properties"]["Handler"]
+            .as_str()
+            .ok_or(format!("{id}: no Handler"))?;
         let role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
             .as_str()
-            .ok_or(format!("{id}: Role is not a GetAtt of a role in this template"))?;
-        let role = resources.get(role_id).ok_or(format!("{id}: role {role_id} missing"))?;
+            .ok_or(format!(
+                "{id}: Role is not a GetAtt of a role in this template"
+            ))?;
+        let role = resources
+            .get(role_id)
+            .ok_or(format!("{id}: role {role_id} missing"))?;
         if role["Type"] != "AWS::IAM::Role" {
             return Err(format!("{id}: {role_id} is not an AWS::IAM::Role"));
         }
         let mut actions = Vec::new();
-        for policy in role["Properties"]["Policies"].as_array().into_iter().flatten() {
+        for policy in role["Properties"]["Policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             actions.extend(policy_actions(&policy["PolicyDocument"]));
         }
         actions.sort();
@@ -508,20 +548,44 @@ mod tests {
     use super::*;
     use crate::steps::registry;
 
-    fn noop(_: std::sync::Arc<crate::Ctx>, v: Value) -> futures::future::BoxFuture<'static, Result<Value, crate::StepError>> {
+    fn noop(
+        _: std::sync::Arc<crate::Ctx>,
+        v: Value,
+    ) -> futures::future::BoxFuture<'static, Result<Value, crate::StepError>> {
         Box::pin(async move { Ok(v) })
     }
 
     fn sample_steps() -> Vec<StepSpec> {
         vec![
-            StepSpec { name: "RunSourceInstance", iam_actions: &["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"], wait: None, timeout_seconds: 60, handler: noop },
-            StepSpec { name: "CreateImage", iam_actions: &["ec2:CreateImage", "ec2:CreateImage"], wait: None, timeout_seconds: 30, handler: noop },
-            StepSpec { name: JANITOR, iam_actions: &["ec2:TerminateInstances"], wait: None, timeout_seconds: 900, handler: noop },
+            StepSpec {
+                name: "RunSourceInstance",
+                iam_actions: &["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"],
+                wait: None,
+                timeout_seconds: 60,
+                handler: noop,
+            },
+            StepSpec {
+                name: "CreateImage",
+                iam_actions: &["ec2:CreateImage", "ec2:CreateImage"],
+                wait: None,
+                timeout_seconds: 30,
+                handler: noop,
+            },
+            StepSpec {
+                name: JANITOR,
+                iam_actions: &["ec2:TerminateInstances"],
+                wait: None,
+                timeout_seconds: 900,
+                handler: noop,
+            },
         ]
     }
 
     fn repo_root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .unwrap()
     }
 
     #[test]
@@ -532,7 +596,8 @@ mod tests {
         assert_eq!(roles.len(), 3);
         for (handler, actions) in roles {
             let spec = steps.iter().find(|s| s.name == handler).unwrap();
-            let mut declared: Vec<String> = spec.iam_actions.iter().map(|s| s.to_string()).collect();
+            let mut declared: Vec<String> =
+                spec.iam_actions.iter().map(|s| s.to_string()).collect();
             declared.sort();
             declared.dedup();
             assert_eq!(actions, declared, "{handler}");
@@ -542,7 +607,8 @@ mod tests {
     #[test]
     fn the_role_check_notices_a_missing_or_extra_action() {
         let mut template = sam_template(&sample_steps(), None);
-        let doc = &mut template["Resources"]["CreateImageRole"]["Properties"]["Policies"][0]["PolicyDocument"];
+        let doc = &mut template["Resources"]["CreateImageRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"];
         doc["Statement"][0]["Action"] = json!(["ec2:CreateImage", "ec2:DeleteVolume"]);
         let roles = function_role_actions(&template).unwrap();
         let create = roles.iter().find(|(h, _)| h == "CreateImage").unwrap();
@@ -552,38 +618,68 @@ mod tests {
     #[test]
     fn pass_role_is_limited_to_named_roles_and_ec2() {
         let template = sam_template(&sample_steps(), None);
-        let statements = &template["Resources"]["RunSourceInstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"];
+        let statements = &template["Resources"]["RunSourceInstanceRole"]["Properties"]["Policies"]
+            [0]["PolicyDocument"]["Statement"];
         let star = &statements[0];
         assert_eq!(star["Resource"], "*");
-        assert!(!star["Action"].as_array().unwrap().iter().any(|a| a == "iam:PassRole"));
+        assert!(!star["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "iam:PassRole"));
         let pass = &statements[1]["Fn::If"][1];
         assert_eq!(pass["Action"], json!(["iam:PassRole"]));
-        assert_eq!(pass["Condition"]["StringEquals"]["iam:PassedToService"], "ec2.amazonaws.com");
-        assert!(pass["Resource"].to_string().contains("InstanceProfileRoleNames"));
+        assert_eq!(
+            pass["Condition"]["StringEquals"]["iam:PassedToService"],
+            "ec2.amazonaws.com"
+        );
+        assert!(pass["Resource"]
+            .to_string()
+            .contains("InstanceProfileRoleNames"));
     }
 
     #[test]
     fn state_machine_invokes_exactly_the_state_steps() {
         let template = sam_template(&sample_steps(), None);
         let sm = &template["Resources"]["StateMachine"]["Properties"];
-        let subs: Vec<&String> = sm["DefinitionSubstitutions"].as_object().unwrap().keys().collect();
-        assert_eq!(subs, vec!["CreateImageFunctionArn", "RunSourceInstanceFunctionArn"]);
-        let role = &template["Resources"]["StateMachineRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0];
+        let subs: Vec<&String> = sm["DefinitionSubstitutions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            subs,
+            vec!["CreateImageFunctionArn", "RunSourceInstanceFunctionArn"]
+        );
+        let role = &template["Resources"]["StateMachineRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"][0];
         assert_eq!(role["Action"], json!(["lambda:InvokeFunction"]));
         assert_eq!(role["Resource"].as_array().unwrap().len(), 2);
-        assert!(template["Resources"]["JanitorRule"]["Properties"]["EventPattern"]["detail"]["status"]
-            .as_array().unwrap().iter().any(|s| s == "ABORTED"));
+        assert!(
+            template["Resources"]["JanitorRule"]["Properties"]["EventPattern"]["detail"]["status"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "ABORTED")
+        );
     }
 
     #[test]
     fn chroot_document_embeds_the_script_and_only_base64_input() {
         let doc = chroot_document_content(Some("#!/bin/bash\necho '{{ not ssm }}'\n"));
         let lines = doc["mainSteps"][0]["inputs"]["runCommand"].to_string();
-        assert!(!lines.contains("not ssm"), "the script must be encoded, SSM would interpret {{{{ }}}}");
-        let encoded = base64::engine::general_purpose::STANDARD.encode("#!/bin/bash\necho '{{ not ssm }}'\n");
+        assert!(
+            !lines.contains("not ssm"),
+            "the script must be encoded, SSM would interpret {{{{ }}}}"
+        );
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode("#!/bin/bash\necho '{{ not ssm }}'\n");
         assert!(lines.contains(&encoded));
         assert!(lines.contains("{{ job }}"));
-        assert_eq!(doc["parameters"]["job"]["allowedPattern"], "^[A-Za-z0-9+/=]*$");
+        assert_eq!(
+            doc["parameters"]["job"]["allowedPattern"],
+            "^[A-Za-z0-9+/=]*$"
+        );
     }
 
     #[test]
@@ -621,13 +717,21 @@ mod tests {
         let steps = registry();
         assert_eq!(roles.len(), steps.len(), "one function per registered step");
         for spec in steps {
-            let (_, actions) = roles.iter().find(|(h, _)| h == spec.name).unwrap_or_else(|| panic!("no function for step {}", spec.name));
-            let mut declared: Vec<String> = spec.iam_actions.iter().map(|s| s.to_string()).collect();
+            let (_, actions) = roles
+                .iter()
+                .find(|(h, _)| h == spec.name)
+                .unwrap_or_else(|| panic!("no function for step {}", spec.name));
+            let mut declared: Vec<String> =
+                spec.iam_actions.iter().map(|s| s.to_string()).collect();
             declared.sort();
             declared.dedup();
             let missing: Vec<_> = declared.iter().filter(|a| !actions.contains(a)).collect();
             let extra: Vec<_> = actions.iter().filter(|a| !declared.contains(a)).collect();
-            assert!(missing.is_empty() && extra.is_empty(), "{}: role misses {missing:?}, has undeclared {extra:?}", spec.name);
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{}: role misses {missing:?}, has undeclared {extra:?}",
+                spec.name
+            );
         }
     }
 }

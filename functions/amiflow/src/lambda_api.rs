@@ -33,7 +33,11 @@ pub enum InvokeError {
 
 /// Runs one invocation of the handler named `handler` (already mapped from the ARN).
 pub trait Invoker: Send + Sync + 'static {
-    fn invoke(&self, handler: &str, payload: Value) -> BoxFuture<'static, Result<Value, InvokeError>>;
+    fn invoke(
+        &self,
+        handler: &str,
+        payload: Value,
+    ) -> BoxFuture<'static, Result<Value, InvokeError>>;
 }
 
 /// Serves the steps of [`steps::registry`] with one shared [`Ctx`].
@@ -42,12 +46,18 @@ pub struct RegistryInvoker {
 }
 
 impl Invoker for RegistryInvoker {
-    fn invoke(&self, handler: &str, payload: Value) -> BoxFuture<'static, Result<Value, InvokeError>> {
+    fn invoke(
+        &self,
+        handler: &str,
+        payload: Value,
+    ) -> BoxFuture<'static, Result<Value, InvokeError>> {
         let Some(step) = steps::find(handler) else {
-            return Box::pin(std::future::ready(Err(InvokeError::UnknownFunction(format!(
-                "Function not found: {handler}. Known handlers: {}",
-                known_handlers()
-            )))));
+            return Box::pin(std::future::ready(Err(InvokeError::UnknownFunction(
+                format!(
+                    "Function not found: {handler}. Known handlers: {}",
+                    known_handlers()
+                ),
+            ))));
         };
         let ctx = self.ctx.clone();
         let name = step.name;
@@ -68,7 +78,11 @@ impl Invoker for RegistryInvoker {
 
 /// Every registered handler name, comma-separated, for error messages.
 pub fn known_handlers() -> String {
-    steps::registry().iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    steps::registry()
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Maps what a caller puts in `FunctionName` to a handler name.
@@ -96,7 +110,10 @@ pub fn handler_name(function: &str) -> String {
 
 /// Binds 127.0.0.1:`port` (0 picks a free port) and serves until the task is dropped.
 /// Returns the bound address and the server task.
-pub async fn serve<I: Invoker>(port: u16, invoker: Arc<I>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve<I: Invoker>(
+    port: u16,
+    invoker: Arc<I>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(accept_loop(listener, invoker));
@@ -105,11 +122,16 @@ pub async fn serve<I: Invoker>(port: u16, invoker: Arc<I>) -> std::io::Result<(S
 
 async fn accept_loop<I: Invoker>(listener: TcpListener, invoker: Arc<I>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let invoker = invoker.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(invoker.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "invoke connection closed with an error");
             }
         });
@@ -119,20 +141,34 @@ async fn accept_loop<I: Invoker>(listener: TcpListener, invoker: Arc<I>) {
 const INVOKE_PREFIX: &str = "/2015-03-31/functions/";
 const INVOKE_SUFFIX: &str = "/invocations";
 
-async fn handle<I: Invoker>(invoker: Arc<I>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle<I: Invoker>(
+    invoker: Arc<I>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let function = path.strip_prefix(INVOKE_PREFIX).and_then(|p| p.strip_suffix(INVOKE_SUFFIX));
+    let function = path
+        .strip_prefix(INVOKE_PREFIX)
+        .and_then(|p| p.strip_suffix(INVOKE_SUFFIX));
     let (Some(function), true) = (function, req.method() == hyper::Method::POST) else {
         return Ok(service_error(
             StatusCode::NOT_FOUND,
             "UnknownOperationException",
-            &format!("only POST {INVOKE_PREFIX}{{function}}{INVOKE_SUFFIX} is served, not {} {path}", req.method()),
+            &format!(
+                "only POST {INVOKE_PREFIX}{{function}}{INVOKE_SUFFIX} is served, not {} {path}",
+                req.method()
+            ),
         ));
     };
     let handler = handler_name(function);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(service_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", &e.to_string())),
+        Err(e) => {
+            return Ok(service_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                &e.to_string(),
+            ))
+        }
     };
     // An invoke without payload reaches the handler as null, as in Lambda.
     let payload: Value = if body.is_empty() {
@@ -154,14 +190,24 @@ async fn handle<I: Invoker>(invoker: Arc<I>, req: Request<Incoming>) -> Result<R
         Ok(v) => json_response(StatusCode::OK, &v, None),
         Err(InvokeError::Function(p)) => {
             tracing::info!(handler, error_type = %p.error_type, "invoke failed");
-            json_response(StatusCode::OK, &serde_json::to_value(&p).unwrap_or(Value::Null), Some("Unhandled"))
+            json_response(
+                StatusCode::OK,
+                &serde_json::to_value(&p).unwrap_or(Value::Null),
+                Some("Unhandled"),
+            )
         }
-        Err(InvokeError::UnknownFunction(m)) => service_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &m),
+        Err(InvokeError::UnknownFunction(m)) => {
+            service_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &m)
+        }
     };
     Ok(response)
 }
 
-fn json_response(status: StatusCode, body: &Value, function_error: Option<&str>) -> Response<Full<Bytes>> {
+fn json_response(
+    status: StatusCode,
+    body: &Value,
+    function_error: Option<&str>,
+) -> Response<Full<Bytes>> {
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -169,7 +215,9 @@ fn json_response(status: StatusCode, body: &Value, function_error: Option<&str>)
     if let Some(kind) = function_error {
         builder = builder.header("x-amz-function-error", kind);
     }
-    builder.body(Full::new(Bytes::from(body.to_string()))).expect("static response parts are valid")
+    builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
 }
 
 /// A service-level error (the invoke itself failed), in the shape AWS SDKs parse.
@@ -190,8 +238,16 @@ mod tests {
     #[test]
     fn function_names_map_to_handlers() {
         assert_eq!(handler_name("CreateImage"), "CreateImage");
-        assert_eq!(handler_name("arn:aws:lambda:us-east-1:123456789012:function:CreateImage"), "CreateImage");
-        assert_eq!(handler_name("arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3APrepare%3Alive"), "Prepare");
+        assert_eq!(
+            handler_name("arn:aws:lambda:us-east-1:123456789012:function:CreateImage"),
+            "CreateImage"
+        );
+        assert_eq!(
+            handler_name(
+                "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3APrepare%3Alive"
+            ),
+            "Prepare"
+        );
         assert_eq!(handler_name("FinalizeFunctionArn"), "Finalize");
         assert_eq!(handler_name("CleanupFunction"), "Cleanup");
         assert_eq!(handler_name("Function"), "Function");

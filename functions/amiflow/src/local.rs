@@ -29,7 +29,10 @@ impl TaskInvoker for LocalInvoker {
             // What Lambda answers for a function that does not exist.
             return Err(TaskError::new(
                 "Lambda.ResourceNotFoundException",
-                format!("no step handler named {name:?} (resource {resource}); known: {}", crate::lambda_api::known_handlers()),
+                format!(
+                    "no step handler named {name:?} (resource {resource}); known: {}",
+                    crate::lambda_api::known_handlers()
+                ),
             ));
         };
         (step.handler)(self.ctx.clone(), input).await.map_err(|e| {

@@ -153,7 +153,12 @@ impl Ledger {
     /// Records a resource once; recording the same one again is a no-op (retried handlers).
     pub fn record(&mut self, kind: ResourceKind, region: &str, id: &str, artifact: bool) {
         if !self.contains(kind, id) {
-            self.resources.push(Resource { kind, id: id.to_string(), region: region.to_string(), artifact });
+            self.resources.push(Resource {
+                kind,
+                id: id.to_string(),
+                region: region.to_string(),
+                artifact,
+            });
         }
     }
 
@@ -193,9 +198,15 @@ mod tests {
 
     #[test]
     fn caught_error_message_unwraps_lambda_cause() {
-        let e = CaughtError { error: "BuildFailed".into(), cause: r#"{"errorType":"BuildFailed","errorMessage":"boom"}"#.into() };
+        let e = CaughtError {
+            error: "BuildFailed".into(),
+            cause: r#"{"errorType":"BuildFailed","errorMessage":"boom"}"#.into(),
+        };
         assert_eq!(e.message(), "boom");
-        let plain = CaughtError { error: "States.Timeout".into(), cause: "took too long".into() };
+        let plain = CaughtError {
+            error: "States.Timeout".into(),
+            cause: "took too long".into(),
+        };
         assert_eq!(plain.message(), "took too long");
     }
 }

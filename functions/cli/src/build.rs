@@ -51,23 +51,38 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
     };
     let access = prepared.builds[0].config.access().clone();
-    let mut ctx = Ctx::for_build(&access).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let mut ctx = Ctx::for_build(&access)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     ctx.env = opts.env.clone();
     ctx.base_dir = opts.template_dir.clone();
     let build_names: Vec<String> = prepared.builds.iter().map(|b| b.name.clone()).collect();
     let manifests: Vec<(String, Value)> = prepared
         .builds
         .iter()
-        .flat_map(|b| b.post_processors.iter().filter(|p| p["type"] == "manifest").map(move |p| (b.name.clone(), p.clone())))
+        .flat_map(|b| {
+            b.post_processors
+                .iter()
+                .filter(|p| p["type"] == "manifest")
+                .map(move |p| (b.name.clone(), p.clone()))
+        })
         .collect();
     let mut secrets: amiflow::provision::Secrets = prepared.secrets.into();
     // Typed configs never serialize passwords: the step gets them from the run's secrets.
-    if let Some(password) = prepared.builds[0].config.comm().and_then(|c| c.ssh_password.clone()) {
+    if let Some(password) = prepared.builds[0]
+        .config
+        .comm()
+        .and_then(|c| c.ssh_password.clone())
+    {
         secrets.set_ssh_password(password);
     }
     ctx.secrets = secrets;
 
-    let execution = format!("amiflow-{}-{}", opts.build_time.format("%Y%m%d-%H%M%S"), &uuid_fragment());
+    let execution = format!(
+        "amiflow-{}-{}",
+        opts.build_time.format("%Y%m%d-%H%M%S"),
+        &uuid_fragment()
+    );
     let input = json!({
         "template": text,
         "vars": variables(&opts)?,
@@ -75,10 +90,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "except": args.template.except,
         "on_error": args.on_error,
     });
-    let machine = StateMachine::from_json(DEFINITION).map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;
+    let machine = StateMachine::from_json(DEFINITION)
+        .map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;
     let (engine, mut events) = Engine::new(LocalInvoker::new(Arc::new(ctx))).event_channel();
 
-    eprintln!("==> {execution}: {} build(s): {}", build_names.len(), build_names.join(", "));
+    eprintln!(
+        "==> {execution}: {} build(s): {}",
+        build_names.len(),
+        build_names.join(", ")
+    );
     let started = std::time::Instant::now();
     let run = tokio::spawn(async move { engine.run(&machine, &execution, input).await });
     let mut progress = Progress::new(build_names);
@@ -103,7 +123,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string_pretty(output)?);
         }
     }
-    eprintln!("==> finished in {elapsed:.1}s ({} retries)", progress.retries);
+    eprintln!(
+        "==> finished in {elapsed:.1}s ({} retries)",
+        progress.retries
+    );
     match failed_cause {
         None => Ok(0),
         Some((error, cause)) => {
@@ -120,8 +143,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 fn variables(opts: &amiflow_template::PrepareOptions) -> anyhow::Result<Map<String, Value>> {
     let mut vars = Map::new();
     for file in &opts.var_files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read -var-file {}", file.display()))?;
-        let values: Map<String, Value> = serde_json::from_str(&text).with_context(|| format!("-var-file {} is not a JSON object", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read -var-file {}", file.display()))?;
+        let values: Map<String, Value> = serde_json::from_str(&text)
+            .with_context(|| format!("-var-file {} is not a JSON object", file.display()))?;
         vars.extend(values);
     }
     for (name, value) in &opts.vars {
@@ -157,12 +182,21 @@ fn print_artifacts(output: &Value) {
     }
 }
 
-fn write_manifests(output: &Value, manifests: &[(String, Value)], build_time: i64) -> anyhow::Result<()> {
+fn write_manifests(
+    output: &Value,
+    manifests: &[(String, Value)],
+    build_time: i64,
+) -> anyhow::Result<()> {
     let run_uuid = uuid_fragment_full();
     let builds = output["builds"].as_array().cloned().unwrap_or_default();
     let mut by_file: Vec<(PathBuf, Vec<Value>)> = Vec::new();
     for (name, post_processor) in manifests {
-        let Some(build) = builds.iter().find(|b| b["name"] == name.as_str() && b.get("error").is_none()) else { continue };
+        let Some(build) = builds
+            .iter()
+            .find(|b| b["name"] == name.as_str() && b.get("error").is_none())
+        else {
+            continue;
+        };
         let path = manifest::output_path(post_processor);
         let entry = manifest::entry(build, post_processor, &run_uuid, build_time);
         match by_file.iter_mut().find(|(p, _)| *p == path) {

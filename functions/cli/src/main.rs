@@ -11,7 +11,11 @@ mod serve_lambdas;
 mod validate;
 
 #[derive(Parser)]
-#[command(name = "amiflow", version, about = "Bake Amazon machine images from Packer templates, serverless")]
+#[command(
+    name = "amiflow",
+    version,
+    about = "Bake Amazon machine images from Packer templates, serverless"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,14 +42,26 @@ enum Command {
 /// Packer's flags are single-dash long flags (`-var`, `-var-file`, `-only` …); clap wants
 /// two dashes. Rewrite the ones we know, before clap sees them, so Packer command lines work.
 fn packer_style_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 8] = ["var", "var-file", "only", "except", "on-error", "force", "syntax-only", "debug"];
+    const LONG: [&str; 8] = [
+        "var",
+        "var-file",
+        "only",
+        "except",
+        "on-error",
+        "force",
+        "syntax-only",
+        "debug",
+    ];
     let mut out = Vec::new();
     let mut after_double_dash = false;
     for (i, arg) in args.into_iter().enumerate() {
         if arg == "--" {
             after_double_dash = true;
         }
-        let name = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-')).map(|rest| rest.split('=').next().unwrap_or(rest));
+        let name = arg
+            .strip_prefix('-')
+            .filter(|rest| !rest.starts_with('-'))
+            .map(|rest| rest.split('=').next().unwrap_or(rest));
         if i > 0 && !after_double_dash && name.is_some_and(|n| LONG.contains(&n)) {
             out.push(format!("-{arg}"));
         } else {
@@ -89,11 +105,39 @@ mod tests {
     #[test]
     fn single_dash_packer_flags_become_double_dash() {
         assert_eq!(
-            v(&["amiflow", "validate", "-var", "a=b", "-var-file=f.json", "-only=x", "--var", "c=d", "-h", "t.json"]),
-            v(&["amiflow", "validate", "--var", "a=b", "--var-file=f.json", "--only=x", "--var", "c=d", "-h", "t.json"])
+            v(&[
+                "amiflow",
+                "validate",
+                "-var",
+                "a=b",
+                "-var-file=f.json",
+                "-only=x",
+                "--var",
+                "c=d",
+                "-h",
+                "t.json"
+            ]),
+            v(&[
+                "amiflow",
+                "validate",
+                "--var",
+                "a=b",
+                "--var-file=f.json",
+                "--only=x",
+                "--var",
+                "c=d",
+                "-h",
+                "t.json"
+            ])
         );
-        assert_eq!(v(&["amiflow", "validate", "--", "-var"]), vec!["amiflow", "validate", "--", "-var"]);
+        assert_eq!(
+            v(&["amiflow", "validate", "--", "-var"]),
+            vec!["amiflow", "validate", "--", "-var"]
+        );
         // A value that looks like a flag is left alone only after `--`; -var's value is `k=v`, never a flag name.
-        assert_eq!(v(&["amiflow", "build", "-force", "-on-error=abort"])[2..], ["--force".to_string(), "--on-error=abort".to_string()]);
+        assert_eq!(
+            v(&["amiflow", "build", "-force", "-on-error=abort"])[2..],
+            ["--force".to_string(), "--on-error=abort".to_string()]
+        );
     }
 }

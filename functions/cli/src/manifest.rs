@@ -27,7 +27,12 @@ pub fn entry(build: &Value, post_processor: &Value, run_uuid: &str, build_time: 
 
 /// Where the manifest goes: `output`, relative to the working directory as in Packer.
 pub fn output_path(post_processor: &Value) -> PathBuf {
-    PathBuf::from(post_processor["output"].as_str().filter(|s| !s.is_empty()).unwrap_or("packer-manifest.json"))
+    PathBuf::from(
+        post_processor["output"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("packer-manifest.json"),
+    )
 }
 
 /// Appends entries to the manifest at `path` (created when missing).
@@ -38,7 +43,9 @@ pub fn append(path: &Path, entries: Vec<Value>, run_uuid: &str) -> anyhow::Resul
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({"builds": []}),
         Err(e) => anyhow::bail!("cannot read manifest {}: {e}", path.display()),
     };
-    let builds = manifest["builds"].as_array_mut().ok_or_else(|| anyhow::anyhow!("{} has no \"builds\" list", path.display()))?;
+    let builds = manifest["builds"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("{} has no \"builds\" list", path.display()))?;
     builds.extend(entries);
     manifest["last_run_uuid"] = json!(run_uuid);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -56,9 +63,20 @@ mod tests {
     fn appends_to_an_existing_manifest_and_keeps_the_last_run() {
         let dir = std::env::temp_dir().join(format!("amiflow-manifest-{}", std::process::id()));
         let path = dir.join("m.json");
-        let build = json!({"name": "web", "builder_type": "amazon-ebs", "artifact_id": "us-east-1:ami-1"});
+        let build =
+            json!({"name": "web", "builder_type": "amazon-ebs", "artifact_id": "us-east-1:ami-1"});
         append(&path, vec![entry(&build, &json!({}), "run-1", 10)], "run-1").unwrap();
-        append(&path, vec![entry(&build, &json!({"strip_time": true, "custom_data": {"k": "v"}}), "run-2", 20)], "run-2").unwrap();
+        append(
+            &path,
+            vec![entry(
+                &build,
+                &json!({"strip_time": true, "custom_data": {"k": "v"}}),
+                "run-2",
+                20,
+            )],
+            "run-2",
+        )
+        .unwrap();
         let m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(m["builds"].as_array().unwrap().len(), 2);
         assert_eq!(m["builds"][0]["build_time"], 10);

@@ -26,29 +26,75 @@ pub struct Args {
 
 /// The seeds' IAM policy for Packer's Amazon builders (the "minimal set" they document).
 pub const SEED_BASE_ACTIONS: &[&str] = &[
-    "ec2:AttachVolume", "ec2:AuthorizeSecurityGroupIngress", "ec2:CopyImage", "ec2:CreateImage",
-    "ec2:CreateKeyPair", "ec2:CreateSecurityGroup", "ec2:CreateSnapshot", "ec2:CreateTags",
-    "ec2:CreateVolume", "ec2:DeleteKeyPair", "ec2:DeleteSecurityGroup", "ec2:DeleteSnapshot",
-    "ec2:DeleteVolume", "ec2:DeregisterImage", "ec2:DescribeImageAttribute", "ec2:DescribeImages",
-    "ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups",
-    "ec2:DescribeSnapshots", "ec2:DescribeSubnets", "ec2:DescribeTags", "ec2:DescribeVolumes",
-    "ec2:DetachVolume", "ec2:GetPasswordData", "ec2:ModifyImageAttribute",
-    "ec2:ModifyInstanceAttribute", "ec2:ModifySnapshotAttribute", "ec2:RegisterImage",
-    "ec2:RunInstances", "ec2:StopInstances", "ec2:TerminateInstances",
+    "ec2:AttachVolume",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:CopyImage",
+    "ec2:CreateImage",
+    "ec2:CreateKeyPair",
+    "ec2:CreateSecurityGroup",
+    "ec2:CreateSnapshot",
+    "ec2:CreateTags",
+    "ec2:CreateVolume",
+    "ec2:DeleteKeyPair",
+    "ec2:DeleteSecurityGroup",
+    "ec2:DeleteSnapshot",
+    "ec2:DeleteVolume",
+    "ec2:DeregisterImage",
+    "ec2:DescribeImageAttribute",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstances",
+    "ec2:DescribeRegions",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSnapshots",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeTags",
+    "ec2:DescribeVolumes",
+    "ec2:DetachVolume",
+    "ec2:GetPasswordData",
+    "ec2:ModifyImageAttribute",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:ModifySnapshotAttribute",
+    "ec2:RegisterImage",
+    "ec2:RunInstances",
+    "ec2:StopInstances",
+    "ec2:TerminateInstances",
 ];
 
 const SPOT_ACTIONS: &[&str] = &[
-    "ec2:RequestSpotInstances", "ec2:CancelSpotInstanceRequests", "ec2:DescribeSpotInstanceRequests",
-    "ec2:CreateLaunchTemplate", "ec2:DeleteLaunchTemplate", "ec2:CreateFleet", "ec2:DescribeLaunchTemplates",
+    "ec2:RequestSpotInstances",
+    "ec2:CancelSpotInstanceRequests",
+    "ec2:DescribeSpotInstanceRequests",
+    "ec2:CreateLaunchTemplate",
+    "ec2:DeleteLaunchTemplate",
+    "ec2:CreateFleet",
+    "ec2:DescribeLaunchTemplates",
 ];
 const KMS_ACTIONS: &[&str] = &[
-    "kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+    "kms:CreateGrant",
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:Encrypt",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
 ];
-const SSM_RUN_ACTIONS: &[&str] = &["ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:DescribeInstanceInformation"];
+const SSM_RUN_ACTIONS: &[&str] = &[
+    "ssm:SendCommand",
+    "ssm:GetCommandInvocation",
+    "ssm:DescribeInstanceInformation",
+];
 const TEMPORARY_PROFILE_ACTIONS: &[&str] = &[
-    "iam:CreateRole", "iam:PutRolePolicy", "iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile",
-    "iam:GetInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteRolePolicy",
-    "iam:DeleteRole", "iam:DeleteInstanceProfile", "iam:TagRole", "iam:TagInstanceProfile",
+    "iam:CreateRole",
+    "iam:PutRolePolicy",
+    "iam:CreateInstanceProfile",
+    "iam:AddRoleToInstanceProfile",
+    "iam:GetInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:DeleteRolePolicy",
+    "iam:DeleteRole",
+    "iam:DeleteInstanceProfile",
+    "iam:TagRole",
+    "iam:TagInstanceProfile",
 ];
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -58,26 +104,45 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .with_context(|| format!("{} is not a Packer JSON template", args.template.display()))?;
     let vars = parse_vars(&args.vars)?;
     let definition_path = args.definition.unwrap_or_else(default_definition);
-    let definition = std::fs::read_to_string(&definition_path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let definition = std::fs::read_to_string(&definition_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
     if definition.is_none() {
-        eprintln!("note: {} not readable: granting every registered step", definition_path.display());
+        eprintln!(
+            "note: {} not readable: granting every registered step",
+            definition_path.display()
+        );
     }
-    let policy = minimal_policy(&template, &vars, definition.as_ref(), &amiflow::steps::registry());
+    let policy = minimal_policy(
+        &template,
+        &vars,
+        definition.as_ref(),
+        &amiflow::steps::registry(),
+    );
     println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(0)
 }
 
 fn default_definition() -> PathBuf {
     let beside_binary = std::env::current_exe().ok().and_then(|p| {
-        p.ancestors().map(|a| a.join("statemachine/amiflow.asl.json")).find(|c| c.exists())
+        p.ancestors()
+            .map(|a| a.join("statemachine/amiflow.asl.json"))
+            .find(|c| c.exists())
     });
-    beside_binary.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../statemachine/amiflow.asl.json")))
+    beside_binary.unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../statemachine/amiflow.asl.json"
+        ))
+    })
 }
 
 pub fn parse_vars(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|kv| {
-            let (k, v) = kv.split_once('=').with_context(|| format!("-var {kv:?}: expected NAME=VALUE"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("-var {kv:?}: expected NAME=VALUE"))?;
             Ok((k.to_string(), v.to_string()))
         })
         .collect()
@@ -85,16 +150,31 @@ pub fn parse_vars(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// A builder option's value with `{{user `x`}}` resolved from -var then the template's
 /// variables; None when unset or empty.
-fn option(builder: &Value, key: &str, template: &Value, vars: &BTreeMap<String, String>) -> Option<Value> {
+fn option(
+    builder: &Value,
+    key: &str,
+    template: &Value,
+    vars: &BTreeMap<String, String>,
+) -> Option<Value> {
     let value = builder.get(key)?;
     match value {
         Value::Null => None,
         Value::String(s) if s.is_empty() => None,
         Value::String(s) => {
-            let inner = s.trim().strip_prefix("{{").and_then(|r| r.strip_suffix("}}")).map(str::trim);
-            match inner.and_then(|i| i.strip_prefix("user")).map(|n| n.trim().trim_matches(|c| c == '`' || c == '"')) {
+            let inner = s
+                .trim()
+                .strip_prefix("{{")
+                .and_then(|r| r.strip_suffix("}}"))
+                .map(str::trim);
+            match inner
+                .and_then(|i| i.strip_prefix("user"))
+                .map(|n| n.trim().trim_matches(|c| c == '`' || c == '"'))
+            {
                 Some(name) => {
-                    let resolved = vars.get(name).cloned().or_else(|| template["variables"][name].as_str().map(String::from));
+                    let resolved = vars
+                        .get(name)
+                        .cloned()
+                        .or_else(|| template["variables"][name].as_str().map(String::from));
                     resolved.filter(|r| !r.is_empty()).map(Value::String)
                 }
                 None => Some(value.clone()),
@@ -109,11 +189,18 @@ fn option(builder: &Value, key: &str, template: &Value, vars: &BTreeMap<String, 
 
 /// Task states (by step name) reachable from `start` in an ASL (sub)machine, following
 /// Next, Default, Choices, Catch and nested Map/Parallel machines.
-fn reachable_tasks(states: &serde_json::Map<String, Value>, start: &str, tasks: &mut BTreeSet<String>, seen: &mut BTreeSet<String>) {
+fn reachable_tasks(
+    states: &serde_json::Map<String, Value>,
+    start: &str,
+    tasks: &mut BTreeSet<String>,
+    seen: &mut BTreeSet<String>,
+) {
     if !seen.insert(start.to_string()) {
         return;
     }
-    let Some(state) = states.get(start) else { return };
+    let Some(state) = states.get(start) else {
+        return;
+    };
     collect_nested(state, tasks);
     let mut next: Vec<&str> = Vec::new();
     for key in ["Next", "Default"] {
@@ -132,13 +219,19 @@ fn reachable_tasks(states: &serde_json::Map<String, Value>, start: &str, tasks: 
 
 /// The step a Task state runs (`${StepFunctionArn}`) and every task of nested machines.
 fn collect_nested(state: &Value, tasks: &mut BTreeSet<String>) {
-    if let Some(step) = state["Resource"].as_str().and_then(|r| r.strip_prefix("${")).and_then(|r| r.strip_suffix("FunctionArn}")) {
+    if let Some(step) = state["Resource"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("${"))
+        .and_then(|r| r.strip_suffix("FunctionArn}"))
+    {
         tasks.insert(step.to_string());
     }
     let mut machines: Vec<&Value> = vec![&state["Iterator"], &state["ItemProcessor"]];
     machines.extend(state["Branches"].as_array().into_iter().flatten());
     for machine in machines {
-        if let (Some(states), Some(start)) = (machine["States"].as_object(), machine["StartAt"].as_str()) {
+        if let (Some(states), Some(start)) =
+            (machine["States"].as_object(), machine["StartAt"].as_str())
+        {
             reachable_tasks(states, start, tasks, &mut BTreeSet::new());
         }
     }
@@ -160,7 +253,10 @@ fn all_machines(value: &Value, out: &mut Vec<serde_json::Map<String, Value>>) {
 /// The steps the definition runs for these builder types: every Task reachable from the
 /// branches of a Choice on the builder type that match one of them, plus every Task no such
 /// branch owns (Prepare, Finalize, shared cleanup).
-pub fn steps_for_builders(definition: &Value, builder_types: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+pub fn steps_for_builders(
+    definition: &Value,
+    builder_types: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
     let mut machines = Vec::new();
     all_machines(definition, &mut machines);
     let mut all_tasks = BTreeSet::new();
@@ -169,13 +265,20 @@ pub fn steps_for_builders(definition: &Value, builder_types: &BTreeSet<String>) 
         for (_, state) in states.iter() {
             collect_nested(state, &mut all_tasks);
             for choice in state["Choices"].as_array().into_iter().flatten() {
-                let (Some(value), Some(next)) = (choice["StringEquals"].as_str(), choice["Next"].as_str()) else { continue };
+                let (Some(value), Some(next)) =
+                    (choice["StringEquals"].as_str(), choice["Next"].as_str())
+                else {
+                    continue;
+                };
                 if !value.starts_with("amazon-") {
                     continue;
                 }
                 let mut tasks = BTreeSet::new();
                 reachable_tasks(states, next, &mut tasks, &mut BTreeSet::new());
-                branch_tasks.entry(value.to_string()).or_default().extend(tasks);
+                branch_tasks
+                    .entry(value.to_string())
+                    .or_default()
+                    .extend(tasks);
             }
         }
     }
@@ -192,9 +295,20 @@ pub fn steps_for_builders(definition: &Value, builder_types: &BTreeSet<String>) 
 
 /// The policy document: one statement of actions on `*`, iam:PassRole on the named instance
 /// profile roles, sts:AssumeRole on the `assume_role` roles.
-pub fn minimal_policy(template: &Value, vars: &BTreeMap<String, String>, definition: Option<&Value>, registry: &[amiflow::steps::StepSpec]) -> Value {
-    let builders: Vec<&Value> = template["builders"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
-    let types: BTreeSet<String> = builders.iter().filter_map(|b| b["type"].as_str().map(String::from)).collect();
+pub fn minimal_policy(
+    template: &Value,
+    vars: &BTreeMap<String, String>,
+    definition: Option<&Value>,
+    registry: &[amiflow::steps::StepSpec],
+) -> Value {
+    let builders: Vec<&Value> = template["builders"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let types: BTreeSet<String> = builders
+        .iter()
+        .filter_map(|b| b["type"].as_str().map(String::from))
+        .collect();
     let mut actions: BTreeSet<String> = BTreeSet::new();
     if types.iter().any(|t| t.starts_with("amazon-")) {
         actions.extend(SEED_BASE_ACTIONS.iter().map(|a| a.to_string()));
@@ -218,18 +332,32 @@ pub fn minimal_policy(template: &Value, vars: &BTreeMap<String, String>, definit
         let opt = |k: &str| option(b, k, template, vars);
         if opt("spot_price").is_some_and(|v| v != "0") || opt("spot_instance_types").is_some() {
             actions.extend(SPOT_ACTIONS.iter().map(|a| a.to_string()));
-            if opt("spot_price").is_some_and(|v| v == "auto") || opt("spot_instance_types").is_some() {
+            if opt("spot_price").is_some_and(|v| v == "auto")
+                || opt("spot_instance_types").is_some()
+            {
                 actions.insert("ec2:DescribeSpotPriceHistory".into());
             }
         }
         if opt("ami_regions").is_some() {
-            actions.extend(["ec2:CopyImage", "ec2:DescribeRegions", "ec2:DescribeImages"].map(String::from));
+            actions.extend(
+                ["ec2:CopyImage", "ec2:DescribeRegions", "ec2:DescribeImages"].map(String::from),
+            );
         }
-        let kms_in_mappings = ["launch_block_device_mappings", "ami_block_device_mappings", "ebs_volumes"]
-            .iter()
-            .filter_map(|k| opt(k))
-            .any(|m| m.to_string().contains("kms_key_id") || m.to_string().contains("\"encrypted\":true"));
-        if opt("kms_key_id").is_some() || opt("region_kms_key_ids").is_some() || opt("encrypt_boot").is_some() || kms_in_mappings {
+        let kms_in_mappings = [
+            "launch_block_device_mappings",
+            "ami_block_device_mappings",
+            "ebs_volumes",
+        ]
+        .iter()
+        .filter_map(|k| opt(k))
+        .any(|m| {
+            m.to_string().contains("kms_key_id") || m.to_string().contains("\"encrypted\":true")
+        });
+        if opt("kms_key_id").is_some()
+            || opt("region_kms_key_ids").is_some()
+            || opt("encrypt_boot").is_some()
+            || kms_in_mappings
+        {
             actions.extend(KMS_ACTIONS.iter().map(|a| a.to_string()));
         }
         let session_manager = opt("ssh_interface").is_some_and(|v| v == "session_manager");
@@ -239,27 +367,43 @@ pub fn minimal_policy(template: &Value, vars: &BTreeMap<String, String>, definit
             actions.insert("ssm:StartSession".into());
             actions.insert("ssm:TerminateSession".into());
         }
-        if opt("source_ami").is_some_and(|v| v.as_str().is_some_and(|s| s.starts_with("resolve:ssm:"))) {
+        if opt("source_ami")
+            .is_some_and(|v| v.as_str().is_some_and(|s| s.starts_with("resolve:ssm:")))
+        {
             actions.insert("ssm:GetParameter".into());
         }
         if let Some(profile) = opt("iam_instance_profile") {
             actions.insert("iam:GetInstanceProfile".into());
-            pass_roles.insert(format!("arn:aws:iam::*:role/{}", profile.as_str().unwrap_or_default()));
+            pass_roles.insert(format!(
+                "arn:aws:iam::*:role/{}",
+                profile.as_str().unwrap_or_default()
+            ));
         }
         if opt("temporary_iam_instance_profile_policy_document").is_some() {
             actions.extend(TEMPORARY_PROFILE_ACTIONS.iter().map(|a| a.to_string()));
             pass_roles.insert("arn:aws:iam::*:role/packer-*".into());
             pass_roles.insert("arn:aws:iam::*:role/amiflow-*".into());
         }
-        if let Some(role) = opt("assume_role").and_then(|r| r["role_arn"].as_str().map(String::from)) {
+        if let Some(role) =
+            opt("assume_role").and_then(|r| r["role_arn"].as_str().map(String::from))
+        {
             assume_roles.insert(role);
         }
         if b["type"] == "amazon-chroot" {
-            actions.extend(["ec2:DescribeInstances", "ec2:AttachVolume", "ec2:DetachVolume"].map(String::from));
+            actions.extend(
+                [
+                    "ec2:DescribeInstances",
+                    "ec2:AttachVolume",
+                    "ec2:DetachVolume",
+                ]
+                .map(String::from),
+            );
         }
     }
 
-    let mut statements = vec![json!({ "Sid": "AmiflowBuild", "Effect": "Allow", "Action": actions, "Resource": "*" })];
+    let mut statements = vec![
+        json!({ "Sid": "AmiflowBuild", "Effect": "Allow", "Action": actions, "Resource": "*" }),
+    ];
     if !pass_roles.is_empty() {
         statements.push(json!({
             "Sid": "PassInstanceProfileRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": pass_roles,
@@ -290,12 +434,20 @@ mod tests {
 
     fn seed_files() -> Vec<PathBuf> {
         let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-        let mut dirs: Vec<PathBuf> = std::env::var_os("AMIFLOW_SEEDS").map(PathBuf::from).into_iter().collect();
+        let mut dirs: Vec<PathBuf> = std::env::var_os("AMIFLOW_SEEDS")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
         dirs.push(root.join("../shared/seeds"));
         dirs.push(PathBuf::from("/work/shared/seeds"));
         dirs.into_iter()
             .find(|d| d.is_dir())
-            .map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect())
+            .map(|d| {
+                std::fs::read_dir(d)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -305,7 +457,10 @@ mod tests {
         for file in seed_files() {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             for piece in text.split("\"ec2:").skip(1) {
-                let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
                 if piece[name.len()..].starts_with('"') {
                     found.insert(format!("ec2:{name}").to_lowercase());
                 }
@@ -320,8 +475,16 @@ mod tests {
         if seeds.is_empty() {
             eprintln!("SKIPPED the seed-file comparison: no seeds directory (set AMIFLOW_SEEDS)");
         }
-        let policy = minimal_policy(&basic_ebs(), &BTreeMap::new(), None, &amiflow::steps::registry());
-        let granted: BTreeSet<String> = actions(&policy).into_iter().map(|a| a.to_lowercase()).collect();
+        let policy = minimal_policy(
+            &basic_ebs(),
+            &BTreeMap::new(),
+            None,
+            &amiflow::steps::registry(),
+        );
+        let granted: BTreeSet<String> = actions(&policy)
+            .into_iter()
+            .map(|a| a.to_lowercase())
+            .collect();
         let missing: Vec<_> = seeds.iter().filter(|a| !granted.contains(*a)).collect();
         assert!(missing.is_empty(), "the seeds list {missing:?}");
         for a in SEED_BASE_ACTIONS {
@@ -329,16 +492,33 @@ mod tests {
         }
         // Option-driven grants stay out (steps declare everything they may call, so the
         // step union is coarser than the options).
-        for absent in ["sts:assumerole", "iam:passrole", "ssm:startsession", "ec2:describespotpricehistory", "ec2:requestspotinstances"] {
-            assert!(!granted.contains(absent), "{absent} granted to a basic template");
+        for absent in [
+            "sts:assumerole",
+            "iam:passrole",
+            "ssm:startsession",
+            "ec2:describespotpricehistory",
+            "ec2:requestspotinstances",
+        ] {
+            assert!(
+                !granted.contains(absent),
+                "{absent} granted to a basic template"
+            );
         }
     }
 
     #[test]
     fn registered_steps_are_granted() {
-        let policy = minimal_policy(&basic_ebs(), &BTreeMap::new(), None, &amiflow::steps::registry());
+        let policy = minimal_policy(
+            &basic_ebs(),
+            &BTreeMap::new(),
+            None,
+            &amiflow::steps::registry(),
+        );
         let granted = actions(&policy);
-        for spec in amiflow::steps::registry().iter().filter(|s| s.name != amiflow::infra::JANITOR) {
+        for spec in amiflow::steps::registry()
+            .iter()
+            .filter(|s| s.name != amiflow::infra::JANITOR)
+        {
             for a in spec.iam_actions.iter().filter(|a| **a != "iam:PassRole") {
                 assert!(granted.contains(*a), "{} needs {a}", spec.name);
             }
@@ -357,8 +537,16 @@ mod tests {
         let vars = BTreeMap::from([("spot".to_string(), "auto".to_string())]);
         let policy = minimal_policy(&template, &vars, None, &[]);
         let granted = actions(&policy);
-        for a in ["ec2:RequestSpotInstances", "ec2:DescribeSpotPriceHistory", "ec2:CopyImage", "kms:CreateGrant",
-            "ssm:StartSession", "iam:GetInstanceProfile", "iam:PassRole", "sts:AssumeRole"] {
+        for a in [
+            "ec2:RequestSpotInstances",
+            "ec2:DescribeSpotPriceHistory",
+            "ec2:CopyImage",
+            "kms:CreateGrant",
+            "ssm:StartSession",
+            "iam:GetInstanceProfile",
+            "iam:PassRole",
+            "sts:AssumeRole",
+        ] {
             assert!(granted.contains(a), "{a} missing from {granted:?}");
         }
         let text = policy.to_string();
@@ -387,9 +575,17 @@ mod tests {
                 "Finalize": { "Type": "Task", "Resource": "${FinalizeFunctionArn}", "End": true }
             }
         });
-        let ebs = steps_for_builders(&definition, &BTreeSet::from(["amazon-ebs".to_string()])).unwrap();
-        assert_eq!(ebs, BTreeSet::from(["Prepare", "RunSourceInstance", "Cleanup", "Finalize"].map(String::from)));
-        let chroot = steps_for_builders(&definition, &BTreeSet::from(["amazon-chroot".to_string()])).unwrap();
+        let ebs =
+            steps_for_builders(&definition, &BTreeSet::from(["amazon-ebs".to_string()])).unwrap();
+        assert_eq!(
+            ebs,
+            BTreeSet::from(
+                ["Prepare", "RunSourceInstance", "Cleanup", "Finalize"].map(String::from)
+            )
+        );
+        let chroot =
+            steps_for_builders(&definition, &BTreeSet::from(["amazon-chroot".to_string()]))
+                .unwrap();
         assert!(chroot.contains("AttachVolume") && !chroot.contains("RunSourceInstance"));
     }
 }

@@ -29,8 +29,15 @@ struct Current {
 
 impl Progress {
     pub fn new(builds: Vec<String>) -> Progress {
-        let bars = std::io::stderr().is_terminal().then(|| (MultiProgress::new(), HashMap::new()));
-        Progress { builds, bars, current: HashMap::new(), retries: 0 }
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (MultiProgress::new(), HashMap::new()));
+        Progress {
+            builds,
+            bars,
+            current: HashMap::new(),
+            retries: 0,
+        }
     }
 
     fn build_of(&self, scope: &[Scope]) -> Option<usize> {
@@ -38,7 +45,10 @@ impl Progress {
     }
 
     fn name(&self, index: usize) -> &str {
-        self.builds.get(index).map(String::as_str).unwrap_or("build")
+        self.builds
+            .get(index)
+            .map(String::as_str)
+            .unwrap_or("build")
     }
 
     fn line(&self, text: String) {
@@ -56,7 +66,10 @@ impl Progress {
             bars.entry(index)
                 .or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new_spinner());
-                    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]").expect("valid template"));
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
+                            .expect("valid template"),
+                    );
                     bar.enable_steady_tick(Duration::from_millis(120));
                     bar
                 })
@@ -83,11 +96,23 @@ impl Progress {
                     bar.set_message(step.clone());
                     bar.reset_elapsed();
                 }
-                self.current.insert(index, Current { step, started: Instant::now(), polls: 0, waiting_for: String::new() });
+                self.current.insert(
+                    index,
+                    Current {
+                        step,
+                        started: Instant::now(),
+                        polls: 0,
+                        waiting_for: String::new(),
+                    },
+                );
             }
             Event::StateExited { name, scope, .. } => {
-                let Some(index) = self.build_of(scope) else { return };
-                let Some(current) = self.current.remove(&index) else { return };
+                let Some(index) = self.build_of(scope) else {
+                    return;
+                };
+                let Some(current) = self.current.remove(&index) else {
+                    return;
+                };
                 if current.step != step_of(name) {
                     return;
                 }
@@ -95,25 +120,58 @@ impl Progress {
                     0 => String::new(),
                     n => format!(", {n} poll{}", if n == 1 { "" } else { "s" }),
                 };
-                self.line(format!("    {}: {} ({:.1}s{polls})", self.name(index), current.step, current.started.elapsed().as_secs_f64()));
+                self.line(format!(
+                    "    {}: {} ({:.1}s{polls})",
+                    self.name(index),
+                    current.step,
+                    current.started.elapsed().as_secs_f64()
+                ));
             }
-            Event::TaskFailed { scope, error, cause, .. } => {
+            Event::TaskFailed {
+                scope,
+                error,
+                cause,
+                ..
+            } => {
                 if let (Some(index), true) = (self.build_of(scope), error == "NotReady") {
-                    let message = CaughtError { error: error.clone(), cause: cause.clone() }.message();
+                    let message = CaughtError {
+                        error: error.clone(),
+                        cause: cause.clone(),
+                    }
+                    .message();
                     if let Some(current) = self.current.get_mut(&index) {
                         current.waiting_for = message;
                     }
                 }
             }
-            Event::RetryScheduled { scope, error, attempt, delay, .. } => {
+            Event::RetryScheduled {
+                scope,
+                error,
+                attempt,
+                delay,
+                ..
+            } => {
                 self.retries += 1;
-                let Some(index) = self.build_of(scope) else { return };
-                let Some(current) = self.current.get_mut(&index) else { return };
+                let Some(index) = self.build_of(scope) else {
+                    return;
+                };
+                let Some(current) = self.current.get_mut(&index) else {
+                    return;
+                };
                 current.polls = *attempt;
                 let text = if error == "NotReady" {
-                    format!("{}: {} (poll {attempt}, next in {:.0}s)", current.step, current.waiting_for, delay.as_secs_f64())
+                    format!(
+                        "{}: {} (poll {attempt}, next in {:.0}s)",
+                        current.step,
+                        current.waiting_for,
+                        delay.as_secs_f64()
+                    )
                 } else {
-                    format!("{}: {error}, retry {attempt} in {:.1}s", current.step, delay.as_secs_f64())
+                    format!(
+                        "{}: {error}, retry {attempt} in {:.1}s",
+                        current.step,
+                        delay.as_secs_f64()
+                    )
                 };
                 let plain = self.bars.is_none();
                 if let Some(bar) = self.bar(index) {
@@ -125,11 +183,18 @@ impl Progress {
                     self.line(format!("    {build}: {text}"));
                 }
             }
-            Event::Caught { name, scope, error, .. } => {
-                let Some(index) = self.build_of(scope) else { return };
+            Event::Caught {
+                name, scope, error, ..
+            } => {
+                let Some(index) = self.build_of(scope) else {
+                    return;
+                };
                 let step = step_of(name);
                 self.current.remove(&index);
-                self.line(format!("    {}: {step} failed ({error}); cleaning up", self.name(index)));
+                self.line(format!(
+                    "    {}: {step} failed ({error}); cleaning up",
+                    self.name(index)
+                ));
             }
             Event::ExecutionSucceeded { .. } | Event::ExecutionFailed { .. } => self.finish(),
             _ => {}

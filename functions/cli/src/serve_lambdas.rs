@@ -22,17 +22,26 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let ctx = Arc::new(amiflow::Ctx::from_env().await);
     let (addr, server) = lambda_api::serve(args.port, Arc::new(RegistryInvoker { ctx }))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e}; pick another --port", args.port))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on 127.0.0.1:{}: {e}; pick another --port",
+                args.port
+            )
+        })?;
     // The first stdout line is the endpoint, for scripts: AWS_ENDPOINT_URL_LAMBDA=$(...).
     println!("http://{addr}");
-    eprintln!("serving {} on http://{addr}/2015-03-31/functions/{{name}}/invocations", lambda_api::known_handlers());
+    eprintln!(
+        "serving {} on http://{addr}/2015-03-31/functions/{{name}}/invocations",
+        lambda_api::known_handlers()
+    );
     tokio::select! {
         _ = server => anyhow::bail!("the invoke server stopped"),
         _ = tokio::signal::ctrl_c() => Ok(0),

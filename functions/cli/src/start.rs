@@ -51,7 +51,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         None => execution_name(&args.template),
     };
     validate_locally(&input, &name).await?;
-    let Some(state_machine) = args.state_machine.or_else(|| std::env::var("AMIFLOW_STATE_MACHINE_ARN").ok()) else {
+    let Some(state_machine) = args
+        .state_machine
+        .or_else(|| std::env::var("AMIFLOW_STATE_MACHINE_ARN").ok())
+    else {
         bail!("no state machine: pass --state-machine ARN or set AMIFLOW_STATE_MACHINE_ARN (the StateMachineArn output of `sam deploy`)");
     };
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -59,14 +62,19 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let arn = start(&client, &state_machine, &name, &input).await?;
     println!("{arn}");
     if args.watch {
-        let outcome = crate::watch::follow(&client, &arn, std::time::Duration::from_secs(2), None).await?;
+        let outcome =
+            crate::watch::follow(&client, &arn, std::time::Duration::from_secs(2), None).await?;
         return Ok(outcome.exit_code());
     }
     Ok(0)
 }
 
 /// The execution input Prepare reads, after refusing static credentials.
-pub fn execution_input(template: &Value, vars: &BTreeMap<String, String>, on_error: &str) -> anyhow::Result<Value> {
+pub fn execution_input(
+    template: &Value,
+    vars: &BTreeMap<String, String>,
+    on_error: &str,
+) -> anyhow::Result<Value> {
     refuse_static_credentials(template, vars)?;
     let input = json!({ "template": template, "vars": vars, "on_error": on_error });
     let size = input.to_string().len();
@@ -78,10 +86,22 @@ pub fn execution_input(template: &Value, vars: &BTreeMap<String, String>, on_err
 
 /// Refuses `access_key`/`secret_key`/`token` in any builder when they hold a key (directly or
 /// through a user variable), and -var values whose names look like credentials.
-pub fn refuse_static_credentials(template: &Value, vars: &BTreeMap<String, String>) -> anyhow::Result<()> {
+pub fn refuse_static_credentials(
+    template: &Value,
+    vars: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let mut found = Vec::new();
-    for (i, builder) in template["builders"].as_array().into_iter().flatten().enumerate() {
-        let label = builder["name"].as_str().or(builder["type"].as_str()).unwrap_or("?").to_string();
+    for (i, builder) in template["builders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let label = builder["name"]
+            .as_str()
+            .or(builder["type"].as_str())
+            .unwrap_or("?")
+            .to_string();
         for key in CREDENTIAL_KEYS {
             let literal = match builder.get(key) {
                 None | Some(Value::Null) => false,
@@ -95,9 +115,16 @@ pub fn refuse_static_credentials(template: &Value, vars: &BTreeMap<String, Strin
     }
     for (name, value) in vars {
         let lower = name.to_ascii_lowercase();
-        let looks_secret = ["access_key", "secret_key", "secret_access_key", "session_token", "aws_token", "secret"]
-            .iter()
-            .any(|k| lower.contains(k))
+        let looks_secret = [
+            "access_key",
+            "secret_key",
+            "secret_access_key",
+            "session_token",
+            "aws_token",
+            "secret",
+        ]
+        .iter()
+        .any(|k| lower.contains(k))
             || lower == "token";
         if looks_secret && !value.is_empty() {
             found.push(format!("-var {name}"));
@@ -125,11 +152,20 @@ fn static_value(text: &str, template: &Value, vars: &BTreeMap<String, String>) -
     if !text.contains("{{") {
         return true;
     }
-    let user_var = text.trim().strip_prefix("{{").and_then(|r| r.strip_suffix("}}")).map(str::trim)
-        .and_then(|i| i.strip_prefix("user")).map(|n| n.trim().trim_matches(|c| c == '`' || c == '"'));
+    let user_var = text
+        .trim()
+        .strip_prefix("{{")
+        .and_then(|r| r.strip_suffix("}}"))
+        .map(str::trim)
+        .and_then(|i| i.strip_prefix("user"))
+        .map(|n| n.trim().trim_matches(|c| c == '`' || c == '"'));
     match user_var {
         Some(name) => {
-            let value = vars.get(name).cloned().or_else(|| template["variables"][name].as_str().map(String::from)).unwrap_or_default();
+            let value = vars
+                .get(name)
+                .cloned()
+                .or_else(|| template["variables"][name].as_str().map(String::from))
+                .unwrap_or_default();
             !value.is_empty() && !value.contains("{{")
         }
         None => false,
@@ -149,7 +185,10 @@ pub async fn validate_locally(input: &Value, name: &str) -> anyhow::Result<()> {
     let ctx = std::sync::Arc::new(amiflow::Ctx::from_env().await);
     match (prepare.handler)(ctx, json!({ "input": input, "execution": name })).await {
         Ok(_) => Ok(()),
-        Err(e) => bail!("the template is not valid, nothing was started:\n{}", e.message()),
+        Err(e) => bail!(
+            "the template is not valid, nothing was started:\n{}",
+            e.message()
+        ),
     }
 }
 
@@ -161,21 +200,40 @@ pub fn execution_name(template: &std::path::Path) -> String {
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     let suffix = chrono::Utc::now().timestamp_subsec_micros() % 0x10000;
-    format!("amiflow-{stem}-{}-{suffix:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%S"))
+    format!(
+        "amiflow-{stem}-{}-{suffix:04x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S")
+    )
 }
 
 fn check_name(name: &str) -> anyhow::Result<String> {
-    if name.is_empty() || name.len() > 80 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || name.len() > 80
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         bail!("--name {name:?}: execution names are 1-80 characters of letters, digits, '-' and '_' (it also becomes the amiflow:build tag value)");
     }
     Ok(name.to_string())
 }
 
-pub async fn start(client: &aws_sdk_sfn::Client, state_machine: &str, name: &str, input: &Value) -> anyhow::Result<String> {
+pub async fn start(
+    client: &aws_sdk_sfn::Client,
+    state_machine: &str,
+    name: &str,
+    input: &Value,
+) -> anyhow::Result<String> {
     let out = client
         .start_execution()
         .state_machine_arn(state_machine)
@@ -183,7 +241,12 @@ pub async fn start(client: &aws_sdk_sfn::Client, state_machine: &str, name: &str
         .input(input.to_string())
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("StartExecution on {state_machine}: {}", aws_sdk_sfn::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "StartExecution on {state_machine}: {}",
+                aws_sdk_sfn::error::DisplayErrorContext(e)
+            )
+        })?;
     Ok(out.execution_arn().to_string())
 }
 
@@ -194,8 +257,13 @@ mod tests {
     #[test]
     fn static_keys_in_a_builder_are_refused_with_the_reason() {
         let template = json!({ "builders": [{ "type": "amazon-ebs", "access_key": "AKIA", "secret_key": "s" }] });
-        let err = execution_input(&template, &BTreeMap::new(), "cleanup").unwrap_err().to_string();
-        assert!(err.contains("builders[0] (amazon-ebs).access_key") && err.contains("secret_key"), "{err}");
+        let err = execution_input(&template, &BTreeMap::new(), "cleanup")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("builders[0] (amazon-ebs).access_key") && err.contains("secret_key"),
+            "{err}"
+        );
         assert!(err.contains("history"), "{err}");
     }
 
@@ -208,8 +276,13 @@ mod tests {
         });
         assert!(refuse_static_credentials(&template, &BTreeMap::new()).is_ok());
         let vars = BTreeMap::from([("aws_secret_key".to_string(), "x".to_string())]);
-        let err = refuse_static_credentials(&template, &vars).unwrap_err().to_string();
-        assert!(err.contains("-var aws_secret_key") && err.contains("secret_key"), "{err}");
+        let err = refuse_static_credentials(&template, &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("-var aws_secret_key") && err.contains("secret_key"),
+            "{err}"
+        );
         assert!(!err.contains(".access_key"), "{err}");
         let clean = json!({ "builders": [{ "type": "amazon-ebs", "access_key": "" }] });
         let vars = BTreeMap::from([("region".to_string(), "us-east-1".to_string())]);

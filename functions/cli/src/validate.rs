@@ -34,18 +34,29 @@ impl TemplateArgs {
     /// template's directory for `{{template_dir}}`.
     pub fn prepare_options(&self) -> Result<PrepareOptions, String> {
         let mut opts = PrepareOptions::new(chrono::Utc::now()).with_process_env();
-        opts.vars = self.vars.iter().map(|v| parse_var_flag(v)).collect::<Result<_, _>>()?;
+        opts.vars = self
+            .vars
+            .iter()
+            .map(|v| parse_var_flag(v))
+            .collect::<Result<_, _>>()?;
         opts.var_files = self.var_files.clone();
         opts.only = self.only.clone();
         opts.except = self.except.clone();
-        opts.template_dir = self.template.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+        opts.template_dir = self.template.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d.to_path_buf()
+            }
+        });
         Ok(opts)
     }
 }
 
 /// A template file's text, or an error naming the file.
 pub fn read_template(path: &std::path::Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))
 }
 
 #[derive(clap::Args)]
@@ -90,5 +101,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 /// Every problem of a template, one per line; `validate` and `build` print the same.
 pub fn print_problems(template: &std::path::Path, problems: &amiflow_template::Problems) {
     let n = problems.0.len();
-    eprintln!("Template {} is not valid ({n} problem{}):\n{problems}", template.display(), if n == 1 { "" } else { "s" });
+    eprintln!(
+        "Template {} is not valid ({n} problem{}):\n{problems}",
+        template.display(),
+        if n == 1 { "" } else { "s" }
+    );
 }

@@ -22,7 +22,13 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
-    let outcome = follow(&client, &args.execution_arn, Duration::from_secs(args.interval.max(1)), None).await?;
+    let outcome = follow(
+        &client,
+        &args.execution_arn,
+        Duration::from_secs(args.interval.max(1)),
+        None,
+    )
+    .await?;
     Ok(outcome.exit_code())
 }
 
@@ -53,9 +59,16 @@ pub fn exit_code(status: &str) -> u8 {
 
 /// Polls the history (new events only) and the execution's status until it is no longer
 /// RUNNING, or until `deadline` has passed (then the status is whatever it was).
-pub async fn follow(client: &aws_sdk_sfn::Client, arn: &str, interval: Duration, deadline: Option<Duration>) -> anyhow::Result<Outcome> {
+pub async fn follow(
+    client: &aws_sdk_sfn::Client,
+    arn: &str,
+    interval: Duration,
+    deadline: Option<Duration>,
+) -> anyhow::Result<Outcome> {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("static template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("static template"),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
     let mut render = Renderer::default();
@@ -68,7 +81,12 @@ pub async fn follow(client: &aws_sdk_sfn::Client, arn: &str, interval: Duration,
             .execution_arn(arn)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("DescribeExecution {arn}: {}", aws_sdk_sfn::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "DescribeExecution {arn}: {}",
+                    aws_sdk_sfn::error::DisplayErrorContext(e)
+                )
+            })?;
         let mut token: Option<String> = None;
         loop {
             let page = client
@@ -78,7 +96,12 @@ pub async fn follow(client: &aws_sdk_sfn::Client, arn: &str, interval: Duration,
                 .max_results(1000)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("GetExecutionHistory {arn}: {}", aws_sdk_sfn::error::DisplayErrorContext(e)))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "GetExecutionHistory {arn}: {}",
+                        aws_sdk_sfn::error::DisplayErrorContext(e)
+                    )
+                })?;
             for event in page.events() {
                 if event.id() <= last_id {
                     continue;
@@ -99,7 +122,9 @@ pub async fn follow(client: &aws_sdk_sfn::Client, arn: &str, interval: Duration,
         let ended = *described.status() != ExecutionStatus::Running;
         if ended || deadline.is_some_and(|d| started.elapsed() >= d) {
             bar.finish_and_clear();
-            let output = described.output().and_then(|o| serde_json::from_str::<Value>(o).ok());
+            let output = described
+                .output()
+                .and_then(|o| serde_json::from_str::<Value>(o).ok());
             let outcome = Outcome {
                 status: status.clone(),
                 error: described.error().map(String::from),
@@ -123,14 +148,22 @@ fn emit(bar: &ProgressBar, line: &str) {
 }
 
 fn print_summary(outcome: &Outcome) {
-    let artifacts = outcome.output.as_ref().map(artifact_lines).unwrap_or_default();
+    let artifacts = outcome
+        .output
+        .as_ref()
+        .map(artifact_lines)
+        .unwrap_or_default();
     match outcome.status.as_str() {
         "SUCCEEDED" => eprintln!("execution succeeded"),
         other => eprintln!(
             "execution {}: {}{}",
             other.to_lowercase(),
             outcome.error.as_deref().unwrap_or(""),
-            outcome.cause.as_deref().map(|c| format!(" — {c}")).unwrap_or_default()
+            outcome
+                .cause
+                .as_deref()
+                .map(|c| format!(" — {c}"))
+                .unwrap_or_default()
         ),
     }
     for line in artifacts {
@@ -170,7 +203,12 @@ impl Renderer {
         let state = self.current.clone().unwrap_or_default();
         let failure = |error: Option<&str>, cause: Option<&str>| {
             let cause = cause.map(short_cause).unwrap_or_default();
-            format!("{}{}{}", error.unwrap_or("error"), if cause.is_empty() { "" } else { ": " }, cause)
+            format!(
+                "{}{}{}",
+                error.unwrap_or("error"),
+                if cause.is_empty() { "" } else { ": " },
+                cause
+            )
         };
         match event.r#type() {
             T::LambdaFunctionScheduled | T::TaskScheduled => {
@@ -182,7 +220,9 @@ impl Renderer {
                 .lambda_function_failed_event_details()
                 .map(|d| format!("✗ {state}: {}", failure(d.error(), d.cause()))),
             T::LambdaFunctionTimedOut => Some(format!("✗ {state}: timed out")),
-            T::TaskFailed => event.task_failed_event_details().map(|d| format!("✗ {state}: {}", failure(d.error(), d.cause()))),
+            T::TaskFailed => event
+                .task_failed_event_details()
+                .map(|d| format!("✗ {state}: {}", failure(d.error(), d.cause()))),
             T::ExecutionFailed => event
                 .execution_failed_event_details()
                 .map(|d| format!("execution failed: {}", failure(d.error(), d.cause()))),
@@ -222,7 +262,10 @@ pub fn artifact_lines(output: &Value) -> Vec<String> {
             build_lines.push(format!("error: {error}"));
         }
         if several {
-            lines.push(format!("==> {}:", build["name"].as_str().unwrap_or("build")));
+            lines.push(format!(
+                "==> {}:",
+                build["name"].as_str().unwrap_or("build")
+            ));
         }
         lines.extend(build_lines);
     }
@@ -237,46 +280,92 @@ pub fn parse_output(text: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_sfn::types::{LambdaFunctionFailedEventDetails, StateEnteredEventDetails, StateExitedEventDetails};
     use aws_sdk_sfn::primitives::DateTime;
+    use aws_sdk_sfn::types::{
+        LambdaFunctionFailedEventDetails, StateEnteredEventDetails, StateExitedEventDetails,
+    };
 
     fn event(id: i64, t: HistoryEventType) -> aws_sdk_sfn::types::builders::HistoryEventBuilder {
-        HistoryEvent::builder().id(id).r#type(t).timestamp(DateTime::from_secs(0))
+        HistoryEvent::builder()
+            .id(id)
+            .r#type(t)
+            .timestamp(DateTime::from_secs(0))
     }
 
     #[test]
     fn history_renders_entries_exits_and_retries() {
         let mut r = Renderer::default();
         let entered = event(2, HistoryEventType::TaskStateEntered)
-            .state_entered_event_details(StateEnteredEventDetails::builder().name("WaitImageAvailable").build().unwrap())
+            .state_entered_event_details(
+                StateEnteredEventDetails::builder()
+                    .name("WaitImageAvailable")
+                    .build()
+                    .unwrap(),
+            )
             .build()
             .unwrap();
-        let scheduled = |id| event(id, HistoryEventType::LambdaFunctionScheduled).build().unwrap();
+        let scheduled = |id| {
+            event(id, HistoryEventType::LambdaFunctionScheduled)
+                .build()
+                .unwrap()
+        };
         let failed = event(4, HistoryEventType::LambdaFunctionFailed)
             .lambda_function_failed_event_details(
-                LambdaFunctionFailedEventDetails::builder().error("NotReady").cause(r#"{"errorType":"NotReady","errorMessage":"ami-1 is pending"}"#).build(),
+                LambdaFunctionFailedEventDetails::builder()
+                    .error("NotReady")
+                    .cause(r#"{"errorType":"NotReady","errorMessage":"ami-1 is pending"}"#)
+                    .build(),
             )
             .build()
             .unwrap();
         let exited = event(6, HistoryEventType::TaskStateExited)
-            .state_exited_event_details(StateExitedEventDetails::builder().name("WaitImageAvailable").build().unwrap())
+            .state_exited_event_details(
+                StateExitedEventDetails::builder()
+                    .name("WaitImageAvailable")
+                    .build()
+                    .unwrap(),
+            )
             .build()
             .unwrap();
-        let lines: Vec<String> = [entered, scheduled(3), failed, scheduled(5), exited].iter().filter_map(|e| r.line(e)).collect();
-        assert_eq!(lines, vec![
-            "→ WaitImageAvailable",
-            "✗ WaitImageAvailable: NotReady: ami-1 is pending",
-            "↻ WaitImageAvailable: attempt 2",
-            "✓ WaitImageAvailable",
-        ]);
+        let lines: Vec<String> = [entered, scheduled(3), failed, scheduled(5), exited]
+            .iter()
+            .filter_map(|e| r.line(e))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "→ WaitImageAvailable",
+                "✗ WaitImageAvailable: NotReady: ami-1 is pending",
+                "↻ WaitImageAvailable: attempt 2",
+                "✓ WaitImageAvailable",
+            ]
+        );
     }
 
     #[test]
     fn artifact_lines_and_exit_codes() {
         let output = parse_output(r#"{"builds":[{"name":"a","amis":{"us-east-1":"ami-1","eu-west-1":"ami-2"}},{"name":"b","amis":{},"error":"boom"}],"failed":1}"#).unwrap();
-        assert_eq!(artifact_lines(&output), vec!["==> a:", "eu-west-1: ami-2", "us-east-1: ami-1", "==> b:", "error: boom"]);
-        let single = parse_output(r#"{"builds":[{"name":"a","amis":{"us-east-1":"ami-1"}}]}"#).unwrap();
+        assert_eq!(
+            artifact_lines(&output),
+            vec![
+                "==> a:",
+                "eu-west-1: ami-2",
+                "us-east-1: ami-1",
+                "==> b:",
+                "error: boom"
+            ]
+        );
+        let single =
+            parse_output(r#"{"builds":[{"name":"a","amis":{"us-east-1":"ami-1"}}]}"#).unwrap();
         assert_eq!(artifact_lines(&single), vec!["us-east-1: ami-1"]);
-        assert_eq!((exit_code("SUCCEEDED"), exit_code("FAILED"), exit_code("ABORTED"), exit_code("TIMED_OUT")), (0, 1, 2, 2));
+        assert_eq!(
+            (
+                exit_code("SUCCEEDED"),
+                exit_code("FAILED"),
+                exit_code("ABORTED"),
+                exit_code("TIMED_OUT")
+            ),
+            (0, 1, 2, 2)
+        );
     }
 }

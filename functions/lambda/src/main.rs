@@ -22,7 +22,10 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> ExitCode {
     init_logging();
-    let step = match resolve_step(std::env::var("_HANDLER").ok(), std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok()) {
+    let step = match resolve_step(
+        std::env::var("_HANDLER").ok(),
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
+    ) {
         Ok(step) => step,
         Err(message) => {
             tracing::error!(error_type = "UnknownHandler", "{message}");
@@ -43,7 +46,10 @@ async fn main() -> ExitCode {
         with_invocation_deadline(deadline_ms, async move {
             handler(ctx, event.payload).await.map_err(|e| {
                 log_step_error(name, &event.context.request_id, &e);
-                Diagnostic { error_type: e.name().to_string(), error_message: e.message().to_string() }
+                Diagnostic {
+                    error_type: e.name().to_string(),
+                    error_message: e.message().to_string(),
+                }
             })
         })
     }))
@@ -59,7 +65,10 @@ async fn main() -> ExitCode {
 
 /// Runs one invocation with its deadline (epoch ms) visible to the step through
 /// [`amiflow::provision::run::deadline_from_env`].
-fn with_invocation_deadline<F: std::future::Future>(deadline_ms: i64, invocation: F) -> impl std::future::Future<Output = F::Output> {
+fn with_invocation_deadline<F: std::future::Future>(
+    deadline_ms: i64,
+    invocation: F,
+) -> impl std::future::Future<Output = F::Output> {
     amiflow::provision::run::INVOCATION_DEADLINE_MS.scope(deadline_ms, invocation)
 }
 
@@ -72,7 +81,12 @@ fn init_logging() {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|l| EnvFilter::try_new(l.to_lowercase()).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_target(false).with_current_span(false).init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_current_span(false)
+        .init();
 }
 
 fn log_step_error(step: &str, request_id: &str, e: &StepError) {
@@ -85,14 +99,23 @@ fn log_step_error(step: &str, request_id: &str, e: &StepError) {
 
 /// The step this sandbox serves: `_HANDLER` when set (and then it must name a step), else
 /// the part of the function name that names one.
-fn resolve_step(handler: Option<String>, function_name: Option<String>) -> Result<StepSpec, String> {
+fn resolve_step(
+    handler: Option<String>,
+    function_name: Option<String>,
+) -> Result<StepSpec, String> {
     if let Some(h) = handler.filter(|h| !h.trim().is_empty()) {
         return steps::find(&handler_name(h.trim())).ok_or_else(|| {
-            format!("_HANDLER={h:?} names no amiflow step; set the function's Handler to one of: {}", known_handlers())
+            format!(
+                "_HANDLER={h:?} names no amiflow step; set the function's Handler to one of: {}",
+                known_handlers()
+            )
         });
     }
     let Some(function) = function_name else {
-        return Err(format!("neither _HANDLER nor AWS_LAMBDA_FUNCTION_NAME is set; set the Handler to one of: {}", known_handlers()));
+        return Err(format!(
+            "neither _HANDLER nor AWS_LAMBDA_FUNCTION_NAME is set; set the Handler to one of: {}",
+            known_handlers()
+        ));
     };
     std::iter::once(function.as_str())
         .chain(function.split('-'))
@@ -137,33 +160,68 @@ mod tests {
     use tokio::time::Instant;
 
     fn now_ms() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
     }
 
     #[tokio::test]
     async fn the_invocation_deadline_reaches_the_step_and_only_its_invocation() {
         std::env::remove_var(amiflow::provision::run::DEADLINE_ENV);
         let in_ten_minutes = now_ms() + 600_000;
-        let seen = with_invocation_deadline(in_ten_minutes, async { deadline_from_env() }).await.expect("a deadline");
+        let seen = with_invocation_deadline(in_ten_minutes, async { deadline_from_env() })
+            .await
+            .expect("a deadline");
         let left = seen.saturating_duration_since(Instant::now());
-        assert!(left > Duration::from_secs(595) && left <= Duration::from_secs(600), "{left:?}");
-        let past = with_invocation_deadline(now_ms() - 5_000, async { deadline_from_env() }).await.unwrap();
-        assert!(past <= Instant::now(), "a deadline already passed is now, not later");
-        assert_eq!(deadline_from_env(), None, "outside an invocation there is none");
+        assert!(
+            left > Duration::from_secs(595) && left <= Duration::from_secs(600),
+            "{left:?}"
+        );
+        let past = with_invocation_deadline(now_ms() - 5_000, async { deadline_from_env() })
+            .await
+            .unwrap();
+        assert!(
+            past <= Instant::now(),
+            "a deadline already passed is now, not later"
+        );
+        assert_eq!(
+            deadline_from_env(),
+            None,
+            "outside an invocation there is none"
+        );
     }
 
     #[test]
     fn unknown_handler_lists_the_known_ones() {
         let err = resolve_step(Some("NoSuchStep".into()), None).unwrap_err();
-        assert!(err.contains("NoSuchStep") && err.contains("Finalize") && err.contains("Prepare"), "{err}");
+        assert!(
+            err.contains("NoSuchStep") && err.contains("Finalize") && err.contains("Prepare"),
+            "{err}"
+        );
     }
 
     #[test]
     fn handler_wins_over_function_name_and_name_is_a_fallback() {
-        assert_eq!(resolve_step(Some("Finalize".into()), Some("x-Prepare".into())).unwrap().name, "Finalize");
-        assert_eq!(resolve_step(None, Some("amiflow-PrepareFunction-AB12CD".into())).unwrap().name, "Prepare");
         assert_eq!(
-            resolve_step(Some("arn:aws:lambda:us-east-1:1:function:Prepare".into()), None).unwrap().name,
+            resolve_step(Some("Finalize".into()), Some("x-Prepare".into()))
+                .unwrap()
+                .name,
+            "Finalize"
+        );
+        assert_eq!(
+            resolve_step(None, Some("amiflow-PrepareFunction-AB12CD".into()))
+                .unwrap()
+                .name,
+            "Prepare"
+        );
+        assert_eq!(
+            resolve_step(
+                Some("arn:aws:lambda:us-east-1:1:function:Prepare".into()),
+                None
+            )
+            .unwrap()
+            .name,
             "Prepare"
         );
         assert!(resolve_step(None, Some("unrelated".into())).is_err());

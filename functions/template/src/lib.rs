@@ -11,7 +11,9 @@ pub mod template;
 
 pub use config::{BuilderConfig, BuilderType};
 pub use problem::{Problem, Problems};
-pub use template::inspect::{inspect, BuilderSummary, StepSummary, TemplateSummary, VariableSummary};
+pub use template::inspect::{
+    inspect, BuilderSummary, StepSummary, TemplateSummary, VariableSummary,
+};
 pub use template::prepare::{parse_var_flag, prepare, PrepareOptions, Prepared};
 pub use template::render_later;
 pub use template::secrets::Secrets;
@@ -47,8 +49,13 @@ mod corpus {
     }
 
     fn json_files(dir: &Path) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut files: Vec<PathBuf> = entries.map(|e| e.expect("readable entry").path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .map(|e| e.expect("readable entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
         files.sort();
         files
     }
@@ -74,14 +81,18 @@ mod corpus {
                     let out = problems.to_string();
                     for want in expect.lines().filter(|l| !l.trim().is_empty()) {
                         if !out.contains(want) {
-                            failures.push(format!("{}: missing {want:?} in:\n{out}", path.display()));
+                            failures
+                                .push(format!("{}: missing {want:?} in:\n{out}", path.display()));
                         }
                     }
                 }
             }
         }
         println!("bad-template corpus: {} templates checked", files.len());
-        assert!(!files.is_empty(), "no bad templates found under tests/templates/bad");
+        assert!(
+            !files.is_empty(),
+            "no bad templates found under tests/templates/bad"
+        );
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     }
 
@@ -94,7 +105,12 @@ mod corpus {
             // A required variable is part of an example (a password, a VPC): give it a value.
             let mut opts = options();
             if let Ok(summary) = crate::inspect(&text) {
-                opts.vars = summary.variables.iter().filter(|v| v.required).map(|v| (v.name.clone(), format!("example-{}", v.name))).collect();
+                opts.vars = summary
+                    .variables
+                    .iter()
+                    .filter(|v| v.required)
+                    .map(|v| (v.name.clone(), format!("example-{}", v.name)))
+                    .collect();
             }
             if let Err(problems) = prepare(&text, &opts) {
                 failures.push(format!("{}:\n{problems}", path.display()));

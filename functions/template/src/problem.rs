@@ -14,11 +14,19 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(message: impl Into<String>) -> Problem {
-        Problem { builder: None, key: None, message: message.into() }
+        Problem {
+            builder: None,
+            key: None,
+            message: message.into(),
+        }
     }
 
     pub fn key(key: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem { builder: None, key: Some(key.into()), message: message.into() }
+        Problem {
+            builder: None,
+            key: Some(key.into()),
+            message: message.into(),
+        }
     }
 
     pub fn in_builder(mut self, builder: impl Into<String>) -> Problem {

@@ -257,7 +257,10 @@ impl Provisioner {
             "file" => typed::<FileConfig>(own, &mut problems).map(Kind::File),
             "shell-local" => typed::<ShellLocalConfig>(own, &mut problems).map(Kind::ShellLocal),
             "" => {
-                problems.push(Problem::key("type", "missing; amiflow runs \"shell\", \"file\" and \"shell-local\" provisioners"));
+                problems.push(Problem::key(
+                    "type",
+                    "missing; amiflow runs \"shell\", \"file\" and \"shell-local\" provisioners",
+                ));
                 None
             }
             other => {
@@ -418,7 +421,10 @@ fn exactly_one(keys: &[(&str, bool)], why: &str, problems: &mut Vec<Problem>) {
     match keys.iter().filter(|(_, given)| *given).count() {
         0 => {
             let (last, rest) = names.split_last().expect("at least one key");
-            problems.push(Problem::key(format!("{} or {last}", rest.join(", ")), format!("one of them must be given{why}")));
+            problems.push(Problem::key(
+                format!("{} or {last}", rest.join(", ")),
+                format!("one of them must be given{why}"),
+            ));
         }
         1 => {}
         _ => problems.push(Problem::key(names.join(", "), "give only one of them")),
@@ -429,7 +435,11 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
     match kind {
         Kind::Shell(c) => {
             exactly_one(
-                &[("inline", !c.inline.is_empty()), ("script", c.script.is_some()), ("scripts", !c.scripts.is_empty())],
+                &[
+                    ("inline", !c.inline.is_empty()),
+                    ("script", c.script.is_some()),
+                    ("scripts", !c.scripts.is_empty()),
+                ],
                 " (what should the shell provisioner run?)",
                 problems,
             );
@@ -456,7 +466,10 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
         }
         Kind::File(c) => {
             if c.destination.as_deref().unwrap_or("").is_empty() {
-                problems.push(Problem::key("destination", "required (where the file goes)"));
+                problems.push(Problem::key(
+                    "destination",
+                    "required (where the file goes)",
+                ));
             }
             match c.direction.as_deref() {
                 None | Some("upload") | Some("download") => {}
@@ -472,10 +485,16 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
                     "give either content or source/sources, not both",
                 ));
             } else if c.content.is_none() && sources == 0 {
-                problems.push(Problem::key("source", "required (or content, for an inline file)"));
+                problems.push(Problem::key(
+                    "source",
+                    "required (or content, for an inline file)",
+                ));
             }
             if c.is_download() && c.content.is_some() {
-                problems.push(Problem::key("content", "cannot be used with direction \"download\""));
+                problems.push(Problem::key(
+                    "content",
+                    "cannot be used with direction \"download\"",
+                ));
             }
         }
         Kind::ShellLocal(c) => {

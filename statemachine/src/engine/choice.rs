@@ -40,7 +40,12 @@ fn compare(c: &Comparison, input: &Value, context: &Value) -> Result<bool, Strin
     if c.operator == "IsPresent" {
         return Ok(var.is_some() == (c.value == Value::Bool(true)));
     }
-    let var = var.ok_or_else(|| format!("Invalid path '{}': the choice rule's Variable selects nothing in the input", c.variable))?;
+    let var = var.ok_or_else(|| {
+        format!(
+            "Invalid path '{}': the choice rule's Variable selects nothing in the input",
+            c.variable
+        )
+    })?;
     let want = |b: bool| Ok(b == (c.value == Value::Bool(true)));
     match c.operator.as_str() {
         "IsNull" => return want(var.is_null()),
@@ -49,15 +54,22 @@ fn compare(c: &Comparison, input: &Value, context: &Value) -> Result<bool, Strin
         "IsBoolean" => return want(var.is_boolean()),
         "IsTimestamp" => return want(timestamp(&var).is_some()),
         "StringMatches" => {
-            let (Some(s), Some(pattern)) = (var.as_str(), c.value.as_str()) else { return Ok(false) };
+            let (Some(s), Some(pattern)) = (var.as_str(), c.value.as_str()) else {
+                return Ok(false);
+            };
             return Ok(wildcard_match(pattern, s));
         }
         _ => {}
     }
     let (op, other) = match c.operator.strip_suffix("Path") {
         Some(op) => {
-            let p = c.value.as_str().ok_or_else(|| format!("{} needs a path string", c.operator))?;
-            let v = path::read(p, input, context)?.ok_or_else(|| format!("Invalid path '{p}' in {}: it selects nothing", c.operator))?;
+            let p = c
+                .value
+                .as_str()
+                .ok_or_else(|| format!("{} needs a path string", c.operator))?;
+            let v = path::read(p, input, context)?.ok_or_else(|| {
+                format!("Invalid path '{p}' in {}: it selects nothing", c.operator)
+            })?;
             (op, v)
         }
         None => (c.operator.as_str(), c.value.clone()),
@@ -84,8 +96,13 @@ fn compare(c: &Comparison, input: &Value, context: &Value) -> Result<bool, Strin
         return Err(format!("unsupported Choice operator {}", c.operator));
     };
     // A type mismatch makes the comparison false, as in Step Functions.
-    let Some(ordering) = ordering else { return Ok(false) };
-    let suffix = op.trim_start_matches("String").trim_start_matches("Numeric").trim_start_matches("Timestamp");
+    let Some(ordering) = ordering else {
+        return Ok(false);
+    };
+    let suffix = op
+        .trim_start_matches("String")
+        .trim_start_matches("Numeric")
+        .trim_start_matches("Timestamp");
     Ok(match suffix {
         "Equals" => ordering == Ordering::Equal,
         "LessThan" => ordering == Ordering::Less,
@@ -151,32 +168,96 @@ mod tests {
 
     #[test]
     fn string_numeric_boolean_timestamp_comparisons() {
-        let input = json!({"s": "amazon-ebs", "n": 5, "b": true, "t": "2024-01-02T00:00:00Z", "other": 7});
-        assert!(m(json!({"Variable": "$.s", "StringEquals": "amazon-ebs"}), input.clone()).unwrap());
-        assert!(!m(json!({"Variable": "$.s", "StringEquals": "amazon-chroot"}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.s", "StringLessThan": "amazon-f"}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.n", "NumericEquals": 5}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.n", "NumericGreaterThan": 4.5}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.n", "NumericLessThanEquals": 5}), input.clone()).unwrap());
-        assert!(!m(json!({"Variable": "$.n", "NumericLessThan": 5}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.n", "NumericGreaterThanEquals": 5}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.n", "NumericLessThanPath": "$.other"}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.b", "BooleanEquals": true}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.t", "TimestampGreaterThan": "2024-01-01T23:59:59+00:00"}), input.clone()).unwrap());
+        let input =
+            json!({"s": "amazon-ebs", "n": 5, "b": true, "t": "2024-01-02T00:00:00Z", "other": 7});
+        assert!(m(
+            json!({"Variable": "$.s", "StringEquals": "amazon-ebs"}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(!m(
+            json!({"Variable": "$.s", "StringEquals": "amazon-chroot"}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.s", "StringLessThan": "amazon-f"}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.n", "NumericEquals": 5}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.n", "NumericGreaterThan": 4.5}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.n", "NumericLessThanEquals": 5}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(!m(
+            json!({"Variable": "$.n", "NumericLessThan": 5}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.n", "NumericGreaterThanEquals": 5}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.n", "NumericLessThanPath": "$.other"}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.b", "BooleanEquals": true}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$.t", "TimestampGreaterThan": "2024-01-01T23:59:59+00:00"}),
+            input.clone()
+        )
+        .unwrap());
         // type mismatch is false, not an error
-        assert!(!m(json!({"Variable": "$.s", "NumericEquals": 1}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$$.State.Name", "StringEquals": "C"}), input).unwrap());
+        assert!(!m(
+            json!({"Variable": "$.s", "NumericEquals": 1}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(m(
+            json!({"Variable": "$$.State.Name", "StringEquals": "C"}),
+            input
+        )
+        .unwrap());
     }
 
     #[test]
     fn presence_null_and_type_tests() {
         let input = json!({"x": null, "s": "a"});
         assert!(m(json!({"Variable": "$.x", "IsPresent": true}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.y", "IsPresent": false}), input.clone()).unwrap());
+        assert!(m(
+            json!({"Variable": "$.y", "IsPresent": false}),
+            input.clone()
+        )
+        .unwrap());
         assert!(m(json!({"Variable": "$.x", "IsNull": true}), input.clone()).unwrap());
         assert!(m(json!({"Variable": "$.s", "IsString": true}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.s", "IsNumeric": false}), input.clone()).unwrap());
-        assert!(m(json!({"Variable": "$.y", "StringEquals": "a"}), input).is_err(), "a missing variable is a runtime error");
+        assert!(m(
+            json!({"Variable": "$.s", "IsNumeric": false}),
+            input.clone()
+        )
+        .unwrap());
+        assert!(
+            m(json!({"Variable": "$.y", "StringEquals": "a"}), input).is_err(),
+            "a missing variable is a runtime error"
+        );
     }
 
     #[test]
@@ -184,7 +265,11 @@ mod tests {
         let input = json!({"name": "web-2024.log", "n": 3});
         assert!(m(json!({"And": [{"Variable": "$.n", "NumericGreaterThan": 1}, {"Not": {"Variable": "$.n", "NumericEquals": 4}}]}), input.clone()).unwrap());
         assert!(m(json!({"Or": [{"Variable": "$.n", "NumericEquals": 1}, {"Variable": "$.name", "StringMatches": "web-*.log"}]}), input.clone()).unwrap());
-        assert!(!m(json!({"Variable": "$.name", "StringMatches": "*.txt"}), input.clone()).unwrap());
+        assert!(!m(
+            json!({"Variable": "$.name", "StringMatches": "*.txt"}),
+            input.clone()
+        )
+        .unwrap());
         assert!(wildcard_match(r"a\*b", "a*b"));
         assert!(!wildcard_match(r"a\*b", "axb"));
         assert!(wildcard_match("*", ""));

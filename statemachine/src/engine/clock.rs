@@ -54,7 +54,12 @@ struct VirtualInner {
 
 impl VirtualClock {
     pub fn new(start: DateTime<Utc>) -> VirtualClock {
-        VirtualClock { inner: Arc::new(Mutex::new(VirtualInner { now: start, delays: Vec::new() })) }
+        VirtualClock {
+            inner: Arc::new(Mutex::new(VirtualInner {
+                now: start,
+                delays: Vec::new(),
+            })),
+        }
     }
     /// Every delay asked for so far, in order.
     pub fn delays(&self) -> Vec<Duration> {
@@ -68,7 +73,11 @@ impl VirtualClock {
 
 impl Default for VirtualClock {
     fn default() -> VirtualClock {
-        VirtualClock::new(DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().with_timezone(&Utc))
+        VirtualClock::new(
+            DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        )
     }
 }
 

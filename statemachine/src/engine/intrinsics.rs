@@ -15,7 +15,11 @@ enum Arg {
 
 /// Evaluates an intrinsic call expression against the state input and the context object.
 pub fn evaluate(expr: &str, input: &Value, context: &Value) -> Result<Value, String> {
-    let mut parser = Parser { chars: expr.chars().collect(), pos: 0, text: expr };
+    let mut parser = Parser {
+        chars: expr.chars().collect(),
+        pos: 0,
+        text: expr,
+    };
     parser.skip_ws();
     let call = parser.call()?;
     parser.skip_ws();
@@ -38,7 +42,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, why: &str) -> String {
-        format!("invalid intrinsic function {:?} at {}: {why}", self.text, self.pos)
+        format!(
+            "invalid intrinsic function {:?} at {}: {why}",
+            self.text, self.pos
+        )
     }
     fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
@@ -92,7 +99,11 @@ impl Parser<'_> {
                         None => return Err(self.err("unterminated string")),
                         Some('\\') => {
                             // Escapes keep `\{` and `\}` distinct from placeholders until Format runs.
-                            let next = self.chars.get(self.pos + 1).copied().ok_or_else(|| self.err("dangling '\\'"))?;
+                            let next = self
+                                .chars
+                                .get(self.pos + 1)
+                                .copied()
+                                .ok_or_else(|| self.err("dangling '\\'"))?;
                             if next == '{' || next == '}' {
                                 s.push('\\');
                             }
@@ -126,7 +137,13 @@ impl Parser<'_> {
                     }
                     self.pos += 1;
                 }
-                Ok(Arg::Path(self.chars[start..self.pos].iter().collect::<String>().trim_end().to_string()))
+                Ok(Arg::Path(
+                    self.chars[start..self.pos]
+                        .iter()
+                        .collect::<String>()
+                        .trim_end()
+                        .to_string(),
+                ))
             }
             Some('S') => self.call(),
             _ => {
@@ -134,10 +151,18 @@ impl Parser<'_> {
                 while self.peek().is_some_and(|c| c != ',' && c != ')') {
                     self.pos += 1;
                 }
-                let word: String = self.chars[start..self.pos].iter().collect::<String>().trim().to_string();
+                let word: String = self.chars[start..self.pos]
+                    .iter()
+                    .collect::<String>()
+                    .trim()
+                    .to_string();
                 match serde_json::from_str::<Value>(&word) {
-                    Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => Ok(Arg::Literal(v)),
-                    _ => Err(self.err(&format!("{word:?} is not a string, number, boolean, null, path or call"))),
+                    Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => {
+                        Ok(Arg::Literal(v))
+                    }
+                    _ => Err(self.err(&format!(
+                        "{word:?} is not a string, number, boolean, null, path or call"
+                    ))),
                 }
             }
         }
@@ -147,9 +172,13 @@ impl Parser<'_> {
 fn eval(arg: &Arg, input: &Value, context: &Value) -> Result<Value, String> {
     match arg {
         Arg::Literal(v) => Ok(v.clone()),
-        Arg::Path(p) => path::read(p, input, context)?.ok_or_else(|| format!("path {p} selects nothing in the input")),
+        Arg::Path(p) => path::read(p, input, context)?
+            .ok_or_else(|| format!("path {p} selects nothing in the input")),
         Arg::Call(name, args) => {
-            let values = args.iter().map(|a| eval(a, input, context)).collect::<Result<Vec<_>, _>>()?;
+            let values = args
+                .iter()
+                .map(|a| eval(a, input, context))
+                .collect::<Result<Vec<_>, _>>()?;
             call(name, values)
         }
     }
@@ -163,25 +192,33 @@ fn want_args(name: &str, args: &[Value], n: usize) -> Result<(), String> {
 }
 
 fn as_array<'a>(name: &str, v: &'a Value) -> Result<&'a Vec<Value>, String> {
-    v.as_array().ok_or_else(|| format!("{name}: expected an array, got {v}"))
+    v.as_array()
+        .ok_or_else(|| format!("{name}: expected an array, got {v}"))
 }
 
 fn as_i64(name: &str, v: &Value) -> Result<i64, String> {
-    v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)).ok_or_else(|| format!("{name}: expected an integer, got {v}"))
+    v.as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+        .ok_or_else(|| format!("{name}: expected an integer, got {v}"))
 }
 
 fn number(f: f64) -> Value {
     if f.fract() == 0.0 && f.abs() < 9.0e15 {
         Value::from(f as i64)
     } else {
-        serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+        serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     }
 }
 
 fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
     match name {
         "States.Format" => {
-            let template = args.first().and_then(Value::as_str).ok_or("States.Format: the first argument must be a string")?;
+            let template = args
+                .first()
+                .and_then(Value::as_str)
+                .ok_or("States.Format: the first argument must be a string")?;
             let mut values = args[1..].iter();
             let mut out = String::new();
             let mut chars = template.chars().peekable();
@@ -190,7 +227,9 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
                     '\\' => out.extend(chars.next()),
                     '{' if chars.peek() == Some(&'}') => {
                         chars.next();
-                        let v = values.next().ok_or("States.Format: fewer arguments than {} placeholders")?;
+                        let v = values
+                            .next()
+                            .ok_or("States.Format: fewer arguments than {} placeholders")?;
                         match v {
                             Value::String(s) => out.push_str(s),
                             Value::Array(_) | Value::Object(_) => return Err("States.Format: arguments must be strings, numbers, booleans or null".into()),
@@ -207,7 +246,9 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
         }
         "States.StringToJson" => {
             want_args(name, &args, 1)?;
-            let s = args[0].as_str().ok_or("States.StringToJson: expected a string")?;
+            let s = args[0]
+                .as_str()
+                .ok_or("States.StringToJson: expected a string")?;
             serde_json::from_str(s).map_err(|e| format!("States.StringToJson: not JSON: {e}"))
         }
         "States.JsonToString" => {
@@ -226,7 +267,10 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
         "States.ArrayGetItem" => {
             want_args(name, &args, 2)?;
             let i = as_i64(name, &args[1])?;
-            as_array(name, &args[0])?.get(i as usize).cloned().ok_or_else(|| format!("States.ArrayGetItem: index {i} is out of range"))
+            as_array(name, &args[0])?
+                .get(i as usize)
+                .cloned()
+                .ok_or_else(|| format!("States.ArrayGetItem: index {i} is out of range"))
         }
         "States.ArrayPartition" => {
             want_args(name, &args, 2)?;
@@ -234,11 +278,20 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
             if size <= 0 {
                 return Err("States.ArrayPartition: the chunk size must be positive".into());
             }
-            Ok(Value::Array(as_array(name, &args[0])?.chunks(size as usize).map(|c| Value::Array(c.to_vec())).collect()))
+            Ok(Value::Array(
+                as_array(name, &args[0])?
+                    .chunks(size as usize)
+                    .map(|c| Value::Array(c.to_vec()))
+                    .collect(),
+            ))
         }
         "States.ArrayRange" => {
             want_args(name, &args, 3)?;
-            let (start, end, step) = (as_i64(name, &args[0])?, as_i64(name, &args[1])?, as_i64(name, &args[2])?);
+            let (start, end, step) = (
+                as_i64(name, &args[0])?,
+                as_i64(name, &args[1])?,
+                as_i64(name, &args[2])?,
+            );
             if step == 0 {
                 return Err("States.ArrayRange: the step must not be 0".into());
             }
@@ -302,7 +355,12 @@ fn call(name: &str, args: Vec<Value>) -> Result<Value, String> {
                 return Err("States.StringSplit: both arguments must be strings".into());
             };
             // Step Functions splits on any of the delimiter's characters and drops empty parts.
-            Ok(Value::Array(s.split(|c| sep.contains(c)).filter(|p| !p.is_empty()).map(|p| Value::String(p.into())).collect()))
+            Ok(Value::Array(
+                s.split(|c| sep.contains(c))
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Value::String(p.into()))
+                    .collect(),
+            ))
         }
         other => Err(format!("unsupported intrinsic function {other}")),
     }
@@ -319,28 +377,76 @@ mod tests {
 
     #[test]
     fn format_fills_placeholders_with_paths_literals_and_escapes() {
-        assert_eq!(ev("States.Format('{} built {} AMIs for {}', $.name, 2, $$.Execution.Name)", json!({"name": "web"})).unwrap(), json!("web built 2 AMIs for ex"));
-        assert_eq!(ev(r"States.Format('it\'s \{literal\} {}', true)", json!({})).unwrap(), json!("it's {literal} true"));
+        assert_eq!(
+            ev(
+                "States.Format('{} built {} AMIs for {}', $.name, 2, $$.Execution.Name)",
+                json!({"name": "web"})
+            )
+            .unwrap(),
+            json!("web built 2 AMIs for ex")
+        );
+        assert_eq!(
+            ev(r"States.Format('it\'s \{literal\} {}', true)", json!({})).unwrap(),
+            json!("it's {literal} true")
+        );
         assert!(ev("States.Format('{} {}', 1)", json!({})).is_err());
         assert!(ev("States.Format('{}', $.missing)", json!({})).is_err());
     }
 
     #[test]
     fn json_round_trip_arrays_merge_math_uuid() {
-        assert_eq!(ev("States.StringToJson($.s)", json!({"s": "{\"a\":[1]}"})).unwrap(), json!({"a": [1]}));
-        assert_eq!(ev("States.JsonToString($.o)", json!({"o": {"a": 1}})).unwrap(), json!("{\"a\":1}"));
-        assert_eq!(ev("States.Array(1, 'two', $.x, States.Array())", json!({"x": null})).unwrap(), json!([1, "two", null, []]));
-        assert_eq!(ev("States.ArrayLength($.l)", json!({"l": [1, 2, 3]})).unwrap(), json!(3));
-        assert_eq!(ev("States.JsonMerge($.a, $.b, false)", json!({"a": {"x": 1, "y": 1}, "b": {"y": 2}})).unwrap(), json!({"x": 1, "y": 2}));
+        assert_eq!(
+            ev("States.StringToJson($.s)", json!({"s": "{\"a\":[1]}"})).unwrap(),
+            json!({"a": [1]})
+        );
+        assert_eq!(
+            ev("States.JsonToString($.o)", json!({"o": {"a": 1}})).unwrap(),
+            json!("{\"a\":1}")
+        );
+        assert_eq!(
+            ev(
+                "States.Array(1, 'two', $.x, States.Array())",
+                json!({"x": null})
+            )
+            .unwrap(),
+            json!([1, "two", null, []])
+        );
+        assert_eq!(
+            ev("States.ArrayLength($.l)", json!({"l": [1, 2, 3]})).unwrap(),
+            json!(3)
+        );
+        assert_eq!(
+            ev(
+                "States.JsonMerge($.a, $.b, false)",
+                json!({"a": {"x": 1, "y": 1}, "b": {"y": 2}})
+            )
+            .unwrap(),
+            json!({"x": 1, "y": 2})
+        );
         assert!(ev("States.JsonMerge($.a, $.a, true)", json!({"a": {}})).is_err());
-        assert_eq!(ev("States.MathAdd($.n, -1)", json!({"n": 5})).unwrap(), json!(4));
+        assert_eq!(
+            ev("States.MathAdd($.n, -1)", json!({"n": 5})).unwrap(),
+            json!(4)
+        );
         assert_eq!(ev("States.MathAdd(1.5, 1)", json!({})).unwrap(), json!(2.5));
         let id = ev("States.UUID()", json!({})).unwrap();
         assert!(uuid::Uuid::parse_str(id.as_str().unwrap()).is_ok());
-        assert_eq!(ev("States.ArrayRange(1, 9, 4)", json!({})).unwrap(), json!([1, 5, 9]));
-        assert_eq!(ev("States.ArrayPartition($.l, 2)", json!({"l": [1, 2, 3]})).unwrap(), json!([[1, 2], [3]]));
-        assert_eq!(ev("States.StringSplit('a,b,,c', ',')", json!({})).unwrap(), json!(["a", "b", "c"]));
-        assert_eq!(ev("States.ArrayGetItem($['l'], 1)", json!({"l": [7, 8]})).unwrap(), json!(8));
+        assert_eq!(
+            ev("States.ArrayRange(1, 9, 4)", json!({})).unwrap(),
+            json!([1, 5, 9])
+        );
+        assert_eq!(
+            ev("States.ArrayPartition($.l, 2)", json!({"l": [1, 2, 3]})).unwrap(),
+            json!([[1, 2], [3]])
+        );
+        assert_eq!(
+            ev("States.StringSplit('a,b,,c', ',')", json!({})).unwrap(),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            ev("States.ArrayGetItem($['l'], 1)", json!({"l": [7, 8]})).unwrap(),
+            json!(8)
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ use serde_json::{json, Map, Value};
 
 pub use clock::{Clock, RealClock, VirtualClock};
 
-use crate::model::{errors, Catcher, JitterStrategy, Retrier, State, StateMachine, States, SubMachine, Transition};
+use crate::model::{
+    errors, Catcher, JitterStrategy, Retrier, State, StateMachine, States, SubMachine, Transition,
+};
 
 /// A task's failure as Step Functions sees it: the error name Retry/Catch match on, and
 /// the cause text.
@@ -45,7 +47,10 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(error: impl Into<String>, cause: impl Into<String>) -> TaskError {
-        TaskError { error: error.into(), cause: cause.into() }
+        TaskError {
+            error: error.into(),
+            cause: cause.into(),
+        }
     }
 }
 
@@ -53,13 +58,20 @@ impl TaskError {
 /// definition (e.g. `${PrepareFunctionArn}`); [`resource_name`] extracts the step name.
 /// Implementors may write `async fn invoke(&self, resource: &str, input: Value) -> …`.
 pub trait TaskInvoker: Send + Sync + 'static {
-    fn invoke(&self, resource: &str, input: Value) -> impl Future<Output = Result<Value, TaskError>> + Send;
+    fn invoke(
+        &self,
+        resource: &str,
+        input: Value,
+    ) -> impl Future<Output = Result<Value, TaskError>> + Send;
 }
 
 /// `${PrepareFunctionArn}` → `Prepare`; `arn:aws:lambda:r:a:function:name[:alias]` → `name`;
 /// anything else as it is.
 pub fn resource_name(resource: &str) -> &str {
-    if let Some(inner) = resource.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+    if let Some(inner) = resource
+        .strip_prefix("${")
+        .and_then(|r| r.strip_suffix('}'))
+    {
         return inner.strip_suffix("FunctionArn").unwrap_or(inner);
     }
     if let Some((_, rest)) = resource.split_once(":function:") {
@@ -78,7 +90,10 @@ pub struct ExecutionError {
 
 impl ExecutionError {
     fn new(error: &str, cause: impl Into<String>) -> ExecutionError {
-        ExecutionError { error: error.into(), cause: cause.into() }
+        ExecutionError {
+            error: error.into(),
+            cause: cause.into(),
+        }
     }
     fn runtime(cause: impl Into<String>) -> ExecutionError {
         ExecutionError::new(errors::RUNTIME, cause)
@@ -97,14 +112,46 @@ pub struct Scope {
 /// What the engine reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    ExecutionStarted { name: String, input: Value },
-    StateEntered { name: String, scope: Vec<Scope>, input: Value },
-    StateExited { name: String, scope: Vec<Scope>, output: Value },
-    TaskFailed { name: String, scope: Vec<Scope>, error: String, cause: String },
-    RetryScheduled { name: String, scope: Vec<Scope>, error: String, attempt: u32, delay: Duration },
-    Caught { name: String, scope: Vec<Scope>, error: String, next: String },
-    ExecutionSucceeded { output: Value },
-    ExecutionFailed { error: String, cause: String },
+    ExecutionStarted {
+        name: String,
+        input: Value,
+    },
+    StateEntered {
+        name: String,
+        scope: Vec<Scope>,
+        input: Value,
+    },
+    StateExited {
+        name: String,
+        scope: Vec<Scope>,
+        output: Value,
+    },
+    TaskFailed {
+        name: String,
+        scope: Vec<Scope>,
+        error: String,
+        cause: String,
+    },
+    RetryScheduled {
+        name: String,
+        scope: Vec<Scope>,
+        error: String,
+        attempt: u32,
+        delay: Duration,
+    },
+    Caught {
+        name: String,
+        scope: Vec<Scope>,
+        error: String,
+        next: String,
+    },
+    ExecutionSucceeded {
+        output: Value,
+    },
+    ExecutionFailed {
+        error: String,
+        cause: String,
+    },
 }
 
 type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -117,7 +164,11 @@ pub struct Engine<I> {
 
 impl<I> Clone for Engine<I> {
     fn clone(&self) -> Self {
-        Engine { invoker: self.invoker.clone(), clock: self.clock.clone(), listeners: self.listeners.clone() }
+        Engine {
+            invoker: self.invoker.clone(),
+            clock: self.clock.clone(),
+            listeners: self.listeners.clone(),
+        }
     }
 }
 
@@ -142,7 +193,11 @@ impl<I: TaskInvoker> Engine<I> {
     }
 
     pub fn from_arc(invoker: Arc<I>) -> Engine<I> {
-        Engine { invoker, clock: Arc::new(RealClock::default()), listeners: Vec::new() }
+        Engine {
+            invoker,
+            clock: Arc::new(RealClock::default()),
+            listeners: Vec::new(),
+        }
     }
 
     pub fn with_clock(mut self, clock: impl Clock) -> Engine<I> {
@@ -169,16 +224,27 @@ impl<I: TaskInvoker> Engine<I> {
     }
 
     /// Runs `machine` to its end. `name` is the execution name (`$$.Execution.Name`).
-    pub async fn run(&self, machine: &StateMachine, name: &str, input: Value) -> Result<Value, ExecutionError> {
+    pub async fn run(
+        &self,
+        machine: &StateMachine,
+        name: &str,
+        input: Value,
+    ) -> Result<Value, ExecutionError> {
         let sm_name = "amiflow-local";
         let exec = Execution {
             name: name.to_string(),
             id: format!("arn:aws:states:local:000000000000:execution:{sm_name}:{name}"),
-            start_time: self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            start_time: self
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             input: input.clone(),
             state_machine_id: format!("arn:aws:states:local:000000000000:stateMachine:{sm_name}"),
         };
-        self.emit(Event::ExecutionStarted { name: name.to_string(), input: input.clone() });
+        self.emit(Event::ExecutionStarted {
+            name: name.to_string(),
+            input: input.clone(),
+        });
         let run = self.run_scope(&exec, &machine.states, &machine.start_at, input, Vec::new());
         let result = match machine.timeout_seconds {
             Some(t) => {
@@ -186,14 +252,22 @@ impl<I: TaskInvoker> Engine<I> {
                 futures::pin_mut!(run);
                 match futures::future::select(run, timeout).await {
                     futures::future::Either::Left((r, _)) => r,
-                    futures::future::Either::Right(_) => Err(ExecutionError::new(errors::TIMEOUT, format!("the execution ran longer than its TimeoutSeconds ({t} s)"))),
+                    futures::future::Either::Right(_) => Err(ExecutionError::new(
+                        errors::TIMEOUT,
+                        format!("the execution ran longer than its TimeoutSeconds ({t} s)"),
+                    )),
                 }
             }
             None => run.await,
         };
         match &result {
-            Ok(output) => self.emit(Event::ExecutionSucceeded { output: output.clone() }),
-            Err(e) => self.emit(Event::ExecutionFailed { error: e.error.clone(), cause: e.cause.clone() }),
+            Ok(output) => self.emit(Event::ExecutionSucceeded {
+                output: output.clone(),
+            }),
+            Err(e) => self.emit(Event::ExecutionFailed {
+                error: e.error.clone(),
+                cause: e.cause.clone(),
+            }),
         }
         result
     }
@@ -210,12 +284,22 @@ impl<I: TaskInvoker> Engine<I> {
             let mut current = start_at.to_string();
             let mut value = input;
             loop {
-                let state = states
-                    .get(&current)
-                    .ok_or_else(|| ExecutionError::runtime(format!("the definition has no state named {current:?}")))?;
-                self.emit(Event::StateEntered { name: current.clone(), scope: scope.clone(), input: value.clone() });
+                let state = states.get(&current).ok_or_else(|| {
+                    ExecutionError::runtime(format!(
+                        "the definition has no state named {current:?}"
+                    ))
+                })?;
+                self.emit(Event::StateEntered {
+                    name: current.clone(),
+                    scope: scope.clone(),
+                    input: value.clone(),
+                });
                 let (output, next) = self.run_state(exec, &current, state, value, &scope).await?;
-                self.emit(Event::StateExited { name: current.clone(), scope: scope.clone(), output: output.clone() });
+                self.emit(Event::StateExited {
+                    name: current.clone(),
+                    scope: scope.clone(),
+                    output: output.clone(),
+                });
                 match next {
                     Next::End => return Ok(output),
                     Next::State(n) => {
@@ -246,34 +330,67 @@ impl<I: TaskInvoker> Engine<I> {
     }
 
     /// One state: retries and catches around its work.
-    async fn run_state(&self, exec: &Execution, name: &str, state: &State, raw: Value, scope: &[Scope]) -> Result<(Value, Next), ExecutionError> {
+    async fn run_state(
+        &self,
+        exec: &Execution,
+        name: &str,
+        state: &State,
+        raw: Value,
+        scope: &[Scope],
+    ) -> Result<(Value, Next), ExecutionError> {
         let retriers = state.retriers();
         let mut attempts = vec![0u32; retriers.len()];
         let mut retry_count = 0;
         loop {
             let ctx = self.context(exec, name, retry_count);
-            let failure = match self.attempt_state(exec, name, state, raw.clone(), &ctx, scope).await {
+            let failure = match self
+                .attempt_state(exec, name, state, raw.clone(), &ctx, scope)
+                .await
+            {
                 Ok(done) => return Ok(done),
                 Err(f) => f,
             };
             let is_task = matches!(state, State::Task(_));
             if is_task {
-                self.emit(Event::TaskFailed { name: name.into(), scope: scope.to_vec(), error: failure.error.clone(), cause: failure.cause.clone() });
+                self.emit(Event::TaskFailed {
+                    name: name.into(),
+                    scope: scope.to_vec(),
+                    error: failure.error.clone(),
+                    cause: failure.cause.clone(),
+                });
             }
-            if let Some(i) = retriers.iter().position(|r| error_matches(&r.error_equals, &failure.error, is_task)) {
+            if let Some(i) = retriers
+                .iter()
+                .position(|r| error_matches(&r.error_equals, &failure.error, is_task))
+            {
                 let retrier = &retriers[i];
                 if attempts[i] < retrier.attempts() {
                     let delay = retry_delay(retrier, attempts[i]);
                     attempts[i] += 1;
                     retry_count += 1;
-                    self.emit(Event::RetryScheduled { name: name.into(), scope: scope.to_vec(), error: failure.error.clone(), attempt: attempts[i], delay });
+                    self.emit(Event::RetryScheduled {
+                        name: name.into(),
+                        scope: scope.to_vec(),
+                        error: failure.error.clone(),
+                        attempt: attempts[i],
+                        delay,
+                    });
                     self.clock.delay(delay).await;
                     continue;
                 }
             }
-            if let Some(catcher) = state.catchers().iter().find(|c| error_matches(&c.error_equals, &failure.error, is_task)) {
+            if let Some(catcher) = state
+                .catchers()
+                .iter()
+                .find(|c| error_matches(&c.error_equals, &failure.error, is_task))
+            {
                 let output = caught_output(catcher, raw, &failure)?;
-                self.emit(Event::Caught { name: name.into(), scope: scope.to_vec(), error: failure.error.clone(), next: catcher.next.clone() });
+                self.emit(Event::Caught {
+                    name: name.into(),
+                    scope: scope.to_vec(),
+                    error: failure.error.clone(),
+                    next: catcher.next.clone(),
+                });
                 return Ok((output, Next::State(catcher.next.clone())));
             }
             return Err(failure);
@@ -281,7 +398,15 @@ impl<I: TaskInvoker> Engine<I> {
     }
 
     /// One attempt at a state's work, with its input and output processing.
-    async fn attempt_state(&self, exec: &Execution, name: &str, state: &State, raw: Value, ctx: &Value, scope: &[Scope]) -> Result<(Value, Next), ExecutionError> {
+    async fn attempt_state(
+        &self,
+        exec: &Execution,
+        name: &str,
+        state: &State,
+        raw: Value,
+        ctx: &Value,
+        scope: &[Scope],
+    ) -> Result<(Value, Next), ExecutionError> {
         match state {
             State::Task(t) => {
                 let effective = apply_input(&t.input_path, t.parameters.as_ref(), &raw, ctx)?;
@@ -292,13 +417,26 @@ impl<I: TaskInvoker> Engine<I> {
                         futures::pin_mut!(invoke);
                         match futures::future::select(invoke, timeout).await {
                             futures::future::Either::Left((r, _)) => r,
-                            futures::future::Either::Right(_) => Err(TaskError::new(errors::TIMEOUT, format!("{name} ran longer than its TimeoutSeconds ({secs} s)"))),
+                            futures::future::Either::Right(_) => Err(TaskError::new(
+                                errors::TIMEOUT,
+                                format!("{name} ran longer than its TimeoutSeconds ({secs} s)"),
+                            )),
                         }
                     }
                     None => invoke.await,
                 };
-                let result = result.map_err(|e| ExecutionError { error: e.error, cause: e.cause })?;
-                let output = apply_output(t.result_selector.as_ref(), &t.result_path, &t.output_path, raw, result, ctx)?;
+                let result = result.map_err(|e| ExecutionError {
+                    error: e.error,
+                    cause: e.cause,
+                })?;
+                let output = apply_output(
+                    t.result_selector.as_ref(),
+                    &t.result_path,
+                    &t.output_path,
+                    raw,
+                    result,
+                    ctx,
+                )?;
                 Ok((output, next_of(state)))
             }
             State::Pass(p) => {
@@ -317,7 +455,10 @@ impl<I: TaskInvoker> Engine<I> {
                     }
                 }
                 let next = chosen.or_else(|| c.default.clone()).ok_or_else(|| {
-                    ExecutionError::new(errors::NO_CHOICE_MATCHED, format!("no choice rule of {name} matched the input and it has no Default"))
+                    ExecutionError::new(
+                        errors::NO_CHOICE_MATCHED,
+                        format!("no choice rule of {name} matched the input and it has no Default"),
+                    )
                 })?;
                 let output = apply_output_path(&c.output_path, effective, ctx)?;
                 Ok((output, Next::State(next)))
@@ -327,23 +468,40 @@ impl<I: TaskInvoker> Engine<I> {
                 let read = |p: &str| -> Result<Value, ExecutionError> {
                     path::read(p, &effective, ctx)
                         .map_err(ExecutionError::runtime)?
-                        .ok_or_else(|| ExecutionError::runtime(format!("{name}: the path {p} selects nothing in the input")))
+                        .ok_or_else(|| {
+                            ExecutionError::runtime(format!(
+                                "{name}: the path {p} selects nothing in the input"
+                            ))
+                        })
                 };
                 let seconds: f64 = if let Some(s) = w.seconds {
                     s as f64
                 } else if let Some(p) = &w.seconds_path {
-                    read(p)?.as_f64().filter(|s| *s >= 0.0).ok_or_else(|| ExecutionError::runtime(format!("{name}: SecondsPath {p} must select a non-negative number")))?
+                    read(p)?.as_f64().filter(|s| *s >= 0.0).ok_or_else(|| {
+                        ExecutionError::runtime(format!(
+                            "{name}: SecondsPath {p} must select a non-negative number"
+                        ))
+                    })?
                 } else {
                     let ts = match (&w.timestamp, &w.timestamp_path) {
                         (Some(t), _) => Value::String(t.clone()),
                         (None, Some(p)) => read(p)?,
-                        (None, None) => return Err(ExecutionError::runtime(format!("{name}: a Wait needs Seconds, SecondsPath, Timestamp or TimestampPath"))),
+                        (None, None) => return Err(ExecutionError::runtime(format!(
+                            "{name}: a Wait needs Seconds, SecondsPath, Timestamp or TimestampPath"
+                        ))),
                     };
                     let at = ts
                         .as_str()
                         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                        .ok_or_else(|| ExecutionError::runtime(format!("{name}: {ts} is not an RFC 3339 timestamp")))?;
-                    ((at.with_timezone(&chrono::Utc) - self.clock.now()).num_milliseconds().max(0) as f64) / 1000.0
+                        .ok_or_else(|| {
+                            ExecutionError::runtime(format!(
+                                "{name}: {ts} is not an RFC 3339 timestamp"
+                            ))
+                        })?;
+                    ((at.with_timezone(&chrono::Utc) - self.clock.now())
+                        .num_milliseconds()
+                        .max(0) as f64)
+                        / 1000.0
                 };
                 self.clock.delay(Duration::from_secs_f64(seconds)).await;
                 let output = apply_output_path(&w.output_path, effective, ctx)?;
@@ -351,13 +509,18 @@ impl<I: TaskInvoker> Engine<I> {
             }
             State::Succeed(s) => {
                 let effective = apply_input(&s.input_path, None, &raw, ctx)?;
-                Ok((apply_output_path(&s.output_path, effective, ctx)?, Next::End))
+                Ok((
+                    apply_output_path(&s.output_path, effective, ctx)?,
+                    Next::End,
+                ))
             }
             State::Fail(f) => {
                 let read_string = |p: &str| -> Result<String, ExecutionError> {
                     match path::read(p, &raw, ctx).map_err(ExecutionError::runtime)? {
                         Some(Value::String(s)) => Ok(s),
-                        other => Err(ExecutionError::runtime(format!("{name}: the path {p} must select a string, got {other:?}"))),
+                        other => Err(ExecutionError::runtime(format!(
+                            "{name}: the path {p} must select a string, got {other:?}"
+                        ))),
                     }
                 };
                 let error = match (&f.error, &f.error_path) {
@@ -375,48 +538,85 @@ impl<I: TaskInvoker> Engine<I> {
             State::Map(m) => {
                 let effective = apply_input(&m.input_path, None, &raw, ctx)?;
                 let items_path = m.items_path.as_deref().unwrap_or("$");
-                let items = match path::read(items_path, &effective, ctx).map_err(ExecutionError::runtime)? {
-                    Some(Value::Array(items)) => items,
-                    other => return Err(ExecutionError::runtime(format!("{name}: ItemsPath {items_path} must select an array, got {other:?}"))),
-                };
-                let processor = m.processor().ok_or_else(|| ExecutionError::runtime(format!("{name}: Map has no ItemProcessor")))?;
+                let items =
+                    match path::read(items_path, &effective, ctx)
+                        .map_err(ExecutionError::runtime)?
+                    {
+                        Some(Value::Array(items)) => items,
+                        other => return Err(ExecutionError::runtime(format!(
+                            "{name}: ItemsPath {items_path} must select an array, got {other:?}"
+                        ))),
+                    };
+                let processor = m.processor().ok_or_else(|| {
+                    ExecutionError::runtime(format!("{name}: Map has no ItemProcessor"))
+                })?;
                 let mut iterations = Vec::with_capacity(items.len());
                 for (index, item) in items.into_iter().enumerate() {
                     let iteration_input = match m.selector() {
                         Some(selector) => {
                             let mut item_ctx = ctx.clone();
                             item_ctx["Map"] = json!({"Item": {"Index": index, "Value": item}});
-                            payload(selector, &effective, &item_ctx).map_err(ExecutionError::runtime)?
+                            payload(selector, &effective, &item_ctx)
+                                .map_err(ExecutionError::runtime)?
                         }
                         None => item,
                     };
                     let mut inner = scope.to_vec();
-                    inner.push(Scope { state: name.to_string(), index });
+                    inner.push(Scope {
+                        state: name.to_string(),
+                        index,
+                    });
                     iterations.push(self.run_sub(exec, processor, iteration_input, inner));
                 }
                 let concurrency = match m.max_concurrency {
                     Some(n) if n > 0 => n as usize,
                     _ => iterations.len().max(1),
                 };
-                let results: Vec<Value> = futures::stream::iter(iterations).buffered(concurrency).try_collect().await?;
-                let output = apply_output(m.result_selector.as_ref(), &m.result_path, &m.output_path, raw, Value::Array(results), ctx)?;
+                let results: Vec<Value> = futures::stream::iter(iterations)
+                    .buffered(concurrency)
+                    .try_collect()
+                    .await?;
+                let output = apply_output(
+                    m.result_selector.as_ref(),
+                    &m.result_path,
+                    &m.output_path,
+                    raw,
+                    Value::Array(results),
+                    ctx,
+                )?;
                 Ok((output, next_of(state)))
             }
             State::Parallel(p) => {
                 let effective = apply_input(&p.input_path, p.parameters.as_ref(), &raw, ctx)?;
                 let branches = p.branches.iter().enumerate().map(|(index, b)| {
                     let mut inner = scope.to_vec();
-                    inner.push(Scope { state: name.to_string(), index });
+                    inner.push(Scope {
+                        state: name.to_string(),
+                        index,
+                    });
                     self.run_sub(exec, b, effective.clone(), inner)
                 });
                 let results = futures::future::try_join_all(branches).await?;
-                let output = apply_output(p.result_selector.as_ref(), &p.result_path, &p.output_path, raw, Value::Array(results), ctx)?;
+                let output = apply_output(
+                    p.result_selector.as_ref(),
+                    &p.result_path,
+                    &p.output_path,
+                    raw,
+                    Value::Array(results),
+                    ctx,
+                )?;
                 Ok((output, next_of(state)))
             }
         }
     }
 
-    fn run_sub<'a>(&'a self, exec: &'a Execution, sub: &'a SubMachine, input: Value, scope: Vec<Scope>) -> BoxFuture<'a, Result<Value, ExecutionError>> {
+    fn run_sub<'a>(
+        &'a self,
+        exec: &'a Execution,
+        sub: &'a SubMachine,
+        input: Value,
+        scope: Vec<Scope>,
+    ) -> BoxFuture<'a, Result<Value, ExecutionError>> {
         self.run_scope(exec, &sub.states, &sub.start_at, input, scope)
     }
 }
@@ -436,7 +636,9 @@ pub fn error_matches(list: &[String], error: &str, is_task: bool) -> bool {
     if error == errors::RUNTIME {
         return false;
     }
-    list.iter().any(|e| e == errors::ALL || (e == errors::TASK_FAILED && is_task && error != errors::TIMEOUT))
+    list.iter().any(|e| {
+        e == errors::ALL || (e == errors::TASK_FAILED && is_task && error != errors::TIMEOUT)
+    })
 }
 
 /// The delay before the retry after `attempt` earlier retries of this retrier.
@@ -449,14 +651,23 @@ fn retry_delay(retrier: &Retrier, attempt: u32) -> Duration {
     Duration::from_secs_f64(seconds.max(0.0))
 }
 
-fn caught_output(catcher: &Catcher, mut raw: Value, failure: &ExecutionError) -> Result<Value, ExecutionError> {
+fn caught_output(
+    catcher: &Catcher,
+    mut raw: Value,
+    failure: &ExecutionError,
+) -> Result<Value, ExecutionError> {
     let error_output = json!({"Error": failure.error, "Cause": failure.cause});
     match &catcher.result_path {
         Some(None) => Ok(raw),
         Some(Some(p)) => {
             path::Path::parse(p)
                 .and_then(|p| p.set(&mut raw, error_output))
-                .map_err(|e| ExecutionError::new(errors::RESULT_PATH_MATCH_FAILURE, format!("Catch ResultPath {p}: {e}")))?;
+                .map_err(|e| {
+                    ExecutionError::new(
+                        errors::RESULT_PATH_MATCH_FAILURE,
+                        format!("Catch ResultPath {p}: {e}"),
+                    )
+                })?;
             Ok(raw)
         }
         None => Ok(error_output),
@@ -464,13 +675,22 @@ fn caught_output(catcher: &Catcher, mut raw: Value, failure: &ExecutionError) ->
 }
 
 /// InputPath then Parameters.
-fn apply_input(input_path: &Option<Option<String>>, parameters: Option<&Value>, raw: &Value, ctx: &Value) -> Result<Value, ExecutionError> {
+fn apply_input(
+    input_path: &Option<Option<String>>,
+    parameters: Option<&Value>,
+    raw: &Value,
+    ctx: &Value,
+) -> Result<Value, ExecutionError> {
     let effective = match input_path {
         None => raw.clone(),
         Some(None) => json!({}),
         Some(Some(p)) => path::read(p, raw, ctx)
             .map_err(ExecutionError::runtime)?
-            .ok_or_else(|| ExecutionError::runtime(format!("Invalid path '{p}': the InputPath selects nothing in the state's input")))?,
+            .ok_or_else(|| {
+                ExecutionError::runtime(format!(
+                    "Invalid path '{p}': the InputPath selects nothing in the state's input"
+                ))
+            })?,
     };
     match parameters {
         Some(template) => payload(template, &effective, ctx).map_err(ExecutionError::runtime),
@@ -497,20 +717,33 @@ fn apply_output(
         Some(Some(p)) => {
             path::Path::parse(p)
                 .and_then(|path| path.set(&mut raw, result))
-                .map_err(|e| ExecutionError::new(errors::RESULT_PATH_MATCH_FAILURE, format!("ResultPath {p}: {e}")))?;
+                .map_err(|e| {
+                    ExecutionError::new(
+                        errors::RESULT_PATH_MATCH_FAILURE,
+                        format!("ResultPath {p}: {e}"),
+                    )
+                })?;
             raw
         }
     };
     apply_output_path(output_path, combined, ctx)
 }
 
-fn apply_output_path(output_path: &Option<Option<String>>, value: Value, ctx: &Value) -> Result<Value, ExecutionError> {
+fn apply_output_path(
+    output_path: &Option<Option<String>>,
+    value: Value,
+    ctx: &Value,
+) -> Result<Value, ExecutionError> {
     match output_path {
         None => Ok(value),
         Some(None) => Ok(json!({})),
         Some(Some(p)) => path::read(p, &value, ctx)
             .map_err(ExecutionError::runtime)?
-            .ok_or_else(|| ExecutionError::runtime(format!("Invalid path '{p}': the OutputPath selects nothing in the state's output"))),
+            .ok_or_else(|| {
+                ExecutionError::runtime(format!(
+                    "Invalid path '{p}': the OutputPath selects nothing in the state's output"
+                ))
+            }),
     }
 }
 
@@ -525,7 +758,8 @@ pub fn payload(template: &Value, input: &Value, ctx: &Value) -> Result<Value, St
                     Some(field) => {
                         let expr = value.as_str().ok_or_else(|| format!("the value of {key:?} must be a path or an intrinsic function (a string)"))?;
                         let v = if intrinsics::is_call(expr) {
-                            intrinsics::evaluate(expr, input, ctx).map_err(|e| format!("{key}: {e}"))?
+                            intrinsics::evaluate(expr, input, ctx)
+                                .map_err(|e| format!("{key}: {e}"))?
                         } else {
                             path::read(expr, input, ctx)?
                                 .ok_or_else(|| format!("The JSONPath '{expr}' specified for the field '{key}' could not be found in the input"))?
@@ -539,7 +773,12 @@ pub fn payload(template: &Value, input: &Value, ctx: &Value) -> Result<Value, St
             }
             Ok(Value::Object(out))
         }
-        Value::Array(items) => Ok(Value::Array(items.iter().map(|v| payload(v, input, ctx)).collect::<Result<_, _>>()?)),
+        Value::Array(items) => Ok(Value::Array(
+            items
+                .iter()
+                .map(|v| payload(v, input, ctx))
+                .collect::<Result<_, _>>()?,
+        )),
         other => Ok(other.clone()),
     }
 }

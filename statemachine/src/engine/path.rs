@@ -22,7 +22,9 @@ pub struct Path {
 impl Path {
     /// Parses `$…`. A `$$…` context path is parsed by the caller after stripping one `$`.
     pub fn parse(text: &str) -> Result<Path, String> {
-        let rest = text.strip_prefix('$').ok_or_else(|| format!("path {text:?} must start with '$'"))?;
+        let rest = text
+            .strip_prefix('$')
+            .ok_or_else(|| format!("path {text:?} must start with '$'"))?;
         let chars: Vec<char> = rest.chars().collect();
         let mut i = 0;
         let mut segments = Vec::new();
@@ -39,7 +41,11 @@ impl Path {
                     if name.is_empty() {
                         return Err(bad("empty name after '.'"));
                     }
-                    segments.push(if name == "*" { Segment::Wildcard } else { Segment::Key(name) });
+                    segments.push(if name == "*" {
+                        Segment::Wildcard
+                    } else {
+                        Segment::Key(name)
+                    });
                 }
                 '[' => {
                     i += 1;
@@ -72,7 +78,10 @@ impl Path {
                         if inner.trim() == "*" {
                             segments.push(Segment::Wildcard);
                         } else {
-                            let n = inner.trim().parse::<usize>().map_err(|_| bad(&format!("[{inner}] is not an index")))?;
+                            let n = inner
+                                .trim()
+                                .parse::<usize>()
+                                .map_err(|_| bad(&format!("[{inner}] is not an index")))?;
                             segments.push(Segment::Index(n));
                         }
                     }
@@ -107,7 +116,9 @@ impl Path {
                     if cur.is_null() {
                         *cur = Value::Object(Map::new());
                     }
-                    let obj = cur.as_object_mut().ok_or_else(|| format!("cannot set field {k:?}: the value there is not an object"))?;
+                    let obj = cur.as_object_mut().ok_or_else(|| {
+                        format!("cannot set field {k:?}: the value there is not an object")
+                    })?;
                     if i == last {
                         obj.insert(k.clone(), value);
                         return Ok(());
@@ -115,9 +126,13 @@ impl Path {
                     cur = obj.entry(k.clone()).or_insert(Value::Null);
                 }
                 Segment::Index(n) => {
-                    let arr = cur.as_array_mut().ok_or_else(|| format!("cannot set [{n}]: the value there is not an array"))?;
+                    let arr = cur.as_array_mut().ok_or_else(|| {
+                        format!("cannot set [{n}]: the value there is not an array")
+                    })?;
                     let len = arr.len();
-                    let slot = arr.get_mut(*n).ok_or_else(|| format!("cannot set [{n}]: the array has {len} elements"))?;
+                    let slot = arr
+                        .get_mut(*n)
+                        .ok_or_else(|| format!("cannot set [{n}]: the array has {len} elements"))?;
                     if i == last {
                         *slot = value;
                         return Ok(());
@@ -144,7 +159,12 @@ fn get_from(segments: &[Segment], value: &Value) -> Option<Value> {
                 Value::Object(o) => o.values().collect(),
                 _ => return None,
             };
-            Some(Value::Array(items.into_iter().filter_map(|v| get_from(rest, v)).collect()))
+            Some(Value::Array(
+                items
+                    .into_iter()
+                    .filter_map(|v| get_from(rest, v))
+                    .collect(),
+            ))
         }
     }
 }
@@ -186,30 +206,54 @@ mod tests {
     fn reads_nested_values_and_wildcards() {
         let v = json!({"a": {"b": [10, {"c": true}]}, "list": [{"n": 1}, {"n": 2}]});
         assert_eq!(Path::parse("$.a.b[0]").unwrap().get(&v), Some(json!(10)));
-        assert_eq!(Path::parse("$.a.b[1].c").unwrap().get(&v), Some(json!(true)));
+        assert_eq!(
+            Path::parse("$.a.b[1].c").unwrap().get(&v),
+            Some(json!(true))
+        );
         assert_eq!(Path::parse("$.a.missing").unwrap().get(&v), None);
         assert_eq!(Path::parse("$.a.b[5]").unwrap().get(&v), None);
-        assert_eq!(Path::parse("$.list[*].n").unwrap().get(&v), Some(json!([1, 2])));
+        assert_eq!(
+            Path::parse("$.list[*].n").unwrap().get(&v),
+            Some(json!([1, 2]))
+        );
     }
 
     #[test]
     fn writes_create_objects_on_the_way_and_refuse_non_objects() {
         let mut v = json!({"keep": 1});
-        Path::parse("$.a.b.c").unwrap().set(&mut v, json!("x")).unwrap();
+        Path::parse("$.a.b.c")
+            .unwrap()
+            .set(&mut v, json!("x"))
+            .unwrap();
         assert_eq!(v, json!({"keep": 1, "a": {"b": {"c": "x"}}}));
-        Path::parse("$.keep").unwrap().set(&mut v, json!([1, 2])).unwrap();
-        Path::parse("$.keep[1]").unwrap().set(&mut v, json!(3)).unwrap();
+        Path::parse("$.keep")
+            .unwrap()
+            .set(&mut v, json!([1, 2]))
+            .unwrap();
+        Path::parse("$.keep[1]")
+            .unwrap()
+            .set(&mut v, json!(3))
+            .unwrap();
         assert_eq!(v["keep"], json!([1, 3]));
-        assert!(Path::parse("$.keep.x").unwrap().set(&mut v, json!(0)).is_err());
+        assert!(Path::parse("$.keep.x")
+            .unwrap()
+            .set(&mut v, json!(0))
+            .is_err());
         let mut root = json!(1);
-        Path::parse("$").unwrap().set(&mut root, json!({"r": 2})).unwrap();
+        Path::parse("$")
+            .unwrap()
+            .set(&mut root, json!({"r": 2}))
+            .unwrap();
         assert_eq!(root, json!({"r": 2}));
     }
 
     #[test]
     fn context_paths_read_the_context_object() {
         let ctx = json!({"Execution": {"Name": "exec-1"}});
-        assert_eq!(read("$$.Execution.Name", &json!({}), &ctx).unwrap(), Some(json!("exec-1")));
+        assert_eq!(
+            read("$$.Execution.Name", &json!({}), &ctx).unwrap(),
+            Some(json!("exec-1"))
+        );
         assert_eq!(read("$.x", &json!({"x": 2}), &ctx).unwrap(), Some(json!(2)));
     }
 }

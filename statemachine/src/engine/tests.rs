@@ -20,35 +20,61 @@ struct Script {
 
 impl Script {
     fn then(self, resource: &str, outcome: Result<Value, TaskError>) -> Script {
-        self.outcomes.lock().unwrap().entry(resource.to_string()).or_default().push_back(outcome);
+        self.outcomes
+            .lock()
+            .unwrap()
+            .entry(resource.to_string())
+            .or_default()
+            .push_back(outcome);
         self
     }
     fn fail(self, resource: &str, error: &str, times: usize) -> Script {
-        (0..times).fold(self, |s, _| s.then(resource, Err(TaskError::new(error, format!("{error} from {resource}")))))
+        (0..times).fold(self, |s, _| {
+            s.then(
+                resource,
+                Err(TaskError::new(error, format!("{error} from {resource}"))),
+            )
+        })
     }
     fn calls_to(&self, resource: &str) -> usize {
-        self.calls.lock().unwrap().iter().filter(|(r, _)| r == resource).count()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == resource)
+            .count()
     }
 }
 
 impl TaskInvoker for Script {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
         let name = resource_name(resource).to_string();
-        self.calls.lock().unwrap().push((name.clone(), input.clone()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push((name.clone(), input.clone()));
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if self.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.latency_ms)).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let scripted = self.outcomes.lock().unwrap().get_mut(&name).and_then(|q| q.pop_front());
+        let scripted = self
+            .outcomes
+            .lock()
+            .unwrap()
+            .get_mut(&name)
+            .and_then(|q| q.pop_front());
         match scripted {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(e),
             None => {
                 // Input-dependent failure: lets a Map fail one iteration by its item.
                 if input.get("fail").and_then(Value::as_bool) == Some(true) {
-                    return Err(TaskError::new("BuildFailed", format!("{name} failed for {input}")));
+                    return Err(TaskError::new(
+                        "BuildFailed",
+                        format!("{name} failed for {input}"),
+                    ));
                 }
                 Ok(input)
             }
@@ -74,10 +100,17 @@ async fn run(def: Value, script: Script, input: Value) -> Run {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
     let script = Arc::new(script);
-    let engine = Engine::from_arc(script.clone()).with_clock(clock.clone()).on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let engine = Engine::from_arc(script.clone())
+        .with_clock(clock.clone())
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     let result = engine.run(&machine(def), "exec-1", input).await;
     let events = events.lock().unwrap().clone();
-    Run { result, events, clock, script }
+    Run {
+        result,
+        events,
+        clock,
+        script,
+    }
 }
 
 fn secs(v: &[f64]) -> Vec<Duration> {
@@ -87,7 +120,10 @@ fn secs(v: &[f64]) -> Vec<Duration> {
 #[test]
 fn resource_names() {
     assert_eq!(resource_name("${CreateImageFunctionArn}"), "CreateImage");
-    assert_eq!(resource_name("arn:aws:lambda:us-east-1:123456789012:function:amiflow-Prepare:live"), "amiflow-Prepare");
+    assert_eq!(
+        resource_name("arn:aws:lambda:us-east-1:123456789012:function:amiflow-Prepare:live"),
+        "amiflow-Prepare"
+    );
     assert_eq!(resource_name("Plain"), "Plain");
 }
 
@@ -113,7 +149,12 @@ async fn input_and_output_processing_with_the_context_object() {
             "End": true
         }}
     });
-    let r = run(def, Script::default(), json!({"build": {"region": "eu-west-1", "name": "web", "n": 2}, "other": 1})).await;
+    let r = run(
+        def,
+        Script::default(),
+        json!({"build": {"region": "eu-west-1", "name": "web", "n": 2}, "other": 1}),
+    )
+    .await;
     let out = r.result.unwrap();
     assert_eq!(
         out,
@@ -122,7 +163,10 @@ async fn input_and_output_processing_with_the_context_object() {
         }})
     );
     let (_, sent) = r.script.calls.lock().unwrap()[0].clone();
-    assert_eq!(sent["execution_id"], json!("arn:aws:states:local:000000000000:execution:amiflow-local:exec-1"));
+    assert_eq!(
+        sent["execution_id"],
+        json!("arn:aws:states:local:000000000000:execution:amiflow-local:exec-1")
+    );
     assert_eq!(sent["started"], json!("2024-01-01T00:00:00.000Z"));
 }
 
@@ -134,14 +178,21 @@ async fn null_paths_discard_and_missing_paths_are_runtime_errors() {
     }});
     let r = run(def, Script::default(), json!({"keep": true})).await;
     assert_eq!(r.result.unwrap(), json!({}));
-    assert_eq!(r.script.calls.lock().unwrap()[0].1, json!({}), "InputPath null sends {{}}");
+    assert_eq!(
+        r.script.calls.lock().unwrap()[0].1,
+        json!({}),
+        "InputPath null sends {{}}"
+    );
 
     let def = json!({"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "R", "Parameters": {"x.$": "$.missing"}, "Retry": [{"ErrorEquals": ["States.ALL"]}], "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "B"}], "End": true}, "B": {"Type": "Succeed"}}});
     let r = run(def, Script::default(), json!({})).await;
     let e = r.result.unwrap_err();
     assert_eq!(e.error, "States.Runtime");
     assert!(e.cause.contains("$.missing"), "{}", e.cause);
-    assert!(r.clock.delays().is_empty(), "States.ALL does not retry States.Runtime");
+    assert!(
+        r.clock.delays().is_empty(),
+        "States.ALL does not retry States.Runtime"
+    );
 
     let def = json!({"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "R", "ResultPath": "$.x.y", "End": true}}});
     let r = run(def, Script::default(), json!({"x": 5})).await;
@@ -155,17 +206,37 @@ fn retry_def(retry: Value) -> Value {
 #[tokio::test]
 async fn retry_delays_follow_interval_backoff_cap_and_attempts() {
     let retry = json!([{"ErrorEquals": ["NotReady"], "IntervalSeconds": 2, "BackoffRate": 2.0, "MaxDelaySeconds": 5, "MaxAttempts": 4}]);
-    let r = run(retry_def(retry.clone()), Script::default().fail("Wait", "NotReady", 4), json!({"ok": 1})).await;
+    let r = run(
+        retry_def(retry.clone()),
+        Script::default().fail("Wait", "NotReady", 4),
+        json!({"ok": 1}),
+    )
+    .await;
     assert_eq!(r.result.unwrap(), json!({"ok": 1}));
     assert_eq!(r.clock.delays(), secs(&[2.0, 4.0, 5.0, 5.0]));
     assert_eq!(r.script.calls_to("Wait"), 5);
-    let attempts: Vec<u32> = r.events.iter().filter_map(|e| match e { Event::RetryScheduled { attempt, .. } => Some(*attempt), _ => None }).collect();
+    let attempts: Vec<u32> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RetryScheduled { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
     assert_eq!(attempts, vec![1, 2, 3, 4]);
 
     // One failure more than the budget: the error comes out after exactly 4 retries.
-    let r = run(retry_def(retry), Script::default().fail("Wait", "NotReady", 5), json!({})).await;
+    let r = run(
+        retry_def(retry),
+        Script::default().fail("Wait", "NotReady", 5),
+        json!({}),
+    )
+    .await;
     let e = r.result.unwrap_err();
-    assert_eq!((e.error.as_str(), e.cause.as_str()), ("NotReady", "NotReady from Wait"));
+    assert_eq!(
+        (e.error.as_str(), e.cause.as_str()),
+        ("NotReady", "NotReady from Wait")
+    );
     assert_eq!(r.clock.delays().len(), 4);
     assert_eq!(r.script.calls_to("Wait"), 5);
 }
@@ -173,10 +244,20 @@ async fn retry_delays_follow_interval_backoff_cap_and_attempts() {
 #[tokio::test]
 async fn retry_defaults_and_zero_attempts() {
     // ASL defaults: 1 s, backoff 2, 3 attempts.
-    let r = run(retry_def(json!([{"ErrorEquals": ["States.ALL"]}])), Script::default().fail("Wait", "X", 9), json!({})).await;
+    let r = run(
+        retry_def(json!([{"ErrorEquals": ["States.ALL"]}])),
+        Script::default().fail("Wait", "X", 9),
+        json!({}),
+    )
+    .await;
     assert_eq!(r.clock.delays(), secs(&[1.0, 2.0, 4.0]));
     assert!(r.result.is_err());
-    let r = run(retry_def(json!([{"ErrorEquals": ["X"], "MaxAttempts": 0}])), Script::default().fail("Wait", "X", 1), json!({})).await;
+    let r = run(
+        retry_def(json!([{"ErrorEquals": ["X"], "MaxAttempts": 0}])),
+        Script::default().fail("Wait", "X", 1),
+        json!({}),
+    )
+    .await;
     assert!(r.clock.delays().is_empty());
     assert_eq!(r.result.unwrap_err().error, "X");
 }
@@ -201,7 +282,12 @@ async fn first_matching_retrier_wins_with_its_own_counter() {
 #[tokio::test]
 async fn full_jitter_stays_within_the_computed_delay() {
     let retry = json!([{"ErrorEquals": ["Transient"], "IntervalSeconds": 2, "BackoffRate": 2.0, "MaxDelaySeconds": 60, "MaxAttempts": 40, "JitterStrategy": "FULL"}]);
-    let r = run(retry_def(retry), Script::default().fail("Wait", "Transient", 40), json!({})).await;
+    let r = run(
+        retry_def(retry),
+        Script::default().fail("Wait", "Transient", 40),
+        json!({}),
+    )
+    .await;
     assert!(r.result.is_ok());
     let delays = r.clock.delays();
     assert_eq!(delays.len(), 40);
@@ -211,7 +297,10 @@ async fn full_jitter_stays_within_the_computed_delay() {
     }
     // 34 of the 40 bounds are 60 s: a jitter that returned the bound would sum to > 2000 s.
     let total: f64 = delays.iter().map(Duration::as_secs_f64).sum();
-    assert!(total < 0.9 * 2100.0, "jitter does not spread the delays: total {total}");
+    assert!(
+        total < 0.9 * 2100.0,
+        "jitter does not spread the delays: total {total}"
+    );
     assert!(delays.windows(2).any(|w| w[0] != w[1]));
 }
 
@@ -225,10 +314,23 @@ async fn catch_puts_the_error_at_its_result_path_and_goes_on() {
         "Wrong": {"Type": "Fail", "Error": "Wrong"},
         "Cleanup": {"Type": "Task", "Resource": "${CleanupFunctionArn}", "End": true}
     }});
-    let r = run(def, Script::default().fail("Step", "NotReady", 2), json!({"ledger": ["i-1"]})).await;
+    let r = run(
+        def,
+        Script::default().fail("Step", "NotReady", 2),
+        json!({"ledger": ["i-1"]}),
+    )
+    .await;
     let out = r.result.unwrap();
-    assert_eq!(out, json!({"ledger": ["i-1"], "error": {"Error": "NotReady", "Cause": "NotReady from Step"}}));
-    assert!(r.events.contains(&Event::Caught { name: "Step".into(), scope: vec![], error: "NotReady".into(), next: "Cleanup".into() }));
+    assert_eq!(
+        out,
+        json!({"ledger": ["i-1"], "error": {"Error": "NotReady", "Cause": "NotReady from Step"}})
+    );
+    assert!(r.events.contains(&Event::Caught {
+        name: "Step".into(),
+        scope: vec![],
+        error: "NotReady".into(),
+        next: "Cleanup".into()
+    }));
     assert_eq!(r.clock.delays().len(), 1);
 }
 
@@ -242,12 +344,22 @@ async fn task_failed_matches_task_errors_but_not_timeouts() {
         json!({"StartAt": "T", "States": {"T": t, "Caught": {"Type": "Succeed"}}})
     };
     let r = run(def(None), Script::default().fail("R", "Boom", 1), json!({})).await;
-    assert_eq!(r.result.unwrap(), json!({"Error": "Boom", "Cause": "Boom from R"}), "no ResultPath: the error output replaces the input");
+    assert_eq!(
+        r.result.unwrap(),
+        json!({"Error": "Boom", "Cause": "Boom from R"}),
+        "no ResultPath: the error output replaces the input"
+    );
 
     // A real timeout, on a scaled real clock: 1 s × 0.01 = 10 ms against a 500 ms task.
-    let script = Arc::new(Script { latency_ms: 500, ..Default::default() });
+    let script = Arc::new(Script {
+        latency_ms: 500,
+        ..Default::default()
+    });
     let engine = Engine::from_arc(script).with_clock(RealClock { scale: 0.01 });
-    let e = engine.run(&machine(def(Some(1))), "t", json!({})).await.unwrap_err();
+    let e = engine
+        .run(&machine(def(Some(1))), "t", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(e.error, "States.Timeout");
 }
 
@@ -264,20 +376,37 @@ async fn choice_picks_the_first_matching_rule_or_default() {
     }});
     let cases = [
         (json!({"build": {"builder_type": "amazon-ebs"}}), "ebs"),
-        (json!({"build": {"builder_type": "amazon-chroot"}, "n": 3}), "big"),
+        (
+            json!({"build": {"builder_type": "amazon-chroot"}, "n": 3}),
+            "big",
+        ),
         (json!({"build": {"builder_type": "amazon-chroot"}}), "other"),
     ];
     for (input, want) in cases {
-        assert_eq!(run(def.clone(), Script::default(), input).await.result.unwrap(), json!(want));
+        assert_eq!(
+            run(def.clone(), Script::default(), input)
+                .await
+                .result
+                .unwrap(),
+            json!(want)
+        );
     }
     let no_default = json!({"StartAt": "C", "States": {"C": {"Type": "Choice", "Choices": [{"Variable": "$.x", "IsPresent": true, "Next": "D"}]}, "D": {"Type": "Succeed"}}});
-    assert_eq!(run(no_default, Script::default(), json!({})).await.result.unwrap_err().error, "States.NoChoiceMatched");
+    assert_eq!(
+        run(no_default, Script::default(), json!({}))
+            .await
+            .result
+            .unwrap_err()
+            .error,
+        "States.NoChoiceMatched"
+    );
 }
 
 fn map_def(max_concurrency: u32, catch_inside: bool) -> Value {
     let mut work = json!({"Type": "Task", "Resource": "${WorkFunctionArn}", "Next": "Done"});
     if catch_inside {
-        work["Catch"] = json!([{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Done"}]);
+        work["Catch"] =
+            json!([{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Done"}]);
     }
     json!({"StartAt": "Builds", "States": {
         "Builds": {"Type": "Map", "ItemsPath": "$.builds", "MaxConcurrency": max_concurrency,
@@ -295,8 +424,13 @@ fn map_def(max_concurrency: u32, catch_inside: bool) -> Value {
 
 #[tokio::test]
 async fn map_runs_iterations_concurrently_up_to_max_and_keeps_their_order() {
-    let builds: Vec<Value> = (0..5).map(|i| json!({"name": format!("b{i}"), "fail": i == 3})).collect();
-    let script = Script { latency_ms: 30, ..Default::default() };
+    let builds: Vec<Value> = (0..5)
+        .map(|i| json!({"name": format!("b{i}"), "fail": i == 3}))
+        .collect();
+    let script = Script {
+        latency_ms: 30,
+        ..Default::default()
+    };
     let r = run(map_def(2, true), script, json!({"builds": builds})).await;
     let out = r.result.unwrap();
     let results = out["results"].as_array().unwrap();
@@ -305,14 +439,26 @@ async fn map_runs_iterations_concurrently_up_to_max_and_keeps_their_order() {
         assert_eq!(res["index"], json!(i));
         assert_eq!(res["item"]["name"], json!(format!("b{i}")));
         assert_eq!(res["exec"], json!("exec-1"));
-        assert_eq!(res.get("error").is_some(), i == 3, "only build 3 records an error: {res}");
+        assert_eq!(
+            res.get("error").is_some(),
+            i == 3,
+            "only build 3 records an error: {res}"
+        );
     }
     assert_eq!(results[3]["error"]["Error"], json!("BuildFailed"));
-    assert_eq!(r.script.max_in_flight.load(Ordering::SeqCst), 2, "MaxConcurrency 2");
-    let scopes: Vec<usize> = r.events.iter().filter_map(|e| match e {
-        Event::StateEntered { name, scope, .. } if name == "Work" => Some(scope[0].index),
-        _ => None,
-    }).collect();
+    assert_eq!(
+        r.script.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "MaxConcurrency 2"
+    );
+    let scopes: Vec<usize> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StateEntered { name, scope, .. } if name == "Work" => Some(scope[0].index),
+            _ => None,
+        })
+        .collect();
     let mut sorted = scopes.clone();
     sorted.sort();
     assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
@@ -322,10 +468,17 @@ async fn map_runs_iterations_concurrently_up_to_max_and_keeps_their_order() {
 #[tokio::test]
 async fn map_without_limit_runs_all_at_once_and_an_uncaught_iteration_fails_the_map() {
     let builds: Vec<Value> = (0..4).map(|i| json!({"fail": i == 1})).collect();
-    let script = Script { latency_ms: 30, ..Default::default() };
+    let script = Script {
+        latency_ms: 30,
+        ..Default::default()
+    };
     let r = run(map_def(0, false), script, json!({"builds": builds})).await;
     let out = r.result.unwrap();
-    assert_eq!(out["map_error"]["Error"], json!("BuildFailed"), "the Map's Catch sees the iteration's error: {out}");
+    assert_eq!(
+        out["map_error"]["Error"],
+        json!("BuildFailed"),
+        "the Map's Catch sees the iteration's error: {out}"
+    );
     assert!(out.get("results").is_none());
     assert_eq!(r.script.max_in_flight.load(Ordering::SeqCst), 4);
 }
@@ -335,7 +488,9 @@ async fn parallel_gives_each_branch_the_input_and_collects_outputs_in_order() {
     let branch = |r: &str| json!({"StartAt": "S", "States": {"S": {"Type": "Task", "Resource": r, "ResultPath": "$.by", "End": true}}});
     let def = json!({"StartAt": "P", "States": {"P": {"Type": "Parallel", "Branches": [branch("A"), branch("B")],
         "ResultSelector": {"first.$": "$[0].by", "second.$": "$[1].by"}, "End": true}}});
-    let script = Script::default().then("A", Ok(json!("a"))).then("B", Ok(json!("b")));
+    let script = Script::default()
+        .then("A", Ok(json!("a")))
+        .then("B", Ok(json!("b")));
     let r = run(def.clone(), script, json!({"x": 1})).await;
     assert_eq!(r.result.unwrap(), json!({"first": "a", "second": "b"}));
     let r = run(def, Script::default().fail("B", "Boom", 1), json!({"x": 1})).await;
@@ -351,7 +506,12 @@ async fn wait_asks_the_clock_for_seconds_paths_and_timestamps() {
         "D": {"Type": "Wait", "Timestamp": "2000-01-01T00:00:00Z", "End": true}
     }});
     // The virtual clock starts at 2024-01-01T00:00:00Z; after 7 + 3 s, 50 s remain to :01:00.
-    let r = run(def, Script::default(), json!({"delay": 3, "at": "2024-01-01T00:01:00Z"})).await;
+    let r = run(
+        def,
+        Script::default(),
+        json!({"delay": 3, "at": "2024-01-01T00:01:00Z"}),
+    )
+    .await;
     assert!(r.result.is_ok());
     assert_eq!(r.clock.delays(), secs(&[7.0, 3.0, 50.0, 0.0]));
 }
@@ -359,13 +519,25 @@ async fn wait_asks_the_clock_for_seconds_paths_and_timestamps() {
 #[tokio::test]
 async fn fail_states_take_error_and_cause_literally_or_from_paths() {
     let def = json!({"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "BuildFailed", "Cause": "it broke"}}});
-    let e = run(def, Script::default(), json!({})).await.result.unwrap_err();
-    assert_eq!((e.error.as_str(), e.cause.as_str()), ("BuildFailed", "it broke"));
+    let e = run(def, Script::default(), json!({}))
+        .await
+        .result
+        .unwrap_err();
+    assert_eq!(
+        (e.error.as_str(), e.cause.as_str()),
+        ("BuildFailed", "it broke")
+    );
     let def = json!({"StartAt": "F", "States": {"F": {"Type": "Fail", "ErrorPath": "$.e", "CausePath": "$.c"}}});
     let r = run(def, Script::default(), json!({"e": "Mine", "c": "because"})).await;
     let e = r.result.unwrap_err();
     assert_eq!((e.error.as_str(), e.cause.as_str()), ("Mine", "because"));
-    assert_eq!(r.events.last(), Some(&Event::ExecutionFailed { error: "Mine".into(), cause: "because".into() }));
+    assert_eq!(
+        r.events.last(),
+        Some(&Event::ExecutionFailed {
+            error: "Mine".into(),
+            cause: "because".into()
+        })
+    );
 }
 
 #[tokio::test]
@@ -376,22 +548,37 @@ async fn pass_result_and_parameters_and_the_event_sequence() {
     }});
     let r = run(def, Script::default(), json!({"l": [1, 2]})).await;
     assert_eq!(r.result.unwrap(), json!({"sum": 42, "len": 2}));
-    let kinds: Vec<String> = r.events.iter().map(|e| match e {
-        Event::ExecutionStarted { .. } => "start".into(),
-        Event::StateEntered { name, .. } => format!("enter {name}"),
-        Event::StateExited { name, .. } => format!("exit {name}"),
-        Event::ExecutionSucceeded { .. } => "ok".into(),
-        other => format!("{other:?}"),
-    }).collect();
-    assert_eq!(kinds, ["start", "enter P", "exit P", "enter Q", "exit Q", "ok"]);
+    let kinds: Vec<String> = r
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::ExecutionStarted { .. } => "start".into(),
+            Event::StateEntered { name, .. } => format!("enter {name}"),
+            Event::StateExited { name, .. } => format!("exit {name}"),
+            Event::ExecutionSucceeded { .. } => "ok".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["start", "enter P", "exit P", "enter Q", "exit Q", "ok"]
+    );
 }
 
 #[tokio::test]
 async fn event_channel_delivers_events() {
-    let (engine, mut rx) = Engine::new(Script::default()).with_clock(VirtualClock::default()).event_channel();
+    let (engine, mut rx) = Engine::new(Script::default())
+        .with_clock(VirtualClock::default())
+        .event_channel();
     let def = machine(json!({"StartAt": "S", "States": {"S": {"Type": "Succeed"}}}));
     engine.run(&def, "e", json!({"a": 1})).await.unwrap();
-    assert_eq!(rx.recv().await, Some(Event::ExecutionStarted { name: "e".into(), input: json!({"a": 1}) }));
+    assert_eq!(
+        rx.recv().await,
+        Some(Event::ExecutionStarted {
+            name: "e".into(),
+            input: json!({"a": 1})
+        })
+    );
 }
 
 #[test]
@@ -421,13 +608,35 @@ fn definitions_round_trip_through_the_model() {
     let rendered: Value = serde_json::from_str(&m.to_json_pretty()).unwrap();
     assert_eq!(rendered, def);
     let ordered = StateMachine::from_json(r#"{"StartAt": "Z", "States": {"Z": {"Type": "Pass", "Next": "A"}, "A": {"Type": "Succeed"}}}"#).unwrap();
-    assert_eq!(ordered.states.names().collect::<Vec<_>>(), ["Z", "A"], "declaration order is kept");
-    assert!(ordered.to_json_pretty().find("\"Z\"").unwrap() < ordered.to_json_pretty().find("\"A\"").unwrap());
-    assert!(m.to_json_pretty().find("\"Type\"").unwrap() < m.to_json_pretty().find("\"Resource\"").unwrap());
+    assert_eq!(
+        ordered.states.names().collect::<Vec<_>>(),
+        ["Z", "A"],
+        "declaration order is kept"
+    );
+    assert!(
+        ordered.to_json_pretty().find("\"Z\"").unwrap()
+            < ordered.to_json_pretty().find("\"A\"").unwrap()
+    );
+    assert!(
+        m.to_json_pretty().find("\"Type\"").unwrap()
+            < m.to_json_pretty().find("\"Resource\"").unwrap()
+    );
 
-    assert!(StateMachine::from_json(r#"{"StartAt": "X", "States": {"A": {"Type": "Succeed"}}}"#).unwrap_err().contains("\"X\""));
-    assert!(StateMachine::from_json(r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"}}}"#).is_err());
-    assert!(StateMachine::from_json(r#"{"StartAt": "A", "States": {"A": {"Type": "Pass"}}}"#).is_err());
+    assert!(
+        StateMachine::from_json(r#"{"StartAt": "X", "States": {"A": {"Type": "Succeed"}}}"#)
+            .unwrap_err()
+            .contains("\"X\"")
+    );
+    assert!(StateMachine::from_json(
+        r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"}}}"#
+    )
+    .is_err());
+    assert!(
+        StateMachine::from_json(r#"{"StartAt": "A", "States": {"A": {"Type": "Pass"}}}"#).is_err()
+    );
     assert!(StateMachine::from_json(r#"{"StartAt": "A", "States": {"A": {"Type": "Choice", "Choices": [{"Variable": "$.x", "StringEqualz": "a", "Next": "A"}]}}}"#).is_err());
-    assert!(StateMachine::from_json(r#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}, "A": {"Type": "Succeed"}}}"#).is_err());
+    assert!(StateMachine::from_json(
+        r#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}, "A": {"Type": "Succeed"}}}"#
+    )
+    .is_err());
 }

@@ -96,12 +96,22 @@ impl Communication {
                 .or_else(|| std::env::var(ARTIFACTS_BUCKET_ENV).ok())
                 .filter(|b| !b.is_empty()),
             ssm_execution_timeout: c.ssm_execution_timeout.0,
-            bastion: c.ssh_bastion_host.clone().filter(|h| !h.is_empty()).map(|host| Bastion {
-                host,
-                port: c.ssh_bastion_port,
-                username: c.ssh_bastion_username.clone().or_else(|| c.ssh_username.clone()),
-                private_key_file: c.ssh_bastion_private_key_file.clone().filter(|f| !f.is_empty()),
-            }),
+            bastion: c
+                .ssh_bastion_host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .map(|host| Bastion {
+                    host,
+                    port: c.ssh_bastion_port,
+                    username: c
+                        .ssh_bastion_username
+                        .clone()
+                        .or_else(|| c.ssh_username.clone()),
+                    private_key_file: c
+                        .ssh_bastion_private_key_file
+                        .clone()
+                        .filter(|f| !f.is_empty()),
+                }),
         })
     }
 
@@ -242,11 +252,14 @@ pub async fn ssh_target(
         Some(b) => {
             let auth = if let Some(file) = &b.private_key_file {
                 let pem = std::fs::read_to_string(file).map_err(|e| {
-                    StepError::BuildFailed(format!("ssh_bastion_private_key_file: cannot read {file:?} ({e})"))
+                    StepError::BuildFailed(format!(
+                        "ssh_bastion_private_key_file: cannot read {file:?} ({e})"
+                    ))
                 })?;
                 secrets.add_value(pem.clone());
-                SshAuth::from_pem(&pem)
-                    .map_err(|e| StepError::BuildFailed(format!("ssh_bastion_private_key_file {file:?}: {e}")))?
+                SshAuth::from_pem(&pem).map_err(|e| {
+                    StepError::BuildFailed(format!("ssh_bastion_private_key_file {file:?}: {e}"))
+                })?
             } else if let Some(p) = secrets.bastion_password() {
                 SshAuth::Password(p.to_string())
             } else {
@@ -270,7 +283,15 @@ pub async fn ssh_target(
             }))
         }
     };
-    Ok(SshTarget { host, port: cfg.ssh_port, username, auth, pty: cfg.ssh_pty, connect_timeout, bastion })
+    Ok(SshTarget {
+        host,
+        port: cfg.ssh_port,
+        username,
+        auth,
+        pty: cfg.ssh_pty,
+        connect_timeout,
+        bastion,
+    })
 }
 
 #[cfg(test)]
@@ -287,18 +308,37 @@ mod tests {
     #[test]
     fn from_the_typed_config() {
         let c = comm(json!({"ssh_username": "ec2-user"}));
-        assert_eq!((c.communicator, c.ssh_port, c.timeout), (Communicator::Ssh, 22, Duration::from_secs(300)));
+        assert_eq!(
+            (c.communicator, c.ssh_port, c.timeout),
+            (Communicator::Ssh, 22, Duration::from_secs(300))
+        );
         assert!(c.uses_temporary_key(&Secrets::new()));
         let mut with_pw = Secrets::new();
         with_pw.set_ssh_password("pw");
         assert!(!c.uses_temporary_key(&with_pw));
         // Legacy ssh_private_ip folds into ssh_interface; ssm uses ssm_timeout.
-        assert_eq!(comm(json!({"ssh_private_ip": true})).ssh_interface.as_deref(), Some("private_ip"));
-        let s = comm(json!({"communicator": "ssm", "ssm_timeout": "2m", "ssm_output_s3_bucket": "b"}));
-        assert_eq!((s.communicator, s.timeout, s.ssm_bucket.as_deref()), (Communicator::Ssm, Duration::from_secs(120), Some("b")));
+        assert_eq!(
+            comm(json!({"ssh_private_ip": true}))
+                .ssh_interface
+                .as_deref(),
+            Some("private_ip")
+        );
+        let s =
+            comm(json!({"communicator": "ssm", "ssm_timeout": "2m", "ssm_output_s3_bucket": "b"}));
+        assert_eq!(
+            (s.communicator, s.timeout, s.ssm_bucket.as_deref()),
+            (Communicator::Ssm, Duration::from_secs(120), Some("b"))
+        );
         let b = comm(json!({"ssh_username": "u", "ssh_bastion_host": "jump", "ssh_bastion_private_key_file": "/k"})).bastion.unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.username.as_deref()), ("jump", 22, Some("u")));
-        let bad: CommunicatorConfig = serde_json::from_value(json!({"communicator": "winrm"})).unwrap();
-        assert!(Communication::from_config(&bad, "r").unwrap_err().message().contains("winrm"));
+        assert_eq!(
+            (b.host.as_str(), b.port, b.username.as_deref()),
+            ("jump", 22, Some("u"))
+        );
+        let bad: CommunicatorConfig =
+            serde_json::from_value(json!({"communicator": "winrm"})).unwrap();
+        assert!(Communication::from_config(&bad, "r")
+            .unwrap_err()
+            .message()
+            .contains("winrm"));
     }
 }

@@ -127,7 +127,8 @@ async fn attempt_once<T: Transport>(
         .map_err(|e| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {e}"))))?;
     let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
     let mut reconnect = false;
-    for action in actions {
+    let mut actions = actions.into_iter().peekable();
+    while let Some(action) = actions.next() {
         if reconnect {
             tracing::info!(provisioner = %label, "reconnecting after the expected disconnect");
             transport.reconnect().await.map_err(|e| {
@@ -181,10 +182,26 @@ async fn attempt_once<T: Transport>(
                         if valid.contains(code) => {}
                     (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => {}
                     (ExitCheck::Main { valid, .. }, _) => {
+                        // The connection is still up after a plain non-zero exit: remove the
+                        // uploaded script anyway, so a failed build on a long-lived host (or a
+                        // retry) leaves no stale copy behind. Its own failure is secondary.
+                        if let (
+                            ExecStatus::Exited(_),
+                            Some(Action::Exec {
+                                command,
+                                check: ExitCheck::Housekeeping,
+                            }),
+                        ) = (&status, actions.peek())
+                        {
+                            let mut quiet = OutputSink::new(&label, &opts.secrets);
+                            if let Err(e) = transport.exec(command, &mut quiet).await {
+                                tracing::warn!(provisioner = %label, "could not remove the script after its failure: {}", e.0);
+                            }
+                        }
                         return Err(fail(format!(
                             "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
                             tail_text(&sink.tail())
-                        )))
+                        )));
                     }
                     (ExitCheck::Housekeeping, _) => {
                         return Err(fail(format!(

@@ -96,14 +96,21 @@ impl SshTransport {
         let attempt = async {
             let bastion = match &target.bastion {
                 None => None,
-                Some(b) => Some(open(b, None).await.map_err(|e| TransportError(format!("via bastion {}: {}", b.address(), e.0)))?),
+                Some(b) => Some(open(b, None).await.map_err(|e| {
+                    TransportError(format!("via bastion {}: {}", b.address(), e.0))
+                })?),
             };
             let handle = open(target, bastion.as_ref()).await?;
             Ok::<_, TransportError>((handle, bastion))
         };
-        let (handle, bastion) = tokio::time::timeout(target.connect_timeout, attempt).await.map_err(|_| {
-            TransportError(format!("no SSH answer from {address} within {:?}", target.connect_timeout))
-        })??;
+        let (handle, bastion) = tokio::time::timeout(target.connect_timeout, attempt)
+            .await
+            .map_err(|_| {
+                TransportError(format!(
+                    "no SSH answer from {address} within {:?}",
+                    target.connect_timeout
+                ))
+            })??;
         Ok(SshTransport {
             handle,
             bastion,
@@ -223,9 +230,13 @@ async fn open(
 ) -> Result<client::Handle<TrustOnFirstUse>, TransportError> {
     let address = target.address();
     let mut handle = match via {
-        None => client::connect(client_config(), (target.host.as_str(), target.port), TrustOnFirstUse)
-            .await
-            .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?,
+        None => client::connect(
+            client_config(),
+            (target.host.as_str(), target.port),
+            TrustOnFirstUse,
+        )
+        .await
+        .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?,
         Some(bastion) => {
             let channel = bastion
                 .channel_open_direct_tcpip(target.host.as_str(), target.port as u32, "127.0.0.1", 0)
@@ -233,17 +244,31 @@ async fn open(
                 .map_err(|e| TransportError(format!("the bastion cannot reach {address}: {e}")))?;
             client::connect_stream(client_config(), channel.into_stream(), TrustOnFirstUse)
                 .await
-                .map_err(|e| TransportError(format!("cannot connect to {address} through the bastion: {e}")))?
+                .map_err(|e| {
+                    TransportError(format!(
+                        "cannot connect to {address} through the bastion: {e}"
+                    ))
+                })?
         }
     };
     let result = match &target.auth {
         SshAuth::Key(key) => {
             let hash = if key.algorithm().is_rsa() {
-                handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+                handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten()
             } else {
                 None
             };
-            handle.authenticate_publickey(&target.username, PrivateKeyWithHashAlg::new(key.clone(), hash)).await
+            handle
+                .authenticate_publickey(
+                    &target.username,
+                    PrivateKeyWithHashAlg::new(key.clone(), hash),
+                )
+                .await
         }
         SshAuth::Password(p) => handle.authenticate_password(&target.username, p).await,
     }

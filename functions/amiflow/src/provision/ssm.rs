@@ -107,7 +107,8 @@ const HEREDOC_END: &str = "AMIFLOW_FILE_END";
 /// (a here-document always does) and never contains the end marker line.
 fn heredoc(data: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(data).ok()?;
-    let fits = text.len() <= 16 * 1024 && text.ends_with('\n') && !text.lines().any(|l| l == HEREDOC_END);
+    let fits =
+        text.len() <= 16 * 1024 && text.ends_with('\n') && !text.lines().any(|l| l == HEREDOC_END);
     fits.then_some(text)
 }
 
@@ -125,7 +126,12 @@ pub fn compile(
             Action::Mkdir { path } => {
                 script.push_str(&format!("mkdir -p {} || exit $?\n", shell_quote(path)))
             }
-            Action::Upload { data, remote, mode, from } => {
+            Action::Upload {
+                data,
+                remote,
+                mode,
+                from,
+            } => {
                 let fetch = match (bucket, heredoc(data)) {
                     (Some(bucket), _) => {
                         let key = format!("{prefix}{}", staged.len());
@@ -138,16 +144,21 @@ pub fn compile(
                     }
                     // Small text files travel inside the command when there is no bucket.
                     (None, Some(text)) => {
-                        format!("cat > {} <<'{HEREDOC_END}' || exit $?\n{text}{HEREDOC_END}\n", shell_quote(remote))
+                        format!(
+                            "cat > {} <<'{HEREDOC_END}' || exit $?\n{text}{HEREDOC_END}\n",
+                            shell_quote(remote)
+                        )
                     }
-                    (None, None) => {
-                        return Err(format!(
-                            "uploading {from} over SSM needs a staging bucket (binary or large file): \
+                    (None, None) => return Err(format!(
+                        "uploading {from} over SSM needs a staging bucket (binary or large file): \
                              set \"ssm_output_s3_bucket\" in the builder"
-                        ))
-                    }
+                    )),
                 };
-                script.push_str(&format!("{fetch}chmod {:o} {} || exit $?\n", mode, shell_quote(remote)));
+                script.push_str(&format!(
+                    "{fetch}chmod {:o} {} || exit $?\n",
+                    mode,
+                    shell_quote(remote)
+                ));
             }
             Action::Exec {
                 command,
@@ -584,8 +595,15 @@ mod tests {
             ""
         )
         .is_err());
-        let binary = vec![Action::Upload { data: vec![0, 159, 146, 150], remote: "/b".into(), mode: 0o644, from: "b".into() }];
-        assert!(compile("p", &binary, None, "").unwrap_err().contains("ssm_output_s3_bucket"));
+        let binary = vec![Action::Upload {
+            data: vec![0, 159, 146, 150],
+            remote: "/b".into(),
+            mode: 0o644,
+            from: "b".into(),
+        }];
+        assert!(compile("p", &binary, None, "")
+            .unwrap_err()
+            .contains("ssm_output_s3_bucket"));
         // Without a bucket, a text file is written by a here-document: run it for real.
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("motd");
@@ -597,7 +615,15 @@ mod tests {
         }];
         let c = compile("p", &text, None, "").unwrap();
         assert!(c.staged.is_empty());
-        assert!(std::process::Command::new("sh").arg("-c").arg(&c.script).status().unwrap().success());
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "it's $HOME\n`x`\n");
+        assert!(std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&c.script)
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            "it's $HOME\n`x`\n"
+        );
     }
 }

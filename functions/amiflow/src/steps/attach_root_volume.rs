@@ -4,7 +4,9 @@
 //! the surrogate's DeleteOnTermination; WaitRootVolumeAttached follows. A no-op without
 //! `use_create_image`. A retried step finds the attachment it made.
 
-use aws_sdk_ec2::types::{EbsInstanceBlockDeviceSpecification, InstanceBlockDeviceMappingSpecification, VolumeState};
+use aws_sdk_ec2::types::{
+    EbsInstanceBlockDeviceSpecification, InstanceBlockDeviceMappingSpecification, VolumeState,
+};
 
 use super::prelude::*;
 use super::swap_volumes::{swap, WAIT as DETACHED};
@@ -12,7 +14,12 @@ use super::wait_volume_available::VOLUME_WAIT;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "AttachRootVolume",
-    iam_actions: &["ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:AttachVolume", "ec2:ModifyInstanceAttribute"],
+    iam_actions: &[
+        "ec2:DescribeVolumes",
+        "ec2:DescribeInstances",
+        "ec2:AttachVolume",
+        "ec2:ModifyInstanceAttribute",
+    ],
     wait: Some(VOLUME_WAIT),
     timeout_seconds: 60,
     handler: handler!(run),
@@ -24,28 +31,74 @@ pub const WAIT: &str = "RootVolumeAttached";
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(300);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let Some(plan) = swap(&state) else { return Ok(state) };
+    let Some(plan) = swap(&state) else {
+        return Ok(state);
+    };
     let region = state.build.config.build_region().to_string();
     let ec2 = ctx.ec2(&region);
-    let out = ec2.describe_volumes().set_volume_ids(Some(plan.detached.clone())).send().await.map_err(|e| classify("DescribeVolumes", &plan.detached.join(","), e))?;
+    let out = ec2
+        .describe_volumes()
+        .set_volume_ids(Some(plan.detached.clone()))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeVolumes", &plan.detached.join(","), e))?;
     let source = out
         .volumes()
         .iter()
         .find(|v| v.volume_id() == Some(plan.source_volume.as_str()))
-        .ok_or_else(|| StepError::BuildFailed(format!("AttachRootVolume: the surrogate volume {} is gone", plan.source_volume)))?;
-    let ours = source.attachments().iter().any(|a| a.instance_id() == Some(plan.instance_id.as_str()) && a.device().is_some_and(|d| super::volumes::same_device(d, &plan.root_device)));
+        .ok_or_else(|| {
+            StepError::BuildFailed(format!(
+                "AttachRootVolume: the surrogate volume {} is gone",
+                plan.source_volume
+            ))
+        })?;
+    let ours = source.attachments().iter().any(|a| {
+        a.instance_id() == Some(plan.instance_id.as_str())
+            && a.device()
+                .is_some_and(|d| super::volumes::same_device(d, &plan.root_device))
+    });
     if !ours {
-        let busy: Vec<String> = out.volumes().iter().filter(|v| v.state() != Some(&VolumeState::Available)).filter_map(|v| v.volume_id().map(String::from)).collect();
+        let busy: Vec<String> = out
+            .volumes()
+            .iter()
+            .filter(|v| v.state() != Some(&VolumeState::Available))
+            .filter_map(|v| v.volume_id().map(String::from))
+            .collect();
         if !busy.is_empty() {
-            return Err(not_ready(&state, DETACHED, DEFAULT_BUDGET, format!("volumes {} are detaching from {}", busy.join(", "), plan.instance_id)));
+            return Err(not_ready(
+                &state,
+                DETACHED,
+                DEFAULT_BUDGET,
+                format!(
+                    "volumes {} are detaching from {}",
+                    busy.join(", "),
+                    plan.instance_id
+                ),
+            ));
         }
         // A retried SwapVolumes knows only what was still attached: look at the slot itself.
         let instance = super::instance_state::describe(ctx, &region, &plan.instance_id)
             .await?
-            .ok_or_else(|| StepError::BuildFailed(format!("AttachRootVolume: instance {} in {region} no longer exists", plan.instance_id)))?;
-        if let Some(held) = instance.block_device_mappings().iter().find(|m| m.device_name().is_some_and(|d| super::volumes::same_device(d, &plan.root_device))) {
+            .ok_or_else(|| {
+                StepError::BuildFailed(format!(
+                    "AttachRootVolume: instance {} in {region} no longer exists",
+                    plan.instance_id
+                ))
+            })?;
+        if let Some(held) = instance.block_device_mappings().iter().find(|m| {
+            m.device_name()
+                .is_some_and(|d| super::volumes::same_device(d, &plan.root_device))
+        }) {
             let by = held.ebs().and_then(|e| e.volume_id()).unwrap_or("?");
-            return Err(not_ready(&state, DETACHED, DEFAULT_BUDGET, format!("{} on {} is still held by volume {by}", plan.root_device, plan.instance_id)));
+            return Err(not_ready(
+                &state,
+                DETACHED,
+                DEFAULT_BUDGET,
+                format!(
+                    "{} on {} is still held by volume {by}",
+                    plan.root_device, plan.instance_id
+                ),
+            ));
         }
         ec2.attach_volume()
             .volume_id(&plan.source_volume)
@@ -53,7 +106,16 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .device(&plan.root_device)
             .send()
             .await
-            .map_err(|e| classify("AttachVolume", &format!("{} as {} on {}", plan.source_volume, plan.root_device, plan.instance_id), e))?;
+            .map_err(|e| {
+                classify(
+                    "AttachVolume",
+                    &format!(
+                        "{} as {} on {}",
+                        plan.source_volume, plan.root_device, plan.instance_id
+                    ),
+                    e,
+                )
+            })?;
     }
     end_wait(&mut state, DETACHED);
     ec2.modify_instance_attribute()
@@ -61,12 +123,23 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .block_device_mappings(
             InstanceBlockDeviceMappingSpecification::builder()
                 .device_name(&plan.root_device)
-                .ebs(EbsInstanceBlockDeviceSpecification::builder().volume_id(&plan.source_volume).delete_on_termination(plan.delete_on_termination).build())
+                .ebs(
+                    EbsInstanceBlockDeviceSpecification::builder()
+                        .volume_id(&plan.source_volume)
+                        .delete_on_termination(plan.delete_on_termination)
+                        .build(),
+                )
                 .build(),
         )
         .send()
         .await
-        .map_err(|e| classify("ModifyInstanceAttribute (BlockDeviceMappings)", &plan.instance_id, e))?;
+        .map_err(|e| {
+            classify(
+                "ModifyInstanceAttribute (BlockDeviceMappings)",
+                &plan.instance_id,
+                e,
+            )
+        })?;
     begin_wait(&mut state, WAIT);
     Ok(state)
 }

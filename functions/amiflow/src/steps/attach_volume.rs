@@ -9,7 +9,11 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "AttachVolume",
-    iam_actions: &["ec2:DescribeInstances", "ec2:DescribeVolumes", "ec2:AttachVolume"],
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ec2:DescribeVolumes",
+        "ec2:AttachVolume",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -20,7 +24,10 @@ pub const WAIT: &str = "VolumeAttached";
 /// `/dev/xvdf` and `xvdf` are `/dev/sdf` to EC2.
 pub fn ec2_name(device: &str) -> String {
     let base = device.trim_start_matches("/dev/");
-    let base = base.strip_prefix("xvd").map(|r| format!("sd{r}")).unwrap_or_else(|| base.to_string());
+    let base = base
+        .strip_prefix("xvd")
+        .map(|r| format!("sd{r}"))
+        .unwrap_or_else(|| base.to_string());
     format!("/dev/{base}")
 }
 
@@ -29,7 +36,12 @@ pub fn free_names(used: &[String]) -> Vec<String> {
     let used: Vec<String> = used.iter().map(|u| ec2_name(u)).collect();
     ('f'..='p')
         .map(|c| format!("/dev/sd{c}"))
-        .filter(|n| !used.iter().any(|u| u == n || u.starts_with(n.as_str()) && u[n.len()..].chars().all(|c| c.is_ascii_digit())))
+        .filter(|n| {
+            !used.iter().any(|u| {
+                u == n
+                    || u.starts_with(n.as_str()) && u[n.len()..].chars().all(|c| c.is_ascii_digit())
+            })
+        })
         .collect()
 }
 
@@ -54,9 +66,18 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         Some(d) => vec![ec2_name(d)],
         None => {
             let mut used: Vec<String> = Vec::new();
-            let inst = ec2.describe_instances().instance_ids(&host.instance_id).send().await.map_err(|e| classify("DescribeInstances", &host.instance_id, e))?;
+            let inst = ec2
+                .describe_instances()
+                .instance_ids(&host.instance_id)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeInstances", &host.instance_id, e))?;
             for i in inst.reservations().iter().flat_map(|r| r.instances()) {
-                used.extend(i.block_device_mappings().iter().filter_map(|m| m.device_name().map(String::from)));
+                used.extend(
+                    i.block_device_mappings()
+                        .iter()
+                        .filter_map(|m| m.device_name().map(String::from)),
+                );
                 used.extend(i.root_device_name().map(String::from));
             }
             let vols = ec2
@@ -66,18 +87,32 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .await
                 .map_err(|e| classify("DescribeVolumes", &host.instance_id, e))?;
             for v in vols.volumes() {
-                used.extend(v.attachments().iter().filter_map(|a| a.device().map(String::from)));
+                used.extend(
+                    v.attachments()
+                        .iter()
+                        .filter_map(|a| a.device().map(String::from)),
+                );
             }
             let free = free_names(&used);
             if free.is_empty() {
-                return Err(StepError::Transient(format!("available device could not be found: /dev/sdf../dev/sdp are all in use on {}", host.instance_id)));
+                return Err(StepError::Transient(format!(
+                    "available device could not be found: /dev/sdf../dev/sdp are all in use on {}",
+                    host.instance_id
+                )));
             }
             free
         }
     };
     let mut last = String::new();
     for device in &candidates {
-        match ec2.attach_volume().volume_id(&vol.volume_id).instance_id(&host.instance_id).device(device).send().await {
+        match ec2
+            .attach_volume()
+            .volume_id(&vol.volume_id)
+            .instance_id(&host.instance_id)
+            .device(device)
+            .send()
+            .await
+        {
             Ok(_) => {
                 vol.device = Some(device.clone());
                 chroot::set_volume(&mut state, &vol);
@@ -88,19 +123,34 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 last = format!("{e:?}");
                 continue;
             }
-            Err(e) => return Err(classify("AttachVolume", &format!("{} as {device} on {}", vol.volume_id, host.instance_id), e)),
+            Err(e) => {
+                return Err(classify(
+                    "AttachVolume",
+                    &format!("{} as {device} on {}", vol.volume_id, host.instance_id),
+                    e,
+                ))
+            }
         }
     }
     // Every name was taken between the look and the attach: look again.
-    Err(StepError::Transient(format!("AttachVolume {}: every free device name was taken meanwhile ({last})", vol.volume_id)))
+    Err(StepError::Transient(format!(
+        "AttachVolume {}: every free device name was taken meanwhile ({last})",
+        vol.volume_id
+    )))
 }
 
-fn is_name_clash<E: aws_sdk_ec2::error::ProvideErrorMetadata, R>(e: &aws_sdk_ec2::error::SdkError<E, R>) -> bool {
+fn is_name_clash<E: aws_sdk_ec2::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_ec2::error::SdkError<E, R>,
+) -> bool {
     let msg = match e {
-        aws_sdk_ec2::error::SdkError::ServiceError(s) => s.err().message().unwrap_or("").to_ascii_lowercase(),
+        aws_sdk_ec2::error::SdkError::ServiceError(s) => {
+            s.err().message().unwrap_or("").to_ascii_lowercase()
+        }
         _ => String::new(),
     };
-    error_code(e) == Some("InvalidParameterValue") || msg.contains("already in use") || msg.contains("is already being used")
+    error_code(e) == Some("InvalidParameterValue")
+        || msg.contains("already in use")
+        || msg.contains("is already being used")
 }
 
 #[cfg(test)]
@@ -109,7 +159,12 @@ mod tests {
 
     #[test]
     fn free_names_skip_used_letters_in_either_spelling() {
-        let used = vec!["/dev/xvda".to_string(), "/dev/sdf".to_string(), "xvdg".to_string(), "/dev/sdh1".to_string()];
+        let used = vec![
+            "/dev/xvda".to_string(),
+            "/dev/sdf".to_string(),
+            "xvdg".to_string(),
+            "/dev/sdh1".to_string(),
+        ];
         let free = free_names(&used);
         assert_eq!(free.first().map(String::as_str), Some("/dev/sdi"));
         assert_eq!(free.len(), 8);

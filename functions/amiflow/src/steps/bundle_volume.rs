@@ -20,7 +20,10 @@ pub const SPEC: StepSpec = StepSpec {
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let c = config(&state)?.clone();
     let region = c.access.region.clone().unwrap_or_default();
-    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("BundleVolume: no instance in the state".into()))?;
+    let instance =
+        state.data.instance_id.clone().ok_or_else(|| {
+            StepError::BuildFailed("BundleVolume: no instance in the state".into())
+        })?;
     let architecture = super::instance_state::describe(ctx, &region, &instance)
         .await?
         .and_then(|i| i.architecture().map(|a| a.as_str().to_string()))
@@ -38,7 +41,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     ]);
     let command = render_command("bundle_vol_command", &c.bundle_vol_command, &vars)?;
     // Where UploadBundle puts it: recorded first, an artifact (it backs the AMI).
-    state.ledger.record(ResourceKind::S3Object, &region, &format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix)), true);
+    state.ledger.record(
+        ResourceKind::S3Object,
+        &region,
+        &format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix)),
+        true,
+    );
     let mut secrets = Secrets::default();
     let mut t = session(ctx, &state, &mut secrets).await?;
     let result = run_remote(&mut t, "bundle_vol_command", &command, &secrets).await;
@@ -54,7 +62,16 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         )));
     }
     let manifest = format!("{prefix}.manifest.xml");
-    state.data.extra.insert("bundle_prefix".into(), serde_json::json!(prefix));
-    state.data.extra.insert("manifest_path".into(), serde_json::json!(format!("{}/{manifest}", c.bundle_destination.trim_end_matches('/'))));
+    state
+        .data
+        .extra
+        .insert("bundle_prefix".into(), serde_json::json!(prefix));
+    state.data.extra.insert(
+        "manifest_path".into(),
+        serde_json::json!(format!(
+            "{}/{manifest}",
+            c.bundle_destination.trim_end_matches('/')
+        )),
+    );
     Ok(state)
 }

@@ -1,9 +1,9 @@
 //! What the amazon-chroot steps share: the typed config, what the build learnt about the
 //! host and the volume (kept in `data.extra`), the host script's job, volume look-ups.
 
-use aws_sdk_ec2::types::{Volume, VolumeAttachmentState};
 use amiflow_template::config::chroot::ChrootConfig;
 use amiflow_template::BuilderConfig;
+use aws_sdk_ec2::types::{Volume, VolumeAttachmentState};
 use serde::{Deserialize, Serialize};
 
 use super::prelude::*;
@@ -22,7 +22,11 @@ pub const DOCUMENT_ENV: &str = "AMIFLOW_CHROOT_DOCUMENT";
 pub fn config(state: &BuildState) -> Result<&ChrootConfig, StepError> {
     match &state.build.config {
         BuilderConfig::Chroot(c) => Ok(c),
-        _ => Err(StepError::BuildFailed(format!("build {}: a chroot step was given a {} build", state.build.name, state.build.builder_type.as_str()))),
+        _ => Err(StepError::BuildFailed(format!(
+            "build {}: a chroot step was given a {} build",
+            state.build.name,
+            state.build.builder_type.as_str()
+        ))),
     }
 }
 
@@ -77,16 +81,31 @@ const HOST_KEY: &str = "chroot_host";
 const VOLUME_KEY: &str = "chroot_volume";
 const COMMAND_KEY: &str = "chroot_command";
 
-fn get<T: for<'de> Deserialize<'de>>(state: &BuildState, key: &str, step: &str) -> Result<T, StepError> {
-    let v = state.data.extra.get(key).cloned().ok_or_else(|| StepError::BuildFailed(format!("{step}: the build state has no {key} (an earlier step did not run)")))?;
-    serde_json::from_value(v).map_err(|e| StepError::BuildFailed(format!("{step}: {key} in the build state is unreadable: {e}")))
+fn get<T: for<'de> Deserialize<'de>>(
+    state: &BuildState,
+    key: &str,
+    step: &str,
+) -> Result<T, StepError> {
+    let v = state.data.extra.get(key).cloned().ok_or_else(|| {
+        StepError::BuildFailed(format!(
+            "{step}: the build state has no {key} (an earlier step did not run)"
+        ))
+    })?;
+    serde_json::from_value(v).map_err(|e| {
+        StepError::BuildFailed(format!(
+            "{step}: {key} in the build state is unreadable: {e}"
+        ))
+    })
 }
 
 pub fn host(state: &BuildState, step: &str) -> Result<Host, StepError> {
     get(state, HOST_KEY, step)
 }
 pub fn set_host(state: &mut BuildState, host: &Host) {
-    state.data.extra.insert(HOST_KEY.into(), serde_json::to_value(host).unwrap_or_default());
+    state.data.extra.insert(
+        HOST_KEY.into(),
+        serde_json::to_value(host).unwrap_or_default(),
+    );
 }
 pub fn volume(state: &BuildState, step: &str) -> Result<BuildVolume, StepError> {
     get(state, VOLUME_KEY, step)
@@ -95,25 +114,47 @@ pub fn has_volume(state: &BuildState) -> bool {
     state.data.extra.contains_key(VOLUME_KEY)
 }
 pub fn set_volume(state: &mut BuildState, v: &BuildVolume) {
-    state.data.extra.insert(VOLUME_KEY.into(), serde_json::to_value(v).unwrap_or_default());
+    state.data.extra.insert(
+        VOLUME_KEY.into(),
+        serde_json::to_value(v).unwrap_or_default(),
+    );
 }
 
 /// How the host script was started: an SSM command, or a local run already finished.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "via", rename_all = "snake_case")]
 pub enum HostCommand {
-    Ssm { command_id: String, instance_id: String },
-    Local { exit_code: i32, last_marker: String },
+    Ssm {
+        command_id: String,
+        instance_id: String,
+    },
+    Local {
+        exit_code: i32,
+        last_marker: String,
+    },
 }
 pub fn command(state: &BuildState, step: &str) -> Result<HostCommand, StepError> {
     get(state, COMMAND_KEY, step)
 }
 pub fn set_command(state: &mut BuildState, c: &HostCommand) {
-    state.data.extra.insert(COMMAND_KEY.into(), serde_json::to_value(c).unwrap_or_default());
+    state.data.extra.insert(
+        COMMAND_KEY.into(),
+        serde_json::to_value(c).unwrap_or_default(),
+    );
 }
 
-pub async fn describe_volume(ctx: &Ctx, region: &str, id: &str) -> Result<Option<Volume>, StepError> {
-    match ctx.ec2(region).describe_volumes().volume_ids(id).send().await {
+pub async fn describe_volume(
+    ctx: &Ctx,
+    region: &str,
+    id: &str,
+) -> Result<Option<Volume>, StepError> {
+    match ctx
+        .ec2(region)
+        .describe_volumes()
+        .volume_ids(id)
+        .send()
+        .await
+    {
         Ok(out) => Ok(out.volumes().first().cloned()),
         Err(e) if error_code(&e) == Some("InvalidVolume.NotFound") => Ok(None),
         Err(e) => Err(classify("DescribeVolumes", id, e)),
@@ -125,7 +166,14 @@ pub fn attachment_to(v: &Volume, instance: &str) -> Option<(String, VolumeAttach
     v.attachments()
         .iter()
         .find(|a| a.instance_id() == Some(instance))
-        .map(|a| (a.device().unwrap_or_default().to_string(), a.state().cloned().unwrap_or(VolumeAttachmentState::Attached)))
+        .map(|a| {
+            (
+                a.device().unwrap_or_default().to_string(),
+                a.state()
+                    .cloned()
+                    .unwrap_or(VolumeAttachmentState::Attached),
+            )
+        })
 }
 
 /// Detaches a build volume from whatever instance holds it (with InstanceId: emulators
@@ -134,7 +182,10 @@ pub async fn detach(ctx: &Ctx, region: &str, v: &Volume) -> Result<bool, StepErr
     let id = v.volume_id().unwrap_or_default();
     let mut asked = false;
     for a in v.attachments() {
-        if matches!(a.state(), Some(VolumeAttachmentState::Detached | VolumeAttachmentState::Detaching)) {
+        if matches!(
+            a.state(),
+            Some(VolumeAttachmentState::Detached | VolumeAttachmentState::Detaching)
+        ) {
             continue;
         }
         let mut req = ctx.ec2(region).detach_volume().volume_id(id);
@@ -146,7 +197,13 @@ pub async fn detach(ctx: &Ctx, region: &str, v: &Volume) -> Result<bool, StepErr
         }
         match req.send().await {
             Ok(_) => asked = true,
-            Err(e) if matches!(error_code(&e), Some("IncorrectState" | "InvalidAttachment.NotFound" | "InvalidVolume.NotFound")) => {}
+            Err(e)
+                if matches!(
+                    error_code(&e),
+                    Some(
+                        "IncorrectState" | "InvalidAttachment.NotFound" | "InvalidVolume.NotFound"
+                    )
+                ) => {}
             Err(e) => return Err(classify("DetachVolume", id, e)),
         }
     }
@@ -155,8 +212,19 @@ pub async fn detach(ctx: &Ctx, region: &str, v: &Volume) -> Result<bool, StepErr
 
 /// Packer's `mount_partition` as the host script takes it: only HVM images are partitioned.
 pub fn mount_partition(cfg: &ChrootConfig, virtualization: Option<&str>) -> String {
-    let virt = if cfg.from_scratch { cfg.ami.ami_virtualization_type.as_deref() } else { cfg.ami.ami_virtualization_type.as_deref().or(virtualization) };
-    if virt == Some("hvm") { cfg.mount_partition.clone() } else { "0".into() }
+    let virt = if cfg.from_scratch {
+        cfg.ami.ami_virtualization_type.as_deref()
+    } else {
+        cfg.ami
+            .ami_virtualization_type
+            .as_deref()
+            .or(virtualization)
+    };
+    if virt == Some("hvm") {
+        cfg.mount_partition.clone()
+    } else {
+        "0".into()
+    }
 }
 
 /// The host script's job (env-style lines, see infra/chroot-host.sh) for this build.
@@ -171,7 +239,15 @@ pub fn job(state: &BuildState, cfg: &ChrootConfig, vol: &BuildVolume) -> Result<
         put("NVME_DEVICE_PATH", n);
     }
     put("MOUNT_PATH", &cfg.mount_path);
-    put("MOUNT_PARTITION", &mount_partition(cfg, vol.source.as_ref().and_then(|s| s.virtualization_type.as_deref())));
+    put(
+        "MOUNT_PARTITION",
+        &mount_partition(
+            cfg,
+            vol.source
+                .as_ref()
+                .and_then(|s| s.virtualization_type.as_deref()),
+        ),
+    );
     for o in &cfg.mount_options {
         put("MOUNT_OPTION", o);
     }
@@ -182,7 +258,10 @@ pub fn job(state: &BuildState, cfg: &ChrootConfig, vol: &BuildVolume) -> Result<
         put("POST_MOUNT_COMMAND", c);
     }
     for m in &cfg.chroot_mounts {
-        if m.len() != 3 || m.iter().any(|f| f.is_empty() || f.contains(char::is_whitespace)) {
+        if m.len() != 3
+            || m.iter()
+                .any(|f| f.is_empty() || f.contains(char::is_whitespace))
+        {
             return Err(StepError::BuildFailed(format!("chroot_mounts entry {m:?}: needs exactly [fstype, source, destination], without spaces")));
         }
         put("CHROOT_MOUNT", &m.join(" "));
@@ -216,11 +295,18 @@ fn b64(bytes: &[u8]) -> String {
 /// Shell provisioners become an uploaded script plus its run (Packer's shell provisioner:
 /// `inline` is written to a script with `inline_shebang`, default `/bin/sh -e`); `file`
 /// provisioners with `content` become an upload.
-fn provisioner_lines(i: usize, p: &serde_json::Value, put: &mut impl FnMut(&str, &str)) -> Result<(), StepError> {
+fn provisioner_lines(
+    i: usize,
+    p: &serde_json::Value,
+    put: &mut impl FnMut(&str, &str),
+) -> Result<(), StepError> {
     let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
     let str_list = |key: &str| -> Vec<String> {
         match p.get(key) {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             Some(serde_json::Value::String(s)) => vec![s.clone()],
             _ => vec![],
         }
@@ -272,7 +358,8 @@ mod tests {
 
     #[test]
     fn partition_only_for_hvm() {
-        let mut cfg: ChrootConfig = serde_json::from_value(serde_json::json!({"ami_name": "x"})).unwrap();
+        let mut cfg: ChrootConfig =
+            serde_json::from_value(serde_json::json!({"ami_name": "x"})).unwrap();
         assert_eq!(mount_partition(&cfg, Some("hvm")), "1");
         assert_eq!(mount_partition(&cfg, Some("paravirtual")), "0");
         cfg.ami.ami_virtualization_type = Some("hvm".into());
@@ -286,7 +373,12 @@ mod tests {
         assert_eq!(lines[0].0, "UPLOAD");
         assert!(lines[0].1.starts_with("0755 /tmp/amiflow-script-0-0.sh "));
         assert_eq!(lines[1], ("COMMAND".into(), "X='it'\\''s' /tmp/amiflow-script-0-0.sh; rc=$?; rm -f /tmp/amiflow-script-0-0.sh; exit $rc".into()));
-        let err = provisioner_lines(1, &serde_json::json!({"type": "ansible"}), &mut |_: &str, _: &str| {}).unwrap_err();
+        let err = provisioner_lines(
+            1,
+            &serde_json::json!({"type": "ansible"}),
+            &mut |_: &str, _: &str| {},
+        )
+        .unwrap_err();
         assert!(err.message().contains("ansible"));
     }
 }

@@ -98,9 +98,20 @@ impl Scope {
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let failed = state.error.is_some();
     if failed && state.on_error == OnError::Abort {
-        let kept: Vec<String> = state.ledger.resources.iter().map(|r| format!("{:?} {} ({})", r.kind, r.id, r.region)).collect();
+        let kept: Vec<String> = state
+            .ledger
+            .resources
+            .iter()
+            .map(|r| format!("{:?} {} ({})", r.kind, r.id, r.region))
+            .collect();
         tracing::warn!(kept = ?kept, "on_error=abort: keeping every resource of the failed build for debugging; delete them by tag {BUILD_TAG}={}", state.execution);
-        state.data.extra.insert("cleanup".into(), serde_json::to_value(CleanupReport { removed: vec![], kept })?);
+        state.data.extra.insert(
+            "cleanup".into(),
+            serde_json::to_value(CleanupReport {
+                removed: vec![],
+                kept,
+            })?,
+        );
         return Ok(state);
     }
     let mut regions = state.build.config.target_regions();
@@ -123,11 +134,24 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         instance_regions,
         key_pairs: super::key_pair::creates_temporary_key(&state.build.config),
         delete_artifacts: failed,
-        keep_images: if failed { BTreeSet::new() } else { state.data.amis.values().cloned().collect() },
-        keep_volumes: if failed { BTreeSet::new() } else { state.data.volumes.values().flatten().cloned().collect() },
+        keep_images: if failed {
+            BTreeSet::new()
+        } else {
+            state.data.amis.values().cloned().collect()
+        },
+        keep_volumes: if failed {
+            BTreeSet::new()
+        } else {
+            state.data.volumes.values().flatten().cloned().collect()
+        },
     };
     let mut iam_names = Vec::new();
-    if state.build.config.run().is_some_and(|r| r.temporary_iam_instance_profile_policy_document.is_some()) {
+    if state
+        .build
+        .config
+        .run()
+        .is_some_and(|r| r.temporary_iam_instance_profile_policy_document.is_some())
+    {
         iam_names.push(temp_name(&state, "amiflow", "Iam").replace('_', "-"));
     }
     let mut ledger = state.ledger.clone();
@@ -138,13 +162,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.amis.clear();
         state.data.snapshots.clear();
     }
-    state.data.extra.insert("cleanup".into(), serde_json::to_value(report)?);
+    state
+        .data
+        .extra
+        .insert("cleanup".into(), serde_json::to_value(report)?);
     Ok(state)
 }
 
 /// The janitor's entry: removes everything tagged with the execution in these regions
 /// (artifacts included: the execution did not succeed).
-pub async fn cleanup_by_tag(ctx: &Ctx, execution: &str, regions: &[String]) -> Result<CleanupReport, StepError> {
+pub async fn cleanup_by_tag(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+) -> Result<CleanupReport, StepError> {
     let scope = Scope {
         execution: execution.to_string(),
         build_name: None,
@@ -159,7 +190,11 @@ pub async fn cleanup_by_tag(ctx: &Ctx, execution: &str, regions: &[String]) -> R
 }
 
 fn ledger_ids(ledger: &Ledger, kind: ResourceKind, region: &str) -> Vec<String> {
-    ledger.of_kind(kind).filter(|r| r.region == region).map(|r| r.id.clone()).collect()
+    ledger
+        .of_kind(kind)
+        .filter(|r| r.region == region)
+        .map(|r| r.id.clone())
+        .collect()
 }
 
 fn union(mut a: Vec<String>, b: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -171,39 +206,87 @@ fn union(mut a: Vec<String>, b: impl IntoIterator<Item = String>) -> Vec<String>
     a
 }
 
-pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[String]) -> Result<CleanupReport, StepError> {
+pub async fn sweep(
+    ctx: &Ctx,
+    scope: &Scope,
+    ledger: &Ledger,
+    iam_names: &[String],
+) -> Result<CleanupReport, StepError> {
     let mut report = CleanupReport::default();
     let mut waiting: Vec<String> = Vec::new();
 
     // Instances first: everything else waits for them to be gone.
     for region in &scope.instance_regions {
         let ec2 = ctx.ec2(region);
-        let tagged = ec2.describe_instances().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeInstances", &scope.execution, e))?;
+        let tagged = ec2
+            .describe_instances()
+            .set_filters(Some(scope.filters()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstances", &scope.execution, e))?;
         let mut instances: Vec<(String, InstanceStateName, Option<String>)> = tagged
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .filter_map(|i| Some((i.instance_id()?.to_string(), i.state()?.name()?.clone(), i.spot_instance_request_id().map(String::from))))
+            .filter_map(|i| {
+                Some((
+                    i.instance_id()?.to_string(),
+                    i.state()?.name()?.clone(),
+                    i.spot_instance_request_id().map(String::from),
+                ))
+            })
             .collect();
         for id in ledger_ids(ledger, ResourceKind::Instance, region) {
             if !instances.iter().any(|(i, _, _)| *i == id) {
                 if let Some(i) = super::instance_state::describe(ctx, region, &id).await? {
-                    instances.push((id, i.state().and_then(|s| s.name()).cloned().unwrap_or(InstanceStateName::Terminated), i.spot_instance_request_id().map(String::from)));
+                    instances.push((
+                        id,
+                        i.state()
+                            .and_then(|s| s.name())
+                            .cloned()
+                            .unwrap_or(InstanceStateName::Terminated),
+                        i.spot_instance_request_id().map(String::from),
+                    ));
                 }
             }
         }
-        let spot = union(ledger_ids(ledger, ResourceKind::SpotRequest, region), instances.iter().filter_map(|(_, _, s)| s.clone()));
+        let spot = union(
+            ledger_ids(ledger, ResourceKind::SpotRequest, region),
+            instances.iter().filter_map(|(_, _, s)| s.clone()),
+        );
         if !spot.is_empty() {
-            match ec2.cancel_spot_instance_requests().set_spot_instance_request_ids(Some(spot.clone())).send().await {
-                Ok(_) => report.removed.extend(spot.iter().map(|s| format!("spot request {s} ({region})"))),
+            match ec2
+                .cancel_spot_instance_requests()
+                .set_spot_instance_request_ids(Some(spot.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => report
+                    .removed
+                    .extend(spot.iter().map(|s| format!("spot request {s} ({region})"))),
                 Err(e) if error_code(&e) == Some("InvalidSpotInstanceRequestID.NotFound") => {}
                 Err(e) => return Err(classify("CancelSpotInstanceRequests", &spot.join(","), e)),
             }
         }
-        let live: Vec<String> = instances.iter().filter(|(_, s, _)| !matches!(s, InstanceStateName::Terminated | InstanceStateName::ShuttingDown)).map(|(i, _, _)| i.clone()).collect();
+        let live: Vec<String> = instances
+            .iter()
+            .filter(|(_, s, _)| {
+                !matches!(
+                    s,
+                    InstanceStateName::Terminated | InstanceStateName::ShuttingDown
+                )
+            })
+            .map(|(i, _, _)| i.clone())
+            .collect();
         if !live.is_empty() {
-            ec2.terminate_instances().set_instance_ids(Some(live.clone())).send().await.map_err(|e| classify("TerminateInstances", &live.join(","), e))?;
-            report.removed.extend(live.iter().map(|i| format!("instance {i} ({region})")));
+            ec2.terminate_instances()
+                .set_instance_ids(Some(live.clone()))
+                .send()
+                .await
+                .map_err(|e| classify("TerminateInstances", &live.join(","), e))?;
+            report
+                .removed
+                .extend(live.iter().map(|i| format!("instance {i} ({region})")));
         }
         for (id, s, _) in &instances {
             if live.contains(id) || *s != InstanceStateName::Terminated {
@@ -215,12 +298,24 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         let tagged_keys: Vec<String> = if !scope.key_pairs {
             Vec::new()
         } else {
-            match ec2.describe_key_pairs().set_filters(Some(scope.filters())).send().await {
-                Ok(out) => out.key_pairs().iter().filter_map(|k| k.key_name().map(String::from)).collect(),
+            match ec2
+                .describe_key_pairs()
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+            {
+                Ok(out) => out
+                    .key_pairs()
+                    .iter()
+                    .filter_map(|k| k.key_name().map(String::from))
+                    .collect(),
                 Err(e) => return Err(classify("DescribeKeyPairs", &scope.execution, e)),
             }
         };
-        for name in union(ledger_ids(ledger, ResourceKind::KeyPair, region), tagged_keys) {
+        for name in union(
+            ledger_ids(ledger, ResourceKind::KeyPair, region),
+            tagged_keys,
+        ) {
             match ec2.delete_key_pair().key_name(&name).send().await {
                 Ok(_) => report.removed.push(format!("key pair {name} ({region})")),
                 Err(e) if error_code(&e) == Some("InvalidKeyPair.NotFound") => {}
@@ -230,15 +325,36 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         let ssm = ctx.ssm(region);
         let mut path = format!("/amiflow/{}/", scope.execution);
         if let Some(b) = &scope.build_name {
-            let clean: String = b.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect();
+            let clean: String = b
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
             path.push_str(&clean);
             path.push('/');
         }
         let mut params = ledger_ids(ledger, ResourceKind::Parameter, region);
         let mut next: Option<String> = None;
         while scope.key_pairs {
-            let out = ssm.get_parameters_by_path().path(&path).recursive(true).set_next_token(next.clone()).send().await.map_err(|e| classify("GetParametersByPath", &path, e))?;
-            params = union(params, out.parameters().iter().filter_map(|p| p.name().map(String::from)));
+            let out = ssm
+                .get_parameters_by_path()
+                .path(&path)
+                .recursive(true)
+                .set_next_token(next.clone())
+                .send()
+                .await
+                .map_err(|e| classify("GetParametersByPath", &path, e))?;
+            params = union(
+                params,
+                out.parameters()
+                    .iter()
+                    .filter_map(|p| p.name().map(String::from)),
+            );
             next = out.next_token().map(String::from);
             if next.is_none() {
                 break;
@@ -253,7 +369,10 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
         }
     }
     if !waiting.is_empty() {
-        return Err(StepError::NotReady(format!("waiting for {} to terminate before removing the rest", waiting.join(", "))));
+        return Err(StepError::NotReady(format!(
+            "waiting for {} to terminate before removing the rest",
+            waiting.join(", ")
+        )));
     }
 
     for region in &scope.regions {
@@ -262,9 +381,22 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             sweep_groups_and_volumes(ctx, scope, ledger, region, &mut report).await?;
         }
         // Images: the intermediary always; every image of a failed build.
-        let tagged = ec2.describe_images().owners("self").set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeImages", &scope.execution, e))?;
-        let mut images: Vec<String> = tagged.images().iter().filter_map(|i| i.image_id().map(String::from)).collect();
-        for r in ledger.of_kind(ResourceKind::Image).filter(|r| &r.region == region) {
+        let tagged = ec2
+            .describe_images()
+            .owners("self")
+            .set_filters(Some(scope.filters()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", &scope.execution, e))?;
+        let mut images: Vec<String> = tagged
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id().map(String::from))
+            .collect();
+        for r in ledger
+            .of_kind(ResourceKind::Image)
+            .filter(|r| &r.region == region)
+        {
             if (!r.artifact || scope.delete_artifacts) && !images.contains(&r.id) {
                 images.push(r.id.clone());
             }
@@ -276,11 +408,25 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             }
             let snaps = super::images::destroy(ctx, region, &img).await?;
             report.removed.push(format!("image {img} ({region})"));
-            report.removed.extend(snaps.iter().map(|s| format!("snapshot {s} ({region})")));
+            report
+                .removed
+                .extend(snaps.iter().map(|s| format!("snapshot {s} ({region})")));
         }
         if scope.delete_artifacts {
-            let tagged = ec2.describe_snapshots().owner_ids("self").set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeSnapshots", &scope.execution, e))?;
-            let snaps = union(ledger_ids(ledger, ResourceKind::Snapshot, region), tagged.snapshots().iter().filter_map(|s| s.snapshot_id().map(String::from)));
+            let tagged = ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSnapshots", &scope.execution, e))?;
+            let snaps = union(
+                ledger_ids(ledger, ResourceKind::Snapshot, region),
+                tagged
+                    .snapshots()
+                    .iter()
+                    .filter_map(|s| s.snapshot_id().map(String::from)),
+            );
             for s in snaps {
                 super::images::delete_snapshot(ctx, region, &s).await?;
                 report.removed.push(format!("snapshot {s} ({region})"));
@@ -289,29 +435,68 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
     }
 
     // S3 (amazon-instance): the bundle and the bucket the build created, when not kept.
-    for r in ledger.of_kind(ResourceKind::S3Object).filter(|r| !r.artifact || scope.delete_artifacts) {
+    for r in ledger
+        .of_kind(ResourceKind::S3Object)
+        .filter(|r| !r.artifact || scope.delete_artifacts)
+    {
         let removed = super::instance_store::delete_objects_under(ctx, &r.region, &r.id).await?;
         report.removed.extend(removed);
     }
-    for r in ledger.of_kind(ResourceKind::S3Bucket).filter(|_| scope.delete_artifacts) {
+    for r in ledger
+        .of_kind(ResourceKind::S3Bucket)
+        .filter(|_| scope.delete_artifacts)
+    {
         match ctx.s3(&r.region).delete_bucket().bucket(&r.id).send().await {
-            Ok(_) => report.removed.push(format!("bucket {} ({})", r.id, r.region)),
-            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("NoSuchBucket") => {}
-            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("BucketNotEmpty") => {
-                tracing::warn!("bucket {} was created by this build but holds other objects now: kept", r.id);
-                report.kept.push(format!("bucket {} ({}): not empty", r.id, r.region));
+            Ok(_) => report
+                .removed
+                .push(format!("bucket {} ({})", r.id, r.region)),
+            Err(e)
+                if e.as_service_error().and_then(|s| s.meta().code()) == Some("NoSuchBucket") => {}
+            Err(e)
+                if e.as_service_error().and_then(|s| s.meta().code()) == Some("BucketNotEmpty") =>
+            {
+                tracing::warn!(
+                    "bucket {} was created by this build but holds other objects now: kept",
+                    r.id
+                );
+                report
+                    .kept
+                    .push(format!("bucket {} ({}): not empty", r.id, r.region));
             }
-            Err(e) => return Err(StepError::Transient(format!("DeleteBucket {}: {}", r.id, aws_smithy_types::error::display::DisplayErrorContext(&e)))),
+            Err(e) => {
+                return Err(StepError::Transient(format!(
+                    "DeleteBucket {}: {}",
+                    r.id,
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                )))
+            }
         }
     }
 
     // IAM (global): by ledger, by the build's deterministic name, and by path + tag.
     let iam = ctx.iam();
-    let mut profiles = union(ledger.of_kind(ResourceKind::InstanceProfile).map(|r| r.id.clone()).collect(), iam_names.iter().cloned());
-    let mut roles = union(ledger.of_kind(ResourceKind::Role).map(|r| r.id.clone()).collect(), iam_names.iter().cloned());
+    let mut profiles = union(
+        ledger
+            .of_kind(ResourceKind::InstanceProfile)
+            .map(|r| r.id.clone())
+            .collect(),
+        iam_names.iter().cloned(),
+    );
+    let mut roles = union(
+        ledger
+            .of_kind(ResourceKind::Role)
+            .map(|r| r.id.clone())
+            .collect(),
+        iam_names.iter().cloned(),
+    );
     // Found by path + the role's tags (GetRole returns them; profile tags need a call
     // emulators lack), then every profile under the path holding such a role.
-    let listed = iam.list_roles().path_prefix(IAM_PATH).send().await.map_err(|e| classify("ListRoles", IAM_PATH, e))?;
+    let listed = iam
+        .list_roles()
+        .path_prefix(IAM_PATH)
+        .send()
+        .await
+        .map_err(|e| classify("ListRoles", IAM_PATH, e))?;
     for r in listed.roles() {
         let name = r.role_name().to_string();
         let role = match iam.get_role().role_name(&name).send().await {
@@ -320,30 +505,64 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             Err(e) => return Err(classify("GetRole", &name, e)),
         };
         let tags = role.map(|r| r.tags.unwrap_or_default()).unwrap_or_default();
-        let ours = tags.iter().any(|t| t.key() == BUILD_TAG && t.value() == scope.execution)
-            && scope.build_name.as_ref().is_none_or(|b| tags.iter().any(|t| t.key() == BUILD_NAME_TAG && t.value() == b));
+        let ours = tags
+            .iter()
+            .any(|t| t.key() == BUILD_TAG && t.value() == scope.execution)
+            && scope.build_name.as_ref().is_none_or(|b| {
+                tags.iter()
+                    .any(|t| t.key() == BUILD_NAME_TAG && t.value() == b)
+            });
         if ours {
             roles = union(roles, [name]);
         }
     }
-    let listed = iam.list_instance_profiles().path_prefix(IAM_PATH).send().await.map_err(|e| classify("ListInstanceProfiles", IAM_PATH, e))?;
+    let listed = iam
+        .list_instance_profiles()
+        .path_prefix(IAM_PATH)
+        .send()
+        .await
+        .map_err(|e| classify("ListInstanceProfiles", IAM_PATH, e))?;
     for p in listed.instance_profiles() {
-        if p.roles().iter().any(|r| roles.iter().any(|n| n == r.role_name())) || roles.iter().any(|n| n == p.instance_profile_name()) {
+        if p.roles()
+            .iter()
+            .any(|r| roles.iter().any(|n| n == r.role_name()))
+            || roles.iter().any(|n| n == p.instance_profile_name())
+        {
             profiles = union(profiles, [p.instance_profile_name().to_string()]);
         }
     }
     for p in &profiles {
-        match iam.get_instance_profile().instance_profile_name(p).send().await {
+        match iam
+            .get_instance_profile()
+            .instance_profile_name(p)
+            .send()
+            .await
+        {
             Ok(out) => {
-                for r in out.instance_profile().map(|p| p.roles()).unwrap_or_default() {
+                for r in out
+                    .instance_profile()
+                    .map(|p| p.roles())
+                    .unwrap_or_default()
+                {
                     roles = union(roles, [r.role_name().to_string()]);
-                    match iam.remove_role_from_instance_profile().instance_profile_name(p).role_name(r.role_name()).send().await {
+                    match iam
+                        .remove_role_from_instance_profile()
+                        .instance_profile_name(p)
+                        .role_name(r.role_name())
+                        .send()
+                        .await
+                    {
                         Ok(_) => {}
                         Err(e) if error_code(&e) == Some("NoSuchEntity") => {}
                         Err(e) => return Err(classify("RemoveRoleFromInstanceProfile", p, e)),
                     }
                 }
-                match iam.delete_instance_profile().instance_profile_name(p).send().await {
+                match iam
+                    .delete_instance_profile()
+                    .instance_profile_name(p)
+                    .send()
+                    .await
+                {
                     Ok(_) => report.removed.push(format!("instance profile {p}")),
                     Err(e) if error_code(&e) == Some("NoSuchEntity") => {}
                     Err(e) => return Err(classify("DeleteInstanceProfile", p, e)),
@@ -360,7 +579,13 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
             Err(e) => return Err(classify("ListRolePolicies", r, e)),
         };
         for p in policies {
-            match iam.delete_role_policy().role_name(r).policy_name(&p).send().await {
+            match iam
+                .delete_role_policy()
+                .role_name(r)
+                .policy_name(&p)
+                .send()
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if error_code(&e) == Some("NoSuchEntity") => {}
                 Err(e) => return Err(classify("DeleteRolePolicy", r, e)),
@@ -376,21 +601,47 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger, iam_names: &[Strin
 }
 
 /// Security groups and volumes of one region where the build launched.
-async fn sweep_groups_and_volumes(ctx: &Ctx, scope: &Scope, ledger: &Ledger, region: &str, report: &mut CleanupReport) -> Result<(), StepError> {
+async fn sweep_groups_and_volumes(
+    ctx: &Ctx,
+    scope: &Scope,
+    ledger: &Ledger,
+    region: &str,
+    report: &mut CleanupReport,
+) -> Result<(), StepError> {
     let ec2 = ctx.ec2(region);
-    let tagged = ec2.describe_security_groups().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
-    let groups = union(ledger_ids(ledger, ResourceKind::SecurityGroup, region), tagged.security_groups().iter().filter_map(|g| g.group_id().map(String::from)));
+    let tagged = ec2
+        .describe_security_groups()
+        .set_filters(Some(scope.filters()))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
+    let groups = union(
+        ledger_ids(ledger, ResourceKind::SecurityGroup, region),
+        tagged
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(String::from)),
+    );
     for g in groups {
         match ec2.delete_security_group().group_id(&g).send().await {
-            Ok(_) => report.removed.push(format!("security group {g} ({region})")),
+            Ok(_) => report
+                .removed
+                .push(format!("security group {g} ({region})")),
             Err(e) if error_code(&e) == Some("InvalidGroup.NotFound") => {}
             Err(e) if error_code(&e) == Some("DependencyViolation") => {
-                return Err(StepError::NotReady(format!("security group {g} ({region}) is still in use (network interface detaching)")));
+                return Err(StepError::NotReady(format!(
+                    "security group {g} ({region}) is still in use (network interface detaching)"
+                )));
             }
             Err(e) => return Err(classify("DeleteSecurityGroup", &g, e)),
         }
     }
-    let vols = ec2.describe_volumes().set_filters(Some(scope.filters())).send().await.map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
+    let vols = ec2
+        .describe_volumes()
+        .set_filters(Some(scope.filters()))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
     let mut in_use = Vec::new();
     let mut volumes: Vec<String> = Vec::new();
     for v in vols.volumes() {
@@ -424,7 +675,10 @@ async fn sweep_groups_and_volumes(ctx: &Ctx, scope: &Scope, ledger: &Ledger, reg
         }
     }
     if !in_use.is_empty() {
-        return Err(StepError::NotReady(format!("volumes {} ({region}) are still attached", in_use.join(", "))));
+        return Err(StepError::NotReady(format!(
+            "volumes {} ({region}) are still attached",
+            in_use.join(", ")
+        )));
     }
     Ok(())
 }

@@ -6,7 +6,15 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CopyImage",
-    iam_actions: &["ec2:CopyImage", "ec2:DescribeImages", "ec2:CreateTags", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKeyWithoutPlaintext"],
+    iam_actions: &[
+        "ec2:CopyImage",
+        "ec2:DescribeImages",
+        "ec2:CreateTags",
+        "kms:DescribeKey",
+        "kms:CreateGrant",
+        "kms:ReEncrypt*",
+        "kms:GenerateDataKeyWithoutPlaintext",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -15,7 +23,12 @@ pub const SPEC: StepSpec = StepSpec {
 pub const WAIT: &str = "CopiesAvailable";
 
 pub fn copies(state: &BuildState) -> BTreeMap<String, String> {
-    state.data.extra.get("copies").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    state
+        .data
+        .extra
+        .get("copies")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
@@ -26,9 +39,16 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let ami = ami_config(&state, SPEC.name)?.clone();
     let build_region = cfg.build_region().to_string();
     let source = state.data.amis.get(&build_region).cloned();
-    let source = match state.data.extra.get("intermediary_image").and_then(|v| v["id"].as_str()) {
+    let source = match state
+        .data
+        .extra
+        .get("intermediary_image")
+        .and_then(|v| v["id"].as_str())
+    {
         Some(id) => id.to_string(),
-        None => source.ok_or_else(|| StepError::BuildFailed("CopyImage: no image in the build region".into()))?,
+        None => source.ok_or_else(|| {
+            StepError::BuildFailed("CopyImage: no image in the build region".into())
+        })?,
     };
     let mut copies = copies(&state);
     for region in cfg.copy_regions() {
@@ -59,20 +79,32 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .copy_image_tags(true);
                 if ami.encrypt_boot == Some(true) {
                     req = req.encrypted(true);
-                    let key = ami.region_kms_key_ids.get(&region).cloned().or_else(|| if region == build_region { ami.kms_key_id.clone() } else { None });
+                    let key = ami.region_kms_key_ids.get(&region).cloned().or_else(|| {
+                        if region == build_region {
+                            ami.kms_key_id.clone()
+                        } else {
+                            None
+                        }
+                    });
                     if let Some(k) = key.filter(|k| !k.is_empty()) {
                         req = req.kms_key_id(k);
                     }
                 } else if ami.encrypt_boot == Some(false) {
                     req = req.encrypted(false);
                 }
-                let out = req.send().await.map_err(|e| classify("CopyImage", &format!("{source} to {region}"), e))?;
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| classify("CopyImage", &format!("{source} to {region}"), e))?;
                 out.image_id().unwrap_or_default().to_string()
             }
         };
         state.ledger.record(ResourceKind::Image, &region, &id, true);
         copies.insert(region.clone(), id.clone());
-        state.data.extra.insert("copies".into(), serde_json::to_value(&copies)?);
+        state
+            .data
+            .extra
+            .insert("copies".into(), serde_json::to_value(&copies)?);
         // CopyImageTags carries the source's tags; tag explicitly too so the build tag is
         // there whatever the copy carried over.
         ec2.create_tags()

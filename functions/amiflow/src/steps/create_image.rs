@@ -16,9 +16,17 @@ pub const WAIT: &str = "ImageAvailable";
 
 pub fn image_name(state: &BuildState) -> String {
     if state.build.config.intermediary_image() {
-        format!("amiflow-intermediary-{}", &stable_uuid(state, "IntermediaryImage").simple().to_string()[..12])
+        format!(
+            "amiflow-intermediary-{}",
+            &stable_uuid(state, "IntermediaryImage").simple().to_string()[..12]
+        )
     } else {
-        state.build.config.ami().map(|a| a.ami_name.clone()).unwrap_or_default()
+        state
+            .build
+            .config
+            .ami()
+            .map(|a| a.ami_name.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -29,52 +37,80 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     let region = cfg.build_region().to_string();
     let ec2 = ctx.ec2(&region);
-    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("CreateImage: no instance in the state".into()))?;
+    let instance =
+        state.data.instance_id.clone().ok_or_else(|| {
+            StepError::BuildFailed("CreateImage: no instance in the state".into())
+        })?;
     let name = image_name(&state);
     let intermediary = cfg.intermediary_image();
 
     // EC2 takes no ClientToken here: a retried step finds its image by name and build tag.
     let mut lookup = own_filters(&state);
     lookup.push(filter("name", [name.clone()]));
-    let found = ec2.describe_images().owners("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeImages", &name, e))?;
+    let found = ec2
+        .describe_images()
+        .owners("self")
+        .set_filters(Some(lookup))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", &name, e))?;
     let id = match found.images().first().and_then(|i| i.image_id()) {
         Some(id) => id.to_string(),
         None => {
-            let mut tags = if cfg.skip_ami_run_tags() { BTreeMap::new() } else { render_tags("run_tags", cfg.run_tags(), &state.data, &region)? };
+            let mut tags = if cfg.skip_ami_run_tags() {
+                BTreeMap::new()
+            } else {
+                render_tags("run_tags", cfg.run_tags(), &state.data, &region)?
+            };
             tags.extend(build_tags(&state));
             let request = ec2
                 .create_image()
                 .instance_id(&instance)
                 .name(&name)
-                .set_block_device_mappings(Some(mappings(cfg.ami_block_device_mappings(), false)).filter(|m| !m.is_empty()))
+                .set_block_device_mappings(
+                    Some(mappings(cfg.ami_block_device_mappings(), false))
+                        .filter(|m| !m.is_empty()),
+                )
                 .tag_specifications(tag_spec(ResourceType::Image, &state, &tags));
             // No SDK retries on this first form: a 500 here means "not supported" (below).
             let mut result = request
                 .clone()
                 .tag_specifications(tag_spec(ResourceType::Snapshot, &state, &tags))
                 .customize()
-                .config_override(aws_sdk_ec2::config::Config::builder().retry_config(aws_config::retry::RetryConfig::disabled()))
+                .config_override(
+                    aws_sdk_ec2::config::Config::builder()
+                        .retry_config(aws_config::retry::RetryConfig::disabled()),
+                )
                 .send()
                 .await;
             // Emulators without snapshot tag specifications (moto answers 500): the image is
             // tagged at creation, its snapshots by WaitImageAvailable.
-            if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500) {
+            if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500)
+            {
                 result = request.send().await;
             }
-            let out = result
-                .map_err(|e| {
-                    if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
-                        StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))
-                    } else {
-                        classify("CreateImage", &name, e)
-                    }
-                })?;
+            let out = result.map_err(|e| {
+                if error_code(&e) == Some("InvalidParameterValue")
+                    && format!("{e:?}").contains("not in state")
+                {
+                    StepError::Transient(format!(
+                        "CreateImage {instance}: the instance is not stopped yet"
+                    ))
+                } else {
+                    classify("CreateImage", &name, e)
+                }
+            })?;
             out.image_id().unwrap_or_default().to_string()
         }
     };
-    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
+    state
+        .ledger
+        .record(ResourceKind::Image, &region, &id, !intermediary);
     if intermediary {
-        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+        state.data.extra.insert(
+            "intermediary_image".into(),
+            serde_json::json!({"region": region, "id": id}),
+        );
     }
     state.data.amis.insert(region, id);
     begin_wait(&mut state, WAIT);

@@ -7,7 +7,11 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateSnapshot",
-    iam_actions: &["ec2:DescribeSnapshots", "ec2:CreateSnapshot", "ec2:CreateTags"],
+    iam_actions: &[
+        "ec2:DescribeSnapshots",
+        "ec2:CreateSnapshot",
+        "ec2:CreateTags",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -22,11 +26,22 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let ec2 = ctx.ec2(&region);
     let mut lookup = own_filters(&state);
     lookup.push(filter("volume-id", [vol.volume_id.clone()]));
-    let found = ec2.describe_snapshots().owner_ids("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeSnapshots", &vol.volume_id, e))?;
+    let found = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .set_filters(Some(lookup))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeSnapshots", &vol.volume_id, e))?;
     let id = match found.snapshots().first().and_then(|s| s.snapshot_id()) {
         Some(id) => id.to_string(),
         None => {
-            let tags = render_tags("snapshot_tags", &ami_config(&state, SPEC.name)?.snapshot_tags, &state.data, &region)?;
+            let tags = render_tags(
+                "snapshot_tags",
+                &ami_config(&state, SPEC.name)?.snapshot_tags,
+                &state.data,
+                &region,
+            )?;
             let out = ec2
                 .create_snapshot()
                 .volume_id(&vol.volume_id)
@@ -38,7 +53,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             out.snapshot_id().unwrap_or_default().to_string()
         }
     };
-    state.ledger.record(ResourceKind::Snapshot, &region, &id, true);
+    state
+        .ledger
+        .record(ResourceKind::Snapshot, &region, &id, true);
     state.data.snapshots.insert(region, vec![id]);
     begin_wait(&mut state, WAIT);
     Ok(state)

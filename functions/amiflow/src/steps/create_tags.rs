@@ -20,24 +20,47 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         let ec2 = ctx.ec2(region);
         let snaps = match super::images::describe(ctx, region, ami).await? {
             Some(img) => super::images::snapshots(&img),
-            None => return Err(StepError::Transient(format!("CreateTags: image {ami} in {region} is not visible yet"))),
+            None => {
+                return Err(StepError::Transient(format!(
+                    "CreateTags: image {ami} in {region} is not visible yet"
+                )))
+            }
         };
-        let to_tags = |key: &str, m: &BTreeMap<String, String>| -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
-            Ok(render_tags(key, m, &state.data, region)?.into_iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()).collect())
+        let to_tags = |key: &str,
+                       m: &BTreeMap<String, String>|
+         -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
+            Ok(render_tags(key, m, &state.data, region)?
+                .into_iter()
+                .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
+                .collect())
         };
         if !cfg.tags.is_empty() {
             let mut resources = vec![ami.clone()];
             resources.extend(snaps.iter().cloned());
-            ec2.create_tags().set_resources(Some(resources)).set_tags(Some(to_tags("tags", &cfg.tags)?)).send().await.map_err(|e| match error_code(&e) {
-                Some("InvalidAMIID.NotFound" | "InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags {ami}: not visible yet")),
-                _ => classify("CreateTags", ami, e),
-            })?;
+            ec2.create_tags()
+                .set_resources(Some(resources))
+                .set_tags(Some(to_tags("tags", &cfg.tags)?))
+                .send()
+                .await
+                .map_err(|e| match error_code(&e) {
+                    Some("InvalidAMIID.NotFound" | "InvalidSnapshot.NotFound") => {
+                        StepError::Transient(format!("CreateTags {ami}: not visible yet"))
+                    }
+                    _ => classify("CreateTags", ami, e),
+                })?;
         }
         if !cfg.snapshot_tags.is_empty() && !snaps.is_empty() {
-            ec2.create_tags().set_resources(Some(snaps.clone())).set_tags(Some(to_tags("snapshot_tags", &cfg.snapshot_tags)?)).send().await.map_err(|e| match error_code(&e) {
-                Some("InvalidSnapshot.NotFound") => StepError::Transient(format!("CreateTags: snapshots of {ami} not visible yet")),
-                _ => classify("CreateTags", &snaps.join(","), e),
-            })?;
+            ec2.create_tags()
+                .set_resources(Some(snaps.clone()))
+                .set_tags(Some(to_tags("snapshot_tags", &cfg.snapshot_tags)?))
+                .send()
+                .await
+                .map_err(|e| match error_code(&e) {
+                    Some("InvalidSnapshot.NotFound") => StepError::Transient(format!(
+                        "CreateTags: snapshots of {ami} not visible yet"
+                    )),
+                    _ => classify("CreateTags", &snaps.join(","), e),
+                })?;
         }
     }
     Ok(state)

@@ -22,25 +22,61 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "CreateVolume")?;
     let ec2 = ctx.ec2(&region);
-    let mut req = ec2.create_volume().availability_zone(&host.availability_zone).client_token(client_token(&state, "CreateVolume"));
+    let mut req = ec2
+        .create_volume()
+        .availability_zone(&host.availability_zone)
+        .client_token(client_token(&state, "CreateVolume"));
     let mut source = None;
     if cfg.from_scratch {
-        let size = cfg.root_volume_size.ok_or_else(|| StepError::BuildFailed("from_scratch needs root_volume_size".into()))?;
-        req = req.size(size as i32).volume_type(VolumeType::from(cfg.root_volume_type.as_deref().unwrap_or("gp2")));
+        let size = cfg
+            .root_volume_size
+            .ok_or_else(|| StepError::BuildFailed("from_scratch needs root_volume_size".into()))?;
+        req = req.size(size as i32).volume_type(VolumeType::from(
+            cfg.root_volume_type.as_deref().unwrap_or("gp2"),
+        ));
     } else {
-        let ami = state.data.source_ami.clone().ok_or_else(|| StepError::BuildFailed("CreateVolume: no source AMI in the state (SourceAmiInfo did not run)".into()))?;
-        let img = super::images::describe(ctx, &region, &ami).await?.ok_or_else(|| StepError::BuildFailed(format!("source AMI {ami} is gone")))?;
-        let src = source_image(&img);
-        let root = src.mappings.iter().find(|m| m.device_name == src.root_device_name).cloned().ok_or_else(|| {
-            StepError::BuildFailed(format!("Couldn't find root device! source AMI {ami} has no mapping named {}", src.root_device_name))
+        let ami = state.data.source_ami.clone().ok_or_else(|| {
+            StepError::BuildFailed(
+                "CreateVolume: no source AMI in the state (SourceAmiInfo did not run)".into(),
+            )
         })?;
-        let snap = root.snapshot_id.clone().ok_or_else(|| StepError::BuildFailed(format!("source AMI {ami}: root device {} has no snapshot", src.root_device_name)))?;
-        let size = root.volume_size.unwrap_or(0).max(cfg.root_volume_size.unwrap_or(0) as i32);
+        let img = super::images::describe(ctx, &region, &ami)
+            .await?
+            .ok_or_else(|| StepError::BuildFailed(format!("source AMI {ami} is gone")))?;
+        let src = source_image(&img);
+        let root = src
+            .mappings
+            .iter()
+            .find(|m| m.device_name == src.root_device_name)
+            .cloned()
+            .ok_or_else(|| {
+                StepError::BuildFailed(format!(
+                    "Couldn't find root device! source AMI {ami} has no mapping named {}",
+                    src.root_device_name
+                ))
+            })?;
+        let snap = root.snapshot_id.clone().ok_or_else(|| {
+            StepError::BuildFailed(format!(
+                "source AMI {ami}: root device {} has no snapshot",
+                src.root_device_name
+            ))
+        })?;
+        let size = root
+            .volume_size
+            .unwrap_or(0)
+            .max(cfg.root_volume_size.unwrap_or(0) as i32);
         req = req.snapshot_id(snap).size(size);
-        match cfg.root_volume_type.as_deref().filter(|t| Some(*t) != root.volume_type.as_deref()) {
+        match cfg
+            .root_volume_type
+            .as_deref()
+            .filter(|t| Some(*t) != root.volume_type.as_deref())
+        {
             Some(t) => {
                 if t == "io1" {
-                    return Err(StepError::BuildFailed("root_volume_type io1 is only allowed when the source root volume is io1".into()));
+                    return Err(StepError::BuildFailed(
+                        "root_volume_type io1 is only allowed when the source root volume is io1"
+                            .into(),
+                    ));
                 }
                 req = req.volume_type(VolumeType::from(t));
             }
@@ -54,16 +90,35 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             }
         }
         if cfg.root_volume_encrypt_boot == Some(true) {
-            req = req.encrypted(true).set_kms_key_id(cfg.root_volume_kms_key_id.clone());
+            req = req
+                .encrypted(true)
+                .set_kms_key_id(cfg.root_volume_kms_key_id.clone());
         }
         source = Some(src);
     }
-    let tags = render_tags("root_volume_tags", &cfg.root_volume_tags, &state.data, &region)?;
+    let tags = render_tags(
+        "root_volume_tags",
+        &cfg.root_volume_tags,
+        &state.data,
+        &region,
+    )?;
     req = req.tag_specifications(tag_spec(ResourceType::Volume, &state, &tags));
-    let out = req.send().await.map_err(|e| classify("CreateVolume", &host.availability_zone, e))?;
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify("CreateVolume", &host.availability_zone, e))?;
     let id = out.volume_id().unwrap_or_default().to_string();
-    state.ledger.record(ResourceKind::Volume, &region, &id, false);
-    chroot::set_volume(&mut state, &BuildVolume { volume_id: id, device: None, source });
+    state
+        .ledger
+        .record(ResourceKind::Volume, &region, &id, false);
+    chroot::set_volume(
+        &mut state,
+        &BuildVolume {
+            volume_id: id,
+            device: None,
+            source,
+        },
+    );
     begin_wait(&mut state, WAIT);
     Ok(state)
 }
@@ -86,7 +141,9 @@ pub fn source_image(img: &aws_sdk_ec2::types::Image) -> SourceImage {
                     device_name: m.device_name().unwrap_or_default().to_string(),
                     snapshot_id: ebs.and_then(|e| e.snapshot_id()).map(String::from),
                     volume_size: ebs.and_then(|e| e.volume_size()),
-                    volume_type: ebs.and_then(|e| e.volume_type()).map(|t| t.as_str().to_string()),
+                    volume_type: ebs
+                        .and_then(|e| e.volume_type())
+                        .map(|t| t.as_str().to_string()),
                     iops: ebs.and_then(|e| e.iops()),
                     throughput: ebs.and_then(|e| e.throughput()),
                     delete_on_termination: ebs.and_then(|e| e.delete_on_termination()),

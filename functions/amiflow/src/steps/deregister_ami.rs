@@ -5,7 +5,11 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "DeregisterAmi",
-    iam_actions: &["ec2:DescribeImages", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
+    iam_actions: &[
+        "ec2:DescribeImages",
+        "ec2:DeregisterImage",
+        "ec2:DeleteSnapshot",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -28,7 +32,11 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
         for img in out.images() {
             // Never the image this very build made (a retried late step).
-            if img.tags().iter().any(|t| t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())) {
+            if img
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str()))
+            {
                 continue;
             }
             let id = img.image_id().unwrap_or_default();
@@ -38,7 +46,11 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 Err(e) => return Err(classify("DeregisterImage", id, e)),
             }
             if ami.force_delete_snapshot {
-                for snap in img.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id())) {
+                for snap in img
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                {
                     match ec2.delete_snapshot().snapshot_id(snap).send().await {
                         Ok(_) => {}
                         Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {}

@@ -11,9 +11,18 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let Some(at) = ami_config(&state, SPEC.name)?.deprecate_at.clone().filter(|s| !s.is_empty()) else { return Ok(state) };
-    let when = chrono::DateTime::parse_from_rfc3339(&at)
-        .map_err(|e| StepError::BuildFailed(format!("deprecate_at {at:?}: not an RFC 3339 time ({e}); e.g. 2030-01-01T00:00:00Z")))?;
+    let Some(at) = ami_config(&state, SPEC.name)?
+        .deprecate_at
+        .clone()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(state);
+    };
+    let when = chrono::DateTime::parse_from_rfc3339(&at).map_err(|e| {
+        StepError::BuildFailed(format!(
+            "deprecate_at {at:?}: not an RFC 3339 time ({e}); e.g. 2030-01-01T00:00:00Z"
+        ))
+    })?;
     let when = aws_sdk_ec2::primitives::DateTime::from_secs(when.timestamp());
     for (region, ami) in &state.data.amis {
         ctx.ec2(region)

@@ -75,9 +75,21 @@ pub fn summarize(states: Vec<BuildState>) -> FinalizeOutput {
     let builds: Vec<BuildArtifact> = states.into_iter().map(artifact_of).collect();
     let failures: Vec<String> = builds
         .iter()
-        .filter_map(|b| b.error.as_ref().map(|e| format!("build {:?} ({}) failed: {e}", b.name, b.builder_type.as_str())))
+        .filter_map(|b| {
+            b.error.as_ref().map(|e| {
+                format!(
+                    "build {:?} ({}) failed: {e}",
+                    b.name,
+                    b.builder_type.as_str()
+                )
+            })
+        })
         .collect();
-    FinalizeOutput { failed: failures.len(), cause: (!failures.is_empty()).then(|| failures.join("\n")), builds }
+    FinalizeOutput {
+        failed: failures.len(),
+        cause: (!failures.is_empty()).then(|| failures.join("\n")),
+        builds,
+    }
 }
 
 fn artifact_of(state: BuildState) -> BuildArtifact {
@@ -86,7 +98,10 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
         let message = e.message();
         // aws-local-stepfunctions writes a Lambda error's Cause as "errorType: errorMessage"
         // where Step Functions writes the JSON payload: both read the same here.
-        let message = message.strip_prefix(&format!("{}: ", e.error)).unwrap_or(&message).to_string();
+        let message = message
+            .strip_prefix(&format!("{}: ", e.error))
+            .unwrap_or(&message)
+            .to_string();
         format!("{}: {message}", e.error)
     });
     let pairs: Vec<String> = if state.build.builder_type == BuilderType::EbsVolume {
@@ -96,7 +111,10 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
             .flat_map(|(region, ids)| ids.iter().map(move |id| format!("{region}:{id}")))
             .collect()
     } else {
-        data.amis.iter().map(|(region, ami)| format!("{region}:{ami}")).collect()
+        data.amis
+            .iter()
+            .map(|(region, ami)| format!("{region}:{ami}"))
+            .collect()
     };
     let artifact_id = (error.is_none() && !pairs.is_empty()).then(|| {
         let mut pairs = pairs;
@@ -106,7 +124,9 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
     BuildArtifact {
         name: state.build.name,
         builder_type: state.build.builder_type,
-        artifact: artifact_id.as_ref().map(|_| packer_string(state.build.builder_type, &data)),
+        artifact: artifact_id
+            .as_ref()
+            .map(|_| packer_string(state.build.builder_type, &data)),
         artifact_id,
         amis: data.amis,
         snapshots: data.snapshots,
@@ -118,12 +138,23 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
 /// Packer's `Artifact.String()` (reference §10.1).
 pub fn packer_string(builder: BuilderType, data: &crate::state::BuildData) -> String {
     let mut lines: Vec<String> = if builder == BuilderType::EbsVolume {
-        data.volumes.iter().chain(data.snapshots.iter()).flat_map(|(r, ids)| ids.iter().map(move |id| format!("{r}: {id}"))).collect()
+        data.volumes
+            .iter()
+            .chain(data.snapshots.iter())
+            .flat_map(|(r, ids)| ids.iter().map(move |id| format!("{r}: {id}")))
+            .collect()
     } else {
-        data.amis.iter().map(|(r, ami)| format!("{r}: {ami}")).collect()
+        data.amis
+            .iter()
+            .map(|(r, ami)| format!("{r}: {ami}"))
+            .collect()
     };
     lines.sort();
-    let head = if builder == BuilderType::EbsVolume { "EBS Volumes were created:\n\n" } else { "AMIs were created:\n" };
+    let head = if builder == BuilderType::EbsVolume {
+        "EBS Volumes were created:\n\n"
+    } else {
+        "AMIs were created:\n"
+    };
     format!("{head}{}\n", lines.join("\n"))
 }
 
@@ -146,7 +177,8 @@ mod tests {
         };
         let template = json!({"builders": [builder_json]}).to_string();
         let opts = amiflow_template::PrepareOptions::new(chrono::Utc::now());
-        let prepared = amiflow_template::prepare(&template, &opts).expect("fixture template prepares");
+        let prepared =
+            amiflow_template::prepare(&template, &opts).expect("fixture template prepares");
         serde_json::from_value(json!({
             "execution": "exec-1",
             "build": prepared.builds[0],
@@ -160,40 +192,70 @@ mod tests {
         ok.data.amis.insert("us-west-2".into(), "ami-2".into());
         ok.data.amis.insert("eu-west-1".into(), "ami-3".into());
         ok.data.amis.insert("us-east-1".into(), "ami-1".into());
-        ok.data.snapshots.insert("us-east-1".into(), vec!["snap-1".into()]);
+        ok.data
+            .snapshots
+            .insert("us-east-1".into(), vec!["snap-1".into()]);
         let mut bad = state("db", "amazon-chroot");
         bad.data.amis.insert("us-east-1".into(), "ami-9".into());
         bad.error = Some(CaughtError {
             error: "BuildFailed".into(),
-            cause: r#"{"errorType":"BuildFailed","errorMessage":"image ami-9 failed: InternalError"}"#.into(),
+            cause:
+                r#"{"errorType":"BuildFailed","errorMessage":"image ami-9 failed: InternalError"}"#
+                    .into(),
         });
         let out = summarize(vec![ok, bad]);
         assert_eq!(out.failed, 1);
-        assert_eq!(out.builds[0].artifact_id.as_deref(), Some("eu-west-1:ami-3,us-east-1:ami-1,us-west-2:ami-2"));
+        assert_eq!(
+            out.builds[0].artifact_id.as_deref(),
+            Some("eu-west-1:ami-3,us-east-1:ami-1,us-west-2:ami-2")
+        );
         assert_eq!(out.builds[0].error, None);
         assert_eq!(out.builds[1].artifact_id, None);
-        assert_eq!(out.builds[1].error.as_deref(), Some("BuildFailed: image ami-9 failed: InternalError"));
-        assert!(out.cause.as_deref().unwrap().contains(r#"build "db" (amazon-chroot) failed"#));
+        assert_eq!(
+            out.builds[1].error.as_deref(),
+            Some("BuildFailed: image ami-9 failed: InternalError")
+        );
+        assert!(out
+            .cause
+            .as_deref()
+            .unwrap()
+            .contains(r#"build "db" (amazon-chroot) failed"#));
         let v = serde_json::to_value(&out).unwrap();
-        assert!(v["builds"][0].get("volumes").is_none(), "volumes only for builds that keep volumes");
+        assert!(
+            v["builds"][0].get("volumes").is_none(),
+            "volumes only for builds that keep volumes"
+        );
     }
 
     #[test]
     fn ebsvolume_artifact_lists_volumes_and_snapshots() {
         let mut s = state("vols", "amazon-ebsvolume");
-        s.data.volumes.insert("us-east-1".into(), vec!["vol-2".into(), "vol-1".into()]);
-        s.data.snapshots.insert("us-east-1".into(), vec!["snap-1".into()]);
+        s.data
+            .volumes
+            .insert("us-east-1".into(), vec!["vol-2".into(), "vol-1".into()]);
+        s.data
+            .snapshots
+            .insert("us-east-1".into(), vec!["snap-1".into()]);
         let out = summarize(vec![s]);
-        assert_eq!(out.builds[0].artifact_id.as_deref(), Some("us-east-1:snap-1,us-east-1:vol-1,us-east-1:vol-2"));
+        assert_eq!(
+            out.builds[0].artifact_id.as_deref(),
+            Some("us-east-1:snap-1,us-east-1:vol-1,us-east-1:vol-2")
+        );
         assert_eq!(out.failed, 0);
         assert_eq!(out.cause, None);
     }
 
     #[test]
     fn accepts_the_map_output_bare_or_wrapped() {
-        let bare: FinalizeInput = serde_json::from_value(json!([serde_json::to_value(state("a", "amazon-ebs")).unwrap()])).unwrap();
-        let wrapped: FinalizeInput =
-            serde_json::from_value(json!({"builds": [serde_json::to_value(state("a", "amazon-ebs")).unwrap()]})).unwrap();
+        let bare: FinalizeInput =
+            serde_json::from_value(json!([
+                serde_json::to_value(state("a", "amazon-ebs")).unwrap()
+            ]))
+            .unwrap();
+        let wrapped: FinalizeInput = serde_json::from_value(
+            json!({"builds": [serde_json::to_value(state("a", "amazon-ebs")).unwrap()]}),
+        )
+        .unwrap();
         for input in [bare, wrapped] {
             let out = summarize(match input {
                 FinalizeInput::Builds(b) | FinalizeInput::Wrapped { builds: b } => b,

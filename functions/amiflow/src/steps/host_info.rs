@@ -18,20 +18,44 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let cfg = chroot::config(&state)?;
     let region = state.build.config.build_region().to_string();
     let ec2 = ctx.ec2(&region);
-    let (req, found_by, what) = if let Some(id) = cfg.chroot_host_instance_id.as_deref().filter(|s| !s.is_empty()) {
-        (ec2.describe_instances().instance_ids(id), "instance_id", id.to_string())
-    } else if let Some(f) = cfg.chroot_host_filter.as_ref().filter(|f| !f.filters.is_empty()) {
-        let mut req = ec2.describe_instances().filters(filter("instance-state-name", ["running"]));
+    let (req, found_by, what) = if let Some(id) = cfg
+        .chroot_host_instance_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        (
+            ec2.describe_instances().instance_ids(id),
+            "instance_id",
+            id.to_string(),
+        )
+    } else if let Some(f) = cfg
+        .chroot_host_filter
+        .as_ref()
+        .filter(|f| !f.filters.is_empty())
+    {
+        let mut req = ec2
+            .describe_instances()
+            .filters(filter("instance-state-name", ["running"]));
         for (name, values) in &f.filters {
-            req = req.filters(filter(name, values.split(',').map(|v| v.trim().to_string())));
+            req = req.filters(filter(
+                name,
+                values.split(',').map(|v| v.trim().to_string()),
+            ));
         }
         (req, "filter", format!("chroot_host_filter {:?}", f.filters))
     } else {
         let id = own_instance_id().await?;
         (ec2.describe_instances().instance_ids(&id), "imds", id)
     };
-    let out = req.send().await.map_err(|e| classify("DescribeInstances", &what, e))?;
-    let hosts: Vec<_> = out.reservations().iter().flat_map(|r| r.instances()).collect();
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify("DescribeInstances", &what, e))?;
+    let hosts: Vec<_> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
     let host = match hosts.as_slice() {
         [one] => *one,
         [] => {
@@ -49,11 +73,24 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     let id = host.instance_id().unwrap_or_default().to_string();
     if host.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("running") {
-        return Err(StepError::BuildFailed(format!("the chroot build host {id} is not running")));
+        return Err(StepError::BuildFailed(format!(
+            "the chroot build host {id} is not running"
+        )));
     }
-    let az = host.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string();
+    let az = host
+        .placement()
+        .and_then(|p| p.availability_zone())
+        .unwrap_or_default()
+        .to_string();
     state.data.availability_zone = Some(az.clone());
-    chroot::set_host(&mut state, &Host { instance_id: id, availability_zone: az, found_by: found_by.into() });
+    chroot::set_host(
+        &mut state,
+        &Host {
+            instance_id: id,
+            availability_zone: az,
+            found_by: found_by.into(),
+        },
+    );
     Ok(state)
 }
 

@@ -20,7 +20,12 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:PassRole",
         "ec2:RunInstances",
     ],
-    wait: Some(WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 12 }),
+    wait: Some(WaitPolicy {
+        interval_seconds: 2,
+        backoff_rate: 1.5,
+        max_delay_seconds: 10,
+        max_attempts: 12,
+    }),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
@@ -34,9 +39,17 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let cfg = run_config(&state, SPEC.name)?.clone();
     let iam = ctx.iam();
-    if let Some(name) = cfg.iam_instance_profile.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(name) = cfg
+        .iam_instance_profile
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         if !cfg.skip_profile_validation {
-            iam.get_instance_profile().instance_profile_name(name).send().await.map_err(|e| classify("GetInstanceProfile", name, e))?;
+            iam.get_instance_profile()
+                .instance_profile_name(name)
+                .send()
+                .await
+                .map_err(|e| classify("GetInstanceProfile", name, e))?;
         }
         state.data.instance_profile = Some(name.to_string());
         return Ok(state);
@@ -47,7 +60,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let name = temp_name(&state, "amiflow", "Iam").replace('_', "-");
     let tags: Vec<IamTag> = build_tags(&state)
         .into_iter()
-        .chain(render_tags("run_tags", &cfg.run_tags, &state.data, &region)?)
+        .chain(render_tags(
+            "run_tags",
+            &cfg.run_tags,
+            &state.data,
+            &region,
+        )?)
         .map(|(k, v)| IamTag::builder().key(k).value(v).build().unwrap())
         .collect();
 
@@ -65,7 +83,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
         Err(e) => return Err(classify("CreateRole", &name, e)),
     }
-    state.ledger.record(ResourceKind::Role, "global", &name, false);
+    state
+        .ledger
+        .record(ResourceKind::Role, "global", &name, false);
     iam.put_role_policy()
         .role_name(&name)
         .policy_name(&name)
@@ -73,14 +93,30 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .send()
         .await
         .map_err(|e| classify("PutRolePolicy", &name, e))?;
-    match iam.create_instance_profile().instance_profile_name(&name).path(IAM_PATH).set_tags(Some(tags)).send().await {
+    match iam
+        .create_instance_profile()
+        .instance_profile_name(&name)
+        .path(IAM_PATH)
+        .set_tags(Some(tags))
+        .send()
+        .await
+    {
         Ok(_) => {}
         Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
         Err(e) => return Err(classify("CreateInstanceProfile", &name, e)),
     }
-    state.ledger.record(ResourceKind::InstanceProfile, "global", &name, false);
-    let profile = iam.get_instance_profile().instance_profile_name(&name).send().await.map_err(|e| classify("GetInstanceProfile", &name, e))?;
-    let has_role = profile.instance_profile().is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name));
+    state
+        .ledger
+        .record(ResourceKind::InstanceProfile, "global", &name, false);
+    let profile = iam
+        .get_instance_profile()
+        .instance_profile_name(&name)
+        .send()
+        .await
+        .map_err(|e| classify("GetInstanceProfile", &name, e))?;
+    let has_role = profile
+        .instance_profile()
+        .is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name));
     if !has_role {
         iam.add_role_to_instance_profile()
             .instance_profile_name(&name)
@@ -102,7 +138,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .instance_type(cfg.instance_type.as_deref().unwrap_or_default().into())
             .min_count(1)
             .max_count(1)
-            .iam_instance_profile(aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(&name).build());
+            .iam_instance_profile(
+                aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+                    .name(&name)
+                    .build(),
+            );
         if let Some(s) = &state.data.subnet_id {
             dry = dry.subnet_id(s);
         }
@@ -110,9 +150,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("DryRunOperation") => {}
             Err(e) => {
-                let msg = aws_sdk_ec2::error::ProvideErrorMetadata::message(&e).unwrap_or("").to_string();
-                if msg.contains("Invalid IAM Instance Profile") || msg.contains("iamInstanceProfile") {
-                    return Err(StepError::NotReady(format!("instance profile {name} is not usable by EC2 yet: {msg}")));
+                let msg = aws_sdk_ec2::error::ProvideErrorMetadata::message(&e)
+                    .unwrap_or("")
+                    .to_string();
+                if msg.contains("Invalid IAM Instance Profile")
+                    || msg.contains("iamInstanceProfile")
+                {
+                    return Err(StepError::NotReady(format!(
+                        "instance profile {name} is not usable by EC2 yet: {msg}"
+                    )));
                 }
                 return Err(classify("RunInstances (dry run)", &name, e));
             }

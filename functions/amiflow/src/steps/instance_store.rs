@@ -20,31 +20,72 @@ use crate::provision::Secrets;
 pub fn config(state: &BuildState) -> Result<&InstanceConfig, StepError> {
     match &state.build.config {
         BuilderConfig::Instance(c) => Ok(c),
-        other => Err(StepError::BuildFailed(format!("this step belongs to amazon-instance, not {}", other.builder_type().as_str()))),
+        other => Err(StepError::BuildFailed(format!(
+            "this step belongs to amazon-instance, not {}",
+            other.builder_type().as_str()
+        ))),
     }
 }
 
 /// An SSH session to the source instance, with the secrets to mask.
-pub async fn session(ctx: &Ctx, state: &BuildState, secrets: &mut Secrets) -> Result<SshTransport, StepError> {
+pub async fn session(
+    ctx: &Ctx,
+    state: &BuildState,
+    secrets: &mut Secrets,
+) -> Result<SshTransport, StepError> {
     let comm = Communication::of_state(state)?;
     if comm.communicator != Communicator::Ssh {
         return Err(StepError::BuildFailed(
             "amazon-instance bundles the volume over SSH: set \"communicator\": \"ssh\" (the bundle commands and the X.509 upload need it)".into(),
         ));
     }
-    let target = ssh_target(ctx, state, &comm, secrets, crate::steps::connect::ATTEMPT_TIMEOUT).await?;
-    SshTransport::connect(&target).await.map_err(|e| StepError::BuildFailed(format!("cannot connect to {} over SSH: {}", target.address(), secrets.mask(&e.0))))
+    let target = ssh_target(
+        ctx,
+        state,
+        &comm,
+        secrets,
+        crate::steps::connect::ATTEMPT_TIMEOUT,
+    )
+    .await?;
+    SshTransport::connect(&target).await.map_err(|e| {
+        StepError::BuildFailed(format!(
+            "cannot connect to {} over SSH: {}",
+            target.address(),
+            secrets.mask(&e.0)
+        ))
+    })
 }
 
 /// Reads an X.509 file from where the template says: `s3://bucket/key`, `ssm:NAME` (or, in
 /// Lambda, a bare SSM parameter name), or a local path (local runs).
-pub async fn read_source(ctx: &Ctx, region: &str, key: &str, source: &str) -> Result<Vec<u8>, StepError> {
+pub async fn read_source(
+    ctx: &Ctx,
+    region: &str,
+    key: &str,
+    source: &str,
+) -> Result<Vec<u8>, StepError> {
     if let Some(rest) = source.strip_prefix("s3://") {
-        let (bucket, object) = rest.split_once('/').ok_or_else(|| StepError::BuildFailed(format!("{key}: {source:?} is not s3://bucket/key")))?;
-        let out = ctx.s3(region).get_object().bucket(bucket).key(object).send().await.map_err(|e| {
-            StepError::BuildFailed(format!("{key}: cannot read {source}: {} (the role needs s3:GetObject on it)", aws_smithy_types::error::display::DisplayErrorContext(&e)))
+        let (bucket, object) = rest.split_once('/').ok_or_else(|| {
+            StepError::BuildFailed(format!("{key}: {source:?} is not s3://bucket/key"))
         })?;
-        let body = out.body.collect().await.map_err(|e| StepError::Transient(format!("{key}: reading {source}: {e}")))?;
+        let out = ctx
+            .s3(region)
+            .get_object()
+            .bucket(bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| {
+                StepError::BuildFailed(format!(
+                    "{key}: cannot read {source}: {} (the role needs s3:GetObject on it)",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                ))
+            })?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StepError::Transient(format!("{key}: reading {source}: {e}")))?;
         return Ok(body.into_bytes().to_vec());
     }
     let parameter = match source.strip_prefix("ssm:") {
@@ -59,29 +100,57 @@ pub async fn read_source(ctx: &Ctx, region: &str, key: &str, source: &str) -> Re
                 aws_smithy_types::error::display::DisplayErrorContext(&e)
             ))
         })?;
-        return Ok(out.parameter().and_then(|p| p.value()).unwrap_or_default().as_bytes().to_vec());
+        return Ok(out
+            .parameter()
+            .and_then(|p| p.value())
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec());
     }
-    std::fs::read(source).map_err(|e| StepError::BuildFailed(format!("{key}: cannot read the local file {source:?}: {e}")))
+    std::fs::read(source).map_err(|e| {
+        StepError::BuildFailed(format!("{key}: cannot read the local file {source:?}: {e}"))
+    })
 }
 
 /// Renders a bundle command with its variables; `{{timestamp}}`-style functions were
 /// rendered by Prepare, so only `.Name` references are left.
-pub fn render_command(key: &str, template: &str, vars: &BTreeMap<String, String>) -> Result<String, StepError> {
-    crate::provision::render::render(template, &crate::provision::render::RenderContext::with_build(vars)).map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
+pub fn render_command(
+    key: &str,
+    template: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, StepError> {
+    crate::provision::render::render(
+        template,
+        &crate::provision::render::RenderContext::with_build(vars),
+    )
+    .map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
 }
 
 /// Runs a command on the instance, its output logged (masked) under `label`.
-pub async fn run_remote(t: &mut SshTransport, label: &str, command: &str, secrets: &Secrets) -> Result<(ExecStatus, Vec<String>), StepError> {
+pub async fn run_remote(
+    t: &mut SshTransport,
+    label: &str,
+    command: &str,
+    secrets: &Secrets,
+) -> Result<(ExecStatus, Vec<String>), StepError> {
     tracing::info!(step = label, "running: {}", secrets.mask(command));
     let mut sink = OutputSink::new(label, secrets);
-    let status = t.exec(command, &mut sink).await.map_err(|e| StepError::BuildFailed(format!("{label}: {}", secrets.mask(&e.0))))?;
+    let status = t
+        .exec(command, &mut sink)
+        .await
+        .map_err(|e| StepError::BuildFailed(format!("{label}: {}", secrets.mask(&e.0))))?;
     sink.finish();
     Ok((status, sink.tail()))
 }
 
 /// `s3_bucket` plus `s3_key_prefix`: what `-b` of ec2-upload-bundle takes.
 pub fn bucket_path(c: &InstanceConfig) -> String {
-    match c.s3_key_prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+    match c
+        .s3_key_prefix
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => format!("{}/{p}", c.s3_bucket),
         None => c.s3_bucket.clone(),
     }
@@ -90,7 +159,12 @@ pub fn bucket_path(c: &InstanceConfig) -> String {
 /// The key prefix under which the bundle's objects (`<prefix>.manifest.xml`,
 /// `<prefix>.part.NN`) land.
 pub fn object_prefix(c: &InstanceConfig, bundle_prefix: &str) -> String {
-    match c.s3_key_prefix.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+    match c
+        .s3_key_prefix
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => format!("{p}/{bundle_prefix}."),
         None => format!("{bundle_prefix}."),
     }
@@ -98,13 +172,22 @@ pub fn object_prefix(c: &InstanceConfig, bundle_prefix: &str) -> String {
 
 /// The bundle's name on the instance (`bundle_prefix`), fixed by BundleVolume.
 pub fn bundle_prefix(state: &BuildState) -> Option<String> {
-    state.data.extra.get("bundle_prefix").and_then(|v| v.as_str()).map(String::from)
+    state
+        .data
+        .extra
+        .get("bundle_prefix")
+        .and_then(|v| v.as_str())
+        .map(String::from)
 }
 
 /// Deletes every object of the bundle (`delete_bundle_after_register`, Cleanup) and
 /// forgets it in the ledger.
 pub async fn delete_bundle(ctx: &Ctx, state: &mut BuildState) -> Result<(), StepError> {
-    let entries: Vec<(String, String)> = state.ledger.of_kind(ResourceKind::S3Object).map(|r| (r.region.clone(), r.id.clone())).collect();
+    let entries: Vec<(String, String)> = state
+        .ledger
+        .of_kind(ResourceKind::S3Object)
+        .map(|r| (r.region.clone(), r.id.clone()))
+        .collect();
     for (region, id) in entries {
         delete_objects_under(ctx, &region, &id).await?;
         state.ledger.forget(ResourceKind::S3Object, &id);
@@ -113,21 +196,47 @@ pub async fn delete_bundle(ctx: &Ctx, state: &mut BuildState) -> Result<(), Step
 }
 
 /// Deletes every object under `bucket/prefix`; a missing bucket is fine.
-pub async fn delete_objects_under(ctx: &Ctx, region: &str, bucket_and_prefix: &str) -> Result<Vec<String>, StepError> {
-    let (bucket, prefix) = bucket_and_prefix.split_once('/').unwrap_or((bucket_and_prefix, ""));
+pub async fn delete_objects_under(
+    ctx: &Ctx,
+    region: &str,
+    bucket_and_prefix: &str,
+) -> Result<Vec<String>, StepError> {
+    let (bucket, prefix) = bucket_and_prefix
+        .split_once('/')
+        .unwrap_or((bucket_and_prefix, ""));
     let s3 = ctx.s3(region);
     let mut removed = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let out = match s3.list_objects_v2().bucket(bucket).prefix(prefix).set_continuation_token(token.clone()).send().await {
+        let out = match s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+        {
             Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => return Ok(removed),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => {
+                return Ok(removed)
+            }
             // classify: a 5xx or throttling is Transient, so Cleanup's Retry gets another go.
-            Err(e) => return Err(classify("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e)),
+            Err(e) => {
+                return Err(classify(
+                    "ListObjectsV2",
+                    &format!("s3://{bucket}/{prefix}"),
+                    e,
+                ))
+            }
         };
         for o in out.contents() {
             let key = o.key().unwrap_or_default();
-            s3.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
+            s3.delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
             removed.push(format!("s3://{bucket}/{key}"));
         }
         token = out.next_continuation_token().map(String::from);
@@ -140,16 +249,33 @@ pub async fn delete_objects_under(ctx: &Ctx, region: &str, bucket_and_prefix: &s
 /// For Cleanup: the bundle prefix and, when it carries this build's tags, the bucket —
 /// found from the config alone, so a step that failed before its state was saved leaks
 /// nothing. No-op for other builders.
-pub async fn discover(ctx: &Ctx, state: &BuildState, ledger: &mut crate::state::Ledger) -> Result<(), StepError> {
+pub async fn discover(
+    ctx: &Ctx,
+    state: &BuildState,
+    ledger: &mut crate::state::Ledger,
+) -> Result<(), StepError> {
     let Ok(c) = config(state) else { return Ok(()) };
     let region = c.access.region.clone().unwrap_or_default();
     if c.s3_bucket.is_empty() || c.bundle_prefix.is_empty() {
         return Ok(());
     }
-    ledger.record(ResourceKind::S3Object, &region, &format!("{}/{}", c.s3_bucket, object_prefix(c, &c.bundle_prefix)), true);
-    if let Ok(out) = ctx.s3(&region).get_bucket_tagging().bucket(&c.s3_bucket).send().await {
+    ledger.record(
+        ResourceKind::S3Object,
+        &region,
+        &format!("{}/{}", c.s3_bucket, object_prefix(c, &c.bundle_prefix)),
+        true,
+    );
+    if let Ok(out) = ctx
+        .s3(&region)
+        .get_bucket_tagging()
+        .bucket(&c.s3_bucket)
+        .send()
+        .await
+    {
         let own = build_tags(state);
-        let ours = own.iter().all(|(k, v)| out.tag_set().iter().any(|t| t.key() == k && t.value() == v));
+        let ours = own
+            .iter()
+            .all(|(k, v)| out.tag_set().iter().any(|t| t.key() == k && t.value() == v));
         if ours {
             ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
         }

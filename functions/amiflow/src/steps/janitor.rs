@@ -75,8 +75,14 @@ pub async fn run(ctx: &Ctx, event: StatusChangeEvent) -> Result<JanitorReport, S
 }
 
 /// [`run`] with the polling made explicit (tests poll fast).
-pub async fn sweep(ctx: &Ctx, event: StatusChangeEvent, interval: Duration, budget: Duration) -> Result<JanitorReport, StepError> {
-    if event.source != "aws.states" || event.detail_type != "Step Functions Execution Status Change" {
+pub async fn sweep(
+    ctx: &Ctx,
+    event: StatusChangeEvent,
+    interval: Duration,
+    budget: Duration,
+) -> Result<JanitorReport, StepError> {
+    if event.source != "aws.states" || event.detail_type != "Step Functions Execution Status Change"
+    {
         return Err(StepError::BuildFailed(format!(
             "Janitor expects a Step Functions Execution Status Change event from aws.states, got detail-type {:?} from {:?}: check the JanitorRule's event pattern",
             event.detail_type, event.source
@@ -84,7 +90,10 @@ pub async fn sweep(ctx: &Ctx, event: StatusChangeEvent, interval: Duration, budg
     }
     let detail = &event.detail;
     let configured = std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default();
-    let own_region = event.region.clone().or_else(|| std::env::var("AWS_REGION").ok());
+    let own_region = event
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok());
     let regions = build_regions(detail.input.as_deref(), &configured, own_region.as_deref());
     let mut report = JanitorReport {
         execution: detail.name.clone(),
@@ -125,14 +134,28 @@ pub async fn sweep(ctx: &Ctx, event: StatusChangeEvent, interval: Duration, budg
 /// execution input's template (with `{{user `x`}}` resolved from the input's vars and the
 /// template's variable defaults), then the configured list; the function's own region only
 /// when neither names one.
-pub fn build_regions(input: Option<&str>, configured: &str, own_region: Option<&str>) -> Vec<String> {
+pub fn build_regions(
+    input: Option<&str>,
+    configured: &str,
+    own_region: Option<&str>,
+) -> Vec<String> {
     let mut regions = BTreeSet::new();
     if let Some(input) = input.and_then(|text| serde_json::from_str::<Value>(text).ok()) {
         regions.extend(template_regions(&input));
     }
-    regions.extend(configured.split(',').map(str::trim).filter(|r| looks_like_region(r)).map(String::from));
+    regions.extend(
+        configured
+            .split(',')
+            .map(str::trim)
+            .filter(|r| looks_like_region(r))
+            .map(String::from),
+    );
     if regions.is_empty() {
-        regions.extend(own_region.filter(|r| looks_like_region(r)).map(String::from));
+        regions.extend(
+            own_region
+                .filter(|r| looks_like_region(r))
+                .map(String::from),
+        );
     }
     regions.into_iter().collect()
 }
@@ -166,7 +189,8 @@ fn template_regions(input: &Value) -> Vec<String> {
         values.extend(builder["ami_regions"].as_array().into_iter().flatten());
         for value in values {
             if let Some(text) = value.as_str() {
-                let resolved = resolve_user_variable(text, &variables).unwrap_or_else(|| text.to_string());
+                let resolved =
+                    resolve_user_variable(text, &variables).unwrap_or_else(|| text.to_string());
                 // A comma list is how `ami_regions` arrives from a single variable.
                 for region in resolved.split(',').map(str::trim) {
                     if looks_like_region(region) {
@@ -182,7 +206,10 @@ fn template_regions(input: &Value) -> Vec<String> {
 /// `{{user `name`}}` or `{{ user "name" }}` alone in a string → that variable's value.
 fn resolve_user_variable(text: &str, variables: &BTreeMap<String, String>) -> Option<String> {
     let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
-    let name = inner.strip_prefix("user")?.trim().trim_matches(|c| c == '`' || c == '"');
+    let name = inner
+        .strip_prefix("user")?
+        .trim()
+        .trim_matches(|c| c == '`' || c == '"');
     variables.get(name).cloned()
 }
 
@@ -190,8 +217,14 @@ fn resolve_user_variable(text: &str, variables: &BTreeMap<String, String>) -> Op
 fn looks_like_region(text: &str) -> bool {
     let parts: Vec<&str> = text.split('-').collect();
     parts.len() >= 3
-        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
-        && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
         && parts[0].len() == 2
 }
 
@@ -212,25 +245,40 @@ mod tests {
             "vars": { "region": "eu-central-1" }
         });
         let regions = build_regions(Some(&input.to_string()), "", Some("us-east-1"));
-        assert_eq!(regions, vec!["ap-south-1", "eu-central-1", "us-east-2", "us-west-2"]);
+        assert_eq!(
+            regions,
+            vec!["ap-south-1", "eu-central-1", "us-east-2", "us-west-2"]
+        );
     }
 
     #[test]
     fn a_template_given_as_text_is_read_too() {
         let template = r#"{"builders":[{"type":"amazon-ebs","region":"sa-east-1"}]}"#;
         let input = serde_json::json!({ "template": template });
-        assert_eq!(build_regions(Some(&input.to_string()), "", None), vec!["sa-east-1"]);
+        assert_eq!(
+            build_regions(Some(&input.to_string()), "", None),
+            vec!["sa-east-1"]
+        );
     }
 
     #[test]
     fn without_regions_in_the_input_configured_then_own_region() {
         let s3_input = r#"{"template_s3":"s3://b/t.json"}"#;
-        assert_eq!(build_regions(Some(s3_input), "us-west-1, eu-north-1", Some("us-east-1")), vec!["eu-north-1", "us-west-1"]);
-        assert_eq!(build_regions(Some(s3_input), "", Some("us-east-1")), vec!["us-east-1"]);
+        assert_eq!(
+            build_regions(Some(s3_input), "us-west-1, eu-north-1", Some("us-east-1")),
+            vec!["eu-north-1", "us-west-1"]
+        );
+        assert_eq!(
+            build_regions(Some(s3_input), "", Some("us-east-1")),
+            vec!["us-east-1"]
+        );
         assert_eq!(build_regions(None, "", None), Vec::<String>::new());
         // Unresolvable actions are not regions.
         let odd = r#"{"template":{"builders":[{"region":"{{env `R`}}"}]}}"#;
-        assert_eq!(build_regions(Some(odd), "", Some("us-east-1")), vec!["us-east-1"]);
+        assert_eq!(
+            build_regions(Some(odd), "", Some("us-east-1")),
+            vec!["us-east-1"]
+        );
     }
 
     #[test]

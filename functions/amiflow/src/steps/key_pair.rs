@@ -8,7 +8,15 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "KeyPair",
-    iam_actions: &["ec2:CreateKeyPair", "ec2:DescribeKeyPairs", "ec2:DeleteKeyPair", "ec2:CreateTags", "ssm:PutParameter", "ssm:GetParameter", "ssm:AddTagsToResource"],
+    iam_actions: &[
+        "ec2:CreateKeyPair",
+        "ec2:DescribeKeyPairs",
+        "ec2:DeleteKeyPair",
+        "ec2:CreateTags",
+        "ssm:PutParameter",
+        "ssm:GetParameter",
+        "ssm:AddTagsToResource",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -17,17 +25,39 @@ pub const SPEC: StepSpec = StepSpec {
 /// `/amiflow/<execution>/<build>/ssh-key`: per build, and every parameter of an execution
 /// sits under one path the janitor can sweep.
 pub fn parameter_name(state: &BuildState) -> String {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' }).collect::<String>();
-    format!("/amiflow/{}/{}/ssh-key", clean(&state.execution), clean(&state.build.name))
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+    };
+    format!(
+        "/amiflow/{}/{}/ssh-key",
+        clean(&state.execution),
+        clean(&state.build.name)
+    )
 }
 
 /// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
 /// for them only then.
 pub fn creates_temporary_key(config: &amiflow_template::BuilderConfig) -> bool {
-    let Some(comm) = config.comm() else { return false };
-    let no_temp_key = comm.ssh_keypair_name.as_deref().is_some_and(|s| !s.is_empty())
+    let Some(comm) = config.comm() else {
+        return false;
+    };
+    let no_temp_key = comm
+        .ssh_keypair_name
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
         || matches!(comm.communicator.as_str(), "none" | "ssm")
-        || comm.ssh_private_key_file.as_deref().is_some_and(|s| !s.is_empty())
+        || comm
+            .ssh_private_key_file
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
         || comm.ssh_agent_auth
         || comm.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
     !no_temp_key
@@ -46,7 +76,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = cfg.build_region().to_string();
     let ec2 = ctx.ec2(&region);
     let ssm = ctx.ssm(&region);
-    let name = comm.temporary_key_pair_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
+    let name = comm
+        .temporary_key_pair_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
     let param = parameter_name(&state);
 
     // A retried step finds its key pair; reuse it only if its private key was stored.
@@ -62,13 +96,19 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     if !(existing && stored) {
         if existing {
-            ec2.delete_key_pair().key_name(&name).send().await.map_err(|e| classify("DeleteKeyPair", &name, e))?;
+            ec2.delete_key_pair()
+                .key_name(&name)
+                .send()
+                .await
+                .map_err(|e| classify("DeleteKeyPair", &name, e))?;
         }
         let key_type = match comm.temporary_key_pair_type.as_str() {
             "ed25519" => KeyType::Ed25519,
             "rsa" => KeyType::Rsa,
             other => {
-                return Err(StepError::BuildFailed(format!("temporary_key_pair_type {other:?}: use \"rsa\" or \"ed25519\"")));
+                return Err(StepError::BuildFailed(format!(
+                    "temporary_key_pair_type {other:?}: use \"rsa\" or \"ed25519\""
+                )));
             }
         };
         let run_tags = render_tags("run_tags", cfg.run_tags(), &state.data, &region)?;
@@ -81,9 +121,18 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .send()
             .await
             .map_err(|e| classify("CreateKeyPair", &name, e))?;
-        state.ledger.record(ResourceKind::KeyPair, &region, &name, false);
-        let material = out.key_material().ok_or_else(|| StepError::BuildFailed(format!("CreateKeyPair {name}: AWS returned no key material")))?;
-        let tags: Vec<SsmTag> = build_tags(&state).into_iter().map(|(k, v)| SsmTag::builder().key(k).value(v).build().unwrap()).collect();
+        state
+            .ledger
+            .record(ResourceKind::KeyPair, &region, &name, false);
+        let material = out.key_material().ok_or_else(|| {
+            StepError::BuildFailed(format!(
+                "CreateKeyPair {name}: AWS returned no key material"
+            ))
+        })?;
+        let tags: Vec<SsmTag> = build_tags(&state)
+            .into_iter()
+            .map(|(k, v)| SsmTag::builder().key(k).value(v).build().unwrap())
+            .collect();
         let put = ssm
             .put_parameter()
             .name(&param)
@@ -97,13 +146,24 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ParameterAlreadyExists") => {
                 // A half-finished earlier attempt stored a key for a pair that is now gone.
-                ssm.put_parameter().name(&param).r#type(ParameterType::SecureString).value(material).overwrite(true).send().await.map_err(|e| classify("PutParameter", &param, e))?;
+                ssm.put_parameter()
+                    .name(&param)
+                    .r#type(ParameterType::SecureString)
+                    .value(material)
+                    .overwrite(true)
+                    .send()
+                    .await
+                    .map_err(|e| classify("PutParameter", &param, e))?;
             }
             Err(e) => return Err(classify("PutParameter", &param, e)),
         }
     }
-    state.ledger.record(ResourceKind::KeyPair, &region, &name, false);
-    state.ledger.record(ResourceKind::Parameter, &region, &param, false);
+    state
+        .ledger
+        .record(ResourceKind::KeyPair, &region, &name, false);
+    state
+        .ledger
+        .record(ResourceKind::Parameter, &region, &param, false);
     state.data.key_pair_name = Some(name);
     state.data.private_key_parameter = Some(param);
     Ok(state)

@@ -12,9 +12,9 @@ pub mod create_tags;
 pub mod deregister_ami;
 pub mod enable_deprecation;
 pub mod iam_instance_profile;
-pub mod janitor;
 pub mod images;
 pub mod instance_state;
+pub mod janitor;
 pub mod key_pair;
 pub mod modify_image_attributes;
 pub mod modify_instance;
@@ -44,18 +44,18 @@ pub mod wait_volume_attached;
 pub mod wait_volume_available;
 pub mod wait_volume_detached;
 // amazon-ebssurrogate, amazon-ebsvolume, amazon-instance
+pub mod attach_root_volume;
 pub mod bundle_volume;
 pub mod instance_store;
 pub mod modify_snapshot_attributes;
+mod prelude;
 pub mod snapshot_volumes;
 pub mod swap_volumes;
-pub mod attach_root_volume;
-pub mod wait_root_volume_attached;
 pub mod tag_volumes;
 pub mod upload_bundle;
 pub mod upload_x509_cert;
 pub mod volumes;
-mod prelude;
+pub mod wait_root_volume_attached;
 
 use std::sync::Arc;
 
@@ -109,7 +109,10 @@ pub struct StepSpec {
 
 impl std::fmt::Debug for StepSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StepSpec").field("name", &self.name).field("wait", &self.wait).finish()
+        f.debug_struct("StepSpec")
+            .field("name", &self.name)
+            .field("wait", &self.wait)
+            .finish()
     }
 }
 
@@ -121,7 +124,8 @@ macro_rules! handler {
         fn boxed(
             ctx: ::std::sync::Arc<$crate::Ctx>,
             input: ::serde_json::Value,
-        ) -> ::futures::future::BoxFuture<'static, Result<::serde_json::Value, $crate::StepError>> {
+        ) -> ::futures::future::BoxFuture<'static, Result<::serde_json::Value, $crate::StepError>>
+        {
             Box::pin(async move {
                 let input = ::serde_json::from_value(input)?;
                 let output = $f(&ctx, input).await?;

@@ -2,7 +2,10 @@
 //! OU ARNs), product codes and IMDS support on every AMI; create-volume permissions on
 //! every snapshot. EC2 takes one attribute kind per call.
 
-use aws_sdk_ec2::types::{AttributeValue, LaunchPermission, LaunchPermissionModifications, OperationType, PermissionGroup, SnapshotAttributeName};
+use aws_sdk_ec2::types::{
+    AttributeValue, LaunchPermission, LaunchPermissionModifications, OperationType,
+    PermissionGroup, SnapshotAttributeName,
+};
 
 use super::prelude::*;
 
@@ -31,7 +34,11 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         if !cfg.ami_groups.is_empty() {
             let mut add = LaunchPermissionModifications::builder();
             for g in &cfg.ami_groups {
-                add = add.add(LaunchPermission::builder().group(PermissionGroup::from(g.as_str())).build());
+                add = add.add(
+                    LaunchPermission::builder()
+                        .group(PermissionGroup::from(g.as_str()))
+                        .build(),
+                );
             }
             ec2.modify_image_attribute()
                 .image_id(ami)
@@ -40,7 +47,11 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 .await
                 .map_err(|e| classify(&op("groups"), ami, e))?;
         }
-        for (what, list, kind) in [("users", &cfg.ami_users, 0), ("organization ARNs", &cfg.ami_org_arns, 1), ("OU ARNs", &cfg.ami_ou_arns, 2)] {
+        for (what, list, kind) in [
+            ("users", &cfg.ami_users, 0),
+            ("organization ARNs", &cfg.ami_org_arns, 1),
+            ("OU ARNs", &cfg.ami_ou_arns, 2),
+        ] {
             if list.is_empty() {
                 continue;
             }
@@ -53,7 +64,12 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 };
                 add = add.add(p.build());
             }
-            ec2.modify_image_attribute().image_id(ami).launch_permission(add.build()).send().await.map_err(|e| classify(&op(what), ami, e))?;
+            ec2.modify_image_attribute()
+                .image_id(ami)
+                .launch_permission(add.build())
+                .send()
+                .await
+                .map_err(|e| classify(&op(what), ami, e))?;
         }
         if !cfg.ami_product_codes.is_empty() {
             ec2.modify_image_attribute()
@@ -85,7 +101,9 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 .set_group_names(Some(cfg.snapshot_groups.clone()).filter(|v| !v.is_empty()))
                 .send()
                 .await
-                .map_err(|e| classify("ModifySnapshotAttribute (createVolumePermission)", snap, e))?;
+                .map_err(|e| {
+                    classify("ModifySnapshotAttribute (createVolumePermission)", snap, e)
+                })?;
         }
     }
     Ok(state)

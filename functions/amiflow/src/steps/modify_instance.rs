@@ -15,7 +15,9 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
-    let Some(id) = state.data.instance_id.clone() else { return Ok(state) };
+    let Some(id) = state.data.instance_id.clone() else {
+        return Ok(state);
+    };
     let ec2 = ctx.ec2(cfg.build_region());
     if cfg.sriov_support() {
         ec2.modify_instance_attribute()

@@ -15,15 +15,24 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let Some(cfg) = ebsvolume(&state) else { return Ok(state) };
+    let Some(cfg) = ebsvolume(&state) else {
+        return Ok(state);
+    };
     let region = cfg.access.region.clone().unwrap_or_default();
     let snaps = snapshot_ids(&state);
     for v in cfg.ebs_volumes.iter().filter(|v| v.snapshot_volume) {
         if v.snapshot_users.is_empty() && v.snapshot_groups.is_empty() {
             continue;
         }
-        let Some(snap) = snaps.iter().find(|(d, _)| same_device(d, &v.device.device_name)).map(|(_, s)| s.clone()) else {
-            return Err(StepError::BuildFailed(format!("ModifySnapshotAttributes: no snapshot of {} in the state", v.device.device_name)));
+        let Some(snap) = snaps
+            .iter()
+            .find(|(d, _)| same_device(d, &v.device.device_name))
+            .map(|(_, s)| s.clone())
+        else {
+            return Err(StepError::BuildFailed(format!(
+                "ModifySnapshotAttributes: no snapshot of {} in the state",
+                v.device.device_name
+            )));
         };
         // The OperationType + UserIds/GroupNames form (see ModifyImageAttributes).
         ctx.ec2(&region)

@@ -23,7 +23,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             for (k, v) in &f.filters {
                 req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
             }
-            let out = req.send().await.map_err(|e| classify("DescribeVpcs", "vpc_filter", e))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| classify("DescribeVpcs", "vpc_filter", e))?;
             if out.vpcs().len() != 1 {
                 return Err(StepError::BuildFailed(format!(
                     "vpc_filter matched {} VPCs; it must match exactly one",
@@ -35,7 +38,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     if subnet.is_none() {
         if let Some(f) = cfg.subnet_filter.as_ref().filter(|f| !f.filters.is_empty()) {
-            let mut req = ec2.describe_subnets().filters(filter("state", ["available"]));
+            let mut req = ec2
+                .describe_subnets()
+                .filters(filter("state", ["available"]));
             for (k, v) in &f.filters {
                 req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
             }
@@ -45,10 +50,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             if let Some(a) = &az {
                 req = req.filters(filter("availabilityZone", [a.clone()]));
             }
-            let out = req.send().await.map_err(|e| classify("DescribeSubnets", "subnet_filter", e))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSubnets", "subnet_filter", e))?;
             let mut subnets = out.subnets().to_vec();
             if subnets.is_empty() {
-                return Err(StepError::BuildFailed("No subnets matched subnet_filter: check its filters".into()));
+                return Err(StepError::BuildFailed(
+                    "No subnets matched subnet_filter: check its filters".into(),
+                ));
             }
             if subnets.len() > 1 && !f.most_free && !f.random {
                 return Err(StepError::BuildFailed(format!(
@@ -71,8 +81,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     if let Some(id) = &subnet {
         if vpc.is_none() || az.is_none() {
-            let out = ec2.describe_subnets().subnet_ids(id).send().await.map_err(|e| classify("DescribeSubnets", id, e))?;
-            let s = out.subnets().first().ok_or_else(|| StepError::BuildFailed(format!("subnet_id {id} was not found in {region}")))?;
+            let out = ec2
+                .describe_subnets()
+                .subnet_ids(id)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSubnets", id, e))?;
+            let s = out.subnets().first().ok_or_else(|| {
+                StepError::BuildFailed(format!("subnet_id {id} was not found in {region}"))
+            })?;
             vpc = vpc.or(s.vpc_id().map(String::from));
             az = az.or(s.availability_zone().map(String::from));
         }

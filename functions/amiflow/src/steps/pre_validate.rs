@@ -5,7 +5,11 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "PreValidate",
-    iam_actions: &["ec2:DescribeRegions", "ec2:DescribeImages", "ec2:DescribeVpcs"],
+    iam_actions: &[
+        "ec2:DescribeRegions",
+        "ec2:DescribeImages",
+        "ec2:DescribeVpcs",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -15,9 +19,22 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
     let cfg = &state.build.config;
     let ec2 = ctx.ec2(cfg.build_region());
     if !cfg.access().skip_region_validation {
-        let out = ec2.describe_regions().all_regions(true).send().await.map_err(|e| classify("DescribeRegions", "", e))?;
-        let known: Vec<String> = out.regions().iter().filter_map(|r| r.region_name().map(String::from)).collect();
-        let bad: Vec<String> = cfg.target_regions().into_iter().filter(|r| !known.contains(r)).collect();
+        let out = ec2
+            .describe_regions()
+            .all_regions(true)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeRegions", "", e))?;
+        let known: Vec<String> = out
+            .regions()
+            .iter()
+            .filter_map(|r| r.region_name().map(String::from))
+            .collect();
+        let bad: Vec<String> = cfg
+            .target_regions()
+            .into_iter()
+            .filter(|r| !known.contains(r))
+            .collect();
         if !bad.is_empty() {
             return Err(StepError::BuildFailed(format!(
                 "Invalid region(s): {}: check `region` and `ami_regions` (or set skip_region_validation)",
@@ -25,10 +42,20 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             )));
         }
     }
-    if let Some((Some(vpc), None, None)) = cfg.run().map(|r| (&r.vpc_id, &r.subnet_id, &r.subnet_filter)) {
-        let out = ec2.describe_vpcs().vpc_ids(vpc).send().await.map_err(|e| classify("DescribeVpcs", vpc, e))?;
+    if let Some((Some(vpc), None, None)) = cfg
+        .run()
+        .map(|r| (&r.vpc_id, &r.subnet_id, &r.subnet_filter))
+    {
+        let out = ec2
+            .describe_vpcs()
+            .vpc_ids(vpc)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeVpcs", vpc, e))?;
         if !out.vpcs().iter().any(|v| v.is_default() == Some(true)) {
-            return Err(StepError::BuildFailed(format!("vpc_id {vpc}: subnet_id or subnet_filter must be provided for non-default VPCs")));
+            return Err(StepError::BuildFailed(format!(
+                "vpc_id {vpc}: subnet_id or subnet_filter must be provided for non-default VPCs"
+            )));
         }
     }
     let ami = ami_config(&state, SPEC.name)?;

@@ -17,24 +17,49 @@ pub const SHORT_TIMEOUT: u32 = 120;
 
 /// Polls every 5 s growing to 30 s: ~2 h of budget, above every waiter's default; the
 /// handler enforces the template's `aws_polling` limit from the wait's start time.
-pub const LONG_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 5, backoff_rate: 1.5, max_delay_seconds: 30, max_attempts: 250 };
+pub const LONG_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 5,
+    backoff_rate: 1.5,
+    max_delay_seconds: 30,
+    max_attempts: 250,
+};
 
 /// Instance state changes: 15 s cap, ~1 h.
-pub const INSTANCE_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 3, backoff_rate: 1.5, max_delay_seconds: 15, max_attempts: 250 };
+pub const INSTANCE_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 3,
+    backoff_rate: 1.5,
+    max_delay_seconds: 15,
+    max_attempts: 250,
+};
 
 /// The build's AMI settings, for a step that only runs in builders that make an AMI.
 pub fn ami_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a AmiConfig, StepError> {
-    state.build.config.ami().ok_or_else(|| wrong_builder(state, step, "AMI"))
+    state
+        .build
+        .config
+        .ami()
+        .ok_or_else(|| wrong_builder(state, step, "AMI"))
 }
 
 /// The source instance's settings, for a step that only runs in builders that launch one.
 pub fn run_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a RunConfig, StepError> {
-    state.build.config.run().ok_or_else(|| wrong_builder(state, step, "source instance"))
+    state
+        .build
+        .config
+        .run()
+        .ok_or_else(|| wrong_builder(state, step, "source instance"))
 }
 
 /// The communicator's settings, for a step that only runs in builders that connect.
-pub fn comm_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a CommunicatorConfig, StepError> {
-    state.build.config.comm().ok_or_else(|| wrong_builder(state, step, "communicator"))
+pub fn comm_config<'a>(
+    state: &'a BuildState,
+    step: &str,
+) -> Result<&'a CommunicatorConfig, StepError> {
+    state
+        .build
+        .config
+        .comm()
+        .ok_or_else(|| wrong_builder(state, step, "communicator"))
 }
 
 fn wrong_builder(state: &BuildState, step: &str, what: &str) -> StepError {

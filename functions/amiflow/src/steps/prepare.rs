@@ -99,17 +99,31 @@ pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, St
 }
 
 /// Everything after the template text is known; no AWS call.
-pub fn prepare_text(text: &str, input: PrepareInput, in_lambda: bool) -> Result<PrepareOutput, StepError> {
+pub fn prepare_text(
+    text: &str,
+    input: PrepareInput,
+    in_lambda: bool,
+) -> Result<PrepareOutput, StepError> {
     let options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
     prepare_text_with(text, input, in_lambda, options)
 }
 
 /// As [`prepare_text`], with the environment and template directory a local run offers.
-fn prepare_text_with(text: &str, input: PrepareInput, in_lambda: bool, mut options: PrepareOptions) -> Result<PrepareOutput, StepError> {
-    let PrepareInput { input, execution, .. } = input;
+fn prepare_text_with(
+    text: &str,
+    input: PrepareInput,
+    in_lambda: bool,
+    mut options: PrepareOptions,
+) -> Result<PrepareOutput, StepError> {
+    let PrepareInput {
+        input, execution, ..
+    } = input;
     let mut problems = Vec::new();
     if execution.trim().is_empty() {
-        problems.push(Problem::key("execution", "the execution name is empty; the state machine passes $$.Execution.Name"));
+        problems.push(Problem::key(
+            "execution",
+            "the execution name is empty; the state machine passes $$.Execution.Name",
+        ));
     }
     let vars = vars_as_strings(&input.vars, &mut problems);
     if !problems.is_empty() {
@@ -126,7 +140,11 @@ fn prepare_text_with(text: &str, input: PrepareInput, in_lambda: bool, mut optio
         ))])));
     }
     if in_lambda {
-        let refused: Vec<Problem> = prepared.builds.iter().flat_map(static_credentials).collect();
+        let refused: Vec<Problem> = prepared
+            .builds
+            .iter()
+            .flat_map(static_credentials)
+            .collect();
         if !refused.is_empty() {
             return Err(invalid(Problems(refused)));
         }
@@ -166,7 +184,11 @@ fn static_credentials(build: &amiflow_template::PreparedBuild) -> Vec<Problem> {
     // Read from the typed config: secrets are never serialized, so its JSON cannot tell.
     let access = build.config.access();
     let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-    let present = [given(&access.access_key), given(&access.secret_key), given(&access.token)];
+    let present = [
+        given(&access.access_key),
+        given(&access.secret_key),
+        given(&access.token),
+    ];
     STATIC_CREDENTIAL_KEYS
         .iter()
         .zip(present)
@@ -188,7 +210,10 @@ fn running_in_lambda() -> bool {
 }
 
 /// Packer's variables are strings; numbers and booleans are written as Packer would read them from `-var`.
-fn vars_as_strings(vars: &BTreeMap<String, Value>, problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
+fn vars_as_strings(
+    vars: &BTreeMap<String, Value>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (name, value) in vars {
         let text = match value {
@@ -224,14 +249,21 @@ async fn template_text(ctx: &Ctx, input: &ExecutionInput) -> Result<String, Step
 }
 
 async fn fetch_s3(ctx: &Ctx, url: &str) -> Result<String, StepError> {
-    let invalid = |m: String| StepError::InvalidTemplate(Problems(vec![Problem::key("template_s3", m)]).to_string());
-    let Some((bucket, key)) = url.strip_prefix("s3://").and_then(|rest| rest.split_once('/')).filter(|(b, k)| !b.is_empty() && !k.is_empty())
+    let invalid = |m: String| {
+        StepError::InvalidTemplate(Problems(vec![Problem::key("template_s3", m)]).to_string())
+    };
+    let Some((bucket, key)) = url
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
     else {
         return Err(invalid(format!("{url:?} is not an s3://bucket/key URL")));
     };
     let mut conf = aws_sdk_s3::config::Builder::from(&ctx.sdk);
     // Local emulators (moto) serve buckets by path only.
-    if std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+    if std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL").is_some()
+    {
         conf = conf.force_path_style(true);
     }
     let s3 = aws_sdk_s3::Client::from_conf(conf.build());
@@ -269,21 +301,32 @@ mod tests {
         let err = prepare(&ctx, input(json!({"vars": {}}))).await.unwrap_err();
         assert_eq!(err.name(), "InvalidTemplate");
         assert!(err.message().contains("template_s3"), "{err}");
-        let err = prepare(&ctx, input(json!({"template": 3}))).await.unwrap_err();
+        let err = prepare(&ctx, input(json!({"template": 3})))
+            .await
+            .unwrap_err();
         assert_eq!(err.name(), "InvalidTemplate");
     }
 
     #[test]
     fn unknown_input_keys_are_rejected() {
-        let r: Result<PrepareInput, _> = serde_json::from_value(json!({"input": {"templat": {}}, "execution": "e"}));
+        let r: Result<PrepareInput, _> =
+            serde_json::from_value(json!({"input": {"templat": {}}, "execution": "e"}));
         assert!(r.unwrap_err().to_string().contains("templat"));
     }
 
     #[test]
     fn non_scalar_vars_are_listed_together() {
-        let err = prepare_text("{}", input(json!({"template": {}, "vars": {"a": [1], "b": {"x": 1}, "c": 3}})), false).unwrap_err();
+        let err = prepare_text(
+            "{}",
+            input(json!({"template": {}, "vars": {"a": [1], "b": {"x": 1}, "c": 3}})),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.name(), "InvalidTemplate");
-        assert!(err.message().contains("vars.a") && err.message().contains("vars.b"), "{err}");
+        assert!(
+            err.message().contains("vars.a") && err.message().contains("vars.b"),
+            "{err}"
+        );
         assert!(!err.message().contains("vars.c"), "{err}");
     }
 }

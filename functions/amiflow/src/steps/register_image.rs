@@ -18,7 +18,10 @@
 
 use amiflow_template::config::BlockDevice as TypedDevice;
 use amiflow_template::BuilderConfig;
-use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, TpmSupportValues, VolumeType};
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, TpmSupportValues,
+    VolumeType,
+};
 
 use super::chroot::{self, SourceMapping};
 use super::create_image::{image_name, WAIT};
@@ -27,7 +30,15 @@ use super::volumes::{same_device, snapshot_ids};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RegisterImage",
-    iam_actions: &["ec2:RegisterImage", "ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags", "s3:GetObject", "s3:ListBucket", "s3:DeleteObject"],
+    iam_actions: &[
+        "ec2:RegisterImage",
+        "ec2:CreateImage",
+        "ec2:DescribeImages",
+        "ec2:CreateTags",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:DeleteObject",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -38,7 +49,11 @@ fn mapping(d: &TypedDevice, device_name: &str, snapshot: Option<&str>) -> BlockD
     if d.no_device {
         return m.no_device("").build();
     }
-    if let Some(v) = d.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+    if let Some(v) = d
+        .virtual_name
+        .as_deref()
+        .filter(|v| v.starts_with("ephemeral"))
+    {
         return m.virtual_name(v).build();
     }
     let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
@@ -55,7 +70,12 @@ fn mapping(d: &TypedDevice, device_name: &str, snapshot: Option<&str>) -> BlockD
     match snapshot {
         // From the launch volume's snapshot: encryption is the snapshot's.
         Some(s) => ebs = ebs.snapshot_id(s),
-        None => ebs = ebs.set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone()),
+        None => {
+            ebs = ebs
+                .set_snapshot_id(d.snapshot_id.clone())
+                .set_encrypted(d.encrypted)
+                .set_kms_key_id(d.kms_key_id.clone())
+        }
     }
     m.ebs(ebs.build()).build()
 }
@@ -81,7 +101,11 @@ pub fn surrogate_mappings(
         } else {
             None
         };
-        let name = if same_device(&d.device_name, root_source) { root_name.to_string() } else { d.device_name.clone() };
+        let name = if same_device(&d.device_name, root_source) {
+            root_name.to_string()
+        } else {
+            d.device_name.clone()
+        };
         let m = mapping(d, &name, snap);
         // Packer combines by device name first (launch wins), then renames the root.
         out.retain(|(n, _)| !same_device(n, &d.device_name) && !same_device(n, &name));
@@ -100,7 +124,11 @@ async fn find_own(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>,
         .send()
         .await
         .map_err(|e| classify("DescribeImages", name, e))?;
-    Ok(found.images().first().and_then(|i| i.image_id()).map(String::from))
+    Ok(found
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .map(String::from))
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
@@ -115,9 +143,22 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             BuilderConfig::EbsSurrogate(c) => {
                 let root = c.ami_root_device.clone().unwrap_or_default();
                 if c.use_create_image {
-                    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("RegisterImage: no instance in the state".into()))?;
-                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &BTreeMap::new(), &root.source_device_name, &root.device_name, false)?;
-                    let mut tags = if c.skip_ami_run_tags { BTreeMap::new() } else { render_tags("run_tags", &c.run.run_tags, &state.data, &region)? };
+                    let instance = state.data.instance_id.clone().ok_or_else(|| {
+                        StepError::BuildFailed("RegisterImage: no instance in the state".into())
+                    })?;
+                    let devices = surrogate_mappings(
+                        &c.ami_block_device_mappings,
+                        &c.launch_block_device_mappings,
+                        &BTreeMap::new(),
+                        &root.source_device_name,
+                        &root.device_name,
+                        false,
+                    )?;
+                    let mut tags = if c.skip_ami_run_tags {
+                        BTreeMap::new()
+                    } else {
+                        render_tags("run_tags", &c.run.run_tags, &state.data, &region)?
+                    };
                     tags.extend(build_tags(&state));
                     let out = ec2
                         .create_image()
@@ -128,15 +169,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         .send()
                         .await
                         .map_err(|e| {
-                            if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state") {
-                                StepError::Transient(format!("CreateImage {instance}: the instance is not stopped yet"))
+                            if error_code(&e) == Some("InvalidParameterValue")
+                                && format!("{e:?}").contains("not in state")
+                            {
+                                StepError::Transient(format!(
+                                    "CreateImage {instance}: the instance is not stopped yet"
+                                ))
                             } else {
                                 classify("CreateImage", &name, e)
                             }
                         })?;
                     out.image_id().unwrap_or_default().to_string()
                 } else {
-                    let devices = surrogate_mappings(&c.ami_block_device_mappings, &c.launch_block_device_mappings, &snapshot_ids(&state), &root.source_device_name, &root.device_name, true)?;
+                    let devices = surrogate_mappings(
+                        &c.ami_block_device_mappings,
+                        &c.launch_block_device_mappings,
+                        &snapshot_ids(&state),
+                        &root.source_device_name,
+                        &root.device_name,
+                        true,
+                    )?;
                     let mut req = ec2
                         .register_image()
                         .name(&name)
@@ -153,7 +205,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     if c.ami.ena_support == Some(true) {
                         req = req.ena_support(true);
                     }
-                    let out = req.send().await.map_err(|e| classify("RegisterImage", &name, e))?;
+                    let out = req
+                        .send()
+                        .await
+                        .map_err(|e| classify("RegisterImage", &name, e))?;
                     out.image_id().unwrap_or_default().to_string()
                 }
             }
@@ -165,7 +220,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .and_then(|v| v.as_str())
                     .map(String::from)
                     .ok_or_else(|| StepError::BuildFailed("RegisterImage: no uploaded manifest in the state (UploadBundle must run first)".into()))?;
-                let devices: Vec<BlockDeviceMapping> = c.ami_block_device_mappings.iter().map(|d| mapping(d, &d.device_name, None)).collect();
+                let devices: Vec<BlockDeviceMapping> = c
+                    .ami_block_device_mappings
+                    .iter()
+                    .map(|d| mapping(d, &d.device_name, None))
+                    .collect();
                 let mut req = ec2
                     .register_image()
                     .name(&name)
@@ -179,16 +238,24 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 if c.ami.ena_support == Some(true) {
                     req = req.ena_support(true);
                 }
-                let out = req.send().await.map_err(|e| classify("RegisterImage", &location, e))?;
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| classify("RegisterImage", &location, e))?;
                 out.image_id().unwrap_or_default().to_string()
             }
             BuilderConfig::Chroot(c) => register_chroot(ctx, &state, c, &name, &region).await?,
             other => {
-                return Err(StepError::BuildFailed(format!("RegisterImage has no registration for {}", other.builder_type().as_str())));
+                return Err(StepError::BuildFailed(format!(
+                    "RegisterImage has no registration for {}",
+                    other.builder_type().as_str()
+                )));
             }
         },
     };
-    state.ledger.record(ResourceKind::Image, &region, &id, !intermediary);
+    state
+        .ledger
+        .record(ResourceKind::Image, &region, &id, !intermediary);
     // RegisterImage takes no tags everywhere: tag explicitly so Cleanup and the janitor find it.
     ec2.create_tags()
         .resources(&id)
@@ -197,7 +264,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .await
         .map_err(|e| classify("CreateTags", &id, e))?;
     if intermediary {
-        state.data.extra.insert("intermediary_image".into(), serde_json::json!({"region": region, "id": id}));
+        state.data.extra.insert(
+            "intermediary_image".into(),
+            serde_json::json!({"region": region, "id": id}),
+        );
     }
     state.data.amis.insert(region.clone(), id);
     if let BuilderConfig::Instance(c) = &state.build.config {
@@ -217,9 +287,16 @@ pub fn registration_mappings(
 ) -> Result<(Vec<BlockDeviceMapping>, String), StepError> {
     let generate = cfg.from_scratch || !cfg.ami_block_device_mappings.is_empty();
     let (entries, root): (Vec<SourceMapping>, String) = if generate {
-        let root = cfg.root_device_name.clone().filter(|r| !r.is_empty()).ok_or_else(|| {
-            StepError::BuildFailed("root_device_name is required with from_scratch or ami_block_device_mappings".into())
-        })?;
+        let root = cfg
+            .root_device_name
+            .clone()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                StepError::BuildFailed(
+                    "root_device_name is required with from_scratch or ami_block_device_mappings"
+                        .into(),
+                )
+            })?;
         let entries = cfg
             .ami_block_device_mappings
             .iter()
@@ -237,7 +314,11 @@ pub fn registration_mappings(
             .collect();
         (entries, root)
     } else {
-        let src = source.ok_or_else(|| StepError::BuildFailed("RegisterImage: the source image's mappings are not in the build state".into()))?;
+        let src = source.ok_or_else(|| {
+            StepError::BuildFailed(
+                "RegisterImage: the source image's mappings are not in the build state".into(),
+            )
+        })?;
         (src.mappings.clone(), src.root_device_name.clone())
     };
     let mut out = Vec::new();
@@ -257,12 +338,19 @@ pub fn registration_mappings(
             out.push(b.no_device("").build());
             continue;
         }
-        if let Some(v) = m.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+        if let Some(v) = m
+            .virtual_name
+            .as_deref()
+            .filter(|v| v.starts_with("ephemeral"))
+        {
             out.push(b.virtual_name(v).build());
             continue;
         }
         // Snapshot-backed mappings may not say `encrypted`: it is left out on every entry.
-        let mut ebs = EbsBlockDevice::builder().set_delete_on_termination(m.delete_on_termination).set_snapshot_id(m.snapshot_id.clone()).set_volume_size(m.volume_size);
+        let mut ebs = EbsBlockDevice::builder()
+            .set_delete_on_termination(m.delete_on_termination)
+            .set_snapshot_id(m.snapshot_id.clone())
+            .set_volume_size(m.volume_size);
         if let Some(t) = &m.volume_type {
             ebs = ebs.volume_type(VolumeType::from(t.as_str()));
             if matches!(t.as_str(), "io1" | "io2" | "gp3") {
@@ -296,7 +384,11 @@ async fn register_chroot(
         .snapshots
         .get(region)
         .and_then(|s| s.first().cloned())
-        .ok_or_else(|| StepError::BuildFailed("RegisterImage: no snapshot in the build state (CreateSnapshot did not run)".into()))?;
+        .ok_or_else(|| {
+            StepError::BuildFailed(
+                "RegisterImage: no snapshot in the build state (CreateSnapshot did not run)".into(),
+            )
+        })?;
     let intermediary = state.build.config.intermediary_image();
     let ec2 = ctx.ec2(region);
     let source = vol.source.as_ref();
@@ -308,7 +400,11 @@ async fn register_chroot(
         .filter(|v| !v.is_empty())
         .or_else(|| source.and_then(|s| s.virtualization_type.clone()))
         .unwrap_or_else(|| "hvm".into());
-    let arch = if cfg.from_scratch { Some(cfg.ami_architecture.clone()) } else { source.and_then(|s| s.architecture.clone()) };
+    let arch = if cfg.from_scratch {
+        Some(cfg.ami_architecture.clone())
+    } else {
+        source.and_then(|s| s.architecture.clone())
+    };
     let mut req = ec2
         .register_image()
         .name(name)
@@ -316,12 +412,19 @@ async fn register_chroot(
         .set_block_device_mappings(Some(mappings))
         .virtualization_type(&virt)
         .set_architecture(arch.map(|a| ArchitectureValues::from(a.as_str())));
-    if let Some(d) = cfg.ami.ami_description.as_deref().filter(|d| !d.is_empty() && !intermediary) {
+    if let Some(d) = cfg
+        .ami
+        .ami_description
+        .as_deref()
+        .filter(|d| !d.is_empty() && !intermediary)
+    {
         req = req.description(render("ami_description", d, &state.data, region)?);
     }
     if virt != "hvm" {
         if let Some(s) = source {
-            req = req.set_kernel_id(s.kernel_id.clone()).set_ramdisk_id(s.ramdisk_id.clone());
+            req = req
+                .set_kernel_id(s.kernel_id.clone())
+                .set_ramdisk_id(s.ramdisk_id.clone());
         }
     }
     if cfg.ami.sriov_support {
@@ -340,7 +443,10 @@ async fn register_chroot(
         req = req.tpm_support(TpmSupportValues::from(t));
     }
     req = req.tag_specifications(tag_spec(ResourceType::Image, state, &BTreeMap::new()));
-    let out = req.send().await.map_err(|e| classify("RegisterImage", name, e))?;
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify("RegisterImage", name, e))?;
     Ok(out.image_id().unwrap_or_default().to_string())
 }
 
@@ -349,26 +455,71 @@ mod tests {
     use super::*;
 
     fn dev(name: &str) -> TypedDevice {
-        TypedDevice { device_name: name.into(), volume_size: Some(8), volume_type: Some("gp3".into()), delete_on_termination: true, ..Default::default() }
+        TypedDevice {
+            device_name: name.into(),
+            volume_size: Some(8),
+            volume_type: Some("gp3".into()),
+            delete_on_termination: true,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn launch_devices_win_the_root_is_renamed_and_omitted_ones_stay_out() {
-        let ami = vec![TypedDevice { device_name: "/dev/xvdf".into(), volume_size: Some(100), ..Default::default() }, TypedDevice { device_name: "/dev/sdb".into(), virtual_name: Some("ephemeral0".into()), ..Default::default() }];
+        let ami = vec![
+            TypedDevice {
+                device_name: "/dev/xvdf".into(),
+                volume_size: Some(100),
+                ..Default::default()
+            },
+            TypedDevice {
+                device_name: "/dev/sdb".into(),
+                virtual_name: Some("ephemeral0".into()),
+                ..Default::default()
+            },
+        ];
         let mut omitted = dev("/dev/xvdg");
         omitted.omit_from_artifact = true;
         let mut encrypted = dev("/dev/xvdf");
         encrypted.encrypted = Some(true);
         encrypted.kms_key_id = Some("alias/k".into());
         let launch = vec![encrypted, omitted];
-        let snaps = BTreeMap::from([("/dev/xvdf".to_string(), "snap-1".to_string()), ("/dev/xvdg".to_string(), "snap-2".to_string())]);
+        let snaps = BTreeMap::from([
+            ("/dev/xvdf".to_string(), "snap-1".to_string()),
+            ("/dev/xvdg".to_string(), "snap-2".to_string()),
+        ]);
         let m = surrogate_mappings(&ami, &launch, &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap();
         let names: Vec<&str> = m.iter().filter_map(|d| d.device_name()).collect();
-        assert_eq!(names, vec!["/dev/sdb", "/dev/xvda"], "the AMI's /dev/xvdf is replaced by the launch device, renamed");
-        let root = m.iter().find(|d| d.device_name() == Some("/dev/xvda")).unwrap().ebs().unwrap();
-        assert_eq!((root.snapshot_id(), root.encrypted(), root.kms_key_id(), root.volume_size()), (Some("snap-1"), None, None, Some(8)));
+        assert_eq!(
+            names,
+            vec!["/dev/sdb", "/dev/xvda"],
+            "the AMI's /dev/xvdf is replaced by the launch device, renamed"
+        );
+        let root = m
+            .iter()
+            .find(|d| d.device_name() == Some("/dev/xvda"))
+            .unwrap()
+            .ebs()
+            .unwrap();
+        assert_eq!(
+            (
+                root.snapshot_id(),
+                root.encrypted(),
+                root.kms_key_id(),
+                root.volume_size()
+            ),
+            (Some("snap-1"), None, None, Some(8))
+        );
         assert_eq!(m[0].virtual_name(), Some("ephemeral0"));
-        let missing = surrogate_mappings(&[], &[dev("/dev/xvdh")], &snaps, "/dev/xvdf", "/dev/xvda", true).unwrap_err();
+        let missing = surrogate_mappings(
+            &[],
+            &[dev("/dev/xvdh")],
+            &snaps,
+            "/dev/xvdf",
+            "/dev/xvda",
+            true,
+        )
+        .unwrap_err();
         assert!(missing.message().contains("/dev/xvdh"), "{missing:?}");
     }
 }

@@ -38,7 +38,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     if local {
         let (exit_code, last_marker) = run_locally(&job).await?;
-        chroot::set_command(&mut state, &HostCommand::Local { exit_code, last_marker });
+        chroot::set_command(
+            &mut state,
+            &HostCommand::Local {
+                exit_code,
+                last_marker,
+            },
+        );
         return Ok(state);
     }
     let job_b64 = {
@@ -46,7 +52,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         base64::engine::general_purpose::STANDARD.encode(job.as_bytes())
     };
     let ssm = ctx.ssm(&region);
-    let mut req = ssm.send_command().instance_ids(&host.instance_id).comment(format!("amiflow {} {}: amazon-chroot host script", state.execution, state.build.name));
+    let mut req = ssm
+        .send_command()
+        .instance_ids(&host.instance_id)
+        .comment(format!(
+            "amiflow {} {}: amazon-chroot host script",
+            state.execution, state.build.name
+        ));
     req = match std::env::var(DOCUMENT_ENV) {
         Ok(doc) if !doc.is_empty() => req.document_name(doc).parameters("job", vec![job_b64]),
         _ => req
@@ -54,10 +66,27 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .parameters("commands", vec![inline_command(&job_b64)])
             .parameters("executionTimeout", vec![EXECUTION_TIMEOUT.to_string()]),
     };
-    req = req.cloud_watch_output_config(CloudWatchOutputConfig::builder().cloud_watch_output_enabled(false).build());
-    let out = req.send().await.map_err(|e| classify("SendCommand", &host.instance_id, e))?;
-    let command_id = out.command().and_then(|c| c.command_id()).unwrap_or_default().to_string();
-    chroot::set_command(&mut state, &HostCommand::Ssm { command_id, instance_id: host.instance_id });
+    req = req.cloud_watch_output_config(
+        CloudWatchOutputConfig::builder()
+            .cloud_watch_output_enabled(false)
+            .build(),
+    );
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify("SendCommand", &host.instance_id, e))?;
+    let command_id = out
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap_or_default()
+        .to_string();
+    chroot::set_command(
+        &mut state,
+        &HostCommand::Ssm {
+            command_id,
+            instance_id: host.instance_id,
+        },
+    );
     begin_wait(&mut state, WAIT);
     Ok(state)
 }
@@ -75,10 +104,18 @@ async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
     let (script, _keep) = match std::env::var(SCRIPT_ENV) {
         Ok(p) if !p.is_empty() => (std::path::PathBuf::from(p), None),
         _ => {
-            let dir = std::env::temp_dir().join(format!("amiflow-chroot-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).map_err(|e| StepError::BuildFailed(format!("cannot write the host script under {}: {e}", dir.display())))?;
+            let dir = std::env::temp_dir()
+                .join(format!("amiflow-chroot-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StepError::BuildFailed(format!(
+                    "cannot write the host script under {}: {e}",
+                    dir.display()
+                ))
+            })?;
             let path = dir.join("chroot-host.sh");
-            std::fs::write(&path, HOST_SCRIPT).map_err(|e| StepError::BuildFailed(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, HOST_SCRIPT).map_err(|e| {
+                StepError::BuildFailed(format!("cannot write {}: {e}", path.display()))
+            })?;
             (path, Some(TempDir(dir)))
         }
     };
@@ -89,7 +126,12 @@ async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| StepError::BuildFailed(format!("cannot run the chroot host script {}: {e}", script.display())))?;
+        .map_err(|e| {
+            StepError::BuildFailed(format!(
+                "cannot run the chroot host script {}: {e}",
+                script.display()
+            ))
+        })?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let job = job.to_string();
     let feed = tokio::spawn(async move {
@@ -117,10 +159,15 @@ async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
         }
     }
     let _ = feed.await;
-    let status = child.wait().await.map_err(|e| StepError::BuildFailed(format!("the chroot host script: {e}")))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| StepError::BuildFailed(format!("the chroot host script: {e}")))?;
     let code = status.code().unwrap_or(-1);
     if code != 0 {
-        return Err(StepError::BuildFailed(format!("the chroot host script failed (exit {code}): {last_marker}")));
+        return Err(StepError::BuildFailed(format!(
+            "the chroot host script failed (exit {code}): {last_marker}"
+        )));
     }
     Ok((code, last_marker))
 }

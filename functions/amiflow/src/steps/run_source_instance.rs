@@ -7,9 +7,10 @@
 //! (several types) is not covered by this path: the first type is used.
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState, InstanceNetworkInterfaceSpecification,
-    MarketType, Placement, ShutdownBehavior, SpotMarketOptions, SpotInstanceType, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceMetadataTagsState, InstanceNetworkInterfaceSpecification, MarketType, Placement,
+    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, VolumeType,
 };
 use base64::Engine;
 
@@ -18,7 +19,12 @@ use amiflow_template::config::BlockDevice;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
-    iam_actions: &["ec2:RunInstances", "ec2:DescribeInstances", "ec2:CreateTags", "iam:PassRole"],
+    iam_actions: &[
+        "ec2:RunInstances",
+        "ec2:DescribeInstances",
+        "ec2:CreateTags",
+        "iam:PassRole",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -26,7 +32,10 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub const WAIT: &str = "InstanceRunning";
 
-pub fn mappings<'a>(devs: impl IntoIterator<Item = &'a BlockDevice>, no_ephemeral: bool) -> Vec<BlockDeviceMapping> {
+pub fn mappings<'a>(
+    devs: impl IntoIterator<Item = &'a BlockDevice>,
+    no_ephemeral: bool,
+) -> Vec<BlockDeviceMapping> {
     let mut out: Vec<BlockDeviceMapping> = devs
         .into_iter()
         .map(|d| {
@@ -34,7 +43,11 @@ pub fn mappings<'a>(devs: impl IntoIterator<Item = &'a BlockDevice>, no_ephemera
             if d.no_device {
                 return m.no_device("").build();
             }
-            if let Some(v) = d.virtual_name.as_deref().filter(|v| v.starts_with("ephemeral")) {
+            if let Some(v) = d
+                .virtual_name
+                .as_deref()
+                .filter(|v| v.starts_with("ephemeral"))
+            {
                 return m.virtual_name(v).build();
             }
             let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
@@ -47,14 +60,23 @@ pub fn mappings<'a>(devs: impl IntoIterator<Item = &'a BlockDevice>, no_ephemera
                     ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
                 }
             }
-            ebs = ebs.set_volume_size(d.volume_size.map(|v| v as i32)).set_snapshot_id(d.snapshot_id.clone()).set_encrypted(d.encrypted).set_kms_key_id(d.kms_key_id.clone());
+            ebs = ebs
+                .set_volume_size(d.volume_size.map(|v| v as i32))
+                .set_snapshot_id(d.snapshot_id.clone())
+                .set_encrypted(d.encrypted)
+                .set_kms_key_id(d.kms_key_id.clone());
             m = m.ebs(ebs.build());
             m.build()
         })
         .collect();
     if no_ephemeral {
         for c in b'a'..=b'z' {
-            out.push(BlockDeviceMapping::builder().device_name(format!("xvdc{}", c as char)).no_device("").build());
+            out.push(
+                BlockDeviceMapping::builder()
+                    .device_name(format!("xvdc{}", c as char))
+                    .no_device("")
+                    .build(),
+            );
         }
     }
     out
@@ -64,8 +86,9 @@ pub fn mappings<'a>(devs: impl IntoIterator<Item = &'a BlockDevice>, no_ephemera
 pub fn user_data(cfg: &RunConfig) -> Result<Option<String>, StepError> {
     let raw = match (&cfg.user_data, &cfg.user_data_file) {
         (Some(d), _) if !d.is_empty() => d.clone(),
-        (_, Some(f)) if !f.is_empty() => std::fs::read_to_string(f)
-            .map_err(|e| StepError::BuildFailed(format!("user_data_file {f}: cannot read it: {e}")))?,
+        (_, Some(f)) if !f.is_empty() => std::fs::read_to_string(f).map_err(|e| {
+            StepError::BuildFailed(format!("user_data_file {f}: cannot read it: {e}"))
+        })?,
         _ => return Ok(None),
     };
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -81,22 +104,47 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let cfg = run_config(&state, SPEC.name)?.clone();
     let region = build.build_region().to_string();
     let ec2 = ctx.ec2(&region);
-    let ami = state.data.source_ami.clone().ok_or_else(|| StepError::BuildFailed("RunSourceInstance: no source AMI in the state (SourceAmiInfo must run first)".into()))?;
+    let ami = state.data.source_ami.clone().ok_or_else(|| {
+        StepError::BuildFailed(
+            "RunSourceInstance: no source AMI in the state (SourceAmiInfo must run first)".into(),
+        )
+    })?;
     // amazon-instance launches any root type and sends no shutdown behaviour (Packer's
     // StepRunSourceInstance without ExpectedRootDevice); the EBS builders need an EBS root.
     let ebs_backed = state.build.builder_type != amiflow_template::BuilderType::Instance;
-    if let Some(t) = state.data.extra.get("source_root_device_type").and_then(|v| v.as_str()) {
+    if let Some(t) = state
+        .data
+        .extra
+        .get("source_root_device_type")
+        .and_then(|v| v.as_str())
+    {
         if ebs_backed && t != "ebs" {
-            return Err(StepError::BuildFailed(format!("source AMI {ami}: root device type {t}, {} needs ebs", state.build.builder_type.as_str())));
+            return Err(StepError::BuildFailed(format!(
+                "source AMI {ami}: root device type {t}, {} needs ebs",
+                state.build.builder_type.as_str()
+            )));
         }
     }
     // A retried step (or a lost response) finds the instance it launched: by the build's
     // tags (one source instance per build), and EC2 itself dedupes by the ClientToken.
     let token = client_token(&state, SPEC.name);
     let mut lookup = own_filters(&state);
-    lookup.push(filter("instance-state-name", ["pending", "running", "stopping", "stopped"]));
-    let found = ec2.describe_instances().set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeInstances", &token, e))?;
-    let existing = found.reservations().iter().flat_map(|r| r.instances()).next().cloned();
+    lookup.push(filter(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"],
+    ));
+    let found = ec2
+        .describe_instances()
+        .set_filters(Some(lookup))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeInstances", &token, e))?;
+    let existing = found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .cloned();
 
     let instance = match existing {
         Some(i) => i,
@@ -106,7 +154,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 None => cfg.spot_instance_types.first().cloned().unwrap_or_default(),
             };
             let run_tags = render_tags("run_tags", &cfg.run_tags, &state.data, &region)?;
-            let volume_tags = render_tags("run_volume_tags", build.run_volume_tags(), &state.data, &region)?;
+            let volume_tags = render_tags(
+                "run_volume_tags",
+                build.run_volume_tags(),
+                &state.data,
+                &region,
+            )?;
             let mut req = ec2
                 .run_instances()
                 .client_token(&token)
@@ -116,7 +169,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .max_count(1)
                 .set_user_data(user_data(&cfg)?)
                 .set_key_name(state.data.key_pair_name.clone())
-                .set_block_device_mappings(Some(mappings(build.launch_block_device_mappings(), build.no_ephemeral())).filter(|m| !m.is_empty()))
+                .set_block_device_mappings(
+                    Some(mappings(
+                        build.launch_block_device_mappings(),
+                        build.no_ephemeral(),
+                    ))
+                    .filter(|m| !m.is_empty()),
+                )
                 .tag_specifications(tag_spec(ResourceType::Instance, &state, &run_tags))
                 .tag_specifications(tag_spec(ResourceType::NetworkInterface, &state, &run_tags))
                 .tag_specifications(tag_spec(ResourceType::Volume, &state, &volume_tags));
@@ -124,7 +183,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 req = req.ebs_optimized(true);
             }
             if let Some(p) = &state.data.instance_profile {
-                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(p).build());
+                req = req.iam_instance_profile(
+                    IamInstanceProfileSpecification::builder().name(p).build(),
+                );
             }
             if let Some(az) = &state.data.availability_zone {
                 req = req.placement(Placement::builder().availability_zone(az).build());
@@ -136,20 +197,34 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         .http_endpoint(InstanceMetadataEndpointState::Enabled)
                         .http_tokens(HttpTokensState::from(m.http_tokens.as_str()))
                         .http_put_response_hop_limit(m.http_put_response_hop_limit as i32)
-                        .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_str()))
+                        .instance_metadata_tags(InstanceMetadataTagsState::from(
+                            m.instance_metadata_tags.as_str(),
+                        ))
                         .build(),
                 );
             } else {
-                req = req.metadata_options(InstanceMetadataOptionsRequest::builder().http_endpoint(InstanceMetadataEndpointState::Disabled).build());
+                req = req.metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_endpoint(InstanceMetadataEndpointState::Disabled)
+                        .build(),
+                );
             }
             if cfg.is_spot() {
-                let mut spot = SpotMarketOptions::builder().spot_instance_type(SpotInstanceType::OneTime);
+                let mut spot =
+                    SpotMarketOptions::builder().spot_instance_type(SpotInstanceType::OneTime);
                 if let Some(p) = cfg.spot_price.as_deref().filter(|p| *p != "auto") {
                     spot = spot.max_price(p);
                 }
-                req = req.instance_market_options(InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot.build()).build());
+                req = req.instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .spot_options(spot.build())
+                        .build(),
+                );
             } else if ebs_backed {
-                req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(cfg.shutdown_behavior.as_str()));
+                req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::from(
+                    cfg.shutdown_behavior.as_str(),
+                ));
             }
             match (&state.data.subnet_id, cfg.associate_public_ip_address) {
                 (Some(subnet), Some(public)) => {
@@ -164,7 +239,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     );
                 }
                 (subnet, _) => {
-                    req = req.set_subnet_id(subnet.clone()).set_security_group_ids(Some(state.data.security_group_ids.clone()).filter(|v| !v.is_empty()));
+                    req = req.set_subnet_id(subnet.clone()).set_security_group_ids(
+                        Some(state.data.security_group_ids.clone()).filter(|v| !v.is_empty()),
+                    );
                 }
             }
             let out = req.send().await.map_err(|e| match error_code(&e) {
@@ -176,13 +253,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 ),
                 _ => classify("RunInstances", &ami, e),
             })?;
-            out.instances().first().cloned().ok_or_else(|| StepError::BuildFailed("RunInstances returned no instance".into()))?
+            out.instances()
+                .first()
+                .cloned()
+                .ok_or_else(|| StepError::BuildFailed("RunInstances returned no instance".into()))?
         }
     };
     let id = instance.instance_id().unwrap_or_default().to_string();
-    state.ledger.record(ResourceKind::Instance, &region, &id, false);
+    state
+        .ledger
+        .record(ResourceKind::Instance, &region, &id, false);
     if let Some(spot) = instance.spot_instance_request_id() {
-        state.ledger.record(ResourceKind::SpotRequest, &region, spot, false);
+        state
+            .ledger
+            .record(ResourceKind::SpotRequest, &region, spot, false);
     }
     state.data.instance_id = Some(id);
     begin_wait(&mut state, WAIT);

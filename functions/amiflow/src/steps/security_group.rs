@@ -8,7 +8,12 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SecurityGroup",
-    iam_actions: &["ec2:DescribeSecurityGroups", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateTags"],
+    iam_actions: &[
+        "ec2:DescribeSecurityGroups",
+        "ec2:CreateSecurityGroup",
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:CreateTags",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -26,14 +31,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !ids.is_empty() {
-        let out = ec2.describe_security_groups().set_group_ids(Some(ids.clone())).send().await.map_err(|e| classify("DescribeSecurityGroups", &ids.join(","), e))?;
+        let out = ec2
+            .describe_security_groups()
+            .set_group_ids(Some(ids.clone()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecurityGroups", &ids.join(","), e))?;
         if out.security_groups().len() != ids.len() {
-            return Err(StepError::BuildFailed(format!("security_group_ids {}: not all of them exist in {region}", ids.join(", "))));
+            return Err(StepError::BuildFailed(format!(
+                "security_group_ids {}: not all of them exist in {region}",
+                ids.join(", ")
+            )));
         }
         state.data.security_group_ids = ids;
         return Ok(state);
     }
-    if let Some(f) = run.security_group_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+    if let Some(f) = run
+        .security_group_filter
+        .as_ref()
+        .filter(|f| !f.filters.is_empty())
+    {
         let mut req = ec2.describe_security_groups();
         for (k, v) in &f.filters {
             req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
@@ -41,11 +58,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         if let Some(vpc) = &state.data.vpc_id {
             req = req.filters(filter("vpc-id", [vpc.clone()]));
         }
-        let out = req.send().await.map_err(|e| classify("DescribeSecurityGroups", "security_group_filter", e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecurityGroups", "security_group_filter", e))?;
         if out.security_groups().is_empty() {
-            return Err(StepError::BuildFailed("security_group_filter matched no security group".into()));
+            return Err(StepError::BuildFailed(
+                "security_group_filter matched no security group".into(),
+            ));
         }
-        state.data.security_group_ids = out.security_groups().iter().filter_map(|g| g.group_id().map(String::from)).collect();
+        state.data.security_group_ids = out
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(String::from))
+            .collect();
         return Ok(state);
     }
 
@@ -76,15 +102,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             out.group_id().unwrap_or_default().to_string()
         }
     };
-    state.ledger.record(ResourceKind::SecurityGroup, &region, &group_id, false);
+    state
+        .ledger
+        .record(ResourceKind::SecurityGroup, &region, &group_id, false);
 
     if let Some(port) = cfg.communicator_port() {
         let cidrs = if run.temporary_security_group_source_cidrs.is_empty() {
-            vec![if cfg.comm().and_then(|c| c.ssh_interface.as_deref()) == Some("ipv6") { "::/0".to_string() } else { "0.0.0.0/0".to_string() }]
+            vec![
+                if cfg.comm().and_then(|c| c.ssh_interface.as_deref()) == Some("ipv6") {
+                    "::/0".to_string()
+                } else {
+                    "0.0.0.0/0".to_string()
+                },
+            ]
         } else {
             run.temporary_security_group_source_cidrs.clone()
         };
-        let mut perm = IpPermission::builder().ip_protocol("tcp").from_port(port as i32).to_port(port as i32);
+        let mut perm = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(port as i32)
+            .to_port(port as i32);
         for c in &cidrs {
             if c.contains(':') {
                 perm = perm.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build());
@@ -92,7 +129,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 perm = perm.ip_ranges(IpRange::builder().cidr_ip(c).build());
             }
         }
-        match ec2.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm.build()).send().await {
+        match ec2
+            .authorize_security_group_ingress()
+            .group_id(&group_id)
+            .ip_permissions(perm.build())
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("InvalidPermission.Duplicate") => {}
             Err(e) => return Err(classify("AuthorizeSecurityGroupIngress", &group_id, e)),

@@ -20,7 +20,12 @@ use super::volumes::{ebsvolume, instance_volumes, snapshot_ids, surrogate, volum
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SnapshotVolumes",
-    iam_actions: &["ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:CreateSnapshot", "ec2:CreateTags"],
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ec2:DescribeSnapshots",
+        "ec2:CreateSnapshot",
+        "ec2:CreateTags",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -42,7 +47,13 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
             .launch_block_device_mappings
             .iter()
             .enumerate()
-            .filter(|(_, d)| !d.omit_from_artifact && !d.no_device && d.virtual_name.as_deref().is_none_or(|v| !v.starts_with("ephemeral")))
+            .filter(|(_, d)| {
+                !d.omit_from_artifact
+                    && !d.no_device
+                    && d.virtual_name
+                        .as_deref()
+                        .is_none_or(|v| !v.starts_with("ephemeral"))
+            })
             .map(|(i, d)| Wanted {
                 device: d.device_name.clone(),
                 key: format!("launch_block_device_mappings[{i}].device_name"),
@@ -65,7 +76,10 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
             })
             .collect());
     }
-    Err(StepError::BuildFailed(format!("SnapshotVolumes serves amazon-ebssurrogate and amazon-ebsvolume, not {}", state.build.builder_type.as_str())))
+    Err(StepError::BuildFailed(format!(
+        "SnapshotVolumes serves amazon-ebssurrogate and amazon-ebsvolume, not {}",
+        state.build.builder_type.as_str()
+    )))
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
@@ -78,49 +92,90 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if wanted.is_empty() {
         return Ok(state);
     }
-    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("SnapshotVolumes: no instance in the state".into()))?;
+    let instance = state.data.instance_id.clone().ok_or_else(|| {
+        StepError::BuildFailed("SnapshotVolumes: no instance in the state".into())
+    })?;
     let attached = instance_volumes(ctx, &region, &instance).await?;
     let mut done = snapshot_ids(&state);
     let now = chrono::Utc::now().to_rfc3339();
     let state_ref = &state;
     let attached = &attached;
-    let jobs = wanted.iter().filter(|w| !done.contains_key(&w.device)).map(|w| {
-        let ec2 = ctx.ec2(&region);
-        let region = region.clone();
-        let now = now.clone();
-        async move {
-            let volume = volume_at(attached, &w.device, &w.key)?;
-            // EC2 takes no ClientToken for snapshots: a retried step finds its snapshot of
-            // this volume by the build's tags.
-            let mut lookup = own_filters(state_ref);
-            lookup.push(filter("volume-id", [volume.clone()]));
-            let found = ec2.describe_snapshots().owner_ids("self").set_filters(Some(lookup)).send().await.map_err(|e| classify("DescribeSnapshots", &volume, e))?;
-            let live = found.snapshots().iter().find(|s| s.state() != Some(&SnapshotState::Error)).and_then(|s| s.snapshot_id()).map(String::from);
-            let id = match live {
-                Some(id) => id,
-                None => {
-                    let description = w.description.clone().filter(|d| !d.is_empty()).map(|d| render(&format!("{}.snapshot_description", w.key), &d, &state_ref.data, &region)).transpose()?.unwrap_or_else(|| format!("amiflow: {now}"));
-                    let tags = render_tags(&format!("{}.snapshot_tags", w.key), &w.tags, &state_ref.data, &region)?;
-                    let out = ec2
-                        .create_snapshot()
-                        .volume_id(&volume)
-                        .description(description)
-                        .tag_specifications(tag_spec(ResourceType::Snapshot, state_ref, &tags))
-                        .send()
-                        .await
-                        .map_err(|e| classify("CreateSnapshot", &format!("{volume} ({})", w.device), e))?;
-                    out.snapshot_id().unwrap_or_default().to_string()
-                }
-            };
-            Ok::<_, StepError>((w.device.clone(), id))
-        }
-    });
+    let jobs = wanted
+        .iter()
+        .filter(|w| !done.contains_key(&w.device))
+        .map(|w| {
+            let ec2 = ctx.ec2(&region);
+            let region = region.clone();
+            let now = now.clone();
+            async move {
+                let volume = volume_at(attached, &w.device, &w.key)?;
+                // EC2 takes no ClientToken for snapshots: a retried step finds its snapshot of
+                // this volume by the build's tags.
+                let mut lookup = own_filters(state_ref);
+                lookup.push(filter("volume-id", [volume.clone()]));
+                let found = ec2
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .set_filters(Some(lookup))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeSnapshots", &volume, e))?;
+                let live = found
+                    .snapshots()
+                    .iter()
+                    .find(|s| s.state() != Some(&SnapshotState::Error))
+                    .and_then(|s| s.snapshot_id())
+                    .map(String::from);
+                let id = match live {
+                    Some(id) => id,
+                    None => {
+                        let description = w
+                            .description
+                            .clone()
+                            .filter(|d| !d.is_empty())
+                            .map(|d| {
+                                render(
+                                    &format!("{}.snapshot_description", w.key),
+                                    &d,
+                                    &state_ref.data,
+                                    &region,
+                                )
+                            })
+                            .transpose()?
+                            .unwrap_or_else(|| format!("amiflow: {now}"));
+                        let tags = render_tags(
+                            &format!("{}.snapshot_tags", w.key),
+                            &w.tags,
+                            &state_ref.data,
+                            &region,
+                        )?;
+                        let out = ec2
+                            .create_snapshot()
+                            .volume_id(&volume)
+                            .description(description)
+                            .tag_specifications(tag_spec(ResourceType::Snapshot, state_ref, &tags))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                classify("CreateSnapshot", &format!("{volume} ({})", w.device), e)
+                            })?;
+                        out.snapshot_id().unwrap_or_default().to_string()
+                    }
+                };
+                Ok::<_, StepError>((w.device.clone(), id))
+            }
+        });
     let taken = try_join_all(jobs).await?;
     for (device, id) in taken {
-        state.ledger.record(ResourceKind::Snapshot, &region, &id, true);
+        state
+            .ledger
+            .record(ResourceKind::Snapshot, &region, &id, true);
         done.insert(device, id);
     }
-    state.data.extra.insert("snapshot_ids".into(), serde_json::to_value(&done)?);
+    state
+        .data
+        .extra
+        .insert("snapshot_ids".into(), serde_json::to_value(&done)?);
     begin_wait(&mut state, WAIT);
     Ok(state)
 }

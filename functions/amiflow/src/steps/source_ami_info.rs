@@ -23,7 +23,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     if let Some(f) = cfg.source_ami_filter() {
         for (name, values) in &f.filters {
-            req = req.filters(filter(name, values.split(',').map(|v| v.trim().to_string())));
+            req = req.filters(filter(
+                name,
+                values.split(',').map(|v| v.trim().to_string()),
+            ));
         }
         for o in &f.owners {
             req = req.owners(o);
@@ -34,7 +37,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         most_recent = f.most_recent;
     }
     let what = cfg.source_ami().unwrap_or("source_ami_filter").to_string();
-    let out = req.send().await.map_err(|e| classify("DescribeImages", &what, e))?;
+    let out = req
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", &what, e))?;
     let mut images = out.images().to_vec();
     if images.is_empty() {
         return Err(StepError::BuildFailed(format!(
@@ -58,7 +64,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         )));
     }
     if cfg.ena_support() == Some(true) || cfg.sriov_support() {
-        let virt = cfg.ami().and_then(|a| a.ami_virtualization_type.clone()).or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
+        let virt = cfg
+            .ami()
+            .and_then(|a| a.ami_virtualization_type.clone())
+            .or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
         if virt.as_deref() != Some("hvm") {
             return Err(StepError::BuildFailed(
                 "Enhanced Networking (ena_support / sriov_support) requires an HVM source AMI or ami_virtualization_type \"hvm\"".into(),
@@ -71,7 +80,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     d.source_ami_creation_date = img.creation_date().map(String::from);
     d.source_ami_owner = img.owner_id().map(String::from);
     d.source_ami_owner_name = img.image_owner_alias().map(String::from);
-    d.source_ami_tags = img.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
-    d.extra.insert("source_root_device_type".into(), "ebs".into());
+    d.source_ami_tags = img
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect();
+    d.extra
+        .insert("source_root_device_type".into(), "ebs".into());
     Ok(state)
 }

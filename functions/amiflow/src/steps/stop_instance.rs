@@ -18,12 +18,22 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if cfg.is_spot() {
         return Ok(state);
     }
-    let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("StopInstance: no instance in the state".into()))?;
-    if !run_config(&state, SPEC.name)?.disable_stop_instance {
-        ctx.ec2(cfg.build_region()).stop_instances().instance_ids(&id).send().await.map_err(|e| match error_code(&e) {
-            Some("InvalidInstanceID.NotFound") => StepError::Transient(format!("StopInstances {id}: not visible yet")),
-            _ => classify("StopInstances", &id, e),
+    let id =
+        state.data.instance_id.clone().ok_or_else(|| {
+            StepError::BuildFailed("StopInstance: no instance in the state".into())
         })?;
+    if !run_config(&state, SPEC.name)?.disable_stop_instance {
+        ctx.ec2(cfg.build_region())
+            .stop_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .map_err(|e| match error_code(&e) {
+                Some("InvalidInstanceID.NotFound") => {
+                    StepError::Transient(format!("StopInstances {id}: not visible yet"))
+                }
+                _ => classify("StopInstances", &id, e),
+            })?;
     }
     begin_wait(&mut state, WAIT);
     Ok(state)

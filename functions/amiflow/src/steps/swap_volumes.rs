@@ -16,7 +16,12 @@ use super::volumes::{same_device, surrogate};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SwapVolumes",
-    iam_actions: &["ec2:DescribeInstances", "ec2:DescribeVolumes", "ec2:CreateTags", "ec2:DetachVolume"],
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ec2:DescribeVolumes",
+        "ec2:CreateTags",
+        "ec2:DetachVolume",
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -46,12 +51,22 @@ pub struct Swap {
 const KEY: &str = "swap_volumes";
 
 pub fn swap(state: &BuildState) -> Option<Swap> {
-    state.data.extra.get(KEY).and_then(|v| serde_json::from_value(v.clone()).ok())
+    state
+        .data
+        .extra
+        .get(KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 /// The devices Packer detaches: omitted launch devices, the AMI root's device name, the
 /// surrogate's, and the instance's own root (Packer hard-codes `/dev/sda1`).
-pub fn to_detach(device: &str, omitted: &[String], root_device: &str, source_device: &str, instance_root: Option<&str>) -> bool {
+pub fn to_detach(
+    device: &str,
+    omitted: &[String],
+    root_device: &str,
+    source_device: &str,
+    instance_root: Option<&str>,
+) -> bool {
     omitted.iter().any(|o| same_device(o, device))
         || same_device(device, root_device)
         || same_device(device, source_device)
@@ -60,25 +75,44 @@ pub fn to_detach(device: &str, omitted: &[String], root_device: &str, source_dev
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let Some(c) = surrogate(&state).filter(|c| c.use_create_image).cloned() else { return Ok(state) };
+    let Some(c) = surrogate(&state).filter(|c| c.use_create_image).cloned() else {
+        return Ok(state);
+    };
     let region = state.build.config.build_region().to_string();
-    let instance = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("SwapVolumes: no instance in the state".into()))?;
+    let instance =
+        state.data.instance_id.clone().ok_or_else(|| {
+            StepError::BuildFailed("SwapVolumes: no instance in the state".into())
+        })?;
     let root = c.ami_root_device.clone().unwrap_or_default();
     let ec2 = ctx.ec2(&region);
     let Some(i) = super::instance_state::describe(ctx, &region, &instance).await? else {
-        return Err(StepError::BuildFailed(format!("SwapVolumes: instance {instance} in {region} no longer exists")));
+        return Err(StepError::BuildFailed(format!(
+            "SwapVolumes: instance {instance} in {region} no longer exists"
+        )));
     };
     let attached: Vec<(String, String, bool)> = i
         .block_device_mappings()
         .iter()
-        .filter_map(|m| Some((m.device_name()?.to_string(), m.ebs()?.volume_id()?.to_string(), m.ebs()?.delete_on_termination().unwrap_or(true))))
+        .filter_map(|m| {
+            Some((
+                m.device_name()?.to_string(),
+                m.ebs()?.volume_id()?.to_string(),
+                m.ebs()?.delete_on_termination().unwrap_or(true),
+            ))
+        })
         .collect();
 
-    let (source_volume, delete_on_termination) = match attached.iter().find(|(d, _, _)| same_device(d, &root.source_device_name)) {
+    let (source_volume, delete_on_termination) = match attached
+        .iter()
+        .find(|(d, _, _)| same_device(d, &root.source_device_name))
+    {
         Some((_, v, dot)) => {
             ec2.create_tags()
                 .resources(v)
-                .set_tags(Some(tags_with_build(&state, &BTreeMap::from([(SOURCE_TAG.to_string(), dot.to_string())]))))
+                .set_tags(Some(tags_with_build(
+                    &state,
+                    &BTreeMap::from([(SOURCE_TAG.to_string(), dot.to_string())]),
+                )))
                 .send()
                 .await
                 .map_err(|e| classify("CreateTags", v, e))?;
@@ -88,7 +122,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             // Already detached by an earlier attempt of this step: found by its mark.
             let mut f = own_filters(&state);
             f.push(filter("tag-key", [SOURCE_TAG]));
-            let found = ec2.describe_volumes().set_filters(Some(f)).send().await.map_err(|e| classify("DescribeVolumes", SOURCE_TAG, e))?;
+            let found = ec2
+                .describe_volumes()
+                .set_filters(Some(f))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeVolumes", SOURCE_TAG, e))?;
             let v = found.volumes().first().ok_or_else(|| {
                 StepError::BuildFailed(format!(
                     "ami_root_device.source_device_name: no EBS volume is attached to {instance} at {} (attached: {}); it must name a launch_block_device_mappings device",
@@ -96,30 +135,76 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     attached.iter().map(|(d, _, _)| d.as_str()).collect::<Vec<_>>().join(", ")
                 ))
             })?;
-            let dot = v.tags().iter().find(|t| t.key() == Some(SOURCE_TAG)).and_then(|t| t.value()).is_none_or(|s| s != "false");
+            let dot = v
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(SOURCE_TAG))
+                .and_then(|t| t.value())
+                .is_none_or(|s| s != "false");
             (v.volume_id().unwrap_or_default().to_string(), dot)
         }
     };
 
-    let omitted: Vec<String> = c.launch_block_device_mappings.iter().filter(|d| d.omit_from_artifact).map(|d| d.device_name.clone()).collect();
+    let omitted: Vec<String> = c
+        .launch_block_device_mappings
+        .iter()
+        .filter(|d| d.omit_from_artifact)
+        .map(|d| d.device_name.clone())
+        .collect();
     let mut detached = Vec::new();
-    for (device, volume, _) in attached.iter().filter(|(d, _, _)| to_detach(d, &omitted, &root.device_name, &root.source_device_name, i.root_device_name())) {
+    for (device, volume, _) in attached.iter().filter(|(d, _, _)| {
+        to_detach(
+            d,
+            &omitted,
+            &root.device_name,
+            &root.source_device_name,
+            i.root_device_name(),
+        )
+    }) {
         // moto answers 500 to a DetachVolume without the instance.
-        match ec2.detach_volume().volume_id(volume).instance_id(&instance).device(device).send().await {
+        match ec2
+            .detach_volume()
+            .volume_id(volume)
+            .instance_id(&instance)
+            .device(device)
+            .send()
+            .await
+        {
             Ok(_) => {}
-            Err(e) if matches!(error_code(&e), Some("IncorrectState" | "InvalidAttachment.NotFound")) => {}
-            Err(e) => return Err(classify("DetachVolume", &format!("{volume} ({device}) from {instance}"), e)),
+            Err(e)
+                if matches!(
+                    error_code(&e),
+                    Some("IncorrectState" | "InvalidAttachment.NotFound")
+                ) => {}
+            Err(e) => {
+                return Err(classify(
+                    "DetachVolume",
+                    &format!("{volume} ({device}) from {instance}"),
+                    e,
+                ))
+            }
         }
         if *volume != source_volume {
-            state.ledger.record(ResourceKind::Volume, &region, volume, false);
+            state
+                .ledger
+                .record(ResourceKind::Volume, &region, volume, false);
         }
         detached.push(volume.clone());
     }
     if !detached.contains(&source_volume) {
         detached.push(source_volume.clone());
     }
-    let plan = Swap { instance_id: instance, source_volume, root_device: root.device_name.clone(), delete_on_termination, detached };
-    state.data.extra.insert(KEY.into(), serde_json::to_value(&plan)?);
+    let plan = Swap {
+        instance_id: instance,
+        source_volume,
+        root_device: root.device_name.clone(),
+        delete_on_termination,
+        detached,
+    };
+    state
+        .data
+        .extra
+        .insert(KEY.into(), serde_json::to_value(&plan)?);
     begin_wait(&mut state, WAIT);
     Ok(state)
 }
@@ -133,7 +218,13 @@ mod tests {
         let omitted = vec!["/dev/xvdg".to_string()];
         let pick = |d: &str| to_detach(d, &omitted, "/dev/xvda", "/dev/xvdf", Some("/dev/xvda"));
         assert!(pick("/dev/xvda") && pick("xvdf") && pick("/dev/xvdg") && pick("/dev/sda1"));
-        assert!(!pick("/dev/xvdh"), "other launch volumes stay attached and go into the image");
-        assert!(to_detach("/dev/sdb", &[], "/dev/xvda", "/dev/xvdf", Some("/dev/sdb")), "the instance's own root, whatever its name");
+        assert!(
+            !pick("/dev/xvdh"),
+            "other launch volumes stay attached and go into the image"
+        );
+        assert!(
+            to_detach("/dev/sdb", &[], "/dev/xvda", "/dev/xvdf", Some("/dev/sdb")),
+            "the instance's own root, whatever its name"
+        );
     }
 }

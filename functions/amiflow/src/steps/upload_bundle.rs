@@ -11,21 +11,35 @@
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tagging};
 
-use super::instance_store::{bucket_path, bundle_prefix, config, object_prefix, render_command, run_remote, session};
+use super::instance_store::{
+    bucket_path, bundle_prefix, config, object_prefix, render_command, run_remote, session,
+};
 use super::prelude::*;
 use crate::provision::transport::ExecStatus;
 use crate::provision::Secrets;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "UploadBundle",
-    iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:ListBucket", "s3:CreateBucket", "s3:PutBucketTagging", "s3:GetObject"],
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ssm:GetParameter",
+        "s3:ListBucket",
+        "s3:CreateBucket",
+        "s3:PutBucketTagging",
+        "s3:GetObject",
+    ],
     wait: None,
     timeout_seconds: 900,
     handler: handler!(run),
 };
 
 /// Creates the bucket when it does not exist; refuses one we cannot use.
-async fn ensure_bucket(ctx: &Ctx, state: &mut BuildState, region: &str, bucket: &str) -> Result<(), StepError> {
+async fn ensure_bucket(
+    ctx: &Ctx,
+    state: &mut BuildState,
+    region: &str,
+    bucket: &str,
+) -> Result<(), StepError> {
     let s3 = ctx.s3(region);
     match s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => return Ok(()),
@@ -38,13 +52,20 @@ async fn ensure_bucket(ctx: &Ctx, state: &mut BuildState, region: &str, bucket: 
                 )));
             }
             if status != 404 && !e.as_service_error().is_some_and(|s| s.is_not_found()) {
-                return Err(StepError::Transient(format!("HeadBucket {bucket}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e))));
+                return Err(StepError::Transient(format!(
+                    "HeadBucket {bucket}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                )));
             }
         }
     }
     let mut req = s3.create_bucket().bucket(bucket);
     if region != "us-east-1" {
-        req = req.create_bucket_configuration(CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region)).build());
+        req = req.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region))
+                .build(),
+        );
     }
     match req.send().await {
         Ok(_) => {}
@@ -56,13 +77,30 @@ async fn ensure_bucket(ctx: &Ctx, state: &mut BuildState, region: &str, bucket: 
         }
         Err(e) => return Err(StepError::BuildFailed(format!("CreateBucket {bucket}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)))),
     }
-    state.ledger.record(ResourceKind::S3Bucket, region, bucket, true);
+    state
+        .ledger
+        .record(ResourceKind::S3Bucket, region, bucket, true);
     let tags: Vec<aws_sdk_s3::types::Tag> = build_tags(state)
         .into_iter()
-        .filter_map(|(k, v)| aws_sdk_s3::types::Tag::builder().key(k).value(v).build().ok())
+        .filter_map(|(k, v)| {
+            aws_sdk_s3::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .ok()
+        })
         .collect();
-    let tagging = Tagging::builder().set_tag_set(Some(tags)).build().map_err(|e| StepError::BuildFailed(e.to_string()))?;
-    if let Err(e) = s3.put_bucket_tagging().bucket(bucket).tagging(tagging).send().await {
+    let tagging = Tagging::builder()
+        .set_tag_set(Some(tags))
+        .build()
+        .map_err(|e| StepError::BuildFailed(e.to_string()))?;
+    if let Err(e) = s3
+        .put_bucket_tagging()
+        .bucket(bucket)
+        .tagging(tagging)
+        .send()
+        .await
+    {
         // The error loses this state's ledger, and Cleanup knows the bucket as ours only by
         // these tags: remove the empty bucket now or it is left behind.
         let removed = match s3.delete_bucket().bucket(bucket).send().await {
@@ -83,19 +121,31 @@ async fn ensure_bucket(ctx: &Ctx, state: &mut BuildState, region: &str, bucket: 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let c = config(&state)?.clone();
     let region = c.access.region.clone().unwrap_or_default();
-    let prefix = bundle_prefix(&state).ok_or_else(|| StepError::BuildFailed("UploadBundle: no bundle in the state (BundleVolume must run first)".into()))?;
+    let prefix = bundle_prefix(&state).ok_or_else(|| {
+        StepError::BuildFailed(
+            "UploadBundle: no bundle in the state (BundleVolume must run first)".into(),
+        )
+    })?;
     ensure_bucket(ctx, &mut state, &region, &c.s3_bucket).await?;
 
     let mut secrets = Secrets::default();
     let (access_key, secret_key, token) = match ctx.sdk.credentials_provider() {
-        Some(p) => match p.provide_credentials().await {
-            Ok(creds) => (creds.access_key_id().to_string(), creds.secret_access_key().to_string(), creds.session_token().unwrap_or_default().to_string()),
-            Err(e) if c.run.iam_instance_profile.is_some() => {
-                tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
-                Default::default()
+        Some(p) => {
+            match p.provide_credentials().await {
+                Ok(creds) => (
+                    creds.access_key_id().to_string(),
+                    creds.secret_access_key().to_string(),
+                    creds.session_token().unwrap_or_default().to_string(),
+                ),
+                Err(e) if c.run.iam_instance_profile.is_some() => {
+                    tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
+                    Default::default()
+                }
+                Err(e) => return Err(StepError::BuildFailed(format!(
+                    "bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"
+                ))),
             }
-            Err(e) => return Err(StepError::BuildFailed(format!("bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"))),
-        },
+        }
         None => Default::default(),
     };
     secrets.add_value(secret_key.clone());
@@ -104,7 +154,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let destination = c.bundle_destination.trim_end_matches('/').to_string();
     let vars = BTreeMap::from([
         ("BucketName".to_string(), bucket_path(&c)),
-        ("ManifestPath".to_string(), format!("{destination}/{prefix}.manifest.xml")),
+        (
+            "ManifestPath".to_string(),
+            format!("{destination}/{prefix}.manifest.xml"),
+        ),
         ("BundleDirectory".to_string(), c.bundle_destination.clone()),
         ("Region".to_string(), region.clone()),
         ("AccessKey".to_string(), access_key),
@@ -137,7 +190,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     let manifest_key = format!("{}manifest.xml", object_prefix(&c, &prefix));
     let s3 = ctx.s3(&region);
-    if let Err(e) = s3.head_object().bucket(&c.s3_bucket).key(&manifest_key).send().await {
+    if let Err(e) = s3
+        .head_object()
+        .bucket(&c.s3_bucket)
+        .key(&manifest_key)
+        .send()
+        .await
+    {
         let missing = e.as_service_error().is_some_and(|s| s.is_not_found());
         return Err(StepError::BuildFailed(format!(
             "bundle_upload_command succeeded but s3://{}/{manifest_key} {}: check that the command uploads the bundle made by \
@@ -146,6 +205,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             if missing { "does not exist".to_string() } else { format!("cannot be read: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)) }
         )));
     }
-    state.data.extra.insert("remote_manifest_path".into(), serde_json::json!(format!("{}/{manifest_key}", c.s3_bucket)));
+    state.data.extra.insert(
+        "remote_manifest_path".into(),
+        serde_json::json!(format!("{}/{manifest_key}", c.s3_bucket)),
+    );
     Ok(state)
 }

@@ -33,6 +33,11 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
     }
     .await;
     t.close().await;
-    result.map_err(|e| StepError::BuildFailed(format!("uploading the X.509 certificate and key to {dir}: {}", secrets.mask(&e.0))))?;
+    result.map_err(|e| {
+        StepError::BuildFailed(format!(
+            "uploading the X.509 certificate and key to {dir}: {}",
+            secrets.mask(&e.0)
+        ))
+    })?;
     Ok(state)
 }

@@ -28,27 +28,51 @@ pub fn same_device(a: &str, b: &str) -> bool {
 }
 
 /// Device name → EBS volume id of the instance's attached volumes.
-pub async fn instance_volumes(ctx: &Ctx, region: &str, instance: &str) -> Result<BTreeMap<String, String>, StepError> {
+pub async fn instance_volumes(
+    ctx: &Ctx,
+    region: &str,
+    instance: &str,
+) -> Result<BTreeMap<String, String>, StepError> {
     let Some(i) = super::instance_state::describe(ctx, region, instance).await? else {
-        return Err(StepError::BuildFailed(format!("instance {instance} in {region} no longer exists")));
+        return Err(StepError::BuildFailed(format!(
+            "instance {instance} in {region} no longer exists"
+        )));
     };
     Ok(i.block_device_mappings()
         .iter()
-        .filter_map(|m| Some((m.device_name()?.to_string(), m.ebs()?.volume_id()?.to_string())))
+        .filter_map(|m| {
+            Some((
+                m.device_name()?.to_string(),
+                m.ebs()?.volume_id()?.to_string(),
+            ))
+        })
         .collect())
 }
 
 /// The volume attached at `device`, or a BuildFailed naming the device and the key.
-pub fn volume_at(volumes: &BTreeMap<String, String>, device: &str, key: &str) -> Result<String, StepError> {
-    volumes.iter().find(|(d, _)| same_device(d, device)).map(|(_, v)| v.clone()).ok_or_else(|| {
-        StepError::BuildFailed(format!(
+pub fn volume_at(
+    volumes: &BTreeMap<String, String>,
+    device: &str,
+    key: &str,
+) -> Result<String, StepError> {
+    volumes
+        .iter()
+        .find(|(d, _)| same_device(d, device))
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| {
+            StepError::BuildFailed(format!(
             "{key}: no EBS volume is attached at {device} (attached: {}); check the device_name",
             volumes.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
-    })
+        })
 }
 
 /// Device → snapshot id, written by SnapshotVolumes.
 pub fn snapshot_ids(state: &BuildState) -> BTreeMap<String, String> {
-    state.data.extra.get("snapshot_ids").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    state
+        .data
+        .extra
+        .get("snapshot_ids")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }

@@ -21,7 +21,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             Some(img) => {
                 let snaps = super::images::snapshots(&img);
                 for s in &snaps {
-                    state.ledger.record(ResourceKind::Snapshot, &region, s, true);
+                    state
+                        .ledger
+                        .record(ResourceKind::Snapshot, &region, s, true);
                 }
                 state.data.snapshots.insert(region, snaps);
             }
@@ -29,7 +31,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() {
-        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("image copies pending: {}", pending.join(", "))));
+        return Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("image copies pending: {}", pending.join(", ")),
+        ));
     }
     end_wait(&mut state, WAIT);
     Ok(state)

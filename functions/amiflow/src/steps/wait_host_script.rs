@@ -16,7 +16,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 /// Every 10 s growing to 60 s, ~8 h.
-pub const COMMAND_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 10, backoff_rate: 1.5, max_delay_seconds: 60, max_attempts: 480 };
+pub const COMMAND_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 10,
+    backoff_rate: 1.5,
+    max_delay_seconds: 60,
+    max_attempts: 480,
+};
 /// The command's own execution limit bounds it; this is the backstop.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(12 * 3600);
 
@@ -24,35 +29,77 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let (command_id, instance_id) = match chroot::command(&state, "WaitHostScript")? {
         HostCommand::Local { .. } => return Ok(state),
-        HostCommand::Ssm { command_id, instance_id } => (command_id, instance_id),
+        HostCommand::Ssm {
+            command_id,
+            instance_id,
+        } => (command_id, instance_id),
     };
-    let out = match ctx.ssm(&region).get_command_invocation().command_id(&command_id).instance_id(&instance_id).send().await {
+    let out = match ctx
+        .ssm(&region)
+        .get_command_invocation()
+        .command_id(&command_id)
+        .instance_id(&instance_id)
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvocationDoesNotExist") => {
-            return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("command {command_id} not yet delivered to {instance_id}")));
+            return Err(not_ready(
+                &state,
+                WAIT,
+                DEFAULT_BUDGET,
+                format!("command {command_id} not yet delivered to {instance_id}"),
+            ));
         }
         Err(e) => return Err(classify("GetCommandInvocation", &command_id, e)),
     };
-    let status = out.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
+    let status = out
+        .status()
+        .cloned()
+        .unwrap_or(CommandInvocationStatus::Pending);
     match status {
         CommandInvocationStatus::Success => {
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        CommandInvocationStatus::Pending | CommandInvocationStatus::InProgress | CommandInvocationStatus::Delayed => {
-            Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("the host script runs on {instance_id} (command {command_id})")))
-        }
+        CommandInvocationStatus::Pending
+        | CommandInvocationStatus::InProgress
+        | CommandInvocationStatus::Delayed => Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("the host script runs on {instance_id} (command {command_id})"),
+        )),
         other => {
             let stdout = out.standard_output_content().unwrap_or("");
-            let failed = stdout.lines().rev().find(|l| l.contains("amiflow-chroot: FAILED")).unwrap_or("");
-            let tail: Vec<&str> = stdout.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            let failed = stdout
+                .lines()
+                .rev()
+                .find(|l| l.contains("amiflow-chroot: FAILED"))
+                .unwrap_or("");
+            let tail: Vec<&str> = stdout
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             let stderr = out.standard_error_content().unwrap_or("");
             Err(StepError::BuildFailed(format!(
                 "the chroot host script on {instance_id} ended {} (exit {}): {failed}\n{}\n{}",
                 other.as_str(),
                 out.response_code(),
                 tail.join("\n"),
-                stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                stderr
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             )))
         }
     }

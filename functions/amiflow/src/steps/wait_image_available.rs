@@ -18,15 +18,26 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
     let region = cfg.build_region().to_string();
-    let Some(id) = state.data.amis.get(&region).cloned() else { return Ok(state) };
+    let Some(id) = state.data.amis.get(&region).cloned() else {
+        return Ok(state);
+    };
     let Some(img) = super::images::available(ctx, &region, &id).await? else {
-        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("image {id} in {region} is pending")));
+        return Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("image {id} in {region} is pending"),
+        ));
     };
     let artifact = !cfg.intermediary_image();
     let snaps = super::images::snapshots(&img);
     if !snaps.is_empty() {
         // Snapshot tags at creation are not honoured everywhere: make sure the build's are on.
-        let mut tags = if cfg.skip_ami_run_tags() { BTreeMap::new() } else { render_tags("run_tags", cfg.run_tags(), &state.data, &region)? };
+        let mut tags = if cfg.skip_ami_run_tags() {
+            BTreeMap::new()
+        } else {
+            render_tags("run_tags", cfg.run_tags(), &state.data, &region)?
+        };
         tags.extend(build_tags(&state));
         ctx.ec2(&region)
             .create_tags()
@@ -37,7 +48,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .map_err(|e| classify("CreateTags", &snaps.join(","), e))?;
     }
     for s in &snaps {
-        state.ledger.record(ResourceKind::Snapshot, &region, s, artifact);
+        state
+            .ledger
+            .record(ResourceKind::Snapshot, &region, s, artifact);
     }
     state.data.snapshots.insert(region, snaps);
     end_wait(&mut state, WAIT);

@@ -18,9 +18,16 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
-    let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("WaitInstanceRunning: no instance in the state".into()))?;
+    let id = state.data.instance_id.clone().ok_or_else(|| {
+        StepError::BuildFailed("WaitInstanceRunning: no instance in the state".into())
+    })?;
     let Some(i) = describe(ctx, &region, &id).await? else {
-        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("instance {id} is not visible yet")));
+        return Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("instance {id} is not visible yet"),
+        ));
     };
     match state_name(&i) {
         "running" => {
@@ -34,7 +41,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             begin_wait(&mut state, super::connect::WAIT);
             Ok(state)
         }
-        "pending" => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("instance {id} is pending"))),
-        other => Err(StepError::BuildFailed(format!("instance {id} is {other} instead of running: {}", reason(&i)))),
+        "pending" => Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("instance {id} is pending"),
+        )),
+        other => Err(StepError::BuildFailed(format!(
+            "instance {id} is {other} instead of running: {}",
+            reason(&i)
+        ))),
     }
 }

@@ -19,16 +19,28 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if state.build.config.is_spot() {
         return Ok(state);
     }
-    let id = state.data.instance_id.clone().ok_or_else(|| StepError::BuildFailed("WaitInstanceStopped: no instance in the state".into()))?;
+    let id = state.data.instance_id.clone().ok_or_else(|| {
+        StepError::BuildFailed("WaitInstanceStopped: no instance in the state".into())
+    })?;
     let Some(i) = describe(ctx, &region, &id).await? else {
-        return Err(StepError::BuildFailed(format!("instance {id} disappeared while stopping")));
+        return Err(StepError::BuildFailed(format!(
+            "instance {id} disappeared while stopping"
+        )));
     };
     match state_name(&i) {
         "stopped" => {
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        "stopping" | "running" | "pending" => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("instance {id} is {}", state_name(&i)))),
-        other => Err(StepError::BuildFailed(format!("instance {id} is {other} instead of stopped: {}", reason(&i)))),
+        "stopping" | "running" | "pending" => Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("instance {id} is {}", state_name(&i)),
+        )),
+        other => Err(StepError::BuildFailed(format!(
+            "instance {id} is {other} instead of stopped: {}",
+            reason(&i)
+        ))),
     }
 }

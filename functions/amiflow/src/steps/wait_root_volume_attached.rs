@@ -17,10 +17,23 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let Some(plan) = swap(&state) else { return Ok(state) };
+    let Some(plan) = swap(&state) else {
+        return Ok(state);
+    };
     let region = state.build.config.build_region().to_string();
-    let out = ctx.ec2(&region).describe_volumes().volume_ids(&plan.source_volume).send().await.map_err(|e| classify("DescribeVolumes", &plan.source_volume, e))?;
-    let attachment = out.volumes().first().and_then(|v| v.attachments().iter().find(|a| a.instance_id() == Some(plan.instance_id.as_str())).cloned());
+    let out = ctx
+        .ec2(&region)
+        .describe_volumes()
+        .volume_ids(&plan.source_volume)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeVolumes", &plan.source_volume, e))?;
+    let attachment = out.volumes().first().and_then(|v| {
+        v.attachments()
+            .iter()
+            .find(|a| a.instance_id() == Some(plan.instance_id.as_str()))
+            .cloned()
+    });
     match attachment.as_ref().and_then(|a| a.state()) {
         Some(VolumeAttachmentState::Attached) => {
             end_wait(&mut state, WAIT);

@@ -31,10 +31,21 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if ids.is_empty() {
         return Ok(state);
     }
-    let out = match ctx.ec2(&region).describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
+    let out = match ctx
+        .ec2(&region)
+        .describe_snapshots()
+        .set_snapshot_ids(Some(ids.clone()))
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {
-            return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("snapshots {} are not visible yet", ids.join(", "))));
+            return Err(not_ready(
+                &state,
+                WAIT,
+                DEFAULT_BUDGET,
+                format!("snapshots {} are not visible yet", ids.join(", ")),
+            ));
         }
         Err(e) => return Err(classify("DescribeSnapshots", &ids.join(","), e)),
     };
@@ -54,7 +65,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() || out.snapshots().len() < ids.len() {
-        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("snapshots pending in {region}: {}", pending.join(", "))));
+        return Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("snapshots pending in {region}: {}", pending.join(", ")),
+        ));
     }
     end_wait(&mut state, WAIT);
     if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {

@@ -19,13 +19,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "WaitVolumeAttached")?;
     let vol = chroot::volume(&state, "WaitVolumeAttached")?;
-    let v = chroot::describe_volume(ctx, &region, &vol.volume_id).await?.ok_or_else(|| StepError::BuildFailed(format!("volume {} is gone", vol.volume_id)))?;
+    let v = chroot::describe_volume(ctx, &region, &vol.volume_id)
+        .await?
+        .ok_or_else(|| StepError::BuildFailed(format!("volume {} is gone", vol.volume_id)))?;
     match chroot::attachment_to(&v, &host.instance_id) {
         Some((_, VolumeAttachmentState::Attached)) => {
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        Some((_, VolumeAttachmentState::Attaching)) => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is attaching to {}", vol.volume_id, host.instance_id))),
-        other => Err(StepError::BuildFailed(format!("volume {} is not attaching to {} ({other:?})", vol.volume_id, host.instance_id))),
+        Some((_, VolumeAttachmentState::Attaching)) => Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!(
+                "volume {} is attaching to {}",
+                vol.volume_id, host.instance_id
+            ),
+        )),
+        other => Err(StepError::BuildFailed(format!(
+            "volume {} is not attaching to {} ({other:?})",
+            vol.volume_id, host.instance_id
+        ))),
     }
 }

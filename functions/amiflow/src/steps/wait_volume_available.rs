@@ -15,7 +15,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 /// Polls every 2 s growing to 10 s, ~18 min: above Packer's 15 s × 40.
-pub const VOLUME_WAIT: WaitPolicy = WaitPolicy { interval_seconds: 2, backoff_rate: 1.5, max_delay_seconds: 10, max_attempts: 120 };
+pub const VOLUME_WAIT: WaitPolicy = WaitPolicy {
+    interval_seconds: 2,
+    backoff_rate: 1.5,
+    max_delay_seconds: 10,
+    max_attempts: 120,
+};
 /// Packer's VolumeAvailable waiter (SDK v1: 15 s × 40).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 
@@ -28,7 +33,16 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        Some(VolumeState::Creating) | None => Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is being created", vol.volume_id))),
-        Some(other) => Err(StepError::BuildFailed(format!("volume {} is {} instead of available", vol.volume_id, other.as_str()))),
+        Some(VolumeState::Creating) | None => Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("volume {} is being created", vol.volume_id),
+        )),
+        Some(other) => Err(StepError::BuildFailed(format!(
+            "volume {} is {} instead of available",
+            vol.volume_id,
+            other.as_str()
+        ))),
     }
 }

@@ -18,10 +18,20 @@ pub const SPEC: StepSpec = StepSpec {
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     let vol = chroot::volume(&state, "WaitVolumeDetached")?;
-    let v = chroot::describe_volume(ctx, &region, &vol.volume_id).await?.ok_or_else(|| StepError::BuildFailed(format!("volume {} is gone", vol.volume_id)))?;
-    let attached = v.attachments().iter().any(|a| a.state() != Some(&VolumeAttachmentState::Detached));
+    let v = chroot::describe_volume(ctx, &region, &vol.volume_id)
+        .await?
+        .ok_or_else(|| StepError::BuildFailed(format!("volume {} is gone", vol.volume_id)))?;
+    let attached = v
+        .attachments()
+        .iter()
+        .any(|a| a.state() != Some(&VolumeAttachmentState::Detached));
     if attached {
-        return Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is detaching", vol.volume_id)));
+        return Err(not_ready(
+            &state,
+            WAIT,
+            DEFAULT_BUDGET,
+            format!("volume {} is detaching", vol.volume_id),
+        ));
     }
     end_wait(&mut state, WAIT);
     Ok(state)

@@ -104,7 +104,10 @@ pub enum CredentialSource {
     /// `profile` and/or `shared_credentials_file` given: read the shared credentials file
     /// (`file` None = `AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`; `profile` None =
     /// `AWS_PROFILE` or `default`).
-    SharedFile { profile: Option<String>, file: Option<String> },
+    SharedFile {
+        profile: Option<String>,
+        file: Option<String>,
+    },
     /// Nothing in the template: environment, then shared file with `AWS_PROFILE`, then the
     /// task or instance role (not the metadata service when `skip_metadata_api_check`).
     DefaultChain { skip_metadata_api_check: bool },
@@ -118,16 +121,25 @@ impl AccessConfig {
         } else if set(&self.profile) || set(&self.shared_credentials_file) {
             CredentialSource::SharedFile {
                 profile: self.profile.clone().filter(|s| !s.is_empty()),
-                file: self.shared_credentials_file.clone().filter(|s| !s.is_empty()),
+                file: self
+                    .shared_credentials_file
+                    .clone()
+                    .filter(|s| !s.is_empty()),
             }
         } else {
-            CredentialSource::DefaultChain { skip_metadata_api_check: self.skip_metadata_api_check }
+            CredentialSource::DefaultChain {
+                skip_metadata_api_check: self.skip_metadata_api_check,
+            }
         }
     }
 
     /// `max_retries` with Packer's rule: 0 means 10.
     pub fn effective_max_retries(&self) -> u32 {
-        if self.max_retries == 0 { 10 } else { self.max_retries }
+        if self.max_retries == 0 {
+            10
+        } else {
+            self.max_retries
+        }
     }
 }
 

@@ -21,7 +21,11 @@ impl BuilderConfig {
     /// The regions the AMI ends up in: the build region first, then `ami_regions`.
     pub fn target_regions(&self) -> Vec<String> {
         let mut out = vec![self.build_region().to_string()];
-        for r in self.ami().map(|a| a.ami_regions.as_slice()).unwrap_or_default() {
+        for r in self
+            .ami()
+            .map(|a| a.ami_regions.as_slice())
+            .unwrap_or_default()
+        {
             if !out.contains(r) {
                 out.push(r.clone());
             }
@@ -32,7 +36,8 @@ impl BuilderConfig {
     /// The build-region image is a temporary one (random name, removed after the copies):
     /// with `encrypt_boot: true` (copied to an encrypted image) or `skip_save_build_region`.
     pub fn intermediary_image(&self) -> bool {
-        self.ami().is_some_and(|a| a.encrypt_boot == Some(true) || a.skip_save_build_region)
+        self.ami()
+            .is_some_and(|a| a.encrypt_boot == Some(true) || a.skip_save_build_region)
     }
 
     /// Regions the copy step copies into (Packer: `ami_regions` without the build region,
@@ -40,7 +45,11 @@ impl BuilderConfig {
     pub fn copy_regions(&self) -> Vec<String> {
         let region = self.build_region();
         let mut out: Vec<String> = Vec::new();
-        for r in self.ami().map(|a| a.ami_regions.as_slice()).unwrap_or_default() {
+        for r in self
+            .ami()
+            .map(|a| a.ami_regions.as_slice())
+            .unwrap_or_default()
+        {
             if r != region && !out.contains(r) {
                 out.push(r.clone());
             }
@@ -148,7 +157,9 @@ mod tests {
 
     fn ebs(extra: serde_json::Value) -> BuilderConfig {
         let mut m = json!({"region": "us-east-1", "ami_name": "x", "instance_type": "t3.micro", "source_ami": "ami-1", "communicator": "none"});
-        m.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        m.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         BuilderConfig::Ebs(serde_json::from_value(m).unwrap())
     }
 
@@ -169,9 +180,19 @@ mod tests {
     #[test]
     fn communicator_ports() {
         assert_eq!(ebs(json!({})).communicator_port(), None);
-        assert_eq!(ebs(json!({"communicator": "ssh", "ssh_port": 2222})).communicator_port(), Some(2222));
-        assert_eq!(ebs(json!({"communicator": "ssh", "ssh_interface": "session_manager"})).communicator_port(), None);
-        assert_eq!(ebs(json!({"communicator": "ssm"})).communicator_port(), None);
+        assert_eq!(
+            ebs(json!({"communicator": "ssh", "ssh_port": 2222})).communicator_port(),
+            Some(2222)
+        );
+        assert_eq!(
+            ebs(json!({"communicator": "ssh", "ssh_interface": "session_manager"}))
+                .communicator_port(),
+            None
+        );
+        assert_eq!(
+            ebs(json!({"communicator": "ssm"})).communicator_port(),
+            None
+        );
     }
 
     #[test]
@@ -183,7 +204,15 @@ mod tests {
         .unwrap();
         let c = BuilderConfig::EbsVolume(c);
         assert_eq!((c.ena_support(), c.sriov_support()), (Some(true), true));
-        assert_eq!(c.launch_block_device_mappings().iter().map(|d| d.device_name.as_str()).collect::<Vec<_>>(), vec!["/dev/xvdf"]);
-        assert!(c.ami_block_device_mappings().is_empty() && c.target_regions() == vec!["us-east-1"]);
+        assert_eq!(
+            c.launch_block_device_mappings()
+                .iter()
+                .map(|d| d.device_name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["/dev/xvdf"]
+        );
+        assert!(
+            c.ami_block_device_mappings().is_empty() && c.target_regions() == vec!["us-east-1"]
+        );
     }
 }

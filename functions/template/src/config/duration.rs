@@ -60,7 +60,9 @@ impl FromStr for Duration {
         let s = text.trim();
         let s = s.strip_prefix('+').unwrap_or(s);
         if s.starts_with('-') {
-            return Err(DurationError(format!("{text:?} is negative; durations must be zero or more")));
+            return Err(DurationError(format!(
+                "{text:?} is negative; durations must be zero or more"
+            )));
         }
         if s == "0" {
             return Ok(Duration::default());
@@ -71,23 +73,33 @@ impl FromStr for Duration {
         let mut rest = s;
         let mut nanos = 0f64;
         while !rest.is_empty() {
-            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+            let num_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
             let num = &rest[..num_len];
             if num.is_empty() || num == "." || num.matches('.').count() > 1 {
                 return Err(bad());
             }
             let value: f64 = num.parse().map_err(|_| bad())?;
             rest = &rest[num_len..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
-            let scale = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s).ok_or_else(bad)?;
+            let scale = UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, s)| *s)
+                .ok_or_else(bad)?;
             nanos += value * scale;
             rest = &rest[unit_len..];
         }
         if !nanos.is_finite() || nanos > u64::MAX as f64 {
             return Err(DurationError(format!("{text:?} is too long a duration")));
         }
-        Ok(Duration(std::time::Duration::from_nanos(nanos.round() as u64)))
+        Ok(Duration(std::time::Duration::from_nanos(
+            nanos.round() as u64
+        )))
     }
 }
 
@@ -170,14 +182,39 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for bad in ["", "5", "30", "5x", "1x", "m", "1h-30m", "-5m", "-1s", "5 m", "1..5s", "1..2s", "1.s.s", "five minutes", "1d"] {
+        for bad in [
+            "",
+            "5",
+            "30",
+            "5x",
+            "1x",
+            "m",
+            "1h-30m",
+            "-5m",
+            "-1s",
+            "5 m",
+            "1..5s",
+            "1..2s",
+            "1.s.s",
+            "five minutes",
+            "1d",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn displays_and_round_trips() {
-        for (input, shown) in [("5m", "5m"), ("1h30m", "1h30m"), ("300s", "5m"), ("90s", "1m30s"), ("250ms", "250ms"), ("1.5s", "1.5s"), ("0", "0s"), ("2h", "2h")] {
+        for (input, shown) in [
+            ("5m", "5m"),
+            ("1h30m", "1h30m"),
+            ("300s", "5m"),
+            ("90s", "1m30s"),
+            ("250ms", "250ms"),
+            ("1.5s", "1.5s"),
+            ("0", "0s"),
+            ("2h", "2h"),
+        ] {
             let parsed = d(input);
             assert_eq!(parsed.to_string(), shown);
             assert_eq!(d(shown), parsed);

@@ -18,8 +18,8 @@ pub mod ebs;
 pub mod ebssurrogate;
 pub mod ebsvolume;
 pub mod instance;
-pub mod run;
 mod rules;
+pub mod run;
 mod validate;
 pub(crate) mod weak;
 
@@ -54,7 +54,13 @@ pub enum BuilderType {
 }
 
 impl BuilderType {
-    pub const ALL: [BuilderType; 5] = [Self::Ebs, Self::Chroot, Self::Instance, Self::EbsSurrogate, Self::EbsVolume];
+    pub const ALL: [BuilderType; 5] = [
+        Self::Ebs,
+        Self::Chroot,
+        Self::Instance,
+        Self::EbsSurrogate,
+        Self::EbsVolume,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -49,7 +49,10 @@ pub(super) fn normalize(config: &mut BuilderConfig, map: &Map<String, Value>) {
                 c.chroot_mounts = chroot::default_chroot_mounts();
             }
             if !given(map, "copy_files") && !c.from_scratch {
-                c.copy_files = chroot::DEFAULT_COPY_FILES.iter().map(|s| s.to_string()).collect();
+                c.copy_files = chroot::DEFAULT_COPY_FILES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
             }
         }
     }
@@ -70,7 +73,8 @@ fn normalize_ami(ami: &mut AmiConfig, build_region: Option<&str>) {
         ami.ena_support.get_or_insert(true);
     }
     let mut seen = BTreeSet::new();
-    ami.ami_regions.retain(|r| Some(r.as_str()) != build_region && seen.insert(r.clone()));
+    ami.ami_regions
+        .retain(|r| Some(r.as_str()) != build_region && seen.insert(r.clone()));
 }
 
 fn normalize_run(run: &mut RunConfig, comm: &mut CommunicatorConfig) {
@@ -82,8 +86,14 @@ fn normalize_run(run: &mut RunConfig, comm: &mut CommunicatorConfig) {
     if comm.ssh_private_ip == Some(true) && comm.ssh_interface.is_none() {
         comm.ssh_interface = Some("private_ip".into());
     }
-    if run.temporary_security_group_source_cidrs.is_empty() && !run.temporary_security_group_source_public_ip {
-        let any = if comm.ssh_interface.as_deref() == Some("ipv6") { "::/0" } else { "0.0.0.0/0" };
+    if run.temporary_security_group_source_cidrs.is_empty()
+        && !run.temporary_security_group_source_public_ip
+    {
+        let any = if comm.ssh_interface.as_deref() == Some("ipv6") {
+            "::/0"
+        } else {
+            "0.0.0.0/0"
+        };
         run.temporary_security_group_source_cidrs = vec![any.into()];
     }
     if run.enable_t2_unlimited {
@@ -110,7 +120,10 @@ impl Check<'_> {
     fn one_of(&mut self, key: &str, value: Option<&str>, allowed: &[&str]) {
         if let Some(v) = value.filter(|v| !templated(v)) {
             if !allowed.contains(&v) {
-                self.err(key, format!("invalid value {v:?}: must be one of {}", allowed.join(", ")));
+                self.err(
+                    key,
+                    format!("invalid value {v:?}: must be one of {}", allowed.join(", ")),
+                );
             }
         }
     }
@@ -121,7 +134,12 @@ impl Check<'_> {
     }
 }
 
-pub(super) fn check(config: &BuilderConfig, map: &Map<String, Value>, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+pub(super) fn check(
+    config: &BuilderConfig,
+    map: &Map<String, Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
     let mut c = Check { problems };
     let bt = config.builder_type();
     access(&mut c, config.access(), bt, env);
@@ -136,9 +154,24 @@ pub(super) fn check(config: &BuilderConfig, map: &Map<String, Value>, env: &dyn 
     spot_vs_networking(&mut c, config);
     match config {
         BuilderConfig::Ebs(e) => {
-            devices(&mut c, "ami_block_device_mappings", &e.ami_block_device_mappings, false);
-            devices(&mut c, "launch_block_device_mappings", &e.launch_block_device_mappings, false);
-            one_of_arch(&mut c, None, e.boot_mode.as_deref(), e.tpm_support.as_deref());
+            devices(
+                &mut c,
+                "ami_block_device_mappings",
+                &e.ami_block_device_mappings,
+                false,
+            );
+            devices(
+                &mut c,
+                "launch_block_device_mappings",
+                &e.launch_block_device_mappings,
+                false,
+            );
+            one_of_arch(
+                &mut c,
+                None,
+                e.boot_mode.as_deref(),
+                e.tpm_support.as_deref(),
+            );
             if let Some(f) = &e.fast_launch {
                 fast_launch(&mut c, f);
             }
@@ -153,7 +186,9 @@ pub(super) fn check(config: &BuilderConfig, map: &Map<String, Value>, env: &dyn 
 fn access(c: &mut Check, a: &AccessConfig, bt: BuilderType, env: &dyn Fn(&str) -> Option<String>) {
     match a.region.as_deref() {
         None => {
-            let from_env = ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().any(|k| env(k).is_some_and(|v| !v.is_empty()));
+            let from_env = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .any(|k| env(k).is_some_and(|v| !v.is_empty()));
             if bt != BuilderType::Chroot && !from_env {
                 c.err("region", "required: set the AWS region to build in, e.g. \"us-east-1\" (or export AWS_REGION / AWS_DEFAULT_REGION)");
             }
@@ -167,30 +202,58 @@ fn access(c: &mut Check, a: &AccessConfig, bt: BuilderType, env: &dyn Fn(&str) -
     let key_set = a.access_key.is_some();
     let secret_set = a.secret_key.is_some();
     if key_set != secret_set {
-        let (has, lacks) = if key_set { ("access_key", "secret_key") } else { ("secret_key", "access_key") };
+        let (has, lacks) = if key_set {
+            ("access_key", "secret_key")
+        } else {
+            ("secret_key", "access_key")
+        };
         c.err(has, format!("required together: {has} is set but {lacks} is not; give both, or neither to use the environment, profile or role"));
     }
     if let Some(ar) = &a.assume_role {
         if ar.role_arn.is_empty() {
             c.err("assume_role.role_arn", "required: assume_role needs role_arn, e.g. \"arn:aws:iam::123456789012:role/packer\"");
         } else if !templated(&ar.role_arn) && !is_role_arn(&ar.role_arn) {
-            c.err("assume_role.role_arn", format!("{:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)", ar.role_arn));
+            c.err(
+                "assume_role.role_arn",
+                format!(
+                    "{:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)",
+                    ar.role_arn
+                ),
+            );
         }
         if let Some(d) = ar.duration_seconds {
             if !(900..=43200).contains(&d) {
-                c.err("assume_role.duration_seconds", format!("out of range: {d}; must be from 900 to 43200 seconds"));
+                c.err(
+                    "assume_role.duration_seconds",
+                    format!("out of range: {d}; must be from 900 to 43200 seconds"),
+                );
             }
         }
     }
     if let Some(endpoint) = &a.custom_endpoint_ec2 {
-        if endpoint.contains("://") && !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            c.err("custom_endpoint_ec2", format!("{endpoint:?} must be an http:// or https:// URL"));
+        if endpoint.contains("://")
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            c.err(
+                "custom_endpoint_ec2",
+                format!("{endpoint:?} must be an http:// or https:// URL"),
+            );
         }
     }
 }
 
 pub(super) fn is_region(r: &str) -> bool {
-    const DIRECTIONS: [&str; 9] = ["north", "south", "east", "west", "central", "northeast", "northwest", "southeast", "southwest"];
+    const DIRECTIONS: [&str; 9] = [
+        "north",
+        "south",
+        "east",
+        "west",
+        "central",
+        "northeast",
+        "northwest",
+        "southeast",
+        "southwest",
+    ];
     const PARTITIONS: [&str; 5] = ["gov", "iso", "isob", "isoe", "isof"];
     let parts: Vec<&str> = r.split('-').collect();
     let (first, last) = (parts[0], parts[parts.len() - 1]);
@@ -214,7 +277,13 @@ fn bad_region(r: &str) -> String {
 
 fn is_role_arn(s: &str) -> bool {
     let p: Vec<&str> = s.splitn(6, ':').collect();
-    p.len() == 6 && p[0] == "arn" && p[1].starts_with("aws") && p[2] == "iam" && is_account(p[4]) && p[5].starts_with("role/") && p[5].len() > 5
+    p.len() == 6
+        && p[0] == "arn"
+        && p[1].starts_with("aws")
+        && p[2] == "iam"
+        && is_account(p[4])
+        && p[5].starts_with("role/")
+        && p[5].len() > 5
 }
 
 fn is_account(s: &str) -> bool {
@@ -225,9 +294,15 @@ fn is_account(s: &str) -> bool {
 pub(super) fn is_kms_key(s: &str) -> bool {
     let uuid = |k: &str| {
         let groups: Vec<&str> = k.split('-').collect();
-        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups
+                .iter()
+                .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
     };
-    let mrk = |k: &str| k.strip_prefix("mrk-").is_some_and(|h| h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit()));
+    let mrk = |k: &str| {
+        k.strip_prefix("mrk-")
+            .is_some_and(|h| h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    };
     let alias = |k: &str| k.strip_prefix("alias/").is_some_and(|a| !a.is_empty());
     if let Some(rest) = s.strip_prefix("arn:") {
         let p: Vec<&str> = rest.splitn(5, ':').collect();
@@ -248,9 +323,15 @@ fn ami_rules(c: &mut Check, a: &AmiConfig, skip_regions: bool) {
     } else if !templated(name) {
         let len = name.chars().count();
         if !(3..=128).contains(&len) {
-            c.err("ami_name", format!("bad AMI name: {len} characters; AMI names are 3 to 128 characters long"));
+            c.err(
+                "ami_name",
+                format!("bad AMI name: {len} characters; AMI names are 3 to 128 characters long"),
+            );
         }
-        let bad: BTreeSet<char> = name.chars().filter(|ch| !(ch.is_ascii_alphanumeric() || "()[] ./-'@_".contains(*ch))).collect();
+        let bad: BTreeSet<char> = name
+            .chars()
+            .filter(|ch| !(ch.is_ascii_alphanumeric() || "()[] ./-'@_".contains(*ch)))
+            .collect();
         if !bad.is_empty() {
             let shown: String = bad.into_iter().collect();
             c.err(
@@ -259,34 +340,69 @@ fn ami_rules(c: &mut Check, a: &AmiConfig, skip_regions: bool) {
             );
         }
     }
-    c.one_of("ami_virtualization_type", a.ami_virtualization_type.as_deref(), &["hvm", "paravirtual"]);
-    for g in a.ami_groups.iter().filter(|g| !templated(g) && g.as_str() != "all") {
+    c.one_of(
+        "ami_virtualization_type",
+        a.ami_virtualization_type.as_deref(),
+        &["hvm", "paravirtual"],
+    );
+    for g in a
+        .ami_groups
+        .iter()
+        .filter(|g| !templated(g) && g.as_str() != "all")
+    {
         c.err("ami_groups", format!("invalid value {g:?}: AWS only accepts \"all\" (public); share with accounts through ami_users"));
     }
-    for (key, users) in [("ami_users", &a.ami_users), ("snapshot_users", &a.snapshot_users)] {
+    for (key, users) in [
+        ("ami_users", &a.ami_users),
+        ("snapshot_users", &a.snapshot_users),
+    ] {
         for u in users.iter().filter(|u| !templated(u) && !is_account(u)) {
-            c.err(key, format!("invalid value {u:?}: must be a 12-digit AWS account id"));
+            c.err(
+                key,
+                format!("invalid value {u:?}: must be a 12-digit AWS account id"),
+            );
         }
     }
-    for g in a.snapshot_groups.iter().filter(|g| !templated(g) && g.as_str() != "all") {
-        c.err("snapshot_groups", format!("invalid value {g:?}: AWS only accepts \"all\""));
+    for g in a
+        .snapshot_groups
+        .iter()
+        .filter(|g| !templated(g) && g.as_str() != "all")
+    {
+        c.err(
+            "snapshot_groups",
+            format!("invalid value {g:?}: AWS only accepts \"all\""),
+        );
     }
     c.one_of("imds_support", a.imds_support.as_deref(), &["v2.0"]);
     if let Some(at) = a.deprecate_at.as_deref().filter(|s| !templated(s)) {
         if chrono::DateTime::parse_from_rfc3339(at).is_err() {
-            c.err("deprecate_at", format!("{at:?} is not an RFC 3339 time; write it like \"2030-01-31T00:00:00Z\""));
+            c.err(
+                "deprecate_at",
+                format!("{at:?} is not an RFC 3339 time; write it like \"2030-01-31T00:00:00Z\""),
+            );
         }
     }
     if let Some(m) = a.snapshot_copy_duration_minutes {
         if m < 15 || m % 15 != 0 {
-            c.err("snapshot_copy_duration_minutes", format!("out of range: {m}; must be a multiple of 15, at least 15"));
+            c.err(
+                "snapshot_copy_duration_minutes",
+                format!("out of range: {m}; must be a multiple of 15, at least 15"),
+            );
         }
     }
     if !skip_regions {
-        for r in a.ami_regions.iter().filter(|r| !templated(r) && !is_region(r)) {
+        for r in a
+            .ami_regions
+            .iter()
+            .filter(|r| !templated(r) && !is_region(r))
+        {
             c.err("ami_regions", bad_region(r));
         }
-        for r in a.region_kms_key_ids.keys().filter(|r| !templated(r) && !is_region(r)) {
+        for r in a
+            .region_kms_key_ids
+            .keys()
+            .filter(|r| !templated(r) && !is_region(r))
+        {
             c.err("region_kms_key_ids", bad_region(r));
         }
     }
@@ -296,24 +412,35 @@ fn ami_rules(c: &mut Check, a: &AmiConfig, skip_regions: bool) {
             c.err("kms_key_id", "requires encrypt_boot: true (a KMS key only applies when the boot volume is encrypted)");
         }
         if !templated(k) && !is_kms_key(k) {
-            c.err("kms_key_id", format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"));
+            c.err(
+                "kms_key_id",
+                format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"),
+            );
         }
     }
     if !a.region_kms_key_ids.is_empty() {
         if !encrypt {
             c.err("region_kms_key_ids", "requires encrypt_boot: true");
         }
-        for r in a.ami_regions.iter().filter(|r| !a.region_kms_key_ids.contains_key(*r)) {
+        for r in a
+            .ami_regions
+            .iter()
+            .filter(|r| !a.region_kms_key_ids.contains_key(*r))
+        {
             c.err("region_kms_key_ids", format!("region {r} is in ami_regions but has no key in region_kms_key_ids; add it (\"\" for the region's default key)"));
         }
         for (r, k) in &a.region_kms_key_ids {
             if !k.is_empty() && !templated(k) && !is_kms_key(k) {
-                c.err(format!("region_kms_key_ids.{r}"), format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"));
+                c.err(
+                    format!("region_kms_key_ids.{r}"),
+                    format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"),
+                );
             }
         }
     }
     let shares = !a.ami_users.is_empty() || !a.ami_org_arns.is_empty() || !a.ami_ou_arns.is_empty();
-    let default_key = encrypt && a.kms_key_id.is_none() && a.region_kms_key_ids.values().all(|k| k.is_empty());
+    let default_key =
+        encrypt && a.kms_key_id.is_none() && a.region_kms_key_ids.values().all(|k| k.is_empty());
     if shares && default_key {
         c.err("encrypt_boot", "cannot share an AMI encrypted with the default KMS key (ami_users / ami_org_arns / ami_ou_arns): set kms_key_id to a customer managed key");
     }
@@ -322,14 +449,26 @@ fn ami_rules(c: &mut Check, a: &AmiConfig, skip_regions: bool) {
     }
     if let Some(dp) = &a.deregistration_protection {
         if dp.with_cooldown && !dp.enabled {
-            c.err("deregistration_protection.with_cooldown", "requires deregistration_protection.enabled: true");
+            c.err(
+                "deregistration_protection.with_cooldown",
+                "requires deregistration_protection.enabled: true",
+            );
         }
     }
 }
 
-fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: BuilderType, map: &Map<String, Value>) {
+fn run_rules(
+    c: &mut Check,
+    r: &RunConfig,
+    comm: &CommunicatorConfig,
+    bt: BuilderType,
+    map: &Map<String, Value>,
+) {
     if r.source_ami.is_none() && r.source_ami_filter.is_none() {
-        c.err("source_ami", "required: set source_ami (an AMI id) or source_ami_filter");
+        c.err(
+            "source_ami",
+            "required: set source_ami (an AMI id) or source_ami_filter",
+        );
     }
     if let Some(id) = r.source_ami.as_deref().filter(|s| !templated(s)) {
         if !id.starts_with("ami-") {
@@ -342,12 +481,30 @@ fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: Builde
         }
     }
     match (&r.instance_type, r.spot_instance_types.is_empty()) {
-        (None, true) => c.err("instance_type", "required: set instance_type (e.g. \"t3.micro\") or spot_instance_types"),
-        (Some(_), false) => c.err("instance_type", "conflicts with spot_instance_types: give one of them"),
+        (None, true) => c.err(
+            "instance_type",
+            "required: set instance_type (e.g. \"t3.micro\") or spot_instance_types",
+        ),
+        (Some(_), false) => c.err(
+            "instance_type",
+            "conflicts with spot_instance_types: give one of them",
+        ),
         _ => {}
     }
-    c.conflict("security_group_id", given(map, "security_group_id"), "security_group_ids", given(map, "security_group_ids"), "put every id in security_group_ids");
-    c.conflict("user_data", r.user_data.is_some(), "user_data_file", r.user_data_file.is_some(), "give the user data inline or as a file, not both");
+    c.conflict(
+        "security_group_id",
+        given(map, "security_group_id"),
+        "security_group_ids",
+        given(map, "security_group_ids"),
+        "put every id in security_group_ids",
+    );
+    c.conflict(
+        "user_data",
+        r.user_data.is_some(),
+        "user_data_file",
+        r.user_data_file.is_some(),
+        "give the user data inline or as a file, not both",
+    );
     c.conflict(
         "iam_instance_profile",
         r.iam_instance_profile.is_some(),
@@ -362,17 +519,37 @@ fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: Builde
         r.temporary_security_group_source_public_ip,
         "give the CIDRs or let the public IP be detected, not both",
     );
-    for cidr in r.temporary_security_group_source_cidrs.iter().filter(|s| !templated(s)) {
+    for cidr in r
+        .temporary_security_group_source_cidrs
+        .iter()
+        .filter(|s| !templated(s))
+    {
         if !is_cidr(cidr) {
-            c.err("temporary_security_group_source_cidrs", format!("{cidr:?} is not a CIDR block (like 10.0.0.0/8 or ::/0)"));
+            c.err(
+                "temporary_security_group_source_cidrs",
+                format!("{cidr:?} is not a CIDR block (like 10.0.0.0/8 or ::/0)"),
+            );
         }
     }
-    c.one_of("shutdown_behavior", Some(&r.shutdown_behavior), &["stop", "terminate"]);
+    c.one_of(
+        "shutdown_behavior",
+        Some(&r.shutdown_behavior),
+        &["stop", "terminate"],
+    );
 
     let spot = r.is_spot();
-    if let Some(p) = r.spot_price.as_deref().filter(|p| !templated(p) && *p != "auto") {
+    if let Some(p) = r
+        .spot_price
+        .as_deref()
+        .filter(|p| !templated(p) && *p != "auto")
+    {
         if p.parse::<f64>().map_or(true, |v| v < 0.0) {
-            c.err("spot_price", format!("invalid value {p:?}: a maximum hourly price such as \"0.05\", or \"auto\""));
+            c.err(
+                "spot_price",
+                format!(
+                    "invalid value {p:?}: a maximum hourly price such as \"0.05\", or \"auto\""
+                ),
+            );
         }
     }
     if !spot {
@@ -380,55 +557,118 @@ fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: Builde
             ("spot_instance_types", !r.spot_instance_types.is_empty()),
             ("spot_tags", !r.spot_tags.is_empty()),
             ("fleet_tags", !r.fleet_tags.is_empty()),
-            ("spot_allocation_strategy", r.spot_allocation_strategy.is_some()),
+            (
+                "spot_allocation_strategy",
+                r.spot_allocation_strategy.is_some(),
+            ),
         ] {
             if set {
-                c.err(key, "only applies to spot instances: set spot_price (e.g. \"auto\") or remove it");
+                c.err(
+                    key,
+                    "only applies to spot instances: set spot_price (e.g. \"auto\") or remove it",
+                );
             }
         }
     }
     c.one_of(
         "spot_allocation_strategy",
         r.spot_allocation_strategy.as_deref(),
-        &["lowest-price", "diversified", "capacity-optimized", "capacity-optimized-prioritized", "price-capacity-optimized"],
+        &[
+            "lowest-price",
+            "diversified",
+            "capacity-optimized",
+            "capacity-optimized-prioritized",
+            "price-capacity-optimized",
+        ],
     );
     if let Some(m) = r.block_duration_minutes {
         if m < 0 || m % 60 != 0 {
-            c.err("block_duration_minutes", format!("out of range: {m}; must be a multiple of 60"));
+            c.err(
+                "block_duration_minutes",
+                format!("out of range: {m}; must be a multiple of 60"),
+            );
         }
     }
     if spot && r.enable_nitro_enclave {
-        c.err("enable_nitro_enclave", "conflicts with spot_price: Nitro Enclaves cannot run on spot instances");
+        c.err(
+            "enable_nitro_enclave",
+            "conflicts with spot_price: Nitro Enclaves cannot run on spot instances",
+        );
     }
     let itype = r.instance_type.as_deref().filter(|t| !templated(t));
     if r.enable_nitro_enclave && itype.is_some_and(|t| t.starts_with('t')) {
-        c.err("enable_nitro_enclave", "burstable (t*) instance types do not support Nitro Enclaves");
+        c.err(
+            "enable_nitro_enclave",
+            "burstable (t*) instance types do not support Nitro Enclaves",
+        );
     }
     if r.enable_unlimited_credits {
         if let Some(t) = itype {
-            if !["t2.", "t3.", "t3a.", "t4g."].iter().any(|p| t.starts_with(p)) {
-                c.err("enable_unlimited_credits", format!("only applies to burstable instance types (t2, t3, t3a, t4g), not {t}"));
+            if !["t2.", "t3.", "t3a.", "t4g."]
+                .iter()
+                .any(|p| t.starts_with(p))
+            {
+                c.err(
+                    "enable_unlimited_credits",
+                    format!("only applies to burstable instance types (t2, t3, t3a, t4g), not {t}"),
+                );
             }
             if spot && t.starts_with("t2.") {
-                c.err("enable_unlimited_credits", "t2 spot instances cannot use unlimited credits");
+                c.err(
+                    "enable_unlimited_credits",
+                    "t2 spot instances cannot use unlimited credits",
+                );
             }
         }
     }
-    c.one_of("capacity_reservation_preference", r.capacity_reservation_preference.as_deref(), &["none", "open"]);
+    c.one_of(
+        "capacity_reservation_preference",
+        r.capacity_reservation_preference.as_deref(),
+        &["none", "open"],
+    );
     let cap = [
-        ("capacity_reservation_preference", r.capacity_reservation_preference.is_some()),
-        ("capacity_reservation_id", r.capacity_reservation_id.is_some()),
-        ("capacity_reservation_group_arn", r.capacity_reservation_group_arn.is_some()),
+        (
+            "capacity_reservation_preference",
+            r.capacity_reservation_preference.is_some(),
+        ),
+        (
+            "capacity_reservation_id",
+            r.capacity_reservation_id.is_some(),
+        ),
+        (
+            "capacity_reservation_group_arn",
+            r.capacity_reservation_group_arn.is_some(),
+        ),
     ];
     for i in 0..cap.len() {
         for j in i + 1..cap.len() {
-            c.conflict(cap[i].0, cap[i].1, cap[j].0, cap[j].1, "give only one way to choose a capacity reservation");
+            c.conflict(
+                cap[i].0,
+                cap[i].1,
+                cap[j].0,
+                cap[j].1,
+                "give only one way to choose a capacity reservation",
+            );
         }
     }
-    c.one_of("tenancy", r.tenancy.as_deref(), &["default", "dedicated", "host"]);
+    c.one_of(
+        "tenancy",
+        r.tenancy.as_deref(),
+        &["default", "dedicated", "host"],
+    );
     if let Some(p) = &r.placement {
-        c.one_of("placement.tenancy", p.tenancy.as_deref(), &["default", "dedicated", "host"]);
-        c.conflict("tenancy", r.tenancy.is_some(), "placement.tenancy", p.tenancy.is_some(), "tenancy is deprecated; keep placement.tenancy");
+        c.one_of(
+            "placement.tenancy",
+            p.tenancy.as_deref(),
+            &["default", "dedicated", "host"],
+        );
+        c.conflict(
+            "tenancy",
+            r.tenancy.is_some(),
+            "placement.tenancy",
+            p.tenancy.is_some(),
+            "tenancy is deprecated; keep placement.tenancy",
+        );
         let host = p.host_id.is_some() || p.host_resource_group_arn.is_some();
         let tenancy = p.tenancy.as_deref().or(r.tenancy.as_deref());
         if host && tenancy.is_some_and(|t| t != "host") {
@@ -436,20 +676,48 @@ fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: Builde
         }
     }
     let m = &r.metadata_options;
-    c.one_of("metadata_options.http_endpoint", Some(&m.http_endpoint), &["enabled", "disabled"]);
-    c.one_of("metadata_options.http_tokens", Some(&m.http_tokens), &["optional", "required"]);
-    c.one_of("metadata_options.instance_metadata_tags", Some(&m.instance_metadata_tags), &["enabled", "disabled"]);
+    c.one_of(
+        "metadata_options.http_endpoint",
+        Some(&m.http_endpoint),
+        &["enabled", "disabled"],
+    );
+    c.one_of(
+        "metadata_options.http_tokens",
+        Some(&m.http_tokens),
+        &["optional", "required"],
+    );
+    c.one_of(
+        "metadata_options.instance_metadata_tags",
+        Some(&m.instance_metadata_tags),
+        &["enabled", "disabled"],
+    );
     if !(1..=64).contains(&m.http_put_response_hop_limit) {
-        c.err("metadata_options.http_put_response_hop_limit", format!("out of range: {}; must be from 1 to 64", m.http_put_response_hop_limit));
+        c.err(
+            "metadata_options.http_put_response_hop_limit",
+            format!(
+                "out of range: {}; must be from 1 to 64",
+                m.http_put_response_hop_limit
+            ),
+        );
     }
     if let Some(doc) = &r.temporary_iam_instance_profile_policy_document {
         if doc.statement.is_empty() {
-            c.err("temporary_iam_instance_profile_policy_document.Statement", "required: at least one statement");
+            c.err(
+                "temporary_iam_instance_profile_policy_document.Statement",
+                "required: at least one statement",
+            );
         }
         for s in &doc.statement {
-            c.one_of("temporary_iam_instance_profile_policy_document.Statement.Effect", Some(&s.effect), &["Allow", "Deny"]);
+            c.one_of(
+                "temporary_iam_instance_profile_policy_document.Statement.Effect",
+                Some(&s.effect),
+                &["Allow", "Deny"],
+            );
             if s.action.is_empty() {
-                c.err("temporary_iam_instance_profile_policy_document.Statement.Action", "required: list the actions the statement allows or denies");
+                c.err(
+                    "temporary_iam_instance_profile_policy_document.Statement.Action",
+                    "required: list the actions the statement allows or denies",
+                );
             }
         }
     }
@@ -461,7 +729,11 @@ fn run_rules(c: &mut Check, r: &RunConfig, comm: &CommunicatorConfig, bt: Builde
 fn spot_vs_networking(c: &mut Check, config: &BuilderConfig) {
     let (Some(run), ena, sriov) = (match config {
         BuilderConfig::EbsVolume(v) => (Some(&v.run), v.ena_support == Some(true), v.sriov_support),
-        other => (other.run(), other.ami().is_some_and(|a| a.ena_support == Some(true)), other.ami().is_some_and(|a| a.sriov_support)),
+        other => (
+            other.run(),
+            other.ami().is_some_and(|a| a.ena_support == Some(true)),
+            other.ami().is_some_and(|a| a.sriov_support),
+        ),
     }) else {
         return;
     };
@@ -475,8 +747,12 @@ fn spot_vs_networking(c: &mut Check, config: &BuilderConfig) {
 }
 
 fn is_cidr(s: &str) -> bool {
-    let Some((ip, prefix)) = s.split_once('/') else { return false };
-    let Ok(prefix) = prefix.parse::<u8>() else { return false };
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(prefix) = prefix.parse::<u8>() else {
+        return false;
+    };
     match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
         Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
@@ -497,8 +773,18 @@ fn comm_rules(c: &mut Check, m: &CommunicatorConfig, run: &RunConfig) {
         if m.ssh_keypair_name.is_some() && m.ssh_private_key_file.is_none() && !m.ssh_agent_auth {
             c.err("ssh_keypair_name", "requires ssh_private_key_file (or ssh_agent_auth: true): amiflow cannot log in with a key pair whose private key it does not have");
         }
-        c.conflict("ssh_password", m.ssh_password.is_some(), "ssh_private_key_file", m.ssh_private_key_file.is_some(), "choose password or key authentication");
-        if m.ssh_bastion_host.is_some() && !m.ssh_bastion_agent_auth && m.ssh_bastion_password.is_none() && m.ssh_bastion_private_key_file.is_none() {
+        c.conflict(
+            "ssh_password",
+            m.ssh_password.is_some(),
+            "ssh_private_key_file",
+            m.ssh_private_key_file.is_some(),
+            "choose password or key authentication",
+        );
+        if m.ssh_bastion_host.is_some()
+            && !m.ssh_bastion_agent_auth
+            && m.ssh_bastion_password.is_none()
+            && m.ssh_bastion_private_key_file.is_none()
+        {
             c.err("ssh_bastion_host", "requires ssh_bastion_password, ssh_bastion_private_key_file or ssh_bastion_agent_auth: true");
         }
     }
@@ -517,23 +803,54 @@ fn comm_rules(c: &mut Check, m: &CommunicatorConfig, run: &RunConfig) {
         }
         let exec = m.ssm_execution_timeout.as_std().as_secs();
         if !(30..=172_800).contains(&exec) {
-            c.err("ssm_execution_timeout", format!("out of range: {}; SSM runs a command for 30s to 48h", m.ssm_execution_timeout));
+            c.err(
+                "ssm_execution_timeout",
+                format!(
+                    "out of range: {}; SSM runs a command for 30s to 48h",
+                    m.ssm_execution_timeout
+                ),
+            );
         }
     }
     if m.ssh_port == 0 {
         c.err("ssh_port", "out of range: must be from 1 to 65535");
     }
-    c.one_of("temporary_key_pair_type", Some(&m.temporary_key_pair_type), &["rsa", "ed25519"]);
-    c.one_of("ssh_file_transfer_method", m.ssh_file_transfer_method.as_deref(), &["scp", "sftp"]);
-    c.one_of("ssh_interface", m.ssh_interface.as_deref(), &["public_ip", "private_ip", "public_dns", "private_dns", "ipv6", "session_manager"]);
-    if m.ssh_private_ip == Some(true) && m.ssh_interface.as_deref().is_some_and(|i| i != "private_ip") {
+    c.one_of(
+        "temporary_key_pair_type",
+        Some(&m.temporary_key_pair_type),
+        &["rsa", "ed25519"],
+    );
+    c.one_of(
+        "ssh_file_transfer_method",
+        m.ssh_file_transfer_method.as_deref(),
+        &["scp", "sftp"],
+    );
+    c.one_of(
+        "ssh_interface",
+        m.ssh_interface.as_deref(),
+        &[
+            "public_ip",
+            "private_ip",
+            "public_dns",
+            "private_dns",
+            "ipv6",
+            "session_manager",
+        ],
+    );
+    if m.ssh_private_ip == Some(true)
+        && m.ssh_interface
+            .as_deref()
+            .is_some_and(|i| i != "private_ip")
+    {
         c.err("ssh_private_ip", "conflicts with ssh_interface: ssh_private_ip is the old spelling of ssh_interface \"private_ip\"; keep ssh_interface");
     }
     if m.ssh_interface.as_deref() == Some("session_manager") {
         if !m.is_ssh() {
             c.err("ssh_interface", "session_manager requires communicator ssh");
         }
-        if run.iam_instance_profile.is_none() && run.temporary_iam_instance_profile_policy_document.is_none() {
+        if run.iam_instance_profile.is_none()
+            && run.temporary_iam_instance_profile_policy_document.is_none()
+        {
             c.err("ssh_interface", "session_manager requires iam_instance_profile or temporary_iam_instance_profile_policy_document (the instance must reach SSM)");
         }
     }
@@ -545,30 +862,52 @@ fn devices(c: &mut Check, key: &str, list: &[BlockDevice], omit_allowed: bool) {
     for (i, d) in list.iter().enumerate() {
         device(c, &format!("{key}[{i}]"), d, omit_allowed);
         if !d.device_name.is_empty() && !names.insert(d.device_name.as_str()) {
-            c.err(format!("{key}[{i}].device_name"), format!("{} is mapped twice in {key}", d.device_name));
+            c.err(
+                format!("{key}[{i}].device_name"),
+                format!("{} is mapped twice in {key}", d.device_name),
+            );
         }
     }
 }
 
 fn device(c: &mut Check, at: &str, d: &BlockDevice, omit_allowed: bool) {
     if d.device_name.is_empty() {
-        c.err(format!("{at}.device_name"), "required: every block device mapping names its device, e.g. \"/dev/sdb\"");
+        c.err(
+            format!("{at}.device_name"),
+            "required: every block device mapping names its device, e.g. \"/dev/sdb\"",
+        );
     }
     if d.omit_from_artifact && !omit_allowed {
-        c.err(format!("{at}.omit_from_artifact"), "only applies to amazon-ebssurrogate launch_block_device_mappings");
+        c.err(
+            format!("{at}.omit_from_artifact"),
+            "only applies to amazon-ebssurrogate launch_block_device_mappings",
+        );
     }
     let vt = d.volume_type.as_deref().filter(|t| !templated(t));
-    c.one_of(&format!("{at}.volume_type"), vt, &["standard", "io1", "io2", "gp2", "gp3", "sc1", "st1"]);
+    c.one_of(
+        &format!("{at}.volume_type"),
+        vt,
+        &["standard", "io1", "io2", "gp2", "gp3", "sc1", "st1"],
+    );
     if let Some(size) = d.volume_size {
         if !(1..=65536).contains(&size) {
-            c.err(format!("{at}.volume_size"), format!("out of range: {size} GiB; must be from 1 to 65536"));
+            c.err(
+                format!("{at}.volume_size"),
+                format!("out of range: {size} GiB; must be from 1 to 65536"),
+            );
         }
     }
     if let Some(iops) = d.iops {
         match vt {
             Some("io1") | Some("io2") => {
                 if !(100..=64000).contains(&iops) {
-                    c.err(format!("{at}.iops"), format!("out of range: {iops}; {} takes 100 to 64000 IOPS", vt.unwrap()));
+                    c.err(
+                        format!("{at}.iops"),
+                        format!(
+                            "out of range: {iops}; {} takes 100 to 64000 IOPS",
+                            vt.unwrap()
+                        ),
+                    );
                 }
                 let ratio = if vt == Some("io1") { 50 } else { 500 };
                 if let Some(size) = d.volume_size.filter(|s| *s > 0) {
@@ -578,69 +917,140 @@ fn device(c: &mut Check, at: &str, d: &BlockDevice, omit_allowed: bool) {
                 }
             }
             Some("gp3") if !(3000..=16000).contains(&iops) => {
-                c.err(format!("{at}.iops"), format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"));
+                c.err(
+                    format!("{at}.iops"),
+                    format!("out of range: {iops}; gp3 takes 3000 to 16000 IOPS"),
+                );
             }
             Some("gp3") => {}
-            Some(other) => c.err(format!("{at}.iops"), format!("iops only applies to io1, io2 and gp3 volumes, not {other}")),
+            Some(other) => c.err(
+                format!("{at}.iops"),
+                format!("iops only applies to io1, io2 and gp3 volumes, not {other}"),
+            ),
             None => {}
         }
     } else if matches!(vt, Some("io1") | Some("io2")) && d.snapshot_id.is_none() {
-        c.err(format!("{at}.iops"), format!("required: {} volumes need iops", vt.unwrap()));
+        c.err(
+            format!("{at}.iops"),
+            format!("required: {} volumes need iops", vt.unwrap()),
+        );
     }
     if let Some(t) = d.throughput {
         if vt != Some("gp3") {
-            c.err(format!("{at}.throughput"), "throughput only applies to gp3 volumes (set volume_type: \"gp3\")");
+            c.err(
+                format!("{at}.throughput"),
+                "throughput only applies to gp3 volumes (set volume_type: \"gp3\")",
+            );
         } else if !(125..=1000).contains(&t) {
-            c.err(format!("{at}.throughput"), format!("out of range: {t}; gp3 takes 125 to 1000 MiB/s"));
+            c.err(
+                format!("{at}.throughput"),
+                format!("out of range: {t}; gp3 takes 125 to 1000 MiB/s"),
+            );
         }
     }
     if let Some(k) = d.kms_key_id.as_deref() {
         if d.encrypted != Some(true) {
-            c.err(format!("{at}.kms_key_id"), "requires encrypted: true on the same device");
+            c.err(
+                format!("{at}.kms_key_id"),
+                "requires encrypted: true on the same device",
+            );
         }
         if !templated(k) && !is_kms_key(k) {
-            c.err(format!("{at}.kms_key_id"), format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"));
+            c.err(
+                format!("{at}.kms_key_id"),
+                format!("{k:?} is not a KMS key id, alias/<name>, mrk-<id> or key ARN"),
+            );
         }
     }
     if let Some(v) = d.virtual_name.as_deref().filter(|v| !templated(v)) {
         if !v.starts_with("ephemeral") {
-            c.err(format!("{at}.virtual_name"), format!("{v:?}: only instance store names ephemeral0..ephemeral23 are honoured"));
+            c.err(
+                format!("{at}.virtual_name"),
+                format!("{v:?}: only instance store names ephemeral0..ephemeral23 are honoured"),
+            );
         }
     }
 }
 
 fn one_of_arch(c: &mut Check, arch: Option<&str>, boot_mode: Option<&str>, tpm: Option<&str>) {
-    c.one_of("ami_architecture", arch, &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"]);
-    c.one_of("boot_mode", boot_mode, &["legacy-bios", "uefi", "uefi-preferred"]);
+    c.one_of(
+        "ami_architecture",
+        arch,
+        &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"],
+    );
+    c.one_of(
+        "boot_mode",
+        boot_mode,
+        &["legacy-bios", "uefi", "uefi-preferred"],
+    );
     c.one_of("tpm_support", tpm, &["v2.0"]);
 }
 
 fn fast_launch(c: &mut Check, f: &FastLaunch) {
     if let Some(n) = f.max_parallel_launches.filter(|n| *n < 6) {
-        c.err("fast_launch.max_parallel_launches", format!("out of range: {n}; at least 6"));
+        c.err(
+            "fast_launch.max_parallel_launches",
+            format!("out of range: {n}; at least 6"),
+        );
     }
     if let Some(n) = f.target_resource_count.filter(|n| *n < 1) {
-        c.err("fast_launch.target_resource_count", format!("out of range: {n}; at least 1"));
+        c.err(
+            "fast_launch.target_resource_count",
+            format!("out of range: {n}; at least 1"),
+        );
     }
-    c.conflict("fast_launch.template_id", f.template_id.is_some(), "fast_launch.template_name", f.template_name.is_some(), "name the launch template one way");
+    c.conflict(
+        "fast_launch.template_id",
+        f.template_id.is_some(),
+        "fast_launch.template_name",
+        f.template_name.is_some(),
+        "name the launch template one way",
+    );
     for (i, t) in f.region_launch_templates.iter().enumerate() {
         let at = format!("fast_launch.region_launch_templates[{i}]");
         if t.region.is_empty() {
             c.err(format!("{at}.region"), "required");
         }
-        c.conflict(&format!("{at}.template_id"), t.template_id.is_some(), "template_name", t.template_name.is_some(), "name the launch template one way");
+        c.conflict(
+            &format!("{at}.template_id"),
+            t.template_id.is_some(),
+            "template_name",
+            t.template_name.is_some(),
+            "name the launch template one way",
+        );
     }
 }
 
 fn surrogate(c: &mut Check, s: &EbsSurrogateConfig) {
-    devices(c, "ami_block_device_mappings", &s.ami_block_device_mappings, false);
-    devices(c, "launch_block_device_mappings", &s.launch_block_device_mappings, true);
-    one_of_arch(c, Some(&s.ami_architecture), s.boot_mode.as_deref(), s.tpm_support.as_deref());
+    devices(
+        c,
+        "ami_block_device_mappings",
+        &s.ami_block_device_mappings,
+        false,
+    );
+    devices(
+        c,
+        "launch_block_device_mappings",
+        &s.launch_block_device_mappings,
+        true,
+    );
+    one_of_arch(
+        c,
+        Some(&s.ami_architecture),
+        s.boot_mode.as_deref(),
+        s.tpm_support.as_deref(),
+    );
     if s.ami.ami_virtualization_type.is_none() {
-        c.err("ami_virtualization_type", "required for amazon-ebssurrogate: \"hvm\" or \"paravirtual\"");
+        c.err(
+            "ami_virtualization_type",
+            "required for amazon-ebssurrogate: \"hvm\" or \"paravirtual\"",
+        );
     }
     if s.launch_block_device_mappings.is_empty() {
-        c.err("launch_block_device_mappings", "required for amazon-ebssurrogate: map the volume that becomes the AMI's root");
+        c.err(
+            "launch_block_device_mappings",
+            "required for amazon-ebssurrogate: map the volume that becomes the AMI's root",
+        );
     }
     match &s.ami_root_device {
         None => c.err("ami_root_device", "required for amazon-ebssurrogate: { \"source_device_name\": <a launch mapping>, \"device_name\": <root device in the AMI> }"),
@@ -656,7 +1066,10 @@ fn surrogate(c: &mut Check, s: &EbsSurrogateConfig) {
         }
     }
     if s.use_create_image && s.ami.ami_virtualization_type.as_deref() == Some("paravirtual") {
-        c.err("use_create_image", "conflicts with ami_virtualization_type \"paravirtual\"");
+        c.err(
+            "use_create_image",
+            "conflicts with ami_virtualization_type \"paravirtual\"",
+        );
     }
 }
 
@@ -669,8 +1082,12 @@ fn ebsvolume(c: &mut Check, v: &EbsVolumeConfig, map: &Map<String, Value>) {
         for (i, entry) in raw.iter().enumerate() {
             for k in entry.as_object().into_iter().flat_map(|o| o.keys()) {
                 if !known.contains(k) {
-                    let hint = super::validate::closest(k, known.iter().map(String::as_str)).map_or("remove it".to_string(), |s| format!("did you mean {s}?"));
-                    c.err(format!("ebs_volumes[{i}].{k}"), format!("unknown key in ebs_volumes; {hint}"));
+                    let hint = super::validate::closest(k, known.iter().map(String::as_str))
+                        .map_or("remove it".to_string(), |s| format!("did you mean {s}?"));
+                    c.err(
+                        format!("ebs_volumes[{i}].{k}"),
+                        format!("unknown key in ebs_volumes; {hint}"),
+                    );
                 }
             }
         }
@@ -680,7 +1097,10 @@ fn ebsvolume(c: &mut Check, v: &EbsVolumeConfig, map: &Map<String, Value>) {
         let at = format!("ebs_volumes[{i}]");
         device(c, &at, &vol.device, false);
         if !vol.device.device_name.is_empty() && !names.insert(vol.device.device_name.as_str()) {
-            c.err(format!("{at}.device_name"), format!("{} is mapped twice in ebs_volumes", vol.device.device_name));
+            c.err(
+                format!("{at}.device_name"),
+                format!("{} is mapped twice in ebs_volumes", vol.device.device_name),
+            );
         }
         if !vol.snapshot_volume {
             for (key, set) in [
@@ -690,52 +1110,113 @@ fn ebsvolume(c: &mut Check, v: &EbsVolumeConfig, map: &Map<String, Value>) {
                 ("snapshot_groups", !vol.snapshot_groups.is_empty()),
             ] {
                 if set {
-                    c.err(format!("{at}.{key}"), "requires snapshot_volume: true on the same volume");
+                    c.err(
+                        format!("{at}.{key}"),
+                        "requires snapshot_volume: true on the same volume",
+                    );
                 }
             }
         }
-        for u in vol.snapshot_users.iter().filter(|u| !templated(u) && !is_account(u)) {
-            c.err(format!("{at}.snapshot_users"), format!("invalid value {u:?}: must be a 12-digit AWS account id"));
+        for u in vol
+            .snapshot_users
+            .iter()
+            .filter(|u| !templated(u) && !is_account(u))
+        {
+            c.err(
+                format!("{at}.snapshot_users"),
+                format!("invalid value {u:?}: must be a 12-digit AWS account id"),
+            );
         }
     }
 }
 
 fn instance(c: &mut Check, i: &InstanceConfig) {
-    devices(c, "ami_block_device_mappings", &i.ami_block_device_mappings, false);
-    devices(c, "launch_block_device_mappings", &i.launch_block_device_mappings, false);
+    devices(
+        c,
+        "ami_block_device_mappings",
+        &i.ami_block_device_mappings,
+        false,
+    );
+    devices(
+        c,
+        "launch_block_device_mappings",
+        &i.launch_block_device_mappings,
+        false,
+    );
     c.one_of("tpm_support", i.tpm_support.as_deref(), &["v2.0"]);
     for (key, value, what) in [
-        ("account_id", &i.account_id, "your 12-digit AWS account id (dashes allowed), used by ec2-bundle-vol"),
-        ("s3_bucket", &i.s3_bucket, "the S3 bucket the bundle is uploaded to"),
-        ("x509_cert_path", &i.x509_cert_path, "the local path of the X.509 certificate registered with your account"),
-        ("x509_key_path", &i.x509_key_path, "the local path of that certificate's private key"),
+        (
+            "account_id",
+            &i.account_id,
+            "your 12-digit AWS account id (dashes allowed), used by ec2-bundle-vol",
+        ),
+        (
+            "s3_bucket",
+            &i.s3_bucket,
+            "the S3 bucket the bundle is uploaded to",
+        ),
+        (
+            "x509_cert_path",
+            &i.x509_cert_path,
+            "the local path of the X.509 certificate registered with your account",
+        ),
+        (
+            "x509_key_path",
+            &i.x509_key_path,
+            "the local path of that certificate's private key",
+        ),
     ] {
         if value.is_empty() {
             c.err(key, format!("required for amazon-instance: {what}"));
         }
     }
     if !i.account_id.is_empty() && !templated(&i.account_id) && !is_account(&i.account_id) {
-        c.err("account_id", format!("{:?} is not a 12-digit AWS account id", i.account_id));
+        c.err(
+            "account_id",
+            format!("{:?} is not a 12-digit AWS account id", i.account_id),
+        );
     }
     let b = &i.s3_bucket;
     if !b.is_empty() && !templated(b) {
-        let ok_chars = b.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '.' || ch == '-');
-        if !(3..=63).contains(&b.len()) || !ok_chars || b.starts_with(['.', '-']) || b.ends_with(['.', '-']) {
+        let ok_chars = b
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '.' || ch == '-');
+        if !(3..=63).contains(&b.len())
+            || !ok_chars
+            || b.starts_with(['.', '-'])
+            || b.ends_with(['.', '-'])
+        {
             c.err("s3_bucket", format!("{b:?} is not a valid S3 bucket name (3–63 lowercase letters, digits, dots and hyphens)"));
         }
     }
 }
 
 fn chroot_rules(c: &mut Check, ch: &ChrootConfig, _map: &Map<String, Value>) {
-    devices(c, "ami_block_device_mappings", &ch.ami_block_device_mappings, false);
-    one_of_arch(c, Some(&ch.ami_architecture), ch.boot_mode.as_deref(), ch.tpm_support.as_deref());
+    devices(
+        c,
+        "ami_block_device_mappings",
+        &ch.ami_block_device_mappings,
+        false,
+    );
+    one_of_arch(
+        c,
+        Some(&ch.ami_architecture),
+        ch.boot_mode.as_deref(),
+        ch.tpm_support.as_deref(),
+    );
     if ch.from_scratch {
         for (key, missing) in [
             ("root_volume_size", ch.root_volume_size.is_none()),
             ("pre_mount_commands", ch.pre_mount_commands.is_empty()),
-            ("ami_virtualization_type", ch.ami.ami_virtualization_type.is_none()),
+            (
+                "ami_virtualization_type",
+                ch.ami.ami_virtualization_type.is_none(),
+            ),
             ("root_device_name", ch.root_device_name.is_none()),
-            ("ami_block_device_mappings", ch.ami_block_device_mappings.is_empty()),
+            (
+                "ami_block_device_mappings",
+                ch.ami_block_device_mappings.is_empty(),
+            ),
         ] {
             if missing {
                 c.err(key, "required with from_scratch: a volume built from nothing needs root_volume_size, pre_mount_commands (to partition and format it), ami_virtualization_type, root_device_name and ami_block_device_mappings");
@@ -746,13 +1227,19 @@ fn chroot_rules(c: &mut Check, ch: &ChrootConfig, _map: &Map<String, Value>) {
             c.err("source_ami", "required for amazon-chroot: set source_ami or source_ami_filter (or from_scratch: true)");
         }
         if ch.root_device_name.is_some() && ch.ami_block_device_mappings.is_empty() {
-            c.err("root_device_name", "requires ami_block_device_mappings (which must include the root device)");
+            c.err(
+                "root_device_name",
+                "requires ami_block_device_mappings (which must include the root device)",
+            );
         }
         if !ch.ami_block_device_mappings.is_empty() && ch.root_device_name.is_none() {
             c.err("ami_block_device_mappings", "requires root_device_name: amazon-chroot replaces the source's mappings, so name the root device");
         }
         if !ch.ami_block_device_mappings.is_empty() && ch.root_volume_size.is_none() {
-            c.err("root_volume_size", "required with ami_block_device_mappings");
+            c.err(
+                "root_volume_size",
+                "required with ami_block_device_mappings",
+            );
         }
     }
     if let Some(id) = ch.source_ami.as_deref().filter(|s| !templated(s)) {
@@ -767,31 +1254,69 @@ fn chroot_rules(c: &mut Check, ch: &ChrootConfig, _map: &Map<String, Value>) {
     }
     for (i, m) in ch.chroot_mounts.iter().enumerate() {
         if m.len() != 3 {
-            c.err(format!("chroot_mounts[{i}]"), format!("each mount is [fstype, source, destination]: 3 strings, found {}", m.len()));
+            c.err(
+                format!("chroot_mounts[{i}]"),
+                format!(
+                    "each mount is [fstype, source, destination]: 3 strings, found {}",
+                    m.len()
+                ),
+            );
         }
     }
     if !ch.mount_partition.chars().all(|d| d.is_ascii_digit()) {
-        c.err("mount_partition", format!("invalid value {:?}: a partition number (\"1\"), or \"0\" for the whole device", ch.mount_partition));
+        c.err(
+            "mount_partition",
+            format!(
+                "invalid value {:?}: a partition number (\"1\"), or \"0\" for the whole device",
+                ch.mount_partition
+            ),
+        );
     }
     if !ch.command_wrapper.contains(".Command") {
-        c.err("command_wrapper", "must contain {{.Command}}, where each command goes");
+        c.err(
+            "command_wrapper",
+            "must contain {{.Command}}, where each command goes",
+        );
     }
     if let Some(size) = ch.root_volume_size {
         if !(1..=65536).contains(&size) {
-            c.err("root_volume_size", format!("out of range: {size} GiB; must be from 1 to 65536"));
+            c.err(
+                "root_volume_size",
+                format!("out of range: {size} GiB; must be from 1 to 65536"),
+            );
         }
     }
-    c.one_of("root_volume_type", ch.root_volume_type.as_deref(), &["standard", "io1", "io2", "gp2", "gp3", "sc1", "st1"]);
+    c.one_of(
+        "root_volume_type",
+        ch.root_volume_type.as_deref(),
+        &["standard", "io1", "io2", "gp2", "gp3", "sc1", "st1"],
+    );
     if ch.root_volume_kms_key_id.is_some() && ch.root_volume_encrypt_boot != Some(true) {
-        c.err("root_volume_kms_key_id", "requires root_volume_encrypt_boot: true");
+        c.err(
+            "root_volume_kms_key_id",
+            "requires root_volume_encrypt_boot: true",
+        );
     }
     if ch.nvme_device_path.is_some() && ch.device_path.is_none() {
         c.err("nvme_device_path", "requires device_path: the NVMe name replaces the device in the mount command, so fix the attach device too");
     }
-    c.conflict("chroot_host_instance_id", ch.chroot_host_instance_id.is_some(), "chroot_host_filter", ch.chroot_host_filter.is_some(), "name the build host one way");
-    if let Some(id) = ch.chroot_host_instance_id.as_deref().filter(|s| !templated(s)) {
+    c.conflict(
+        "chroot_host_instance_id",
+        ch.chroot_host_instance_id.is_some(),
+        "chroot_host_filter",
+        ch.chroot_host_filter.is_some(),
+        "name the build host one way",
+    );
+    if let Some(id) = ch
+        .chroot_host_instance_id
+        .as_deref()
+        .filter(|s| !templated(s))
+    {
         if !id.starts_with("i-") {
-            c.err("chroot_host_instance_id", format!("{id:?} is not an instance id (i-…)"));
+            c.err(
+                "chroot_host_instance_id",
+                format!("{id:?} is not an instance id (i-…)"),
+            );
         }
     }
 }

@@ -119,7 +119,9 @@ pub struct RunConfig {
 impl RunConfig {
     /// A spot build: `spot_price` set to something other than `"0"` (Packer's rule).
     pub fn is_spot(&self) -> bool {
-        self.spot_price.as_deref().is_some_and(|p| !p.is_empty() && p != "0")
+        self.spot_price
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && p != "0")
     }
 }
 

@@ -16,20 +16,39 @@ use super::{weak, BuilderConfig, BuilderType};
 use crate::problem::Problem;
 
 /// Keys never serialized (secrets) — known, but absent from a serialized default config.
-const SECRET_KEYS: [&str; 7] =
-    ["access_key", "secret_key", "token", "mfa_code", "ssh_password", "ssh_bastion_password", "ssh_proxy_password"];
+const SECRET_KEYS: [&str; 7] = [
+    "access_key",
+    "secret_key",
+    "token",
+    "mfa_code",
+    "ssh_password",
+    "ssh_bastion_password",
+    "ssh_proxy_password",
+];
 /// Old names serde accepts as aliases.
 const ALIAS_KEYS: [&str; 1] = ["ssh_wait_timeout"];
 
 /// Keys Packer renamed or removed, and what to write instead.
 const RENAMED: [(&str, &str); 7] = [
     ("shutdown_behaviour", "it is spelled shutdown_behavior"),
-    ("temporary_security_group_source_cidr", "renamed to temporary_security_group_source_cidrs (a list)"),
-    ("mount_command", "replaced by command_wrapper (\"{{.Command}}\" by default)"),
-    ("unmount_command", "replaced by command_wrapper (\"{{.Command}}\" by default)"),
+    (
+        "temporary_security_group_source_cidr",
+        "renamed to temporary_security_group_source_cidrs (a list)",
+    ),
+    (
+        "mount_command",
+        "replaced by command_wrapper (\"{{.Command}}\" by default)",
+    ),
+    (
+        "unmount_command",
+        "replaced by command_wrapper (\"{{.Command}}\" by default)",
+    ),
     ("avail_zone", "renamed to availability_zone"),
     ("ssh_key_path", "renamed to ssh_private_key_file"),
-    ("clean_ami_name", "clean_ami_name is a template function, now clean_resource_name"),
+    (
+        "clean_ami_name",
+        "clean_ami_name is a template function, now clean_resource_name",
+    ),
 ];
 
 /// Packer keys amiflow does not implement, and the alternative.
@@ -45,7 +64,11 @@ fn unsupported(key: &str) -> Option<&'static str> {
 
 /// Parse and validate one builder (`name` = the build's name, used in every problem).
 /// A missing `region` is accepted when `AWS_REGION` or `AWS_DEFAULT_REGION` is set.
-pub fn from_builder(name: &str, builder_type: BuilderType, raw: &Map<String, Value>) -> Result<BuilderConfig, Vec<Problem>> {
+pub fn from_builder(
+    name: &str,
+    builder_type: BuilderType,
+    raw: &Map<String, Value>,
+) -> Result<BuilderConfig, Vec<Problem>> {
     from_builder_with_env(name, builder_type, raw, &|k| std::env::var(k).ok())
 }
 
@@ -92,7 +115,10 @@ fn finish(name: &str, problems: Vec<Problem>) -> Vec<Problem> {
     problems.into_iter().map(|p| p.in_builder(name)).collect()
 }
 
-pub(super) fn decode(builder_type: BuilderType, value: Value) -> Result<BuilderConfig, serde_json::Error> {
+pub(super) fn decode(
+    builder_type: BuilderType,
+    value: Value,
+) -> Result<BuilderConfig, serde_json::Error> {
     Ok(match builder_type {
         BuilderType::Ebs => BuilderConfig::Ebs(serde_json::from_value(value)?),
         BuilderType::Chroot => BuilderConfig::Chroot(serde_json::from_value(value)?),
@@ -106,36 +132,67 @@ pub(super) fn decode(builder_type: BuilderType, value: Value) -> Result<BuilderC
 /// serialized, so the struct itself is the list), plus secrets and aliases.
 pub fn known_keys(builder_type: BuilderType) -> BTreeSet<String> {
     let default = decode(builder_type, Value::Object(Map::new())).expect("every key has a default");
-    let Value::Object(tagged) = serde_json::to_value(&default).expect("config serializes") else { unreachable!() };
-    let Some(Value::Object(fields)) = tagged.into_iter().next().map(|(_, v)| v) else { unreachable!() };
+    let Value::Object(tagged) = serde_json::to_value(&default).expect("config serializes") else {
+        unreachable!()
+    };
+    let Some(Value::Object(fields)) = tagged.into_iter().next().map(|(_, v)| v) else {
+        unreachable!()
+    };
     let mut keys: BTreeSet<String> = fields.keys().cloned().collect();
     let secrets = SECRET_KEYS.iter().filter(|k| {
         // ssh_* secrets only where there is a communicator.
         builder_type != BuilderType::Chroot || !k.starts_with("ssh_")
     });
-    keys.extend(secrets.chain(ALIAS_KEYS.iter().filter(|_| builder_type != BuilderType::Chroot)).map(|k| k.to_string()));
+    keys.extend(
+        secrets
+            .chain(
+                ALIAS_KEYS
+                    .iter()
+                    .filter(|_| builder_type != BuilderType::Chroot),
+            )
+            .map(|k| k.to_string()),
+    );
     keys
 }
 
-fn check_keys(builder_type: BuilderType, known: &BTreeSet<String>, map: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
-    let unknown: Vec<String> = map.keys().filter(|k| !known.contains(*k)).cloned().collect();
+fn check_keys(
+    builder_type: BuilderType,
+    known: &BTreeSet<String>,
+    map: &mut Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) {
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| !known.contains(*k))
+        .cloned()
+        .collect();
     for key in unknown {
         map.remove(&key);
         if let Some((_, what)) = RENAMED.iter().find(|(old, _)| *old == key) {
             problems.push(Problem::key(&key, format!("unknown key: {what}")));
         } else if let Some(why) = unsupported(&key) {
             problems.push(Problem::key(&key, format!("not supported: {why}")));
-        } else if let Some(owner) = BuilderType::ALL.into_iter().find(|t| *t != builder_type && known_keys(*t).contains(&key)) {
+        } else if let Some(owner) = BuilderType::ALL
+            .into_iter()
+            .find(|t| *t != builder_type && known_keys(*t).contains(&key))
+        {
             problems.push(Problem::key(
                 &key,
-                format!("unknown key: {key} is an option of {} and {} does not take it; remove it", owner.as_str(), builder_type.as_str()),
+                format!(
+                    "unknown key: {key} is an option of {} and {} does not take it; remove it",
+                    owner.as_str(),
+                    builder_type.as_str()
+                ),
             ));
         } else {
             let hint = match closest(&key, known.iter().map(String::as_str)) {
                 Some(k) => format!("; did you mean {k}?"),
                 None => "; remove it".to_string(),
             };
-            problems.push(Problem::key(&key, format!("unknown key for {}{hint}", builder_type.as_str())));
+            problems.push(Problem::key(
+                &key,
+                format!("unknown key for {}{hint}", builder_type.as_str()),
+            ));
         }
     }
 }
@@ -147,7 +204,9 @@ pub(super) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Op
         .filter_map(|k| {
             let d = strsim::damerau_levenshtein(&key_l, k);
             let close = d <= (key.len() / 3).max(2);
-            let prefix = key.len() >= 5 && (k.starts_with(&key_l) || key_l.starts_with(k)) && k.len().abs_diff(key.len()) <= 6;
+            let prefix = key.len() >= 5
+                && (k.starts_with(&key_l) || key_l.starts_with(k))
+                && k.len().abs_diff(key.len()) <= 6;
             (close || prefix).then_some((d, k))
         })
         .min()
@@ -155,7 +214,11 @@ pub(super) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Op
 }
 
 /// Decode each key alone; on failure try mapstructure's weak coercions; report what remains.
-fn coerce_types(builder_type: BuilderType, map: &mut Map<String, Value>, problems: &mut Vec<Problem>) {
+fn coerce_types(
+    builder_type: BuilderType,
+    map: &mut Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) {
     if decode(builder_type, Value::Object(map.clone())).is_ok() {
         return;
     }
@@ -168,7 +231,10 @@ fn coerce_types(builder_type: BuilderType, map: &mut Map<String, Value>, problem
             decode(builder_type, Value::Object(one))
         };
         let Err(err) = try_one(&value) else { continue };
-        match weak::coerce_candidates(&value).into_iter().find(|c| try_one(c).is_ok()) {
+        match weak::coerce_candidates(&value)
+            .into_iter()
+            .find(|c| try_one(c).is_ok())
+        {
             Some(fixed) => {
                 map.insert(key, fixed);
             }
@@ -184,19 +250,34 @@ fn type_problem(key: &str, value: &Value, serde_msg: &str) -> Problem {
     // Nested blocks refuse unknown keys: name the key and the likely one.
     if let Some(rest) = serde_msg.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or_default();
-        let expected: Vec<&str> = rest.split("expected one of ").nth(1).unwrap_or(rest).split('`').filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.is_empty()).collect();
+        let expected: Vec<&str> = rest
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or(rest)
+            .split('`')
+            .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.is_empty())
+            .collect();
         let hint = match closest(field, expected.iter().copied()) {
             Some(k) => format!("did you mean {k}?"),
             None => format!("it takes {}", expected.join(", ")),
         };
-        return Problem::key(format!("{key}.{field}"), format!("unknown key in {key}; {hint}"));
+        return Problem::key(
+            format!("{key}.{field}"),
+            format!("unknown key in {key}; {hint}"),
+        );
     }
     if let Some(rest) = serde_msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or_default();
-        return Problem::key(format!("{key}.{field}"), format!("required: {key} needs {field}"));
+        return Problem::key(
+            format!("{key}.{field}"),
+            format!("required: {key} needs {field}"),
+        );
     }
     let msg = serde_msg
-        .replace("expected u16", "expected a port number, an integer from 1 to 65535")
+        .replace(
+            "expected u16",
+            "expected a port number, an integer from 1 to 65535",
+        )
         .replace("expected u32", "expected a non-negative integer")
         .replace("expected u64", "expected a non-negative integer")
         .replace("expected i64", "expected an integer")
@@ -207,7 +288,13 @@ fn type_problem(key: &str, value: &Value, serde_msg: &str) -> Problem {
         None => msg,
     };
     if msg.starts_with("invalid value: integer") {
-        return Problem::key(key, format!("out of range: {value} is not allowed; {}", msg.split(", ").last().unwrap_or(&msg)));
+        return Problem::key(
+            key,
+            format!(
+                "out of range: {value} is not allowed; {}",
+                msg.split(", ").last().unwrap_or(&msg)
+            ),
+        );
     }
     if msg.contains("duration") {
         return Problem::key(key, format!("bad duration: {msg}"));

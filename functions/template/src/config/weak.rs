@@ -35,9 +35,13 @@ fn to_bool<E: Error>(v: &Value) -> Result<Option<bool>, E> {
             "" => Ok(None),
             "1" | "t" | "true" => Ok(Some(true)),
             "0" | "f" | "false" => Ok(Some(false)),
-            _ => Err(E::custom(format!("expected a boolean (true or false), found string {s:?}"))),
+            _ => Err(E::custom(format!(
+                "expected a boolean (true or false), found string {s:?}"
+            ))),
         },
-        other => Err(E::custom(format!("expected a boolean (true or false), found {other}"))),
+        other => Err(E::custom(format!(
+            "expected a boolean (true or false), found {other}"
+        ))),
     }
 }
 
@@ -58,7 +62,9 @@ pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error>
 pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     match to_i64::<D::Error>(&Value::deserialize(d)?)? {
         None => Ok(None),
-        Some(n) => u32::try_from(n).map(Some).map_err(|_| D::Error::custom(format!("expected a non-negative integer, found {n}"))),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected a non-negative integer, found {n}"))),
     }
 }
 
@@ -80,7 +86,11 @@ pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Value::Null => Ok(Vec::new()),
         Value::Array(items) => items
             .iter()
-            .map(|i| to_string::<D::Error>(i).and_then(|s| s.ok_or_else(|| D::Error::custom("expected a string, found null"))))
+            .map(|i| {
+                to_string::<D::Error>(i).and_then(|s| {
+                    s.ok_or_else(|| D::Error::custom("expected a string, found null"))
+                })
+            })
             .collect(),
         other => Ok(to_string::<D::Error>(&other)?.into_iter().collect()),
     }
@@ -92,11 +102,11 @@ pub fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, St
         Value::Null => Ok(BTreeMap::new()),
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| {
-                to_string::<D::Error>(v).map(|s| (k.clone(), s.unwrap_or_default()))
-            })
+            .map(|(k, v)| to_string::<D::Error>(v).map(|s| (k.clone(), s.unwrap_or_default())))
             .collect(),
-        other => Err(D::Error::custom(format!("expected an object of string values, found {other}"))),
+        other => Err(D::Error::custom(format!(
+            "expected an object of string values, found {other}"
+        ))),
     }
 }
 

@@ -31,7 +31,11 @@ pub fn deferred_keys(t: BuilderType) -> Vec<&'static str> {
             k.extend(TAGS);
             k
         }
-        BuilderType::EbsVolume => TAGS.iter().copied().filter(|k| !k.starts_with("snapshot_tag")).collect(),
+        BuilderType::EbsVolume => TAGS
+            .iter()
+            .copied()
+            .filter(|k| !k.starts_with("snapshot_tag"))
+            .collect(),
         BuilderType::Chroot => vec![
             "ami_description",
             "snapshot_tags",
@@ -46,7 +50,11 @@ pub fn deferred_keys(t: BuilderType) -> Vec<&'static str> {
             "mount_path",
         ],
         BuilderType::Instance => {
-            let mut k = vec!["ami_description", "bundle_upload_command", "bundle_vol_command"];
+            let mut k = vec![
+                "ami_description",
+                "bundle_upload_command",
+                "bundle_vol_command",
+            ];
             k.extend(TAGS);
             k
         }
@@ -59,7 +67,10 @@ pub fn is_deferred(t: BuilderType, path: &[&str]) -> bool {
     match path {
         [top] => deferred_keys(t).contains(top),
         // ebsvolume tags each volume and its snapshot in `stepTagEBSVolumes`.
-        ["ebs_volumes", inner] => t == BuilderType::EbsVolume && matches!(*inner, "tags" | "tag" | "snapshot_tags" | "snapshot_tag"),
+        ["ebs_volumes", inner] => {
+            t == BuilderType::EbsVolume
+                && matches!(*inner, "tags" | "tag" | "snapshot_tags" | "snapshot_tag")
+        }
         _ => false,
     }
 }
@@ -79,7 +90,10 @@ mod tests {
         assert!(!is_deferred(BuilderType::Chroot, &["run_tags"]));
         assert!(is_deferred(BuilderType::Instance, &["bundle_vol_command"]));
         assert!(!is_deferred(BuilderType::EbsVolume, &["ami_description"]));
-        assert!(is_deferred(BuilderType::EbsVolume, &["ebs_volumes", "tags"]));
+        assert!(is_deferred(
+            BuilderType::EbsVolume,
+            &["ebs_volumes", "tags"]
+        ));
         assert!(!is_deferred(BuilderType::Ebs, &["ebs_volumes", "tags"]));
     }
 }

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::funcs;
-use super::secrets::SECRET_MARK;
 use super::golayout;
+use super::secrets::SECRET_MARK;
 use super::syntax::{self, Arg, Cmd, Node, Pipe};
 
 /// The Packer version amiflow answers to `min_packer_version` and `{{packer_version}}`:
@@ -125,13 +125,19 @@ impl EvalError {
 /// Renders `src`. With [`Data::Defer`], actions that use build data are kept (printed back
 /// with their known parts resolved) and everything else is rendered.
 pub(crate) fn render(src: &str, scope: &Scope) -> Result<String, EvalError> {
-    let nodes = syntax::parse(src).map_err(|e| EvalError { offset: e.offset, message: e.message })?;
+    let nodes = syntax::parse(src).map_err(|e| EvalError {
+        offset: e.offset,
+        message: e.message,
+    })?;
     let mut out = String::with_capacity(src.len());
     for node in nodes {
         match node {
             Node::Text(t) => out.push_str(&t),
             Node::Action(a) => {
-                let err = |message: String| EvalError { offset: a.offset, message };
+                let err = |message: String| EvalError {
+                    offset: a.offset,
+                    message,
+                };
                 if matches!(scope.data, Data::Defer) && pipe_uses_data(&a.pipe) {
                     let kept = partial_pipe(&a.pipe, scope).map_err(err)?;
                     out.push_str("{{ ");
@@ -169,12 +175,18 @@ fn cmd_uses_data(c: &Cmd) -> bool {
 fn partial_pipe(p: &Pipe, scope: &Scope) -> Result<Pipe, String> {
     if !pipe_uses_data(p) {
         let v = eval_pipe(p, scope)?;
-        return Ok(Pipe { cmds: vec![Cmd { args: vec![v.into_arg()] }] });
+        return Ok(Pipe {
+            cmds: vec![Cmd {
+                args: vec![v.into_arg()],
+            }],
+        });
     }
     let mut cmds = Vec::with_capacity(p.cmds.len());
     for (i, cmd) in p.cmds.iter().enumerate() {
         if i == 0 && !cmd_uses_data(cmd) {
-            cmds.push(Cmd { args: vec![eval_cmd(cmd, None, scope)?.into_arg()] });
+            cmds.push(Cmd {
+                args: vec![eval_cmd(cmd, None, scope)?.into_arg()],
+            });
             continue;
         }
         let mut args = Vec::with_capacity(cmd.args.len());
@@ -203,13 +215,19 @@ fn eval_pipe(p: &Pipe, scope: &Scope) -> Result<Value, String> {
 fn eval_cmd(cmd: &Cmd, piped: Option<Value>, scope: &Scope) -> Result<Value, String> {
     match &cmd.args[0] {
         Arg::Ident(name) => {
-            let mut args = cmd.args[1..].iter().map(|a| eval_arg(a, scope)).collect::<Result<Vec<_>, _>>()?;
+            let mut args = cmd.args[1..]
+                .iter()
+                .map(|a| eval_arg(a, scope))
+                .collect::<Result<Vec<_>, _>>()?;
             args.extend(piped);
             call(name, args, scope)
         }
         operand => {
             if piped.is_some() {
-                return Err(format!("cannot pipe a value into `{}`: only functions take arguments", operand.to_source()));
+                return Err(format!(
+                    "cannot pipe a value into `{}`: only functions take arguments",
+                    operand.to_source()
+                ));
             }
             eval_arg(operand, scope)
         }
@@ -219,8 +237,15 @@ fn eval_cmd(cmd: &Cmd, piped: Option<Value>, scope: &Scope) -> Result<Value, Str
 fn eval_arg(arg: &Arg, scope: &Scope) -> Result<Value, String> {
     match arg {
         Arg::Ident(name) => call(name, Vec::new(), scope),
-        Arg::Field(path) => build_data(&path.join("."), &format!("{{{{ .{} }}}}", path.join(".")), scope),
-        Arg::Dot => Err("`{{ . }}` has no value in a Packer template; name a field, e.g. {{ .SourceAMIName }}".into()),
+        Arg::Field(path) => build_data(
+            &path.join("."),
+            &format!("{{{{ .{} }}}}", path.join(".")),
+            scope,
+        ),
+        Arg::Dot => Err(
+            "`{{ . }}` has no value in a Packer template; name a field, e.g. {{ .SourceAMIName }}"
+                .into(),
+        ),
         Arg::Str(s) => Ok(Value::Str(s.clone())),
         Arg::Int(n) => Ok(Value::Int(*n)),
         Arg::Bool(b) => Ok(Value::Bool(*b)),
@@ -230,7 +255,9 @@ fn eval_arg(arg: &Arg, scope: &Scope) -> Result<Value, String> {
 
 fn build_data(key: &str, shown: &str, scope: &Scope) -> Result<Value, String> {
     match scope.data {
-        Data::Unavailable(why) => Err(format!("`{shown}` is build data, which is not available here: {why}")),
+        Data::Unavailable(why) => Err(format!(
+            "`{shown}` is build data, which is not available here: {why}"
+        )),
         Data::Defer => Err(format!("`{shown}` is build data and is rendered later")),
         Data::Values(values) => match values.get(key) {
             Some(v) => Ok(Value::Str(v.clone())),
@@ -238,7 +265,11 @@ fn build_data(key: &str, shown: &str, scope: &Scope) -> Result<Value, String> {
                 let known: Vec<&str> = values.keys().map(String::as_str).collect();
                 Err(format!(
                     "no build data named `{key}` here (available: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ))
             }
         },
@@ -249,24 +280,35 @@ fn arity(name: &str, args: &[Value], want: usize) -> Result<(), String> {
     if args.len() == want {
         Ok(())
     } else {
-        Err(format!("wrong number of arguments for `{name}`: want {want}, got {}", args.len()))
+        Err(format!(
+            "wrong number of arguments for `{name}`: want {want}, got {}",
+            args.len()
+        ))
     }
 }
-
 
 fn int_arg(name: &str, pos: usize, v: &Value) -> Result<i64, String> {
     match v {
         Value::Int(n) => Ok(*n),
-        other => Err(format!("argument {pos} of `{name}` must be a whole number, got {:?}", other.clone().into_string())),
+        other => Err(format!(
+            "argument {pos} of `{name}` must be a whole number, got {:?}",
+            other.clone().into_string()
+        )),
     }
 }
 
 fn needs_time(name: &str, scope: &Scope) -> Result<DateTime<Utc>, String> {
-    scope.time.ok_or_else(|| format!("`{name}` must be rendered when the template is prepared, not with build data"))
+    scope.time.ok_or_else(|| {
+        format!("`{name}` must be rendered when the template is prepared, not with build data")
+    })
 }
 
 fn call(name: &str, args: Vec<Value>, scope: &Scope) -> Result<Value, String> {
-    if name != "user" && args.iter().any(|a| matches!(a, Value::Str(s) if s.contains(SECRET_MARK))) {
+    if name != "user"
+        && args
+            .iter()
+            .any(|a| matches!(a, Value::Str(s) if s.contains(SECRET_MARK)))
+    {
         return Err(format!(
             "a sensitive variable cannot be passed to `{name}`: its value is only put in place when it is used; use {{{{user `name`}}}} on its own"
         ));
@@ -373,7 +415,9 @@ fn strftime(t: &DateTime<Utc>, fmt: &str) -> Result<String, String> {
     use chrono::format::{Item, StrftimeItems};
     let items: Vec<Item> = StrftimeItems::new(fmt).collect();
     if items.iter().any(|i| matches!(i, Item::Error)) {
-        return Err(format!("`strftime`: {fmt:?} is not a valid strftime format"));
+        return Err(format!(
+            "`strftime`: {fmt:?} is not a valid strftime format"
+        ));
     }
     Ok(t.format_with_items(items.into_iter()).to_string())
 }
@@ -406,7 +450,11 @@ mod tests {
     }
 
     fn env(name: &str) -> String {
-        if name == "HOME" { "/home/me".into() } else { String::new() }
+        if name == "HOME" {
+            "/home/me".into()
+        } else {
+            String::new()
+        }
     }
 
     fn builder_scope() -> Scope<'static> {
@@ -430,10 +478,16 @@ mod tests {
         assert_eq!(r("{{timestamp}}").unwrap(), "1709647629");
         assert_eq!(r("{{isotime}}").unwrap(), "2024-03-05T14:07:09Z");
         assert_eq!(r("{{isotime \"20060102\"}}").unwrap(), "20240305");
-        assert_eq!(r("{{ isotime `2006-01-02T15:04:05Z07:00` }}").unwrap(), "2024-03-05T14:07:09Z");
+        assert_eq!(
+            r("{{ isotime `2006-01-02T15:04:05Z07:00` }}").unwrap(),
+            "2024-03-05T14:07:09Z"
+        );
         assert_eq!(r("{{strftime \"%Y%m%d\"}}").unwrap(), "20240305");
         assert_eq!(r("{{user `region`}}").unwrap(), "eu-west-1");
-        assert_eq!(r("{{build_name}}-{{build_type}}").unwrap(), "web-amazon-ebs");
+        assert_eq!(
+            r("{{build_name}}-{{build_type}}").unwrap(),
+            "web-amazon-ebs"
+        );
         assert_eq!(r("{{clean_resource_name `a:b`}}").unwrap(), "a-b");
         assert_eq!(r("{{upper `ab`}}{{lower `CD`}}").unwrap(), "ABcd");
         assert_eq!(r("{{replace `a` `b` 2 `aaa`}}").unwrap(), "bba");
@@ -446,12 +500,20 @@ mod tests {
 
     #[test]
     fn pipelines_and_sub_pipelines() {
-        assert_eq!(r("{{timestamp | clean_resource_name}}").unwrap(), "1709647629");
-        assert_eq!(r("{{ user `name` | clean_resource_name | lower }}").unwrap(), "my app- v1");
+        assert_eq!(
+            r("{{timestamp | clean_resource_name}}").unwrap(),
+            "1709647629"
+        );
+        assert_eq!(
+            r("{{ user `name` | clean_resource_name | lower }}").unwrap(),
+            "my app- v1"
+        );
         assert_eq!(r("{{ `a.b.c` | replace_all `.` `-` }}").unwrap(), "a-b-c");
         assert_eq!(r("{{ upper (user `region`) }}").unwrap(), "EU-WEST-1");
         // The piped value is the last argument, as in Go: here the index, which is no number.
-        assert!(r("{{ `a-b` | split `-` 0 }}").unwrap_err().contains("whole number"));
+        assert!(r("{{ `a-b` | split `-` 0 }}")
+            .unwrap_err()
+            .contains("whole number"));
     }
 
     #[test]
@@ -461,7 +523,10 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert!(a.starts_with(&format!("{:08x}-", time().timestamp())));
-        assert_eq!(a.split('-').map(str::len).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12]);
+        assert_eq!(
+            a.split('-').map(str::len).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12]
+        );
     }
 
     #[test]
@@ -469,13 +534,23 @@ mod tests {
         let e = r("ami-{{ nope }}").unwrap_err();
         assert!(e.contains("function `nope` is not defined"), "{e}");
         assert!(e.contains("column 5"), "{e}");
-        assert!(r("{{env `HOME`}}").unwrap_err().contains("only allowed in \"variables\""));
-        assert!(r("{{user `missing`}}").unwrap_err().contains("not declared"));
-        assert!(r("{{ .SourceAMIName }}").unwrap_err().contains("only ami_description"));
-        assert!(r("{{clean_ami_name `x`}}").unwrap_err().contains("clean_resource_name"));
+        assert!(r("{{env `HOME`}}")
+            .unwrap_err()
+            .contains("only allowed in \"variables\""));
+        assert!(r("{{user `missing`}}")
+            .unwrap_err()
+            .contains("not declared"));
+        assert!(r("{{ .SourceAMIName }}")
+            .unwrap_err()
+            .contains("only ami_description"));
+        assert!(r("{{clean_ami_name `x`}}")
+            .unwrap_err()
+            .contains("clean_resource_name"));
         assert!(r("{{upper}}").unwrap_err().contains("want 1, got 0"));
         assert!(r("{{ `a` | `b` }}").unwrap_err().contains("only functions"));
-        assert!(r("{{vault `a` `b`}}").unwrap_err().contains("sensitive-variables"));
+        assert!(r("{{vault `a` `b`}}")
+            .unwrap_err()
+            .contains("sensitive-variables"));
         assert!(r("{{strftime `%Q`}}").unwrap_err().contains("not a valid"));
         let multi = "line1\n  {{ nope }}";
         assert!(r(multi).unwrap_err().contains("line 2, column 3"));
@@ -483,16 +558,33 @@ mod tests {
 
     #[test]
     fn env_in_variables_scope() {
-        let scope = Scope { env: Some(&env), ..builder_scope() };
-        assert_eq!(render("{{env `HOME`}}/x{{env `UNSET`}}", &scope).unwrap(), "/home/me/x");
+        let scope = Scope {
+            env: Some(&env),
+            ..builder_scope()
+        };
+        assert_eq!(
+            render("{{env `HOME`}}/x{{env `UNSET`}}", &scope).unwrap(),
+            "/home/me/x"
+        );
     }
 
     #[test]
     fn deferred_keeps_build_data_and_resolves_the_rest() {
-        let scope = Scope { data: Data::Defer, ..builder_scope() };
-        let out = render("{{user `region`}} from {{ .SourceAMIName }} at {{timestamp}}", &scope).unwrap();
+        let scope = Scope {
+            data: Data::Defer,
+            ..builder_scope()
+        };
+        let out = render(
+            "{{user `region`}} from {{ .SourceAMIName }} at {{timestamp}}",
+            &scope,
+        )
+        .unwrap();
         assert_eq!(out, "eu-west-1 from {{ .SourceAMIName }} at 1709647629");
-        let out = render("{{ user `name` | replace_all .BuildRegion (upper `x`) }}", &scope).unwrap();
+        let out = render(
+            "{{ user `name` | replace_all .BuildRegion (upper `x`) }}",
+            &scope,
+        )
+        .unwrap();
         assert_eq!(out, "{{ \"My App: v1\" | replace_all .BuildRegion \"X\" }}");
         let out = render("{{ build `SourceAMI` }}-{{ build_name }}", &scope).unwrap();
         assert_eq!(out, "{{ build \"SourceAMI\" }}-web");
@@ -502,21 +594,44 @@ mod tests {
     }
 
     fn later(src: &str, data: &BTreeMap<String, String>) -> Result<String, String> {
-        let scope = Scope { time: None, user: None, env: None, build_name: None, build_type: None, template_dir: None, data: Data::Values(data) };
+        let scope = Scope {
+            time: None,
+            user: None,
+            env: None,
+            build_name: None,
+            build_type: None,
+            template_dir: None,
+            data: Data::Values(data),
+        };
         render(src, &scope).map_err(|e| e.describe(src))
     }
 
     #[test]
     fn deferred_text_renders_later_with_build_data() {
-        let scope = Scope { data: Data::Defer, ..builder_scope() };
+        let scope = Scope {
+            data: Data::Defer,
+            ..builder_scope()
+        };
         let kept = render("{{user `region`}}/{{ .SourceAMIName | clean_resource_name }}/{{ .SourceAMITags.Team }}/{{build `Device`}}", &scope).unwrap();
-        let data: BTreeMap<String, String> = [("SourceAMIName", "ubuntu: 22.04"), ("SourceAMITags.Team", "core"), ("Device", "/dev/xvdf")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(later(&kept, &data).unwrap(), "eu-west-1/ubuntu- 22.04/core//dev/xvdf");
+        let data: BTreeMap<String, String> = [
+            ("SourceAMIName", "ubuntu: 22.04"),
+            ("SourceAMITags.Team", "core"),
+            ("Device", "/dev/xvdf"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            later(&kept, &data).unwrap(),
+            "eu-west-1/ubuntu- 22.04/core//dev/xvdf"
+        );
         let e = later("{{ .Nope }}", &data).unwrap_err();
-        assert!(e.contains("no build data named `Nope`") && e.contains("SourceAMIName"), "{e}");
-        assert!(later("{{timestamp}}", &data).unwrap_err().contains("when the template is prepared"));
+        assert!(
+            e.contains("no build data named `Nope`") && e.contains("SourceAMIName"),
+            "{e}"
+        );
+        assert!(later("{{timestamp}}", &data)
+            .unwrap_err()
+            .contains("when the template is prepared"));
     }
 }

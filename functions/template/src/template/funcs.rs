@@ -5,7 +5,13 @@
 /// Packer does, so a multibyte character becomes several dashes; the result is always ASCII.
 pub fn clean_resource_name(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"()[] ./-'@_".contains(&b) { b as char } else { '-' })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"()[] ./-'@_".contains(&b) {
+                b as char
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -38,7 +44,10 @@ mod tests {
 
     #[test]
     fn clean_resource_name_follows_packer() {
-        assert_eq!(clean_resource_name("my ami: 1.2 (test) [x] a/b-c'd@e_f"), "my ami- 1.2 (test) [x] a/b-c'd@e_f");
+        assert_eq!(
+            clean_resource_name("my ami: 1.2 (test) [x] a/b-c'd@e_f"),
+            "my ami- 1.2 (test) [x] a/b-c'd@e_f"
+        );
         assert_eq!(clean_resource_name("a,b;c*d!e{f}"), "a-b-c-d-e-f-");
         // Byte-wise: é is two bytes in UTF-8.
         assert_eq!(clean_resource_name("café"), "caf--");

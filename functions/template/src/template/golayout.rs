@@ -6,9 +6,29 @@
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-const LONG_MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-const LONG_DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+const LONG_MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const LONG_DAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
 
 /// Formats `t` with a Go layout.
 pub(crate) fn format(t: &DateTime<Utc>, layout: &str) -> String {
@@ -17,7 +37,11 @@ pub(crate) fn format(t: &DateTime<Utc>, layout: &str) -> String {
     let mut i = 0;
     let hour12 = || {
         let h = t.hour() % 12;
-        if h == 0 { 12 } else { h }
+        if h == 0 {
+            12
+        } else {
+            h
+        }
     };
     while i < b.len() {
         let rest = &layout[i..];
@@ -27,9 +51,15 @@ pub(crate) fn format(t: &DateTime<Utc>, layout: &str) -> String {
         } else if rest.starts_with("Jan") {
             (LONG_MONTHS[t.month0() as usize][..3].into(), 3)
         } else if rest.starts_with("Monday") {
-            (LONG_DAYS[t.weekday().num_days_from_sunday() as usize].into(), 6)
+            (
+                LONG_DAYS[t.weekday().num_days_from_sunday() as usize].into(),
+                6,
+            )
         } else if rest.starts_with("Mon") {
-            (LONG_DAYS[t.weekday().num_days_from_sunday() as usize][..3].into(), 3)
+            (
+                LONG_DAYS[t.weekday().num_days_from_sunday() as usize][..3].into(),
+                3,
+            )
         } else if rest.starts_with("MST") {
             ("UTC".into(), 3)
         } else if rest.starts_with("01") {
@@ -96,7 +126,10 @@ fn zone(rest: &str) -> Option<(&'static str, usize)> {
         ("-0700", "+0000"),
         ("-07", "+00"),
     ];
-    FORMS.iter().find(|(f, _)| rest.starts_with(f)).map(|(f, text)| (*text, f.len()))
+    FORMS
+        .iter()
+        .find(|(f, _)| rest.starts_with(f))
+        .map(|(f, text)| (*text, f.len()))
 }
 
 /// `.000` (fixed digits) or `.999` (trailing zeros dropped), also with `,`; only when the
@@ -138,13 +171,22 @@ mod tests {
 
     #[test]
     fn common_layouts() {
-        assert_eq!(format(&t(), "2006-01-02T15:04:05Z07:00"), "2024-03-05T14:07:09Z");
+        assert_eq!(
+            format(&t(), "2006-01-02T15:04:05Z07:00"),
+            "2024-03-05T14:07:09Z"
+        );
         assert_eq!(format(&t(), "20060102"), "20240305");
         assert_eq!(format(&t(), "2006-01-02"), "2024-03-05");
         assert_eq!(format(&t(), "200601021504"), "202403051407");
         assert_eq!(format(&t(), "Jan _2 15:04:05"), "Mar  5 14:07:09");
-        assert_eq!(format(&t(), "Monday, 02-Jan-06 15:04:05 MST"), "Tuesday, 05-Mar-24 14:07:09 UTC");
-        assert_eq!(format(&t(), "Mon Jan 2 3:4:5 PM -0700"), "Tue Mar 5 2:7:9 PM +0000");
+        assert_eq!(
+            format(&t(), "Monday, 02-Jan-06 15:04:05 MST"),
+            "Tuesday, 05-Mar-24 14:07:09 UTC"
+        );
+        assert_eq!(
+            format(&t(), "Mon Jan 2 3:4:5 PM -0700"),
+            "Tue Mar 5 2:7:9 PM +0000"
+        );
         assert_eq!(format(&t(), "January 1 pm"), "March 3 pm");
         assert_eq!(format(&t(), "15:04:05.000"), "14:07:09.120");
         assert_eq!(format(&t(), "15:04:05.999"), "14:07:09.12");

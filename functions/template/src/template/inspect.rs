@@ -57,7 +57,13 @@ pub fn inspect(template_text: &str) -> Result<TemplateSummary, Problems> {
             let sensitive = tpl.sensitive.contains(&v.name);
             VariableSummary {
                 name: v.name.clone(),
-                default: v.default.as_ref().map(|d| if sensitive { MASK.to_string() } else { d.clone() }),
+                default: v.default.as_ref().map(|d| {
+                    if sensitive {
+                        MASK.to_string()
+                    } else {
+                        d.clone()
+                    }
+                }),
                 required: v.default.is_none(),
                 sensitive,
             }
@@ -66,17 +72,34 @@ pub fn inspect(template_text: &str) -> Result<TemplateSummary, Problems> {
     Ok(TemplateSummary {
         description: tpl.description.clone(),
         min_packer_version: tpl.min_packer_version.clone(),
-        builders: tpl.builders.iter().map(|b| BuilderSummary { name: b.name.clone(), builder_type: b.type_name.clone() }).collect(),
+        builders: tpl
+            .builders
+            .iter()
+            .map(|b| BuilderSummary {
+                name: b.name.clone(),
+                builder_type: b.type_name.clone(),
+            })
+            .collect(),
         variables,
         provisioners: tpl
             .provisioners
             .iter()
-            .map(|p| StepSummary { step_type: p.type_name.clone(), only: p.only.clone(), except: p.except.clone(), overrides: p.overrides.keys().cloned().collect() })
+            .map(|p| StepSummary {
+                step_type: p.type_name.clone(),
+                only: p.only.clone(),
+                except: p.except.clone(),
+                overrides: p.overrides.keys().cloned().collect(),
+            })
             .collect(),
         post_processors: tpl
             .post_processors
             .iter()
-            .map(|p| StepSummary { step_type: p.type_name.clone(), only: p.only.clone(), except: p.except.clone(), overrides: Vec::new() })
+            .map(|p| StepSummary {
+                step_type: p.type_name.clone(),
+                only: p.only.clone(),
+                except: p.except.clone(),
+                overrides: Vec::new(),
+            })
             .collect(),
     })
 }
@@ -86,14 +109,21 @@ impl fmt::Display for TemplateSummary {
         if let Some(d) = &self.description {
             writeln!(f, "Description:\n\n{d}\n")?;
         }
-        let required: Vec<&VariableSummary> = self.variables.iter().filter(|v| v.required).collect();
-        let optional: Vec<&VariableSummary> = self.variables.iter().filter(|v| !v.required).collect();
+        let required: Vec<&VariableSummary> =
+            self.variables.iter().filter(|v| v.required).collect();
+        let optional: Vec<&VariableSummary> =
+            self.variables.iter().filter(|v| !v.required).collect();
         writeln!(f, "Required variables:\n")?;
         if required.is_empty() {
             writeln!(f, "  <none>")?;
         }
         for v in required {
-            writeln!(f, "  {}{}", v.name, if v.sensitive { " (sensitive)" } else { "" })?;
+            writeln!(
+                f,
+                "  {}{}",
+                v.name,
+                if v.sensitive { " (sensitive)" } else { "" }
+            )?;
         }
         writeln!(f, "\nOptional variables and their defaults:\n")?;
         if optional.is_empty() {
@@ -101,7 +131,12 @@ impl fmt::Display for TemplateSummary {
         }
         let width = optional.iter().map(|v| v.name.len()).max().unwrap_or(0);
         for v in optional {
-            writeln!(f, "  {:width$} = {}", v.name, v.default.as_deref().unwrap_or(""))?;
+            writeln!(
+                f,
+                "  {:width$} = {}",
+                v.name,
+                v.default.as_deref().unwrap_or("")
+            )?;
         }
         writeln!(f, "\nBuilders:\n")?;
         for b in &self.builders {
@@ -111,7 +146,10 @@ impl fmt::Display for TemplateSummary {
                 writeln!(f, "  {:24} ({})", b.name, b.builder_type)?;
             }
         }
-        for (title, steps) in [("Provisioners", &self.provisioners), ("Post-processors", &self.post_processors)] {
+        for (title, steps) in [
+            ("Provisioners", &self.provisioners),
+            ("Post-processors", &self.post_processors),
+        ] {
             writeln!(f, "\n{title}:\n")?;
             if steps.is_empty() {
                 writeln!(f, "  <none>")?;

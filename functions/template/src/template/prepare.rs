@@ -79,7 +79,9 @@ pub struct Prepared {
 pub fn parse_var_flag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("-var {s:?} must have the form name=value, e.g. -var 'region=us-east-1'")),
+        _ => Err(format!(
+            "-var {s:?} must have the form name=value, e.g. -var 'region=us-east-1'"
+        )),
     }
 }
 
@@ -94,7 +96,9 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
                 Ok(v) => files.push((origin, v)),
                 Err(p) => problems.push(p),
             },
-            Err(e) => problems.push(Problem::new(format!("-var-file {origin}: cannot read it: {e}"))),
+            Err(e) => problems.push(Problem::new(format!(
+                "-var-file {origin}: cannot read it: {e}"
+            ))),
         }
     }
     let template_dir = opts.template_dir.as_ref().map(|d| d.display().to_string());
@@ -107,20 +111,29 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         template_dir: template_dir.as_deref(),
     });
     problems.extend(var_problems);
-    let secrets = Secrets::from_pairs(tpl.sensitive.iter().filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone()))));
+    let secrets = Secrets::from_pairs(
+        tpl.sensitive
+            .iter()
+            .filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone()))),
+    );
 
     let names: Vec<&str> = tpl.builders.iter().map(|b| b.name.as_str()).collect();
     for (flag, list) in [("-only", &opts.only), ("-except", &opts.except)] {
         for n in list {
             if !names.contains(&n.as_str()) {
-                problems.push(Problem::new(format!("{flag} names build `{n}`, which is not in the template (builds: {})", names.join(", "))));
+                problems.push(Problem::new(format!(
+                    "{flag} names build `{n}`, which is not in the template (builds: {})",
+                    names.join(", ")
+                )));
             }
         }
     }
     let selected = tpl
         .builders
         .iter()
-        .filter(|b| (opts.only.is_empty() || opts.only.contains(&b.name)) && !opts.except.contains(&b.name))
+        .filter(|b| {
+            (opts.only.is_empty() || opts.only.contains(&b.name)) && !opts.except.contains(&b.name)
+        })
         .collect::<Vec<_>>();
     if selected.is_empty() && !tpl.builders.is_empty() {
         problems.push(Problem::new("-only/-except leave no build to run"));
@@ -142,19 +155,32 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             (k.clone(), shown)
         })
         .collect();
-    let ctx = Ctx { tpl: &tpl, values: &visible, opts, template_dir: template_dir.as_deref() };
+    let ctx = Ctx {
+        tpl: &tpl,
+        values: &visible,
+        opts,
+        template_dir: template_dir.as_deref(),
+    };
     let mut builds = Vec::new();
     for b in selected {
         let Some(bt) = b.builder_type else { continue };
         let mut found = Vec::new();
         let rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
-        let Value::Object(rendered) = rendered else { unreachable!("an object renders to an object") };
+        let Value::Object(rendered) = rendered else {
+            unreachable!("an object renders to an object")
+        };
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
         let env = |k: &str| opts.env.get(k).cloned();
         let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
             Ok(c) => Some(c),
             Err(ps) => {
-                problems.extend(ps.into_iter().map(|p| if p.builder.is_some() { p } else { p.in_builder(&b.name) }));
+                problems.extend(ps.into_iter().map(|p| {
+                    if p.builder.is_some() {
+                        p
+                    } else {
+                        p.in_builder(&b.name)
+                    }
+                }));
                 None
             }
         };
@@ -165,19 +191,42 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             if let Some(o) = p.overrides.get(&b.name) {
                 merged.extend(o.clone());
             }
-            let rendered = ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems);
+            let rendered =
+                ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems);
             let found = provisioner_problems(p, &rendered, &problems);
             // An override can make a provisioner bad for one build only: then say which.
             let overridden = p.overrides.contains_key(&b.name);
-            problems.extend(found.into_iter().map(|q| if overridden { q.in_builder(&b.name) } else { q }));
+            problems.extend(found.into_iter().map(|q| {
+                if overridden {
+                    q.in_builder(&b.name)
+                } else {
+                    q
+                }
+            }));
             provisioners.push(rendered);
         }
         let mut post_processors = Vec::new();
-        for pp in tpl.post_processors.iter().filter(|pp| pp.applies_to(&b.name)) {
-            post_processors.push(ctx.render_deferred(&b.name, bt, &Value::Object(pp.config.clone()), &pp.path, &mut problems));
+        for pp in tpl
+            .post_processors
+            .iter()
+            .filter(|pp| pp.applies_to(&b.name))
+        {
+            post_processors.push(ctx.render_deferred(
+                &b.name,
+                bt,
+                &Value::Object(pp.config.clone()),
+                &pp.path,
+                &mut problems,
+            ));
         }
         if let Some(config) = config {
-            builds.push(PreparedBuild { name: b.name.clone(), builder_type: bt, config, provisioners, post_processors });
+            builds.push(PreparedBuild {
+                name: b.name.clone(),
+                builder_type: bt,
+                config,
+                provisioners,
+                post_processors,
+            });
         }
     }
 
@@ -194,18 +243,33 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
     let variables = values
         .into_iter()
         .map(|(k, v)| {
-            let shown = if tpl.sensitive.contains(&k) { MASK.to_string() } else if tainted.contains(&k) { secrets.mask(&v) } else { v };
+            let shown = if tpl.sensitive.contains(&k) {
+                MASK.to_string()
+            } else if tainted.contains(&k) {
+                secrets.mask(&v)
+            } else {
+                v
+            };
             (k, shown)
         })
         .collect();
-    Ok(Prepared { builds, description: tpl.description.clone(), variables, secrets })
+    Ok(Prepared {
+        builds,
+        description: tpl.description.clone(),
+        variables,
+        secrets,
+    })
 }
 
 /// The typed check of one provisioner as the Provision step will parse it (rendered,
 /// override merged), placed in the template: `provisioners[2] (shell): inline: ...`.
 /// A key the structural check (`raw`) already reported is not reported twice.
 fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]) -> Vec<Problem> {
-    let reported = |key: &str| so_far.iter().any(|q| q.key.as_deref() == Some(&format!("{}.{key}", p.path)));
+    let reported = |key: &str| {
+        so_far
+            .iter()
+            .any(|q| q.key.as_deref() == Some(&format!("{}.{key}", p.path)))
+    };
     provisioner::check(rendered)
         .into_iter()
         .filter(|q| !q.key.as_deref().is_some_and(reported))
@@ -216,9 +280,27 @@ fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]
 /// Sensitive variables and every variable whose value uses one, directly or not.
 fn tainted_variables(tpl: &RawTemplate, vars: &[(String, String)]) -> BTreeSet<String> {
     let text_of = |name: &str| -> Option<String> {
-        vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| tpl.variables.iter().find(|d| d.name == name).and_then(|d| d.default.clone()))
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                tpl.variables
+                    .iter()
+                    .find(|d| d.name == name)
+                    .and_then(|d| d.default.clone())
+            })
     };
-    let refs: BTreeMap<&str, Vec<String>> = tpl.variables.iter().map(|d| (d.name.as_str(), text_of(&d.name).map(|t| user_refs(&t)).unwrap_or_default())).collect();
+    let refs: BTreeMap<&str, Vec<String>> = tpl
+        .variables
+        .iter()
+        .map(|d| {
+            (
+                d.name.as_str(),
+                text_of(&d.name).map(|t| user_refs(&t)).unwrap_or_default(),
+            )
+        })
+        .collect();
     let mut tainted: BTreeSet<String> = tpl.sensitive.clone();
     loop {
         let before = tainted.len();
@@ -243,7 +325,14 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Renders one string; `None` (with a problem pushed, unless the cause is a variable
     /// whose own problem is reported) when it fails.
-    fn render_str(&self, s: &str, key: &str, build: (&str, BuilderType), data: Data, problems: &mut Vec<Problem>) -> Option<String> {
+    fn render_str(
+        &self,
+        s: &str,
+        key: &str,
+        build: (&str, BuilderType),
+        data: Data,
+        problems: &mut Vec<Problem>,
+    ) -> Option<String> {
         if !s.contains("{{") {
             return Some(s.to_string());
         }
@@ -259,7 +348,11 @@ impl Ctx<'_> {
             let declared: Vec<&str> = self.tpl.variables.iter().map(|d| d.name.as_str()).collect();
             Err(format!(
                 "variable `{name}` is not declared: add it to \"variables\" (declared: {})",
-                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "none".to_string()
+                } else {
+                    declared.join(", ")
+                }
             ))
         };
         let scope = Scope {
@@ -282,20 +375,45 @@ impl Ctx<'_> {
         }
     }
 
-    fn render_builder(&self, name: &str, bt: BuilderType, config: &Map<String, Value>, problems: &mut Vec<Problem>) -> Value {
+    fn render_builder(
+        &self,
+        name: &str,
+        bt: BuilderType,
+        config: &Map<String, Value>,
+        problems: &mut Vec<Problem>,
+    ) -> Value {
         let hint = format!(
             "{} renders build data only in {}; use variables, {{{{timestamp}}}} or {{{{isotime}}}} here",
             bt.as_str(),
             deferred::deferred_keys(bt).into_iter().filter(|k| !k.ends_with("_tag") && *k != "tag").collect::<Vec<_>>().join(", ")
         );
-        let mut w = Walker { ctx: self, build: (name, bt), hint: &hint, builder_paths: true, problems };
+        let mut w = Walker {
+            ctx: self,
+            build: (name, bt),
+            hint: &hint,
+            builder_paths: true,
+            problems,
+        };
         w.walk(&Value::Object(config.clone()), "", &mut Vec::new(), false)
     }
 
     /// Provisioners and post-processors: build data (`{{ build `X` }}`, `{{.Path}}`) is
     /// rendered when they run.
-    fn render_deferred(&self, name: &str, bt: BuilderType, v: &Value, path: &str, problems: &mut Vec<Problem>) -> Value {
-        let mut w = Walker { ctx: self, build: (name, bt), hint: "", builder_paths: false, problems };
+    fn render_deferred(
+        &self,
+        name: &str,
+        bt: BuilderType,
+        v: &Value,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Value {
+        let mut w = Walker {
+            ctx: self,
+            build: (name, bt),
+            hint: "",
+            builder_paths: false,
+            problems,
+        };
         w.walk(v, path, &mut Vec::new(), true)
     }
 }
@@ -311,24 +429,46 @@ struct Walker<'a, 'b> {
 
 impl Walker<'_, '_> {
     fn walk(&mut self, v: &Value, path: &str, keys: &mut Vec<String>, deferred: bool) -> Value {
-        let data = if deferred { Data::Defer } else { Data::Unavailable(self.hint) };
+        let data = if deferred {
+            Data::Defer
+        } else {
+            Data::Unavailable(self.hint)
+        };
         match v {
             Value::String(s) => {
-                let r = self.ctx.render_str(s, path, self.build, data, self.problems);
+                let r = self
+                    .ctx
+                    .render_str(s, path, self.build, data, self.problems);
                 Value::String(r.unwrap_or_else(|| s.clone()))
             }
-            Value::Array(items) => {
-                Value::Array(items.iter().enumerate().map(|(i, item)| self.walk(item, &format!("{path}[{i}]"), keys, deferred)).collect())
-            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.walk(item, &format!("{path}[{i}]"), keys, deferred))
+                    .collect(),
+            ),
             Value::Object(map) => {
                 let mut out = Map::new();
                 for (k, item) in map {
-                    let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     keys.push(k.clone());
                     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let child_deferred = deferred || (self.builder_paths && deferred::is_deferred(self.build.1, &key_refs));
-                    let key_data = if child_deferred { Data::Defer } else { Data::Unavailable(self.hint) };
-                    let new_key = self.ctx.render_str(k, &child, self.build, key_data, self.problems).unwrap_or_else(|| k.clone());
+                    let child_deferred = deferred
+                        || (self.builder_paths && deferred::is_deferred(self.build.1, &key_refs));
+                    let key_data = if child_deferred {
+                        Data::Defer
+                    } else {
+                        Data::Unavailable(self.hint)
+                    };
+                    let new_key = self
+                        .ctx
+                        .render_str(k, &child, self.build, key_data, self.problems)
+                        .unwrap_or_else(|| k.clone());
                     let new_val = self.walk(item, &child, keys, child_deferred);
                     keys.pop();
                     out.insert(new_key, new_val);

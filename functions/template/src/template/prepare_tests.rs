@@ -27,34 +27,54 @@ fn problems(tpl: &Value, o: &PrepareOptions) -> String {
 
 /// A key of a build's typed config, found wherever the config nests it.
 fn cfg(p: &Prepared, build: &str, key: &str) -> Value {
-    let b = p.builds.iter().find(|b| b.name == build).unwrap_or_else(|| panic!("no build {build}"));
+    let b = p
+        .builds
+        .iter()
+        .find(|b| b.name == build)
+        .unwrap_or_else(|| panic!("no build {build}"));
     let v = serde_json::to_value(&b.config).unwrap();
     find(&v, key).unwrap_or_else(|| panic!("no key {key} in {build}: {v}"))
 }
 
 fn find(v: &Value, key: &str) -> Option<Value> {
     match v {
-        Value::Object(m) => m.get(key).cloned().or_else(|| m.values().find_map(|c| find(c, key))),
+        Value::Object(m) => m
+            .get(key)
+            .cloned()
+            .or_else(|| m.values().find_map(|c| find(c, key))),
         Value::Array(a) => a.iter().find_map(|c| find(c, key)),
         _ => None,
     }
 }
 
 fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A builder object with the keys its type requires, plus `extra`.
 fn builder(t: &str, extra: Value) -> Value {
     let mut base = match t {
-        "amazon-chroot" => json!({"source_ami": "ami-0123456789abcdef0", "ami_name": "test-chroot", "region": "us-east-1"}),
-        "amazon-instance" => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "m5.large",
-            "ssh_username": "ubuntu", "account_id": "0123-4567-0890", "s3_bucket": "amiflow-bundles", "x509_cert_path": "c", "x509_key_path": "k", "ami_name": "test-instance"}),
-        "amazon-ebsvolume" => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu"}),
-        _ => json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu", "ami_name": "test-ami"}),
+        "amazon-chroot" => {
+            json!({"source_ami": "ami-0123456789abcdef0", "ami_name": "test-chroot", "region": "us-east-1"})
+        }
+        "amazon-instance" => {
+            json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "m5.large",
+            "ssh_username": "ubuntu", "account_id": "0123-4567-0890", "s3_bucket": "amiflow-bundles", "x509_cert_path": "c", "x509_key_path": "k", "ami_name": "test-instance"})
+        }
+        "amazon-ebsvolume" => {
+            json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu"})
+        }
+        _ => {
+            json!({"region": "us-east-1", "source_ami": "ami-0123456789abcdef0", "instance_type": "t3.micro", "ssh_username": "ubuntu", "ami_name": "test-ami"})
+        }
     };
     base["type"] = json!(t);
-    base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    base.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     base
 }
 
@@ -82,7 +102,10 @@ fn two_builds() -> Value {
 #[test]
 fn builds_names_and_fixed_time() {
     let p = ok(&two_builds(), &opts());
-    assert_eq!(p.builds.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), vec!["amazon-ebs", "second"]);
+    assert_eq!(
+        p.builds.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        vec!["amazon-ebs", "second"]
+    );
     assert_eq!(p.description.as_deref(), Some("two builds"));
     assert_eq!(cfg(&p, "amazon-ebs", "ami_name"), "web-1709647629");
     // One build time for every build of the run.
@@ -94,14 +117,27 @@ fn builds_names_and_fixed_time() {
 #[test]
 fn deferred_fields_keep_build_data_until_render_later() {
     let p = ok(&two_builds(), &opts());
-    assert_eq!(cfg(&p, "amazon-ebs", "ami_description"), "from {{ .SourceAMIName }} by amazon-ebs");
+    assert_eq!(
+        cfg(&p, "amazon-ebs", "ami_description"),
+        "from {{ .SourceAMIName }} by amazon-ebs"
+    );
     let tags = cfg(&p, "amazon-ebs", "tags");
     assert_eq!(tags["Name"], "web");
     assert_eq!(tags["Source"], "{{ .SourceAMI }}");
     assert_eq!(tags["web-key"], "v", "tag keys are rendered too");
     let d = data(&[("SourceAMI", "ami-123"), ("SourceAMIName", "ubuntu")]);
-    assert_eq!(render_later(tags["Source"].as_str().unwrap(), &d).unwrap(), "ami-123");
-    assert_eq!(render_later(cfg(&p, "amazon-ebs", "ami_description").as_str().unwrap(), &d).unwrap(), "from ubuntu by amazon-ebs");
+    assert_eq!(
+        render_later(tags["Source"].as_str().unwrap(), &d).unwrap(),
+        "ami-123"
+    );
+    assert_eq!(
+        render_later(
+            cfg(&p, "amazon-ebs", "ami_description").as_str().unwrap(),
+            &d
+        )
+        .unwrap(),
+        "from ubuntu by amazon-ebs"
+    );
 }
 
 #[test]
@@ -117,12 +153,27 @@ fn builder_specific_deferred_fields() {
         ]
     });
     let p = ok(&tpl, &opts());
-    assert_eq!(cfg(&p, "amazon-chroot", "command_wrapper"), "sudo {{ .Command }}");
-    assert_eq!(render_later("sudo {{ .Command }}", &data(&[("Command", "ls /")])).unwrap(), "sudo ls /");
+    assert_eq!(
+        cfg(&p, "amazon-chroot", "command_wrapper"),
+        "sudo {{ .Command }}"
+    );
+    assert_eq!(
+        render_later("sudo {{ .Command }}", &data(&[("Command", "ls /")])).unwrap(),
+        "sudo ls /"
+    );
     assert_eq!(cfg(&p, "amazon-chroot", "mount_path"), "/mnt/{{ .Device }}");
-    assert_eq!(cfg(&p, "amazon-chroot", "post_mount_commands")[0], "ls {{ .MountPath }}");
-    assert_eq!(cfg(&p, "amazon-instance", "bundle_vol_command"), "bundle -k {{ .KeyPath }} -p {{ .Prefix }}");
-    assert_eq!(cfg(&p, "amazon-ebsvolume", "ebs_volumes")[0]["tags"]["From"], "{{ .SourceAMI }}");
+    assert_eq!(
+        cfg(&p, "amazon-chroot", "post_mount_commands")[0],
+        "ls {{ .MountPath }}"
+    );
+    assert_eq!(
+        cfg(&p, "amazon-instance", "bundle_vol_command"),
+        "bundle -k {{ .KeyPath }} -p {{ .Prefix }}"
+    );
+    assert_eq!(
+        cfg(&p, "amazon-ebsvolume", "ebs_volumes")[0]["tags"]["From"],
+        "{{ .SourceAMI }}"
+    );
 }
 
 #[test]
@@ -132,31 +183,58 @@ fn build_data_where_packer_renders_at_prepare_is_a_problem() {
         builder("amazon-chroot", json!({"run_tags": {"a": "{{ .BuildRegion }}"}}))
     ]});
     let all = problems(&tpl, &opts());
-    assert!(all.contains("amazon-ebs: ami_name: `{{ .SourceAMIName }}` is build data"), "{all}");
-    assert!(all.contains("renders build data only in ami_description"), "{all}");
+    assert!(
+        all.contains("amazon-ebs: ami_name: `{{ .SourceAMIName }}` is build data"),
+        "{all}"
+    );
+    assert!(
+        all.contains("renders build data only in ami_description"),
+        "{all}"
+    );
     // chroot launches no instance: run_tags are not among its deferred fields.
     assert!(all.contains("amazon-chroot: run_tags.a:"), "{all}");
 }
 
 #[test]
 fn env_only_in_variables() {
-    let o = PrepareOptions { env: [("TEAM".to_string(), "core".to_string())].into(), ..opts() };
+    let o = PrepareOptions {
+        env: [("TEAM".to_string(), "core".to_string())].into(),
+        ..opts()
+    };
     let tpl = json!({"variables": {"team": "{{env `TEAM`}}"}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `team`}}"}))]});
     assert_eq!(cfg(&ok(&tpl, &o), "amazon-ebs", "ami_name"), "core");
     let tpl = json!({"builders": [builder("amazon-ebs", json!({"ami_name": "{{env `TEAM`}}"}))]});
     let all = problems(&tpl, &o);
-    assert!(all.contains("ami_name: `env` is only allowed in \"variables\""), "{all}");
+    assert!(
+        all.contains("ami_name: `env` is only allowed in \"variables\""),
+        "{all}"
+    );
 }
 
 #[test]
 fn required_and_undeclared_variables() {
     let tpl = json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}", "region": "{{user `nope`}}"}))]});
     let all = problems(&tpl, &opts());
-    assert!(all.contains("variable `subnet` is required") && all.contains("-var 'subnet=VALUE'"), "{all}");
+    assert!(
+        all.contains("variable `subnet` is required") && all.contains("-var 'subnet=VALUE'"),
+        "{all}"
+    );
     assert!(all.contains("variable `nope` is not declared"), "{all}");
-    let o = PrepareOptions { vars: vec![("subnet".into(), "s-1".into()), ("other".into(), "x".into())], ..opts() };
-    let all = problems(&json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}"}))]}), &o);
-    assert!(all.contains("-var other=…: variable `other` is not declared"), "{all}");
+    let o = PrepareOptions {
+        vars: vec![
+            ("subnet".into(), "s-1".into()),
+            ("other".into(), "x".into()),
+        ],
+        ..opts()
+    };
+    let all = problems(
+        &json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}"}))]}),
+        &o,
+    );
+    assert!(
+        all.contains("-var other=…: variable `other` is not declared"),
+        "{all}"
+    );
     assert!(!all.contains("`subnet` is required"), "{all}");
 }
 
@@ -172,11 +250,24 @@ fn var_file_and_var_precedence() {
     std::fs::write(&bad, "{\n  \"a\": }").unwrap();
     let tpl = json!({"variables": {"a": "d", "b": "d", "c": "d", "e": "d"},
         "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `a`}} {{user `b`}} {{user `c`}} {{user `e`}}"}))]});
-    let o = PrepareOptions { var_files: vec![f1.clone(), f2.clone()], vars: vec![("c".into(), "cli".into())], ..opts() };
-    assert_eq!(cfg(&ok(&tpl, &o), "amazon-ebs", "ami_name"), "file1 file2 cli d");
-    let o = PrepareOptions { var_files: vec![bad.clone(), dir.join("missing.json")], ..opts() };
+    let o = PrepareOptions {
+        var_files: vec![f1.clone(), f2.clone()],
+        vars: vec![("c".into(), "cli".into())],
+        ..opts()
+    };
+    assert_eq!(
+        cfg(&ok(&tpl, &o), "amazon-ebs", "ami_name"),
+        "file1 file2 cli d"
+    );
+    let o = PrepareOptions {
+        var_files: vec![bad.clone(), dir.join("missing.json")],
+        ..opts()
+    };
     let all = problems(&tpl, &o);
-    assert!(all.contains("bad.json is not valid JSON") && all.contains("line 2, column"), "{all}");
+    assert!(
+        all.contains("bad.json is not valid JSON") && all.contains("line 2, column"),
+        "{all}"
+    );
     assert!(all.contains("missing.json: cannot read it"), "{all}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -187,13 +278,19 @@ fn provisioners_only_except_override_and_post_processors() {
     let first = &p.builds[0];
     let second = &p.builds[1];
     assert_eq!(first.provisioners.len(), 2);
-    assert_eq!(first.provisioners[0]["inline"][0], "echo amazon-ebs amazon-ebs");
+    assert_eq!(
+        first.provisioners[0]["inline"][0],
+        "echo amazon-ebs amazon-ebs"
+    );
     assert_eq!(first.provisioners[0]["pause_before"], "10s");
     assert!(first.provisioners[0].get("override").is_none());
     assert_eq!(first.provisioners[1]["type"], "file");
     assert_eq!(second.provisioners.len(), 2);
     assert_eq!(second.provisioners[0]["inline"][0], "echo overridden");
-    assert_eq!(second.provisioners[1]["inline"][0], "echo only-second {{ build \"SourceAMI\" }}");
+    assert_eq!(
+        second.provisioners[1]["inline"][0],
+        "echo only-second {{ build \"SourceAMI\" }}"
+    );
     assert!(second.provisioners[1].get("only").is_none());
     assert_eq!(first.post_processors, vec![json!({"type": "manifest"})]);
     assert_eq!(second.post_processors.len(), 2);
@@ -202,13 +299,32 @@ fn provisioners_only_except_override_and_post_processors() {
 
 #[test]
 fn only_and_except_options() {
-    let o = PrepareOptions { only: vec!["second".into()], ..opts() };
-    assert_eq!(ok(&two_builds(), &o).builds.iter().map(|b| b.name.clone()).collect::<Vec<_>>(), vec!["second"]);
-    let o = PrepareOptions { except: vec!["second".into()], ..opts() };
+    let o = PrepareOptions {
+        only: vec!["second".into()],
+        ..opts()
+    };
+    assert_eq!(
+        ok(&two_builds(), &o)
+            .builds
+            .iter()
+            .map(|b| b.name.clone())
+            .collect::<Vec<_>>(),
+        vec!["second"]
+    );
+    let o = PrepareOptions {
+        except: vec!["second".into()],
+        ..opts()
+    };
     assert_eq!(ok(&two_builds(), &o).builds.len(), 1);
-    let o = PrepareOptions { only: vec!["third".into()], ..opts() };
+    let o = PrepareOptions {
+        only: vec!["third".into()],
+        ..opts()
+    };
     let all = problems(&two_builds(), &o);
-    assert!(all.contains("-only names build `third`") && all.contains("builds: amazon-ebs, second"), "{all}");
+    assert!(
+        all.contains("-only names build `third`") && all.contains("builds: amazon-ebs, second"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -220,21 +336,38 @@ fn sensitive_values_never_serialized_and_masked() {
                       "tags": {"pw": "{{user `password`}}", "src": "{{ .SourceAMI }}"}}))],
         "provisioners": [{"type": "shell", "environment_vars": ["PW={{user `password`}}"], "inline": ["echo {{user `secret_key`}}"]}]
     });
-    let o = PrepareOptions { vars: vec![("password".into(), "hunter2hunter2".into())], ..opts() };
+    let o = PrepareOptions {
+        vars: vec![("password".into(), "hunter2hunter2".into())],
+        ..opts()
+    };
     let p = ok(&tpl, &o);
     let serialized = serde_json::to_string(&p.builds).unwrap();
-    assert!(!serialized.contains("S3cr3tValue!") && !serialized.contains("hunter2hunter2"), "{serialized}");
-    assert!(serialized.contains("<sensitive:secret_key>") && serialized.contains("<sensitive:password>"), "{serialized}");
+    assert!(
+        !serialized.contains("S3cr3tValue!") && !serialized.contains("hunter2hunter2"),
+        "{serialized}"
+    );
+    assert!(
+        serialized.contains("<sensitive:secret_key>")
+            && serialized.contains("<sensitive:password>"),
+        "{serialized}"
+    );
     assert_eq!(p.variables["secret_key"], "<sensitive>");
     assert_eq!(p.variables["password"], "<sensitive>");
     assert_eq!(p.variables["region"], "us-east-1");
     assert!(!format!("{p:?}").contains("hunter2hunter2"));
     let cmd = p.builds[0].provisioners[0]["inline"][0].as_str().unwrap();
     assert_eq!(p.secrets.reveal(cmd), "echo S3cr3tValue!");
-    assert_eq!(p.secrets.mask("failed: echo S3cr3tValue!"), "failed: echo <sensitive>");
+    assert_eq!(
+        p.secrets.mask("failed: echo S3cr3tValue!"),
+        "failed: echo <sensitive>"
+    );
     // Deferred fields: the placeholder survives render_later, then reveal gives the value.
     let tags = cfg(&p, "amazon-ebs", "tags");
-    let later = render_later(tags["pw"].as_str().unwrap(), &data(&[("SourceAMI", "ami-1")])).unwrap();
+    let later = render_later(
+        tags["pw"].as_str().unwrap(),
+        &data(&[("SourceAMI", "ami-1")]),
+    )
+    .unwrap();
     assert_eq!(p.secrets.reveal(&later), "hunter2hunter2");
 }
 
@@ -245,14 +378,20 @@ fn sensitive_values_are_masked_in_problems() {
         "builders": [builder("amazon-ebs", json!({"ami_name": "{{ replace `a` `b` `hunter2hunter2` `c` }} {{user `pw`}}"}))]
     });
     let all = problems(&tpl, &opts());
-    assert!(all.contains("whole number") && !all.contains("hunter2hunter2"), "{all}");
+    assert!(
+        all.contains("whole number") && !all.contains("hunter2hunter2"),
+        "{all}"
+    );
 }
 
 #[test]
 fn malformed_json_has_line_and_column() {
     let text = "{\n  \"builders\": [\n    {\"type\": \"amazon-ebs\",}\n  ]\n}";
     let e = prepare(text, &opts()).unwrap_err().to_string();
-    assert!(e.contains("the template is not valid JSON") && e.contains("line 3, column 27"), "{e}");
+    assert!(
+        e.contains("the template is not valid JSON") && e.contains("line 3, column 27"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -312,10 +451,24 @@ fn inspect_summarises_without_variables() {
     assert_eq!(s.builders[1].builder_type, "amazon-chroot");
     let token = s.variables.iter().find(|v| v.name == "token").unwrap();
     assert_eq!(token.default.as_deref(), Some("<sensitive>"));
-    assert!(s.variables.iter().find(|v| v.name == "subnet").unwrap().required);
+    assert!(
+        s.variables
+            .iter()
+            .find(|v| v.name == "subnet")
+            .unwrap()
+            .required
+    );
     let text = s.to_string();
-    assert!(text.contains("subnet") && text.contains("region = us-east-1") && !text.contains("abc123"), "{text}");
-    assert!(text.contains("shell (only: c)") && text.contains("file (override: c)") && text.contains("c                        (amazon-chroot)"), "{text}");
+    assert!(
+        text.contains("subnet") && text.contains("region = us-east-1") && !text.contains("abc123"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shell (only: c)")
+            && text.contains("file (override: c)")
+            && text.contains("c                        (amazon-chroot)"),
+        "{text}"
+    );
     assert!(matches!(inspect("[1]"), Err(Problems(_))));
 }
 
@@ -383,7 +536,10 @@ fn short_secrets_touch_only_the_strings_that_use_them() {
     let inline = &p.builds[0].provisioners[0]["inline"];
     assert_eq!(inline[0], "connect db://admin:<sensitive:pw>@host");
     assert_eq!(inline[1], "echo max");
-    assert_eq!(p.secrets.reveal(inline[0].as_str().unwrap()), "connect db://admin:x@host");
+    assert_eq!(
+        p.secrets.reveal(inline[0].as_str().unwrap()),
+        "connect db://admin:x@host"
+    );
     // A variable built from a secret is masked in the summary too.
     assert_eq!(p.variables["dsn"], "db://admin:<sensitive>@host");
     assert_eq!(p.variables["plain"], "xlarge");
@@ -397,5 +553,9 @@ fn functions_on_sensitive_values_are_refused() {
         "provisioners": [{"type": "shell", "inline": ["echo {{user `pw` | upper}}"]}]
     });
     let all = problems(&tpl, &opts());
-    assert!(all.contains("a sensitive variable cannot be passed to `upper`") && !all.contains("hunter2"), "{all}");
+    assert!(
+        all.contains("a sensitive variable cannot be passed to `upper`")
+            && !all.contains("hunter2"),
+        "{all}"
+    );
 }

@@ -102,7 +102,11 @@ pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, Problem> {
         let msg = e.to_string();
         // serde_json appends " at line L column C"; we give the position our own way.
         let bare = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        Problem::new(format!("{what} is not valid JSON: {bare} at line {}, column {}", e.line(), e.column()))
+        Problem::new(format!(
+            "{what} is not valid JSON: {bare} at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
     })
 }
 
@@ -118,7 +122,10 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn strip_comments(map: &Map<String, Value>) -> Map<String, Value> {
-    map.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect()
+    map.iter()
+        .filter(|(k, _)| !k.starts_with('_'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn string_list(v: Option<&Value>, key: &str, problems: &mut Vec<Problem>) -> Vec<String> {
@@ -129,13 +136,25 @@ fn string_list(v: Option<&Value>, key: &str, problems: &mut Vec<Problem>) -> Vec
             .filter_map(|i| match i {
                 Value::String(s) => Some(s.clone()),
                 other => {
-                    problems.push(Problem::key(key, format!("must list build names as strings, found {}", type_name(other))));
+                    problems.push(Problem::key(
+                        key,
+                        format!(
+                            "must list build names as strings, found {}",
+                            type_name(other)
+                        ),
+                    ));
                     None
                 }
             })
             .collect(),
         Some(other) => {
-            problems.push(Problem::key(key, format!("must be an array of build names, e.g. [\"amazon-ebs\"], found {}", type_name(other))));
+            problems.push(Problem::key(
+                key,
+                format!(
+                    "must be an array of build names, e.g. [\"amazon-ebs\"], found {}",
+                    type_name(other)
+                ),
+            ));
             Vec::new()
         }
     }
@@ -170,7 +189,10 @@ pub(crate) fn parse_template(text: &str) -> Result<(RawTemplate, Vec<Problem>), 
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            problems.push(Problem::key("description", format!("must be a string, found {}", type_name(other))));
+            problems.push(Problem::key(
+                "description",
+                format!("must be a string, found {}", type_name(other)),
+            ));
             None
         }
     };
@@ -189,7 +211,13 @@ pub(crate) fn parse_template(text: &str) -> Result<(RawTemplate, Vec<Problem>), 
             Some(s.clone())
         }
         Some(other) => {
-            problems.push(Problem::key("min_packer_version", format!("must be a version string like \"1.7.0\", found {}", type_name(other))));
+            problems.push(Problem::key(
+                "min_packer_version",
+                format!(
+                    "must be a version string like \"1.7.0\", found {}",
+                    type_name(other)
+                ),
+            ));
             None
         }
     };
@@ -197,7 +225,11 @@ pub(crate) fn parse_template(text: &str) -> Result<(RawTemplate, Vec<Problem>), 
     let variables = parse_variables(root.get("variables"), &mut problems);
     let declared: BTreeSet<&str> = variables.iter().map(|v| v.name.as_str()).collect();
     let mut sensitive = BTreeSet::new();
-    for name in string_list(root.get("sensitive-variables"), "sensitive-variables", &mut problems) {
+    for name in string_list(
+        root.get("sensitive-variables"),
+        "sensitive-variables",
+        &mut problems,
+    ) {
         if !declared.contains(name.as_str()) {
             problems.push(Problem::key(
                 "sensitive-variables",
@@ -215,21 +247,47 @@ pub(crate) fn parse_template(text: &str) -> Result<(RawTemplate, Vec<Problem>), 
         None => {}
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                if let Some(p) = parse_provisioner(item, format!("provisioners[{i}]"), &build_names, &mut problems) {
+                if let Some(p) = parse_provisioner(
+                    item,
+                    format!("provisioners[{i}]"),
+                    &build_names,
+                    &mut problems,
+                ) {
                     provisioners.push(p);
                 }
             }
         }
-        Some(other) => problems.push(Problem::key("provisioners", format!("must be an array of provisioner objects, found {}", type_name(other)))),
+        Some(other) => problems.push(Problem::key(
+            "provisioners",
+            format!(
+                "must be an array of provisioner objects, found {}",
+                type_name(other)
+            ),
+        )),
     }
-    let error_cleanup_provisioner = root
-        .get("error-cleanup-provisioner")
-        .and_then(|v| parse_provisioner(v, "error-cleanup-provisioner".into(), &build_names, &mut problems));
+    let error_cleanup_provisioner = root.get("error-cleanup-provisioner").and_then(|v| {
+        parse_provisioner(
+            v,
+            "error-cleanup-provisioner".into(),
+            &build_names,
+            &mut problems,
+        )
+    });
 
-    let post_processors = parse_post_processors(root.get("post-processors"), &build_names, &mut problems);
+    let post_processors =
+        parse_post_processors(root.get("post-processors"), &build_names, &mut problems);
 
     Ok((
-        RawTemplate { description, min_packer_version, variables, sensitive, builders, provisioners, error_cleanup_provisioner, post_processors },
+        RawTemplate {
+            description,
+            min_packer_version,
+            variables,
+            sensitive,
+            builders,
+            provisioners,
+            error_cleanup_provisioner,
+            post_processors,
+        },
         problems,
     ))
 }
@@ -237,7 +295,10 @@ pub(crate) fn parse_template(text: &str) -> Result<(RawTemplate, Vec<Problem>), 
 fn parse_variables(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<VarDecl> {
     let Some(v) = v else { return Vec::new() };
     let Value::Object(map) = v else {
-        problems.push(Problem::key("variables", format!("must be an object of name: default, found {}", type_name(v))));
+        problems.push(Problem::key(
+            "variables",
+            format!("must be an object of name: default, found {}", type_name(v)),
+        ));
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -256,7 +317,10 @@ fn parse_variables(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<VarDec
                 continue;
             }
         };
-        out.push(VarDecl { name: name.clone(), default });
+        out.push(VarDecl {
+            name: name.clone(),
+            default,
+        });
     }
     out
 }
@@ -269,7 +333,13 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
             return Vec::new();
         }
         Some(other) => {
-            problems.push(Problem::key("builders", format!("must be an array of builder objects, found {}", type_name(other))));
+            problems.push(Problem::key(
+                "builders",
+                format!(
+                    "must be an array of builder objects, found {}",
+                    type_name(other)
+                ),
+            ));
             return Vec::new();
         }
     };
@@ -277,7 +347,13 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
     for (i, item) in items.iter().enumerate() {
         let path = format!("builders[{i}]");
         let Value::Object(map) = item else {
-            problems.push(Problem::key(path, format!("a builder must be an object with a \"type\", found {}", type_name(item))));
+            problems.push(Problem::key(
+                path,
+                format!(
+                    "a builder must be an object with a \"type\", found {}",
+                    type_name(item)
+                ),
+            ));
             continue;
         };
         let type_name_ = match map.get("type") {
@@ -287,7 +363,10 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
                 continue;
             }
             Some(other) => {
-                problems.push(Problem::key(format!("{path}.type"), format!("must be a string, found {}", type_name(other))));
+                problems.push(Problem::key(
+                    format!("{path}.type"),
+                    format!("must be a string, found {}", type_name(other)),
+                ));
                 continue;
             }
         };
@@ -295,7 +374,10 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
             None => type_name_.clone(),
             Some(Value::String(n)) if !n.is_empty() => n.clone(),
             Some(other) => {
-                problems.push(Problem::key(format!("{path}.name"), format!("must be a non-empty string, found {}", type_name(other))));
+                problems.push(Problem::key(
+                    format!("{path}.name"),
+                    format!("must be a non-empty string, found {}", type_name(other)),
+                ));
                 type_name_.clone()
             }
         };
@@ -313,13 +395,25 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
         if builder_type.is_none() {
             let known: Vec<&str> = BuilderType::ALL.iter().map(|t| t.as_str()).collect();
             problems.push(
-                Problem::key(format!("{path}.type"), format!("unknown builder type `{type_name_}`; amiflow builds {}", known.join(", "))).in_builder(&name),
+                Problem::key(
+                    format!("{path}.type"),
+                    format!(
+                        "unknown builder type `{type_name_}`; amiflow builds {}",
+                        known.join(", ")
+                    ),
+                )
+                .in_builder(&name),
             );
         }
         let mut config = strip_comments(map);
         config.remove("name");
         config.remove("type");
-        out.push(RawBuilder { name, type_name: type_name_, builder_type, config });
+        out.push(RawBuilder {
+            name,
+            type_name: type_name_,
+            builder_type,
+            config,
+        });
     }
     out
 }
@@ -327,33 +421,59 @@ fn parse_builders(v: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<RawBuil
 fn check_names(names: &[String], key: &str, build_names: &[String], problems: &mut Vec<Problem>) {
     for n in names {
         if !build_names.contains(n) {
-            problems.push(Problem::key(key, format!("names build `{n}`, which is not in the template (builds: {})", build_names.join(", "))));
+            problems.push(Problem::key(
+                key,
+                format!(
+                    "names build `{n}`, which is not in the template (builds: {})",
+                    build_names.join(", ")
+                ),
+            ));
         }
     }
 }
 
-fn parse_provisioner(item: &Value, path: String, build_names: &[String], problems: &mut Vec<Problem>) -> Option<RawProvisioner> {
+fn parse_provisioner(
+    item: &Value,
+    path: String,
+    build_names: &[String],
+    problems: &mut Vec<Problem>,
+) -> Option<RawProvisioner> {
     let Value::Object(map) = item else {
-        problems.push(Problem::key(path, format!("a provisioner must be an object with a \"type\", found {}", type_name(item))));
+        problems.push(Problem::key(
+            path,
+            format!(
+                "a provisioner must be an object with a \"type\", found {}",
+                type_name(item)
+            ),
+        ));
         return None;
     };
     let type_name_ = match map.get("type") {
         Some(Value::String(t)) => t.clone(),
         _ => {
-            problems.push(Problem::key(format!("{path}.type"), "missing provisioner type: add \"type\": \"shell\" (or file, shell-local)"));
+            problems.push(Problem::key(
+                format!("{path}.type"),
+                "missing provisioner type: add \"type\": \"shell\" (or file, shell-local)",
+            ));
             return None;
         }
     };
     if !SUPPORTED_PROVISIONERS.contains(&type_name_.as_str()) {
         problems.push(Problem::key(
             format!("{path}.type"),
-            format!("provisioner type `{type_name_}` is not supported; amiflow runs {}", SUPPORTED_PROVISIONERS.join(", ")),
+            format!(
+                "provisioner type `{type_name_}` is not supported; amiflow runs {}",
+                SUPPORTED_PROVISIONERS.join(", ")
+            ),
         ));
     }
     let only = string_list(map.get("only"), &format!("{path}.only"), problems);
     let except = string_list(map.get("except"), &format!("{path}.except"), problems);
     if !only.is_empty() && !except.is_empty() {
-        problems.push(Problem::key(path.clone(), "only one of \"only\" or \"except\" may be given"));
+        problems.push(Problem::key(
+            path.clone(),
+            "only one of \"only\" or \"except\" may be given",
+        ));
     }
     check_names(&only, &format!("{path}.only"), build_names, problems);
     check_names(&except, &format!("{path}.except"), build_names, problems);
@@ -365,18 +485,33 @@ fn parse_provisioner(item: &Value, path: String, build_names: &[String], problem
                 if !build_names.contains(build) {
                     problems.push(Problem::key(
                         format!("{path}.override.{build}"),
-                        format!("overrides build `{build}`, which is not in the template (builds: {})", build_names.join(", ")),
+                        format!(
+                            "overrides build `{build}`, which is not in the template (builds: {})",
+                            build_names.join(", ")
+                        ),
                     ));
                 }
                 match keys {
                     Value::Object(k) => {
                         overrides.insert(build.clone(), strip_comments(k));
                     }
-                    other => problems.push(Problem::key(format!("{path}.override.{build}"), format!("must be an object of keys to replace, found {}", type_name(other)))),
+                    other => problems.push(Problem::key(
+                        format!("{path}.override.{build}"),
+                        format!(
+                            "must be an object of keys to replace, found {}",
+                            type_name(other)
+                        ),
+                    )),
                 }
             }
         }
-        Some(other) => problems.push(Problem::key(format!("{path}.override"), format!("must be an object keyed by build name, found {}", type_name(other)))),
+        Some(other) => problems.push(Problem::key(
+            format!("{path}.override"),
+            format!(
+                "must be an object keyed by build name, found {}",
+                type_name(other)
+            ),
+        )),
     }
     for key in ["pause_before", "timeout"] {
         match map.get(key) {
@@ -387,27 +522,50 @@ fn parse_provisioner(item: &Value, path: String, build_names: &[String], problem
                 }
             }
             Some(Value::String(_)) => {}
-            Some(other) => problems.push(Problem::key(format!("{path}.{key}"), format!("must be a duration string like \"30s\" or \"5m\", found {}", type_name(other)))),
+            Some(other) => problems.push(Problem::key(
+                format!("{path}.{key}"),
+                format!(
+                    "must be a duration string like \"30s\" or \"5m\", found {}",
+                    type_name(other)
+                ),
+            )),
         }
     }
     match map.get("max_retries") {
         None | Some(Value::Number(_)) => {}
         Some(Value::String(s)) if s.parse::<u32>().is_ok() || s.contains("{{") => {}
-        Some(other) => problems.push(Problem::key(format!("{path}.max_retries"), format!("must be a whole number, found {other}"))),
+        Some(other) => problems.push(Problem::key(
+            format!("{path}.max_retries"),
+            format!("must be a whole number, found {other}"),
+        )),
     }
     let mut config = strip_comments(map);
     for k in ["only", "except", "override"] {
         config.remove(k);
     }
-    Some(RawProvisioner { path, type_name: type_name_, only, except, overrides, config })
+    Some(RawProvisioner {
+        path,
+        type_name: type_name_,
+        only,
+        except,
+        overrides,
+        config,
+    })
 }
 
-fn parse_post_processors(v: Option<&Value>, build_names: &[String], problems: &mut Vec<Problem>) -> Vec<RawPostProcessor> {
+fn parse_post_processors(
+    v: Option<&Value>,
+    build_names: &[String],
+    problems: &mut Vec<Problem>,
+) -> Vec<RawPostProcessor> {
     let items = match v {
         None => return Vec::new(),
         Some(Value::Array(items)) => items,
         Some(other) => {
-            problems.push(Problem::key("post-processors", format!("must be an array, found {}", type_name(other))));
+            problems.push(Problem::key(
+                "post-processors",
+                format!("must be an array, found {}", type_name(other)),
+            ));
             return Vec::new();
         }
     };
@@ -417,18 +575,42 @@ fn parse_post_processors(v: Option<&Value>, build_names: &[String], problems: &m
         match item {
             Value::Array(seq) => {
                 for (j, inner) in seq.iter().enumerate() {
-                    out.extend(parse_post_processor(inner, format!("post-processors[{i}][{j}]"), build_names, problems));
+                    out.extend(parse_post_processor(
+                        inner,
+                        format!("post-processors[{i}][{j}]"),
+                        build_names,
+                        problems,
+                    ));
                 }
             }
-            other => out.extend(parse_post_processor(other, format!("post-processors[{i}]"), build_names, problems)),
+            other => out.extend(parse_post_processor(
+                other,
+                format!("post-processors[{i}]"),
+                build_names,
+                problems,
+            )),
         }
     }
     out
 }
 
-const MANIFEST_KEYS: [&str; 8] = ["type", "name", "only", "except", "keep_input_artifact", "output", "strip_path", "strip_time"];
+const MANIFEST_KEYS: [&str; 8] = [
+    "type",
+    "name",
+    "only",
+    "except",
+    "keep_input_artifact",
+    "output",
+    "strip_path",
+    "strip_time",
+];
 
-fn parse_post_processor(item: &Value, path: String, build_names: &[String], problems: &mut Vec<Problem>) -> Option<RawPostProcessor> {
+fn parse_post_processor(
+    item: &Value,
+    path: String,
+    build_names: &[String],
+    problems: &mut Vec<Problem>,
+) -> Option<RawPostProcessor> {
     let map = match item {
         // The short form: just the type.
         Value::String(t) => {
@@ -438,18 +620,30 @@ fn parse_post_processor(item: &Value, path: String, build_names: &[String], prob
         }
         Value::Object(m) => strip_comments(m),
         other => {
-            problems.push(Problem::key(path, format!("a post-processor must be an object or a type name, found {}", type_name(other))));
+            problems.push(Problem::key(
+                path,
+                format!(
+                    "a post-processor must be an object or a type name, found {}",
+                    type_name(other)
+                ),
+            ));
             return None;
         }
     };
     let Some(Value::String(type_name_)) = map.get("type").cloned() else {
-        problems.push(Problem::key(format!("{path}.type"), "missing post-processor type: add \"type\": \"manifest\""));
+        problems.push(Problem::key(
+            format!("{path}.type"),
+            "missing post-processor type: add \"type\": \"manifest\"",
+        ));
         return None;
     };
     if !SUPPORTED_POST_PROCESSORS.contains(&type_name_.as_str()) {
         problems.push(Problem::key(
             format!("{path}.type"),
-            format!("post-processor type `{type_name_}` is not supported; amiflow runs {}", SUPPORTED_POST_PROCESSORS.join(", ")),
+            format!(
+                "post-processor type `{type_name_}` is not supported; amiflow runs {}",
+                SUPPORTED_POST_PROCESSORS.join(", ")
+            ),
         ));
     }
     if type_name_ == "manifest" {
@@ -462,13 +656,19 @@ fn parse_post_processor(item: &Value, path: String, build_names: &[String], prob
                 _ => {
                     problems.push(Problem::key(
                         format!("{path}.{k}"),
-                        format!("unknown key of the manifest post-processor (known: custom_data, {})", MANIFEST_KEYS.join(", ")),
+                        format!(
+                            "unknown key of the manifest post-processor (known: custom_data, {})",
+                            MANIFEST_KEYS.join(", ")
+                        ),
                     ));
                     continue;
                 }
             };
             if !ok {
-                problems.push(Problem::key(format!("{path}.{k}"), format!("has the wrong type: found {}", type_name(v))));
+                problems.push(Problem::key(
+                    format!("{path}.{k}"),
+                    format!("has the wrong type: found {}", type_name(v)),
+                ));
             }
         }
     }
@@ -479,5 +679,11 @@ fn parse_post_processor(item: &Value, path: String, build_names: &[String], prob
     let mut config = map;
     config.remove("only");
     config.remove("except");
-    Some(RawPostProcessor { path, type_name: type_name_, only, except, config })
+    Some(RawPostProcessor {
+        path,
+        type_name: type_name_,
+        only,
+        except,
+        config,
+    })
 }

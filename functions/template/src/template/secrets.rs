@@ -35,7 +35,8 @@ pub struct Secrets {
 impl Secrets {
     /// Builds the set from sensitive variables' values; empty values protect nothing and are skipped.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
-        let mut entries: Vec<(String, String)> = pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let mut entries: Vec<(String, String)> =
+            pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         entries.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
         Secrets { entries }
     }
@@ -67,7 +68,9 @@ impl Secrets {
     pub fn mask(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (name, value) in &self.entries {
-            out = out.replace(value.as_str(), MASK).replace(&placeholder(name), MASK);
+            out = out
+                .replace(value.as_str(), MASK)
+                .replace(&placeholder(name), MASK);
         }
         out
     }
@@ -84,7 +87,9 @@ impl Secrets {
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secrets").field("names", &self.names().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("Secrets")
+            .field("names", &self.names().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +98,11 @@ mod tests {
     use super::*;
 
     fn secrets() -> Secrets {
-        Secrets::from_pairs([("pw".to_string(), "hunter2".to_string()), ("long".to_string(), "hunter2-extra".to_string()), ("empty".to_string(), String::new())])
+        Secrets::from_pairs([
+            ("pw".to_string(), "hunter2".to_string()),
+            ("long".to_string(), "hunter2-extra".to_string()),
+            ("empty".to_string(), String::new()),
+        ])
     }
 
     #[test]
@@ -102,7 +111,10 @@ mod tests {
         let concealed = s.conceal("a hunter2-extra b hunter2");
         assert_eq!(concealed, "a <sensitive:long> b <sensitive:pw>");
         assert_eq!(s.reveal(&concealed), "a hunter2-extra b hunter2");
-        assert_eq!(s.mask("x hunter2 y <sensitive:long>"), "x <sensitive> y <sensitive>");
+        assert_eq!(
+            s.mask("x hunter2 y <sensitive:long>"),
+            "x <sensitive> y <sensitive>"
+        );
         assert_eq!(s.names().collect::<Vec<_>>(), vec!["long", "pw"]);
     }
 

@@ -56,7 +56,10 @@ pub(crate) struct SyntaxError {
 
 impl SyntaxError {
     fn at(offset: usize, message: impl Into<String>) -> SyntaxError {
-        SyntaxError { offset, message: message.into() }
+        SyntaxError {
+            offset,
+            message: message.into(),
+        }
     }
 }
 
@@ -86,7 +89,11 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, SyntaxError> {
         text.push_str(&src[pos..open]);
         let mut inner = open + 2;
         let bytes = src.as_bytes();
-        if bytes.get(inner) == Some(&b'-') && bytes.get(inner + 1).is_some_and(|b| b.is_ascii_whitespace()) {
+        if bytes.get(inner) == Some(&b'-')
+            && bytes
+                .get(inner + 1)
+                .is_some_and(|b| b.is_ascii_whitespace())
+        {
             let kept = text.trim_end().len();
             text.truncate(kept);
             inner += 2;
@@ -100,7 +107,9 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, SyntaxError> {
             };
             lx.pos += 2 + end + 2;
             lx.skip_space();
-            let (after, trims) = lx.close().ok_or_else(|| SyntaxError::at(open, "comment ends with `*/` but is not followed by `}}`"))?;
+            let (after, trims) = lx.close().ok_or_else(|| {
+                SyntaxError::at(open, "comment ends with `*/` but is not followed by `}}`")
+            })?;
             pos = if trims { skip_ws(src, after) } else { after };
             continue;
         }
@@ -108,14 +117,21 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, SyntaxError> {
         let (after, trims) = loop {
             lx.skip_space();
             if lx.pos >= src.len() {
-                return Err(SyntaxError::at(open, "unclosed action: `{{` without a matching `}}`"));
+                return Err(SyntaxError::at(
+                    open,
+                    "unclosed action: `{{` without a matching `}}`",
+                ));
             }
             if let Some(r) = lx.close() {
                 break r;
             }
             toks.push(lx.token()?);
         };
-        let mut p = Parser { toks, i: 0, action_offset: open };
+        let mut p = Parser {
+            toks,
+            i: 0,
+            action_offset: open,
+        };
         let pipe = p.pipe()?;
         if p.i < p.toks.len() {
             let what = match &p.toks[p.i].1 {
@@ -182,7 +198,10 @@ impl Lexer<'_> {
         if rest.starts_with("}}") {
             return Some((self.pos + 2, false));
         }
-        if rest.starts_with("-}}") && self.pos > 0 && self.src.as_bytes()[self.pos - 1].is_ascii_whitespace() {
+        if rest.starts_with("-}}")
+            && self.pos > 0
+            && self.src.as_bytes()[self.pos - 1].is_ascii_whitespace()
+        {
             return Some((self.pos + 3, true));
         }
         None
@@ -268,16 +287,27 @@ impl Lexer<'_> {
         let mut out = String::new();
         loop {
             let Some(c) = self.peek() else {
-                return Err(SyntaxError::at(start, "unterminated string: add the closing `\"`"));
+                return Err(SyntaxError::at(
+                    start,
+                    "unterminated string: add the closing `\"`",
+                ));
             };
             self.pos += c.len_utf8();
             match c {
                 '"' => return Ok(out),
-                '\n' => return Err(SyntaxError::at(start, "newline in string: use `raw strings` for text over several lines")),
+                '\n' => {
+                    return Err(SyntaxError::at(
+                        start,
+                        "newline in string: use `raw strings` for text over several lines",
+                    ))
+                }
                 '\\' => {
                     let esc_at = self.pos - 1;
                     let Some(e) = self.peek() else {
-                        return Err(SyntaxError::at(start, "unterminated string: add the closing `\"`"));
+                        return Err(SyntaxError::at(
+                            start,
+                            "unterminated string: add the closing `\"`",
+                        ));
                     };
                     self.pos += e.len_utf8();
                     match e {
@@ -301,11 +331,21 @@ impl Lexer<'_> {
                                 .ok()
                                 .filter(|_| digits.len() == n)
                                 .and_then(char::from_u32)
-                                .ok_or_else(|| SyntaxError::at(esc_at, format!("invalid escape `\\{e}{digits}`")))?;
+                                .ok_or_else(|| {
+                                    SyntaxError::at(
+                                        esc_at,
+                                        format!("invalid escape `\\{e}{digits}`"),
+                                    )
+                                })?;
                             self.pos += n;
                             out.push(code);
                         }
-                        other => return Err(SyntaxError::at(esc_at, format!("unknown escape `\\{other}` in string"))),
+                        other => {
+                            return Err(SyntaxError::at(
+                                esc_at,
+                                format!("unknown escape `\\{other}` in string"),
+                            ))
+                        }
                     }
                 }
                 c => out.push(c),
@@ -314,7 +354,9 @@ impl Lexer<'_> {
     }
 }
 
-const UNSUPPORTED_KEYWORDS: [&str; 10] = ["if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"];
+const UNSUPPORTED_KEYWORDS: [&str; 10] = [
+    "if", "else", "end", "range", "with", "define", "template", "block", "break", "continue",
+];
 
 struct Parser {
     toks: Vec<(usize, Tok)>,
@@ -389,7 +431,10 @@ impl Parser {
             return Err(SyntaxError::at(at, "missing value for command"));
         }
         if args.len() > 1 && !matches!(args[0], Arg::Ident(_)) {
-            return Err(SyntaxError::at(self.action_offset, "only a function can take arguments"));
+            return Err(SyntaxError::at(
+                self.action_offset,
+                "only a function can take arguments",
+            ));
         }
         Ok(Cmd { args })
     }
@@ -443,13 +488,21 @@ pub(crate) fn quote(s: &str) -> String {
 
 impl Pipe {
     pub fn to_source(&self) -> String {
-        self.cmds.iter().map(Cmd::to_source).collect::<Vec<_>>().join(" | ")
+        self.cmds
+            .iter()
+            .map(Cmd::to_source)
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
 impl Cmd {
     pub fn to_source(&self) -> String {
-        self.args.iter().map(Arg::to_source).collect::<Vec<_>>().join(" ")
+        self.args
+            .iter()
+            .map(Arg::to_source)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -489,7 +542,10 @@ mod tests {
     #[test]
     fn raw_and_quoted_strings() {
         let p = one_action("{{ user `a b` }}");
-        assert_eq!(p.cmds[0].args, vec![Arg::Ident("user".into()), Arg::Str("a b".into())]);
+        assert_eq!(
+            p.cmds[0].args,
+            vec![Arg::Ident("user".into()), Arg::Str("a b".into())]
+        );
         let p = one_action(r#"{{ replace "\"}}\n" "x" -1 "y" }}"#);
         assert_eq!(p.cmds[0].args[1], Arg::Str("\"}}\n".into()));
         assert_eq!(p.cmds[0].args[3], Arg::Int(-1));
@@ -499,7 +555,10 @@ mod tests {
     fn pipelines_fields_and_subpipes() {
         let p = one_action("{{ .SourceAMITags.Name | clean_resource_name }}");
         assert_eq!(p.cmds.len(), 2);
-        assert_eq!(p.cmds[0].args, vec![Arg::Field(vec!["SourceAMITags".into(), "Name".into()])]);
+        assert_eq!(
+            p.cmds[0].args,
+            vec![Arg::Field(vec!["SourceAMITags".into(), "Name".into()])]
+        );
         let p = one_action("{{ upper (user `x`) }}");
         assert!(matches!(p.cmds[0].args[1], Arg::Sub(_)));
         assert_eq!(p.to_source(), "upper (user \"x\")");
@@ -519,16 +578,32 @@ mod tests {
         assert!(e.message.contains("raw string"));
         let e = parse("ab {{ timestamp").unwrap_err();
         assert_eq!(e.offset, 3);
-        assert!(parse("{{ if .X }}y{{ end }}").unwrap_err().message.contains("not supported"));
-        assert!(parse("{{ }}").unwrap_err().message.contains("missing value"));
+        assert!(parse("{{ if .X }}y{{ end }}")
+            .unwrap_err()
+            .message
+            .contains("not supported"));
+        assert!(parse("{{ }}")
+            .unwrap_err()
+            .message
+            .contains("missing value"));
         assert!(parse("{{ $x }}").is_err());
-        assert!(parse("{{ (upper `a` }}").unwrap_err().message.contains("unclosed"));
+        assert!(parse("{{ (upper `a` }}")
+            .unwrap_err()
+            .message
+            .contains("unclosed"));
         assert!(parse("{{ upper `a`) }}").unwrap_err().message.contains(")"));
     }
 
     #[test]
     fn quote_round_trips() {
-        for s in ["plain", "q\"uote", "back\\slash", "new\nline\t\u{1}", "{{ }}", "üñí"] {
+        for s in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "new\nline\t\u{1}",
+            "{{ }}",
+            "üñí",
+        ] {
             let p = one_action(&format!("{{{{ {} }}}}", quote(s)));
             assert_eq!(p.cmds[0].args, vec![Arg::Str(s.into())]);
         }

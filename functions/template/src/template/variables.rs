@@ -27,15 +27,25 @@ pub(crate) struct VarInputs<'a> {
 /// The rendered value of every variable that could be resolved, and the problems.
 pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let mut raw: BTreeMap<String, Option<String>> = inputs.decls.iter().map(|d| (d.name.clone(), d.default.clone())).collect();
+    let mut raw: BTreeMap<String, Option<String>> = inputs
+        .decls
+        .iter()
+        .map(|d| (d.name.clone(), d.default.clone()))
+        .collect();
     let declared_list = || {
         let names: Vec<&str> = inputs.decls.iter().map(|d| d.name.as_str()).collect();
-        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
     };
 
     for (origin, content) in &inputs.files {
         let Value::Object(map) = content else {
-            problems.push(Problem::new(format!("-var-file {origin}: must be a JSON object of \"name\": \"value\"")));
+            problems.push(Problem::new(format!(
+                "-var-file {origin}: must be a JSON object of \"name\": \"value\""
+            )));
             continue;
         };
         for (name, value) in map {
@@ -44,7 +54,9 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
                 _ => {
-                    problems.push(Problem::new(format!("-var-file {origin}: variable `{name}` must be a string")));
+                    problems.push(Problem::new(format!(
+                        "-var-file {origin}: variable `{name}` must be a string"
+                    )));
                     continue;
                 }
             };
@@ -75,7 +87,12 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
         }
     }
 
-    let resolver = Resolver { raw: &raw, inputs, done: RefCell::new(BTreeMap::new()), visiting: RefCell::new(Vec::new()) };
+    let resolver = Resolver {
+        raw: &raw,
+        inputs,
+        done: RefCell::new(BTreeMap::new()),
+        visiting: RefCell::new(Vec::new()),
+    };
     for (name, value) in &raw {
         if value.is_some() {
             let _ = resolver.resolve(name);
@@ -124,7 +141,10 @@ impl Resolver<'_> {
         if let Some(pos) = self.visiting.borrow().iter().position(|v| v == name) {
             let mut chain: Vec<String> = self.visiting.borrow()[pos..].to_vec();
             chain.push(name.to_string());
-            return Err(Failure::Loop(format!("variables use each other in a loop: {}", chain.join(" → "))));
+            return Err(Failure::Loop(format!(
+                "variables use each other in a loop: {}",
+                chain.join(" → ")
+            )));
         }
         self.visiting.borrow_mut().push(name.to_string());
         let dependency_failed = RefCell::new(false);
@@ -168,29 +188,60 @@ mod tests {
     use chrono::TimeZone;
 
     fn decl(name: &str, default: Option<&str>) -> VarDecl {
-        VarDecl { name: name.into(), default: default.map(String::from) }
+        VarDecl {
+            name: name.into(),
+            default: default.map(String::from),
+        }
     }
 
-    fn run(decls: &[VarDecl], files: Vec<(String, Value)>, vars: &[(String, String)]) -> (BTreeMap<String, String>, Vec<String>) {
+    fn run(
+        decls: &[VarDecl],
+        files: Vec<(String, Value)>,
+        vars: &[(String, String)],
+    ) -> (BTreeMap<String, String>, Vec<String>) {
         let env: BTreeMap<String, String> = [("HOME".to_string(), "/home/me".to_string())].into();
-        let inputs = VarInputs { decls, files, vars, env: &env, time: Utc.timestamp_opt(1_700_000_000, 0).unwrap(), template_dir: None };
+        let inputs = VarInputs {
+            decls,
+            files,
+            vars,
+            env: &env,
+            time: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            template_dir: None,
+        };
         let (v, p) = resolve(&inputs);
         (v, p.iter().map(ToString::to_string).collect())
     }
 
     #[test]
     fn precedence_default_file_var() {
-        let decls = [decl("a", Some("default")), decl("b", Some("default")), decl("c", Some("default"))];
-        let files = vec![("f1.json".into(), serde_json::json!({"a": "file1", "b": "file1"})), ("f2.json".into(), serde_json::json!({"b": "file2"}))];
+        let decls = [
+            decl("a", Some("default")),
+            decl("b", Some("default")),
+            decl("c", Some("default")),
+        ];
+        let files = vec![
+            (
+                "f1.json".into(),
+                serde_json::json!({"a": "file1", "b": "file1"}),
+            ),
+            ("f2.json".into(), serde_json::json!({"b": "file2"})),
+        ];
         let vars = [("a".to_string(), "cli".to_string())];
         let (v, p) = run(&decls, files, &vars);
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!((v["a"].as_str(), v["b"].as_str(), v["c"].as_str()), ("cli", "file2", "default"));
+        assert_eq!(
+            (v["a"].as_str(), v["b"].as_str(), v["c"].as_str()),
+            ("cli", "file2", "default")
+        );
     }
 
     #[test]
     fn env_user_and_functions_in_variables() {
-        let decls = [decl("home", Some("{{env `HOME`}}")), decl("dir", Some("{{user `home`}}/x-{{timestamp}}")), decl("none", Some("{{env `NOPE`}}"))];
+        let decls = [
+            decl("home", Some("{{env `HOME`}}")),
+            decl("dir", Some("{{user `home`}}/x-{{timestamp}}")),
+            decl("none", Some("{{env `NOPE`}}")),
+        ];
         let (v, p) = run(&decls, vec![], &[]);
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(v["dir"], "/home/me/x-1700000000");
@@ -199,13 +250,32 @@ mod tests {
 
     #[test]
     fn required_undeclared_and_loops() {
-        let decls = [decl("req", None), decl("uses_req", Some("{{user `req`}}")), decl("x", Some("{{user `y`}}")), decl("y", Some("{{user `x`}}")), decl("u", Some("{{user `ghost`}}"))];
+        let decls = [
+            decl("req", None),
+            decl("uses_req", Some("{{user `req`}}")),
+            decl("x", Some("{{user `y`}}")),
+            decl("y", Some("{{user `x`}}")),
+            decl("u", Some("{{user `ghost`}}")),
+        ];
         let vars = [("typo".to_string(), "1".to_string())];
-        let (_, p) = run(&decls, vec![("vf.json".into(), serde_json::json!({"other": "1"}))], &vars);
+        let (_, p) = run(
+            &decls,
+            vec![("vf.json".into(), serde_json::json!({"other": "1"}))],
+            &vars,
+        );
         let all = p.join("\n");
-        assert!(all.contains("variable `req` is required") && all.contains("-var 'req=VALUE'"), "{all}");
-        assert!(all.contains("-var typo=…: variable `typo` is not declared"), "{all}");
-        assert!(all.contains("-var-file vf.json: variable `other` is not declared"), "{all}");
+        assert!(
+            all.contains("variable `req` is required") && all.contains("-var 'req=VALUE'"),
+            "{all}"
+        );
+        assert!(
+            all.contains("-var typo=…: variable `typo` is not declared"),
+            "{all}"
+        );
+        assert!(
+            all.contains("-var-file vf.json: variable `other` is not declared"),
+            "{all}"
+        );
         assert!(all.contains("in a loop"), "{all}");
         assert!(all.contains("variable `ghost` is not declared"), "{all}");
         // `uses_req` fails only because `req` does: reported once, for `req`.

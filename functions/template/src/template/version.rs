@@ -16,7 +16,9 @@ impl Version {
                 }
                 Ok(Version(p))
             }
-            _ => Err(format!("{s:?} is not a version: use numbers like \"1.7.0\"")),
+            _ => Err(format!(
+                "{s:?} is not a version: use numbers like \"1.7.0\""
+            )),
         }
     }
 }
