@@ -45,7 +45,8 @@
 #
 # Test hook (environment only): AMIFLOW_CHROOT_TEST_DEVICES="/dev/loop3 /dev/loop4" stands
 # in for the EBS lookup: under the lock, the first listed device with nothing mounted from it
-# is taken. This is how tests map an attached (emulated) volume to a loop device.
+# is taken; an entry `vol-0abc=/dev/loop3` is only taken for that VOLUME_ID. This is how
+# tests map an attached (emulated) volume to a loop device.
 #
 # OUTPUT: progress lines `amiflow-chroot: <step>: …` on stdout, command output as it comes.
 # On failure the last marker is `amiflow-chroot: FAILED at <step> (exit N): <why>`.
@@ -227,6 +228,9 @@ find_device_once() {
     local id=${VOLUME_ID//-/} cand serial dev
     if [ -n "${AMIFLOW_CHROOT_TEST_DEVICES:-}" ]; then
         for cand in $AMIFLOW_CHROOT_TEST_DEVICES; do
+            case $cand in
+                *=*) [ "${cand%%=*}" = "$VOLUME_ID" ] || continue; cand=${cand#*=} ;;
+            esac
             [ -b "$cand" ] && ! device_in_use "$cand" && { echo "$cand"; return 0; }
         done
         return 1

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
-use amiflow::state::{CaughtError, BUILD_TAG};
-use amiflow::{steps, BuildState, Ctx, StepError};
+use amiflow::state::BUILD_TAG;
+use amiflow::{BuildState, Ctx, StepError};
 use amiflow_tests::Moto;
 use serde_json::json;
 
+use super::chain::{fail_and_clean, invoke_with_retry};
 use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
 
 const REGION: &str = "us-east-1";
@@ -71,30 +72,6 @@ fn state(
     .expect("a build state")
 }
 
-async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildState, StepError> {
-    let spec = steps::find(step).unwrap_or_else(|| panic!("step {step} is not registered"));
-    let out = (spec.handler)(ctx.clone(), serde_json::to_value(state).unwrap()).await?;
-    Ok(serde_json::from_value(out).unwrap())
-}
-
-async fn invoke_with_retry(
-    ctx: &Arc<Ctx>,
-    step: &str,
-    state: &BuildState,
-) -> Result<BuildState, StepError> {
-    let mut attempts = 0;
-    loop {
-        match invoke(ctx, step, state).await {
-            Err(StepError::NotReady(m)) | Err(StepError::Transient(m)) if attempts < 30 => {
-                attempts += 1;
-                eprintln!("  {step}: retry {attempts}: {m}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The chain, then Cleanup (with `$.error` on failure), as the state machine runs it.
 async fn build(ctx: &Arc<Ctx>, state: BuildState) -> (Option<StepError>, BuildState) {
     build_from(ctx, state, 0).await
@@ -105,25 +82,20 @@ async fn build_from(
     mut state: BuildState,
     first: usize,
 ) -> (Option<StepError>, BuildState) {
-    let mut failure = None;
     for step in &CHAIN[first..] {
         match invoke_with_retry(ctx, step, &state).await {
             Ok(s) => state = s,
             Err(e) => {
                 eprintln!("  {step} failed: {e}");
-                state.error = Some(CaughtError {
-                    error: e.name().into(),
-                    cause: e.message().into(),
-                });
-                failure = Some(e);
-                break;
+                let cleaned = fail_and_clean(ctx, state, &e).await;
+                return (Some(e), cleaned);
             }
         }
     }
     let cleaned = invoke_with_retry(ctx, "Cleanup", &state)
         .await
         .expect("Cleanup succeeds");
-    (failure, cleaned)
+    (None, cleaned)
 }
 
 async fn start_host(ctx: &Ctx) -> String {
@@ -349,10 +321,6 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let (a, b) = (LoopDisk::new(), LoopDisk::new());
-    std::env::set_var(
-        "AMIFLOW_CHROOT_TEST_DEVICES",
-        format!("{} {}", a.device, b.device),
-    );
     let mnt = a.dir.path().join("mnt");
     let sa = state(
         "chroot-e2e-par-a",
@@ -369,19 +337,38 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
         &["echo b > /who"],
     );
     // moto does not refuse a device name already in use (EC2 answers InvalidParameterValue and
-    // AttachVolume takes the next), so A attaches first; B then chooses while A's volume is
-    // attached, and both run their host scripts, snapshots and registrations at once.
+    // AttachVolume takes the next), so A attaches first and B chooses while A's volume is
+    // attached. Each volume is then bound to its own loop device (on EC2 the volume id finds
+    // it), and both run their host scripts, snapshots and registrations at once.
     let attached = CHAIN
         .iter()
         .position(|s| *s == "WaitVolumeAttached")
         .unwrap();
-    let mut sa = sa;
+    let (mut sa, mut sb) = (sa, sb);
     for step in &CHAIN[..attached] {
         sa = invoke_with_retry(&ctx, step, &sa)
             .await
             .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
-    let ((fa, da), (fb, db)) = tokio::join!(build_from(&ctx, sa, attached), build(&ctx, sb));
+    for step in &CHAIN[..attached] {
+        sb = invoke_with_retry(&ctx, step, &sb)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+    }
+    let volume = |s: &BuildState| {
+        s.data.extra["chroot_volume"]["volume_id"]
+            .as_str()
+            .expect("the build's volume")
+            .to_string()
+    };
+    std::env::set_var(
+        "AMIFLOW_CHROOT_TEST_DEVICES",
+        format!("{}={} {}={}", volume(&sa), a.device, volume(&sb), b.device),
+    );
+    let ((fa, da), (fb, db)) = tokio::join!(
+        build_from(&ctx, sa, attached),
+        build_from(&ctx, sb, attached)
+    );
     assert!(
         fa.is_none() && fb.is_none(),
         "a parallel build failed: {fa:?} {fb:?}"
@@ -397,15 +384,13 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
         dev(&db),
         "both builds attached under the same device name"
     );
-    let mut who = vec![
-        a.read_file("/who").unwrap_or_default(),
-        b.read_file("/who").unwrap_or_default(),
-    ];
-    who.sort();
     assert_eq!(
-        who,
-        vec!["a\n", "b\n"],
-        "each loop device provisioned by exactly one build"
+        (
+            a.read_file("/who").unwrap_or_default(),
+            b.read_file("/who").unwrap_or_default()
+        ),
+        ("a\n".to_string(), "b\n".to_string()),
+        "each build provisioned its own volume's device"
     );
     for e in ["chroot-e2e-par-a", "chroot-e2e-par-b"] {
         let (vols, imgs, _) = tagged(&ctx, e).await;
