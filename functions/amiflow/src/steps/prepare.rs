@@ -95,7 +95,32 @@ pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, St
     let mut options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
     options.env = ctx.env.clone();
     options.template_dir = ctx.base_dir.clone();
-    prepare_text_with(&text, input, running_in_lambda(), options)
+    let mut out = prepare_text_with(&text, input, running_in_lambda(), options)?;
+    let default_region = ctx.sdk.region().map(|r| r.to_string());
+    for b in &mut out.builds {
+        resolve_region(b, default_region.as_deref())?;
+    }
+    Ok(out)
+}
+
+/// A template without `region` builds where the credential chain's region points
+/// (AWS_REGION, AWS_DEFAULT_REGION, the profile; inside Lambda its own region). Every step
+/// reads the region from the config, so it is settled here, once, before anything exists.
+fn resolve_region(b: &mut BuildState, default_region: Option<&str>) -> Result<(), StepError> {
+    if b.build.config.region().is_some() {
+        return Ok(());
+    }
+    match default_region.filter(|r| !r.is_empty()) {
+        Some(r) => {
+            b.build.config.access_mut().region = Some(r.to_string());
+            Ok(())
+        }
+        None => Err(StepError::InvalidTemplate(format!(
+            "{}: region: not set and no default region is configured: set \"region\" in the \
+             builder, or export AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)",
+            b.build.name
+        ))),
+    }
 }
 
 /// Everything after the template text is known; no AWS call.
@@ -328,5 +353,41 @@ mod tests {
             "{err}"
         );
         assert!(!err.message().contains("vars.c"), "{err}");
+    }
+
+    #[test]
+    fn a_build_without_region_takes_the_default_region_or_fails_naming_the_key() {
+        // amazon-chroot may leave `region` out at validation (the host's region decides).
+        let template = json!({"builders": [{"type": "amazon-chroot", "name": "c",
+            "source_ami": "ami-0f8848d57eb4fe2d2", "ami_name": "chroot-image",
+            "chroot_host_instance_id": "i-0123456789abcdef0"}]});
+        let built = || {
+            prepare_text(
+                &template.to_string(),
+                input(json!({"template": template.clone()})),
+                false,
+            )
+            .expect("a valid template")
+            .builds
+            .remove(0)
+        };
+        let mut b = built();
+        assert_eq!(b.build.config.region(), None);
+        resolve_region(&mut b, Some("eu-west-1")).unwrap();
+        assert_eq!(b.build.config.build_region(), "eu-west-1");
+
+        let mut b = built();
+        let err = resolve_region(&mut b, None).unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        assert!(
+            err.message().contains("c: region") && err.message().contains("AWS_REGION"),
+            "{err}"
+        );
+
+        // A region the template names is kept.
+        let mut b = built();
+        b.build.config.access_mut().region = Some("us-west-2".into());
+        resolve_region(&mut b, Some("eu-west-1")).unwrap();
+        assert_eq!(b.build.config.build_region(), "us-west-2");
     }
 }

@@ -114,6 +114,16 @@ impl BuilderConfig {
         }
     }
 
+    pub fn access_mut(&mut self) -> &mut AccessConfig {
+        match self {
+            Self::Ebs(c) => &mut c.access,
+            Self::Chroot(c) => &mut c.access,
+            Self::Instance(c) => &mut c.access,
+            Self::EbsSurrogate(c) => &mut c.access,
+            Self::EbsVolume(c) => &mut c.access,
+        }
+    }
+
     /// None for ebsvolume, which makes no AMI.
     pub fn ami(&self) -> Option<&AmiConfig> {
         match self {
