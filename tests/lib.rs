@@ -130,24 +130,7 @@ impl Moto {
 
     /// An SDK config pointing at this moto with fake static credentials and fast retries.
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
-        use aws_config::retry::RetryConfig;
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_string()))
-            .endpoint_url(self.url())
-            .credentials_provider(aws_credential_types::Credentials::new(
-                FAKE_ACCESS_KEY,
-                FAKE_SECRET_KEY,
-                None,
-                None,
-                "moto",
-            ))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(Duration::from_millis(5)),
-            )
-            .load()
-            .await
+        sdk_config_at(&self.url(), region).await
     }
 
     /// amiflow's step context against this moto.
@@ -278,4 +261,27 @@ impl Drop for Moto {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(Moto::recording_file(self.port));
     }
+}
+
+/// An SDK config for an emulator (or a proxy in front of one) at `endpoint`: fake static
+/// credentials, and retries quick enough that a test's injected throttling costs nothing.
+pub async fn sdk_config_at(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            FAKE_ACCESS_KEY,
+            FAKE_SECRET_KEY,
+            None,
+            None,
+            "moto",
+        ))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(5)),
+        )
+        .load()
+        .await
 }

@@ -71,6 +71,27 @@ impl TaskInvoker for InProcess {
     }
 }
 
+/// A whole build that must succeed, with moto's EC2 recorder on; prints the number of EC2
+/// calls and task invocations under `label` (the figures compare-packer reports).
+async fn recorded_build(
+    moto: &Moto,
+    ctx: &Arc<Ctx>,
+    execution: &str,
+    template: Value,
+    label: &str,
+) -> Value {
+    moto.start_recording().unwrap();
+    let (out, calls) = run_build(ctx, execution, template, None).await;
+    moto.stop_recording().unwrap();
+    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
+    println!(
+        "{label}: {} EC2 calls, {} task invocations",
+        moto.ec2_calls().unwrap().len(),
+        calls.len()
+    );
+    out
+}
+
 async fn run_build(
     ctx: &Arc<Ctx>,
     execution: &str,
@@ -303,21 +324,14 @@ async fn ebssurrogate_build_registers_the_surrogate_volume_as_root() {
     };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-surrogate";
-    moto.start_recording().unwrap();
-    let (out, calls) = run_build(
+    let out = recorded_build(
+        &moto,
         &ctx,
         execution,
         surrogate_template("amiflow-e2e-surrogate"),
-        None,
+        "ebssurrogate",
     )
     .await;
-    moto.stop_recording().unwrap();
-    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!(
-        "ebssurrogate: {} EC2 calls, {} task invocations",
-        moto.ec2_calls().unwrap().len(),
-        calls.len()
-    );
     let b = only_build(&out);
     assert!(b.get("error").is_none(), "{b:#}");
     let east = b["amis"][REGION]
@@ -427,21 +441,14 @@ async fn ebssurrogate_use_create_image_swaps_the_surrogate_into_the_root_slot() 
     };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-surrogate-swap";
-    moto.start_recording().unwrap();
-    let (out, calls) = run_build(
+    let out = recorded_build(
+        &moto,
         &ctx,
         execution,
         surrogate_create_image_template("amiflow-e2e-surrogate-swap"),
-        None,
+        "ebssurrogate use_create_image",
     )
     .await;
-    moto.stop_recording().unwrap();
-    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!(
-        "ebssurrogate use_create_image: {} EC2 calls, {} task invocations",
-        moto.ec2_calls().unwrap().len(),
-        calls.len()
-    );
     let b = only_build(&out);
     assert!(b.get("error").is_none(), "{b:#}");
     let east = b["amis"][REGION]
@@ -576,15 +583,7 @@ async fn ebsvolume_build_keeps_the_volumes_with_their_tags() {
     };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebsvolume";
-    moto.start_recording().unwrap();
-    let (out, calls) = run_build(&ctx, execution, ebsvolume_template(), None).await;
-    moto.stop_recording().unwrap();
-    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!(
-        "ebsvolume: {} EC2 calls, {} task invocations",
-        moto.ec2_calls().unwrap().len(),
-        calls.len()
-    );
+    let out = recorded_build(&moto, &ctx, execution, ebsvolume_template(), "ebsvolume").await;
     let b = only_build(&out);
     let vols: Vec<String> =
         serde_json::from_value(b["volumes"][REGION].clone()).expect("volumes per region");
@@ -697,15 +696,14 @@ async fn instance_build_bundles_over_ssh_and_registers_from_s3() {
     let Some(f) = instance_fixture() else { return };
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-instance";
-    moto.start_recording().unwrap();
-    let (out, calls) = run_build(&ctx, execution, instance_template(&f, &moto, None), None).await;
-    moto.stop_recording().unwrap();
-    let out = out.unwrap_or_else(|e| panic!("the build fails: {e:?}\ncalls: {calls:?}"));
-    println!(
-        "instance: {} EC2 calls, {} task invocations",
-        moto.ec2_calls().unwrap().len(),
-        calls.len()
-    );
+    let out = recorded_build(
+        &moto,
+        &ctx,
+        execution,
+        instance_template(&f, &moto, None),
+        "instance",
+    )
+    .await;
     let b = only_build(&out);
     let ami = b["amis"][REGION].as_str().expect("an AMI").to_string();
 

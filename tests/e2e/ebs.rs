@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use amiflow::state::{CaughtError, BUILD_TAG};
+use amiflow::state::BUILD_TAG;
 use amiflow::{steps, BuildState, Ctx, StepError};
 use amiflow_tests::Moto;
+
+use super::chain::{fail_and_clean, invoke_with_retry};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -89,42 +91,6 @@ fn state(execution: &str, config: Value) -> BuildState {
         "build": {"name": "ebs-e2e", "builder_type": "amazon-ebs", "config": {"amazon-ebs": config}},
     }))
     .expect("a build state")
-}
-
-async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildState, StepError> {
-    let spec = steps::find(step).unwrap_or_else(|| panic!("step {step} is not registered"));
-    let out = (spec.handler)(ctx.clone(), serde_json::to_value(state).unwrap()).await?;
-    Ok(serde_json::from_value(out).unwrap())
-}
-
-/// One state with its Retry: NotReady and Transient are retried (quickly: moto is instant).
-async fn invoke_with_retry(
-    ctx: &Arc<Ctx>,
-    step: &str,
-    state: &BuildState,
-) -> Result<BuildState, StepError> {
-    let mut attempts = 0;
-    loop {
-        match invoke(ctx, step, state).await {
-            Err(StepError::NotReady(m)) | Err(StepError::Transient(m)) if attempts < 30 => {
-                attempts += 1;
-                eprintln!("  {step}: retry {attempts}: {m}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Catch → Cleanup with `$.error` set, as the state machine does.
-async fn fail_and_clean(ctx: &Arc<Ctx>, mut state: BuildState, err: &StepError) -> BuildState {
-    state.error = Some(CaughtError {
-        error: err.name().into(),
-        cause: err.message().into(),
-    });
-    invoke_with_retry(ctx, "Cleanup", &state)
-        .await
-        .expect("Cleanup after a failure succeeds")
 }
 
 /// Runs the first `upto` steps of the chain; a failure runs Cleanup like the Catch does.

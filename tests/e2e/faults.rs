@@ -16,7 +16,7 @@ use amiflow::local::LocalInvoker;
 use amiflow::Ctx;
 use amiflow_statemachine::{Engine, Event, RealClock, StateMachine};
 use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
-use amiflow_tests::{Moto, FAKE_ACCESS_KEY, FAKE_SECRET_KEY};
+use amiflow_tests::Moto;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
@@ -61,24 +61,7 @@ fn template() -> String {
 }
 
 async fn ctx_via(proxy: &FaultProxy) -> Arc<Ctx> {
-    use aws_config::retry::RetryConfig;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(proxy.url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            FAKE_ACCESS_KEY,
-            FAKE_SECRET_KEY,
-            None,
-            None,
-            "moto",
-        ))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(3)
-                .with_initial_backoff(Duration::from_millis(5)),
-        )
-        .load()
-        .await;
+    let sdk = amiflow_tests::sdk_config_at(&proxy.url(), REGION).await;
     Arc::new(Ctx::from_sdk_config(sdk))
 }
 

@@ -3,6 +3,7 @@
 
 mod asl;
 mod builders;
+mod chain;
 mod chroot_build;
 mod chroot_host;
 mod deploy;

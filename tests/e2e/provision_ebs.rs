@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use amiflow::state::CaughtError;
-use amiflow::{steps, BuildState, Ctx, StepError};
+use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
 use amiflow_tests::sshd::Sshd;
 use amiflow_tests::Moto;
+
+use super::chain::{fail_and_clean, invoke_with_retry, retry_up_to};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -34,32 +35,6 @@ const CHAIN: &[&str] = &[
     "CreateTags",
 ];
 
-async fn invoke(ctx: &Arc<Ctx>, step: &str, state: &BuildState) -> Result<BuildState, StepError> {
-    let spec = steps::find(step).unwrap_or_else(|| panic!("step {step} is not registered"));
-    let out = (spec.handler)(ctx.clone(), serde_json::to_value(state).unwrap()).await?;
-    Ok(serde_json::from_value(out).unwrap())
-}
-
-/// The state's Retry on NotReady/Transient, with `max` attempts.
-async fn with_retry(
-    ctx: &Arc<Ctx>,
-    step: &str,
-    state: &BuildState,
-    max: u32,
-) -> Result<BuildState, StepError> {
-    let mut attempts = 0;
-    loop {
-        match invoke(ctx, step, state).await {
-            Err(StepError::NotReady(m)) | Err(StepError::Transient(m)) if attempts < max => {
-                attempts += 1;
-                eprintln!("  {step}: retry {attempts}: {m}");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Runs the chain with Catch → Cleanup; returns the final state or the error and the cleaned state.
 async fn run(
     ctx: &Arc<Ctx>,
@@ -72,21 +47,15 @@ async fn run(
         } else {
             30
         };
-        match with_retry(ctx, step, &state, max).await {
+        match retry_up_to(ctx, step, &state, max).await {
             Ok(s) => state = s,
             Err(e) => {
-                state.error = Some(CaughtError {
-                    error: e.name().into(),
-                    cause: e.message().into(),
-                });
-                let cleaned = with_retry(ctx, "Cleanup", &state, 30)
-                    .await
-                    .expect("Cleanup succeeds");
+                let cleaned = fail_and_clean(ctx, state, &e).await;
                 return Err((e, cleaned));
             }
         }
     }
-    Ok(with_retry(ctx, "Cleanup", &state, 30)
+    Ok(invoke_with_retry(ctx, "Cleanup", &state)
         .await
         .expect("Cleanup succeeds"))
 }

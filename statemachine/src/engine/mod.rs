@@ -486,9 +486,11 @@ impl<I: TaskInvoker> Engine<I> {
                     let ts = match (&w.timestamp, &w.timestamp_path) {
                         (Some(t), _) => Value::String(t.clone()),
                         (None, Some(p)) => read(p)?,
-                        (None, None) => return Err(ExecutionError::runtime(format!(
+                        (None, None) => {
+                            return Err(ExecutionError::runtime(format!(
                             "{name}: a Wait needs Seconds, SecondsPath, Timestamp or TimestampPath"
-                        ))),
+                        )))
+                        }
                     };
                     let at = ts
                         .as_str()
@@ -538,15 +540,16 @@ impl<I: TaskInvoker> Engine<I> {
             State::Map(m) => {
                 let effective = apply_input(&m.input_path, None, &raw, ctx)?;
                 let items_path = m.items_path.as_deref().unwrap_or("$");
-                let items =
-                    match path::read(items_path, &effective, ctx)
-                        .map_err(ExecutionError::runtime)?
-                    {
-                        Some(Value::Array(items)) => items,
-                        other => return Err(ExecutionError::runtime(format!(
+                let items = match path::read(items_path, &effective, ctx)
+                    .map_err(ExecutionError::runtime)?
+                {
+                    Some(Value::Array(items)) => items,
+                    other => {
+                        return Err(ExecutionError::runtime(format!(
                             "{name}: ItemsPath {items_path} must select an array, got {other:?}"
-                        ))),
-                    };
+                        )))
+                    }
+                };
                 let processor = m.processor().ok_or_else(|| {
                     ExecutionError::runtime(format!("{name}: Map has no ItemProcessor"))
                 })?;

@@ -149,10 +149,12 @@ pub fn compile(
                             shell_quote(remote)
                         )
                     }
-                    (None, None) => return Err(format!(
+                    (None, None) => {
+                        return Err(format!(
                         "uploading {from} over SSM needs a staging bucket (binary or large file): \
                              set \"ssm_output_s3_bucket\" in the builder"
-                    )),
+                    ))
+                    }
                 };
                 script.push_str(&format!(
                     "{fetch}chmod {:o} {} || exit $?\n",

@@ -1,8 +1,8 @@
 //! CreateImage: images the stopped instance, tagged at creation (image and snapshots);
 //! the image is recorded at once (an artifact, or the intermediary when encrypting).
 
+use super::block_devices::mappings;
 use super::prelude::*;
-use super::run_source_instance::mappings;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateImage",
@@ -13,6 +13,26 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub const WAIT: &str = "ImageAvailable";
+
+/// CreateImage's error: "not in state" means the instance is still stopping (Transient,
+/// retried by the state); anything else as [`classify`] sees it.
+pub fn create_image_error(
+    instance: &str,
+    name: &str,
+    e: aws_sdk_ec2::error::SdkError<
+        aws_sdk_ec2::operation::create_image::CreateImageError,
+        aws_sdk_ec2::config::http::HttpResponse,
+    >,
+) -> StepError {
+    if error_code(&e) == Some("InvalidParameterValue") && format!("{e:?}").contains("not in state")
+    {
+        StepError::Transient(format!(
+            "CreateImage {instance}: the instance is not stopped yet"
+        ))
+    } else {
+        classify("CreateImage", name, e)
+    }
+}
 
 pub fn image_name(state: &BuildState) -> String {
     if state.build.config.intermediary_image() {
@@ -89,17 +109,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             {
                 result = request.send().await;
             }
-            let out = result.map_err(|e| {
-                if error_code(&e) == Some("InvalidParameterValue")
-                    && format!("{e:?}").contains("not in state")
-                {
-                    StepError::Transient(format!(
-                        "CreateImage {instance}: the instance is not stopped yet"
-                    ))
-                } else {
-                    classify("CreateImage", &name, e)
-                }
-            })?;
+            let out = result.map_err(|e| create_image_error(&instance, &name, e))?;
             out.image_id().unwrap_or_default().to_string()
         }
     };

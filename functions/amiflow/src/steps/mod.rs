@@ -31,6 +31,7 @@ pub mod wait_instance_running;
 pub mod wait_instance_stopped;
 // amazon-chroot
 pub mod attach_volume;
+pub mod block_devices;
 pub mod chroot;
 pub mod create_snapshot;
 pub mod create_volume;

@@ -23,8 +23,9 @@ use aws_sdk_ec2::types::{
     VolumeType,
 };
 
+use super::block_devices::mapping;
 use super::chroot::{self, SourceMapping};
-use super::create_image::{image_name, WAIT};
+use super::create_image::{create_image_error, image_name, WAIT};
 use super::prelude::*;
 use super::volumes::{same_device, snapshot_ids};
 
@@ -44,40 +45,21 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-fn mapping(d: &TypedDevice, device_name: &str, snapshot: Option<&str>) -> BlockDeviceMapping {
-    let m = BlockDeviceMapping::builder().device_name(device_name);
-    if d.no_device {
-        return m.no_device("").build();
+/// SR-IOV and ENA as the AMI config asks (ENA only when set true: unset leaves EC2's default).
+fn with_network_support(
+    req: aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder,
+    ami: &amiflow_template::config::AmiConfig,
+) -> aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder {
+    let req = if ami.sriov_support {
+        req.sriov_net_support("simple")
+    } else {
+        req
+    };
+    if ami.ena_support == Some(true) {
+        req.ena_support(true)
+    } else {
+        req
     }
-    if let Some(v) = d
-        .virtual_name
-        .as_deref()
-        .filter(|v| v.starts_with("ephemeral"))
-    {
-        return m.virtual_name(v).build();
-    }
-    let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
-    if let Some(t) = &d.volume_type {
-        ebs = ebs.volume_type(VolumeType::from(t.as_str()));
-        if matches!(t.as_str(), "io1" | "io2" | "gp3") {
-            ebs = ebs.set_iops(d.iops.map(|v| v as i32));
-        }
-        if t == "gp3" {
-            ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
-        }
-    }
-    ebs = ebs.set_volume_size(d.volume_size.map(|v| v as i32));
-    match snapshot {
-        // From the launch volume's snapshot: encryption is the snapshot's.
-        Some(s) => ebs = ebs.snapshot_id(s),
-        None => {
-            ebs = ebs
-                .set_snapshot_id(d.snapshot_id.clone())
-                .set_encrypted(d.encrypted)
-                .set_kms_key_id(d.kms_key_id.clone())
-        }
-    }
-    m.ebs(ebs.build()).build()
 }
 
 /// amazon-ebssurrogate's AMI block devices (Packer's `combineDevices` + root rename).
@@ -168,17 +150,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
                         .send()
                         .await
-                        .map_err(|e| {
-                            if error_code(&e) == Some("InvalidParameterValue")
-                                && format!("{e:?}").contains("not in state")
-                            {
-                                StepError::Transient(format!(
-                                    "CreateImage {instance}: the instance is not stopped yet"
-                                ))
-                            } else {
-                                classify("CreateImage", &name, e)
-                            }
-                        })?;
+                        .map_err(|e| create_image_error(&instance, &name, e))?;
                     out.image_id().unwrap_or_default().to_string()
                 } else {
                     let devices = surrogate_mappings(
@@ -199,12 +171,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         .set_boot_mode(c.boot_mode.as_deref().map(BootModeValues::from))
                         .set_uefi_data(c.uefi_data.clone())
                         .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
-                    if c.ami.sriov_support {
-                        req = req.sriov_net_support("simple");
-                    }
-                    if c.ami.ena_support == Some(true) {
-                        req = req.ena_support(true);
-                    }
+                    req = with_network_support(req, &c.ami);
                     let out = req
                         .send()
                         .await
@@ -232,12 +199,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .set_virtualization_type(c.ami.ami_virtualization_type.clone())
                     .set_block_device_mappings(Some(devices).filter(|d| !d.is_empty()))
                     .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
-                if c.ami.sriov_support {
-                    req = req.sriov_net_support("simple");
-                }
-                if c.ami.ena_support == Some(true) {
-                    req = req.ena_support(true);
-                }
+                req = with_network_support(req, &c.ami);
                 let out = req
                     .send()
                     .await
@@ -427,12 +389,7 @@ async fn register_chroot(
                 .set_ramdisk_id(s.ramdisk_id.clone());
         }
     }
-    if cfg.ami.sriov_support {
-        req = req.sriov_net_support("simple");
-    }
-    if cfg.ami.ena_support == Some(true) {
-        req = req.ena_support(true);
-    }
+    req = with_network_support(req, &cfg.ami);
     if let Some(b) = cfg.boot_mode.as_deref().filter(|b| !b.is_empty()) {
         req = req.boot_mode(BootModeValues::from(b));
     }

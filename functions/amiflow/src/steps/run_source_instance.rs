@@ -7,15 +7,15 @@
 //! (several types) is not covered by this path: the first type is used.
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceMetadataTagsState, InstanceNetworkInterfaceSpecification, MarketType, Placement,
-    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, VolumeType,
+    HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
+    InstanceNetworkInterfaceSpecification, MarketType, Placement, ShutdownBehavior,
+    SpotInstanceType, SpotMarketOptions,
 };
 use base64::Engine;
 
+use super::block_devices::mappings;
 use super::prelude::*;
-use amiflow_template::config::BlockDevice;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
@@ -31,56 +31,6 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub const WAIT: &str = "InstanceRunning";
-
-pub fn mappings<'a>(
-    devs: impl IntoIterator<Item = &'a BlockDevice>,
-    no_ephemeral: bool,
-) -> Vec<BlockDeviceMapping> {
-    let mut out: Vec<BlockDeviceMapping> = devs
-        .into_iter()
-        .map(|d| {
-            let mut m = BlockDeviceMapping::builder().device_name(&d.device_name);
-            if d.no_device {
-                return m.no_device("").build();
-            }
-            if let Some(v) = d
-                .virtual_name
-                .as_deref()
-                .filter(|v| v.starts_with("ephemeral"))
-            {
-                return m.virtual_name(v).build();
-            }
-            let mut ebs = EbsBlockDevice::builder().delete_on_termination(d.delete_on_termination);
-            if let Some(t) = &d.volume_type {
-                ebs = ebs.volume_type(VolumeType::from(t.as_str()));
-                if matches!(t.as_str(), "io1" | "io2" | "gp3") {
-                    ebs = ebs.set_iops(d.iops.map(|v| v as i32));
-                }
-                if t == "gp3" {
-                    ebs = ebs.set_throughput(d.throughput.map(|v| v as i32));
-                }
-            }
-            ebs = ebs
-                .set_volume_size(d.volume_size.map(|v| v as i32))
-                .set_snapshot_id(d.snapshot_id.clone())
-                .set_encrypted(d.encrypted)
-                .set_kms_key_id(d.kms_key_id.clone());
-            m = m.ebs(ebs.build());
-            m.build()
-        })
-        .collect();
-    if no_ephemeral {
-        for c in b'a'..=b'z' {
-            out.push(
-                BlockDeviceMapping::builder()
-                    .device_name(format!("xvdc{}", c as char))
-                    .no_device("")
-                    .build(),
-            );
-        }
-    }
-    out
-}
 
 /// User data, base64-encoded unless it already is (Packer's rule).
 pub fn user_data(cfg: &RunConfig) -> Result<Option<String>, StepError> {

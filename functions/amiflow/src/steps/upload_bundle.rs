@@ -130,22 +130,22 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 
     let mut secrets = Secrets::default();
     let (access_key, secret_key, token) = match ctx.sdk.credentials_provider() {
-        Some(p) => {
-            match p.provide_credentials().await {
-                Ok(creds) => (
-                    creds.access_key_id().to_string(),
-                    creds.secret_access_key().to_string(),
-                    creds.session_token().unwrap_or_default().to_string(),
-                ),
-                Err(e) if c.run.iam_instance_profile.is_some() => {
-                    tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
-                    Default::default()
-                }
-                Err(e) => return Err(StepError::BuildFailed(format!(
-                    "bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"
-                ))),
+        Some(p) => match p.provide_credentials().await {
+            Ok(creds) => (
+                creds.access_key_id().to_string(),
+                creds.secret_access_key().to_string(),
+                creds.session_token().unwrap_or_default().to_string(),
+            ),
+            Err(e) if c.run.iam_instance_profile.is_some() => {
+                tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
+                Default::default()
             }
-        }
+            Err(e) => {
+                return Err(StepError::BuildFailed(format!(
+                    "bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"
+                )))
+            }
+        },
         None => Default::default(),
     };
     secrets.add_value(secret_key.clone());

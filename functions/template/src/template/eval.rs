@@ -1,7 +1,7 @@
 //! Evaluation of `{{ ... }}` actions with Packer's template functions.
 //!
-//! Why our own evaluator and not the `gtmpl` crate (a port of Go's text/template, in the
-//! workspace deps and evaluated for this):
+//! Why our own evaluator and not the `gtmpl` crate (a port of Go's text/template,
+//! evaluated for this and not taken):
 //! * gtmpl's custom functions are plain `fn` pointers (`gtmpl_value::Func`), so `timestamp`,
 //!   `user`, `build_name` … could only reach the run's build time, variables and build name
 //!   through thread-local globals;
@@ -12,8 +12,6 @@
 //!   which function or field is unknown and what to use instead;
 //! * Packer JSON templates use function calls and pipelines, not `if`/`range`/`define`:
 //!   the subset is ~600 lines here, with control structures refused clearly.
-//!
-//! gtmpl stays unused by this crate.
 
 use std::collections::BTreeMap;
 
