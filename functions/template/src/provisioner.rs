@@ -111,6 +111,10 @@ pub struct ShellConfig {
 }
 
 impl ShellConfig {
+    /// `pause_after`, validated at prepare (an unreadable value never gets this far).
+    pub fn pause_after(&self) -> Option<Duration> {
+        self.pause_after.as_deref().and_then(|p| duration(p).ok())
+    }
     pub fn execute_command(&self) -> &str {
         self.execute_command
             .as_deref()

@@ -1,5 +1,6 @@
 //! Runs provisioners in order over a [`Transport`] (SSH) or locally (`shell-local`), with
-//! Packer's `pause_before`, `max_retries` and `timeout`, and an invocation deadline.
+//! Packer's `pause_before`, `pause_after`, `max_retries` and `timeout`, and an invocation
+//! deadline.
 //!
 //! Inside Lambda an SSH provisioning must finish within one invocation (at most 15
 //! minutes, less what the step already spent): the connection cannot outlive it. When the
@@ -101,7 +102,7 @@ pub async fn run_one<T: Transport>(
             }
         };
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return pause_after(p, &label, opts).await,
             Err(e) => {
                 if attempt < attempts {
                     tracing::warn!(provisioner = %label, attempt, "failed, retrying (max_retries {}): {}", p.common.max_retries, e.message());
@@ -111,6 +112,22 @@ pub async fn run_one<T: Transport>(
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+/// Packer's shell `pause_after`: once the provisioner has succeeded, wait before the next.
+async fn pause_after(p: &Provisioner, label: &str, opts: &RunOptions) -> Result<(), StepError> {
+    let Kind::Shell(c) = &p.kind else {
+        return Ok(());
+    };
+    let Some(pause) = c.pause_after() else {
+        return Ok(());
+    };
+    if opts.remaining().is_some_and(|r| r < pause) {
+        return Err(StepError::BuildFailed(lambda_limit_message(label)));
+    }
+    tracing::info!(provisioner = %label, "pausing {pause:?} after running (pause_after)");
+    tokio::time::sleep(pause).await;
+    Ok(())
 }
 
 async fn attempt_once<T: Transport>(
@@ -319,4 +336,88 @@ pub const DEADLINE_ENV: &str = "AMIFLOW_DEADLINE_MS";
 /// Whether this process is a Lambda function.
 pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::transport::TransportError;
+    use serde_json::json;
+
+    /// Records when each command ran; every command exits 0.
+    #[derive(Default)]
+    struct Recorder {
+        ran: Vec<(String, Instant)>,
+    }
+
+    impl Transport for Recorder {
+        async fn exec(
+            &mut self,
+            c: &str,
+            _: &mut OutputSink,
+        ) -> Result<ExecStatus, TransportError> {
+            self.ran.push((c.to_string(), Instant::now()));
+            Ok(ExecStatus::Exited(0))
+        }
+        async fn upload(&mut self, _: &[u8], _: &str, _: u32) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn mkdir_all(&mut self, _: &str) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn download(&mut self, _: &str) -> Result<Vec<u8>, TransportError> {
+            Ok(Vec::new())
+        }
+        async fn list_files(&mut self, _: &str) -> Result<Vec<String>, TransportError> {
+            Ok(Vec::new())
+        }
+        async fn reconnect(&mut self) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    fn provisioners(pause_after: &str) -> Vec<Provisioner> {
+        vec![
+            Provisioner::parse(0, &json!({"type": "shell", "inline": ["first"], "pause_after": pause_after, "skip_clean": true})).unwrap(),
+            Provisioner::parse(1, &json!({"type": "shell", "inline": ["second"], "skip_clean": true})).unwrap(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn pause_after_waits_between_a_successful_shell_and_the_next() {
+        let mut t = Recorder::default();
+        run_all(
+            &mut t,
+            &provisioners("300ms"),
+            &PlanEnv::default(),
+            &RunOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.ran.len(), 2, "{:?}", t.ran);
+        let gap = t.ran[1].1 - t.ran[0].1;
+        assert!(
+            gap >= Duration::from_millis(300),
+            "second ran {gap:?} after the first"
+        );
+    }
+
+    #[tokio::test]
+    async fn pause_after_past_the_invocation_deadline_fails_at_once() {
+        let mut t = Recorder::default();
+        let opts = RunOptions {
+            deadline: Some(Instant::now() + DEADLINE_MARGIN + Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let err = run_all(&mut t, &provisioners("10m"), &PlanEnv::default(), &opts)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("deadline"), "{err}");
+        assert_eq!(t.ran.len(), 1, "the next provisioner never ran");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "it did not sleep first"
+        );
+    }
 }
