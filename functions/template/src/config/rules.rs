@@ -453,6 +453,13 @@ fn ami_rules(c: &mut Check, a: &AmiConfig, skip_regions: bool) {
                 "deregistration_protection.with_cooldown",
                 "requires deregistration_protection.enabled: true",
             );
+        } else if dp.enabled {
+            // Refused rather than ignored: the AMI would come out unprotected.
+            c.err(
+                "deregistration_protection.enabled",
+                "not supported by amiflow yet: remove it and protect the AMI after the build \
+                 (aws ec2 enable-image-deregistration-protection --image-id AMI_ID)",
+            );
         }
     }
 }
@@ -464,6 +471,14 @@ fn run_rules(
     bt: BuilderType,
     map: &Map<String, Value>,
 ) {
+    if r.temporary_security_group_source_public_ip {
+        c.err(
+            "temporary_security_group_source_public_ip",
+            "not supported: the steps run in Lambda, whose public address is not the one that \
+             connects to the instance; set temporary_security_group_source_cidrs to the \
+             addresses allowed to connect, or use \"communicator\": \"ssm\" (no inbound rule)",
+        );
+    }
     if r.source_ami.is_none() && r.source_ami_filter.is_none() {
         c.err(
             "source_ami",
@@ -987,6 +1002,17 @@ fn one_of_arch(c: &mut Check, arch: Option<&str>, boot_mode: Option<&str>, tpm: 
 }
 
 fn fast_launch(c: &mut Check, f: &FastLaunch) {
+    let enabled = match f.enable_fast_launch {
+        Some(on) => on,
+        None => *f != FastLaunch::default(),
+    };
+    if enabled {
+        c.err(
+            "fast_launch",
+            "not supported by amiflow yet: remove it and enable Windows fast launch after the \
+             build (aws ec2 enable-fast-launch --image-id AMI_ID)",
+        );
+    }
     if let Some(n) = f.max_parallel_launches.filter(|n| *n < 6) {
         c.err(
             "fast_launch.max_parallel_launches",

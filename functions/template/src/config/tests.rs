@@ -518,6 +518,23 @@ fn conflicts() {
         json!({"deregistration_protection": {"with_cooldown": true}}),
         &["with_cooldown: requires deregistration_protection.enabled"],
     );
+    // Options amiflow cannot honour yet are refused, never silently dropped.
+    bad(
+        Ebs,
+        json!({"deregistration_protection": {"enabled": true}}),
+        &["deregistration_protection.enabled: not supported by amiflow yet"],
+    );
+    bad(
+        Ebs,
+        json!({"fast_launch": {"enable_fast_launch": true}}),
+        &["fast_launch: not supported by amiflow yet"],
+    );
+    good(Ebs, json!({"fast_launch": {"enable_fast_launch": false}}));
+    bad(
+        Ebs,
+        json!({"temporary_security_group_source_public_ip": true}),
+        &["temporary_security_group_source_public_ip: not supported"],
+    );
     bad(
         Ebs,
         json!({"fast_launch": {"template_id": "lt-1", "template_name": "n"}}),
