@@ -107,22 +107,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .record(ResourceKind::SecurityGroup, &region, &group_id, false);
 
     if let Some(port) = cfg.communicator_port() {
-        let cidrs = if run.temporary_security_group_source_cidrs.is_empty() {
-            vec![
-                if cfg.comm().and_then(|c| c.ssh_interface.as_deref()) == Some("ipv6") {
-                    "::/0".to_string()
-                } else {
-                    "0.0.0.0/0".to_string()
-                },
-            ]
-        } else {
-            run.temporary_security_group_source_cidrs.clone()
-        };
+        // Never empty: Prepare puts Packer's default (0.0.0.0/0, ::/0 for ipv6) there.
+        let cidrs = &run.temporary_security_group_source_cidrs;
         let mut perm = IpPermission::builder()
             .ip_protocol("tcp")
             .from_port(port as i32)
             .to_port(port as i32);
-        for c in &cidrs {
+        for c in cidrs {
             if c.contains(':') {
                 perm = perm.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build());
             } else {
