@@ -420,15 +420,32 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
         &["true"],
     );
     let upto = CHAIN.iter().position(|s| *s == "DetachVolume").unwrap();
+    let mut before_send = None;
     for step in &CHAIN[..upto] {
+        if *step == "RunHostScript" {
+            before_send = Some(s.clone());
+        }
         s = invoke_with_retry(&ctx, step, &s)
             .await
             .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
+    // RunHostScript replayed (its first answer lost): the same command, not a second script.
+    let replayed = invoke_with_retry(&ctx, "RunHostScript", &before_send.unwrap())
+        .await
+        .expect("RunHostScript replayed");
     std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
     let cmd = &s.data.extra["chroot_command"];
     assert_eq!(cmd["via"], "ssm", "{cmd}");
     assert_eq!(cmd["instance_id"], host.as_str());
+    assert_eq!(replayed.data.extra["chroot_command"], *cmd);
+    let on_host = ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_host.commands().len(), 1, "one command sent to the host");
     let id = cmd["command_id"].as_str().unwrap();
     let sent = ctx
         .ssm(REGION)

@@ -13,7 +13,7 @@ use super::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
-    iam_actions: &["ssm:SendCommand"],
+    iam_actions: &["ssm:SendCommand", "ssm:ListCommands"],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -52,13 +52,25 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         base64::engine::general_purpose::STANDARD.encode(job.as_bytes())
     };
     let ssm = ctx.ssm(&region);
+    let comment = command_comment(&state);
+    // A retried invocation (its first answer lost) must not start a second script on the
+    // same volume: SendCommand takes no ClientToken, so look for our own command first.
+    if let Some(command_id) = sent_before(&ssm, &host.instance_id, &comment).await? {
+        tracing::info!(%command_id, "the host script was already sent for this build");
+        chroot::set_command(
+            &mut state,
+            &HostCommand::Ssm {
+                command_id,
+                instance_id: host.instance_id,
+            },
+        );
+        begin_wait(&mut state, WAIT);
+        return Ok(state);
+    }
     let mut req = ssm
         .send_command()
         .instance_ids(&host.instance_id)
-        .comment(format!(
-            "amiflow {} {}: amazon-chroot host script",
-            state.execution, state.build.name
-        ));
+        .comment(comment);
     req = match std::env::var(DOCUMENT_ENV) {
         Ok(doc) if !doc.is_empty() => req.document_name(doc).parameters("job", vec![job_b64]),
         _ => req
@@ -89,6 +101,46 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     );
     begin_wait(&mut state, WAIT);
     Ok(state)
+}
+
+/// The command's comment: readable in the console, and unique to this build (SSM comments
+/// are at most 100 characters, so a long execution name is cut and the hash keeps it unique).
+fn command_comment(state: &BuildState) -> String {
+    let id = stable_uuid(state, "RunHostScript").simple().to_string();
+    let execution: String = state.execution.chars().take(48).collect();
+    format!("amiflow chroot {execution} {id}")
+}
+
+/// The id of the command this build already sent to the host, if any (recent commands first).
+async fn sent_before(
+    ssm: &aws_sdk_ssm::Client,
+    instance: &str,
+    comment: &str,
+) -> Result<Option<String>, StepError> {
+    let mut next: Option<String> = None;
+    // The host runs every chroot build of the account: a few pages reach back far enough.
+    for _ in 0..4 {
+        let page = ssm
+            .list_commands()
+            .instance_id(instance)
+            .max_results(50)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| classify("ListCommands", instance, e))?;
+        if let Some(c) = page
+            .commands()
+            .iter()
+            .find(|c| c.comment() == Some(comment))
+        {
+            return Ok(c.command_id().map(String::from));
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(None)
 }
 
 /// AWS-RunShellScript's command: the script written to a temporary file, run with the job.
@@ -187,5 +239,24 @@ mod tests {
         assert!(c.contains(super::HOST_SCRIPT));
         assert!(c.contains("--job-base64 'Sk9C'"));
         assert!(!super::HOST_SCRIPT.contains("AMIFLOW_CHROOT_HOST_SCRIPT_END"));
+    }
+
+    #[test]
+    fn the_command_comment_fits_ssm_and_tells_builds_apart() {
+        let state = |execution: &str| -> crate::BuildState {
+            serde_json::from_value(serde_json::json!({"execution": execution, "build": {
+                "name": "c", "builder_type": "amazon-chroot",
+                "config": {"amazon-chroot": {"region": "us-east-1"}}}}))
+            .unwrap()
+        };
+        let long = "x".repeat(80);
+        let a = super::command_comment(&state(&format!("{long}a")));
+        let b = super::command_comment(&state(&format!("{long}b")));
+        assert!(a.len() <= 100, "{} characters: {a}", a.len());
+        assert_ne!(a, b);
+        assert_eq!(a, super::command_comment(&state(&format!("{long}a"))));
+        assert!(
+            super::command_comment(&state("nightly-42")).starts_with("amiflow chroot nightly-42 ")
+        );
     }
 }
