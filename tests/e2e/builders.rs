@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::ebs::tagged_leftovers;
-use crate::faults::{each_mutating_call_fails_in_turn, LeftoversCheck};
+use crate::faults::{each_mutating_call_fails_in_turn, same_template, LeftoversCheck};
 
 /// At most this many failure points per builder in the fault-proxy runs (sampled evenly
 /// when a build makes more mutating calls): keeps each builder's loop near a minute.
@@ -937,8 +937,14 @@ async fn ebssurrogate_each_mutating_call_failing_in_turn_leaves_nothing_behind()
         })
     });
     let template = || surrogate_template("amiflow-e2e-surrogate-faults").to_string();
-    each_mutating_call_fails_in_turn(&moto, "amazon-ebssurrogate", template, check, FAULT_POINTS)
-        .await;
+    each_mutating_call_fails_in_turn(
+        &moto,
+        "amazon-ebssurrogate",
+        same_template(template),
+        check,
+        FAULT_POINTS,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -962,7 +968,7 @@ async fn ebsvolume_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
     each_mutating_call_fails_in_turn(
         &moto,
         "amazon-ebsvolume",
-        || ebsvolume_template().to_string(),
+        same_template(|| ebsvolume_template().to_string()),
         check,
         FAULT_POINTS,
     )
@@ -999,10 +1005,8 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
         })
     });
     // delete_bundle_after_register: the bundle's removal is among the calls that fail.
-    let template = || {
-        let mut t = instance_template(&f, &moto, None);
-        t["builders"][0]["delete_bundle_after_register"] = json!(true);
-        t.to_string()
-    };
+    let mut t = instance_template(&f, &moto, None);
+    t["builders"][0]["delete_bundle_after_register"] = json!(true);
+    let template = same_template(move || t.to_string());
     each_mutating_call_fails_in_turn(&moto, "amazon-instance", template, check, FAULT_POINTS).await;
 }

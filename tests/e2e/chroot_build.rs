@@ -13,6 +13,8 @@ use serde_json::json;
 
 use super::chain::{fail_and_clean, invoke_with_retry};
 use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
+use super::ebs::tagged_leftovers;
+use super::faults::{each_mutating_call_fails_in_turn, LeftoversCheck, TemplateForRun};
 
 const REGION: &str = "us-east-1";
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
@@ -48,7 +50,21 @@ fn state(
     ami_name: &str,
     inline: &[&str],
 ) -> BuildState {
-    let config = json!({
+    serde_json::from_value(json!({
+        "execution": execution,
+        "build": {
+            "name": "chroot-e2e",
+            "builder_type": "amazon-chroot",
+            "config": {"amazon-chroot": config(host, mount_dir, ami_name)},
+            "provisioners": [{"type": "shell", "inline": inline}],
+        },
+    }))
+    .expect("a build state")
+}
+
+/// The amazon-chroot builder settings every test here uses (a template's builder, less `type`).
+fn config(host: &str, mount_dir: &std::path::Path, ami_name: &str) -> serde_json::Value {
+    json!({
         "region": REGION,
         "ami_name": ami_name,
         "source_ami": SOURCE_AMI,
@@ -59,17 +75,7 @@ fn state(
         "root_volume_tags": {"Purpose": "chroot of {{ .SourceAMI }}"},
         "tags": {"Name": "amiflow chroot {{ .SourceAMIName }}"},
         "ena_support": true,
-    });
-    serde_json::from_value(json!({
-        "execution": execution,
-        "build": {
-            "name": "chroot-e2e",
-            "builder_type": "amazon-chroot",
-            "config": {"amazon-chroot": config},
-            "provisioners": [{"type": "shell", "inline": inline}],
-        },
-    }))
-    .expect("a build state")
+    })
 }
 
 /// The chain, then Cleanup (with `$.error` on failure), as the state machine runs it.
@@ -476,5 +482,49 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
     assert!(
         vols.is_empty(),
         "volume left after Cleanup detached it: {vols:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(moto) =
+        setup("chroot_build::chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind")
+    else {
+        return;
+    };
+    let disk = LoopDisk::new();
+    std::env::set_var("AMIFLOW_CHROOT_TEST_DEVICES", &disk.device);
+    let direct = Arc::new(moto.ctx(REGION).await);
+    // moto is reset before every run: each run starts its own host, directly (not through
+    // the proxy, so the host is no failure point and no leftover).
+    let template: TemplateForRun = {
+        let ctx = direct.clone();
+        let mount_dir = disk.dir.path().join("mnt");
+        Box::new(move || {
+            let (ctx, mount_dir) = (ctx.clone(), mount_dir.clone());
+            Box::pin(async move {
+                let host = start_host(&ctx).await;
+                let mut builder = config(&host, &mount_dir, "amiflow-chroot-faults");
+                builder["type"] = json!("amazon-chroot");
+                json!({
+                    "builders": [builder],
+                    "provisioners": [{"type": "shell", "inline": ["echo faults > /marker"]}],
+                })
+                .to_string()
+            })
+        })
+    };
+    let check: LeftoversCheck = Box::new(move |execution, built| {
+        let ctx = direct.clone();
+        Box::pin(
+            async move { tagged_leftovers(&ctx, &execution, &[REGION], built.is_none()).await },
+        )
+    });
+    each_mutating_call_fails_in_turn(&moto, "amazon-chroot", template, check, usize::MAX).await;
+    assert!(
+        mounts_under(disk.dir.path()).is_empty(),
+        "a run left mounts under {}",
+        disk.dir.path().display()
     );
 }

@@ -2,7 +2,7 @@
 //! in-process) against moto behind the fault proxy (tests/fault_proxy.rs):
 //!
 //! - each mutating call in turn fails ([`each_mutating_call_fails_in_turn`], for amazon-ebs
-//!   here and for the other builders in builders.rs): every run ends built or failed with a
+//!   here, for amazon-chroot in chroot_build.rs, for the other builders in builders.rs): every run ends built or failed with a
 //!   clear cause, and after a failed run nothing tagged with its execution is left;
 //! - describes answer `pending` N times: the build still succeeds, the polls show as retries;
 //! - RequestLimitExceeded: retried (SDK retries, then the state machine's Transient Retry).
@@ -124,10 +124,21 @@ fn sample(total: usize, max: usize) -> Vec<usize> {
 /// even sample of at most `max_points`) fails in turn. Every run must end built (nothing
 /// temporary left) or BuildFailed naming the failed call (nothing tagged with it left).
 /// moto is reset before each run, so one run's artifacts do not meet the next.
+/// A template for one run, made after moto's reset (amazon-chroot starts its host then).
+pub(crate) type TemplateForRun = Box<dyn Fn() -> BoxFuture<'static, String>>;
+
+/// [`TemplateForRun`] for a template that needs nothing from the fresh moto.
+pub(crate) fn same_template(template: impl Fn() -> String + 'static) -> TemplateForRun {
+    Box::new(move || {
+        let t = template();
+        Box::pin(async move { t })
+    })
+}
+
 pub(crate) async fn each_mutating_call_fails_in_turn(
     moto: &Moto,
     builder: &str,
-    template: impl Fn() -> String,
+    template: TemplateForRun,
     leftovers: LeftoversCheck,
     max_points: usize,
 ) {
@@ -139,7 +150,7 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
     let clean = build(
         ctx.clone(),
         &format!("{builder}-clean"),
-        template(),
+        template().await,
         json!({}),
     )
     .await;
@@ -198,7 +209,7 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
             ..Default::default()
         });
         let execution = format!("{builder}-fault-{n}");
-        let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
+        let outcome = build(ctx.clone(), &execution, template().await, json!({})).await;
         let log = proxy.log();
         let hit: Vec<String> = log
             .iter()
@@ -281,7 +292,7 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
             ..Default::default()
         });
         let execution = format!("{builder}-fault-{first}-{k}");
-        let outcome = build(ctx.clone(), &execution, template(), json!({})).await;
+        let outcome = build(ctx.clone(), &execution, template().await, json!({})).await;
         let hit: Vec<String> = proxy
             .log()
             .into_iter()
@@ -330,7 +341,14 @@ async fn each_mutating_call_failing_in_turn_leaves_nothing_behind() {
                 .await
         })
     });
-    each_mutating_call_fails_in_turn(&moto, "amazon-ebs", template, check, usize::MAX).await;
+    each_mutating_call_fails_in_turn(
+        &moto,
+        "amazon-ebs",
+        same_template(template),
+        check,
+        usize::MAX,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

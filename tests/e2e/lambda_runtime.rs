@@ -1,6 +1,7 @@
 //! The real `bootstrap` binary driven through the Lambda Runtime API by a local emulator:
 //! it answers an invoke, reports step errors with their name as errorType, refuses an
-//! unknown handler at init, and logs JSON. Prints cold start and peak RSS (debug build).
+//! unknown handler at init, and logs JSON. Prints cold start and peak RSS of the binary it ran
+//! (the debug build; `AMIFLOW_BIN_DIR=<target>/release` measures the release one).
 
 use std::io::Read;
 use std::time::Duration;
@@ -100,7 +101,11 @@ async fn finalize_answers_an_invoke_and_names_its_errors() {
     let rss = child
         .peak_rss_kib()
         .expect("VmHWM of the running bootstrap");
-    println!("bootstrap (debug) Finalize: cold start {:.1} ms (exec → first response), peak RSS {rss} KiB", cold_start.as_secs_f64() * 1e3);
+    println!(
+        "{} Finalize: cold start {:.1} ms (exec → first response), peak RSS {rss} KiB",
+        amiflow_tests::lambda_harness::workspace_binary("bootstrap").display(),
+        cold_start.as_secs_f64() * 1e3
+    );
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let logs = json_log_lines(&mut child.0);
