@@ -194,6 +194,11 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             let rendered =
                 ctx.render_deferred(&b.name, bt, &Value::Object(merged), &p.path, &mut problems);
             let found = provisioner_problems(p, &rendered, &problems);
+            if let Some(comm) = config.as_ref().and_then(|c| c.comm()) {
+                problems.extend(
+                    reachability_problem(p, &rendered, comm).map(|q| q.in_builder(&b.name)),
+                );
+            }
             // An override can make a provisioner bad for one build only: then say which.
             let overridden = p.overrides.contains_key(&b.name);
             problems.extend(found.into_iter().map(|q| {
@@ -275,6 +280,31 @@ fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]
         .filter(|q| !q.key.as_deref().is_some_and(reported))
         .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string()))
         .collect()
+}
+
+/// A provisioner the build's communicator cannot carry, found before anything is launched.
+fn reachability_problem(
+    p: &RawProvisioner,
+    rendered: &Value,
+    comm: &config::CommunicatorConfig,
+) -> Option<Problem> {
+    let key = |k: &str| format!("{} ({}){k}", p.path, p.type_name);
+    if comm.is_none() && p.type_name != "shell-local" {
+        return Some(Problem::key(
+            key(""),
+            "cannot run with \"communicator\": \"none\" (nothing connects to the instance): \
+             set \"communicator\" to \"ssh\" or \"ssm\", or use a shell-local provisioner",
+        ));
+    }
+    let download = rendered.get("direction").and_then(Value::as_str) == Some("download");
+    if comm.is_ssm() && p.type_name == "file" && download {
+        return Some(Problem::key(
+            key(".direction"),
+            "\"download\" is not supported over SSM (RunCommand returns no files): use \
+             \"communicator\": \"ssh\" for this build",
+        ));
+    }
+    None
 }
 
 /// Sensitive variables and every variable whose value uses one, directly or not.
