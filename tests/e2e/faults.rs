@@ -427,3 +427,101 @@ async fn request_limit_exceeded_is_retried() {
     );
     assert!(leftovers(&moto, "fault-throttle", false).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_without_capacity_for_the_first_type_launches_the_next() {
+    let Some(moto) =
+        Moto::start_or_skip("spot_without_capacity_for_the_first_type_launches_the_next")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = ctx_via(&proxy).await;
+    let spot = || {
+        let mut t: Value = serde_json::from_str(&template()).unwrap();
+        let b = &mut t["builders"][0];
+        let o = b.as_object_mut().unwrap();
+        o.remove("instance_type");
+        o.remove("ena_support"); // a spot instance cannot be modified
+        b["spot_price"] = json!("auto");
+        b["spot_instance_types"] = json!(["t3.micro", "t2.micro"]);
+        t.to_string()
+    };
+    // Where the launch stands among the mutating calls, from a clean spot build (the last
+    // RunInstances: IamInstanceProfile's dry run comes first).
+    proxy.set(Faults::default());
+    let clean = build(ctx.clone(), "spot-clean", spot(), json!({"run": "clean"})).await;
+    clean.result.as_ref().expect("a spot build succeeds");
+    let n = proxy
+        .log()
+        .iter()
+        .filter(|c| c.nth > 0 && c.action == "RunInstances")
+        .last()
+        .expect("RunInstances was called")
+        .nth;
+
+    moto.reset().unwrap();
+    // EC2 has no t3.micro capacity (one attempt: no SDK retries while another type waits).
+    proxy.set(Faults {
+        fail_mutating: Some((
+            n,
+            Injected {
+                code: "InsufficientInstanceCapacity".into(),
+                status: 500,
+                times: 1,
+            },
+        )),
+        ..Default::default()
+    });
+    let outcome = build(
+        ctx.clone(),
+        "spot-fallback",
+        spot(),
+        json!({"run": "fallback"}),
+    )
+    .await;
+    let output = outcome.result.as_ref().expect("built on the next type");
+    assert_eq!(output["failed"], 0, "{output}");
+    let runs: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|c| c.action == "RunInstances")
+        .map(|c| c.fate)
+        .skip(1) // the dry run
+        .collect();
+    assert_eq!(
+        runs,
+        vec!["failed:InsufficientInstanceCapacity", "forwarded"],
+        "t3.micro once (no SDK retries), then t2.micro"
+    );
+
+    let direct = moto.ctx(REGION).await;
+    let launched: Vec<String> = direct
+        .ec2(REGION)
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{}", amiflow::state::BUILD_TAG))
+                .values("spot-fallback")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            i.instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        launched,
+        vec!["t2.micro".to_string()],
+        "one instance, of the second type"
+    );
+    let left = leftovers(&moto, "spot-fallback", false).await;
+    assert!(left.is_empty(), "left: {left:?}");
+}

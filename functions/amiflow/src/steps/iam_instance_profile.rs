@@ -135,7 +135,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .run_instances()
             .dry_run(true)
             .image_id(ami)
-            .instance_type(cfg.instance_type.as_deref().unwrap_or_default().into())
+            .set_instance_type(cfg.instance_types().first().map(|t| t.as_str().into()))
             .min_count(1)
             .max_count(1)
             .iam_instance_profile(

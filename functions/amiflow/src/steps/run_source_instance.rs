@@ -3,8 +3,9 @@
 //!
 //! Spot: RunInstances with `InstanceMarketOptions` rather than Packer's launch template +
 //! instant fleet: one call, one resource, the same ClientToken idempotency and tagging as
-//! on-demand; the one-time spot request ends with the instance. `spot_instance_types`
-//! (several types) is not covered by this path: the first type is used.
+//! on-demand; the one-time spot request ends with the instance. With `spot_instance_types`
+//! the types are tried in order while EC2 answers that it has no capacity for one (Packer's
+//! fleet request picks among them the same way, by capacity).
 
 use aws_sdk_ec2::types::{
     HttpTokensState, IamInstanceProfileSpecification, InstanceMarketOptionsRequest,
@@ -31,6 +32,21 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 pub const WAIT: &str = "InstanceRunning";
+
+/// EC2's answers that another instance type may not get: no capacity for it here, or the
+/// spot price too low for it.
+fn no_capacity(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "InsufficientInstanceCapacity"
+                | "InsufficientCapacity"
+                | "SpotMaxPriceTooLow"
+                | "InsufficientCapacityOnHost"
+                | "Unsupported"
+        )
+    )
+}
 
 /// User data, base64-encoded unless it already is (Packer's rule).
 pub fn user_data(cfg: &RunConfig) -> Result<Option<String>, StepError> {
@@ -99,10 +115,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let instance = match existing {
         Some(i) => i,
         None => {
-            let instance_type = match cfg.instance_type.clone().filter(|t| !t.is_empty()) {
-                Some(t) => t,
-                None => cfg.spot_instance_types.first().cloned().unwrap_or_default(),
-            };
+            // instance_type, or each of spot_instance_types in turn while EC2 has no capacity.
+            let instance_types = cfg.instance_types();
             let run_tags = render_tags("run_tags", &cfg.run_tags, &state.data, &region)?;
             let volume_tags = render_tags(
                 "run_volume_tags",
@@ -112,9 +126,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             )?;
             let mut req = ec2
                 .run_instances()
-                .client_token(&token)
                 .image_id(&ami)
-                .instance_type(instance_type.as_str().into())
                 .min_count(1)
                 .max_count(1)
                 .set_user_data(user_data(&cfg)?)
@@ -194,7 +206,52 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     );
                 }
             }
-            let out = req.send().await.map_err(|e| match error_code(&e) {
+            let mut launched = None;
+            for (i, instance_type) in instance_types.iter().enumerate() {
+                // One ClientToken per type: EC2 dedupes each attempt, not the fallback.
+                let attempt_token = if i == 0 {
+                    token.clone()
+                } else {
+                    format!("{token}-{i}")
+                };
+                let attempt = req
+                    .clone()
+                    .client_token(&attempt_token)
+                    .instance_type(instance_type.as_str().into());
+                // EC2 answers "no capacity" as a 500, which the SDK would retry ten times
+                // with backoff before the next type gets its chance: with a next type to try,
+                // one attempt here; throttling then comes back as Transient and the state's
+                // Retry runs the step again (the tag lookup above keeps that idempotent).
+                let result = if i + 1 < instance_types.len() {
+                    attempt
+                        .customize()
+                        .config_override(
+                            aws_sdk_ec2::config::Config::builder()
+                                .retry_config(aws_config::retry::RetryConfig::disabled()),
+                        )
+                        .send()
+                        .await
+                } else {
+                    attempt.send().await
+                };
+                match result {
+                    Err(e) if i + 1 < instance_types.len() && no_capacity(error_code(&e)) => {
+                        tracing::warn!(
+                            "RunInstances {instance_type}: {}; trying {} (spot_instance_types)",
+                            error_code(&e).unwrap_or_default(),
+                            instance_types[i + 1]
+                        );
+                    }
+                    other => {
+                        launched = Some(other);
+                        break;
+                    }
+                }
+            }
+            let launched = launched.ok_or_else(|| {
+                StepError::BuildFailed("RunInstances: no instance type to launch".into())
+            })?;
+            let out = launched.map_err(|e| match error_code(&e) {
                 Some("InvalidParameterValue") if format!("{e:?}").contains("iamInstanceProfile") => {
                     StepError::Transient(format!("RunInstances: instance profile not usable yet: {e:?}"))
                 }

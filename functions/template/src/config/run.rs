@@ -117,6 +117,15 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The instance types a launch may use, in the order to try them: `instance_type`, or
+    /// else `spot_instance_types`.
+    pub fn instance_types(&self) -> Vec<String> {
+        match self.instance_type.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => vec![t.to_string()],
+            None => self.spot_instance_types.clone(),
+        }
+    }
+
     /// A spot build: `spot_price` set to something other than `"0"` (Packer's rule).
     pub fn is_spot(&self) -> bool {
         self.spot_price
