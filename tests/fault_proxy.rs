@@ -29,6 +29,8 @@ pub struct Call {
     /// Its place among the mutating calls (1-based, as `fail_mutating` counts); 0 for reads
     /// and for the repeats of an injected error.
     pub nth: usize,
+    /// The request body (EC2's form-encoded query; JSON for the JSON protocols; empty for S3).
+    pub body: String,
 }
 
 /// An error answered instead of moto's response.
@@ -351,6 +353,11 @@ async fn handle(
         action: action.clone(),
         fate,
         nth,
+        body: if service == "s3" {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&body).into_owned()
+        },
     });
     if let Decision::Fail(code, status) = &decision {
         return Ok(error_response(&service, code, *status));

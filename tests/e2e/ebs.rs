@@ -559,6 +559,64 @@ async fn each_creating_step_twice_creates_one_resource() {
     );
 }
 
+/// The janitor's sweep of `execution` in both regions, its NotReady polled quickly.
+async fn janitor(ctx: &Arc<Ctx>, execution: &str) -> steps::cleanup::CleanupReport {
+    let regions = vec![REGION.to_string(), COPY_REGION.to_string()];
+    for _ in 0..30 {
+        match steps::cleanup::cleanup_by_tag(ctx, execution, &regions).await {
+            Ok(r) => return r,
+            Err(StepError::NotReady(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("janitor: {e}"),
+        }
+    }
+    panic!("the janitor did not finish")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_keeps_what_a_successful_build_delivered() {
+    let Some(moto) = Moto::start_or_skip("janitor_keeps_what_a_successful_build_delivered") else {
+        return;
+    };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let execution = "e2e-ebs-janitor-keeps";
+    let built = run_chain(
+        &ctx,
+        state(execution, template("amiflow-e2e-keeps")),
+        CHAIN.len(),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("the build succeeds");
+    let built = invoke_with_retry(&ctx, "Cleanup", &built)
+        .await
+        .expect("Cleanup succeeds");
+    assert_eq!(built.data.amis.len(), 2, "{:?}", built.data.amis);
+    // Another build of the same execution failed, so the execution failed and the janitor
+    // sweeps it by tag: this build's AMIs and their snapshots must survive it.
+    let report = janitor(&ctx, execution).await;
+    for (region, ami) in &built.data.amis {
+        let img = steps::images::describe(&ctx, region, ami)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{ami} ({region}) was removed: {report:?}"));
+        assert_eq!(img.state().map(|s| s.as_str()), Some("available"));
+        for snap in steps::images::snapshots(&img) {
+            let found = ctx
+                .ec2(region)
+                .describe_snapshots()
+                .snapshot_ids(&snap)
+                .send()
+                .await;
+            assert!(
+                found.is_ok(),
+                "snapshot {snap} of {ami} ({region}) was removed: {report:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_sweeps_an_aborted_execution_by_tag_alone() {
     let Some(moto) = Moto::start_or_skip("janitor_sweeps_an_aborted_execution_by_tag_alone") else {
@@ -576,21 +634,7 @@ async fn janitor_sweeps_an_aborted_execution_by_tag_alone() {
             .await
             .is_empty()
     );
-    let regions = vec![REGION.to_string(), COPY_REGION.to_string()];
-    let mut report = None;
-    for _ in 0..30 {
-        match steps::cleanup::cleanup_by_tag(&ctx, execution, &regions).await {
-            Ok(r) => {
-                report = Some(r);
-                break;
-            }
-            Err(StepError::NotReady(_)) => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("janitor: {e}"),
-        }
-    }
-    let report = report.expect("the janitor finishes");
+    let report = janitor(&ctx, execution).await;
     println!("janitor removed {} resources", report.removed.len());
     let left = tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], true).await;
     assert!(left.is_empty(), "janitor left: {left:#?}");

@@ -445,6 +445,7 @@ async fn spot_without_capacity_for_the_first_type_launches_the_next() {
         o.remove("ena_support"); // a spot instance cannot be modified
         b["spot_price"] = json!("auto");
         b["spot_instance_types"] = json!(["t3.micro", "t2.micro"]);
+        b["spot_tags"] = json!({"Purpose": "spot of {{ .SourceAMI }}"});
         t.to_string()
     };
     // Where the launch stands among the mutating calls, from a clean spot build (the last
@@ -482,8 +483,21 @@ async fn spot_without_capacity_for_the_first_type_launches_the_next() {
     .await;
     let output = outcome.result.as_ref().expect("built on the next type");
     assert_eq!(output["failed"], 0, "{output}");
-    let runs: Vec<String> = proxy
-        .log()
+    let log = proxy.log();
+    let launch = log
+        .iter()
+        .filter(|c| c.action == "RunInstances")
+        .last()
+        .unwrap();
+    // The one-time spot request carries spot_tags (rendered) and the build tag.
+    let body = percent_decode(&launch.body);
+    assert!(
+        body.contains("ResourceType=spot-instances-request")
+            && body.contains("Value=spot of ami-")
+            && body.contains("Value=spot-fallback"),
+        "{body}"
+    );
+    let runs: Vec<String> = log
         .into_iter()
         .filter(|c| c.action == "RunInstances")
         .map(|c| c.fate)
@@ -524,4 +538,10 @@ async fn spot_without_capacity_for_the_first_type_launches_the_next() {
     );
     let left = leftovers(&moto, "spot-fallback", false).await;
     assert!(left.is_empty(), "left: {left:?}");
+}
+
+fn percent_decode(form: &str) -> String {
+    percent_encoding::percent_decode_str(&form.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }

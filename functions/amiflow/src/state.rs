@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 /// Tag put on every resource a build creates; its value is the execution name.
 pub const BUILD_TAG: &str = "amiflow:build";
+/// Set by a successful build's Cleanup on what it delivers (AMIs, their snapshots, kept
+/// volumes), value the build name: no later sweep by [`BUILD_TAG`] removes these, not even
+/// the janitor's after another build of the same execution failed it.
+pub const ARTIFACT_TAG: &str = "amiflow:artifact";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BuildState {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::iam_instance_profile::IAM_PATH;
 use super::prelude::*;
 use crate::aws::BUILD_NAME_TAG;
-use crate::state::{Ledger, OnError};
+use crate::state::{Ledger, OnError, ARTIFACT_TAG};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Cleanup",
@@ -34,6 +34,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeregisterImage",
         "ec2:DescribeSnapshots",
         "ec2:DeleteSnapshot",
+        "ec2:CreateTags",
         "ssm:GetParametersByPath",
         "ssm:DeleteParameter",
         "ssm:DeleteParameters",
@@ -156,7 +157,33 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     let mut ledger = state.ledger.clone();
     super::instance_store::discover(ctx, &state, &mut ledger).await?;
+    // Marked first: unmarked, a later sweep of the execution could remove them unannounced.
+    // A build whose artifacts cannot be marked fails, and they go with the rest.
+    let marking = if failed {
+        Ok(())
+    } else {
+        mark_artifacts(ctx, &state).await
+    };
+    let unmarked = match marking {
+        Err(StepError::BuildFailed(why)) => Some(why),
+        Err(retried) => return Err(retried),
+        Ok(()) => None,
+    };
+    let scope = match &unmarked {
+        Some(_) => Scope {
+            delete_artifacts: true,
+            keep_images: BTreeSet::new(),
+            keep_volumes: BTreeSet::new(),
+            ..scope
+        },
+        None => scope,
+    };
     let report = sweep(ctx, &scope, &ledger, &iam_names).await?;
+    if let Some(why) = unmarked {
+        return Err(StepError::BuildFailed(format!(
+            "the build's artifacts could not be marked {ARTIFACT_TAG} (so they were removed): {why}"
+        )));
+    }
     state.ledger.resources.retain(|r| !failed && r.artifact);
     if failed {
         state.data.amis.clear();
@@ -169,8 +196,66 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     Ok(state)
 }
 
-/// The janitor's entry: removes everything tagged with the execution in these regions
-/// (artifacts included: the execution did not succeed).
+/// Tags what a successful build delivers with [`ARTIFACT_TAG`]: its AMIs with their
+/// snapshots, and kept volumes with theirs. Idempotent (CreateTags overwrites).
+async fn mark_artifacts(ctx: &Ctx, state: &BuildState) -> Result<(), StepError> {
+    let mut regions: BTreeSet<&String> = state.data.amis.keys().collect();
+    regions.extend(state.data.volumes.keys());
+    regions.extend(state.data.snapshots.keys());
+    for region in regions {
+        let mut ids: Vec<String> = Vec::new();
+        if let Some(ami) = state.data.amis.get(region) {
+            ids.push(ami.clone());
+            if let Some(img) = super::images::describe(ctx, region, ami).await? {
+                ids.extend(super::images::snapshots(&img));
+            }
+        }
+        ids.extend(
+            state
+                .data
+                .volumes
+                .get(region)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        ids.extend(
+            state
+                .data
+                .snapshots
+                .get(region)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            continue;
+        }
+        ctx.ec2(region)
+            .create_tags()
+            .set_resources(Some(ids.clone()))
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(ARTIFACT_TAG)
+                    .value(&state.build.name)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", &ids.join(" "), e))?;
+    }
+    Ok(())
+}
+
+/// Whether a resource carries [`ARTIFACT_TAG`]: delivered by a build that succeeded.
+fn is_artifact(tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+    tags.iter().any(|t| t.key() == Some(ARTIFACT_TAG))
+}
+
+/// The janitor's entry: removes everything tagged with the execution in these regions,
+/// partial AMIs included, but not what a build that succeeded delivered ([`ARTIFACT_TAG`]).
 pub async fn cleanup_by_tag(
     ctx: &Ctx,
     execution: &str,
@@ -391,6 +476,7 @@ pub async fn sweep(
         let mut images: Vec<String> = tagged
             .images()
             .iter()
+            .filter(|i| !is_artifact(i.tags()))
             .filter_map(|i| i.image_id().map(String::from))
             .collect();
         for r in ledger
@@ -425,6 +511,7 @@ pub async fn sweep(
                 tagged
                     .snapshots()
                     .iter()
+                    .filter(|s| !is_artifact(s.tags()))
                     .filter_map(|s| s.snapshot_id().map(String::from)),
             );
             for s in snaps {
@@ -644,7 +731,7 @@ async fn sweep_groups_and_volumes(
         .map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
     let mut in_use = Vec::new();
     let mut volumes: Vec<String> = Vec::new();
-    for v in vols.volumes() {
+    for v in vols.volumes().iter().filter(|v| !is_artifact(v.tags())) {
         let id = v.volume_id().unwrap_or_default().to_string();
         match v.state() {
             Some(VolumeState::Available) => volumes.push(id),

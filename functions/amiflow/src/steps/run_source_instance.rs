@@ -172,6 +172,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 );
             }
             if cfg.is_spot() {
+                let spot_tags = render_tags("spot_tags", &cfg.spot_tags, &state.data, &region)?;
+                req = req.tag_specifications(tag_spec(
+                    ResourceType::SpotInstancesRequest,
+                    &state,
+                    &spot_tags,
+                ));
                 let mut spot =
                     SpotMarketOptions::builder().spot_instance_type(SpotInstanceType::OneTime);
                 if let Some(p) = cfg.spot_price.as_deref().filter(|p| *p != "auto") {
