@@ -7,7 +7,7 @@ use amiflow::state::BUILD_TAG;
 use amiflow::{steps, BuildState, Ctx, StepError};
 use amiflow_tests::Moto;
 
-use super::chain::{fail_and_clean, invoke_with_retry};
+use super::chain::{fail_and_clean, invoke, invoke_with_retry};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -665,5 +665,44 @@ async fn on_error_abort_keeps_everything_and_says_so() {
             .await
             .is_empty(),
         "abort keeps the resources"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_pair_never_replaces_a_key_pair_that_is_not_the_builds() {
+    let Some(moto) =
+        Moto::start_or_skip("key_pair_never_replaces_a_key_pair_that_is_not_the_builds")
+    else {
+        return;
+    };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    ctx.ec2(REGION)
+        .create_key_pair()
+        .key_name("team-key")
+        .send()
+        .await
+        .unwrap();
+    let mut config = template("amiflow-e2e-keyname");
+    config["temporary_key_pair_name"] = json!("team-key");
+    let err = invoke(&ctx, "KeyPair", &state("e2e-ebs-keyname", config))
+        .await
+        .expect_err("a key pair that is not the build's is refused");
+    assert_eq!(err.name(), "BuildFailed");
+    assert!(
+        err.message().contains("team-key already exists")
+            && err.message().contains("temporary_key_pair_name"),
+        "{err}"
+    );
+    let kept = ctx
+        .ec2(REGION)
+        .describe_key_pairs()
+        .key_names("team-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.key_pairs().len(),
+        1,
+        "the user's key pair is still there"
     );
 }

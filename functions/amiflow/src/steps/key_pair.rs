@@ -85,7 +85,21 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 
     // A retried step finds its key pair; reuse it only if its private key was stored.
     let existing = match ec2.describe_key_pairs().key_names(&name).send().await {
-        Ok(out) => !out.key_pairs().is_empty(),
+        Ok(out) => match out.key_pairs().first() {
+            None => false,
+            // Only ever replace our own: the name may be a user's `temporary_key_pair_name`.
+            Some(k)
+                if !k.tags().iter().any(|t| {
+                    t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())
+                }) =>
+            {
+                return Err(StepError::BuildFailed(format!(
+                    "a key pair named {name} already exists in {region} and is not this build's: \
+                     set temporary_key_pair_name to an unused name (or leave it out)"
+                )))
+            }
+            Some(_) => true,
+        },
         Err(e) if error_code(&e) == Some("InvalidKeyPair.NotFound") => false,
         Err(e) => return Err(classify("DescribeKeyPairs", &name, e)),
     };
