@@ -219,12 +219,26 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .ledger
         .record(ResourceKind::Image, &region, &id, !intermediary);
     // RegisterImage takes no tags everywhere: tag explicitly so Cleanup and the janitor find it.
-    ec2.create_tags()
+    let tagged = ec2
+        .create_tags()
         .resources(&id)
         .set_tags(Some(tags_with_build(&state, &BTreeMap::new())))
         .send()
         .await
-        .map_err(|e| classify("CreateTags", &id, e))?;
+        .map_err(|e| classify("CreateTags", &id, e));
+    match tagged {
+        Ok(_) => {}
+        // A retry finds the image by name and tags it. A permanent failure: this handler's
+        // state (and ledger) is dropped with its error, and nothing could find the untagged
+        // image afterwards, so it goes now.
+        Err(StepError::BuildFailed(why)) => {
+            super::images::destroy(ctx, &region, &id).await?;
+            return Err(StepError::BuildFailed(format!(
+                "{why} (the image {id} it was for was removed)"
+            )));
+        }
+        Err(retried) => return Err(retried),
+    }
     if intermediary {
         state.data.extra.insert(
             "intermediary_image".into(),
