@@ -23,6 +23,7 @@ use super::local;
 use super::plan::{plan, Action, ExitCheck, PlanEnv};
 use super::run::{tail_text, RunOptions};
 use super::transport::{shell_quote, OutputSink};
+use crate::ctx::{classify, error_code};
 use crate::{BuildState, Ctx, StepError};
 
 pub const DOCUMENT: &str = "AWS-RunShellScript";
@@ -311,12 +312,14 @@ pub async fn provision(
             .instance_id(&instance_id)
             .send()
             .await
-            .map_err(|e| {
+            .map_err(|e| match error_code(&e) {
                 // Right after SendCommand the invocation may not be visible yet.
-                StepError::NotReady(format!(
+                Some("InvocationDoesNotExist") => StepError::NotReady(format!(
                     "{label}: command {command_id} not visible yet: {}",
                     DisplayErrorContext(&e)
-                ))
+                )),
+                // Throttling retried; AccessDenied, InvalidCommandId… fail now, not in hours.
+                _ => classify("GetCommandInvocation", command_id, e),
             })?;
         let status = inv
             .status()

@@ -578,13 +578,17 @@ pub async fn sweep(
     );
     // Found by path + the role's tags (GetRole returns them; profile tags need a call
     // emulators lack), then every profile under the path holding such a role.
-    let listed = iam
+    // Every page: an account keeps one role per build until its Cleanup, easily over 100.
+    let listed: Vec<_> = iam
         .list_roles()
         .path_prefix(IAM_PATH)
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<_, _>>()
         .await
         .map_err(|e| classify("ListRoles", IAM_PATH, e))?;
-    for r in listed.roles() {
+    for r in &listed {
         let name = r.role_name().to_string();
         let role = match iam.get_role().role_name(&name).send().await {
             Ok(out) => out.role,
@@ -603,13 +607,16 @@ pub async fn sweep(
             roles = union(roles, [name]);
         }
     }
-    let listed = iam
+    let listed: Vec<_> = iam
         .list_instance_profiles()
         .path_prefix(IAM_PATH)
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<_, _>>()
         .await
         .map_err(|e| classify("ListInstanceProfiles", IAM_PATH, e))?;
-    for p in listed.instance_profiles() {
+    for p in &listed {
         if p.roles()
             .iter()
             .any(|r| roles.iter().any(|n| n == r.role_name()))

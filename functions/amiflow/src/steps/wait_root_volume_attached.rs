@@ -39,7 +39,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        Some(VolumeAttachmentState::Attaching) => {
+        // Just after AttachVolume, DescribeVolumes may not show the attachment yet.
+        None | Some(VolumeAttachmentState::Attaching) => {
             Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is attaching to {} as {}", plan.source_volume, plan.instance_id, plan.root_device)))
         }
         other => Err(StepError::BuildFailed(format!(

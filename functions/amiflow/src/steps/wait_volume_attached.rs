@@ -27,7 +27,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             end_wait(&mut state, WAIT);
             Ok(state)
         }
-        Some((_, VolumeAttachmentState::Attaching)) => Err(not_ready(
+        // Just after AttachVolume, DescribeVolumes may not show the attachment yet.
+        None | Some((_, VolumeAttachmentState::Attaching)) => Err(not_ready(
             &state,
             WAIT,
             DEFAULT_BUDGET,
