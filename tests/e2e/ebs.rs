@@ -706,3 +706,85 @@ async fn key_pair_never_replaces_a_key_pair_that_is_not_the_builds() {
         "the user's key pair is still there"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_not_removable_yet_does_not_hold_up_the_others() {
+    let Some(moto) =
+        Moto::start_or_skip("a_resource_not_removable_yet_does_not_hold_up_the_others")
+    else {
+        return;
+    };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let ec2 = ctx.ec2(REGION);
+    let execution = "e2e-ebs-stuck";
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key(BUILD_TAG)
+        .value(execution)
+        .build();
+    // A build-tagged volume attached to an instance that is not the build's (a chroot host)
+    // cannot go in this pass; the build's image can.
+    let host = ec2
+        .run_instances()
+        .image_id("ami-0f8848d57eb4fe2d2")
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let volume = ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(1)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    ec2.attach_volume()
+        .volume_id(&volume)
+        .instance_id(&host)
+        .device("/dev/sdf")
+        .send()
+        .await
+        .unwrap();
+    let image = ec2
+        .create_image()
+        .instance_id(&host)
+        .name("amiflow-e2e-stuck")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    ec2.create_tags()
+        .resources(&volume)
+        .resources(&image)
+        .tags(tag)
+        .send()
+        .await
+        .unwrap();
+
+    let first = steps::cleanup::cleanup_by_tag(&ctx, execution, &[REGION.to_string()]).await;
+    let Err(StepError::NotReady(why)) = first else {
+        panic!("the attached volume makes the pass NotReady: {first:?}")
+    };
+    assert!(why.contains(&volume), "{why}");
+    assert!(
+        steps::images::describe(&ctx, REGION, &image)
+            .await
+            .unwrap()
+            .is_none_or(|i| i.state().map(|s| s.as_str()) == Some("deregistered")),
+        "the image went in the same pass"
+    );
+    let report = janitor(&ctx, execution).await;
+    println!("second pass removed {:?}", report.removed);
+    let left = tagged_leftovers(&ctx, execution, &[REGION], true).await;
+    assert!(left.is_empty(), "left: {left:?}");
+}

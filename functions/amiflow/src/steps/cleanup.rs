@@ -299,6 +299,8 @@ pub async fn sweep(
 ) -> Result<CleanupReport, StepError> {
     let mut report = CleanupReport::default();
     let mut waiting: Vec<String> = Vec::new();
+    // Removals not possible yet: noted, and the sweep goes on with the other resources.
+    let mut pending: Vec<String> = Vec::new();
 
     // Instances first: everything else waits for them to be gone.
     for region in &scope.instance_regions {
@@ -463,7 +465,10 @@ pub async fn sweep(
     for region in &scope.regions {
         let ec2 = ctx.ec2(region);
         if scope.instance_regions.contains(region) {
-            sweep_groups_and_volumes(ctx, scope, ledger, region, &mut report).await?;
+            defer(
+                sweep_groups_and_volumes(ctx, scope, ledger, region, &mut report).await,
+                &mut pending,
+            )?;
         }
         // Images: the intermediary always; every image of a failed build.
         let tagged = ec2
@@ -492,7 +497,13 @@ pub async fn sweep(
                 report.kept.push(format!("image {img} ({region})"));
                 continue;
             }
-            let snaps = super::images::destroy(ctx, region, &img).await?;
+            let Some(snaps) = defer(
+                super::images::destroy(ctx, region, &img).await,
+                &mut pending,
+            )?
+            else {
+                continue;
+            };
             report.removed.push(format!("image {img} ({region})"));
             report
                 .removed
@@ -515,8 +526,10 @@ pub async fn sweep(
                     .filter_map(|s| s.snapshot_id().map(String::from)),
             );
             for s in snaps {
-                super::images::delete_snapshot(ctx, region, &s).await?;
-                report.removed.push(format!("snapshot {s} ({region})"));
+                let deleted = super::images::delete_snapshot(ctx, region, &s).await;
+                if defer(deleted, &mut pending)?.is_some() {
+                    report.removed.push(format!("snapshot {s} ({region})"));
+                }
             }
         }
     }
@@ -691,7 +704,25 @@ pub async fn sweep(
             Err(e) => return Err(classify("DeleteRole", r, e)),
         }
     }
+    if !pending.is_empty() {
+        return Err(StepError::NotReady(pending.join("; ")));
+    }
     Ok(report)
+}
+
+/// A NotReady result becomes a note in `pending` (None); other errors stay errors.
+fn defer<T>(
+    result: Result<T, StepError>,
+    pending: &mut Vec<String>,
+) -> Result<Option<T>, StepError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(StepError::NotReady(why)) => {
+            pending.push(why);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Security groups and volumes of one region where the build launched.
@@ -703,6 +734,7 @@ async fn sweep_groups_and_volumes(
     report: &mut CleanupReport,
 ) -> Result<(), StepError> {
     let ec2 = ctx.ec2(region);
+    let mut stuck: Vec<String> = Vec::new();
     let tagged = ec2
         .describe_security_groups()
         .set_filters(Some(scope.filters()))
@@ -722,11 +754,9 @@ async fn sweep_groups_and_volumes(
                 .removed
                 .push(format!("security group {g} ({region})")),
             Err(e) if error_code(&e) == Some("InvalidGroup.NotFound") => {}
-            Err(e) if error_code(&e) == Some("DependencyViolation") => {
-                return Err(StepError::NotReady(format!(
-                    "security group {g} ({region}) is still in use (network interface detaching)"
-                )));
-            }
+            Err(e) if error_code(&e) == Some("DependencyViolation") => stuck.push(format!(
+                "security group {g} ({region}) is still in use (network interface detaching)"
+            )),
             Err(e) => return Err(classify("DeleteSecurityGroup", &g, e)),
         }
     }
@@ -769,10 +799,13 @@ async fn sweep_groups_and_volumes(
         }
     }
     if !in_use.is_empty() {
-        return Err(StepError::NotReady(format!(
+        stuck.push(format!(
             "volumes {} ({region}) are still attached",
             in_use.join(", ")
-        )));
+        ));
+    }
+    if !stuck.is_empty() {
+        return Err(StepError::NotReady(stuck.join("; ")));
     }
     Ok(())
 }
