@@ -279,18 +279,7 @@ pub async fn provision(
 
     // Find where the build is: the newest command of this build on this instance.
     let mut sent: BTreeMap<usize, String> = BTreeMap::new();
-    let listed = client
-        .list_commands()
-        .instance_id(&instance_id)
-        .send()
-        .await
-        .map_err(|e| {
-            StepError::Transient(format!(
-                "ListCommands for {instance_id}: {}",
-                DisplayErrorContext(&e)
-            ))
-        })?;
-    let mut commands: Vec<_> = listed.commands().to_vec();
+    let mut commands = commands_on(&client, &instance_id, 1).await?;
     commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
     for c in &commands {
         if let (Some(i), Some(id)) = (
@@ -489,6 +478,32 @@ async fn command_output(
         (None, None) => fallback,
         (o, e) => (o.unwrap_or(fallback.0), e.unwrap_or(fallback.1)),
     }
+}
+
+/// The commands sent to `instance`, up to `pages` pages of 50 (in the order SSM lists them).
+pub async fn commands_on(
+    client: &aws_sdk_ssm::Client,
+    instance: &str,
+    pages: usize,
+) -> Result<Vec<aws_sdk_ssm::types::Command>, StepError> {
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..pages {
+        let page = client
+            .list_commands()
+            .instance_id(instance)
+            .max_results(50)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| classify("ListCommands", instance, e))?;
+        out.extend(page.commands().iter().cloned());
+        match page.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

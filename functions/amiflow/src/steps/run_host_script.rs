@@ -111,36 +111,18 @@ fn command_comment(state: &BuildState) -> String {
     format!("amiflow chroot {execution} {id}")
 }
 
-/// The id of the command this build already sent to the host, if any (recent commands first).
+/// The id of the command this build already sent to the host, if any. The host runs every
+/// chroot build of the account: a few pages of its newest commands reach back far enough.
 async fn sent_before(
     ssm: &aws_sdk_ssm::Client,
     instance: &str,
     comment: &str,
 ) -> Result<Option<String>, StepError> {
-    let mut next: Option<String> = None;
-    // The host runs every chroot build of the account: a few pages reach back far enough.
-    for _ in 0..4 {
-        let page = ssm
-            .list_commands()
-            .instance_id(instance)
-            .max_results(50)
-            .set_next_token(next.take())
-            .send()
-            .await
-            .map_err(|e| classify("ListCommands", instance, e))?;
-        if let Some(c) = page
-            .commands()
-            .iter()
-            .find(|c| c.comment() == Some(comment))
-        {
-            return Ok(c.command_id().map(String::from));
-        }
-        match page.next_token() {
-            Some(t) if !t.is_empty() => next = Some(t.to_string()),
-            _ => break,
-        }
-    }
-    Ok(None)
+    let commands = crate::provision::ssm::commands_on(ssm, instance, 4).await?;
+    Ok(commands
+        .iter()
+        .find(|c| c.comment() == Some(comment))
+        .and_then(|c| c.command_id().map(String::from)))
 }
 
 /// AWS-RunShellScript's command: the script written to a temporary file, run with the job.
