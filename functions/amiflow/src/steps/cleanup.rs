@@ -563,13 +563,8 @@ pub async fn sweep(
                     .kept
                     .push(format!("bucket {} ({}): not empty", r.id, r.region));
             }
-            Err(e) => {
-                return Err(StepError::Transient(format!(
-                    "DeleteBucket {}: {}",
-                    r.id,
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                )))
-            }
+            // Throttling and 5xx retried; AccessDenied and the like fail, naming the bucket.
+            Err(e) => return Err(classify("DeleteBucket", &r.id, e)),
         }
     }
 

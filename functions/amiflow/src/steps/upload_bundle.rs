@@ -75,7 +75,7 @@ async fn ensure_bucket(
                 "s3_bucket {bucket}: the name is taken by somebody else's bucket (bucket names are global); choose another"
             )))
         }
-        Err(e) => return Err(StepError::BuildFailed(format!("CreateBucket {bucket}: {}", aws_smithy_types::error::display::DisplayErrorContext(&e)))),
+        Err(e) => return Err(classify("CreateBucket", bucket, e)),
     }
     state
         .ledger
