@@ -11,6 +11,7 @@ use amiflow::steps::connect::connect;
 use amiflow::steps::provision::{provision_with, ProvisionOptions};
 use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
+use amiflow_tests::fault_proxy::{FaultProxy, Faults, Injected};
 use amiflow_tests::Moto;
 use serde_json::{json, Value};
 
@@ -299,4 +300,61 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
         "{sent}"
     );
     provision_with(&ctx, plain, &o).await.expect("done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_staging_upload_removes_what_was_staged_before_it() {
+    let Some(moto) =
+        Moto::start_or_skip("a_failed_staging_upload_removes_what_was_staged_before_it")
+    else {
+        return;
+    };
+    let direct = Arc::new(moto.ctx(REGION).await);
+    direct
+        .s3(REGION)
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let id = instance(&direct).await;
+    // A binary file is staged in S3, then the script (with the secret revealed) after it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blob.bin"), [0xffu8, 0xfe, 0x00, 0x01]).unwrap();
+    let provisioners = json!([
+        {"type": "file", "source": dir.path().join("blob.bin").display().to_string(), "destination": "/opt/blob.bin"},
+    ]);
+    let st = state("e2e-ssm-staging", &id, provisioners, true);
+    let proxy = FaultProxy::start(moto.port).await;
+    // The second mutating call: the script's PutObject, after the file's.
+    proxy.set(Faults {
+        fail_mutating: Some((
+            2,
+            Injected {
+                code: "AccessDenied".into(),
+                status: 403,
+                times: 1,
+            },
+        )),
+        ..Default::default()
+    });
+    let via_proxy = Arc::new(Ctx::from_sdk_config(
+        amiflow_tests::sdk_config_at(&proxy.url(), REGION).await,
+    ));
+    let err = provision_with(&via_proxy, st, &ProvisionOptions::default())
+        .await
+        .unwrap_err();
+    let puts: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|c| c.action == "PutObject")
+        .map(|c| c.fate)
+        .collect();
+    assert_eq!(puts, ["forwarded", "failed:AccessDenied"], "{err:?}");
+    assert!(
+        matches!(&err, StepError::BuildFailed(m) if m.contains("staging s3://") && m.contains("AccessDenied")),
+        "{err:?}"
+    );
+    let left = staged_keys(&direct, "amiflow/e2e-ssm-staging/").await;
+    assert!(left.is_empty(), "staged objects left: {left:?}");
 }

@@ -373,18 +373,23 @@ pub async fn provision(
         if let Some(bucket) = &cfg.ssm_bucket {
             let s3 = s3(ctx, &cfg.region);
             for (key, data) in &compiled.staged {
-                s3.put_object()
+                let put = s3
+                    .put_object()
                     .bucket(bucket)
                     .key(key)
                     .body(opts.secrets.reveal_bytes(data).into())
                     .send()
-                    .await
-                    .map_err(|e| {
-                        fail(format!(
-                            "staging s3://{bucket}/{key}: {}",
-                            DisplayErrorContext(&e)
-                        ))
-                    })?;
+                    .await;
+                if let Err(e) = put {
+                    // What was staged already may hold revealed secrets: it goes too.
+                    remove_staged(ctx, cfg, &prefix).await;
+                    return Err(match classify("PutObject", key, e) {
+                        StepError::BuildFailed(why) => {
+                            fail(format!("staging s3://{bucket}/{key}: {why}"))
+                        }
+                        retried => retried,
+                    });
+                }
             }
         }
         let mut send = client
