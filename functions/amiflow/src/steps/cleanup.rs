@@ -157,32 +157,27 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     let mut ledger = state.ledger.clone();
     super::instance_store::discover(ctx, &state, &mut ledger).await?;
-    // Marked first: unmarked, a later sweep of the execution could remove them unannounced.
-    // A build whose artifacts cannot be marked fails, and they go with the rest.
-    let marking = if failed {
-        Ok(())
-    } else {
-        mark_artifacts(ctx, &state).await
-    };
-    let unmarked = match marking {
-        Err(StepError::BuildFailed(why)) => Some(why),
-        Err(retried) => return Err(retried),
-        Ok(()) => None,
-    };
-    let scope = match &unmarked {
-        Some(_) => Scope {
-            delete_artifacts: true,
-            keep_images: BTreeSet::new(),
-            keep_volumes: BTreeSet::new(),
-            ..scope
-        },
-        None => scope,
-    };
     let report = sweep(ctx, &scope, &ledger, &iam_names).await?;
-    if let Some(why) = unmarked {
-        return Err(StepError::BuildFailed(format!(
-            "the build's artifacts could not be marked {ARTIFACT_TAG} (so they were removed): {why}"
-        )));
+    // Marked once everything else is gone (a NotReady pass above does not mark twice).
+    // Unmarked, a later sweep of the execution could remove them unannounced: a build whose
+    // artifacts cannot be marked fails, and they go too.
+    if !failed {
+        match mark_artifacts(ctx, &state).await {
+            Ok(()) => {}
+            Err(StepError::BuildFailed(why)) => {
+                let everything = Scope {
+                    delete_artifacts: true,
+                    keep_images: BTreeSet::new(),
+                    keep_volumes: BTreeSet::new(),
+                    ..scope
+                };
+                sweep(ctx, &everything, &ledger, &iam_names).await?;
+                return Err(StepError::BuildFailed(format!(
+                    "the build's artifacts could not be marked {ARTIFACT_TAG} (so they were removed): {why}"
+                )));
+            }
+            Err(retried) => return Err(retried),
+        }
     }
     state.ledger.resources.retain(|r| !failed && r.artifact);
     if failed {
