@@ -22,8 +22,8 @@ pub const COMMAND_WAIT: WaitPolicy = WaitPolicy {
     max_delay_seconds: 60,
     max_attempts: 480,
 };
-/// The command's own execution limit bounds it; this is the backstop.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(12 * 3600);
+// Provisioning is not an AWS waiter: `aws_polling` (tuned for image and instance waits) does
+// not bound it, as in Packer. The command's own execution limit and COMMAND_WAIT do.
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -44,12 +44,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvocationDoesNotExist") => {
-            return Err(not_ready(
-                &state,
-                WAIT,
-                DEFAULT_BUDGET,
-                format!("command {command_id} not yet delivered to {instance_id}"),
-            ));
+            return Err(StepError::NotReady(format!(
+                "command {command_id} not yet delivered to {instance_id}"
+            )));
         }
         Err(e) => return Err(classify("GetCommandInvocation", &command_id, e)),
     };
@@ -64,12 +61,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
         CommandInvocationStatus::Pending
         | CommandInvocationStatus::InProgress
-        | CommandInvocationStatus::Delayed => Err(not_ready(
-            &state,
-            WAIT,
-            DEFAULT_BUDGET,
-            format!("the host script runs on {instance_id} (command {command_id})"),
-        )),
+        | CommandInvocationStatus::Delayed => Err(StepError::NotReady(format!(
+            "the host script runs on {instance_id} (command {command_id})"
+        ))),
         other => {
             let stdout = out.standard_output_content().unwrap_or("");
             let failed = stdout
