@@ -192,19 +192,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 }
 
 /// Tags what a successful build delivers with [`ARTIFACT_TAG`]: its AMIs with their
-/// snapshots, and kept volumes with theirs. Idempotent (CreateTags overwrites).
+/// snapshots, and kept volumes with theirs; one CreateTags per region. Idempotent.
 async fn mark_artifacts(ctx: &Ctx, state: &BuildState) -> Result<(), StepError> {
     let mut regions: BTreeSet<&String> = state.data.amis.keys().collect();
     regions.extend(state.data.volumes.keys());
     regions.extend(state.data.snapshots.keys());
     for region in regions {
-        let mut ids: Vec<String> = Vec::new();
-        if let Some(ami) = state.data.amis.get(region) {
-            ids.push(ami.clone());
-            if let Some(img) = super::images::describe(ctx, region, ami).await? {
-                ids.extend(super::images::snapshots(&img));
-            }
-        }
+        // data.snapshots already holds each final AMI's snapshots (WaitImageAvailable,
+        // WaitCopiesAvailable) and ebsvolume's: no need to describe the images again.
+        let mut ids: Vec<String> = state.data.amis.get(region).into_iter().cloned().collect();
         ids.extend(
             state
                 .data
