@@ -100,6 +100,19 @@ pub(super) fn check_mappings(c: &mut Check, key: &str, list: &[BlockDevice], omi
     }
 }
 
+/// The mappings of a builder that launches an instance to make an AMI: the AMI's
+/// (`ami_block_device_mappings`), then the instance's (`launch_block_device_mappings`, where
+/// `omit_allowed` lets devices stay out of the AMI: ebssurrogate).
+pub(super) fn check_ami_and_launch_mappings(
+    c: &mut Check,
+    ami: &[BlockDevice],
+    launch: &[BlockDevice],
+    omit_allowed: bool,
+) {
+    check_mappings(c, "ami_block_device_mappings", ami, false);
+    check_mappings(c, "launch_block_device_mappings", launch, omit_allowed);
+}
+
 /// A volume size in GiB, which EBS takes from 1 to 65536.
 pub(super) fn check_volume_size(c: &mut Check, key: &str, size: Option<i64>) {
     if let Some(size) = size.filter(|s| !(1..=65536).contains(s)) {

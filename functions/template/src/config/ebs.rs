@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::{check_boot, AmiConfig};
-use super::block_device::{check_mappings, BlockDevice};
+use super::block_device::{check_ami_and_launch_mappings, BlockDevice};
 use super::check::Check;
 use super::common::Tags;
 use super::communicator::CommunicatorConfig;
@@ -89,15 +89,9 @@ pub struct FastLaunchTemplate {
 impl EbsConfig {
     /// The rules of amazon-ebs's own keys (its groups check themselves).
     pub(super) fn check(&self, c: &mut Check) {
-        check_mappings(
+        check_ami_and_launch_mappings(
             c,
-            "ami_block_device_mappings",
             &self.ami_block_device_mappings,
-            false,
-        );
-        check_mappings(
-            c,
-            "launch_block_device_mappings",
             &self.launch_block_device_mappings,
             false,
         );

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::{check_boot, AmiConfig};
-use super::block_device::{check_mappings, BlockDevice, RootBlockDevice};
+use super::block_device::{check_ami_and_launch_mappings, BlockDevice, RootBlockDevice};
 use super::check::Check;
 use super::common::Tags;
 use super::communicator::CommunicatorConfig;
@@ -57,15 +57,9 @@ pub struct EbsSurrogateConfig {
 impl EbsSurrogateConfig {
     /// The rules of amazon-ebssurrogate's own keys (its groups check themselves).
     pub(super) fn check(&self, c: &mut Check) {
-        check_mappings(
+        check_ami_and_launch_mappings(
             c,
-            "ami_block_device_mappings",
             &self.ami_block_device_mappings,
-            false,
-        );
-        check_mappings(
-            c,
-            "launch_block_device_mappings",
             &self.launch_block_device_mappings,
             true,
         );

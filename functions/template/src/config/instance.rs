@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::AmiConfig;
-use super::block_device::{check_mappings, BlockDevice};
+use super::block_device::{check_ami_and_launch_mappings, BlockDevice};
 use super::check::{is_account, templated, Check};
 use super::communicator::CommunicatorConfig;
 use super::run::RunConfig;
@@ -94,15 +94,9 @@ impl InstanceConfig {
 
     /// The rules of amazon-instance's own keys (its groups check themselves).
     pub(super) fn check(&self, c: &mut Check) {
-        check_mappings(
+        check_ami_and_launch_mappings(
             c,
-            "ami_block_device_mappings",
             &self.ami_block_device_mappings,
-            false,
-        );
-        check_mappings(
-            c,
-            "launch_block_device_mappings",
             &self.launch_block_device_mappings,
             false,
         );
