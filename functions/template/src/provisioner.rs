@@ -131,11 +131,7 @@ impl ShellConfig {
             .unwrap_or(DEFAULT_ENV_VAR_FORMAT)
     }
     pub fn valid_exit_codes(&self) -> Vec<i64> {
-        if self.valid_exit_codes.is_empty() {
-            vec![0]
-        } else {
-            self.valid_exit_codes.clone()
-        }
+        valid_exit_codes(&self.valid_exit_codes)
     }
     /// Packer: `remote_path` wins; else `remote_folder`/`remote_file`, the file name being
     /// `script_<random>.sh` (the random part is given so the path is stable across retries).
@@ -225,11 +221,16 @@ impl ShellLocalConfig {
         }
     }
     pub fn valid_exit_codes(&self) -> Vec<i64> {
-        if self.valid_exit_codes.is_empty() {
-            vec![0]
-        } else {
-            self.valid_exit_codes.clone()
-        }
+        valid_exit_codes(&self.valid_exit_codes)
+    }
+}
+
+/// `valid_exit_codes` with Packer's default: only 0.
+fn valid_exit_codes(given: &[i64]) -> Vec<i64> {
+    if given.is_empty() {
+        vec![0]
+    } else {
+        given.to_vec()
     }
 }
 

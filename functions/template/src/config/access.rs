@@ -1,7 +1,9 @@
-//! Access configuration (reference §4.1): credentials, region, endpoint, API retries, polling.
+//! Access configuration: credentials, region, endpoint, API retries, polling; with its
+//! defaults and rules.
 
 use serde::{Deserialize, Serialize};
 
+use super::check::{is_role_arn, templated, Check};
 use super::common::Tags;
 
 fn default_max_retries() -> u32 {
@@ -10,7 +12,7 @@ fn default_max_retries() -> u32 {
 
 /// How the builder reaches AWS. Present in every builder.
 ///
-/// Credentials follow the seeds' order; the `amiflow` crate's `Ctx` implements it, this
+/// Credentials are looked for in this order; the `amiflow` crate's `Ctx` implements it, this
 /// config only says which source the template asks for ([`AccessConfig::credential_source`]):
 /// 1. **Static**: `access_key` + `secret_key` (+ `token`) in the template.
 /// 2. **Environment**: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`),
@@ -86,7 +88,7 @@ pub struct AssumeRoleConfig {
     pub transitive_tag_keys: Vec<String>,
 }
 
-/// `aws_polling`: overrides `AWS_MAX_ATTEMPTS` / `AWS_POLL_DELAY_SECONDS` for waits (reference §7).
+/// `aws_polling`: overrides `AWS_MAX_ATTEMPTS` / `AWS_POLL_DELAY_SECONDS` for waits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AwsPolling {
@@ -139,6 +141,81 @@ impl AccessConfig {
             10
         } else {
             self.max_retries
+        }
+    }
+}
+
+impl AccessConfig {
+    /// Packer's defaults: an explicit `max_retries: 0` means 10.
+    pub(super) fn normalize(&mut self) {
+        if self.max_retries == 0 {
+            self.max_retries = 10;
+        }
+    }
+
+    /// Packer's rules. `region_from_host`: the builder may leave `region` to its build host
+    /// (chroot); the others need it, or `AWS_REGION` / `AWS_DEFAULT_REGION` in `env`.
+    pub(super) fn check(
+        &self,
+        c: &mut Check,
+        region_from_host: bool,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) {
+        match self.region.as_deref() {
+            None => {
+                let from_env = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                    .iter()
+                    .any(|k| env(k).is_some_and(|v| !v.is_empty()));
+                if !region_from_host && !from_env {
+                    c.err("region", "required: set the AWS region to build in, e.g. \"us-east-1\" (or export AWS_REGION / AWS_DEFAULT_REGION)");
+                }
+            }
+            Some(r) => {
+                if !self.skip_region_validation {
+                    c.region("region", r);
+                }
+            }
+        }
+        let key_set = self.access_key.is_some();
+        let secret_set = self.secret_key.is_some();
+        if key_set != secret_set {
+            let (has, lacks) = if key_set {
+                ("access_key", "secret_key")
+            } else {
+                ("secret_key", "access_key")
+            };
+            c.err(has, format!("required together: {has} is set but {lacks} is not; give both, or neither to use the environment, profile or role"));
+        }
+        if let Some(ar) = &self.assume_role {
+            if ar.role_arn.is_empty() {
+                c.err("assume_role.role_arn", "required: assume_role needs role_arn, e.g. \"arn:aws:iam::123456789012:role/packer\"");
+            } else if !templated(&ar.role_arn) && !is_role_arn(&ar.role_arn) {
+                c.err(
+                    "assume_role.role_arn",
+                    format!(
+                        "{:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)",
+                        ar.role_arn
+                    ),
+                );
+            }
+            if let Some(d) = ar.duration_seconds {
+                if !(900..=43200).contains(&d) {
+                    c.err(
+                        "assume_role.duration_seconds",
+                        format!("out of range: {d}; must be from 900 to 43200 seconds"),
+                    );
+                }
+            }
+        }
+        if let Some(endpoint) = &self.custom_endpoint_ec2 {
+            if endpoint.contains("://")
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                c.err(
+                    "custom_endpoint_ec2",
+                    format!("{endpoint:?} must be an http:// or https:// URL"),
+                );
+            }
         }
     }
 }

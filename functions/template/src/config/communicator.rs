@@ -1,8 +1,9 @@
-//! Communicator configuration (reference §4.5): `ssh` (Packer's default), `none`, and `ssm`,
-//! amiflow's own communicator (SSM RunCommand: no inbound port, no key material).
+//! Communicator configuration: `ssh` (Packer's default), `none`, and `ssm`, amiflow's own
+//! communicator (SSM RunCommand: no inbound port, no key material); with its defaults and rules.
 
 use serde::{Deserialize, Serialize};
 
+use super::check::Check;
 use super::duration::Duration;
 
 fn ssh() -> String {
@@ -32,7 +33,7 @@ fn ten() -> u32 {
 
 /// Present in ebs, ebssurrogate, ebsvolume and instance (chroot runs commands on its host).
 ///
-/// SSH as in Packer (decision table, reference §4.5): `ssh_password` ⇒ password auth;
+/// SSH as in Packer: `ssh_password` ⇒ password auth;
 /// `ssh_private_key_file` ⇒ that key; plus `ssh_keypair_name` ⇒ launch with that existing
 /// pair; neither ⇒ a temporary key pair `temporary_key_pair_name` (default `packer_<uuid>`).
 ///
@@ -99,10 +100,10 @@ pub struct CommunicatorConfig {
     #[serde(default)]
     pub ssh_file_transfer_method: Option<String>,
     /// `public_ip`, `private_ip`, `public_dns`, `private_dns`, `ipv6` or `session_manager`;
-    /// unset = Packer's automatic choice (reference §2.12).
+    /// unset = Packer's automatic choice.
     #[serde(default)]
     pub ssh_interface: Option<String>,
-    /// Legacy (seed documents): `true` means `ssh_interface: private_ip`; folded by `from_builder`.
+    /// Legacy: `true` means `ssh_interface: private_ip`; folded by `from_builder`.
     #[serde(default)]
     pub ssh_private_ip: Option<bool>,
     #[serde(default)]
@@ -171,5 +172,129 @@ impl CommunicatorConfig {
     /// The port the temporary security group opens: `ssh_port` for SSH, none otherwise.
     pub fn port(&self) -> Option<u16> {
         self.is_ssh().then_some(self.ssh_port)
+    }
+}
+
+impl CommunicatorConfig {
+    /// Folds the legacy `ssh_private_ip` into `ssh_interface`; an explicit 0 for `ssh_port` or
+    /// `ssh_handshake_attempts` means Packer's default (22, 10).
+    pub(super) fn normalize(&mut self) {
+        if self.ssh_private_ip == Some(true) && self.ssh_interface.is_none() {
+            self.ssh_interface = Some("private_ip".into());
+        }
+        if self.ssh_port == 0 {
+            self.ssh_port = 22;
+        }
+        if self.ssh_handshake_attempts == 0 {
+            self.ssh_handshake_attempts = 10;
+        }
+    }
+
+    /// Packer's rules, and amiflow's for `ssm`. `instance_profile`: the run config gives the
+    /// instance an instance profile (`session_manager` needs one).
+    pub(super) fn check(&self, c: &mut Check, instance_profile: bool) {
+        match self.communicator.as_str() {
+            "ssh" | "none" | "ssm" => {}
+            "winrm" => c.err("communicator", "not supported: WinRM is not supported by amiflow; use \"ssm\" (no inbound port) or \"ssh\""),
+            other => c.err("communicator", format!("invalid value {other:?}: must be one of ssh, ssm, none")),
+        }
+        if self.is_ssh() {
+            self.check_ssh(c);
+        }
+        if self.is_ssm() {
+            self.check_ssm(c);
+        }
+        if self.ssh_port == 0 {
+            c.err("ssh_port", "out of range: must be from 1 to 65535");
+        }
+        c.one_of(
+            "temporary_key_pair_type",
+            Some(&self.temporary_key_pair_type),
+            &["rsa", "ed25519"],
+        );
+        c.one_of(
+            "ssh_file_transfer_method",
+            self.ssh_file_transfer_method.as_deref(),
+            &["scp", "sftp"],
+        );
+        c.one_of(
+            "ssh_interface",
+            self.ssh_interface.as_deref(),
+            &[
+                "public_ip",
+                "private_ip",
+                "public_dns",
+                "private_dns",
+                "ipv6",
+                "session_manager",
+            ],
+        );
+        if self.ssh_private_ip == Some(true)
+            && self
+                .ssh_interface
+                .as_deref()
+                .is_some_and(|i| i != "private_ip")
+        {
+            c.err("ssh_private_ip", "conflicts with ssh_interface: ssh_private_ip is the old spelling of ssh_interface \"private_ip\"; keep ssh_interface");
+        }
+        if self.ssh_interface.as_deref() == Some("session_manager") {
+            if !self.is_ssh() {
+                c.err("ssh_interface", "session_manager requires communicator ssh");
+            }
+            if !instance_profile {
+                c.err("ssh_interface", "session_manager requires iam_instance_profile or temporary_iam_instance_profile_policy_document (the instance must reach SSM)");
+            }
+        }
+    }
+
+    fn check_ssh(&self, c: &mut Check) {
+        if self.ssh_username.is_none() {
+            c.err("ssh_username", "required with communicator ssh: the user to log in as (e.g. \"ec2-user\", \"ubuntu\"); or use communicator \"ssm\"");
+        }
+        if self.ssh_keypair_name.is_some()
+            && self.ssh_private_key_file.is_none()
+            && !self.ssh_agent_auth
+        {
+            c.err("ssh_keypair_name", "requires ssh_private_key_file (or ssh_agent_auth: true): amiflow cannot log in with a key pair whose private key it does not have");
+        }
+        c.conflict(
+            "ssh_password",
+            self.ssh_password.is_some(),
+            "ssh_private_key_file",
+            self.ssh_private_key_file.is_some(),
+            "choose password or key authentication",
+        );
+        if self.ssh_bastion_host.is_some()
+            && !self.ssh_bastion_agent_auth
+            && self.ssh_bastion_password.is_none()
+            && self.ssh_bastion_private_key_file.is_none()
+        {
+            c.err("ssh_bastion_host", "requires ssh_bastion_password, ssh_bastion_private_key_file or ssh_bastion_agent_auth: true");
+        }
+    }
+
+    fn check_ssm(&self, c: &mut Check) {
+        for (key, set) in [
+            ("ssh_password", self.ssh_password.is_some()),
+            ("ssh_private_key_file", self.ssh_private_key_file.is_some()),
+            ("ssh_keypair_name", self.ssh_keypair_name.is_some()),
+        ] {
+            if set {
+                c.err(key, "conflicts with communicator ssm: SSM needs no SSH credentials; remove it or use communicator \"ssh\"");
+            }
+        }
+        if self.ssm_output_s3_key_prefix.is_some() && self.ssm_output_s3_bucket.is_none() {
+            c.err("ssm_output_s3_key_prefix", "requires ssm_output_s3_bucket");
+        }
+        let exec = self.ssm_execution_timeout.as_std().as_secs();
+        if !(30..=172_800).contains(&exec) {
+            c.err(
+                "ssm_execution_timeout",
+                format!(
+                    "out of range: {}; SSM runs a command for 30s to 48h",
+                    self.ssm_execution_timeout
+                ),
+            );
+        }
     }
 }

@@ -750,7 +750,7 @@ fn regions() {
         "il-central-1",
         "ca-west-1",
     ] {
-        assert!(rules::is_region(r), "{r}");
+        assert!(check::is_region(r), "{r}");
     }
     for r in [
         "us-east",
@@ -761,7 +761,7 @@ fn regions() {
         "us-east-1a",
         "eu-west-",
     ] {
-        assert!(!rules::is_region(r), "{r}");
+        assert!(!check::is_region(r), "{r}");
     }
     bad(
         Ebs,

@@ -592,16 +592,7 @@ mod tests {
     }
 
     fn later(src: &str, data: &BTreeMap<String, String>) -> Result<String, String> {
-        let scope = Scope {
-            time: None,
-            user: None,
-            env: None,
-            build_name: None,
-            build_type: None,
-            template_dir: None,
-            data: Data::Values(data),
-        };
-        render(src, &scope).map_err(|e| e.describe(src))
+        crate::template::render_later(src, data)
     }
 
     #[test]
