@@ -117,7 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         &template,
         &vars,
         definition.as_ref(),
-        &amiflow::steps::registry(),
+        &amiflow::flows::registry(),
     );
     println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(0)
@@ -479,7 +479,7 @@ mod tests {
             &basic_ebs(),
             &BTreeMap::new(),
             None,
-            &amiflow::steps::registry(),
+            &amiflow::flows::registry(),
         );
         let granted: BTreeSet<String> = actions(&policy)
             .into_iter()
@@ -512,10 +512,10 @@ mod tests {
             &basic_ebs(),
             &BTreeMap::new(),
             None,
-            &amiflow::steps::registry(),
+            &amiflow::flows::registry(),
         );
         let granted = actions(&policy);
-        for spec in amiflow::steps::registry()
+        for spec in amiflow::flows::registry()
             .iter()
             .filter(|s| s.name != amiflow::infra::JANITOR)
         {

@@ -1,7 +1,7 @@
 //! PreValidate: the regions exist and the AMI name is free in every target region
 //! (unless `force_deregister`), before anything is created.
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "PreValidate",

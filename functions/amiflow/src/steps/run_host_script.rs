@@ -8,8 +8,8 @@ use std::process::Stdio;
 use aws_sdk_ssm::types::CloudWatchOutputConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
-use super::prelude::*;
+use crate::builders::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
@@ -19,7 +19,6 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub const WAIT: &str = "HostScript";
 /// Environment: run this script file instead of the copy built into the binary (local runs).
 pub const SCRIPT_ENV: &str = "AMIFLOW_CHROOT_HOST_SCRIPT";
 /// The SSM command's execution limit, seconds (AWS-RunShellScript's own default is 1 h).
@@ -64,7 +63,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 instance_id: host.instance_id,
             },
         );
-        begin_wait(&mut state, WAIT);
+        waits::HOST_SCRIPT.begin(&mut state);
         return Ok(state);
     }
     let mut req = ssm
@@ -99,7 +98,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             instance_id: host.instance_id,
         },
     );
-    begin_wait(&mut state, WAIT);
+    waits::HOST_SCRIPT.begin(&mut state);
     Ok(state)
 }
 

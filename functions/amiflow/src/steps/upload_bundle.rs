@@ -11,10 +11,10 @@
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tagging};
 
-use super::instance_store::{
+use crate::builders::instance_store::{
     bucket_path, bundle_prefix, config, object_prefix, render_command, run_remote, session,
 };
-use super::prelude::*;
+use crate::prelude::*;
 use crate::provision::transport::ExecStatus;
 use crate::provision::Secrets;
 
