@@ -1,4 +1,4 @@
-//! AWS clients for a step, built from the credential chain the seeds describe.
+//! AWS clients for a step, built from the credential chain Packer documents.
 //!
 //! Order (local runs): the template's static keys (`access_key`/`secret_key`/`token`),
 //! environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or Packer's
@@ -74,7 +74,7 @@ impl Ctx {
         }
     }
 
-    /// Clients for a local build of a template, following the seeds' credential order.
+    /// Clients for a local build of a template, following Packer's credential order.
     pub async fn for_build(access: &AccessConfig) -> Result<Ctx, StepError> {
         let max_attempts = Some(access.max_retries)
             .filter(|n| *n > 0)

@@ -36,10 +36,10 @@ pub const FINALIZE: StepSpec = finalize::STEP;
 /// The janitor: invoked by the EventBridge rule, not a state of the state machine.
 pub const JANITOR: StepSpec = janitor::SPEC;
 
-/// amazon-ebs: launch, provision, stop, create the image. Spot instances go through
-/// RunSourceInstance too.
-pub const EBS: &[StepSpec] = &[
-    pre_validate::SPEC,
+// The phases the builders share, in Packer's order.
+
+/// Resolve the source, make the temporary access, launch and wait for the instance.
+const LAUNCH: [StepSpec; 7] = [
     source_ami_info::SPEC,
     network_info::SPEC,
     key_pair::SPEC,
@@ -47,14 +47,24 @@ pub const EBS: &[StepSpec] = &[
     iam_instance_profile::SPEC,
     run_source_instance::SPEC,
     wait_instance_running::SPEC,
-    connect::SPEC,
-    provision::SPEC,
+];
+/// Reach the instance and run the provisioners.
+const PROVISION: [StepSpec; 2] = [connect::SPEC, provision::SPEC];
+/// Stop the instance and apply the attribute changes an image of it needs.
+const STOP: [StepSpec; 3] = [
     stop_instance::SPEC,
     wait_instance_stopped::SPEC,
     modify_instance::SPEC,
+];
+/// Register the image from snapshots or a bundle (amazon-ebssurrogate with
+/// `use_create_image` makes it with CreateImage inside RegisterImage).
+const REGISTER: [StepSpec; 3] = [
     deregister_ami::SPEC,
-    create_image::SPEC,
+    register_image::SPEC,
     wait_image_available::SPEC,
+];
+/// Copy to the other regions, then deprecation, sharing and tags on every copy.
+const DISTRIBUTE: [StepSpec; 5] = [
     copy_image::SPEC,
     wait_copies_available::SPEC,
     enable_deprecation::SPEC,
@@ -62,111 +72,111 @@ pub const EBS: &[StepSpec] = &[
     create_tags::SPEC,
 ];
 
-/// amazon-chroot: the mount/chroot/provision/unmount work is the host script
-/// (`infra/chroot-host.sh`), started by RunHostScript and polled by WaitHostScript.
-pub const CHROOT: &[StepSpec] = &[
-    pre_validate::SPEC,
-    host_info::SPEC,
-    source_ami_info::SPEC,
-    create_volume::SPEC,
-    wait_volume_available::SPEC,
-    attach_volume::SPEC,
-    wait_volume_attached::SPEC,
-    run_host_script::SPEC,
-    wait_host_script::SPEC,
-    detach_volume::SPEC,
-    wait_volume_detached::SPEC,
-    create_snapshot::SPEC,
-    wait_snapshots_completed::SPEC,
-    deregister_ami::SPEC,
-    register_image::SPEC,
-    wait_image_available::SPEC,
-    copy_image::SPEC,
-    wait_copies_available::SPEC,
-    enable_deprecation::SPEC,
-    modify_image_attributes::SPEC,
-    create_tags::SPEC,
-];
+/// amazon-ebs: launch, provision, stop, create the image from the instance. Spot
+/// instances go through RunSourceInstance too.
+pub const EBS: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &STOP,
+    &[
+        deregister_ami::SPEC,
+        create_image::SPEC,
+        wait_image_available::SPEC,
+    ],
+    &DISTRIBUTE,
+]);
+
+/// amazon-chroot: a volume from the source image on the build host; the
+/// mount/chroot/provision/unmount work is the host script (`infra/chroot-host.sh`),
+/// started by RunHostScript and polled by WaitHostScript; the image is registered from
+/// its snapshot.
+pub const CHROOT: &[StepSpec] = &concat::<{ 13 + 3 + 5 }>(&[
+    &[
+        pre_validate::SPEC,
+        host_info::SPEC,
+        source_ami_info::SPEC,
+        create_volume::SPEC,
+        wait_volume_available::SPEC,
+        attach_volume::SPEC,
+        wait_volume_attached::SPEC,
+        run_host_script::SPEC,
+        wait_host_script::SPEC,
+        detach_volume::SPEC,
+        wait_volume_detached::SPEC,
+        create_snapshot::SPEC,
+        wait_snapshots_completed::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
 
 /// amazon-instance: no stop; the bundle is made and uploaded on the running instance, then
 /// registered from S3.
-pub const INSTANCE: &[StepSpec] = &[
-    pre_validate::SPEC,
-    source_ami_info::SPEC,
-    network_info::SPEC,
-    key_pair::SPEC,
-    security_group::SPEC,
-    iam_instance_profile::SPEC,
-    run_source_instance::SPEC,
-    wait_instance_running::SPEC,
-    connect::SPEC,
-    provision::SPEC,
-    upload_x509_cert::SPEC,
-    bundle_volume::SPEC,
-    upload_bundle::SPEC,
-    deregister_ami::SPEC,
-    register_image::SPEC,
-    wait_image_available::SPEC,
-    copy_image::SPEC,
-    wait_copies_available::SPEC,
-    enable_deprecation::SPEC,
-    modify_image_attributes::SPEC,
-    create_tags::SPEC,
-];
+pub const INSTANCE: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &[
+        upload_x509_cert::SPEC,
+        bundle_volume::SPEC,
+        upload_bundle::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
 
 /// amazon-ebssurrogate. By default SnapshotVolumes snapshots the launch volumes and
 /// RegisterImage registers them; the swap steps do nothing. With `use_create_image`
 /// SnapshotVolumes does nothing, the swap steps put the surrogate volume in the root slot
 /// (Packer's StepSwapVolumes) and RegisterImage calls CreateImage.
-pub const EBSSURROGATE: &[StepSpec] = &[
-    pre_validate::SPEC,
-    source_ami_info::SPEC,
-    network_info::SPEC,
-    key_pair::SPEC,
-    security_group::SPEC,
-    iam_instance_profile::SPEC,
-    run_source_instance::SPEC,
-    wait_instance_running::SPEC,
-    connect::SPEC,
-    provision::SPEC,
-    stop_instance::SPEC,
-    wait_instance_stopped::SPEC,
-    modify_instance::SPEC,
-    snapshot_volumes::SPEC,
-    wait_snapshots_completed::SPEC,
-    swap_volumes::SPEC,
-    attach_root_volume::SPEC,
-    wait_root_volume_attached::SPEC,
-    deregister_ami::SPEC,
-    register_image::SPEC,
-    wait_image_available::SPEC,
-    copy_image::SPEC,
-    wait_copies_available::SPEC,
-    enable_deprecation::SPEC,
-    modify_image_attributes::SPEC,
-    create_tags::SPEC,
-];
+pub const EBSSURROGATE: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 5 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &STOP,
+    &[
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        swap_volumes::SPEC,
+        attach_root_volume::SPEC,
+        wait_root_volume_attached::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
 
 /// amazon-ebsvolume: no AMI; the kept volumes (and their snapshots when
 /// `snapshot_volume`) are the artifact.
-pub const EBSVOLUME: &[StepSpec] = &[
-    source_ami_info::SPEC,
-    network_info::SPEC,
-    key_pair::SPEC,
-    security_group::SPEC,
-    iam_instance_profile::SPEC,
-    run_source_instance::SPEC,
-    wait_instance_running::SPEC,
-    tag_volumes::SPEC,
-    connect::SPEC,
-    provision::SPEC,
-    stop_instance::SPEC,
-    wait_instance_stopped::SPEC,
-    modify_instance::SPEC,
-    snapshot_volumes::SPEC,
-    wait_snapshots_completed::SPEC,
-    modify_snapshot_attributes::SPEC,
-];
+pub const EBSVOLUME: &[StepSpec] = &concat::<{ 7 + 1 + 2 + 3 + 3 }>(&[
+    &LAUNCH,
+    &[tag_volumes::SPEC],
+    &PROVISION,
+    &STOP,
+    &[
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        modify_snapshot_attributes::SPEC,
+    ],
+]);
+
+/// The phases one after the other; `N` must be their total length (checked at compile time).
+const fn concat<const N: usize>(phases: &[&[StepSpec]]) -> [StepSpec; N] {
+    let mut out = [phases[0][0]; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < phases.len() {
+        let mut j = 0;
+        while j < phases[i].len() {
+            out[n] = phases[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "a chain's length does not match its phases");
+    out
+}
 
 /// Each builder's chain, without its Cleanup (every chain ends in [`CLEANUP`]).
 pub fn chain(builder: BuilderType) -> &'static [StepSpec] {

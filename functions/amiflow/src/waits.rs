@@ -39,38 +39,26 @@ impl WaitPolicy {
     }
 }
 
-/// Every 5 s growing to 30 s: ~2 h of retries, above every waiter's default; the budget
-/// ends the wait earlier.
-const LONG: WaitPolicy = WaitPolicy {
-    interval_seconds: 5,
-    backoff_rate: 1.5,
-    max_delay_seconds: 30,
-    max_attempts: 250,
-};
+/// Polls every `interval` seconds, growing by half each time up to `max_delay`, at most
+/// `attempts` times.
+const fn growing(interval: u32, max_delay: u32, attempts: u32) -> WaitPolicy {
+    WaitPolicy {
+        interval_seconds: interval,
+        backoff_rate: 1.5,
+        max_delay_seconds: max_delay,
+        max_attempts: attempts,
+    }
+}
 
+/// 5 s growing to 30 s: ~2 h of retries, above every waiter's default; the budget ends
+/// the wait earlier.
+const LONG: WaitPolicy = growing(5, 30, 250);
 /// Instance state changes: 3 s growing to 15 s, ~1 h.
-const INSTANCE: WaitPolicy = WaitPolicy {
-    interval_seconds: 3,
-    backoff_rate: 1.5,
-    max_delay_seconds: 15,
-    max_attempts: 250,
-};
-
+const INSTANCE: WaitPolicy = growing(3, 15, 250);
 /// Volume attach, detach, create: 2 s growing to 10 s, ~20 min.
-const VOLUME: WaitPolicy = WaitPolicy {
-    interval_seconds: 2,
-    backoff_rate: 1.5,
-    max_delay_seconds: 10,
-    max_attempts: 120,
-};
-
+const VOLUME: WaitPolicy = growing(2, 10, 120);
 /// Commands that run for as long as provisioning does: 10 s growing to 60 s, ~8 h.
-const COMMAND: WaitPolicy = WaitPolicy {
-    interval_seconds: 10,
-    backoff_rate: 1.5,
-    max_delay_seconds: 60,
-    max_attempts: 480,
-};
+const COMMAND: WaitPolicy = growing(10, 60, 480);
 
 /// What bounds a wait beyond its Retry policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,24 +116,14 @@ pub const ROOT_VOLUME_ATTACHED: Wait = waiter("RootVolumeAttached", 5, VOLUME);
 pub const PROFILE_USABLE: Wait = Wait {
     name: "ProfileUsable",
     budget: Budget::Policy,
-    policy: WaitPolicy {
-        interval_seconds: 2,
-        backoff_rate: 1.5,
-        max_delay_seconds: 10,
-        max_attempts: 12,
-    },
+    policy: growing(2, 10, 12),
 };
 /// WaitInstanceRunning → Connect: about an hour of polling, longer than any sensible
 /// `ssh_timeout`, which Connect enforces from the wait's start.
 pub const CONNECT: Wait = Wait {
     name: "Connect",
     budget: Budget::Policy,
-    policy: WaitPolicy {
-        interval_seconds: 5,
-        backoff_rate: 1.5,
-        max_delay_seconds: 30,
-        max_attempts: 120,
-    },
+    policy: growing(5, 30, 120),
 };
 /// Provision's polling of SSM provisioner commands (SSH never raises NotReady).
 /// Provisioning is not an AWS waiter: `aws_polling` does not bound it, as in Packer.

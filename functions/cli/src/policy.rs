@@ -1,7 +1,7 @@
 //! `amiflow policy TEMPLATE`: the minimal IAM policy a template needs to run locally
 //! (`amiflow build` with your own credentials).
 //!
-//! The actions are: the seeds' base list for Packer's EC2 builders; the `iam_actions` of every
+//! The actions are: Packer's documented minimal policy for its EC2 builders; the `iam_actions` of every
 //! step the definition runs for the template's builder types (read from the committed ASL,
 //! so the policy follows the flows); and what the template's options call for — spot, region
 //! copies, KMS, SSM, instance profiles, assume_role.
@@ -24,7 +24,7 @@ pub struct Args {
     pub definition: Option<PathBuf>,
 }
 
-/// The seeds' IAM policy for Packer's Amazon builders (the "minimal set" they document).
+/// Packer's documented IAM policy for its Amazon builders (the "minimal set").
 pub const SEED_BASE_ACTIONS: &[&str] = &[
     "ec2:AttachVolume",
     "ec2:AuthorizeSecurityGroupIngress",

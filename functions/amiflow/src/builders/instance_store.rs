@@ -2,7 +2,7 @@
 //! the X.509 sources, rendering the bundle commands and the bundle's place in S3.
 //!
 //! The bundle commands run on the instance over the communicator (SSH). Their template
-//! variables (reference §6.1) are rendered at the moment of use; credentials
+//! variables (Packer's: `.Destination`, `.Prefix`, `.BucketName`, …) are rendered at the moment of use; credentials
 //! (`.AccessKey`, `.SecretKey`, `.Token`) are never in the state and are masked in every
 //! log line and error.
 

@@ -26,6 +26,20 @@ pub async fn describe(ctx: &Ctx, region: &str, id: &str) -> Result<Option<Image>
         .and_then(|out| out.images().first().cloned()))
 }
 
+/// The account's own images called `name` in a region (AMI names are unique per account
+/// and region: PreValidate refuses a taken one, DeregisterAmi replaces it).
+pub async fn named(ctx: &Ctx, region: &str, name: &str) -> Result<Vec<Image>, StepError> {
+    let out = ctx
+        .ec2(region)
+        .describe_images()
+        .owners("self")
+        .filters(crate::identity::filter("name", [name]))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", name, e))?;
+    Ok(out.images().to_vec())
+}
+
 /// The snapshots behind an image's block devices.
 pub fn snapshots(img: &Image) -> Vec<String> {
     img.block_device_mappings()

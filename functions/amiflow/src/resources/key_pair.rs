@@ -22,6 +22,26 @@ pub const CLEANUP_ACTIONS: &[&str] = &[
     "ssm:DeleteParameters",
 ];
 
+/// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
+/// for them only then.
+pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
+    let Some(comm) = config.comm() else {
+        return false;
+    };
+    let no_temp_key = comm
+        .ssh_keypair_name
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+        || matches!(comm.communicator.as_str(), "none" | "ssm")
+        || comm
+            .ssh_private_key_file
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        || comm.ssh_agent_auth
+        || comm.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
+    !no_temp_key
+}
+
 /// A name part as SSM parameter names allow it: letters, digits, `_.-`; anything else `-`.
 pub fn parameter_part(s: &str) -> String {
     s.chars()

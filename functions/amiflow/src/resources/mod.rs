@@ -256,6 +256,21 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
     Ok(report)
 }
 
+/// The janitor's sweep: everything tagged with the execution in these regions, partial
+/// AMIs included, but not what a build that succeeded delivered (`amiflow:artifact`).
+pub async fn sweep_execution(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+) -> Result<CleanupReport, StepError> {
+    sweep(
+        ctx,
+        &Scope::execution(execution, regions),
+        &Ledger::default(),
+    )
+    .await
+}
+
 /// The ledger's ids of one kind in one region.
 fn ledger_ids(ledger: &Ledger, kind: ResourceKind, region: &str) -> Vec<String> {
     ledger

@@ -1,4 +1,4 @@
-//! BundleVolume (Packer's StepBundleVolume): renders `bundle_vol_command` (reference §6.1:
+//! BundleVolume (Packer's StepBundleVolume): renders `bundle_vol_command` (Packer's variables:
 //! `.KeyPath .AccountId .CertPath .Architecture .PrivatePath .Destination .Prefix`) and
 //! runs it on the instance. Records where the bundle will land in S3 before anything is
 //! uploaded, so Cleanup can remove it whatever happens next.

@@ -6,14 +6,15 @@
 //! says what was kept. A successful build's artifacts are then marked `amiflow:artifact`,
 //! so that no later sweep of the execution removes them.
 //!
-//! [`cleanup_by_tag`] is the same sweep for the janitor, knowing only the execution.
+//! The janitor (`steps/janitor.rs`) runs the same sweep knowing only the execution
+//! ([`resources::sweep_execution`]).
 
 use std::collections::BTreeSet;
 
 use crate::prelude::*;
 pub use crate::resources::CleanupReport;
 use crate::resources::{self, Scope, CLEANUP_ACTIONS};
-use crate::state::{Ledger, OnError, ARTIFACT_TAG};
+use crate::state::{OnError, ARTIFACT_TAG};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Cleanup",
@@ -76,7 +77,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         build_name: Some(state.build.name.clone()),
         regions,
         instance_regions,
-        key_pairs: super::key_pair::creates_temporary_key(&state.build.config),
+        key_pairs: resources::key_pair::made_for(&state.build.config),
         delete_artifacts: failed,
         keep_images: if failed {
             BTreeSet::new()
@@ -179,19 +180,4 @@ async fn mark_artifacts(ctx: &Ctx, state: &BuildState) -> Result<(), StepError> 
             .map_err(|e| classify("CreateTags", &ids.join(" "), e))?;
     }
     Ok(())
-}
-
-/// The janitor's entry: removes everything tagged with the execution in these regions,
-/// partial AMIs included, but not what a build that succeeded delivered ([`ARTIFACT_TAG`]).
-pub async fn cleanup_by_tag(
-    ctx: &Ctx,
-    execution: &str,
-    regions: &[String],
-) -> Result<CleanupReport, StepError> {
-    resources::sweep(
-        ctx,
-        &Scope::execution(execution, regions),
-        &Ledger::default(),
-    )
-    .await
 }

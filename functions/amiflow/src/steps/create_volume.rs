@@ -1,5 +1,5 @@
 //! CreateVolume: the build volume in the host's AZ, from the source image's root snapshot
-//! (or empty with `from_scratch`), with `root_volume_*` options (reference §5.3). Tagged at
+//! (or empty with `from_scratch`), with `root_volume_*` options. Tagged at
 //! creation and recorded in the ledger; the ClientToken makes a retry create nothing new.
 
 use aws_sdk_ec2::types::VolumeType;

@@ -23,15 +23,8 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         return Ok(state);
     }
     for region in cfg.target_regions() {
-        let out = ctx
-            .ec2(&region)
-            .describe_images()
-            .owners("self")
-            .filters(filter("name", [ami.ami_name.clone()]))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
-        for img in out.images() {
+        let taken = image::named(ctx, &region, &ami.ami_name).await?;
+        for img in &taken {
             // Never the image this very build made (a retried late step).
             if img
                 .tags()

@@ -23,26 +23,6 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-/// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
-/// for them only then.
-pub fn creates_temporary_key(config: &amiflow_template::BuilderConfig) -> bool {
-    let Some(comm) = config.comm() else {
-        return false;
-    };
-    let no_temp_key = comm
-        .ssh_keypair_name
-        .as_deref()
-        .is_some_and(|s| !s.is_empty())
-        || matches!(comm.communicator.as_str(), "none" | "ssm")
-        || comm
-            .ssh_private_key_file
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-        || comm.ssh_agent_auth
-        || comm.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
-    !no_temp_key
-}
-
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
     let comm = comm_config(&state, SPEC.name)?.clone();
@@ -50,7 +30,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.key_pair_name = Some(name.to_string());
         return Ok(state);
     }
-    if !creates_temporary_key(&cfg) {
+    if !key_pair::made_for(&cfg) {
         return Ok(state);
     }
     let region = cfg.build_region().to_string();

@@ -6,7 +6,7 @@
 //!   with the snapshot); `ami_root_device.source_device_name` becomes
 //!   `ami_root_device.device_name`, the root. With `use_create_image`, CreateImage on the
 //!   stopped instance with the same mappings instead.
-//! - amazon-chroot (reference §5.4): from the build snapshot, with the source's mappings and
+//! - amazon-chroot: from the build snapshot, with the source's mappings and
 //!   root device name, or `ami_block_device_mappings` + `root_device_name` (always with
 //!   `from_scratch`); the root entry gets the snapshot and `root_volume_size`; architecture,
 //!   virtualization type, kernel/ramdisk, ENA/SR-IOV, boot mode, UEFI, TPM.

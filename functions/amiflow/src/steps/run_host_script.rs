@@ -56,15 +56,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // same volume: SendCommand takes no ClientToken, so look for our own command first.
     if let Some(command_id) = sent_before(&ssm, &host.instance_id, &comment).await? {
         tracing::info!(%command_id, "the host script was already sent for this build");
-        chroot::set_command(
-            &mut state,
-            &HostCommand::Ssm {
-                command_id,
-                instance_id: host.instance_id,
-            },
-        );
-        waits::HOST_SCRIPT.begin(&mut state);
-        return Ok(state);
+        return Ok(sent(state, command_id, host.instance_id));
     }
     let mut req = ssm
         .send_command()
@@ -91,15 +83,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .and_then(|c| c.command_id())
         .unwrap_or_default()
         .to_string();
+    Ok(sent(state, command_id, host.instance_id))
+}
+
+/// Records the host script's command and starts its wait.
+fn sent(mut state: BuildState, command_id: String, instance_id: String) -> BuildState {
     chroot::set_command(
         &mut state,
         &HostCommand::Ssm {
             command_id,
-            instance_id: host.instance_id,
+            instance_id,
         },
     );
     waits::HOST_SCRIPT.begin(&mut state);
-    Ok(state)
+    state
 }
 
 /// The command's comment: readable in the console, and unique to this build (SSM comments

@@ -1,5 +1,5 @@
 //! UploadBundle (Packer's StepUploadBundle): makes sure `s3_bucket` exists (created,
-//! tagged with the build, when missing), renders `bundle_upload_command` (reference §6.1:
+//! tagged with the build, when missing), renders `bundle_upload_command` (Packer's variables:
 //! `.BucketName .ManifestPath .BundleDirectory .Region .AccessKey .SecretKey .Token`) and
 //! runs it on the instance, then checks the manifest arrived at
 //! `<bucket>/<prefix>.manifest.xml`, the location RegisterImage registers.
