@@ -5,6 +5,7 @@
 //! Needs root (loop devices) and moto.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 use amiflow::state::BUILD_TAG;
 use amiflow::{BuildState, Ctx, StepError};
@@ -19,29 +20,9 @@ use super::faults::{each_mutating_call_fails_in_turn, LeftoversCheck, TemplateFo
 const REGION: &str = "us-east-1";
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
 
-const CHAIN: &[&str] = &[
-    "PreValidate",
-    "HostInfo",
-    "SourceAmiInfo",
-    "CreateVolume",
-    "WaitVolumeAvailable",
-    "AttachVolume",
-    "WaitVolumeAttached",
-    "RunHostScript",
-    "WaitHostScript",
-    "DetachVolume",
-    "WaitVolumeDetached",
-    "CreateSnapshot",
-    "WaitSnapshotsCompleted",
-    "DeregisterAmi",
-    "RegisterImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// The production chain: every test runs what is deployed.
+static CHAIN: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| amiflow::flows::chain_names(amiflow_template::BuilderType::Chroot));
 
 fn state(
     execution: &str,
@@ -171,7 +152,7 @@ fn setup(test: &str) -> Option<Moto> {
     }
     let moto = Moto::start_or_skip(test)?;
     // moto's SendCommand runs nothing: the host script runs here, on the test's loop devices.
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "local");
     Some(moto)
 }
 
@@ -414,7 +395,7 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
     else {
         return;
     };
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "ssm");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "ssm");
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +420,7 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
     let replayed = invoke_with_retry(&ctx, "RunHostScript", &before_send.unwrap())
         .await
         .expect("RunHostScript replayed");
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "local");
     let cmd = &s.data.extra["chroot_command"];
     assert_eq!(cmd["via"], "ssm", "{cmd}");
     assert_eq!(cmd["instance_id"], host.as_str());
