@@ -980,10 +980,8 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
                     .into_iter()
                     .map(|k| format!("s3 object {BUCKET}/{k}")),
             );
-            if built.is_none() {
-                if bucket_exists(&ctx).await {
-                    left.push(format!("bucket {BUCKET}"));
-                }
+            if built.is_none() && bucket_exists(&ctx).await {
+                left.push(format!("bucket {BUCKET}"));
             }
             left
         })

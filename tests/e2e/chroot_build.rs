@@ -144,7 +144,7 @@ async fn tagged(ctx: &Ctx, execution: &str) -> (Vec<String>, Vec<String>, Vec<St
 }
 
 /// The device pool is process environment, so these tests take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn setup(test: &str) -> Option<Moto> {
     if !loop_devices_usable(test) {
@@ -158,7 +158,7 @@ fn setup(test: &str) -> Option<Moto> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::chroot_build_registers_the_provisioned_volume_and_leaves_no_volume")
     else {
@@ -265,7 +265,7 @@ async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) = setup("chroot_build::chroot_build_with_a_failing_provisioner_leaves_nothing")
     else {
         return;
@@ -300,7 +300,7 @@ async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) = setup("chroot_build::two_chroot_builds_on_one_host_at_once_both_succeed")
     else {
         return;
@@ -389,7 +389,7 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::ssm_mode_sends_the_script_inline_and_waits_for_the_invocation")
     else {
@@ -468,7 +468,7 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind")
     else {

@@ -436,8 +436,7 @@ async fn a_failure_at_any_step_leaves_nothing_tagged() {
     cfg["source_ami"] = json!("ami-00000000000000000");
     let err = run_chain(&ctx, state("e2e-ebs-bad", cfg), CHAIN.len())
         .await
-        .err()
-        .expect("the build fails")
+        .expect_err("the build fails")
         .0;
     assert!(
         matches!(&err, StepError::BuildFailed(m) if m.contains("ami-00000000000000000")),

@@ -368,7 +368,7 @@ async fn register_chroot(
     let intermediary = state.build.config.intermediary_image();
     let ec2 = ctx.ec2(region);
     let source = vol.source.as_ref();
-    let (mappings, root) = registration_mappings(&cfg, source, &snapshot)?;
+    let (mappings, root) = registration_mappings(cfg, source, &snapshot)?;
     let virt = cfg
         .ami
         .ami_virtualization_type
