@@ -1233,3 +1233,10 @@ fn bad_corpus_via_from_builder() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(checked >= 60, "only {checked} corpus files");
 }
+
+#[test]
+fn tmp_dump_known_keys() {
+    for t in BuilderType::ALL {
+        println!("KEYS {} {}", t.as_str(), crate::config::known_keys(t).into_iter().collect::<Vec<_>>().join(" "));
+    }
+}

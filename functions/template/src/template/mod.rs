@@ -13,6 +13,7 @@ pub(crate) mod eval;
 pub mod funcs;
 pub(crate) mod golayout;
 pub mod inspect;
+pub mod limits;
 pub mod prepare;
 pub(crate) mod raw;
 pub mod secrets;
