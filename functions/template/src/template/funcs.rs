@@ -72,8 +72,18 @@ mod tests {
         assert_eq!(replace("a", "b", -1, "aaa"), "bbb");
         assert_eq!(replace("a", "b", 0, "aaa"), "aaa");
         assert_eq!(replace("", "-", -1, "ab"), "-a-b-");
-        for (old, new, n, src) in [("a", "bc", -1, "aaa"), ("a", "", 2, "aaa"), ("", "-", -1, "ab"), ("", "xy", 1, "ab"), ("z", "q", -1, "ab")] {
-            assert_eq!(replaced_len(old, new, n, src), replace(old, new, n, src).len(), "{old:?} {new:?} {n} {src:?}");
+        for (old, new, n, src) in [
+            ("a", "bc", -1, "aaa"),
+            ("a", "", 2, "aaa"),
+            ("", "-", -1, "ab"),
+            ("", "xy", 1, "ab"),
+            ("z", "q", -1, "ab"),
+        ] {
+            assert_eq!(
+                replaced_len(old, new, n, src),
+                replace(old, new, n, src).len(),
+                "{old:?} {new:?} {n} {src:?}"
+            );
         }
     }
 

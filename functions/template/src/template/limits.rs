@@ -140,7 +140,9 @@ mod tests {
 
     #[test]
     fn long_variable_chains_are_refused_once() {
-        let all = problems(&json!({"variables": chain(100_000), "builders": [builder("b", "{{user `v0`}}")]}));
+        let all = problems(
+            &json!({"variables": chain(100_000), "builders": [builder("b", "{{user `v0`}}")]}),
+        );
         assert!(
             all.contains("variables use each other in a chain longer than 100 (the limit): `v"),
             "{all}"
@@ -160,10 +162,13 @@ mod tests {
             let prev = format!("{{{{user `d{}`}}}}", i - 1);
             vars.insert(format!("d{i}"), json!(format!("{prev}{prev}")));
         }
-        let all = problems(&json!({"variables": vars, "builders": [builder("b", "{{user `d39`}}")]}));
+        let all =
+            problems(&json!({"variables": vars, "builders": [builder("b", "{{user `d39`}}")]}));
         // d10 is 1 MiB, d11 would be 2 MiB.
         assert!(
-            all.contains("variables.d11: the rendered value is longer than 1 MiB (the limit of one value)"),
+            all.contains(
+                "variables.d11: the rendered value is longer than 1 MiB (the limit of one value)"
+            ),
             "{all}"
         );
         assert_eq!(all.lines().count(), 1, "{all}");
