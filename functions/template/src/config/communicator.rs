@@ -37,7 +37,7 @@ pub const MAX_CONNECT_WAIT: Duration = Duration::from_secs(55 * 60);
 
 /// The longest `ssm_execution_timeout`: the Provision step's retry policy polls SSM commands
 /// for about 8 hours (functions/amiflow/src/steps/provision.rs); SSM itself allows 48 hours.
-pub const MAX_SSM_EXECUTION: Duration = Duration::from_secs(8 * 3600);
+pub const MAX_SSM_EXECUTION: Duration = Duration::from_secs(7 * 3600);
 
 /// Present in ebs, ebssurrogate, ebsvolume and instance (chroot runs commands on its host).
 ///
@@ -322,7 +322,7 @@ impl CommunicatorConfig {
             c.err(
                 "ssm_execution_timeout",
                 format!(
-                    "out of range: {}; from 30s to {MAX_SSM_EXECUTION}: SSM runs a command for 30s to 48h, and the Provision step polls SSM commands for about 8 hours",
+                    "out of range: {}; from 30s to {MAX_SSM_EXECUTION}: SSM runs a command for 30s to 48h, and the Provision step polls SSM commands for about 8 hours in all",
                     self.ssm_execution_timeout
                 ),
             );

@@ -117,7 +117,10 @@ fn applied() -> BTreeMap<&'static str, How> {
         ("ssh_timeout", Steps("ssh_timeout")),
         ("ssh_wait_timeout", Folded("ssh_timeout")),
         ("ssh_pty", Steps("ssh_pty")),
-        ("ssh_clear_authorized_keys", Steps("ssh_clear_authorized_keys")),
+        (
+            "ssh_clear_authorized_keys",
+            Steps("ssh_clear_authorized_keys"),
+        ),
         ("ssh_interface", Steps("ssh_interface")),
         ("ssh_private_ip", Folded("ssh_interface")),
         (
@@ -137,7 +140,10 @@ fn applied() -> BTreeMap<&'static str, How> {
         ("ssm_execution_timeout", Steps("ssm_execution_timeout")),
         ("ssm_output_s3_bucket", Steps("ssm_output_s3_bucket")),
         // The builders' own keys.
-        ("ami_block_device_mappings", Steps("ami_block_device_mappings")),
+        (
+            "ami_block_device_mappings",
+            Steps("ami_block_device_mappings"),
+        ),
         (
             "launch_block_device_mappings",
             Steps("launch_block_device_mappings"),
@@ -184,7 +190,10 @@ fn applied() -> BTreeMap<&'static str, How> {
         ("root_volume_size", Steps("root_volume_size")),
         ("root_volume_type", Steps("root_volume_type")),
         ("root_volume_tags", Steps("root_volume_tags")),
-        ("root_volume_encrypt_boot", Steps("root_volume_encrypt_boot")),
+        (
+            "root_volume_encrypt_boot",
+            Steps("root_volume_encrypt_boot"),
+        ),
         ("root_volume_kms_key_id", Steps("root_volume_kms_key_id")),
         ("root_device_name", Steps("root_device_name")),
     ])
@@ -220,10 +229,15 @@ fn refused() -> BTreeMap<&'static str, (Value, Option<&'static str>)> {
         ("enable_unlimited_credits", plain(json!(true))),
         ("enable_nitro_enclave", plain(json!(true))),
         ("capacity_reservation_preference", plain(json!("open"))),
-        ("capacity_reservation_id", plain(json!("cr-0123456789abcdef0"))),
+        (
+            "capacity_reservation_id",
+            plain(json!("cr-0123456789abcdef0")),
+        ),
         (
             "capacity_reservation_group_arn",
-            plain(json!("arn:aws:resource-groups:us-east-1:123456789012:group/g")),
+            plain(json!(
+                "arn:aws:resource-groups:us-east-1:123456789012:group/g"
+            )),
         ),
         (
             "license_specifications",
@@ -327,12 +341,13 @@ fn every_key_is_applied_or_refused() {
         sources("lambda/src"),
     ]
     .concat();
-    let config: String = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config"))
-        .expect("config dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| !p.ends_with("tests.rs") && !p.ends_with("key_coverage.rs"))
-        .map(|p| std::fs::read_to_string(p).expect("readable source"))
-        .collect();
+    let config: String =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config"))
+            .expect("config dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| !p.ends_with("tests.rs") && !p.ends_with("key_coverage.rs"))
+            .map(|p| std::fs::read_to_string(p).expect("readable source"))
+            .collect();
     let applied = applied();
     let refused = refused();
     let mut failures = Vec::new();
@@ -346,7 +361,9 @@ fn every_key_is_applied_or_refused() {
             }
             Folded(into) => {
                 if !matches!(applied.get(into), Some(Steps(_))) {
-                    failures.push(format!("{key}: folded into {into}, which the steps do not read"));
+                    failures.push(format!(
+                        "{key}: folded into {into}, which the steps do not read"
+                    ));
                 }
                 if !reads(&config, key) && !config.contains(&format!("\"{key}\"")) {
                     failures.push(format!("{key}: the config never folds it"));
@@ -415,9 +432,10 @@ fn refused_values_of_applied_keys() {
         Err(ps) => ps.iter().map(ToString::to_string).collect::<Vec<_>>(),
     };
     assert!(
-        out.iter()
-            .any(|p| p.starts_with("b: ssh_interface: not supported by amiflow")
-                && p.contains("\"communicator\": \"ssm\"")),
+        out.iter().any(
+            |p| p.starts_with("b: ssh_interface: not supported by amiflow")
+                && p.contains("\"communicator\": \"ssm\"")
+        ),
         "{out:?}"
     );
     let mut sftp = ssh.clone();
@@ -432,7 +450,13 @@ fn refused_values_of_applied_keys() {
     )
     .unwrap();
     for key in ["host_id", "host_resource_group_arn"] {
-        refuses(t, "placement", &json!({key: "h-1"}), &format!("placement.{key}")).unwrap();
+        refuses(
+            t,
+            "placement",
+            &json!({key: "h-1"}),
+            &format!("placement.{key}"),
+        )
+        .unwrap();
     }
     // amazon-ebs takes no boot keys (Packer refuses them there); the builders that register
     // the image do.
@@ -440,9 +464,16 @@ fn refused_values_of_applied_keys() {
         assert!(!known_keys(t).contains(key), "{key}");
         let out = match from_builder_with_env("b", t, &with(t, json!({key: "uefi"})), &|_| None) {
             Ok(_) => panic!("{key} accepted"),
-            Err(ps) => ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+            Err(ps) => ps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
         };
-        assert!(out.contains(&format!("{key}: unknown key: {key} is an option of")), "{out}");
+        assert!(
+            out.contains(&format!("{key}: unknown key: {key} is an option of")),
+            "{out}"
+        );
         assert!(out.contains("amazon-ebs does not take it"), "{out}");
     }
 }

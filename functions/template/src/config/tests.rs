@@ -1024,10 +1024,10 @@ fn numbers_are_refused_outside_what_the_steps_can_use() {
     );
     bad(
         Ebs,
-        json!({"communicator": "ssm", "ssm_timeout": "2h", "ssm_execution_timeout": "9h"}),
+        json!({"communicator": "ssm", "ssm_timeout": "2h", "ssm_execution_timeout": "8h"}),
         &[
             "ssm_timeout: out of range: 2h; at most 55m",
-            "ssm_execution_timeout: out of range: 9h; from 30s to 8h",
+            "ssm_execution_timeout: out of range: 8h; from 30s to 7h",
         ],
     );
     // Packer: a zero bastion port means 22.
