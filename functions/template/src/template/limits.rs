@@ -28,7 +28,7 @@ pub const NODE_COST: usize = 32;
 
 /// `n` bytes in the units of the messages (`1 MiB`).
 pub fn shown(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")
