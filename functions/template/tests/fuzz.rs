@@ -89,9 +89,35 @@ fn expr() -> impl Strategy<Value = String> {
     })
 }
 
-/// Parentheses nested around a call, up to three times the limit.
+/// Parentheses nested around a call: around the limit, and now and then far past it.
 fn nested() -> impl Strategy<Value = String> {
-    (0usize..=300).prop_map(|n| format!("{}timestamp{}", "(".repeat(n), ")".repeat(n)))
+    prop_oneof![
+        20 => 0usize..=300,
+        1 => Just(100_000usize),
+    ]
+    .prop_map(|n| format!("{}timestamp{}", "(".repeat(n), ")".repeat(n)))
+}
+
+/// A block device mapping with numbers at the edges of what EBS and an i64 take.
+fn block_device() -> impl Strategy<Value = Value> {
+    let number = prop_oneof![
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(0i64),
+        Just(8i64),
+        Just(3000i64),
+        any::<i64>(),
+    ];
+    (
+        prop::sample::select(vec![None, Some("io1"), Some("io2"), Some("gp3"), Some("gp2")]),
+        prop::option::of(number.clone()),
+        prop::option::of(number.clone()),
+        prop::option::of(number),
+    )
+        .prop_map(|(volume_type, volume_size, iops, throughput)| {
+            json!({"device_name": "/dev/sdb", "volume_type": volume_type, "volume_size": volume_size,
+                   "iops": iops, "throughput": throughput})
+        })
 }
 
 /// A string value: text and actions, whole or broken.
@@ -204,12 +230,16 @@ fn builder() -> impl Strategy<Value = Value> {
             "amazon-ebsvolume",
         ]),
         prop::collection::btree_map(prop::sample::select(KEYS), value(), 0..6),
+        prop::collection::vec(block_device(), 0..3),
     )
-        .prop_map(|(t, keys)| {
+        .prop_map(|(t, keys, devices)| {
             let mut b = json!({"type": t, "region": "us-east-1", "source_ami": "ami-0f8848d57eb4fe2d2",
                 "instance_type": "t3.micro", "ami_name": "fuzz-{{timestamp}}", "communicator": "none"});
             for (k, v) in keys {
                 b[k] = v;
+            }
+            if !devices.is_empty() {
+                b["launch_block_device_mappings"] = Value::from(devices);
             }
             b
         })
