@@ -93,8 +93,10 @@ const fn waiter(name: &'static str, minutes: u64, policy: WaitPolicy) -> Wait {
 pub const INSTANCE_RUNNING: Wait = waiter("InstanceRunning", 10, INSTANCE);
 /// StopInstance → WaitInstanceStopped (InstanceStopped: 10 min).
 pub const INSTANCE_STOPPED: Wait = waiter("InstanceStopped", 10, INSTANCE);
-/// Cleanup's own polling while instances terminate (InstanceTerminated: 10 min).
-pub const INSTANCE_TERMINATED: Wait = waiter("InstanceTerminated", 10, INSTANCE);
+/// Cleanup's own polling while instances terminate (InstanceTerminated: 10 min). Its first
+/// look comes after 1 s (a terminating instance is often gone by then, and the build's
+/// result waits on it), growing to 15 s.
+pub const INSTANCE_TERMINATED: Wait = waiter("InstanceTerminated", 10, growing(1, 15, 250));
 /// CreateImage/RegisterImage → WaitImageAvailable (ImageAvailable: 30 min).
 pub const IMAGE_AVAILABLE: Wait = waiter("ImageAvailable", 30, LONG);
 /// CopyImage → WaitCopiesAvailable (ImageAvailable per copy: 30 min).

@@ -149,9 +149,19 @@ pub async fn remove_role(ctx: &Ctx, name: &str) -> Result<bool, StepError> {
     Ok(or_absent(out, &[NOT_FOUND], "DeleteRole", name)?.is_some())
 }
 
-/// Removes the scope's temporary profiles and roles.
+/// Removes the scope's temporary profiles and roles. A build that makes none (no
+/// temporary profile in its config, none in its ledger) lists nothing; the janitor, knowing
+/// nothing of the builds, always lists.
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
     let mut swept = Swept::default();
+    let recorded = ledger.of_kind(ResourceKind::Role).next().is_some()
+        || ledger
+            .of_kind(ResourceKind::InstanceProfile)
+            .next()
+            .is_some();
+    if scope.build_name.is_some() && scope.iam_names.is_empty() && !recorded {
+        return Ok(swept);
+    }
     let ids = |kind| ledger.of_kind(kind).map(|r| r.id.clone()).collect();
     let mut roles = union(ids(ResourceKind::Role), scope.iam_names.iter().cloned());
     roles = union(roles, tagged_roles(ctx, scope).await?);

@@ -1,6 +1,7 @@
 //! SecurityGroup: existing groups (ids or filter), or a temporary group whose only
 //! ingress is the communicator port from `temporary_security_group_source_cidrs`; no rule
-//! at all when the communicator needs no inbound port (none, SSM).
+//! at all when the communicator needs no inbound port (SSM). With communicator none no
+//! group is made: nothing connects, and EC2 gives the instance its VPC's default group.
 
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range};
 
@@ -75,6 +76,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         return Ok(state);
     }
 
+    if cfg.comm().is_some_and(|c| c.communicator == "none") {
+        return Ok(state);
+    }
     let name = temp_name(&state, "amiflow", "SecurityGroup");
     let found = ec2
         .describe_security_groups()
