@@ -450,65 +450,80 @@ impl SshTransport {
                     .await
                     .map_err(|e| failed(label, e))?,
                 Action::Exec { command, check } => {
-                    let shown = secrets.mask(&command);
-                    let mut sink = OutputSink::new(label, secrets);
-                    let status = self
-                        .exec(&secrets.reveal(&command), &mut sink)
-                        .await
-                        .map_err(|e| failed(label, format!("running `{shown}`: {e}")))?;
-                    match (&check, &status) {
-                        (
-                            ExitCheck::Main {
-                                expect_disconnect: true,
-                                ..
-                            },
-                            ExecStatus::Disconnected,
-                        ) => {
-                            tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
-                            reconnect = true;
-                        }
-                        (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code))
-                            if valid.contains(code) => {}
-                        (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => {}
-                        (ExitCheck::Main { valid, .. }, _) => {
-                            // The connection is still up after a plain non-zero exit: remove the
-                            // uploaded script anyway, so a failed build on a long-lived host (or a
-                            // retry) leaves no stale copy behind. Its own failure is secondary.
-                            if let (
-                                ExecStatus::Exited(_),
-                                Some(Action::Exec {
-                                    command,
-                                    check: ExitCheck::Housekeeping,
-                                }),
-                            ) = (&status, actions.peek())
-                            {
-                                let mut quiet = OutputSink::new(label, secrets);
-                                if let Err(e) = self.exec(command, &mut quiet).await {
-                                    tracing::warn!(provisioner = %label, "could not remove the script after its failure: {e}");
-                                }
-                            }
-                            return Err(failed(
-                                label,
-                                format!(
-                                    "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
-                                    tail_text(&sink.tail())
-                                ),
-                            ));
-                        }
-                        (ExitCheck::Housekeeping, _) => {
-                            return Err(failed(
-                                label,
-                                format!(
-                                    "cleaning up with `{shown}` failed: {status}{}",
-                                    tail_text(&sink.tail())
-                                ),
-                            ))
-                        }
-                    }
+                    let cleanup = match actions.peek() {
+                        Some(Action::Exec {
+                            command,
+                            check: ExitCheck::Housekeeping,
+                        }) => Some(command.as_str()),
+                        _ => None,
+                    };
+                    reconnect = self
+                        .exec_checked(label, &command, &check, cleanup, secrets)
+                        .await?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Runs a plan's command and checks how it ended. Ok(true): it disconnected, as
+    /// `expect_disconnect` allows, and the next action needs a reconnect. `cleanup` is the
+    /// housekeeping command that follows it (removing the uploaded script).
+    async fn exec_checked(
+        &mut self,
+        label: &str,
+        command: &str,
+        check: &ExitCheck,
+        cleanup: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<bool, StepError> {
+        let shown = secrets.mask(command);
+        let mut sink = OutputSink::new(label, secrets);
+        let status = self
+            .exec(&secrets.reveal(command), &mut sink)
+            .await
+            .map_err(|e| failed(label, format!("running `{shown}`: {e}")))?;
+        match (check, &status) {
+            (
+                ExitCheck::Main {
+                    expect_disconnect: true,
+                    ..
+                },
+                ExecStatus::Disconnected,
+            ) => {
+                tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
+                Ok(true)
+            }
+            (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code)) if valid.contains(code) => {
+                Ok(false)
+            }
+            (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => Ok(false),
+            (ExitCheck::Main { valid, .. }, _) => {
+                // The connection is still up after a plain non-zero exit: remove the
+                // uploaded script anyway, so a failed build on a long-lived host (or a
+                // retry) leaves no stale copy behind. Its own failure is secondary.
+                if let (ExecStatus::Exited(_), Some(cleanup)) = (&status, cleanup) {
+                    let mut quiet = OutputSink::new(label, secrets);
+                    if let Err(e) = self.exec(cleanup, &mut quiet).await {
+                        tracing::warn!(provisioner = %label, "could not remove the script after its failure: {e}");
+                    }
+                }
+                Err(failed(
+                    label,
+                    format!(
+                        "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
+                        tail_text(&sink.tail())
+                    ),
+                ))
+            }
+            (ExitCheck::Housekeeping, _) => Err(failed(
+                label,
+                format!(
+                    "cleaning up with `{shown}` failed: {status}{}",
+                    tail_text(&sink.tail())
+                ),
+            )),
+        }
     }
 
     /// The file `download` provisioner: a remote file, or every file below a remote directory.

@@ -410,26 +410,8 @@ impl<'a> SsmSession<'a> {
             vec![compiled.script.clone()]
         };
         if let Some(bucket) = &cfg.ssm_bucket {
-            let s3 = s3(ctx, &cfg.region);
-            for (key, data) in &compiled.staged {
-                let put = s3
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(opts.secrets.reveal_bytes(data).into())
-                    .send()
-                    .await;
-                if let Err(e) = put {
-                    // What was staged already may hold revealed secrets: it goes too.
-                    remove_staged(ctx, cfg, &prefix).await;
-                    return Err(match classify("PutObject", key, e) {
-                        StepError::BuildFailed(why) => {
-                            fail(format!("staging s3://{bucket}/{key}: {why}"))
-                        }
-                        retried => retried,
-                    });
-                }
-            }
+            self.stage(&label, bucket, &prefix, &compiled.staged, &opts.secrets)
+                .await?;
         }
         let mut send = self
             .client
@@ -472,6 +454,38 @@ impl<'a> SsmSession<'a> {
                 Err(fail(format!("SendCommand: {text}")))
             }
         }
+    }
+
+    /// Uploads a provisioner's files to `bucket` (revealed: they are used on the instance).
+    /// On a failure, what was staged already goes too: it may hold revealed secrets.
+    async fn stage(
+        &self,
+        label: &str,
+        bucket: &str,
+        prefix: &str,
+        staged: &[(String, Vec<u8>)],
+        secrets: &Secrets,
+    ) -> Result<(), StepError> {
+        let s3 = s3(self.ctx, &self.cfg.region);
+        for (key, data) in staged {
+            let put = s3
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(secrets.reveal_bytes(data).into())
+                .send()
+                .await;
+            if let Err(e) = put {
+                remove_staged(self.ctx, self.cfg, prefix).await;
+                return Err(match classify("PutObject", key, e) {
+                    StepError::BuildFailed(why) => {
+                        failed(label, format!("staging s3://{bucket}/{key}: {why}"))
+                    }
+                    retried => retried,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
