@@ -199,6 +199,71 @@ mod tests {
         }
     }
 
+    /// A detached session (as SSM's): provisioner 0 finished in an earlier invocation,
+    /// provisioner 1 is running elsewhere, or has failed.
+    struct Detached {
+        advanced: Vec<usize>,
+        failed: bool,
+    }
+
+    impl Session for Detached {
+        const WITHIN_INVOCATION: bool = false;
+
+        async fn resume(&mut self, _: &[Provisioner]) -> Result<usize, StepError> {
+            Ok(1)
+        }
+
+        async fn advance(
+            &mut self,
+            index: usize,
+            p: &Provisioner,
+            _: &RunOptions,
+        ) -> Result<Progress, StepError> {
+            self.advanced.push(index);
+            if self.failed {
+                Err(failed(&p.label(), "exit code 3"))
+            } else {
+                Ok(Progress::Pending(format!("{}: still running", p.label())))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_detached_session_resumes_and_is_neither_paused_nor_retried() {
+        let provisioners = vec![
+            Provisioner::parse(0, &json!({"type": "shell", "inline": ["first"]})).unwrap(),
+            Provisioner::parse(1, &json!({"type": "shell", "inline": ["second"], "pause_before": "10m", "max_retries": 2})).unwrap(),
+        ];
+        let mut running = Detached {
+            advanced: Vec::new(),
+            failed: false,
+        };
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            run_all(&mut running, &provisioners, &RunOptions::default()),
+        )
+        .await
+        .expect("no pause_before: the command runs elsewhere")
+        .unwrap_err();
+        assert!(
+            matches!(&err, StepError::NotReady(m) if m == "provisioner 1 (shell): still running"),
+            "{err:?}"
+        );
+        assert_eq!(running.advanced, vec![1], "provisioner 0 is behind");
+        let mut failing = Detached {
+            advanced: Vec::new(),
+            failed: true,
+        };
+        let err = run_all(&mut failing, &provisioners, &RunOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StepError::BuildFailed(m) if m.contains("exit code 3")),
+            "{err:?}"
+        );
+        assert_eq!(failing.advanced, vec![1], "sent once, not retried");
+    }
+
     fn provisioners(pause_after: &str) -> Vec<Provisioner> {
         vec![
             Provisioner::parse(0, &json!({"type": "shell", "inline": ["first"], "pause_after": pause_after, "skip_clean": true})).unwrap(),
