@@ -12,6 +12,7 @@ mod engines;
 mod faults;
 mod infra;
 mod lambda_runtime;
+mod limits;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

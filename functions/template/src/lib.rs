@@ -1,5 +1,17 @@
 //! Packer templates turned into typed, validated build configs.
 //!
+//! # Layout
+//!
+//! * [`template`]: the template as text and JSON: structure checks, variables,
+//!   `{{ ... }}` interpolation, fields rendered later with build data, secrets; [`prepare`]
+//!   and [`inspect`] are the entry points.
+//! * [`config`]: one typed config per builder, built from its groups (access, AMI, run,
+//!   communicator). Each config's file holds its struct, its defaults (`normalize`) and its
+//!   rules (`check`); `config/validate.rs` runs the passes, `config/check.rs` holds the
+//!   machinery the rules share.
+//! * [`provisioner`]: typed `shell`, `file` and `shell-local` provisioners and their rules.
+//! * [`problem`]: what every pass reports: a [`Problem`] names the builder, the key and the fix.
+//!
 //! Data flows one way: template text → [`template`] (parse, variables, interpolation)
 //! → [`config`] (one typed config per builder, Packer's defaults, validation)
 //! → [`PreparedBuild`]s that the steps carry in their build state.

@@ -25,7 +25,7 @@ use super::plan::{plan, Action, ExitCheck};
 use super::render::Secrets;
 use super::session::{failed, Progress, RunOptions, Session};
 use super::transport::{shell_quote, tail_text, OutputSink};
-use crate::ctx::{classify, error_code};
+use crate::error::{classify, error_code};
 use crate::{BuildState, Ctx, StepError};
 
 pub const DOCUMENT: &str = "AWS-RunShellScript";

@@ -25,7 +25,8 @@ use crate::provision::ssh::SshTransport;
 use crate::provision::ssm::SsmSession;
 use crate::provision::transport::{ExecStatus, OutputSink, Transport};
 use crate::provision::{parse_all, Secrets};
-use crate::steps::{StepSpec, WaitPolicy};
+use crate::steps::StepSpec;
+use crate::waits;
 use crate::{handler, BuildState, Ctx, StepError};
 
 pub const SPEC: StepSpec = StepSpec {
@@ -42,12 +43,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:DeleteObject",
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
-    wait: Some(WaitPolicy {
-        interval_seconds: 10,
-        backoff_rate: 1.5,
-        max_delay_seconds: 60,
-        max_attempts: 480,
-    }),
+    wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,
     handler: handler!(provision),

@@ -2,7 +2,11 @@
 //! several builders keep in different places, and Packer's rules derived from several keys
 //! (target regions, the intermediary image, the communicator port).
 
-use super::*;
+use super::access::AwsPolling;
+use super::block_device::BlockDevice;
+use super::builder::BuilderConfig;
+use super::common::Tags;
+use super::run::RunConfig;
 
 /// The answer for a builder that has no such tags.
 static NO_TAGS: Tags = Tags::new();
@@ -154,6 +158,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::EbsVolumeConfig;
 
     fn ebs(extra: serde_json::Value) -> BuilderConfig {
         let mut m = json!({"region": "us-east-1", "ami_name": "x", "instance_type": "t3.micro", "source_ami": "ami-1", "communicator": "none"});

@@ -1,15 +1,16 @@
-//! amazon-instance (reference §3.5, §4.10, §6): launch an instance-store AMI, provision,
-//! bundle the root filesystem on the instance, upload it to S3 and register it.
+//! amazon-instance: launch an instance-store AMI, provision, bundle the root filesystem on
+//! the instance, upload it to S3 and register it. Its own keys, defaults and rules.
 
 use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
 use super::ami::AmiConfig;
-use super::block_device::BlockDevice;
+use super::block_device::{check_ami_and_launch_mappings, BlockDevice};
+use super::check::{is_account, templated, Check};
 use super::communicator::CommunicatorConfig;
 use super::run::RunConfig;
 
-/// Reference §6.1; rendered on the instance with `.KeyPath .AccountId .CertPath
+/// Packer's `bundle_vol_command`; rendered on the instance with `.KeyPath .AccountId .CertPath
 /// .Architecture .PrivatePath .Destination .Prefix`.
 pub const DEFAULT_BUNDLE_VOL_COMMAND: &str = "sudo -i -n ec2-bundle-vol -k {{.KeyPath}} -u {{.AccountId}} -c {{.CertPath}} -r {{.Architecture}} -e {{.PrivatePath}}/* -d {{.Destination}} -p {{.Prefix}} --batch --no-filter";
 /// Without `iam_instance_profile`: keys passed on the command line.
@@ -75,4 +76,76 @@ pub struct InstanceConfig {
     /// (Packer leaves them; an instance-store AMI needs them to launch, so default false).
     #[serde(default)]
     pub delete_bundle_after_register: bool,
+}
+
+impl InstanceConfig {
+    /// Removes the dashes from `account_id`; fills `bundle_upload_command` by whether the
+    /// instance has a profile (its credentials) or not (the keys on the command line).
+    pub(super) fn normalize(&mut self) {
+        self.account_id = self.account_id.replace('-', "");
+        if self.bundle_upload_command.is_empty() {
+            self.bundle_upload_command = if self.run.iam_instance_profile.is_some() {
+                DEFAULT_BUNDLE_UPLOAD_COMMAND_WITH_PROFILE.into()
+            } else {
+                DEFAULT_BUNDLE_UPLOAD_COMMAND.into()
+            };
+        }
+    }
+
+    /// The rules of amazon-instance's own keys (its groups check themselves).
+    pub(super) fn check(&self, c: &mut Check) {
+        check_ami_and_launch_mappings(
+            c,
+            &self.ami_block_device_mappings,
+            &self.launch_block_device_mappings,
+            false,
+        );
+        c.one_of("tpm_support", self.tpm_support.as_deref(), &["v2.0"]);
+        for (key, value, what) in [
+            (
+                "account_id",
+                &self.account_id,
+                "your 12-digit AWS account id (dashes allowed), used by ec2-bundle-vol",
+            ),
+            (
+                "s3_bucket",
+                &self.s3_bucket,
+                "the S3 bucket the bundle is uploaded to",
+            ),
+            (
+                "x509_cert_path",
+                &self.x509_cert_path,
+                "the local path of the X.509 certificate registered with your account",
+            ),
+            (
+                "x509_key_path",
+                &self.x509_key_path,
+                "the local path of that certificate's private key",
+            ),
+        ] {
+            if value.is_empty() {
+                c.err(key, format!("required for amazon-instance: {what}"));
+            }
+        }
+        let account = &self.account_id;
+        if !account.is_empty() && !templated(account) && !is_account(account) {
+            c.err(
+                "account_id",
+                format!("{account:?} is not a 12-digit AWS account id"),
+            );
+        }
+        let b = &self.s3_bucket;
+        if !b.is_empty() && !templated(b) {
+            let ok_chars = b
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '.' || ch == '-');
+            if !(3..=63).contains(&b.len())
+                || !ok_chars
+                || b.starts_with(['.', '-'])
+                || b.ends_with(['.', '-'])
+            {
+                c.err("s3_bucket", format!("{b:?} is not a valid S3 bucket name (3–63 lowercase letters, digits, dots and hyphens)"));
+            }
+        }
+    }
 }

@@ -5,14 +5,21 @@
 //!    renamed or amiflow does not support;
 //! 2. types: each key is decoded on its own, with mapstructure's weak typing (`"22"` is a
 //!    fine port, `"true"` a fine bool) — a key that still does not fit names the type it needs;
-//! 3. defaults that depend on other keys, legacy keys folded into their successors;
-//! 4. rules (`rules.rs`): required keys, conflicts, ranges, formats.
+//! 3. defaults that depend on other keys, legacy keys folded into their successors: each
+//!    config's `normalize`, beside its struct (`AmiConfig::normalize` in ami.rs, …);
+//! 4. rules: required keys, conflicts, ranges, formats: each config's `check`, beside its
+//!    struct, with the shared machinery of check.rs.
+//!
+//! This file runs the passes and hands each group of a builder's config (access, AMI, run,
+//! communicator) and then the builder's own keys to their `normalize` and `check`.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use super::{weak, BuilderConfig, BuilderType};
+use super::builder::{BuilderConfig, BuilderType};
+use super::check::{closest, Check};
+use super::weak;
 use crate::problem::Problem;
 
 /// Keys never serialized (secrets) — known, but absent from a serialized default config.
@@ -102,12 +109,93 @@ pub fn from_builder_with_env(
             return Err(finish(name, problems));
         }
     };
-    super::rules::normalize(&mut config, &map);
-    super::rules::check(&config, &map, env, &mut problems);
+    normalize(&mut config, &map);
+    check(&config, &map, env, &mut problems);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(finish(name, problems))
+    }
+}
+
+/// Pass 3: the defaults of each group, then of the builder's own keys (`raw`: the keys as
+/// written).
+fn normalize(config: &mut BuilderConfig, raw: &Map<String, Value>) {
+    let region = config.region().map(str::to_string);
+    let (access, ami, launch) = match config {
+        BuilderConfig::Ebs(c) => (
+            &mut c.access,
+            Some(&mut c.ami),
+            Some((&mut c.run, &mut c.comm)),
+        ),
+        BuilderConfig::EbsSurrogate(c) => (
+            &mut c.access,
+            Some(&mut c.ami),
+            Some((&mut c.run, &mut c.comm)),
+        ),
+        BuilderConfig::Instance(c) => (
+            &mut c.access,
+            Some(&mut c.ami),
+            Some((&mut c.run, &mut c.comm)),
+        ),
+        BuilderConfig::EbsVolume(c) => (&mut c.access, None, Some((&mut c.run, &mut c.comm))),
+        BuilderConfig::Chroot(c) => (&mut c.access, Some(&mut c.ami), None),
+    };
+    access.normalize();
+    if let Some(ami) = ami {
+        ami.normalize(region.as_deref());
+    }
+    if let Some((run, comm)) = launch {
+        comm.normalize();
+        run.normalize(comm.ssh_interface.as_deref());
+    }
+    match config {
+        BuilderConfig::Instance(c) => c.normalize(),
+        BuilderConfig::Chroot(c) => c.normalize(raw),
+        BuilderConfig::Ebs(_) | BuilderConfig::EbsSurrogate(_) | BuilderConfig::EbsVolume(_) => {}
+    }
+}
+
+/// Pass 4: the rules of each group, then those across groups, then the builder's own.
+fn check(
+    config: &BuilderConfig,
+    raw: &Map<String, Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut c = Check::new(raw, problems);
+    let access = config.access();
+    access.check(&mut c, config.builder_type() == BuilderType::Chroot, env);
+    if let Some(ami) = config.ami() {
+        ami.check(&mut c, access.skip_region_validation);
+    }
+    if let (Some(run), Some(comm)) = (config.run(), config.comm()) {
+        run.check(&mut c);
+        comm.check(&mut c, run.gets_instance_profile());
+    }
+    check_spot_networking(&mut c, config);
+    match config {
+        BuilderConfig::Ebs(e) => e.check(&mut c),
+        BuilderConfig::EbsSurrogate(s) => s.check(&mut c),
+        BuilderConfig::EbsVolume(v) => v.check(&mut c),
+        BuilderConfig::Instance(i) => i.check(&mut c),
+        BuilderConfig::Chroot(ch) => ch.check(&mut c),
+    }
+}
+
+/// Packer (ebs, ebssurrogate, ebsvolume, instance): spot instances cannot be modified, and
+/// turning on ENA / SR-IOV needs ModifyInstanceAttribute.
+fn check_spot_networking(c: &mut Check, config: &BuilderConfig) {
+    if !config.is_spot() {
+        return;
+    }
+    for (key, set) in [
+        ("ena_support", config.ena_support() == Some(true)),
+        ("sriov_support", config.sriov_support()),
+    ] {
+        if set {
+            c.err(key, format!("conflicts with spot_price: spot instances cannot be modified to enable {key}; use a source AMI that already has it, or drop spot_price"));
+        }
     }
 }
 
@@ -195,22 +283,6 @@ fn check_keys(
             ));
         }
     }
-}
-
-/// The known key a typo most likely meant.
-pub(super) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let key_l = key.to_ascii_lowercase();
-    known
-        .filter_map(|k| {
-            let d = strsim::damerau_levenshtein(&key_l, k);
-            let close = d <= (key.len() / 3).max(2);
-            let prefix = key.len() >= 5
-                && (k.starts_with(&key_l) || key_l.starts_with(k))
-                && k.len().abs_diff(key.len()) <= 6;
-            (close || prefix).then_some((d, k))
-        })
-        .min()
-        .map(|(_, k)| k)
 }
 
 /// Decode each key alone; on failure try mapstructure's weak coercions; report what remains.

@@ -1,10 +1,11 @@
-//! Fields that Packer renders later, with build data (reference §9.1): each builder's
+//! Fields that Packer renders later, with build data: each builder's
 //! `Prepare` excludes them from interpolation and a step renders them with
 //! `.SourceAMIName`, `.BuildRegion`, `.Device`, `.Command` …. At prepare, user variables
 //! and functions in them are resolved; actions that use build data are kept.
 //!
 //! `ami_name` is not among them: Packer renders it at prepare, so `{{ .SourceAMIName }}`
-//! there is an error in Packer and here (reference §8 item 16).
+//! there is an error in Packer and here (`build_data_where_packer_renders_at_prepare_is_a_problem`
+//! in prepare_tests.rs).
 
 use crate::config::BuilderType;
 
