@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use amiflow::provision::Secrets;
 use amiflow::steps::connect::connect;
-use amiflow::steps::provision::{provision_with, ProvisionOptions};
+use amiflow::steps::provision::provision;
 use amiflow::waits::CONNECT;
 use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
@@ -77,11 +77,11 @@ async fn ctx() -> Ctx {
     Ctx::from_env().await
 }
 
-fn opts(base: &std::path::Path) -> ProvisionOptions {
-    ProvisionOptions {
-        base_dir: base.to_path_buf(),
-        ..Default::default()
-    }
+/// A local run's context whose template directory is `base`.
+async fn ctx_at(base: &std::path::Path) -> Ctx {
+    let mut ctx = ctx().await;
+    ctx.base_dir = Some(base.to_path_buf());
+    ctx
 }
 
 #[tokio::test]
@@ -110,7 +110,7 @@ async fn shell_script_env_and_file_uploads_leave_markers() {
         {"type": "file", "direction": "download", "source": m("inline.marker"), "destination": local.path().join("got.marker")}
     ]);
     let st = for_sshd(&sshd, provisioners);
-    provision_with(&ctx().await, st, &opts(local.path()))
+    provision(&ctx_at(local.path()).await, st)
         .await
         .expect("provisioning succeeds");
     let read = |rel: &str| {
@@ -161,7 +161,7 @@ async fn failing_command_fails_the_build_with_exit_code_and_output() {
             {"type": "shell", "inline": [format!("touch {}", sshd.path("never.marker").display())]}
         ]),
     );
-    let err = provision_with(&ctx().await, st, &opts(local.path()))
+    let err = provision(&ctx_at(local.path()).await, st)
         .await
         .unwrap_err();
     let StepError::BuildFailed(msg) = &err else {
@@ -210,7 +210,7 @@ async fn expect_disconnect_reconnects_and_continues() {
             {"type": "shell", "inline": [after]}
         ]),
     );
-    provision_with(&ctx().await, st, &opts(local.path()))
+    provision(&ctx_at(local.path()).await, st)
         .await
         .expect("disconnect expected");
     assert!(sshd.path("after.marker").exists());
@@ -219,7 +219,7 @@ async fn expect_disconnect_reconnects_and_continues() {
         &sshd,
         json!([{"type": "shell", "inline": [kill], "remote_folder": folder}]),
     );
-    let err = provision_with(&ctx().await, st, &opts(local.path()))
+    let err = provision(&ctx_at(local.path()).await, st)
         .await
         .unwrap_err();
     assert!(
@@ -278,11 +278,11 @@ async fn lambda_deadline_fails_clearly_instead_of_being_killed() {
         &sshd,
         json!([{"type": "shell", "inline": ["sleep 20"], "remote_folder": folder}]),
     );
-    let mut o = opts(local.path());
+    let mut o = ctx_at(local.path()).await;
     // 10 s margin is kept back: 12 s leaves 2 s for the command.
     o.deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(12));
     let started = std::time::Instant::now();
-    let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
+    let err = provision(&o, st).await.unwrap_err();
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert!(
         matches!(&err, StepError::BuildFailed(m) if m.contains("15 minutes") && m.contains("ssm")),
@@ -303,13 +303,13 @@ async fn shell_local_runs_here_but_is_refused_in_lambda() {
         provisioners,
         json!({"communicator": "none"}),
     );
-    provision_with(&ctx().await, st.clone(), &opts(local.path()))
+    provision(&ctx_at(local.path()).await, st.clone())
         .await
         .unwrap();
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "local\n");
-    let mut o = opts(local.path());
+    let mut o = ctx_at(local.path()).await;
     o.in_lambda = true;
-    let err = provision_with(&ctx().await, st, &o).await.unwrap_err();
+    let err = provision(&o, st).await.unwrap_err();
     assert!(
         err.message().contains("cannot run inside Lambda"),
         "{err:?}"
@@ -359,14 +359,9 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let before = serde_json::to_string(&st).unwrap();
-    let o = ProvisionOptions {
-        secrets,
-        base_dir: local.path().to_path_buf(),
-        ..Default::default()
-    };
-    let err = provision_with(&ctx().await, st.clone(), &o)
-        .await
-        .unwrap_err();
+    let mut o = ctx_at(local.path()).await;
+    o.secrets = secrets;
+    let err = provision(&o, st.clone()).await.unwrap_err();
     drop(_guard);
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // Used on the instance...
@@ -384,7 +379,7 @@ async fn sensitive_variable_reaches_the_instance_but_not_the_state_or_the_logs()
         &sshd,
         json!([{"type": "shell", "inline": [format!("echo {placeholder}")]}]),
     );
-    let after = provision_with(&ctx().await, ok, &o).await.unwrap();
+    let after = provision(&o, ok).await.unwrap();
     assert!(!serde_json::to_string(&after).unwrap().contains(secret));
 }
 
@@ -406,7 +401,7 @@ async fn bastion_carries_the_connection() {
         provisioners.clone(),
         bastion(closed),
     );
-    let err = provision_with(&ctx().await, st, &opts(local.path()))
+    let err = provision(&ctx_at(local.path()).await, st)
         .await
         .unwrap_err();
     assert!(
@@ -424,7 +419,7 @@ async fn bastion_carries_the_connection() {
         provisioners,
         bastion(sshd.port),
     );
-    provision_with(&ctx().await, st, &opts(local.path()))
+    provision(&ctx_at(local.path()).await, st)
         .await
         .expect("provisioning through the bastion");
     assert!(marker.exists());

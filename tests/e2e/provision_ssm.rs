@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use amiflow::provision::Secrets;
 use amiflow::steps::connect::connect;
-use amiflow::steps::provision::{provision_with, ProvisionOptions};
+use amiflow::steps::provision::provision;
 use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
 use amiflow_tests::fault_proxy::{FaultProxy, Faults, Injected};
@@ -85,7 +85,11 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     else {
         return;
     };
-    let ctx = Arc::new(moto.ctx(REGION).await);
+    let mut ctx = moto.ctx(REGION).await;
+    let execution = "e2e-ssm";
+    let secret = "tok-9f8e7d6c5b";
+    ctx.secrets = Secrets::from_pairs([("api_token".to_string(), secret.to_string())]);
+    let ctx = Arc::new(ctx);
     ctx.s3(REGION)
         .create_bucket()
         .bucket(BUCKET)
@@ -93,18 +97,12 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         .await
         .unwrap();
     let id = instance(&ctx).await;
-    let execution = "e2e-ssm";
-    let secret = "tok-9f8e7d6c5b";
     let provisioners = json!([
         {"type": "shell", "inline": ["echo using <sensitive:api_token>"], "environment_vars": ["STAGE=prod"]},
         {"type": "file", "content": "welcome\n", "destination": "/etc/motd"},
         {"type": "shell", "inline": ["systemctl enable app"], "timeout": "10m"}
     ]);
     let st = state(execution, &id, provisioners, true);
-    let o = ProvisionOptions {
-        secrets: Secrets::from_pairs([("api_token".to_string(), secret.to_string())]),
-        ..Default::default()
-    };
 
     // Connect: moto lacks DescribeInstanceInformation, so "cannot tell" lets the build go on.
     connect(&ctx, st.clone())
@@ -112,7 +110,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         .expect("Connect cannot tell, and says so");
 
     // 1st invocation: sends provisioner 0 and waits.
-    let err = provision_with(&ctx, st.clone(), &o).await.unwrap_err();
+    let err = provision(&ctx, st.clone()).await.unwrap_err();
     assert!(
         matches!(&err, StepError::NotReady(m) if m.contains("provisioner 0 (shell)") && m.contains("sent SSM command")),
         "{err:?}"
@@ -162,7 +160,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     );
 
     // 2nd: moto says Success → staging of #0 removed, #1 (file) sent.
-    let err = provision_with(&ctx, st.clone(), &o).await.unwrap_err();
+    let err = provision(&ctx, st.clone()).await.unwrap_err();
     assert!(
         matches!(&err, StepError::NotReady(m) if m.contains("provisioner 1 (file)")),
         "{err:?}"
@@ -179,7 +177,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         .contains("chmod 644 /etc/motd"));
 
     // 3rd: #2 sent with its own timeout.
-    provision_with(&ctx, st.clone(), &o).await.unwrap_err();
+    provision(&ctx, st.clone()).await.unwrap_err();
     let listed = ctx
         .ssm(REGION)
         .list_commands()
@@ -198,14 +196,14 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     );
 
     // 4th: everything done; a retried invocation with the same input resends nothing.
-    let done = provision_with(&ctx, st.clone(), &o)
+    let done = provision(&ctx, st.clone())
         .await
         .expect("provisioning done");
     assert_eq!(
         done.data.extra["ssm_commands"].as_object().unwrap().len(),
         3
     );
-    provision_with(&ctx, st, &o).await.expect("still done");
+    provision(&ctx, st).await.expect("still done");
     assert_eq!(
         ctx.ssm(REGION)
             .list_commands()
@@ -233,25 +231,20 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
     else {
         return;
     };
-    let ctx = Arc::new(moto.ctx(REGION).await);
-    let id = instance(&ctx).await;
-    let o = ProvisionOptions {
-        secrets: Secrets::from_pairs([("pw".to_string(), "s3cret-pw".to_string())]),
-        ..Default::default()
-    };
+    let mut ctx = moto.ctx(REGION).await;
+    ctx.secrets = Secrets::from_pairs([("pw".to_string(), "s3cret-pw".to_string())]);
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("blob.bin"), [0u8, 159, 146, 150]).unwrap();
-    let o = ProvisionOptions {
-        base_dir: local.path().to_path_buf(),
-        ..o
-    };
+    ctx.base_dir = Some(local.path().to_path_buf());
+    let ctx = Arc::new(ctx);
+    let id = instance(&ctx).await;
     let file = state(
         "e2e-ssm-nobucket",
         &id,
         json!([{"type": "file", "source": "blob.bin", "destination": "/tmp/x"}]),
         false,
     );
-    let err = provision_with(&ctx, file, &o).await.unwrap_err();
+    let err = provision(&ctx, file).await.unwrap_err();
     assert!(
         matches!(&err, StepError::BuildFailed(m) if m.contains("ssm_output_s3_bucket")),
         "{err:?}"
@@ -262,7 +255,7 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
         json!([{"type": "shell", "inline": ["echo <sensitive:pw>"]}]),
         false,
     );
-    let err = provision_with(&ctx, secret, &o).await.unwrap_err();
+    let err = provision(&ctx, secret).await.unwrap_err();
     assert!(
         matches!(&err, StepError::BuildFailed(m) if m.contains("sensitive") && !m.contains("s3cret-pw")),
         "{err:?}"
@@ -284,7 +277,7 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
         false,
     );
     assert!(matches!(
-        provision_with(&ctx, plain.clone(), &o).await,
+        provision(&ctx, plain.clone()).await,
         Err(StepError::NotReady(_))
     ));
     let listed = ctx
@@ -299,7 +292,7 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
         sent.contains("uname -a") && sent.contains("<<'AMIFLOW_FILE_END'"),
         "{sent}"
     );
-    provision_with(&ctx, plain, &o).await.expect("done");
+    provision(&ctx, plain).await.expect("done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,9 +334,7 @@ async fn a_failed_staging_upload_removes_what_was_staged_before_it() {
     let via_proxy = Arc::new(Ctx::from_sdk_config(
         amiflow_tests::sdk_config_at(&proxy.url(), REGION).await,
     ));
-    let err = provision_with(&via_proxy, st, &ProvisionOptions::default())
-        .await
-        .unwrap_err();
+    let err = provision(&via_proxy, st).await.unwrap_err();
     let puts: Vec<String> = proxy
         .log()
         .into_iter()

@@ -13,7 +13,7 @@
 //! `max_retries` attempts (Packer's default 10; the SDK's 3 "regularly gets tripped").
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -28,16 +28,19 @@ pub const DEFAULT_MAX_RETRIES: u32 = 10;
 
 pub use amiflow_template::config::{AccessConfig, AssumeRoleConfig};
 
-/// The clients a step uses, cached per region.
+/// The clients a step uses, cached per region, and what a step needs to know about the
+/// invocation running it. A clone shares the client caches (the Lambda binary clones its
+/// cold-start `Ctx` for each invocation, to set that invocation's deadline).
+#[derive(Clone)]
 pub struct Ctx {
     pub sdk: SdkConfig,
     /// The template's `custom_endpoint_ec2`, when given.
     pub ec2_endpoint: Option<String>,
-    ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
-    ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
-    s3: Mutex<HashMap<String, aws_sdk_s3::Client>>,
-    iam: Mutex<Option<aws_sdk_iam::Client>>,
-    sts: Mutex<HashMap<String, aws_sdk_sts::Client>>,
+    ec2: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
+    ssm: Arc<Mutex<HashMap<String, aws_sdk_ssm::Client>>>,
+    s3: Arc<Mutex<HashMap<String, aws_sdk_s3::Client>>>,
+    iam: Arc<Mutex<Option<aws_sdk_iam::Client>>>,
+    sts: Arc<Mutex<HashMap<String, aws_sdk_sts::Client>>>,
     /// Sensitive values of a local run (sensitive variables, `ssh_password`), revealed by
     /// Connect/Provision at the moment of use; empty in Lambda, where nothing carries them.
     pub secrets: crate::provision::Secrets,
@@ -46,6 +49,12 @@ pub struct Ctx {
     /// What `{{env}}` sees when Prepare runs locally. Empty in Lambda, where the process
     /// environment holds the function's own credentials.
     pub env: std::collections::BTreeMap<String, String>,
+    /// When the current invocation must have returned: Lambda's deadline for this
+    /// invocation, set by the Lambda binary; None outside Lambda (no limit).
+    pub deadline: Option<tokio::time::Instant>,
+    /// Running as a Lambda function (set by the Lambda binary): steps refuse what cannot
+    /// work there, such as `shell-local` provisioners.
+    pub in_lambda: bool,
 }
 
 impl Ctx {
@@ -63,14 +72,16 @@ impl Ctx {
         Ctx {
             sdk,
             ec2_endpoint: None,
-            ec2: Mutex::default(),
-            ssm: Mutex::default(),
-            s3: Mutex::default(),
-            iam: Mutex::default(),
-            sts: Mutex::default(),
+            ec2: Arc::default(),
+            ssm: Arc::default(),
+            s3: Arc::default(),
+            iam: Arc::default(),
+            sts: Arc::default(),
             secrets: Default::default(),
             base_dir: None,
             env: Default::default(),
+            deadline: None,
+            in_lambda: false,
         }
     }
 

@@ -12,6 +12,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use amiflow::flows;
 use amiflow::lambda_api::{handler_name, known_handlers};
@@ -35,16 +36,16 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(handler = step.name, "starting");
-    // One Ctx per cold start: the SDK config (credentials, endpoints, HTTP pool) is reused
-    // by every invocation this sandbox serves.
-    let ctx = Arc::new(Ctx::from_env().await);
+    // One Ctx per cold start: the SDK config (credentials, endpoints, HTTP pool) and the
+    // clients are reused by every invocation this sandbox serves.
+    let mut cold_start = Ctx::from_env().await;
+    cold_start.in_lambda = true;
     let handler = step.handler;
     let name = step.name;
     let result = lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let ctx = ctx.clone();
         // Provision stops its commands before Lambda's limit kills the sandbox mid-command.
-        let deadline_ms = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
-        with_invocation_deadline(deadline_ms, async move {
+        let ctx = Arc::new(invocation_ctx(&cold_start, event.context.deadline));
+        async move {
             handler(ctx, event.payload).await.map_err(|e| {
                 log_step_error(name, &event.context.request_id, &e);
                 Diagnostic {
@@ -52,7 +53,7 @@ async fn main() -> ExitCode {
                     error_message: e.message().to_string(),
                 }
             })
-        })
+        }
     }))
     .await;
     match result {
@@ -64,13 +65,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs one invocation with its deadline (epoch ms) visible to the step through
-/// [`amiflow::provision::run::deadline_from_env`].
-fn with_invocation_deadline<F: std::future::Future>(
-    deadline_ms: i64,
-    invocation: F,
-) -> impl std::future::Future<Output = F::Output> {
-    amiflow::provision::run::INVOCATION_DEADLINE_MS.scope(deadline_ms, invocation)
+/// The cold-start `Ctx` (sharing its clients) with one invocation's deadline, which the
+/// Runtime API gives as epoch milliseconds (`Lambda-Runtime-Deadline-Ms`). A deadline
+/// already past is now.
+fn invocation_ctx(cold_start: &Ctx, deadline_epoch_ms: u64) -> Ctx {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let left = u128::from(deadline_epoch_ms).saturating_sub(now_ms);
+    let left = Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX));
+    let mut ctx = cold_start.clone();
+    ctx.deadline = Some(tokio::time::Instant::now() + left);
+    ctx
 }
 
 /// JSON lines on stdout (CloudWatch keeps one event per line). Level from
@@ -155,40 +162,40 @@ async fn report_init_error(error_type: &str, message: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{resolve_step, with_invocation_deadline};
-    use amiflow::provision::run::deadline_from_env;
+    use super::{invocation_ctx, resolve_step};
+    use amiflow::Ctx;
     use std::time::Duration;
     use tokio::time::Instant;
 
-    fn now_ms() -> i64 {
+    fn now_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_millis() as i64
+            .as_millis() as u64
     }
 
     #[tokio::test]
     async fn the_invocation_deadline_reaches_the_step_and_only_its_invocation() {
-        std::env::remove_var(amiflow::provision::run::DEADLINE_ENV);
+        let mut cold_start = Ctx::from_sdk_config(aws_config::SdkConfig::builder().build());
+        cold_start.in_lambda = true;
         let in_ten_minutes = now_ms() + 600_000;
-        let seen = with_invocation_deadline(in_ten_minutes, async { deadline_from_env() })
-            .await
-            .expect("a deadline");
+        let invocation = invocation_ctx(&cold_start, in_ten_minutes);
+        let seen = invocation.deadline.expect("a deadline");
+        assert!(invocation.in_lambda);
         let left = seen.saturating_duration_since(Instant::now());
         assert!(
             left > Duration::from_secs(595) && left <= Duration::from_secs(600),
             "{left:?}"
         );
-        let past = with_invocation_deadline(now_ms() - 5_000, async { deadline_from_env() })
-            .await
+        let past = invocation_ctx(&cold_start, now_ms() - 5_000)
+            .deadline
             .unwrap();
         assert!(
             past <= Instant::now(),
             "a deadline already passed is now, not later"
         );
         assert_eq!(
-            deadline_from_env(),
-            None,
+            cold_start.deadline, None,
             "outside an invocation there is none"
         );
     }

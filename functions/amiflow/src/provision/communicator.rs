@@ -1,10 +1,10 @@
 //! The communicator of a build resolved for use: where to connect, with which credentials.
 //!
-//! Built from the typed `CommunicatorConfig` (config helper). Credentials never enter the
-//! build state: the temporary key's private half is read from SSM Parameter Store (the
-//! parameter *name* is in the state), a key file from disk, a password from [`Secrets`]
-//! (the config never serialises `ssh_password`, so the local runner hands it over with
-//! [`Secrets::set_ssh_password`]; deployed builds use keys).
+//! Built from the typed `amiflow_template::config::CommunicatorConfig`. Credentials never
+//! enter the build state: the temporary key's private half is read from SSM Parameter
+//! Store (the parameter *name* is in the state), a key file from disk, a password from
+//! [`Secrets`] (the config never serialises `ssh_password`, so the local runner hands it
+//! over with [`Secrets::set_ssh_password`]; deployed builds use keys).
 
 use std::time::Duration;
 
@@ -213,12 +213,7 @@ pub async fn ssh_target(
     let auth = if let Some(password) = secrets.ssh_password() {
         SshAuth::Password(password.to_string())
     } else if let Some(file) = &cfg.ssh_private_key_file {
-        let pem = std::fs::read_to_string(file).map_err(|e| {
-            StepError::BuildFailed(format!("ssh_private_key_file: cannot read {file:?} ({e})"))
-        })?;
-        secrets.add_value(pem.clone());
-        SshAuth::from_pem(&pem)
-            .map_err(|e| StepError::BuildFailed(format!("ssh_private_key_file {file:?}: {e}")))?
+        key_file_auth("ssh_private_key_file", file, secrets)?
     } else {
         let parameter = state.data.private_key_parameter.clone().ok_or_else(|| {
             StepError::BuildFailed(
@@ -251,15 +246,7 @@ pub async fn ssh_target(
         None => None,
         Some(b) => {
             let auth = if let Some(file) = &b.private_key_file {
-                let pem = std::fs::read_to_string(file).map_err(|e| {
-                    StepError::BuildFailed(format!(
-                        "ssh_bastion_private_key_file: cannot read {file:?} ({e})"
-                    ))
-                })?;
-                secrets.add_value(pem.clone());
-                SshAuth::from_pem(&pem).map_err(|e| {
-                    StepError::BuildFailed(format!("ssh_bastion_private_key_file {file:?}: {e}"))
-                })?
+                key_file_auth("ssh_bastion_private_key_file", file, secrets)?
             } else if let Some(p) = secrets.bastion_password() {
                 SshAuth::Password(p.to_string())
             } else {
@@ -292,6 +279,15 @@ pub async fn ssh_target(
         connect_timeout,
         bastion,
     })
+}
+
+/// Logs in with the private key in `file` (the setting `option`); the key is added to
+/// `secrets` for masking.
+fn key_file_auth(option: &str, file: &str, secrets: &mut Secrets) -> Result<SshAuth, StepError> {
+    let pem = std::fs::read_to_string(file)
+        .map_err(|e| StepError::BuildFailed(format!("{option}: cannot read {file:?} ({e})")))?;
+    secrets.add_value(pem.clone());
+    SshAuth::from_pem(&pem).map_err(|e| StepError::BuildFailed(format!("{option} {file:?}: {e}")))
 }
 
 #[cfg(test)]

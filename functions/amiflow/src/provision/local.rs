@@ -1,57 +1,34 @@
-//! `shell-local`: runs on the machine running amiflow, as Packer's does.
-//!
-//! Refused inside Lambda: the "local machine" there is a throwaway sandbox the template's
-//! author never sees, so a command meant for their workstation or CI runner would silently do
-//! the wrong thing.
+//! `shell-local`: runs on the machine running amiflow, as Packer's does. The driver
+//! ([`super::run`]) calls it, and refuses it inside Lambda.
 
 use std::process::Stdio;
 
 use tokio::io::AsyncReadExt;
 
 use super::config::{ShellLocalConfig, DEFAULT_ENV_VAR_FORMAT};
-use super::plan::{flatten_env_vars, PlanEnv};
-use super::render::{render, RenderContext};
-use super::run::{tail_text, RunOptions};
-use super::transport::OutputSink;
+use super::plan::{flatten_env_vars, inline_script, PlanEnv};
+use super::render::{render, RenderContext, Secrets};
+use super::session::failed;
+use super::transport::{tail_text, OutputSink};
 use crate::StepError;
 
+/// Writes the inline lines to a script, then runs each script with `execute_command`.
+/// Errors are not masked yet: the driver masks them.
 pub async fn run_shell_local(
     label: &str,
     c: &ShellLocalConfig,
     env: &PlanEnv,
-    opts: &RunOptions,
+    secrets: &Secrets,
 ) -> Result<(), StepError> {
-    let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
-    if opts.in_lambda {
-        return Err(fail(
-            "shell-local provisioners cannot run inside Lambda (there is no local machine of yours there); \
-             run this template with `amiflow build` on your machine, or limit the provisioner with \"only\"/\"except\""
-                .into(),
-        ));
-    }
+    let fail = |msg: String| failed(label, msg);
     let ctx = RenderContext::with_build(&env.build);
     let dir = tempfile::tempdir()
         .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
     let mut scripts = Vec::new();
-    let inline: Vec<String> = c
-        .command
-        .iter()
-        .cloned()
-        .chain(c.inline.iter().cloned())
-        .collect();
-    if !inline.is_empty() {
-        let mut text = format!(
-            "#!{}\n",
-            c.inline_shebang.as_deref().unwrap_or("/bin/sh -e")
-        );
-        for line in &inline {
-            text.push_str(
-                &opts
-                    .secrets
-                    .reveal(&render(line, &ctx).map_err(|e| fail(format!("inline: {e}")))?),
-            );
-            text.push('\n');
-        }
+    if c.command.is_some() || !c.inline.is_empty() {
+        let shebang = c.inline_shebang.as_deref().unwrap_or("/bin/sh -e");
+        let text = inline_script(shebang, c.command.iter().chain(&c.inline), env).map_err(fail)?;
+        let text = secrets.reveal(&text);
         let path = dir.path().join("inline.sh");
         std::fs::write(&path, text)
             .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
@@ -86,8 +63,8 @@ pub async fn run_shell_local(
             })
             .collect::<Result<_, _>>()
             .map_err(|e| fail(format!("execute_command: {e}")))?;
-        let revealed: Vec<String> = argv.iter().map(|a| opts.secrets.reveal(a)).collect();
-        let shown = opts.secrets.mask(&argv.join(" "));
+        let revealed: Vec<String> = argv.iter().map(|a| secrets.reveal(a)).collect();
+        let shown = secrets.mask(&argv.join(" "));
         tracing::info!(provisioner = %label, "running locally: {shown}");
         let mut child = tokio::process::Command::new(&revealed[0])
             .args(&revealed[1..])
@@ -97,7 +74,7 @@ pub async fn run_shell_local(
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| fail(format!("cannot start `{shown}`: {e}")))?;
-        let mut sink = OutputSink::new(label, &opts.secrets);
+        let mut sink = OutputSink::new(label, secrets);
         let mut stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let (mut out_buf, mut err_buf) = ([0u8; 4096], [0u8; 4096]);

@@ -3,9 +3,16 @@
 //!
 //! - [`config`]: the typed provisioner configs (from `amiflow_template::provisioner`).
 //! - [`plan`]: a remote provisioner as plain actions (upload, exec, mkdir, download).
-//! - [`run`]: runs them in order over a [`transport::Transport`] (SSH), with retries,
-//!   timeouts and the Lambda invocation deadline.
-//! - [`ssh`], [`local`], [`ssm`]: the communicators.
+//! - [`run`]: the driver: runs the provisioners in order over a [`session::Session`], with
+//!   `pause_before`/`pause_after`, retries, timeouts and the Lambda invocation deadline,
+//!   runs `shell-local` itself and masks every error.
+//! - [`session`]: what the driver needs from a communicator, the options every provisioner
+//!   runs with, and the session of `communicator: "none"`.
+//! - The sessions: [`ssh`] runs a plan action by action within the invocation (over its
+//!   [`transport::Transport`]); [`ssm`] sends one command per provisioner and answers
+//!   "pending" until it has finished. [`local`] runs `shell-local` on this machine.
+//! - [`communicator`]: the build's communicator settings and SSH credentials.
+//! - [`transport`]: command output ([`transport::OutputSink`]) and the SSH-style transport.
 //! - [`render`]: run-time interpolation (`{{.Path}}`, `{{build `X`}}`) and [`Secrets`].
 
 pub mod communicator;
@@ -14,6 +21,7 @@ pub mod local;
 pub mod plan;
 pub mod render;
 pub mod run;
+pub mod session;
 pub mod ssh;
 pub mod ssm;
 pub mod transport;

@@ -102,14 +102,25 @@ pub fn flatten_env_vars(vars: &[String], format: &str, env: &PlanEnv) -> Result<
     Ok(out)
 }
 
+/// The script Packer writes for `inline` lines: the shebang line, then each line rendered.
+/// Secret placeholders stay in: reveal the text at the moment of use.
+pub fn inline_script<'a>(
+    shebang: &str,
+    lines: impl IntoIterator<Item = &'a String>,
+    env: &PlanEnv,
+) -> Result<String, String> {
+    let mut text = format!("#!{shebang}\n");
+    for line in lines {
+        text.push_str(&render(line, &env.ctx()).map_err(|e| format!("inline: {e}"))?);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
     let mut scripts: Vec<(String, Vec<u8>)> = Vec::new();
     if !c.inline.is_empty() {
-        let mut text = format!("#!{}\n", c.inline_shebang());
-        for line in &c.inline {
-            text.push_str(&render(line, &env.ctx()).map_err(|e| format!("inline: {e}"))?);
-            text.push('\n');
-        }
+        let text = inline_script(c.inline_shebang(), &c.inline, env)?;
         scripts.push(("inline script".into(), text.into_bytes()));
     }
     for s in c.script.iter().chain(c.scripts.iter()) {
@@ -227,15 +238,7 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
                         });
                     }
                 }
-                let path = local.join(&rel);
-                let data =
-                    std::fs::read(&path).map_err(|e| format!("source {}: {e}", path.display()))?;
-                actions.push(Action::Upload {
-                    data,
-                    remote,
-                    mode: file_mode(&path),
-                    from: path.display().to_string(),
-                });
+                actions.push(upload_local_file(&local.join(&rel), remote)?);
             }
         } else {
             let remote = if destination.ends_with('/') {
@@ -243,17 +246,21 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
             } else {
                 destination.clone()
             };
-            let data =
-                std::fs::read(&local).map_err(|e| format!("source {}: {e}", local.display()))?;
-            actions.push(Action::Upload {
-                data,
-                remote,
-                mode: file_mode(&local),
-                from: local.display().to_string(),
-            });
+            actions.push(upload_local_file(&local, remote)?);
         }
     }
     Ok(actions)
+}
+
+/// Uploads a local file to `remote` with the file's own mode.
+fn upload_local_file(path: &Path, remote: String) -> Result<Action, String> {
+    let data = std::fs::read(path).map_err(|e| format!("source {}: {e}", path.display()))?;
+    Ok(Action::Upload {
+        data,
+        remote,
+        mode: file_mode(path),
+        from: path.display().to_string(),
+    })
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -2,7 +2,7 @@
 //!
 //! Packer renders provisioner fields twice: user variables at prepare time, and, when the
 //! provisioner runs, the context variables (`{{.Vars}}`, `{{.Path}}`, `{{.Script}}`) and
-//! build data (`{{build `SourceAMIName`}}`). The second pass is the template helper's
+//! build data (`{{build `SourceAMIName`}}`). The second pass is the template crate's
 //! [`render_later`]; secrets are the template's [`TemplateSecrets`] (sensitive variables,
 //! `<sensitive:NAME>` placeholders) plus values that never had a placeholder (a key read
 //! from Parameter Store, `ssh_password`).
@@ -91,9 +91,7 @@ impl Secrets {
     /// The builder's `ssh_password` (revealed); the config never serialises it, so the local
     /// runner passes it here. Masked like every secret.
     pub fn set_ssh_password(&mut self, password: impl Into<String>) {
-        let password = self.reveal(&password.into());
-        self.add_value(password.clone());
-        self.ssh_password = Some(password);
+        self.ssh_password = Some(self.revealed_value(password.into()));
     }
 
     pub fn ssh_password(&self) -> Option<&str> {
@@ -102,9 +100,14 @@ impl Secrets {
 
     /// The builder's `ssh_bastion_password`, like [`Secrets::set_ssh_password`].
     pub fn set_bastion_password(&mut self, password: impl Into<String>) {
-        let password = self.reveal(&password.into());
-        self.add_value(password.clone());
-        self.bastion_password = Some(password);
+        self.bastion_password = Some(self.revealed_value(password.into()));
+    }
+
+    /// A password as given (it may be a placeholder), revealed and added to the masked values.
+    fn revealed_value(&mut self, given: String) -> String {
+        let value = self.reveal(&given);
+        self.add_value(value.clone());
+        value
     }
 
     pub fn bastion_password(&self) -> Option<&str> {
@@ -139,7 +142,7 @@ impl RenderContext {
     }
 }
 
-/// Renders a provisioner field with the template helper's [`render_later`]: `{{.Key}}`
+/// Renders a provisioner field with the template crate's [`render_later`]: `{{.Key}}`
 /// looks up the context variables, then build data; `{{build `Key`}}` the build data.
 pub fn render(text: &str, ctx: &RenderContext) -> Result<String, String> {
     if !text.contains("{{") {

@@ -1,6 +1,6 @@
-//! Runs provisioners in order over a [`Transport`] (SSH) or locally (`shell-local`), with
-//! Packer's `pause_before`, `pause_after`, `max_retries` and `timeout`, and an invocation
-//! deadline.
+//! The driver: runs a build's provisioners in order over a [`Session`], with Packer's
+//! `pause_before`, `pause_after`, `max_retries` and `timeout` and the invocation deadline,
+//! and runs `shell-local` on this machine. Every error it returns is masked.
 //!
 //! Inside Lambda an SSH provisioning must finish within one invocation (at most 15
 //! minutes, less what the step already spent): the connection cannot outlive it. When the
@@ -13,84 +13,66 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::config::{Kind, Provisioner};
-use super::local;
-use super::plan::{plan, Action, ExitCheck, PlanEnv};
-use super::render::Secrets;
-use super::transport::{ExecStatus, OutputSink, Transport};
+use super::local::run_shell_local;
+use super::session::{failed, Progress, RunOptions, Session};
 use crate::StepError;
 
 /// Time kept back before the deadline to report the failure and let the state machine catch it.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub secrets: Secrets,
-    /// When the current invocation must have returned (Lambda's deadline), if any.
-    pub deadline: Option<Instant>,
-    /// Running inside Lambda: `shell-local` is refused there.
-    pub in_lambda: bool,
-}
-
-impl RunOptions {
-    fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| {
-            d.saturating_duration_since(Instant::now())
-                .saturating_sub(DEADLINE_MARGIN)
-        })
-    }
-}
-
-fn lambda_limit_message(label: &str) -> String {
-    format!(
-        "{label} did not finish before this Lambda invocation's deadline. Over SSH the whole \
-         provisioning must run within one invocation (Lambda allows at most 15 minutes). Use \
-         \"communicator\": \"ssm\" for long provisioning (no Lambda runs while the command runs), \
-         split the work, or run the build locally with `amiflow build`."
-    )
-}
-
-/// Runs every provisioner in order; the first failure stops the build.
-pub async fn run_all<T: Transport>(
-    transport: &mut T,
+/// Runs the provisioners from where the session says the build is; the first failure stops
+/// the build, a provisioner still running elsewhere (SSM) ends the invocation with `NotReady`.
+pub async fn run_all<S: Session>(
+    session: &mut S,
     provisioners: &[Provisioner],
-    env: &PlanEnv,
     opts: &RunOptions,
 ) -> Result<(), StepError> {
-    for p in provisioners {
-        run_one(transport, p, env, opts).await?;
+    let first = session.resume(provisioners).await?;
+    for (index, p) in provisioners.iter().enumerate().skip(first) {
+        let within_invocation = S::WITHIN_INVOCATION || matches!(p.kind, Kind::ShellLocal(_));
+        let progress = if within_invocation {
+            run_one(session, index, p, opts).await
+        } else {
+            session.advance(index, p, opts).await
+        };
+        match progress
+            .map_err(|e| StepError::from_name(e.name(), opts.secrets.mask(e.message())))?
+        {
+            Progress::Done => {}
+            Progress::Pending(reason) => {
+                return Err(StepError::NotReady(opts.secrets.mask(&reason)))
+            }
+        }
     }
     Ok(())
 }
 
-/// One provisioner, with its pause, retries and time limits.
-pub async fn run_one<T: Transport>(
-    transport: &mut T,
+/// One provisioner that runs within the invocation, with its pauses, retries and time limits.
+async fn run_one<S: Session>(
+    session: &mut S,
+    index: usize,
     p: &Provisioner,
-    env: &PlanEnv,
     opts: &RunOptions,
-) -> Result<(), StepError> {
+) -> Result<Progress, StepError> {
     let label = p.label();
     if let Some(pause) = p.common.pause_before {
-        if opts.remaining().is_some_and(|r| r < pause) {
-            return Err(StepError::BuildFailed(lambda_limit_message(&label)));
-        }
-        tracing::info!(provisioner = %label, "pausing {pause:?} before running (pause_before)");
-        tokio::time::sleep(pause).await;
+        pause_within_deadline(&label, pause, "before running (pause_before)", opts).await?;
     }
     let attempts = p.common.max_retries + 1;
     let mut last = None;
     for attempt in 1..=attempts {
         tracing::info!(provisioner = %label, attempt, "running");
-        let limit = match (p.common.timeout, opts.remaining()) {
+        let remaining = remaining(opts);
+        let limit = match (p.common.timeout, remaining) {
             (Some(t), Some(r)) => Some((t.min(r), r < t)),
             (Some(t), None) => Some((t, false)),
             (None, Some(r)) => Some((r, true)),
             (None, None) => None,
         };
         let result = match limit {
-            None => attempt_once(transport, p, env, opts).await,
+            None => attempt_once(session, index, p, opts).await,
             Some((limit, is_deadline)) => {
-                match tokio::time::timeout(limit, attempt_once(transport, p, env, opts)).await {
+                match tokio::time::timeout(limit, attempt_once(session, index, p, opts)).await {
                     Ok(r) => r,
                     Err(_) if is_deadline => {
                         return Err(StepError::BuildFailed(lambda_limit_message(&label)))
@@ -102,10 +84,17 @@ pub async fn run_one<T: Transport>(
             }
         };
         match result {
-            Ok(()) => return pause_after(p, &label, opts).await,
+            Ok(Progress::Done) => {
+                if let Some(pause) = pause_after(p) {
+                    pause_within_deadline(&label, pause, "after running (pause_after)", opts)
+                        .await?;
+                }
+                return Ok(Progress::Done);
+            }
+            Ok(pending) => return Ok(pending),
             Err(e) => {
                 if attempt < attempts {
-                    tracing::warn!(provisioner = %label, attempt, "failed, retrying (max_retries {}): {}", p.common.max_retries, e.message());
+                    tracing::warn!(provisioner = %label, attempt, "failed, retrying (max_retries {}): {}", p.common.max_retries, opts.secrets.mask(e.message()));
                 }
                 last = Some(e);
             }
@@ -114,226 +103,73 @@ pub async fn run_one<T: Transport>(
     Err(last.expect("at least one attempt"))
 }
 
+async fn attempt_once<S: Session>(
+    session: &mut S,
+    index: usize,
+    p: &Provisioner,
+    opts: &RunOptions,
+) -> Result<Progress, StepError> {
+    let Kind::ShellLocal(c) = &p.kind else {
+        return session.advance(index, p, opts).await;
+    };
+    let label = p.label();
+    if opts.in_lambda {
+        // The "local machine" in Lambda is a throwaway sandbox the template's author never
+        // sees: a command meant for their workstation or CI runner would silently do the
+        // wrong thing there.
+        return Err(failed(
+            &label,
+            "shell-local provisioners cannot run inside Lambda (there is no local machine of yours there); \
+             run this template with `amiflow build` on your machine, or limit the provisioner with \"only\"/\"except\"",
+        ));
+    }
+    run_shell_local(&label, c, &opts.env, &opts.secrets).await?;
+    Ok(Progress::Done)
+}
+
 /// Packer's shell `pause_after`: once the provisioner has succeeded, wait before the next.
-async fn pause_after(p: &Provisioner, label: &str, opts: &RunOptions) -> Result<(), StepError> {
-    let Kind::Shell(c) = &p.kind else {
-        return Ok(());
-    };
-    let Some(pause) = c.pause_after() else {
-        return Ok(());
-    };
-    if opts.remaining().is_some_and(|r| r < pause) {
+fn pause_after(p: &Provisioner) -> Option<Duration> {
+    match &p.kind {
+        Kind::Shell(c) => c.pause_after(),
+        _ => None,
+    }
+}
+
+/// Sleeps `pause`, unless the invocation's deadline comes first: then the build fails now.
+async fn pause_within_deadline(
+    label: &str,
+    pause: Duration,
+    when: &str,
+    opts: &RunOptions,
+) -> Result<(), StepError> {
+    if remaining(opts).is_some_and(|r| r < pause) {
         return Err(StepError::BuildFailed(lambda_limit_message(label)));
     }
-    tracing::info!(provisioner = %label, "pausing {pause:?} after running (pause_after)");
+    tracing::info!(provisioner = %label, "pausing {pause:?} {when}");
     tokio::time::sleep(pause).await;
     Ok(())
 }
 
-async fn attempt_once<T: Transport>(
-    transport: &mut T,
-    p: &Provisioner,
-    env: &PlanEnv,
-    opts: &RunOptions,
-) -> Result<(), StepError> {
-    let label = p.label();
-    if let Kind::ShellLocal(c) = &p.kind {
-        return local::run_shell_local(&label, c, env, opts).await;
-    }
-    let actions = plan(p, env)
-        .map_err(|e| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {e}"))))?;
-    let fail = |msg: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {msg}")));
-    let mut reconnect = false;
-    let mut actions = actions.into_iter().peekable();
-    while let Some(action) = actions.next() {
-        if reconnect {
-            tracing::info!(provisioner = %label, "reconnecting after the expected disconnect");
-            transport.reconnect().await.map_err(|e| {
-                fail(format!(
-                    "could not reconnect after the expected disconnect: {e}"
-                ))
-            })?;
-            reconnect = false;
-        }
-        match action {
-            Action::Mkdir { path } => transport.mkdir_all(&path).await.map_err(|e| fail(e.0))?,
-            Action::Upload {
-                data,
-                remote,
-                mode,
-                from,
-            } => {
-                tracing::info!(provisioner = %label, "uploading {from} to {remote}");
-                transport
-                    .upload(&opts.secrets.reveal_bytes(&data), &remote, mode)
-                    .await
-                    .map_err(|e| fail(e.0))?
-            }
-            Action::Download {
-                remote,
-                local,
-                directory,
-            } => download(transport, &remote, &local, directory)
-                .await
-                .map_err(fail)?,
-            Action::Exec { command, check } => {
-                let shown = opts.secrets.mask(&command);
-                let revealed = opts.secrets.reveal(&command);
-                let mut sink = OutputSink::new(&label, &opts.secrets);
-                let status = transport
-                    .exec(&revealed, &mut sink)
-                    .await
-                    .map_err(|e| fail(format!("running `{shown}`: {}", e.0)))?;
-                match (&check, &status) {
-                    (
-                        ExitCheck::Main {
-                            expect_disconnect: true,
-                            ..
-                        },
-                        ExecStatus::Disconnected,
-                    ) => {
-                        tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
-                        reconnect = true;
-                    }
-                    (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code))
-                        if valid.contains(code) => {}
-                    (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => {}
-                    (ExitCheck::Main { valid, .. }, _) => {
-                        // The connection is still up after a plain non-zero exit: remove the
-                        // uploaded script anyway, so a failed build on a long-lived host (or a
-                        // retry) leaves no stale copy behind. Its own failure is secondary.
-                        if let (
-                            ExecStatus::Exited(_),
-                            Some(Action::Exec {
-                                command,
-                                check: ExitCheck::Housekeeping,
-                            }),
-                        ) = (&status, actions.peek())
-                        {
-                            let mut quiet = OutputSink::new(&label, &opts.secrets);
-                            if let Err(e) = transport.exec(command, &mut quiet).await {
-                                tracing::warn!(provisioner = %label, "could not remove the script after its failure: {}", e.0);
-                            }
-                        }
-                        return Err(fail(format!(
-                            "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
-                            tail_text(&sink.tail())
-                        )));
-                    }
-                    (ExitCheck::Housekeeping, _) => {
-                        return Err(fail(format!(
-                            "cleaning up with `{shown}` failed: {status}{}",
-                            tail_text(&sink.tail())
-                        )))
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+/// The time left in this invocation, less [`DEADLINE_MARGIN`]; None outside Lambda.
+fn remaining(opts: &RunOptions) -> Option<Duration> {
+    opts.deadline.map(|d| {
+        d.saturating_duration_since(Instant::now())
+            .saturating_sub(DEADLINE_MARGIN)
+    })
 }
 
-/// `\nLast output:\n  line…` or nothing.
-pub fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!(". Last output:\n  {}", tail.join("\n  "))
-    }
+fn lambda_limit_message(label: &str) -> String {
+    format!(
+        "{label} did not finish before this Lambda invocation's deadline. Over SSH the whole \
+         provisioning must run within one invocation (Lambda allows at most 15 minutes). Use \
+         \"communicator\": \"ssm\" for long provisioning (no Lambda runs while the command runs), \
+         split the work, or run the build locally with `amiflow build`."
+    )
 }
 
-async fn download<T: Transport>(
-    transport: &mut T,
-    remote: &str,
-    local: &std::path::Path,
-    directory: bool,
-) -> Result<(), String> {
-    let write = |path: &std::path::Path, data: &[u8]| -> Result<(), String> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
-        std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
-    };
-    if directory {
-        for rel in transport.list_files(remote).await.map_err(|e| e.0)? {
-            let data = transport
-                .download(&format!("{}/{rel}", remote.trim_end_matches('/')))
-                .await
-                .map_err(|e| e.0)?;
-            write(&local.join(&rel), &data)?;
-        }
-        Ok(())
-    } else {
-        let data = transport.download(remote).await.map_err(|e| e.0)?;
-        write(local, &data)
-    }
-}
-
-/// The transport of `communicator: "none"`: only `shell-local` provisioners can run.
-pub struct NoTransport;
-
-fn no_communicator<T>() -> Result<T, super::transport::TransportError> {
-    Err(super::transport::TransportError(
-        "the build has \"communicator\": \"none\", so nothing can run on the instance; use \"ssh\" or \"ssm\"".into(),
-    ))
-}
-
-impl Transport for NoTransport {
-    async fn exec(
-        &mut self,
-        _: &str,
-        _: &mut OutputSink,
-    ) -> Result<ExecStatus, super::transport::TransportError> {
-        no_communicator()
-    }
-    async fn upload(
-        &mut self,
-        _: &[u8],
-        _: &str,
-        _: u32,
-    ) -> Result<(), super::transport::TransportError> {
-        no_communicator()
-    }
-    async fn mkdir_all(&mut self, _: &str) -> Result<(), super::transport::TransportError> {
-        no_communicator()
-    }
-    async fn download(&mut self, _: &str) -> Result<Vec<u8>, super::transport::TransportError> {
-        no_communicator()
-    }
-    async fn list_files(
-        &mut self,
-        _: &str,
-    ) -> Result<Vec<String>, super::transport::TransportError> {
-        no_communicator()
-    }
-    async fn reconnect(&mut self) -> Result<(), super::transport::TransportError> {
-        no_communicator()
-    }
-}
-
-tokio::task_local! {
-    /// The current Lambda invocation's deadline (epoch milliseconds, the Runtime API's
-    /// `Lambda-Runtime-Deadline-Ms`), set by the Lambda binary around each invocation.
-    /// A task-local rather than a process variable: setting the environment while other
-    /// threads read it is unsound, and the value changes with every invocation.
-    pub static INVOCATION_DEADLINE_MS: i64;
-}
-
-/// Lambda's invocation deadline: the task-local the Lambda binary sets for the invocation,
-/// else `AMIFLOW_DEADLINE_MS` (epoch milliseconds) from the environment; None outside Lambda.
-pub fn deadline_from_env() -> Option<Instant> {
-    let ms: i64 = match INVOCATION_DEADLINE_MS.try_with(|ms| *ms) {
-        Ok(ms) => ms,
-        Err(_) => std::env::var(DEADLINE_ENV).ok()?.parse().ok()?,
-    };
-    let left = ms - chrono::Utc::now().timestamp_millis();
-    Some(Instant::now() + Duration::from_millis(left.max(0) as u64))
-}
-
-pub const DEADLINE_ENV: &str = "AMIFLOW_DEADLINE_MS";
-
-/// Whether this process is a Lambda function.
+/// Whether this process is a Lambda function, from its environment. Steps have
+/// `Ctx::in_lambda`, set by the Lambda binary; this remains for the code that has no `Ctx`
+/// at hand.
 pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
 }
@@ -341,39 +177,91 @@ pub fn in_lambda() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provision::transport::TransportError;
     use serde_json::json;
 
-    /// Records when each command ran; every command exits 0.
+    /// Records when each provisioner ran; every one succeeds.
     #[derive(Default)]
     struct Recorder {
-        ran: Vec<(String, Instant)>,
+        ran: Vec<(usize, Instant)>,
     }
 
-    impl Transport for Recorder {
-        async fn exec(
+    impl Session for Recorder {
+        const WITHIN_INVOCATION: bool = true;
+
+        async fn advance(
             &mut self,
-            c: &str,
-            _: &mut OutputSink,
-        ) -> Result<ExecStatus, TransportError> {
-            self.ran.push((c.to_string(), Instant::now()));
-            Ok(ExecStatus::Exited(0))
+            index: usize,
+            _: &Provisioner,
+            _: &RunOptions,
+        ) -> Result<Progress, StepError> {
+            self.ran.push((index, Instant::now()));
+            Ok(Progress::Done)
         }
-        async fn upload(&mut self, _: &[u8], _: &str, _: u32) -> Result<(), TransportError> {
-            Ok(())
+    }
+
+    /// A detached session (as SSM's): provisioner 0 finished in an earlier invocation,
+    /// provisioner 1 is running elsewhere, or has failed.
+    struct Detached {
+        advanced: Vec<usize>,
+        failed: bool,
+    }
+
+    impl Session for Detached {
+        const WITHIN_INVOCATION: bool = false;
+
+        async fn resume(&mut self, _: &[Provisioner]) -> Result<usize, StepError> {
+            Ok(1)
         }
-        async fn mkdir_all(&mut self, _: &str) -> Result<(), TransportError> {
-            Ok(())
+
+        async fn advance(
+            &mut self,
+            index: usize,
+            p: &Provisioner,
+            _: &RunOptions,
+        ) -> Result<Progress, StepError> {
+            self.advanced.push(index);
+            if self.failed {
+                Err(failed(&p.label(), "exit code 3"))
+            } else {
+                Ok(Progress::Pending(format!("{}: still running", p.label())))
+            }
         }
-        async fn download(&mut self, _: &str) -> Result<Vec<u8>, TransportError> {
-            Ok(Vec::new())
-        }
-        async fn list_files(&mut self, _: &str) -> Result<Vec<String>, TransportError> {
-            Ok(Vec::new())
-        }
-        async fn reconnect(&mut self) -> Result<(), TransportError> {
-            Ok(())
-        }
+    }
+
+    #[tokio::test]
+    async fn a_detached_session_resumes_and_is_neither_paused_nor_retried() {
+        let provisioners = vec![
+            Provisioner::parse(0, &json!({"type": "shell", "inline": ["first"]})).unwrap(),
+            Provisioner::parse(1, &json!({"type": "shell", "inline": ["second"], "pause_before": "10m", "max_retries": 2})).unwrap(),
+        ];
+        let mut running = Detached {
+            advanced: Vec::new(),
+            failed: false,
+        };
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            run_all(&mut running, &provisioners, &RunOptions::default()),
+        )
+        .await
+        .expect("no pause_before: the command runs elsewhere")
+        .unwrap_err();
+        assert!(
+            matches!(&err, StepError::NotReady(m) if m == "provisioner 1 (shell): still running"),
+            "{err:?}"
+        );
+        assert_eq!(running.advanced, vec![1], "provisioner 0 is behind");
+        let mut failing = Detached {
+            advanced: Vec::new(),
+            failed: true,
+        };
+        let err = run_all(&mut failing, &provisioners, &RunOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StepError::BuildFailed(m) if m.contains("exit code 3")),
+            "{err:?}"
+        );
+        assert_eq!(failing.advanced, vec![1], "sent once, not retried");
     }
 
     fn provisioners(pause_after: &str) -> Vec<Provisioner> {
@@ -386,14 +274,9 @@ mod tests {
     #[tokio::test]
     async fn pause_after_waits_between_a_successful_shell_and_the_next() {
         let mut t = Recorder::default();
-        run_all(
-            &mut t,
-            &provisioners("300ms"),
-            &PlanEnv::default(),
-            &RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        run_all(&mut t, &provisioners("300ms"), &RunOptions::default())
+            .await
+            .unwrap();
         assert_eq!(t.ran.len(), 2, "{:?}", t.ran);
         let gap = t.ran[1].1 - t.ran[0].1;
         assert!(
@@ -410,7 +293,7 @@ mod tests {
             ..Default::default()
         };
         let started = Instant::now();
-        let err = run_all(&mut t, &provisioners("10m"), &PlanEnv::default(), &opts)
+        let err = run_all(&mut t, &provisioners("10m"), &opts)
             .await
             .unwrap_err();
         assert!(err.message().contains("deadline"), "{err}");

@@ -1,5 +1,6 @@
 //! The SSH communicator (russh + russh-sftp): connect and authenticate, run commands with
-//! streamed output, upload over SFTP.
+//! streamed output, upload over SFTP; as a [`Session`], run each provisioner's plan action
+//! by action within the invocation.
 //!
 //! Host keys are accepted on first use, as Packer does for the fresh instance it launched
 //! (it cannot know the key in advance). Files go over SFTP; commands are `exec` requests,
@@ -14,7 +15,12 @@ use russh::{ChannelMsg, Disconnect};
 use russh_sftp::client::SftpSession;
 use tokio::io::AsyncWriteExt;
 
-use super::transport::{shell_quote, ExecStatus, OutputSink, Transport, TransportError};
+use super::config::Provisioner;
+use super::plan::{plan, Action, ExitCheck};
+use super::render::Secrets;
+use super::session::{failed, Progress, RunOptions, Session};
+use super::transport::{shell_quote, tail_text, ExecStatus, OutputSink, Transport, TransportError};
+use crate::StepError;
 
 /// How to log in. Never serialised: it holds key material or a password.
 #[derive(Clone)]
@@ -378,6 +384,174 @@ impl Transport for SshTransport {
                 Err(e) if start.elapsed() >= RECONNECT_TIMEOUT => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
             }
+        }
+    }
+}
+
+impl Session for SshTransport {
+    const WITHIN_INVOCATION: bool = true;
+
+    async fn advance(
+        &mut self,
+        _: usize,
+        p: &Provisioner,
+        opts: &RunOptions,
+    ) -> Result<Progress, StepError> {
+        let label = p.label();
+        let actions = plan(p, &opts.env).map_err(|e| failed(&label, e))?;
+        self.run_actions(&label, actions, &opts.secrets).await?;
+        Ok(Progress::Done)
+    }
+}
+
+impl SshTransport {
+    /// Runs a provisioner's actions in order: the first failure stops it. A command that
+    /// disconnects as `expect_disconnect` allows is followed by a reconnect.
+    async fn run_actions(
+        &mut self,
+        label: &str,
+        actions: Vec<Action>,
+        secrets: &Secrets,
+    ) -> Result<(), StepError> {
+        let mut reconnect = false;
+        let mut actions = actions.into_iter().peekable();
+        while let Some(action) = actions.next() {
+            if reconnect {
+                tracing::info!(provisioner = %label, "reconnecting after the expected disconnect");
+                self.reconnect().await.map_err(|e| {
+                    failed(
+                        label,
+                        format!("could not reconnect after the expected disconnect: {e}"),
+                    )
+                })?;
+                reconnect = false;
+            }
+            match action {
+                Action::Mkdir { path } => {
+                    self.mkdir_all(&path).await.map_err(|e| failed(label, e))?
+                }
+                Action::Upload {
+                    data,
+                    remote,
+                    mode,
+                    from,
+                } => {
+                    tracing::info!(provisioner = %label, "uploading {from} to {remote}");
+                    self.upload(&secrets.reveal_bytes(&data), &remote, mode)
+                        .await
+                        .map_err(|e| failed(label, e))?
+                }
+                Action::Download {
+                    remote,
+                    local,
+                    directory,
+                } => self
+                    .download_to(&remote, &local, directory)
+                    .await
+                    .map_err(|e| failed(label, e))?,
+                Action::Exec { command, check } => {
+                    let cleanup = match actions.peek() {
+                        Some(Action::Exec {
+                            command,
+                            check: ExitCheck::Housekeeping,
+                        }) => Some(command.as_str()),
+                        _ => None,
+                    };
+                    reconnect = self
+                        .exec_checked(label, &command, &check, cleanup, secrets)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a plan's command and checks how it ended. Ok(true): it disconnected, as
+    /// `expect_disconnect` allows, and the next action needs a reconnect. `cleanup` is the
+    /// housekeeping command that follows it (removing the uploaded script).
+    async fn exec_checked(
+        &mut self,
+        label: &str,
+        command: &str,
+        check: &ExitCheck,
+        cleanup: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<bool, StepError> {
+        let shown = secrets.mask(command);
+        let mut sink = OutputSink::new(label, secrets);
+        let status = self
+            .exec(&secrets.reveal(command), &mut sink)
+            .await
+            .map_err(|e| failed(label, format!("running `{shown}`: {e}")))?;
+        match (check, &status) {
+            (
+                ExitCheck::Main {
+                    expect_disconnect: true,
+                    ..
+                },
+                ExecStatus::Disconnected,
+            ) => {
+                tracing::info!(provisioner = %label, "the command disconnected, as expect_disconnect allows");
+                Ok(true)
+            }
+            (ExitCheck::Main { valid, .. }, ExecStatus::Exited(code)) if valid.contains(code) => {
+                Ok(false)
+            }
+            (ExitCheck::Housekeeping, ExecStatus::Exited(0)) => Ok(false),
+            (ExitCheck::Main { valid, .. }, _) => {
+                // The connection is still up after a plain non-zero exit: remove the
+                // uploaded script anyway, so a failed build on a long-lived host (or a
+                // retry) leaves no stale copy behind. Its own failure is secondary.
+                if let (ExecStatus::Exited(_), Some(cleanup)) = (&status, cleanup) {
+                    let mut quiet = OutputSink::new(label, secrets);
+                    if let Err(e) = self.exec(cleanup, &mut quiet).await {
+                        tracing::warn!(provisioner = %label, "could not remove the script after its failure: {e}");
+                    }
+                }
+                Err(failed(
+                    label,
+                    format!(
+                        "`{shown}` failed: {status} (valid exit codes: {valid:?}){}",
+                        tail_text(&sink.tail())
+                    ),
+                ))
+            }
+            (ExitCheck::Housekeeping, _) => Err(failed(
+                label,
+                format!(
+                    "cleaning up with `{shown}` failed: {status}{}",
+                    tail_text(&sink.tail())
+                ),
+            )),
+        }
+    }
+
+    /// The file `download` provisioner: a remote file, or every file below a remote directory.
+    async fn download_to(
+        &mut self,
+        remote: &str,
+        local: &std::path::Path,
+        directory: bool,
+    ) -> Result<(), String> {
+        let write = |path: &std::path::Path, data: &[u8]| -> Result<(), String> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        };
+        if directory {
+            for rel in self.list_files(remote).await.map_err(|e| e.0)? {
+                let data = self
+                    .download(&format!("{}/{rel}", remote.trim_end_matches('/')))
+                    .await
+                    .map_err(|e| e.0)?;
+                write(&local.join(&rel), &data)?;
+            }
+            Ok(())
+        } else {
+            let data = self.download(remote).await.map_err(|e| e.0)?;
+            write(local, &data)
         }
     }
 }

@@ -7,22 +7,24 @@
 //! staging bucket (`s3:GetObject` on `ssm_output_s3_bucket`, plus `s3:PutObject` for full output), and
 //! the AWS CLI for staged files. No inbound port and no key material are needed.
 //!
-//! No Lambda runs while a command runs: Provision sends one command per provisioner and
-//! raises `NotReady`; the state's Retry invokes it again later. Progress needs no state:
-//! each command carries the comment `amiflow <execution> #<index>`, and the next invocation
+//! No Lambda runs while a command runs: [`SsmSession`] sends one command per provisioner
+//! and answers `Pending`, so Provision raises `NotReady` and the state's Retry invokes it
+//! again later, when the session looks at that command. Progress needs no state: each
+//! command carries the comment `amiflow <execution> #<index>`, and the next invocation
 //! finds the newest one with ListCommands (so a retried invocation with the same input
-//! resumes where the build is, never re-sending a command).
+//! resumes where the build is, never re-sending a command). The command ids are recorded
+//! in the build state (`data.extra["ssm_commands"]`) once every provisioner is done.
 
 use std::collections::BTreeMap;
 
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::communicator::{s3, ssm, Communication};
-use super::config::{Kind, Provisioner};
-use super::local;
-use super::plan::{plan, Action, ExitCheck, PlanEnv};
-use super::run::{tail_text, RunOptions};
-use super::transport::{shell_quote, OutputSink};
+use super::config::Provisioner;
+use super::plan::{plan, Action, ExitCheck};
+use super::render::Secrets;
+use super::session::{failed, Progress, RunOptions, Session};
+use super::transport::{shell_quote, tail_text, OutputSink};
 use crate::error::{classify, error_code};
 use crate::{BuildState, Ctx, StepError};
 
@@ -260,45 +262,75 @@ async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
     }
 }
 
-/// Runs the build's provisioners over SSM, one command per invocation (see the module doc).
-pub async fn provision(
-    ctx: &Ctx,
-    mut state: BuildState,
-    cfg: &Communication,
-    provisioners: &[Provisioner],
-    env: &PlanEnv,
-    opts: &RunOptions,
-) -> Result<BuildState, StepError> {
-    let instance_id = state.data.instance_id.clone().ok_or_else(|| {
-        StepError::BuildFailed(
-            "the SSM communicator needs an instance: the build state has no instance_id".into(),
-        )
-    })?;
-    let client = ssm(ctx, &cfg.region);
-    let execution = state.execution.clone();
+/// The SSM communicator of one Provision invocation (see the module doc).
+pub struct SsmSession<'a> {
+    ctx: &'a Ctx,
+    cfg: &'a Communication,
+    client: aws_sdk_ssm::Client,
+    instance_id: String,
+    execution: String,
+    /// Provisioner index → the newest command sent for it, from ListCommands.
+    sent: BTreeMap<usize, String>,
+}
 
-    // Find where the build is: the newest command of this build on this instance.
-    let mut sent: BTreeMap<usize, String> = BTreeMap::new();
-    let mut commands = commands_on(&client, &instance_id, 1).await?;
-    commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
-    for c in &commands {
-        if let (Some(i), Some(id)) = (
-            c.comment().and_then(|s| index_of(s, &execution)),
-            c.command_id(),
-        ) {
-            sent.insert(i, id.to_string());
+impl<'a> SsmSession<'a> {
+    /// Finds where the build is: the commands of this build on its instance.
+    pub async fn open(
+        ctx: &'a Ctx,
+        state: &BuildState,
+        cfg: &'a Communication,
+    ) -> Result<SsmSession<'a>, StepError> {
+        let instance_id = state.data.instance_id.clone().ok_or_else(|| {
+            StepError::BuildFailed(
+                "the SSM communicator needs an instance: the build state has no instance_id".into(),
+            )
+        })?;
+        let client = ssm(ctx, &cfg.region);
+        let execution = state.execution.clone();
+        let mut sent = BTreeMap::new();
+        let mut commands = commands_on(&client, &instance_id, 1).await?;
+        commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
+        for c in &commands {
+            if let (Some(i), Some(id)) = (
+                c.comment().and_then(|s| index_of(s, &execution)),
+                c.command_id(),
+            ) {
+                sent.insert(i, id.to_string());
+            }
         }
+        Ok(SsmSession {
+            ctx,
+            cfg,
+            client,
+            instance_id,
+            execution,
+            sent,
+        })
     }
-    let mut next = 0;
-    if let Some((&index, command_id)) = sent.iter().next_back() {
-        let p = provisioners
-            .get(index)
-            .ok_or_else(|| StepError::BuildFailed(format!("SSM command {command_id} names provisioner {index}, which this build does not have")))?;
-        let label = p.label();
-        let inv = client
+
+    /// The command of each provisioner sent so far, by index: `data.extra["ssm_commands"]`
+    /// once every provisioner is done.
+    pub fn command_ids(&self) -> BTreeMap<String, String> {
+        self.sent
+            .iter()
+            .map(|(i, id)| (i.to_string(), id.clone()))
+            .collect()
+    }
+
+    /// Looks at the command sent for provisioner `index`: still running, or what it came to
+    /// (its staged files are removed either way).
+    async fn check(
+        &self,
+        index: usize,
+        label: &str,
+        command_id: &str,
+        secrets: &Secrets,
+    ) -> Result<Progress, StepError> {
+        let inv = self
+            .client
             .get_command_invocation()
             .command_id(command_id)
-            .instance_id(&instance_id)
+            .instance_id(&self.instance_id)
             .send()
             .await
             .map_err(|e| match error_code(&e) {
@@ -316,34 +348,41 @@ pub async fn provision(
             .unwrap_or_else(|| "Pending".into());
         let details = inv.status_details().unwrap_or("").to_string();
         if still_running(&status, &details) {
-            return Err(StepError::NotReady(format!(
+            return Ok(Progress::Pending(format!(
                 "{label}: SSM command {command_id} is {status}"
             )));
         }
-        let (stdout, stderr) =
-            command_output(ctx, cfg, &execution, command_id, &instance_id, &inv).await;
-        let mut sink = OutputSink::new(&label, &opts.secrets);
+        let (stdout, stderr) = command_output(
+            self.ctx,
+            self.cfg,
+            &self.execution,
+            command_id,
+            &self.instance_id,
+            &inv,
+        )
+        .await;
+        let mut sink = OutputSink::new(label, secrets);
         sink.push(false, stdout.as_bytes());
         sink.push(false, b"\n");
         sink.push(true, stderr.as_bytes());
         sink.finish();
-        remove_staged(ctx, cfg, &staging_prefix(&execution, index)).await;
-        decide(&label, &status, &details, inv.response_code(), &sink.tail())
-            .map_err(|e| StepError::from_name(e.name(), opts.secrets.mask(e.message())))?;
-        next = index + 1;
+        remove_staged(self.ctx, self.cfg, &staging_prefix(&self.execution, index)).await;
+        decide(label, &status, &details, inv.response_code(), &sink.tail())?;
+        Ok(Progress::Done)
     }
 
-    while next < provisioners.len() {
-        let p = &provisioners[next];
+    /// Stages provisioner `index`'s files and sends its command.
+    async fn send(
+        &mut self,
+        index: usize,
+        p: &Provisioner,
+        opts: &RunOptions,
+    ) -> Result<Progress, StepError> {
+        let (ctx, cfg) = (self.ctx, self.cfg);
         let label = p.label();
-        if let Kind::ShellLocal(c) = &p.kind {
-            local::run_shell_local(&label, c, env, opts).await?;
-            next += 1;
-            continue;
-        }
-        let fail = |m: String| StepError::BuildFailed(opts.secrets.mask(&format!("{label}: {m}")));
-        let actions = plan(p, env).map_err(fail)?;
-        let prefix = staging_prefix(&execution, next);
+        let fail = |m: String| failed(&label, m);
+        let actions = plan(p, &opts.env).map_err(fail)?;
+        let prefix = staging_prefix(&self.execution, index);
         let mut compiled =
             compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
         let revealed = opts.secrets.reveal(&compiled.script);
@@ -352,7 +391,7 @@ pub async fn provision(
             // command's parameters (visible in SSM's command history).
             let key = format!("{prefix}script.sh");
             compiled.staged.push((key.clone(), revealed.into_bytes()));
-            let path = format!("/tmp/amiflow-{}.sh", next);
+            let path = format!("/tmp/amiflow-{index}.sh");
             vec![
                 format!(
                     "aws s3 cp --only-show-errors {} {path} || exit $?",
@@ -371,32 +410,15 @@ pub async fn provision(
             vec![compiled.script.clone()]
         };
         if let Some(bucket) = &cfg.ssm_bucket {
-            let s3 = s3(ctx, &cfg.region);
-            for (key, data) in &compiled.staged {
-                let put = s3
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(opts.secrets.reveal_bytes(data).into())
-                    .send()
-                    .await;
-                if let Err(e) = put {
-                    // What was staged already may hold revealed secrets: it goes too.
-                    remove_staged(ctx, cfg, &prefix).await;
-                    return Err(match classify("PutObject", key, e) {
-                        StepError::BuildFailed(why) => {
-                            fail(format!("staging s3://{bucket}/{key}: {why}"))
-                        }
-                        retried => retried,
-                    });
-                }
-            }
+            self.stage(&label, bucket, &prefix, &compiled.staged, &opts.secrets)
+                .await?;
         }
-        let mut send = client
+        let mut send = self
+            .client
             .send_command()
             .document_name(DOCUMENT)
-            .instance_ids(&instance_id)
-            .comment(comment(&execution, next))
+            .instance_ids(&self.instance_id)
+            .comment(comment(&self.execution, index))
             .parameters("commands", commands);
         let limit = p.common.timeout.unwrap_or(cfg.ssm_execution_timeout);
         send = send.parameters(
@@ -406,7 +428,7 @@ pub async fn provision(
         if let Some(bucket) = &cfg.ssm_bucket {
             send = send
                 .output_s3_bucket_name(bucket)
-                .output_s3_key_prefix(output_prefix(&execution));
+                .output_s3_key_prefix(output_prefix(&self.execution));
         }
         match send.send().await {
             Ok(out) => {
@@ -415,31 +437,89 @@ pub async fn provision(
                     .and_then(|c| c.command_id())
                     .unwrap_or_default();
                 tracing::info!(provisioner = %label, command_id = id, "sent SSM command");
-                return Err(StepError::NotReady(format!(
+                self.sent.insert(index, id.to_string());
+                Ok(Progress::Pending(format!(
                     "{label}: sent SSM command {id}, waiting for it"
-                )));
+                )))
             }
             Err(e) => {
                 let text = DisplayErrorContext(&e).to_string();
                 remove_staged(ctx, cfg, &prefix).await;
                 if text.contains("InvalidInstanceId") {
-                    return Err(StepError::NotReady(format!(
-                        "{label}: {instance_id} is not ready for SSM commands yet (agent not registered or instance not running)"
+                    return Ok(Progress::Pending(format!(
+                        "{label}: {} is not ready for SSM commands yet (agent not registered or instance not running)",
+                        self.instance_id
                     )));
                 }
-                return Err(fail(format!("SendCommand: {text}")));
+                Err(fail(format!("SendCommand: {text}")))
             }
         }
     }
-    state.data.extra.insert(
-        "ssm_commands".into(),
-        serde_json::to_value(
-            sent.into_iter()
-                .map(|(i, id)| (i.to_string(), id))
-                .collect::<BTreeMap<_, _>>(),
-        )?,
-    );
-    Ok(state)
+
+    /// Uploads a provisioner's files to `bucket` (revealed: they are used on the instance).
+    /// On a failure, what was staged already goes too: it may hold revealed secrets.
+    async fn stage(
+        &self,
+        label: &str,
+        bucket: &str,
+        prefix: &str,
+        staged: &[(String, Vec<u8>)],
+        secrets: &Secrets,
+    ) -> Result<(), StepError> {
+        let s3 = s3(self.ctx, &self.cfg.region);
+        for (key, data) in staged {
+            let put = s3
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(secrets.reveal_bytes(data).into())
+                .send()
+                .await;
+            if let Err(e) = put {
+                remove_staged(self.ctx, self.cfg, prefix).await;
+                return Err(match classify("PutObject", key, e) {
+                    StepError::BuildFailed(why) => {
+                        failed(label, format!("staging s3://{bucket}/{key}: {why}"))
+                    }
+                    retried => retried,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Session for SsmSession<'_> {
+    const WITHIN_INVOCATION: bool = false;
+
+    /// The provisioner of the newest command: those before it have succeeded (each command
+    /// is sent only once the previous one has).
+    async fn resume(&mut self, provisioners: &[Provisioner]) -> Result<usize, StepError> {
+        match self.sent.last_key_value() {
+            None => Ok(0),
+            Some((&index, command_id)) if index >= provisioners.len() => {
+                Err(StepError::BuildFailed(format!(
+                    "SSM command {command_id} names provisioner {index}, which this build does not have"
+                )))
+            }
+            Some((&index, _)) => Ok(index),
+        }
+    }
+
+    async fn advance(
+        &mut self,
+        index: usize,
+        p: &Provisioner,
+        opts: &RunOptions,
+    ) -> Result<Progress, StepError> {
+        match self.sent.get(&index) {
+            Some(command_id) => {
+                self.check(index, &p.label(), command_id, &opts.secrets)
+                    .await
+            }
+            None => self.send(index, p, opts).await,
+        }
+    }
 }
 
 /// stdout and stderr of an invocation: from the output bucket when one is set (complete),

@@ -104,7 +104,18 @@ impl OutputSink {
     }
 }
 
-/// A communicator able to run provisioners directly (SSH, the local shell).
+/// The last lines of a command's output for an error message: `. Last output:\n  line…`,
+/// or nothing when there was none.
+pub fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(". Last output:\n  {}", tail.join("\n  "))
+    }
+}
+
+/// A connection that runs commands and moves files one at a time, within the invocation
+/// (SSH: the provisioners, and amazon-instance's bundle commands).
 ///
 /// SSM is not one: its commands run detached from any invocation (see `ssm.rs`).
 pub trait Transport: Send {

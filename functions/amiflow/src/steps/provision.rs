@@ -1,5 +1,6 @@
 //! Provision (Packer's `StepProvision` + `StepCleanupTempKeys`): runs the build's
-//! provisioners in order.
+//! provisioners in order through the driver (`provision::run`), over the session of the
+//! build's communicator.
 //!
 //! - SSH: one connection, every provisioner within this one invocation. Lambda allows at
 //!   most 15 minutes per invocation (this step's timeout); when the remaining time would be
@@ -10,19 +11,20 @@
 //!   Lambda runs while it runs (see `provision::ssm`); the command ids end up in
 //!   `data.extra["ssm_commands"]`.
 //! - none: only `shell-local` provisioners can run.
+//!
+//! What the provisioners run with comes from the `Ctx`: its secrets, its base directory
+//! (else the current one), the invocation's deadline and whether this is Lambda.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use tokio::time::Instant;
 
 use crate::provision::communicator::{ssh_target, Communication, Communicator};
-use crate::provision::config::Kind;
 use crate::provision::plan::PlanEnv;
-use crate::provision::run::{deadline_from_env, in_lambda, run_all, NoTransport, RunOptions};
+use crate::provision::run::run_all;
+use crate::provision::session::{NoSession, RunOptions};
 use crate::provision::ssh::SshTransport;
-use crate::provision::transport::{OutputSink, Transport};
-use crate::provision::{parse_all, ssm, Secrets};
+use crate::provision::ssm::SsmSession;
+use crate::provision::transport::{ExecStatus, OutputSink, Transport};
+use crate::provision::{parse_all, Secrets};
 use crate::steps::StepSpec;
 use crate::waits;
 use crate::{handler, BuildState, Ctx, StepError};
@@ -46,39 +48,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: 900,
     handler: handler!(provision),
 };
-
-/// What a Provision invocation needs beyond the build state. The registered handler takes
-/// the secrets from `Ctx::secrets` and the rest from the process ([`ProvisionOptions::from_env`]).
-#[derive(Debug, Clone, Default)]
-pub struct ProvisionOptions {
-    pub secrets: Secrets,
-    /// When this invocation must have returned (Lambda), if any.
-    pub deadline: Option<Instant>,
-    pub in_lambda: bool,
-    /// Where relative script and file paths are resolved (the template's directory).
-    pub base_dir: PathBuf,
-}
-
-impl ProvisionOptions {
-    /// From the process: the Lambda deadline exported by the Lambda binary, the current directory.
-    pub fn from_env() -> ProvisionOptions {
-        ProvisionOptions {
-            secrets: Secrets::default(),
-            deadline: deadline_from_env(),
-            in_lambda: in_lambda(),
-            base_dir: std::env::current_dir().unwrap_or_default(),
-        }
-    }
-}
-
-pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
-    let mut options = ProvisionOptions::from_env();
-    options.secrets = ctx.secrets.clone();
-    if let Some(dir) = &ctx.base_dir {
-        options.base_dir = dir.clone();
-    }
-    provision_with(ctx, state, &options).await
-}
 
 /// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
 pub fn build_data(
@@ -111,31 +80,38 @@ pub fn build_data(
     m
 }
 
-fn plan_env(
+/// What every provisioner runs with, from the `Ctx` and the build state; `host` is what
+/// `{{build `Host`}}` gives.
+fn run_options(
+    ctx: &Ctx,
     state: &BuildState,
     comm: &Communication,
     host: &str,
-    base_dir: &std::path::Path,
-) -> PlanEnv {
+    secrets: Secrets,
+) -> RunOptions {
     let random = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, state.execution.as_bytes())
         .simple()
         .to_string()[..8]
         .to_string();
-    PlanEnv {
-        build_name: state.build.name.clone(),
-        builder_type: state.build.builder_type.as_str().to_string(),
-        build: build_data(state, comm, host),
-        random,
-        base_dir: base_dir.to_path_buf(),
+    let base_dir = match &ctx.base_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    RunOptions {
+        secrets,
+        deadline: ctx.deadline,
+        in_lambda: ctx.in_lambda,
+        env: PlanEnv {
+            build_name: state.build.name.clone(),
+            builder_type: state.build.builder_type.as_str().to_string(),
+            build: build_data(state, comm, host),
+            random,
+            base_dir,
+        },
     }
 }
 
-/// [`provision`] with explicit secrets, deadline and base directory (local runs, tests).
-pub async fn provision_with(
-    ctx: &Ctx,
-    state: BuildState,
-    opts: &ProvisionOptions,
-) -> Result<BuildState, StepError> {
+pub async fn provision(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let provisioners = parse_all(&state.build.provisioners).map_err(|p| {
         StepError::BuildFailed(format!(
             "the build's provisioners are invalid:\n* {}",
@@ -143,33 +119,26 @@ pub async fn provision_with(
         ))
     })?;
     let comm = Communication::of_state(&state)?;
-    let mut run_opts = RunOptions {
-        secrets: opts.secrets.clone(),
-        deadline: opts.deadline,
-        in_lambda: opts.in_lambda,
-    };
+    let mut secrets = ctx.secrets.clone();
     match comm.communicator {
         Communicator::None => {
-            if let Some(p) = provisioners
-                .iter()
-                .find(|p| !matches!(p.kind, Kind::ShellLocal(_)))
-            {
-                return Err(StepError::BuildFailed(format!(
-                    "{} needs a communicator, but the build has \"communicator\": \"none\"; use \"ssh\" or \"ssm\"",
-                    p.label()
-                )));
-            }
-            let env = plan_env(&state, &comm, "", &opts.base_dir);
-            run_all(&mut NoTransport, &provisioners, &env, &run_opts).await?;
+            let mut session = NoSession::for_provisioners(&provisioners)?;
+            let opts = run_options(ctx, &state, &comm, "", secrets);
+            run_all(&mut session, &provisioners, &opts).await?;
             Ok(state)
         }
         Communicator::Ssm => {
-            let env = plan_env(&state, &comm, "", &opts.base_dir);
-            ssm::provision(ctx, state, &comm, &provisioners, &env, &run_opts).await
+            let opts = run_options(ctx, &state, &comm, "", secrets);
+            let mut session = SsmSession::open(ctx, &state, &comm).await?;
+            run_all(&mut session, &provisioners, &opts).await?;
+            state.data.extra.insert(
+                "ssm_commands".into(),
+                serde_json::to_value(session.command_ids())?,
+            );
+            Ok(state)
         }
         Communicator::Ssh => {
-            let clear_keys =
-                comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&run_opts.secrets);
+            let clear_keys = comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&secrets);
             if provisioners.is_empty() && !clear_keys {
                 return Ok(state);
             }
@@ -177,16 +146,16 @@ pub async fn provision_with(
                 ctx,
                 &state,
                 &comm,
-                &mut run_opts.secrets,
+                &mut secrets,
                 crate::steps::connect::ATTEMPT_TIMEOUT,
             )
             .await?;
-            let mut transport = connect_retrying(&target, &run_opts.secrets).await?;
-            let env = plan_env(&state, &comm, &target.host, &opts.base_dir);
-            let result = run_all(&mut transport, &provisioners, &env, &run_opts).await;
+            let mut transport = connect_retrying(&target, &secrets).await?;
+            let opts = run_options(ctx, &state, &comm, &target.host, secrets);
+            let result = run_all(&mut transport, &provisioners, &opts).await;
             if result.is_ok() && clear_keys {
                 if let Some(name) = &state.data.key_pair_name {
-                    clear_authorized_key(&mut transport, name, &run_opts.secrets).await;
+                    clear_authorized_key(&mut transport, name, &opts.secrets).await;
                 }
             }
             transport.close().await;
@@ -226,7 +195,7 @@ async fn clear_authorized_key(transport: &mut SshTransport, key_name: &str, secr
     ] {
         let mut sink = OutputSink::new("ssh_clear_authorized_keys", secrets);
         match transport.exec(&cmd, &mut sink).await {
-            Ok(crate::provision::transport::ExecStatus::Exited(0)) => {}
+            Ok(ExecStatus::Exited(0)) => {}
             Ok(status) => tracing::warn!("clearing the temporary key from authorized_keys: `{cmd}` ended with {status}"),
             Err(e) => tracing::warn!("clearing the temporary key from authorized_keys: {e}"),
         }
