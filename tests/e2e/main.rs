@@ -15,3 +15,4 @@ mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
+mod simacct;
