@@ -177,8 +177,8 @@ pub(crate) fn ebsvolume_template() -> Value {
 
 pub(crate) struct InstanceFixture {
     pub(crate) sshd: Sshd,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
 }
 
 pub(crate) const BUCKET: &str = "amiflow-e2e-bundles";
@@ -208,7 +208,11 @@ pub(crate) fn instance_fixture() -> Option<InstanceFixture> {
 
 /// `bundle_vol_command` writes a fake bundle (checking the uploaded key is there);
 /// `bundle_upload_command` PUTs it into moto's S3 with curl (moto does not check signatures).
-pub(crate) fn instance_template(f: &InstanceFixture, moto: &Moto, upload_override: Option<&str>) -> Value {
+pub(crate) fn instance_template(
+    f: &InstanceFixture,
+    moto: &Moto,
+    upload_override: Option<&str>,
+) -> Value {
     let dest = f.sshd.path("bundle");
     let x509 = f.sshd.path("x509");
     let vol = "mkdir -p {{.Destination}} && test -s {{.KeyPath}} && test -s {{.CertPath}} && \

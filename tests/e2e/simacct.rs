@@ -64,7 +64,10 @@ impl Drop for Account {
 }
 
 fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a 127.0.0.1:PORT url")
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a 127.0.0.1:PORT url")
 }
 
 impl Account {
@@ -74,9 +77,16 @@ impl Account {
         let probe = Command::new(&python)
             .args(["-c", "import samtranslator, moto, boto3"])
             .output()
-            .map_err(|e| format!("{} not runnable ({e}); run scripts/setup.sh", python.display()))?;
+            .map_err(|e| {
+                format!(
+                    "{} not runnable ({e}); run scripts/setup.sh",
+                    python.display()
+                )
+            })?;
         if !probe.status.success() {
-            return Err("the venv lacks samtranslator/moto/boto3: run scripts/setup.sh moto lint".into());
+            return Err(
+                "the venv lacks samtranslator/moto/boto3: run scripts/setup.sh moto lint".into(),
+            );
         }
         let amis = repo_root().join("tests/simacct/amis.json");
         let amis = amis.to_string_lossy().to_string();
@@ -125,13 +135,22 @@ impl Account {
         let ready: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the account printed no ready line ({e}): {line}\n{log}"));
         assert_eq!(
-            ready["ready"], true,
+            ready["ready"],
+            true,
             "the account did not come up: {}\n{}\n{log}",
-            ready["error"], ready["trace"].as_str().unwrap_or_default()
+            ready["error"],
+            ready["trace"].as_str().unwrap_or_default()
         );
         eprint!("{log}");
         let control_port = port_of(ready["control"].as_str().unwrap());
-        Ok(Account { ready, control_port, stdin, child, work, moto })
+        Ok(Account {
+            ready,
+            control_port,
+            stdin,
+            child,
+            work,
+            moto,
+        })
     }
 
     fn control(&self, method: &str, path: &str, body: &Value) -> Value {
@@ -149,16 +168,29 @@ impl Account {
 
     fn inventory(&self) -> BTreeSet<String> {
         let query: Vec<String> = REGIONS.iter().map(|r| format!("region={r}")).collect();
-        let v = self.control("GET", &format!("/inventory?{}", query.join("&")), &Value::Null);
+        let v = self.control(
+            "GET",
+            &format!("/inventory?{}", query.join("&")),
+            &Value::Null,
+        );
         serde_json::from_value(v).expect("inventory lines")
     }
 
     fn credentials(&self) -> Vec<(&'static str, String)> {
         let c = &self.ready["state_machine"]["credentials"];
         vec![
-            ("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap().to_string()),
-            ("AWS_SECRET_ACCESS_KEY", c["SecretAccessKey"].as_str().unwrap().to_string()),
-            ("AWS_SESSION_TOKEN", c["SessionToken"].as_str().unwrap().to_string()),
+            (
+                "AWS_ACCESS_KEY_ID",
+                c["AccessKeyId"].as_str().unwrap().to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                c["SecretAccessKey"].as_str().unwrap().to_string(),
+            ),
+            (
+                "AWS_SESSION_TOKEN",
+                c["SessionToken"].as_str().unwrap().to_string(),
+            ),
         ]
     }
 
@@ -260,7 +292,10 @@ impl Run {
                     "function {} was refused {}: {}",
                     d["function"].as_str().unwrap_or("?"),
                     d["action"].as_str().unwrap_or("?"),
-                    d["message"].as_str().or(d["resource"].as_str()).unwrap_or("")
+                    d["message"]
+                        .as_str()
+                        .or(d["resource"].as_str())
+                        .unwrap_or("")
                 )
             })
             .collect()
@@ -278,20 +313,29 @@ impl Run {
             ));
         }
         if let Some(refused) = self.stats["refused"].as_array().filter(|r| !r.is_empty()) {
-            return Err(format!("{}: the account refused to run steps: {refused:?}", self.name));
+            return Err(format!(
+                "{}: the account refused to run steps: {refused:?}",
+                self.name
+            ));
         }
         if !self.record["error"].is_null() {
-            return Err(format!("{}: the execution failed: {}", self.name, self.record["error"]));
+            return Err(format!(
+                "{}: the execution failed: {}",
+                self.name, self.record["error"]
+            ));
         }
         if self.record["output"]["failed"] != 0 {
-            return Err(format!("{}: a build failed: {:#}", self.name, self.record["output"]));
+            return Err(format!(
+                "{}: a build failed: {:#}",
+                self.name, self.record["output"]
+            ));
         }
         Ok(())
     }
 
     fn report(&self) -> String {
         format!(
-            "{:<14} {:>6.1}s  {:>3} Lambda invocations ({:>2} cold starts)  {:>3} state transitions  {:>4} AWS calls from functions",
+            "{:<18} {:>6.1}s  {:>3} Lambda invocations ({:>2} cold starts)  {:>3} state transitions  {:>4} AWS calls from functions",
             self.name,
             self.wall.as_secs_f64(),
             self.invocations(),
@@ -310,8 +354,18 @@ async fn artifact_lines(admin: &amiflow::Ctx, output: &Value) -> BTreeSet<String
         for (region, ami) in b["amis"].as_object().into_iter().flatten() {
             let ami = ami.as_str().unwrap();
             out.insert(format!("{region} image {ami}"));
-            let images = admin.ec2(region).describe_images().image_ids(ami).send().await.unwrap();
-            for m in images.images().iter().flat_map(|i| i.block_device_mappings()) {
+            let images = admin
+                .ec2(region)
+                .describe_images()
+                .image_ids(ami)
+                .send()
+                .await
+                .unwrap();
+            for m in images
+                .images()
+                .iter()
+                .flat_map(|i| i.block_device_mappings())
+            {
                 if let Some(s) = m.ebs().and_then(|e| e.snapshot_id()) {
                     out.insert(format!("{region} snapshot {s}"));
                 }
@@ -334,7 +388,15 @@ async fn assert_clean_success(account: &Account, run: &Run, also: impl Fn(&str) 
         panic!("{why}\naccount log:\n{}", account.log_tail());
     }
     let admin = account.admin().await;
-    let artifact = artifact_lines(&admin, &run.record["output"]).await;
+    let mut artifact = artifact_lines(&admin, &run.record["output"]).await;
+    // moto's RegisterImage makes a snapshot of its own instead of using the one it is given.
+    for line in run.stats["registered_snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        artifact.insert(line.as_str().unwrap().to_string());
+    }
     let left: Vec<&String> = run
         .added
         .iter()
@@ -345,8 +407,18 @@ async fn assert_clean_success(account: &Account, run: &Run, also: impl Fn(&str) 
         "{}: left in the account besides its artifact {artifact:?}: {left:#?}",
         run.name
     );
-    assert!(run.removed.is_empty(), "{}: removed from the account: {:?}", run.name, run.removed);
-    assert!(!artifact.is_empty(), "{}: no artifact: {:#}", run.name, run.record["output"]);
+    assert!(
+        run.removed.is_empty(),
+        "{}: removed from the account: {:?}",
+        run.name,
+        run.removed
+    );
+    assert!(
+        !artifact.is_empty(),
+        "{}: no artifact: {:#}",
+        run.name,
+        run.record["output"]
+    );
 }
 
 fn ebs_template() -> Value {
@@ -389,17 +461,22 @@ fn chroot_template(mount_dir: &Path) -> Value {
 
 /// The bundle upload signs with the credentials UploadBundle hands over (its role's, a
 /// session token included) and goes through the account's front door, so a refusal is seen.
+/// (curl cannot hash a streamed upload: the payload is declared unsigned, as S3 allows.)
 fn signed_upload_command(front: &str) -> String {
     format!(
         "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
          curl -sf --aws-sigv4 'aws:amz:{{{{.Region}}}}:s3' --user '{{{{.AccessKey}}}}:{{{{.SecretKey}}}}' \
-         -H 'x-amz-security-token: {{{{.Token}}}}' -T $f {front}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done"
+         -H 'x-amz-security-token: {{{{.Token}}}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T $f {front}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done"
     )
 }
 
 fn status_change_event(account: &Account, run: &Run, status: &str) -> Value {
     let machine = account.ready["state_machine"]["arn"].as_str().unwrap();
-    let execution = format!("{}:{}", machine.replace(":stateMachine:", ":execution:"), run.name);
+    let execution = format!(
+        "{}:{}",
+        machine.replace(":stateMachine:", ":execution:"),
+        run.name
+    );
     json!({
         "version": "0", "id": uuid::Uuid::new_v4().to_string(),
         "detail-type": "Step Functions Execution Status Change", "source": "aws.states",
@@ -485,7 +562,10 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         eprintln!("simacct: not emulated: {}", gap.as_str().unwrap());
     }
     for fix in report["repaired"].as_array().unwrap() {
-        eprintln!("simacct: set right after moto's CloudFormation: {}", fix.as_str().unwrap());
+        eprintln!(
+            "simacct: set right after moto's CloudFormation: {}",
+            fix.as_str().unwrap()
+        );
     }
     let admin = account.admin().await;
     let env_names: BTreeSet<String> = functions
@@ -497,7 +577,10 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         Vec::<String>::new(),
         "the stack sets variables no code reads"
     );
-    assert_eq!(account.ready["schedule"]["target_arn"], account.ready["state_machine"]["arn"]);
+    assert_eq!(
+        account.ready["schedule"]["target_arn"],
+        account.ready["state_machine"]["arn"]
+    );
     assert_eq!(
         account.ready["schedule"]["role_may_start_execution"], true,
         "the schedule's role may not start the state machine"
@@ -507,7 +590,13 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 2. amazon-ebs, communicator none: temporary instance profile, a copy in another region,
     //    the stack's default subnet.
-    let run = account.execute(&als, "simacct-ebs", json!({"template": ebs_template(), "vars": {}})).await;
+    let run = account
+        .execute(
+            &als,
+            "simacct-ebs",
+            json!({"template": ebs_template(), "vars": {}}),
+        )
+        .await;
     assert_clean_success(&account, &run, |_| false).await;
     let subnet = account.ready["setup"]["subnet"].as_str().unwrap();
     let launched = admin
@@ -523,22 +612,36 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         Some(subnet),
         "a template naming no subnet launches in the stack's DefaultSubnetId"
     );
+    let passed: Vec<&str> = run.stats["passed_roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["role"].as_str())
+        .collect();
     assert!(
-        instance.iam_instance_profile().is_some(),
-        "the temporary instance profile was passed"
+        passed.iter().any(|r| r.contains(":role/amiflow/")),
+        "RunInstances passed amiflow's temporary profile role (iam:PassRole checked): {passed:?}"
     );
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 
     // 3. amazon-ebssurrogate and amazon-ebsvolume.
     let run = account
-        .execute(&als, "simacct-surrogate", json!({"template": surrogate_template("simacct-surrogate"), "vars": {}}))
+        .execute(
+            &als,
+            "simacct-surrogate",
+            json!({"template": surrogate_template("simacct-surrogate"), "vars": {}}),
+        )
         .await;
     assert_clean_success(&account, &run, |_| false).await;
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
     let run = account
-        .execute(&als, "simacct-ebsvolume", json!({"template": ebsvolume_template(), "vars": {}}))
+        .execute(
+            &als,
+            "simacct-ebsvolume",
+            json!({"template": ebsvolume_template(), "vars": {}}),
+        )
         .await;
     assert_clean_success(&account, &run, |_| false).await;
     eprintln!("simacct: {}", run.report());
@@ -547,9 +650,43 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // 4. amazon-instance over SSH to the throwaway sshd; the bundle goes to S3.
     if let Some(f) = instance_fixture() {
         let front = account.ready["aws_endpoint"].as_str().unwrap();
-        let template = instance_template(&f, &account.moto, Some(&signed_upload_command(front)));
-        let run = account.execute(&als, "simacct-instance", json!({"template": template, "vars": {}})).await;
-        let bundle = |l: &str| l == format!("s3 bucket {BUCKET}") || l.starts_with(&format!("s3 object {BUCKET}/"));
+        let mut template =
+            instance_template(&f, &account.moto, Some(&signed_upload_command(front)));
+        // A function cannot read the test's files: the X.509 pair is in Parameter Store.
+        for (key, file, kind) in [
+            (
+                "x509_cert_path",
+                &f.cert,
+                aws_sdk_ssm::types::ParameterType::String,
+            ),
+            (
+                "x509_key_path",
+                &f.key,
+                aws_sdk_ssm::types::ParameterType::SecureString,
+            ),
+        ] {
+            let name = format!("/simacct/{key}");
+            admin
+                .ssm(REGION)
+                .put_parameter()
+                .name(&name)
+                .value(std::fs::read_to_string(file).unwrap())
+                .r#type(kind)
+                .send()
+                .await
+                .unwrap();
+            template["builders"][0][key] = json!(name);
+        }
+        let run = account
+            .execute(
+                &als,
+                "simacct-instance",
+                json!({"template": template, "vars": {}}),
+            )
+            .await;
+        let bundle = |l: &str| {
+            l == format!("s3 bucket {BUCKET}") || l.starts_with(&format!("s3 object {BUCKET}/"))
+        };
         assert_clean_success(&account, &run, bundle).await;
         assert!(
             run.added.iter().any(|l| l.ends_with(".manifest.xml")),
@@ -565,7 +702,11 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     if let Some(disk) = &disk {
         let mounts = disk.dir.path().join("mnt");
         let run = account
-            .execute(&als, "simacct-chroot", json!({"template": chroot_template(&mounts), "vars": {}}))
+            .execute(
+                &als,
+                "simacct-chroot",
+                json!({"template": chroot_template(&mounts), "vars": {}}),
+            )
             .await;
         assert_clean_success(&account, &run, |_| false).await;
         assert_eq!(
@@ -573,7 +714,27 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             Some("built-by-deployed-amiflow\n"),
             "the provisioner ran in the chroot on the host"
         );
-        assert!(mounts_under(disk.dir.path()).is_empty(), "mounts left on the host");
+        let document =
+            &account.ready["functions"]["RunHostScript"]["environment"]["AMIFLOW_CHROOT_DOCUMENT"];
+        let commands = run.stats["host_commands"].as_array().unwrap();
+        assert_eq!(
+            commands.len(),
+            1,
+            "one SSM command to the host: {commands:?}"
+        );
+        assert_eq!(
+            commands[0]["instance"], account.ready["setup"]["host"],
+            "sent to the stack's BuildHostInstanceId"
+        );
+        assert_eq!(
+            &commands[0]["document"], document,
+            "with the stack's chroot document"
+        );
+        assert_eq!(commands[0]["status"], "Success");
+        assert!(
+            mounts_under(disk.dir.path()).is_empty(),
+            "mounts left on the host"
+        );
         eprintln!("simacct: {}", run.report());
         runs.push(run.report());
     }
@@ -583,15 +744,32 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let mut unsafe_template = ebs_template();
     unsafe_template["builders"][0]["communicator"] = json!("ssh");
     unsafe_template["builders"][0]["ssh_username"] = json!("ec2-user");
-    let run = account.execute(&als, "simacct-unsafe", json!({"template": unsafe_template, "vars": {}})).await;
+    let run = account
+        .execute(
+            &als,
+            "simacct-unsafe",
+            json!({"template": unsafe_template, "vars": {}}),
+        )
+        .await;
     let refused = run.stats["refused"].as_array().cloned().unwrap_or_default();
     assert!(
-        !refused.is_empty() && refused[0]["why"].as_str().unwrap().contains("ssh_host is not set"),
+        !refused.is_empty()
+            && refused[0]["why"]
+                .as_str()
+                .unwrap()
+                .contains("ssh_host is not set"),
         "the account ran a build that would connect to a moto address: {:#}",
         run.stats
     );
-    assert!(!run.record["error"].is_null(), "the refused build must fail");
-    assert!(run.added.is_empty(), "a refused build created {:?}", run.added);
+    assert!(
+        !run.record["error"].is_null(),
+        "the refused build must fail"
+    );
+    assert!(
+        run.added.is_empty(),
+        "a refused build created {:?}",
+        run.added
+    );
 
     // 7. A role missing one action: the build fails, naming the function and the action. The
     //    Cleanup role loses ec2:TerminateInstances, so the instance outlives the failed build...
@@ -601,15 +779,29 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         &json!({"function": "Cleanup", "action": "ec2:TerminateInstances"}),
     );
     let mut failing = ebs_template();
-    failing["builders"][0].as_object_mut().unwrap().remove("ami_regions");
-    let run = account.execute(&als, "simacct-denied", json!({"template": failing, "vars": {}})).await;
+    failing["builders"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ami_regions");
+    let run = account
+        .execute(
+            &als,
+            "simacct-denied",
+            json!({"template": failing, "vars": {}}),
+        )
+        .await;
     account.control("POST", "/restore-roles", &Value::Null);
-    let why = run.succeeded().expect_err("a build whose Cleanup role misses an action must fail");
+    let why = run
+        .succeeded()
+        .expect_err("a build whose Cleanup role misses an action must fail");
     assert!(
         why.contains("function Cleanup was refused ec2:TerminateInstances"),
         "the failure must name the function and the action: {why}"
     );
-    eprintln!("simacct: as expected with {removed}: {}", why.lines().next().unwrap());
+    eprintln!(
+        "simacct: as expected with {removed}: {}",
+        why.lines().next().unwrap()
+    );
     assert!(
         run.added.iter().any(|l| l.contains(" instance ")),
         "the failed build should have left its instance: {:?}",
@@ -619,22 +811,53 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // 8. ...which the janitor sweeps, fed the event its rule delivers for the failed execution.
     let before_build: BTreeSet<String> = {
         let now = account.inventory();
-        now.difference(&run.added.iter().cloned().collect()).cloned().collect()
+        now.difference(&run.added.iter().cloned().collect())
+            .cloned()
+            .collect()
     };
-    let delivered = account.control("POST", "/events", &status_change_event(&account, &run, "FAILED"));
+    let delivered = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "FAILED"),
+    );
     let deliveries = delivered["deliveries"].as_array().unwrap();
-    assert_eq!(deliveries.len(), 1, "exactly the janitor rule matches: {delivered:#}");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "exactly the janitor rule matches: {delivered:#}"
+    );
     assert_eq!(deliveries[0]["target"], "Janitor", "{delivered:#}");
-    assert_eq!(deliveries[0]["failed"], false, "the janitor failed: {delivered:#}");
+    assert_eq!(
+        deliveries[0]["failed"], false,
+        "the janitor failed: {delivered:#}"
+    );
     assert_eq!(deliveries[0]["result"]["swept"], true, "{delivered:#}");
     let stats = account.stats();
-    assert_eq!(stats["denied"], json!([]), "the janitor's own role refused: {stats:#}");
-    assert_eq!(account.inventory(), before_build, "the janitor left the failed build's resources");
-    let ignored = account.control("POST", "/events", &status_change_event(&account, &run, "SUCCEEDED"));
-    assert_eq!(ignored["deliveries"], json!([]), "a succeeded execution reaches no rule: {ignored:#}");
+    assert_eq!(
+        stats["denied"],
+        json!([]),
+        "the janitor's own role refused: {stats:#}"
+    );
+    assert_eq!(
+        account.inventory(),
+        before_build,
+        "the janitor left the failed build's resources"
+    );
+    let ignored = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "SUCCEEDED"),
+    );
+    assert_eq!(
+        ignored["deliveries"],
+        json!([]),
+        "a succeeded execution reaches no rule: {ignored:#}"
+    );
     eprintln!(
         "simacct: janitor swept {} resources of the failed build",
-        deliveries[0]["result"]["removed"].as_array().map_or(0, Vec::len)
+        deliveries[0]["result"]["removed"]
+            .as_array()
+            .map_or(0, Vec::len)
     );
 
     // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
@@ -643,7 +866,10 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let b = scheduled["builders"][0].as_object_mut().unwrap();
     b.remove("ami_regions");
     b.remove("temporary_iam_instance_profile_policy_document");
-    b.insert("ami_name".into(), json!("simacct-{{user `suffix`}}-{{timestamp}}"));
+    b.insert(
+        "ami_name".into(),
+        json!("simacct-{{user `suffix`}}-{{timestamp}}"),
+    );
     scheduled["variables"] = json!({"suffix": ""});
     admin
         .s3(REGION)
@@ -654,12 +880,25 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .send()
         .await
         .unwrap();
-    let run = account.execute(&als, "simacct-scheduled", schedule["input"].clone()).await;
+    let run = account
+        .execute(&als, "simacct-scheduled", schedule["input"].clone())
+        .await;
     assert_clean_success(&account, &run, |_| false).await;
-    let ami = run.record["output"]["builds"][0]["amis"][REGION].as_str().unwrap();
-    let image = admin.ec2(REGION).describe_images().image_ids(ami).send().await.unwrap();
+    let ami = run.record["output"]["builds"][0]["amis"][REGION]
+        .as_str()
+        .unwrap();
+    let image = admin
+        .ec2(REGION)
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .unwrap();
     assert!(
-        image.images()[0].name().unwrap_or_default().starts_with("simacct-scheduled-"),
+        image.images()[0]
+            .name()
+            .unwrap_or_default()
+            .starts_with("simacct-scheduled-"),
         "the schedule's vars reached the template: {:?}",
         image.images()[0].name()
     );

@@ -218,7 +218,7 @@ class Control:
     def stats(self, reset: bool) -> dict[str, Any]:
         lam = self.lam.stats(reset)
         front = self.front.stats(reset)
-        return {**lam, "denied": lam["denied"] + front["denied"], "aws_calls": front["aws_calls"]}
+        return {**lam, **front, "denied": lam["denied"] + front["denied"]}
 
     def remove_action(self, function_logical: str, action: str) -> dict[str, Any]:
         """Takes `action` out of the function's role (its inline policies), as a template

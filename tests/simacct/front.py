@@ -12,6 +12,10 @@ a real account has and moto has not:
   signature from the parsed form re-encoded as botocore does (a space as "+"), so a signed
   "%20" from the Rust SDK never matches. The front door checks the caller's signature itself
   and re-signs the same parameters, "%20" written "+", with the caller's own credentials;
+- HeadBucket authorized as IAM does (s3:ListBucket): moto checks it as "s3:HeadBucket", an
+  action IAM does not have, so no role could ever pass. The front door evaluates the
+  caller's s3:ListBucket on the bucket and, when allowed, forwards the call signed by the
+  account's admin;
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
   document (its runShellScript steps, parameters substituted as the agent does) on this
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
@@ -34,13 +38,23 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 import policy
 
-DENIED_CODES = ("AccessDenied", "UnauthorizedOperation", "AccessDeniedException")
+# Refusals: not authorized, or credentials/signature not accepted.
+DENIED_CODES = (
+    "AccessDenied",
+    "UnauthorizedOperation",
+    "AccessDeniedException",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AuthFailure",
+)
 HOP_HEADERS = {"transfer-encoding", "connection", "keep-alive", "content-length"}
 SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
 
@@ -131,6 +145,9 @@ class Front:
         self.hosts: dict[str, HostAgent] = {}
         self.lock = threading.Lock()
         self.denied: list[dict[str, str]] = []
+        self.passed_roles: list[dict[str, str]] = []
+        self.registered_snapshots: list[str] = []
+        self.host_commands: list[dict[str, str]] = []
         self.calls: dict[str, int] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
         self.server.daemon_threads = True
@@ -146,9 +163,18 @@ class Front:
 
     def stats(self, reset: bool) -> dict[str, Any]:
         with self.lock:
-            out = {"denied": list(self.denied), "aws_calls": dict(sorted(self.calls.items()))}
+            out = {
+                "denied": list(self.denied),
+                "passed_roles": list(self.passed_roles),
+                "registered_snapshots": list(self.registered_snapshots),
+                "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
+                "aws_calls": dict(sorted(self.calls.items())),
+            }
             if reset:
+                self.registered_snapshots.clear()
+                self.host_commands.clear()
                 self.denied.clear()
+                self.passed_roles.clear()
                 self.calls.clear()
         return out
 
@@ -163,7 +189,7 @@ class Front:
         names = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
         return [iam.get_role_policy(RoleName=role_name, PolicyName=n)["PolicyDocument"] for n in names]
 
-    def pass_role_refusal(self, role_name: str, form: dict[str, list[str]]) -> tuple[str, str] | None:
+    def pass_role_refusal(self, caller: str, role_name: str, form: dict[str, list[str]]) -> tuple[str, str] | None:
         """(role passed, message) when RunInstances passes a role the caller may not pass."""
         profile = (form.get("IamInstanceProfile.Name") or form.get("IamInstanceProfile.Arn") or [""])[0]
         if not profile:
@@ -178,7 +204,20 @@ class Front:
         for role in roles:
             if not policy.allowed(documents, "iam:PassRole", role["Arn"], {"iam:PassedToService": "ec2.amazonaws.com"}):
                 return role["Arn"], f"is not authorized to perform: iam:PassRole on resource: {role['Arn']}"
+            with self.lock:
+                self.passed_roles.append({"function": caller, "role": role["Arn"]})
         return None
+
+    def signed_by_admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        """The same S3 request, signed with the admin's key instead of the caller's."""
+        scope = next(v for k, v in headers.items() if k.lower() == "authorization").partition("Credential=")[2].split("/")
+        drop = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
+        kept = {k: v for k, v in headers.items() if k.lower() not in drop}
+        host = next(v for k, v in headers.items() if k.lower() == "host")
+        request = AWSRequest(method=method, url=f"http://{host}{path}", data=body, headers=kept)
+        key = self.admin.admin_key
+        S3SigV4Auth(Credentials(key["access_key_id"], key["secret_access_key"]), "s3", scope[2]).add_auth(request)
+        return dict(request.headers.items())
 
     # ------------------------------------------------------------------ SSM agent
 
@@ -207,6 +246,8 @@ class Front:
             if agent and command_id:
                 commands, timeout = self.document_commands(request["DocumentName"], request.get("Parameters", {}))
                 agent.start(command_id, commands, timeout)
+                with self.lock:
+                    self.host_commands.append({"instance": instance, "command": command_id, "document": request["DocumentName"]})
 
     def command_invocation(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         agent = self.hosts.get(request.get("InstanceId", ""))
@@ -312,12 +353,19 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
             headers["Content-Length"] = str(len(body))
             if caller and action == "ec2:RunInstances":
-                refused = front.pass_role_refusal(caller["role"], urllib.parse.parse_qs(body.decode(errors="replace")))
+                refused = front.pass_role_refusal(label, caller["role"], urllib.parse.parse_qs(body.decode(errors="replace")))
                 if refused:
                     message = f"You are not authorized to perform this operation. User: {label} {refused[1]}"
                     front.record_denial(label, "iam:PassRole", message)
                     return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", message))
-            if caller and b"%20" in body and self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            parts = [p for p in path.split("/") if p]
+            if caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
+                bucket_arn = f"arn:aws:s3:::{parts[0]}"
+                if not policy.allowed(front.role_documents(caller["role"]), "s3:ListBucket", bucket_arn):
+                    front.record_denial(label, "s3:ListBucket", f"HeadBucket {parts[0]}: not allowed s3:ListBucket on {bucket_arn}")
+                    return self._send(403, [], b"")
+                headers = front.signed_by_admin(self.command, self.path, headers, body)
+            elif caller and b"%20" in body and self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                 resigned = resign_form(self.command, path, headers, body, caller)
                 if resigned is None:
                     front.record_denial(label, action, "the request's signature does not match its credentials")
@@ -335,6 +383,13 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             if resp.status >= 400 and any(f"<Code>{c}</Code>" in text or f'"{c}' in text for c in DENIED_CODES):
                 m = re.search(r"not authorized to perform:? (\S+?)(?: on|<|\"|$)", text)
                 front.record_denial(label, m.group(1) if m else action, text)
+            elif resp.status == 200 and action == "ec2:RegisterImage":
+                # moto registers a snapshot of its own instead of the one named (AWS uses it):
+                # the named snapshots are the image's, whatever moto's describe says.
+                form = urllib.parse.parse_qs(body.decode(errors="replace"))
+                region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2]
+                with front.lock:
+                    front.registered_snapshots.extend(f"{region} snapshot {v[0]}" for k, v in form.items() if k.endswith(".Ebs.SnapshotId"))
             elif resp.status == 200 and service == "ssm" and action in ("ssm:SendCommand", "ssm:GetCommandInvocation"):
                 request = json.loads(body or b"{}")
                 response = json.loads(out or b"{}")

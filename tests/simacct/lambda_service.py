@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -46,7 +47,9 @@ RUNTIME_PREFIX = "/2018-06-01/runtime/"
 
 
 def _die_with_parent() -> None:
-    """A sandbox must not outlive the account (the test stops the account by its PID)."""
+    """A sandbox must not outlive the account (the test stops the account by its PID).
+    PR_SET_PDEATHSIG fires when the spawning *thread* ends: sandboxes are spawned by the
+    service's one long-lived spawner thread, never by a request's thread."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
@@ -90,7 +93,8 @@ class Sandbox:
         log_path = os.path.join(service.log_dir, f"{function.logical}-{index}.log")
         self.log_path = log_path
         env = self.environment(f"{host}:{port}", f"{index}")
-        self.process = subprocess.Popen(
+        self.process = service.spawner.submit(
+            subprocess.Popen,
             [service.bootstrap],
             env=env,
             cwd=service.task_root,
@@ -98,7 +102,7 @@ class Sandbox:
             stdout=open(log_path, "wb"),
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
-        )
+        ).result()
 
     def environment(self, runtime_api: str, stream: str) -> dict[str, str]:
         f = self.function
@@ -175,13 +179,16 @@ def _runtime_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _answer(self, status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the sandbox was stopped while polling
+                self.close_connection = True
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -287,6 +294,7 @@ class LambdaService:
         self.functions = {f.name: f for f in functions}
         self.by_arn = {f.arn: f for f in functions}
         self.callers = callers
+        self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
         self.lock = threading.Lock()
         self.idle: dict[str, list[Sandbox]] = {}
         self.all: list[Sandbox] = []

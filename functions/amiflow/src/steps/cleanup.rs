@@ -48,6 +48,8 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:DeleteRolePolicy",
         "iam:DeleteRole",
         "s3:ListBucket",
+        // instance_store::discover tells the build's own bundle bucket by its tags.
+        "s3:GetBucketTagging",
         "s3:DeleteObject",
         "s3:DeleteBucket",
     ],
