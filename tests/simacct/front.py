@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import os
 import re
 import subprocess
@@ -378,8 +377,6 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             resp_headers = resp.getheaders()
             conn.close()
             text = out.decode(errors="replace")
-            if resp.status >= 400 and os.environ.get("SIMACCT_DEBUG"):
-                print("FRONT", self.command, self.path, dict(self.headers), body[:3000], text[:500], file=sys.stderr, flush=True)
             if resp.status >= 400 and any(f"<Code>{c}</Code>" in text or f'"{c}' in text for c in DENIED_CODES):
                 m = re.search(r"not authorized to perform:? (\S+?)(?: on|<|\"|$)", text)
                 front.record_denial(label, m.group(1) if m else action, text)
