@@ -470,6 +470,24 @@ impl Als {
         execution: &str,
         lambda_endpoint: &str,
     ) -> Value {
+        let fake = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ];
+        self.run_as(definition, input, execution, lambda_endpoint, &fake)
+            .await
+    }
+
+    /// [`Als::run`] with the Lambda calls signed by `credentials`
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    pub async fn run_as(
+        &self,
+        definition: &Path,
+        input: &Value,
+        execution: &str,
+        lambda_endpoint: &str,
+        credentials: &[(&str, &str)],
+    ) -> Value {
         let dir = tempfile::tempdir().unwrap();
         let input_path = dir.path().join("input.json");
         std::fs::write(&input_path, input.to_string()).unwrap();
@@ -482,8 +500,8 @@ impl Als {
             .env("AMIFLOW_NODE_MODULES", &self.modules)
             .env("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint)
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(credentials.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .kill_on_drop(true)
             .output()

@@ -68,6 +68,11 @@ impl Moto {
     }
 
     pub fn start() -> Result<Moto> {
+        Moto::start_with_env(&[])
+    }
+
+    /// A moto with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT` (IAM enforcement).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Moto> {
         let bin = Moto::binary();
         if !bin.exists() {
             bail!("{} does not exist", bin.display());
@@ -78,6 +83,7 @@ impl Moto {
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_RECORDER_FILEPATH", &rec)
+            .envs(env.iter().copied())
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -218,28 +224,33 @@ impl Moto {
 
     /// A minimal HTTP/1.1 request to moto (no client library needed for the control API).
     pub fn http(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", self.port, body.len())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("no HTTP status from moto"))?;
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Ok((status, body))
+        http_request(self.port, method, path, body)
     }
+}
+
+/// A minimal HTTP/1.1 request to a local server on 127.0.0.1:`port`: (status, body).
+pub fn http_request(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status from 127.0.0.1:{port}"))?;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -49,7 +49,14 @@ const machine = new StateMachine(definition, {
   validationOptions: { checkArn: false },
   awsConfig: {
     region: process.env.AWS_REGION ?? "us-east-1",
-    credentials: { accessKeys: { accessKeyId: "testing", secretAccessKey: "testing" } },
+    // The caller's credentials (a simulated account checks the role that invokes); fake ones otherwise.
+    credentials: {
+      accessKeys: {
+        accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? "testing",
+        secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? "testing",
+        sessionToken: process.env.AWS_SESSION_TOKEN,
+      },
+    },
   },
 });
 const execution = machine.run(input, {

@@ -24,7 +24,7 @@ use crate::faults::{each_mutating_call_fails_in_turn, same_template, LeftoversCh
 const FAULT_POINTS: usize = 40;
 
 const REGION: &str = "us-east-1";
-const COPY_REGION: &str = "us-west-2";
+pub(crate) const COPY_REGION: &str = "us-west-2";
 const SHARE_USER: &str = "210987654321";
 
 /// Runs every Task with the registry's real handler; optionally fails right after one
@@ -128,7 +128,7 @@ fn amzn2_filter() -> Value {
     json!({"filters": {"name": "amzn2-ami-hvm-*-x86_64-gp2", "root-device-type": "ebs"}, "owners": ["amazon"], "most_recent": true})
 }
 
-fn surrogate_template(ami_name: &str) -> Value {
+pub(crate) fn surrogate_template(ami_name: &str) -> Value {
     json!({"builders": [{
         "type": "amazon-ebssurrogate",
         "name": "surrogate",
@@ -155,7 +155,7 @@ fn surrogate_template(ami_name: &str) -> Value {
     }]})
 }
 
-fn ebsvolume_template() -> Value {
+pub(crate) fn ebsvolume_template() -> Value {
     json!({"builders": [{
         "type": "amazon-ebsvolume",
         "name": "volumes",
@@ -175,15 +175,15 @@ fn ebsvolume_template() -> Value {
     }]})
 }
 
-struct InstanceFixture {
-    sshd: Sshd,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
+pub(crate) struct InstanceFixture {
+    pub(crate) sshd: Sshd,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
 }
 
-const BUCKET: &str = "amiflow-e2e-bundles";
+pub(crate) const BUCKET: &str = "amiflow-e2e-bundles";
 
-fn instance_fixture() -> Option<InstanceFixture> {
+pub(crate) fn instance_fixture() -> Option<InstanceFixture> {
     let sshd = match Sshd::start() {
         Ok(s) => s,
         Err(why) => {
@@ -208,7 +208,11 @@ fn instance_fixture() -> Option<InstanceFixture> {
 
 /// `bundle_vol_command` writes a fake bundle (checking the uploaded key is there);
 /// `bundle_upload_command` PUTs it into moto's S3 with curl (moto does not check signatures).
-fn instance_template(f: &InstanceFixture, moto: &Moto, upload_override: Option<&str>) -> Value {
+pub(crate) fn instance_template(
+    f: &InstanceFixture,
+    moto: &Moto,
+    upload_override: Option<&str>,
+) -> Value {
     let dest = f.sshd.path("bundle");
     let x509 = f.sshd.path("x509");
     let vol = "mkdir -p {{.Destination}} && test -s {{.KeyPath}} && test -s {{.CertPath}} && \

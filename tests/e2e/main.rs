@@ -16,3 +16,4 @@ mod limits;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
+mod simacct;

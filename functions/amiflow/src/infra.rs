@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::steps::iam_instance_profile::IAM_PATH;
 use crate::steps::StepSpec;
 
 /// The handler the janitor rule invokes; it is not a state of the state machine.
@@ -57,8 +58,9 @@ fn split_actions(spec: &StepSpec) -> (Vec<String>, bool) {
 }
 
 /// The inline policy of a step's role: its actions on `*` (EC2 has no useful resource
-/// scoping for creates), and `iam:PassRole` only on the named instance profile roles and
-/// only towards EC2.
+/// scoping for creates), and `iam:PassRole` only towards EC2 and only on the named instance
+/// profile roles and amiflow's own temporary ones (under [`IAM_PATH`], from
+/// `temporary_iam_instance_profile_policy_document`).
 fn step_policy_document(spec: &StepSpec) -> Value {
     let (actions, pass_role) = split_actions(spec);
     let mut statements = Vec::new();
@@ -79,6 +81,13 @@ fn step_policy_document(spec: &StepSpec) -> Value {
                 ] }] },
                 "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
             }, { "Ref": "AWS::NoValue" }]
+        }));
+        statements.push(json!({
+            "Sid": "PassTemporaryProfileRoles",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*") },
+            "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
         }));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
@@ -436,6 +445,7 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
         "steps": entries,
         "chroot_host_document": chroot_document_content(chroot_script),
         "chroot_job_parameter": CHROOT_JOB_PARAMETER,
+        "temporary_role_path": IAM_PATH,
     }))
 }
 
@@ -636,6 +646,34 @@ mod tests {
         assert!(pass["Resource"]
             .to_string()
             .contains("InstanceProfileRoleNames"));
+    }
+
+    #[test]
+    fn amiflows_own_temporary_profile_roles_may_be_passed_to_ec2() {
+        let template = sam_template(&sample_steps(), None);
+        let statements = &template["Resources"]["RunSourceInstanceRole"]["Properties"]["Policies"]
+            [0]["PolicyDocument"]["Statement"];
+        let temporary = statements
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "PassTemporaryProfileRoles")
+            .expect("a statement for the roles IamInstanceProfile creates");
+        assert_eq!(temporary["Action"], json!(["iam:PassRole"]));
+        assert_eq!(
+            temporary["Resource"]["Fn::Sub"],
+            format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*")
+        );
+        assert_eq!(
+            temporary["Condition"]["StringEquals"]["iam:PassedToService"],
+            "ec2.amazonaws.com"
+        );
+        let create_image = &template["Resources"]["CreateImageRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"];
+        assert!(
+            !create_image.to_string().contains("iam:PassRole"),
+            "only steps declaring iam:PassRole get it"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ export interface StepManifestEntry {
 export interface StepsManifest {
   readonly steps: StepManifestEntry[];
   readonly chroot_host_document: Record<string, unknown>;
+  /** IAM path of the temporary roles amiflow creates for instance profiles (`/amiflow/`). */
+  readonly temporary_role_path: string;
 }
 
 export interface AmiflowSchedule {
@@ -79,8 +81,8 @@ export function loadStepsManifest(file = path.join(__dirname, '..', '..', '..', 
   return JSON.parse(fs.readFileSync(found, 'utf8')) as StepsManifest;
 }
 
-/** The step's inline policy: its actions on `*`, iam:PassRole only on the named roles, towards EC2 only. */
-export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[]): iam.PolicyDocument | undefined {
+/** The step's inline policy: its actions on `*`, iam:PassRole towards EC2 only, on the named roles and amiflow's own temporary ones. */
+export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], temporaryRolePath: string): iam.PolicyDocument | undefined {
   const stack = Stack.of(scope);
   const actions = step.iam_actions.filter((a) => a.toLowerCase() !== 'iam:passrole');
   const passRole = actions.length !== step.iam_actions.length;
@@ -93,6 +95,14 @@ export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames:
       sid: 'PassInstanceProfileRoles',
       actions: ['iam:PassRole'],
       resources: roleNames.map((name) => stack.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: name })),
+      conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+    }));
+  }
+  if (passRole) {
+    statements.push(new iam.PolicyStatement({
+      sid: 'PassTemporaryProfileRoles',
+      actions: ['iam:PassRole'],
+      resources: [stack.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: `${temporaryRolePath.replace(/^\//, '')}*` })],
       conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
     }));
   }
@@ -132,7 +142,7 @@ export class Amiflow extends Construct {
 
     const code = lambda.Code.fromAsset(props.bootstrapDir);
     for (const step of manifest.steps) {
-      const policy = stepPolicy(step, this, roleNames);
+      const policy = stepPolicy(step, this, roleNames, manifest.temporary_role_path);
       const role = new iam.Role(this, `${step.logical_id}Role`, {
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
         managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaBasicExecutionRole')],

@@ -24,6 +24,7 @@ fs.writeFileSync(definitionFile, JSON.stringify({
 
 const sample: StepsManifest = {
   chroot_host_document: loadStepsManifest().chroot_host_document,
+  temporary_role_path: loadStepsManifest().temporary_role_path,
   steps: [
     { name: 'CreateImage', logical_id: 'CreateImage', iam_actions: ['ec2:CreateImage', 'ec2:CreateTags'], timeout_seconds: 30, memory_mb: 256, state_machine_task: true, substitution: 'CreateImageFunctionArn' },
     { name: 'RunSourceInstance', logical_id: 'RunSourceInstance', iam_actions: ['ec2:RunInstances', 'iam:PassRole'], timeout_seconds: 60, memory_mb: 256, state_machine_task: true, substitution: 'RunSourceInstanceFunctionArn' },
@@ -87,9 +88,21 @@ test('iam:PassRole only on the named roles, towards EC2', () => {
       })]) },
     }],
   });
-  // No roles named: no PassRole statement at all.
+  // No roles named: PassRole only on amiflow's own temporary profile roles (role/amiflow/*).
   const none = synth(sample);
-  assert.ok(!JSON.stringify(none.toJSON()).includes('iam:PassRole'));
+  const passes = JSON.stringify(none.toJSON()).match(/iam:PassRole/g) ?? [];
+  assert.equal(passes.length, 1, 'one PassRole statement: the temporary profile roles');
+  none.hasResourceProperties('AWS::IAM::Role', {
+    Policies: [{
+      PolicyName: 'amiflow-RunSourceInstance',
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({
+        Sid: 'PassTemporaryProfileRoles',
+        Action: 'iam:PassRole',
+        Condition: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+        Resource: Match.objectLike({ 'Fn::Join': Match.arrayWith([Match.arrayWith([':role/amiflow/*'])]) }),
+      })]) },
+    }],
+  });
 });
 
 test('state machine: substitutions, invoke only its tasks, logs without execution data', () => {

@@ -1,7 +1,8 @@
 //! HostInfo: the build host the volume is attached to (Packer's StepInstanceInfo). Lambda
 //! has no instance identity, so the template names the host (`chroot_host_instance_id`
-//! or `chroot_host_filter`, exactly one running instance); with neither, a local run on
-//! the host asks its own metadata service, as Packer does.
+//! or `chroot_host_filter`, exactly one running instance), or the deployed stack does
+//! (`BuildHostInstanceId`, given to the function as [`BUILD_HOST_ENV`]); with none of them,
+//! a local run on the host asks its own metadata service, as Packer does.
 
 use crate::builders::chroot::{self, Host};
 use crate::prelude::*;
@@ -13,6 +14,9 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// Environment: the stack's build host, for templates that name none.
+pub const BUILD_HOST_ENV: &str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?;
@@ -43,6 +47,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             ));
         }
         (req, "filter", format!("chroot_host_filter {:?}", f.filters))
+    } else if let Some(id) = std::env::var(BUILD_HOST_ENV).ok().filter(|s| !s.is_empty()) {
+        let what = format!("the stack's BuildHostInstanceId {id}");
+        (ec2.describe_instances().instance_ids(id), "stack", what)
     } else {
         let id = own_instance_id().await?;
         (ec2.describe_instances().instance_ids(&id), "imds", id)

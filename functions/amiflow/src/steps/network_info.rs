@@ -1,4 +1,7 @@
-//! NetworkInfo: the VPC, subnet and availability zone the instance launches into.
+//! NetworkInfo: the VPC, subnet and availability zone the instance launches into. A
+//! template that names no network (no VPC, subnet, filter or availability zone) gets the
+//! deployed stack's `DefaultVpcId`/`DefaultSubnetId` in the stack's own region, else EC2's
+//! defaults.
 
 use crate::prelude::*;
 
@@ -10,6 +13,18 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
+/// Environment: the stack's network for templates that name none.
+pub const DEFAULT_VPC_ENV: &str = "AMIFLOW_DEFAULT_VPC_ID";
+pub const DEFAULT_SUBNET_ENV: &str = "AMIFLOW_DEFAULT_SUBNET_ID";
+
+/// The stack's default for `var`, when the build runs in the stack's (the function's) region.
+fn stack_default(var: &str, region: &str) -> Option<String> {
+    if std::env::var("AWS_REGION").ok().as_deref() != Some(region) {
+        return None;
+    }
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     let cfg = run_config(&state, SPEC.name)?.clone();
@@ -17,6 +32,21 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let mut vpc = cfg.vpc_id.clone().filter(|s| !s.is_empty());
     let mut subnet = cfg.subnet_id.clone().filter(|s| !s.is_empty());
     let mut az = cfg.availability_zone.clone().filter(|s| !s.is_empty());
+    let names_network = vpc.is_some()
+        || subnet.is_some()
+        || az.is_some()
+        || cfg
+            .vpc_filter
+            .as_ref()
+            .is_some_and(|f| !f.filters.is_empty())
+        || cfg
+            .subnet_filter
+            .as_ref()
+            .is_some_and(|f| !f.filters.is_empty());
+    if !names_network {
+        vpc = stack_default(DEFAULT_VPC_ENV, &region);
+        subnet = stack_default(DEFAULT_SUBNET_ENV, &region);
+    }
     if vpc.is_none() {
         if let Some(f) = cfg.vpc_filter.as_ref().filter(|f| !f.filters.is_empty()) {
             let mut req = ec2.describe_vpcs();

@@ -27,6 +27,10 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:CreateBucket",
         "s3:PutBucketTagging",
         "s3:GetObject",
+        // The upload command on the instance writes the bundle with this step's credentials
+        // (.AccessKey/.SecretKey/.Token); ec2-upload-bundle sets the objects' ACL too.
+        "s3:PutObject",
+        "s3:PutObjectAcl",
     ],
     wait: None,
     timeout_seconds: 900,

@@ -1,0 +1,913 @@
+//! amiflow as deployed, in a simulated account on this machine (tests/simacct/, Python):
+//! infra/template.json packaged and translated as `sam deploy` does, created by moto's
+//! CloudFormation with IAM enforced, and compared resource by resource with the template;
+//! every function the real `bootstrap` behind a local Lambda (Invoke + Runtime API) with its
+//! stack environment and its own role's credentials; the state machine's definition with its
+//! DefinitionSubstitutions resolved from the stack, run by aws-local-stepfunctions.
+//!
+//! A build of each builder must succeed with no AccessDenied and leave nothing but its
+//! artifact in the account (an inventory before and after); wall time, Lambda invocations and
+//! state transitions are printed. Then: a role missing one action fails the build naming
+//! the function and the action; the janitor, fed the event its rule delivers, sweeps what that
+//! failed build left; the schedule's input starts a build that reads its template from S3;
+//! a build that would connect anywhere but this machine is refused before it starts.
+//!
+//! The account is written in Python because its parts are Python already (the SAM translator,
+//! boto3, moto's own event-pattern matcher); this file is the customer: templates, sshd, loop
+//! devices, executions and judgements. What the account does not emulate, and how each gap is
+//! covered, is in tests/simacct/README.md.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amiflow_tests::lambda_harness::{workspace_binary, Als, ChildGuard};
+use amiflow_tests::{cache_dir, http_request, Moto};
+use serde_json::{json, Value};
+
+use super::builders::{
+    ebsvolume_template, instance_fixture, instance_template, surrogate_template, BUCKET,
+    COPY_REGION,
+};
+use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
+
+const REGION: &str = "us-east-1";
+const REGIONS: [&str; 2] = [REGION, COPY_REGION];
+const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The simulated account: moto (IAM enforced) and tests/simacct/account.py serving Lambda,
+/// the front door to moto and the control API. Stopped by PID when dropped.
+struct Account {
+    ready: Value,
+    control_port: u16,
+    stdin: Option<ChildStdin>,
+    child: ChildGuard,
+    work: tempfile::TempDir,
+    moto: Moto,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        // Closing stdin lets the account stop its sandboxes; the guard kills it otherwise.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a 127.0.0.1:PORT url")
+}
+
+impl Account {
+    /// Starts moto and the account, or says why the test must skip.
+    fn start(host_env: Value) -> Result<Account, String> {
+        let python = cache_dir().join("venv/bin/python");
+        let probe = Command::new(&python)
+            .args(["-c", "import samtranslator, moto, boto3"])
+            .output()
+            .map_err(|e| {
+                format!(
+                    "{} not runnable ({e}); run scripts/setup.sh",
+                    python.display()
+                )
+            })?;
+        if !probe.status.success() {
+            return Err(
+                "the venv lacks samtranslator/moto/boto3: run scripts/setup.sh moto lint".into(),
+            );
+        }
+        let amis = repo_root().join("tests/simacct/amis.json");
+        let amis = amis.to_string_lossy().to_string();
+        let moto = Moto::start_with_env(&[
+            // IAM enforcement after the three requests that create the admin user and key.
+            ("INITIAL_NO_AUTH_ACTION_COUNT", "3"),
+            // A one-image catalogue: quick first EC2 call, small inventories.
+            ("MOTO_AMIS_PATH", &amis),
+        ])
+        .map_err(|e| format!("moto: {e:#}"))?;
+        let work = tempfile::Builder::new()
+            .prefix("amiflow-simacct-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let config = json!({
+            "moto_url": moto.url(),
+            "bootstrap": workspace_binary("bootstrap"),
+            "repo": repo_root(),
+            "work_dir": work.path(),
+            "region": REGION,
+            "stack_name": "amiflow",
+            "host_env": host_env,
+        });
+        let config_path = work.path().join("config.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let log = std::fs::File::create(work.path().join("account.log")).unwrap();
+        let mut child = ChildGuard(
+            Command::new(&python)
+                .arg(repo_root().join("tests/simacct/account.py"))
+                .arg(&config_path)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("starting the account: {e}"))?,
+        );
+        let stdin = child.0.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let log = std::fs::read_to_string(work.path().join("account.log")).unwrap_or_default();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the account printed no ready line ({e}): {line}\n{log}"));
+        assert_eq!(
+            ready["ready"],
+            true,
+            "the account did not come up: {}\n{}\n{log}",
+            ready["error"],
+            ready["trace"].as_str().unwrap_or_default()
+        );
+        eprint!("{log}");
+        let control_port = port_of(ready["control"].as_str().unwrap());
+        Ok(Account {
+            ready,
+            control_port,
+            stdin,
+            child,
+            work,
+            moto,
+        })
+    }
+
+    fn control(&self, method: &str, path: &str, body: &Value) -> Value {
+        let (status, text) = http_request(self.control_port, method, path, &body.to_string())
+            .unwrap_or_else(|e| panic!("control {path}: {e:#}"));
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        assert_eq!(status, 200, "control {path} answered {status}: {v:#}");
+        v
+    }
+
+    /// Counts since the last call: invocations per function, cold starts, refusals, AWS calls.
+    fn stats(&self) -> Value {
+        self.control("GET", "/stats?reset=1", &Value::Null)
+    }
+
+    fn inventory(&self) -> BTreeSet<String> {
+        let query: Vec<String> = REGIONS.iter().map(|r| format!("region={r}")).collect();
+        let v = self.control(
+            "GET",
+            &format!("/inventory?{}", query.join("&")),
+            &Value::Null,
+        );
+        serde_json::from_value(v).expect("inventory lines")
+    }
+
+    fn credentials(&self) -> Vec<(&'static str, String)> {
+        let c = &self.ready["state_machine"]["credentials"];
+        vec![
+            (
+                "AWS_ACCESS_KEY_ID",
+                c["AccessKeyId"].as_str().unwrap().to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                c["SecretAccessKey"].as_str().unwrap().to_string(),
+            ),
+            (
+                "AWS_SESSION_TOKEN",
+                c["SessionToken"].as_str().unwrap().to_string(),
+            ),
+        ]
+    }
+
+    /// amiflow's clients with the admin's key, straight to moto (checks, not builds).
+    async fn admin(&self) -> amiflow::Ctx {
+        let key = &self.ready["admin"];
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(self.moto.url())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                key["access_key_id"].as_str().unwrap(),
+                key["secret_access_key"].as_str().unwrap(),
+                None,
+                None,
+                "simacct-admin",
+            ))
+            .load()
+            .await;
+        amiflow::Ctx::from_sdk_config(sdk)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.work.path().join("account.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Runs one execution as Step Functions would, signed as the state machine's role.
+    async fn execute(&self, als: &Als, name: &str, input: Value) -> Run {
+        self.stats();
+        let before = self.inventory();
+        let creds = self.credentials();
+        let creds: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
+        let record = als
+            .run_as(
+                Path::new(self.ready["state_machine"]["definition"].as_str().unwrap()),
+                &input,
+                name,
+                self.ready["lambda_endpoint"].as_str().unwrap(),
+                &creds,
+            )
+            .await;
+        let wall = started.elapsed();
+        let stats = self.stats();
+        let after = self.inventory();
+        Run {
+            name: name.to_string(),
+            input,
+            record,
+            stats,
+            wall,
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+        }
+    }
+}
+
+/// One execution and what it did to the account.
+struct Run {
+    name: String,
+    input: Value,
+    record: Value,
+    stats: Value,
+    wall: Duration,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl Run {
+    fn invocations(&self) -> u64 {
+        self.stats["invocations"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Step Functions bills a transition per state entered, retries included.
+    fn transitions(&self) -> usize {
+        self.record["path"].as_array().map_or(0, Vec::len)
+            + self.record["retries"].as_array().map_or(0, Vec::len)
+    }
+
+    fn aws_calls(&self) -> u64 {
+        self.stats["aws_calls"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Every refusal, as "function X was refused action Y: message" lines.
+    fn denials(&self) -> Vec<String> {
+        self.stats["denied"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                format!(
+                    "function {} was refused {}: {}",
+                    d["function"].as_str().unwrap_or("?"),
+                    d["action"].as_str().unwrap_or("?"),
+                    d["message"]
+                        .as_str()
+                        .or(d["resource"].as_str())
+                        .unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    /// The execution succeeded, with no AccessDenied and no refused connection target.
+    fn succeeded(&self) -> Result<(), String> {
+        let denials = self.denials();
+        if !denials.is_empty() {
+            return Err(format!(
+                "{}: AccessDenied in the simulated account (a role misses an action its step needs; add it to the step's iam_actions):\n  {}\nexecution error: {}",
+                self.name,
+                denials.join("\n  "),
+                self.record["error"]
+            ));
+        }
+        if let Some(refused) = self.stats["refused"].as_array().filter(|r| !r.is_empty()) {
+            return Err(format!(
+                "{}: the account refused to run steps: {refused:?}",
+                self.name
+            ));
+        }
+        if !self.record["error"].is_null() {
+            return Err(format!(
+                "{}: the execution failed: {}",
+                self.name, self.record["error"]
+            ));
+        }
+        if self.record["output"]["failed"] != 0 {
+            return Err(format!(
+                "{}: a build failed: {:#}",
+                self.name, self.record["output"]
+            ));
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{:<18} {:>6.1}s  {:>3} Lambda invocations ({:>2} cold starts)  {:>3} state transitions  {:>4} AWS calls from functions",
+            self.name,
+            self.wall.as_secs_f64(),
+            self.invocations(),
+            self.stats["cold_starts"].as_u64().unwrap_or(0),
+            self.transitions(),
+            self.aws_calls()
+        )
+    }
+}
+
+/// What the build's output names as its artifact, and what an artifact AMI references
+/// (moto's RegisterImage makes its own snapshot), as inventory lines.
+async fn artifact_lines(admin: &amiflow::Ctx, output: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for b in output["builds"].as_array().into_iter().flatten() {
+        for (region, ami) in b["amis"].as_object().into_iter().flatten() {
+            let ami = ami.as_str().unwrap();
+            out.insert(format!("{region} image {ami}"));
+            let images = admin
+                .ec2(region)
+                .describe_images()
+                .image_ids(ami)
+                .send()
+                .await
+                .unwrap();
+            for m in images
+                .images()
+                .iter()
+                .flat_map(|i| i.block_device_mappings())
+            {
+                if let Some(s) = m.ebs().and_then(|e| e.snapshot_id()) {
+                    out.insert(format!("{region} snapshot {s}"));
+                }
+            }
+        }
+        for (kind, key) in [("snapshot", "snapshots"), ("volume", "volumes")] {
+            for (region, ids) in b[key].as_object().into_iter().flatten() {
+                for id in ids.as_array().into_iter().flatten() {
+                    out.insert(format!("{region} {kind} {}", id.as_str().unwrap()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The run succeeded and left nothing but its artifact (and `also`, e.g. a bundle bucket).
+async fn assert_clean_success(account: &Account, run: &Run, also: impl Fn(&str) -> bool) {
+    if let Err(why) = run.succeeded() {
+        panic!("{why}\naccount log:\n{}", account.log_tail());
+    }
+    let admin = account.admin().await;
+    let mut artifact = artifact_lines(&admin, &run.record["output"]).await;
+    // moto's RegisterImage makes a snapshot of its own instead of using the one it is given.
+    for line in run.stats["registered_snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        artifact.insert(line.as_str().unwrap().to_string());
+    }
+    let left: Vec<&String> = run
+        .added
+        .iter()
+        .filter(|l| !artifact.contains(*l) && !also(l))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{}: left in the account besides its artifact {artifact:?}: {left:#?}",
+        run.name
+    );
+    assert!(
+        run.removed.is_empty(),
+        "{}: removed from the account: {:?}",
+        run.name,
+        run.removed
+    );
+    assert!(
+        !artifact.is_empty(),
+        "{}: no artifact: {:#}",
+        run.name,
+        run.record["output"]
+    );
+}
+
+fn ebs_template() -> Value {
+    json!({
+        "variables": {"copy_to": COPY_REGION},
+        "builders": [{
+            "type": "amazon-ebs",
+            "region": REGION,
+            "source_ami_filter": {"filters": {"name": "amzn2-ami-hvm-*-x86_64-gp2"}, "owners": ["amazon"], "most_recent": true},
+            "instance_type": "t3.micro",
+            "communicator": "none",
+            // amiflow's own temporary role and profile: RunSourceInstance passes that role.
+            "temporary_iam_instance_profile_policy_document": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"}]
+            },
+            "ami_name": "simacct-ebs-{{timestamp}}",
+            "ami_regions": ["{{user `copy_to`}}"],
+            "tags": {"Built": "deployed"}
+        }]
+    })
+}
+
+/// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
+fn chroot_template(mount_dir: &Path) -> Value {
+    json!({
+        "builders": [{
+            "type": "amazon-chroot",
+            "region": REGION,
+            "source_ami": SOURCE_AMI,
+            "ami_name": "simacct-chroot-{{timestamp}}",
+            "mount_path": format!("{}/{{{{.Device}}}}", mount_dir.display()),
+            "copy_files": ["/etc/resolv.conf"],
+            "root_volume_size": 10,
+            "ena_support": true
+        }],
+        "provisioners": [{"type": "shell", "inline": ["echo built-by-deployed-amiflow > /etc/amiflow-marker"]}]
+    })
+}
+
+/// The bundle upload signs with the credentials UploadBundle hands over (its role's, a
+/// session token included) and goes through the account's front door, so a refusal is seen.
+/// (curl cannot hash a streamed upload: the payload is declared unsigned, as S3 allows.)
+fn signed_upload_command(front: &str) -> String {
+    format!(
+        "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
+         curl -sf --aws-sigv4 'aws:amz:{{{{.Region}}}}:s3' --user '{{{{.AccessKey}}}}:{{{{.SecretKey}}}}' \
+         -H 'x-amz-security-token: {{{{.Token}}}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T $f {front}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done"
+    )
+}
+
+fn status_change_event(account: &Account, run: &Run, status: &str) -> Value {
+    let machine = account.ready["state_machine"]["arn"].as_str().unwrap();
+    let execution = format!(
+        "{}:{}",
+        machine.replace(":stateMachine:", ":execution:"),
+        run.name
+    );
+    json!({
+        "version": "0", "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Step Functions Execution Status Change", "source": "aws.states",
+        "account": "123456789012", "time": chrono::Utc::now().to_rfc3339(), "region": REGION,
+        "resources": [execution],
+        "detail": {
+            "executionArn": execution, "stateMachineArn": machine, "name": run.name, "status": status,
+            "startDate": 1, "stopDate": 2, "input": run.input.to_string(),
+            "inputDetails": {"included": true}, "output": null, "outputDetails": {"included": true}
+        }
+    })
+}
+
+/// Every AMIFLOW_* variable the stack gives its functions is read somewhere outside the
+/// template generator (a variable nothing reads is a setting that silently does nothing).
+fn variables_nothing_reads(functions_env: &BTreeSet<String>) -> Vec<String> {
+    fn sources(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") && !p.ends_with("infra.rs") {
+                out.push_str(&std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(&repo_root().join("functions"), &mut code);
+    functions_env
+        .iter()
+        .filter(|v| !code.contains(&format!("\"{v}\"")))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_stack_builds_every_builder_under_its_own_roles() {
+    let test = "simacct::deployed_stack_builds_every_builder_under_its_own_roles";
+    let als = match Als::find() {
+        Ok(als) => als,
+        Err(missing) => return eprintln!("SKIP {test}: {missing}"),
+    };
+    // The chroot host's "disk": a loop device the host script takes for the attached volume.
+    let disk = loop_devices_usable(test).then(LoopDisk::new);
+    let host_env = match &disk {
+        Some(d) => json!({"AMIFLOW_CHROOT_TEST_DEVICES": d.device}),
+        None => json!({}),
+    };
+    let started = Instant::now();
+    let account = match Account::start(host_env) {
+        Ok(a) => a,
+        Err(why) => return eprintln!("SKIP {test}: {why}"),
+    };
+    let deployed = started.elapsed();
+
+    // 1. The stack as the template declares it.
+    let stack = &account.ready["stack"];
+    assert_eq!(stack["status"], "CREATE_COMPLETE", "{stack:#}");
+    let report = &stack["report"];
+    assert_eq!(
+        report["problems"],
+        json!([]),
+        "the stack differs from infra/template.json:\n{:#}",
+        report["problems"]
+    );
+    let functions = account.ready["functions"].as_object().unwrap();
+    let registry: BTreeSet<&str> = amiflow::steps::registry().iter().map(|s| s.name).collect();
+    let deployed_steps: BTreeSet<&str> = functions.keys().map(String::as_str).collect();
+    assert_eq!(deployed_steps, registry, "one function per registered step");
+    let counts = &stack["counts"];
+    assert_eq!(counts["AWS::Lambda::Function"], functions.len());
+    let roles_per_function = counts["AWS::IAM::Role"].as_u64().unwrap() as usize - functions.len();
+    eprintln!(
+        "simacct: stack {} in {:.1}s: {} checks held; resources by type {counts}; {} functions, {} roles ({} of them not a function's)",
+        stack["status"],
+        deployed.as_secs_f64(),
+        report["verified"],
+        functions.len(),
+        counts["AWS::IAM::Role"],
+        roles_per_function
+    );
+    for gap in report["not_emulated"].as_array().unwrap() {
+        eprintln!("simacct: not emulated: {}", gap.as_str().unwrap());
+    }
+    for fix in report["repaired"].as_array().unwrap() {
+        eprintln!(
+            "simacct: set right after moto's CloudFormation: {}",
+            fix.as_str().unwrap()
+        );
+    }
+    let admin = account.admin().await;
+    let env_names: BTreeSet<String> = functions
+        .values()
+        .flat_map(|f| f["environment"].as_object().unwrap().keys().cloned())
+        .collect();
+    assert_eq!(
+        variables_nothing_reads(&env_names),
+        Vec::<String>::new(),
+        "the stack sets variables no code reads"
+    );
+    assert_eq!(
+        account.ready["schedule"]["target_arn"],
+        account.ready["state_machine"]["arn"]
+    );
+    assert_eq!(
+        account.ready["schedule"]["role_may_start_execution"], true,
+        "the schedule's role may not start the state machine"
+    );
+
+    let mut runs: Vec<String> = Vec::new();
+
+    // 2. amazon-ebs, communicator none: temporary instance profile, a copy in another region,
+    //    the stack's default subnet.
+    let run = account
+        .execute(
+            &als,
+            "simacct-ebs",
+            json!({"template": ebs_template(), "vars": {}}),
+        )
+        .await;
+    assert_clean_success(&account, &run, |_| false).await;
+    let subnet = account.ready["setup"]["subnet"].as_str().unwrap();
+    let launched = admin
+        .ec2(REGION)
+        .describe_instances()
+        .filters(amiflow::aws::build_filter("simacct-ebs"))
+        .send()
+        .await
+        .unwrap();
+    let instance = &launched.reservations()[0].instances()[0];
+    assert_eq!(
+        instance.subnet_id(),
+        Some(subnet),
+        "a template naming no subnet launches in the stack's DefaultSubnetId"
+    );
+    let passed: Vec<&str> = run.stats["passed_roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["role"].as_str())
+        .collect();
+    assert!(
+        passed.iter().any(|r| r.contains(":role/amiflow/")),
+        "RunInstances passed amiflow's temporary profile role (iam:PassRole checked): {passed:?}"
+    );
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+
+    // 3. amazon-ebssurrogate and amazon-ebsvolume.
+    let run = account
+        .execute(
+            &als,
+            "simacct-surrogate",
+            json!({"template": surrogate_template("simacct-surrogate"), "vars": {}}),
+        )
+        .await;
+    assert_clean_success(&account, &run, |_| false).await;
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+    let run = account
+        .execute(
+            &als,
+            "simacct-ebsvolume",
+            json!({"template": ebsvolume_template(), "vars": {}}),
+        )
+        .await;
+    assert_clean_success(&account, &run, |_| false).await;
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+
+    // 4. amazon-instance over SSH to the throwaway sshd; the bundle goes to S3.
+    if let Some(f) = instance_fixture() {
+        let front = account.ready["aws_endpoint"].as_str().unwrap();
+        let mut template =
+            instance_template(&f, &account.moto, Some(&signed_upload_command(front)));
+        // A function cannot read the test's files: the X.509 pair is in Parameter Store.
+        for (key, file, kind) in [
+            (
+                "x509_cert_path",
+                &f.cert,
+                aws_sdk_ssm::types::ParameterType::String,
+            ),
+            (
+                "x509_key_path",
+                &f.key,
+                aws_sdk_ssm::types::ParameterType::SecureString,
+            ),
+        ] {
+            let name = format!("/simacct/{key}");
+            admin
+                .ssm(REGION)
+                .put_parameter()
+                .name(&name)
+                .value(std::fs::read_to_string(file).unwrap())
+                .r#type(kind)
+                .send()
+                .await
+                .unwrap();
+            template["builders"][0][key] = json!(name);
+        }
+        let run = account
+            .execute(
+                &als,
+                "simacct-instance",
+                json!({"template": template, "vars": {}}),
+            )
+            .await;
+        let bundle = |l: &str| {
+            l == format!("s3 bucket {BUCKET}") || l.starts_with(&format!("s3 object {BUCKET}/"))
+        };
+        assert_clean_success(&account, &run, bundle).await;
+        assert!(
+            run.added.iter().any(|l| l.ends_with(".manifest.xml")),
+            "the bundle's manifest is in S3: {:?}",
+            run.added
+        );
+        eprintln!("simacct: {}", run.report());
+        runs.push(run.report());
+    }
+
+    // 5. amazon-chroot: the host is the stack's BuildHostInstanceId, the script goes by SSM
+    //    RunCommand with the stack's document, which the host's agent runs on this machine.
+    if let Some(disk) = &disk {
+        let mounts = disk.dir.path().join("mnt");
+        let run = account
+            .execute(
+                &als,
+                "simacct-chroot",
+                json!({"template": chroot_template(&mounts), "vars": {}}),
+            )
+            .await;
+        assert_clean_success(&account, &run, |_| false).await;
+        assert_eq!(
+            disk.read_file("/etc/amiflow-marker").as_deref(),
+            Some("built-by-deployed-amiflow\n"),
+            "the provisioner ran in the chroot on the host"
+        );
+        let document =
+            &account.ready["functions"]["RunHostScript"]["environment"]["AMIFLOW_CHROOT_DOCUMENT"];
+        let commands = run.stats["host_commands"].as_array().unwrap();
+        assert_eq!(
+            commands.len(),
+            1,
+            "one SSM command to the host: {commands:?}"
+        );
+        assert_eq!(
+            commands[0]["instance"], account.ready["setup"]["host"],
+            "sent to the stack's BuildHostInstanceId"
+        );
+        assert_eq!(
+            &commands[0]["document"], document,
+            "with the stack's chroot document"
+        );
+        assert_eq!(commands[0]["status"], "Success");
+        assert!(
+            mounts_under(disk.dir.path()).is_empty(),
+            "mounts left on the host"
+        );
+        eprintln!("simacct: {}", run.report());
+        runs.push(run.report());
+    }
+
+    // 6. Only this machine is dialled: a build whose communicator would connect to the address
+    //    moto invented for its instance is refused before anything is created.
+    let mut unsafe_template = ebs_template();
+    unsafe_template["builders"][0]["communicator"] = json!("ssh");
+    unsafe_template["builders"][0]["ssh_username"] = json!("ec2-user");
+    let run = account
+        .execute(
+            &als,
+            "simacct-unsafe",
+            json!({"template": unsafe_template, "vars": {}}),
+        )
+        .await;
+    let refused = run.stats["refused"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !refused.is_empty()
+            && refused[0]["why"]
+                .as_str()
+                .unwrap()
+                .contains("ssh_host is not set"),
+        "the account ran a build that would connect to a moto address: {:#}",
+        run.stats
+    );
+    assert!(
+        !run.record["error"].is_null(),
+        "the refused build must fail"
+    );
+    assert!(
+        run.added.is_empty(),
+        "a refused build created {:?}",
+        run.added
+    );
+
+    // 7. A role missing one action: the build fails, naming the function and the action. The
+    //    Cleanup role loses ec2:TerminateInstances, so the instance outlives the failed build...
+    let removed = account.control(
+        "POST",
+        "/remove-action",
+        &json!({"function": "Cleanup", "action": "ec2:TerminateInstances"}),
+    );
+    let mut failing = ebs_template();
+    failing["builders"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ami_regions");
+    let run = account
+        .execute(
+            &als,
+            "simacct-denied",
+            json!({"template": failing, "vars": {}}),
+        )
+        .await;
+    account.control("POST", "/restore-roles", &Value::Null);
+    let why = run
+        .succeeded()
+        .expect_err("a build whose Cleanup role misses an action must fail");
+    assert!(
+        why.contains("function Cleanup was refused ec2:TerminateInstances"),
+        "the failure must name the function and the action: {why}"
+    );
+    eprintln!(
+        "simacct: as expected with {removed}: {}",
+        why.lines().next().unwrap()
+    );
+    assert!(
+        run.added.iter().any(|l| l.contains(" instance ")),
+        "the failed build should have left its instance: {:?}",
+        run.added
+    );
+
+    // 8. ...which the janitor sweeps, fed the event its rule delivers for the failed execution.
+    let before_build: BTreeSet<String> = {
+        let now = account.inventory();
+        now.difference(&run.added.iter().cloned().collect())
+            .cloned()
+            .collect()
+    };
+    let delivered = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "FAILED"),
+    );
+    let deliveries = delivered["deliveries"].as_array().unwrap();
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "exactly the janitor rule matches: {delivered:#}"
+    );
+    assert_eq!(deliveries[0]["target"], "Janitor", "{delivered:#}");
+    assert_eq!(
+        deliveries[0]["failed"], false,
+        "the janitor failed: {delivered:#}"
+    );
+    assert_eq!(deliveries[0]["result"]["swept"], true, "{delivered:#}");
+    let stats = account.stats();
+    assert_eq!(
+        stats["denied"],
+        json!([]),
+        "the janitor's own role refused: {stats:#}"
+    );
+    assert_eq!(
+        account.inventory(),
+        before_build,
+        "the janitor left the failed build's resources"
+    );
+    let ignored = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "SUCCEEDED"),
+    );
+    assert_eq!(
+        ignored["deliveries"],
+        json!([]),
+        "a succeeded execution reaches no rule: {ignored:#}"
+    );
+    eprintln!(
+        "simacct: janitor swept {} resources of the failed build",
+        deliveries[0]["result"]["removed"]
+            .as_array()
+            .map_or(0, Vec::len)
+    );
+
+    // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
+    let schedule = &account.ready["schedule"];
+    let mut scheduled = ebs_template();
+    let b = scheduled["builders"][0].as_object_mut().unwrap();
+    b.remove("ami_regions");
+    b.remove("temporary_iam_instance_profile_policy_document");
+    b.insert(
+        "ami_name".into(),
+        json!("simacct-{{user `suffix`}}-{{timestamp}}"),
+    );
+    scheduled["variables"] = json!({"suffix": ""});
+    admin
+        .s3(REGION)
+        .put_object()
+        .bucket(account.ready["deploy_bucket"].as_str().unwrap())
+        .key(account.ready["schedule_template_key"].as_str().unwrap())
+        .body(scheduled.to_string().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let run = account
+        .execute(&als, "simacct-scheduled", schedule["input"].clone())
+        .await;
+    assert_clean_success(&account, &run, |_| false).await;
+    let ami = run.record["output"]["builds"][0]["amis"][REGION]
+        .as_str()
+        .unwrap();
+    let image = admin
+        .ec2(REGION)
+        .describe_images()
+        .image_ids(ami)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        image.images()[0]
+            .name()
+            .unwrap_or_default()
+            .starts_with("simacct-scheduled-"),
+        "the schedule's vars reached the template: {:?}",
+        image.images()[0].name()
+    );
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+
+    eprintln!(
+        "simacct: summary (wall time per execution, ALS with Wait/Retry intervals at 0):\n  {}\nsimacct: total {:.1}s",
+        runs.join("\n  "),
+        started.elapsed().as_secs_f64()
+    );
+}

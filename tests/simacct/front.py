@@ -1,0 +1,401 @@
+"""The account's front door to moto, on 127.0.0.1: every AWS call of a function (and of the
+instance builder's bundle upload) goes through it. It forwards to moto unchanged and adds what
+a real account has and moto has not:
+
+- a ledger of refusals: each AccessDenied/UnauthorizedOperation moto answers is recorded with
+  the function whose role made the call and the action refused (moto's S3 errors do not name
+  the action: it is derived from the request);
+- iam:PassRole, which moto never checks: a RunInstances naming an instance profile is refused,
+  as EC2 would, unless the caller's role allows iam:PassRole on the profile's role towards
+  ec2.amazonaws.com (policy.py evaluates it);
+- Query requests (EC2, IAM) in the encoding moto can verify: moto recomputes their
+  signature from the parsed form re-encoded as botocore does (a space as "+"), so a signed
+  "%20" from the Rust SDK never matches. The front door checks the caller's signature itself
+  and re-signs the same parameters, "%20" written "+", with the caller's own credentials;
+- HeadBucket authorized as IAM does (s3:ListBucket): moto checks it as "s3:HeadBucket", an
+  action IAM does not have, so no role could ever pass. The front door evaluates the
+  caller's s3:ListBucket on the bucket and, when allowed, forwards the call signed by the
+  account's admin;
+- the SSM agent of the build host: a SendCommand to a registered host runs the command's
+  document (its runShellScript steps, parameters substituted as the agent does) on this
+  machine, and GetCommandInvocation reports that run's status and output instead of moto's
+  canned "Success".
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import urllib.parse
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from botocore.auth import S3SigV4Auth, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+import policy
+
+# Refusals: not authorized, or credentials/signature not accepted.
+DENIED_CODES = (
+    "AccessDenied",
+    "UnauthorizedOperation",
+    "AccessDeniedException",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AuthFailure",
+)
+HOP_HEADERS = {"transfer-encoding", "connection", "keep-alive", "content-length"}
+SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
+
+
+def s3_action(method: str, path: str, query: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    has_key = len(parts) > 1
+    q = urllib.parse.parse_qs(query, keep_blank_values=True)
+    sub = next((k for k in ("tagging", "delete", "policy", "acl", "uploads", "uploadId", "location", "versioning") if k in q), None)
+    if method in ("GET", "HEAD"):
+        return "s3:GetObject" if has_key else ("s3:GetBucketTagging" if sub == "tagging" else "s3:ListBucket")
+    if method == "PUT":
+        if has_key:
+            return "s3:PutObject"
+        return {"tagging": "s3:PutBucketTagging", "policy": "s3:PutBucketPolicy", "acl": "s3:PutBucketAcl"}.get(sub or "", "s3:CreateBucket")
+    if method == "DELETE":
+        return "s3:DeleteObject" if has_key else ("s3:PutBucketTagging" if sub == "tagging" else "s3:DeleteBucket")
+    if method == "POST" and sub == "delete":
+        return "s3:DeleteObject"
+    return f"s3:{method}"
+
+
+def request_action(headers: Any, method: str, path: str, query: str, body: bytes) -> tuple[str, str]:
+    """(service signing name, service:Action) of a request."""
+    auth = headers.get("Authorization", "")
+    scope = auth.partition("Credential=")[2].partition(",")[0].split("/")
+    service = scope[3] if len(scope) > 3 else ""
+    target = headers.get("X-Amz-Target")
+    if target:
+        return service, f"{service}:{target.rsplit('.', 1)[-1]}"
+    if service == "s3":
+        return service, s3_action(method, path, query)
+    form = urllib.parse.parse_qs(body.decode(errors="replace")) if body else {}
+    action = (form.get("Action") or urllib.parse.parse_qs(query).get("Action") or [""])[0]
+    return service, f"{service}:{action}"
+
+
+class HostAgent:
+    """The SSM agent of one build host: runs documents on this machine, as root."""
+
+    def __init__(self, instance_id: str, env: dict[str, str], work_dir: str):
+        self.instance_id = instance_id
+        self.env = env
+        self.work_dir = work_dir
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, command_id: str, commands: list[str], timeout: int) -> None:
+        with self.lock:
+            self.runs[command_id] = {"Status": "InProgress", "ResponseCode": -1, "out": "", "err": ""}
+        threading.Thread(target=self._run, args=(command_id, commands, timeout), daemon=True).start()
+
+    def _run(self, command_id: str, commands: list[str], timeout: int) -> None:
+        fd, script = tempfile.mkstemp(prefix="ssm-", suffix=".sh", dir=self.work_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(commands) + "\n")
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        env.update(self.env)
+        try:
+            done = subprocess.run(["sh", script], env=env, cwd=self.work_dir, capture_output=True, timeout=timeout)
+            status = "Success" if done.returncode == 0 else "Failed"
+            result = {"Status": status, "ResponseCode": done.returncode, "out": done.stdout.decode(errors="replace"), "err": done.stderr.decode(errors="replace")}
+        except subprocess.TimeoutExpired as e:
+            result = {"Status": "TimedOut", "ResponseCode": -1, "out": (e.stdout or b"").decode(errors="replace"), "err": "timed out"}
+        finally:
+            os.unlink(script)
+        with self.lock:
+            self.runs[command_id] = result
+
+    def report(self, command_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            return dict(self.runs[command_id]) if command_id in self.runs else None
+
+
+class Front:
+    def __init__(
+        self,
+        moto_url: str,
+        admin: Any,
+        work_dir: str,
+        callers: Callable[[str], dict[str, str] | None],
+    ):
+        parsed = urllib.parse.urlparse(moto_url)
+        self.moto = (parsed.hostname, parsed.port)
+        self.admin = admin
+        self.work_dir = work_dir
+        self.callers = callers  # access key → {"label", "role", "secret", "token"} of a function
+        self.hosts: dict[str, HostAgent] = {}
+        self.lock = threading.Lock()
+        self.denied: list[dict[str, str]] = []
+        self.passed_roles: list[dict[str, str]] = []
+        self.registered_snapshots: list[str] = []
+        self.host_commands: list[dict[str, str]] = []
+        self.calls: dict[str, int] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def register_host(self, instance_id: str, env: dict[str, str]) -> None:
+        self.hosts[instance_id] = HostAgent(instance_id, env, self.work_dir)
+
+    def stats(self, reset: bool) -> dict[str, Any]:
+        with self.lock:
+            out = {
+                "denied": list(self.denied),
+                "passed_roles": list(self.passed_roles),
+                "registered_snapshots": list(self.registered_snapshots),
+                "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
+                "aws_calls": dict(sorted(self.calls.items())),
+            }
+            if reset:
+                self.registered_snapshots.clear()
+                self.host_commands.clear()
+                self.denied.clear()
+                self.passed_roles.clear()
+                self.calls.clear()
+        return out
+
+    def record_denial(self, caller: str, action: str, message: str) -> None:
+        with self.lock:
+            self.denied.append({"function": caller, "action": action, "message": message[:500]})
+
+    # ------------------------------------------------------------------ iam:PassRole
+
+    def role_documents(self, role_name: str) -> list[dict[str, Any]]:
+        iam = self.admin.client("iam")
+        names = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
+        return [iam.get_role_policy(RoleName=role_name, PolicyName=n)["PolicyDocument"] for n in names]
+
+    def pass_role_refusal(self, caller: str, role_name: str, form: dict[str, list[str]]) -> tuple[str, str] | None:
+        """(role passed, message) when RunInstances passes a role the caller may not pass."""
+        profile = (form.get("IamInstanceProfile.Name") or form.get("IamInstanceProfile.Arn") or [""])[0]
+        if not profile:
+            return None
+        profile_name = profile.rsplit("/", 1)[-1]
+        iam = self.admin.client("iam")
+        try:
+            roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
+        except Exception:  # EC2 itself answers for a profile that does not exist
+            return None
+        documents = self.role_documents(role_name)
+        for role in roles:
+            if not policy.allowed(documents, "iam:PassRole", role["Arn"], {"iam:PassedToService": "ec2.amazonaws.com"}):
+                return role["Arn"], f"is not authorized to perform: iam:PassRole on resource: {role['Arn']}"
+            with self.lock:
+                self.passed_roles.append({"function": caller, "role": role["Arn"]})
+        return None
+
+    def signed_by_admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        """The same S3 request, signed with the admin's key instead of the caller's."""
+        scope = next(v for k, v in headers.items() if k.lower() == "authorization").partition("Credential=")[2].split("/")
+        drop = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
+        kept = {k: v for k, v in headers.items() if k.lower() not in drop}
+        host = next(v for k, v in headers.items() if k.lower() == "host")
+        request = AWSRequest(method=method, url=f"http://{host}{path}", data=body, headers=kept)
+        key = self.admin.admin_key
+        S3SigV4Auth(Credentials(key["access_key_id"], key["secret_access_key"]), "s3", scope[2]).add_auth(request)
+        return dict(request.headers.items())
+
+    # ------------------------------------------------------------------ SSM agent
+
+    def document_commands(self, name: str, parameters: dict[str, list[str]]) -> tuple[list[str], int]:
+        if name == "AWS-RunShellScript":
+            timeout = int((parameters.get("executionTimeout") or ["3600"])[0])
+            return list(parameters.get("commands", [])), timeout
+        content = json.loads(self.admin.client("ssm").get_document(Name=name)["Content"])
+        commands: list[str] = []
+        timeout = 3600
+        for step in content.get("mainSteps", []):
+            if step.get("action") != "aws:runShellScript":
+                raise ValueError(f"document {name}: step action {step.get('action')} is not run by the simulated agent")
+            commands.extend(step["inputs"]["runCommand"])
+            timeout = int(step["inputs"].get("timeoutSeconds", timeout))
+
+        def fill(line: str) -> str:
+            return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: ",".join(parameters.get(m.group(1), [m.group(0)])), line)
+
+        return [fill(c) for c in commands], timeout
+
+    def after_send_command(self, request: dict[str, Any], response: dict[str, Any]) -> None:
+        command_id = response.get("Command", {}).get("CommandId")
+        for instance in request.get("InstanceIds", []):
+            agent = self.hosts.get(instance)
+            if agent and command_id:
+                commands, timeout = self.document_commands(request["DocumentName"], request.get("Parameters", {}))
+                agent.start(command_id, commands, timeout)
+                with self.lock:
+                    self.host_commands.append({"instance": instance, "command": command_id, "document": request["DocumentName"]})
+
+    def command_invocation(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        agent = self.hosts.get(request.get("InstanceId", ""))
+        run = agent.report(request.get("CommandId", "")) if agent else None
+        if run is None:
+            return response
+        response.update(
+            {
+                "Status": run["Status"],
+                "StatusDetails": run["Status"],
+                "ResponseCode": run["ResponseCode"],
+                "StandardOutputContent": run["out"][-SSM_OUTPUT_LIMIT:],
+                "StandardErrorContent": run["err"][-SSM_OUTPUT_LIMIT:],
+            }
+        )
+        if run["Status"] != "InProgress":
+            response["ExecutionEndDateTime"] = datetime.now(timezone.utc).isoformat()
+        return response
+
+
+def _signature(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str]) -> str:
+    """SigV4 over the signed headers, as moto computes it (botocore's SigV4Auth)."""
+    auth = headers["Authorization"] if "Authorization" in headers else headers["authorization"]
+    signed = auth.partition("SignedHeaders=")[2].partition(",")[0].split(";")
+    scope = auth.partition("Credential=")[2].partition(",")[0].split("/")
+    signed_headers = {k: v for k, v in headers.items() if k.lower() in signed}
+    request = AWSRequest(method=method, url=path, data=body, headers=signed_headers)
+    request.context["timestamp"] = next(v for k, v in headers.items() if k.lower() == "x-amz-date")
+    sigv4 = SigV4Auth(Credentials(scope[0], caller["secret"], caller.get("token")), scope[3], scope[2])
+    canonical = sigv4.canonical_request(request)
+    return sigv4.signature(sigv4.string_to_sign(request, canonical), request)
+
+
+def resign_form(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
+    """The same Query request with spaces written "+" and signed again with the caller's
+    credentials; None when the caller's own signature does not hold."""
+    name = "Authorization" if "Authorization" in headers else "authorization"
+    given = headers[name].partition("Signature=")[2].partition(",")[0]
+    if _signature(method, path, headers, body, caller) != given:
+        return None
+    new_body = body.replace(b"%20", b"+")
+    new_headers = dict(headers)
+    new_headers["Content-Length"] = str(len(new_body))
+    for k in list(new_headers):
+        if k.lower() == "content-length" and k != "Content-Length":
+            del new_headers[k]
+    new_headers[name] = headers[name].replace(given, _signature(method, path, new_headers, new_body, caller))
+    return new_headers, new_body
+
+
+def _ec2_error(code: str, message: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+
+
+def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
+    class FrontDoor(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _read_body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            self.send_response(status)
+            length = None
+            for k, v in headers:
+                if k.lower() in HOP_HEADERS:
+                    if k.lower() == "content-length":
+                        length = v
+                    continue
+                self.send_header(k, v)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", length or "0")
+            else:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _handle(self) -> None:
+            body = self._read_body()
+            path, _, query = self.path.partition("?")
+            service, action = request_action(self.headers, self.command, path, query, body)
+            key = self.headers.get("Authorization", "").partition("Credential=")[2].partition("/")[0]
+            caller = front.callers(key)
+            label = caller["label"] if caller else f"access key {key or '(unsigned)'}"
+            with front.lock:
+                front.calls[label] = front.calls.get(label, 0) + 1
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+            headers["Content-Length"] = str(len(body))
+            if caller and action == "ec2:RunInstances":
+                refused = front.pass_role_refusal(label, caller["role"], urllib.parse.parse_qs(body.decode(errors="replace")))
+                if refused:
+                    message = f"You are not authorized to perform this operation. User: {label} {refused[1]}"
+                    front.record_denial(label, "iam:PassRole", message)
+                    return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", message))
+            parts = [p for p in path.split("/") if p]
+            if caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
+                bucket_arn = f"arn:aws:s3:::{parts[0]}"
+                if not policy.allowed(front.role_documents(caller["role"]), "s3:ListBucket", bucket_arn):
+                    front.record_denial(label, "s3:ListBucket", f"HeadBucket {parts[0]}: not allowed s3:ListBucket on {bucket_arn}")
+                    return self._send(403, [], b"")
+                headers = front.signed_by_admin(self.command, self.path, headers, body)
+            elif caller and b"%20" in body and self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                resigned = resign_form(self.command, path, headers, body, caller)
+                if resigned is None:
+                    front.record_denial(label, action, "the request's signature does not match its credentials")
+                    return self._send(403, [("Content-Type", "text/xml")], _ec2_error("AuthFailure", "AWS was not able to validate the provided access credentials"))
+                headers, body = resigned
+            conn = http.client.HTTPConnection(*front.moto, timeout=120)
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            out = resp.read()
+            resp_headers = resp.getheaders()
+            conn.close()
+            text = out.decode(errors="replace")
+            if resp.status >= 400 and any(f"<Code>{c}</Code>" in text or f'"{c}' in text for c in DENIED_CODES):
+                m = re.search(r"not authorized to perform:? (\S+?)(?: on|<|\"|$)", text)
+                front.record_denial(label, m.group(1) if m else action, text)
+            elif resp.status == 200 and action == "ec2:RegisterImage":
+                # moto registers a snapshot of its own instead of the one named (AWS uses it):
+                # the named snapshots are the image's, whatever moto's describe says.
+                form = urllib.parse.parse_qs(body.decode(errors="replace"))
+                region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2]
+                with front.lock:
+                    front.registered_snapshots.extend(f"{region} snapshot {v[0]}" for k, v in form.items() if k.endswith(".Ebs.SnapshotId"))
+            elif resp.status == 200 and service == "ssm" and action in ("ssm:SendCommand", "ssm:GetCommandInvocation"):
+                request = json.loads(body or b"{}")
+                response = json.loads(out or b"{}")
+                if action == "ssm:SendCommand":
+                    front.after_send_command(request, response)
+                else:
+                    out = json.dumps(front.command_invocation(request, response), default=str).encode()
+            self._send(resp.status, resp_headers, out)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+    return FrontDoor
