@@ -17,6 +17,7 @@
 //! → [`PreparedBuild`]s that the steps carry in their build state.
 
 pub mod config;
+pub mod hcl2;
 pub mod problem;
 pub mod provisioner;
 pub mod template;

@@ -1,0 +1,1 @@
+//! End-to-end tests of the HCL2 front end.
