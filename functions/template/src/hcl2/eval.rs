@@ -207,7 +207,7 @@ impl<'a> Evaluator<'a> {
                 Ok(Value::Map(out))
             }
             Expression::StringTemplate(t) => self.template(t, cx),
-            Expression::HeredocTemplate(h) => self.template(&h.template, cx),
+            Expression::HeredocTemplate(h) => self.heredoc(h, cx),
             Expression::Parenthesis(p) => self.eval(p.inner(), cx),
             Expression::Variable(v) => self.root(v, &[], cx),
             Expression::Traversal(t) => match &t.expr {
@@ -865,28 +865,60 @@ impl<'a> Evaluator<'a> {
             return self.eval(&i.expr, cx);
         }
         let mut out = Text::default();
-        self.render(t, cx, &mut out, &mut false)?;
+        self.render(t, cx, &mut out, &mut false, 0)?;
+        Ok(Value::String(out))
+    }
+
+    /// A heredoc: `<<-` strips the common indent from every line, which hcl-edit does for
+    /// the top-level literals only; the literals inside `%{ }` directives are dedented here.
+    fn heredoc(&self, h: &hcl_edit::template::HeredocTemplate, cx: &Ctx) -> R {
+        if let Some(Element::Interpolation(i)) = h.template.as_single_element() {
+            return self.eval(&i.expr, cx);
+        }
+        let mut out = Text::default();
+        self.render(
+            &h.template,
+            cx,
+            &mut out,
+            &mut false,
+            h.indent().unwrap_or(0),
+        )?;
         Ok(Value::String(out))
     }
 
     /// Appends a template's output; `strip_next` asks to trim the next literal's leading
-    /// whitespace (a `~}` marker).
+    /// whitespace (a `~}` marker). `dedent`: spaces to strip after each newline of the
+    /// literals inside directives (heredoc `<<-`).
     fn render(
         &self,
         t: &Template,
         cx: &Ctx,
         out: &mut Text,
         strip_next: &mut bool,
+        dedent: usize,
+    ) -> Result<(), Diag> {
+        self.render_in(t, cx, out, strip_next, dedent, false)
+    }
+
+    fn render_in(
+        &self,
+        t: &Template,
+        cx: &Ctx,
+        out: &mut Text,
+        strip_next: &mut bool,
+        dedent: usize,
+        nested: bool,
     ) -> Result<(), Diag> {
         for el in t.iter() {
             match el {
                 Element::Literal(l) => {
-                    let s = l.value();
-                    let s = if *strip_next {
-                        s.trim_start()
-                    } else {
-                        s.as_str()
-                    };
+                    let dedented;
+                    let mut s = l.value().as_str();
+                    if nested && dedent > 0 {
+                        dedented = dedent_after_newlines(s, dedent);
+                        s = &dedented;
+                    }
+                    let s = if *strip_next { s.trim_start() } else { s };
                     *strip_next = false;
                     out.s.push_str(s);
                 }
@@ -909,11 +941,11 @@ impl<'a> Evaluator<'a> {
                         };
                         *strip_next = d.if_expr.strip.strip_end();
                         if b {
-                            self.render(&d.if_expr.template, cx, out, strip_next)?;
+                            self.render_in(&d.if_expr.template, cx, out, strip_next, dedent, true)?;
                         } else if let Some(e) = &d.else_expr {
                             strip(out, e.strip, strip_next);
                             *strip_next = e.strip.strip_end();
-                            self.render(&e.template, cx, out, strip_next)?;
+                            self.render_in(&e.template, cx, out, strip_next, dedent, true)?;
                         }
                         strip(out, d.endif_expr.strip, strip_next);
                         *strip_next = d.endif_expr.strip.strip_end();
@@ -930,7 +962,7 @@ impl<'a> Evaluator<'a> {
                             }
                             inner = inner.bind(f.value_var.value().as_str(), v);
                             *strip_next = f.strip.strip_end();
-                            self.render(&f.template, &inner, out, strip_next)?;
+                            self.render_in(&f.template, &inner, out, strip_next, dedent, true)?;
                             strip(out, d.endfor_expr.strip, strip_next);
                         }
                         *strip_next = d.endfor_expr.strip.strip_end();
@@ -1020,6 +1052,20 @@ impl<'a> Evaluator<'a> {
         };
         functions::call(name, values, &fcx).map_err(|m| Diag::new(cx.file, call.span().or(span), m))
     }
+}
+
+fn dedent_after_newlines(s: &str, n: usize) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+            let spaces = line.len() - line.trim_start_matches(' ').len();
+            out.push_str(&line[spaces.min(n)..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 fn strip(out: &mut Text, s: Strip, strip_next: &mut bool) {

@@ -1,0 +1,60 @@
+packer {
+  required_plugins {
+    amazon = {
+      source  = "github.com/hashicorp/amazon"
+      version = ">= 1.2.0"
+    }
+  }
+}
+
+variable "region" {
+  type    = string
+  default = "us-east-1"
+}
+
+variable "ssh_username" {
+  type    = string
+  default = "ec2-user"
+}
+
+source "amazon-ebs" "amazon-ebs" {
+  ami_description             = "Built from {{ .SourceAMIName }} ({{ .SourceAMI }}) in {{ .BuildRegion }}"
+  ami_name                    = "amiflow-ssh-{{timestamp}}"
+  associate_public_ip_address = true
+  communicator                = "ssh"
+  instance_type               = "t3.micro"
+  pause_before_connecting     = "10s"
+  region                      = var.region
+  ssh_clear_authorized_keys   = true
+  ssh_handshake_attempts      = 20
+  ssh_interface               = "public_ip"
+  ssh_port                    = 22
+  ssh_pty                     = false
+  ssh_timeout                 = "10m"
+  ssh_username                = var.ssh_username
+  tags                        = {
+    Base_AMI = "{{ .SourceAMI }}"
+    Name     = "amiflow-ssh"
+  }
+  temporary_key_pair_type               = "ed25519"
+  temporary_security_group_source_cidrs = ["203.0.113.0/24"]
+
+  source_ami_filter {
+    filters = {
+      name                = "amzn2-ami-hvm-*-x86_64-gp2"
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+    }
+    most_recent = true
+    owners      = ["amazon"]
+  }
+}
+
+build {
+  description = "amazon-ebs provisioned over SSH with a temporary ed25519 key pair and security group."
+  sources     = ["source.amazon-ebs.amazon-ebs"]
+
+  provisioner "shell" {
+    inline = ["echo provisioned over ssh > /tmp/amiflow-ssh"]
+  }
+}
