@@ -1160,12 +1160,14 @@ pub(crate) fn lower(path: &Path, opts: &PrepareOptions) -> Result<Hcl2Template, 
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for b in &builds {
         for i in &b.instances {
-            if let Some(first) = seen.insert(i.full.clone(), i.at.clone()) {
+            if let Some(first) = seen.get(&i.full).cloned() {
                 lw.problems.push(problem_at(
                     i.at.clone(),
                     "build",
                     format!("the build `{}` is defined twice (first at {first}); name the build blocks (name = \"...\") or rename the source", i.full),
                 ));
+            } else {
+                seen.insert(i.full.clone(), i.at.clone());
             }
         }
     }

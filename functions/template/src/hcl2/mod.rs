@@ -106,6 +106,47 @@ pub fn inspect(path: &Path) -> Result<TemplateSummary, Problems> {
     lower::inspect(path).map_err(Problems)
 }
 
+/// A template ready for the JSON path: a JSON template's text as read, or an HCL2
+/// template lowered, with the options to prepare it with.
+#[derive(Debug, Clone)]
+pub struct LoadedTemplate {
+    /// The JSON template text.
+    pub text: String,
+    /// What to prepare `text` with (for HCL2: only the sensitive values as `-var`).
+    pub options: PrepareOptions,
+    /// The HCL2 template `text` was lowered from, which places problems in its files.
+    pub hcl2: Option<Hcl2Template>,
+}
+
+impl LoadedTemplate {
+    /// A JSON template's text, prepared with `opts` as they are.
+    pub fn json(text: String, opts: &PrepareOptions) -> LoadedTemplate {
+        LoadedTemplate {
+            text,
+            options: opts.clone(),
+            hcl2: None,
+        }
+    }
+
+    /// Lowers an HCL2 template (file or folder) with `opts`.
+    pub fn hcl2(path: &Path, opts: &PrepareOptions) -> Result<LoadedTemplate, Problems> {
+        let h = lower(path, opts)?;
+        Ok(LoadedTemplate {
+            text: h.json(),
+            options: h.prepare_options(opts),
+            hcl2: Some(h),
+        })
+    }
+
+    /// [`crate::prepare`], with problems placed in the HCL2 files when there are some.
+    pub fn prepare(&self) -> Result<crate::Prepared, Problems> {
+        crate::prepare(&self.text, &self.options).map_err(|p| match &self.hcl2 {
+            Some(h) => h.locate(p),
+            None => p,
+        })
+    }
+}
+
 /// `; did you mean X?` when a known name is close to `name`, or nothing.
 pub(crate) fn did_you_mean<'k>(name: &str, known: impl IntoIterator<Item = &'k str>) -> String {
     let best = known
