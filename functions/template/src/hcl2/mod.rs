@@ -200,4 +200,6 @@ pub(crate) fn block_label(
 }
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;
