@@ -734,3 +734,60 @@ fn a_folder_without_templates_and_a_directory_error_are_explained() {
         "{e}"
     );
 }
+
+#[test]
+fn a_folder_mixes_native_and_json_syntax() {
+    let json_vars = r#"{
+      "variable": {
+        "sizes": {"type": "map(number)", "default": {"root": 12}},
+        "team": {"type": "string", "default": "core"}
+      },
+      "locals": {"name": "team-${var.team}"},
+      "build": {
+        "sources": ["source.amazon-ebs.x"],
+        "provisioner": [
+          {"shell": {"inline": ["echo ${local.name} ${source.name}"], "max_retries": 2}},
+          {"shell-local": {"only": ["amazon-ebs.x"], "inline": ["echo done"]}}
+        ],
+        "post-processor": {"manifest": {"output": "m.json"}}
+      }
+    }"#;
+    let src = r#"
+source "amazon-ebs" "x" {
+  region        = "us-east-1"
+  source_ami    = "ami-12345678"
+  instance_type = "t3.micro"
+  ssh_username  = "ec2-user"
+  ami_name      = "x-${var.team}"
+  dynamic "launch_block_device_mappings" {
+    for_each = var.sizes
+    content {
+      device_name = "/dev/xvda"
+      volume_size = launch_block_device_mappings.value
+    }
+  }
+}
+"#;
+    let dir = folder(&[("main.pkr.hcl", src), ("build.pkr.json", json_vars)]);
+    let (h, p) = run(dir.path(), &options()).unwrap_or_else(|e| panic!("{e}"));
+    let b = &p.builds[0];
+    assert_eq!(b.provisioners[0]["inline"][0], "echo team-core x");
+    assert_eq!(b.provisioners[0]["max_retries"], 2);
+    assert_eq!(b.provisioners[1]["type"], "shell-local");
+    assert_eq!(b.post_processors[0]["output"], "m.json");
+    assert_eq!(h.template["builders"][0]["ami_name"], "x-core");
+    assert_eq!(
+        h.template["builders"][0]["launch_block_device_mappings"][0]["volume_size"],
+        12
+    );
+    // A problem in the JSON file names the file.
+    let dir = folder(&[
+        ("main.pkr.hcl", src),
+        (
+            "build.pkr.json",
+            &json_vars.replace("local.name", "local.nmae"),
+        ),
+    ]);
+    let e = run(dir.path(), &options()).unwrap_err();
+    assert!(e.contains("build.pkr.json: provisioner \"shell\": no local named `nmae` is defined; did you mean name?"), "{e}");
+}
