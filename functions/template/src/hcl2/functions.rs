@@ -563,11 +563,10 @@ impl Args<'_> {
             }
             "merge" => {
                 let mut out = BTreeMap::new();
-                for i in 0..self.args.len() {
-                    if matches!(self.args[i], Value::Null) {
-                        continue;
+                for (i, a) in self.args.iter().enumerate() {
+                    if !matches!(a, Value::Null) {
+                        out.extend(self.map(i)?);
                     }
-                    out.extend(self.map(i)?);
                 }
                 Ok(Value::Map(out))
             }

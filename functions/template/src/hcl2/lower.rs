@@ -122,12 +122,33 @@ struct BuildBlock<'a> {
     instances: Vec<Instance<'a>>,
 }
 
+/// A `locals` attribute or a `local` block.
+struct LocalEntry<'a> {
+    file: usize,
+    name: String,
+    expr: &'a Expression,
+    sensitive: bool,
+    span: Option<Range<usize>>,
+}
+
+/// A source a `build` block uses: `sources = [...]` entries and `source` blocks.
+struct SourceRef<'a> {
+    reference: String,
+    /// A build-level source block's body (and its file).
+    extra: Option<(usize, &'a Body)>,
+    rename: Option<String>,
+    span: Option<Range<usize>>,
+}
+
+/// A nested block's body with what it is evaluated in (a `dynamic` iterator bound).
+type Expanded<'a, 'c> = (&'a Body, Ctx<'c>, Option<Range<usize>>);
+
 /// The top-level blocks of every file.
 #[derive(Default)]
 struct Scan<'a> {
     packer: Vec<(usize, &'a Block)>,
     variables: Vec<(usize, &'a Block)>,
-    locals: Vec<(usize, String, &'a Expression, bool, Option<Range<usize>>)>,
+    locals: Vec<LocalEntry<'a>>,
     sources: BTreeMap<(String, String), (usize, &'a Block)>,
     builds: Vec<(usize, &'a Block)>,
 }
@@ -165,7 +186,13 @@ fn scan<'a>(
                     for item in block.body.iter() {
                         match item {
                             Structure::Attribute(a) => {
-                                s.locals.push((file, a.key.value().as_str().to_string(), &a.value, false, a.key.span()))
+                                s.locals.push(LocalEntry {
+                                    file,
+                                    name: a.key.value().as_str().to_string(),
+                                    expr: &a.value,
+                                    sensitive: false,
+                                    span: a.key.span(),
+                                })
                             }
                             Structure::Block(b) => problems.push(problem_at(
                                 at(b.span()),
@@ -200,7 +227,13 @@ fn scan<'a>(
                         }
                     }
                     match expr {
-                        Some(e) => s.locals.push((file, labels[0].clone(), e, sensitive, block.span())),
+                        Some(e) => s.locals.push(LocalEntry {
+                            file,
+                            name: labels[0].clone(),
+                            expr: e,
+                            sensitive,
+                            span: block.span(),
+                        }),
                         None => problems.push(problem_at(at(block.span()), &format!("local \"{}\"", labels[0]), "a local block needs `expression = ...`")),
                     }
                 }
@@ -443,7 +476,7 @@ impl<'a> Lowering<'a, '_> {
             }
         }
         // Blocks in order of first appearance, `dynamic` ones expanded.
-        let mut groups: Vec<(String, Vec<(&'a Body, Ctx<'c>, Option<Range<usize>>)>)> = Vec::new();
+        let mut groups: Vec<(String, Vec<Expanded<'a, 'c>>)> = Vec::new();
         for b in body.blocks() {
             let ident = b.ident.value().as_str();
             if skip.contains(&ident) {
@@ -460,9 +493,9 @@ impl<'a> Lowering<'a, '_> {
                         format!("a `{ident}` block takes no label here"),
                     ));
                 }
-                vec![(ident.to_string(), &b.body, cx.clone(), b.ident.span())]
+                vec![(ident.to_string(), (&b.body, cx.clone(), b.ident.span()))]
             };
-            for (name, body, bcx, span) in expanded {
+            for (name, (body, bcx, span)) in expanded {
                 match groups.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, items)) => items.push((body, bcx, span)),
                     None => groups.push((name, vec![(body, bcx, span)])),
@@ -519,7 +552,7 @@ impl<'a> Lowering<'a, '_> {
         b: &'a Block,
         cx: &Ctx<'c>,
         what: &str,
-    ) -> Vec<(String, &'a Body, Ctx<'c>, Option<Range<usize>>)> {
+    ) -> Vec<(String, Expanded<'a, 'c>)> {
         let at = self.at(cx.file, b.span());
         let Some(name) = b.labels.first().map(|l| l.as_str().to_string()) else {
             self.problems.push(problem_at(at, what, "a dynamic block names the block it makes: dynamic \"launch_block_device_mappings\" { ... }"));
@@ -579,7 +612,7 @@ impl<'a> Lowering<'a, '_> {
             .into_iter()
             .map(|(k, v)| {
                 let it = Value::Map([("key".to_string(), k), ("value".to_string(), v)].into());
-                (name.clone(), content, cx.bind(&iterator, it), b.span())
+                (name.clone(), (content, cx.bind(&iterator, it), b.span()))
             })
             .collect()
     }
@@ -703,12 +736,7 @@ impl<'a> Lowering<'a, '_> {
         let what = "build";
         let mut name = None;
         let mut description = None;
-        let mut refs: Vec<(
-            String,
-            Option<(usize, &'a Body)>,
-            Option<String>,
-            Option<Range<usize>>,
-        )> = Vec::new();
+        let mut refs: Vec<SourceRef<'a>> = Vec::new();
         for item in block.body.iter() {
             match item {
                 Structure::Attribute(a) => {
@@ -726,7 +754,12 @@ impl<'a> Lowering<'a, '_> {
                         },
                         "sources" => {
                             for s in self.string_list(&a.value, &cx, what) {
-                                refs.push((s, None, None, a.value.span()));
+                                refs.push(SourceRef {
+                                    reference: s,
+                                    extra: None,
+                                    rename: None,
+                                    span: a.value.span(),
+                                });
                             }
                         }
                         other => {
@@ -762,12 +795,12 @@ impl<'a> Lowering<'a, '_> {
                             },
                             None => None,
                         };
-                        refs.push((
-                            labels[0].clone(),
-                            Some((file, &b.body)),
+                        refs.push(SourceRef {
+                            reference: labels[0].clone(),
+                            extra: Some((file, &b.body)),
                             rename,
-                            b.labels[0].span(),
-                        ));
+                            span: b.labels[0].span(),
+                        });
                     }
                     "hcp_packer_registry" => {
                         let at = self.at(file, b.ident.span());
@@ -800,7 +833,13 @@ impl<'a> Lowering<'a, '_> {
             .map(|(t, n)| format!("source.{t}.{n}"))
             .collect();
         let mut instances = Vec::new();
-        for (reference, extra, rename, span) in refs {
+        for SourceRef {
+            reference,
+            extra,
+            rename,
+            span,
+        } in refs
+        {
             let at = self.at(file, span);
             let parts: Vec<&str> = reference
                 .strip_prefix("source.")
@@ -1120,21 +1159,21 @@ pub(crate) fn lower(path: &Path, opts: &PrepareOptions) -> Result<Hcl2Template, 
     };
     ev.vars = variables::resolve(&decls, &inputs, &ev, &mut problems);
     ev.declared = decls.iter().map(|d| d.name.clone()).collect();
-    for (file, name, expr, sensitive, span) in &scan.locals {
-        if ev.locals.contains_key(name) {
+    for l in &scan.locals {
+        if ev.locals.contains_key(&l.name) {
             problems.push(problem_at(
-                loaded.files[*file].at(span.clone()),
-                &format!("local \"{name}\""),
+                loaded.files[l.file].at(l.span.clone()),
+                &format!("local \"{}\"", l.name),
                 "is defined twice",
             ));
             continue;
         }
         ev.locals.insert(
-            name.clone(),
+            l.name.clone(),
             LocalDef {
-                file: *file,
-                expr,
-                sensitive: *sensitive,
+                file: l.file,
+                expr: l.expr,
+                sensitive: l.sensitive,
             },
         );
     }
