@@ -30,9 +30,14 @@ variable "region" {
   default = "us-east-1"
 }
 
+locals {
+  # The image's name prefix, shared by its tags, its snapshot's and the instance's.
+  name = "app-${var.app_version}"
+}
+
 source "amazon-ebs" "app-image" {
   ami_description             = "app ${var.app_version} on {{ .SourceAMIName }}"
-  ami_name                    = "app-${var.app_version}-{{timestamp}}"
+  ami_name                    = "${local.name}-{{timestamp}}"
   ami_org_arns                = ["arn:aws:organizations::123456789012:organization/o-abc123def4"]
   ami_regions                 = ["us-west-2", "eu-central-1"]
   ami_users                   = ["210987654321"]
@@ -56,15 +61,12 @@ source "amazon-ebs" "app-image" {
     us-east-1    = var.kms_key
     us-west-2    = "alias/amiflow"
   }
-  run_tags = {
-    Name = "amiflow-build-${var.app_version}"
-  }
   run_volume_tags = {
     Name = "amiflow-build-volume"
   }
   shutdown_behavior = "terminate"
   snapshot_tags     = {
-    Name = "app-${var.app_version}-snapshot"
+    Name = "${local.name}-snapshot"
   }
   snapshot_users = ["210987654321"]
   sriov_support  = true
@@ -73,7 +75,7 @@ source "amazon-ebs" "app-image" {
   ssh_username   = "ubuntu"
   tags           = {
     Base_AMI_Name = "{{ .SourceAMIName }}"
-    Name          = "app-${var.app_version}"
+    Name          = local.name
     Region        = "{{ .BuildRegion }}"
   }
   user_data_file = "cloud-init.yaml"
@@ -154,6 +156,11 @@ source "amazon-ebs" "app-image" {
       Effect   = "Allow"
       Resource = ["arn:aws:s3:::my-artifacts/*"]
     }
+  }
+
+  run_tag {
+    key   = "Name"
+    value = "amiflow-build-${var.app_version}"
   }
 
   vpc_filter {

@@ -17,36 +17,52 @@ variable "ssh_username" {
   default = "ec2-user"
 }
 
+# The HCL2 twin of examples/ebs-ssh.json, written with blocks: filter and tag blocks
+# fold into their maps, build.* stays for the steps to render.
 source "amazon-ebs" "amazon-ebs" {
-  ami_description             = "Built from {{ .SourceAMIName }} ({{ .SourceAMI }}) in {{ .BuildRegion }}"
-  ami_name                    = "amiflow-ssh-{{timestamp}}"
-  associate_public_ip_address = true
-  communicator                = "ssh"
-  instance_type               = "t3.micro"
-  pause_before_connecting     = "10s"
-  region                      = var.region
-  ssh_clear_authorized_keys   = true
-  ssh_handshake_attempts      = 20
-  ssh_interface               = "public_ip"
-  ssh_port                    = 22
-  ssh_pty                     = false
-  ssh_timeout                 = "10m"
-  ssh_username                = var.ssh_username
-  tags                        = {
-    Base_AMI = "{{ .SourceAMI }}"
-    Name     = "amiflow-ssh"
-  }
+  # build.* is rendered by the steps, with the source AMI known.
+  ami_description                       = "Built from ${build.SourceAMIName} (${build.SourceAMI}) in ${build.BuildRegion}"
+  ami_name                              = "amiflow-ssh-{{timestamp}}"
+  associate_public_ip_address           = true
+  communicator                          = "ssh"
+  instance_type                         = "t3.micro"
+  pause_before_connecting               = "10s"
+  region                                = var.region
+  ssh_clear_authorized_keys             = true
+  ssh_handshake_attempts                = 20
+  ssh_interface                         = "public_ip"
+  ssh_port                              = 22
+  ssh_pty                               = false
+  ssh_timeout                           = "10m"
+  ssh_username                          = var.ssh_username
   temporary_key_pair_type               = "ed25519"
   temporary_security_group_source_cidrs = ["203.0.113.0/24"]
 
   source_ami_filter {
-    filters = {
-      name                = "amzn2-ami-hvm-*-x86_64-gp2"
-      root-device-type    = "ebs"
-      virtualization-type = "hvm"
+    filter {
+      name  = "name"
+      value = "amzn2-ami-hvm-*-x86_64-gp2"
+    }
+    filter {
+      name  = "root-device-type"
+      value = "ebs"
+    }
+    filter {
+      name  = "virtualization-type"
+      value = "hvm"
     }
     most_recent = true
     owners      = ["amazon"]
+  }
+
+  tag {
+    key   = "Name"
+    value = "amiflow-ssh"
+  }
+
+  tag {
+    key   = "Base_AMI"
+    value = build.SourceAMI
   }
 }
 
