@@ -1012,6 +1012,7 @@ impl<'a> Evaluator<'a> {
                     ..d
                 });
             }
+            "templatefile" => return self.templatefile(&args, span, cx),
             "can" => {
                 if args.len() != 1 {
                     return Err(Diag::new(
@@ -1066,6 +1067,76 @@ fn dedent_after_newlines(s: &str, n: usize) -> String {
         }
     }
     out
+}
+
+impl Evaluator<'_> {
+    /// `templatefile(path, vars)`: the file's text as a template that sees only `vars`
+    /// (and functions).
+    fn templatefile(&self, args: &[&Expression], span: Option<Range<usize>>, cx: &Ctx) -> R {
+        let [path_e, vars_e] = args else {
+            return Err(Diag::new(
+                cx.file,
+                span,
+                format!(
+                    "templatefile takes 2 arguments (path, variables), got {}",
+                    args.len()
+                ),
+            ));
+        };
+        let path = match self.eval(path_e, cx)? {
+            Value::String(t) if t.later.is_empty() => t.s,
+            other => {
+                return Err(Diag::new(
+                    cx.file,
+                    path_e.span(),
+                    format!(
+                        "templatefile: the path must be a string, found a {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        let vars = match self.eval(vars_e, cx)? {
+            Value::Map(m) => m,
+            other => {
+                return Err(Diag::new(
+                    cx.file,
+                    vars_e.span(),
+                    format!(
+                        "templatefile: the variables must be a map, found a {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Diag::new(
+                cx.file,
+                path_e.span(),
+                format!("templatefile: cannot read {path:?}: {e}"),
+            )
+        })?;
+        let template = hcl_edit::parser::parse_template(&text).map_err(|e| {
+            let loc = e.location();
+            Diag::new(
+                cx.file,
+                span.clone(),
+                format!(
+                    "templatefile: {path}:{}:{}: {}",
+                    loc.line(),
+                    loc.column(),
+                    e.message()
+                ),
+            )
+        })?;
+        let mut inner = Ctx::new(cx.file, Place::VarValue);
+        inner.bindings = vars.into_iter().collect();
+        self.template(&template, &inner).map_err(|d| Diag {
+            file: cx.file,
+            span: span.clone(),
+            message: d.message.map(|m| format!("templatefile {path}: {m}")),
+        })
+    }
 }
 
 fn strip(out: &mut Text, s: Strip, strip_next: &mut bool) {

@@ -51,6 +51,9 @@ pub(crate) fn body(text: &str) -> Result<Body, String> {
             "an HCL2 JSON template must be an object of blocks (variable, source, build …)".into(),
         );
     };
+    if root.contains_key("builders") {
+        return Err("this is a legacy JSON template (it has \"builders\"): name it *.json, not *.pkr.json, which is HCL2 in JSON syntax".into());
+    }
     let mut out = Body::new();
     for (key, value) in &root {
         match key.as_str() {
@@ -276,5 +279,8 @@ mod tests {
             "shell"
         );
         assert!(body("[1]").unwrap_err().contains("must be an object"));
+        assert!(body(r#"{"builders": []}"#)
+            .unwrap_err()
+            .contains("legacy JSON template"));
     }
 }

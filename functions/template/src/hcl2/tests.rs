@@ -567,6 +567,7 @@ locals {
   word_count  = length(split(" ", "one two three"))
   splat       = [{ v = 1 }, { v = 2 }][*].v
   legacy      = var.names.0
+  rendered    = templatefile("${path.root}/motd.tpl", { who = "ops", items = var.names })
 }
 build {
   sources = ["source.amazon-ebs.x"]
@@ -574,13 +575,20 @@ build {
     inline = concat(
       local.upper_names,
       [tostring(local.by_name["c"]), local.safe, local.has_opt, tostring(local.word_count), jsonencode(local.splat), local.legacy],
-      [local.script, "literal $${not} %%{not}", "{{ .Keep }}"],
+      [local.script, "literal $${not} %%{not}", "{{ .Keep }}", local.rendered],
     )
   }
 }
 "#,
     );
-    let (h, _) = ok(&text, &options());
+    let dir = folder(&[
+        ("t.pkr.hcl", &text),
+        (
+            "motd.tpl",
+            "hello ${who}: %{ for i in items }${i}%{ endfor }",
+        ),
+    ]);
+    let (h, _) = run(&dir.path().join("t.pkr.hcl"), &options()).unwrap_or_else(|e| panic!("{e}"));
     let inline = &h.template["provisioners"][0]["inline"];
     assert_eq!(
         inline,
@@ -595,7 +603,8 @@ build {
             "a",
             "#!/bin/sh\necho a\necho b\necho c\n",
             "literal ${not} %{not}",
-            "{{ .Keep }}"
+            "{{ .Keep }}",
+            "hello ops: abc"
         ])
     );
 }
