@@ -8,7 +8,9 @@ free_port() {
 start_moto() {
     MOTO_PORT=$(free_port)
     MOTO_LOG="$AMIFLOW_CACHE/moto-$MOTO_PORT.log"
-    "$AMIFLOW_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+    # moto's recorder writes into its working directory unless told where: keep it in .cache/.
+    MOTO_RECORDER_FILEPATH="$AMIFLOW_CACHE/moto-$MOTO_PORT.recording" \
+        "$AMIFLOW_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
     MOTO_PID=$!
     for _ in $(seq 1 100); do
         if curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then break; fi

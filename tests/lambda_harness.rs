@@ -379,7 +379,7 @@ impl ScriptedInvoker {
         };
         self.calls.lock().unwrap().push(key.clone());
         if self.real.contains(&handler) {
-            let step = amiflow::steps::find(handler).expect("a real handler is registered");
+            let step = amiflow::flows::find(handler).expect("a real handler is registered");
             let ctx = self.ctx.clone().expect("with_real sets the ctx");
             return Box::pin(
                 async move { (step.handler)(ctx, payload).await.map_err(|e| e.payload()) },

@@ -26,10 +26,8 @@ source "amazon-ebs" "amazon-ebs" {
   associate_public_ip_address           = true
   communicator                          = "ssh"
   instance_type                         = "t3.micro"
-  pause_before_connecting               = "10s"
   region                                = var.region
   ssh_clear_authorized_keys             = true
-  ssh_handshake_attempts                = 20
   ssh_interface                         = "public_ip"
   ssh_port                              = 22
   ssh_pty                               = false
@@ -71,6 +69,7 @@ build {
   sources     = ["source.amazon-ebs.amazon-ebs"]
 
   provisioner "shell" {
-    inline = ["echo provisioned over ssh > /tmp/amiflow-ssh"]
+    pause_before = "10s"
+    inline       = ["echo provisioned over ssh > /tmp/amiflow-ssh"]
   }
 }

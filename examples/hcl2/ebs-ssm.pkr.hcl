@@ -17,12 +17,11 @@ source "amazon-ebs" "amazon-ebs" {
   run_tags             = {
     Purpose = "amiflow build"
   }
-  source_ami               = "ami-0f8848d57eb4fe2d2"
-  ssm_execution_timeout    = "30m"
-  ssm_output_s3_bucket     = "my-amiflow-logs"
-  ssm_output_s3_key_prefix = "ssm/"
-  ssm_timeout              = "10m"
-  subnet_id                = "subnet-0a1b2c3d4e5f60718"
+  source_ami            = "ami-0f8848d57eb4fe2d2"
+  ssm_execution_timeout = "30m"
+  ssm_output_s3_bucket  = "my-amiflow-logs"
+  ssm_timeout           = "10m"
+  subnet_id             = "subnet-0a1b2c3d4e5f60718"
 
   metadata_options {
     http_endpoint               = "enabled"

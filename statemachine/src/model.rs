@@ -206,7 +206,8 @@ pub enum State {
     Pass(Pass),
     Choice(Choice),
     Wait(Wait),
-    Map(MapState),
+    /// Boxed: a Map carries a whole sub-machine, several times the size of the others.
+    Map(Box<MapState>),
     Parallel(Parallel),
     Succeed(Succeed),
     Fail(Fail),
@@ -789,12 +790,6 @@ impl ChoiceRule {
             next: None,
         }
     }
-    pub fn not(rule: ChoiceRule) -> ChoiceRule {
-        ChoiceRule {
-            condition: Condition::Not(Box::new(rule)),
-            next: None,
-        }
-    }
     pub fn then(mut self, next: impl Into<String>) -> ChoiceRule {
         self.next = Some(next.into());
         self
@@ -895,4 +890,21 @@ macro_rules! into_state {
         }
     )*};
 }
-into_state!(Task => Task, Pass => Pass, Choice => Choice, Wait => Wait, MapState => Map, Parallel => Parallel, Succeed => Succeed, Fail => Fail);
+into_state!(Task => Task, Pass => Pass, Choice => Choice, Wait => Wait, Parallel => Parallel, Succeed => Succeed, Fail => Fail);
+
+impl From<MapState> for State {
+    fn from(s: MapState) -> State {
+        State::Map(Box::new(s))
+    }
+}
+
+/// `!rule`: the Choice rule that matches when `rule` does not.
+impl std::ops::Not for ChoiceRule {
+    type Output = ChoiceRule;
+    fn not(self) -> ChoiceRule {
+        ChoiceRule {
+            condition: Condition::Not(Box::new(self)),
+            next: None,
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use amiflow::state::BUILD_TAG;
-use amiflow::{flows, steps, Ctx, StepError};
+use amiflow::{flows, Ctx, StepError};
 use amiflow_statemachine::{
     resource_name, Engine, ExecutionError, StateMachine, TaskError, TaskInvoker, VirtualClock,
 };
@@ -41,7 +41,7 @@ impl TaskInvoker for InProcess {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
         let step = resource_name(resource).to_string();
         self.calls.lock().unwrap().push(step.clone());
-        let spec = steps::find(&step).ok_or_else(|| {
+        let spec = flows::find(&step).ok_or_else(|| {
             TaskError::new("BuildFailed", format!("step {step} is not registered"))
         })?;
         if self.replayed.contains(&step) {
@@ -297,22 +297,6 @@ async fn bucket_exists(ctx: &Ctx) -> bool {
         .send()
         .await
         .is_ok()
-}
-
-#[test]
-fn every_step_of_the_three_chains_is_registered() {
-    for b in [
-        BuilderType::EbsSurrogate,
-        BuilderType::EbsVolume,
-        BuilderType::Instance,
-    ] {
-        assert!(
-            flows::unregistered_steps(b).is_empty(),
-            "{}: {:?}",
-            b.as_str(),
-            flows::unregistered_steps(b)
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +594,7 @@ async fn ebsvolume_build_keeps_the_volumes_with_their_tags() {
     let ec2 = ctx.ec2(REGION);
     let source = ec2
         .describe_instances()
-        .filters(amiflow::aws::build_filter(execution))
+        .filters(amiflow::identity::build_filter(execution))
         .send()
         .await
         .unwrap();
@@ -821,7 +805,7 @@ async fn instance_upload_failure_says_what_to_check_and_masks_the_keys() {
 
 /// Steps whose failure is injected: from KeyPair (the first create) to the end.
 fn failure_points(builder: BuilderType) -> Vec<&'static str> {
-    let chain = flows::chain(builder);
+    let chain = flows::chain_names(builder);
     let first = chain.iter().position(|s| *s == "KeyPair").unwrap();
     chain[first..].to_vec()
 }
@@ -996,10 +980,8 @@ async fn instance_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
                     .into_iter()
                     .map(|k| format!("s3 object {BUCKET}/{k}")),
             );
-            if built.is_none() {
-                if bucket_exists(&ctx).await {
-                    left.push(format!("bucket {BUCKET}"));
-                }
+            if built.is_none() && bucket_exists(&ctx).await {
+                left.push(format!("bucket {BUCKET}"));
             }
             left
         })

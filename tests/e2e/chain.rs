@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use amiflow::state::CaughtError;
-use amiflow::{steps, BuildState, Ctx, StepError};
+use amiflow::{flows, BuildState, Ctx, StepError};
 
 /// One handler call, through the registry the Lambda binary and the local engine use.
 pub async fn invoke(
@@ -12,7 +12,7 @@ pub async fn invoke(
     step: &str,
     state: &BuildState,
 ) -> Result<BuildState, StepError> {
-    let spec = steps::find(step).unwrap_or_else(|| panic!("step {step} is not registered"));
+    let spec = flows::find(step).unwrap_or_else(|| panic!("step {step} is not registered"));
     let out = (spec.handler)(ctx.clone(), serde_json::to_value(state).unwrap()).await?;
     Ok(serde_json::from_value(out).unwrap())
 }

@@ -5,6 +5,7 @@
 //! Needs root (loop devices) and moto.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 use amiflow::state::BUILD_TAG;
 use amiflow::{BuildState, Ctx, StepError};
@@ -19,29 +20,9 @@ use super::faults::{each_mutating_call_fails_in_turn, LeftoversCheck, TemplateFo
 const REGION: &str = "us-east-1";
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
 
-const CHAIN: &[&str] = &[
-    "PreValidate",
-    "HostInfo",
-    "SourceAmiInfo",
-    "CreateVolume",
-    "WaitVolumeAvailable",
-    "AttachVolume",
-    "WaitVolumeAttached",
-    "RunHostScript",
-    "WaitHostScript",
-    "DetachVolume",
-    "WaitVolumeDetached",
-    "CreateSnapshot",
-    "WaitSnapshotsCompleted",
-    "DeregisterAmi",
-    "RegisterImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// The production chain: every test runs what is deployed.
+static CHAIN: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| amiflow::flows::chain_names(amiflow_template::BuilderType::Chroot));
 
 fn state(
     execution: &str,
@@ -163,7 +144,7 @@ async fn tagged(ctx: &Ctx, execution: &str) -> (Vec<String>, Vec<String>, Vec<St
 }
 
 /// The device pool is process environment, so these tests take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn setup(test: &str) -> Option<Moto> {
     if !loop_devices_usable(test) {
@@ -171,13 +152,13 @@ fn setup(test: &str) -> Option<Moto> {
     }
     let moto = Moto::start_or_skip(test)?;
     // moto's SendCommand runs nothing: the host script runs here, on the test's loop devices.
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "local");
     Some(moto)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::chroot_build_registers_the_provisioned_volume_and_leaves_no_volume")
     else {
@@ -284,7 +265,7 @@ async fn chroot_build_registers_the_provisioned_volume_and_leaves_no_volume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) = setup("chroot_build::chroot_build_with_a_failing_provisioner_leaves_nothing")
     else {
         return;
@@ -319,7 +300,7 @@ async fn chroot_build_with_a_failing_provisioner_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) = setup("chroot_build::two_chroot_builds_on_one_host_at_once_both_succeed")
     else {
         return;
@@ -408,13 +389,13 @@ async fn two_chroot_builds_on_one_host_at_once_both_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::ssm_mode_sends_the_script_inline_and_waits_for_the_invocation")
     else {
         return;
     };
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "ssm");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "ssm");
     let ctx = Arc::new(moto.ctx(REGION).await);
     let host = start_host(&ctx).await;
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +420,7 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
     let replayed = invoke_with_retry(&ctx, "RunHostScript", &before_send.unwrap())
         .await
         .expect("RunHostScript replayed");
-    std::env::set_var(amiflow::steps::chroot::RUN_MODE_ENV, "local");
+    std::env::set_var(amiflow::builders::chroot::RUN_MODE_ENV, "local");
     let cmd = &s.data.extra["chroot_command"];
     assert_eq!(cmd["via"], "ssm", "{cmd}");
     assert_eq!(cmd["instance_id"], host.as_str());
@@ -487,7 +468,7 @@ async fn ssm_mode_sends_the_script_inline_and_waits_for_the_invocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(moto) =
         setup("chroot_build::chroot_each_mutating_call_failing_in_turn_leaves_nothing_behind")
     else {

@@ -2,9 +2,10 @@
 //! (Retry on NotReady/Transient, Catch into Cleanup), then what moto holds is checked.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 use amiflow::state::BUILD_TAG;
-use amiflow::{steps, BuildState, Ctx, StepError};
+use amiflow::{BuildState, Ctx, StepError};
 use amiflow_tests::Moto;
 
 use super::chain::{fail_and_clean, invoke, invoke_with_retry};
@@ -14,29 +15,15 @@ const REGION: &str = "us-east-1";
 const COPY_REGION: &str = "us-west-2";
 const SHARE_USER: &str = "111122223333";
 
-/// The amazon-ebs chain, in Packer's order (Connect/Provision belong to the ssh work and
-/// are left out: this template provisions nothing).
-const CHAIN: &[&str] = &[
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "DeregisterAmi",
-    "CreateImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "ModifyImageAttributes",
-    "CreateTags",
-    "EnableDeprecation",
-];
+/// The production amazon-ebs chain without Connect and Provision: the template asks for
+/// SSH (so that the key pair and security group steps make something) but provisions
+/// nothing, and the instance's address is one moto invents, which nothing may dial.
+static CHAIN: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    amiflow::flows::chain_names(amiflow_template::BuilderType::Ebs)
+        .into_iter()
+        .filter(|s| !["Connect", "Provision"].contains(s))
+        .collect()
+});
 
 /// Steps that create something: each must create one resource when invoked twice.
 const CREATING: &[&str] = &[
@@ -290,7 +277,7 @@ async fn ebs_build_with_most_options_leaves_only_the_amis() {
         let imgs = ec2
             .describe_images()
             .owners("self")
-            .filters(amiflow::aws::filter("name", ["amiflow-e2e-full"]))
+            .filters(amiflow::identity::filter("name", ["amiflow-e2e-full"]))
             .send()
             .await
             .unwrap();
@@ -380,7 +367,7 @@ async fn ebs_build_with_most_options_leaves_only_the_amis() {
     let inst = ctx
         .ec2(REGION)
         .describe_instances()
-        .filters(amiflow::aws::build_filter(execution))
+        .filters(amiflow::identity::build_filter(execution))
         .send()
         .await
         .unwrap();
@@ -449,8 +436,7 @@ async fn a_failure_at_any_step_leaves_nothing_tagged() {
     cfg["source_ami"] = json!("ami-00000000000000000");
     let err = run_chain(&ctx, state("e2e-ebs-bad", cfg), CHAIN.len())
         .await
-        .err()
-        .expect("the build fails")
+        .expect_err("the build fails")
         .0;
     assert!(
         matches!(&err, StepError::BuildFailed(m) if m.contains("ami-00000000000000000")),
@@ -471,7 +457,7 @@ async fn each_creating_step_twice_creates_one_resource() {
     let ctx = Arc::new(moto.ctx(REGION).await);
     let execution = "e2e-ebs-twice";
     let mut st = state(execution, template("amiflow-e2e-twice"));
-    for step in CHAIN {
+    for step in CHAIN.iter() {
         let first = invoke_with_retry(&ctx, step, &st)
             .await
             .unwrap_or_else(|e| panic!("{step}: {e}"));
@@ -490,7 +476,7 @@ async fn each_creating_step_twice_creates_one_resource() {
         }
         st = first;
     }
-    let f = || amiflow::aws::build_filter(execution);
+    let f = || amiflow::identity::build_filter(execution);
     let ec2 = ctx.ec2(REGION);
     let n_inst = ec2
         .describe_instances()
@@ -560,10 +546,10 @@ async fn each_creating_step_twice_creates_one_resource() {
 }
 
 /// The janitor's sweep of `execution` in both regions, its NotReady polled quickly.
-async fn janitor(ctx: &Arc<Ctx>, execution: &str) -> steps::cleanup::CleanupReport {
+async fn janitor(ctx: &Arc<Ctx>, execution: &str) -> amiflow::resources::CleanupReport {
     let regions = vec![REGION.to_string(), COPY_REGION.to_string()];
     for _ in 0..30 {
-        match steps::cleanup::cleanup_by_tag(ctx, execution, &regions).await {
+        match amiflow::resources::sweep_execution(ctx, execution, &regions).await {
             Ok(r) => return r,
             Err(StepError::NotReady(_)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await
@@ -597,12 +583,12 @@ async fn janitor_keeps_what_a_successful_build_delivered() {
     // sweeps it by tag: this build's AMIs and their snapshots must survive it.
     let report = janitor(&ctx, execution).await;
     for (region, ami) in &built.data.amis {
-        let img = steps::images::describe(&ctx, region, ami)
+        let img = amiflow::resources::image::describe(&ctx, region, ami)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{ami} ({region}) was removed: {report:?}"));
         assert_eq!(img.state().map(|s| s.as_str()), Some("available"));
-        for snap in steps::images::snapshots(&img) {
+        for snap in amiflow::resources::image::snapshots(&img) {
             let found = ctx
                 .ec2(region)
                 .describe_snapshots()
@@ -771,13 +757,13 @@ async fn a_resource_not_removable_yet_does_not_hold_up_the_others() {
         .await
         .unwrap();
 
-    let first = steps::cleanup::cleanup_by_tag(&ctx, execution, &[REGION.to_string()]).await;
+    let first = amiflow::resources::sweep_execution(&ctx, execution, &[REGION.to_string()]).await;
     let Err(StepError::NotReady(why)) = first else {
         panic!("the attached volume makes the pass NotReady: {first:?}")
     };
     assert!(why.contains(&volume), "{why}");
     assert!(
-        steps::images::describe(&ctx, REGION, &image)
+        amiflow::resources::image::describe(&ctx, REGION, &image)
             .await
             .unwrap()
             .is_none_or(|i| i.state().map(|s| s.as_str()) == Some("deregistered")),

@@ -243,38 +243,10 @@ async fn both(input: Value, script: &[&str]) -> Option<Record> {
     Some(local)
 }
 
-const EBS_STEPS: [&str; 22] = [
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "Connect",
-    "Provision",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "DeregisterAmi",
-    "CreateImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-    "Cleanup",
-];
-
 /// The iteration's path: the Choice, the ebs chain up to and including `last`, then Cleanup.
 fn chain_until(last: &str) -> Vec<String> {
     let mut out = vec!["BuilderType".to_string()];
-    for s in EBS_STEPS {
-        if s == "Cleanup" {
-            break;
-        }
+    for s in amiflow::flows::chain_names(amiflow_template::BuilderType::Ebs) {
         out.push(format!("amazon-ebs.{s}"));
         if s == last {
             break;

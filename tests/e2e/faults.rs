@@ -109,6 +109,10 @@ async fn leftovers(moto: &Moto, execution: &str, include_artifacts: bool) -> Vec
     crate::ebs::tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], include_artifacts).await
 }
 
+/// A run that failed at a fault point: the point, its fault, the removals its Cleanup made
+/// (nth call, action).
+type FailedRun = (usize, Injected, Vec<(usize, String)>);
+
 /// Which of `total` failure points to try: all of them, or `max` spread evenly from the
 /// first to the last.
 fn sample(total: usize, max: usize) -> Vec<usize> {
@@ -177,7 +181,7 @@ pub(crate) async fn each_mutating_call_fails_in_turn(
     let points = sample(total, max_points);
     let (mut built, mut failed) = (0, 0);
     // Each failed run: (point, its fault, the removals its Cleanup made).
-    let mut cleanups: Vec<(usize, Injected, Vec<(usize, String)>)> = Vec::new();
+    let mut cleanups: Vec<FailedRun> = Vec::new();
     for &n in &points {
         moto.reset().unwrap();
         let action = actions[n - 1].clone();
@@ -467,8 +471,7 @@ async fn spot_without_capacity_for_the_first_type_launches_the_next() {
     let n = proxy
         .log()
         .iter()
-        .filter(|c| c.nth > 0 && c.action == "RunInstances")
-        .last()
+        .rfind(|c| c.nth > 0 && c.action == "RunInstances")
         .expect("RunInstances was called")
         .nth;
 
@@ -495,11 +498,7 @@ async fn spot_without_capacity_for_the_first_type_launches_the_next() {
     let output = outcome.result.as_ref().expect("built on the next type");
     assert_eq!(output["failed"], 0, "{output}");
     let log = proxy.log();
-    let launch = log
-        .iter()
-        .filter(|c| c.action == "RunInstances")
-        .last()
-        .unwrap();
+    let launch = log.iter().rfind(|c| c.action == "RunInstances").unwrap();
     // The one-time spot request carries spot_tags (rendered) and the build tag.
     let body = percent_decode(&launch.body);
     assert!(

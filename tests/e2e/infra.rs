@@ -188,7 +188,7 @@ fn definition_placeholders_are_all_substituted() {
             missing.len()
         );
     }
-    let registered: Vec<&str> = amiflow::steps::registry()
+    let registered: Vec<&str> = amiflow::flows::registry()
         .iter()
         .map(|s| s.name)
         .filter(|n| PENDING_STEPS.contains(n))

@@ -13,6 +13,7 @@ mod faults;
 mod hcl2;
 mod infra;
 mod lambda_runtime;
+mod limits;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

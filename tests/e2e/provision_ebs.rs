@@ -3,6 +3,7 @@
 //! imported into moto whose private half (`ssh_private_key_file`) the sshd authorizes.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
@@ -14,26 +15,9 @@ use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
 
-const CHAIN: &[&str] = &[
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "Connect",
-    "Provision",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "DeregisterAmi",
-    "CreateImage",
-    "WaitImageAvailable",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// The production chain: every test runs what is deployed.
+static CHAIN: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| amiflow::flows::chain_names(amiflow_template::BuilderType::Ebs));
 
 /// Runs the chain with Catch → Cleanup; returns the final state or the error and the cleaned state.
 async fn run(
@@ -41,7 +25,7 @@ async fn run(
     mut state: BuildState,
     connect_attempts: u32,
 ) -> Result<BuildState, (StepError, BuildState)> {
-    for step in CHAIN {
+    for step in CHAIN.iter() {
         let max = if *step == "Connect" {
             connect_attempts
         } else {

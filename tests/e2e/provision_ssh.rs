@@ -6,8 +6,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use amiflow::provision::Secrets;
-use amiflow::steps::connect::{connect, WAIT};
+use amiflow::steps::connect::connect;
 use amiflow::steps::provision::{provision_with, ProvisionOptions};
+use amiflow::waits::CONNECT;
 use amiflow::{BuildState, Ctx, StepError};
 use amiflow_template::BuilderType;
 use amiflow_tests::sshd::{free_port, Sshd};
@@ -245,14 +246,14 @@ async fn connect_answers_for_sshd_and_waits_then_fails_for_an_unreachable_host()
         json!([]),
         json!({"ssh_timeout": "2m"}),
     );
-    st.waits.insert(WAIT.into(), chrono::Utc::now());
+    st.waits.insert(CONNECT.name.into(), chrono::Utc::now());
     match connect(&c, st.clone()).await {
         Err(StepError::NotReady(m)) => assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}"),
         other => panic!("expected NotReady, got {other:?}"),
     }
     // The wait began longer ago than ssh_timeout: the build fails with the cause.
     st.waits.insert(
-        WAIT.into(),
+        CONNECT.name.into(),
         chrono::Utc::now() - chrono::Duration::minutes(3),
     );
     match connect(&c, st).await {

@@ -127,7 +127,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     assert_eq!(listed.commands().len(), 1);
     let c = &listed.commands()[0];
     assert_eq!(c.document_name(), Some("AWS-RunShellScript"));
-    assert_eq!(c.instance_ids(), [id.clone()]);
+    assert_eq!(c.instance_ids(), std::slice::from_ref(&id));
     assert_eq!(c.comment(), Some("amiflow e2e-ssm #0"));
     assert_eq!(c.output_s3_bucket_name(), Some(BUCKET));
     let params = c.parameters().unwrap();

@@ -1,4 +1,4 @@
-//! AWS clients for a step, built from the credential chain the seeds describe.
+//! AWS clients for a step, built from the credential chain Packer documents.
 //!
 //! Order (local runs): the template's static keys (`access_key`/`secret_key`/`token`),
 //! environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or Packer's
@@ -20,7 +20,6 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use crate::StepError;
 
@@ -75,7 +74,7 @@ impl Ctx {
         }
     }
 
-    /// Clients for a local build of a template, following the seeds' credential order.
+    /// Clients for a local build of a template, following Packer's credential order.
     pub async fn for_build(access: &AccessConfig) -> Result<Ctx, StepError> {
         let max_attempts = Some(access.max_retries)
             .filter(|n| *n > 0)
@@ -248,123 +247,9 @@ fn packer_env_credentials() -> Option<Credentials> {
     ))
 }
 
-/// Error codes that mean "slow down" or "try again shortly".
-const THROTTLING: &[&str] = &[
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "TooManyRequestsException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "SlowDown",
-    "PriorRequestNotComplete",
-    "ServiceUnavailable",
-    "InternalError",
-    "InternalFailure",
-    "Unavailable",
-];
-
-/// The troubleshooting hint for an error code, from the seeds.
-pub fn hint(code: &str) -> Option<&'static str> {
-    match code {
-        "AuthFailure" | "RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" => Some(
-            "AWS was not able to validate the provided access credentials. Amazon signs every request with \
-             the current time: if your system clock is skewed, requests fail this way. Compare `date` with \
-             http://www.time.gov/ (on Linux: `sudo ntpd -q` or `chronyc makestep`), and check the access \
-             key, secret key and session token in use",
-        ),
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some(
-            "You are not authorized to perform this operation: the credentials' policy must allow this \
-             action (`amiflow policy TEMPLATE` prints the minimal policy); with an IAM instance profile \
-             also allow iam:PassRole for the profile's role",
-        ),
-        _ => None,
-    }
-}
-
-/// Maps an SDK error to a step error: throttling and 5xx are `Transient`, everything else
-/// `BuildFailed`, naming the operation, the resource and AWS's own message.
-pub fn classify<E, R>(operation: &str, resource: &str, err: SdkError<E, R>) -> StepError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + HttpStatus,
-{
-    let code = err.code().unwrap_or("").to_string();
-    let message = err.message().unwrap_or("").to_string();
-    let status = err.raw_response().map(|r| r.status_code()).unwrap_or(0);
-    let what = if resource.is_empty() {
-        operation.to_string()
-    } else {
-        format!("{operation} {resource}")
-    };
-    let detail = if code.is_empty() {
-        match &err {
-            SdkError::DispatchFailure(_)
-            | SdkError::TimeoutError(_)
-            | SdkError::ResponseError(_) => {
-                return StepError::Transient(format!(
-                    "{what}: could not reach AWS: {}",
-                    error_chain(&err)
-                ));
-            }
-            _ => error_chain(&err),
-        }
-    } else {
-        format!("{code}: {message}")
-    };
-    if THROTTLING.contains(&code.as_str()) || status >= 500 {
-        return StepError::Transient(format!("{what}: {detail}"));
-    }
-    match hint(&code) {
-        Some(h) => StepError::BuildFailed(format!("{what}: {detail}. {h}")),
-        None => StepError::BuildFailed(format!("{what}: {detail}")),
-    }
-}
-
-/// The AWS error code of an SDK error, if AWS answered with one.
-pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
-    match err {
-        SdkError::ServiceError(s) => s.err().code(),
-        _ => None,
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut src = err.source();
-    while let Some(e) = src {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        src = e.source();
-    }
-    out
-}
-
-/// The HTTP status of a raw response, whatever the SDK's response type.
-pub trait HttpStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HttpStatus for aws_sdk_ec2::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hints_name_the_clock_and_the_policy() {
-        assert!(hint("AuthFailure").unwrap().contains("clock"));
-        assert!(hint("RequestExpired").unwrap().contains("clock"));
-        assert!(hint("UnauthorizedOperation")
-            .unwrap()
-            .contains("iam:PassRole"));
-        assert!(hint("InvalidAMIID.NotFound").is_none());
-    }
 
     #[tokio::test]
     async fn template_keys_win_and_half_a_pair_is_refused() {

@@ -24,152 +24,174 @@ use amiflow_statemachine::{
 use amiflow_template::BuilderType;
 use serde_json::json;
 
-use crate::steps::{self, WaitPolicy};
+use crate::steps::*;
+use crate::waits::WaitPolicy;
 
-pub const PREPARE: &str = "Prepare";
-pub const FINALIZE: &str = "Finalize";
-pub const CLEANUP: &str = "Cleanup";
+/// Prepare: the template becomes one build state per build (first state).
+pub const PREPARE: StepSpec = prepare::STEP;
+/// Cleanup ends every build's chain, on success and through the Catch on failure.
+pub const CLEANUP: StepSpec = cleanup::SPEC;
+/// Finalize reports every build (after the Map).
+pub const FINALIZE: StepSpec = finalize::STEP;
+/// The janitor: invoked by the EventBridge rule, not a state of the state machine.
+pub const JANITOR: StepSpec = janitor::SPEC;
 
-/// amazon-ebs (reference §3.1). Spot instances go through RunSourceInstance too.
-pub const EBS_STEPS: &[&str] = &[
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "Connect",
-    "Provision",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "DeregisterAmi",
-    "CreateImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
+// The phases the builders share, in Packer's order.
+
+/// Resolve the source, make the temporary access, launch and wait for the instance.
+const LAUNCH: [StepSpec; 7] = [
+    source_ami_info::SPEC,
+    network_info::SPEC,
+    key_pair::SPEC,
+    security_group::SPEC,
+    iam_instance_profile::SPEC,
+    run_source_instance::SPEC,
+    wait_instance_running::SPEC,
+];
+/// Reach the instance and run the provisioners.
+const PROVISION: [StepSpec; 2] = [connect::SPEC, provision::SPEC];
+/// Stop the instance and apply the attribute changes an image of it needs.
+const STOP: [StepSpec; 3] = [
+    stop_instance::SPEC,
+    wait_instance_stopped::SPEC,
+    modify_instance::SPEC,
+];
+/// Register the image from snapshots or a bundle (amazon-ebssurrogate with
+/// `use_create_image` makes it with CreateImage inside RegisterImage).
+const REGISTER: [StepSpec; 3] = [
+    deregister_ami::SPEC,
+    register_image::SPEC,
+    wait_image_available::SPEC,
+];
+/// Copy to the other regions, then deprecation, sharing and tags on every copy.
+const DISTRIBUTE: [StepSpec; 5] = [
+    copy_image::SPEC,
+    wait_copies_available::SPEC,
+    enable_deprecation::SPEC,
+    modify_image_attributes::SPEC,
+    create_tags::SPEC,
 ];
 
-/// amazon-chroot (reference §3.4): the mount/chroot/provision/unmount work of Packer's
-/// steps 5–17 is the host script, started by RunHostScript and polled by WaitHostScript.
-pub const CHROOT_STEPS: &[&str] = &[
-    "PreValidate",
-    "HostInfo",
-    "SourceAmiInfo",
-    "CreateVolume",
-    "WaitVolumeAvailable",
-    "AttachVolume",
-    "WaitVolumeAttached",
-    "RunHostScript",
-    "WaitHostScript",
-    "DetachVolume",
-    "WaitVolumeDetached",
-    "CreateSnapshot",
-    "WaitSnapshotsCompleted",
-    "DeregisterAmi",
-    "RegisterImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// amazon-ebs: launch, provision, stop, create the image from the instance. Spot
+/// instances go through RunSourceInstance too.
+pub const EBS: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &STOP,
+    &[
+        deregister_ami::SPEC,
+        create_image::SPEC,
+        wait_image_available::SPEC,
+    ],
+    &DISTRIBUTE,
+]);
 
-/// amazon-instance (reference §3.5): no stop; the bundle is made and uploaded on the
-/// running instance, then registered from S3.
-pub const INSTANCE_STEPS: &[&str] = &[
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "Connect",
-    "Provision",
-    "UploadX509Cert",
-    "BundleVolume",
-    "UploadBundle",
-    "DeregisterAmi",
-    "RegisterImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// amazon-chroot: a volume from the source image on the build host; the
+/// mount/chroot/provision/unmount work is the host script (`infra/chroot-host.sh`),
+/// started by RunHostScript and polled by WaitHostScript; the image is registered from
+/// its snapshot.
+pub const CHROOT: &[StepSpec] = &concat::<{ 13 + 3 + 5 }>(&[
+    &[
+        pre_validate::SPEC,
+        host_info::SPEC,
+        source_ami_info::SPEC,
+        create_volume::SPEC,
+        wait_volume_available::SPEC,
+        attach_volume::SPEC,
+        wait_volume_attached::SPEC,
+        run_host_script::SPEC,
+        wait_host_script::SPEC,
+        detach_volume::SPEC,
+        wait_volume_detached::SPEC,
+        create_snapshot::SPEC,
+        wait_snapshots_completed::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
 
-/// amazon-ebssurrogate (reference §3.2). By default SnapshotVolumes snapshots the launch
-/// volumes and RegisterImage registers them; the swap steps do nothing. With
-/// `use_create_image` SnapshotVolumes does nothing, the swap steps put the surrogate volume
-/// in the root slot (Packer's StepSwapVolumes) and RegisterImage calls CreateImage.
-pub const EBSSURROGATE_STEPS: &[&str] = &[
-    "PreValidate",
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "Connect",
-    "Provision",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "SnapshotVolumes",
-    "WaitSnapshotsCompleted",
-    "SwapVolumes",
-    "AttachRootVolume",
-    "WaitRootVolumeAttached",
-    "DeregisterAmi",
-    "RegisterImage",
-    "WaitImageAvailable",
-    "CopyImage",
-    "WaitCopiesAvailable",
-    "EnableDeprecation",
-    "ModifyImageAttributes",
-    "CreateTags",
-];
+/// amazon-instance: no stop; the bundle is made and uploaded on the running instance, then
+/// registered from S3.
+pub const INSTANCE: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &[
+        upload_x509_cert::SPEC,
+        bundle_volume::SPEC,
+        upload_bundle::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
 
-/// amazon-ebsvolume (reference §3.3): no AMI; the kept volumes (and their snapshots when
+/// amazon-ebssurrogate. By default SnapshotVolumes snapshots the launch volumes and
+/// RegisterImage registers them; the swap steps do nothing. With `use_create_image`
+/// SnapshotVolumes does nothing, the swap steps put the surrogate volume in the root slot
+/// (Packer's StepSwapVolumes) and RegisterImage calls CreateImage.
+pub const EBSSURROGATE: &[StepSpec] = &concat::<{ 1 + 7 + 2 + 3 + 5 + 3 + 5 }>(&[
+    &[pre_validate::SPEC],
+    &LAUNCH,
+    &PROVISION,
+    &STOP,
+    &[
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        swap_volumes::SPEC,
+        attach_root_volume::SPEC,
+        wait_root_volume_attached::SPEC,
+    ],
+    &REGISTER,
+    &DISTRIBUTE,
+]);
+
+/// amazon-ebsvolume: no AMI; the kept volumes (and their snapshots when
 /// `snapshot_volume`) are the artifact.
-pub const EBSVOLUME_STEPS: &[&str] = &[
-    "SourceAmiInfo",
-    "NetworkInfo",
-    "KeyPair",
-    "SecurityGroup",
-    "IamInstanceProfile",
-    "RunSourceInstance",
-    "WaitInstanceRunning",
-    "TagVolumes",
-    "Connect",
-    "Provision",
-    "StopInstance",
-    "WaitInstanceStopped",
-    "ModifyInstance",
-    "SnapshotVolumes",
-    "WaitSnapshotsCompleted",
-    "ModifySnapshotAttributes",
-];
+pub const EBSVOLUME: &[StepSpec] = &concat::<{ 7 + 1 + 2 + 3 + 3 }>(&[
+    &LAUNCH,
+    &[tag_volumes::SPEC],
+    &PROVISION,
+    &STOP,
+    &[
+        snapshot_volumes::SPEC,
+        wait_snapshots_completed::SPEC,
+        modify_snapshot_attributes::SPEC,
+    ],
+]);
+
+/// The phases one after the other; `N` must be their total length (checked at compile time).
+const fn concat<const N: usize>(phases: &[&[StepSpec]]) -> [StepSpec; N] {
+    let mut out = [phases[0][0]; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < phases.len() {
+        let mut j = 0;
+        while j < phases[i].len() {
+            out[n] = phases[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "a chain's length does not match its phases");
+    out
+}
 
 /// Each builder's chain, without its Cleanup (every chain ends in [`CLEANUP`]).
-pub fn chain(builder: BuilderType) -> &'static [&'static str] {
+pub fn chain(builder: BuilderType) -> &'static [StepSpec] {
     match builder {
-        BuilderType::Ebs => EBS_STEPS,
-        BuilderType::Chroot => CHROOT_STEPS,
-        BuilderType::Instance => INSTANCE_STEPS,
-        BuilderType::EbsSurrogate => EBSSURROGATE_STEPS,
-        BuilderType::EbsVolume => EBSVOLUME_STEPS,
+        BuilderType::Ebs => EBS,
+        BuilderType::Chroot => CHROOT,
+        BuilderType::Instance => INSTANCE,
+        BuilderType::EbsSurrogate => EBSSURROGATE,
+        BuilderType::EbsVolume => EBSVOLUME,
     }
+}
+
+/// The handler names of `builder`'s chain, in order (what tests compare runs against).
+pub fn chain_names(builder: BuilderType) -> Vec<&'static str> {
+    chain(builder).iter().map(|s| s.name).collect()
 }
 
 /// The state name of `step` in `builder`'s chain.
@@ -184,65 +206,34 @@ pub fn step_of(state_name: &str) -> &str {
         .map_or(state_name, |(_, step)| step)
 }
 
-/// Polling budgets at least Packer's (reference §7.4), used for a wait step until its
-/// handler is registered with its own [`WaitPolicy`]. The numbers are the ones the step
-/// helpers chose, so the rendered definition does not move when their handlers land.
-const IMAGE_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 5,
-    backoff_rate: 1.5,
-    max_delay_seconds: 30,
-    max_attempts: 250,
-};
-const INSTANCE_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 3,
-    backoff_rate: 1.5,
-    max_delay_seconds: 15,
-    max_attempts: 250,
-};
-const VOLUME_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 2,
-    backoff_rate: 1.5,
-    max_delay_seconds: 10,
-    max_attempts: 120,
-};
-const COMMAND_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 10,
-    backoff_rate: 1.5,
-    max_delay_seconds: 60,
-    max_attempts: 480,
-};
-const CONNECT_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 5,
-    backoff_rate: 1.5,
-    max_delay_seconds: 30,
-    max_attempts: 120,
-};
-const PROFILE_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 2,
-    backoff_rate: 1.5,
-    max_delay_seconds: 10,
-    max_attempts: 12,
-};
-
-fn fallback_wait(step: &str) -> Option<WaitPolicy> {
-    Some(match step {
-        "WaitImageAvailable" | "WaitCopiesAvailable" | "WaitSnapshotsCompleted" => IMAGE_WAIT,
-        "WaitInstanceRunning" | "WaitInstanceStopped" | CLEANUP => INSTANCE_WAIT,
-        "WaitVolumeAvailable" | "WaitVolumeAttached" | "WaitVolumeDetached" => VOLUME_WAIT,
-        "Provision" | "WaitHostScript" | "BundleVolume" | "UploadBundle" => COMMAND_WAIT,
-        "Connect" => CONNECT_WAIT,
-        "IamInstanceProfile" => PROFILE_WAIT,
-        _ => return None,
-    })
+/// Every step the definition invokes, once each, in first-use order.
+pub fn all_steps() -> Vec<StepSpec> {
+    let mut all = vec![PREPARE];
+    for builder in BuilderType::ALL {
+        all.extend(chain(builder).iter().copied());
+    }
+    all.extend([CLEANUP, FINALIZE]);
+    let mut seen = std::collections::BTreeSet::new();
+    all.retain(|s| seen.insert(s.name));
+    all
 }
 
-/// The wait policy a step's `NotReady` retry is rendered from: the registered handler's,
-/// else the fallback above.
-pub fn wait_policy(step: &str) -> Option<WaitPolicy> {
-    match steps::find(step) {
-        Some(spec) => spec.wait,
-        None => fallback_wait(step),
-    }
+/// Every handler, by name: the steps of the flows, and the janitor. The Lambda binary, the
+/// local engine and `serve-lambdas` dispatch through it; the roles are made from it.
+pub fn registry() -> Vec<StepSpec> {
+    let mut all = all_steps();
+    all.push(JANITOR);
+    all
+}
+
+/// The handler with this name.
+pub fn find(name: &str) -> Option<StepSpec> {
+    registry().into_iter().find(|s| s.name == name)
+}
+
+/// The policy a step's `NotReady` retry is rendered from, for steps that wait.
+pub fn wait_policy(step: &StepSpec) -> Option<WaitPolicy> {
+    step.wait.map(|w| w.policy)
 }
 
 /// Lambda service errors, retried as AWS recommends for Lambda tasks.
@@ -253,7 +244,7 @@ pub const LAMBDA_SERVICE_ERRORS: &[&str] = &[
     "Lambda.TooManyRequestsException",
 ];
 
-fn retriers(step: &str) -> Vec<Retrier> {
+fn retriers(step: &StepSpec) -> Vec<Retrier> {
     let mut retry = Vec::new();
     if let Some(w) = wait_policy(step) {
         retry.push(Retrier {
@@ -287,11 +278,11 @@ fn retriers(step: &str) -> Vec<Retrier> {
     retry
 }
 
-fn resource(step: &str) -> String {
-    format!("${{{step}FunctionArn}}")
+fn resource(step: &StepSpec) -> String {
+    format!("${{{}FunctionArn}}", step.name)
 }
 
-fn task(step: &str, next: Option<String>, catch: Vec<Catcher>) -> Task {
+fn task(step: &StepSpec, next: Option<String>, catch: Vec<Catcher>) -> Task {
     Task {
         resource: resource(step),
         retry: retriers(step),
@@ -318,7 +309,7 @@ fn build_iteration() -> SubMachine {
     let mut states = States::new();
     let mut rules = Vec::new();
     for builder in BuilderType::ALL {
-        let first = chain(builder)[0];
+        let first = chain(builder)[0].name;
         rules.push(
             ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str())
                 .then(state_name(builder, first)),
@@ -344,16 +335,16 @@ fn build_iteration() -> SubMachine {
     );
     for builder in BuilderType::ALL {
         let steps = chain(builder);
-        let cleanup = state_name(builder, CLEANUP);
+        let cleanup = state_name(builder, CLEANUP.name);
         for (i, step) in steps.iter().enumerate() {
-            let next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
+            let next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
             states.add(
-                state_name(builder, step),
+                state_name(builder, step.name),
                 task(step, Some(next), catch_all_into_error(cleanup.clone())),
             );
         }
         let cleanup_failed = state_name(builder, "CleanupFailed");
-        let mut cleanup_task = task(CLEANUP, None, catch_all_into_error(cleanup_failed.clone()));
+        let mut cleanup_task = task(&CLEANUP, None, catch_all_into_error(cleanup_failed.clone()));
         cleanup_task.comment =
             Some("Runs on success and on failure; ends the iteration so other builds go on".into());
         states.add(cleanup, cleanup_task);
@@ -384,7 +375,7 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub fn definition() -> StateMachine {
     let mut states = States::new();
     let mut prepare = task(
-        PREPARE,
+        &PREPARE,
         Some(BUILDS.into()),
         vec![Catcher {
             error_equals: vec!["InvalidTemplate".into()],
@@ -393,7 +384,7 @@ pub fn definition() -> StateMachine {
         }],
     );
     prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
-    states.add(PREPARE, prepare);
+    states.add(PREPARE.name, prepare);
     states.add(
         TEMPLATE_INVALID,
         Fail {
@@ -423,13 +414,13 @@ pub fn definition() -> StateMachine {
             output_path: None,
             retry: Vec::new(),
             catch: Vec::new(),
-            next: Some(FINALIZE.into()),
+            next: Some(FINALIZE.name.into()),
             end: None,
         },
     );
     states.add(
-        FINALIZE,
-        task(FINALIZE, Some(ANY_BUILD_FAILED.into()), Vec::new()),
+        FINALIZE.name,
+        task(&FINALIZE, Some(ANY_BUILD_FAILED.into()), Vec::new()),
     );
     states.add(
         ANY_BUILD_FAILED,
@@ -453,7 +444,7 @@ pub fn definition() -> StateMachine {
     states.add(SUCCEEDED, Succeed::default());
     StateMachine {
         comment: Some("amiflow: Packer's Amazon builders as a workflow. Generated by functions/amiflow/src/flows.rs; do not edit.".into()),
-        start_at: PREPARE.into(),
+        start_at: PREPARE.name.into(),
         timeout_seconds: None,
         states,
     }
@@ -467,38 +458,6 @@ pub fn render() -> String {
 /// Where the rendered definition is committed.
 pub fn committed_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../statemachine/amiflow.asl.json")
-}
-
-/// Every step the definition invokes, once each, in first-use order.
-pub fn all_steps() -> Vec<&'static str> {
-    let mut all = vec![PREPARE];
-    for builder in BuilderType::ALL {
-        all.extend(chain(builder).iter().copied());
-    }
-    all.extend([CLEANUP, FINALIZE]);
-    let mut seen = std::collections::BTreeSet::new();
-    all.retain(|s| seen.insert(*s));
-    all
-}
-
-/// The steps of `builder`'s flow (Prepare, its chain, Cleanup, Finalize) that have no
-/// registered handler yet.
-pub fn unregistered_steps(builder: BuilderType) -> Vec<&'static str> {
-    std::iter::once(PREPARE)
-        .chain(chain(builder).iter().copied())
-        .chain([CLEANUP, FINALIZE])
-        .filter(|s| steps::find(s).is_none())
-        .collect()
-}
-
-/// Panics, naming the missing handlers, unless every step of `builder`'s flow is registered.
-pub fn assert_flow_complete(builder: BuilderType) {
-    let missing = unregistered_steps(builder);
-    assert!(
-        missing.is_empty(),
-        "{} flow: no handler registered for {missing:?} (steps::registry)",
-        builder.as_str()
-    );
 }
 
 #[cfg(test)]
@@ -534,16 +493,16 @@ mod tests {
         };
         let inner = &map.processor().unwrap().states;
         for builder in BuilderType::ALL {
-            let cleanup = state_name(builder, CLEANUP);
+            let cleanup = state_name(builder, CLEANUP.name);
             let steps = chain(builder);
             for (i, step) in steps.iter().enumerate() {
-                let name = state_name(builder, step);
+                let name = state_name(builder, step.name);
                 let Some(State::Task(t)) = inner.get(&name) else {
                     panic!("{name} is not a Task")
                 };
-                assert_eq!(t.resource, format!("${{{step}FunctionArn}}"));
+                assert_eq!(t.resource, format!("${{{}FunctionArn}}", step.name));
                 assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{name}");
-                let expect_next = state_name(builder, steps.get(i + 1).copied().unwrap_or(CLEANUP));
+                let expect_next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
                 assert_eq!(
                     State::Task(t.clone()).transition(),
                     Some(Transition::Next(&expect_next))
@@ -575,37 +534,66 @@ mod tests {
 
     #[test]
     fn wait_budgets_are_at_least_packers() {
-        let budget = |s: &str| {
+        let budget = |s: &StepSpec| {
             wait_policy(s)
-                .unwrap_or_else(|| panic!("{s} has no wait policy"))
+                .unwrap_or_else(|| panic!("{} has no wait policy", s.name))
                 .budget_seconds()
         };
         for s in [
-            "WaitImageAvailable",
-            "WaitCopiesAvailable",
-            "WaitSnapshotsCompleted",
-        ] {
-            assert!(budget(s) >= 1800.0, "{s}: {} s < 30 min", budget(s));
-        }
-        for s in ["WaitInstanceRunning", "WaitInstanceStopped", "Cleanup"] {
-            assert!(budget(s) >= 600.0, "{s}: {} s < 10 min", budget(s));
-        }
-        for s in [
-            "WaitVolumeAvailable",
-            "WaitVolumeAttached",
-            "WaitVolumeDetached",
+            wait_image_available::SPEC,
+            wait_copies_available::SPEC,
+            wait_snapshots_completed::SPEC,
         ] {
             assert!(
-                budget(s) >= 200.0,
-                "{s}: {} s < Packer's 5 s × 40",
-                budget(s)
+                budget(&s) >= 1800.0,
+                "{}: {} s < 30 min",
+                s.name,
+                budget(&s)
+            );
+        }
+        for s in [
+            wait_instance_running::SPEC,
+            wait_instance_stopped::SPEC,
+            CLEANUP,
+        ] {
+            assert!(budget(&s) >= 600.0, "{}: {} s < 10 min", s.name, budget(&s));
+        }
+        for s in [
+            wait_volume_available::SPEC,
+            wait_volume_attached::SPEC,
+            wait_volume_detached::SPEC,
+        ] {
+            assert!(
+                budget(&s) >= 200.0,
+                "{}: {} s < Packer's 5 s × 40",
+                s.name,
+                budget(&s)
             );
         }
         for s in all_steps() {
-            if s.starts_with("Wait") {
-                assert!(wait_policy(s).is_some(), "{s} waits but has no policy");
+            if s.name.starts_with("Wait") {
+                assert!(
+                    wait_policy(&s).is_some(),
+                    "{} waits but has no policy",
+                    s.name
+                );
             }
         }
+    }
+
+    #[test]
+    fn the_registry_is_the_flows_steps_and_the_janitor() {
+        let names: Vec<&str> = registry().iter().map(|s| s.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a handler is registered twice");
+        for builder in BuilderType::ALL {
+            for step in chain(builder) {
+                assert_eq!(find(step.name).map(|s| s.name), Some(step.name));
+            }
+        }
+        assert!(find("Janitor").is_some() && find("Nope").is_none());
     }
 
     #[test]
@@ -625,21 +613,6 @@ mod tests {
             "Step Functions allows 80 characters"
         );
         assert_eq!(step_of("amazon-ebs.CreateImage"), "CreateImage");
-    }
-
-    /// Lists, for every builder, the steps still without a handler; fails for amazon-ebs
-    /// once the ebs steps are in the registry (CreateImage is the tell).
-    #[test]
-    fn unregistered_steps_are_listed() {
-        for builder in BuilderType::ALL {
-            let missing = unregistered_steps(builder);
-            if !missing.is_empty() {
-                eprintln!("{}: no handler yet for {missing:?}", builder.as_str());
-            }
-        }
-        if steps::find("CreateImage").is_some() {
-            assert_flow_complete(BuilderType::Ebs);
-        }
     }
 
     /// The rendered flow run by the local engine with scripted steps: two builds, one of
@@ -747,7 +720,7 @@ mod tests {
                     .map(|(_, s)| s.as_str())
                     .collect::<Vec<_>>()
             };
-            let mut good_expected: Vec<&str> = EBS_STEPS.to_vec();
+            let mut good_expected: Vec<&str> = chain_names(BuilderType::Ebs);
             let wait_at = good_expected
                 .iter()
                 .position(|s| *s == "WaitImageAvailable")
@@ -755,11 +728,12 @@ mod tests {
             for _ in 0..3 {
                 good_expected.insert(wait_at, "WaitImageAvailable");
             }
-            good_expected.push(CLEANUP);
+            good_expected.push(CLEANUP.name);
             assert_eq!(of("good"), good_expected);
-            let create_at = EBS_STEPS.iter().position(|s| *s == "CreateImage").unwrap();
-            let mut bad_expected: Vec<&str> = EBS_STEPS[..=create_at].to_vec();
-            bad_expected.push(CLEANUP);
+            let ebs = chain_names(BuilderType::Ebs);
+            let create_at = ebs.iter().position(|s| *s == "CreateImage").unwrap();
+            let mut bad_expected: Vec<&str> = ebs[..=create_at].to_vec();
+            bad_expected.push(CLEANUP.name);
             assert_eq!(
                 of("bad"),
                 bad_expected,

@@ -546,7 +546,7 @@ pub fn function_role_actions(template: &Value) -> Result<Vec<(String, Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::registry;
+    use crate::flows::registry;
 
     fn noop(
         _: std::sync::Arc<crate::Ctx>,

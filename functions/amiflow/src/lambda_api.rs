@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::error::ErrorPayload;
-use crate::{steps, Ctx};
+use crate::{flows, Ctx};
 
 /// What an invocation can end in, besides a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub trait Invoker: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Value, InvokeError>>;
 }
 
-/// Serves the steps of [`steps::registry`] with one shared [`Ctx`].
+/// Serves the steps of [`flows::registry`] with one shared [`Ctx`].
 pub struct RegistryInvoker {
     pub ctx: Arc<Ctx>,
 }
@@ -51,7 +51,7 @@ impl Invoker for RegistryInvoker {
         handler: &str,
         payload: Value,
     ) -> BoxFuture<'static, Result<Value, InvokeError>> {
-        let Some(step) = steps::find(handler) else {
+        let Some(step) = flows::find(handler) else {
             return Box::pin(std::future::ready(Err(InvokeError::UnknownFunction(
                 format!(
                     "Function not found: {handler}. Known handlers: {}",
@@ -78,7 +78,7 @@ impl Invoker for RegistryInvoker {
 
 /// Every registered handler name, comma-separated, for error messages.
 pub fn known_handlers() -> String {
-    steps::registry()
+    flows::registry()
         .iter()
         .map(|s| s.name)
         .collect::<Vec<_>>()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use amiflow_statemachine::{resource_name, TaskError, TaskInvoker};
 use serde_json::Value;
 
-use crate::{steps, Ctx};
+use crate::{flows, Ctx};
 
 pub struct LocalInvoker {
     ctx: Arc<Ctx>,
@@ -25,7 +25,7 @@ impl LocalInvoker {
 impl TaskInvoker for LocalInvoker {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
         let name = resource_name(resource);
-        let Some(step) = steps::find(name) else {
+        let Some(step) = flows::find(name) else {
             // What Lambda answers for a function that does not exist.
             return Err(TaskError::new(
                 "Lambda.ResourceNotFoundException",

@@ -51,7 +51,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     // Validate before anything exists; the engine's Prepare step will do the same again
     // from the execution input, as it does in Step Functions.
     let prepared = match loaded.prepare() {
-        Ok(p) => p,
+        Ok(p) => {
+            validate::print_warnings(&p.warnings);
+            p
+        }
         Err(problems) => {
             validate::print_problems(&args.template.template, &problems);
             return Ok(1);

@@ -1,7 +1,7 @@
 //! `amiflow policy TEMPLATE`: the minimal IAM policy a template needs to run locally
 //! (`amiflow build` with your own credentials).
 //!
-//! The actions are: the seeds' base list for Packer's EC2 builders; the `iam_actions` of every
+//! The actions are: Packer's documented minimal policy for its EC2 builders; the `iam_actions` of every
 //! step the definition runs for the template's builder types (read from the committed ASL,
 //! so the policy follows the flows); and what the template's options call for — spot, region
 //! copies, KMS, SSM, instance profiles, assume_role.
@@ -24,7 +24,7 @@ pub struct Args {
     pub definition: Option<PathBuf>,
 }
 
-/// The seeds' IAM policy for Packer's Amazon builders (the "minimal set" they document).
+/// Packer's documented IAM policy for its Amazon builders (the "minimal set").
 pub const SEED_BASE_ACTIONS: &[&str] = &[
     "ec2:AttachVolume",
     "ec2:AuthorizeSecurityGroupIngress",
@@ -114,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         &template,
         &vars,
         definition.as_ref(),
-        &amiflow::steps::registry(),
+        &amiflow::flows::registry(),
     );
     println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(0)
@@ -476,7 +476,7 @@ mod tests {
             &basic_ebs(),
             &BTreeMap::new(),
             None,
-            &amiflow::steps::registry(),
+            &amiflow::flows::registry(),
         );
         let granted: BTreeSet<String> = actions(&policy)
             .into_iter()
@@ -509,10 +509,10 @@ mod tests {
             &basic_ebs(),
             &BTreeMap::new(),
             None,
-            &amiflow::steps::registry(),
+            &amiflow::flows::registry(),
         );
         let granted = actions(&policy);
-        for spec in amiflow::steps::registry()
+        for spec in amiflow::flows::registry()
             .iter()
             .filter(|s| s.name != amiflow::infra::JANITOR)
         {

@@ -172,7 +172,7 @@ fn static_value(text: &str, template: &Value, vars: &BTreeMap<String, String>) -
 /// Runs the Prepare step in-process on the exact input the execution will get, so a bad
 /// template fails here with every problem listed and nothing started.
 pub async fn validate_locally(input: &Value, name: &str) -> anyhow::Result<()> {
-    let Some(prepare) = amiflow::steps::find("Prepare") else {
+    let Some(prepare) = amiflow::flows::find("Prepare") else {
         eprintln!("note: this amiflow has no Prepare step to validate with; the state machine will validate");
         return Ok(());
     };

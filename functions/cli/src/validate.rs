@@ -101,7 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         };
         args.template
             .load(&opts)?
-            .and_then(|loaded| loaded.prepare().map(|_| ()))
+            .and_then(|loaded| loaded.prepare().map(|p| print_warnings(&p.warnings)))
     };
     match result {
         Ok(()) if args.syntax_only => {
@@ -116,6 +116,14 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             print_problems(&args.template.template, &problems);
             Ok(1)
         }
+    }
+}
+
+/// What `prepare` warned about (e.g. a -var the template does not declare), one per line on
+/// stderr; `validate` and `build` print the same.
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("Warning: {w}");
     }
 }
 

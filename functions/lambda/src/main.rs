@@ -13,8 +13,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use amiflow::flows;
 use amiflow::lambda_api::{handler_name, known_handlers};
-use amiflow::steps::{self, StepSpec};
+use amiflow::steps::StepSpec;
 use amiflow::{Ctx, StepError};
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
@@ -104,7 +105,7 @@ fn resolve_step(
     function_name: Option<String>,
 ) -> Result<StepSpec, String> {
     if let Some(h) = handler.filter(|h| !h.trim().is_empty()) {
-        return steps::find(&handler_name(h.trim())).ok_or_else(|| {
+        return flows::find(&handler_name(h.trim())).ok_or_else(|| {
             format!(
                 "_HANDLER={h:?} names no amiflow step; set the function's Handler to one of: {}",
                 known_handlers()
@@ -119,7 +120,7 @@ fn resolve_step(
     };
     std::iter::once(function.as_str())
         .chain(function.split('-'))
-        .find_map(|candidate| steps::find(&handler_name(candidate)))
+        .find_map(|candidate| flows::find(&handler_name(candidate)))
         .ok_or_else(|| {
             format!(
                 "_HANDLER is not set and the function name {function:?} contains no amiflow step name; \

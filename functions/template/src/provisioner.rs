@@ -33,6 +33,9 @@ pub const DEFAULT_INLINE_SHEBANG: &str = "/bin/sh -e";
 pub const DEFAULT_REMOTE_FOLDER: &str = "/tmp";
 pub const DEFAULT_ENV_VAR_FORMAT: &str = "%s='%s' ";
 
+/// The most retries a provisioner may ask for: each retry runs it again from the start.
+pub const MAX_RETRIES: u32 = 100;
+
 /// One provisioner of the build, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Provisioner {
@@ -384,15 +387,20 @@ fn parse_common(obj: &Map<String, Value>, problems: &mut Vec<Problem>) -> Common
             )),
         }
     }
-    match obj.get("max_retries") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64().is_some() => {
-            common.max_retries = n.as_u64().unwrap() as u32
-        }
-        Some(Value::String(s)) if s.parse::<u32>().is_ok() => {
-            common.max_retries = s.parse().unwrap()
-        }
-        Some(other) => problems.push(Problem::key(
+    let retries = match obj.get("max_retries") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match (obj.get("max_retries"), retries) {
+        (None | Some(Value::Null), _) => {}
+        (_, Some(n)) if n <= u64::from(MAX_RETRIES) => common.max_retries = n as u32,
+        (_, Some(n)) => problems.push(Problem::key(
+            "max_retries",
+            format!("out of range: {n}; must be from 0 to {MAX_RETRIES}"),
+        )),
+        (Some(other), None) => problems.push(Problem::key(
             "max_retries",
             format!("expected a non-negative number, got {other}"),
         )),
@@ -537,6 +545,37 @@ mod tests {
         assert_eq!(s.remote_path("abc"), "/tmp/script_abc.sh");
         assert_eq!(s.valid_exit_codes(), vec![0]);
         assert_eq!(p.label(), "provisioner 1 (shell)");
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        // u32::MAX used to make `max_retries + 1` overflow when the provisioner ran, and
+        // 2^32 was truncated to 0.
+        for n in [json!(4294967295u64), json!(4294967296u64), json!("101")] {
+            let problems =
+                validate_provisioner(&json!({"type": "shell", "inline": ["x"], "max_retries": n}));
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("max_retries: out of range")
+                        && p.contains("must be from 0 to 100")),
+                "{n}: {problems:?}"
+            );
+        }
+        let p = Provisioner::parse(
+            0,
+            &json!({"type": "shell", "inline": ["x"], "max_retries": 100}),
+        )
+        .unwrap();
+        assert_eq!(p.common.max_retries, 100);
+        let problems =
+            validate_provisioner(&json!({"type": "shell", "inline": ["x"], "max_retries": -1}));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("expected a non-negative number")),
+            "{problems:?}"
+        );
     }
 
     #[test]

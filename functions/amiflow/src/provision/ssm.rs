@@ -23,7 +23,7 @@ use super::local;
 use super::plan::{plan, Action, ExitCheck, PlanEnv};
 use super::run::{tail_text, RunOptions};
 use super::transport::{shell_quote, OutputSink};
-use crate::ctx::{classify, error_code};
+use crate::error::{classify, error_code};
 use crate::{BuildState, Ctx, StepError};
 
 pub const DOCUMENT: &str = "AWS-RunShellScript";

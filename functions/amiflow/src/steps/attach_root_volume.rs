@@ -8,9 +8,8 @@ use aws_sdk_ec2::types::{
     EbsInstanceBlockDeviceSpecification, InstanceBlockDeviceMappingSpecification, VolumeState,
 };
 
-use super::prelude::*;
-use super::swap_volumes::{swap, WAIT as DETACHED};
-use super::wait_volume_available::VOLUME_WAIT;
+use super::swap_volumes::swap;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "AttachRootVolume",
@@ -20,15 +19,10 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:AttachVolume",
         "ec2:ModifyInstanceAttribute",
     ],
-    wait: Some(VOLUME_WAIT),
+    wait: Some(waits::VOLUMES_DETACHED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "RootVolumeAttached";
-
-/// Packer's VolumeDetached waiter (SDK v2 default: 5 min).
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(300);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let Some(plan) = swap(&state) else {
@@ -55,7 +49,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let ours = source.attachments().iter().any(|a| {
         a.instance_id() == Some(plan.instance_id.as_str())
             && a.device()
-                .is_some_and(|d| super::volumes::same_device(d, &plan.root_device))
+                .is_some_and(|d| crate::builders::launch_volumes::same_device(d, &plan.root_device))
     });
     if !ours {
         let busy: Vec<String> = out
@@ -65,10 +59,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .filter_map(|v| v.volume_id().map(String::from))
             .collect();
         if !busy.is_empty() {
-            return Err(not_ready(
+            return Err(waits::VOLUMES_DETACHED.not_ready(
                 &state,
-                DETACHED,
-                DEFAULT_BUDGET,
                 format!(
                     "volumes {} are detaching from {}",
                     busy.join(", "),
@@ -77,7 +69,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             ));
         }
         // A retried SwapVolumes knows only what was still attached: look at the slot itself.
-        let instance = super::instance_state::describe(ctx, &region, &plan.instance_id)
+        let instance = crate::resources::instance::describe(ctx, &region, &plan.instance_id)
             .await?
             .ok_or_else(|| {
                 StepError::BuildFailed(format!(
@@ -87,13 +79,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             })?;
         if let Some(held) = instance.block_device_mappings().iter().find(|m| {
             m.device_name()
-                .is_some_and(|d| super::volumes::same_device(d, &plan.root_device))
+                .is_some_and(|d| crate::builders::launch_volumes::same_device(d, &plan.root_device))
         }) {
             let by = held.ebs().and_then(|e| e.volume_id()).unwrap_or("?");
-            return Err(not_ready(
+            return Err(waits::VOLUMES_DETACHED.not_ready(
                 &state,
-                DETACHED,
-                DEFAULT_BUDGET,
                 format!(
                     "{} on {} is still held by volume {by}",
                     plan.root_device, plan.instance_id
@@ -117,7 +107,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 )
             })?;
     }
-    end_wait(&mut state, DETACHED);
+    waits::VOLUMES_DETACHED.end(&mut state);
     ec2.modify_instance_attribute()
         .instance_id(&plan.instance_id)
         .block_device_mappings(
@@ -140,6 +130,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 e,
             )
         })?;
-    begin_wait(&mut state, WAIT);
+    waits::ROOT_VOLUME_ATTACHED.begin(&mut state);
     Ok(state)
 }

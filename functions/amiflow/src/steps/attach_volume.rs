@@ -4,8 +4,8 @@
 //! another build took in the meantime (EC2 answers InvalidParameterValue / in use) makes it
 //! try the next, so parallel builds on one host work. `device_path` pins the name.
 
-use super::chroot;
-use super::prelude::*;
+use crate::builders::chroot;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "AttachVolume",
@@ -18,8 +18,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "VolumeAttached";
 
 /// `/dev/xvdf` and `xvdf` are `/dev/sdf` to EC2.
 pub fn ec2_name(device: &str) -> String {
@@ -53,11 +51,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let ec2 = ctx.ec2(&region);
 
     // A retried step finds its own attachment.
-    if let Some(v) = chroot::describe_volume(ctx, &region, &vol.volume_id).await? {
-        if let Some((device, _)) = chroot::attachment_to(&v, &host.instance_id) {
+    if let Some(v) = crate::resources::volume::describe(ctx, &region, &vol.volume_id).await? {
+        if let Some((device, _)) = crate::resources::volume::attachment_to(&v, &host.instance_id) {
             vol.device = Some(device);
             chroot::set_volume(&mut state, &vol);
-            begin_wait(&mut state, WAIT);
+            waits::VOLUME_ATTACHED.begin(&mut state);
             return Ok(state);
         }
     }
@@ -116,7 +114,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             Ok(_) => {
                 vol.device = Some(device.clone());
                 chroot::set_volume(&mut state, &vol);
-                begin_wait(&mut state, WAIT);
+                waits::VOLUME_ATTACHED.begin(&mut state);
                 return Ok(state);
             }
             Err(e) if candidates.len() > 1 && is_name_clash(&e) => {

@@ -1,10 +1,10 @@
-//! BundleVolume (Packer's StepBundleVolume): renders `bundle_vol_command` (reference §6.1:
+//! BundleVolume (Packer's StepBundleVolume): renders `bundle_vol_command` (Packer's variables:
 //! `.KeyPath .AccountId .CertPath .Architecture .PrivatePath .Destination .Prefix`) and
 //! runs it on the instance. Records where the bundle will land in S3 before anything is
 //! uploaded, so Cleanup can remove it whatever happens next.
 
-use super::instance_store::{config, object_prefix, render_command, run_remote, session};
-use super::prelude::*;
+use crate::builders::instance_store::{config, object_prefix, render_command, run_remote, session};
+use crate::prelude::*;
 use crate::provision::transport::ExecStatus;
 use crate::provision::Secrets;
 
@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.instance_id.clone().ok_or_else(|| {
             StepError::BuildFailed("BundleVolume: no instance in the state".into())
         })?;
-    let architecture = super::instance_state::describe(ctx, &region, &instance)
+    let architecture = crate::resources::instance::describe(ctx, &region, &instance)
         .await?
         .and_then(|i| i.architecture().map(|a| a.as_str().to_string()))
         .unwrap_or_else(|| "x86_64".into());

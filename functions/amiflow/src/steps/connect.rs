@@ -14,11 +14,9 @@ use crate::provision::communicator::{ssh_target, Communication, Communicator};
 use crate::provision::ssh::SshTransport;
 use crate::provision::ssm::{agent_status, AgentStatus};
 use crate::provision::Secrets;
-use crate::steps::{StepSpec, WaitPolicy};
+use crate::steps::StepSpec;
+use crate::waits;
 use crate::{handler, BuildState, Ctx, StepError};
-
-/// The wait's name in `BuildState.waits`.
-pub const WAIT: &str = "Connect";
 
 /// One connection attempt (TCP + handshake + auth).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,12 +29,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:DescribeInstanceInformation",
     ],
     // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
-    wait: Some(WaitPolicy {
-        interval_seconds: 5,
-        backoff_rate: 1.5,
-        max_delay_seconds: 30,
-        max_attempts: 120,
-    }),
+    wait: Some(waits::CONNECT),
     timeout_seconds: 60,
     handler: handler!(connect),
 };
@@ -52,7 +45,7 @@ pub async fn connect_with(
     secrets: &Secrets,
 ) -> Result<BuildState, StepError> {
     let comm = Communication::of_state(&state)?;
-    let started = state.waits.get(WAIT).copied().unwrap_or_else(Utc::now);
+    let started = waits::CONNECT.started(&state).unwrap_or_else(Utc::now);
     let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
     let timed_out = elapsed >= comm.timeout;
     match comm.communicator {
@@ -65,7 +58,7 @@ pub async fn connect_with(
                         Ok(t) => {
                             tracing::info!(step = "Connect", "SSH on {} answers", t.address());
                             t.close().await;
-                            state.waits.remove(WAIT);
+                            waits::CONNECT.end(&mut state);
                             return Ok(state);
                         }
                         Err(e) => (target.address(), secrets.mask(&e.0)),
@@ -102,13 +95,13 @@ pub async fn connect_with(
             })?;
             match agent_status(ctx, &comm.region, &instance_id).await {
                 AgentStatus::Online => {
-                    state.waits.remove(WAIT);
+                    waits::CONNECT.end(&mut state);
                     Ok(state)
                 }
                 AgentStatus::CannotTell(why) => {
                     // Provision's SendCommand answers InvalidInstanceId until the agent registers.
                     tracing::warn!(step = "Connect", "cannot tell whether the SSM agent is online ({why}); Provision will find out");
-                    state.waits.remove(WAIT);
+                    waits::CONNECT.end(&mut state);
                     Ok(state)
                 }
                 AgentStatus::NotYet(why) if timed_out => Err(StepError::BuildFailed(format!(

@@ -2,7 +2,7 @@
 //! encrypting, back into the build region from the intermediary), with `encrypt_boot`,
 //! `kms_key_id` / `region_kms_key_ids`, a ClientToken per region and the build tags.
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CopyImage",
@@ -19,8 +19,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "CopiesAvailable";
 
 pub fn copies(state: &BuildState) -> BTreeMap<String, String> {
     state
@@ -124,6 +122,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.amis.remove(&build_region);
         state.data.snapshots.remove(&build_region);
     }
-    begin_wait(&mut state, WAIT);
+    waits::COPIES_AVAILABLE.begin(&mut state);
     Ok(state)
 }

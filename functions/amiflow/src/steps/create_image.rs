@@ -1,8 +1,8 @@
 //! CreateImage: images the stopped instance, tagged at creation (image and snapshots);
 //! the image is recorded at once (an artifact, or the intermediary when encrypting).
 
-use super::block_devices::mappings;
-use super::prelude::*;
+use crate::builders::block_devices::mappings;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateImage",
@@ -11,8 +11,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "ImageAvailable";
 
 /// CreateImage's error: "not in state" means the instance is still stopping (Transient,
 /// retried by the state); anything else as [`classify`] sees it.
@@ -123,6 +121,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         );
     }
     state.data.amis.insert(region, id);
-    begin_wait(&mut state, WAIT);
+    waits::IMAGE_AVAILABLE.begin(&mut state);
     Ok(state)
 }

@@ -2,8 +2,8 @@
 //! "Packer: <time>"), tagged at creation with `snapshot_tags` and the build's tags, recorded
 //! as part of the artifact. A retried step finds its snapshot by volume and build tag.
 
-use super::chroot;
-use super::prelude::*;
+use crate::builders::chroot;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateSnapshot",
@@ -16,9 +16,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-/// The same wait as SnapshotVolumes': WaitSnapshotsCompleted serves both.
-pub use super::snapshot_volumes::WAIT;
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -57,6 +54,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .ledger
         .record(ResourceKind::Snapshot, &region, &id, true);
     state.data.snapshots.insert(region, vec![id]);
-    begin_wait(&mut state, WAIT);
+    waits::SNAPSHOTS_COMPLETED.begin(&mut state);
     Ok(state)
 }

@@ -1,7 +1,7 @@
 //! CreateTags: `tags` on every AMI and its snapshots, then `snapshot_tags` on the
 //! snapshots, keys and values rendered with build data (`{{ .SourceAMIName }}`, ...).
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateTags",
@@ -18,8 +18,8 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
     }
     for (region, ami) in &state.data.amis {
         let ec2 = ctx.ec2(region);
-        let snaps = match super::images::describe(ctx, region, ami).await? {
-            Some(img) => super::images::snapshots(&img),
+        let snaps = match crate::resources::image::describe(ctx, region, ami).await? {
+            Some(img) => crate::resources::image::snapshots(&img),
             None => {
                 return Err(StepError::Transient(format!(
                     "CreateTags: image {ami} in {region} is not visible yet"

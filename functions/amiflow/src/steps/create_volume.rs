@@ -1,11 +1,11 @@
 //! CreateVolume: the build volume in the host's AZ, from the source image's root snapshot
-//! (or empty with `from_scratch`), with `root_volume_*` options (reference §5.3). Tagged at
+//! (or empty with `from_scratch`), with `root_volume_*` options. Tagged at
 //! creation and recorded in the ledger; the ClientToken makes a retry create nothing new.
 
 use aws_sdk_ec2::types::VolumeType;
 
-use super::chroot::{self, BuildVolume, SourceImage, SourceMapping};
-use super::prelude::*;
+use crate::builders::chroot::{self, BuildVolume, SourceImage, SourceMapping};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateVolume",
@@ -14,8 +14,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "VolumeAvailable";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?.clone();
@@ -40,7 +38,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 "CreateVolume: no source AMI in the state (SourceAmiInfo did not run)".into(),
             )
         })?;
-        let img = super::images::describe(ctx, &region, &ami)
+        let img = crate::resources::image::describe(ctx, &region, &ami)
             .await?
             .ok_or_else(|| StepError::BuildFailed(format!("source AMI {ami} is gone")))?;
         let src = source_image(&img);
@@ -119,7 +117,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             source,
         },
     );
-    begin_wait(&mut state, WAIT);
+    waits::VOLUME_AVAILABLE.begin(&mut state);
     Ok(state)
 }
 

@@ -1,7 +1,8 @@
 //! DeregisterAmi: with `force_deregister`, removes images named `ami_name` in every
 //! target region (and their snapshots with `force_delete_snapshot`).
 
-use super::prelude::*;
+use crate::prelude::*;
+use crate::resources::{image, snapshot};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "DeregisterAmi",
@@ -22,15 +23,8 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         return Ok(state);
     }
     for region in cfg.target_regions() {
-        let ec2 = ctx.ec2(&region);
-        let out = ec2
-            .describe_images()
-            .owners("self")
-            .filters(filter("name", [ami.ami_name.clone()]))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
-        for img in out.images() {
+        let taken = image::named(ctx, &region, &ami.ami_name).await?;
+        for img in &taken {
             // Never the image this very build made (a retried late step).
             if img
                 .tags()
@@ -40,21 +34,18 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 continue;
             }
             let id = img.image_id().unwrap_or_default();
-            match ec2.deregister_image().image_id(id).send().await {
-                Ok(_) => {}
-                Err(e) if error_code(&e) == Some("InvalidAMIID.NotFound") => {}
-                Err(e) => return Err(classify("DeregisterImage", id, e)),
-            }
+            image::deregister(ctx, &region, id).await?;
             if ami.force_delete_snapshot {
                 for snap in img
                     .block_device_mappings()
                     .iter()
                     .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
                 {
-                    match ec2.delete_snapshot().snapshot_id(snap).send().await {
+                    // Still in use by another image: that is the user's to sort out.
+                    match snapshot::remove(ctx, &region, snap).await {
                         Ok(_) => {}
-                        Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {}
-                        Err(e) => return Err(classify("DeleteSnapshot", snap, e)),
+                        Err(StepError::NotReady(why)) => return Err(StepError::BuildFailed(why)),
+                        Err(e) => return Err(e),
                     }
                 }
             }

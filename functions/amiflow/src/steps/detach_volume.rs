@@ -1,8 +1,8 @@
 //! DetachVolume: detaches the provisioned volume from the host (Packer's early cleanup);
 //! a volume already detached is fine.
 
-use super::chroot;
-use super::prelude::*;
+use crate::builders::chroot;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "DetachVolume",
@@ -12,15 +12,13 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub const WAIT: &str = "VolumeDetached";
-
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     let vol = chroot::volume(&state, "DetachVolume")?;
-    let v = chroot::describe_volume(ctx, &region, &vol.volume_id)
+    let v = crate::resources::volume::describe(ctx, &region, &vol.volume_id)
         .await?
         .ok_or_else(|| StepError::BuildFailed(format!("volume {} is gone", vol.volume_id)))?;
-    chroot::detach(ctx, &region, &v).await?;
-    begin_wait(&mut state, WAIT);
+    crate::resources::volume::detach(ctx, &region, &v).await?;
+    waits::VOLUME_DETACHED.begin(&mut state);
     Ok(state)
 }

@@ -1,6 +1,6 @@
 //! EnableDeprecation: `deprecate_at` on every AMI.
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "EnableDeprecation",

@@ -135,7 +135,7 @@ fn artifact_of(state: BuildState) -> BuildArtifact {
     }
 }
 
-/// Packer's `Artifact.String()` (reference §10.1).
+/// Packer's `Artifact.String()`: `region: ami-id` lines.
 pub fn packer_string(builder: BuilderType, data: &crate::state::BuildData) -> String {
     let mut lines: Vec<String> = if builder == BuilderType::EbsVolume {
         data.volumes

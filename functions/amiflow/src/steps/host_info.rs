@@ -3,8 +3,8 @@
 //! or `chroot_host_filter`, exactly one running instance); with neither, a local run on
 //! the host asks its own metadata service, as Packer does.
 
-use super::chroot::{self, Host};
-use super::prelude::*;
+use crate::builders::chroot::{self, Host};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "HostInfo",

@@ -4,7 +4,8 @@
 
 use aws_sdk_iam::types::Tag as IamTag;
 
-use super::prelude::*;
+use crate::prelude::*;
+use crate::resources::iam::{self, ALREADY_EXISTS, IAM_PATH};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "IamInstanceProfile",
@@ -20,18 +21,10 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:PassRole",
         "ec2:RunInstances",
     ],
-    wait: Some(WaitPolicy {
-        interval_seconds: 2,
-        backoff_rate: 1.5,
-        max_delay_seconds: 10,
-        max_attempts: 12,
-    }),
+    wait: Some(waits::PROFILE_USABLE),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-/// Path of every temporary role and profile: the janitor lists them under it.
-pub const IAM_PATH: &str = "/amiflow/";
 
 const ASSUME_EC2: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
@@ -57,7 +50,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let Some(doc) = &cfg.temporary_iam_instance_profile_policy_document else {
         return Ok(state);
     };
-    let name = temp_name(&state, "amiflow", "Iam").replace('_', "-");
+    let name = iam::temporary_name(&state);
     let tags: Vec<IamTag> = build_tags(&state)
         .into_iter()
         .chain(render_tags(
@@ -80,7 +73,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .await
     {
         Ok(_) => {}
-        Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
+        Err(e) if error_code(&e) == Some(ALREADY_EXISTS) => {}
         Err(e) => return Err(classify("CreateRole", &name, e)),
     }
     state
@@ -102,7 +95,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .await
     {
         Ok(_) => {}
-        Err(e) if error_code(&e) == Some("EntityAlreadyExists") => {}
+        Err(e) if error_code(&e) == Some(ALREADY_EXISTS) => {}
         Err(e) => return Err(classify("CreateInstanceProfile", &name, e)),
     }
     state

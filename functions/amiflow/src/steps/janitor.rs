@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::cleanup::{cleanup_by_tag, CleanupReport};
 use super::StepSpec;
+use crate::resources::{sweep_execution, CleanupReport, CLEANUP_ACTIONS};
 use crate::{Ctx, StepError};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Janitor",
-    // It removes exactly what Cleanup removes, by the same code.
-    iam_actions: super::cleanup::SPEC.iam_actions,
+    // It removes what Cleanup removes, by the same code (and marks nothing).
+    iam_actions: CLEANUP_ACTIONS,
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),
@@ -116,7 +116,7 @@ pub async fn sweep(
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
     let started = Instant::now();
     let CleanupReport { removed, kept, .. } = loop {
-        match cleanup_by_tag(ctx, &detail.name, &regions).await {
+        match sweep_execution(ctx, &detail.name, &regions).await {
             Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
                 tracing::info!(%why, "waiting before sweeping again");
                 tokio::time::sleep(interval).await;

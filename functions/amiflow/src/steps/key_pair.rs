@@ -4,7 +4,8 @@
 use aws_sdk_ec2::types::{KeyFormat, KeyType};
 use aws_sdk_ssm::types::{ParameterType, Tag as SsmTag};
 
-use super::prelude::*;
+use crate::prelude::*;
+use crate::resources::key_pair;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "KeyPair",
@@ -22,47 +23,6 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-/// `/amiflow/<execution>/<build>/ssh-key`: per build, and every parameter of an execution
-/// sits under one path the janitor can sweep.
-pub fn parameter_name(state: &BuildState) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect::<String>()
-    };
-    format!(
-        "/amiflow/{}/{}/ssh-key",
-        clean(&state.execution),
-        clean(&state.build.name)
-    )
-}
-
-/// Whether this build makes a temporary key pair (and its SSM parameter); Cleanup sweeps
-/// for them only then.
-pub fn creates_temporary_key(config: &amiflow_template::BuilderConfig) -> bool {
-    let Some(comm) = config.comm() else {
-        return false;
-    };
-    let no_temp_key = comm
-        .ssh_keypair_name
-        .as_deref()
-        .is_some_and(|s| !s.is_empty())
-        || matches!(comm.communicator.as_str(), "none" | "ssm")
-        || comm
-            .ssh_private_key_file
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-        || comm.ssh_agent_auth
-        || comm.ssh_password.as_deref().is_some_and(|s| !s.is_empty());
-    !no_temp_key
-}
-
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
     let comm = comm_config(&state, SPEC.name)?.clone();
@@ -70,7 +30,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.key_pair_name = Some(name.to_string());
         return Ok(state);
     }
-    if !creates_temporary_key(&cfg) {
+    if !key_pair::made_for(&cfg) {
         return Ok(state);
     }
     let region = cfg.build_region().to_string();
@@ -81,40 +41,28 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
-    let param = parameter_name(&state);
+    let param = key_pair::parameter_name(&state.execution, &state.build.name);
 
     // A retried step finds its key pair; reuse it only if its private key was stored.
-    let existing = match ec2.describe_key_pairs().key_names(&name).send().await {
-        Ok(out) => match out.key_pairs().first() {
-            None => false,
-            // Only ever replace our own: the name may be a user's `temporary_key_pair_name`.
-            Some(k)
-                if !k.tags().iter().any(|t| {
-                    t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())
-                }) =>
-            {
-                return Err(StepError::BuildFailed(format!(
-                    "a key pair named {name} already exists in {region} and is not this build's: \
-                     set temporary_key_pair_name to an unused name (or leave it out)"
-                )))
-            }
-            Some(_) => true,
-        },
-        Err(e) if error_code(&e) == Some("InvalidKeyPair.NotFound") => false,
-        Err(e) => return Err(classify("DescribeKeyPairs", &name, e)),
+    let existing = match key_pair::describe(ctx, &region, &name).await? {
+        None => false,
+        // Only ever replace our own: the name may be a user's `temporary_key_pair_name`.
+        Some(k)
+            if !k.tags().iter().any(|t| {
+                t.key() == Some(BUILD_TAG) && t.value() == Some(state.execution.as_str())
+            }) =>
+        {
+            return Err(StepError::BuildFailed(format!(
+                "a key pair named {name} already exists in {region} and is not this build's: \
+                 set temporary_key_pair_name to an unused name (or leave it out)"
+            )))
+        }
+        Some(_) => true,
     };
-    let stored = match ssm.get_parameter().name(&param).send().await {
-        Ok(_) => true,
-        Err(e) if error_code(&e) == Some("ParameterNotFound") => false,
-        Err(e) => return Err(classify("GetParameter", &param, e)),
-    };
+    let stored = key_pair::parameter_exists(ctx, &region, &param).await?;
     if !(existing && stored) {
         if existing {
-            ec2.delete_key_pair()
-                .key_name(&name)
-                .send()
-                .await
-                .map_err(|e| classify("DeleteKeyPair", &name, e))?;
+            key_pair::remove(ctx, &region, &name).await?;
         }
         let key_type = match comm.temporary_key_pair_type.as_str() {
             "ed25519" => KeyType::Ed25519,

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{
     PermissionGroup, SnapshotAttributeName,
 };
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifyImageAttributes",

@@ -3,7 +3,7 @@
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, AttributeValue};
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifyInstance",

@@ -3,8 +3,8 @@
 
 use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
 
-use super::prelude::*;
-use super::volumes::{ebsvolume, same_device, snapshot_ids};
+use crate::builders::launch_volumes::{ebsvolume, same_device, snapshot_ids};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifySnapshotAttributes",

@@ -1,6 +1,6 @@
 //! NetworkInfo: the VPC, subnet and availability zone the instance launches into.
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "NetworkInfo",

@@ -1,7 +1,7 @@
 //! PreValidate: the regions exist and the AMI name is free in every target region
 //! (unless `force_deregister`), before anything is created.
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "PreValidate",
@@ -63,15 +63,8 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         return Ok(state);
     }
     for region in cfg.target_regions() {
-        let out = ctx
-            .ec2(&region)
-            .describe_images()
-            .owners("self")
-            .filters(filter("name", [ami.ami_name.clone()]))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeImages", &ami.ami_name, e))?;
-        if let Some(img) = out.images().first() {
+        let taken = crate::resources::image::named(ctx, &region, &ami.ami_name).await?;
+        if let Some(img) = taken.first() {
             return Err(StepError::BuildFailed(format!(
                 "AMI Name: '{}' is used by an existing AMI: {} in {region}. Choose another ami_name (e.g. add {{{{timestamp}}}}) or set force_deregister",
                 ami.ami_name,

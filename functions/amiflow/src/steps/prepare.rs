@@ -1,19 +1,19 @@
 //! Prepare: the execution's input → one build state per build, or every problem at once.
 //!
-//! Contract with the state machine (the `engine` helper renders this in flows.rs):
+//! Contract with the state machine (rendered by `flows.rs::definition`):
 //!
 //! ```json
 //! "Prepare": {
 //!   "Type": "Task", "Resource": "${PrepareFunctionArn}",
-//!   "Parameters": {"input.$": "$", "execution.$": "$$.Execution.Name",
-//!                  "start_time.$": "$$.Execution.StartTime"},
-//!   "Catch": none for InvalidTemplate: nothing exists yet, the execution fails at once,
-//!   "Next": the Map, with "ItemsPath": "$.builds"
+//!   "Parameters": {"input.$": "$", "execution.$": "$$.Execution.Name"},
+//!   "Catch": [{"ErrorEquals": ["InvalidTemplate"], "Next": "TemplateInvalid"}],
+//!   "Next": "Builds" (the Map, "ItemsPath": "$.builds")
 //! }
 //! ```
 //!
-//! Its input is therefore `{"input": <execution input>, "execution": "<execution name>",
-//! "start_time": "<RFC 3339>"}` (start_time optional: now when absent),
+//! Its input is therefore `{"input": <execution input>, "execution": "<execution name>"}`.
+//! Local callers may add `"start_time": "<RFC 3339>"` (what `{{timestamp}}` renders);
+//! without it, the time Prepare runs is used,
 //! and the execution input is
 //!
 //! ```json

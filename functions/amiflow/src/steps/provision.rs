@@ -23,7 +23,8 @@ use crate::provision::run::{deadline_from_env, in_lambda, run_all, NoTransport, 
 use crate::provision::ssh::SshTransport;
 use crate::provision::transport::{OutputSink, Transport};
 use crate::provision::{parse_all, ssm, Secrets};
-use crate::steps::{StepSpec, WaitPolicy};
+use crate::steps::StepSpec;
+use crate::waits;
 use crate::{handler, BuildState, Ctx, StepError};
 
 pub const SPEC: StepSpec = StepSpec {
@@ -40,12 +41,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:DeleteObject",
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
-    wait: Some(WaitPolicy {
-        interval_seconds: 10,
-        backoff_rate: 1.5,
-        max_delay_seconds: 60,
-        max_attempts: 480,
-    }),
+    wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,
     handler: handler!(provision),

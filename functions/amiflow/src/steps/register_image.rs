@@ -6,7 +6,7 @@
 //!   with the snapshot); `ami_root_device.source_device_name` becomes
 //!   `ami_root_device.device_name`, the root. With `use_create_image`, CreateImage on the
 //!   stopped instance with the same mappings instead.
-//! - amazon-chroot (reference §5.4): from the build snapshot, with the source's mappings and
+//! - amazon-chroot: from the build snapshot, with the source's mappings and
 //!   root device name, or `ami_block_device_mappings` + `root_device_name` (always with
 //!   `from_scratch`); the root entry gets the snapshot and `root_volume_size`; architecture,
 //!   virtualization type, kernel/ramdisk, ENA/SR-IOV, boot mode, UEFI, TPM.
@@ -23,11 +23,11 @@ use aws_sdk_ec2::types::{
     VolumeType,
 };
 
-use super::block_devices::mapping;
-use super::chroot::{self, SourceMapping};
-use super::create_image::{create_image_error, image_name, WAIT};
-use super::prelude::*;
-use super::volumes::{same_device, snapshot_ids};
+use super::create_image::{create_image_error, image_name};
+use crate::builders::block_devices::mapping;
+use crate::builders::chroot::{self, SourceMapping};
+use crate::builders::launch_volumes::{same_device, snapshot_ids};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RegisterImage",
@@ -232,7 +232,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         // state (and ledger) is dropped with its error, and nothing could find the untagged
         // image afterwards, so it goes now.
         Err(StepError::BuildFailed(why)) => {
-            super::images::destroy(ctx, &region, &id).await?;
+            crate::resources::image::destroy(ctx, &region, &id).await?;
             return Err(StepError::BuildFailed(format!(
                 "{why} (the image {id} it was for was removed)"
             )));
@@ -248,10 +248,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.amis.insert(region.clone(), id);
     if let BuilderConfig::Instance(c) = &state.build.config {
         if c.delete_bundle_after_register {
-            super::instance_store::delete_bundle(ctx, &mut state).await?;
+            crate::builders::instance_store::delete_bundle(ctx, &mut state).await?;
         }
     }
-    begin_wait(&mut state, WAIT);
+    waits::IMAGE_AVAILABLE.begin(&mut state);
     Ok(state)
 }
 
@@ -368,7 +368,7 @@ async fn register_chroot(
     let intermediary = state.build.config.intermediary_image();
     let ec2 = ctx.ec2(region);
     let source = vol.source.as_ref();
-    let (mappings, root) = registration_mappings(&cfg, source, &snapshot)?;
+    let (mappings, root) = registration_mappings(cfg, source, &snapshot)?;
     let virt = cfg
         .ami
         .ami_virtualization_type

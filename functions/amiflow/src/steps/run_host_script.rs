@@ -8,8 +8,8 @@ use std::process::Stdio;
 use aws_sdk_ssm::types::CloudWatchOutputConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
-use super::prelude::*;
+use crate::builders::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
@@ -19,7 +19,6 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub const WAIT: &str = "HostScript";
 /// Environment: run this script file instead of the copy built into the binary (local runs).
 pub const SCRIPT_ENV: &str = "AMIFLOW_CHROOT_HOST_SCRIPT";
 /// The SSM command's execution limit, seconds (AWS-RunShellScript's own default is 1 h).
@@ -57,15 +56,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // same volume: SendCommand takes no ClientToken, so look for our own command first.
     if let Some(command_id) = sent_before(&ssm, &host.instance_id, &comment).await? {
         tracing::info!(%command_id, "the host script was already sent for this build");
-        chroot::set_command(
-            &mut state,
-            &HostCommand::Ssm {
-                command_id,
-                instance_id: host.instance_id,
-            },
-        );
-        begin_wait(&mut state, WAIT);
-        return Ok(state);
+        return Ok(sent(state, command_id, host.instance_id));
     }
     let mut req = ssm
         .send_command()
@@ -92,15 +83,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .and_then(|c| c.command_id())
         .unwrap_or_default()
         .to_string();
+    Ok(sent(state, command_id, host.instance_id))
+}
+
+/// Records the host script's command and starts its wait.
+fn sent(mut state: BuildState, command_id: String, instance_id: String) -> BuildState {
     chroot::set_command(
         &mut state,
         &HostCommand::Ssm {
             command_id,
-            instance_id: host.instance_id,
+            instance_id,
         },
     );
-    begin_wait(&mut state, WAIT);
-    Ok(state)
+    waits::HOST_SCRIPT.begin(&mut state);
+    state
 }
 
 /// The command's comment: readable in the console, and unique to this build (SSM comments

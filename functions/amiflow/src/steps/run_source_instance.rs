@@ -15,8 +15,8 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 
-use super::block_devices::mappings;
-use super::prelude::*;
+use crate::builders::block_devices::mappings;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
@@ -30,8 +30,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "InstanceRunning";
 
 /// EC2's answers that another instance type may not get: no capacity for it here, or the
 /// spot price too low for it.
@@ -282,6 +280,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .record(ResourceKind::SpotRequest, &region, spot, false);
     }
     state.data.instance_id = Some(id);
-    begin_wait(&mut state, WAIT);
+    waits::INSTANCE_RUNNING.begin(&mut state);
     Ok(state)
 }

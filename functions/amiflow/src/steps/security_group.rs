@@ -4,7 +4,7 @@
 
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range};
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SecurityGroup",

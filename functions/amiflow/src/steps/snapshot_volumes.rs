@@ -15,8 +15,10 @@
 use aws_sdk_ec2::types::SnapshotState;
 use futures::future::try_join_all;
 
-use super::prelude::*;
-use super::volumes::{ebsvolume, instance_volumes, snapshot_ids, surrogate, volume_at};
+use crate::builders::launch_volumes::{
+    ebsvolume, instance_volumes, snapshot_ids, surrogate, volume_at,
+};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SnapshotVolumes",
@@ -30,8 +32,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "SnapshotsCompleted";
 
 /// One snapshot to take: device, description, tags (unrendered).
 struct Wanted {
@@ -176,6 +176,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .data
         .extra
         .insert("snapshot_ids".into(), serde_json::to_value(&done)?);
-    begin_wait(&mut state, WAIT);
+    waits::SNAPSHOTS_COMPLETED.begin(&mut state);
     Ok(state)
 }

@@ -1,7 +1,7 @@
 //! SourceAmiInfo: resolves `source_ami` / `source_ami_filter` to one image and records
 //! Packer's build data about it (SourceAMI, SourceAMIName, ...).
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SourceAmiInfo",

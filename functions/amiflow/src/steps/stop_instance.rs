@@ -1,7 +1,7 @@
 //! StopInstance: stops the source instance before imaging (not for spot instances, and
 //! not with `disable_stop_instance`, where the provisioners stop it themselves).
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "StopInstance",
@@ -10,8 +10,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-pub const WAIT: &str = "InstanceStopped";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -35,6 +33,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 _ => classify("StopInstances", &id, e),
             })?;
     }
-    begin_wait(&mut state, WAIT);
+    waits::INSTANCE_STOPPED.begin(&mut state);
     Ok(state)
 }

@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::prelude::*;
-use super::volumes::{same_device, surrogate};
+use crate::builders::launch_volumes::{same_device, surrogate};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SwapVolumes",
@@ -26,9 +26,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-/// Waited for by AttachRootVolume.
-pub const WAIT: &str = "VolumesDetached";
 
 /// Marks the surrogate volume, so a retried step finds it after it was detached; the value
 /// is its DeleteOnTermination at launch.
@@ -85,7 +82,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         })?;
     let root = c.ami_root_device.clone().unwrap_or_default();
     let ec2 = ctx.ec2(&region);
-    let Some(i) = super::instance_state::describe(ctx, &region, &instance).await? else {
+    let Some(i) = crate::resources::instance::describe(ctx, &region, &instance).await? else {
         return Err(StepError::BuildFailed(format!(
             "SwapVolumes: instance {instance} in {region} no longer exists"
         )));
@@ -205,7 +202,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .data
         .extra
         .insert(KEY.into(), serde_json::to_value(&plan)?);
-    begin_wait(&mut state, WAIT);
+    waits::VOLUMES_DETACHED.begin(&mut state);
     Ok(state)
 }
 

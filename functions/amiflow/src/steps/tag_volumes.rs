@@ -6,8 +6,8 @@
 
 use aws_sdk_ec2::types::Tag;
 
-use super::prelude::*;
-use super::volumes::{ebsvolume, instance_volumes, volume_at};
+use crate::builders::launch_volumes::{ebsvolume, instance_volumes, volume_at};
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "TagVolumes",

@@ -1,5 +1,5 @@
 //! UploadBundle (Packer's StepUploadBundle): makes sure `s3_bucket` exists (created,
-//! tagged with the build, when missing), renders `bundle_upload_command` (reference §6.1:
+//! tagged with the build, when missing), renders `bundle_upload_command` (Packer's variables:
 //! `.BucketName .ManifestPath .BundleDirectory .Region .AccessKey .SecretKey .Token`) and
 //! runs it on the instance, then checks the manifest arrived at
 //! `<bucket>/<prefix>.manifest.xml`, the location RegisterImage registers.
@@ -11,10 +11,10 @@
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tagging};
 
-use super::instance_store::{
+use crate::builders::instance_store::{
     bucket_path, bundle_prefix, config, object_prefix, render_command, run_remote, session,
 };
-use super::prelude::*;
+use crate::prelude::*;
 use crate::provision::transport::ExecStatus;
 use crate::provision::Secrets;
 

@@ -3,8 +3,8 @@
 //! ec2-bundle-vol. The contents are read at the moment of use (local file, `s3://` URI or
 //! SSM parameter) and never enter the state or the logs.
 
-use super::instance_store::{config, read_source, session};
-use super::prelude::*;
+use crate::builders::instance_store::{config, read_source, session};
+use crate::prelude::*;
 use crate::provision::transport::Transport;
 use crate::provision::Secrets;
 

@@ -1,25 +1,23 @@
 //! WaitCopiesAvailable: `NotReady` until every copy is available, then records their
 //! snapshots; `BuildFailed` with AWS's StateReason for a failed copy.
 
-use super::copy_image::{copies, WAIT};
-use super::prelude::*;
+use super::copy_image::copies;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitCopiesAvailable",
     iam_actions: &["ec2:DescribeImages"],
-    wait: Some(LONG_WAIT),
+    wait: Some(waits::COPIES_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
 };
 
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
-
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let mut pending = Vec::new();
     for (region, id) in copies(&state) {
-        match super::images::available(ctx, &region, &id).await? {
+        match crate::resources::image::available(ctx, &region, &id).await? {
             Some(img) => {
-                let snaps = super::images::snapshots(&img);
+                let snaps = crate::resources::image::snapshots(&img);
                 for s in &snaps {
                     state
                         .ledger
@@ -31,13 +29,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() {
-        return Err(not_ready(
+        return Err(waits::COPIES_AVAILABLE.not_ready(
             &state,
-            WAIT,
-            DEFAULT_BUDGET,
             format!("image copies pending: {}", pending.join(", ")),
         ));
     }
-    end_wait(&mut state, WAIT);
+    waits::COPIES_AVAILABLE.end(&mut state);
     Ok(state)
 }

@@ -3,27 +3,17 @@
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
 
-use super::chroot::{self, HostCommand};
-use super::prelude::*;
-use super::run_host_script::WAIT;
+use crate::builders::chroot::{self, HostCommand};
+use crate::prelude::*;
+use crate::resources::ssm_command;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitHostScript",
     iam_actions: &["ssm:GetCommandInvocation"],
-    wait: Some(COMMAND_WAIT),
+    wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
     handler: handler!(run),
 };
-
-/// Every 10 s growing to 60 s, ~8 h.
-pub const COMMAND_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 10,
-    backoff_rate: 1.5,
-    max_delay_seconds: 60,
-    max_attempts: 480,
-};
-// Provisioning is not an AWS waiter: `aws_polling` (tuned for image and instance waits) does
-// not bound it, as in Packer. The command's own execution limit and COMMAND_WAIT do.
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -43,7 +33,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .await
     {
         Ok(out) => out,
-        Err(e) if error_code(&e) == Some("InvocationDoesNotExist") => {
+        Err(e) if ssm_command::not_visible_yet(&e) => {
             return Err(StepError::NotReady(format!(
                 "command {command_id} not yet delivered to {instance_id}"
             )));
@@ -56,7 +46,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .unwrap_or(CommandInvocationStatus::Pending);
     match status {
         CommandInvocationStatus::Success => {
-            end_wait(&mut state, WAIT);
+            waits::HOST_SCRIPT.end(&mut state);
             Ok(state)
         }
         CommandInvocationStatus::Pending

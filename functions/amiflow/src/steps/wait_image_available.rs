@@ -1,19 +1,15 @@
 //! WaitImageAvailable: `NotReady` while the build-region image is pending; its snapshots
 //! recorded once available; `BuildFailed` with AWS's StateReason when it failed.
 
-use super::create_image::WAIT;
-use super::prelude::*;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
     iam_actions: &["ec2:DescribeImages", "ec2:CreateTags"],
-    wait: Some(LONG_WAIT),
+    wait: Some(waits::IMAGE_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
 };
-
-/// Packer's ImageAvailable waiter: 30 minutes.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -21,16 +17,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let Some(id) = state.data.amis.get(&region).cloned() else {
         return Ok(state);
     };
-    let Some(img) = super::images::available(ctx, &region, &id).await? else {
-        return Err(not_ready(
-            &state,
-            WAIT,
-            DEFAULT_BUDGET,
-            format!("image {id} in {region} is pending"),
-        ));
+    let Some(img) = crate::resources::image::available(ctx, &region, &id).await? else {
+        return Err(
+            waits::IMAGE_AVAILABLE.not_ready(&state, format!("image {id} in {region} is pending"))
+        );
     };
     let artifact = !cfg.intermediary_image();
-    let snaps = super::images::snapshots(&img);
+    let snaps = crate::resources::image::snapshots(&img);
     if !snaps.is_empty() {
         // Snapshot tags at creation are not honoured everywhere: make sure the build's are on.
         let mut tags = if cfg.skip_ami_run_tags() {
@@ -53,6 +46,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .record(ResourceKind::Snapshot, &region, s, artifact);
     }
     state.data.snapshots.insert(region, snaps);
-    end_wait(&mut state, WAIT);
+    waits::IMAGE_AVAILABLE.end(&mut state);
     Ok(state)
 }

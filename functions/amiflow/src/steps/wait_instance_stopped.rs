@@ -1,18 +1,15 @@
 //! WaitInstanceStopped: `NotReady` until stopped; terminated is a failure.
 
-use super::instance_state::{describe, reason, state_name};
-use super::prelude::*;
-use super::stop_instance::WAIT;
+use crate::prelude::*;
+use crate::resources::instance::{describe, reason, state_name};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitInstanceStopped",
     iam_actions: &["ec2:DescribeInstances"],
-    wait: Some(INSTANCE_WAIT),
+    wait: Some(waits::INSTANCE_STOPPED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
-
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -29,15 +26,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     match state_name(&i) {
         "stopped" => {
-            end_wait(&mut state, WAIT);
+            waits::INSTANCE_STOPPED.end(&mut state);
             Ok(state)
         }
-        "stopping" | "running" | "pending" => Err(not_ready(
-            &state,
-            WAIT,
-            DEFAULT_BUDGET,
-            format!("instance {id} is {}", state_name(&i)),
-        )),
+        "stopping" | "running" | "pending" => Err(waits::INSTANCE_STOPPED
+            .not_ready(&state, format!("instance {id} is {}", state_name(&i)))),
         other => Err(StepError::BuildFailed(format!(
             "instance {id} is {other} instead of stopped: {}",
             reason(&i)

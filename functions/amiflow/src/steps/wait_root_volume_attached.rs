@@ -3,15 +3,13 @@
 
 use aws_sdk_ec2::types::VolumeAttachmentState;
 
-use super::attach_root_volume::{DEFAULT_BUDGET, WAIT};
-use super::prelude::*;
 use super::swap_volumes::swap;
-use super::wait_volume_available::VOLUME_WAIT;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitRootVolumeAttached",
     iam_actions: &["ec2:DescribeVolumes"],
-    wait: Some(VOLUME_WAIT),
+    wait: Some(waits::ROOT_VOLUME_ATTACHED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
@@ -36,12 +34,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     });
     match attachment.as_ref().and_then(|a| a.state()) {
         Some(VolumeAttachmentState::Attached) => {
-            end_wait(&mut state, WAIT);
+            waits::ROOT_VOLUME_ATTACHED.end(&mut state);
             Ok(state)
         }
         // Just after AttachVolume, DescribeVolumes may not show the attachment yet.
         None | Some(VolumeAttachmentState::Attaching) => {
-            Err(not_ready(&state, WAIT, DEFAULT_BUDGET, format!("volume {} is attaching to {} as {}", plan.source_volume, plan.instance_id, plan.root_device)))
+            Err(waits::ROOT_VOLUME_ATTACHED.not_ready(&state, format!("volume {} is attaching to {} as {}", plan.source_volume, plan.instance_id, plan.root_device)))
         }
         other => Err(StepError::BuildFailed(format!(
             "volume {} is not attaching to {} as {} ({other:?}); was the instance started or changed meanwhile?",

@@ -5,20 +5,16 @@
 
 use aws_sdk_ec2::types::SnapshotState;
 
-use super::prelude::*;
-use super::snapshot_volumes::WAIT;
-use super::volumes::snapshot_ids;
+use crate::builders::launch_volumes::snapshot_ids;
+use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitSnapshotsCompleted",
     iam_actions: &["ec2:DescribeSnapshots"],
-    wait: Some(LONG_WAIT),
+    wait: Some(waits::SNAPSHOTS_COMPLETED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
-
-/// Packer's SnapshotCompleted waiter: 30 minutes.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(1800);
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -40,10 +36,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {
-            return Err(not_ready(
+            return Err(waits::SNAPSHOTS_COMPLETED.not_ready(
                 &state,
-                WAIT,
-                DEFAULT_BUDGET,
                 format!("snapshots {} are not visible yet", ids.join(", ")),
             ));
         }
@@ -65,14 +59,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if !pending.is_empty() || out.snapshots().len() < ids.len() {
-        return Err(not_ready(
+        return Err(waits::SNAPSHOTS_COMPLETED.not_ready(
             &state,
-            WAIT,
-            DEFAULT_BUDGET,
             format!("snapshots pending in {region}: {}", pending.join(", ")),
         ));
     }
-    end_wait(&mut state, WAIT);
+    waits::SNAPSHOTS_COMPLETED.end(&mut state);
     if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {
         let mut sorted = ids;
         sorted.sort();

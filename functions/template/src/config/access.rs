@@ -10,6 +10,13 @@ fn default_max_retries() -> u32 {
     10
 }
 
+/// The most API retries a template may ask for: the SDK retries each call that many times
+/// with backoff, so a larger count only makes a failing build hang.
+pub const MAX_RETRIES: u32 = 100;
+
+/// The longest wait `aws_polling` may ask for (max_attempts × delay_seconds), in seconds.
+pub const MAX_POLLING_SECONDS: u64 = 7 * 24 * 3600;
+
 /// How the builder reaches AWS. Present in every builder.
 ///
 /// Credentials are looked for in this order; the `amiflow` crate's `Ctx` implements it, this
@@ -207,6 +214,16 @@ impl AccessConfig {
                 }
             }
         }
+        c.range(
+            "max_retries",
+            Some(i64::from(self.max_retries)),
+            0..=i64::from(MAX_RETRIES),
+            " (0 means 10)",
+        );
+        if let Some(p) = &self.aws_polling {
+            p.check(c);
+        }
+        self.check_unsupported(c);
         if let Some(endpoint) = &self.custom_endpoint_ec2 {
             if endpoint.contains("://")
                 && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -214,6 +231,74 @@ impl AccessConfig {
                 c.err(
                     "custom_endpoint_ec2",
                     format!("{endpoint:?} must be an http:// or https:// URL"),
+                );
+            }
+        }
+    }
+}
+
+impl AccessConfig {
+    /// Keys whose effect the steps do not give, refused with the way round.
+    fn check_unsupported(&self, c: &mut Check) {
+        c.unsupported(
+            "mfa_code",
+            self.mfa_code.as_deref().is_some_and(|m| !m.is_empty()),
+            "the steps run unattended and cannot use a one-time code: make session credentials \
+             first (aws sts get-session-token --serial-number ARN --token-code CODE) and give them \
+             through the environment or a profile",
+        );
+        c.unsupported(
+            "insecure_skip_tls_verify",
+            self.insecure_skip_tls_verify,
+            "TLS certificates are always verified: give custom_endpoint_ec2 an http:// URL for a \
+             local emulator, or an endpoint whose certificate is trusted",
+        );
+        c.unsupported(
+            "decode_authorization_messages",
+            self.decode_authorization_messages,
+            "errors keep their encoded authorization message: decode one with \
+             aws sts decode-authorization-message --encoded-message MESSAGE",
+        );
+        c.unsupported(
+            "skip_metadata_api_check",
+            self.skip_metadata_api_check
+                && matches!(
+                    self.credential_source(),
+                    CredentialSource::DefaultChain { .. }
+                ),
+            "the default credential chain ends with the instance metadata service: to leave it \
+             out, export AWS_EC2_METADATA_DISABLED=true, or give a profile or access_key",
+        );
+        if let Some(ar) = &self.assume_role {
+            c.unsupported(
+                "assume_role.transitive_tag_keys",
+                !ar.transitive_tag_keys.is_empty(),
+                "the role is assumed without transitive session tags: remove it, or assume the \
+                 role beforehand (aws sts assume-role --transitive-tag-keys ...) and give the \
+                 session's credentials",
+            );
+        }
+    }
+}
+
+impl AwsPolling {
+    /// The wait it asks for stays within [`MAX_POLLING_SECONDS`].
+    fn check(&self, c: &mut Check) {
+        c.range(
+            "aws_polling.delay_seconds",
+            self.delay_seconds.map(i64::from),
+            0..=3600,
+            " seconds between two polls",
+        );
+        let delay = u64::from(self.delay_seconds.filter(|d| *d > 0).unwrap_or(2));
+        if let Some(n) = self.max_attempts {
+            let wait = u64::from(n) * delay;
+            if wait > MAX_POLLING_SECONDS {
+                c.err(
+                    "aws_polling.max_attempts",
+                    format!(
+                        "out of range: {n} polls {delay} s apart wait {wait} s; at most {MAX_POLLING_SECONDS} s (7 days) in all"
+                    ),
                 );
             }
         }

@@ -167,6 +167,12 @@ impl AmiConfig {
                 );
             }
         }
+        c.unsupported(
+            "snapshot_copy_duration_minutes",
+            self.snapshot_copy_duration_minutes.is_some(),
+            "CopyImage makes standard copies, without a completion time (time-based copies are \
+             not requested): remove it",
+        );
         if !skip_region_validation {
             for r in &self.ami_regions {
                 c.region("ami_regions", r);
@@ -236,17 +242,11 @@ impl AmiConfig {
     }
 }
 
-/// The image's boot keys, which ebs, ebssurrogate and chroot keep among their own keys
-/// (`arch` None: the builder has no `ami_architecture`).
-pub(super) fn check_boot(
-    c: &mut Check,
-    arch: Option<&str>,
-    boot_mode: Option<&str>,
-    tpm: Option<&str>,
-) {
+/// The image's boot keys, which ebssurrogate and chroot keep among their own keys.
+pub(super) fn check_boot(c: &mut Check, arch: &str, boot_mode: Option<&str>, tpm: Option<&str>) {
     c.one_of(
         "ami_architecture",
-        arch,
+        Some(arch),
         &["x86_64", "arm64", "i386", "x86_64_mac", "arm64_mac"],
     );
     c.one_of(

@@ -113,6 +113,9 @@ pub(super) fn check_ami_and_launch_mappings(
     check_mappings(c, "launch_block_device_mappings", launch, omit_allowed);
 }
 
+/// IOPS, whatever the volume type: EBS's bounds over every type (io2 Block Express: 256000).
+const IOPS: std::ops::RangeInclusive<i64> = 100..=256_000;
+
 /// A volume size in GiB, which EBS takes from 1 to 65536.
 pub(super) fn check_volume_size(c: &mut Check, key: &str, size: Option<i64>) {
     if let Some(size) = size.filter(|s| !(1..=65536).contains(s)) {
@@ -152,7 +155,7 @@ impl BlockDevice {
                     }
                     let ratio = if io == "io1" { 50 } else { 500 };
                     if let Some(size) = self.volume_size.filter(|s| *s > 0) {
-                        if iops > size * ratio {
+                        if iops > size.saturating_mul(ratio) {
                             c.err(format!("{at}.iops"), format!("out of range: {iops} IOPS on {size} GiB exceeds {ratio} IOPS per GiB for {io}"));
                         }
                     }
@@ -168,7 +171,8 @@ impl BlockDevice {
                     format!("{at}.iops"),
                     format!("iops only applies to io1, io2 and gp3 volumes, not {other}"),
                 ),
-                None => {}
+                // The type is the snapshot's or not known yet: EBS's bounds over all types.
+                None => c.range(&format!("{at}.iops"), Some(iops), IOPS, " IOPS"),
             }
         } else if let Some(io @ ("io1" | "io2")) = vt.filter(|_| self.snapshot_id.is_none()) {
             c.err(
@@ -224,6 +228,17 @@ impl BlockDevice {
                 format!("{} is mapped twice in {key}", self.device_name),
             );
         }
+    }
+}
+
+impl RootBlockDevice {
+    /// The rules of ebssurrogate's `ami_root_device` (its names are checked by the builder).
+    pub(super) fn check(&self, c: &mut Check) {
+        let at = "ami_root_device";
+        let vt = self.volume_type.as_deref().filter(|t| !templated(t));
+        c.one_of(&format!("{at}.volume_type"), vt, &VOLUME_TYPES);
+        check_volume_size(c, &format!("{at}.volume_size"), self.volume_size);
+        c.range(&format!("{at}.iops"), self.iops, IOPS, " IOPS");
     }
 }
 

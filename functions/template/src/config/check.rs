@@ -46,6 +46,34 @@ impl<'a> Check<'a> {
         }
     }
 
+    /// `key` is given a value that only a step amiflow does not have would apply: refused,
+    /// never silently dropped. `way_round` says why and what to do instead.
+    pub(super) fn unsupported(&mut self, key: &str, set: bool, way_round: &str) {
+        if set {
+            self.err(key, format!("not supported by amiflow: {way_round}"));
+        }
+    }
+
+    /// A number given for `key` lies in `range`; `what` names the unit and why the bounds.
+    pub(super) fn range(
+        &mut self,
+        key: &str,
+        value: Option<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        what: &str,
+    ) {
+        if let Some(v) = value.filter(|v| !range.contains(v)) {
+            self.err(
+                key,
+                format!(
+                    "out of range: {v}; must be from {} to {}{what}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+
     /// `a` and `b` cannot both be set; `what` says what to do instead.
     pub(super) fn conflict(&mut self, a: &str, a_set: bool, b: &str, b_set: bool, what: &str) {
         if a_set && b_set {

@@ -150,7 +150,7 @@ impl ChrootConfig {
         );
         check_boot(
             c,
-            Some(&self.ami_architecture),
+            &self.ami_architecture,
             self.boot_mode.as_deref(),
             self.tpm_support.as_deref(),
         );

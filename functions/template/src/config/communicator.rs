@@ -31,6 +31,14 @@ fn ten() -> u32 {
     10
 }
 
+/// The longest `ssh_timeout` / `ssm_timeout`: the Connect step's retry policy polls for about
+/// an hour (functions/amiflow/src/steps/connect.rs), so a longer timeout would never be reached.
+pub const MAX_CONNECT_WAIT: Duration = Duration::from_secs(55 * 60);
+
+/// The longest `ssm_execution_timeout`: the Provision step's retry policy polls SSM commands
+/// for about 8 hours (functions/amiflow/src/steps/provision.rs); SSM itself allows 48 hours.
+pub const MAX_SSM_EXECUTION: Duration = Duration::from_secs(7 * 3600);
+
 /// Present in ebs, ebssurrogate, ebsvolume and instance (chroot runs commands on its host).
 ///
 /// SSH as in Packer: `ssh_password` ⇒ password auth;
@@ -96,11 +104,11 @@ pub struct CommunicatorConfig {
     pub ssh_ciphers: Vec<String>,
     #[serde(default, deserialize_with = "crate::config::weak::strings")]
     pub ssh_key_exchange_algorithms: Vec<String>,
-    /// `scp` (default) or `sftp`.
+    /// Files always go over SFTP: `sftp` is accepted, `scp` (Packer's default) refused.
     #[serde(default)]
     pub ssh_file_transfer_method: Option<String>,
-    /// `public_ip`, `private_ip`, `public_dns`, `private_dns`, `ipv6` or `session_manager`;
-    /// unset = Packer's automatic choice.
+    /// `public_ip`, `private_ip`, `public_dns`, `private_dns` or `ipv6`; unset = Packer's
+    /// automatic choice. Packer's `session_manager` is refused (`communicator: ssm` instead).
     #[serde(default)]
     pub ssh_interface: Option<String>,
     /// Legacy: `true` means `ssh_interface: private_ip`; folded by `from_builder`.
@@ -188,6 +196,9 @@ impl CommunicatorConfig {
         if self.ssh_handshake_attempts == 0 {
             self.ssh_handshake_attempts = 10;
         }
+        if self.ssh_bastion_port == 0 {
+            self.ssh_bastion_port = 22;
+        }
     }
 
     /// Packer's rules, and amiflow's for `ssm`. `instance_profile`: the run config gives the
@@ -217,6 +228,23 @@ impl CommunicatorConfig {
             self.ssh_file_transfer_method.as_deref(),
             &["scp", "sftp"],
         );
+        let wait_key = if self.is_ssm() {
+            "ssm_timeout"
+        } else {
+            "ssh_timeout"
+        };
+        let wait = if self.is_ssm() {
+            self.ssm_timeout
+        } else {
+            self.ssh_timeout
+        };
+        if wait > MAX_CONNECT_WAIT {
+            c.err(
+                wait_key,
+                format!("out of range: {wait}; at most {MAX_CONNECT_WAIT}: the Connect step polls for about an hour"),
+            );
+        }
+        self.check_unsupported(c);
         c.one_of(
             "ssh_interface",
             self.ssh_interface.as_deref(),
@@ -255,7 +283,7 @@ impl CommunicatorConfig {
             && self.ssh_private_key_file.is_none()
             && !self.ssh_agent_auth
         {
-            c.err("ssh_keypair_name", "requires ssh_private_key_file (or ssh_agent_auth: true): amiflow cannot log in with a key pair whose private key it does not have");
+            c.err("ssh_keypair_name", "requires ssh_private_key_file: amiflow cannot log in with a key pair whose private key it does not have");
         }
         c.conflict(
             "ssh_password",
@@ -269,7 +297,10 @@ impl CommunicatorConfig {
             && self.ssh_bastion_password.is_none()
             && self.ssh_bastion_private_key_file.is_none()
         {
-            c.err("ssh_bastion_host", "requires ssh_bastion_password, ssh_bastion_private_key_file or ssh_bastion_agent_auth: true");
+            c.err(
+                "ssh_bastion_host",
+                "requires ssh_bastion_private_key_file: the key that logs in to the bastion",
+            );
         }
     }
 
@@ -287,14 +318,141 @@ impl CommunicatorConfig {
             c.err("ssm_output_s3_key_prefix", "requires ssm_output_s3_bucket");
         }
         let exec = self.ssm_execution_timeout.as_std().as_secs();
-        if !(30..=172_800).contains(&exec) {
+        if !(30..=MAX_SSM_EXECUTION.as_std().as_secs()).contains(&exec) {
             c.err(
                 "ssm_execution_timeout",
                 format!(
-                    "out of range: {}; SSM runs a command for 30s to 48h",
+                    "out of range: {}; from 30s to {MAX_SSM_EXECUTION}: SSM runs a command for 30s to 48h, and the Provision step polls SSM commands for about 8 hours in all",
                     self.ssm_execution_timeout
                 ),
             );
         }
+    }
+
+    /// Keys whose effect Connect and the SSH transport do not give, refused with the way round.
+    fn check_unsupported(&self, c: &mut Check) {
+        let defaults = CommunicatorConfig::default();
+        c.unsupported(
+            "pause_before_connecting",
+            self.pause_before_connecting.is_some(),
+            "Connect does not pause before connecting: give the first provisioner a \
+             \"pause_before\" instead",
+        );
+        c.unsupported(
+            "ssh_certificate_file",
+            self.ssh_certificate_file.is_some(),
+            "SSH certificates are not used: log in with ssh_private_key_file, or leave the keys \
+             out for a temporary key pair",
+        );
+        c.unsupported(
+            "ssh_agent_auth",
+            self.ssh_agent_auth,
+            "amiflow has no SSH agent: give ssh_private_key_file, or leave the keys out for a \
+             temporary key pair",
+        );
+        c.unsupported(
+            "temporary_key_pair_bits",
+            self.temporary_key_pair_bits.is_some_and(|b| b != 0),
+            "EC2 creates the temporary key pair and chooses its size: remove it \
+             (temporary_key_pair_type chooses rsa or ed25519)",
+        );
+        c.unsupported(
+            "ssh_handshake_attempts",
+            self.ssh_handshake_attempts != defaults.ssh_handshake_attempts,
+            "Connect retries the handshake until ssh_timeout, however many attempts that takes: \
+             remove it and set ssh_timeout",
+        );
+        c.unsupported(
+            "ssh_keep_alive_interval",
+            self.ssh_keep_alive_interval != defaults.ssh_keep_alive_interval,
+            "the SSH client sends a keep-alive every 5s (Packer's default): remove it",
+        );
+        c.unsupported(
+            "ssh_read_write_timeout",
+            self.ssh_read_write_timeout.is_some(),
+            "bound a command with its provisioner's \"timeout\" instead: remove it",
+        );
+        for (key, set) in [
+            ("ssh_ciphers", !self.ssh_ciphers.is_empty()),
+            (
+                "ssh_key_exchange_algorithms",
+                !self.ssh_key_exchange_algorithms.is_empty(),
+            ),
+        ] {
+            c.unsupported(
+                key,
+                set,
+                "the SSH client (russh) negotiates among its own modern algorithms: remove it",
+            );
+        }
+        c.unsupported(
+            "ssh_file_transfer_method",
+            self.ssh_file_transfer_method.as_deref() == Some("scp"),
+            "files always go over SFTP (the instance's sshd needs its sftp subsystem, as most \
+             have): set \"sftp\" or remove it",
+        );
+        c.unsupported(
+            "ssh_interface",
+            self.ssh_interface.as_deref() == Some("session_manager"),
+            "SSH through a Session Manager tunnel is not supported: use \"communicator\": \"ssm\" \
+             (commands through SSM RunCommand, no inbound port) instead",
+        );
+        for (key, set) in [
+            ("pause_before_ssm", self.pause_before_ssm.is_some()),
+            ("session_manager_port", self.session_manager_port.is_some()),
+        ] {
+            c.unsupported(
+                key,
+                set,
+                "it only applies to ssh_interface \"session_manager\", which amiflow does not \
+                 support: use \"communicator\": \"ssm\" instead",
+            );
+        }
+        c.unsupported(
+            "ssh_bastion_password",
+            self.ssh_bastion_password.is_some(),
+            "the bastion is reached with a key: set ssh_bastion_private_key_file",
+        );
+        for (key, set) in [
+            (
+                "ssh_bastion_certificate_file",
+                self.ssh_bastion_certificate_file.is_some(),
+            ),
+            ("ssh_bastion_agent_auth", self.ssh_bastion_agent_auth),
+            ("ssh_bastion_interactive", self.ssh_bastion_interactive),
+        ] {
+            c.unsupported(
+                key,
+                set,
+                "the bastion is reached with ssh_bastion_private_key_file only: use that",
+            );
+        }
+        for (key, set) in [
+            ("ssh_proxy_host", self.ssh_proxy_host.is_some()),
+            (
+                "ssh_proxy_port",
+                self.ssh_proxy_port != defaults.ssh_proxy_port,
+            ),
+            ("ssh_proxy_username", self.ssh_proxy_username.is_some()),
+            ("ssh_proxy_password", self.ssh_proxy_password.is_some()),
+        ] {
+            c.unsupported(
+                key,
+                set,
+                "SOCKS proxies are not supported: reach the instance directly or through \
+                 ssh_bastion_host",
+            );
+        }
+        for (key, set) in [
+            ("ssh_local_tunnels", !self.ssh_local_tunnels.is_empty()),
+            ("ssh_remote_tunnels", !self.ssh_remote_tunnels.is_empty()),
+        ] {
+            c.unsupported(key, set, "SSH tunnels are not opened: remove it");
+        }
+        c.unsupported(
+            "ssm_output_s3_key_prefix",
+            self.ssm_output_s3_key_prefix.is_some(),
+            "command output goes under amiflow/<execution>/output in ssm_output_s3_bucket: remove it",
+        );
     }
 }

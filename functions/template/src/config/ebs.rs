@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::access::AccessConfig;
-use super::ami::{check_boot, AmiConfig};
+use super::ami::AmiConfig;
 use super::block_device::{check_ami_and_launch_mappings, BlockDevice};
 use super::check::Check;
 use super::common::Tags;
@@ -37,14 +37,8 @@ pub struct EbsConfig {
     /// Map `xvdca`–`xvdcz` to NoDevice so no ephemeral volume is attached.
     #[serde(default)]
     pub no_ephemeral: bool,
-    /// `legacy-bios`, `uefi` or `uefi-preferred`.
-    #[serde(default)]
-    pub boot_mode: Option<String>,
-    #[serde(default)]
-    pub uefi_data: Option<String>,
-    /// `v2.0`.
-    #[serde(default)]
-    pub tpm_support: Option<String>,
+    // No boot_mode, uefi_data or tpm_support: Packer's amazon-ebs refuses them (CreateImage
+    // keeps the source's), so they are unknown keys here, pointed to the builders that take them.
     #[serde(default)]
     pub fast_launch: Option<FastLaunch>,
 }
@@ -94,12 +88,6 @@ impl EbsConfig {
             &self.ami_block_device_mappings,
             &self.launch_block_device_mappings,
             false,
-        );
-        check_boot(
-            c,
-            None,
-            self.boot_mode.as_deref(),
-            self.tpm_support.as_deref(),
         );
         if let Some(f) = &self.fast_launch {
             f.check(c);

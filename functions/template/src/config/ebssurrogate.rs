@@ -65,7 +65,7 @@ impl EbsSurrogateConfig {
         );
         check_boot(
             c,
-            Some(&self.ami_architecture),
+            &self.ami_architecture,
             self.boot_mode.as_deref(),
             self.tpm_support.as_deref(),
         );
@@ -85,6 +85,7 @@ impl EbsSurrogateConfig {
         match &self.ami_root_device {
             None => c.err("ami_root_device", "required for amazon-ebssurrogate: { \"source_device_name\": <a launch mapping>, \"device_name\": <root device in the AMI> }"),
             Some(root) => {
+                root.check(c);
                 if root.source_device_name.is_empty() {
                     c.err("ami_root_device.source_device_name", "required: the launch_block_device_mappings device to snapshot");
                 } else if !launch.is_empty() && !launch.iter().any(|d| d.device_name == root.source_device_name) {

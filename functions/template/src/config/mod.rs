@@ -45,4 +45,6 @@ pub use run::{MetadataOptions, Placement, PolicyDocument, PolicyStatement, RunCo
 pub use validate::{from_builder, from_builder_with_env, known_keys};
 
 #[cfg(test)]
+mod key_coverage;
+#[cfg(test)]
 mod tests;

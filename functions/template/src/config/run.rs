@@ -252,6 +252,93 @@ impl RunConfig {
         self.check_placement(c);
         self.check_metadata_options(c);
         self.check_policy_document(c);
+        self.check_unsupported(c);
+    }
+
+    /// Keys whose effect RunSourceInstance does not give, refused with the way round.
+    fn check_unsupported(&self, c: &mut Check) {
+        c.unsupported(
+            "windows_password_timeout",
+            self.windows_password_timeout != default_windows_password_timeout(),
+            "it bounds the wait for a Windows password, which only WinRM uses, and amiflow has \
+             no WinRM: remove it",
+        );
+        c.unsupported(
+            "spot_price_auto_product",
+            self.spot_price_auto_product.is_some(),
+            "Packer no longer uses it either (spot_price \"auto\" finds the price): remove it",
+        );
+        const NO_FLEET: &str = "spot builds launch one instance with RunInstances, trying \
+             spot_instance_types in order: there is no fleet";
+        c.unsupported(
+            "spot_allocation_strategy",
+            self.spot_allocation_strategy.is_some(),
+            &format!("{NO_FLEET} to allocate; remove it"),
+        );
+        c.unsupported(
+            "fleet_tags",
+            !self.fleet_tags.is_empty(),
+            &format!("{NO_FLEET} to tag; put these tags in spot_tags (the spot request) or run_tags (the instance)"),
+        );
+        c.unsupported(
+            "block_duration_minutes",
+            self.block_duration_minutes.is_some(),
+            "AWS no longer offers spot blocks (spot instances of a set duration): remove it",
+        );
+        const CREDITS: &str = "the build instance runs with its type's default credit \
+             specification: remove it, or use a non-burstable instance_type for a build that needs \
+             sustained CPU";
+        c.unsupported(
+            "enable_unlimited_credits",
+            c.given("enable_unlimited_credits") && self.enable_unlimited_credits,
+            CREDITS,
+        );
+        c.unsupported("enable_t2_unlimited", self.enable_t2_unlimited, CREDITS);
+        c.unsupported(
+            "enable_nitro_enclave",
+            self.enable_nitro_enclave,
+            "the build instance is launched without Nitro Enclaves: remove it (the instances \
+             launched from the AMI enable enclaves themselves)",
+        );
+        const CAPACITY: &str = "the build instance is launched without targeting a capacity \
+             reservation: remove it";
+        for (key, set) in [
+            (
+                "capacity_reservation_preference",
+                self.capacity_reservation_preference.is_some(),
+            ),
+            (
+                "capacity_reservation_id",
+                self.capacity_reservation_id.is_some(),
+            ),
+            (
+                "capacity_reservation_group_arn",
+                self.capacity_reservation_group_arn.is_some(),
+            ),
+        ] {
+            c.unsupported(key, set, CAPACITY);
+        }
+        c.unsupported(
+            "license_specifications",
+            !self.license_specifications.is_empty(),
+            "the build instance is launched without License Manager configurations: remove it \
+             (associate the license configuration with the AMI after the build)",
+        );
+        const TENANCY: &str = "the build instance is launched with default tenancy on shared \
+             hardware (no dedicated instance or host): remove it";
+        c.unsupported("tenancy", self.tenancy.is_some(), TENANCY);
+        if let Some(p) = &self.placement {
+            for (key, set) in [
+                ("placement.tenancy", p.tenancy.is_some()),
+                ("placement.host_id", p.host_id.is_some()),
+                (
+                    "placement.host_resource_group_arn",
+                    p.host_resource_group_arn.is_some(),
+                ),
+            ] {
+                c.unsupported(key, set, TENANCY);
+            }
+        }
     }
 
     fn check_spot(&self, c: &mut Check) {

@@ -506,7 +506,7 @@ fn conflicts() {
     bad(
         Ebs,
         json!({"communicator": "ssh", "ssh_username": "u", "ssh_bastion_host": "b"}),
-        &["ssh_bastion_host: requires ssh_bastion_password"],
+        &["ssh_bastion_host: requires ssh_bastion_private_key_file"],
     );
     bad(
         Ebs,
@@ -730,12 +730,22 @@ fn durations() {
     );
     let BuilderConfig::Ebs(e) = good(
         Ebs,
-        json!({"communicator": "ssh", "ssh_username": "u", "ssh_wait_timeout": "1h30m", "pause_before_connecting": "10s"}),
+        json!({"communicator": "ssh", "ssh_username": "u", "ssh_wait_timeout": "50m"}),
     ) else {
         panic!()
     };
-    assert_eq!(e.comm.ssh_timeout.as_std().as_secs(), 5400);
-    assert_eq!(e.comm.pause_before_connecting.unwrap().to_string(), "10s");
+    assert_eq!(e.comm.ssh_timeout.as_std().as_secs(), 3000);
+    // Read as a duration, then refused: Connect does not pause.
+    bad(
+        Ebs,
+        json!({"pause_before_connecting": "10s"}),
+        &["pause_before_connecting: not supported by amiflow: Connect does not pause"],
+    );
+    bad(
+        Ebs,
+        json!({"communicator": "ssh", "ssh_username": "u", "ssh_wait_timeout": "1h30m"}),
+        &["ssh_timeout: out of range: 1h30m; at most 55m"],
+    );
 }
 
 #[test]
@@ -968,6 +978,68 @@ fn out_of_range_and_bad_values() {
     );
 }
 
+/// Numbers the steps use in arithmetic, conversions (`as i32`) or waits: a value that would
+/// overflow, truncate or never be reached is refused at validation, naming the key and range.
+#[test]
+fn numbers_are_refused_outside_what_the_steps_can_use() {
+    bad(
+        Ebs,
+        json!({"max_retries": 4294967295u64}),
+        &["max_retries: out of range: 4294967295; must be from 0 to 100 (0 means 10)"],
+    );
+    good(Ebs, json!({"max_retries": 100}));
+    // size × IOPS-per-GiB no longer overflows; the size itself is out of range.
+    bad(
+        Ebs,
+        json!({"launch_block_device_mappings": [{"device_name": "/dev/sdb", "volume_type": "io1", "volume_size": i64::MAX, "iops": 1000}]}),
+        &["launch_block_device_mappings[0].volume_size: out of range: 9223372036854775807 GiB; must be from 1 to 65536"],
+    );
+    // Without a volume type (the snapshot's), iops still fits what EBS takes (and an i32).
+    bad(
+        Ebs,
+        json!({"ami_block_device_mappings": [{"device_name": "/dev/sdb", "iops": 10_000_000_000i64}]}),
+        &["ami_block_device_mappings[0].iops: out of range: 10000000000; must be from 100 to 256000 IOPS"],
+    );
+    bad(
+        EbsSurrogate,
+        json!({"ami_root_device": {"source_device_name": "/dev/xvdf", "device_name": "/dev/xvda", "volume_size": i64::MAX, "iops": -5, "volume_type": "fast"}}),
+        &[
+            "ami_root_device.volume_size: out of range: 9223372036854775807 GiB",
+            "ami_root_device.iops: out of range: -5; must be from 100 to 256000 IOPS",
+            "ami_root_device.volume_type: invalid value \"fast\"",
+        ],
+    );
+    bad(
+        Ebs,
+        json!({"aws_polling": {"delay_seconds": 86400, "max_attempts": 4294967295u64}}),
+        &[
+            "aws_polling.delay_seconds: out of range: 86400; must be from 0 to 3600 seconds between two polls",
+            "aws_polling.max_attempts: out of range: 4294967295 polls 86400 s apart",
+            "at most 604800 s (7 days)",
+        ],
+    );
+    good(
+        Ebs,
+        json!({"aws_polling": {"delay_seconds": 15, "max_attempts": 240}}),
+    );
+    bad(
+        Ebs,
+        json!({"communicator": "ssm", "ssm_timeout": "2h", "ssm_execution_timeout": "8h"}),
+        &[
+            "ssm_timeout: out of range: 2h; at most 55m",
+            "ssm_execution_timeout: out of range: 8h; from 30s to 7h",
+        ],
+    );
+    // Packer: a zero bastion port means 22.
+    let BuilderConfig::Ebs(e) = good(
+        Ebs,
+        json!({"communicator": "ssh", "ssh_username": "u", "ssh_bastion_host": "b", "ssh_bastion_private_key_file": "k", "ssh_bastion_port": 0}),
+    ) else {
+        panic!()
+    };
+    assert_eq!(e.comm.ssh_bastion_port, 22);
+}
+
 #[test]
 fn ami_names() {
     bad(
@@ -1046,11 +1118,13 @@ fn packer_defaults() {
 
 #[test]
 fn secrets_never_serialized() {
-    let c = good(
-        Ebs,
-        json!({"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "token": "TOKENSECRET",
+    // Decoded without the rules: mfa_code and the bastion and proxy passwords are refused at
+    // validation, yet no secret may reach the serialized config whatever the path.
+    let c = BuilderConfig::Ebs(
+        serde_json::from_value(json!({"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "token": "TOKENSECRET",
         "mfa_code": "123456", "communicator": "ssh", "ssh_username": "u", "ssh_password": "hunter2", "ssh_bastion_host": "b", "ssh_bastion_password": "bastionpw",
-        "ssh_proxy_host": "p", "ssh_proxy_password": "proxypw"}),
+        "ssh_proxy_host": "p", "ssh_proxy_password": "proxypw"}))
+        .unwrap(),
     );
     assert_eq!(
         c.access().access_key.as_deref(),

@@ -20,6 +20,7 @@ use super::did_you_mean;
 use super::files::SourceFile;
 use super::functions::{self, FnCtx};
 use super::value::{number_text, Text, Value};
+use crate::template::limits::{value_too_long, MAX_VALUE_BYTES, MAX_VARIABLE_CHAIN};
 use crate::template::PACKER_COMPAT_VERSION;
 
 /// A problem found while evaluating: where, and what. `message: None` when the cause is
@@ -117,7 +118,12 @@ pub(crate) struct Evaluator<'a> {
     pub local_problems: RefCell<Vec<Diag>>,
     /// Sensitive locals' values, by the JSON variable name that holds them (`local.NAME`).
     pub sensitive_locals: RefCell<BTreeMap<String, String>>,
+    /// `templatefile` calls under way (a template file may call it again).
+    templatefile_depth: std::cell::Cell<usize>,
 }
+
+/// How deep `templatefile` may nest (a file that includes itself stops here).
+const MAX_TEMPLATEFILE_DEPTH: usize = 10;
 
 /// What one expression is evaluated in.
 #[derive(Clone)]
@@ -177,6 +183,7 @@ impl<'a> Evaluator<'a> {
             visiting: RefCell::new(Vec::new()),
             local_problems: RefCell::new(Vec::new()),
             sensitive_locals: RefCell::new(BTreeMap::new()),
+            templatefile_depth: std::cell::Cell::new(0),
         }
     }
 
@@ -472,6 +479,13 @@ impl<'a> Evaluator<'a> {
                     "locals refer to each other in a loop: {}",
                     chain.join(" → ")
                 ),
+            ));
+        }
+        if self.visiting.borrow().len() >= MAX_VARIABLE_CHAIN {
+            return Err(Diag::new(
+                cx.file,
+                span,
+                format!("locals refer to each other more than {MAX_VARIABLE_CHAIN} deep (at `{name}`): compute fewer steps in a chain"),
             ));
         }
         self.visiting.borrow_mut().push(name.to_string());
@@ -866,7 +880,7 @@ impl<'a> Evaluator<'a> {
         }
         let mut out = Text::default();
         self.render(t, cx, &mut out, &mut false, 0)?;
-        Ok(Value::String(out))
+        bounded(Value::String(out), cx, t.span())
     }
 
     /// A heredoc: `<<-` strips the common indent from every line, which hcl-edit does for
@@ -1051,7 +1065,10 @@ impl<'a> Evaluator<'a> {
             },
             place: place_name(cx.place),
         };
-        functions::call(name, values, &fcx).map_err(|m| Diag::new(cx.file, call.span().or(span), m))
+        let at = call.span().or(span);
+        let v =
+            functions::call(name, values, &fcx).map_err(|m| Diag::new(cx.file, at.clone(), m))?;
+        bounded(v, cx, at)
     }
 }
 
@@ -1131,11 +1148,35 @@ impl Evaluator<'_> {
         })?;
         let mut inner = Ctx::new(cx.file, Place::VarValue);
         inner.bindings = vars.into_iter().collect();
-        self.template(&template, &inner).map_err(|d| Diag {
+        let depth = self.templatefile_depth.get();
+        if depth >= MAX_TEMPLATEFILE_DEPTH {
+            return Err(Diag::new(cx.file, span, format!("templatefile nests more than {MAX_TEMPLATEFILE_DEPTH} deep ({path}): does the template include itself?")));
+        }
+        self.templatefile_depth.set(depth + 1);
+        let result = self.template(&template, &inner);
+        self.templatefile_depth.set(depth);
+        result.map_err(|d| Diag {
             file: cx.file,
             span: span.clone(),
-            message: d.message.map(|m| format!("templatefile {path}: {m}")),
+            message: d.message.map(|m| {
+                if m.starts_with("templatefile") {
+                    m
+                } else {
+                    format!("templatefile {path}: {m}")
+                }
+            }),
         })
+    }
+}
+
+/// A string longer than one value may be is a problem, as in the JSON path
+/// (`template/limits.rs`).
+fn bounded(v: Value, cx: &Ctx, span: Option<Range<usize>>) -> R {
+    match &v {
+        Value::String(t) if t.s.len() > MAX_VALUE_BYTES => {
+            Err(Diag::new(cx.file, span, value_too_long()))
+        }
+        _ => Ok(v),
     }
 }
 

@@ -800,3 +800,32 @@ source "amazon-ebs" "x" {
     let e = run(dir.path(), &options()).unwrap_err();
     assert!(e.contains("build.pkr.json: provisioner \"shell\": no local named `nmae` is defined; did you mean name?"), "{e}");
 }
+
+#[test]
+fn limits_are_problems_not_crashes() {
+    // Locals chained past the limit, a template file that includes itself, a value too long.
+    let mut chain = String::from("locals {\n  l0 = \"x\"\n");
+    for i in 1..=150 {
+        chain.push_str(&format!("  l{i} = local.l{}\n", i - 1));
+    }
+    chain.push_str("}\n");
+    let text = with_source(&format!(
+        "{chain}build {{\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" {{ inline = [local.l150] }}\n}}"
+    ));
+    let e = err(&text, &options());
+    assert!(
+        e.contains("locals refer to each other more than 100 deep"),
+        "{e}"
+    );
+
+    let dir = folder(&[
+        ("t.pkr.hcl", &with_source("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [templatefile(\"${path.root}/self.tpl\", { root = path.root })] }\n}")),
+        ("self.tpl", "${templatefile(\"${root}/self.tpl\", { root = root })}"),
+    ]);
+    let e = run(&dir.path().join("t.pkr.hcl"), &options()).unwrap_err();
+    assert!(e.contains("templatefile nests more than 10 deep"), "{e}");
+
+    let text = with_source("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [format(\"%2000000s\", \"x\")] }\n}");
+    let e = err(&text, &options());
+    assert!(e.contains("longer than 1 MiB"), "{e}");
+}

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use super::funcs;
 use super::golayout;
+use super::limits::{value_too_long, MAX_VALUE_BYTES};
 use super::secrets::SECRET_MARK;
 use super::syntax::{self, Arg, Cmd, Node, Pipe};
 
@@ -98,6 +99,9 @@ pub(crate) struct Scope<'a> {
     pub data: Data<'a>,
 }
 
+/// How much of a one-line value a message repeats.
+const SHOWN_CHARS: usize = 80;
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EvalError {
     /// Byte offset of the action (or syntax error) in the rendered text.
@@ -114,6 +118,14 @@ impl EvalError {
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         if src.contains('\n') {
             format!("{} (line {line}, column {col} of the value)", self.message)
+        } else if src.chars().count() > SHOWN_CHARS {
+            // A long value is not repeated whole in the message: its start says which it is.
+            let start: String = src.chars().take(SHOWN_CHARS).collect();
+            format!(
+                "{} (column {col} of the {}-character value {start:?}…)",
+                self.message,
+                src.chars().count()
+            )
         } else {
             format!("{} (column {col} of {:?})", self.message, src)
         }
@@ -149,6 +161,9 @@ pub(crate) fn render(src: &str, scope: &Scope) -> Result<String, EvalError> {
                     } else {
                         out.push_str(&text);
                     }
+                }
+                if out.len() > MAX_VALUE_BYTES {
+                    return Err(err(value_too_long()));
                 }
             }
         }
@@ -373,10 +388,13 @@ fn call(name: &str, args: Vec<Value>, scope: &Scope) -> Result<Value, String> {
         }
         "replace" => {
             arity(name, &args, 4)?;
-            funcs::replace(&s(0), &s(1), int_arg(name, 3, &args[2])?, &s(3))
+            let n = int_arg(name, 3, &args[2])?;
+            fits(funcs::replaced_len(&s(0), &s(1), n, &s(3)))?;
+            funcs::replace(&s(0), &s(1), n, &s(3))
         }
         "replace_all" => {
             arity(name, &args, 3)?;
+            fits(funcs::replaced_len(&s(0), &s(1), -1, &s(2)))?;
             s(2).replace(&s(0), &s(1))
         }
         "split" => {
@@ -406,7 +424,17 @@ fn call(name: &str, args: Vec<Value>, scope: &Scope) -> Result<Value, String> {
             return Err(format!("function `{other}` is not defined (Packer template functions: {})", FUNCTIONS.join(", ")));
         }
     };
+    fits(v.len())?;
     Ok(Value::Str(v))
+}
+
+/// A result of `len` bytes is within [`MAX_VALUE_BYTES`].
+fn fits(len: usize) -> Result<(), String> {
+    if len > MAX_VALUE_BYTES {
+        Err(value_too_long())
+    } else {
+        Ok(())
+    }
 }
 
 fn strftime(t: &DateTime<Utc>, fmt: &str) -> Result<String, String> {

@@ -24,6 +24,18 @@ pub(crate) fn replace(old: &str, new: &str, n: i64, src: &str) -> String {
     }
 }
 
+/// The length of [`replace`]'s result, computed without building it (a replacement can
+/// multiply the text's length).
+pub(crate) fn replaced_len(old: &str, new: &str, n: i64, src: &str) -> usize {
+    let matches = if old.is_empty() {
+        src.chars().count() + 1
+    } else {
+        src.matches(old).count()
+    };
+    let replaced = usize::try_from(n).map_or(matches, |n| n.min(matches));
+    (src.len() - replaced * old.len()).saturating_add(replaced.saturating_mul(new.len()))
+}
+
 /// Packer's `split(s, sep, i)`: part `i` of `strings.Split(s, sep)`.
 pub(crate) fn split(s: &str, sep: &str, i: i64) -> Result<String, String> {
     let parts: Vec<String> = if sep.is_empty() {
@@ -60,6 +72,19 @@ mod tests {
         assert_eq!(replace("a", "b", -1, "aaa"), "bbb");
         assert_eq!(replace("a", "b", 0, "aaa"), "aaa");
         assert_eq!(replace("", "-", -1, "ab"), "-a-b-");
+        for (old, new, n, src) in [
+            ("a", "bc", -1, "aaa"),
+            ("a", "", 2, "aaa"),
+            ("", "-", -1, "ab"),
+            ("", "xy", 1, "ab"),
+            ("z", "q", -1, "ab"),
+        ] {
+            assert_eq!(
+                replaced_len(old, new, n, src),
+                replace(old, new, n, src).len(),
+                "{old:?} {new:?} {n} {src:?}"
+            );
+        }
     }
 
     #[test]

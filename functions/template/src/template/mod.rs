@@ -6,6 +6,7 @@
 //! * [`eval`] renders `{{ ... }}` with Packer's functions (why not gtmpl: see there);
 //! * [`deferred`] lists the fields rendered later with build data;
 //! * [`secrets`] keeps sensitive values out of what is serialized;
+//! * [`limits`] bounds nesting, variable chains and expansion, so no input aborts the process;
 //! * [`prepare`] and [`inspect`] tie them together.
 
 pub mod deferred;
@@ -13,6 +14,7 @@ pub(crate) mod eval;
 pub mod funcs;
 pub(crate) mod golayout;
 pub mod inspect;
+pub mod limits;
 pub mod prepare;
 pub(crate) mod raw;
 pub mod secrets;

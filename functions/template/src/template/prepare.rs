@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::deferred;
 use super::eval::{self, Data, Scope};
+use super::limits::{Budget, NODE_COST};
 use super::raw::{self, RawProvisioner, RawTemplate};
 use super::secrets::{placeholder, Secrets, MASK};
 use super::syntax::user_refs;
@@ -73,6 +74,9 @@ pub struct Prepared {
     /// Every variable's value, sensitive ones shown as `<sensitive>`.
     pub variables: BTreeMap<String, String>,
     pub secrets: Secrets,
+    /// What the user should know but does not stop the build (a -var the template does not
+    /// declare, …): one line each, naming what it is about.
+    pub warnings: Vec<String>,
 }
 
 /// Parses `-var name=value` (the value may contain `=`).
@@ -102,15 +106,18 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         }
     }
     let template_dir = opts.template_dir.as_ref().map(|d| d.display().to_string());
-    let (values, var_problems) = variables::resolve(&VarInputs {
+    let budget = Budget::default();
+    let resolved = variables::resolve(&VarInputs {
         decls: &tpl.variables,
         files,
         vars: &opts.vars,
         env: &opts.env,
         time: opts.build_time,
         template_dir: template_dir.as_deref(),
+        budget: &budget,
     });
-    problems.extend(var_problems);
+    let values = resolved.values;
+    problems.extend(resolved.problems);
     let secrets = Secrets::from_pairs(
         tpl.sensitive
             .iter()
@@ -160,14 +167,20 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         values: &visible,
         opts,
         template_dir: template_dir.as_deref(),
+        budget: &budget,
     };
+    let before_builds = problems.len();
     let mut builds = Vec::new();
     for b in selected {
         let Some(bt) = b.builder_type else { continue };
+        if budget.exhausted() {
+            break;
+        }
         let mut found = Vec::new();
         let rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
         let Value::Object(rendered) = rendered else {
-            unreachable!("an object renders to an object")
+            // Only an exhausted budget stops an object rendering to an object: reported below.
+            break;
         };
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
         let env = |k: &str| opts.env.get(k).cloned();
@@ -235,6 +248,11 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         }
     }
 
+    if let Some(p) = budget.problem() {
+        // What the builds reported past the limit is noise: they were cut short.
+        problems.truncate(before_builds);
+        problems.push(p);
+    }
     if !problems.is_empty() {
         let mut out: Vec<Problem> = Vec::new();
         for mut p in problems {
@@ -263,6 +281,7 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         description: tpl.description.clone(),
         variables,
         secrets,
+        warnings: resolved.warnings,
     })
 }
 
@@ -309,40 +328,34 @@ fn reachability_problem(
 
 /// Sensitive variables and every variable whose value uses one, directly or not.
 fn tainted_variables(tpl: &RawTemplate, vars: &[(String, String)]) -> BTreeSet<String> {
-    let text_of = |name: &str| -> Option<String> {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                tpl.variables
-                    .iter()
-                    .find(|d| d.name == name)
-                    .and_then(|d| d.default.clone())
-            })
-    };
-    let refs: BTreeMap<&str, Vec<String>> = tpl
+    // The text each variable is rendered from: the last -var, else its default.
+    let mut texts: BTreeMap<&str, Option<&str>> = tpl
         .variables
         .iter()
-        .map(|d| {
-            (
-                d.name.as_str(),
-                text_of(&d.name).map(|t| user_refs(&t)).unwrap_or_default(),
-            )
-        })
+        .map(|d| (d.name.as_str(), d.default.as_deref()))
         .collect();
-    let mut tainted: BTreeSet<String> = tpl.sensitive.clone();
-    loop {
-        let before = tainted.len();
-        for (name, uses) in &refs {
-            if uses.iter().any(|u| tainted.contains(u)) {
-                tainted.insert(name.to_string());
-            }
-        }
-        if tainted.len() == before {
-            return tainted;
+    for (k, v) in vars {
+        if let Some(text) = texts.get_mut(k.as_str()) {
+            *text = Some(v);
         }
     }
+    // Who uses each variable; the taint spreads from the sensitive ones along it.
+    let mut users: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (name, text) in &texts {
+        for used in text.map(user_refs).unwrap_or_default() {
+            users.entry(used).or_default().push(name);
+        }
+    }
+    let mut tainted: BTreeSet<String> = tpl.sensitive.clone();
+    let mut todo: Vec<String> = tainted.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        for user in users.get(&name).into_iter().flatten() {
+            if tainted.insert(user.to_string()) {
+                todo.push(user.to_string());
+            }
+        }
+    }
+    tainted
 }
 
 struct Ctx<'a> {
@@ -350,6 +363,9 @@ struct Ctx<'a> {
     values: &'a BTreeMap<String, String>,
     opts: &'a PrepareOptions,
     template_dir: Option<&'a str>,
+    /// Every value the builds render counts against it (a provisioner is copied into each
+    /// build it applies to).
+    budget: &'a Budget,
 }
 
 impl Ctx<'_> {
@@ -459,6 +475,9 @@ struct Walker<'a, 'b> {
 
 impl Walker<'_, '_> {
     fn walk(&mut self, v: &Value, path: &str, keys: &mut Vec<String>, deferred: bool) -> Value {
+        if !self.ctx.budget.charge(NODE_COST) {
+            return Value::Null;
+        }
         let data = if deferred {
             Data::Defer
         } else {
@@ -469,7 +488,11 @@ impl Walker<'_, '_> {
                 let r = self
                     .ctx
                     .render_str(s, path, self.build, data, self.problems);
-                Value::String(r.unwrap_or_else(|| s.clone()))
+                let r = r.unwrap_or_else(|| s.clone());
+                if !self.ctx.budget.charge(r.len()) {
+                    return Value::Null;
+                }
+                Value::String(r)
             }
             Value::Array(items) => Value::Array(
                 items
@@ -499,6 +522,10 @@ impl Walker<'_, '_> {
                         .ctx
                         .render_str(k, &child, self.build, key_data, self.problems)
                         .unwrap_or_else(|| k.clone());
+                    if !self.ctx.budget.charge(new_key.len()) {
+                        keys.pop();
+                        return Value::Null;
+                    }
                     let new_val = self.walk(item, &child, keys, child_deferred);
                     keys.pop();
                     out.insert(new_key, new_val);

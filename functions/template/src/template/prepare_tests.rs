@@ -227,15 +227,51 @@ fn required_and_undeclared_variables() {
         ],
         ..opts()
     };
-    let all = problems(
+    // As Packer: a -var the template does not declare is ignored, with a warning naming it.
+    let p = ok(
         &json!({"variables": {"subnet": null}, "builders": [builder("amazon-ebs", json!({"ami_name": "{{user `subnet`}}"}))]}),
         &o,
     );
+    let warned = p.warnings.join("\n");
     assert!(
-        all.contains("-var other=…: variable `other` is not declared"),
-        "{all}"
+        warned.contains("-var other=…: variable `other` is not declared"),
+        "{warned}"
     );
-    assert!(!all.contains("`subnet` is required"), "{all}");
+    assert!(warned.contains("ignored"), "{warned}");
+    assert_eq!(p.warnings.len(), 1, "{warned}");
+    assert_eq!(cfg(&p, "amazon-ebs", "ami_name"), "s-1");
+}
+
+#[test]
+fn var_files_shared_between_templates_and_null_values() {
+    let dir = std::env::temp_dir().join(format!("amiflow-shared-vars-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shared = dir.join("shared.json");
+    std::fs::write(
+        &shared,
+        r#"{"subnet": null, "region": "eu-west-1", "other_templates_key": "x", "another": 3}"#,
+    )
+    .unwrap();
+    let tpl = json!({"variables": {"subnet": null, "region": "us-east-1"},
+        "builders": [builder("amazon-ebs", json!({"region": "{{user `region`}}", "subnet_id": "{{user `subnet`}}"}))]});
+    let o = PrepareOptions {
+        var_files: vec![shared.clone()],
+        ..opts()
+    };
+    // `null` in a var-file is the empty string (Packer): the required `subnet` has its value,
+    // and an empty subnet_id means "unset".
+    let p = ok(&tpl, &o);
+    assert_eq!(p.variables["subnet"], "");
+    assert_eq!(cfg(&p, "amazon-ebs", "region"), "eu-west-1");
+    let origin = shared.display().to_string();
+    assert_eq!(
+        p.warnings,
+        vec![
+            format!("-var-file {origin}: variable `another` is not declared in the template's \"variables\" (declared: region, subnet): ignored"),
+            format!("-var-file {origin}: variable `other_templates_key` is not declared in the template's \"variables\" (declared: region, subnet): ignored"),
+        ]
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+use super::limits::MAX_NESTING;
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
     Text(String),
@@ -131,6 +133,7 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, SyntaxError> {
             toks,
             i: 0,
             action_offset: open,
+            depth: 0,
         };
         let pipe = p.pipe()?;
         if p.i < p.toks.len() {
@@ -362,6 +365,8 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     i: usize,
     action_offset: usize,
+    /// How many `(` enclose the command being parsed (at most [`MAX_NESTING`]).
+    depth: usize,
 }
 
 impl Parser {
@@ -384,8 +389,16 @@ impl Parser {
             let arg = match tok {
                 Tok::Pipe | Tok::Close => break,
                 Tok::Open => {
+                    if self.depth >= MAX_NESTING {
+                        return Err(SyntaxError::at(
+                            at,
+                            format!("parentheses nested more than {MAX_NESTING} deep (the limit): write the expression as a pipeline (`a | b`) or in steps through variables"),
+                        ));
+                    }
                     self.i += 1;
+                    self.depth += 1;
                     let sub = self.pipe()?;
+                    self.depth -= 1;
                     match self.toks.get(self.i) {
                         Some((_, Tok::Close)) => self.i += 1,
                         _ => return Err(SyntaxError::at(at, "unclosed `(`: add the matching `)`")),

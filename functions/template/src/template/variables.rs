@@ -3,14 +3,19 @@
 //! Precedence as in Packer: declared default < -var-file (in the order given) < -var (in
 //! the order given). Every value is then rendered: `{{env `X`}}` is allowed here and only
 //! here, and a variable may use another one with `{{user `name`}}` (loops are reported).
+//!
+//! As Packer does, a -var or -var-file variable the template does not declare is ignored
+//! with a warning naming it (one var-file often serves several templates), and `null` in a
+//! var-file is the empty string, which gives a required variable its value.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::eval::{self, Data, Scope};
+use super::limits::{Budget, MAX_VARIABLE_CHAIN, NODE_COST};
 use super::raw::VarDecl;
 use crate::problem::Problem;
 
@@ -22,11 +27,22 @@ pub(crate) struct VarInputs<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub time: DateTime<Utc>,
     pub template_dir: Option<&'a str>,
+    /// What the whole template may expand to; the variables' values count against it.
+    pub budget: &'a Budget,
 }
 
-/// The rendered value of every variable that could be resolved, and the problems.
-pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Problem>) {
+/// The variables of a template resolved: values, problems, and warnings (each a line for
+/// the user, naming the variable).
+pub(crate) struct Resolved {
+    /// The rendered value of every variable that could be resolved.
+    pub values: BTreeMap<String, String>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<String>,
+}
+
+pub(crate) fn resolve(inputs: &VarInputs) -> Resolved {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let mut raw: BTreeMap<String, Option<String>> = inputs
         .decls
         .iter()
@@ -49,10 +65,18 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
             continue;
         };
         for (name, value) in map {
+            let Some(slot) = raw.get_mut(name) else {
+                warnings.push(format!(
+                    "-var-file {origin}: variable `{name}` is not declared in the template's \"variables\" (declared: {}): ignored",
+                    declared_list()
+                ));
+                continue;
+            };
             let text = match value {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
                 _ => {
                     problems.push(Problem::new(format!(
                         "-var-file {origin}: variable `{name}` must be a string"
@@ -60,22 +84,16 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
                     continue;
                 }
             };
-            match raw.get_mut(name) {
-                Some(slot) => *slot = Some(text),
-                None => problems.push(Problem::new(format!(
-                    "-var-file {origin}: variable `{name}` is not declared in the template's \"variables\" (declared: {}); declare it or remove it",
-                    declared_list()
-                ))),
-            }
+            *slot = Some(text);
         }
     }
     for (name, value) in inputs.vars {
         match raw.get_mut(name) {
             Some(slot) => *slot = Some(value.clone()),
-            None => problems.push(Problem::new(format!(
-                "-var {name}=…: variable `{name}` is not declared in the template's \"variables\" (declared: {}); declare it or remove the -var",
+            None => warnings.push(format!(
+                "-var {name}=…: variable `{name}` is not declared in the template's \"variables\" (declared: {}): ignored",
                 declared_list()
-            ))),
+            )),
         }
     }
     for (name, value) in &raw {
@@ -92,6 +110,7 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
         inputs,
         done: RefCell::new(BTreeMap::new()),
         visiting: RefCell::new(Vec::new()),
+        reported_limit: Cell::new(false),
     };
     for (name, value) in &raw {
         if value.is_some() {
@@ -109,7 +128,11 @@ pub(crate) fn resolve(inputs: &VarInputs) -> (BTreeMap<String, String>, Vec<Prob
             Err(None) => {}
         }
     }
-    (values, problems)
+    Resolved {
+        values,
+        problems,
+        warnings,
+    }
 }
 
 enum Failure {
@@ -119,6 +142,9 @@ enum Failure {
     Dependency,
     /// The variable was reached again while being resolved.
     Loop(String),
+    /// A limit was reached (chain length, total size): reported once, by the variable
+    /// that reached it.
+    Limit(String),
 }
 
 struct Resolver<'a> {
@@ -128,6 +154,8 @@ struct Resolver<'a> {
     /// variable it uses has the problem.
     done: RefCell<BTreeMap<String, Result<String, Option<String>>>>,
     visiting: RefCell<Vec<String>>,
+    /// A limit's problem is reported once: the variables past it fail quietly.
+    reported_limit: Cell<bool>,
 }
 
 impl Resolver<'_> {
@@ -146,6 +174,16 @@ impl Resolver<'_> {
                 chain.join(" → ")
             )));
         }
+        let depth = self.visiting.borrow().len();
+        if depth >= MAX_VARIABLE_CHAIN {
+            let chain = self.visiting.borrow();
+            return Err(Failure::Limit(format!(
+                "variables use each other in a chain longer than {MAX_VARIABLE_CHAIN} (the limit): `{}` → `{}` → … → `{}` → `{name}`; shorten the chain",
+                chain[0],
+                chain[1],
+                chain[depth - 1]
+            )));
+        }
         self.visiting.borrow_mut().push(name.to_string());
         let dependency_failed = RefCell::new(false);
         let user = |dep: &str| -> Result<String, String> {
@@ -153,7 +191,8 @@ impl Resolver<'_> {
                 None => Err(format!("variable `{dep}` is not declared in \"variables\"")),
                 Some(_) => self.resolve(dep).map_err(|f| match f {
                     Failure::Loop(m) => m,
-                    Failure::Own | Failure::Dependency => {
+                    Failure::Limit(m) if !self.reported_limit.replace(true) => m,
+                    Failure::Own | Failure::Dependency | Failure::Limit(_) => {
                         *dependency_failed.borrow_mut() = true;
                         format!("variable `{dep}` has no value")
                     }
@@ -173,6 +212,10 @@ impl Resolver<'_> {
         let result = eval::render(text, &scope);
         self.visiting.borrow_mut().pop();
         let (stored, out) = match result {
+            // Past the template's total, which `prepare` reports once.
+            Ok(v) if !self.inputs.budget.charge(v.len() + NODE_COST) => {
+                (Err(None), Err(Failure::Dependency))
+            }
             Ok(v) => (Ok(v.clone()), Ok(v)),
             Err(_) if *dependency_failed.borrow() => (Err(None), Err(Failure::Dependency)),
             Err(e) => (Err(Some(e.describe(text))), Err(Failure::Own)),
@@ -199,7 +242,18 @@ mod tests {
         files: Vec<(String, Value)>,
         vars: &[(String, String)],
     ) -> (BTreeMap<String, String>, Vec<String>) {
+        let (v, p, _) = run_warned(decls, files, vars);
+        (v, p)
+    }
+
+    /// [`run`] with the warnings too.
+    fn run_warned(
+        decls: &[VarDecl],
+        files: Vec<(String, Value)>,
+        vars: &[(String, String)],
+    ) -> (BTreeMap<String, String>, Vec<String>, Vec<String>) {
         let env: BTreeMap<String, String> = [("HOME".to_string(), "/home/me".to_string())].into();
+        let budget = Budget::default();
         let inputs = VarInputs {
             decls,
             files,
@@ -207,9 +261,14 @@ mod tests {
             env: &env,
             time: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
             template_dir: None,
+            budget: &budget,
         };
-        let (v, p) = resolve(&inputs);
-        (v, p.iter().map(ToString::to_string).collect())
+        let r = resolve(&inputs);
+        (
+            r.values,
+            r.problems.iter().map(ToString::to_string).collect(),
+            r.warnings,
+        )
     }
 
     #[test]
@@ -258,7 +317,7 @@ mod tests {
             decl("u", Some("{{user `ghost`}}")),
         ];
         let vars = [("typo".to_string(), "1".to_string())];
-        let (_, p) = run(
+        let (_, p, warnings) = run_warned(
             &decls,
             vec![("vf.json".into(), serde_json::json!({"other": "1"}))],
             &vars,
@@ -268,14 +327,17 @@ mod tests {
             all.contains("variable `req` is required") && all.contains("-var 'req=VALUE'"),
             "{all}"
         );
+        // Undeclared -var and -var-file variables are ignored with a warning, as in Packer.
+        let warned = warnings.join("\n");
         assert!(
-            all.contains("-var typo=…: variable `typo` is not declared"),
-            "{all}"
+            warned.contains("-var typo=…: variable `typo` is not declared"),
+            "{warned}"
         );
         assert!(
-            all.contains("-var-file vf.json: variable `other` is not declared"),
-            "{all}"
+            warned.contains("-var-file vf.json: variable `other` is not declared"),
+            "{warned}"
         );
+        assert!(!all.contains("not declared in the template"), "{all}");
         assert!(all.contains("in a loop"), "{all}");
         assert!(all.contains("variable `ghost` is not declared"), "{all}");
         // `uses_req` fails only because `req` does: reported once, for `req`.

@@ -1,12 +1,11 @@
 //! What the amazon-chroot steps share: the typed config, what the build learnt about the
-//! host and the volume (kept in `data.extra`), the host script's job, volume look-ups.
+//! host and the volume (kept in `data.extra`), the host script's job.
 
 use amiflow_template::config::chroot::ChrootConfig;
 use amiflow_template::BuilderConfig;
-use aws_sdk_ec2::types::{Volume, VolumeAttachmentState};
 use serde::{Deserialize, Serialize};
 
-use super::prelude::*;
+use crate::prelude::*;
 
 /// The host script, carried in the binary so SSM can run it inline and a local run needs
 /// no checkout.
@@ -141,73 +140,6 @@ pub fn set_command(state: &mut BuildState, c: &HostCommand) {
         COMMAND_KEY.into(),
         serde_json::to_value(c).unwrap_or_default(),
     );
-}
-
-pub async fn describe_volume(
-    ctx: &Ctx,
-    region: &str,
-    id: &str,
-) -> Result<Option<Volume>, StepError> {
-    match ctx
-        .ec2(region)
-        .describe_volumes()
-        .volume_ids(id)
-        .send()
-        .await
-    {
-        Ok(out) => Ok(out.volumes().first().cloned()),
-        Err(e) if error_code(&e) == Some("InvalidVolume.NotFound") => Ok(None),
-        Err(e) => Err(classify("DescribeVolumes", id, e)),
-    }
-}
-
-/// The volume's attachment to `instance`, if any, and its state.
-pub fn attachment_to(v: &Volume, instance: &str) -> Option<(String, VolumeAttachmentState)> {
-    v.attachments()
-        .iter()
-        .find(|a| a.instance_id() == Some(instance))
-        .map(|a| {
-            (
-                a.device().unwrap_or_default().to_string(),
-                a.state()
-                    .cloned()
-                    .unwrap_or(VolumeAttachmentState::Attached),
-            )
-        })
-}
-
-/// Detaches a build volume from whatever instance holds it (with InstanceId: emulators
-/// answer 500 without it). Ok(true) when a detach was asked for.
-pub async fn detach(ctx: &Ctx, region: &str, v: &Volume) -> Result<bool, StepError> {
-    let id = v.volume_id().unwrap_or_default();
-    let mut asked = false;
-    for a in v.attachments() {
-        if matches!(
-            a.state(),
-            Some(VolumeAttachmentState::Detached | VolumeAttachmentState::Detaching)
-        ) {
-            continue;
-        }
-        let mut req = ctx.ec2(region).detach_volume().volume_id(id);
-        if let Some(i) = a.instance_id() {
-            req = req.instance_id(i);
-        }
-        if let Some(d) = a.device() {
-            req = req.device(d);
-        }
-        match req.send().await {
-            Ok(_) => asked = true,
-            Err(e)
-                if matches!(
-                    error_code(&e),
-                    Some(
-                        "IncorrectState" | "InvalidAttachment.NotFound" | "InvalidVolume.NotFound"
-                    )
-                ) => {}
-            Err(e) => return Err(classify("DetachVolume", id, e)),
-        }
-    }
-    Ok(asked)
 }
 
 /// Packer's `mount_partition` as the host script takes it: only HVM images are partitioned.

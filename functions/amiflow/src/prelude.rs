@@ -1,4 +1,6 @@
-//! What step files share.
+//! What step files import: the build state, the clients, the errors, the build's identity
+//! (tags, tokens, names), late rendering, the waits, and accessors for the config parts a
+//! step needs.
 
 pub use std::collections::BTreeMap;
 pub use std::time::Duration;
@@ -6,31 +8,16 @@ pub use std::time::Duration;
 pub use amiflow_template::config::{AmiConfig, CommunicatorConfig, RunConfig};
 pub use aws_sdk_ec2::types::{Filter, ResourceType};
 
-pub use crate::aws::*;
-pub use crate::ctx::{classify, error_code};
+pub use crate::build_render::{render, render_tags};
+pub use crate::error::{classify, error_code, or_absent};
+pub use crate::identity::*;
 pub use crate::state::{ResourceKind, BUILD_TAG};
-pub use crate::steps::{StepSpec, WaitPolicy};
+pub use crate::steps::StepSpec;
+pub use crate::waits;
 pub use crate::{handler, BuildState, Ctx, StepError};
 
 /// Lambda timeout for steps that make a handful of API calls.
 pub const SHORT_TIMEOUT: u32 = 120;
-
-/// Polls every 5 s growing to 30 s: ~2 h of budget, above every waiter's default; the
-/// handler enforces the template's `aws_polling` limit from the wait's start time.
-pub const LONG_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 5,
-    backoff_rate: 1.5,
-    max_delay_seconds: 30,
-    max_attempts: 250,
-};
-
-/// Instance state changes: 15 s cap, ~1 h.
-pub const INSTANCE_WAIT: WaitPolicy = WaitPolicy {
-    interval_seconds: 3,
-    backoff_rate: 1.5,
-    max_delay_seconds: 15,
-    max_attempts: 250,
-};
 
 /// The build's AMI settings, for a step that only runs in builders that make an AMI.
 pub fn ami_config<'a>(state: &'a BuildState, step: &str) -> Result<&'a AmiConfig, StepError> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use amiflow_template::config::{EbsSurrogateConfig, EbsVolumeConfig};
 use amiflow_template::BuilderConfig;
 
-use super::prelude::*;
+use crate::prelude::*;
 
 pub fn surrogate(state: &BuildState) -> Option<&EbsSurrogateConfig> {
     match &state.build.config {
@@ -33,7 +33,7 @@ pub async fn instance_volumes(
     region: &str,
     instance: &str,
 ) -> Result<BTreeMap<String, String>, StepError> {
-    let Some(i) = super::instance_state::describe(ctx, region, instance).await? else {
+    let Some(i) = crate::resources::instance::describe(ctx, region, instance).await? else {
         return Err(StepError::BuildFailed(format!(
             "instance {instance} in {region} no longer exists"
         )));

@@ -2,7 +2,7 @@
 //! the X.509 sources, rendering the bundle commands and the bundle's place in S3.
 //!
 //! The bundle commands run on the instance over the communicator (SSH). Their template
-//! variables (reference §6.1) are rendered at the moment of use; credentials
+//! variables (Packer's: `.Destination`, `.Prefix`, `.BucketName`, …) are rendered at the moment of use; credentials
 //! (`.AccessKey`, `.SecretKey`, `.Token`) are never in the state and are masked in every
 //! log line and error.
 
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use amiflow_template::config::InstanceConfig;
 use amiflow_template::BuilderConfig;
 
-use super::prelude::*;
+use crate::prelude::*;
 use crate::provision::communicator::{ssh_target, Communication, Communicator};
 use crate::provision::ssh::SshTransport;
 use crate::provision::transport::{ExecStatus, OutputSink, Transport};
@@ -189,61 +189,10 @@ pub async fn delete_bundle(ctx: &Ctx, state: &mut BuildState) -> Result<(), Step
         .map(|r| (r.region.clone(), r.id.clone()))
         .collect();
     for (region, id) in entries {
-        delete_objects_under(ctx, &region, &id).await?;
+        crate::resources::s3::delete_objects_under(ctx, &region, &id).await?;
         state.ledger.forget(ResourceKind::S3Object, &id);
     }
     Ok(())
-}
-
-/// Deletes every object under `bucket/prefix`; a missing bucket is fine.
-pub async fn delete_objects_under(
-    ctx: &Ctx,
-    region: &str,
-    bucket_and_prefix: &str,
-) -> Result<Vec<String>, StepError> {
-    let (bucket, prefix) = bucket_and_prefix
-        .split_once('/')
-        .unwrap_or((bucket_and_prefix, ""));
-    let s3 = ctx.s3(region);
-    let mut removed = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = match s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => {
-                return Ok(removed)
-            }
-            // classify: a 5xx or throttling is Transient, so Cleanup's Retry gets another go.
-            Err(e) => {
-                return Err(classify(
-                    "ListObjectsV2",
-                    &format!("s3://{bucket}/{prefix}"),
-                    e,
-                ))
-            }
-        };
-        for o in out.contents() {
-            let key = o.key().unwrap_or_default();
-            s3.delete_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
-            removed.push(format!("s3://{bucket}/{key}"));
-        }
-        token = out.next_continuation_token().map(String::from);
-        if token.is_none() {
-            return Ok(removed);
-        }
-    }
 }
 
 /// For Cleanup: the bundle prefix and, when it carries this build's tags, the bucket —
@@ -265,20 +214,8 @@ pub async fn discover(
         &format!("{}/{}", c.s3_bucket, object_prefix(c, &c.bundle_prefix)),
         true,
     );
-    if let Ok(out) = ctx
-        .s3(&region)
-        .get_bucket_tagging()
-        .bucket(&c.s3_bucket)
-        .send()
-        .await
-    {
-        let own = build_tags(state);
-        let ours = own
-            .iter()
-            .all(|(k, v)| out.tag_set().iter().any(|t| t.key() == k && t.value() == v));
-        if ours {
-            ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
-        }
+    if crate::resources::s3::bucket_has_tags(ctx, &region, &c.s3_bucket, &build_tags(state)).await {
+        ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
     }
     Ok(())
 }

@@ -1,0 +1,85 @@
+//! How a build's resources are recognised: the build tags every create puts on them (so
+//! Cleanup and the janitor find them), and the ClientTokens and deterministic names that
+//! make a retried create find what the first attempt made instead of making it twice.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use uuid::Uuid;
+
+pub use crate::state::BUILD_TAG;
+use crate::BuildState;
+
+/// A stable UUID for (execution, build, what): the same on every retry of a step.
+pub fn stable_uuid(state: &BuildState, what: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("amiflow/{}/{}/{}", state.execution, state.build.name, what).as_bytes(),
+    )
+}
+
+/// EC2's idempotency token for one create of one step.
+pub fn client_token(state: &BuildState, step: &str) -> String {
+    stable_uuid(state, step).to_string()
+}
+
+/// A temporary resource name that is the same on every retry: `<prefix>_<uuid>`.
+pub fn temp_name(state: &BuildState, prefix: &str, what: &str) -> String {
+    format!("{prefix}_{}", stable_uuid(state, what).simple())
+}
+
+/// The `tag:amiflow:build = execution` filter that finds everything this build created.
+pub fn build_filter(execution: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{BUILD_TAG}"))
+        .values(execution)
+        .build()
+}
+
+pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
+    let mut b = Filter::builder().name(name);
+    for v in values {
+        b = b.values(v);
+    }
+    b.build()
+}
+
+/// Tag naming the build (of possibly several in one execution) that created a resource:
+/// a build's Cleanup and idempotent lookups match it, the janitor matches the execution only.
+pub const BUILD_NAME_TAG: &str = "amiflow:build-name";
+
+/// The build's own tags: `amiflow:build` = execution, `amiflow:build-name` = build name.
+pub fn build_tags(state: &BuildState) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (BUILD_TAG.to_string(), state.execution.clone()),
+        (BUILD_NAME_TAG.to_string(), state.build.name.clone()),
+    ])
+}
+
+/// The given (already rendered) tags plus the build's own; the build's own always win.
+pub fn tags_with_build(state: &BuildState, extra: &BTreeMap<String, String>) -> Vec<Tag> {
+    let mut all = extra.clone();
+    all.extend(build_tags(state));
+    all.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+pub fn tag_spec(
+    rt: ResourceType,
+    state: &BuildState,
+    extra: &BTreeMap<String, String>,
+) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(rt)
+        .set_tags(Some(tags_with_build(state, extra)))
+        .build()
+}
+
+/// Filters matching what this build (not just this execution) created.
+pub fn own_filters(state: &BuildState) -> Vec<Filter> {
+    vec![
+        build_filter(&state.execution),
+        filter(&format!("tag:{BUILD_NAME_TAG}"), [state.build.name.clone()]),
+    ]
+}

@@ -1,0 +1,141 @@
+//! AMIs: made by CreateImage/RegisterImage, copied by CopyImage, replaced by DeregisterAmi
+//! (`force_deregister`). Removing one deregisters it and deletes the snapshots behind it.
+//! A build's sweep keeps the images it delivers; no sweep touches an image marked
+//! `amiflow:artifact`.
+
+use aws_sdk_ec2::types::Image;
+
+use super::{is_artifact, snapshot, Scope, Swept};
+use crate::error::{classify, or_absent};
+use crate::state::{Ledger, ResourceKind};
+use crate::{Ctx, StepError};
+
+pub const NOT_FOUND: &str = "InvalidAMIID.NotFound";
+
+/// What finding and removing images (with their snapshots) needs.
+pub const CLEANUP_ACTIONS: &[&str] = &[
+    "ec2:DescribeImages",
+    "ec2:DeregisterImage",
+    "ec2:DeleteSnapshot",
+];
+
+/// The image, or None when EC2 does not know it.
+pub async fn describe(ctx: &Ctx, region: &str, id: &str) -> Result<Option<Image>, StepError> {
+    let out = ctx.ec2(region).describe_images().image_ids(id).send().await;
+    Ok(or_absent(out, &[NOT_FOUND], "DescribeImages", id)?
+        .and_then(|out| out.images().first().cloned()))
+}
+
+/// The account's own images called `name` in a region (AMI names are unique per account
+/// and region: PreValidate refuses a taken one, DeregisterAmi replaces it).
+pub async fn named(ctx: &Ctx, region: &str, name: &str) -> Result<Vec<Image>, StepError> {
+    let out = ctx
+        .ec2(region)
+        .describe_images()
+        .owners("self")
+        .filters(crate::identity::filter("name", [name]))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", name, e))?;
+    Ok(out.images().to_vec())
+}
+
+/// The snapshots behind an image's block devices.
+pub fn snapshots(img: &Image) -> Vec<String> {
+    img.block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(String::from))
+        .collect()
+}
+
+pub fn state_reason(img: &Image) -> String {
+    img.state_reason()
+        .and_then(|r| r.message())
+        .unwrap_or("AWS gave no reason")
+        .to_string()
+}
+
+/// One look at an image: Ok(Some) when available, Ok(None) while pending, BuildFailed on failed.
+pub async fn available(ctx: &Ctx, region: &str, id: &str) -> Result<Option<Image>, StepError> {
+    let Some(img) = describe(ctx, region, id).await? else {
+        return Ok(None);
+    };
+    match img.state().map(|s| s.as_str()).unwrap_or("") {
+        "available" => Ok(Some(img)),
+        "failed" | "error" | "invalid" | "deregistered" => Err(StepError::BuildFailed(format!(
+            "image {id} in {region} is {}: {}",
+            img.state().map(|s| s.as_str()).unwrap_or(""),
+            state_reason(&img)
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Deregisters an image; Ok(false) when it was gone already.
+pub async fn deregister(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError> {
+    let out = ctx.ec2(region).deregister_image().image_id(id).send().await;
+    let gone = [NOT_FOUND, "InvalidAMIID.Unavailable"];
+    Ok(or_absent(out, &gone, "DeregisterImage", id)?.is_some())
+}
+
+/// Deregisters an image and deletes its snapshots; absent ones are fine. Returns the
+/// snapshots it removed.
+pub async fn destroy(ctx: &Ctx, region: &str, id: &str) -> Result<Vec<String>, StepError> {
+    let snaps = describe(ctx, region, id)
+        .await?
+        .map(|i| snapshots(&i))
+        .unwrap_or_default();
+    deregister(ctx, region, id).await?;
+    for s in &snaps {
+        snapshot::remove(ctx, region, s).await?;
+    }
+    Ok(snaps)
+}
+
+/// Removes the scope's images in every region: the intermediary ones always, every one
+/// of a failed build; never those to keep nor marked artifacts (unless the ledger says the
+/// failed build made them).
+pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
+    let mut swept = Swept::default();
+    for region in &scope.regions {
+        let tagged = ctx
+            .ec2(region)
+            .describe_images()
+            .owners("self")
+            .set_filters(Some(scope.filters()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", &scope.execution, e))?;
+        let mut images: Vec<String> = tagged
+            .images()
+            .iter()
+            .filter(|i| !is_artifact(i.tags()))
+            .filter_map(|i| i.image_id().map(String::from))
+            .collect();
+        for r in ledger
+            .of_kind(ResourceKind::Image)
+            .filter(|r| &r.region == region)
+        {
+            if (!r.artifact || scope.delete_artifacts) && !images.contains(&r.id) {
+                images.push(r.id.clone());
+            }
+        }
+        for img in images {
+            if scope.keep_images.contains(&img) {
+                swept.kept.push(format!("image {img} ({region})"));
+                continue;
+            }
+            match destroy(ctx, region, &img).await {
+                Ok(snaps) => {
+                    swept.removed.push(format!("image {img} ({region})"));
+                    swept
+                        .removed
+                        .extend(snaps.iter().map(|s| format!("snapshot {s} ({region})")));
+                }
+                Err(StepError::NotReady(why)) => swept.not_yet.push(why),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(swept)
+}

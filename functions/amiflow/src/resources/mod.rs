@@ -1,0 +1,335 @@
+//! Every kind of AWS resource a build creates, one module each, holding that kind's whole
+//! life after its creating step: how to look at it, how to find it by the build tag, how to
+//! remove it (idempotently: absent counts as removed), what "cannot go yet" looks like (in
+//! use, still attached, still terminating) and the IAM actions all of that needs.
+//!
+//! The creating steps (`steps/<name>.rs`), Cleanup (`steps/cleanup.rs`) and the janitor
+//! (`steps/janitor.rs`) all go through these modules. [`sweep`] is the removal both of them
+//! run: one loop over [`Kind::CLEANUP_ORDER`].
+//!
+//! Adding a resource kind: a module here (find, remove, IAM actions), a [`Kind`] variant in
+//! its place in the order, and the `Ledger::record` call in the step that creates it.
+
+pub mod iam;
+pub mod image;
+pub mod instance;
+pub mod key_pair;
+pub mod s3;
+pub mod security_group;
+pub mod snapshot;
+pub mod spot_request;
+pub mod ssm_command;
+pub mod volume;
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::Filter;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{build_filter, filter, BUILD_NAME_TAG};
+use crate::state::{Ledger, ResourceKind, ARTIFACT_TAG};
+use crate::{Ctx, StepError};
+
+/// What a sweep covers.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub execution: String,
+    /// One build of the execution; None = every build (the janitor).
+    pub build_name: Option<String>,
+    /// Where images and snapshots can be: the target regions and any region the ledger names.
+    pub regions: Vec<String>,
+    /// Where instances, key pairs, security groups, volumes and key parameters can be: the
+    /// build region and any region the ledger names for them (a build launches only in its
+    /// own region; other target regions only receive image copies and their snapshots).
+    /// The janitor, knowing nothing, gives every region.
+    pub instance_regions: Vec<String>,
+    /// Whether to search for temporary key pairs and their parameters by tag: only when
+    /// the build's config makes one (the ledger's are removed either way).
+    pub key_pairs: bool,
+    /// The build failed or was aborted: its AMIs and snapshots go too.
+    pub delete_artifacts: bool,
+    /// AMIs to keep (the artifact of a successful build).
+    pub keep_images: BTreeSet<String>,
+    /// Volumes to keep (amazon-ebsvolume's artifact of a successful build).
+    pub keep_volumes: BTreeSet<String>,
+    /// Deterministic names of the temporary IAM role and profile the build may have made
+    /// (found even when the step failed before recording them).
+    pub iam_names: Vec<String>,
+}
+
+impl Scope {
+    /// The janitor's scope: everything tagged with the execution in these regions, partial
+    /// AMIs included.
+    pub fn execution(execution: &str, regions: &[String]) -> Scope {
+        Scope {
+            execution: execution.to_string(),
+            build_name: None,
+            regions: regions.to_vec(),
+            instance_regions: regions.to_vec(),
+            key_pairs: true,
+            delete_artifacts: true,
+            keep_images: BTreeSet::new(),
+            keep_volumes: BTreeSet::new(),
+            iam_names: Vec::new(),
+        }
+    }
+
+    /// EC2 filters matching what the scope covers: the execution, and the build when one.
+    pub fn filters(&self) -> Vec<Filter> {
+        let mut f = vec![build_filter(&self.execution)];
+        if let Some(b) = &self.build_name {
+            f.push(filter(&format!("tag:{BUILD_NAME_TAG}"), [b.clone()]));
+        }
+        f
+    }
+
+    /// The regions where the build launched and images may be: security groups and volumes.
+    fn launch_regions(&self) -> impl Iterator<Item = &String> {
+        self.regions
+            .iter()
+            .filter(|r| self.instance_regions.contains(r))
+    }
+}
+
+/// What a sweep removed (or, with `on_error: abort`, kept).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CleanupReport {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// What one kind's sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    /// Resources that cannot go yet (terminating, in use, attached), one phrase each; the
+    /// sweep goes on with the other kinds and ends `NotReady` naming them.
+    pub not_yet: Vec<String>,
+}
+
+impl Swept {
+    /// Records a removal's outcome: removed (`Ok(true)`), gone already (`Ok(false)`), or
+    /// not possible yet (`NotReady`, noted); other errors stay errors.
+    fn note(&mut self, result: Result<bool, StepError>, what: String) -> Result<(), StepError> {
+        match result {
+            Ok(true) => self.removed.push(what),
+            Ok(false) => {}
+            Err(StepError::NotReady(why)) => self.not_yet.push(why),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+/// The kinds Cleanup removes, each through its module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Instances and the spot requests that launched them.
+    Instance,
+    /// Temporary key pairs and the parameters holding their private keys.
+    KeyPair,
+    SecurityGroup,
+    Volume,
+    /// Images and the snapshots behind them.
+    Image,
+    /// Snapshots no image holds (a failed build's).
+    Snapshot,
+    /// Objects under a prefix (amazon-instance's bundle).
+    S3Object,
+    /// A bucket the build created.
+    S3Bucket,
+    /// Temporary instance profiles and their roles.
+    Iam,
+}
+
+impl Kind {
+    /// Cleanup's order: instances first (the rest waits for them to be gone, except key
+    /// pairs), images before the snapshots they hold, objects before their bucket,
+    /// instance profiles (global) last.
+    pub const CLEANUP_ORDER: [Kind; 9] = [
+        Kind::Instance,
+        Kind::KeyPair,
+        Kind::SecurityGroup,
+        Kind::Volume,
+        Kind::Image,
+        Kind::Snapshot,
+        Kind::S3Object,
+        Kind::S3Bucket,
+        Kind::Iam,
+    ];
+
+    /// The IAM actions finding and removing this kind needs.
+    pub const fn cleanup_actions(self) -> &'static [&'static str] {
+        match self {
+            Kind::Instance => instance::CLEANUP_ACTIONS,
+            Kind::KeyPair => key_pair::CLEANUP_ACTIONS,
+            Kind::SecurityGroup => security_group::CLEANUP_ACTIONS,
+            Kind::Volume => volume::CLEANUP_ACTIONS,
+            Kind::Image => image::CLEANUP_ACTIONS,
+            Kind::Snapshot => snapshot::CLEANUP_ACTIONS,
+            Kind::S3Object => s3::OBJECT_CLEANUP_ACTIONS,
+            Kind::S3Bucket => s3::BUCKET_CLEANUP_ACTIONS,
+            Kind::Iam => iam::CLEANUP_ACTIONS,
+        }
+    }
+
+    /// Whether this kind is removed only once every instance is gone (security groups and
+    /// volumes are held by instances; the rest simply follows, as Packer's cleanup does).
+    fn waits_for_instances(self) -> bool {
+        !matches!(self, Kind::Instance | Kind::KeyPair)
+    }
+
+    async fn sweep(self, ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
+        match self {
+            Kind::Instance => instance::sweep(ctx, scope, ledger).await,
+            Kind::KeyPair => key_pair::sweep(ctx, scope, ledger).await,
+            Kind::SecurityGroup => security_group::sweep(ctx, scope, ledger).await,
+            Kind::Volume => volume::sweep(ctx, scope, ledger).await,
+            Kind::Image => image::sweep(ctx, scope, ledger).await,
+            Kind::Snapshot => snapshot::sweep(ctx, scope, ledger).await,
+            Kind::S3Object => s3::sweep_objects(ctx, scope, ledger).await,
+            Kind::S3Bucket => s3::sweep_buckets(ctx, scope, ledger).await,
+            Kind::Iam => iam::sweep(ctx, scope, ledger).await,
+        }
+    }
+}
+
+/// Every kind's cleanup actions, in [`Kind::CLEANUP_ORDER`] (duplicates left for the
+/// policy writers to fold): Cleanup's and the janitor's IAM list.
+pub const CLEANUP_ACTIONS: &[&str] = &ALL_CLEANUP_ACTIONS;
+
+const ALL_CLEANUP_ACTIONS: [&str; cleanup_actions_len()] = cleanup_actions();
+
+const fn cleanup_actions_len() -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < Kind::CLEANUP_ORDER.len() {
+        n += Kind::CLEANUP_ORDER[i].cleanup_actions().len();
+        i += 1;
+    }
+    n
+}
+
+const fn cleanup_actions() -> [&'static str; cleanup_actions_len()] {
+    let mut out = [""; cleanup_actions_len()];
+    let mut n = 0;
+    let mut i = 0;
+    while i < Kind::CLEANUP_ORDER.len() {
+        let actions = Kind::CLEANUP_ORDER[i].cleanup_actions();
+        let mut j = 0;
+        while j < actions.len() {
+            out[n] = actions[j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Removes everything in `scope` (found by the ledger and by tag), kind by kind in
+/// [`Kind::CLEANUP_ORDER`]. `NotReady` while instances terminate (nothing after key pairs is
+/// tried then) or while something else cannot go yet (everything else is removed first).
+pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupReport, StepError> {
+    let mut report = CleanupReport::default();
+    let mut terminating: Vec<String> = Vec::new();
+    let mut not_yet: Vec<String> = Vec::new();
+    for kind in Kind::CLEANUP_ORDER {
+        if kind.waits_for_instances() && !terminating.is_empty() {
+            return Err(StepError::NotReady(format!(
+                "waiting for {} to terminate before removing the rest",
+                terminating.join(", ")
+            )));
+        }
+        let swept = kind.sweep(ctx, scope, ledger).await?;
+        report.removed.extend(swept.removed);
+        report.kept.extend(swept.kept);
+        match kind {
+            Kind::Instance => terminating = swept.not_yet,
+            _ => not_yet.extend(swept.not_yet),
+        }
+    }
+    if !not_yet.is_empty() {
+        return Err(StepError::NotReady(not_yet.join("; ")));
+    }
+    Ok(report)
+}
+
+/// The janitor's sweep: everything tagged with the execution in these regions, partial
+/// AMIs included, but not what a build that succeeded delivered (`amiflow:artifact`).
+pub async fn sweep_execution(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+) -> Result<CleanupReport, StepError> {
+    sweep(
+        ctx,
+        &Scope::execution(execution, regions),
+        &Ledger::default(),
+    )
+    .await
+}
+
+/// The ledger's ids of one kind in one region.
+fn ledger_ids(ledger: &Ledger, kind: ResourceKind, region: &str) -> Vec<String> {
+    ledger
+        .of_kind(kind)
+        .filter(|r| r.region == region)
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+/// `a` with the items of `b` it lacks appended, order kept.
+fn union(mut a: Vec<String>, b: impl IntoIterator<Item = String>) -> Vec<String> {
+    for x in b {
+        if !a.contains(&x) {
+            a.push(x);
+        }
+    }
+    a
+}
+
+/// Whether a resource carries [`ARTIFACT_TAG`]: delivered by a build that succeeded, so no
+/// sweep removes it.
+fn is_artifact(tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+    tags.iter().any(|t| t.key() == Some(ARTIFACT_TAG))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_actions_are_every_kinds_in_order() {
+        let expected: Vec<&str> = Kind::CLEANUP_ORDER
+            .iter()
+            .flat_map(|k| k.cleanup_actions().iter().copied())
+            .collect();
+        assert_eq!(CLEANUP_ACTIONS, expected.as_slice());
+        for needed in [
+            "ec2:TerminateInstances",
+            "ec2:DeleteKeyPair",
+            "ec2:DeleteSecurityGroup",
+            "ec2:DeleteVolume",
+            "ec2:DeregisterImage",
+            "ec2:DeleteSnapshot",
+            "s3:DeleteObject",
+            "s3:DeleteBucket",
+            "iam:DeleteRole",
+        ] {
+            assert!(CLEANUP_ACTIONS.contains(&needed), "{needed}");
+        }
+    }
+
+    #[test]
+    fn instances_go_before_everything_they_hold() {
+        let at = |k: Kind| Kind::CLEANUP_ORDER.iter().position(|x| *x == k).unwrap();
+        assert_eq!(at(Kind::Instance), 0);
+        for k in Kind::CLEANUP_ORDER {
+            assert_eq!(k.waits_for_instances(), at(k) > at(Kind::KeyPair), "{k:?}");
+        }
+        assert!(at(Kind::Image) < at(Kind::Snapshot));
+        assert!(at(Kind::S3Object) < at(Kind::S3Bucket));
+    }
+}

@@ -1,0 +1,57 @@
+//! Temporary security groups (the SecurityGroup step): removed once the instance is gone;
+//! a group still referenced by a detaching network interface cannot go yet.
+
+use super::{ledger_ids, union, Scope, Swept};
+use crate::error::{classify, error_code};
+use crate::state::{Ledger, ResourceKind};
+use crate::{Ctx, StepError};
+
+pub const NOT_FOUND: &str = "InvalidGroup.NotFound";
+
+/// What finding and removing security groups needs.
+pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeSecurityGroups", "ec2:DeleteSecurityGroup"];
+
+/// Deletes a group: Ok(true) when deleted, Ok(false) when gone already, `NotReady` while
+/// it is in use.
+pub async fn remove(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError> {
+    match ctx
+        .ec2(region)
+        .delete_security_group()
+        .group_id(id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e) == Some(NOT_FOUND) => Ok(false),
+        Err(e) if error_code(&e) == Some("DependencyViolation") => Err(StepError::NotReady(
+            format!("security group {id} ({region}) is still in use (network interface detaching)"),
+        )),
+        Err(e) => Err(classify("DeleteSecurityGroup", id, e)),
+    }
+}
+
+/// Removes the scope's groups in every region where the build launched.
+pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
+    let mut swept = Swept::default();
+    for region in scope.launch_regions() {
+        let tagged = ctx
+            .ec2(region)
+            .describe_security_groups()
+            .set_filters(Some(scope.filters()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
+        let groups = union(
+            ledger_ids(ledger, ResourceKind::SecurityGroup, region),
+            tagged
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(String::from)),
+        );
+        for g in groups {
+            let removed = remove(ctx, region, &g).await;
+            swept.note(removed, format!("security group {g} ({region})"))?;
+        }
+    }
+    Ok(swept)
+}

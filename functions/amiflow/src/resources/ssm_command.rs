@@ -1,0 +1,18 @@
+//! SSM commands: RunHostScript's host script (amazon-chroot) and the SSM communicator's
+//! provisioner commands. They are not tagged; a build finds its own by the build-unique
+//! comment it sent them with (`provision/ssm.rs`). A command ends by itself (its execution
+//! timeout), so no sweep removes one; what a build removes is what it staged for it.
+
+use crate::error::error_code;
+
+/// GetCommandInvocation's answer while the invocation is not visible yet.
+pub const NOT_VISIBLE_YET: &str = "InvocationDoesNotExist";
+
+/// Whether an error of GetCommandInvocation means "not visible yet" (poll again); any
+/// other error is classified.
+pub fn not_visible_yet<E, R>(err: &aws_sdk_ssm::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_ssm::error::ProvideErrorMetadata,
+{
+    error_code(err) == Some(NOT_VISIBLE_YET)
+}

@@ -1,0 +1,261 @@
+//! Every wait of a build, one value each: its name in `BuildState::waits`, its default
+//! budget, and the Retry policy its waiting state is polled with.
+//!
+//! A wait spans two steps: the one that starts the thing waited for calls [`Wait::begin`]
+//! (so the start survives the waiting state's retries, which re-run with the same input);
+//! the waiting step answers `NotReady` through [`Wait::not_ready`] until the thing is
+//! ready, then calls [`Wait::end`]. Step Functions' Retry on `NotReady`, rendered from
+//! [`Wait::policy`] by `flows.rs`, does the polling; the budget (Packer's waiter default, or
+//! the template's `aws_polling`) turns an endless `NotReady` into `BuildFailed`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use amiflow_template::config::AwsPolling;
+
+use crate::{BuildState, StepError};
+
+/// How a waiting state is polled: rendered as the state's `Retry` on `NotReady`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitPolicy {
+    pub interval_seconds: u32,
+    pub backoff_rate: f64,
+    pub max_delay_seconds: u32,
+    pub max_attempts: u32,
+}
+
+impl WaitPolicy {
+    /// The longest this policy keeps polling, in seconds (interval grows by the backoff,
+    /// capped at max_delay).
+    pub fn budget_seconds(&self) -> f64 {
+        let mut total = 0.0;
+        let mut delay = self.interval_seconds as f64;
+        for _ in 0..self.max_attempts {
+            total += delay.min(self.max_delay_seconds as f64);
+            delay *= self.backoff_rate;
+        }
+        total
+    }
+}
+
+/// Polls every `interval` seconds, growing by half each time up to `max_delay`, at most
+/// `attempts` times.
+const fn growing(interval: u32, max_delay: u32, attempts: u32) -> WaitPolicy {
+    WaitPolicy {
+        interval_seconds: interval,
+        backoff_rate: 1.5,
+        max_delay_seconds: max_delay,
+        max_attempts: attempts,
+    }
+}
+
+/// 5 s growing to 30 s: ~2 h of retries, above every waiter's default; the budget ends
+/// the wait earlier.
+const LONG: WaitPolicy = growing(5, 30, 250);
+/// Instance state changes: 3 s growing to 15 s, ~1 h.
+const INSTANCE: WaitPolicy = growing(3, 15, 250);
+/// Volume attach, detach, create: 2 s growing to 10 s, ~20 min.
+const VOLUME: WaitPolicy = growing(2, 10, 120);
+/// Commands that run for as long as provisioning does: 10 s growing to 60 s, ~8 h.
+const COMMAND: WaitPolicy = growing(10, 60, 480);
+
+/// What bounds a wait beyond its Retry policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// An AWS waiter: this default, or the template's `aws_polling` when set (Packer's
+    /// v2 semantics: attempts × delay, delay 2 s unless set).
+    Waiter(Duration),
+    /// Not an AWS waiter: only the Retry policy (and the handler's own limit, such as
+    /// `ssh_timeout` or a command's execution timeout) bound it.
+    Policy,
+}
+
+/// One wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wait {
+    /// Its key in `BuildState::waits`.
+    pub name: &'static str,
+    pub budget: Budget,
+    /// How its waiting state is polled.
+    pub policy: WaitPolicy,
+}
+
+const fn waiter(name: &'static str, minutes: u64, policy: WaitPolicy) -> Wait {
+    Wait {
+        name,
+        budget: Budget::Waiter(Duration::from_secs(minutes * 60)),
+        policy,
+    }
+}
+
+/// RunSourceInstance → WaitInstanceRunning (Packer's InstanceRunning waiter: 10 min).
+pub const INSTANCE_RUNNING: Wait = waiter("InstanceRunning", 10, INSTANCE);
+/// StopInstance → WaitInstanceStopped (InstanceStopped: 10 min).
+pub const INSTANCE_STOPPED: Wait = waiter("InstanceStopped", 10, INSTANCE);
+/// Cleanup's own polling while instances terminate (InstanceTerminated: 10 min).
+pub const INSTANCE_TERMINATED: Wait = waiter("InstanceTerminated", 10, INSTANCE);
+/// CreateImage/RegisterImage → WaitImageAvailable (ImageAvailable: 30 min).
+pub const IMAGE_AVAILABLE: Wait = waiter("ImageAvailable", 30, LONG);
+/// CopyImage → WaitCopiesAvailable (ImageAvailable per copy: 30 min).
+pub const COPIES_AVAILABLE: Wait = waiter("CopiesAvailable", 30, LONG);
+/// SnapshotVolumes/CreateSnapshot → WaitSnapshotsCompleted (SnapshotCompleted: 30 min).
+pub const SNAPSHOTS_COMPLETED: Wait = waiter("SnapshotsCompleted", 30, LONG);
+/// CreateVolume → WaitVolumeAvailable (VolumeAvailable: 10 min).
+pub const VOLUME_AVAILABLE: Wait = waiter("VolumeAvailable", 10, VOLUME);
+/// AttachVolume → WaitVolumeAttached (10 min).
+pub const VOLUME_ATTACHED: Wait = waiter("VolumeAttached", 10, VOLUME);
+/// DetachVolume → WaitVolumeDetached (10 min).
+pub const VOLUME_DETACHED: Wait = waiter("VolumeDetached", 10, VOLUME);
+/// SwapVolumes → AttachRootVolume, which waits for the detached volumes (VolumeDetached,
+/// SDK v2 default: 5 min).
+pub const VOLUMES_DETACHED: Wait = waiter("VolumesDetached", 5, VOLUME);
+/// AttachRootVolume → WaitRootVolumeAttached (5 min).
+pub const ROOT_VOLUME_ATTACHED: Wait = waiter("RootVolumeAttached", 5, VOLUME);
+/// IamInstanceProfile's own polling until EC2 accepts the new profile (~1 min).
+pub const PROFILE_USABLE: Wait = Wait {
+    name: "ProfileUsable",
+    budget: Budget::Policy,
+    policy: growing(2, 10, 12),
+};
+/// WaitInstanceRunning → Connect: about an hour of polling, longer than any sensible
+/// `ssh_timeout`, which Connect enforces from the wait's start.
+pub const CONNECT: Wait = Wait {
+    name: "Connect",
+    budget: Budget::Policy,
+    policy: growing(5, 30, 120),
+};
+/// Provision's polling of SSM provisioner commands (SSH never raises NotReady).
+/// Provisioning is not an AWS waiter: `aws_polling` does not bound it, as in Packer.
+pub const PROVISION: Wait = Wait {
+    name: "Provision",
+    budget: Budget::Policy,
+    policy: COMMAND,
+};
+/// RunHostScript → WaitHostScript (amazon-chroot's host script): bounded by the
+/// command's own execution limit and the policy, not by `aws_polling`.
+pub const HOST_SCRIPT: Wait = Wait {
+    name: "HostScript",
+    budget: Budget::Policy,
+    policy: COMMAND,
+};
+
+/// Every wait, for tests and documentation.
+pub const ALL: [Wait; 15] = [
+    INSTANCE_RUNNING,
+    INSTANCE_STOPPED,
+    INSTANCE_TERMINATED,
+    IMAGE_AVAILABLE,
+    COPIES_AVAILABLE,
+    SNAPSHOTS_COMPLETED,
+    VOLUME_AVAILABLE,
+    VOLUME_ATTACHED,
+    VOLUME_DETACHED,
+    VOLUMES_DETACHED,
+    ROOT_VOLUME_ATTACHED,
+    PROFILE_USABLE,
+    CONNECT,
+    PROVISION,
+    HOST_SCRIPT,
+];
+
+/// The longest a waiter may last: `aws_polling` when set (Packer v2 semantics:
+/// attempts × delay, delay 2 s unless set), else the waiter's own default.
+pub fn waiter_budget(polling: Option<&AwsPolling>, default: Duration) -> Duration {
+    match polling {
+        Some(p) if p.max_attempts.unwrap_or(0) > 0 => Duration::from_secs(
+            u64::from(p.max_attempts.unwrap())
+                * u64::from(p.delay_seconds.filter(|d| *d > 0).unwrap_or(2)),
+        ),
+        _ => default,
+    }
+}
+
+impl Wait {
+    /// Marks the start; called by the step that starts the thing waited for. A second call
+    /// (a retried step) keeps the first start.
+    pub fn begin(&self, state: &mut BuildState) {
+        state
+            .waits
+            .entry(self.name.to_string())
+            .or_insert_with(Utc::now);
+    }
+
+    /// When the wait began, if it did.
+    pub fn started(&self, state: &BuildState) -> Option<chrono::DateTime<Utc>> {
+        state.waits.get(self.name).copied()
+    }
+
+    /// Not ready yet: `NotReady` while within the budget, `BuildFailed` past it.
+    pub fn not_ready(&self, state: &BuildState, what: String) -> StepError {
+        let Budget::Waiter(default) = self.budget else {
+            return StepError::NotReady(what);
+        };
+        if let Some(start) = self.started(state) {
+            let budget = waiter_budget(state.build.config.aws_polling(), default);
+            let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
+            if elapsed > budget {
+                return StepError::BuildFailed(format!(
+                    "{what}: still not ready after {}s (limit {}s). Raise aws_polling.max_attempts / \
+                     aws_polling.delay_seconds in the template to wait longer",
+                    elapsed.as_secs(),
+                    budget.as_secs()
+                ));
+            }
+        }
+        StepError::NotReady(what)
+    }
+
+    /// The wait is over: forget its start.
+    pub fn end(&self, state: &mut BuildState) {
+        state.waits.remove(self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_budget_follows_packer_v2() {
+        assert_eq!(
+            waiter_budget(None, Duration::from_secs(600)),
+            Duration::from_secs(600)
+        );
+        let attempts = AwsPolling {
+            max_attempts: Some(240),
+            delay_seconds: None,
+        };
+        assert_eq!(
+            waiter_budget(Some(&attempts), Duration::from_secs(600)),
+            Duration::from_secs(480)
+        );
+        let both = AwsPolling {
+            max_attempts: Some(240),
+            delay_seconds: Some(15),
+        };
+        assert_eq!(
+            waiter_budget(Some(&both), Duration::from_secs(600)),
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_retries_outlast_waiter_budgets() {
+        let mut names: Vec<&str> = ALL.iter().map(|w| w.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "two waits share a name");
+        for w in ALL {
+            if let Budget::Waiter(d) = w.budget {
+                assert!(
+                    w.policy.budget_seconds() >= d.as_secs_f64(),
+                    "{}: the Retry gives up ({} s) before the waiter's budget ({} s)",
+                    w.name,
+                    w.policy.budget_seconds(),
+                    d.as_secs()
+                );
+            }
+        }
+    }
+}
