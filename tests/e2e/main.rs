@@ -10,6 +10,7 @@ mod deploy;
 mod ebs;
 mod engines;
 mod faults;
+mod hcl2;
 mod infra;
 mod lambda_runtime;
 mod limits;

@@ -33,7 +33,6 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = args.template.read()?;
     let opts = match args.template.prepare_options() {
         Ok(o) => o,
         Err(e) => {
@@ -41,9 +40,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
+    // An HCL2 template is lowered to the JSON template here: the engine gets that.
+    let loaded = match args.template.load(&opts)? {
+        Ok(l) => l,
+        Err(problems) => {
+            validate::print_problems(&args.template.template, &problems);
+            return Ok(1);
+        }
+    };
     // Validate before anything exists; the engine's Prepare step will do the same again
     // from the execution input, as it does in Step Functions.
-    let prepared = match amiflow_template::prepare(&text, &opts) {
+    let prepared = match loaded.prepare() {
         Ok(p) => {
             validate::print_warnings(&p.warnings);
             p
@@ -86,11 +93,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         opts.build_time.format("%Y%m%d-%H%M%S"),
         &uuid_fragment()
     );
+    let opts = loaded.options;
     let input = json!({
-        "template": text,
+        "template": loaded.text,
         "vars": variables(&opts)?,
-        "only": args.template.only,
-        "except": args.template.except,
+        "only": opts.only,
+        "except": opts.except,
         "on_error": args.on_error,
     });
     let machine = StateMachine::from_json(DEFINITION)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Packer JSON template.
+    /// The Packer template: JSON, or HCL2 (a `*.pkr.hcl` file or a folder of them).
     pub template: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -13,8 +13,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = crate::validate::read_template(&args.template)?;
-    match amiflow_template::inspect(&text) {
+    let summary = if amiflow_template::is_hcl2_path(&args.template) {
+        amiflow_template::hcl2::inspect(&args.template)
+    } else {
+        amiflow_template::inspect(&crate::validate::read_template(&args.template)?)
+    };
+    match summary {
         Ok(summary) if args.json => {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(0)

@@ -3,4 +3,5 @@
 
 pub mod policy;
 pub mod start;
+pub mod template_file;
 pub mod watch;

@@ -4,6 +4,7 @@ use amiflow_cli::{policy, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
+mod hcl2_upgrade;
 mod inspect;
 mod manifest;
 mod progress;
@@ -37,6 +38,9 @@ enum Command {
     Policy(policy::Args),
     /// Serve every handler through a local Lambda Invoke API on 127.0.0.1.
     ServeLambdas(serve_lambdas::Args),
+    /// Write the HCL2 twin of a JSON template (TEMPLATE.json.pkr.hcl).
+    #[command(name = "hcl2_upgrade")]
+    Hcl2Upgrade(hcl2_upgrade::Args),
 }
 
 /// Packer's flags are single-dash long flags (`-var`, `-var-file`, `-only` …); clap wants
@@ -83,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Command::Watch(a) => watch::run(a).await,
             Command::Policy(a) => policy::run(a).await,
             Command::ServeLambdas(a) => serve_lambdas::run(a).await,
+            Command::Hcl2Upgrade(a) => hcl2_upgrade::run(a).await,
         }
     });
     match result {

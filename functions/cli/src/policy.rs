@@ -98,11 +98,8 @@ const TEMPORARY_PROFILE_ACTIONS: &[&str] = &[
 ];
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.template)
-        .with_context(|| format!("cannot read template {}", args.template.display()))?;
-    let template: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a Packer JSON template", args.template.display()))?;
     let vars = parse_vars(&args.vars)?;
+    let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
     let definition_path = args.definition.unwrap_or_else(default_definition);
     let definition = std::fs::read_to_string(&definition_path)
         .ok()

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Packer JSON template.
+    /// The Packer template: JSON, or HCL2 (a `*.pkr.hcl` file or a folder of them).
     pub template: PathBuf,
     /// Template variables, as Packer's `-var name=value`.
     #[arg(long = "var", value_name = "NAME=VALUE")]
@@ -40,11 +40,8 @@ const MAX_INPUT_BYTES: usize = 256 * 1024;
 const CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(&args.template)
-        .with_context(|| format!("cannot read template {}", args.template.display()))?;
-    let template: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a Packer JSON template", args.template.display()))?;
     let vars = crate::policy::parse_vars(&args.vars)?;
+    let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
     let input = execution_input(&template, &vars, &args.on_error)?;
     let name = match args.name {
         Some(n) => check_name(&n)?,

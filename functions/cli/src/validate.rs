@@ -3,17 +3,19 @@
 
 use std::path::PathBuf;
 
-use amiflow_template::{inspect, parse_var_flag, prepare, PrepareOptions};
+use amiflow_template::{
+    inspect, is_hcl2_path, parse_var_flag, LoadedTemplate, PrepareOptions, Problems,
+};
 
 /// What `validate` and `build` take to prepare a template, as Packer's flags.
 #[derive(clap::Args)]
 pub struct TemplateArgs {
-    /// The Packer JSON template.
+    /// The Packer template: JSON, or HCL2 (a `*.pkr.hcl` file or a folder of them).
     pub template: PathBuf,
     /// Set a variable (repeatable): -var 'name=value'.
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
-    /// JSON file of variables (repeatable); -var wins over it.
+    /// File of variables (repeatable; JSON, or `*.pkrvars.hcl` for HCL2); -var wins over it.
     #[arg(long = "var-file", value_name = "FILE")]
     pub var_files: Vec<PathBuf>,
     /// Only these builds (comma-separated names).
@@ -30,6 +32,15 @@ impl TemplateArgs {
         read_template(&self.template)
     }
 
+    /// The template ready for the JSON path: a JSON file read, an HCL2 file or folder
+    /// lowered with `opts` (its problems, with their positions, in the inner result).
+    pub fn load(&self, opts: &PrepareOptions) -> anyhow::Result<Result<LoadedTemplate, Problems>> {
+        if is_hcl2_path(&self.template) {
+            return Ok(LoadedTemplate::hcl2(&self.template, opts));
+        }
+        Ok(Ok(LoadedTemplate::json(self.read()?, opts)))
+    }
+
     /// Variables, files, only/except, this process's environment for `{{env}}`, the
     /// template's directory for `{{template_dir}}`.
     pub fn prepare_options(&self) -> Result<PrepareOptions, String> {
@@ -42,7 +53,12 @@ impl TemplateArgs {
         opts.var_files = self.var_files.clone();
         opts.only = self.only.clone();
         opts.except = self.except.clone();
-        opts.template_dir = self.template.parent().map(|d| {
+        let dir = if self.template.is_dir() {
+            Some(self.template.as_path())
+        } else {
+            self.template.parent()
+        };
+        opts.template_dir = dir.map(|d| {
             if d.as_os_str().is_empty() {
                 PathBuf::from(".")
             } else {
@@ -69,9 +85,12 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = args.template.read()?;
     let result = if args.syntax_only {
-        inspect(&text).map(|_| ())
+        if is_hcl2_path(&args.template.template) {
+            amiflow_template::hcl2::inspect(&args.template.template).map(|_| ())
+        } else {
+            inspect(&args.template.read()?).map(|_| ())
+        }
     } else {
         let opts = match args.template.prepare_options() {
             Ok(o) => o,
@@ -80,7 +99,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         };
-        prepare(&text, &opts).map(|p| print_warnings(&p.warnings))
+        args.template
+            .load(&opts)?
+            .and_then(|loaded| loaded.prepare().map(|p| print_warnings(&p.warnings)))
     };
     match result {
         Ok(()) if args.syntax_only => {

@@ -11,17 +11,21 @@
 //!   machinery the rules share.
 //! * [`provisioner`]: typed `shell`, `file` and `shell-local` provisioners and their rules.
 //! * [`problem`]: what every pass reports: a [`Problem`] names the builder, the key and the fix.
+//! * [`hcl2`]: HCL2 templates (`*.pkr.hcl` files and folders) lowered to the JSON template
+//!   value, so that everything above stays one path.
 //!
 //! Data flows one way: template text → [`template`] (parse, variables, interpolation)
 //! → [`config`] (one typed config per builder, Packer's defaults, validation)
 //! → [`PreparedBuild`]s that the steps carry in their build state.
 
 pub mod config;
+pub mod hcl2;
 pub mod problem;
 pub mod provisioner;
 pub mod template;
 
 pub use config::{BuilderConfig, BuilderType};
+pub use hcl2::{is_hcl2_path, LoadedTemplate};
 pub use problem::{Problem, Problems};
 pub use template::inspect::{
     inspect, BuilderSummary, StepSummary, TemplateSummary, VariableSummary,
