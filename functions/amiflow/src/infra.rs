@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use crate::steps::iam_instance_profile::IAM_PATH;
+use crate::resources::iam::IAM_PATH;
 use crate::steps::StepSpec;
 
 /// The handler the janitor rule invokes; it is not a state of the state machine.

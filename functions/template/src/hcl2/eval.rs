@@ -783,6 +783,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    #[allow(clippy::map_entry)] // the duplicate key is an error, reported with its span
     fn for_expr(&self, f: &hcl_edit::expr::ForExpr, cx: &Ctx) -> R {
         let coll = self.eval(&f.intro.collection_expr, cx)?;
         let pairs = self.iterate(coll, &f.intro.collection_expr, cx)?;

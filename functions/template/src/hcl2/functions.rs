@@ -614,7 +614,7 @@ impl Args<'_> {
                     }
                 }
                 if name == "toset" {
-                    out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                    out.sort_by_key(|a| a.to_string());
                 }
                 Ok(Value::List(out))
             }
@@ -1437,8 +1437,14 @@ mod tests {
     #[test]
     fn collections() {
         let m = Value::Map([("a".to_string(), n(1.0)), ("b".to_string(), n(2.0))].into());
-        assert_eq!(c("keys", &[m.clone()]).unwrap(), l(&[s("a"), s("b")]));
-        assert_eq!(c("values", &[m.clone()]).unwrap(), l(&[n(1.0), n(2.0)]));
+        assert_eq!(
+            c("keys", std::slice::from_ref(&m)).unwrap(),
+            l(&[s("a"), s("b")])
+        );
+        assert_eq!(
+            c("values", std::slice::from_ref(&m)).unwrap(),
+            l(&[n(1.0), n(2.0)])
+        );
         assert_eq!(c("lookup", &[m.clone(), s("z"), s("d")]).unwrap(), s("d"));
         assert!(c("lookup", &[m.clone(), s("aa")])
             .unwrap_err()
@@ -1549,7 +1555,7 @@ mod tests {
             s: "{{user `pw`}}".into(),
             later: vec!["var.pw".into()],
         });
-        assert!(c("upper", &[secret.clone()])
+        assert!(c("upper", std::slice::from_ref(&secret))
             .unwrap_err()
             .contains("`upper` cannot take var.pw"));
         let joined = c("join", &[s(":"), l(&[s("u"), secret.clone()])]).unwrap();

@@ -305,6 +305,7 @@ fn indent(s: &str, levels: usize) -> String {
 }
 
 /// A JSON value as an HCL2 expression.
+#[allow(clippy::only_used_in_recursion)] // depth bounds the recursion itself
 fn expr(v: &J, place: Place, depth: usize) -> String {
     match v {
         J::Null => "null".into(),
