@@ -543,7 +543,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         report["problems"]
     );
     let functions = account.ready["functions"].as_object().unwrap();
-    let registry: BTreeSet<&str> = amiflow::steps::registry().iter().map(|s| s.name).collect();
+    let registry: BTreeSet<&str> = amiflow::flows::registry().iter().map(|s| s.name).collect();
     let deployed_steps: BTreeSet<&str> = functions.keys().map(String::as_str).collect();
     assert_eq!(deployed_steps, registry, "one function per registered step");
     let counts = &stack["counts"];
@@ -602,7 +602,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let launched = admin
         .ec2(REGION)
         .describe_instances()
-        .filters(amiflow::aws::build_filter("simacct-ebs"))
+        .filters(amiflow::identity::build_filter("simacct-ebs"))
         .send()
         .await
         .unwrap();
