@@ -1218,29 +1218,7 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<FixedOffset>, String> {
 /// Terraform's `formatdate` spec: YYYY YY MMMM MMM MM M DD D EEEE EEE hh h HH H AA aa mm m
 /// ss s ZZZZZ ZZZZ ZZZ Z, and 'quoted literals'.
 fn formatdate(spec: &str, t: &DateTime<FixedOffset>) -> Result<String, String> {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    use crate::template::golayout::{LONG_DAYS, LONG_MONTHS};
     let chars: Vec<char> = spec.chars().collect();
     let mut out = String::new();
     let mut i = 0;
@@ -1284,14 +1262,14 @@ fn formatdate(spec: &str, t: &DateTime<FixedOffset>) -> Result<String, String> {
         let piece = match (c, n) {
             ('Y', 4) => format!("{:04}", t.year()),
             ('Y', 2) => format!("{:02}", t.year() % 100),
-            ('M', 4) => MONTHS[t.month0() as usize].to_string(),
-            ('M', 3) => MONTHS[t.month0() as usize][..3].to_string(),
+            ('M', 4) => LONG_MONTHS[t.month0() as usize].to_string(),
+            ('M', 3) => LONG_MONTHS[t.month0() as usize][..3].to_string(),
             ('M', 2) => format!("{:02}", t.month()),
             ('M', 1) => t.month().to_string(),
             ('D', 2) => format!("{:02}", t.day()),
             ('D', 1) => t.day().to_string(),
-            ('E', 4) => DAYS[t.weekday().num_days_from_monday() as usize].to_string(),
-            ('E', 3) => DAYS[t.weekday().num_days_from_monday() as usize][..3].to_string(),
+            ('E', 4) => LONG_DAYS[t.weekday().num_days_from_sunday() as usize].to_string(),
+            ('E', 3) => LONG_DAYS[t.weekday().num_days_from_sunday() as usize][..3].to_string(),
             ('h', 2) => format!("{:02}", t.hour()),
             ('h', 1) => t.hour().to_string(),
             ('H', 2) => format!("{hour12:02}"),
