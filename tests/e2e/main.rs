@@ -15,3 +15,5 @@ mod lambda_runtime;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
+mod stack_defaults;
+mod state_size;

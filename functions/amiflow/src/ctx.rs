@@ -47,6 +47,35 @@ pub struct Ctx {
     /// What `{{env}}` sees when Prepare runs locally. Empty in Lambda, where the process
     /// environment holds the function's own credentials.
     pub env: std::collections::BTreeMap<String, String>,
+    /// The deployed stack's defaults for what a template leaves out; none in a local build.
+    pub stack: StackDefaults,
+}
+
+/// What the stack's parameters `DefaultVpcId`, `DefaultSubnetId` and `BuildHostInstanceId`
+/// give every function (as `AMIFLOW_DEFAULT_VPC_ID`, `AMIFLOW_DEFAULT_SUBNET_ID`,
+/// `AMIFLOW_BUILD_HOST_INSTANCE_ID`; infra.rs): used when a template names none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackDefaults {
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    /// amazon-chroot's build host: Lambda has no instance metadata to find one by.
+    pub build_host_instance_id: Option<String>,
+}
+
+impl StackDefaults {
+    pub const VPC_ENV: &'static str = "AMIFLOW_DEFAULT_VPC_ID";
+    pub const SUBNET_ENV: &'static str = "AMIFLOW_DEFAULT_SUBNET_ID";
+    pub const BUILD_HOST_ENV: &'static str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
+
+    /// From the function's environment; an empty variable (the parameter's default) is none.
+    pub fn from_env() -> StackDefaults {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        StackDefaults {
+            vpc_id: var(Self::VPC_ENV),
+            subnet_id: var(Self::SUBNET_ENV),
+            build_host_instance_id: var(Self::BUILD_HOST_ENV),
+        }
+    }
 }
 
 impl Ctx {
@@ -56,7 +85,9 @@ impl Ctx {
             .retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_RETRIES))
             .load()
             .await;
-        Ctx::from_sdk_config(sdk)
+        let mut ctx = Ctx::from_sdk_config(sdk);
+        ctx.stack = StackDefaults::from_env();
+        ctx
     }
 
     /// Clients from an already loaded SDK config (tests, callers with their own chain).
@@ -72,6 +103,7 @@ impl Ctx {
             secrets: Default::default(),
             base_dir: None,
             env: Default::default(),
+            stack: StackDefaults::default(),
         }
     }
 

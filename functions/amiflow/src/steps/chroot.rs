@@ -35,7 +35,7 @@ pub fn config(state: &BuildState) -> Result<&ChrootConfig, StepError> {
 pub struct Host {
     pub instance_id: String,
     pub availability_zone: String,
-    /// `imds` (this machine), `instance_id` or `filter`.
+    /// `imds` (this machine), `instance_id`, `filter` or `stack` (BuildHostInstanceId).
     pub found_by: String,
 }
 

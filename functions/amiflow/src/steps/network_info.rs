@@ -1,4 +1,5 @@
-//! NetworkInfo: the VPC, subnet and availability zone the instance launches into.
+//! NetworkInfo: the VPC, subnet and availability zone the instance launches into: the
+//! template's, else (deployed) the stack's DefaultVpcId/DefaultSubnetId, else EC2's default.
 
 use super::prelude::*;
 
@@ -17,6 +18,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let mut vpc = cfg.vpc_id.clone().filter(|s| !s.is_empty());
     let mut subnet = cfg.subnet_id.clone().filter(|s| !s.is_empty());
     let mut az = cfg.availability_zone.clone().filter(|s| !s.is_empty());
+    if vpc.is_none()
+        && subnet.is_none()
+        && cfg.vpc_filter.as_ref().is_none_or(|f| f.filters.is_empty())
+        && cfg.subnet_filter.as_ref().is_none_or(|f| f.filters.is_empty())
+    {
+        // The template names no network: the deployed stack's DefaultVpcId/DefaultSubnetId.
+        vpc = ctx.stack.vpc_id.clone();
+        subnet = ctx.stack.subnet_id.clone();
+    }
     if vpc.is_none() {
         if let Some(f) = cfg.vpc_filter.as_ref().filter(|f| !f.filters.is_empty()) {
             let mut req = ec2.describe_vpcs();
