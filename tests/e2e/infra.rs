@@ -281,7 +281,10 @@ fn cdk_construct_synthesizes_with_the_expected_resources() {
     let Some(cfn_lint) = tool(cache().join("venv/bin/cfn-lint"), "lint") else {
         return;
     };
-    let (ok, out) = run(Command::new(&cfn_lint).arg(&synthesized));
+    // W3005: CDK states DependsOn on each role next to the GetAtt that already implies it.
+    let (ok, out) = run(Command::new(&cfn_lint)
+        .args(["--ignore-checks", "W3005", "--"])
+        .arg(&synthesized));
     assert!(ok, "cfn-lint on the CDK app's template:\n{out}");
 }
 
