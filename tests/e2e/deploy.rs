@@ -521,7 +521,10 @@ async fn janitor_leaves_a_failed_on_error_abort_build_and_amiflow_clean_removes_
         );
         let left = inventory(&ec2).await;
         for r in &kept {
-            assert!(left.contains(r), "{status}: the janitor removed {r} of a kept build");
+            assert!(
+                left.contains(r),
+                "{status}: the janitor removed {r} of a kept build"
+            );
         }
     }
 

@@ -159,7 +159,11 @@ fn asl_validator_passes_on_the_definition() {
         .arg(&validator)
         .arg("--json-path")
         .arg(&substituted));
-    assert!(ok, "asl-validator on {} as deployed:\n{out}", amiflow::infra::DEPLOYED_DEFINITION);
+    assert!(
+        ok,
+        "asl-validator on {} as deployed:\n{out}",
+        amiflow::infra::DEPLOYED_DEFINITION
+    );
 }
 
 /// Every `${...FunctionArn}` the definition uses is a substitution the template provides.
@@ -277,7 +281,11 @@ fn cdk_construct_synthesizes_with_the_expected_resources() {
         .values()
         .filter(|r| r["Type"] == "AWS::Lambda::Function" && r["Properties"]["Handler"].is_string())
         .count();
-    assert_eq!(functions, amiflow::steps::registry().len(), "one function per step");
+    assert_eq!(
+        functions,
+        amiflow::steps::registry().len(),
+        "one function per step"
+    );
     let Some(cfn_lint) = tool(cache().join("venv/bin/cfn-lint"), "lint") else {
         return;
     };
@@ -343,7 +351,10 @@ fn sam_build_builds_every_function_of_the_template() {
         return;
     };
     if std::env::consts::ARCH != "x86_64" {
-        eprintln!("SKIPPED: the workspace's bootstrap is {}, the test expects x86_64", std::env::consts::ARCH);
+        eprintln!(
+            "SKIPPED: the workspace's bootstrap is {}, the test expects x86_64",
+            std::env::consts::ARCH
+        );
         return;
     }
     let bootstrap = amiflow_tests::lambda_harness::workspace_binary("bootstrap");
@@ -364,7 +375,10 @@ fn sam_build_builds_every_function_of_the_template() {
         }
         let started = std::time::Instant::now();
         let result = run(&mut cmd);
-        eprintln!("sam build {overrides:?}: {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "sam build {overrides:?}: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         result
     };
     let build_dir = dir.path().join("build");
@@ -381,14 +395,21 @@ fn sam_build_builds_every_function_of_the_template() {
         let artifact = build_dir.join(id).join("bootstrap");
         let content = std::fs::read(&artifact)
             .unwrap_or_else(|e| panic!("{}: {e}\n{out}", artifact.display()));
-        assert!(content == expected, "{} is not the bootstrap", artifact.display());
+        assert!(
+            content == expected,
+            "{} is not the bootstrap",
+            artifact.display()
+        );
         built += 1;
     }
     assert_eq!(built, amiflow::steps::registry().len());
     assert!(build_dir.join("template.yaml").exists());
 
     let (ok, out) = sam_build(&dir.path().join("build-arm64"), &["Architecture=arm64"]);
-    assert!(!ok, "sam build packaged an x86_64 bootstrap for arm64:\n{out}");
+    assert!(
+        !ok,
+        "sam build packaged an x86_64 bootstrap for arm64:\n{out}"
+    );
     assert!(
         out.contains("is x86_64, but the stack's Architecture is arm64"),
         "{out}"

@@ -40,7 +40,12 @@ async fn ctx_with(moto: &Moto, stack: StackDefaults) -> Arc<Ctx> {
 /// A VPC with one subnet in `{REGION}b`: (vpc, subnet).
 async fn network(ctx: &Ctx) -> (String, String) {
     let ec2 = ctx.ec2(REGION);
-    let vpc = ec2.create_vpc().cidr_block("10.42.0.0/16").send().await.unwrap();
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .send()
+        .await
+        .unwrap();
     let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
     let subnet = ec2
         .create_subnet()
@@ -50,7 +55,10 @@ async fn network(ctx: &Ctx) -> (String, String) {
         .send()
         .await
         .unwrap();
-    (vpc, subnet.subnet().unwrap().subnet_id().unwrap().to_string())
+    (
+        vpc,
+        subnet.subnet().unwrap().subnet_id().unwrap().to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +72,12 @@ async fn network_info_uses_the_stacks_default_network_only_when_the_template_nam
     let (vpc, subnet) = network(&plain).await;
     let (own_vpc, own_subnet) = {
         let ec2 = plain.ec2(REGION);
-        let v = ec2.create_vpc().cidr_block("10.43.0.0/16").send().await.unwrap();
+        let v = ec2
+            .create_vpc()
+            .cidr_block("10.43.0.0/16")
+            .send()
+            .await
+            .unwrap();
         let v = v.vpc().unwrap().vpc_id().unwrap().to_string();
         let s = ec2
             .create_subnet()
@@ -87,7 +100,9 @@ async fn network_info_uses_the_stacks_default_network_only_when_the_template_nam
     .await;
     let ebs = json!({ "instance_type": "t3.micro", "communicator": "none" });
 
-    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", ebs.clone())).await.unwrap();
+    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", ebs.clone()))
+        .await
+        .unwrap();
     assert_eq!(out.data.vpc_id.as_deref(), Some(vpc.as_str()));
     assert_eq!(out.data.subnet_id.as_deref(), Some(subnet.as_str()));
     assert_eq!(
@@ -99,20 +114,26 @@ async fn network_info_uses_the_stacks_default_network_only_when_the_template_nam
     // The template's own subnet wins, and the stack's VPC is not mixed in.
     let mut named = ebs.clone();
     named["subnet_id"] = json!(own_subnet);
-    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", named)).await.unwrap();
+    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", named))
+        .await
+        .unwrap();
     assert_eq!(out.data.subnet_id.as_deref(), Some(own_subnet.as_str()));
     assert_eq!(out.data.vpc_id.as_deref(), Some(own_vpc.as_str()));
 
     // A template naming only a VPC gets no subnet from the stack.
     let mut vpc_only = ebs.clone();
     vpc_only["vpc_id"] = json!(own_vpc);
-    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", vpc_only)).await.unwrap();
+    let out = run(&ctx, "NetworkInfo", &state("amazon-ebs", vpc_only))
+        .await
+        .unwrap();
     assert_eq!(out.data.vpc_id.as_deref(), Some(own_vpc.as_str()));
     assert_eq!(out.data.subnet_id, None);
 
     // Without stack defaults (a local build), nothing is chosen: EC2's default VPC.
     let local = Arc::new(moto.ctx(REGION).await);
-    let out = run(&local, "NetworkInfo", &state("amazon-ebs", ebs)).await.unwrap();
+    let out = run(&local, "NetworkInfo", &state("amazon-ebs", ebs))
+        .await
+        .unwrap();
     assert_eq!((out.data.vpc_id, out.data.subnet_id), (None, None));
 }
 
@@ -148,16 +169,23 @@ async fn host_info_uses_the_stacks_build_host_when_the_template_names_none() {
     )
     .await;
 
-    let out = run(&ctx, "HostInfo", &state("amazon-chroot", json!({}))).await.unwrap();
+    let out = run(&ctx, "HostInfo", &state("amazon-chroot", json!({})))
+        .await
+        .unwrap();
     let host = chroot::host(&out, "test").unwrap();
     assert_eq!(host.instance_id, stack_host);
     assert_eq!(host.found_by, "stack");
     assert!(!host.availability_zone.is_empty());
 
     let named = json!({ "chroot_host_instance_id": own_host });
-    let out = run(&ctx, "HostInfo", &state("amazon-chroot", named)).await.unwrap();
+    let out = run(&ctx, "HostInfo", &state("amazon-chroot", named))
+        .await
+        .unwrap();
     let host = chroot::host(&out, "test").unwrap();
-    assert_eq!((host.instance_id.as_str(), host.found_by.as_str()), (own_host.as_str(), "instance_id"));
+    assert_eq!(
+        (host.instance_id.as_str(), host.found_by.as_str()),
+        (own_host.as_str(), "instance_id")
+    );
 
     // A stack host that does not exist is named in the error.
     let gone = ctx_with(
@@ -172,7 +200,8 @@ async fn host_info_uses_the_stacks_build_host_when_the_template_names_none() {
         .await
         .unwrap_err();
     assert!(
-        err.message().contains("BuildHostInstanceId") && err.message().contains("i-0000000000000dead"),
+        err.message().contains("BuildHostInstanceId")
+            && err.message().contains("i-0000000000000dead"),
         "{err:?}"
     );
 }

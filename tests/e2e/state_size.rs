@@ -21,7 +21,12 @@ const BOUND: usize = LIMIT / 4;
 
 fn builder(name: &str) -> Value {
     let tags: serde_json::Map<String, Value> = (0..20)
-        .map(|i| (format!("Tag{i:02}"), json!(format!("value {i} of {{{{ .SourceAMIName }}}}"))))
+        .map(|i| {
+            (
+                format!("Tag{i:02}"),
+                json!(format!("value {i} of {{{{ .SourceAMIName }}}}")),
+            )
+        })
         .collect();
     json!({
         "type": "amazon-ebs",
@@ -89,7 +94,11 @@ async fn the_largest_build_state_stays_well_below_the_step_functions_limit() {
     let template = json!({ "builders": [builder("first"), builder("second")] });
     let result = tokio::time::timeout(
         Duration::from_secs(180),
-        engine.run(&machine, "state-size-1", json!({ "template": template, "vars": {} })),
+        engine.run(
+            &machine,
+            "state-size-1",
+            json!({ "template": template, "vars": {} }),
+        ),
     )
     .await
     .expect("the build ends within 180 s");

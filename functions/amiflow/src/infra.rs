@@ -182,8 +182,7 @@ fn step_function(spec: &StepSpec) -> Value {
     if spec.name == JANITOR {
         // Lambda's asynchronous retries (EventBridge invokes the janitor asynchronously)
         // end here rather than dropping the event: a build whose sweep failed stays known.
-        properties["DeadLetterQueue"] =
-            json!({ "Type": "SQS", "TargetArn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } });
+        properties["DeadLetterQueue"] = json!({ "Type": "SQS", "TargetArn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } });
         function["DependsOn"] = json!(["JanitorDeadLetterPolicy"]);
     }
     function["Properties"] = properties;
@@ -309,7 +308,14 @@ fn conditions(any_pass_role: bool) -> Value {
 }
 
 /// An alarm on one metric, at or above `threshold` in 5 minutes, notifying the alarm topic.
-fn alarm(description: &str, namespace: Value, metric: &str, dimensions: Value, statistic: &str, threshold: u32) -> Value {
+fn alarm(
+    description: &str,
+    namespace: Value,
+    metric: &str,
+    dimensions: Value,
+    statistic: &str,
+    threshold: u32,
+) -> Value {
     let mut properties = json!({
         "AlarmDescription": description,
         "Namespace": namespace,
@@ -521,13 +527,17 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         ),
     );
 
-    resources.insert("AlarmTopic".into(), json!({ "Type": "AWS::SNS::Topic", "Properties": {} }));
+    resources.insert(
+        "AlarmTopic".into(),
+        json!({ "Type": "AWS::SNS::Topic", "Properties": {} }),
+    );
     resources.insert("AlarmEmailSubscription".into(), json!({
         "Type": "AWS::SNS::Subscription",
         "Condition": "HasAlarmEmail",
         "Properties": { "TopicArn": { "Ref": "AlarmTopic" }, "Protocol": "email", "Endpoint": { "Ref": "AlarmEmail" } }
     }));
-    let state_machine_dimension = json!([{ "Name": "StateMachineArn", "Value": { "Ref": "StateMachine" } }]);
+    let state_machine_dimension =
+        json!([{ "Name": "StateMachineArn", "Value": { "Ref": "StateMachine" } }]);
     resources.insert(
         "ExecutionsFailedAlarm".into(),
         alarm(
@@ -614,18 +624,21 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         }));
         // Not a step action (the role check compares inline policies with the registry):
         // Lambda's own delivery of failed asynchronous invocations.
-        resources.insert("JanitorDeadLetterPolicy".into(), json!({
-            "Type": "AWS::IAM::Policy",
-            "Properties": {
-                "PolicyName": "amiflow-janitor-dead-letters",
-                "Roles": [{ "Ref": format!("{janitor}Role") }],
-                "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
-                    "Effect": "Allow",
-                    "Action": ["sqs:SendMessage"],
-                    "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] }
-                }] }
-            }
-        }));
+        resources.insert(
+            "JanitorDeadLetterPolicy".into(),
+            json!({
+                "Type": "AWS::IAM::Policy",
+                "Properties": {
+                    "PolicyName": "amiflow-janitor-dead-letters",
+                    "Roles": [{ "Ref": format!("{janitor}Role") }],
+                    "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                        "Effect": "Allow",
+                        "Action": ["sqs:SendMessage"],
+                        "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] }
+                    }] }
+                }
+            }),
+        );
         resources.insert(
             "JanitorErrorsAlarm".into(),
             alarm(
@@ -1002,11 +1015,9 @@ mod tests {
             json!([{ "Ref": "Architecture" }])
         );
         let root = repo_root();
-        let code = root.join("infra").join(
-            template["Globals"]["Function"]["CodeUri"]
-                .as_str()
-                .unwrap(),
-        );
+        let code = root
+            .join("infra")
+            .join(template["Globals"]["Function"]["CodeUri"].as_str().unwrap());
         assert!(code.is_dir(), "CodeUri {} exists", code.display());
         for (id, resource) in functions(&template) {
             let metadata = &resource["Metadata"];
@@ -1019,7 +1030,11 @@ mod tests {
                     .join("Makefile");
                 let text = std::fs::read_to_string(&makefile)
                     .unwrap_or_else(|e| panic!("{id}: {}: {e}", makefile.display()));
-                assert!(text.contains(&format!("ARCHITECTURE := {arch}")), "{}", makefile.display());
+                assert!(
+                    text.contains(&format!("ARCHITECTURE := {arch}")),
+                    "{}",
+                    makefile.display()
+                );
             }
         }
     }
@@ -1039,7 +1054,10 @@ mod tests {
     fn functions_publish_an_alias_which_the_state_machine_invokes() {
         let template = sam_template(&sample_steps(), None);
         for (id, resource) in functions(&template) {
-            assert_eq!(resource["Properties"]["AutoPublishAlias"], FUNCTION_ALIAS, "{id}");
+            assert_eq!(
+                resource["Properties"]["AutoPublishAlias"], FUNCTION_ALIAS,
+                "{id}"
+            );
         }
         let sm = &template["Resources"]["StateMachine"]["Properties"];
         assert_eq!(
@@ -1070,15 +1088,24 @@ mod tests {
                 .unwrap_or_else(|| panic!("{id} names its log group"));
             let group = &resources[group_id];
             assert_eq!(group["Type"], "AWS::Logs::LogGroup");
-            assert_eq!(group["Properties"]["RetentionInDays"], json!({ "Ref": "LogRetentionDays" }));
+            assert_eq!(
+                group["Properties"]["RetentionInDays"],
+                json!({ "Ref": "LogRetentionDays" })
+            );
             let filters: Vec<_> = resources
                 .as_object()
                 .unwrap()
                 .values()
-                .filter(|r| r["Type"] == "AWS::Logs::MetricFilter" && r["Properties"]["LogGroupName"]["Ref"] == group_id)
+                .filter(|r| {
+                    r["Type"] == "AWS::Logs::MetricFilter"
+                        && r["Properties"]["LogGroupName"]["Ref"] == group_id
+                })
                 .collect();
             assert_eq!(filters.len(), 1, "{id}: one failures filter");
-            assert_eq!(filters[0]["Properties"]["MetricTransformations"][0]["MetricName"], LAMBDA_FAILURES_METRIC);
+            assert_eq!(
+                filters[0]["Properties"]["MetricTransformations"][0]["MetricName"],
+                LAMBDA_FAILURES_METRIC
+            );
         }
         assert_eq!(template["Parameters"]["LogRetentionDays"]["Default"], 30);
     }
@@ -1095,12 +1122,24 @@ mod tests {
         let metric = |id: &str| {
             let a = alarms.get(id).unwrap_or_else(|| panic!("no {id}"));
             assert_eq!(a["AlarmActions"], json!([{ "Ref": "AlarmTopic" }]), "{id}");
-            (a["Namespace"].clone(), a["MetricName"].as_str().unwrap().to_string())
+            (
+                a["Namespace"].clone(),
+                a["MetricName"].as_str().unwrap().to_string(),
+            )
         };
-        assert_eq!(metric("ExecutionsFailedAlarm"), (json!("AWS/States"), "ExecutionsFailed".into()));
-        assert_eq!(metric("ExecutionsTimedOutAlarm"), (json!("AWS/States"), "ExecutionsTimedOut".into()));
+        assert_eq!(
+            metric("ExecutionsFailedAlarm"),
+            (json!("AWS/States"), "ExecutionsFailed".into())
+        );
+        assert_eq!(
+            metric("ExecutionsTimedOutAlarm"),
+            (json!("AWS/States"), "ExecutionsTimedOut".into())
+        );
         assert_eq!(metric("LambdaFailuresAlarm").1, LAMBDA_FAILURES_METRIC);
-        assert_eq!(metric("JanitorErrorsAlarm"), (json!("AWS/Lambda"), "Errors".into()));
+        assert_eq!(
+            metric("JanitorErrorsAlarm"),
+            (json!("AWS/Lambda"), "Errors".into())
+        );
         metric("JanitorDeadLetterAlarm");
         metric("ScheduleDeadLetterAlarm");
         assert_eq!(
@@ -1109,7 +1148,10 @@ mod tests {
         );
         let subscription = &resources["AlarmEmailSubscription"];
         assert_eq!(subscription["Condition"], "HasAlarmEmail");
-        assert_eq!(subscription["Properties"]["Endpoint"], json!({ "Ref": "AlarmEmail" }));
+        assert_eq!(
+            subscription["Properties"]["Endpoint"],
+            json!({ "Ref": "AlarmEmail" })
+        );
         assert_eq!(template["Parameters"]["AlarmEmail"]["Default"], "");
     }
 
@@ -1120,9 +1162,17 @@ mod tests {
         assert_eq!(schedule["Type"], "AWS::Scheduler::Schedule");
         assert_eq!(schedule["Condition"], "ScheduleEnabled");
         let p = &schedule["Properties"];
-        assert_eq!(p["ScheduleExpressionTimezone"], json!({ "Ref": "ScheduleTimezone" }));
+        assert_eq!(
+            p["ScheduleExpressionTimezone"],
+            json!({ "Ref": "ScheduleTimezone" })
+        );
         assert_eq!(template["Parameters"]["ScheduleTimezone"]["Default"], "UTC");
-        assert!(p["Target"]["RetryPolicy"]["MaximumRetryAttempts"].as_u64().unwrap() > 0);
+        assert!(
+            p["Target"]["RetryPolicy"]["MaximumRetryAttempts"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
         assert_eq!(
             p["Target"]["DeadLetterConfig"]["Arn"],
             json!({ "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] })
@@ -1134,7 +1184,10 @@ mod tests {
         );
         let actions = policy_actions(&role["Policies"][0]["PolicyDocument"]);
         assert_eq!(actions, vec!["sqs:SendMessage", "states:StartExecution"]);
-        assert_eq!(template["Resources"]["ScheduleDeadLetterQueue"]["Condition"], "ScheduleEnabled");
+        assert_eq!(
+            template["Resources"]["ScheduleDeadLetterQueue"]["Condition"],
+            "ScheduleEnabled"
+        );
     }
 
     #[test]
@@ -1142,10 +1195,20 @@ mod tests {
         let template = sam_template(&sample_steps(), None);
         let r = &template["Resources"];
         let queue = json!({ "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] });
-        assert_eq!(r["JanitorRule"]["Properties"]["Targets"][0]["DeadLetterConfig"]["Arn"], queue);
-        assert_eq!(r["JanitorFunction"]["Properties"]["DeadLetterQueue"]["TargetArn"], queue);
-        assert_eq!(r["JanitorFunction"]["DependsOn"], json!(["JanitorDeadLetterPolicy"]));
-        let queue_policy = &r["JanitorDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(
+            r["JanitorRule"]["Properties"]["Targets"][0]["DeadLetterConfig"]["Arn"],
+            queue
+        );
+        assert_eq!(
+            r["JanitorFunction"]["Properties"]["DeadLetterQueue"]["TargetArn"],
+            queue
+        );
+        assert_eq!(
+            r["JanitorFunction"]["DependsOn"],
+            json!(["JanitorDeadLetterPolicy"])
+        );
+        let queue_policy =
+            &r["JanitorDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
         assert_eq!(queue_policy["Principal"]["Service"], "events.amazonaws.com");
         assert_eq!(
             queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"],
@@ -1173,8 +1236,13 @@ mod tests {
         let substituted: Value =
             serde_json::from_str(&deployed.replace("${ExecutionTimeoutSeconds}", "21600")).unwrap();
         assert_eq!(substituted["TimeoutSeconds"], 21600);
-        assert_eq!(substituted["States"], serde_json::from_str::<Value>(definition).unwrap()["States"]);
-        assert!(deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err());
+        assert_eq!(
+            substituted["States"],
+            serde_json::from_str::<Value>(definition).unwrap()["States"]
+        );
+        assert!(
+            deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err()
+        );
         assert!(deployed_definition("[]").is_err());
     }
 

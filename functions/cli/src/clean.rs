@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
 use amiflow::steps::cleanup::{cleanup_by_tag, CleanupReport};
 use amiflow::steps::janitor::build_regions;
 use amiflow::{Ctx, StepError};
+use anyhow::{bail, Context as _};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -102,7 +102,11 @@ async fn regions_of(ctx: &Ctx, execution: &str) -> anyhow::Result<Vec<String>> {
 /// `arn:aws:states:REGION:ACCOUNT:execution:MACHINE:NAME` → NAME; a name stays itself.
 pub fn execution_name(execution: &str) -> String {
     if execution.starts_with("arn:") {
-        execution.rsplit(':').next().unwrap_or(execution).to_string()
+        execution
+            .rsplit(':')
+            .next()
+            .unwrap_or(execution)
+            .to_string()
     } else {
         execution.to_string()
     }
@@ -119,7 +123,8 @@ mod tests {
 
     #[test]
     fn the_execution_is_named_by_its_arn_or_itself() {
-        let arn = "arn:aws:states:eu-west-1:123456789012:execution:amiflow-StateMachine:amiflow-web-1";
+        let arn =
+            "arn:aws:states:eu-west-1:123456789012:execution:amiflow-StateMachine:amiflow-web-1";
         assert_eq!(execution_name(arn), "amiflow-web-1");
         assert_eq!(arn_region(arn).as_deref(), Some("eu-west-1"));
         assert_eq!(execution_name("amiflow-web-1"), "amiflow-web-1");

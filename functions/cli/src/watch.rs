@@ -158,7 +158,10 @@ const HISTORY_PAGE: i32 = 1000;
 /// [`new_events`] over any source of pages: `fetch(token)` gives a page and the next token.
 /// Pages are taken newest first, but the events are sorted by id, so a source that
 /// ignores the order (moto does) is read right too, only not as cheaply.
-pub async fn collect_new_events<F, Fut>(after: i64, mut fetch: F) -> anyhow::Result<Vec<HistoryEvent>>
+pub async fn collect_new_events<F, Fut>(
+    after: i64,
+    mut fetch: F,
+) -> anyhow::Result<Vec<HistoryEvent>>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(Vec<HistoryEvent>, Option<String>)>>,
@@ -401,7 +404,11 @@ mod tests {
     fn read_new(total: i64, page: usize, after: i64) -> (Vec<i64>, usize) {
         let newest_first: Vec<HistoryEvent> = (1..=total)
             .rev()
-            .map(|id| event(id, HistoryEventType::PassStateEntered).build().unwrap())
+            .map(|id| {
+                event(id, HistoryEventType::PassStateEntered)
+                    .build()
+                    .unwrap()
+            })
             .collect();
         let fetched = std::cell::Cell::new(0);
         let events = futures::executor::block_on(collect_new_events(after, |token| {

@@ -21,7 +21,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if vpc.is_none()
         && subnet.is_none()
         && cfg.vpc_filter.as_ref().is_none_or(|f| f.filters.is_empty())
-        && cfg.subnet_filter.as_ref().is_none_or(|f| f.filters.is_empty())
+        && cfg
+            .subnet_filter
+            .as_ref()
+            .is_none_or(|f| f.filters.is_empty())
     {
         // The template names no network: the deployed stack's DefaultVpcId/DefaultSubnetId.
         vpc = ctx.stack.vpc_id.clone();
