@@ -10,8 +10,9 @@ cd "$AMIFLOW_ROOT"
 template="${1:-examples/ebs-basic.json}"
 [ $# -gt 0 ] && shift
 
-echo "==> building amiflow (first time: several minutes, the AWS SDK is large)"
-cargo build --workspace --bins -q
+echo "==> building amiflow (first time: several minutes, the AWS SDK is large; cargo shows its progress)"
+# Not -q: on a fresh machine cargo's own progress is all there is to see for minutes.
+cargo build --workspace --bins
 amiflow="$CARGO_TARGET_DIR/debug/amiflow"
 
 start_moto

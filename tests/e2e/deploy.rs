@@ -463,3 +463,141 @@ async fn watch_reports_a_timeout_deadline_without_hanging() {
         "a watch that gave up is not a success"
     );
 }
+
+/// A Step Functions status change for the execution `name` of the state machine `amiflow`
+/// (moto's ARN for it), with or without its input in the event.
+fn status_event(name: &str, status: &str, input: Option<&serde_json::Value>) -> StatusChangeEvent {
+    let mut event = aborted_event(name, json!({}));
+    event.detail.status = status.into();
+    event.detail.input = input.map(|i| i.to_string());
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_leaves_a_failed_on_error_abort_build_and_amiflow_clean_removes_it() {
+    let Some(moto) = Moto::start_or_skip(
+        "janitor_leaves_a_failed_on_error_abort_build_and_amiflow_clean_removes_it",
+    ) else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let kept = make_build_resources(&ec2, Some("kept-1"), "kept").await;
+    let other = make_build_resources(&ec2, Some("other-2"), "other").await;
+    let sfn = sfn_client(&moto).await;
+    let machine = create_state_machine(&sfn).await;
+    let input = json!({
+        "template": { "builders": [{ "type": "amazon-ebs", "region": REGION }] },
+        "vars": {},
+        "on_error": "abort"
+    });
+    let arn = amiflow_cli::start::start(&sfn, &machine, "kept-1", &input)
+        .await
+        .unwrap();
+    assert_eq!(
+        arn,
+        status_event("kept-1", "FAILED", None).detail.execution_arn,
+        "the event names moto's execution"
+    );
+
+    // Failed or timed out, with the input in the event or only in the execution: kept.
+    for (status, event_input) in [
+        ("FAILED", Some(&input)),
+        ("TIMED_OUT", Some(&input)),
+        ("FAILED", None),
+    ] {
+        let report = sweep(
+            &ctx,
+            status_event("kept-1", status, event_input),
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.kept_on_error_abort && !report.swept,
+            "{status}, input in the event: {}: {report:?}",
+            event_input.is_some()
+        );
+        let left = inventory(&ec2).await;
+        for r in &kept {
+            assert!(
+                left.contains(r),
+                "{status}: the janitor removed {r} of a kept build"
+            );
+        }
+    }
+
+    // `amiflow clean` finds the regions in the execution's input and removes the build.
+    let report = amiflow_cli::clean::clean(
+        &ctx,
+        &arn,
+        &[],
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("amiflow clean");
+    assert!(!report.removed.is_empty(), "{report:?}");
+    let left = inventory(&ec2).await;
+    for r in &kept {
+        assert!(!left.contains(r), "{r} of the cleaned build is still there");
+    }
+    for r in &other {
+        assert!(left.contains(r), "{r} (another build's) was removed");
+    }
+
+    // Stopped by hand, a build is swept whatever on_error says (as Packer after an interrupt).
+    let report = sweep(
+        &ctx,
+        status_event("other-2", "ABORTED", Some(&input)),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(report.swept && !report.kept_on_error_abort, "{report:?}");
+    let left = inventory(&ec2).await;
+    assert!(other.iter().all(|r| !left.contains(r)), "{left:?}");
+}
+
+/// `amiflow watch` polls the history newest first, without execution data, and still shows
+/// every state once (moto ignores both settings and sends its whole canned history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reads_the_history_newest_first_without_execution_data() {
+    let Some(moto) =
+        Moto::start_or_skip("watch_reads_the_history_newest_first_without_execution_data")
+    else {
+        return;
+    };
+    let proxy = amiflow_tests::fault_proxy::FaultProxy::start(moto.port).await;
+    let sfn = aws_sdk_sfn::Client::new(&amiflow_tests::sdk_config_at(&proxy.url(), REGION).await);
+    let machine = create_state_machine(&sfn).await;
+    let arn = amiflow_cli::start::start(&sfn, &machine, "watched-1", &json!({ "template": {} }))
+        .await
+        .unwrap();
+    let outcome = amiflow_cli::watch::follow(
+        &sfn,
+        &arn,
+        Duration::from_millis(100),
+        Some(Duration::from_millis(700)),
+    )
+    .await
+    .unwrap();
+    let reads: Vec<serde_json::Value> = proxy
+        .log()
+        .into_iter()
+        .filter(|c| c.action == "GetExecutionHistory")
+        .map(|c| serde_json::from_str(&c.body).unwrap())
+        .collect();
+    assert!(reads.len() >= 3, "watch polled: {reads:?}");
+    for read in &reads {
+        assert_eq!(read["reverseOrder"], true, "{read}");
+        assert_eq!(read["includeExecutionData"], false, "{read}");
+    }
+    let entered = outcome.lines.iter().filter(|l| l.starts_with('→')).count();
+    assert!(entered > 0, "{:?}", outcome.lines);
+    let mut unique = outcome.lines.clone();
+    unique.dedup();
+    assert_eq!(unique, outcome.lines, "each event shown once");
+}

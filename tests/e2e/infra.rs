@@ -1,7 +1,10 @@
 //! The deployment artifacts pass their linters: cfn-lint and `sam validate --lint` on the
 //! SAM template (the committed one and one rendered with steps exercising every feature:
-//! iam:PassRole, the janitor), asl-validator on the definition, and the CDK construct's
-//! synth test. A missing tool skips its test with the command that installs it.
+//! iam:PassRole, the janitor), asl-validator on the definition (as flows.rs renders it and
+//! as deployed), the CDK construct's synth test and cfn-lint on the CDK app's template.
+//! `sam build` builds every function of the template through infra/lambda/, and refuses a
+//! bootstrap of the wrong architecture. A missing tool skips its test with the command
+//! that installs it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,11 +143,27 @@ fn asl_validator_passes_on_the_definition() {
         );
         return;
     }
-    let (ok, out) = run(Command::new(node)
-        .arg(validator)
+    let (ok, out) = run(Command::new(&node)
+        .arg(&validator)
         .arg("--json-path")
         .arg(&definition));
     assert!(ok, "asl-validator {}:\n{out}", definition.display());
+    // As deployed: with the execution timeout CloudFormation substitutes.
+    let deployed = std::fs::read_to_string(repo_root().join(amiflow::infra::DEPLOYED_DEFINITION))
+        .unwrap()
+        .replace("${ExecutionTimeoutSeconds}", "21600");
+    let dir = tempfile::tempdir().unwrap();
+    let substituted = dir.path().join("deployed.asl.json");
+    std::fs::write(&substituted, deployed).unwrap();
+    let (ok, out) = run(Command::new(&node)
+        .arg(&validator)
+        .arg("--json-path")
+        .arg(&substituted));
+    assert!(
+        ok,
+        "asl-validator on {} as deployed:\n{out}",
+        amiflow::infra::DEPLOYED_DEFINITION
+    );
 }
 
 /// Every `${...FunctionArn}` the definition uses is a substitution the template provides.
@@ -166,8 +185,17 @@ fn definition_placeholders_are_all_substituted() {
         .as_object()
         .cloned()
         .unwrap_or_default();
+    // The file deployed is flows.rs's definition with the execution timeout added.
+    let deployed =
+        std::fs::read_to_string(repo_root().join(amiflow::infra::DEPLOYED_DEFINITION)).unwrap();
+    assert!(
+        deployed.contains(text.trim_start().trim_start_matches('{')),
+        "{} is not {} with the timeout: run AMIFLOW_UPDATE_INFRA=1 cargo test --workspace infra_files_are_in_sync",
+        amiflow::infra::DEPLOYED_DEFINITION,
+        definition.display()
+    );
     let mut missing = Vec::new();
-    for piece in text.split("${").skip(1) {
+    for piece in deployed.split("${").skip(1) {
         let name = piece.split('}').next().unwrap();
         if !provided.contains_key(name) && !missing.contains(&name.to_string()) {
             missing.push(name.to_string());
@@ -227,5 +255,163 @@ fn cdk_construct_synthesizes_with_the_expected_resources() {
     assert!(
         out.contains("# fail 0") && !out.contains("# pass 0"),
         "the synth test ran no assertions:\n{out}"
+    );
+
+    // The app (bin/amiflow.ts, cdk.json's "app") synthesizes a template cfn-lint accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap_dir = dir.path().join("lambda");
+    std::fs::create_dir(&bootstrap_dir).unwrap();
+    std::fs::write(bootstrap_dir.join("bootstrap"), "#!/bin/sh\n").unwrap();
+    let context = serde_json::json!({ "bootstrapDir": bootstrap_dir, "stackName": "amiflow-e2e",
+        "alarmEmail": "ops@example.com", "scheduleExpression": "cron(0 3 ? * MON *)",
+        "scheduleTemplateS3": "s3://bucket/t.json", "instanceProfileRoleNames": "packer-build" });
+    let out_dir = dir.path().join("cdk.out");
+    let (ok, out) = run(Command::new(&node)
+        .arg(cdk.join("dist/bin/amiflow.js"))
+        .env("CDK_OUTDIR", &out_dir)
+        .env("CDK_CONTEXT_JSON", context.to_string())
+        .current_dir(&cdk));
+    assert!(ok, "node infra/cdk/dist/bin/amiflow.js:\n{out}");
+    let synthesized = out_dir.join("amiflow-e2e.template.json");
+    let template: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&synthesized).unwrap()).unwrap();
+    let functions = template["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|r| r["Type"] == "AWS::Lambda::Function" && r["Properties"]["Handler"].is_string())
+        .count();
+    assert_eq!(
+        functions,
+        amiflow::flows::registry().len(),
+        "one function per step"
+    );
+    let Some(cfn_lint) = tool(cache().join("venv/bin/cfn-lint"), "lint") else {
+        return;
+    };
+    // W3005: CDK states DependsOn on each role next to the GetAtt that already implies it.
+    let (ok, out) = run(Command::new(&cfn_lint)
+        .args(["--ignore-checks", "W3005", "--"])
+        .arg(&synthesized));
+    assert!(ok, "cfn-lint on the CDK app's template:\n{out}");
+}
+
+/// A file starting as an ELF binary for `machine` (62 x86_64, 183 aarch64).
+fn fake_elf(path: &Path, machine: u16) {
+    let mut header = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+    header.resize(18, 0);
+    header.extend(machine.to_le_bytes());
+    header.resize(64, 0);
+    std::fs::write(path, header).unwrap();
+}
+
+/// infra/lambda/build-bootstrap.sh links a binary of the stack's architecture into the
+/// function's artifacts, and refuses one of another.
+#[test]
+fn the_bootstrap_build_refuses_a_binary_of_another_architecture() {
+    let script = repo_root().join("infra/lambda/build-bootstrap.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let arm = dir.path().join("bootstrap-arm64");
+    fake_elf(&arm, 183);
+    let dest = dir.path().join("artifacts");
+    let (ok, out) = run(Command::new(&script)
+        .args(["x86_64"])
+        .arg(&dest)
+        .env("AMIFLOW_BOOTSTRAP", &arm));
+    assert!(!ok, "an arm64 binary was packaged for x86_64:\n{out}");
+    assert!(
+        out.contains("is arm64, but the stack's Architecture is x86_64"),
+        "{out}"
+    );
+    assert!(!dest.join("bootstrap").exists());
+    let (ok, out) = run(Command::new(&script)
+        .args(["arm64"])
+        .arg(&dest)
+        .env("AMIFLOW_BOOTSTRAP", &arm));
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(dest.join("bootstrap")).unwrap(),
+        std::fs::read(&arm).unwrap()
+    );
+    let text = dir.path().join("not-elf");
+    std::fs::write(&text, "#!/bin/sh\n").unwrap();
+    let (ok, out) = run(Command::new(&script)
+        .args(["x86_64"])
+        .arg(&dest)
+        .env("AMIFLOW_BOOTSTRAP", &text));
+    assert!(!ok && out.contains("not an ELF binary"), "{out}");
+}
+
+/// `sam build` on the generated template: every function's artifact is the bootstrap,
+/// built (here: taken from this workspace's build, AMIFLOW_BOOTSTRAP) by the Makefile of
+/// the stack's architecture; with Architecture=arm64 the x86_64 binary is refused.
+#[test]
+fn sam_build_builds_every_function_of_the_template() {
+    let Some(sam) = tool(cache().join("venv/bin/sam"), "lint") else {
+        return;
+    };
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!(
+            "SKIPPED: the workspace's bootstrap is {}, the test expects x86_64",
+            std::env::consts::ARCH
+        );
+        return;
+    }
+    let bootstrap = amiflow_tests::lambda_harness::workspace_binary("bootstrap");
+    let dir = tempfile::tempdir().unwrap();
+    let template_path = repo_root().join("infra/template.json");
+    let sam_build = |build_dir: &Path, overrides: &[&str]| {
+        let mut cmd = Command::new(&sam);
+        cmd.args(["build", "--template-file"])
+            .arg(&template_path)
+            .arg("--build-dir")
+            .arg(build_dir)
+            .env("AMIFLOW_BOOTSTRAP", &bootstrap)
+            .env("SAM_CLI_TELEMETRY", "0")
+            .env("HOME", dir.path())
+            .current_dir(dir.path());
+        if !overrides.is_empty() {
+            cmd.arg("--parameter-overrides").args(overrides);
+        }
+        let started = std::time::Instant::now();
+        let result = run(&mut cmd);
+        eprintln!(
+            "sam build {overrides:?}: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        result
+    };
+    let build_dir = dir.path().join("build");
+    let (ok, out) = sam_build(&build_dir, &[]);
+    assert!(ok, "sam build:\n{out}");
+    let template: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&template_path).unwrap()).unwrap();
+    let expected = std::fs::read(&bootstrap).unwrap();
+    let mut built = 0;
+    for (id, resource) in template["Resources"].as_object().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let artifact = build_dir.join(id).join("bootstrap");
+        let content = std::fs::read(&artifact)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{out}", artifact.display()));
+        assert!(
+            content == expected,
+            "{} is not the bootstrap",
+            artifact.display()
+        );
+        built += 1;
+    }
+    assert_eq!(built, amiflow::flows::registry().len());
+    assert!(build_dir.join("template.yaml").exists());
+
+    let (ok, out) = sam_build(&dir.path().join("build-arm64"), &["Architecture=arm64"]);
+    assert!(
+        !ok,
+        "sam build packaged an x86_64 bootstrap for arm64:\n{out}"
+    );
+    assert!(
+        out.contains("is x86_64, but the stack's Architecture is arm64"),
+        "{out}"
     );
 }

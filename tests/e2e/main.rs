@@ -18,3 +18,5 @@ mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;
 mod simacct;
+mod stack_defaults;
+mod state_size;

@@ -55,6 +55,48 @@ pub struct Ctx {
     /// Running as a Lambda function (set by the Lambda binary): steps refuse what cannot
     /// work there, such as `shell-local` provisioners.
     pub in_lambda: bool,
+    /// The deployed stack's defaults for what a template leaves out; none in a local build.
+    pub stack: StackDefaults,
+}
+
+/// What the stack's parameters `DefaultVpcId`, `DefaultSubnetId` and `BuildHostInstanceId`
+/// give every function (as `AMIFLOW_DEFAULT_VPC_ID`, `AMIFLOW_DEFAULT_SUBNET_ID`,
+/// `AMIFLOW_BUILD_HOST_INSTANCE_ID`; infra.rs): used when a template names none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackDefaults {
+    /// The stack's own region (`AWS_REGION` of the function): the default VPC and subnet
+    /// exist only there, so a build in another region falls back to EC2's defaults.
+    pub region: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    /// amazon-chroot's build host: Lambda has no instance metadata to find one by.
+    pub build_host_instance_id: Option<String>,
+}
+
+impl StackDefaults {
+    pub const VPC_ENV: &'static str = "AMIFLOW_DEFAULT_VPC_ID";
+    pub const SUBNET_ENV: &'static str = "AMIFLOW_DEFAULT_SUBNET_ID";
+    pub const BUILD_HOST_ENV: &'static str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
+
+    /// The stack's default VPC and subnet for a build in `region`: none elsewhere.
+    pub fn network_in(&self, region: &str) -> (Option<String>, Option<String>) {
+        if self.region.as_deref() == Some(region) {
+            (self.vpc_id.clone(), self.subnet_id.clone())
+        } else {
+            (None, None)
+        }
+    }
+
+    /// From the function's environment; an empty variable (the parameter's default) is none.
+    pub fn from_env() -> StackDefaults {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        StackDefaults {
+            region: var("AWS_REGION"),
+            vpc_id: var(Self::VPC_ENV),
+            subnet_id: var(Self::SUBNET_ENV),
+            build_host_instance_id: var(Self::BUILD_HOST_ENV),
+        }
+    }
 }
 
 impl Ctx {
@@ -64,7 +106,9 @@ impl Ctx {
             .retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_RETRIES))
             .load()
             .await;
-        Ctx::from_sdk_config(sdk)
+        let mut ctx = Ctx::from_sdk_config(sdk);
+        ctx.stack = StackDefaults::from_env();
+        ctx
     }
 
     /// Clients from an already loaded SDK config (tests, callers with their own chain).
@@ -82,6 +126,7 @@ impl Ctx {
             env: Default::default(),
             deadline: None,
             in_lambda: false,
+            stack: StackDefaults::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
 use crate::steps::StepSpec;
 
@@ -23,6 +24,31 @@ pub const JANITOR: &str = "Janitor";
 
 /// Lambda memory for every step: the handlers are API callers, not compute.
 pub const MEMORY_MB: u32 = 256;
+
+/// The alias every function publishes (`AutoPublishAlias`) and the state machine invokes.
+pub const FUNCTION_ALIAS: &str = "live";
+
+/// The state machine definition as deployed: `statemachine/amiflow.asl.json` (rendered by
+/// flows.rs) with the execution timeout added as a substitution. Not JSON until
+/// CloudFormation substitutes `${ExecutionTimeoutSeconds}`; generated, like this template.
+pub const DEPLOYED_DEFINITION: &str = "infra/amiflow.asl.json.in";
+
+/// The definition flows.rs renders, relative to the repository root.
+pub const DEFINITION: &str = "statemachine/amiflow.asl.json";
+
+/// The substitution giving the definition's top-level `TimeoutSeconds`.
+pub const EXECUTION_TIMEOUT_SUBSTITUTION: &str = "ExecutionTimeoutSeconds";
+
+/// Namespace (`Fn::Sub` pattern) of the stack's own metrics.
+const METRIC_NAMESPACE: &str = "amiflow/${AWS::StackName}";
+
+/// Invocations Lambda failed outside the handler, counted from the functions' logs.
+pub const LAMBDA_FAILURES_METRIC: &str = "LambdaFailures";
+
+/// What Lambda writes to a function's log when an invocation times out, the runtime exits
+/// or runs out of memory.
+pub const LAMBDA_FAILURE_PATTERN: &str =
+    "?\"Task timed out\" ?\"Runtime.ExitError\" ?\"Runtime.OutOfMemory\" ?\"Runtime.Unknown\"";
 
 /// Where the chroot host script lives, relative to the repository root.
 pub const CHROOT_HOST_SCRIPT: &str = "infra/chroot-host.sh";
@@ -58,9 +84,9 @@ fn split_actions(spec: &StepSpec) -> (Vec<String>, bool) {
 }
 
 /// The inline policy of a step's role: its actions on `*` (EC2 has no useful resource
-/// scoping for creates), and `iam:PassRole` only towards EC2 and only on the named instance
-/// profile roles and amiflow's own temporary ones (under [`IAM_PATH`], from
-/// `temporary_iam_instance_profile_policy_document`).
+/// scoping for creates), and `iam:PassRole` only towards EC2: on the temporary instance
+/// profile roles amiflow creates under [`IAM_PATH`] (IamInstanceProfile), and on the
+/// instance profile roles the stack names.
 fn step_policy_document(spec: &StepSpec) -> Value {
     let (actions, pass_role) = split_actions(spec);
     let mut statements = Vec::new();
@@ -70,6 +96,13 @@ fn step_policy_document(spec: &StepSpec) -> Value {
         );
     }
     if pass_role {
+        statements.push(json!({
+            "Sid": "PassTemporaryInstanceProfileRoles",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": { "Fn::Sub": temporary_roles_arn() },
+            "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
+        }));
         statements.push(json!({
             "Fn::If": ["HasInstanceProfileRoles", {
                 "Sid": "PassInstanceProfileRoles",
@@ -82,15 +115,14 @@ fn step_policy_document(spec: &StepSpec) -> Value {
                 "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
             }, { "Ref": "AWS::NoValue" }]
         }));
-        statements.push(json!({
-            "Sid": "PassTemporaryProfileRoles",
-            "Effect": "Allow",
-            "Action": ["iam:PassRole"],
-            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*") },
-            "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
-        }));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// `Fn::Sub` pattern of the ARNs of the temporary instance profile roles: every role under
+/// [`IAM_PATH`] (`role/amiflow/*`).
+pub fn temporary_roles_arn() -> String {
+    format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*")
 }
 
 fn step_role(spec: &StepSpec) -> Value {
@@ -115,23 +147,75 @@ fn step_function(spec: &StepSpec) -> Value {
     let id = logical_id(spec.name);
     let mut environment = json!({
         "AMIFLOW_ARTIFACTS_BUCKET": { "Ref": "ArtifactsBucket" },
-        "AMIFLOW_BUILD_HOST_INSTANCE_ID": { "Ref": "BuildHostInstanceId" },
-        "AMIFLOW_DEFAULT_VPC_ID": { "Ref": "DefaultVpcId" },
-        "AMIFLOW_DEFAULT_SUBNET_ID": { "Ref": "DefaultSubnetId" },
         "AMIFLOW_CHROOT_DOCUMENT": { "Ref": "ChrootHostDocument" }
     });
+    // The stack's defaults for what a template leaves out (read by StackDefaults::from_env).
+    for (variable, parameter) in [
+        (StackDefaults::BUILD_HOST_ENV, "BuildHostInstanceId"),
+        (StackDefaults::VPC_ENV, "DefaultVpcId"),
+        (StackDefaults::SUBNET_ENV, "DefaultSubnetId"),
+    ] {
+        environment[variable] = json!({ "Ref": parameter });
+    }
     if spec.name == JANITOR {
         environment["AMIFLOW_JANITOR_REGIONS"] =
             json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
     }
-    json!({
+    let mut properties = json!({
+        "Handler": spec.name,
+        "Timeout": spec.timeout_seconds,
+        "MemorySize": MEMORY_MB,
+        "Role": { "Fn::GetAtt": [format!("{id}Role"), "Arn"] },
+        // A version per deployment of new code, and the alias the state machine invokes:
+        // an execution keeps the code it started with while a deployment replaces it.
+        "AutoPublishAlias": FUNCTION_ALIAS,
+        "LoggingConfig": { "LogFormat": "Text", "LogGroup": { "Ref": format!("{id}LogGroup") } },
+        "Environment": { "Variables": environment }
+    });
+    let mut function = json!({
         "Type": "AWS::Serverless::Function",
+        // `sam build` runs `make build-<LogicalId>` with the Makefile of the stack's
+        // architecture: infra/lambda/<arch>/Makefile builds the one bootstrap and refuses
+        // a binary of another architecture.
+        "Metadata": { "BuildMethod": "makefile", "ContextPath": { "Fn::Sub": "lambda/${Architecture}" } }
+    });
+    if spec.name == JANITOR {
+        // Lambda's asynchronous retries (EventBridge invokes the janitor asynchronously)
+        // end here rather than dropping the event: a build whose sweep failed stays known.
+        properties["DeadLetterQueue"] = json!({ "Type": "SQS", "TargetArn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } });
+        function["DependsOn"] = json!(["JanitorDeadLetterPolicy"]);
+    }
+    function["Properties"] = properties;
+    function
+}
+
+/// The function's own log group, kept `LogRetentionDays`.
+fn step_log_group(spec: &StepSpec) -> Value {
+    json!({
+        "Type": "AWS::Logs::LogGroup",
         "Properties": {
-            "Handler": spec.name,
-            "Timeout": spec.timeout_seconds,
-            "MemorySize": MEMORY_MB,
-            "Role": { "Fn::GetAtt": [format!("{id}Role"), "Arn"] },
-            "Environment": { "Variables": environment }
+            "LogGroupName": { "Fn::Sub": format!("/aws/lambda/${{AWS::StackName}}/{}", spec.name) },
+            "RetentionInDays": { "Ref": "LogRetentionDays" }
+        }
+    })
+}
+
+/// Counts what Lambda itself reports in the function's log when an invocation fails
+/// outside the handler (a timeout, the runtime crashing or running out of memory) into
+/// [`LAMBDA_FAILURES_METRIC`]. The handler's own errors are not counted: waits report
+/// `NotReady` as a function error on every poll by design (the state's Retry polls), and
+/// a real build failure ends the execution FAILED, which its own alarm reports.
+fn step_failures_filter(spec: &StepSpec) -> Value {
+    json!({
+        "Type": "AWS::Logs::MetricFilter",
+        "Properties": {
+            "LogGroupName": { "Ref": format!("{}LogGroup", logical_id(spec.name)) },
+            "FilterPattern": LAMBDA_FAILURE_PATTERN,
+            "MetricTransformations": [{
+                "MetricNamespace": { "Fn::Sub": METRIC_NAMESPACE },
+                "MetricName": LAMBDA_FAILURES_METRIC,
+                "MetricValue": "1"
+            }]
         }
     })
 }
@@ -178,22 +262,29 @@ pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
 
 fn parameters() -> Value {
     json!({
-        "Architecture": { "Type": "String", "AllowedValues": ["arm64", "x86_64"], "Default": "arm64",
-            "Description": "CPU architecture of the bootstrap binary in CodeUri" },
+        "Architecture": { "Type": "String", "AllowedValues": ["x86_64", "arm64"], "Default": "x86_64",
+            "Description": "CPU architecture of the functions; sam build builds bootstrap for it and refuses a binary of another (infra/README.md: arm64)" },
         "BuildHostInstanceId": { "Type": "String", "Default": "",
-            "Description": "amazon-chroot build host instance id (templates may name their own)" },
+            "Description": "amazon-chroot build host instance id, used when a template names none (chroot_host_instance_id / chroot_host_filter)" },
         "DefaultVpcId": { "Type": "String", "Default": "", "Description": "VPC used when a template names none" },
         "DefaultSubnetId": { "Type": "String", "Default": "", "Description": "Subnet used when a template names none" },
         "InstanceProfileRoleNames": { "Type": "CommaDelimitedList", "Default": "",
-            "Description": "Roles of the instance profiles templates may attach (iam_instance_profile): the only roles the steps may pass to EC2" },
+            "Description": "Roles of the instance profiles templates may attach (iam_instance_profile): with amiflow's temporary roles (role/amiflow/*), the only roles the steps may pass to EC2" },
         "Tracing": { "Type": "String", "AllowedValues": ["Enabled", "Disabled"], "Default": "Disabled",
             "Description": "X-Ray tracing for the state machine and the functions" },
         "LogRetentionDays": { "Type": "Number", "Default": 30,
+            "Description": "Days the state machine's and every function's logs are kept",
             "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] },
+        "ExecutionTimeoutSeconds": { "Type": "Number", "Default": 21600, "MinValue": 60, "MaxValue": 31536000,
+            "Description": "An execution still running after this many seconds ends TIMED_OUT (the janitor then sweeps its resources)" },
+        "AlarmEmail": { "Type": "String", "Default": "",
+            "Description": "Address subscribed to the alarm topic (failed or timed-out executions, Lambda failures, janitor errors, dead letters); empty = none" },
         "StagedFilesExpirationDays": { "Type": "Number", "Default": 7, "MinValue": 1,
             "Description": "Days before staged files and SSM output under staged/ and ssm-output/ in the artifacts bucket expire" },
         "ScheduleExpression": { "Type": "String", "Default": "",
-            "Description": "cron(...) or rate(...) to start builds on a schedule; empty disables the schedule" },
+            "Description": "cron(...), rate(...) or at(...) to start builds on a schedule (EventBridge Scheduler); empty disables the schedule" },
+        "ScheduleTimezone": { "Type": "String", "Default": "UTC",
+            "Description": "IANA time zone of ScheduleExpression, e.g. Europe/Paris" },
         "ScheduleTemplateS3": { "Type": "String", "Default": "",
             "Description": "s3://bucket/key of the Packer template the schedule builds" },
         "ScheduleVars": { "Type": "String", "Default": "{}",
@@ -206,13 +297,58 @@ fn parameters() -> Value {
 fn conditions(any_pass_role: bool) -> Value {
     let mut conditions = json!({
         "ScheduleEnabled": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "ScheduleExpression" }, ""] }] },
-        "TracingEnabled": { "Fn::Equals": [{ "Ref": "Tracing" }, "Enabled"] }
+        "TracingEnabled": { "Fn::Equals": [{ "Ref": "Tracing" }, "Enabled"] },
+        "HasAlarmEmail": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmEmail" }, ""] }] }
     });
     // Declared only when used: cfn-lint rejects unused conditions.
     if any_pass_role {
         conditions["HasInstanceProfileRoles"] = json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "InstanceProfileRoleNames" }] }, ""] }] });
     }
     conditions
+}
+
+/// An alarm on one metric, at or above `threshold` in 5 minutes, notifying the alarm topic.
+fn alarm(
+    description: &str,
+    namespace: Value,
+    metric: &str,
+    dimensions: Value,
+    statistic: &str,
+    threshold: u32,
+) -> Value {
+    let mut properties = json!({
+        "AlarmDescription": description,
+        "Namespace": namespace,
+        "MetricName": metric,
+        "Statistic": statistic,
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "Threshold": threshold,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [{ "Ref": "AlarmTopic" }]
+    });
+    if dimensions.as_array().is_some_and(|d| !d.is_empty()) {
+        properties["Dimensions"] = dimensions;
+    }
+    json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": properties })
+}
+
+fn with_condition(mut resource: Value, condition: &str) -> Value {
+    resource["Condition"] = json!(condition);
+    resource
+}
+
+/// A dead-letter queue: encrypted, messages kept the longest SQS allows (14 days).
+fn dead_letter_queue(condition: Option<&str>) -> Value {
+    let mut queue = json!({
+        "Type": "AWS::SQS::Queue",
+        "Properties": { "SqsManagedSseEnabled": true, "MessageRetentionPeriod": 1_209_600 }
+    });
+    if let Some(c) = condition {
+        queue["Condition"] = json!(c);
+    }
+    queue
 }
 
 /// The whole SAM template. `steps` is the registry (the janitor among them); `chroot_script`
@@ -226,21 +362,22 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         let id = logical_id(spec.name);
         resources.insert(format!("{id}Role"), step_role(spec));
         resources.insert(format!("{id}Function"), step_function(spec));
+        resources.insert(format!("{id}LogGroup"), step_log_group(spec));
+        resources.insert(format!("{id}FailuresFilter"), step_failures_filter(spec));
     }
 
-    let substitutions: Map<String, Value> = state_steps
+    // Tasks invoke the published alias (`<Function>.Alias` is SAM's reference to it), and
+    // the role may invoke exactly those qualified ARNs.
+    let alias = |s: &StepSpec| json!({ "Ref": format!("{}Function.Alias", logical_id(s.name)) });
+    let mut substitutions: Map<String, Value> = state_steps
         .iter()
-        .map(|s| {
-            (
-                substitution_name(s.name),
-                json!({ "Fn::GetAtt": [format!("{}Function", logical_id(s.name)), "Arn"] }),
-            )
-        })
+        .map(|s| (substitution_name(s.name), alias(s)))
         .collect();
-    let invoked: Vec<Value> = state_steps
-        .iter()
-        .map(|s| json!({ "Fn::GetAtt": [format!("{}Function", logical_id(s.name)), "Arn"] }))
-        .collect();
+    substitutions.insert(
+        EXECUTION_TIMEOUT_SUBSTITUTION.into(),
+        json!({ "Ref": "ExecutionTimeoutSeconds" }),
+    );
+    let invoked: Vec<Value> = state_steps.iter().map(|s| alias(s)).collect();
 
     let mut state_machine_statements = vec![
         json!({
@@ -284,7 +421,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     resources.insert("StateMachine".into(), json!({
         "Type": "AWS::Serverless::StateMachine",
         "Properties": {
-            "DefinitionUri": "../statemachine/amiflow.asl.json",
+            "DefinitionUri": DEPLOYED_DEFINITION.trim_start_matches("infra/"),
             "DefinitionSubstitutions": substitutions,
             "Role": { "Fn::GetAtt": ["StateMachineRole", "Arn"] },
             "Type": "STANDARD",
@@ -339,31 +476,105 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Properties": {
             "AssumeRolePolicyDocument": {
                 "Version": "2012-10-17",
-                "Statement": [{ "Effect": "Allow", "Principal": { "Service": "events.amazonaws.com" }, "Action": "sts:AssumeRole" }]
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "Service": "scheduler.amazonaws.com" },
+                    "Action": "sts:AssumeRole",
+                    "Condition": { "StringEquals": { "aws:SourceAccount": { "Ref": "AWS::AccountId" } } }
+                }]
             },
             "Policies": [{ "PolicyName": "amiflow-schedule", "PolicyDocument": { "Version": "2012-10-17", "Statement": [
-                { "Effect": "Allow", "Action": ["states:StartExecution"], "Resource": { "Ref": "StateMachine" } }
+                { "Sid": "StartBuild", "Effect": "Allow", "Action": ["states:StartExecution"], "Resource": { "Ref": "StateMachine" } },
+                { "Sid": "DeadLetter", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
             ] } }]
         }
     }));
+    resources.insert(
+        "ScheduleDeadLetterQueue".into(),
+        dead_letter_queue(Some("ScheduleEnabled")),
+    );
     resources.insert("Schedule".into(), json!({
-        "Type": "AWS::Events::Rule",
+        "Type": "AWS::Scheduler::Schedule",
         "Condition": "ScheduleEnabled",
         "Properties": {
             "Description": "Starts an amiflow build of ScheduleTemplateS3 on ScheduleExpression",
             "ScheduleExpression": { "Ref": "ScheduleExpression" },
+            "ScheduleExpressionTimezone": { "Ref": "ScheduleTimezone" },
+            "FlexibleTimeWindow": { "Mode": "OFF" },
             "State": "ENABLED",
-            "Targets": [{
-                "Id": "StartBuild",
+            "Target": {
                 "Arn": { "Ref": "StateMachine" },
                 "RoleArn": { "Fn::GetAtt": ["ScheduleRole", "Arn"] },
-                "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}}" }
-            }]
+                "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}}" },
+                // StartExecution throttled or failing: retried for an hour, then kept.
+                "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600 },
+                "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
+            }
         }
     }));
+    resources.insert(
+        "ScheduleDeadLetterAlarm".into(),
+        with_condition(
+            alarm(
+                "A scheduled amiflow build could not be started: its event is in the schedule's dead-letter queue",
+                json!("AWS/SQS"),
+                "ApproximateNumberOfMessagesVisible",
+                json!([{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"] } }]),
+                "Maximum",
+                1,
+            ),
+            "ScheduleEnabled",
+        ),
+    );
+
+    resources.insert(
+        "AlarmTopic".into(),
+        json!({ "Type": "AWS::SNS::Topic", "Properties": {} }),
+    );
+    resources.insert("AlarmEmailSubscription".into(), json!({
+        "Type": "AWS::SNS::Subscription",
+        "Condition": "HasAlarmEmail",
+        "Properties": { "TopicArn": { "Ref": "AlarmTopic" }, "Protocol": "email", "Endpoint": { "Ref": "AlarmEmail" } }
+    }));
+    let state_machine_dimension =
+        json!([{ "Name": "StateMachineArn", "Value": { "Ref": "StateMachine" } }]);
+    resources.insert(
+        "ExecutionsFailedAlarm".into(),
+        alarm(
+            "An amiflow build failed (its execution ended FAILED)",
+            json!("AWS/States"),
+            "ExecutionsFailed",
+            state_machine_dimension.clone(),
+            "Sum",
+            1,
+        ),
+    );
+    resources.insert(
+        "ExecutionsTimedOutAlarm".into(),
+        alarm(
+            "An amiflow build ran longer than ExecutionTimeoutSeconds (its execution ended TIMED_OUT)",
+            json!("AWS/States"),
+            "ExecutionsTimedOut",
+            state_machine_dimension,
+            "Sum",
+            1,
+        ),
+    );
+    resources.insert(
+        "LambdaFailuresAlarm".into(),
+        alarm(
+            "An amiflow function timed out, crashed or ran out of memory (see the functions' log groups)",
+            json!({ "Fn::Sub": METRIC_NAMESPACE }),
+            LAMBDA_FAILURES_METRIC,
+            json!([]),
+            "Sum",
+            1,
+        ),
+    );
 
     if steps.iter().any(|s| s.name == JANITOR) {
         let janitor = logical_id(JANITOR);
+        let janitor_alias = json!({ "Ref": format!("{janitor}Function.Alias") });
         resources.insert("JanitorRule".into(), json!({
             "Type": "AWS::Events::Rule",
             "Properties": {
@@ -376,8 +587,9 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 },
                 "Targets": [{
                     "Id": "Janitor",
-                    "Arn": { "Fn::GetAtt": [format!("{janitor}Function"), "Arn"] },
-                    "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400 }
+                    "Arn": janitor_alias,
+                    "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400 },
+                    "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } }
                 }]
             }
         }));
@@ -387,11 +599,67 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 "Type": "AWS::Lambda::Permission",
                 "Properties": {
                     "Action": "lambda:InvokeFunction",
-                    "FunctionName": { "Ref": format!("{janitor}Function") },
+                    "FunctionName": janitor_alias,
                     "Principal": "events.amazonaws.com",
                     "SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] }
                 }
             }),
+        );
+        // Events the rule could not deliver, and invocations whose sweep failed after
+        // Lambda's retries, end in one queue: the builds whose resources may be left.
+        resources.insert("JanitorDeadLetterQueue".into(), dead_letter_queue(None));
+        resources.insert("JanitorDeadLetterQueuePolicy".into(), json!({
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{ "Ref": "JanitorDeadLetterQueue" }],
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                    "Sid": "JanitorRuleDeadLetters",
+                    "Effect": "Allow",
+                    "Principal": { "Service": "events.amazonaws.com" },
+                    "Action": "sqs:SendMessage",
+                    "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] },
+                    "Condition": { "ArnEquals": { "aws:SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] } } }
+                }] }
+            }
+        }));
+        // Not a step action (the role check compares inline policies with the registry):
+        // Lambda's own delivery of failed asynchronous invocations.
+        resources.insert(
+            "JanitorDeadLetterPolicy".into(),
+            json!({
+                "Type": "AWS::IAM::Policy",
+                "Properties": {
+                    "PolicyName": "amiflow-janitor-dead-letters",
+                    "Roles": [{ "Ref": format!("{janitor}Role") }],
+                    "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                        "Effect": "Allow",
+                        "Action": ["sqs:SendMessage"],
+                        "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] }
+                    }] }
+                }
+            }),
+        );
+        resources.insert(
+            "JanitorErrorsAlarm".into(),
+            alarm(
+                "The janitor failed to sweep an ended build: its resources may be left (see the Janitor log group)",
+                json!("AWS/Lambda"),
+                "Errors",
+                json!([{ "Name": "FunctionName", "Value": { "Ref": format!("{janitor}Function") } }]),
+                "Sum",
+                1,
+            ),
+        );
+        resources.insert(
+            "JanitorDeadLetterAlarm".into(),
+            alarm(
+                "An ended build was not swept: its event is in the janitor's dead-letter queue",
+                json!("AWS/SQS"),
+                "ApproximateNumberOfMessagesVisible",
+                json!([{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "QueueName"] } }]),
+                "Maximum",
+                1,
+            ),
         );
     }
 
@@ -402,7 +670,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Parameters": parameters(),
         "Conditions": conditions(steps.iter().any(|s| split_actions(s).1)),
         "Globals": { "Function": {
-            "CodeUri": "build/lambda/",
+            "CodeUri": "lambda/",
             "Runtime": "provided.al2023",
             "Architectures": [{ "Ref": "Architecture" }],
             "Tracing": { "Fn::If": ["TracingEnabled", "Active", "PassThrough"] }
@@ -411,7 +679,8 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Outputs": {
             "StateMachineArn": { "Value": { "Ref": "StateMachine" }, "Description": "amiflow start --state-machine <this>" },
             "ArtifactsBucketName": { "Value": { "Ref": "ArtifactsBucket" } },
-            "ChrootHostDocumentName": { "Value": { "Ref": "ChrootHostDocument" } }
+            "ChrootHostDocumentName": { "Value": { "Ref": "ChrootHostDocument" } },
+            "AlarmTopicArn": { "Value": { "Ref": "AlarmTopic" }, "Description": "Subscribe to be told of failed builds and failures of amiflow itself" }
         }
     }))
 }
@@ -446,6 +715,7 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
         "chroot_host_document": chroot_document_content(chroot_script),
         "chroot_job_parameter": CHROOT_JOB_PARAMETER,
         "temporary_role_path": IAM_PATH,
+        "function_alias": FUNCTION_ALIAS,
     }))
 }
 
@@ -468,10 +738,36 @@ fn canonical(value: Value) -> Value {
     }
 }
 
-/// The files under `infra/` generated from the registry: (path relative to the repo root, content).
+/// The definition as deployed: `definition` (flows.rs's rendering) with a top-level
+/// `"TimeoutSeconds": ${ExecutionTimeoutSeconds}`, which CloudFormation substitutes with
+/// the stack's parameter. The rest is byte for byte flows.rs's text.
+pub fn deployed_definition(definition: &str) -> Result<String, String> {
+    let parsed: Value = serde_json::from_str(definition)
+        .map_err(|e| format!("{DEFINITION} is not JSON ({e}): regenerate it from flows.rs"))?;
+    if parsed.get("TimeoutSeconds").is_some() {
+        return Err(format!(
+            "{DEFINITION} has its own top-level TimeoutSeconds: the stack's ExecutionTimeoutSeconds sets it (infra.rs)"
+        ));
+    }
+    let body = definition
+        .trim_start()
+        .strip_prefix('{')
+        .ok_or_else(|| format!("{DEFINITION} is not a JSON object"))?;
+    Ok(format!(
+        "{{\n  \"TimeoutSeconds\": ${{{EXECUTION_TIMEOUT_SUBSTITUTION}}},{body}"
+    ))
+}
+
+/// The files under `infra/` generated from the registry and the definition: (path relative
+/// to the repo root, content).
 pub fn generated_files(repo_root: &Path, steps: &[StepSpec]) -> Vec<(PathBuf, String)> {
     let script = std::fs::read_to_string(repo_root.join(CHROOT_HOST_SCRIPT)).ok();
     let render = |v: Value| serde_json::to_string_pretty(&v).expect("JSON renders") + "\n";
+    let definition = std::fs::read_to_string(repo_root.join(DEFINITION))
+        .map_err(|e| format!("cannot read {DEFINITION}: {e}"))
+        .and_then(|text| deployed_definition(&text))
+        // The sync test then reports the file as out of date, with the reason as content.
+        .unwrap_or_else(|why| why);
     vec![
         (
             PathBuf::from("infra/template.json"),
@@ -481,6 +777,7 @@ pub fn generated_files(repo_root: &Path, steps: &[StepSpec]) -> Vec<(PathBuf, St
             PathBuf::from("infra/steps.json"),
             render(steps_manifest(steps, script.as_deref())),
         ),
+        (PathBuf::from(DEPLOYED_DEFINITION), definition),
     ]
 }
 
@@ -555,6 +852,8 @@ pub fn function_role_actions(template: &Value) -> Result<Vec<(String, Vec<String
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::flows::registry;
 
@@ -637,7 +936,7 @@ mod tests {
             .unwrap()
             .iter()
             .any(|a| a == "iam:PassRole"));
-        let pass = &statements[1]["Fn::If"][1];
+        let pass = &statements[2]["Fn::If"][1];
         assert_eq!(pass["Action"], json!(["iam:PassRole"]));
         assert_eq!(
             pass["Condition"]["StringEquals"]["iam:PassedToService"],
@@ -649,34 +948,6 @@ mod tests {
     }
 
     #[test]
-    fn amiflows_own_temporary_profile_roles_may_be_passed_to_ec2() {
-        let template = sam_template(&sample_steps(), None);
-        let statements = &template["Resources"]["RunSourceInstanceRole"]["Properties"]["Policies"]
-            [0]["PolicyDocument"]["Statement"];
-        let temporary = statements
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["Sid"] == "PassTemporaryProfileRoles")
-            .expect("a statement for the roles IamInstanceProfile creates");
-        assert_eq!(temporary["Action"], json!(["iam:PassRole"]));
-        assert_eq!(
-            temporary["Resource"]["Fn::Sub"],
-            format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*")
-        );
-        assert_eq!(
-            temporary["Condition"]["StringEquals"]["iam:PassedToService"],
-            "ec2.amazonaws.com"
-        );
-        let create_image = &template["Resources"]["CreateImageRole"]["Properties"]["Policies"][0]
-            ["PolicyDocument"]["Statement"];
-        assert!(
-            !create_image.to_string().contains("iam:PassRole"),
-            "only steps declaring iam:PassRole get it"
-        );
-    }
-
-    #[test]
     fn state_machine_invokes_exactly_the_state_steps() {
         let template = sam_template(&sample_steps(), None);
         let sm = &template["Resources"]["StateMachine"]["Properties"];
@@ -684,6 +955,7 @@ mod tests {
             .as_object()
             .unwrap()
             .keys()
+            .filter(|k| k.ends_with("FunctionArn"))
             .collect();
         assert_eq!(
             subs,
@@ -700,6 +972,278 @@ mod tests {
                 .iter()
                 .any(|s| s == "ABORTED")
         );
+    }
+
+    /// The temporary instance profile roles IamInstanceProfile creates under IAM_PATH may be
+    /// passed to EC2 by the steps that pass a role, whatever InstanceProfileRoleNames says.
+    #[test]
+    fn pass_role_covers_the_temporary_instance_profile_roles() {
+        let template = sam_template(&sample_steps(), None);
+        let statements = &template["Resources"]["RunSourceInstanceRole"]["Properties"]["Policies"]
+            [0]["PolicyDocument"]["Statement"];
+        let temporary = statements
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == "PassTemporaryInstanceProfileRoles")
+            .expect("a statement for the temporary roles");
+        assert_eq!(temporary["Action"], json!(["iam:PassRole"]));
+        assert_eq!(
+            temporary["Resource"]["Fn::Sub"],
+            "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/amiflow/*"
+        );
+        assert!(
+            format!("role{IAM_PATH}*").starts_with("role/amiflow/"),
+            "the path IamInstanceProfile creates roles under"
+        );
+        assert_eq!(
+            temporary["Condition"]["StringEquals"]["iam:PassedToService"],
+            "ec2.amazonaws.com"
+        );
+        assert!(temporary.get("Fn::If").is_none(), "not conditional");
+        // Steps that pass no role get no PassRole at all.
+        let create = template["Resources"]["CreateImageRole"].to_string();
+        assert!(!create.contains("iam:PassRole"));
+    }
+
+    #[test]
+    fn functions_are_built_by_make_for_the_stacks_architecture_x86_64_by_default() {
+        let template = sam_template(&sample_steps(), None);
+        assert_eq!(template["Parameters"]["Architecture"]["Default"], "x86_64");
+        assert_eq!(
+            template["Globals"]["Function"]["Architectures"],
+            json!([{ "Ref": "Architecture" }])
+        );
+        let root = repo_root();
+        let code = root
+            .join("infra")
+            .join(template["Globals"]["Function"]["CodeUri"].as_str().unwrap());
+        assert!(code.is_dir(), "CodeUri {} exists", code.display());
+        for (id, resource) in functions(&template) {
+            let metadata = &resource["Metadata"];
+            assert_eq!(metadata["BuildMethod"], "makefile", "{id}");
+            let context = metadata["ContextPath"]["Fn::Sub"].as_str().unwrap();
+            for arch in ["x86_64", "arm64"] {
+                let makefile = root
+                    .join("infra")
+                    .join(context.replace("${Architecture}", arch))
+                    .join("Makefile");
+                let text = std::fs::read_to_string(&makefile)
+                    .unwrap_or_else(|e| panic!("{id}: {}: {e}", makefile.display()));
+                assert!(
+                    text.contains(&format!("ARCHITECTURE := {arch}")),
+                    "{}",
+                    makefile.display()
+                );
+            }
+        }
+    }
+
+    fn functions(template: &Value) -> Vec<(&String, &Value)> {
+        let found: Vec<_> = template["Resources"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+            .collect();
+        assert!(!found.is_empty());
+        found
+    }
+
+    #[test]
+    fn functions_publish_an_alias_which_the_state_machine_invokes() {
+        let template = sam_template(&sample_steps(), None);
+        for (id, resource) in functions(&template) {
+            assert_eq!(
+                resource["Properties"]["AutoPublishAlias"], FUNCTION_ALIAS,
+                "{id}"
+            );
+        }
+        let sm = &template["Resources"]["StateMachine"]["Properties"];
+        assert_eq!(
+            sm["DefinitionSubstitutions"]["CreateImageFunctionArn"],
+            json!({ "Ref": "CreateImageFunction.Alias" })
+        );
+        let invoke = &template["Resources"]["StateMachineRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"][0];
+        assert_eq!(
+            invoke["Resource"],
+            json!([{ "Ref": "CreateImageFunction.Alias" }, { "Ref": "RunSourceInstanceFunction.Alias" }])
+        );
+        let rule = &template["Resources"]["JanitorRule"]["Properties"]["Targets"][0];
+        assert_eq!(rule["Arn"], json!({ "Ref": "JanitorFunction.Alias" }));
+        assert_eq!(
+            template["Resources"]["JanitorInvokePermission"]["Properties"]["FunctionName"],
+            json!({ "Ref": "JanitorFunction.Alias" })
+        );
+    }
+
+    #[test]
+    fn every_function_logs_to_its_own_group_kept_log_retention_days() {
+        let template = sam_template(&sample_steps(), None);
+        let resources = &template["Resources"];
+        for (id, resource) in functions(&template) {
+            let group_id = resource["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{id} names its log group"));
+            let group = &resources[group_id];
+            assert_eq!(group["Type"], "AWS::Logs::LogGroup");
+            assert_eq!(
+                group["Properties"]["RetentionInDays"],
+                json!({ "Ref": "LogRetentionDays" })
+            );
+            let filters: Vec<_> = resources
+                .as_object()
+                .unwrap()
+                .values()
+                .filter(|r| {
+                    r["Type"] == "AWS::Logs::MetricFilter"
+                        && r["Properties"]["LogGroupName"]["Ref"] == group_id
+                })
+                .collect();
+            assert_eq!(filters.len(), 1, "{id}: one failures filter");
+            assert_eq!(
+                filters[0]["Properties"]["MetricTransformations"][0]["MetricName"],
+                LAMBDA_FAILURES_METRIC
+            );
+        }
+        assert_eq!(template["Parameters"]["LogRetentionDays"]["Default"], 30);
+    }
+
+    #[test]
+    fn alarms_notify_the_topic_which_an_email_may_follow() {
+        let template = sam_template(&sample_steps(), None);
+        let resources = template["Resources"].as_object().unwrap();
+        let alarms: BTreeMap<&str, &Value> = resources
+            .iter()
+            .filter(|(_, r)| r["Type"] == "AWS::CloudWatch::Alarm")
+            .map(|(id, r)| (id.as_str(), &r["Properties"]))
+            .collect();
+        let metric = |id: &str| {
+            let a = alarms.get(id).unwrap_or_else(|| panic!("no {id}"));
+            assert_eq!(a["AlarmActions"], json!([{ "Ref": "AlarmTopic" }]), "{id}");
+            (
+                a["Namespace"].clone(),
+                a["MetricName"].as_str().unwrap().to_string(),
+            )
+        };
+        assert_eq!(
+            metric("ExecutionsFailedAlarm"),
+            (json!("AWS/States"), "ExecutionsFailed".into())
+        );
+        assert_eq!(
+            metric("ExecutionsTimedOutAlarm"),
+            (json!("AWS/States"), "ExecutionsTimedOut".into())
+        );
+        assert_eq!(metric("LambdaFailuresAlarm").1, LAMBDA_FAILURES_METRIC);
+        assert_eq!(
+            metric("JanitorErrorsAlarm"),
+            (json!("AWS/Lambda"), "Errors".into())
+        );
+        metric("JanitorDeadLetterAlarm");
+        metric("ScheduleDeadLetterAlarm");
+        assert_eq!(
+            alarms["ExecutionsFailedAlarm"]["Dimensions"],
+            json!([{ "Name": "StateMachineArn", "Value": { "Ref": "StateMachine" } }])
+        );
+        let subscription = &resources["AlarmEmailSubscription"];
+        assert_eq!(subscription["Condition"], "HasAlarmEmail");
+        assert_eq!(
+            subscription["Properties"]["Endpoint"],
+            json!({ "Ref": "AlarmEmail" })
+        );
+        assert_eq!(template["Parameters"]["AlarmEmail"]["Default"], "");
+    }
+
+    #[test]
+    fn the_schedule_is_an_eventbridge_scheduler_schedule_with_retries_and_a_dead_letter_queue() {
+        let template = sam_template(&sample_steps(), None);
+        let schedule = &template["Resources"]["Schedule"];
+        assert_eq!(schedule["Type"], "AWS::Scheduler::Schedule");
+        assert_eq!(schedule["Condition"], "ScheduleEnabled");
+        let p = &schedule["Properties"];
+        assert_eq!(
+            p["ScheduleExpressionTimezone"],
+            json!({ "Ref": "ScheduleTimezone" })
+        );
+        assert_eq!(template["Parameters"]["ScheduleTimezone"]["Default"], "UTC");
+        assert!(
+            p["Target"]["RetryPolicy"]["MaximumRetryAttempts"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert_eq!(
+            p["Target"]["DeadLetterConfig"]["Arn"],
+            json!({ "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] })
+        );
+        let role = &template["Resources"]["ScheduleRole"]["Properties"];
+        assert_eq!(
+            role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"],
+            "scheduler.amazonaws.com"
+        );
+        let actions = policy_actions(&role["Policies"][0]["PolicyDocument"]);
+        assert_eq!(actions, vec!["sqs:SendMessage", "states:StartExecution"]);
+        assert_eq!(
+            template["Resources"]["ScheduleDeadLetterQueue"]["Condition"],
+            "ScheduleEnabled"
+        );
+    }
+
+    #[test]
+    fn the_janitor_rule_and_function_have_a_dead_letter_queue() {
+        let template = sam_template(&sample_steps(), None);
+        let r = &template["Resources"];
+        let queue = json!({ "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] });
+        assert_eq!(
+            r["JanitorRule"]["Properties"]["Targets"][0]["DeadLetterConfig"]["Arn"],
+            queue
+        );
+        assert_eq!(
+            r["JanitorFunction"]["Properties"]["DeadLetterQueue"]["TargetArn"],
+            queue
+        );
+        assert_eq!(
+            r["JanitorFunction"]["DependsOn"],
+            json!(["JanitorDeadLetterPolicy"])
+        );
+        let queue_policy =
+            &r["JanitorDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(queue_policy["Principal"]["Service"], "events.amazonaws.com");
+        assert_eq!(
+            queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"],
+            json!({ "Fn::GetAtt": ["JanitorRule", "Arn"] })
+        );
+    }
+
+    #[test]
+    fn the_execution_timeout_is_a_parameter_substituted_into_the_definition() {
+        let template = sam_template(&sample_steps(), None);
+        let sm = &template["Resources"]["StateMachine"]["Properties"];
+        assert_eq!(
+            sm["DefinitionSubstitutions"][EXECUTION_TIMEOUT_SUBSTITUTION],
+            json!({ "Ref": "ExecutionTimeoutSeconds" })
+        );
+        assert_eq!(
+            Path::new("infra").join(sm["DefinitionUri"].as_str().unwrap()),
+            Path::new(DEPLOYED_DEFINITION)
+        );
+        let definition = r#"{
+  "StartAt": "A",
+  "States": { "A": { "Type": "Succeed" } }
+}"#;
+        let deployed = deployed_definition(definition).unwrap();
+        let substituted: Value =
+            serde_json::from_str(&deployed.replace("${ExecutionTimeoutSeconds}", "21600")).unwrap();
+        assert_eq!(substituted["TimeoutSeconds"], 21600);
+        assert_eq!(
+            substituted["States"],
+            serde_json::from_str::<Value>(definition).unwrap()["States"]
+        );
+        assert!(
+            deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err()
+        );
+        assert!(deployed_definition("[]").is_err());
     }
 
     #[test]

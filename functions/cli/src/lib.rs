@@ -1,6 +1,7 @@
 //! The subcommands that talk to a deployed amiflow, as a library so the end-to-end tests can
-//! drive them against the emulator: `start`, `watch`, and `policy`.
+//! drive them against the emulator: `start`, `watch`, `clean` and `policy`.
 
+pub mod clean;
 pub mod policy;
 pub mod start;
 pub mod template_file;

@@ -1,6 +1,6 @@
 //! The `amiflow` command. One module per subcommand.
 
-use amiflow_cli::{policy, start, watch};
+use amiflow_cli::{clean, policy, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
@@ -34,6 +34,8 @@ enum Command {
     Start(start::Args),
     /// Follow a deployed execution until it ends.
     Watch(watch::Args),
+    /// Remove what a failed build kept with --on-error abort (the janitor leaves it).
+    Clean(clean::Args),
     /// Print the minimal IAM policy a template needs.
     Policy(policy::Args),
     /// Serve every handler through a local Lambda Invoke API on 127.0.0.1.
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
             Command::Build(a) => build::run(a).await,
             Command::Start(a) => start::run(a).await,
             Command::Watch(a) => watch::run(a).await,
+            Command::Clean(a) => clean::run(a).await,
             Command::Policy(a) => policy::run(a).await,
             Command::ServeLambdas(a) => serve_lambdas::run(a).await,
             Command::Hcl2Upgrade(a) => hcl2_upgrade::run(a).await,

@@ -57,8 +57,9 @@ pub fn exit_code(status: &str) -> u8 {
     }
 }
 
-/// Polls the history (new events only) and the execution's status until it is no longer
-/// RUNNING, or until `deadline` has passed (then the status is whatever it was).
+/// Polls the status and the history's new events ([`new_events`], without execution data
+/// unless a failure's cause is to be shown) until the execution is no longer RUNNING, or
+/// until `deadline` has passed (then the status is whatever it was).
 pub async fn follow(
     client: &aws_sdk_sfn::Client,
     arn: &str,
@@ -87,36 +88,18 @@ pub async fn follow(
                     aws_sdk_sfn::error::DisplayErrorContext(e)
                 )
             })?;
-        let mut token: Option<String> = None;
-        loop {
-            let page = client
-                .get_execution_history()
-                .execution_arn(arn)
-                .set_next_token(token.clone())
-                .max_results(1000)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "GetExecutionHistory {arn}: {}",
-                        aws_sdk_sfn::error::DisplayErrorContext(e)
-                    )
-                })?;
-            for event in page.events() {
-                if event.id() <= last_id {
-                    continue;
-                }
-                last_id = event.id();
-                if let Some(line) = render.line(event) {
-                    emit(&bar, &line);
-                    lines.push(line);
-                }
-                bar.set_message(render.current());
+        let mut events = new_events(client, arn, last_id, false).await?;
+        // A failure's cause may count as execution data: read those events again with it.
+        if events.iter().any(lacks_cause) {
+            events = new_events(client, arn, last_id, true).await?;
+        }
+        for event in &events {
+            last_id = last_id.max(event.id());
+            if let Some(line) = render.line(event) {
+                emit(&bar, &line);
+                lines.push(line);
             }
-            token = page.next_token().map(String::from);
-            if token.is_none() {
-                break;
-            }
+            bar.set_message(render.current());
         }
         let status = described.status().as_str().to_string();
         let ended = *described.status() != ExecutionStatus::Running;
@@ -137,6 +120,80 @@ pub async fn follow(
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// The history events after `after` (event ids count up from 1), oldest first. Read newest
+/// first, page by page, stopping at the first page that reaches `after`: a poll costs the
+/// new events, not the whole history. `with_data`: include inputs, outputs and causes.
+pub async fn new_events(
+    client: &aws_sdk_sfn::Client,
+    arn: &str,
+    after: i64,
+    with_data: bool,
+) -> anyhow::Result<Vec<HistoryEvent>> {
+    collect_new_events(after, |token| async move {
+        let page = client
+            .get_execution_history()
+            .execution_arn(arn)
+            .reverse_order(true)
+            .include_execution_data(with_data)
+            .max_results(HISTORY_PAGE)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "GetExecutionHistory {arn}: {}",
+                    aws_sdk_sfn::error::DisplayErrorContext(e)
+                )
+            })?;
+        Ok((page.events().to_vec(), page.next_token().map(String::from)))
+    })
+    .await
+}
+
+/// Events per GetExecutionHistory page: the most the API gives.
+const HISTORY_PAGE: i32 = 1000;
+
+/// [`new_events`] over any source of pages: `fetch(token)` gives a page and the next token.
+/// Pages are taken newest first, but the events are sorted by id, so a source that
+/// ignores the order (moto does) is read right too, only not as cheaply.
+pub async fn collect_new_events<F, Fut>(
+    after: i64,
+    mut fetch: F,
+) -> anyhow::Result<Vec<HistoryEvent>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<HistoryEvent>, Option<String>)>>,
+{
+    let mut found: Vec<HistoryEvent> = Vec::new();
+    let mut token = None;
+    loop {
+        let (events, next) = fetch(token).await?;
+        let reached_old = events.iter().any(|e| e.id() <= after);
+        found.extend(events.into_iter().filter(|e| e.id() > after));
+        match next {
+            Some(next) if !reached_old => token = Some(next),
+            _ => break,
+        }
+    }
+    found.sort_by_key(|e| e.id());
+    found.dedup_by_key(|e| e.id());
+    Ok(found)
+}
+
+/// A failure whose cause was left out with the execution data.
+fn lacks_cause(event: &HistoryEvent) -> bool {
+    use HistoryEventType as T;
+    let cause = match event.r#type() {
+        T::LambdaFunctionFailed => event
+            .lambda_function_failed_event_details()
+            .map(|d| d.cause()),
+        T::TaskFailed => event.task_failed_event_details().map(|d| d.cause()),
+        T::ExecutionFailed => event.execution_failed_event_details().map(|d| d.cause()),
+        _ => return false,
+    };
+    cause.flatten().is_none()
 }
 
 fn emit(bar: &ProgressBar, line: &str) {
@@ -340,6 +397,46 @@ mod tests {
                 "✓ WaitImageAvailable",
             ]
         );
+    }
+
+    /// A history of `total` events served as the API does with reverseOrder: newest first,
+    /// `page` per call; returns the events read and the pages fetched.
+    fn read_new(total: i64, page: usize, after: i64) -> (Vec<i64>, usize) {
+        let newest_first: Vec<HistoryEvent> = (1..=total)
+            .rev()
+            .map(|id| {
+                event(id, HistoryEventType::PassStateEntered)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let fetched = std::cell::Cell::new(0);
+        let events = futures::executor::block_on(collect_new_events(after, |token| {
+            fetched.set(fetched.get() + 1);
+            let start: usize = token.map(|t| t.parse().unwrap()).unwrap_or(0);
+            let end = (start + page).min(newest_first.len());
+            let next = (end < newest_first.len()).then(|| end.to_string());
+            let events = newest_first[start..end].to_vec();
+            async move { Ok((events, next)) }
+        }))
+        .unwrap();
+        (events.iter().map(|e| e.id()).collect(), fetched.get())
+    }
+
+    #[test]
+    fn a_poll_reads_only_the_pages_holding_new_events() {
+        let (ids, pages) = read_new(2500, 1000, 2490);
+        assert_eq!(ids, (2491..=2500).collect::<Vec<_>>(), "oldest first");
+        assert_eq!(pages, 1, "the newest page holds every new event");
+        let (ids, pages) = read_new(2500, 1000, 1400);
+        assert_eq!(ids.len(), 1100);
+        assert_eq!(pages, 2);
+        let (ids, pages) = read_new(2500, 1000, 0);
+        assert_eq!(ids.len(), 2500);
+        assert_eq!(pages, 3, "the first poll reads the whole history");
+        let (ids, pages) = read_new(2500, 1000, 2500);
+        assert!(ids.is_empty());
+        assert_eq!(pages, 1);
     }
 
     #[test]

@@ -7,12 +7,18 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Duration, RemovalPolicy, Stack, StackProps, CfnOutput } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as scheduler from 'aws-cdk-lib/aws-scheduler';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { Construct } from 'constructs';
@@ -34,12 +40,17 @@ export interface StepManifestEntry {
 export interface StepsManifest {
   readonly steps: StepManifestEntry[];
   readonly chroot_host_document: Record<string, unknown>;
-  /** IAM path of the temporary roles amiflow creates for instance profiles (`/amiflow/`). */
-  readonly temporary_role_path: string;
+  /** IAM path of the temporary instance profile roles (`/amiflow/`): passed to EC2 too. */
+  readonly temporary_role_path?: string;
+  /** The alias each function publishes and the state machine invokes. */
+  readonly function_alias?: string;
 }
 
 export interface AmiflowSchedule {
-  readonly schedule: events.Schedule;
+  /** `cron(...)`, `rate(...)` or `at(...)`, as EventBridge Scheduler reads it. */
+  readonly expression: string;
+  /** IANA time zone of the expression; UTC by default. */
+  readonly timezone?: string;
   /** s3://bucket/key of the Packer template to build. */
   readonly templateS3: string;
   readonly vars?: Record<string, string>;
@@ -48,10 +59,14 @@ export interface AmiflowSchedule {
 export interface AmiflowProps {
   /** Directory holding the `bootstrap` binary built for Lambda. */
   readonly bootstrapDir: string;
-  /** Defaults to ARM_64; must match the binary. */
+  /** Defaults to X86_64; must match the binary (infra/lambda/build-bootstrap.sh checks). */
   readonly architecture?: lambda.Architecture;
   /** Defaults to statemachine/amiflow.asl.json of this repository. */
   readonly definitionFile?: string;
+  /** An execution still running after this ends TIMED_OUT; 6 hours by default. */
+  readonly executionTimeout?: Duration;
+  /** Subscribed to the alarm topic when given. */
+  readonly alarmEmail?: string;
   /** Defaults to infra/steps.json of this repository (read at synth time). */
   readonly steps?: StepsManifest;
   /** Roles of the instance profiles templates may attach: the only roles passed to EC2. */
@@ -61,6 +76,7 @@ export interface AmiflowProps {
   readonly defaultSubnetId?: string;
   /** X-Ray for the state machine and the functions. */
   readonly tracing?: boolean;
+  /** Of the state machine's and every function's log group; one month by default. */
   readonly logRetention?: logs.RetentionDays;
   readonly stagedFilesExpiration?: Duration;
   /** Start builds on a schedule; none when absent. */
@@ -71,18 +87,44 @@ export interface AmiflowProps {
 
 const JANITOR = 'Janitor';
 
-export function loadStepsManifest(file = path.join(__dirname, '..', '..', '..', 'steps.json')): StepsManifest {
-  // Compiled to dist/lib/, the manifest is three levels up; from lib/ (ts-node) two.
-  const candidates = [file, path.join(__dirname, '..', '..', 'steps.json')];
+/** What Lambda logs when an invocation fails outside the handler (as infra.rs's metric filter). */
+export const LAMBDA_FAILURE_PATTERN = '?"Task timed out" ?"Runtime.ExitError" ?"Runtime.OutOfMemory" ?"Runtime.Unknown"';
+
+/**
+ * A file of this repository, found from the compiled construct (dist/lib/ or dist/bin/,
+ * four levels below the root) or from its source (lib/ or bin/, three levels).
+ */
+export function repositoryFile(...relative: string[]): string {
+  const candidates = [
+    path.join(__dirname, '..', '..', '..', '..', ...relative),
+    path.join(__dirname, '..', '..', '..', ...relative),
+  ];
   const found = candidates.find((f) => fs.existsSync(f));
   if (!found) {
-    throw new Error(`infra/steps.json not found (looked at ${candidates.join(', ')}): pass \`steps\` or build from the repository`);
+    throw new Error(`${relative.join('/')} not found (looked at ${candidates.join(', ')}): build from the repository, or pass it`);
   }
+  return found;
+}
+
+export function loadStepsManifest(file?: string): StepsManifest {
+  const found = file ?? repositoryFile('infra', 'steps.json');
   return JSON.parse(fs.readFileSync(found, 'utf8')) as StepsManifest;
 }
 
-/** The step's inline policy: its actions on `*`, iam:PassRole towards EC2 only, on the named roles and amiflow's own temporary ones. */
-export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], temporaryRolePath: string): iam.PolicyDocument | undefined {
+/** The definition with its top-level TimeoutSeconds (the execution timeout) set. */
+export function definitionWithTimeout(text: string, timeout: Duration): string {
+  const definition = JSON.parse(text);
+  if (definition.TimeoutSeconds !== undefined) {
+    throw new Error('the definition has its own TimeoutSeconds: the executionTimeout setting sets it');
+  }
+  return JSON.stringify({ TimeoutSeconds: timeout.toSeconds(), ...definition });
+}
+
+/**
+ * The step's inline policy: its actions on `*`, iam:PassRole towards EC2 only, on the
+ * temporary instance profile roles and the named roles.
+ */
+export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], temporaryRolePath = '/amiflow/'): iam.PolicyDocument | undefined {
   const stack = Stack.of(scope);
   const actions = step.iam_actions.filter((a) => a.toLowerCase() !== 'iam:passrole');
   const passRole = actions.length !== step.iam_actions.length;
@@ -90,19 +132,20 @@ export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames:
   if (actions.length > 0) {
     statements.push(new iam.PolicyStatement({ sid: 'StepActions', actions, resources: ['*'] }));
   }
+  if (passRole) {
+    // The temporary instance profile roles IamInstanceProfile creates under this path.
+    statements.push(new iam.PolicyStatement({
+      sid: 'PassTemporaryInstanceProfileRoles',
+      actions: ['iam:PassRole'],
+      resources: [stack.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: `${temporaryRolePath.replace(/^\/+/, '')}*` })],
+      conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+    }));
+  }
   if (passRole && roleNames.length > 0) {
     statements.push(new iam.PolicyStatement({
       sid: 'PassInstanceProfileRoles',
       actions: ['iam:PassRole'],
       resources: roleNames.map((name) => stack.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: name })),
-      conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
-    }));
-  }
-  if (passRole) {
-    statements.push(new iam.PolicyStatement({
-      sid: 'PassTemporaryProfileRoles',
-      actions: ['iam:PassRole'],
-      resources: [stack.formatArn({ service: 'iam', region: '', resource: 'role', resourceName: `${temporaryRolePath.replace(/^\//, '')}*` })],
       conditions: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
     }));
   }
@@ -113,13 +156,19 @@ export class Amiflow extends Construct {
   readonly stateMachine: sfn.StateMachine;
   readonly artifactsBucket: s3.Bucket;
   readonly functions: Record<string, lambda.Function> = {};
+  /** The published alias of each function: what the state machine and the janitor rule invoke. */
+  readonly aliases: Record<string, lambda.Alias> = {};
   readonly chrootHostDocument: ssm.CfnDocument;
+  readonly alarmTopic: sns.Topic;
 
   constructor(scope: Construct, id: string, props: AmiflowProps) {
     super(scope, id);
+    const stack = Stack.of(this);
     const manifest = props.steps ?? loadStepsManifest();
     const tracing = props.tracing ?? false;
     const roleNames = props.instanceProfileRoleNames ?? [];
+    const retention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
+    const aliasName = manifest.function_alias ?? 'live';
 
     this.artifactsBucket = new s3.Bucket(this, 'ArtifactsBucket', {
       encryption: s3.BucketEncryption.S3_MANAGED,
@@ -140,6 +189,31 @@ export class Amiflow extends Construct {
       content: manifest.chroot_host_document,
     });
 
+    this.alarmTopic = new sns.Topic(this, 'AlarmTopic');
+    if (props.alarmEmail) {
+      this.alarmTopic.addSubscription(new subscriptions.EmailSubscription(props.alarmEmail));
+    }
+    const notify = new cwActions.SnsAction(this.alarmTopic);
+    const alarmOn = (alarmId: string, description: string, metric: cloudwatch.IMetric) => {
+      const alarm = new cloudwatch.Alarm(this, alarmId, {
+        alarmDescription: description,
+        metric,
+        threshold: 1,
+        evaluationPeriods: 1,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      alarm.addAlarmAction(notify);
+      return alarm;
+    };
+    const failuresNamespace = `amiflow/${stack.stackName}`;
+
+    const janitorDeadLetters = new sqs.Queue(this, 'JanitorDeadLetterQueue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      retentionPeriod: Duration.days(14),
+      enforceSSL: true,
+    });
+
     const code = lambda.Code.fromAsset(props.bootstrapDir);
     for (const step of manifest.steps) {
       const policy = stepPolicy(step, this, roleNames, manifest.temporary_role_path);
@@ -158,17 +232,33 @@ export class Amiflow extends Construct {
       if (step.name === JANITOR) {
         environment.AMIFLOW_JANITOR_REGIONS = (props.janitorRegions ?? []).join(',');
       }
-      this.functions[step.name] = new lambda.Function(this, `${step.logical_id}Function`, {
+      const logGroup = new logs.LogGroup(this, `${step.logical_id}LogGroup`, {
+        logGroupName: `/aws/lambda/${stack.stackName}/${step.name}`,
+        retention,
+      });
+      // Lambda's own failures (timeouts, crashes): the handlers' errors include every
+      // poll of a wait, so they are not counted.
+      logGroup.addMetricFilter('Failures', {
+        filterPattern: logs.FilterPattern.literal(LAMBDA_FAILURE_PATTERN),
+        metricNamespace: failuresNamespace,
+        metricName: 'LambdaFailures',
+        metricValue: '1',
+      });
+      const fn = new lambda.Function(this, `${step.logical_id}Function`, {
         code,
         handler: step.name,
         runtime: lambda.Runtime.PROVIDED_AL2023,
-        architecture: props.architecture ?? lambda.Architecture.ARM_64,
+        architecture: props.architecture ?? lambda.Architecture.X86_64,
         timeout: Duration.seconds(step.timeout_seconds),
         memorySize: step.memory_mb,
         role,
         environment,
+        logGroup,
         tracing: tracing ? lambda.Tracing.ACTIVE : lambda.Tracing.PASS_THROUGH,
+        deadLetterQueue: step.name === JANITOR ? janitorDeadLetters : undefined,
       });
+      this.functions[step.name] = fn;
+      this.aliases[step.name] = new lambda.Alias(this, `${step.logical_id}Alias`, { aliasName, version: fn.currentVersion });
     }
 
     const tasks = manifest.steps.filter((s) => s.state_machine_task);
@@ -179,21 +269,22 @@ export class Amiflow extends Construct {
           statements: [new iam.PolicyStatement({
             sid: 'InvokeSteps',
             actions: ['lambda:InvokeFunction'],
-            resources: tasks.map((s) => this.functions[s.name].functionArn),
+            resources: tasks.map((s) => this.aliases[s.name].functionArn),
           })],
         }),
       } : undefined,
     });
     const logGroup = new logs.LogGroup(this, 'StateMachineLogGroup', {
-      logGroupName: `/aws/vendedlogs/states/${Stack.of(this).stackName}-amiflow`,
-      retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+      logGroupName: `/aws/vendedlogs/states/${stack.stackName}-amiflow`,
+      retention,
     });
     const substitutions: Record<string, string> = {};
-    for (const s of tasks) substitutions[s.substitution] = this.functions[s.name].functionArn;
-    const definitionFile = props.definitionFile ?? path.join(__dirname, '..', '..', '..', '..', 'statemachine', 'amiflow.asl.json');
+    for (const s of tasks) substitutions[s.substitution] = this.aliases[s.name].functionArn;
+    const definitionFile = props.definitionFile ?? repositoryFile('statemachine', 'amiflow.asl.json');
+    const definition = definitionWithTimeout(fs.readFileSync(definitionFile, 'utf8'), props.executionTimeout ?? Duration.hours(6));
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       // Inline, as SAM's DefinitionUri ends up: no asset bucket needed for the definition.
-      definitionBody: sfn.DefinitionBody.fromString(fs.readFileSync(definitionFile, 'utf8')),
+      definitionBody: sfn.DefinitionBody.fromString(definition),
       definitionSubstitutions: substitutions,
       role: stateMachineRole,
       stateMachineType: sfn.StateMachineType.STANDARD,
@@ -202,17 +293,41 @@ export class Amiflow extends Construct {
       logs: { destination: logGroup, level: sfn.LogLevel.ALL, includeExecutionData: false },
     });
 
+    alarmOn('ExecutionsFailedAlarm', 'An amiflow build failed (its execution ended FAILED)', this.stateMachine.metricFailed({ period: Duration.minutes(5), statistic: 'Sum' }));
+    alarmOn('ExecutionsTimedOutAlarm', 'An amiflow build ran longer than its execution timeout', this.stateMachine.metricTimedOut({ period: Duration.minutes(5), statistic: 'Sum' }));
+    alarmOn('LambdaFailuresAlarm', 'An amiflow function timed out, crashed or ran out of memory (see the functions\' log groups)',
+      new cloudwatch.Metric({ namespace: failuresNamespace, metricName: 'LambdaFailures', statistic: 'Sum', period: Duration.minutes(5) }));
+
     if (props.schedule) {
-      new events.Rule(this, 'Schedule', {
-        description: 'Starts an amiflow build on a schedule',
-        schedule: props.schedule.schedule,
-        targets: [new targets.SfnStateMachine(this.stateMachine, {
-          input: events.RuleTargetInput.fromObject({ template_s3: props.schedule.templateS3, vars: props.schedule.vars ?? {} }),
-        })],
+      const deadLetters = new sqs.Queue(this, 'ScheduleDeadLetterQueue', {
+        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        retentionPeriod: Duration.days(14),
+        enforceSSL: true,
       });
+      const role = new iam.Role(this, 'ScheduleRole', {
+        assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com', { conditions: { StringEquals: { 'aws:SourceAccount': stack.account } } }),
+      });
+      this.stateMachine.grantStartExecution(role);
+      deadLetters.grantSendMessages(role);
+      new scheduler.CfnSchedule(this, 'Schedule', {
+        description: 'Starts an amiflow build on a schedule',
+        scheduleExpression: props.schedule.expression,
+        scheduleExpressionTimezone: props.schedule.timezone ?? 'UTC',
+        flexibleTimeWindow: { mode: 'OFF' },
+        state: 'ENABLED',
+        target: {
+          arn: this.stateMachine.stateMachineArn,
+          roleArn: role.roleArn,
+          input: JSON.stringify({ template_s3: props.schedule.templateS3, vars: props.schedule.vars ?? {} }),
+          retryPolicy: { maximumRetryAttempts: 10, maximumEventAgeInSeconds: 3600 },
+          deadLetterConfig: { arn: deadLetters.queueArn },
+        },
+      });
+      alarmOn('ScheduleDeadLetterAlarm', 'A scheduled amiflow build could not be started: its event is in the schedule\'s dead-letter queue',
+        deadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }
 
-    const janitor = this.functions[JANITOR];
+    const janitor = this.aliases[JANITOR];
     if (janitor) {
       new events.Rule(this, 'JanitorRule', {
         description: 'Sweeps the resources of amiflow builds that were aborted, timed out or failed',
@@ -221,8 +336,12 @@ export class Amiflow extends Construct {
           detailType: ['Step Functions Execution Status Change'],
           detail: { status: ['ABORTED', 'TIMED_OUT', 'FAILED'], stateMachineArn: [this.stateMachine.stateMachineArn] },
         },
-        targets: [new targets.LambdaFunction(janitor, { retryAttempts: 10, maxEventAge: Duration.hours(24) })],
+        targets: [new targets.LambdaFunction(janitor, { retryAttempts: 10, maxEventAge: Duration.hours(24), deadLetterQueue: janitorDeadLetters })],
       });
+      alarmOn('JanitorErrorsAlarm', 'The janitor failed to sweep an ended build: its resources may be left',
+        this.functions[JANITOR].metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }));
+      alarmOn('JanitorDeadLetterAlarm', 'An ended build was not swept: its event is in the janitor\'s dead-letter queue',
+        janitorDeadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }
   }
 }
@@ -237,5 +356,6 @@ export class AmiflowStack extends Stack {
     new CfnOutput(this, 'StateMachineArn', { value: this.amiflow.stateMachine.stateMachineArn });
     new CfnOutput(this, 'ArtifactsBucketName', { value: this.amiflow.artifactsBucket.bucketName });
     new CfnOutput(this, 'ChrootHostDocumentName', { value: this.amiflow.chrootHostDocument.ref });
+    new CfnOutput(this, 'AlarmTopicArn', { value: this.amiflow.alarmTopic.topicArn });
   }
 }

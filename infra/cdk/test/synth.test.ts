@@ -8,8 +8,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { App } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
-import * as events from 'aws-cdk-lib/aws-events';
-import { AmiflowStack, StepsManifest, loadStepsManifest } from '../lib/amiflow';
+import { spawnSync } from 'child_process';
+import { AmiflowStack, StepsManifest, loadStepsManifest, repositoryFile } from '../lib/amiflow';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'amiflow-cdk-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -71,7 +71,7 @@ test('one function per step, each role allowing exactly the step actions', () =>
 test('functions run the bootstrap binary with the step handler, timeout and memory', () => {
   const template = synth(sample);
   template.hasResourceProperties('AWS::Lambda::Function', {
-    Handler: 'CreateImage', Runtime: 'provided.al2023', Architectures: ['arm64'], Timeout: 30, MemorySize: 256,
+    Handler: 'CreateImage', Runtime: 'provided.al2023', Architectures: ['x86_64'], Timeout: 30, MemorySize: 256,
   });
   template.hasResourceProperties('AWS::Lambda::Function', { Handler: 'Janitor', Timeout: 900 });
 });
@@ -96,7 +96,7 @@ test('iam:PassRole only on the named roles, towards EC2', () => {
     Policies: [{
       PolicyName: 'amiflow-RunSourceInstance',
       PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({
-        Sid: 'PassTemporaryProfileRoles',
+        Sid: 'PassTemporaryInstanceProfileRoles',
         Action: 'iam:PassRole',
         Condition: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
         Resource: Match.objectLike({ 'Fn::Join': Match.arrayWith([Match.arrayWith([':role/amiflow/*'])]) }),
@@ -120,12 +120,12 @@ test('state machine: substitutions, invoke only its tasks, logs without executio
     Policies: [{ PolicyName: 'amiflow-state-machine', PolicyDocument: { Statement: [Match.objectLike({
       Action: 'lambda:InvokeFunction',
       Resource: [
-        { 'Fn::GetAtt': [Match.stringLikeRegexp('CreateImageFunction'), 'Arn'] },
-        { 'Fn::GetAtt': [Match.stringLikeRegexp('RunSourceInstanceFunction'), 'Arn'] },
+        { Ref: Match.stringLikeRegexp('CreateImageAlias') },
+        { Ref: Match.stringLikeRegexp('RunSourceInstanceAlias') },
       ],
     })] } }],
   });
-  template.resourceCountIs('AWS::Logs::LogGroup', 1);
+  template.resourceCountIs('AWS::Logs::LogGroup', sample.steps.length + 1);
 });
 
 test('artifacts bucket is encrypted, private and expires staged files', () => {
@@ -149,11 +149,88 @@ test('chroot host SSM document, janitor rule and optional schedule', () => {
     },
   });
   const scheduled = synth(sample, {
-    schedule: { schedule: events.Schedule.expression('cron(0 3 * * ? *)'), templateS3: 's3://b/t.json', vars: { version: '1' } },
+    schedule: { expression: 'cron(0 3 * * ? *)', timezone: 'Europe/Paris', templateS3: 's3://b/t.json', vars: { version: '1' } },
   });
-  scheduled.resourceCountIs('AWS::Events::Rule', 2);
-  scheduled.hasResourceProperties('AWS::Events::Rule', {
+  scheduled.resourceCountIs('AWS::Events::Rule', 1);
+  scheduled.hasResourceProperties('AWS::Scheduler::Schedule', {
     ScheduleExpression: 'cron(0 3 * * ? *)',
-    Targets: [Match.objectLike({ Input: JSON.stringify({ template_s3: 's3://b/t.json', vars: { version: '1' } }) })],
+    ScheduleExpressionTimezone: 'Europe/Paris',
+    Target: Match.objectLike({
+      Input: JSON.stringify({ template_s3: 's3://b/t.json', vars: { version: '1' } }),
+      RetryPolicy: Match.objectLike({ MaximumRetryAttempts: 10 }),
+      DeadLetterConfig: { Arn: { 'Fn::GetAtt': [Match.stringLikeRegexp('ScheduleDeadLetterQueue'), 'Arn'] } },
+    }),
   });
+});
+
+test('iam:PassRole on the temporary instance profile roles, towards EC2, even with no roles named', () => {
+  const template = synth(sample);
+  template.hasResourceProperties('AWS::IAM::Role', {
+    Policies: [{
+      PolicyName: 'amiflow-RunSourceInstance',
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({
+        Sid: 'PassTemporaryInstanceProfileRoles',
+        Action: 'iam:PassRole',
+        Condition: { StringEquals: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+        Resource: Match.objectLike({ 'Fn::Join': Match.arrayWith([Match.arrayWith([':role/amiflow/*'])]) }),
+      })]) },
+    }],
+  });
+});
+
+test('functions publish an alias, log to their own group, and the state machine invokes the aliases', () => {
+  const template = synth(sample);
+  template.resourceCountIs('AWS::Lambda::Alias', sample.steps.length);
+  template.hasResourceProperties('AWS::Lambda::Alias', { Name: 'live' });
+  // One per function and the state machine's.
+  template.resourceCountIs('AWS::Logs::LogGroup', sample.steps.length + 1);
+  template.hasResourceProperties('AWS::Logs::LogGroup', { LogGroupName: Match.stringLikeRegexp('/CreateImage$'), RetentionInDays: 30 });
+  template.resourceCountIs('AWS::Logs::MetricFilter', sample.steps.length);
+  template.hasResourceProperties('AWS::Lambda::Function', { Handler: 'CreateImage', LoggingConfig: Match.objectLike({ LogGroup: Match.anyValue() }) });
+  const machine = Object.values(template.findResources('AWS::StepFunctions::StateMachine'))[0];
+  const substitutions = JSON.stringify(machine.Properties.DefinitionSubstitutions);
+  assert.match(substitutions, /CreateImageAlias/, 'the task invokes the alias');
+  const definition = JSON.parse(machine.Properties.DefinitionString);
+  assert.equal(definition.TimeoutSeconds, 21600, 'the execution timeout is set');
+});
+
+test('alarms on failed and timed-out executions, Lambda failures and the janitor notify the topic', () => {
+  const template = synth(sample, { alarmEmail: 'ops@example.com' });
+  template.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
+  for (const metric of ['ExecutionsFailed', 'ExecutionsTimedOut', 'LambdaFailures', 'Errors', 'ApproximateNumberOfMessagesVisible']) {
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: metric,
+      AlarmActions: [{ Ref: Match.stringLikeRegexp('AlarmTopic') }],
+    });
+  }
+  template.hasResourceProperties('AWS::Events::Rule', {
+    Targets: [Match.objectLike({ DeadLetterConfig: { Arn: { 'Fn::GetAtt': [Match.stringLikeRegexp('JanitorDeadLetterQueue'), 'Arn'] } } })],
+  });
+  assert.equal(Object.keys(synth(sample).findResources('AWS::SNS::Subscription')).length, 0, 'no email: no subscription');
+});
+
+test('the definition is found from the sources as well as from dist', () => {
+  const found = repositoryFile('statemachine', 'amiflow.asl.json');
+  assert.ok(fs.existsSync(found), found);
+  assert.ok(JSON.parse(fs.readFileSync(found, 'utf8')).StartAt);
+});
+
+test('the app synthesizes a stack from cdk.json and context', () => {
+  const out = fs.mkdtempSync(path.join(work, 'app-'));
+  const app = path.join(__dirname, '..', 'bin', 'amiflow.js');
+  const run = spawnSync(process.execPath, [app], {
+    env: { ...process.env, CDK_OUTDIR: out, CDK_CONTEXT_JSON: JSON.stringify({ bootstrapDir, stackName: 'amiflow-app-test', alarmEmail: 'ops@example.com' }) },
+    encoding: 'utf8',
+  });
+  assert.equal(run.status, 0, run.stderr);
+  const template = JSON.parse(fs.readFileSync(path.join(out, 'amiflow-app-test.template.json'), 'utf8'));
+  const functions = Object.values(template.Resources).filter((r: any) => r.Type === 'AWS::Lambda::Function' && r.Properties.Handler);
+  assert.equal(functions.length, loadStepsManifest().steps.length);
+  assert.ok(Object.values(template.Outputs).length >= 4);
+  const missing = spawnSync(process.execPath, [app], {
+    env: { ...process.env, CDK_OUTDIR: out, CDK_CONTEXT_JSON: JSON.stringify({ bootstrapDir: path.join(work, 'nowhere') }) },
+    encoding: 'utf8',
+  });
+  assert.notEqual(missing.status, 0);
+  assert.match(missing.stderr, /build-bootstrap\.sh/, 'says how to build the binary');
 });

@@ -1,8 +1,8 @@
 //! HostInfo: the build host the volume is attached to (Packer's StepInstanceInfo). Lambda
 //! has no instance identity, so the template names the host (`chroot_host_instance_id`
-//! or `chroot_host_filter`, exactly one running instance), or the deployed stack does
-//! (`BuildHostInstanceId`, given to the function as [`BUILD_HOST_ENV`]); with none of them,
-//! a local run on the host asks its own metadata service, as Packer does.
+//! or `chroot_host_filter`, exactly one running instance), else the deployed stack's
+//! `BuildHostInstanceId`; with none of them, a local run on the host asks its own metadata
+//! service, as Packer does.
 
 use crate::builders::chroot::{self, Host};
 use crate::prelude::*;
@@ -14,9 +14,6 @@ pub const SPEC: StepSpec = StepSpec {
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
-
-/// Environment: the stack's build host, for templates that name none.
-pub const BUILD_HOST_ENV: &str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?;
@@ -47,9 +44,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             ));
         }
         (req, "filter", format!("chroot_host_filter {:?}", f.filters))
-    } else if let Some(id) = std::env::var(BUILD_HOST_ENV).ok().filter(|s| !s.is_empty()) {
-        let what = format!("the stack's BuildHostInstanceId {id}");
-        (ec2.describe_instances().instance_ids(id), "stack", what)
+    } else if let Some(id) = ctx.stack.build_host_instance_id.as_deref() {
+        (
+            ec2.describe_instances().instance_ids(id),
+            "stack",
+            format!("the stack's BuildHostInstanceId {id}"),
+        )
     } else {
         let id = own_instance_id().await?;
         (ec2.describe_instances().instance_ids(&id), "imds", id)
@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         [one] => *one,
         [] => {
             return Err(StepError::BuildFailed(format!(
-                "the chroot build host ({what}) was not found in {region}: check chroot_host_instance_id / chroot_host_filter and the region"
+                "the chroot build host ({what}) was not found in {region}: check chroot_host_instance_id / chroot_host_filter / the stack's BuildHostInstanceId and the region"
             )))
         }
         many => {

@@ -6,6 +6,8 @@
 //! execution's name is the `amiflow:build` tag value on everything the build created; the
 //! regions come from the template in the execution's input (builder `region`s and
 //! `ami_regions`), plus `AMIFLOW_JANITOR_REGIONS`, or else the function's own region.
+//! A build that ran with `on_error: abort` and failed keeps its resources
+//! ([`kept_on_error_abort`]); `amiflow clean` removes them later.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -15,16 +17,30 @@ use serde_json::Value;
 
 use super::StepSpec;
 use crate::resources::{sweep_execution, CleanupReport, CLEANUP_ACTIONS};
+use crate::state::OnError;
 use crate::{Ctx, StepError};
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Janitor",
-    // It removes what Cleanup removes, by the same code (and marks nothing).
-    iam_actions: CLEANUP_ACTIONS,
+    iam_actions: &IAM_ACTIONS,
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),
 };
+
+/// It removes exactly what Cleanup removes, by the same code (and marks nothing), and reads
+/// an execution's input when the event does not carry it.
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 1] = {
+    let cleanup = CLEANUP_ACTIONS;
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 1];
+    let mut i = 0;
+    while i < cleanup.len() {
+        all[i] = cleanup[i];
+        i += 1;
+    }
+    all
+};
+const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
 
 /// Execution statuses after which the build's resources must be swept.
 pub const SWEPT_STATUSES: [&str; 3] = ["ABORTED", "TIMED_OUT", "FAILED"];
@@ -63,6 +79,10 @@ pub struct JanitorReport {
     pub swept: bool,
     pub removed: Vec<String>,
     pub kept: Vec<String>,
+    /// The build ran with `on_error: abort` and failed: its resources stay for debugging
+    /// (`amiflow clean EXECUTION` removes them).
+    #[serde(default)]
+    pub kept_on_error_abort: bool,
 }
 
 /// How long the handler keeps sweeping while resources terminate: the function's timeout
@@ -89,22 +109,31 @@ pub async fn sweep(
         )));
     }
     let detail = &event.detail;
+    let mut report = JanitorReport {
+        execution: detail.name.clone(),
+        status: detail.status.clone(),
+        regions: Vec::new(),
+        swept: false,
+        removed: Vec::new(),
+        kept: Vec::new(),
+        kept_on_error_abort: false,
+    };
+    if !SWEPT_STATUSES.contains(&detail.status.as_str()) {
+        tracing::info!(execution = %detail.execution_arn, status = %detail.status, "status needs no sweep");
+        return Ok(report);
+    }
+    let input = execution_input(ctx, detail).await?;
     let configured = std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default();
     let own_region = event
         .region
         .clone()
         .or_else(|| std::env::var("AWS_REGION").ok());
-    let regions = build_regions(detail.input.as_deref(), &configured, own_region.as_deref());
-    let mut report = JanitorReport {
-        execution: detail.name.clone(),
-        status: detail.status.clone(),
-        regions: regions.clone(),
-        swept: false,
-        removed: Vec::new(),
-        kept: Vec::new(),
-    };
-    if !SWEPT_STATUSES.contains(&detail.status.as_str()) {
-        tracing::info!(execution = %detail.execution_arn, status = %detail.status, "status needs no sweep");
+    let regions = build_regions(input.as_deref(), &configured, own_region.as_deref());
+    report.regions = regions.clone();
+    if kept_on_error_abort(&detail.status, input.as_deref()) {
+        tracing::warn!(execution = %detail.execution_arn, status = %detail.status,
+            "on_error=abort: leaving the failed build's resources for debugging; remove them with `amiflow clean {}`", detail.execution_arn);
+        report.kept_on_error_abort = true;
         return Ok(report);
     }
     if regions.is_empty() {
@@ -128,6 +157,42 @@ pub async fn sweep(
     report.removed = removed;
     report.kept = kept;
     Ok(report)
+}
+
+/// The execution's input: the event's, or, when it was too large for the event,
+/// DescribeExecution's.
+async fn execution_input(
+    ctx: &Ctx,
+    detail: &StatusChangeDetail,
+) -> Result<Option<String>, StepError> {
+    if detail.input.is_some() {
+        return Ok(detail.input.clone());
+    }
+    let described = aws_sdk_sfn::Client::new(&ctx.sdk)
+        .describe_execution()
+        .execution_arn(&detail.execution_arn)
+        .send()
+        .await
+        .map_err(|e| {
+            StepError::Transient(format!(
+                "DescribeExecution {} (the event carries no input; needed for on_error and the regions): {}",
+                detail.execution_arn,
+                aws_sdk_sfn::error::DisplayErrorContext(e)
+            ))
+        })?;
+    Ok(described.input().map(String::from))
+}
+
+/// Whether the janitor leaves an ended execution's resources alone: it ran with
+/// `on_error: abort` (Packer's -on-error=abort, kept for debugging) and failed or timed
+/// out. One stopped by hand is swept whatever on_error says, as Packer cleans up after an
+/// interrupt.
+pub fn kept_on_error_abort(status: &str, input: Option<&str>) -> bool {
+    let on_error = input
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .and_then(|input| serde_json::from_value::<OnError>(input["on_error"].clone()).ok())
+        .unwrap_or_default();
+    on_error == OnError::Abort && matches!(status, "FAILED" | "TIMED_OUT")
 }
 
 /// The regions a build may have touched: every builder's `region` and `ami_regions` in the
@@ -279,6 +344,26 @@ mod tests {
             build_regions(Some(odd), "", Some("us-east-1")),
             vec!["us-east-1"]
         );
+    }
+
+    #[test]
+    fn on_error_abort_keeps_failed_and_timed_out_builds_only() {
+        let abort = r#"{"template":{},"on_error":"abort"}"#;
+        let cleanup = r#"{"template":{},"on_error":"cleanup"}"#;
+        assert!(kept_on_error_abort("FAILED", Some(abort)));
+        assert!(kept_on_error_abort("TIMED_OUT", Some(abort)));
+        assert!(!kept_on_error_abort("ABORTED", Some(abort)));
+        assert!(!kept_on_error_abort("FAILED", Some(cleanup)));
+        assert!(!kept_on_error_abort("FAILED", Some(r#"{"template":{}}"#)));
+        assert!(!kept_on_error_abort("FAILED", None));
+    }
+
+    #[test]
+    fn the_janitor_may_do_what_cleanup_does_and_read_the_execution() {
+        let cleanup = super::super::cleanup::SPEC.iam_actions;
+        assert_eq!(&SPEC.iam_actions[..CLEANUP_ACTIONS.len()], CLEANUP_ACTIONS);
+        assert!(CLEANUP_ACTIONS.iter().all(|a| cleanup.contains(a)));
+        assert_eq!(SPEC.iam_actions.last(), Some(&"states:DescribeExecution"));
     }
 
     #[test]

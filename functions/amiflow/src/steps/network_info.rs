@@ -13,18 +13,6 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-/// Environment: the stack's network for templates that name none.
-pub const DEFAULT_VPC_ENV: &str = "AMIFLOW_DEFAULT_VPC_ID";
-pub const DEFAULT_SUBNET_ENV: &str = "AMIFLOW_DEFAULT_SUBNET_ID";
-
-/// The stack's default for `var`, when the build runs in the stack's (the function's) region.
-fn stack_default(var: &str, region: &str) -> Option<String> {
-    if std::env::var("AWS_REGION").ok().as_deref() != Some(region) {
-        return None;
-    }
-    std::env::var(var).ok().filter(|v| !v.is_empty())
-}
-
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     let cfg = run_config(&state, SPEC.name)?.clone();
@@ -44,8 +32,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .as_ref()
             .is_some_and(|f| !f.filters.is_empty());
     if !names_network {
-        vpc = stack_default(DEFAULT_VPC_ENV, &region);
-        subnet = stack_default(DEFAULT_SUBNET_ENV, &region);
+        (vpc, subnet) = ctx.stack.network_in(&region);
     }
     if vpc.is_none() {
         if let Some(f) = cfg.vpc_filter.as_ref().filter(|f| !f.filters.is_empty()) {

@@ -1,0 +1,133 @@
+//! `amiflow clean EXECUTION`: removes what a build kept with `--on-error abort` once it has
+//! been debugged: everything tagged `amiflow:build=<execution name>`, by the janitor's sweep
+//! (which leaves such failed builds alone).
+//!
+//! The regions are the `--region`s given, else those the execution's input names (read
+//! with DescribeExecution when EXECUTION is an execution ARN), else the configured region.
+
+use std::time::{Duration, Instant};
+
+use amiflow::resources::{sweep_execution, CleanupReport};
+use amiflow::steps::janitor::build_regions;
+use amiflow::{Ctx, StepError};
+use anyhow::{bail, Context as _};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The execution: its ARN (printed by `amiflow start`) or its name (the `amiflow:build`
+    /// tag value).
+    pub execution: String,
+    /// A region to sweep (repeatable); default: the regions the execution's input names.
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+}
+
+/// How long to keep sweeping while instances terminate and security groups free up.
+const BUDGET: Duration = Duration::from_secs(15 * 60);
+const INTERVAL: Duration = Duration::from_secs(5);
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = arn_region(&args.execution) {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    let ctx = Ctx::from_sdk_config(loader.load().await);
+    let report = clean(&ctx, &args.execution, &args.regions, INTERVAL, BUDGET).await?;
+    for r in &report.removed {
+        println!("removed {r}");
+    }
+    for r in &report.kept {
+        println!("kept {r}");
+    }
+    eprintln!(
+        "{} resources of {} removed",
+        report.removed.len(),
+        execution_name(&args.execution)
+    );
+    Ok(0)
+}
+
+/// The sweep behind `amiflow clean`, polling every `interval` for at most `budget` while
+/// resources are still going away.
+pub async fn clean(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+    interval: Duration,
+    budget: Duration,
+) -> anyhow::Result<CleanupReport> {
+    let name = execution_name(execution);
+    let regions = if regions.is_empty() {
+        regions_of(ctx, execution).await?
+    } else {
+        regions.to_vec()
+    };
+    if regions.is_empty() {
+        bail!("no region to sweep for {name}: pass --region, or configure a default region (AWS_REGION or the profile's)");
+    }
+    eprintln!("sweeping everything tagged amiflow:build={name} in {regions:?}");
+    let started = Instant::now();
+    loop {
+        match sweep_execution(ctx, &name, &regions).await {
+            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
+                eprintln!("waiting: {why}");
+                tokio::time::sleep(interval).await;
+            }
+            Err(e) => bail!("cleaning {name} in {regions:?}: {}", e.message()),
+            Ok(report) => return Ok(report),
+        }
+    }
+}
+
+/// The regions the execution's input names, else the configured region.
+async fn regions_of(ctx: &Ctx, execution: &str) -> anyhow::Result<Vec<String>> {
+    let own = ctx.sdk.region().map(|r| r.to_string());
+    let input = if execution.starts_with("arn:") {
+        let described = aws_sdk_sfn::Client::new(&ctx.sdk)
+            .describe_execution()
+            .execution_arn(execution)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", aws_sdk_sfn::error::DisplayErrorContext(e)))
+            .with_context(|| {
+                format!("DescribeExecution {execution} (to find its regions; or pass --region)")
+            })?;
+        described.input().map(String::from)
+    } else {
+        None
+    };
+    Ok(build_regions(input.as_deref(), "", own.as_deref()))
+}
+
+/// `arn:aws:states:REGION:ACCOUNT:execution:MACHINE:NAME` → NAME; a name stays itself.
+pub fn execution_name(execution: &str) -> String {
+    if execution.starts_with("arn:") {
+        execution
+            .rsplit(':')
+            .next()
+            .unwrap_or(execution)
+            .to_string()
+    } else {
+        execution.to_string()
+    }
+}
+
+fn arn_region(execution: &str) -> Option<String> {
+    let parts: Vec<&str> = execution.split(':').collect();
+    (parts.len() >= 8 && parts[0] == "arn" && !parts[3].is_empty()).then(|| parts[3].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_execution_is_named_by_its_arn_or_itself() {
+        let arn =
+            "arn:aws:states:eu-west-1:123456789012:execution:amiflow-StateMachine:amiflow-web-1";
+        assert_eq!(execution_name(arn), "amiflow-web-1");
+        assert_eq!(arn_region(arn).as_deref(), Some("eu-west-1"));
+        assert_eq!(execution_name("amiflow-web-1"), "amiflow-web-1");
+        assert_eq!(arn_region("amiflow-web-1"), None);
+    }
+}
