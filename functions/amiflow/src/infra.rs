@@ -38,6 +38,10 @@ pub const DEFINITION: &str = "statemachine/amiflow.asl.json";
 
 /// The substitution giving the definition's top-level `TimeoutSeconds`.
 pub const EXECUTION_TIMEOUT_SUBSTITUTION: &str = "ExecutionTimeoutSeconds";
+/// The substitution giving the builds Map's `MaxConcurrency`.
+pub const MAX_CONCURRENT_BUILDS_SUBSTITUTION: &str = "MaxConcurrentBuilds";
+/// How flows.rs renders the builds Map's concurrency (unlimited), replaced when deployed.
+const RENDERED_MAX_CONCURRENCY: &str = "\"MaxConcurrency\": 0";
 
 /// Namespace (`Fn::Sub` pattern) of the stack's own metrics.
 const METRIC_NAMESPACE: &str = "amiflow/${AWS::StackName}";
@@ -275,6 +279,8 @@ fn parameters() -> Value {
         "LogRetentionDays": { "Type": "Number", "Default": 30,
             "Description": "Days the state machine's and every function's logs are kept",
             "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] },
+        "MaxConcurrentBuilds": { "Type": "Number", "Default": 10, "MinValue": 0, "MaxValue": 40,
+            "Description": "Builds of one execution run at most this many at a time (the Map's MaxConcurrency; 0 = all at once): bounds the EC2 API calls of a large template" },
         "ExecutionTimeoutSeconds": { "Type": "Number", "Default": 21600, "MinValue": 60, "MaxValue": 31536000,
             "Description": "An execution still running after this many seconds ends TIMED_OUT (the janitor then sweeps its resources)" },
         "AlarmEmail": { "Type": "String", "Default": "",
@@ -376,6 +382,10 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     substitutions.insert(
         EXECUTION_TIMEOUT_SUBSTITUTION.into(),
         json!({ "Ref": "ExecutionTimeoutSeconds" }),
+    );
+    substitutions.insert(
+        MAX_CONCURRENT_BUILDS_SUBSTITUTION.into(),
+        json!({ "Ref": "MaxConcurrentBuilds" }),
     );
     let invoked: Vec<Value> = state_steps.iter().map(|s| alias(s)).collect();
 
@@ -593,6 +603,35 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 }]
             }
         }));
+        // Builds kept for redrive (`on_error: redrive`) are swept once their redrive
+        // window has closed: the janitor looks daily (janitor.rs, RedriveWindowEvent).
+        resources.insert("JanitorRedriveWindowRule".into(), json!({
+            "Type": "AWS::Events::Rule",
+            "Properties": {
+                "Description": "Daily: sweeps amiflow builds kept for redrive whose redrive window has closed",
+                "State": "ENABLED",
+                "ScheduleExpression": "rate(1 day)",
+                "Targets": [{
+                    "Id": "JanitorRedriveWindow",
+                    "Arn": janitor_alias,
+                    "Input": { "Fn::Sub": "{\"redrive_window\": {\"state_machine_arn\": \"${StateMachine}\", \"days\": 14}}" },
+                    "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400 },
+                    "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } }
+                }]
+            }
+        }));
+        resources.insert(
+            "JanitorRedriveWindowInvokePermission".into(),
+            json!({
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "Action": "lambda:InvokeFunction",
+                    "FunctionName": janitor_alias,
+                    "Principal": "events.amazonaws.com",
+                    "SourceArn": { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
+                }
+            }),
+        );
         resources.insert(
             "JanitorInvokePermission".into(),
             json!({
@@ -608,20 +647,26 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         // Events the rule could not deliver, and invocations whose sweep failed after
         // Lambda's retries, end in one queue: the builds whose resources may be left.
         resources.insert("JanitorDeadLetterQueue".into(), dead_letter_queue(None));
-        resources.insert("JanitorDeadLetterQueuePolicy".into(), json!({
-            "Type": "AWS::SQS::QueuePolicy",
-            "Properties": {
-                "Queues": [{ "Ref": "JanitorDeadLetterQueue" }],
-                "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
-                    "Sid": "JanitorRuleDeadLetters",
-                    "Effect": "Allow",
-                    "Principal": { "Service": "events.amazonaws.com" },
-                    "Action": "sqs:SendMessage",
-                    "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] },
-                    "Condition": { "ArnEquals": { "aws:SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] } } }
-                }] }
-            }
-        }));
+        resources.insert(
+            "JanitorDeadLetterQueuePolicy".into(),
+            json!({
+                "Type": "AWS::SQS::QueuePolicy",
+                "Properties": {
+                    "Queues": [{ "Ref": "JanitorDeadLetterQueue" }],
+                    "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                        "Sid": "JanitorRuleDeadLetters",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "events.amazonaws.com" },
+                        "Action": "sqs:SendMessage",
+                        "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] },
+                        "Condition": { "ArnEquals": { "aws:SourceArn": [
+                            { "Fn::GetAtt": ["JanitorRule", "Arn"] },
+                            { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
+                        ] } }
+                    }] }
+                }
+            }),
+        );
         // Not a step action (the role check compares inline policies with the registry):
         // Lambda's own delivery of failed asynchronous invocations.
         resources.insert(
@@ -739,8 +784,9 @@ fn canonical(value: Value) -> Value {
 }
 
 /// The definition as deployed: `definition` (flows.rs's rendering) with a top-level
-/// `"TimeoutSeconds": ${ExecutionTimeoutSeconds}`, which CloudFormation substitutes with
-/// the stack's parameter. The rest is byte for byte flows.rs's text.
+/// `"TimeoutSeconds": ${ExecutionTimeoutSeconds}` and the builds Map's
+/// `"MaxConcurrency": ${MaxConcurrentBuilds}`, which CloudFormation substitutes with the
+/// stack's parameters. The rest is byte for byte flows.rs's text.
 pub fn deployed_definition(definition: &str) -> Result<String, String> {
     let parsed: Value = serde_json::from_str(definition)
         .map_err(|e| format!("{DEFINITION} is not JSON ({e}): regenerate it from flows.rs"))?;
@@ -753,6 +799,15 @@ pub fn deployed_definition(definition: &str) -> Result<String, String> {
         .trim_start()
         .strip_prefix('{')
         .ok_or_else(|| format!("{DEFINITION} is not a JSON object"))?;
+    if body.matches(RENDERED_MAX_CONCURRENCY).count() != 1 {
+        return Err(format!(
+            "{DEFINITION} must render the builds Map's {RENDERED_MAX_CONCURRENCY} exactly once (flows.rs): the stack's MaxConcurrentBuilds replaces it"
+        ));
+    }
+    let body = body.replace(
+        RENDERED_MAX_CONCURRENCY,
+        &format!("\"MaxConcurrency\": ${{{MAX_CONCURRENT_BUILDS_SUBSTITUTION}}}"),
+    );
     Ok(format!(
         "{{\n  \"TimeoutSeconds\": ${{{EXECUTION_TIMEOUT_SUBSTITUTION}}},{body}"
     ))
@@ -1212,7 +1267,10 @@ mod tests {
         assert_eq!(queue_policy["Principal"]["Service"], "events.amazonaws.com");
         assert_eq!(
             queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"],
-            json!({ "Fn::GetAtt": ["JanitorRule", "Arn"] })
+            json!([
+                { "Fn::GetAtt": ["JanitorRule", "Arn"] },
+                { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
+            ])
         );
     }
 
@@ -1228,17 +1286,30 @@ mod tests {
             Path::new("infra").join(sm["DefinitionUri"].as_str().unwrap()),
             Path::new(DEPLOYED_DEFINITION)
         );
+        assert_eq!(
+            sm["DefinitionSubstitutions"][MAX_CONCURRENT_BUILDS_SUBSTITUTION],
+            json!({ "Ref": "MaxConcurrentBuilds" })
+        );
         let definition = r#"{
-  "StartAt": "A",
-  "States": { "A": { "Type": "Succeed" } }
+  "StartAt": "B",
+  "States": { "B": { "Type": "Map", "MaxConcurrency": 0, "ItemProcessor": {"StartAt": "A", "States": { "A": { "Type": "Succeed" } }}, "End": true } }
 }"#;
         let deployed = deployed_definition(definition).unwrap();
-        let substituted: Value =
-            serde_json::from_str(&deployed.replace("${ExecutionTimeoutSeconds}", "21600")).unwrap();
+        let substituted: Value = serde_json::from_str(
+            &deployed
+                .replace("${ExecutionTimeoutSeconds}", "21600")
+                .replace("${MaxConcurrentBuilds}", "10"),
+        )
+        .unwrap();
         assert_eq!(substituted["TimeoutSeconds"], 21600);
-        assert_eq!(
-            substituted["States"],
-            serde_json::from_str::<Value>(definition).unwrap()["States"]
+        assert_eq!(substituted["States"]["B"]["MaxConcurrency"], 10);
+        let mut states = serde_json::from_str::<Value>(definition).unwrap()["States"].clone();
+        states["B"]["MaxConcurrency"] = json!(10);
+        assert_eq!(substituted["States"], states);
+        assert!(
+            deployed_definition(r#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#)
+                .is_err(),
+            "a definition without the Map's concurrency to substitute"
         );
         assert!(
             deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err()

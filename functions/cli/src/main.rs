@@ -1,6 +1,6 @@
 //! The `amiflow` command. One module per subcommand.
 
-use amiflow_cli::{clean, policy, start, watch};
+use amiflow_cli::{clean, policy, redrive, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
@@ -36,6 +36,10 @@ enum Command {
     Watch(watch::Args),
     /// Remove what a failed build kept with --on-error abort (the janitor leaves it).
     Clean(clean::Args),
+    /// Resume a deployed build started with --on-error redrive at the step that failed.
+    Redrive(redrive::RedriveArgs),
+    /// Give up on a deployed build kept for redrive: remove everything it made.
+    Abandon(redrive::AbandonArgs),
     /// Print the minimal IAM policy a template needs.
     Policy(policy::Args),
     /// Serve every handler through a local Lambda Invoke API on 127.0.0.1.
@@ -88,6 +92,8 @@ fn main() -> std::process::ExitCode {
             Command::Start(a) => start::run(a).await,
             Command::Watch(a) => watch::run(a).await,
             Command::Clean(a) => clean::run(a).await,
+            Command::Redrive(a) => redrive::redrive(a).await,
+            Command::Abandon(a) => redrive::abandon(a).await,
             Command::Policy(a) => policy::run(a).await,
             Command::ServeLambdas(a) => serve_lambdas::run(a).await,
             Command::Hcl2Upgrade(a) => hcl2_upgrade::run(a).await,

@@ -65,6 +65,8 @@ export interface AmiflowProps {
   readonly definitionFile?: string;
   /** An execution still running after this ends TIMED_OUT; 6 hours by default. */
   readonly executionTimeout?: Duration;
+  /** Builds of one execution run at most this many at a time (the Map's MaxConcurrency); 10 by default, 0 = all at once. */
+  readonly maxConcurrentBuilds?: number;
   /** Subscribed to the alarm topic when given. */
   readonly alarmEmail?: string;
   /** Defaults to infra/steps.json of this repository (read at synth time). */
@@ -111,12 +113,20 @@ export function loadStepsManifest(file?: string): StepsManifest {
   return JSON.parse(fs.readFileSync(found, 'utf8')) as StepsManifest;
 }
 
-/** The definition with its top-level TimeoutSeconds (the execution timeout) set. */
-export function definitionWithTimeout(text: string, timeout: Duration): string {
+/**
+ * The definition as deployed: its top-level TimeoutSeconds (the execution timeout) set, and
+ * the builds Map's MaxConcurrency (rendered 0 by flows.rs) set to `maxConcurrentBuilds`.
+ */
+export function deployedDefinition(text: string, timeout: Duration, maxConcurrentBuilds = 10): string {
   const definition = JSON.parse(text);
   if (definition.TimeoutSeconds !== undefined) {
     throw new Error('the definition has its own TimeoutSeconds: the executionTimeout setting sets it');
   }
+  const maps = Object.values(definition.States ?? {}).filter((s: any) => s.Type === 'Map' && s.MaxConcurrency === 0) as any[];
+  if (maps.length !== 1) {
+    throw new Error(`the definition must have exactly one Map with MaxConcurrency 0 (the builds), found ${maps.length}: regenerate it from flows.rs`);
+  }
+  maps[0].MaxConcurrency = maxConcurrentBuilds;
   return JSON.stringify({ TimeoutSeconds: timeout.toSeconds(), ...definition });
 }
 
@@ -281,7 +291,7 @@ export class Amiflow extends Construct {
     const substitutions: Record<string, string> = {};
     for (const s of tasks) substitutions[s.substitution] = this.aliases[s.name].functionArn;
     const definitionFile = props.definitionFile ?? repositoryFile('statemachine', 'amiflow.asl.json');
-    const definition = definitionWithTimeout(fs.readFileSync(definitionFile, 'utf8'), props.executionTimeout ?? Duration.hours(6));
+    const definition = deployedDefinition(fs.readFileSync(definitionFile, 'utf8'), props.executionTimeout ?? Duration.hours(6), props.maxConcurrentBuilds ?? 10);
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       // Inline, as SAM's DefinitionUri ends up: no asset bucket needed for the definition.
       definitionBody: sfn.DefinitionBody.fromString(definition),
@@ -337,6 +347,15 @@ export class Amiflow extends Construct {
           detail: { status: ['ABORTED', 'TIMED_OUT', 'FAILED'], stateMachineArn: [this.stateMachine.stateMachineArn] },
         },
         targets: [new targets.LambdaFunction(janitor, { retryAttempts: 10, maxEventAge: Duration.hours(24), deadLetterQueue: janitorDeadLetters })],
+      });
+      // Builds kept for redrive are swept once their redrive window has closed (janitor.rs).
+      new events.Rule(this, 'JanitorRedriveWindowRule', {
+        description: 'Daily: sweeps amiflow builds kept for redrive whose redrive window has closed',
+        schedule: events.Schedule.rate(Duration.days(1)),
+        targets: [new targets.LambdaFunction(janitor, {
+          event: events.RuleTargetInput.fromObject({ redrive_window: { state_machine_arn: this.stateMachine.stateMachineArn, days: 14 } }),
+          retryAttempts: 10, maxEventAge: Duration.hours(24), deadLetterQueue: janitorDeadLetters,
+        })],
       });
       alarmOn('JanitorErrorsAlarm', 'The janitor failed to sweep an ended build: its resources may be left',
         this.functions[JANITOR].metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }));

@@ -18,8 +18,13 @@ fs.mkdirSync(bootstrapDir);
 fs.writeFileSync(path.join(bootstrapDir, 'bootstrap'), '#!/bin/sh\n');
 const definitionFile = path.join(work, 'amiflow.asl.json');
 fs.writeFileSync(definitionFile, JSON.stringify({
-  StartAt: 'CreateImage',
-  States: { CreateImage: { Type: 'Task', Resource: '${CreateImageFunctionArn}', End: true } },
+  StartAt: 'Builds',
+  States: {
+    Builds: {
+      Type: 'Map', MaxConcurrency: 0, End: true,
+      ItemProcessor: { StartAt: 'CreateImage', States: { CreateImage: { Type: 'Task', Resource: '${CreateImageFunctionArn}', End: true } } },
+    },
+  },
 }));
 
 const sample: StepsManifest = {
@@ -192,6 +197,16 @@ test('functions publish an alias, log to their own group, and the state machine 
   assert.match(substitutions, /CreateImageAlias/, 'the task invokes the alias');
   const definition = JSON.parse(machine.Properties.DefinitionString);
   assert.equal(definition.TimeoutSeconds, 21600, 'the execution timeout is set');
+  assert.equal(definition.States.Builds.MaxConcurrency, 10, 'the builds run at most 10 at a time');
+  const four = JSON.parse((Object.values(synth(sample, { maxConcurrentBuilds: 4 }).findResources('AWS::StepFunctions::StateMachine'))[0] as any).Properties.DefinitionString);
+  assert.equal(four.States.Builds.MaxConcurrency, 4);
+});
+
+test('the janitor also runs daily for builds whose redrive window closed', () => {
+  const template = synth(sample);
+  const daily = Object.values(template.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: 'rate(1 day)' } }));
+  assert.equal(daily.length, 1, 'one daily janitor rule');
+  assert.match(JSON.stringify(daily[0].Properties.Targets), /redrive_window/);
 });
 
 test('alarms on failed and timed-out executions, Lambda failures and the janitor notify the topic', () => {
