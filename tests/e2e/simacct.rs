@@ -860,6 +860,96 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             .map_or(0, Vec::len)
     );
 
+    // 8b. Redrive mode: a failed step fails the execution where it stands (no Catch, no
+    //     Cleanup), the janitor keeps the build for RedriveExecution, and the sweep
+    //     `amiflow abandon` runs removes it. (RedriveExecution itself is not emulated by
+    //     aws-local-stepfunctions; flows.rs tests the chain it resumes.)
+    account.control(
+        "POST",
+        "/remove-action",
+        &json!({"function": "CreateImage", "action": "ec2:CreateImage"}),
+    );
+    let mut kept = ebs_template();
+    kept["builders"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ami_regions");
+    let run = account
+        .execute(
+            &als,
+            "simacct-redrive",
+            json!({"template": kept, "vars": {}, "on_error": "redrive"}),
+        )
+        .await;
+    account.control("POST", "/restore-roles", &Value::Null);
+    assert!(
+        !run.record["error"].is_null(),
+        "the redrive-mode build must fail the execution: {:#}",
+        run.record
+    );
+    let states: Vec<&str> = run.record["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["state"].as_str())
+        .collect();
+    assert_eq!(
+        states.last().copied(),
+        Some("amazon-ebs.redrive.CreateImage"),
+        "the execution stops at the failed step, for a redrive to resume: {states:?}"
+    );
+    assert!(
+        !states
+            .iter()
+            .any(|s| s.ends_with(".Cleanup") || *s == "Finalize"),
+        "nothing cleans up in redrive mode: {states:?}"
+    );
+    assert!(
+        run.added.iter().any(|l| l.contains(" instance ")),
+        "the kept build's instance is still there: {:?}",
+        run.added
+    );
+    let delivered = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "FAILED"),
+    );
+    let result = &delivered["deliveries"][0]["result"];
+    assert_eq!(result["kept_for_redrive"], true, "{delivered:#}");
+    assert_eq!(result["swept"], false, "{delivered:#}");
+    let kept_now = account.inventory();
+    assert!(
+        run.added.iter().all(|l| kept_now.contains(l)),
+        "the janitor must leave a build kept for redrive"
+    );
+    let abandoned = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()])
+        .await
+        .map_err(|e| e.message());
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..30 {
+        let now = account.inventory();
+        left = run
+            .added
+            .iter()
+            .filter(|l| now.contains(*l))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        let _ = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "abandon's sweep ({abandoned:?}) left {left:?}"
+    );
+    eprintln!(
+        "simacct: redrive mode kept {} resources at {}, swept on abandon",
+        run.added.len(),
+        states.last().unwrap()
+    );
+
     // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
     let schedule = &account.ready["schedule"];
     let mut scheduled = ebs_template();

@@ -155,12 +155,14 @@ fn step_function(spec: &StepSpec) -> Value {
     });
     // The stack's defaults for what a template leaves out (read by StackDefaults::from_env).
     for (variable, parameter) in [
-        (StackDefaults::BUILD_HOST_ENV, "BuildHostInstanceId"),
         (StackDefaults::VPC_ENV, "DefaultVpcId"),
         (StackDefaults::SUBNET_ENV, "DefaultSubnetId"),
     ] {
         environment[variable] = json!({ "Ref": parameter });
     }
+    environment[StackDefaults::BUILD_HOST_ENV] = json!({ "Fn::If": [
+        "CreatesBuildHost", { "Ref": BUILD_HOST }, { "Ref": "BuildHostInstanceId" }
+    ] });
     if spec.name == JANITOR {
         environment["AMIFLOW_JANITOR_REGIONS"] =
             json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
@@ -269,7 +271,13 @@ fn parameters() -> Value {
         "Architecture": { "Type": "String", "AllowedValues": ["x86_64", "arm64"], "Default": "x86_64",
             "Description": "CPU architecture of the functions; sam build builds bootstrap for it and refuses a binary of another (infra/README.md: arm64)" },
         "BuildHostInstanceId": { "Type": "String", "Default": "",
-            "Description": "amazon-chroot build host instance id, used when a template names none (chroot_host_instance_id / chroot_host_filter)" },
+            "Description": "amazon-chroot build host instance id, used when a template names none (chroot_host_instance_id / chroot_host_filter); ignored when CreateBuildHost is true" },
+        "CreateBuildHost": { "Type": "String", "AllowedValues": ["true", "false"], "Default": "false",
+            "Description": "Create the amazon-chroot build host: an SSM-managed Amazon Linux 2023 instance in DefaultSubnetId (or the default VPC), running while the stack exists" },
+        "BuildHostInstanceType": { "Type": "String", "Default": "t3.small",
+            "Description": "Instance type of the build host CreateBuildHost makes (of the functions' Architecture)" },
+        "BuildHostImageId": { "Type": "String", "Default": "",
+            "Description": "AMI of the build host CreateBuildHost makes; empty = the region's latest Amazon Linux 2023 for the functions' Architecture" },
         "DefaultVpcId": { "Type": "String", "Default": "", "Description": "VPC used when a template names none" },
         "DefaultSubnetId": { "Type": "String", "Default": "", "Description": "Subnet used when a template names none" },
         "InstanceProfileRoleNames": { "Type": "CommaDelimitedList", "Default": "",
@@ -304,13 +312,72 @@ fn conditions(any_pass_role: bool) -> Value {
     let mut conditions = json!({
         "ScheduleEnabled": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "ScheduleExpression" }, ""] }] },
         "TracingEnabled": { "Fn::Equals": [{ "Ref": "Tracing" }, "Enabled"] },
-        "HasAlarmEmail": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmEmail" }, ""] }] }
+        "HasAlarmEmail": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmEmail" }, ""] }] },
+        "CreatesBuildHost": { "Fn::Equals": [{ "Ref": "CreateBuildHost" }, "true"] },
+        "HasBuildHostImageId": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "BuildHostImageId" }, ""] }] },
+        "HasDefaultSubnet": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "DefaultSubnetId" }, ""] }] }
     });
     // Declared only when used: cfn-lint rejects unused conditions.
     if any_pass_role {
         conditions["HasInstanceProfileRoles"] = json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "InstanceProfileRoleNames" }] }, ""] }] });
     }
     conditions
+}
+
+/// Logical id of the amazon-chroot build host the stack makes with `CreateBuildHost`.
+const BUILD_HOST: &str = "BuildHost";
+
+/// The optional amazon-chroot build host (`CreateBuildHost=true`): what infra/README.md
+/// lists a host needs, made by the stack. An SSM-managed instance (the chroot document runs
+/// on it through RunCommand) whose role may read staged files and write command output in
+/// the artifacts bucket, IMDSv2 only, tagged `amiflow:build-host` with the stack's name.
+fn build_host_resources(resources: &mut Map<String, Value>) {
+    let conditional = |mut resource: Value| {
+        resource["Condition"] = json!("CreatesBuildHost");
+        resource
+    };
+    resources.insert(format!("{BUILD_HOST}Role"), conditional(json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": { "Service": "ec2.amazonaws.com" }, "Action": "sts:AssumeRole"
+            }] },
+            "ManagedPolicyArns": [{ "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore" }],
+            "Policies": [{ "PolicyName": "amiflow-build-host", "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Sid": "StagedFilesAndCommandOutput",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [
+                    { "Fn::Sub": "${ArtifactsBucket.Arn}/staged/*" },
+                    { "Fn::Sub": "${ArtifactsBucket.Arn}/ssm-output/*" }
+                ]
+            }] } }],
+            "Tags": [{ "Key": "amiflow:build-host", "Value": { "Ref": "AWS::StackName" } }]
+        }
+    })));
+    resources.insert(
+        format!("{BUILD_HOST}InstanceProfile"),
+        conditional(json!({
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": { "Roles": [{ "Ref": format!("{BUILD_HOST}Role") }] }
+        })),
+    );
+    resources.insert(BUILD_HOST.into(), conditional(json!({
+        "Type": "AWS::EC2::Instance",
+        "Properties": {
+            "ImageId": { "Fn::If": ["HasBuildHostImageId", { "Ref": "BuildHostImageId" },
+                { "Fn::Sub": "{{resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${Architecture}}}" }] },
+            "InstanceType": { "Ref": "BuildHostInstanceType" },
+            "IamInstanceProfile": { "Ref": format!("{BUILD_HOST}InstanceProfile") },
+            "SubnetId": { "Fn::If": ["HasDefaultSubnet", { "Ref": "DefaultSubnetId" }, { "Ref": "AWS::NoValue" }] },
+            "MetadataOptions": { "HttpTokens": "required", "HttpEndpoint": "enabled" },
+            "BlockDeviceMappings": [{ "DeviceName": "/dev/xvda", "Ebs": { "VolumeSize": 30, "VolumeType": "gp3", "Encrypted": true } }],
+            "Tags": [
+                { "Key": "Name", "Value": { "Fn::Sub": "${AWS::StackName}-build-host" } },
+                { "Key": "amiflow:build-host", "Value": { "Ref": "AWS::StackName" } }
+            ]
+        }
+    })));
 }
 
 /// An alarm on one metric, at or above `threshold` in 5 minutes, notifying the alarm topic.
@@ -537,6 +604,8 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         ),
     );
 
+    build_host_resources(&mut resources);
+
     resources.insert(
         "AlarmTopic".into(),
         json!({ "Type": "AWS::SNS::Topic", "Properties": {} }),
@@ -725,7 +794,8 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
             "StateMachineArn": { "Value": { "Ref": "StateMachine" }, "Description": "amiflow start --state-machine <this>" },
             "ArtifactsBucketName": { "Value": { "Ref": "ArtifactsBucket" } },
             "ChrootHostDocumentName": { "Value": { "Ref": "ChrootHostDocument" } },
-            "AlarmTopicArn": { "Value": { "Ref": "AlarmTopic" }, "Description": "Subscribe to be told of failed builds and failures of amiflow itself" }
+            "AlarmTopicArn": { "Value": { "Ref": "AlarmTopic" }, "Description": "Subscribe to be told of failed builds and failures of amiflow itself" },
+            "BuildHostInstanceId": { "Condition": "CreatesBuildHost", "Value": { "Ref": BUILD_HOST }, "Description": "The amazon-chroot build host the stack made" }
         }
     }))
 }
@@ -1315,6 +1385,40 @@ mod tests {
             deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err()
         );
         assert!(deployed_definition("[]").is_err());
+    }
+
+    #[test]
+    fn the_stack_can_make_the_chroot_build_host_and_hands_it_to_the_functions() {
+        let template = sam_template(&sample_steps(), None);
+        let r = &template["Resources"];
+        for id in ["BuildHost", "BuildHostRole", "BuildHostInstanceProfile"] {
+            assert_eq!(r[id]["Condition"], "CreatesBuildHost", "{id}");
+        }
+        assert_eq!(
+            template["Parameters"]["CreateBuildHost"]["Default"],
+            "false"
+        );
+        let host = &r["BuildHost"]["Properties"];
+        assert_eq!(host["MetadataOptions"]["HttpTokens"], "required");
+        assert!(host["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "amiflow:build-host"));
+        let role = &r["BuildHostRole"]["Properties"];
+        assert!(role["ManagedPolicyArns"][0]["Fn::Sub"]
+            .as_str()
+            .unwrap()
+            .ends_with("AmazonSSMManagedInstanceCore"));
+        let env = &r["CreateImageFunction"]["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            env[StackDefaults::BUILD_HOST_ENV],
+            json!({ "Fn::If": ["CreatesBuildHost", { "Ref": "BuildHost" }, { "Ref": "BuildHostInstanceId" }] })
+        );
+        assert_eq!(
+            template["Outputs"]["BuildHostInstanceId"]["Condition"],
+            "CreatesBuildHost"
+        );
     }
 
     #[test]

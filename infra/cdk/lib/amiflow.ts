@@ -9,6 +9,7 @@ import * as path from 'path';
 import { Duration, RemovalPolicy, Stack, StackProps, CfnOutput } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -74,6 +75,10 @@ export interface AmiflowProps {
   /** Roles of the instance profiles templates may attach: the only roles passed to EC2. */
   readonly instanceProfileRoleNames?: string[];
   readonly buildHostInstanceId?: string;
+  /** Make the amazon-chroot build host (an SSM-managed Amazon Linux 2023 instance); it replaces buildHostInstanceId. */
+  readonly createBuildHost?: boolean;
+  /** Instance type of the host createBuildHost makes; t3.small by default. */
+  readonly buildHostInstanceType?: string;
   readonly defaultVpcId?: string;
   readonly defaultSubnetId?: string;
   /** X-Ray for the state machine and the functions. */
@@ -224,6 +229,8 @@ export class Amiflow extends Construct {
       enforceSSL: true,
     });
 
+    const buildHostId = props.createBuildHost ? this.buildHost(props).ref : (props.buildHostInstanceId ?? '');
+
     const code = lambda.Code.fromAsset(props.bootstrapDir);
     for (const step of manifest.steps) {
       const policy = stepPolicy(step, this, roleNames, manifest.temporary_role_path);
@@ -234,7 +241,7 @@ export class Amiflow extends Construct {
       });
       const environment: Record<string, string> = {
         AMIFLOW_ARTIFACTS_BUCKET: this.artifactsBucket.bucketName,
-        AMIFLOW_BUILD_HOST_INSTANCE_ID: props.buildHostInstanceId ?? '',
+        AMIFLOW_BUILD_HOST_INSTANCE_ID: buildHostId,
         AMIFLOW_DEFAULT_VPC_ID: props.defaultVpcId ?? '',
         AMIFLOW_DEFAULT_SUBNET_ID: props.defaultSubnetId ?? '',
         AMIFLOW_CHROOT_DOCUMENT: this.chrootHostDocument.ref,
@@ -363,6 +370,35 @@ export class Amiflow extends Construct {
         janitorDeadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }
   }
+
+  private buildHost(props: AmiflowProps): ec2.CfnInstance {
+    return makeBuildHost(this, props);
+  }
+}
+
+/** The same build host as the SAM template's CreateBuildHost (functions/amiflow/src/infra.rs). */
+function makeBuildHost(scope: Amiflow, props: AmiflowProps): ec2.CfnInstance {
+  const stack = Stack.of(scope);
+  const role = new iam.Role(scope, 'BuildHostRole', {
+    assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+    managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+  });
+  role.addToPolicy(new iam.PolicyStatement({
+    sid: 'StagedFilesAndCommandOutput',
+    actions: ['s3:GetObject', 's3:PutObject'],
+    resources: [scope.artifactsBucket.arnForObjects('staged/*'), scope.artifactsBucket.arnForObjects('ssm-output/*')],
+  }));
+  const profile = new iam.CfnInstanceProfile(scope, 'BuildHostInstanceProfile', { roles: [role.roleName] });
+  const arch = props.architecture === lambda.Architecture.ARM_64 ? 'arm64' : 'x86_64';
+  return new ec2.CfnInstance(scope, 'BuildHost', {
+    imageId: ssm.StringParameter.valueForStringParameter(scope, `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`),
+    instanceType: props.buildHostInstanceType ?? 't3.small',
+    iamInstanceProfile: profile.ref,
+    subnetId: props.defaultSubnetId || undefined,
+    metadataOptions: { httpTokens: 'required', httpEndpoint: 'enabled' },
+    blockDeviceMappings: [{ deviceName: '/dev/xvda', ebs: { volumeSize: 30, volumeType: 'gp3', encrypted: true } }],
+    tags: [{ key: 'Name', value: `${stack.stackName}-build-host` }, { key: 'amiflow:build-host', value: stack.stackName }],
+  });
 }
 
 /** A stack holding one {@link Amiflow}, with the outputs `amiflow start` needs. */

@@ -249,3 +249,19 @@ test('the app synthesizes a stack from cdk.json and context', () => {
   assert.notEqual(missing.status, 0);
   assert.match(missing.stderr, /build-bootstrap\.sh/, 'says how to build the binary');
 });
+
+test('createBuildHost makes an SSM-managed, IMDSv2-only host and hands it to the functions', () => {
+  const none = synth(sample);
+  none.resourceCountIs('AWS::EC2::Instance', 0);
+  const template = synth(sample, { createBuildHost: true });
+  template.resourceCountIs('AWS::EC2::Instance', 1);
+  template.hasResourceProperties('AWS::EC2::Instance', {
+    MetadataOptions: { HttpTokens: 'required', HttpEndpoint: 'enabled' },
+    Tags: Match.arrayWith([Match.objectLike({ Key: 'amiflow:build-host' })]),
+  });
+  const host = Object.keys(template.findResources('AWS::EC2::Instance'))[0];
+  template.hasResourceProperties('AWS::Lambda::Function', {
+    Handler: 'CreateImage',
+    Environment: { Variables: Match.objectLike({ AMIFLOW_BUILD_HOST_INSTANCE_ID: { Ref: host } }) },
+  });
+});
