@@ -924,7 +924,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     );
     let abandoned = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()])
         .await
-        .map_err(|e| e.message());
+        .map_err(|e| e.message().to_string());
     let mut left: Vec<String> = Vec::new();
     for _ in 0..30 {
         let now = account.inventory();

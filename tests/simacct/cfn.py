@@ -35,8 +35,19 @@ def package(template: dict[str, Any], template_dir: str, code_uri: str) -> dict[
         if resource["Type"] == "AWS::Serverless::StateMachine" and "DefinitionUri" in props:
             path = props.pop("DefinitionUri")
             with open(f"{template_dir}/{path}", encoding="utf-8") as f:
-                props["Definition"] = json.load(f)
+                props["Definition"] = json.loads(mark_bare_placeholders(f.read()))
     return t
+
+
+# Step Functions substitutes DefinitionSubstitutions in the definition's text before parsing
+# it, so a placeholder may stand bare where a number goes (TimeoutSeconds, MaxConcurrency).
+# moto's CloudFormation takes only an inline definition (DefinitionString), which must parse:
+# a bare placeholder is kept as a string with this mark, and `substitute` puts it back bare.
+BARE_MARK = "@bare:"
+
+
+def mark_bare_placeholders(text: str) -> str:
+    return re.sub(r"(:\s*)\$\{([A-Za-z0-9]+)\}", lambda m: f'{m.group(1)}"{BARE_MARK}${{{m.group(2)}}}"', text)
 
 
 def translate(template: dict[str, Any], parameters: dict[str, str], region: str) -> dict[str, Any]:
@@ -246,4 +257,5 @@ def substitute(definition_text: str, substitutions: dict[str, str]) -> str:
     missing = placeholders(definition_text) - set(substitutions)
     if missing:
         raise ValueError(f"the definition uses ${{{sorted(missing)[0]}}} and {len(missing) - 1} more placeholders no substitution defines")
-    return re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: substitutions[m.group(1)], definition_text)
+    bare = re.sub('"' + re.escape(BARE_MARK) + r"\$\{([A-Za-z0-9]+)\}\"", lambda m: str(substitutions[m.group(1)]), definition_text)
+    return re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: substitutions[m.group(1)], bare)

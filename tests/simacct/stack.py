@@ -236,7 +236,7 @@ class Stack:
         report.check(f"{logical} substitutions cover the placeholders", sorted(placeholders(props["DefinitionString"])), sorted(subs))
         report.check(
             f"{logical} substitutions name deployed functions",
-            sorted(subs.values()),
+            sorted(v for k, v in subs.items() if k.endswith("FunctionArn")),
             sorted(f["FunctionArn"] for lg, f in self.functions.items() if f["FunctionArn"] in subs.values()),
         )
         tracing = props.get("TracingConfiguration", {}).get("Enabled", False)
