@@ -689,30 +689,21 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 }]
             }
         }));
-        resources.insert(
-            "JanitorRedriveWindowInvokePermission".into(),
-            json!({
-                "Type": "AWS::Lambda::Permission",
-                "Properties": {
-                    "Action": "lambda:InvokeFunction",
-                    "FunctionName": janitor_alias,
-                    "Principal": "events.amazonaws.com",
-                    "SourceArn": { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
-                }
-            }),
-        );
-        resources.insert(
-            "JanitorInvokePermission".into(),
-            json!({
-                "Type": "AWS::Lambda::Permission",
-                "Properties": {
-                    "Action": "lambda:InvokeFunction",
-                    "FunctionName": janitor_alias,
-                    "Principal": "events.amazonaws.com",
-                    "SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] }
-                }
-            }),
-        );
+        // EventBridge may invoke the janitor's alias for exactly these two rules.
+        for rule in ["JanitorRedriveWindowRule", "JanitorRule"] {
+            resources.insert(
+                format!("{}InvokePermission", rule.trim_end_matches("Rule")),
+                json!({
+                    "Type": "AWS::Lambda::Permission",
+                    "Properties": {
+                        "Action": "lambda:InvokeFunction",
+                        "FunctionName": janitor_alias,
+                        "Principal": "events.amazonaws.com",
+                        "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
+                    }
+                }),
+            );
+        }
         // Events the rule could not deliver, and invocations whose sweep failed after
         // Lambda's retries, end in one queue: the builds whose resources may be left.
         resources.insert("JanitorDeadLetterQueue".into(), dead_letter_queue(None));

@@ -33,18 +33,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     let ctx = Ctx::from_sdk_config(loader.load().await);
     let report = clean(&ctx, &args.execution, &args.regions, INTERVAL, BUDGET).await?;
-    for r in &report.removed {
-        println!("removed {r}");
-    }
-    for r in &report.kept {
-        println!("kept {r}");
-    }
+    print_sweep(&report);
     eprintln!(
         "{} resources of {} removed",
         report.removed.len(),
         execution_name(&args.execution)
     );
     Ok(0)
+}
+
+/// One line per resource removed or kept, on stdout.
+pub fn print_sweep(report: &CleanupReport) {
+    for r in &report.removed {
+        println!("removed {r}");
+    }
+    for r in &report.kept {
+        println!("kept {r}");
+    }
 }
 
 /// The sweep behind `amiflow clean`, polling every `interval` for at most `budget` while

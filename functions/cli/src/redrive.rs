@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context as _};
 
-use crate::clean::{arn_region, clean, execution_name, BUDGET, INTERVAL};
+use crate::clean::{arn_region, clean, execution_name, print_sweep, BUDGET, INTERVAL};
 
 #[derive(clap::Args)]
 pub struct RedriveArgs {
@@ -89,12 +89,7 @@ pub async fn abandon(args: AbandonArgs) -> anyhow::Result<u8> {
         );
     }
     let report = clean(&ctx, &args.execution, &args.regions, INTERVAL, BUDGET).await?;
-    for r in &report.removed {
-        println!("removed {r}");
-    }
-    for r in &report.kept {
-        println!("kept {r}");
-    }
+    print_sweep(&report);
     eprintln!(
         "{} abandoned: {} resources removed",
         execution_name(&args.execution),
