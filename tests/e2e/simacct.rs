@@ -249,6 +249,27 @@ impl Account {
     }
 }
 
+impl Account {
+    /// [`Account::execute`] with one action removed from one function's role (restored
+    /// after): what the account said of the removal, and the run.
+    async fn execute_without(
+        &self,
+        als: &Als,
+        (function, action): (&str, &str),
+        name: &str,
+        input: Value,
+    ) -> (Value, Run) {
+        let removed = self.control(
+            "POST",
+            "/remove-action",
+            &json!({"function": function, "action": action}),
+        );
+        let run = self.execute(als, name, input).await;
+        self.control("POST", "/restore-roles", &Value::Null);
+        (removed, run)
+    }
+}
+
 /// One execution and what it did to the account.
 struct Run {
     name: String,
@@ -440,6 +461,16 @@ fn ebs_template() -> Value {
             "tags": {"Built": "deployed"}
         }]
     })
+}
+
+/// [`ebs_template`] without its copy to a second region.
+fn single_region_ebs_template() -> Value {
+    let mut template = ebs_template();
+    template["builders"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ami_regions");
+    template
 }
 
 /// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
@@ -773,24 +804,14 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 7. A role missing one action: the build fails, naming the function and the action. The
     //    Cleanup role loses ec2:TerminateInstances, so the instance outlives the failed build...
-    let removed = account.control(
-        "POST",
-        "/remove-action",
-        &json!({"function": "Cleanup", "action": "ec2:TerminateInstances"}),
-    );
-    let mut failing = ebs_template();
-    failing["builders"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("ami_regions");
-    let run = account
-        .execute(
+    let (removed, run) = account
+        .execute_without(
             &als,
+            ("Cleanup", "ec2:TerminateInstances"),
             "simacct-denied",
-            json!({"template": failing, "vars": {}}),
+            json!({"template": single_region_ebs_template(), "vars": {}}),
         )
         .await;
-    account.control("POST", "/restore-roles", &Value::Null);
     let why = run
         .succeeded()
         .expect_err("a build whose Cleanup role misses an action must fail");
@@ -864,24 +885,14 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     //     Cleanup), the janitor keeps the build for RedriveExecution, and the sweep
     //     `amiflow abandon` runs removes it. (RedriveExecution itself is not emulated by
     //     aws-local-stepfunctions; flows.rs tests the chain it resumes.)
-    account.control(
-        "POST",
-        "/remove-action",
-        &json!({"function": "CreateImage", "action": "ec2:CreateImage"}),
-    );
-    let mut kept = ebs_template();
-    kept["builders"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("ami_regions");
-    let run = account
-        .execute(
+    let (_, run) = account
+        .execute_without(
             &als,
+            ("CreateImage", "ec2:CreateImage"),
             "simacct-redrive",
-            json!({"template": kept, "vars": {}, "on_error": "redrive"}),
+            json!({"template": single_region_ebs_template(), "vars": {}, "on_error": "redrive"}),
         )
         .await;
-    account.control("POST", "/restore-roles", &Value::Null);
     assert!(
         !run.record["error"].is_null(),
         "the redrive-mode build must fail the execution: {:#}",
