@@ -963,9 +963,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
     let schedule = &account.ready["schedule"];
-    let mut scheduled = ebs_template();
+    let mut scheduled = single_region_ebs_template();
     let b = scheduled["builders"][0].as_object_mut().unwrap();
-    b.remove("ami_regions");
     b.remove("temporary_iam_instance_profile_policy_document");
     b.insert(
         "ami_name".into(),
