@@ -391,7 +391,7 @@ function makeBuildHost(scope: Amiflow, props: AmiflowProps): ec2.CfnInstance {
   const profile = new iam.CfnInstanceProfile(scope, 'BuildHostInstanceProfile', { roles: [role.roleName] });
   const arch = props.architecture === lambda.Architecture.ARM_64 ? 'arm64' : 'x86_64';
   return new ec2.CfnInstance(scope, 'BuildHost', {
-    imageId: ssm.StringParameter.valueForStringParameter(scope, `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`),
+    imageId: ssm.StringParameter.valueForTypedStringParameterV2(scope, `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`, ssm.ParameterValueType.AWS_EC2_IMAGE_ID),
     instanceType: props.buildHostInstanceType ?? 't3.small',
     iamInstanceProfile: profile.ref,
     subnetId: props.defaultSubnetId || undefined,

@@ -145,7 +145,8 @@ test('artifacts bucket is encrypted, private and expires staged files', () => {
 test('chroot host SSM document, janitor rule and optional schedule', () => {
   const plain = synth(sample);
   plain.hasResourceProperties('AWS::SSM::Document', { DocumentType: 'Command', Content: Match.objectLike({ schemaVersion: '2.2' }) });
-  plain.resourceCountIs('AWS::Events::Rule', 1);
+  // The janitor's status-change rule and its daily redrive-window rule.
+  plain.resourceCountIs('AWS::Events::Rule', 2);
   plain.hasResourceProperties('AWS::Events::Rule', {
     EventPattern: {
       source: ['aws.states'],
@@ -156,7 +157,7 @@ test('chroot host SSM document, janitor rule and optional schedule', () => {
   const scheduled = synth(sample, {
     schedule: { expression: 'cron(0 3 * * ? *)', timezone: 'Europe/Paris', templateS3: 's3://b/t.json', vars: { version: '1' } },
   });
-  scheduled.resourceCountIs('AWS::Events::Rule', 1);
+  scheduled.resourceCountIs('AWS::Events::Rule', 2);
   scheduled.hasResourceProperties('AWS::Scheduler::Schedule', {
     ScheduleExpression: 'cron(0 3 * * ? *)',
     ScheduleExpressionTimezone: 'Europe/Paris',
