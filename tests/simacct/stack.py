@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+import cfn
 from cfn import Report, Resolver, canonical, has_null, parameter_values, placeholders
 
 
@@ -37,7 +38,7 @@ class Stack:
         cf = self.account.client("cloudformation")
         cf.create_stack(
             StackName=self.name,
-            TemplateBody=json.dumps(self.template),
+            TemplateBody=json.dumps(cfn.for_moto(self.template)),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in self.given_params.items()],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
@@ -58,7 +59,7 @@ class Stack:
             parameter_values(self.template, self.given_params),
             self.account.region,
             self.name,
-            self.physical_id,
+            self.ref,
             self.get_att,
         )
 
@@ -81,6 +82,10 @@ class Stack:
             for logical, r in self.resources.items()
             if r["ResourceType"] == "AWS::Lambda::Function" and r["PhysicalResourceId"] in by_name
         }
+
+    def ref(self, logical: str) -> str:
+        """What `Ref` gives: the physical id, or an alias's ARN (moto makes no aliases)."""
+        return cfn.alias_arn(self.template, logical, self.get_att) or self.physical_id(logical)
 
     def physical_id(self, logical: str) -> str:
         if logical not in self.resources:
