@@ -265,7 +265,7 @@ class Control:
             if not EventPattern.load(rule["EventPattern"]).matches_event(event):
                 continue
             for target in ev.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
-                function = self.lam.by_arn.get(target["Arn"])
+                function = self.lam.by_arn.get(unqualified(target["Arn"]))
                 if function is None:
                     deliveries.append({"rule": rule["Name"], "target": target["Arn"], "error": "not a function of this stack"})
                     continue
