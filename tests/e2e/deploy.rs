@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use amiflow::state::BUILD_TAG;
-use amiflow::steps::janitor::{sweep, StatusChangeEvent};
+use amiflow::steps::janitor::{sweep, sweep_closed_redrive_windows, StatusChangeEvent};
 use amiflow_tests::Moto;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use serde_json::json;
@@ -600,4 +600,84 @@ async fn watch_reads_the_history_newest_first_without_execution_data() {
     let mut unique = outcome.lines.clone();
     unique.dedup();
     assert_eq!(unique, outcome.lines, "each event shown once");
+}
+
+/// A build kept for redrive: the janitor leaves it on every redrivable ending, and its daily
+/// check sweeps it once the redrive window has closed (window of 0 days here: moto's
+/// executions stop "now"), leaving builds of other modes to their own rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_keeps_a_redrive_build_until_its_redrive_window_closes() {
+    let Some(moto) =
+        Moto::start_or_skip("janitor_keeps_a_redrive_build_until_its_redrive_window_closes")
+    else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let kept = make_build_resources(&ec2, Some("redrive-1"), "redrive").await;
+    let other = make_build_resources(&ec2, Some("abort-2"), "abort").await;
+    let sfn = sfn_client(&moto).await;
+    let machine = create_state_machine(&sfn).await;
+    let input = |on_error: &str| {
+        json!({
+            "template": { "builders": [{ "type": "amazon-ebs", "region": REGION }] },
+            "vars": {},
+            "on_error": on_error
+        })
+    };
+    let redrive_arn = amiflow_cli::start::start(&sfn, &machine, "redrive-1", &input("redrive"))
+        .await
+        .unwrap();
+    let abort_arn = amiflow_cli::start::start(&sfn, &machine, "abort-2", &input("abort"))
+        .await
+        .unwrap();
+    for arn in [&redrive_arn, &abort_arn] {
+        sfn.stop_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    for status in ["FAILED", "TIMED_OUT", "ABORTED"] {
+        let report = sweep(
+            &ctx,
+            status_event("redrive-1", status, None),
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.kept_for_redrive && !report.swept,
+            "{status}: {report:?}"
+        );
+    }
+    let window = |days| amiflow::steps::janitor::RedriveWindow {
+        state_machine_arn: machine.clone(),
+        days,
+    };
+    let now = chrono::Utc::now();
+    let open = sweep_closed_redrive_windows(&ctx, &window(14), now)
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "still redrivable: {open:?}");
+    let left = inventory(&ec2).await;
+    assert!(kept.iter().all(|r| left.contains(r)), "{left:?}");
+
+    let closed = sweep_closed_redrive_windows(&ctx, &window(0), now + chrono::Duration::minutes(1))
+        .await
+        .unwrap();
+    let swept: Vec<&str> = closed.iter().map(|r| r.execution.as_str()).collect();
+    assert_eq!(swept, vec!["redrive-1"], "only the build kept for redrive");
+    let left = inventory(&ec2).await;
+    for r in &kept {
+        assert!(!left.contains(r), "{r} outlived its redrive window");
+    }
+    for r in &other {
+        assert!(
+            left.contains(r),
+            "{r} (an aborted on_error=abort build's) was swept"
+        );
+    }
 }

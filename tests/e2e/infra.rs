@@ -148,10 +148,11 @@ fn asl_validator_passes_on_the_definition() {
         .arg("--json-path")
         .arg(&definition));
     assert!(ok, "asl-validator {}:\n{out}", definition.display());
-    // As deployed: with the execution timeout CloudFormation substitutes.
+    // As deployed: with the numbers CloudFormation substitutes (the parameters' defaults).
     let deployed = std::fs::read_to_string(repo_root().join(amiflow::infra::DEPLOYED_DEFINITION))
         .unwrap()
-        .replace("${ExecutionTimeoutSeconds}", "21600");
+        .replace("${ExecutionTimeoutSeconds}", "21600")
+        .replace("${MaxConcurrentBuilds}", "10");
     let dir = tempfile::tempdir().unwrap();
     let substituted = dir.path().join("deployed.asl.json");
     std::fs::write(&substituted, deployed).unwrap();
@@ -185,12 +186,13 @@ fn definition_placeholders_are_all_substituted() {
         .as_object()
         .cloned()
         .unwrap_or_default();
-    // The file deployed is flows.rs's definition with the execution timeout added.
+    // The file deployed is flows.rs's definition with the stack's numbers put in.
     let deployed =
         std::fs::read_to_string(repo_root().join(amiflow::infra::DEPLOYED_DEFINITION)).unwrap();
-    assert!(
-        deployed.contains(text.trim_start().trim_start_matches('{')),
-        "{} is not {} with the timeout: run AMIFLOW_UPDATE_INFRA=1 cargo test --workspace infra_files_are_in_sync",
+    assert_eq!(
+        Ok(deployed.clone()),
+        amiflow::infra::deployed_definition(&text),
+        "{} is not {} as deployed: run AMIFLOW_UPDATE_INFRA=1 cargo test --workspace infra_files_are_in_sync",
         amiflow::infra::DEPLOYED_DEFINITION,
         definition.display()
     );

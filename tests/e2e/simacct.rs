@@ -249,6 +249,27 @@ impl Account {
     }
 }
 
+impl Account {
+    /// [`Account::execute`] with one action removed from one function's role (restored
+    /// after): what the account said of the removal, and the run.
+    async fn execute_without(
+        &self,
+        als: &Als,
+        (function, action): (&str, &str),
+        name: &str,
+        input: Value,
+    ) -> (Value, Run) {
+        let removed = self.control(
+            "POST",
+            "/remove-action",
+            &json!({"function": function, "action": action}),
+        );
+        let run = self.execute(als, name, input).await;
+        self.control("POST", "/restore-roles", &Value::Null);
+        (removed, run)
+    }
+}
+
 /// One execution and what it did to the account.
 struct Run {
     name: String,
@@ -440,6 +461,16 @@ fn ebs_template() -> Value {
             "tags": {"Built": "deployed"}
         }]
     })
+}
+
+/// [`ebs_template`] without its copy to a second region.
+fn single_region_ebs_template() -> Value {
+    let mut template = ebs_template();
+    template["builders"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ami_regions");
+    template
 }
 
 /// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
@@ -773,24 +804,14 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 7. A role missing one action: the build fails, naming the function and the action. The
     //    Cleanup role loses ec2:TerminateInstances, so the instance outlives the failed build...
-    let removed = account.control(
-        "POST",
-        "/remove-action",
-        &json!({"function": "Cleanup", "action": "ec2:TerminateInstances"}),
-    );
-    let mut failing = ebs_template();
-    failing["builders"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("ami_regions");
-    let run = account
-        .execute(
+    let (removed, run) = account
+        .execute_without(
             &als,
+            ("Cleanup", "ec2:TerminateInstances"),
             "simacct-denied",
-            json!({"template": failing, "vars": {}}),
+            json!({"template": single_region_ebs_template(), "vars": {}}),
         )
         .await;
-    account.control("POST", "/restore-roles", &Value::Null);
     let why = run
         .succeeded()
         .expect_err("a build whose Cleanup role misses an action must fail");
@@ -860,11 +881,90 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             .map_or(0, Vec::len)
     );
 
+    // 8b. Redrive mode: a failed step fails the execution where it stands (no Catch, no
+    //     Cleanup), the janitor keeps the build for RedriveExecution, and the sweep
+    //     `amiflow abandon` runs removes it. (RedriveExecution itself is not emulated by
+    //     aws-local-stepfunctions; flows.rs tests the chain it resumes.)
+    let (_, run) = account
+        .execute_without(
+            &als,
+            ("CreateImage", "ec2:CreateImage"),
+            "simacct-redrive",
+            json!({"template": single_region_ebs_template(), "vars": {}, "on_error": "redrive"}),
+        )
+        .await;
+    assert!(
+        !run.record["error"].is_null(),
+        "the redrive-mode build must fail the execution: {:#}",
+        run.record
+    );
+    let states: Vec<&str> = run.record["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["state"].as_str())
+        .collect();
+    assert_eq!(
+        states.last().copied(),
+        Some("amazon-ebs.redrive.CreateImage"),
+        "the execution stops at the failed step, for a redrive to resume: {states:?}"
+    );
+    assert!(
+        !states
+            .iter()
+            .any(|s| s.ends_with(".Cleanup") || *s == "Finalize"),
+        "nothing cleans up in redrive mode: {states:?}"
+    );
+    assert!(
+        run.added.iter().any(|l| l.contains(" instance ")),
+        "the kept build's instance is still there: {:?}",
+        run.added
+    );
+    let delivered = account.control(
+        "POST",
+        "/events",
+        &status_change_event(&account, &run, "FAILED"),
+    );
+    let result = &delivered["deliveries"][0]["result"];
+    assert_eq!(result["kept_for_redrive"], true, "{delivered:#}");
+    assert_eq!(result["swept"], false, "{delivered:#}");
+    let kept_now = account.inventory();
+    assert!(
+        run.added.iter().all(|l| kept_now.contains(l)),
+        "the janitor must leave a build kept for redrive"
+    );
+    let abandoned = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()])
+        .await
+        .map_err(|e| e.message().to_string());
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..30 {
+        let now = account.inventory();
+        left = run
+            .added
+            .iter()
+            .filter(|l| now.contains(*l))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        let _ = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "abandon's sweep ({abandoned:?}) left {left:?}"
+    );
+    eprintln!(
+        "simacct: redrive mode kept {} resources at {}, swept on abandon",
+        run.added.len(),
+        states.last().unwrap()
+    );
+
     // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
     let schedule = &account.ready["schedule"];
-    let mut scheduled = ebs_template();
+    let mut scheduled = single_region_ebs_template();
     let b = scheduled["builders"][0].as_object_mut().unwrap();
-    b.remove("ami_regions");
     b.remove("temporary_iam_instance_profile_policy_document");
     b.insert(
         "ami_name".into(),

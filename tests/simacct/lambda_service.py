@@ -362,18 +362,19 @@ class LambdaService:
             return json.dumps(inv.error).encode(), True
         return inv.result or b"null", False
 
-    def authorize(self, authorization: str, function: Function) -> str | None:
-        """The caller's role must allow lambda:InvokeFunction on the function's ARN."""
+    def authorize(self, authorization: str, function: Function, invoked: str) -> str | None:
+        """The caller's role must allow lambda:InvokeFunction on the ARN invoked (the
+        function's, or one of its aliases')."""
         key = authorization.partition("Credential=")[2].partition("/")[0]
         caller = self.callers(key)
         if caller is None:
             return f"the access key {key or '(none)'} belongs to no principal of this account"
         principal, documents = caller
-        if policy.allowed(documents, "lambda:InvokeFunction", function.arn):
+        if policy.allowed(documents, "lambda:InvokeFunction", invoked):
             return None
         with self.lock:
-            self.denied.append({"function": principal, "action": "lambda:InvokeFunction", "resource": function.arn})
-        return f"User: {principal} is not authorized to perform: lambda:InvokeFunction on resource: {function.arn}"
+            self.denied.append({"function": principal, "action": "lambda:InvokeFunction", "resource": invoked})
+        return f"User: {principal} is not authorized to perform: lambda:InvokeFunction on resource: {invoked}"
 
     def shutdown(self) -> None:
         self.server.shutdown()
@@ -410,7 +411,13 @@ def _invoke_handler(service: LambdaService) -> type[BaseHTTPRequestHandler]:
             function = service.find(name)
             if function is None:
                 return self._error(404, "ResourceNotFoundException", f"Function not found: {urllib.parse.unquote(name)}")
-            denied = service.authorize(self.headers.get("Authorization", ""), function)
+            # IAM decides on the ARN as invoked: an alias's (`function:NAME:live`) is its own
+            # resource, which a policy on the bare function does not cover, nor the reverse.
+            invoked = urllib.parse.unquote(name)
+            qualifier = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("Qualifier", [None])[0]
+            if not invoked.startswith("arn:"):
+                invoked = function.arn + (f":{qualifier}" if qualifier else "")
+            denied = service.authorize(self.headers.get("Authorization", ""), function, invoked)
             if denied:
                 return self._error(403, "AccessDeniedException", denied)
             if self.headers.get("X-Amz-Invocation-Type") == "Event":

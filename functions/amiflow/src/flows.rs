@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! Prepare ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail) | Succeeded
-//!   │            └─ BuilderType (Choice on $.build.builder_type)
-//!   │                 └─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
+//!   │            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
+//!   │                 ├─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
+//!   │                 └─ <builder>.redrive.<Step> … ─► <builder>.redrive.Cleanup (no Catch)
 //!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
 //! ```
 //!
@@ -16,6 +17,16 @@
 //! state's [`crate::state::CaughtError`]) and goes to its chain's Cleanup; Cleanup's own
 //! failure is caught the same way. Other builds therefore finish and clean up, and
 //! Finalize sees every build with its artifact or its error.
+//!
+//! Redrive mode (`"on_error": "redrive"`) takes the same chain without the Catch: a failed
+//! step fails its iteration, the Map and the execution, leaving the build's resources in
+//! place, and Step Functions' RedriveExecution re-runs exactly the failed step of the failed
+//! iterations (a Catch cannot re-raise, so the catching chain could never be redriven).
+//! Cleanup then runs when the chain completes; a build never redriven is swept by the
+//! janitor when the redrive window closes, or by `amiflow abandon`.
+//!
+//! The deployed definition (infra.rs) substitutes the Map's `MaxConcurrency` (rendered here
+//! as 0, unlimited) and the execution timeout from the stack's parameters.
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -199,6 +210,14 @@ pub fn state_name(builder: BuilderType, step: &str) -> String {
     format!("{}.{step}", builder.as_str())
 }
 
+/// The state name of `step` in `builder`'s redrive chain (the chain without Catch).
+pub fn redrive_state_name(builder: BuilderType, step: &str) -> String {
+    format!("{}.{REDRIVE}.{step}", builder.as_str())
+}
+
+/// `on_error` value (and state-name segment) of redrive mode.
+pub const REDRIVE: &str = "redrive";
+
 /// The step (handler) name of a state name: `amazon-ebs.CreateImage` → `CreateImage`.
 pub fn step_of(state_name: &str) -> &str {
     state_name
@@ -236,12 +255,14 @@ pub fn wait_policy(step: &StepSpec) -> Option<WaitPolicy> {
     step.wait.map(|w| w.policy)
 }
 
-/// Lambda service errors, retried as AWS recommends for Lambda tasks.
+/// Lambda service errors, retried as AWS recommends for Lambda tasks (with full jitter, so
+/// throttled builds started together do not retry in step).
 pub const LAMBDA_SERVICE_ERRORS: &[&str] = &[
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
+    "Lambda.ClientExecutionTimeoutException",
 ];
 
 fn retriers(step: &StepSpec) -> Vec<Retrier> {
@@ -272,8 +293,8 @@ fn retriers(step: &StepSpec) -> Vec<Retrier> {
         interval_seconds: Some(2),
         max_attempts: Some(6),
         backoff_rate: Some(2.0),
-        max_delay_seconds: None,
-        jitter_strategy: None,
+        max_delay_seconds: Some(60),
+        jitter_strategy: Some(JitterStrategy::Full),
     });
     retry
 }
@@ -304,16 +325,24 @@ fn catch_all_into_error(next: String) -> Vec<Catcher> {
 const BUILDER_CHOICE: &str = "BuilderType";
 const UNSUPPORTED_BUILDER: &str = "UnsupportedBuilder";
 
-/// The Map's iteration: choose the chain by builder type, run it, clean up.
+/// The Map's iteration: choose the chain by builder type (and redrive mode), run it, clean up.
 fn build_iteration() -> SubMachine {
     let mut states = States::new();
     let mut rules = Vec::new();
     for builder in BuilderType::ALL {
         let first = chain(builder)[0].name;
+        let is_builder =
+            || ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str());
         rules.push(
-            ChoiceRule::compare("$.build.builder_type", "StringEquals", builder.as_str())
-                .then(state_name(builder, first)),
+            ChoiceRule::and(vec![
+                is_builder(),
+                // A missing variable would be a runtime error in the Choice.
+                ChoiceRule::compare("$.on_error", "IsPresent", true),
+                ChoiceRule::compare("$.on_error", "StringEquals", REDRIVE),
+            ])
+            .then(redrive_state_name(builder, first)),
         );
+        rules.push(is_builder().then(state_name(builder, first)));
     }
     states.add(
         BUILDER_CHOICE,
@@ -356,6 +385,18 @@ fn build_iteration() -> SubMachine {
                 ..Pass::default()
             },
         );
+        // The redrive chain: the same steps and retries, no Catch.
+        let redrive_chain: Vec<&StepSpec> = steps.iter().chain([&CLEANUP]).collect();
+        for (i, step) in redrive_chain.iter().enumerate() {
+            let next = redrive_chain
+                .get(i + 1)
+                .map(|s| redrive_state_name(builder, s.name));
+            let mut redrivable = task(step, next, Vec::new());
+            if i == 0 {
+                redrivable.comment = Some("on_error=redrive: a failure fails the execution here, resources kept, for RedriveExecution to resume".into());
+            }
+            states.add(redrive_state_name(builder, step.name), redrivable);
+        }
     }
     SubMachine {
         comment: None,
@@ -406,7 +447,8 @@ pub fn definition() -> StateMachine {
             items_path: Some("$.builds".into()),
             item_selector: None,
             parameters: None,
-            max_concurrency: None,
+            // 0 = unlimited; the deployed definition substitutes the stack's parameter.
+            max_concurrency: Some(0),
             item_processor: Some(build_iteration()),
             iterator: None,
             result_selector: None,
@@ -533,6 +575,55 @@ mod tests {
     }
 
     #[test]
+    fn every_builder_has_a_redrive_chain_without_catch_with_the_same_retries() {
+        let def = definition();
+        let Some(State::Map(map)) = def.states.get(BUILDS) else {
+            panic!("no Map")
+        };
+        assert_eq!(map.max_concurrency, Some(0), "infra.rs substitutes it");
+        let inner = &map.processor().unwrap().states;
+        for builder in BuilderType::ALL {
+            let steps: Vec<&StepSpec> = chain(builder).iter().chain([&CLEANUP]).collect();
+            for (i, step) in steps.iter().enumerate() {
+                let name = redrive_state_name(builder, step.name);
+                let Some(State::Task(t)) = inner.get(&name) else {
+                    panic!("{name} is not a Task")
+                };
+                assert!(t.catch.is_empty(), "{name} must not catch");
+                let Some(State::Task(caught)) = inner.get(&state_name(builder, step.name)) else {
+                    panic!("no catching twin of {name}")
+                };
+                assert_eq!(t.retry, caught.retry, "{name}");
+                assert_eq!(t.resource, caught.resource, "{name}");
+                match steps.get(i + 1) {
+                    Some(next) => assert_eq!(
+                        State::Task(t.clone()).transition(),
+                        Some(Transition::Next(&redrive_state_name(builder, next.name)))
+                    ),
+                    None => assert_eq!(t.end, Some(true), "{name} ends the iteration"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lambda_errors_are_retried_with_jitter_including_client_timeouts() {
+        let retry = retriers(&CLEANUP);
+        let lambda = retry
+            .iter()
+            .find(|r| {
+                r.error_equals
+                    .iter()
+                    .any(|e| e == "Lambda.ServiceException")
+            })
+            .unwrap();
+        assert!(lambda
+            .error_equals
+            .contains(&"Lambda.ClientExecutionTimeoutException".to_string()));
+        assert_eq!(lambda.jitter_strategy, Some(JitterStrategy::Full));
+    }
+
+    #[test]
     fn wait_budgets_are_at_least_packers() {
         let budget = |s: &StepSpec| {
             wait_policy(s)
@@ -655,9 +746,13 @@ mod tests {
                             ));
                         }
                         let exec = input["execution"].clone();
+                        let on_error = input
+                            .pointer("/input/on_error")
+                            .cloned()
+                            .unwrap_or(json!("cleanup"));
                         Ok(json!({"builds": [
-                            {"execution": exec, "build": {"name": "good", "builder_type": "amazon-ebs"}},
-                            {"execution": exec, "build": {"name": "bad", "builder_type": "amazon-ebs"}}
+                            {"execution": exec, "on_error": on_error, "build": {"name": "good", "builder_type": "amazon-ebs"}},
+                            {"execution": exec, "on_error": on_error, "build": {"name": "bad", "builder_type": "amazon-ebs"}}
                         ]}))
                     }
                     "WaitImageAvailable" if build == "good" => {
@@ -750,6 +845,52 @@ mod tests {
             assert!(events
                 .iter()
                 .any(|e| matches!(e, Event::StateEntered { name, .. } if name == BUILD_FAILED)));
+        }
+
+        /// Redrive mode: the failed step fails the execution where it stands, nothing is
+        /// caught, no Cleanup or Finalize runs: RedriveExecution can resume at that step.
+        #[tokio::test]
+        async fn in_redrive_mode_a_failing_step_fails_the_execution_at_that_step() {
+            let script = Arc::new(Scripted::default());
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let sink = events.clone();
+            let engine = Engine::from_arc(script.clone())
+                .with_clock(VirtualClock::default())
+                .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+            let def = StateMachine::from_json(&render()).unwrap();
+            let err = engine
+                .run(
+                    &def,
+                    "exec-8",
+                    json!({"template": {}, "on_error": "redrive"}),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.error, "BuildFailed");
+            assert_eq!(err.cause, "CreateImage: InvalidParameter");
+            let calls = script.calls.lock().unwrap().clone();
+            let bad: Vec<&str> = calls
+                .iter()
+                .filter(|(n, _)| n == "bad")
+                .map(|(_, s)| s.as_str())
+                .collect();
+            let ebs = chain_names(BuilderType::Ebs);
+            let create_at = ebs.iter().position(|s| *s == "CreateImage").unwrap();
+            assert_eq!(
+                bad,
+                ebs[..=create_at].to_vec(),
+                "no Cleanup after the failure"
+            );
+            assert!(calls.iter().all(|(_, s)| s != "Finalize"));
+            let events = events.lock().unwrap();
+            assert!(
+                !events.iter().any(|e| matches!(e, Event::Caught { .. })),
+                "nothing is caught in redrive mode"
+            );
+            assert!(events
+                .iter()
+                .any(|e| matches!(e, Event::StateEntered { name, .. }
+                if name == &redrive_state_name(BuilderType::Ebs, "CreateImage"))));
         }
 
         #[tokio::test]

@@ -38,6 +38,10 @@ pub const DEFINITION: &str = "statemachine/amiflow.asl.json";
 
 /// The substitution giving the definition's top-level `TimeoutSeconds`.
 pub const EXECUTION_TIMEOUT_SUBSTITUTION: &str = "ExecutionTimeoutSeconds";
+/// The substitution giving the builds Map's `MaxConcurrency`.
+pub const MAX_CONCURRENT_BUILDS_SUBSTITUTION: &str = "MaxConcurrentBuilds";
+/// How flows.rs renders the builds Map's concurrency (unlimited), replaced when deployed.
+const RENDERED_MAX_CONCURRENCY: &str = "\"MaxConcurrency\": 0";
 
 /// Namespace (`Fn::Sub` pattern) of the stack's own metrics.
 const METRIC_NAMESPACE: &str = "amiflow/${AWS::StackName}";
@@ -151,12 +155,14 @@ fn step_function(spec: &StepSpec) -> Value {
     });
     // The stack's defaults for what a template leaves out (read by StackDefaults::from_env).
     for (variable, parameter) in [
-        (StackDefaults::BUILD_HOST_ENV, "BuildHostInstanceId"),
         (StackDefaults::VPC_ENV, "DefaultVpcId"),
         (StackDefaults::SUBNET_ENV, "DefaultSubnetId"),
     ] {
         environment[variable] = json!({ "Ref": parameter });
     }
+    environment[StackDefaults::BUILD_HOST_ENV] = json!({ "Fn::If": [
+        "CreatesBuildHost", { "Ref": BUILD_HOST }, { "Ref": "BuildHostInstanceId" }
+    ] });
     if spec.name == JANITOR {
         environment["AMIFLOW_JANITOR_REGIONS"] =
             json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
@@ -265,7 +271,13 @@ fn parameters() -> Value {
         "Architecture": { "Type": "String", "AllowedValues": ["x86_64", "arm64"], "Default": "x86_64",
             "Description": "CPU architecture of the functions; sam build builds bootstrap for it and refuses a binary of another (infra/README.md: arm64)" },
         "BuildHostInstanceId": { "Type": "String", "Default": "",
-            "Description": "amazon-chroot build host instance id, used when a template names none (chroot_host_instance_id / chroot_host_filter)" },
+            "Description": "amazon-chroot build host instance id, used when a template names none (chroot_host_instance_id / chroot_host_filter); ignored when CreateBuildHost is true" },
+        "CreateBuildHost": { "Type": "String", "AllowedValues": ["true", "false"], "Default": "false",
+            "Description": "Create the amazon-chroot build host: an SSM-managed Amazon Linux 2023 instance in DefaultSubnetId (or the default VPC), running while the stack exists" },
+        "BuildHostInstanceType": { "Type": "String", "Default": "t3.small",
+            "Description": "Instance type of the build host CreateBuildHost makes (of the functions' Architecture)" },
+        "BuildHostImageId": { "Type": "String", "Default": "",
+            "Description": "AMI of the build host CreateBuildHost makes; empty = the region's latest Amazon Linux 2023 for the functions' Architecture" },
         "DefaultVpcId": { "Type": "String", "Default": "", "Description": "VPC used when a template names none" },
         "DefaultSubnetId": { "Type": "String", "Default": "", "Description": "Subnet used when a template names none" },
         "InstanceProfileRoleNames": { "Type": "CommaDelimitedList", "Default": "",
@@ -275,6 +287,8 @@ fn parameters() -> Value {
         "LogRetentionDays": { "Type": "Number", "Default": 30,
             "Description": "Days the state machine's and every function's logs are kept",
             "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] },
+        "MaxConcurrentBuilds": { "Type": "Number", "Default": 10, "MinValue": 0, "MaxValue": 40,
+            "Description": "Builds of one execution run at most this many at a time (the Map's MaxConcurrency; 0 = all at once): bounds the EC2 API calls of a large template" },
         "ExecutionTimeoutSeconds": { "Type": "Number", "Default": 21600, "MinValue": 60, "MaxValue": 31536000,
             "Description": "An execution still running after this many seconds ends TIMED_OUT (the janitor then sweeps its resources)" },
         "AlarmEmail": { "Type": "String", "Default": "",
@@ -298,13 +312,72 @@ fn conditions(any_pass_role: bool) -> Value {
     let mut conditions = json!({
         "ScheduleEnabled": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "ScheduleExpression" }, ""] }] },
         "TracingEnabled": { "Fn::Equals": [{ "Ref": "Tracing" }, "Enabled"] },
-        "HasAlarmEmail": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmEmail" }, ""] }] }
+        "HasAlarmEmail": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmEmail" }, ""] }] },
+        "CreatesBuildHost": { "Fn::Equals": [{ "Ref": "CreateBuildHost" }, "true"] },
+        "HasBuildHostImageId": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "BuildHostImageId" }, ""] }] },
+        "HasDefaultSubnet": { "Fn::Not": [{ "Fn::Equals": [{ "Ref": "DefaultSubnetId" }, ""] }] }
     });
     // Declared only when used: cfn-lint rejects unused conditions.
     if any_pass_role {
         conditions["HasInstanceProfileRoles"] = json!({ "Fn::Not": [{ "Fn::Equals": [{ "Fn::Join": ["", { "Ref": "InstanceProfileRoleNames" }] }, ""] }] });
     }
     conditions
+}
+
+/// Logical id of the amazon-chroot build host the stack makes with `CreateBuildHost`.
+const BUILD_HOST: &str = "BuildHost";
+
+/// The optional amazon-chroot build host (`CreateBuildHost=true`): what infra/README.md
+/// lists a host needs, made by the stack. An SSM-managed instance (the chroot document runs
+/// on it through RunCommand) whose role may read staged files and write command output in
+/// the artifacts bucket, IMDSv2 only, tagged `amiflow:build-host` with the stack's name.
+fn build_host_resources(resources: &mut Map<String, Value>) {
+    let conditional = |mut resource: Value| {
+        resource["Condition"] = json!("CreatesBuildHost");
+        resource
+    };
+    resources.insert(format!("{BUILD_HOST}Role"), conditional(json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": { "Service": "ec2.amazonaws.com" }, "Action": "sts:AssumeRole"
+            }] },
+            "ManagedPolicyArns": [{ "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore" }],
+            "Policies": [{ "PolicyName": "amiflow-build-host", "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Sid": "StagedFilesAndCommandOutput",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [
+                    { "Fn::Sub": "${ArtifactsBucket.Arn}/staged/*" },
+                    { "Fn::Sub": "${ArtifactsBucket.Arn}/ssm-output/*" }
+                ]
+            }] } }],
+            "Tags": [{ "Key": "amiflow:build-host", "Value": { "Ref": "AWS::StackName" } }]
+        }
+    })));
+    resources.insert(
+        format!("{BUILD_HOST}InstanceProfile"),
+        conditional(json!({
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": { "Roles": [{ "Ref": format!("{BUILD_HOST}Role") }] }
+        })),
+    );
+    resources.insert(BUILD_HOST.into(), conditional(json!({
+        "Type": "AWS::EC2::Instance",
+        "Properties": {
+            "ImageId": { "Fn::If": ["HasBuildHostImageId", { "Ref": "BuildHostImageId" },
+                { "Fn::Sub": "{{resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${Architecture}}}" }] },
+            "InstanceType": { "Ref": "BuildHostInstanceType" },
+            "IamInstanceProfile": { "Ref": format!("{BUILD_HOST}InstanceProfile") },
+            "SubnetId": { "Fn::If": ["HasDefaultSubnet", { "Ref": "DefaultSubnetId" }, { "Ref": "AWS::NoValue" }] },
+            "MetadataOptions": { "HttpTokens": "required", "HttpEndpoint": "enabled" },
+            "BlockDeviceMappings": [{ "DeviceName": "/dev/xvda", "Ebs": { "VolumeSize": 30, "VolumeType": "gp3", "Encrypted": true } }],
+            "Tags": [
+                { "Key": "Name", "Value": { "Fn::Sub": "${AWS::StackName}-build-host" } },
+                { "Key": "amiflow:build-host", "Value": { "Ref": "AWS::StackName" } }
+            ]
+        }
+    })));
 }
 
 /// An alarm on one metric, at or above `threshold` in 5 minutes, notifying the alarm topic.
@@ -376,6 +449,10 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     substitutions.insert(
         EXECUTION_TIMEOUT_SUBSTITUTION.into(),
         json!({ "Ref": "ExecutionTimeoutSeconds" }),
+    );
+    substitutions.insert(
+        MAX_CONCURRENT_BUILDS_SUBSTITUTION.into(),
+        json!({ "Ref": "MaxConcurrentBuilds" }),
     );
     let invoked: Vec<Value> = state_steps.iter().map(|s| alias(s)).collect();
 
@@ -527,6 +604,8 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         ),
     );
 
+    build_host_resources(&mut resources);
+
     resources.insert(
         "AlarmTopic".into(),
         json!({ "Type": "AWS::SNS::Topic", "Properties": {} }),
@@ -593,35 +672,61 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                 }]
             }
         }));
-        resources.insert(
-            "JanitorInvokePermission".into(),
-            json!({
-                "Type": "AWS::Lambda::Permission",
-                "Properties": {
-                    "Action": "lambda:InvokeFunction",
-                    "FunctionName": janitor_alias,
-                    "Principal": "events.amazonaws.com",
-                    "SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] }
-                }
-            }),
-        );
+        // Builds kept for redrive (`on_error: redrive`) are swept once their redrive
+        // window has closed: the janitor looks daily (janitor.rs, RedriveWindowEvent).
+        resources.insert("JanitorRedriveWindowRule".into(), json!({
+            "Type": "AWS::Events::Rule",
+            "Properties": {
+                "Description": "Daily: sweeps amiflow builds kept for redrive whose redrive window has closed",
+                "State": "ENABLED",
+                "ScheduleExpression": "rate(1 day)",
+                "Targets": [{
+                    "Id": "JanitorRedriveWindow",
+                    "Arn": janitor_alias,
+                    "Input": { "Fn::Sub": "{\"redrive_window\": {\"state_machine_arn\": \"${StateMachine}\", \"days\": 14}}" },
+                    "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400 },
+                    "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] } }
+                }]
+            }
+        }));
+        // EventBridge may invoke the janitor's alias for exactly these two rules.
+        for rule in ["JanitorRedriveWindowRule", "JanitorRule"] {
+            resources.insert(
+                format!("{}InvokePermission", rule.trim_end_matches("Rule")),
+                json!({
+                    "Type": "AWS::Lambda::Permission",
+                    "Properties": {
+                        "Action": "lambda:InvokeFunction",
+                        "FunctionName": janitor_alias,
+                        "Principal": "events.amazonaws.com",
+                        "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
+                    }
+                }),
+            );
+        }
         // Events the rule could not deliver, and invocations whose sweep failed after
         // Lambda's retries, end in one queue: the builds whose resources may be left.
         resources.insert("JanitorDeadLetterQueue".into(), dead_letter_queue(None));
-        resources.insert("JanitorDeadLetterQueuePolicy".into(), json!({
-            "Type": "AWS::SQS::QueuePolicy",
-            "Properties": {
-                "Queues": [{ "Ref": "JanitorDeadLetterQueue" }],
-                "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
-                    "Sid": "JanitorRuleDeadLetters",
-                    "Effect": "Allow",
-                    "Principal": { "Service": "events.amazonaws.com" },
-                    "Action": "sqs:SendMessage",
-                    "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] },
-                    "Condition": { "ArnEquals": { "aws:SourceArn": { "Fn::GetAtt": ["JanitorRule", "Arn"] } } }
-                }] }
-            }
-        }));
+        resources.insert(
+            "JanitorDeadLetterQueuePolicy".into(),
+            json!({
+                "Type": "AWS::SQS::QueuePolicy",
+                "Properties": {
+                    "Queues": [{ "Ref": "JanitorDeadLetterQueue" }],
+                    "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                        "Sid": "JanitorRuleDeadLetters",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "events.amazonaws.com" },
+                        "Action": "sqs:SendMessage",
+                        "Resource": { "Fn::GetAtt": ["JanitorDeadLetterQueue", "Arn"] },
+                        "Condition": { "ArnEquals": { "aws:SourceArn": [
+                            { "Fn::GetAtt": ["JanitorRule", "Arn"] },
+                            { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
+                        ] } }
+                    }] }
+                }
+            }),
+        );
         // Not a step action (the role check compares inline policies with the registry):
         // Lambda's own delivery of failed asynchronous invocations.
         resources.insert(
@@ -680,7 +785,8 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
             "StateMachineArn": { "Value": { "Ref": "StateMachine" }, "Description": "amiflow start --state-machine <this>" },
             "ArtifactsBucketName": { "Value": { "Ref": "ArtifactsBucket" } },
             "ChrootHostDocumentName": { "Value": { "Ref": "ChrootHostDocument" } },
-            "AlarmTopicArn": { "Value": { "Ref": "AlarmTopic" }, "Description": "Subscribe to be told of failed builds and failures of amiflow itself" }
+            "AlarmTopicArn": { "Value": { "Ref": "AlarmTopic" }, "Description": "Subscribe to be told of failed builds and failures of amiflow itself" },
+            "BuildHostInstanceId": { "Condition": "CreatesBuildHost", "Value": { "Ref": BUILD_HOST }, "Description": "The amazon-chroot build host the stack made" }
         }
     }))
 }
@@ -739,8 +845,9 @@ fn canonical(value: Value) -> Value {
 }
 
 /// The definition as deployed: `definition` (flows.rs's rendering) with a top-level
-/// `"TimeoutSeconds": ${ExecutionTimeoutSeconds}`, which CloudFormation substitutes with
-/// the stack's parameter. The rest is byte for byte flows.rs's text.
+/// `"TimeoutSeconds": ${ExecutionTimeoutSeconds}` and the builds Map's
+/// `"MaxConcurrency": ${MaxConcurrentBuilds}`, which CloudFormation substitutes with the
+/// stack's parameters. The rest is byte for byte flows.rs's text.
 pub fn deployed_definition(definition: &str) -> Result<String, String> {
     let parsed: Value = serde_json::from_str(definition)
         .map_err(|e| format!("{DEFINITION} is not JSON ({e}): regenerate it from flows.rs"))?;
@@ -753,6 +860,15 @@ pub fn deployed_definition(definition: &str) -> Result<String, String> {
         .trim_start()
         .strip_prefix('{')
         .ok_or_else(|| format!("{DEFINITION} is not a JSON object"))?;
+    if body.matches(RENDERED_MAX_CONCURRENCY).count() != 1 {
+        return Err(format!(
+            "{DEFINITION} must render the builds Map's {RENDERED_MAX_CONCURRENCY} exactly once (flows.rs): the stack's MaxConcurrentBuilds replaces it"
+        ));
+    }
+    let body = body.replace(
+        RENDERED_MAX_CONCURRENCY,
+        &format!("\"MaxConcurrency\": ${{{MAX_CONCURRENT_BUILDS_SUBSTITUTION}}}"),
+    );
     Ok(format!(
         "{{\n  \"TimeoutSeconds\": ${{{EXECUTION_TIMEOUT_SUBSTITUTION}}},{body}"
     ))
@@ -1212,7 +1328,10 @@ mod tests {
         assert_eq!(queue_policy["Principal"]["Service"], "events.amazonaws.com");
         assert_eq!(
             queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"],
-            json!({ "Fn::GetAtt": ["JanitorRule", "Arn"] })
+            json!([
+                { "Fn::GetAtt": ["JanitorRule", "Arn"] },
+                { "Fn::GetAtt": ["JanitorRedriveWindowRule", "Arn"] }
+            ])
         );
     }
 
@@ -1228,22 +1347,69 @@ mod tests {
             Path::new("infra").join(sm["DefinitionUri"].as_str().unwrap()),
             Path::new(DEPLOYED_DEFINITION)
         );
+        assert_eq!(
+            sm["DefinitionSubstitutions"][MAX_CONCURRENT_BUILDS_SUBSTITUTION],
+            json!({ "Ref": "MaxConcurrentBuilds" })
+        );
         let definition = r#"{
-  "StartAt": "A",
-  "States": { "A": { "Type": "Succeed" } }
+  "StartAt": "B",
+  "States": { "B": { "Type": "Map", "MaxConcurrency": 0, "ItemProcessor": {"StartAt": "A", "States": { "A": { "Type": "Succeed" } }}, "End": true } }
 }"#;
         let deployed = deployed_definition(definition).unwrap();
-        let substituted: Value =
-            serde_json::from_str(&deployed.replace("${ExecutionTimeoutSeconds}", "21600")).unwrap();
+        let substituted: Value = serde_json::from_str(
+            &deployed
+                .replace("${ExecutionTimeoutSeconds}", "21600")
+                .replace("${MaxConcurrentBuilds}", "10"),
+        )
+        .unwrap();
         assert_eq!(substituted["TimeoutSeconds"], 21600);
-        assert_eq!(
-            substituted["States"],
-            serde_json::from_str::<Value>(definition).unwrap()["States"]
+        assert_eq!(substituted["States"]["B"]["MaxConcurrency"], 10);
+        let mut states = serde_json::from_str::<Value>(definition).unwrap()["States"].clone();
+        states["B"]["MaxConcurrency"] = json!(10);
+        assert_eq!(substituted["States"], states);
+        assert!(
+            deployed_definition(r#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#)
+                .is_err(),
+            "a definition without the Map's concurrency to substitute"
         );
         assert!(
             deployed_definition(r#"{"TimeoutSeconds": 5, "StartAt": "A", "States": {}}"#).is_err()
         );
         assert!(deployed_definition("[]").is_err());
+    }
+
+    #[test]
+    fn the_stack_can_make_the_chroot_build_host_and_hands_it_to_the_functions() {
+        let template = sam_template(&sample_steps(), None);
+        let r = &template["Resources"];
+        for id in ["BuildHost", "BuildHostRole", "BuildHostInstanceProfile"] {
+            assert_eq!(r[id]["Condition"], "CreatesBuildHost", "{id}");
+        }
+        assert_eq!(
+            template["Parameters"]["CreateBuildHost"]["Default"],
+            "false"
+        );
+        let host = &r["BuildHost"]["Properties"];
+        assert_eq!(host["MetadataOptions"]["HttpTokens"], "required");
+        assert!(host["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "amiflow:build-host"));
+        let role = &r["BuildHostRole"]["Properties"];
+        assert!(role["ManagedPolicyArns"][0]["Fn::Sub"]
+            .as_str()
+            .unwrap()
+            .ends_with("AmazonSSMManagedInstanceCore"));
+        let env = &r["CreateImageFunction"]["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            env[StackDefaults::BUILD_HOST_ENV],
+            json!({ "Fn::If": ["CreatesBuildHost", { "Ref": "BuildHost" }, { "Ref": "BuildHostInstanceId" }] })
+        );
+        assert_eq!(
+            template["Outputs"]["BuildHostInstanceId"]["Condition"],
+            "CreatesBuildHost"
+        );
     }
 
     #[test]

@@ -40,13 +40,17 @@ pub struct BuildState {
     pub error: Option<CaughtError>,
 }
 
-/// Packer's `-on-error`: clean up (default) or keep everything for debugging.
+/// Packer's `-on-error`: clean up (default) or keep everything for debugging; deployed
+/// builds may also keep a failed build for Step Functions' RedriveExecution.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     #[default]
     Cleanup,
     Abort,
+    /// The build runs the chain without Catch (flows.rs): a failed step fails the
+    /// execution with everything in place, and a redrive resumes at that step.
+    Redrive,
 }
 
 /// The error a Catch stores, in Step Functions' own shape.

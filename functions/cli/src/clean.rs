@@ -23,8 +23,8 @@ pub struct Args {
 }
 
 /// How long to keep sweeping while instances terminate and security groups free up.
-const BUDGET: Duration = Duration::from_secs(15 * 60);
-const INTERVAL: Duration = Duration::from_secs(5);
+pub const BUDGET: Duration = Duration::from_secs(15 * 60);
+pub const INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -33,18 +33,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     let ctx = Ctx::from_sdk_config(loader.load().await);
     let report = clean(&ctx, &args.execution, &args.regions, INTERVAL, BUDGET).await?;
-    for r in &report.removed {
-        println!("removed {r}");
-    }
-    for r in &report.kept {
-        println!("kept {r}");
-    }
+    print_sweep(&report);
     eprintln!(
         "{} resources of {} removed",
         report.removed.len(),
         execution_name(&args.execution)
     );
     Ok(0)
+}
+
+/// One line per resource removed or kept, on stdout.
+pub fn print_sweep(report: &CleanupReport) {
+    for r in &report.removed {
+        println!("removed {r}");
+    }
+    for r in &report.kept {
+        println!("kept {r}");
+    }
 }
 
 /// The sweep behind `amiflow clean`, polling every `interval` for at most `budget` while
@@ -112,7 +117,7 @@ pub fn execution_name(execution: &str) -> String {
     }
 }
 
-fn arn_region(execution: &str) -> Option<String> {
+pub fn arn_region(execution: &str) -> Option<String> {
     let parts: Vec<&str> = execution.split(':').collect();
     (parts.len() >= 8 && parts[0] == "arn" && !parts[3].is_empty()).then(|| parts[3].to_string())
 }

@@ -1,8 +1,10 @@
 //! The subcommands that talk to a deployed amiflow, as a library so the end-to-end tests can
-//! drive them against the emulator: `start`, `watch`, `clean` and `policy`.
+//! drive them against the emulator: `start`, `watch`, `clean`, `redrive`/`abandon` and
+//! `policy`.
 
 pub mod clean;
 pub mod policy;
+pub mod redrive;
 pub mod start;
 pub mod template_file;
 pub mod watch;

@@ -1,6 +1,6 @@
 //! The `amiflow` command. One module per subcommand.
 
-use amiflow_cli::{clean, policy, start, watch};
+use amiflow_cli::{clean, policy, redrive, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
@@ -36,6 +36,10 @@ enum Command {
     Watch(watch::Args),
     /// Remove what a failed build kept with --on-error abort (the janitor leaves it).
     Clean(clean::Args),
+    /// Resume a deployed build started with --on-error redrive at the step that failed.
+    Redrive(redrive::RedriveArgs),
+    /// Give up on a deployed build kept for redrive: remove everything it made.
+    Abandon(redrive::AbandonArgs),
     /// Print the minimal IAM policy a template needs.
     Policy(policy::Args),
     /// Serve every handler through a local Lambda Invoke API on 127.0.0.1.
@@ -88,6 +92,8 @@ fn main() -> std::process::ExitCode {
             Command::Start(a) => start::run(a).await,
             Command::Watch(a) => watch::run(a).await,
             Command::Clean(a) => clean::run(a).await,
+            Command::Redrive(a) => redrive::redrive(a).await,
+            Command::Abandon(a) => redrive::abandon(a).await,
             Command::Policy(a) => policy::run(a).await,
             Command::ServeLambdas(a) => serve_lambdas::run(a).await,
             Command::Hcl2Upgrade(a) => hcl2_upgrade::run(a).await,
@@ -146,6 +152,64 @@ mod tests {
         assert_eq!(
             v(&["amiflow", "build", "-force", "-on-error=abort"])[2..],
             ["--force".to_string(), "--on-error=abort".to_string()]
+        );
+    }
+}
+
+/// The READMEs are walked through by users: every `amiflow …` line in their code blocks
+/// must be a command line this CLI accepts (a renamed flag or subcommand fails here).
+#[cfg(test)]
+mod documented_commands {
+    use clap::Parser;
+
+    use super::{packer_style_flags, Cli};
+
+    /// A synopsis line without its optional parts (`[-var k=v]...`) and comment.
+    fn literal(line: &str) -> String {
+        let line = line.split(" #").next().unwrap_or(line);
+        let mut out = String::new();
+        let mut depth = 0;
+        for c in line.chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                _ if depth == 0 => out.push(c),
+                _ => {}
+            }
+        }
+        out.replace("...", "")
+    }
+
+    #[test]
+    fn every_documented_command_line_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut checked = 0;
+        for doc in ["README.md", "infra/README.md"] {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            let mut in_code = false;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("```") {
+                    in_code = !in_code;
+                    continue;
+                }
+                let command = literal(line.trim());
+                if !in_code || !command.starts_with("amiflow ") {
+                    continue;
+                }
+                let args = packer_style_flags(command.split_whitespace().map(String::from));
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!(
+                        "{doc}:{}: `{}` is not a valid command line: {e}",
+                        n + 1,
+                        line.trim()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 10,
+            "only {checked} documented command lines found"
         );
     }
 }

@@ -25,8 +25,9 @@ pub struct Args {
     /// The execution name: the `amiflow:build` tag value on everything the build creates.
     #[arg(long)]
     pub name: Option<String>,
-    /// Packer's -on-error: cleanup (default) or abort (keep resources for debugging).
-    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
+    /// Packer's -on-error: cleanup (default), abort (keep resources for debugging), or
+    /// redrive (keep a failed build for `amiflow redrive`, or `amiflow abandon`).
+    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "redrive"])]
     pub on_error: String,
     /// Follow the execution until it ends (as `amiflow watch`).
     #[arg(long)]

@@ -9,6 +9,7 @@ import * as path from 'path';
 import { Duration, RemovalPolicy, Stack, StackProps, CfnOutput } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -65,6 +66,8 @@ export interface AmiflowProps {
   readonly definitionFile?: string;
   /** An execution still running after this ends TIMED_OUT; 6 hours by default. */
   readonly executionTimeout?: Duration;
+  /** Builds of one execution run at most this many at a time (the Map's MaxConcurrency); 10 by default, 0 = all at once. */
+  readonly maxConcurrentBuilds?: number;
   /** Subscribed to the alarm topic when given. */
   readonly alarmEmail?: string;
   /** Defaults to infra/steps.json of this repository (read at synth time). */
@@ -72,6 +75,10 @@ export interface AmiflowProps {
   /** Roles of the instance profiles templates may attach: the only roles passed to EC2. */
   readonly instanceProfileRoleNames?: string[];
   readonly buildHostInstanceId?: string;
+  /** Make the amazon-chroot build host (an SSM-managed Amazon Linux 2023 instance); it replaces buildHostInstanceId. */
+  readonly createBuildHost?: boolean;
+  /** Instance type of the host createBuildHost makes; t3.small by default. */
+  readonly buildHostInstanceType?: string;
   readonly defaultVpcId?: string;
   readonly defaultSubnetId?: string;
   /** X-Ray for the state machine and the functions. */
@@ -111,12 +118,20 @@ export function loadStepsManifest(file?: string): StepsManifest {
   return JSON.parse(fs.readFileSync(found, 'utf8')) as StepsManifest;
 }
 
-/** The definition with its top-level TimeoutSeconds (the execution timeout) set. */
-export function definitionWithTimeout(text: string, timeout: Duration): string {
+/**
+ * The definition as deployed: its top-level TimeoutSeconds (the execution timeout) set, and
+ * the builds Map's MaxConcurrency (rendered 0 by flows.rs) set to `maxConcurrentBuilds`.
+ */
+export function deployedDefinition(text: string, timeout: Duration, maxConcurrentBuilds = 10): string {
   const definition = JSON.parse(text);
   if (definition.TimeoutSeconds !== undefined) {
     throw new Error('the definition has its own TimeoutSeconds: the executionTimeout setting sets it');
   }
+  const maps = Object.values(definition.States ?? {}).filter((s: any) => s.Type === 'Map' && s.MaxConcurrency === 0) as any[];
+  if (maps.length !== 1) {
+    throw new Error(`the definition must have exactly one Map with MaxConcurrency 0 (the builds), found ${maps.length}: regenerate it from flows.rs`);
+  }
+  maps[0].MaxConcurrency = maxConcurrentBuilds;
   return JSON.stringify({ TimeoutSeconds: timeout.toSeconds(), ...definition });
 }
 
@@ -214,6 +229,8 @@ export class Amiflow extends Construct {
       enforceSSL: true,
     });
 
+    const buildHostId = props.createBuildHost ? this.buildHost(props).ref : (props.buildHostInstanceId ?? '');
+
     const code = lambda.Code.fromAsset(props.bootstrapDir);
     for (const step of manifest.steps) {
       const policy = stepPolicy(step, this, roleNames, manifest.temporary_role_path);
@@ -224,7 +241,7 @@ export class Amiflow extends Construct {
       });
       const environment: Record<string, string> = {
         AMIFLOW_ARTIFACTS_BUCKET: this.artifactsBucket.bucketName,
-        AMIFLOW_BUILD_HOST_INSTANCE_ID: props.buildHostInstanceId ?? '',
+        AMIFLOW_BUILD_HOST_INSTANCE_ID: buildHostId,
         AMIFLOW_DEFAULT_VPC_ID: props.defaultVpcId ?? '',
         AMIFLOW_DEFAULT_SUBNET_ID: props.defaultSubnetId ?? '',
         AMIFLOW_CHROOT_DOCUMENT: this.chrootHostDocument.ref,
@@ -281,7 +298,7 @@ export class Amiflow extends Construct {
     const substitutions: Record<string, string> = {};
     for (const s of tasks) substitutions[s.substitution] = this.aliases[s.name].functionArn;
     const definitionFile = props.definitionFile ?? repositoryFile('statemachine', 'amiflow.asl.json');
-    const definition = definitionWithTimeout(fs.readFileSync(definitionFile, 'utf8'), props.executionTimeout ?? Duration.hours(6));
+    const definition = deployedDefinition(fs.readFileSync(definitionFile, 'utf8'), props.executionTimeout ?? Duration.hours(6), props.maxConcurrentBuilds ?? 10);
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       // Inline, as SAM's DefinitionUri ends up: no asset bucket needed for the definition.
       definitionBody: sfn.DefinitionBody.fromString(definition),
@@ -338,12 +355,50 @@ export class Amiflow extends Construct {
         },
         targets: [new targets.LambdaFunction(janitor, { retryAttempts: 10, maxEventAge: Duration.hours(24), deadLetterQueue: janitorDeadLetters })],
       });
+      // Builds kept for redrive are swept once their redrive window has closed (janitor.rs).
+      new events.Rule(this, 'JanitorRedriveWindowRule', {
+        description: 'Daily: sweeps amiflow builds kept for redrive whose redrive window has closed',
+        schedule: events.Schedule.rate(Duration.days(1)),
+        targets: [new targets.LambdaFunction(janitor, {
+          event: events.RuleTargetInput.fromObject({ redrive_window: { state_machine_arn: this.stateMachine.stateMachineArn, days: 14 } }),
+          retryAttempts: 10, maxEventAge: Duration.hours(24), deadLetterQueue: janitorDeadLetters,
+        })],
+      });
       alarmOn('JanitorErrorsAlarm', 'The janitor failed to sweep an ended build: its resources may be left',
         this.functions[JANITOR].metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }));
       alarmOn('JanitorDeadLetterAlarm', 'An ended build was not swept: its event is in the janitor\'s dead-letter queue',
         janitorDeadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }
   }
+
+  private buildHost(props: AmiflowProps): ec2.CfnInstance {
+    return makeBuildHost(this, props);
+  }
+}
+
+/** The same build host as the SAM template's CreateBuildHost (functions/amiflow/src/infra.rs). */
+function makeBuildHost(scope: Amiflow, props: AmiflowProps): ec2.CfnInstance {
+  const stack = Stack.of(scope);
+  const role = new iam.Role(scope, 'BuildHostRole', {
+    assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com'),
+    managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('AmazonSSMManagedInstanceCore')],
+  });
+  role.addToPolicy(new iam.PolicyStatement({
+    sid: 'StagedFilesAndCommandOutput',
+    actions: ['s3:GetObject', 's3:PutObject'],
+    resources: [scope.artifactsBucket.arnForObjects('staged/*'), scope.artifactsBucket.arnForObjects('ssm-output/*')],
+  }));
+  const profile = new iam.CfnInstanceProfile(scope, 'BuildHostInstanceProfile', { roles: [role.roleName] });
+  const arch = props.architecture === lambda.Architecture.ARM_64 ? 'arm64' : 'x86_64';
+  return new ec2.CfnInstance(scope, 'BuildHost', {
+    imageId: ssm.StringParameter.valueForTypedStringParameterV2(scope, `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${arch}`, ssm.ParameterValueType.AWS_EC2_IMAGE_ID),
+    instanceType: props.buildHostInstanceType ?? 't3.small',
+    iamInstanceProfile: profile.ref,
+    subnetId: props.defaultSubnetId || undefined,
+    metadataOptions: { httpTokens: 'required', httpEndpoint: 'enabled' },
+    blockDeviceMappings: [{ deviceName: '/dev/xvda', ebs: { volumeSize: 30, volumeType: 'gp3', encrypted: true } }],
+    tags: [{ key: 'Name', value: `${stack.stackName}-build-host` }, { key: 'amiflow:build-host', value: stack.stackName }],
+  });
 }
 
 /** A stack holding one {@link Amiflow}, with the outputs `amiflow start` needs. */

@@ -18,8 +18,13 @@ fs.mkdirSync(bootstrapDir);
 fs.writeFileSync(path.join(bootstrapDir, 'bootstrap'), '#!/bin/sh\n');
 const definitionFile = path.join(work, 'amiflow.asl.json');
 fs.writeFileSync(definitionFile, JSON.stringify({
-  StartAt: 'CreateImage',
-  States: { CreateImage: { Type: 'Task', Resource: '${CreateImageFunctionArn}', End: true } },
+  StartAt: 'Builds',
+  States: {
+    Builds: {
+      Type: 'Map', MaxConcurrency: 0, End: true,
+      ItemProcessor: { StartAt: 'CreateImage', States: { CreateImage: { Type: 'Task', Resource: '${CreateImageFunctionArn}', End: true } } },
+    },
+  },
 }));
 
 const sample: StepsManifest = {
@@ -140,7 +145,8 @@ test('artifacts bucket is encrypted, private and expires staged files', () => {
 test('chroot host SSM document, janitor rule and optional schedule', () => {
   const plain = synth(sample);
   plain.hasResourceProperties('AWS::SSM::Document', { DocumentType: 'Command', Content: Match.objectLike({ schemaVersion: '2.2' }) });
-  plain.resourceCountIs('AWS::Events::Rule', 1);
+  // The janitor's status-change rule and its daily redrive-window rule.
+  plain.resourceCountIs('AWS::Events::Rule', 2);
   plain.hasResourceProperties('AWS::Events::Rule', {
     EventPattern: {
       source: ['aws.states'],
@@ -151,7 +157,7 @@ test('chroot host SSM document, janitor rule and optional schedule', () => {
   const scheduled = synth(sample, {
     schedule: { expression: 'cron(0 3 * * ? *)', timezone: 'Europe/Paris', templateS3: 's3://b/t.json', vars: { version: '1' } },
   });
-  scheduled.resourceCountIs('AWS::Events::Rule', 1);
+  scheduled.resourceCountIs('AWS::Events::Rule', 2);
   scheduled.hasResourceProperties('AWS::Scheduler::Schedule', {
     ScheduleExpression: 'cron(0 3 * * ? *)',
     ScheduleExpressionTimezone: 'Europe/Paris',
@@ -192,6 +198,16 @@ test('functions publish an alias, log to their own group, and the state machine 
   assert.match(substitutions, /CreateImageAlias/, 'the task invokes the alias');
   const definition = JSON.parse(machine.Properties.DefinitionString);
   assert.equal(definition.TimeoutSeconds, 21600, 'the execution timeout is set');
+  assert.equal(definition.States.Builds.MaxConcurrency, 10, 'the builds run at most 10 at a time');
+  const four = JSON.parse((Object.values(synth(sample, { maxConcurrentBuilds: 4 }).findResources('AWS::StepFunctions::StateMachine'))[0] as any).Properties.DefinitionString);
+  assert.equal(four.States.Builds.MaxConcurrency, 4);
+});
+
+test('the janitor also runs daily for builds whose redrive window closed', () => {
+  const template = synth(sample);
+  const daily = Object.values(template.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: 'rate(1 day)' } }));
+  assert.equal(daily.length, 1, 'one daily janitor rule');
+  assert.match(JSON.stringify(daily[0].Properties.Targets), /redrive_window/);
 });
 
 test('alarms on failed and timed-out executions, Lambda failures and the janitor notify the topic', () => {
@@ -233,4 +249,20 @@ test('the app synthesizes a stack from cdk.json and context', () => {
   });
   assert.notEqual(missing.status, 0);
   assert.match(missing.stderr, /build-bootstrap\.sh/, 'says how to build the binary');
+});
+
+test('createBuildHost makes an SSM-managed, IMDSv2-only host and hands it to the functions', () => {
+  const none = synth(sample);
+  none.resourceCountIs('AWS::EC2::Instance', 0);
+  const template = synth(sample, { createBuildHost: true });
+  template.resourceCountIs('AWS::EC2::Instance', 1);
+  template.hasResourceProperties('AWS::EC2::Instance', {
+    MetadataOptions: { HttpTokens: 'required', HttpEndpoint: 'enabled' },
+    Tags: Match.arrayWith([Match.objectLike({ Key: 'amiflow:build-host' })]),
+  });
+  const host = Object.keys(template.findResources('AWS::EC2::Instance'))[0];
+  template.hasResourceProperties('AWS::Lambda::Function', {
+    Handler: 'CreateImage',
+    Environment: { Variables: Match.objectLike({ AMIFLOW_BUILD_HOST_INSTANCE_ID: { Ref: host } }) },
+  });
 });

@@ -6,8 +6,12 @@
 //! execution's name is the `amiflow:build` tag value on everything the build created; the
 //! regions come from the template in the execution's input (builder `region`s and
 //! `ami_regions`), plus `AMIFLOW_JANITOR_REGIONS`, or else the function's own region.
-//! A build that ran with `on_error: abort` and failed keeps its resources
-//! ([`kept_on_error_abort`]); `amiflow clean` removes them later.
+//! A build that ran with `on_error: abort` and failed keeps its resources, and so does one
+//! kept for redrive (`on_error: redrive`) ([`kept_by_on_error`]); `amiflow clean` and
+//! `amiflow abandon` remove them later.
+//!
+//! The janitor's daily rule sends [`RedriveWindowEvent`] instead: builds kept for redrive
+//! whose redrive window (14 days after they stopped) has closed are swept then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -30,9 +34,10 @@ pub const SPEC: StepSpec = StepSpec {
 
 /// It removes exactly what Cleanup removes, by the same code (and marks nothing), and reads
 /// an execution's input when the event does not carry it.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 1] = {
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 2] = {
     let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 1];
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 2];
+    all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
     let mut i = 0;
     while i < cleanup.len() {
         all[i] = cleanup[i];
@@ -41,6 +46,7 @@ const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 1] = {
     all
 };
 const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
+const LIST_EXECUTIONS: &str = "states:ListExecutions";
 
 /// Execution statuses after which the build's resources must be swept.
 pub const SWEPT_STATUSES: [&str; 3] = ["ABORTED", "TIMED_OUT", "FAILED"];
@@ -83,6 +89,51 @@ pub struct JanitorReport {
     /// (`amiflow clean EXECUTION` removes them).
     #[serde(default)]
     pub kept_on_error_abort: bool,
+    /// The build ran with `on_error: redrive` and may still be redriven: its resources stay
+    /// until the redrive window closes (`amiflow abandon EXECUTION` removes them sooner).
+    #[serde(default)]
+    pub kept_for_redrive: bool,
+}
+
+/// What the janitor's daily rule sends: sweep the builds kept for redrive whose window has
+/// closed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedriveWindowEvent {
+    pub redrive_window: RedriveWindow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedriveWindow {
+    pub state_machine_arn: String,
+    /// Step Functions redrives an execution up to 14 days after it stopped.
+    #[serde(default = "RedriveWindow::default_days")]
+    pub days: u32,
+}
+
+impl RedriveWindow {
+    fn default_days() -> u32 {
+        14
+    }
+}
+
+/// How many days after a redrive window closed its build is still looked at (the sweep is
+/// idempotent; this bounds the daily DescribeExecution calls and covers missed days).
+const REDRIVE_GRACE_DAYS: i64 = 7;
+
+/// The janitor's input: an execution's status change, or the daily redrive-window check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum JanitorEvent {
+    StatusChange(StatusChangeEvent),
+    RedriveWindow(RedriveWindowEvent),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum JanitorOutput {
+    One(JanitorReport),
+    /// One report per build whose redrive window closed.
+    Many(Vec<JanitorReport>),
 }
 
 /// How long the handler keeps sweeping while resources terminate: the function's timeout
@@ -90,8 +141,17 @@ pub struct JanitorReport {
 const SWEEP_BUDGET: Duration = Duration::from_secs(SPEC.timeout_seconds as u64 - 60);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-pub async fn run(ctx: &Ctx, event: StatusChangeEvent) -> Result<JanitorReport, StepError> {
-    sweep(ctx, event, SWEEP_INTERVAL, SWEEP_BUDGET).await
+pub async fn run(ctx: &Ctx, event: JanitorEvent) -> Result<JanitorOutput, StepError> {
+    match event {
+        JanitorEvent::StatusChange(event) => sweep(ctx, event, SWEEP_INTERVAL, SWEEP_BUDGET)
+            .await
+            .map(JanitorOutput::One),
+        JanitorEvent::RedriveWindow(event) => {
+            sweep_closed_redrive_windows(ctx, &event.redrive_window, chrono::Utc::now())
+                .await
+                .map(JanitorOutput::Many)
+        }
+    }
 }
 
 /// [`run`] with the polling made explicit (tests poll fast).
@@ -117,6 +177,7 @@ pub async fn sweep(
         removed: Vec::new(),
         kept: Vec::new(),
         kept_on_error_abort: false,
+        kept_for_redrive: false,
     };
     if !SWEPT_STATUSES.contains(&detail.status.as_str()) {
         tracing::info!(execution = %detail.execution_arn, status = %detail.status, "status needs no sweep");
@@ -130,11 +191,20 @@ pub async fn sweep(
         .or_else(|| std::env::var("AWS_REGION").ok());
     let regions = build_regions(input.as_deref(), &configured, own_region.as_deref());
     report.regions = regions.clone();
-    if kept_on_error_abort(&detail.status, input.as_deref()) {
-        tracing::warn!(execution = %detail.execution_arn, status = %detail.status,
-            "on_error=abort: leaving the failed build's resources for debugging; remove them with `amiflow clean {}`", detail.execution_arn);
-        report.kept_on_error_abort = true;
-        return Ok(report);
+    match kept_by_on_error(&detail.status, input.as_deref()) {
+        Some(OnError::Abort) => {
+            tracing::warn!(execution = %detail.execution_arn, status = %detail.status,
+                "on_error=abort: leaving the failed build's resources for debugging; remove them with `amiflow clean {}`", detail.execution_arn);
+            report.kept_on_error_abort = true;
+            return Ok(report);
+        }
+        Some(_) => {
+            tracing::warn!(execution = %detail.execution_arn, status = %detail.status,
+                "on_error=redrive: leaving the build's resources for `amiflow redrive {0}`; `amiflow abandon {0}` removes them, and the janitor does when the redrive window closes", detail.execution_arn);
+            report.kept_for_redrive = true;
+            return Ok(report);
+        }
+        None => {}
     }
     if regions.is_empty() {
         return Err(StepError::BuildFailed(format!(
@@ -143,20 +213,128 @@ pub async fn sweep(
         )));
     }
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
-    let started = Instant::now();
-    let CleanupReport { removed, kept, .. } = loop {
-        match sweep_execution(ctx, &detail.name, &regions).await {
-            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
-                tracing::info!(%why, "waiting before sweeping again");
-                tokio::time::sleep(interval).await;
-            }
-            other => break other?,
-        }
-    };
+    let CleanupReport { removed, kept, .. } =
+        sweep_until_done(ctx, &detail.name, &regions, interval, budget).await?;
     report.swept = true;
     report.removed = removed;
     report.kept = kept;
     Ok(report)
+}
+
+/// Sweeps everything tagged for `execution` in `regions`, again while resources are still
+/// going (`NotReady`), within `budget`.
+async fn sweep_until_done(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+    interval: Duration,
+    budget: Duration,
+) -> Result<CleanupReport, StepError> {
+    let started = Instant::now();
+    loop {
+        match sweep_execution(ctx, execution, regions).await {
+            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
+                tracing::info!(%why, "waiting before sweeping again");
+                tokio::time::sleep(interval).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Sweeps the builds kept for redrive (`on_error: redrive`) whose redrive window closed:
+/// executions of the state machine stopped FAILED, TIMED_OUT or ABORTED more than
+/// `window.days` (and less than `window.days` + [`REDRIVE_GRACE_DAYS`]) days before `now`.
+pub async fn sweep_closed_redrive_windows(
+    ctx: &Ctx,
+    window: &RedriveWindow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<JanitorReport>, StepError> {
+    use aws_sdk_sfn::types::ExecutionStatus;
+    let sfn = aws_sdk_sfn::Client::new(&ctx.sdk);
+    let mut reports = Vec::new();
+    for status in [
+        ExecutionStatus::Failed,
+        ExecutionStatus::TimedOut,
+        ExecutionStatus::Aborted,
+    ] {
+        let mut pages = sfn
+            .list_executions()
+            .state_machine_arn(&window.state_machine_arn)
+            .status_filter(status.clone())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                StepError::Transient(format!(
+                    "ListExecutions of {} ({status}): {}",
+                    window.state_machine_arn,
+                    aws_sdk_sfn::error::DisplayErrorContext(e)
+                ))
+            })?;
+            for execution in page.executions() {
+                let Some(stopped) = execution.stop_date() else {
+                    continue;
+                };
+                let stopped = chrono::DateTime::from_timestamp(stopped.secs(), 0).unwrap_or(now);
+                if !redrive_window_closed(stopped, now, window.days) {
+                    continue;
+                }
+                let event = StatusChangeEvent {
+                    source: "aws.states".into(),
+                    detail_type: "Step Functions Execution Status Change".into(),
+                    region: None,
+                    detail: StatusChangeDetail {
+                        execution_arn: execution.execution_arn().to_string(),
+                        name: execution.name().to_string(),
+                        status: status.as_str().to_string(),
+                        input: None,
+                    },
+                };
+                let input = execution_input(ctx, &event.detail).await?;
+                if kept_by_on_error(status.as_str(), input.as_deref()) != Some(OnError::Redrive) {
+                    continue;
+                }
+                let regions = build_regions(
+                    input.as_deref(),
+                    &std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default(),
+                    std::env::var("AWS_REGION").ok().as_deref(),
+                );
+                tracing::info!(execution = %event.detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
+                let CleanupReport { removed, kept, .. } = sweep_until_done(
+                    ctx,
+                    &event.detail.name,
+                    &regions,
+                    SWEEP_INTERVAL,
+                    SWEEP_BUDGET,
+                )
+                .await?;
+                reports.push(JanitorReport {
+                    execution: event.detail.name.clone(),
+                    status: event.detail.status.clone(),
+                    regions,
+                    swept: true,
+                    removed,
+                    kept,
+                    kept_on_error_abort: false,
+                    kept_for_redrive: false,
+                });
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Whether an execution that stopped at `stopped` can no longer be redriven at `now` (and
+/// is still inside the grace period the daily check looks at).
+pub fn redrive_window_closed(
+    stopped: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    days: u32,
+) -> bool {
+    let age = now - stopped;
+    age >= chrono::Duration::days(days.into())
+        && age < chrono::Duration::days(i64::from(days) + REDRIVE_GRACE_DAYS)
 }
 
 /// The execution's input: the event's, or, when it was too large for the event,
@@ -183,16 +361,21 @@ async fn execution_input(
     Ok(described.input().map(String::from))
 }
 
-/// Whether the janitor leaves an ended execution's resources alone: it ran with
-/// `on_error: abort` (Packer's -on-error=abort, kept for debugging) and failed or timed
-/// out. One stopped by hand is swept whatever on_error says, as Packer cleans up after an
-/// interrupt.
-pub fn kept_on_error_abort(status: &str, input: Option<&str>) -> bool {
+/// Why the janitor leaves an ended execution's resources alone, if it does: it ran with
+/// `on_error: abort` (Packer's -on-error=abort, kept for debugging) and failed or timed out
+/// (one stopped by hand is swept, as Packer cleans up after an interrupt); or it ran with
+/// `on_error: redrive` and ended in any state RedriveExecution resumes from.
+pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
     let on_error = input
         .and_then(|text| serde_json::from_str::<Value>(text).ok())
         .and_then(|input| serde_json::from_value::<OnError>(input["on_error"].clone()).ok())
         .unwrap_or_default();
-    on_error == OnError::Abort && matches!(status, "FAILED" | "TIMED_OUT")
+    let kept = match on_error {
+        OnError::Cleanup => false,
+        OnError::Abort => matches!(status, "FAILED" | "TIMED_OUT"),
+        OnError::Redrive => matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED"),
+    };
+    kept.then_some(on_error)
 }
 
 /// The regions a build may have touched: every builder's `region` and `ami_regions` in the
@@ -350,12 +533,52 @@ mod tests {
     fn on_error_abort_keeps_failed_and_timed_out_builds_only() {
         let abort = r#"{"template":{},"on_error":"abort"}"#;
         let cleanup = r#"{"template":{},"on_error":"cleanup"}"#;
-        assert!(kept_on_error_abort("FAILED", Some(abort)));
-        assert!(kept_on_error_abort("TIMED_OUT", Some(abort)));
-        assert!(!kept_on_error_abort("ABORTED", Some(abort)));
-        assert!(!kept_on_error_abort("FAILED", Some(cleanup)));
-        assert!(!kept_on_error_abort("FAILED", Some(r#"{"template":{}}"#)));
-        assert!(!kept_on_error_abort("FAILED", None));
+        let kept = |status, input| kept_by_on_error(status, input) == Some(OnError::Abort);
+        assert!(kept("FAILED", Some(abort)));
+        assert!(kept("TIMED_OUT", Some(abort)));
+        assert!(!kept("ABORTED", Some(abort)));
+        assert_eq!(kept_by_on_error("FAILED", Some(cleanup)), None);
+        assert_eq!(kept_by_on_error("FAILED", Some(r#"{"template":{}}"#)), None);
+        assert_eq!(kept_by_on_error("FAILED", None), None);
+    }
+
+    #[test]
+    fn on_error_redrive_keeps_every_redrivable_ending() {
+        let redrive = r#"{"template":{},"on_error":"redrive"}"#;
+        for status in ["FAILED", "TIMED_OUT", "ABORTED"] {
+            assert_eq!(
+                kept_by_on_error(status, Some(redrive)),
+                Some(OnError::Redrive),
+                "{status}"
+            );
+        }
+        assert_eq!(kept_by_on_error("SUCCEEDED", Some(redrive)), None);
+    }
+
+    #[test]
+    fn the_redrive_window_closes_after_its_days_and_is_looked_at_for_a_week() {
+        let now = chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap();
+        let days = |d: i64| now - chrono::Duration::days(d);
+        assert!(
+            !redrive_window_closed(days(13), now, 14),
+            "still redrivable"
+        );
+        assert!(redrive_window_closed(days(14), now, 14));
+        assert!(redrive_window_closed(days(20), now, 14));
+        assert!(!redrive_window_closed(days(21), now, 14), "past the grace");
+        assert!(redrive_window_closed(days(0), now, 0));
+    }
+
+    #[test]
+    fn both_inputs_parse() {
+        let window: JanitorEvent = serde_json::from_value(serde_json::json!({
+            "redrive_window": { "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:amiflow" }
+        }))
+        .unwrap();
+        let JanitorEvent::RedriveWindow(w) = window else {
+            panic!("not a window event: {window:?}")
+        };
+        assert_eq!(w.redrive_window.days, 14);
     }
 
     #[test]
@@ -363,7 +586,10 @@ mod tests {
         let cleanup = super::super::cleanup::SPEC.iam_actions;
         assert_eq!(&SPEC.iam_actions[..CLEANUP_ACTIONS.len()], CLEANUP_ACTIONS);
         assert!(CLEANUP_ACTIONS.iter().all(|a| cleanup.contains(a)));
-        assert_eq!(SPEC.iam_actions.last(), Some(&"states:DescribeExecution"));
+        assert_eq!(
+            &SPEC.iam_actions[CLEANUP_ACTIONS.len()..],
+            &["states:DescribeExecution", "states:ListExecutions"]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
-//!  "on_error": "cleanup" | "abort"}               // Packer's -on-error, default cleanup
+//!  "on_error": "cleanup" | "abort" | "redrive"}   // Packer's -on-error, default cleanup
 //! ```
 //!
 //! Output: `{"builds": [BuildState, ...]}` — one per build left after only/except, each
