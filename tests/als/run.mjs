@@ -4,7 +4,8 @@
 //   node run.mjs <definition.json> <input.json> [execution-name]
 //
 // Task states call Lambda through the AWS SDK, so AWS_ENDPOINT_URL_LAMBDA must point at
-// `amiflow serve-lambdas` (or the tests' scripted server). `${XFunctionArn}` substitutions
+// `amiflow serve-lambdas` (or the tests' scripted server): its endpoint line, token path
+// included. `${XFunctionArn}` substitutions
 // become arn:aws:lambda:us-east-1:123456789012:function:X. Every Wait state and every
 // Retry interval is overridden to 0 ms: the comparison is about the path, not the clock.
 //

@@ -807,6 +807,45 @@ async fn instance_upload_failure_says_what_to_check_and_masks_the_keys() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_failure_removes_only_the_objects_this_build_uploaded() {
+    let Some(moto) =
+        Moto::start_or_skip("instance_failure_removes_only_the_objects_this_build_uploaded")
+    else {
+        return;
+    };
+    let Some(f) = instance_fixture() else { return };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    // An earlier build's bundle under the same bundle_prefix (it backs a registered AMI):
+    // a part this build does not write.
+    let s3 = ctx.s3(REGION);
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let earlier = "web-fixed.part.01";
+    s3.put_object()
+        .bucket(BUCKET)
+        .key(earlier)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"earlier"))
+        .send()
+        .await
+        .unwrap();
+    let mut template = instance_template(&f, &moto, None);
+    let builder = &mut template["builders"][0];
+    builder["bundle_prefix"] = json!("web-fixed");
+    // The upload puts this build's manifest and part, then fails.
+    let upload = builder["bundle_upload_command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    builder["bundle_upload_command"] = json!(format!("{upload}; exit 1"));
+    let (out, _) = run_build(&ctx, "e2e-instance-shared-prefix", template, None).await;
+    out.expect_err("the upload fails");
+    assert_eq!(
+        bucket_objects(&ctx).await,
+        vec![earlier.to_string()],
+        "this build's objects are removed, the earlier bundle's part stays"
+    );
+}
+
 /// Steps whose failure is injected: from KeyPair (the first create) to the end.
 fn failure_points(builder: BuilderType) -> Vec<&'static str> {
     let chain = flows::chain_names(builder);

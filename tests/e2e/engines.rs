@@ -125,7 +125,7 @@ async fn run_als(input: &Value, script: &[&str]) -> Option<Record> {
     };
     let ctx = Arc::new(amiflow::Ctx::from_env().await);
     let invoker = Arc::new(ScriptedInvoker::new(script).with_real(&["Prepare", "Finalize"], ctx));
-    let (addr, server) = lambda_api::serve(0, invoker.clone())
+    let server = lambda_api::serve(0, invoker.clone())
         .await
         .expect("serve the invoke API");
     let raw = als
@@ -133,10 +133,10 @@ async fn run_als(input: &Value, script: &[&str]) -> Option<Record> {
             &definition_path(),
             input,
             "exec-engines",
-            &format!("http://{addr}"),
+            &server.endpoint(),
         )
         .await;
-    server.abort();
+    server.task.abort();
     let mut retries = BTreeMap::new();
     for r in raw["retries"].as_array().into_iter().flatten() {
         *retries

@@ -224,13 +224,32 @@ async fn unknown_handler_fails_init_and_lists_the_known_ones() {
     assert!(!status.success(), "the runtime exits after an init error");
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lower-case) and body.
+/// One JSON POST with `Connection: close`; returns status, headers (lower-case) and body.
 fn http_post(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    http_post_with(addr, path, &[("Content-Type", "application/json")], body)
+}
+
+/// One POST with `headers` (and Host: `addr`).
+fn http_post_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to serve-lambdas");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        write!(stream, "POST {path} HTTP/1.1\r\nHost: {addr}\r\n").unwrap();
+    } else {
+        write!(stream, "POST {path} HTTP/1.1\r\n").unwrap();
+    }
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -253,8 +272,9 @@ fn http_post(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>,
     (status, headers, body.to_string())
 }
 
-#[test]
-fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
+/// `amiflow serve-lambdas --port 0` with fake credentials: the server (killed by its PID
+/// on drop), its address and the path prefix (the token) of its endpoint.
+fn start_serve_lambdas() -> (amiflow_tests::lambda_harness::ChildGuard, String, String) {
     use std::io::BufRead;
     let mut cmd =
         std::process::Command::new(amiflow_tests::lambda_harness::workspace_binary("amiflow"));
@@ -273,16 +293,23 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
     std::io::BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut first_line)
         .unwrap();
-    let addr = first_line
+    let endpoint = first_line
         .trim()
         .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("endpoint on the first line: {first_line:?}"))
-        .to_string();
+        .unwrap_or_else(|| panic!("endpoint on the first line: {first_line:?}"));
+    let (addr, token) = endpoint
+        .split_once('/')
+        .unwrap_or_else(|| panic!("the endpoint carries a token path: {first_line:?}"));
+    (server, addr.to_string(), format!("/{token}"))
+}
 
+#[test]
+fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
+    let (_server, addr, prefix) = start_serve_lambdas();
     let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3APrepare";
     let (status, headers, body) = http_post(
         &addr,
-        &format!("/2015-03-31/functions/{arn}/invocations"),
+        &format!("{prefix}/2015-03-31/functions/{arn}/invocations"),
         r#"{"input": {"template": "{ not json"}, "execution": "e-1"}"#,
     );
     assert_eq!(status, 200, "a function error is still HTTP 200");
@@ -295,7 +322,7 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
 
     let (status, headers, body) = http_post(
         &addr,
-        "/2015-03-31/functions/FinalizeFunctionArn/invocations",
+        &format!("{prefix}/2015-03-31/functions/FinalizeFunctionArn/invocations"),
         "[]",
     );
     assert_eq!(status, 200);
@@ -308,8 +335,11 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
         json!({"builds": [], "failed": 0})
     );
 
-    let (status, headers, body) =
-        http_post(&addr, "/2015-03-31/functions/NoSuchStep/invocations", "{}");
+    let (status, headers, body) = http_post(
+        &addr,
+        &format!("{prefix}/2015-03-31/functions/NoSuchStep/invocations"),
+        "{}",
+    );
     assert_eq!(status, 404);
     assert!(
         headers.contains(&(
@@ -321,5 +351,66 @@ fn serve_lambdas_serves_the_real_handlers_with_lambda_error_semantics() {
     assert!(
         body.contains("Finalize"),
         "lists the known handlers: {body}"
+    );
+}
+
+#[test]
+fn serve_lambdas_answers_only_its_token_holder_outside_a_browser() {
+    let (_server, addr, prefix) = start_serve_lambdas();
+    let finalize = "/2015-03-31/functions/Finalize/invocations";
+    let json = ("Content-Type", "application/json");
+    let refused = |path: &str, headers: &[(&str, &str)], body: &str, why: &str| {
+        let (status, headers, body) = http_post_with(&addr, path, headers, body);
+        assert_eq!(status, 403, "{why}: {body}");
+        assert!(
+            headers.contains(&("x-amzn-errortype".into(), "AccessDeniedException".into())),
+            "{why}: {headers:?}"
+        );
+    };
+    refused(finalize, &[json], "[]", "no token");
+    refused(
+        &format!("/not-the-token{finalize}"),
+        &[json],
+        "[]",
+        "a wrong token",
+    );
+    refused(
+        &format!("{prefix}{finalize}"),
+        &[json, ("Origin", "https://attacker.example")],
+        "[]",
+        "a browser origin",
+    );
+    refused(
+        &format!("{prefix}{finalize}"),
+        &[json, ("Host", "attacker.example:80")],
+        "[]",
+        "a rebound DNS name",
+    );
+    for form in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        refused(
+            &format!("{prefix}{finalize}"),
+            &[("Content-Type", form)],
+            "[]",
+            form,
+        );
+    }
+    let (status, _, body) =
+        http_post_with(&addr, &format!("{prefix}{finalize}"), &[json], "not json");
+    assert_eq!(status, 400, "a body that is not JSON: {body}");
+    // The token holder, as an AWS SDK calls it, gets the handler.
+    let (status, _, body) = http_post_with(
+        &addr,
+        &format!("{prefix}{finalize}"),
+        &[("Content-Type", "application/octet-stream")],
+        "[]",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"builds": [], "failed": 0})
     );
 }

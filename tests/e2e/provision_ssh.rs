@@ -424,3 +424,97 @@ async fn bastion_carries_the_connection() {
         .expect("provisioning through the bastion");
     assert!(marker.exists());
 }
+
+#[tokio::test]
+async fn a_directory_download_never_writes_outside_its_destination() {
+    let sshd = sshd_or_skip!();
+    // On the "instance": src/a, src/"a\n.."/payload and, beside src, payload. Listed one
+    // name per line, src/"a\n.."/payload reads as `a` and `../payload`: the file beside
+    // src, written beside the destination.
+    let src = sshd.path("dl/src");
+    std::fs::create_dir_all(src.join("a\n..")).unwrap();
+    std::fs::write(src.join("a"), "a").unwrap();
+    std::fs::write(src.join("a\n..").join("payload"), "inner").unwrap();
+    std::fs::write(sshd.path("dl/payload"), "planted by the instance").unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let dest = local.path().join("dest");
+    let st = for_sshd(
+        &sshd,
+        json!([{"type": "file", "direction": "download",
+                "source": format!("{}/", src.display()), "destination": dest}]),
+    );
+    let err = provision(&ctx_at(local.path()).await, st)
+        .await
+        .expect_err("a remote name with a newline is refused");
+    let message = err.message();
+    assert!(
+        message.contains("refusing to download") && message.contains("\\n"),
+        "{message}"
+    );
+    assert!(
+        !local.path().join("payload").exists(),
+        "a file was written outside the destination"
+    );
+    assert!(
+        !dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none(),
+        "nothing is written once a name is refused"
+    );
+
+    // The same directory without the crafted name downloads as before.
+    std::fs::remove_dir_all(src.join("a\n..")).unwrap();
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/b"), "b").unwrap();
+    let st = for_sshd(
+        &sshd,
+        json!([{"type": "file", "direction": "download",
+                "source": format!("{}/", src.display()), "destination": dest}]),
+    );
+    provision(&ctx_at(local.path()).await, st)
+        .await
+        .expect("a plain directory downloads");
+    assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "a");
+    assert_eq!(std::fs::read_to_string(dest.join("sub/b")).unwrap(), "b");
+}
+
+#[tokio::test]
+async fn the_host_key_connect_saw_is_the_only_one_accepted_later() {
+    let first = sshd_or_skip!();
+    let other = sshd_or_skip!();
+    let ctx = ctx().await;
+    let connected = connect(&ctx, for_sshd(&first, json!([])))
+        .await
+        .expect("Connect reaches the sshd");
+    let pinned = connected.data.extra.get("ssh_host_key").cloned();
+    assert!(
+        pinned
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .is_some_and(|k| k.starts_with("SHA256:")),
+        "Connect pins the host key: {pinned:?}"
+    );
+
+    // The machine Connect reached: provisioning proceeds.
+    let marker = first.path("pinned.marker");
+    let mut same = for_sshd(
+        &first,
+        json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]),
+    );
+    same.data.extra = connected.data.extra.clone();
+    provision(&ctx, same)
+        .await
+        .expect("the same host key is accepted");
+    assert!(marker.exists());
+
+    // Another machine (another host key) answering for the instance: refused before login.
+    let marker = other.path("impostor.marker");
+    let mut impostor = for_sshd(
+        &other,
+        json!([{"type": "shell", "inline": [format!("touch {}", marker.display())]}]),
+    );
+    impostor.data.extra = connected.data.extra.clone();
+    let err = provision(&ctx, impostor)
+        .await
+        .expect_err("a different host key is refused");
+    assert!(err.message().contains("host key"), "{}", err.message());
+    assert!(!marker.exists(), "nothing ran on the other machine");
+}

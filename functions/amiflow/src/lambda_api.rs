@@ -6,6 +6,13 @@
 //! Error semantics are Lambda's: a handler error is still HTTP 200, with the header
 //! `X-Amz-Function-Error: Unhandled` and `{"errorType", "errorMessage"}` as the body, so the
 //! caller's Retry/Catch match on `errorType` exactly as in AWS.
+//!
+//! The handlers run with the server's credentials and a `shell-local` provisioner runs
+//! commands on this machine, so the server only answers its caller (see [`Guard`]):
+//! every path starts with a random per-run token (the endpoint it prints is
+//! `http://127.0.0.1:PORT/TOKEN`, which AWS SDKs keep as the path prefix of every call),
+//! requests a browser makes (an `Origin` header, a Host other than the loopback one,
+//! a form or text content type) are refused, and the body must be JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -108,26 +115,100 @@ pub fn handler_name(function: &str) -> String {
     name.to_string()
 }
 
-/// Binds 127.0.0.1:`port` (0 picks a free port) and serves until the task is dropped.
-/// Returns the bound address and the server task.
-pub async fn serve<I: Invoker>(
-    port: u16,
-    invoker: Arc<I>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, invoker));
-    Ok((addr, task))
+/// A running invoke server.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// The per-run token every request path starts with.
+    pub token: String,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
-async fn accept_loop<I: Invoker>(listener: TcpListener, invoker: Arc<I>) {
+impl Server {
+    /// What a client sets `AWS_ENDPOINT_URL_LAMBDA` to: the address and the token.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/{}", self.addr, self.token)
+    }
+}
+
+/// Binds 127.0.0.1:`port` (0 picks a free port) with a fresh token and serves until the
+/// task is dropped or aborted.
+pub async fn serve<I: Invoker>(port: u16, invoker: Arc<I>) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    // 122 random bits from the OS generator: not guessable by a page probing the port.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let guard = Arc::new(Guard {
+        token: token.clone(),
+        port: addr.port(),
+    });
+    let task = tokio::spawn(accept_loop(listener, invoker, guard));
+    Ok(Server { addr, token, task })
+}
+
+/// Who may call the server: whoever knows the token, from outside a browser.
+struct Guard {
+    token: String,
+    port: u16,
+}
+
+/// Content types a browser sends cross-origin without asking first (a CORS "simple
+/// request"): an HTML form or `fetch(..., {mode: "no-cors"})` can POST these.
+const BROWSER_SIMPLE_CONTENT_TYPES: [&str; 3] = [
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+];
+
+impl Guard {
+    /// The invoke path without the token, or why the request is refused.
+    fn check<'p>(
+        &self,
+        headers: &hyper::HeaderMap,
+        path: &'p str,
+    ) -> Result<&'p str, &'static str> {
+        if headers.contains_key(hyper::header::ORIGIN) {
+            return Err("requests from a browser (with an Origin header) are refused");
+        }
+        let host = headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let loopback = [
+            format!("127.0.0.1:{}", self.port),
+            format!("localhost:{}", self.port),
+        ];
+        if !loopback.iter().any(|l| l.eq_ignore_ascii_case(host)) {
+            return Err("the Host header must name 127.0.0.1 and this port");
+        }
+        let content_type = headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if BROWSER_SIMPLE_CONTENT_TYPES
+            .iter()
+            .any(|t| content_type.starts_with(t))
+        {
+            return Err("the body must be JSON (Content-Type application/json or application/octet-stream, as AWS SDKs send it)");
+        }
+        let rest = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(self.token.as_str()))
+            .filter(|rest| rest.starts_with('/'));
+        rest.ok_or("the path must start with the token printed by `amiflow serve-lambdas` (use its endpoint line as AWS_ENDPOINT_URL_LAMBDA)")
+    }
+}
+
+async fn accept_loop<I: Invoker>(listener: TcpListener, invoker: Arc<I>, guard: Arc<Guard>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let invoker = invoker.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(invoker.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(invoker.clone(), guard.clone(), req));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -143,9 +224,21 @@ const INVOKE_SUFFIX: &str = "/invocations";
 
 async fn handle<I: Invoker>(
     invoker: Arc<I>,
+    guard: Arc<Guard>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
+    let full_path = req.uri().path().to_string();
+    let path = match guard.check(req.headers(), &full_path) {
+        Ok(path) => path,
+        Err(why) => {
+            tracing::warn!(why, "refused an invoke request");
+            return Ok(service_error(
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                why,
+            ));
+        }
+    };
     let function = path
         .strip_prefix(INVOKE_PREFIX)
         .and_then(|p| p.strip_suffix(INVOKE_SUFFIX));
@@ -154,7 +247,7 @@ async fn handle<I: Invoker>(
             StatusCode::NOT_FOUND,
             "UnknownOperationException",
             &format!(
-                "only POST {INVOKE_PREFIX}{{function}}{INVOKE_SUFFIX} is served, not {} {path}",
+                "only POST /TOKEN{INVOKE_PREFIX}{{function}}{INVOKE_SUFFIX} is served, not {} /TOKEN{path}",
                 req.method()
             ),
         ));
@@ -170,7 +263,8 @@ async fn handle<I: Invoker>(
             ))
         }
     };
-    // An invoke without payload reaches the handler as null, as in Lambda.
+    // An invoke without payload reaches the handler as null, as in Lambda; anything else
+    // must parse as JSON.
     let payload: Value = if body.is_empty() {
         Value::Null
     } else {

@@ -10,8 +10,34 @@ use amiflow_template::PreparedBuild;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Tag put on every resource a build creates; its value is the execution name.
+/// Tag put on every resource a build creates; its value is the execution name as
+/// [`build_id`] normalizes it.
 pub const BUILD_TAG: &str = "amiflow:build";
+
+/// The execution name as every build resource carries it ([`BUILD_TAG`] values, SSM
+/// parameter paths, S3 staging keys, ClientToken seeds): letters, digits and `_.-` only.
+/// Step Functions accepts names (`@ + ( ) ! =` …) that SSM parameter names and IAM tag
+/// values refuse; each other character becomes `-`, and a name that had to change gets a
+/// hash of the original so that two executions never share one id. Already-normalized
+/// names stay as they are, so Prepare, Cleanup, the janitor and `amiflow clean` may each
+/// apply it.
+pub fn build_id(execution: &str) -> String {
+    let safe: String = execution
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if safe == execution {
+        return safe;
+    }
+    let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
+    format!("{safe}-{}", &hash.to_string()[..8])
+}
 /// Set by a successful build's Cleanup on what it delivers (AMIs, their snapshots, kept
 /// volumes), value the build name: no later sweep by [`BUILD_TAG`] removes these, not even
 /// the janitor's after another build of the same execution failed it.
@@ -19,8 +45,8 @@ pub const ARTIFACT_TAG: &str = "amiflow:artifact";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BuildState {
-    /// The execution's name: the value of the [`BUILD_TAG`] on everything this build creates,
-    /// and the seed of every ClientToken.
+    /// The execution's name as [`build_id`] normalizes it: the value of the [`BUILD_TAG`] on
+    /// everything this build creates, and the seed of every ClientToken.
     pub execution: String,
     pub build: PreparedBuild,
     #[serde(default)]
@@ -148,6 +174,11 @@ pub struct Resource {
     /// Part of the artifact: kept when the build succeeds, removed when it fails.
     #[serde(default)]
     pub artifact: bool,
+    /// For an S3 key prefix ([`ResourceKind::S3Object`]): the keys that were already under
+    /// it before this build wrote there (another build's bundle, perhaps backing a
+    /// registered AMI). Removing the prefix never removes these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ours: Vec<String>,
 }
 
 /// Every resource the build created, written by the handler that created it.
@@ -166,8 +197,22 @@ impl Ledger {
                 id: id.to_string(),
                 region: region.to_string(),
                 artifact,
+                not_ours: Vec::new(),
             });
         }
+    }
+
+    /// Records an S3 key prefix the build is about to write under; `not_ours` are the keys
+    /// already there, which stay when the prefix is removed.
+    pub fn record_prefix(&mut self, region: &str, id: &str, artifact: bool, not_ours: Vec<String>) {
+        self.forget(ResourceKind::S3Object, id);
+        self.resources.push(Resource {
+            kind: ResourceKind::S3Object,
+            id: id.to_string(),
+            region: region.to_string(),
+            artifact,
+            not_ours,
+        });
     }
 
     pub fn contains(&self, kind: ResourceKind, id: &str) -> bool {
@@ -216,5 +261,31 @@ mod tests {
             cause: "took too long".into(),
         };
         assert_eq!(plain.message(), "took too long");
+    }
+}
+
+#[cfg(test)]
+mod build_id_tests {
+    use super::build_id;
+
+    #[test]
+    fn build_ids_are_ssm_safe_distinct_and_stable() {
+        assert_eq!(
+            build_id("amiflow-20261203-1200-ab12"),
+            "amiflow-20261203-1200-ab12"
+        );
+        let odd = build_id("web@+(1)!=x");
+        assert!(odd.starts_with("web---1---x-"), "{odd}");
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+            "{odd}"
+        );
+        assert_ne!(
+            odd,
+            build_id("web-+(1)!=x"),
+            "different names stay different"
+        );
+        assert_eq!(build_id(&odd), odd, "normalizing twice changes nothing");
     }
 }

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use amiflow::local::LocalInvoker;
+use amiflow::local::{Interrupt, InterruptibleClock, LocalInvoker};
 use amiflow::Ctx;
-use amiflow_statemachine::{Engine, StateMachine};
+use amiflow_statemachine::{Engine, RealClock, StateMachine};
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
@@ -87,6 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         secrets.set_ssh_password(password);
     }
     ctx.secrets = secrets;
+    let own_region = ctx.sdk.region().map(|r| r.to_string());
 
     let execution = format!(
         "amiflow-{}-{}",
@@ -103,7 +104,22 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     });
     let machine = StateMachine::from_json(DEFINITION)
         .map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;
-    let (engine, mut events) = Engine::new(LocalInvoker::new(Arc::new(ctx))).event_channel();
+    let interrupt = Interrupt::default();
+    let regions = amiflow::steps::janitor::build_regions(
+        Some(&input.to_string()),
+        own_region.as_deref().unwrap_or_default(),
+        None,
+    );
+    watch_signals(interrupt.clone(), clean_command(&execution, &regions))?;
+    let (engine, mut events) = Engine::new(LocalInvoker::interruptible(
+        Arc::new(ctx),
+        interrupt.clone(),
+    ))
+    .with_clock(InterruptibleClock {
+        inner: RealClock::default(),
+        interrupt: interrupt.clone(),
+    })
+    .event_channel();
 
     eprintln!(
         "==> {execution}: {} build(s): {}",
@@ -138,6 +154,13 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "==> finished in {elapsed:.1}s ({} retries)",
         progress.retries
     );
+    if let Some(signal) = interrupt.reason() {
+        eprintln!("==> interrupted by {signal}: the build was cancelled and cleaned up");
+        if let Some((error, cause)) = &failed_cause {
+            eprintln!("    {error}: {}", cause.lines().next().unwrap_or_default());
+        }
+        return Ok(128 + signal_number(&signal));
+    }
     match failed_cause {
         None => Ok(0),
         Some((error, cause)) => {
@@ -147,6 +170,56 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             }
             Ok(1)
         }
+    }
+}
+
+/// The first SIGINT or SIGTERM cancels the running steps (the builds go to their Cleanup,
+/// shown by the progress lines); a second one exits at once, printing `clean` (the command
+/// that removes what the build left).
+fn watch_signals(interrupt: Interrupt, clean: String) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    tokio::spawn(async move {
+        let mut received = 0;
+        loop {
+            let signal = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+            };
+            received += 1;
+            if received == 1 {
+                eprintln!(
+                    "==> {signal}: cancelling the running steps and cleaning up \
+                     (send SIGINT or SIGTERM again to exit at once, without cleaning up)"
+                );
+                interrupt.trigger(signal);
+                continue;
+            }
+            eprintln!(
+                "==> {signal} again: exiting without cleaning up. \
+                 To remove what the build created, run:\n    {clean}"
+            );
+            std::process::exit(128 + i32::from(signal_number(signal)));
+        }
+    });
+    Ok(())
+}
+
+/// `amiflow clean` for this local build: its execution name is its tag, and the regions
+/// are given since no deployed execution records them.
+fn clean_command(execution: &str, regions: &[String]) -> String {
+    let mut command = format!("amiflow clean {execution}");
+    for region in regions {
+        command.push_str(&format!(" --region {region}"));
+    }
+    command
+}
+
+fn signal_number(name: &str) -> u8 {
+    match name {
+        "SIGINT" => 2,
+        _ => 15,
     }
 }
 

@@ -70,7 +70,10 @@ pub async fn clean(
     if regions.is_empty() {
         bail!("no region to sweep for {name}: pass --region, or configure a default region (AWS_REGION or the profile's)");
     }
-    eprintln!("sweeping everything tagged amiflow:build={name} in {regions:?}");
+    eprintln!(
+        "sweeping everything tagged amiflow:build={} in {regions:?}",
+        amiflow::state::build_id(&name)
+    );
     let started = Instant::now();
     loop {
         match sweep_execution(ctx, &name, &regions).await {

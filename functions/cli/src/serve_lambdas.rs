@@ -2,11 +2,12 @@
 //! so a third-party ASL engine runs the definition against the real handlers:
 //!
 //! ```sh
-//! amiflow serve-lambdas --port 9001 &
-//! AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:9001 <engine running statemachine/amiflow.asl.json>
+//! amiflow serve-lambdas --port 9001 > endpoint &
+//! AWS_ENDPOINT_URL_LAMBDA=$(head -1 endpoint) <engine running statemachine/amiflow.asl.json>
 //! ```
 //! Handlers reach AWS (or the emulator named by AWS_ENDPOINT_URL) with this process's
-//! credentials, exactly as `amiflow build` does.
+//! credentials, exactly as `amiflow build` does; so the endpoint carries a per-run token
+//! and refuses browsers (`amiflow::lambda_api`'s guard).
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .with_writer(std::io::stderr)
         .init();
     let ctx = Arc::new(amiflow::Ctx::from_env().await);
-    let (addr, server) = lambda_api::serve(args.port, Arc::new(RegistryInvoker { ctx }))
+    let server = lambda_api::serve(args.port, Arc::new(RegistryInvoker { ctx }))
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -36,14 +37,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
                 args.port
             )
         })?;
-    // The first stdout line is the endpoint, for scripts: AWS_ENDPOINT_URL_LAMBDA=$(...).
-    println!("http://{addr}");
+    // The first stdout line is the endpoint with its token, for scripts:
+    // AWS_ENDPOINT_URL_LAMBDA=$(...). Only this process's output shows the token.
+    let endpoint = server.endpoint();
+    println!("{endpoint}");
     eprintln!(
-        "serving {} on http://{addr}/2015-03-31/functions/{{name}}/invocations",
+        "serving {} on {endpoint}/2015-03-31/functions/{{name}}/invocations",
         lambda_api::known_handlers()
     );
     tokio::select! {
-        _ = server => anyhow::bail!("the invoke server stopped"),
+        _ = server.task => anyhow::bail!("the invoke server stopped"),
         _ = tokio::signal::ctrl_c() => Ok(0),
     }
 }

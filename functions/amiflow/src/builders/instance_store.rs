@@ -183,21 +183,23 @@ pub fn bundle_prefix(state: &BuildState) -> Option<String> {
 /// Deletes every object of the bundle (`delete_bundle_after_register`, Cleanup) and
 /// forgets it in the ledger.
 pub async fn delete_bundle(ctx: &Ctx, state: &mut BuildState) -> Result<(), StepError> {
-    let entries: Vec<(String, String)> = state
+    let entries: Vec<(String, String, Vec<String>)> = state
         .ledger
         .of_kind(ResourceKind::S3Object)
-        .map(|r| (r.region.clone(), r.id.clone()))
+        .map(|r| (r.region.clone(), r.id.clone(), r.not_ours.clone()))
         .collect();
-    for (region, id) in entries {
-        crate::resources::s3::delete_objects_under(ctx, &region, &id).await?;
+    for (region, id, not_ours) in entries {
+        crate::resources::s3::delete_objects_under(ctx, &region, &id, &not_ours).await?;
         state.ledger.forget(ResourceKind::S3Object, &id);
     }
     Ok(())
 }
 
-/// For Cleanup: the bundle prefix and, when it carries this build's tags, the bucket —
-/// found from the config alone, so a step that failed before its state was saved leaks
-/// nothing. No-op for other builders.
+/// For Cleanup: the bucket, when it carries this build's tags — found from the config
+/// alone, so a step that failed before its state was saved leaks nothing. The bundle's
+/// objects are not found this way: BundleVolume records their prefix, with the keys that
+/// were there before, ahead of any upload; a state without that entry uploaded nothing.
+/// No-op for other builders.
 pub async fn discover(
     ctx: &Ctx,
     state: &BuildState,
@@ -205,15 +207,9 @@ pub async fn discover(
 ) -> Result<(), StepError> {
     let Ok(c) = config(state) else { return Ok(()) };
     let region = c.access.region.clone().unwrap_or_default();
-    if c.s3_bucket.is_empty() || c.bundle_prefix.is_empty() {
+    if c.s3_bucket.is_empty() {
         return Ok(());
     }
-    ledger.record(
-        ResourceKind::S3Object,
-        &region,
-        &format!("{}/{}", c.s3_bucket, object_prefix(c, &c.bundle_prefix)),
-        true,
-    );
     if crate::resources::s3::bucket_has_tags(ctx, &region, &c.s3_bucket, &build_tags(state)).await {
         ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
     }

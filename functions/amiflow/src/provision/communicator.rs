@@ -267,6 +267,7 @@ pub async fn ssh_target(
                 pty: false,
                 connect_timeout,
                 bastion: None,
+                host_key: None,
             }))
         }
     };
@@ -278,7 +279,29 @@ pub async fn ssh_target(
         pty: cfg.ssh_pty,
         connect_timeout,
         bastion,
+        host_key: pinned_host_key(state),
     })
+}
+
+/// Where Connect keeps the host key fingerprint it saw first, in the build state.
+const HOST_KEY: &str = "ssh_host_key";
+
+/// The host key fingerprint Connect pinned, if it has run.
+pub fn pinned_host_key(state: &BuildState) -> Option<String> {
+    state
+        .data
+        .extra
+        .get(HOST_KEY)
+        .and_then(|v| v.as_str())
+        .map(String::from)
+}
+
+/// Pins the host key `fingerprint` for every later SSH session of the build.
+pub fn pin_host_key(state: &mut BuildState, fingerprint: &str) {
+    state.data.extra.insert(
+        HOST_KEY.into(),
+        serde_json::Value::String(fingerprint.into()),
+    );
 }
 
 /// Logs in with the private key in `file` (the setting `option`); the key is added to

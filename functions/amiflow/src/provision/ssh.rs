@@ -58,6 +58,9 @@ pub struct SshTarget {
     pub connect_timeout: Duration,
     /// `ssh_bastion_*`: reach the target through this host (a `direct-tcpip` channel).
     pub bastion: Option<Box<SshTarget>>,
+    /// The host key's SHA256 fingerprint Connect saw first (trust on first use): a later
+    /// connection presenting another key is refused. None: accept and record any key.
+    pub host_key: Option<String>,
 }
 
 impl SshTarget {
@@ -70,16 +73,37 @@ impl SshTarget {
     }
 }
 
-struct TrustOnFirstUse;
+/// Trust on first use: records the server's host key and, once one is pinned, accepts
+/// that key only.
+struct TrustOnFirstUse {
+    pinned: Option<String>,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The SHA256 fingerprint (`SHA256:...`) of a host key or of a host certificate's key.
+fn host_key_fingerprint(key: &PublicKeyOrCertificate) -> String {
+    use russh::keys::HashAlg;
+    match key {
+        PublicKeyOrCertificate::PublicKey { key, .. } => {
+            key.fingerprint(HashAlg::Sha256).to_string()
+        }
+        PublicKeyOrCertificate::Certificate(cert) => {
+            cert.public_key().fingerprint(HashAlg::Sha256).to_string()
+        }
+    }
+}
 
 impl client::Handler for TrustOnFirstUse {
     type Error = russh::Error;
 
     async fn check_server_key(
         &mut self,
-        _key: &PublicKeyOrCertificate,
+        key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(true)
+        let fingerprint = host_key_fingerprint(key);
+        let accepted = self.pinned.as_ref().is_none_or(|p| *p == fingerprint);
+        *self.seen.lock().expect("host key slot") = Some(fingerprint);
+        Ok(accepted)
     }
 }
 
@@ -87,6 +111,8 @@ pub struct SshTransport {
     handle: client::Handle<TrustOnFirstUse>,
     /// Kept open while the target is reached through it.
     bastion: Option<client::Handle<TrustOnFirstUse>>,
+    /// The target's host key fingerprint, as this connection saw it.
+    host_key: String,
     sftp: Option<SftpSession>,
     target: SshTarget,
     address: String,
@@ -102,14 +128,19 @@ impl SshTransport {
         let attempt = async {
             let bastion = match &target.bastion {
                 None => None,
-                Some(b) => Some(open(b, None).await.map_err(|e| {
-                    TransportError(format!("via bastion {}: {}", b.address(), e.0))
-                })?),
+                Some(b) => Some(
+                    open(b, None)
+                        .await
+                        .map_err(|e| {
+                            TransportError(format!("via bastion {}: {}", b.address(), e.0))
+                        })?
+                        .0,
+                ),
             };
-            let handle = open(target, bastion.as_ref()).await?;
-            Ok::<_, TransportError>((handle, bastion))
+            let (handle, host_key) = open(target, bastion.as_ref()).await?;
+            Ok::<_, TransportError>((handle, host_key, bastion))
         };
-        let (handle, bastion) = tokio::time::timeout(target.connect_timeout, attempt)
+        let (handle, host_key, bastion) = tokio::time::timeout(target.connect_timeout, attempt)
             .await
             .map_err(|_| {
                 TransportError(format!(
@@ -120,6 +151,7 @@ impl SshTransport {
         Ok(SshTransport {
             handle,
             bastion,
+            host_key,
             sftp: None,
             target: target.clone(),
             address,
@@ -128,6 +160,11 @@ impl SshTransport {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The host key's SHA256 fingerprint (Connect pins it for the build's later sessions).
+    pub fn host_key(&self) -> &str {
+        &self.host_key
     }
 
     pub async fn close(mut self) {
@@ -233,30 +270,49 @@ fn client_config() -> Arc<client::Config> {
 async fn open(
     target: &SshTarget,
     via: Option<&client::Handle<TrustOnFirstUse>>,
-) -> Result<client::Handle<TrustOnFirstUse>, TransportError> {
+) -> Result<(client::Handle<TrustOnFirstUse>, String), TransportError> {
     let address = target.address();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let checker = TrustOnFirstUse {
+        pinned: target.host_key.clone(),
+        seen: seen.clone(),
+    };
+    let refused = |e: russh::Error| {
+        let seen = seen.lock().expect("host key slot").clone();
+        match (&target.host_key, seen) {
+            (Some(pinned), Some(seen)) if *pinned != seen => TransportError(format!(
+                "{address} presented host key {seen}, not {pinned} which it presented at Connect: \
+                 refusing the connection (another machine answers at that address?)"
+            )),
+            _ => TransportError(format!("cannot connect to {address}: {e}")),
+        }
+    };
     let mut handle = match via {
         None => client::connect(
             client_config(),
             (target.host.as_str(), target.port),
-            TrustOnFirstUse,
+            checker,
         )
         .await
-        .map_err(|e| TransportError(format!("cannot connect to {address}: {e}")))?,
+        .map_err(refused)?,
         Some(bastion) => {
             let channel = bastion
                 .channel_open_direct_tcpip(target.host.as_str(), target.port as u32, "127.0.0.1", 0)
                 .await
                 .map_err(|e| TransportError(format!("the bastion cannot reach {address}: {e}")))?;
-            client::connect_stream(client_config(), channel.into_stream(), TrustOnFirstUse)
+            client::connect_stream(client_config(), channel.into_stream(), checker)
                 .await
                 .map_err(|e| {
-                    TransportError(format!(
-                        "cannot connect to {address} through the bastion: {e}"
-                    ))
+                    let e = refused(e);
+                    TransportError(format!("through the bastion: {}", e.0))
                 })?
         }
     };
+    let host_key = seen
+        .lock()
+        .expect("host key slot")
+        .clone()
+        .unwrap_or_default();
     let result = match &target.auth {
         SshAuth::Key(key) => {
             let hash = if key.algorithm().is_rsa() {
@@ -289,7 +345,7 @@ async fn open(
             target.username
         )));
     }
-    Ok(handle)
+    Ok((handle, host_key))
 }
 
 impl Transport for SshTransport {
@@ -356,8 +412,12 @@ impl Transport for SshTransport {
     }
 
     async fn list_files(&mut self, remote_dir: &str) -> Result<Vec<String>, TransportError> {
+        // NUL-separated: a name may hold a newline, which must not split it in two.
         let (status, stdout) = self
-            .exec_capture(&format!("cd {} && find . -type f", shell_quote(remote_dir)))
+            .exec_capture(&format!(
+                "cd {} && find . -type f -print0",
+                shell_quote(remote_dir)
+            ))
             .await?;
         if status != ExecStatus::Exited(0) {
             return Err(TransportError(format!(
@@ -365,10 +425,11 @@ impl Transport for SshTransport {
                 self.address
             )));
         }
-        Ok(String::from_utf8_lossy(&stdout)
-            .lines()
-            .map(|l| l.trim_start_matches("./").to_string())
-            .filter(|l| !l.is_empty())
+        Ok(stdout
+            .split(|b| *b == 0)
+            .map(|name| String::from_utf8_lossy(name))
+            .map(|name| name.strip_prefix("./").unwrap_or(&name).to_string())
+            .filter(|name| !name.is_empty())
             .collect())
     }
 
@@ -526,7 +587,8 @@ impl SshTransport {
         }
     }
 
-    /// The file `download` provisioner: a remote file, or every file below a remote directory.
+    /// The file `download` provisioner: a remote file, or every file below a remote directory
+    /// (each written below `local`, see [`contained_path`]).
     async fn download_to(
         &mut self,
         remote: &str,
@@ -541,17 +603,79 @@ impl SshTransport {
             std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
         };
         if directory {
-            for rel in self.list_files(remote).await.map_err(|e| e.0)? {
+            // Every name is checked before anything is written: the remote side chooses
+            // them, and none may lead outside `local`.
+            let files = self.list_files(remote).await.map_err(|e| e.0)?;
+            let targets = files
+                .iter()
+                .map(|rel| contained_path(local, rel).map(|path| (rel, path)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|why| format!("refusing to download {remote}: {why}"))?;
+            for (rel, path) in targets {
                 let data = self
                     .download(&format!("{}/{rel}", remote.trim_end_matches('/')))
                     .await
                     .map_err(|e| e.0)?;
-                write(&local.join(&rel), &data)?;
+                write(&path, &data)?;
             }
             Ok(())
         } else {
             let data = self.download(remote).await.map_err(|e| e.0)?;
             write(local, &data)
+        }
+    }
+}
+
+/// Where the remote file `rel` (relative to the downloaded directory, as the instance
+/// names it) goes below `dest`; refused when the name could write elsewhere or be
+/// misread: an absolute path, a `..` or `.` component, an empty component, or a control
+/// character such as a newline.
+pub fn contained_path(dest: &std::path::Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    if let Some(c) = rel.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the remote file name {rel:?} contains the control character {c:?}"
+        ));
+    }
+    if rel.starts_with('/') {
+        return Err(format!("the remote file name {rel:?} is absolute"));
+    }
+    let mut path = dest.to_path_buf();
+    for part in rel.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!(
+                "the remote file name {rel:?} has a {part:?} component, which could lead outside {}",
+                dest.display()
+            ));
+        }
+        path.push(part);
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contained_path;
+    use std::path::Path;
+
+    #[test]
+    fn downloaded_names_stay_below_the_destination() {
+        let dest = Path::new("/tmp/dest");
+        assert_eq!(
+            contained_path(dest, "a/b.txt").unwrap(),
+            Path::new("/tmp/dest/a/b.txt")
+        );
+        for bad in [
+            "../escaped",
+            "a/../../escaped",
+            "/etc/passwd",
+            "a\n../escaped",
+            "a//b",
+            "./a",
+            "a/..",
+            "",
+        ] {
+            let refused = contained_path(dest, bad);
+            assert!(refused.is_err(), "{bad:?} -> {refused:?}");
         }
     }
 }

@@ -258,6 +258,8 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
 
 /// The janitor's sweep: everything tagged with the execution in these regions, partial
 /// AMIs included, but not what a build that succeeded delivered (`amiflow:artifact`).
+/// `execution` is the name Step Functions knows; its resources carry its
+/// [`crate::state::build_id`].
 pub async fn sweep_execution(
     ctx: &Ctx,
     execution: &str,
@@ -265,7 +267,7 @@ pub async fn sweep_execution(
 ) -> Result<CleanupReport, StepError> {
     sweep(
         ctx,
-        &Scope::execution(execution, regions),
+        &Scope::execution(&crate::state::build_id(execution), regions),
         &Ledger::default(),
     )
     .await

@@ -10,17 +10,63 @@ use crate::error::classify;
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
 
-/// What removing a bundle's objects needs.
+/// What removing a bundle's objects (and listing the keys already there) needs.
 pub const OBJECT_CLEANUP_ACTIONS: &[&str] = &["s3:ListBucket", "s3:DeleteObject"];
 /// What recognising and removing a build's bucket needs.
 pub const BUCKET_CLEANUP_ACTIONS: &[&str] = &["s3:GetBucketTagging", "s3:DeleteBucket"];
 
-/// Deletes every object under `bucket/prefix`; a missing bucket is fine. Returns the
-/// `s3://` URLs removed.
+/// Every key under `bucket/prefix` (none when the bucket does not exist).
+pub async fn keys_under(
+    ctx: &Ctx,
+    region: &str,
+    bucket_and_prefix: &str,
+) -> Result<Vec<String>, StepError> {
+    let (bucket, prefix) = bucket_and_prefix
+        .split_once('/')
+        .unwrap_or((bucket_and_prefix, ""));
+    let s3 = ctx.s3(region);
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = match s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => {
+                return Ok(keys)
+            }
+            Err(e) => {
+                return Err(classify(
+                    "ListObjectsV2",
+                    &format!("s3://{bucket}/{prefix}"),
+                    e,
+                ))
+            }
+        };
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
+        token = out.next_continuation_token().map(String::from);
+        if token.is_none() {
+            return Ok(keys);
+        }
+    }
+}
+
+/// Deletes every object under `bucket/prefix` except the keys in `not_ours`; a missing
+/// bucket is fine. Returns the `s3://` URLs removed.
 pub async fn delete_objects_under(
     ctx: &Ctx,
     region: &str,
     bucket_and_prefix: &str,
+    not_ours: &[String],
 ) -> Result<Vec<String>, StepError> {
     let (bucket, prefix) = bucket_and_prefix
         .split_once('/')
@@ -52,6 +98,9 @@ pub async fn delete_objects_under(
         };
         for o in out.contents() {
             let key = o.key().unwrap_or_default();
+            if not_ours.iter().any(|k| k == key) {
+                continue;
+            }
             s3.delete_object()
                 .bucket(bucket)
                 .key(key)
@@ -128,7 +177,7 @@ pub async fn sweep_objects(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<
     {
         swept
             .removed
-            .extend(delete_objects_under(ctx, &r.region, &r.id).await?);
+            .extend(delete_objects_under(ctx, &r.region, &r.id, &r.not_ours).await?);
     }
     Ok(swept)
 }

@@ -10,7 +10,8 @@ use crate::provision::Secrets;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "BundleVolume",
-    iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter"],
+    // s3:ListBucket: the keys already under the bundle's prefix, which are not this build's.
+    iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:ListBucket"],
     wait: None,
     // A bundle of a large volume takes a while: Lambda's maximum.
     timeout_seconds: 900,
@@ -40,13 +41,14 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         ("Prefix".to_string(), prefix.clone()),
     ]);
     let command = render_command("bundle_vol_command", &c.bundle_vol_command, &vars)?;
-    // Where UploadBundle puts it: recorded first, an artifact (it backs the AMI).
-    state.ledger.record(
-        ResourceKind::S3Object,
-        &region,
-        &format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix)),
-        true,
-    );
+    // Where UploadBundle puts it: recorded first, an artifact (it backs the AMI), with the
+    // keys already under that prefix (another bundle's), which are never this build's to
+    // remove.
+    let objects = format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix));
+    let not_ours = crate::resources::s3::keys_under(ctx, &region, &objects).await?;
+    state
+        .ledger
+        .record_prefix(&region, &objects, true, not_ours);
     let mut secrets = Secrets::default();
     let mut t = session(ctx, &state, &mut secrets).await?;
     let result = run_remote(&mut t, "bundle_vol_command", &command, &secrets).await;

@@ -56,7 +56,14 @@ pub async fn connect_with(
                 match ssh_target(ctx, &state, &comm, &mut secrets, ATTEMPT_TIMEOUT).await {
                     Ok(target) => match SshTransport::connect(&target).await {
                         Ok(t) => {
-                            tracing::info!(step = "Connect", "SSH on {} answers", t.address());
+                            tracing::info!(
+                                step = "Connect",
+                                "SSH on {} answers with host key {}",
+                                t.address(),
+                                t.host_key()
+                            );
+                            // Trust on first use: later sessions accept this key only.
+                            crate::provision::communicator::pin_host_key(&mut state, t.host_key());
                             t.close().await;
                             waits::CONNECT.end(&mut state);
                             return Ok(state);

@@ -174,11 +174,12 @@ fn prepare_text_with(
             return Err(invalid(Problems(refused)));
         }
     }
+    let build_id = crate::state::build_id(&execution);
     let builds: Vec<BuildState> = prepared
         .builds
         .into_iter()
         .map(|build| BuildState {
-            execution: execution.clone(),
+            execution: build_id.clone(),
             build,
             on_error: input.on_error,
             data: Default::default(),

@@ -588,13 +588,16 @@ pub struct Placement {
     pub tenancy: Option<String>,
 }
 
-/// `metadata_options`, with Packer's defaults (IMDS enabled, tokens optional, hop limit 1).
+/// `metadata_options`: Packer's defaults (IMDS enabled, hop limit 1) except that session
+/// tokens are required (IMDSv2 only) unless the template sets `http_tokens: "optional"`:
+/// a build instance runs template-supplied scripts, and IMDSv1 hands its role's
+/// credentials to any request a script can be tricked into making (README, "Defaults").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataOptions {
     #[serde(default = "enabled")]
     pub http_endpoint: String,
-    #[serde(default = "optional")]
+    #[serde(default = "required")]
     pub http_tokens: String,
     #[serde(default = "one", deserialize_with = "hop_limit")]
     pub http_put_response_hop_limit: i64,
@@ -605,8 +608,8 @@ pub struct MetadataOptions {
 fn enabled() -> String {
     "enabled".into()
 }
-fn optional() -> String {
-    "optional".into()
+fn required() -> String {
+    "required".into()
 }
 fn disabled() -> String {
     "disabled".into()
@@ -622,7 +625,7 @@ impl Default for MetadataOptions {
     fn default() -> Self {
         MetadataOptions {
             http_endpoint: enabled(),
-            http_tokens: optional(),
+            http_tokens: required(),
             http_put_response_hop_limit: 1,
             instance_metadata_tags: disabled(),
         }

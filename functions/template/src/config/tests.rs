@@ -31,7 +31,8 @@ fn shapes_deserialize_with_defaults() {
     assert_eq!(e.comm.ssh_timeout.to_string(), "5m");
     assert_eq!(e.run.shutdown_behavior, "stop");
     assert_eq!(e.access.max_retries, 10);
-    assert_eq!(e.run.metadata_options.http_tokens, "optional");
+    // IMDSv2 by default (issue 14), unlike Packer.
+    assert_eq!(e.run.metadata_options.http_tokens, "required");
     let s = serde_json::to_value(&c).unwrap();
     let back: BuilderConfig = serde_json::from_value(s).unwrap();
     assert_eq!(back, c);
