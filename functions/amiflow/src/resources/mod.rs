@@ -55,6 +55,14 @@ pub struct Scope {
     /// Deterministic names of the temporary IAM role and profile the build may have made
     /// (found even when the step failed before recording them).
     pub iam_names: Vec<String>,
+    /// Kinds the ledger vouches for: every resource of theirs the build made is recorded
+    /// there, so the sweep takes the ledger's word and searches no tag (and skips a kind the
+    /// ledger holds nothing to remove of). Cleanup of a build that succeeded gives these:
+    /// every creating step returned, having recorded what it made (a retried step finds its
+    /// first attempt's resource: ClientToken or look-up, tests/e2e/ebs.rs
+    /// `each_creating_step_twice_creates_one_resource`). After a failure, and for the
+    /// janitor, none: a step that failed midway may have made something it never recorded.
+    pub vouched: Vec<Kind>,
 }
 
 impl Scope {
@@ -71,7 +79,13 @@ impl Scope {
             keep_images: BTreeSet::new(),
             keep_volumes: BTreeSet::new(),
             iam_names: Vec::new(),
+            vouched: Vec::new(),
         }
+    }
+
+    /// Whether the sweep of `kind` searches by tag (the ledger does not vouch for it).
+    pub fn searches(&self, kind: Kind) -> bool {
+        !self.vouched.contains(&kind)
     }
 
     /// EC2 filters matching what the scope covers: the execution, and the build when one.
@@ -180,6 +194,32 @@ impl Kind {
         !matches!(self, Kind::Instance | Kind::KeyPair)
     }
 
+    /// Whether the ledger holds anything of this kind the sweep would remove (what
+    /// `scope` keeps and, unless it deletes artifacts, what is marked artifact, does not
+    /// count). For a vouched kind, nothing here means nothing to do: no call at all.
+    fn in_ledger(self, scope: &Scope, ledger: &Ledger) -> bool {
+        let kinds: &[ResourceKind] = match self {
+            Kind::Instance => &[ResourceKind::Instance, ResourceKind::SpotRequest],
+            Kind::KeyPair => &[ResourceKind::KeyPair, ResourceKind::Parameter],
+            Kind::SecurityGroup => &[ResourceKind::SecurityGroup],
+            Kind::Volume => &[ResourceKind::Volume],
+            Kind::Image => &[ResourceKind::Image],
+            Kind::Snapshot if !scope.delete_artifacts => &[],
+            Kind::Snapshot => &[ResourceKind::Snapshot],
+            Kind::S3Object => &[ResourceKind::S3Object],
+            Kind::S3Bucket if !scope.delete_artifacts => &[],
+            Kind::S3Bucket => &[ResourceKind::S3Bucket],
+            Kind::Iam if !scope.iam_names.is_empty() => return true,
+            Kind::Iam => &[ResourceKind::InstanceProfile, ResourceKind::Role],
+        };
+        ledger.resources.iter().any(|r| {
+            kinds.contains(&r.kind)
+                && (!r.artifact || scope.delete_artifacts)
+                && !scope.keep_images.contains(&r.id)
+                && !scope.keep_volumes.contains(&r.id)
+        })
+    }
+
     async fn sweep(self, ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
         match self {
             Kind::Instance => instance::sweep(ctx, scope, ledger).await,
@@ -236,6 +276,9 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
     let mut terminating: Vec<String> = Vec::new();
     let mut not_yet: Vec<String> = Vec::new();
     for kind in Kind::CLEANUP_ORDER {
+        if !scope.searches(kind) && !kind.in_ledger(scope, ledger) {
+            continue;
+        }
         if kind.waits_for_instances() && !terminating.is_empty() {
             return Err(StepError::NotReady(format!(
                 "waiting for {} to terminate before removing the rest",
