@@ -618,7 +618,7 @@ def main():
                     env[k].stop()
 
     print()
-    print(f"{'case':13} {'builder':20} {'Packer EC2':>10} {'amiflow EC2':>11} {'Packer s':>8} {'amiflow s':>9}  {'other svc (P/a)':15}  artifacts equivalent")
+    print(f"{'case':13} {'builder':20} {'Packer EC2':>10} {'amiflow EC2':>11} {'ratio':>5} {'Packer s':>8} {'amiflow s':>9} {'ratio':>5}  {'other svc (P/a)':15}  artifacts equivalent")
     for name, builder, what, res in rows:
         p, f = res["packer"], res["amiflow"]
         pc, fc = sum(ec2_counts(p["calls"]).values()), sum(ec2_counts(f["calls"]).values())
@@ -631,7 +631,9 @@ def main():
             eq = "DIFFER (see below)"
         if p["left"] or f["left"]:
             eq += f"; left behind: packer {len(p['left'])}, amiflow {len(f['left'])}"
-        print(f"{name:13} {builder:20} {pc:>10} {fc:>11} {p['wall']:>8.1f} {f['wall']:>9.1f}  {po:>6}/{fo:<8}  {eq}")
+        ratio = f"{fc / pc:.2f}" if pc else "-"
+        wall_ratio = f"{f['wall'] / p['wall']:.2f}" if p["wall"] else "-"
+        print(f"{name:13} {builder:20} {pc:>10} {fc:>11} {ratio:>5} {p['wall']:>8.1f} {f['wall']:>9.1f} {wall_ratio:>5}  {po:>6}/{fo:<8}  {eq}")
     for name, builder, what, res in rows:
         p, f = res["packer"], res["amiflow"]
         print(f"\n== {name} ({builder}: {what})")
