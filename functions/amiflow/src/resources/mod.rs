@@ -366,6 +366,38 @@ mod tests {
     }
 
     #[test]
+    fn a_vouched_kind_is_swept_only_for_what_the_ledger_holds_to_remove() {
+        let mut scope = Scope::execution("exec-1", &["us-east-1".to_string()]);
+        scope.delete_artifacts = false;
+        scope.keep_images = ["ami-final".to_string()].into();
+        scope.vouched = Kind::CLEANUP_ORDER.to_vec();
+        let mut ledger = Ledger::default();
+        ledger.record(ResourceKind::Image, "us-east-1", "ami-final", true);
+        ledger.record(ResourceKind::Snapshot, "us-east-1", "snap-1", true);
+        assert!(!scope.searches(Kind::Image));
+        // The kept artifact and its snapshot: nothing for a success's Cleanup to do.
+        for k in Kind::CLEANUP_ORDER {
+            assert!(!k.in_ledger(&scope, &ledger), "{k:?}");
+        }
+        // An intermediary image (not an artifact) goes, and the instance.
+        ledger.record(ResourceKind::Image, "us-east-1", "ami-intermediary", false);
+        ledger.record(ResourceKind::Instance, "us-east-1", "i-1", false);
+        assert!(Kind::Image.in_ledger(&scope, &ledger));
+        assert!(Kind::Instance.in_ledger(&scope, &ledger));
+        assert!(!Kind::SecurityGroup.in_ledger(&scope, &ledger));
+        // After a failure the artifacts go too.
+        scope.delete_artifacts = true;
+        scope.keep_images.clear();
+        assert!(Kind::Snapshot.in_ledger(&scope, &ledger));
+        // A temporary instance profile is looked for by its deterministic name.
+        scope.iam_names = vec!["amiflow-x".into()];
+        assert!(Kind::Iam.in_ledger(&scope, &ledger));
+        // The janitor vouches for nothing: it searches every kind.
+        let janitor = Scope::execution("exec-1", &["us-east-1".to_string()]);
+        assert!(Kind::CLEANUP_ORDER.iter().all(|k| janitor.searches(*k)));
+    }
+
+    #[test]
     fn instances_go_before_everything_they_hold() {
         let at = |k: Kind| Kind::CLEANUP_ORDER.iter().position(|x| *x == k).unwrap();
         assert_eq!(at(Kind::Instance), 0);
