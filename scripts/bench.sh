@@ -24,8 +24,7 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 out=$(mktemp -d "${TMPDIR:-/tmp}/amiflow-bench.XXXXXX")
 
 echo "==> EC2 calls and wall time against Packer 1.6.6 (scripts/compare-packer.sh)"
-"$AMIFLOW_ROOT/scripts/compare-packer.sh" --keep "$out/compare" "$@" | tee "$out/compare.txt" |
-    sed -n '/^case /,/^$/p'
+"$AMIFLOW_ROOT/scripts/compare-packer.sh" --keep "$out/compare" "$@" >"$out/compare.txt"
 
 echo "==> the Lambda bootstrap"
 cargo test --workspace --no-run -q 2>/dev/null || cargo test --workspace --no-run
@@ -52,4 +51,4 @@ echo "==> summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' '
 sed -n '/^case /,/^$/p' "$out/compare.txt"
 printf '%-30s %-40s %s\n' "binary" "size" "cold start / peak RSS"
 for r in "${rows[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-30s %-40s %s\n' "$a" "$b" "$c"; done
-echo "details (per-action counts, recordings, logs): $out"
+echo "details (per-action counts and why they differ: $out/compare.txt; recordings, logs: $out/compare)"
