@@ -490,41 +490,45 @@ NOTES = """
 Why the counts differ (read from the recorded sequences; step code as of this branch):
  amiflow makes more calls:
   - Idempotency lookups: every creating step first looks for what a retried run of itself
-    would have made, by build tag (Lambda steps may run twice): DescribeSecurityGroups before
-    CreateSecurityGroup, DescribeInstances before RunInstances, DescribeImages (name + tag)
+    would have made, by build tag (Lambda steps may run twice): DescribeInstances before
+    RunInstances, DescribeImages (name + tag)
     before CreateImage/RegisterImage/CopyImage, DescribeSnapshots before CreateSnapshot,
     DescribeInstances before SnapshotVolumes reads the attached volumes.
-  - Cleanup's tag sweep: it finds what to remove by the ledger AND by tag:amiflow:build in
-    every region the build touched (DescribeInstances, DescribeKeyPairs, SSM
-    GetParametersByPath, DescribeSecurityGroups, DescribeVolumes, DescribeImages, IAM
-    ListRoles/ListInstanceProfiles). Its first pass answers NotReady while the instance
-    terminates, so the instance/key-pair/SSM part runs twice: most of the +DescribeInstances
-    and all of DescribeKeyPairs. That 3 s retry interval is also most of amiflow's wall time;
-    Packer instead polls DescribeInstances once (moto says terminated at once).
+  - Cleanup after a success trusts the ledger (every creating step returned and recorded
+    what it made): TerminateInstances by id, no tag search, and no wait for the instance
+    unless something it holds (a security group, a volume) goes after it; then a second
+    TerminateInstances tells whether it is gone. Only after a failure, and in the janitor,
+    does the sweep search by tag:amiflow:build in every region the build touched.
+    amazon-instance: the temporary security group waits for the instance (TerminateInstances
+    twice, where Packer polls DescribeInstances).
   - Build tags: amiflow tags what it registers with amiflow:build so the sweep and the
     janitor can find it: CreateTags on each image/copy it registers and on the snapshots.
   - PreValidate checks the AMI name in every target region (DescribeImages in the copy
     region too); Packer 1.6.6 checks only the build region.
   - moto only: CreateImage is sent twice, because moto answers 500 to a snapshot
-    TagSpecification and CreateImage retries without it (then CreateTags on the snapshot).
-    Against AWS that is one CreateImage and no extra CreateTags.
+    TagSpecification and CreateImage retries without it (then CreateTags on the snapshot in
+    WaitImageAvailable). Against AWS that is one CreateImage and no extra CreateTags.
+  - moto only, bounding the look-ups above: moto dedupes no ClientToken (RunInstances,
+    CopyImage), accepts duplicate AMI names and ignores TagSpecifications on CopyImage and
+    RegisterImage, so the look-up before each create stays (tests/e2e/ebs.rs runs every
+    creating step twice against moto and expects one resource), and copies and registered
+    images are tagged by a separate CreateTags. The temporary security group is created
+    first (EC2 and moto refuse a duplicate name) and looked up only then.
  Packer makes calls amiflow does not:
   - CreateKeyPair/DeleteKeyPair and AuthorizeSecurityGroupIngress even with communicator
     none (a temporary key and port 22 nobody uses); amiflow skips both.
- amazon-chroot (Packer 16 EC2 calls, amiflow 27; same 12 mutating calls on both sides):
-  - DescribeImages +3: CreateVolume reads the source image again for its root mapping (Packer
+ amazon-chroot (same 12 mutating calls on both sides):
+  - DescribeImages: CreateVolume reads the source image again for its root mapping (Packer
     keeps it in the state bag from StepSourceAMIInfo); RegisterImage's idempotency lookup by
-    name; Cleanup's image sweep by build tag.
-  - DescribeVolumes +3: AttachVolume first checks whether a retried run already attached the
-    volume; DetachVolume reads the attachment before detaching; Cleanup's volume sweep.
+    name.
+  - DescribeVolumes: AttachVolume first checks whether a retried run already attached the
+    volume; DetachVolume reads the attachment before detaching.
     (Without device_path amiflow also reads the host's mappings and attached volumes to pick
     a free name — DescribeInstances + DescribeVolumes — where Packer lists /sys/block.)
   - CreateTags +2: amiflow:build tags on the registered image (RegisterImage takes no tags)
     and on the image's snapshots in WaitImageAvailable; moto makes its own "Auto-created
     snapshot" for RegisterImage, so that is a second snapshot here.
   - DescribeSnapshots +1: the idempotency lookup before CreateSnapshot.
-  - DescribeInstances +1, DescribeSecurityGroups +1 (and IAM ListRoles/ListInstanceProfiles):
-    Cleanup's tag sweep, which runs whatever the builder.
   - IMDS: Packer asks the proxy for a token and the identity document (not EC2 API calls);
     amiflow is given chroot_host_instance_id. Both then DescribeInstances the host once.
   - moto only: Packer's DetachVolume names just the volume (EC2 accepts that); moto needs the
@@ -618,7 +622,7 @@ def main():
                     env[k].stop()
 
     print()
-    print(f"{'case':13} {'builder':20} {'Packer EC2':>10} {'amiflow EC2':>11} {'Packer s':>8} {'amiflow s':>9}  {'other svc (P/a)':15}  artifacts equivalent")
+    print(f"{'case':13} {'builder':20} {'Packer EC2':>10} {'amiflow EC2':>11} {'ratio':>5} {'Packer s':>8} {'amiflow s':>9} {'ratio':>5}  {'other svc (P/a)':15}  artifacts equivalent")
     for name, builder, what, res in rows:
         p, f = res["packer"], res["amiflow"]
         pc, fc = sum(ec2_counts(p["calls"]).values()), sum(ec2_counts(f["calls"]).values())
@@ -631,7 +635,9 @@ def main():
             eq = "DIFFER (see below)"
         if p["left"] or f["left"]:
             eq += f"; left behind: packer {len(p['left'])}, amiflow {len(f['left'])}"
-        print(f"{name:13} {builder:20} {pc:>10} {fc:>11} {p['wall']:>8.1f} {f['wall']:>9.1f}  {po:>6}/{fo:<8}  {eq}")
+        ratio = f"{fc / pc:.2f}" if pc else "-"
+        wall_ratio = f"{f['wall'] / p['wall']:.2f}" if p["wall"] else "-"
+        print(f"{name:13} {builder:20} {pc:>10} {fc:>11} {ratio:>5} {p['wall']:>8.1f} {f['wall']:>9.1f} {wall_ratio:>5}  {po:>6}/{fo:<8}  {eq}")
     for name, builder, what, res in rows:
         p, f = res["packer"], res["amiflow"]
         print(f"\n== {name} ({builder}: {what})")

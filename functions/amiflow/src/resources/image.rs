@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::Image;
 
-use super::{is_artifact, snapshot, Scope, Swept};
+use super::{is_artifact, snapshot, Kind, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -98,16 +98,20 @@ pub async fn destroy(ctx: &Ctx, region: &str, id: &str) -> Result<Vec<String>, S
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
     let mut swept = Swept::default();
     for region in &scope.regions {
-        let tagged = ctx
-            .ec2(region)
-            .describe_images()
-            .owners("self")
-            .set_filters(Some(scope.filters()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeImages", &scope.execution, e))?;
+        let tagged = if scope.searches(Kind::Image) {
+            ctx.ec2(region)
+                .describe_images()
+                .owners("self")
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeImages", &scope.execution, e))?
+                .images
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut images: Vec<String> = tagged
-            .images()
             .iter()
             .filter(|i| !is_artifact(i.tags()))
             .filter_map(|i| i.image_id().map(String::from))

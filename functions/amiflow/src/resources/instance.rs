@@ -4,7 +4,7 @@
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
-use super::{ledger_ids, spot_request, union, Scope, Swept};
+use super::{ledger_ids, spot_request, union, Kind, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -77,6 +77,9 @@ impl Seen {
 /// Cancels the spot requests and terminates the instances of the scope (by tag and by the
 /// ledger). `not_yet` lists every instance not terminated yet, as "instance ID (REGION)".
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
+    if !scope.searches(Kind::Instance) {
+        return terminate_recorded(ctx, scope, ledger).await;
+    }
     let mut swept = Swept::default();
     for region in &scope.instance_regions {
         let ec2 = ctx.ec2(region);
@@ -139,6 +142,52 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
         for i in &instances {
             if live.contains(&i.id) || i.state != InstanceStateName::Terminated {
                 swept.not_yet.push(format!("instance {} ({region})", i.id));
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// The sweep when the ledger vouches for instances: its spot requests cancelled and its
+/// instances terminated by id, with no search and no DescribeInstances: TerminateInstances
+/// answers each instance's state before and after (terminating twice is a no-op, so a
+/// NotReady pass that runs again is idempotent and learns from it whether the instance is
+/// gone).
+async fn terminate_recorded(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
+    let mut swept = Swept::default();
+    for region in &scope.instance_regions {
+        let spot = ledger_ids(ledger, ResourceKind::SpotRequest, region);
+        if spot_request::cancel(ctx, region, &spot).await? {
+            swept
+                .removed
+                .extend(spot.iter().map(|s| format!("spot request {s} ({region})")));
+        }
+        for id in ledger_ids(ledger, ResourceKind::Instance, region) {
+            let out = ctx
+                .ec2(region)
+                .terminate_instances()
+                .instance_ids(&id)
+                .send()
+                .await;
+            let Some(out) = or_absent(out, &[NOT_FOUND], "TerminateInstances", &id)? else {
+                continue;
+            };
+            for change in out.terminating_instances() {
+                let before = change.previous_state().and_then(|s| s.name());
+                let now = change.current_state().and_then(|s| s.name());
+                if !matches!(
+                    before,
+                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+                ) {
+                    swept.removed.push(format!("instance {id} ({region})"));
+                }
+                // A later pass terminates again: the state before that call is the truth
+                // (moto, unlike EC2, always answers "shutting-down" as the state after).
+                let gone = before == Some(&InstanceStateName::Terminated)
+                    || now == Some(&InstanceStateName::Terminated);
+                if !gone {
+                    swept.not_yet.push(format!("instance {id} ({region})"));
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::KeyPairInfo;
 
-use super::{ledger_ids, union, Scope, Swept};
+use super::{ledger_ids, union, Kind, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -141,7 +141,8 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
     let mut swept = Swept::default();
     for region in &scope.instance_regions {
         let mut tagged = Vec::new();
-        if scope.key_pairs {
+        let search = scope.key_pairs && scope.searches(Kind::KeyPair);
+        if search {
             let out = ctx
                 .ec2(region)
                 .describe_key_pairs()
@@ -161,7 +162,7 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
             }
         }
         let mut params = ledger_ids(ledger, ResourceKind::Parameter, region);
-        if scope.key_pairs {
+        if search {
             let path = parameter_path(&scope.execution, scope.build_name.as_deref());
             params = union(params, parameters_under(ctx, region, &path).await?);
         }

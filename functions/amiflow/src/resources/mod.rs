@@ -55,6 +55,14 @@ pub struct Scope {
     /// Deterministic names of the temporary IAM role and profile the build may have made
     /// (found even when the step failed before recording them).
     pub iam_names: Vec<String>,
+    /// Kinds the ledger vouches for: every resource of theirs the build made is recorded
+    /// there, so the sweep takes the ledger's word and searches no tag (and skips a kind the
+    /// ledger holds nothing to remove of). Cleanup of a build that succeeded gives these:
+    /// every creating step returned, having recorded what it made (a retried step finds its
+    /// first attempt's resource: ClientToken or look-up, tests/e2e/ebs.rs
+    /// `each_creating_step_twice_creates_one_resource`). After a failure, and for the
+    /// janitor, none: a step that failed midway may have made something it never recorded.
+    pub vouched: Vec<Kind>,
 }
 
 impl Scope {
@@ -71,7 +79,13 @@ impl Scope {
             keep_images: BTreeSet::new(),
             keep_volumes: BTreeSet::new(),
             iam_names: Vec::new(),
+            vouched: Vec::new(),
         }
+    }
+
+    /// Whether the sweep of `kind` searches by tag (the ledger does not vouch for it).
+    pub fn searches(&self, kind: Kind) -> bool {
+        !self.vouched.contains(&kind)
     }
 
     /// EC2 filters matching what the scope covers: the execution, and the build when one.
@@ -180,6 +194,32 @@ impl Kind {
         !matches!(self, Kind::Instance | Kind::KeyPair)
     }
 
+    /// Whether the ledger holds anything of this kind the sweep would remove (what
+    /// `scope` keeps and, unless it deletes artifacts, what is marked artifact, does not
+    /// count). For a vouched kind, nothing here means nothing to do: no call at all.
+    fn in_ledger(self, scope: &Scope, ledger: &Ledger) -> bool {
+        let kinds: &[ResourceKind] = match self {
+            Kind::Instance => &[ResourceKind::Instance, ResourceKind::SpotRequest],
+            Kind::KeyPair => &[ResourceKind::KeyPair, ResourceKind::Parameter],
+            Kind::SecurityGroup => &[ResourceKind::SecurityGroup],
+            Kind::Volume => &[ResourceKind::Volume],
+            Kind::Image => &[ResourceKind::Image],
+            Kind::Snapshot if !scope.delete_artifacts => &[],
+            Kind::Snapshot => &[ResourceKind::Snapshot],
+            Kind::S3Object => &[ResourceKind::S3Object],
+            Kind::S3Bucket if !scope.delete_artifacts => &[],
+            Kind::S3Bucket => &[ResourceKind::S3Bucket],
+            Kind::Iam if !scope.iam_names.is_empty() => return true,
+            Kind::Iam => &[ResourceKind::InstanceProfile, ResourceKind::Role],
+        };
+        ledger.resources.iter().any(|r| {
+            kinds.contains(&r.kind)
+                && (!r.artifact || scope.delete_artifacts)
+                && !scope.keep_images.contains(&r.id)
+                && !scope.keep_volumes.contains(&r.id)
+        })
+    }
+
     async fn sweep(self, ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
         match self {
             Kind::Instance => instance::sweep(ctx, scope, ledger).await,
@@ -236,6 +276,9 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
     let mut terminating: Vec<String> = Vec::new();
     let mut not_yet: Vec<String> = Vec::new();
     for kind in Kind::CLEANUP_ORDER {
+        if !scope.searches(kind) && !kind.in_ledger(scope, ledger) {
+            continue;
+        }
         if kind.waits_for_instances() && !terminating.is_empty() {
             return Err(StepError::NotReady(format!(
                 "waiting for {} to terminate before removing the rest",
@@ -322,6 +365,38 @@ mod tests {
         ] {
             assert!(CLEANUP_ACTIONS.contains(&needed), "{needed}");
         }
+    }
+
+    #[test]
+    fn a_vouched_kind_is_swept_only_for_what_the_ledger_holds_to_remove() {
+        let mut scope = Scope::execution("exec-1", &["us-east-1".to_string()]);
+        scope.delete_artifacts = false;
+        scope.keep_images = ["ami-final".to_string()].into();
+        scope.vouched = Kind::CLEANUP_ORDER.to_vec();
+        let mut ledger = Ledger::default();
+        ledger.record(ResourceKind::Image, "us-east-1", "ami-final", true);
+        ledger.record(ResourceKind::Snapshot, "us-east-1", "snap-1", true);
+        assert!(!scope.searches(Kind::Image));
+        // The kept artifact and its snapshot: nothing for a success's Cleanup to do.
+        for k in Kind::CLEANUP_ORDER {
+            assert!(!k.in_ledger(&scope, &ledger), "{k:?}");
+        }
+        // An intermediary image (not an artifact) goes, and the instance.
+        ledger.record(ResourceKind::Image, "us-east-1", "ami-intermediary", false);
+        ledger.record(ResourceKind::Instance, "us-east-1", "i-1", false);
+        assert!(Kind::Image.in_ledger(&scope, &ledger));
+        assert!(Kind::Instance.in_ledger(&scope, &ledger));
+        assert!(!Kind::SecurityGroup.in_ledger(&scope, &ledger));
+        // After a failure the artifacts go too.
+        scope.delete_artifacts = true;
+        scope.keep_images.clear();
+        assert!(Kind::Snapshot.in_ledger(&scope, &ledger));
+        // A temporary instance profile is looked for by its deterministic name.
+        scope.iam_names = vec!["amiflow-x".into()];
+        assert!(Kind::Iam.in_ledger(&scope, &ledger));
+        // The janitor vouches for nothing: it searches every kind.
+        let janitor = Scope::execution("exec-1", &["us-east-1".to_string()]);
+        assert!(Kind::CLEANUP_ORDER.iter().all(|k| janitor.searches(*k)));
     }
 
     #[test]

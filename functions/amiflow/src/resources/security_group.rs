@@ -1,7 +1,7 @@
 //! Temporary security groups (the SecurityGroup step): removed once the instance is gone;
 //! a group still referenced by a detaching network interface cannot go yet.
 
-use super::{ledger_ids, union, Scope, Swept};
+use super::{ledger_ids, union, Kind, Scope, Swept};
 use crate::error::{classify, error_code};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -34,20 +34,23 @@ pub async fn remove(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
     let mut swept = Swept::default();
     for region in scope.launch_regions() {
-        let tagged = ctx
-            .ec2(region)
-            .describe_security_groups()
-            .set_filters(Some(scope.filters()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
-        let groups = union(
-            ledger_ids(ledger, ResourceKind::SecurityGroup, region),
-            tagged
-                .security_groups()
-                .iter()
-                .filter_map(|g| g.group_id().map(String::from)),
-        );
+        let mut groups = ledger_ids(ledger, ResourceKind::SecurityGroup, region);
+        if scope.searches(Kind::SecurityGroup) {
+            let tagged = ctx
+                .ec2(region)
+                .describe_security_groups()
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSecurityGroups", &scope.execution, e))?;
+            groups = union(
+                groups,
+                tagged
+                    .security_groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(String::from)),
+            );
+        }
         for g in groups {
             let removed = remove(ctx, region, &g).await;
             swept.note(removed, format!("security group {g} ({region})"))?;

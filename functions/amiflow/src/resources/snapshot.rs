@@ -2,7 +2,7 @@
 //! amazon-ebsvolume's artifact), and those behind every image. A snapshot an image still
 //! holds cannot go yet.
 
-use super::{is_artifact, ledger_ids, union, Scope, Swept};
+use super::{is_artifact, ledger_ids, union, Kind, Scope, Swept};
 use crate::error::{classify, error_code};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -39,18 +39,22 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
         return Ok(swept);
     }
     for region in &scope.regions {
-        let tagged = ctx
-            .ec2(region)
-            .describe_snapshots()
-            .owner_ids("self")
-            .set_filters(Some(scope.filters()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeSnapshots", &scope.execution, e))?;
+        let tagged = if scope.searches(Kind::Snapshot) {
+            ctx.ec2(region)
+                .describe_snapshots()
+                .owner_ids("self")
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeSnapshots", &scope.execution, e))?
+                .snapshots
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let snaps = union(
             ledger_ids(ledger, ResourceKind::Snapshot, region),
             tagged
-                .snapshots()
                 .iter()
                 .filter(|s| !is_artifact(s.tags()))
                 .filter_map(|s| s.snapshot_id().map(String::from)),

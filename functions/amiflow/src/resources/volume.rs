@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::{Volume, VolumeAttachmentState, VolumeState};
 
-use super::{is_artifact, ledger_ids, Scope, Swept};
+use super::{is_artifact, ledger_ids, Kind, Scope, Swept};
 use crate::error::{classify, error_code, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -87,16 +87,21 @@ pub async fn remove(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
     let mut swept = Swept::default();
     for region in scope.launch_regions() {
-        let tagged = ctx
-            .ec2(region)
-            .describe_volumes()
-            .set_filters(Some(scope.filters()))
-            .send()
-            .await
-            .map_err(|e| classify("DescribeVolumes", &scope.execution, e))?;
+        let tagged = if scope.searches(Kind::Volume) {
+            ctx.ec2(region)
+                .describe_volumes()
+                .set_filters(Some(scope.filters()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeVolumes", &scope.execution, e))?
+                .volumes
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut in_use = Vec::new();
         let mut volumes: Vec<String> = Vec::new();
-        for v in tagged.volumes().iter().filter(|v| !is_artifact(v.tags())) {
+        for v in tagged.iter().filter(|v| !is_artifact(v.tags())) {
             let id = v.volume_id().unwrap_or_default().to_string();
             match v.state() {
                 Some(VolumeState::Available) => volumes.push(id),

@@ -1,6 +1,7 @@
 //! Cleanup: removes everything the build created except its artifact, found by the ledger
 //! AND by tag search (`tag:amiflow:build` = execution), idempotently, through
-//! [`resources::sweep`]. Runs on success and, through the Catch, on failure, where the
+//! [`resources::sweep`]. After a success the ledger alone vouches for what it records
+//! ([`vouched_kinds`]): no tag search, no waiting for an instance nothing else waits on. Runs on success and, through the Catch, on failure, where the
 //! partial AMIs and their snapshots go too. `NotReady` while instances terminate or
 //! something else cannot go yet. `on_error: abort` keeps everything of a failed build and
 //! says what was kept. A successful build's artifacts are then marked `amiflow:artifact`,
@@ -96,6 +97,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             .filter(|r| r.temporary_iam_instance_profile_policy_document.is_some())
             .map(|_| vec![resources::iam::temporary_name(&state)])
             .unwrap_or_default(),
+        vouched: if failed {
+            Vec::new()
+        } else {
+            vouched_kinds(&state)
+        },
     };
     let mut ledger = state.ledger.clone();
     crate::builders::instance_store::discover(ctx, &state, &mut ledger).await?;
@@ -131,6 +137,23 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .extra
         .insert("cleanup".into(), serde_json::to_value(report)?);
     Ok(state)
+}
+
+/// What the ledger of a build that succeeded vouches for: every kind, except volumes when
+/// the source instance launches some that outlive it (`delete_on_termination: false` in
+/// amazon-ebs, -ebssurrogate or -instance launch mappings): RunInstances makes those, and
+/// only a search by tag finds them. amazon-ebsvolume records its kept volumes (TagVolumes).
+fn vouched_kinds(state: &BuildState) -> Vec<resources::Kind> {
+    let cfg = &state.build.config;
+    let untracked_volumes = state.build.builder_type != amiflow_template::BuilderType::EbsVolume
+        && cfg
+            .launch_block_device_mappings()
+            .iter()
+            .any(|d| !d.delete_on_termination);
+    resources::Kind::CLEANUP_ORDER
+        .into_iter()
+        .filter(|k| !(untracked_volumes && *k == resources::Kind::Volume))
+        .collect()
 }
 
 /// Tags what a successful build delivers with [`ARTIFACT_TAG`]: its AMIs with their

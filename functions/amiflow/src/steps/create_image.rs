@@ -32,6 +32,10 @@ pub fn create_image_error(
     }
 }
 
+/// `data.extra` key: CreateImage's snapshot tag specification was honoured, so the image's
+/// snapshots carry the build's tags from creation and WaitImageAvailable need not tag them.
+pub const SNAPSHOTS_TAGGED: &str = "snapshots_tagged_at_creation";
+
 pub fn image_name(state: &BuildState) -> String {
     if state.build.config.intermediary_image() {
         format!(
@@ -106,6 +110,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500)
             {
                 result = request.send().await;
+            } else if result.is_ok() {
+                state
+                    .data
+                    .extra
+                    .insert(SNAPSHOTS_TAGGED.into(), serde_json::Value::Bool(true));
             }
             let out = result.map_err(|e| create_image_error(&instance, &name, e))?;
             out.image_id().unwrap_or_default().to_string()

@@ -18,13 +18,18 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
     }
     for (region, ami) in &state.data.amis {
         let ec2 = ctx.ec2(region);
-        let snaps = match crate::resources::image::describe(ctx, region, ami).await? {
-            Some(img) => crate::resources::image::snapshots(&img),
-            None => {
-                return Err(StepError::Transient(format!(
-                    "CreateTags: image {ami} in {region} is not visible yet"
-                )))
-            }
+        // WaitImageAvailable and WaitCopiesAvailable recorded each final AMI's snapshots:
+        // an image is described only where they did not.
+        let snaps = match state.data.snapshots.get(region) {
+            Some(snaps) => snaps.clone(),
+            None => match crate::resources::image::describe(ctx, region, ami).await? {
+                Some(img) => crate::resources::image::snapshots(&img),
+                None => {
+                    return Err(StepError::Transient(format!(
+                        "CreateTags: image {ami} in {region} is not visible yet"
+                    )))
+                }
+            },
         };
         let to_tags = |key: &str,
                        m: &BTreeMap<String, String>|

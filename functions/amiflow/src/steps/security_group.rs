@@ -80,31 +80,43 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         return Ok(state);
     }
     let name = temp_name(&state, "amiflow", "SecurityGroup");
-    let found = ec2
-        .describe_security_groups()
-        .set_filters(Some({
-            let mut f = own_filters(&state);
-            f.push(filter("group-name", [name.clone()]));
-            f
-        }))
+    // Created straight away under the build's deterministic name: EC2 refuses a second
+    // group of that name in the VPC, so a retried step learns from InvalidGroup.Duplicate
+    // that its first attempt made the group, and only then looks it up (by name and tag).
+    let run_tags = render_tags("run_tags", &run.run_tags, &state.data, &region)?;
+    let created = ec2
+        .create_security_group()
+        .group_name(&name)
+        .description("Temporary group for amiflow")
+        .set_vpc_id(state.data.vpc_id.clone())
+        .tag_specifications(tag_spec(ResourceType::SecurityGroup, &state, &run_tags))
         .send()
-        .await
-        .map_err(|e| classify("DescribeSecurityGroups", &name, e))?;
-    let group_id = match found.security_groups().first().and_then(|g| g.group_id()) {
-        Some(id) => id.to_string(),
-        None => {
-            let run_tags = render_tags("run_tags", &run.run_tags, &state.data, &region)?;
-            let out = ec2
-                .create_security_group()
-                .group_name(&name)
-                .description("Temporary group for amiflow")
-                .set_vpc_id(state.data.vpc_id.clone())
-                .tag_specifications(tag_spec(ResourceType::SecurityGroup, &state, &run_tags))
+        .await;
+    let group_id = match created {
+        Ok(out) => out.group_id().unwrap_or_default().to_string(),
+        Err(e) if error_code(&e) == Some("InvalidGroup.Duplicate") => {
+            let found = ec2
+                .describe_security_groups()
+                .set_filters(Some({
+                    let mut f = own_filters(&state);
+                    f.push(filter("group-name", [name.clone()]));
+                    f
+                }))
                 .send()
                 .await
-                .map_err(|e| classify("CreateSecurityGroup", &name, e))?;
-            out.group_id().unwrap_or_default().to_string()
+                .map_err(|e| classify("DescribeSecurityGroups", &name, e))?;
+            found
+                .security_groups()
+                .first()
+                .and_then(|g| g.group_id())
+                .map(String::from)
+                .ok_or_else(|| {
+                    StepError::BuildFailed(format!(
+                        "CreateSecurityGroup {name}: a group of that name exists in {region} but is not this build's (no {BUILD_TAG} tag of it)"
+                    ))
+                })?
         }
+        Err(e) => return Err(classify("CreateSecurityGroup", &name, e)),
     };
     state
         .ledger

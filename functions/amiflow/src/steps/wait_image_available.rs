@@ -24,8 +24,14 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     let artifact = !cfg.intermediary_image();
     let snaps = crate::resources::image::snapshots(&img);
-    if !snaps.is_empty() {
-        // Snapshot tags at creation are not honoured everywhere: make sure the build's are on.
+    let tagged_at_creation = state
+        .data
+        .extra
+        .get(crate::steps::create_image::SNAPSHOTS_TAGGED)
+        .is_some_and(|v| v == true);
+    if !snaps.is_empty() && !tagged_at_creation {
+        // Snapshot tags at creation are not honoured everywhere (RegisterImage takes none,
+        // emulators refuse them on CreateImage): make sure the build's are on.
         let mut tags = if cfg.skip_ami_run_tags() {
             BTreeMap::new()
         } else {
