@@ -264,15 +264,21 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const TOP_OK: [&str; 5] = [
+// The pipeline states (Fingerprint, Publish, Retain) are in every execution; without a
+// pipeline in the input they pass it on.
+const TOP_OK: [&str; 8] = [
     "Prepare",
+    "Fingerprint",
     "Builds",
     "Finalize",
     "AnyBuildFailed",
+    "Publish",
+    "Retain",
     "Succeeded",
 ];
-const TOP_FAILED: [&str; 5] = [
+const TOP_FAILED: [&str; 6] = [
     "Prepare",
+    "Fingerprint",
     "Builds",
     "Finalize",
     "AnyBuildFailed",

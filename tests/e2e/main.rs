@@ -14,6 +14,7 @@ mod hcl2;
 mod infra;
 mod lambda_runtime;
 mod limits;
+mod pipeline;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

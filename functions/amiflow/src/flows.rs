@@ -1,8 +1,9 @@
 //! The flows: each builder's chain of steps, declared once and rendered to ASL.
 //!
 //! ```text
-//! Prepare ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail) | Succeeded
-//!   │            └─ BuilderType (Choice on $.build.builder_type)
+//! Prepare ─► Fingerprint ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail)
+//!   │                          │                                                  └─► Publish ─► Retain ─► Succeeded
+//!   │                          └─ BuilderType (Choice on $.build.builder_type)
 //!   │                 └─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
 //! ```
@@ -16,6 +17,10 @@
 //! state's [`crate::state::CaughtError`]) and goes to its chain's Cleanup; Cleanup's own
 //! failure is caught the same way. Other builds therefore finish and clean up, and
 //! Finalize sees every build with its artifact or its error.
+//!
+//! The pipeline states (Fingerprint, Publish, Retain: [`PIPELINE_BEFORE`], [`PIPELINE_AFTER`])
+//! are in every execution; without a pipeline in the input they pass their input on. A run
+//! found up to date empties `$.builds`, so the Map runs no iteration.
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -35,6 +40,11 @@ pub const CLEANUP: StepSpec = cleanup::SPEC;
 pub const FINALIZE: StepSpec = finalize::STEP;
 /// The janitor: invoked by the EventBridge rule, not a state of the state machine.
 pub const JANITOR: StepSpec = janitor::SPEC;
+/// A pipeline's states between Prepare and the builds: decide whether to build, tag the build.
+pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
+/// A pipeline's states after every build succeeded, in order: publish the image id, then
+/// retire the older images.
+pub const PIPELINE_AFTER: [StepSpec; 2] = [publish::SPEC, retain::SPEC];
 
 // The phases the builders share, in Packer's order.
 
@@ -209,10 +219,12 @@ pub fn step_of(state_name: &str) -> &str {
 /// Every step the definition invokes, once each, in first-use order.
 pub fn all_steps() -> Vec<StepSpec> {
     let mut all = vec![PREPARE];
+    all.extend(PIPELINE_BEFORE);
     for builder in BuilderType::ALL {
         all.extend(chain(builder).iter().copied());
     }
     all.extend([CLEANUP, FINALIZE]);
+    all.extend(PIPELINE_AFTER);
     let mut seen = std::collections::BTreeSet::new();
     all.retain(|s| seen.insert(s.name));
     all
@@ -376,7 +388,7 @@ pub fn definition() -> StateMachine {
     let mut states = States::new();
     let mut prepare = task(
         &PREPARE,
-        Some(BUILDS.into()),
+        Some(PIPELINE_BEFORE[0].name.into()),
         vec![Catcher {
             error_equals: vec!["InvalidTemplate".into()],
             result_path: None,
@@ -385,6 +397,10 @@ pub fn definition() -> StateMachine {
     );
     prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
     states.add(PREPARE.name, prepare);
+    for (i, step) in PIPELINE_BEFORE.iter().enumerate() {
+        let next = PIPELINE_BEFORE.get(i + 1).map_or(BUILDS, |s| s.name);
+        states.add(step.name, task(step, Some(next.into()), Vec::new()));
+    }
     states.add(
         TEMPLATE_INVALID,
         Fail {
@@ -428,10 +444,14 @@ pub fn definition() -> StateMachine {
             choices: vec![
                 ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)
             ],
-            default: Some(SUCCEEDED.into()),
+            default: Some(PIPELINE_AFTER[0].name.into()),
             ..Choice::default()
         },
     );
+    for (i, step) in PIPELINE_AFTER.iter().enumerate() {
+        let next = PIPELINE_AFTER.get(i + 1).map_or(SUCCEEDED, |s| s.name);
+        states.add(step.name, task(step, Some(next.into()), Vec::new()));
+    }
     states.add(
         BUILD_FAILED,
         Fail {
@@ -529,6 +549,30 @@ mod tests {
                 c.retry.iter().any(|r| r.error_equals == ["NotReady"]),
                 "Cleanup retries NotReady while things terminate"
             );
+        }
+    }
+
+    #[test]
+    fn pipeline_states_run_before_the_builds_and_after_their_success_only() {
+        let def = definition();
+        let next = |name: &str| match def.states.get(name) {
+            Some(State::Task(t)) => t.next.clone(),
+            other => panic!("{name} is not a Task: {other:?}"),
+        };
+        assert_eq!(next(PREPARE.name).as_deref(), Some("Fingerprint"));
+        assert_eq!(next("Fingerprint").as_deref(), Some(BUILDS));
+        let Some(State::Choice(c)) = def.states.get(ANY_BUILD_FAILED) else {
+            panic!("no {ANY_BUILD_FAILED}")
+        };
+        assert_eq!(
+            c.default.as_deref(),
+            Some("Publish"),
+            "only success publishes"
+        );
+        assert_eq!(next("Publish").as_deref(), Some("Retain"));
+        assert_eq!(next("Retain").as_deref(), Some(SUCCEEDED));
+        for step in PIPELINE_BEFORE.iter().chain(&PIPELINE_AFTER) {
+            assert!(find(step.name).is_some(), "{} is registered", step.name);
         }
     }
 

@@ -2,6 +2,7 @@
 //! drive them against the emulator: `start`, `watch`, `clean` and `policy`.
 
 pub mod clean;
+pub mod pipeline_file;
 pub mod policy;
 pub mod start;
 pub mod template_file;

@@ -21,21 +21,26 @@
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
-//!  "on_error": "cleanup" | "abort"}               // Packer's -on-error, default cleanup
+//!  "on_error": "cleanup" | "abort",              // Packer's -on-error, default cleanup
+//!  "pipeline": {...},                             // a pipeline file (`amiflow_template::pipeline`)
+//!  "retain_dry_run": true}                        // the pipeline's Retain only reports
 //! ```
 //!
-//! Output: `{"builds": [BuildState, ...]}` — one per build left after only/except, each
-//! with `execution` set (the `amiflow:build` tag value) and an empty ledger.
+//! Output: `{"builds": [BuildState, ...], "pipeline": PipelineRun}` — one build state per
+//! build left after only/except, each with `execution` set (the `amiflow:build` tag value)
+//! and an empty ledger; `pipeline` only when the input has one ([`crate::pipeline::begin`]).
 //! Errors: `InvalidTemplate` (every problem listed, one per line; nothing has been
 //! created), `Transient` when the template could not be fetched from S3 for a passing reason.
 
 use std::collections::BTreeMap;
 
+use amiflow_template::pipeline::Pipeline;
 use amiflow_template::{prepare as prepare_template, PrepareOptions, Problem, Problems};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::pipeline::PipelineRun;
 use crate::state::OnError;
 use crate::{BuildState, Ctx, StepError};
 
@@ -83,11 +88,19 @@ pub struct ExecutionInput {
     pub except: Vec<String>,
     #[serde(default)]
     pub on_error: OnError,
+    /// The pipeline file's JSON, checked here with the template.
+    #[serde(default)]
+    pub pipeline: Option<Value>,
+    /// With a pipeline: Retain reports what it would retire and touches nothing.
+    #[serde(default)]
+    pub retain_dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrepareOutput {
     pub builds: Vec<BuildState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRun>,
 }
 
 pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, StepError> {
@@ -151,13 +164,34 @@ fn prepare_text_with(
         ));
     }
     let vars = vars_as_strings(&input.vars, &mut problems);
-    if !problems.is_empty() {
+    // The pipeline is checked with the template: its problems and the template's come together.
+    let pipeline = match input.pipeline.as_ref().map(Pipeline::from_value) {
+        Some(Err(Problems(found))) => {
+            problems.extend(found.into_iter().map(|p| p.in_builder("pipeline")));
+            None
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    // Unusable variables would make the template's own problems misleading: stop here.
+    if problems
+        .iter()
+        .any(|p| p.builder.as_deref() != Some("pipeline"))
+    {
         return Err(invalid(Problems(problems)));
     }
     options.vars = vars.into_iter().collect();
     options.only = input.only.clone();
     options.except = input.except.clone();
-    let prepared = prepare_template(text, &options).map_err(invalid)?;
+    let prepared = prepare_template(text, &options);
+    let prepared = match prepared {
+        Ok(p) if problems.is_empty() => p,
+        Ok(_) => return Err(invalid(Problems(problems))),
+        Err(Problems(found)) => {
+            problems.extend(found);
+            return Err(invalid(Problems(problems)));
+        }
+    };
     if prepared.builds.is_empty() {
         return Err(invalid(Problems(vec![Problem::new(format!(
             "no build is left to run after only={:?} except={:?}; check the builder names",
@@ -174,6 +208,27 @@ fn prepare_text_with(
             return Err(invalid(Problems(refused)));
         }
     }
+    let pipeline = match pipeline {
+        Some(p) => {
+            // The same builds rendered at a fixed time: the fingerprint's template part must
+            // not change with `{{timestamp}}` in names.
+            let mut fixed = options.clone();
+            fixed.build_time = chrono::DateTime::UNIX_EPOCH;
+            let fixed_builds = prepare_template(text, &fixed)
+                .map(|p| p.builds)
+                .unwrap_or_default();
+            let mut run = crate::pipeline::begin(
+                p,
+                &prepared.builds,
+                &fixed_builds,
+                options.template_dir.as_deref(),
+            )
+            .map_err(invalid)?;
+            run.dry_run = input.retain_dry_run;
+            Some(run)
+        }
+        None => None,
+    };
     let builds: Vec<BuildState> = prepared
         .builds
         .into_iter()
@@ -188,7 +243,7 @@ fn prepare_text_with(
             error: None,
         })
         .collect();
-    let output = PrepareOutput { builds };
+    let output = PrepareOutput { builds, pipeline };
     let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(0);
     if size > MAX_STATE_BYTES {
         return Err(invalid(Problems(vec![Problem::new(format!(
@@ -353,6 +408,92 @@ mod tests {
             "{err}"
         );
         assert!(!err.message().contains("vars.c"), "{err}");
+    }
+
+    fn ebs_builder(name: &str) -> Value {
+        json!({"type": "amazon-ebs", "name": name, "region": "us-east-1",
+            "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro",
+            "communicator": "none", "ami_name": format!("{name} {{{{timestamp}}}}")})
+    }
+
+    #[test]
+    fn a_pipeline_is_checked_with_the_template_and_both_problems_come_together() {
+        let template =
+            json!({"builders": [{"type": "amazon-ebs", "name": "web", "region": "us-east-1"}]});
+        let err = prepare_text(
+            &template.to_string(),
+            input(
+                json!({"template": template, "pipeline": {"name": "web", "rebild": "on_change"}}),
+            ),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        let m = err.message();
+        assert!(
+            m.contains("pipeline: rebild: unknown key in the pipeline; did you mean rebuild?"),
+            "{m}"
+        );
+        assert!(
+            m.contains("web: ami_name"),
+            "the template's problems too: {m}"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_makes_one_image() {
+        let template = json!({"builders": [ebs_builder("a"), ebs_builder("b")]});
+        let err = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template, "pipeline": {"name": "web"}})),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.message().contains(
+                "pipeline: a pipeline makes one image, and the template makes 2 builds (a, b)"
+            ),
+            "{err}"
+        );
+        // With one build left by `only`, it prepares.
+        let out = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template, "only": ["a"], "pipeline": {"name": "web"}})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(out.pipeline.unwrap().pipeline.name, "web");
+    }
+
+    #[test]
+    fn the_template_part_of_the_fingerprint_ignores_the_build_time_but_not_the_template() {
+        let prepared_at = |template: &Value, time: i64| {
+            let mut i = input(json!({"template": template, "pipeline": {"name": "web"}}));
+            i.start_time = chrono::DateTime::from_timestamp(time, 0);
+            let out = prepare_text(&template.to_string(), i, false).unwrap();
+            let name = out.builds[0].build.config.ami().unwrap().ami_name.clone();
+            (out.pipeline.unwrap().parts.template, name)
+        };
+        let template = json!({"builders": [ebs_builder("web")]});
+        let (first, first_name) = prepared_at(&template, 1_700_000_000);
+        let (later, later_name) = prepared_at(&template, 1_800_000_000);
+        assert_ne!(first_name, later_name, "the names do carry the time");
+        assert_eq!(first, later);
+        let mut changed = template.clone();
+        changed["builders"][0]["instance_type"] = json!("t3.small");
+        assert_ne!(prepared_at(&changed, 1_700_000_000).0, first);
+        // Without a pipeline the output carries none.
+        let out = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template})),
+            false,
+        )
+        .unwrap();
+        assert!(out.pipeline.is_none());
+        assert!(serde_json::to_value(&out)
+            .unwrap()
+            .get("pipeline")
+            .is_none());
     }
 
     #[test]
