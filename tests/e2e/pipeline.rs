@@ -30,6 +30,14 @@ fn pipeline(retain: Value) -> Value {
            "publish": {"ssm_parameter": PARAMETER}, "retain": retain})
 }
 
+/// The provisioner file: shell-local runs it as Packer does, so it is executable.
+fn write_script(dir: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("setup.sh");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 struct Build {
     ok: bool,
     stdout: String,
@@ -128,7 +136,7 @@ async fn on_change_builds_once_publishes_and_retires_the_older_image() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::write(root.join("web.json"), template().to_string()).unwrap();
-    std::fs::write(root.join("setup.sh"), "echo one\n").unwrap();
+    write_script(root, "echo one");
     std::fs::write(
         root.join("pipeline.json"),
         pipeline(json!({"keep_latest": 0})).to_string(),
@@ -204,7 +212,7 @@ async fn on_change_builds_once_publishes_and_retires_the_older_image() {
 
     // A provisioner file changed: a new image, published; the older one retired with its
     // snapshots in both regions; the outsider untouched.
-    std::fs::write(root.join("setup.sh"), "echo two\n").unwrap();
+    write_script(root, "echo two");
     // Two runs in one second would give the same AMI name.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let third = build(&moto, root, &[]).await;
@@ -267,7 +275,7 @@ async fn retain_dry_run_and_keep_latest_touch_nothing_and_a_bad_pipeline_creates
         .unwrap()
         .remove("ami_regions");
     std::fs::write(root.join("web.json"), one_region.to_string()).unwrap();
-    std::fs::write(root.join("setup.sh"), "echo one\n").unwrap();
+    write_script(root, "echo one");
 
     // A bad pipeline file: every problem named, exit 1, nothing created.
     std::fs::write(
