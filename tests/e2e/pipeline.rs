@@ -343,3 +343,158 @@ async fn retain_dry_run_and_keep_latest_touch_nothing_and_a_bad_pipeline_creates
         "a dry run removes nothing"
     );
 }
+
+/// A pipeline run through the local engine with every step in-process, its AWS calls through
+/// `ctx` (the fault proxy).
+async fn engine_run(
+    ctx: std::sync::Arc<amiflow::Ctx>,
+    execution: &str,
+    flavor: &str,
+) -> Result<Value, amiflow_statemachine::ExecutionError> {
+    use amiflow_statemachine::{Engine, RealClock, StateMachine};
+    let machine =
+        StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
+    let template = json!({"variables": {"flavor": ""}, "builders": [{
+        "type": "amazon-ebs", "name": "web", "region": REGION,
+        "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro",
+        "communicator": "none", "ami_name": "pipeline-fault-{{user `flavor`}}",
+        "ami_regions": [COPY_REGION]
+    }]});
+    let input = json!({"template": template.to_string(), "vars": {"flavor": flavor},
+        "pipeline": pipeline(json!({"keep_latest": 0}))});
+    let engine =
+        Engine::new(amiflow::local::LocalInvoker::new(ctx)).with_clock(RealClock { scale: 0.001 });
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        engine.run(&machine, execution, input),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{execution} did not end within 120 s"))
+}
+
+/// Each mutating call of Publish and Retain fails in turn (after a first image exists, on a
+/// run that changed the template): a failed Publish fails the run naming the call, leaves no
+/// temporary resource, and the next run, up to date, publishes and retires what it could
+/// not; a failed removal in Retain is retried and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mutating_call_of_publish_and_retain_fails_in_turn() {
+    use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
+    let Some(moto) = Moto::start_or_skip("each_mutating_call_of_publish_and_retain_fails_in_turn")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = std::sync::Arc::new(amiflow::Ctx::from_sdk_config(
+        amiflow_tests::sdk_config_at(&proxy.url(), REGION).await,
+    ));
+    const PIPELINE_CALLS: [&str; 3] = ["PutParameter", "DeregisterImage", "DeleteSnapshot"];
+
+    // A clean pair of runs: the second's pipeline calls are the fault points.
+    async fn seed(moto: &Moto, proxy: &FaultProxy, ctx: &std::sync::Arc<amiflow::Ctx>, n: &str) {
+        moto.reset().unwrap();
+        proxy.set(Faults::default());
+        engine_run(ctx.clone(), &format!("{n}-seed"), "one")
+            .await
+            .expect("the first run builds");
+    }
+    seed(&moto, &proxy, &ctx, "clean").await;
+    proxy.set(Faults::default());
+    let out = engine_run(ctx.clone(), "clean-change", "two")
+        .await
+        .unwrap();
+    assert_eq!(out["failed"], 0, "{out}");
+    let log = proxy.log();
+    let last_tags = log
+        .iter()
+        .filter(|c| c.action == "CreateTags")
+        .map(|c| c.nth)
+        .max()
+        .unwrap();
+    let points: Vec<(usize, String)> = log
+        .iter()
+        .filter(|c| c.nth > last_tags && PIPELINE_CALLS.contains(&c.action.as_str()))
+        .map(|c| (c.nth, c.action.clone()))
+        .collect();
+    let kinds: BTreeSet<&str> = points.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(
+        kinds.len(),
+        3,
+        "Publish and Retain make all three calls: {points:?}"
+    );
+
+    for (n, action) in &points {
+        seed(&moto, &proxy, &ctx, &format!("fault-{n}")).await;
+        let (injected, removal) = if is_removal(action) {
+            (
+                Injected {
+                    code: "InternalError".into(),
+                    status: 500,
+                    times: 3,
+                },
+                true,
+            )
+        } else {
+            (
+                Injected {
+                    code: "AccessDeniedException".into(),
+                    status: 400,
+                    times: 1,
+                },
+                false,
+            )
+        };
+        proxy.set(Faults {
+            fail_mutating: Some((*n, injected.clone())),
+            ..Default::default()
+        });
+        let execution = format!("fault-{n}");
+        let result = engine_run(ctx.clone(), &execution, "two").await;
+        let left = crate::ebs::tagged_leftovers(
+            &moto.ctx(REGION).await,
+            &execution,
+            &[REGION, COPY_REGION],
+            false,
+        )
+        .await;
+        assert!(left.is_empty(), "{execution} ({action}) left {left:?}");
+        if removal {
+            let out = result
+                .unwrap_or_else(|e| panic!("{execution}: a transient {action} is retried: {e}"));
+            assert_eq!(out["failed"], 0, "{out}");
+            println!("  pipeline #{n:>2} {action:<16} InternalError ×3 → retried, succeeded");
+        } else {
+            let e = result.expect_err("a refused PutParameter fails the run");
+            assert!(
+                e.cause.contains("PutParameter") && e.cause.contains("AccessDeniedException"),
+                "{execution}: {e}"
+            );
+            println!(
+                "  pipeline #{n:>2} {action:<16} AccessDeniedException → failed: {}",
+                e.cause.lines().next().unwrap_or("")
+            );
+        }
+        // The next run, nothing changed: up to date; the parameter names the new image and
+        // the older one is retired in every region.
+        proxy.set(Faults::default());
+        let healed = engine_run(ctx.clone(), &format!("{execution}-next"), "two")
+            .await
+            .unwrap();
+        assert_eq!(healed["pipeline"]["status"], "up_to_date", "{healed}");
+        for region in [REGION, COPY_REGION] {
+            let current = healed["pipeline"]["current"][region]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                parameter(&moto, region).await.as_deref(),
+                Some(current.as_str()),
+                "{execution} {region}"
+            );
+            assert_eq!(
+                pipeline_images(&moto, region).await,
+                [current],
+                "{execution} {region}: the older image is retired"
+            );
+        }
+    }
+}

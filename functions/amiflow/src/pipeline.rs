@@ -27,7 +27,15 @@ pub struct PipelineRun {
     /// The newest image of the pipeline in the build region before this run, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_image: Option<String>,
-    /// Region → image id written to the `publish.ssm_parameter` there.
+    /// The regions the build's image is in: its build region and `ami_regions`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Region → the pipeline's image this run leaves current: the one it built, or when up
+    /// to date the newest with the same fingerprint. Publish names it, Retain spares it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub current: BTreeMap<String, String>,
+    /// Region → image id Publish wrote to the `publish.ssm_parameter` there (only where it
+    /// named another image, so a run that changes nothing writes nothing).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub published: BTreeMap<String, String>,
     /// What retention did (or, with `dry_run`, would do).
@@ -132,6 +140,8 @@ pub fn begin(
         fingerprint: None,
         status: RunStatus::Building,
         previous_image: None,
+        regions: Vec::new(),
+        current: BTreeMap::new(),
         published: BTreeMap::new(),
         retired: Vec::new(),
         dry_run: false,

@@ -6,7 +6,8 @@
 //! the provisioner files ([`amiflow_template::pipeline::FingerprintParts`]). With
 //! `rebuild: on_change`, when the newest image tagged with the pipeline carries the same
 //! fingerprint, the run builds nothing: the builds list is emptied (the Map runs no
-//! iteration), and Finalize, Publish and Retain report "up to date". Otherwise the build's
+//! iteration), and the images with that fingerprint stay current for Publish and Retain
+//! (which then change nothing unless an earlier run stopped short of them). Otherwise the build's
 //! `tags` get the pipeline and fingerprint tags, which CreateTags puts on every image and
 //! snapshot it makes.
 //!
@@ -37,6 +38,11 @@ pub async fn run(ctx: &Ctx, mut input: PrepareOutput) -> Result<PrepareOutput, S
     };
     let cfg = &build.build.config;
     let region = cfg.build_region().to_string();
+    run.regions = std::iter::once(region.clone())
+        .chain(cfg.ami().map(|a| a.ami_regions.clone()).unwrap_or_default())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if let Some(img) = super::source_ami_info::resolve(ctx, cfg).await? {
         let id = img.image_id().unwrap_or_default().to_string();
         run.parts.source_images.insert(region.clone(), id);
@@ -53,6 +59,19 @@ pub async fn run(ctx: &Ctx, mut input: PrepareOutput) -> Result<PrepareOutput, S
         .and_then(|i| crate::resources::image::tag(i, FINGERPRINT_TAG))
         == Some(fingerprint.as_str());
     if run.pipeline.rebuild == Rebuild::OnChange && same {
+        // The images with this fingerprint stay current: Publish makes sure the parameter
+        // names them (a run whose Publish failed is healed by the next), Retain spares them.
+        for r in &run.regions {
+            let same_in_region = crate::resources::image::of_pipeline(ctx, r, &run.pipeline.name)
+                .await?
+                .into_iter()
+                .find(|i| {
+                    crate::resources::image::tag(i, FINGERPRINT_TAG) == Some(fingerprint.as_str())
+                });
+            if let Some(id) = same_in_region.as_ref().and_then(|i| i.image_id()) {
+                run.current.insert(r.clone(), id.to_string());
+            }
+        }
         run.status = RunStatus::UpToDate;
         input.builds.clear();
         return Ok(input);

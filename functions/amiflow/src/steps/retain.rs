@@ -3,15 +3,16 @@
 //! copy: kept, deprecated (EnableImageDeprecation), or deregistered with their snapshots.
 //!
 //! Only images tagged `amiflow:pipeline` with this pipeline's name, available, and not the
-//! ones this run made are considered ([`crate::resources::image::of_pipeline`]); nothing
+//! run's current ones (built, or found up to date) are considered ([`crate::resources::image::of_pipeline`]); nothing
 //! else is ever touched. With `retain_dry_run` it records what it would do and does nothing.
 //!
-//! Input and output: Publish's output (Finalize's shape). Without a pipeline, without
-//! `retain`, or when the run was up to date, it is passed on unchanged.
+//! Input and output: Publish's output (Finalize's shape). Without a pipeline or without
+//! `retain` it is passed on unchanged. An up-to-date run retires too: older images age past
+//! `delete_after_days` between builds, and an earlier run may have stopped before Retain.
 
 use amiflow_template::pipeline::RetainAction;
 
-use crate::pipeline::{Retired, RunStatus};
+use crate::pipeline::Retired;
 use crate::prelude::*;
 use crate::steps::finalize::FinalizeOutput;
 
@@ -38,17 +39,9 @@ pub async fn run(ctx: &Ctx, mut output: FinalizeOutput) -> Result<FinalizeOutput
     let Some(rules) = run.pipeline.retain.clone() else {
         return Ok(output);
     };
-    if run.status == RunStatus::UpToDate {
-        return Ok(output);
-    }
-    let made: BTreeMap<String, String> = output
-        .builds
-        .iter()
-        .filter(|b| b.error.is_none())
-        .flat_map(|b| b.amis.clone())
-        .collect();
     let now = chrono::Utc::now();
-    for (region, new_image) in &made {
+    let current = run.current.clone();
+    for (region, new_image) in &current {
         let older = crate::resources::image::of_pipeline(ctx, region, &run.pipeline.name).await?;
         let older = older
             .iter()
