@@ -22,7 +22,8 @@
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
 //!  "on_error": "cleanup" | "abort",              // Packer's -on-error, default cleanup
-//!  "pipeline": {...},                             // a pipeline file (`amiflow_template::pipeline`)
+//!  "pipeline": {...},                             // a pipeline file (`amiflow_template::pipeline`),
+//!  "pipeline_s3": "s3://bucket/key.json",         // or where to read it ("" = none: the schedule's default)
 //!  "retain_dry_run": true}                        // the pipeline's Retain only reports
 //! ```
 //!
@@ -91,6 +92,10 @@ pub struct ExecutionInput {
     /// The pipeline file's JSON, checked here with the template.
     #[serde(default)]
     pub pipeline: Option<Value>,
+    /// Where to read the pipeline file instead: `s3://bucket/key`; empty means none (the
+    /// stack's schedule always passes its `SchedulePipelineS3`).
+    #[serde(default)]
+    pub pipeline_s3: Option<String>,
     /// With a pipeline: Retain reports what it would retire and touches nothing.
     #[serde(default)]
     pub retain_dry_run: bool,
@@ -103,8 +108,30 @@ pub struct PrepareOutput {
     pub pipeline: Option<PipelineRun>,
 }
 
-pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, StepError> {
+pub async fn prepare(ctx: &Ctx, mut input: PrepareInput) -> Result<PrepareOutput, StepError> {
     let text = template_text(ctx, &input.input).await?;
+    if let Some(url) = input.input.pipeline_s3.take().filter(|u| !u.is_empty()) {
+        if input.input.pipeline.is_some() {
+            return Err(StepError::InvalidTemplate(
+                Problems(vec![Problem::key(
+                    "pipeline_s3",
+                    "give either `pipeline` or `pipeline_s3`, not both",
+                )])
+                .to_string(),
+            ));
+        }
+        let text = fetch_s3(ctx, &url, "pipeline_s3").await?;
+        let value = serde_json::from_str(&text).map_err(|e| {
+            StepError::InvalidTemplate(
+                Problems(vec![Problem::key(
+                    "pipeline_s3",
+                    format!("{url} is not JSON: {e}"),
+                )])
+                .to_string(),
+            )
+        })?;
+        input.input.pipeline = Some(value);
+    }
     let mut options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
     options.env = ctx.env.clone();
     options.template_dir = ctx.base_dir.clone();
@@ -324,14 +351,14 @@ async fn template_text(ctx: &Ctx, input: &ExecutionInput) -> Result<String, Step
         (Some(Value::String(text)), None) => Ok(text.clone()),
         (Some(object @ Value::Object(_)), None) => Ok(serde_json::to_string_pretty(object).expect("a JSON value serializes")),
         (Some(_), None) => Err(one("`template` must be a JSON object or a string holding the template's JSON text".into())),
-        (None, Some(url)) => fetch_s3(ctx, url).await,
+        (None, Some(url)) => fetch_s3(ctx, url, "template_s3").await,
     }
 }
 
-async fn fetch_s3(ctx: &Ctx, url: &str) -> Result<String, StepError> {
-    let invalid = |m: String| {
-        StepError::InvalidTemplate(Problems(vec![Problem::key("template_s3", m)]).to_string())
-    };
+/// The text of `url` (`s3://bucket/key`), given as the input's `key`.
+async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> {
+    let invalid =
+        |m: String| StepError::InvalidTemplate(Problems(vec![Problem::key(key, m)]).to_string());
     let Some((bucket, key)) = url
         .strip_prefix("s3://")
         .and_then(|rest| rest.split_once('/'))
@@ -438,6 +465,28 @@ mod tests {
             m.contains("web: ami_name"),
             "the template's problems too: {m}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_pipeline_s3_is_none_and_both_ways_at_once_are_refused() {
+        let ctx = Ctx::from_env().await;
+        let template = json!({"builders": [ebs_builder("web")]});
+        let out = prepare(
+            &ctx,
+            input(json!({"template": template, "pipeline_s3": ""})),
+        )
+        .await
+        .unwrap();
+        assert!(out.pipeline.is_none());
+        let err = prepare(
+            &ctx,
+            input(json!({"template": template, "pipeline": {"name": "a"},
+                "pipeline_s3": "s3://bucket/pipeline.json"})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        assert!(err.message().contains("pipeline_s3: give either"), "{err}");
     }
 
     #[test]
