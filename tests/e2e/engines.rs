@@ -264,21 +264,18 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-// The pipeline states (Fingerprint, Publish, Retain) are in every execution; without a
-// pipeline in the input they pass it on.
-const TOP_OK: [&str; 8] = [
+// Without a pipeline in the input, the HasPipeline Choice goes straight to the builds.
+const TOP_OK: [&str; 6] = [
     "Prepare",
-    "Fingerprint",
+    "HasPipeline",
     "Builds",
     "Finalize",
     "AnyBuildFailed",
-    "Publish",
-    "Retain",
     "Succeeded",
 ];
 const TOP_FAILED: [&str; 6] = [
     "Prepare",
-    "Fingerprint",
+    "HasPipeline",
     "Builds",
     "Finalize",
     "AnyBuildFailed",

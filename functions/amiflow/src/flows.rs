@@ -1,9 +1,9 @@
 //! The flows: each builder's chain of steps, declared once and rendered to ASL.
 //!
 //! ```text
-//! Prepare ─► Fingerprint ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail)
-//!   │                          │                                                  └─► Publish ─► Retain ─► Succeeded
-//!   │                          └─ BuilderType (Choice on $.build.builder_type)
+//! Prepare ─► HasPipeline? ─► [Fingerprint] ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed?
+//!   │                                            │          ─► BuildFailed (Fail) | [Publish ─► Retain ─►] Succeeded
+//!   │                                            └─ BuilderType (Choice on $.build.builder_type)
 //!   │                 └─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
 //! ```
@@ -19,8 +19,8 @@
 //! Finalize sees every build with its artifact or its error.
 //!
 //! The pipeline states (Fingerprint, Publish, Retain: [`PIPELINE_BEFORE`], [`PIPELINE_AFTER`])
-//! are in every execution; without a pipeline in the input they pass their input on. A run
-//! found up to date empties `$.builds`, so the Map runs no iteration.
+//! run only when Prepare's output has `$.pipeline` (Choices, so a plain build invokes no
+//! extra function). A run found up to date empties `$.builds`, so the Map runs no iteration.
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -378,6 +378,9 @@ fn build_iteration() -> SubMachine {
 }
 
 pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
+pub const HAS_PIPELINE: &str = "HasPipeline";
+/// Where Prepare, Fingerprint and Finalize carry a pipeline's state; absent without one.
+const PIPELINE_PATH: &str = "$.pipeline";
 pub const BUILDS: &str = "Builds";
 pub const ANY_BUILD_FAILED: &str = "AnyBuildFailed";
 pub const BUILD_FAILED: &str = "BuildFailed";
@@ -388,7 +391,7 @@ pub fn definition() -> StateMachine {
     let mut states = States::new();
     let mut prepare = task(
         &PREPARE,
-        Some(PIPELINE_BEFORE[0].name.into()),
+        Some(HAS_PIPELINE.into()),
         vec![Catcher {
             error_equals: vec!["InvalidTemplate".into()],
             result_path: None,
@@ -397,6 +400,16 @@ pub fn definition() -> StateMachine {
     );
     prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
     states.add(PREPARE.name, prepare);
+    states.add(
+        HAS_PIPELINE,
+        Choice {
+            choices: vec![
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_BEFORE[0].name)
+            ],
+            default: Some(BUILDS.into()),
+            ..Choice::default()
+        },
+    );
     for (i, step) in PIPELINE_BEFORE.iter().enumerate() {
         let next = PIPELINE_BEFORE.get(i + 1).map_or(BUILDS, |s| s.name);
         states.add(step.name, task(step, Some(next.into()), Vec::new()));
@@ -442,9 +455,10 @@ pub fn definition() -> StateMachine {
         ANY_BUILD_FAILED,
         Choice {
             choices: vec![
-                ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)
+                ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED),
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_AFTER[0].name),
             ],
-            default: Some(PIPELINE_AFTER[0].name.into()),
+            default: Some(SUCCEEDED.into()),
             ..Choice::default()
         },
     );
@@ -559,15 +573,31 @@ mod tests {
             Some(State::Task(t)) => t.next.clone(),
             other => panic!("{name} is not a Task: {other:?}"),
         };
-        assert_eq!(next(PREPARE.name).as_deref(), Some("Fingerprint"));
-        assert_eq!(next("Fingerprint").as_deref(), Some(BUILDS));
-        let Some(State::Choice(c)) = def.states.get(ANY_BUILD_FAILED) else {
-            panic!("no {ANY_BUILD_FAILED}")
+        let choice = |name: &str| match def.states.get(name) {
+            Some(State::Choice(c)) => c.clone(),
+            other => panic!("{name} is not a Choice: {other:?}"),
         };
+        assert_eq!(next(PREPARE.name).as_deref(), Some(HAS_PIPELINE));
+        let has = choice(HAS_PIPELINE);
         assert_eq!(
-            c.default.as_deref(),
-            Some("Publish"),
-            "only success publishes"
+            has.default.as_deref(),
+            Some(BUILDS),
+            "a plain build skips Fingerprint"
+        );
+        assert_eq!(has.choices.len(), 1);
+        assert_eq!(has.choices[0].next.as_deref(), Some("Fingerprint"));
+        assert_eq!(next("Fingerprint").as_deref(), Some(BUILDS));
+        let any = choice(ANY_BUILD_FAILED);
+        let nexts: Vec<Option<&str>> = any.choices.iter().map(|r| r.next.as_deref()).collect();
+        assert_eq!(
+            nexts,
+            [Some(BUILD_FAILED), Some("Publish")],
+            "a failure never publishes"
+        );
+        assert_eq!(
+            any.default.as_deref(),
+            Some(SUCCEEDED),
+            "a plain build ends"
         );
         assert_eq!(next("Publish").as_deref(), Some("Retain"));
         assert_eq!(next("Retain").as_deref(), Some(SUCCEEDED));
