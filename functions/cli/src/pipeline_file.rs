@@ -60,3 +60,42 @@ pub fn outcome_lines(output: &Value) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_outcome_says_up_to_date_or_what_was_published_and_retired() {
+        let run = |status: &str, extra: Value| {
+            let mut p = json!({"pipeline": {"name": "web", "publish": {"ssm_parameter": "/img"}},
+                "parts": {}, "fingerprint": "f00d", "status": status,
+                "previous_image": "ami-old"});
+            p.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            outcome_lines(&json!({"builds": [], "failed": 0, "pipeline": p}))
+        };
+        assert_eq!(
+            run("up_to_date", json!({})),
+            ["pipeline web: up to date: ami-old has fingerprint f00d; nothing was built"]
+        );
+        let lines = run(
+            "building",
+            json!({"published": {"us-east-1": "ami-new"}, "dry_run": true,
+                "retired": [{"region": "us-east-1", "image": "ami-old", "action": "deregister", "snapshots": ["snap-1"]}]}),
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "published ami-new to /img in us-east-1",
+                "retain: would deregister ami-old in us-east-1 and delete snap-1"
+            ]
+        );
+        assert!(
+            outcome_lines(&json!({"builds": []})).is_empty(),
+            "no pipeline, no lines"
+        );
+    }
+}
