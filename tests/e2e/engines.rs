@@ -264,15 +264,18 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const TOP_OK: [&str; 5] = [
+// Without a pipeline in the input, the HasPipeline Choice goes straight to the builds.
+const TOP_OK: [&str; 6] = [
     "Prepare",
+    "HasPipeline",
     "Builds",
     "Finalize",
     "AnyBuildFailed",
     "Succeeded",
 ];
-const TOP_FAILED: [&str; 5] = [
+const TOP_FAILED: [&str; 6] = [
     "Prepare",
+    "HasPipeline",
     "Builds",
     "Finalize",
     "AnyBuildFailed",

@@ -15,6 +15,7 @@ mod infra;
 mod lambda_runtime;
 mod limits;
 mod local_build;
+mod pipeline;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

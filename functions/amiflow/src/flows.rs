@@ -1,8 +1,9 @@
 //! The flows: each builder's chain of steps, declared once and rendered to ASL.
 //!
 //! ```text
-//! Prepare ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed? ─► BuildFailed (Fail) | Succeeded
-//!   │            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
+//! Prepare ─► HasPipeline? ─► [Fingerprint] ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed?
+//!   │                                            │          ─► BuildFailed (Fail) | [Publish ─► Retain ─►] Succeeded
+//!   │                                            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
 //!   │                 ├─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   │                 └─ <builder>.redrive.<Step> … ─► <builder>.redrive.Cleanup (no Catch)
 //!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
@@ -27,6 +28,10 @@
 //!
 //! The deployed definition (infra.rs) substitutes the Map's `MaxConcurrency` (rendered here
 //! as 0, unlimited) and the execution timeout from the stack's parameters.
+//!
+//! The pipeline states (Fingerprint, Publish, Retain: [`PIPELINE_BEFORE`], [`PIPELINE_AFTER`])
+//! run only when Prepare's output has `$.pipeline` (Choices, so a plain build invokes no
+//! extra function). A run found up to date empties `$.builds`, so the Map runs no iteration.
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -46,6 +51,11 @@ pub const CLEANUP: StepSpec = cleanup::SPEC;
 pub const FINALIZE: StepSpec = finalize::STEP;
 /// The janitor: invoked by the EventBridge rule, not a state of the state machine.
 pub const JANITOR: StepSpec = janitor::SPEC;
+/// A pipeline's states between Prepare and the builds: decide whether to build, tag the build.
+pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
+/// A pipeline's states after every build succeeded, in order: publish the image id, then
+/// retire the older images.
+pub const PIPELINE_AFTER: [StepSpec; 2] = [publish::SPEC, retain::SPEC];
 
 // The phases the builders share, in Packer's order.
 
@@ -228,10 +238,12 @@ pub fn step_of(state_name: &str) -> &str {
 /// Every step the definition invokes, once each, in first-use order.
 pub fn all_steps() -> Vec<StepSpec> {
     let mut all = vec![PREPARE];
+    all.extend(PIPELINE_BEFORE);
     for builder in BuilderType::ALL {
         all.extend(chain(builder).iter().copied());
     }
     all.extend([CLEANUP, FINALIZE]);
+    all.extend(PIPELINE_AFTER);
     let mut seen = std::collections::BTreeSet::new();
     all.retain(|s| seen.insert(s.name));
     all
@@ -407,6 +419,9 @@ fn build_iteration() -> SubMachine {
 }
 
 pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
+pub const HAS_PIPELINE: &str = "HasPipeline";
+/// Where Prepare, Fingerprint and Finalize carry a pipeline's state; absent without one.
+const PIPELINE_PATH: &str = "$.pipeline";
 pub const BUILDS: &str = "Builds";
 pub const ANY_BUILD_FAILED: &str = "AnyBuildFailed";
 pub const BUILD_FAILED: &str = "BuildFailed";
@@ -417,7 +432,7 @@ pub fn definition() -> StateMachine {
     let mut states = States::new();
     let mut prepare = task(
         &PREPARE,
-        Some(BUILDS.into()),
+        Some(HAS_PIPELINE.into()),
         vec![Catcher {
             error_equals: vec!["InvalidTemplate".into()],
             result_path: None,
@@ -426,6 +441,20 @@ pub fn definition() -> StateMachine {
     );
     prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
     states.add(PREPARE.name, prepare);
+    states.add(
+        HAS_PIPELINE,
+        Choice {
+            choices: vec![
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_BEFORE[0].name)
+            ],
+            default: Some(BUILDS.into()),
+            ..Choice::default()
+        },
+    );
+    for (i, step) in PIPELINE_BEFORE.iter().enumerate() {
+        let next = PIPELINE_BEFORE.get(i + 1).map_or(BUILDS, |s| s.name);
+        states.add(step.name, task(step, Some(next.into()), Vec::new()));
+    }
     states.add(
         TEMPLATE_INVALID,
         Fail {
@@ -468,12 +497,17 @@ pub fn definition() -> StateMachine {
         ANY_BUILD_FAILED,
         Choice {
             choices: vec![
-                ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED)
+                ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED),
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_AFTER[0].name),
             ],
             default: Some(SUCCEEDED.into()),
             ..Choice::default()
         },
     );
+    for (i, step) in PIPELINE_AFTER.iter().enumerate() {
+        let next = PIPELINE_AFTER.get(i + 1).map_or(SUCCEEDED, |s| s.name);
+        states.add(step.name, task(step, Some(next.into()), Vec::new()));
+    }
     states.add(
         BUILD_FAILED,
         Fail {
@@ -603,6 +637,46 @@ mod tests {
                     None => assert_eq!(t.end, Some(true), "{name} ends the iteration"),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pipeline_states_run_before_the_builds_and_after_their_success_only() {
+        let def = definition();
+        let next = |name: &str| match def.states.get(name) {
+            Some(State::Task(t)) => t.next.clone(),
+            other => panic!("{name} is not a Task: {other:?}"),
+        };
+        let choice = |name: &str| match def.states.get(name) {
+            Some(State::Choice(c)) => c.clone(),
+            other => panic!("{name} is not a Choice: {other:?}"),
+        };
+        assert_eq!(next(PREPARE.name).as_deref(), Some(HAS_PIPELINE));
+        let has = choice(HAS_PIPELINE);
+        assert_eq!(
+            has.default.as_deref(),
+            Some(BUILDS),
+            "a plain build skips Fingerprint"
+        );
+        assert_eq!(has.choices.len(), 1);
+        assert_eq!(has.choices[0].next.as_deref(), Some("Fingerprint"));
+        assert_eq!(next("Fingerprint").as_deref(), Some(BUILDS));
+        let any = choice(ANY_BUILD_FAILED);
+        let nexts: Vec<Option<&str>> = any.choices.iter().map(|r| r.next.as_deref()).collect();
+        assert_eq!(
+            nexts,
+            [Some(BUILD_FAILED), Some("Publish")],
+            "a failure never publishes"
+        );
+        assert_eq!(
+            any.default.as_deref(),
+            Some(SUCCEEDED),
+            "a plain build ends"
+        );
+        assert_eq!(next("Publish").as_deref(), Some("Retain"));
+        assert_eq!(next("Retain").as_deref(), Some(SUCCEEDED));
+        for step in PIPELINE_BEFORE.iter().chain(&PIPELINE_AFTER) {
+            assert!(find(step.name).is_some(), "{} is registered", step.name);
         }
     }
 

@@ -303,6 +303,8 @@ fn parameters() -> Value {
             "Description": "s3://bucket/key of the Packer template the schedule builds" },
         "ScheduleVars": { "Type": "String", "Default": "{}",
             "Description": "JSON object of template variables for scheduled builds" },
+        "SchedulePipelineS3": { "Type": "String", "Default": "",
+            "Description": "s3://bucket/key of the pipeline file scheduled builds run in (rebuild on change, publish, retain); empty: none" },
         "JanitorRegions": { "Type": "CommaDelimitedList", "Default": "",
             "Description": "Regions the janitor sweeps when an execution's input names none (empty: the stack's region)" }
     })
@@ -582,7 +584,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
             "Target": {
                 "Arn": { "Ref": "StateMachine" },
                 "RoleArn": { "Fn::GetAtt": ["ScheduleRole", "Arn"] },
-                "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}}" },
+                "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}, \"pipeline_s3\": \"${SchedulePipelineS3}\"}" },
                 // StartExecution throttled or failing: retried for an hour, then kept.
                 "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600 },
                 "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }

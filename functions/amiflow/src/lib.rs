@@ -36,6 +36,7 @@ pub mod identity;
 pub mod infra;
 pub mod lambda_api;
 pub mod local;
+pub mod pipeline;
 pub mod prelude;
 pub mod provision;
 pub mod resources;

@@ -27,12 +27,30 @@ pub struct Args {
     /// `abort` keeps it for debugging.
     #[arg(long = "on-error", value_name = "cleanup|abort", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
     pub on_error: String,
+    /// A pipeline file around the build (rebuild on change, publish, retain).
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// With --pipeline: retention reports what it would retire and touches nothing.
+    #[arg(long = "retain-dry-run", requires = "pipeline")]
+    pub retain_dry_run: bool,
     /// Print the execution's output document (JSON) at the end.
     #[arg(long)]
     pub json: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let pipeline = match args
+        .pipeline
+        .as_deref()
+        .map(amiflow_cli::pipeline_file::read)
+    {
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     let opts = match args.template.prepare_options() {
         Ok(o) => o,
         Err(e) => {
@@ -95,13 +113,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         &uuid_fragment()
     );
     let opts = loaded.options;
-    let input = json!({
+    let mut input = json!({
         "template": loaded.text,
         "vars": variables(&opts)?,
         "only": opts.only,
         "except": opts.except,
         "on_error": args.on_error,
     });
+    if let Some(pipeline) = pipeline {
+        input["pipeline"] = pipeline;
+        input["retain_dry_run"] = args.retain_dry_run.into();
+    }
     let machine = StateMachine::from_json(DEFINITION)
         .map_err(|e| anyhow::anyhow!("the embedded state machine is invalid: {e}"))?;
     let interrupt = Interrupt::default();
@@ -145,6 +167,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     if let Some(output) = &output {
         print_artifacts(output);
+        for line in amiflow_cli::pipeline_file::outcome_lines(output) {
+            eprintln!("==> {line}");
+        }
         write_manifests(output, &manifests, opts.build_time.timestamp())?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(output)?);

@@ -3,6 +3,7 @@
 //! `policy`.
 
 pub mod clean;
+pub mod pipeline_file;
 pub mod policy;
 pub mod redrive;
 pub mod start;

@@ -29,6 +29,12 @@ pub struct Args {
     /// redrive (keep a failed build for `amiflow redrive`, or `amiflow abandon`).
     #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "redrive"])]
     pub on_error: String,
+    /// A pipeline file around the build (rebuild on change, publish, retain).
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// With --pipeline: retention reports what it would retire and touches nothing.
+    #[arg(long = "retain-dry-run", requires = "pipeline")]
+    pub retain_dry_run: bool,
     /// Follow the execution until it ends (as `amiflow watch`).
     #[arg(long)]
     pub watch: bool,
@@ -43,7 +49,11 @@ const CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let vars = crate::policy::parse_vars(&args.vars)?;
     let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
-    let input = execution_input(&template, &vars, &args.on_error)?;
+    let mut input = execution_input(&template, &vars, &args.on_error)?;
+    if let Some(path) = &args.pipeline {
+        input["pipeline"] = crate::pipeline_file::read(path)?;
+        input["retain_dry_run"] = args.retain_dry_run.into();
+    }
     let name = match args.name {
         Some(n) => check_name(&n)?,
         None => execution_name(&args.template),

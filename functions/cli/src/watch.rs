@@ -226,6 +226,11 @@ fn print_summary(outcome: &Outcome) {
     for line in artifacts {
         println!("{line}");
     }
+    if let Some(output) = &outcome.output {
+        for line in crate::pipeline_file::outcome_lines(output) {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// Turns history events into the lines a person follows: states entered and left, task

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod hcl2;
+pub mod pipeline;
 pub mod problem;
 pub mod provisioner;
 pub mod template;

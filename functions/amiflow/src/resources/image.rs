@@ -40,6 +40,41 @@ pub async fn named(ctx: &Ctx, region: &str, name: &str) -> Result<Vec<Image>, St
     Ok(out.images().to_vec())
 }
 
+/// The account's available images tagged with the pipeline `name` in a region (deprecated
+/// ones included), newest first. Only these are a pipeline's to compare with and retire.
+pub async fn of_pipeline(ctx: &Ctx, region: &str, name: &str) -> Result<Vec<Image>, StepError> {
+    let out = ctx
+        .ec2(region)
+        .describe_images()
+        .owners("self")
+        .include_deprecated(true)
+        .filters(crate::identity::filter(
+            &format!("tag:{}", amiflow_template::pipeline::PIPELINE_TAG),
+            [name],
+        ))
+        .filters(crate::identity::filter("state", ["available"]))
+        .send()
+        .await
+        .map_err(|e| classify("DescribeImages", name, e))?;
+    let mut images: Vec<Image> = out
+        .images()
+        .iter()
+        // The filter is the API's; the tag is checked again so that nothing else is touched.
+        .filter(|i| tag(i, amiflow_template::pipeline::PIPELINE_TAG) == Some(name))
+        .cloned()
+        .collect();
+    images.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
+    Ok(images)
+}
+
+/// An image's tag value.
+pub fn tag<'a>(img: &'a Image, key: &str) -> Option<&'a str> {
+    img.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 /// The snapshots behind an image's block devices.
 pub fn snapshots(img: &Image) -> Vec<String> {
     img.block_device_mappings()

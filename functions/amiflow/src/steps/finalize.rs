@@ -8,6 +8,7 @@
 //!              "amis": {"us-east-1": "ami-1"}, "snapshots": {...}, "volumes": {...}, "error": "..."}],
 //!  "failed": 1, "cause": "build \"x\" failed: ..."}
 //! ```
+//! With a pipeline, its state is carried on as `"pipeline"`.
 //! `failed` lets the state machine Choice into a Fail state whose `CausePath` is `$.cause`.
 //! No AWS call: nothing to grant, nothing to wait for.
 
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use amiflow_template::BuilderType;
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::PipelineRun;
 use crate::{BuildState, Ctx, StepError};
 
 use super::StepSpec;
@@ -32,7 +34,12 @@ pub const STEP: StepSpec = StepSpec {
 #[serde(untagged)]
 pub enum FinalizeInput {
     Builds(Vec<BuildState>),
-    Wrapped { builds: Vec<BuildState> },
+    Wrapped {
+        builds: Vec<BuildState>,
+        /// A pipeline's state, carried on to Publish and Retain.
+        #[serde(default)]
+        pipeline: Option<Box<PipelineRun>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +49,9 @@ pub struct FinalizeOutput {
     /// Every failure in one readable line per build; absent when all builds succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The pipeline's state, when the execution runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRun>,
 }
 
 /// One build's outcome, with Packer's artifact id.
@@ -66,9 +76,14 @@ pub struct BuildArtifact {
 }
 
 pub async fn finalize(_ctx: &Ctx, input: FinalizeInput) -> Result<FinalizeOutput, StepError> {
-    Ok(summarize(match input {
-        FinalizeInput::Builds(b) | FinalizeInput::Wrapped { builds: b } => b,
-    }))
+    let (builds, pipeline) = match input {
+        FinalizeInput::Builds(b) => (b, None),
+        FinalizeInput::Wrapped { builds, pipeline } => (builds, pipeline.map(|p| *p)),
+    };
+    Ok(FinalizeOutput {
+        pipeline,
+        ..summarize(builds)
+    })
 }
 
 pub fn summarize(states: Vec<BuildState>) -> FinalizeOutput {
@@ -89,6 +104,7 @@ pub fn summarize(states: Vec<BuildState>) -> FinalizeOutput {
         failed: failures.len(),
         cause: (!failures.is_empty()).then(|| failures.join("\n")),
         builds,
+        pipeline: None,
     }
 }
 
@@ -258,7 +274,7 @@ mod tests {
         .unwrap();
         for input in [bare, wrapped] {
             let out = summarize(match input {
-                FinalizeInput::Builds(b) | FinalizeInput::Wrapped { builds: b } => b,
+                FinalizeInput::Builds(b) | FinalizeInput::Wrapped { builds: b, .. } => b,
             });
             assert_eq!(out.builds.len(), 1);
         }

@@ -58,6 +58,10 @@ use crate::{Ctx, StepError};
 
 pub mod finalize;
 pub mod prepare;
+// pipelines (around the builds)
+pub mod fingerprint;
+pub mod publish;
+pub mod retain;
 
 /// The boxed form every handler is called through.
 pub type Handler = fn(Arc<Ctx>, Value) -> BoxFuture<'static, Result<Value, StepError>>;

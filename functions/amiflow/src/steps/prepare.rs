@@ -21,21 +21,27 @@
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
-//!  "on_error": "cleanup" | "abort" | "redrive"}   // Packer's -on-error, default cleanup
+//!  "on_error": "cleanup" | "abort" | "redrive", // Packer's -on-error, default cleanup
+//!  "pipeline": {...},                             // a pipeline file (`amiflow_template::pipeline`),
+//!  "pipeline_s3": "s3://bucket/key.json",         // or where to read it ("" = none: the schedule's default)
+//!  "retain_dry_run": true}                        // the pipeline's Retain only reports
 //! ```
 //!
-//! Output: `{"builds": [BuildState, ...]}` — one per build left after only/except, each
-//! with `execution` set (the `amiflow:build` tag value) and an empty ledger.
+//! Output: `{"builds": [BuildState, ...], "pipeline": PipelineRun}` — one build state per
+//! build left after only/except, each with `execution` set (the `amiflow:build` tag value)
+//! and an empty ledger; `pipeline` only when the input has one ([`crate::pipeline::begin`]).
 //! Errors: `InvalidTemplate` (every problem listed, one per line; nothing has been
 //! created), `Transient` when the template could not be fetched from S3 for a passing reason.
 
 use std::collections::BTreeMap;
 
+use amiflow_template::pipeline::Pipeline;
 use amiflow_template::{prepare as prepare_template, PrepareOptions, Problem, Problems};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::pipeline::PipelineRun;
 use crate::state::OnError;
 use crate::{BuildState, Ctx, StepError};
 
@@ -83,15 +89,49 @@ pub struct ExecutionInput {
     pub except: Vec<String>,
     #[serde(default)]
     pub on_error: OnError,
+    /// The pipeline file's JSON, checked here with the template.
+    #[serde(default)]
+    pub pipeline: Option<Value>,
+    /// Where to read the pipeline file instead: `s3://bucket/key`; empty means none (the
+    /// stack's schedule always passes its `SchedulePipelineS3`).
+    #[serde(default)]
+    pub pipeline_s3: Option<String>,
+    /// With a pipeline: Retain reports what it would retire and touches nothing.
+    #[serde(default)]
+    pub retain_dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrepareOutput {
     pub builds: Vec<BuildState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRun>,
 }
 
-pub async fn prepare(ctx: &Ctx, input: PrepareInput) -> Result<PrepareOutput, StepError> {
+pub async fn prepare(ctx: &Ctx, mut input: PrepareInput) -> Result<PrepareOutput, StepError> {
     let text = template_text(ctx, &input.input).await?;
+    if let Some(url) = input.input.pipeline_s3.take().filter(|u| !u.is_empty()) {
+        if input.input.pipeline.is_some() {
+            return Err(StepError::InvalidTemplate(
+                Problems(vec![Problem::key(
+                    "pipeline_s3",
+                    "give either `pipeline` or `pipeline_s3`, not both",
+                )])
+                .to_string(),
+            ));
+        }
+        let text = fetch_s3(ctx, &url, "pipeline_s3").await?;
+        let value = serde_json::from_str(&text).map_err(|e| {
+            StepError::InvalidTemplate(
+                Problems(vec![Problem::key(
+                    "pipeline_s3",
+                    format!("{url} is not JSON: {e}"),
+                )])
+                .to_string(),
+            )
+        })?;
+        input.input.pipeline = Some(value);
+    }
     let mut options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
     options.env = ctx.env.clone();
     options.template_dir = ctx.base_dir.clone();
@@ -151,13 +191,34 @@ fn prepare_text_with(
         ));
     }
     let vars = vars_as_strings(&input.vars, &mut problems);
-    if !problems.is_empty() {
+    // The pipeline is checked with the template: its problems and the template's come together.
+    let pipeline = match input.pipeline.as_ref().map(Pipeline::from_value) {
+        Some(Err(Problems(found))) => {
+            problems.extend(found.into_iter().map(|p| p.in_builder("pipeline")));
+            None
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    // Unusable variables would make the template's own problems misleading: stop here.
+    if problems
+        .iter()
+        .any(|p| p.builder.as_deref() != Some("pipeline"))
+    {
         return Err(invalid(Problems(problems)));
     }
     options.vars = vars.into_iter().collect();
     options.only = input.only.clone();
     options.except = input.except.clone();
-    let prepared = prepare_template(text, &options).map_err(invalid)?;
+    let prepared = prepare_template(text, &options);
+    let prepared = match prepared {
+        Ok(p) if problems.is_empty() => p,
+        Ok(_) => return Err(invalid(Problems(problems))),
+        Err(Problems(found)) => {
+            problems.extend(found);
+            return Err(invalid(Problems(problems)));
+        }
+    };
     if prepared.builds.is_empty() {
         return Err(invalid(Problems(vec![Problem::new(format!(
             "no build is left to run after only={:?} except={:?}; check the builder names",
@@ -175,6 +236,27 @@ fn prepare_text_with(
         }
     }
     let build_id = crate::state::build_id(&execution);
+    let pipeline = match pipeline {
+        Some(p) => {
+            // The same builds rendered at a fixed time: the fingerprint's template part must
+            // not change with `{{timestamp}}` in names.
+            let mut fixed = options.clone();
+            fixed.build_time = chrono::DateTime::UNIX_EPOCH;
+            let fixed_builds = prepare_template(text, &fixed)
+                .map(|p| p.builds)
+                .unwrap_or_default();
+            let mut run = crate::pipeline::begin(
+                p,
+                &prepared.builds,
+                &fixed_builds,
+                options.template_dir.as_deref(),
+            )
+            .map_err(invalid)?;
+            run.dry_run = input.retain_dry_run;
+            Some(run)
+        }
+        None => None,
+    };
     let builds: Vec<BuildState> = prepared
         .builds
         .into_iter()
@@ -189,7 +271,7 @@ fn prepare_text_with(
             error: None,
         })
         .collect();
-    let output = PrepareOutput { builds };
+    let output = PrepareOutput { builds, pipeline };
     let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(0);
     if size > MAX_STATE_BYTES {
         return Err(invalid(Problems(vec![Problem::new(format!(
@@ -270,14 +352,14 @@ async fn template_text(ctx: &Ctx, input: &ExecutionInput) -> Result<String, Step
         (Some(Value::String(text)), None) => Ok(text.clone()),
         (Some(object @ Value::Object(_)), None) => Ok(serde_json::to_string_pretty(object).expect("a JSON value serializes")),
         (Some(_), None) => Err(one("`template` must be a JSON object or a string holding the template's JSON text".into())),
-        (None, Some(url)) => fetch_s3(ctx, url).await,
+        (None, Some(url)) => fetch_s3(ctx, url, "template_s3").await,
     }
 }
 
-async fn fetch_s3(ctx: &Ctx, url: &str) -> Result<String, StepError> {
-    let invalid = |m: String| {
-        StepError::InvalidTemplate(Problems(vec![Problem::key("template_s3", m)]).to_string())
-    };
+/// The text of `url` (`s3://bucket/key`), given as the input's `key`.
+async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> {
+    let invalid =
+        |m: String| StepError::InvalidTemplate(Problems(vec![Problem::key(key, m)]).to_string());
     let Some((bucket, key)) = url
         .strip_prefix("s3://")
         .and_then(|rest| rest.split_once('/'))
@@ -354,6 +436,114 @@ mod tests {
             "{err}"
         );
         assert!(!err.message().contains("vars.c"), "{err}");
+    }
+
+    fn ebs_builder(name: &str) -> Value {
+        json!({"type": "amazon-ebs", "name": name, "region": "us-east-1",
+            "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro",
+            "communicator": "none", "ami_name": format!("{name} {{{{timestamp}}}}")})
+    }
+
+    #[test]
+    fn a_pipeline_is_checked_with_the_template_and_both_problems_come_together() {
+        let template =
+            json!({"builders": [{"type": "amazon-ebs", "name": "web", "region": "us-east-1"}]});
+        let err = prepare_text(
+            &template.to_string(),
+            input(
+                json!({"template": template, "pipeline": {"name": "web", "rebild": "on_change"}}),
+            ),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        let m = err.message();
+        assert!(
+            m.contains("pipeline: rebild: unknown key in the pipeline; did you mean rebuild?"),
+            "{m}"
+        );
+        assert!(
+            m.contains("web: ami_name"),
+            "the template's problems too: {m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_pipeline_s3_is_none_and_both_ways_at_once_are_refused() {
+        let ctx = Ctx::from_env().await;
+        let template = json!({"builders": [ebs_builder("web")]});
+        let out = prepare(
+            &ctx,
+            input(json!({"template": template, "pipeline_s3": ""})),
+        )
+        .await
+        .unwrap();
+        assert!(out.pipeline.is_none());
+        let err = prepare(
+            &ctx,
+            input(json!({"template": template, "pipeline": {"name": "a"},
+                "pipeline_s3": "s3://bucket/pipeline.json"})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        assert!(err.message().contains("pipeline_s3: give either"), "{err}");
+    }
+
+    #[test]
+    fn a_pipeline_makes_one_image() {
+        let template = json!({"builders": [ebs_builder("a"), ebs_builder("b")]});
+        let err = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template, "pipeline": {"name": "web"}})),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.message().contains(
+                "pipeline: a pipeline makes one image, and the template makes 2 builds (a, b)"
+            ),
+            "{err}"
+        );
+        // With one build left by `only`, it prepares.
+        let out = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template, "only": ["a"], "pipeline": {"name": "web"}})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(out.pipeline.unwrap().pipeline.name, "web");
+    }
+
+    #[test]
+    fn the_template_part_of_the_fingerprint_ignores_the_build_time_but_not_the_template() {
+        let prepared_at = |template: &Value, time: i64| {
+            let mut i = input(json!({"template": template, "pipeline": {"name": "web"}}));
+            i.start_time = chrono::DateTime::from_timestamp(time, 0);
+            let out = prepare_text(&template.to_string(), i, false).unwrap();
+            let name = out.builds[0].build.config.ami().unwrap().ami_name.clone();
+            (out.pipeline.unwrap().parts.template, name)
+        };
+        let template = json!({"builders": [ebs_builder("web")]});
+        let (first, first_name) = prepared_at(&template, 1_700_000_000);
+        let (later, later_name) = prepared_at(&template, 1_800_000_000);
+        assert_ne!(first_name, later_name, "the names do carry the time");
+        assert_eq!(first, later);
+        let mut changed = template.clone();
+        changed["builders"][0]["instance_type"] = json!("t3.small");
+        assert_ne!(prepared_at(&changed, 1_700_000_000).0, first);
+        // Without a pipeline the output carries none.
+        let out = prepare_text(
+            &template.to_string(),
+            input(json!({"template": template})),
+            false,
+        )
+        .unwrap();
+        assert!(out.pipeline.is_none());
+        assert!(serde_json::to_value(&out)
+            .unwrap()
+            .get("pipeline")
+            .is_none());
     }
 
     #[test]

@@ -13,8 +13,51 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
-    if matches!(&state.build.config, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch) {
+    let Some(img) = resolve(ctx, &cfg).await? else {
         return Ok(state);
+    };
+    if img.root_device_type().map(|t| t.as_str()) != Some("ebs") {
+        return Err(StepError::BuildFailed(format!(
+            "source AMI {} has root device type {:?}; amazon-ebs needs an EBS-backed source (use amazon-instance for instance-store images)",
+            img.image_id().unwrap_or("?"),
+            img.root_device_type().map(|t| t.as_str()).unwrap_or("unknown")
+        )));
+    }
+    if cfg.ena_support() == Some(true) || cfg.sriov_support() {
+        let virt = cfg
+            .ami()
+            .and_then(|a| a.ami_virtualization_type.clone())
+            .or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
+        if virt.as_deref() != Some("hvm") {
+            return Err(StepError::BuildFailed(
+                "Enhanced Networking (ena_support / sriov_support) requires an HVM source AMI or ami_virtualization_type \"hvm\"".into(),
+            ));
+        }
+    }
+    let d = &mut state.data;
+    d.source_ami = img.image_id().map(String::from);
+    d.source_ami_name = img.name().map(String::from);
+    d.source_ami_creation_date = img.creation_date().map(String::from);
+    d.source_ami_owner = img.owner_id().map(String::from);
+    d.source_ami_owner_name = img.image_owner_alias().map(String::from);
+    d.source_ami_tags = img
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect();
+    d.extra
+        .insert("source_root_device_type".into(), "ebs".into());
+    Ok(state)
+}
+
+/// The one image `source_ami` / `source_ami_filter` names (the newest when `most_recent`),
+/// or None for a chroot build from scratch. The pipeline's Fingerprint resolves the same way.
+pub async fn resolve(
+    ctx: &Ctx,
+    cfg: &amiflow_template::BuilderConfig,
+) -> Result<Option<aws_sdk_ec2::types::Image>, StepError> {
+    if matches!(cfg, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch) {
+        return Ok(None);
     }
     let mut req = ctx.ec2(cfg.build_region()).describe_images();
     let mut most_recent = false;
@@ -55,37 +98,5 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         )));
     }
     images.sort_by(|a, b| a.creation_date().cmp(&b.creation_date()));
-    let img = images.pop().unwrap();
-    if img.root_device_type().map(|t| t.as_str()) != Some("ebs") {
-        return Err(StepError::BuildFailed(format!(
-            "source AMI {} has root device type {:?}; amazon-ebs needs an EBS-backed source (use amazon-instance for instance-store images)",
-            img.image_id().unwrap_or("?"),
-            img.root_device_type().map(|t| t.as_str()).unwrap_or("unknown")
-        )));
-    }
-    if cfg.ena_support() == Some(true) || cfg.sriov_support() {
-        let virt = cfg
-            .ami()
-            .and_then(|a| a.ami_virtualization_type.clone())
-            .or_else(|| img.virtualization_type().map(|v| v.as_str().to_string()));
-        if virt.as_deref() != Some("hvm") {
-            return Err(StepError::BuildFailed(
-                "Enhanced Networking (ena_support / sriov_support) requires an HVM source AMI or ami_virtualization_type \"hvm\"".into(),
-            ));
-        }
-    }
-    let d = &mut state.data;
-    d.source_ami = img.image_id().map(String::from);
-    d.source_ami_name = img.name().map(String::from);
-    d.source_ami_creation_date = img.creation_date().map(String::from);
-    d.source_ami_owner = img.owner_id().map(String::from);
-    d.source_ami_owner_name = img.image_owner_alias().map(String::from);
-    d.source_ami_tags = img
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-        .collect();
-    d.extra
-        .insert("source_root_device_type".into(), "ebs".into());
-    Ok(state)
+    Ok(images.pop())
 }

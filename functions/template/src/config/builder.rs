@@ -109,6 +109,17 @@ impl BuilderConfig {
         }
     }
 
+    /// As [`BuilderConfig::ami`], to change: a pipeline adds its tags to the image's.
+    pub fn ami_mut(&mut self) -> Option<&mut AmiConfig> {
+        match self {
+            Self::Ebs(c) => Some(&mut c.ami),
+            Self::Chroot(c) => Some(&mut c.ami),
+            Self::Instance(c) => Some(&mut c.ami),
+            Self::EbsSurrogate(c) => Some(&mut c.ami),
+            Self::EbsVolume(_) => None,
+        }
+    }
+
     /// None for chroot, which launches no instance.
     pub fn run(&self) -> Option<&RunConfig> {
         match self {

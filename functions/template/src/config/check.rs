@@ -115,7 +115,7 @@ pub(super) fn templated(s: &str) -> bool {
     s.contains("{{") || s.contains("<sensitive:")
 }
 
-pub(super) fn is_region(r: &str) -> bool {
+pub(crate) fn is_region(r: &str) -> bool {
     const DIRECTIONS: [&str; 9] = [
         "north",
         "south",
@@ -155,7 +155,7 @@ pub(super) fn is_role_arn(s: &str) -> bool {
         && p[5].len() > 5
 }
 
-pub(super) fn is_account(s: &str) -> bool {
+pub(crate) fn is_account(s: &str) -> bool {
     s.len() == 12 && s.chars().all(|c| c.is_ascii_digit())
 }
 
@@ -200,7 +200,7 @@ pub(super) fn is_cidr(s: &str) -> bool {
 }
 
 /// The known key a typo most likely meant.
-pub(super) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let key_l = key.to_ascii_lowercase();
     known
         .filter_map(|k| {

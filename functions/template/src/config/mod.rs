@@ -15,7 +15,7 @@ pub mod access;
 pub mod ami;
 pub mod block_device;
 mod builder;
-mod check;
+pub(crate) mod check;
 pub mod chroot;
 pub mod common;
 pub mod communicator;
