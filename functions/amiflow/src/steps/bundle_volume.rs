@@ -11,6 +11,7 @@ use crate::provision::Secrets;
 pub const SPEC: StepSpec = StepSpec {
     name: "BundleVolume",
     iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter"],
+    reach: &[],
     wait: None,
     // A bundle of a large volume takes a while: Lambda's maximum.
     timeout_seconds: 900,

@@ -10,6 +10,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "HostInfo",
     iam_actions: &["ec2:DescribeInstances"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

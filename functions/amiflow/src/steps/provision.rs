@@ -43,6 +43,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:DeleteObject",
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
+    reach: &[],
     wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,

@@ -14,6 +14,8 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
     iam_actions: &["ssm:SendCommand", "ssm:ListCommands"],
+    // Root on the stack's own build host with its own document, and nowhere else.
+    reach: &[("ssm:SendCommand", Reach::BuildHostCommand)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -26,6 +26,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:CreateTags",
         "iam:PassRole",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -11,6 +11,7 @@ use crate::provision::Secrets;
 pub const SPEC: StepSpec = StepSpec {
     name: "UploadX509Cert",
     iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
