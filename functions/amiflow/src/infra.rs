@@ -261,10 +261,17 @@ pub fn step_statements(spec: &StepSpec) -> Vec<Value> {
         .collect()
 }
 
+/// The condition under which the stack names bundle buckets (`BundleBuckets` not empty).
+const HAS_BUNDLE_BUCKETS: &str = "HasBundleBuckets";
+
 /// Every string of a statement holding a `${...}` pattern as CloudFormation's `Fn::Sub`
-/// (`${ScheduleTemplateObject}` taken from `ScheduleTemplateS3`; see [`reach_statements`]).
+/// (`${ScheduleTemplateObject}` taken from `ScheduleTemplateS3`; a `${BundleBuckets}`
+/// resource only when the stack names some; see [`reach_statements`]).
 fn sub_patterns(value: Value) -> Value {
     match value {
+        Value::String(s) if s.contains("${BundleBuckets}") => {
+            json!({ "Fn::If": [HAS_BUNDLE_BUCKETS, { "Fn::Sub": s }, { "Ref": "AWS::NoValue" }] })
+        }
         Value::String(s) if s.contains("${") => {
             if s.contains(&format!("${{{SCHEDULE_TEMPLATE_OBJECT}}}")) {
                 // `s3://bucket/key` → `bucket/key`; an empty parameter gives "" (no object).
@@ -285,6 +292,19 @@ fn sub_patterns(value: Value) -> Value {
         ),
         other => other,
     }
+}
+
+/// `conditions` with [`HAS_BUNDLE_BUCKETS`] when some role uses it (cfn-lint rejects unused
+/// conditions).
+fn with_bundle_buckets(mut conditions: Value, resources: &Map<String, Value>) -> Value {
+    if Value::Object(resources.clone())
+        .to_string()
+        .contains(HAS_BUNDLE_BUCKETS)
+    {
+        conditions[HAS_BUNDLE_BUCKETS] =
+            json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "BundleBuckets" }, ""] }] });
+    }
+    conditions
 }
 
 /// The inline policy of a step's role: each action as far as its reach goes
@@ -877,7 +897,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Transform": "AWS::Serverless-2016-10-31",
         "Description": "amiflow: Packer's Amazon builders as a Step Functions state machine (generated from the step registry; do not edit, run the infra test with AMIFLOW_UPDATE_INFRA=1)",
         "Parameters": parameters(),
-        "Conditions": conditions(steps.iter().any(|s| split_actions(s).1)),
+        "Conditions": with_bundle_buckets(conditions(steps.iter().any(|s| split_actions(s).1)), &resources),
         "Globals": { "Function": {
             "CodeUri": "lambda/",
             "Runtime": "provided.al2023",
