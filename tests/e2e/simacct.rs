@@ -667,8 +667,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 aws_sdk_ssm::types::ParameterType::SecureString,
             ),
         ] {
-            // Under /amiflow/: the only parameters the stack's roles may read.
-            let name = format!("/amiflow/simacct/{key}");
+            // Under /amiflow/x509/: where the stack keeps X.509 pairs (UploadX509Cert reads no other).
+            let name = format!("/amiflow/x509/simacct/{key}");
             admin
                 .ssm(REGION)
                 .put_parameter()

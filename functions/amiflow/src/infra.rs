@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::builders::instance_store::{X509_OBJECT_PREFIX, X509_PARAMETER_PATH};
 use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
 use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
@@ -194,6 +195,16 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             None,
         )],
         Reach::StackBuckets => vec![statement("", stack_buckets, None)],
+        Reach::X509Parameters => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{X509_PARAMETER_PATH}*")),
+            None,
+        )],
+        Reach::X509Objects => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:s3:::${{ArtifactsBucket}}/{X509_OBJECT_PREFIX}*")),
+            None,
+        )],
         Reach::TemplateObjects => vec![statement(
             "",
             json!([
@@ -1378,7 +1389,6 @@ mod tests {
         for (step, action) in [
             ("KeyPair", "ssm:PutParameter"),
             ("Connect", "ssm:GetParameter"),
-            ("UploadX509Cert", "ssm:GetParameter"),
             ("Cleanup", "ssm:DeleteParameter"),
         ] {
             let st = granting(step, action);
@@ -1391,7 +1401,6 @@ mod tests {
         }
         for (step, action) in [
             ("Provision", "s3:PutObject"),
-            ("UploadX509Cert", "s3:GetObject"),
             ("UploadBundle", "s3:CreateBucket"),
             ("Cleanup", "s3:DeleteBucket"),
         ] {
@@ -1404,6 +1413,17 @@ mod tests {
             );
             assert!(!resources.contains(":::*"), "{step} {action}: {resources}");
         }
+        // X.509 pairs: only where the stack keeps them, not other builds' temporary keys.
+        let x509 = granting("UploadX509Cert", "ssm:GetParameter");
+        assert_eq!(
+            x509[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/x509/*" })
+        );
+        let x509 = granting("UploadX509Cert", "s3:GetObject");
+        assert_eq!(
+            x509[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactsBucket}/x509/*" })
+        );
         let prepare = granting("Prepare", "s3:GetObject");
         assert_eq!(prepare.len(), 1);
         let prepare = prepare[0]["Resource"].to_string();

@@ -155,6 +155,11 @@ pub enum Reach {
     /// Objects a build may read its template from: the artifacts bucket and the schedule's
     /// template object.
     TemplateObjects,
+    /// The X.509 pairs the operator keeps for amazon-instance: parameters under
+    /// `/amiflow/x509/`.
+    X509Parameters,
+    /// ...and objects under `x509/` in the artifacts bucket.
+    X509Objects,
     /// SSM commands with `AWS-RunShellScript` on the build's own ([`BUILD_TAG`](crate::state::BUILD_TAG)ged) instances.
     BuildInstanceCommand,
     /// SSM commands with the stack's chroot document on the stack's build host.

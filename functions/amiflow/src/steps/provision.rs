@@ -94,10 +94,7 @@ fn run_options(
         .simple()
         .to_string()[..8]
         .to_string();
-    let base_dir = match &ctx.base_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().unwrap_or_default(),
-    };
+    let files = crate::template_files::TemplateFiles::of(ctx);
     RunOptions {
         secrets,
         deadline: ctx.deadline,
@@ -107,7 +104,8 @@ fn run_options(
             builder_type: state.build.builder_type.as_str().to_string(),
             build: build_data(state, comm, host),
             random,
-            base_dir,
+            base_dir: files.base_dir,
+            deployed: files.deployed,
         },
     }
 }

@@ -31,7 +31,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "RunHostScript")?;
     let vol = chroot::volume(&state, "RunHostScript")?;
-    let job = chroot::job(&state, &cfg, &vol)?;
+    let job = chroot::job(
+        &state,
+        &cfg,
+        &vol,
+        &crate::template_files::TemplateFiles::of(ctx),
+    )?;
     let local = match std::env::var(RUN_MODE_ENV).as_deref() {
         Ok("local") => true,
         Ok("ssm") => false,
