@@ -22,10 +22,6 @@ ACCOUNT_ID = "123456789012"
 NO_VALUE = object()
 
 
-# Marks a definition placeholder that stands outside a JSON string (see `package`).
-UNQUOTED = "__simacct_unquoted__"
-
-
 def package(template: dict[str, Any], template_dir: str, code_uri: str) -> dict[str, Any]:
     """What `sam package` does to the template: code to S3, state machine definitions inline."""
     t = copy.deepcopy(template)
@@ -39,11 +35,7 @@ def package(template: dict[str, Any], template_dir: str, code_uri: str) -> dict[
         if resource["Type"] == "AWS::Serverless::StateMachine" and "DefinitionUri" in props:
             path = props.pop("DefinitionUri")
             with open(f"{template_dir}/{path}", encoding="utf-8") as f:
-                # A placeholder outside a string (`"TimeoutSeconds": ${ExecutionTimeoutSeconds}`)
-                # is not JSON until substituted: it travels as a marked string, which
-                # `substitute` replaces by the bare value, as Step Functions would.
-                text = re.sub(r'(?<!")\$\{([A-Za-z0-9]+)\}(?!")', lambda m: f'"{UNQUOTED}{m.group(0)}"', f.read())
-                props["Definition"] = json.loads(text)
+                props["Definition"] = json.load(f)
     return t
 
 
@@ -254,5 +246,4 @@ def substitute(definition_text: str, substitutions: dict[str, str]) -> str:
     missing = placeholders(definition_text) - set(substitutions)
     if missing:
         raise ValueError(f"the definition uses ${{{sorted(missing)[0]}}} and {len(missing) - 1} more placeholders no substitution defines")
-    definition_text = re.sub(r'"' + UNQUOTED + r'\$\{([A-Za-z0-9]+)\}"', lambda m: str(substitutions[m.group(1)]), definition_text)
     return re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: substitutions[m.group(1)], definition_text)
