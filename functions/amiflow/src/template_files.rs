@@ -1,6 +1,6 @@
 //! The one gate for the files a template names and the build reads where it runs:
 //! `user_data_file`, shell `script`/`scripts`, file provisioner `source`s, the chroot
-//! builder's shell scripts and `ssh_private_key_file`s.
+//! builder's shell scripts.
 //!
 //! A local build reads them as Packer does: relative to the template's directory, absolute
 //! paths as they are. A deployed build (`Ctx::in_lambda`) runs as the function, whose own

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use super::render::Secrets;
 use super::ssh::{SshAuth, SshTarget};
-use crate::template_files::TemplateFiles;
 use crate::{BuildState, Ctx, StepError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,12 +213,7 @@ pub async fn ssh_target(
     let auth = if let Some(password) = secrets.ssh_password() {
         SshAuth::Password(password.to_string())
     } else if let Some(file) = &cfg.ssh_private_key_file {
-        key_file_auth(
-            &TemplateFiles::of(ctx),
-            "ssh_private_key_file",
-            file,
-            secrets,
-        )?
+        key_file_auth("ssh_private_key_file", file, secrets)?
     } else {
         let parameter = state.data.private_key_parameter.clone().ok_or_else(|| {
             StepError::BuildFailed(
@@ -252,12 +246,7 @@ pub async fn ssh_target(
         None => None,
         Some(b) => {
             let auth = if let Some(file) = &b.private_key_file {
-                key_file_auth(
-                    &TemplateFiles::of(ctx),
-                    "ssh_bastion_private_key_file",
-                    file,
-                    secrets,
-                )?
+                key_file_auth("ssh_bastion_private_key_file", file, secrets)?
             } else if let Some(p) = secrets.bastion_password() {
                 SshAuth::Password(p.to_string())
             } else {
@@ -294,15 +283,9 @@ pub async fn ssh_target(
 
 /// Logs in with the private key in `file` (the setting `option`); the key is added to
 /// `secrets` for masking.
-fn key_file_auth(
-    files: &crate::template_files::TemplateFiles,
-    option: &str,
-    file: &str,
-    secrets: &mut Secrets,
-) -> Result<SshAuth, StepError> {
-    let pem = files
-        .read_to_string(option, file)
-        .map_err(StepError::BuildFailed)?;
+fn key_file_auth(option: &str, file: &str, secrets: &mut Secrets) -> Result<SshAuth, StepError> {
+    let pem = std::fs::read_to_string(file)
+        .map_err(|e| StepError::BuildFailed(format!("{option}: cannot read {file:?} ({e})")))?;
     secrets.add_value(pem.clone());
     SshAuth::from_pem(&pem).map_err(|e| StepError::BuildFailed(format!("{option} {file:?}: {e}")))
 }
