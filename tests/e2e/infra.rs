@@ -73,6 +73,7 @@ fn templates_to_lint(dir: &Path) -> Vec<PathBuf> {
         StepSpec {
             name: "RunSourceInstance",
             iam_actions: &["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"],
+            reach: &[],
             wait: None,
             timeout_seconds: 60,
             handler: noop,
@@ -80,6 +81,7 @@ fn templates_to_lint(dir: &Path) -> Vec<PathBuf> {
         StepSpec {
             name: "CreateImage",
             iam_actions: &["ec2:CreateImage"],
+            reach: &[],
             wait: None,
             timeout_seconds: 30,
             handler: noop,
@@ -87,6 +89,7 @@ fn templates_to_lint(dir: &Path) -> Vec<PathBuf> {
         StepSpec {
             name: amiflow::infra::JANITOR,
             iam_actions: &["ec2:DescribeInstances", "ec2:TerminateInstances"],
+            reach: &[],
             wait: None,
             timeout_seconds: 900,
             handler: noop,

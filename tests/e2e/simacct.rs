@@ -109,6 +109,8 @@ impl Account {
             "region": REGION,
             "stack_name": "amiflow",
             "host_env": host_env,
+            // amazon-instance's bundles go to this bucket: the stack's roles reach no other.
+            "parameters": { "BundleBuckets": BUCKET },
         });
         let config_path = work.path().join("config.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
@@ -696,7 +698,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 aws_sdk_ssm::types::ParameterType::SecureString,
             ),
         ] {
-            let name = format!("/simacct/{key}");
+            // Under /amiflow/x509/: where the stack keeps X.509 pairs (UploadX509Cert reads no other).
+            let name = format!("/amiflow/x509/simacct/{key}");
             admin
                 .ssm(REGION)
                 .put_parameter()
@@ -769,6 +772,52 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         eprintln!("simacct: {}", run.report());
         runs.push(run.report());
     }
+
+    // 5b. A template naming a host the operator did not tag for this stack (any SSM-managed
+    //     instance would do: its pre_mount_commands would run there as root) is refused.
+    let foreign = admin
+        .ec2(REGION)
+        .run_instances()
+        .image_id(SOURCE_AMI)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let foreign = foreign.instances()[0].instance_id().unwrap().to_string();
+    let mut elsewhere = chroot_template(Path::new("/tmp/amiflow-never-mounted"));
+    elsewhere["builders"][0]["chroot_host_instance_id"] = json!(foreign);
+    elsewhere["builders"][0]["pre_mount_commands"] = json!(["id > /tmp/amiflow-owned"]);
+    let run = account
+        .execute(
+            &als,
+            "simacct-foreign-host",
+            json!({"template": elsewhere, "vars": {}}),
+        )
+        .await;
+    let why = run
+        .succeeded()
+        .expect_err("a build on a host not tagged for the stack must fail");
+    assert!(
+        why.contains(&format!("{foreign} has no amiflow:build-host tag")),
+        "the refusal names the host and the tag: {why}"
+    );
+    assert!(
+        run.stats["host_commands"]
+            .as_array()
+            .is_none_or(|c| c.is_empty()),
+        "no command reached the foreign host: {:#}",
+        run.stats
+    );
+    assert!(run.added.is_empty(), "a refused build left {:?}", run.added);
+    admin
+        .ec2(REGION)
+        .terminate_instances()
+        .instance_ids(&foreign)
+        .send()
+        .await
+        .unwrap();
 
     // 6. Only this machine is dialled: a build whose communicator would connect to the address
     //    moto invented for its instance is refused before anything is created.

@@ -96,6 +96,7 @@ async fn network_info_uses_the_stacks_default_network_only_when_the_template_nam
             vpc_id: Some(vpc.clone()),
             subnet_id: Some(subnet.clone()),
             build_host_instance_id: None,
+            ..Default::default()
         },
     )
     .await;

@@ -161,7 +161,12 @@ class Account:
             InstanceType="t3.micro",
             MinCount=1,
             MaxCount=1,
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "amiflow-chroot-host"}]}],
+            # The operator marks the host for this stack: HostInfo and RunHostScript's role
+            # accept no other (infra/README.md).
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                {"Key": "Name", "Value": "amiflow-chroot-host"},
+                {"Key": "amiflow:build-host", "Value": self.config.get("stack_name", "amiflow")},
+            ]}],
         )["Instances"][0]["InstanceId"]
         return {"vpc": vpc, "subnet": subnet, "host": host}
 

@@ -12,6 +12,11 @@ a real account has and moto has not:
   signature from the parsed form re-encoded as botocore does (a space as "+"), so a signed
   "%20" from the Rust SDK never matches. The front door checks the caller's signature itself
   and re-signs the same parameters, "%20" written "+", with the caller's own credentials;
+- the decisions moto makes only against "*": SSM parameters and commands, and IAM calls
+  on roles and instance profiles that do not exist yet, are authorized against the
+  resources they name (parameter, document, instance with its tags, role or profile with its
+  path, the permissions boundary a CreateRole gives) by policy.py, and, when allowed,
+  forwarded signed by the account's admin;
 - HeadBucket authorized as IAM does (s3:ListBucket): moto checks it as "s3:HeadBucket", an
   action IAM does not have, so no role could ever pass. The front door evaluates the
   caller's s3:ListBucket on the bucket and, when allowed, forwards the call signed by the
@@ -208,15 +213,94 @@ class Front:
         return None
 
     def signed_by_admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
-        """The same S3 request, signed with the admin's key instead of the caller's."""
+        """The same request, signed with the admin's key instead of the caller's."""
         scope = next(v for k, v in headers.items() if k.lower() == "authorization").partition("Credential=")[2].split("/")
-        drop = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
+        drop = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "content-length"}
         kept = {k: v for k, v in headers.items() if k.lower() not in drop}
         host = next(v for k, v in headers.items() if k.lower() == "host")
         request = AWSRequest(method=method, url=f"http://{host}{path}", data=body, headers=kept)
         key = self.admin.admin_key
-        S3SigV4Auth(Credentials(key["access_key_id"], key["secret_access_key"]), "s3", scope[2]).add_auth(request)
-        return dict(request.headers.items())
+        auth = S3SigV4Auth if scope[3] == "s3" else SigV4Auth
+        auth(Credentials(key["access_key_id"], key["secret_access_key"]), scope[3], scope[2]).add_auth(request)
+        out = dict(request.headers.items())
+        out["Content-Length"] = str(len(body))
+        return out
+
+    # ------------------------------------------------------------------ scoped decisions
+
+    def instance_context(self, region: str, instance_id: str) -> dict[str, str]:
+        """The condition keys of an instance: its tags, as ssm:resourceTag and aws:ResourceTag."""
+        try:
+            found = self.admin.client("ec2", region).describe_instances(InstanceIds=[instance_id])
+            tags = found["Reservations"][0]["Instances"][0].get("Tags", [])
+        except Exception:
+            tags = []
+        context: dict[str, str] = {}
+        for t in tags:
+            context[f"ssm:resourceTag/{t['Key']}"] = t["Value"]
+            context[f"aws:ResourceTag/{t['Key']}"] = t["Value"]
+        return context
+
+    def iam_path(self, kind: str, name: str) -> str:
+        iam = self.admin.client("iam")
+        try:
+            if kind == "role":
+                return iam.get_role(RoleName=name)["Role"]["Path"]
+            return iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Path"]
+        except Exception:
+            return "/"
+
+    def scoped_resources(self, action: str, region: str, body: bytes) -> list[tuple[str, dict[str, str]]] | None:
+        """(resource ARN, condition context) of each resource a call moto would match only
+        against "*" acts on; None for calls moto decides itself."""
+        account = "123456789012"
+        service, _, name = action.partition(":")
+        if service == "ssm":
+            request = json.loads(body or b"{}")
+            def parameter(n: str) -> str:
+                return f"arn:aws:ssm:{region}:{account}:parameter{n if n.startswith('/') else '/' + n}"
+            if name in ("GetParameter", "PutParameter", "DeleteParameter"):
+                return [(parameter(request.get("Name", "")), {})]
+            if name == "DeleteParameters":
+                return [(parameter(n), {}) for n in request.get("Names", [])]
+            if name == "GetParametersByPath":
+                return [(parameter(request.get("Path", "")), {})]
+            if name == "AddTagsToResource" and request.get("ResourceType") == "Parameter":
+                return [(parameter(request.get("ResourceId", "")), {})]
+            if name == "SendCommand":
+                document = request.get("DocumentName", "")
+                owner = "" if document.startswith("AWS-") else account
+                out = [(f"arn:aws:ssm:{region}:{owner}:document/{document}", {})]
+                for instance in request.get("InstanceIds", []):
+                    out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance}", self.instance_context(region, instance)))
+                return out
+            return None
+        if service == "iam":
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            if name == "CreateRole":
+                context = {"iam:PermissionsBoundary": form["PermissionsBoundary"]} if "PermissionsBoundary" in form else {}
+                return [(f"arn:aws:iam::{account}:role{form.get('Path', '/')}{form.get('RoleName', '')}", context)]
+            if name in ("PutRolePolicy", "DeleteRolePolicy", "DeleteRole", "TagRole"):
+                role = form.get("RoleName", "")
+                return [(f"arn:aws:iam::{account}:role{self.iam_path('role', role)}{role}", {})]
+            if name == "CreateInstanceProfile":
+                return [(f"arn:aws:iam::{account}:instance-profile{form.get('Path', '/')}{form.get('InstanceProfileName', '')}", {})]
+            if name in ("DeleteInstanceProfile", "TagInstanceProfile", "AddRoleToInstanceProfile", "RemoveRoleFromInstanceProfile"):
+                profile = form.get("InstanceProfileName", "")
+                return [(f"arn:aws:iam::{account}:instance-profile{self.iam_path('profile', profile)}{profile}", {})]
+        return None
+
+    def scoped_refusal(self, caller: dict[str, str], action: str, region: str, body: bytes) -> str | None | bool:
+        """For a call moto cannot scope: the refusal message, or None when allowed; False
+        when moto decides the call itself."""
+        resources = self.scoped_resources(action, region, body)
+        if resources is None:
+            return False
+        documents = self.role_documents(caller["role"])
+        for arn, context in resources:
+            if not policy.allowed(documents, action, arn, context):
+                return f"User: {caller['label']} is not authorized to perform: {action} on resource: {arn}"
+        return None
 
     # ------------------------------------------------------------------ SSM agent
 
@@ -358,7 +442,24 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     front.record_denial(label, "iam:PassRole", message)
                     return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", message))
             parts = [p for p in path.split("/") if p]
-            if caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
+            region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2] if caller else ""
+            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam") else False
+            if isinstance(scoped, str):
+                front.record_denial(label, action, scoped)
+                if service == "ssm":
+                    error = json.dumps({"__type": "AccessDeniedException", "message": scoped}).encode()
+                    return self._send(400, [("Content-Type", "application/x-amz-json-1.1")], error)
+                error = (
+                    '<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>'
+                    f"<Message>{scoped}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+                ).encode()
+                return self._send(403, [("Content-Type", "text/xml")], error)
+            if scoped is None:
+                # Allowed against the resources it names: moto, matching only "*", is not asked.
+                if b"%20" in body and service == "iam":
+                    body = body.replace(b"%20", b"+")
+                headers = front.signed_by_admin(self.command, self.path, headers, body)
+            elif caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
                 bucket_arn = f"arn:aws:s3:::{parts[0]}"
                 if not policy.allowed(front.role_documents(caller["role"]), "s3:ListBucket", bucket_arn):
                     front.record_denial(label, "s3:ListBucket", f"HeadBucket {parts[0]}: not allowed s3:ListBucket on {bucket_arn}")

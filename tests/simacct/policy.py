@@ -27,8 +27,8 @@ def _matches(pattern: str, value: str, case_sensitive: bool) -> bool:
 
 
 def _condition_holds(condition: dict[str, Any] | None, context: dict[str, str]) -> bool:
-    """StringEquals / StringLike (and their Not forms) on the context keys; a key the
-    request does not carry fails a positive operator, as in IAM."""
+    """StringEquals / StringLike (and their Not forms), Bool and Null on the context keys;
+    a key the request does not carry fails a positive operator, as in IAM."""
     for operator, keys in (condition or {}).items():
         for key, expected in keys.items():
             actual = context.get(key)
@@ -41,6 +41,10 @@ def _condition_holds(condition: dict[str, Any] | None, context: dict[str, str]) 
                 ok = actual is None or actual not in wanted
             elif operator == "StringNotLike":
                 ok = actual is None or not any(_matches(w, actual, True) for w in wanted)
+            elif operator == "Bool":
+                ok = actual is not None and actual.lower() in [w.lower() for w in wanted]
+            elif operator == "Null":
+                ok = (actual is None) == (wanted[0].lower() == "true")
             else:
                 raise ValueError(f"condition operator {operator} is not evaluated by the simulated account")
             if not ok:

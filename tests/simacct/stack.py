@@ -189,6 +189,16 @@ class Stack:
             report.problems.append(f"the stack has resources the template does not declare: {undeclared}")
         return report, dict(counts)
 
+    def _verify_AWS_IAM_ManagedPolicy(self, logical: str, props: dict[str, Any], report: Report) -> None:
+        iam = self.account.client("iam")
+        arn = self.physical_id(logical)
+        found = iam.get_policy(PolicyArn=arn)["Policy"]
+        report.check(f"{logical} path", props.get("Path", "/"), found["Path"])
+        version = iam.get_policy_version(PolicyArn=arn, VersionId=found["DefaultVersionId"])["PolicyVersion"]
+        document = version["Document"]
+        parsed = json.loads(document) if isinstance(document, str) else document
+        report.check(f"{logical} document", canonical(props["PolicyDocument"]), canonical(parsed))
+
     def _verify_AWS_IAM_Role(self, logical: str, props: dict[str, Any], report: Report) -> None:
         iam = self.account.client("iam")
         role = self.role(logical)

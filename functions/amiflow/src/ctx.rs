@@ -71,12 +71,20 @@ pub struct StackDefaults {
     pub subnet_id: Option<String>,
     /// amazon-chroot's build host: Lambda has no instance metadata to find one by.
     pub build_host_instance_id: Option<String>,
+    /// The stack's name: the value of the `amiflow:build-host` tag on the build hosts it may
+    /// use (HostInfo refuses any other). None when not deployed.
+    pub stack_name: Option<String>,
+    /// The managed policy every temporary instance profile role gets as its permissions
+    /// boundary (the deployed roles may create one only with it).
+    pub temporary_role_boundary: Option<String>,
 }
 
 impl StackDefaults {
     pub const VPC_ENV: &'static str = "AMIFLOW_DEFAULT_VPC_ID";
     pub const SUBNET_ENV: &'static str = "AMIFLOW_DEFAULT_SUBNET_ID";
     pub const BUILD_HOST_ENV: &'static str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
+    pub const STACK_NAME_ENV: &'static str = "AMIFLOW_STACK_NAME";
+    pub const ROLE_BOUNDARY_ENV: &'static str = "AMIFLOW_TEMPORARY_ROLE_BOUNDARY";
 
     /// The stack's default VPC and subnet for a build in `region`: none elsewhere.
     pub fn network_in(&self, region: &str) -> (Option<String>, Option<String>) {
@@ -95,6 +103,8 @@ impl StackDefaults {
             vpc_id: var(Self::VPC_ENV),
             subnet_id: var(Self::SUBNET_ENV),
             build_host_instance_id: var(Self::BUILD_HOST_ENV),
+            stack_name: var(Self::STACK_NAME_ENV),
+            temporary_role_boundary: var(Self::ROLE_BOUNDARY_ENV),
         }
     }
 }

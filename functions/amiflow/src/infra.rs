@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::builders::instance_store::{X509_OBJECT_PREFIX, X509_PARAMETER_PATH};
 use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
+use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
+use crate::state::BUILD_TAG;
 use crate::steps::StepSpec;
 
 /// The handler the janitor rule invokes; it is not a state of the state machine.
@@ -87,18 +90,254 @@ fn split_actions(spec: &StepSpec) -> (Vec<String>, bool) {
     (actions, pass_role)
 }
 
-/// The inline policy of a step's role: its actions on `*` (EC2 has no useful resource
-/// scoping for creates), and `iam:PassRole` only towards EC2: on the temporary instance
+/// The stack's managed policy every temporary instance profile role is created with as its
+/// permissions boundary (IamInstanceProfile passes it; CreateRole is allowed only with it).
+pub const TEMPORARY_ROLE_BOUNDARY: &str = "TemporaryRoleBoundary";
+
+/// The variable of the policy patterns naming the schedule's template object
+/// (`bucket/key` of `ScheduleTemplateS3`).
+const SCHEDULE_TEMPLATE_OBJECT: &str = "ScheduleTemplateObject";
+
+/// What a temporary instance profile role can ever do, whatever the template's
+/// `temporary_iam_instance_profile_policy_document` says: read objects and parameters,
+/// talk to SSM and CloudWatch, pull images; never IAM, STS or anything that changes the
+/// account.
+fn temporary_role_boundary() -> Value {
+    json!({
+        "Type": "AWS::IAM::ManagedPolicy",
+        "Properties": {
+            "Description": "amiflow: the most a temporary instance profile role (temporary_iam_instance_profile_policy_document) may do",
+            "Path": IAM_PATH,
+            "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Sid": "InstanceReads",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:GetBucketLocation",
+                    "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
+                    "ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations", "ssm:DescribeInstanceProperties",
+                    "ssmmessages:*", "ec2messages:*", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams",
+                    "ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                    "ec2:DescribeTags", "ec2:DescribeInstances", "kms:Decrypt"],
+                "Resource": "*"
+            }] }
+        }
+    })
+}
+
+/// The statements granting `actions` as far as `reach` goes, their resources and condition
+/// values as `Fn::Sub` patterns over the stack's pseudo parameters and resources
+/// (`${ArtifactsBucket}`, `${ChrootHostDocument}`, `${TemporaryRoleBoundary}`,
+/// `${BundleBuckets}`, `${ScheduleTemplateObject}`): [`sub_patterns`] makes them
+/// CloudFormation, the CDK construct (infra/cdk/lib/amiflow.ts) fills them in itself.
+/// `creating`: the EC2 calls of the step that create (and so may tag at creation).
+pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -> Vec<Value> {
+    let sid = format!("{reach:?}");
+    let statement = |suffix: &str, resources: Value, condition: Option<Value>| {
+        let mut s = json!({ "Sid": format!("{sid}{suffix}"), "Effect": "Allow", "Action": actions, "Resource": resources });
+        if let Some(c) = condition {
+            s["Condition"] = c;
+        }
+        s
+    };
+    let build_tagged = json!({ "StringLike": { format!("aws:ResourceTag/{BUILD_TAG}"): "*" } });
+    let ec2_arn =
+        |kind: &str| format!("arn:${{AWS::Partition}}:ec2:*:${{AWS::AccountId}}:{kind}/*");
+    let stack_buckets = json!([
+        "arn:${AWS::Partition}:s3:::${ArtifactsBucket}",
+        "arn:${AWS::Partition}:s3:::${ArtifactsBucket}/*",
+        "arn:${AWS::Partition}:s3:::${BundleBuckets}",
+        "arn:${AWS::Partition}:s3:::${BundleBuckets}/*"
+    ]);
+    match reach {
+        Reach::Any => vec![statement("", json!("*"), None)],
+        Reach::BuildTagged => vec![statement("", json!("*"), Some(build_tagged))],
+        Reach::BuildTaggedOrBuildHost => vec![
+            statement("", json!("*"), Some(build_tagged)),
+            statement(
+                "Host",
+                json!(ec2_arn("instance")),
+                Some(json!({ "StringEquals": { format!("aws:ResourceTag/{BUILD_HOST_TAG}"): "${AWS::StackName}" } })),
+            ),
+        ],
+        Reach::TagOnCreateOrBuildTagged => {
+            let mut statements = Vec::new();
+            if !creating.is_empty() {
+                statements.push(statement(
+                    "AtCreation",
+                    json!("*"),
+                    Some(json!({ "StringEquals": { "ec2:CreateAction": creating } })),
+                ));
+            }
+            statements.push(statement("", json!("*"), Some(build_tagged)));
+            statements
+        }
+        Reach::TemporaryIam => vec![statement(
+            "",
+            json!([
+                format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*"),
+                format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:instance-profile{IAM_PATH}*")
+            ]),
+            None,
+        )],
+        Reach::TemporaryRoleWithBoundary => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{IAM_PATH}*")),
+            Some(json!({ "StringEquals": { "iam:PermissionsBoundary": format!("${{{TEMPORARY_ROLE_BOUNDARY}}}") } })),
+        )],
+        Reach::KmsViaEc2 => vec![statement(
+            "",
+            json!("*"),
+            Some(json!({ "StringLike": { "kms:ViaService": "ec2.*.amazonaws.com" } })),
+        )],
+        Reach::KmsGrantForAwsResource => vec![statement(
+            "",
+            json!("*"),
+            Some(json!({ "Bool": { "kms:GrantIsForAWSResource": "true" } })),
+        )],
+        Reach::AmiflowParameters => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*"),
+            None,
+        )],
+        Reach::PublishedParameters => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter${PublishParameterPrefix}*"),
+            None,
+        )],
+        Reach::StackBuckets => vec![statement("", stack_buckets, None)],
+        Reach::X509Parameters => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{X509_PARAMETER_PATH}*")),
+            None,
+        )],
+        Reach::X509Objects => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:s3:::${{ArtifactsBucket}}/{X509_OBJECT_PREFIX}*")),
+            None,
+        )],
+        Reach::TemplateObjects => vec![statement(
+            "",
+            json!([
+                "arn:${AWS::Partition}:s3:::${ArtifactsBucket}/*",
+                format!("arn:${{AWS::Partition}}:s3:::${{{SCHEDULE_TEMPLATE_OBJECT}}}")
+            ]),
+            None,
+        )],
+        Reach::BuildInstanceCommand => vec![
+            statement(
+                "Document",
+                json!(format!("arn:${{AWS::Partition}}:ssm:*::document/{}", ssm_command::SHELL_DOCUMENT)),
+                None,
+            ),
+            statement(
+                "",
+                json!(ec2_arn("instance")),
+                Some(json!({ "StringLike": { format!("ssm:resourceTag/{BUILD_TAG}"): "*" } })),
+            ),
+        ],
+        Reach::BuildHostCommand => vec![
+            statement(
+                "Document",
+                json!("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:document/${ChrootHostDocument}"),
+                None,
+            ),
+            statement(
+                "",
+                json!(ec2_arn("instance")),
+                Some(json!({ "StringEquals": { format!("ssm:resourceTag/{BUILD_HOST_TAG}"): "${AWS::StackName}" } })),
+            ),
+        ],
+    }
+}
+
+/// A step's statements by reach (iam:PassRole apart), as patterns: see [`reach_statements`].
+pub fn step_statements(spec: &StepSpec) -> Vec<Value> {
+    let (actions, _) = split_actions(spec);
+    // The step's own creating calls, and nothing else, may tag at creation.
+    let creating: Vec<String> = actions
+        .iter()
+        .filter_map(|a| a.strip_prefix("ec2:"))
+        .filter(|a| {
+            ["Create", "Run", "Copy", "Register", "Import", "Request"]
+                .iter()
+                .any(|verb| a.starts_with(verb))
+                && *a != "CreateTags"
+        })
+        .map(str::to_string)
+        .collect();
+    let mut by_reach: std::collections::BTreeMap<Reach, Vec<String>> = Default::default();
+    for a in actions {
+        by_reach.entry(spec.reach_of(&a)).or_default().push(a);
+    }
+    by_reach
+        .into_iter()
+        .flat_map(|(reach, actions)| {
+            let mut statements = reach_statements(reach, &actions, &creating);
+            if reach == Reach::Any {
+                // The step's unscoped actions keep the name they always had.
+                statements[0]["Sid"] = json!("StepActions");
+            }
+            statements
+        })
+        .collect()
+}
+
+/// The condition under which the stack names bundle buckets (`BundleBuckets` not empty).
+const HAS_BUNDLE_BUCKETS: &str = "HasBundleBuckets";
+
+/// Every string of a statement holding a `${...}` pattern as CloudFormation's `Fn::Sub`
+/// (`${ScheduleTemplateObject}` taken from `ScheduleTemplateS3`; a `${BundleBuckets}`
+/// resource only when the stack names some; see [`reach_statements`]).
+fn sub_patterns(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.contains("${BundleBuckets}") => {
+            json!({ "Fn::If": [HAS_BUNDLE_BUCKETS, { "Fn::Sub": s }, { "Ref": "AWS::NoValue" }] })
+        }
+        Value::String(s) if s.contains("${") => {
+            if s.contains(&format!("${{{SCHEDULE_TEMPLATE_OBJECT}}}")) {
+                // `s3://bucket/key` → `bucket/key`; an empty parameter gives "" (no object).
+                json!({ "Fn::Sub": [s, { SCHEDULE_TEMPLATE_OBJECT: { "Fn::Select": [1, { "Fn::Split": ["s3://",
+                    { "Fn::Join": ["", [{ "Ref": "ScheduleTemplateS3" }, "s3://"]] }] }] } }] })
+            } else {
+                json!({ "Fn::Sub": s })
+            }
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sub_patterns).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| {
+                    // Condition keys are names, not patterns.
+                    (k, sub_patterns(v))
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// `conditions` with [`HAS_BUNDLE_BUCKETS`] when some role uses it (cfn-lint rejects unused
+/// conditions).
+fn with_bundle_buckets(mut conditions: Value, resources: &Map<String, Value>) -> Value {
+    if Value::Object(resources.clone())
+        .to_string()
+        .contains(HAS_BUNDLE_BUCKETS)
+    {
+        conditions[HAS_BUNDLE_BUCKETS] =
+            json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "BundleBuckets" }, ""] }] });
+    }
+    conditions
+}
+
+/// The inline policy of a step's role: each action as far as its reach goes
+/// ([`reach_statements`]), and `iam:PassRole` only towards EC2: on the temporary instance
 /// profile roles amiflow creates under [`IAM_PATH`] (IamInstanceProfile), and on the
 /// instance profile roles the stack names.
 fn step_policy_document(spec: &StepSpec) -> Value {
-    let (actions, pass_role) = split_actions(spec);
-    let mut statements = Vec::new();
-    if !actions.is_empty() {
-        statements.push(
-            json!({ "Sid": "StepActions", "Effect": "Allow", "Action": actions, "Resource": "*" }),
-        );
-    }
+    let (_, pass_role) = split_actions(spec);
+    // The unscoped actions first, then iam:PassRole, then the scoped ones.
+    let (mut statements, scoped): (Vec<Value>, Vec<Value>) = step_statements(spec)
+        .into_iter()
+        .map(sub_patterns)
+        .partition(|s| s["Sid"] == "StepActions");
     if pass_role {
         statements.push(json!({
             "Sid": "PassTemporaryInstanceProfileRoles",
@@ -120,6 +359,7 @@ fn step_policy_document(spec: &StepSpec) -> Value {
             }, { "Ref": "AWS::NoValue" }]
         }));
     }
+    statements.extend(scoped);
     json!({ "Version": "2012-10-17", "Statement": statements })
 }
 
@@ -157,6 +397,8 @@ fn step_function(spec: &StepSpec) -> Value {
     for (variable, parameter) in [
         (StackDefaults::VPC_ENV, "DefaultVpcId"),
         (StackDefaults::SUBNET_ENV, "DefaultSubnetId"),
+        (StackDefaults::STACK_NAME_ENV, "AWS::StackName"),
+        (StackDefaults::ROLE_BOUNDARY_ENV, TEMPORARY_ROLE_BOUNDARY),
     ] {
         environment[variable] = json!({ "Ref": parameter });
     }
@@ -280,6 +522,10 @@ fn parameters() -> Value {
             "Description": "AMI of the build host CreateBuildHost makes; empty = the region's latest Amazon Linux 2023 for the functions' Architecture" },
         "DefaultVpcId": { "Type": "String", "Default": "", "Description": "VPC used when a template names none" },
         "DefaultSubnetId": { "Type": "String", "Default": "", "Description": "Subnet used when a template names none" },
+        "PublishParameterPrefix": { "Type": "String", "Default": "/images/", "AllowedPattern": "^/[A-Za-z0-9_.\\-/]*/$",
+            "Description": "Pipelines publish image ids (publish.ssm_parameter) only to SSM parameters under this path" },
+        "BundleBuckets": { "Type": "String", "Default": "",
+            "Description": "amazon-instance: the bucket (or bucket name pattern, e.g. amiflow-bundles-*) bundles may go to (s3_bucket); with the artifacts bucket, the only buckets the steps may use. Empty: none" },
         "InstanceProfileRoleNames": { "Type": "CommaDelimitedList", "Default": "",
             "Description": "Roles of the instance profiles templates may attach (iam_instance_profile): with amiflow's temporary roles (role/amiflow/*), the only roles the steps may pass to EC2" },
         "Tracing": { "Type": "String", "AllowedValues": ["Enabled", "Disabled"], "Default": "Disabled",
@@ -514,6 +760,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         }
     }));
 
+    resources.insert(TEMPORARY_ROLE_BOUNDARY.into(), temporary_role_boundary());
     resources.insert("ArtifactsBucket".into(), json!({
         "Type": "AWS::S3::Bucket",
         "DeletionPolicy": "Retain",
@@ -775,7 +1022,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Transform": "AWS::Serverless-2016-10-31",
         "Description": "amiflow: Packer's Amazon builders as a Step Functions state machine (generated from the step registry; do not edit, run the infra test with AMIFLOW_UPDATE_INFRA=1)",
         "Parameters": parameters(),
-        "Conditions": conditions(steps.iter().any(|s| split_actions(s).1)),
+        "Conditions": with_bundle_buckets(conditions(steps.iter().any(|s| split_actions(s).1)), &resources),
         "Globals": { "Function": {
             "CodeUri": "lambda/",
             "Runtime": "provided.al2023",
@@ -810,6 +1057,9 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
                 "name": s.name,
                 "logical_id": logical_id(s.name),
                 "iam_actions": actions,
+                // The policy as infra.rs renders it (iam:PassRole apart), its `${...}`
+                // patterns for the construct to fill in.
+                "statements": step_statements(s),
                 "timeout_seconds": s.timeout_seconds,
                 "memory_mb": MEMORY_MB,
                 "state_machine_task": s.name != JANITOR,
@@ -823,6 +1073,8 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
         "chroot_host_document": chroot_document_content(chroot_script),
         "chroot_job_parameter": CHROOT_JOB_PARAMETER,
         "temporary_role_path": IAM_PATH,
+        "temporary_role_boundary": temporary_role_boundary()["Properties"]["PolicyDocument"],
+        "build_host_tag": BUILD_HOST_TAG,
         "function_alias": FUNCTION_ALIAS,
     }))
 }
@@ -987,6 +1239,7 @@ mod tests {
             StepSpec {
                 name: "RunSourceInstance",
                 iam_actions: &["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"],
+                reach: &[],
                 wait: None,
                 timeout_seconds: 60,
                 handler: noop,
@@ -994,6 +1247,7 @@ mod tests {
             StepSpec {
                 name: "CreateImage",
                 iam_actions: &["ec2:CreateImage", "ec2:CreateImage"],
+                reach: &[],
                 wait: None,
                 timeout_seconds: 30,
                 handler: noop,
@@ -1001,6 +1255,7 @@ mod tests {
             StepSpec {
                 name: JANITOR,
                 iam_actions: &["ec2:TerminateInstances"],
+                reach: &[],
                 wait: None,
                 timeout_seconds: 900,
                 handler: noop,
@@ -1040,6 +1295,302 @@ mod tests {
         let roles = function_role_actions(&template).unwrap();
         let create = roles.iter().find(|(h, _)| h == "CreateImage").unwrap();
         assert_eq!(create.1, vec!["ec2:CreateImage", "ec2:DeleteVolume"]);
+    }
+
+    /// Every statement of every step role in the template rendered from the registry, with
+    /// the step's name.
+    fn registry_statements() -> Vec<(String, Value)> {
+        let template = sam_template(&registry(), None);
+        let mut out = Vec::new();
+        for spec in registry() {
+            let role = &template["Resources"][format!("{}Role", logical_id(spec.name))];
+            for policy in role["Properties"]["Policies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for st in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+                    // A conditional statement (`Fn::If`) is its taken branch.
+                    let st = st.get("Fn::If").map_or(st, |f| &f[1]);
+                    out.push((spec.name.to_string(), st.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn actions_of(statement: &Value) -> Vec<String> {
+        policy_actions(&json!({ "Statement": [statement] }))
+    }
+
+    /// The statements of `step` granting `action`.
+    fn granting(step: &str, action: &str) -> Vec<Value> {
+        registry_statements()
+            .into_iter()
+            .filter(|(s, st)| s == step && actions_of(st).iter().any(|a| a == action))
+            .map(|(_, st)| st)
+            .collect()
+    }
+
+    /// Whether an action may be granted on every resource without a condition: reads, and
+    /// EC2's creates (which make new resources, tagged at creation).
+    fn harmless_unscoped(action: &str) -> bool {
+        let (service, verb) = action.split_once(':').unwrap();
+        let read = ["Describe", "Get", "List"]
+            .iter()
+            .any(|v| verb.starts_with(v));
+        let ec2_create = service == "ec2"
+            && ["Create", "Run", "Copy", "Register", "Import", "Request"]
+                .iter()
+                .any(|v| verb.starts_with(v))
+            && verb != "CreateTags";
+        match service {
+            // Reads of keys and parameters are secrets: never unscoped.
+            "kms" => false,
+            "ssm" => read && !verb.starts_with("GetParameter"),
+            "s3" => false,
+            "iam" | "ec2" | "states" => read || ec2_create,
+            _ => read,
+        }
+    }
+
+    #[test]
+    fn no_destructive_iam_kms_ssm_or_s3_statement_is_unscoped() {
+        let mut unscoped = Vec::new();
+        for (step, st) in registry_statements() {
+            if st["Resource"] != "*" || st.get("Condition").is_some() {
+                continue;
+            }
+            for a in actions_of(&st) {
+                if !harmless_unscoped(&a) {
+                    unscoped.push(format!("{step}: {a}"));
+                }
+            }
+        }
+        assert_eq!(
+            unscoped,
+            Vec::<String>::new(),
+            "granted on Resource * without a condition"
+        );
+    }
+
+    #[test]
+    fn destructive_ec2_actions_need_the_build_tag() {
+        let build_tagged = json!({ "StringLike": { "aws:ResourceTag/amiflow:build": "*" } });
+        for (step, action) in [
+            ("Cleanup", "ec2:TerminateInstances"),
+            ("Cleanup", "ec2:DeleteSnapshot"),
+            ("Cleanup", "ec2:DeleteVolume"),
+            ("Cleanup", "ec2:DeleteSecurityGroup"),
+            ("Cleanup", "ec2:DeregisterImage"),
+            ("Cleanup", "ec2:DeleteKeyPair"),
+            ("Janitor", "ec2:TerminateInstances"),
+            ("StopInstance", "ec2:StopInstances"),
+            ("ModifyImageAttributes", "ec2:ModifyImageAttribute"),
+        ] {
+            let statements = granting(step, action);
+            assert_eq!(statements.len(), 1, "{step} {action}: {statements:#?}");
+            assert_eq!(statements[0]["Resource"], "*", "{step} {action}");
+            assert_eq!(statements[0]["Condition"], build_tagged, "{step} {action}");
+        }
+        // Detaching: the build's volume, from a build instance or the stack's own build host.
+        let detach = granting("DetachVolume", "ec2:DetachVolume");
+        assert_eq!(detach.len(), 2, "{detach:#?}");
+        assert_eq!(detach[0]["Condition"], build_tagged);
+        assert_eq!(
+            detach[1]["Condition"]["StringEquals"]["aws:ResourceTag/amiflow:build-host"],
+            json!({ "Fn::Sub": "${AWS::StackName}" })
+        );
+        assert!(detach[1]["Resource"]["Fn::Sub"]
+            .as_str()
+            .unwrap()
+            .ends_with(":instance/*"));
+    }
+
+    #[test]
+    fn tags_go_on_at_creation_or_on_what_a_build_tagged() {
+        let tagging = granting("RunSourceInstance", "ec2:CreateTags");
+        assert_eq!(tagging.len(), 2, "{tagging:#?}");
+        let at_creation = &tagging[0]["Condition"]["StringEquals"]["ec2:CreateAction"];
+        let creating: Vec<&str> = at_creation
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(creating.contains(&"RunInstances"), "{creating:?}");
+        assert!(
+            creating
+                .iter()
+                .all(|c| !c.starts_with("Delete") && *c != "CreateTags"),
+            "{creating:?}"
+        );
+        assert_eq!(
+            tagging[1]["Condition"],
+            json!({ "StringLike": { "aws:ResourceTag/amiflow:build": "*" } })
+        );
+        // A step that creates nothing tags only what a build tagged.
+        let later = granting("CreateTags", "ec2:CreateTags");
+        assert_eq!(later.len(), 1, "{later:#?}");
+        assert!(later[0]["Condition"]["StringLike"].is_object());
+    }
+
+    #[test]
+    fn iam_changes_only_amiflow_roles_created_with_the_stacks_boundary() {
+        let create = granting("IamInstanceProfile", "iam:CreateRole");
+        assert_eq!(create.len(), 1, "{create:#?}");
+        assert_eq!(
+            create[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/amiflow/*" })
+        );
+        assert_eq!(
+            create[0]["Condition"]["StringEquals"]["iam:PermissionsBoundary"],
+            json!({ "Fn::Sub": "${TemporaryRoleBoundary}" })
+        );
+        assert!(!actions_of(&create[0]).contains(&"iam:PutRolePolicy".to_string()));
+        for (step, action) in [
+            ("IamInstanceProfile", "iam:PutRolePolicy"),
+            ("IamInstanceProfile", "iam:CreateInstanceProfile"),
+            ("Cleanup", "iam:DeleteRole"),
+            ("Cleanup", "iam:DeleteRolePolicy"),
+            ("Janitor", "iam:DeleteInstanceProfile"),
+        ] {
+            let st = granting(step, action);
+            assert_eq!(st.len(), 1, "{step} {action}");
+            let resources: Vec<&str> = st[0]["Resource"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["Fn::Sub"].as_str().unwrap())
+                .collect();
+            assert!(
+                resources.iter().all(|r| r.ends_with(":role/amiflow/*")
+                    || r.ends_with(":instance-profile/amiflow/*")),
+                "{step} {action}: {resources:?}"
+            );
+        }
+        // The boundary is the stack's, and the functions are told its ARN.
+        let template = sam_template(&registry(), None);
+        assert_eq!(
+            template["Resources"][TEMPORARY_ROLE_BOUNDARY]["Type"],
+            "AWS::IAM::ManagedPolicy"
+        );
+        let boundary = template["Resources"][TEMPORARY_ROLE_BOUNDARY].to_string();
+        assert!(
+            !boundary.contains("iam:") && !boundary.contains("sts:"),
+            "{boundary}"
+        );
+        let function = &template["Resources"]["IamInstanceProfileFunction"]["Properties"];
+        assert_eq!(
+            function["Environment"]["Variables"][StackDefaults::ROLE_BOUNDARY_ENV],
+            json!({ "Ref": TEMPORARY_ROLE_BOUNDARY })
+        );
+    }
+
+    #[test]
+    fn kms_only_through_ec2_and_grants_only_for_aws_resources() {
+        let grant = granting("CopyImage", "kms:CreateGrant");
+        assert_eq!(grant.len(), 1);
+        assert_eq!(
+            grant[0]["Condition"],
+            json!({ "Bool": { "kms:GrantIsForAWSResource": "true" } })
+        );
+        assert_eq!(actions_of(&grant[0]), vec!["kms:CreateGrant"]);
+        for action in [
+            "kms:DescribeKey",
+            "kms:ReEncrypt*",
+            "kms:GenerateDataKeyWithoutPlaintext",
+        ] {
+            let st = granting("CopyImage", action);
+            assert_eq!(
+                st[0]["Condition"]["StringLike"]["kms:ViaService"], "ec2.*.amazonaws.com",
+                "{action}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_buckets_and_commands_are_the_stacks() {
+        for (step, action) in [
+            ("KeyPair", "ssm:PutParameter"),
+            ("Connect", "ssm:GetParameter"),
+            ("Cleanup", "ssm:DeleteParameter"),
+        ] {
+            let st = granting(step, action);
+            assert_eq!(st.len(), 1, "{step} {action}");
+            assert_eq!(
+                st[0]["Resource"],
+                json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*" }),
+                "{step} {action}"
+            );
+        }
+        for (step, action) in [
+            ("Provision", "s3:PutObject"),
+            ("UploadBundle", "s3:CreateBucket"),
+            ("Cleanup", "s3:DeleteBucket"),
+        ] {
+            let st = granting(step, action);
+            assert_eq!(st.len(), 1, "{step} {action}");
+            let resources = st[0]["Resource"].to_string();
+            assert!(
+                resources.contains("${ArtifactsBucket}") && resources.contains("${BundleBuckets}"),
+                "{step} {action}: {resources}"
+            );
+            assert!(!resources.contains(":::*"), "{step} {action}: {resources}");
+        }
+        // X.509 pairs: only where the stack keeps them, not other builds' temporary keys.
+        let x509 = granting("UploadX509Cert", "ssm:GetParameter");
+        assert_eq!(
+            x509[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/x509/*" })
+        );
+        let x509 = granting("UploadX509Cert", "s3:GetObject");
+        assert_eq!(
+            x509[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactsBucket}/x509/*" })
+        );
+        let prepare = granting("Prepare", "s3:GetObject");
+        assert_eq!(prepare.len(), 1);
+        let prepare = prepare[0]["Resource"].to_string();
+        assert!(
+            prepare.contains("${ArtifactsBucket}/*") && prepare.contains("ScheduleTemplateS3"),
+            "{prepare}"
+        );
+        // Root on the build host: the stack's document, on hosts tagged for this stack.
+        let host = granting("RunHostScript", "ssm:SendCommand");
+        assert_eq!(host.len(), 2, "{host:#?}");
+        assert_eq!(
+            host[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:document/${ChrootHostDocument}" })
+        );
+        assert_eq!(
+            host[1]["Condition"]["StringEquals"]["ssm:resourceTag/amiflow:build-host"],
+            json!({ "Fn::Sub": "${AWS::StackName}" })
+        );
+        // The SSM communicator: AWS-RunShellScript on the builds' own instances.
+        let provision = granting("Provision", "ssm:SendCommand");
+        assert_eq!(provision.len(), 2, "{provision:#?}");
+        assert!(provision[0]["Resource"]["Fn::Sub"]
+            .as_str()
+            .unwrap()
+            .ends_with("document/AWS-RunShellScript"));
+        assert_eq!(
+            provision[1]["Condition"]["StringLike"]["ssm:resourceTag/amiflow:build"],
+            "*"
+        );
+    }
+
+    #[test]
+    fn a_steps_own_reach_names_one_of_its_actions() {
+        for spec in registry() {
+            for (action, _) in spec.reach {
+                assert!(
+                    spec.iam_actions.contains(action),
+                    "{}: reach for {action}, which it does not call",
+                    spec.name
+                );
+            }
+        }
     }
 
     #[test]

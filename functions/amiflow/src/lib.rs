@@ -42,6 +42,7 @@ pub mod provision;
 pub mod resources;
 pub mod state;
 pub mod steps;
+pub mod template_files;
 pub mod waits;
 
 pub use ctx::Ctx;

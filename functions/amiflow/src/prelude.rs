@@ -11,6 +11,7 @@ pub use aws_sdk_ec2::types::{Filter, ResourceType};
 pub use crate::build_render::{render, render_tags};
 pub use crate::error::{classify, error_code, or_absent};
 pub use crate::identity::*;
+pub use crate::resources::Reach;
 pub use crate::state::{ResourceKind, BUILD_TAG};
 pub use crate::steps::StepSpec;
 pub use crate::waits;

@@ -2,7 +2,8 @@
 //
 // Roles come from infra/steps.json, which the Rust side generates from the step registry
 // and a test keeps in sync: each step's function gets a role granting exactly the IAM
-// actions that step declares, iam:PassRole only on the named instance profile roles.
+// actions that step declares, each as far as infra.rs scopes it (the manifest's
+// `statements`), iam:PassRole only on the named instance profile roles.
 
 import * as fs from 'fs';
 import * as path from 'path';
@@ -29,6 +30,11 @@ export interface StepManifestEntry {
   readonly name: string;
   readonly logical_id: string;
   readonly iam_actions: string[];
+  /**
+   * The step's policy statements (iam:PassRole apart) as infra.rs renders them, their
+   * resources and condition values `${...}` patterns that {@link stepPolicy} fills in.
+   */
+  readonly statements: Record<string, unknown>[];
   readonly timeout_seconds: number;
   readonly memory_mb: number;
   /** False for the janitor, which EventBridge invokes rather than the state machine. */
@@ -43,6 +49,8 @@ export interface StepsManifest {
   readonly chroot_host_document: Record<string, unknown>;
   /** IAM path of the temporary instance profile roles (`/amiflow/`): passed to EC2 too. */
   readonly temporary_role_path?: string;
+  /** The permissions boundary policy of the temporary instance profile roles. */
+  readonly temporary_role_boundary?: Record<string, unknown>;
   /** The alias each function publishes and the state machine invokes. */
   readonly function_alias?: string;
 }
@@ -74,11 +82,19 @@ export interface AmiflowProps {
   readonly steps?: StepsManifest;
   /** Roles of the instance profiles templates may attach: the only roles passed to EC2. */
   readonly instanceProfileRoleNames?: string[];
+  /** Its instance must carry the tag `amiflow:build-host` = the stack's name. */
   readonly buildHostInstanceId?: string;
   /** Make the amazon-chroot build host (an SSM-managed Amazon Linux 2023 instance); it replaces buildHostInstanceId. */
   readonly createBuildHost?: boolean;
   /** Instance type of the host createBuildHost makes; t3.small by default. */
   readonly buildHostInstanceType?: string;
+  /**
+   * amazon-instance: the bucket (or name pattern, e.g. `amiflow-bundles-*`) bundles may go
+   * to; with the artifacts bucket the only buckets the steps may use. None by default.
+   */
+  readonly bundleBuckets?: string;
+  /** Pipelines publish image ids only to SSM parameters under this path; `/images/` by default. */
+  readonly publishParameterPrefix?: string;
   readonly defaultVpcId?: string;
   readonly defaultSubnetId?: string;
   /** X-Ray for the state machine and the functions. */
@@ -135,18 +151,39 @@ export function deployedDefinition(text: string, timeout: Duration, maxConcurren
   return JSON.stringify({ TimeoutSeconds: timeout.toSeconds(), ...definition });
 }
 
-/**
- * The step's inline policy: its actions on `*`, iam:PassRole towards EC2 only, on the
- * temporary instance profile roles and the named roles.
- */
-export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], temporaryRolePath = '/amiflow/'): iam.PolicyDocument | undefined {
-  const stack = Stack.of(scope);
-  const actions = step.iam_actions.filter((a) => a.toLowerCase() !== 'iam:passrole');
-  const passRole = actions.length !== step.iam_actions.length;
-  const statements: iam.PolicyStatement[] = [];
-  if (actions.length > 0) {
-    statements.push(new iam.PolicyStatement({ sid: 'StepActions', actions, resources: ['*'] }));
+/** What the `${...}` patterns of the manifest's statements stand for in a stack. */
+export type PolicyPatterns = Record<string, string>;
+
+/** `value` with every `${NAME}` pattern replaced by `patterns[NAME]`; an unknown one throws. */
+export function fillPatterns(value: unknown, patterns: PolicyPatterns): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z:]+)\}/g, (whole, name: string) => {
+      if (!(name in patterns)) {
+        throw new Error(`steps.json: the pattern ${whole} is not known to the construct: regenerate infra/ and update stepPolicy`);
+      }
+      return patterns[name];
+    });
   }
+  if (Array.isArray(value)) return value.map((v) => fillPatterns(v, patterns));
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, fillPatterns(v, patterns)]));
+  }
+  return value;
+}
+
+/**
+ * The step's inline policy: its statements as infra.rs scopes them (patterns filled in),
+ * iam:PassRole towards EC2 only, on the temporary instance profile roles and the named roles.
+ */
+export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], patterns: PolicyPatterns, temporaryRolePath = '/amiflow/'): iam.PolicyDocument | undefined {
+  const stack = Stack.of(scope);
+  const passRole = step.iam_actions.some((a) => a.toLowerCase() === 'iam:passrole');
+  // Resources of a pattern the stack leaves empty (no bundle bucket named) are left out.
+  const unset = Object.keys(patterns).filter((name) => patterns[name] === '').map((name) => `\${${name}}`);
+  const statements: iam.PolicyStatement[] = step.statements.map((st) => {
+    const resources = [st.Resource].flat().filter((r) => typeof r !== 'string' || !unset.some((u) => r.includes(u)));
+    return iam.PolicyStatement.fromJson(fillPatterns({ ...st, Resource: resources }, patterns));
+  });
   if (passRole) {
     // The temporary instance profile roles IamInstanceProfile creates under this path.
     statements.push(new iam.PolicyStatement({
@@ -231,9 +268,29 @@ export class Amiflow extends Construct {
 
     const buildHostId = props.createBuildHost ? this.buildHost(props).ref : (props.buildHostInstanceId ?? '');
 
+    // What a temporary instance profile role can ever do: CreateRole is allowed only with it.
+    const temporaryRoleBoundary = new iam.ManagedPolicy(this, 'TemporaryRoleBoundary', {
+      description: 'amiflow: the most a temporary instance profile role (temporary_iam_instance_profile_policy_document) may do',
+      path: manifest.temporary_role_path ?? '/amiflow/',
+      document: iam.PolicyDocument.fromJson(manifest.temporary_role_boundary ?? (() => {
+        throw new Error('the steps manifest has no temporary_role_boundary: regenerate infra/steps.json (AMIFLOW_UPDATE_INFRA=1)');
+      })()),
+    });
+    const patterns: PolicyPatterns = {
+      'AWS::Partition': stack.partition,
+      'AWS::Region': stack.region,
+      'AWS::AccountId': stack.account,
+      'AWS::StackName': stack.stackName,
+      ArtifactsBucket: this.artifactsBucket.bucketName,
+      ChrootHostDocument: this.chrootHostDocument.ref,
+      TemporaryRoleBoundary: temporaryRoleBoundary.managedPolicyArn,
+      BundleBuckets: props.bundleBuckets ?? '',
+      PublishParameterPrefix: props.publishParameterPrefix ?? '/images/',
+      ScheduleTemplateObject: (props.schedule?.templateS3 ?? '').replace(/^s3:\/\//, ''),
+    };
     const code = lambda.Code.fromAsset(props.bootstrapDir);
     for (const step of manifest.steps) {
-      const policy = stepPolicy(step, this, roleNames, manifest.temporary_role_path);
+      const policy = stepPolicy(step, this, roleNames, patterns, manifest.temporary_role_path);
       const role = new iam.Role(this, `${step.logical_id}Role`, {
         assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
         managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaBasicExecutionRole')],
@@ -245,6 +302,8 @@ export class Amiflow extends Construct {
         AMIFLOW_DEFAULT_VPC_ID: props.defaultVpcId ?? '',
         AMIFLOW_DEFAULT_SUBNET_ID: props.defaultSubnetId ?? '',
         AMIFLOW_CHROOT_DOCUMENT: this.chrootHostDocument.ref,
+        AMIFLOW_STACK_NAME: stack.stackName,
+        AMIFLOW_TEMPORARY_ROLE_BOUNDARY: temporaryRoleBoundary.managedPolicyArn,
       };
       if (step.name === JANITOR) {
         environment.AMIFLOW_JANITOR_REGIONS = (props.janitorRegions ?? []).join(',');

@@ -30,10 +30,19 @@ fs.writeFileSync(definitionFile, JSON.stringify({
 const sample: StepsManifest = {
   chroot_host_document: loadStepsManifest().chroot_host_document,
   temporary_role_path: loadStepsManifest().temporary_role_path,
+  temporary_role_boundary: loadStepsManifest().temporary_role_boundary,
   steps: [
-    { name: 'CreateImage', logical_id: 'CreateImage', iam_actions: ['ec2:CreateImage', 'ec2:CreateTags'], timeout_seconds: 30, memory_mb: 256, state_machine_task: true, substitution: 'CreateImageFunctionArn' },
-    { name: 'RunSourceInstance', logical_id: 'RunSourceInstance', iam_actions: ['ec2:RunInstances', 'iam:PassRole'], timeout_seconds: 60, memory_mb: 256, state_machine_task: true, substitution: 'RunSourceInstanceFunctionArn' },
-    { name: 'Janitor', logical_id: 'Janitor', iam_actions: ['ec2:DescribeInstances', 'ec2:TerminateInstances'], timeout_seconds: 900, memory_mb: 256, state_machine_task: false, substitution: 'JanitorFunctionArn' },
+    { name: 'CreateImage', logical_id: 'CreateImage', iam_actions: ['ec2:CreateImage', 'ec2:CreateTags'], statements: [
+      { Sid: 'StepActions', Effect: 'Allow', Action: ['ec2:CreateImage'], Resource: '*' },
+      { Sid: 'TagOnCreateOrBuildTagged', Effect: 'Allow', Action: ['ec2:CreateTags'], Resource: '*', Condition: { StringLike: { 'aws:ResourceTag/amiflow:build': '*' } } },
+    ], timeout_seconds: 30, memory_mb: 256, state_machine_task: true, substitution: 'CreateImageFunctionArn' },
+    { name: 'RunSourceInstance', logical_id: 'RunSourceInstance', iam_actions: ['ec2:RunInstances', 'iam:PassRole'], statements: [
+      { Sid: 'StepActions', Effect: 'Allow', Action: ['ec2:RunInstances'], Resource: '*' },
+    ], timeout_seconds: 60, memory_mb: 256, state_machine_task: true, substitution: 'RunSourceInstanceFunctionArn' },
+    { name: 'Janitor', logical_id: 'Janitor', iam_actions: ['ec2:DescribeInstances', 'ec2:TerminateInstances'], statements: [
+      { Sid: 'StepActions', Effect: 'Allow', Action: ['ec2:DescribeInstances'], Resource: '*' },
+      { Sid: 'BuildTagged', Effect: 'Allow', Action: ['ec2:TerminateInstances'], Resource: '*', Condition: { StringLike: { 'aws:ResourceTag/amiflow:build': '*' } } },
+    ], timeout_seconds: 900, memory_mb: 256, state_machine_task: false, substitution: 'JanitorFunctionArn' },
   ],
 };
 
@@ -71,6 +80,34 @@ test('one function per step, each role allowing exactly the step actions', () =>
       assert.deepEqual(actions.get(step.name), [...new Set(step.iam_actions)].sort(), step.name);
     }
   }
+});
+
+test('the roles scope as infra.rs does: no destructive, IAM, KMS, SSM or S3 action unscoped', () => {
+  const template = synth(loadStepsManifest(), { bundleBuckets: 'amiflow-bundles-*' });
+  const roles = template.findResources('AWS::IAM::Role');
+  const harmless = (a: string) => /^(ec2|iam|states|ssm):(Describe|Get|List)/.test(a) && !/^ssm:GetParameter/.test(a)
+    || /^ec2:(Create|Run|Copy|Register|Import|Request)/.test(a) && a !== 'ec2:CreateTags';
+  const unscoped: string[] = [];
+  const statementsOf = (roleId: string) => (roles[roleId].Properties.Policies ?? []).flatMap((p: any) => p.PolicyDocument.Statement);
+  for (const [id] of Object.entries(roles)) {
+    for (const st of statementsOf(id)) {
+      if (st.Resource !== '*' || st.Condition) continue;
+      for (const a of [st.Action].flat()) if (!harmless(a)) unscoped.push(`${id}: ${a}`);
+    }
+  }
+  assert.deepEqual(unscoped, [], 'granted on * without a condition');
+  const cleanupRole = Object.keys(roles).find((id) => id.startsWith('AmiflowCleanupRole'))!;
+  const terminate = statementsOf(cleanupRole).find((st: any) => [st.Action].flat().includes('ec2:TerminateInstances'));
+  assert.deepEqual(terminate.Condition, { StringLike: { 'aws:ResourceTag/amiflow:build': '*' } });
+  const profileRole = Object.keys(roles).find((id) => id.startsWith('AmiflowIamInstanceProfileRole'))!;
+  const create = statementsOf(profileRole).find((st: any) => [st.Action].flat().includes('iam:CreateRole'));
+  const boundary = Object.keys(template.findResources('AWS::IAM::ManagedPolicy')).find((id) => id.startsWith('AmiflowTemporaryRoleBoundary'));
+  assert.ok(boundary, 'the stack defines the boundary');
+  assert.deepEqual(create.Condition.StringEquals['iam:PermissionsBoundary'], { Ref: boundary });
+  assert.ok(JSON.stringify(create.Resource).includes(':role/amiflow/*'), JSON.stringify(create.Resource));
+  const uploadRole = Object.keys(roles).find((id) => id.startsWith('AmiflowUploadBundleRole'))!;
+  const put = statementsOf(uploadRole).find((st: any) => [st.Action].flat().includes('s3:PutObject'));
+  assert.ok(JSON.stringify(put.Resource).includes('amiflow-bundles-*'), JSON.stringify(put.Resource));
 });
 
 test('functions run the bootstrap binary with the step handler, timeout and memory', () => {

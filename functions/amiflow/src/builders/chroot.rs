@@ -160,7 +160,12 @@ pub fn mount_partition(cfg: &ChrootConfig, virtualization: Option<&str>) -> Stri
 }
 
 /// The host script's job (env-style lines, see infra/chroot-host.sh) for this build.
-pub fn job(state: &BuildState, cfg: &ChrootConfig, vol: &BuildVolume) -> Result<String, StepError> {
+pub fn job(
+    state: &BuildState,
+    cfg: &ChrootConfig,
+    vol: &BuildVolume,
+    files: &crate::template_files::TemplateFiles,
+) -> Result<String, StepError> {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut put = |k: &str, v: &str| lines.push((k.to_string(), v.to_string()));
     put("VOLUME_ID", &vol.volume_id);
@@ -206,7 +211,7 @@ pub fn job(state: &BuildState, cfg: &ChrootConfig, vol: &BuildVolume) -> Result<
     }
     put("COMMAND_WRAPPER", &cfg.command_wrapper);
     for (i, p) in state.build.provisioners.iter().enumerate() {
-        provisioner_lines(i, p, &mut put)?;
+        provisioner_lines(i, p, files, &mut put)?;
     }
     let mut out = String::new();
     for (k, v) in lines {
@@ -230,6 +235,7 @@ fn b64(bytes: &[u8]) -> String {
 fn provisioner_lines(
     i: usize,
     p: &serde_json::Value,
+    files: &crate::template_files::TemplateFiles,
     put: &mut impl FnMut(&str, &str),
 ) -> Result<(), StepError> {
     let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
@@ -252,8 +258,8 @@ fn provisioner_lines(
                 scripts.push(format!("#!{shebang}\n{}\n", inline.join("\n")));
             }
             for path in str_list("script").into_iter().chain(str_list("scripts")) {
-                let body = std::fs::read_to_string(&path).map_err(|e| {
-                    StepError::BuildFailed(format!("provisioner {i} (shell): cannot read script {path}: {e}; chroot builds read scripts on the machine running the build"))
+                let body = files.read_to_string("script", &path).map_err(|e| {
+                    StepError::BuildFailed(format!("provisioner {i} (shell): {e}; chroot builds read scripts on the machine running the build"))
                 })?;
                 scripts.push(body);
             }
@@ -301,13 +307,14 @@ mod tests {
     #[test]
     fn shell_inline_becomes_an_upload_and_a_command() {
         let mut lines = Vec::new();
-        provisioner_lines(0, &serde_json::json!({"type": "shell", "inline": ["echo a", "echo b"], "environment_vars": ["X=it's"]}), &mut |k: &str, v: &str| lines.push((k.to_string(), v.to_string()))).unwrap();
+        provisioner_lines(0, &serde_json::json!({"type": "shell", "inline": ["echo a", "echo b"], "environment_vars": ["X=it's"]}), &crate::template_files::TemplateFiles::default(), &mut |k: &str, v: &str| lines.push((k.to_string(), v.to_string()))).unwrap();
         assert_eq!(lines[0].0, "UPLOAD");
         assert!(lines[0].1.starts_with("0755 /tmp/amiflow-script-0-0.sh "));
         assert_eq!(lines[1], ("COMMAND".into(), "X='it'\\''s' /tmp/amiflow-script-0-0.sh; rc=$?; rm -f /tmp/amiflow-script-0-0.sh; exit $rc".into()));
         let err = provisioner_lines(
             1,
             &serde_json::json!({"type": "ansible"}),
+            &crate::template_files::TemplateFiles::default(),
             &mut |_: &str, _: &str| {},
         )
         .unwrap_err();

@@ -64,6 +64,11 @@ pub async fn read_source(
     key: &str,
     source: &str,
 ) -> Result<Vec<u8>, StepError> {
+    if ctx.in_lambda {
+        let bucket =
+            std::env::var(crate::provision::communicator::ARTIFACTS_BUCKET_ENV).unwrap_or_default();
+        deployed_source_allowed(key, source, &bucket).map_err(StepError::BuildFailed)?;
+    }
     if let Some(rest) = source.strip_prefix("s3://") {
         let (bucket, object) = rest.split_once('/').ok_or_else(|| {
             StepError::BuildFailed(format!("{key}: {source:?} is not s3://bucket/key"))
@@ -110,6 +115,45 @@ pub async fn read_source(
     std::fs::read(source).map_err(|e| {
         StepError::BuildFailed(format!("{key}: cannot read the local file {source:?}: {e}"))
     })
+}
+
+/// Where a deployed stack keeps the X.509 pairs its operator stores for amazon-instance: SSM
+/// parameters under this path (not other builds' temporary keys, under `/amiflow/<execution>/`)...
+pub const X509_PARAMETER_PATH: &str = "/amiflow/x509/";
+/// ...or objects under this prefix of the artifacts bucket.
+pub const X509_OBJECT_PREFIX: &str = "x509/";
+
+/// A deployed build reads `x509_cert_path`/`x509_key_path` only where the stack keeps them:
+/// an SSM parameter under [`X509_PARAMETER_PATH`] or `s3://<artifacts bucket>/x509/...`.
+pub fn deployed_source_allowed(
+    key: &str,
+    source: &str,
+    artifacts_bucket: &str,
+) -> Result<(), String> {
+    let allowed = match source.strip_prefix("s3://") {
+        Some(rest) => {
+            !artifacts_bucket.is_empty()
+                && rest
+                    .strip_prefix(artifacts_bucket)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .is_some_and(|k| {
+                        k.starts_with(X509_OBJECT_PREFIX) && !k.split('/').any(|p| p == "..")
+                    })
+        }
+        None => {
+            let name = source.strip_prefix("ssm:").unwrap_or(source);
+            name.starts_with(X509_PARAMETER_PATH) && !name.split('/').any(|p| p == "..")
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} {source:?}: a deployed stack reads X.509 files only where it keeps them: an SSM parameter under \
+             {X509_PARAMETER_PATH} or an object s3://{bucket}/{X509_OBJECT_PREFIX}...; store the pair there",
+            bucket = if artifacts_bucket.is_empty() { "<artifacts bucket>" } else { artifacts_bucket }
+        ))
+    }
 }
 
 /// Renders a bundle command with its variables; `{{timestamp}}`-style functions were
@@ -214,4 +258,32 @@ pub async fn discover(
         ledger.record(ResourceKind::S3Bucket, &region, &c.s3_bucket, true);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod x509_location_tests {
+    use super::*;
+
+    #[test]
+    fn a_deployed_build_reads_x509_files_only_where_the_stack_keeps_them() {
+        let bucket = "amiflow-artifacts-1";
+        for ok in [
+            "/amiflow/x509/prod/cert",
+            "ssm:/amiflow/x509/k",
+            "s3://amiflow-artifacts-1/x509/cert.pem",
+        ] {
+            deployed_source_allowed("x509_cert_path", ok, bucket).unwrap();
+        }
+        for refused in [
+            "/amiflow/exec-1/web/ssh-key",
+            "/prod/db-password",
+            "ssm:/amiflow/x509/../exec-1/web/ssh-key",
+            "s3://other-bucket/x509/cert.pem",
+            "s3://amiflow-artifacts-1/staged/script.sh",
+            "s3://amiflow-artifacts-1-evil/x509/cert.pem",
+        ] {
+            let why = deployed_source_allowed("x509_key_path", refused, bucket).unwrap_err();
+            assert!(why.contains("only where it keeps them"), "{refused}: {why}");
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub async fn run_shell_local(
         scripts.push(path);
     }
     for s in c.script.iter().chain(c.scripts.iter()) {
-        scripts.push(env.local_path(s));
+        scripts.push(env.local_path("script", s).map_err(fail)?);
     }
     let vars = flatten_env_vars(
         &c.environment_vars,

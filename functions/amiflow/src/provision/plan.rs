@@ -52,8 +52,11 @@ pub struct PlanEnv {
     pub build: BTreeMap<String, String>,
     /// Makes `script_<random>.sh` names unique per build yet stable across retries.
     pub random: String,
-    /// Where relative local paths (scripts, file sources) are resolved: the template's directory.
+    /// Where relative local paths (scripts, file sources) are resolved: the template's
+    /// directory, or in a deployed build its bundle (empty: none).
     pub base_dir: PathBuf,
+    /// A deployed build: files only from the bundle (`crate::template_files`).
+    pub deployed: bool,
 }
 
 impl PlanEnv {
@@ -61,13 +64,14 @@ impl PlanEnv {
         RenderContext::with_build(&self.build)
     }
 
-    pub fn local_path(&self, p: &str) -> PathBuf {
-        let path = Path::new(p);
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
+    /// Where the local file `p` (of the setting `key`) is read, through the one gate for
+    /// template files.
+    pub fn local_path(&self, key: &str, p: &str) -> Result<PathBuf, String> {
+        crate::template_files::TemplateFiles {
+            base_dir: self.base_dir.clone(),
+            deployed: self.deployed,
         }
+        .resolve(key, p)
     }
 }
 
@@ -124,7 +128,7 @@ fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action
         scripts.push(("inline script".into(), text.into_bytes()));
     }
     for s in c.script.iter().chain(c.scripts.iter()) {
-        let path = env.local_path(s);
+        let path = env.local_path("script", s)?;
         let data = std::fs::read(&path)
             .map_err(|e| format!("script {s:?}: cannot read {} ({e})", path.display()))?;
         scripts.push((s.clone(), data));
@@ -210,7 +214,7 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
             });
             continue;
         }
-        let local = env.local_path(&source);
+        let local = env.local_path("source", &source)?;
         let meta = std::fs::metadata(&local)
             .map_err(|e| format!("source {source:?}: cannot read {} ({e})", local.display()))?;
         if meta.is_dir() {

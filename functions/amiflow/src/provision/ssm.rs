@@ -28,7 +28,7 @@ use super::transport::{shell_quote, tail_text, OutputSink};
 use crate::error::{classify, error_code};
 use crate::{BuildState, Ctx, StepError};
 
-pub const DOCUMENT: &str = "AWS-RunShellScript";
+pub const DOCUMENT: &str = crate::resources::ssm_command::SHELL_DOCUMENT;
 
 /// The comment that identifies a provisioner's command (SSM allows 100 characters).
 pub fn comment(execution: &str, index: usize) -> String {

@@ -4,7 +4,7 @@
 //! Found by the ledger, by that name, and by path + the role's tags; removed profile first
 //! (after taking its roles out), then the role's inline policies, then the role.
 
-use super::{union, Scope, Swept};
+use super::{union, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::identity::{temp_name, BUILD_NAME_TAG};
 use crate::state::{Ledger, ResourceKind, BUILD_TAG};
@@ -15,6 +15,22 @@ pub const IAM_PATH: &str = "/amiflow/";
 
 pub const NOT_FOUND: &str = "NoSuchEntity";
 pub const ALREADY_EXISTS: &str = "EntityAlreadyExists";
+
+/// Changing roles and profiles: only amiflow's temporary ones (under [`IAM_PATH`]); a role
+/// is created only with the stack's permissions boundary. Reads reach every role and
+/// profile (an existing `iam_instance_profile` is validated).
+pub const REACH: &[(&str, Reach)] = &[
+    ("iam:CreateRole", Reach::TemporaryRoleWithBoundary),
+    ("iam:PutRolePolicy", Reach::TemporaryIam),
+    ("iam:DeleteRolePolicy", Reach::TemporaryIam),
+    ("iam:DeleteRole", Reach::TemporaryIam),
+    ("iam:TagRole", Reach::TemporaryIam),
+    ("iam:CreateInstanceProfile", Reach::TemporaryIam),
+    ("iam:AddRoleToInstanceProfile", Reach::TemporaryIam),
+    ("iam:RemoveRoleFromInstanceProfile", Reach::TemporaryIam),
+    ("iam:DeleteInstanceProfile", Reach::TemporaryIam),
+    ("iam:TagInstanceProfile", Reach::TemporaryIam),
+];
 
 /// What finding and removing temporary roles and profiles needs.
 pub const CLEANUP_ACTIONS: &[&str] = &[

@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::Image;
 
-use super::{is_artifact, snapshot, Kind, Scope, Swept};
+use super::{is_artifact, snapshot, Kind, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -13,6 +13,13 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidAMIID.NotFound";
 
 /// What finding and removing images (with their snapshots) needs.
+/// Deregistering or changing an image: only the builds' own.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:DeregisterImage", Reach::BuildTagged),
+    ("ec2:ModifyImageAttribute", Reach::BuildTagged),
+    ("ec2:EnableImageDeprecation", Reach::BuildTagged),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeImages",
     "ec2:DeregisterImage",

@@ -4,7 +4,7 @@
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
-use super::{ledger_ids, spot_request, union, Kind, Scope, Swept};
+use super::{ledger_ids, spot_request, union, Kind, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -12,6 +12,15 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
 
 /// What finding and terminating instances (and their spot requests) needs.
+/// Terminating, stopping, changing an instance or cancelling its spot request: only the
+/// builds' own.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:TerminateInstances", Reach::BuildTagged),
+    ("ec2:StopInstances", Reach::BuildTagged),
+    ("ec2:ModifyInstanceAttribute", Reach::BuildTagged),
+    ("ec2:CancelSpotInstanceRequests", Reach::BuildTagged),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:TerminateInstances",

@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::KeyPairInfo;
 
-use super::{ledger_ids, union, Kind, Scope, Swept};
+use super::{ledger_ids, union, Kind, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -14,6 +14,17 @@ pub const NOT_FOUND: &str = "InvalidKeyPair.NotFound";
 pub const PARAMETER_NOT_FOUND: &str = "ParameterNotFound";
 
 /// What finding and removing key pairs and their parameters needs.
+/// Key pairs: only the builds' own; their private keys: only under `/amiflow/`.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:DeleteKeyPair", Reach::BuildTagged),
+    ("ssm:PutParameter", Reach::AmiflowParameters),
+    ("ssm:GetParameter", Reach::AmiflowParameters),
+    ("ssm:GetParametersByPath", Reach::AmiflowParameters),
+    ("ssm:AddTagsToResource", Reach::AmiflowParameters),
+    ("ssm:DeleteParameter", Reach::AmiflowParameters),
+    ("ssm:DeleteParameters", Reach::AmiflowParameters),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeKeyPairs",
     "ec2:DeleteKeyPair",

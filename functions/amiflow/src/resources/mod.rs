@@ -136,6 +136,88 @@ impl Swept {
     }
 }
 
+/// Where an action may act in a deployed role, as AWS recommends scoping it. Each kind's
+/// module declares the reach of the actions it owns next to them (`REACH`); a step may
+/// narrow an action further in its `StepSpec::reach`; everything else reaches `Any`
+/// (reads, and creates, which EC2 scopes by the tags they carry). infra.rs renders each
+/// reach as the statements of the role's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    /// Every resource: reads and creates.
+    Any,
+    /// EC2 resources carrying [`BUILD_TAG`](crate::state::BUILD_TAG) (any build's): what a build destroys or changes.
+    BuildTagged,
+    /// [`BUILD_TAG`](crate::state::BUILD_TAG)ged volumes and instances, and the stack's own build host (tagged
+    /// [`BUILD_HOST_TAG`] with the stack's name): attaching and detaching the chroot volume.
+    BuildTaggedOrBuildHost,
+    /// `ec2:CreateTags` in the calls that create (tags at creation), or on resources that
+    /// already carry [`BUILD_TAG`](crate::state::BUILD_TAG).
+    TagOnCreateOrBuildTagged,
+    /// Roles and instance profiles under [`iam::IAM_PATH`].
+    TemporaryIam,
+    /// `iam:CreateRole` under [`iam::IAM_PATH`], only with the stack's permissions boundary.
+    TemporaryRoleWithBoundary,
+    /// KMS keys used through EC2 (`kms:ViaService`), for the encrypted copies it makes.
+    KmsViaEc2,
+    /// KMS grants only for AWS resources (`kms:GrantIsForAWSResource`): EC2's, for encrypted
+    /// volumes and snapshots.
+    KmsGrantForAwsResource,
+    /// SSM parameters under `/amiflow/` (temporary keys, X.509 pairs the operator stores).
+    AmiflowParameters,
+    /// SSM parameters a pipeline may publish image ids to: under the stack's
+    /// `PublishParameterPrefix` (`/images/` by default), never amiflow's own.
+    PublishedParameters,
+    /// The stack's artifacts bucket, and the bundle buckets it names for amazon-instance.
+    StackBuckets,
+    /// Objects a build may read its template from: the artifacts bucket and the schedule's
+    /// template object.
+    TemplateObjects,
+    /// The X.509 pairs the operator keeps for amazon-instance: parameters under
+    /// `/amiflow/x509/`.
+    X509Parameters,
+    /// ...and objects under `x509/` in the artifacts bucket.
+    X509Objects,
+    /// SSM commands with `AWS-RunShellScript` on the build's own ([`BUILD_TAG`](crate::state::BUILD_TAG)ged) instances.
+    BuildInstanceCommand,
+    /// SSM commands with the stack's chroot document on the stack's build host.
+    BuildHostCommand,
+}
+
+/// Tag the operator puts on the amazon-chroot build hosts a stack may use, valued with the
+/// stack's name: HostInfo refuses any other host and RunHostScript's role may send
+/// commands only to such hosts.
+pub const BUILD_HOST_TAG: &str = "amiflow:build-host";
+
+/// Tags, on every kind: added at creation or to what a build already tagged (so no build
+/// can mark somebody else's resource as its own); removed from the builds' own.
+const TAGGING_REACH: &[(&str, Reach)] = &[
+    ("ec2:CreateTags", Reach::TagOnCreateOrBuildTagged),
+    ("ec2:DeleteTags", Reach::BuildTagged),
+];
+
+/// Every kind's declared reaches (the module that owns an action says how far it reaches).
+const DECLARED_REACH: &[&[(&str, Reach)]] = &[
+    TAGGING_REACH,
+    instance::REACH,
+    key_pair::REACH,
+    security_group::REACH,
+    volume::REACH,
+    image::REACH,
+    snapshot::REACH,
+    s3::REACH,
+    iam::REACH,
+    ssm_command::REACH,
+];
+
+/// The reach of `action` as its kind's module declares it; `Any` when none does.
+pub fn declared_reach(action: &str) -> Reach {
+    DECLARED_REACH
+        .iter()
+        .flat_map(|r| r.iter())
+        .find(|(a, _)| a.eq_ignore_ascii_case(action))
+        .map_or(Reach::Any, |(_, r)| *r)
+}
+
 /// The kinds Cleanup removes, each through its module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

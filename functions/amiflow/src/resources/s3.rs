@@ -5,12 +5,25 @@
 
 use std::collections::BTreeMap;
 
-use super::{Scope, Swept};
+use super::{Reach, Scope, Swept};
 use crate::error::classify;
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
 
 /// What removing a bundle's objects (and listing the keys already there) needs.
+/// Buckets and objects: only the stack's (its artifacts bucket, the bundle buckets it names).
+pub const REACH: &[(&str, Reach)] = &[
+    ("s3:ListBucket", Reach::StackBuckets),
+    ("s3:GetObject", Reach::StackBuckets),
+    ("s3:PutObject", Reach::StackBuckets),
+    ("s3:PutObjectAcl", Reach::StackBuckets),
+    ("s3:DeleteObject", Reach::StackBuckets),
+    ("s3:CreateBucket", Reach::StackBuckets),
+    ("s3:GetBucketTagging", Reach::StackBuckets),
+    ("s3:PutBucketTagging", Reach::StackBuckets),
+    ("s3:DeleteBucket", Reach::StackBuckets),
+];
+
 pub const OBJECT_CLEANUP_ACTIONS: &[&str] = &["s3:ListBucket", "s3:DeleteObject"];
 /// What recognising and removing a build's bucket needs.
 pub const BUCKET_CLEANUP_ACTIONS: &[&str] = &["s3:GetBucketTagging", "s3:DeleteBucket"];

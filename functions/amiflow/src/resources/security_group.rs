@@ -1,7 +1,7 @@
 //! Temporary security groups (the SecurityGroup step): removed once the instance is gone;
 //! a group still referenced by a detaching network interface cannot go yet.
 
-use super::{ledger_ids, union, Kind, Scope, Swept};
+use super::{ledger_ids, union, Kind, Reach, Scope, Swept};
 use crate::error::{classify, error_code};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -9,6 +9,12 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidGroup.NotFound";
 
 /// What finding and removing security groups needs.
+/// Opening or deleting a group: only the builds' own.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:AuthorizeSecurityGroupIngress", Reach::BuildTagged),
+    ("ec2:DeleteSecurityGroup", Reach::BuildTagged),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeSecurityGroups", "ec2:DeleteSecurityGroup"];
 
 /// Deletes a group: Ok(true) when deleted, Ok(false) when gone already, `NotReady` while

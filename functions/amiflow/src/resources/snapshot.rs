@@ -2,7 +2,7 @@
 //! amazon-ebsvolume's artifact), and those behind every image. A snapshot an image still
 //! holds cannot go yet.
 
-use super::{is_artifact, ledger_ids, union, Kind, Scope, Swept};
+use super::{is_artifact, ledger_ids, union, Kind, Reach, Scope, Swept};
 use crate::error::{classify, error_code};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -10,6 +10,12 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidSnapshot.NotFound";
 
 /// What finding and removing snapshots needs.
+/// Deleting or sharing a snapshot: only the builds' own.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:DeleteSnapshot", Reach::BuildTagged),
+    ("ec2:ModifySnapshotAttribute", Reach::BuildTagged),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeSnapshots", "ec2:DeleteSnapshot"];
 
 /// Deletes a snapshot: Ok(true) when deleted, Ok(false) when gone already, `NotReady`

@@ -3,7 +3,15 @@
 //! comment it sent them with (`provision/ssm.rs`). A command ends by itself (its execution
 //! timeout), so no sweep removes one; what a build removes is what it staged for it.
 
+use super::Reach;
 use crate::error::error_code;
+
+/// Commands go only to the builds' own instances, with `AWS-RunShellScript` (the SSM
+/// communicator); RunHostScript narrows this to the stack's build host and document.
+pub const REACH: &[(&str, Reach)] = &[("ssm:SendCommand", Reach::BuildInstanceCommand)];
+
+/// The document the SSM communicator runs its commands with.
+pub const SHELL_DOCUMENT: &str = "AWS-RunShellScript";
 
 /// GetCommandInvocation's answer while the invocation is not visible yet.
 pub const NOT_VISIBLE_YET: &str = "InvocationDoesNotExist";

@@ -5,7 +5,7 @@
 
 use aws_sdk_ec2::types::{Volume, VolumeAttachmentState, VolumeState};
 
-use super::{is_artifact, ledger_ids, Kind, Scope, Swept};
+use super::{is_artifact, ledger_ids, Kind, Reach, Scope, Swept};
 use crate::error::{classify, error_code, or_absent};
 use crate::state::{Ledger, ResourceKind};
 use crate::{Ctx, StepError};
@@ -13,6 +13,14 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidVolume.NotFound";
 
 /// What finding, detaching and removing volumes needs.
+/// Deleting a volume: only the builds' own; attaching and detaching: the builds' own
+/// volumes and instances, and the stack's chroot build host.
+pub const REACH: &[(&str, Reach)] = &[
+    ("ec2:DeleteVolume", Reach::BuildTagged),
+    ("ec2:AttachVolume", Reach::BuildTaggedOrBuildHost),
+    ("ec2:DetachVolume", Reach::BuildTaggedOrBuildHost),
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeVolumes",
     "ec2:DeleteVolume",

@@ -19,6 +19,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:AttachVolume",
         "ec2:ModifyInstanceAttribute",
     ],
+    reach: &[],
     wait: Some(waits::VOLUMES_DETACHED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -14,6 +14,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeVolumes",
         "ec2:AttachVolume",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

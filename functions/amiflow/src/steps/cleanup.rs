@@ -21,6 +21,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "Cleanup",
     // Marking the artifacts, and every resource kind's finding and removal.
     iam_actions: &ACTIONS,
+    reach: &[],
     wait: Some(waits::INSTANCE_TERMINATED),
     timeout_seconds: 300,
     handler: handler!(run),

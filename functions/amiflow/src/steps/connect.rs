@@ -29,6 +29,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:DescribeInstanceInformation",
     ],
     // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
+    reach: &[],
     wait: Some(waits::CONNECT),
     timeout_seconds: 60,
     handler: handler!(connect),

@@ -15,6 +15,13 @@ pub const SPEC: StepSpec = StepSpec {
         "kms:ReEncrypt*",
         "kms:GenerateDataKeyWithoutPlaintext",
     ],
+    // Keys only as EC2 uses them for the encrypted copy, grants only for EC2's resources.
+    reach: &[
+        ("kms:DescribeKey", Reach::KmsViaEc2),
+        ("kms:ReEncrypt*", Reach::KmsViaEc2),
+        ("kms:GenerateDataKeyWithoutPlaintext", Reach::KmsViaEc2),
+        ("kms:CreateGrant", Reach::KmsGrantForAwsResource),
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -7,6 +7,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateImage",
     iam_actions: &["ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

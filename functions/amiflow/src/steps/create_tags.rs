@@ -6,6 +6,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateTags",
     iam_actions: &["ec2:CreateTags", "ec2:DescribeImages"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

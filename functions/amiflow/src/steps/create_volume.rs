@@ -10,6 +10,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateVolume",
     iam_actions: &["ec2:DescribeImages", "ec2:CreateVolume", "ec2:CreateTags"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -11,6 +11,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeregisterImage",
         "ec2:DeleteSnapshot",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -7,6 +7,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "DetachVolume",
     iam_actions: &["ec2:DescribeVolumes", "ec2:DetachVolume"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

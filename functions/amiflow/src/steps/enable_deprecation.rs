@@ -5,6 +5,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "EnableDeprecation",
     iam_actions: &["ec2:EnableImageDeprecation"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

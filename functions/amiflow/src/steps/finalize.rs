@@ -25,6 +25,7 @@ use super::StepSpec;
 pub const STEP: StepSpec = StepSpec {
     name: "Finalize",
     iam_actions: &[],
+    reach: &[],
     wait: None,
     timeout_seconds: 30,
     handler: crate::handler!(finalize),

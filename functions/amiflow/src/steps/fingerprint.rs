@@ -23,6 +23,7 @@ use crate::steps::prepare::PrepareOutput;
 pub const SPEC: StepSpec = StepSpec {
     name: "Fingerprint",
     iam_actions: &["ec2:DescribeImages"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

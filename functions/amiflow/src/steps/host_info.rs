@@ -2,14 +2,19 @@
 //! has no instance identity, so the template names the host (`chroot_host_instance_id`
 //! or `chroot_host_filter`, exactly one running instance), else the deployed stack's
 //! `BuildHostInstanceId`; with none of them, a local run on the host asks its own metadata
-//! service, as Packer does.
+//! service, as Packer does. A deployed stack runs commands as root on the host, so it takes
+//! only a host the operator tagged `amiflow:build-host` = the stack's name, whoever named it.
+
+use aws_sdk_ec2::types::Tag;
 
 use crate::builders::chroot::{self, Host};
 use crate::prelude::*;
+use crate::resources::BUILD_HOST_TAG;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "HostInfo",
     iam_actions: &["ec2:DescribeInstances"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -79,6 +84,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     };
     let id = host.instance_id().unwrap_or_default().to_string();
+    refuse_foreign_host(ctx.stack.stack_name.as_deref(), &id, host.tags())?;
     if host.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("running") {
         return Err(StepError::BuildFailed(format!(
             "the chroot build host {id} is not running"
@@ -101,6 +107,29 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     Ok(state)
 }
 
+/// Deployed (`stack` = the stack's name), a host must carry [`BUILD_HOST_TAG`] = that name:
+/// a template may not pick any SSM-managed instance to run its commands on as root.
+fn refuse_foreign_host(stack: Option<&str>, id: &str, tags: &[Tag]) -> Result<(), StepError> {
+    let Some(stack) = stack else {
+        return Ok(());
+    };
+    let tagged = tags
+        .iter()
+        .find(|t| t.key() == Some(BUILD_HOST_TAG))
+        .and_then(|t| t.value());
+    if tagged == Some(stack) {
+        return Ok(());
+    }
+    let has = match tagged {
+        Some(other) => format!("is tagged {BUILD_HOST_TAG}={other}"),
+        None => format!("has no {BUILD_HOST_TAG} tag"),
+    };
+    Err(StepError::BuildFailed(format!(
+        "the chroot build host {id} {has}: this stack runs builds only on hosts its operator tagged {BUILD_HOST_TAG}={stack} \
+         (tag the instance so, or name such a host with chroot_host_instance_id / chroot_host_filter / the stack's BuildHostInstanceId)"
+    )))
+}
+
 /// This machine's instance id from IMDS (Packer: "Please verify Packer is running on a
 /// proper AWS EC2 instance").
 async fn own_instance_id() -> Result<String, StepError> {
@@ -111,5 +140,41 @@ async fn own_instance_id() -> Result<String, StepError> {
             "amazon-chroot: no build host named and this machine's instance metadata did not answer ({e}). \
              Set chroot_host_instance_id or chroot_host_filter, or run the build on an EC2 instance"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(k: &str, v: &str) -> Tag {
+        Tag::builder().key(k).value(v).build()
+    }
+
+    #[test]
+    fn a_deployed_stack_refuses_a_host_not_tagged_for_it() {
+        let untagged = refuse_foreign_host(Some("amiflow"), "i-0abc", &[tag("Name", "db")])
+            .expect_err("an untagged host must be refused");
+        let why = untagged.to_string();
+        assert!(
+            why.contains("i-0abc") && why.contains("has no amiflow:build-host tag"),
+            "{why}"
+        );
+        assert!(why.contains("amiflow:build-host=amiflow"), "{why}");
+        let other = refuse_foreign_host(
+            Some("amiflow"),
+            "i-0abc",
+            &[tag(BUILD_HOST_TAG, "other-stack")],
+        )
+        .expect_err("another stack's host must be refused");
+        assert!(
+            other
+                .to_string()
+                .contains("is tagged amiflow:build-host=other-stack"),
+            "{other}"
+        );
+        refuse_foreign_host(Some("amiflow"), "i-0abc", &[tag(BUILD_HOST_TAG, "amiflow")]).unwrap();
+        // A local build (no stack) runs where its user says, as Packer does.
+        refuse_foreign_host(None, "i-0abc", &[]).unwrap();
     }
 }

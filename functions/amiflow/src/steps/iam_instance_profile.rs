@@ -21,6 +21,7 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:PassRole",
         "ec2:RunInstances",
     ],
+    reach: &[],
     wait: Some(waits::PROFILE_USABLE),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -68,6 +69,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .path(IAM_PATH)
         .description("Temporary role for amiflow")
         .assume_role_policy_document(ASSUME_EC2)
+        // Deployed, the stack's boundary caps what the template's policy document can
+        // grant (and the function may create a role only with it).
+        .set_permissions_boundary(ctx.stack.temporary_role_boundary.clone())
         .set_tags(Some(tags.clone()))
         .send()
         .await

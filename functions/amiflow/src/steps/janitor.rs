@@ -27,6 +27,7 @@ use crate::{Ctx, StepError};
 pub const SPEC: StepSpec = StepSpec {
     name: "Janitor",
     iam_actions: &IAM_ACTIONS,
+    reach: &[],
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),

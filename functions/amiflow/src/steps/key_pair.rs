@@ -18,6 +18,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
         "ssm:AddTagsToResource",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -73,12 +73,26 @@ pub struct StepSpec {
     pub name: &'static str,
     /// IAM actions the handler calls, e.g. `ec2:CreateImage`.
     pub iam_actions: &'static [&'static str],
+    /// Actions this step may use less widely than their kind's module declares
+    /// ([`crate::resources::declared_reach`]); checked to be among `iam_actions`.
+    pub reach: &'static [(&'static str, crate::resources::Reach)],
     /// Set for waiting steps: the handler raises `NotReady` until the resource is ready,
     /// and the state retries on the wait's policy.
     pub wait: Option<crate::waits::Wait>,
     /// Lambda timeout for this step, seconds.
     pub timeout_seconds: u32,
     pub handler: Handler,
+}
+
+impl StepSpec {
+    /// How far `action` reaches in this step's deployed role: the step's own narrowing,
+    /// else what the action's kind declares.
+    pub fn reach_of(&self, action: &str) -> crate::resources::Reach {
+        self.reach
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(action))
+            .map_or_else(|| crate::resources::declared_reach(action), |(_, r)| *r)
+    }
 }
 
 impl std::fmt::Debug for StepSpec {

@@ -12,6 +12,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifyImageAttributes",
     iam_actions: &["ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

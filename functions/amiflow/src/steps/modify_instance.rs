@@ -8,6 +8,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifyInstance",
     iam_actions: &["ec2:ModifyInstanceAttribute"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

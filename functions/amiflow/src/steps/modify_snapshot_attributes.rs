@@ -9,6 +9,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "ModifySnapshotAttributes",
     iam_actions: &["ec2:ModifySnapshotAttribute"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

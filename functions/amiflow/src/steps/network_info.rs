@@ -8,6 +8,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "NetworkInfo",
     iam_actions: &["ec2:DescribeVpcs", "ec2:DescribeSubnets"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -10,6 +10,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeImages",
         "ec2:DescribeVpcs",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::pipeline::PipelineRun;
+use crate::resources::Reach;
 use crate::state::OnError;
 use crate::{BuildState, Ctx, StepError};
 
@@ -50,6 +51,8 @@ use super::StepSpec;
 pub const STEP: StepSpec = StepSpec {
     name: "Prepare",
     iam_actions: &["s3:GetObject"],
+    // The template comes from the artifacts bucket or the schedule's object, nowhere else.
+    reach: &[("s3:GetObject", Reach::TemplateObjects)],
     wait: None,
     timeout_seconds: 60,
     handler: crate::handler!(prepare),
@@ -379,7 +382,7 @@ async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> 
         use aws_sdk_s3::error::ProvideErrorMetadata;
         match e.as_service_error().and_then(|s| s.code()).or_else(|| e.code()) {
             Some(code) => invalid(format!(
-                "cannot read {url}: {code}: {}. Check the bucket and key, and that the Prepare function's role may s3:GetObject on it",
+                "cannot read {url}: {code}: {}. Check the bucket and key; a deployed stack reads templates only from its artifacts bucket (output ArtifactsBucketName) and the schedule's ScheduleTemplateS3",
                 e.message().unwrap_or("no message")
             )),
             None => StepError::Transient(format!("reading {url} failed: {}", aws_smithy_types::error::display::DisplayErrorContext(&e))),

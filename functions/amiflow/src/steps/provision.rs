@@ -43,6 +43,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:DeleteObject",
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
+    reach: &[],
     wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,
@@ -93,10 +94,7 @@ fn run_options(
         .simple()
         .to_string()[..8]
         .to_string();
-    let base_dir = match &ctx.base_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().unwrap_or_default(),
-    };
+    let files = crate::template_files::TemplateFiles::of(ctx);
     RunOptions {
         secrets,
         deadline: ctx.deadline,
@@ -106,7 +104,8 @@ fn run_options(
             builder_type: state.build.builder_type.as_str().to_string(),
             build: build_data(state, comm, host),
             random,
-            base_dir,
+            base_dir: files.base_dir,
+            deployed: files.deployed,
         },
     }
 }

@@ -9,11 +9,18 @@
 
 use crate::pipeline::RunStatus;
 use crate::prelude::*;
+use crate::resources::Reach;
 use crate::steps::finalize::FinalizeOutput;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Publish",
     iam_actions: &["ssm:GetParameter", "ssm:PutParameter"],
+    // Only under the stack's PublishParameterPrefix: a pipeline file must not overwrite
+    // any other parameter of the account (amiflow's own temporary keys included).
+    reach: &[
+        ("ssm:GetParameter", Reach::PublishedParameters),
+        ("ssm:PutParameter", Reach::PublishedParameters),
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -40,6 +40,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:ListBucket",
         "s3:DeleteObject",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

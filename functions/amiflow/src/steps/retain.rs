@@ -24,6 +24,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeregisterImage",
         "ec2:DeleteSnapshot",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: 300,
     handler: handler!(run),

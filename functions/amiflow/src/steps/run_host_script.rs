@@ -14,6 +14,8 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
     iam_actions: &["ssm:SendCommand", "ssm:ListCommands"],
+    // Root on the stack's own build host with its own document, and nowhere else.
+    reach: &[("ssm:SendCommand", Reach::BuildHostCommand)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -29,7 +31,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "RunHostScript")?;
     let vol = chroot::volume(&state, "RunHostScript")?;
-    let job = chroot::job(&state, &cfg, &vol)?;
+    let job = chroot::job(
+        &state,
+        &cfg,
+        &vol,
+        &crate::template_files::TemplateFiles::of(ctx),
+    )?;
     let local = match std::env::var(RUN_MODE_ENV).as_deref() {
         Ok("local") => true,
         Ok("ssm") => false,

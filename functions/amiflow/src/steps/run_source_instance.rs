@@ -26,6 +26,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:CreateTags",
         "iam:PassRole",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -47,12 +48,15 @@ fn no_capacity(code: Option<&str>) -> bool {
 }
 
 /// User data, base64-encoded unless it already is (Packer's rule).
-pub fn user_data(cfg: &RunConfig) -> Result<Option<String>, StepError> {
+pub fn user_data(
+    cfg: &RunConfig,
+    files: &crate::template_files::TemplateFiles,
+) -> Result<Option<String>, StepError> {
     let raw = match (&cfg.user_data, &cfg.user_data_file) {
         (Some(d), _) if !d.is_empty() => d.clone(),
-        (_, Some(f)) if !f.is_empty() => std::fs::read_to_string(f).map_err(|e| {
-            StepError::BuildFailed(format!("user_data_file {f}: cannot read it: {e}"))
-        })?,
+        (_, Some(f)) if !f.is_empty() => files
+            .read_to_string("user_data_file", f)
+            .map_err(StepError::BuildFailed)?,
         _ => return Ok(None),
     };
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -127,7 +131,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .image_id(&ami)
                 .min_count(1)
                 .max_count(1)
-                .set_user_data(user_data(&cfg)?)
+                .set_user_data(user_data(
+                    &cfg,
+                    &crate::template_files::TemplateFiles::of(ctx),
+                )?)
                 .set_key_name(state.data.key_pair_name.clone())
                 .set_block_device_mappings(
                     Some(mappings(

@@ -15,6 +15,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:AuthorizeSecurityGroupIngress",
         "ec2:CreateTags",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -28,6 +28,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:CreateSnapshot",
         "ec2:CreateTags",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

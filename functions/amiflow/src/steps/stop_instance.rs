@@ -6,6 +6,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "StopInstance",
     iam_actions: &["ec2:StopInstances"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -22,6 +22,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:CreateTags",
         "ec2:DetachVolume",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

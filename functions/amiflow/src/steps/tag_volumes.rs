@@ -12,6 +12,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "TagVolumes",
     iam_actions: &["ec2:DescribeInstances", "ec2:DeleteTags", "ec2:CreateTags"],
+    reach: &[],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -32,6 +32,7 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:PutObject",
         "s3:PutObjectAcl",
     ],
+    reach: &[],
     wait: None,
     timeout_seconds: 900,
     handler: handler!(run),

@@ -11,6 +11,11 @@ use crate::provision::Secrets;
 pub const SPEC: StepSpec = StepSpec {
     name: "UploadX509Cert",
     iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"],
+    // Only where the stack keeps X.509 pairs (builders/instance_store.rs).
+    reach: &[
+        ("ssm:GetParameter", Reach::X509Parameters),
+        ("s3:GetObject", Reach::X509Objects),
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

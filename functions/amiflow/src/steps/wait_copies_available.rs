@@ -7,6 +7,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitCopiesAvailable",
     iam_actions: &["ec2:DescribeImages"],
+    reach: &[],
     wait: Some(waits::COPIES_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),

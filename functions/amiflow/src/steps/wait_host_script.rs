@@ -10,6 +10,7 @@ use crate::resources::ssm_command;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitHostScript",
     iam_actions: &["ssm:GetCommandInvocation"],
+    reach: &[],
     wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -6,6 +6,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
     iam_actions: &["ec2:DescribeImages", "ec2:CreateTags"],
+    reach: &[],
     wait: Some(waits::IMAGE_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),

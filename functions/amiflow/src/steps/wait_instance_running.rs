@@ -7,6 +7,7 @@ use crate::resources::instance::{describe, reason, state_name};
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitInstanceRunning",
     iam_actions: &["ec2:DescribeInstances"],
+    reach: &[],
     wait: Some(waits::INSTANCE_RUNNING),
     timeout_seconds: 60,
     handler: handler!(run),

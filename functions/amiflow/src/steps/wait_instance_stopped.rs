@@ -6,6 +6,7 @@ use crate::resources::instance::{describe, reason, state_name};
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitInstanceStopped",
     iam_actions: &["ec2:DescribeInstances"],
+    reach: &[],
     wait: Some(waits::INSTANCE_STOPPED),
     timeout_seconds: 60,
     handler: handler!(run),

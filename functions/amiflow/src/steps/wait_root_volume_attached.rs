@@ -9,6 +9,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitRootVolumeAttached",
     iam_actions: &["ec2:DescribeVolumes"],
+    reach: &[],
     wait: Some(waits::ROOT_VOLUME_ATTACHED),
     timeout_seconds: 60,
     handler: handler!(run),

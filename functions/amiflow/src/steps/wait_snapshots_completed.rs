@@ -11,6 +11,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitSnapshotsCompleted",
     iam_actions: &["ec2:DescribeSnapshots"],
+    reach: &[],
     wait: Some(waits::SNAPSHOTS_COMPLETED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -8,6 +8,7 @@ use crate::prelude::*;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitVolumeAvailable",
     iam_actions: &["ec2:DescribeVolumes"],
+    reach: &[],
     wait: Some(waits::VOLUME_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
