@@ -40,13 +40,28 @@ pub struct BuildState {
     pub error: Option<CaughtError>,
 }
 
-/// Packer's `-on-error`: clean up (default) or keep everything for debugging.
+/// Packer's `-on-error`: clean up (default), keep everything for debugging, or run the
+/// `error-cleanup-provisioner` and then keep everything. (`ask` is the CLI's: it asks, then
+/// the build goes on with one of these.)
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum OnError {
     #[default]
     Cleanup,
     Abort,
+    RunCleanupProvisioner,
+}
+
+impl OnError {
+    /// A failed build keeps what it created (Cleanup removes nothing).
+    pub fn keeps_resources(self) -> bool {
+        matches!(self, OnError::Abort | OnError::RunCleanupProvisioner)
+    }
+
+    /// A failed build runs its `error-cleanup-provisioner` (Packer skips it on abort).
+    pub fn runs_error_cleanup_provisioner(self) -> bool {
+        !matches!(self, OnError::Abort)
+    }
 }
 
 /// The error a Catch stores, in Step Functions' own shape.

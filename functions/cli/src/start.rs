@@ -25,9 +25,14 @@ pub struct Args {
     /// The execution name: the `amiflow:build` tag value on everything the build creates.
     #[arg(long)]
     pub name: Option<String>,
-    /// Packer's -on-error: cleanup (default) or abort (keep resources for debugging).
-    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
+    /// Packer's -on-error: cleanup (default), abort (keep resources for debugging) or
+    /// run-cleanup-provisioner (run the error-cleanup-provisioner, then keep them). `ask`
+    /// needs a terminal: only `amiflow build` offers it.
+    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "run-cleanup-provisioner"])]
     pub on_error: String,
+    /// Packer's -force: replace an existing AMI of the same name (force_deregister).
+    #[arg(long)]
+    pub force: bool,
     /// Follow the execution until it ends (as `amiflow watch`).
     #[arg(long)]
     pub watch: bool,
@@ -42,7 +47,10 @@ const CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let vars = crate::policy::parse_vars(&args.vars)?;
     let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
-    let input = execution_input(&template, &vars, &args.on_error)?;
+    let mut input = execution_input(&template, &vars, &args.on_error)?;
+    if args.force {
+        input["force"] = Value::Bool(true);
+    }
     let name = match args.name {
         Some(n) => check_name(&n)?,
         None => execution_name(&args.template),

@@ -184,7 +184,7 @@ async fn execution_input(
 }
 
 /// Whether the janitor leaves an ended execution's resources alone: it ran with
-/// `on_error: abort` (Packer's -on-error=abort, kept for debugging) and failed or timed
+/// `on_error: abort` or `run-cleanup-provisioner` (Packer's -on-error, kept for debugging) and failed or timed
 /// out. One stopped by hand is swept whatever on_error says, as Packer cleans up after an
 /// interrupt.
 pub fn kept_on_error_abort(status: &str, input: Option<&str>) -> bool {
@@ -192,7 +192,7 @@ pub fn kept_on_error_abort(status: &str, input: Option<&str>) -> bool {
         .and_then(|text| serde_json::from_str::<Value>(text).ok())
         .and_then(|input| serde_json::from_value::<OnError>(input["on_error"].clone()).ok())
         .unwrap_or_default();
-    on_error == OnError::Abort && matches!(status, "FAILED" | "TIMED_OUT")
+    on_error.keeps_resources() && matches!(status, "FAILED" | "TIMED_OUT")
 }
 
 /// The regions a build may have touched: every builder's `region` and `ami_regions` in the
@@ -356,6 +356,8 @@ mod tests {
         assert!(!kept_on_error_abort("FAILED", Some(cleanup)));
         assert!(!kept_on_error_abort("FAILED", Some(r#"{"template":{}}"#)));
         assert!(!kept_on_error_abort("FAILED", None));
+        let run_cleanup = r#"{"template":{},"on_error":"run-cleanup-provisioner"}"#;
+        assert!(kept_on_error_abort("FAILED", Some(run_cleanup)));
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
-//!  "on_error": "cleanup" | "abort"}               // Packer's -on-error, default cleanup
+//!  "on_error": "cleanup" | "abort" | "run-cleanup-provisioner",  // Packer's -on-error, default cleanup
+//!  "force": true}                                 // Packer's -force (force_deregister)
 //! ```
 //!
 //! Output: `{"builds": [BuildState, ...]}` — one per build left after only/except, each
@@ -83,6 +84,9 @@ pub struct ExecutionInput {
     pub except: Vec<String>,
     #[serde(default)]
     pub on_error: OnError,
+    /// Packer's `-force`: replace an existing AMI of the same name (`force_deregister`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,6 +161,7 @@ fn prepare_text_with(
     options.vars = vars.into_iter().collect();
     options.only = input.only.clone();
     options.except = input.except.clone();
+    options.force = input.force;
     let prepared = prepare_template(text, &options).map_err(invalid)?;
     if prepared.builds.is_empty() {
         return Err(invalid(Problems(vec![Problem::new(format!(

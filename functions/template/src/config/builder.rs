@@ -109,6 +109,17 @@ impl BuilderConfig {
         }
     }
 
+    /// [`BuilderConfig::ami`], to change (Packer's `-force` sets `force_deregister`).
+    pub fn ami_mut(&mut self) -> Option<&mut AmiConfig> {
+        match self {
+            Self::Ebs(c) => Some(&mut c.ami),
+            Self::Chroot(c) => Some(&mut c.ami),
+            Self::Instance(c) => Some(&mut c.ami),
+            Self::EbsSurrogate(c) => Some(&mut c.ami),
+            Self::EbsVolume(_) => None,
+        }
+    }
+
     /// None for chroot, which launches no instance.
     pub fn run(&self) -> Option<&RunConfig> {
         match self {
