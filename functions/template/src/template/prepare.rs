@@ -343,10 +343,28 @@ fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]
             .iter()
             .any(|q| q.key.as_deref() == Some(&format!("{}.{key}", p.path)))
     };
-    provisioner::check(rendered)
+    let mut unknown = Vec::new();
+    strings_of(rendered, &mut |s| {
+        unknown.extend(eval::unknown_build_data(s))
+    });
+    unknown.dedup();
+    unknown
         .into_iter()
-        .filter(|q| !q.key.as_deref().is_some_and(reported))
-        .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string()))
+        .map(|key| {
+            Problem::key(
+                format!("{} ({})", p.path, p.type_name),
+                format!(
+                    "`{{{{ build `{key}` }}}}`: no build data is named `{key}`; amiflow provides {}",
+                    super::BUILD_DATA.join(", ")
+                ),
+            )
+        })
+        .chain(
+            provisioner::check(rendered)
+                .into_iter()
+                .filter(|q| !q.key.as_deref().is_some_and(reported))
+                .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string())),
+        )
         .collect()
 }
 
@@ -373,6 +391,16 @@ fn reachability_problem(
         ));
     }
     None
+}
+
+/// Calls `f` with every string in `v`.
+fn strings_of(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| strings_of(x, f)),
+        Value::Object(m) => m.values().for_each(|x| strings_of(x, f)),
+        _ => {}
+    }
 }
 
 /// Sensitive variables and every variable whose value uses one, directly or not.

@@ -654,3 +654,21 @@ fn the_error_cleanup_provisioner_is_prepared_per_build_with_only_and_checked() {
     let text = problems(&chroot, &opts());
     assert!(text.contains("error-cleanup step"), "{text}");
 }
+
+#[test]
+fn an_unknown_build_data_name_is_refused_at_validation() {
+    let with = |key: &str| {
+        json!({
+            "builders": [builder("amazon-ebs", json!({}))],
+            "provisioners": [{"type": "shell", "inline": [format!("echo '{{{{ build `{key}` }}}}'")]}]
+        })
+    };
+    for known in ["SSHPublicKey", "SSHPrivateKey", "SourceAMI", "ID"] {
+        ok(&with(known), &opts());
+    }
+    let text = problems(&with("SSHPublicKeys"), &opts());
+    assert!(
+        text.contains("no build data is named `SSHPublicKeys`") && text.contains("SSHPublicKey,"),
+        "{text}"
+    );
+}
