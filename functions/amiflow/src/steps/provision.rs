@@ -21,7 +21,7 @@ use crate::provision::communicator::{ssh_target, Communication, Communicator};
 use crate::provision::plan::PlanEnv;
 use crate::provision::run::run_all;
 use crate::provision::session::{NoSession, RunOptions};
-use crate::provision::ssh::SshTransport;
+use crate::provision::ssh::{SshAuth, SshTransport};
 use crate::provision::ssm::SsmSession;
 use crate::provision::transport::{ExecStatus, OutputSink, Transport};
 use crate::provision::{parse_all, Secrets};
@@ -49,7 +49,7 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(provision),
 };
 
-/// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
+/// Packer's build data for `{{build `Key`}}` (the SSH key pair is added once connected).
 pub fn build_data(
     state: &BuildState,
     comm: &Communication,
@@ -77,7 +77,24 @@ pub fn build_data(
         Communicator::None => "none",
     };
     put("ConnType", Some(&conn.to_string()));
+    // Set from the SSH key once connected (`with_ssh_key`); empty otherwise, as in Packer.
+    put("SSHPublicKey", None);
+    put("SSHPrivateKey", None);
     m
+}
+
+/// `{{build `SSHPublicKey`}}` and `{{build `SSHPrivateKey`}}` (OpenSSH format) from the
+/// key the SSH session logs in with; the private key is masked like every secret.
+fn with_ssh_key(opts: &mut RunOptions, auth: &SshAuth) {
+    let SshAuth::Key(key) = auth else { return };
+    if let Ok(public) = key.public_key().to_openssh() {
+        opts.env.build.insert("SSHPublicKey".into(), public);
+    }
+    if let Ok(private) = key.to_openssh(russh::keys::ssh_key::LineEnding::LF) {
+        let private = private.to_string();
+        opts.secrets.add_value(private.clone());
+        opts.env.build.insert("SSHPrivateKey".into(), private);
+    }
 }
 
 /// What every provisioner runs with, from the `Ctx` and the build state; `host` is what
@@ -188,7 +205,8 @@ pub async fn run_provisioners(
             )
             .await?;
             let mut transport = connect_retrying(&target, &secrets).await?;
-            let opts = run_options(ctx, &state, &comm, &target.host, secrets);
+            let mut opts = run_options(ctx, &state, &comm, &target.host, secrets);
+            with_ssh_key(&mut opts, &target.auth);
             let result = run_all(&mut transport, provisioners, &opts).await;
             if result.is_ok() && clear_keys {
                 if let Some(name) = &state.data.key_pair_name {
