@@ -33,7 +33,8 @@ pub struct Args {
     /// Replace an existing AMI of the same name (sets force_deregister on every build).
     #[arg(long)]
     pub force: bool,
-    /// Pause before each step of each build until Enter is pressed (needs a terminal).
+    /// Pause before each step of each build until Enter is pressed (needs a terminal, or a
+    /// pipe, on stdin).
     #[arg(long)]
     pub debug: bool,
     /// Packer's machine-readable output on stdout: `timestamp,target,type,data...`.
