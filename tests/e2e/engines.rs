@@ -243,8 +243,8 @@ async fn both(input: Value, script: &[&str]) -> Option<Record> {
     Some(local)
 }
 
-/// The iteration's path: the Choice, the ebs chain up to and including `last`, then Cleanup.
-fn chain_until(last: &str) -> Vec<String> {
+/// The Choice and the ebs chain up to and including `last`.
+fn chain_through(last: &str) -> Vec<String> {
     let mut out = vec!["BuilderType".to_string()];
     for s in amiflow::flows::chain_names(amiflow_template::BuilderType::Ebs) {
         out.push(format!("amazon-ebs.{s}"));
@@ -252,12 +252,21 @@ fn chain_until(last: &str) -> Vec<String> {
             break;
         }
     }
+    out
+}
+
+/// The iteration's path when `last` fails: the chain up to it, the error cleanup, Cleanup.
+fn chain_until(last: &str) -> Vec<String> {
+    let mut out = chain_through(last);
+    out.push("amazon-ebs.ErrorCleanupProvision".into());
     out.push("amazon-ebs.Cleanup".into());
     out
 }
 
 fn full_chain() -> Vec<String> {
-    chain_until("CreateTags")
+    let mut out = chain_through("CreateTags");
+    out.push("amazon-ebs.Cleanup".into());
+    out
 }
 
 fn strings(v: &[&str]) -> Vec<String> {

@@ -6,6 +6,7 @@ mod builders;
 mod chain;
 mod chroot_build;
 mod chroot_host;
+mod cli_flags;
 mod deploy;
 mod ebs;
 mod engines;

@@ -149,6 +149,43 @@ async fn shell_script_env_and_file_uploads_leave_markers() {
 }
 
 #[tokio::test]
+async fn env_map_env_var_file_and_the_ssh_key_as_build_data() {
+    let sshd = sshd_or_skip!();
+    let m = |rel: &str| sshd.path(rel).display().to_string();
+    let remote_folder = sshd.path("vars");
+    std::fs::create_dir_all(&remote_folder).unwrap();
+    let provisioners = json!([
+        {"type": "shell", "use_env_var_file": true, "remote_folder": remote_folder,
+         "environment_vars": ["A=from-list", "B=from-list"], "env": {"B": "from-map", "KEY": "{{ build `SSHPublicKey` }}"},
+         "inline": [format!("echo \"$A $B $PACKER_BUILD_NAME\" > {}; echo \"$KEY\" > {}", m("env.marker"), m("key.marker"))]},
+        {"type": "shell", "inline": [format!("echo '{{{{ build `SSHPrivateKey` }}}}' | head -1 > {}", m("private.marker"))]}
+    ]);
+    let st = for_sshd(&sshd, provisioners);
+    provision(&ctx().await, st)
+        .await
+        .expect("provisioning succeeds");
+    let read = |rel: &str| {
+        std::fs::read_to_string(sshd.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    assert_eq!(
+        read("env.marker"),
+        "from-list from-map test\n",
+        "env wins over environment_vars"
+    );
+    // The public key of the key the session logged in with, as authorized_keys has it.
+    let public = std::fs::read_to_string(sshd.client_key.with_extension("pub")).unwrap();
+    let type_and_key = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(type_and_key(&read("key.marker")), type_and_key(&public));
+    assert_eq!(
+        read("private.marker").trim(),
+        "-----BEGIN OPENSSH PRIVATE KEY-----"
+    );
+    // The sourced file is removed after the script (skip_clean is false).
+    let left: Vec<_> = std::fs::read_dir(&remote_folder).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
 async fn failing_command_fails_the_build_with_exit_code_and_output() {
     let sshd = sshd_or_skip!();
     let local = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 //!   │                                            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
 //!   │                 ├─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   │                 └─ <builder>.redrive.<Step> … ─► <builder>.redrive.Cleanup (no Catch)
+//!   │                      (on failure ─► <builder>.ErrorCleanupProvision ─► <builder>.Cleanup)
 //!   └─ InvalidTemplate ─► TemplateInvalid (Fail, nothing was created)
 //! ```
 //!
@@ -15,7 +16,8 @@
 //! per step whatever the builder; the handler reads the builder type from the build state.
 //!
 //! A Map iteration never fails: every Task catches `States.ALL` into `$.error` (the build
-//! state's [`crate::state::CaughtError`]) and goes to its chain's Cleanup; Cleanup's own
+//! state's [`crate::state::CaughtError`]) and goes to its chain's Cleanup (through
+//! ErrorCleanupProvision in the chains that provision, amazon-chroot's excepted); Cleanup's own
 //! failure is caught the same way. Other builds therefore finish and clean up, and
 //! Finalize sees every build with its artifact or its error.
 //!
@@ -47,6 +49,9 @@ use crate::waits::WaitPolicy;
 pub const PREPARE: StepSpec = prepare::STEP;
 /// Cleanup ends every build's chain, on success and through the Catch on failure.
 pub const CLEANUP: StepSpec = cleanup::SPEC;
+/// Between a failed step and Cleanup in the chains that provision: runs the template's
+/// `error-cleanup-provisioner` (a no-op when there is none or the build never connected).
+pub const ERROR_CLEANUP_PROVISION: StepSpec = error_cleanup_provision::SPEC;
 /// Finalize reports every build (after the Map).
 pub const FINALIZE: StepSpec = finalize::STEP;
 /// The janitor: invoked by the EventBridge rule, not a state of the state machine.
@@ -210,6 +215,23 @@ pub fn chain(builder: BuilderType) -> &'static [StepSpec] {
     }
 }
 
+/// Whether `builder`'s chain runs provisioners through Provision, and so has an
+/// [`ERROR_CLEANUP_PROVISION`] on its failure path (amazon-chroot's run in its host script).
+pub fn provisions(builder: BuilderType) -> bool {
+    chain(builder)
+        .iter()
+        .any(|s| s.name == provision::SPEC.name)
+}
+
+/// The state a failed step of `builder`'s chain goes to.
+pub fn on_failure(builder: BuilderType) -> String {
+    if provisions(builder) {
+        state_name(builder, ERROR_CLEANUP_PROVISION.name)
+    } else {
+        state_name(builder, CLEANUP.name)
+    }
+}
+
 /// The handler names of `builder`'s chain, in order (what tests compare runs against).
 pub fn chain_names(builder: BuilderType) -> Vec<&'static str> {
     chain(builder).iter().map(|s| s.name).collect()
@@ -242,7 +264,7 @@ pub fn all_steps() -> Vec<StepSpec> {
     for builder in BuilderType::ALL {
         all.extend(chain(builder).iter().copied());
     }
-    all.extend([CLEANUP, FINALIZE]);
+    all.extend([ERROR_CLEANUP_PROVISION, CLEANUP, FINALIZE]);
     all.extend(PIPELINE_AFTER);
     let mut seen = std::collections::BTreeSet::new();
     all.retain(|s| seen.insert(s.name));
@@ -381,8 +403,24 @@ fn build_iteration() -> SubMachine {
             let next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
             states.add(
                 state_name(builder, step.name),
-                task(step, Some(next), catch_all_into_error(cleanup.clone())),
+                task(step, Some(next), catch_all_into_error(on_failure(builder))),
             );
+        }
+        if provisions(builder) {
+            let mut error_cleanup = task(
+                &ERROR_CLEANUP_PROVISION,
+                Some(cleanup.clone()),
+                vec![Catcher {
+                    error_equals: vec!["States.ALL".into()],
+                    // Keep the build's own error in $.error: that is what failed the build.
+                    result_path: Some(None),
+                    next: cleanup.clone(),
+                }],
+            );
+            error_cleanup.comment = Some(
+                "Only after a failed step: the template's error-cleanup-provisioner, then Cleanup whatever it does".into(),
+            );
+            states.add(on_failure(builder), error_cleanup);
         }
         let cleanup_failed = state_name(builder, "CleanupFailed");
         let mut cleanup_task = task(&CLEANUP, None, catch_all_into_error(cleanup_failed.clone()));
@@ -577,7 +615,7 @@ mod tests {
                     panic!("{name} is not a Task")
                 };
                 assert_eq!(t.resource, format!("${{{}FunctionArn}}", step.name));
-                assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{name}");
+                assert_eq!(t.catch, catch_all_into_error(on_failure(builder)), "{name}");
                 let expect_next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
                 assert_eq!(
                     State::Task(t.clone()).transition(),
@@ -596,6 +634,25 @@ mod tests {
                     wait_policy(step).is_some(),
                     "{name}"
                 );
+            }
+            if provisions(builder) {
+                let name = on_failure(builder);
+                let Some(State::Task(t)) = inner.get(&name) else {
+                    panic!("{name} is not a Task")
+                };
+                assert_eq!(
+                    State::Task(t.clone()).transition(),
+                    Some(Transition::Next(&cleanup))
+                );
+                assert_eq!(t.catch.len(), 1);
+                assert_eq!(t.catch[0].next, cleanup, "its own failure still cleans up");
+                assert_eq!(
+                    t.catch[0].result_path,
+                    Some(None),
+                    "the build's error stays in $.error"
+                );
+            } else {
+                assert_eq!(on_failure(builder), cleanup);
             }
             let Some(State::Task(c)) = inner.get(&cleanup) else {
                 panic!("no {cleanup}")
@@ -902,11 +959,12 @@ mod tests {
             let ebs = chain_names(BuilderType::Ebs);
             let create_at = ebs.iter().position(|s| *s == "CreateImage").unwrap();
             let mut bad_expected: Vec<&str> = ebs[..=create_at].to_vec();
+            bad_expected.push(ERROR_CLEANUP_PROVISION.name);
             bad_expected.push(CLEANUP.name);
             assert_eq!(
                 of("bad"),
                 bad_expected,
-                "the failed build goes straight to its Cleanup"
+                "the failed build goes through its error cleanup to its Cleanup"
             );
             assert_eq!(calls.last().unwrap().1, "Finalize");
 
@@ -915,7 +973,7 @@ mod tests {
             assert_eq!(delays, vec![5.0, 7.5, 11.25]);
             let events = events.lock().unwrap();
             assert!(events.iter().any(|e| matches!(e, Event::Caught { name, error, next, scope }
-                if name == "amazon-ebs.CreateImage" && error == "BuildFailed" && next == "amazon-ebs.Cleanup" && scope[0].index == 1)));
+                if name == "amazon-ebs.CreateImage" && error == "BuildFailed" && next == "amazon-ebs.ErrorCleanupProvision" && scope[0].index == 1)));
             assert!(events
                 .iter()
                 .any(|e| matches!(e, Event::StateEntered { name, .. } if name == BUILD_FAILED)));

@@ -66,10 +66,12 @@ pub struct BuildState {
     pub error: Option<CaughtError>,
 }
 
-/// Packer's `-on-error`: clean up (default) or keep everything for debugging; deployed
-/// builds may also keep a failed build for Step Functions' RedriveExecution.
+/// Packer's `-on-error`: clean up (default), keep everything for debugging, or run the
+/// `error-cleanup-provisioner` and then keep everything (`ask` is the CLI's: it asks, then
+/// the build goes on with one of these); deployed builds may also keep a failed build for
+/// Step Functions' RedriveExecution.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum OnError {
     #[default]
     Cleanup,
@@ -77,6 +79,22 @@ pub enum OnError {
     /// The build runs the chain without Catch (flows.rs): a failed step fails the
     /// execution with everything in place, and a redrive resumes at that step.
     Redrive,
+    RunCleanupProvisioner,
+}
+
+impl OnError {
+    /// A failed build keeps what it created (Cleanup removes nothing).
+    pub fn keeps_resources(self) -> bool {
+        matches!(
+            self,
+            OnError::Abort | OnError::RunCleanupProvisioner | OnError::Redrive
+        )
+    }
+
+    /// A failed build runs its `error-cleanup-provisioner` (Packer skips it on abort).
+    pub fn runs_error_cleanup_provisioner(self) -> bool {
+        !matches!(self, OnError::Abort)
+    }
 }
 
 /// The error a Catch stores, in Step Functions' own shape.

@@ -11,9 +11,10 @@ use amiflow_statemachine::{Engine, RealClock, StateMachine};
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-use crate::progress::Progress;
+use crate::interactive::{check_console, Interactive, Terminal};
+use crate::progress::{Output, Progress};
 use crate::validate::TemplateArgs;
-use crate::{manifest, validate};
+use crate::{machine, manifest, validate};
 
 /// The definition deployed to Step Functions, byte for byte (a test keeps it in sync
 /// with the flows).
@@ -24,9 +25,21 @@ pub struct Args {
     #[command(flatten)]
     pub template: TemplateArgs,
     /// What to do when a build fails: `cleanup` (default) removes everything it created,
-    /// `abort` keeps it for debugging.
-    #[arg(long = "on-error", value_name = "cleanup|abort", default_value = "cleanup", value_parser = ["cleanup", "abort"])]
+    /// `abort` keeps it for debugging, `ask` asks at the failed step (clean up, abort,
+    /// retry, ignore), `run-cleanup-provisioner` runs the template's
+    /// error-cleanup-provisioner and then keeps everything.
+    #[arg(long = "on-error", value_name = "cleanup|abort|ask|run-cleanup-provisioner", default_value = "cleanup", value_parser = ["cleanup", "abort", "ask", "run-cleanup-provisioner"])]
     pub on_error: String,
+    /// Replace an existing AMI of the same name (sets force_deregister on every build).
+    #[arg(long)]
+    pub force: bool,
+    /// Pause before each step of each build until Enter is pressed (needs a terminal, or a
+    /// pipe, on stdin).
+    #[arg(long)]
+    pub debug: bool,
+    /// Packer's machine-readable output on stdout: `timestamp,target,type,data...`.
+    #[arg(long = "machine-readable")]
+    pub machine_readable: bool,
     /// A pipeline file around the build (rebuild on change, publish, retain).
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
@@ -38,26 +51,62 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Where `build`'s own messages go: stderr, or machine-readable lines on stdout.
+#[derive(Clone, Copy)]
+struct Ui {
+    machine: bool,
+}
+
+impl Ui {
+    fn say(self, text: &str) {
+        if self.machine {
+            machine::print("", "ui", &["say", text]);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn error(self, text: &str) {
+        if self.machine {
+            machine::print("", "ui", &["error", text]);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let ui = Ui {
+        machine: args.machine_readable,
+    };
+    let ask = args.on_error == "ask";
+    let interactive = [(args.debug, "-debug"), (ask, "-on-error=ask")];
+    for (_, flag) in interactive.iter().filter(|(on, _)| *on) {
+        if let Err(e) = check_console(flag) {
+            ui.error(&e);
+            return Ok(1);
+        }
+    }
     let pipeline = match args
         .pipeline
         .as_deref()
         .map(amiflow_cli::pipeline_file::read)
     {
         Some(Err(e)) => {
-            eprintln!("{e}");
+            ui.error(&e.to_string());
             return Ok(1);
         }
         Some(Ok(p)) => Some(p),
         None => None,
     };
-    let opts = match args.template.prepare_options() {
+    let mut opts = match args.template.prepare_options() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("{e}");
+            ui.error(&e);
             return Ok(1);
         }
     };
+    opts.force = args.force;
     // An HCL2 template is lowered to the JSON template here: the engine gets that.
     let loaded = match args.template.load(&opts)? {
         Ok(l) => l,
@@ -118,7 +167,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "vars": variables(&opts)?,
         "only": opts.only,
         "except": opts.except,
-        "on_error": args.on_error,
+        // `ask` is answered here: the state machine cleans up unless the user aborts.
+        "on_error": if ask { "cleanup" } else { args.on_error.as_str() },
+        "force": args.force,
     });
     if let Some(pipeline) = pipeline {
         input["pipeline"] = pipeline;
@@ -133,24 +184,34 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         None,
     );
     watch_signals(interrupt.clone(), clean_command(&execution, &regions))?;
-    let (engine, mut events) = Engine::new(LocalInvoker::interruptible(
-        Arc::new(ctx),
-        interrupt.clone(),
-    ))
-    .with_clock(InterruptibleClock {
-        inner: RealClock::default(),
-        interrupt: interrupt.clone(),
-    })
-    .event_channel();
+    let invoker = Interactive::new(
+        LocalInvoker::interruptible(Arc::new(ctx), interrupt.clone()),
+        Arc::new(Terminal),
+        args.debug,
+        ask,
+    );
+    let (engine, mut events) = Engine::new(invoker)
+        .with_clock(InterruptibleClock {
+            inner: RealClock::default(),
+            interrupt: interrupt.clone(),
+        })
+        .event_channel();
 
-    eprintln!(
+    ui.say(&format!(
         "==> {execution}: {} build(s): {}",
         build_names.len(),
         build_names.join(", ")
-    );
+    ));
     let started = std::time::Instant::now();
     let run = tokio::spawn(async move { engine.run(&machine, &execution, input).await });
-    let mut progress = Progress::new(build_names);
+    let output = if args.machine_readable {
+        Output::Machine
+    } else if args.debug || ask {
+        Output::Plain
+    } else {
+        Output::Human
+    };
+    let mut progress = Progress::new(build_names, output);
     while let Some(event) = events.recv().await {
         progress.on_event(&event);
     }
@@ -166,32 +227,49 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
     };
     if let Some(output) = &output {
-        print_artifacts(output);
+        if ui.machine {
+            print_machine_artifacts(output);
+        } else {
+            print_artifacts(output);
+        }
         for line in amiflow_cli::pipeline_file::outcome_lines(output) {
-            eprintln!("==> {line}");
+            ui.say(&format!("==> {line}"));
         }
         write_manifests(output, &manifests, opts.build_time.timestamp())?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(output)?);
         }
     }
-    eprintln!(
+    ui.say(&format!(
         "==> finished in {elapsed:.1}s ({} retries)",
         progress.retries
-    );
+    ));
     if let Some(signal) = interrupt.reason() {
-        eprintln!("==> interrupted by {signal}: the build was cancelled and cleaned up");
+        ui.error(&format!(
+            "==> interrupted by {signal}: the build was cancelled and cleaned up"
+        ));
         if let Some((error, cause)) = &failed_cause {
-            eprintln!("    {error}: {}", cause.lines().next().unwrap_or_default());
+            ui.error(&format!(
+                "    {error}: {}",
+                cause.lines().next().unwrap_or_default()
+            ));
         }
         return Ok(128 + signal_number(&signal));
     }
     match failed_cause {
         None => Ok(0),
         Some((error, cause)) => {
-            eprintln!("==> build failed: {error}");
+            ui.error(&format!("==> build failed: {error}"));
             for line in cause.lines() {
-                eprintln!("    {line}");
+                ui.error(&format!("    {line}"));
+            }
+            if ui.machine {
+                let lines: Vec<&str> = cause.lines().collect();
+                machine::print("", "error-count", &[&lines.len().max(1).to_string()]);
+                for line in lines {
+                    let (build, message) = line.split_once(": ").unwrap_or(("", line));
+                    machine::print(build, "error", &[message]);
+                }
             }
             Ok(1)
         }
@@ -245,6 +323,23 @@ fn signal_number(name: &str) -> u8 {
     match name {
         "SIGINT" => 2,
         _ => 15,
+    }
+}
+
+/// Packer's machine-readable artifacts: each successful build's lines, from Finalize's
+/// `artifact_id` and `artifact` (the failed build's error is in the cause).
+fn print_machine_artifacts(output: &Value) {
+    let now = chrono::Utc::now().timestamp();
+    for build in output["builds"].as_array().into_iter().flatten() {
+        let (Some(id), Some(human)) = (build["artifact_id"].as_str(), build["artifact"].as_str())
+        else {
+            continue;
+        };
+        let name = build["name"].as_str().unwrap_or("?");
+        let builder_type = build["builder_type"].as_str().unwrap_or("");
+        for line in machine::artifact_lines(now, name, builder_type, id, human) {
+            println!("{line}");
+        }
     }
 }
 

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 mod build;
 mod hcl2_upgrade;
 mod inspect;
+mod interactive;
+mod machine;
 mod manifest;
 mod progress;
 mod serve_lambdas;
@@ -52,7 +54,7 @@ enum Command {
 /// Packer's flags are single-dash long flags (`-var`, `-var-file`, `-only` …); clap wants
 /// two dashes. Rewrite the ones we know, before clap sees them, so Packer command lines work.
 fn packer_style_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 8] = [
+    const LONG: [&str; 9] = [
         "var",
         "var-file",
         "only",
@@ -61,6 +63,7 @@ fn packer_style_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
         "force",
         "syntax-only",
         "debug",
+        "machine-readable",
     ];
     let mut out = Vec::new();
     let mut after_double_dash = false;

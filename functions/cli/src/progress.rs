@@ -1,6 +1,7 @@
 //! Progress of a run, from the engine's events: one line per finished step, a spinner per
 //! build on the step in progress (with its polls while it waits), plain lines when the
-//! output is not a terminal (CI logs).
+//! output is not a terminal (CI logs) or a question may be asked (`-debug`,
+//! `-on-error=ask`), Packer's machine-readable lines with `-machine-readable`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -11,7 +12,19 @@ use amiflow::state::CaughtError;
 use amiflow_statemachine::{Event, Scope};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Spinners on a terminal, else plain lines.
+    Human,
+    /// Plain lines on stderr.
+    Plain,
+    /// `-machine-readable`: `ui,say` lines on stdout.
+    Machine,
+}
+
 pub struct Progress {
+    output: Output,
     /// Build names by Map iteration index, in the order Prepare returned them.
     builds: Vec<String>,
     bars: Option<(MultiProgress, HashMap<usize, ProgressBar>)>,
@@ -28,11 +41,11 @@ struct Current {
 }
 
 impl Progress {
-    pub fn new(builds: Vec<String>) -> Progress {
-        let bars = std::io::stderr()
-            .is_terminal()
+    pub fn new(builds: Vec<String>, output: Output) -> Progress {
+        let bars = (output == Output::Human && std::io::stderr().is_terminal())
             .then(|| (MultiProgress::new(), HashMap::new()));
         Progress {
+            output,
             builds,
             bars,
             current: HashMap::new(),
@@ -55,6 +68,9 @@ impl Progress {
         match &self.bars {
             Some((multi, _)) => {
                 let _ = multi.println(text);
+            }
+            None if self.output == Output::Machine => {
+                crate::machine::print("", "ui", &["say", text.trim_start()])
             }
             None => eprintln!("{text}"),
         }

@@ -25,10 +25,15 @@ pub struct Args {
     /// The execution name: the `amiflow:build` tag value on everything the build creates.
     #[arg(long)]
     pub name: Option<String>,
-    /// Packer's -on-error: cleanup (default), abort (keep resources for debugging), or
-    /// redrive (keep a failed build for `amiflow redrive`, or `amiflow abandon`).
-    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "redrive"])]
+    /// Packer's -on-error: cleanup (default), abort (keep resources for debugging),
+    /// run-cleanup-provisioner (run the error-cleanup-provisioner, then keep them), or redrive
+    /// (keep a failed build for `amiflow redrive`, or `amiflow abandon`). `ask` needs a
+    /// terminal: only `amiflow build` offers it.
+    #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "run-cleanup-provisioner", "redrive"])]
     pub on_error: String,
+    /// Packer's -force: replace an existing AMI of the same name (force_deregister).
+    #[arg(long)]
+    pub force: bool,
     /// A pipeline file around the build (rebuild on change, publish, retain).
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
@@ -53,6 +58,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(path) = &args.pipeline {
         input["pipeline"] = crate::pipeline_file::read(path)?;
         input["retain_dry_run"] = args.retain_dry_run.into();
+    }
+    if args.force {
+        input["force"] = Value::Bool(true);
     }
     let name = match args.name {
         Some(n) => check_name(&n)?,

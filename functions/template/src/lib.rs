@@ -49,6 +49,10 @@ pub struct PreparedBuild {
     /// Provisioners that apply to this build (`only`/`except` applied, `override` merged).
     #[serde(default)]
     pub provisioners: Vec<serde_json::Value>,
+    /// The template's `error-cleanup-provisioner` for this build (`only`/`except` applied):
+    /// run when the build fails, before Cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_cleanup_provisioner: Option<serde_json::Value>,
     #[serde(default)]
     pub post_processors: Vec<serde_json::Value>,
 }

@@ -7,6 +7,7 @@
 //! parses the same values again into these types. Unknown keys are errors, with the key
 //! named, so a typo does not silently do nothing.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -32,6 +33,9 @@ pub const DEFAULT_EXECUTE_COMMAND: &str = "chmod +x {{.Path}}; {{.Vars}} {{.Path
 pub const DEFAULT_INLINE_SHEBANG: &str = "/bin/sh -e";
 pub const DEFAULT_REMOTE_FOLDER: &str = "/tmp";
 pub const DEFAULT_ENV_VAR_FORMAT: &str = "%s='%s' ";
+/// Packer's defaults with `use_env_var_file`: the variables go to a file the command sources.
+pub const ENV_VAR_FILE_EXECUTE_COMMAND: &str = "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}";
+pub const ENV_VAR_FILE_FORMAT: &str = "export %s='%s'\n";
 
 /// The most retries a provisioner may ask for: each retry runs it again from the start.
 pub const MAX_RETRIES: u32 = 100;
@@ -84,6 +88,13 @@ pub struct ShellConfig {
     pub scripts: Vec<String>,
     #[serde(default)]
     pub environment_vars: Vec<String>,
+    /// Packer's `env`: more variables, as a map; they win over `environment_vars`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Packer: write the variables to a file in `remote_folder` that the command sources
+    /// (`{{.EnvVarFile}}`) instead of putting them on the command line.
+    #[serde(default)]
+    pub use_env_var_file: bool,
     #[serde(default)]
     pub execute_command: Option<String>,
     #[serde(default)]
@@ -119,9 +130,12 @@ impl ShellConfig {
         self.pause_after.as_deref().and_then(|p| duration(p).ok())
     }
     pub fn execute_command(&self) -> &str {
-        self.execute_command
-            .as_deref()
-            .unwrap_or(DEFAULT_EXECUTE_COMMAND)
+        let default = if self.use_env_var_file {
+            ENV_VAR_FILE_EXECUTE_COMMAND
+        } else {
+            DEFAULT_EXECUTE_COMMAND
+        };
+        self.execute_command.as_deref().unwrap_or(default)
     }
     pub fn inline_shebang(&self) -> &str {
         self.inline_shebang
@@ -129,9 +143,20 @@ impl ShellConfig {
             .unwrap_or(DEFAULT_INLINE_SHEBANG)
     }
     pub fn env_var_format(&self) -> &str {
-        self.env_var_format
+        let default = if self.use_env_var_file {
+            ENV_VAR_FILE_FORMAT
+        } else {
+            DEFAULT_ENV_VAR_FORMAT
+        };
+        self.env_var_format.as_deref().unwrap_or(default)
+    }
+    /// Packer's `varfile_<random>.sh` in `remote_folder`, with `use_env_var_file`.
+    pub fn env_var_file(&self, random: &str) -> String {
+        let folder = self
+            .remote_folder
             .as_deref()
-            .unwrap_or(DEFAULT_ENV_VAR_FORMAT)
+            .unwrap_or(DEFAULT_REMOTE_FOLDER);
+        format!("{}/varfile_{random}.sh", folder.trim_end_matches('/'))
     }
     pub fn valid_exit_codes(&self) -> Vec<i64> {
         valid_exit_codes(&self.valid_exit_codes)
@@ -196,11 +221,16 @@ pub struct ShellLocalConfig {
     pub scripts: Vec<String>,
     #[serde(default)]
     pub environment_vars: Vec<String>,
+    /// As the shell provisioner's `env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Packer's default: `["/bin/sh", "-c", "{{.Vars}} {{.Script}}"]`.
     #[serde(default)]
     pub execute_command: Vec<String>,
     #[serde(default)]
     pub inline_shebang: Option<String>,
+    /// Operating systems (Go's names: `linux`, `darwin`, `windows` …) this runs on;
+    /// elsewhere it is skipped. Empty: everywhere.
     #[serde(default)]
     pub only_on: Vec<String>,
     #[serde(default)]
@@ -225,6 +255,14 @@ impl ShellLocalConfig {
     }
     pub fn valid_exit_codes(&self) -> Vec<i64> {
         valid_exit_codes(&self.valid_exit_codes)
+    }
+    /// Whether `only_on` lets it run on `os` (Rust's `std::env::consts::OS`).
+    pub fn runs_on(&self, os: &str) -> bool {
+        let go_name = match os {
+            "macos" => "darwin",
+            other => other,
+        };
+        self.only_on.is_empty() || self.only_on.iter().any(|o| o == go_name)
     }
 }
 
@@ -427,6 +465,17 @@ fn validate_env_vars(vars: &[String], problems: &mut Vec<Problem>) {
     }
 }
 
+fn validate_env_map(env: &BTreeMap<String, String>, problems: &mut Vec<Problem>) {
+    for k in env.keys() {
+        if k.trim().is_empty() || k.contains('=') {
+            problems.push(Problem::key(
+                "env",
+                format!("{k:?} is not a variable name (non-empty, without `=`)"),
+            ));
+        }
+    }
+}
+
 /// What the provisioner runs is given by exactly one of these keys (`(key, given)`); `why`
 /// follows the message when none is.
 fn exactly_one(keys: &[(&str, bool)], why: &str, problems: &mut Vec<Problem>) {
@@ -457,6 +506,7 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
                 problems,
             );
             validate_env_vars(&c.environment_vars, problems);
+            validate_env_map(&c.env, problems);
             if c.remote_path.is_some() && (c.remote_folder.is_some() || c.remote_file.is_some()) {
                 problems.push(Problem::key(
                     "remote_path",
@@ -522,6 +572,7 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
                 problems,
             );
             validate_env_vars(&c.environment_vars, problems);
+            validate_env_map(&c.env, problems);
         }
     }
 }
@@ -545,6 +596,42 @@ mod tests {
         assert_eq!(s.remote_path("abc"), "/tmp/script_abc.sh");
         assert_eq!(s.valid_exit_codes(), vec![0]);
         assert_eq!(p.label(), "provisioner 1 (shell)");
+    }
+
+    #[test]
+    fn use_env_var_file_changes_packers_defaults_and_only_on_names_go_oses() {
+        let p = Provisioner::parse(
+            0,
+            &json!({"type": "shell", "inline": ["x"], "use_env_var_file": true,
+                "remote_folder": "/var/tmp/", "env": {"B": "2"}}),
+        )
+        .unwrap();
+        let Kind::Shell(s) = &p.kind else { panic!() };
+        assert_eq!(
+            s.execute_command(),
+            "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
+        );
+        assert_eq!(s.env_var_format(), "export %s='%s'\n");
+        assert_eq!(s.env_var_file("r1"), "/var/tmp/varfile_r1.sh");
+        assert_eq!(s.env["B"], "2");
+        let bad =
+            validate_provisioner(&json!({"type": "shell", "inline": ["x"], "env": {"A=B": "1"}}));
+        assert!(bad.iter().any(|p| p.starts_with("env: ")), "{bad:?}");
+
+        let local = |only_on: Value| {
+            let p = Provisioner::parse(
+                0,
+                &json!({"type": "shell-local", "inline": ["x"], "only_on": only_on}),
+            )
+            .unwrap();
+            let Kind::ShellLocal(c) = p.kind else {
+                panic!()
+            };
+            c
+        };
+        assert!(local(json!([])).runs_on("linux"));
+        assert!(local(json!(["darwin"])).runs_on("macos"));
+        assert!(!local(json!(["windows", "darwin"])).runs_on("linux"));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub async fn run_shell_local(
     env: &PlanEnv,
     secrets: &Secrets,
 ) -> Result<(), StepError> {
+    if !c.runs_on(std::env::consts::OS) {
+        tracing::info!(provisioner = %label, "skipped: only_on {:?} does not include this system ({})", c.only_on, std::env::consts::OS);
+        return Ok(());
+    }
     let fail = |msg: String| failed(label, msg);
     let ctx = RenderContext::with_build(&env.build);
     let dir = tempfile::tempdir()
@@ -40,6 +44,7 @@ pub async fn run_shell_local(
     }
     let vars = flatten_env_vars(
         &c.environment_vars,
+        &c.env,
         c.env_var_format
             .as_deref()
             .unwrap_or(DEFAULT_ENV_VAR_FORMAT),
@@ -113,4 +118,37 @@ pub async fn run_shell_local(
 fn set_executable(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::config::{Kind, Provisioner};
+
+    fn shell_local(only_on: serde_json::Value) -> ShellLocalConfig {
+        let p = Provisioner::parse(
+            0,
+            &serde_json::json!({"type": "shell-local", "inline": ["exit 7"], "only_on": only_on}),
+        )
+        .unwrap();
+        let Kind::ShellLocal(c) = p.kind else {
+            panic!()
+        };
+        c
+    }
+
+    #[tokio::test]
+    async fn only_on_skips_other_systems_and_runs_on_this_one() {
+        let env = PlanEnv::default();
+        let secrets = Secrets::new();
+        let elsewhere = shell_local(serde_json::json!(["plan9"]));
+        run_shell_local("p", &elsewhere, &env, &secrets)
+            .await
+            .expect("skipped: not this system");
+        let here = shell_local(serde_json::json!([std::env::consts::OS]));
+        let err = run_shell_local("p", &here, &env, &secrets)
+            .await
+            .expect_err("runs here, and exit 7 fails");
+        assert!(err.message().contains("exit code 7"), "{}", err.message());
+    }
 }

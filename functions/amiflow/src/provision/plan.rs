@@ -84,10 +84,15 @@ pub fn plan(p: &Provisioner, env: &PlanEnv) -> Result<Vec<Action>, String> {
     }
 }
 
-/// Packer's `{{.Vars}}`: PACKER_BUILD_NAME, PACKER_BUILDER_TYPE and `environment_vars`
-/// (which may override them), sorted by name, each formatted with `env_var_format`, single
-/// quotes in values escaped for the shell.
-pub fn flatten_env_vars(vars: &[String], format: &str, env: &PlanEnv) -> Result<String, String> {
+/// Packer's `{{.Vars}}`: PACKER_BUILD_NAME, PACKER_BUILDER_TYPE, `environment_vars`, then
+/// the `env` map (each may override what comes before), sorted by name, each formatted with
+/// `env_var_format`, single quotes in values escaped for the shell.
+pub fn flatten_env_vars(
+    vars: &[String],
+    env_map: &BTreeMap<String, String>,
+    format: &str,
+    env: &PlanEnv,
+) -> Result<String, String> {
     let mut map = BTreeMap::new();
     map.insert("PACKER_BUILD_NAME".to_string(), env.build_name.clone());
     map.insert("PACKER_BUILDER_TYPE".to_string(), env.builder_type.clone());
@@ -97,6 +102,10 @@ pub fn flatten_env_vars(vars: &[String], format: &str, env: &PlanEnv) -> Result<
             .split_once('=')
             .ok_or_else(|| format!("environment_vars: {v:?} must be KEY=VALUE"))?;
         map.insert(k.to_string(), val.to_string());
+    }
+    for (k, v) in env_map {
+        let v = render(v, &env.ctx()).map_err(|e| format!("env.{k}: {e}"))?;
+        map.insert(k.clone(), v);
     }
     let mut out = String::new();
     for (k, v) in map {
@@ -133,8 +142,20 @@ fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action
             .map_err(|e| format!("script {s:?}: cannot read {} ({e})", path.display()))?;
         scripts.push((s.clone(), data));
     }
-    let vars = flatten_env_vars(&c.environment_vars, c.env_var_format(), env)?;
+    let vars = flatten_env_vars(&c.environment_vars, &c.env, c.env_var_format(), env)?;
     let mut actions = Vec::new();
+    // Packer's use_env_var_file: the variables in a file the command sources, uploaded once
+    // before the scripts and removed after them.
+    let env_var_file = c.use_env_var_file.then(|| {
+        let remote = c.env_var_file(&format!("{}_{index}", env.random));
+        actions.push(Action::Upload {
+            data: vars.clone().into_bytes(),
+            remote: remote.clone(),
+            mode: 0o644,
+            from: "env var file".into(),
+        });
+        remote
+    });
     for (n, (from, data)) in scripts.into_iter().enumerate() {
         let random = if n == 0 {
             format!("{}_{index}", env.random)
@@ -146,6 +167,7 @@ fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action
             c.execute_command(),
             &env.ctx()
                 .set("Vars", vars.clone())
+                .set("EnvVarFile", env_var_file.clone().unwrap_or_default())
                 .set("Path", remote.clone()),
         )
         .map_err(|e| format!("execute_command: {e}"))?;
@@ -168,6 +190,12 @@ fn plan_shell(index: usize, c: &ShellConfig, env: &PlanEnv) -> Result<Vec<Action
                 check: ExitCheck::Housekeeping,
             });
         }
+    }
+    if let (Some(file), false) = (env_var_file, c.skip_clean) {
+        actions.push(Action::Exec {
+            command: format!("rm -f {}", shell_quote(&file)),
+            check: ExitCheck::Housekeeping,
+        });
     }
     Ok(actions)
 }
@@ -327,6 +355,43 @@ mod tests {
                 command: "rm -f /tmp/script_r_0.sh".into(),
                 check: ExitCheck::Housekeeping
             }
+        );
+    }
+
+    #[test]
+    fn env_wins_over_environment_vars_and_use_env_var_file_sources_a_file() {
+        let p = Provisioner::parse(
+            3,
+            &json!({"type": "shell", "inline": ["echo a"], "environment_vars": ["A=1", "B=1"],
+                "env": {"B": "2", "C": "{{ build `ID` }}"}, "use_env_var_file": true}),
+        )
+        .unwrap();
+        let env = PlanEnv {
+            build: BTreeMap::from([("ID".to_string(), "i-1".to_string())]),
+            ..env()
+        };
+        let actions = plan(&p, &env).unwrap();
+        let Action::Upload { data, remote, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(remote, "/tmp/varfile_r_3.sh");
+        assert_eq!(
+            String::from_utf8_lossy(data),
+            "export A='1'\nexport B='2'\nexport C='i-1'\nexport PACKER_BUILDER_TYPE='amazon-ebs'\nexport PACKER_BUILD_NAME='web'\n"
+        );
+        let Action::Exec { command, .. } = &actions[2] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            command,
+            "chmod +x /tmp/script_r_3.sh; . /tmp/varfile_r_3.sh && /tmp/script_r_3.sh"
+        );
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Exec {
+                command: "rm -f /tmp/varfile_r_3.sh".into(),
+                check: ExitCheck::Housekeeping
+            })
         );
     }
 

@@ -135,7 +135,14 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
             match remove(ctx, region, &v).await {
                 Ok(true) => swept.removed.push(format!("volume {v} ({region})")),
                 Ok(false) => {}
-                Err(StepError::NotReady(_)) => in_use.push(v),
+                Err(StepError::NotReady(_)) => {
+                    // Known from the ledger alone (no tag search) and still attached: to the
+                    // build host, when the chain stopped before DetachVolume.
+                    if let Some(attached) = describe(ctx, region, &v).await? {
+                        detach(ctx, region, &attached).await?;
+                    }
+                    in_use.push(v)
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use crate::prelude::*;
 pub use crate::resources::CleanupReport;
 use crate::resources::{self, Scope, CLEANUP_ACTIONS};
-use crate::state::{OnError, ARTIFACT_TAG};
+use crate::state::ARTIFACT_TAG;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Cleanup",
@@ -44,14 +44,14 @@ const ACTIONS: [&str; MARK_ACTIONS.len() + CLEANUP_ACTIONS.len()] = {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let failed = state.error.is_some();
-    if failed && state.on_error == OnError::Abort {
+    if failed && state.on_error.keeps_resources() {
         let kept: Vec<String> = state
             .ledger
             .resources
             .iter()
             .map(|r| format!("{:?} {} ({})", r.kind, r.id, r.region))
             .collect();
-        tracing::warn!(kept = ?kept, "on_error=abort: keeping every resource of the failed build for debugging; delete them by tag {BUILD_TAG}={}", state.execution);
+        tracing::warn!(kept = ?kept, "on_error={:?}: keeping every resource of the failed build for debugging; delete them by tag {BUILD_TAG}={}", state.on_error, state.execution);
         state.data.extra.insert(
             "cleanup".into(),
             serde_json::to_value(CleanupReport {

@@ -39,8 +39,26 @@ pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepErr
     connect_with(ctx, state, &ctx.secrets).await
 }
 
+/// Set in `data.extra` once the communicator answered: from then on the build has reached
+/// Provision, so a failure runs the `error-cleanup-provisioner` (Packer runs it only for a
+/// build whose provisioning step ran).
+pub const CONNECTED: &str = "connected";
+
 /// [`connect`] with the secrets of a local run (e.g. `ssh_password`).
 pub async fn connect_with(
+    ctx: &Ctx,
+    state: BuildState,
+    secrets: &Secrets,
+) -> Result<BuildState, StepError> {
+    let mut state = wait_for_communicator(ctx, state, secrets).await?;
+    state
+        .data
+        .extra
+        .insert(CONNECTED.into(), serde_json::Value::Bool(true));
+    Ok(state)
+}
+
+async fn wait_for_communicator(
     ctx: &Ctx,
     mut state: BuildState,
     secrets: &Secrets,

@@ -50,15 +50,17 @@ pub async fn run(ctx: &Ctx, mut input: PrepareOutput) -> Result<PrepareOutput, S
     }
     let fingerprint = run.parts.fingerprint();
     run.fingerprint = Some(fingerprint.clone());
-    let newest = crate::resources::image::of_pipeline(ctx, &region, &run.pipeline.name)
-        .await?
-        .into_iter()
-        .next();
-    run.previous_image = newest.as_ref().and_then(|i| i.image_id()).map(String::from);
+    let images = crate::resources::image::of_pipeline(ctx, &region, &run.pipeline.name).await?;
+    // CreationDate has whole seconds: images made in the same second are all "the newest".
+    let newest_date = images.first().and_then(|i| i.creation_date());
+    let newest: Vec<_> = images
+        .iter()
+        .take_while(|i| i.creation_date() == newest_date)
+        .collect();
+    run.previous_image = newest.first().and_then(|i| i.image_id()).map(String::from);
     let same = newest
-        .as_ref()
-        .and_then(|i| crate::resources::image::tag(i, FINGERPRINT_TAG))
-        == Some(fingerprint.as_str());
+        .iter()
+        .any(|i| crate::resources::image::tag(i, FINGERPRINT_TAG) == Some(fingerprint.as_str()));
     if run.pipeline.rebuild == Rebuild::OnChange && same {
         // The images with this fingerprint stay current: Publish makes sure the parameter
         // names them (a run whose Publish failed is healed by the next), Retain spares them.

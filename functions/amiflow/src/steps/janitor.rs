@@ -363,9 +363,10 @@ async fn execution_input(
 }
 
 /// Why the janitor leaves an ended execution's resources alone, if it does: it ran with
-/// `on_error: abort` (Packer's -on-error=abort, kept for debugging) and failed or timed out
-/// (one stopped by hand is swept, as Packer cleans up after an interrupt); or it ran with
-/// `on_error: redrive` and ended in any state RedriveExecution resumes from.
+/// `on_error: abort` or `run-cleanup-provisioner` (Packer's -on-error, kept for debugging)
+/// and failed or timed out (one stopped by hand is swept, as Packer cleans up after an
+/// interrupt); or it ran with `on_error: redrive` and ended in any state RedriveExecution
+/// resumes from.
 pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
     let on_error = input
         .and_then(|text| serde_json::from_str::<Value>(text).ok())
@@ -373,7 +374,7 @@ pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
         .unwrap_or_default();
     let kept = match on_error {
         OnError::Cleanup => false,
-        OnError::Abort => matches!(status, "FAILED" | "TIMED_OUT"),
+        OnError::Abort | OnError::RunCleanupProvisioner => matches!(status, "FAILED" | "TIMED_OUT"),
         OnError::Redrive => matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED"),
     };
     kept.then_some(on_error)
@@ -541,6 +542,11 @@ mod tests {
         assert_eq!(kept_by_on_error("FAILED", Some(cleanup)), None);
         assert_eq!(kept_by_on_error("FAILED", Some(r#"{"template":{}}"#)), None);
         assert_eq!(kept_by_on_error("FAILED", None), None);
+        let run_cleanup = r#"{"template":{},"on_error":"run-cleanup-provisioner"}"#;
+        assert_eq!(
+            kept_by_on_error("FAILED", Some(run_cleanup)),
+            Some(OnError::RunCleanupProvisioner)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod create_image;
 pub mod create_tags;
 pub mod deregister_ami;
 pub mod enable_deprecation;
+pub mod error_cleanup_provision;
 pub mod iam_instance_profile;
 pub mod janitor;
 pub mod key_pair;

@@ -21,7 +21,8 @@
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
 //!  "only": ["builder name"], "except": ["builder name"],
-//!  "on_error": "cleanup" | "abort" | "redrive", // Packer's -on-error, default cleanup
+//!  "on_error": "cleanup" | "abort" | "run-cleanup-provisioner" | "redrive", // Packer's -on-error, default cleanup
+//!  "force": true,                                 // Packer's -force (force_deregister)
 //!  "pipeline": {...},                             // a pipeline file (`amiflow_template::pipeline`),
 //!  "pipeline_s3": "s3://bucket/key.json",         // or where to read it ("" = none: the schedule's default)
 //!  "retain_dry_run": true}                        // the pipeline's Retain only reports
@@ -102,6 +103,9 @@ pub struct ExecutionInput {
     /// With a pipeline: Retain reports what it would retire and touches nothing.
     #[serde(default)]
     pub retain_dry_run: bool,
+    /// Packer's `-force`: replace an existing AMI of the same name (`force_deregister`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +217,7 @@ fn prepare_text_with(
     options.vars = vars.into_iter().collect();
     options.only = input.only.clone();
     options.except = input.except.clone();
+    options.force = input.force;
     let prepared = prepare_template(text, &options);
     let prepared = match prepared {
         Ok(p) if problems.is_empty() => p,

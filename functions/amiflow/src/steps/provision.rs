@@ -21,7 +21,7 @@ use crate::provision::communicator::{ssh_target, Communication, Communicator};
 use crate::provision::plan::PlanEnv;
 use crate::provision::run::run_all;
 use crate::provision::session::{NoSession, RunOptions};
-use crate::provision::ssh::SshTransport;
+use crate::provision::ssh::{SshAuth, SshTransport};
 use crate::provision::ssm::SsmSession;
 use crate::provision::transport::{ExecStatus, OutputSink, Transport};
 use crate::provision::{parse_all, Secrets};
@@ -50,7 +50,7 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(provision),
 };
 
-/// Packer's build data for `{{build `Key`}}` (credentials left out: they are secrets).
+/// Packer's build data for `{{build `Key`}}` (the SSH key pair is added once connected).
 pub fn build_data(
     state: &BuildState,
     comm: &Communication,
@@ -78,7 +78,24 @@ pub fn build_data(
         Communicator::None => "none",
     };
     put("ConnType", Some(&conn.to_string()));
+    // Set from the SSH key once connected (`with_ssh_key`); empty otherwise, as in Packer.
+    put("SSHPublicKey", None);
+    put("SSHPrivateKey", None);
     m
+}
+
+/// `{{build `SSHPublicKey`}}` and `{{build `SSHPrivateKey`}}` (OpenSSH format) from the
+/// key the SSH session logs in with; the private key is masked like every secret.
+fn with_ssh_key(opts: &mut RunOptions, auth: &SshAuth) {
+    let SshAuth::Key(key) = auth else { return };
+    if let Ok(public) = key.public_key().to_openssh() {
+        opts.env.build.insert("SSHPublicKey".into(), public);
+    }
+    if let Ok(private) = key.to_openssh(russh::keys::ssh_key::LineEnding::LF) {
+        let private = private.to_string();
+        opts.secrets.add_value(private.clone());
+        opts.env.build.insert("SSHPrivateKey".into(), private);
+    }
 }
 
 /// What every provisioner runs with, from the `Ctx` and the build state; `host` is what
@@ -110,34 +127,71 @@ fn run_options(
     }
 }
 
-pub async fn provision(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+pub async fn provision(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let provisioners = parse_all(&state.build.provisioners).map_err(|p| {
         StepError::BuildFailed(format!(
             "the build's provisioners are invalid:\n* {}",
             p.join("\n* ")
         ))
     })?;
+    run_provisioners(ctx, state, &provisioners, Purpose::Build).await
+}
+
+/// Why provisioners run: the build's own, or the `error-cleanup-provisioner` of a failed
+/// build (`steps::error_cleanup_provision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Build,
+    ErrorCleanup,
+}
+
+/// Prefix of the execution in the SSM command comments of the error-cleanup provisioner,
+/// so its command is never taken for one of the build's provisioners (`provision::ssm`
+/// finds where a build is by those comments).
+const ERROR_CLEANUP_SSM_KEY: &str = "error-cleanup-";
+
+/// Runs `provisioners` over the build's communicator (see the module's documentation).
+pub async fn run_provisioners(
+    ctx: &Ctx,
+    mut state: BuildState,
+    provisioners: &[crate::provision::Provisioner],
+    purpose: Purpose,
+) -> Result<BuildState, StepError> {
     let comm = Communication::of_state(&state)?;
     let mut secrets = ctx.secrets.clone();
     match comm.communicator {
         Communicator::None => {
-            let mut session = NoSession::for_provisioners(&provisioners)?;
+            let mut session = NoSession::for_provisioners(provisioners)?;
             let opts = run_options(ctx, &state, &comm, "", secrets);
-            run_all(&mut session, &provisioners, &opts).await?;
+            run_all(&mut session, provisioners, &opts).await?;
             Ok(state)
         }
         Communicator::Ssm => {
             let opts = run_options(ctx, &state, &comm, "", secrets);
-            let mut session = SsmSession::open(ctx, &state, &comm).await?;
-            run_all(&mut session, &provisioners, &opts).await?;
-            state.data.extra.insert(
-                "ssm_commands".into(),
-                serde_json::to_value(session.command_ids())?,
-            );
+            let keyed;
+            let session_state = match purpose {
+                Purpose::Build => &state,
+                Purpose::ErrorCleanup => {
+                    let mut s = state.clone();
+                    s.execution = format!("{ERROR_CLEANUP_SSM_KEY}{}", state.execution);
+                    keyed = s;
+                    &keyed
+                }
+            };
+            let mut session = SsmSession::open(ctx, session_state, &comm).await?;
+            run_all(&mut session, provisioners, &opts).await?;
+            if purpose == Purpose::Build {
+                state.data.extra.insert(
+                    "ssm_commands".into(),
+                    serde_json::to_value(session.command_ids())?,
+                );
+            }
             Ok(state)
         }
         Communicator::Ssh => {
-            let clear_keys = comm.ssh_clear_authorized_keys && comm.uses_temporary_key(&secrets);
+            let clear_keys = purpose == Purpose::Build
+                && comm.ssh_clear_authorized_keys
+                && comm.uses_temporary_key(&secrets);
             if provisioners.is_empty() && !clear_keys {
                 return Ok(state);
             }
@@ -150,8 +204,9 @@ pub async fn provision(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, S
             )
             .await?;
             let mut transport = connect_retrying(&target, &secrets).await?;
-            let opts = run_options(ctx, &state, &comm, &target.host, secrets);
-            let result = run_all(&mut transport, &provisioners, &opts).await;
+            let mut opts = run_options(ctx, &state, &comm, &target.host, secrets);
+            with_ssh_key(&mut opts, &target.auth);
+            let result = run_all(&mut transport, provisioners, &opts).await;
             if result.is_ok() && clear_keys {
                 if let Some(name) = &state.data.key_pair_name {
                     clear_authorized_key(&mut transport, name, &opts.secrets).await;

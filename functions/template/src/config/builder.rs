@@ -109,7 +109,8 @@ impl BuilderConfig {
         }
     }
 
-    /// As [`BuilderConfig::ami`], to change: a pipeline adds its tags to the image's.
+    /// [`BuilderConfig::ami`], to change: a pipeline adds its tags to the image's, Packer's
+    /// `-force` sets `force_deregister`.
     pub fn ami_mut(&mut self) -> Option<&mut AmiConfig> {
         match self {
             Self::Ebs(c) => Some(&mut c.ami),

@@ -50,23 +50,7 @@ impl Diag {
     }
 }
 
-/// Build data the steps provide (see `build_data` in functions/amiflow/src/steps/provision.rs
-/// and `build_template_data` in functions/amiflow/src/aws.rs).
-pub(crate) const BUILD_DATA: &[&str] = &[
-    "BuildRegion",
-    "ConnType",
-    "Host",
-    "ID",
-    "PackerRunUUID",
-    "Port",
-    "SourceAMI",
-    "SourceAMICreationDate",
-    "SourceAMIName",
-    "SourceAMIOwner",
-    "SourceAMIOwnerName",
-    "SourceAMITags",
-    "User",
-];
+pub(crate) use crate::template::BUILD_DATA;
 
 /// Where an expression is, which decides what it may refer to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,15 +31,20 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "base64decode",
     "base64encode",
     "basename",
+    "bcrypt",
     "can",
     "ceil",
     "chomp",
     "chunklist",
+    "cidrhost",
+    "cidrnetmask",
+    "cidrsubnet",
     "coalesce",
     "coalescelist",
     "compact",
     "concat",
     "contains",
+    "csvdecode",
     "dirname",
     "distinct",
     "element",
@@ -47,6 +52,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "env",
     "file",
     "fileexists",
+    "fileset",
     "flatten",
     "floor",
     "format",
@@ -111,6 +117,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "uuidv4",
     "uuidv5",
     "values",
+    "yamldecode",
+    "yamlencode",
     "zipmap",
 ];
 
@@ -120,19 +128,11 @@ pub(crate) const NOT_SUPPORTED: &[(&str, &str)] = &[
     ("aws_secretsmanager_raw", "amiflow does not fetch secrets while reading a template: pass the value with -var and declare the variable `sensitive = true`"),
     ("vault", "amiflow does not fetch secrets while reading a template: pass the value with -var and declare the variable `sensitive = true`"),
     ("consul_key", "amiflow does not read Consul while reading a template: pass the value with -var"),
-    ("bcrypt", "not implemented by amiflow"),
     ("rsadecrypt", "not implemented by amiflow"),
     ("base64gzip", "not implemented by amiflow"),
     ("textencodebase64", "not implemented by amiflow"),
     ("textdecodebase64", "not implemented by amiflow"),
-    ("csvdecode", "not implemented by amiflow"),
-    ("yamldecode", "not implemented by amiflow"),
-    ("yamlencode", "not implemented by amiflow"),
-    ("fileset", "not implemented by amiflow: list the files"),
     ("setproduct", "not implemented by amiflow"),
-    ("cidrhost", "not implemented by amiflow"),
-    ("cidrnetmask", "not implemented by amiflow"),
-    ("cidrsubnet", "not implemented by amiflow"),
     ("cidrsubnets", "not implemented by amiflow"),
     ("convert", "not implemented by amiflow: use tostring, tonumber, tolist or tomap"),
     ("log", "not implemented by amiflow"),
@@ -975,6 +975,62 @@ impl Args<'_> {
                 };
                 str_v(uuid::Uuid::new_v5(&ns, self.s(1)?.as_bytes()).to_string())
             }
+            "yamlencode" => {
+                self.arity(1, 1)?;
+                serde_norway::to_string(&self.args[0].to_json())
+                    .map(Value::str)
+                    .map_err(|e| format!("`yamlencode`: {e}"))
+            }
+            "yamldecode" => {
+                self.arity(1, 1)?;
+                serde_norway::from_str::<serde_json::Value>(&self.s(0)?)
+                    .map(|j| Value::from_json(&j))
+                    .map_err(|e| {
+                        format!("`yamldecode`: not valid YAML (or a key is not a string): {e}")
+                    })
+            }
+            "csvdecode" => {
+                self.arity(1, 1)?;
+                csvdecode(&self.s(0)?)
+            }
+            "fileset" => {
+                self.arity(2, 2)?;
+                fileset(&self.s(0)?, &self.s(1)?)
+            }
+            "bcrypt" => {
+                self.arity(1, 2)?;
+                let cost = if self.args.len() == 2 {
+                    self.int(1)?
+                } else {
+                    10
+                };
+                if !(4..=31).contains(&cost) {
+                    return Err(format!(
+                        "`bcrypt`: the cost must be from 4 to 31, got {cost}"
+                    ));
+                }
+                // Go's bcrypt, which Packer uses, writes the `$2a$` prefix.
+                bcrypt::hash_with_result(self.s(0)?, cost as u32)
+                    .map(|h| Value::str(h.format_for_version(bcrypt::Version::TwoA)))
+                    .map_err(|e| format!("`bcrypt`: {e}"))
+            }
+            "cidrhost" => {
+                self.arity(2, 2)?;
+                cidrhost(&self.s(0)?, self.int(1)?)
+            }
+            "cidrnetmask" => {
+                self.arity(1, 1)?;
+                match parse_cidr(&self.s(0)?)? {
+                    ipnet::IpNet::V4(n) => str_v(n.netmask().to_string()),
+                    ipnet::IpNet::V6(_) => {
+                        Err("`cidrnetmask`: only IPv4 prefixes have a netmask".into())
+                    }
+                }
+            }
+            "cidrsubnet" => {
+                self.arity(3, 3)?;
+                cidrsubnet(&self.s(0)?, self.int(1)?, self.int(2)?)
+            }
             "md5" => {
                 self.arity(1, 1)?;
                 use md5::Digest as _;
@@ -1007,6 +1063,156 @@ impl Args<'_> {
             )),
         }
     }
+}
+
+/// `csvdecode`: RFC 4180 text, the first line naming the columns; a list of maps of strings.
+fn csvdecode(text: &str) -> Result<Value, String> {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let (mut row, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut was_quoted) = (false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            (false, ',') => {
+                row.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            (false, '\r') if chars.peek() == Some(&'\n') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+                was_quoted = false;
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("`csvdecode`: a quoted field is not closed".into());
+    }
+    if !field.is_empty() || !row.is_empty() || was_quoted {
+        row.push(field);
+        rows.push(row);
+    }
+    let mut rows = rows.into_iter();
+    let Some(header) = rows.next() else {
+        return Ok(Value::List(Vec::new()));
+    };
+    rows.enumerate()
+        .map(|(i, r)| {
+            if r.len() != header.len() {
+                return Err(format!(
+                    "`csvdecode`: line {} has {} fields, the header {}",
+                    i + 2,
+                    r.len(),
+                    header.len()
+                ));
+            }
+            Ok(Value::Map(
+                header
+                    .iter()
+                    .cloned()
+                    .zip(r.into_iter().map(Value::str))
+                    .collect(),
+            ))
+        })
+        .collect::<Result<_, _>>()
+        .map(Value::List)
+}
+
+/// `fileset(path, pattern)`: the files under `path` matching `pattern` (`*`, `**`, `?`,
+/// `[...]`), relative to `path`, sorted.
+fn fileset(path: &str, pattern: &str) -> Result<Value, String> {
+    let full = format!(
+        "{}/{pattern}",
+        glob::Pattern::escape(path.trim_end_matches('/'))
+    );
+    let entries = glob::glob(&full).map_err(|e| format!("`fileset`: pattern {pattern:?}: {e}"))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let p = entry.map_err(|e| format!("`fileset`: {e}"))?;
+        if !p.is_file() {
+            continue;
+        }
+        let rel = p.strip_prefix(path).unwrap_or(&p);
+        out.push(rel.to_string_lossy().to_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(Value::List(out.into_iter().map(Value::str).collect()))
+}
+
+fn parse_cidr(prefix: &str) -> Result<ipnet::IpNet, String> {
+    prefix.parse::<ipnet::IpNet>().map_err(|_| {
+        format!("{prefix:?} is not an address prefix in CIDR notation (e.g. \"10.0.0.0/16\")")
+    })
+}
+
+/// An address as a number and its width in bits.
+fn addr_bits(a: std::net::IpAddr) -> (u128, u32) {
+    match a {
+        std::net::IpAddr::V4(a) => (u32::from(a) as u128, 32),
+        std::net::IpAddr::V6(a) => (u128::from(a), 128),
+    }
+}
+
+fn addr_of(n: u128, bits: u32) -> std::net::IpAddr {
+    if bits == 32 {
+        std::net::IpAddr::V4((n as u32).into())
+    } else {
+        std::net::IpAddr::V6(n.into())
+    }
+}
+
+/// `cidrhost(prefix, hostnum)`: the host's address in the prefix; a negative number
+/// counts back from the end, as Packer's.
+fn cidrhost(prefix: &str, hostnum: i64) -> Result<Value, String> {
+    let net = parse_cidr(prefix)?;
+    let (base, bits) = addr_bits(net.network());
+    let host_bits = bits - u32::from(net.prefix_len());
+    let size: u128 = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << host_bits
+    };
+    let n = if hostnum < 0 {
+        size.checked_sub(hostnum.unsigned_abs() as u128)
+    } else {
+        Some(hostnum as u128).filter(|n| *n < size)
+    };
+    let n = n.ok_or_else(|| format!("`cidrhost`: prefix {prefix} has no host number {hostnum}"))?;
+    Ok(Value::str(addr_of(base + n, bits).to_string()))
+}
+
+/// `cidrsubnet(prefix, newbits, netnum)`: subnet `netnum` of the prefix made `newbits`
+/// longer.
+fn cidrsubnet(prefix: &str, newbits: i64, netnum: i64) -> Result<Value, String> {
+    let net = parse_cidr(prefix)?;
+    let (base, bits) = addr_bits(net.network());
+    let len = i64::from(net.prefix_len()) + newbits;
+    if newbits < 0 || len > i64::from(bits) {
+        return Err(format!(
+            "`cidrsubnet`: {prefix} cannot be extended by {newbits} bits (at most {} here)",
+            i64::from(bits) - i64::from(net.prefix_len())
+        ));
+    }
+    if netnum < 0 || (newbits < 64 && netnum >= 1i64 << newbits) {
+        return Err(format!(
+            "`cidrsubnet`: netnum {netnum} does not fit in {newbits} bits"
+        ));
+    }
+    let shift = bits as i64 - len;
+    let start = base + ((netnum as u128) << shift);
+    Ok(Value::str(format!("{}/{len}", addr_of(start, bits))))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1334,6 +1540,104 @@ mod tests {
 
     fn c(name: &str, args: &[Value]) -> Result<Value, String> {
         call(name, args.to_vec(), &cx())
+    }
+
+    #[test]
+    fn yaml_csv_fileset_bcrypt_and_cidr() {
+        let m = |pairs: &[(&str, Value)]| {
+            Value::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            )
+        };
+        let doc = m(&[("a", l(&[n(1.0), s("x")])), ("b", Value::Bool(true))]);
+        let yaml = c("yamlencode", std::slice::from_ref(&doc)).unwrap();
+        assert_eq!(yaml, s("a:\n- 1\n- x\nb: true\n"));
+        assert_eq!(c("yamldecode", &[yaml]).unwrap(), doc);
+        assert!(c("yamldecode", &[s("a: [")])
+            .unwrap_err()
+            .contains("not valid YAML"));
+
+        assert_eq!(
+            c(
+                "csvdecode",
+                &[s("name,size\nweb,\"1,5\"\r\ndb,\"say \"\"hi\"\"\"\n")]
+            )
+            .unwrap(),
+            l(&[
+                m(&[("name", s("web")), ("size", s("1,5"))]),
+                m(&[("name", s("db")), ("size", s("say \"hi\""))])
+            ])
+        );
+        assert!(c("csvdecode", &[s("a,b\n1\n")])
+            .unwrap_err()
+            .contains("line 2 has 1 fields"));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/deep")).unwrap();
+        for f in ["a.sh", "b.txt", "sub/c.sh", "sub/deep/d.sh"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let root = dir.path().display().to_string();
+        assert_eq!(
+            c("fileset", &[s(&root), s("**/*.sh")]).unwrap(),
+            l(&[s("a.sh"), s("sub/c.sh"), s("sub/deep/d.sh")])
+        );
+        assert_eq!(
+            c("fileset", &[s(&root), s("*.txt")]).unwrap(),
+            l(&[s("b.txt")])
+        );
+
+        let Value::String(hash) = c("bcrypt", &[s("secret"), n(4.0)]).unwrap() else {
+            panic!()
+        };
+        assert!(hash.s.starts_with("$2a$04$"), "{}", hash.s);
+        assert!(bcrypt::verify("secret", &hash.s).unwrap());
+        assert!(c("bcrypt", &[s("x"), n(3.0)]).is_err());
+
+        assert_eq!(
+            c("cidrhost", &[s("10.12.112.0/20"), n(16.0)]).unwrap(),
+            s("10.12.112.16")
+        );
+        assert_eq!(
+            c("cidrhost", &[s("10.12.112.0/20"), n(268.0)]).unwrap(),
+            s("10.12.113.12")
+        );
+        assert_eq!(
+            c("cidrhost", &[s("10.0.0.0/24"), n(-1.0)]).unwrap(),
+            s("10.0.0.255")
+        );
+        assert_eq!(
+            c("cidrhost", &[s("fd00:fd12:3456:7890::/56"), n(34.0)]).unwrap(),
+            s("fd00:fd12:3456:7800::22")
+        );
+        assert!(c("cidrhost", &[s("10.0.0.0/24"), n(256.0)]).is_err());
+        assert_eq!(
+            c("cidrsubnet", &[s("172.16.0.0/12"), n(4.0), n(2.0)]).unwrap(),
+            s("172.18.0.0/16")
+        );
+        assert_eq!(
+            c("cidrsubnet", &[s("10.1.2.0/24"), n(4.0), n(15.0)]).unwrap(),
+            s("10.1.2.240/28")
+        );
+        assert_eq!(
+            c(
+                "cidrsubnet",
+                &[s("fd00:fd12:3456:7890::/56"), n(16.0), n(162.0)]
+            )
+            .unwrap(),
+            s("fd00:fd12:3456:7800:a200::/72")
+        );
+        assert!(c("cidrsubnet", &[s("10.0.0.0/24"), n(4.0), n(16.0)]).is_err());
+        assert_eq!(
+            c("cidrnetmask", &[s("172.16.0.0/12")]).unwrap(),
+            s("255.240.0.0")
+        );
+        assert!(c("cidrhost", &[s("nope"), n(1.0)])
+            .unwrap_err()
+            .contains("CIDR"));
     }
 
     #[test]

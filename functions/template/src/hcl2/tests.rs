@@ -370,7 +370,7 @@ fn problems_have_positions_and_suggestions() {
         ("build {\n  sources = [\"source.amazon-ebs.y\"]\n}", "`source.amazon-ebs.y` names no source; did you mean source.amazon-ebs.x?"),
         ("variable \"region\" { default = \"r\" }\nbuild {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [var.regoin] }\n}", "t.pkr.hcl:13:39: provisioner \"shell\": no variable named `regoin` is declared; did you mean region?"),
         ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [uper(\"a\")] }\n}", "there is no function named `uper`; did you mean upper?"),
-        ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [fileset(\".\", \"*\")] }\n}", "function `fileset` is not supported"),
+        ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [setproduct([\"a\"], [\"b\"])] }\n}", "function `setproduct` is not supported"),
         ("biuld {}", "t.pkr.hcl:10:1: unknown block `biuld`; did you mean build?"),
         ("data \"amazon-ami\" \"x\" {}\nbuild { sources = [\"source.amazon-ebs.x\"] }", "data sources are not supported"),
         ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  hcp_packer_registry { bucket_name = \"x\" }\n}", "hcp_packer_registry is not supported: amiflow does not publish to HCP Packer"),

@@ -171,6 +171,32 @@ pub(crate) fn render(src: &str, scope: &Scope) -> Result<String, EvalError> {
     Ok(out)
 }
 
+/// The `{{ build `X` }}` names in `src` that are not [`super::BUILD_DATA`] (provisioners
+/// and post-processors have only those; a builder's deferred fields have their own).
+pub(crate) fn unknown_build_data(src: &str) -> Vec<String> {
+    fn walk(p: &Pipe, out: &mut Vec<String>) {
+        for cmd in &p.cmds {
+            if let [Arg::Ident(name), Arg::Str(key)] = cmd.args.as_slice() {
+                if name == "build" && !super::BUILD_DATA.contains(&key.as_str()) {
+                    out.push(key.clone());
+                }
+            }
+            for arg in &cmd.args {
+                if let Arg::Sub(sub) = arg {
+                    walk(sub, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for node in syntax::parse(src).unwrap_or_default() {
+        if let Node::Action(a) = node {
+            walk(&a.pipe, &mut out);
+        }
+    }
+    out
+}
+
 fn pipe_uses_data(p: &Pipe) -> bool {
     p.cmds.iter().any(cmd_uses_data)
 }

@@ -25,6 +25,27 @@ pub(crate) mod version;
 use std::collections::BTreeMap;
 
 pub use eval::PACKER_COMPAT_VERSION;
+
+/// Packer's build data, `{{ build `X` }}` (`build.X` in HCL2): what the steps provide (see
+/// `build_data` in functions/amiflow/src/steps/provision.rs and `template_data` in
+/// functions/amiflow/src/build_render.rs). Validation refuses any other name.
+pub const BUILD_DATA: &[&str] = &[
+    "BuildRegion",
+    "ConnType",
+    "Host",
+    "ID",
+    "PackerRunUUID",
+    "Port",
+    "SSHPrivateKey",
+    "SSHPublicKey",
+    "SourceAMI",
+    "SourceAMICreationDate",
+    "SourceAMIName",
+    "SourceAMIOwner",
+    "SourceAMIOwnerName",
+    "SourceAMITags",
+    "User",
+];
 pub use raw::{SUPPORTED_POST_PROCESSORS, SUPPORTED_PROVISIONERS};
 
 /// Renders a deferred field (kept by `prepare` with its `{{ ... }}` that use build data) with

@@ -37,6 +37,10 @@ pub struct PrepareOptions {
     pub env: BTreeMap<String, String>,
     /// The template file's directory, for `{{template_dir}}`.
     pub template_dir: Option<PathBuf>,
+    /// Packer's `-force`: every build replaces an existing AMI of the same name, as if it
+    /// set `force_deregister` (Packer sets only that key; `force_delete_snapshot` stays the
+    /// template's).
+    pub force: bool,
 }
 
 impl PrepareOptions {
@@ -49,6 +53,7 @@ impl PrepareOptions {
             build_time,
             env: BTreeMap::new(),
             template_dir: None,
+            force: false,
         }
     }
 
@@ -185,7 +190,14 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
         let env = |k: &str| opts.env.get(k).cloned();
         let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
-            Ok(c) => Some(c),
+            Ok(mut c) => {
+                if opts.force {
+                    if let Some(ami) = c.ami_mut() {
+                        ami.force_deregister = true;
+                    }
+                }
+                Some(c)
+            }
             Err(ps) => {
                 problems.extend(ps.into_iter().map(|p| {
                     if p.builder.is_some() {
@@ -223,6 +235,42 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             }));
             provisioners.push(rendered);
         }
+        // Run by the ErrorCleanupProvision step when the build fails (Packer runs it on
+        // error, before the other cleanups), so it is prepared with the build's data like
+        // the provisioners.
+        let error_cleanup_provisioner = tpl
+            .error_cleanup_provisioner
+            .as_ref()
+            .filter(|p| p.applies_to(&b.name))
+            .map(|p| {
+                let mut merged = p.config.clone();
+                if let Some(o) = p.overrides.get(&b.name) {
+                    merged.extend(o.clone());
+                }
+                let rendered = ctx.render_deferred(
+                    &b.name,
+                    bt,
+                    &Value::Object(merged),
+                    &p.path,
+                    &mut problems,
+                );
+                let found = provisioner_problems(p, &rendered, &problems);
+                if let Some(comm) = config.as_ref().and_then(|c| c.comm()) {
+                    problems.extend(
+                        reachability_problem(p, &rendered, comm).map(|q| q.in_builder(&b.name)),
+                    );
+                }
+                problems.extend(found);
+                if bt == BuilderType::Chroot {
+                    problems.push(Problem::key(
+                        format!("{} ({})", p.path, p.type_name),
+                        "amazon-chroot runs its provisioners in the build host's script and has no \
+                         error-cleanup step: limit it to the other builds with \"except\", or clean up \
+                         in the host script",
+                    ).in_builder(&b.name));
+                }
+                rendered
+            });
         let mut post_processors = Vec::new();
         for pp in tpl
             .post_processors
@@ -243,6 +291,7 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
                 builder_type: bt,
                 config,
                 provisioners,
+                error_cleanup_provisioner,
                 post_processors,
             });
         }
@@ -294,10 +343,28 @@ fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]
             .iter()
             .any(|q| q.key.as_deref() == Some(&format!("{}.{key}", p.path)))
     };
-    provisioner::check(rendered)
+    let mut unknown = Vec::new();
+    strings_of(rendered, &mut |s| {
+        unknown.extend(eval::unknown_build_data(s))
+    });
+    unknown.dedup();
+    unknown
         .into_iter()
-        .filter(|q| !q.key.as_deref().is_some_and(reported))
-        .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string()))
+        .map(|key| {
+            Problem::key(
+                format!("{} ({})", p.path, p.type_name),
+                format!(
+                    "`{{{{ build `{key}` }}}}`: no build data is named `{key}`; amiflow provides {}",
+                    super::BUILD_DATA.join(", ")
+                ),
+            )
+        })
+        .chain(
+            provisioner::check(rendered)
+                .into_iter()
+                .filter(|q| !q.key.as_deref().is_some_and(reported))
+                .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string())),
+        )
         .collect()
 }
 
@@ -324,6 +391,16 @@ fn reachability_problem(
         ));
     }
     None
+}
+
+/// Calls `f` with every string in `v`.
+fn strings_of(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| strings_of(x, f)),
+        Value::Object(m) => m.values().for_each(|x| strings_of(x, f)),
+        _ => {}
+    }
 }
 
 /// Sensitive variables and every variable whose value uses one, directly or not.

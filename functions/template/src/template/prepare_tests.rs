@@ -595,3 +595,80 @@ fn functions_on_sensitive_values_are_refused() {
         "{all}"
     );
 }
+
+#[test]
+fn force_sets_force_deregister_on_every_build_that_makes_an_ami() {
+    let tpl = json!({"builders": [
+        builder("amazon-ebs", json!({"name": "a"})),
+        builder("amazon-ebs", json!({"name": "b", "force_deregister": true})),
+        builder("amazon-ebsvolume", json!({"name": "v"})),
+    ]});
+    let plain = ok(&tpl, &opts());
+    assert_eq!(cfg(&plain, "a", "force_deregister"), json!(false));
+    assert_eq!(cfg(&plain, "b", "force_deregister"), json!(true));
+    let mut forced = opts();
+    forced.force = true;
+    let p = ok(&tpl, &forced);
+    assert_eq!(cfg(&p, "a", "force_deregister"), json!(true));
+    assert_eq!(cfg(&p, "b", "force_deregister"), json!(true));
+    // Packer's -force sets force_deregister only.
+    assert_eq!(cfg(&p, "a", "force_delete_snapshot"), json!(false));
+    assert!(p.builds.iter().any(|b| b.name == "v"));
+}
+
+#[test]
+fn the_error_cleanup_provisioner_is_prepared_per_build_with_only_and_checked() {
+    let tpl = json!({
+        "builders": [
+            builder("amazon-ebs", json!({"name": "a"})),
+            builder("amazon-ebs", json!({"name": "b"})),
+        ],
+        "error-cleanup-provisioner": {
+            "type": "shell-local", "only": ["a"], "inline": ["echo {{user `who`}} {{build_name}}"]
+        },
+        "variables": {"who": "me"}
+    });
+    let p = ok(&tpl, &opts());
+    let of = |n: &str| {
+        p.builds
+            .iter()
+            .find(|b| b.name == n)
+            .unwrap()
+            .error_cleanup_provisioner
+            .clone()
+    };
+    assert_eq!(of("a").unwrap()["inline"], json!(["echo me a"]));
+    assert_eq!(of("b"), None, "only: [a] leaves b without one");
+
+    let bad = json!({
+        "builders": [builder("amazon-ebs", json!({}))],
+        "error-cleanup-provisioner": {"type": "shell", "inline": ["x"], "scripts": ["y"]}
+    });
+    let text = problems(&bad, &opts());
+    assert!(text.contains("error-cleanup-provisioner (shell)"), "{text}");
+
+    let chroot = json!({
+        "builders": [builder("amazon-chroot", json!({}))],
+        "error-cleanup-provisioner": {"type": "shell-local", "inline": ["x"]}
+    });
+    let text = problems(&chroot, &opts());
+    assert!(text.contains("error-cleanup step"), "{text}");
+}
+
+#[test]
+fn an_unknown_build_data_name_is_refused_at_validation() {
+    let with = |key: &str| {
+        json!({
+            "builders": [builder("amazon-ebs", json!({}))],
+            "provisioners": [{"type": "shell", "inline": [format!("echo '{{{{ build `{key}` }}}}'")]}]
+        })
+    };
+    for known in ["SSHPublicKey", "SSHPrivateKey", "SourceAMI", "ID"] {
+        ok(&with(known), &opts());
+    }
+    let text = problems(&with("SSHPublicKeys"), &opts());
+    assert!(
+        text.contains("no build data is named `SSHPublicKeys`") && text.contains("SSHPublicKey,"),
+        "{text}"
+    );
+}
