@@ -53,6 +53,7 @@ pub async fn keys_under(
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => {
                 return Ok(keys)
             }
+            // classify: a 5xx or throttling is Transient, so Cleanup's Retry gets another go.
             Err(e) => {
                 return Err(classify(
                     "ListObjectsV2",
@@ -81,52 +82,24 @@ pub async fn delete_objects_under(
     bucket_and_prefix: &str,
     not_ours: &[String],
 ) -> Result<Vec<String>, StepError> {
-    let (bucket, prefix) = bucket_and_prefix
+    let bucket = bucket_and_prefix
         .split_once('/')
-        .unwrap_or((bucket_and_prefix, ""));
+        .map_or(bucket_and_prefix, |(b, _)| b);
     let s3 = ctx.s3(region);
     let mut removed = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = match s3
-            .list_objects_v2()
+    for key in keys_under(ctx, region, bucket_and_prefix).await? {
+        if not_ours.contains(&key) {
+            continue;
+        }
+        s3.delete_object()
             .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
+            .key(&key)
             .send()
             .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => {
-                return Ok(removed)
-            }
-            // classify: a 5xx or throttling is Transient, so Cleanup's Retry gets another go.
-            Err(e) => {
-                return Err(classify(
-                    "ListObjectsV2",
-                    &format!("s3://{bucket}/{prefix}"),
-                    e,
-                ))
-            }
-        };
-        for o in out.contents() {
-            let key = o.key().unwrap_or_default();
-            if not_ours.iter().any(|k| k == key) {
-                continue;
-            }
-            s3.delete_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
-            removed.push(format!("s3://{bucket}/{key}"));
-        }
-        token = out.next_continuation_token().map(String::from);
-        if token.is_none() {
-            return Ok(removed);
-        }
+            .map_err(|e| classify("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
+        removed.push(format!("s3://{bucket}/{key}"));
     }
+    Ok(removed)
 }
 
 /// Whether the bucket carries every one of `tags` (a build's own tags: it created it).
