@@ -454,7 +454,11 @@ async fn instances_require_imdsv2_unless_the_template_allows_v1() {
     outcome.unwrap().expect("the default build succeeds");
     assert_eq!(http_tokens_of(&moto, &default).await, "required");
 
-    let allows_v1 = ebs_template(json!({"metadata_options": {"http_tokens": "optional"}}));
+    // Its own AMI name: two builds within one second would share `{{timestamp}}`.
+    let allows_v1 = ebs_template(json!({
+        "metadata_options": {"http_tokens": "optional"},
+        "ami_name": "amiflow-local-v1-{{timestamp}}"
+    }));
     let (optional, outcome, _) = run_engine(&moto, &allows_v1, amiflow::flows::find).await;
     outcome.unwrap().expect("the IMDSv1 build succeeds");
     assert_eq!(http_tokens_of(&moto, &optional).await, "optional");
