@@ -185,12 +185,7 @@ pub async fn sweep(
         return Ok(report);
     }
     let input = execution_input(ctx, detail).await?;
-    let configured = std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default();
-    let own_region = event
-        .region
-        .clone()
-        .or_else(|| std::env::var("AWS_REGION").ok());
-    let regions = build_regions(input.as_deref(), &configured, own_region.as_deref());
+    let regions = janitor_regions(input.as_deref(), event.region.as_deref());
     report.regions = regions.clone();
     match kept_by_on_error(&detail.status, input.as_deref()) {
         Some(OnError::Abort) => {
@@ -281,38 +276,24 @@ pub async fn sweep_closed_redrive_windows(
                 if !redrive_window_closed(stopped, now, window.days) {
                     continue;
                 }
-                let event = StatusChangeEvent {
-                    source: "aws.states".into(),
-                    detail_type: "Step Functions Execution Status Change".into(),
-                    region: None,
-                    detail: StatusChangeDetail {
-                        execution_arn: execution.execution_arn().to_string(),
-                        name: execution.name().to_string(),
-                        status: status.as_str().to_string(),
-                        input: None,
-                    },
+                let detail = StatusChangeDetail {
+                    execution_arn: execution.execution_arn().to_string(),
+                    name: execution.name().to_string(),
+                    status: status.as_str().to_string(),
+                    input: None,
                 };
-                let input = execution_input(ctx, &event.detail).await?;
+                let input = execution_input(ctx, &detail).await?;
                 if kept_by_on_error(status.as_str(), input.as_deref()) != Some(OnError::Redrive) {
                     continue;
                 }
-                let regions = build_regions(
-                    input.as_deref(),
-                    &std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default(),
-                    std::env::var("AWS_REGION").ok().as_deref(),
-                );
-                tracing::info!(execution = %event.detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
-                let CleanupReport { removed, kept, .. } = sweep_until_done(
-                    ctx,
-                    &event.detail.name,
-                    &regions,
-                    SWEEP_INTERVAL,
-                    SWEEP_BUDGET,
-                )
-                .await?;
+                let regions = janitor_regions(input.as_deref(), None);
+                tracing::info!(execution = %detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
+                let CleanupReport { removed, kept, .. } =
+                    sweep_until_done(ctx, &detail.name, &regions, SWEEP_INTERVAL, SWEEP_BUDGET)
+                        .await?;
                 reports.push(JanitorReport {
-                    execution: event.detail.name.clone(),
-                    status: event.detail.status.clone(),
+                    execution: detail.name.clone(),
+                    status: detail.status.clone(),
                     regions,
                     swept: true,
                     removed,
@@ -378,6 +359,16 @@ pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
         OnError::Redrive => matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED"),
     };
     kept.then_some(on_error)
+}
+
+/// [`build_regions`] with the janitor's configuration: the stack's `JanitorRegions`
+/// (`AMIFLOW_JANITOR_REGIONS`), and the event's region or else the function's own.
+fn janitor_regions(input: Option<&str>, event_region: Option<&str>) -> Vec<String> {
+    let configured = std::env::var("AMIFLOW_JANITOR_REGIONS").unwrap_or_default();
+    let own_region = event_region
+        .map(String::from)
+        .or_else(|| std::env::var("AWS_REGION").ok());
+    build_regions(input, &configured, own_region.as_deref())
 }
 
 /// The regions a build may have touched: every builder's `region` and `ami_regions` in the
