@@ -56,7 +56,8 @@ import cfn
 import policy
 from front import Front
 from lambda_service import Function, LambdaService
-from stack import Stack, unqualified
+from policy import unqualified
+from stack import Stack
 
 BOOTSTRAP_KEY = "AKIASIMACCTBOOTSTRAP"
 DEPLOY_BUCKET = "amiflow-simacct-deploy"

@@ -314,8 +314,7 @@ class LambdaService:
     def find(self, function: str) -> Function | None:
         name = urllib.parse.unquote(function)
         if name.startswith("arn:"):
-            base = name if name.count(":") == 6 else name.rsplit(":", 1)[0]
-            return self.by_arn.get(base)
+            return self.by_arn.get(policy.unqualified(name))
         return self.functions.get(name)
 
     def stats(self, reset: bool) -> dict[str, Any]:

@@ -91,3 +91,8 @@ def allowed(documents: Iterable[dict[str, Any]], action: str, resource: str, con
 def actions_of(documents: Iterable[dict[str, Any]]) -> set[str]:
     """Every action an Allow statement names (wildcards kept as written)."""
     return {a for s in statements(documents) if s.get("Effect") == "Allow" for a in _as_list(s.get("Action"))}
+
+
+def unqualified(arn: str) -> str:
+    """A Lambda function ARN without its alias or version (`function:NAME:live` → `function:NAME`)."""
+    return arn if arn.count(":") <= 6 else arn.rsplit(":", 1)[0]

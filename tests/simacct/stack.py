@@ -15,6 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 import cfn
+from policy import unqualified
 from cfn import Report, Resolver, canonical, has_null, parameter_values, placeholders
 
 
@@ -397,10 +398,10 @@ class Stack:
 
     def _verify_AWS_Lambda_Permission(self, logical: str, props: dict[str, Any], report: Report) -> None:
         function = props["FunctionName"]
-        if function.count(":") == 7:
+        if unqualified(function) != function:
             # cfn.for_moto: moto keeps a permission on an alias on its function.
             report.gap(f"{logical}: the permission is on the alias {function.rsplit(':', 1)[-1]}; moto keeps it on the function")
-            function = function.rsplit(":", 1)[0]
+            function = unqualified(function)
         lam = self.account.client("lambda")
         policy = json.loads(self.account.unauthenticated(lambda: lam.get_policy(FunctionName=function))["Policy"])
         want = {
@@ -442,7 +443,3 @@ def _without_nulls(v: Any) -> Any:
         return {k: _without_nulls(x) for k, x in v.items() if x is not None}
     return v
 
-
-def unqualified(arn: str) -> str:
-    """A Lambda function ARN without its alias or version (`function:NAME:live` → `function:NAME`)."""
-    return arn if arn.count(":") <= 6 else arn.rsplit(":", 1)[0]
