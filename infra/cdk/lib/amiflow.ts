@@ -266,7 +266,7 @@ export class Amiflow extends Construct {
       enforceSSL: true,
     });
 
-    const buildHostId = props.createBuildHost ? this.buildHost(props).ref : (props.buildHostInstanceId ?? '');
+    const buildHostId = props.createBuildHost ? makeBuildHost(this, props).ref : (props.buildHostInstanceId ?? '');
 
     // What a temporary instance profile role can ever do: CreateRole is allowed only with it.
     const temporaryRoleBoundary = new iam.ManagedPolicy(this, 'TemporaryRoleBoundary', {
@@ -428,10 +428,6 @@ export class Amiflow extends Construct {
       alarmOn('JanitorDeadLetterAlarm', 'An ended build was not swept: its event is in the janitor\'s dead-letter queue',
         janitorDeadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }
-  }
-
-  private buildHost(props: AmiflowProps): ec2.CfnInstance {
-    return makeBuildHost(this, props);
   }
 }
 
