@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use amiflow_tests::lambda_harness::{workspace_binary, Als, ChildGuard};
 use amiflow_tests::{cache_dir, http_request, Moto};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde_json::{json, Value};
 
 use super::builders::{
@@ -492,15 +493,65 @@ fn chroot_template(mount_dir: &Path) -> Value {
     })
 }
 
-/// The bundle upload signs with the credentials UploadBundle hands over (its role's, a
-/// session token included) and goes through the account's front door, so a refusal is seen.
-/// (curl cannot hash a streamed upload: the payload is declared unsigned, as S3 allows.)
-fn signed_upload_command(front: &str) -> String {
+/// The bundle upload signs with the credentials UploadBundle hands over (a session of the
+/// stack's bundle upload role, token included) and goes through the account's front door,
+/// so a refusal is seen. (curl cannot hash a streamed upload: the payload is declared
+/// unsigned, as S3 allows.) Like a hostile template, it also keeps the credentials, in
+/// `handed` (a file of the test's sshd), for the test to try them.
+fn signed_upload_command(front: &str, handed: &Path) -> String {
     format!(
-        "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
+        "printf '%s\\n' '{{{{.AccessKey}}}}' '{{{{.SecretKey}}}}' '{{{{.Token}}}}' > {handed}; \
+         m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
          curl -sf --aws-sigv4 'aws:amz:{{{{.Region}}}}:s3' --user '{{{{.AccessKey}}}}:{{{{.SecretKey}}}}' \
-         -H 'x-amz-security-token: {{{{.Token}}}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T $f {front}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done"
+         -H 'x-amz-security-token: {{{{.Token}}}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T $f {front}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done",
+        handed = handed.display()
     )
+}
+
+/// What the credentials a bundle upload command was handed can do beyond its bundle: each
+/// refused call's name, or what it was allowed to do (a failure of the scoping).
+async fn try_handed_credentials(front: &str, handed: &[String], bundle_key: &str) -> Vec<String> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(front)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            &handed[0],
+            &handed[1],
+            Some(handed[2].clone()),
+            None,
+            "handed-to-bundle_upload_command",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let ctx = amiflow::Ctx::from_sdk_config(sdk);
+    let s3 = ctx.s3(REGION);
+    let mut outcomes = Vec::new();
+    let put = |key: String| {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(b"overwritten".to_vec().into())
+            .send()
+    };
+    outcomes.push(match put("another-build.manifest.xml".into()).await {
+        Ok(_) => "ALLOWED PutObject outside the bundle".to_string(),
+        Err(e) => format!(
+            "refused PutObject outside the bundle ({})",
+            e.code().unwrap_or("?")
+        ),
+    });
+    outcomes.push(
+        match s3.get_object().bucket(BUCKET).key(bundle_key).send().await {
+            Ok(_) => "ALLOWED GetObject".to_string(),
+            Err(e) => format!("refused GetObject ({})", e.code().unwrap_or("?")),
+        },
+    );
+    outcomes.push(match ctx.ec2(REGION).describe_instances().send().await {
+        Ok(_) => "ALLOWED DescribeInstances".to_string(),
+        Err(e) => format!("refused DescribeInstances ({})", e.code().unwrap_or("?")),
+    });
+    outcomes
 }
 
 fn status_change_event(account: &Account, run: &Run, status: &str) -> Value {
@@ -683,8 +734,12 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // 4. amazon-instance over SSH to the throwaway sshd; the bundle goes to S3.
     if let Some(f) = instance_fixture() {
         let front = account.ready["aws_endpoint"].as_str().unwrap();
-        let mut template =
-            instance_template(&f, &account.moto, Some(&signed_upload_command(front)));
+        let handed_path = f.sshd.path("handed-credentials");
+        let mut template = instance_template(
+            &f,
+            &account.moto,
+            Some(&signed_upload_command(front, &handed_path)),
+        );
         // A function cannot read the test's files: the X.509 pair is in Parameter Store.
         for (key, file, kind) in [
             (
@@ -722,10 +777,52 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             l == format!("s3 bucket {BUCKET}") || l.starts_with(&format!("s3 object {BUCKET}/"))
         };
         assert_clean_success(&account, &run, bundle).await;
+        let manifest = run
+            .added
+            .iter()
+            .find(|l| l.ends_with(".manifest.xml"))
+            .unwrap_or_else(|| panic!("the bundle's manifest is in S3: {:?}", run.added));
+        // The command was handed a session of the bundle upload role, never the function's
+        // keys, narrowed to this bundle's objects: kept and reused, it does nothing else.
+        let handed: Vec<String> = std::fs::read_to_string(&handed_path)
+            .expect("the upload command kept its credentials")
+            .lines()
+            .map(String::from)
+            .collect();
+        let sessions = run.stats["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let session = sessions
+            .iter()
+            .find(|s| s["key"] == handed[0].as_str())
+            .unwrap_or_else(|| panic!("the handed key is a scoped session's: {sessions:#?}"));
         assert!(
-            run.added.iter().any(|l| l.ends_with(".manifest.xml")),
-            "the bundle's manifest is in S3: {:?}",
-            run.added
+            session["label"]
+                .as_str()
+                .unwrap()
+                .starts_with("UploadBundle")
+                && session["role"]
+                    .as_str()
+                    .unwrap()
+                    .contains(":role/amiflow-bundle-upload/"),
+            "{session:#}"
+        );
+        let bundle_key = manifest.rsplit_once(&format!("{BUCKET}/")).unwrap().1;
+        let bundle_prefix = bundle_key.trim_end_matches("manifest.xml");
+        assert_eq!(
+            session["policy"]["Statement"][0]["Resource"],
+            format!("arn:aws:s3:::{BUCKET}/{bundle_prefix}*"),
+            "the session may write this bundle's objects only"
+        );
+        assert_eq!(
+            try_handed_credentials(front, &handed, bundle_key).await,
+            [
+                "refused PutObject outside the bundle (AccessDenied)",
+                "refused GetObject (AccessDenied)",
+                // (EC2 says UnauthorizedOperation; moto answers AccessDenied.)
+                "refused DescribeInstances (AccessDenied)"
+            ]
         );
         eprintln!("simacct: {}", run.report());
         runs.push(run.report());

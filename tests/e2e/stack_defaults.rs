@@ -207,3 +207,38 @@ async fn host_info_uses_the_stacks_build_host_when_the_template_names_none() {
         "{err:?}"
     );
 }
+
+/// In Lambda, UploadBundle hands `bundle_upload_command` a session of the stack's bundle
+/// upload role or nothing: without that role (and without an instance profile) it refuses,
+/// naming the variable, before it creates the bucket.
+#[tokio::test]
+async fn upload_bundle_in_lambda_never_hands_over_the_functions_own_keys() {
+    let Some(moto) = Moto::start_or_skip(
+        "stack_defaults::upload_bundle_in_lambda_never_hands_over_the_functions_own_keys",
+    ) else {
+        return;
+    };
+    let mut ctx = moto.ctx(REGION).await;
+    ctx.in_lambda = true;
+    let ctx = Arc::new(ctx);
+    let instance = json!({
+        "instance_type": "m3.medium", "communicator": "none", "account_id": "0123-4567-0890",
+        "s3_bucket": "lambda-keys-stay-home", "x509_cert_path": "/amiflow/x509/c",
+        "x509_key_path": "/amiflow/x509/k",
+    });
+    let mut state = state("amazon-instance", instance);
+    state
+        .data
+        .extra
+        .insert("bundle_prefix".into(), json!("image-1"));
+    let err = run(&ctx, "UploadBundle", &state).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains(StackDefaults::BUNDLE_UPLOAD_ROLE_ENV)
+            && err.message().contains("own credentials"),
+        "{}",
+        err.message()
+    );
+    let buckets = ctx.s3(REGION).list_buckets().send().await.unwrap();
+    assert!(buckets.buckets().is_empty(), "{buckets:?}");
+}

@@ -21,6 +21,9 @@ a real account has and moto has not:
   action IAM does not have, so no role could ever pass. The front door evaluates the
   caller's s3:ListBucket on the bucket and, when allowed, forwards the call signed by the
   account's admin;
+- session policies, which moto ignores (an assumed role's keys act with the role's policies):
+  the Policy an AssumeRole passes is kept for the keys it returns, and each S3 request signed
+  with them must be allowed by it too (UploadBundle's scoped bundle upload credentials);
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
   document (its runShellScript steps, parameters substituted as the agent does) on this
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
@@ -153,6 +156,10 @@ class Front:
         self.registered_snapshots: list[str] = []
         self.host_commands: list[dict[str, str]] = []
         self.calls: dict[str, int] = {}
+        # access key → {"label", "role", "policy"} of the sessions an AssumeRole narrowed with a
+        # Policy: kept across runs, as the keys stay valid after the build that got them.
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.unauthenticated_turn = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -173,6 +180,7 @@ class Front:
                 "registered_snapshots": list(self.registered_snapshots),
                 "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
                 "aws_calls": dict(sorted(self.calls.items())),
+                "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
             }
             if reset:
                 self.registered_snapshots.clear()
@@ -211,6 +219,38 @@ class Front:
             with self.lock:
                 self.passed_roles.append({"function": caller, "role": role["Arn"]})
         return None
+
+    def trust_refusal(self, caller: dict[str, str], role_arn: str) -> str | None:
+        """Why the role `role_arn` does not trust the caller's role (moto compares its trust
+        principals with the caller's session ARN, never its role's, so no role ever trusts
+        another in moto); None when it does."""
+        iam = self.admin.client("iam")
+        try:
+            role = iam.get_role(RoleName=role_arn.rsplit("/", 1)[-1])["Role"]
+            caller_role = iam.get_role(RoleName=caller["role"])["Role"]
+        except Exception as e:
+            return f"AssumeRole {role_arn}: {e}"
+        document = role["AssumeRolePolicyDocument"]
+        if isinstance(document, str):
+            document = json.loads(urllib.parse.unquote(document))
+        if role["Arn"] != role_arn or not policy.trusts(document, caller_role["Arn"]):
+            return f"User: {caller['label']} is not authorized to perform: sts:AssumeRole on resource: {role_arn} (its trust policy does not name {caller_role['Arn']})"
+        return None
+
+    def forward_without_auth(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request moto answers without its own IAM checks (a decision the front door
+        has made); serialized, so no other request takes the unauthenticated turn."""
+        def send() -> tuple[int, list[tuple[str, str]], bytes]:
+            conn = http.client.HTTPConnection(*self.moto, timeout=120)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.getheaders(), resp.read()
+            finally:
+                conn.close()
+
+        with self.unauthenticated_turn:
+            return self.admin.unauthenticated(send)
 
     def signed_by_admin(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
         """The same request, signed with the admin's key instead of the caller's."""
@@ -275,6 +315,9 @@ class Front:
                     out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance}", self.instance_context(region, instance)))
                 return out
             return None
+        if service == "sts" and name == "AssumeRole":
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            return [(form.get("RoleArn", ""), {})]
         if service == "iam":
             form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
             if name == "CreateRole":
@@ -430,7 +473,8 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             service, action = request_action(self.headers, self.command, path, query, body)
             key = self.headers.get("Authorization", "").partition("Credential=")[2].partition("/")[0]
             caller = front.callers(key)
-            label = caller["label"] if caller else f"access key {key or '(unsigned)'}"
+            session = front.sessions.get(key)
+            label = caller["label"] if caller else session["label"] if session else f"access key {key or '(unsigned)'}"
             with front.lock:
                 front.calls[label] = front.calls.get(label, 0) + 1
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
@@ -443,7 +487,13 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", message))
             parts = [p for p in path.split("/") if p]
             region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2] if caller else ""
-            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam") else False
+            if session and service == "s3" and len(parts) > 1:
+                arn = f"arn:aws:s3:::{'/'.join(parts)}"
+                if not policy.allowed([session["policy"]], action, arn):
+                    message = f"User: {label} is not authorized to perform: {action} on resource: {arn} because no session policy allows the {action} action"
+                    front.record_denial(label, action, message)
+                    return self._send(403, [("Content-Type", "application/xml")], f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>".encode())
+            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts") else False
             if isinstance(scoped, str):
                 front.record_denial(label, action, scoped)
                 if service == "ssm":
@@ -454,6 +504,26 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     f"<Message>{scoped}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
                 ).encode()
                 return self._send(403, [("Content-Type", "text/xml")], error)
+            if scoped is None and action == "sts:AssumeRole":
+                form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+                untrusted = front.trust_refusal(caller, form.get("RoleArn", ""))
+                if untrusted:
+                    front.record_denial(label, action, untrusted)
+                    error = (
+                        '<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>'
+                        f"<Message>{untrusted}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+                    ).encode()
+                    return self._send(403, [("Content-Type", "text/xml")], error)
+                status, resp_headers, out = front.forward_without_auth(self.command, self.path, headers, body)
+                issued = re.search(r"<AccessKeyId>([^<]+)</AccessKeyId>", out.decode(errors="replace"))
+                if status == 200 and issued and "Policy" in form:
+                    with front.lock:
+                        front.sessions[issued.group(1)] = {
+                            "label": f"{label}'s session of {form['RoleArn'].rsplit('/', 1)[-1]}",
+                            "role": form["RoleArn"],
+                            "policy": json.loads(form["Policy"]),
+                        }
+                return self._send(status, resp_headers, out)
             if scoped is None:
                 # Allowed against the resources it names: moto, matching only "*", is not asked.
                 if b"%20" in body and service == "iam":

@@ -96,3 +96,20 @@ def actions_of(documents: Iterable[dict[str, Any]]) -> set[str]:
 def unqualified(arn: str) -> str:
     """A Lambda function ARN without its alias or version (`function:NAME:live` → `function:NAME`)."""
     return arn if arn.count(":") <= 6 else arn.rsplit(":", 1)[0]
+
+
+def trusts(trust_policy: dict[str, Any], principal_arn: str) -> bool:
+    """Whether a role's trust policy lets the role `principal_arn` (or a session of it)
+    assume it: an Allow of sts:AssumeRole naming it among its AWS principals, no Deny."""
+    found = False
+    for statement in statements([trust_policy]):
+        if not any(_matches(a, "sts:AssumeRole", False) for a in _as_list(statement.get("Action"))):
+            continue
+        principals = statement.get("Principal")
+        named = principals == "*" or (isinstance(principals, dict) and principal_arn in _as_list(principals.get("AWS")))
+        if not named:
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        found = found or statement.get("Effect") == "Allow"
+    return found

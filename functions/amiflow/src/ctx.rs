@@ -77,6 +77,9 @@ pub struct StackDefaults {
     /// The managed policy every temporary instance profile role gets as its permissions
     /// boundary (the deployed roles may create one only with it).
     pub temporary_role_boundary: Option<String>,
+    /// The role UploadBundle assumes, scoped down to the bundle's own objects, for the
+    /// credentials `bundle_upload_command` is handed: never the function's own.
+    pub bundle_upload_role: Option<String>,
 }
 
 impl StackDefaults {
@@ -85,6 +88,7 @@ impl StackDefaults {
     pub const BUILD_HOST_ENV: &'static str = "AMIFLOW_BUILD_HOST_INSTANCE_ID";
     pub const STACK_NAME_ENV: &'static str = "AMIFLOW_STACK_NAME";
     pub const ROLE_BOUNDARY_ENV: &'static str = "AMIFLOW_TEMPORARY_ROLE_BOUNDARY";
+    pub const BUNDLE_UPLOAD_ROLE_ENV: &'static str = "AMIFLOW_BUNDLE_UPLOAD_ROLE_ARN";
 
     /// The stack's default VPC and subnet for a build in `region`: none elsewhere.
     pub fn network_in(&self, region: &str) -> (Option<String>, Option<String>) {
@@ -105,6 +109,7 @@ impl StackDefaults {
             build_host_instance_id: var(Self::BUILD_HOST_ENV),
             stack_name: var(Self::STACK_NAME_ENV),
             temporary_role_boundary: var(Self::ROLE_BOUNDARY_ENV),
+            bundle_upload_role: var(Self::BUNDLE_UPLOAD_ROLE_ENV),
         }
     }
 }

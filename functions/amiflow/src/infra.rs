@@ -20,6 +20,7 @@ use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
 use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
 use crate::state::BUILD_TAG;
+use crate::steps::upload_bundle::{self, BUNDLE_UPLOAD_ACTIONS, BUNDLE_UPLOAD_ROLE_PATH};
 use crate::steps::StepSpec;
 
 /// The handler the janitor rule invokes; it is not a state of the state machine.
@@ -119,6 +120,46 @@ fn temporary_role_boundary() -> Value {
                     "ec2:DescribeTags", "ec2:DescribeInstances", "kms:Decrypt"],
                 "Resource": "*"
             }] }
+        }
+    })
+}
+
+/// Logical id of the role whose credentials `bundle_upload_command` is handed
+/// (steps/upload_bundle.rs).
+const BUNDLE_UPLOAD_ROLE: &str = "BundleUploadRole";
+
+/// What the bundle upload role may do, as patterns: write objects into the stack's buckets.
+/// UploadBundle narrows each session to its own bundle's objects.
+fn bundle_upload_statements() -> Vec<Value> {
+    vec![json!({
+        "Sid": "WriteBundles",
+        "Effect": "Allow",
+        "Action": BUNDLE_UPLOAD_ACTIONS,
+        "Resource": ["arn:${AWS::Partition}:s3:::${ArtifactsBucket}/*", "arn:${AWS::Partition}:s3:::${BundleBuckets}/*"]
+    })]
+}
+
+/// The bundle upload role: assumable by the stack's UploadBundle role alone, under
+/// [`BUNDLE_UPLOAD_ROLE_PATH`] (which no temporary-IAM right reaches).
+fn bundle_upload_role() -> Value {
+    let statements: Vec<Value> = bundle_upload_statements()
+        .into_iter()
+        .map(sub_patterns)
+        .collect();
+    json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "Path": BUNDLE_UPLOAD_ROLE_PATH,
+            "MaxSessionDuration": 3600,
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "AWS": { "Fn::GetAtt": [format!("{}Role", logical_id(upload_bundle::SPEC.name)), "Arn"] } },
+                    "Action": "sts:AssumeRole"
+                }]
+            },
+            "Policies": [{ "PolicyName": "amiflow-bundle-upload", "PolicyDocument": { "Version": "2012-10-17", "Statement": statements } }]
         }
     })
 }
@@ -234,6 +275,11 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
                 Some(json!({ "StringLike": { format!("ssm:resourceTag/{BUILD_TAG}"): "*" } })),
             ),
         ],
+        Reach::BundleUploadRole => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{BUNDLE_UPLOAD_ROLE_PATH}*")),
+            None,
+        )],
         Reach::BuildHostCommand => vec![
             statement(
                 "Document",
@@ -405,6 +451,10 @@ fn step_function(spec: &StepSpec) -> Value {
     environment[StackDefaults::BUILD_HOST_ENV] = json!({ "Fn::If": [
         "CreatesBuildHost", { "Ref": BUILD_HOST }, { "Ref": "BuildHostInstanceId" }
     ] });
+    if spec.name == upload_bundle::SPEC.name {
+        environment[StackDefaults::BUNDLE_UPLOAD_ROLE_ENV] =
+            json!({ "Fn::GetAtt": [BUNDLE_UPLOAD_ROLE, "Arn"] });
+    }
     if spec.name == JANITOR {
         environment["AMIFLOW_JANITOR_REGIONS"] =
             json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
@@ -761,6 +811,9 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     }));
 
     resources.insert(TEMPORARY_ROLE_BOUNDARY.into(), temporary_role_boundary());
+    if steps.iter().any(|s| s.name == upload_bundle::SPEC.name) {
+        resources.insert(BUNDLE_UPLOAD_ROLE.into(), bundle_upload_role());
+    }
     resources.insert("ArtifactsBucket".into(), json!({
         "Type": "AWS::S3::Bucket",
         "DeletionPolicy": "Retain",
@@ -1073,6 +1126,7 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
         "chroot_host_document": chroot_document_content(chroot_script),
         "chroot_job_parameter": CHROOT_JOB_PARAMETER,
         "temporary_role_path": IAM_PATH,
+        "bundle_upload_role": { "path": BUNDLE_UPLOAD_ROLE_PATH, "statements": bundle_upload_statements() },
         "temporary_role_boundary": temporary_role_boundary()["Properties"]["PolicyDocument"],
         "build_host_tag": BUILD_HOST_TAG,
         "function_alias": FUNCTION_ALIAS,
@@ -1577,6 +1631,56 @@ mod tests {
         assert_eq!(
             provision[1]["Condition"]["StringLike"]["ssm:resourceTag/amiflow:build"],
             "*"
+        );
+    }
+
+    #[test]
+    fn bundle_upload_credentials_are_a_role_only_upload_bundle_may_assume() {
+        // UploadBundle never writes objects itself: what the instance is handed is a session
+        // of the bundle upload role, which no other step may assume.
+        assert!(granting("UploadBundle", "s3:PutObject").is_empty());
+        let assume = granting("UploadBundle", "sts:AssumeRole");
+        assert_eq!(assume.len(), 1);
+        assert_eq!(
+            assume[0]["Resource"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/amiflow-bundle-upload/*" })
+        );
+        let others: Vec<String> = registry_statements()
+            .into_iter()
+            .filter(|(s, st)| {
+                s != "UploadBundle" && actions_of(st).iter().any(|a| a.starts_with("sts:"))
+            })
+            .map(|(s, _)| s)
+            .collect();
+        assert!(others.is_empty(), "{others:?}");
+        let template = sam_template(&registry(), None);
+        let role = &template["Resources"][BUNDLE_UPLOAD_ROLE]["Properties"];
+        assert_eq!(role["Path"], BUNDLE_UPLOAD_ROLE_PATH);
+        assert!(
+            !BUNDLE_UPLOAD_ROLE_PATH.starts_with(IAM_PATH),
+            "the temporary-IAM rights (role{IAM_PATH}*) must not reach the bundle upload role"
+        );
+        assert_eq!(
+            role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"],
+            json!({ "AWS": { "Fn::GetAtt": ["UploadBundleRole", "Arn"] } })
+        );
+        let statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Action"], json!(BUNDLE_UPLOAD_ACTIONS));
+        let resources = statements[0]["Resource"].to_string();
+        assert!(
+            resources.contains("${ArtifactsBucket}/*")
+                && resources.contains("${BundleBuckets}/*")
+                && !resources.contains(":::*"),
+            "{resources}"
+        );
+        let upload = &template["Resources"]["UploadBundleFunction"]["Properties"]["Environment"]
+            ["Variables"];
+        assert_eq!(
+            upload[StackDefaults::BUNDLE_UPLOAD_ROLE_ENV],
+            json!({ "Fn::GetAtt": [BUNDLE_UPLOAD_ROLE, "Arn"] })
         );
     }
 

@@ -292,6 +292,11 @@ pub fn steps_for_builders(
 
 /// The policy document: one statement of actions on `*`, iam:PassRole on the named instance
 /// profile roles, sts:AssumeRole on the `assume_role` roles.
+/// Step actions granted only on what the template names: PassRole below, on the named
+/// roles; AssumeRole on the template's `assume_role` (UploadBundle's is the deployed stack's
+/// bundle upload role: a local build hands the bundle upload command the caller's own keys).
+const SCOPED_BELOW: &[&str] = &["iam:PassRole", "sts:AssumeRole"];
+
 pub fn minimal_policy(
     template: &Value,
     vars: &BTreeMap<String, String>,
@@ -320,8 +325,9 @@ pub fn minimal_policy(
             actions.extend(spec.iam_actions.iter().map(|a| a.to_string()));
         }
     }
-    // PassRole is granted below, on the named roles only.
-    actions.remove("iam:PassRole");
+    for a in SCOPED_BELOW {
+        actions.remove(*a);
+    }
 
     let mut pass_roles = BTreeSet::new();
     let mut assume_roles = BTreeSet::new();
@@ -385,6 +391,14 @@ pub fn minimal_policy(
             opt("assume_role").and_then(|r| r["role_arn"].as_str().map(String::from))
         {
             assume_roles.insert(role);
+        }
+        if b["type"] == "amazon-instance" {
+            // bundle_upload_command writes the bundle with the caller's keys.
+            actions.extend(
+                amiflow::steps::upload_bundle::BUNDLE_UPLOAD_ACTIONS
+                    .iter()
+                    .map(|a| a.to_string()),
+            );
         }
         if b["type"] == "amazon-chroot" {
             actions.extend(
@@ -516,7 +530,11 @@ mod tests {
             .iter()
             .filter(|s| s.name != amiflow::infra::JANITOR)
         {
-            for a in spec.iam_actions.iter().filter(|a| **a != "iam:PassRole") {
+            for a in spec
+                .iam_actions
+                .iter()
+                .filter(|a| !SCOPED_BELOW.contains(a))
+            {
                 assert!(granted.contains(*a), "{} needs {a}", spec.name);
             }
         }

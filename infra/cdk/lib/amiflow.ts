@@ -53,7 +53,15 @@ export interface StepsManifest {
   readonly temporary_role_boundary?: Record<string, unknown>;
   /** The alias each function publishes and the state machine invokes. */
   readonly function_alias?: string;
+  /**
+   * The role UploadBundle assumes (scoped down to one bundle per session) for the credentials
+   * `bundle_upload_command` is handed: its IAM path and statements, as patterns.
+   */
+  readonly bundle_upload_role?: { readonly path: string; readonly statements: Record<string, unknown>[] };
 }
+
+/** The step whose role alone may assume the bundle upload role. */
+const BUNDLE_UPLOAD_STEP = 'UploadBundle';
 
 export interface AmiflowSchedule {
   /** `cron(...)`, `rate(...)` or `at(...)`, as EventBridge Scheduler reads it. */
@@ -171,6 +179,15 @@ export function fillPatterns(value: unknown, patterns: PolicyPatterns): unknown 
   return value;
 }
 
+/** `statements` with their patterns filled in; resources of a pattern the stack leaves empty (no bundle bucket named) are left out. */
+export function filledStatements(statements: Record<string, unknown>[], patterns: PolicyPatterns): iam.PolicyStatement[] {
+  const unset = Object.keys(patterns).filter((name) => patterns[name] === '').map((name) => `\${${name}}`);
+  return statements.map((st) => {
+    const resources = [st.Resource].flat().filter((r) => typeof r !== 'string' || !unset.some((u) => r.includes(u)));
+    return iam.PolicyStatement.fromJson(fillPatterns({ ...st, Resource: resources }, patterns));
+  });
+}
+
 /**
  * The step's inline policy: its statements as infra.rs scopes them (patterns filled in),
  * iam:PassRole towards EC2 only, on the temporary instance profile roles and the named roles.
@@ -178,12 +195,7 @@ export function fillPatterns(value: unknown, patterns: PolicyPatterns): unknown 
 export function stepPolicy(step: StepManifestEntry, scope: Construct, roleNames: string[], patterns: PolicyPatterns, temporaryRolePath = '/amiflow/'): iam.PolicyDocument | undefined {
   const stack = Stack.of(scope);
   const passRole = step.iam_actions.some((a) => a.toLowerCase() === 'iam:passrole');
-  // Resources of a pattern the stack leaves empty (no bundle bucket named) are left out.
-  const unset = Object.keys(patterns).filter((name) => patterns[name] === '').map((name) => `\${${name}}`);
-  const statements: iam.PolicyStatement[] = step.statements.map((st) => {
-    const resources = [st.Resource].flat().filter((r) => typeof r !== 'string' || !unset.some((u) => r.includes(u)));
-    return iam.PolicyStatement.fromJson(fillPatterns({ ...st, Resource: resources }, patterns));
-  });
+  const statements = filledStatements(step.statements, patterns);
   if (passRole) {
     // The temporary instance profile roles IamInstanceProfile creates under this path.
     statements.push(new iam.PolicyStatement({
@@ -305,6 +317,17 @@ export class Amiflow extends Construct {
         AMIFLOW_STACK_NAME: stack.stackName,
         AMIFLOW_TEMPORARY_ROLE_BOUNDARY: temporaryRoleBoundary.managedPolicyArn,
       };
+      if (step.name === BUNDLE_UPLOAD_STEP && manifest.bundle_upload_role) {
+        // Never the function's own keys on the instance: a role only this step's role may
+        // assume, which UploadBundle narrows to the bundle's objects for each session.
+        const bundleUploadRole = new iam.Role(this, 'BundleUploadRole', {
+          assumedBy: new iam.ArnPrincipal(role.roleArn),
+          path: manifest.bundle_upload_role.path,
+          maxSessionDuration: Duration.hours(1),
+          inlinePolicies: { 'amiflow-bundle-upload': new iam.PolicyDocument({ statements: filledStatements(manifest.bundle_upload_role.statements, patterns) }) },
+        });
+        environment.AMIFLOW_BUNDLE_UPLOAD_ROLE_ARN = bundleUploadRole.roleArn;
+      }
       if (step.name === JANITOR) {
         environment.AMIFLOW_JANITOR_REGIONS = (props.janitorRegions ?? []).join(',');
       }

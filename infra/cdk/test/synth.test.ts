@@ -105,9 +105,19 @@ test('the roles scope as infra.rs does: no destructive, IAM, KMS, SSM or S3 acti
   assert.ok(boundary, 'the stack defines the boundary');
   assert.deepEqual(create.Condition.StringEquals['iam:PermissionsBoundary'], { Ref: boundary });
   assert.ok(JSON.stringify(create.Resource).includes(':role/amiflow/*'), JSON.stringify(create.Resource));
+  // UploadBundle writes no object itself: the bundle upload role does, which only it may assume.
   const uploadRole = Object.keys(roles).find((id) => id.startsWith('AmiflowUploadBundleRole'))!;
-  const put = statementsOf(uploadRole).find((st: any) => [st.Action].flat().includes('s3:PutObject'));
+  assert.equal(statementsOf(uploadRole).find((st: any) => [st.Action].flat().includes('s3:PutObject')), undefined);
+  const assume = statementsOf(uploadRole).find((st: any) => [st.Action].flat().includes('sts:AssumeRole'));
+  assert.ok(JSON.stringify(assume.Resource).includes(':role/amiflow-bundle-upload/*'), JSON.stringify(assume.Resource));
+  const bundleRole = Object.keys(roles).find((id) => id.startsWith('AmiflowBundleUploadRole'))!;
+  assert.ok(bundleRole, 'the stack defines the bundle upload role');
+  assert.equal(roles[bundleRole].Properties.Path, '/amiflow-bundle-upload/');
+  assert.deepEqual(roles[bundleRole].Properties.AssumeRolePolicyDocument.Statement[0].Principal, { AWS: { 'Fn::GetAtt': [uploadRole, 'Arn'] } });
+  const put = statementsOf(bundleRole).find((st: any) => [st.Action].flat().includes('s3:PutObject'));
   assert.ok(JSON.stringify(put.Resource).includes('amiflow-bundles-*'), JSON.stringify(put.Resource));
+  const uploadFunction = Object.values(template.findResources('AWS::Lambda::Function')).find((f: any) => f.Properties.Handler === 'UploadBundle') as any;
+  assert.deepEqual(uploadFunction.Properties.Environment.Variables.AMIFLOW_BUNDLE_UPLOAD_ROLE_ARN, { 'Fn::GetAtt': [bundleRole, 'Arn'] });
 });
 
 test('functions run the bootstrap binary with the step handler, timeout and memory', () => {

@@ -181,6 +181,9 @@ pub enum Reach {
     BuildInstanceCommand,
     /// SSM commands with the stack's chroot document on the stack's build host.
     BuildHostCommand,
+    /// The bundle upload roles (under `/amiflow-bundle-upload/`), each trusting only its own
+    /// stack's UploadBundle role: see `steps/upload_bundle.rs`.
+    BundleUploadRole,
 }
 
 /// Tag the operator puts on the amazon-chroot build hosts a stack may use, valued with the

@@ -4,9 +4,13 @@
 //! runs it on the instance, then checks the manifest arrived at
 //! `<bucket>/<prefix>.manifest.xml`, the location RegisterImage registers.
 //!
-//! The credentials are this step's own (the template's keys, else the credential chain's),
-//! revealed only in the command sent to the instance and masked everywhere else. With an
-//! instance profile the default command passes none.
+//! The credentials the command is handed go to an instance and a command the template
+//! controls, so they are never the function's own. Deployed, they are the stack's bundle
+//! upload role ([`BUNDLE_UPLOAD_ROLE_PATH`]), assumed with a session policy that allows only
+//! writing this bundle's objects ([`upload_session_policy`]) for an hour. A local build hands
+//! over the caller's own credentials, as Packer does (they are the template author's). Either
+//! way they are masked everywhere but in the command; with an instance profile the default
+//! command passes none.
 
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tagging};
@@ -14,9 +18,20 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tag
 use crate::builders::instance_store::{
     bucket_path, bundle_prefix, config, object_prefix, render_command, run_remote, session,
 };
+use crate::ctx::StackDefaults;
 use crate::prelude::*;
 use crate::provision::transport::ExecStatus;
 use crate::provision::Secrets;
+
+/// IAM path of the stack's bundle upload role: outside `/amiflow/`, so the temporary
+/// instance profile rights (which reach `role/amiflow/*`) never reach it.
+pub const BUNDLE_UPLOAD_ROLE_PATH: &str = "/amiflow-bundle-upload/";
+
+/// What the bundle upload role itself may do (a session narrows it to one bundle).
+pub const BUNDLE_UPLOAD_ACTIONS: &[&str] = &["s3:PutObject", "s3:PutObjectAcl"];
+
+/// How long the handed credentials last: the most a role assumed by a role may have.
+const UPLOAD_SESSION_SECONDS: i32 = 3600;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "UploadBundle",
@@ -27,12 +42,11 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:CreateBucket",
         "s3:PutBucketTagging",
         "s3:GetObject",
-        // The upload command on the instance writes the bundle with this step's credentials
-        // (.AccessKey/.SecretKey/.Token); ec2-upload-bundle sets the objects' ACL too.
-        "s3:PutObject",
-        "s3:PutObjectAcl",
+        // The upload command writes the bundle with the bundle upload role's credentials,
+        // scoped to this bundle: this step's own role never writes objects.
+        "sts:AssumeRole",
     ],
-    reach: &[],
+    reach: &[("sts:AssumeRole", Reach::BundleUploadRole)],
     wait: None,
     timeout_seconds: 900,
     handler: handler!(run),
@@ -123,6 +137,95 @@ async fn ensure_bucket(
     Ok(())
 }
 
+/// The session policy of the handed credentials: writing objects under `scope`
+/// (`bucket/key-prefix`), nothing else.
+pub fn upload_session_policy(partition: &str, scope: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": BUNDLE_UPLOAD_ACTIONS,
+            "Resource": format!("arn:{partition}:s3:::{scope}*")
+        }]
+    })
+}
+
+/// The AWS partition of `region` (`aws`, `aws-cn`, `aws-us-gov`).
+fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// (access key, secret key, session token) for `bundle_upload_command`: the bundle upload
+/// role's, scoped to `scope`, when the stack has one; refused in Lambda without one (the
+/// function's own keys would go to the instance); else the local credential chain's.
+async fn upload_credentials(
+    ctx: &Ctx,
+    state: &BuildState,
+    c: &amiflow_template::config::InstanceConfig,
+    region: &str,
+    scope: &str,
+) -> Result<(String, String, String), StepError> {
+    if let Some(role) = &ctx.stack.bundle_upload_role {
+        let policy = upload_session_policy(partition_of(region), scope);
+        let session: String = state.execution.chars().take(64).collect();
+        let out = ctx
+            .sts(region)
+            .assume_role()
+            .role_arn(role)
+            .role_session_name(session)
+            .policy(policy.to_string())
+            .duration_seconds(UPLOAD_SESSION_SECONDS)
+            .send()
+            .await
+            .map_err(|e| classify("AssumeRole", role, e))?;
+        let creds = out.credentials().ok_or_else(|| {
+            StepError::BuildFailed(format!(
+                "AssumeRole {role}: the answer carries no credentials"
+            ))
+        })?;
+        return Ok((
+            creds.access_key_id().to_string(),
+            creds.secret_access_key().to_string(),
+            creds.session_token().to_string(),
+        ));
+    }
+    if ctx.in_lambda {
+        if c.run.iam_instance_profile.is_some() {
+            return Ok(Default::default());
+        }
+        return Err(StepError::BuildFailed(format!(
+            "bundle_upload_command would be handed this function's own credentials: the function has no {} \
+             (deploy the stack's template, which defines the bundle upload role), or give the build an \
+             iam_instance_profile allowed to write to s3://{} and a bundle_upload_command without .AccessKey/.SecretKey",
+            StackDefaults::BUNDLE_UPLOAD_ROLE_ENV,
+            c.s3_bucket
+        )));
+    }
+    match ctx.sdk.credentials_provider() {
+        Some(p) => match p.provide_credentials().await {
+            Ok(creds) => Ok((
+                creds.access_key_id().to_string(),
+                creds.secret_access_key().to_string(),
+                creds.session_token().unwrap_or_default().to_string(),
+            )),
+            Err(e) if c.run.iam_instance_profile.is_some() => {
+                tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
+                Ok(Default::default())
+            }
+            Err(e) => Err(StepError::BuildFailed(format!(
+                "bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"
+            ))),
+        },
+        None => Ok(Default::default()),
+    }
+}
+
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let c = config(&state)?.clone();
     let region = c.access.region.clone().unwrap_or_default();
@@ -131,28 +234,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             "UploadBundle: no bundle in the state (BundleVolume must run first)".into(),
         )
     })?;
+    // The credentials first: a build that may not have them creates no bucket.
+    let scope = format!("{}/{}", c.s3_bucket, object_prefix(&c, &prefix));
+    let (access_key, secret_key, token) =
+        upload_credentials(ctx, &state, &c, &region, &scope).await?;
     ensure_bucket(ctx, &mut state, &region, &c.s3_bucket).await?;
 
     let mut secrets = Secrets::default();
-    let (access_key, secret_key, token) = match ctx.sdk.credentials_provider() {
-        Some(p) => match p.provide_credentials().await {
-            Ok(creds) => (
-                creds.access_key_id().to_string(),
-                creds.secret_access_key().to_string(),
-                creds.session_token().unwrap_or_default().to_string(),
-            ),
-            Err(e) if c.run.iam_instance_profile.is_some() => {
-                tracing::warn!("no local credentials for bundle_upload_command ({e}); the instance profile's are used");
-                Default::default()
-            }
-            Err(e) => {
-                return Err(StepError::BuildFailed(format!(
-                    "bundle_upload_command needs AWS credentials for .AccessKey/.SecretKey: {e}"
-                )))
-            }
-        },
-        None => Default::default(),
-    };
     secrets.add_value(secret_key.clone());
     secrets.add_value(token.clone());
     secrets.add_value(access_key.clone());
@@ -215,4 +303,31 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         serde_json::json!(format!("{}/{manifest_key}", c.s3_bucket)),
     );
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_may_write_only_the_bundles_objects() {
+        let policy = upload_session_policy("aws", "bucket/images/web-1.");
+        let statements = policy["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Effect"], "Allow");
+        assert_eq!(
+            statements[0]["Action"],
+            serde_json::json!(["s3:PutObject", "s3:PutObjectAcl"])
+        );
+        assert_eq!(
+            statements[0]["Resource"],
+            "arn:aws:s3:::bucket/images/web-1.*"
+        );
+        assert_eq!(
+            upload_session_policy(partition_of("cn-north-1"), "b/p.")["Statement"][0]["Resource"],
+            "arn:aws-cn:s3:::b/p.*"
+        );
+        assert_eq!(partition_of("us-gov-west-1"), "aws-us-gov");
+        assert_eq!(partition_of("eu-west-1"), "aws");
+    }
 }
