@@ -10,7 +10,8 @@
 // Retry interval is overridden to 0 ms: the comparison is about the path, not the clock.
 //
 // Output: {"path": [{"state", "type", "index"}...], "retries": [{"state", "index", "attempt", "error"}],
-//          "caught": [{"state", "index", "error"}], "output": ..., "error": {"Error", "Cause"} | null}
+//          "caught": [{"state", "index", "error"}], "output": ..., "error": {"Error", "Cause"} | null,
+//          "history": [{"state", "event", "data"}]: every state's input and output, as the execution's history keeps them}
 // `index` is the Map iteration the event belongs to (null at the top level).
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -65,13 +66,17 @@ const execution = machine.run(input, {
   context: { Execution: { Name: executionName, Id: `arn:aws:states:us-east-1:123456789012:execution:amiflow:${executionName}`, Input: input } },
 });
 
-const record = { path: [], retries: [], caught: [], output: null, error: null };
+const record = { path: [], retries: [], caught: [], output: null, error: null, history: [] };
 const events = (async () => {
   for await (const event of execution.eventLogs) {
     const index = event.index ?? null;
     switch (event.type) {
       case "StateEntered":
         record.path.push({ state: event.state.name, type: event.state.type, index });
+        record.history.push({ state: event.state.name, event: "entered", data: event.state.input ?? null });
+        break;
+      case "StateExited":
+        record.history.push({ state: event.state.name, event: "exited", data: event.state.output ?? null });
         break;
       case "StateRetried":
         record.retries.push({ state: event.state.name, index, attempt: event.retry.attempt });

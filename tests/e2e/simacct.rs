@@ -406,7 +406,9 @@ async fn artifact_lines(admin: &amiflow::Ctx, output: &Value) -> BTreeSet<String
     out
 }
 
-/// The run succeeded and left nothing but its artifact (and `also`, e.g. a bundle bucket).
+/// The run succeeded and left nothing but its artifact; `also`: inventory lines it is
+/// expected to add or remove besides (a bundle bucket, the parameters of its sensitive
+/// variables).
 async fn assert_clean_success(account: &Account, run: &Run, also: impl Fn(&str) -> bool) {
     if let Err(why) = run.succeeded() {
         panic!("{why}\naccount log:\n{}", account.log_tail());
@@ -431,11 +433,11 @@ async fn assert_clean_success(account: &Account, run: &Run, also: impl Fn(&str) 
         "{}: left in the account besides its artifact {artifact:?}: {left:#?}",
         run.name
     );
+    let removed: Vec<&String> = run.removed.iter().filter(|l| !also(l)).collect();
     assert!(
-        run.removed.is_empty(),
-        "{}: removed from the account: {:?}",
-        run.name,
-        run.removed
+        removed.is_empty(),
+        "{}: removed from the account: {removed:?}",
+        run.name
     );
     assert!(
         !artifact.is_empty(),
@@ -552,6 +554,20 @@ async fn try_handed_credentials(front: &str, handed: &[String], bundle_key: &str
         Err(e) => format!("refused DescribeInstances ({})", e.code().unwrap_or("?")),
     });
     outcomes
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn status_change_event(account: &Account, run: &Run, status: &str) -> Value {
@@ -766,17 +782,72 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 .unwrap();
             template["builders"][0][key] = json!(name);
         }
-        let run = account
-            .execute(
-                &als,
-                "simacct-instance",
-                json!({"template": template, "vars": {}}),
-            )
-            .await;
-        let bundle = |l: &str| {
-            l == format!("s3 bucket {BUCKET}") || l.starts_with(&format!("s3 object {BUCKET}/"))
+        // A sensitive variable, started as `amiflow start` does: its value is a SecureString
+        // parameter of the execution, which the input names; a provisioner puts it on the
+        // instance.
+        let canary = format!("canary-{}", uuid::Uuid::new_v4().simple());
+        let marker = f.sshd.path("canary.marker");
+        template["variables"] = json!({"canary": ""});
+        template["sensitive-variables"] = json!(["canary"]);
+        template["provisioners"] = json!([{
+            "type": "shell",
+            "inline": [format!("printf %s \"$CANARY\" > {}", marker.display())],
+            "environment_vars": ["CANARY={{user `canary`}}"]
+        }]);
+        let (vars, sensitive) = amiflow_cli::start::split_sensitive(
+            &template,
+            [("canary".to_string(), canary.clone())].into(),
+        );
+        let mut input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
+        let stored =
+            amiflow_cli::start::store_sensitive(&admin.ssm(REGION), "simacct-instance", &sensitive)
+                .await
+                .unwrap();
+        let parameter = stored["canary"].clone();
+        input["sensitive_vars"] = json!(stored);
+        let run = account.execute(&als, "simacct-instance", input).await;
+        let expected = |l: &str| {
+            l == format!("s3 bucket {BUCKET}")
+                || l.starts_with(&format!("s3 object {BUCKET}/"))
+                || l == format!("{REGION} ssm-parameter {parameter}")
         };
-        assert_clean_success(&account, &run, bundle).await;
+        assert_clean_success(&account, &run, expected).await;
+        // The value reached the instance, and nothing else: not the input, the history
+        // (every state's input and output), the output, a function's log or the account's;
+        // its parameter is gone with the execution.
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), canary);
+        assert!(
+            run.removed
+                .contains(&format!("{REGION} ssm-parameter {parameter}")),
+            "Finalize removes the sensitive variable: {:?}",
+            run.removed
+        );
+        let history = run.record["history"].as_array().map_or(0, Vec::len);
+        assert!(
+            history > 20,
+            "the record holds the history: {history} events"
+        );
+        let mut places = vec![
+            ("execution input".to_string(), run.input.to_string()),
+            ("history and output".to_string(), run.record.to_string()),
+            ("account's counters".to_string(), run.stats.to_string()),
+        ];
+        for entry in walk(account.work.path()) {
+            if let Ok(text) = std::fs::read_to_string(&entry) {
+                places.push((entry.display().to_string(), text));
+            }
+        }
+        let found: Vec<&str> = places
+            .iter()
+            .filter(|(_, text)| text.contains(&canary))
+            .map(|(place, _)| place.as_str())
+            .collect();
+        assert!(found.is_empty(), "the sensitive value is in {found:?}");
+        assert!(
+            places.len() > 10,
+            "the logs were searched: {} places",
+            places.len()
+        );
         let manifest = run
             .added
             .iter()

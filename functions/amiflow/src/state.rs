@@ -64,6 +64,10 @@ pub struct BuildState {
     /// Set by the state machine's Catch (`ResultPath: $.error`) when a step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CaughtError>,
+    /// A deployed build's sensitive variables: name → the SecureString parameter holding
+    /// the value (`resources/sensitive_var.rs`), never the value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_vars: BTreeMap<String, String>,
 }
 
 /// Packer's `-on-error`: clean up (default), keep everything for debugging, or run the

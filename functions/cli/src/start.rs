@@ -4,10 +4,16 @@
 //! Static credentials are refused: an execution's input is stored in its history, visible
 //! to anyone who may read the state machine, for as long as the history is kept. The
 //! functions use their own roles (and `assume_role` for other accounts) instead.
+//!
+//! For the same reason the values of sensitive variables never enter the input: they are
+//! stored as SecureString parameters under the execution's path, in the state machine's
+//! region, and the input names the parameters (`sensitive_vars`; see
+//! `functions/amiflow/src/resources/sensitive_var.rs` for their whole life).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use amiflow::resources::sensitive_var;
 use anyhow::bail;
 use serde_json::{json, Value};
 
@@ -54,6 +60,7 @@ const CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let vars = crate::policy::parse_vars(&args.vars)?;
     let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
+    let (vars, sensitive) = split_sensitive(&template, vars);
     let mut input = execution_input(&template, &vars, &args.on_error)?;
     if let Some(path) = &args.pipeline {
         input["pipeline"] = crate::pipeline_file::read(path)?;
@@ -66,7 +73,13 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Some(n) => check_name(&n)?,
         None => execution_name(&args.template),
     };
-    validate_locally(&input, &name).await?;
+    // Validated here with the sensitive values themselves; they never leave this machine but
+    // for Parameter Store.
+    let mut checked = input.clone();
+    for (k, v) in &sensitive {
+        checked["vars"][k] = Value::String(v.clone());
+    }
+    validate_locally(&checked, &name).await?;
     let Some(state_machine) = args
         .state_machine
         .or_else(|| std::env::var("AMIFLOW_STATE_MACHINE_ARN").ok())
@@ -75,7 +88,18 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let client = aws_sdk_sfn::Client::new(&sdk);
-    let arn = start(&client, &state_machine, &name, &input).await?;
+    let ssm = ssm_client(&sdk, &state_machine);
+    let stored = store_sensitive(&ssm, &name, &sensitive).await?;
+    if !stored.is_empty() {
+        input["sensitive_vars"] = serde_json::json!(stored);
+    }
+    let arn = match start(&client, &state_machine, &name, &input).await {
+        Ok(arn) => arn,
+        Err(e) => {
+            sensitive_var::remove(&ssm, stored.values()).await;
+            return Err(e);
+        }
+    };
     println!("{arn}");
     if args.watch {
         let outcome =
@@ -83,6 +107,55 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(outcome.exit_code());
     }
     Ok(0)
+}
+
+/// `vars` split into (the ordinary ones, the values of variables the template declares
+/// sensitive: `"sensitive-variables"`, which HCL2's `sensitive = true` lowers to).
+pub fn split_sensitive(
+    template: &Value,
+    vars: BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let declared: Vec<&str> = template["sensitive-variables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    vars.into_iter()
+        .partition(|(name, _)| !declared.contains(&name.as_str()))
+}
+
+/// Stores the sensitive values as SecureString parameters of execution `name` (what
+/// the input's `sensitive_vars` names); nothing when there are none.
+pub async fn store_sensitive(
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+    sensitive: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    if sensitive.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let execution = amiflow::state::build_id(name);
+    sensitive_var::store(ssm, &execution, sensitive)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not store the sensitive variables ({}) as SecureString parameters under {}: {}\n\
+                 The starter needs ssm:PutParameter and ssm:AddTagsToResource there (and ssm:DeleteParameter to undo); nothing was started.",
+                sensitive.keys().cloned().collect::<Vec<_>>().join(", "),
+                sensitive_var::parameter_name(&execution, ""),
+                e.message()
+            )
+        })
+}
+
+/// An SSM client in the state machine's region (where its functions read the parameters).
+fn ssm_client(sdk: &aws_config::SdkConfig, state_machine: &str) -> aws_sdk_ssm::Client {
+    let mut conf = aws_sdk_ssm::config::Builder::from(sdk);
+    if let Some(region) = state_machine.split(':').nth(3).filter(|r| !r.is_empty()) {
+        conf = conf.region(aws_config::Region::new(region.to_string()));
+    }
+    aws_sdk_ssm::Client::from_conf(conf.build())
 }
 
 /// The execution input Prepare reads, after refusing static credentials.
@@ -268,6 +341,19 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sensitive_variables_are_split_from_the_input() {
+        let template = serde_json::json!({ "variables": { "pw": "", "region": "" }, "sensitive-variables": ["pw"] });
+        let vars = [("pw", "hunter2"), ("region", "eu-west-1")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        let (plain, sensitive) = super::split_sensitive(&template, vars);
+        assert_eq!(plain.keys().collect::<Vec<_>>(), ["region"]);
+        assert_eq!(sensitive["pw"], "hunter2");
+        let input = super::execution_input(&template, &plain, "cleanup").unwrap();
+        assert!(!input.to_string().contains("hunter2"), "{input}");
+    }
+
     use super::*;
 
     #[test]

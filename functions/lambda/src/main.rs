@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use amiflow::flows;
 use amiflow::lambda_api::{handler_name, known_handlers};
+use amiflow::resources::sensitive_var;
 use amiflow::steps::StepSpec;
 use amiflow::{Ctx, StepError};
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
@@ -44,9 +45,21 @@ async fn main() -> ExitCode {
     let name = step.name;
     let result = lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         // Provision stops its commands before Lambda's limit kills the sandbox mid-command.
-        let ctx = Arc::new(invocation_ctx(&cold_start, event.context.deadline));
+        let mut ctx = invocation_ctx(&cold_start, event.context.deadline);
         async move {
-            handler(ctx, event.payload).await.map_err(|e| {
+            // A deployed build's sensitive variables, read for the steps that reveal them
+            // and dropped with this invocation's Ctx.
+            let revealed = sensitive_var::for_invocation(&ctx, name, &event.payload).await;
+            let result = match revealed {
+                Ok(secrets) => {
+                    if let Some(secrets) = secrets {
+                        ctx.secrets = secrets;
+                    }
+                    handler(Arc::new(ctx), event.payload).await
+                }
+                Err(e) => Err(e),
+            };
+            result.map_err(|e| {
                 log_step_error(name, &event.context.request_id, &e);
                 Diagnostic {
                     error_type: e.name().to_string(),

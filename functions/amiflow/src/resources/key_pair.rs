@@ -121,7 +121,11 @@ pub async fn remove_parameter(ctx: &Ctx, region: &str, name: &str) -> Result<boo
 }
 
 /// Every parameter under `path`, every page.
-async fn parameters_under(ctx: &Ctx, region: &str, path: &str) -> Result<Vec<String>, StepError> {
+pub(crate) async fn parameters_under(
+    ctx: &Ctx,
+    region: &str,
+    path: &str,
+) -> Result<Vec<String>, StepError> {
     let mut names = Vec::new();
     let mut next: Option<String> = None;
     loop {

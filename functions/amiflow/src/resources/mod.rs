@@ -16,6 +16,7 @@ pub mod instance;
 pub mod key_pair;
 pub mod s3;
 pub mod security_group;
+pub mod sensitive_var;
 pub mod snapshot;
 pub mod spot_request;
 pub mod ssm_command;

@@ -10,7 +10,8 @@
 //! ```
 //! With a pipeline, its state is carried on as `"pipeline"`.
 //! `failed` lets the state machine Choice into a Fail state whose `CausePath` is `$.cause`.
-//! No AWS call: nothing to grant, nothing to wait for.
+//! Its one AWS call: removing a deployed execution's sensitive variables
+//! (`resources/sensitive_var.rs`), which no build needs any more.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,7 @@ use super::StepSpec;
 
 pub const STEP: StepSpec = StepSpec {
     name: "Finalize",
-    iam_actions: &[],
+    iam_actions: &["ssm:GetParametersByPath", "ssm:DeleteParameter"],
     reach: &[],
     wait: None,
     timeout_seconds: 30,
@@ -76,11 +77,22 @@ pub struct BuildArtifact {
     pub error: Option<String>,
 }
 
-pub async fn finalize(_ctx: &Ctx, input: FinalizeInput) -> Result<FinalizeOutput, StepError> {
+pub async fn finalize(ctx: &Ctx, input: FinalizeInput) -> Result<FinalizeOutput, StepError> {
     let (builds, pipeline) = match input {
         FinalizeInput::Builds(b) => (b, None),
         FinalizeInput::Wrapped { builds, pipeline } => (builds, pipeline.map(|p| *p)),
     };
+    // Every build is done (a build kept for redrive fails the execution before this state).
+    if let Some(b) = builds.iter().find(|b| !b.sensitive_vars.is_empty()) {
+        // Best effort: the builds' outcome stands either way.
+        if let Err(e) = crate::resources::sensitive_var::remove_all(ctx, &b.execution).await {
+            tracing::warn!(
+                "the sensitive variables under /amiflow/{}/vars/ were not removed: {}",
+                b.execution,
+                e.message()
+            );
+        }
+    }
     Ok(FinalizeOutput {
         pipeline,
         ..summarize(builds)

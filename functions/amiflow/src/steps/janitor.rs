@@ -227,15 +227,24 @@ async fn sweep_until_done(
     budget: Duration,
 ) -> Result<CleanupReport, StepError> {
     let started = Instant::now();
-    loop {
+    let mut report = loop {
         match sweep_execution(ctx, execution, regions).await {
             Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
                 tracing::info!(%why, "waiting before sweeping again");
                 tokio::time::sleep(interval).await;
             }
-            other => return other,
+            other => break other?,
         }
+    };
+    // The execution's sensitive variables are in the stack's own region, which need not be
+    // one of the build's.
+    let id = crate::state::build_id(execution);
+    for name in crate::resources::sensitive_var::remove_all(ctx, &id).await? {
+        report
+            .removed
+            .push(format!("parameter {name} (sensitive variable)"));
     }
+    Ok(report)
 }
 
 /// Sweeps the builds kept for redrive (`on_error: redrive`) whose redrive window closed:

@@ -20,6 +20,9 @@
 //! {"template": {...} | "<template JSON text>",   // or:
 //!  "template_s3": "s3://bucket/key.json",
 //!  "vars": {"name": "value"},                     // Packer's -var (strings; numbers/booleans accepted)
+//!  "sensitive_vars": {"name": "/amiflow/<execution>/vars/name"}, // sensitive variables, by
+//!                                                 // the SecureString `amiflow start` stored
+//!                                                 // (resources/sensitive_var.rs)
 //!  "only": ["builder name"], "except": ["builder name"],
 //!  "on_error": "cleanup" | "abort" | "run-cleanup-provisioner" | "redrive", // Packer's -on-error, default cleanup
 //!  "force": true,                                 // Packer's -force (force_deregister)
@@ -51,7 +54,8 @@ use super::StepSpec;
 
 pub const STEP: StepSpec = StepSpec {
     name: "Prepare",
-    iam_actions: &["s3:GetObject"],
+    // ssm:GetParameter: the values of sensitive variables, to validate with them.
+    iam_actions: &["s3:GetObject", "ssm:GetParameter"],
     // The template comes from the artifacts bucket or the schedule's object, nowhere else.
     reach: &[("s3:GetObject", Reach::TemplateObjects)],
     wait: None,
@@ -87,6 +91,10 @@ pub struct ExecutionInput {
     pub template_s3: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, Value>,
+    /// Sensitive variables: name → the SecureString parameter holding the value, under the
+    /// execution's own path (`resources/sensitive_var.rs`); the value never enters the input.
+    #[serde(default)]
+    pub sensitive_vars: BTreeMap<String, String>,
     #[serde(default)]
     pub only: Vec<String>,
     #[serde(default)]
@@ -139,15 +147,63 @@ pub async fn prepare(ctx: &Ctx, mut input: PrepareInput) -> Result<PrepareOutput
         })?;
         input.input.pipeline = Some(value);
     }
+    let references = std::mem::take(&mut input.input.sensitive_vars);
+    if !references.is_empty() {
+        let values = sensitive_values(ctx, &text, &input.execution, &references).await?;
+        input
+            .input
+            .vars
+            .extend(values.into_iter().map(|(k, v)| (k, Value::String(v))));
+    }
     let mut options = PrepareOptions::new(input.start_time.unwrap_or_else(Utc::now));
     options.env = ctx.env.clone();
     options.template_dir = ctx.base_dir.clone();
     let mut out = prepare_text_with(&text, input, running_in_lambda(), options)?;
+    for b in &mut out.builds {
+        b.sensitive_vars = references.clone();
+    }
     let default_region = ctx.sdk.region().map(|r| r.to_string());
     for b in &mut out.builds {
         resolve_region(b, default_region.as_deref())?;
     }
     Ok(out)
+}
+
+/// The values of the sensitive variables the input names by parameter, for validating the
+/// template with them (the prepared builds hold only their placeholders). Each must be a
+/// variable the template declares sensitive, stored under the execution's own path.
+async fn sensitive_values(
+    ctx: &Ctx,
+    text: &str,
+    execution: &str,
+    references: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, StepError> {
+    let declared: Vec<String> = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|t| serde_json::from_value(t["sensitive-variables"].clone()).ok())
+        .unwrap_or_default();
+    let undeclared: Vec<Problem> = references
+        .keys()
+        .filter(|name| !declared.contains(name))
+        .map(|name| {
+            Problem::key(
+                format!("sensitive_vars.{name}"),
+                "the template does not declare this variable sensitive (\"sensitive-variables\" in JSON, \
+                 `sensitive = true` in HCL2): its value would be written in clear into the build states",
+            )
+        })
+        .collect();
+    if !undeclared.is_empty() {
+        return Err(invalid(Problems(undeclared)));
+    }
+    let execution = crate::state::build_id(execution);
+    crate::resources::sensitive_var::read(ctx, &execution, references)
+        .await
+        .map_err(|e| match e {
+            // Nothing exists yet: a missing value is the input's problem.
+            StepError::BuildFailed(m) => StepError::InvalidTemplate(m),
+            other => other,
+        })
 }
 
 /// A template without `region` builds where the credential chain's region points
@@ -277,6 +333,7 @@ fn prepare_text_with(
             waits: Default::default(),
             timings: Vec::new(),
             error: None,
+            sensitive_vars: BTreeMap::new(),
         })
         .collect();
     let output = PrepareOutput { builds, pipeline };
@@ -421,6 +478,38 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.name(), "InvalidTemplate");
+    }
+
+    #[tokio::test]
+    async fn sensitive_vars_must_be_declared_and_the_executions_own() {
+        let ctx = Ctx::from_env().await;
+        let template = json!({
+            "variables": {"pw": "", "plain": ""},
+            "sensitive-variables": ["pw"],
+            "builders": [{"type": "amazon-ebs", "region": "us-east-1", "source_ami": "ami-1",
+                          "instance_type": "t3.micro", "communicator": "none", "ami_name": "x"}]
+        });
+        // Not declared sensitive: its value would be interpolated in clear into the states.
+        let err = prepare(
+            &ctx,
+            input(json!({"template": template,
+                "sensitive_vars": {"plain": "/amiflow/exec-1/vars/plain"}})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        assert!(err.message().contains("sensitive_vars.plain"), "{err}");
+        // Another build's temporary key is no variable of this execution: refused before
+        // any call reads it.
+        let err = prepare(
+            &ctx,
+            input(json!({"template": template,
+                "sensitive_vars": {"pw": "/amiflow/other-build/web/ssh-key"}})),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.name(), "InvalidTemplate");
+        assert!(err.message().contains("/amiflow/exec-1/vars/pw"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeInstances",
         "ec2:CreateTags",
         "iam:PassRole",
+        // A deployed build's sensitive variables, revealed in the user data
+        // (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
     reach: &[],
     wait: None,
@@ -47,10 +50,12 @@ fn no_capacity(code: Option<&str>) -> bool {
     )
 }
 
-/// User data, base64-encoded unless it already is (Packer's rule).
+/// User data, base64-encoded unless it already is (Packer's rule), with the sensitive
+/// variables it uses revealed (the instance gets the value, as in Packer).
 pub fn user_data(
     cfg: &RunConfig,
     files: &crate::template_files::TemplateFiles,
+    secrets: &crate::provision::Secrets,
 ) -> Result<Option<String>, StepError> {
     let raw = match (&cfg.user_data, &cfg.user_data_file) {
         (Some(d), _) if !d.is_empty() => d.clone(),
@@ -59,6 +64,7 @@ pub fn user_data(
             .map_err(StepError::BuildFailed)?,
         _ => return Ok(None),
     };
+    let raw = secrets.reveal(&raw);
     let b64 = base64::engine::general_purpose::STANDARD;
     if b64.decode(raw.trim()).is_ok() {
         Ok(Some(raw.trim().to_string()))
@@ -134,6 +140,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .set_user_data(user_data(
                     &cfg,
                     &crate::template_files::TemplateFiles::of(ctx),
+                    &ctx.secrets,
                 )?)
                 .set_key_name(state.data.key_pair_name.clone())
                 .set_block_device_mappings(
@@ -289,4 +296,35 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.instance_id = Some(id);
     waits::INSTANCE_RUNNING.begin(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn user_data_carries_the_sensitive_value_not_its_placeholder() {
+        let ctx = Ctx::from_sdk_config(aws_config::SdkConfig::builder().build());
+        let mut cfg: RunConfig =
+            serde_json::from_value(serde_json::json!({ "instance_type": "t3.micro" })).unwrap();
+        cfg.user_data = Some("#!/bin/sh\necho <sensitive:pw> > /etc/pw\n".into());
+        let secrets =
+            crate::provision::Secrets::from_pairs([("pw".to_string(), "hunter2".to_string())]);
+        let encoded = user_data(
+            &cfg,
+            &crate::template_files::TemplateFiles::of(&ctx),
+            &secrets,
+        )
+        .unwrap()
+        .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "#!/bin/sh\necho hunter2 > /etc/pw\n"
+        );
+    }
 }
