@@ -22,6 +22,8 @@
 //! - [`state`]: the build state every step takes and returns, with the ledger of what the
 //!   build created; [`ctx`]: the AWS clients and the invocation's context;
 //!   [`error`]: step errors and how AWS errors are classified.
+//! - [`data_sources`]: the AWS reads behind an HCL2 template's data sources, handed to the
+//!   template crate by the CLI.
 //!
 //! Data flows one way: template (the `amiflow-template` crate) → [`steps::prepare`] →
 //! one [`BuildState`] per build → each step of its flow → Cleanup → [`steps::finalize`],
@@ -30,6 +32,7 @@
 pub mod build_render;
 pub mod builders;
 pub mod ctx;
+pub mod data_sources;
 pub mod error;
 pub mod flows;
 pub mod identity;

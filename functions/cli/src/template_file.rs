@@ -15,6 +15,7 @@ pub fn template_and_vars(
     if amiflow_template::is_hcl2_path(path) {
         let mut opts = amiflow_template::PrepareOptions::new(chrono::Utc::now()).with_process_env();
         opts.vars = vars.into_iter().collect();
+        opts.data_sources = Some(amiflow::data_sources::AwsDataLookup::sources());
         let h = amiflow_template::hcl2::lower(path, &opts)
             .map_err(|p| anyhow::anyhow!("the template {} is not valid:\n{p}", path.display()))?;
         return Ok((h.template, h.vars.into_iter().collect()));

@@ -1,5 +1,6 @@
 //! `amiflow validate TEMPLATE [-var k=v]... [-var-file F]...`: every problem of a template,
-//! or "Template validated successfully.". Nothing is created, nothing reaches AWS.
+//! or "Template validated successfully.". Nothing is created; only an HCL2 template's data
+//! sources are read from AWS.
 
 use std::path::PathBuf;
 
@@ -53,6 +54,9 @@ impl TemplateArgs {
         opts.var_files = self.var_files.clone();
         opts.only = self.only.clone();
         opts.except = self.except.clone();
+        // An HCL2 template's data sources are read as Packer reads them: with the caller's
+        // credential chain, while the template is loaded.
+        opts.data_sources = Some(amiflow::data_sources::AwsDataLookup::sources());
         let dir = if self.template.is_dir() {
             Some(self.template.as_path())
         } else {

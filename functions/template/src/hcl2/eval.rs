@@ -77,6 +77,9 @@ pub(crate) struct VarValue {
     pub sensitive: bool,
 }
 
+/// A data source as read: the block's attributes and what the lookup answered for them.
+type DataRead = (serde_json::Value, serde_json::Value);
+
 /// A `locals` entry or a `local` block.
 pub(crate) struct LocalDef<'a> {
     pub file: usize,
@@ -100,8 +103,15 @@ pub(crate) struct Evaluator<'a> {
     visiting: RefCell<Vec<String>>,
     /// Problems of locals, each reported once whoever uses the local.
     pub local_problems: RefCell<Vec<Diag>>,
-    /// Sensitive locals' values, by the JSON variable name that holds them (`local.NAME`).
+    /// Sensitive values computed while lowering (sensitive locals, secret attributes of data
+    /// sources), by the JSON variable name that holds them (`local.NAME`,
+    /// `data.KIND.NAME.ATTRIBUTE`).
     pub sensitive_locals: RefCell<BTreeMap<String, String>>,
+    /// `data` blocks by (kind, name), and what reads them (none: a problem when used).
+    pub data: BTreeMap<(String, String), (usize, &'a hcl_edit::structure::Block)>,
+    pub data_sources: Option<super::data::DataSources>,
+    /// Per data source: its config and attributes, or `None` when it failed (reported once).
+    data_memo: RefCell<BTreeMap<(String, String), Option<DataRead>>>,
     /// `templatefile` calls under way (a template file may call it again).
     templatefile_depth: std::cell::Cell<usize>,
 }
@@ -167,6 +177,9 @@ impl<'a> Evaluator<'a> {
             visiting: RefCell::new(Vec::new()),
             local_problems: RefCell::new(Vec::new()),
             sensitive_locals: RefCell::new(BTreeMap::new()),
+            data: BTreeMap::new(),
+            data_sources: None,
+            data_memo: RefCell::new(BTreeMap::new()),
             templatefile_depth: std::cell::Cell::new(0),
         }
     }
@@ -394,11 +407,24 @@ impl<'a> Evaluator<'a> {
                 Some((n, _)) if n == "version" => self.apply_ops(Value::str(PACKER_COMPAT_VERSION), &ops[1..], cx),
                 _ => Err(need_attr("packer.version")),
             },
-            "data" => Err(Diag::new(
-                cx.file,
-                span,
-                "data sources are not supported: amiflow reads a template without calling AWS; use source_ami_filter in the source, or pass the value with -var",
-            )),
+            "data" => {
+                if !matches!(cx.place, Place::Local | Place::Source | Place::Build) {
+                    return Err(not_here("a data source"));
+                }
+                let (Some((kind, _)), Some((name, nspan))) = (attr(0), attr(1)) else {
+                    return Err(need_attr("data.amazon-ami.NAME.id"));
+                };
+                let Some((attribute, aspan)) = attr(2) else {
+                    return Err(Diag::new(
+                        cx.file,
+                        nspan,
+                        format!("name the attribute of data.{kind}.{name} to use, e.g. data.{kind}.{name}.{}", 
+                            super::data::kind(&kind).map_or("id", |k| k.outputs[0])),
+                    ));
+                };
+                let value = self.data_attribute(&kind, &name, &attribute, nspan, aspan, cx)?;
+                self.apply_ops(value, &ops[3..], cx)
+            }
             "count" | "each" | "self" | "terraform" => Err(Diag::new(
                 cx.file,
                 span,
@@ -489,6 +515,133 @@ impl<'a> Evaluator<'a> {
         self.memo.borrow_mut().insert(key, stored.clone());
         let v = stored.ok_or_else(|| Diag::reported(cx.file))?;
         self.local_view(name, def, v, cx, span)
+    }
+
+    /// `data.KIND.NAME.ATTRIBUTE`: the data source read once (its block evaluated with real
+    /// values), a secret attribute as a placeholder whose value joins the sensitive ones.
+    fn data_attribute(
+        &self,
+        kind: &str,
+        name: &str,
+        attribute: &str,
+        span: Option<Range<usize>>,
+        attribute_span: Option<Range<usize>>,
+        cx: &Ctx,
+    ) -> R {
+        let key = (kind.to_string(), name.to_string());
+        let Some(&(file, block)) = self.data.get(&key) else {
+            let known: Vec<String> = self.data.keys().map(|(k, n)| format!("{k}.{n}")).collect();
+            return Err(Diag::new(
+                cx.file,
+                span,
+                format!(
+                    "no data source data \"{kind}\" \"{name}\" is declared{}",
+                    did_you_mean(&format!("{kind}.{name}"), known.iter().map(String::as_str))
+                ),
+            ));
+        };
+        let def = super::data::kind(kind).expect("scan refuses unknown kinds");
+        if !def.outputs.contains(&attribute) {
+            return Err(Diag::new(
+                cx.file,
+                attribute_span,
+                format!(
+                    "data.{kind}.{name} has no attribute `{attribute}`{} ({})",
+                    did_you_mean(attribute, def.outputs.iter().copied()),
+                    def.outputs.join(", ")
+                ),
+            ));
+        }
+        let memo = self.data_memo.borrow().get(&key).cloned();
+        let (config, outputs) = match memo {
+            Some(done) => done.ok_or_else(|| Diag::reported(cx.file))?,
+            None => {
+                let read = self.read_data(kind, name, file, block);
+                let stored = match read {
+                    Ok(v) => Some(v),
+                    Err(d) => {
+                        self.local_problems.borrow_mut().push(d);
+                        None
+                    }
+                };
+                self.data_memo.borrow_mut().insert(key, stored.clone());
+                stored.ok_or_else(|| Diag::reported(cx.file))?
+            }
+        };
+        let value = Value::from_json(&outputs[attribute]);
+        if !def.is_sensitive(attribute, &config) || cx.reveal {
+            return Ok(value);
+        }
+        let json_name = format!("data.{kind}.{name}.{attribute}");
+        let t = sensitive_text(&value, &json_name, &json_name)
+            .map_err(|m| Diag::new(cx.file, attribute_span, m))?;
+        if let (Value::String(_), Some(text)) = (&t, value.as_text()) {
+            self.sensitive_locals.borrow_mut().insert(json_name, text.s);
+        }
+        Ok(t)
+    }
+
+    /// The block's attributes (evaluated with real values: a secret's name may be one) and
+    /// what the lookup answers for them.
+    fn read_data(
+        &self,
+        kind: &str,
+        name: &str,
+        file: usize,
+        block: &hcl_edit::structure::Block,
+    ) -> Result<DataRead, Diag> {
+        use hcl_edit::structure::Structure;
+        let def = super::data::kind(kind).expect("scan refuses unknown kinds");
+        let mut inner = Ctx::new(file, Place::Local);
+        inner.reveal = true;
+        let mut config = serde_json::Map::new();
+        for item in block.body.iter() {
+            match item {
+                Structure::Attribute(a) => {
+                    let key = a.key.value().as_str();
+                    if !def.keys.contains(&key) {
+                        return Err(Diag::new(
+                            file,
+                            a.key.span(),
+                            format!(
+                                "data \"{kind}\" \"{name}\": `{key}` is not a key amiflow reads{} (it reads {})",
+                                did_you_mean(key, def.keys.iter().copied()),
+                                def.keys.join(", ")
+                            ),
+                        ));
+                    }
+                    let v = self.eval(&a.value, &inner)?;
+                    config.insert(key.to_string(), v.to_json());
+                }
+                Structure::Block(b) => {
+                    return Err(Diag::new(
+                        file,
+                        b.ident.span(),
+                        format!(
+                            "data \"{kind}\" \"{name}\": a `{}` block is not read here; amiflow reads {} (filters as a map: filters = {{ name = \"...\" }})",
+                            b.ident.value().as_str(),
+                            def.keys.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+        let config = serde_json::Value::Object(config);
+        let Some(sources) = &self.data_sources else {
+            return Err(Diag::new(
+                file,
+                block.ident.span(),
+                format!("data \"{kind}\" \"{name}\" is read from AWS, and this command reads none: use `amiflow validate`, `build`, `start` or `policy`"),
+            ));
+        };
+        let outputs = sources.0.lookup(kind, &config).map_err(|m| {
+            Diag::new(
+                file,
+                block.ident.span(),
+                format!("data \"{kind}\" \"{name}\": {m}"),
+            )
+        })?;
+        Ok((config, outputs))
     }
 
     fn local_view(

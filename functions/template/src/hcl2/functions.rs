@@ -124,8 +124,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
 
 /// Packer functions amiflow does not evaluate, and why or what to use instead.
 pub(crate) const NOT_SUPPORTED: &[(&str, &str)] = &[
-    ("aws_secretsmanager", "amiflow does not fetch secrets while reading a template: pass the value with -var and declare the variable `sensitive = true`"),
-    ("aws_secretsmanager_raw", "amiflow does not fetch secrets while reading a template: pass the value with -var and declare the variable `sensitive = true`"),
+    ("aws_secretsmanager", "read the secret with a data source instead: data \"amazon-secretsmanager\" \"x\" { name = \"...\" key = \"...\" } and data.amazon-secretsmanager.x.value, which stays sensitive"),
+    ("aws_secretsmanager_raw", "read the secret with a data source instead: data \"amazon-secretsmanager\" \"x\" { name = \"...\" } and data.amazon-secretsmanager.x.secret_string, which stays sensitive"),
     ("vault", "amiflow does not fetch secrets while reading a template: pass the value with -var and declare the variable `sensitive = true`"),
     ("consul_key", "amiflow does not read Consul while reading a template: pass the value with -var"),
     ("rsadecrypt", "not implemented by amiflow"),

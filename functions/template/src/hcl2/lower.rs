@@ -150,6 +150,7 @@ struct Scan<'a> {
     variables: Vec<(usize, &'a Block)>,
     locals: Vec<LocalEntry<'a>>,
     sources: BTreeMap<(String, String), (usize, &'a Block)>,
+    data: BTreeMap<(String, String), (usize, &'a Block)>,
     builds: Vec<(usize, &'a Block)>,
 }
 
@@ -185,15 +186,13 @@ fn scan<'a>(
                 "locals" => {
                     for item in block.body.iter() {
                         match item {
-                            Structure::Attribute(a) => {
-                                s.locals.push(LocalEntry {
-                                    file,
-                                    name: a.key.value().as_str().to_string(),
-                                    expr: &a.value,
-                                    sensitive: false,
-                                    span: a.key.span(),
-                                })
-                            }
+                            Structure::Attribute(a) => s.locals.push(LocalEntry {
+                                file,
+                                name: a.key.value().as_str().to_string(),
+                                expr: &a.value,
+                                sensitive: false,
+                                span: a.key.span(),
+                            }),
                             Structure::Block(b) => problems.push(problem_at(
                                 at(b.span()),
                                 "locals",
@@ -203,16 +202,27 @@ fn scan<'a>(
                     }
                 }
                 "local" => {
-                    let Some(labels) = block_label(block, 1, "local \"name\"", &at, problems) else { continue };
+                    let Some(labels) = block_label(block, 1, "local \"name\"", &at, problems)
+                    else {
+                        continue;
+                    };
                     let mut sensitive = false;
                     let mut expr = None;
                     for item in block.body.iter() {
                         match item {
-                            Structure::Attribute(a) if a.key.value().as_str() == "expression" => expr = Some(&a.value),
-                            Structure::Attribute(a) if a.key.value().as_str() == "sensitive" => match &a.value {
-                                Expression::Bool(b) => sensitive = *b.value(),
-                                _ => problems.push(problem_at(at(a.value.span()), &format!("local \"{}\"", labels[0]), "`sensitive` must be true or false")),
-                            },
+                            Structure::Attribute(a) if a.key.value().as_str() == "expression" => {
+                                expr = Some(&a.value)
+                            }
+                            Structure::Attribute(a) if a.key.value().as_str() == "sensitive" => {
+                                match &a.value {
+                                    Expression::Bool(b) => sensitive = *b.value(),
+                                    _ => problems.push(problem_at(
+                                        at(a.value.span()),
+                                        &format!("local \"{}\"", labels[0]),
+                                        "`sensitive` must be true or false",
+                                    )),
+                                }
+                            }
                             other => {
                                 let k = match other {
                                     Structure::Attribute(a) => a.key.value().as_str().to_string(),
@@ -221,7 +231,10 @@ fn scan<'a>(
                                 problems.push(problem_at(
                                     at(other.span()),
                                     &format!("local \"{}\"", labels[0]),
-                                    format!("unknown `{k}`{}", did_you_mean_or_list(&k, &["expression", "sensitive"])),
+                                    format!(
+                                        "unknown `{k}`{}",
+                                        did_you_mean_or_list(&k, &["expression", "sensitive"])
+                                    ),
                                 ));
                             }
                         }
@@ -234,36 +247,79 @@ fn scan<'a>(
                             sensitive,
                             span: block.span(),
                         }),
-                        None => problems.push(problem_at(at(block.span()), &format!("local \"{}\"", labels[0]), "a local block needs `expression = ...`")),
+                        None => problems.push(problem_at(
+                            at(block.span()),
+                            &format!("local \"{}\"", labels[0]),
+                            "a local block needs `expression = ...`",
+                        )),
                     }
                 }
                 "source" => {
-                    let Some(labels) = block_label(block, 2, "source \"amazon-ebs\" \"name\"", &at, problems) else { continue };
+                    let Some(labels) =
+                        block_label(block, 2, "source \"amazon-ebs\" \"name\"", &at, problems)
+                    else {
+                        continue;
+                    };
                     let key = (labels[0].clone(), labels[1].clone());
                     if let Some((f0, b0)) = s.sources.get(&key) {
                         problems.push(problem_at(
                             at(block.span()),
                             &format!("source \"{}\" \"{}\"", key.0, key.1),
-                            format!("is defined twice (first at {}); give each source a different name", files[*f0].at(b0.span())),
+                            format!(
+                                "is defined twice (first at {}); give each source a different name",
+                                files[*f0].at(b0.span())
+                            ),
                         ));
                         continue;
                     }
                     if BuilderType::parse(&key.0).is_none() {
-                        let known: Vec<&str> = BuilderType::ALL.iter().map(|t| t.as_str()).collect();
+                        let known: Vec<&str> =
+                            BuilderType::ALL.iter().map(|t| t.as_str()).collect();
                         problems.push(problem_at(
                             at(block.labels[0].span()),
                             &format!("source \"{}\" \"{}\"", key.0, key.1),
-                            format!("builder type `{}` is not supported{}; amiflow builds {}", key.0, did_you_mean(&key.0, known.iter().copied()), known.join(", ")),
+                            format!(
+                                "builder type `{}` is not supported{}; amiflow builds {}",
+                                key.0,
+                                did_you_mean(&key.0, known.iter().copied()),
+                                known.join(", ")
+                            ),
                         ));
                     }
                     s.sources.insert(key, (file, block));
                 }
                 "build" => s.builds.push((file, block)),
-                "data" => problems.push(problem_at(
-                    at(block.span()),
-                    &format!("data \"{}\"", block.labels.first().map(|l| l.as_str()).unwrap_or("")),
-                    "data sources are not supported: amiflow reads a template without calling AWS; use source_ami_filter in the source, or pass the value with -var",
-                )),
+                "data" => {
+                    let Some(labels) =
+                        block_label(block, 2, "data \"amazon-ami\" \"name\"", &at, problems)
+                    else {
+                        continue;
+                    };
+                    let key = (labels[0].clone(), labels[1].clone());
+                    if super::data::kind(&key.0).is_none() {
+                        let known: Vec<&str> = super::data::KINDS.iter().map(|k| k.name).collect();
+                        problems.push(problem_at(
+                            at(block.labels[0].span()),
+                            &format!("data \"{}\" \"{}\"", key.0, key.1),
+                            format!(
+                                "data source `{}` is not supported{}; amiflow reads {}",
+                                key.0,
+                                did_you_mean(&key.0, known.iter().copied()),
+                                known.join(", ")
+                            ),
+                        ));
+                        continue;
+                    }
+                    if let Some((f0, b0)) = s.data.get(&key) {
+                        problems.push(problem_at(
+                            at(block.span()),
+                            &format!("data \"{}\" \"{}\"", key.0, key.1),
+                            format!("is defined twice (first at {}); give each data source a different name", files[*f0].at(b0.span())),
+                        ));
+                        continue;
+                    }
+                    s.data.insert(key, (file, block));
+                }
                 "variables" => problems.push(problem_at(
                     at(block.ident.span()),
                     "",
@@ -272,7 +328,10 @@ fn scan<'a>(
                 other => problems.push(problem_at(
                     at(block.ident.span()),
                     "",
-                    format!("unknown block `{other}`{}", did_you_mean_or_list(other, &TOP_BLOCKS)),
+                    format!(
+                        "unknown block `{other}`{}",
+                        did_you_mean_or_list(other, &TOP_BLOCKS)
+                    ),
                 )),
             }
         }
@@ -1159,6 +1218,8 @@ pub(crate) fn lower(path: &Path, opts: &PrepareOptions) -> Result<Hcl2Template, 
     };
     ev.vars = variables::resolve(&decls, &inputs, &ev, &mut problems);
     ev.declared = decls.iter().map(|d| d.name.clone()).collect();
+    ev.data = scan.data.clone();
+    ev.data_sources = opts.data_sources.clone();
     for l in &scan.locals {
         if ev.locals.contains_key(&l.name) {
             problems.push(problem_at(

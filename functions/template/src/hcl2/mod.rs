@@ -8,6 +8,8 @@
 //! * [`eval`] evaluates expressions, lowering what is only known later (build data,
 //!   sensitive values) to the JSON path's `{{ ... }}` forms; [`functions`] holds Packer's
 //!   HCL2 functions;
+//! * [`data`] names the data sources (`amazon-ami`, `amazon-parameterstore`,
+//!   `amazon-secretsmanager`) and the lookup the caller reads them with;
 //! * [`lower`] turns `packer`, `locals`, `source` and `build` blocks into the JSON template;
 //! * [`upgrade`] writes the HCL2 twin of a JSON template (`amiflow hcl2_upgrade`).
 //!
@@ -19,6 +21,7 @@
 //! A problem found by the JSON path in the lowered template (an unknown builder key, a bad
 //! provisioner) is placed back in the HCL2 source: see [`Hcl2Template::locate`].
 
+pub mod data;
 pub(crate) mod eval;
 pub(crate) mod files;
 pub(crate) mod functions;

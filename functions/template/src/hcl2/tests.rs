@@ -372,7 +372,10 @@ fn problems_have_positions_and_suggestions() {
         ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [uper(\"a\")] }\n}", "there is no function named `uper`; did you mean upper?"),
         ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [setproduct([\"a\"], [\"b\"])] }\n}", "function `setproduct` is not supported"),
         ("biuld {}", "t.pkr.hcl:10:1: unknown block `biuld`; did you mean build?"),
-        ("data \"amazon-ami\" \"x\" {}\nbuild { sources = [\"source.amazon-ebs.x\"] }", "data sources are not supported"),
+        ("data \"amazon-vpc\" \"x\" {}\nbuild { sources = [\"source.amazon-ebs.x\"] }", "t.pkr.hcl:10:6: data \"amazon-vpc\" \"x\": data source `amazon-vpc` is not supported"),
+        ("data \"amazon-ami\" \"x\" { owners = [\"self\"] }\nbuild {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [data.amazon-ami.x.id] }\n}", "data \"amazon-ami\" \"x\" is read from AWS, and this command reads none"),
+        ("data \"amazon-ami\" \"x\" { ownres = [\"self\"] }\nbuild {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [data.amazon-ami.x.id] }\n}", "`ownres` is not a key amiflow reads; did you mean owners?"),
+        ("data \"amazon-ami\" \"x\" { owners = [\"self\"] }\nbuild {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [data.amazon-ami.y.id] }\n}", "no data source data \"amazon-ami\" \"y\" is declared; did you mean amazon-ami.x?"),
         ("build {\n  sources = [\"source.amazon-ebs.x\"]\n  hcp_packer_registry { bucket_name = \"x\" }\n}", "hcp_packer_registry is not supported: amiflow does not publish to HCP Packer"),
         ("packer {\n  required_plugins {\n    ansible = { source = \"github.com/hashicorp/ansible\", version = \">= 1\" }\n  }\n}\nbuild { sources = [\"source.amazon-ebs.x\"] }", "plugin `ansible` (github.com/hashicorp/ansible) is not supported"),
         ("packer { required_version = \">= 9.0.0\" }\nbuild { sources = [\"source.amazon-ebs.x\"] }", "the template requires Packer >= 9.0.0"),
@@ -828,4 +831,99 @@ fn limits_are_problems_not_crashes() {
     let text = with_source("build {\n  sources = [\"source.amazon-ebs.x\"]\n  provisioner \"shell\" { inline = [format(\"%2000000s\", \"x\")] }\n}");
     let e = err(&text, &options());
     assert!(e.contains("longer than 1 MiB"), "{e}");
+}
+
+/// Answers each kind with fixed attributes and counts the reads.
+struct FixedLookup(std::sync::Mutex<Vec<(String, serde_json::Value)>>);
+
+impl super::data::DataLookup for FixedLookup {
+    fn lookup(&self, kind: &str, config: &serde_json::Value) -> Result<serde_json::Value, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((kind.to_string(), config.clone()));
+        Ok(match kind {
+            "amazon-ami" => {
+                serde_json::json!({"id": "ami-0abc", "name": "base-1", "creation_date": "", "owner": "1", "owner_name": "", "root_device_type": "ebs", "tags": {"Team": "core"}})
+            }
+            "amazon-parameterstore" => {
+                serde_json::json!({"value": "from-ssm", "version": "3", "arn": "arn:p"})
+            }
+            _ => {
+                serde_json::json!({"value": "s3cr3t-v4lue", "secret_string": "{}", "secret_binary": "", "version_id": "v1", "arn": "arn:s"})
+            }
+        })
+    }
+}
+
+#[test]
+fn data_sources_are_read_once_and_secrets_stay_sensitive() {
+    let lookup = std::sync::Arc::new(FixedLookup(Default::default()));
+    let mut opts = options();
+    opts.data_sources = Some(super::data::DataSources(lookup.clone()));
+    let text = r#"
+variable "secret_name" {
+  type      = string
+  default   = "db/prod"
+  sensitive = true
+}
+data "amazon-ami" "base" {
+  owners      = ["self"]
+  filters     = { name = "base-*" }
+  most_recent = true
+}
+data "amazon-parameterstore" "p" {
+  name = "/images/suffix"
+}
+data "amazon-secretsmanager" "db" {
+  name = var.secret_name
+  key  = "password"
+}
+source "amazon-ebs" "x" {
+  region        = "us-east-1"
+  source_ami    = data.amazon-ami.base.id
+  instance_type = "t3.micro"
+  ssh_username  = "ec2-user"
+  ami_name      = "x-${data.amazon-parameterstore.p.value}-${data.amazon-ami.base.tags.Team}"
+}
+build {
+  sources = ["source.amazon-ebs.x"]
+  provisioner "shell" { inline = ["echo ${data.amazon-secretsmanager.db.value} ${data.amazon-ami.base.name}"] }
+}
+"#;
+    let (h, prepared) = ok(text, &opts);
+    let reads = lookup.0.lock().unwrap().clone();
+    assert_eq!(reads.len(), 3, "each source read once: {reads:?}");
+    // The block is evaluated with real values: the secret's name is a sensitive variable.
+    assert_eq!(reads[2].1["name"], "db/prod");
+    let json = h.json();
+    assert!(!json.contains("s3cr3t-v4lue"), "{json}");
+    assert!(json.contains("\"source_ami\": \"ami-0abc\""), "{json}");
+    assert!(json.contains("x-from-ssm-core"), "{json}");
+    let name = "data.amazon-secretsmanager.db.value";
+    assert!(
+        h.template["sensitive-variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == name),
+        "{json}"
+    );
+    assert!(h.vars.iter().any(|(n, v)| n == name && v == "s3cr3t-v4lue"));
+    let script = prepared.builds[0].provisioners[0]["inline"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(script, format!("echo <sensitive:{name}> base-1"));
+    // A value read decrypted is a secret too.
+    let decrypted = text.replace(
+        "name = \"/images/suffix\"",
+        "name = \"/images/suffix\"\n  with_decryption = true",
+    );
+    let (h, _) = ok(&decrypted, &opts);
+    let json = h.json();
+    assert!(
+        json.contains("{{user `data.amazon-parameterstore.p.value`}}")
+            && !json.contains("from-ssm"),
+        "{json}"
+    );
 }

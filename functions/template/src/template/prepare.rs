@@ -41,6 +41,9 @@ pub struct PrepareOptions {
     /// set `force_deregister` (Packer sets only that key; `force_delete_snapshot` stays the
     /// template's).
     pub force: bool,
+    /// What an HCL2 template's data sources are read with (`hcl2/data.rs`); none: a
+    /// template that uses one is refused, naming the commands that read them.
+    pub data_sources: Option<crate::hcl2::data::DataSources>,
 }
 
 impl PrepareOptions {
@@ -54,6 +57,7 @@ impl PrepareOptions {
             env: BTreeMap::new(),
             template_dir: None,
             force: false,
+            data_sources: None,
         }
     }
 
