@@ -63,7 +63,7 @@ const machine = new StateMachine(definition, {
 });
 const execution = machine.run(input, {
   overrides: { waitTimeOverrides: waitStates, retryIntervalOverrides: retryStates },
-  context: { Execution: { Name: executionName, Id: `arn:aws:states:us-east-1:123456789012:execution:amiflow:${executionName}`, Input: input } },
+  context: { Execution: { Name: executionName, Id: `arn:aws:states:us-east-1:123456789012:execution:amiflow:${executionName}`, Input: input, StartTime: new Date().toISOString() } },
 });
 
 const record = { path: [], retries: [], caught: [], output: null, error: null, history: [] };

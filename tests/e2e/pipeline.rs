@@ -498,3 +498,170 @@ async fn each_mutating_call_of_publish_and_retain_fails_in_turn() {
         }
     }
 }
+
+/// Messages waiting in an SQS queue, each parsed from its body (SNS wraps its own).
+async fn queued(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            return out;
+        }
+        for m in got.messages() {
+            let body: Value = serde_json::from_str(m.body().unwrap_or("null")).unwrap();
+            out.push(body);
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// `notify`: every run is announced, on SNS (read through an SQS subscription) and as an
+/// EventBridge event (read through a rule's SQS target): built, then up to date (skipped),
+/// then a failing build (failed, naming it), each with the pipeline, images and fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_announces_each_run_on_sns_and_eventbridge() {
+    let Some(moto) = Moto::start_or_skip("notify_announces_each_run_on_sns_and_eventbridge") else {
+        return;
+    };
+    let sdk = moto.sdk_config(REGION).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = |name: &'static str| {
+        let sqs = sqs.clone();
+        async move {
+            let url = sqs
+                .create_queue()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url()
+                .unwrap()
+                .to_string();
+            let arn = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .unwrap()
+                .attributes()
+                .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+                .clone();
+            (url, arn)
+        }
+    };
+    let (sns_queue, sns_queue_arn) = queue("from-sns").await;
+    let (events_queue, events_queue_arn) = queue("from-events").await;
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let topic = sns
+        .create_topic()
+        .name("amiflow-web")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(&sns_queue_arn)
+        .send()
+        .await
+        .unwrap();
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    events
+        .put_rule()
+        .name("amiflow-pipelines")
+        .event_pattern(
+            json!({"source": [amiflow::steps::notify::EVENT_SOURCE],
+                   "detail-type": [amiflow::steps::notify::DETAIL_TYPE]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("amiflow-pipelines")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&events_queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("web.json"), template().to_string()).unwrap();
+    write_script(root, "echo one");
+    let mut file = pipeline(json!({"keep_latest": 1}));
+    file["notify"] = json!({"sns_topic_arn": topic, "eventbridge": true});
+    std::fs::write(root.join("pipeline.json"), file.to_string()).unwrap();
+
+    let mut statuses = Vec::new();
+    for (run, script) in [
+        ("built", "echo one"),
+        ("up to date", "echo one"),
+        ("failing", "exit 7"),
+    ] {
+        write_script(root, script);
+        let out = build(&moto, root, &[]).await;
+        assert_eq!(
+            out.ok,
+            run != "failing",
+            "{run}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let from_sns = queued(&sqs, &sns_queue).await;
+        assert_eq!(from_sns.len(), 1, "{run}: one SNS message: {from_sns:#?}");
+        let message: Value =
+            serde_json::from_str(from_sns[0]["Message"].as_str().unwrap()).unwrap();
+        let from_events = queued(&sqs, &events_queue).await;
+        assert_eq!(from_events.len(), 1, "{run}: one event: {from_events:#?}");
+        assert_eq!(
+            from_events[0]["detail"], message,
+            "{run}: the same report on both"
+        );
+        assert_eq!(
+            from_events[0]["detail-type"],
+            amiflow::steps::notify::DETAIL_TYPE
+        );
+        assert_eq!(message["pipeline"], "web-nightly");
+        statuses.push(message["status"].as_str().unwrap().to_string());
+        match run {
+            "failing" => {
+                let failure = message["failures"][0].to_string();
+                assert!(
+                    failure.contains("web") && failure.contains('7'),
+                    "{message:#}"
+                );
+            }
+            _ => {
+                let images = message["images"].as_object().unwrap();
+                assert!(
+                    images.contains_key(REGION) && images.contains_key(COPY_REGION),
+                    "{message:#}"
+                );
+                assert_eq!(message["fingerprint"].as_str().map(str::len), Some(64));
+            }
+        }
+    }
+    assert_eq!(statuses, ["succeeded", "skipped", "failed"]);
+}

@@ -284,6 +284,32 @@ impl Ctx {
             .clone()
     }
 
+    /// SNS, EventBridge and Secrets Manager are called once a run (a pipeline's
+    /// notification, a template's secrets): built when asked, not cached.
+    pub fn sns(&self, region: &str) -> aws_sdk_sns::Client {
+        aws_sdk_sns::Client::from_conf(
+            aws_sdk_sns::config::Builder::from(&self.sdk)
+                .region(Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
+    pub fn events(&self, region: &str) -> aws_sdk_eventbridge::Client {
+        aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(&self.sdk)
+                .region(Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
+    pub fn secrets_manager(&self, region: &str) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::config::Builder::from(&self.sdk)
+                .region(Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
     pub fn sts(&self, region: &str) -> aws_sdk_sts::Client {
         let mut cache = self.sts.lock().unwrap();
         cache

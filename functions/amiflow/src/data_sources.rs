@@ -156,12 +156,8 @@ async fn secret(ctx: &Ctx, region: &str, config: &Value) -> Result<Value, String
     let name = config["name"]
         .as_str()
         .ok_or("set `name`: the secret to read")?;
-    let client = aws_sdk_secretsmanager::Client::from_conf(
-        aws_sdk_secretsmanager::config::Builder::from(&ctx.sdk)
-            .region(aws_config::Region::new(region.to_string()))
-            .build(),
-    );
-    let out = client
+    let out = ctx
+        .secrets_manager(region)
         .get_secret_value()
         .secret_id(name)
         .set_version_id(config["version_id"].as_str().map(String::from))

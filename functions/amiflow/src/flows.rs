@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Prepare ─► HasPipeline? ─► [Fingerprint] ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed?
-//!   │                                            │          ─► BuildFailed (Fail) | [Publish ─► Retain ─►] Succeeded
+//!   │                                            │          ─► BuildFailed (Fail) | [Publish ─► Retain ─► Notify ─► RunFailed?] Succeeded
 //!   │                                            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
 //!   │                 ├─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   │                 └─ <builder>.redrive.<Step> … ─► <builder>.redrive.Cleanup (no Catch)
@@ -31,9 +31,11 @@
 //! The deployed definition (infra.rs) substitutes the Map's `MaxConcurrency` (rendered here
 //! as 0, unlimited) and the execution timeout from the stack's parameters.
 //!
-//! The pipeline states (Fingerprint, Publish, Retain: [`PIPELINE_BEFORE`], [`PIPELINE_AFTER`])
-//! run only when Prepare's output has `$.pipeline` (Choices, so a plain build invokes no
-//! extra function). A run found up to date empties `$.builds`, so the Map runs no iteration.
+//! The pipeline states (Fingerprint, Publish, Retain, Notify: [`PIPELINE_BEFORE`],
+//! [`PIPELINE_AFTER`], [`NOTIFY`]) run only when Prepare's output has `$.pipeline` (Choices,
+//! so a plain build invokes no extra function). A run found up to date empties `$.builds`, so
+//! the Map runs no iteration. Every pipeline run ends in Notify: after Retain, after a failed
+//! build, or after a failed Publish or Retain (caught into `$.pipeline_error`).
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -61,6 +63,9 @@ pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
 /// A pipeline's states after every build succeeded, in order: publish the image id, then
 /// retire the older images.
 pub const PIPELINE_AFTER: [StepSpec; 2] = [publish::SPEC, retain::SPEC];
+/// Ends every pipeline run, whatever its outcome (builds failed, Publish or Retain failed,
+/// up to date, succeeded): the pipeline's `notify`.
+pub const NOTIFY: StepSpec = notify::SPEC;
 
 // The phases the builders share, in Packer's order.
 
@@ -266,6 +271,7 @@ pub fn all_steps() -> Vec<StepSpec> {
     }
     all.extend([ERROR_CLEANUP_PROVISION, CLEANUP, FINALIZE]);
     all.extend(PIPELINE_AFTER);
+    all.push(NOTIFY);
     let mut seen = std::collections::BTreeSet::new();
     all.retain(|s| seen.insert(s.name));
     all
@@ -460,10 +466,14 @@ pub const TEMPLATE_INVALID: &str = "TemplateInvalid";
 pub const HAS_PIPELINE: &str = "HasPipeline";
 /// Where Prepare, Fingerprint and Finalize carry a pipeline's state; absent without one.
 const PIPELINE_PATH: &str = "$.pipeline";
+/// Where a failed Publish or Retain leaves its error for Notify.
+const PIPELINE_ERROR_PATH: &str = "$.pipeline_error";
 pub const BUILDS: &str = "Builds";
 pub const ANY_BUILD_FAILED: &str = "AnyBuildFailed";
 pub const BUILD_FAILED: &str = "BuildFailed";
 pub const SUCCEEDED: &str = "Succeeded";
+/// After Notify: the run failed (Notify's output has a `cause`) or succeeded.
+pub const RUN_FAILED: &str = "RunFailed";
 
 /// The whole definition.
 pub fn definition() -> StateMachine {
@@ -535,6 +545,12 @@ pub fn definition() -> StateMachine {
         ANY_BUILD_FAILED,
         Choice {
             choices: vec![
+                // A failed pipeline run is announced before the execution fails.
+                ChoiceRule::and(vec![
+                    ChoiceRule::compare("$.failed", "NumericGreaterThan", 0),
+                    ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true),
+                ])
+                .then(NOTIFY.name),
                 ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED),
                 ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_AFTER[0].name),
             ],
@@ -543,9 +559,28 @@ pub fn definition() -> StateMachine {
         },
     );
     for (i, step) in PIPELINE_AFTER.iter().enumerate() {
-        let next = PIPELINE_AFTER.get(i + 1).map_or(SUCCEEDED, |s| s.name);
-        states.add(step.name, task(step, Some(next.into()), Vec::new()));
+        let next = PIPELINE_AFTER.get(i + 1).map_or(NOTIFY.name, |s| s.name);
+        // A failed Publish or Retain is announced too: its error rides along to Notify.
+        let catch = vec![Catcher {
+            error_equals: vec!["States.ALL".into()],
+            result_path: Some(Some(PIPELINE_ERROR_PATH.into())),
+            next: NOTIFY.name.into(),
+        }];
+        states.add(step.name, task(step, Some(next.into()), catch));
     }
+    let mut notify = task(&NOTIFY, Some(RUN_FAILED.into()), Vec::new());
+    notify.parameters = Some(json!({
+        "output.$": "$", "execution.$": "$$.Execution.Name", "started.$": "$$.Execution.StartTime"
+    }));
+    states.add(NOTIFY.name, notify);
+    states.add(
+        RUN_FAILED,
+        Choice {
+            choices: vec![ChoiceRule::compare("$.cause", "IsPresent", true).then(BUILD_FAILED)],
+            default: Some(SUCCEEDED.into()),
+            ..Choice::default()
+        },
+    );
     states.add(
         BUILD_FAILED,
         Fail {
@@ -722,8 +757,8 @@ mod tests {
         let nexts: Vec<Option<&str>> = any.choices.iter().map(|r| r.next.as_deref()).collect();
         assert_eq!(
             nexts,
-            [Some(BUILD_FAILED), Some("Publish")],
-            "a failure never publishes"
+            [Some("Notify"), Some(BUILD_FAILED), Some("Publish")],
+            "a failure never publishes: a pipeline's is announced, a plain build's fails at once"
         );
         assert_eq!(
             any.default.as_deref(),
@@ -731,8 +766,26 @@ mod tests {
             "a plain build ends"
         );
         assert_eq!(next("Publish").as_deref(), Some("Retain"));
-        assert_eq!(next("Retain").as_deref(), Some(SUCCEEDED));
-        for step in PIPELINE_BEFORE.iter().chain(&PIPELINE_AFTER) {
+        assert_eq!(next("Retain").as_deref(), Some("Notify"));
+        for after in PIPELINE_AFTER {
+            let Some(State::Task(t)) = def.states.get(after.name) else {
+                panic!()
+            };
+            assert_eq!(
+                t.catch[0].next, "Notify",
+                "{}'s failure is announced",
+                after.name
+            );
+        }
+        assert_eq!(next("Notify").as_deref(), Some(RUN_FAILED));
+        let ended = choice(RUN_FAILED);
+        assert_eq!(ended.choices[0].next.as_deref(), Some(BUILD_FAILED));
+        assert_eq!(ended.default.as_deref(), Some(SUCCEEDED));
+        for step in PIPELINE_BEFORE
+            .iter()
+            .chain(&PIPELINE_AFTER)
+            .chain([&NOTIFY])
+        {
             assert!(find(step.name).is_some(), "{} is registered", step.name);
         }
     }

@@ -20,6 +20,7 @@ use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
 use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
 use crate::state::BUILD_TAG;
+use crate::steps::notify::NOTIFY_TOPIC_PREFIX;
 use crate::steps::upload_bundle::{self, BUNDLE_UPLOAD_ACTIONS, BUNDLE_UPLOAD_ROLE_PATH};
 use crate::steps::StepSpec;
 
@@ -278,6 +279,16 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
         Reach::BundleUploadRole => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{BUNDLE_UPLOAD_ROLE_PATH}*")),
+            None,
+        )],
+        Reach::NotifyTopics => vec![statement(
+            "",
+            json!(format!("arn:${{AWS::Partition}}:sns:*:${{AWS::AccountId}}:{NOTIFY_TOPIC_PREFIX}*")),
+            None,
+        )],
+        Reach::DefaultEventBus => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:events:*:${AWS::AccountId}:event-bus/default"),
             None,
         )],
         Reach::BuildHostCommand => vec![

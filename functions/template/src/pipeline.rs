@@ -45,7 +45,7 @@ const NOTIFY_KEYS: &[&str] = &["sns_topic_arn", "eventbridge"];
 
 /// Sections this amiflow validates but does not run yet: refused rather than ignored, so
 /// that nobody believes an image was tested, approved or announced when it was not.
-const NOT_RUN_YET: &[&str] = &["test", "approval", "notify"];
+const NOT_RUN_YET: &[&str] = &["test", "approval"];
 
 /// The longest pipeline name: it is a tag value (256) and part of messages; kept short.
 const MAX_NAME: usize = 128;
@@ -653,7 +653,6 @@ mod tests {
         for want in [
             "test: this stage is not run",
             "approval: this stage is not run",
-            "notify: this stage is not run",
             "test.timout: unknown key in test; did you mean timeout?",
             "test.provisioners[0]",
             "approval.timeout: \"soon\" is not a duration",
@@ -661,6 +660,7 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
+        assert!(!out.contains("notify: this stage is not run"), "{out}");
     }
 
     #[test]

@@ -185,6 +185,10 @@ pub enum Reach {
     /// The bundle upload roles (under `/amiflow-bundle-upload/`), each trusting only its own
     /// stack's UploadBundle role: see `steps/upload_bundle.rs`.
     BundleUploadRole,
+    /// SNS topics a pipeline may notify: named `amiflow-*` (`steps/notify.rs`).
+    NotifyTopics,
+    /// The account's default event bus, in any region.
+    DefaultEventBus,
 }
 
 /// Tag the operator puts on the amazon-chroot build hosts a stack may use, valued with the

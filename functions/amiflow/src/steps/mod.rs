@@ -61,6 +61,7 @@ pub mod finalize;
 pub mod prepare;
 // pipelines (around the builds)
 pub mod fingerprint;
+pub mod notify;
 pub mod publish;
 pub mod retain;
 
