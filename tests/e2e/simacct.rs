@@ -789,6 +789,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         let marker = f.sshd.path("canary.marker");
         template["variables"] = json!({"canary": ""});
         template["sensitive-variables"] = json!(["canary"]);
+        // A tag gets the value too, as in Packer (revealed by RunSourceInstance and
+        // SecurityGroup, whose roles may read the execution's sensitive variables only).
+        template["builders"][0]["run_tags"] = json!({"Canary": "{{user `canary`}}"});
         template["provisioners"] = json!([{
             "type": "shell",
             "inline": [format!("printf %s \"$CANARY\" > {}", marker.display())],
@@ -816,6 +819,23 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         // (every state's input and output), the output, a function's log or the account's;
         // its parameter is gone with the execution.
         assert_eq!(std::fs::read_to_string(&marker).unwrap(), canary);
+        let tagged = admin
+            .ec2(REGION)
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:Canary")
+                    .values(&canary)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            tagged.reservations().len(),
+            1,
+            "the build's instance carries the sensitive value as its tag, not the placeholder"
+        );
         assert!(
             run.removed
                 .contains(&format!("{REGION} ssm-parameter {parameter}")),

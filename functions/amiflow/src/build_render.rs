@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::provision::Secrets;
 use crate::state::BuildData;
 use crate::StepError;
 
@@ -39,8 +40,11 @@ pub fn render(key: &str, text: &str, data: &BuildData, region: &str) -> Result<S
     .map_err(|e| StepError::BuildFailed(format!("{key}: {e}")))
 }
 
-/// Renders both keys and values of a tag map (Packer renders both).
+/// Renders both keys and values of a tag map (Packer renders both), with the sensitive
+/// variables they use revealed: a tag gets the value, as in Packer (`secrets` are the
+/// invocation's, `resources/sensitive_var.rs`).
 pub fn render_tags(
+    secrets: &Secrets,
     key: &str,
     tags: &BTreeMap<String, String>,
     data: &BuildData,
@@ -49,8 +53,8 @@ pub fn render_tags(
     tags.iter()
         .map(|(k, v)| {
             Ok((
-                render(key, k, data, region)?,
-                render(&format!("{key}.{k}"), v, data, region)?,
+                secrets.reveal(&render(key, k, data, region)?),
+                secrets.reveal(&render(&format!("{key}.{k}"), v, data, region)?),
             ))
         })
         .collect()
@@ -79,18 +83,26 @@ mod tests {
             e.message().contains("tags.Name") && e.message().contains("Nope"),
             "{e:?}"
         );
+        let secrets = Secrets::from_pairs([("pw".to_string(), "hunter2".to_string())]);
         assert_eq!(
             render_tags(
+                &secrets,
                 "run_tags",
-                &BTreeMap::from([(
-                    "{{ .BuildRegion }}".to_string(),
-                    "{{ .SourceAMI }}".to_string()
-                )]),
+                &BTreeMap::from([
+                    (
+                        "{{ .BuildRegion }}".to_string(),
+                        "{{ .SourceAMI }}".to_string()
+                    ),
+                    ("Secret".to_string(), "pw=<sensitive:pw>".to_string())
+                ]),
                 &data,
                 "r"
             )
             .unwrap(),
-            BTreeMap::from([("r".to_string(), "ami-1".to_string())])
+            BTreeMap::from([
+                ("r".to_string(), "ami-1".to_string()),
+                ("Secret".to_string(), "pw=hunter2".to_string())
+            ])
         );
     }
 }

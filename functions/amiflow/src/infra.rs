@@ -281,6 +281,11 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{BUNDLE_UPLOAD_ROLE_PATH}*")),
             None,
         )],
+        Reach::SensitiveVars => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*/vars/*"),
+            None,
+        )],
         Reach::NotifyTopics => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:sns:*:${{AWS::AccountId}}:{NOTIFY_TOPIC_PREFIX}*")),

@@ -153,6 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     {
         secrets.set_ssh_password(password);
     }
+    let run_secrets = secrets.clone();
     ctx.secrets = secrets;
     let own_region = ctx.sdk.region().map(|r| r.to_string());
 
@@ -235,7 +236,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         for line in amiflow_cli::pipeline_file::outcome_lines(output) {
             ui.say(&format!("==> {line}"));
         }
-        write_manifests(output, &manifests, opts.build_time.timestamp())?;
+        write_manifests(
+            output,
+            &manifests,
+            opts.build_time.timestamp(),
+            &run_secrets,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(output)?);
         }
@@ -390,6 +396,7 @@ fn write_manifests(
     output: &Value,
     manifests: &[(String, Value)],
     build_time: i64,
+    secrets: &amiflow::provision::Secrets,
 ) -> anyhow::Result<()> {
     let run_uuid = uuid_fragment_full();
     let builds = output["builds"].as_array().cloned().unwrap_or_default();
@@ -402,7 +409,12 @@ fn write_manifests(
             continue;
         };
         let path = manifest::output_path(post_processor);
-        let entry = manifest::entry(build, post_processor, &run_uuid, build_time);
+        let mut entry = manifest::entry(build, post_processor, &run_uuid, build_time);
+        // The template's `custom_data` gets the values of the sensitive variables it uses,
+        // as in Packer: the manifest is the user's own file.
+        if let Some(custom) = entry.get_mut("custom_data") {
+            manifest::reveal(custom, secrets);
+        }
         match by_file.iter_mut().find(|(p, _)| *p == path) {
             Some((_, entries)) => entries.push(entry),
             None => by_file.push((path, vec![entry])),

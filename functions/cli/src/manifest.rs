@@ -25,6 +25,16 @@ pub fn entry(build: &Value, post_processor: &Value, run_uuid: &str, build_time: 
     entry
 }
 
+/// Every string in `value` with its sensitive placeholders revealed.
+pub fn reveal(value: &mut Value, secrets: &amiflow::provision::Secrets) {
+    match value {
+        Value::String(s) => *s = secrets.reveal(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| reveal(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| reveal(v, secrets)),
+        _ => {}
+    }
+}
+
 /// Where the manifest goes: `output`, relative to the working directory as in Packer.
 pub fn output_path(post_processor: &Value) -> PathBuf {
     PathBuf::from(
@@ -57,6 +67,19 @@ pub fn append(path: &Path, entries: Vec<Value>, run_uuid: &str) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn custom_data_gets_the_sensitive_values() {
+        let secrets =
+            amiflow::provision::Secrets::from_pairs([("pw".to_string(), "a\"b".to_string())]);
+        let mut custom =
+            serde_json::json!({"db": "<sensitive:pw>", "list": ["x <sensitive:pw>"], "n": 1});
+        super::reveal(&mut custom, &secrets);
+        assert_eq!(
+            custom,
+            serde_json::json!({"db": "a\"b", "list": ["x a\"b"], "n": 1})
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -185,6 +185,9 @@ pub enum Reach {
     /// The bundle upload roles (under `/amiflow-bundle-upload/`), each trusting only its own
     /// stack's UploadBundle role: see `steps/upload_bundle.rs`.
     BundleUploadRole,
+    /// The sensitive variables of executions (`/amiflow/*/vars/*`), for the steps that
+    /// reveal them and read nothing else under `/amiflow/` (`resources/sensitive_var.rs`).
+    SensitiveVars,
     /// SNS topics a pipeline may notify: named `amiflow-*` (`steps/notify.rs`).
     NotifyTopics,
     /// The account's default event bus, in any region.

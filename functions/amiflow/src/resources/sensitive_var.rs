@@ -23,13 +23,26 @@ use crate::state::BUILD_TAG;
 use crate::{Ctx, StepError};
 
 /// The steps that reveal sensitive values (commands, scripts, files and environment sent to
-/// the instance, user data): the Lambda binary reads the parameters for these only, and
-/// each declares `ssm:GetParameter` (a test checks).
+/// the instance, user data, tags): the Lambda binary reads the parameters for these only,
+/// and each declares `ssm:GetParameter` (a test checks), reaching the sensitive variables
+/// ([`Reach::SensitiveVars`](super::Reach::SensitiveVars)) when it needs nothing else under `/amiflow/`.
 pub const REVEALING_STEPS: &[&str] = &[
     "RunSourceInstance",
     "Connect",
     "Provision",
     "ErrorCleanupProvision",
+    // Tags (`render_tags`): run_tags, tags, snapshot_tags, volume tags, spot_tags.
+    "CreateImage",
+    "CreateSnapshot",
+    "CreateTags",
+    "CreateVolume",
+    "IamInstanceProfile",
+    "KeyPair",
+    "RegisterImage",
+    "SecurityGroup",
+    "SnapshotVolumes",
+    "TagVolumes",
+    "WaitImageAvailable",
 ];
 
 /// Where `amiflow start` keeps the value of `name` for `execution` (normalized, see
@@ -206,10 +219,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_revealing_steps_read_and_only_with_references() {
-        assert!(REVEALING_STEPS.contains(&"Provision"));
-        assert!(!REVEALING_STEPS.contains(&"CreateImage"));
+    #[tokio::test]
+    async fn only_revealing_steps_read_and_only_with_references() {
+        // A closed port, no credentials: any call would fail, so Ok(None) means none was made.
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .build();
+        let ctx = Ctx::from_sdk_config(sdk);
+        let named = serde_json::json!({"execution": "b-1", "sensitive_vars": {"pw": "/amiflow/b-1/vars/pw"}});
+        for step in ["Cleanup", "Finalize", "StopInstance"] {
+            assert!(
+                for_invocation(&ctx, step, &named).await.unwrap().is_none(),
+                "{step}"
+            );
+        }
+        let none = serde_json::json!({"execution": "b-1"});
+        assert!(for_invocation(&ctx, "Provision", &none)
+            .await
+            .unwrap()
+            .is_none());
+        // A revealing step with references reads them (and, here, fails to).
+        assert!(for_invocation(&ctx, "Provision", &named).await.is_err());
     }
 
     #[test]

@@ -6,8 +6,13 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateImage",
-    iam_actions: &["ec2:CreateImage", "ec2:DescribeImages", "ec2:CreateTags"],
-    reach: &[],
+    iam_actions: &[
+        "ec2:CreateImage",
+        "ec2:DescribeImages",
+        "ec2:CreateTags",
+        "ssm:GetParameter",
+    ],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -83,7 +88,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             let mut tags = if cfg.skip_ami_run_tags() {
                 BTreeMap::new()
             } else {
-                render_tags("run_tags", cfg.run_tags(), &state.data, &region)?
+                render_tags(
+                    &ctx.secrets,
+                    "run_tags",
+                    cfg.run_tags(),
+                    &state.data,
+                    &region,
+                )?
             };
             tags.extend(build_tags(&state));
             let request = ec2

@@ -11,8 +11,10 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeSnapshots",
         "ec2:CreateSnapshot",
         "ec2:CreateTags",
+        // Tags may use sensitive variables (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -35,6 +37,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         Some(id) => id.to_string(),
         None => {
             let tags = render_tags(
+                &ctx.secrets,
                 "snapshot_tags",
                 &ami_config(&state, SPEC.name)?.snapshot_tags,
                 &state.data,

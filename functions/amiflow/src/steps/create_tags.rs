@@ -5,8 +5,8 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateTags",
-    iam_actions: &["ec2:CreateTags", "ec2:DescribeImages"],
-    reach: &[],
+    iam_actions: &["ec2:CreateTags", "ec2:DescribeImages", "ssm:GetParameter"],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         let to_tags = |key: &str,
                        m: &BTreeMap<String, String>|
          -> Result<Vec<aws_sdk_ec2::types::Tag>, StepError> {
-            Ok(render_tags(key, m, &state.data, region)?
+            Ok(render_tags(&ctx.secrets, key, m, &state.data, region)?
                 .into_iter()
                 .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
                 .collect())

@@ -9,8 +9,13 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateVolume",
-    iam_actions: &["ec2:DescribeImages", "ec2:CreateVolume", "ec2:CreateTags"],
-    reach: &[],
+    iam_actions: &[
+        "ec2:DescribeImages",
+        "ec2:CreateVolume",
+        "ec2:CreateTags",
+        "ssm:GetParameter",
+    ],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -96,6 +101,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         source = Some(src);
     }
     let tags = render_tags(
+        &ctx.secrets,
         "root_volume_tags",
         &cfg.root_volume_tags,
         &state.data,

@@ -20,8 +20,10 @@ pub const SPEC: StepSpec = StepSpec {
         "iam:TagInstanceProfile",
         "iam:PassRole",
         "ec2:RunInstances",
+        // Tags may use sensitive variables (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: Some(waits::PROFILE_USABLE),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -55,6 +57,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let tags: Vec<IamTag> = build_tags(&state)
         .into_iter()
         .chain(render_tags(
+            &ctx.secrets,
             "run_tags",
             &cfg.run_tags,
             &state.data,

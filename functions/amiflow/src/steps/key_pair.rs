@@ -74,7 +74,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 )));
             }
         };
-        let run_tags = render_tags("run_tags", cfg.run_tags(), &state.data, &region)?;
+        let run_tags = render_tags(
+            &ctx.secrets,
+            "run_tags",
+            cfg.run_tags(),
+            &state.data,
+            &region,
+        )?;
         let out = ec2
             .create_key_pair()
             .key_name(&name)

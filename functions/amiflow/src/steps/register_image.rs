@@ -39,8 +39,10 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:GetObject",
         "s3:ListBucket",
         "s3:DeleteObject",
+        // Tags may use sensitive variables (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -140,7 +142,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     let mut tags = if c.skip_ami_run_tags {
                         BTreeMap::new()
                     } else {
-                        render_tags("run_tags", &c.run.run_tags, &state.data, &region)?
+                        render_tags(
+                            &ctx.secrets,
+                            "run_tags",
+                            &c.run.run_tags,
+                            &state.data,
+                            &region,
+                        )?
                     };
                     tags.extend(build_tags(&state));
                     let out = ec2

@@ -29,7 +29,7 @@ pub const SPEC: StepSpec = StepSpec {
         // (resources/sensitive_var.rs).
         "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -125,8 +125,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         None => {
             // instance_type, or each of spot_instance_types in turn while EC2 has no capacity.
             let instance_types = cfg.instance_types();
-            let run_tags = render_tags("run_tags", &cfg.run_tags, &state.data, &region)?;
+            let run_tags = render_tags(
+                &ctx.secrets,
+                "run_tags",
+                &cfg.run_tags,
+                &state.data,
+                &region,
+            )?;
             let volume_tags = render_tags(
+                &ctx.secrets,
                 "run_volume_tags",
                 build.run_volume_tags(),
                 &state.data,
@@ -184,7 +191,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 );
             }
             if cfg.is_spot() {
-                let spot_tags = render_tags("spot_tags", &cfg.spot_tags, &state.data, &region)?;
+                let spot_tags = render_tags(
+                    &ctx.secrets,
+                    "spot_tags",
+                    &cfg.spot_tags,
+                    &state.data,
+                    &region,
+                )?;
                 req = req.tag_specifications(tag_spec(
                     ResourceType::SpotInstancesRequest,
                     &state,

@@ -14,8 +14,10 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:CreateSecurityGroup",
         "ec2:AuthorizeSecurityGroupIngress",
         "ec2:CreateTags",
+        // Tags may use sensitive variables (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -84,7 +86,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // Created straight away under the build's deterministic name: EC2 refuses a second
     // group of that name in the VPC, so a retried step learns from InvalidGroup.Duplicate
     // that its first attempt made the group, and only then looks it up (by name and tag).
-    let run_tags = render_tags("run_tags", &run.run_tags, &state.data, &region)?;
+    let run_tags = render_tags(
+        &ctx.secrets,
+        "run_tags",
+        &run.run_tags,
+        &state.data,
+        &region,
+    )?;
     let created = ec2
         .create_security_group()
         .group_name(&name)

@@ -27,8 +27,10 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeSnapshots",
         "ec2:CreateSnapshot",
         "ec2:CreateTags",
+        // Tags may use sensitive variables (resources/sensitive_var.rs).
+        "ssm:GetParameter",
     ],
-    reach: &[],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -145,6 +147,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                             .transpose()?
                             .unwrap_or_else(|| format!("amiflow: {now}"));
                         let tags = render_tags(
+                            &ctx.secrets,
                             &format!("{}.snapshot_tags", w.key),
                             &w.tags,
                             &state_ref.data,

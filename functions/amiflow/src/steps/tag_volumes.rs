@@ -11,8 +11,13 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "TagVolumes",
-    iam_actions: &["ec2:DescribeInstances", "ec2:DeleteTags", "ec2:CreateTags"],
-    reach: &[],
+    iam_actions: &[
+        "ec2:DescribeInstances",
+        "ec2:DeleteTags",
+        "ec2:CreateTags",
+        "ssm:GetParameter",
+    ],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -53,6 +58,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     // later step fails).
     let own = build_tags(&state);
     let temporary: Vec<Tag> = render_tags(
+        &ctx.secrets,
         "run_volume_tags",
         &cfg.run_volume_tags,
         &state.data,
@@ -75,6 +81,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             continue;
         }
         let tags: Vec<Tag> = render_tags(
+            &ctx.secrets,
             &format!("ebs_volumes tags of {}", v.device.device_name),
             &v.tags,
             &state.data,

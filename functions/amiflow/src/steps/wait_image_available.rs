@@ -5,8 +5,8 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
-    iam_actions: &["ec2:DescribeImages", "ec2:CreateTags"],
-    reach: &[],
+    iam_actions: &["ec2:DescribeImages", "ec2:CreateTags", "ssm:GetParameter"],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: Some(waits::IMAGE_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
@@ -36,7 +36,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         let mut tags = if cfg.skip_ami_run_tags() {
             BTreeMap::new()
         } else {
-            render_tags("run_tags", cfg.run_tags(), &state.data, &region)?
+            render_tags(
+                &ctx.secrets,
+                "run_tags",
+                cfg.run_tags(),
+                &state.data,
+                &region,
+            )?
         };
         tags.extend(build_tags(&state));
         ctx.ec2(&region)
