@@ -341,3 +341,72 @@ async fn machine_readable_output_is_packers_format() {
         run.stdout
     );
 }
+
+/// Post-processors run in the template's order after a successful build: `manifest`
+/// writes its file, then a `shell-local` post-processor reads it (Packer's common CI
+/// pattern), with `PACKER_BUILD_NAME`/`PACKER_BUILDER_TYPE`; a failing one fails the run
+/// and keeps the AMI, as Packer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_local_post_processor_runs_after_the_manifest() {
+    let Some(moto) = Moto::start_or_skip("shell_local_post_processor_runs_after_the_manifest")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tpl = template(
+        "pp-{{timestamp}}",
+        json!({"post-processors": [[
+            {"type": "manifest", "output": "manifest.json"},
+            {"type": "shell-local", "inline": [
+                "cp manifest.json seen-by-pp.json",
+                "echo \"$PACKER_BUILD_NAME $PACKER_BUILDER_TYPE\" > pp-env.txt"
+            ]}
+        ]]}),
+    );
+    let run = build(&moto, root, &tpl, &[], None).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let seen: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("seen-by-pp.json")).unwrap())
+            .unwrap();
+    let artifact = seen["builds"][0]["artifact_id"].as_str().unwrap();
+    assert!(artifact.starts_with(&format!("{REGION}:ami-")), "{seen:#}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("pp-env.txt"))
+            .unwrap()
+            .trim(),
+        "web amazon-ebs"
+    );
+
+    let failing = template(
+        "pp-fail-{{timestamp}}",
+        json!({"post-processors": [{"type": "shell-local", "inline": ["exit 3"]}]}),
+    );
+    let run = build(&moto, root, &failing, &[], None).await;
+    assert!(!run.ok, "a failing post-processor fails the run");
+    assert!(
+        run.stderr.contains("post-processor shell-local failed") && run.stderr.contains('3'),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("AMIs were created"),
+        "the artifact stays: {}",
+        run.stdout
+    );
+
+    // Checked like the provisioner: a typo is named, nothing runs.
+    let typo = template(
+        "pp-typo",
+        json!({"post-processors": [{"type": "shell-local", "inlin": ["true"]}]}),
+    );
+    let run = build(&moto, root, &typo, &[], None).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("post-processors[0].inlin")
+            || run.stdout.contains("post-processors[0].inlin"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+}

@@ -134,16 +134,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     ctx.env = opts.env.clone();
     ctx.base_dir = opts.template_dir.clone();
     let build_names: Vec<String> = prepared.builds.iter().map(|b| b.name.clone()).collect();
-    let manifests: Vec<(String, Value)> = prepared
+    // Each build's post-processors, in the template's order.
+    let post_processors: Vec<(String, Value)> = prepared
         .builds
         .iter()
         .flat_map(|b| {
             b.post_processors
                 .iter()
-                .filter(|p| p["type"] == "manifest")
                 .map(move |p| (b.name.clone(), p.clone()))
         })
         .collect();
+    let template_dir = opts.template_dir.clone();
     let mut secrets: amiflow::provision::Secrets = prepared.secrets.into();
     // Typed configs never serialize passwords: the step gets them from the run's secrets.
     if let Some(password) = prepared.builds[0]
@@ -227,6 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             (None, Some((e.error, e.cause)))
         }
     };
+    let mut post_processors_failed = 0;
     if let Some(output) = &output {
         if ui.machine {
             print_machine_artifacts(output);
@@ -236,12 +238,14 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         for line in amiflow_cli::pipeline_file::outcome_lines(output) {
             ui.say(&format!("==> {line}"));
         }
-        write_manifests(
+        post_processors_failed = run_post_processors(
             output,
-            &manifests,
+            &post_processors,
             opts.build_time.timestamp(),
             &run_secrets,
-        )?;
+            template_dir.as_deref(),
+        )
+        .await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(output)?);
         }
@@ -263,6 +267,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(128 + signal_number(&signal));
     }
     match failed_cause {
+        None if post_processors_failed > 0 => {
+            ui.error(&format!(
+                "==> {post_processors_failed} post-processor(s) failed; the artifacts above stay"
+            ));
+            Ok(1)
+        }
         None => Ok(0),
         Some((error, cause)) => {
             ui.error(&format!("==> build failed: {error}"));
@@ -392,22 +402,40 @@ fn print_artifacts(output: &Value) {
     }
 }
 
-fn write_manifests(
+/// Runs each successful build's post-processors in order, as Packer does after the build:
+/// `manifest` appends its entry at once, `shell-local` runs here.
+/// Returns how many failed (each reported; the build's artifact stays, as in Packer).
+async fn run_post_processors(
     output: &Value,
-    manifests: &[(String, Value)],
+    post_processors: &[(String, Value)],
     build_time: i64,
     secrets: &amiflow::provision::Secrets,
-) -> anyhow::Result<()> {
+    template_dir: Option<&std::path::Path>,
+) -> anyhow::Result<usize> {
     let run_uuid = uuid_fragment_full();
     let builds = output["builds"].as_array().cloned().unwrap_or_default();
-    let mut by_file: Vec<(PathBuf, Vec<Value>)> = Vec::new();
-    for (name, post_processor) in manifests {
+    let mut failed = 0;
+    for (name, post_processor) in post_processors {
         let Some(build) = builds
             .iter()
             .find(|b| b["name"] == name.as_str() && b.get("error").is_none())
         else {
             continue;
         };
+        if post_processor["type"] == "shell-local" {
+            let label = format!("{name}: post-processor shell-local");
+            if let Err(e) =
+                shell_local_post_processor(build, post_processor, secrets, template_dir, &label)
+                    .await
+            {
+                eprintln!("==> {label} failed: {}", secrets.mask(e.message()));
+                failed += 1;
+            }
+            continue;
+        }
+        if post_processor["type"] != "manifest" {
+            continue;
+        }
         let path = manifest::output_path(post_processor);
         let mut entry = manifest::entry(build, post_processor, &run_uuid, build_time);
         // The template's `custom_data` gets the values of the sensitive variables it uses,
@@ -415,16 +443,41 @@ fn write_manifests(
         if let Some(custom) = entry.get_mut("custom_data") {
             manifest::reveal(custom, secrets);
         }
-        match by_file.iter_mut().find(|(p, _)| *p == path) {
-            Some((_, entries)) => entries.push(entry),
-            None => by_file.push((path, vec![entry])),
+        // Written now: a later post-processor of the chain may read it.
+        manifest::append(&path, vec![entry], &run_uuid)?;
+        eprintln!("==> {name}: manifest written to {}", path.display());
+    }
+    Ok(failed)
+}
+
+/// Packer's `shell-local` post-processor: the shell-local provisioner's runner, here, with
+/// `PACKER_BUILD_NAME` and `PACKER_BUILDER_TYPE` in the environment.
+async fn shell_local_post_processor(
+    build: &Value,
+    post_processor: &Value,
+    secrets: &amiflow::provision::Secrets,
+    template_dir: Option<&std::path::Path>,
+    label: &str,
+) -> Result<(), amiflow::StepError> {
+    let mut own = post_processor.clone();
+    if let Some(map) = own.as_object_mut() {
+        for k in ["type", "name", "only", "except", "keep_input_artifact"] {
+            map.remove(k);
         }
     }
-    for (path, entries) in by_file {
-        manifest::append(&path, entries, &run_uuid)?;
-        eprintln!("==> manifest written to {}", path.display());
-    }
-    Ok(())
+    let config: amiflow::provision::config::ShellLocalConfig = serde_json::from_value(own)
+        .map_err(|e| amiflow::StepError::BuildFailed(format!("{label}: {e}")))?;
+    let env = amiflow::provision::plan::PlanEnv {
+        build_name: build["name"].as_str().unwrap_or_default().to_string(),
+        builder_type: build["builder_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        base_dir: template_dir.map(PathBuf::from).unwrap_or_default(),
+        ..Default::default()
+    };
+    eprintln!("==> {label}");
+    amiflow::provision::local::run_shell_local(label, &config, &env, secrets).await
 }
 
 fn uuid_fragment_full() -> String {

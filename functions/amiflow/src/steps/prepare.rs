@@ -293,7 +293,11 @@ fn prepare_text_with(
         let refused: Vec<Problem> = prepared
             .builds
             .iter()
-            .flat_map(static_credentials)
+            .flat_map(|b| {
+                static_credentials(b)
+                    .into_iter()
+                    .chain(local_post_processors(b))
+            })
             .collect();
         if !refused.is_empty() {
             return Err(invalid(Problems(refused)));
@@ -349,6 +353,26 @@ fn prepare_text_with(
 
 fn invalid(problems: Problems) -> StepError {
     StepError::InvalidTemplate(problems.to_string())
+}
+
+/// A `shell-local` post-processor runs on the machine running amiflow: a deployed build has
+/// none (its output is the manifest), so it is refused rather than skipped.
+fn local_post_processors(build: &amiflow_template::PreparedBuild) -> Vec<Problem> {
+    build
+        .post_processors
+        .iter()
+        .filter(|p| p["type"] == "shell-local")
+        .map(|_| {
+            Problem::key(
+                "post-processors",
+                format!(
+                    "{}: a shell-local post-processor runs on the machine running amiflow, and a deployed build has none: \
+                     run it with `amiflow build`, or after the execution on its output",
+                    build.name
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Inside Lambda the execution input is stored in Step Functions' history: a key written in

@@ -12,8 +12,13 @@ use crate::problem::Problem;
 
 /// Provisioner types amiflow runs (issue 5: shell and file over SSH/SSM, shell-local locally).
 pub const SUPPORTED_PROVISIONERS: [&str; 3] = ["shell", "file", "shell-local"];
-/// Post-processor types amiflow runs.
-pub const SUPPORTED_POST_PROCESSORS: [&str; 1] = ["manifest"];
+/// Post-processor types amiflow runs (by `amiflow build`, in their order, after a build
+/// succeeded).
+pub const SUPPORTED_POST_PROCESSORS: [&str; 2] = ["manifest", "shell-local"];
+
+/// Keys every post-processor takes besides its own.
+const POST_PROCESSOR_COMMON_KEYS: [&str; 5] =
+    ["type", "name", "only", "except", "keep_input_artifact"];
 
 const ROOT_KEYS: [&str; 8] = [
     "builders",
@@ -670,6 +675,22 @@ fn parse_post_processor(
                     format!("has the wrong type: found {}", type_name(v)),
                 ));
             }
+        }
+    }
+    if type_name_ == "shell-local" {
+        // The shell-local provisioner's keys and rules (Packer's post-processor takes the
+        // same), the post-processor's own keys apart.
+        let mut own = map.clone();
+        for k in POST_PROCESSOR_COMMON_KEYS {
+            own.remove(k);
+        }
+        own.insert("type".into(), Value::String("shell-local".into()));
+        for p in crate::provisioner::check(&Value::Object(own)) {
+            let key = match &p.key {
+                Some(k) => format!("{path}.{k}"),
+                None => path.clone(),
+            };
+            problems.push(Problem::key(key, p.message));
         }
     }
     let only = string_list(map.get("only"), &format!("{path}.only"), problems);
