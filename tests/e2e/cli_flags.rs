@@ -343,7 +343,7 @@ async fn machine_readable_output_is_packers_format() {
 }
 
 /// Post-processors run in the template's order after a successful build: `manifest`
-/// writes its file, then a `shell-local` post-processor reads it (Packer's common CI
+/// writes its file, `checksum` its (empty) one, then a `shell-local` post-processor reads it (Packer's common CI
 /// pattern), with `PACKER_BUILD_NAME`/`PACKER_BUILDER_TYPE`; a failing one fails the run
 /// and keeps the AMI, as Packer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,6 +358,7 @@ async fn shell_local_post_processor_runs_after_the_manifest() {
         "pp-{{timestamp}}",
         json!({"post-processors": [[
             {"type": "manifest", "output": "manifest.json"},
+            {"type": "checksum", "checksum_types": ["sha256"], "output": "sums/{{.BuildName}}.{{.ChecksumType}}"},
             {"type": "shell-local", "inline": [
                 "cp manifest.json seen-by-pp.json",
                 "echo \"$PACKER_BUILD_NAME $PACKER_BUILDER_TYPE\" > pp-env.txt"
@@ -377,6 +378,8 @@ async fn shell_local_post_processor_runs_after_the_manifest() {
             .trim(),
         "web amazon-ebs"
     );
+    // An AMI has no files to hash: the checksum file is there, empty, as Packer leaves it.
+    assert_eq!(std::fs::read(root.join("sums/web.sha256")).unwrap(), b"");
 
     let failing = template(
         "pp-fail-{{timestamp}}",

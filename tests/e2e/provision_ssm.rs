@@ -132,7 +132,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     let commands = params["commands"].join("\n");
     assert!(
         commands.contains(&format!(
-            "aws s3 cp --only-show-errors s3://{BUCKET}/amiflow/{execution}/provision/0/script.sh"
+            "aws s3 cp --only-show-errors s3://{BUCKET}/amiflow/{execution}/ssm/provision/0/script.sh"
         )),
         "{commands}"
     );
@@ -142,12 +142,12 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         "the secret must not be in the command's parameters"
     );
     // What was staged: the inline script (secret revealed: it runs there) and the wrapper.
-    let keys = staged_keys(&ctx, &format!("amiflow/{execution}/provision/0/")).await;
+    let keys = staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/0/")).await;
     assert_eq!(
         keys,
         vec![
-            format!("amiflow/{execution}/provision/0/0"),
-            format!("amiflow/{execution}/provision/0/script.sh")
+            format!("amiflow/{execution}/ssm/provision/0/0"),
+            format!("amiflow/{execution}/ssm/provision/0/script.sh")
         ]
     );
     assert!(object(&ctx, &keys[0])
@@ -166,11 +166,11 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         "{err:?}"
     );
     assert!(
-        staged_keys(&ctx, &format!("amiflow/{execution}/provision/0/"))
+        staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/0/"))
             .await
             .is_empty()
     );
-    let file_keys = staged_keys(&ctx, &format!("amiflow/{execution}/provision/1/")).await;
+    let file_keys = staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/1/")).await;
     assert_eq!(object(&ctx, &file_keys[0]).await, "welcome\n");
     assert!(object(&ctx, &file_keys[1])
         .await
@@ -216,7 +216,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         3
     );
     assert!(
-        staged_keys(&ctx, &format!("amiflow/{execution}/provision/"))
+        staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/"))
             .await
             .is_empty(),
         "staged objects removed"

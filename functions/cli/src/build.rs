@@ -433,6 +433,15 @@ async fn run_post_processors(
             }
             continue;
         }
+        if post_processor["type"] == "checksum" {
+            for path in manifest::checksum_files(build, post_processor)? {
+                eprintln!(
+                    "==> {name}: checksum: an AMI has no files to hash; {} holds no line (as Packer writes it)",
+                    path.display()
+                );
+            }
+            continue;
+        }
         if post_processor["type"] != "manifest" {
             continue;
         }

@@ -1,6 +1,7 @@
-//! Packer's `manifest` post-processor: appends each build's artifact to a JSON file
-//! (`output`, default `packer-manifest.json`), in Packer's format so tools that read
-//! Packer manifests read ours.
+//! Packer's file-writing post-processors. `manifest` appends each build's artifact to a JSON
+//! file (`output`, default `packer-manifest.json`), in Packer's format so tools that read
+//! Packer manifests read ours. `checksum` writes one file per `checksum_types` entry with a
+//! line per artifact file, as Packer does: an AMI has none, so the files are empty.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,51 @@ pub fn reveal(value: &mut Value, secrets: &amiflow::provision::Secrets) {
     }
 }
 
+/// Packer's default `output` of the checksum post-processor.
+const CHECKSUM_OUTPUT: &str = "packer_{{.BuildName}}_{{.BuilderType}}_{{.ChecksumType}}.checksum";
+
+/// The checksum post-processor for one build: each checksum type's file created (appended
+/// to, as Packer opens it), holding a line per artifact file; the paths written.
+pub fn checksum_files(build: &Value, post_processor: &Value) -> anyhow::Result<Vec<PathBuf>> {
+    let types: Vec<String> = match post_processor["checksum_types"].as_array() {
+        Some(t) => t
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        None => vec!["md5".into()],
+    };
+    let output = post_processor["output"].as_str().unwrap_or(CHECKSUM_OUTPUT);
+    let mut written = Vec::new();
+    for t in types {
+        let path = checksum_path(build, output, &t)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("checksum: cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("checksum: cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `output` rendered with Packer's `.BuildName`, `.BuilderType` and `.ChecksumType`.
+fn checksum_path(build: &Value, output: &str, checksum_type: &str) -> anyhow::Result<PathBuf> {
+    use amiflow::provision::render::{render, RenderContext};
+    let text = |k: &str| build[k].as_str().unwrap_or_default().to_string();
+    let data = std::collections::BTreeMap::from([
+        ("BuildName".to_string(), text("name")),
+        ("BuilderType".to_string(), text("builder_type")),
+        ("ChecksumType".to_string(), checksum_type.to_string()),
+    ]);
+    render(output, &RenderContext::with_build(&data))
+        .map(PathBuf::from)
+        .map_err(|e| anyhow::anyhow!("checksum output {output:?}: {e}"))
+}
+
 /// Where the manifest goes: `output`, relative to the working directory as in Packer.
 pub fn output_path(post_processor: &Value) -> PathBuf {
     PathBuf::from(
@@ -67,6 +113,39 @@ pub fn append(path: &Path, entries: Vec<Value>, run_uuid: &str) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn checksum_files_are_named_as_packer_names_them() {
+        let dir = std::env::temp_dir().join(format!("amiflow-checksum-{}", std::process::id()));
+        let build = json!({"name": "web", "builder_type": "amazon-ebs"});
+        let out = format!(
+            "{}/sums/{{{{.BuildName}}}}-{{{{.ChecksumType}}}}.txt",
+            dir.display()
+        );
+        let written = checksum_files(
+            &build,
+            &json!({"checksum_types": ["sha256", "md5"], "output": out}),
+        )
+        .unwrap();
+        assert_eq!(
+            written,
+            [
+                dir.join("sums/web-sha256.txt"),
+                dir.join("sums/web-md5.txt")
+            ]
+        );
+        assert!(written.iter().all(|p| std::fs::read(p).unwrap().is_empty()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            checksum_path(&build, CHECKSUM_OUTPUT, "md5").unwrap(),
+            PathBuf::from("packer_web_amazon-ebs_md5.checksum")
+        );
+        // As Prepare leaves it (rendering deferred, spaced).
+        assert_eq!(
+            checksum_path(&build, "{{ .BuildName }}.{{ .ChecksumType }}", "sha1").unwrap(),
+            PathBuf::from("web.sha1")
+        );
+    }
+
     #[test]
     fn custom_data_gets_the_sensitive_values() {
         let secrets =

@@ -99,9 +99,12 @@ pub struct Compiled {
     pub staged: Vec<(String, Vec<u8>)>,
 }
 
-/// Staging location of a provisioner's files: `amiflow/<execution>/provision/<index>/`.
-pub fn staging_prefix(execution: &str, index: usize) -> String {
-    format!("amiflow/{execution}/provision/{index}/")
+/// Staging location of a provisioner's files:
+/// `amiflow/<execution>/<build>/provision/<index>/`. Per build: the builds of one execution
+/// run at once, and each instance must fetch its own build's files.
+pub fn staging_prefix(execution: &str, build: &str, index: usize) -> String {
+    let build = crate::resources::key_pair::parameter_part(build);
+    format!("amiflow/{execution}/{build}/provision/{index}/")
 }
 
 const HEREDOC_END: &str = "AMIFLOW_FILE_END";
@@ -269,6 +272,8 @@ pub struct SsmSession<'a> {
     client: aws_sdk_ssm::Client,
     instance_id: String,
     execution: String,
+    /// The build's name: its staged files are its own.
+    build: String,
     /// Provisioner index → the newest command sent for it, from ListCommands.
     sent: BTreeMap<usize, String>,
 }
@@ -304,6 +309,7 @@ impl<'a> SsmSession<'a> {
             client,
             instance_id,
             execution,
+            build: state.build.name.clone(),
             sent,
         })
     }
@@ -366,7 +372,12 @@ impl<'a> SsmSession<'a> {
         sink.push(false, b"\n");
         sink.push(true, stderr.as_bytes());
         sink.finish();
-        remove_staged(self.ctx, self.cfg, &staging_prefix(&self.execution, index)).await;
+        remove_staged(
+            self.ctx,
+            self.cfg,
+            &staging_prefix(&self.execution, &self.build, index),
+        )
+        .await;
         decide(label, &status, &details, inv.response_code(), &sink.tail())?;
         Ok(Progress::Done)
     }
@@ -382,7 +393,7 @@ impl<'a> SsmSession<'a> {
         let label = p.label();
         let fail = |m: String| failed(&label, m);
         let actions = plan(p, &opts.env).map_err(fail)?;
-        let prefix = staging_prefix(&self.execution, index);
+        let prefix = staging_prefix(&self.execution, &self.build, index);
         let mut compiled =
             compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
         let revealed = opts.secrets.reveal(&compiled.script);
@@ -634,6 +645,21 @@ mod tests {
                 other => panic!("{s}/{d}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn each_build_of_an_execution_stages_apart() {
+        let web = staging_prefix("exec-1", "web", 0);
+        let db = staging_prefix("exec-1", "db", 0);
+        assert_ne!(
+            web, db,
+            "parallel builds must not overwrite each other's files"
+        );
+        assert_eq!(web, "amiflow/exec-1/web/provision/0/");
+        assert_eq!(
+            staging_prefix("exec-1", "hcl.amazon-ebs.a b", 2),
+            "amiflow/exec-1/hcl.amazon-ebs.a-b/provision/2/"
+        );
     }
 
     #[test]

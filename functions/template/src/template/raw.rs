@@ -14,7 +14,10 @@ use crate::problem::Problem;
 pub const SUPPORTED_PROVISIONERS: [&str; 3] = ["shell", "file", "shell-local"];
 /// Post-processor types amiflow runs (by `amiflow build`, in their order, after a build
 /// succeeded).
-pub const SUPPORTED_POST_PROCESSORS: [&str; 2] = ["manifest", "shell-local"];
+pub const SUPPORTED_POST_PROCESSORS: [&str; 3] = ["manifest", "shell-local", "checksum"];
+
+/// The hashes Packer's checksum post-processor knows.
+pub const CHECKSUM_TYPES: [&str; 6] = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"];
 
 /// Keys every post-processor takes besides its own.
 const POST_PROCESSOR_COMMON_KEYS: [&str; 5] =
@@ -674,6 +677,36 @@ fn parse_post_processor(
                     format!("{path}.{k}"),
                     format!("has the wrong type: found {}", type_name(v)),
                 ));
+            }
+        }
+    }
+    if type_name_ == "checksum" {
+        for (k, v) in &map {
+            match k.as_str() {
+                "checksum_types" => {
+                    let types = string_list(Some(v), &format!("{path}.checksum_types"), problems);
+                    for t in types
+                        .iter()
+                        .filter(|t| !CHECKSUM_TYPES.contains(&t.as_str()))
+                    {
+                        problems.push(Problem::key(
+                            format!("{path}.checksum_types"),
+                            format!(
+                                "`{t}` is not a checksum type (known: {})",
+                                CHECKSUM_TYPES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                "output" if !v.is_string() => problems.push(Problem::key(
+                    format!("{path}.output"),
+                    format!("has the wrong type: found {}", type_name(v)),
+                )),
+                k if k == "output" || POST_PROCESSOR_COMMON_KEYS.contains(&k) => {}
+                other => problems.push(Problem::key(
+                    format!("{path}.{other}"),
+                    "unknown key of the checksum post-processor (known: checksum_types, output)",
+                )),
             }
         }
     }
