@@ -5,7 +5,7 @@ pub mod engine;
 pub mod model;
 
 pub use engine::{
-    resource_name, Clock, Engine, Event, ExecutionError, RealClock, Scope, TaskError, TaskInvoker,
-    VirtualClock,
+    lambda_callback, resource_name, Clock, Engine, Event, ExecutionError, RealClock, Scope,
+    TaskError, TaskInvoker, VirtualClock, LAMBDA_CALLBACK,
 };
 pub use model::*;

@@ -337,6 +337,13 @@ pub struct Task {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout_seconds: Option<u64>,
+    /// The timeout read from the state's input (a reference path to a positive integer).
+    #[serde(
+        rename = "TimeoutSecondsPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds_path: Option<String>,
     #[serde(
         rename = "HeartbeatSeconds",
         default,

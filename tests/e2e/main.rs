@@ -17,6 +17,7 @@ mod lambda_runtime;
 mod limits;
 mod local_build;
 mod pipeline;
+mod policy;
 mod provision_ebs;
 mod provision_ssh;
 mod provision_ssm;

@@ -665,3 +665,126 @@ async fn notify_announces_each_run_on_sns_and_eventbridge() {
     }
     assert_eq!(statuses, ["succeeded", "skipped", "failed"]);
 }
+
+/// `amiflow build --pipeline` with stdin a pipe: `answer` is written to it, and it stays
+/// open until the build ends (no answer: the approval waits until its timeout).
+async fn build_answering(moto: &Moto, dir: &Path, answer: Option<&str>) -> Build {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(workspace_binary("amiflow"))
+        .arg("build")
+        .arg(dir.join("web.json"))
+        .arg("--pipeline")
+        .arg(dir.join("pipeline.json"))
+        .envs(moto.env(REGION))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run amiflow build");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(a) = answer {
+        stdin.write_all(a.as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    drop(stdin);
+    Build {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gates_publishing_and_every_refusal_leaves_nothing() {
+    let Some(moto) =
+        Moto::start_or_skip("approval_gates_publishing_and_every_refusal_leaves_nothing")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("web.json"), template().to_string()).unwrap();
+    write_script(d, "echo ready");
+    let mut file = pipeline(json!({"keep_latest": 1}));
+    file["approval"] = json!({"timeout": "1h"});
+    std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
+    let before = (
+        snapshots(&moto, REGION).await,
+        snapshots(&moto, COPY_REGION).await,
+    );
+    let nothing_left = |what: &'static str| {
+        let moto = &moto;
+        let before = before.clone();
+        async move {
+            for region in [REGION, COPY_REGION] {
+                assert!(
+                    pipeline_images(moto, region).await.is_empty(),
+                    "{what}: an image is left in {region}"
+                );
+            }
+            let after = (
+                snapshots(moto, REGION).await,
+                snapshots(moto, COPY_REGION).await,
+            );
+            assert_eq!(after, before, "{what}: snapshots are left");
+            assert_eq!(parameter(moto, REGION).await, None, "{what}: published");
+        }
+    };
+
+    // Nobody to ask (stdin is not a terminal or a pipe): refused before anything exists.
+    let out = tokio::process::Command::new(workspace_binary("amiflow"))
+        .arg("build")
+        .arg(d.join("web.json"))
+        .arg("--pipeline")
+        .arg(d.join("pipeline.json"))
+        .envs(moto.env(REGION))
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--approve"),
+        "{stderr}"
+    );
+    nothing_left("no approver").await;
+
+    // Refused ahead, answered "n", and not answered in time: built, then withdrawn.
+    let rejected = build(&moto, d, &["--reject"]).await;
+    assert!(!rejected.ok, "{}", rejected.stderr);
+    assert!(rejected.stderr.contains("Rejected"), "{}", rejected.stderr);
+    nothing_left("--reject").await;
+    let no = build_answering(&moto, d, Some("n\n")).await;
+    assert!(
+        !no.ok && no.stderr.contains("did not approve"),
+        "{}",
+        no.stderr
+    );
+    nothing_left("answered n").await;
+    file["approval"] = json!({"timeout": "2s"});
+    std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
+    let late = build_answering(&moto, d, None).await;
+    assert!(
+        !late.ok && late.stderr.contains("States.Timeout"),
+        "{}",
+        late.stderr
+    );
+    nothing_left("timed out").await;
+
+    // Approved at the prompt: published in both regions.
+    file["approval"] = json!({"timeout": "1h"});
+    std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
+    let yes = build_answering(&moto, d, Some("y\n")).await;
+    assert!(yes.ok, "{}\n{}", yes.stdout, yes.stderr);
+    for region in [REGION, COPY_REGION] {
+        let made = pipeline_images(&moto, region).await;
+        assert_eq!(made.len(), 1, "{region}: {made:?}");
+        assert_eq!(
+            parameter(&moto, region).await.as_ref(),
+            Some(&made[0]),
+            "{region}"
+        );
+    }
+}

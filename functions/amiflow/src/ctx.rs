@@ -57,6 +57,9 @@ pub struct Ctx {
     pub in_lambda: bool,
     /// The deployed stack's defaults for what a template leaves out; none in a local build.
     pub stack: StackDefaults,
+    /// Who answers a local run's Approve state (`amiflow build` sets it for a pipeline with
+    /// `approval`); None in Lambda, where `amiflow approve|reject` answers the task token.
+    pub approver: Option<crate::steps::approve::LocalApprover>,
 }
 
 /// What the stack's parameters `DefaultVpcId`, `DefaultSubnetId` and `BuildHostInstanceId`
@@ -141,6 +144,7 @@ impl Ctx {
             env: Default::default(),
             deadline: None,
             in_lambda: false,
+            approver: None,
             stack: StackDefaults::default(),
         }
     }

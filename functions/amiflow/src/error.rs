@@ -22,7 +22,14 @@ pub enum StepError {
     /// Prepare only: the template is wrong; nothing has been created.
     #[error("{0}")]
     InvalidTemplate(String),
+    /// Approve only: a person refused the pipeline's images (or nobody could be asked).
+    #[error("{0}")]
+    Rejected(String),
 }
+
+/// The error a refused approval fails the Approve state with: what `amiflow reject` sends
+/// (SendTaskFailure) and what a local run's refusal raises.
+pub const REJECTED: &str = "Rejected";
 
 impl StepError {
     /// The `errorType` reported to Step Functions.
@@ -32,6 +39,7 @@ impl StepError {
             StepError::Transient(_) => "Transient",
             StepError::BuildFailed(_) => "BuildFailed",
             StepError::InvalidTemplate(_) => "InvalidTemplate",
+            StepError::Rejected(_) => REJECTED,
         }
     }
 
@@ -40,7 +48,8 @@ impl StepError {
             StepError::NotReady(m)
             | StepError::Transient(m)
             | StepError::BuildFailed(m)
-            | StepError::InvalidTemplate(m) => m,
+            | StepError::InvalidTemplate(m)
+            | StepError::Rejected(m) => m,
         }
     }
 
@@ -51,6 +60,7 @@ impl StepError {
             "NotReady" => StepError::NotReady(message),
             "Transient" => StepError::Transient(message),
             "InvalidTemplate" => StepError::InvalidTemplate(message),
+            REJECTED => StepError::Rejected(message),
             _ => StepError::BuildFailed(message),
         }
     }

@@ -31,11 +31,12 @@
 //! The deployed definition (infra.rs) substitutes the Map's `MaxConcurrency` (rendered here
 //! as 0, unlimited) and the execution timeout from the stack's parameters.
 //!
-//! The pipeline states (Fingerprint, Publish, Retain, Notify: [`PIPELINE_BEFORE`],
-//! [`PIPELINE_AFTER`], [`NOTIFY`]) run only when Prepare's output has `$.pipeline` (Choices,
+//! The pipeline states (Fingerprint, Approve, Publish, Retain, Withdraw, Notify:
+//! [`PIPELINE_BEFORE`], [`APPROVE`], [`PIPELINE_AFTER`], [`WITHDRAW`], [`NOTIFY`]) run only when Prepare's output has `$.pipeline` (Choices,
 //! so a plain build invokes no extra function). A run found up to date empties `$.builds`, so
 //! the Map runs no iteration. Every pipeline run ends in Notify: after Retain, after a failed
-//! build, or after a failed Publish or Retain (caught into `$.pipeline_error`).
+//! build, or after a failed Publish or Retain (caught into `$.pipeline_error`), or after
+//! Withdraw removed the images of a run that was not approved.
 
 use amiflow_statemachine::{
     Catcher, Choice, ChoiceRule, Fail, JitterStrategy, MapState, Pass, Retrier, StateMachine,
@@ -63,6 +64,11 @@ pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
 /// A pipeline's states after every build succeeded, in order: publish the image id, then
 /// retire the older images.
 pub const PIPELINE_AFTER: [StepSpec; 2] = [publish::SPEC, retain::SPEC];
+/// Between a successful build and Publish, when the pipeline has `approval` and built:
+/// a callback Task that waits for `amiflow approve|reject` (or the local approver).
+pub const APPROVE: StepSpec = approve::SPEC;
+/// After Approve did not approve: removes the run's images; then Notify.
+pub const WITHDRAW: StepSpec = withdraw::SPEC;
 /// Ends every pipeline run, whatever its outcome (builds failed, Publish or Retain failed,
 /// up to date, succeeded): the pipeline's `notify`.
 pub const NOTIFY: StepSpec = notify::SPEC;
@@ -270,10 +276,20 @@ pub fn all_steps() -> Vec<StepSpec> {
         all.extend(chain(builder).iter().copied());
     }
     all.extend([ERROR_CLEANUP_PROVISION, CLEANUP, FINALIZE]);
+    all.push(APPROVE);
     all.extend(PIPELINE_AFTER);
-    all.push(NOTIFY);
+    all.extend([WITHDRAW, NOTIFY]);
     let mut seen = std::collections::BTreeSet::new();
     all.retain(|s| seen.insert(s.name));
+    all
+}
+
+/// The pipelines' steps: a plain build (no `$.pipeline`) invokes none of them.
+pub fn pipeline_steps() -> Vec<StepSpec> {
+    let mut all = PIPELINE_BEFORE.to_vec();
+    all.push(APPROVE);
+    all.extend(PIPELINE_AFTER);
+    all.extend([WITHDRAW, NOTIFY]);
     all
 }
 
@@ -474,6 +490,32 @@ pub const BUILD_FAILED: &str = "BuildFailed";
 pub const SUCCEEDED: &str = "Succeeded";
 /// After Notify: the run failed (Notify's output has a `cause`) or succeeded.
 pub const RUN_FAILED: &str = "RunFailed";
+/// After a successful build of a pipeline: Approve first when it has `approval`.
+pub const NEEDS_APPROVAL: &str = "NeedsApproval";
+const APPROVAL_SECONDS_PATH: &str = "$.pipeline.approval_seconds";
+
+/// Approve as a callback Task: the function gets the task token with the run's output, and
+/// the state waits (at most the pipeline's `approval.timeout`) for the answer, kept at
+/// `$.approval`. Not approving, in any way, is caught into Withdraw.
+fn approve_task() -> Task {
+    Task {
+        resource: amiflow_statemachine::LAMBDA_CALLBACK.into(),
+        parameters: Some(json!({
+            "FunctionName": resource(&APPROVE),
+            "Payload": {"output.$": "$", "token.$": "$$.Task.Token", "execution.$": "$$.Execution.Name"}
+        })),
+        timeout_seconds_path: Some(APPROVAL_SECONDS_PATH.into()),
+        result_path: Some(Some("$.approval".into())),
+        retry: retriers(&APPROVE),
+        catch: vec![Catcher {
+            error_equals: vec!["States.ALL".into()],
+            result_path: Some(Some(PIPELINE_ERROR_PATH.into())),
+            next: WITHDRAW.name.into(),
+        }],
+        next: Some(PIPELINE_AFTER[0].name.into()),
+        ..Task::default()
+    }
+}
 
 /// The whole definition.
 pub fn definition() -> StateMachine {
@@ -552,12 +594,37 @@ pub fn definition() -> StateMachine {
                 ])
                 .then(NOTIFY.name),
                 ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED),
-                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(PIPELINE_AFTER[0].name),
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(NEEDS_APPROVAL),
             ],
             default: Some(SUCCEEDED.into()),
             ..Choice::default()
         },
     );
+    states.add(
+        NEEDS_APPROVAL,
+        Choice {
+            choices: vec![ChoiceRule::and(vec![
+                ChoiceRule::compare(APPROVAL_SECONDS_PATH, "IsPresent", true),
+                // An up-to-date run built nothing to approve.
+                ChoiceRule::compare("$.pipeline.status", "StringEquals", "building"),
+            ])
+            .then(APPROVE.name)],
+            default: Some(PIPELINE_AFTER[0].name.into()),
+            ..Choice::default()
+        },
+    );
+    states.add(APPROVE.name, approve_task());
+    let mut withdraw = task(
+        &WITHDRAW,
+        Some(NOTIFY.name.into()),
+        vec![Catcher {
+            error_equals: vec!["States.ALL".into()],
+            result_path: Some(Some(PIPELINE_ERROR_PATH.into())),
+            next: NOTIFY.name.into(),
+        }],
+    );
+    withdraw.parameters = Some(json!({"output.$": "$", "execution.$": "$$.Execution.Name"}));
+    states.add(WITHDRAW.name, withdraw);
     for (i, step) in PIPELINE_AFTER.iter().enumerate() {
         let next = PIPELINE_AFTER.get(i + 1).map_or(NOTIFY.name, |s| s.name);
         // A failed Publish or Retain is announced too: its error rides along to Notify.
@@ -757,9 +824,36 @@ mod tests {
         let nexts: Vec<Option<&str>> = any.choices.iter().map(|r| r.next.as_deref()).collect();
         assert_eq!(
             nexts,
-            [Some("Notify"), Some(BUILD_FAILED), Some("Publish")],
+            [Some("Notify"), Some(BUILD_FAILED), Some(NEEDS_APPROVAL)],
             "a failure never publishes: a pipeline's is announced, a plain build's fails at once"
         );
+        // Approval only when asked for and something was built; never publish around it.
+        let needs = choice(NEEDS_APPROVAL);
+        assert_eq!(needs.choices[0].next.as_deref(), Some("Approve"));
+        assert_eq!(needs.default.as_deref(), Some("Publish"));
+        let Some(State::Task(approve)) = def.states.get("Approve") else {
+            panic!("Approve is a Task")
+        };
+        assert_eq!(approve.resource, amiflow_statemachine::LAMBDA_CALLBACK);
+        assert_eq!(
+            approve.parameters.as_ref().unwrap()["Payload"]["token.$"],
+            "$$.Task.Token"
+        );
+        assert_eq!(
+            approve.timeout_seconds_path.as_deref(),
+            Some(APPROVAL_SECONDS_PATH)
+        );
+        assert_eq!(approve.next.as_deref(), Some("Publish"));
+        assert_eq!(
+            (
+                approve.catch.len(),
+                approve.catch[0].error_equals.as_slice(),
+                approve.catch[0].next.as_str()
+            ),
+            (1, ["States.ALL".to_string()].as_slice(), "Withdraw"),
+            "every way of not approving withdraws the images"
+        );
+        assert_eq!(next("Withdraw").as_deref(), Some("Notify"));
         assert_eq!(
             any.default.as_deref(),
             Some(SUCCEEDED),
@@ -781,11 +875,7 @@ mod tests {
         let ended = choice(RUN_FAILED);
         assert_eq!(ended.choices[0].next.as_deref(), Some(BUILD_FAILED));
         assert_eq!(ended.default.as_deref(), Some(SUCCEEDED));
-        for step in PIPELINE_BEFORE
-            .iter()
-            .chain(&PIPELINE_AFTER)
-            .chain([&NOTIFY])
-        {
+        for step in pipeline_steps() {
             assert!(find(step.name).is_some(), "{} is registered", step.name);
         }
     }

@@ -17,7 +17,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amiflow_statemachine::{resource_name, Clock, RealClock, TaskError, TaskInvoker};
+use amiflow_statemachine::{
+    lambda_callback, resource_name, Clock, RealClock, TaskError, TaskInvoker,
+};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -132,6 +134,12 @@ fn lambda_error(name: &str, message: String) -> TaskError {
 
 impl TaskInvoker for LocalInvoker {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskError> {
+        // A callback task's handler answers by returning (steps/approve.rs asks locally).
+        let (resource, input) = match lambda_callback(resource, &input) {
+            Some((function, payload)) => (function, payload),
+            None => (resource.to_string(), input),
+        };
+        let resource = resource.as_str();
         let name = resource_name(resource);
         let Some(step) = (self.find)(name) else {
             // What Lambda answers for a function that does not exist.

@@ -44,6 +44,13 @@ pub struct PipelineRun {
     /// Retain only reports what it would do.
     #[serde(default)]
     pub dry_run: bool,
+    /// The `approval.timeout` in seconds: the Approve state's `TimeoutSecondsPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_seconds: Option<u64>,
+    /// Region → image Withdraw removed (with its snapshots) because the run was not
+    /// approved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub withdrawn: BTreeMap<String, String>,
 }
 
 /// How the run goes: it builds, or its fingerprint matched the newest image and it builds
@@ -54,6 +61,8 @@ pub enum RunStatus {
     #[default]
     Building,
     UpToDate,
+    /// Rejected, or not approved in time: the images built were withdrawn.
+    Rejected,
 }
 
 /// One older image retention acted on.
@@ -75,6 +84,14 @@ impl PipelineRun {
                 "pipeline {name}: up to date: {} has fingerprint {}; nothing was built",
                 self.previous_image.as_deref().unwrap_or("the newest image"),
                 self.fingerprint.as_deref().unwrap_or("?")
+            ),
+            RunStatus::Rejected => format!(
+                "pipeline {name}: not approved; the images built were removed ({})",
+                self.withdrawn
+                    .iter()
+                    .map(|(region, image)| format!("{region}: {image}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             RunStatus::Building => format!(
                 "pipeline {name}: built with fingerprint {}",
@@ -130,6 +147,10 @@ pub fn begin(
             (file, hash)
         })
         .collect();
+    let approval_seconds = pipeline
+        .approval
+        .as_ref()
+        .map(|a| a.timeout.as_std().as_secs().max(1));
     Ok(PipelineRun {
         pipeline,
         parts: FingerprintParts {
@@ -145,5 +166,7 @@ pub fn begin(
         published: BTreeMap::new(),
         retired: Vec::new(),
         dry_run: false,
+        approval_seconds,
+        withdrawn: BTreeMap::new(),
     })
 }

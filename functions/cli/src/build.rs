@@ -11,7 +11,7 @@ use amiflow_statemachine::{Engine, RealClock, StateMachine};
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-use crate::interactive::{check_console, Interactive, Terminal};
+use crate::interactive::{check_console, Console, Interactive, Terminal};
 use crate::progress::{Output, Progress};
 use crate::validate::TemplateArgs;
 use crate::{machine, manifest, validate};
@@ -46,9 +46,45 @@ pub struct Args {
     /// With --pipeline: retention reports what it would retire and touches nothing.
     #[arg(long = "retain-dry-run", requires = "pipeline")]
     pub retain_dry_run: bool,
+    /// With a pipeline that asks for `approval`: approve its images ahead (no question asked).
+    #[arg(long, requires = "pipeline", conflicts_with = "reject")]
+    pub approve: bool,
+    /// With a pipeline that asks for `approval`: refuse its images ahead; they are removed.
+    #[arg(long, requires = "pipeline")]
+    pub reject: bool,
     /// Print the execution's output document (JSON) at the end.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Who answers a pipeline's approval locally: `--approve` / `--reject` given ahead, or the
+/// person at the terminal (anything but y/yes is a no).
+fn local_approver(approve: bool, reject: bool) -> amiflow::steps::approve::LocalApprover {
+    let user = std::env::var("USER").unwrap_or_else(|_| "the local user".into());
+    if approve {
+        let who = format!("{user} (--approve)");
+        return Arc::new(move |_| {
+            let who = who.clone();
+            Box::pin(async move { Ok(who) })
+        });
+    }
+    if reject {
+        return Arc::new(|_| Box::pin(async { Err("refused ahead with --reject".to_string()) }));
+    }
+    Arc::new(move |question| {
+        let user = user.clone();
+        Box::pin(async move {
+            let answer =
+                tokio::task::spawn_blocking(move || Terminal.ask(&format!("{question} [y/N]")))
+                    .await
+                    .ok()
+                    .flatten();
+            match answer.map(|a| a.to_ascii_lowercase()).as_deref() {
+                Some("y" | "yes") => Ok(user),
+                _ => Err(format!("{user} did not approve")),
+            }
+        })
+    })
 }
 
 /// Where `build`'s own messages go: stderr, or machine-readable lines on stdout.
@@ -99,6 +135,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Some(Ok(p)) => Some(p),
         None => None,
     };
+    let asks_approval = pipeline
+        .as_ref()
+        .is_some_and(|p| p.get("approval").is_some());
+    if asks_approval && !args.approve && !args.reject {
+        if let Err(e) = check_console("a pipeline with `approval` (or --approve / --reject)") {
+            ui.error(&e);
+            return Ok(1);
+        }
+    }
     let mut opts = match args.template.prepare_options() {
         Ok(o) => o,
         Err(e) => {
@@ -133,6 +178,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     ctx.env = opts.env.clone();
     ctx.base_dir = opts.template_dir.clone();
+    if asks_approval {
+        ctx.approver = Some(local_approver(args.approve, args.reject));
+    }
     let build_names: Vec<String> = prepared.builds.iter().map(|b| b.name.clone()).collect();
     // Each build's post-processors, in the template's order.
     let post_processors: Vec<(String, Value)> = prepared

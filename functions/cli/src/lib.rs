@@ -1,7 +1,8 @@
 //! The subcommands that talk to a deployed amiflow, as a library so the end-to-end tests can
-//! drive them against the emulator: `start`, `watch`, `clean`, `redrive`/`abandon` and
-//! `policy`.
+//! drive them against the emulator: `start`, `watch`, `clean`, `redrive`/`abandon`,
+//! `approve`/`reject` and `policy`.
 
+pub mod approve;
 pub mod clean;
 pub mod pipeline_file;
 pub mod policy;

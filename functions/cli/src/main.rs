@@ -1,6 +1,6 @@
 //! The `amiflow` command. One module per subcommand.
 
-use amiflow_cli::{clean, policy, redrive, start, watch};
+use amiflow_cli::{approve, clean, policy, redrive, start, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
@@ -42,6 +42,10 @@ enum Command {
     Redrive(redrive::RedriveArgs),
     /// Give up on a deployed build kept for redrive: remove everything it made.
     Abandon(redrive::AbandonArgs),
+    /// Approve the images of a deployed pipeline run waiting for approval: it publishes.
+    Approve(approve::Args),
+    /// Reject the images of a deployed pipeline run waiting for approval: they are removed.
+    Reject(approve::Args),
     /// Print the minimal IAM policy a template needs.
     Policy(policy::Args),
     /// Serve every handler through a local Lambda Invoke API on 127.0.0.1.
@@ -97,11 +101,16 @@ fn main() -> std::process::ExitCode {
             Command::Clean(a) => clean::run(a).await,
             Command::Redrive(a) => redrive::redrive(a).await,
             Command::Abandon(a) => redrive::abandon(a).await,
+            Command::Approve(a) => approve::run(a, true).await,
+            Command::Reject(a) => approve::run(a, false).await,
             Command::Policy(a) => policy::run(a).await,
             Command::ServeLambdas(a) => serve_lambdas::run(a).await,
             Command::Hcl2Upgrade(a) => hcl2_upgrade::run(a).await,
         }
     });
+    // A question still waiting on stdin (an approval that timed out) must not keep the
+    // process alive: blocking reads are left behind, not waited for.
+    runtime.shutdown_background();
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {

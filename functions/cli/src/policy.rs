@@ -22,6 +22,10 @@ pub struct Args {
     /// The ASL definition whose steps are granted (default: the committed one).
     #[arg(long)]
     pub definition: Option<PathBuf>,
+    /// The build runs with this pipeline file (`amiflow build --pipeline`): its states'
+    /// actions are granted too.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 }
 
 /// Packer's documented IAM policy for its Amazon builders (the "minimal set").
@@ -97,6 +101,29 @@ const TEMPORARY_PROFILE_ACTIONS: &[&str] = &[
     "iam:TagInstanceProfile",
 ];
 
+/// Step actions that only some options lead to: the flow's steps declare them, but a
+/// template without the option never calls them (measured: `tests/e2e/policy.rs` removes each
+/// granted action in turn). Left out of the step union; the options below add them back.
+const ONLY_WITH_OPTIONS: &[&str] = &[
+    "ec2:DescribeVpcs",
+    "iam:CreateRole",
+    "iam:GetRole",
+    "iam:PutRolePolicy",
+    "iam:AddRoleToInstanceProfile",
+    "iam:DeleteRole",
+    "iam:ListRolePolicies",
+    "iam:TagRole",
+    "s3:DeleteObject",
+    "ssm:GetParameter",
+    "kms:CreateGrant",
+    "ssm:GetCommandInvocation",
+    "ssm:ListCommands",
+    "ssm:AddTagsToResource",
+    "s3:GetObject",
+    "s3:DeleteBucket",
+    "ec2:CancelSpotInstanceRequests",
+];
+
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let vars = parse_vars(&args.vars)?;
     let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
@@ -110,11 +137,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             definition_path.display()
         );
     }
-    let policy = minimal_policy(
+    let policy = minimal_policy_with(
         &template,
         &vars,
         definition.as_ref(),
         &amiflow::flows::registry(),
+        args.pipeline.is_some(),
     );
     println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(0)
@@ -214,10 +242,14 @@ fn reachable_tasks(
     }
 }
 
-/// The step a Task state runs (`${StepFunctionArn}`) and every task of nested machines.
+/// The step a Task state runs (`${StepFunctionArn}`, or a callback Task's `FunctionName`)
+/// and every task of nested machines.
 fn collect_nested(state: &Value, tasks: &mut BTreeSet<String>) {
-    if let Some(step) = state["Resource"]
-        .as_str()
+    let function = match state["Resource"].as_str() {
+        Some(amiflow_statemachine::LAMBDA_CALLBACK) => state["Parameters"]["FunctionName"].as_str(),
+        other => other,
+    };
+    if let Some(step) = function
         .and_then(|r| r.strip_prefix("${"))
         .and_then(|r| r.strip_suffix("FunctionArn}"))
     {
@@ -297,12 +329,29 @@ pub fn steps_for_builders(
 /// bundle upload role: a local build hands the bundle upload command the caller's own keys).
 const SCOPED_BELOW: &[&str] = &["iam:PassRole", "sts:AssumeRole"];
 
+/// [`minimal_policy_with`] for a build without a pipeline.
 pub fn minimal_policy(
     template: &Value,
     vars: &BTreeMap<String, String>,
     definition: Option<&Value>,
     registry: &[amiflow::steps::StepSpec],
 ) -> Value {
+    minimal_policy_with(template, vars, definition, registry, false)
+}
+
+/// The policy a local build of `template` needs; `pipeline`: run with `--pipeline`, whose
+/// states ([`amiflow::flows::pipeline_steps`]) a plain build never enters.
+pub fn minimal_policy_with(
+    template: &Value,
+    vars: &BTreeMap<String, String>,
+    definition: Option<&Value>,
+    registry: &[amiflow::steps::StepSpec],
+    pipeline: bool,
+) -> Value {
+    let pipeline_steps: Vec<&str> = amiflow::flows::pipeline_steps()
+        .iter()
+        .map(|s| s.name)
+        .collect();
     let builders: Vec<&Value> = template["builders"]
         .as_array()
         .map(|a| a.iter().collect())
@@ -312,6 +361,7 @@ pub fn minimal_policy(
         .filter_map(|b| b["type"].as_str().map(String::from))
         .collect();
     let mut actions: BTreeSet<String> = BTreeSet::new();
+    let mut pipeline_actions: BTreeSet<String> = BTreeSet::new();
     if types.iter().any(|t| t.starts_with("amazon-")) {
         actions.extend(SEED_BASE_ACTIONS.iter().map(|a| a.to_string()));
     }
@@ -321,13 +371,19 @@ pub fn minimal_policy(
             Some(steps) => steps.contains(&amiflow::infra::logical_id(spec.name)),
             None => spec.name != amiflow::infra::JANITOR,
         };
-        if used {
+        if used && pipeline_steps.contains(&spec.name) {
+            if pipeline {
+                pipeline_actions.extend(spec.iam_actions.iter().map(|a| a.to_string()));
+            }
+        } else if used {
             actions.extend(spec.iam_actions.iter().map(|a| a.to_string()));
         }
     }
-    for a in SCOPED_BELOW {
+    for a in SCOPED_BELOW.iter().chain(ONLY_WITH_OPTIONS) {
         actions.remove(*a);
     }
+    // A pipeline's states call what they declare whatever the template's options.
+    actions.extend(pipeline_actions);
 
     let mut pass_roles = BTreeSet::new();
     let mut assume_roles = BTreeSet::new();
@@ -369,6 +425,29 @@ pub fn minimal_policy(
             actions.extend(SSM_RUN_ACTIONS.iter().map(|a| a.to_string()));
             actions.insert("ssm:StartSession".into());
             actions.insert("ssm:TerminateSession".into());
+            // Provision finds its commands again, reads and removes what it staged.
+            actions
+                .extend(["ssm:ListCommands", "s3:GetObject", "s3:DeleteObject"].map(String::from));
+        }
+        let network = [
+            "vpc_id",
+            "vpc_filter",
+            "subnet_id",
+            "subnet_filter",
+            "security_group_filter",
+        ];
+        if network.iter().any(|k| opt(k).is_some()) {
+            actions.insert("ec2:DescribeVpcs".into());
+        }
+        // A temporary key pair's private key is a tagged SecureString parameter.
+        let own_key = ["ssh_keypair_name", "ssh_private_key_file", "ssh_password"]
+            .iter()
+            .any(|k| opt(k).is_some_and(|v| v.as_str() != Some("")))
+            || opt("ssh_agent_auth").is_some_and(|v| v == true);
+        let no_key = opt("communicator").is_some_and(|v| v == "none" || v == "ssm");
+        if !own_key && !no_key {
+            // Stored by KeyPair, read by Connect and Provision.
+            actions.extend(["ssm:AddTagsToResource", "ssm:GetParameter"].map(String::from));
         }
         if opt("source_ami")
             .is_some_and(|v| v.as_str().is_some_and(|s| s.starts_with("resolve:ssm:")))
@@ -384,6 +463,7 @@ pub fn minimal_policy(
         }
         if opt("temporary_iam_instance_profile_policy_document").is_some() {
             actions.extend(TEMPORARY_PROFILE_ACTIONS.iter().map(|a| a.to_string()));
+            actions.extend(["iam:GetRole", "iam:ListRolePolicies"].map(String::from));
             pass_roles.insert("arn:aws:iam::*:role/packer-*".into());
             pass_roles.insert("arn:aws:iam::*:role/amiflow-*".into());
         }
@@ -393,6 +473,9 @@ pub fn minimal_policy(
             assume_roles.insert(role);
         }
         if b["type"] == "amazon-instance" {
+            // The bundle bucket: read back the manifest, removed by Cleanup when it made it.
+            actions
+                .extend(["s3:GetObject", "s3:DeleteObject", "s3:DeleteBucket"].map(String::from));
             // bundle_upload_command writes the bundle with the caller's keys.
             actions.extend(
                 amiflow::steps::upload_bundle::BUNDLE_UPLOAD_ACTIONS
@@ -518,14 +601,67 @@ mod tests {
     }
 
     #[test]
+    fn option_only_actions_come_with_their_options() {
+        let registry = amiflow::flows::registry();
+        let mut none = basic_ebs();
+        none["builders"][0]["communicator"] = json!("none");
+        let basic = actions(&minimal_policy(&none, &BTreeMap::new(), None, &registry));
+        for a in ONLY_WITH_OPTIONS {
+            assert!(
+                !basic.contains(*a),
+                "{a} granted to a template without its option"
+            );
+        }
+        let mut full = basic_ebs();
+        full["builders"][0]["communicator"] = json!("ssh");
+        full["builders"][0]["spot_price"] = json!("auto");
+        full["builders"][0]["encrypt_boot"] = json!(true);
+        full["builders"][0]["temporary_iam_instance_profile_policy_document"] =
+            json!({"Version": "2012-10-17", "Statement": []});
+        let granted = actions(&minimal_policy(&full, &BTreeMap::new(), None, &registry));
+        for a in [
+            "ssm:AddTagsToResource",
+            "ec2:CancelSpotInstanceRequests",
+            "kms:CreateGrant",
+            "iam:CreateRole",
+            "iam:GetRole",
+            "iam:PutRolePolicy",
+        ] {
+            assert!(granted.contains(a), "{a}");
+        }
+        full["builders"][0]["communicator"] = json!("ssm");
+        let ssm = actions(&minimal_policy(&full, &BTreeMap::new(), None, &registry));
+        for a in [
+            "ssm:GetCommandInvocation",
+            "ssm:ListCommands",
+            "s3:GetObject",
+        ] {
+            assert!(ssm.contains(a), "{a}");
+        }
+    }
+
+    #[test]
     fn registered_steps_are_granted() {
-        let policy = minimal_policy(
+        // With a pipeline, so that its states count too; a plain build gets none of theirs.
+        let policy = minimal_policy_with(
             &basic_ebs(),
             &BTreeMap::new(),
             None,
             &amiflow::flows::registry(),
+            true,
         );
         let granted = actions(&policy);
+        let plain = actions(&minimal_policy(
+            &basic_ebs(),
+            &BTreeMap::new(),
+            None,
+            &amiflow::flows::registry(),
+        ));
+        assert!(!plain.contains("sns:Publish") && granted.contains("sns:Publish"));
+        assert!(
+            granted.contains("ssm:GetParameter"),
+            "Publish reads the parameter it writes"
+        );
         for spec in amiflow::flows::registry()
             .iter()
             .filter(|s| s.name != amiflow::infra::JANITOR)
@@ -533,7 +669,7 @@ mod tests {
             for a in spec
                 .iam_actions
                 .iter()
-                .filter(|a| !SCOPED_BELOW.contains(a))
+                .filter(|a| !SCOPED_BELOW.contains(a) && !ONLY_WITH_OPTIONS.contains(a))
             {
                 assert!(granted.contains(*a), "{} needs {a}", spec.name);
             }

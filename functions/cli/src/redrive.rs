@@ -27,7 +27,9 @@ pub struct AbandonArgs {
     pub regions: Vec<String>,
 }
 
-async fn sfn_for(execution: &str) -> anyhow::Result<(amiflow::Ctx, aws_sdk_sfn::Client)> {
+pub(crate) async fn sfn_for(
+    execution: &str,
+) -> anyhow::Result<(amiflow::Ctx, aws_sdk_sfn::Client)> {
     if !execution.starts_with("arn:") {
         bail!("{execution:?} is not an execution ARN: pass the ARN `amiflow start` printed (arn:aws:states:REGION:ACCOUNT:execution:MACHINE:NAME)");
     }

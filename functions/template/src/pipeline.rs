@@ -45,7 +45,11 @@ const NOTIFY_KEYS: &[&str] = &["sns_topic_arn", "eventbridge"];
 
 /// Sections this amiflow validates but does not run yet: refused rather than ignored, so
 /// that nobody believes an image was tested, approved or announced when it was not.
-const NOT_RUN_YET: &[&str] = &["test", "approval"];
+const NOT_RUN_YET: &[&str] = &["test"];
+
+/// The longest approval wait: a year, the longest a Step Functions execution (and so its
+/// callback task) may run.
+pub const MAX_APPROVAL_SECONDS: u64 = 365 * 24 * 3600;
 
 /// The longest pipeline name: it is a tag value (256) and part of messages; kept short.
 const MAX_NAME: usize = 128;
@@ -192,9 +196,14 @@ impl Pipeline {
         let test = section("test").map(|o| test_stage(o, &mut problems));
         let approval = section("approval").map(|o| {
             let mut r = Reader::new("approval", o, APPROVAL_KEYS, &mut problems);
-            Approval {
-                timeout: r.duration("timeout", true).unwrap_or_default(),
+            let timeout = r.duration("timeout", true).unwrap_or_default();
+            if timeout.as_std().as_secs() > MAX_APPROVAL_SECONDS {
+                r.err(
+                    "timeout",
+                    "is longer than a year, the longest an execution may wait",
+                );
             }
+            Approval { timeout }
         });
         let publish = section("publish").map(|o| {
             let mut r = Reader::new("publish", o, PUBLISH_KEYS, &mut problems);
@@ -652,7 +661,6 @@ mod tests {
             "notify": {"sns_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}}));
         for want in [
             "test: this stage is not run",
-            "approval: this stage is not run",
             "test.timout: unknown key in test; did you mean timeout?",
             "test.provisioners[0]",
             "approval.timeout: \"soon\" is not a duration",
@@ -661,6 +669,14 @@ mod tests {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
         assert!(!out.contains("notify: this stage is not run"), "{out}");
+        assert!(!out.contains("approval: this stage is not run"), "{out}");
+        let long = problems(json!({"name": "a", "approval": {"timeout": "9000h"}}));
+        assert!(
+            long.contains("approval.timeout: is longer than a year"),
+            "{long}"
+        );
+        let ok = Pipeline::parse(r#"{"name": "a", "approval": {"timeout": "24h"}}"#).unwrap();
+        assert_eq!(ok.approval.unwrap().timeout.as_std().as_secs(), 86400);
     }
 
     #[test]

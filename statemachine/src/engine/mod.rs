@@ -54,6 +54,23 @@ impl TaskError {
     }
 }
 
+/// The Resource of a callback Task invoking a Lambda function: the state waits for
+/// `SendTaskSuccess`/`SendTaskFailure` with its `$$.Task.Token`.
+pub const LAMBDA_CALLBACK: &str = "arn:aws:states:::lambda:invoke.waitForTaskToken";
+
+/// For a callback Task ([`LAMBDA_CALLBACK`]): the function its Parameters name
+/// (`FunctionName`) and the event they give it (`Payload`). None for any other Task.
+pub fn lambda_callback(resource: &str, input: &Value) -> Option<(String, Value)> {
+    if resource != LAMBDA_CALLBACK {
+        return None;
+    }
+    let function = input.get("FunctionName")?.as_str()?.to_string();
+    Some((
+        function,
+        input.get("Payload").cloned().unwrap_or(Value::Null),
+    ))
+}
+
 /// How a Task state's work is done. `resource` is the `Resource` string exactly as in the
 /// definition (e.g. `${PrepareFunctionArn}`); [`resource_name`] extracts the step name.
 /// Implementors may write `async fn invoke(&self, resource: &str, input: Value) -> …`.
@@ -321,6 +338,9 @@ impl<I: TaskInvoker> Engine<I> {
                 "RoleArn": "arn:aws:iam::000000000000:role/amiflow-local",
             },
             "StateMachine": {"Id": exec.state_machine_id, "Name": "amiflow-local"},
+            // A callback Task's token (`.waitForTaskToken`): the engine's own tasks answer
+            // by returning, so it only has to be unique per attempt.
+            "Task": {"Token": format!("{}#{state_name}#{retry_count}", exec.id)},
             "State": {
                 "Name": state_name,
                 "EnteredTime": self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -411,7 +431,11 @@ impl<I: TaskInvoker> Engine<I> {
             State::Task(t) => {
                 let effective = apply_input(&t.input_path, t.parameters.as_ref(), &raw, ctx)?;
                 let invoke = self.invoker.invoke(&t.resource, effective);
-                let result = match t.timeout_seconds {
+                let timeout = match &t.timeout_seconds_path {
+                    Some(p) => Some(timeout_from_path(p, &raw, ctx)?),
+                    None => t.timeout_seconds,
+                };
+                let result = match timeout {
                     Some(secs) => {
                         let timeout = self.clock.timeout(Duration::from_secs(secs));
                         futures::pin_mut!(invoke);
@@ -748,6 +772,19 @@ fn apply_output_path(
                 ))
             }),
     }
+}
+
+/// `TimeoutSecondsPath`: a positive whole number of seconds in the state's input.
+fn timeout_from_path(p: &str, input: &Value, ctx: &Value) -> Result<u64, ExecutionError> {
+    path::read(p, input, ctx)
+        .map_err(ExecutionError::runtime)?
+        .and_then(|v| v.as_u64())
+        .filter(|secs| *secs > 0)
+        .ok_or_else(|| {
+            ExecutionError::runtime(format!(
+                "Invalid path '{p}': the TimeoutSecondsPath must select a positive integer in the state's input"
+            ))
+        })
 }
 
 /// A payload template (Parameters, ResultSelector, ItemSelector): keys ending in `.$` take

@@ -364,6 +364,42 @@ async fn task_failed_matches_task_errors_but_not_timeouts() {
 }
 
 #[tokio::test]
+async fn timeout_seconds_path_reads_the_timeout_from_the_input() {
+    let def = json!({"StartAt": "T", "States": {"T": {
+        "Type": "Task", "Resource": "R", "TimeoutSecondsPath": "$.wait",
+        "Parameters": {"token.$": "$$.Task.Token"}, "End": true}}});
+    let slow = || {
+        Arc::new(Script {
+            latency_ms: 500,
+            ..Default::default()
+        })
+    };
+    // 1 s × 0.01 = 10 ms against a 500 ms task: timed out; 100 s × 0.01 = 1 s: it finishes.
+    let engine = Engine::from_arc(slow()).with_clock(RealClock { scale: 0.01 });
+    let e = engine
+        .run(&machine(def.clone()), "t", json!({"wait": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "States.Timeout");
+    let engine = Engine::from_arc(slow()).with_clock(RealClock { scale: 0.01 });
+    let out = engine
+        .run(&machine(def.clone()), "t", json!({"wait": 100}))
+        .await
+        .unwrap();
+    assert!(
+        out["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "a callback task gets its token: {out}"
+    );
+    for bad in [json!({}), json!({"wait": 0}), json!({"wait": "soon"})] {
+        let e = Engine::from_arc(slow())
+            .run(&machine(def.clone()), "t", bad)
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, "States.Runtime", "{e}");
+    }
+}
+
+#[tokio::test]
 async fn choice_picks_the_first_matching_rule_or_default() {
     let def = json!({"StartAt": "C", "States": {
         "C": {"Type": "Choice", "Choices": [

@@ -10,6 +10,7 @@
 //! Adding a resource kind: a module here (find, remove, IAM actions), a [`Kind`] variant in
 //! its place in the order, and the `Ledger::record` call in the step that creates it.
 
+pub mod approval_token;
 pub mod iam;
 pub mod image;
 pub mod instance;

@@ -189,7 +189,7 @@ pub async fn remove_all(ctx: &Ctx, execution: &str) -> Result<Vec<String>, StepE
 }
 
 /// The function's own region: where the stack, and so the parameters, are.
-fn own_region(ctx: &Ctx) -> String {
+pub fn own_region(ctx: &Ctx) -> String {
     ctx.sdk
         .region()
         .map(|r| r.to_string())

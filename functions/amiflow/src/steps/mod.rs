@@ -60,10 +60,12 @@ use crate::{Ctx, StepError};
 pub mod finalize;
 pub mod prepare;
 // pipelines (around the builds)
+pub mod approve;
 pub mod fingerprint;
 pub mod notify;
 pub mod publish;
 pub mod retain;
+pub mod withdraw;
 
 /// The boxed form every handler is called through.
 pub type Handler = fn(Arc<Ctx>, Value) -> BoxFuture<'static, Result<Value, StepError>>;

@@ -2,7 +2,8 @@
 //! section told what happened — an SNS message to `sns_topic_arn` and, with
 //! `eventbridge: true`, an event on the default bus (source `amiflow`, detail-type
 //! [`DETAIL_TYPE`]). Both carry the same JSON ([`message`]): pipeline, execution, status
-//! (`succeeded`, `failed` or `skipped` when the run was up to date), images by region, the
+//! (`succeeded`, `failed`, `skipped` when the run was up to date, `rejected` when its
+//! approval was refused or timed out), images by region, what was withdrawn, the
 //! fingerprint, the duration, what failed.
 //!
 //! Input: `{"output": <Finalize's output, through Publish and Retain>, "execution": NAME,
@@ -63,12 +64,11 @@ pub struct NotifiedOutput {
 
 /// What the run came to.
 pub fn status(out: &NotifiedOutput) -> &'static str {
-    let up_to_date = out
-        .output
-        .pipeline
-        .as_ref()
-        .is_some_and(|p| p.status == RunStatus::UpToDate);
-    if out.output.failed > 0 || out.pipeline_error.is_some() {
+    let run_status = out.output.pipeline.as_ref().map(|p| p.status);
+    let up_to_date = run_status == Some(RunStatus::UpToDate);
+    if run_status == Some(RunStatus::Rejected) {
+        "rejected"
+    } else if out.output.failed > 0 || out.pipeline_error.is_some() {
         "failed"
     } else if up_to_date {
         "skipped"
@@ -109,6 +109,7 @@ pub fn message(input: &NotifyInput, now: DateTime<Utc>) -> Value {
         "status": status(out),
         "images": images,
         "published": run.map(|r| r.published.clone()).unwrap_or_default(),
+        "withdrawn": run.map(|r| r.withdrawn.clone()).unwrap_or_default(),
         "fingerprint": run.and_then(|r| r.fingerprint.clone()),
         "duration_seconds": input.started.map(|s| (now - s).num_seconds()),
         "failures": failures,
