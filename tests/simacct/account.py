@@ -497,7 +497,11 @@ def _task_resources(machine: dict[str, Any]) -> list[str]:
     out = []
     for state in machine.get("States", {}).values():
         if state.get("Type") == "Task":
-            out.append(state["Resource"])
+            # A callback task (lambda:invoke.waitForTaskToken) names its function in Parameters.
+            if state["Resource"].startswith("arn:aws:states:::lambda:invoke"):
+                out.append(state["Parameters"]["FunctionName"])
+            else:
+                out.append(state["Resource"])
         for sub in [state.get("Iterator"), state.get("ItemProcessor"), *state.get("Branches", [])]:
             if sub:
                 out.extend(_task_resources(sub))
