@@ -60,6 +60,29 @@ pub fn render_tags(
         .collect()
 }
 
+/// The tags an image's snapshots (and the image made from the instance) carry: the rendered
+/// `run_tags` unless `skip_ami_run_tags`, plus the build's own tags, which win.
+pub fn image_run_tags(
+    ctx: &crate::Ctx,
+    state: &crate::BuildState,
+    region: &str,
+) -> Result<std::collections::BTreeMap<String, String>, crate::StepError> {
+    let cfg = &state.build.config;
+    let mut tags = if cfg.skip_ami_run_tags() {
+        std::collections::BTreeMap::new()
+    } else {
+        render_tags(
+            &ctx.secrets,
+            "run_tags",
+            cfg.run_tags(),
+            &state.data,
+            region,
+        )?
+    };
+    tags.extend(crate::identity::build_tags(state));
+    Ok(tags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

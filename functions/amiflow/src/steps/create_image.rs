@@ -85,18 +85,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let id = match found.images().first().and_then(|i| i.image_id()) {
         Some(id) => id.to_string(),
         None => {
-            let mut tags = if cfg.skip_ami_run_tags() {
-                BTreeMap::new()
-            } else {
-                render_tags(
-                    &ctx.secrets,
-                    "run_tags",
-                    cfg.run_tags(),
-                    &state.data,
-                    &region,
-                )?
-            };
-            tags.extend(build_tags(&state));
+            let tags = crate::build_render::image_run_tags(ctx, &state, &region)?;
             let request = ec2
                 .create_image()
                 .instance_id(&instance)

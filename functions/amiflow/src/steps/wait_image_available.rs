@@ -33,18 +33,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     if !snaps.is_empty() && !tagged_at_creation {
         // Snapshot tags at creation are not honoured everywhere (RegisterImage takes none,
         // emulators refuse them on CreateImage): make sure the build's are on.
-        let mut tags = if cfg.skip_ami_run_tags() {
-            BTreeMap::new()
-        } else {
-            render_tags(
-                &ctx.secrets,
-                "run_tags",
-                cfg.run_tags(),
-                &state.data,
-                &region,
-            )?
-        };
-        tags.extend(build_tags(&state));
+        let tags = crate::build_render::image_run_tags(ctx, &state, &region)?;
         ctx.ec2(&region)
             .create_tags()
             .set_resources(Some(snaps.clone()))
