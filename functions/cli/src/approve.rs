@@ -4,22 +4,14 @@
 //! The waiting state's task token is a SecureString parameter under the execution's path
 //! (`resources/approval_token.rs`); the answer is SendTaskSuccess (`{"approved_by": WHO}`)
 //! or SendTaskFailure (error `Rejected`, the reason as cause), then the token is removed.
-//! Who may answer is whoever may read that parameter and call those two actions
-//! ([`ANSWER_ACTIONS`]): grant them to the approvers, not to the starters.
+//! Who may answer is whoever may read and delete that parameter and call those two actions
+//! (README, "approval"): grant them to the approvers, not to the starters.
 
 use amiflow::resources::approval_token;
 use anyhow::Context as _;
 
 use crate::clean::execution_name;
 use crate::redrive::sfn_for;
-
-/// What an approver's policy needs.
-pub const ANSWER_ACTIONS: [&str; 4] = [
-    approval_token::ANSWER_ACTIONS[0],
-    approval_token::ANSWER_ACTIONS[1],
-    "states:SendTaskSuccess",
-    "states:SendTaskFailure",
-];
 
 #[derive(clap::Args)]
 pub struct Args {

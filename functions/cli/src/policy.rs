@@ -245,12 +245,11 @@ fn reachable_tasks(
 /// The step a Task state runs (`${StepFunctionArn}`, or a callback Task's `FunctionName`)
 /// and every task of nested machines.
 fn collect_nested(state: &Value, tasks: &mut BTreeSet<String>) {
-    let function = match state["Resource"].as_str() {
-        Some(amiflow_statemachine::LAMBDA_CALLBACK) => state["Parameters"]["FunctionName"].as_str(),
-        other => other,
-    };
+    let resource = state["Resource"].as_str().unwrap_or_default();
+    let function = amiflow_statemachine::lambda_callback(resource, &state["Parameters"])
+        .map_or_else(|| resource.to_string(), |(function, _)| function);
     if let Some(step) = function
-        .and_then(|r| r.strip_prefix("${"))
+        .strip_prefix("${")
         .and_then(|r| r.strip_suffix("FunctionArn}"))
     {
         tasks.insert(step.to_string());

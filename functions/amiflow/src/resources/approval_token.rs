@@ -3,8 +3,8 @@
 //! SecureString parameter under the execution's path (`/amiflow/<execution>/approval/token`),
 //! in the stack's own region, never in the execution's history beyond the state's input.
 //! Approve stores it; `amiflow approve|reject` takes it (reads, answers, removes); Withdraw
-//! removes it when the run was not approved; the janitor's sweep of the execution's path
-//! removes one left by an execution that stopped while waiting.
+//! removes it when the run was not approved. The janitor's sweep of the execution's path
+//! reaches it only when the stack's region is one of the build's regions (a known gap).
 
 use aws_sdk_ssm::types::ParameterType;
 
@@ -16,8 +16,6 @@ use crate::StepError;
 pub const STORE_ACTIONS: &[&str] = &["ssm:PutParameter"];
 /// Withdraw: removes a token nobody answered.
 pub const REMOVE_ACTIONS: &[&str] = &["ssm:DeleteParameter"];
-/// What `amiflow approve|reject` needs besides `states:SendTaskSuccess`/`SendTaskFailure`.
-pub const ANSWER_ACTIONS: &[&str] = &["ssm:GetParameter", "ssm:DeleteParameter"];
 
 /// `/amiflow/<execution>/approval/token` (`execution` as [`crate::state::build_id`] makes it).
 pub fn parameter_name(execution: &str) -> String {
