@@ -788,3 +788,146 @@ async fn approval_gates_publishing_and_every_refusal_leaves_nothing() {
         );
     }
 }
+
+/// What the test stage launched in `region` (tag `amiflow:build-name` = `web.test`): each
+/// instance's state, and the security groups and key pairs still there.
+async fn test_stage_resources(moto: &Moto, region: &str) -> (Vec<String>, usize, usize) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_config(region).await);
+    let by_test = || {
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag:amiflow:build-name")
+            .values("web.test")
+            .build()
+    };
+    let states = ec2
+        .describe_instances()
+        .filters(by_test())
+        .send()
+        .await
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            i.state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let groups = ec2
+        .describe_security_groups()
+        .filters(by_test())
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .len();
+    let keys = ec2
+        .describe_key_pairs()
+        .filters(by_test())
+        .send()
+        .await
+        .unwrap()
+        .key_pairs()
+        .len();
+    (states, groups, keys)
+}
+
+/// The test stage against moto and a throwaway sshd standing in for the test instance: a
+/// passing test publishes and leaves only the image; a failing one withdraws the new images
+/// (both regions), publishes nothing, names the test, and leaves no test resource either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_stage_gates_publishing_and_a_failing_test_leaves_nothing() {
+    let Some(moto) =
+        Moto::start_or_skip("a_test_stage_gates_publishing_and_a_failing_test_leaves_nothing")
+    else {
+        return;
+    };
+    let sshd = match amiflow_tests::sshd::Sshd::start() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED: no local sshd: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let marker = d.join("tested");
+    let mut web = template();
+    let b = &mut web["builders"][0];
+    b["communicator"] = json!("ssh");
+    b["ssh_host"] = json!("127.0.0.1");
+    b["ssh_port"] = json!(sshd.port);
+    b["ssh_username"] = json!(sshd.user);
+    b["ssh_private_key_file"] = json!(sshd.client_key);
+    web["provisioners"] = json!([{"type": "shell", "inline": ["echo building"]}]);
+    std::fs::write(d.join("web.json"), web.to_string()).unwrap();
+    let mut file = pipeline(json!({"keep_latest": 1}));
+    file["rebuild"] = json!("always");
+    file["test"] = json!({"instance_type": "t3.nano", "timeout": "5m",
+        "provisioners": [{"type": "shell", "inline": [format!("echo image-ok >> {}", marker.display())]}]});
+    std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
+    let before = (
+        snapshots(&moto, REGION).await,
+        snapshots(&moto, COPY_REGION).await,
+    );
+
+    // Passing: tested on its own instance, then published in both regions.
+    let passed = build(&moto, d, &[]).await;
+    assert!(passed.ok, "{}\n{}", passed.stdout, passed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "image-ok\n",
+        "the test provisioner ran once"
+    );
+    let made = pipeline_images(&moto, REGION).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(
+        passed.stderr.contains(&format!("==> tested {} in {REGION}", made[0])),
+        "{}",
+        passed.stderr
+    );
+    assert_eq!(parameter(&moto, REGION).await.as_ref(), Some(&made[0]));
+    let (instances, groups, keys) = test_stage_resources(&moto, REGION).await;
+    assert_eq!(instances, ["terminated"], "one test instance, terminated");
+    assert_eq!((groups, keys), (0, 0), "the test's temporary group and key are gone");
+    let first_copy = pipeline_images(&moto, COPY_REGION).await;
+
+    // Failing: the new images go in both regions, the parameter stays, the test is named.
+    file["test"]["provisioners"] = json!([{"type": "shell", "inline": ["echo checking", "exit 3"]}]);
+    std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
+    let failed = build(&moto, d, &[]).await;
+    assert!(!failed.ok, "a failing test fails the run:\n{}", failed.stdout);
+    for want in ["TestFailed", "test web.test of image", "exit"] {
+        assert!(failed.stderr.contains(want), "missing {want:?}:\n{}", failed.stderr);
+    }
+    assert_eq!(pipeline_images(&moto, REGION).await, made, "only the tested image");
+    assert_eq!(pipeline_images(&moto, COPY_REGION).await, first_copy);
+    assert_eq!(
+        parameter(&moto, REGION).await.as_ref(),
+        Some(&made[0]),
+        "nothing new published"
+    );
+    let kept: BTreeSet<String> = images(&moto, REGION)
+        .await
+        .into_iter()
+        .chain(images(&moto, COPY_REGION).await)
+        .flat_map(|(_, _, snaps)| snaps)
+        .collect();
+    let after: BTreeSet<String> = snapshots(&moto, REGION)
+        .await
+        .union(&snapshots(&moto, COPY_REGION).await)
+        .cloned()
+        .collect();
+    let mut allowed = kept;
+    allowed.extend(before.0.iter().chain(&before.1).cloned());
+    assert!(
+        after.is_subset(&allowed),
+        "snapshots of withdrawn images are left: {:?}",
+        after.difference(&allowed).collect::<Vec<_>>()
+    );
+    let (instances, groups, keys) = test_stage_resources(&moto, REGION).await;
+    assert_eq!(instances, ["terminated", "terminated"], "{instances:?}");
+    assert_eq!((groups, keys), (0, 0));
+}

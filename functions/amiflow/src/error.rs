@@ -25,11 +25,17 @@ pub enum StepError {
     /// Approve only: a person refused the pipeline's images (or nobody could be asked).
     #[error("{0}")]
     Rejected(String),
+    /// JudgeTests only: the pipeline's test stage failed on the new image (which test, and
+    /// why, in the message); caught into Withdraw.
+    #[error("{0}")]
+    TestFailed(String),
 }
 
 /// The error a refused approval fails the Approve state with: what `amiflow reject` sends
 /// (SendTaskFailure) and what a local run's refusal raises.
 pub const REJECTED: &str = "Rejected";
+/// The error a failed test stage fails JudgeTests with.
+pub const TEST_FAILED: &str = "TestFailed";
 
 impl StepError {
     /// The `errorType` reported to Step Functions.
@@ -40,6 +46,7 @@ impl StepError {
             StepError::BuildFailed(_) => "BuildFailed",
             StepError::InvalidTemplate(_) => "InvalidTemplate",
             StepError::Rejected(_) => REJECTED,
+            StepError::TestFailed(_) => TEST_FAILED,
         }
     }
 
@@ -49,7 +56,8 @@ impl StepError {
             | StepError::Transient(m)
             | StepError::BuildFailed(m)
             | StepError::InvalidTemplate(m)
-            | StepError::Rejected(m) => m,
+            | StepError::Rejected(m)
+            | StepError::TestFailed(m) => m,
         }
     }
 
@@ -61,6 +69,7 @@ impl StepError {
             "Transient" => StepError::Transient(message),
             "InvalidTemplate" => StepError::InvalidTemplate(message),
             REJECTED => StepError::Rejected(message),
+            TEST_FAILED => StepError::TestFailed(message),
             _ => StepError::BuildFailed(message),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! Prepare ─► HasPipeline? ─► [Fingerprint] ─► Builds (Map over $.builds) ─► Finalize ─► AnyBuildFailed?
-//!   │                                            │          ─► BuildFailed (Fail) | [Publish ─► Retain ─► Notify ─► RunFailed?] Succeeded
+//!   │                                            │          ─► BuildFailed (Fail) | Succeeded | [pipeline:
+//!   │                                            │             NeedsTest? ─► PlanTests ─► Tests (Map: test.<Step> … test.Cleanup) ─► JudgeTests
+//!   │                                            │             ─► NeedsApproval? ─► Approve ─► Publish ─► Retain ─► Notify ─► RunFailed?]
 //!   │                                            └─ BuilderType (Choice on $.build.builder_type and $.on_error)
 //!   │                 ├─ <builder>.<Step> … ─► <builder>.Cleanup (end of the iteration)
 //!   │                 └─ <builder>.redrive.<Step> … ─► <builder>.redrive.Cleanup (no Catch)
@@ -31,9 +33,14 @@
 //! The deployed definition (infra.rs) substitutes the Map's `MaxConcurrency` (rendered here
 //! as 0, unlimited) and the execution timeout from the stack's parameters.
 //!
-//! The pipeline states (Fingerprint, Approve, Publish, Retain, Withdraw, Notify:
-//! [`PIPELINE_BEFORE`], [`APPROVE`], [`PIPELINE_AFTER`], [`WITHDRAW`], [`NOTIFY`]) run only when Prepare's output has `$.pipeline` (Choices,
-//! so a plain build invokes no extra function). A run found up to date empties `$.builds`, so
+//! The pipeline states (Fingerprint, the test stage, Approve, Publish, Retain, Withdraw, Notify:
+//! [`PIPELINE_BEFORE`], [`PLAN_TESTS`] [`TEST_CHAIN`] [`JUDGE_TESTS`], [`APPROVE`],
+//! [`PIPELINE_AFTER`], [`WITHDRAW`], [`NOTIFY`]) run only when Prepare's output has
+//! `$.pipeline` (Choices, so a plain build invokes no extra function). The test stage is a
+//! second Map whose one iteration is a build of its own (`<build>.test`, amazon-ebs from the
+//! new image): the launch and provision steps of the builds, the same Catch into its Cleanup,
+//! so it is tagged, in its ledger, cleaned up and swept like a build. A failed test, like a
+//! refused approval, goes to Withdraw. A run found up to date empties `$.builds`, so
 //! the Map runs no iteration. Every pipeline run ends in Notify: after Retain, after a failed
 //! build, or after a failed Publish or Retain (caught into `$.pipeline_error`), or after
 //! Withdraw removed the images of a run that was not approved.
@@ -67,7 +74,14 @@ pub const PIPELINE_AFTER: [StepSpec; 2] = [publish::SPEC, retain::SPEC];
 /// Between a successful build and Publish, when the pipeline has `approval` and built:
 /// a callback Task that waits for `amiflow approve|reject` (or the local approver).
 pub const APPROVE: StepSpec = approve::SPEC;
-/// After Approve did not approve: removes the run's images; then Notify.
+/// After the builds of a pipeline with `test`: the test build gets the new image.
+pub const PLAN_TESTS: StepSpec = plan_tests::SPEC;
+/// The test instance's chain (before its Cleanup): launch from the new image, connect, run
+/// the test provisioners, as a build does.
+pub const TEST_CHAIN: [StepSpec; 9] = concat::<9>(&[&LAUNCH, &PROVISION]);
+/// After the test Map: every test passed, or `TestFailed` into Withdraw.
+pub const JUDGE_TESTS: StepSpec = judge_tests::SPEC;
+/// After Approve did not approve, or a test failed: removes the run's images; then Notify.
 pub const WITHDRAW: StepSpec = withdraw::SPEC;
 /// Ends every pipeline run, whatever its outcome (builds failed, Publish or Retain failed,
 /// up to date, succeeded): the pipeline's `notify`.
@@ -276,7 +290,7 @@ pub fn all_steps() -> Vec<StepSpec> {
         all.extend(chain(builder).iter().copied());
     }
     all.extend([ERROR_CLEANUP_PROVISION, CLEANUP, FINALIZE]);
-    all.push(APPROVE);
+    all.extend([PLAN_TESTS, JUDGE_TESTS, APPROVE]);
     all.extend(PIPELINE_AFTER);
     all.extend([WITHDRAW, NOTIFY]);
     let mut seen = std::collections::BTreeSet::new();
@@ -287,7 +301,7 @@ pub fn all_steps() -> Vec<StepSpec> {
 /// The pipelines' steps: a plain build (no `$.pipeline`) invokes none of them.
 pub fn pipeline_steps() -> Vec<StepSpec> {
     let mut all = PIPELINE_BEFORE.to_vec();
-    all.push(APPROVE);
+    all.extend([PLAN_TESTS, JUDGE_TESTS, APPROVE]);
     all.extend(PIPELINE_AFTER);
     all.extend([WITHDRAW, NOTIFY]);
     all
@@ -490,9 +504,25 @@ pub const BUILD_FAILED: &str = "BuildFailed";
 pub const SUCCEEDED: &str = "Succeeded";
 /// After Notify: the run failed (Notify's output has a `cause`) or succeeded.
 pub const RUN_FAILED: &str = "RunFailed";
-/// After a successful build of a pipeline: Approve first when it has `approval`.
+/// After a successful build of a pipeline: the test stage first when it has `test`.
+pub const NEEDS_TEST: &str = "NeedsTest";
+/// The test stage's Map: one iteration per test build ([`TEST_CHAIN`], then Cleanup).
+pub const TESTS: &str = "Tests";
+/// The state-name prefix of the test chain's states (`test.RunSourceInstance`).
+pub const TEST_PREFIX: &str = "test";
+/// After the tests (or without any): Approve first when the pipeline has `approval`.
 pub const NEEDS_APPROVAL: &str = "NeedsApproval";
 const APPROVAL_SECONDS_PATH: &str = "$.pipeline.approval_seconds";
+
+/// A pipeline state's Catch when its failure means the new images must not stay: the error
+/// rides along as `$.pipeline_error` to Withdraw, then Notify.
+fn into_withdraw() -> Vec<Catcher> {
+    vec![Catcher {
+        error_equals: vec!["States.ALL".into()],
+        result_path: Some(Some(PIPELINE_ERROR_PATH.into())),
+        next: WITHDRAW.name.into(),
+    }]
+}
 
 /// Approve as a callback Task: the function gets the task token with the run's output, and
 /// the state waits (at most the pipeline's `approval.timeout`) for the answer, kept at
@@ -507,13 +537,47 @@ fn approve_task() -> Task {
         timeout_seconds_path: Some(APPROVAL_SECONDS_PATH.into()),
         result_path: Some(Some("$.approval".into())),
         retry: retriers(&APPROVE),
-        catch: vec![Catcher {
-            error_equals: vec!["States.ALL".into()],
-            result_path: Some(Some(PIPELINE_ERROR_PATH.into())),
-            next: WITHDRAW.name.into(),
-        }],
+        catch: into_withdraw(),
         next: Some(PIPELINE_AFTER[0].name.into()),
         ..Task::default()
+    }
+}
+
+/// The state name of `step` in the test chain: `test.<Step>`.
+pub fn test_state_name(step: &str) -> String {
+    format!("{TEST_PREFIX}.{step}")
+}
+
+/// The test Map's iteration: [`TEST_CHAIN`], each step caught into the test's Cleanup, as a
+/// build's chain is (no error-cleanup-provisioner: a test has none).
+fn test_iteration() -> SubMachine {
+    let mut states = States::new();
+    let cleanup = test_state_name(CLEANUP.name);
+    for (i, step) in TEST_CHAIN.iter().enumerate() {
+        let next = test_state_name(TEST_CHAIN.get(i + 1).unwrap_or(&CLEANUP).name);
+        states.add(
+            test_state_name(step.name),
+            task(step, Some(next), catch_all_into_error(cleanup.clone())),
+        );
+    }
+    let cleanup_failed = test_state_name("CleanupFailed");
+    states.add(
+        cleanup,
+        task(&CLEANUP, None, catch_all_into_error(cleanup_failed.clone())),
+    );
+    states.add(
+        cleanup_failed,
+        Pass {
+            comment: Some("Cleanup's error is in $.error: JudgeTests fails the test; the janitor sweeps what is left by tag".into()),
+            end: Some(true),
+            ..Pass::default()
+        },
+    );
+    SubMachine {
+        comment: None,
+        processor_config: Some(json!({"Mode": "INLINE"})),
+        start_at: test_state_name(TEST_CHAIN[0].name),
+        states,
     }
 }
 
@@ -594,11 +658,53 @@ pub fn definition() -> StateMachine {
                 ])
                 .then(NOTIFY.name),
                 ChoiceRule::compare("$.failed", "NumericGreaterThan", 0).then(BUILD_FAILED),
-                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(NEEDS_APPROVAL),
+                ChoiceRule::compare(PIPELINE_PATH, "IsPresent", true).then(NEEDS_TEST),
             ],
             default: Some(SUCCEEDED.into()),
             ..Choice::default()
         },
+    );
+    states.add(
+        NEEDS_TEST,
+        Choice {
+            choices: vec![ChoiceRule::and(vec![
+                ChoiceRule::compare("$.pipeline.test_build", "IsPresent", true),
+                // An up-to-date run built nothing to test.
+                ChoiceRule::compare("$.pipeline.status", "StringEquals", "building"),
+            ])
+            .then(PLAN_TESTS.name)],
+            default: Some(NEEDS_APPROVAL.into()),
+            ..Choice::default()
+        },
+    );
+    let mut plan_tests = task(&PLAN_TESTS, Some(TESTS.into()), into_withdraw());
+    plan_tests.parameters = Some(json!({"output.$": "$", "execution.$": "$$.Execution.Name"}));
+    states.add(PLAN_TESTS.name, plan_tests);
+    states.add(
+        TESTS,
+        MapState {
+            comment: Some(
+                "The test stage: an instance of the new image runs the test provisioners; an iteration records its error instead of failing".into(),
+            ),
+            input_path: None,
+            items_path: Some("$.tests".into()),
+            item_selector: None,
+            parameters: None,
+            max_concurrency: Some(0),
+            item_processor: Some(test_iteration()),
+            iterator: None,
+            result_selector: None,
+            result_path: Some(Some("$.tests".into())),
+            output_path: None,
+            retry: Vec::new(),
+            catch: Vec::new(),
+            next: Some(JUDGE_TESTS.name.into()),
+            end: None,
+        },
+    );
+    states.add(
+        JUDGE_TESTS.name,
+        task(&JUDGE_TESTS, Some(NEEDS_APPROVAL.into()), into_withdraw()),
     );
     states.add(
         NEEDS_APPROVAL,
@@ -824,9 +930,37 @@ mod tests {
         let nexts: Vec<Option<&str>> = any.choices.iter().map(|r| r.next.as_deref()).collect();
         assert_eq!(
             nexts,
-            [Some("Notify"), Some(BUILD_FAILED), Some(NEEDS_APPROVAL)],
+            [Some("Notify"), Some(BUILD_FAILED), Some(NEEDS_TEST)],
             "a failure never publishes: a pipeline's is announced, a plain build's fails at once"
         );
+        // The test stage only when asked for and something was built; it comes before
+        // approval, and a failed test withdraws the images.
+        let test = choice(NEEDS_TEST);
+        assert_eq!(test.choices[0].next.as_deref(), Some("PlanTests"));
+        assert_eq!(test.default.as_deref(), Some(NEEDS_APPROVAL));
+        assert_eq!(next("PlanTests").as_deref(), Some(TESTS));
+        assert_eq!(next("JudgeTests").as_deref(), Some(NEEDS_APPROVAL));
+        for judged in ["PlanTests", "JudgeTests"] {
+            let Some(State::Task(t)) = def.states.get(judged) else {
+                panic!("{judged} is a Task")
+            };
+            assert_eq!(t.catch[0].next, "Withdraw", "{judged}'s failure withdraws");
+        }
+        let Some(State::Map(tests)) = def.states.get(TESTS) else {
+            panic!("Tests is a Map")
+        };
+        assert_eq!(tests.next.as_deref(), Some("JudgeTests"));
+        assert!(tests.catch.is_empty(), "an iteration never fails: it cleans up");
+        let inner = &tests.processor().unwrap().states;
+        let cleanup = test_state_name(CLEANUP.name);
+        for (i, step) in TEST_CHAIN.iter().enumerate() {
+            let Some(State::Task(t)) = inner.get(&test_state_name(step.name)) else {
+                panic!("{} is a Task of the test chain", step.name)
+            };
+            assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{}", step.name);
+            let want = TEST_CHAIN.get(i + 1).map_or(cleanup.clone(), |s| test_state_name(s.name));
+            assert_eq!(t.next.as_deref(), Some(want.as_str()));
+        }
         // Approval only when asked for and something was built; never publish around it.
         let needs = choice(NEEDS_APPROVAL);
         assert_eq!(needs.choices[0].next.as_deref(), Some("Approve"));

@@ -4,14 +4,14 @@
 //! Prepare starts it ([`begin`]: the pipeline checked with the template, the fingerprint's
 //! template and file parts); Fingerprint resolves the source images, decides whether the run
 //! builds and tags the build with the pipeline; Finalize carries it past the builds;
-//! Publish and Retain act on the image made. An execution without a pipeline carries none,
+//! PlanTests and JudgeTests run the test stage on the image made; Publish and Retain act on it. An execution without a pipeline carries none,
 //! and those states pass their input on unchanged.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use amiflow_template::pipeline::{digest, provisioner_files, FingerprintParts, Pipeline};
-use amiflow_template::{Problem, Problems};
+use amiflow_template::{PreparedBuild, Problem, Problems};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,9 +48,25 @@ pub struct PipelineRun {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_seconds: Option<u64>,
     /// Region → image Withdraw removed (with its snapshots) because the run was not
-    /// approved.
+    /// approved or its test failed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub withdrawn: BTreeMap<String, String>,
+    /// The test stage's build (amazon-ebs, named `<build>.test`), prepared and checked with
+    /// the template; PlanTests gives it the new image as its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_build: Option<PreparedBuild>,
+    /// What the test stage did, once JudgeTests has seen it pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tested: Option<Tested>,
+}
+
+/// A test stage that passed: the image it launched, where, and the instance that ran it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tested {
+    pub region: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// How the run goes: it builds, or its fingerprint matched the newest image and it builds
@@ -63,6 +79,8 @@ pub enum RunStatus {
     UpToDate,
     /// Rejected, or not approved in time: the images built were withdrawn.
     Rejected,
+    /// The test stage failed on the new image: the images built were withdrawn.
+    TestFailed,
 }
 
 /// One older image retention acted on.
@@ -87,6 +105,14 @@ impl PipelineRun {
             ),
             RunStatus::Rejected => format!(
                 "pipeline {name}: not approved; the images built were removed ({})",
+                self.withdrawn
+                    .iter()
+                    .map(|(region, image)| format!("{region}: {image}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RunStatus::TestFailed => format!(
+                "pipeline {name}: the test failed; the images built were removed ({})",
                 self.withdrawn
                     .iter()
                     .map(|(region, image)| format!("{region}: {image}"))
@@ -147,6 +173,19 @@ pub fn begin(
             (file, hash)
         })
         .collect();
+    if pipeline.test.is_some() && build.builder_type == amiflow_template::BuilderType::Instance {
+        return Err(Problems(vec![Problem::key(
+            "test",
+            "amazon-instance makes instance-store images, and the test stage launches EBS-backed \
+             images only; remove the test section, or test the image from a separate run",
+        )
+        .in_builder("pipeline")]));
+    }
+    let test_build = pipeline
+        .test
+        .as_ref()
+        .map(|t| t.build_for(build))
+        .transpose()?;
     let approval_seconds = pipeline
         .approval
         .as_ref()
@@ -168,5 +207,7 @@ pub fn begin(
         dry_run: false,
         approval_seconds,
         withdrawn: BTreeMap::new(),
+        test_build,
+        tested: None,
     })
 }

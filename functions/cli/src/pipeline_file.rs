@@ -32,6 +32,14 @@ pub fn outcome_lines(output: &Value) -> Vec<String> {
         return Vec::new();
     };
     let mut lines = vec![run.summary()];
+    if let Some(t) = &run.tested {
+        lines.push(format!(
+            "tested {} in {} on instance {}: every test provisioner passed",
+            t.image,
+            t.region,
+            t.instance.as_deref().unwrap_or("?")
+        ));
+    }
     let name = run
         .pipeline
         .publish

@@ -126,7 +126,16 @@ const ONLY_WITH_OPTIONS: &[&str] = &[
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let vars = parse_vars(&args.vars)?;
-    let (template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
+    let (mut template, vars) = crate::template_file::template_and_vars(&args.template, vars)?;
+    if let Some(path) = &args.pipeline {
+        let file = crate::pipeline_file::read(path)?;
+        if let Some(test) = amiflow_template::pipeline::Pipeline::from_value(&file)
+            .ok()
+            .and_then(|p| p.test)
+        {
+            template = with_test_build(&template, &test);
+        }
+    }
     let definition_path = args.definition.unwrap_or_else(default_definition);
     let definition = std::fs::read_to_string(&definition_path)
         .ok()
@@ -146,6 +155,38 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(0)
+}
+
+/// Keys of a template's builder that the test build does not take (it makes no image, runs
+/// on demand, without the build's user data): `TestStage::build_for` in the template crate.
+const NOT_IN_THE_TEST: &[&str] = &[
+    "ami_", "spot_", "snapshot_", "encrypt_boot", "kms_key_id", "region_kms_key_ids",
+    "launch_block_device_mappings", "user_data", "source_ami_filter", "bundle_",
+    "chroot_", "x509_", "s3_bucket", "account_id",
+];
+
+/// The template as the policy sees it with a pipeline's test stage: one more amazon-ebs
+/// builder, the first builder's keys that the test build keeps, with the stage's instance
+/// type and communicator keys.
+fn with_test_build(template: &Value, test: &amiflow_template::pipeline::TestStage) -> Value {
+    let mut out = template.clone();
+    let mut builder = serde_json::Map::new();
+    if let Some(first) = template["builders"][0].as_object() {
+        builder.extend(
+            first
+                .iter()
+                .filter(|(k, _)| !NOT_IN_THE_TEST.iter().any(|p| k.starts_with(p)))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    builder.extend(test.connection.clone());
+    builder.insert("type".into(), "amazon-ebs".into());
+    builder.insert("name".into(), "test".into());
+    builder.insert("instance_type".into(), test.instance_type.clone().into());
+    if let Some(builders) = out["builders"].as_array_mut() {
+        builders.push(Value::Object(builder));
+    }
+    out
 }
 
 fn default_definition() -> PathBuf {

@@ -1,5 +1,5 @@
-//! The pipeline file: what runs around a template's build (rebuild only on change, publish
-//! the image id, retain old images, and the stages not yet run by amiflow), typed, with its
+//! The pipeline file: what runs around a template's build (rebuild only on change, test the
+//! new image, approve, publish the image id, retain old images, notify), typed, with its
 //! rules beside it. Like a template, a pipeline file is checked as a whole before anything
 //! exists: every problem at once, each naming its key, unknown keys with a "did you mean".
 //!
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::check::{closest, is_account, is_region};
 use crate::config::Duration;
 use crate::problem::{Problem, Problems};
+use crate::{BuilderType, PreparedBuild};
 
 /// Tag on every image a pipeline makes; its value is the pipeline's name. Retention and
 /// `on_change` look only at images carrying it.
@@ -31,21 +32,13 @@ pub const FINGERPRINT_TAG: &str = "amiflow:fingerprint";
 const TOP_KEYS: &[&str] = &[
     "name", "rebuild", "test", "approval", "publish", "retain", "notify",
 ];
-const TEST_KEYS: &[&str] = &[
-    "instance_type",
-    "communicator",
-    "ssh_username",
-    "provisioners",
-    "timeout",
-];
+/// `test`'s own keys; it also takes every communicator key of a builder (`communicator`,
+/// `ssh_*`, `ssm_*`, ...), which override the template's for the test instance.
+const TEST_KEYS: &[&str] = &["instance_type", "provisioners", "timeout"];
 const APPROVAL_KEYS: &[&str] = &["timeout"];
 const PUBLISH_KEYS: &[&str] = &["ssm_parameter"];
 const RETAIN_KEYS: &[&str] = &["keep_latest", "deprecate_older", "delete_after_days"];
 const NOTIFY_KEYS: &[&str] = &["sns_topic_arn", "eventbridge"];
-
-/// Sections this amiflow validates but does not run yet: refused rather than ignored, so
-/// that nobody believes an image was tested, approved or announced when it was not.
-const NOT_RUN_YET: &[&str] = &["test"];
 
 /// The longest approval wait: a year, the longest a Step Functions execution (and so its
 /// callback task) may run.
@@ -82,15 +75,109 @@ pub enum Rebuild {
     OnChange,
 }
 
+/// `test`: after the image is made, an instance of it (in the build region) runs the
+/// `provisioners` over the communicator, then goes. A failing test withdraws the images.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TestStage {
     pub instance_type: String,
-    #[serde(default)]
-    pub communicator: Option<String>,
-    #[serde(default)]
-    pub ssh_username: Option<String>,
     pub provisioners: Vec<Value>,
+    /// The default `timeout` of each test provisioner that has none.
     pub timeout: Duration,
+    /// Communicator keys as written in the stage (`communicator`, `ssh_username`, ...):
+    /// they override the template's for the test instance.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub connection: Map<String, Value>,
+}
+
+/// The name of the build that tests `build`'s image: the `amiflow:build-name` tag of what
+/// the test creates, so that neither Cleanup ever takes the other's resources.
+pub fn test_build_name(build: &str) -> String {
+    format!("{build}.test")
+}
+
+/// The test build's source image until the image exists (PlanTests puts the new image's id
+/// in its place): never launched, RunInstances would refuse it.
+pub const NEW_IMAGE_PLACEHOLDER: &str = "ami-00000000";
+
+/// Run-config keys of the template that the test instance does not take: it starts from the
+/// new image, on demand, without the build's user data.
+const NOT_FOR_THE_TEST: &[&str] = &[
+    "source_ami_filter",
+    "user_data",
+    "user_data_file",
+    "spot_price",
+    "spot_price_auto_product",
+    "spot_instance_types",
+    "spot_allocation_strategy",
+    "spot_tags",
+    "block_duration_minutes",
+    "skip_profile_validation",
+];
+
+impl TestStage {
+    /// The amazon-ebs build that tests `built`'s image: the template's region, credentials,
+    /// network, instance profile and communicator, with the stage's instance type, its
+    /// communicator keys over the template's, and its provisioners; checked as any builder
+    /// is, each problem named under `test.`.
+    pub fn build_for(&self, built: &PreparedBuild) -> Result<PreparedBuild, Problems> {
+        let name = test_build_name(&built.name);
+        let mut raw = Map::new();
+        let config = &built.config;
+        let parts = [
+            serde_json::to_value(config.access()).ok(),
+            config.run().and_then(|r| serde_json::to_value(r).ok()),
+            config.comm().and_then(|c| serde_json::to_value(c).ok()),
+        ];
+        for part in parts.into_iter().flatten() {
+            if let Value::Object(fields) = part {
+                raw.extend(fields);
+            }
+        }
+        for key in NOT_FOR_THE_TEST {
+            raw.remove(*key);
+        }
+        raw.insert("source_ami".into(), NEW_IMAGE_PLACEHOLDER.into());
+        raw.insert("instance_type".into(), self.instance_type.clone().into());
+        raw.insert("ami_name".into(), format!("{name} (makes no image)").into());
+        raw.extend(self.connection.clone());
+        let under_test = |p: Problem| {
+            let key = p.key.map_or_else(|| "test".to_string(), |k| format!("test.{k}"));
+            Problem::key(key, p.message).in_builder("pipeline")
+        };
+        let config = crate::config::from_builder_with_env(&name, BuilderType::Ebs, &raw, &|_| None)
+            .map_err(|ps| Problems(ps.into_iter().map(under_test).collect()))?;
+        let connects = config.comm().is_some_and(|c| c.communicator != "none");
+        let provisioners: Vec<Value> = self
+            .provisioners
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if let Some(o) = p.as_object_mut() {
+                    o.entry("timeout")
+                        .or_insert_with(|| format!("{}s", self.timeout.as_std().as_secs()).into());
+                }
+                p
+            })
+            .collect();
+        let remote = provisioners
+            .iter()
+            .position(|p| p["type"].as_str() != Some("shell-local"));
+        if let (false, Some(i)) = (connects, remote) {
+            return Err(Problems(vec![Problem::key(
+                format!("test.provisioners[{i}]"),
+                "runs on the test instance, and the test has communicator \"none\": set \"communicator\" (\"ssh\" or \"ssm\") in the test section",
+            )
+            .in_builder("pipeline")]));
+        }
+        Ok(PreparedBuild {
+            name,
+            builder_type: BuilderType::Ebs,
+            config,
+            provisioners,
+            error_cleanup_provisioner: None,
+            post_processors: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -237,15 +324,6 @@ impl Pipeline {
                 eventbridge,
             }
         });
-        for key in NOT_RUN_YET {
-            if top.contains_key(*key) {
-                problems.push(Problem::key(
-                    *key,
-                    "this stage is not run by this version of amiflow; remove the section \
-                     (it is refused rather than skipped, so that no run claims what it did not do)",
-                ));
-            }
-        }
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -262,22 +340,23 @@ impl Pipeline {
 }
 
 fn test_stage(o: &Map<String, Value>, problems: &mut Vec<Problem>) -> TestStage {
-    let mut r = Reader::new("test", o, TEST_KEYS, problems);
+    let connection_keys = crate::config::communicator::keys();
+    let known: Vec<&str> = TEST_KEYS
+        .iter()
+        .copied()
+        .chain(connection_keys.iter().map(String::as_str))
+        .collect();
+    let mut r = Reader::new("test", o, &known, problems);
     let instance_type = r.string("instance_type", true).unwrap_or_default();
-    let communicator = r.string("communicator", false);
-    let ssh_username = r.string("ssh_username", false);
     let timeout = r
         .duration("timeout", false)
         .unwrap_or(Duration::from_secs(20 * 60));
     let provisioners = r.array("provisioners", true).unwrap_or_default();
-    if let Some(c) = communicator.as_deref() {
-        if !["ssh", "none"].contains(&c) {
-            problems.push(Problem::key(
-                "test.communicator",
-                format!("invalid value {c:?}: must be \"ssh\" or \"none\""),
-            ));
-        }
-    }
+    let connection: Map<String, Value> = o
+        .iter()
+        .filter(|(k, _)| connection_keys.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for (i, p) in provisioners.iter().enumerate() {
         for problem in crate::provisioner::check(p) {
             let key = match &problem.key {
@@ -289,10 +368,9 @@ fn test_stage(o: &Map<String, Value>, problems: &mut Vec<Problem>) -> TestStage 
     }
     TestStage {
         instance_type,
-        communicator,
-        ssh_username,
         provisioners,
         timeout,
+        connection,
     }
 }
 
@@ -572,6 +650,77 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A prepared amazon-ebs build from builder keys.
+    fn built(keys: Value) -> PreparedBuild {
+        let mut raw = json!({"region": "us-east-1", "source_ami": "ami-0f8848d57eb4fe2d2",
+            "instance_type": "c5.large", "ami_name": "web", "ssh_username": "ubuntu",
+            "user_data": "#!/bin/sh\necho building", "spot_price": "auto"});
+        for (k, v) in keys.as_object().unwrap() {
+            raw[k] = v.clone();
+        }
+        let config = crate::config::from_builder_with_env(
+            "web",
+            BuilderType::Ebs,
+            raw.as_object().unwrap(),
+            &|_| None,
+        )
+        .expect("a valid builder");
+        PreparedBuild {
+            name: "web".into(),
+            builder_type: BuilderType::Ebs,
+            config,
+            provisioners: vec![json!({"type": "shell", "inline": ["make"]})],
+            error_cleanup_provisioner: Some(json!({"type": "shell-local", "inline": ["true"]})),
+            post_processors: vec![json!({"type": "manifest"})],
+        }
+    }
+
+    fn stage(test: Value) -> TestStage {
+        Pipeline::from_value(&json!({"name": "a", "test": test}))
+            .expect("a valid pipeline")
+            .test
+            .expect("a test stage")
+    }
+
+    #[test]
+    fn the_test_build_keeps_the_templates_access_and_takes_the_stages_keys() {
+        let built = built(json!({"ssh_host": "127.0.0.1", "ssh_port": 2222, "subnet_id": "subnet-1"}));
+        let test = stage(json!({"instance_type": "t3.micro", "timeout": "5m", "ssh_username": "tester",
+            "provisioners": [{"type": "shell", "inline": ["systemctl is-active nginx"]},
+                             {"type": "shell", "inline": ["true"], "timeout": "1m"}]}));
+        let b = test.build_for(&built).expect("the test build checks");
+        assert_eq!(b.name, "web.test");
+        assert_eq!(b.builder_type, BuilderType::Ebs);
+        let run = b.config.run().unwrap();
+        assert_eq!(run.instance_type.as_deref(), Some("t3.micro"));
+        assert_eq!(run.source_ami.as_deref(), Some(NEW_IMAGE_PLACEHOLDER));
+        assert_eq!(run.subnet_id.as_deref(), Some("subnet-1"), "the template's network");
+        assert_eq!(run.user_data, None, "no build-time user data");
+        assert_eq!(run.spot_price, None, "on demand");
+        let comm = b.config.comm().unwrap();
+        assert_eq!(comm.ssh_username.as_deref(), Some("tester"), "the stage's key wins");
+        assert_eq!((comm.ssh_host.as_deref(), comm.ssh_port), (Some("127.0.0.1"), 2222));
+        assert_eq!(b.provisioners[0]["timeout"], "300s", "the stage's timeout by default");
+        assert_eq!(b.provisioners[1]["timeout"], "1m", "a provisioner's own timeout stays");
+        assert!(b.error_cleanup_provisioner.is_none() && b.post_processors.is_empty());
+    }
+
+    #[test]
+    fn a_test_that_cannot_reach_its_instance_is_refused_naming_the_key() {
+        let built = built(json!({"communicator": "none"}));
+        let remote = stage(json!({"instance_type": "t3.micro",
+            "provisioners": [{"type": "shell-local", "inline": ["true"]}, {"type": "shell", "inline": ["true"]}]}));
+        let out = remote.build_for(&built).unwrap_err().to_string();
+        assert!(out.contains("test.provisioners[1]: runs on the test instance"), "{out}");
+        let local_only = stage(json!({"instance_type": "t3.micro",
+            "provisioners": [{"type": "shell-local", "inline": ["true"]}]}));
+        assert!(local_only.build_for(&built).is_ok());
+        let bad = stage(json!({"instance_type": "t3.micro", "communicator": "ssm", "ssm_timeout": "99h",
+            "provisioners": [{"type": "shell", "inline": ["true"]}]}));
+        let out = bad.build_for(&built).unwrap_err().to_string();
+        assert!(out.contains("test.ssm_timeout"), "{out}");
+    }
+
     fn problems(v: Value) -> String {
         Pipeline::from_value(&v)
             .expect_err("the pipeline is refused")
@@ -654,22 +803,22 @@ mod tests {
     }
 
     #[test]
-    fn stages_not_run_yet_are_refused_not_ignored_and_still_checked() {
+    fn every_stage_is_checked_with_its_keys_named() {
         let out = problems(json!({"name": "a",
-            "test": {"instance_type": "t3.micro", "provisioners": [{"type": "shell", "inlin": ["true"]}], "timout": "5m"},
+            "test": {"instance_type": "t3.micro", "provisioners": [{"type": "shell", "inlin": ["true"]}],
+                     "timout": "5m", "ssh_usrname": "ec2-user"},
             "approval": {"timeout": "soon"},
             "notify": {"sns_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}}));
         for want in [
-            "test: this stage is not run",
             "test.timout: unknown key in test; did you mean timeout?",
+            "test.ssh_usrname: unknown key in test; did you mean ssh_username?",
             "test.provisioners[0]",
             "approval.timeout: \"soon\" is not a duration",
             "notify.sns_topic_arn: \"arn:aws:sqs",
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }
-        assert!(!out.contains("notify: this stage is not run"), "{out}");
-        assert!(!out.contains("approval: this stage is not run"), "{out}");
+        assert!(!out.contains("not run"), "every stage runs: {out}");
         let long = problems(json!({"name": "a", "approval": {"timeout": "9000h"}}));
         assert!(
             long.contains("approval.timeout: is longer than a year"),

@@ -62,7 +62,9 @@ pub mod prepare;
 // pipelines (around the builds)
 pub mod approve;
 pub mod fingerprint;
+pub mod judge_tests;
 pub mod notify;
+pub mod plan_tests;
 pub mod publish;
 pub mod retain;
 pub mod withdraw;

@@ -17,7 +17,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let Some(img) = resolve(ctx, &cfg).await? else {
         return Ok(state);
     };
-    if img.root_device_type().map(|t| t.as_str()) != Some("ebs") {
+    // EC2's root device types are `ebs` and `instance-store`; moto reports `standard` for
+    // the images it creates from instances, which are EBS-backed.
+    if img.root_device_type().map(|t| t.as_str()) == Some("instance-store") {
         return Err(StepError::BuildFailed(format!(
             "source AMI {} has root device type {:?}; amazon-ebs needs an EBS-backed source (use amazon-instance for instance-store images)",
             img.image_id().unwrap_or("?"),

@@ -1,13 +1,14 @@
-//! Withdraw (when Approve did not approve: refused, timed out, or failed): the run's images
+//! Withdraw (when Approve did not approve: refused, timed out, or failed; or when the test
+//! stage failed or could not run): the run's images
 //! are deregistered and their snapshots deleted in every region, the waiting task token is
-//! removed, and the pipeline's status becomes `rejected` (or stays a failure when Approve
-//! itself failed), so that Notify says so and nothing unapproved is published or kept.
+//! removed, and the pipeline's status becomes `rejected`, or `test_failed` (or stays a
+//! failure when Approve or PlanTests itself failed), so that Notify says so and nothing unapproved is published or kept.
 //!
 //! Input: `{"output": <Finalize's shape with Approve's error as `pipeline_error`>,
 //! "execution": NAME}`. Output: that output (Notify's [`NotifiedOutput`]), the builds'
 //! images cleared and listed in `pipeline.withdrawn`.
 
-use crate::error::REJECTED;
+use crate::error::{REJECTED, TEST_FAILED};
 use crate::pipeline::RunStatus;
 use crate::prelude::*;
 use crate::resources::approval_token;
@@ -70,6 +71,12 @@ pub async fn run(ctx: &Ctx, input: WithdrawInput) -> Result<NotifiedOutput, Step
         run.withdrawn = withdrawn;
         if refused {
             run.status = RunStatus::Rejected;
+        } else if out
+            .pipeline_error
+            .as_ref()
+            .is_some_and(|e| e.error == TEST_FAILED)
+        {
+            run.status = RunStatus::TestFailed;
         }
     }
     Ok(out)

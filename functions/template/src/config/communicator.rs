@@ -161,6 +161,17 @@ pub struct CommunicatorConfig {
     pub ssm_output_s3_key_prefix: Option<String>,
 }
 
+/// Every communicator key a template may write, secrets (`ssh_password`, ...) excepted:
+/// the keys of the serialized default (every field is serialized but the secrets).
+pub fn keys() -> std::collections::BTreeSet<String> {
+    let serde_json::Value::Object(fields) =
+        serde_json::to_value(CommunicatorConfig::default()).expect("the config serializes")
+    else {
+        unreachable!("a struct serializes to an object")
+    };
+    fields.into_iter().map(|(k, _)| k).collect()
+}
+
 impl Default for CommunicatorConfig {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("every communicator key has a default")
