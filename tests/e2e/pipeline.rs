@@ -351,6 +351,15 @@ async fn engine_run(
     execution: &str,
     flavor: &str,
 ) -> Result<Value, amiflow_statemachine::ExecutionError> {
+    engine_run_with(ctx, execution, flavor, pipeline(json!({"keep_latest": 0}))).await
+}
+
+async fn engine_run_with(
+    ctx: std::sync::Arc<amiflow::Ctx>,
+    execution: &str,
+    flavor: &str,
+    pipeline: Value,
+) -> Result<Value, amiflow_statemachine::ExecutionError> {
     use amiflow_statemachine::{Engine, RealClock, StateMachine};
     let machine =
         StateMachine::from_json(include_str!("../../statemachine/amiflow.asl.json")).unwrap();
@@ -361,7 +370,7 @@ async fn engine_run(
         "ami_regions": [COPY_REGION]
     }]});
     let input = json!({"template": template.to_string(), "vars": {"flavor": flavor},
-        "pipeline": pipeline(json!({"keep_latest": 0}))});
+        "pipeline": pipeline});
     let engine =
         Engine::new(amiflow::local::LocalInvoker::new(ctx)).with_clock(RealClock { scale: 0.001 });
     tokio::time::timeout(
@@ -884,25 +893,44 @@ async fn a_test_stage_gates_publishing_and_a_failing_test_leaves_nothing() {
     let made = pipeline_images(&moto, REGION).await;
     assert_eq!(made.len(), 1, "{made:?}");
     assert!(
-        passed.stderr.contains(&format!("==> tested {} in {REGION}", made[0])),
+        passed
+            .stderr
+            .contains(&format!("==> tested {} in {REGION}", made[0])),
         "{}",
         passed.stderr
     );
     assert_eq!(parameter(&moto, REGION).await.as_ref(), Some(&made[0]));
     let (instances, groups, keys) = test_stage_resources(&moto, REGION).await;
     assert_eq!(instances, ["terminated"], "one test instance, terminated");
-    assert_eq!((groups, keys), (0, 0), "the test's temporary group and key are gone");
+    assert_eq!(
+        (groups, keys),
+        (0, 0),
+        "the test's temporary group and key are gone"
+    );
     let first_copy = pipeline_images(&moto, COPY_REGION).await;
 
     // Failing: the new images go in both regions, the parameter stays, the test is named.
-    file["test"]["provisioners"] = json!([{"type": "shell", "inline": ["echo checking", "exit 3"]}]);
+    file["test"]["provisioners"] =
+        json!([{"type": "shell", "inline": ["echo checking", "exit 3"]}]);
     std::fs::write(d.join("pipeline.json"), file.to_string()).unwrap();
     let failed = build(&moto, d, &[]).await;
-    assert!(!failed.ok, "a failing test fails the run:\n{}", failed.stdout);
+    assert!(
+        !failed.ok,
+        "a failing test fails the run:\n{}",
+        failed.stdout
+    );
     for want in ["TestFailed", "test web.test of image", "exit"] {
-        assert!(failed.stderr.contains(want), "missing {want:?}:\n{}", failed.stderr);
+        assert!(
+            failed.stderr.contains(want),
+            "missing {want:?}:\n{}",
+            failed.stderr
+        );
     }
-    assert_eq!(pipeline_images(&moto, REGION).await, made, "only the tested image");
+    assert_eq!(
+        pipeline_images(&moto, REGION).await,
+        made,
+        "only the tested image"
+    );
     assert_eq!(pipeline_images(&moto, COPY_REGION).await, first_copy);
     assert_eq!(
         parameter(&moto, REGION).await.as_ref(),
@@ -930,4 +958,113 @@ async fn a_test_stage_gates_publishing_and_a_failing_test_leaves_nothing() {
     let (instances, groups, keys) = test_stage_resources(&moto, REGION).await;
     assert_eq!(instances, ["terminated", "terminated"], "{instances:?}");
     assert_eq!((groups, keys), (0, 0));
+}
+
+/// Each mutating call of the test stage (its launch, its Cleanup's removals, and Withdraw's
+/// after a failed test) fails in turn: a refused create fails the test, the new images are
+/// withdrawn and nothing is published; a removal failing transiently is retried and the run
+/// succeeds. Either way nothing tagged with the execution is left but a published image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mutating_call_of_the_test_stage_fails_in_turn() {
+    use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
+    let Some(moto) = Moto::start_or_skip("each_mutating_call_of_the_test_stage_fails_in_turn")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(moto.port).await;
+    let ctx = std::sync::Arc::new(amiflow::Ctx::from_sdk_config(
+        amiflow_tests::sdk_config_at(&proxy.url(), REGION).await,
+    ));
+    let mut file = pipeline(json!({"keep_latest": 0}));
+    file["rebuild"] = json!("always");
+    // communicator none: the test instance is launched, waited for and removed, and a
+    // shell-local test runs beside it.
+    file["test"] = json!({"instance_type": "t3.nano",
+        "provisioners": [{"type": "shell-local", "inline": ["true"]}]});
+    let clean = engine_run_with(ctx.clone(), "test-clean", "one", file.clone())
+        .await
+        .expect("a clean run passes its test");
+    assert_eq!(clean["pipeline"]["tested"]["region"], REGION, "{clean}");
+    let log = proxy.log();
+    let launches: Vec<usize> = log
+        .iter()
+        .filter(|c| c.action == "RunInstances")
+        .map(|c| c.nth)
+        .collect();
+    assert_eq!(launches.len(), 2, "the build's instance, then the test's");
+    let published = log
+        .iter()
+        .find(|c| c.action == "PutParameter")
+        .map(|c| c.nth)
+        .unwrap();
+    let points: Vec<(usize, String)> = log
+        .iter()
+        .filter(|c| c.nth >= launches[1] && c.nth < published)
+        .map(|c| (c.nth, c.action.clone()))
+        .collect();
+    assert!(
+        points.iter().any(|(_, a)| a == "TerminateInstances"),
+        "the test's Cleanup is among the fault points: {points:?}"
+    );
+    let mut seen = 0;
+    for (n, action) in &points {
+        moto.reset().unwrap();
+        let removal = is_removal(action);
+        let injected = if removal {
+            Injected {
+                code: "InternalError".into(),
+                status: 500,
+                times: 3,
+            }
+        } else {
+            Injected {
+                code: "UnauthorizedOperation".into(),
+                status: 403,
+                times: 1,
+            }
+        };
+        proxy.set(Faults {
+            fail_mutating: Some((*n, injected)),
+            ..Default::default()
+        });
+        let execution = format!("test-fault-{n}");
+        let result = engine_run_with(ctx.clone(), &execution, "one", file.clone()).await;
+        proxy.set(Faults::default());
+        let left = crate::ebs::tagged_leftovers(
+            &moto.ctx(REGION).await,
+            &execution,
+            &[REGION, COPY_REGION],
+            false,
+        )
+        .await;
+        assert!(left.is_empty(), "{execution} ({action}) left {left:?}");
+        if removal {
+            let out = result
+                .unwrap_or_else(|e| panic!("{execution}: a transient {action} is retried: {e}"));
+            assert!(out["pipeline"]["tested"].is_object(), "{execution}: {out}");
+            println!(
+                "  test stage #{n:>2} {action:<22} InternalError ×3 → retried, passed, published"
+            );
+        } else {
+            let e = result.expect_err("a refused create fails the test");
+            assert!(
+                e.cause.contains("TestFailed") || e.cause.contains(action.as_str()),
+                "{execution}: {e}"
+            );
+            for region in [REGION, COPY_REGION] {
+                assert!(
+                    pipeline_images(&moto, region).await.is_empty(),
+                    "{execution}: withdrawn in {region}"
+                );
+                assert_eq!(
+                    parameter(&moto, region).await,
+                    None,
+                    "{execution}: nothing published"
+                );
+            }
+            println!("  test stage #{n:>2} {action:<22} UnauthorizedOperation → test failed, images withdrawn");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 2, "{points:?}");
 }

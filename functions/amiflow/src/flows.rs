@@ -950,15 +950,25 @@ mod tests {
             panic!("Tests is a Map")
         };
         assert_eq!(tests.next.as_deref(), Some("JudgeTests"));
-        assert!(tests.catch.is_empty(), "an iteration never fails: it cleans up");
+        assert!(
+            tests.catch.is_empty(),
+            "an iteration never fails: it cleans up"
+        );
         let inner = &tests.processor().unwrap().states;
         let cleanup = test_state_name(CLEANUP.name);
         for (i, step) in TEST_CHAIN.iter().enumerate() {
             let Some(State::Task(t)) = inner.get(&test_state_name(step.name)) else {
                 panic!("{} is a Task of the test chain", step.name)
             };
-            assert_eq!(t.catch, catch_all_into_error(cleanup.clone()), "{}", step.name);
-            let want = TEST_CHAIN.get(i + 1).map_or(cleanup.clone(), |s| test_state_name(s.name));
+            assert_eq!(
+                t.catch,
+                catch_all_into_error(cleanup.clone()),
+                "{}",
+                step.name
+            );
+            let want = TEST_CHAIN
+                .get(i + 1)
+                .map_or(cleanup.clone(), |s| test_state_name(s.name));
             assert_eq!(t.next.as_deref(), Some(want.as_str()));
         }
         // Approval only when asked for and something was built; never publish around it.

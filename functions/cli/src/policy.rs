@@ -160,9 +160,20 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 /// Keys of a template's builder that the test build does not take (it makes no image, runs
 /// on demand, without the build's user data): `TestStage::build_for` in the template crate.
 const NOT_IN_THE_TEST: &[&str] = &[
-    "ami_", "spot_", "snapshot_", "encrypt_boot", "kms_key_id", "region_kms_key_ids",
-    "launch_block_device_mappings", "user_data", "source_ami_filter", "bundle_",
-    "chroot_", "x509_", "s3_bucket", "account_id",
+    "ami_",
+    "spot_",
+    "snapshot_",
+    "encrypt_boot",
+    "kms_key_id",
+    "region_kms_key_ids",
+    "launch_block_device_mappings",
+    "user_data",
+    "source_ami_filter",
+    "bundle_",
+    "chroot_",
+    "x509_",
+    "s3_bucket",
+    "account_id",
 ];
 
 /// The template as the policy sees it with a pipeline's test stage: one more amazon-ebs

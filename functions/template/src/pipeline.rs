@@ -141,7 +141,9 @@ impl TestStage {
         raw.insert("ami_name".into(), format!("{name} (makes no image)").into());
         raw.extend(self.connection.clone());
         let under_test = |p: Problem| {
-            let key = p.key.map_or_else(|| "test".to_string(), |k| format!("test.{k}"));
+            let key = p
+                .key
+                .map_or_else(|| "test".to_string(), |k| format!("test.{k}"));
             Problem::key(key, p.message).in_builder("pipeline")
         };
         let config = crate::config::from_builder_with_env(&name, BuilderType::Ebs, &raw, &|_| None)
@@ -684,24 +686,44 @@ mod tests {
 
     #[test]
     fn the_test_build_keeps_the_templates_access_and_takes_the_stages_keys() {
-        let built = built(json!({"ssh_host": "127.0.0.1", "ssh_port": 2222, "subnet_id": "subnet-1"}));
-        let test = stage(json!({"instance_type": "t3.micro", "timeout": "5m", "ssh_username": "tester",
+        let built =
+            built(json!({"ssh_host": "127.0.0.1", "ssh_port": 2222, "subnet_id": "subnet-1"}));
+        let test = stage(
+            json!({"instance_type": "t3.micro", "timeout": "5m", "ssh_username": "tester",
             "provisioners": [{"type": "shell", "inline": ["systemctl is-active nginx"]},
-                             {"type": "shell", "inline": ["true"], "timeout": "1m"}]}));
+                             {"type": "shell", "inline": ["true"], "timeout": "1m"}]}),
+        );
         let b = test.build_for(&built).expect("the test build checks");
         assert_eq!(b.name, "web.test");
         assert_eq!(b.builder_type, BuilderType::Ebs);
         let run = b.config.run().unwrap();
         assert_eq!(run.instance_type.as_deref(), Some("t3.micro"));
         assert_eq!(run.source_ami.as_deref(), Some(NEW_IMAGE_PLACEHOLDER));
-        assert_eq!(run.subnet_id.as_deref(), Some("subnet-1"), "the template's network");
+        assert_eq!(
+            run.subnet_id.as_deref(),
+            Some("subnet-1"),
+            "the template's network"
+        );
         assert_eq!(run.user_data, None, "no build-time user data");
         assert_eq!(run.spot_price, None, "on demand");
         let comm = b.config.comm().unwrap();
-        assert_eq!(comm.ssh_username.as_deref(), Some("tester"), "the stage's key wins");
-        assert_eq!((comm.ssh_host.as_deref(), comm.ssh_port), (Some("127.0.0.1"), 2222));
-        assert_eq!(b.provisioners[0]["timeout"], "300s", "the stage's timeout by default");
-        assert_eq!(b.provisioners[1]["timeout"], "1m", "a provisioner's own timeout stays");
+        assert_eq!(
+            comm.ssh_username.as_deref(),
+            Some("tester"),
+            "the stage's key wins"
+        );
+        assert_eq!(
+            (comm.ssh_host.as_deref(), comm.ssh_port),
+            (Some("127.0.0.1"), 2222)
+        );
+        assert_eq!(
+            b.provisioners[0]["timeout"], "300s",
+            "the stage's timeout by default"
+        );
+        assert_eq!(
+            b.provisioners[1]["timeout"], "1m",
+            "a provisioner's own timeout stays"
+        );
         assert!(b.error_cleanup_provisioner.is_none() && b.post_processors.is_empty());
     }
 
@@ -711,12 +733,17 @@ mod tests {
         let remote = stage(json!({"instance_type": "t3.micro",
             "provisioners": [{"type": "shell-local", "inline": ["true"]}, {"type": "shell", "inline": ["true"]}]}));
         let out = remote.build_for(&built).unwrap_err().to_string();
-        assert!(out.contains("test.provisioners[1]: runs on the test instance"), "{out}");
+        assert!(
+            out.contains("test.provisioners[1]: runs on the test instance"),
+            "{out}"
+        );
         let local_only = stage(json!({"instance_type": "t3.micro",
             "provisioners": [{"type": "shell-local", "inline": ["true"]}]}));
         assert!(local_only.build_for(&built).is_ok());
-        let bad = stage(json!({"instance_type": "t3.micro", "communicator": "ssm", "ssm_timeout": "99h",
-            "provisioners": [{"type": "shell", "inline": ["true"]}]}));
+        let bad = stage(
+            json!({"instance_type": "t3.micro", "communicator": "ssm", "ssm_timeout": "99h",
+            "provisioners": [{"type": "shell", "inline": ["true"]}]}),
+        );
         let out = bad.build_for(&built).unwrap_err().to_string();
         assert!(out.contains("test.ssm_timeout"), "{out}");
     }
