@@ -11,6 +11,8 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use serde_json::json;
 
 const REGION: &str = "us-east-1";
+/// The stack's own region in the janitor tests: none of the builds'.
+const STACK_REGION: &str = "ap-southeast-2";
 const COPY_REGION: &str = "eu-west-1";
 const AMI: &str = "ami-0f8848d57eb4fe2d2";
 
@@ -215,8 +217,17 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         },
         "vars": {}
     });
+    // The stack's own region is none of the build's: the approval token a run stopped while
+    // waiting left there goes too, another execution's stays.
+    let stack_ctx = moto.ctx(STACK_REGION).await;
+    let stack_ssm = stack_ctx.ssm(STACK_REGION);
+    for execution in ["aborted-1", "still-running-2"] {
+        amiflow::resources::approval_token::store(&stack_ssm, execution, "token")
+            .await
+            .unwrap();
+    }
     let report = sweep(
-        &ctx,
+        &stack_ctx,
         aborted_event("aborted-1", input),
         Duration::from_millis(100),
         Duration::from_secs(60),
@@ -265,6 +276,30 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         .await
         .unwrap();
     assert!(tagged_left.volumes().is_empty());
+    let token = |execution: &str| {
+        stack_ssm
+            .get_parameter()
+            .name(amiflow::resources::approval_token::parameter_name(
+                execution,
+            ))
+            .send()
+    };
+    assert!(
+        token("aborted-1").await.is_err(),
+        "the aborted run's approval token is left"
+    );
+    assert!(
+        token("still-running-2").await.is_ok(),
+        "another run's token was removed"
+    );
+    assert!(
+        report
+            .removed
+            .iter()
+            .any(|r| r.ends_with("(approval token)")),
+        "{:?}",
+        report.removed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,15 @@ impl StackDefaults {
 }
 
 impl Ctx {
+    /// The function's own region: where the stack is, and so the parameters it keeps for an
+    /// execution (sensitive variables, the approval token).
+    pub fn own_region(&self) -> String {
+        self.sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+
     /// Clients from the environment's credential chain (Lambda: the function's role).
     pub async fn from_env() -> Ctx {
         let sdk = aws_config::defaults(BehaviorVersion::latest())

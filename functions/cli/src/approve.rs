@@ -29,7 +29,7 @@ pub async fn run(args: Args, approve: bool) -> anyhow::Result<u8> {
     let (ctx, sfn) = sfn_for(&args.execution).await?;
     let name = execution_name(&args.execution);
     let id = amiflow::state::build_id(&name);
-    let region = amiflow::resources::sensitive_var::own_region(&ctx);
+    let region = ctx.own_region();
     let ssm = ctx.ssm(&region);
     let token = approval_token::read(&ssm, &id)
         .await

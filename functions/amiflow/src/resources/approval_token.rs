@@ -3,8 +3,8 @@
 //! SecureString parameter under the execution's path (`/amiflow/<execution>/approval/token`),
 //! in the stack's own region, never in the execution's history beyond the state's input.
 //! Approve stores it; `amiflow approve|reject` takes it (reads, answers, removes); Withdraw
-//! removes it when the run was not approved. The janitor's sweep of the execution's path
-//! reaches it only when the stack's region is one of the build's regions (a known gap).
+//! removes it when the run was not approved; the janitor removes one left behind (an
+//! execution stopped while it waited), in the stack's own region.
 
 use aws_sdk_ssm::types::ParameterType;
 

@@ -124,7 +124,7 @@ pub async fn read(
     execution: &str,
     references: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, StepError> {
-    let region = own_region(ctx);
+    let region = ctx.own_region();
     let ssm = ctx.ssm(&region);
     let mut values = BTreeMap::new();
     for (name, parameter) in references {
@@ -180,20 +180,12 @@ pub async fn for_invocation(
 /// Removes every sensitive variable of `execution` in the function's own region (where
 /// `amiflow start` stored them): Finalize once the builds are done, the janitor after a sweep.
 pub async fn remove_all(ctx: &Ctx, execution: &str) -> Result<Vec<String>, StepError> {
-    let region = own_region(ctx);
+    let region = ctx.own_region();
     let path = format!("{}vars/", parameter_path(execution, None));
     let names = super::key_pair::parameters_under(ctx, &region, &path).await?;
     let ssm = ctx.ssm(&region);
     remove(&ssm, names.iter()).await;
     Ok(names)
-}
-
-/// The function's own region: where the stack, and so the parameters, are.
-pub fn own_region(ctx: &Ctx) -> String {
-    ctx.sdk
-        .region()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "us-east-1".into())
 }
 
 #[cfg(test)]

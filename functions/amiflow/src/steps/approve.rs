@@ -74,7 +74,7 @@ pub async fn run(ctx: &Ctx, input: ApproveInput) -> Result<Option<Approved>, Ste
     let question = question(&input.output);
     if ctx.in_lambda {
         let execution = crate::state::build_id(&input.execution);
-        let region = crate::resources::sensitive_var::own_region(ctx);
+        let region = ctx.own_region();
         let parameter = approval_token::store(&ctx.ssm(&region), &execution, &input.token).await?;
         tracing::warn!(
             %parameter,

@@ -236,13 +236,20 @@ async fn sweep_until_done(
             other => break other?,
         }
     };
-    // The execution's sensitive variables are in the stack's own region, which need not be
-    // one of the build's.
+    // The execution's sensitive variables and approval token are in the stack's own
+    // region, which need not be one of the build's.
     let id = crate::state::build_id(execution);
     for name in crate::resources::sensitive_var::remove_all(ctx, &id).await? {
         report
             .removed
             .push(format!("parameter {name} (sensitive variable)"));
+    }
+    let ssm = ctx.ssm(&ctx.own_region());
+    if crate::resources::approval_token::remove(&ssm, &id).await? {
+        report.removed.push(format!(
+            "parameter {} (approval token)",
+            crate::resources::approval_token::parameter_name(&id)
+        ));
     }
     Ok(report)
 }

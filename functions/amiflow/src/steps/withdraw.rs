@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx, input: WithdrawInput) -> Result<NotifiedOutput, Step
         build.artifact = None;
     }
     if ctx.in_lambda {
-        let region = crate::resources::sensitive_var::own_region(ctx);
+        let region = ctx.own_region();
         let execution = crate::state::build_id(&input.execution);
         approval_token::remove(&ctx.ssm(&region), &execution).await?;
     }
