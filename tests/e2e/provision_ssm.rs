@@ -349,3 +349,133 @@ async fn a_failed_staging_upload_removes_what_was_staged_before_it() {
     let left = staged_keys(&direct, "amiflow/e2e-ssm-staging/").await;
     assert!(left.is_empty(), "staged objects left: {left:?}");
 }
+
+/// A template written for WinRM, provisioned over SSM: every provisioner (powershell, a
+/// restart between steps, windows-shell, a file) is one `AWS-RunPowerShellScript` command,
+/// in order, with its script staged in S3 and fetched by `Copy-S3Object`; the restart's
+/// limit is its `restart_timeout`; the secret is revealed only in the staged script, never
+/// in a command's parameters or the build state. (moto reports each command Success at
+/// once and runs nothing: the scripts' own logic is unit-tested in `provision::windows`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_steps() {
+    let Some(moto) = Moto::start_or_skip(
+        "a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_steps",
+    ) else {
+        return;
+    };
+    let mut ctx = moto.ctx(REGION).await;
+    let execution = "e2e-win";
+    let secret = "win-tok-5b4c3d";
+    ctx.secrets = Secrets::from_pairs([("api_token".to_string(), secret.to_string())]);
+    let ctx = Arc::new(ctx);
+    ctx.s3(REGION)
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let id = instance(&ctx).await;
+    let raw = json!({
+        "region": REGION, "ami_name": "amiflow-win", "instance_type": "t3.large",
+        "source_ami": "ami-0f8848d57eb4fe2d2", "communicator": "winrm",
+        "winrm_username": "Administrator", "winrm_password": "not-needed", "winrm_timeout": "20m",
+        "iam_instance_profile": "ssm-core", "ssm_output_s3_bucket": BUCKET,
+    });
+    let config =
+        amiflow_template::config::from_builder("win", BuilderType::Ebs, raw.as_object().unwrap())
+            .expect("a WinRM template is valid");
+    assert!(config.comm().unwrap().is_ssm());
+    let provisioners = json!([
+        {"type": "powershell", "inline": ["Install-WindowsFeature Web-Server", "Write-Output <sensitive:api_token>"],
+         "environment_vars": ["STAGE=prod"], "elevated_user": "Administrator", "elevated_password": "x"},
+        {"type": "windows-restart", "restart_timeout": "15m"},
+        {"type": "powershell", "inline": ["exit 5"], "valid_exit_codes": [0, 5]},
+        {"type": "windows-shell", "inline": ["sc query w3svc"]},
+        {"type": "file", "content": "<h1>ok</h1>\n", "destination": "C:/inetpub/wwwroot/index.html"}
+    ]);
+    let st: BuildState = serde_json::from_value(json!({
+        "execution": execution,
+        "build": {"name": "win", "builder_type": "amazon-ebs", "config": config, "provisioners": provisioners},
+        "data": {"instance_id": id},
+    }))
+    .unwrap();
+    let mut staged_scripts = Vec::new();
+    let done = loop {
+        match provision(&ctx, st.clone()).await {
+            Ok(done) => break done,
+            Err(StepError::NotReady(_)) => {
+                // The wrapper just staged for the newest command: what the instance runs.
+                let keys = staged_keys(&ctx, &format!("amiflow/{execution}/win/provision/")).await;
+                let mut scripts = Vec::new();
+                for k in keys {
+                    scripts.push(object(&ctx, &k).await);
+                }
+                staged_scripts.push(scripts.join("\n----\n"));
+                assert!(staged_scripts.len() <= 10, "provisioning never ends");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let listed = ctx
+        .ssm(REGION)
+        .list_commands()
+        .instance_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let mut commands: Vec<_> = listed.commands().to_vec();
+    commands.sort_by_key(|c| c.comment().unwrap_or_default().to_string());
+    assert_eq!(commands.len(), 5, "one command per provisioner");
+    for (i, c) in commands.iter().enumerate() {
+        assert_eq!(c.document_name(), Some("AWS-RunPowerShellScript"), "#{i}");
+        assert_eq!(
+            c.comment(),
+            Some(format!("amiflow {execution} #{i}").as_str())
+        );
+        let params = c.parameters().unwrap();
+        assert!(
+            params["commands"]
+                .join("\n")
+                .contains("Copy-S3Object -BucketName"),
+            "#{i}: {params:?}"
+        );
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "#{i}: the secret is in the command"
+        );
+    }
+    let timeouts: Vec<String> = commands
+        .iter()
+        .map(|c| c.parameters().unwrap()["executionTimeout"][0].clone())
+        .collect();
+    assert_eq!(
+        timeouts,
+        ["3600", "900", "3600", "3600", "3600"],
+        "the restart's own limit"
+    );
+    for (i, want) in [
+        (0, "$env:STAGE = 'prod'"),
+        (0, &format!("Write-Output {secret}")),
+        (1, "exit 3010"),
+        (2, "if (@(0,5) -notcontains $rc)"),
+        (3, "& cmd.exe /c"),
+        (4, "-LocalFile 'C:/inetpub/wwwroot/index.html'"),
+    ] {
+        assert!(
+            staged_scripts[i].contains(want),
+            "#{i}: missing {want:?} in:\n{}",
+            staged_scripts[i]
+        );
+    }
+    assert_eq!(
+        done.data.extra["ssm_commands"].as_object().unwrap().len(),
+        5
+    );
+    assert!(
+        staged_keys(&ctx, &format!("amiflow/{execution}/win/provision/"))
+            .await
+            .is_empty(),
+        "staged objects removed"
+    );
+    assert!(!serde_json::to_string(&done).unwrap().contains(secret));
+}

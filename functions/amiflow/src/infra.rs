@@ -267,7 +267,10 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
         Reach::BuildInstanceCommand => vec![
             statement(
                 "Document",
-                json!(format!("arn:${{AWS::Partition}}:ssm:*::document/{}", ssm_command::SHELL_DOCUMENT)),
+                json!(ssm_command::BUILD_DOCUMENTS
+                    .iter()
+                    .map(|d| format!("arn:${{AWS::Partition}}:ssm:*::document/{d}"))
+                    .collect::<Vec<_>>()),
                 None,
             ),
             statement(
@@ -1637,13 +1640,22 @@ mod tests {
             host[1]["Condition"]["StringEquals"]["ssm:resourceTag/amiflow:build-host"],
             json!({ "Fn::Sub": "${AWS::StackName}" })
         );
-        // The SSM communicator: AWS-RunShellScript on the builds' own instances.
+        // The SSM communicator: AWS-RunShellScript and AWS-RunPowerShellScript on the
+        // builds' own instances.
         let provision = granting("Provision", "ssm:SendCommand");
         assert_eq!(provision.len(), 2, "{provision:#?}");
-        assert!(provision[0]["Resource"]["Fn::Sub"]
-            .as_str()
-            .unwrap()
-            .ends_with("document/AWS-RunShellScript"));
+        let documents: Vec<&str> = provision[0]["Resource"]
+            .as_array()
+            .expect("a list of documents")
+            .iter()
+            .map(|d| d["Fn::Sub"].as_str().unwrap())
+            .collect();
+        assert!(
+            documents.len() == 2
+                && documents[0].ends_with("document/AWS-RunShellScript")
+                && documents[1].ends_with("document/AWS-RunPowerShellScript"),
+            "{documents:?}"
+        );
         assert_eq!(
             provision[1]["Condition"]["StringLike"]["ssm:resourceTag/amiflow:build"],
             "*"

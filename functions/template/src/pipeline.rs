@@ -641,7 +641,9 @@ pub fn provisioner_files(provisioners: &[Value]) -> Vec<String> {
             Kind::Shell(s) => files.extend(s.script.into_iter().chain(s.scripts)),
             Kind::ShellLocal(s) => files.extend(s.script.into_iter().chain(s.scripts)),
             Kind::File(f) if !f.is_download() => files.extend(f.sources()),
-            Kind::File(_) => {}
+            Kind::PowerShell(s) => files.extend(s.script.into_iter().chain(s.scripts)),
+            Kind::WindowsShell(s) => files.extend(s.script.into_iter().chain(s.scripts)),
+            Kind::File(_) | Kind::WindowsRestart(_) => {}
         }
     }
     files

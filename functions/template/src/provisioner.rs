@@ -1,5 +1,6 @@
-//! Typed provisioner configs: Packer's keys and defaults for `shell`, `file` and
-//! `shell-local`, plus the keys every provisioner has (`only`/`except` are applied at
+//! Typed provisioner configs: Packer's keys and defaults for `shell`, `file`,
+//! `shell-local`, and the Windows ones (`powershell`, `windows-shell`, `windows-restart`,
+//! which run over SSM: `AWS-RunPowerShellScript`), plus the keys every provisioner has (`only`/`except` are applied at
 //! prepare time and only tolerated here).
 //!
 //! Here rather than next to the code that runs them so that `prepare` (and so `amiflow
@@ -65,7 +66,14 @@ pub enum Kind {
     Shell(ShellConfig),
     File(FileConfig),
     ShellLocal(ShellLocalConfig),
+    PowerShell(PowerShellConfig),
+    WindowsShell(WindowsShellConfig),
+    WindowsRestart(WindowsRestartConfig),
 }
+
+/// The provisioner types that run on a Windows instance: only over SSM (`communicator:
+/// "ssm"`, or `"winrm"`, which amiflow runs over SSM).
+pub const WINDOWS_PROVISIONERS: [&str; 3] = ["powershell", "windows-shell", "windows-restart"];
 
 impl Kind {
     pub fn type_name(&self) -> &'static str {
@@ -73,7 +81,134 @@ impl Kind {
             Kind::Shell(_) => "shell",
             Kind::File(_) => "file",
             Kind::ShellLocal(_) => "shell-local",
+            Kind::PowerShell(_) => "powershell",
+            Kind::WindowsShell(_) => "windows-shell",
+            Kind::WindowsRestart(_) => "windows-restart",
         }
+    }
+
+    /// Runs on a Windows instance (through `AWS-RunPowerShellScript`).
+    pub fn is_windows(&self) -> bool {
+        WINDOWS_PROVISIONERS.contains(&self.type_name())
+    }
+}
+
+/// Packer's defaults for the Windows provisioners.
+pub const DEFAULT_EXECUTION_POLICY: &str = "bypass";
+pub const DEFAULT_POWERSHELL_REMOTE_PATH: &str = "c:/Windows/Temp/script-{{.Random}}.ps1";
+pub const DEFAULT_WINDOWS_SHELL_REMOTE_PATH: &str = "c:/Windows/Temp/script-{{.Random}}.bat";
+pub const DEFAULT_RESTART_COMMAND: &str = "shutdown /r /f /t 0 /c \"packer restart\"";
+pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// `powershell`: Packer's keys. Over SSM the script runs as LocalSystem, which is already
+/// elevated: `elevated_user`/`elevated_password` (Packer's way to elevation through WinRM)
+/// are satisfied without a scheduled task.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PowerShellConfig {
+    #[serde(default)]
+    pub inline: Vec<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    #[serde(default)]
+    pub environment_vars: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `bypass` (default), `allsigned`, `default`, `remotesigned`, `restricted`,
+    /// `undefined`, `unrestricted` or `none` (no `-ExecutionPolicy`).
+    #[serde(default)]
+    pub execution_policy: Option<String>,
+    #[serde(default)]
+    pub elevated_user: Option<String>,
+    #[serde(default)]
+    pub elevated_password: Option<String>,
+    #[serde(default)]
+    pub remote_path: Option<String>,
+    #[serde(default)]
+    pub skip_clean: bool,
+    #[serde(default)]
+    pub valid_exit_codes: Vec<i64>,
+    /// Packer's `Set-PSDebug -Trace` level (0 = off, 1, 2).
+    #[serde(default)]
+    pub debug_mode: i64,
+    #[serde(default)]
+    pub binary: bool,
+    #[serde(default)]
+    pub start_retry_timeout: Option<String>,
+    /// PowerShell 7 (`pwsh`) instead of Windows PowerShell.
+    #[serde(default)]
+    pub use_pwsh: bool,
+}
+
+impl PowerShellConfig {
+    pub fn valid_exit_codes(&self) -> Vec<i64> {
+        valid_exit_codes(&self.valid_exit_codes)
+    }
+    pub fn execution_policy(&self) -> &str {
+        self.execution_policy
+            .as_deref()
+            .unwrap_or(DEFAULT_EXECUTION_POLICY)
+    }
+}
+
+/// `windows-shell`: Packer's keys; the scripts run with `cmd /c`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsShellConfig {
+    #[serde(default)]
+    pub inline: Vec<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub scripts: Vec<String>,
+    #[serde(default)]
+    pub environment_vars: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remote_path: Option<String>,
+    #[serde(default)]
+    pub valid_exit_codes: Vec<i64>,
+    #[serde(default)]
+    pub binary: bool,
+    #[serde(default)]
+    pub start_retry_timeout: Option<String>,
+}
+
+impl WindowsShellConfig {
+    pub fn valid_exit_codes(&self) -> Vec<i64> {
+        valid_exit_codes(&self.valid_exit_codes)
+    }
+}
+
+/// `windows-restart`: over SSM the agent restarts the instance (the command exits 3010)
+/// and runs the command again once Windows is back, which then runs
+/// `restart_check_command`; `restart_timeout` bounds the whole.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsRestartConfig {
+    /// Packer's default only: over SSM the agent restarts the instance, and a command of
+    /// one's own would restart it behind the agent's back.
+    #[serde(default)]
+    pub restart_command: Option<String>,
+    #[serde(default)]
+    pub restart_check_command: Option<String>,
+    #[serde(default)]
+    pub restart_timeout: Option<String>,
+    /// Packer: wait for pending reboots the registry announces. Over SSM the agent comes
+    /// back only once Windows has finished restarting.
+    #[serde(default)]
+    pub check_registry: bool,
+}
+
+impl WindowsRestartConfig {
+    pub fn restart_timeout(&self) -> Duration {
+        self.restart_timeout
+            .as_deref()
+            .and_then(|t| duration(t).ok())
+            .unwrap_or(DEFAULT_RESTART_TIMEOUT)
     }
 }
 
@@ -302,17 +437,28 @@ impl Provisioner {
             "shell" => typed::<ShellConfig>(own, &mut problems).map(Kind::Shell),
             "file" => typed::<FileConfig>(own, &mut problems).map(Kind::File),
             "shell-local" => typed::<ShellLocalConfig>(own, &mut problems).map(Kind::ShellLocal),
+            "powershell" => typed::<PowerShellConfig>(own, &mut problems).map(Kind::PowerShell),
+            "windows-shell" => {
+                typed::<WindowsShellConfig>(own, &mut problems).map(Kind::WindowsShell)
+            }
+            "windows-restart" => {
+                typed::<WindowsRestartConfig>(own, &mut problems).map(Kind::WindowsRestart)
+            }
             "" => {
                 problems.push(Problem::key(
                     "type",
-                    "missing; amiflow runs \"shell\", \"file\" and \"shell-local\" provisioners",
+                    format!("missing; amiflow runs {}", supported_list()),
                 ));
                 None
             }
             other => {
-                problems.push(Problem::key("type", format!(
-                    "provisioner type {other:?} is not supported; amiflow runs \"shell\", \"file\" and \"shell-local\""
-                )));
+                problems.push(Problem::key(
+                    "type",
+                    format!(
+                        "provisioner type {other:?} is not supported; amiflow runs {}",
+                        supported_list()
+                    ),
+                ));
                 None
             }
         };
@@ -493,8 +639,93 @@ fn exactly_one(keys: &[(&str, bool)], why: &str, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The provisioner types amiflow runs, for messages.
+fn supported_list() -> String {
+    crate::template::SUPPORTED_PROVISIONERS
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
     match kind {
+        Kind::PowerShell(c) => {
+            exactly_one(
+                &[
+                    ("inline", !c.inline.is_empty()),
+                    ("script", c.script.is_some()),
+                    ("scripts", !c.scripts.is_empty()),
+                ],
+                " (what should the powershell provisioner run?)",
+                problems,
+            );
+            validate_env_vars(&c.environment_vars, problems);
+            validate_env_map(&c.env, problems);
+            const POLICIES: [&str; 8] = [
+                "allsigned",
+                "bypass",
+                "default",
+                "remotesigned",
+                "restricted",
+                "undefined",
+                "unrestricted",
+                "none",
+            ];
+            if !POLICIES.contains(&c.execution_policy().to_ascii_lowercase().as_str()) {
+                problems.push(Problem::key(
+                    "execution_policy",
+                    format!(
+                        "{:?} must be one of {}",
+                        c.execution_policy(),
+                        POLICIES.join(", ")
+                    ),
+                ));
+            }
+            if !(0..=2).contains(&c.debug_mode) {
+                problems.push(Problem::key(
+                    "debug_mode",
+                    "must be 0, 1 or 2 (Set-PSDebug -Trace)",
+                ));
+            }
+            if c.elevated_password.is_some() && c.elevated_user.is_none() {
+                problems.push(Problem::key(
+                    "elevated_password",
+                    "given without elevated_user",
+                ));
+            }
+        }
+        Kind::WindowsShell(c) => {
+            exactly_one(
+                &[
+                    ("inline", !c.inline.is_empty()),
+                    ("script", c.script.is_some()),
+                    ("scripts", !c.scripts.is_empty()),
+                ],
+                " (what should the windows-shell provisioner run?)",
+                problems,
+            );
+            validate_env_vars(&c.environment_vars, problems);
+            validate_env_map(&c.env, problems);
+        }
+        Kind::WindowsRestart(c) => {
+            if c.restart_command
+                .as_deref()
+                .is_some_and(|r| r != DEFAULT_RESTART_COMMAND)
+            {
+                problems.push(Problem::key(
+                    "restart_command",
+                    "over SSM the agent restarts the instance itself (so it can tell when Windows is back); \
+                     a restart command of one's own would restart it behind the agent's back: remove the key, \
+                     and run any preparation in a powershell provisioner before this one",
+                ));
+            }
+            if let Some(t) = &c.restart_timeout {
+                if let Err(e) = duration(t) {
+                    problems.push(Problem::key("restart_timeout", e));
+                }
+            }
+        }
         Kind::Shell(c) => {
             exactly_one(
                 &[

@@ -1,5 +1,6 @@
 //! Provisioning: Packer's `shell`, `file` and `shell-local` provisioners, run over SSH
-//! (russh), over SSM RunCommand (`communicator: "ssm"`), or locally.
+//! (russh), over SSM RunCommand (`communicator: "ssm"`), or locally; and its Windows ones
+//! (`powershell`, `windows-shell`, `windows-restart`) over SSM ([`windows`]).
 //!
 //! - [`config`]: the typed provisioner configs (from `amiflow_template::provisioner`).
 //! - [`plan`]: a remote provisioner as plain actions (upload, exec, mkdir, download).
@@ -25,6 +26,7 @@ pub mod session;
 pub mod ssh;
 pub mod ssm;
 pub mod transport;
+pub mod windows;
 
 pub use config::{parse_all, validate_provisioner, Provisioner};
 pub use render::Secrets;

@@ -60,7 +60,7 @@ pub struct PlanEnv {
 }
 
 impl PlanEnv {
-    fn ctx(&self) -> RenderContext {
+    pub(super) fn ctx(&self) -> RenderContext {
         RenderContext::with_build(&self.build)
     }
 
@@ -81,6 +81,11 @@ pub fn plan(p: &Provisioner, env: &PlanEnv) -> Result<Vec<Action>, String> {
         Kind::Shell(c) => plan_shell(p.index, c, env),
         Kind::File(c) => plan_file(c, env),
         Kind::ShellLocal(_) => Ok(Vec::new()),
+        // Prepare refuses them on any other communicator.
+        Kind::PowerShell(_) | Kind::WindowsShell(_) | Kind::WindowsRestart(_) => Err(format!(
+            "{} runs on Windows through the SSM agent: set \"communicator\": \"ssm\"",
+            p.kind.type_name()
+        )),
     }
 }
 

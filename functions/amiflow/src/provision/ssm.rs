@@ -1,6 +1,7 @@
 //! The SSM communicator (`communicator: "ssm"`): provisioners run through RunCommand
 //! (`AWS-RunShellScript`), files are staged in S3 and fetched on the instance with
-//! `aws s3 cp`.
+//! `aws s3 cp`. A Windows build's provisioners run as PowerShell (`AWS-RunPowerShellScript`,
+//! `provision/windows.rs`) through the same session.
 //!
 //! Requirements on the instance: the SSM agent running and registered, an instance profile
 //! granting SSM (the managed policy `AmazonSSMManagedInstanceCore`) and read access to the
@@ -276,6 +277,9 @@ pub struct SsmSession<'a> {
     build: String,
     /// Provisioner index → the newest command sent for it, from ListCommands.
     sent: BTreeMap<usize, String>,
+    /// The build provisions Windows (it has a Windows provisioner): every provisioner,
+    /// `file` uploads included, runs as PowerShell ([`super::windows`]).
+    windows: bool,
 }
 
 impl<'a> SsmSession<'a> {
@@ -303,6 +307,12 @@ impl<'a> SsmSession<'a> {
                 sent.insert(i, id.to_string());
             }
         }
+        let windows = state
+            .build
+            .provisioners
+            .iter()
+            .enumerate()
+            .any(|(i, p)| Provisioner::parse(i, p).is_ok_and(|p| p.kind.is_windows()));
         Ok(SsmSession {
             ctx,
             cfg,
@@ -311,6 +321,7 @@ impl<'a> SsmSession<'a> {
             execution,
             build: state.build.name.clone(),
             sent,
+            windows,
         })
     }
 
@@ -392,24 +403,36 @@ impl<'a> SsmSession<'a> {
         let (ctx, cfg) = (self.ctx, self.cfg);
         let label = p.label();
         let fail = |m: String| failed(&label, m);
-        let actions = plan(p, &opts.env).map_err(fail)?;
         let prefix = staging_prefix(&self.execution, &self.build, index);
-        let mut compiled =
-            compile(&label, &actions, cfg.ssm_bucket.as_deref(), &prefix).map_err(fail)?;
+        let bucket = cfg.ssm_bucket.as_deref();
+        let (document, mut compiled) = if self.windows {
+            let compiled = super::windows::compile(p, &opts.env, bucket, &prefix).map_err(fail)?;
+            (super::windows::DOCUMENT, compiled)
+        } else {
+            let actions = plan(p, &opts.env).map_err(fail)?;
+            (
+                DOCUMENT,
+                compile(&label, &actions, bucket, &prefix).map_err(fail)?,
+            )
+        };
         let revealed = opts.secrets.reveal(&compiled.script);
         let commands: Vec<String> = if let Some(bucket) = &cfg.ssm_bucket {
             // The script goes through S3 so that revealed secrets never appear in the
             // command's parameters (visible in SSM's command history).
-            let key = format!("{prefix}script.sh");
+            let key = format!("{prefix}script.{}", if self.windows { "ps1" } else { "sh" });
             compiled.staged.push((key.clone(), revealed.into_bytes()));
-            let path = format!("/tmp/amiflow-{index}.sh");
-            vec![
-                format!(
-                    "aws s3 cp --only-show-errors {} {path} || exit $?",
-                    shell_quote(&format!("s3://{bucket}/{key}"))
-                ),
-                format!("sh {path}; rc=$?; rm -f {path}; exit $rc"),
-            ]
+            if self.windows {
+                super::windows::staged_command(bucket, &key, index)
+            } else {
+                let path = format!("/tmp/amiflow-{index}.sh");
+                vec![
+                    format!(
+                        "aws s3 cp --only-show-errors {} {path} || exit $?",
+                        shell_quote(&format!("s3://{bucket}/{key}"))
+                    ),
+                    format!("sh {path}; rc=$?; rm -f {path}; exit $rc"),
+                ]
+            }
         } else {
             if revealed != compiled.script {
                 return Err(fail(
@@ -427,11 +450,11 @@ impl<'a> SsmSession<'a> {
         let mut send = self
             .client
             .send_command()
-            .document_name(DOCUMENT)
+            .document_name(document)
             .instance_ids(&self.instance_id)
             .comment(comment(&self.execution, index))
             .parameters("commands", commands);
-        let limit = p.common.timeout.unwrap_or(cfg.ssm_execution_timeout);
+        let limit = super::windows::execution_timeout(p, cfg.ssm_execution_timeout);
         send = send.parameters(
             "executionTimeout",
             vec![limit.as_secs().clamp(1, 172_800).to_string()],

@@ -179,7 +179,7 @@ pub enum Reach {
     X509Parameters,
     /// ...and objects under `x509/` in the artifacts bucket.
     X509Objects,
-    /// SSM commands with `AWS-RunShellScript` on the build's own ([`BUILD_TAG`](crate::state::BUILD_TAG)ged) instances.
+    /// SSM commands with `AWS-RunShellScript` or `AWS-RunPowerShellScript` on the build's own ([`BUILD_TAG`](crate::state::BUILD_TAG)ged) instances.
     BuildInstanceCommand,
     /// SSM commands with the stack's chroot document on the stack's build host.
     BuildHostCommand,

@@ -6,12 +6,16 @@
 use super::Reach;
 use crate::error::error_code;
 
-/// Commands go only to the builds' own instances, with `AWS-RunShellScript` (the SSM
-/// communicator); RunHostScript narrows this to the stack's build host and document.
+/// Commands go only to the builds' own instances, with `AWS-RunShellScript` or
+/// `AWS-RunPowerShellScript` (the SSM communicator); RunHostScript narrows this to the stack's build host and document.
 pub const REACH: &[(&str, Reach)] = &[("ssm:SendCommand", Reach::BuildInstanceCommand)];
 
 /// The document the SSM communicator runs its commands with.
 pub const SHELL_DOCUMENT: &str = "AWS-RunShellScript";
+/// The document it runs a Windows build's provisioners with (`provision/windows.rs`).
+pub const POWERSHELL_DOCUMENT: &str = "AWS-RunPowerShellScript";
+/// Every document the builds' commands may name: the deployed grant lists exactly these.
+pub const BUILD_DOCUMENTS: [&str; 2] = [SHELL_DOCUMENT, POWERSHELL_DOCUMENT];
 
 /// GetCommandInvocation's answer while the invocation is not visible yet.
 pub const NOT_VISIBLE_YET: &str = "InvocationDoesNotExist";

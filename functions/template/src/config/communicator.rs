@@ -161,6 +161,50 @@ pub struct CommunicatorConfig {
     pub ssm_output_s3_key_prefix: Option<String>,
 }
 
+/// The WinRM keys that only describe the connection SSM makes unnecessary (credentials,
+/// port, transport): a template written for WinRM keeps them, and they have nothing to do.
+pub const WINRM_CONNECTION_KEYS: [&str; 7] = [
+    "winrm_username",
+    "winrm_password",
+    "winrm_port",
+    "winrm_use_ssl",
+    "winrm_insecure",
+    "winrm_use_ntlm",
+    // The wait for the Administrator password WinRM would log in with.
+    "windows_password_timeout",
+];
+
+/// A template written for WinRM, as amiflow runs it: over SSM (every AWS Windows AMI runs
+/// the SSM agent; no inbound port, no password). `communicator: "winrm"` becomes `"ssm"`,
+/// `winrm_timeout` becomes `ssm_timeout` (the wait for the agent, as it was the wait for
+/// WinRM), and [`WINRM_CONNECTION_KEYS`] are dropped. Any other `winrm_*` key stays, to be
+/// refused by name. Returns what was translated, for the warning validation prints.
+pub fn from_winrm(raw: &mut serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut done = Vec::new();
+    if raw.get("communicator").and_then(|v| v.as_str()) != Some("winrm") {
+        return done;
+    }
+    raw.insert("communicator".into(), "ssm".into());
+    done.push("communicator \"winrm\" runs over SSM (AWS-RunPowerShellScript)".to_string());
+    if let Some(t) = raw.remove("winrm_timeout") {
+        if !raw.contains_key("ssm_timeout") {
+            raw.insert("ssm_timeout".into(), t);
+            done.push("winrm_timeout is the wait for the SSM agent (ssm_timeout)".into());
+        }
+    }
+    let dropped: Vec<&str> = WINRM_CONNECTION_KEYS
+        .into_iter()
+        .filter(|k| raw.remove(*k).is_some())
+        .collect();
+    if !dropped.is_empty() {
+        done.push(format!(
+            "{} not needed: SSM needs no credentials or port",
+            dropped.join(", ")
+        ));
+    }
+    done
+}
+
 /// Every communicator key a template may write, secrets (`ssh_password`, ...) excepted:
 /// the keys of the serialized default (every field is serialized but the secrets).
 pub fn keys() -> std::collections::BTreeSet<String> {
@@ -217,8 +261,15 @@ impl CommunicatorConfig {
     pub(super) fn check(&self, c: &mut Check, instance_profile: bool) {
         match self.communicator.as_str() {
             "ssh" | "none" | "ssm" => {}
-            "winrm" => c.err("communicator", "not supported: WinRM is not supported by amiflow; use \"ssm\" (no inbound port) or \"ssh\""),
-            other => c.err("communicator", format!("invalid value {other:?}: must be one of ssh, ssm, none")),
+            // A template's "winrm" became "ssm" before this check (`from_winrm`).
+            "winrm" => c.err(
+                "communicator",
+                "not supported: amiflow runs WinRM templates over SSM; use \"ssm\"",
+            ),
+            other => c.err(
+                "communicator",
+                format!("invalid value {other:?}: must be one of ssh, ssm, none"),
+            ),
         }
         if self.is_ssh() {
             self.check_ssh(c);

@@ -260,8 +260,9 @@ impl RunConfig {
         c.unsupported(
             "windows_password_timeout",
             self.windows_password_timeout != default_windows_password_timeout(),
-            "it bounds the wait for a Windows password, which only WinRM uses, and amiflow has \
-             no WinRM: remove it",
+            "it bounds the wait for a Windows password, which only WinRM uses; amiflow provisions \
+             Windows over SSM, which needs none: remove it (a template with \"communicator\": \"winrm\" \
+             may keep it)",
         );
         c.unsupported(
             "spot_price_auto_product",

@@ -169,7 +169,7 @@ fn unknown_keys_suggest_the_closest() {
     bad(
         Ebs,
         json!({"winrm_username": "Administrator"}),
-        &["not supported: WinRM"],
+        &["winrm_username: not supported: amiflow runs WinRM templates over SSM"],
     );
     bad(
         Ebs,
@@ -883,8 +883,8 @@ fn out_of_range_and_bad_values() {
     );
     bad(
         Ebs,
-        json!({"communicator": "winrm"}),
-        &["communicator: not supported: WinRM"],
+        json!({"communicator": "winrm", "winrm_username": "Administrator", "winrm_host": "10.0.0.5"}),
+        &["winrm_host: not supported: amiflow runs WinRM templates over SSM, where this key has no meaning"],
     );
     bad(
         Ebs,
@@ -1307,4 +1307,29 @@ fn bad_corpus_via_from_builder() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(checked >= 60, "only {checked} corpus files");
+}
+
+#[test]
+fn a_winrm_template_runs_over_ssm_with_its_timeout_and_without_its_credentials() {
+    let c = good(
+        Ebs,
+        json!({"communicator": "winrm", "winrm_username": "Administrator",
+               "winrm_password": "s3cret", "winrm_use_ssl": true, "winrm_insecure": true,
+               "windows_password_timeout": "20m",
+               "winrm_timeout": "25m", "iam_instance_profile": "ssm-core"}),
+    );
+    let comm = c.comm().unwrap();
+    assert!(comm.is_ssm(), "{comm:?}");
+    assert_eq!(
+        comm.ssm_timeout.as_std().as_secs(),
+        25 * 60,
+        "winrm_timeout is the agent wait"
+    );
+    // An explicit ssm_timeout wins over the WinRM one.
+    let c = good(
+        Ebs,
+        json!({"communicator": "winrm", "winrm_timeout": "25m", "ssm_timeout": "7m",
+               "iam_instance_profile": "ssm-core"}),
+    );
+    assert_eq!(c.comm().unwrap().ssm_timeout.as_std().as_secs(), 7 * 60);
 }

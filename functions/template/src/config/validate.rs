@@ -61,7 +61,7 @@ const RENAMED: [(&str, &str); 7] = [
 /// Packer keys amiflow does not implement, and the alternative.
 fn unsupported(key: &str) -> Option<&'static str> {
     if key.starts_with("winrm_") {
-        return Some("WinRM is not supported by amiflow; use communicator \"ssm\" (no inbound port) or \"ssh\"");
+        return Some("amiflow runs WinRM templates over SSM, where this key has no meaning; remove it (SSM needs no host, proxy or transport settings)");
     }
     match key {
         "vault_aws_engine" => Some("Vault credentials are not supported by amiflow; use profile, assume_role or the environment"),
@@ -97,6 +97,9 @@ pub fn from_builder_with_env(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
+    if builder_type != BuilderType::Chroot {
+        super::communicator::from_winrm(&mut map);
+    }
     check_keys(builder_type, &known, &mut map, &mut problems);
     coerce_types(builder_type, &mut map, &mut problems);
 

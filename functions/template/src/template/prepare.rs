@@ -180,6 +180,7 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
     };
     let before_builds = problems.len();
     let mut builds = Vec::new();
+    let mut warnings = resolved.warnings;
     for b in selected {
         let Some(bt) = b.builder_type else { continue };
         if budget.exhausted() {
@@ -192,6 +193,13 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             break;
         };
         problems.extend(found.into_iter().map(|p| p.in_builder(&b.name)));
+        if bt != BuilderType::Chroot {
+            // What `from_builder` does to a WinRM template, said once at validation.
+            let translated = config::communicator::from_winrm(&mut rendered.clone());
+            if !translated.is_empty() {
+                warnings.push(format!("{}: {}", b.name, translated.join("; ")));
+            }
+        }
         let env = |k: &str| opts.env.get(k).cloned();
         let config = match config::from_builder_with_env(&b.name, bt, &rendered, &env) {
             Ok(mut c) => {
@@ -226,6 +234,18 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             if let Some(comm) = config.as_ref().and_then(|c| c.comm()) {
                 problems.extend(
                     reachability_problem(p, &rendered, comm).map(|q| q.in_builder(&b.name)),
+                );
+            }
+            if bt == BuilderType::Chroot
+                && provisioner::WINDOWS_PROVISIONERS.contains(&p.type_name.as_str())
+            {
+                problems.push(
+                    Problem::key(
+                        format!("{} ({})", p.path, p.type_name),
+                        "amazon-chroot builds Linux images in its host's script; Windows \
+                         provisioners run on a Windows instance: use amazon-ebs with \"communicator\": \"ssm\"",
+                    )
+                    .in_builder(&b.name),
                 );
             }
             // An override can make a provisioner bad for one build only: then say which.
@@ -334,7 +354,7 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
         description: tpl.description.clone(),
         variables,
         secrets,
-        warnings: resolved.warnings,
+        warnings,
     })
 }
 
@@ -379,6 +399,14 @@ fn reachability_problem(
     comm: &config::CommunicatorConfig,
 ) -> Option<Problem> {
     let key = |k: &str| format!("{} ({}){k}", p.path, p.type_name);
+    let windows = provisioner::WINDOWS_PROVISIONERS.contains(&p.type_name.as_str());
+    if windows && !comm.is_ssm() {
+        return Some(Problem::key(
+            key(""),
+            "runs on Windows through the SSM agent: set \"communicator\" to \"ssm\" (a template's \
+             \"winrm\" runs over SSM too); SSH to Windows is not supported",
+        ));
+    }
     if comm.is_none() && p.type_name != "shell-local" {
         return Some(Problem::key(
             key(""),

@@ -11,7 +11,14 @@ use crate::config::{BuilderType, Duration};
 use crate::problem::Problem;
 
 /// Provisioner types amiflow runs (issue 5: shell and file over SSH/SSM, shell-local locally).
-pub const SUPPORTED_PROVISIONERS: [&str; 3] = ["shell", "file", "shell-local"];
+pub const SUPPORTED_PROVISIONERS: [&str; 6] = [
+    "shell",
+    "file",
+    "shell-local",
+    "powershell",
+    "windows-shell",
+    "windows-restart",
+];
 /// Post-processor types amiflow runs (by `amiflow build`, in their order, after a build
 /// succeeded).
 pub const SUPPORTED_POST_PROCESSORS: [&str; 3] = ["manifest", "shell-local", "checksum"];
