@@ -690,7 +690,8 @@ pub fn definition() -> StateMachine {
             items_path: Some("$.tests".into()),
             item_selector: None,
             parameters: None,
-            max_concurrency: Some(0),
+            // One test build per run; the builds Map's limit is the stack's to set.
+            max_concurrency: None,
             item_processor: Some(test_iteration()),
             iterator: None,
             result_selector: None,

@@ -2129,6 +2129,11 @@ mod tests {
     fn infra_files_are_in_sync() {
         let root = repo_root();
         let update = std::env::var("AMIFLOW_UPDATE_INFRA").is_ok_and(|v| v == "1");
+        // A definition that cannot be deployed is an error to fix, never content to write.
+        let definition = std::fs::read_to_string(root.join(DEFINITION)).unwrap();
+        if let Err(why) = deployed_definition(&definition) {
+            panic!("{why}");
+        }
         let mut stale = Vec::new();
         for (path, content) in generated_files(&root, &registry()) {
             let full = root.join(&path);
