@@ -555,3 +555,53 @@ async fn the_host_key_connect_saw_is_the_only_one_accepted_later() {
     assert!(err.message().contains("host key"), "{}", err.message());
     assert!(!marker.exists(), "nothing ran on the other machine");
 }
+
+/// `ansible-local` over SSH: the playbook, a role and the group variables are uploaded to
+/// the staging directory and the command runs there in local mode with Packer's arguments.
+/// The "instance" has no Ansible: `command` names a stand-in that records what it was
+/// given and what it found, which is what this test checks; the staging directory is
+/// removed after (`clean_staging_directory`).
+#[tokio::test]
+async fn ansible_local_runs_the_playbook_in_its_staging_directory() {
+    let sshd = sshd_or_skip!();
+    let local = tempfile::tempdir().unwrap();
+    let l = local.path();
+    std::fs::write(l.join("site.yml"), "- hosts: all\n  roles: [web]\n").unwrap();
+    std::fs::create_dir_all(l.join("roles/web/tasks")).unwrap();
+    std::fs::write(l.join("roles/web/tasks/main.yml"), "- debug: msg=hi\n").unwrap();
+    std::fs::create_dir_all(l.join("group_vars")).unwrap();
+    std::fs::write(l.join("group_vars/all.yml"), "port: 80\n").unwrap();
+    let record = sshd.path("ansible.record");
+    let fake = sshd.path("fake-ansible-playbook");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n{{ pwd; printf 'arg %s\\n' \"$@\"; cat \"$1\"; find . -type f | sort; }} > {}\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let staging = sshd.path("staging").display().to_string();
+    let provisioners = json!([{
+        "type": "ansible-local", "playbook_file": "site.yml", "role_paths": ["roles/web"],
+        "group_vars": "group_vars", "command": fake, "extra_arguments": ["--tags", "web"],
+        "staging_directory": staging, "clean_staging_directory": true
+    }]);
+    provision(&ctx_at(l).await, for_sshd(&sshd, provisioners))
+        .await
+        .expect("ansible-local runs");
+    let got = std::fs::read_to_string(&record).expect("the command ran");
+    let want = format!(
+        "{staging}\narg {staging}/site.yml\narg --extra-vars\narg packer_build_name=test packer_builder_type=amazon-ebs packer_http_addr=\n\
+         arg --tags\narg web\narg -c\narg local\narg -i\narg {staging}/packer-provisioner-ansible-local0.inventory\n\
+         - hosts: all\n  roles: [web]\n\
+         ./group_vars/all.yml\n./packer-provisioner-ansible-local0.inventory\n./roles/web/tasks/main.yml\n./site.yml\n"
+    );
+    assert_eq!(got, want);
+    assert!(
+        !std::path::Path::new(&staging).exists(),
+        "clean_staging_directory removes it"
+    );
+}

@@ -643,6 +643,13 @@ pub fn provisioner_files(provisioners: &[Value]) -> Vec<String> {
             Kind::File(f) if !f.is_download() => files.extend(f.sources()),
             Kind::PowerShell(s) => files.extend(s.script.into_iter().chain(s.scripts)),
             Kind::WindowsShell(s) => files.extend(s.script.into_iter().chain(s.scripts)),
+            Kind::AnsibleLocal(a) => files.extend(
+                a.playbooks()
+                    .into_iter()
+                    .map(String::from)
+                    .chain(a.inventory_file.clone())
+                    .chain(a.galaxy_file.clone()),
+            ),
             Kind::File(_) | Kind::WindowsRestart(_) => {}
         }
     }

@@ -69,6 +69,7 @@ pub enum Kind {
     PowerShell(PowerShellConfig),
     WindowsShell(WindowsShellConfig),
     WindowsRestart(WindowsRestartConfig),
+    AnsibleLocal(AnsibleLocalConfig),
 }
 
 /// The provisioner types that run on a Windows instance: only over SSM (`communicator:
@@ -84,12 +85,78 @@ impl Kind {
             Kind::PowerShell(_) => "powershell",
             Kind::WindowsShell(_) => "windows-shell",
             Kind::WindowsRestart(_) => "windows-restart",
+            Kind::AnsibleLocal(_) => "ansible-local",
         }
     }
 
     /// Runs on a Windows instance (through `AWS-RunPowerShellScript`).
     pub fn is_windows(&self) -> bool {
         WINDOWS_PROVISIONERS.contains(&self.type_name())
+    }
+}
+
+/// Packer's defaults for `ansible-local`.
+pub const DEFAULT_ANSIBLE_COMMAND: &str =
+    "ANSIBLE_FORCE_COLOR=1 PYTHONUNBUFFERED=1 ansible-playbook";
+pub const DEFAULT_ANSIBLE_STAGING: &str = "/tmp/packer-provisioner-ansible-local";
+
+/// `ansible-local`: Packer's keys. Ansible runs on the instance in local mode, over the
+/// communicator, from files uploaded to `staging_directory`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleLocalConfig {
+    #[serde(default)]
+    pub playbook_file: Option<String>,
+    #[serde(default)]
+    pub playbook_files: Vec<String>,
+    /// Uploaded whole to the staging directory.
+    #[serde(default)]
+    pub playbook_dir: Option<String>,
+    /// Directories uploaded to `<staging>/playbooks/`.
+    #[serde(default)]
+    pub playbook_paths: Vec<String>,
+    /// Directories uploaded to `<staging>/roles/`.
+    #[serde(default)]
+    pub role_paths: Vec<String>,
+    #[serde(default)]
+    pub group_vars: Option<String>,
+    #[serde(default)]
+    pub host_vars: Option<String>,
+    #[serde(default)]
+    pub inventory_file: Option<String>,
+    /// Groups 127.0.0.1 is put in, in the generated inventory.
+    #[serde(default)]
+    pub inventory_groups: Vec<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub extra_arguments: Vec<String>,
+    /// Default `/tmp/packer-provisioner-ansible-local/<unique>`.
+    #[serde(default)]
+    pub staging_directory: Option<String>,
+    #[serde(default)]
+    pub clean_staging_directory: bool,
+    /// Roles installed with `galaxy_command install -r FILE` before the playbooks run.
+    #[serde(default)]
+    pub galaxy_file: Option<String>,
+    #[serde(default)]
+    pub galaxy_command: Option<String>,
+}
+
+impl AnsibleLocalConfig {
+    /// `playbook_file`, or `playbook_files`, in order.
+    pub fn playbooks(&self) -> Vec<&str> {
+        self.playbook_file
+            .iter()
+            .chain(&self.playbook_files)
+            .map(String::as_str)
+            .collect()
+    }
+    pub fn command(&self) -> &str {
+        self.command.as_deref().unwrap_or(DEFAULT_ANSIBLE_COMMAND)
+    }
+    pub fn galaxy_command(&self) -> &str {
+        self.galaxy_command.as_deref().unwrap_or("ansible-galaxy")
     }
 }
 
@@ -444,6 +511,9 @@ impl Provisioner {
             "windows-restart" => {
                 typed::<WindowsRestartConfig>(own, &mut problems).map(Kind::WindowsRestart)
             }
+            "ansible-local" => {
+                typed::<AnsibleLocalConfig>(own, &mut problems).map(Kind::AnsibleLocal)
+            }
             "" => {
                 problems.push(Problem::key(
                     "type",
@@ -650,6 +720,22 @@ fn supported_list() -> String {
 
 fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
     match kind {
+        Kind::AnsibleLocal(c) => {
+            exactly_one(
+                &[
+                    ("playbook_file", c.playbook_file.is_some()),
+                    ("playbook_files", !c.playbook_files.is_empty()),
+                ],
+                " (which playbook should ansible run?)",
+                problems,
+            );
+            if c.inventory_file.is_some() && !c.inventory_groups.is_empty() {
+                problems.push(Problem::key(
+                    "inventory_groups",
+                    "applies to the generated inventory only: give inventory_file or inventory_groups, not both",
+                ));
+            }
+        }
         Kind::PowerShell(c) => {
             exactly_one(
                 &[

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::config::{FileConfig, Kind, Provisioner, ShellConfig};
 use super::render::{render, RenderContext};
 use super::transport::shell_quote;
+use amiflow_template::provisioner::{AnsibleLocalConfig, DEFAULT_ANSIBLE_STAGING};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -81,6 +82,7 @@ pub fn plan(p: &Provisioner, env: &PlanEnv) -> Result<Vec<Action>, String> {
         Kind::Shell(c) => plan_shell(p.index, c, env),
         Kind::File(c) => plan_file(c, env),
         Kind::ShellLocal(_) => Ok(Vec::new()),
+        Kind::AnsibleLocal(c) => plan_ansible(p.index, c, env),
         // Prepare refuses them on any other communicator.
         Kind::PowerShell(_) | Kind::WindowsShell(_) | Kind::WindowsRestart(_) => Err(format!(
             "{} runs on Windows through the SSM agent: set \"communicator\": \"ssm\"",
@@ -260,23 +262,7 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
             actions.push(Action::Mkdir {
                 path: target.clone(),
             });
-            let mut files = Vec::new();
-            walk(&local, Path::new(""), &mut files)
-                .map_err(|e| format!("source {source:?}: {e}"))?;
-            files.sort();
-            let mut made = std::collections::BTreeSet::new();
-            for rel in files {
-                let rel_str = rel.to_string_lossy().replace('\\', "/");
-                let remote = join_remote(&target, &rel_str);
-                if let Some(parent) = parent_remote(&remote) {
-                    if parent != target && made.insert(parent.to_string()) {
-                        actions.push(Action::Mkdir {
-                            path: parent.to_string(),
-                        });
-                    }
-                }
-                actions.push(upload_local_file(&local.join(&rel), remote)?);
-            }
+            upload_tree(&local, &source, &target, &mut actions)?;
         } else {
             let remote = if destination.ends_with('/') {
                 join_remote(&destination, base_name(&source))
@@ -285,6 +271,186 @@ fn plan_file(c: &FileConfig, env: &PlanEnv) -> Result<Vec<Action>, String> {
             };
             actions.push(upload_local_file(&local, remote)?);
         }
+    }
+    Ok(actions)
+}
+
+/// Uploads every file under the local directory `local` (the setting's value `source`)
+/// into the remote directory `target`, which exists, making its subdirectories.
+fn upload_tree(
+    local: &Path,
+    source: &str,
+    target: &str,
+    actions: &mut Vec<Action>,
+) -> Result<(), String> {
+    let mut files = Vec::new();
+    walk(local, Path::new(""), &mut files).map_err(|e| format!("source {source:?}: {e}"))?;
+    files.sort();
+    let mut made = std::collections::BTreeSet::new();
+    for rel in files {
+        let rel_str = rel.to_string_lossy().replace('\\', "/");
+        let remote = join_remote(target, &rel_str);
+        if let Some(parent) = parent_remote(&remote) {
+            if parent != target && made.insert(parent.to_string()) {
+                actions.push(Action::Mkdir {
+                    path: parent.to_string(),
+                });
+            }
+        }
+        actions.push(upload_local_file(&local.join(&rel), remote)?);
+    }
+    Ok(())
+}
+
+/// Packer's `ansible-local`: the playbooks, roles, variables and inventory uploaded to the
+/// staging directory, then `ansible-playbook` run there in local mode (`-c local`) with
+/// Packer's extra variables; Ansible itself must be on the instance, as with Packer.
+fn plan_ansible(
+    index: usize,
+    c: &AnsibleLocalConfig,
+    env: &PlanEnv,
+) -> Result<Vec<Action>, String> {
+    let staging = c
+        .staging_directory
+        .clone()
+        .unwrap_or_else(|| format!("{DEFAULT_ANSIBLE_STAGING}/{}_{index}", env.random));
+    let mut actions = vec![Action::Mkdir {
+        path: staging.clone(),
+    }];
+    let dir = |key: &str, value: &str, target: String, actions: &mut Vec<Action>| {
+        let local = env.local_path(key, value)?;
+        actions.push(Action::Mkdir {
+            path: target.clone(),
+        });
+        upload_tree(&local, value, &target, actions)
+    };
+    if let Some(d) = &c.playbook_dir {
+        dir("playbook_dir", d, staging.clone(), &mut actions)?;
+    }
+    for (key, value, sub) in [
+        ("group_vars", &c.group_vars, "group_vars"),
+        ("host_vars", &c.host_vars, "host_vars"),
+    ] {
+        if let Some(v) = value {
+            dir(key, v, join_remote(&staging, sub), &mut actions)?;
+        }
+    }
+    for r in &c.role_paths {
+        dir(
+            "role_paths",
+            r,
+            join_remote(&staging, &format!("roles/{}", base_name(r))),
+            &mut actions,
+        )?;
+    }
+    for pp in &c.playbook_paths {
+        dir(
+            "playbook_paths",
+            pp,
+            join_remote(&staging, &format!("playbooks/{}", base_name(pp))),
+            &mut actions,
+        )?;
+    }
+    // The playbooks: already in playbook_dir, or uploaded beside it.
+    let mut playbooks = Vec::new();
+    for pb in c.playbooks() {
+        let in_dir = c
+            .playbook_dir
+            .as_deref()
+            .and_then(|d| Path::new(pb).strip_prefix(d).ok())
+            .map(|rel| rel.to_string_lossy().replace('\\', "/"));
+        let remote = match in_dir {
+            Some(rel) => join_remote(&staging, &rel),
+            None => {
+                let remote = join_remote(&staging, base_name(pb));
+                actions.push(upload_local_file(
+                    &env.local_path("playbook_file", pb)?,
+                    remote.clone(),
+                )?);
+                remote
+            }
+        };
+        playbooks.push(remote);
+    }
+    let inventory = match &c.inventory_file {
+        Some(f) => {
+            let remote = join_remote(&staging, base_name(f));
+            actions.push(upload_local_file(
+                &env.local_path("inventory_file", f)?,
+                remote.clone(),
+            )?);
+            remote
+        }
+        None => {
+            let remote = join_remote(
+                &staging,
+                &format!("packer-provisioner-ansible-local{index}.inventory"),
+            );
+            let mut text = String::new();
+            for g in &c.inventory_groups {
+                text.push_str(&format!("[{g}]\n127.0.0.1\n"));
+            }
+            if text.is_empty() {
+                text.push_str("127.0.0.1\n");
+            }
+            actions.push(Action::Upload {
+                data: text.into_bytes(),
+                remote: remote.clone(),
+                mode: 0o644,
+                from: "the generated inventory".into(),
+            });
+            remote
+        }
+    };
+    let cd = format!("cd {}", shell_quote(&staging));
+    if let Some(g) = &c.galaxy_file {
+        let remote = join_remote(&staging, base_name(g));
+        actions.push(upload_local_file(
+            &env.local_path("galaxy_file", g)?,
+            remote.clone(),
+        )?);
+        actions.push(Action::Exec {
+            command: format!(
+                "{cd} && {} install -r {} -p {}",
+                c.galaxy_command(),
+                shell_quote(&remote),
+                shell_quote(&join_remote(&staging, "roles"))
+            ),
+            check: ExitCheck::Main {
+                valid: vec![0],
+                expect_disconnect: false,
+            },
+        });
+    }
+    let extra_vars = format!(
+        "--extra-vars \"packer_build_name={} packer_builder_type={} packer_http_addr=\"",
+        env.build_name, env.builder_type
+    );
+    let extra: Vec<String> = c
+        .extra_arguments
+        .iter()
+        .map(|a| render(a, &env.ctx()).map_err(|e| format!("extra_arguments: {e}")))
+        .collect::<Result<_, _>>()?;
+    for pb in playbooks {
+        actions.push(Action::Exec {
+            command: format!(
+                "{cd} && {} {} {extra_vars} {} -c local -i {}",
+                c.command(),
+                shell_quote(&pb),
+                extra.join(" "),
+                shell_quote(&inventory)
+            ),
+            check: ExitCheck::Main {
+                valid: vec![0],
+                expect_disconnect: false,
+            },
+        });
+    }
+    if c.clean_staging_directory {
+        actions.push(Action::Exec {
+            command: format!("rm -rf {}", shell_quote(&staging)),
+            check: ExitCheck::Housekeeping,
+        });
     }
     Ok(actions)
 }
@@ -332,6 +498,78 @@ mod tests {
             random: "r".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn ansible_local_uploads_playbook_roles_and_inventory_then_runs_in_local_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("site.yml"), "- hosts: all\n").unwrap();
+        std::fs::create_dir_all(d.join("roles/web/tasks")).unwrap();
+        std::fs::write(d.join("roles/web/tasks/main.yml"), "- debug: msg=hi\n").unwrap();
+        std::fs::create_dir_all(d.join("gv")).unwrap();
+        std::fs::write(d.join("gv/all.yml"), "port: 80\n").unwrap();
+        let p = Provisioner::parse(
+            4,
+            &json!({"type": "ansible-local", "playbook_file": "site.yml", "role_paths": ["roles/web"],
+                    "group_vars": "gv", "inventory_groups": ["web", "db"],
+                    "extra_arguments": ["--tags", "install"], "clean_staging_directory": true}),
+        )
+        .unwrap();
+        let env = PlanEnv {
+            base_dir: d.to_path_buf(),
+            ..env()
+        };
+        let actions = plan(&p, &env).unwrap();
+        let staging = "/tmp/packer-provisioner-ansible-local/r_4";
+        let uploads: Vec<(&str, String)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Upload { remote, data, .. } => {
+                    Some((remote.as_str(), String::from_utf8_lossy(data).to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            uploads,
+            [
+                (
+                    &*format!("{staging}/group_vars/all.yml"),
+                    "port: 80\n".to_string()
+                ),
+                (
+                    &*format!("{staging}/roles/web/tasks/main.yml"),
+                    "- debug: msg=hi\n".to_string()
+                ),
+                (
+                    &*format!("{staging}/site.yml"),
+                    "- hosts: all\n".to_string()
+                ),
+                (
+                    &*format!("{staging}/packer-provisioner-ansible-local4.inventory"),
+                    "[web]\n127.0.0.1\n[db]\n127.0.0.1\n".to_string()
+                ),
+            ]
+        );
+        let commands: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Exec { command, .. } => Some(command.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                format!("cd {staging} && ANSIBLE_FORCE_COLOR=1 PYTHONUNBUFFERED=1 ansible-playbook {staging}/site.yml \
+                 --extra-vars \"packer_build_name=web packer_builder_type=amazon-ebs packer_http_addr=\" --tags install \
+                 -c local -i {staging}/packer-provisioner-ansible-local4.inventory")
+                .as_str(),
+                &format!("rm -rf {staging}"),
+            ]
+        );
+        assert!(matches!(&actions[0], Action::Mkdir { path } if path == staging));
     }
 
     #[test]

@@ -285,12 +285,12 @@ pub fn compile(
             }
             out
         }
-        Kind::Shell(_) => {
-            return Err(
-                "a shell provisioner runs /bin/sh, which a Windows instance does not have: use \
-                 \"powershell\" or \"windows-shell\""
-                    .into(),
-            )
+        Kind::Shell(_) | Kind::AnsibleLocal(_) => {
+            return Err(format!(
+                "a {} provisioner runs /bin/sh, which a Windows instance does not have: use \
+                 \"powershell\" or \"windows-shell\"",
+                p.kind.type_name()
+            ))
         }
         Kind::ShellLocal(_) => return Err("shell-local runs on this machine, not over SSM".into()),
     };
@@ -442,6 +442,7 @@ mod tests {
     #[test]
     fn a_shell_provisioner_on_windows_says_what_to_use() {
         let e = compiled(json!({"type": "shell", "inline": ["true"]}), None).unwrap_err();
+        assert!(e.contains("a shell provisioner runs /bin/sh"), "{e}");
         assert!(e.contains("use \"powershell\" or \"windows-shell\""), "{e}");
     }
 

@@ -236,17 +236,8 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
                     reachability_problem(p, &rendered, comm).map(|q| q.in_builder(&b.name)),
                 );
             }
-            if bt == BuilderType::Chroot
-                && provisioner::WINDOWS_PROVISIONERS.contains(&p.type_name.as_str())
-            {
-                problems.push(
-                    Problem::key(
-                        format!("{} ({})", p.path, p.type_name),
-                        "amazon-chroot builds Linux images in its host's script; Windows \
-                         provisioners run on a Windows instance: use amazon-ebs with \"communicator\": \"ssm\"",
-                    )
-                    .in_builder(&b.name),
-                );
+            if bt == BuilderType::Chroot {
+                problems.extend(chroot_problem(p, &rendered).map(|q| q.in_builder(&b.name)));
             }
             // An override can make a provisioner bad for one build only: then say which.
             let overridden = p.overrides.contains_key(&b.name);
@@ -390,6 +381,24 @@ fn provisioner_problems(p: &RawProvisioner, rendered: &Value, so_far: &[Problem]
                 .map(|q| Problem::key(format!("{} ({})", p.path, p.type_name), q.to_string())),
         )
         .collect()
+}
+
+/// A provisioner amazon-chroot's host script cannot run (it runs `shell` provisioners and
+/// `file` provisioners with `content`), found before any volume exists.
+fn chroot_problem(p: &RawProvisioner, rendered: &Value) -> Option<Problem> {
+    let key = format!("{} ({})", p.path, p.type_name);
+    let why = match p.type_name.as_str() {
+        "shell" => return None,
+        "file" if rendered.get("content").is_some() => return None,
+        "file" => "amazon-chroot's host script writes files from \"content\" only: inline the file as content",
+        t if provisioner::WINDOWS_PROVISIONERS.contains(&t) => {
+            "amazon-chroot builds Linux images in its host's script; Windows provisioners run on a \
+             Windows instance: use amazon-ebs with \"communicator\": \"ssm\""
+        }
+        _ => "amazon-chroot runs shell provisioners and file provisioners with content in its host's \
+              script: use those, or amazon-ebs for this provisioner",
+    };
+    Some(Problem::key(key, why))
 }
 
 /// A provisioner the build's communicator cannot carry, found before anything is launched.

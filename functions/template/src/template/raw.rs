@@ -11,10 +11,11 @@ use crate::config::{BuilderType, Duration};
 use crate::problem::Problem;
 
 /// Provisioner types amiflow runs (issue 5: shell and file over SSH/SSM, shell-local locally).
-pub const SUPPORTED_PROVISIONERS: [&str; 6] = [
+pub const SUPPORTED_PROVISIONERS: [&str; 7] = [
     "shell",
     "file",
     "shell-local",
+    "ansible-local",
     "powershell",
     "windows-shell",
     "windows-restart",
