@@ -217,6 +217,38 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         },
         "vars": {}
     });
+    // Images both runs delivered (marked artifacts): the aborted one was waiting for
+    // approval (its token is there), so its image goes; the other run's stays.
+    let delivered = |execution: &'static str| {
+        let ec2 = ec2.clone();
+        async move {
+            let id = ec2
+                .register_image()
+                .name(format!("delivered-{execution}"))
+                .root_device_name("/dev/xvda")
+                .send()
+                .await
+                .unwrap()
+                .image_id()
+                .unwrap()
+                .to_string();
+            ec2.create_tags()
+                .resources(&id)
+                .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
+                .tags(
+                    Tag::builder()
+                        .key(amiflow::state::ARTIFACT_TAG)
+                        .value("web")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let unapproved = delivered("aborted-1").await;
+    let approved_elsewhere = delivered("still-running-2").await;
     // The stack's own region is none of the build's: the approval token a run stopped while
     // waiting left there goes too, another execution's stays.
     let stack_ctx = moto.ctx(STACK_REGION).await;
@@ -291,6 +323,32 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     assert!(
         token("still-running-2").await.is_ok(),
         "another run's token was removed"
+    );
+    let images: Vec<String> = ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id().map(String::from))
+        .collect();
+    assert!(
+        !images.contains(&unapproved),
+        "the never-approved image is left"
+    );
+    assert!(
+        images.contains(&approved_elsewhere),
+        "another run's image was removed"
+    );
+    assert!(
+        report
+            .removed
+            .iter()
+            .any(|r| r == &format!("image {unapproved} ({REGION}) (never approved)")),
+        "{:?}",
+        report.removed
     );
     assert!(
         report

@@ -4,7 +4,8 @@
 //! in the stack's own region, never in the execution's history beyond the state's input.
 //! Approve stores it; `amiflow approve|reject` takes it (reads, answers, removes); Withdraw
 //! removes it when the run was not approved; the janitor removes one left behind (an
-//! execution stopped while it waited), in the stack's own region.
+//! execution stopped while it waited), in the stack's own region, and takes it as the sign
+//! that the run's images were never approved (`steps/janitor.rs`).
 
 use aws_sdk_ssm::types::ParameterType;
 

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::Image;
 
 use super::{is_artifact, snapshot, Kind, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
-use crate::state::{Ledger, ResourceKind};
+use crate::state::{Ledger, ResourceKind, ARTIFACT_TAG};
 use crate::{Ctx, StepError};
 
 pub const NOT_FOUND: &str = "InvalidAMIID.NotFound";
@@ -132,6 +132,34 @@ pub async fn destroy(ctx: &Ctx, region: &str, id: &str) -> Result<Vec<String>, S
         snapshot::remove(ctx, region, s).await?;
     }
     Ok(snaps)
+}
+
+/// Removes the images a run delivered (marked [`ARTIFACT_TAG`], tagged with `execution`) in
+/// `regions`, with their snapshots: the janitor's answer to a pipeline run stopped while it
+/// waited for approval, whose images nobody approved. Returns what it removed.
+pub async fn withdraw_execution(
+    ctx: &Ctx,
+    execution: &str,
+    regions: &[String],
+) -> Result<Vec<String>, StepError> {
+    let mut removed = Vec::new();
+    for region in regions {
+        let delivered = ctx
+            .ec2(region)
+            .describe_images()
+            .owners("self")
+            .filters(crate::identity::build_filter(execution))
+            .filters(crate::identity::filter("tag-key", [ARTIFACT_TAG]))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeImages", execution, e))?;
+        for id in delivered.images().iter().filter_map(|i| i.image_id()) {
+            let snaps = destroy(ctx, region, id).await?;
+            removed.push(format!("image {id} ({region})"));
+            removed.extend(snaps.iter().map(|s| format!("snapshot {s} ({region})")));
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes the scope's images in every region: the intermediary ones always, every one

@@ -10,6 +10,9 @@
 //! kept for redrive (`on_error: redrive`) ([`kept_by_on_error`]); `amiflow clean` and
 //! `amiflow abandon` remove them later.
 //!
+//! A pipeline run stopped while it waited for approval (its approval token is still there)
+//! loses its images too: they were made, never approved, and never published.
+//!
 //! The janitor's daily rule sends [`RedriveWindowEvent`] instead: builds kept for redrive
 //! whose redrive window (14 days after they stopped) has closed are swept then.
 
@@ -244,12 +247,18 @@ async fn sweep_until_done(
             .removed
             .push(format!("parameter {name} (sensitive variable)"));
     }
+    // A token left means the run stopped while it waited for approval: its images were
+    // made and marked as delivered, and nobody approved them. They go, as Withdraw would
+    // have removed them.
     let ssm = ctx.ssm(&ctx.own_region());
     if crate::resources::approval_token::remove(&ssm, &id).await? {
         report.removed.push(format!(
             "parameter {} (approval token)",
             crate::resources::approval_token::parameter_name(&id)
         ));
+        for r in crate::resources::image::withdraw_execution(ctx, &id, regions).await? {
+            report.removed.push(format!("{r} (never approved)"));
+        }
     }
     Ok(report)
 }
