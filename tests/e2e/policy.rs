@@ -73,6 +73,78 @@ fn refused(out: &str) -> bool {
         .any(|m| out.contains(m))
 }
 
+/// `amiflow policy` for `template`: the build succeeds under exactly it, and fails on IAM
+/// without any one action that is not Packer's documented policy (which `amiflow policy`
+/// always grants, so that a Packer user's policy and ours agree).
+async fn needs_exactly_its_policy(
+    moto: &Moto,
+    iam: &aws_sdk_iam::Client,
+    label: &str,
+    template: &Value,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let template_path = dir.path().join(format!("{label}.json"));
+    std::fs::write(&template_path, template.to_string()).unwrap();
+    let printed = tokio::process::Command::new(workspace_binary("amiflow"))
+        .arg("policy")
+        .arg(&template_path)
+        .output()
+        .await
+        .expect("run amiflow policy");
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let policy: Value = serde_json::from_slice(&printed.stdout).expect("a JSON policy");
+
+    let builder = user_with(iam, &format!("{label}-builder"), &policy).await;
+    let (ok, out) = build_as(moto, template, &format!("{label}-all"), &builder).await;
+    assert!(ok, "the build needs more than the printed policy:\n{out}");
+
+    // Minimal: without any one action the build fails — except Packer's documented policy,
+    // which `amiflow policy` always grants so that a Packer user's policy and ours agree.
+    let actions: Vec<String> = policy["Statement"][0]["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut spare = Vec::new();
+    for (i, action) in actions.iter().enumerate() {
+        let mut less = policy.clone();
+        less["Statement"][0]["Action"] =
+            serde_json::json!(actions.iter().filter(|a| *a != action).collect::<Vec<_>>());
+        let key = user_with(iam, &format!("{label}-without-{i}"), &less).await;
+        let (ok, out) = build_as(moto, template, &format!("{label}-without-{i}"), &key).await;
+        if ok {
+            spare.push(action.clone());
+        } else {
+            assert!(
+                refused(&out),
+                "without {action} the build failed, but not on IAM:\n{out}"
+            );
+        }
+    }
+    // Minimal: every spare action is one of Packer's documented policy.
+    let undocumented: Vec<&String> = spare
+        .iter()
+        .filter(|a| !amiflow_cli::policy::SEED_BASE_ACTIONS.contains(&a.as_str()))
+        .collect();
+    eprintln!(
+        "policy of {label}: {} actions; the build fails without any one of {}; spare: {} of Packer's documented ones, \
+         {} others: {undocumented:?}",
+        actions.len(),
+        actions.len() - spare.len(),
+        spare.len() - undocumented.len(),
+        undocumented.len()
+    );
+    assert!(
+        undocumented.is_empty(),
+        "granted and never called by this build: {undocumented:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_needs_exactly_the_printed_policy() {
     // Unauthenticated: the admin user, its policy and key; then every request is checked.
@@ -98,65 +170,24 @@ async fn a_build_needs_exactly_the_printed_policy() {
         .await;
     let iam = aws_sdk_iam::Client::new(&admin_sdk);
 
-    let template_path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ebs-basic.json");
-    let template: Value =
-        serde_json::from_str(&std::fs::read_to_string(&template_path).unwrap()).unwrap();
-    let printed = tokio::process::Command::new(workspace_binary("amiflow"))
-        .arg("policy")
-        .arg(&template_path)
-        .output()
-        .await
-        .expect("run amiflow policy");
-    assert!(
-        printed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&printed.stderr)
-    );
-    let policy: Value = serde_json::from_slice(&printed.stdout).expect("a JSON policy");
-
-    let builder = user_with(&iam, "builder", &policy).await;
-    let (ok, out) = build_as(&moto, &template, "all", &builder).await;
-    assert!(ok, "the build needs more than the printed policy:\n{out}");
-
-    // Minimal: without any one action the build fails — except Packer's documented policy,
-    // which `amiflow policy` always grants so that a Packer user's policy and ours agree.
-    let actions: Vec<String> = policy["Statement"][0]["Action"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let mut spare = Vec::new();
-    for (i, action) in actions.iter().enumerate() {
-        let mut less = policy.clone();
-        less["Statement"][0]["Action"] =
-            serde_json::json!(actions.iter().filter(|a| *a != action).collect::<Vec<_>>());
-        let key = user_with(&iam, &format!("without-{i}"), &less).await;
-        let (ok, out) = build_as(&moto, &template, &format!("without-{i}"), &key).await;
-        if ok {
-            spare.push(action.clone());
-        } else {
-            assert!(
-                refused(&out),
-                "without {action} the build failed, but not on IAM:\n{out}"
-            );
-        }
-    }
-    // Not yet minimal (issue #14): these are granted and this template's build does not
-    // call them. Printed, not asserted, until `amiflow policy` derives them per option.
-    let undocumented: Vec<&String> = spare
-        .iter()
-        .filter(|a| !amiflow_cli::policy::SEED_BASE_ACTIONS.contains(&a.as_str()))
-        .collect();
-    eprintln!(
-        "policy: {} actions; the build fails without any one of {}; spare: {} of Packer's documented ones, \
-         {} others: {undocumented:?}",
-        actions.len(),
-        actions.len() - spare.len(),
-        spare.len() - undocumented.len(),
-        undocumented.len()
-    );
+    let basic: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ebs-basic.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    needs_exactly_its_policy(&moto, &iam, "ebs-basic", &basic).await;
+    // Options that bring their own actions: a copy, sharing. (Not deprecate_at: moto has
+    // no EnableImageDeprecation.)
+    let mut options = basic.clone();
+    let b = &mut options["builders"][0];
+    b["ami_regions"] = serde_json::json!(["us-west-2"]);
+    b["ami_users"] = serde_json::json!(["210987654321"]);
+    b["snapshot_users"] = serde_json::json!(["210987654321"]);
+    b["tags"] = serde_json::json!({"Team": "images"});
+    needs_exactly_its_policy(&moto, &iam, "ebs-options", &options).await;
+    let template = basic;
 
     // The enforcement is real: a user allowed nothing of EC2 is refused at the first call.
     let nothing = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]});

@@ -122,6 +122,31 @@ const ONLY_WITH_OPTIONS: &[&str] = &[
     "s3:GetObject",
     "s3:DeleteBucket",
     "ec2:CancelSpotInstanceRequests",
+    // Measured spare for a build without the option (tests/e2e/policy.rs asserts none is
+    // left): a key pair, spot, deprecation, a temporary profile, KMS, a bucket, SSM.
+    "ec2:DescribeKeyPairs",
+    "ec2:DescribeSpotInstanceRequests",
+    "ec2:EnableImageDeprecation",
+    "iam:CreateInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:DeleteRolePolicy",
+    "iam:GetInstanceProfile",
+    "iam:ListInstanceProfiles",
+    "iam:ListRoles",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncrypt*",
+    "s3:GetBucketTagging",
+    "s3:ListBucket",
+    "s3:PutObject",
+    "ssm:DeleteParameter",
+    "ssm:DeleteParameters",
+    "ssm:DescribeInstanceInformation",
+    "ssm:GetParametersByPath",
+    "ssm:PutParameter",
+    "ssm:SendCommand",
 ];
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -476,9 +501,17 @@ pub fn minimal_policy_with(
             actions.extend(SSM_RUN_ACTIONS.iter().map(|a| a.to_string()));
             actions.insert("ssm:StartSession".into());
             actions.insert("ssm:TerminateSession".into());
-            // Provision finds its commands again, reads and removes what it staged.
-            actions
-                .extend(["ssm:ListCommands", "s3:GetObject", "s3:DeleteObject"].map(String::from));
+            // Provision finds its commands again, stages files, reads and removes them.
+            actions.extend(
+                [
+                    "ssm:ListCommands",
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:ListBucket",
+                    "s3:DeleteObject",
+                ]
+                .map(String::from),
+            );
         }
         let network = [
             "vpc_id",
@@ -496,9 +529,21 @@ pub fn minimal_policy_with(
             .any(|k| opt(k).is_some_and(|v| v.as_str() != Some("")))
             || opt("ssh_agent_auth").is_some_and(|v| v == true);
         let no_key = opt("communicator").is_some_and(|v| v == "none" || v == "ssm");
+        if !no_key {
+            // KeyPair finds the named pair, or its own temporary one again.
+            actions.insert("ec2:DescribeKeyPairs".into());
+        }
         if !own_key && !no_key {
-            // Stored by KeyPair, read by Connect and Provision.
-            actions.extend(["ssm:AddTagsToResource", "ssm:GetParameter"].map(String::from));
+            // Stored by KeyPair, read by Connect and Provision, removed by Cleanup (which
+            // also looks for a parameter a failed KeyPair left, by the build's path).
+            actions.extend(
+                amiflow::resources::key_pair::PARAMETER_ACTIONS
+                    .iter()
+                    .map(|a| a.to_string()),
+            );
+        }
+        if opt("deprecate_at").is_some() {
+            actions.insert("ec2:EnableImageDeprecation".into());
         }
         if opt("source_ami")
             .is_some_and(|v| v.as_str().is_some_and(|s| s.starts_with("resolve:ssm:")))
@@ -514,7 +559,16 @@ pub fn minimal_policy_with(
         }
         if opt("temporary_iam_instance_profile_policy_document").is_some() {
             actions.extend(TEMPORARY_PROFILE_ACTIONS.iter().map(|a| a.to_string()));
-            actions.extend(["iam:GetRole", "iam:ListRolePolicies"].map(String::from));
+            // Cleanup lists the build's own tagged profile and role when it recorded none.
+            actions.extend(
+                [
+                    "iam:GetRole",
+                    "iam:ListRolePolicies",
+                    "iam:ListInstanceProfiles",
+                    "iam:ListRoles",
+                ]
+                .map(String::from),
+            );
             pass_roles.insert("arn:aws:iam::*:role/packer-*".into());
             pass_roles.insert("arn:aws:iam::*:role/amiflow-*".into());
         }
@@ -525,8 +579,17 @@ pub fn minimal_policy_with(
         }
         if b["type"] == "amazon-instance" {
             // The bundle bucket: read back the manifest, removed by Cleanup when it made it.
-            actions
-                .extend(["s3:GetObject", "s3:DeleteObject", "s3:DeleteBucket"].map(String::from));
+            actions.extend(
+                [
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:ListBucket",
+                    "s3:DeleteObject",
+                    "s3:GetBucketTagging",
+                    "s3:DeleteBucket",
+                ]
+                .map(String::from),
+            );
             // bundle_upload_command writes the bundle with the caller's keys.
             actions.extend(
                 amiflow::steps::upload_bundle::BUNDLE_UPLOAD_ACTIONS
@@ -535,11 +598,15 @@ pub fn minimal_policy_with(
             );
         }
         if b["type"] == "amazon-chroot" {
+            // The host script: sent to the build host, found again, waited for.
             actions.extend(
                 [
                     "ec2:DescribeInstances",
                     "ec2:AttachVolume",
                     "ec2:DetachVolume",
+                    "ssm:SendCommand",
+                    "ssm:ListCommands",
+                    "ssm:GetCommandInvocation",
                 ]
                 .map(String::from),
             );

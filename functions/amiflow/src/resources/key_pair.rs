@@ -25,6 +25,17 @@ pub const REACH: &[(&str, Reach)] = &[
     ("ssm:DeleteParameters", Reach::AmiflowParameters),
 ];
 
+/// What the life of a temporary key's parameter calls: stored tagged (KeyPair), read
+/// (Connect, Provision), found by the build's path and removed (Cleanup).
+pub const PARAMETER_ACTIONS: &[&str] = &[
+    "ssm:PutParameter",
+    "ssm:AddTagsToResource",
+    "ssm:GetParameter",
+    "ssm:GetParametersByPath",
+    "ssm:DeleteParameter",
+    "ssm:DeleteParameters",
+];
+
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeKeyPairs",
     "ec2:DeleteKeyPair",
