@@ -479,7 +479,8 @@ impl Als {
     }
 
     /// [`Als::run`] with the Lambda calls signed by `credentials`
-    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; run.mjs also reads
+    /// `AMIFLOW_STATE_MACHINE_ARN` from these).
     pub async fn run_as(
         &self,
         definition: &Path,

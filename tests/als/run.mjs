@@ -3,6 +3,10 @@
 //
 //   node run.mjs <definition.json> <input.json> [execution-name]
 //
+// The state machine is AMIFLOW_STATE_MACHINE_ARN (default
+// arn:aws:states:us-east-1:123456789012:stateMachine:amiflow): `$$.StateMachine` and the
+// execution's ARN name it, as Step Functions' would.
+//
 // Task states call Lambda through the AWS SDK, so AWS_ENDPOINT_URL_LAMBDA must point at
 // `amiflow serve-lambdas` (or the tests' scripted server): its endpoint line, token path
 // included. `${XFunctionArn}` substitutions
@@ -32,6 +36,8 @@ const text = readFileSync(definitionPath, "utf8").replace(
 );
 const definition = JSON.parse(text);
 const input = JSON.parse(readFileSync(inputPath, "utf8"));
+const stateMachineArn =
+  process.env.AMIFLOW_STATE_MACHINE_ARN ?? "arn:aws:states:us-east-1:123456789012:stateMachine:amiflow";
 
 // Names of every Wait and every retrying state, nested Map/Parallel included.
 const waitStates = {};
@@ -63,7 +69,10 @@ const machine = new StateMachine(definition, {
 });
 const execution = machine.run(input, {
   overrides: { waitTimeOverrides: waitStates, retryIntervalOverrides: retryStates },
-  context: { Execution: { Name: executionName, Id: `arn:aws:states:us-east-1:123456789012:execution:amiflow:${executionName}`, Input: input, StartTime: new Date().toISOString() } },
+  context: {
+    Execution: { Name: executionName, Id: `${stateMachineArn.replace(":stateMachine:", ":execution:")}:${executionName}`, Input: input, StartTime: new Date().toISOString() },
+    StateMachine: { Id: stateMachineArn, Name: stateMachineArn.split(":").pop() },
+  },
 });
 
 const record = { path: [], retries: [], caught: [], output: null, error: null, history: [] };

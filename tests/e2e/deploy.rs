@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use amiflow::state::BUILD_TAG;
+use amiflow::state::{BUILD_TAG, STATE_MACHINE_TAG};
 use amiflow::steps::janitor::{sweep, sweep_closed_redrive_windows, StatusChangeEvent};
 use amiflow_tests::Moto;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
@@ -16,12 +16,16 @@ const STACK_REGION: &str = "ap-southeast-2";
 const COPY_REGION: &str = "eu-west-1";
 const AMI: &str = "ami-0f8848d57eb4fe2d2";
 
+/// The state machine the janitor tests' executions belong to (their events' ARNs name it).
+const MACHINE: &str = "amiflow";
+
 fn tags(kind: ResourceType, build: Option<&str>) -> Vec<TagSpecification> {
     build
         .map(|b| {
             vec![TagSpecification::builder()
                 .resource_type(kind)
                 .tags(Tag::builder().key(BUILD_TAG).value(b).build())
+                .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
                 .build()]
         })
         .unwrap_or_default()
@@ -158,6 +162,7 @@ async fn make_build_resources(
         ec2.create_tags()
             .set_resources(Some(ids))
             .tags(Tag::builder().key(BUILD_TAG).value(b).build())
+            .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
             .send()
             .await
             .unwrap();
@@ -194,6 +199,27 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     let doomed = make_build_resources(&ec2, Some("aborted-1"), "aborted").await;
     let other = make_build_resources(&ec2, Some("still-running-2"), "other").await;
     let untagged = make_build_resources(&ec2, None, "untagged").await;
+    // Another stack's execution of the same name: its state machine is not the janitor's.
+    let other_stack = ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Volume)
+                .tags(Tag::builder().key(BUILD_TAG).value("aborted-1").build())
+                .tags(
+                    Tag::builder()
+                        .key(STATE_MACHINE_TAG)
+                        .value("another-stack")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let other_stack = format!("volume {}", other_stack.volume_id().unwrap());
     // A copy region named only through a template variable.
     let copied = copy_ec2
         .create_volume()
@@ -235,6 +261,7 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
             ec2.create_tags()
                 .resources(&id)
                 .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
+                .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
                 .tags(
                     Tag::builder()
                         .key(amiflow::state::ARTIFACT_TAG)
@@ -281,7 +308,12 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     for r in &doomed {
         assert!(!left.contains(r), "{r} of the aborted build is still there");
     }
-    for r in other.iter().chain(&untagged).chain(&baseline) {
+    for r in other
+        .iter()
+        .chain(&untagged)
+        .chain(&baseline)
+        .chain([&other_stack])
+    {
         assert!(
             left.contains(r),
             "{r} (not the aborted build's) was removed"
@@ -295,13 +327,19 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     for r in &copy_baseline {
         assert!(copy_left.contains(r), "{r} in {COPY_REGION} was removed");
     }
-    // Still tagged and alive elsewhere: nothing.
+    // Still tagged for this state machine's execution and alive elsewhere: nothing.
     let tagged_left = ec2
         .describe_volumes()
         .filters(
             Filter::builder()
                 .name(format!("tag:{BUILD_TAG}"))
                 .values("aborted-1")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{STATE_MACHINE_TAG}"))
+                .values(MACHINE)
                 .build(),
         )
         .send()

@@ -549,7 +549,7 @@ async fn each_creating_step_twice_creates_one_resource() {
 async fn janitor(ctx: &Arc<Ctx>, execution: &str) -> amiflow::resources::CleanupReport {
     let regions = vec![REGION.to_string(), COPY_REGION.to_string()];
     for _ in 0..30 {
-        match amiflow::resources::sweep_execution(ctx, execution, &regions).await {
+        match amiflow::resources::sweep_execution(ctx, None, execution, &regions).await {
             Ok(r) => return r,
             Err(StepError::NotReady(_)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await
@@ -757,7 +757,8 @@ async fn a_resource_not_removable_yet_does_not_hold_up_the_others() {
         .await
         .unwrap();
 
-    let first = amiflow::resources::sweep_execution(&ctx, execution, &[REGION.to_string()]).await;
+    let first =
+        amiflow::resources::sweep_execution(&ctx, None, execution, &[REGION.to_string()]).await;
     let Err(StepError::NotReady(why)) = first else {
         panic!("the attached volume makes the pass NotReady: {first:?}")
     };

@@ -226,7 +226,10 @@ impl Account {
         self.stats();
         let before = self.inventory();
         let creds = self.credentials();
-        let creds: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut creds: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // The deployed state machine, as its executions see themselves ($$.StateMachine).
+        let machine = self.ready["state_machine"]["arn"].as_str().unwrap();
+        creds.push(("AMIFLOW_STATE_MACHINE_ARN", machine));
         let started = Instant::now();
         let record = als
             .run_as(
@@ -1170,9 +1173,10 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         run.added.iter().all(|l| kept_now.contains(l)),
         "the janitor must leave a build kept for redrive"
     );
-    let abandoned = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()])
-        .await
-        .map_err(|e| e.message().to_string());
+    let abandoned =
+        amiflow::resources::sweep_execution(&admin, None, &run.name, &[REGION.to_string()])
+            .await
+            .map_err(|e| e.message().to_string());
     let mut left: Vec<String> = Vec::new();
     for _ in 0..30 {
         let now = account.inventory();
@@ -1185,7 +1189,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         if left.is_empty() {
             break;
         }
-        let _ = amiflow::resources::sweep_execution(&admin, &run.name, &[REGION.to_string()]).await;
+        let _ = amiflow::resources::sweep_execution(&admin, None, &run.name, &[REGION.to_string()])
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(

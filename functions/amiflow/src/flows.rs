@@ -593,7 +593,9 @@ pub fn definition() -> StateMachine {
             next: TEMPLATE_INVALID.into(),
         }],
     );
-    prepare.parameters = Some(json!({"input.$": "$", "execution.$": "$$.Execution.Name"}));
+    prepare.parameters = Some(json!({
+        "input.$": "$", "execution.$": "$$.Execution.Name", "state_machine.$": "$$.StateMachine.Name"
+    }));
     states.add(PREPARE.name, prepare);
     states.add(
         HAS_PIPELINE,
@@ -678,7 +680,9 @@ pub fn definition() -> StateMachine {
         },
     );
     let mut plan_tests = task(&PLAN_TESTS, Some(TESTS.into()), into_withdraw());
-    plan_tests.parameters = Some(json!({"output.$": "$", "execution.$": "$$.Execution.Name"}));
+    plan_tests.parameters = Some(json!({
+        "output.$": "$", "execution.$": "$$.Execution.Name", "state_machine.$": "$$.StateMachine.Name"
+    }));
     states.add(PLAN_TESTS.name, plan_tests);
     states.add(
         TESTS,

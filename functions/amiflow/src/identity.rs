@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use uuid::Uuid;
 
-pub use crate::state::BUILD_TAG;
+pub use crate::state::{BUILD_TAG, STATE_MACHINE_TAG};
 use crate::BuildState;
 
 /// A stable UUID for (execution, build, what): the same on every retry of a step.
@@ -26,6 +26,15 @@ pub fn client_token(state: &BuildState, step: &str) -> String {
 /// A temporary resource name that is the same on every retry: `<prefix>_<uuid>`.
 pub fn temp_name(state: &BuildState, prefix: &str, what: &str) -> String {
     format!("{prefix}_{}", stable_uuid(state, what).simple())
+}
+
+/// The state machine's name in an execution ARN
+/// (`arn:PARTITION:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME`), if it is one.
+pub fn state_machine_of(execution_arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = execution_arn.split(':').collect();
+    (parts.len() >= 8 && parts[0] == "arn" && parts[2] == "states" && parts[5] == "execution")
+        .then(|| parts[6])
+        .filter(|m| !m.is_empty())
 }
 
 /// The `tag:amiflow:build = execution` filter that finds everything this build created.
@@ -48,12 +57,17 @@ pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -
 /// a build's Cleanup and idempotent lookups match it, the janitor matches the execution only.
 pub const BUILD_NAME_TAG: &str = "amiflow:build-name";
 
-/// The build's own tags: `amiflow:build` = execution, `amiflow:build-name` = build name.
+/// The build's own tags: `amiflow:build` = execution, `amiflow:build-name` = build name,
+/// `amiflow:state-machine` = the state machine running it.
 pub fn build_tags(state: &BuildState) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut tags = BTreeMap::from([
         (BUILD_TAG.to_string(), state.execution.clone()),
         (BUILD_NAME_TAG.to_string(), state.build.name.clone()),
-    ])
+    ]);
+    if !state.state_machine.is_empty() {
+        tags.insert(STATE_MACHINE_TAG.to_string(), state.state_machine.clone());
+    }
+    tags
 }
 
 /// The given (already rendered) tags plus the build's own; the build's own always win.
@@ -82,4 +96,30 @@ pub fn own_filters(state: &BuildState) -> Vec<Filter> {
         build_filter(&state.execution),
         filter(&format!("tag:{BUILD_NAME_TAG}"), [state.build.name.clone()]),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_machine_of;
+
+    #[test]
+    fn the_state_machine_is_read_from_an_execution_arn_only() {
+        assert_eq!(
+            state_machine_of(
+                "arn:aws:states:eu-west-1:123456789012:execution:amiflow-prod:nightly-7"
+            ),
+            Some("amiflow-prod")
+        );
+        assert_eq!(
+            state_machine_of("arn:aws-cn:states:cn-north-1:123456789012:execution:sm:run"),
+            Some("sm")
+        );
+        for not_one in [
+            "nightly-7",
+            "arn:aws:states:eu-west-1:123456789012:stateMachine:amiflow-prod",
+            "arn:aws:lambda:eu-west-1:123456789012:function:x:y:z",
+        ] {
+            assert_eq!(state_machine_of(not_one), None, "{not_one}");
+        }
+    }
 }

@@ -38,6 +38,11 @@ pub fn build_id(execution: &str) -> String {
     let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
     format!("{safe}-{}", &hash.to_string()[..8])
 }
+/// Tag naming the state machine whose execution created a resource (`$$.StateMachine.Name`;
+/// `amiflow-local` for `amiflow build`): the janitor of one stack sweeps only its own state
+/// machine's resources, so an execution named like another stack's cannot take that
+/// stack's resources with it.
+pub const STATE_MACHINE_TAG: &str = "amiflow:state-machine";
 /// Set by a successful build's Cleanup on what it delivers (AMIs, their snapshots, kept
 /// volumes), value the build name: no later sweep by [`BUILD_TAG`] removes these, not even
 /// the janitor's after another build of the same execution failed it.
@@ -48,6 +53,10 @@ pub struct BuildState {
     /// The execution's name as [`build_id`] normalizes it: the value of the [`BUILD_TAG`] on
     /// everything this build creates, and the seed of every ClientToken.
     pub execution: String,
+    /// The state machine running the execution: the value of [`STATE_MACHINE_TAG`]. Empty
+    /// when a step runs outside a state machine (tests), and then not tagged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state_machine: String,
     pub build: PreparedBuild,
     #[serde(default)]
     pub on_error: OnError,

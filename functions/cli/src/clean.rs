@@ -76,7 +76,8 @@ pub async fn clean(
     );
     let started = Instant::now();
     loop {
-        match sweep_execution(ctx, &name, &regions).await {
+        let state_machine = amiflow::identity::state_machine_of(execution);
+        match sweep_execution(ctx, state_machine, &name, &regions).await {
             Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
                 eprintln!("waiting: {why}");
                 tokio::time::sleep(interval).await;

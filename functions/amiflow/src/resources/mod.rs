@@ -36,6 +36,9 @@ use crate::{Ctx, StepError};
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub execution: String,
+    /// The state machine whose execution it is ([`crate::state::STATE_MACHINE_TAG`]), when
+    /// known: a tag search then matches its resources only.
+    pub state_machine: Option<String>,
     /// One build of the execution; None = every build (the janitor).
     pub build_name: Option<String>,
     /// Where images and snapshots can be: the target regions and any region the ledger names.
@@ -73,6 +76,7 @@ impl Scope {
     pub fn execution(execution: &str, regions: &[String]) -> Scope {
         Scope {
             execution: execution.to_string(),
+            state_machine: None,
             build_name: None,
             regions: regions.to_vec(),
             instance_regions: regions.to_vec(),
@@ -93,6 +97,12 @@ impl Scope {
     /// EC2 filters matching what the scope covers: the execution, and the build when one.
     pub fn filters(&self) -> Vec<Filter> {
         let mut f = vec![build_filter(&self.execution)];
+        if let Some(m) = &self.state_machine {
+            f.push(filter(
+                &format!("tag:{}", crate::state::STATE_MACHINE_TAG),
+                [m.clone()],
+            ));
+        }
         if let Some(b) = &self.build_name {
             f.push(filter(&format!("tag:{BUILD_NAME_TAG}"), [b.clone()]));
         }
@@ -396,18 +406,17 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
 /// The janitor's sweep: everything tagged with the execution in these regions, partial
 /// AMIs included, but not what a build that succeeded delivered (`amiflow:artifact`).
 /// `execution` is the name Step Functions knows; its resources carry its
-/// [`crate::state::build_id`].
+/// [`crate::state::build_id`]. With `state_machine`, only that state machine's resources
+/// ([`crate::state::STATE_MACHINE_TAG`]) are looked for.
 pub async fn sweep_execution(
     ctx: &Ctx,
+    state_machine: Option<&str>,
     execution: &str,
     regions: &[String],
 ) -> Result<CleanupReport, StepError> {
-    sweep(
-        ctx,
-        &Scope::execution(&crate::state::build_id(execution), regions),
-        &Ledger::default(),
-    )
-    .await
+    let mut scope = Scope::execution(&crate::state::build_id(execution), regions);
+    scope.state_machine = state_machine.map(String::from);
+    sweep(ctx, &scope, &Ledger::default()).await
 }
 
 /// The ledger's ids of one kind in one region.

@@ -76,6 +76,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     let scope = Scope {
         execution: state.execution.clone(),
+        state_machine: Some(state.state_machine.clone()).filter(|m| !m.is_empty()),
         build_name: Some(state.build.name.clone()),
         regions,
         instance_regions,

@@ -213,25 +213,27 @@ pub async fn sweep(
     }
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
     let CleanupReport { removed, kept, .. } =
-        sweep_until_done(ctx, &detail.name, &regions, interval, budget).await?;
+        sweep_until_done(ctx, detail, &regions, interval, budget).await?;
     report.swept = true;
     report.removed = removed;
     report.kept = kept;
     Ok(report)
 }
 
-/// Sweeps everything tagged for `execution` in `regions`, again while resources are still
-/// going (`NotReady`), within `budget`.
+/// Sweeps everything tagged for the execution (by this state machine) in `regions`, again
+/// while resources are still going (`NotReady`), within `budget`.
 async fn sweep_until_done(
     ctx: &Ctx,
-    execution: &str,
+    detail: &StatusChangeDetail,
     regions: &[String],
     interval: Duration,
     budget: Duration,
 ) -> Result<CleanupReport, StepError> {
+    let execution = detail.name.as_str();
+    let state_machine = crate::identity::state_machine_of(&detail.execution_arn);
     let started = Instant::now();
     let mut report = loop {
-        match sweep_execution(ctx, execution, regions).await {
+        match sweep_execution(ctx, state_machine, execution, regions).await {
             Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
                 tracing::info!(%why, "waiting before sweeping again");
                 tokio::time::sleep(interval).await;
@@ -314,8 +316,7 @@ pub async fn sweep_closed_redrive_windows(
                 let regions = janitor_regions(input.as_deref(), None);
                 tracing::info!(execution = %detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
                 let CleanupReport { removed, kept, .. } =
-                    sweep_until_done(ctx, &detail.name, &regions, SWEEP_INTERVAL, SWEEP_BUDGET)
-                        .await?;
+                    sweep_until_done(ctx, &detail, &regions, SWEEP_INTERVAL, SWEEP_BUDGET).await?;
                 reports.push(JanitorReport {
                     execution: detail.name.clone(),
                     status: detail.status.clone(),

@@ -27,6 +27,9 @@ pub const SPEC: StepSpec = StepSpec {
 pub struct PlanTestsInput {
     pub output: FinalizeOutput,
     pub execution: String,
+    /// `$$.StateMachine.Name`, tagged on what the test creates as on the build's.
+    #[serde(default)]
+    pub state_machine: Option<String>,
 }
 
 /// Finalize's output while the test stage runs: the test builds beside it (the `Tests`
@@ -66,6 +69,7 @@ pub async fn run(_ctx: &Ctx, input: PlanTestsInput) -> Result<TestingOutput, Ste
     }
     let test = BuildState {
         execution: build_id(&input.execution),
+        state_machine: input.state_machine.unwrap_or_default(),
         build,
         // A test always cleans up: its instance is of no use once the images are withdrawn.
         on_error: OnError::Cleanup,

@@ -74,6 +74,9 @@ const STATIC_CREDENTIAL_KEYS: [&str; 3] = ["access_key", "secret_key", "token"];
 pub struct PrepareInput {
     pub input: ExecutionInput,
     pub execution: String,
+    /// `$$.StateMachine.Name`: tagged on everything the builds create.
+    #[serde(default)]
+    pub state_machine: Option<String>,
     /// `$$.Execution.StartTime`: every `{{timestamp}}`/`{{isotime}}` of the build, and a
     /// retried Prepare, agree on it. Now when absent.
     #[serde(default)]
@@ -244,7 +247,10 @@ fn prepare_text_with(
     mut options: PrepareOptions,
 ) -> Result<PrepareOutput, StepError> {
     let PrepareInput {
-        input, execution, ..
+        input,
+        execution,
+        state_machine,
+        ..
     } = input;
     let mut problems = Vec::new();
     if execution.trim().is_empty() {
@@ -330,6 +336,7 @@ fn prepare_text_with(
         .into_iter()
         .map(|build| BuildState {
             execution: build_id.clone(),
+            state_machine: state_machine.clone().unwrap_or_default(),
             build,
             on_error: input.on_error,
             data: Default::default(),
