@@ -97,6 +97,12 @@ impl PipelineRun {
     /// The one line a person reads about the run's outcome.
     pub fn summary(&self) -> String {
         let name = &self.pipeline.name;
+        let withdrawn = self
+            .withdrawn
+            .iter()
+            .map(|(region, image)| format!("{region}: {image}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         match self.status {
             RunStatus::UpToDate => format!(
                 "pipeline {name}: up to date: {} has fingerprint {}; nothing was built",
@@ -104,20 +110,10 @@ impl PipelineRun {
                 self.fingerprint.as_deref().unwrap_or("?")
             ),
             RunStatus::Rejected => format!(
-                "pipeline {name}: not approved; the images built were removed ({})",
-                self.withdrawn
-                    .iter()
-                    .map(|(region, image)| format!("{region}: {image}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "pipeline {name}: not approved; the images built were removed ({withdrawn})"
             ),
             RunStatus::TestFailed => format!(
-                "pipeline {name}: the test failed; the images built were removed ({})",
-                self.withdrawn
-                    .iter()
-                    .map(|(region, image)| format!("{region}: {image}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "pipeline {name}: the test failed; the images built were removed ({withdrawn})"
             ),
             RunStatus::Building => format!(
                 "pipeline {name}: built with fingerprint {}",

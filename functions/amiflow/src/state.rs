@@ -79,6 +79,29 @@ pub struct BuildState {
     pub sensitive_vars: BTreeMap<String, String>,
 }
 
+impl BuildState {
+    /// A build about to start: nothing learnt, created or timed yet.
+    pub fn new(
+        execution: String,
+        state_machine: String,
+        build: PreparedBuild,
+        on_error: OnError,
+    ) -> BuildState {
+        BuildState {
+            execution,
+            state_machine,
+            build,
+            on_error,
+            data: BuildData::default(),
+            ledger: Ledger::default(),
+            waits: BTreeMap::new(),
+            timings: Vec::new(),
+            error: None,
+            sensitive_vars: BTreeMap::new(),
+        }
+    }
+}
+
 /// Packer's `-on-error`: clean up (default), keep everything for debugging, or run the
 /// `error-cleanup-provisioner` and then keep everything (`ask` is the CLI's: it asks, then
 /// the build goes on with one of these); deployed builds may also keep a failed build for

@@ -718,6 +718,27 @@ fn supported_list() -> String {
         .join(", ")
 }
 
+/// The rules of the provisioners that run scripts (`shell`, `powershell`, `windows-shell`):
+/// exactly one of `inline`, `script`, `scripts` (`given`, in that order), and well-formed
+/// variables.
+fn check_script_sources(
+    type_name: &str,
+    given: [bool; 3],
+    environment_vars: &[String],
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) {
+    let keys = ["inline", "script", "scripts"];
+    let pairs: Vec<(&str, bool)> = keys.into_iter().zip(given).collect();
+    exactly_one(
+        &pairs,
+        &format!(" (what should the {type_name} provisioner run?)"),
+        problems,
+    );
+    validate_env_vars(environment_vars, problems);
+    validate_env_map(env, problems);
+}
+
 fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
     match kind {
         Kind::AnsibleLocal(c) => {
@@ -737,17 +758,17 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
             }
         }
         Kind::PowerShell(c) => {
-            exactly_one(
-                &[
-                    ("inline", !c.inline.is_empty()),
-                    ("script", c.script.is_some()),
-                    ("scripts", !c.scripts.is_empty()),
+            check_script_sources(
+                "powershell",
+                [
+                    !c.inline.is_empty(),
+                    c.script.is_some(),
+                    !c.scripts.is_empty(),
                 ],
-                " (what should the powershell provisioner run?)",
+                &c.environment_vars,
+                &c.env,
                 problems,
             );
-            validate_env_vars(&c.environment_vars, problems);
-            validate_env_map(&c.env, problems);
             const POLICIES: [&str; 8] = [
                 "allsigned",
                 "bypass",
@@ -782,17 +803,17 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
             }
         }
         Kind::WindowsShell(c) => {
-            exactly_one(
-                &[
-                    ("inline", !c.inline.is_empty()),
-                    ("script", c.script.is_some()),
-                    ("scripts", !c.scripts.is_empty()),
+            check_script_sources(
+                "windows-shell",
+                [
+                    !c.inline.is_empty(),
+                    c.script.is_some(),
+                    !c.scripts.is_empty(),
                 ],
-                " (what should the windows-shell provisioner run?)",
+                &c.environment_vars,
+                &c.env,
                 problems,
             );
-            validate_env_vars(&c.environment_vars, problems);
-            validate_env_map(&c.env, problems);
         }
         Kind::WindowsRestart(c) => {
             if c.restart_command
@@ -813,17 +834,17 @@ fn validate_kind(kind: &Kind, problems: &mut Vec<Problem>) {
             }
         }
         Kind::Shell(c) => {
-            exactly_one(
-                &[
-                    ("inline", !c.inline.is_empty()),
-                    ("script", c.script.is_some()),
-                    ("scripts", !c.scripts.is_empty()),
+            check_script_sources(
+                "shell",
+                [
+                    !c.inline.is_empty(),
+                    c.script.is_some(),
+                    !c.scripts.is_empty(),
                 ],
-                " (what should the shell provisioner run?)",
+                &c.environment_vars,
+                &c.env,
                 problems,
             );
-            validate_env_vars(&c.environment_vars, problems);
-            validate_env_map(&c.env, problems);
             if c.remote_path.is_some() && (c.remote_folder.is_some() || c.remote_file.is_some()) {
                 problems.push(Problem::key(
                     "remote_path",

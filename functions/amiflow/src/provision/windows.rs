@@ -146,43 +146,49 @@ fn remote_path(
     }
 }
 
-fn powershell(
+/// A Windows provisioner that runs scripts (`powershell`, `windows-shell`): its scripts,
+/// variables, where they go and how each is run.
+struct ScriptRun<'a> {
+    inline: &'a [String],
+    script: &'a Option<String>,
+    scripts: &'a [String],
+    environment_vars: &'a [String],
+    env: &'a std::collections::BTreeMap<String, String>,
+    remote_path: &'a Option<String>,
+    ext: &'static str,
+    /// Put before each script's text (powershell's `debug_mode`).
+    prelude: String,
+    /// The command that runs the quoted script path given to it.
+    runner: Box<dyn Fn(&str) -> String + 'a>,
+    valid: Vec<i64>,
+    clean: bool,
+}
+
+fn run_scripts(
     label: &str,
     index: usize,
-    c: &PowerShellConfig,
+    run: ScriptRun,
     env: &PlanEnv,
     bucket: Option<&str>,
     prefix: &str,
     staged: &mut Vec<(String, Vec<u8>)>,
 ) -> Result<String, String> {
-    let mut out = env_lines(&c.environment_vars, &c.env, env)?;
-    let exe = if c.use_pwsh {
-        "pwsh.exe"
-    } else {
-        "powershell.exe"
-    };
-    let policy = match c.execution_policy().to_ascii_lowercase().as_str() {
-        "none" => String::new(),
-        p => format!(" -ExecutionPolicy {p}"),
-    };
+    let mut out = env_lines(run.environment_vars, run.env, env)?;
     let random = format!("{}_{index}", env.random);
-    for (n, (from, mut data)) in scripts(&c.inline, &c.script, &c.scripts, env)?
+    for (n, (from, data)) in scripts(run.inline, run.script, run.scripts, env)?
         .into_iter()
         .enumerate()
     {
-        if c.debug_mode > 0 {
-            let mut traced = format!("Set-PSDebug -Trace {}\r\n", c.debug_mode).into_bytes();
-            traced.extend(data);
-            data = traced;
-        }
-        let remote = remote_path(&c.remote_path, &random, n, "ps1", env)?;
-        out.push_str(&write_file(&data, &remote, &from, bucket, prefix, staged)?);
-        let run = format!(
-            "& {exe} -NoProfile -NonInteractive{policy} -File {}\n$rc = $LASTEXITCODE; if ($null -eq $rc) {{ $rc = 0 }}",
-            ps_quote(&remote)
+        let mut text = run.prelude.clone().into_bytes();
+        text.extend(data);
+        let remote = remote_path(run.remote_path, &random, n, run.ext, env)?;
+        out.push_str(&write_file(&text, &remote, &from, bucket, prefix, staged)?);
+        let command = format!(
+            "{}\n$rc = $LASTEXITCODE; if ($null -eq $rc) {{ $rc = 0 }}",
+            (run.runner)(&ps_quote(&remote))
         );
-        out.push_str(&checked(label, &run, &c.valid_exit_codes()));
-        if !c.skip_clean {
+        out.push_str(&checked(label, &command, &run.valid));
+        if run.clean {
             out.push_str(&format!(
                 "Remove-Item -LiteralPath {} -Force\n",
                 ps_quote(&remote)
@@ -192,34 +198,51 @@ fn powershell(
     Ok(out)
 }
 
-fn windows_shell(
-    label: &str,
-    index: usize,
-    c: &WindowsShellConfig,
-    env: &PlanEnv,
-    bucket: Option<&str>,
-    prefix: &str,
-    staged: &mut Vec<(String, Vec<u8>)>,
-) -> Result<String, String> {
-    let mut out = env_lines(&c.environment_vars, &c.env, env)?;
-    let random = format!("{}_{index}", env.random);
-    for (n, (from, data)) in scripts(&c.inline, &c.script, &c.scripts, env)?
-        .into_iter()
-        .enumerate()
-    {
-        let remote = remote_path(&c.remote_path, &random, n, "bat", env)?;
-        out.push_str(&write_file(&data, &remote, &from, bucket, prefix, staged)?);
-        let run = format!(
-            "& cmd.exe /c {}\n$rc = $LASTEXITCODE; if ($null -eq $rc) {{ $rc = 0 }}",
-            ps_quote(&remote)
-        );
-        out.push_str(&checked(label, &run, &c.valid_exit_codes()));
-        out.push_str(&format!(
-            "Remove-Item -LiteralPath {} -Force\n",
-            ps_quote(&remote)
-        ));
+fn powershell(c: &PowerShellConfig) -> ScriptRun<'_> {
+    let exe = if c.use_pwsh {
+        "pwsh.exe"
+    } else {
+        "powershell.exe"
+    };
+    let policy = match c.execution_policy().to_ascii_lowercase().as_str() {
+        "none" => String::new(),
+        p => format!(" -ExecutionPolicy {p}"),
+    };
+    ScriptRun {
+        inline: &c.inline,
+        script: &c.script,
+        scripts: &c.scripts,
+        environment_vars: &c.environment_vars,
+        env: &c.env,
+        remote_path: &c.remote_path,
+        ext: "ps1",
+        prelude: if c.debug_mode > 0 {
+            format!("Set-PSDebug -Trace {}\r\n", c.debug_mode)
+        } else {
+            String::new()
+        },
+        runner: Box::new(move |path| {
+            format!("& {exe} -NoProfile -NonInteractive{policy} -File {path}")
+        }),
+        valid: c.valid_exit_codes(),
+        clean: !c.skip_clean,
     }
-    Ok(out)
+}
+
+fn windows_shell(c: &WindowsShellConfig) -> ScriptRun<'_> {
+    ScriptRun {
+        inline: &c.inline,
+        script: &c.script,
+        scripts: &c.scripts,
+        environment_vars: &c.environment_vars,
+        env: &c.env,
+        remote_path: &c.remote_path,
+        ext: "bat",
+        prelude: String::new(),
+        runner: Box::new(|path| format!("& cmd.exe /c {path}")),
+        valid: c.valid_exit_codes(),
+        clean: true,
+    }
 }
 
 /// The marker that tells the second run of a `windows-restart` command that Windows has
@@ -253,10 +276,24 @@ pub fn compile(
     let label = p.label();
     let mut staged = Vec::new();
     let body = match &p.kind {
-        Kind::PowerShell(c) => powershell(&label, p.index, c, env, bucket, prefix, &mut staged)?,
-        Kind::WindowsShell(c) => {
-            windows_shell(&label, p.index, c, env, bucket, prefix, &mut staged)?
-        }
+        Kind::PowerShell(c) => run_scripts(
+            &label,
+            p.index,
+            powershell(c),
+            env,
+            bucket,
+            prefix,
+            &mut staged,
+        )?,
+        Kind::WindowsShell(c) => run_scripts(
+            &label,
+            p.index,
+            windows_shell(c),
+            env,
+            bucket,
+            prefix,
+            &mut staged,
+        )?,
         Kind::WindowsRestart(c) => restart(&label, p.index, c, env),
         Kind::File(_) => {
             let mut out = String::new();

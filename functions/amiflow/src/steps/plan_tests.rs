@@ -67,19 +67,13 @@ pub async fn run(_ctx: &Ctx, input: PlanTestsInput) -> Result<TestingOutput, Ste
     if let amiflow_template::BuilderConfig::Ebs(config) = &mut build.config {
         config.run.source_ami = Some(image);
     }
-    let test = BuildState {
-        execution: build_id(&input.execution),
-        state_machine: input.state_machine.unwrap_or_default(),
+    // A test always cleans up: its instance is of no use once the images are withdrawn.
+    let test = BuildState::new(
+        build_id(&input.execution),
+        input.state_machine.unwrap_or_default(),
         build,
-        // A test always cleans up: its instance is of no use once the images are withdrawn.
-        on_error: OnError::Cleanup,
-        data: Default::default(),
-        ledger: Default::default(),
-        waits: Default::default(),
-        timings: Vec::new(),
-        error: None,
-        sensitive_vars: BTreeMap::new(),
-    };
+        OnError::Cleanup,
+    );
     Ok(TestingOutput {
         output,
         tests: vec![test],

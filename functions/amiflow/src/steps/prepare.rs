@@ -334,17 +334,9 @@ fn prepare_text_with(
     let builds: Vec<BuildState> = prepared
         .builds
         .into_iter()
-        .map(|build| BuildState {
-            execution: build_id.clone(),
-            state_machine: state_machine.clone().unwrap_or_default(),
-            build,
-            on_error: input.on_error,
-            data: Default::default(),
-            ledger: Default::default(),
-            waits: Default::default(),
-            timings: Vec::new(),
-            error: None,
-            sensitive_vars: BTreeMap::new(),
+        .map(|build| {
+            let machine = state_machine.clone().unwrap_or_default();
+            BuildState::new(build_id.clone(), machine, build, input.on_error)
         })
         .collect();
     let output = PrepareOutput { builds, pipeline };
