@@ -12,8 +12,9 @@ a real account has and moto has not:
   signature from the parsed form re-encoded as botocore does (a space as "+"), so a signed
   "%20" from the Rust SDK never matches. The front door checks the caller's signature itself
   and re-signs the same parameters, "%20" written "+", with the caller's own credentials;
-- the decisions moto makes only against "*": SSM parameters and commands, and IAM calls
-  on roles and instance profiles that do not exist yet, are authorized against the
+- the decisions moto makes only against "*": SSM parameters and commands, EventBridge
+  PutEvents and SNS Publish, and IAM calls on roles and instance profiles that do not
+  exist yet, are authorized against the
   resources they name (parameter, document, instance with its tags, role or profile with its
   path, the permissions boundary a CreateRole gives) by policy.py, and, when allowed,
   forwarded signed by the account's admin;
@@ -315,6 +316,13 @@ class Front:
                     out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance}", self.instance_context(region, instance)))
                 return out
             return None
+        if service == "events" and name == "PutEvents":
+            request = json.loads(body or b"{}")
+            buses = sorted({e.get("EventBusName") or "default" for e in request.get("Entries", [])} or {"default"})
+            return [(b if b.startswith("arn:") else f"arn:aws:events:{region}:{account}:event-bus/{b}", {}) for b in buses]
+        if service == "sns" and name == "Publish":
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            return [(form.get("TopicArn", ""), {})]
         if service == "sts" and name == "AssumeRole":
             form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
             return [(form.get("RoleArn", ""), {})]
@@ -493,10 +501,10 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     message = f"User: {label} is not authorized to perform: {action} on resource: {arn} because no session policy allows the {action} action"
                     front.record_denial(label, action, message)
                     return self._send(403, [("Content-Type", "application/xml")], f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>".encode())
-            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts") else False
+            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts", "events", "sns") else False
             if isinstance(scoped, str):
                 front.record_denial(label, action, scoped)
-                if service == "ssm":
+                if service in ("ssm", "events"):
                     error = json.dumps({"__type": "AccessDeniedException", "message": scoped}).encode()
                     return self._send(400, [("Content-Type", "application/x-amz-json-1.1")], error)
                 error = (
