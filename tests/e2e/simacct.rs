@@ -752,16 +752,14 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 3b. A pipeline, deployed: Fingerprint, the test stage (its own instance of the new
     //     image, tested over SSM, with its own temporary profile), Publish in both regions,
-    //     Retain and Notify, each function under its own role. (Notify's EventBridge event
-    //     is left out: moto's PutEvents behind the account's front does not answer within
-    //     the state's time; the SNS/EventBridge messages are tested against moto directly,
-    //     tests/e2e/pipeline.rs.)
+    //     Retain and Notify's EventBridge event, each function under its own role.
     let pipeline = json!({
         "name": "simacct-web", "rebuild": "always",
         "test": {"instance_type": "t3.micro", "communicator": "ssm",
                  "provisioners": [{"type": "shell", "inline": ["systemctl is-active sshd"]}]},
         "publish": {"ssm_parameter": "/images/simacct/latest"},
-        "retain": {"keep_latest": 1}
+        "retain": {"keep_latest": 1},
+        "notify": {"eventbridge": true}
     });
     let run = account
         .execute(
@@ -821,6 +819,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .filter_map(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()))
         .collect();
     assert_eq!(states, ["terminated"], "one test instance, terminated");
+    let events = run.stats["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "one pipeline event: {events:?}");
+    assert_eq!(events[0]["DetailType"], "amiflow Pipeline State Change");
+    let detail: Value = serde_json::from_str(events[0]["Detail"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (detail["pipeline"].as_str(), detail["status"].as_str()),
+        (Some("simacct-web"), Some("succeeded")),
+        "{detail:#}"
+    );
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 

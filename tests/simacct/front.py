@@ -25,6 +25,8 @@ a real account has and moto has not:
 - session policies, which moto ignores (an assumed role's keys act with the role's policies):
   the Policy an AssumeRole passes is kept for the keys it returns, and each S3 request signed
   with them must be allowed by it too (UploadBundle's scoped bundle upload credentials);
+- EventBridge PutEvents, once allowed, answered here and kept for the test (moto would
+  hand the event to every rule's targets, scheduled rules included, and block invoking them);
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
   document (its runShellScript steps, parameters substituted as the agent does) on this
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
@@ -157,6 +159,8 @@ class Front:
         self.registered_snapshots: list[str] = []
         self.host_commands: list[dict[str, str]] = []
         self.calls: dict[str, int] = {}
+        # EventBridge events the functions put on a bus (answered here, see `put_events`).
+        self.events: list[dict[str, Any]] = []
         # access key → {"label", "role", "policy"} of the sessions an AssumeRole narrowed with a
         # Policy: kept across runs, as the keys stay valid after the build that got them.
         self.sessions: dict[str, dict[str, Any]] = {}
@@ -181,6 +185,7 @@ class Front:
                 "registered_snapshots": list(self.registered_snapshots),
                 "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
                 "aws_calls": dict(sorted(self.calls.items())),
+                "events": list(self.events),
                 "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
             }
             if reset:
@@ -189,7 +194,17 @@ class Front:
                 self.denied.clear()
                 self.passed_roles.clear()
                 self.calls.clear()
+                self.events.clear()
         return out
+
+    def put_events(self, body: bytes) -> bytes:
+        """PutEvents, answered here once allowed: moto would hand each event to the targets of
+        every rule, scheduled rules included (which match no event on AWS), and block on
+        invoking the Janitor. The events are kept for the test, as a bus's rule would see them."""
+        entries = json.loads(body or b"{}").get("Entries", [])
+        with self.lock:
+            self.events.extend(entries)
+        return json.dumps({"FailedEntryCount": 0, "Entries": [{"EventId": str(uuid.uuid4())} for _ in entries]}).encode()
 
     def record_denial(self, caller: str, action: str, message: str) -> None:
         with self.lock:
@@ -532,6 +547,8 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                             "policy": json.loads(form["Policy"]),
                         }
                 return self._send(status, resp_headers, out)
+            if scoped is None and action == "events:PutEvents":
+                return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.put_events(body))
             if scoped is None:
                 # Allowed against the resources it names: moto, matching only "*", is not asked.
                 if b"%20" in body and service == "iam":
