@@ -25,6 +25,7 @@ a real account has and moto has not:
 - session policies, which moto ignores (an assumed role's keys act with the role's policies):
   the Policy an AssumeRole passes is kept for the keys it returns, and each S3 request signed
   with them must be allowed by it too (UploadBundle's scoped bundle upload credentials);
+- SSM's DescribeInstanceInformation, which moto lacks: every instance's agent is online;
 - EventBridge PutEvents, once allowed, answered here and kept for the test (moto would
   hand the event to every rule's targets, scheduled rules included, and block invoking them);
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
@@ -197,6 +198,15 @@ class Front:
                 self.events.clear()
         return out
 
+    def instance_information(self, body: bytes) -> bytes:
+        """DescribeInstanceInformation, which moto does not have (its answer keeps the caller
+        waiting for a minute): the account's instances run the SSM agent and are online from
+        launch, as an AWS AMI's agent is soon after boot."""
+        request = json.loads(body or b"{}")
+        ids = [v for f in request.get("Filters", []) if f.get("Key") == "InstanceIds" for v in f.get("Values", [])]
+        listed = [{"InstanceId": i, "PingStatus": "Online", "PlatformType": "Linux"} for i in ids]
+        return json.dumps({"InstanceInformationList": listed}).encode()
+
     def put_events(self, body: bytes) -> bytes:
         """PutEvents, answered here once allowed: moto would hand each event to the targets of
         every rule, scheduled rules included (which match no event on AWS), and block on
@@ -323,6 +333,8 @@ class Front:
                 return [(parameter(request.get("Path", "")), {})]
             if name == "AddTagsToResource" and request.get("ResourceType") == "Parameter":
                 return [(parameter(request.get("ResourceId", "")), {})]
+            if name == "DescribeInstanceInformation":
+                return [("*", {})]
             if name == "SendCommand":
                 document = request.get("DocumentName", "")
                 owner = "" if document.startswith("AWS-") else account
@@ -549,6 +561,8 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 return self._send(status, resp_headers, out)
             if scoped is None and action == "events:PutEvents":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.put_events(body))
+            if scoped is None and action == "ssm:DescribeInstanceInformation":
+                return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.instance_information(body))
             if scoped is None:
                 # Allowed against the resources it names: moto, matching only "*", is not asked.
                 if b"%20" in body and service == "iam":
