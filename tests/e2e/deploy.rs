@@ -812,3 +812,93 @@ async fn janitor_keeps_a_redrive_build_until_its_redrive_window_closes() {
         );
     }
 }
+
+/// A pipeline run with a test stage, aborted after its images were made: the janitor removes
+/// the images it did not publish, with their snapshots, and keeps the one its publish
+/// parameter names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
+    let Some(moto) =
+        Moto::start_or_skip("janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish")
+    else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let delivered = |name: &'static str| {
+        let ec2 = ec2.clone();
+        async move {
+            let id = ec2
+                .register_image()
+                .name(name)
+                .root_device_name("/dev/xvda")
+                .send()
+                .await
+                .unwrap()
+                .image_id()
+                .unwrap()
+                .to_string();
+            ec2.create_tags()
+                .resources(&id)
+                .tags(Tag::builder().key(BUILD_TAG).value("pipe-1").build())
+                .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
+                .tags(
+                    Tag::builder()
+                        .key(amiflow::state::ARTIFACT_TAG)
+                        .value("web")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let published = delivered("web-published").await;
+    let untested = delivered("web-untested").await;
+    ctx.ssm(REGION)
+        .put_parameter()
+        .name("/images/web/latest")
+        .value(&published)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let input = json!({
+        "template": {"builders": [{"type": "amazon-ebs", "region": REGION}]},
+        "vars": {},
+        "pipeline": {"name": "web", "test": {"instance_type": "t3.micro", "communicator": "ssm",
+                     "provisioners": [{"type": "shell", "inline": ["true"]}]},
+                     "publish": {"ssm_parameter": "/images/web/latest"}}
+    });
+    let report = sweep(
+        &ctx,
+        aborted_event("pipe-1", input),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the janitor sweeps");
+    let images: Vec<String> = ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id().map(String::from))
+        .collect();
+    assert!(
+        images.contains(&published),
+        "the published image was removed"
+    );
+    assert!(!images.contains(&untested), "the unpublished image is left");
+    assert!(
+        report.removed.contains(&format!(
+            "image {untested} ({REGION}) (stopped before it was published)"
+        )),
+        "{:?}",
+        report.removed
+    );
+}

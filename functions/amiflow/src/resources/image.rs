@@ -135,12 +135,14 @@ pub async fn destroy(ctx: &Ctx, region: &str, id: &str) -> Result<Vec<String>, S
 }
 
 /// Removes the images a run delivered (marked [`ARTIFACT_TAG`], tagged with `execution`) in
-/// `regions`, with their snapshots: the janitor's answer to a pipeline run stopped while it
-/// waited for approval, whose images nobody approved. Returns what it removed.
+/// `regions`, with their snapshots, but those in `keep`: the janitor's answer to a pipeline
+/// run stopped before it published, whose images nobody approved or tested. Returns what it
+/// removed.
 pub async fn withdraw_execution(
     ctx: &Ctx,
     execution: &str,
     regions: &[String],
+    keep: &std::collections::BTreeSet<String>,
 ) -> Result<Vec<String>, StepError> {
     let mut removed = Vec::new();
     for region in regions {
@@ -153,7 +155,12 @@ pub async fn withdraw_execution(
             .send()
             .await
             .map_err(|e| classify("DescribeImages", execution, e))?;
-        for id in delivered.images().iter().filter_map(|i| i.image_id()) {
+        for id in delivered
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .filter(|id| !keep.contains(*id))
+        {
             let snaps = destroy(ctx, region, id).await?;
             removed.push(format!("image {id} ({region})"));
             removed.extend(snaps.iter().map(|s| format!("snapshot {s} ({region})")));

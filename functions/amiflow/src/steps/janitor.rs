@@ -11,7 +11,9 @@
 //! `amiflow abandon` remove them later.
 //!
 //! A pipeline run stopped while it waited for approval (its approval token is still there)
-//! loses its images too: they were made, never approved, and never published.
+//! loses its images too: they were made, never approved, and never published. So does any
+//! pipeline run with a `test` or `approval` stage stopped (aborted, timed out) before it
+//! published: what its `publish.ssm_parameter` names stays.
 //!
 //! The janitor's daily rule sends [`RedriveWindowEvent`] instead: builds kept for redrive
 //! whose redrive window (14 days after they stopped) has closed are swept then.
@@ -23,25 +25,29 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::StepSpec;
-use crate::resources::{sweep_execution, CleanupReport, CLEANUP_ACTIONS};
+use crate::resources::{sweep_execution, CleanupReport, Reach, CLEANUP_ACTIONS};
 use crate::state::OnError;
 use crate::{Ctx, StepError};
+use amiflow_template::pipeline::Pipeline;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Janitor",
     iam_actions: &IAM_ACTIONS,
-    reach: &[],
+    // It reads only the parameters pipelines publish, to keep what a stopped run published.
+    reach: &[("ssm:GetParameter", Reach::PublishedParameters)],
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),
 };
 
-/// It removes exactly what Cleanup removes, by the same code (and marks nothing), and reads
-/// an execution's input when the event does not carry it.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 2] = {
+/// It removes exactly what Cleanup removes, by the same code (and marks nothing), reads an
+/// execution's input when the event does not carry it, and reads a pipeline's published
+/// parameter.
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 3] = {
     let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 2];
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 3];
     all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
+    all[CLEANUP_ACTIONS.len() + 2] = READ_PUBLISHED;
     let mut i = 0;
     while i < cleanup.len() {
         all[i] = cleanup[i];
@@ -50,6 +56,7 @@ const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 2] = {
     all
 };
 const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
+const READ_PUBLISHED: &str = "ssm:GetParameter";
 const LIST_EXECUTIONS: &str = "states:ListExecutions";
 
 /// Execution statuses after which the build's resources must be swept.
@@ -213,7 +220,7 @@ pub async fn sweep(
     }
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
     let CleanupReport { removed, kept, .. } =
-        sweep_until_done(ctx, detail, &regions, interval, budget).await?;
+        sweep_until_done(ctx, detail, input.as_deref(), &regions, interval, budget).await?;
     report.swept = true;
     report.removed = removed;
     report.kept = kept;
@@ -225,6 +232,7 @@ pub async fn sweep(
 async fn sweep_until_done(
     ctx: &Ctx,
     detail: &StatusChangeDetail,
+    input: Option<&str>,
     regions: &[String],
     interval: Duration,
     budget: Duration,
@@ -258,8 +266,17 @@ async fn sweep_until_done(
             "parameter {} (approval token)",
             crate::resources::approval_token::parameter_name(&id)
         ));
-        for r in crate::resources::image::withdraw_execution(ctx, &id, regions).await? {
+        let none = std::collections::BTreeSet::new();
+        for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &none).await? {
             report.removed.push(format!("{r} (never approved)"));
+        }
+    } else if let Some(pipeline) = gated_pipeline(&detail.status, input) {
+        // Stopped with its test or approval maybe not passed: what it did not publish goes.
+        let keep = published(ctx, &pipeline, regions).await;
+        for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &keep).await? {
+            report
+                .removed
+                .push(format!("{r} (stopped before it was published)"));
         }
     }
     Ok(report)
@@ -315,8 +332,15 @@ pub async fn sweep_closed_redrive_windows(
                 }
                 let regions = janitor_regions(input.as_deref(), None);
                 tracing::info!(execution = %detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
-                let CleanupReport { removed, kept, .. } =
-                    sweep_until_done(ctx, &detail, &regions, SWEEP_INTERVAL, SWEEP_BUDGET).await?;
+                let CleanupReport { removed, kept, .. } = sweep_until_done(
+                    ctx,
+                    &detail,
+                    input.as_deref(),
+                    &regions,
+                    SWEEP_INTERVAL,
+                    SWEEP_BUDGET,
+                )
+                .await?;
                 reports.push(JanitorReport {
                     execution: detail.name.clone(),
                     status: detail.status.clone(),
@@ -385,6 +409,34 @@ pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
         OnError::Redrive => matches!(status, "FAILED" | "TIMED_OUT" | "ABORTED"),
     };
     kept.then_some(on_error)
+}
+
+/// The pipeline of an execution stopped from outside (ABORTED, TIMED_OUT) whose images are
+/// delivered only once its `test` and `approval` pass: the janitor withdraws the images such
+/// a run did not publish. None for any other execution (a FAILED pipeline run ended in
+/// Notify, after Withdraw when its test or approval failed).
+pub fn gated_pipeline(status: &str, input: Option<&str>) -> Option<Pipeline> {
+    if !matches!(status, "ABORTED" | "TIMED_OUT") {
+        return None;
+    }
+    let input: Value = serde_json::from_str(input?).ok()?;
+    let pipeline = Pipeline::from_value(input.get("pipeline")?).ok()?;
+    (pipeline.test.is_some() || pipeline.approval.is_some()).then_some(pipeline)
+}
+
+/// The images `pipeline`'s `publish.ssm_parameter` names in `regions` (none without it, or
+/// where it cannot be read).
+async fn published(ctx: &Ctx, pipeline: &Pipeline, regions: &[String]) -> BTreeSet<String> {
+    let Some(name) = pipeline.publish.as_ref().map(|p| p.ssm_parameter.clone()) else {
+        return BTreeSet::new();
+    };
+    let mut images = BTreeSet::new();
+    for region in regions {
+        if let Ok(out) = ctx.ssm(region).get_parameter().name(&name).send().await {
+            images.extend(out.parameter().and_then(|p| p.value()).map(String::from));
+        }
+    }
+    images
 }
 
 /// [`build_regions`] with the janitor's configuration: the stack's `JanitorRegions`
@@ -500,6 +552,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_stopped_pipeline_run_with_a_gate_loses_what_it_did_not_publish() {
+        let input = |pipeline: serde_json::Value| {
+            serde_json::json!({"template": {}, "pipeline": pipeline}).to_string()
+        };
+        let gated = input(
+            serde_json::json!({"name": "web", "approval": {"timeout": "1h"},
+            "publish": {"ssm_parameter": "/images/web"}}),
+        );
+        for status in ["ABORTED", "TIMED_OUT"] {
+            let p = gated_pipeline(status, Some(&gated)).expect("gated");
+            assert_eq!(p.publish.unwrap().ssm_parameter, "/images/web");
+        }
+        assert!(
+            gated_pipeline("FAILED", Some(&gated)).is_none(),
+            "a failed run went through Withdraw or keeps what it published"
+        );
+        let tested = input(
+            serde_json::json!({"name": "web", "test": {"instance_type": "t3.micro",
+            "communicator": "ssm", "provisioners": [{"type": "shell", "inline": ["true"]}]}}),
+        );
+        assert!(gated_pipeline("ABORTED", Some(&tested)).is_some());
+        let ungated = input(serde_json::json!({"name": "web", "retain": {"keep_latest": 2}}));
+        assert!(
+            gated_pipeline("ABORTED", Some(&ungated)).is_none(),
+            "nothing gates its images"
+        );
+        assert!(gated_pipeline("ABORTED", Some(r#"{"template": {}}"#)).is_none());
+        assert!(gated_pipeline("ABORTED", None).is_none());
+    }
+
+    #[test]
     fn regions_come_from_the_templates_builders_and_copies() {
         let input = serde_json::json!({
             "template": {
@@ -606,13 +689,22 @@ mod tests {
     }
 
     #[test]
-    fn the_janitor_may_do_what_cleanup_does_and_read_the_execution() {
+    fn the_janitor_may_do_what_cleanup_does_read_the_execution_and_what_pipelines_publish() {
         let cleanup = super::super::cleanup::SPEC.iam_actions;
         assert_eq!(&SPEC.iam_actions[..CLEANUP_ACTIONS.len()], CLEANUP_ACTIONS);
         assert!(CLEANUP_ACTIONS.iter().all(|a| cleanup.contains(a)));
         assert_eq!(
             &SPEC.iam_actions[CLEANUP_ACTIONS.len()..],
-            &["states:DescribeExecution", "states:ListExecutions"]
+            &[
+                "states:DescribeExecution",
+                "states:ListExecutions",
+                "ssm:GetParameter"
+            ]
+        );
+        assert_eq!(
+            SPEC.reach_of("ssm:GetParameter"),
+            Reach::PublishedParameters,
+            "only the published parameters"
         );
     }
 
