@@ -825,80 +825,107 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
     };
     let ctx = moto.ctx(REGION).await;
     let ec2 = ctx.ec2(REGION);
-    let delivered = |name: &'static str| {
-        let ec2 = ec2.clone();
-        async move {
-            let id = ec2
-                .register_image()
-                .name(name)
-                .root_device_name("/dev/xvda")
-                .send()
-                .await
-                .unwrap()
-                .image_id()
-                .unwrap()
-                .to_string();
-            ec2.create_tags()
-                .resources(&id)
-                .tags(Tag::builder().key(BUILD_TAG).value("pipe-1").build())
-                .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
-                .tags(
-                    Tag::builder()
-                        .key(amiflow::state::ARTIFACT_TAG)
-                        .value("web")
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            id
-        }
-    };
-    let published = delivered("web-published").await;
-    let untested = delivered("web-untested").await;
-    ctx.ssm(REGION)
-        .put_parameter()
-        .name("/images/web/latest")
-        .value(&published)
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
+    let pipeline = json!({"name": "web", "test": {"instance_type": "t3.micro", "communicator": "ssm",
+                          "provisioners": [{"type": "shell", "inline": ["true"]}]},
+                          "publish": {"ssm_parameter": "/images/web/latest"}});
+    // A scheduled run names its pipeline file in S3, as the stack's schedule does.
+    ctx.s3(REGION)
+        .create_bucket()
+        .bucket("pipelines")
         .send()
         .await
         .unwrap();
-    let input = json!({
-        "template": {"builders": [{"type": "amazon-ebs", "region": REGION}]},
-        "vars": {},
-        "pipeline": {"name": "web", "test": {"instance_type": "t3.micro", "communicator": "ssm",
-                     "provisioners": [{"type": "shell", "inline": ["true"]}]},
-                     "publish": {"ssm_parameter": "/images/web/latest"}}
-    });
-    let report = sweep(
-        &ctx,
-        aborted_event("pipe-1", input),
-        Duration::from_millis(100),
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("the janitor sweeps");
-    let images: Vec<String> = ec2
-        .describe_images()
-        .owners("self")
+    ctx.s3(REGION)
+        .put_object()
+        .bucket("pipelines")
+        .key("web.json")
+        .body(pipeline.to_string().into_bytes().into())
         .send()
         .await
-        .unwrap()
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id().map(String::from))
-        .collect();
-    assert!(
-        images.contains(&published),
-        "the published image was removed"
-    );
-    assert!(!images.contains(&untested), "the unpublished image is left");
-    assert!(
-        report.removed.contains(&format!(
-            "image {untested} ({REGION}) (stopped before it was published)"
-        )),
-        "{:?}",
-        report.removed
-    );
+        .unwrap();
+    let template = json!({"builders": [{"type": "amazon-ebs", "region": REGION}]});
+    for (execution, input) in [
+        (
+            "pipe-1",
+            json!({"template": template, "vars": {}, "pipeline": pipeline}),
+        ),
+        (
+            "pipe-2",
+            json!({"template": template, "vars": {}, "pipeline_s3": "s3://pipelines/web.json"}),
+        ),
+    ] {
+        let delivered = |name: String| {
+            let ec2 = ec2.clone();
+            async move {
+                let id = ec2
+                    .register_image()
+                    .name(name)
+                    .root_device_name("/dev/xvda")
+                    .send()
+                    .await
+                    .unwrap()
+                    .image_id()
+                    .unwrap()
+                    .to_string();
+                ec2.create_tags()
+                    .resources(&id)
+                    .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
+                    .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
+                    .tags(
+                        Tag::builder()
+                            .key(amiflow::state::ARTIFACT_TAG)
+                            .value("web")
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                id
+            }
+        };
+        let published = delivered(format!("{execution}-published")).await;
+        let untested = delivered(format!("{execution}-untested")).await;
+        ctx.ssm(REGION)
+            .put_parameter()
+            .name("/images/web/latest")
+            .value(&published)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+        let report = sweep(
+            &ctx,
+            aborted_event(execution, input),
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the janitor sweeps");
+        let images: Vec<String> = ec2
+            .describe_images()
+            .owners("self")
+            .send()
+            .await
+            .unwrap()
+            .images()
+            .iter()
+            .filter_map(|i| i.image_id().map(String::from))
+            .collect();
+        assert!(
+            images.contains(&published),
+            "{execution}: the published image was removed"
+        );
+        assert!(
+            !images.contains(&untested),
+            "{execution}: the unpublished image is left"
+        );
+        assert!(
+            report.removed.contains(&format!(
+                "image {untested} ({REGION}) (stopped before it was published)"
+            )),
+            "{execution}: {:?}",
+            report.removed
+        );
+    }
 }

@@ -33,8 +33,12 @@ use amiflow_template::pipeline::Pipeline;
 pub const SPEC: StepSpec = StepSpec {
     name: "Janitor",
     iam_actions: &IAM_ACTIONS,
-    // It reads only the parameters pipelines publish, to keep what a stopped run published.
-    reach: &[("ssm:GetParameter", Reach::PublishedParameters)],
+    // It reads only the parameters pipelines publish, to keep what a stopped run published,
+    // and a scheduled run's pipeline file where Prepare read it.
+    reach: &[
+        ("ssm:GetParameter", Reach::PublishedParameters),
+        ("s3:GetObject", Reach::TemplateObjects),
+    ],
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),
@@ -43,11 +47,12 @@ pub const SPEC: StepSpec = StepSpec {
 /// It removes exactly what Cleanup removes, by the same code (and marks nothing), reads an
 /// execution's input when the event does not carry it, and reads a pipeline's published
 /// parameter.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 3] = {
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 4] = {
     let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 3];
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 4];
     all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
     all[CLEANUP_ACTIONS.len() + 2] = READ_PUBLISHED;
+    all[CLEANUP_ACTIONS.len() + 3] = READ_PIPELINE_FILE;
     let mut i = 0;
     while i < cleanup.len() {
         all[i] = cleanup[i];
@@ -57,6 +62,7 @@ const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 3] = {
 };
 const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
 const READ_PUBLISHED: &str = "ssm:GetParameter";
+const READ_PIPELINE_FILE: &str = "s3:GetObject";
 const LIST_EXECUTIONS: &str = "states:ListExecutions";
 
 /// Execution statuses after which the build's resources must be swept.
@@ -270,7 +276,9 @@ async fn sweep_until_done(
         for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &none).await? {
             report.removed.push(format!("{r} (never approved)"));
         }
-    } else if let Some(pipeline) = gated_pipeline(&detail.status, input) {
+    } else if let Some(pipeline) =
+        gated_pipeline(&detail.status, input_pipeline(ctx, input).await.as_ref())
+    {
         // Stopped with its test or approval maybe not passed: what it did not publish goes.
         let keep = published(ctx, &pipeline, regions).await;
         for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &keep).await? {
@@ -414,14 +422,31 @@ pub fn kept_by_on_error(status: &str, input: Option<&str>) -> Option<OnError> {
 /// The pipeline of an execution stopped from outside (ABORTED, TIMED_OUT) whose images are
 /// delivered only once its `test` and `approval` pass: the janitor withdraws the images such
 /// a run did not publish. None for any other execution (a FAILED pipeline run ended in
-/// Notify, after Withdraw when its test or approval failed).
-pub fn gated_pipeline(status: &str, input: Option<&str>) -> Option<Pipeline> {
+/// Notify, after Withdraw when its test or approval failed). `pipeline` is the input's, or
+/// the file its `pipeline_s3` names (a scheduled run's).
+pub fn gated_pipeline(status: &str, pipeline: Option<&Value>) -> Option<Pipeline> {
     if !matches!(status, "ABORTED" | "TIMED_OUT") {
         return None;
     }
-    let input: Value = serde_json::from_str(input?).ok()?;
-    let pipeline = Pipeline::from_value(input.get("pipeline")?).ok()?;
+    let pipeline = Pipeline::from_value(pipeline?).ok()?;
     (pipeline.test.is_some() || pipeline.approval.is_some()).then_some(pipeline)
+}
+
+/// The pipeline an execution ran with: its input's `pipeline`, or the file `pipeline_s3`
+/// names, read as Prepare read it; None without one or when it cannot be read any more.
+async fn input_pipeline(ctx: &Ctx, input: Option<&str>) -> Option<Value> {
+    let input: Value = serde_json::from_str(input?).ok()?;
+    if let Some(p) = input.get("pipeline").filter(|p| p.is_object()) {
+        return Some(p.clone());
+    }
+    let url = input
+        .get("pipeline_s3")?
+        .as_str()
+        .filter(|u| !u.is_empty())?;
+    let text = super::prepare::fetch_s3(ctx, url, "pipeline_s3")
+        .await
+        .ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// The images `pipeline`'s `publish.ssm_parameter` names in `regions` (none without it, or
@@ -553,13 +578,8 @@ mod tests {
 
     #[test]
     fn only_a_stopped_pipeline_run_with_a_gate_loses_what_it_did_not_publish() {
-        let input = |pipeline: serde_json::Value| {
-            serde_json::json!({"template": {}, "pipeline": pipeline}).to_string()
-        };
-        let gated = input(
-            serde_json::json!({"name": "web", "approval": {"timeout": "1h"},
-            "publish": {"ssm_parameter": "/images/web"}}),
-        );
+        let gated = serde_json::json!({"name": "web", "approval": {"timeout": "1h"},
+            "publish": {"ssm_parameter": "/images/web"}});
         for status in ["ABORTED", "TIMED_OUT"] {
             let p = gated_pipeline(status, Some(&gated)).expect("gated");
             assert_eq!(p.publish.unwrap().ssm_parameter, "/images/web");
@@ -568,17 +588,14 @@ mod tests {
             gated_pipeline("FAILED", Some(&gated)).is_none(),
             "a failed run went through Withdraw or keeps what it published"
         );
-        let tested = input(
-            serde_json::json!({"name": "web", "test": {"instance_type": "t3.micro",
-            "communicator": "ssm", "provisioners": [{"type": "shell", "inline": ["true"]}]}}),
-        );
+        let tested = serde_json::json!({"name": "web", "test": {"instance_type": "t3.micro",
+            "communicator": "ssm", "provisioners": [{"type": "shell", "inline": ["true"]}]}});
         assert!(gated_pipeline("ABORTED", Some(&tested)).is_some());
-        let ungated = input(serde_json::json!({"name": "web", "retain": {"keep_latest": 2}}));
+        let ungated = serde_json::json!({"name": "web", "retain": {"keep_latest": 2}});
         assert!(
             gated_pipeline("ABORTED", Some(&ungated)).is_none(),
             "nothing gates its images"
         );
-        assert!(gated_pipeline("ABORTED", Some(r#"{"template": {}}"#)).is_none());
         assert!(gated_pipeline("ABORTED", None).is_none());
     }
 
@@ -698,9 +715,11 @@ mod tests {
             &[
                 "states:DescribeExecution",
                 "states:ListExecutions",
-                "ssm:GetParameter"
+                "ssm:GetParameter",
+                "s3:GetObject"
             ]
         );
+        assert_eq!(SPEC.reach_of("s3:GetObject"), Reach::TemplateObjects);
         assert_eq!(
             SPEC.reach_of("ssm:GetParameter"),
             Reach::PublishedParameters,

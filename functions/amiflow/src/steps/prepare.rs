@@ -445,7 +445,7 @@ async fn template_text(ctx: &Ctx, input: &ExecutionInput) -> Result<String, Step
 }
 
 /// The text of `url` (`s3://bucket/key`), given as the input's `key`.
-async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> {
+pub(crate) async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> {
     let invalid =
         |m: String| StepError::InvalidTemplate(Problems(vec![Problem::key(key, m)]).to_string());
     let Some((bucket, key)) = url
