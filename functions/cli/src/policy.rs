@@ -182,43 +182,18 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Keys of a template's builder that the test build does not take (it makes no image, runs
-/// on demand, without the build's user data): `TestStage::build_for` in the template crate.
-const NOT_IN_THE_TEST: &[&str] = &[
-    "ami_",
-    "spot_",
-    "snapshot_",
-    "encrypt_boot",
-    "kms_key_id",
-    "region_kms_key_ids",
-    "launch_block_device_mappings",
-    "user_data",
-    "source_ami_filter",
-    "bundle_",
-    "chroot_",
-    "x509_",
-    "s3_bucket",
-    "account_id",
-];
-
 /// The template as the policy sees it with a pipeline's test stage: one more amazon-ebs
-/// builder, the first builder's keys that the test build keeps, with the stage's instance
-/// type and communicator keys.
+/// builder with the keys the test build takes from the first builder
+/// (`TestStage::builder_keys`, as Prepare makes the test build).
 fn with_test_build(template: &Value, test: &amiflow_template::pipeline::TestStage) -> Value {
     let mut out = template.clone();
-    let mut builder = serde_json::Map::new();
-    if let Some(first) = template["builders"][0].as_object() {
-        builder.extend(
-            first
-                .iter()
-                .filter(|(k, _)| !NOT_IN_THE_TEST.iter().any(|p| k.starts_with(p)))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-    }
-    builder.extend(test.connection.clone());
+    let first = template["builders"][0]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut builder = test.builder_keys(&first);
     builder.insert("type".into(), "amazon-ebs".into());
     builder.insert("name".into(), "test".into());
-    builder.insert("instance_type".into(), test.instance_type.clone().into());
     if let Some(builders) = out["builders"].as_array_mut() {
         builders.push(Value::Object(builder));
     }

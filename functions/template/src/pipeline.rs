@@ -114,14 +114,49 @@ const NOT_FOR_THE_TEST: &[&str] = &[
     "skip_profile_validation",
 ];
 
+/// The keys a builder's access, run and communicator settings take (their serialized
+/// defaults: every field is serialized but the secrets): what a test build can carry over.
+fn carried_keys() -> std::collections::BTreeSet<String> {
+    use crate::config::{AccessConfig, CommunicatorConfig, RunConfig};
+    let defaults = [
+        serde_json::to_value(AccessConfig::default()),
+        serde_json::to_value(RunConfig::default()),
+        serde_json::to_value(CommunicatorConfig::default()),
+    ];
+    defaults
+        .into_iter()
+        .flat_map(|v| match v {
+            Ok(Value::Object(fields)) => fields.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 impl TestStage {
     /// The amazon-ebs build that tests `built`'s image: the template's region, credentials,
     /// network, instance profile and communicator, with the stage's instance type, its
     /// communicator keys over the template's, and its provisioners; checked as any builder
     /// is, each problem named under `test.`.
+    /// The amazon-ebs builder keys of the test build, from a builder's keys: its
+    /// credentials, network, instance profile and communicator (the access, run and
+    /// communicator keys) but [`NOT_FOR_THE_TEST`], with the new image as the source and the
+    /// stage's instance type and communicator keys. `amiflow policy` reads the same keys.
+    pub fn builder_keys(&self, builder: &Map<String, Value>) -> Map<String, Value> {
+        let carried = carried_keys();
+        let mut raw: Map<String, Value> = builder
+            .iter()
+            .filter(|(k, _)| carried.contains(*k) && !NOT_FOR_THE_TEST.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        raw.insert("source_ami".into(), NEW_IMAGE_PLACEHOLDER.into());
+        raw.insert("instance_type".into(), self.instance_type.clone().into());
+        raw.extend(self.connection.clone());
+        raw
+    }
+
     pub fn build_for(&self, built: &PreparedBuild) -> Result<PreparedBuild, Problems> {
         let name = test_build_name(&built.name);
-        let mut raw = Map::new();
+        let mut written = Map::new();
         let config = &built.config;
         let parts = [
             serde_json::to_value(config.access()).ok(),
@@ -130,16 +165,11 @@ impl TestStage {
         ];
         for part in parts.into_iter().flatten() {
             if let Value::Object(fields) = part {
-                raw.extend(fields);
+                written.extend(fields);
             }
         }
-        for key in NOT_FOR_THE_TEST {
-            raw.remove(*key);
-        }
-        raw.insert("source_ami".into(), NEW_IMAGE_PLACEHOLDER.into());
-        raw.insert("instance_type".into(), self.instance_type.clone().into());
+        let mut raw = self.builder_keys(&written);
         raw.insert("ami_name".into(), format!("{name} (makes no image)").into());
-        raw.extend(self.connection.clone());
         let under_test = |p: Problem| {
             let key = p
                 .key
@@ -734,6 +764,33 @@ mod tests {
             "a provisioner's own timeout stays"
         );
         assert!(b.error_cleanup_provisioner.is_none() && b.post_processors.is_empty());
+    }
+
+    #[test]
+    fn the_test_builder_keeps_access_network_profile_and_communicator_keys_only() {
+        let test = stage(
+            json!({"instance_type": "t3.micro", "ssh_username": "tester",
+            "provisioners": [{"type": "shell", "inline": ["true"]}]}),
+        );
+        let builder = json!({"type": "amazon-ebs", "region": "us-east-1", "subnet_id": "subnet-1",
+            "iam_instance_profile": "web", "ssh_username": "ubuntu", "ami_name": "web",
+            "ami_regions": ["us-west-2"], "spot_price": "auto", "user_data": "x",
+            "source_ami_filter": {"owners": ["self"]}, "encrypt_boot": true});
+        let keys = test.builder_keys(builder.as_object().unwrap());
+        let names: Vec<&str> = keys.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "iam_instance_profile",
+                "instance_type",
+                "region",
+                "source_ami",
+                "ssh_username",
+                "subnet_id"
+            ]
+        );
+        assert_eq!(keys["ssh_username"], "tester");
+        assert_eq!(keys["source_ami"], NEW_IMAGE_PLACEHOLDER);
     }
 
     #[test]
