@@ -170,6 +170,48 @@ async fn make_build_resources(
     made
 }
 
+/// An image registered as a run's delivered artifact: tagged with `execution`, this state
+/// machine and the artifact mark.
+async fn delivered_image(ec2: &aws_sdk_ec2::Client, execution: &str, name: &str) -> String {
+    let id = ec2
+        .register_image()
+        .name(name)
+        .root_device_name("/dev/xvda")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    ec2.create_tags()
+        .resources(&id)
+        .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
+        .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
+        .tags(
+            Tag::builder()
+                .key(amiflow::state::ARTIFACT_TAG)
+                .value("web")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+/// Every image of the account in the client's region.
+async fn image_ids(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    ec2.describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id().map(String::from))
+        .collect()
+}
+
 fn aborted_event(name: &str, input: serde_json::Value) -> StatusChangeEvent {
     serde_json::from_value(json!({
         "version": "0", "id": "1", "detail-type": "Step Functions Execution Status Change", "source": "aws.states",
@@ -245,37 +287,9 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     });
     // Images both runs delivered (marked artifacts): the aborted one was waiting for
     // approval (its token is there), so its image goes; the other run's stays.
-    let delivered = |execution: &'static str| {
-        let ec2 = ec2.clone();
-        async move {
-            let id = ec2
-                .register_image()
-                .name(format!("delivered-{execution}"))
-                .root_device_name("/dev/xvda")
-                .send()
-                .await
-                .unwrap()
-                .image_id()
-                .unwrap()
-                .to_string();
-            ec2.create_tags()
-                .resources(&id)
-                .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
-                .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
-                .tags(
-                    Tag::builder()
-                        .key(amiflow::state::ARTIFACT_TAG)
-                        .value("web")
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            id
-        }
-    };
-    let unapproved = delivered("aborted-1").await;
-    let approved_elsewhere = delivered("still-running-2").await;
+    let unapproved = delivered_image(&ec2, "aborted-1", "delivered-aborted-1").await;
+    let approved_elsewhere =
+        delivered_image(&ec2, "still-running-2", "delivered-still-running-2").await;
     // The stack's own region is none of the build's: the approval token a run stopped while
     // waiting left there goes too, another execution's stays.
     let stack_ctx = moto.ctx(STACK_REGION).await;
@@ -362,16 +376,7 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
         token("still-running-2").await.is_ok(),
         "another run's token was removed"
     );
-    let images: Vec<String> = ec2
-        .describe_images()
-        .owners("self")
-        .send()
-        .await
-        .unwrap()
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id().map(String::from))
-        .collect();
+    let images = image_ids(&ec2).await;
     assert!(
         !images.contains(&unapproved),
         "the never-approved image is left"
@@ -854,37 +859,8 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
             json!({"template": template, "vars": {}, "pipeline_s3": "s3://pipelines/web.json"}),
         ),
     ] {
-        let delivered = |name: String| {
-            let ec2 = ec2.clone();
-            async move {
-                let id = ec2
-                    .register_image()
-                    .name(name)
-                    .root_device_name("/dev/xvda")
-                    .send()
-                    .await
-                    .unwrap()
-                    .image_id()
-                    .unwrap()
-                    .to_string();
-                ec2.create_tags()
-                    .resources(&id)
-                    .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
-                    .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
-                    .tags(
-                        Tag::builder()
-                            .key(amiflow::state::ARTIFACT_TAG)
-                            .value("web")
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .unwrap();
-                id
-            }
-        };
-        let published = delivered(format!("{execution}-published")).await;
-        let untested = delivered(format!("{execution}-untested")).await;
+        let published = delivered_image(&ec2, execution, &format!("{execution}-published")).await;
+        let untested = delivered_image(&ec2, execution, &format!("{execution}-untested")).await;
         ctx.ssm(REGION)
             .put_parameter()
             .name("/images/web/latest")
@@ -902,16 +878,7 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
         )
         .await
         .expect("the janitor sweeps");
-        let images: Vec<String> = ec2
-            .describe_images()
-            .owners("self")
-            .send()
-            .await
-            .unwrap()
-            .images()
-            .iter()
-            .filter_map(|i| i.image_id().map(String::from))
-            .collect();
+        let images = image_ids(&ec2).await;
         assert!(
             images.contains(&published),
             "{execution}: the published image was removed"

@@ -51,6 +51,22 @@ fn state(execution: &str, instance_id: &str, provisioners: Value, bucket: bool) 
     .unwrap()
 }
 
+/// A run's context whose sensitive `api_token` is `secret`, with the staging bucket made
+/// and an instance launched for the commands.
+async fn staging_run(moto: &Moto, secret: &str) -> (Arc<Ctx>, String) {
+    let mut ctx = moto.ctx(REGION).await;
+    ctx.secrets = Secrets::from_pairs([("api_token".to_string(), secret.to_string())]);
+    let ctx = Arc::new(ctx);
+    ctx.s3(REGION)
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let id = instance(&ctx).await;
+    (ctx, id)
+}
+
 async fn staged_keys(ctx: &Ctx, prefix: &str) -> Vec<String> {
     let out = ctx
         .s3(REGION)
@@ -85,18 +101,9 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     else {
         return;
     };
-    let mut ctx = moto.ctx(REGION).await;
     let execution = "e2e-ssm";
     let secret = "tok-9f8e7d6c5b";
-    ctx.secrets = Secrets::from_pairs([("api_token".to_string(), secret.to_string())]);
-    let ctx = Arc::new(ctx);
-    ctx.s3(REGION)
-        .create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    let id = instance(&ctx).await;
+    let (ctx, id) = staging_run(&moto, secret).await;
     let provisioners = json!([
         {"type": "shell", "inline": ["echo using <sensitive:api_token>"], "environment_vars": ["STAGE=prod"]},
         {"type": "file", "content": "welcome\n", "destination": "/etc/motd"},
@@ -363,18 +370,9 @@ async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_ste
     ) else {
         return;
     };
-    let mut ctx = moto.ctx(REGION).await;
     let execution = "e2e-win";
     let secret = "win-tok-5b4c3d";
-    ctx.secrets = Secrets::from_pairs([("api_token".to_string(), secret.to_string())]);
-    let ctx = Arc::new(ctx);
-    ctx.s3(REGION)
-        .create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    let id = instance(&ctx).await;
+    let (ctx, id) = staging_run(&moto, secret).await;
     let raw = json!({
         "region": REGION, "ami_name": "amiflow-win", "instance_type": "t3.large",
         "source_ami": "ami-0f8848d57eb4fe2d2", "communicator": "winrm",

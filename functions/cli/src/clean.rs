@@ -5,11 +5,11 @@
 //! The regions are the `--region`s given, else those the execution's input names (read
 //! with DescribeExecution when EXECUTION is an execution ARN), else the configured region.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use amiflow::resources::{sweep_execution, CleanupReport};
+use amiflow::resources::{sweep_execution_until_done, CleanupReport};
 use amiflow::steps::janitor::build_regions;
-use amiflow::{Ctx, StepError};
+use amiflow::Ctx;
 use anyhow::{bail, Context as _};
 
 #[derive(clap::Args)]
@@ -74,18 +74,18 @@ pub async fn clean(
         "sweeping everything tagged amiflow:build={} in {regions:?}",
         amiflow::state::build_id(&name)
     );
-    let started = Instant::now();
-    loop {
-        let state_machine = amiflow::identity::state_machine_of(execution);
-        match sweep_execution(ctx, state_machine, &name, &regions).await {
-            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
-                eprintln!("waiting: {why}");
-                tokio::time::sleep(interval).await;
-            }
-            Err(e) => bail!("cleaning {name} in {regions:?}: {}", e.message()),
-            Ok(report) => return Ok(report),
-        }
-    }
+    let state_machine = amiflow::identity::state_machine_of(execution);
+    sweep_execution_until_done(
+        ctx,
+        state_machine,
+        &name,
+        &regions,
+        interval,
+        budget,
+        |why| eprintln!("waiting: {why}"),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cleaning {name} in {regions:?}: {}", e.message()))
 }
 
 /// The regions the execution's input names, else the configured region.

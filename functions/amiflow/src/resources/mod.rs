@@ -419,6 +419,29 @@ pub async fn sweep_execution(
     sweep(ctx, &scope, &Ledger::default()).await
 }
 
+/// [`sweep_execution`] again while resources are still going (`NotReady`), every `interval`
+/// within `budget`, telling `waiting` why each time: the janitor and `amiflow clean`.
+pub async fn sweep_execution_until_done(
+    ctx: &Ctx,
+    state_machine: Option<&str>,
+    execution: &str,
+    regions: &[String],
+    interval: std::time::Duration,
+    budget: std::time::Duration,
+    waiting: impl Fn(&str),
+) -> Result<CleanupReport, StepError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sweep_execution(ctx, state_machine, execution, regions).await {
+            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
+                waiting(&why);
+                tokio::time::sleep(interval).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The ledger's ids of one kind in one region.
 fn ledger_ids(ledger: &Ledger, kind: ResourceKind, region: &str) -> Vec<String> {
     ledger

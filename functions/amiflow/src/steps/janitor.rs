@@ -19,13 +19,13 @@
 //! whose redrive window (14 days after they stopped) has closed are swept then.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::StepSpec;
-use crate::resources::{sweep_execution, CleanupReport, Reach, CLEANUP_ACTIONS};
+use crate::resources::{sweep_execution_until_done, CleanupReport, Reach, CLEANUP_ACTIONS};
 use crate::state::OnError;
 use crate::{Ctx, StepError};
 use amiflow_template::pipeline::Pipeline;
@@ -245,16 +245,16 @@ async fn sweep_until_done(
 ) -> Result<CleanupReport, StepError> {
     let execution = detail.name.as_str();
     let state_machine = crate::identity::state_machine_of(&detail.execution_arn);
-    let started = Instant::now();
-    let mut report = loop {
-        match sweep_execution(ctx, state_machine, execution, regions).await {
-            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
-                tracing::info!(%why, "waiting before sweeping again");
-                tokio::time::sleep(interval).await;
-            }
-            other => break other?,
-        }
-    };
+    let mut report = sweep_execution_until_done(
+        ctx,
+        state_machine,
+        execution,
+        regions,
+        interval,
+        budget,
+        |why| tracing::info!(%why, "waiting before sweeping again"),
+    )
+    .await?;
     // The execution's sensitive variables and approval token are in the stack's own
     // region, which need not be one of the build's.
     let id = crate::state::build_id(execution);
@@ -457,8 +457,8 @@ async fn published(ctx: &Ctx, pipeline: &Pipeline, regions: &[String]) -> BTreeS
     };
     let mut images = BTreeSet::new();
     for region in regions {
-        if let Ok(out) = ctx.ssm(region).get_parameter().name(&name).send().await {
-            images.extend(out.parameter().and_then(|p| p.value()).map(String::from));
+        if let Ok(image) = super::publish::named_image(ctx, region, &name).await {
+            images.extend(image);
         }
     }
     images

@@ -29,6 +29,15 @@ pub const SPEC: StepSpec = StepSpec {
 /// The data type that makes SSM check the value is an image id.
 const IMAGE_DATA_TYPE: &str = "aws:ec2:image";
 
+/// The image the published parameter `name` names in `region`; None when it does not exist.
+pub async fn named_image(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>, StepError> {
+    let got = ctx.ssm(region).get_parameter().name(name).send().await;
+    Ok(
+        or_absent(got, &["ParameterNotFound"], "GetParameter", name)?
+            .and_then(|o| o.parameter().and_then(|p| p.value()).map(String::from)),
+    )
+}
+
 pub async fn run(ctx: &Ctx, mut output: FinalizeOutput) -> Result<FinalizeOutput, StepError> {
     let Some(run) = output.pipeline.as_mut() else {
         return Ok(output);
@@ -48,14 +57,11 @@ pub async fn run(ctx: &Ctx, mut output: FinalizeOutput) -> Result<FinalizeOutput
     };
     let name = &publish.ssm_parameter;
     for (region, ami) in &run.current {
-        let ssm = ctx.ssm(region);
-        let got = ssm.get_parameter().name(name).send().await;
-        let named = or_absent(got, &["ParameterNotFound"], "GetParameter", name)?
-            .and_then(|o| o.parameter().and_then(|p| p.value()).map(String::from));
-        if named.as_deref() == Some(ami.as_str()) {
+        if named_image(ctx, region, name).await?.as_deref() == Some(ami.as_str()) {
             continue;
         }
-        ssm.put_parameter()
+        ctx.ssm(region)
+            .put_parameter()
             .name(name)
             .value(ami)
             .r#type(aws_sdk_ssm::types::ParameterType::String)
