@@ -369,8 +369,10 @@ impl ScriptedInvoker {
         handler: &str,
         payload: Value,
     ) -> BoxFuture<'static, Result<Value, ErrorPayload>> {
+        // A step's payload is the build state; a callback state's carries it under `state`.
         let build = payload
             .pointer("/build/name")
+            .or_else(|| payload.pointer("/state/build/name"))
             .and_then(Value::as_str)
             .map(str::to_string);
         let key = match &build {

@@ -53,7 +53,7 @@ use amiflow_template::BuilderType;
 use serde_json::json;
 
 use crate::steps::*;
-use crate::waits::WaitPolicy;
+use crate::waits::{Wait, WaitPolicy};
 
 /// Prepare: the template becomes one build state per build (first state).
 pub const PREPARE: StepSpec = prepare::STEP;
@@ -66,6 +66,12 @@ pub const ERROR_CLEANUP_PROVISION: StepSpec = error_cleanup_provision::SPEC;
 pub const FINALIZE: StepSpec = finalize::STEP;
 /// The janitor: invoked by the EventBridge rule, not a state of the state machine.
 pub const JANITOR: StepSpec = janitor::SPEC;
+/// Before a waiting step whose wait EC2 announces: a callback state that waits for the event
+/// (deployed), then the waiting step polls as the last word ([`await_task`]).
+pub const AWAIT_EVENT: StepSpec = await_event::SPEC;
+/// Answers AWAIT_EVENT's tokens: invoked by the EventBridge rules on EC2's state-change
+/// events, not a state of the state machine.
+pub const DELIVER_EVENT: StepSpec = deliver_event::SPEC;
 /// A pipeline's states between Prepare and the builds: decide whether to build, tag the build.
 pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
 /// A pipeline's states after every build succeeded, in order: publish the image id, then
@@ -289,6 +295,7 @@ pub fn all_steps() -> Vec<StepSpec> {
     for builder in BuilderType::ALL {
         all.extend(chain(builder).iter().copied());
     }
+    all.push(AWAIT_EVENT);
     all.extend([ERROR_CLEANUP_PROVISION, CLEANUP, FINALIZE]);
     all.extend([PLAN_TESTS, JUDGE_TESTS, APPROVE]);
     all.extend(PIPELINE_AFTER);
@@ -311,7 +318,7 @@ pub fn pipeline_steps() -> Vec<StepSpec> {
 /// local engine and `serve-lambdas` dispatch through it; the roles are made from it.
 pub fn registry() -> Vec<StepSpec> {
     let mut all = all_steps();
-    all.push(JANITOR);
+    all.extend([JANITOR, DELIVER_EVENT]);
     all
 }
 
@@ -392,6 +399,72 @@ fn catch_all_into_error(next: String) -> Vec<Catcher> {
     }]
 }
 
+/// The wait of `step` when EC2 announces it: the step is then entered through
+/// [`await_task`].
+fn announced(step: &StepSpec) -> Option<Wait> {
+    step.wait.filter(|w| w.event.is_some())
+}
+
+/// The handler-like name of the callback state awaiting `wait`'s event: `Await<Wait>`.
+pub fn await_step_name(wait: &Wait) -> String {
+    format!("Await{}", wait.name)
+}
+
+/// The state a chain enters `step` by, named by `name`: its callback state when its wait
+/// is announced, else its own.
+fn entry(step: &StepSpec, name: &dyn Fn(&str) -> String) -> String {
+    match announced(step) {
+        Some(wait) => name(&await_step_name(&wait)),
+        None => name(step.name),
+    }
+}
+
+/// Adds `step`'s state (and before it its callback state, when its wait is announced).
+fn add_chain_step(
+    states: &mut States,
+    step: &StepSpec,
+    name: &dyn Fn(&str) -> String,
+    next: Option<String>,
+    catch: Vec<Catcher>,
+) {
+    if let Some(wait) = announced(step) {
+        states.add(
+            name(&await_step_name(&wait)),
+            await_task(&wait, name(step.name)),
+        );
+    }
+    states.add(name(step.name), task(step, next, catch));
+}
+
+/// The callback state before an announced wait's step: AwaitEvent gets the task token and
+/// the build state, and EC2's event ends the state (steps/await_event.rs). Its result is
+/// dropped (`ResultPath: null`); a timeout, like any failure, goes on to the waiting step
+/// too, which polls: events are best-effort, and the waiting step has the last word.
+fn await_task(wait: &Wait, waiting_state: String) -> Task {
+    let event = wait.event.expect("await_task is for announced waits");
+    Task {
+        comment: Some(format!(
+            "Deployed: waits for EC2's event on {} (at most {} s), then {} looks",
+            wait.name, event.timeout_seconds, waiting_state
+        )),
+        resource: amiflow_statemachine::LAMBDA_CALLBACK.into(),
+        parameters: Some(json!({
+            "FunctionName": resource(&AWAIT_EVENT),
+            "Payload": {"state.$": "$", "wait": wait.name, "token.$": "$$.Task.Token"}
+        })),
+        timeout_seconds: Some(event.timeout_seconds.into()),
+        result_path: Some(None),
+        retry: retriers(&AWAIT_EVENT),
+        catch: vec![Catcher {
+            error_equals: vec!["States.ALL".into()],
+            result_path: Some(None),
+            next: waiting_state.clone(),
+        }],
+        next: Some(waiting_state),
+        ..Task::default()
+    }
+}
+
 const BUILDER_CHOICE: &str = "BuilderType";
 const UNSUPPORTED_BUILDER: &str = "UnsupportedBuilder";
 
@@ -435,11 +508,15 @@ fn build_iteration() -> SubMachine {
     for builder in BuilderType::ALL {
         let steps = chain(builder);
         let cleanup = state_name(builder, CLEANUP.name);
+        let name = |step: &str| state_name(builder, step);
         for (i, step) in steps.iter().enumerate() {
-            let next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
-            states.add(
-                state_name(builder, step.name),
-                task(step, Some(next), catch_all_into_error(on_failure(builder))),
+            let next = entry(steps.get(i + 1).unwrap_or(&CLEANUP), &name);
+            add_chain_step(
+                &mut states,
+                step,
+                &name,
+                Some(next),
+                catch_all_into_error(on_failure(builder)),
             );
         }
         if provisions(builder) {
@@ -473,15 +550,17 @@ fn build_iteration() -> SubMachine {
         );
         // The redrive chain: the same steps and retries, no Catch.
         let redrive_chain: Vec<&StepSpec> = steps.iter().chain([&CLEANUP]).collect();
+        let redrive_name = |step: &str| redrive_state_name(builder, step);
         for (i, step) in redrive_chain.iter().enumerate() {
-            let next = redrive_chain
-                .get(i + 1)
-                .map(|s| redrive_state_name(builder, s.name));
-            let mut redrivable = task(step, next, Vec::new());
+            let next = redrive_chain.get(i + 1).map(|s| entry(s, &redrive_name));
             if i == 0 {
+                // The builder Choice enters here (no chain starts with a wait).
+                let mut redrivable = task(step, next, Vec::new());
                 redrivable.comment = Some("on_error=redrive: a failure fails the execution here, resources kept, for RedriveExecution to resume".into());
+                states.add(redrive_name(step.name), redrivable);
+            } else {
+                add_chain_step(&mut states, step, &redrive_name, next, Vec::new());
             }
-            states.add(redrive_state_name(builder, step.name), redrivable);
         }
     }
     SubMachine {
@@ -553,11 +632,15 @@ pub fn test_state_name(step: &str) -> String {
 fn test_iteration() -> SubMachine {
     let mut states = States::new();
     let cleanup = test_state_name(CLEANUP.name);
+    let name = |step: &str| test_state_name(step);
     for (i, step) in TEST_CHAIN.iter().enumerate() {
-        let next = test_state_name(TEST_CHAIN.get(i + 1).unwrap_or(&CLEANUP).name);
-        states.add(
-            test_state_name(step.name),
-            task(step, Some(next), catch_all_into_error(cleanup.clone())),
+        let next = entry(TEST_CHAIN.get(i + 1).unwrap_or(&CLEANUP), &name);
+        add_chain_step(
+            &mut states,
+            step,
+            &name,
+            Some(next),
+            catch_all_into_error(cleanup.clone()),
         );
     }
     let cleanup_failed = test_state_name("CleanupFailed");
@@ -576,7 +659,7 @@ fn test_iteration() -> SubMachine {
     SubMachine {
         comment: None,
         processor_config: Some(json!({"Mode": "INLINE"})),
-        start_at: test_state_name(TEST_CHAIN[0].name),
+        start_at: entry(&TEST_CHAIN[0], &name),
         states,
     }
 }
@@ -829,7 +912,9 @@ mod tests {
                 };
                 assert_eq!(t.resource, format!("${{{}FunctionArn}}", step.name));
                 assert_eq!(t.catch, catch_all_into_error(on_failure(builder)), "{name}");
-                let expect_next = state_name(builder, steps.get(i + 1).unwrap_or(&CLEANUP).name);
+                let expect_next = entry(steps.get(i + 1).unwrap_or(&CLEANUP), &|s| {
+                    state_name(builder, s)
+                });
                 assert_eq!(
                     State::Task(t.clone()).transition(),
                     Some(Transition::Next(&expect_next))
@@ -879,6 +964,74 @@ mod tests {
     }
 
     #[test]
+    fn announced_waits_are_awaited_before_they_are_polled_and_fall_back_to_polling() {
+        let def = definition();
+        let Some(State::Map(map)) = def.states.get(BUILDS) else {
+            panic!("no Map")
+        };
+        let inner = &map.processor().unwrap().states;
+        let mut awaited = Vec::new();
+        for builder in BuilderType::ALL {
+            for namer in [
+                &(|s: &str| state_name(builder, s)) as &dyn Fn(&str) -> String,
+                &|s: &str| redrive_state_name(builder, s),
+            ] {
+                let steps = chain(builder);
+                for (i, step) in steps.iter().enumerate() {
+                    let Some(wait) = step.wait.filter(|w| w.event.is_some()) else {
+                        continue;
+                    };
+                    let event = wait.event.unwrap();
+                    let name = namer(&format!("Await{}", wait.name));
+                    let Some(State::Task(t)) = inner.get(&name) else {
+                        panic!("{name}: an announced wait has its callback state")
+                    };
+                    let waiting = namer(step.name);
+                    assert_eq!(t.resource, amiflow_statemachine::LAMBDA_CALLBACK);
+                    assert_eq!(
+                        t.parameters.as_ref().unwrap()["FunctionName"],
+                        "${AwaitEventFunctionArn}"
+                    );
+                    assert_eq!(t.parameters.as_ref().unwrap()["Payload"]["wait"], wait.name);
+                    assert_eq!(t.timeout_seconds, Some(u64::from(event.timeout_seconds)));
+                    assert_eq!(
+                        t.result_path,
+                        Some(None),
+                        "{name}: the build state goes on unchanged"
+                    );
+                    assert_eq!(t.next.as_deref(), Some(waiting.as_str()));
+                    assert_eq!(t.catch.len(), 1);
+                    assert_eq!(t.catch[0].error_equals, ["States.ALL"]);
+                    assert_eq!(t.catch[0].next, waiting, "{name}: a timeout polls");
+                    assert_eq!(t.catch[0].result_path, Some(None));
+                    // The step before enters through it.
+                    let Some(State::Task(before)) = inner.get(&namer(steps[i - 1].name)) else {
+                        panic!("no step before {name}")
+                    };
+                    assert_eq!(before.next.as_deref(), Some(name.as_str()));
+                    awaited.push(name);
+                }
+            }
+        }
+        // Instance running and stopped, the image: in the chains that have them.
+        for name in [
+            "amazon-ebs.AwaitInstanceRunning",
+            "amazon-ebs.AwaitInstanceStopped",
+            "amazon-ebs.AwaitImageAvailable",
+            "amazon-chroot.AwaitImageAvailable",
+            "amazon-ebsvolume.redrive.AwaitInstanceStopped",
+        ] {
+            assert!(awaited.iter().any(|a| a == name), "{name} missing");
+        }
+        assert!(
+            !inner
+                .names()
+                .any(|n| n.contains("AwaitVolume") || n.contains("AwaitConnect")),
+            "only announced waits are awaited"
+        );
+    }
+
+    #[test]
     fn every_builder_has_a_redrive_chain_without_catch_with_the_same_retries() {
         let def = definition();
         let Some(State::Map(map)) = def.states.get(BUILDS) else {
@@ -902,7 +1055,9 @@ mod tests {
                 match steps.get(i + 1) {
                     Some(next) => assert_eq!(
                         State::Task(t.clone()).transition(),
-                        Some(Transition::Next(&redrive_state_name(builder, next.name)))
+                        Some(Transition::Next(&entry(next, &|s| redrive_state_name(
+                            builder, s
+                        ))))
                     ),
                     None => assert_eq!(t.end, Some(true), "{name} ends the iteration"),
                 }
@@ -973,7 +1128,7 @@ mod tests {
             );
             let want = TEST_CHAIN
                 .get(i + 1)
-                .map_or(cleanup.clone(), |s| test_state_name(s.name));
+                .map_or(cleanup.clone(), |s| entry(s, &test_state_name));
             assert_eq!(t.next.as_deref(), Some(want.as_str()));
         }
         // Approval only when asked for and something was built; never publish around it.

@@ -26,6 +26,37 @@ use crate::steps::StepSpec;
 
 /// The handler the janitor rule invokes; it is not a state of the state machine.
 pub const JANITOR: &str = "Janitor";
+/// The handler EC2's state-change events invoke (`steps/deliver_event.rs`); not a state.
+pub const DELIVER_EVENT: &str = "DeliverEvent";
+
+/// Whether the state machine invokes this handler (the janitor and DeliverEvent are
+/// invoked by EventBridge instead).
+pub fn is_state_machine_task(name: &str) -> bool {
+    name != JANITOR && name != DELIVER_EVENT
+}
+
+/// The EventBridge rules that invoke a handler on AWS's own events, as (rule logical id,
+/// description, pattern): DeliverEvent's, one per kind of EC2 resource a wait watches.
+pub fn event_rules(name: &str) -> Vec<(String, String, Value)> {
+    if name != DELIVER_EVENT {
+        return Vec::new();
+    }
+    crate::waits::Watched::ALL
+        .iter()
+        .map(|w| {
+            let pattern = w.event_pattern();
+            let kind = format!("{w:?}");
+            (
+                format!("{DELIVER_EVENT}{kind}Rule"),
+                format!(
+                    "Ends amiflow builds' waits on EC2's {} events (steps/deliver_event.rs)",
+                    pattern["detail-type"][0].as_str().unwrap_or(&kind)
+                ),
+                pattern,
+            )
+        })
+        .collect()
+}
 
 /// Lambda memory for every step: the handlers are API callers, not compute.
 pub const MEMORY_MB: u32 = 256;
@@ -292,6 +323,11 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
         Reach::NotifyTopics => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:sns:*:${{AWS::AccountId}}:{NOTIFY_TOPIC_PREFIX}*")),
+            None,
+        )],
+        Reach::StackStateMachine => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}"),
             None,
         )],
         Reach::DefaultEventBus => vec![statement(
@@ -745,7 +781,10 @@ fn dead_letter_queue(condition: Option<&str>) -> Value {
 /// the content of [`CHROOT_HOST_SCRIPT`].
 pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     let mut resources = Map::new();
-    let mut state_steps: Vec<&StepSpec> = steps.iter().filter(|s| s.name != JANITOR).collect();
+    let mut state_steps: Vec<&StepSpec> = steps
+        .iter()
+        .filter(|s| is_state_machine_task(s.name))
+        .collect();
     state_steps.sort_by_key(|s| s.name);
 
     for spec in steps {
@@ -815,6 +854,9 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
     resources.insert("StateMachine".into(), json!({
         "Type": "AWS::Serverless::StateMachine",
         "Properties": {
+            // Named after the stack, so that the roles answering its task tokens can name
+            // it (Reach::StackStateMachine) without depending on it.
+            "Name": { "Ref": "AWS::StackName" },
             "DefinitionUri": DEPLOYED_DEFINITION.trim_start_matches("infra/"),
             "DefinitionSubstitutions": substitutions,
             "Role": { "Fn::GetAtt": ["StateMachineRole", "Arn"] },
@@ -971,6 +1013,39 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
             1,
         ),
     );
+
+    // EC2's state-change events end the builds' waits early; best-effort by design (the
+    // waits poll after their timeout), so no dead-letter queue: a lost event costs time.
+    for spec in steps {
+        let alias = json!({ "Ref": format!("{}Function.Alias", logical_id(spec.name)) });
+        for (rule, description, pattern) in event_rules(spec.name) {
+            resources.insert(rule.clone(), json!({
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Description": description,
+                    "State": "ENABLED",
+                    "EventPattern": pattern,
+                    "Targets": [{
+                        "Id": spec.name,
+                        "Arn": alias,
+                        "RetryPolicy": { "MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 300 }
+                    }]
+                }
+            }));
+            resources.insert(
+                format!("{}InvokePermission", rule.trim_end_matches("Rule")),
+                json!({
+                    "Type": "AWS::Lambda::Permission",
+                    "Properties": {
+                        "Action": "lambda:InvokeFunction",
+                        "FunctionName": alias,
+                        "Principal": "events.amazonaws.com",
+                        "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
+                    }
+                }),
+            );
+        }
+    }
 
     if steps.iter().any(|s| s.name == JANITOR) {
         let janitor = logical_id(JANITOR);
@@ -1134,7 +1209,11 @@ pub fn steps_manifest(steps: &[StepSpec], chroot_script: Option<&str>) -> Value 
                 "statements": step_statements(s),
                 "timeout_seconds": s.timeout_seconds,
                 "memory_mb": MEMORY_MB,
-                "state_machine_task": s.name != JANITOR,
+                "state_machine_task": is_state_machine_task(s.name),
+                "event_rules": event_rules(s.name)
+                    .into_iter()
+                    .map(|(id, description, pattern)| json!({"id": id, "description": description, "pattern": pattern}))
+                    .collect::<Vec<_>>(),
                 "substitution": substitution_name(s.name),
             })
         })

@@ -13,7 +13,9 @@
 //! - [`resources`]: one module per kind of AWS resource a build creates — look at it, find
 //!   it by the build tag, remove it, its IAM actions. Creating steps, Cleanup and the
 //!   janitor share them; Cleanup is a loop over them.
-//! - [`waits`]: every wait as one value — name, budget, Retry policy, begin and end.
+//! - [`waits`]: every wait as one value — name, budget, Retry policy, begin and end, and
+//!   for the waits EC2 announces the event that ends them deployed (`steps/await_event.rs`
+//!   awaits it, `steps/deliver_event.rs` delivers it).
 //! - [`builders`]: what the steps of one builder share (amazon-chroot's host script job,
 //!   amazon-instance's bundle, the launch volumes of ebssurrogate/ebsvolume, block devices).
 //! - [`provision`]: the provisioners and the communicators (SSH, SSM, local).

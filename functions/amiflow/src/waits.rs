@@ -7,12 +7,19 @@
 //! ready, then calls [`Wait::end`]. Step Functions' Retry on `NotReady`, rendered from
 //! [`Wait::policy`] by `flows.rs`, does the polling; the budget (Packer's waiter default, or
 //! the template's `aws_polling`) turns an endless `NotReady` into `BuildFailed`.
+//!
+//! Deployed, a wait that EC2 announces ([`Wait::event`]) is first awaited, not polled:
+//! `flows.rs` puts a callback state (`steps/await_event.rs`) before its waiting step, which
+//! EventBridge's state-change event ends through `steps/deliver_event.rs`. Events are
+//! best-effort, so the callback state gives up after [`EventWait::timeout_seconds`] and the
+//! waiting step polls as above; either way the waiting step has the last word.
 
 use std::time::Duration;
 
 use chrono::Utc;
 
 use amiflow_template::config::AwsPolling;
+use serde_json::{json, Value};
 
 use crate::{BuildState, StepError};
 
@@ -79,6 +86,78 @@ pub struct Wait {
     pub budget: Budget,
     /// How its waiting state is polled.
     pub policy: WaitPolicy,
+    /// The EC2 event that ends it, for a wait awaited deployed before it is polled.
+    pub event: Option<EventWait>,
+}
+
+/// The kinds of EC2 resource whose state changes EventBridge announces, each with the rule
+/// that delivers them to `steps/deliver_event.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// The build's instance (`state.data.instance_id`): "EC2 Instance State-change Notification".
+    Instance,
+    /// The build-region image (`state.data.amis[build region]`): "EC2 AMI State Change".
+    BuildImage,
+}
+
+impl Watched {
+    pub const ALL: [Watched; 2] = [Watched::Instance, Watched::BuildImage];
+
+    /// The EventBridge pattern of the events that settle a wait on this kind: every state
+    /// a wait on it ends in, ready or failed (the waiting step tells which).
+    pub fn event_pattern(self) -> Value {
+        match self {
+            Watched::Instance => json!({
+                "source": ["aws.ec2"],
+                "detail-type": ["EC2 Instance State-change Notification"],
+                "detail": {"state": ["running", "stopped", "shutting-down", "terminated"]}
+            }),
+            Watched::BuildImage => json!({
+                "source": ["aws.ec2"],
+                "detail-type": ["EC2 AMI State Change"],
+                "detail": {"State": ["available", "failed"]}
+            }),
+        }
+    }
+
+    /// What an event of [`Self::event_pattern`]'s says: the kind, the resource id (`i-…`,
+    /// `ami-…`) and its new state; None for any other event.
+    pub fn of_event(event: &Value) -> Option<(Watched, String, String)> {
+        let detail = event.get("detail")?;
+        let field = |key: &str| detail.get(key).and_then(Value::as_str).map(String::from);
+        match event.get("detail-type")?.as_str()? {
+            "EC2 Instance State-change Notification" => {
+                Some((Watched::Instance, field("instance-id")?, field("state")?))
+            }
+            "EC2 AMI State Change" => {
+                Some((Watched::BuildImage, field("ImageId")?, field("State")?))
+            }
+            _ => None,
+        }
+    }
+
+    /// The resource of this kind a build is waiting on, once the build has one.
+    pub fn resource(self, state: &BuildState) -> Option<String> {
+        match self {
+            Watched::Instance => state.data.instance_id.clone(),
+            Watched::BuildImage => state
+                .data
+                .amis
+                .get(state.build.config.build_region())
+                .cloned(),
+        }
+    }
+}
+
+/// A wait EC2 announces: which resource, which of its states mean "not yet", and how long
+/// the callback state waits for the event before the waiting step polls instead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventWait {
+    pub watched: Watched,
+    /// The resource's states while the wait is not over (any other state settles it).
+    pub pending: &'static [&'static str],
+    /// The callback state's `TimeoutSeconds`: a lost event costs this, then polling.
+    pub timeout_seconds: u32,
 }
 
 const fn waiter(name: &'static str, minutes: u64, policy: WaitPolicy) -> Wait {
@@ -86,19 +165,52 @@ const fn waiter(name: &'static str, minutes: u64, policy: WaitPolicy) -> Wait {
         name,
         budget: Budget::Waiter(Duration::from_secs(minutes * 60)),
         policy,
+        event: None,
+    }
+}
+
+/// `wait`, awaited deployed through `event` before it is polled.
+const fn announced(wait: Wait, event: EventWait) -> Wait {
+    Wait {
+        event: Some(event),
+        ..wait
     }
 }
 
 /// RunSourceInstance → WaitInstanceRunning (Packer's InstanceRunning waiter: 10 min).
-pub const INSTANCE_RUNNING: Wait = waiter("InstanceRunning", 10, INSTANCE);
-/// StopInstance → WaitInstanceStopped (InstanceStopped: 10 min).
-pub const INSTANCE_STOPPED: Wait = waiter("InstanceStopped", 10, INSTANCE);
+/// Announced: most instances run within a minute; a lost event costs 3 minutes.
+pub const INSTANCE_RUNNING: Wait = announced(
+    waiter("InstanceRunning", 10, INSTANCE),
+    EventWait {
+        watched: Watched::Instance,
+        pending: &["pending"],
+        timeout_seconds: 180,
+    },
+);
+/// StopInstance → WaitInstanceStopped (InstanceStopped: 10 min). Announced like
+/// InstanceRunning.
+pub const INSTANCE_STOPPED: Wait = announced(
+    waiter("InstanceStopped", 10, INSTANCE),
+    EventWait {
+        watched: Watched::Instance,
+        pending: &["pending", "running", "stopping"],
+        timeout_seconds: 300,
+    },
+);
 /// Cleanup's own polling while instances terminate (InstanceTerminated: 10 min). Its first
 /// look comes after 1 s (a terminating instance is often gone by then, and the build's
 /// result waits on it), growing to 15 s.
 pub const INSTANCE_TERMINATED: Wait = waiter("InstanceTerminated", 10, growing(1, 15, 250));
 /// CreateImage/RegisterImage → WaitImageAvailable (ImageAvailable: 30 min).
-pub const IMAGE_AVAILABLE: Wait = waiter("ImageAvailable", 30, LONG);
+/// Announced: images take minutes; a lost event costs 10, then polling.
+pub const IMAGE_AVAILABLE: Wait = announced(
+    waiter("ImageAvailable", 30, LONG),
+    EventWait {
+        watched: Watched::BuildImage,
+        pending: &["pending"],
+        timeout_seconds: 600,
+    },
+);
 /// CopyImage → WaitCopiesAvailable (ImageAvailable per copy: 30 min).
 pub const COPIES_AVAILABLE: Wait = waiter("CopiesAvailable", 30, LONG);
 /// SnapshotVolumes/CreateSnapshot → WaitSnapshotsCompleted (SnapshotCompleted: 30 min).
@@ -119,6 +231,7 @@ pub const PROFILE_USABLE: Wait = Wait {
     name: "ProfileUsable",
     budget: Budget::Policy,
     policy: growing(2, 10, 12),
+    event: None,
 };
 /// WaitInstanceRunning → Connect: about an hour of polling, longer than any sensible
 /// `ssh_timeout`, which Connect enforces from the wait's start.
@@ -126,6 +239,7 @@ pub const CONNECT: Wait = Wait {
     name: "Connect",
     budget: Budget::Policy,
     policy: growing(5, 30, 120),
+    event: None,
 };
 /// Provision's polling of SSM provisioner commands (SSH never raises NotReady).
 /// Provisioning is not an AWS waiter: `aws_polling` does not bound it, as in Packer.
@@ -133,6 +247,7 @@ pub const PROVISION: Wait = Wait {
     name: "Provision",
     budget: Budget::Policy,
     policy: COMMAND,
+    event: None,
 };
 /// RunHostScript → WaitHostScript (amazon-chroot's host script): bounded by the
 /// command's own execution limit and the policy, not by `aws_polling`.
@@ -140,7 +255,13 @@ pub const HOST_SCRIPT: Wait = Wait {
     name: "HostScript",
     budget: Budget::Policy,
     policy: COMMAND,
+    event: None,
 };
+
+/// The wait of this name.
+pub fn named(name: &str) -> Option<Wait> {
+    ALL.into_iter().find(|w| w.name == name)
+}
 
 /// Every wait, for tests and documentation.
 pub const ALL: [Wait; 15] = [
@@ -239,6 +360,52 @@ mod tests {
         assert_eq!(
             waiter_budget(Some(&both), Duration::from_secs(600)),
             Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn an_announced_wait_is_settled_by_its_rules_events_and_not_before() {
+        for w in ALL {
+            let Some(e) = w.event else { continue };
+            let pattern = e.watched.event_pattern();
+            let key = match e.watched {
+                Watched::Instance => "state",
+                Watched::BuildImage => "State",
+            };
+            let delivered: Vec<&str> = pattern["detail"][key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            // One rule per kind serves every wait on it (DeliverEvent skips a state still
+            // pending for the wait at hand), and no wait ends on `pending`.
+            assert!(!delivered.contains(&"pending"), "{}", w.name);
+            assert!(
+                delivered.iter().any(|d| !e.pending.contains(d)),
+                "{}: no delivered event settles it",
+                w.name
+            );
+            // A lost event costs the timeout, never the build: the budget outlasts it.
+            if let Budget::Waiter(d) = w.budget {
+                assert!(u64::from(e.timeout_seconds) < d.as_secs(), "{}", w.name);
+            }
+        }
+        let running = json!({"detail-type": "EC2 Instance State-change Notification",
+            "detail": {"instance-id": "i-1", "state": "running"}});
+        assert_eq!(
+            Watched::of_event(&running),
+            Some((Watched::Instance, "i-1".into(), "running".into()))
+        );
+        let image = json!({"detail-type": "EC2 AMI State Change",
+            "detail": {"ImageId": "ami-1", "State": "available"}});
+        assert_eq!(
+            Watched::of_event(&image),
+            Some((Watched::BuildImage, "ami-1".into(), "available".into()))
+        );
+        assert_eq!(
+            Watched::of_event(&json!({"detail-type": "Other", "detail": {}})),
+            None
         );
     }
 

@@ -418,10 +418,15 @@ pub fn minimal_policy_with(
     }
     let steps = definition.and_then(|d| steps_for_builders(d, &types));
     for spec in registry {
-        let used = match &steps {
-            Some(steps) => steps.contains(&amiflow::infra::logical_id(spec.name)),
-            None => spec.name != amiflow::infra::JANITOR,
-        };
+        // AwaitEvent calls nothing in a local build (steps/await_event.rs): the waiting
+        // steps poll.
+        let local = amiflow::infra::is_state_machine_task(spec.name)
+            && spec.name != amiflow::flows::AWAIT_EVENT.name;
+        let used = local
+            && match &steps {
+                Some(steps) => steps.contains(&amiflow::infra::logical_id(spec.name)),
+                None => true,
+            };
         if used && pipeline_steps.contains(&spec.name) {
             if pipeline {
                 pipeline_actions.extend(spec.iam_actions.iter().map(|a| a.to_string()));
@@ -755,10 +760,10 @@ mod tests {
             granted.contains("ssm:GetParameter"),
             "Publish reads the parameter it writes"
         );
-        for spec in amiflow::flows::registry()
-            .iter()
-            .filter(|s| s.name != amiflow::infra::JANITOR)
-        {
+        for spec in amiflow::flows::registry().iter().filter(|s| {
+            amiflow::infra::is_state_machine_task(s.name)
+                && s.name != amiflow::flows::AWAIT_EVENT.name
+        }) {
             for a in spec
                 .iam_actions
                 .iter()

@@ -37,8 +37,10 @@ export interface StepManifestEntry {
   readonly statements: Record<string, unknown>[];
   readonly timeout_seconds: number;
   readonly memory_mb: number;
-  /** False for the janitor, which EventBridge invokes rather than the state machine. */
+  /** False for the janitor and DeliverEvent, which EventBridge invokes rather than the state machine. */
   readonly state_machine_task: boolean;
+  /** EventBridge rules on AWS's own events that invoke this step (DeliverEvent: EC2's state changes). */
+  readonly event_rules?: { id: string; description: string; pattern: Record<string, unknown> }[];
   /** The `${...}` placeholder the ASL uses for this step's function ARN. */
   readonly substitution: string;
 }
@@ -386,6 +388,8 @@ export class Amiflow extends Construct {
       definitionBody: sfn.DefinitionBody.fromString(definition),
       definitionSubstitutions: substitutions,
       role: stateMachineRole,
+      // Named after the stack: the roles answering its task tokens name it (infra.rs, Reach::StackStateMachine).
+      stateMachineName: Stack.of(this).stackName,
       stateMachineType: sfn.StateMachineType.STANDARD,
       tracingEnabled: tracing,
       // Execution data stays out of the logs: the execution history already holds it.
@@ -424,6 +428,18 @@ export class Amiflow extends Construct {
       });
       alarmOn('ScheduleDeadLetterAlarm', 'A scheduled amiflow build could not be started: its event is in the schedule\'s dead-letter queue',
         deadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
+    }
+
+    // EC2's state-change events end the builds' waits early; best-effort (the waits poll after their timeout).
+    for (const step of manifest.steps) {
+      for (const rule of step.event_rules ?? []) {
+        const pattern = rule.pattern as { source: string[]; 'detail-type': string[]; detail: Record<string, unknown> };
+        new events.Rule(this, rule.id, {
+          description: rule.description,
+          eventPattern: { source: pattern.source, detailType: pattern['detail-type'], detail: pattern.detail },
+          targets: [new targets.LambdaFunction(this.aliases[step.name], { retryAttempts: 3, maxEventAge: Duration.minutes(5) })],
+        });
+      }
     }
 
     const janitor = this.aliases[JANITOR];

@@ -11,6 +11,7 @@
 //! its place in the order, and the `Ledger::record` call in the step that creates it.
 
 pub mod approval_token;
+pub mod await_token;
 pub mod iam;
 pub mod image;
 pub mod instance;
@@ -203,6 +204,8 @@ pub enum Reach {
     NotifyTopics,
     /// The account's default event bus, in any region.
     DefaultEventBus,
+    /// The stack's own state machine (named after the stack): answering its task tokens.
+    StackStateMachine,
 }
 
 /// Tag the operator puts on the amazon-chroot build hosts a stack may use, valued with the

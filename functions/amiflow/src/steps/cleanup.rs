@@ -107,7 +107,17 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     };
     let mut ledger = state.ledger.clone();
     crate::builders::instance_store::discover(ctx, &state, &mut ledger).await?;
-    let report = resources::sweep(ctx, &scope, &ledger).await?;
+    let mut report = resources::sweep(ctx, &scope, &ledger).await?;
+    // A deployed wait whose event never came (the callback state timed out into polling)
+    // leaves its token (`resources/await_token.rs`).
+    if ctx.in_lambda
+        && resources::await_token::remove(ctx, &state.execution, &state.build.name).await?
+    {
+        report.removed.push(format!(
+            "parameter {}",
+            resources::await_token::parameter_name(&state.execution, &state.build.name)
+        ));
+    }
     // Marked once everything else is gone (a NotReady pass above does not mark twice).
     // Unmarked, a later sweep of the execution could remove them unannounced: a build whose
     // artifacts cannot be marked fails, and they go too.

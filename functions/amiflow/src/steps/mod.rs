@@ -2,11 +2,13 @@
 //! exports its `SPEC`; `flows.rs` chains them per builder and derives the registry the
 //! Lambda binary, the local engine and `serve-lambdas` dispatch through, and the roles.
 
+pub mod await_event;
 pub mod cleanup;
 pub mod connect;
 pub mod copy_image;
 pub mod create_image;
 pub mod create_tags;
+pub mod deliver_event;
 pub mod deregister_ami;
 pub mod enable_deprecation;
 pub mod error_cleanup_provision;

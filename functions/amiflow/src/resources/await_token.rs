@@ -1,0 +1,126 @@
+//! The task token of a deployed build's callback state awaiting an EC2 event
+//! (`steps/await_event.rs`): kept as a SecureString parameter under the build's path
+//! (`/amiflow/<execution>/<build>/await`) in the stack's own region, with the resource and
+//! the wait it is for. A build awaits one thing at a time, so one parameter per build.
+//!
+//! AwaitEvent stores it (overwriting an earlier wait's); DeliverEvent
+//! (`steps/deliver_event.rs`) reads it when an event names the resource, answers it and
+//! removes it; Cleanup removes one left behind (a wait that timed out into polling), and the
+//! janitor's parameter sweep takes whatever is under the execution's path.
+//!
+//! Whoever holds the token can only end a wait early: the waiting step after the callback
+//! state looks at the resource itself, so a wrong or early answer costs a poll, never a
+//! wrong build.
+
+use aws_sdk_ssm::types::ParameterType;
+use serde::{Deserialize, Serialize};
+
+use super::key_pair::{parameter_path, PARAMETER_NOT_FOUND};
+use crate::error::{classify, error_code, or_absent};
+use crate::{Ctx, StepError};
+
+/// AwaitEvent: stores the token; answers it at once when the resource is already settled.
+pub const STORE_ACTIONS: &[&str] = &["ssm:PutParameter", "ssm:DeleteParameter", ANSWER];
+/// DeliverEvent: reads, answers and removes it.
+pub const TAKE_ACTIONS: &[&str] = &["ssm:GetParameter", "ssm:DeleteParameter", ANSWER];
+/// Cleanup: removes one nobody answered.
+pub const REMOVE_ACTIONS: &[&str] = &["ssm:DeleteParameter"];
+/// Step Functions' callback answer, on the stack's own state machine only
+/// ([`Reach::StackStateMachine`](crate::resources::Reach::StackStateMachine)).
+pub const ANSWER: &str = "states:SendTaskSuccess";
+
+/// What is awaited, and the token that ends the wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Awaited {
+    pub token: String,
+    /// The resource id (`i-…`, `ami-…`) whose event ends the wait.
+    pub resource: String,
+    /// The wait's name (`waits.rs`).
+    pub wait: String,
+}
+
+/// `/amiflow/<execution>/<build>/await`.
+pub fn parameter_name(execution: &str, build: &str) -> String {
+    format!("{}await", parameter_path(execution, Some(build)))
+}
+
+pub async fn store(
+    ctx: &Ctx,
+    execution: &str,
+    build: &str,
+    awaited: &Awaited,
+) -> Result<String, StepError> {
+    let name = parameter_name(execution, build);
+    ctx.ssm(&ctx.own_region())
+        .put_parameter()
+        .name(&name)
+        .description("amiflow: the task token of a build awaiting an EC2 event")
+        .r#type(ParameterType::SecureString)
+        .value(serde_json::to_string(awaited)?)
+        .overwrite(true)
+        .send()
+        .await
+        .map_err(|e| classify("PutParameter", &name, e))?;
+    Ok(name)
+}
+
+/// The build's awaited resource and token, or None when it awaits nothing.
+pub async fn read(ctx: &Ctx, execution: &str, build: &str) -> Result<Option<Awaited>, StepError> {
+    let name = parameter_name(execution, build);
+    let out = ctx
+        .ssm(&ctx.own_region())
+        .get_parameter()
+        .name(&name)
+        .with_decryption(true)
+        .send()
+        .await;
+    let Some(value) = or_absent(out, &[PARAMETER_NOT_FOUND], "GetParameter", &name)?
+        .and_then(|o| o.parameter().and_then(|p| p.value()).map(String::from))
+    else {
+        return Ok(None);
+    };
+    // Not ours to judge: a value that does not parse awaits nothing we can answer.
+    Ok(serde_json::from_str(&value).ok())
+}
+
+/// Removes the build's token; absent counts as removed. Returns whether one was there.
+pub async fn remove(ctx: &Ctx, execution: &str, build: &str) -> Result<bool, StepError> {
+    let name = parameter_name(execution, build);
+    let out = ctx
+        .ssm(&ctx.own_region())
+        .delete_parameter()
+        .name(&name)
+        .send()
+        .await;
+    Ok(or_absent(out, &[PARAMETER_NOT_FOUND], "DeleteParameter", &name)?.is_some())
+}
+
+/// Ends the wait. Returns false when it was over already (answered by the other side of
+/// the race, timed out, or its execution gone): Step Functions answers `TaskTimedOut` or
+/// `InvalidToken` then, and that is no error here.
+pub async fn answer(ctx: &Ctx, awaited: &Awaited) -> Result<bool, StepError> {
+    let sent = aws_sdk_sfn::Client::new(&ctx.sdk)
+        .send_task_success()
+        .task_token(&awaited.token)
+        .output(serde_json::json!({"resource": awaited.resource}).to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e).is_some_and(|c| c == "TaskTimedOut" || c == "InvalidToken") => {
+            Ok(false)
+        }
+        Err(e) => Err(classify("SendTaskSuccess", &awaited.wait, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_token_lives_under_the_build_path() {
+        assert_eq!(
+            super::parameter_name("nightly-1", "web"),
+            "/amiflow/nightly-1/web/await"
+        );
+    }
+}

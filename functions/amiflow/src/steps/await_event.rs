@@ -1,0 +1,135 @@
+//! AwaitEvent: before a waiting step whose wait EC2 announces (`waits.rs`, [`Wait::event`]),
+//! the build waits for the event instead of polling.
+//!
+//! Deployed, the state is a callback Task (`arn:aws:states:::lambda:invoke.waitForTaskToken`,
+//! flows.rs) with `ResultPath: null`: this function stores the task token with the awaited
+//! resource (`resources/await_token.rs`), then looks at the resource once. Already settled
+//! (a fast instance, or the event came before the token was stored): it answers the token
+//! itself. Otherwise it returns, and the state waits until DeliverEvent
+//! (`steps/deliver_event.rs`) answers on EC2's state-change event, or until the wait's
+//! [`EventWait::timeout_seconds`], after which (like after any failure here) the state's
+//! Catch goes on to the waiting step, which polls. Either way the waiting step then decides
+//! from what it sees, so an early or lost event changes the cost, never the build.
+//!
+//! Locally there are no events: the engine's callback task is this handler, which returns at
+//! once and leaves the waiting to the waiting step's polls.
+//!
+//! Input: `{"state": <build state>, "wait": <wait name>, "token": $$.Task.Token}`.
+//! Output (discarded by the state): what it did, for the function's log and tests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::prelude::*;
+use crate::resources::await_token::{self, Awaited};
+use crate::resources::{image, instance};
+use crate::waits::{EventWait, Watched};
+
+pub const SPEC: StepSpec = StepSpec {
+    name: "AwaitEvent",
+    iam_actions: &[
+        "ssm:PutParameter",
+        "ssm:DeleteParameter",
+        await_token::ANSWER,
+        "ec2:DescribeInstances",
+        "ec2:DescribeImages",
+    ],
+    reach: &[
+        ("ssm:PutParameter", Reach::AmiflowParameters),
+        ("ssm:DeleteParameter", Reach::AmiflowParameters),
+        (await_token::ANSWER, Reach::StackStateMachine),
+    ],
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AwaitInput {
+    pub state: BuildState,
+    pub wait: String,
+    pub token: String,
+}
+
+/// What AwaitEvent did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Awaiting {
+    /// Not deployed: the waiting step polls.
+    Local,
+    /// The build runs outside the stack's region, whose EventBridge rules see none of its
+    /// events: answered at once, the waiting step polls.
+    OtherRegion { region: String },
+    /// The resource was settled already (or the build has none): answered at once.
+    Settled { resource: Option<String> },
+    /// The token is stored; the event (or the timeout) ends the wait.
+    Event { resource: String },
+}
+
+pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
+    if !ctx.in_lambda {
+        return Ok(Awaiting::Local);
+    }
+    let event = crate::waits::named(&input.wait)
+        .and_then(|w| w.event)
+        .ok_or_else(|| {
+            StepError::BuildFailed(format!(
+                "AwaitEvent: {:?} is not a wait EC2 announces (waits.rs)",
+                input.wait
+            ))
+        })?;
+    let state = &input.state;
+    let region = state.build.config.build_region();
+    if region != ctx.own_region() {
+        answer(ctx, &input, String::new()).await?;
+        return Ok(Awaiting::OtherRegion {
+            region: region.to_string(),
+        });
+    }
+    let Some(resource) = event.watched.resource(state) else {
+        answer(ctx, &input, String::new()).await?;
+        return Ok(Awaiting::Settled { resource: None });
+    };
+    let awaited = Awaited {
+        token: input.token.clone(),
+        resource: resource.clone(),
+        wait: input.wait.clone(),
+    };
+    // Stored before the look: an event that comes between the two finds the token.
+    await_token::store(ctx, &state.execution, &state.build.name, &awaited).await?;
+    if settled(ctx, &event, region, &resource).await? {
+        await_token::answer(ctx, &awaited).await?;
+        await_token::remove(ctx, &state.execution, &state.build.name).await?;
+        return Ok(Awaiting::Settled {
+            resource: Some(resource),
+        });
+    }
+    tracing::info!(wait = %input.wait, %resource, "awaiting EC2's state-change event");
+    Ok(Awaiting::Event { resource })
+}
+
+/// Answers the token without having stored it (nothing to wait for).
+async fn answer(ctx: &Ctx, input: &AwaitInput, resource: String) -> Result<bool, StepError> {
+    await_token::answer(
+        ctx,
+        &Awaited {
+            token: input.token.clone(),
+            resource,
+            wait: input.wait.clone(),
+        },
+    )
+    .await
+}
+
+/// Whether the resource is past the wait's pending states (ready or failed; the waiting
+/// step tells which). Not visible yet counts as pending: its event is still to come.
+async fn settled(ctx: &Ctx, event: &EventWait, region: &str, id: &str) -> Result<bool, StepError> {
+    let current = match event.watched {
+        Watched::Instance => instance::describe(ctx, region, id)
+            .await?
+            .map(|i| instance::state_name(&i).to_string()),
+        Watched::BuildImage => image::describe(ctx, region, id)
+            .await?
+            .and_then(|i| i.state().map(|s| s.as_str().to_string())),
+    };
+    Ok(current.is_some_and(|s| !event.pending.contains(&s.as_str())))
+}
