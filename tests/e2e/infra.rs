@@ -94,6 +94,7 @@ fn templates_to_lint(dir: &Path) -> Vec<PathBuf> {
             timeout_seconds: 900,
             handler: noop,
         },
+        amiflow::flows::SCHEDULED_START,
     ];
     let sample = dir.join("template.json");
     let rendered = amiflow::infra::sam_template(&steps, Some("#!/bin/bash\necho chroot\n"));

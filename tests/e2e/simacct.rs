@@ -37,6 +37,9 @@ use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
 const REGION: &str = "us-east-1";
 const REGIONS: [&str; 2] = [REGION, COPY_REGION];
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
+/// The waits a deployed build awaits EC2's event for (a callback state `<builder>.Await<wait>`
+/// before the polled `<builder>.Wait<wait>`).
+const AWAITED: [&str; 3] = ["InstanceRunning", "InstanceStopped", "ImageAvailable"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -223,6 +226,11 @@ impl Account {
 
     /// Runs one execution as Step Functions would, signed as the state machine's role.
     async fn execute(&self, als: &Als, name: &str, input: Value) -> Run {
+        self.execute_with(als, name, input, &[]).await
+    }
+
+    /// [`Account::execute`] with more of run.mjs's environment (`env`).
+    async fn execute_with(&self, als: &Als, name: &str, input: Value, env: &[(&str, &str)]) -> Run {
         self.stats();
         let before = self.inventory();
         let creds = self.credentials();
@@ -230,6 +238,12 @@ impl Account {
         // The deployed state machine, as its executions see themselves ($$.StateMachine).
         let machine = self.ready["state_machine"]["arn"].as_str().unwrap();
         creds.push(("AMIFLOW_STATE_MACHINE_ARN", machine));
+        // Callback tasks wait for their token's answer, given to the account's Step Functions.
+        creds.push((
+            "AMIFLOW_CALLBACK_URL",
+            self.ready["callback_url"].as_str().unwrap(),
+        ));
+        creds.extend_from_slice(env);
         let started = Instant::now();
         let record = als
             .run_as(
@@ -256,6 +270,12 @@ impl Account {
 }
 
 impl Account {
+    /// How EC2's state changes come (front.py's Ec2Events): the delay of each transition
+    /// and whether its event is sent; returns the settings.
+    fn ec2_events(&self, settings: Value) -> Value {
+        self.control("POST", "/ec2-events", &settings)
+    }
+
     /// [`Account::execute`] with one action removed from one function's role (restored
     /// after): what the account said of the removal, and the run.
     async fn execute_without(
@@ -274,6 +294,19 @@ impl Account {
         self.control("POST", "/restore-roles", &Value::Null);
         (removed, run)
     }
+}
+
+/// How EC2's event ended one awaiting state (milliseconds, this machine's clock).
+struct EventLatency {
+    state: String,
+    /// The function whose role answered the state's token.
+    by: String,
+    /// From AwaitEvent's return (the token stored, the resource seen pending) to the event.
+    returned_before: i64,
+    /// From the event's emission to the token's answer.
+    answered: i64,
+    /// From the event's emission to the next state's entry.
+    next: i64,
 }
 
 /// One execution and what it did to the account.
@@ -358,6 +391,95 @@ impl Run {
             ));
         }
         Ok(())
+    }
+
+    /// run.mjs's record of each attempt of the callback states awaiting EC2's events.
+    fn awaits(&self) -> Vec<&Value> {
+        self.record["callbacks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["state"]
+                    .as_str()
+                    .is_some_and(|s| AWAITED.iter().any(|w| s.ends_with(&format!(".Await{w}"))))
+            })
+            .collect()
+    }
+
+    /// The retries of the polled waits the awaiting states precede, as "state (iteration)".
+    fn wait_retries(&self) -> Vec<String> {
+        self.record["retries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["state"]
+                    .as_str()
+                    .is_some_and(|s| AWAITED.iter().any(|w| s.ends_with(&format!(".Wait{w}"))))
+            })
+            .map(|r| format!("{} ({})", r["state"], r["index"]))
+            .collect()
+    }
+
+    /// How EC2's events ended each awaiting state.
+    fn event_latencies(&self) -> Vec<EventLatency> {
+        let answers = self.stats["task_answers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let events = self.stats["ec2_events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let path = self.record["path"].as_array().cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for c in self.awaits() {
+            let state = c["state"].as_str().unwrap().to_string();
+            let answer = answers
+                .iter()
+                .find(|a| a["token"] == c["token"])
+                .unwrap_or_else(|| {
+                    panic!("{}: {state}'s token was never answered: {c:#}", self.name)
+                });
+            let by = answer["by"].as_str().unwrap_or_default().to_string();
+            let answered_ms = answer["at_ms"].as_i64().unwrap();
+            let resource = answer["output"]
+                .as_str()
+                .and_then(|o| serde_json::from_str::<Value>(o).ok())
+                .and_then(|o| o["resource"].as_str().map(String::from))
+                .unwrap_or_default();
+            let event = events
+                .iter()
+                .rev()
+                .find(|e| {
+                    let detail = &e["event"]["detail"];
+                    (detail["instance-id"] == resource.as_str()
+                        || detail["ImageId"] == resource.as_str())
+                        && e["emitted_ms"].as_i64().unwrap() <= answered_ms
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: no EC2 event for {resource} before {state}'s answer by {by}",
+                        self.name
+                    )
+                });
+            let emitted = event["emitted_ms"].as_i64().unwrap();
+            let answered_at = c["answered_at"].as_i64().unwrap();
+            let next = path
+                .iter()
+                .find(|p| p["index"] == c["index"] && p["t"].as_i64().unwrap() >= answered_at)
+                .unwrap_or_else(|| panic!("{}: no state after {state}", self.name));
+            let returned = c["started_at"].as_i64().unwrap() + c["invoked_ms"].as_i64().unwrap();
+            out.push(EventLatency {
+                state,
+                by,
+                returned_before: emitted - returned,
+                answered: answered_ms - emitted,
+                next: next["t"].as_i64().unwrap() - emitted,
+            });
+        }
+        out
     }
 
     fn report(&self) -> String {
@@ -680,19 +802,36 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         Vec::<String>::new(),
         "the stack sets variables no code reads"
     );
-    assert_eq!(
-        account.ready["schedule"]["target_arn"],
-        account.ready["state_machine"]["arn"]
+    assert!(
+        account.ready["schedule"]["target_arn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(
+                "{}:{}",
+                account.ready["functions"]["ScheduledStart"]["name"]
+                    .as_str()
+                    .unwrap(),
+                amiflow::infra::FUNCTION_ALIAS
+            )),
+        "the schedule targets ScheduledStart's alias: {}",
+        account.ready["schedule"]
     );
     assert_eq!(
-        account.ready["schedule"]["role_may_start_execution"], true,
-        "the schedule's role may not start the state machine"
+        account.ready["schedule"]["role_may_invoke"], true,
+        "the schedule's role may not invoke ScheduledStart"
+    );
+    assert_eq!(
+        account.ready["schedule"]["role_may_start_execution"], false,
+        "the schedule's role may start executions itself, without the operator's secrets step"
     );
 
     let mut runs: Vec<String> = Vec::new();
 
     // 2. amazon-ebs, communicator none: temporary instance profile, a copy in another region,
-    //    the stack's default subnet.
+    //    the stack's default subnet. EC2 takes a second for each state change here (400 ms
+    //    elsewhere), so that AwaitEvent, cold, surely sees each resource pending: its token is
+    //    then answered on the event, never by AwaitEvent itself.
+    account.ec2_events(json!({"delay_ms": 1000}));
     let run = account
         .execute(
             &als,
@@ -700,6 +839,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             json!({"template": ebs_template(), "vars": {}}),
         )
         .await;
+    account.ec2_events(json!({"delay_ms": 400}));
     assert_clean_success(&account, &run, |_| false).await;
     let subnet = account.ready["setup"]["subnet"].as_str().unwrap();
     let launched = admin
@@ -725,7 +865,128 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         passed.iter().any(|r| r.contains(":role/amiflow/")),
         "RunInstances passed amiflow's temporary profile role (iam:PassRole checked): {passed:?}"
     );
+    // Each wait was awaited: its callback state's token answered by DeliverEvent on EC2's
+    // state-change event (its rule, its resource policy, its role's states:SendTaskSuccess),
+    // so the polled step after it found the resource ready at once.
+    let awaited: Vec<String> = run
+        .awaits()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["state"].as_str().unwrap().rsplit('.').next().unwrap(),
+                c["answered"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        awaited,
+        [
+            "AwaitInstanceRunning success",
+            "AwaitInstanceStopped success",
+            "AwaitImageAvailable success"
+        ],
+        "{:#}",
+        run.record["callbacks"]
+    );
+    let latencies = run.event_latencies();
+    for l in &latencies {
+        assert_eq!(
+            l.by, "DeliverEvent",
+            "{} was answered by {}, not by DeliverEvent on the event: {:#}",
+            l.state, l.by, run.stats["task_answers"]
+        );
+    }
+    assert_eq!(
+        run.wait_retries(),
+        Vec::<String>::new(),
+        "a polled wait after an answered event found its resource not ready"
+    );
     eprintln!("simacct: {}", run.report());
+    let mut retried: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in run.record["retries"].as_array().into_iter().flatten() {
+        *retried
+            .entry(r["state"].as_str().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    eprintln!(
+        "simacct:   {} state transitions, {} of them retries (ALS retries at once: polls of the copies, which no event announces, are many): {retried:?}",
+        run.transitions(),
+        retried.values().sum::<usize>()
+    );
+    for l in &latencies {
+        eprintln!(
+            "simacct:   {}: AwaitEvent returned {} ms before EC2's event; event → DeliverEvent's answer {} ms, → next state entered {} ms",
+            l.state, l.returned_before, l.answered, l.next
+        );
+    }
+    runs.push(run.report());
+
+    // 2b. The same build with EC2's events lost (the transitions still take their time): each
+    //     awaiting state times out (TimeoutSeconds scaled down) into its polled step, and the
+    //     build still succeeds and leaves nothing.
+    account.ec2_events(json!({"emit": false, "delay_ms": 1500}));
+    let run = account
+        .execute_with(
+            &als,
+            "simacct-ebs-no-events",
+            json!({"template": single_region_ebs_template(), "vars": {}}),
+            &[("AMIFLOW_CALLBACK_TIMEOUT_SCALE", "0.005")],
+        )
+        .await;
+    account.ec2_events(json!({"emit": true, "delay_ms": 400}));
+    assert_clean_success(&account, &run, |_| false).await;
+    let awaited: Vec<String> = run
+        .awaits()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["state"].as_str().unwrap().rsplit('.').next().unwrap(),
+                c["answered"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        awaited,
+        [
+            "AwaitInstanceRunning timeout",
+            "AwaitInstanceStopped timeout",
+            "AwaitImageAvailable timeout"
+        ],
+        "{:#}",
+        run.record["callbacks"]
+    );
+    let caught: Vec<String> = run.record["caught"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} → {}",
+                c["state"].as_str().unwrap(),
+                c["next"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        caught,
+        AWAITED
+            .iter()
+            .map(|w| format!("amazon-ebs.Await{w} → amazon-ebs.Wait{w}"))
+            .collect::<Vec<_>>(),
+        "each timeout is caught into the polled wait"
+    );
+    assert_eq!(
+        run.stats["ec2_events"],
+        json!([]),
+        "no event was sent with events off"
+    );
+    eprintln!(
+        "simacct: {} ({} polls of the waits after the timeouts)",
+        run.report(),
+        run.wait_retries().len()
+    );
     runs.push(run.report());
 
     // 3. amazon-ebssurrogate and amazon-ebsvolume.
@@ -1284,8 +1545,12 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         states.last().unwrap()
     );
 
-    // 9. The schedule: its target's input reads the template from S3 with Prepare's role.
+    // 9. The schedule fires ScheduledStart (its role may invoke nothing else), which copies
+    // the operator's sensitive value into the run's own path and starts the execution; the
+    // input reads the template from S3 with Prepare's role. The value reaches the instance
+    // (a run tag) and nothing the execution records.
     let schedule = &account.ready["schedule"];
+    let canary = schedule["canary"].as_str().unwrap().to_string();
     let mut scheduled = single_region_ebs_template();
     let b = scheduled["builders"][0].as_object_mut().unwrap();
     b.remove("temporary_iam_instance_profile_policy_document");
@@ -1293,7 +1558,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         "ami_name".into(),
         json!("simacct-{{user `suffix`}}-{{timestamp}}"),
     );
-    scheduled["variables"] = json!({"suffix": ""});
+    b.insert("run_tags".into(), json!({"Canary": "{{user `canary`}}"}));
+    scheduled["variables"] = json!({"suffix": "", "canary": ""});
+    scheduled["sensitive-variables"] = json!(["canary"]);
     admin
         .s3(REGION)
         .put_object()
@@ -1303,10 +1570,65 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .send()
         .await
         .unwrap();
-    let run = account
-        .execute(&als, "simacct-scheduled", schedule["input"].clone())
-        .await;
-    assert_clean_success(&account, &run, |_| false).await;
+    let fired = account.control("POST", "/schedule/fire", &json!({}));
+    assert_eq!(fired["target"], "ScheduledStart", "{fired:#}");
+    assert_eq!(fired["failed"], false, "ScheduledStart failed: {fired:#}");
+    assert_eq!(fired["result"]["sensitive_vars"], json!(["canary"]));
+    let execution = aws_sdk_sfn::Client::new(&admin.sdk)
+        .describe_execution()
+        .execution_arn(fired["result"]["execution_arn"].as_str().unwrap())
+        .send()
+        .await
+        .expect("the execution ScheduledStart started");
+    let name = execution.name().unwrap_or_default().to_string();
+    let input: Value = serde_json::from_str(execution.input().unwrap_or("{}")).unwrap();
+    assert!(name.starts_with("scheduled-"), "{name}");
+    assert_eq!(
+        input["sensitive_vars"]["canary"],
+        format!("/amiflow/{name}/vars/canary"),
+        "the input names the run's own parameter: {input:#}"
+    );
+    assert!(
+        !input.to_string().contains(&canary),
+        "the value entered the input"
+    );
+    let run = account.execute(&als, &name, input).await;
+    // The run's copy of the value was there before it began (ScheduledStart made it):
+    // Finalize removed it.
+    let copy = format!("/amiflow/{name}/vars/canary");
+    assert_clean_success(&account, &run, |l| l.ends_with(&copy)).await;
+    assert!(
+        !run.record.to_string().contains(&canary),
+        "the sensitive value appears in the execution's history or output"
+    );
+    let launched = admin
+        .ec2(REGION)
+        .describe_instances()
+        .filters(amiflow::identity::filter(
+            "tag:amiflow:build",
+            [name.clone()],
+        ))
+        .send()
+        .await
+        .unwrap();
+    let tags: Vec<(String, String)> = launched
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().into(),
+                t.value().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert!(
+        tags.contains(&("Canary".to_string(), canary.clone())),
+        "the sensitive value did not reach the instance's run tags: {tags:?}"
+    );
+    let left = admin.ssm(REGION).get_parameter().name(&copy).send().await;
+    assert!(left.is_err(), "the run's copy of the value was not removed");
     let ami = run.record["output"]["builds"][0]["amis"][REGION]
         .as_str()
         .unwrap();

@@ -22,7 +22,9 @@ What it does, in order (tests/e2e/simacct.rs drives it and judges the results):
    with DefinitionSubstitutions resolved from the stack's own resources.
 6. Lambda (lambda_service.py) and the front door to moto (front.py) start; one JSON line on
    stdout says where everything is. A small control API serves counts, an inventory of the
-   account, role edits and EventBridge deliveries. It runs until stdin closes.
+   account, role edits, EventBridge deliveries, the answers to task tokens
+   (`callback_url`: the execution runner's AMIFLOW_CALLBACK_URL) and the settings of EC2's
+   state-change events (front.py's Ec2Events). It runs until stdin closes.
 
 Two moto 5.2 defects are worked around with one-request windows without authentication
 (`/moto-api/reset-auth`), used only while the account is set up and nothing else runs:
@@ -62,6 +64,8 @@ from stack import Stack
 BOOTSTRAP_KEY = "AKIASIMACCTBOOTSTRAP"
 DEPLOY_BUCKET = "amiflow-simacct-deploy"
 SCHEDULE_TEMPLATE_KEY = "schedules/nightly.json"
+SCHEDULE_SECRET_PARAMETER = "/amiflow-schedule/canary"
+SCHEDULE_CANARY = "canary-" + os.urandom(8).hex()
 HOST_AMI = "ami-0f8848d57eb4fe2d2"  # moto's Amazon Linux 2 (us-east-1)
 
 
@@ -169,6 +173,9 @@ class Account:
                 {"Key": "amiflow:build-host", "Value": self.config.get("stack_name", "amiflow")},
             ]}],
         )["Instances"][0]["InstanceId"]
+        # The value of the scheduled builds' sensitive variable, kept where ScheduledStart
+        # may read it (steps/scheduled_start.rs); the test looks for it everywhere.
+        self.client("ssm").put_parameter(Name=SCHEDULE_SECRET_PARAMETER, Type="SecureString", Value=SCHEDULE_CANARY)
         return {"vpc": vpc, "subnet": subnet, "host": host}
 
     # ------------------------------------------------------------------ deploy
@@ -193,6 +200,7 @@ class Account:
             "ScheduleExpression": "cron(0 3 ? * MON *)",
             "ScheduleTemplateS3": f"s3://{DEPLOY_BUCKET}/{SCHEDULE_TEMPLATE_KEY}",
             "ScheduleVars": json.dumps({"suffix": "scheduled"}),
+            "ScheduleSecretVars": json.dumps({"canary": SCHEDULE_SECRET_PARAMETER}),
         }
         params.update(self.config.get("parameters", {}))
         template = cfn.translate(packaged, params, self.region)
@@ -212,6 +220,11 @@ class Control:
         self.front = front
         self.functions = functions
         self.saved_policies: dict[str, tuple[str, str, str]] = {}
+        self.schedule: dict[str, Any] = {}
+        # Each function's resource policy, read now, while nothing else runs: reading it needs
+        # a one-request window without authentication, which deliveries during a build (EC2's
+        # events) could not take safely.
+        self.resource_policies = {f.name: self.resource_policy(f) for f in functions.values()}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _control_handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -222,6 +235,8 @@ class Control:
         return f"http://{host}:{port}"
 
     def stats(self, reset: bool) -> dict[str, Any]:
+        # EC2's events under way first: the invocations and calls they cause count here.
+        self.front.ec2_events.settle()
         lam = self.lam.stats(reset)
         front = self.front.stats(reset)
         return {**lam, **front, "denied": lam["denied"] + front["denied"]}
@@ -257,13 +272,26 @@ class Control:
         self.saved_policies.clear()
         return {"restored": restored}
 
+    def fire_schedule(self) -> dict[str, Any]:
+        """EventBridge Scheduler firing: its role invokes the target with the schedule's input
+        (when the role may), as the schedule does."""
+        target = self.schedule["target_arn"]
+        function = self.lam.by_arn.get(unqualified(target))
+        if function is None:
+            return {"error": f"the schedule's target {target} is not a function of this stack"}
+        if not self.schedule["role_may_invoke"]:
+            return {"error": f"the schedule's role may not invoke {target}"}
+        body, failed = self.lam.invoke(function, json.dumps(self.schedule["input"]).encode())
+        return {"target": function.logical, "failed": failed, "result": json.loads(body or b"null")}
+
     def deliver(self, event: dict[str, Any]) -> dict[str, Any]:
         """EventBridge: every enabled rule of the default bus whose pattern matches the event
         (moto's own pattern matcher) delivers it to its Lambda targets, which must allow
         events.amazonaws.com from that rule in their resource policy."""
         from moto.events.models import EventPattern
 
-        ev = self.account.client("events")
+        # A bus is a region's: an event reaches the rules of its own region only.
+        ev = self.account.client("events", event.get("region") or None)
         deliveries = []
         for rule in ev.list_rules()["Rules"]:
             if rule.get("State") != "ENABLED" or not rule.get("EventPattern"):
@@ -283,9 +311,17 @@ class Control:
                 deliveries.append({"rule": rule["Name"], "target": function.logical, "failed": failed, "result": json.loads(body or b"null")})
         return {"deliveries": deliveries}
 
-    def permits_events(self, function: Function, rule_arn: str) -> bool:
+    def resource_policy(self, function: Function) -> dict[str, Any]:
         lam = self.account.client("lambda")
-        doc = json.loads(self.account.unauthenticated(lambda: lam.get_policy(FunctionName=function.name))["Policy"])
+        try:
+            return json.loads(self.account.unauthenticated(lambda: lam.get_policy(FunctionName=function.name))["Policy"])
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ResourceNotFoundException":
+                return {}
+            raise
+
+    def permits_events(self, function: Function, rule_arn: str) -> bool:
+        doc = self.resource_policies.get(function.name, {})
         for s in doc.get("Statement", []):
             source = ((s.get("Condition") or {}).get("ArnLike") or {}).get("AWS:SourceArn")
             if s.get("Effect") == "Allow" and (s.get("Principal") or {}).get("Service") == "events.amazonaws.com" and source == rule_arn:
@@ -334,6 +370,9 @@ class Control:
 def _control_handler(control: Control) -> type[BaseHTTPRequestHandler]:
     class ControlApi(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as two writes: with Nagle's algorithm, the body waits for
+        # the client's delayed ACK (40 ms a request; run.mjs polls a token's answer here).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -362,6 +401,18 @@ def _control_handler(control: Control) -> type[BaseHTTPRequestHandler]:
                     return self._answer(200, control.restore())
                 if path == "/events":
                     return self._answer(200, control.deliver(arg))
+                if path == "/schedule/fire":
+                    return self._answer(200, control.fire_schedule())
+                if path.startswith("/callbacks/"):
+                    # AMIFLOW_CALLBACK_URL of tests/als/run.mjs: a task token's answer, once given.
+                    answer = control.front.answer_of(urllib.parse.unquote(path.removeprefix("/callbacks/")))
+                    return self._answer(200, answer) if answer is not None else self._answer(404, {"error": "not answered"})
+                if path == "/ec2-events":
+                    # EC2's state-change events: {"delay_ms", "emit"} to change how they come.
+                    events = control.front.ec2_events
+                    if self.command == "POST":
+                        return self._answer(200, events.configure(arg.get("delay_ms"), arg.get("emit")))
+                    return self._answer(200, events.configure(None, None))
                 self._answer(404, {"error": f"no control endpoint {path}"})
             except Exception as e:  # the test shows the message
                 self._answer(500, {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()})
@@ -425,7 +476,8 @@ def main() -> int:
             c = account.caller(key)
             return c if c and c.get("role") else None
 
-        front = Front(account.moto_url, account, account.work_dir, function_caller)
+        front = Front(account.moto_url, account, account.work_dir, function_caller, account.region)
+        front.state_machine_arn = stack.physical_id(sm_logical)
 
         def lambda_caller(key: str) -> tuple[str, list[dict[str, Any]]] | None:
             c = account.caller(key)
@@ -437,6 +489,7 @@ def main() -> int:
         host_env = config.get("host_env") or {}
         front.register_host(setup["host"], host_env)
         control = Control(account, stack, lam, front, {f.logical: f for f in functions.values()})
+        front.ec2_events.deliver = control.deliver
 
         # The build schedule (EventBridge Scheduler): what it would start, with whose rights.
         scheduler = account.client("scheduler")
@@ -455,14 +508,19 @@ def main() -> int:
                 "expression": found["ScheduleExpression"],
                 "target_arn": target["Arn"],
                 "input": json.loads(target["Input"]),
-                "role_may_start_execution": policy.allowed(account.role_documents(role_name), "states:StartExecution", target["Arn"]),
+                "role_may_invoke": policy.allowed(account.role_documents(role_name), "lambda:InvokeFunction", target["Arn"]),
+                "role_may_start_execution": policy.allowed(account.role_documents(role_name), "states:StartExecution", stack.physical_id(sm_logical)),
+                "canary": SCHEDULE_CANARY,
             }
+        control.schedule = schedule
         ready = {
             "ready": True,
             "admin": account.admin_key,
             "aws_endpoint": front.url,
             "lambda_endpoint": lam.url,
             "control": control.url,
+            "callback_url": f"{control.url}/callbacks",
+            "ec2_events": front.ec2_events.configure(None, None),
             "deploy_bucket": DEPLOY_BUCKET,
             "schedule_template_key": SCHEDULE_TEMPLATE_KEY,
             "setup": setup,

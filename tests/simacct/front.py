@@ -31,7 +31,18 @@ a real account has and moto has not:
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
   document (its runShellScript steps, parameters substituted as the agent does) on this
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
-  canned "Success".
+  canned "Success";
+- Step Functions' task token answers (SendTaskSuccess, SendTaskFailure, SendTaskHeartbeat),
+  which moto's executions never wait for: the caller's signature and its states:SendTask*
+  on the stack's state machine are checked here, the first answer per token is kept (with
+  the role that gave it) for the execution runner to read (`answer_of`, served by the
+  control API), and a later one is refused as Step Functions refuses it (TaskTimedOut);
+- EC2's state changes and their EventBridge events (`Ec2Events`): moto's instances run and
+  stop, and its images are available, the moment they are asked for. After a successful
+  RunInstances/StartInstances, StopInstances, TerminateInstances, CreateImage/RegisterImage
+  or CopyImage (in its destination region), each resource is in transition for a set delay:
+  DescribeInstances/DescribeImages show it pending (stopping, shutting-down), and when the delay ends the
+  event EC2 sends is delivered to the account's EventBridge rules.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 from datetime import datetime, timezone
@@ -67,6 +79,16 @@ DENIED_CODES = (
     "AuthFailure",
 )
 HOP_HEADERS = {"transfer-encoding", "connection", "keep-alive", "content-length"}
+ACCOUNT_ID = "123456789012"
+TASK_ANSWERS = ("states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat")
+# The state an instance action leads to, and what DescribeInstances shows until it is there.
+INSTANCE_TRANSITIONS = {
+    "ec2:RunInstances": ("running", "pending", 0),
+    "ec2:StartInstances": ("running", "pending", 0),
+    "ec2:StopInstances": ("stopped", "stopping", 64),
+    "ec2:TerminateInstances": ("terminated", "shutting-down", 32),
+}
+IMAGE_ACTIONS = ("ec2:CreateImage", "ec2:RegisterImage", "ec2:CopyImage")
 SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
 
 
@@ -140,6 +162,147 @@ class HostAgent:
             return dict(self.runs[command_id]) if command_id in self.runs else None
 
 
+class Ec2Events:
+    """EC2's state changes in time, and the events EC2 sends for them (the EventBridge
+    "EC2 Instance State-change Notification" and "EC2 AMI State Change" events, in EC2's
+    shapes). A resource a call started a transition for is shown in its transitional state
+    (`rewrite`) for `delay` seconds; then, unless events are off, its event is handed to
+    `deliver` (the account's EventBridge: its rules and their Lambda targets) from a
+    background thread. Every event and what its delivery did is kept for the test."""
+
+    def __init__(self, home_region: str):
+        self.home_region = home_region
+        self.delay = 0.4
+        self.emit = True
+        self.deliver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.lock = threading.Lock()
+        # (region, resource id) → {"kind", "state", "shown", "code", "generation"}
+        self.transitions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.generation = 0
+        self.emitted: list[dict[str, Any]] = []
+        self.threads: list[threading.Thread] = []
+
+    def configure(self, delay_ms: float | None, emit: bool | None) -> dict[str, Any]:
+        with self.lock:
+            if delay_ms is not None:
+                self.delay = float(delay_ms) / 1000
+            if emit is not None:
+                self.emit = bool(emit)
+            return {"delay_ms": self.delay * 1000, "emit": self.emit}
+
+    def after(self, action: str, region: str, response: str) -> None:
+        """Starts the transitions a successful call began."""
+        if action in INSTANCE_TRANSITIONS:
+            state, shown, code = INSTANCE_TRANSITIONS[action]
+            ids = sorted(set(re.findall(r"<instanceId>(i-[0-9a-zA-Z]+)</instanceId>", response)))
+            self.start(region, "instance", ids, {"state": state, "shown": shown, "code": code, "action": action})
+        elif action in IMAGE_ACTIONS:
+            ids = sorted(set(re.findall(r"<imageId>(ami-[0-9a-zA-Z]+)</imageId>", response)))
+            self.start(region, "image", ids, {"state": "available", "shown": "pending", "action": action})
+
+    def start(self, region: str, kind: str, ids: list[str], what: dict[str, Any]) -> None:
+        for resource in ids:
+            with self.lock:
+                self.generation += 1
+                generation = self.generation
+                self.transitions[(region, resource)] = {"kind": kind, "generation": generation, **what}
+                thread = threading.Thread(target=self._finish, args=(region, resource, generation, self.delay), daemon=True)
+                self.threads.append(thread)
+            thread.start()
+
+    def _finish(self, region: str, resource: str, generation: int, delay: float) -> None:
+        time.sleep(delay)
+        with self.lock:
+            current = self.transitions.get((region, resource))
+            if current is None or current["generation"] != generation:
+                return  # a later call's transition replaced this one
+            del self.transitions[(region, resource)]
+            emit = self.emit
+        if not emit:
+            return
+        event = self.event(region, current["kind"], resource, current["state"])
+        entry: dict[str, Any] = {"action": current["action"], "event": event, "emitted_ms": int(time.time() * 1000)}
+        try:
+            if self.deliver is None:
+                raise RuntimeError("no EventBridge to deliver to")
+            entry["deliveries"] = self.deliver(event)["deliveries"]
+        except Exception as e:  # kept for the test, which shows it
+            entry["deliveries"] = []
+            entry["error"] = f"{type(e).__name__}: {e}"
+        entry["delivered_ms"] = int(time.time() * 1000)
+        with self.lock:
+            self.emitted.append(entry)
+
+    @staticmethod
+    def event(region: str, kind: str, resource: str, state: str) -> dict[str, Any]:
+        common = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "source": "aws.ec2",
+            "account": ACCOUNT_ID,
+            "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": region,
+        }
+        if kind == "instance":
+            return {
+                **common,
+                "detail-type": "EC2 Instance State-change Notification",
+                "resources": [f"arn:aws:ec2:{region}:{ACCOUNT_ID}:instance/{resource}"],
+                "detail": {"instance-id": resource, "state": state},
+            }
+        return {
+            **common,
+            "detail-type": "EC2 AMI State Change",
+            # An image's ARN names no account.
+            "resources": [f"arn:aws:ec2:{region}::image/{resource}"],
+            "detail": {"RequestId": str(uuid.uuid4()), "ImageId": resource, "State": state, "ErrorMessage": ""},
+        }
+
+    def rewrite(self, action: str, region: str, response: bytes) -> bytes:
+        """DescribeInstances/DescribeImages as EC2 answers during the transitions."""
+        kind = {"ec2:DescribeInstances": "instance", "ec2:DescribeImages": "image"}.get(action)
+        if kind is None:
+            return response
+        with self.lock:
+            moving = {r: t for (reg, r), t in self.transitions.items() if reg == region and t["kind"] == kind}
+        if not moving:
+            return response
+        text = response.decode()
+        for resource, t in moving.items():
+            if kind == "instance":
+                pattern = (
+                    rf"(<instanceId>{re.escape(resource)}</instanceId>(?:(?!<instanceId>).)*?<instanceState>\s*<code>)\d+(</code>\s*<name>)"
+                    rf"{re.escape(t['state'])}(</name>)"
+                )
+                text = re.sub(pattern, rf"\g<1>{t['code']}\g<2>{t['shown']}\g<3>", text, count=1, flags=re.S)
+            else:
+                pattern = rf"(<imageId>{re.escape(resource)}</imageId>(?:(?!<imageId>).)*?<imageState>){re.escape(t['state'])}(</imageState>)"
+                text = re.sub(pattern, rf"\g<1>{t['shown']}\g<2>", text, count=1, flags=re.S)
+        return text.encode()
+
+    def settle(self, timeout: float = 60) -> None:
+        """Waits for the transitions under way to end and their events to be delivered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                self.threads = [t for t in self.threads if t.is_alive()]
+                pending = list(self.threads)
+            if not pending:
+                return
+            for t in pending:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                return
+
+    def stats(self, reset: bool) -> list[dict[str, Any]]:
+        self.settle()
+        with self.lock:
+            out = list(self.emitted)
+            if reset:
+                self.emitted.clear()
+        return out
+
+
 class Front:
     def __init__(
         self,
@@ -147,6 +310,7 @@ class Front:
         admin: Any,
         work_dir: str,
         callers: Callable[[str], dict[str, str] | None],
+        home_region: str = "us-east-1",
     ):
         parsed = urllib.parse.urlparse(moto_url)
         self.moto = (parsed.hostname, parsed.port)
@@ -166,6 +330,14 @@ class Front:
         # Policy: kept across runs, as the keys stay valid after the build that got them.
         self.sessions: dict[str, dict[str, Any]] = {}
         self.unauthenticated_turn = threading.Lock()
+        # Step Functions: the stack's state machine (the resource of states:SendTask*), the
+        # first answer to each task token (kept for good: a token is answered once), and the
+        # answers since the last stats.
+        self.state_machine_arn = ""
+        self.task_answers: dict[str, dict[str, Any]] = {}
+        self.answered: list[str] = []
+        self.heartbeats: list[dict[str, Any]] = []
+        self.ec2_events = Ec2Events(home_region)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -179,8 +351,11 @@ class Front:
         self.hosts[instance_id] = HostAgent(instance_id, env, self.work_dir)
 
     def stats(self, reset: bool) -> dict[str, Any]:
+        # EC2 events first: their deliveries' calls and answers belong to these counts.
+        ec2_events = self.ec2_events.stats(reset)
         with self.lock:
             out = {
+                "ec2_events": ec2_events,
                 "denied": list(self.denied),
                 "passed_roles": list(self.passed_roles),
                 "registered_snapshots": list(self.registered_snapshots),
@@ -188,8 +363,12 @@ class Front:
                 "aws_calls": dict(sorted(self.calls.items())),
                 "events": list(self.events),
                 "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
+                "task_answers": [{"token": t, **self.task_answers[t]} for t in self.answered],
+                "task_heartbeats": list(self.heartbeats),
             }
             if reset:
+                self.answered.clear()
+                self.heartbeats.clear()
                 self.registered_snapshots.clear()
                 self.host_commands.clear()
                 self.denied.clear()
@@ -215,6 +394,56 @@ class Front:
         with self.lock:
             self.events.extend(entries)
         return json.dumps({"FailedEntryCount": 0, "Entries": [{"EventId": str(uuid.uuid4())} for _ in entries]}).encode()
+
+    # ------------------------------------------------------------------ task tokens
+
+    def task_answer(self, caller: dict[str, str] | None, label: str, action: str, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        """SendTaskSuccess/SendTaskFailure/SendTaskHeartbeat, answered as Step Functions does."""
+        def error(status: int, code: str, message: str) -> tuple[int, bytes]:
+            return status, json.dumps({"__type": code, "message": message}).encode()
+
+        if caller is None:
+            message = f"User: {label} is not authorized to perform: {action} on resource: {self.state_machine_arn}"
+            self.record_denial(label, action, message)
+            return error(400, "AccessDeniedException", message)
+        name = "Authorization" if "Authorization" in headers else "authorization"
+        given = headers.get(name, "").partition("Signature=")[2].partition(",")[0]
+        if _signature(method, path, headers, body, caller) != given:
+            self.record_denial(label, action, "the request's signature does not match its credentials")
+            return error(400, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
+        arn = self.state_machine_arn
+        if not policy.allowed(self.role_documents(caller["role"]), action, arn):
+            message = f"User: {caller.get('arn', label)} is not authorized to perform: {action} on resource: {arn} because no identity-based policy allows the {action} action"
+            self.record_denial(label, action, message)
+            return error(400, "AccessDeniedException", message)
+        request = json.loads(body or b"{}")
+        token = request.get("taskToken") or ""
+        if not token:
+            return error(400, "InvalidToken", "Invalid token")
+        with self.lock:
+            if token in self.task_answers:
+                return error(400, "TaskTimedOut", "Task Timed Out: 'Provided task does not exist anymore'")
+            if action == "states:SendTaskHeartbeat":
+                self.heartbeats.append({"token": token, "by": label, "role": caller["role"], "at_ms": int(time.time() * 1000)})
+                return 200, b"{}"
+            answer: dict[str, Any]
+            if action == "states:SendTaskSuccess":
+                answer = {"output": request.get("output")}
+            else:
+                answer = {"error": request.get("error"), "cause": request.get("cause")}
+            self.task_answers[token] = {**answer, "action": action, "by": label, "role": caller["role"], "at_ms": int(time.time() * 1000)}
+            self.answered.append(token)
+        return 200, b"{}"
+
+    def answer_of(self, token: str) -> dict[str, Any] | None:
+        """The token's answer as the execution runner reads it: {"output"} or {"error", "cause"}."""
+        with self.lock:
+            found = self.task_answers.get(token)
+        if found is None:
+            return None
+        if found["action"] == "states:SendTaskSuccess":
+            return {"output": found["output"]}
+        return {"error": found["error"], "cause": found["cause"]}
 
     def record_denial(self, caller: str, action: str, message: str) -> None:
         with self.lock:
@@ -343,6 +572,9 @@ class Front:
                     out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance}", self.instance_context(region, instance)))
                 return out
             return None
+        if service == "states" and name == "StartExecution":
+            # ScheduledStart starting a scheduled build: on the state machine it names.
+            return [(json.loads(body or b"{}").get("stateMachineArn", ""), {})]
         if service == "events" and name == "PutEvents":
             request = json.loads(body or b"{}")
             buses = sorted({e.get("EventBusName") or "default" for e in request.get("Entries", [])} or {"default"})
@@ -469,6 +701,7 @@ def _ec2_error(code: str, message: str) -> bytes:
 def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
     class FrontDoor(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes (see account.py)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -520,18 +753,24 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     message = f"You are not authorized to perform this operation. User: {label} {refused[1]}"
                     front.record_denial(label, "iam:PassRole", message)
                     return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", message))
+            if action in TASK_ANSWERS:
+                # Step Functions' side of a callback task: answered here, never by moto.
+                status, answer = front.task_answer(caller, label, action, self.command, self.path, headers, body)
+                return self._send(status, [("Content-Type", "application/x-amz-json-1.0")], answer)
             parts = [p for p in path.split("/") if p]
-            region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2] if caller else ""
+            scope = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")
+            signed_region = scope[2] if len(scope) > 2 else ""
+            region = signed_region if caller else ""
             if session and service == "s3" and len(parts) > 1:
                 arn = f"arn:aws:s3:::{'/'.join(parts)}"
                 if not policy.allowed([session["policy"]], action, arn):
                     message = f"User: {label} is not authorized to perform: {action} on resource: {arn} because no session policy allows the {action} action"
                     front.record_denial(label, action, message)
                     return self._send(403, [("Content-Type", "application/xml")], f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>".encode())
-            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts", "events", "sns") else False
+            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts", "events", "sns", "states") else False
             if isinstance(scoped, str):
                 front.record_denial(label, action, scoped)
-                if service in ("ssm", "events"):
+                if service in ("ssm", "events", "states"):
                     error = json.dumps({"__type": "AccessDeniedException", "message": scoped}).encode()
                     return self._send(400, [("Content-Type", "application/x-amz-json-1.1")], error)
                 error = (
@@ -604,6 +843,10 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     front.after_send_command(request, response)
                 else:
                     out = json.dumps(front.command_invocation(request, response), default=str).encode()
+            if resp.status == 200 and (action in INSTANCE_TRANSITIONS or action in IMAGE_ACTIONS):
+                front.ec2_events.after(action, signed_region, text)
+            elif resp.status == 200 and action in ("ec2:DescribeInstances", "ec2:DescribeImages"):
+                out = front.ec2_events.rewrite(action, signed_region, out)
             self._send(resp.status, resp_headers, out)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle

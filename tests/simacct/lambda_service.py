@@ -174,6 +174,7 @@ class Sandbox:
 def _runtime_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class RuntimeApi(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes (see account.py)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -384,6 +385,7 @@ class LambdaService:
 def _invoke_handler(service: LambdaService) -> type[BaseHTTPRequestHandler]:
     class InvokeApi(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes (see account.py)
 
         def log_message(self, *args: Any) -> None:
             pass

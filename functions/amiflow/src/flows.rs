@@ -72,6 +72,9 @@ pub const AWAIT_EVENT: StepSpec = await_event::SPEC;
 /// Answers AWAIT_EVENT's tokens: invoked by the EventBridge rules on EC2's state-change
 /// events, not a state of the state machine.
 pub const DELIVER_EVENT: StepSpec = deliver_event::SPEC;
+/// The schedule's target: starts a build with the operator's sensitive variables; not a
+/// state of the state machine.
+pub const SCHEDULED_START: StepSpec = scheduled_start::SPEC;
 /// A pipeline's states between Prepare and the builds: decide whether to build, tag the build.
 pub const PIPELINE_BEFORE: [StepSpec; 1] = [fingerprint::SPEC];
 /// A pipeline's states after every build succeeded, in order: publish the image id, then
@@ -268,6 +271,20 @@ pub fn chain_names(builder: BuilderType) -> Vec<&'static str> {
     chain(builder).iter().map(|s| s.name).collect()
 }
 
+/// The states of `builder`'s chain in the order a build passes them, without the builder
+/// prefix: each step's, the callback state of an announced wait before its step's.
+pub fn chain_states(builder: BuilderType) -> Vec<String> {
+    chain(builder)
+        .iter()
+        .flat_map(|s| {
+            announced(s)
+                .map(|w| await_step_name(&w))
+                .into_iter()
+                .chain([s.name.to_string()])
+        })
+        .collect()
+}
+
 /// The state name of `step` in `builder`'s chain.
 pub fn state_name(builder: BuilderType, step: &str) -> String {
     format!("{}.{step}", builder.as_str())
@@ -318,7 +335,7 @@ pub fn pipeline_steps() -> Vec<StepSpec> {
 /// local engine and `serve-lambdas` dispatch through it; the roles are made from it.
 pub fn registry() -> Vec<StepSpec> {
     let mut all = all_steps();
-    all.extend([JANITOR, DELIVER_EVENT]);
+    all.extend([JANITOR, DELIVER_EVENT, SCHEDULED_START]);
     all
 }
 
@@ -408,6 +425,15 @@ fn announced(step: &StepSpec) -> Option<Wait> {
 /// The handler-like name of the callback state awaiting `wait`'s event: `Await<Wait>`.
 pub fn await_step_name(wait: &Wait) -> String {
     format!("Await{}", wait.name)
+}
+
+/// Whether `state_name` is an announced wait's callback state (`<prefix>.Await<Wait>`):
+/// a local build passes through it at once, so its progress shows only the waiting step.
+pub fn is_await_state(state_name: &str) -> bool {
+    step_of(state_name)
+        .strip_prefix("Await")
+        .and_then(crate::waits::named)
+        .is_some_and(|w| w.event.is_some())
 }
 
 /// The state a chain enters `step` by, named by `name`: its callback state when its wait
@@ -1029,6 +1055,9 @@ mod tests {
                 .any(|n| n.contains("AwaitVolume") || n.contains("AwaitConnect")),
             "only announced waits are awaited"
         );
+        assert!(awaited.iter().all(|a| is_await_state(a)));
+        assert!(!is_await_state("amazon-ebs.WaitInstanceRunning"));
+        assert!(!is_await_state("amazon-ebs.AwaitConnect"));
     }
 
     #[test]

@@ -28,11 +28,13 @@ use crate::steps::StepSpec;
 pub const JANITOR: &str = "Janitor";
 /// The handler EC2's state-change events invoke (`steps/deliver_event.rs`); not a state.
 pub const DELIVER_EVENT: &str = "DeliverEvent";
+/// The schedule's target (`steps/scheduled_start.rs`); not a state.
+pub const SCHEDULED_START: &str = "ScheduledStart";
 
 /// Whether the state machine invokes this handler (the janitor and DeliverEvent are
-/// invoked by EventBridge instead).
+/// invoked by EventBridge, ScheduledStart by the schedule).
 pub fn is_state_machine_task(name: &str) -> bool {
-    name != JANITOR && name != DELIVER_EVENT
+    ![JANITOR, DELIVER_EVENT, SCHEDULED_START].contains(&name)
 }
 
 /// The EventBridge rules that invoke a handler on AWS's own events, as (rule logical id,
@@ -330,6 +332,14 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}"),
             None,
         )],
+        Reach::ScheduleSecrets => vec![statement(
+            "",
+            json!(format!(
+                "arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter{}*",
+                crate::steps::scheduled_start::SCHEDULE_SECRETS_PATH
+            )),
+            None,
+        )],
         Reach::DefaultEventBus => vec![statement(
             "",
             json!("arn:${AWS::Partition}:events:*:${AWS::AccountId}:event-bus/default"),
@@ -514,6 +524,11 @@ fn step_function(spec: &StepSpec) -> Value {
         environment["AMIFLOW_JANITOR_REGIONS"] =
             json!({ "Fn::Join": [",", { "Ref": "JanitorRegions" }] });
     }
+    if spec.name == SCHEDULED_START {
+        use crate::steps::scheduled_start::{SECRET_VARS_ENV, STATE_MACHINE_ENV};
+        environment[SECRET_VARS_ENV] = json!({ "Ref": "ScheduleSecretVars" });
+        environment[STATE_MACHINE_ENV] = json!({ "Ref": "StateMachine" });
+    }
     let mut properties = json!({
         "Handler": spec.name,
         "Timeout": spec.timeout_seconds,
@@ -654,6 +669,8 @@ fn parameters() -> Value {
             "Description": "s3://bucket/key of the Packer template the schedule builds" },
         "ScheduleVars": { "Type": "String", "Default": "{}",
             "Description": "JSON object of template variables for scheduled builds" },
+        "ScheduleSecretVars": { "Type": "String", "Default": "{}",
+            "Description": "JSON object of the scheduled builds' sensitive variables: name -> SecureString parameter under /amiflow-schedule/ (copied into each run's own path, never into its input)" },
         "SchedulePipelineS3": { "Type": "String", "Default": "",
             "Description": "s3://bucket/key of the pipeline file scheduled builds run in (rebuild on change, publish, retain); empty: none" },
         "JanitorRegions": { "Type": "CommaDelimitedList", "Default": "",
@@ -910,62 +927,65 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         "Properties": { "DocumentType": "Command", "DocumentFormat": "JSON", "Content": chroot_document_content(chroot_script) }
     }));
 
-    resources.insert("ScheduleRole".into(), json!({
-        "Type": "AWS::IAM::Role",
-        "Condition": "ScheduleEnabled",
-        "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": { "Service": "scheduler.amazonaws.com" },
-                    "Action": "sts:AssumeRole",
-                    "Condition": { "StringEquals": { "aws:SourceAccount": { "Ref": "AWS::AccountId" } } }
-                }]
-            },
-            "Policies": [{ "PolicyName": "amiflow-schedule", "PolicyDocument": { "Version": "2012-10-17", "Statement": [
-                { "Sid": "StartBuild", "Effect": "Allow", "Action": ["states:StartExecution"], "Resource": { "Ref": "StateMachine" } },
-                { "Sid": "DeadLetter", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
-            ] } }]
-        }
-    }));
-    resources.insert(
-        "ScheduleDeadLetterQueue".into(),
-        dead_letter_queue(Some("ScheduleEnabled")),
-    );
-    resources.insert("Schedule".into(), json!({
-        "Type": "AWS::Scheduler::Schedule",
-        "Condition": "ScheduleEnabled",
-        "Properties": {
-            "Description": "Starts an amiflow build of ScheduleTemplateS3 on ScheduleExpression",
-            "ScheduleExpression": { "Ref": "ScheduleExpression" },
-            "ScheduleExpressionTimezone": { "Ref": "ScheduleTimezone" },
-            "FlexibleTimeWindow": { "Mode": "OFF" },
-            "State": "ENABLED",
-            "Target": {
-                "Arn": { "Ref": "StateMachine" },
-                "RoleArn": { "Fn::GetAtt": ["ScheduleRole", "Arn"] },
-                "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}, \"pipeline_s3\": \"${SchedulePipelineS3}\"}" },
-                // StartExecution throttled or failing: retried for an hour, then kept.
-                "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600 },
-                "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
+    // The schedule, through its target ScheduledStart (when the registry has it).
+    if steps.iter().any(|s| s.name == SCHEDULED_START) {
+        resources.insert("ScheduleRole".into(), json!({
+            "Type": "AWS::IAM::Role",
+            "Condition": "ScheduleEnabled",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "scheduler.amazonaws.com" },
+                        "Action": "sts:AssumeRole",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": { "Ref": "AWS::AccountId" } } }
+                    }]
+                },
+                "Policies": [{ "PolicyName": "amiflow-schedule", "PolicyDocument": { "Version": "2012-10-17", "Statement": [
+                    { "Sid": "StartBuild", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": { "Ref": format!("{}Function.Alias", logical_id(SCHEDULED_START)) } },
+                    { "Sid": "DeadLetter", "Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
+                ] } }]
             }
-        }
-    }));
-    resources.insert(
-        "ScheduleDeadLetterAlarm".into(),
-        with_condition(
-            alarm(
-                "A scheduled amiflow build could not be started: its event is in the schedule's dead-letter queue",
-                json!("AWS/SQS"),
-                "ApproximateNumberOfMessagesVisible",
-                json!([{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"] } }]),
-                "Maximum",
-                1,
+        }));
+        resources.insert(
+            "ScheduleDeadLetterQueue".into(),
+            dead_letter_queue(Some("ScheduleEnabled")),
+        );
+        resources.insert("Schedule".into(), json!({
+            "Type": "AWS::Scheduler::Schedule",
+            "Condition": "ScheduleEnabled",
+            "Properties": {
+                "Description": "Starts an amiflow build of ScheduleTemplateS3 on ScheduleExpression, through ScheduledStart (which adds ScheduleSecretVars)",
+                "ScheduleExpression": { "Ref": "ScheduleExpression" },
+                "ScheduleExpressionTimezone": { "Ref": "ScheduleTimezone" },
+                "FlexibleTimeWindow": { "Mode": "OFF" },
+                "State": "ENABLED",
+                "Target": {
+                    "Arn": { "Ref": format!("{}Function.Alias", logical_id(SCHEDULED_START)) },
+                    "RoleArn": { "Fn::GetAtt": ["ScheduleRole", "Arn"] },
+                    "Input": { "Fn::Sub": "{\"template_s3\": \"${ScheduleTemplateS3}\", \"vars\": ${ScheduleVars}, \"pipeline_s3\": \"${SchedulePipelineS3}\"}" },
+                    // StartExecution throttled or failing: retried for an hour, then kept.
+                    "RetryPolicy": { "MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600 },
+                    "DeadLetterConfig": { "Arn": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"] } }
+                }
+            }
+        }));
+        resources.insert(
+            "ScheduleDeadLetterAlarm".into(),
+            with_condition(
+                alarm(
+                    "A scheduled amiflow build could not be started: its event is in the schedule's dead-letter queue",
+                    json!("AWS/SQS"),
+                    "ApproximateNumberOfMessagesVisible",
+                    json!([{ "Name": "QueueName", "Value": { "Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"] } }]),
+                    "Maximum",
+                    1,
+                ),
+                "ScheduleEnabled",
             ),
-            "ScheduleEnabled",
-        ),
-    );
+        );
+    }
 
     build_host_resources(&mut resources);
 
@@ -2037,7 +2057,7 @@ mod tests {
 
     #[test]
     fn the_schedule_is_an_eventbridge_scheduler_schedule_with_retries_and_a_dead_letter_queue() {
-        let template = sam_template(&sample_steps(), None);
+        let template = sam_template(&registry(), None);
         let schedule = &template["Resources"]["Schedule"];
         assert_eq!(schedule["Type"], "AWS::Scheduler::Schedule");
         assert_eq!(schedule["Condition"], "ScheduleEnabled");
@@ -2062,8 +2082,40 @@ mod tests {
             role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"],
             "scheduler.amazonaws.com"
         );
+        // The schedule may only invoke ScheduledStart, which adds the operator's secrets
+        // and alone may start the state machine.
         let actions = policy_actions(&role["Policies"][0]["PolicyDocument"]);
-        assert_eq!(actions, vec!["sqs:SendMessage", "states:StartExecution"]);
+        assert_eq!(actions, vec!["lambda:InvokeFunction", "sqs:SendMessage"]);
+        let start = json!({ "Ref": "ScheduledStartFunction.Alias" });
+        assert_eq!(p["Target"]["Arn"], start);
+        assert_eq!(
+            role["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"],
+            start
+        );
+        let function = &template["Resources"]["ScheduledStartFunction"]["Properties"];
+        let env = &function["Environment"]["Variables"];
+        assert_eq!(
+            env["AMIFLOW_SCHEDULE_SECRET_VARS"],
+            json!({ "Ref": "ScheduleSecretVars" })
+        );
+        assert_eq!(
+            env["AMIFLOW_STATE_MACHINE_ARN"],
+            json!({ "Ref": "StateMachine" })
+        );
+        let reads = &template["Resources"]["ScheduledStartRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"];
+        let secret_read = reads
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["Action"].to_string().contains("ssm:GetParameter"))
+            .expect("ScheduledStart reads the operator's secrets");
+        assert!(
+            secret_read["Resource"]
+                .to_string()
+                .contains("parameter/amiflow-schedule/*"),
+            "{secret_read}"
+        );
         assert_eq!(
             template["Resources"]["ScheduleDeadLetterQueue"]["Condition"],
             "ScheduleEnabled"

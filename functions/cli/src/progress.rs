@@ -103,7 +103,8 @@ impl Progress {
                     return;
                 };
                 let step = step_of(name).to_string();
-                if step == "BuilderType" {
+                // An await state does nothing locally (steps/await_event.rs).
+                if step == "BuilderType" || amiflow::flows::is_await_state(name) {
                     return;
                 }
                 let build = self.name(index).to_string();

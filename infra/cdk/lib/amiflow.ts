@@ -73,6 +73,11 @@ export interface AmiflowSchedule {
   /** s3://bucket/key of the Packer template to build. */
   readonly templateS3: string;
   readonly vars?: Record<string, string>;
+  /**
+   * Sensitive variables: name -> SecureString parameter under `/amiflow-schedule/`, copied
+   * into each run's own path by the ScheduledStart function (never into its input).
+   */
+  readonly secretVars?: Record<string, string>;
 }
 
 export interface AmiflowProps {
@@ -119,6 +124,8 @@ export interface AmiflowProps {
 }
 
 const JANITOR = 'Janitor';
+/** The schedule's target (functions/amiflow/src/steps/scheduled_start.rs). */
+const SCHEDULED_START = 'ScheduledStart';
 
 /** What Lambda logs when an invocation fails outside the handler (as infra.rs's metric filter). */
 export const LAMBDA_FAILURE_PATTERN = '?"Task timed out" ?"Runtime.ExitError" ?"Runtime.OutOfMemory" ?"Runtime.Unknown"';
@@ -410,7 +417,11 @@ export class Amiflow extends Construct {
       const role = new iam.Role(this, 'ScheduleRole', {
         assumedBy: new iam.ServicePrincipal('scheduler.amazonaws.com', { conditions: { StringEquals: { 'aws:SourceAccount': stack.account } } }),
       });
-      this.stateMachine.grantStartExecution(role);
+      const start = this.aliases[SCHEDULED_START];
+      if (!start) throw new Error(`schedule: the steps manifest has no ${SCHEDULED_START} function, the schedule's target (regenerate infra/steps.json)`);
+      this.functions[SCHEDULED_START].addEnvironment('AMIFLOW_STATE_MACHINE_ARN', this.stateMachine.stateMachineArn);
+      this.functions[SCHEDULED_START].addEnvironment('AMIFLOW_SCHEDULE_SECRET_VARS', JSON.stringify(props.schedule.secretVars ?? {}));
+      start.grantInvoke(role);
       deadLetters.grantSendMessages(role);
       new scheduler.CfnSchedule(this, 'Schedule', {
         description: 'Starts an amiflow build on a schedule',
@@ -419,7 +430,7 @@ export class Amiflow extends Construct {
         flexibleTimeWindow: { mode: 'OFF' },
         state: 'ENABLED',
         target: {
-          arn: this.stateMachine.stateMachineArn,
+          arn: start.functionArn,
           roleArn: role.roleArn,
           input: JSON.stringify({ template_s3: props.schedule.templateS3, vars: props.schedule.vars ?? {} }),
           retryPolicy: { maximumRetryAttempts: 10, maximumEventAgeInSeconds: 3600 },

@@ -43,6 +43,9 @@ const sample: StepsManifest = {
       { Sid: 'StepActions', Effect: 'Allow', Action: ['ec2:DescribeInstances'], Resource: '*' },
       { Sid: 'BuildTagged', Effect: 'Allow', Action: ['ec2:TerminateInstances'], Resource: '*', Condition: { StringLike: { 'aws:ResourceTag/amiflow:build': '*' } } },
     ], timeout_seconds: 900, memory_mb: 256, state_machine_task: false, substitution: 'JanitorFunctionArn' },
+    { name: 'ScheduledStart', logical_id: 'ScheduledStart', iam_actions: ['states:StartExecution'], statements: [
+      { Sid: 'StepActions', Effect: 'Allow', Action: ['states:StartExecution'], Resource: '*' },
+    ], timeout_seconds: 60, memory_mb: 256, state_machine_task: false, substitution: 'ScheduledStartFunctionArn' },
   ],
 };
 
@@ -187,13 +190,25 @@ test('chroot host SSM document, janitor rule and optional schedule', () => {
     },
   });
   const scheduled = synth(sample, {
-    schedule: { expression: 'cron(0 3 * * ? *)', timezone: 'Europe/Paris', templateS3: 's3://b/t.json', vars: { version: '1' } },
+    schedule: {
+      expression: 'cron(0 3 * * ? *)', timezone: 'Europe/Paris', templateS3: 's3://b/t.json', vars: { version: '1' },
+      secretVars: { db_password: '/amiflow-schedule/db_password' },
+    },
   });
   scheduled.resourceCountIs('AWS::Events::Rule', 2);
+  // The schedule invokes ScheduledStart, which copies the secrets and starts the state machine.
+  scheduled.hasResourceProperties('AWS::Lambda::Function', {
+    Handler: 'ScheduledStart',
+    Environment: { Variables: Match.objectLike({
+      AMIFLOW_SCHEDULE_SECRET_VARS: JSON.stringify({ db_password: '/amiflow-schedule/db_password' }),
+      AMIFLOW_STATE_MACHINE_ARN: { Ref: Match.stringLikeRegexp('StateMachine') },
+    }) },
+  });
   scheduled.hasResourceProperties('AWS::Scheduler::Schedule', {
     ScheduleExpression: 'cron(0 3 * * ? *)',
     ScheduleExpressionTimezone: 'Europe/Paris',
     Target: Match.objectLike({
+      Arn: { Ref: Match.stringLikeRegexp('ScheduledStartAlias') },
       Input: JSON.stringify({ template_s3: 's3://b/t.json', vars: { version: '1' } }),
       RetryPolicy: Match.objectLike({ MaximumRetryAttempts: 10 }),
       DeadLetterConfig: { Arn: { 'Fn::GetAtt': [Match.stringLikeRegexp('ScheduleDeadLetterQueue'), 'Arn'] } },

@@ -204,8 +204,12 @@ pub enum Reach {
     NotifyTopics,
     /// The account's default event bus, in any region.
     DefaultEventBus,
-    /// The stack's own state machine (named after the stack): answering its task tokens.
+    /// The stack's own state machine (named after the stack): answering its task tokens,
+    /// starting scheduled builds.
     StackStateMachine,
+    /// The operator's values of scheduled builds' sensitive variables: parameters under
+    /// `/amiflow-schedule/` in the stack's region (`steps/scheduled_start.rs`).
+    ScheduleSecrets,
 }
 
 /// Tag the operator puts on the amazon-chroot build hosts a stack may use, valued with the

@@ -69,6 +69,7 @@ pub mod notify;
 pub mod plan_tests;
 pub mod publish;
 pub mod retain;
+pub mod scheduled_start;
 pub mod withdraw;
 
 /// The boxed form every handler is called through.
