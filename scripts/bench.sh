@@ -15,6 +15,11 @@
 # - Cold start (exec -> first response from a local Runtime API) and peak RSS of each
 #   bootstrap: tests/e2e/lambda_runtime.rs `finalize_answers_an_invoke_and_names_its_errors`,
 #   which prints both, with AMIFLOW_BIN_DIR pointing at the debug or the release binary.
+# - Deployed: state transitions (Step Functions' billing unit), Lambda invocations and AWS
+#   calls per build in the simulated account (tests/e2e/simacct.rs, which prints them), and
+#   how soon after EC2's event an awaiting build moves on. aws-local-stepfunctions retries
+#   at once there, so a wait that is polled (the copies in another region, or every wait
+#   when the events are lost: `ebs-no-events`) counts many more polls than AWS would.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$AMIFLOW_ROOT"
@@ -46,9 +51,15 @@ else
     rows+=("bootstrap release|not built (cargo build --release -p amiflow-lambda --bin bootstrap)|-")
 fi
 
+echo "==> deployed, in the simulated account (tests/e2e/simacct.rs)"
+cargo test -p amiflow-tests --test e2e -q -- simacct --nocapture >"$out/simacct.txt" 2>&1 || echo "(the simulated account's test failed: $out/simacct.txt)"
+
 echo
 echo "==> summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
 sed -n '/^case /,/^$/p' "$out/compare.txt"
 printf '%-30s %-40s %s\n' "binary" "size" "cold start / peak RSS"
 for r in "${rows[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-30s %-40s %s\n' "$a" "$b" "$c"; done
+echo "deployed builds (simulated account; wall time is ALS with Wait/Retry at 0 s, not AWS's):"
+sed -n 's/^simacct: \(simacct-[a-z-]*\|scheduled-[0-9a-f-]*\) /  \1 /p' "$out/simacct.txt"
+grep -E '^simacct:   amazon-ebs\.Await' "$out/simacct.txt" | sed 's/^simacct: //' || true
 echo "details (per-action counts and why they differ: $out/compare.txt; recordings, logs: $out/compare)"

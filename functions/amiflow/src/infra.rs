@@ -2012,7 +2012,7 @@ mod tests {
 
     #[test]
     fn alarms_notify_the_topic_which_an_email_may_follow() {
-        let template = sam_template(&sample_steps(), None);
+        let template = sam_template(&registry(), None);
         let resources = template["Resources"].as_object().unwrap();
         let alarms: BTreeMap<&str, &Value> = resources
             .iter()
