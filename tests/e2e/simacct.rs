@@ -1092,6 +1092,131 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 
+    // 3c. Approval, deployed: the run waits in its Approve callback state; `amiflow approve`,
+    //     run by an approver's role (the token parameter and the two answers, nothing else,
+    //     as README.md's "approval" says), lets it publish; `amiflow reject` withdraws its
+    //     images and fails the run, naming the reason.
+    let approver = &account.ready["approver"];
+    let front = account.ready["aws_endpoint"].as_str().unwrap().to_string();
+    let machine = account.ready["state_machine"]["arn"].as_str().unwrap();
+    for (name, approve) in [("simacct-approved", true), ("simacct-rejected", false)] {
+        let pipeline = json!({
+            "name": "simacct-gated", "rebuild": "always",
+            "approval": {"timeout": "10m"},
+            "publish": {"ssm_parameter": "/images/simacct/gated"}
+        });
+        let input =
+            json!({"template": single_region_ebs_template(), "vars": {}, "pipeline": pipeline});
+        let arn = format!(
+            "{}:{name}",
+            machine.replace(":stateMachine:", ":execution:")
+        );
+        let token = format!("/amiflow/{name}/approval/token");
+        let answer = async {
+            let waited = Instant::now();
+            while admin
+                .ssm(REGION)
+                .get_parameter()
+                .name(&token)
+                .send()
+                .await
+                .is_err()
+            {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(120),
+                    "{name} never waited for approval"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut cli = tokio::process::Command::new(workspace_binary("amiflow"));
+            cli.arg(if approve { "approve" } else { "reject" })
+                .arg(&arn)
+                .args(["--by", "simacct-approver"]);
+            if !approve {
+                cli.args(["--reason", "not this week"]);
+            }
+            cli.env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("AWS_ENDPOINT_URL", &front)
+                .env(
+                    "AWS_ACCESS_KEY_ID",
+                    approver["AccessKeyId"].as_str().unwrap(),
+                )
+                .env(
+                    "AWS_SECRET_ACCESS_KEY",
+                    approver["SecretAccessKey"].as_str().unwrap(),
+                )
+                .env(
+                    "AWS_SESSION_TOKEN",
+                    approver["SessionToken"].as_str().unwrap(),
+                )
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .output()
+                .await
+                .expect("run amiflow approve")
+        };
+        let (run, cli) = tokio::join!(account.execute(&als, name, input), answer);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&cli.stdout),
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        assert!(cli.status.success(), "amiflow {name}: {said}");
+        let answered: Vec<&Value> = run.record["callbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["state"] == "Approve")
+            .collect();
+        assert_eq!(answered.len(), 1, "{:#}", run.record["callbacks"]);
+        let tokens_left = admin.ssm(REGION).get_parameter().name(&token).send().await;
+        assert!(tokens_left.is_err(), "{name}: the approval token stayed");
+        if approve {
+            assert_eq!(answered[0]["answered"], "success");
+            assert_clean_success(&account, &run, |l| l.contains("/images/simacct/gated")).await;
+            let output = &run.record["output"];
+            let approved = run.record["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["state"] == "Approve" && h["event"] == "exited")
+                .map(|h| h["data"]["approval"]["approved_by"].clone());
+            assert_eq!(
+                approved,
+                Some(json!("simacct-approver")),
+                "who approved is recorded"
+            );
+            let published = admin
+                .ssm(REGION)
+                .get_parameter()
+                .name("/images/simacct/gated")
+                .send()
+                .await
+                .expect("published after approval");
+            assert_eq!(
+                published.parameter().and_then(|p| p.value()),
+                output["builds"][0]["amis"][REGION].as_str()
+            );
+        } else {
+            assert_eq!(answered[0]["answered"], "failure");
+            let error = &run.record["error"];
+            assert!(
+                error.to_string().contains("not this week"),
+                "the rejection's reason fails the run: {:#}",
+                run.record
+            );
+            assert!(
+                run.added
+                    .iter()
+                    .all(|l| !l.contains("ami-") && !l.contains("snap-")),
+                "a rejected run leaves its images: {:?}",
+                run.added
+            );
+        }
+        eprintln!("simacct: {}", run.report());
+        runs.push(run.report());
+    }
+
     // 4. amazon-instance over SSH to the throwaway sshd; the bundle goes to S3.
     if let Some(f) = instance_fixture() {
         let front = account.ready["aws_endpoint"].as_str().unwrap();

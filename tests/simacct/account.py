@@ -145,6 +145,23 @@ class Account:
         }
         return {k: creds[k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")}
 
+    def approver(self, state_machine_arn: str) -> dict[str, str]:
+        """The approvers' role, as README.md's "approval" tells the operator to make it: read
+        and remove the approval tokens, answer the state machine's tasks; nothing else."""
+        iam = self.client("iam")
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{cfn.ACCOUNT_ID}:root"}, "Action": "sts:AssumeRole"}]}
+        role = iam.create_role(RoleName="amiflow-approver", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(RoleName="amiflow-approver", PolicyName="approve", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:DeleteParameter"],
+                 "Resource": f"arn:aws:ssm:*:{cfn.ACCOUNT_ID}:parameter/amiflow/*/approval/token"},
+                {"Effect": "Allow", "Action": ["states:SendTaskSuccess", "states:SendTaskFailure"], "Resource": state_machine_arn},
+            ],
+        }))
+        return self.assume(role["Arn"], "approver", "approver", "amiflow-approver")
+
     def role_documents(self, role_name: str) -> list[dict[str, Any]]:
         iam = self.client("iam")
         names = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
@@ -461,6 +478,7 @@ def main() -> int:
         sm_props = stack.resolve(stack.declared(sm_logical)["Properties"])
         sm_role_arn = sm_props["RoleArn"]
         sm_creds = account.assume(sm_role_arn, "states", "StepFunctions", sm_role_arn.rsplit("/", 1)[-1])
+        approver_creds = account.approver(stack.physical_id(sm_logical))
         definition = cfn.substitute(stack.stored_definition(), stack.definition_substitutions())
         definition_path = os.path.join(account.work_dir, "definition.asl.json")
         with open(definition_path, "w", encoding="utf-8") as f:
@@ -540,6 +558,7 @@ def main() -> int:
                 "credentials": sm_creds,
             },
             "schedule": schedule,
+            "approver": approver_creds,
         }
         phase("ready")
         print(json.dumps(ready), flush=True)
