@@ -895,4 +895,29 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
             report.removed
         );
     }
+    // Without `publish`: Publish's mark says the gates passed; the image that lacks it goes.
+    let ungated_publish = json!({"name": "web", "approval": {"timeout": "1h"}});
+    let passed = delivered_image(&ec2, "pipe-3", "pipe-3-passed").await;
+    let waiting = delivered_image(&ec2, "pipe-3", "pipe-3-waiting").await;
+    let amis = std::collections::BTreeMap::from([(REGION.to_string(), passed.clone())]);
+    amiflow::resources::image::mark_gates_passed(&ctx, &amis)
+        .await
+        .unwrap();
+    sweep(
+        &ctx,
+        aborted_event(
+            "pipe-3",
+            json!({"template": template, "vars": {}, "pipeline": ungated_publish}),
+        ),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the janitor sweeps");
+    let images = image_ids(&ec2).await;
+    assert!(
+        images.contains(&passed),
+        "the image past its gates was removed"
+    );
+    assert!(!images.contains(&waiting), "the image still gated is left");
 }

@@ -900,6 +900,16 @@ async fn a_test_stage_gates_publishing_and_a_failing_test_leaves_nothing() {
         passed.stderr
     );
     assert_eq!(parameter(&moto, REGION).await.as_ref(), Some(&made[0]));
+    for region in [REGION, COPY_REGION] {
+        let marked = images(&moto, region).await.into_iter().any(|(_, tags, _)| {
+            tags.iter()
+                .any(|(k, _)| k == amiflow::resources::image::GATES_PASSED_TAG)
+        });
+        assert!(
+            marked,
+            "{region}: Publish marks the tested image past its gates"
+        );
+    }
     let (instances, groups, keys) = test_stage_resources(&moto, REGION).await;
     assert_eq!(instances, ["terminated"], "one test instance, terminated");
     assert_eq!(
@@ -997,9 +1007,23 @@ async fn each_mutating_call_of_the_test_stage_fails_in_turn() {
         .find(|c| c.action == "PutParameter")
         .map(|c| c.nth)
         .unwrap();
+    // Publish begins by marking the tested images past their gates (its failures are
+    // each_mutating_call_of_publish_and_retain_fails_in_turn's): the test stage ends there.
+    let test_cleanup = log
+        .iter()
+        .filter(|c| c.action == "TerminateInstances" && c.nth < published)
+        .map(|c| c.nth)
+        .max()
+        .unwrap();
+    let marked = log
+        .iter()
+        .filter(|c| c.action == "CreateTags" && c.nth > test_cleanup && c.nth < published)
+        .map(|c| c.nth)
+        .min()
+        .unwrap();
     let points: Vec<(usize, String)> = log
         .iter()
-        .filter(|c| c.nth >= launches[1] && c.nth < published)
+        .filter(|c| c.nth >= launches[1] && c.nth < marked)
         .map(|c| (c.nth, c.action.clone()))
         .collect();
     assert!(

@@ -276,6 +276,11 @@ impl Retain {
 
 impl Pipeline {
     /// Parses and checks a pipeline file's text.
+    /// Whether its images are delivered only once a `test` or an `approval` passes.
+    pub fn is_gated(&self) -> bool {
+        self.test.is_some() || self.approval.is_some()
+    }
+
     pub fn parse(text: &str) -> Result<Pipeline, Problems> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             Problems(vec![Problem::new(format!(

@@ -12,6 +12,11 @@ use crate::{Ctx, StepError};
 
 pub const NOT_FOUND: &str = "InvalidAMIID.NotFound";
 
+/// On the images of a gated pipeline run (`test`, `approval`) that passed its gates: Publish
+/// puts it on before anything else, and the janitor withdraws no image carrying it (a run
+/// stopped after its gates but before it ended keeps its images, published or not).
+pub const GATES_PASSED_TAG: &str = "amiflow:gates-passed";
+
 /// What finding and removing images (with their snapshots) needs.
 /// Deregistering or changing an image: only the builds' own.
 pub const REACH: &[(&str, Reach)] = &[
@@ -134,10 +139,32 @@ pub async fn destroy(ctx: &Ctx, region: &str, id: &str) -> Result<Vec<String>, S
     Ok(snaps)
 }
 
+/// Marks the run's images as having passed its gates ([`GATES_PASSED_TAG`]), by region.
+pub async fn mark_gates_passed(
+    ctx: &Ctx,
+    images: &std::collections::BTreeMap<String, String>,
+) -> Result<(), StepError> {
+    for (region, id) in images {
+        ctx.ec2(region)
+            .create_tags()
+            .resources(id)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(GATES_PASSED_TAG)
+                    .value("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("CreateTags", &format!("{id} ({region})"), e))?;
+    }
+    Ok(())
+}
+
 /// Removes the images a run delivered (marked [`ARTIFACT_TAG`], tagged with `execution`) in
-/// `regions`, with their snapshots, but those in `keep`: the janitor's answer to a pipeline
-/// run stopped before it published, whose images nobody approved or tested. Returns what it
-/// removed.
+/// `regions`, with their snapshots, but those in `keep` and those marked
+/// [`GATES_PASSED_TAG`]: the janitor's answer to a pipeline run stopped before its gates
+/// passed, whose images nobody approved or tested. Returns what it removed.
 pub async fn withdraw_execution(
     ctx: &Ctx,
     execution: &str,
@@ -158,6 +185,7 @@ pub async fn withdraw_execution(
         for id in delivered
             .images()
             .iter()
+            .filter(|i| tag(i, GATES_PASSED_TAG).is_none())
             .filter_map(|i| i.image_id())
             .filter(|id| !keep.contains(*id))
         {

@@ -12,8 +12,9 @@
 //!
 //! A pipeline run stopped while it waited for approval (its approval token is still there)
 //! loses its images too: they were made, never approved, and never published. So does any
-//! pipeline run with a `test` or `approval` stage stopped (aborted, timed out) before it
-//! published: what its `publish.ssm_parameter` names stays.
+//! pipeline run with a `test` or `approval` stage stopped (aborted, timed out) before its
+//! gates passed: what Publish marked past its gates (`resources/image.rs`,
+//! `GATES_PASSED_TAG`) and what its `publish.ssm_parameter` names stay.
 //!
 //! The janitor's daily rule sends [`RedriveWindowEvent`] instead: builds kept for redrive
 //! whose redrive window (14 days after they stopped) has closed are swept then.
@@ -279,7 +280,8 @@ async fn sweep_until_done(
     } else if let Some(pipeline) =
         gated_pipeline(&detail.status, input_pipeline(ctx, input).await.as_ref())
     {
-        // Stopped with its test or approval maybe not passed: what it did not publish goes.
+        // Stopped with its test or approval maybe not passed: what it did not publish, and
+        // Publish did not mark as past its gates, goes.
         let keep = published(ctx, &pipeline, regions).await;
         for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &keep).await? {
             report
@@ -429,7 +431,7 @@ pub fn gated_pipeline(status: &str, pipeline: Option<&Value>) -> Option<Pipeline
         return None;
     }
     let pipeline = Pipeline::from_value(pipeline?).ok()?;
-    (pipeline.test.is_some() || pipeline.approval.is_some()).then_some(pipeline)
+    pipeline.is_gated().then_some(pipeline)
 }
 
 /// The pipeline an execution ran with: its input's `pipeline`, or the file `pipeline_s3`

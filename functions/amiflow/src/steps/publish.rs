@@ -4,17 +4,22 @@
 //! alone: a run that changes nothing writes nothing, and a run after one whose Publish
 //! failed writes what that one could not.
 //!
-//! Input and output: Finalize's output. Without a pipeline or without `publish` it is
-//! passed on unchanged and no AWS call is made.
+//! A gated run's images (its `test` passed, its `approval` given: Publish comes after both)
+//! are first marked `amiflow:gates-passed` (`resources/image.rs`), so that the janitor keeps them if the run is
+//! stopped from here on, published or not.
+//!
+//! Input and output: Finalize's output. Without a pipeline, or ungated and without
+//! `publish`, it is passed on unchanged and no AWS call is made.
 
 use crate::pipeline::RunStatus;
 use crate::prelude::*;
+use crate::resources::image::mark_gates_passed;
 use crate::resources::Reach;
 use crate::steps::finalize::FinalizeOutput;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Publish",
-    iam_actions: &["ssm:GetParameter", "ssm:PutParameter"],
+    iam_actions: &["ssm:GetParameter", "ssm:PutParameter", "ec2:CreateTags"],
     // Only under the stack's PublishParameterPrefix: a pipeline file must not overwrite
     // any other parameter of the account (amiflow's own temporary keys included).
     reach: &[
@@ -51,6 +56,9 @@ pub async fn run(ctx: &Ctx, mut output: FinalizeOutput) -> Result<FinalizeOutput
             )));
         };
         run.current = build.amis.clone();
+        if run.pipeline.is_gated() {
+            mark_gates_passed(ctx, &run.current).await?;
+        }
     }
     let Some(publish) = run.pipeline.publish.clone() else {
         return Ok(output);
