@@ -1022,11 +1022,33 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         "retain": {"keep_latest": 1},
         "notify": {"eventbridge": true}
     });
+    // A sensitive variable reaches the test instance too (its launch settings are the
+    // template's), as `amiflow start` passes it: by parameter.
+    let canary = format!("pipeline-canary-{}", std::process::id());
+    let canary_parameter = "/amiflow/simacct-pipeline/vars/canary";
+    admin
+        .ssm(REGION)
+        .put_parameter()
+        .name(canary_parameter)
+        .value(&canary)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let mut template = ebs_template();
+    template["variables"]["canary"] = json!("");
+    template["sensitive-variables"] = json!(["canary"]);
+    template["builders"][0]["run_tags"] = json!({"Canary": "{{user `canary`}}"});
+    // Not onto the image too (Packer's default): the test stage reads its image's tags
+    // back into its state (SourceAMITags), where a value the template itself wrote onto
+    // an image is no longer the execution's secret.
+    template["builders"][0]["skip_ami_run_tags"] = json!(true);
     let run = account
         .execute(
             &als,
             "simacct-pipeline",
-            json!({"template": ebs_template(), "vars": {}, "pipeline": pipeline}),
+            json!({"template": template, "vars": {}, "pipeline": pipeline,
+                   "sensitive_vars": {"canary": canary_parameter}}),
         )
         .await;
     if run.succeeded().is_err() {
@@ -1042,7 +1064,23 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             run.record["retries"]
         );
     }
-    assert_clean_success(&account, &run, |l| l.contains("/images/simacct/latest")).await;
+    assert_clean_success(&account, &run, |l| {
+        l.contains("/images/simacct/latest") || l.ends_with(canary_parameter)
+    })
+    .await;
+    assert!(
+        run.removed.iter().any(|l| l.ends_with(canary_parameter)),
+        "Notify removes the sensitive variable the test kept: {:?}",
+        run.removed
+    );
+    let recorded = run.record.to_string();
+    if let Some(at) = recorded.find(&canary) {
+        let from = recorded.floor_char_boundary(at.saturating_sub(300));
+        panic!(
+            "the sensitive value is in the execution's history or output: …{}…",
+            &recorded[from..recorded.ceil_char_boundary(at + 100)]
+        );
+    }
     let output = &run.record["output"];
     let tested = &output["pipeline"]["tested"];
     assert_eq!(tested["region"], REGION, "the test stage ran: {output:#}");
@@ -1080,6 +1118,16 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .filter_map(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()))
         .collect();
     assert_eq!(states, ["terminated"], "one test instance, terminated");
+    let revealed = test_instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .any(|t| t.key() == Some("Canary") && t.value() == Some(canary.as_str()));
+    assert!(
+        revealed,
+        "the test instance's run tag has the sensitive value"
+    );
     let events = run.stats["events"].as_array().cloned().unwrap_or_default();
     assert_eq!(events.len(), 1, "one pipeline event: {events:?}");
     assert_eq!(events[0]["DetailType"], "amiflow Pipeline State Change");

@@ -1305,10 +1305,10 @@ pub fn deployed_definition(definition: &str) -> Result<String, String> {
 pub fn generated_files(repo_root: &Path, steps: &[StepSpec]) -> Vec<(PathBuf, String)> {
     let script = std::fs::read_to_string(repo_root.join(CHROOT_HOST_SCRIPT)).ok();
     let render = |v: Value| serde_json::to_string_pretty(&v).expect("JSON renders") + "\n";
-    let definition = std::fs::read_to_string(repo_root.join(DEFINITION))
-        .map_err(|e| format!("cannot read {DEFINITION}: {e}"))
-        .and_then(|text| deployed_definition(&text))
-        // The sync test then reports the file as out of date, with the reason as content.
+    // From flows.rs itself, not from the committed copy (which flows.rs's own test may be
+    // rewriting at this moment); that copy is checked against flows.rs there.
+    let definition = deployed_definition(&crate::flows::render())
+        // The sync test refuses to write it (and reports it out of date) with the reason.
         .unwrap_or_else(|why| why);
     vec![
         (
@@ -2261,8 +2261,7 @@ mod tests {
         let root = repo_root();
         let update = std::env::var("AMIFLOW_UPDATE_INFRA").is_ok_and(|v| v == "1");
         // A definition that cannot be deployed is an error to fix, never content to write.
-        let definition = std::fs::read_to_string(root.join(DEFINITION)).unwrap();
-        if let Err(why) = deployed_definition(&definition) {
+        if let Err(why) = deployed_definition(&crate::flows::render()) {
             panic!("{why}");
         }
         let mut stale = Vec::new();

@@ -55,6 +55,11 @@ pub struct PipelineRun {
     /// the template; PlanTests gives it the new image as its source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_build: Option<PreparedBuild>,
+    /// A deployed run with a test stage: its sensitive variables (name → parameter, never a
+    /// value), which the test build reveals as the builds do. Finalize leaves them to Notify,
+    /// the last state of every pipeline run, which removes them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_vars: BTreeMap<String, String>,
     /// What the test stage did, once JudgeTests has seen it pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tested: Option<Tested>,
@@ -204,6 +209,7 @@ pub fn begin(
         approval_seconds,
         withdrawn: BTreeMap::new(),
         test_build,
+        sensitive_vars: BTreeMap::new(),
         tested: None,
     })
 }

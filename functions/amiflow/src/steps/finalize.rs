@@ -82,8 +82,16 @@ pub async fn finalize(ctx: &Ctx, input: FinalizeInput) -> Result<FinalizeOutput,
         FinalizeInput::Builds(b) => (b, None),
         FinalizeInput::Wrapped { builds, pipeline } => (builds, pipeline.map(|p| *p)),
     };
-    // Every build is done (a build kept for redrive fails the execution before this state).
-    if let Some(b) = builds.iter().find(|b| !b.sensitive_vars.is_empty()) {
+    // Every build is done (a build kept for redrive fails the execution before this state);
+    // a test stage may still need them, and then Notify removes them.
+    let tested = pipeline
+        .as_ref()
+        .is_some_and(|p| !p.sensitive_vars.is_empty());
+    if let Some(b) = builds
+        .iter()
+        .find(|b| !b.sensitive_vars.is_empty())
+        .filter(|_| !tested)
+    {
         // Best effort: the builds' outcome stands either way.
         if let Err(e) = crate::resources::sensitive_var::remove_all(ctx, &b.execution).await {
             tracing::warn!(

@@ -10,7 +10,8 @@
 //! "started": TIME}`; a failed Publish or Retain arrives with its error as
 //! `output.pipeline_error`. Output: Finalize's shape, with `cause` set when the run failed,
 //! which the next Choice turns into the execution's failure. Without `notify` no AWS call
-//! is made.
+//! is made, but for removing the sensitive variables a test stage kept
+//! (`pipeline.sensitive_vars`, which Finalize left for the test).
 
 use amiflow_template::pipeline::Notify;
 use chrono::{DateTime, Utc};
@@ -24,7 +25,12 @@ use crate::steps::finalize::FinalizeOutput;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "Notify",
-    iam_actions: &["sns:Publish", "events:PutEvents"],
+    iam_actions: &[
+        "sns:Publish",
+        "events:PutEvents",
+        "ssm:GetParametersByPath",
+        "ssm:DeleteParameter",
+    ],
     // Only the topics a stack's pipelines may name (`amiflow-*`) and the default bus: a
     // pipeline file must not post to any other topic of the account.
     reach: &[
@@ -117,6 +123,22 @@ pub fn message(input: &NotifyInput, now: DateTime<Utc>) -> Value {
 }
 
 pub async fn run(ctx: &Ctx, input: NotifyInput) -> Result<FinalizeOutput, StepError> {
+    let kept = input
+        .output
+        .output
+        .pipeline
+        .as_ref()
+        .is_some_and(|r| !r.sensitive_vars.is_empty());
+    if kept {
+        // Best effort, as in Finalize: the run's outcome stands; the janitor sweeps the rest.
+        let execution = crate::state::build_id(&input.execution);
+        if let Err(e) = crate::resources::sensitive_var::remove_all(ctx, &execution).await {
+            tracing::warn!(
+                "the sensitive variables under /amiflow/{execution}/vars/ were not removed: {}",
+                e.message()
+            );
+        }
+    }
     let notify: Option<Notify> = input
         .output
         .output

@@ -68,12 +68,16 @@ pub async fn run(_ctx: &Ctx, input: PlanTestsInput) -> Result<TestingOutput, Ste
         config.run.source_ami = Some(image);
     }
     // A test always cleans up: its instance is of no use once the images are withdrawn.
-    let test = BuildState::new(
+    let mut test = BuildState::new(
         build_id(&input.execution),
         input.state_machine.unwrap_or_default(),
         build,
         OnError::Cleanup,
     );
+    // Its communicator and launch settings are the template's: sensitive ones too.
+    if let Some(run) = output.pipeline.as_ref() {
+        test.sensitive_vars = run.sensitive_vars.clone();
+    }
     Ok(TestingOutput {
         output,
         tests: vec![test],

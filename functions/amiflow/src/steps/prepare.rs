@@ -165,6 +165,9 @@ pub async fn prepare(ctx: &Ctx, mut input: PrepareInput) -> Result<PrepareOutput
     for b in &mut out.builds {
         b.sensitive_vars = references.clone();
     }
+    if let Some(run) = out.pipeline.as_mut().filter(|r| r.test_build.is_some()) {
+        run.sensitive_vars = references.clone();
+    }
     let default_region = ctx.sdk.region().map(|r| r.to_string());
     for b in &mut out.builds {
         resolve_region(b, default_region.as_deref())?;
