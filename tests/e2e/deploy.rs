@@ -212,6 +212,22 @@ async fn image_ids(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
         .collect()
 }
 
+/// The janitor's sweep after `execution` was aborted with `input`.
+async fn sweep_aborted(
+    ctx: &amiflow::Ctx,
+    execution: &str,
+    input: serde_json::Value,
+) -> amiflow::steps::janitor::JanitorReport {
+    sweep(
+        ctx,
+        aborted_event(execution, input),
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the janitor sweeps")
+}
+
 fn aborted_event(name: &str, input: serde_json::Value) -> StatusChangeEvent {
     serde_json::from_value(json!({
         "version": "0", "id": "1", "detail-type": "Step Functions Execution Status Change", "source": "aws.states",
@@ -870,14 +886,7 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
             .send()
             .await
             .unwrap();
-        let report = sweep(
-            &ctx,
-            aborted_event(execution, input),
-            Duration::from_millis(100),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("the janitor sweeps");
+        let report = sweep_aborted(&ctx, execution, input).await;
         let images = image_ids(&ec2).await;
         assert!(
             images.contains(&published),
@@ -903,17 +912,12 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
     amiflow::resources::image::mark_gates_passed(&ctx, &amis)
         .await
         .unwrap();
-    sweep(
+    sweep_aborted(
         &ctx,
-        aborted_event(
-            "pipe-3",
-            json!({"template": template, "vars": {}, "pipeline": ungated_publish}),
-        ),
-        Duration::from_millis(100),
-        Duration::from_secs(60),
+        "pipe-3",
+        json!({"template": template, "vars": {}, "pipeline": ungated_publish}),
     )
-    .await
-    .expect("the janitor sweeps");
+    .await;
     let images = image_ids(&ec2).await;
     assert!(
         images.contains(&passed),

@@ -394,6 +394,20 @@ impl Run {
     }
 
     /// run.mjs's record of each attempt of the callback states awaiting EC2's events.
+    /// `<Await state> <how it was answered>` for each await of the run, in order.
+    fn await_outcomes(&self) -> Vec<String> {
+        self.awaits()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["state"].as_str().unwrap().rsplit('.').next().unwrap(),
+                    c["answered"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
     fn awaits(&self) -> Vec<&Value> {
         self.record["callbacks"]
             .as_array()
@@ -868,17 +882,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // Each wait was awaited: its callback state's token answered by DeliverEvent on EC2's
     // state-change event (its rule, its resource policy, its role's states:SendTaskSuccess),
     // so the polled step after it found the resource ready at once.
-    let awaited: Vec<String> = run
-        .awaits()
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c["state"].as_str().unwrap().rsplit('.').next().unwrap(),
-                c["answered"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let awaited = run.await_outcomes();
     assert_eq!(
         awaited,
         [
@@ -936,17 +940,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .await;
     account.ec2_events(json!({"emit": true, "delay_ms": 400}));
     assert_clean_success(&account, &run, |_| false).await;
-    let awaited: Vec<String> = run
-        .awaits()
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c["state"].as_str().unwrap().rsplit('.').next().unwrap(),
-                c["answered"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let awaited = run.await_outcomes();
     assert_eq!(
         awaited,
         [

@@ -213,6 +213,17 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
         }
         s
     };
+    // The SSM parameters `path` names (a glob after `parameter`) in `region` (`*`, or
+    // `${AWS::Region}` for the stack's own).
+    let parameters = |region: &str, path: &str| {
+        vec![statement(
+            "",
+            json!(format!(
+                "arn:${{AWS::Partition}}:ssm:{region}:${{AWS::AccountId}}:parameter{path}"
+            )),
+            None,
+        )]
+    };
     let build_tagged = json!({ "StringLike": { format!("aws:ResourceTag/{BUILD_TAG}"): "*" } });
     let ec2_arn =
         |kind: &str| format!("arn:${{AWS::Partition}}:ec2:*:${{AWS::AccountId}}:{kind}/*");
@@ -268,22 +279,10 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!("*"),
             Some(json!({ "Bool": { "kms:GrantIsForAWSResource": "true" } })),
         )],
-        Reach::AmiflowParameters => vec![statement(
-            "",
-            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*"),
-            None,
-        )],
-        Reach::PublishedParameters => vec![statement(
-            "",
-            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter${PublishParameterPrefix}*"),
-            None,
-        )],
+        Reach::AmiflowParameters => parameters("*", "/amiflow/*"),
+        Reach::PublishedParameters => parameters("*", "${PublishParameterPrefix}*"),
         Reach::StackBuckets => vec![statement("", stack_buckets, None)],
-        Reach::X509Parameters => vec![statement(
-            "",
-            json!(format!("arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{X509_PARAMETER_PATH}*")),
-            None,
-        )],
+        Reach::X509Parameters => parameters("*", &format!("{X509_PARAMETER_PATH}*")),
         Reach::X509Objects => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:s3:::${{ArtifactsBucket}}/{X509_OBJECT_PREFIX}*")),
@@ -317,11 +316,7 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{BUNDLE_UPLOAD_ROLE_PATH}*")),
             None,
         )],
-        Reach::SensitiveVars => vec![statement(
-            "",
-            json!("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*/vars/*"),
-            None,
-        )],
+        Reach::SensitiveVars => parameters("*", "/amiflow/*/vars/*"),
         Reach::NotifyTopics => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:sns:*:${{AWS::AccountId}}:{NOTIFY_TOPIC_PREFIX}*")),
@@ -332,14 +327,10 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}"),
             None,
         )],
-        Reach::ScheduleSecrets => vec![statement(
-            "",
-            json!(format!(
-                "arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter{}*",
-                crate::steps::scheduled_start::SCHEDULE_SECRETS_PATH
-            )),
-            None,
-        )],
+        Reach::ScheduleSecrets => parameters(
+            "${AWS::Region}",
+            &format!("{}*", crate::steps::scheduled_start::SCHEDULE_SECRETS_PATH),
+        ),
         Reach::DefaultEventBus => vec![statement(
             "",
             json!("arn:${AWS::Partition}:events:*:${AWS::AccountId}:event-bus/default"),
