@@ -1033,10 +1033,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     template["variables"]["canary"] = json!("");
     template["sensitive-variables"] = json!(["canary"]);
     template["builders"][0]["run_tags"] = json!({"Canary": "{{user `canary`}}"});
-    // Not onto the image too (Packer's default): the test stage reads its image's tags
-    // back into its state (SourceAMITags), where a value the template itself wrote onto
-    // an image is no longer the execution's secret.
-    template["builders"][0]["skip_ami_run_tags"] = json!(true);
+    // Onto the image too (Packer's default): the test stage reads its image's tags back
+    // (SourceAmiInfo, SourceAMITags), and the binary conceals the value in what it returns.
     let run = account
         .execute(
             &als,

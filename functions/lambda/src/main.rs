@@ -51,12 +51,14 @@ async fn main() -> ExitCode {
             // and dropped with this invocation's Ctx.
             let revealed = sensitive_var::for_invocation(&ctx, name, &event.payload).await;
             let result = match revealed {
-                Ok(secrets) => {
-                    if let Some(secrets) = secrets {
-                        ctx.secrets = secrets;
-                    }
-                    handler(Arc::new(ctx), event.payload).await
+                Ok(Some(secrets)) => {
+                    ctx.secrets = secrets.clone();
+                    // What the step read back from AWS goes on concealed again.
+                    handler(Arc::new(ctx), event.payload)
+                        .await
+                        .map(|out| secrets.conceal_value(out))
                 }
+                Ok(None) => handler(Arc::new(ctx), event.payload).await,
                 Err(e) => Err(e),
             };
             result.map_err(|e| {

@@ -41,6 +41,9 @@ impl From<TemplateSecrets> for Secrets {
     }
 }
 
+/// The shortest sensitive value [`Secrets::conceal_value`] looks for inside a longer string.
+pub const CONCEAL_WITHIN: usize = 8;
+
 impl Secrets {
     pub fn new() -> Secrets {
         Secrets::default()
@@ -71,6 +74,48 @@ impl Secrets {
             Ok(text) if !self.template.is_empty() => self.reveal(text).into_bytes(),
             _ => data.to_vec(),
         }
+    }
+
+    /// A step's output with the sensitive values it read back from AWS (a tag of the source
+    /// image, say) turned into their placeholders again, so that they enter no later state
+    /// or the execution's history, and a later step can still reveal them. A string equal
+    /// to a value is concealed whole; within a longer string only values of at least
+    /// [`CONCEAL_WITHIN`] characters are (a short value would match ids and names).
+    pub fn conceal_value(&self, value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => {
+                let whole = self
+                    .template
+                    .expose_pairs()
+                    .find(|(_, v)| *v == s)
+                    .map(|(name, _)| placeholder(name));
+                Value::String(whole.unwrap_or_else(|| {
+                    let long = TemplateSecrets::from_pairs(
+                        self.template
+                            .expose_pairs()
+                            .filter(|(_, v)| v.chars().count() >= CONCEAL_WITHIN)
+                            .map(|(n, v)| (n.to_string(), v.to_string())),
+                    );
+                    long.conceal(&s)
+                }))
+            }
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| self.conceal_value(v)).collect())
+            }
+            Value::Object(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, self.conceal_value(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// Whether there is any sensitive variable to reveal or conceal.
+    pub fn has_variables(&self) -> bool {
+        !self.template.is_empty()
     }
 
     /// The text with every secret value (and placeholder) replaced by `<sensitive>`.
@@ -156,6 +201,34 @@ pub fn render(text: &str, ctx: &RenderContext) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conceal_value_puts_placeholders_back_and_leaves_ids_alone() {
+        let secrets = Secrets::from_pairs([
+            ("canary".to_string(), "canary-0123456789".to_string()),
+            ("pin".to_string(), "42".to_string()),
+        ]);
+        let out = secrets.conceal_value(serde_json::json!({
+            "source_ami_tags": {"Canary": "canary-0123456789", "Pin": "42", "Note": "made with canary-0123456789 inside"},
+            "instance_id": "i-0424242",
+            "list": ["42", 42]
+        }));
+        assert_eq!(out["source_ami_tags"]["Canary"], "<sensitive:canary>");
+        assert_eq!(
+            out["source_ami_tags"]["Pin"], "<sensitive:pin>",
+            "a whole string is concealed"
+        );
+        assert_eq!(
+            out["source_ami_tags"]["Note"],
+            "made with <sensitive:canary> inside"
+        );
+        assert_eq!(
+            out["instance_id"], "i-0424242",
+            "a short value is not looked for inside ids"
+        );
+        assert_eq!(out["list"], serde_json::json!(["<sensitive:pin>", 42]));
+        assert_eq!(secrets.reveal("<sensitive:canary>"), "canary-0123456789");
+    }
 
     #[test]
     fn renders_dot_and_build() {

@@ -43,6 +43,9 @@ pub const REVEALING_STEPS: &[&str] = &[
     "SnapshotVolumes",
     "TagVolumes",
     "WaitImageAvailable",
+    // Reveals nothing, but reads the source image's tags back: the binary conceals in every
+    // revealing step's output the values it read (a value the template wrote on the image).
+    "SourceAmiInfo",
 ];
 
 /// Where `amiflow start` keeps the value of `name` for `execution` (normalized, see

@@ -5,8 +5,10 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SourceAmiInfo",
-    iam_actions: &["ec2:DescribeImages"],
-    reach: &[],
+    // The sensitive variables, to conceal them in the image tags it reads back
+    // (resources/sensitive_var.rs).
+    iam_actions: &["ec2:DescribeImages", "ssm:GetParameter"],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -76,7 +76,7 @@ impl Secrets {
     }
 
     /// Values → placeholders in a string.
-    pub(crate) fn conceal(&self, text: &str) -> String {
+    pub fn conceal(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (name, value) in &self.entries {
             out = out.replace(value.as_str(), &placeholder(name));
