@@ -1815,6 +1815,82 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 
+    // 10. `amiflow start`, as infra/README.md's first execution: the CLI validates the
+    //     template, stores its sensitive variable under the execution's own path and starts
+    //     the state machine (moto records the execution); that execution then runs as Step
+    //     Functions would run it. The value reaches the instance and nothing recorded.
+    let work = tempfile::tempdir().unwrap();
+    let mut started_template = single_region_ebs_template();
+    started_template["variables"] = json!({"secret": ""});
+    started_template["sensitive-variables"] = json!(["secret"]);
+    started_template["builders"][0]["run_tags"] = json!({"Secret": "{{user `secret`}}"});
+    let template_path = work.path().join("web.json");
+    std::fs::write(&template_path, started_template.to_string()).unwrap();
+    let secret = format!("started-secret-{}", std::process::id());
+    let admin_key = &account.ready["admin"];
+    let cli = tokio::process::Command::new(workspace_binary("amiflow"))
+        .arg("start")
+        .arg(&template_path)
+        .args([
+            "--var",
+            &format!("secret={secret}"),
+            "--name",
+            "simacct-started",
+        ])
+        .args(["--state-machine", machine])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ENDPOINT_URL", &front)
+        .env(
+            "AWS_ACCESS_KEY_ID",
+            admin_key["access_key_id"].as_str().unwrap(),
+        )
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            admin_key["secret_access_key"].as_str().unwrap(),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .expect("run amiflow start");
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(cli.status.success(), "amiflow start: {said}");
+    let arn = String::from_utf8_lossy(&cli.stdout).trim().to_string();
+    assert!(arn.ends_with(":simacct-started"), "{arn}");
+    let execution = aws_sdk_sfn::Client::new(&admin.sdk)
+        .describe_execution()
+        .execution_arn(&arn)
+        .send()
+        .await
+        .expect("the execution amiflow start started");
+    let input: Value = serde_json::from_str(execution.input().unwrap_or("{}")).unwrap();
+    assert!(
+        !input.to_string().contains(&secret),
+        "the value entered the input"
+    );
+    let copy = "/amiflow/simacct-started/vars/secret";
+    assert_eq!(input["sensitive_vars"]["secret"], copy, "{input:#}");
+    let run = account.execute(&als, "simacct-started", input).await;
+    assert_clean_success(&account, &run, |l| l.ends_with(copy)).await;
+    assert!(
+        !run.record.to_string().contains(&secret),
+        "the sensitive value is in the execution's history or output"
+    );
+    let launched = admin
+        .ec2(REGION)
+        .describe_instances()
+        .filters(amiflow::identity::filter("tag:Secret", [secret.clone()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        launched.reservations().len(),
+        1,
+        "the value reached the instance's run tags"
+    );
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+
     eprintln!(
         "simacct: summary (wall time per execution, ALS with Wait/Retry intervals at 0):\n  {}\nsimacct: total {:.1}s",
         runs.join("\n  "),

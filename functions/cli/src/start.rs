@@ -86,9 +86,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     else {
         bail!("no state machine: pass --state-machine ARN or set AMIFLOW_STATE_MACHINE_ARN (the StateMachineArn output of `sam deploy`)");
     };
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // The state machine's region, whatever the environment's (which may name none): the
+    // execution and its sensitive variables live there.
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = state_machine.split(':').nth(3).filter(|r| !r.is_empty()) {
+        loader = loader.region(aws_config::Region::new(region.to_string()));
+    }
+    let sdk = loader.load().await;
     let client = aws_sdk_sfn::Client::new(&sdk);
-    let ssm = ssm_client(&sdk, &state_machine);
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
     let stored = store_sensitive(&ssm, &name, &sensitive).await?;
     if !stored.is_empty() {
         input["sensitive_vars"] = serde_json::json!(stored);
@@ -147,15 +153,6 @@ pub async fn store_sensitive(
                 e.message()
             )
         })
-}
-
-/// An SSM client in the state machine's region (where its functions read the parameters).
-fn ssm_client(sdk: &aws_config::SdkConfig, state_machine: &str) -> aws_sdk_ssm::Client {
-    let mut conf = aws_sdk_ssm::config::Builder::from(sdk);
-    if let Some(region) = state_machine.split(':').nth(3).filter(|r| !r.is_empty()) {
-        conf = conf.region(aws_config::Region::new(region.to_string()));
-    }
-    aws_sdk_ssm::Client::from_conf(conf.build())
 }
 
 /// The execution input Prepare reads, after refusing static credentials.
