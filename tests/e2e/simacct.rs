@@ -39,7 +39,12 @@ const REGIONS: [&str; 2] = [REGION, COPY_REGION];
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
 /// The waits a deployed build awaits EC2's event for (a callback state `<builder>.Await<wait>`
 /// before the polled `<builder>.Wait<wait>`).
-const AWAITED: [&str; 3] = ["InstanceRunning", "InstanceStopped", "ImageAvailable"];
+const AWAITED: [&str; 4] = [
+    "InstanceRunning",
+    "InstanceStopped",
+    "SnapshotsCompleted",
+    "ImageAvailable",
+];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -458,23 +463,34 @@ impl Run {
                 });
             let by = answer["by"].as_str().unwrap_or_default().to_string();
             let answered_ms = answer["at_ms"].as_i64().unwrap();
-            let resource = answer["output"]
+            let resources: Vec<String> = answer["output"]
                 .as_str()
                 .and_then(|o| serde_json::from_str::<Value>(o).ok())
-                .and_then(|o| o["resource"].as_str().map(String::from))
+                .and_then(|o| {
+                    o["resources"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                })
                 .unwrap_or_default();
             let event = events
                 .iter()
                 .rev()
                 .find(|e| {
                     let detail = &e["event"]["detail"];
-                    (detail["instance-id"] == resource.as_str()
-                        || detail["ImageId"] == resource.as_str())
+                    let id = detail["instance-id"]
+                        .as_str()
+                        .or(detail["ImageId"].as_str())
+                        .or(detail["snapshot_id"]
+                            .as_str()
+                            .and_then(|arn| arn.rsplit('/').next()));
+                    id.is_some_and(|id| resources.iter().any(|r| r == id))
                         && e["emitted_ms"].as_i64().unwrap() <= answered_ms
                 })
                 .unwrap_or_else(|| {
                     panic!(
-                        "{}: no EC2 event for {resource} before {state}'s answer by {by}",
+                        "{}: no EC2 event for {resources:?} before {state}'s answer by {by}",
                         self.name
                     )
                 });
@@ -965,7 +981,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .collect();
     assert_eq!(
         caught,
-        AWAITED
+        ["InstanceRunning", "InstanceStopped", "ImageAvailable"]
             .iter()
             .map(|w| format!("amazon-ebs.Await{w} → amazon-ebs.Wait{w}"))
             .collect::<Vec<_>>(),
@@ -992,6 +1008,19 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         )
         .await;
     assert_clean_success(&account, &run, |_| false).await;
+    // Its snapshots' wait ends on EBS's snapshot event, the last of them to complete.
+    assert!(
+        run.await_outcomes()
+            .contains(&"AwaitSnapshotsCompleted success".to_string()),
+        "{:?}",
+        run.await_outcomes()
+    );
+    assert!(
+        run.event_latencies()
+            .iter()
+            .any(|l| l.state.ends_with("AwaitSnapshotsCompleted")),
+        "the snapshots' wait was not ended by their event"
+    );
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
     let run = account

@@ -89,6 +89,9 @@ INSTANCE_TRANSITIONS = {
     "ec2:TerminateInstances": ("terminated", "shutting-down", 32),
 }
 IMAGE_ACTIONS = ("ec2:CreateImage", "ec2:RegisterImage", "ec2:CopyImage")
+SNAPSHOT_ACTIONS = ("ec2:CreateSnapshot",)
+# The Describe call that shows each kind of resource, and so is rewritten during its transition.
+DESCRIBES = {"ec2:DescribeInstances": "instance", "ec2:DescribeImages": "image", "ec2:DescribeSnapshots": "snapshot"}
 SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
 
 
@@ -199,6 +202,9 @@ class Ec2Events:
         elif action in IMAGE_ACTIONS:
             ids = sorted(set(re.findall(r"<imageId>(ami-[0-9a-zA-Z]+)</imageId>", response)))
             self.start(region, "image", ids, {"state": "available", "shown": "pending", "action": action})
+        elif action in SNAPSHOT_ACTIONS:
+            ids = sorted(set(re.findall(r"<snapshotId>(snap-[0-9a-zA-Z]+)</snapshotId>", response)))
+            self.start(region, "snapshot", ids, {"state": "completed", "shown": "pending", "action": action})
 
     def start(self, region: str, kind: str, ids: list[str], what: dict[str, Any]) -> None:
         for resource in ids:
@@ -250,6 +256,25 @@ class Ec2Events:
                 "resources": [f"arn:aws:ec2:{region}:{ACCOUNT_ID}:instance/{resource}"],
                 "detail": {"instance-id": resource, "state": state},
             }
+        if kind == "snapshot":
+            # EC2's shape: the snapshot and volume "ARNs" carry the region where the account
+            # would be; the result is succeeded or failed.
+            now = common["time"]
+            return {
+                **common,
+                "detail-type": "EBS Snapshot Notification",
+                "resources": [f"arn:aws:ec2::{region}:snapshot/{resource}"],
+                "detail": {
+                    "event": "createSnapshot",
+                    "result": "succeeded" if state == "completed" else "failed",
+                    "cause": "",
+                    "request-id": str(uuid.uuid4()),
+                    "snapshot_id": f"arn:aws:ec2::{region}:snapshot/{resource}",
+                    "source": f"arn:aws:ec2::{region}:volume/vol-unknown",
+                    "startTime": now,
+                    "endTime": now,
+                },
+            }
         return {
             **common,
             "detail-type": "EC2 AMI State Change",
@@ -259,8 +284,8 @@ class Ec2Events:
         }
 
     def rewrite(self, action: str, region: str, response: bytes) -> bytes:
-        """DescribeInstances/DescribeImages as EC2 answers during the transitions."""
-        kind = {"ec2:DescribeInstances": "instance", "ec2:DescribeImages": "image"}.get(action)
+        """DescribeInstances/DescribeImages/DescribeSnapshots as EC2 answers during the transitions."""
+        kind = DESCRIBES.get(action)
         if kind is None:
             return response
         with self.lock:
@@ -275,8 +300,11 @@ class Ec2Events:
                     rf"{re.escape(t['state'])}(</name>)"
                 )
                 text = re.sub(pattern, rf"\g<1>{t['code']}\g<2>{t['shown']}\g<3>", text, count=1, flags=re.S)
-            else:
+            elif kind == "image":
                 pattern = rf"(<imageId>{re.escape(resource)}</imageId>(?:(?!<imageId>).)*?<imageState>){re.escape(t['state'])}(</imageState>)"
+                text = re.sub(pattern, rf"\g<1>{t['shown']}\g<2>", text, count=1, flags=re.S)
+            else:
+                pattern = rf"(<snapshotId>{re.escape(resource)}</snapshotId>(?:(?!<snapshotId>).)*?<status>){re.escape(t['state'])}(</status>)"
                 text = re.sub(pattern, rf"\g<1>{t['shown']}\g<2>", text, count=1, flags=re.S)
         return text.encode()
 
@@ -843,9 +871,9 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     front.after_send_command(request, response)
                 else:
                     out = json.dumps(front.command_invocation(request, response), default=str).encode()
-            if resp.status == 200 and (action in INSTANCE_TRANSITIONS or action in IMAGE_ACTIONS):
+            if resp.status == 200 and (action in INSTANCE_TRANSITIONS or action in IMAGE_ACTIONS or action in SNAPSHOT_ACTIONS):
                 front.ec2_events.after(action, signed_region, text)
-            elif resp.status == 200 and action in ("ec2:DescribeInstances", "ec2:DescribeImages"):
+            elif resp.status == 200 and action in DESCRIBES:
                 out = front.ec2_events.rewrite(action, signed_region, out)
             self._send(resp.status, resp_headers, out)
 

@@ -98,10 +98,17 @@ pub enum Watched {
     Instance,
     /// The build-region image (`state.data.amis[build region]`): "EC2 AMI State Change".
     BuildImage,
+    /// The snapshots the build took in its region (`steps/wait_snapshots_completed.rs`):
+    /// "EBS Snapshot Notification". Several at once: their wait ends when the last settles.
+    BuildSnapshots,
 }
 
 impl Watched {
-    pub const ALL: [Watched; 2] = [Watched::Instance, Watched::BuildImage];
+    pub const ALL: [Watched; 3] = [
+        Watched::Instance,
+        Watched::BuildImage,
+        Watched::BuildSnapshots,
+    ];
 
     /// The EventBridge pattern of the events that settle a wait on this kind: every state
     /// a wait on it ends in, ready or failed (the waiting step tells which).
@@ -116,6 +123,11 @@ impl Watched {
                 "source": ["aws.ec2"],
                 "detail-type": ["EC2 AMI State Change"],
                 "detail": {"State": ["available", "failed"]}
+            }),
+            Watched::BuildSnapshots => json!({
+                "source": ["aws.ec2"],
+                "detail-type": ["EBS Snapshot Notification"],
+                "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]}
             }),
         }
     }
@@ -132,19 +144,33 @@ impl Watched {
             "EC2 AMI State Change" => {
                 Some((Watched::BuildImage, field("ImageId")?, field("State")?))
             }
+            // `snapshot_id` is an ARN (`arn:aws:ec2::REGION:snapshot/snap-…`); the result is
+            // told in the snapshot's own states.
+            "EBS Snapshot Notification" => {
+                let arn = field("snapshot_id")?;
+                let id = arn.rsplit_once('/').map_or(arn.as_str(), |(_, id)| id);
+                let state = match field("result")?.as_str() {
+                    "succeeded" => "completed",
+                    _ => "error",
+                };
+                Some((Watched::BuildSnapshots, id.to_string(), state.to_string()))
+            }
             _ => None,
         }
     }
 
-    /// The resource of this kind a build is waiting on, once the build has one.
-    pub fn resource(self, state: &BuildState) -> Option<String> {
+    /// The resources of this kind a build is waiting on (none before the build has them).
+    pub fn resources(self, state: &BuildState) -> Vec<String> {
         match self {
-            Watched::Instance => state.data.instance_id.clone(),
+            Watched::Instance => state.data.instance_id.iter().cloned().collect(),
             Watched::BuildImage => state
                 .data
                 .amis
                 .get(state.build.config.build_region())
-                .cloned(),
+                .into_iter()
+                .cloned()
+                .collect(),
+            Watched::BuildSnapshots => crate::steps::wait_snapshots_completed::awaited(state),
         }
     }
 }
@@ -214,7 +240,15 @@ pub const IMAGE_AVAILABLE: Wait = announced(
 /// CopyImage → WaitCopiesAvailable (ImageAvailable per copy: 30 min).
 pub const COPIES_AVAILABLE: Wait = waiter("CopiesAvailable", 30, LONG);
 /// SnapshotVolumes/CreateSnapshot → WaitSnapshotsCompleted (SnapshotCompleted: 30 min).
-pub const SNAPSHOTS_COMPLETED: Wait = waiter("SnapshotsCompleted", 30, LONG);
+/// Announced: a lost event costs 10 minutes, then polling.
+pub const SNAPSHOTS_COMPLETED: Wait = announced(
+    waiter("SnapshotsCompleted", 30, LONG),
+    EventWait {
+        watched: Watched::BuildSnapshots,
+        pending: &["pending"],
+        timeout_seconds: 600,
+    },
+);
 /// CreateVolume → WaitVolumeAvailable (VolumeAvailable: 10 min).
 pub const VOLUME_AVAILABLE: Wait = waiter("VolumeAvailable", 10, VOLUME);
 /// AttachVolume → WaitVolumeAttached (10 min).
@@ -371,6 +405,7 @@ mod tests {
             let key = match e.watched {
                 Watched::Instance => "state",
                 Watched::BuildImage => "State",
+                Watched::BuildSnapshots => "result",
             };
             let delivered: Vec<&str> = pattern["detail"][key]
                 .as_array()
@@ -402,6 +437,13 @@ mod tests {
         assert_eq!(
             Watched::of_event(&image),
             Some((Watched::BuildImage, "ami-1".into(), "available".into()))
+        );
+        let snapshot = json!({"detail-type": "EBS Snapshot Notification",
+            "detail": {"event": "createSnapshot", "result": "succeeded",
+                       "snapshot_id": "arn:aws:ec2::us-west-2:snapshot/snap-1"}});
+        assert_eq!(
+            Watched::of_event(&snapshot),
+            Some((Watched::BuildSnapshots, "snap-1".into(), "completed".into()))
         );
         assert_eq!(
             Watched::of_event(&json!({"detail-type": "Other", "detail": {}})),

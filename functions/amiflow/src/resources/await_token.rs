@@ -33,8 +33,9 @@ pub const ANSWER: &str = "states:SendTaskSuccess";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Awaited {
     pub token: String,
-    /// The resource id (`i-…`, `ami-…`) whose event ends the wait.
-    pub resource: String,
+    /// The resource ids (`i-…`, `ami-…`, `snap-…`) whose events end the wait: the last of
+    /// them to settle does.
+    pub resources: Vec<String>,
     /// The wait's name (`waits.rs`).
     pub wait: String,
 }
@@ -102,7 +103,7 @@ pub async fn answer(ctx: &Ctx, awaited: &Awaited) -> Result<bool, StepError> {
     let sent = aws_sdk_sfn::Client::new(&ctx.sdk)
         .send_task_success()
         .task_token(&awaited.token)
-        .output(serde_json::json!({"resource": awaited.resource}).to_string())
+        .output(serde_json::json!({"resources": awaited.resources}).to_string())
         .send()
         .await;
     match sent {

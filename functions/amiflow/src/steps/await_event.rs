@@ -32,6 +32,7 @@ pub const SPEC: StepSpec = StepSpec {
         await_token::ANSWER,
         "ec2:DescribeInstances",
         "ec2:DescribeImages",
+        "ec2:DescribeSnapshots",
     ],
     reach: &[
         ("ssm:PutParameter", Reach::AmiflowParameters),
@@ -59,10 +60,10 @@ pub enum Awaiting {
     /// The build runs outside the stack's region, whose EventBridge rules see none of its
     /// events: answered at once, the waiting step polls.
     OtherRegion { region: String },
-    /// The resource was settled already (or the build has none): answered at once.
-    Settled { resource: Option<String> },
+    /// The resources were settled already (or the build has none): answered at once.
+    Settled { resources: Vec<String> },
     /// The token is stored; the event (or the timeout) ends the wait.
-    Event { resource: String },
+    Event { resources: Vec<String> },
 }
 
 pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
@@ -80,56 +81,97 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
     let state = &input.state;
     let region = state.build.config.build_region();
     if region != ctx.own_region() {
-        answer(ctx, &input, String::new()).await?;
+        answer(ctx, &input, Vec::new()).await?;
         return Ok(Awaiting::OtherRegion {
             region: region.to_string(),
         });
     }
-    let Some(resource) = event.watched.resource(state) else {
-        answer(ctx, &input, String::new()).await?;
-        return Ok(Awaiting::Settled { resource: None });
-    };
+    let resources = event.watched.resources(state);
+    if resources.is_empty() {
+        answer(ctx, &input, Vec::new()).await?;
+        return Ok(Awaiting::Settled { resources });
+    }
     let awaited = Awaited {
         token: input.token.clone(),
-        resource: resource.clone(),
+        resources: resources.clone(),
         wait: input.wait.clone(),
     };
     // Stored before the look: an event that comes between the two finds the token.
     await_token::store(ctx, &state.execution, &state.build.name, &awaited).await?;
-    if settled(ctx, &event, region, &resource).await? {
+    if settled(ctx, &event, region, &resources).await? {
         await_token::answer(ctx, &awaited).await?;
         await_token::remove(ctx, &state.execution, &state.build.name).await?;
-        return Ok(Awaiting::Settled {
-            resource: Some(resource),
-        });
+        return Ok(Awaiting::Settled { resources });
     }
-    tracing::info!(wait = %input.wait, %resource, "awaiting EC2's state-change event");
-    Ok(Awaiting::Event { resource })
+    tracing::info!(wait = %input.wait, resources = ?resources, "awaiting EC2's state-change event");
+    Ok(Awaiting::Event { resources })
 }
 
 /// Answers the token without having stored it (nothing to wait for).
-async fn answer(ctx: &Ctx, input: &AwaitInput, resource: String) -> Result<bool, StepError> {
+async fn answer(ctx: &Ctx, input: &AwaitInput, resources: Vec<String>) -> Result<bool, StepError> {
     await_token::answer(
         ctx,
         &Awaited {
             token: input.token.clone(),
-            resource,
+            resources,
             wait: input.wait.clone(),
         },
     )
     .await
 }
 
-/// Whether the resource is past the wait's pending states (ready or failed; the waiting
+/// Whether every resource is past the wait's pending states (ready or failed; the waiting
 /// step tells which). Not visible yet counts as pending: its event is still to come.
-async fn settled(ctx: &Ctx, event: &EventWait, region: &str, id: &str) -> Result<bool, StepError> {
-    let current = match event.watched {
-        Watched::Instance => instance::describe(ctx, region, id)
-            .await?
-            .map(|i| instance::state_name(&i).to_string()),
-        Watched::BuildImage => image::describe(ctx, region, id)
-            .await?
-            .and_then(|i| i.state().map(|s| s.as_str().to_string())),
+/// DeliverEvent asks too, when a wait is on several resources.
+pub async fn settled(
+    ctx: &Ctx,
+    event: &EventWait,
+    region: &str,
+    ids: &[String],
+) -> Result<bool, StepError> {
+    let states: Vec<Option<String>> = match event.watched {
+        Watched::Instance | Watched::BuildImage => {
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(match event.watched {
+                    Watched::Instance => instance::describe(ctx, region, id)
+                        .await?
+                        .map(|i| instance::state_name(&i).to_string()),
+                    _ => image::describe(ctx, region, id)
+                        .await?
+                        .and_then(|i| i.state().map(|s| s.as_str().to_string())),
+                });
+            }
+            out
+        }
+        Watched::BuildSnapshots => {
+            let found = ctx
+                .ec2(region)
+                .describe_snapshots()
+                .set_snapshot_ids(Some(ids.to_vec()))
+                .send()
+                .await;
+            let Some(found) = or_absent(
+                found,
+                &["InvalidSnapshot.NotFound"],
+                "DescribeSnapshots",
+                &ids.join(","),
+            )?
+            else {
+                return Ok(false);
+            };
+            ids.iter()
+                .map(|id| {
+                    found
+                        .snapshots()
+                        .iter()
+                        .find(|s| s.snapshot_id() == Some(id.as_str()))
+                        .and_then(|s| s.state().map(|st| st.as_str().to_string()))
+                })
+                .collect()
+        }
     };
-    Ok(current.is_some_and(|s| !event.pending.contains(&s.as_str())))
+    Ok(states
+        .iter()
+        .all(|s| s.as_deref().is_some_and(|s| !event.pending.contains(&s))))
 }

@@ -24,6 +24,8 @@ pub const SPEC: StepSpec = StepSpec {
     name: "DeliverEvent",
     iam_actions: &[
         "ec2:DescribeTags",
+        // Whether a build's other snapshots are done too.
+        "ec2:DescribeSnapshots",
         "ssm:GetParameter",
         "ssm:DeleteParameter",
         await_token::ANSWER,
@@ -48,6 +50,8 @@ pub enum Delivered {
     NotABuild { resource: String },
     /// The build awaits nothing, or something else, or this state is not the one awaited.
     NotAwaited { resource: String, state: String },
+    /// This resource settled, but the wait is on others too, still pending.
+    OthersPending { resource: String, state: String },
     /// The wait is over: its token answered (or found answered already) and removed.
     Answered {
         resource: String,
@@ -77,11 +81,23 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
     let Some(awaited) = await_token::read(ctx, &execution, &build).await? else {
         return Ok(not_awaited());
     };
-    let settles = crate::waits::named(&awaited.wait)
+    let Some(wait) = crate::waits::named(&awaited.wait)
         .and_then(|w| w.event)
-        .is_some_and(|e| e.watched == watched && !e.pending.contains(&new_state.as_str()));
-    if awaited.resource != resource || !settles {
+        .filter(|e| e.watched == watched && !e.pending.contains(&new_state.as_str()))
+    else {
         return Ok(not_awaited());
+    };
+    if !awaited.resources.contains(&resource) {
+        return Ok(not_awaited());
+    }
+    // Several resources (a build's snapshots): the last one to settle ends the wait.
+    if awaited.resources.len() > 1
+        && !super::await_event::settled(ctx, &wait, &region, &awaited.resources).await?
+    {
+        return Ok(Delivered::OthersPending {
+            resource,
+            state: new_state,
+        });
     }
     await_token::answer(ctx, &awaited).await?;
     await_token::remove(ctx, &execution, &build).await?;

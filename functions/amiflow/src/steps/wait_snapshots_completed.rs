@@ -17,14 +17,21 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let region = state.build.config.build_region().to_string();
-    let mut ids: Vec<String> = snapshot_ids(&state).into_values().collect();
-    for id in state.data.snapshots.get(&region).into_iter().flatten() {
+/// The snapshots this step waits for: SnapshotVolumes' per device, then CreateSnapshot's.
+pub fn awaited(state: &BuildState) -> Vec<String> {
+    let region = state.build.config.build_region();
+    let mut ids: Vec<String> = snapshot_ids(state).into_values().collect();
+    for id in state.data.snapshots.get(region).into_iter().flatten() {
         if !ids.contains(id) {
             ids.push(id.clone());
         }
     }
+    ids
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let region = state.build.config.build_region().to_string();
+    let ids = awaited(&state);
     if ids.is_empty() {
         return Ok(state);
     }
