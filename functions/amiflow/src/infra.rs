@@ -785,6 +785,22 @@ fn dead_letter_queue(condition: Option<&str>) -> Value {
     queue
 }
 
+/// `<Rule without "Rule">InvokePermission`: EventBridge may invoke `alias` for `rule` alone.
+fn insert_rule_permission(resources: &mut Map<String, Value>, rule: &str, alias: &Value) {
+    resources.insert(
+        format!("{}InvokePermission", rule.trim_end_matches("Rule")),
+        json!({
+            "Type": "AWS::Lambda::Permission",
+            "Properties": {
+                "Action": "lambda:InvokeFunction",
+                "FunctionName": alias,
+                "Principal": "events.amazonaws.com",
+                "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
+            }
+        }),
+    );
+}
+
 /// The whole SAM template. `steps` is the registry (the janitor among them); `chroot_script`
 /// the content of [`CHROOT_HOST_SCRIPT`].
 pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
@@ -1043,18 +1059,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
                     }]
                 }
             }));
-            resources.insert(
-                format!("{}InvokePermission", rule.trim_end_matches("Rule")),
-                json!({
-                    "Type": "AWS::Lambda::Permission",
-                    "Properties": {
-                        "Action": "lambda:InvokeFunction",
-                        "FunctionName": alias,
-                        "Principal": "events.amazonaws.com",
-                        "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
-                    }
-                }),
-            );
+            insert_rule_permission(&mut resources, &rule, &alias);
         }
     }
 
@@ -1098,18 +1103,7 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         }));
         // EventBridge may invoke the janitor's alias for exactly these two rules.
         for rule in ["JanitorRedriveWindowRule", "JanitorRule"] {
-            resources.insert(
-                format!("{}InvokePermission", rule.trim_end_matches("Rule")),
-                json!({
-                    "Type": "AWS::Lambda::Permission",
-                    "Properties": {
-                        "Action": "lambda:InvokeFunction",
-                        "FunctionName": janitor_alias,
-                        "Principal": "events.amazonaws.com",
-                        "SourceArn": { "Fn::GetAtt": [rule, "Arn"] }
-                    }
-                }),
-            );
+            insert_rule_permission(&mut resources, rule, &janitor_alias);
         }
         // Events the rule could not deliver, and invocations whose sweep failed after
         // Lambda's retries, end in one queue: the builds whose resources may be left.
