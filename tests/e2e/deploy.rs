@@ -925,3 +925,119 @@ async fn janitor_withdraws_what_a_stopped_gated_pipeline_run_did_not_publish() {
     );
     assert!(!images.contains(&waiting), "the image still gated is left");
 }
+
+/// DeliverEvent ends a wait only on the awaited resource's event, once past the wait's
+/// pending states: an event for something amiflow did not make, for a build awaiting
+/// nothing or something else, or still pending, leaves the token where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_event_answers_only_the_awaited_resource_past_its_pending_states() {
+    use amiflow::resources::await_token::{self, Awaited};
+    use amiflow::steps::deliver_event::{run as deliver, Delivered};
+    let Some(moto) = Moto::start_or_skip(
+        "deliver_event_answers_only_the_awaited_resource_past_its_pending_states",
+    ) else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let ec2 = ctx.ec2(REGION);
+    let image = |name: &str| {
+        let ec2 = ec2.clone();
+        let name = name.to_string();
+        async move {
+            let id = ec2
+                .register_image()
+                .name(&name)
+                .root_device_name("/dev/xvda")
+                .send()
+                .await
+                .unwrap()
+                .image_id()
+                .unwrap()
+                .to_string();
+            ec2.create_tags()
+                .resources(&id)
+                .tags(Tag::builder().key(BUILD_TAG).value("ev-1").build())
+                .tags(
+                    Tag::builder()
+                        .key(amiflow::identity::BUILD_NAME_TAG)
+                        .value("web")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let awaited_image = image("ev-awaited").await;
+    let other_image = image("ev-other").await;
+    let event = |id: &str, state: &str| {
+        json!({"version": "0", "source": "aws.ec2", "detail-type": "EC2 AMI State Change",
+               "region": REGION, "detail": {"ImageId": id, "State": state}})
+    };
+    let not_awaited = |id: &str, state: &str| Delivered::NotAwaited {
+        resource: id.into(),
+        state: state.into(),
+    };
+
+    assert_eq!(
+        deliver(&ctx, event("ami-00000000", "available"))
+            .await
+            .unwrap(),
+        Delivered::NotABuild {
+            resource: "ami-00000000".into()
+        },
+        "not made by amiflow"
+    );
+    assert_eq!(
+        deliver(&ctx, event(&awaited_image, "available"))
+            .await
+            .unwrap(),
+        not_awaited(&awaited_image, "available"),
+        "the build awaits nothing"
+    );
+    let token = Awaited {
+        token: "token-1".into(),
+        resources: vec![awaited_image.clone()],
+        wait: "ImageAvailable".into(),
+    };
+    await_token::store(&ctx, "ev-1", "web", &token)
+        .await
+        .unwrap();
+    for (id, state) in [
+        (awaited_image.as_str(), "pending"),
+        (other_image.as_str(), "available"),
+    ] {
+        assert_eq!(
+            deliver(&ctx, event(id, state)).await.unwrap(),
+            not_awaited(id, state),
+            "{id} {state}"
+        );
+        assert_eq!(
+            await_token::read(&ctx, "ev-1", "web").await.unwrap(),
+            Some(token.clone()),
+            "the token stays after {id} {state}"
+        );
+    }
+    assert_eq!(
+        deliver(&ctx, event(&awaited_image, "failed"))
+            .await
+            .unwrap(),
+        Delivered::Answered {
+            resource: awaited_image.clone(),
+            state: "failed".into(),
+            wait: "ImageAvailable".into(),
+            execution: "ev-1".into(),
+            build: "web".into(),
+        },
+        "a failed image ends the wait too: the waiting step reports it"
+    );
+    assert_eq!(await_token::read(&ctx, "ev-1", "web").await.unwrap(), None);
+    assert_eq!(
+        deliver(&ctx, event(&awaited_image, "available"))
+            .await
+            .unwrap(),
+        not_awaited(&awaited_image, "available"),
+        "answered once"
+    );
+}
