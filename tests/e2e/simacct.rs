@@ -1286,6 +1286,49 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         runs.push(run.report());
     }
 
+    // 3d. Windows over SSM, deployed: a template written for WinRM provisions through
+    //     AWS-RunPowerShellScript under Provision's role (its SendCommand grant names both
+    //     documents, on the build's own instance only). moto runs no command; what this
+    //     proves is the deployed path and its rights.
+    let mut windows = single_region_ebs_template();
+    {
+        let b = windows["builders"][0].as_object_mut().unwrap();
+        b.insert("communicator".into(), json!("winrm"));
+        b.insert("winrm_username".into(), json!("Administrator"));
+        b.insert("winrm_timeout".into(), json!("5m"));
+        b.insert("ami_name".into(), json!("simacct-windows-{{timestamp}}"));
+    }
+    windows["provisioners"] = json!([
+        {"type": "powershell", "inline": ["Install-WindowsFeature -Name Web-Server"], "environment_vars": ["SITE=amiflow"]},
+        {"type": "windows-restart", "restart_timeout": "5m"},
+        {"type": "windows-shell", "inline": ["sc query W3SVC"]},
+        {"type": "file", "content": "<h1>built by amiflow</h1>\n", "destination": "C:/inetpub/wwwroot/index.html"}
+    ]);
+    let run = account
+        .execute(
+            &als,
+            "simacct-windows",
+            json!({"template": windows, "vars": {}}),
+        )
+        .await;
+    assert_clean_success(&account, &run, |_| false).await;
+    let documents: BTreeSet<String> = admin
+        .ssm(REGION)
+        .list_commands()
+        .send()
+        .await
+        .unwrap()
+        .commands()
+        .iter()
+        .filter_map(|c| c.document_name().map(String::from))
+        .collect();
+    assert!(
+        documents.contains("AWS-RunPowerShellScript"),
+        "the Windows provisioners ran as PowerShell over SSM (no other run sends one): {documents:?}"
+    );
+    eprintln!("simacct: {}", run.report());
+    runs.push(run.report());
+
     // 4. amazon-instance over SSH to the throwaway sshd; the bundle goes to S3.
     if let Some(f) = instance_fixture() {
         let front = account.ready["aws_endpoint"].as_str().unwrap();
