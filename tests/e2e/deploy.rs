@@ -173,6 +173,20 @@ async fn make_build_resources(
 /// An image registered as a run's delivered artifact: tagged with `execution`, this state
 /// machine and the artifact mark.
 async fn delivered_image(ec2: &aws_sdk_ec2::Client, execution: &str, name: &str) -> String {
+    tagged_image(
+        ec2,
+        name,
+        &[
+            (BUILD_TAG, execution),
+            (STATE_MACHINE_TAG, MACHINE),
+            (amiflow::state::ARTIFACT_TAG, "web"),
+        ],
+    )
+    .await
+}
+
+/// An image registered in the client's region, carrying `tags`.
+async fn tagged_image(ec2: &aws_sdk_ec2::Client, name: &str, tags: &[(&str, &str)]) -> String {
     let id = ec2
         .register_image()
         .name(name)
@@ -183,16 +197,13 @@ async fn delivered_image(ec2: &aws_sdk_ec2::Client, execution: &str, name: &str)
         .image_id()
         .unwrap()
         .to_string();
+    let tags = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect();
     ec2.create_tags()
         .resources(&id)
-        .tags(Tag::builder().key(BUILD_TAG).value(execution).build())
-        .tags(Tag::builder().key(STATE_MACHINE_TAG).value(MACHINE).build())
-        .tags(
-            Tag::builder()
-                .key(amiflow::state::ARTIFACT_TAG)
-                .value("web")
-                .build(),
-        )
+        .set_tags(Some(tags))
         .send()
         .await
         .unwrap();
@@ -940,37 +951,12 @@ async fn deliver_event_answers_only_the_awaited_resource_past_its_pending_states
     };
     let ctx = moto.ctx(REGION).await;
     let ec2 = ctx.ec2(REGION);
-    let image = |name: &str| {
-        let ec2 = ec2.clone();
-        let name = name.to_string();
-        async move {
-            let id = ec2
-                .register_image()
-                .name(&name)
-                .root_device_name("/dev/xvda")
-                .send()
-                .await
-                .unwrap()
-                .image_id()
-                .unwrap()
-                .to_string();
-            ec2.create_tags()
-                .resources(&id)
-                .tags(Tag::builder().key(BUILD_TAG).value("ev-1").build())
-                .tags(
-                    Tag::builder()
-                        .key(amiflow::identity::BUILD_NAME_TAG)
-                        .value("web")
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            id
-        }
-    };
-    let awaited_image = image("ev-awaited").await;
-    let other_image = image("ev-other").await;
+    let build = [
+        (BUILD_TAG, "ev-1"),
+        (amiflow::identity::BUILD_NAME_TAG, "web"),
+    ];
+    let awaited_image = tagged_image(&ec2, "ev-awaited", &build).await;
+    let other_image = tagged_image(&ec2, "ev-other", &build).await;
     let event = |id: &str, state: &str| {
         json!({"version": "0", "source": "aws.ec2", "detail-type": "EC2 AMI State Change",
                "region": REGION, "detail": {"ImageId": id, "State": state}})

@@ -82,6 +82,17 @@ impl Secrets {
     /// to a value is concealed whole; within a longer string only values of at least
     /// [`CONCEAL_WITHIN`] characters are (a short value would match ids and names).
     pub fn conceal_value(&self, value: serde_json::Value) -> serde_json::Value {
+        let long = TemplateSecrets::from_pairs(
+            self.template
+                .expose_pairs()
+                .filter(|(_, v)| v.chars().count() >= CONCEAL_WITHIN)
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+        );
+        self.conceal_in(value, &long)
+    }
+
+    /// [`Secrets::conceal_value`] with the values looked for inside longer strings.
+    fn conceal_in(&self, value: serde_json::Value, long: &TemplateSecrets) -> serde_json::Value {
         use serde_json::Value;
         match value {
             Value::String(s) => {
@@ -90,23 +101,18 @@ impl Secrets {
                     .expose_pairs()
                     .find(|(_, v)| *v == s)
                     .map(|(name, _)| placeholder(name));
-                Value::String(whole.unwrap_or_else(|| {
-                    let long = TemplateSecrets::from_pairs(
-                        self.template
-                            .expose_pairs()
-                            .filter(|(_, v)| v.chars().count() >= CONCEAL_WITHIN)
-                            .map(|(n, v)| (n.to_string(), v.to_string())),
-                    );
-                    long.conceal(&s)
-                }))
+                Value::String(whole.unwrap_or_else(|| long.conceal(&s)))
             }
-            Value::Array(items) => {
-                Value::Array(items.into_iter().map(|v| self.conceal_value(v)).collect())
-            }
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| self.conceal_in(v, long))
+                    .collect(),
+            ),
             Value::Object(fields) => Value::Object(
                 fields
                     .into_iter()
-                    .map(|(k, v)| (k, self.conceal_value(v)))
+                    .map(|(k, v)| (k, self.conceal_in(v, long)))
                     .collect(),
             ),
             other => other,

@@ -180,6 +180,17 @@ pub async fn for_invocation(
     Ok(Some(Secrets::from_pairs(values)))
 }
 
+/// [`remove_all`] where the run's outcome stands either way (Finalize, Notify): a failure
+/// is logged, and the janitor sweeps what is left.
+pub async fn remove_all_best_effort(ctx: &Ctx, execution: &str) {
+    if let Err(e) = remove_all(ctx, execution).await {
+        tracing::warn!(
+            "the sensitive variables under /amiflow/{execution}/vars/ were not removed: {}",
+            e.message()
+        );
+    }
+}
+
 /// Removes every sensitive variable of `execution` in the function's own region (where
 /// `amiflow start` stored them): Finalize once the builds are done, the janitor after a sweep.
 pub async fn remove_all(ctx: &Ctx, execution: &str) -> Result<Vec<String>, StepError> {

@@ -129,20 +129,19 @@ pub async fn settled(
     region: &str,
     ids: &[String],
 ) -> Result<bool, StepError> {
-    let states: Vec<Option<String>> = match event.watched {
-        Watched::Instance | Watched::BuildImage => {
-            let mut out = Vec::new();
+    let mut states: Vec<Option<String>> = Vec::new();
+    match event.watched {
+        Watched::Instance => {
             for id in ids {
-                out.push(match event.watched {
-                    Watched::Instance => instance::describe(ctx, region, id)
-                        .await?
-                        .map(|i| instance::state_name(&i).to_string()),
-                    _ => image::describe(ctx, region, id)
-                        .await?
-                        .and_then(|i| i.state().map(|s| s.as_str().to_string())),
-                });
+                let found = instance::describe(ctx, region, id).await?;
+                states.push(found.map(|i| instance::state_name(&i).to_string()));
             }
-            out
+        }
+        Watched::BuildImage => {
+            for id in ids {
+                let found = image::describe(ctx, region, id).await?;
+                states.push(found.and_then(|i| i.state().map(|s| s.as_str().to_string())));
+            }
         }
         Watched::BuildSnapshots => {
             let found = ctx
@@ -160,17 +159,15 @@ pub async fn settled(
             else {
                 return Ok(false);
             };
-            ids.iter()
-                .map(|id| {
-                    found
-                        .snapshots()
-                        .iter()
-                        .find(|s| s.snapshot_id() == Some(id.as_str()))
-                        .and_then(|s| s.state().map(|st| st.as_str().to_string()))
-                })
-                .collect()
+            states.extend(ids.iter().map(|id| {
+                found
+                    .snapshots()
+                    .iter()
+                    .find(|s| s.snapshot_id() == Some(id.as_str()))
+                    .and_then(|s| s.state().map(|st| st.as_str().to_string()))
+            }));
         }
-    };
+    }
     Ok(states
         .iter()
         .all(|s| s.as_deref().is_some_and(|s| !event.pending.contains(&s))))

@@ -92,14 +92,7 @@ pub async fn finalize(ctx: &Ctx, input: FinalizeInput) -> Result<FinalizeOutput,
         .find(|b| !b.sensitive_vars.is_empty())
         .filter(|_| !tested)
     {
-        // Best effort: the builds' outcome stands either way.
-        if let Err(e) = crate::resources::sensitive_var::remove_all(ctx, &b.execution).await {
-            tracing::warn!(
-                "the sensitive variables under /amiflow/{}/vars/ were not removed: {}",
-                b.execution,
-                e.message()
-            );
-        }
+        crate::resources::sensitive_var::remove_all_best_effort(ctx, &b.execution).await;
     }
     Ok(FinalizeOutput {
         pipeline,

@@ -130,14 +130,8 @@ pub async fn run(ctx: &Ctx, input: NotifyInput) -> Result<FinalizeOutput, StepEr
         .as_ref()
         .is_some_and(|r| !r.sensitive_vars.is_empty());
     if kept {
-        // Best effort, as in Finalize: the run's outcome stands; the janitor sweeps the rest.
         let execution = crate::state::build_id(&input.execution);
-        if let Err(e) = crate::resources::sensitive_var::remove_all(ctx, &execution).await {
-            tracing::warn!(
-                "the sensitive variables under /amiflow/{execution}/vars/ were not removed: {}",
-                e.message()
-            );
-        }
+        crate::resources::sensitive_var::remove_all_best_effort(ctx, &execution).await;
     }
     let notify: Option<Notify> = input
         .output
