@@ -35,8 +35,22 @@
 //                         task's attempt (`invoked_ms`: how long the function's Invoke took)}
 // `index` is the Map iteration the event belongs to (null at the top level); `t`,
 // `started_at` and `answered_at` are epoch milliseconds.
+//
+// Hosted (tests/simacct/executions.py runs the stack's executions with this script, as Step
+// Functions would run them):
+// - AMIFLOW_EVENTS_FILE: every event of ALS's log is appended there as one JSON line when it
+//   happens ({"type", "state", "stateType", "index", "input", "output", "error", "t"}), which
+//   the account turns into the execution's history while it runs;
+// - AMIFLOW_RESULTS_FILE: every Lambda Task is then run through a local handler that invokes
+//   the function as ALS would and appends each success ({"state", "input", "result"});
+// - AMIFLOW_REPLAY_FILE: the results of the execution's earlier runs (a redrive): a Task
+//   whose state and input match one of them is answered with that result and not invoked,
+//   so that what succeeded is not run again and the run resumes at the step that failed, as
+//   RedriveExecution does;
+// - AMIFLOW_EXECUTION_START: `$$.Execution.StartTime` (a redrive keeps the execution's);
+// - SIGTERM aborts the execution (StopExecution): the record then has "aborted": true.
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { appendFileSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
 const [definitionPath, inputPath, executionName = "amiflow-test-execution"] = process.argv.slice(2);
@@ -176,6 +190,12 @@ function timeoutMs(state, input) {
 
 function callbackHandler(state) {
   return async ({ input, parameters }) => {
+    // A redrive answers a callback task that succeeded before with its result, as a Task's.
+    const replayKey = `${state}\u0000${JSON.stringify(input)}`;
+    if (replay.get(replayKey)?.length) {
+      record.replayed.push(state);
+      return replay.get(replayKey).shift();
+    }
     const ms = timeoutMs(state, input);
     const token = newToken();
     const entry = { state, index: null, token, answered: null, waited_ms: null, started_at: Date.now(), invoked_ms: null, answered_at: null };
@@ -217,6 +237,7 @@ function callbackHandler(state) {
         throw error;
       }
       settle(outcome.answered);
+      if (resultsFile) appendFileSync(resultsFile, JSON.stringify({ state, input: JSON.stringify(input), result: outcome.result }) + "\n");
       return outcome.result;
     } catch (e) {
       if (!cancelled.done) settle(e.callbackFailure ? "failure" : "error", e);
@@ -229,6 +250,41 @@ function callbackHandler(state) {
 }
 const taskResourceLocalHandlers = Object.fromEntries(Object.keys(callbackStates).map((name) => [name, callbackHandler(name)]));
 
+// Hosted: each Lambda Task through a handler that records its result, or replays one.
+const eventsFile = process.env.AMIFLOW_EVENTS_FILE;
+const resultsFile = process.env.AMIFLOW_RESULTS_FILE;
+const replay = new Map();
+for (const line of process.env.AMIFLOW_REPLAY_FILE ? readFileSync(process.env.AMIFLOW_REPLAY_FILE, "utf8").split("\n") : []) {
+  if (!line.trim()) continue;
+  const { state, input, result } = JSON.parse(line);
+  const key = `${state}\u0000${input}`;
+  if (!replay.has(key)) replay.set(key, []);
+  replay.get(key).push(result);
+}
+record.replayed = [];
+function lambdaTasks(machine, out = {}) {
+  for (const [name, state] of Object.entries(machine.States ?? {})) {
+    if (state.Type === "Task" && typeof state.Resource === "string" && state.Resource.startsWith("arn:aws:lambda:")) out[name] = state.Resource;
+    for (const sub of [state.Iterator, state.ItemProcessor, ...(state.Branches ?? [])]) if (sub) lambdaTasks(sub, out);
+  }
+  return out;
+}
+if (resultsFile) {
+  for (const [name, resource] of Object.entries(lambdaTasks(definition))) {
+    taskResourceLocalHandlers[name] = async (input) => {
+      const text = JSON.stringify(input);
+      const earlier = replay.get(`${name}\u0000${text}`);
+      if (earlier?.length) {
+        record.replayed.push(name);
+        return earlier.shift();
+      }
+      const result = await invoke(resource, input);
+      appendFileSync(resultsFile, JSON.stringify({ state: name, input: text, result }) + "\n");
+      return result;
+    };
+  }
+}
+
 const machine = new StateMachine(definition, {
   validationOptions: { checkArn: false },
   awsConfig: { region, credentials: { accessKeys } },
@@ -237,7 +293,12 @@ const execution = machine.run(input, {
   overrides: { waitTimeOverrides: waitStates, retryIntervalOverrides: retryStates, taskResourceLocalHandlers },
   context: {
     Task: { Token: TOKEN_PLACEHOLDER },
-    Execution: { Name: executionName, Id: `${stateMachineArn.replace(":stateMachine:", ":execution:")}:${executionName}`, Input: input, StartTime: new Date().toISOString() },
+    Execution: {
+      Name: executionName,
+      Id: `${stateMachineArn.replace(":stateMachine:", ":execution:")}:${executionName}`,
+      Input: input,
+      StartTime: process.env.AMIFLOW_EXECUTION_START ?? new Date().toISOString(),
+    },
     StateMachine: { Id: stateMachineArn, Name: stateMachineArn.split(":").pop() },
   },
 });
@@ -248,6 +309,18 @@ const events = (async () => {
   for await (const event of execution.eventLogs) {
     const index = event.index ?? null;
     const t = event.timestamp ?? null;
+    if (eventsFile) {
+      const line = { type: event.type, state: event.state?.name ?? null, stateType: event.state?.type ?? null, index, t };
+      if (event.parentState) line.parent = event.parentState.name;
+      if (event.state && "input" in event.state) line.input = event.state.input ?? null;
+      if (event.state && "output" in event.state) line.output = event.state.output ?? null;
+      if ("Error" in event) {
+        // A Lambda error's cause is its payload: Step Functions shows it as JSON text.
+        line.error = { Error: event.Error ?? null, Cause: typeof event.Cause === "string" ? event.Cause : JSON.stringify(event.Cause ?? null) };
+      }
+      if (event.type === "ExecutionSucceeded") line.output = event.output ?? null;
+      appendFileSync(eventsFile, JSON.stringify(line) + "\n");
+    }
     switch (event.type) {
       case "StateEntered":
         record.path.push({ state: event.state.name, type: event.state.type, index, t });
@@ -267,6 +340,10 @@ const events = (async () => {
   }
 })();
 
+process.on("SIGTERM", () => {
+  record.aborted = true;
+  execution.abort();
+});
 try {
   record.output = await execution.result;
 } catch (e) {
@@ -281,3 +358,5 @@ for (const callback of record.callbacks) {
   callback.index = entered.length ? entered[entered.length - 1].index : null;
 }
 process.stdout.write(JSON.stringify(record) + "\n");
+// An aborted run leaves callback polls and invocations under way: the record is complete.
+if (record.aborted) process.exit(0);

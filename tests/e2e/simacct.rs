@@ -69,6 +69,14 @@ impl Drop for Account {
         while Instant::now() < deadline && matches!(self.child.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // A failed test's account (logs, the executions' event files) on request.
+        if std::thread::panicking() && std::env::var_os("AMIFLOW_KEEP_SIMACCT").is_some() {
+            let kept = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap()).keep();
+            eprintln!(
+                "simacct: the account's work directory is kept at {}",
+                kept.display()
+            );
+        }
     }
 }
 
@@ -81,7 +89,7 @@ fn port_of(url: &str) -> u16 {
 
 impl Account {
     /// Starts moto and the account, or says why the test must skip.
-    fn start(host_env: Value) -> Result<Account, String> {
+    fn start(host_env: Value, als: &Als) -> Result<Account, String> {
         let python = cache_dir().join("venv/bin/python");
         let probe = Command::new(&python)
             .args(["-c", "import samtranslator, moto, boto3"])
@@ -118,6 +126,9 @@ impl Account {
             "region": REGION,
             "stack_name": "amiflow",
             "host_env": host_env,
+            // The account's Step Functions runs executions with tests/als/run.mjs.
+            "node": als.node,
+            "node_modules": als.modules,
             // amazon-instance's bundles go to this bucket: the stack's roles reach no other.
             "parameters": { "BundleBuckets": BUCKET },
         });
@@ -275,6 +286,90 @@ impl Account {
 }
 
 impl Account {
+    /// An execution the account's Step Functions runs (started through its API: by the
+    /// schedule, by `amiflow start`), once it has ended; `before`: the inventory and
+    /// `started` the time before it was started.
+    async fn hosted(&self, name: &str, before: BTreeSet<String>, started: Instant) -> Run {
+        let state = loop {
+            let state = self.control("GET", &format!("/executions/{name}"), &Value::Null);
+            if state["status"] != "RUNNING" && !state["record"].is_null() {
+                break state;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "{name} is still running after 10 min: {state:#}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let wall = started.elapsed();
+        let stats = self.stats();
+        let after = self.inventory();
+        Run {
+            name: name.to_string(),
+            input: serde_json::from_str(state["input"].as_str().unwrap_or("{}")).unwrap(),
+            record: state["record"].clone(),
+            stats,
+            wall,
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+        }
+    }
+
+    /// A Step Functions client with the admin's key, through the front door: the account's
+    /// Step Functions (the `aws stepfunctions` an operator would use).
+    async fn sfn(&self) -> aws_sdk_sfn::Client {
+        let key = &self.ready["admin"];
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(self.ready["aws_endpoint"].as_str().unwrap())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                key["access_key_id"].as_str().unwrap(),
+                key["secret_access_key"].as_str().unwrap(),
+                None,
+                None,
+                "simacct-admin",
+            ))
+            .load()
+            .await;
+        aws_sdk_sfn::Client::new(&sdk)
+    }
+
+    /// The execution as the account's Step Functions describes it (executions.py).
+    fn execution(&self, name: &str) -> Value {
+        self.control("GET", &format!("/executions/{name}"), &Value::Null)
+    }
+
+    /// Runs the `amiflow` CLI as the account's admin (an operator), through the front door.
+    async fn amiflow(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        let admin_key = &self.ready["admin"];
+        let out = tokio::process::Command::new(workspace_binary("amiflow"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "AWS_ENDPOINT_URL",
+                self.ready["aws_endpoint"].as_str().unwrap(),
+            )
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                admin_key["access_key_id"].as_str().unwrap(),
+            )
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                admin_key["secret_access_key"].as_str().unwrap(),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .await
+            .expect("run amiflow");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// How EC2's state changes come (front.py's Ec2Events): the delay of each transition
     /// and whether its event is sent; returns the settings.
     fn ec2_events(&self, settings: Value) -> Value {
@@ -781,7 +876,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         None => json!({}),
     };
     let started = Instant::now();
-    let account = match Account::start(host_env) {
+    let account = match Account::start(host_env, &als) {
         Ok(a) => a,
         Err(why) => return eprintln!("SKIP {test}: {why}"),
     };
@@ -1807,11 +1902,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .send()
         .await
         .unwrap();
+    account.stats();
+    let before = account.inventory();
+    let fired_at = Instant::now();
     let fired = account.control("POST", "/schedule/fire", &json!({}));
     assert_eq!(fired["target"], "ScheduledStart", "{fired:#}");
     assert_eq!(fired["failed"], false, "ScheduledStart failed: {fired:#}");
     assert_eq!(fired["result"]["sensitive_vars"], json!(["canary"]));
-    let execution = aws_sdk_sfn::Client::new(&admin.sdk)
+    let sfn = account.sfn().await;
+    let execution = sfn
         .describe_execution()
         .execution_arn(fired["result"]["execution_arn"].as_str().unwrap())
         .send()
@@ -1829,7 +1928,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         !input.to_string().contains(&canary),
         "the value entered the input"
     );
-    let run = account.execute(&als, &name, input).await;
+    let run = account.hosted(&name, before, fired_at).await;
     // The run's copy of the value was there before it began (ScheduledStart made it):
     // Finalize removed it.
     let copy = format!("/amiflow/{name}/vars/canary");
@@ -1887,10 +1986,11 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 
-    // 10. `amiflow start`, as infra/README.md's first execution: the CLI validates the
-    //     template, stores its sensitive variable under the execution's own path and starts
-    //     the state machine (moto records the execution); that execution then runs as Step
-    //     Functions would run it. The value reaches the instance and nothing recorded.
+    // 10. infra/README.md's walk-through, as an operator runs it against the deployed stack,
+    //     every call through the account's Step Functions (executions.py runs the executions).
+    //  a. `amiflow start --watch`: the CLI validates the template, stores its sensitive
+    //     variable under the execution's own path, starts the state machine and follows its
+    //     history to the artifact. The value reaches the instance and nothing recorded.
     let work = tempfile::tempdir().unwrap();
     let mut started_template = single_region_ebs_template();
     started_template["variables"] = json!({"secret": ""});
@@ -1898,55 +1998,62 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     started_template["builders"][0]["run_tags"] = json!({"Secret": "{{user `secret`}}"});
     let template_path = work.path().join("web.json");
     std::fs::write(&template_path, started_template.to_string()).unwrap();
+    let template = template_path.to_str().unwrap();
+    let basic_path = work.path().join("basic.json");
+    std::fs::write(&basic_path, single_region_ebs_template().to_string()).unwrap();
+    let basic = basic_path.to_str().unwrap();
     let secret = format!("started-secret-{}", std::process::id());
-    let admin_key = &account.ready["admin"];
-    let cli = tokio::process::Command::new(workspace_binary("amiflow"))
-        .arg("start")
-        .arg(&template_path)
-        .args([
+    account.stats();
+    let before = account.inventory();
+    let began = Instant::now();
+    let secret_var = format!("secret={secret}");
+    let (status, stdout, said) = account
+        .amiflow(&[
+            "start",
+            template,
             "--var",
-            &format!("secret={secret}"),
+            &secret_var,
             "--name",
             "simacct-started",
+            "--state-machine",
+            machine,
+            "--watch",
         ])
-        .args(["--state-machine", machine])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", &front)
-        .env(
-            "AWS_ACCESS_KEY_ID",
-            admin_key["access_key_id"].as_str().unwrap(),
-        )
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            admin_key["secret_access_key"].as_str().unwrap(),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .await
-        .expect("run amiflow start");
-    let said = String::from_utf8_lossy(&cli.stderr);
-    assert!(cli.status.success(), "amiflow start: {said}");
-    let arn = String::from_utf8_lossy(&cli.stdout).trim().to_string();
-    assert!(arn.ends_with(":simacct-started"), "{arn}");
-    let execution = aws_sdk_sfn::Client::new(&admin.sdk)
-        .describe_execution()
-        .execution_arn(&arn)
-        .send()
-        .await
-        .expect("the execution amiflow start started");
-    let input: Value = serde_json::from_str(execution.input().unwrap_or("{}")).unwrap();
+        .await;
+    assert!(status.success(), "amiflow start --watch: {said}\n{stdout}");
+    let arn = stdout.lines().next().unwrap_or_default().trim().to_string();
+    assert!(arn.ends_with(":simacct-started"), "{stdout}");
+    let run = account.hosted("simacct-started", before, began).await;
+    let input = &run.input;
     assert!(
         !input.to_string().contains(&secret),
         "the value entered the input"
     );
     let copy = "/amiflow/simacct-started/vars/secret";
     assert_eq!(input["sensitive_vars"]["secret"], copy, "{input:#}");
-    let run = account.execute(&als, "simacct-started", input).await;
     assert_clean_success(&account, &run, |l| l.ends_with(copy)).await;
+    let ami = run.record["output"]["builds"][0]["amis"][REGION]
+        .as_str()
+        .unwrap();
     assert!(
-        !run.record.to_string().contains(&secret),
-        "the sensitive value is in the execution's history or output"
+        stdout.contains(&format!("{REGION}: {ami}")),
+        "`amiflow start --watch` prints the artifact: {stdout}"
+    );
+    for line in [
+        "→ amazon-ebs.RunSourceInstance",
+        "✓ amazon-ebs.CreateImage",
+        "execution succeeded",
+    ] {
+        assert!(
+            said.contains(line),
+            "watch shows {line:?} from the history: {said}"
+        );
+    }
+    assert!(
+        !run.record.to_string().contains(&secret)
+            && !said.contains(&secret)
+            && !stdout.contains(&secret),
+        "the sensitive value is in the execution's history, output or the CLI's lines"
     );
     let launched = admin
         .ec2(REGION)
@@ -1960,8 +2067,236 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         1,
         "the value reached the instance's run tags"
     );
+    let (status, watched, said) = account.amiflow(&["watch", &arn]).await;
+    assert!(
+        status.success() && watched.contains(ami),
+        "`amiflow watch` of the ended execution: {said}\n{watched}"
+    );
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
+
+    //  b. Abort: a build stopped by hand (`aws stepfunctions stop-execution`) while it waits
+    //     for its instance, which EC2 keeps pending here. Step Functions ends the execution
+    //     ABORTED and sends its status change; the janitor rule's target sweeps the build.
+    let events_before = account.ec2_events(json!({}));
+    account.ec2_events(json!({"delay_ms": 8000}));
+    account.stats();
+    let before = account.inventory();
+    let began = Instant::now();
+    let (status, stdout, said) = account
+        .amiflow(&[
+            "start",
+            basic,
+            "--name",
+            "simacct-aborted",
+            "--state-machine",
+            machine,
+        ])
+        .await;
+    assert!(status.success(), "amiflow start: {said}");
+    let arn = stdout.trim().to_string();
+    let sfn = account.sfn().await;
+    let mut awaiting = String::new();
+    while awaiting.is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "the build never awaited its instance: {:#}",
+            account.execution("simacct-aborted")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let history = sfn
+            .get_execution_history()
+            .execution_arn(&arn)
+            .reverse_order(true)
+            .send()
+            .await
+            .expect("GetExecutionHistory");
+        let newest_entry = history.events().iter().find_map(|e| {
+            e.state_entered_event_details()
+                .map(|d| d.name().to_string())
+        });
+        if let Some(state) = newest_entry.filter(|s| s.contains(".Await")) {
+            awaiting = state;
+        }
+    }
+    // AwaitEvent returns at once (the token stored, the instance seen pending): no
+    // invocation is under way when the execution stops.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sfn.stop_execution()
+        .execution_arn(&arn)
+        .cause("stopped by the operator")
+        .send()
+        .await
+        .expect("StopExecution");
+    let (status, _, said) = account.amiflow(&["watch", &arn]).await;
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "`amiflow watch` of an aborted execution exits 2: {said}"
+    );
+    assert!(said.contains("execution aborted"), "{said}");
+    let run = account
+        .hosted("simacct-aborted", before.clone(), began)
+        .await;
+    account.ec2_events(events_before);
+    let stopped = account.execution("simacct-aborted");
+    assert_eq!(stopped["status"], "ABORTED", "{stopped:#}");
+    let janitor = &stopped["deliveries"][0]["deliveries"][0];
+    assert_eq!(janitor["target"], "Janitor", "{stopped:#}");
+    assert_eq!(janitor["result"]["swept"], true, "{stopped:#}");
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..40 {
+        left = account.inventory().difference(&before).cloned().collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        run.added.iter().any(|l| l.contains(" instance "))
+            || janitor["result"]["removed"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty()),
+        "the build had made something to sweep: {janitor:#}"
+    );
+    assert!(
+        left.is_empty(),
+        "the aborted build (stopped in {awaiting}) left {left:?}: {janitor:#}"
+    );
+    eprintln!(
+        "simacct: aborted in {awaiting}; the janitor swept {} resources",
+        janitor["result"]["removed"].as_array().map_or(0, Vec::len)
+    );
+
+    //  c. Redrive: a build started with `--on-error redrive` fails at CreateImage (its role
+    //     lacks ec2:CreateImage), keeps what it made (the janitor leaves it), and once the
+    //     role is fixed `amiflow redrive --watch` resumes it at CreateImage: nothing that
+    //     succeeded runs again, and the build ends with its image and nothing else.
+    account.control(
+        "POST",
+        "/remove-action",
+        &json!({"function": "CreateImage", "action": "ec2:CreateImage"}),
+    );
+    account.stats();
+    let before = account.inventory();
+    let began = Instant::now();
+    let (status, stdout, said) = account
+        .amiflow(&[
+            "start",
+            basic,
+            "--name",
+            "simacct-redriven",
+            "--on-error",
+            "redrive",
+            "--state-machine",
+            machine,
+            "--watch",
+        ])
+        .await;
+    account.control("POST", "/restore-roles", &Value::Null);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the build fails at CreateImage: {said}\n{stdout}"
+    );
+    assert!(
+        said.contains("✗ amazon-ebs.redrive.CreateImage"),
+        "watch shows the failed step: {said}"
+    );
+    let arn = stdout.lines().next().unwrap_or_default().trim().to_string();
+    let failed = account.execution("simacct-redriven");
+    assert_eq!(failed["status"], "FAILED", "{failed:#}");
+    let janitor = &failed["deliveries"][0]["deliveries"][0]["result"];
+    assert_eq!(janitor["kept_for_redrive"], true, "{failed:#}");
+    let kept: BTreeSet<String> = account.inventory().difference(&before).cloned().collect();
+    assert!(
+        kept.iter().any(|l| l.contains(" instance ")),
+        "the kept build's instance is there for the redrive: {kept:?}"
+    );
+    let failed_stats = account.stats();
+    let redrive_began = Instant::now();
+    let (status, stdout, said) = account.amiflow(&["redrive", &arn, "--watch"]).await;
+    let redrive_wall = redrive_began.elapsed();
+    assert!(
+        status.success(),
+        "amiflow redrive --watch: {said}\n{stdout}\n{}",
+        account.log_tail()
+    );
+    let run = account.hosted("simacct-redriven", before, began).await;
+    assert_clean_success(&account, &run, |_| false).await;
+    let ami = run.record["output"]["builds"][0]["amis"][REGION]
+        .as_str()
+        .unwrap();
+    assert!(
+        stdout.contains(ami),
+        "redrive --watch prints the artifact: {stdout}"
+    );
+    let invoked = run.stats["invocations"].as_object().unwrap();
+    for step in [
+        "Prepare",
+        "RunSourceInstance",
+        "WaitInstanceRunning",
+        "StopInstance",
+    ] {
+        assert!(
+            !invoked.contains_key(step),
+            "the redrive ran {step} again: {invoked:?}"
+        );
+    }
+    assert!(invoked.contains_key("CreateImage"), "{invoked:?}");
+    let replayed = run.record["replayed"].as_array().unwrap();
+    assert!(
+        replayed.iter().any(|s| s == "Prepare"),
+        "the redrive replayed what had succeeded: {replayed:?}"
+    );
+    let history = sfn
+        .get_execution_history()
+        .execution_arn(&arn)
+        .max_results(1000)
+        .send()
+        .await
+        .expect("GetExecutionHistory");
+    let kinds: Vec<String> = history
+        .events()
+        .iter()
+        .map(|e| e.r#type().as_str().to_string())
+        .collect();
+    let redriven = kinds
+        .iter()
+        .position(|k| k == "ExecutionRedriven")
+        .unwrap_or_else(|| panic!("no ExecutionRedriven in {kinds:?}"));
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "ExecutionStarted").count(),
+        1,
+        "{kinds:?}"
+    );
+    let first_task_after = history.events()[redriven..]
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .map(|d| d.name().to_string())
+        .find(|n| n.starts_with("amazon-ebs."));
+    assert_eq!(
+        first_task_after.as_deref(),
+        Some("amazon-ebs.redrive.CreateImage"),
+        "the redriven history resumes at the failed step: {kinds:?}"
+    );
+    // Billed transitions of the redrive: the states entered after ExecutionRedriven.
+    let redrive_transitions = kinds[redriven..]
+        .iter()
+        .filter(|k| k.ends_with("StateEntered"))
+        .count();
+    let line = format!(
+        "simacct-redriven: failed run {} Lambda invocations; redrive {:.1}s, {} Lambda invocations, {} state transitions, {} tasks replayed",
+        failed_stats["invocations"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>()),
+        redrive_wall.as_secs_f64(),
+        run.invocations(),
+        redrive_transitions,
+        replayed.len(),
+    );
+    eprintln!("simacct: {line}");
+    runs.push(line);
 
     eprintln!(
         "simacct: summary (wall time per execution, ALS with Wait/Retry intervals at 0):\n  {}\nsimacct: total {:.1}s",

@@ -56,6 +56,7 @@ from botocore.exceptions import ClientError
 
 import cfn
 import policy
+from executions import Executions
 from front import Front
 from lambda_service import Function, LambdaService
 from policy import unqualified
@@ -418,6 +419,9 @@ def _control_handler(control: Control) -> type[BaseHTTPRequestHandler]:
                     return self._answer(200, control.restore())
                 if path == "/events":
                     return self._answer(200, control.deliver(arg))
+                if path.startswith("/executions/"):
+                    # An execution the account runs (executions.py), by name, with its last record.
+                    return self._answer(200, control.front.executions.state_of(urllib.parse.unquote(path.removeprefix("/executions/"))))
                 if path == "/schedule/fire":
                     return self._answer(200, control.fire_schedule())
                 if path.startswith("/callbacks/"):
@@ -508,6 +512,29 @@ def main() -> int:
         front.register_host(setup["host"], host_env)
         control = Control(account, stack, lam, front, {f.logical: f for f in functions.values()})
         front.ec2_events.deliver = control.deliver
+        # Step Functions: the stack's executions, run by run.mjs as the state machine's role.
+        hosted = Executions(
+            stack.physical_id(sm_logical),
+            definition_path,
+            account.work_dir,
+            {"node": config["node"], "modules": config["node_modules"], "script": os.path.join(config["repo"], "tests/als/run.mjs")},
+            {
+                "PATH": os.environ.get("PATH", ""),
+                "AWS_ENDPOINT_URL_LAMBDA": lam.url,
+                "AWS_REGION": account.region,
+                "AWS_ACCESS_KEY_ID": sm_creds["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": sm_creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": sm_creds["SessionToken"],
+                "AMIFLOW_CALLBACK_URL": f"{control.url}/callbacks",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            },
+            account.region,
+            cfn.ACCOUNT_ID,
+            sm_role_arn,
+        )
+        hosted.deliver = control.deliver
+        front.executions = hosted
+        front.admin_key_id = account.admin_key["access_key_id"]
 
         # The build schedule (EventBridge Scheduler): what it would start, with whose rights.
         scheduler = account.client("scheduler")

@@ -43,6 +43,10 @@ a real account has and moto has not:
   or CopyImage (in its destination region), each resource is in transition for a set delay:
   DescribeInstances/DescribeImages show it pending (stopping, shutting-down), and when the delay ends the
   event EC2 sends is delivered to the account's EventBridge rules.
+- Step Functions' executions of the stack's state machine (StartExecution, DescribeExecution,
+  GetExecutionHistory, ListExecutions, StopExecution, RedriveExecution), which moto never
+  runs: executions.py runs them with aws-local-stepfunctions; the caller's signature and its
+  states:* on the state machine or execution are checked here.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+import executions
 import policy
 
 # Refusals: not authorized, or credentials/signature not accepted.
@@ -366,6 +371,9 @@ class Front:
         self.answered: list[str] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.ec2_events = Ec2Events(home_region)
+        # The stack's executions (executions.py), and the admin's key (may call anything).
+        self.executions: executions.Executions | None = None
+        self.admin_key_id = ""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -462,6 +470,45 @@ class Front:
             self.task_answers[token] = {**answer, "action": action, "by": label, "role": caller["role"], "at_ms": int(time.time() * 1000)}
             self.answered.append(token)
         return 200, b"{}"
+
+    # ------------------------------------------------------------------ executions
+
+    def is_execution_call(self, action: str, body: bytes) -> bool:
+        """Whether the call is about the stack's state machine or one of its executions."""
+        if self.executions is None:
+            return False
+        request = json.loads(body or b"{}")
+        if action in ("states:StartExecution", "states:ListExecutions"):
+            return request.get("stateMachineArn") == self.state_machine_arn
+        prefix = self.state_machine_arn.replace(":stateMachine:", ":execution:") + ":"
+        return str(request.get("executionArn", "")).startswith(prefix)
+
+    def execution_call(self, caller: dict[str, str] | None, key: str, label: str, action: str, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        """A hosted Step Functions call, authorized as IAM would: a role's policies on the state
+        machine (StartExecution, ListExecutions) or the execution; the admin may do anything."""
+        def error(code: str, message: str) -> tuple[int, bytes]:
+            return 400, json.dumps({"__type": code, "message": message}).encode()
+
+        request = json.loads(body or b"{}")
+        resource = request.get("stateMachineArn") if action in ("states:StartExecution", "states:ListExecutions") else request.get("executionArn")
+        if caller is not None:
+            name = "Authorization" if "Authorization" in headers else "authorization"
+            given = headers.get(name, "").partition("Signature=")[2].partition(",")[0]
+            if _signature(method, path, headers, body, caller) != given:
+                self.record_denial(label, action, "the request's signature does not match its credentials")
+                return error("InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
+            allowed = policy.allowed(self.role_documents(caller["role"]), action, resource)
+        else:
+            allowed = bool(key) and key == self.admin_key_id
+        if not allowed:
+            message = f"User: {caller.get('arn', label) if caller else label} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action"
+            self.record_denial(label, action, message)
+            return error("AccessDeniedException", message)
+        assert self.executions is not None
+        try:
+            return 200, json.dumps(self.executions.answer(action, request)).encode()
+        except executions.Failure as e:
+            return error(e.code, str(e))
 
     def answer_of(self, token: str) -> dict[str, Any] | None:
         """The token's answer as the execution runner reads it: {"output"} or {"error", "cause"}."""
@@ -784,6 +831,10 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             if action in TASK_ANSWERS:
                 # Step Functions' side of a callback task: answered here, never by moto.
                 status, answer = front.task_answer(caller, label, action, self.command, self.path, headers, body)
+                return self._send(status, [("Content-Type", "application/x-amz-json-1.0")], answer)
+            if action in executions.HOSTED_ACTIONS and front.is_execution_call(action, body):
+                # Step Functions' executions of the stack's state machine: run here (executions.py).
+                status, answer = front.execution_call(caller, key, label, action, self.command, self.path, headers, body)
                 return self._send(status, [("Content-Type", "application/x-amz-json-1.0")], answer)
             parts = [p for p in path.split("/") if p]
             scope = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")

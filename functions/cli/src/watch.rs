@@ -20,8 +20,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let client = aws_sdk_sfn::Client::new(&sdk);
+    // The execution's own region (from its ARN), whatever the environment configures.
+    let (_, client) = crate::redrive::sfn_for(&args.execution_arn).await?;
     let outcome = follow(
         &client,
         &args.execution_arn,
