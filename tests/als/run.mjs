@@ -357,6 +357,8 @@ for (const callback of record.callbacks) {
   const entered = entries.filter((e) => e.state === callback.state && e.input === callback.input && e.t <= callback.started_at);
   callback.index = entered.length ? entered[entered.length - 1].index : null;
 }
-process.stdout.write(JSON.stringify(record) + "\n");
-// An aborted run leaves callback polls and invocations under way: the record is complete.
-if (record.aborted) process.exit(0);
+// An aborted run leaves callback polls and invocations under way: once the record is out
+// (a pipe's write completes later), the run is over.
+process.stdout.write(JSON.stringify(record) + "\n", () => {
+  if (record.aborted) process.exit(0);
+});

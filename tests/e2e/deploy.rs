@@ -986,6 +986,8 @@ async fn deliver_event_answers_only_the_awaited_resource_past_its_pending_states
         token: "token-1".into(),
         resources: vec![awaited_image.clone()],
         wait: "ImageAvailable".into(),
+        execution: "ev-1".into(),
+        build: "web".into(),
     };
     await_token::store(&ctx, "ev-1", "web", &token)
         .await
@@ -1025,5 +1027,67 @@ async fn deliver_event_answers_only_the_awaited_resource_past_its_pending_states
             .unwrap(),
         not_awaited(&awaited_image, "available"),
         "answered once"
+    );
+
+    // The chroot host's SSM command carries no build tags: its wait is found by the tag on
+    // the token's parameter.
+    let command_event = |id: &str, status: &str| {
+        json!({"version": "0", "source": "aws.ssm",
+               "detail-type": "EC2 Command Invocation Status-change Notification",
+               "region": REGION,
+               "detail": {"command-id": id, "instance-id": "i-host", "status": status}})
+    };
+    let host_script = Awaited {
+        token: "token-2".into(),
+        resources: vec!["cmd-1".into()],
+        wait: "HostScript".into(),
+        execution: "ev-1".into(),
+        build: "chroot".into(),
+    };
+    let stored = await_token::store(&ctx, "ev-1", "chroot", &host_script)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliver(&ctx, command_event("cmd-1", "Success"))
+            .await
+            .unwrap(),
+        Delivered::NotABuild {
+            resource: "cmd-1".into()
+        },
+        "a token not yet tagged with its command is not found"
+    );
+    await_token::index(&ctx, &stored, "cmd-1").await.unwrap();
+    assert_eq!(
+        deliver(&ctx, command_event("cmd-2", "Success"))
+            .await
+            .unwrap(),
+        Delivered::NotABuild {
+            resource: "cmd-2".into()
+        },
+        "another command"
+    );
+    assert_eq!(
+        deliver(&ctx, command_event("cmd-1", "InProgress"))
+            .await
+            .unwrap(),
+        not_awaited("cmd-1", "InProgress"),
+        "still running"
+    );
+    assert_eq!(
+        deliver(&ctx, command_event("cmd-1", "Failed"))
+            .await
+            .unwrap(),
+        Delivered::Answered {
+            resource: "cmd-1".into(),
+            state: "Failed".into(),
+            wait: "HostScript".into(),
+            execution: "ev-1".into(),
+            build: "chroot".into(),
+        },
+        "a failed script ends the wait: WaitHostScript reports it"
+    );
+    assert_eq!(
+        await_token::read(&ctx, "ev-1", "chroot").await.unwrap(),
+        None
     );
 }

@@ -39,12 +39,14 @@ const REGIONS: [&str; 2] = [REGION, COPY_REGION];
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
 /// The waits a deployed build awaits EC2's event for (a callback state `<builder>.Await<wait>`
 /// before the polled `<builder>.Wait<wait>`).
-const AWAITED: [&str; 4] = [
-    "InstanceRunning",
-    "InstanceStopped",
-    "SnapshotsCompleted",
-    "ImageAvailable",
-];
+/// The waits awaited deployed before they are polled (waits.rs).
+fn awaited_waits() -> Vec<&'static str> {
+    amiflow::waits::ALL
+        .iter()
+        .filter(|w| w.event.is_some())
+        .map(|w| w.name)
+        .collect()
+}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -292,7 +294,7 @@ impl Account {
     async fn hosted(&self, name: &str, before: BTreeSet<String>, started: Instant) -> Run {
         let state = loop {
             let state = self.control("GET", &format!("/executions/{name}"), &Value::Null);
-            if state["status"] != "RUNNING" && !state["record"].is_null() {
+            if state["status"] != "RUNNING" && state["ended"] == true {
                 break state;
             }
             assert!(
@@ -514,9 +516,11 @@ impl Run {
             .into_iter()
             .flatten()
             .filter(|c| {
-                c["state"]
-                    .as_str()
-                    .is_some_and(|s| AWAITED.iter().any(|w| s.ends_with(&format!(".Await{w}"))))
+                c["state"].as_str().is_some_and(|s| {
+                    awaited_waits()
+                        .iter()
+                        .any(|w| s.ends_with(&format!(".Await{w}")))
+                })
             })
             .collect()
     }
@@ -528,9 +532,11 @@ impl Run {
             .into_iter()
             .flatten()
             .filter(|r| {
-                r["state"]
-                    .as_str()
-                    .is_some_and(|s| AWAITED.iter().any(|w| s.ends_with(&format!(".Wait{w}"))))
+                r["state"].as_str().is_some_and(|s| {
+                    awaited_waits()
+                        .iter()
+                        .any(|w| s.ends_with(&format!(".Wait{w}")))
+                })
             })
             .map(|r| format!("{} ({})", r["state"], r["index"]))
             .collect()
@@ -574,8 +580,9 @@ impl Run {
                 .rev()
                 .find(|e| {
                     let detail = &e["event"]["detail"];
-                    let id = detail["instance-id"]
+                    let id = detail["command-id"]
                         .as_str()
+                        .or(detail["instance-id"].as_str())
                         .or(detail["ImageId"].as_str())
                         .or(detail["snapshot_id"]
                             .as_str()
@@ -1634,6 +1641,35 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             mounts_under(disk.dir.path()).is_empty(),
             "mounts left on the host"
         );
+        // The host script's end was awaited: SSM's status-change event for the command
+        // reached DeliverEvent, which found the token by its tag and answered it (or
+        // AwaitEvent did, had the script ended before the token was stored); WaitHostScript
+        // then found it done without polling.
+        assert!(
+            run.await_outcomes()
+                .contains(&"AwaitHostScript success".to_string()),
+            "{:#}",
+            run.record["callbacks"]
+        );
+        let host_script = run
+            .event_latencies()
+            .into_iter()
+            .find(|l| l.state.ends_with(".AwaitHostScript"))
+            .expect("the host script's await");
+        assert!(
+            ["DeliverEvent", "AwaitEvent"].contains(&host_script.by.as_str()),
+            "answered by {}",
+            host_script.by
+        );
+        assert_eq!(
+            run.wait_retries(),
+            Vec::<String>::new(),
+            "a polled wait after an answered event found it not ready"
+        );
+        eprintln!(
+            "simacct:   {}: answered by {}, {} ms after SSM's event; next state {} ms after it",
+            host_script.state, host_script.by, host_script.answered, host_script.next
+        );
         eprintln!("simacct: {}", run.report());
         runs.push(run.report());
     }
@@ -1902,6 +1938,39 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .send()
         .await
         .unwrap();
+    // A start that fails (the schedule role's function lost states:StartExecution): the
+    // copies ScheduledStart made of the operator's values are removed, nothing runs.
+    let before = account.inventory();
+    let removed = account.control(
+        "POST",
+        "/remove-action",
+        &json!({"function": "ScheduledStart", "action": "states:StartExecution"}),
+    );
+    account.stats();
+    let refused = account.control("POST", "/schedule/fire", &json!({}));
+    account.control("POST", "/restore-roles", &Value::Null);
+    assert_eq!(refused["failed"], true, "{removed:#} {refused:#}");
+    let message = refused["result"]["errorMessage"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("StartExecution") && message.contains("not authorized"),
+        "the failure names the refused call: {refused:#}"
+    );
+    let after_refusal = account.inventory();
+    assert_eq!(
+        after_refusal.difference(&before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "a failed start left its copies of the sensitive values"
+    );
+    let copied: Vec<String> = account.stats()["aws_calls"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert!(
+        copied.iter().any(|l| l == "ScheduledStart"),
+        "ScheduledStart ran before it was refused: {copied:?}"
+    );
     account.stats();
     let before = account.inventory();
     let fired_at = Instant::now();

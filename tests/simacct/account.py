@@ -277,6 +277,12 @@ class Control:
                 elif actions == action:
                     s["Action"] = []
                     removed.append(name)
+            # IAM refuses a statement without actions, and a policy without statements.
+            kept = [s for s in policy.statements([doc]) if s.get("Action")]
+            if not kept:
+                iam.delete_role_policy(RoleName=role, PolicyName=name)
+                continue
+            doc["Statement"] = kept
             iam.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(doc))
         if not removed:
             raise ValueError(f"{function_logical}'s role {role} does not allow {action}")

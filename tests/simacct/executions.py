@@ -278,12 +278,12 @@ class Executions:
         with self.lock:
             run.record = record
             execution.stop = time.time()
-            if record is None:
+            if execution.stop_requested or (record or {}).get("aborted"):
+                execution.status = "ABORTED"
+            elif record is None:
                 execution.status = "FAILED"
                 execution.error = "States.Runtime"
                 execution.cause = f"the run ended without a record (exit {run.process.returncode}; see {run.directory}/run.log)"
-            elif record.get("aborted") or execution.stop_requested:
-                execution.status = "ABORTED"
             elif record.get("error"):
                 error = record["error"]
                 execution.status = "TIMED_OUT" if error.get("Error") == "ExecutionTimeoutError" else "FAILED"
@@ -332,7 +332,8 @@ class Executions:
         with self.lock:
             out = execution.describe()
             out["runs"] = len(execution.runs)
-            out["record"] = execution.runs[-1].record if execution.runs[-1].ended.is_set() else None
+            out["ended"] = execution.runs[-1].ended.is_set()
+            out["record"] = execution.runs[-1].record if out["ended"] else None
             out["deliveries"] = [d for d in self.deliveries if d["execution"] == name]
         return out
 

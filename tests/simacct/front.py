@@ -31,7 +31,8 @@ a real account has and moto has not:
 - the SSM agent of the build host: a SendCommand to a registered host runs the command's
   document (its runShellScript steps, parameters substituted as the agent does) on this
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
-  canned "Success";
+  canned "Success"; when it ends, SSM's "EC2 Command Invocation Status-change Notification"
+  goes to the account's rules (as EC2's events do, below);
 - Step Functions' task token answers (SendTaskSuccess, SendTaskFailure, SendTaskHeartbeat),
   which moto's executions never wait for: the caller's signature and its states:SendTask*
   on the stack's state machine are checked here, the first answer per token is kept (with
@@ -136,12 +137,15 @@ def request_action(headers: Any, method: str, path: str, query: str, body: bytes
 class HostAgent:
     """The SSM agent of one build host: runs documents on this machine, as root."""
 
-    def __init__(self, instance_id: str, env: dict[str, str], work_dir: str):
+    def __init__(self, instance_id: str, env: dict[str, str], work_dir: str, announce: Callable[[str, str, str], None] | None = None):
         self.instance_id = instance_id
         self.env = env
         self.work_dir = work_dir
         self.runs: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
+        # SSM's "EC2 Command Invocation Status-change Notification" when a command ends:
+        # announce(command id, instance id, status).
+        self.announce = announce
 
     def start(self, command_id: str, commands: list[str], timeout: int) -> None:
         with self.lock:
@@ -164,6 +168,8 @@ class HostAgent:
             os.unlink(script)
         with self.lock:
             self.runs[command_id] = result
+        if self.announce is not None:
+            self.announce(command_id, self.instance_id, result["Status"])
 
     def report(self, command_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -228,11 +234,39 @@ class Ec2Events:
             if current is None or current["generation"] != generation:
                 return  # a later call's transition replaced this one
             del self.transitions[(region, resource)]
+        self.send(current["action"], self.event(region, current["kind"], resource, current["state"]))
+
+    def command_ended(self, command_id: str, instance_id: str, status: str) -> None:
+        """SSM's event for a command the build host's agent ran (`HostAgent`), sent as EC2's are."""
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "EC2 Command Invocation Status-change Notification",
+            "source": "aws.ssm",
+            "account": ACCOUNT_ID,
+            "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": self.home_region,
+            "resources": [f"arn:aws:ec2:{self.home_region}:{ACCOUNT_ID}:instance/{instance_id}"],
+            "detail": {
+                "command-id": command_id,
+                "document-name": "",
+                "instance-id": instance_id,
+                "requested-date-time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                "status": status,
+            },
+        }
+        thread = threading.Thread(target=self.send, args=("SendCommand", event), daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
+
+    def send(self, action: str, event: dict[str, Any]) -> None:
+        """Delivers one event to the rules, unless events are off; kept for the test."""
+        with self.lock:
             emit = self.emit
         if not emit:
             return
-        event = self.event(region, current["kind"], resource, current["state"])
-        entry: dict[str, Any] = {"action": current["action"], "event": event, "emitted_ms": int(time.time() * 1000)}
+        entry: dict[str, Any] = {"action": action, "event": event, "emitted_ms": int(time.time() * 1000)}
         try:
             if self.deliver is None:
                 raise RuntimeError("no EventBridge to deliver to")
@@ -384,7 +418,7 @@ class Front:
         return f"http://{host}:{port}"
 
     def register_host(self, instance_id: str, env: dict[str, str]) -> None:
-        self.hosts[instance_id] = HostAgent(instance_id, env, self.work_dir)
+        self.hosts[instance_id] = HostAgent(instance_id, env, self.work_dir, self.ec2_events.command_ended)
 
     def stats(self, reset: bool) -> dict[str, Any]:
         # EC2 events first: their deliveries' calls and answers belong to these counts.

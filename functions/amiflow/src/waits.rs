@@ -8,9 +8,10 @@
 //! [`Wait::policy`] by `flows.rs`, does the polling; the budget (Packer's waiter default, or
 //! the template's `aws_polling`) turns an endless `NotReady` into `BuildFailed`.
 //!
-//! Deployed, a wait that EC2 announces ([`Wait::event`]) is first awaited, not polled:
-//! `flows.rs` puts a callback state (`steps/await_event.rs`) before its waiting step, which
-//! EventBridge's state-change event ends through `steps/deliver_event.rs`. Events are
+//! Deployed, a wait that AWS announces ([`Wait::event`]: EC2's state changes, and the end of
+//! the chroot host's SSM command) is first awaited, not polled: `flows.rs` puts a callback
+//! state (`steps/await_event.rs`) before its waiting step, which EventBridge's
+//! state-change event ends through `steps/deliver_event.rs`. Events are
 //! best-effort, so the callback state gives up after [`EventWait::timeout_seconds`] and the
 //! waiting step polls as above; either way the waiting step has the last word.
 
@@ -90,7 +91,7 @@ pub struct Wait {
     pub event: Option<EventWait>,
 }
 
-/// The kinds of EC2 resource whose state changes EventBridge announces, each with the rule
+/// The kinds of resource whose state changes EventBridge announces, each with the rule
 /// that delivers them to `steps/deliver_event.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watched {
@@ -101,13 +102,19 @@ pub enum Watched {
     /// The snapshots the build took in its region (`steps/wait_snapshots_completed.rs`):
     /// "EBS Snapshot Notification". Several at once: their wait ends when the last settles.
     BuildSnapshots,
+    /// The chroot host's SSM command running the build's host script
+    /// (`steps/run_host_script.rs`): "EC2 Command Invocation Status-change Notification".
+    /// The command carries no build tags: DeliverEvent finds the build's token by the tag
+    /// AwaitEvent puts on it (`resources/await_token.rs`).
+    HostCommand,
 }
 
 impl Watched {
-    pub const ALL: [Watched; 3] = [
+    pub const ALL: [Watched; 4] = [
         Watched::Instance,
         Watched::BuildImage,
         Watched::BuildSnapshots,
+        Watched::HostCommand,
     ];
 
     /// The EventBridge pattern of the events that settle a wait on this kind: every state
@@ -128,6 +135,11 @@ impl Watched {
                 "source": ["aws.ec2"],
                 "detail-type": ["EBS Snapshot Notification"],
                 "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]}
+            }),
+            Watched::HostCommand => json!({
+                "source": ["aws.ssm"],
+                "detail-type": ["EC2 Command Invocation Status-change Notification"],
+                "detail": {"status": ["Success", "Failed", "Cancelled", "TimedOut"]}
             }),
         }
     }
@@ -155,8 +167,17 @@ impl Watched {
                 };
                 Some((Watched::BuildSnapshots, id.to_string(), state.to_string()))
             }
+            "EC2 Command Invocation Status-change Notification" => {
+                Some((Watched::HostCommand, field("command-id")?, field("status")?))
+            }
             _ => None,
         }
+    }
+
+    /// Whether the resources carry the build's tags (EC2's do; an SSM command has none, so
+    /// its wait's token is tagged with the command instead: `resources/await_token.rs`).
+    pub fn carries_build_tags(self) -> bool {
+        self != Watched::HostCommand
     }
 
     /// The resources of this kind a build is waiting on (none before the build has them).
@@ -171,6 +192,13 @@ impl Watched {
                 .cloned()
                 .collect(),
             Watched::BuildSnapshots => crate::steps::wait_snapshots_completed::awaited(state),
+            // A host script run locally (not through SSM) announces nothing.
+            Watched::HostCommand => match crate::builders::chroot::command(state, "AwaitEvent") {
+                Ok(crate::builders::chroot::HostCommand::Ssm { command_id, .. }) => {
+                    vec![command_id]
+                }
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -284,13 +312,21 @@ pub const PROVISION: Wait = Wait {
     event: None,
 };
 /// RunHostScript → WaitHostScript (amazon-chroot's host script): bounded by the
-/// command's own execution limit and the policy, not by `aws_polling`.
-pub const HOST_SCRIPT: Wait = Wait {
-    name: "HostScript",
-    budget: Budget::Policy,
-    policy: COMMAND,
-    event: None,
-};
+/// command's own execution limit and the policy, not by `aws_polling`. Announced by SSM:
+/// the script takes minutes; a lost event costs 15, then polling.
+pub const HOST_SCRIPT: Wait = announced(
+    Wait {
+        name: "HostScript",
+        budget: Budget::Policy,
+        policy: COMMAND,
+        event: None,
+    },
+    EventWait {
+        watched: Watched::HostCommand,
+        pending: &["Pending", "InProgress", "Delayed"],
+        timeout_seconds: 900,
+    },
+);
 
 /// The wait of this name.
 pub fn named(name: &str) -> Option<Wait> {
@@ -406,6 +442,7 @@ mod tests {
                 Watched::Instance => "state",
                 Watched::BuildImage => "State",
                 Watched::BuildSnapshots => "result",
+                Watched::HostCommand => "status",
             };
             let delivered: Vec<&str> = pattern["detail"][key]
                 .as_array()
@@ -444,6 +481,13 @@ mod tests {
         assert_eq!(
             Watched::of_event(&snapshot),
             Some((Watched::BuildSnapshots, "snap-1".into(), "completed".into()))
+        );
+        let command = json!({"detail-type": "EC2 Command Invocation Status-change Notification",
+            "source": "aws.ssm",
+            "detail": {"command-id": "c-1", "instance-id": "i-host", "status": "Success"}});
+        assert_eq!(
+            Watched::of_event(&command),
+            Some((Watched::HostCommand, "c-1".into(), "Success".into()))
         );
         assert_eq!(
             Watched::of_event(&json!({"detail-type": "Other", "detail": {}})),

@@ -8,6 +8,10 @@
 //! removes it; Cleanup removes one left behind (a wait that timed out into polling), and the
 //! janitor's parameter sweep takes whatever is under the execution's path.
 //!
+//! An SSM command carries no build tags, so a wait on one is found the other way round: the
+//! parameter is tagged [`AWAITS_TAG`] = the command's id ([`index`]), which DeliverEvent
+//! looks up ([`find`]).
+//!
 //! Whoever holds the token can only end a wait early: the waiting step after the callback
 //! state looks at the resource itself, so a wrong or early answer costs a poll, never a
 //! wrong build.
@@ -19,10 +23,24 @@ use super::key_pair::{parameter_path, PARAMETER_NOT_FOUND};
 use crate::error::{classify, error_code, or_absent};
 use crate::{Ctx, StepError};
 
-/// AwaitEvent: stores the token; answers it at once when the resource is already settled.
-pub const STORE_ACTIONS: &[&str] = &["ssm:PutParameter", "ssm:DeleteParameter", ANSWER];
-/// DeliverEvent: reads, answers and removes it.
-pub const TAKE_ACTIONS: &[&str] = &["ssm:GetParameter", "ssm:DeleteParameter", ANSWER];
+/// AwaitEvent: stores the token (tagged, for an SSM command); answers it at once when the
+/// resource is already settled.
+pub const STORE_ACTIONS: &[&str] = &[
+    "ssm:PutParameter",
+    "ssm:AddTagsToResource",
+    "ssm:DeleteParameter",
+    ANSWER,
+];
+/// DeliverEvent: finds (an SSM command's), reads, answers and removes it.
+pub const TAKE_ACTIONS: &[&str] = &[
+    "ssm:DescribeParameters",
+    "ssm:GetParameter",
+    "ssm:DeleteParameter",
+    ANSWER,
+];
+/// The tag on a token's parameter naming the awaited resource, for resources that carry no
+/// build tags (an SSM command).
+pub const AWAITS_TAG: &str = "amiflow:awaits";
 /// Cleanup: removes one nobody answered.
 pub const REMOVE_ACTIONS: &[&str] = &["ssm:DeleteParameter"];
 /// Step Functions' callback answer, on the stack's own state machine only
@@ -38,6 +56,11 @@ pub struct Awaited {
     pub resources: Vec<String>,
     /// The wait's name (`waits.rs`).
     pub wait: String,
+    /// The build awaiting (what DeliverEvent reports; empty in tokens stored before it was kept).
+    #[serde(default)]
+    pub execution: String,
+    #[serde(default)]
+    pub build: String,
 }
 
 /// `/amiflow/<execution>/<build>/await`.
@@ -65,9 +88,56 @@ pub async fn store(
     Ok(name)
 }
 
+/// Tags the stored token with the resource it awaits, for [`find`].
+pub async fn index(ctx: &Ctx, name: &str, resource: &str) -> Result<(), StepError> {
+    ctx.ssm(&ctx.own_region())
+        .add_tags_to_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(name)
+        .tags(
+            aws_sdk_ssm::types::Tag::builder()
+                .key(AWAITS_TAG)
+                .value(resource)
+                .build()
+                .map_err(|e| StepError::BuildFailed(format!("tag {AWAITS_TAG}: {e}")))?,
+        )
+        .send()
+        .await
+        .map_err(|e| classify("AddTagsToResource", name, e))?;
+    Ok(())
+}
+
+/// The parameter of the token awaiting `resource` (tagged by [`index`]), if any.
+pub async fn find(ctx: &Ctx, resource: &str) -> Result<Option<String>, StepError> {
+    let out = ctx
+        .ssm(&ctx.own_region())
+        .describe_parameters()
+        .parameter_filters(
+            aws_sdk_ssm::types::ParameterStringFilter::builder()
+                .key(format!("tag:{AWAITS_TAG}"))
+                .values(resource)
+                .build()
+                .map_err(|e| StepError::BuildFailed(format!("filter tag:{AWAITS_TAG}: {e}")))?,
+        )
+        .send()
+        .await
+        .map_err(|e| classify("DescribeParameters", resource, e))?;
+    Ok(out
+        .parameters()
+        .iter()
+        .filter_map(|p| p.name())
+        .find(|n| n.starts_with("/amiflow/") && n.ends_with("/await"))
+        .map(String::from))
+}
+
 /// The build's awaited resource and token, or None when it awaits nothing.
 pub async fn read(ctx: &Ctx, execution: &str, build: &str) -> Result<Option<Awaited>, StepError> {
-    let name = parameter_name(execution, build);
+    read_at(ctx, &parameter_name(execution, build)).await
+}
+
+/// [`read`] of the parameter `name`.
+pub async fn read_at(ctx: &Ctx, name: &str) -> Result<Option<Awaited>, StepError> {
+    let name = name.to_string();
     let out = ctx
         .ssm(&ctx.own_region())
         .get_parameter()
@@ -86,7 +156,12 @@ pub async fn read(ctx: &Ctx, execution: &str, build: &str) -> Result<Option<Awai
 
 /// Removes the build's token; absent counts as removed. Returns whether one was there.
 pub async fn remove(ctx: &Ctx, execution: &str, build: &str) -> Result<bool, StepError> {
-    let name = parameter_name(execution, build);
+    remove_at(ctx, &parameter_name(execution, build)).await
+}
+
+/// [`remove`] of the parameter `name`.
+pub async fn remove_at(ctx: &Ctx, name: &str) -> Result<bool, StepError> {
+    let name = name.to_string();
     let out = ctx
         .ssm(&ctx.own_region())
         .delete_parameter()

@@ -28,14 +28,17 @@ pub const SPEC: StepSpec = StepSpec {
     name: "AwaitEvent",
     iam_actions: &[
         "ssm:PutParameter",
+        "ssm:AddTagsToResource",
         "ssm:DeleteParameter",
         await_token::ANSWER,
         "ec2:DescribeInstances",
         "ec2:DescribeImages",
         "ec2:DescribeSnapshots",
+        "ssm:GetCommandInvocation",
     ],
     reach: &[
         ("ssm:PutParameter", Reach::AmiflowParameters),
+        ("ssm:AddTagsToResource", Reach::AmiflowParameters),
         ("ssm:DeleteParameter", Reach::AmiflowParameters),
         (await_token::ANSWER, Reach::StackStateMachine),
     ],
@@ -95,10 +98,25 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
         token: input.token.clone(),
         resources: resources.clone(),
         wait: input.wait.clone(),
+        execution: state.execution.clone(),
+        build: state.build.name.clone(),
     };
     // Stored before the look: an event that comes between the two finds the token.
-    await_token::store(ctx, &state.execution, &state.build.name, &awaited).await?;
-    if settled(ctx, &event, region, &resources).await? {
+    let stored = await_token::store(ctx, &state.execution, &state.build.name, &awaited).await?;
+    if !event.watched.carries_build_tags() {
+        for resource in &resources {
+            await_token::index(ctx, &stored, resource).await?;
+        }
+    }
+    if settled(
+        ctx,
+        &event,
+        region,
+        &resources,
+        host_instance(state).as_deref(),
+    )
+    .await?
+    {
         await_token::answer(ctx, &awaited).await?;
         await_token::remove(ctx, &state.execution, &state.build.name).await?;
         return Ok(Awaiting::Settled { resources });
@@ -115,22 +133,53 @@ async fn answer(ctx: &Ctx, input: &AwaitInput, resources: Vec<String>) -> Result
             token: input.token.clone(),
             resources,
             wait: input.wait.clone(),
+            execution: input.state.execution.clone(),
+            build: input.state.build.name.clone(),
         },
     )
     .await
 }
 
+/// The chroot host an SSM host script runs on, if the build has one.
+fn host_instance(state: &BuildState) -> Option<String> {
+    match crate::builders::chroot::command(state, "AwaitEvent") {
+        Ok(crate::builders::chroot::HostCommand::Ssm { instance_id, .. }) => Some(instance_id),
+        _ => None,
+    }
+}
+
 /// Whether every resource is past the wait's pending states (ready or failed; the waiting
 /// step tells which). Not visible yet counts as pending: its event is still to come.
-/// DeliverEvent asks too, when a wait is on several resources.
+/// DeliverEvent asks too, when a wait is on several resources. `host`: the instance an SSM
+/// command runs on (a command's status is asked per instance).
 pub async fn settled(
     ctx: &Ctx,
     event: &EventWait,
     region: &str,
     ids: &[String],
+    host: Option<&str>,
 ) -> Result<bool, StepError> {
     let mut states: Vec<Option<String>> = Vec::new();
     match event.watched {
+        Watched::HostCommand => {
+            let Some(host) = host else {
+                return Ok(false);
+            };
+            for id in ids {
+                let found = ctx
+                    .ssm(region)
+                    .get_command_invocation()
+                    .command_id(id)
+                    .instance_id(host)
+                    .send()
+                    .await;
+                states.push(match found {
+                    Ok(out) => out.status().map(|s| s.as_str().to_string()),
+                    Err(e) if crate::resources::ssm_command::not_visible_yet(&e) => None,
+                    Err(e) => return Err(classify("GetCommandInvocation", id, e)),
+                });
+            }
+        }
         Watched::Instance => {
             for id in ids {
                 let found = instance::describe(ctx, region, id).await?;

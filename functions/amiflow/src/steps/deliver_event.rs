@@ -1,15 +1,16 @@
-//! DeliverEvent: EC2's state-change events end the waits AwaitEvent stored
-//! (`steps/await_event.rs`).
+//! DeliverEvent: EC2's state-change events, and SSM's on the chroot host's command, end the
+//! waits AwaitEvent stored (`steps/await_event.rs`).
 //!
 //! Invoked by the stack's EventBridge rules (infra.rs, one per [`Watched`] kind, patterns
 //! from `waits.rs`), never by the state machine. From the event's resource it finds the
-//! build by the resource's tags (`amiflow:build`, `amiflow:build-name`), reads that build's
+//! build by the resource's tags (`amiflow:build`, `amiflow:build-name`), or for an SSM
+//! command the token tagged with it, reads that build's
 //! token (`resources/await_token.rs`), and answers it when the token awaits this resource
 //! and the event's state is past the wait's pending ones; then removes it. Anything else
 //! (not a build's resource, nobody waiting, another resource, a state still pending) is
 //! left alone: events are best-effort, and the waiting step decides from what it sees.
 //!
-//! Only `aws.ec2` can send these events (EventBridge refuses `aws.*` sources from
+//! Only `aws.ec2` and `aws.ssm` can send these events (EventBridge refuses `aws.*` sources from
 //! PutEvents), and an answer only ends a wait early: nothing a caller controls reaches
 //! further.
 
@@ -26,6 +27,8 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeTags",
         // Whether a build's other snapshots are done too.
         "ec2:DescribeSnapshots",
+        // The token awaiting an SSM command, by its tag (no resource-level permission).
+        "ssm:DescribeParameters",
         "ssm:GetParameter",
         "ssm:DeleteParameter",
         await_token::ANSWER,
@@ -46,7 +49,8 @@ pub const SPEC: StepSpec = StepSpec {
 pub enum Delivered {
     /// Not an event of the rules' patterns.
     Ignored,
-    /// The resource carries no build tags: not made by amiflow.
+    /// The resource carries no build tags (not made by amiflow), or, an SSM command, no
+    /// build's token awaits it.
     NotABuild { resource: String },
     /// The build awaits nothing, or something else, or this state is not the one awaited.
     NotAwaited { resource: String, state: String },
@@ -71,14 +75,21 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
         .and_then(Value::as_str)
         .map(String::from)
         .unwrap_or_else(|| ctx.own_region());
-    let Some((execution, build)) = build_of(ctx, &region, &resource).await? else {
+    let parameter = if watched.carries_build_tags() {
+        build_of(ctx, &region, &resource)
+            .await?
+            .map(|(execution, build)| await_token::parameter_name(&execution, &build))
+    } else {
+        await_token::find(ctx, &resource).await?
+    };
+    let Some(parameter) = parameter else {
         return Ok(Delivered::NotABuild { resource });
     };
     let not_awaited = || Delivered::NotAwaited {
         resource: resource.clone(),
         state: new_state.clone(),
     };
-    let Some(awaited) = await_token::read(ctx, &execution, &build).await? else {
+    let Some(awaited) = await_token::read_at(ctx, &parameter).await? else {
         return Ok(not_awaited());
     };
     let Some(wait) = crate::waits::named(&awaited.wait)
@@ -92,7 +103,7 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
     }
     // Several resources (a build's snapshots): the last one to settle ends the wait.
     if awaited.resources.len() > 1
-        && !super::await_event::settled(ctx, &wait, &region, &awaited.resources).await?
+        && !super::await_event::settled(ctx, &wait, &region, &awaited.resources, None).await?
     {
         return Ok(Delivered::OthersPending {
             resource,
@@ -100,14 +111,14 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
         });
     }
     await_token::answer(ctx, &awaited).await?;
-    await_token::remove(ctx, &execution, &build).await?;
-    tracing::info!(%resource, state = %new_state, wait = %awaited.wait, %execution, %build, "wait answered by EC2's event");
+    await_token::remove_at(ctx, &parameter).await?;
+    tracing::info!(%resource, state = %new_state, wait = %awaited.wait, execution = %awaited.execution, build = %awaited.build, "wait answered by the state-change event");
     Ok(Delivered::Answered {
         resource,
         state: new_state,
         wait: awaited.wait,
-        execution,
-        build,
+        execution: awaited.execution,
+        build: awaited.build,
     })
 }
 
