@@ -345,6 +345,23 @@ impl Account {
     /// Runs the `amiflow` CLI as the account's admin (an operator), through the front door.
     async fn amiflow(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
         let admin_key = &self.ready["admin"];
+        let key = |k: &str| admin_key[k].as_str().unwrap();
+        self.amiflow_as(
+            args,
+            &[
+                ("AWS_ACCESS_KEY_ID", key("access_key_id")),
+                ("AWS_SECRET_ACCESS_KEY", key("secret_access_key")),
+            ],
+        )
+        .await
+    }
+
+    /// Runs the `amiflow` CLI with `credentials` (its AWS_* variables), through the front door.
+    async fn amiflow_as(
+        &self,
+        args: &[&str],
+        credentials: &[(&str, &str)],
+    ) -> (std::process::ExitStatus, String, String) {
         let out = tokio::process::Command::new(workspace_binary("amiflow"))
             .args(args)
             .env_clear()
@@ -353,14 +370,7 @@ impl Account {
                 "AWS_ENDPOINT_URL",
                 self.ready["aws_endpoint"].as_str().unwrap(),
             )
-            .env(
-                "AWS_ACCESS_KEY_ID",
-                admin_key["access_key_id"].as_str().unwrap(),
-            )
-            .env(
-                "AWS_SECRET_ACCESS_KEY",
-                admin_key["secret_access_key"].as_str().unwrap(),
-            )
+            .envs(credentials.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .output()
             .await
@@ -1268,7 +1278,6 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     //     as README.md's "approval" says), lets it publish; `amiflow reject` withdraws its
     //     images and fails the run, naming the reason.
     let approver = &account.ready["approver"];
-    let front = account.ready["aws_endpoint"].as_str().unwrap().to_string();
     let machine = account.ready["state_machine"]["arn"].as_str().unwrap();
     for (name, approve) in [("simacct-approved", true), ("simacct-rejected", false)] {
         let pipeline = json!({
@@ -1299,40 +1308,31 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let mut cli = tokio::process::Command::new(workspace_binary("amiflow"));
-            cli.arg(if approve { "approve" } else { "reject" })
-                .arg(&arn)
-                .args(["--by", "simacct-approver"]);
+            let mut args = vec![
+                if approve { "approve" } else { "reject" },
+                arn.as_str(),
+                "--by",
+                "simacct-approver",
+            ];
             if !approve {
-                cli.args(["--reason", "not this week"]);
+                args.extend(["--reason", "not this week"]);
             }
-            cli.env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("AWS_ENDPOINT_URL", &front)
-                .env(
-                    "AWS_ACCESS_KEY_ID",
-                    approver["AccessKeyId"].as_str().unwrap(),
+            let key = |k: &str| approver[k].as_str().unwrap();
+            account
+                .amiflow_as(
+                    &args,
+                    &[
+                        ("AWS_ACCESS_KEY_ID", key("AccessKeyId")),
+                        ("AWS_SECRET_ACCESS_KEY", key("SecretAccessKey")),
+                        ("AWS_SESSION_TOKEN", key("SessionToken")),
+                    ],
                 )
-                .env(
-                    "AWS_SECRET_ACCESS_KEY",
-                    approver["SecretAccessKey"].as_str().unwrap(),
-                )
-                .env(
-                    "AWS_SESSION_TOKEN",
-                    approver["SessionToken"].as_str().unwrap(),
-                )
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .output()
                 .await
-                .expect("run amiflow approve")
         };
         let (run, cli) = tokio::join!(account.execute(&als, name, input), answer);
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&cli.stdout),
-            String::from_utf8_lossy(&cli.stderr)
-        );
-        assert!(cli.status.success(), "amiflow {name}: {said}");
+        let (status, stdout, stderr) = cli;
+        let said = format!("{stdout}{stderr}");
+        assert!(status.success(), "amiflow {name}: {said}");
         let answered: Vec<&Value> = run.record["callbacks"]
             .as_array()
             .unwrap()

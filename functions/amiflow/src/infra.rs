@@ -19,7 +19,7 @@ use crate::builders::instance_store::{X509_OBJECT_PREFIX, X509_PARAMETER_PATH};
 use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
 use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
-use crate::state::BUILD_TAG;
+use crate::state::{BUILD_TAG, STATE_MACHINE_TAG};
 use crate::steps::notify::NOTIFY_TOPIC_PREFIX;
 use crate::steps::upload_bundle::{self, BUNDLE_UPLOAD_ACTIONS, BUNDLE_UPLOAD_ROLE_PATH};
 use crate::steps::StepSpec;
@@ -224,7 +224,12 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             None,
         )]
     };
-    let build_tagged = json!({ "StringLike": { format!("aws:ResourceTag/{BUILD_TAG}"): "*" } });
+    // A build's resource, made by this stack's state machine (named after the stack): the
+    // builds of another stack, or of `amiflow build`, are out of this stack's reach.
+    let build_tagged = json!({
+        "StringLike": { format!("aws:ResourceTag/{BUILD_TAG}"): "*" },
+        "StringEquals": { format!("aws:ResourceTag/{STATE_MACHINE_TAG}"): "${AWS::StackName}" }
+    });
     let ec2_arn =
         |kind: &str| format!("arn:${{AWS::Partition}}:ec2:*:${{AWS::AccountId}}:{kind}/*");
     let stack_buckets = json!([
@@ -308,7 +313,10 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             statement(
                 "",
                 json!(ec2_arn("instance")),
-                Some(json!({ "StringLike": { format!("ssm:resourceTag/{BUILD_TAG}"): "*" } })),
+                Some(json!({
+                    "StringLike": { format!("ssm:resourceTag/{BUILD_TAG}"): "*" },
+                    "StringEquals": { format!("ssm:resourceTag/{STATE_MACHINE_TAG}"): "${AWS::StackName}" }
+                })),
             ),
         ],
         Reach::BundleUploadRole => vec![statement(
@@ -1533,7 +1541,10 @@ mod tests {
 
     #[test]
     fn destructive_ec2_actions_need_the_build_tag() {
-        let build_tagged = json!({ "StringLike": { "aws:ResourceTag/amiflow:build": "*" } });
+        let build_tagged = json!({
+            "StringLike": { "aws:ResourceTag/amiflow:build": "*" },
+            "StringEquals": { "aws:ResourceTag/amiflow:state-machine": { "Fn::Sub": "${AWS::StackName}" } }
+        });
         for (step, action) in [
             ("Cleanup", "ec2:TerminateInstances"),
             ("Cleanup", "ec2:DeleteSnapshot"),
@@ -1583,8 +1594,12 @@ mod tests {
             "{creating:?}"
         );
         assert_eq!(
-            tagging[1]["Condition"],
-            json!({ "StringLike": { "aws:ResourceTag/amiflow:build": "*" } })
+            tagging[1]["Condition"]["StringLike"],
+            json!({ "aws:ResourceTag/amiflow:build": "*" })
+        );
+        assert_eq!(
+            tagging[1]["Condition"]["StringEquals"],
+            json!({ "aws:ResourceTag/amiflow:state-machine": { "Fn::Sub": "${AWS::StackName}" } })
         );
         // A step that creates nothing tags only what a build tagged.
         let later = granting("CreateTags", "ec2:CreateTags");

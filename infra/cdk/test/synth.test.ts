@@ -101,7 +101,12 @@ test('the roles scope as infra.rs does: no destructive, IAM, KMS, SSM or S3 acti
   assert.deepEqual(unscoped, [], 'granted on * without a condition');
   const cleanupRole = Object.keys(roles).find((id) => id.startsWith('AmiflowCleanupRole'))!;
   const terminate = statementsOf(cleanupRole).find((st: any) => [st.Action].flat().includes('ec2:TerminateInstances'));
-  assert.deepEqual(terminate.Condition, { StringLike: { 'aws:ResourceTag/amiflow:build': '*' } });
+  // A build's resources, made by this stack's state machine (named after the stack).
+  const [machine] = Object.values(template.findResources('AWS::StepFunctions::StateMachine')) as any[];
+  assert.deepEqual(terminate.Condition, {
+    StringLike: { 'aws:ResourceTag/amiflow:build': '*' },
+    StringEquals: { 'aws:ResourceTag/amiflow:state-machine': machine.Properties.StateMachineName },
+  });
   const profileRole = Object.keys(roles).find((id) => id.startsWith('AmiflowIamInstanceProfileRole'))!;
   const create = statementsOf(profileRole).find((st: any) => [st.Action].flat().includes('iam:CreateRole'));
   const boundary = Object.keys(template.findResources('AWS::IAM::ManagedPolicy')).find((id) => id.startsWith('AmiflowTemporaryRoleBoundary'));

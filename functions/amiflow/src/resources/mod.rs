@@ -158,7 +158,9 @@ impl Swept {
 pub enum Reach {
     /// Every resource: reads and creates.
     Any,
-    /// EC2 resources carrying [`BUILD_TAG`](crate::state::BUILD_TAG) (any build's): what a build destroys or changes.
+    /// EC2 resources carrying [`BUILD_TAG`](crate::state::BUILD_TAG) (any build's) that this
+    /// stack's state machine made ([`STATE_MACHINE_TAG`](crate::state::STATE_MACHINE_TAG) =
+    /// the stack's name): what a build destroys or changes.
     BuildTagged,
     /// [`BUILD_TAG`](crate::state::BUILD_TAG)ged volumes and instances, and the stack's own build host (tagged
     /// [`BUILD_HOST_TAG`] with the stack's name): attaching and detaching the chroot volume.
@@ -190,7 +192,9 @@ pub enum Reach {
     X509Parameters,
     /// ...and objects under `x509/` in the artifacts bucket.
     X509Objects,
-    /// SSM commands with `AWS-RunShellScript` or `AWS-RunPowerShellScript` on the build's own ([`BUILD_TAG`](crate::state::BUILD_TAG)ged) instances.
+    /// SSM commands with `AWS-RunShellScript` or `AWS-RunPowerShellScript` on instances of
+    /// this stack's builds ([`BUILD_TAG`](crate::state::BUILD_TAG)ged, and tagged with the
+    /// stack's state machine).
     BuildInstanceCommand,
     /// SSM commands with the stack's chroot document on the stack's build host.
     BuildHostCommand,
