@@ -60,6 +60,7 @@ sed -n '/^case /,/^$/p' "$out/compare.txt"
 printf '%-30s %-40s %s\n' "binary" "size" "cold start / peak RSS"
 for r in "${rows[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-30s %-40s %s\n' "$a" "$b" "$c"; done
 echo "deployed builds (simulated account; wall time is ALS with Wait/Retry at 0 s, not AWS's):"
-sed -n 's/^simacct: \(simacct-[a-z-]*\|scheduled-[0-9a-f-]*\) /  \1 /p' "$out/simacct.txt"
-grep -E '^simacct:   amazon-ebs\.Await' "$out/simacct.txt" | sed 's/^simacct: //' || true
+sed -n 's/^simacct: \(simacct-[a-z-]*:\{0,1\}\|scheduled-[0-9a-f-]*\) /  \1 /p' "$out/simacct.txt"
+grep -E '^simacct:   amazon-(ebs|chroot)\.Await' "$out/simacct.txt" | sed 's/^simacct: //' || true
+grep -E '^simacct: aborted in' "$out/simacct.txt" | sed 's/^simacct: /  /' || true
 echo "details (per-action counts and why they differ: $out/compare.txt; recordings, logs: $out/compare)"
