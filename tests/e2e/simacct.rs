@@ -1831,88 +1831,6 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             .map_or(0, Vec::len)
     );
 
-    // 8b. Redrive mode: a failed step fails the execution where it stands (no Catch, no
-    //     Cleanup), the janitor keeps the build for RedriveExecution, and the sweep
-    //     `amiflow abandon` runs removes it. (RedriveExecution itself is not emulated by
-    //     aws-local-stepfunctions; flows.rs tests the chain it resumes.)
-    let (_, run) = account
-        .execute_without(
-            &als,
-            ("CreateImage", "ec2:CreateImage"),
-            "simacct-redrive",
-            json!({"template": single_region_ebs_template(), "vars": {}, "on_error": "redrive"}),
-        )
-        .await;
-    assert!(
-        !run.record["error"].is_null(),
-        "the redrive-mode build must fail the execution: {:#}",
-        run.record
-    );
-    let states: Vec<&str> = run.record["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["state"].as_str())
-        .collect();
-    assert_eq!(
-        states.last().copied(),
-        Some("amazon-ebs.redrive.CreateImage"),
-        "the execution stops at the failed step, for a redrive to resume: {states:?}"
-    );
-    assert!(
-        !states
-            .iter()
-            .any(|s| s.ends_with(".Cleanup") || *s == "Finalize"),
-        "nothing cleans up in redrive mode: {states:?}"
-    );
-    assert!(
-        run.added.iter().any(|l| l.contains(" instance ")),
-        "the kept build's instance is still there: {:?}",
-        run.added
-    );
-    let delivered = account.control(
-        "POST",
-        "/events",
-        &status_change_event(&account, &run, "FAILED"),
-    );
-    let result = &delivered["deliveries"][0]["result"];
-    assert_eq!(result["kept_for_redrive"], true, "{delivered:#}");
-    assert_eq!(result["swept"], false, "{delivered:#}");
-    let kept_now = account.inventory();
-    assert!(
-        run.added.iter().all(|l| kept_now.contains(l)),
-        "the janitor must leave a build kept for redrive"
-    );
-    let abandoned =
-        amiflow::resources::sweep_execution(&admin, None, &run.name, &[REGION.to_string()])
-            .await
-            .map_err(|e| e.message().to_string());
-    let mut left: Vec<String> = Vec::new();
-    for _ in 0..30 {
-        let now = account.inventory();
-        left = run
-            .added
-            .iter()
-            .filter(|l| now.contains(*l))
-            .cloned()
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        let _ = amiflow::resources::sweep_execution(&admin, None, &run.name, &[REGION.to_string()])
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        left.is_empty(),
-        "abandon's sweep ({abandoned:?}) left {left:?}"
-    );
-    eprintln!(
-        "simacct: redrive mode kept {} resources at {}, swept on abandon",
-        run.added.len(),
-        states.last().unwrap()
-    );
-
     // 9. The schedule fires ScheduledStart (its role may invoke nothing else), which copies
     // the operator's sensitive value into the run's own path and starts the execution; the
     // input reads the template from S3 with Prepare's role. The value reaches the instance
@@ -2366,6 +2284,72 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     );
     eprintln!("simacct: {line}");
     runs.push(line);
+
+    //  d. `--on-error abort` keeps a failed build for debugging (the janitor leaves it) and
+    //     `amiflow clean` removes it; `--on-error redrive` keeps one for a redrive, which
+    //     `amiflow abandon` gives up, removing it.
+    for (on_error, command) in [("abort", "clean"), ("redrive", "abandon")] {
+        let name = format!("simacct-kept-{on_error}");
+        account.control(
+            "POST",
+            "/remove-action",
+            &json!({"function": "CreateImage", "action": "ec2:CreateImage"}),
+        );
+        let before = account.inventory();
+        let (status, stdout, said) = account
+            .amiflow(&[
+                "start",
+                basic,
+                "--name",
+                &name,
+                "--on-error",
+                on_error,
+                "--state-machine",
+                machine,
+                "--watch",
+            ])
+            .await;
+        account.control("POST", "/restore-roles", &Value::Null);
+        assert_eq!(status.code(), Some(1), "{name} fails: {said}");
+        let arn = stdout.lines().next().unwrap_or_default().trim().to_string();
+        let failed = account.execution(&name);
+        let janitor = &failed["deliveries"][0]["deliveries"][0]["result"];
+        let kept_flag = if on_error == "abort" {
+            "kept_on_error_abort"
+        } else {
+            "kept_for_redrive"
+        };
+        assert_eq!(janitor[kept_flag], true, "{failed:#}");
+        let kept: Vec<String> = account.inventory().difference(&before).cloned().collect();
+        assert!(
+            kept.iter().any(|l| l.contains(" instance ")),
+            "{name} keeps its instance: {kept:?}"
+        );
+        let (status, _, said) = account.amiflow(&[command, &arn]).await;
+        assert!(status.success(), "amiflow {command} {arn}: {said}");
+        let left: Vec<String> = account.inventory().difference(&before).cloned().collect();
+        assert!(
+            left.is_empty(),
+            "`amiflow {command}` left {left:?} of {name}: {said}"
+        );
+        eprintln!(
+            "simacct: {name}: kept {} resources, `amiflow {command}` removed them",
+            kept.len()
+        );
+    }
+    let (status, _, said) = account
+        .amiflow(&[
+            "abandon",
+            &format!(
+                "{}:simacct-nonexistent",
+                machine.replace(":stateMachine:", ":execution:")
+            ),
+        ])
+        .await;
+    assert!(
+        !status.success() && said.contains("ExecutionDoesNotExist"),
+        "abandon of an unknown execution says so: {said}"
+    );
 
     eprintln!(
         "simacct: summary (wall time per execution, ALS with Wait/Retry intervals at 0):\n  {}\nsimacct: total {:.1}s",
