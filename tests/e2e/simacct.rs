@@ -2054,6 +2054,28 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         1,
         "the value reached the instance's run tags"
     );
+    // `--watch` read the history newest first, without execution data, a page of at most
+    // 100 events per poll (each poll stops at the first page reaching what it has).
+    let reads = account.execution("simacct-started")["history_reads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!reads.is_empty(), "watch read no history");
+    for r in &reads {
+        assert!(
+            r["reverse"] == true && r["data"] == false && r["returned"].as_u64() <= Some(100),
+            "{r}"
+        );
+    }
+    eprintln!(
+        "simacct: `amiflow start --watch` read {} history pages ({} events) of a {}-event history",
+        reads.len(),
+        reads
+            .iter()
+            .filter_map(|r| r["returned"].as_u64())
+            .sum::<u64>(),
+        reads.last().map_or(0, |r| r["of"].as_u64().unwrap_or(0))
+    );
     let (status, watched, said) = account.amiflow(&["watch", &arn]).await;
     assert!(
         status.success() && watched.contains(ami),

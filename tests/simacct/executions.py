@@ -92,6 +92,8 @@ class Execution:
         self.runs: list[Run] = []
         self.redrive_dates: list[float] = []
         self.stop_requested = False
+        # Each GetExecutionHistory page served: {"of", "returned", "reverse", "data", "page"}.
+        self.history_reads: list[dict[str, Any]] = []
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -335,6 +337,7 @@ class Executions:
             out["ended"] = execution.runs[-1].ended.is_set()
             out["record"] = execution.runs[-1].record if out["ended"] else None
             out["deliveries"] = [d for d in self.deliveries if d["execution"] == name]
+            out["history_reads"] = list(execution.history_reads)
         return out
 
     # ------------------------------------------------------------------ history
@@ -439,6 +442,7 @@ class Executions:
 
     def history_page(self, execution: Execution, request: dict[str, Any]) -> dict[str, Any]:
         events = self.history(execution)
+
         if request.get("reverseOrder"):
             events.reverse()
         start = int(request.get("nextToken") or 0)
@@ -446,6 +450,14 @@ class Executions:
         page = events[start:start + size]
         if request.get("includeExecutionData") is False:
             page = [_without_data(e) for e in page]
+        with self.lock:
+            execution.history_reads.append({
+                "of": len(events),
+                "returned": len(page),
+                "reverse": bool(request.get("reverseOrder")),
+                "data": request.get("includeExecutionData") is not False,
+                "page": start > 0,
+            })
         answer: dict[str, Any] = {"events": page}
         if start + size < len(events):
             answer["nextToken"] = str(start + size)

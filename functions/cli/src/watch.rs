@@ -152,8 +152,10 @@ pub async fn new_events(
     .await
 }
 
-/// Events per GetExecutionHistory page: the most the API gives.
-const HISTORY_PAGE: i32 = 1000;
+/// Events per GetExecutionHistory page. A poll reads pages newest first until it reaches an
+/// event it has: 100 per page keeps a poll of a long history to about the new events (a
+/// build's history runs to a few hundred), while the first read takes a few pages.
+const HISTORY_PAGE: i32 = 100;
 
 /// [`new_events`] over any source of pages: `fetch(token)` gives a page and the next token.
 /// Pages are taken newest first, but the events are sorted by id, so a source that
