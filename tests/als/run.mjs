@@ -47,7 +47,6 @@
 //   whose state and input match one of them is answered with that result and not invoked,
 //   so that what succeeded is not run again and the run resumes at the step that failed, as
 //   RedriveExecution does;
-// - AMIFLOW_EXECUTION_START: `$$.Execution.StartTime` (a redrive keeps the execution's);
 // - SIGTERM aborts the execution (StopExecution): the record then has "aborted": true.
 import { randomBytes } from "node:crypto";
 import { appendFileSync, readFileSync } from "node:fs";
@@ -297,7 +296,7 @@ const execution = machine.run(input, {
       Name: executionName,
       Id: `${stateMachineArn.replace(":stateMachine:", ":execution:")}:${executionName}`,
       Input: input,
-      StartTime: process.env.AMIFLOW_EXECUTION_START ?? new Date().toISOString(),
+      StartTime: new Date().toISOString(),
     },
     StateMachine: { Id: stateMachineArn, Name: stateMachineArn.split(":").pop() },
   },

@@ -1057,6 +1057,13 @@ async fn deliver_event_answers_only_the_awaited_resource_past_its_pending_states
         "a token not yet tagged with its command is not found"
     );
     await_token::index(&ctx, &stored, "cmd-1").await.unwrap();
+    let mut patching = command_event("cmd-1", "Success");
+    patching["detail"]["document-name"] = json!("AWS-RunPatchBaseline");
+    assert_eq!(
+        deliver(&ctx, patching).await.unwrap(),
+        Delivered::Ignored,
+        "a command of one of AWS's documents is never a build's host script"
+    );
     assert_eq!(
         deliver(&ctx, command_event("cmd-2", "Success"))
             .await

@@ -196,7 +196,8 @@ class Executions:
                 raise Failure("ExecutionAlreadyExists", f"Execution Already Exists: '{arn}'")
             execution = Execution(arn, name, self.machine_arn, input_text)
             self.executions[arn] = execution
-        self.launch(execution)
+            run = self.new_run(execution)
+        self.launch(execution, run)
         return {"executionArn": arn, "startDate": execution.start}
 
     def list_executions(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +215,9 @@ class Executions:
             execution.error = request.get("error")
             execution.cause = request.get("cause")
             process = execution.runs[-1].process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            # Not yet begun: launch sees the request and stops it.
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         execution.runs[-1].ended.wait(60)
         with self.lock:
             return {"stopDate": execution.stop or time.time()}
@@ -229,22 +231,29 @@ class Executions:
             execution.output = execution.error = execution.cause = None
             execution.stop_requested = False
             execution.redrive_dates.append(time.time())
-        self.launch(execution)
+            run = self.new_run(execution)
+        self.launch(execution, run)
         with self.lock:
             return {"redriveDate": execution.redrive_dates[-1]}
 
     # ------------------------------------------------------------------ runs
 
-    def launch(self, execution: Execution) -> None:
-        directory = os.path.join(self.work_dir, "executions", execution.name, f"run-{len(execution.runs)}")
+    def new_run(self, execution: Execution) -> Run:
+        """The execution's next run, registered with it (under the lock, with the status that
+        made it: a stop or a describe never sees a RUNNING execution without its run)."""
+        run = Run(os.path.join(self.work_dir, "executions", execution.name, f"run-{len(execution.runs)}"))
+        execution.runs.append(run)
+        return run
+
+    def launch(self, execution: Execution, run: Run) -> None:
+        directory = run.directory
         os.makedirs(directory, exist_ok=True)
-        run = Run(directory)
         input_path = os.path.join(directory, "input.json")
         with open(input_path, "w", encoding="utf-8") as f:
             f.write(execution.input)
         replay_path = os.path.join(directory, "replay.jsonl")
         with open(replay_path, "w", encoding="utf-8") as out:
-            for earlier in execution.runs:
+            for earlier in execution.runs[:-1]:
                 if os.path.exists(earlier.results_path):
                     with open(earlier.results_path, encoding="utf-8") as f:
                         out.write(f.read())
@@ -255,17 +264,17 @@ class Executions:
             "AMIFLOW_EVENTS_FILE": run.events_path,
             "AMIFLOW_RESULTS_FILE": run.results_path,
             "AMIFLOW_REPLAY_FILE": replay_path,
-            "AMIFLOW_EXECUTION_START": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(execution.start)) + f".{int(execution.start * 1000) % 1000:03d}Z",
         }
-        with self.lock:
-            execution.runs.append(run)
         stderr = open(os.path.join(directory, "run.log"), "wb")
-        run.process = subprocess.Popen(
-            [self.runner["node"], self.runner["script"], self.definition_path, input_path, execution.name],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
+        with self.lock:
+            run.process = subprocess.Popen(
+                [self.runner["node"], self.runner["script"], self.definition_path, input_path, execution.name],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+            if execution.stop_requested:  # stopped before it began
+                run.process.send_signal(signal.SIGTERM)
         threading.Thread(target=self.follow, args=(execution, run, stderr), daemon=True).start()
 
     def follow(self, execution: Execution, run: Run, stderr: Any) -> None:
@@ -367,6 +376,7 @@ class Executions:
         out: list[dict[str, Any]] = []
         remaining = dict(done or {})
         replaying: set[tuple[str, Any]] = set()
+        caught: set[tuple[str, Any]] = set()
         shown_iterations: set[Any] = set()
         for line in lines:
             t = (line.get("t") or 0) / 1000
@@ -419,9 +429,14 @@ class Executions:
                     add("MapStateFailed")
             elif kind == "StateRetried":
                 scheduled()
+            elif kind == "StateCaught":
+                caught.add((state, index))
             elif kind == "StateExited":
                 output = json.dumps(line.get("output"))
-                if callback:
+                if (state, index) in caught:
+                    # Left by its Catch: the task failed (above); only the state is exited.
+                    caught.discard((state, index))
+                elif callback:
                     add("TaskSucceeded", "taskSucceededEventDetails", {"resourceType": "lambda", "resource": "invoke.waitForTaskToken", "output": output})
                 elif lambda_task:
                     add("LambdaFunctionSucceeded", "lambdaFunctionSucceededEventDetails", {"output": output})
@@ -476,13 +491,16 @@ def _states(machine: dict[str, Any], out: dict[str, Any] | None = None) -> dict[
 
 
 def _completed(lines: list[dict[str, Any]]) -> dict[tuple[str, Any, str], int]:
-    """(state, iteration, input) of each state a run entered and left."""
+    """(state, iteration, input) of each state a run entered and left without failing."""
     entered: dict[tuple[str, Any], list[str]] = {}
     out: dict[tuple[str, Any, str], int] = {}
     for line in lines:
         where = (line.get("state"), line.get("index"))
         if line["type"] == "StateEntered":
             entered.setdefault(where, []).append(json.dumps(line.get("input"), sort_keys=True))
+        elif line["type"] == "StateCaught" and entered.get(where):
+            # Failed into its Catch: a redrive runs it again (run.mjs replays successes only).
+            entered[where].pop()
         elif line["type"] == "StateExited" and entered.get(where):
             key = (where[0], where[1], entered[where].pop())
             out[key] = out.get(key, 0) + 1

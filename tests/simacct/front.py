@@ -137,22 +137,22 @@ def request_action(headers: Any, method: str, path: str, query: str, body: bytes
 class HostAgent:
     """The SSM agent of one build host: runs documents on this machine, as root."""
 
-    def __init__(self, instance_id: str, env: dict[str, str], work_dir: str, announce: Callable[[str, str, str], None] | None = None):
+    def __init__(self, instance_id: str, env: dict[str, str], work_dir: str, announce: Callable[[str, str, str, str], None] | None = None):
         self.instance_id = instance_id
         self.env = env
         self.work_dir = work_dir
         self.runs: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         # SSM's "EC2 Command Invocation Status-change Notification" when a command ends:
-        # announce(command id, instance id, status).
+        # announce(command id, document, instance id, status).
         self.announce = announce
 
-    def start(self, command_id: str, commands: list[str], timeout: int) -> None:
+    def start(self, command_id: str, document: str, commands: list[str], timeout: int) -> None:
         with self.lock:
             self.runs[command_id] = {"Status": "InProgress", "ResponseCode": -1, "out": "", "err": ""}
-        threading.Thread(target=self._run, args=(command_id, commands, timeout), daemon=True).start()
+        threading.Thread(target=self._run, args=(command_id, document, commands, timeout), daemon=True).start()
 
-    def _run(self, command_id: str, commands: list[str], timeout: int) -> None:
+    def _run(self, command_id: str, document: str, commands: list[str], timeout: int) -> None:
         fd, script = tempfile.mkstemp(prefix="ssm-", suffix=".sh", dir=self.work_dir)
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(commands) + "\n")
@@ -169,7 +169,7 @@ class HostAgent:
         with self.lock:
             self.runs[command_id] = result
         if self.announce is not None:
-            self.announce(command_id, self.instance_id, result["Status"])
+            self.announce(command_id, document, self.instance_id, result["Status"])
 
     def report(self, command_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -236,7 +236,7 @@ class Ec2Events:
             del self.transitions[(region, resource)]
         self.send(current["action"], self.event(region, current["kind"], resource, current["state"]))
 
-    def command_ended(self, command_id: str, instance_id: str, status: str) -> None:
+    def command_ended(self, command_id: str, document: str, instance_id: str, status: str) -> None:
         """SSM's event for a command the build host's agent ran (`HostAgent`), sent as EC2's are."""
         event = {
             "version": "0",
@@ -249,7 +249,7 @@ class Ec2Events:
             "resources": [f"arn:aws:ec2:{self.home_region}:{ACCOUNT_ID}:instance/{instance_id}"],
             "detail": {
                 "command-id": command_id,
-                "document-name": "",
+                "document-name": document,
                 "instance-id": instance_id,
                 "requested-date-time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
                 "status": status,
@@ -747,7 +747,7 @@ class Front:
             agent = self.hosts.get(instance)
             if agent and command_id:
                 commands, timeout = self.document_commands(request["DocumentName"], request.get("Parameters", {}))
-                agent.start(command_id, commands, timeout)
+                agent.start(command_id, request["DocumentName"], commands, timeout)
                 with self.lock:
                     self.host_commands.append({"instance": instance, "command": command_id, "document": request["DocumentName"]})
 

@@ -323,7 +323,7 @@ pub const HOST_SCRIPT: Wait = announced(
     },
     EventWait {
         watched: Watched::HostCommand,
-        pending: &["Pending", "InProgress", "Delayed"],
+        pending: &["Pending", "InProgress", "Delayed", "Cancelling"],
         timeout_seconds: 900,
     },
 );

@@ -107,27 +107,36 @@ pub async fn index(ctx: &Ctx, name: &str, resource: &str) -> Result<(), StepErro
     Ok(())
 }
 
-/// The parameter of the token awaiting `resource` (tagged by [`index`]), if any.
+/// The parameter of the token awaiting `resource` (tagged by [`index`]), if any. SSM
+/// filters page by page (a page may come back empty with more to follow): read them all.
 pub async fn find(ctx: &Ctx, resource: &str) -> Result<Option<String>, StepError> {
-    let out = ctx
+    let filter = |key: String, option: Option<&str>, value: &str| {
+        aws_sdk_ssm::types::ParameterStringFilter::builder()
+            .key(key.clone())
+            .set_option(option.map(String::from))
+            .values(value)
+            .build()
+            .map_err(|e| StepError::BuildFailed(format!("filter {key}: {e}")))
+    };
+    let mut pages = ctx
         .ssm(&ctx.own_region())
         .describe_parameters()
-        .parameter_filters(
-            aws_sdk_ssm::types::ParameterStringFilter::builder()
-                .key(format!("tag:{AWAITS_TAG}"))
-                .values(resource)
-                .build()
-                .map_err(|e| StepError::BuildFailed(format!("filter tag:{AWAITS_TAG}: {e}")))?,
-        )
-        .send()
-        .await
-        .map_err(|e| classify("DescribeParameters", resource, e))?;
-    Ok(out
-        .parameters()
-        .iter()
-        .filter_map(|p| p.name())
-        .find(|n| n.starts_with("/amiflow/") && n.ends_with("/await"))
-        .map(String::from))
+        .parameter_filters(filter("Path".into(), Some("Recursive"), "/amiflow/")?)
+        .parameter_filters(filter(format!("tag:{AWAITS_TAG}"), None, resource)?)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| classify("DescribeParameters", resource, e))?;
+        if let Some(name) = page
+            .parameters()
+            .iter()
+            .filter_map(|p| p.name())
+            .find(|n| n.starts_with("/amiflow/") && n.ends_with("/await"))
+        {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// The build's awaited resource and token, or None when it awaits nothing.

@@ -81,7 +81,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .name(&ami.ami_name)
                     .source_image_id(&source)
                     .source_region(&build_region)
-                    .copy_image_tags(true);
+                    .copy_image_tags(true)
+                    // The copy's snapshots carry no tags of the source's: tagged at creation,
+                    // as the roles may change or delete only what carries the build's tags.
+                    .tag_specifications(tag_spec(ResourceType::Snapshot, &state, &BTreeMap::new()));
                 if ami.encrypt_boot == Some(true) {
                     req = req.encrypted(true);
                     let key = ami.region_kms_key_ids.get(&region).cloned().or_else(|| {

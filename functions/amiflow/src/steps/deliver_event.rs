@@ -70,6 +70,14 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
     let Some((watched, resource, new_state)) = Watched::of_event(&event) else {
         return Ok(Delivered::Ignored);
     };
+    // The rule sees every Run Command of the region; a build's host script runs the stack's
+    // own document, never one of AWS's (State Manager's, Patch Manager's).
+    let document = event["detail"]["document-name"]
+        .as_str()
+        .unwrap_or_default();
+    if watched == Watched::HostCommand && document.starts_with("AWS-") {
+        return Ok(Delivered::Ignored);
+    }
     let region = event
         .get("region")
         .and_then(Value::as_str)

@@ -179,7 +179,13 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         .set_block_device_mappings(Some(devices))
                         .set_boot_mode(c.boot_mode.as_deref().map(BootModeValues::from))
                         .set_uefi_data(c.uefi_data.clone())
-                        .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                        .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from))
+                        // Tagged at creation: the roles may tag later only what carries the tags.
+                        .tag_specifications(tag_spec(
+                            ResourceType::Image,
+                            &state,
+                            &BTreeMap::new(),
+                        ));
                     req = with_network_support(req, &c.ami);
                     let out = req
                         .send()
@@ -207,7 +213,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .image_location(&location)
                     .set_virtualization_type(c.ami.ami_virtualization_type.clone())
                     .set_block_device_mappings(Some(devices).filter(|d| !d.is_empty()))
-                    .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from));
+                    .set_tpm_support(c.tpm_support.as_deref().map(TpmSupportValues::from))
+                    .tag_specifications(tag_spec(ResourceType::Image, &state, &BTreeMap::new()));
                 req = with_network_support(req, &c.ami);
                 let out = req
                     .send()
@@ -227,7 +234,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state
         .ledger
         .record(ResourceKind::Image, &region, &id, !intermediary);
-    // RegisterImage takes no tags everywhere: tag explicitly so Cleanup and the janitor find it.
+    // Tagged at creation above, but not by every emulator (moto drops RegisterImage's tags):
+    // tag explicitly too so Cleanup and the janitor find it.
     let tagged = ec2
         .create_tags()
         .resources(&id)
