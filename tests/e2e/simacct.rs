@@ -337,6 +337,25 @@ impl Account {
         aws_sdk_sfn::Client::new(&sdk)
     }
 
+    /// An EC2 client signed with `function`'s role keys, through the front door (as the
+    /// function's own calls go).
+    async fn ec2_as(&self, function: &str) -> aws_sdk_ec2::Client {
+        let key = &self.ready["functions"][function]["credentials"];
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(self.ready["aws_endpoint"].as_str().unwrap())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                key["AccessKeyId"].as_str().unwrap(),
+                key["SecretAccessKey"].as_str().unwrap(),
+                key["SessionToken"].as_str().map(String::from),
+                None,
+                "simacct-function",
+            ))
+            .load()
+            .await;
+        aws_sdk_ec2::Client::new(&sdk)
+    }
+
     /// The execution as the account's Step Functions describes it (executions.py).
     fn execution(&self, name: &str) -> Value {
         self.control("GET", &format!("/executions/{name}"), &Value::Null)
@@ -1712,6 +1731,48 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         run.stats
     );
     assert!(run.added.is_empty(), "a refused build left {:?}", run.added);
+
+    // 5c. The roles reach only this stack's builds: the Janitor's role may not terminate an
+    //     instance another stack's build tagged, and may terminate one of this stack's.
+    let janitor = account.ec2_as("Janitor").await;
+    let stack_name = account.ready["stack"]["name"].as_str().unwrap().to_string();
+    for (machine_tag, allowed) in [("another-stack", false), (stack_name.as_str(), true)] {
+        admin
+            .ec2(REGION)
+            .create_tags()
+            .resources(&foreign)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("amiflow:build")
+                    .value("elsewhere-1")
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("amiflow:state-machine")
+                    .value(machine_tag)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let terminated = janitor
+            .terminate_instances()
+            .instance_ids(&foreign)
+            .send()
+            .await;
+        match (allowed, terminated) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) => {
+                let e = aws_sdk_ec2::error::DisplayErrorContext(e).to_string();
+                assert!(e.contains("UnauthorizedOperation"), "{e}");
+            }
+            (allowed, got) => panic!(
+                "the Janitor's TerminateInstances on a build instance of state machine {machine_tag:?}: expected allowed={allowed}, got {got:?}"
+            ),
+        }
+    }
+    account.stats();
     admin
         .ec2(REGION)
         .terminate_instances()

@@ -583,7 +583,8 @@ def main() -> int:
                 "report": deployed["report"],
                 "outputs": {o["OutputKey"]: o["OutputValue"] for o in account.client("cloudformation").describe_stacks(StackName=stack.name)["Stacks"][0].get("Outputs", [])},
             },
-            "functions": {f.logical: {"name": f.name, "arn": f.arn, "role": f.role_arn, "environment": f.variables} for f in functions.values()},
+            # Each function's role keys, as its sandboxes get them (for calls made as a function).
+            "functions": {f.logical: {"name": f.name, "arn": f.arn, "role": f.role_arn, "environment": f.variables, "credentials": f.credentials} for f in functions.values()},
             "state_machine": {
                 "arn": stack.physical_id(sm_logical),
                 "definition": definition_path,

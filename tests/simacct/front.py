@@ -99,6 +99,26 @@ SNAPSHOT_ACTIONS = ("ec2:CreateSnapshot",)
 # The Describe call that shows each kind of resource, and so is rewritten during its transition.
 DESCRIBES = {"ec2:DescribeInstances": "instance", "ec2:DescribeImages": "image", "ec2:DescribeSnapshots": "snapshot"}
 SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
+# EC2 calls the stack's roles may make only on tagged resources (infra.rs's BuildTagged
+# reaches), which moto allows whatever the tags: each call's resources as (form parameter,
+# kind). The front door evaluates the caller's policy on each one with its tags.
+EC2_TAG_SCOPED = {
+    "ec2:TerminateInstances": [("InstanceId", "instance")],
+    "ec2:StopInstances": [("InstanceId", "instance")],
+    "ec2:ModifyInstanceAttribute": [("InstanceId", "instance")],
+    "ec2:AttachVolume": [("VolumeId", "volume"), ("InstanceId", "instance")],
+    "ec2:DetachVolume": [("VolumeId", "volume"), ("InstanceId", "instance")],
+    "ec2:DeleteVolume": [("VolumeId", "volume")],
+    "ec2:DeleteSnapshot": [("SnapshotId", "snapshot")],
+    "ec2:ModifySnapshotAttribute": [("SnapshotId", "snapshot")],
+    "ec2:DeleteSecurityGroup": [("GroupId", "security-group")],
+    "ec2:AuthorizeSecurityGroupIngress": [("GroupId", "security-group")],
+    "ec2:DeregisterImage": [("ImageId", "image")],
+    "ec2:ModifyImageAttribute": [("ImageId", "image")],
+    "ec2:EnableImageDeprecation": [("ImageId", "image")],
+    "ec2:DeleteKeyPair": [("KeyName", "key-pair")],
+    "ec2:CancelSpotInstanceRequests": [("SpotInstanceRequestId", "spot-instances-request")],
+}
 
 
 def s3_action(method: str, path: str, query: str) -> str:
@@ -645,6 +665,52 @@ class Front:
             context[f"aws:ResourceTag/{t['Key']}"] = t["Value"]
         return context
 
+    def ec2_tagged_resources(self, action: str, region: str, body: bytes) -> list[tuple[str, dict[str, str]]]:
+        """(ARN, condition context) of each existing resource an EC2_TAG_SCOPED call names:
+        its tags as aws:ResourceTag. A resource that does not exist is left to moto (EC2
+        answers NotFound for it, not a refusal)."""
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        ec2 = self.admin.client("ec2", region)
+        out = []
+        for parameter, kind in EC2_TAG_SCOPED[action]:
+            ids = [v[0] for k, v in sorted(form.items()) if k == parameter or k.startswith(parameter + ".")]
+            for resource in ids:
+                tags = self.ec2_tags(ec2, kind, resource)
+                if tags is None:
+                    continue
+                if kind == "key-pair":
+                    resource = tags.pop("\0id", resource)
+                owner = "" if kind in ("image", "snapshot") else ACCOUNT_ID
+                out.append((f"arn:aws:ec2:{region}:{owner}:{kind}/{resource}", {f"aws:ResourceTag/{k}": v for k, v in tags.items()}))
+        return out
+
+    @staticmethod
+    def ec2_tags(ec2: Any, kind: str, resource: str) -> dict[str, str] | None:
+        """The resource's tags; None when it does not exist."""
+        try:
+            if kind == "key-pair":
+                found = ec2.describe_key_pairs(KeyNames=[resource])["KeyPairs"]
+                if not found:
+                    return None
+                return {"\0id": found[0]["KeyPairId"], **{t["Key"]: t["Value"] for t in found[0].get("Tags", [])}}
+            if kind == "instance":
+                listed = [i for r in ec2.describe_instances(InstanceIds=[resource])["Reservations"] for i in r["Instances"]]
+            elif kind == "volume":
+                listed = ec2.describe_volumes(VolumeIds=[resource])["Volumes"]
+            elif kind == "snapshot":
+                listed = ec2.describe_snapshots(SnapshotIds=[resource])["Snapshots"]
+            elif kind == "security-group":
+                listed = ec2.describe_security_groups(GroupIds=[resource])["SecurityGroups"]
+            elif kind == "image":
+                listed = ec2.describe_images(ImageIds=[resource])["Images"]
+            else:
+                listed = ec2.describe_spot_instance_requests(SpotInstanceRequestIds=[resource])["SpotInstanceRequests"]
+        except Exception:
+            return None
+        if not listed:
+            return None
+        return {t["Key"]: t["Value"] for t in listed[0].get("Tags", [])}
+
     def iam_path(self, kind: str, name: str) -> str:
         iam = self.admin.client("iam")
         try:
@@ -681,6 +747,8 @@ class Front:
                     out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance}", self.instance_context(region, instance)))
                 return out
             return None
+        if action in EC2_TAG_SCOPED:
+            return self.ec2_tagged_resources(action, region, body)
         if service == "states" and name == "StartExecution":
             # ScheduledStart starting a scheduled build: on the state machine it names.
             return [(json.loads(body or b"{}").get("stateMachineArn", ""), {})]
@@ -880,7 +948,10 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     message = f"User: {label} is not authorized to perform: {action} on resource: {arn} because no session policy allows the {action} action"
                     front.record_denial(label, action, message)
                     return self._send(403, [("Content-Type", "application/xml")], f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>".encode())
-            scoped = front.scoped_refusal(caller, action, region, body) if caller and service in ("ssm", "iam", "sts", "events", "sns", "states") else False
+            scoped = front.scoped_refusal(caller, action, region, body) if caller and (service in ("ssm", "iam", "sts", "events", "sns", "states") or action in EC2_TAG_SCOPED) else False
+            if isinstance(scoped, str) and service == "ec2":
+                front.record_denial(label, action, scoped)
+                return self._send(403, [("Content-Type", "text/xml")], _ec2_error("UnauthorizedOperation", f"You are not authorized to perform this operation. {scoped}"))
             if isinstance(scoped, str):
                 front.record_denial(label, action, scoped)
                 if service in ("ssm", "events", "states"):
@@ -917,7 +988,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.instance_information(body))
             if scoped is None:
                 # Allowed against the resources it names: moto, matching only "*", is not asked.
-                if b"%20" in body and service == "iam":
+                if b"%20" in body and service in ("iam", "ec2"):
                     body = body.replace(b"%20", b"+")
                 headers = front.signed_by_admin(self.command, self.path, headers, body)
             elif caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
