@@ -118,7 +118,13 @@ EC2_TAG_SCOPED = {
     "ec2:EnableImageDeprecation": [("ImageId", "image")],
     "ec2:DeleteKeyPair": [("KeyName", "key-pair")],
     "ec2:CancelSpotInstanceRequests": [("SpotInstanceRequestId", "spot-instances-request")],
+    # Outside a creating call (the roles' ec2:CreateAction): on what a build already tagged.
+    "ec2:CreateTags": [("ResourceId", None)],
 }
+# A resource's kind by its id (CreateTags names any).
+EC2_ID_KINDS = {"i-": "instance", "vol-": "volume", "snap-": "snapshot", "sg-": "security-group", "ami-": "image", "key-": "key-pair-id", "sir-": "spot-instances-request"}
+# The creating calls whose tags moto drops (`Front.tags_at_creation`).
+TAGS_DROPPED_AT_CREATION = ("ec2:RegisterImage", "ec2:CopyImage", "ec2:CreateImage")
 
 
 def s3_action(method: str, path: str, query: str) -> str:
@@ -665,6 +671,44 @@ class Front:
             context[f"aws:ResourceTag/{t['Key']}"] = t["Value"]
         return context
 
+    def tags_at_creation(self, action: str, region: str, form: list[tuple[str, str]], response: str, snapshot_tags: dict[str, str]) -> None:
+        """The tags a creating call was given that moto drops, put on as EC2 would: a
+        RegisterImage's or CopyImage's image tags (with CopyImageTags, the source image's
+        too) and the new image's snapshots' (CopyImage's, and CreateImage's, whose snapshot
+        tags moto refuses and the front door took out of the request)."""
+        found = re.search(r"<imageId>(ami-[0-9a-zA-Z]+)</imageId>", response)
+        if not found:
+            return
+        image = found.group(1)
+        ec2 = self.admin.client("ec2", region)
+        fields = dict(form)
+        specs = tag_specifications(form)
+        image_tags: dict[str, str] = {}
+        if action == "ec2:CopyImage" and fields.get("CopyImageTags") == "true":
+            source = self.admin.client("ec2", fields.get("SourceRegion") or region).describe_images(ImageIds=[fields["SourceImageId"]])["Images"]
+            image_tags.update({t["Key"]: t["Value"] for t in (source[0].get("Tags", []) if source else []) if not t["Key"].startswith("aws:")})
+        if action in ("ec2:RegisterImage", "ec2:CopyImage"):
+            image_tags.update(specs.get("image", {}))
+        if image_tags:
+            ec2.create_tags(Resources=[image], Tags=[{"Key": k, "Value": v} for k, v in image_tags.items()])
+        snapshot_tags = {**specs.get("snapshot", {}), **snapshot_tags} if action == "ec2:CopyImage" else snapshot_tags
+        if action == "ec2:RegisterImage":
+            # moto registers a snapshot of its own instead of each one named (see the
+            # RegisterImage note in _handle); EC2's image has the named ones, with their tags.
+            named = [v for k, v in form if k.endswith(".Ebs.SnapshotId")]
+            if named:
+                for snap in ec2.describe_snapshots(SnapshotIds=named)["Snapshots"]:
+                    snapshot_tags.update({t["Key"]: t["Value"] for t in snap.get("Tags", [])})
+            else:
+                # An instance-store image (ImageLocation) has no snapshot on EC2: moto's goes
+                # with the image, tagged as it is.
+                snapshot_tags.update(image_tags)
+        if snapshot_tags:
+            described = ec2.describe_images(ImageIds=[image])["Images"]
+            snapshots = [m["Ebs"]["SnapshotId"] for i in described for m in i.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+            if snapshots:
+                ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in snapshot_tags.items()])
+
     def ec2_tagged_resources(self, action: str, region: str, body: bytes) -> list[tuple[str, dict[str, str]]]:
         """(ARN, condition context) of each existing resource an EC2_TAG_SCOPED call names:
         its tags as aws:ResourceTag. A resource that does not exist is left to moto (EC2
@@ -672,14 +716,19 @@ class Front:
         form = urllib.parse.parse_qs(body.decode(errors="replace"))
         ec2 = self.admin.client("ec2", region)
         out = []
-        for parameter, kind in EC2_TAG_SCOPED[action]:
+        for parameter, named_kind in EC2_TAG_SCOPED[action]:
             ids = [v[0] for k, v in sorted(form.items()) if k == parameter or k.startswith(parameter + ".")]
+            kind = named_kind
             for resource in ids:
+                kind = named_kind or next((k for prefix, k in EC2_ID_KINDS.items() if resource.startswith(prefix)), None)
+                if kind is None:
+                    continue
                 tags = self.ec2_tags(ec2, kind, resource)
                 if tags is None:
                     continue
-                if kind == "key-pair":
+                if kind in ("key-pair", "key-pair-id"):
                     resource = tags.pop("\0id", resource)
+                    kind = "key-pair"
                 owner = "" if kind in ("image", "snapshot") else ACCOUNT_ID
                 out.append((f"arn:aws:ec2:{region}:{owner}:{kind}/{resource}", {f"aws:ResourceTag/{k}": v for k, v in tags.items()}))
         return out
@@ -688,8 +737,9 @@ class Front:
     def ec2_tags(ec2: Any, kind: str, resource: str) -> dict[str, str] | None:
         """The resource's tags; None when it does not exist."""
         try:
-            if kind == "key-pair":
-                found = ec2.describe_key_pairs(KeyNames=[resource])["KeyPairs"]
+            if kind in ("key-pair", "key-pair-id"):
+                by = {"KeyPairIds": [resource]} if kind == "key-pair-id" else {"KeyNames": [resource]}
+                found = ec2.describe_key_pairs(**by)["KeyPairs"]
                 if not found:
                     return None
                 return {"\0id": found[0]["KeyPairId"], **{t["Key"]: t["Value"] for t in found[0].get("Tags", [])}}
@@ -851,14 +901,14 @@ def _signature(method: str, path: str, headers: dict[str, str], body: bytes, cal
     return sigv4.signature(sigv4.string_to_sign(request, canonical), request)
 
 
-def resign_form(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
-    """The same Query request with spaces written "+" and signed again with the caller's
-    credentials; None when the caller's own signature does not hold."""
+def resign_form(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str], new_body: bytes | None = None) -> tuple[dict[str, str], bytes] | None:
+    """The same Query request with spaces written "+" (or `new_body`) and signed again with
+    the caller's credentials; None when the caller's own signature does not hold."""
     name = "Authorization" if "Authorization" in headers else "authorization"
     given = headers[name].partition("Signature=")[2].partition(",")[0]
     if _signature(method, path, headers, body, caller) != given:
         return None
-    new_body = body.replace(b"%20", b"+")
+    new_body = body.replace(b"%20", b"+") if new_body is None else new_body
     new_headers = dict(headers)
     new_headers["Content-Length"] = str(len(new_body))
     for k in list(new_headers):
@@ -866,6 +916,30 @@ def resign_form(method: str, path: str, headers: dict[str, str], body: bytes, ca
             del new_headers[k]
     new_headers[name] = headers[name].replace(given, _signature(method, path, new_headers, new_body, caller))
     return new_headers, new_body
+
+
+def tag_specifications(form: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """A Query form's TagSpecification.N as {resource type: {key: value}}."""
+    specs: dict[str, dict[str, Any]] = {}
+    for k, v in form:
+        parts = k.split(".")
+        if parts[0] != "TagSpecification" or len(parts) < 3:
+            continue
+        spec = specs.setdefault(parts[1], {"type": "", "tags": {}})
+        if parts[2] == "ResourceType":
+            spec["type"] = v
+        elif parts[2] == "Tag" and len(parts) == 5:
+            spec["tags"].setdefault(parts[3], {})[parts[4]] = v
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs.values():
+        out.setdefault(spec["type"], {}).update({t["Key"]: t.get("Value", "") for t in spec["tags"].values() if "Key" in t})
+    return out
+
+
+def without_tag_specification(form: list[tuple[str, str]], resource_type: str) -> list[tuple[str, str]]:
+    """The form without its TagSpecification.N of `resource_type`."""
+    dropped = {k.split(".")[1] for k, v in form if k.startswith("TagSpecification.") and k.endswith(".ResourceType") and v == resource_type}
+    return [(k, v) for k, v in form if not (k.startswith("TagSpecification.") and k.split(".")[1] in dropped)]
 
 
 def _ec2_error(code: str, message: str) -> bytes:
@@ -1003,6 +1077,18 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     front.record_denial(label, action, "the request's signature does not match its credentials")
                     return self._send(403, [("Content-Type", "text/xml")], _ec2_error("AuthFailure", "AWS was not able to validate the provided access credentials"))
                 headers, body = resigned
+            creation_form = urllib.parse.parse_qsl(body.decode(errors="replace"), keep_blank_values=True) if caller and action in TAGS_DROPPED_AT_CREATION else []
+            snapshot_tags: dict[str, str] = {}
+            if action == "ec2:CreateImage" and "snapshot" in tag_specifications(creation_form):
+                # moto answers 500 to CreateImage's snapshot tags, which EC2 puts on: taken out
+                # here and put on the image's snapshots once it is made.
+                snapshot_tags = tag_specifications(creation_form)["snapshot"]
+                stripped = urllib.parse.urlencode(without_tag_specification(creation_form, "snapshot")).encode()
+                resigned = resign_form(self.command, path, headers, body, caller, stripped)
+                if resigned is None:
+                    front.record_denial(label, action, "the request's signature does not match its credentials")
+                    return self._send(403, [("Content-Type", "text/xml")], _ec2_error("AuthFailure", "AWS was not able to validate the provided access credentials"))
+                headers, body = resigned
             conn = http.client.HTTPConnection(*front.moto, timeout=120)
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -1027,6 +1113,8 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     front.after_send_command(request, response)
                 else:
                     out = json.dumps(front.command_invocation(request, response), default=str).encode()
+            if resp.status == 200 and creation_form:
+                front.tags_at_creation(action, signed_region, creation_form, text, snapshot_tags)
             if resp.status == 200 and (action in INSTANCE_TRANSITIONS or action in IMAGE_ACTIONS or action in SNAPSHOT_ACTIONS):
                 front.ec2_events.after(action, signed_region, text)
             elif resp.status == 200 and action in DESCRIBES:
