@@ -82,6 +82,27 @@ impl Drop for Account {
     }
 }
 
+/// The SDK's configuration for `endpoint`, in the account's region, signed with these keys.
+async fn sdk_as(
+    endpoint: &str,
+    key_id: &str,
+    secret: &str,
+    token: Option<&str>,
+) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            key_id,
+            secret,
+            token.map(String::from),
+            None,
+            "simacct",
+        ))
+        .load()
+        .await
+}
+
 fn port_of(url: &str) -> u16 {
     url.rsplit(':')
         .next()
@@ -221,19 +242,15 @@ impl Account {
     /// amiflow's clients with the admin's key, straight to moto (checks, not builds).
     async fn admin(&self) -> amiflow::Ctx {
         let key = &self.ready["admin"];
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(self.moto.url())
-            .credentials_provider(aws_credential_types::Credentials::new(
+        amiflow::Ctx::from_sdk_config(
+            sdk_as(
+                &self.moto.url(),
                 key["access_key_id"].as_str().unwrap(),
                 key["secret_access_key"].as_str().unwrap(),
                 None,
-                None,
-                "simacct-admin",
-            ))
-            .load()
-            .await;
-        amiflow::Ctx::from_sdk_config(sdk)
+            )
+            .await,
+        )
     }
 
     fn log_tail(&self) -> String {
@@ -322,38 +339,30 @@ impl Account {
     /// Step Functions (the `aws stepfunctions` an operator would use).
     async fn sfn(&self) -> aws_sdk_sfn::Client {
         let key = &self.ready["admin"];
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(self.ready["aws_endpoint"].as_str().unwrap())
-            .credentials_provider(aws_credential_types::Credentials::new(
+        aws_sdk_sfn::Client::new(
+            &sdk_as(
+                self.ready["aws_endpoint"].as_str().unwrap(),
                 key["access_key_id"].as_str().unwrap(),
                 key["secret_access_key"].as_str().unwrap(),
                 None,
-                None,
-                "simacct-admin",
-            ))
-            .load()
-            .await;
-        aws_sdk_sfn::Client::new(&sdk)
+            )
+            .await,
+        )
     }
 
     /// An EC2 client signed with `function`'s role keys, through the front door (as the
     /// function's own calls go).
     async fn ec2_as(&self, function: &str) -> aws_sdk_ec2::Client {
         let key = &self.ready["functions"][function]["credentials"];
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(self.ready["aws_endpoint"].as_str().unwrap())
-            .credentials_provider(aws_credential_types::Credentials::new(
+        aws_sdk_ec2::Client::new(
+            &sdk_as(
+                self.ready["aws_endpoint"].as_str().unwrap(),
                 key["AccessKeyId"].as_str().unwrap(),
                 key["SecretAccessKey"].as_str().unwrap(),
-                key["SessionToken"].as_str().map(String::from),
-                None,
-                "simacct-function",
-            ))
-            .load()
-            .await;
-        aws_sdk_ec2::Client::new(&sdk)
+                key["SessionToken"].as_str(),
+            )
+            .await,
+        )
     }
 
     /// The execution as the account's Step Functions describes it (executions.py).
