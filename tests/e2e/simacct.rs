@@ -2059,6 +2059,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let basic_path = work.path().join("basic.json");
     std::fs::write(&basic_path, single_region_ebs_template().to_string()).unwrap();
     let basic = basic_path.to_str().unwrap();
+    // `amiflow start` of the basic template as this execution, with `more` arguments.
+    let start_basic = |name: &str, more: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["start", basic, "--name", name, "--state-machine", machine]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(more.iter().map(|a| a.to_string()));
+        args
+    };
     let secret = format!("started-secret-{}", std::process::id());
     account.stats();
     let before = account.inventory();
@@ -2162,15 +2171,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     account.stats();
     let before = account.inventory();
     let began = Instant::now();
+    let args = start_basic("simacct-aborted", &[]);
     let (status, stdout, said) = account
-        .amiflow(&[
-            "start",
-            basic,
-            "--name",
-            "simacct-aborted",
-            "--state-machine",
-            machine,
-        ])
+        .amiflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     assert!(status.success(), "amiflow start: {said}");
     let arn = stdout.trim().to_string();
@@ -2259,18 +2262,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     account.stats();
     let before = account.inventory();
     let began = Instant::now();
+    let args = start_basic("simacct-redriven", &["--on-error", "redrive", "--watch"]);
     let (status, stdout, said) = account
-        .amiflow(&[
-            "start",
-            basic,
-            "--name",
-            "simacct-redriven",
-            "--on-error",
-            "redrive",
-            "--state-machine",
-            machine,
-            "--watch",
-        ])
+        .amiflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     account.control("POST", "/restore-roles", &Value::Null);
     assert_eq!(
@@ -2388,18 +2382,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             &json!({"function": "CreateImage", "action": "ec2:CreateImage"}),
         );
         let before = account.inventory();
+        let args = start_basic(&name, &["--on-error", on_error, "--watch"]);
         let (status, stdout, said) = account
-            .amiflow(&[
-                "start",
-                basic,
-                "--name",
-                &name,
-                "--on-error",
-                on_error,
-                "--state-machine",
-                machine,
-                "--watch",
-            ])
+            .amiflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .await;
         account.control("POST", "/restore-roles", &Value::Null);
         assert_eq!(status.code(), Some(1), "{name} fails: {said}");
