@@ -77,16 +77,21 @@ const TOKEN_PLACEHOLDER = "amiflow-run-mjs-task-token";
 // ALS's own timer for a callback task: longer than any wait here (setTimeout's limit is 2^31 ms).
 const NO_TIMEOUT_SECONDS = 2_000_000;
 
-// Names of every Wait and every retrying state, nested Map/Parallel included; each callback
-// task's timeout, its Parameters wrapped so that the handler also gets the state's input
-// (ALS hands it the Parameters' result only), and its ALS timer set aside.
+// Names of every Wait and every retrying state, nested Map/Parallel included; each Lambda
+// Task's function; each callback task's timeout, its Parameters wrapped so that the handler
+// also gets the state's input (ALS hands it the Parameters' result only), and its ALS timer
+// set aside.
 const waitStates = {};
 const retryStates = {};
+const lambdaStates = {};
 const callbackStates = {};
 function visit(machine) {
   for (const [name, state] of Object.entries(machine.States ?? {})) {
     if (state.Type === "Wait") waitStates[name] = 0;
     if (state.Retry) retryStates[name] = 0;
+    if (state.Type === "Task" && typeof state.Resource === "string" && state.Resource.startsWith("arn:aws:lambda:")) {
+      lambdaStates[name] = state.Resource;
+    }
     if (state.Type === "Task" && typeof state.Resource === "string" && state.Resource.startsWith(CALLBACK_RESOURCE)) {
       callbackStates[name] = { seconds: state.TimeoutSeconds ?? null, path: state.TimeoutSecondsPath ?? null };
       state.Parameters = { "input.$": "$", parameters: state.Parameters ?? {} };
@@ -261,15 +266,8 @@ for (const line of process.env.AMIFLOW_REPLAY_FILE ? readFileSync(process.env.AM
   replay.get(key).push(result);
 }
 record.replayed = [];
-function lambdaTasks(machine, out = {}) {
-  for (const [name, state] of Object.entries(machine.States ?? {})) {
-    if (state.Type === "Task" && typeof state.Resource === "string" && state.Resource.startsWith("arn:aws:lambda:")) out[name] = state.Resource;
-    for (const sub of [state.Iterator, state.ItemProcessor, ...(state.Branches ?? [])]) if (sub) lambdaTasks(sub, out);
-  }
-  return out;
-}
 if (resultsFile) {
-  for (const [name, resource] of Object.entries(lambdaTasks(definition))) {
+  for (const [name, resource] of Object.entries(lambdaStates)) {
     taskResourceLocalHandlers[name] = async (input) => {
       const text = JSON.stringify(input);
       const earlier = replay.get(`${name}\u0000${text}`);

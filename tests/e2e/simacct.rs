@@ -289,6 +289,19 @@ impl Account {
                 &creds,
             )
             .await;
+        self.ended(name, input, record, &before, started)
+    }
+
+    /// The run of execution `name` that ended with `record`: its wall time from `started`,
+    /// the counts since the last stats, and what it added to and removed from `before`.
+    fn ended(
+        &self,
+        name: &str,
+        input: Value,
+        record: Value,
+        before: &BTreeSet<String>,
+        started: Instant,
+    ) -> Run {
         let wall = started.elapsed();
         let stats = self.stats();
         let after = self.inventory();
@@ -298,7 +311,7 @@ impl Account {
             record,
             stats,
             wall,
-            added: after.difference(&before).cloned().collect(),
+            added: after.difference(before).cloned().collect(),
             removed: before.difference(&after).cloned().collect(),
         }
     }
@@ -310,7 +323,7 @@ impl Account {
     /// `started` the time before it was started.
     async fn hosted(&self, name: &str, before: BTreeSet<String>, started: Instant) -> Run {
         let state = loop {
-            let state = self.control("GET", &format!("/executions/{name}"), &Value::Null);
+            let state = self.execution(name);
             if state["status"] != "RUNNING" && state["ended"] == true {
                 break state;
             }
@@ -321,18 +334,8 @@ impl Account {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let wall = started.elapsed();
-        let stats = self.stats();
-        let after = self.inventory();
-        Run {
-            name: name.to_string(),
-            input: serde_json::from_str(state["input"].as_str().unwrap_or("{}")).unwrap(),
-            record: state["record"].clone(),
-            stats,
-            wall,
-            added: after.difference(&before).cloned().collect(),
-            removed: before.difference(&after).cloned().collect(),
-        }
+        let input = serde_json::from_str(state["input"].as_str().unwrap_or("{}")).unwrap();
+        self.ended(name, input, state["record"].clone(), &before, started)
     }
 
     /// A Step Functions client with the admin's key, through the front door: the account's

@@ -173,6 +173,10 @@ class Executions:
             return self.redrive_execution(execution)
         raise Failure("UnknownOperationException", f"{action} is not hosted")
 
+    def arn_of(self, name: str) -> str:
+        """The ARN of the state machine's execution `name`."""
+        return f"{self.machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
     def find(self, arn: str) -> Execution:
         with self.lock:
             found = self.executions.get(arn)
@@ -187,7 +191,7 @@ class Executions:
             json.loads(input_text)
         except ValueError as e:
             raise Failure("InvalidExecutionInput", f"Invalid State Machine Execution Input: '{e}'") from e
-        arn = f"{self.machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+        arn = self.arn_of(name)
         with self.lock:
             existing = self.executions.get(arn)
             if existing is not None:
@@ -338,8 +342,7 @@ class Executions:
 
     def state_of(self, name: str) -> dict[str, Any]:
         """For the test: the execution by name, with its last run's record."""
-        arn = f"{self.machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
-        execution = self.find(arn)
+        execution = self.find(self.arn_of(name))
         with self.lock:
             out = execution.describe()
             out["runs"] = len(execution.runs)

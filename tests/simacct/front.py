@@ -502,9 +502,7 @@ class Front:
             message = f"User: {label} is not authorized to perform: {action} on resource: {self.state_machine_arn}"
             self.record_denial(label, action, message)
             return error(400, "AccessDeniedException", message)
-        name = "Authorization" if "Authorization" in headers else "authorization"
-        given = headers.get(name, "").partition("Signature=")[2].partition(",")[0]
-        if _signature(method, path, headers, body, caller) != given:
+        if not signature_holds(method, path, headers, body, caller):
             self.record_denial(label, action, "the request's signature does not match its credentials")
             return error(400, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
         arn = self.state_machine_arn
@@ -540,8 +538,7 @@ class Front:
         request = json.loads(body or b"{}")
         if action in ("states:StartExecution", "states:ListExecutions"):
             return request.get("stateMachineArn") == self.state_machine_arn
-        prefix = self.state_machine_arn.replace(":stateMachine:", ":execution:") + ":"
-        return str(request.get("executionArn", "")).startswith(prefix)
+        return str(request.get("executionArn", "")).startswith(self.executions.arn_of(""))
 
     def execution_call(self, caller: dict[str, str] | None, key: str, label: str, action: str, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         """A hosted Step Functions call, authorized as IAM would: a role's policies on the state
@@ -552,9 +549,7 @@ class Front:
         request = json.loads(body or b"{}")
         resource = request.get("stateMachineArn") if action in ("states:StartExecution", "states:ListExecutions") else request.get("executionArn")
         if caller is not None:
-            name = "Authorization" if "Authorization" in headers else "authorization"
-            given = headers.get(name, "").partition("Signature=")[2].partition(",")[0]
-            if _signature(method, path, headers, body, caller) != given:
+            if not signature_holds(method, path, headers, body, caller):
                 self.record_denial(label, action, "the request's signature does not match its credentials")
                 return error("InvalidSignatureException", "The request signature we calculated does not match the signature you provided.")
             allowed = policy.allowed(self.role_documents(caller["role"]), action, resource)
@@ -660,15 +655,11 @@ class Front:
 
     def instance_context(self, region: str, instance_id: str) -> dict[str, str]:
         """The condition keys of an instance: its tags, as ssm:resourceTag and aws:ResourceTag."""
-        try:
-            found = self.admin.client("ec2", region).describe_instances(InstanceIds=[instance_id])
-            tags = found["Reservations"][0]["Instances"][0].get("Tags", [])
-        except Exception:
-            tags = []
+        tags = self.ec2_tags(self.admin.client("ec2", region), "instance", instance_id) or {}
         context: dict[str, str] = {}
-        for t in tags:
-            context[f"ssm:resourceTag/{t['Key']}"] = t["Value"]
-            context[f"aws:ResourceTag/{t['Key']}"] = t["Value"]
+        for key, value in tags.items():
+            context[f"ssm:resourceTag/{key}"] = value
+            context[f"aws:ResourceTag/{key}"] = value
         return context
 
     def tags_at_creation(self, action: str, region: str, form: list[tuple[str, str]], response: str, snapshot_tags: dict[str, str]) -> None:
@@ -718,7 +709,6 @@ class Front:
         out = []
         for parameter, named_kind in EC2_TAG_SCOPED[action]:
             ids = [v[0] for k, v in sorted(form.items()) if k == parameter or k.startswith(parameter + ".")]
-            kind = named_kind
             for resource in ids:
                 kind = named_kind or next((k for prefix, k in EC2_ID_KINDS.items() if resource.startswith(prefix)), None)
                 if kind is None:
@@ -901,13 +891,23 @@ def _signature(method: str, path: str, headers: dict[str, str], body: bytes, cal
     return sigv4.signature(sigv4.string_to_sign(request, canonical), request)
 
 
+def _given_signature(headers: dict[str, str]) -> tuple[str, str]:
+    """(the Authorization header's name as sent, the signature it carries)."""
+    name = "Authorization" if "Authorization" in headers else "authorization"
+    return name, headers.get(name, "").partition("Signature=")[2].partition(",")[0]
+
+
+def signature_holds(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str]) -> bool:
+    """Whether the request is signed with the caller's credentials."""
+    return _signature(method, path, headers, body, caller) == _given_signature(headers)[1]
+
+
 def resign_form(method: str, path: str, headers: dict[str, str], body: bytes, caller: dict[str, str], new_body: bytes | None = None) -> tuple[dict[str, str], bytes] | None:
     """The same Query request with spaces written "+" (or `new_body`) and signed again with
     the caller's credentials; None when the caller's own signature does not hold."""
-    name = "Authorization" if "Authorization" in headers else "authorization"
-    given = headers[name].partition("Signature=")[2].partition(",")[0]
-    if _signature(method, path, headers, body, caller) != given:
+    if not signature_holds(method, path, headers, body, caller):
         return None
+    name, given = _given_signature(headers)
     new_body = body.replace(b"%20", b"+") if new_body is None else new_body
     new_headers = dict(headers)
     new_headers["Content-Length"] = str(len(new_body))

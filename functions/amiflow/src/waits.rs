@@ -193,12 +193,10 @@ impl Watched {
                 .collect(),
             Watched::BuildSnapshots => crate::steps::wait_snapshots_completed::awaited(state),
             // A host script run locally (not through SSM) announces nothing.
-            Watched::HostCommand => match crate::builders::chroot::command(state, "AwaitEvent") {
-                Ok(crate::builders::chroot::HostCommand::Ssm { command_id, .. }) => {
-                    vec![command_id]
-                }
-                _ => Vec::new(),
-            },
+            Watched::HostCommand => crate::builders::chroot::ssm_command(state)
+                .map(|(command_id, _)| command_id)
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -135,6 +135,16 @@ pub enum HostCommand {
 pub fn command(state: &BuildState, step: &str) -> Result<HostCommand, StepError> {
     get(state, COMMAND_KEY, step)
 }
+/// The host script's SSM command and the host it runs on, once sent (none for a local run).
+pub fn ssm_command(state: &BuildState) -> Option<(String, String)> {
+    match command(state, "AwaitEvent") {
+        Ok(HostCommand::Ssm {
+            command_id,
+            instance_id,
+        }) => Some((command_id, instance_id)),
+        _ => None,
+    }
+}
 pub fn set_command(state: &mut BuildState, c: &HostCommand) {
     state.data.extra.insert(
         COMMAND_KEY.into(),

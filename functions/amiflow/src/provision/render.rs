@@ -119,11 +119,6 @@ impl Secrets {
         }
     }
 
-    /// Whether there is any sensitive variable to reveal or conceal.
-    pub fn has_variables(&self) -> bool {
-        !self.template.is_empty()
-    }
-
     /// The text with every secret value (and placeholder) replaced by `<sensitive>`.
     pub fn mask(&self, text: &str) -> String {
         let mut out = self.template.mask(text);

@@ -23,26 +23,9 @@ use super::key_pair::{parameter_path, PARAMETER_NOT_FOUND};
 use crate::error::{classify, error_code, or_absent};
 use crate::{Ctx, StepError};
 
-/// AwaitEvent: stores the token (tagged, for an SSM command); answers it at once when the
-/// resource is already settled.
-pub const STORE_ACTIONS: &[&str] = &[
-    "ssm:PutParameter",
-    "ssm:AddTagsToResource",
-    "ssm:DeleteParameter",
-    ANSWER,
-];
-/// DeliverEvent: finds (an SSM command's), reads, answers and removes it.
-pub const TAKE_ACTIONS: &[&str] = &[
-    "ssm:DescribeParameters",
-    "ssm:GetParameter",
-    "ssm:DeleteParameter",
-    ANSWER,
-];
 /// The tag on a token's parameter naming the awaited resource, for resources that carry no
 /// build tags (an SSM command).
 pub const AWAITS_TAG: &str = "amiflow:awaits";
-/// Cleanup: removes one nobody answered.
-pub const REMOVE_ACTIONS: &[&str] = &["ssm:DeleteParameter"];
 /// Step Functions' callback answer, on the stack's own state machine only
 /// ([`Reach::StackStateMachine`](crate::resources::Reach::StackStateMachine)).
 pub const ANSWER: &str = "states:SendTaskSuccess";
@@ -146,15 +129,14 @@ pub async fn read(ctx: &Ctx, execution: &str, build: &str) -> Result<Option<Awai
 
 /// [`read`] of the parameter `name`.
 pub async fn read_at(ctx: &Ctx, name: &str) -> Result<Option<Awaited>, StepError> {
-    let name = name.to_string();
     let out = ctx
         .ssm(&ctx.own_region())
         .get_parameter()
-        .name(&name)
+        .name(name)
         .with_decryption(true)
         .send()
         .await;
-    let Some(value) = or_absent(out, &[PARAMETER_NOT_FOUND], "GetParameter", &name)?
+    let Some(value) = or_absent(out, &[PARAMETER_NOT_FOUND], "GetParameter", name)?
         .and_then(|o| o.parameter().and_then(|p| p.value()).map(String::from))
     else {
         return Ok(None);
@@ -170,14 +152,13 @@ pub async fn remove(ctx: &Ctx, execution: &str, build: &str) -> Result<bool, Ste
 
 /// [`remove`] of the parameter `name`.
 pub async fn remove_at(ctx: &Ctx, name: &str) -> Result<bool, StepError> {
-    let name = name.to_string();
     let out = ctx
         .ssm(&ctx.own_region())
         .delete_parameter()
-        .name(&name)
+        .name(name)
         .send()
         .await;
-    Ok(or_absent(out, &[PARAMETER_NOT_FOUND], "DeleteParameter", &name)?.is_some())
+    Ok(or_absent(out, &[PARAMETER_NOT_FOUND], "DeleteParameter", name)?.is_some())
 }
 
 /// Ends the wait. Returns false when it was over already (answered by the other side of

@@ -113,7 +113,9 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
         &event,
         region,
         &resources,
-        host_instance(state).as_deref(),
+        crate::builders::chroot::ssm_command(state)
+            .map(|(_, host)| host)
+            .as_deref(),
     )
     .await?
     {
@@ -138,14 +140,6 @@ async fn answer(ctx: &Ctx, input: &AwaitInput, resources: Vec<String>) -> Result
         },
     )
     .await
-}
-
-/// The chroot host an SSM host script runs on, if the build has one.
-fn host_instance(state: &BuildState) -> Option<String> {
-    match crate::builders::chroot::command(state, "AwaitEvent") {
-        Ok(crate::builders::chroot::HostCommand::Ssm { instance_id, .. }) => Some(instance_id),
-        _ => None,
-    }
 }
 
 /// Whether every resource is past the wait's pending states (ready or failed; the waiting
