@@ -132,3 +132,126 @@ macro_rules! handler {
         boxed as $crate::steps::Handler
     }};
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The AWS calls a step's own file makes directly on a client (`ctx.ec2(region)
+    /// .create_tags()`, `s3.delete_bucket()`), as IAM actions. Calls made through
+    /// `resources/` carry their modules' action lists into the step's, which their own
+    /// tests check.
+    fn direct_calls(src: &str) -> Vec<String> {
+        const CLIENTS: [(&str, &str); 9] = [
+            ("ec2", "ec2"),
+            ("s3", "s3"),
+            ("ssm", "ssm"),
+            ("iam", "iam"),
+            ("sts", "sts"),
+            ("sfn", "states"),
+            ("sns", "sns"),
+            ("secretsmanager", "secretsmanager"),
+            ("eventbridge", "events"),
+        ];
+        let bytes = src.as_bytes();
+        let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let mut calls = Vec::new();
+        for (client, service) in CLIENTS {
+            for (at, _) in src.match_indices(client) {
+                if at > 0 && ident(bytes[at - 1]) {
+                    continue;
+                }
+                let mut i = at + client.len();
+                if bytes.get(i).is_some_and(|&b| ident(b)) {
+                    continue;
+                }
+                // `ctx.ec2(region)`: skip the client's arguments.
+                if bytes.get(i) == Some(&b'(') {
+                    let Some(close) = src[i..].find(')') else {
+                        continue;
+                    };
+                    i += close + 1;
+                }
+                let rest = src[i..].trim_start();
+                let Some(rest) = rest.strip_prefix('.') else {
+                    continue;
+                };
+                let op: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !rest[op.len()..].starts_with("()") {
+                    continue;
+                }
+                let action = match (service, op.as_str()) {
+                    // No permission needed.
+                    ("sts", "get_caller_identity") => continue,
+                    // S3 authorizes these under other actions' names.
+                    ("s3", "head_object") => "GetObject".to_string(),
+                    ("s3", "head_bucket" | "list_objects_v2") => "ListBucket".to_string(),
+                    _ => op
+                        .split('_')
+                        .map(|w| {
+                            let mut c = w.chars();
+                            c.next()
+                                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                                .unwrap_or_default()
+                        })
+                        .collect(),
+                };
+                calls.push(format!("{service}:{action}"));
+            }
+        }
+        calls
+    }
+
+    fn snake(name: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    /// A call missing from a step's `iam_actions` is refused only deployed, and only on the
+    /// path that makes it (UploadBundle's DeleteBucket runs only when tagging its new bucket
+    /// fails): every direct call in a step's file must be in its role.
+    #[test]
+    fn every_call_a_step_file_makes_is_in_its_role() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/steps");
+        let mut checked = 0;
+        let mut missing = Vec::new();
+        for spec in crate::flows::registry() {
+            let file = dir.join(format!("{}.rs", snake(spec.name)));
+            let src = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let code = src.split("#[cfg(test)]").next().unwrap_or_default();
+            for action in direct_calls(code) {
+                checked += 1;
+                if !spec.iam_actions.contains(&action.as_str()) {
+                    missing.push(format!(
+                        "{} calls {action} but its role lacks it",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+        assert!(
+            checked > 20,
+            "only {checked} direct calls found: is the scan broken?"
+        );
+    }
+
+    #[test]
+    fn the_scan_finds_calls_across_lines_and_on_named_clients() {
+        let src = "let s3 = ctx.s3(region);\n s3.delete_bucket().bucket(b);\n ctx.ec2(&region)\n    .create_tags()\n .send(); ec2s.foo(); my_ssm.get_parameter(); s3.head_object()";
+        assert_eq!(
+            direct_calls(src),
+            vec!["ec2:CreateTags", "s3:DeleteBucket", "s3:GetObject"]
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub const SPEC: StepSpec = StepSpec {
         "s3:ListBucket",
         "s3:CreateBucket",
         "s3:PutBucketTagging",
+        // Removing the new bucket again when it cannot be tagged (nothing else would find it).
+        "s3:DeleteBucket",
         "s3:GetObject",
         // The upload command writes the bundle with the bundle upload role's credentials,
         // scoped to this bundle: this step's own role never writes objects.
