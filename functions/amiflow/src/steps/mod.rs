@@ -184,8 +184,6 @@ mod tests {
                     continue;
                 }
                 let action = match (service, op.as_str()) {
-                    // No permission needed.
-                    ("sts", "get_caller_identity") => continue,
                     // S3 authorizes these under other actions' names.
                     ("s3", "head_object") => "GetObject".to_string(),
                     ("s3", "head_bucket" | "list_objects_v2") => "ListBucket".to_string(),
