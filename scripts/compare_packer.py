@@ -275,6 +275,10 @@ class ImdsProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The headers and the body go out in two writes: with Nagle's algorithm the body
+            # waits for the client's delayed ACK (~40 ms a call), which is the proxy's cost,
+            # not either tool's.
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass
