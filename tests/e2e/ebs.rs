@@ -545,6 +545,80 @@ async fn each_creating_step_twice_creates_one_resource() {
     );
 }
 
+/// An image of the build's name that someone else registers in a copy region after
+/// PreValidate is not this build's copy: CopyImage must not adopt it (and so neither tag it
+/// nor have Cleanup delete it with the build's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_image_never_adopts_an_image_it_did_not_create() {
+    let Some(moto) = Moto::start_or_skip("copy_image_never_adopts_an_image_it_did_not_create")
+    else {
+        return;
+    };
+    let ctx = Arc::new(moto.ctx(REGION).await);
+    let execution = "e2e-ebs-foreign-copy";
+    let name = "amiflow-e2e-foreign-copy";
+    let copy_at = CHAIN.iter().position(|s| *s == "CopyImage").unwrap();
+    let st = run_chain(&ctx, state(execution, template(name)), copy_at)
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the chain runs up to CopyImage");
+    // Someone else's image of that name, in the copy region, untagged.
+    let copy = ctx.ec2(COPY_REGION);
+    let foreign = copy
+        .register_image()
+        .name(name)
+        .root_device_name("/dev/xvda")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let copied = invoke_with_retry(&ctx, "CopyImage", &st)
+        .await
+        .expect("CopyImage");
+    let ours = copied.data.amis.get(COPY_REGION).cloned();
+    assert!(
+        ours.is_some() && ours.as_deref() != Some(foreign.as_str()),
+        "CopyImage took {ours:?} for its copy; {foreign} is someone else's"
+    );
+    let cleaned = fail_and_clean(
+        &ctx,
+        copied,
+        &StepError::BuildFailed("injected failure after CopyImage".into()),
+    )
+    .await;
+    assert!(cleaned.data.amis.is_empty());
+    let left = copy
+        .describe_images()
+        .image_ids(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        left.images()
+            .first()
+            .and_then(|i| i.state())
+            .map(|s| s.as_str()),
+        Some("available"),
+        "the other image survives the build's Cleanup"
+    );
+    let tags: Vec<&str> = left.images()[0]
+        .tags()
+        .iter()
+        .filter_map(|t| t.key())
+        .collect();
+    assert!(
+        !tags.contains(&BUILD_TAG),
+        "the other image was tagged as the build's: {tags:?}"
+    );
+    assert!(
+        tagged_leftovers(&ctx, execution, &[REGION, COPY_REGION], true)
+            .await
+            .is_empty()
+    );
+}
+
 /// The janitor's sweep of `execution` in both regions, its NotReady polled quickly.
 async fn janitor(ctx: &Arc<Ctx>, execution: &str) -> amiflow::resources::CleanupReport {
     let regions = vec![REGION.to_string(), COPY_REGION.to_string()];

@@ -62,11 +62,14 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
         let ec2 = ctx.ec2(&region);
         let token = client_token(&state, &format!("CopyImage/{region}"));
-        // Idempotent: the name is free in the region (PreValidate / DeregisterAmi), so an
-        // image with it owned by us is this build's copy from an earlier attempt.
+        // Idempotent: this build's copy from an earlier attempt has the name and, copied
+        // from the tagged source (CopyImageTags), this build's tags. An image of that name
+        // anyone else made since PreValidate is never taken for ours (CopyImage then fails
+        // on the duplicate name).
         let found = ec2
             .describe_images()
             .owners("self")
+            .set_filters(Some(own_filters(&state)))
             .filters(filter("name", [ami.ami_name.clone()]))
             .filters(filter("state", ["pending", "available"]))
             .send()

@@ -99,11 +99,20 @@ pub fn surrogate_mappings(
     Ok(out.into_iter().map(|(_, m)| m).collect())
 }
 
-async fn find_own(ctx: &Ctx, region: &str, name: &str) -> Result<Option<String>, StepError> {
+/// The image an earlier attempt of this step registered: by name AND this build's tags
+/// (tagged at creation), so an image of that name someone else registered since PreValidate
+/// is never taken for ours (RegisterImage then fails on the duplicate name instead).
+async fn find_own(
+    ctx: &Ctx,
+    state: &BuildState,
+    region: &str,
+    name: &str,
+) -> Result<Option<String>, StepError> {
     let found = ctx
         .ec2(region)
         .describe_images()
         .owners("self")
+        .set_filters(Some(own_filters(state)))
         .filters(filter("name", [name.to_string()]))
         .filters(filter("state", ["pending", "available"]))
         .send()
@@ -122,7 +131,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let name = image_name(&state);
     let intermediary = cfg.intermediary_image();
     let ec2 = ctx.ec2(&region);
-    let id = match find_own(ctx, &region, &name).await? {
+    let id = match find_own(ctx, &state, &region, &name).await? {
         Some(id) => id,
         None => match &state.build.config {
             BuilderConfig::EbsSurrogate(c) => {
