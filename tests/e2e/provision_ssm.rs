@@ -139,7 +139,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     let commands = params["commands"].join("\n");
     assert!(
         commands.contains(&format!(
-            "aws s3 cp --only-show-errors s3://{BUCKET}/amiflow/{execution}/ssm/provision/0/script.sh"
+            "aws s3 cp --only-show-errors s3://{BUCKET}/staged/{execution}/ssm/provision/0/script.sh"
         )),
         "{commands}"
     );
@@ -149,12 +149,12 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         "the secret must not be in the command's parameters"
     );
     // What was staged: the inline script (secret revealed: it runs there) and the wrapper.
-    let keys = staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/0/")).await;
+    let keys = staged_keys(&ctx, &format!("staged/{execution}/ssm/provision/0/")).await;
     assert_eq!(
         keys,
         vec![
-            format!("amiflow/{execution}/ssm/provision/0/0"),
-            format!("amiflow/{execution}/ssm/provision/0/script.sh")
+            format!("staged/{execution}/ssm/provision/0/0"),
+            format!("staged/{execution}/ssm/provision/0/script.sh")
         ]
     );
     assert!(object(&ctx, &keys[0])
@@ -173,11 +173,11 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         "{err:?}"
     );
     assert!(
-        staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/0/"))
+        staged_keys(&ctx, &format!("staged/{execution}/ssm/provision/0/"))
             .await
             .is_empty()
     );
-    let file_keys = staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/1/")).await;
+    let file_keys = staged_keys(&ctx, &format!("staged/{execution}/ssm/provision/1/")).await;
     assert_eq!(object(&ctx, &file_keys[0]).await, "welcome\n");
     assert!(object(&ctx, &file_keys[1])
         .await
@@ -223,7 +223,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
         3
     );
     assert!(
-        staged_keys(&ctx, &format!("amiflow/{execution}/ssm/provision/"))
+        staged_keys(&ctx, &format!("staged/{execution}/ssm/provision/"))
             .await
             .is_empty(),
         "staged objects removed"
@@ -353,7 +353,7 @@ async fn a_failed_staging_upload_removes_what_was_staged_before_it() {
         matches!(&err, StepError::BuildFailed(m) if m.contains("staging s3://") && m.contains("AccessDenied")),
         "{err:?}"
     );
-    let left = staged_keys(&direct, "amiflow/e2e-ssm-staging/").await;
+    let left = staged_keys(&direct, "staged/e2e-ssm-staging/").await;
     assert!(left.is_empty(), "staged objects left: {left:?}");
 }
 
@@ -403,7 +403,7 @@ async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_ste
             Ok(done) => break done,
             Err(StepError::NotReady(_)) => {
                 // The wrapper just staged for the newest command: what the instance runs.
-                let keys = staged_keys(&ctx, &format!("amiflow/{execution}/win/provision/")).await;
+                let keys = staged_keys(&ctx, &format!("staged/{execution}/win/provision/")).await;
                 let mut scripts = Vec::new();
                 for k in keys {
                     scripts.push(object(&ctx, &k).await);
@@ -470,10 +470,71 @@ async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_ste
         5
     );
     assert!(
-        staged_keys(&ctx, &format!("amiflow/{execution}/win/provision/"))
+        staged_keys(&ctx, &format!("staged/{execution}/win/provision/"))
             .await
             .is_empty(),
         "staged objects removed"
     );
     assert!(!serde_json::to_string(&done).unwrap().contains(secret));
+}
+
+/// A build that fails, or is stopped, while its command runs leaves the staged script (its
+/// secret revealed) and SSM's output in the bucket: Cleanup removes the build's, and the
+/// janitor's sweep the execution's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_failing_mid_command_leaves_no_staged_script_or_output() {
+    let Some(moto) =
+        Moto::start_or_skip("a_build_failing_mid_command_leaves_no_staged_script_or_output")
+    else {
+        return;
+    };
+    let secret = "tok-mid-command-31415";
+    let (ctx, id) = staging_run(&moto, secret).await;
+    let provisioners = json!([{"type": "shell", "inline": ["echo <sensitive:api_token>"]}]);
+    let output = |execution: &str| {
+        format!(
+            "ssm-output/{execution}/ssm/cmd-1/{id}/awsrunShellScript/0.awsrunshellscript/stdout"
+        )
+    };
+    for (execution, by_janitor) in [("e2e-ssm-mid", false), ("e2e-ssm-mid-janitor", true)] {
+        let st = state(execution, &id, provisioners.clone(), true);
+        let err = provision(&ctx, st.clone()).await.unwrap_err();
+        assert!(matches!(&err, StepError::NotReady(_)), "{err:?}");
+        // What SSM writes while the command runs (moto writes none).
+        ctx.s3(REGION)
+            .put_object()
+            .bucket(BUCKET)
+            .key(output(execution))
+            .body(secret.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        let staged = staged_keys(&ctx, &format!("staged/{execution}/")).await;
+        assert!(
+            staged.iter().any(|k| k.ends_with("script.sh")),
+            "the script is staged while the command runs: {staged:?}"
+        );
+        if by_janitor {
+            let removed = amiflow::steps::janitor::remove_staging(&ctx, BUCKET, execution)
+                .await
+                .expect("the janitor's staging sweep");
+            assert!(
+                removed.iter().any(|r| r.ends_with("script.sh")),
+                "{removed:?}"
+            );
+        } else {
+            let failed = StepError::BuildFailed("injected failure while the command runs".into());
+            super::chain::fail_and_clean(&ctx, st, &failed).await;
+        }
+        let left: Vec<String> = [
+            format!("staged/{execution}/"),
+            format!("ssm-output/{execution}/"),
+        ]
+        .iter()
+        .map(|p| staged_keys(&ctx, p))
+        .collect::<futures::future::JoinAll<_>>()
+        .await
+        .concat();
+        assert!(left.is_empty(), "{execution}: left in the bucket: {left:?}");
+    }
 }

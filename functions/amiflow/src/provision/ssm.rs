@@ -100,12 +100,44 @@ pub struct Compiled {
     pub staged: Vec<(String, Vec<u8>)>,
 }
 
-/// Staging location of a provisioner's files:
-/// `amiflow/<execution>/<build>/provision/<index>/`. Per build: the builds of one execution
-/// run at once, and each instance must fetch its own build's files.
-pub fn staging_prefix(execution: &str, build: &str, index: usize) -> String {
+/// Where staged scripts and files go in the bucket: a prefix the stack's artifacts bucket
+/// expires (infra.rs), as a stopped build's staged scripts hold revealed secrets.
+pub const STAGED_ROOT: &str = "staged/";
+/// Where SSM writes command output in the bucket, expired likewise.
+pub const OUTPUT_ROOT: &str = "ssm-output/";
+
+/// `<execution>/<build>/`, the part of every key of one build's (per build: the builds of
+/// one execution run at once, and each instance must fetch its own build's files).
+fn build_part(execution: &str, build: &str) -> String {
     let build = crate::resources::key_pair::parameter_part(build);
-    format!("amiflow/{execution}/{build}/provision/{index}/")
+    format!("{execution}/{build}/")
+}
+
+/// Staging location of a provisioner's files:
+/// `staged/<execution>/<build>/provision/<index>/`.
+pub fn staging_prefix(execution: &str, build: &str, index: usize) -> String {
+    format!(
+        "{STAGED_ROOT}{}provision/{index}/",
+        build_part(execution, build)
+    )
+}
+
+/// Where a build's commands write their output: `ssm-output/<execution>/<build>` (SSM
+/// adds `/<command id>/<instance id>/...`).
+fn output_prefix(execution: &str, build: &str) -> String {
+    let part = build_part(execution, build);
+    format!("{OUTPUT_ROOT}{}", part.trim_end_matches('/'))
+}
+
+/// Everything SSM provisioning may leave in `bucket` (staged files, command output) for one
+/// build, or for every build of the execution (`build` None), as `bucket/prefix`: what
+/// Cleanup and the janitor sweep (`resources/mod.rs`, `Scope::staging`).
+pub fn staging_prefixes(bucket: &str, execution: &str, build: Option<&str>) -> Vec<String> {
+    let part = build.map_or_else(|| format!("{execution}/"), |b| build_part(execution, b));
+    [STAGED_ROOT, OUTPUT_ROOT]
+        .iter()
+        .map(|root| format!("{bucket}/{root}{part}"))
+        .collect()
 }
 
 const HEREDOC_END: &str = "AMIFLOW_FILE_END";
@@ -242,10 +274,6 @@ pub async fn agent_status(ctx: &Ctx, region: &str, instance_id: &str) -> AgentSt
     }
 }
 
-fn output_prefix(execution: &str) -> String {
-    format!("amiflow/{execution}/output")
-}
-
 async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
     let Some(bucket) = &cfg.ssm_bucket else {
         return;
@@ -372,7 +400,7 @@ impl<'a> SsmSession<'a> {
         let (stdout, stderr) = command_output(
             self.ctx,
             self.cfg,
-            &self.execution,
+            &output_prefix(&self.execution, &self.build),
             command_id,
             &self.instance_id,
             &inv,
@@ -462,7 +490,7 @@ impl<'a> SsmSession<'a> {
         if let Some(bucket) = &cfg.ssm_bucket {
             send = send
                 .output_s3_bucket_name(bucket)
-                .output_s3_key_prefix(output_prefix(&self.execution));
+                .output_s3_key_prefix(output_prefix(&self.execution, &self.build));
         }
         match send.send().await {
             Ok(out) => {
@@ -561,7 +589,7 @@ impl Session for SsmSession<'_> {
 async fn command_output(
     ctx: &Ctx,
     cfg: &Communication,
-    execution: &str,
+    output_prefix: &str,
     command_id: &str,
     instance_id: &str,
     inv: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
@@ -574,10 +602,8 @@ async fn command_output(
         return fallback;
     };
     let s3 = s3(ctx, &cfg.region);
-    let base = format!(
-        "{}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript",
-        output_prefix(execution)
-    );
+    let base =
+        format!("{output_prefix}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript");
     let mut got = Vec::new();
     for stream in ["stdout", "stderr"] {
         let key = format!("{base}/{stream}");
@@ -678,10 +704,10 @@ mod tests {
             web, db,
             "parallel builds must not overwrite each other's files"
         );
-        assert_eq!(web, "amiflow/exec-1/web/provision/0/");
+        assert_eq!(web, "staged/exec-1/web/provision/0/");
         assert_eq!(
             staging_prefix("exec-1", "hcl.amazon-ebs.a b", 2),
-            "amiflow/exec-1/hcl.amazon-ebs.a-b/provision/2/"
+            "staged/exec-1/hcl.amazon-ebs.a-b/provision/2/"
         );
     }
 

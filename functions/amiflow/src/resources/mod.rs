@@ -69,6 +69,11 @@ pub struct Scope {
     /// `each_creating_step_twice_creates_one_resource`). After a failure, and for the
     /// janitor, none: a step that failed midway may have made something it never recorded.
     pub vouched: Vec<Kind>,
+    /// Where SSM provisioning may have left staged scripts (revealed secrets among them)
+    /// and command output: (region, `bucket/prefix`), from
+    /// [`crate::provision::ssm::staging_prefixes`]. A command that ran to its end removed
+    /// its own; a failed or stopped build's stay until swept here.
+    pub staging: Vec<(String, String)>,
 }
 
 impl Scope {
@@ -87,6 +92,7 @@ impl Scope {
             keep_volumes: BTreeSet::new(),
             iam_names: Vec::new(),
             vouched: Vec::new(),
+            staging: Vec::new(),
         }
     }
 
@@ -264,7 +270,8 @@ pub enum Kind {
     Image,
     /// Snapshots no image holds (a failed build's).
     Snapshot,
-    /// Objects under a prefix (amazon-instance's bundle).
+    /// Objects under a prefix (amazon-instance's bundle, SSM provisioning's staged files
+    /// and command output).
     S3Object,
     /// A bucket the build created.
     S3Bucket,
@@ -321,6 +328,7 @@ impl Kind {
             Kind::Image => &[ResourceKind::Image],
             Kind::Snapshot if !scope.delete_artifacts => &[],
             Kind::Snapshot => &[ResourceKind::Snapshot],
+            Kind::S3Object if !scope.staging.is_empty() => return true,
             Kind::S3Object => &[ResourceKind::S3Object],
             Kind::S3Bucket if !scope.delete_artifacts => &[],
             Kind::S3Bucket => &[ResourceKind::S3Bucket],
@@ -389,10 +397,18 @@ const fn cleanup_actions() -> [&'static str; cleanup_actions_len()] {
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupReport, StepError> {
     let mut report = CleanupReport::default();
     let mut terminating: Vec<String> = Vec::new();
+    // Whether this pass terminated an instance that was running: then, as an AWS waiter
+    // does, the first look at it comes at once rather than after the wait's first interval
+    // (a terminated instance may already be gone, and the build's result waits on it).
+    let mut terminated_now = false;
     let mut not_yet: Vec<String> = Vec::new();
     for kind in Kind::CLEANUP_ORDER {
         if !scope.searches(kind) && !kind.in_ledger(scope, ledger) {
             continue;
+        }
+        if kind.waits_for_instances() && !terminating.is_empty() && terminated_now {
+            terminated_now = false;
+            terminating = Kind::Instance.sweep(ctx, scope, ledger).await?.not_yet;
         }
         if kind.waits_for_instances() && !terminating.is_empty() {
             return Err(StepError::NotReady(format!(
@@ -401,6 +417,11 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
             )));
         }
         let swept = kind.sweep(ctx, scope, ledger).await?;
+        if kind == Kind::Instance {
+            // Not the spot requests cancelled with them: `resources/instance.rs` names each
+            // instance it terminates "instance ID (REGION)".
+            terminated_now = swept.removed.iter().any(|r| r.starts_with("instance "));
+        }
         report.removed.extend(swept.removed);
         report.kept.extend(swept.kept);
         match kind {

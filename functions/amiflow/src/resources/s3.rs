@@ -154,9 +154,15 @@ pub async fn remove_bucket(
     }
 }
 
-/// Removes the ledger's object prefixes, unless they are the delivered artifact.
+/// Removes the ledger's object prefixes, unless they are the delivered artifact, and what
+/// SSM provisioning may have left ([`Scope::staging`]).
 pub async fn sweep_objects(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, StepError> {
     let mut swept = Swept::default();
+    for (region, at) in &scope.staging {
+        swept
+            .removed
+            .extend(delete_objects_under(ctx, region, at, &[]).await?);
+    }
     for r in ledger
         .of_kind(ResourceKind::S3Object)
         .filter(|r| !r.artifact || scope.delete_artifacts)

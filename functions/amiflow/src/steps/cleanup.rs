@@ -104,6 +104,11 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         } else {
             vouched_kinds(&state)
         },
+        staging: if failed {
+            ssm_staging(&state)
+        } else {
+            Vec::new()
+        },
     };
     let mut ledger = state.ledger.clone();
     crate::builders::instance_store::discover(ctx, &state, &mut ledger).await?;
@@ -149,6 +154,27 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .extra
         .insert("cleanup".into(), serde_json::to_value(report)?);
     Ok(state)
+}
+
+/// Where the build's SSM provisioning may have left staged scripts and command output: a
+/// command that ran to its end removed its own, so only a failed build has any to sweep.
+fn ssm_staging(state: &BuildState) -> Vec<(String, String)> {
+    let Ok(comm) = crate::provision::communicator::Communication::of_state(state) else {
+        return Vec::new();
+    };
+    match (&comm.communicator, &comm.ssm_bucket) {
+        (crate::provision::communicator::Communicator::Ssm, Some(bucket)) => {
+            crate::provision::ssm::staging_prefixes(
+                bucket,
+                &state.execution,
+                Some(&state.build.name),
+            )
+            .into_iter()
+            .map(|at| (comm.region.clone(), at))
+            .collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// What the ledger of a build that succeeded vouches for: every kind, except volumes when

@@ -267,6 +267,14 @@ async fn sweep_until_done(
     // A token left means the run stopped while it waited for approval: its images were
     // made and marked as delivered, and nobody approved them. They go, as Withdraw would
     // have removed them.
+    if let Some(bucket) = std::env::var(crate::provision::communicator::ARTIFACTS_BUCKET_ENV)
+        .ok()
+        .filter(|b| !b.is_empty())
+    {
+        report
+            .removed
+            .extend(remove_staging(ctx, &bucket, &id).await?);
+    }
     let ssm = ctx.ssm(&ctx.own_region());
     if crate::resources::approval_token::remove(&ssm, &id).await? {
         report.removed.push(format!(
@@ -453,6 +461,23 @@ async fn input_pipeline(ctx: &Ctx, input: Option<&str>) -> Option<Value> {
 
 /// The images `pipeline`'s `publish.ssm_parameter` names in `regions` (none without it, or
 /// where it cannot be read).
+/// What SSM provisioning staged (scripts, with revealed secrets) or SSM wrote (command
+/// output) for the execution's builds in the stack's artifacts bucket, in the stack's
+/// region: a build stopped mid-command leaves them.
+pub async fn remove_staging(
+    ctx: &Ctx,
+    bucket: &str,
+    build_id: &str,
+) -> Result<Vec<String>, StepError> {
+    let mut removed = Vec::new();
+    for at in crate::provision::ssm::staging_prefixes(bucket, build_id, None) {
+        removed.extend(
+            crate::resources::s3::delete_objects_under(ctx, &ctx.own_region(), &at, &[]).await?,
+        );
+    }
+    Ok(removed)
+}
+
 async fn published(ctx: &Ctx, pipeline: &Pipeline, regions: &[String]) -> BTreeSet<String> {
     let Some(name) = pipeline.publish.as_ref().map(|p| p.ssm_parameter.clone()) else {
         return BTreeSet::new();
