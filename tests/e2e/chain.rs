@@ -27,7 +27,10 @@ pub async fn retry_up_to(
     let mut attempts = 0;
     loop {
         match invoke(ctx, step, state).await {
-            Err(StepError::NotReady(m)) | Err(StepError::Transient(m)) if attempts < max => {
+            // CommandSent: as the callback state that awaits the command would, look again.
+            Err(StepError::NotReady(m) | StepError::Transient(m) | StepError::CommandSent(m))
+                if attempts < max =>
+            {
                 attempts += 1;
                 eprintln!("  {step}: retry {attempts}: {m}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -119,7 +119,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     // 1st invocation: sends provisioner 0 and waits.
     let err = provision(&ctx, st.clone()).await.unwrap_err();
     assert!(
-        matches!(&err, StepError::NotReady(m) if m.contains("provisioner 0 (shell)") && m.contains("sent SSM command")),
+        matches!(&err, StepError::CommandSent(m) if m.contains("provisioner 0 (shell)") && m.contains("sent SSM command")),
         "{err:?}"
     );
     let listed = ctx
@@ -169,7 +169,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     // 2nd: moto says Success → staging of #0 removed, #1 (file) sent.
     let err = provision(&ctx, st.clone()).await.unwrap_err();
     assert!(
-        matches!(&err, StepError::NotReady(m) if m.contains("provisioner 1 (file)")),
+        matches!(&err, StepError::CommandSent(m) if m.contains("provisioner 1 (file)")),
         "{err:?}"
     );
     assert!(
@@ -285,7 +285,7 @@ async fn ssm_without_a_bucket_refuses_files_and_secrets_and_sends_nothing() {
     );
     assert!(matches!(
         provision(&ctx, plain.clone()).await,
-        Err(StepError::NotReady(_))
+        Err(StepError::CommandSent(_))
     ));
     let listed = ctx
         .ssm(REGION)
@@ -401,7 +401,7 @@ async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_ste
     let done = loop {
         match provision(&ctx, st.clone()).await {
             Ok(done) => break done,
-            Err(StepError::NotReady(_)) => {
+            Err(StepError::CommandSent(_) | StepError::NotReady(_)) => {
                 // The wrapper just staged for the newest command: what the instance runs.
                 let keys = staged_keys(&ctx, &format!("staged/{execution}/win/provision/")).await;
                 let mut scripts = Vec::new();
@@ -499,7 +499,7 @@ async fn a_build_failing_mid_command_leaves_no_staged_script_or_output() {
     for (execution, by_janitor) in [("e2e-ssm-mid", false), ("e2e-ssm-mid-janitor", true)] {
         let st = state(execution, &id, provisioners.clone(), true);
         let err = provision(&ctx, st.clone()).await.unwrap_err();
-        assert!(matches!(&err, StepError::NotReady(_)), "{err:?}");
+        assert!(matches!(&err, StepError::CommandSent(_)), "{err:?}");
         // What SSM writes while the command runs (moto writes none).
         ctx.s3(REGION)
             .put_object()

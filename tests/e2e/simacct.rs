@@ -1459,6 +1459,48 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         documents.contains("AWS-RunPowerShellScript"),
         "the Windows provisioners ran as PowerShell over SSM (no other run sends one): {documents:?}"
     );
+    // Each command's end was awaited, not polled: Provision raised CommandSent, the callback
+    // state took SSM's status-change event (DeliverEvent found the token by the command's
+    // tag; AwaitEvent answers itself when the command ended first), and Provision's next
+    // look found it done.
+    let provision_awaits: Vec<String> = run
+        .await_outcomes()
+        .into_iter()
+        .filter(|a| a.starts_with("AwaitProvision "))
+        .collect();
+    assert!(
+        provision_awaits.len() >= 3
+            && provision_awaits
+                .iter()
+                .all(|a| a == "AwaitProvision success"),
+        "{provision_awaits:?}"
+    );
+    let by_event: Vec<EventLatency> = run
+        .event_latencies()
+        .into_iter()
+        .filter(|l| l.state.ends_with(".AwaitProvision") && l.by == "DeliverEvent")
+        .collect();
+    assert!(
+        !by_event.is_empty(),
+        "no provisioner command's end was answered by its event"
+    );
+    let polled: Vec<&Value> = run.record["retries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(".Provision"))
+        })
+        .collect();
+    assert!(polled.is_empty(), "Provision polled a command: {polled:?}");
+    for l in &by_event {
+        eprintln!(
+            "simacct:   {}: answered by {}, {} ms after SSM's event; next state {} ms after it",
+            l.state, l.by, l.answered, l.next
+        );
+    }
     eprintln!("simacct: {}", run.report());
     runs.push(run.report());
 

@@ -33,6 +33,9 @@ a real account has and moto has not:
   machine, and GetCommandInvocation reports that run's status and output instead of moto's
   canned "Success"; when it ends, SSM's "EC2 Command Invocation Status-change Notification"
   goes to the account's rules (as EC2's events do, below);
+- the SSM agent of build instances: moto reports a command Success the moment it is sent;
+  here it is InProgress (GetCommandInvocation) for the EC2 events' delay, then SSM's
+  status-change event announces its end, as for the build host;
 - Step Functions' task token answers (SendTaskSuccess, SendTaskFailure, SendTaskHeartbeat),
   which moto's executions never wait for: the caller's signature and its states:SendTask*
   on the stack's state machine are checked here, the first answer per token is kept (with
@@ -416,6 +419,10 @@ class Front:
         self.passed_roles: list[dict[str, str]] = []
         self.registered_snapshots: list[str] = []
         self.host_commands: list[dict[str, str]] = []
+        # Commands to build instances, which moto reports Success the moment they are sent:
+        # command id → when the simulated agent ends it (shown InProgress until then, then
+        # SSM's status-change event, as the host agent's commands).
+        self.instance_commands: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         # EventBridge events the functions put on a bus (answered here, see `put_events`).
         self.events: list[dict[str, Any]] = []
@@ -853,6 +860,15 @@ class Front:
         command_id = response.get("Command", {}).get("CommandId")
         for instance in request.get("InstanceIds", []):
             agent = self.hosts.get(instance)
+            if command_id and not agent:
+                # A build instance's agent (moto runs nothing): the command takes the events'
+                # delay, then ends as moto says (Success) and SSM announces it.
+                delay = self.ec2_events.delay
+                with self.lock:
+                    self.instance_commands[command_id] = time.time() + delay
+                timer = threading.Timer(delay, self.ec2_events.command_ended, args=(command_id, request.get("DocumentName", ""), instance, "Success"))
+                timer.daemon = True
+                timer.start()
             if agent and command_id:
                 commands, timeout = self.document_commands(request["DocumentName"], request.get("Parameters", {}))
                 agent.start(command_id, request["DocumentName"], commands, timeout)
@@ -863,6 +879,11 @@ class Front:
         agent = self.hosts.get(request.get("InstanceId", ""))
         run = agent.report(request.get("CommandId", "")) if agent else None
         if run is None:
+            with self.lock:
+                ends = self.instance_commands.get(request.get("CommandId", ""))
+            if ends is not None and time.time() < ends:
+                response.update({"Status": "InProgress", "StatusDetails": "InProgress", "ResponseCode": -1})
+                response.pop("ExecutionEndDateTime", None)
             return response
         response.update(
             {

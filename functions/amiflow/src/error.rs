@@ -13,6 +13,11 @@ pub enum StepError {
     /// A wait looked once and the resource is not ready yet: the state's Retry polls again.
     #[error("{0}")]
     NotReady(String),
+    /// Provision only: an SSM command was just sent (the message says which provisioner).
+    /// Deployed, the Catch on it awaits SSM's event on the command, then invokes the step
+    /// again (`waits::PROVISION`); locally that is at once, and the step's look polls.
+    #[error("{0}")]
+    CommandSent(String),
     /// Throttling or eventual consistency beyond the SDK's own retries: retried with jitter.
     #[error("{0}")]
     Transient(String),
@@ -36,12 +41,15 @@ pub enum StepError {
 pub const REJECTED: &str = "Rejected";
 /// The error a failed test stage fails JudgeTests with.
 pub const TEST_FAILED: &str = "TestFailed";
+/// The error Provision raises when it has just sent an SSM command.
+pub const COMMAND_SENT: &str = "CommandSent";
 
 impl StepError {
     /// The `errorType` reported to Step Functions.
     pub fn name(&self) -> &'static str {
         match self {
             StepError::NotReady(_) => "NotReady",
+            StepError::CommandSent(_) => COMMAND_SENT,
             StepError::Transient(_) => "Transient",
             StepError::BuildFailed(_) => "BuildFailed",
             StepError::InvalidTemplate(_) => "InvalidTemplate",
@@ -53,6 +61,7 @@ impl StepError {
     pub fn message(&self) -> &str {
         match self {
             StepError::NotReady(m)
+            | StepError::CommandSent(m)
             | StepError::Transient(m)
             | StepError::BuildFailed(m)
             | StepError::InvalidTemplate(m)
@@ -66,6 +75,7 @@ impl StepError {
         let message = message.into();
         match name {
             "NotReady" => StepError::NotReady(message),
+            COMMAND_SENT => StepError::CommandSent(message),
             "Transient" => StepError::Transient(message),
             "InvalidTemplate" => StepError::InvalidTemplate(message),
             REJECTED => StepError::Rejected(message),

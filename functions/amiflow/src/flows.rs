@@ -416,10 +416,18 @@ fn catch_all_into_error(next: String) -> Vec<Catcher> {
     }]
 }
 
-/// The wait of `step` when EC2 announces it: the step is then entered through
-/// [`await_task`].
+/// The wait of `step` when AWS announces it and the step is entered through
+/// [`await_task`] (the step before it started the thing waited for).
 fn announced(step: &StepSpec) -> Option<Wait> {
-    step.wait.filter(|w| w.event.is_some())
+    step.wait
+        .filter(|w| w.event.is_some_and(|e| e.entered_on.is_none()))
+}
+
+/// The wait of `step` when AWS announces it and the step starts the thing itself, failing
+/// with this error: its Catch enters [`await_task`], which goes back to the step.
+fn announced_after(step: &StepSpec) -> Option<(Wait, &'static str)> {
+    let wait = step.wait?;
+    Some((wait, wait.event?.entered_on?))
 }
 
 /// The handler-like name of the callback state awaiting `wait`'s event: `Await<Wait>`.
@@ -459,7 +467,31 @@ fn add_chain_step(
             await_task(&wait, name(step.name)),
         );
     }
-    states.add(name(step.name), task(step, next, catch));
+    if let Some((wait, _)) = announced_after(step) {
+        states.add(
+            name(&await_step_name(&wait)),
+            await_task(&wait, name(step.name)),
+        );
+    }
+    states.add(
+        name(step.name),
+        task(step, next, step_catch(step, name, catch)),
+    );
+}
+
+/// `catch`, after the Catch that enters the step's callback state when it has just started
+/// what it waits for ([`announced_after`]): first, as that is no failure.
+fn step_catch(step: &StepSpec, name: &dyn Fn(&str) -> String, catch: Vec<Catcher>) -> Vec<Catcher> {
+    let Some((wait, error)) = announced_after(step) else {
+        return catch;
+    };
+    let mut all = vec![Catcher {
+        error_equals: vec![error.into()],
+        result_path: Some(None),
+        next: name(&await_step_name(&wait)),
+    }];
+    all.extend(catch);
+    all
 }
 
 /// The callback state before an announced wait's step: AwaitEvent gets the task token and
@@ -937,7 +969,20 @@ mod tests {
                     panic!("{name} is not a Task")
                 };
                 assert_eq!(t.resource, format!("${{{}FunctionArn}}", step.name));
-                assert_eq!(t.catch, catch_all_into_error(on_failure(builder)), "{name}");
+                assert_eq!(
+                    t.catch,
+                    step_catch(
+                        step,
+                        &|s| state_name(builder, s),
+                        catch_all_into_error(on_failure(builder))
+                    ),
+                    "{name}"
+                );
+                assert_eq!(
+                    t.catch.last(),
+                    catch_all_into_error(on_failure(builder)).last(),
+                    "{name}: every failure goes to the build's cleanup"
+                );
                 let expect_next = entry(steps.get(i + 1).unwrap_or(&CLEANUP), &|s| {
                     state_name(builder, s)
                 });
@@ -1030,11 +1075,29 @@ mod tests {
                     assert_eq!(t.catch[0].error_equals, ["States.ALL"]);
                     assert_eq!(t.catch[0].next, waiting, "{name}: a timeout polls");
                     assert_eq!(t.catch[0].result_path, Some(None));
-                    // The step before enters through it.
-                    let Some(State::Task(before)) = inner.get(&namer(steps[i - 1].name)) else {
-                        panic!("no step before {name}")
-                    };
-                    assert_eq!(before.next.as_deref(), Some(name.as_str()));
+                    if let Some(error) = event.entered_on {
+                        // The step enters it when it has started the thing (its first
+                        // Catch), and is entered again after it: a loop.
+                        let Some(State::Task(step_state)) = inner.get(&waiting) else {
+                            panic!("no {waiting}")
+                        };
+                        assert_eq!(step_state.catch[0].error_equals, [error], "{waiting}");
+                        assert_eq!(step_state.catch[0].next, name, "{waiting}");
+                        assert_eq!(step_state.catch[0].result_path, Some(None), "{waiting}");
+                        assert!(
+                            step_state
+                                .retry
+                                .iter()
+                                .any(|r| r.error_equals == ["NotReady"]),
+                            "{waiting}: a look that finds it still running polls"
+                        );
+                    } else {
+                        // The step before enters through it.
+                        let Some(State::Task(before)) = inner.get(&namer(steps[i - 1].name)) else {
+                            panic!("no step before {name}")
+                        };
+                        assert_eq!(before.next.as_deref(), Some(name.as_str()));
+                    }
                     awaited.push(name);
                 }
             }
@@ -1046,6 +1109,8 @@ mod tests {
             "amazon-ebs.AwaitImageAvailable",
             "amazon-chroot.AwaitImageAvailable",
             "amazon-ebsvolume.redrive.AwaitInstanceStopped",
+            "amazon-ebs.AwaitProvision",
+            "amazon-instance.redrive.AwaitProvision",
         ] {
             assert!(awaited.iter().any(|a| a == name), "{name} missing");
         }
@@ -1075,7 +1140,13 @@ mod tests {
                 let Some(State::Task(t)) = inner.get(&name) else {
                     panic!("{name} is not a Task")
                 };
-                assert!(t.catch.is_empty(), "{name} must not catch");
+                assert!(
+                    t.catch.iter().all(|c| c
+                        .error_equals
+                        .iter()
+                        .all(|e| e == crate::error::COMMAND_SENT)),
+                    "{name} must not catch a failure"
+                );
                 let Some(State::Task(caught)) = inner.get(&state_name(builder, step.name)) else {
                     panic!("no catching twin of {name}")
                 };
@@ -1151,7 +1222,11 @@ mod tests {
             };
             assert_eq!(
                 t.catch,
-                catch_all_into_error(cleanup.clone()),
+                step_catch(
+                    step,
+                    &test_state_name,
+                    catch_all_into_error(cleanup.clone())
+                ),
                 "{}",
                 step.name
             );

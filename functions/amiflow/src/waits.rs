@@ -102,11 +102,12 @@ pub enum Watched {
     /// The snapshots the build took in its region (`steps/wait_snapshots_completed.rs`):
     /// "EBS Snapshot Notification". Several at once: their wait ends when the last settles.
     BuildSnapshots,
-    /// The chroot host's SSM command running the build's host script
-    /// (`steps/run_host_script.rs`): "EC2 Command Invocation Status-change Notification".
+    /// An SSM command of the build: the chroot host's running the build's host script
+    /// (`steps/run_host_script.rs`), or a provisioner's on the build instance
+    /// (`provision/ssm.rs`): "EC2 Command Invocation Status-change Notification".
     /// The command carries no build tags: DeliverEvent finds the build's token by the tag
     /// AwaitEvent puts on it (`resources/await_token.rs`).
-    HostCommand,
+    Command,
 }
 
 impl Watched {
@@ -114,7 +115,7 @@ impl Watched {
         Watched::Instance,
         Watched::BuildImage,
         Watched::BuildSnapshots,
-        Watched::HostCommand,
+        Watched::Command,
     ];
 
     /// The EventBridge pattern of the events that settle a wait on this kind: every state
@@ -136,7 +137,7 @@ impl Watched {
                 "detail-type": ["EBS Snapshot Notification"],
                 "detail": {"event": ["createSnapshot"], "result": ["succeeded", "failed"]}
             }),
-            Watched::HostCommand => json!({
+            Watched::Command => json!({
                 "source": ["aws.ssm"],
                 "detail-type": ["EC2 Command Invocation Status-change Notification"],
                 "detail": {"status": ["Success", "Failed", "Cancelled", "TimedOut"]}
@@ -168,7 +169,7 @@ impl Watched {
                 Some((Watched::BuildSnapshots, id.to_string(), state.to_string()))
             }
             "EC2 Command Invocation Status-change Notification" => {
-                Some((Watched::HostCommand, field("command-id")?, field("status")?))
+                Some((Watched::Command, field("command-id")?, field("status")?))
             }
             _ => None,
         }
@@ -177,7 +178,7 @@ impl Watched {
     /// Whether the resources carry the build's tags (EC2's do; an SSM command has none, so
     /// its wait's token is tagged with the command instead: `resources/await_token.rs`).
     pub fn carries_build_tags(self) -> bool {
-        self != Watched::HostCommand
+        self != Watched::Command
     }
 
     /// The resources of this kind a build is waiting on (none before the build has them).
@@ -192,8 +193,10 @@ impl Watched {
                 .cloned()
                 .collect(),
             Watched::BuildSnapshots => crate::steps::wait_snapshots_completed::awaited(state),
-            // A host script run locally (not through SSM) announces nothing.
-            Watched::HostCommand => crate::builders::chroot::ssm_command(state)
+            // A host script run locally (not through SSM) announces nothing. A provisioner's
+            // command is not in the state (Provision raised `CommandSent`): AwaitEvent finds
+            // it on the instance (`steps/await_event.rs`).
+            Watched::Command => crate::builders::chroot::ssm_command(state)
                 .map(|(command_id, _)| command_id)
                 .into_iter()
                 .collect(),
@@ -210,6 +213,11 @@ pub struct EventWait {
     pub pending: &'static [&'static str],
     /// The callback state's `TimeoutSeconds`: a lost event costs this, then polling.
     pub timeout_seconds: u32,
+    /// How the callback state is entered. None: before the waiting step, after the step
+    /// that started the thing. Some(error): the waiting step starts the thing itself and
+    /// then fails with this error (Provision sends a command and raises `CommandSent`); its
+    /// Catch enters the callback state, which goes back to the step. `flows.rs` renders both.
+    pub entered_on: Option<&'static str>,
 }
 
 const fn waiter(name: &'static str, minutes: u64, policy: WaitPolicy) -> Wait {
@@ -237,6 +245,7 @@ pub const INSTANCE_RUNNING: Wait = announced(
         watched: Watched::Instance,
         pending: &["pending"],
         timeout_seconds: 180,
+        entered_on: None,
     },
 );
 /// StopInstance → WaitInstanceStopped (InstanceStopped: 10 min). Announced like
@@ -247,6 +256,7 @@ pub const INSTANCE_STOPPED: Wait = announced(
         watched: Watched::Instance,
         pending: &["pending", "running", "stopping"],
         timeout_seconds: 300,
+        entered_on: None,
     },
 );
 /// Cleanup's own polling while instances terminate (InstanceTerminated: 10 min). Its first
@@ -261,6 +271,7 @@ pub const IMAGE_AVAILABLE: Wait = announced(
         watched: Watched::BuildImage,
         pending: &["pending"],
         timeout_seconds: 600,
+        entered_on: None,
     },
 );
 /// CopyImage → WaitCopiesAvailable (ImageAvailable per copy: 30 min).
@@ -273,6 +284,7 @@ pub const SNAPSHOTS_COMPLETED: Wait = announced(
         watched: Watched::BuildSnapshots,
         pending: &["pending"],
         timeout_seconds: 600,
+        entered_on: None,
     },
 );
 /// CreateVolume → WaitVolumeAvailable (VolumeAvailable: 10 min).
@@ -301,14 +313,27 @@ pub const CONNECT: Wait = Wait {
     policy: growing(5, 30, 120),
     event: None,
 };
-/// Provision's polling of SSM provisioner commands (SSH never raises NotReady).
-/// Provisioning is not an AWS waiter: `aws_polling` does not bound it, as in Packer.
-pub const PROVISION: Wait = Wait {
-    name: "Provision",
-    budget: Budget::Policy,
-    policy: COMMAND,
-    event: None,
-};
+/// Provision's SSM provisioner commands (SSH never raises NotReady or CommandSent).
+/// Provisioning is not an AWS waiter: `aws_polling` does not bound it, as in Packer; each
+/// command's own execution limit does. Announced by SSM: after sending a command Provision
+/// raises `CommandSent`, the callback state awaits the command's end, and Provision then
+/// looks (polling, as below, only while a look finds it still running).
+pub const PROVISION: Wait = announced(
+    Wait {
+        name: "Provision",
+        budget: Budget::Policy,
+        policy: COMMAND,
+        event: None,
+    },
+    EventWait {
+        watched: Watched::Command,
+        pending: COMMAND_PENDING,
+        timeout_seconds: 900,
+        entered_on: Some(crate::error::COMMAND_SENT),
+    },
+);
+/// An SSM command's statuses before its end.
+const COMMAND_PENDING: &[&str] = &["Pending", "InProgress", "Delayed", "Cancelling"];
 /// RunHostScript → WaitHostScript (amazon-chroot's host script): bounded by the
 /// command's own execution limit and the policy, not by `aws_polling`. Announced by SSM:
 /// the script takes minutes; a lost event costs 15, then polling.
@@ -320,9 +345,10 @@ pub const HOST_SCRIPT: Wait = announced(
         event: None,
     },
     EventWait {
-        watched: Watched::HostCommand,
-        pending: &["Pending", "InProgress", "Delayed", "Cancelling"],
+        watched: Watched::Command,
+        pending: COMMAND_PENDING,
         timeout_seconds: 900,
+        entered_on: None,
     },
 );
 
@@ -440,7 +466,7 @@ mod tests {
                 Watched::Instance => "state",
                 Watched::BuildImage => "State",
                 Watched::BuildSnapshots => "result",
-                Watched::HostCommand => "status",
+                Watched::Command => "status",
             };
             let delivered: Vec<&str> = pattern["detail"][key]
                 .as_array()
@@ -485,7 +511,7 @@ mod tests {
             "detail": {"command-id": "c-1", "instance-id": "i-host", "status": "Success"}});
         assert_eq!(
             Watched::of_event(&command),
-            Some((Watched::HostCommand, "c-1".into(), "Success".into()))
+            Some((Watched::Command, "c-1".into(), "Success".into()))
         );
         assert_eq!(
             Watched::of_event(&json!({"detail-type": "Other", "detail": {}})),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use amiflow::error::COMMAND_SENT;
 use amiflow::flows::step_of;
 use amiflow::state::CaughtError;
 use amiflow_statemachine::{Event, Scope};
@@ -37,6 +38,8 @@ struct Current {
     step: String,
     started: Instant,
     polls: u32,
+    /// The step sent a command and awaits it (`CommandSent`): it runs again, the same step.
+    awaiting: bool,
     waiting_for: String,
 }
 
@@ -107,6 +110,11 @@ impl Progress {
                 if step == "BuilderType" || amiflow::flows::is_await_state(name) {
                     return;
                 }
+                // Provision again after awaiting the command it sent: the same step goes on.
+                if let Some(current) = self.current.get_mut(&index).filter(|c| c.step == step) {
+                    current.awaiting = false;
+                    return;
+                }
                 let build = self.name(index).to_string();
                 if let Some(bar) = self.bar(index) {
                     bar.set_prefix(build);
@@ -119,6 +127,7 @@ impl Progress {
                         step,
                         started: Instant::now(),
                         polls: 0,
+                        awaiting: false,
                         waiting_for: String::new(),
                     },
                 );
@@ -131,6 +140,10 @@ impl Progress {
                     return;
                 };
                 if current.step != step_of(name) {
+                    return;
+                }
+                if current.awaiting {
+                    self.current.insert(index, current);
                     return;
                 }
                 let polls = match current.polls {
@@ -150,7 +163,8 @@ impl Progress {
                 cause,
                 ..
             } => {
-                if let (Some(index), true) = (self.build_of(scope), error == "NotReady") {
+                let waiting = error == "NotReady" || error == COMMAND_SENT;
+                if let (Some(index), true) = (self.build_of(scope), waiting) {
                     let message = CaughtError {
                         error: error.clone(),
                         cause: cause.clone(),
@@ -207,6 +221,21 @@ impl Progress {
                     return;
                 };
                 let step = step_of(name);
+                if error == COMMAND_SENT {
+                    // Not a failure: the step sent a command, and runs again when it ends.
+                    let Some(current) = self.current.get_mut(&index) else {
+                        return;
+                    };
+                    current.awaiting = true;
+                    let text = format!("{step}: {}", current.waiting_for);
+                    if let Some(bar) = self.bar(index) {
+                        bar.set_message(text);
+                    } else {
+                        let build = self.name(index).to_string();
+                        self.line(format!("    {build}: {text}"));
+                    }
+                    return;
+                }
                 self.current.remove(&index);
                 self.line(format!(
                     "    {}: {step} failed ({error}); cleaning up",

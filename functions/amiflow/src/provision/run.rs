@@ -42,6 +42,9 @@ pub async fn run_all<S: Session>(
             Progress::Pending(reason) => {
                 return Err(StepError::NotReady(opts.secrets.mask(&reason)))
             }
+            Progress::Sent(reason) => {
+                return Err(StepError::CommandSent(opts.secrets.mask(&reason)))
+            }
         }
     }
     Ok(())

@@ -25,6 +25,9 @@ pub enum Progress {
     /// It runs outside this invocation (an SSM command): the step raises `NotReady` with
     /// this reason and is invoked again later.
     Pending(String),
+    /// Its command was just sent: the step raises `CommandSent` with this reason (deployed,
+    /// SSM's event on the command's end invokes it again; `waits::PROVISION`).
+    Sent(String),
 }
 
 /// A communicator as the driver uses it. A failure is an `Err`: the driver retries it when

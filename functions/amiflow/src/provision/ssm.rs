@@ -246,9 +246,16 @@ pub async fn agent_status(ctx: &Ctx, region: &str, instance_id: &str) -> AgentSt
         Ok(f) => f,
         Err(e) => return AgentStatus::CannotTell(e.to_string()),
     };
+    // An advisory look: when SSM cannot answer it (an emulator without the call answers
+    // 500), the first SendCommand finds out, so one retry rather than the clients' ten
+    // (which took ~40 s of backoff).
+    let once = aws_sdk_ssm::config::Builder::default()
+        .retry_config(aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(2));
     match ssm(ctx, region)
         .describe_instance_information()
         .filters(filter)
+        .customize()
+        .config_override(once)
         .send()
         .await
     {
@@ -500,7 +507,7 @@ impl<'a> SsmSession<'a> {
                     .unwrap_or_default();
                 tracing::info!(provisioner = %label, command_id = id, "sent SSM command");
                 self.sent.insert(index, id.to_string());
-                Ok(Progress::Pending(format!(
+                Ok(Progress::Sent(format!(
                     "{label}: sent SSM command {id}, waiting for it"
                 )))
             }
@@ -626,6 +633,23 @@ async fn command_output(
 }
 
 /// The commands sent to `instance`, up to `pages` pages of 50 (in the order SSM lists them).
+/// The newest provisioner command this build sent to its instance (the one Provision's
+/// `CommandSent` is about), by its comment: what AwaitEvent awaits SSM's event on.
+pub async fn newest_command(
+    ctx: &Ctx,
+    region: &str,
+    instance: &str,
+    execution: &str,
+) -> Result<Option<String>, StepError> {
+    let commands = commands_on(&ssm(ctx, region), instance, 1).await?;
+    Ok(commands
+        .iter()
+        .filter(|c| c.comment().and_then(|s| index_of(s, execution)).is_some())
+        .max_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0))
+        .and_then(|c| c.command_id())
+        .map(String::from))
+}
+
 pub async fn commands_on(
     client: &aws_sdk_ssm::Client,
     instance: &str,

@@ -35,6 +35,8 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeImages",
         "ec2:DescribeSnapshots",
         "ssm:GetCommandInvocation",
+        // Which provisioner command Provision just sent (`CommandSent` carries no state).
+        "ssm:ListCommands",
     ],
     reach: &[
         ("ssm:PutParameter", Reach::AmiflowParameters),
@@ -89,7 +91,7 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
             region: region.to_string(),
         });
     }
-    let resources = event.watched.resources(state);
+    let (resources, host) = awaited(ctx, &input.wait, state).await?;
     if resources.is_empty() {
         answer(ctx, &input, Vec::new()).await?;
         return Ok(Awaiting::Settled { resources });
@@ -108,23 +110,38 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
             await_token::index(ctx, &stored, resource).await?;
         }
     }
-    if settled(
-        ctx,
-        &event,
-        region,
-        &resources,
-        crate::builders::chroot::ssm_command(state)
-            .map(|(_, host)| host)
-            .as_deref(),
-    )
-    .await?
-    {
+    if settled(ctx, &event, region, &resources, host.as_deref()).await? {
         await_token::answer(ctx, &awaited).await?;
         await_token::remove(ctx, &state.execution, &state.build.name).await?;
         return Ok(Awaiting::Settled { resources });
     }
     tracing::info!(wait = %input.wait, resources = ?resources, "awaiting EC2's state-change event");
     Ok(Awaiting::Event { resources })
+}
+
+/// What the wait is on, and for an SSM command the instance it runs on: the chroot host
+/// script's command (in the state), or the provisioner command Provision just sent (its
+/// `CommandSent` carries no state: the newest of the build's commands on its instance).
+async fn awaited(
+    ctx: &Ctx,
+    wait: &str,
+    state: &BuildState,
+) -> Result<(Vec<String>, Option<String>), StepError> {
+    if wait == crate::waits::PROVISION.name {
+        let Some(instance) = state.data.instance_id.clone() else {
+            return Ok((Vec::new(), None));
+        };
+        let region = state.build.config.build_region();
+        let newest =
+            crate::provision::ssm::newest_command(ctx, region, &instance, &state.execution).await?;
+        return Ok((newest.into_iter().collect(), Some(instance)));
+    }
+    let event = crate::waits::named(wait).and_then(|w| w.event);
+    let resources = event
+        .map(|e| e.watched.resources(state))
+        .unwrap_or_default();
+    let host = crate::builders::chroot::ssm_command(state).map(|(_, host)| host);
+    Ok((resources, host))
 }
 
 /// Answers the token without having stored it (nothing to wait for).
@@ -155,7 +172,7 @@ pub async fn settled(
 ) -> Result<bool, StepError> {
     let mut states: Vec<Option<String>> = Vec::new();
     match event.watched {
-        Watched::HostCommand => {
+        Watched::Command => {
             let Some(host) = host else {
                 return Ok(false);
             };

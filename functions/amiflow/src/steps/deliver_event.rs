@@ -1,5 +1,5 @@
-//! DeliverEvent: EC2's state-change events, and SSM's on the chroot host's command, end the
-//! waits AwaitEvent stored (`steps/await_event.rs`).
+//! DeliverEvent: EC2's state-change events, and SSM's on a build's commands (the chroot
+//! host's script, provisioners'), end the waits AwaitEvent stored (`steps/await_event.rs`).
 //!
 //! Invoked by the stack's EventBridge rules (infra.rs, one per [`Watched`] kind, patterns
 //! from `waits.rs`), never by the state machine. From the event's resource it finds the
@@ -71,11 +71,19 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
         return Ok(Delivered::Ignored);
     };
     // The rule sees every Run Command of the region; a build's host script runs the stack's
-    // own document, never one of AWS's (State Manager's, Patch Manager's).
+    // own document and its provisioners the two shell documents, never another of AWS's
+    // (State Manager's, Patch Manager's).
     let document = event["detail"]["document-name"]
         .as_str()
         .unwrap_or_default();
-    if watched == Watched::HostCommand && document.starts_with("AWS-") {
+    let provisioning = [
+        crate::provision::ssm::DOCUMENT,
+        crate::provision::windows::DOCUMENT,
+    ];
+    if watched == Watched::Command
+        && document.starts_with("AWS-")
+        && !provisioning.contains(&document)
+    {
         return Ok(Delivered::Ignored);
     }
     let region = event
