@@ -1678,21 +1678,111 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
 
     // 5. amazon-chroot: the host is the stack's BuildHostInstanceId, the script goes by SSM
     //    RunCommand with the stack's document, which the host's agent runs on this machine.
+    //    A sensitive variable reaches the chroot through the job RunHostScript stages in
+    //    the artifacts bucket, never through the command's parameters (SSM's history).
     if let Some(disk) = &disk {
         let mounts = disk.dir.path().join("mnt");
-        let run = account
-            .execute(
-                &als,
-                "simacct-chroot",
-                json!({"template": chroot_template(&mounts), "vars": {}}),
-            )
-            .await;
-        assert_clean_success(&account, &run, |_| false).await;
+        let canary = format!("canary-{}", uuid::Uuid::new_v4().simple());
+        let mut template = chroot_template(&mounts);
+        template["variables"] = json!({"canary": ""});
+        template["sensitive-variables"] = json!(["canary"]);
+        template["provisioners"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({
+                "type": "shell",
+                "inline": ["printf %s \"$CANARY\" > /etc/amiflow-canary"],
+                "environment_vars": ["CANARY={{user `canary`}}"]
+            }));
+        let (vars, sensitive) = amiflow_cli::start::split_sensitive(
+            &template,
+            [("canary".to_string(), canary.clone())].into(),
+        );
+        let mut input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
+        let stored =
+            amiflow_cli::start::store_sensitive(&admin.ssm(REGION), "simacct-chroot", &sensitive)
+                .await
+                .unwrap();
+        let parameter = stored["canary"].clone();
+        input["sensitive_vars"] = json!(stored);
+        let run = account.execute(&als, "simacct-chroot", input).await;
+        assert_clean_success(&account, &run, |l| {
+            l == format!("{REGION} ssm-parameter {parameter}")
+        })
+        .await;
         assert_eq!(
             disk.read_file("/etc/amiflow-marker").as_deref(),
             Some("built-by-deployed-amiflow\n"),
             "the provisioner ran in the chroot on the host"
         );
+        assert_eq!(
+            disk.read_file("/etc/amiflow-canary").as_deref(),
+            Some(canary.as_str()),
+            "the sensitive value, not its placeholder, reached the chroot"
+        );
+        let sent = admin
+            .ssm(REGION)
+            .list_commands()
+            .instance_id(account.ready["setup"]["host"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let host_script = sent
+            .commands()
+            .iter()
+            .find(|c| {
+                c.comment()
+                    .is_some_and(|c| c.starts_with("amiflow chroot simacct-chroot "))
+            })
+            .expect("the host script's command");
+        let parameters = host_script.parameters().cloned().unwrap_or_default();
+        let job_s3 = parameters
+            .get(amiflow::infra::CHROOT_JOB_S3_PARAMETER)
+            .and_then(|v| v.first())
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            job_s3.starts_with("s3://") && job_s3.contains("/staged/simacct-chroot/"),
+            "the job went by S3: {parameters:?}"
+        );
+        assert!(
+            !format!("{parameters:?}").contains(&canary),
+            "the value is not in the command's parameters: {parameters:?}"
+        );
+        let staged = admin
+            .s3(REGION)
+            .list_objects_v2()
+            .bucket(
+                account.ready["functions"]["RunHostScript"]["environment"]
+                    ["AMIFLOW_ARTIFACTS_BUCKET"]
+                    .as_str()
+                    .expect("the stack names its artifacts bucket"),
+            )
+            .prefix("staged/")
+            .send()
+            .await;
+        let staged: Vec<String> = staged
+            .expect("the artifacts bucket")
+            .contents()
+            .iter()
+            .filter_map(|c| c.key().map(String::from))
+            .collect();
+        assert!(staged.is_empty(), "the staged job is removed: {staged:?}");
+        let mut places = vec![
+            ("history and output".to_string(), run.record.to_string()),
+            ("account's counters".to_string(), run.stats.to_string()),
+        ];
+        for entry in walk(account.work.path()) {
+            if let Ok(text) = std::fs::read_to_string(&entry) {
+                places.push((entry.display().to_string(), text));
+            }
+        }
+        let found: Vec<&str> = places
+            .iter()
+            .filter(|(_, text)| text.contains(&canary))
+            .map(|(place, _)| place.as_str())
+            .collect();
+        assert!(found.is_empty(), "the sensitive value is in {found:?}");
         let document =
             &account.ready["functions"]["RunHostScript"]["environment"]["AMIFLOW_CHROOT_DOCUMENT"];
         let commands = run.stats["host_commands"].as_array().unwrap();

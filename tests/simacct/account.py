@@ -514,7 +514,8 @@ def main() -> int:
             return c["arn"], account.role_documents(c["role"])
 
         lam = LambdaService(account.region, config["bootstrap"], front.url, account.work_dir, list(functions.values()), lambda_caller)
-        host_env = config.get("host_env") or {}
+        host_env = dict(config.get("host_env") or {})
+        host_env.update(host_cli(account, front.url))
         front.register_host(setup["host"], host_env)
         control = Control(account, stack, lam, front, {f.logical: f for f in functions.values()})
         front.ec2_events.deliver = control.deliver
@@ -602,6 +603,33 @@ def main() -> int:
     sys.stdin.read()  # until the test closes our stdin (or is gone)
     lam.shutdown()
     return 0
+
+
+def host_cli(account: Any, front_url: str) -> dict[str, str]:
+    """The build host's AWS CLI, as the chroot document uses it (`aws s3 cp s3://… FILE`, a
+    job staged with revealed secrets): a stand-in on the agent's PATH (installing the real CLI
+    would pin another botocore than moto's), reaching the account through the front door as
+    its admin. The host role's own rights are the template's, checked by infra.rs."""
+    bin_dir = os.path.join(account.work_dir, "host-bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "aws")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"""#!{sys.executable}
+import os, sys, boto3
+args = [a for a in sys.argv[1:] if a != "--only-show-errors"]
+if args[:2] != ["s3", "cp"] or len(args) != 4 or not args[2].startswith("s3://"):
+    sys.exit("simulated build host: only `aws s3 cp s3://BUCKET/KEY FILE` is emulated, got " + " ".join(sys.argv[1:]))
+bucket, key = args[2][len("s3://"):].split("/", 1)
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_DEFAULT_REGION"]).download_file(bucket, key, args[3])
+""")
+    os.chmod(path, 0o755)
+    return {
+        "PATH": bin_dir + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "AWS_ENDPOINT_URL": front_url,
+        "AWS_ACCESS_KEY_ID": account.admin_key["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": account.admin_key["secret_access_key"],
+        "AWS_DEFAULT_REGION": account.region,
+    }
 
 
 def _task_resources(machine: dict[str, Any]) -> list[str]:

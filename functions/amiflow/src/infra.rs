@@ -97,6 +97,9 @@ pub const CHROOT_HOST_SCRIPT: &str = "infra/chroot-host.sh";
 
 /// The SSM document parameter carrying the chroot job (base64 of its JSON).
 pub const CHROOT_JOB_PARAMETER: &str = "job";
+/// ...or naming where RunHostScript staged it (`s3://<artifacts bucket>/staged/...`), when it
+/// carries revealed secrets: SSM keeps a command's parameters in its history.
+pub const CHROOT_JOB_S3_PARAMETER: &str = "jobS3";
 
 const LAMBDA_BASIC_EXECUTION: &str =
     "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
@@ -600,6 +603,8 @@ pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
                 "trap 'rm -rf \"$work\"' EXIT".into(),
                 format!("printf '%s' '{encoded}' | base64 -d > \"$work/chroot-host.sh\""),
                 format!("printf '%s' '{{{{ {CHROOT_JOB_PARAMETER} }}}}' | base64 -d > \"$work/job\""),
+                // The build host's role reads staged/* in the artifacts bucket (CLI on the host).
+                format!("if [ -n '{{{{ {CHROOT_JOB_S3_PARAMETER} }}}}' ]; then aws s3 cp --only-show-errors '{{{{ {CHROOT_JOB_S3_PARAMETER} }}}}' \"$work/job\"; fi"),
                 "AMIFLOW_CHROOT_JOB=\"$work/job\" bash \"$work/chroot-host.sh\" \"$work/job\"".into(),
             ]
         }
@@ -616,7 +621,14 @@ pub fn chroot_document_content(chroot_script: Option<&str>) -> Value {
             CHROOT_JOB_PARAMETER: {
                 "type": "String",
                 "description": "The chroot job file (KEY=value lines: volume id, mounts, copy_files, provisioners), base64-encoded",
+                "default": "",
                 "allowedPattern": "^[A-Za-z0-9+/=]*$"
+            },
+            CHROOT_JOB_S3_PARAMETER: {
+                "type": "String",
+                "description": "Where the job was staged instead, when it carries sensitive values (s3://bucket/staged/...)",
+                "default": "",
+                "allowedPattern": "^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/staged/[A-Za-z0-9._/=-]+)?$"
             }
         },
         "mainSteps": [{

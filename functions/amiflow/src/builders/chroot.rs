@@ -126,6 +126,11 @@ pub enum HostCommand {
     Ssm {
         command_id: String,
         instance_id: String,
+        /// The job, when it carries revealed secrets: staged in S3 (`s3://bucket/key`, see
+        /// [`staged_job`]) rather than sent in the command's parameters, which SSM keeps in
+        /// its command history. WaitHostScript removes it when the command has ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_s3: Option<String>,
     },
     Local {
         exit_code: i32,
@@ -141,6 +146,7 @@ pub fn ssm_command(state: &BuildState) -> Option<(String, String)> {
         Ok(HostCommand::Ssm {
             command_id,
             instance_id,
+            ..
         }) => Some((command_id, instance_id)),
         _ => None,
     }
@@ -150,6 +156,18 @@ pub fn set_command(state: &mut BuildState, c: &HostCommand) {
         COMMAND_KEY.into(),
         serde_json::to_value(c).unwrap_or_default(),
     );
+}
+
+/// Where RunHostScript stages a job that carries revealed secrets: the stack's artifacts
+/// bucket (deployed; None otherwise), under the build's `staged/` prefix, in the stack's own
+/// region. The build host's role may read `staged/*` (infra.rs); the bucket expires it, and
+/// WaitHostScript, or a failed build's Cleanup, removes it.
+pub fn staged_job(state: &BuildState) -> Option<(String, String)> {
+    let bucket = std::env::var(crate::provision::communicator::ARTIFACTS_BUCKET_ENV)
+        .ok()
+        .filter(|b| !b.is_empty())?;
+    let prefix = crate::provision::ssm::build_staging_prefix(&state.execution, &state.build.name);
+    Some((bucket, format!("{prefix}host-script/job")))
 }
 
 /// Packer's `mount_partition` as the host script takes it: only HVM images are partitioned.

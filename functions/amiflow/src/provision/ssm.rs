@@ -113,12 +113,17 @@ fn build_part(execution: &str, build: &str) -> String {
     format!("{execution}/{build}/")
 }
 
+/// Where one build stages files: `staged/<execution>/<build>/`.
+pub fn build_staging_prefix(execution: &str, build: &str) -> String {
+    format!("{STAGED_ROOT}{}", build_part(execution, build))
+}
+
 /// Staging location of a provisioner's files:
 /// `staged/<execution>/<build>/provision/<index>/`.
 pub fn staging_prefix(execution: &str, build: &str, index: usize) -> String {
     format!(
-        "{STAGED_ROOT}{}provision/{index}/",
-        build_part(execution, build)
+        "{}provision/{index}/",
+        build_staging_prefix(execution, build)
     )
 }
 

@@ -31,6 +31,8 @@ pub const REVEALING_STEPS: &[&str] = &[
     "Connect",
     "Provision",
     "ErrorCleanupProvision",
+    // amazon-chroot's job: provisioners run on the build host (staged in S3 when revealed).
+    "RunHostScript",
     // Tags (`render_tags`): run_tags, tags, snapshot_tags, volume tags, spot_tags.
     "CreateImage",
     "CreateSnapshot",

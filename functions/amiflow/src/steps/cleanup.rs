@@ -105,7 +105,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             vouched_kinds(&state)
         },
         staging: if failed {
-            ssm_staging(&state)
+            ssm_staging(ctx, &state)
         } else {
             Vec::new()
         },
@@ -158,23 +158,27 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 
 /// Where the build's SSM provisioning may have left staged scripts and command output: a
 /// command that ran to its end removed its own, so only a failed build has any to sweep.
-fn ssm_staging(state: &BuildState) -> Vec<(String, String)> {
-    let Ok(comm) = crate::provision::communicator::Communication::of_state(state) else {
-        return Vec::new();
-    };
-    match (&comm.communicator, &comm.ssm_bucket) {
-        (crate::provision::communicator::Communicator::Ssm, Some(bucket)) => {
-            crate::provision::ssm::staging_prefixes(
-                bucket,
-                &state.execution,
-                Some(&state.build.name),
-            )
-            .into_iter()
-            .map(|at| (comm.region.clone(), at))
-            .collect()
+/// amazon-chroot's staged job (`chroot::staged_job`) likewise, in the stack's region.
+fn ssm_staging(ctx: &Ctx, state: &BuildState) -> Vec<(String, String)> {
+    let chroot = state.build.builder_type == amiflow_template::BuilderType::Chroot;
+    let (region, bucket) = match crate::builders::chroot::staged_job(state) {
+        Some((bucket, _)) if chroot => (ctx.own_region(), bucket),
+        _ => {
+            let Ok(comm) = crate::provision::communicator::Communication::of_state(state) else {
+                return Vec::new();
+            };
+            match (&comm.communicator, comm.ssm_bucket) {
+                (crate::provision::communicator::Communicator::Ssm, Some(bucket)) => {
+                    (comm.region, bucket)
+                }
+                _ => return Vec::new(),
+            }
         }
-        _ => Vec::new(),
-    }
+    };
+    crate::provision::ssm::staging_prefixes(&bucket, &state.execution, Some(&state.build.name))
+        .into_iter()
+        .map(|at| (region.clone(), at))
+        .collect()
 }
 
 /// What the ledger of a build that succeeded vouches for: every kind, except volumes when

@@ -13,9 +13,19 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
-    iam_actions: &["ssm:SendCommand", "ssm:ListCommands"],
+    iam_actions: &[
+        "ssm:SendCommand",
+        "ssm:ListCommands",
+        // The build's sensitive variables, revealed in the job (resources/sensitive_var.rs),
+        // which then goes to the host through the artifacts bucket (`chroot::staged_job`).
+        "ssm:GetParameter",
+        "s3:PutObject",
+    ],
     // Root on the stack's own build host with its own document, and nowhere else.
-    reach: &[("ssm:SendCommand", Reach::BuildHostCommand)],
+    reach: &[
+        ("ssm:SendCommand", Reach::BuildHostCommand),
+        ("ssm:GetParameter", Reach::SensitiveVars),
+    ],
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
@@ -37,13 +47,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         &vol,
         &crate::template_files::TemplateFiles::of(ctx),
     )?;
+    // The job as the host must run it: the template's sensitive values in place.
+    let revealed = ctx.secrets.reveal(&job);
     let local = match std::env::var(RUN_MODE_ENV).as_deref() {
         Ok("local") => true,
         Ok("ssm") => false,
         _ => host.found_by == "imds",
     };
     if local {
-        let (exit_code, last_marker) = run_locally(&job).await?;
+        let (exit_code, last_marker) = run_locally(&revealed).await?;
         chroot::set_command(
             &mut state,
             &HostCommand::Local {
@@ -53,27 +65,59 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         );
         return Ok(state);
     }
-    let job_b64 = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(job.as_bytes())
-    };
     let ssm = ctx.ssm(&region);
     let comment = command_comment(&state);
+    // A job with revealed secrets goes through S3: SSM keeps a command's parameters.
+    let staged = (revealed != job).then(|| chroot::staged_job(&state));
     // A retried invocation (its first answer lost) must not start a second script on the
     // same volume: SendCommand takes no ClientToken, so look for our own command first.
     if let Some(command_id) = sent_before(&ssm, &host.instance_id, &comment).await? {
         tracing::info!(%command_id, "the host script was already sent for this build");
-        return Ok(sent(state, command_id, host.instance_id));
+        let job_s3 = staged
+            .flatten()
+            .map(|(bucket, key)| format!("s3://{bucket}/{key}"));
+        return Ok(sent(state, command_id, host.instance_id, job_s3));
     }
+    let source = match staged {
+        None => JobSource::Inline(b64(&job)),
+        Some(None) => {
+            return Err(StepError::BuildFailed(
+                "amazon-chroot: the provisioners use sensitive variables, and an SSM command's parameters stay in \
+                 SSM's command history; deployed, the job goes to the host through the stack's artifacts bucket \
+                 ($AMIFLOW_ARTIFACTS_BUCKET), which this run does not name. Run the build on the host itself \
+                 (AMIFLOW_CHROOT_RUN=local) or from the deployed stack"
+                    .into(),
+            ))
+        }
+        Some(Some((bucket, key))) => {
+            ctx.s3(&ctx.own_region())
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(revealed.into_bytes().into())
+                .send()
+                .await
+                .map_err(|e| classify("PutObject", &format!("s3://{bucket}/{key}"), e))?;
+            JobSource::S3(format!("s3://{bucket}/{key}"))
+        }
+    };
     let mut req = ssm
         .send_command()
         .instance_ids(&host.instance_id)
         .comment(comment);
     req = match std::env::var(DOCUMENT_ENV) {
-        Ok(doc) if !doc.is_empty() => req.document_name(doc).parameters("job", vec![job_b64]),
+        Ok(doc) if !doc.is_empty() => {
+            let (job, job_s3) = match &source {
+                JobSource::Inline(b64) => (b64.clone(), String::new()),
+                JobSource::S3(url) => (String::new(), url.clone()),
+            };
+            req.document_name(doc)
+                .parameters(crate::infra::CHROOT_JOB_PARAMETER, vec![job])
+                .parameters(crate::infra::CHROOT_JOB_S3_PARAMETER, vec![job_s3])
+        }
         _ => req
             .document_name("AWS-RunShellScript")
-            .parameters("commands", vec![inline_command(&job_b64)])
+            .parameters("commands", vec![inline_command(&source)])
             .parameters("executionTimeout", vec![EXECUTION_TIMEOUT.to_string()]),
     };
     req = req.cloud_watch_output_config(
@@ -90,16 +134,38 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .and_then(|c| c.command_id())
         .unwrap_or_default()
         .to_string();
-    Ok(sent(state, command_id, host.instance_id))
+    let job_s3 = match source {
+        JobSource::S3(url) => Some(url),
+        JobSource::Inline(_) => None,
+    };
+    Ok(sent(state, command_id, host.instance_id, job_s3))
+}
+
+/// How the job reaches the host: in the command (base64), or staged in S3 when it carries
+/// revealed secrets.
+enum JobSource {
+    Inline(String),
+    S3(String),
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
 
 /// Records the host script's command and starts its wait.
-fn sent(mut state: BuildState, command_id: String, instance_id: String) -> BuildState {
+fn sent(
+    mut state: BuildState,
+    command_id: String,
+    instance_id: String,
+    job_s3: Option<String>,
+) -> BuildState {
     chroot::set_command(
         &mut state,
         &HostCommand::Ssm {
             command_id,
             instance_id,
+            job_s3,
         },
     );
     waits::HOST_SCRIPT.begin(&mut state);
@@ -129,9 +195,16 @@ async fn sent_before(
 }
 
 /// AWS-RunShellScript's command: the script written to a temporary file, run with the job.
-fn inline_command(job_b64: &str) -> String {
+fn inline_command(source: &JobSource) -> String {
+    let run = match source {
+        JobSource::Inline(job_b64) => format!("bash \"$f\" --job-base64 '{job_b64}'"),
+        JobSource::S3(url) => format!(
+            "aws s3 cp --only-show-errors {} \"$f.job\" && bash \"$f\" \"$f.job\"",
+            crate::provision::transport::shell_quote(url)
+        ),
+    };
     format!(
-        "f=$(mktemp /tmp/amiflow-chroot-host.XXXXXX) || exit 1\ncat > \"$f\" <<'AMIFLOW_CHROOT_HOST_SCRIPT_END'\n{HOST_SCRIPT}AMIFLOW_CHROOT_HOST_SCRIPT_END\nbash \"$f\" --job-base64 '{job_b64}'\nrc=$?\nrm -f \"$f\"\nexit $rc\n"
+        "f=$(mktemp /tmp/amiflow-chroot-host.XXXXXX) || exit 1\ncat > \"$f\" <<'AMIFLOW_CHROOT_HOST_SCRIPT_END'\n{HOST_SCRIPT}AMIFLOW_CHROOT_HOST_SCRIPT_END\n{run}\nrc=$?\nrm -f \"$f\" \"$f.job\"\nexit $rc\n"
     )
 }
 
@@ -220,7 +293,7 @@ impl Drop for TempDir {
 mod tests {
     #[test]
     fn inline_command_carries_the_whole_script() {
-        let c = super::inline_command("Sk9C");
+        let c = super::inline_command(&super::JobSource::Inline("Sk9C".into()));
         assert!(c.contains(super::HOST_SCRIPT));
         assert!(c.contains("--job-base64 'Sk9C'"));
         assert!(!super::HOST_SCRIPT.contains("AMIFLOW_CHROOT_HOST_SCRIPT_END"));

@@ -9,7 +9,8 @@ use crate::resources::ssm_command;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitHostScript",
-    iam_actions: &["ssm:GetCommandInvocation"],
+    // Removing the job RunHostScript staged, once the command has ended.
+    iam_actions: &["ssm:GetCommandInvocation", "s3:DeleteObject"],
     reach: &[],
     wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
@@ -18,12 +19,13 @@ pub const SPEC: StepSpec = StepSpec {
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
-    let (command_id, instance_id) = match chroot::command(&state, "WaitHostScript")? {
+    let (command_id, instance_id, job_s3) = match chroot::command(&state, "WaitHostScript")? {
         HostCommand::Local { .. } => return Ok(state),
         HostCommand::Ssm {
             command_id,
             instance_id,
-        } => (command_id, instance_id),
+            job_s3,
+        } => (command_id, instance_id, job_s3),
     };
     let out = match ctx
         .ssm(&region)
@@ -45,6 +47,15 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .status()
         .cloned()
         .unwrap_or(CommandInvocationStatus::Pending);
+    let running = matches!(
+        status,
+        CommandInvocationStatus::Pending
+            | CommandInvocationStatus::InProgress
+            | CommandInvocationStatus::Delayed
+    );
+    if let (false, Some(url)) = (running, &job_s3) {
+        remove_staged_job(ctx, url).await?;
+    }
     match status {
         CommandInvocationStatus::Success => {
             waits::HOST_SCRIPT.end(&mut state);
@@ -88,4 +99,19 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             )))
         }
     }
+}
+
+/// The job RunHostScript staged (revealed secrets): gone once the host has read it.
+async fn remove_staged_job(ctx: &Ctx, url: &str) -> Result<(), StepError> {
+    let Some((bucket, key)) = url.strip_prefix("s3://").and_then(|r| r.split_once('/')) else {
+        return Ok(());
+    };
+    ctx.s3(&ctx.own_region())
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| classify("DeleteObject", url, e))?;
+    Ok(())
 }
