@@ -195,3 +195,89 @@ async fn a_build_needs_exactly_the_printed_policy() {
     let (ok, out) = build_as(&moto, &template, "stranger", &stranger).await;
     assert!(!ok && refused(&out), "{out}");
 }
+
+/// Each build of a template signs with its own credentials, given as sensitive variables
+/// (Packer's usual `"access_key": "{{user `aws_access_key`}}"`): revealed for the SDK, never
+/// the placeholder, and never the first build's for the others. The environment's keys
+/// are a user allowed nothing, build `alpha`'s user may not copy images, and only build
+/// `beta` copies one: each succeeds only with its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_build_signs_with_its_own_sensitive_credentials() {
+    let Ok(moto) = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]) else {
+        return eprintln!(
+            "SKIP policy::each_build_signs_with_its_own_sensitive_credentials: moto is not available"
+        );
+    };
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(REGION).await);
+    let all = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    let admin = user_with(&iam, "admin", &all).await;
+    let admin_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto.url())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            &admin.0, &admin.1, None, None, "admin",
+        ))
+        .load()
+        .await;
+    let iam = aws_sdk_iam::Client::new(&admin_sdk);
+    let no_copy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "ec2:CopyImage", "Resource": "*"}
+    ]});
+    let alpha = user_with(&iam, "alpha", &no_copy).await;
+    let beta = user_with(&iam, "beta", &all).await;
+    let nothing = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]});
+    let env_user = user_with(&iam, "environment", &nothing).await;
+
+    let builder = |name: &str, key: &str, extra: Value| {
+        let mut b = serde_json::json!({
+            "type": "amazon-ebs", "name": name, "region": REGION,
+            "source_ami": "ami-0f8848d57eb4fe2d2", "instance_type": "t3.micro",
+            "communicator": "none", "ami_name": format!("own-keys-{name}-{{{{timestamp}}}}"),
+            "access_key": format!("{{{{user `{key}_key`}}}}"),
+            "secret_key": format!("{{{{user `{key}_secret`}}}}"),
+        });
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let template = serde_json::json!({
+        "variables": {"alpha_key": "", "alpha_secret": "", "beta_key": "", "beta_secret": ""},
+        "sensitive-variables": ["alpha_key", "alpha_secret", "beta_key", "beta_secret"],
+        "builders": [
+            builder("alpha", "alpha", serde_json::json!({})),
+            builder("beta", "beta", serde_json::json!({"ami_regions": ["us-west-2"]})),
+        ]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-accounts.json");
+    std::fs::write(&path, template.to_string()).unwrap();
+    let out = tokio::process::Command::new(workspace_binary("amiflow"))
+        .arg("build")
+        .arg(&path)
+        .args(["-var", &format!("alpha_key={}", alpha.0)])
+        .args(["-var", &format!("alpha_secret={}", alpha.1)])
+        .args(["-var", &format!("beta_key={}", beta.0)])
+        .args(["-var", &format!("beta_secret={}", beta.1)])
+        .envs(moto.env(REGION))
+        .env("AWS_ACCESS_KEY_ID", &env_user.0)
+        .env("AWS_SECRET_ACCESS_KEY", &env_user.1)
+        .current_dir(dir.path())
+        .output()
+        .await
+        .expect("run amiflow build");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("us-west-2: ami-"), "beta's copy: {text}");
+    for secret in [&alpha.1, &beta.1] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret key in the output: {text}"
+        );
+    }
+}

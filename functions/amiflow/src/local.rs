@@ -13,6 +13,7 @@
 //!   progress and every later one with [`CANCELLED`], which the chain's Catch routes to
 //!   Cleanup; Cleanup and Finalize themselves are never cancelled.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,9 @@ impl Interrupt {
 
 pub struct LocalInvoker {
     ctx: Arc<Ctx>,
+    /// Each build's own context (its credentials and secrets), by build name: a step of that
+    /// build runs with it; anything else (the run's own steps) with `ctx`.
+    builds: HashMap<String, Arc<Ctx>>,
     interrupt: Interrupt,
     find: fn(&str) -> Option<StepSpec>,
 }
@@ -106,9 +110,27 @@ impl LocalInvoker {
     ) -> LocalInvoker {
         LocalInvoker {
             ctx,
+            builds: HashMap::new(),
             interrupt,
             find,
         }
+    }
+
+    /// Runs each build's steps with its own context (`amiflow build` makes one per build).
+    pub fn with_build_contexts(mut self, builds: HashMap<String, Arc<Ctx>>) -> LocalInvoker {
+        self.builds = builds;
+        self
+    }
+
+    /// The context of the build whose state `input` is (a step's input, or a callback
+    /// task's payload around it).
+    fn ctx_for(&self, input: &Value) -> Arc<Ctx> {
+        ["/build/name", "/state/build/name"]
+            .iter()
+            .find_map(|p| input.pointer(p).and_then(Value::as_str))
+            .and_then(|name| self.builds.get(name))
+            .unwrap_or(&self.ctx)
+            .clone()
     }
 
     fn cancelled(&self, step: &str) -> TaskError {
@@ -157,7 +179,7 @@ impl TaskInvoker for LocalInvoker {
         }
         // Spawned, so that a panic ends this invocation only (as in Lambda) and an
         // interrupt can abort the handler wherever it is waiting.
-        let mut handler = tokio::spawn((step.handler)(self.ctx.clone(), input));
+        let mut handler = tokio::spawn((step.handler)(self.ctx_for(&input), input));
         let joined = if interruptible {
             tokio::select! {
                 joined = &mut handler => joined,

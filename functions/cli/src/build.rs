@@ -172,15 +172,6 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
-    let access = prepared.builds[0].config.access().clone();
-    let mut ctx = Ctx::for_build(&access)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-    ctx.env = opts.env.clone();
-    ctx.base_dir = opts.template_dir.clone();
-    if asks_approval {
-        ctx.approver = Some(local_approver(args.approve, args.reject));
-    }
     let build_names: Vec<String> = prepared.builds.iter().map(|b| b.name.clone()).collect();
     // Each build's post-processors, in the template's order.
     let post_processors: Vec<(String, Value)> = prepared
@@ -193,17 +184,43 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         })
         .collect();
     let template_dir = opts.template_dir.clone();
-    let mut secrets: amiflow::provision::Secrets = prepared.secrets.into();
-    // Typed configs never serialize passwords: the step gets them from the run's secrets.
-    if let Some(password) = prepared.builds[0]
-        .config
-        .comm()
-        .and_then(|c| c.ssh_password.clone())
-    {
-        secrets.set_ssh_password(password);
+    let secrets: amiflow::provision::Secrets = prepared.secrets.into();
+    // What the run's output masks: the template's sensitive values and every build's password.
+    let mut run_secrets = secrets.clone();
+    // One context per build, as each build of a Packer template signs with its own
+    // credentials (sensitive ones revealed: the SDK must sign with the value, not its
+    // placeholder) and connects with its own ssh_password.
+    let mut contexts = std::collections::HashMap::new();
+    for b in &prepared.builds {
+        let mut access = b.config.access().clone();
+        for field in [
+            &mut access.access_key,
+            &mut access.secret_key,
+            &mut access.token,
+        ] {
+            if let Some(value) = field.as_mut() {
+                *value = secrets.reveal(value);
+            }
+        }
+        let mut ctx = Ctx::for_build(&access)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {}", b.name, e.message()))?;
+        ctx.env = opts.env.clone();
+        ctx.base_dir = opts.template_dir.clone();
+        if asks_approval {
+            ctx.approver = Some(local_approver(args.approve, args.reject));
+        }
+        let mut build_secrets = secrets.clone();
+        // Typed configs never serialize passwords: the step gets them from the run's secrets.
+        if let Some(password) = b.config.comm().and_then(|c| c.ssh_password.clone()) {
+            build_secrets.set_ssh_password(password.clone());
+            run_secrets.set_ssh_password(password);
+        }
+        ctx.secrets = build_secrets;
+        contexts.insert(b.name.clone(), Arc::new(ctx));
     }
-    let run_secrets = secrets.clone();
-    ctx.secrets = secrets;
+    // The run's own calls (the janitor's regions, post-processors) use the first build's.
+    let ctx = contexts[&prepared.builds[0].name].clone();
     let own_region = ctx.sdk.region().map(|r| r.to_string());
 
     let execution = format!(
@@ -235,7 +252,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     watch_signals(interrupt.clone(), clean_command(&execution, &regions))?;
     let invoker = Interactive::new(
-        LocalInvoker::interruptible(Arc::new(ctx), interrupt.clone()),
+        LocalInvoker::interruptible(ctx.clone(), interrupt.clone()).with_build_contexts(contexts),
         Arc::new(Terminal),
         args.debug,
         ask,
