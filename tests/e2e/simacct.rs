@@ -1837,6 +1837,88 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         runs.push(run.report());
     }
 
+    // 5a. A chroot build stopped while its host script runs (the volume mounted on the
+    //     host): the janitor cancels the command first (the script's TERM trap unmounts),
+    //     then detaches and deletes the volume. Nothing is left, and no mount.
+    if let Some(disk) = &disk {
+        let mut template = chroot_template(&disk.dir.path().join("mnt"));
+        template["provisioners"] = json!([{"type": "shell", "inline": ["sleep 120"]}]);
+        let (vars, _) = amiflow_cli::start::split_sensitive(&template, Default::default());
+        let input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
+        account.stats();
+        let before = account.inventory();
+        let began = Instant::now();
+        let sfn = account.sfn().await;
+        let arn = sfn
+            .start_execution()
+            .state_machine_arn(account.ready["state_machine"]["arn"].as_str().unwrap())
+            .name("simacct-chroot-stopped")
+            .input(input.to_string())
+            .send()
+            .await
+            .expect("StartExecution")
+            .execution_arn()
+            .to_string();
+        while mounts_under(disk.dir.path()).is_empty() {
+            assert!(
+                began.elapsed() < Duration::from_secs(120),
+                "the host script never mounted the volume: {:#}",
+                account.execution("simacct-chroot-stopped")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        sfn.stop_execution()
+            .execution_arn(&arn)
+            .cause("stopped by the operator")
+            .send()
+            .await
+            .expect("StopExecution");
+        let run = account
+            .hosted("simacct-chroot-stopped", before.clone(), began)
+            .await;
+        let stopped = account.execution("simacct-chroot-stopped");
+        assert_eq!(stopped["status"], "ABORTED", "{stopped:#}");
+        let janitor = &stopped["deliveries"][0]["deliveries"][0];
+        assert_eq!(janitor["target"], "Janitor", "{stopped:#}");
+        let removed: Vec<String> = janitor["result"]["removed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(String::from))
+            .collect();
+        assert!(
+            removed
+                .first()
+                .is_some_and(|r| r.starts_with("SSM command ") && r.ends_with("cancelled")),
+            "the janitor cancelled the host script first: {janitor:#}"
+        );
+        assert!(
+            removed.iter().any(|r| r.contains("volume")),
+            "then removed the volume: {janitor:#}"
+        );
+        let mut left: Vec<String> = Vec::new();
+        for _ in 0..40 {
+            left = account.inventory().difference(&before).cloned().collect();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "the stopped chroot build left {left:?}: {janitor:#}"
+        );
+        assert!(
+            mounts_under(disk.dir.path()).is_empty(),
+            "mounts left on the host"
+        );
+        eprintln!(
+            "simacct: chroot build stopped mid-script: the janitor cancelled the command, then removed {} resources",
+            removed.len() - 1
+        );
+        drop(run);
+    }
+
     // 5b. A template naming a host the operator did not tag for this stack (any SSM-managed
     //     instance would do: its pre_mount_commands would run there as root) is refused.
     let foreign = admin

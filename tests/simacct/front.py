@@ -59,6 +59,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -171,6 +172,8 @@ class HostAgent:
         self.env = env
         self.work_dir = work_dir
         self.runs: dict[str, dict[str, Any]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.cancelled: set[str] = set()
         self.lock = threading.Lock()
         # SSM's "EC2 Command Invocation Status-change Notification" when a command ends:
         # announce(command id, document, instance id, status).
@@ -187,18 +190,43 @@ class HostAgent:
             f.write("\n".join(commands) + "\n")
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
         env.update(self.env)
+        # Its own process group: CancelCommand stops the whole script, as the agent does.
+        proc = subprocess.Popen(["sh", script], env=env, cwd=self.work_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        with self.lock:
+            self.procs[command_id] = proc
         try:
-            done = subprocess.run(["sh", script], env=env, cwd=self.work_dir, capture_output=True, timeout=timeout)
-            status = "Success" if done.returncode == 0 else "Failed"
-            result = {"Status": status, "ResponseCode": done.returncode, "out": done.stdout.decode(errors="replace"), "err": done.stderr.decode(errors="replace")}
-        except subprocess.TimeoutExpired as e:
-            result = {"Status": "TimedOut", "ResponseCode": -1, "out": (e.stdout or b"").decode(errors="replace"), "err": "timed out"}
+            out, err = proc.communicate(timeout=timeout)
+            with self.lock:
+                cancelled = command_id in self.cancelled
+            status = "Cancelled" if cancelled else "Success" if proc.returncode == 0 else "Failed"
+            result = {"Status": status, "ResponseCode": proc.returncode, "out": out.decode(errors="replace"), "err": err.decode(errors="replace")}
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            result = {"Status": "TimedOut", "ResponseCode": -1, "out": out.decode(errors="replace"), "err": "timed out"}
         finally:
             os.unlink(script)
+            with self.lock:
+                self.procs.pop(command_id, None)
         with self.lock:
             self.runs[command_id] = result
         if self.announce is not None:
             self.announce(command_id, document, self.instance_id, result["Status"])
+
+    def cancel(self, command_id: str) -> bool:
+        """CancelCommand: SIGTERM to the command's process group (the host script's trap
+        unmounts); whether this agent ran it."""
+        with self.lock:
+            proc = self.procs.get(command_id)
+            if proc is None:
+                return command_id in self.runs
+            self.cancelled.add(command_id)
+            self.runs[command_id]["Status"] = "Cancelling"
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return True
 
     def report(self, command_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -423,6 +451,8 @@ class Front:
         # command id → when the simulated agent ends it (shown InProgress until then, then
         # SSM's status-change event, as the host agent's commands).
         self.instance_commands: dict[str, float] = {}
+        # CancelCommand's command ids, for the test.
+        self.cancelled_commands: list[str] = []
         self.calls: dict[str, int] = {}
         # EventBridge events the functions put on a bus (answered here, see `put_events`).
         self.events: list[dict[str, Any]] = []
@@ -463,6 +493,7 @@ class Front:
                 "passed_roles": list(self.passed_roles),
                 "registered_snapshots": list(self.registered_snapshots),
                 "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
+                "cancelled_commands": list(self.cancelled_commands),
                 "aws_calls": dict(sorted(self.calls.items())),
                 "events": list(self.events),
                 "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
@@ -474,6 +505,7 @@ class Front:
                 self.heartbeats.clear()
                 self.registered_snapshots.clear()
                 self.host_commands.clear()
+                self.cancelled_commands.clear()
                 self.denied.clear()
                 self.passed_roles.clear()
                 self.calls.clear()
@@ -786,6 +818,10 @@ class Front:
                 return [(parameter(request.get("ResourceId", "")), {})]
             if name == "DescribeInstanceInformation":
                 return [("*", {})]
+            if name == "CancelCommand":
+                # No resource-level permission (IAM's reference lists none): the command's
+                # ARN stands for the "*" a grant must name.
+                return [(f"arn:aws:ssm:{region}:{account}:command/{request.get('CommandId', '')}", {})]
             if name == "SendCommand":
                 document = request.get("DocumentName", "")
                 owner = "" if document.startswith("AWS-") else account
@@ -874,6 +910,25 @@ class Front:
                 agent.start(command_id, request["DocumentName"], commands, timeout)
                 with self.lock:
                     self.host_commands.append({"instance": instance, "command": command_id, "document": request["DocumentName"]})
+
+    def cancel_command(self, body: bytes) -> bytes:
+        """CancelCommand, which moto lacks: the agent that runs the command stops it."""
+        command_id = json.loads(body or b"{}").get("CommandId", "")
+        for agent in self.hosts.values():
+            agent.cancel(command_id)
+        with self.lock:
+            self.cancelled_commands.append(command_id)
+        return b"{}"
+
+    def list_commands(self, response: dict[str, Any]) -> dict[str, Any]:
+        """ListCommands with the statuses the agents report (moto says Success at once)."""
+        for command in response.get("Commands", []):
+            for agent in self.hosts.values():
+                run = agent.report(command.get("CommandId", ""))
+                if run is not None:
+                    command["Status"] = run["Status"]
+                    command["StatusDetails"] = run["Status"]
+        return response
 
     def command_invocation(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         agent = self.hosts.get(request.get("InstanceId", ""))
@@ -1079,6 +1134,8 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 return self._send(status, resp_headers, out)
             if scoped is None and action == "events:PutEvents":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.put_events(body))
+            if scoped is None and action == "ssm:CancelCommand":
+                return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.cancel_command(body))
             if scoped is None and action == "ssm:DescribeInstanceInformation":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.instance_information(body))
             if scoped is None:
@@ -1127,11 +1184,13 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 region = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[2]
                 with front.lock:
                     front.registered_snapshots.extend(f"{region} snapshot {v[0]}" for k, v in form.items() if k.endswith(".Ebs.SnapshotId"))
-            elif resp.status == 200 and service == "ssm" and action in ("ssm:SendCommand", "ssm:GetCommandInvocation"):
+            elif resp.status == 200 and service == "ssm" and action in ("ssm:SendCommand", "ssm:GetCommandInvocation", "ssm:ListCommands"):
                 request = json.loads(body or b"{}")
                 response = json.loads(out or b"{}")
                 if action == "ssm:SendCommand":
                     front.after_send_command(request, response)
+                elif action == "ssm:ListCommands":
+                    out = json.dumps(front.list_commands(response), default=str).encode()
                 else:
                     out = json.dumps(front.command_invocation(request, response), default=str).encode()
             if resp.status == 200 and creation_form:

@@ -1524,6 +1524,10 @@ mod tests {
         match service {
             // Reads of keys and parameters are secrets: never unscoped.
             "kms" => false,
+            // CancelCommand: IAM offers no resource or condition key for it. Only the janitor
+            // holds it, and cancels only the commands whose comment names the execution it
+            // sweeps (resources/ssm_command.rs).
+            "ssm" if verb == "CancelCommand" => true,
             "ssm" => read && !verb.starts_with("GetParameter"),
             "s3" => false,
             "iam" | "ec2" | "states" => read || ec2_create,

@@ -37,6 +37,11 @@ pub fn comment(execution: &str, index: usize) -> String {
     format!("amiflow {exec} #{index}")
 }
 
+/// Whether `comment` is that of one of `execution`'s provisioner commands ([`comment`]).
+pub fn is_provisioner_command_of(comment: &str, execution: &str) -> bool {
+    index_of(comment, execution).is_some()
+}
+
 fn index_of(comment: &str, execution: &str) -> Option<usize> {
     let exec: String = execution.chars().take(80).collect();
     comment

@@ -1,10 +1,15 @@
 //! SSM commands: RunHostScript's host script (amazon-chroot) and the SSM communicator's
 //! provisioner commands. They are not tagged; a build finds its own by the build-unique
-//! comment it sent them with (`provision/ssm.rs`). A command ends by itself (its execution
-//! timeout), so no sweep removes one; what a build removes is what it staged for it.
+//! comment it sent them with (`provision/ssm.rs`, `steps/run_host_script.rs`). A command
+//! ends by itself (its execution timeout); a stopped build's janitor cancels those still
+//! running ([`cancel_running`]), so that the host script unmounts (its TERM trap) before
+//! the sweep detaches its volume.
+
+use aws_sdk_ssm::types::CommandStatus;
 
 use super::Reach;
-use crate::error::error_code;
+use crate::error::{classify, error_code};
+use crate::{Ctx, StepError};
 
 /// Commands go only to the builds' own instances, with `AWS-RunShellScript` or
 /// `AWS-RunPowerShellScript` (the SSM communicator); RunHostScript narrows this to the stack's build host and document.
@@ -27,4 +32,55 @@ where
     E: aws_sdk_ssm::error::ProvideErrorMetadata,
 {
     error_code(err) == Some(NOT_VISIBLE_YET)
+}
+
+/// What cancelling a stopped build's commands needs. Neither action authorizes on a
+/// resource (IAM's reference lists none for either), so both are granted on `*`; only the
+/// commands whose comment names the execution are cancelled.
+pub const CANCEL_ACTIONS: [&str; 2] = ["ssm:ListCommands", "ssm:CancelCommand"];
+
+/// Cancels the execution's SSM commands still pending or running in `region` (found by
+/// comment among the region's newest), returning what it cancelled.
+pub async fn cancel_running(
+    ctx: &Ctx,
+    region: &str,
+    execution: &str,
+) -> Result<Vec<String>, StepError> {
+    let ssm = ctx.ssm(region);
+    let mut cancelled = Vec::new();
+    let mut next: Option<String> = None;
+    // The builds' commands are among a region's newest: a few pages reach back far enough.
+    for _ in 0..4 {
+        let page = ssm
+            .list_commands()
+            .max_results(50)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| classify("ListCommands", region, e))?;
+        for c in page.commands() {
+            let running = matches!(
+                c.status(),
+                Some(CommandStatus::Pending | CommandStatus::InProgress)
+            );
+            let ours = c.comment().is_some_and(|m| {
+                crate::steps::run_host_script::is_host_script_of(m, execution)
+                    || crate::provision::ssm::is_provisioner_command_of(m, execution)
+            });
+            let Some(id) = c.command_id().filter(|_| running && ours) else {
+                continue;
+            };
+            ssm.cancel_command()
+                .command_id(id)
+                .send()
+                .await
+                .map_err(|e| classify("CancelCommand", id, e))?;
+            cancelled.push(format!("SSM command {id} ({region}), cancelled"));
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(cancelled)
 }

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::StepSpec;
-use crate::resources::{sweep_execution_until_done, CleanupReport, Reach, CLEANUP_ACTIONS};
+use crate::resources::{
+    ssm_command, sweep_execution_until_done, CleanupReport, Reach, CLEANUP_ACTIONS,
+};
 use crate::state::OnError;
 use crate::{Ctx, StepError};
 use amiflow_template::pipeline::Pipeline;
@@ -48,12 +50,14 @@ pub const SPEC: StepSpec = StepSpec {
 /// It removes exactly what Cleanup removes, by the same code (and marks nothing), reads an
 /// execution's input when the event does not carry it, and reads a pipeline's published
 /// parameter.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 4] = {
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 6] = {
     let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 4];
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 6];
     all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
     all[CLEANUP_ACTIONS.len() + 2] = READ_PUBLISHED;
     all[CLEANUP_ACTIONS.len() + 3] = READ_PIPELINE_FILE;
+    all[CLEANUP_ACTIONS.len() + 4] = ssm_command::CANCEL_ACTIONS[0];
+    all[CLEANUP_ACTIONS.len() + 5] = ssm_command::CANCEL_ACTIONS[1];
     let mut i = 0;
     while i < cleanup.len() {
         all[i] = cleanup[i];
@@ -246,6 +250,13 @@ async fn sweep_until_done(
 ) -> Result<CleanupReport, StepError> {
     let execution = detail.name.as_str();
     let state_machine = crate::identity::state_machine_of(&detail.execution_arn);
+    // A command still running (a stopped chroot build's host script holds its volume
+    // mounted) is cancelled first: the script unmounts as it ends, and the sweep can detach.
+    let id = crate::state::build_id(execution);
+    let mut cancelled = Vec::new();
+    for region in regions {
+        cancelled.extend(ssm_command::cancel_running(ctx, region, &id).await?);
+    }
     let mut report = sweep_execution_until_done(
         ctx,
         state_machine,
@@ -256,9 +267,9 @@ async fn sweep_until_done(
         |why| tracing::info!(%why, "waiting before sweeping again"),
     )
     .await?;
+    report.removed.splice(0..0, cancelled);
     // The execution's sensitive variables and approval token are in the stack's own
     // region, which need not be one of the build's.
-    let id = crate::state::build_id(execution);
     for name in crate::resources::sensitive_var::remove_all(ctx, &id).await? {
         report
             .removed
@@ -743,7 +754,9 @@ mod tests {
                 "states:DescribeExecution",
                 "states:ListExecutions",
                 "ssm:GetParameter",
-                "s3:GetObject"
+                "s3:GetObject",
+                "ssm:ListCommands",
+                "ssm:CancelCommand"
             ]
         );
         assert_eq!(SPEC.reach_of("s3:GetObject"), Reach::TemplateObjects);

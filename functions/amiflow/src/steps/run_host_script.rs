@@ -180,6 +180,14 @@ fn command_comment(state: &BuildState) -> String {
     format!("amiflow chroot {execution} {id}")
 }
 
+/// Whether `comment` is that of one of `execution`'s host scripts ([`command_comment`]).
+pub fn is_host_script_of(comment: &str, execution: &str) -> bool {
+    let execution: String = execution.chars().take(48).collect();
+    comment
+        .strip_prefix(&format!("amiflow chroot {execution} "))
+        .is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// The id of the command this build already sent to the host, if any. The host runs every
 /// chroot build of the account: a few pages of its newest commands reach back far enough.
 async fn sent_before(
@@ -316,5 +324,14 @@ mod tests {
         assert!(
             super::command_comment(&state("nightly-42")).starts_with("amiflow chroot nightly-42 ")
         );
+        assert!(super::is_host_script_of(&a, &format!("{long}a")));
+        assert!(super::is_host_script_of(
+            &super::command_comment(&state("nightly-42")),
+            "nightly-42"
+        ));
+        assert!(!super::is_host_script_of(
+            &super::command_comment(&state("nightly-42")),
+            "nightly-4"
+        ));
     }
 }
