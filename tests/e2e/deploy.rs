@@ -430,6 +430,53 @@ async fn janitor_removes_everything_tagged_with_the_aborted_build_and_nothing_el
     );
 }
 
+/// A scheduled build names its template by `template_s3`: the janitor reads it there, and
+/// sweeps the copy region the template computes from a variable (before, it swept only the
+/// event's region and left the copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_reads_a_scheduled_builds_template_for_its_regions() {
+    let Some(moto) =
+        Moto::start_or_skip("janitor_reads_a_scheduled_builds_template_for_its_regions")
+    else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let copy_ec2 = ctx.ec2(COPY_REGION);
+    let copied = copy_ec2
+        .create_volume()
+        .availability_zone(format!("{COPY_REGION}a"))
+        .size(1)
+        .set_tag_specifications(Some(tags(ResourceType::Volume, Some("scheduled-7"))))
+        .send()
+        .await
+        .unwrap();
+    let copied = format!("volume {}", copied.volume_id().unwrap());
+    let template = json!({
+        "variables": { "copy_to": "" },
+        "builders": [{ "type": "amazon-ebs", "region": REGION, "ami_regions": ["{{user `copy_to`}}"] }]
+    });
+    let s3 = ctx.s3(REGION);
+    s3.create_bucket().bucket("schedules").send().await.unwrap();
+    s3.put_object()
+        .bucket("schedules")
+        .key("nightly.json")
+        .body(template.to_string().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let input =
+        json!({"template_s3": "s3://schedules/nightly.json", "vars": {"copy_to": COPY_REGION}});
+    let report = sweep_aborted(&ctx, "scheduled-7", input).await;
+    assert_eq!(
+        report.regions,
+        vec![COPY_REGION.to_string(), REGION.to_string()]
+    );
+    assert!(
+        !inventory(&copy_ec2).await.contains(&copied),
+        "{copied} in {COPY_REGION} is still there: {report:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_ignores_statuses_that_need_no_sweep() {
     let Some(moto) = Moto::start_or_skip("janitor_ignores_statuses_that_need_no_sweep") else {

@@ -206,7 +206,10 @@ pub async fn sweep(
         return Ok(report);
     }
     let input = execution_input(ctx, detail).await?;
-    let regions = janitor_regions(input.as_deref(), event.region.as_deref());
+    let regions = janitor_regions(
+        with_template_text(ctx, input.as_deref()).await.as_deref(),
+        event.region.as_deref(),
+    );
     report.regions = regions.clone();
     match kept_by_on_error(&detail.status, input.as_deref()) {
         Some(OnError::Abort) => {
@@ -359,7 +362,10 @@ pub async fn sweep_closed_redrive_windows(
                 if kept_by_on_error(status.as_str(), input.as_deref()) != Some(OnError::Redrive) {
                     continue;
                 }
-                let regions = janitor_regions(input.as_deref(), None);
+                let regions = janitor_regions(
+                    with_template_text(ctx, input.as_deref()).await.as_deref(),
+                    None,
+                );
                 tracing::info!(execution = %detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
                 let CleanupReport { removed, kept, .. } = sweep_until_done(
                     ctx,
@@ -500,6 +506,29 @@ async fn published(ctx: &Ctx, pipeline: &Pipeline, regions: &[String]) -> BTreeS
         }
     }
     images
+}
+
+/// The execution input with the template's text in `template` when it names the template
+/// by `template_s3` (a scheduled build), read where Prepare read it, so that the regions a
+/// template computes (`ami_regions` from a variable) are found as for an inline template.
+/// As given when it has its template, or the object cannot be read any more.
+async fn with_template_text(ctx: &Ctx, input: Option<&str>) -> Option<String> {
+    let text = input?;
+    let mut value: Value = serde_json::from_str(text).ok()?;
+    let url = value
+        .get("template_s3")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && value.get("template").is_none_or(Value::is_null))
+        .map(String::from);
+    if let Some(url) = url {
+        match super::prepare::fetch_s3(ctx, &url, "template_s3").await {
+            Ok(template) => value["template"] = Value::String(template),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "cannot read the execution's template: its regions are the configured ones")
+            }
+        }
+    }
+    Some(value.to_string())
 }
 
 /// [`build_regions`] with the janitor's configuration: the stack's `JanitorRegions`
