@@ -477,6 +477,63 @@ async fn janitor_reads_a_scheduled_builds_template_for_its_regions() {
     );
 }
 
+/// Temporary roles are found as EC2 resources are: the execution's tag AND this state
+/// machine's. Another stack's role for an execution of the same name stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_removes_only_its_own_stacks_temporary_roles() {
+    let Some(moto) = Moto::start_or_skip("janitor_removes_only_its_own_stacks_temporary_roles")
+    else {
+        return;
+    };
+    let ctx = moto.ctx(REGION).await;
+    let iam = ctx.iam();
+    for (role, machine) in [
+        ("amiflow-ours", MACHINE),
+        ("amiflow-theirs", "another-stack"),
+    ] {
+        iam.create_role()
+            .role_name(role)
+            .path(amiflow::resources::iam::IAM_PATH)
+            .assume_role_policy_document(
+                json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+                .to_string(),
+            )
+            .tags(
+                aws_sdk_iam::types::Tag::builder()
+                    .key(BUILD_TAG)
+                    .value("shared-9")
+                    .build()
+                    .unwrap(),
+            )
+            .tags(
+                aws_sdk_iam::types::Tag::builder()
+                    .key(STATE_MACHINE_TAG)
+                    .value(machine)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let input =
+        json!({"template": {"builders": [{"type": "amazon-ebs", "region": REGION}]}, "vars": {}});
+    let report = sweep_aborted(&ctx, "shared-9", input).await;
+    let exists = |role: &'static str| {
+        let iam = iam.clone();
+        async move { iam.get_role().role_name(role).send().await.is_ok() }
+    };
+    assert!(
+        !exists("amiflow-ours").await,
+        "this stack's role is left: {report:?}"
+    );
+    assert!(
+        exists("amiflow-theirs").await,
+        "another stack's role was removed: {report:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_ignores_statuses_that_need_no_sweep() {
     let Some(moto) = Moto::start_or_skip("janitor_ignores_statuses_that_need_no_sweep") else {

@@ -7,7 +7,7 @@
 use super::{union, Reach, Scope, Swept};
 use crate::error::{classify, or_absent};
 use crate::identity::{temp_name, BUILD_NAME_TAG};
-use crate::state::{Ledger, ResourceKind, BUILD_TAG};
+use crate::state::{Ledger, ResourceKind, BUILD_TAG, STATE_MACHINE_TAG};
 use crate::{BuildState, Ctx, StepError};
 
 /// Path of every temporary role and profile: sweeps list them under it.
@@ -72,7 +72,13 @@ async fn tagged_roles(ctx: &Ctx, scope: &Scope) -> Result<Vec<String>, StepError
         };
         let tags = out.role.and_then(|r| r.tags).unwrap_or_default();
         let has = |k: &str, v: &str| tags.iter().any(|t| t.key() == k && t.value() == v);
+        // As EC2's sweep filters (`Scope::filters`): the execution, the state machine when
+        // known (another stack's execution of the same name is not ours), the build.
         if has(BUILD_TAG, &scope.execution)
+            && scope
+                .state_machine
+                .as_ref()
+                .is_none_or(|m| has(STATE_MACHINE_TAG, m))
             && scope
                 .build_name
                 .as_ref()
