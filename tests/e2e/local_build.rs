@@ -54,6 +54,11 @@ struct RunningBuild {
 
 impl RunningBuild {
     fn start(moto: &Moto, template: &Value) -> RunningBuild {
+        RunningBuild::start_at(moto, template, None)
+    }
+
+    /// [`RunningBuild::start`] through `endpoint` (a fault proxy in front of moto).
+    fn start_at(moto: &Moto, template: &Value, endpoint: Option<String>) -> RunningBuild {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("template.json");
         std::fs::write(&path, template.to_string()).unwrap();
@@ -61,6 +66,7 @@ impl RunningBuild {
             .arg("build")
             .arg(&path)
             .envs(moto.env(REGION))
+            .envs(endpoint.map(|url| ("AWS_ENDPOINT_URL".to_string(), url)))
             .env_remove("AWS_LAMBDA_FUNCTION_NAME")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -224,6 +230,38 @@ async fn sigint_while_connect_waits_cleans_up_and_exits_nonzero() {
         before.iter().any(|l| l.contains("instance"))
             && before.iter().any(|l| l.contains("key pair")),
         "the build had created its instance and key pair: {before:?}"
+    );
+    build.signal("INT");
+    let code = build.wait_exit(Duration::from_secs(180));
+    assert_cleaned_up_after(&build, code, 130);
+    assert_eq!(leftovers(&moto, &execution).await, Vec::<String>::new());
+}
+
+/// SIGINT later in the build: while its image is still pending (WaitImageAvailable polls;
+/// a fault proxy shows it pending). The image exists by then: Cleanup deregisters it and
+/// deletes its snapshots, besides the instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_while_the_image_is_pending_removes_the_image_too() {
+    let Some(moto) = Moto::start_or_skip("sigint_while_the_image_is_pending") else {
+        return;
+    };
+    let proxy = amiflow_tests::fault_proxy::FaultProxy::start(moto.port).await;
+    proxy.set(amiflow_tests::fault_proxy::Faults {
+        pending_describes: 2,
+        ..Default::default()
+    });
+    let template = json!({"builders": [{
+        "type": "amazon-ebs", "region": REGION, "source_ami": "ami-0f8848d57eb4fe2d2",
+        "instance_type": "t3.micro", "communicator": "none",
+        "ami_name": "amiflow-interrupted-image-{{timestamp}}"
+    }]});
+    let mut build = RunningBuild::start_at(&moto, &template, Some(proxy.url()));
+    let execution = build.execution();
+    build.wait_for_line("WaitImageAvailable:", Duration::from_secs(120));
+    let before = leftovers(&moto, &execution).await;
+    assert!(
+        before.iter().any(|l| l.contains("image")) && before.iter().any(|l| l.contains("instance")),
+        "the build had made its image: {before:?}"
     );
     build.signal("INT");
     let code = build.wait_exit(Duration::from_secs(180));
