@@ -186,7 +186,11 @@ async fn delivered_image(ec2: &aws_sdk_ec2::Client, execution: &str, name: &str)
 }
 
 /// An image registered in the client's region, carrying `tags`.
-async fn tagged_image(ec2: &aws_sdk_ec2::Client, name: &str, tags: &[(&str, &str)]) -> String {
+pub(crate) async fn tagged_image(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    tags: &[(&str, &str)],
+) -> String {
     let id = ec2
         .register_image()
         .name(name)

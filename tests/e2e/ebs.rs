@@ -564,16 +564,7 @@ async fn copy_image_never_adopts_an_image_it_did_not_create() {
         .expect("the chain runs up to CopyImage");
     // Someone else's image of that name, in the copy region, untagged.
     let copy = ctx.ec2(COPY_REGION);
-    let foreign = copy
-        .register_image()
-        .name(name)
-        .root_device_name("/dev/xvda")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let foreign = super::deploy::tagged_image(&copy, name, &[("Owner", "someone else")]).await;
     let copied = invoke_with_retry(&ctx, "CopyImage", &st)
         .await
         .expect("CopyImage");

@@ -33,6 +33,23 @@ async fn user_with(iam: &aws_sdk_iam::Client, name: &str, policy: &Value) -> (St
     )
 }
 
+/// IAM as an admin user of a moto that enforces IAM once its first calls (made here,
+/// unauthenticated: the admin, its policy and key) are spent.
+async fn admin_iam(moto: &Moto) -> aws_sdk_iam::Client {
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(REGION).await);
+    let all = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    let admin = user_with(&iam, "admin", &all).await;
+    let admin_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto.url())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            &admin.0, &admin.1, None, None, "admin",
+        ))
+        .load()
+        .await;
+    aws_sdk_iam::Client::new(&admin_sdk)
+}
+
 /// Runs `amiflow build` of `template` with `key`'s credentials, in a fresh directory and with
 /// an AMI name of its own (`run`), so that no run meets another's image: (succeeded, output).
 async fn build_as(
@@ -153,22 +170,7 @@ async fn a_build_needs_exactly_the_printed_policy() {
             "SKIP policy::a_build_needs_exactly_the_printed_policy: moto is not available"
         );
     };
-    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(REGION).await);
-    let admin = user_with(
-        &iam,
-        "admin",
-        &serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
-    )
-    .await;
-    let admin_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto.url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            &admin.0, &admin.1, None, None, "admin",
-        ))
-        .load()
-        .await;
-    let iam = aws_sdk_iam::Client::new(&admin_sdk);
+    let iam = admin_iam(&moto).await;
 
     let basic: Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -208,18 +210,8 @@ async fn each_build_signs_with_its_own_sensitive_credentials() {
             "SKIP policy::each_build_signs_with_its_own_sensitive_credentials: moto is not available"
         );
     };
-    let iam = aws_sdk_iam::Client::new(&moto.sdk_config(REGION).await);
+    let iam = admin_iam(&moto).await;
     let all = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
-    let admin = user_with(&iam, "admin", &all).await;
-    let admin_sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto.url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            &admin.0, &admin.1, None, None, "admin",
-        ))
-        .load()
-        .await;
-    let iam = aws_sdk_iam::Client::new(&admin_sdk);
     let no_copy = serde_json::json!({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": "*", "Resource": "*"},
         {"Effect": "Deny", "Action": "ec2:CopyImage", "Resource": "*"}

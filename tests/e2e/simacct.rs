@@ -777,6 +777,50 @@ fn single_region_ebs_template() -> Value {
 }
 
 /// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
+/// A run of `template` started as `amiflow start` starts it with the sensitive variable
+/// `canary` = `value`: a SecureString parameter of the execution (its name returned), which
+/// the input names.
+async fn canary_input(
+    admin: &amiflow::Ctx,
+    template: &Value,
+    execution: &str,
+    value: &str,
+) -> (Value, String) {
+    let (vars, sensitive) = amiflow_cli::start::split_sensitive(
+        template,
+        [("canary".to_string(), value.to_string())].into(),
+    );
+    let mut input = amiflow_cli::start::execution_input(template, &vars, "cleanup").unwrap();
+    let stored = amiflow_cli::start::store_sensitive(&admin.ssm(REGION), execution, &sensitive)
+        .await
+        .unwrap();
+    let parameter = stored["canary"].clone();
+    input["sensitive_vars"] = json!(stored);
+    (input, parameter)
+}
+
+/// Where `value` is: the run's input, history and output, the account's counters, every
+/// file of the account's work directory (functions' logs among them); and how many places
+/// were searched.
+fn places_holding(account: &Account, run: &Run, value: &str) -> (Vec<String>, usize) {
+    let mut places = vec![
+        ("execution input".to_string(), run.input.to_string()),
+        ("history and output".to_string(), run.record.to_string()),
+        ("account's counters".to_string(), run.stats.to_string()),
+    ];
+    for entry in walk(account.work.path()) {
+        if let Ok(text) = std::fs::read_to_string(&entry) {
+            places.push((entry.display().to_string(), text));
+        }
+    }
+    let found = places
+        .iter()
+        .filter(|(_, text)| text.contains(value))
+        .map(|(place, _)| place.clone())
+        .collect();
+    (found, places.len())
+}
+
 fn chroot_template(mount_dir: &Path) -> Value {
     json!({
         "builders": [{
@@ -1554,17 +1598,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             "inline": [format!("printf %s \"$CANARY\" > {}", marker.display())],
             "environment_vars": ["CANARY={{user `canary`}}"]
         }]);
-        let (vars, sensitive) = amiflow_cli::start::split_sensitive(
-            &template,
-            [("canary".to_string(), canary.clone())].into(),
-        );
-        let mut input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
-        let stored =
-            amiflow_cli::start::store_sensitive(&admin.ssm(REGION), "simacct-instance", &sensitive)
-                .await
-                .unwrap();
-        let parameter = stored["canary"].clone();
-        input["sensitive_vars"] = json!(stored);
+        let (input, parameter) = canary_input(&admin, &template, "simacct-instance", &canary).await;
         let run = account.execute(&als, "simacct-instance", input).await;
         let expected = |l: &str| {
             l == format!("s3 bucket {BUCKET}")
@@ -1604,27 +1638,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             history > 20,
             "the record holds the history: {history} events"
         );
-        let mut places = vec![
-            ("execution input".to_string(), run.input.to_string()),
-            ("history and output".to_string(), run.record.to_string()),
-            ("account's counters".to_string(), run.stats.to_string()),
-        ];
-        for entry in walk(account.work.path()) {
-            if let Ok(text) = std::fs::read_to_string(&entry) {
-                places.push((entry.display().to_string(), text));
-            }
-        }
-        let found: Vec<&str> = places
-            .iter()
-            .filter(|(_, text)| text.contains(&canary))
-            .map(|(place, _)| place.as_str())
-            .collect();
+        let (found, searched) = places_holding(&account, &run, &canary);
         assert!(found.is_empty(), "the sensitive value is in {found:?}");
-        assert!(
-            places.len() > 10,
-            "the logs were searched: {} places",
-            places.len()
-        );
+        assert!(searched > 10, "the logs were searched: {searched} places");
         let manifest = run
             .added
             .iter()
@@ -1694,17 +1710,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 "inline": ["printf %s \"$CANARY\" > /etc/amiflow-canary"],
                 "environment_vars": ["CANARY={{user `canary`}}"]
             }));
-        let (vars, sensitive) = amiflow_cli::start::split_sensitive(
-            &template,
-            [("canary".to_string(), canary.clone())].into(),
-        );
-        let mut input = amiflow_cli::start::execution_input(&template, &vars, "cleanup").unwrap();
-        let stored =
-            amiflow_cli::start::store_sensitive(&admin.ssm(REGION), "simacct-chroot", &sensitive)
-                .await
-                .unwrap();
-        let parameter = stored["canary"].clone();
-        input["sensitive_vars"] = json!(stored);
+        let (input, parameter) = canary_input(&admin, &template, "simacct-chroot", &canary).await;
         let run = account.execute(&als, "simacct-chroot", input).await;
         assert_clean_success(&account, &run, |l| {
             l == format!("{REGION} ssm-parameter {parameter}")
@@ -1768,20 +1774,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             .filter_map(|c| c.key().map(String::from))
             .collect();
         assert!(staged.is_empty(), "the staged job is removed: {staged:?}");
-        let mut places = vec![
-            ("history and output".to_string(), run.record.to_string()),
-            ("account's counters".to_string(), run.stats.to_string()),
-        ];
-        for entry in walk(account.work.path()) {
-            if let Ok(text) = std::fs::read_to_string(&entry) {
-                places.push((entry.display().to_string(), text));
-            }
-        }
-        let found: Vec<&str> = places
-            .iter()
-            .filter(|(_, text)| text.contains(&canary))
-            .map(|(place, _)| place.as_str())
-            .collect();
+        let (found, _) = places_holding(&account, &run, &canary);
         assert!(found.is_empty(), "the sensitive value is in {found:?}");
         let document =
             &account.ready["functions"]["RunHostScript"]["environment"]["AMIFLOW_CHROOT_DOCUMENT"];

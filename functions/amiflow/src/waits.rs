@@ -318,39 +318,33 @@ pub const CONNECT: Wait = Wait {
 /// command's own execution limit does. Announced by SSM: after sending a command Provision
 /// raises `CommandSent`, the callback state awaits the command's end, and Provision then
 /// looks (polling, as below, only while a look finds it still running).
-pub const PROVISION: Wait = announced(
-    Wait {
-        name: "Provision",
-        budget: Budget::Policy,
-        policy: COMMAND,
-        event: None,
-    },
-    EventWait {
-        watched: Watched::Command,
-        pending: COMMAND_PENDING,
-        timeout_seconds: 900,
-        entered_on: Some(crate::error::COMMAND_SENT),
-    },
-);
+pub const PROVISION: Wait = command_wait("Provision", Some(crate::error::COMMAND_SENT));
 /// An SSM command's statuses before its end.
 const COMMAND_PENDING: &[&str] = &["Pending", "InProgress", "Delayed", "Cancelling"];
 /// RunHostScript → WaitHostScript (amazon-chroot's host script): bounded by the
 /// command's own execution limit and the policy, not by `aws_polling`. Announced by SSM:
 /// the script takes minutes; a lost event costs 15, then polling.
-pub const HOST_SCRIPT: Wait = announced(
-    Wait {
-        name: "HostScript",
-        budget: Budget::Policy,
-        policy: COMMAND,
-        event: None,
-    },
-    EventWait {
-        watched: Watched::Command,
-        pending: COMMAND_PENDING,
-        timeout_seconds: 900,
-        entered_on: None,
-    },
-);
+pub const HOST_SCRIPT: Wait = command_wait("HostScript", None);
+
+/// A wait on an SSM command: polled as [`COMMAND`], bounded by the command's own execution
+/// limit (not an AWS waiter); announced by SSM, whose lost event costs 15 minutes, then
+/// polling. `entered_on`: see [`EventWait::entered_on`].
+const fn command_wait(name: &'static str, entered_on: Option<&'static str>) -> Wait {
+    announced(
+        Wait {
+            name,
+            budget: Budget::Policy,
+            policy: COMMAND,
+            event: None,
+        },
+        EventWait {
+            watched: Watched::Command,
+            pending: COMMAND_PENDING,
+            timeout_seconds: 900,
+            entered_on,
+        },
+    )
+}
 
 /// The wait of this name.
 pub fn named(name: &str) -> Option<Wait> {

@@ -90,12 +90,14 @@ test('the roles scope as infra.rs does: no destructive, IAM, KMS, SSM or S3 acti
   const roles = template.findResources('AWS::IAM::Role');
   const harmless = (a: string) => /^(ec2|iam|states|ssm):(Describe|Get|List)/.test(a) && !/^ssm:GetParameter/.test(a)
     || /^ec2:(Create|Run|Copy|Register|Import|Request)/.test(a) && a !== 'ec2:CreateTags';
+  // ssm:CancelCommand has no resource or condition key in IAM: the janitor alone holds it (infra.rs).
+  const janitorCancels = (id: string, a: string) => a === 'ssm:CancelCommand' && id.includes('JanitorRole');
   const unscoped: string[] = [];
   const statementsOf = (roleId: string) => (roles[roleId].Properties.Policies ?? []).flatMap((p: any) => p.PolicyDocument.Statement);
   for (const [id] of Object.entries(roles)) {
     for (const st of statementsOf(id)) {
       if (st.Resource !== '*' || st.Condition) continue;
-      for (const a of [st.Action].flat()) if (!harmless(a)) unscoped.push(`${id}: ${a}`);
+      for (const a of [st.Action].flat()) if (!harmless(a) && !janitorCancels(id, a)) unscoped.push(`${id}: ${a}`);
     }
   }
   assert.deepEqual(unscoped, [], 'granted on * without a condition');
