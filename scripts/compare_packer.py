@@ -501,10 +501,10 @@ Why the counts differ (read from the recorded sequences; step code as of this br
   - Cleanup after a success trusts the ledger (every creating step returned and recorded
     what it made): TerminateInstances by id, no tag search, and no wait for the instance
     unless something it holds (a security group, a volume) goes after it; then a second
-    TerminateInstances tells whether it is gone. Only after a failure, and in the janitor,
-    does the sweep search by tag:amiflow:build in every region the build touched.
-    amazon-instance: the temporary security group waits for the instance (TerminateInstances
-    twice, where Packer polls DescribeInstances).
+    TerminateInstances, at once (as Packer's waiter looks at once), tells whether it is gone.
+    Only after a failure, and in the janitor, does the sweep search by tag:amiflow:build in
+    every region the build touched. amazon-instance: the temporary security group waits for
+    the instance (TerminateInstances twice, where Packer describes the instance once).
   - Build tags: amiflow tags what it registers with amiflow:build so the sweep and the
     janitor can find it: CreateTags on each image/copy it registers and on the snapshots.
   - PreValidate checks the AMI name in every target region (DescribeImages in the copy
@@ -529,9 +529,10 @@ Why the counts differ (read from the recorded sequences; step code as of this br
     volume; DetachVolume reads the attachment before detaching.
     (Without device_path amiflow also reads the host's mappings and attached volumes to pick
     a free name — DescribeInstances + DescribeVolumes — where Packer lists /sys/block.)
-  - CreateTags +2: amiflow:build tags on the registered image (RegisterImage takes no tags)
-    and on the image's snapshots in WaitImageAvailable; moto makes its own "Auto-created
-    snapshot" for RegisterImage, so that is a second snapshot here.
+  - CreateTags +2: amiflow:build tags on the registered image (tagged at creation too, but
+    moto drops RegisterImage's TagSpecifications) and on the image's snapshots in
+    WaitImageAvailable; moto makes its own "Auto-created snapshot" for RegisterImage, so that
+    is a second snapshot here.
   - DescribeSnapshots +1: the idempotency lookup before CreateSnapshot.
   - IMDS: Packer asks the proxy for a token and the identity document (not EC2 API calls);
     amiflow is given chroot_host_instance_id. Both then DescribeInstances the host once.
