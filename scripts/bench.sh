@@ -20,6 +20,8 @@
 #   how soon after EC2's event an awaiting build moves on. aws-local-stepfunctions retries
 #   at once there, so a wait that is polled (the copies in another region, or every wait
 #   when the events are lost: `ebs-no-events`) counts many more polls than AWS would.
+# - The template paths fuzzed (JSON and HCL2): scripts/fuzz.sh with a fixed number of cases,
+#   which reports the crashes found (none, or it says which input).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$AMIFLOW_ROOT"
@@ -54,6 +56,9 @@ fi
 echo "==> deployed, in the simulated account (tests/e2e/simacct.rs)"
 cargo test -p amiflow-tests --test e2e -q -- simacct --nocapture >"$out/simacct.txt" 2>&1 || echo "(the simulated account's test failed: $out/simacct.txt)"
 
+echo "==> fuzzing the template paths (scripts/fuzz.sh)"
+"$AMIFLOW_ROOT/scripts/fuzz.sh" 5000 >"$out/fuzz.txt" 2>&1 || true
+
 echo
 echo "==> summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
 sed -n '/^case /,/^$/p' "$out/compare.txt"
@@ -62,5 +67,6 @@ for r in "${rows[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-30s %-40s %s\
 echo "deployed builds (simulated account; wall time is ALS with Wait/Retry at 0 s, not AWS's):"
 sed -n 's/^simacct: \(simacct-[a-z-]*:\{0,1\}\|scheduled-[0-9a-f-]*\) /  \1 /p' "$out/simacct.txt"
 grep -E '^simacct:   amazon-(ebs|chroot)\.Await' "$out/simacct.txt" | sed 's/^simacct: //' || true
-grep -E '^simacct: aborted in' "$out/simacct.txt" | sed 's/^simacct: /  /' || true
+grep -E '^simacct: (aborted in|chroot build stopped)' "$out/simacct.txt" | sed 's/^simacct: /  /' || true
+grep -E '^fuzz: .*(crashes|CRASH)' "$out/fuzz.txt" || echo "fuzz: no result (see $out/fuzz.txt)"
 echo "details (per-action counts and why they differ: $out/compare.txt; recordings, logs: $out/compare)"

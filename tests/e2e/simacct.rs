@@ -356,16 +356,25 @@ impl Account {
     /// An EC2 client signed with `function`'s role keys, through the front door (as the
     /// function's own calls go).
     async fn ec2_as(&self, function: &str) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.config_as(function).await)
+    }
+
+    /// The SDK's configuration signed as one function's role (the credentials the account
+    /// gave it).
+    async fn config_as(&self, function: &str) -> aws_config::SdkConfig {
         let key = &self.ready["functions"][function]["credentials"];
-        aws_sdk_ec2::Client::new(
-            &sdk_as(
-                self.ready["aws_endpoint"].as_str().unwrap(),
-                key["AccessKeyId"].as_str().unwrap(),
-                key["SecretAccessKey"].as_str().unwrap(),
-                key["SessionToken"].as_str(),
-            )
-            .await,
+        sdk_as(
+            self.ready["aws_endpoint"].as_str().unwrap(),
+            key["AccessKeyId"].as_str().unwrap(),
+            key["SecretAccessKey"].as_str().unwrap(),
+            key["SessionToken"].as_str(),
         )
+        .await
+    }
+
+    /// SSM as one function's role.
+    async fn ssm_as(&self, function: &str) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.config_as(function).await)
     }
 
     /// The execution as the account's Step Functions describes it (executions.py).
@@ -1991,6 +2000,66 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             ),
         }
     }
+    // 5d. The roles themselves, asked directly (not only the steps' own checks):
+    //     RunHostScript's role may run its document on the stack's build host only, never
+    //     on another instance nor AWS-RunShellScript there; UploadX509Cert's role reads only
+    //     the X.509 pairs under /amiflow/x509/, not another build's temporary key.
+    let run_host_script = account.ssm_as("RunHostScript").await;
+    let chroot_document = account.ready["functions"]["RunHostScript"]["environment"]
+        ["AMIFLOW_CHROOT_DOCUMENT"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = account.ready["setup"]["host"].as_str().unwrap().to_string();
+    for (document, instance) in [
+        (chroot_document.as_str(), foreign.as_str()),
+        ("AWS-RunShellScript", host.as_str()),
+    ] {
+        let sent = run_host_script
+            .send_command()
+            .document_name(document)
+            .instance_ids(instance)
+            .parameters("commands", vec!["id > /tmp/amiflow-owned".to_string()])
+            .send()
+            .await;
+        let refused = sent.map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("not authorized")),
+            "RunHostScript's role sending {document} to {instance}: {refused:?}"
+        );
+    }
+    let other_key = amiflow::resources::key_pair::parameter_name("another-build-7", "web");
+    admin
+        .ssm(REGION)
+        .put_parameter()
+        .name(&other_key)
+        .value("-----BEGIN OPENSSH PRIVATE KEY----- another build's")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let read = account
+        .ssm_as("UploadX509Cert")
+        .await
+        .get_parameter()
+        .name(&other_key)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+    assert!(
+        read.as_ref().is_err_and(|e| e.contains("not authorized")),
+        "UploadX509Cert's role reading another build's key: {read:?}"
+    );
+    admin
+        .ssm(REGION)
+        .delete_parameter()
+        .name(&other_key)
+        .send()
+        .await
+        .unwrap();
     account.stats();
     admin
         .ec2(REGION)

@@ -339,3 +339,202 @@ fn prepare_never_crashes() {
         cases.get()
     );
 }
+
+/// HCL2's functions (and a name that is none), for the HCL2 generator.
+const HCL2_FUNCTIONS: &[&str] = &[
+    "format",
+    "join",
+    "split",
+    "replace",
+    "regex_replace",
+    "regex",
+    "lower",
+    "upper",
+    "substr",
+    "concat",
+    "element",
+    "flatten",
+    "keys",
+    "length",
+    "lookup",
+    "merge",
+    "coalesce",
+    "index",
+    "slice",
+    "range",
+    "zipmap",
+    "max",
+    "pow",
+    "parseint",
+    "tonumber",
+    "tolist",
+    "jsonencode",
+    "jsondecode",
+    "base64decode",
+    "formatdate",
+    "timeadd",
+    "legacy_isotime",
+    "uuidv5",
+    "yamldecode",
+    "csvdecode",
+    "cidrsubnet",
+    "sha256",
+    "try",
+    "can",
+    "nope",
+];
+
+/// An HCL2 literal: strings with escapes and stray template characters, numbers at and
+/// past the edges, bools, null (what a variable's default may be).
+fn hcl2_literal() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9 ]{0,10}".prop_map(|s| format!("\"{s}\"")),
+        1 => "[a-z{}$%\\\\\" ]{0,10}".prop_map(|s| format!("\"{s}\"")),
+        1 => any::<i64>().prop_map(|n| n.to_string()),
+        1 => Just("1e400".to_string()),
+        1 => Just("99999999999999999999".to_string()),
+        1 => any::<bool>().prop_map(|b| b.to_string()),
+        1 => Just("null".to_string()),
+    ]
+}
+
+/// An HCL2 expression: literals, `var.` and `local.` references, calls (strings with
+/// `${}` templates among them), operators, conditionals, `for` expressions, lists, objects,
+/// indexing.
+fn hcl2_expr() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        hcl2_literal(),
+        prop::sample::select(VARIABLES).prop_map(|v| format!("var.{v}")),
+        prop::sample::select(VARIABLES).prop_map(|v| format!("local.{v}")),
+        Just("source.name".to_string()),
+        Just("build.ID".to_string()),
+    ];
+    leaf.prop_recursive(6, 48, 4, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| format!("({e})")),
+            inner
+                .clone()
+                .prop_map(|e| format!("\"x-${{{e}}}-%{{ if true }}y%{{ endif }}\"")),
+            (
+                prop::sample::select(HCL2_FUNCTIONS),
+                prop::collection::vec(inner.clone(), 0..4)
+            )
+                .prop_map(|(f, args)| format!("{f}({})", args.join(", "))),
+            (
+                inner.clone(),
+                prop::sample::select(vec!["+", "-", "*", "/", "%", "==", "&&", "||", ">"]),
+                inner.clone()
+            )
+                .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(c, a, b)| format!("{c} ? {a} : {b}")),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+            prop::collection::vec(inner.clone(), 0..3).prop_map(|v| {
+                let fields: Vec<String> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("k{i} = {e}"))
+                    .collect();
+                format!("{{ {} }}", fields.join(", "))
+            }),
+            (inner.clone(), inner.clone()).prop_map(|(l, e)| format!("[for s in {l} : {e}]")),
+            (inner.clone(), inner).prop_map(|(e, i)| format!("{e}[{i}]")),
+        ]
+    })
+}
+
+/// An HCL2 template: variables and locals that refer to each other, a source and a build
+/// using them, and now and then deep nesting or a stray token.
+fn hcl2_template() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(hcl2_literal(), VARIABLES.len()),
+        // A third of the cases keep to literals where references may fail, so that many
+        // get through lowering to the JSON path.
+        prop_oneof![
+            2 => prop::collection::vec(hcl2_expr(), 0..4),
+            1 => prop::collection::vec(hcl2_literal(), 0..4),
+        ],
+        prop_oneof![
+            2 => prop::collection::vec(hcl2_expr(), 0..3),
+            1 => prop::collection::vec(
+                hcl2_literal().prop_map(|l| format!("\"${{upper(\"x\")}}\" == {l} ? \"a\" : \"b\"")),
+                0..3
+            ),
+        ],
+        prop_oneof![
+            20 => 0usize..=120,
+            1 => Just(50_000usize),
+        ],
+        prop_oneof![
+            12 => Just(""),
+            1 => prop::sample::select(vec!["}", "{", "\"", "${", "<<EOF\n", "= =", "source"]),
+        ],
+    )
+        .prop_map(|(defaults, locals, inline, depth, junk)| {
+            let mut text = String::new();
+            for (name, default) in VARIABLES.iter().zip(&defaults) {
+                text.push_str(&format!("variable \"{name}\" {{\n  default = {default}\n}}\n"));
+            }
+            text.push_str("locals {\n");
+            for (i, e) in locals.iter().enumerate() {
+                text.push_str(&format!("  {} = {e}\n", VARIABLES[i]));
+            }
+            text.push_str("}\n");
+            let nested = format!("{}\"x\"{}", "(".repeat(depth), ")".repeat(depth));
+            text.push_str(&format!(
+                "source \"amazon-ebs\" \"fuzz\" {{\n  region = \"us-east-1\"\n  source_ami = \"ami-1\"\n  instance_type = \"t3.micro\"\n  communicator = \"none\"\n  ami_name = {}\n  tags = {{ Name = {nested} }}\n}}\n",
+                inline.first().cloned().unwrap_or_else(|| "\"fuzz\"".into()),
+            ));
+            text.push_str("build {\n  sources = [\"source.amazon-ebs.fuzz\"]\n");
+            for e in &inline {
+                text.push_str(&format!("  provisioner \"shell-local\" {{\n    inline = [{e}]\n  }}\n"));
+            }
+            text.push_str("}\n");
+            text.push_str(junk);
+            text
+        })
+}
+
+#[test]
+fn hcl2_lowering_never_crashes() {
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzz.pkr.hcl");
+    let cases = Cell::new(0u64);
+    // How far the cases got: a generator whose every case fails to parse fuzzes nothing.
+    let (lowered_n, prepared_n) = (Cell::new(0u64), Cell::new(0u64));
+    let result = runner.run(&hcl2_template(), |text| {
+        cases.set(cases.get() + 1);
+        std::fs::write(&path, &text).unwrap();
+        let opts = PrepareOptions::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        match amiflow_template::hcl2::lower(&path, &opts) {
+            // A lowered template takes the JSON path, which must answer too.
+            Ok(lowered) => {
+                lowered_n.set(lowered_n.get() + 1);
+                if prepare(&lowered.json(), &lowered.prepare_options(&opts)).is_ok() {
+                    prepared_n.set(prepared_n.get() + 1);
+                }
+            }
+            Err(problems) => {
+                prop_assert!(!problems.0.is_empty(), "an error without problems");
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("fuzz: hcl2: crash after {} cases: {e}", cases.get());
+    }
+    println!(
+        "fuzz: hcl2: {} cases of HCL2 text → lower → prepare, 0 crashes ({} lowered, {} prepared)",
+        cases.get(),
+        lowered_n.get(),
+        prepared_n.get()
+    );
+    assert!(
+        lowered_n.get() > 0,
+        "no case got past HCL2's parser: the generator fuzzes nothing"
+    );
+}
