@@ -1764,6 +1764,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             !format!("{parameters:?}").contains(&canary),
             "the value is not in the command's parameters: {parameters:?}"
         );
+        // Nor in what the host script printed (SSM keeps it: the account's counters hold
+        // it, which `places_holding` searches below).
+        let printed = run.stats["host_commands"][0]["output"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            printed.contains("provision[") && !printed.contains(&canary),
+            "the host script's output: {printed}"
+        );
         let staged = admin
             .s3(REGION)
             .list_objects_v2()

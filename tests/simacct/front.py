@@ -492,7 +492,11 @@ class Front:
                 "denied": list(self.denied),
                 "passed_roles": list(self.passed_roles),
                 "registered_snapshots": list(self.registered_snapshots),
-                "host_commands": [{**c, "status": self.hosts[c["instance"]].report(c["command"])["Status"]} for c in self.host_commands],
+                "host_commands": [
+                    {**c, "status": run["Status"], "output": run["out"][-SSM_OUTPUT_LIMIT:] + run["err"][-SSM_OUTPUT_LIMIT:]}
+                    for c in self.host_commands
+                    for run in [self.hosts[c["instance"]].report(c["command"]) or {"Status": "?", "out": "", "err": ""}]
+                ],
                 "cancelled_commands": list(self.cancelled_commands),
                 "aws_calls": dict(sorted(self.calls.items())),
                 "events": list(self.events),

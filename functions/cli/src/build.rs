@@ -193,11 +193,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let mut contexts = std::collections::HashMap::new();
     for b in &prepared.builds {
         let mut access = b.config.access().clone();
+        let external_id = access.assume_role.as_mut().map(|r| &mut r.external_id);
         for field in [
-            &mut access.access_key,
-            &mut access.secret_key,
-            &mut access.token,
-        ] {
+            Some(&mut access.access_key),
+            Some(&mut access.secret_key),
+            Some(&mut access.token),
+            Some(&mut access.mfa_code),
+            external_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if let Some(value) = field.as_mut() {
                 *value = secrets.reveal(value);
             }
@@ -219,7 +225,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         ctx.secrets = build_secrets;
         contexts.insert(b.name.clone(), Arc::new(ctx));
     }
-    // The run's own calls (the janitor's regions, post-processors) use the first build's.
+    // The run's own steps (those of no build: Prepare, Finalize, a pipeline's) use the first
+    // build's.
     let ctx = contexts[&prepared.builds[0].name].clone();
     let own_region = ctx.sdk.region().map(|r| r.to_string());
 

@@ -82,7 +82,10 @@ fn parse_answer(answer: Option<&str>) -> Option<OnFailure> {
 
 /// Errors the state machine retries by itself; the others reach the Catch.
 fn is_retried(error: &str) -> bool {
-    error == "NotReady" || error == "Transient" || error.starts_with("Lambda.")
+    error == "NotReady"
+        || error == amiflow::error::COMMAND_SENT
+        || error == "Transient"
+        || error.starts_with("Lambda.")
 }
 
 pub struct Interactive<I> {

@@ -187,12 +187,15 @@ pub fn mount_partition(cfg: &ChrootConfig, virtualization: Option<&str>) -> Stri
     }
 }
 
-/// The host script's job (env-style lines, see infra/chroot-host.sh) for this build.
+/// The host script's job (env-style lines, see infra/chroot-host.sh) for this build, every
+/// value and file passed through `reveal` before it is encoded (the sensitive values in
+/// place, or the placeholders kept with `|t| t.to_string()`).
 pub fn job(
     state: &BuildState,
     cfg: &ChrootConfig,
     vol: &BuildVolume,
     files: &crate::template_files::TemplateFiles,
+    reveal: &dyn Fn(&str) -> String,
 ) -> Result<String, StepError> {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut put = |k: &str, v: &str| lines.push((k.to_string(), v.to_string()));
@@ -239,10 +242,11 @@ pub fn job(
     }
     put("COMMAND_WRAPPER", &cfg.command_wrapper);
     for (i, p) in state.build.provisioners.iter().enumerate() {
-        provisioner_lines(i, p, files, &mut put)?;
+        provisioner_lines(i, p, files, reveal, &mut put)?;
     }
     let mut out = String::new();
     for (k, v) in lines {
+        let v = reveal(&v);
         if v.contains(['\n', '\r']) {
             out.push_str(&format!("{k}.b64={}\n", b64(v.as_bytes())));
         } else {
@@ -250,6 +254,20 @@ pub fn job(
         }
     }
     Ok(out)
+}
+
+/// `body` with `exports` after its `#!` line (or first, without one).
+fn with_exports(body: &str, exports: &str) -> String {
+    if exports.is_empty() {
+        return body.to_string();
+    }
+    match body
+        .strip_prefix("#!")
+        .and_then(|rest| rest.split_once('\n'))
+    {
+        Some((shebang, rest)) => format!("#!{shebang}\n{exports}{rest}"),
+        None => format!("{exports}{body}"),
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -264,6 +282,7 @@ fn provisioner_lines(
     i: usize,
     p: &serde_json::Value,
     files: &crate::template_files::TemplateFiles,
+    reveal: &dyn Fn(&str) -> String,
     put: &mut impl FnMut(&str, &str),
 ) -> Result<(), StepError> {
     let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
@@ -291,15 +310,17 @@ fn provisioner_lines(
                 })?;
                 scripts.push(body);
             }
-            let env: Vec<String> = str_list("environment_vars").iter().map(|kv| match kv.split_once('=') {
-                Some((k, v)) => format!("{k}='{}'", v.replace('\'', "'\\''")),
-                None => kv.clone(),
+            // The environment goes into the uploaded script, not the command line: the host
+            // script prints each command it runs, and a value may be a revealed secret.
+            let exports: String = str_list("environment_vars").iter().map(|kv| match kv.split_once('=') {
+                Some((k, v)) => format!("export {k}='{}'\n", v.replace('\'', "'\\''")),
+                None => format!("export {kv}\n"),
             }).collect();
-            let env = if env.is_empty() { String::new() } else { format!("{} ", env.join(" ")) };
             for (n, body) in scripts.iter().enumerate() {
                 let remote = format!("/tmp/amiflow-script-{i}-{n}.sh");
-                put("UPLOAD", &format!("0755 {remote} {}", b64(body.as_bytes())));
-                put("COMMAND", &format!("{env}{remote}; rc=$?; rm -f {remote}; exit $rc"));
+                let body = with_exports(body, &exports);
+                put("UPLOAD", &format!("0700 {remote} {}", b64(reveal(&body).as_bytes())));
+                put("COMMAND", &format!("{remote}; rc=$?; rm -f {remote}; exit $rc"));
             }
             Ok(())
         }
@@ -309,7 +330,7 @@ fn provisioner_lines(
             if !dest.starts_with('/') {
                 return Err(StepError::BuildFailed(format!("provisioner {i} (file): destination must be an absolute path inside the chroot, got {dest:?}")));
             }
-            put("UPLOAD", &format!("0644 {dest} {}", b64(content.as_bytes())));
+            put("UPLOAD", &format!("0644 {dest} {}", b64(reveal(content).as_bytes())));
             Ok(())
         }
         other => Err(StepError::BuildFailed(format!(
@@ -335,14 +356,35 @@ mod tests {
     #[test]
     fn shell_inline_becomes_an_upload_and_a_command() {
         let mut lines = Vec::new();
-        provisioner_lines(0, &serde_json::json!({"type": "shell", "inline": ["echo a", "echo b"], "environment_vars": ["X=it's"]}), &crate::template_files::TemplateFiles::default(), &mut |k: &str, v: &str| lines.push((k.to_string(), v.to_string()))).unwrap();
+        provisioner_lines(0, &serde_json::json!({"type": "shell", "inline": ["echo a", "echo b"], "environment_vars": ["X=it's"]}), &crate::template_files::TemplateFiles::default(), &|t| t.to_string(), &mut |k: &str, v: &str| lines.push((k.to_string(), v.to_string()))).unwrap();
         assert_eq!(lines[0].0, "UPLOAD");
-        assert!(lines[0].1.starts_with("0755 /tmp/amiflow-script-0-0.sh "));
-        assert_eq!(lines[1], ("COMMAND".into(), "X='it'\\''s' /tmp/amiflow-script-0-0.sh; rc=$?; rm -f /tmp/amiflow-script-0-0.sh; exit $rc".into()));
+        // The environment is in the script (readable by root only), not on the command line
+        // the host script prints.
+        let upload = lines[0]
+            .1
+            .strip_prefix("0700 /tmp/amiflow-script-0-0.sh ")
+            .unwrap();
+        use base64::Engine;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(upload)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "#!/bin/sh -e\nexport X='it'\\''s'\necho a\necho b\n"
+        );
+        assert_eq!(
+            lines[1],
+            (
+                "COMMAND".into(),
+                "/tmp/amiflow-script-0-0.sh; rc=$?; rm -f /tmp/amiflow-script-0-0.sh; exit $rc"
+                    .into()
+            )
+        );
         let err = provisioner_lines(
             1,
             &serde_json::json!({"type": "ansible"}),
             &crate::template_files::TemplateFiles::default(),
+            &|t| t.to_string(),
             &mut |_: &str, _: &str| {},
         )
         .unwrap_err();

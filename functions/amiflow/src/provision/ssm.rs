@@ -9,8 +9,10 @@
 //! the AWS CLI for staged files. No inbound port and no key material are needed.
 //!
 //! No Lambda runs while a command runs: [`SsmSession`] sends one command per provisioner
-//! and answers `Pending`, so Provision raises `NotReady` and the state's Retry invokes it
-//! again later, when the session looks at that command. Progress needs no state: each
+//! and answers `Sent`, so Provision raises `CommandSent`: deployed, a callback state awaits
+//! SSM's event on the command's end, then invokes Provision again (`waits::PROVISION`);
+//! a look that finds the command still running answers `Pending` (`NotReady`, which the
+//! state's Retry polls). Progress needs no state: each
 //! command carries the comment `amiflow <execution> #<index>`, and the next invocation
 //! finds the newest one with ListCommands (so a retried invocation with the same input
 //! resumes where the build is, never re-sending a command). The command ids are recorded
@@ -420,6 +422,7 @@ impl<'a> SsmSession<'a> {
             &output_prefix(&self.execution, &self.build),
             command_id,
             &self.instance_id,
+            self.windows,
             &inv,
         )
         .await;
@@ -517,6 +520,10 @@ impl<'a> SsmSession<'a> {
                     .unwrap_or_default();
                 tracing::info!(provisioner = %label, command_id = id, "sent SSM command");
                 self.sent.insert(index, id.to_string());
+                // The next invocations find where the build is by ListCommands (AwaitEvent
+                // the command to await, Provision the provisioner to go on with): the command
+                // must be listed before this one ends, or a look too soon would send it again.
+                listed(&self.client, &self.instance_id, id).await?;
                 Ok(Progress::Sent(format!(
                     "{label}: sent SSM command {id}, waiting for it"
                 )))
@@ -609,6 +616,7 @@ async fn command_output(
     output_prefix: &str,
     command_id: &str,
     instance_id: &str,
+    windows: bool,
     inv: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
 ) -> (String, String) {
     let fallback = (
@@ -619,8 +627,13 @@ async fn command_output(
         return fallback;
     };
     let s3 = s3(ctx, &cfg.region);
-    let base =
-        format!("{output_prefix}/{command_id}/{instance_id}/awsrunShellScript/0.awsrunshellscript");
+    // The plugin's folder: the shell document's, or the PowerShell document's.
+    let plugin = if windows {
+        "awsrunPowerShellScript/0.awsrunPowerShellScript"
+    } else {
+        "awsrunShellScript/0.awsrunshellscript"
+    };
+    let base = format!("{output_prefix}/{command_id}/{instance_id}/{plugin}");
     let mut got = Vec::new();
     for stream in ["stdout", "stderr"] {
         let key = format!("{base}/{stream}");
@@ -631,10 +644,15 @@ async fn command_output(
             },
             Err(_) => None,
         };
-        if text.is_some() {
-            let _ = s3.delete_object().bucket(bucket).key(&key).send().await;
-        }
         got.push(text);
+    }
+    // Everything the command wrote goes, whatever the plugin named it (best effort: the
+    // bucket's lifecycle rule expires what is left).
+    let written = format!("{bucket}/{output_prefix}/{command_id}/");
+    if let Err(e) =
+        crate::resources::s3::delete_objects_under(ctx, &cfg.region, &written, &[]).await
+    {
+        tracing::warn!(output = %written, error = %e, "cannot remove the command's output");
     }
     match (got[0].take(), got[1].take()) {
         (None, None) => fallback,
@@ -642,7 +660,26 @@ async fn command_output(
     }
 }
 
-/// The commands sent to `instance`, up to `pages` pages of 50 (in the order SSM lists them).
+/// Waits (at most ~5 s) until ListCommands on `instance` lists `command_id`.
+async fn listed(
+    client: &aws_sdk_ssm::Client,
+    instance: &str,
+    command_id: &str,
+) -> Result<(), StepError> {
+    for attempt in 0..20 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        let commands = commands_on(client, instance, 1).await?;
+        if commands.iter().any(|c| c.command_id() == Some(command_id)) {
+            return Ok(());
+        }
+    }
+    Err(StepError::Transient(format!(
+        "SSM command {command_id} was sent to {instance} but ListCommands does not list it yet"
+    )))
+}
+
 /// The newest provisioner command this build sent to its instance (the one Provision's
 /// `CommandSent` is about), by its comment: what AwaitEvent awaits SSM's event on.
 pub async fn newest_command(
@@ -660,6 +697,7 @@ pub async fn newest_command(
         .map(String::from))
 }
 
+/// The commands sent to `instance`, up to `pages` pages of 50 (in the order SSM lists them).
 pub async fn commands_on(
     client: &aws_sdk_ssm::Client,
     instance: &str,

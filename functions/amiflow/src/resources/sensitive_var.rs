@@ -33,6 +33,8 @@ pub const REVEALING_STEPS: &[&str] = &[
     "ErrorCleanupProvision",
     // amazon-chroot's job: provisioners run on the build host (staged in S3 when revealed).
     "RunHostScript",
+    // Masks the host script's output (what it printed of the revealed job).
+    "WaitHostScript",
     // Tags (`render_tags`): run_tags, tags, snapshot_tags, volume tags, spot_tags.
     "CreateImage",
     "CreateSnapshot",

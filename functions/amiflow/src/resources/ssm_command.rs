@@ -9,7 +9,7 @@ use aws_sdk_ssm::types::CommandStatus;
 
 use super::Reach;
 use crate::error::{classify, error_code};
-use crate::{Ctx, StepError};
+use crate::Ctx;
 
 /// Commands go only to the builds' own instances, with `AWS-RunShellScript` or
 /// `AWS-RunPowerShellScript` (the SSM communicator); RunHostScript narrows this to the stack's build host and document.
@@ -40,24 +40,27 @@ where
 pub const CANCEL_ACTIONS: [&str; 2] = ["ssm:ListCommands", "ssm:CancelCommand"];
 
 /// Cancels the execution's SSM commands still pending or running in `region` (found by
-/// comment among the region's newest), returning what it cancelled.
-pub async fn cancel_running(
-    ctx: &Ctx,
-    region: &str,
-    execution: &str,
-) -> Result<Vec<String>, StepError> {
+/// comment among the region's newest), returning what it cancelled. Best effort: what it
+/// cannot list or cancel is logged, and the sweep goes on.
+pub async fn cancel_running(ctx: &Ctx, region: &str, execution: &str) -> Vec<String> {
     let ssm = ctx.ssm(region);
     let mut cancelled = Vec::new();
     let mut next: Option<String> = None;
     // The builds' commands are among a region's newest: a few pages reach back far enough.
     for _ in 0..4 {
-        let page = ssm
+        let page = match ssm
             .list_commands()
             .max_results(50)
             .set_next_token(next.take())
             .send()
             .await
-            .map_err(|e| classify("ListCommands", region, e))?;
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(%region, error = %classify("ListCommands", region, e), "cannot list the region's commands");
+                break;
+            }
+        };
         for c in page.commands() {
             let running = matches!(
                 c.status(),
@@ -70,17 +73,19 @@ pub async fn cancel_running(
             let Some(id) = c.command_id().filter(|_| running && ours) else {
                 continue;
             };
-            ssm.cancel_command()
-                .command_id(id)
-                .send()
-                .await
-                .map_err(|e| classify("CancelCommand", id, e))?;
-            cancelled.push(format!("SSM command {id} ({region}), cancelled"));
+            // Best effort: a command that ended meanwhile, or a refusal, must not keep the
+            // sweep from running (it says what it could not remove).
+            match ssm.cancel_command().command_id(id).send().await {
+                Ok(_) => cancelled.push(format!("SSM command {id} ({region}), cancelled")),
+                Err(e) => {
+                    tracing::warn!(command = id, %region, error = %classify("CancelCommand", id, e), "cannot cancel the command")
+                }
+            }
         }
         match page.next_token() {
             Some(t) if !t.is_empty() => next = Some(t.to_string()),
             _ => break,
         }
     }
-    Ok(cancelled)
+    cancelled
 }

@@ -1,4 +1,5 @@
-//! AwaitEvent: before a waiting step whose wait EC2 announces (`waits.rs`, [`Wait::event`]),
+//! AwaitEvent: before a waiting step whose wait AWS announces (`waits.rs`, [`Wait::event`]:
+//! EC2's state changes, SSM's command ends),
 //! the build waits for the event instead of polling.
 //!
 //! Deployed, the state is a callback Task (`arn:aws:states:::lambda:invoke.waitForTaskToken`,
@@ -79,7 +80,7 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
         .and_then(|w| w.event)
         .ok_or_else(|| {
             StepError::BuildFailed(format!(
-                "AwaitEvent: {:?} is not a wait EC2 announces (waits.rs)",
+                "AwaitEvent: {:?} is not a wait AWS announces (waits.rs)",
                 input.wait
             ))
         })?;
@@ -115,7 +116,7 @@ pub async fn run(ctx: &Ctx, input: AwaitInput) -> Result<Awaiting, StepError> {
         await_token::remove(ctx, &state.execution, &state.build.name).await?;
         return Ok(Awaiting::Settled { resources });
     }
-    tracing::info!(wait = %input.wait, resources = ?resources, "awaiting EC2's state-change event");
+    tracing::info!(wait = %input.wait, resources = ?resources, "awaiting the state-change event");
     Ok(Awaiting::Event { resources })
 }
 

@@ -7,7 +7,8 @@
 //! error-cleanup-provisioner, never connected to its instance (the [`CONNECTED`] mark of
 //! Connect) or runs with `on_error: abort`. Its own failure is reported as a warning and in
 //! `data.extra["error_cleanup"]`, never instead of the build's error: Cleanup must run.
-//! Over SSM it raises `NotReady` while its command runs, like Provision.
+//! Over SSM it raises `NotReady` while its command runs (a command it just sent included:
+//! no callback state follows it, unlike Provision).
 
 use crate::provision::Provisioner;
 use crate::steps::connect::CONNECTED;
@@ -66,6 +67,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             match run_provisioners(ctx, state.clone(), &[p], Purpose::ErrorCleanup).await {
                 Ok(_) => Ok(()),
                 Err(e @ StepError::NotReady(_)) => return Err(e),
+                // No callback state follows this one: a command just sent is polled too.
+                Err(StepError::CommandSent(m)) => return Err(StepError::NotReady(m)),
                 Err(e) => Err(e.message().to_string()),
             }
         }

@@ -258,7 +258,7 @@ async fn sweep_until_done(
     let id = crate::state::build_id(execution);
     let mut cancelled = Vec::new();
     for region in regions {
-        cancelled.extend(ssm_command::cancel_running(ctx, region, &id).await?);
+        cancelled.extend(ssm_command::cancel_running(ctx, region, &id).await);
     }
     let mut report = sweep_execution_until_done(
         ctx,
@@ -278,9 +278,6 @@ async fn sweep_until_done(
             .removed
             .push(format!("parameter {name} (sensitive variable)"));
     }
-    // A token left means the run stopped while it waited for approval: its images were
-    // made and marked as delivered, and nobody approved them. They go, as Withdraw would
-    // have removed them.
     if let Some(bucket) = std::env::var(crate::provision::communicator::ARTIFACTS_BUCKET_ENV)
         .ok()
         .filter(|b| !b.is_empty())
@@ -289,6 +286,9 @@ async fn sweep_until_done(
             .removed
             .extend(remove_staging(ctx, &bucket, &id).await?);
     }
+    // A token left means the run stopped while it waited for approval: its images were
+    // made and marked as delivered, and nobody approved them. They go, as Withdraw would
+    // have removed them.
     let ssm = ctx.ssm(&ctx.own_region());
     if crate::resources::approval_token::remove(&ssm, &id).await? {
         report.removed.push(format!(
@@ -476,8 +476,6 @@ async fn input_pipeline(ctx: &Ctx, input: Option<&str>) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
-/// The images `pipeline`'s `publish.ssm_parameter` names in `regions` (none without it, or
-/// where it cannot be read).
 /// What SSM provisioning staged (scripts, with revealed secrets) or SSM wrote (command
 /// output) for the execution's builds in the stack's artifacts bucket, in the stack's
 /// region: a build stopped mid-command leaves them.
@@ -495,6 +493,8 @@ pub async fn remove_staging(
     Ok(removed)
 }
 
+/// The images `pipeline`'s `publish.ssm_parameter` names in `regions` (none without it, or
+/// where it cannot be read).
 async fn published(ctx: &Ctx, pipeline: &Pipeline, regions: &[String]) -> BTreeSet<String> {
     let Some(name) = pipeline.publish.as_ref().map(|p| p.ssm_parameter.clone()) else {
         return BTreeSet::new();

@@ -165,9 +165,17 @@ mod tests {
                 if bytes.get(i).is_some_and(|&b| ident(b)) {
                     continue;
                 }
-                // `ctx.ec2(region)`: skip the client's arguments.
+                // `ctx.s3(&ctx.own_region())`: skip the client's arguments, nested or not.
                 if bytes.get(i) == Some(&b'(') {
-                    let Some(close) = src[i..].find(')') else {
+                    let mut depth = 0usize;
+                    let Some(close) = src[i..].find(|c: char| {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            _ => {}
+                        }
+                        depth == 0
+                    }) else {
                         continue;
                     };
                     i += close + 1;
@@ -246,10 +254,15 @@ mod tests {
 
     #[test]
     fn the_scan_finds_calls_across_lines_and_on_named_clients() {
-        let src = "let s3 = ctx.s3(region);\n s3.delete_bucket().bucket(b);\n ctx.ec2(&region)\n    .create_tags()\n .send(); ec2s.foo(); my_ssm.get_parameter(); s3.head_object()";
+        let src = "let s3 = ctx.s3(region);\n s3.delete_bucket().bucket(b);\n ctx.ec2(&region)\n    .create_tags()\n .send(); ec2s.foo(); my_ssm.get_parameter(); s3.head_object(); ctx.s3(&ctx.own_region()).put_object()";
         assert_eq!(
             direct_calls(src),
-            vec!["ec2:CreateTags", "s3:DeleteBucket", "s3:GetObject"]
+            vec![
+                "ec2:CreateTags",
+                "s3:DeleteBucket",
+                "s3:GetObject",
+                "s3:PutObject"
+            ]
         );
     }
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::builders::chroot::{self, HostCommand, DOCUMENT_ENV, HOST_SCRIPT, RUN_MODE_ENV};
 use crate::prelude::*;
+use crate::provision::Secrets;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunHostScript",
@@ -41,21 +42,17 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let host = chroot::host(&state, "RunHostScript")?;
     let vol = chroot::volume(&state, "RunHostScript")?;
-    let job = chroot::job(
-        &state,
-        &cfg,
-        &vol,
-        &crate::template_files::TemplateFiles::of(ctx),
-    )?;
+    let files = crate::template_files::TemplateFiles::of(ctx);
+    let job = chroot::job(&state, &cfg, &vol, &files, &|t| t.to_string())?;
     // The job as the host must run it: the template's sensitive values in place.
-    let revealed = ctx.secrets.reveal(&job);
+    let revealed = chroot::job(&state, &cfg, &vol, &files, &|t| ctx.secrets.reveal(t))?;
     let local = match std::env::var(RUN_MODE_ENV).as_deref() {
         Ok("local") => true,
         Ok("ssm") => false,
         _ => host.found_by == "imds",
     };
     if local {
-        let (exit_code, last_marker) = run_locally(&revealed).await?;
+        let (exit_code, last_marker) = run_locally(&revealed, &ctx.secrets).await?;
         chroot::set_command(
             &mut state,
             &HostCommand::Local {
@@ -172,19 +169,26 @@ fn sent(
     state
 }
 
-/// The command's comment: readable in the console, and unique to this build (SSM comments
-/// are at most 100 characters, so a long execution name is cut and the hash keeps it unique).
+/// The command's comment: readable in the console, and unique to this build. SSM comments
+/// are at most 100 characters, so a long execution name is cut; a hash of the whole name
+/// tells executions apart whose names share the cut (the janitor finds an execution's
+/// commands by it, [`is_host_script_of`]), and a hash of the build keeps builds apart.
 fn command_comment(state: &BuildState) -> String {
     let id = stable_uuid(state, "RunHostScript").simple().to_string();
-    let execution: String = state.execution.chars().take(48).collect();
-    format!("amiflow chroot {execution} {id}")
+    format!("{}{id}", execution_prefix(&state.execution))
+}
+
+/// `amiflow chroot <execution, cut to 40> <8 hex of the whole name's hash> `.
+fn execution_prefix(execution: &str) -> String {
+    let cut: String = execution.chars().take(40).collect();
+    let whole = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
+    format!("amiflow chroot {cut} {} ", &whole.to_string()[..8])
 }
 
 /// Whether `comment` is that of one of `execution`'s host scripts ([`command_comment`]).
 pub fn is_host_script_of(comment: &str, execution: &str) -> bool {
-    let execution: String = execution.chars().take(48).collect();
     comment
-        .strip_prefix(&format!("amiflow chroot {execution} "))
+        .strip_prefix(&execution_prefix(execution))
         .is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
@@ -206,8 +210,10 @@ async fn sent_before(
 fn inline_command(source: &JobSource) -> String {
     let run = match source {
         JobSource::Inline(job_b64) => format!("bash \"$f\" --job-base64 '{job_b64}'"),
+        // The job holds revealed secrets: readable by root only, and gone however the
+        // command ends (a cancelled one included).
         JobSource::S3(url) => format!(
-            "aws s3 cp --only-show-errors {} \"$f.job\" && bash \"$f\" \"$f.job\"",
+            "umask 077; trap 'rm -f \"$f.job\"' EXIT; aws s3 cp --only-show-errors {} \"$f.job\" && bash \"$f\" \"$f.job\"",
             crate::provision::transport::shell_quote(url)
         ),
     };
@@ -218,7 +224,7 @@ fn inline_command(source: &JobSource) -> String {
 
 /// Runs the host script on this machine; its output goes to this process's stderr as it
 /// comes. Returns the exit status and the last `amiflow-chroot:` marker.
-async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
+async fn run_locally(job: &str, secrets: &Secrets) -> Result<(i32, String), StepError> {
     let (script, _keep) = match std::env::var(SCRIPT_ENV) {
         Ok(p) if !p.is_empty() => (std::path::PathBuf::from(p), None),
         _ => {
@@ -263,6 +269,7 @@ async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
         tokio::select! {
             l = lines.next_line(), if !out_done => match l {
                 Ok(Some(l)) => {
+                    let l = secrets.mask(&l);
                     if l.starts_with("amiflow-chroot:") && !l.contains(": cleanup:") && !l.ends_with(": done") && !l.contains("finished with exit") {
                         last_marker = l.clone();
                     }
@@ -271,7 +278,7 @@ async fn run_locally(job: &str) -> Result<(i32, String), StepError> {
                 _ => out_done = true,
             },
             l = errs.next_line(), if !err_done => match l {
-                Ok(Some(l)) => eprintln!("    {l}"),
+                Ok(Some(l)) => eprintln!("    {}", secrets.mask(&l)),
                 _ => err_done = true,
             },
         }
@@ -325,6 +332,8 @@ mod tests {
             super::command_comment(&state("nightly-42")).starts_with("amiflow chroot nightly-42 ")
         );
         assert!(super::is_host_script_of(&a, &format!("{long}a")));
+        // Names that share the cut are told apart by the whole name's hash.
+        assert!(!super::is_host_script_of(&a, &format!("{long}b")));
         assert!(super::is_host_script_of(
             &super::command_comment(&state("nightly-42")),
             "nightly-42"

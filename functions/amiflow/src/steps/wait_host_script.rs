@@ -10,8 +10,13 @@ use crate::resources::ssm_command;
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitHostScript",
     // Removing the job RunHostScript staged, once the command has ended.
-    iam_actions: &["ssm:GetCommandInvocation", "s3:DeleteObject"],
-    reach: &[],
+    iam_actions: &[
+        "ssm:GetCommandInvocation",
+        "s3:DeleteObject",
+        // The build's sensitive variables, to mask the script's output (it may print them).
+        "ssm:GetParameter",
+    ],
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
     handler: handler!(run),
@@ -82,7 +87,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .rev()
                 .collect();
             let stderr = out.standard_error_content().unwrap_or("");
-            Err(StepError::BuildFailed(format!(
+            // The output may hold a value revealed on the host: masked, as every revealing
+            // step's is.
+            Err(StepError::BuildFailed(ctx.secrets.mask(&format!(
                 "the chroot host script on {instance_id} ended {} (exit {}): {failed}\n{}\n{}",
                 other.as_str(),
                 out.response_code(),
@@ -96,7 +103,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                     .rev()
                     .collect::<Vec<_>>()
                     .join("\n")
-            )))
+            ))))
         }
     }
 }
