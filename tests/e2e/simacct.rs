@@ -372,6 +372,20 @@ impl Account {
         .await
     }
 
+    /// What the account holds beyond `before`, once the janitor (which runs on the
+    /// execution's end event, in the background) has had up to 10 s to sweep.
+    async fn left_since(&self, before: &BTreeSet<String>) -> Vec<String> {
+        let mut left = Vec::new();
+        for _ in 0..40 {
+            left = self.inventory().difference(before).cloned().collect();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        left
+    }
+
     /// SSM as one function's role.
     async fn ssm_as(&self, function: &str) -> aws_sdk_ssm::Client {
         aws_sdk_ssm::Client::new(&self.config_as(function).await)
@@ -1907,14 +1921,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             removed.iter().any(|r| r.contains("volume")),
             "then removed the volume: {janitor:#}"
         );
-        let mut left: Vec<String> = Vec::new();
-        for _ in 0..40 {
-            left = account.inventory().difference(&before).cloned().collect();
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let left = account.left_since(&before).await;
         assert!(
             left.is_empty(),
             "the stopped chroot build left {left:?}: {janitor:#}"
@@ -2514,14 +2521,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let janitor = &stopped["deliveries"][0]["deliveries"][0];
     assert_eq!(janitor["target"], "Janitor", "{stopped:#}");
     assert_eq!(janitor["result"]["swept"], true, "{stopped:#}");
-    let mut left: Vec<String> = Vec::new();
-    for _ in 0..40 {
-        left = account.inventory().difference(&before).cloned().collect();
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let left = account.left_since(&before).await;
     assert!(
         run.added.iter().any(|l| l.contains(" instance "))
             || janitor["result"]["removed"]
