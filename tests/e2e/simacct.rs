@@ -386,6 +386,16 @@ impl Account {
         left
     }
 
+    /// What the janitor did for execution `name`, which ended with `status`: its rule's
+    /// first delivery, checked to be the janitor's.
+    fn janitor_on(&self, name: &str, status: &str) -> Value {
+        let ended = self.execution(name);
+        assert_eq!(ended["status"], status, "{ended:#}");
+        let janitor = &ended["deliveries"][0]["deliveries"][0];
+        assert_eq!(janitor["target"], "Janitor", "{ended:#}");
+        janitor.clone()
+    }
+
     /// SSM as one function's role.
     async fn ssm_as(&self, function: &str) -> aws_sdk_ssm::Client {
         aws_sdk_ssm::Client::new(&self.config_as(function).await)
@@ -1901,10 +1911,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         let run = account
             .hosted("simacct-chroot-stopped", before.clone(), began)
             .await;
-        let stopped = account.execution("simacct-chroot-stopped");
-        assert_eq!(stopped["status"], "ABORTED", "{stopped:#}");
-        let janitor = &stopped["deliveries"][0]["deliveries"][0];
-        assert_eq!(janitor["target"], "Janitor", "{stopped:#}");
+        let janitor = account.janitor_on("simacct-chroot-stopped", "ABORTED");
         let removed: Vec<String> = janitor["result"]["removed"]
             .as_array()
             .into_iter()
@@ -2516,11 +2523,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .hosted("simacct-aborted", before.clone(), began)
         .await;
     account.ec2_events(events_before);
-    let stopped = account.execution("simacct-aborted");
-    assert_eq!(stopped["status"], "ABORTED", "{stopped:#}");
-    let janitor = &stopped["deliveries"][0]["deliveries"][0];
-    assert_eq!(janitor["target"], "Janitor", "{stopped:#}");
-    assert_eq!(janitor["result"]["swept"], true, "{stopped:#}");
+    let janitor = account.janitor_on("simacct-aborted", "ABORTED");
+    assert_eq!(janitor["result"]["swept"], true, "{janitor:#}");
     let left = account.left_since(&before).await;
     assert!(
         run.added.iter().any(|l| l.contains(" instance "))
@@ -2565,10 +2569,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         "watch shows the failed step: {said}"
     );
     let arn = stdout.lines().next().unwrap_or_default().trim().to_string();
-    let failed = account.execution("simacct-redriven");
-    assert_eq!(failed["status"], "FAILED", "{failed:#}");
-    let janitor = &failed["deliveries"][0]["deliveries"][0]["result"];
-    assert_eq!(janitor["kept_for_redrive"], true, "{failed:#}");
+    let janitor = &account.janitor_on("simacct-redriven", "FAILED")["result"];
+    assert_eq!(janitor["kept_for_redrive"], true, "{janitor:#}");
     let kept: BTreeSet<String> = account.inventory().difference(&before).cloned().collect();
     assert!(
         kept.iter().any(|l| l.contains(" instance ")),
@@ -2677,14 +2679,13 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         account.control("POST", "/restore-roles", &Value::Null);
         assert_eq!(status.code(), Some(1), "{name} fails: {said}");
         let arn = stdout.lines().next().unwrap_or_default().trim().to_string();
-        let failed = account.execution(&name);
-        let janitor = &failed["deliveries"][0]["deliveries"][0]["result"];
+        let janitor = &account.janitor_on(&name, "FAILED")["result"];
         let kept_flag = if on_error == "abort" {
             "kept_on_error_abort"
         } else {
             "kept_for_redrive"
         };
-        assert_eq!(janitor[kept_flag], true, "{failed:#}");
+        assert_eq!(janitor[kept_flag], true, "{janitor:#}");
         let kept: Vec<String> = account.inventory().difference(&before).cloned().collect();
         assert!(
             kept.iter().any(|l| l.contains(" instance ")),

@@ -691,7 +691,10 @@ pub async fn newest_command(
     let commands = commands_on(&ssm(ctx, region), instance, 1).await?;
     Ok(commands
         .iter()
-        .filter(|c| c.comment().and_then(|s| index_of(s, execution)).is_some())
+        .filter(|c| {
+            c.comment()
+                .is_some_and(|s| is_provisioner_command_of(s, execution))
+        })
         .max_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0))
         .and_then(|c| c.command_id())
         .map(String::from))

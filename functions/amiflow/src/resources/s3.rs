@@ -28,6 +28,13 @@ pub const OBJECT_CLEANUP_ACTIONS: &[&str] = &["s3:ListBucket", "s3:DeleteObject"
 /// What recognising and removing a build's bucket needs.
 pub const BUCKET_CLEANUP_ACTIONS: &[&str] = &["s3:GetBucketTagging", "s3:DeleteBucket"];
 
+/// The bucket and key of `s3://bucket/key` (both non-empty), if it is one.
+pub fn split_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
+}
+
 /// Every key under `bucket/prefix` (none when the bucket does not exist).
 pub async fn keys_under(
     ctx: &Ctx,

@@ -160,19 +160,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 /// command that ran to its end removed its own, so only a failed build has any to sweep.
 /// amazon-chroot's staged job (`chroot::staged_job`) likewise, in the stack's region.
 fn ssm_staging(ctx: &Ctx, state: &BuildState) -> Vec<(String, String)> {
-    let chroot = state.build.builder_type == amiflow_template::BuilderType::Chroot;
-    let (region, bucket) = match crate::builders::chroot::staged_job(state) {
-        Some((bucket, _)) if chroot => (ctx.own_region(), bucket),
-        _ => {
-            let Ok(comm) = crate::provision::communicator::Communication::of_state(state) else {
-                return Vec::new();
-            };
-            match (&comm.communicator, comm.ssm_bucket) {
-                (crate::provision::communicator::Communicator::Ssm, Some(bucket)) => {
-                    (comm.region, bucket)
-                }
-                _ => return Vec::new(),
+    let (region, bucket) = if state.build.builder_type == amiflow_template::BuilderType::Chroot {
+        let Some((bucket, _)) = crate::builders::chroot::staged_job(state) else {
+            return Vec::new();
+        };
+        (ctx.own_region(), bucket)
+    } else {
+        let Ok(comm) = crate::provision::communicator::Communication::of_state(state) else {
+            return Vec::new();
+        };
+        match (&comm.communicator, comm.ssm_bucket) {
+            (crate::provision::communicator::Communicator::Ssm, Some(bucket)) => {
+                (comm.region, bucket)
             }
+            _ => return Vec::new(),
         }
     };
     crate::provision::ssm::staging_prefixes(&bucket, &state.execution, Some(&state.build.name))

@@ -451,11 +451,7 @@ async fn template_text(ctx: &Ctx, input: &ExecutionInput) -> Result<String, Step
 pub(crate) async fn fetch_s3(ctx: &Ctx, url: &str, key: &str) -> Result<String, StepError> {
     let invalid =
         |m: String| StepError::InvalidTemplate(Problems(vec![Problem::key(key, m)]).to_string());
-    let Some((bucket, key)) = url
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-    else {
+    let Some((bucket, key)) = crate::resources::s3::split_url(url) else {
         return Err(invalid(format!("{url:?} is not an s3://bucket/key URL")));
     };
     let mut conf = aws_sdk_s3::config::Builder::from(&ctx.sdk);

@@ -66,17 +66,18 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let comment = command_comment(&state);
     // A job with revealed secrets goes through S3: SSM keeps a command's parameters.
     let staged = (revealed != job).then(|| chroot::staged_job(&state));
+    let staged_url = staged
+        .clone()
+        .flatten()
+        .map(|(bucket, key)| format!("s3://{bucket}/{key}"));
     // A retried invocation (its first answer lost) must not start a second script on the
     // same volume: SendCommand takes no ClientToken, so look for our own command first.
     if let Some(command_id) = sent_before(&ssm, &host.instance_id, &comment).await? {
         tracing::info!(%command_id, "the host script was already sent for this build");
-        let job_s3 = staged
-            .flatten()
-            .map(|(bucket, key)| format!("s3://{bucket}/{key}"));
-        return Ok(sent(state, command_id, host.instance_id, job_s3));
+        return Ok(sent(state, command_id, host.instance_id, staged_url));
     }
     let source = match staged {
-        None => JobSource::Inline(b64(&job)),
+        None => JobSource::Inline(chroot::b64(job.as_bytes())),
         Some(None) => {
             return Err(StepError::BuildFailed(
                 "amazon-chroot: the provisioners use sensitive variables, and an SSM command's parameters stay in \
@@ -87,6 +88,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             ))
         }
         Some(Some((bucket, key))) => {
+            let url = staged_url.unwrap_or_default();
             ctx.s3(&ctx.own_region())
                 .put_object()
                 .bucket(&bucket)
@@ -94,8 +96,8 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .body(revealed.into_bytes().into())
                 .send()
                 .await
-                .map_err(|e| classify("PutObject", &format!("s3://{bucket}/{key}"), e))?;
-            JobSource::S3(format!("s3://{bucket}/{key}"))
+                .map_err(|e| classify("PutObject", &url, e))?;
+            JobSource::S3(url)
         }
     };
     let mut req = ssm
@@ -143,11 +145,6 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 enum JobSource {
     Inline(String),
     S3(String),
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
 
 /// Records the host script's command and starts its wait.

@@ -9,9 +9,9 @@ use crate::resources::ssm_command;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitHostScript",
-    // Removing the job RunHostScript staged, once the command has ended.
     iam_actions: &[
         "ssm:GetCommandInvocation",
+        // Removing the job RunHostScript staged, once the command has ended.
         "s3:DeleteObject",
         // The build's sensitive variables, to mask the script's output (it may print them).
         "ssm:GetParameter",
@@ -110,7 +110,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 
 /// The job RunHostScript staged (revealed secrets): gone once the host has read it.
 async fn remove_staged_job(ctx: &Ctx, url: &str) -> Result<(), StepError> {
-    let Some((bucket, key)) = url.strip_prefix("s3://").and_then(|r| r.split_once('/')) else {
+    let Some((bucket, key)) = crate::resources::s3::split_url(url) else {
         return Ok(());
     };
     ctx.s3(&ctx.own_region())
