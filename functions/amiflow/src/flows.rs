@@ -322,6 +322,20 @@ pub fn all_steps() -> Vec<StepSpec> {
     all
 }
 
+/// The steps a build of `build` passes in a local run, in order: Prepare, its builder's
+/// chain, ErrorCleanupProvision (which calls nothing without an
+/// `error-cleanup-provisioner`), Cleanup (on success and after a failure) and Finalize.
+/// `amiflow policy` grants what each calls for the build ([`StepSpec::local_calls`]).
+pub fn local_path(build: &amiflow_template::PreparedBuild) -> Vec<StepSpec> {
+    let mut path = vec![PREPARE];
+    path.extend(chain(build.builder_type).iter().copied());
+    if provisions(build.builder_type) && build.error_cleanup_provisioner.is_some() {
+        path.push(ERROR_CLEANUP_PROVISION);
+    }
+    path.extend([CLEANUP, FINALIZE]);
+    path
+}
+
 /// The pipelines' steps: a plain build (no `$.pipeline`) invokes none of them.
 pub fn pipeline_steps() -> Vec<StepSpec> {
     let mut all = PIPELINE_BEFORE.to_vec();

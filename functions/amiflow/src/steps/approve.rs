@@ -29,6 +29,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "Approve",
     iam_actions: approval_token::STORE_ACTIONS,
     reach: &[("ssm:PutParameter", Reach::AmiflowParameters)],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -20,6 +20,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:ModifyInstanceAttribute",
     ],
     reach: &[],
+    calls: None,
     wait: Some(waits::VOLUMES_DETACHED),
     timeout_seconds: 60,
     handler: handler!(run),

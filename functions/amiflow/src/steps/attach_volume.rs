@@ -15,6 +15,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:AttachVolume",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

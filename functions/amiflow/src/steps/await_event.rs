@@ -45,6 +45,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:DeleteParameter", Reach::AmiflowParameters),
         (await_token::ANSWER, Reach::StackStateMachine),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -13,6 +13,7 @@ pub const SPEC: StepSpec = StepSpec {
     // s3:ListBucket: the keys already under the bundle's prefix, which are not this build's.
     iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:ListBucket"],
     reach: &[],
+    calls: None,
     wait: None,
     // A bundle of a large volume takes a while: Lambda's maximum.
     timeout_seconds: 900,

@@ -22,6 +22,7 @@ pub const SPEC: StepSpec = StepSpec {
     // Marking the artifacts, and every resource kind's finding and removal.
     iam_actions: &ACTIONS,
     reach: &[],
+    calls: None,
     wait: Some(waits::INSTANCE_TERMINATED),
     timeout_seconds: 300,
     handler: handler!(run),

@@ -30,6 +30,7 @@ pub const SPEC: StepSpec = StepSpec {
     ],
     // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
     reach: &[],
+    calls: None,
     wait: Some(waits::CONNECT),
     timeout_seconds: 60,
     handler: handler!(connect),

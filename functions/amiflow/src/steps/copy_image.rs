@@ -22,6 +22,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("kms:GenerateDataKeyWithoutPlaintext", Reach::KmsViaEc2),
         ("kms:CreateGrant", Reach::KmsGrantForAwsResource),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -7,6 +7,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "CreateTags",
     iam_actions: &["ec2:CreateTags", "ec2:DescribeImages", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -38,6 +38,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:DeleteParameter", Reach::AmiflowParameters),
         (await_token::ANSWER, Reach::StackStateMachine),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: 30,
     handler: handler!(run),

@@ -12,6 +12,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeleteSnapshot",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

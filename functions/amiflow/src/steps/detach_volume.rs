@@ -8,6 +8,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "DetachVolume",
     iam_actions: &["ec2:DescribeVolumes", "ec2:DetachVolume"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -6,6 +6,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "EnableDeprecation",
     iam_actions: &["ec2:EnableImageDeprecation"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -22,6 +22,7 @@ pub const SPEC: StepSpec = StepSpec {
     // What Provision calls: the same communicators.
     iam_actions: PROVISION.iam_actions,
     reach: PROVISION.reach,
+    calls: PROVISION.calls,
     wait: Some(waits::PROVISION),
     timeout_seconds: 900,
     handler: handler!(run),

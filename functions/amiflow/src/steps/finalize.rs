@@ -27,6 +27,7 @@ pub const STEP: StepSpec = StepSpec {
     name: "Finalize",
     iam_actions: &["ssm:GetParametersByPath", "ssm:DeleteParameter"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: 30,
     handler: crate::handler!(finalize),

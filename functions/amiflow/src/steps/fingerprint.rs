@@ -24,6 +24,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "Fingerprint",
     iam_actions: &["ec2:DescribeImages"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

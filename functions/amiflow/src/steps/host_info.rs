@@ -15,6 +15,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "HostInfo",
     iam_actions: &["ec2:DescribeInstances"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

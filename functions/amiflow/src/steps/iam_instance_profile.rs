@@ -24,6 +24,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: None,
     wait: Some(waits::PROFILE_USABLE),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

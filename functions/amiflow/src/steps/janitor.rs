@@ -42,6 +42,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:GetParameter", Reach::PublishedParameters),
         ("s3:GetObject", Reach::TemplateObjects),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: 900,
     handler: crate::handler!(run),

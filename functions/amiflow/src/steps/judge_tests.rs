@@ -17,6 +17,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "JudgeTests",
     iam_actions: &[],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: 30,
     handler: handler!(run),

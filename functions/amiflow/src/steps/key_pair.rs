@@ -19,6 +19,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:AddTagsToResource",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

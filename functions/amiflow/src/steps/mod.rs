@@ -85,6 +85,11 @@ pub struct StepSpec {
     /// Actions this step may use less widely than their kind's module declares
     /// ([`crate::resources::declared_reach`]); checked to be among `iam_actions`.
     pub reach: &'static [(&'static str, crate::resources::Reach)],
+    /// What a local build (`amiflow build`) of one build calls in this step, given its
+    /// config: `amiflow policy` grants the union over the build's path
+    /// ([`crate::flows::local_path`]). None: every one of `iam_actions` a local build can
+    /// call ([`StepSpec::local_calls`]). Each action must be one of `iam_actions`.
+    pub calls: Option<LocalCalls>,
     /// Set for waiting steps: the handler raises `NotReady` until the resource is ready,
     /// and the state retries on the wait's policy.
     pub wait: Option<crate::waits::Wait>,
@@ -93,7 +98,32 @@ pub struct StepSpec {
     pub handler: Handler,
 }
 
+/// A step's calls for one build's config: see [`StepSpec::calls`].
+pub type LocalCalls = fn(&amiflow_template::PreparedBuild) -> Vec<&'static str>;
+
 impl StepSpec {
+    /// The actions a local build of `build` calls in this step: the step's own
+    /// [`StepSpec::calls`], else its `iam_actions` without those only a deployed build
+    /// makes (revealing a sensitive variable from its parameter, assuming the stack's bundle
+    /// upload role: a local build holds the values and the caller's keys).
+    pub fn local_calls(&self, build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+        match self.calls {
+            Some(calls) => calls(build),
+            None => self
+                .iam_actions
+                .iter()
+                .copied()
+                .filter(|a| {
+                    !matches!(
+                        self.reach_of(a),
+                        crate::resources::Reach::SensitiveVars
+                            | crate::resources::Reach::BundleUploadRole
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// How far `action` reaches in this step's deployed role: the step's own narrowing,
     /// else what the action's kind declares.
     pub fn reach_of(&self, action: &str) -> crate::resources::Reach {

@@ -13,6 +13,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifyImageAttributes",
     iam_actions: &["ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -9,6 +9,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifyInstance",
     iam_actions: &["ec2:ModifyInstanceAttribute"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

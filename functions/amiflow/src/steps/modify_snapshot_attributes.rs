@@ -10,6 +10,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifySnapshotAttributes",
     iam_actions: &["ec2:ModifySnapshotAttribute"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -9,6 +9,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "NetworkInfo",
     iam_actions: &["ec2:DescribeVpcs", "ec2:DescribeSubnets"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -37,6 +37,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("sns:Publish", Reach::NotifyTopics),
         ("events:PutEvents", Reach::DefaultEventBus),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

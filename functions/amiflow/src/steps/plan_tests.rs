@@ -18,6 +18,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "PlanTests",
     iam_actions: &[],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: 30,
     handler: handler!(run),

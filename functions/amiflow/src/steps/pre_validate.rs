@@ -11,6 +11,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeVpcs",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

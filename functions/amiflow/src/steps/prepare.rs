@@ -58,6 +58,7 @@ pub const STEP: StepSpec = StepSpec {
     iam_actions: &["s3:GetObject", "ssm:GetParameter"],
     // The template comes from the artifacts bucket or the schedule's object, nowhere else.
     reach: &[("s3:GetObject", Reach::TemplateObjects)],
+    calls: None,
     wait: None,
     timeout_seconds: 60,
     handler: crate::handler!(prepare),

@@ -44,6 +44,7 @@ pub const SPEC: StepSpec = StepSpec {
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
     reach: &[],
+    calls: None,
     wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,

@@ -26,6 +26,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:GetParameter", Reach::PublishedParameters),
         ("ssm:PutParameter", Reach::PublishedParameters),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

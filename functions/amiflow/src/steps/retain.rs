@@ -25,6 +25,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeleteSnapshot",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: 300,
     handler: handler!(run),

@@ -27,6 +27,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:SendCommand", Reach::BuildHostCommand),
         ("ssm:GetParameter", Reach::SensitiveVars),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

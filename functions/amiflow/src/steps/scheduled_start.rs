@@ -41,6 +41,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:DeleteParameter", Reach::SensitiveVars),
         (START_EXECUTION, Reach::StackStateMachine),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: 60,
     handler: handler!(run),

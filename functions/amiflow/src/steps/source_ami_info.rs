@@ -9,6 +9,7 @@ pub const SPEC: StepSpec = StepSpec {
     // (resources/sensitive_var.rs).
     iam_actions: &["ec2:DescribeImages", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -7,6 +7,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "StopInstance",
     iam_actions: &["ec2:StopInstances"],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

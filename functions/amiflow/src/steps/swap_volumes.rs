@@ -23,6 +23,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DetachVolume",
     ],
     reach: &[],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -49,6 +49,7 @@ pub const SPEC: StepSpec = StepSpec {
         "sts:AssumeRole",
     ],
     reach: &[("sts:AssumeRole", Reach::BundleUploadRole)],
+    calls: None,
     wait: None,
     timeout_seconds: 900,
     handler: handler!(run),

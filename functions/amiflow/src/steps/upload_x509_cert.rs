@@ -16,6 +16,7 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:GetParameter", Reach::X509Parameters),
         ("s3:GetObject", Reach::X509Objects),
     ],
+    calls: None,
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),

@@ -8,6 +8,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitCopiesAvailable",
     iam_actions: &["ec2:DescribeImages"],
     reach: &[],
+    calls: None,
     wait: Some(waits::COPIES_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -17,6 +17,7 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: None,
     wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
     handler: handler!(run),

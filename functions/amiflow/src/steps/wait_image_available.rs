@@ -7,6 +7,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
     iam_actions: &["ec2:DescribeImages", "ec2:CreateTags", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: None,
     wait: Some(waits::IMAGE_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -8,6 +8,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitInstanceRunning",
     iam_actions: &["ec2:DescribeInstances"],
     reach: &[],
+    calls: None,
     wait: Some(waits::INSTANCE_RUNNING),
     timeout_seconds: 60,
     handler: handler!(run),

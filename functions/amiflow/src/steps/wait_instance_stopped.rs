@@ -7,6 +7,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitInstanceStopped",
     iam_actions: &["ec2:DescribeInstances"],
     reach: &[],
+    calls: None,
     wait: Some(waits::INSTANCE_STOPPED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -10,6 +10,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitRootVolumeAttached",
     iam_actions: &["ec2:DescribeVolumes"],
     reach: &[],
+    calls: None,
     wait: Some(waits::ROOT_VOLUME_ATTACHED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -12,6 +12,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitSnapshotsCompleted",
     iam_actions: &["ec2:DescribeSnapshots"],
     reach: &[],
+    calls: None,
     wait: Some(waits::SNAPSHOTS_COMPLETED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -9,6 +9,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitVolumeAvailable",
     iam_actions: &["ec2:DescribeVolumes"],
     reach: &[],
+    calls: None,
     wait: Some(waits::VOLUME_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),

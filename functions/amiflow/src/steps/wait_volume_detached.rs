@@ -9,6 +9,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitVolumeDetached",
     iam_actions: &["ec2:DescribeVolumes"],
     reach: &[],
+    calls: None,
     wait: Some(waits::VOLUME_DETACHED),
     timeout_seconds: 60,
     handler: handler!(run),

@@ -18,6 +18,7 @@ pub const SPEC: StepSpec = StepSpec {
     name: "Withdraw",
     iam_actions: &IAM_ACTIONS,
     reach: &[("ssm:DeleteParameter", Reach::AmiflowParameters)],
+    calls: None,
     wait: None,
     timeout_seconds: 300,
     handler: handler!(run),
