@@ -52,6 +52,9 @@ pub struct Faults {
     /// pending, stopped → stopping) and the first N DescribeImages after CreateImage
     /// (available → pending).
     pub pending_describes: usize,
+    /// Rewrite the first N DescribeImages after CreateImage or RegisterImage (available →
+    /// pending), instances left alone: a build that fails once its image exists.
+    pub pending_images: usize,
     /// Answer the first N calls of an action with RequestLimitExceeded (HTTP 503).
     pub throttle: HashMap<String, usize>,
 }
@@ -292,6 +295,7 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     match action {
         "RunInstances" => state.saw_run = true,
         "CreateImage" => state.saw_create_image = true,
+        "RegisterImage" if state.faults.pending_images > 0 => state.saw_create_image = true,
         "DescribeInstances"
             if state.saw_run && state.instances_pending < state.faults.pending_describes =>
         {
@@ -299,7 +303,12 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
             return Decision::Pending;
         }
         "DescribeImages"
-            if state.saw_create_image && state.images_pending < state.faults.pending_describes =>
+            if state.saw_create_image
+                && state.images_pending
+                    < state
+                        .faults
+                        .pending_describes
+                        .max(state.faults.pending_images) =>
         {
             state.images_pending += 1;
             return Decision::Pending;

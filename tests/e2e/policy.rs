@@ -1,12 +1,20 @@
-//! `amiflow policy TEMPLATE` is enough: a build run with credentials that carry exactly the
-//! printed policy succeeds against moto with IAM enforced, and one without any of it is
-//! refused, so the enforcement is real. Each action is also removed in turn: a build that
-//! then fails must fail on IAM, and the actions it did not need are printed (the policy is
-//! not minimal yet; see the closing note of issue #14).
+//! `amiflow policy TEMPLATE` is exactly what a local build needs, in the simulated account
+//! (tests/simacct: its front door decides every call of an IAM user on the user's policy,
+//! resources and conditions included). Under the printed policy each example builds, and a
+//! twin that fails once its image exists cleans up, with no call refused; without any one
+//! action the build fails on it, or the failing twin's Cleanup is refused it. A user allowed
+//! nothing is refused at once, so the enforcement is real.
+//!
+//! Also here: each build of a template signs with its own (sensitive) credentials.
 
-use amiflow_tests::lambda_harness::workspace_binary;
+use std::collections::BTreeSet;
+
+use amiflow_tests::fault_proxy::{FaultProxy, Faults};
+use amiflow_tests::lambda_harness::{workspace_binary, Als};
 use amiflow_tests::Moto;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::simacct::{port_of, Account};
 
 const REGION: &str = "us-east-1";
 
@@ -50,25 +58,104 @@ async fn admin_iam(moto: &Moto) -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&admin_sdk)
 }
 
-/// Runs `amiflow build` of `template` with `key`'s credentials, in a fresh directory and with
-/// an AMI name of its own (`run`), so that no run meets another's image: (succeeded, output).
-async fn build_as(
-    moto: &Moto,
-    template: &Value,
-    run: &str,
-    key: &(String, String),
-) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
+/// One example build as it runs here: the template (`access_key`/`secret_key`, when the
+/// template has them, become the run's user's), and whether each action is taken away in
+/// turn (the examples that differ from a tested one only in where the keys come from run
+/// once, under the policy).
+struct Case {
+    label: &'static str,
+    template: Value,
+    removals: bool,
+}
+
+fn example(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The examples this account runs as they are, and ebs-basic with the options that bring
+/// their own calls (a copy, sharing, tags, a temporary instance profile).
+fn cases() -> Vec<Case> {
+    let mut options = example("ebs-basic");
+    let b = &mut options["builders"][0];
+    b["ami_regions"] = json!(["us-west-2"]);
+    b["ami_users"] = json!(["210987654321"]);
+    b["snapshot_users"] = json!(["210987654321"]);
+    b["tags"] = json!({"Team": "images"});
+    b["temporary_iam_instance_profile_policy_document"] = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]
+    });
+    vec![
+        Case {
+            label: "ebs-basic",
+            template: example("ebs-basic"),
+            removals: true,
+        },
+        Case {
+            label: "ebs-options",
+            template: options,
+            removals: true,
+        },
+        Case {
+            label: "ebsvolume",
+            template: example("ebsvolume"),
+            removals: true,
+        },
+        Case {
+            label: "credentials-static",
+            template: example("credentials-static"),
+            removals: false,
+        },
+        Case {
+            label: "credentials-env",
+            template: example("credentials-env"),
+            removals: false,
+        },
+    ]
+}
+
+/// `template` as one run takes it: its own AMI names, the user's keys where it names keys,
+/// and with `fail_late` a polling budget that a pending image exhausts.
+fn for_run(template: &Value, run: &str, key: &(String, String), fail_late: bool) -> Value {
     let mut template = template.clone();
-    template["builders"][0]["ami_name"] = Value::from(format!("policy-{run}"));
+    for (i, b) in template["builders"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        b["ami_name"] = Value::from(format!("policy-{run}-{i}"));
+        if b.get("access_key").is_some() {
+            b["access_key"] = Value::from(key.0.clone());
+            b["secret_key"] = Value::from(key.1.clone());
+        }
+        if fail_late {
+            b["aws_polling"] = json!({"delay_seconds": 1, "max_attempts": 2});
+        }
+    }
+    template
+}
+
+/// Runs `amiflow build` of `template` locally with `key`'s credentials against `endpoint`,
+/// in a fresh directory: (succeeded, output).
+async fn build_at(endpoint: &str, template: &Value, key: &(String, String)) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("template.json");
     std::fs::write(&path, template.to_string()).unwrap();
+    let region = template["builders"][0]["region"].as_str().unwrap_or(REGION);
     let out = tokio::process::Command::new(workspace_binary("amiflow"))
         .arg("build")
         .arg(&path)
-        .envs(moto.env(REGION))
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", &key.0)
         .env("AWS_SECRET_ACCESS_KEY", &key.1)
+        .env("AWS_REGION", region)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
         .current_dir(dir.path())
         .output()
         .await
@@ -83,28 +170,14 @@ async fn build_as(
     )
 }
 
-/// The output shows the build was stopped by IAM (not by anything else going wrong).
-fn refused(out: &str) -> bool {
-    ["not authorized", "AccessDenied", "UnauthorizedOperation"]
-        .iter()
-        .any(|m| out.contains(m))
-}
-
-/// `amiflow policy` for `template`: the build succeeds under exactly it, and fails on IAM
-/// without any one action that is not Packer's documented policy (which `amiflow policy`
-/// always grants, so that a Packer user's policy and ours agree).
-async fn needs_exactly_its_policy(
-    moto: &Moto,
-    iam: &aws_sdk_iam::Client,
-    label: &str,
-    template: &Value,
-) {
+/// `amiflow policy` of `template`.
+async fn printed_policy(label: &str, template: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let template_path = dir.path().join(format!("{label}.json"));
-    std::fs::write(&template_path, template.to_string()).unwrap();
+    let path = dir.path().join(format!("{label}.json"));
+    std::fs::write(&path, template.to_string()).unwrap();
     let printed = tokio::process::Command::new(workspace_binary("amiflow"))
         .arg("policy")
-        .arg(&template_path)
+        .arg(&path)
         .output()
         .await
         .expect("run amiflow policy");
@@ -113,89 +186,161 @@ async fn needs_exactly_its_policy(
         "{}",
         String::from_utf8_lossy(&printed.stderr)
     );
-    let policy: Value = serde_json::from_slice(&printed.stdout).expect("a JSON policy");
+    serde_json::from_slice(&printed.stdout).expect("a JSON policy")
+}
 
-    let builder = user_with(iam, &format!("{label}-builder"), &policy).await;
-    let (ok, out) = build_as(moto, template, &format!("{label}-all"), &builder).await;
-    assert!(ok, "the build needs more than the printed policy:\n{out}");
+/// Every action the policy grants, once.
+fn granted(policy: &Value) -> BTreeSet<String> {
+    amiflow::infra::policy_actions(policy).into_iter().collect()
+}
 
-    // Minimal: without any one action the build fails — except Packer's documented policy,
-    // which `amiflow policy` always grants so that a Packer user's policy and ours agree.
-    let actions: Vec<String> = policy["Statement"][0]["Action"]
+/// The policy without `action`, in every statement that grants it (a statement left with
+/// no action goes).
+fn without(policy: &Value, action: &str) -> Value {
+    let mut less = policy.clone();
+    let statements = less["Statement"].as_array_mut().unwrap();
+    for s in statements.iter_mut() {
+        match &mut s["Action"] {
+            Value::Array(a) => a.retain(|x| x != action),
+            Value::String(a) if a == action => s["Action"] = json!([]),
+            _ => {}
+        }
+    }
+    statements.retain(|s| s["Action"] != json!([]));
+    less
+}
+
+/// The actions the front door refused `user` since the last look (and the count of every
+/// refusal, anyone's).
+fn refused_to(account: &Account, user: &str) -> BTreeSet<String> {
+    account.stats()["denied"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let mut spare = Vec::new();
-    for (i, action) in actions.iter().enumerate() {
-        let mut less = policy.clone();
-        less["Statement"][0]["Action"] =
-            serde_json::json!(actions.iter().filter(|a| *a != action).collect::<Vec<_>>());
-        let key = user_with(iam, &format!("{label}-without-{i}"), &less).await;
-        let (ok, out) = build_as(moto, template, &format!("{label}-without-{i}"), &key).await;
-        if ok {
-            spare.push(action.clone());
-        } else {
-            assert!(
-                refused(&out),
-                "without {action} the build failed, but not on IAM:\n{out}"
-            );
-        }
-    }
-    // Minimal: every spare action is one of Packer's documented policy.
-    let undocumented: Vec<&String> = spare
-        .iter()
-        .filter(|a| !amiflow_cli::policy::SEED_BASE_ACTIONS.contains(&a.as_str()))
-        .collect();
-    eprintln!(
-        "policy of {label}: {} actions; the build fails without any one of {}; spare: {} of Packer's documented ones, \
-         {} others: {undocumented:?}",
-        actions.len(),
-        actions.len() - spare.len(),
-        spare.len() - undocumented.len(),
-        undocumented.len()
-    );
-    assert!(
-        undocumented.is_empty(),
-        "granted and never called by this build: {undocumented:?}"
-    );
+        .filter(|d| d["function"] == format!("user {user}"))
+        .map(|d| d["action"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_build_needs_exactly_the_printed_policy() {
-    // Unauthenticated: the admin user, its policy and key; then every request is checked.
-    let Ok(moto) = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]) else {
-        return eprintln!(
-            "SKIP policy::a_build_needs_exactly_the_printed_policy: moto is not available"
-        );
-    };
-    let iam = admin_iam(&moto).await;
-
-    let basic: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ebs-basic.json"),
-        )
-        .unwrap(),
+/// A user of the account holding exactly `policy`: its keys.
+fn user(account: &Account, name: &str, policy: &Value) -> (String, String) {
+    let key = account.control("POST", "/users", &json!({"name": name, "policy": policy}));
+    (
+        key["access_key_id"].as_str().unwrap().to_string(),
+        key["secret_access_key"].as_str().unwrap().to_string(),
     )
-    .unwrap();
-    needs_exactly_its_policy(&moto, &iam, "ebs-basic", &basic).await;
-    // Options that bring their own actions: a copy, sharing. (Not deprecate_at: moto has
-    // no EnableImageDeprecation.)
-    let mut options = basic.clone();
-    let b = &mut options["builders"][0];
-    b["ami_regions"] = serde_json::json!(["us-west-2"]);
-    b["ami_users"] = serde_json::json!(["210987654321"]);
-    b["snapshot_users"] = serde_json::json!(["210987654321"]);
-    b["tags"] = serde_json::json!({"Team": "images"});
-    needs_exactly_its_policy(&moto, &iam, "ebs-options", &options).await;
-    let template = basic;
+}
 
+/// One case: under exactly the printed policy the build succeeds with no call refused, and
+/// a build that fails once its image exists fails cleanly (nothing left, nothing refused);
+/// without any one action, the build fails on it, or its failed twin's Cleanup is refused it.
+async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &Case) -> usize {
+    let policy = printed_policy(case.label, &case.template).await;
+    let actions = granted(&policy);
+    let all = user(account, &format!("{}-all", case.label), &policy);
+    refused_to(account, "");
+    proxy.set(Faults::default());
+    let (ok, out) = build_at(
+        &proxy.url(),
+        &for_run(&case.template, &format!("{}-all", case.label), &all, false),
+        &all,
+    )
+    .await;
+    let refused = refused_to(account, &format!("{}-all", case.label));
+    assert!(ok && refused.is_empty(), "{}: the build needs more than the printed policy ({refused:?} refused):\n{out}\npolicy: {policy:#}", case.label);
+    let makes_image = case.template["builders"][0]["type"] != "amazon-ebsvolume";
+    let fail_late = |run: String, key: (String, String)| async move {
+        proxy.set(Faults {
+            pending_images: 1000,
+            ..Faults::default()
+        });
+        let result = build_at(
+            &proxy.url(),
+            &for_run(&case.template, &run, &key, true),
+            &key,
+        )
+        .await;
+        proxy.set(Faults::default());
+        result
+    };
+    if makes_image {
+        let (ok, out) = fail_late(format!("{}-all-failing", case.label), all.clone()).await;
+        let refused = refused_to(account, &format!("{}-all", case.label));
+        assert!(
+            !ok && refused.is_empty(),
+            "{}: a failing build under the policy (refused {refused:?}):\n{out}",
+            case.label
+        );
+    }
+    if !case.removals {
+        return actions.len();
+    }
+    let mut spare = Vec::new();
+    for (i, action) in actions.iter().enumerate() {
+        let name = format!("{}-without-{i}", case.label);
+        let key = user(account, &name, &without(&policy, action));
+        let (ok, out) = build_at(
+            &proxy.url(),
+            &for_run(&case.template, &name, &key, false),
+            &key,
+        )
+        .await;
+        let refused = refused_to(account, &name);
+        if !ok {
+            assert!(refused.contains(action), "{}: without {action} the build failed, but not on it (refused: {refused:?}):\n{out}", case.label);
+            continue;
+        }
+        // Needed only when the build fails: its twin, failing once its image exists, must be
+        // refused it.
+        let refused_failing = if makes_image {
+            let _ = fail_late(format!("{name}-failing"), key.clone()).await;
+            refused_to(account, &name)
+        } else {
+            BTreeSet::new()
+        };
+        if !refused_failing.contains(action) {
+            spare.push(action.clone());
+        }
+    }
+    assert!(spare.is_empty(), "{}: granted and never called, on success nor after a failure: {spare:?}\npolicy: {policy:#}", case.label);
+    eprintln!(
+        "policy of {}: {} actions, each needed",
+        case.label,
+        actions.len()
+    );
+    actions.len()
+}
+
+/// `amiflow policy` prints what a local build of each example needs and nothing more, in the
+/// simulated account: its front door decides each call of an IAM user holding exactly the
+/// printed policy, conditions and resources included, as it does the deployed roles'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_builds_need_exactly_the_printed_policy() {
+    let test = "policy::local_builds_need_exactly_the_printed_policy";
+    let als = match Als::find() {
+        Ok(als) => als,
+        Err(missing) => return eprintln!("SKIP {test}: {missing}"),
+    };
+    let account = match Account::start(json!({}), &als) {
+        Ok(a) => a,
+        Err(why) => return eprintln!("SKIP {test}: {why}"),
+    };
+    // Resources change state at once and announce nothing: local builds poll.
+    account.ec2_events(json!({"delay_ms": 0, "emit": false}));
+    let proxy = FaultProxy::start(port_of(account.ready["aws_endpoint"].as_str().unwrap())).await;
+    for case in cases() {
+        needs_exactly_its_policy(&account, &proxy, &case).await;
+    }
     // The enforcement is real: a user allowed nothing of EC2 is refused at the first call.
-    let nothing = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]});
-    let stranger = user_with(&iam, "stranger", &nothing).await;
-    let (ok, out) = build_as(&moto, &template, "stranger", &stranger).await;
-    assert!(!ok && refused(&out), "{out}");
+    let nothing = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]});
+    let stranger = user(&account, "stranger", &nothing);
+    let (ok, out) = build_at(
+        &proxy.url(),
+        &for_run(&example("ebs-basic"), "stranger", &stranger, false),
+        &stranger,
+    )
+    .await;
+    assert!(!ok && !refused_to(&account, "stranger").is_empty(), "{out}");
 }
 
 /// Each build of a template signs with its own credentials, given as sensitive variables

@@ -54,8 +54,8 @@ fn repo_root() -> PathBuf {
 
 /// The simulated account: moto (IAM enforced) and tests/simacct/account.py serving Lambda,
 /// the front door to moto and the control API. Stopped by PID when dropped.
-struct Account {
-    ready: Value,
+pub(super) struct Account {
+    pub(super) ready: Value,
     control_port: u16,
     stdin: Option<ChildStdin>,
     child: ChildGuard,
@@ -103,7 +103,7 @@ async fn sdk_as(
         .await
 }
 
-fn port_of(url: &str) -> u16 {
+pub(super) fn port_of(url: &str) -> u16 {
     url.rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
@@ -112,7 +112,7 @@ fn port_of(url: &str) -> u16 {
 
 impl Account {
     /// Starts moto and the account, or says why the test must skip.
-    fn start(host_env: Value, als: &Als) -> Result<Account, String> {
+    pub(super) fn start(host_env: Value, als: &Als) -> Result<Account, String> {
         let python = cache_dir().join("venv/bin/python");
         let probe = Command::new(&python)
             .args(["-c", "import samtranslator, moto, boto3"])
@@ -198,7 +198,7 @@ impl Account {
         })
     }
 
-    fn control(&self, method: &str, path: &str, body: &Value) -> Value {
+    pub(super) fn control(&self, method: &str, path: &str, body: &Value) -> Value {
         let (status, text) = http_request(self.control_port, method, path, &body.to_string())
             .unwrap_or_else(|e| panic!("control {path}: {e:#}"));
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -207,11 +207,11 @@ impl Account {
     }
 
     /// Counts since the last call: invocations per function, cold starts, refusals, AWS calls.
-    fn stats(&self) -> Value {
+    pub(super) fn stats(&self) -> Value {
         self.control("GET", "/stats?reset=1", &Value::Null)
     }
 
-    fn inventory(&self) -> BTreeSet<String> {
+    pub(super) fn inventory(&self) -> BTreeSet<String> {
         let query: Vec<String> = REGIONS.iter().map(|r| format!("region={r}")).collect();
         let v = self.control(
             "GET",
@@ -448,7 +448,7 @@ impl Account {
 
     /// How EC2's state changes come (front.py's Ec2Events): the delay of each transition
     /// and whether its event is sent; returns the settings.
-    fn ec2_events(&self, settings: Value) -> Value {
+    pub(super) fn ec2_events(&self, settings: Value) -> Value {
         self.control("POST", "/ec2-events", &settings)
     }
 

@@ -288,6 +288,16 @@ class Control:
             raise ValueError(f"{function_logical}'s role {role} does not allow {action}")
         return {"role": role, "policies": removed}
 
+    def user(self, name: str, document: dict[str, Any]) -> dict[str, str]:
+        """An IAM user whose one policy is `document` (what `amiflow policy` printed), and its
+        key: the front door decides its calls on that policy, as a function's on its role's."""
+        iam = self.account.client("iam")
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="amiflow-policy", PolicyDocument=json.dumps(document))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        self.account.credentials[key["AccessKeyId"]] = {"label": f"user {name}", "user": name, "secret": key["SecretAccessKey"], "token": None}
+        return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
     def restore(self) -> dict[str, Any]:
         iam = self.account.client("iam")
         for role, name, doc in self.saved_policies.values():
@@ -421,6 +431,8 @@ def _control_handler(control: Control) -> type[BaseHTTPRequestHandler]:
                     return self._answer(200, control.inventory(q.get("region", [control.account.region])))
                 if path == "/remove-action":
                     return self._answer(200, control.remove_action(arg["function"], arg["action"]))
+                if path == "/users":
+                    return self._answer(200, control.user(arg["name"], arg["policy"]))
                 if path == "/restore-roles":
                     return self._answer(200, control.restore())
                 if path == "/events":
@@ -502,7 +514,7 @@ def main() -> int:
 
         def function_caller(key: str) -> dict[str, str] | None:
             c = account.caller(key)
-            return c if c and c.get("role") else None
+            return c if c and (c.get("role") or c.get("user")) else None
 
         front = Front(account.moto_url, account, account.work_dir, function_caller, account.region)
         front.state_machine_arn = stack.physical_id(sm_logical)

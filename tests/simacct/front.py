@@ -629,7 +629,16 @@ class Front:
         names = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
         return [iam.get_role_policy(RoleName=role_name, PolicyName=n)["PolicyDocument"] for n in names]
 
-    def pass_role_refusal(self, caller: str, role_name: str, form: dict[str, list[str]]) -> tuple[str, str] | None:
+    def documents_of(self, caller: dict[str, str]) -> list[dict[str, Any]]:
+        """The caller's policies: a function's role's, or an IAM user's (a local build run
+        with the keys of a user holding `amiflow policy`'s output)."""
+        if caller.get("user"):
+            iam = self.admin.client("iam")
+            names = iam.list_user_policies(UserName=caller["user"])["PolicyNames"]
+            return [iam.get_user_policy(UserName=caller["user"], PolicyName=n)["PolicyDocument"] for n in names]
+        return self.role_documents(caller["role"])
+
+    def pass_role_refusal(self, caller: str, principal: dict[str, str], form: dict[str, list[str]]) -> tuple[str, str] | None:
         """(role passed, message) when RunInstances passes a role the caller may not pass."""
         profile = (form.get("IamInstanceProfile.Name") or form.get("IamInstanceProfile.Arn") or [""])[0]
         if not profile:
@@ -640,7 +649,7 @@ class Front:
             roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
         except Exception:  # EC2 itself answers for a profile that does not exist
             return None
-        documents = self.role_documents(role_name)
+        documents = self.documents_of(principal)
         for role in roles:
             if not policy.allowed(documents, "iam:PassRole", role["Arn"], {"iam:PassedToService": "ec2.amazonaws.com"}):
                 return role["Arn"], f"is not authorized to perform: iam:PassRole on resource: {role['Arn']}"
@@ -870,7 +879,7 @@ class Front:
         resources = self.scoped_resources(action, region, body)
         if resources is None:
             return False
-        documents = self.role_documents(caller["role"])
+        documents = self.documents_of(caller)
         for arn, context in resources:
             if not policy.allowed(documents, action, arn, context):
                 return f"User: {caller['label']} is not authorized to perform: {action} on resource: {arn}"
@@ -1079,7 +1088,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
             headers["Content-Length"] = str(len(body))
             if caller and action == "ec2:RunInstances":
-                refused = front.pass_role_refusal(label, caller["role"], urllib.parse.parse_qs(body.decode(errors="replace")))
+                refused = front.pass_role_refusal(label, caller, urllib.parse.parse_qs(body.decode(errors="replace")))
                 if refused:
                     message = f"You are not authorized to perform this operation. User: {label} {refused[1]}"
                     front.record_denial(label, "iam:PassRole", message)
@@ -1149,7 +1158,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 headers = front.signed_by_admin(self.command, self.path, headers, body)
             elif caller and service == "s3" and self.command == "HEAD" and len(parts) == 1:
                 bucket_arn = f"arn:aws:s3:::{parts[0]}"
-                if not policy.allowed(front.role_documents(caller["role"]), "s3:ListBucket", bucket_arn):
+                if not policy.allowed(front.documents_of(caller), "s3:ListBucket", bucket_arn):
                     front.record_denial(label, "s3:ListBucket", f"HeadBucket {parts[0]}: not allowed s3:ListBucket on {bucket_arn}")
                     return self._send(403, [], b"")
                 headers = front.signed_by_admin(self.command, self.path, headers, body)

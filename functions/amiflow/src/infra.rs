@@ -362,6 +362,15 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
     }
 }
 
+/// Whether an EC2 call (`RunInstances`, without `ec2:`) creates something, and so may tag
+/// it at creation (`ec2:CreateAction`).
+pub fn is_creating_ec2_call(call: &str) -> bool {
+    ["Create", "Run", "Copy", "Register", "Import", "Request"]
+        .iter()
+        .any(|verb| call.starts_with(verb))
+        && call != "CreateTags"
+}
+
 /// A step's statements by reach (iam:PassRole apart), as patterns: see [`reach_statements`].
 pub fn step_statements(spec: &StepSpec) -> Vec<Value> {
     let (actions, _) = split_actions(spec);
@@ -369,12 +378,7 @@ pub fn step_statements(spec: &StepSpec) -> Vec<Value> {
     let creating: Vec<String> = actions
         .iter()
         .filter_map(|a| a.strip_prefix("ec2:"))
-        .filter(|a| {
-            ["Create", "Run", "Copy", "Register", "Import", "Request"]
-                .iter()
-                .any(|verb| a.starts_with(verb))
-                && *a != "CreateTags"
-        })
+        .filter(|a| is_creating_ec2_call(a))
         .map(str::to_string)
         .collect();
     let mut by_reach: std::collections::BTreeMap<Reach, Vec<String>> = Default::default();

@@ -13,8 +13,8 @@ use serde_json::{json, Map, Value};
 
 use crate::interactive::{check_console, Console, Interactive, Terminal};
 use crate::progress::{Output, Progress};
-use crate::validate::TemplateArgs;
-use crate::{machine, manifest, validate};
+use crate::{machine, manifest};
+use amiflow_cli::validate::TemplateArgs;
 
 /// The definition deployed to Step Functions, byte for byte (a test keeps it in sync
 /// with the flows).
@@ -156,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let loaded = match args.template.load(&opts)? {
         Ok(l) => l,
         Err(problems) => {
-            validate::print_problems(&args.template.template, &problems);
+            amiflow_cli::validate::print_problems(&args.template.template, &problems);
             return Ok(1);
         }
     };
@@ -164,11 +164,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     // from the execution input, as it does in Step Functions.
     let prepared = match loaded.prepare() {
         Ok(p) => {
-            validate::print_warnings(&p.warnings);
+            amiflow_cli::validate::print_warnings(&p.warnings);
             p
         }
         Err(problems) => {
-            validate::print_problems(&args.template.template, &problems);
+            amiflow_cli::validate::print_problems(&args.template.template, &problems);
             return Ok(1);
         }
     };

@@ -13,11 +13,11 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    let text = crate::validate::read_template(&args.template)?;
+    let text = amiflow_cli::validate::read_template(&args.template)?;
     let hcl = match amiflow_template::hcl2::upgrade::upgrade(&text) {
         Ok(h) => h,
         Err(problems) => {
-            crate::validate::print_problems(&args.template, &problems);
+            amiflow_cli::validate::print_problems(&args.template, &problems);
             return Ok(1);
         }
     };

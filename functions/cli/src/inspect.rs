@@ -16,7 +16,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let summary = if amiflow_template::is_hcl2_path(&args.template) {
         amiflow_template::hcl2::inspect(&args.template)
     } else {
-        amiflow_template::inspect(&crate::validate::read_template(&args.template)?)
+        amiflow_template::inspect(&amiflow_cli::validate::read_template(&args.template)?)
     };
     match summary {
         Ok(summary) if args.json => {

@@ -1,6 +1,6 @@
 //! The `amiflow` command. One module per subcommand.
 
-use amiflow_cli::{approve, clean, policy, redrive, start, watch};
+use amiflow_cli::{approve, clean, policy, redrive, start, validate, watch};
 use clap::{Parser, Subcommand};
 
 mod build;
@@ -11,7 +11,6 @@ mod machine;
 mod manifest;
 mod progress;
 mod serve_lambdas;
-mod validate;
 
 #[derive(Parser)]
 #[command(

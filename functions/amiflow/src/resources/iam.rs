@@ -45,6 +45,14 @@ pub const CLEANUP_ACTIONS: &[&str] = &[
     "iam:DeleteRole",
 ];
 
+/// Whether IamInstanceProfile makes a temporary role and profile for this build
+/// (`temporary_iam_instance_profile_policy_document`).
+pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
+    config
+        .run()
+        .is_some_and(|r| r.temporary_iam_instance_profile_policy_document.is_some())
+}
+
 /// The name of the build's temporary role and instance profile: the same on every retry.
 pub fn temporary_name(state: &BuildState) -> String {
     temp_name(state, "amiflow", "Iam").replace('_', "-")

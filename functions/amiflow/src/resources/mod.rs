@@ -74,6 +74,9 @@ pub struct Scope {
     /// [`crate::provision::ssm::staging_prefixes`]. A command that ran to its end removed
     /// its own; a failed or stopped build's stay until swept here.
     pub staging: Vec<(String, String)>,
+    /// The kinds the sweep searches by tag: for a build's Cleanup those its config can
+    /// make ([`Kind::made_by`]); for the janitor every kind.
+    pub kinds: Vec<Kind>,
 }
 
 impl Scope {
@@ -93,12 +96,14 @@ impl Scope {
             iam_names: Vec::new(),
             vouched: Vec::new(),
             staging: Vec::new(),
+            kinds: Kind::CLEANUP_ORDER.to_vec(),
         }
     }
 
-    /// Whether the sweep of `kind` searches by tag (the ledger does not vouch for it).
+    /// Whether the sweep of `kind` searches by tag: the build can make it, and the ledger
+    /// does not vouch for it. (What the ledger holds is removed either way.)
     pub fn searches(&self, kind: Kind) -> bool {
-        !self.vouched.contains(&kind)
+        self.kinds.contains(&kind) && !self.vouched.contains(&kind)
     }
 
     /// EC2 filters matching what the scope covers: the execution, and the build when one.
@@ -308,6 +313,59 @@ impl Kind {
             Kind::S3Bucket => s3::BUCKET_CLEANUP_ACTIONS,
             Kind::Iam => iam::CLEANUP_ACTIONS,
         }
+    }
+
+    /// Whether a build of this config can make a resource of this kind: Cleanup of a
+    /// failed build searches only these ([`Scope::kinds`]), and `amiflow policy` grants only
+    /// their finding and removal. The janitor, knowing no config, searches every kind.
+    pub fn made_by(self, build: &amiflow_template::PreparedBuild) -> bool {
+        use amiflow_template::BuilderType as B;
+        let config = &build.config;
+        let keeps_a_launch_volume = || {
+            config
+                .launch_block_device_mappings()
+                .iter()
+                .any(|d| !d.delete_on_termination)
+        };
+        match self {
+            Kind::Instance => config.run().is_some(),
+            Kind::KeyPair => key_pair::made_for(config),
+            Kind::SecurityGroup => security_group::made_for(config),
+            Kind::Volume => match build.builder_type {
+                B::Chroot | B::EbsVolume | B::EbsSurrogate => true,
+                B::Ebs | B::Instance => keeps_a_launch_volume(),
+            },
+            Kind::Image => match build.builder_type {
+                B::EbsVolume => false,
+                _ => !config.skip_create_ami(),
+            },
+            // An image's snapshots go with it (Image); these are the ones no image holds yet.
+            Kind::Snapshot => match build.builder_type {
+                B::Instance => false,
+                B::EbsVolume => snapshot::made_by_ebsvolume(config),
+                _ => !config.skip_create_ami(),
+            },
+            Kind::S3Object => {
+                build.builder_type == B::Instance || config.comm().is_some_and(|c| c.is_ssm())
+            }
+            Kind::S3Bucket => build.builder_type == B::Instance,
+            Kind::Iam => iam::made_for(config),
+        }
+    }
+
+    /// The actions Cleanup calls for this kind in a build of this config (after a failure,
+    /// or on success for what the ledger holds): its finding and removal, spot requests
+    /// only for a spot build.
+    pub fn cleanup_calls(self, build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+        if !self.made_by(build) {
+            return Vec::new();
+        }
+        let spot = build.config.is_spot();
+        self.cleanup_actions()
+            .iter()
+            .copied()
+            .filter(|a| spot || !spot_request::ACTIONS.contains(a))
+            .collect()
     }
 
     /// Whether this kind is removed only once every instance is gone (security groups and

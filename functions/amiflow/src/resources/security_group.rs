@@ -17,6 +17,25 @@ pub const REACH: &[(&str, Reach)] = &[
 
 pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeSecurityGroups", "ec2:DeleteSecurityGroup"];
 
+/// Whether SecurityGroup makes a temporary group for this build: it launches an instance,
+/// names no group of its own (`security_group_id(s)`, `security_group_filter`) and has a
+/// communicator (`none` needs no group).
+pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
+    let Some(run) = config.run() else {
+        return false;
+    };
+    let named = !run.security_group_ids.is_empty()
+        || run
+            .security_group_id
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        || run
+            .security_group_filter
+            .as_ref()
+            .is_some_and(|f| !f.filters.is_empty());
+    !named && !config.comm().is_some_and(|c| c.is_none())
+}
+
 /// Deletes a group: Ok(true) when deleted, Ok(false) when gone already, `NotReady` while
 /// it is in use.
 pub async fn remove(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError> {

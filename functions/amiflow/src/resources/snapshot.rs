@@ -18,6 +18,12 @@ pub const REACH: &[(&str, Reach)] = &[
 
 pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeSnapshots", "ec2:DeleteSnapshot"];
 
+/// Whether an amazon-ebsvolume build snapshots one of its volumes (`snapshot_volume`).
+pub fn made_by_ebsvolume(config: &amiflow_template::BuilderConfig) -> bool {
+    matches!(config, amiflow_template::BuilderConfig::EbsVolume(c)
+        if c.ebs_volumes.iter().any(|v| v.snapshot_volume))
+}
+
 /// Deletes a snapshot: Ok(true) when deleted, Ok(false) when gone already, `NotReady`
 /// while an image still uses it.
 pub async fn remove(ctx: &Ctx, region: &str, id: &str) -> Result<bool, StepError> {

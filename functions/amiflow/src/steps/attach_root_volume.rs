@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{
     EbsInstanceBlockDeviceSpecification, InstanceBlockDeviceMappingSpecification, VolumeState,
 };
 
-use super::swap_volumes::swap;
+use super::swap_volumes::{swap, swaps};
 use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
@@ -20,11 +20,22 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:ModifyInstanceAttribute",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::VOLUMES_DETACHED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: with `use_create_image` ([`swaps`]) every one of its
+/// actions (the detached volumes, the free root slot, the attach, DeleteOnTermination);
+/// without it nothing (SwapVolumes planned no swap).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if swaps(build) {
+        SPEC.iam_actions.to_vec()
+    } else {
+        Vec::new()
+    }
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let Some(plan) = swap(&state) else {
@@ -134,4 +145,28 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         })?;
     waits::ROOT_VOLUME_ATTACHED.begin(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn attaches_only_with_create_image() {
+        let surrogate = |create_image: bool| {
+            local_calls(&build(
+                "amazon-ebssurrogate",
+                serde_json::json!({"use_create_image": create_image}),
+            ))
+        };
+        assert_eq!(surrogate(true), SPEC.iam_actions);
+        assert!(surrogate(false).is_empty());
+    }
 }

@@ -15,11 +15,32 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:AttachVolume",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeVolumes (a retried step's own attachment) and
+/// AttachVolume always; DescribeInstances (the host's devices in use) only without
+/// `device_path` ([`pinned_device`]).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let pinned = match &build.config {
+        amiflow_template::BuilderConfig::Chroot(c) => pinned_device(c).is_some(),
+        _ => false,
+    };
+    let mut calls = vec!["ec2:DescribeVolumes"];
+    if !pinned {
+        calls.push("ec2:DescribeInstances");
+    }
+    calls.push("ec2:AttachVolume");
+    calls
+}
+
+/// `device_path`, when it pins the device name (else a free one is looked for).
+pub(crate) fn pinned_device(cfg: &amiflow_template::config::chroot::ChrootConfig) -> Option<&str> {
+    cfg.device_path.as_deref().filter(|d| !d.is_empty())
+}
 
 /// `/dev/xvdf` and `xvdf` are `/dev/sdf` to EC2.
 pub fn ec2_name(device: &str) -> String {
@@ -62,7 +83,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
 
-    let candidates = match cfg.device_path.as_deref().filter(|d| !d.is_empty()) {
+    let candidates = match pinned_device(&cfg) {
         Some(d) => vec![ec2_name(d)],
         None => {
             let mut used: Vec<String> = Vec::new();
@@ -169,5 +190,26 @@ mod tests {
         assert_eq!(free.first().map(String::as_str), Some("/dev/sdi"));
         assert_eq!(free.len(), 8);
         assert_eq!(ec2_name("/dev/xvdf"), "/dev/sdf");
+    }
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pinned_device_path_looks_at_no_host_devices() {
+        let free = local_calls(&build(
+            "amazon-chroot",
+            serde_json::json!({"device_path": ""}),
+        ));
+        assert!(free.contains(&"ec2:DescribeInstances"), "{free:?}");
+        let pinned = local_calls(&build(
+            "amazon-chroot",
+            serde_json::json!({"device_path": "/dev/sdg"}),
+        ));
+        assert_eq!(pinned, vec!["ec2:DescribeVolumes", "ec2:AttachVolume"]);
     }
 }

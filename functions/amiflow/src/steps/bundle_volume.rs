@@ -13,12 +13,25 @@ pub const SPEC: StepSpec = StepSpec {
     // s3:ListBucket: the keys already under the bundle's prefix, which are not this build's.
     iam_actions: &["ec2:DescribeInstances", "ssm:GetParameter", "s3:ListBucket"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     // A bundle of a large volume takes a while: Lambda's maximum.
     timeout_seconds: 900,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeInstances (the architecture) and ListBucket (the
+/// keys already under the bundle's prefix) always, plus the SSH session's calls
+/// ([`super::upload_x509_cert::session_calls`]: the temporary key's GetParameter).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let mut calls = vec!["ec2:DescribeInstances", "s3:ListBucket"];
+    for call in super::upload_x509_cert::session_calls(build) {
+        if !calls.contains(&call) {
+            calls.push(call);
+        }
+    }
+    calls
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let c = config(&state)?.clone();
@@ -78,4 +91,29 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         )),
     );
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_the_temporary_key_only_without_a_key_file() {
+        let calls = |c: serde_json::Value| local_calls(&build("amazon-instance", c));
+        assert_eq!(
+            calls(serde_json::json!({})),
+            vec!["ec2:DescribeInstances", "s3:ListBucket", "ssm:GetParameter"]
+        );
+        assert_eq!(
+            calls(serde_json::json!({"ssh_private_key_file": "id", "ssh_host": "10.0.0.1"})),
+            vec!["ec2:DescribeInstances", "s3:ListBucket"]
+        );
+    }
 }

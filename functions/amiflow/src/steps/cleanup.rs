@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use crate::prelude::*;
 pub use crate::resources::CleanupReport;
-use crate::resources::{self, Scope, CLEANUP_ACTIONS};
+use crate::resources::{self, Kind, Scope, CLEANUP_ACTIONS};
 use crate::state::ARTIFACT_TAG;
 
 pub const SPEC: StepSpec = StepSpec {
@@ -22,13 +22,25 @@ pub const SPEC: StepSpec = StepSpec {
     // Marking the artifacts, and every resource kind's finding and removal.
     iam_actions: &ACTIONS,
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::INSTANCE_TERMINATED),
     timeout_seconds: 300,
     handler: handler!(run),
 };
 
 const MARK_ACTIONS: &[&str] = &["ec2:CreateTags"];
+
+/// What a local build calls here, on success or after a failure: the finding and removal
+/// of each kind its config can make ([`Kind::cleanup_calls`]), and the marking of its
+/// artifacts.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let mut calls: Vec<&'static str> = Kind::CLEANUP_ORDER
+        .into_iter()
+        .flat_map(|k| k.cleanup_calls(build))
+        .collect();
+    calls.extend(MARK_ACTIONS);
+    calls
+}
 const ACTIONS: [&str; MARK_ACTIONS.len() + CLEANUP_ACTIONS.len()] = {
     let mut out = [""; MARK_ACTIONS.len() + CLEANUP_ACTIONS.len()];
     let mut i = 0;
@@ -110,6 +122,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         } else {
             Vec::new()
         },
+        kinds: Kind::CLEANUP_ORDER
+            .into_iter()
+            .filter(|k| k.made_by(&state.build))
+            .collect(),
     };
     let mut ledger = state.ledger.clone();
     crate::builders::instance_store::discover(ctx, &state, &mut ledger).await?;

@@ -30,11 +30,58 @@ pub const SPEC: StepSpec = StepSpec {
     ],
     // About an hour of polling: longer than any sensible ssh_timeout, which the handler enforces.
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::CONNECT),
     timeout_seconds: 60,
     handler: handler!(connect),
 };
+
+/// What a local build calls here: over SSH what logging in calls ([`ssh_calls`]); over
+/// SSM DescribeInstanceInformation (whether the agent is online); with `none` nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(comm) = build.config.comm() else {
+        return Vec::new();
+    };
+    match Communication::from_config(comm, build.config.build_region()).map(|c| c.communicator) {
+        Ok(Communicator::Ssh) => ssh_calls(build),
+        Ok(Communicator::Ssm) => vec!["ssm:DescribeInstanceInformation"],
+        Ok(Communicator::None) | Err(_) => Vec::new(),
+    }
+}
+
+/// What logging in to the instance over SSH calls ([`ssh_target`]), for Connect and
+/// Provision: GetParameter for the temporary key's private half (no `ssh_password` nor
+/// `ssh_private_key_file`), then DescribeInstances for its address unless `ssh_host`
+/// names it; nothing without credentials (the build fails first).
+pub(crate) fn ssh_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(comm) = build.config.comm() else {
+        return Vec::new();
+    };
+    let Ok(cfg) = Communication::from_config(comm, build.config.build_region()) else {
+        return Vec::new();
+    };
+    let mut calls = Vec::new();
+    if cfg.uses_temporary_key(&local_secrets(build)) {
+        if !crate::resources::key_pair::made_for(&build.config) {
+            return calls;
+        }
+        calls.push("ssm:GetParameter");
+    }
+    if cfg.ssh_host.is_none() {
+        calls.push("ec2:DescribeInstances");
+    }
+    calls
+}
+
+/// The secrets a local run of `build` logs in with: its `ssh_password` (`amiflow build`
+/// hands it over, as the config never serializes it).
+pub(crate) fn local_secrets(build: &amiflow_template::PreparedBuild) -> Secrets {
+    let mut secrets = Secrets::new();
+    if let Some(password) = build.config.comm().and_then(|c| c.ssh_password.clone()) {
+        secrets.set_ssh_password(password);
+    }
+    secrets
+}
 
 pub async fn connect(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     connect_with(ctx, state, &ctx.secrets).await
@@ -139,5 +186,39 @@ async fn wait_for_communicator(
                 AgentStatus::NotYet(why) => Err(StepError::NotReady(why)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn the_communicator_decides_and_ssh_reads_the_temporary_key_and_the_address() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(
+                json!({"communicator": "ssm", "iam_instance_profile": "ssm"})
+            )),
+            ["ssm:DescribeInstanceInformation"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"communicator": "ssh", "ssh_username": "u"}))),
+            ["ssm:GetParameter", "ec2:DescribeInstances"]
+        );
+        assert_eq!(
+            local_calls(&build(
+                json!({"communicator": "ssh", "ssh_username": "u", "ssh_password": "pw", "ssh_host": "127.0.0.1"})
+            )),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            local_calls(&build(
+                json!({"communicator": "ssh", "ssh_username": "u", "ssh_private_key_file": "k"})
+            )),
+            ["ec2:DescribeInstances"]
+        );
     }
 }

@@ -22,11 +22,64 @@ pub const SPEC: StepSpec = StepSpec {
         ("kms:GenerateDataKeyWithoutPlaintext", Reach::KmsViaEc2),
         ("kms:CreateGrant", Reach::KmsGrantForAwsResource),
     ],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: for each region copied into ([`copy_regions`]:
+/// `ami_regions`, and the build region when `encrypt_boot` copies the intermediary there)
+/// DescribeImages (a retry's own copy), CopyImage with its snapshots tagged (CreateTags)
+/// and CreateTags; the KMS actions EC2 uses the key with on the caller's behalf when the
+/// copies are encrypted ([`copies_encrypted`]); nothing without a region to copy into.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if copy_regions(&build.config).is_empty() {
+        return Vec::new();
+    }
+    let mut calls = vec!["ec2:DescribeImages", "ec2:CopyImage", "ec2:CreateTags"];
+    if copies_encrypted(&build.config) {
+        calls.extend([
+            "kms:DescribeKey",
+            "kms:CreateGrant",
+            "kms:ReEncrypt*",
+            "kms:GenerateDataKeyWithoutPlaintext",
+        ]);
+    }
+    calls
+}
+
+/// The regions the image is copied into: none without an image (`skip_create_ami`), else
+/// [`amiflow_template::BuilderConfig::copy_regions`].
+pub(crate) fn copy_regions(cfg: &amiflow_template::BuilderConfig) -> Vec<String> {
+    if cfg.skip_create_ami() {
+        Vec::new()
+    } else {
+        cfg.copy_regions()
+    }
+}
+
+/// Whether the copies are encrypted: `encrypt_boot`, or an encrypted volume in the image
+/// (a mapping with `encrypted` or a `kms_key_id`), whose copy EC2 makes encrypted too.
+pub(crate) fn copies_encrypted(cfg: &amiflow_template::BuilderConfig) -> bool {
+    let encrypts = |d: &amiflow_template::config::BlockDevice| {
+        d.encrypted == Some(true) || d.kms_key_id.as_deref().is_some_and(|k| !k.is_empty())
+    };
+    cfg.ami().is_some_and(|a| a.encrypt_boot == Some(true))
+        || cfg.ami_block_device_mappings().iter().any(encrypts)
+        || cfg
+            .launch_block_device_mappings()
+            .into_iter()
+            .any(|d| !d.omit_from_artifact && encrypts(d))
+}
+
+/// Whether the build ends with AMIs (`data.amis`) for the steps after the copies to
+/// deprecate, share and tag: not with `skip_create_ami`, nor when the build region's image
+/// is not kept (`skip_save_build_region`) and nothing is copied.
+pub(crate) fn leaves_amis(cfg: &amiflow_template::BuilderConfig) -> bool {
+    let kept = !cfg.ami().is_some_and(|a| a.skip_save_build_region);
+    !cfg.skip_create_ami() && (kept || !copy_regions(cfg).is_empty())
+}
 
 pub fn copies(state: &BuildState) -> BTreeMap<String, String> {
     state
@@ -57,7 +110,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         })?,
     };
     let mut copies = copies(&state);
-    for region in cfg.copy_regions() {
+    for region in copy_regions(&cfg) {
         if copies.contains_key(&region) {
             continue;
         }
@@ -138,4 +191,32 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     waits::COPIES_AVAILABLE.begin(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn copies_only_into_other_regions_and_uses_kms_only_when_encrypted() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert!(leaves_amis(&build(json!({})).config));
+        let copy = build(json!({"ami_regions": ["us-west-2"]}));
+        assert_eq!(
+            local_calls(&copy),
+            ["ec2:DescribeImages", "ec2:CopyImage", "ec2:CreateTags"]
+        );
+        let encrypted = local_calls(&build(
+            json!({"ami_regions": ["us-west-2"], "encrypt_boot": true}),
+        ));
+        assert!(encrypted.contains(&"kms:CreateGrant"), "{encrypted:?}");
+        // encrypt_boot alone copies the intermediary image back into the build region.
+        assert!(local_calls(&build(json!({"encrypt_boot": true}))).contains(&"ec2:CopyImage"));
+        assert!(local_calls(&build(
+            json!({"ami_regions": ["us-west-2"], "skip_create_ami": true})
+        ))
+        .is_empty());
+    }
 }

@@ -13,11 +13,20 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages (a retry's own image) and CreateImage
+/// tagged at creation (CreateTags), unless `skip_create_ami`.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if build.config.skip_create_ami() {
+        return Vec::new();
+    }
+    vec!["ec2:DescribeImages", "ec2:CreateImage", "ec2:CreateTags"]
+}
 
 /// CreateImage's error: "not in state" means the instance is still stopping (Transient,
 /// retried by the state); anything else as [`classify`] sees it.
@@ -134,4 +143,17 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.amis.insert(region, id);
     waits::IMAGE_AVAILABLE.begin(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn skip_create_ami_creates_nothing() {
+        assert_eq!(local_calls(&build(json!({}))).len(), 3);
+        assert!(local_calls(&build(json!({"skip_create_ami": true}))).is_empty());
+    }
 }

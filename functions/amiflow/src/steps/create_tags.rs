@@ -7,11 +7,30 @@ pub const SPEC: StepSpec = StepSpec {
     name: "CreateTags",
     iam_actions: &["ec2:CreateTags", "ec2:DescribeImages", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here, when it ends with AMIs
+/// ([`crate::steps::copy_image::leaves_amis`]): CreateTags with `tags`, or with
+/// `snapshot_tags` when the images have snapshots
+/// ([`crate::steps::wait_image_available::has_snapshots`]); else nothing. DescribeImages
+/// only finds the snapshots of an image the waits recorded none for, which they always do.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(ami) = build.config.ami() else {
+        return Vec::new();
+    };
+    let tags = !ami.tags.is_empty()
+        || (!ami.snapshot_tags.is_empty()
+            && crate::steps::wait_image_available::has_snapshots(build));
+    if tags && crate::steps::copy_image::leaves_amis(&build.config) {
+        vec!["ec2:CreateTags"]
+    } else {
+        Vec::new()
+    }
+}
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = ami_config(&state, SPEC.name)?;
@@ -71,4 +90,24 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn only_tags_tag() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(json!({"tags": {"Team": "images"}}))),
+            ["ec2:CreateTags"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"snapshot_tags": {"Team": "images"}}))),
+            ["ec2:CreateTags"]
+        );
+    }
 }

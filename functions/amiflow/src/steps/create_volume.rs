@@ -2,6 +2,7 @@
 //! (or empty with `from_scratch`), with `root_volume_*` options. Tagged at
 //! creation and recorded in the ledger; the ClientToken makes a retry create nothing new.
 
+use amiflow_template::BuilderConfig;
 use aws_sdk_ec2::types::VolumeType;
 
 use crate::builders::chroot::{self, BuildVolume, SourceImage, SourceMapping};
@@ -16,11 +17,23 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages (the source's root snapshot) unless
+/// `from_scratch`; CreateVolume, tagged at creation (CreateTags), always.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let from_scratch = matches!(&build.config, BuilderConfig::Chroot(c) if c.from_scratch);
+    let mut calls = Vec::new();
+    if !from_scratch {
+        calls.push("ec2:DescribeImages");
+    }
+    calls.extend(["ec2:CreateVolume", "ec2:CreateTags"]);
+    calls
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = chroot::config(&state)?.clone();
@@ -158,5 +171,31 @@ pub fn source_image(img: &aws_sdk_ec2::types::Image) -> SourceImage {
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn from_scratch_reads_no_source_image() {
+        let from_source = local_calls(&build("amazon-chroot", serde_json::json!({})));
+        assert_eq!(
+            from_source,
+            vec!["ec2:DescribeImages", "ec2:CreateVolume", "ec2:CreateTags"]
+        );
+        let scratch = local_calls(&build(
+            "amazon-chroot",
+            serde_json::json!({"from_scratch": true}),
+        ));
+        assert_eq!(scratch, vec!["ec2:CreateVolume", "ec2:CreateTags"]);
     }
 }

@@ -12,16 +12,37 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DeleteSnapshot",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
 
+/// What a local build calls here: with `force_deregister` (and an AMI to make: not
+/// `skip_create_ami`) ([`replaces`]) DescribeImages and DeregisterImage, and DeleteSnapshot
+/// with `force_delete_snapshot`; else nothing. (The last two only when an image of that
+/// name exists: what the option is for.)
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if !replaces(&build.config) {
+        return Vec::new();
+    }
+    let mut calls = vec!["ec2:DescribeImages", "ec2:DeregisterImage"];
+    if build.config.ami().is_some_and(|a| a.force_delete_snapshot) {
+        calls.push("ec2:DeleteSnapshot");
+    }
+    calls
+}
+
+/// Whether an existing image named `ami_name` is replaced: `force_deregister`, and the
+/// build makes an AMI (not `skip_create_ami`).
+pub(crate) fn replaces(cfg: &amiflow_template::BuilderConfig) -> bool {
+    cfg.ami().is_some_and(|a| a.force_deregister) && !cfg.skip_create_ami()
+}
+
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = &state.build.config;
     let ami = ami_config(&state, SPEC.name)?;
-    if !ami.force_deregister || cfg.skip_create_ami() {
+    if !replaces(cfg) {
         return Ok(state);
     }
     for region in cfg.target_regions() {
@@ -54,4 +75,31 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn only_force_deregister_replaces_and_force_delete_snapshot_deletes() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(json!({"force_deregister": true}))),
+            ["ec2:DescribeImages", "ec2:DeregisterImage"]
+        );
+        assert_eq!(
+            local_calls(&build(
+                json!({"force_deregister": true, "force_delete_snapshot": true})
+            ))
+            .len(),
+            3
+        );
+        assert!(local_calls(&build(
+            json!({"force_deregister": true, "skip_create_ami": true})
+        ))
+        .is_empty());
+    }
 }

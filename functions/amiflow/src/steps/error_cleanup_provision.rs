@@ -12,7 +12,7 @@
 
 use crate::provision::Provisioner;
 use crate::steps::connect::CONNECTED;
-use crate::steps::provision::{run_provisioners, Purpose, SPEC as PROVISION};
+use crate::steps::provision::{calls_running, run_provisioners, Purpose, SPEC as PROVISION};
 use crate::steps::StepSpec;
 use crate::waits;
 use crate::{handler, BuildState, Ctx, StepError};
@@ -22,11 +22,20 @@ pub const SPEC: StepSpec = StepSpec {
     // What Provision calls: the same communicators.
     iam_actions: PROVISION.iam_actions,
     reach: PROVISION.reach,
-    calls: PROVISION.calls,
+    calls: Some(local_calls),
     wait: Some(waits::PROVISION),
     timeout_seconds: 900,
     handler: handler!(run),
 };
+
+/// What a local build calls here: what Provision calls running the
+/// `error-cleanup-provisioner` alone ([`calls_running`]); nothing without one.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    match &build.error_cleanup_provisioner {
+        Some(p) => calls_running(build, std::slice::from_ref(p), Purpose::ErrorCleanup),
+        None => Vec::new(),
+    }
+}
 
 /// Where the outcome is recorded in `data.extra`.
 pub const OUTCOME: &str = "error_cleanup";
@@ -127,6 +136,37 @@ mod tests {
             s.data.extra.insert(CONNECTED.into(), json!(true));
         }
         s
+    }
+
+    #[test]
+    fn calls_what_its_provisioner_calls_over_the_communicator() {
+        use crate::steps::prepare::fixture::{builder, template};
+        let with = |keys: serde_json::Value, provisioner: Option<serde_json::Value>| {
+            let mut t = json!({"builders": [builder(keys)]});
+            if let Some(p) = provisioner {
+                t["error-cleanup-provisioner"] = p;
+            }
+            local_calls(&template(t))
+        };
+        let ssm = json!({"communicator": "ssm", "iam_instance_profile": "ssm"});
+        assert!(with(ssm.clone(), None).is_empty());
+        assert_eq!(
+            with(ssm, Some(json!({"type": "shell", "inline": ["true"]}))),
+            [
+                "ssm:ListCommands",
+                "ssm:SendCommand",
+                "ssm:GetCommandInvocation"
+            ]
+        );
+        // Over SSH it logs in whatever the provisioner, as Provision does.
+        let ssh = json!({"communicator": "ssh", "ssh_username": "u"});
+        assert_eq!(
+            with(
+                ssh,
+                Some(json!({"type": "shell-local", "inline": ["true"]}))
+            ),
+            ["ssm:GetParameter", "ec2:DescribeInstances"]
+        );
     }
 
     #[test]

@@ -27,11 +27,17 @@ pub const STEP: StepSpec = StepSpec {
     name: "Finalize",
     iam_actions: &["ssm:GetParametersByPath", "ssm:DeleteParameter"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: 30,
     handler: crate::handler!(finalize),
 };
+
+/// What a local build calls here: nothing. Its one call removes a deployed execution's
+/// sensitive variables' parameters; a local build holds their values, in no parameter.
+fn local_calls(_: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    Vec::new()
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

@@ -5,6 +5,7 @@
 //! service, as Packer does. A deployed stack runs commands as root on the host, so it takes
 //! only a host the operator tagged `amiflow:build-host` = the stack's name, whoever named it.
 
+use amiflow_template::config::chroot::ChrootConfig;
 use aws_sdk_ec2::types::Tag;
 
 use crate::builders::chroot::{self, Host};
@@ -21,44 +22,62 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
-pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let cfg = chroot::config(&state)?;
-    let region = state.build.config.build_region().to_string();
-    let ec2 = ctx.ec2(&region);
-    let (req, found_by, what) = if let Some(id) = cfg
+/// The build host as the template names it.
+pub(crate) enum NamedHost<'a> {
+    /// `chroot_host_instance_id`.
+    Id(&'a str),
+    /// `chroot_host_filter`'s filters.
+    Filter(&'a BTreeMap<String, String>),
+}
+
+/// The build host the template names: `chroot_host_instance_id`, else a non-empty
+/// `chroot_host_filter`; None leaves it to the stack's `BuildHostInstanceId`, else to this
+/// machine's own metadata (a local run on the host).
+pub(crate) fn named_host(cfg: &ChrootConfig) -> Option<NamedHost<'_>> {
+    if let Some(id) = cfg
         .chroot_host_instance_id
         .as_deref()
         .filter(|s| !s.is_empty())
     {
-        (
+        return Some(NamedHost::Id(id));
+    }
+    cfg.chroot_host_filter
+        .as_ref()
+        .filter(|f| !f.filters.is_empty())
+        .map(|f| NamedHost::Filter(&f.filters))
+}
+
+pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
+    let cfg = chroot::config(&state)?;
+    let region = state.build.config.build_region().to_string();
+    let ec2 = ctx.ec2(&region);
+    let (req, found_by, what) = match (named_host(cfg), &ctx.stack.build_host_instance_id) {
+        (Some(NamedHost::Id(id)), _) => (
             ec2.describe_instances().instance_ids(id),
             "instance_id",
             id.to_string(),
-        )
-    } else if let Some(f) = cfg
-        .chroot_host_filter
-        .as_ref()
-        .filter(|f| !f.filters.is_empty())
-    {
-        let mut req = ec2
-            .describe_instances()
-            .filters(filter("instance-state-name", ["running"]));
-        for (name, values) in &f.filters {
-            req = req.filters(filter(
-                name,
-                values.split(',').map(|v| v.trim().to_string()),
-            ));
+        ),
+        (Some(NamedHost::Filter(filters)), _) => {
+            let mut req = ec2
+                .describe_instances()
+                .filters(filter("instance-state-name", ["running"]));
+            for (name, values) in filters {
+                req = req.filters(filter(
+                    name,
+                    values.split(',').map(|v| v.trim().to_string()),
+                ));
+            }
+            (req, "filter", format!("chroot_host_filter {filters:?}"))
         }
-        (req, "filter", format!("chroot_host_filter {:?}", f.filters))
-    } else if let Some(id) = ctx.stack.build_host_instance_id.as_deref() {
-        (
+        (None, Some(id)) => (
             ec2.describe_instances().instance_ids(id),
             "stack",
             format!("the stack's BuildHostInstanceId {id}"),
-        )
-    } else {
-        let id = own_instance_id().await?;
-        (ec2.describe_instances().instance_ids(&id), "imds", id)
+        ),
+        (None, None) => {
+            let id = own_instance_id().await?;
+            (ec2.describe_instances().instance_ids(&id), "imds", id)
+        }
     };
     let out = req
         .send()

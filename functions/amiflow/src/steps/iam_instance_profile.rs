@@ -24,11 +24,57 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::PROFILE_USABLE),
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: for a named `iam_instance_profile` GetInstanceProfile
+/// (unless `skip_profile_validation`); for a temporary profile
+/// (`temporary_iam_instance_profile_policy_document`) CreateRole and CreateInstanceProfile
+/// tagged (TagRole, TagInstanceProfile), PutRolePolicy, GetInstanceProfile,
+/// AddRoleToInstanceProfile and the RunInstances dry run; PassRole with either (the
+/// instance gets the profile); nothing without a profile.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(run) = build.config.run() else {
+        return Vec::new();
+    };
+    if named_profile(run).is_some() {
+        return if run.skip_profile_validation {
+            vec!["iam:PassRole"]
+        } else {
+            vec!["iam:GetInstanceProfile", "iam:PassRole"]
+        };
+    }
+    if !iam::made_for(&build.config) {
+        return Vec::new();
+    }
+    vec![
+        "iam:CreateRole",
+        "iam:TagRole",
+        "iam:PutRolePolicy",
+        "iam:CreateInstanceProfile",
+        "iam:TagInstanceProfile",
+        "iam:GetInstanceProfile",
+        "iam:AddRoleToInstanceProfile",
+        "iam:PassRole",
+        "ec2:RunInstances",
+    ]
+}
+
+/// The existing profile the template names (`iam_instance_profile`).
+pub(crate) fn named_profile(run: &RunConfig) -> Option<&str> {
+    run.iam_instance_profile
+        .as_deref()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the source instance gets an instance profile (so launching it passes the
+/// profile's role): a named one, or the temporary one.
+pub(crate) fn gets_profile(config: &amiflow_template::BuilderConfig) -> bool {
+    config.run().and_then(named_profile).is_some() || iam::made_for(config)
+}
 
 const ASSUME_EC2: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
@@ -36,11 +82,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     let region = state.build.config.build_region().to_string();
     let cfg = run_config(&state, SPEC.name)?.clone();
     let iam = ctx.iam();
-    if let Some(name) = cfg
-        .iam_instance_profile
-        .as_deref()
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(name) = named_profile(&cfg) {
         if !cfg.skip_profile_validation {
             iam.get_instance_profile()
                 .instance_profile_name(name)
@@ -166,4 +208,36 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn a_named_profile_is_validated_and_a_temporary_one_made() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert!(!gets_profile(&build(json!({})).config));
+        let named = build(json!({"iam_instance_profile": "builder"}));
+        assert_eq!(
+            local_calls(&named),
+            ["iam:GetInstanceProfile", "iam:PassRole"]
+        );
+        assert!(gets_profile(&named.config));
+        assert_eq!(
+            local_calls(&build(
+                json!({"iam_instance_profile": "builder", "skip_profile_validation": true})
+            )),
+            ["iam:PassRole"]
+        );
+        let temporary = build(json!({"temporary_iam_instance_profile_policy_document": {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["*"]}]
+        }}));
+        let calls = local_calls(&temporary);
+        assert!(calls.contains(&"iam:CreateRole") && calls.contains(&"iam:PassRole"));
+        assert!(gets_profile(&temporary.config));
+    }
 }

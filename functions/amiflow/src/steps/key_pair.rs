@@ -19,11 +19,30 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:AddTagsToResource",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: for a temporary key pair ([`key_pair::made_for`]: SSH
+/// without `ssh_keypair_name`, `ssh_private_key_file`, `ssh_agent_auth` or `ssh_password`)
+/// DescribeKeyPairs and GetParameter (a retry's own pair and key), CreateKeyPair tagged at
+/// creation (CreateTags) and PutParameter tagged (AddTagsToResource); else nothing.
+/// DeleteKeyPair only replaces a retry's pair whose key was never stored.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if !key_pair::made_for(&build.config) {
+        return Vec::new();
+    }
+    vec![
+        "ec2:DescribeKeyPairs",
+        "ssm:GetParameter",
+        "ec2:CreateKeyPair",
+        "ec2:CreateTags",
+        "ssm:PutParameter",
+        "ssm:AddTagsToResource",
+    ]
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -32,7 +51,9 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         state.data.key_pair_name = Some(name.to_string());
         return Ok(state);
     }
-    if !key_pair::made_for(&cfg) {
+    // `ssh_password` never enters the build state (the config does not serialize it): a
+    // local run hands it over in the secrets, and it logs in with it.
+    if !key_pair::made_for(&cfg) || ctx.secrets.ssh_password().is_some() {
         return Ok(state);
     }
     let region = cfg.build_region().to_string();
@@ -137,4 +158,32 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.key_pair_name = Some(name);
     state.data.private_key_parameter = Some(param);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn only_a_temporary_key_pair_calls_anything() {
+        let ssh = json!({"communicator": "ssh", "ssh_username": "ec2-user"});
+        assert_eq!(local_calls(&build(ssh.clone())).len(), 6);
+        assert!(
+            local_calls(&build(json!({}))).is_empty(),
+            "communicator none"
+        );
+        for own in [
+            json!({"ssh_keypair_name": "mine", "ssh_private_key_file": "k"}),
+            json!({"ssh_private_key_file": "k"}),
+            json!({"ssh_password": "pw"}),
+        ] {
+            let mut keys = ssh.clone();
+            keys.as_object_mut()
+                .unwrap()
+                .extend(own.as_object().unwrap().clone());
+            assert!(local_calls(&build(keys.clone())).is_empty(), "{keys}");
+        }
+    }
 }

@@ -13,11 +13,52 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifyImageAttributes",
     iam_actions: &["ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here, when it ends with AMIs
+/// ([`crate::steps::copy_image::leaves_amis`]): ModifyImageAttribute with an image
+/// attribute to set ([`sets_image_attributes`]), ModifySnapshotAttribute with
+/// `snapshot_users` / `snapshot_groups` when the images have snapshots
+/// ([`crate::steps::wait_image_available::has_snapshots`]); else nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(ami) = build.config.ami() else {
+        return Vec::new();
+    };
+    if !crate::steps::copy_image::leaves_amis(&build.config) {
+        return Vec::new();
+    }
+    let mut calls = Vec::new();
+    if sets_image_attributes(ami) {
+        calls.push("ec2:ModifyImageAttribute");
+    }
+    if shares_snapshots(ami) && crate::steps::wait_image_available::has_snapshots(build) {
+        calls.push("ec2:ModifySnapshotAttribute");
+    }
+    calls
+}
+
+/// Whether an attribute of the images is set: `ami_description`, launch permissions
+/// (`ami_groups`, `ami_users`, `ami_org_arns`, `ami_ou_arns`), `ami_product_codes` or
+/// `imds_support`.
+pub(crate) fn sets_image_attributes(ami: &AmiConfig) -> bool {
+    let set = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
+    set(&ami.ami_description)
+        || !ami.ami_groups.is_empty()
+        || !ami.ami_users.is_empty()
+        || !ami.ami_org_arns.is_empty()
+        || !ami.ami_ou_arns.is_empty()
+        || !ami.ami_product_codes.is_empty()
+        || set(&ami.imds_support)
+}
+
+/// Whether the snapshots are shared (`snapshot_users`, `snapshot_groups`).
+pub(crate) fn shares_snapshots(ami: &AmiConfig) -> bool {
+    !ami.snapshot_users.is_empty() || !ami.snapshot_groups.is_empty()
+}
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = ami_config(&state, SPEC.name)?;
@@ -89,7 +130,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
                 .await
                 .map_err(|e| classify(&op("imds_support"), ami, e))?;
         }
-        if cfg.snapshot_users.is_empty() && cfg.snapshot_groups.is_empty() {
+        if !shares_snapshots(cfg) {
             continue;
         }
         // The OperationType + UserIds/GroupNames form: AWS takes it as well as
@@ -109,4 +150,28 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn each_attribute_kind_brings_its_call() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(json!({"ami_users": ["210987654321"]}))),
+            ["ec2:ModifyImageAttribute"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"snapshot_users": ["210987654321"]}))),
+            ["ec2:ModifySnapshotAttribute"]
+        );
+        assert!(local_calls(&build(
+            json!({"ami_description": "d", "skip_create_ami": true})
+        ))
+        .is_empty());
+    }
 }

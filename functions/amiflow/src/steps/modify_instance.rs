@@ -9,11 +9,27 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifyInstance",
     iam_actions: &["ec2:ModifyInstanceAttribute"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: ModifyInstanceAttribute with `sriov_support` or
+/// `ena_support` (either value) ([`modifies`]); else nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if modifies(&build.config) {
+        vec!["ec2:ModifyInstanceAttribute"]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether an attribute of the instance is set: SR-IOV (`sriov_support`) or ENA
+/// (`ena_support`, true or false).
+pub(crate) fn modifies(cfg: &amiflow_template::BuilderConfig) -> bool {
+    cfg.sriov_support() || cfg.ena_support().is_some()
+}
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -38,4 +54,24 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             .map_err(|e| classify("ModifyInstanceAttribute (EnaSupport)", &id, e))?;
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn only_sriov_or_ena_modifies_the_instance() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(json!({"ena_support": false}))),
+            ["ec2:ModifyInstanceAttribute"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"sriov_support": true}))),
+            ["ec2:ModifyInstanceAttribute"]
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! ModifySnapshotAttributes (amazon-ebsvolume): each `ebs_volumes` entry's
 //! `snapshot_users` / `snapshot_groups` get create-volume permission on its snapshot.
 
+use amiflow_template::config::EbsVolumeMapping;
+use amiflow_template::BuilderConfig;
 use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
 
 use crate::builders::launch_volumes::{ebsvolume, same_device, snapshot_ids};
@@ -10,11 +12,28 @@ pub const SPEC: StepSpec = StepSpec {
     name: "ModifySnapshotAttributes",
     iam_actions: &["ec2:ModifySnapshotAttribute"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: ModifySnapshotAttribute when an `ebs_volumes` entry
+/// shares its snapshot ([`shares`]: `snapshot_volume` with `snapshot_users` or
+/// `snapshot_groups`); else nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    match &build.config {
+        BuilderConfig::EbsVolume(c) if c.ebs_volumes.iter().any(shares) => {
+            vec!["ec2:ModifySnapshotAttribute"]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Whether this entry's snapshot gets create-volume permission for someone.
+fn shares(v: &EbsVolumeMapping) -> bool {
+    v.snapshot_volume && !(v.snapshot_users.is_empty() && v.snapshot_groups.is_empty())
+}
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let Some(cfg) = ebsvolume(&state) else {
@@ -22,10 +41,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
     };
     let region = cfg.access.region.clone().unwrap_or_default();
     let snaps = snapshot_ids(&state);
-    for v in cfg.ebs_volumes.iter().filter(|v| v.snapshot_volume) {
-        if v.snapshot_users.is_empty() && v.snapshot_groups.is_empty() {
-            continue;
-        }
+    for v in cfg.ebs_volumes.iter().filter(|v| shares(v)) {
         let Some(snap) = snaps
             .iter()
             .find(|(d, _)| same_device(d, &v.device.device_name))
@@ -49,4 +65,33 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             .map_err(|e| classify("ModifySnapshotAttribute (createVolumePermission)", &snap, e))?;
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn shares_only_snapshots_with_users_or_groups() {
+        let volume = |snapshot: bool, users: &[&str]| {
+            local_calls(&build(
+                "amazon-ebsvolume",
+                serde_json::json!({"ebs_volumes": [{"device_name": "/dev/xvdf",
+                    "snapshot_volume": snapshot, "snapshot_users": users}]}),
+            ))
+        };
+        assert_eq!(
+            volume(true, &["123456789012"]),
+            vec!["ec2:ModifySnapshotAttribute"]
+        );
+        assert!(volume(true, &[]).is_empty());
+        assert!(volume(false, &["123456789012"]).is_empty());
+    }
 }

@@ -9,35 +9,67 @@ pub const SPEC: StepSpec = StepSpec {
     name: "NetworkInfo",
     iam_actions: &["ec2:DescribeVpcs", "ec2:DescribeSubnets"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
 
+/// What a local build calls here (no stack defaults: the network is what the template
+/// names): DescribeVpcs for a `vpc_filter` without `vpc_id`; DescribeSubnets for a
+/// `subnet_filter` without `subnet_id`, or for a `subnet_id` whose VPC (no `vpc_id` nor
+/// `vpc_filter`) or availability zone is not given.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let Some(cfg) = build.config.run() else {
+        return Vec::new();
+    };
+    let mut calls = Vec::new();
+    let vpc_by_filter = given(&cfg.vpc_id).is_none() && vpc_filter(cfg).is_some();
+    if vpc_by_filter {
+        calls.push("ec2:DescribeVpcs");
+    }
+    let subnet = given(&cfg.subnet_id).is_some();
+    let subnet_by_filter = !subnet && subnet_filter(cfg).is_some();
+    let vpc_known = given(&cfg.vpc_id).is_some() || vpc_by_filter;
+    let subnet_read = subnet && !(vpc_known && given(&cfg.availability_zone).is_some());
+    if subnet_by_filter || subnet_read {
+        calls.push("ec2:DescribeSubnets");
+    }
+    calls
+}
+
+/// A network setting the template gives (set and not empty).
+fn given(setting: &Option<String>) -> Option<String> {
+    setting.clone().filter(|s| !s.is_empty())
+}
+
+/// `vpc_filter`, when it filters.
+fn vpc_filter(cfg: &RunConfig) -> Option<&amiflow_template::config::Filter> {
+    cfg.vpc_filter.as_ref().filter(|f| !f.filters.is_empty())
+}
+
+/// `subnet_filter`, when it filters.
+fn subnet_filter(cfg: &RunConfig) -> Option<&amiflow_template::config::SubnetFilter> {
+    cfg.subnet_filter.as_ref().filter(|f| !f.filters.is_empty())
+}
+
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
     let cfg = run_config(&state, SPEC.name)?.clone();
     let ec2 = ctx.ec2(&region);
-    let mut vpc = cfg.vpc_id.clone().filter(|s| !s.is_empty());
-    let mut subnet = cfg.subnet_id.clone().filter(|s| !s.is_empty());
-    let mut az = cfg.availability_zone.clone().filter(|s| !s.is_empty());
+    let mut vpc = given(&cfg.vpc_id);
+    let mut subnet = given(&cfg.subnet_id);
+    let mut az = given(&cfg.availability_zone);
     let names_network = vpc.is_some()
         || subnet.is_some()
         || az.is_some()
-        || cfg
-            .vpc_filter
-            .as_ref()
-            .is_some_and(|f| !f.filters.is_empty())
-        || cfg
-            .subnet_filter
-            .as_ref()
-            .is_some_and(|f| !f.filters.is_empty());
+        || vpc_filter(&cfg).is_some()
+        || subnet_filter(&cfg).is_some();
     if !names_network {
         (vpc, subnet) = ctx.stack.network_in(&region);
     }
     if vpc.is_none() {
-        if let Some(f) = cfg.vpc_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+        if let Some(f) = vpc_filter(&cfg) {
             let mut req = ec2.describe_vpcs();
             for (k, v) in &f.filters {
                 req = req.filters(filter(k, v.split(',').map(|s| s.trim().to_string())));
@@ -56,7 +88,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         }
     }
     if subnet.is_none() {
-        if let Some(f) = cfg.subnet_filter.as_ref().filter(|f| !f.filters.is_empty()) {
+        if let Some(f) = subnet_filter(&cfg) {
             let mut req = ec2
                 .describe_subnets()
                 .filters(filter("state", ["available"]));
@@ -117,4 +149,33 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.subnet_id = subnet;
     state.data.availability_zone = az;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn filters_and_a_subnet_of_unknown_vpc_or_zone_are_looked_up() {
+        let calls = |keys| local_calls(&build(keys));
+        assert!(calls(json!({})).is_empty());
+        assert!(calls(
+            json!({"vpc_id": "vpc-1", "subnet_id": "subnet-1", "availability_zone": "us-east-1a"})
+        )
+        .is_empty());
+        assert_eq!(
+            calls(json!({"subnet_id": "subnet-1"})),
+            ["ec2:DescribeSubnets"]
+        );
+        assert_eq!(
+            calls(json!({"vpc_filter": {"filters": {"tag:Name": "build"}}})),
+            ["ec2:DescribeVpcs"]
+        );
+        assert_eq!(
+            calls(json!({"subnet_filter": {"filters": {"tag:Name": "build"}}})),
+            ["ec2:DescribeSubnets"]
+        );
+    }
 }

@@ -11,11 +11,47 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DescribeVpcs",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeRegions unless `skip_region_validation`,
+/// DescribeVpcs for a `vpc_id` without a subnet ([`vpc_to_check`]), DescribeImages unless
+/// `force_deregister` or `skip_create_ami` ([`checks_ami_name`]).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let cfg = &build.config;
+    let mut calls = Vec::new();
+    if !cfg.access().skip_region_validation {
+        calls.push("ec2:DescribeRegions");
+    }
+    if vpc_to_check(cfg).is_some() {
+        calls.push("ec2:DescribeVpcs");
+    }
+    if checks_ami_name(cfg) {
+        calls.push("ec2:DescribeImages");
+    }
+    calls
+}
+
+/// The `vpc_id` to check is a default VPC: one given without `subnet_id` or
+/// `subnet_filter` to launch into.
+pub(crate) fn vpc_to_check(cfg: &amiflow_template::BuilderConfig) -> Option<&str> {
+    match cfg
+        .run()
+        .map(|r| (&r.vpc_id, &r.subnet_id, &r.subnet_filter))
+    {
+        Some((Some(vpc), None, None)) => Some(vpc.as_str()),
+        _ => None,
+    }
+}
+
+/// Whether the AMI name is looked up in every target region: not when an image of that
+/// name is to be replaced (`force_deregister`) or none is made (`skip_create_ami`).
+pub(crate) fn checks_ami_name(cfg: &amiflow_template::BuilderConfig) -> bool {
+    cfg.ami().is_some_and(|a| !a.force_deregister) && !cfg.skip_create_ami()
+}
 
 pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> {
     let cfg = &state.build.config;
@@ -44,10 +80,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
             )));
         }
     }
-    if let Some((Some(vpc), None, None)) = cfg
-        .run()
-        .map(|r| (&r.vpc_id, &r.subnet_id, &r.subnet_filter))
-    {
+    if let Some(vpc) = vpc_to_check(cfg) {
         let out = ec2
             .describe_vpcs()
             .vpc_ids(vpc)
@@ -61,7 +94,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         }
     }
     let ami = ami_config(&state, SPEC.name)?;
-    if ami.force_deregister || cfg.skip_create_ami() {
+    if !checks_ami_name(cfg) {
         return Ok(state);
     }
     for region in cfg.target_regions() {
@@ -75,4 +108,37 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn the_options_turn_the_checks_off_and_a_vpc_without_subnet_on() {
+        let all = ["ec2:DescribeRegions", "ec2:DescribeImages"];
+        assert_eq!(local_calls(&build(json!({}))), all);
+        assert_eq!(
+            local_calls(&build(json!({"skip_region_validation": true}))),
+            ["ec2:DescribeImages"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"force_deregister": true}))),
+            ["ec2:DescribeRegions"]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"vpc_id": "vpc-1"}))),
+            [
+                "ec2:DescribeRegions",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeImages"
+            ]
+        );
+        assert_eq!(
+            local_calls(&build(json!({"vpc_id": "vpc-1", "subnet_id": "subnet-1"}))),
+            all
+        );
+    }
 }

@@ -58,11 +58,18 @@ pub const STEP: StepSpec = StepSpec {
     iam_actions: &["s3:GetObject", "ssm:GetParameter"],
     // The template comes from the artifacts bucket or the schedule's object, nowhere else.
     reach: &[("s3:GetObject", Reach::TemplateObjects)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: 60,
     handler: crate::handler!(prepare),
 };
+
+/// What a local build calls here: nothing. `amiflow build` hands Prepare the template's
+/// text and the pipeline file (no `template_s3` / `pipeline_s3`) and holds the sensitive
+/// variables' values itself (no parameter references).
+fn local_calls(_: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    Vec::new()
+}
 
 /// Step Functions refuses a state larger than this (256 KiB).
 const MAX_STATE_BYTES: usize = 256 * 1024;
@@ -700,5 +707,40 @@ mod tests {
         b.build.config.access_mut().region = Some("us-west-2".into());
         resolve_region(&mut b, Some("eu-west-1")).unwrap();
         assert_eq!(b.build.config.build_region(), "us-west-2");
+    }
+}
+
+/// Prepared builds for the steps' tests of what a local build calls (`StepSpec::calls`).
+#[cfg(test)]
+pub(crate) mod fixture {
+    use serde_json::{json, Value};
+
+    /// The build of a one-builder template: an amazon-ebs builder without a communicator,
+    /// `keys` added to or replacing its own.
+    pub(crate) fn build(keys: Value) -> amiflow_template::PreparedBuild {
+        template(json!({ "builders": [builder(keys)] }))
+    }
+
+    /// The default builder of [`build`] with `keys`.
+    pub(crate) fn builder(keys: Value) -> Value {
+        let mut b = json!({
+            "type": "amazon-ebs", "region": "us-east-1", "source_ami": "ami-1",
+            "instance_type": "t3.micro", "communicator": "none", "ami_name": "image"
+        });
+        let b_keys = b.as_object_mut().expect("an object");
+        for (k, v) in keys.as_object().expect("keys are an object") {
+            b_keys.insert(k.clone(), v.clone());
+        }
+        b
+    }
+
+    /// The first build of `template`, which must prepare.
+    pub(crate) fn template(template: Value) -> amiflow_template::PreparedBuild {
+        let mut prepared = amiflow_template::prepare(
+            &template.to_string(),
+            &amiflow_template::PrepareOptions::default(),
+        )
+        .unwrap_or_else(|p| panic!("the fixture prepares: {p}"));
+        prepared.builds.remove(0)
     }
 }

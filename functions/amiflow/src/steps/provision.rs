@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::provision::communicator::{ssh_target, Communication, Communicator};
+use crate::provision::config::Kind;
 use crate::provision::plan::PlanEnv;
 use crate::provision::run::run_all;
 use crate::provision::session::{NoSession, RunOptions};
@@ -44,12 +45,75 @@ pub const SPEC: StepSpec = StepSpec {
     ],
     // Polls SSM commands (SSH never raises NotReady): up to about 8 hours.
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::PROVISION),
     // Lambda's maximum: an SSH provisioning runs within one invocation.
     timeout_seconds: 900,
     handler: handler!(provision),
 };
+
+/// What a local build calls here: what running its provisioners calls ([`calls_running`]).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    calls_running(build, &build.provisioners, Purpose::Build)
+}
+
+/// What running `provisioners` (a build's, or its error-cleanup provisioner) calls in a
+/// local build, by communicator: none nothing (`shell-local` runs here); SSH, when there
+/// is a provisioner or (the build's) the temporary key to clear from `authorized_keys`,
+/// what logging in calls ([`crate::steps::connect::ssh_calls`]); SSM ListCommands (where
+/// the build is), and when a provisioner runs on the instance (not only `shell-local`)
+/// SendCommand and GetCommandInvocation, with a staging bucket (`ssm_output_s3_bucket`)
+/// also PutObject (the staged script and files), GetObject (the output), ListBucket and
+/// DeleteObject (both removed).
+pub(crate) fn calls_running(
+    build: &amiflow_template::PreparedBuild,
+    provisioners: &[serde_json::Value],
+    purpose: Purpose,
+) -> Vec<&'static str> {
+    let Some(c) = build.config.comm() else {
+        return Vec::new();
+    };
+    let (Ok(comm), Ok(provisioners)) = (
+        Communication::from_config(c, build.config.build_region()),
+        parse_all(provisioners),
+    ) else {
+        return Vec::new();
+    };
+    match comm.communicator {
+        Communicator::None => Vec::new(),
+        Communicator::Ssh => {
+            let secrets = crate::steps::connect::local_secrets(build);
+            if provisioners.is_empty() && !clears_keys(&comm, &secrets, purpose) {
+                return Vec::new();
+            }
+            crate::steps::connect::ssh_calls(build)
+        }
+        Communicator::Ssm => {
+            let mut calls = vec!["ssm:ListCommands"];
+            if provisioners
+                .iter()
+                .any(|p| !matches!(p.kind, Kind::ShellLocal(_)))
+            {
+                calls.extend(["ssm:SendCommand", "ssm:GetCommandInvocation"]);
+                if comm.ssm_bucket.is_some() {
+                    calls.extend([
+                        "s3:PutObject",
+                        "s3:GetObject",
+                        "s3:ListBucket",
+                        "s3:DeleteObject",
+                    ]);
+                }
+            }
+            calls
+        }
+    }
+}
+
+/// Whether the provisioning over SSH ends by clearing the temporary key from
+/// `authorized_keys` (`ssh_clear_authorized_keys`, the build's own provisioners).
+fn clears_keys(comm: &Communication, secrets: &Secrets, purpose: Purpose) -> bool {
+    purpose == Purpose::Build && comm.ssh_clear_authorized_keys && comm.uses_temporary_key(secrets)
+}
 
 /// Packer's build data for `{{build `Key`}}` (the SSH key pair is added once connected).
 pub fn build_data(
@@ -190,9 +254,7 @@ pub async fn run_provisioners(
             Ok(state)
         }
         Communicator::Ssh => {
-            let clear_keys = purpose == Purpose::Build
-                && comm.ssh_clear_authorized_keys
-                && comm.uses_temporary_key(&secrets);
+            let clear_keys = clears_keys(&comm, &secrets, purpose);
             if provisioners.is_empty() && !clear_keys {
                 return Ok(state);
             }
@@ -254,5 +316,48 @@ async fn clear_authorized_key(transport: &mut SshTransport, key_name: &str, secr
             Ok(status) => tracing::warn!("clearing the temporary key from authorized_keys: `{cmd}` ended with {status}"),
             Err(e) => tracing::warn!("clearing the temporary key from authorized_keys: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::{builder, template};
+    use serde_json::{json, Value};
+
+    fn calls(keys: Value, provisioners: Value) -> Vec<&'static str> {
+        local_calls(&template(
+            json!({"builders": [builder(keys)], "provisioners": provisioners}),
+        ))
+    }
+
+    #[test]
+    fn the_communicator_and_the_provisioners_decide() {
+        let shell = json!([{"type": "shell", "inline": ["true"]}]);
+        let local = json!([{"type": "shell-local", "inline": ["true"]}]);
+        assert!(calls(json!({}), local.clone()).is_empty(), "none");
+        let ssh = json!({"communicator": "ssh", "ssh_username": "u"});
+        assert!(calls(ssh.clone(), json!([])).is_empty(), "nothing to run");
+        assert_eq!(
+            calls(ssh.clone(), shell.clone()),
+            ["ssm:GetParameter", "ec2:DescribeInstances"]
+        );
+        let mut clear = ssh.clone();
+        clear["ssh_clear_authorized_keys"] = json!(true);
+        assert_eq!(calls(clear, json!([])).len(), 2, "the key is cleared");
+        let ssm = json!({"communicator": "ssm", "iam_instance_profile": "ssm"});
+        assert_eq!(calls(ssm.clone(), json!([])), ["ssm:ListCommands"]);
+        assert_eq!(calls(ssm.clone(), local), ["ssm:ListCommands"]);
+        assert_eq!(
+            calls(ssm.clone(), shell.clone()),
+            [
+                "ssm:ListCommands",
+                "ssm:SendCommand",
+                "ssm:GetCommandInvocation"
+            ]
+        );
+        let mut staged = ssm;
+        staged["ssm_output_s3_bucket"] = json!("bucket");
+        assert!(calls(staged, shell).contains(&"s3:PutObject"));
     }
 }

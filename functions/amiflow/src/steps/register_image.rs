@@ -24,6 +24,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::create_image::{create_image_error, image_name};
+use super::swap_volumes::swaps;
 use crate::builders::block_devices::mapping;
 use crate::builders::chroot::{self, SourceMapping};
 use crate::builders::launch_volumes::{same_device, snapshot_ids};
@@ -43,11 +44,28 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages (a retry's own image) and CreateTags
+/// always; CreateImage for amazon-ebssurrogate with `use_create_image`, else RegisterImage;
+/// amazon-instance's `delete_bundle_after_register` lists and deletes the bundle's objects.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let mut calls = vec!["ec2:DescribeImages"];
+    calls.push(if swaps(build) {
+        "ec2:CreateImage"
+    } else {
+        "ec2:RegisterImage"
+    });
+    calls.push("ec2:CreateTags");
+    if matches!(&build.config, BuilderConfig::Instance(c) if c.delete_bundle_after_register) {
+        calls.extend(["s3:ListBucket", "s3:DeleteObject"]);
+    }
+    calls
+}
 
 /// SR-IOV and ENA as the AMI config asks (ENA only when set true: unset leaves EC2's default).
 fn with_network_support(
@@ -137,7 +155,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         None => match &state.build.config {
             BuilderConfig::EbsSurrogate(c) => {
                 let root = c.ami_root_device.clone().unwrap_or_default();
-                if c.use_create_image {
+                if swaps(&state.build) {
                     let instance = state.data.instance_id.clone().ok_or_else(|| {
                         StepError::BuildFailed("RegisterImage: no instance in the state".into())
                     })?;
@@ -519,5 +537,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(missing.message().contains("/dev/xvdh"), "{missing:?}");
+    }
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn local_calls_follow_create_image_and_the_bundle_removal() {
+        let surrogate = |create_image: bool| {
+            local_calls(&build(
+                "amazon-ebssurrogate",
+                serde_json::json!({"use_create_image": create_image}),
+            ))
+        };
+        assert_eq!(
+            surrogate(true),
+            vec!["ec2:DescribeImages", "ec2:CreateImage", "ec2:CreateTags"]
+        );
+        assert_eq!(
+            surrogate(false),
+            vec!["ec2:DescribeImages", "ec2:RegisterImage", "ec2:CreateTags"]
+        );
+        assert_eq!(
+            local_calls(&build("amazon-chroot", serde_json::json!({}))),
+            surrogate(false)
+        );
+        let instance = |delete: bool| {
+            local_calls(&build(
+                "amazon-instance",
+                serde_json::json!({"delete_bundle_after_register": delete}),
+            ))
+        };
+        assert_eq!(instance(false), surrogate(false));
+        assert_eq!(
+            instance(true),
+            vec![
+                "ec2:DescribeImages",
+                "ec2:RegisterImage",
+                "ec2:CreateTags",
+                "s3:ListBucket",
+                "s3:DeleteObject"
+            ]
+        );
     }
 }

@@ -5,6 +5,8 @@
 
 use std::process::Stdio;
 
+use amiflow_template::config::chroot::ChrootConfig;
+use amiflow_template::BuilderConfig;
 use aws_sdk_ssm::types::CloudWatchOutputConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,11 +29,31 @@ pub const SPEC: StepSpec = StepSpec {
         ("ssm:SendCommand", Reach::BuildHostCommand),
         ("ssm:GetParameter", Reach::SensitiveVars),
     ],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: ListCommands (the look for an earlier send) and SendCommand
+/// when the template names the build host ([`sends_to_host`]); nothing when the script runs on
+/// this machine. Never s3:PutObject: a job is staged only through the deployed stack's
+/// artifacts bucket (a local run whose job holds sensitive values is refused without one).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    match &build.config {
+        BuilderConfig::Chroot(c) if sends_to_host(c) => vec!["ssm:ListCommands", "ssm:SendCommand"],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a local build sends the host script by SSM RunCommand: when the template names the
+/// build host (`chroot_host_instance_id` / `chroot_host_filter`). Without one, HostInfo finds
+/// this machine by its metadata and the script runs here. The environment can turn either
+/// way at run time ([`RUN_MODE_ENV`]: `local` runs a named host's script here, `ssm` sends
+/// it to this machine by SSM); what the template asks for is what the policy follows.
+pub(crate) fn sends_to_host(cfg: &ChrootConfig) -> bool {
+    super::host_info::named_host(cfg).is_some()
+}
 
 /// Environment: run this script file instead of the copy built into the binary (local runs).
 pub const SCRIPT_ENV: &str = "AMIFLOW_CHROOT_HOST_SCRIPT";
@@ -340,5 +362,29 @@ mod tests {
             &super::command_comment(&state("nightly-42")),
             "nightly-4"
         ));
+    }
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_script_goes_by_ssm_only_to_a_named_host() {
+        let chroot = |c: serde_json::Value| super::local_calls(&build("amazon-chroot", c));
+        let ssm = vec!["ssm:ListCommands", "ssm:SendCommand"];
+        assert_eq!(
+            chroot(serde_json::json!({"chroot_host_instance_id": "i-1"})),
+            ssm
+        );
+        assert_eq!(
+            chroot(serde_json::json!({"chroot_host_filter": {"filters": {"tag:Role": "host"}}})),
+            ssm
+        );
+        // On this machine (found by its metadata): no SSM.
+        assert!(chroot(serde_json::json!({})).is_empty());
+        assert!(chroot(serde_json::json!({"chroot_host_instance_id": "", "chroot_host_filter": {"filters": {}}})).is_empty());
     }
 }

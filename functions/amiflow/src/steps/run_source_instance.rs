@@ -17,6 +17,7 @@ use base64::Engine;
 
 use crate::builders::block_devices::mappings;
 use crate::prelude::*;
+use crate::steps::iam_instance_profile::gets_profile;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
@@ -30,11 +31,26 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeInstances (a retry's own instance), RunInstances
+/// tagged at creation (CreateTags), and PassRole when the instance gets a profile
+/// ([`gets_profile`]: `iam_instance_profile` or a temporary one).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let mut calls = vec![
+        "ec2:DescribeInstances",
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+    ];
+    if gets_profile(&build.config) {
+        calls.push("iam:PassRole");
+    }
+    calls
+}
 
 /// EC2's answers that another instance type may not get: no capacity for it here, or the
 /// spot price too low for it.
@@ -315,8 +331,19 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;
+    use serde_json::json;
 
     use super::*;
+    use crate::steps::prepare::fixture::build;
+
+    #[test]
+    fn the_profile_is_passed_only_when_the_instance_gets_one() {
+        assert!(!local_calls(&build(json!({}))).contains(&"iam:PassRole"));
+        assert!(
+            local_calls(&build(json!({"iam_instance_profile": "builder"})))
+                .contains(&"iam:PassRole")
+        );
+    }
 
     #[tokio::test]
     async fn user_data_carries_the_sensitive_value_not_its_placeholder() {

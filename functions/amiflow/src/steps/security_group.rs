@@ -6,6 +6,7 @@
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range};
 
 use crate::prelude::*;
+use crate::resources::security_group;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "SecurityGroup",
@@ -18,11 +19,44 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeSecurityGroups for the groups the template names
+/// ([`names_groups`]); for a temporary group ([`security_group::made_for`]) CreateSecurityGroup
+/// tagged at creation (CreateTags) and, when the communicator needs an inbound port,
+/// AuthorizeSecurityGroupIngress; with neither (communicator none) nothing.
+/// DescribeSecurityGroups for a temporary group only finds a retry's own.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if build.config.run().is_some_and(names_groups) {
+        return vec!["ec2:DescribeSecurityGroups"];
+    }
+    if !security_group::made_for(&build.config) {
+        return Vec::new();
+    }
+    let mut calls = vec!["ec2:CreateSecurityGroup", "ec2:CreateTags"];
+    if build.config.communicator_port().is_some() {
+        calls.push("ec2:AuthorizeSecurityGroupIngress");
+    }
+    calls
+}
+
+/// The template names the instance's groups (`security_group_id(s)`,
+/// `security_group_filter`): they are looked up, none is made.
+pub(crate) fn names_groups(run: &RunConfig) -> bool {
+    !run.security_group_ids.is_empty()
+        || run
+            .security_group_id
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        || run
+            .security_group_filter
+            .as_ref()
+            .is_some_and(|f| !f.filters.is_empty())
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -80,7 +114,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         return Ok(state);
     }
 
-    if cfg.comm().is_some_and(|c| c.communicator == "none") {
+    if !security_group::made_for(&cfg) {
         return Ok(state);
     }
     let name = temp_name(&state, "amiflow", "SecurityGroup");
@@ -160,4 +194,33 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     state.data.security_group_ids = vec![group_id];
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn named_groups_are_looked_up_and_a_temporary_one_opens_the_port_it_needs() {
+        let calls = |keys| local_calls(&build(keys));
+        assert!(calls(json!({})).is_empty(), "communicator none");
+        assert_eq!(
+            calls(json!({"security_group_ids": ["sg-1"]})),
+            ["ec2:DescribeSecurityGroups"]
+        );
+        assert_eq!(
+            calls(json!({"communicator": "ssh", "ssh_username": "u"})),
+            [
+                "ec2:CreateSecurityGroup",
+                "ec2:CreateTags",
+                "ec2:AuthorizeSecurityGroupIngress"
+            ]
+        );
+        assert_eq!(
+            calls(json!({"communicator": "ssm", "iam_instance_profile": "ssm"})),
+            ["ec2:CreateSecurityGroup", "ec2:CreateTags"]
+        );
+    }
 }

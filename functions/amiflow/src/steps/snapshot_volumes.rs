@@ -12,12 +12,12 @@
 //! The snapshots are artifacts in the ledger: kept when the build succeeds (they back the
 //! AMI, or are the ebsvolume artifact), removed when a later step fails.
 
+use amiflow_template::{BuilderConfig, PreparedBuild};
 use aws_sdk_ec2::types::SnapshotState;
 use futures::future::try_join_all;
 
-use crate::builders::launch_volumes::{
-    ebsvolume, instance_volumes, snapshot_ids, surrogate, volume_at,
-};
+use super::swap_volumes::swaps;
+use crate::builders::launch_volumes::{instance_volumes, snapshot_ids, volume_at};
 use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
@@ -31,11 +31,27 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: when it snapshots devices ([`takes_snapshots`]: not with
+/// `use_create_image`, and only devices not omitted / ebs_volumes with `snapshot_volume`),
+/// DescribeInstances, then per device DescribeSnapshots (a retry's own) and CreateSnapshot
+/// tagged at creation (CreateTags); else nothing.
+fn local_calls(build: &PreparedBuild) -> Vec<&'static str> {
+    if !takes_snapshots(build) {
+        return Vec::new();
+    }
+    vec![
+        "ec2:DescribeInstances",
+        "ec2:DescribeSnapshots",
+        "ec2:CreateSnapshot",
+        "ec2:CreateTags",
+    ]
+}
 
 /// One snapshot to take: device, description, tags (unrendered).
 struct Wanted {
@@ -45,9 +61,9 @@ struct Wanted {
     tags: BTreeMap<String, String>,
 }
 
-fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
-    if let Some(c) = surrogate(state) {
-        return Ok(c
+fn wanted(build: &PreparedBuild) -> Result<Vec<Wanted>, StepError> {
+    match &build.config {
+        BuilderConfig::EbsSurrogate(c) => Ok(c
             .launch_block_device_mappings
             .iter()
             .enumerate()
@@ -64,10 +80,8 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
                 description: c.snapshot_description.clone(),
                 tags: c.ami.snapshot_tags.clone(),
             })
-            .collect());
-    }
-    if let Some(c) = ebsvolume(state) {
-        return Ok(c
+            .collect()),
+        BuilderConfig::EbsVolume(c) => Ok(c
             .ebs_volumes
             .iter()
             .enumerate()
@@ -78,21 +92,27 @@ fn wanted(state: &BuildState) -> Result<Vec<Wanted>, StepError> {
                 description: v.snapshot_description.clone(),
                 tags: v.snapshot_tags.clone(),
             })
-            .collect());
+            .collect()),
+        _ => Err(StepError::BuildFailed(format!(
+            "SnapshotVolumes serves amazon-ebssurrogate and amazon-ebsvolume, not {}",
+            build.builder_type.as_str()
+        ))),
     }
-    Err(StepError::BuildFailed(format!(
-        "SnapshotVolumes serves amazon-ebssurrogate and amazon-ebsvolume, not {}",
-        state.build.builder_type.as_str()
-    )))
+}
+
+/// Whether this step snapshots anything: not with `use_create_image` (SwapVolumes and
+/// CreateImage take over), nor when no device is wanted.
+pub(crate) fn takes_snapshots(build: &PreparedBuild) -> bool {
+    !swaps(build) && wanted(build).is_ok_and(|w| !w.is_empty())
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
-    if surrogate(&state).is_some_and(|c| c.use_create_image) {
+    if swaps(&state.build) {
         // SwapVolumes puts the surrogate in the root slot instead; CreateImage snapshots it.
         return Ok(state);
     }
-    let wanted = wanted(&state)?;
+    let wanted = wanted(&state.build)?;
     if wanted.is_empty() {
         return Ok(state);
     }
@@ -183,4 +203,39 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .insert("snapshot_ids".into(), serde_json::to_value(&done)?);
     waits::SNAPSHOTS_COMPLETED.begin(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn snapshots_only_wanted_devices_and_not_with_create_image() {
+        let takes = |b: &str, c: serde_json::Value| !local_calls(&build(b, c)).is_empty();
+        let surrogate = |create_image: bool, omit: bool| {
+            serde_json::json!({"use_create_image": create_image,
+                "launch_block_device_mappings": [{"device_name": "/dev/xvdf", "omit_from_artifact": omit}]})
+        };
+        assert!(takes("amazon-ebssurrogate", surrogate(false, false)));
+        assert!(!takes("amazon-ebssurrogate", surrogate(true, false)));
+        assert!(!takes("amazon-ebssurrogate", surrogate(false, true)));
+        let volume = |snapshot: bool| serde_json::json!({"ebs_volumes": [{"device_name": "/dev/xvdf", "snapshot_volume": snapshot}]});
+        assert_eq!(
+            local_calls(&build("amazon-ebsvolume", volume(true))),
+            vec![
+                "ec2:DescribeInstances",
+                "ec2:DescribeSnapshots",
+                "ec2:CreateSnapshot",
+                "ec2:CreateTags"
+            ]
+        );
+        assert!(!takes("amazon-ebsvolume", volume(false)));
+    }
 }

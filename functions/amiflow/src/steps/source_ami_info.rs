@@ -9,11 +9,25 @@ pub const SPEC: StepSpec = StepSpec {
     // (resources/sensitive_var.rs).
     iam_actions: &["ec2:DescribeImages", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages, except for an amazon-chroot build
+/// `from_scratch` ([`from_scratch`]), which has no source.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if from_scratch(&build.config) {
+        return Vec::new();
+    }
+    vec!["ec2:DescribeImages"]
+}
+
+/// An amazon-chroot build `from_scratch`: no source image to resolve.
+pub(crate) fn from_scratch(cfg: &amiflow_template::BuilderConfig) -> bool {
+    matches!(cfg, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch)
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -62,7 +76,7 @@ pub async fn resolve(
     ctx: &Ctx,
     cfg: &amiflow_template::BuilderConfig,
 ) -> Result<Option<aws_sdk_ec2::types::Image>, StepError> {
-    if matches!(cfg, amiflow_template::BuilderConfig::Chroot(c) if c.from_scratch) {
+    if from_scratch(cfg) {
         return Ok(None);
     }
     let mut req = ctx.ec2(cfg.build_region()).describe_images();
@@ -105,4 +119,23 @@ pub async fn resolve(
     }
     images.sort_by(|a, b| a.creation_date().cmp(&b.creation_date()));
     Ok(images.pop())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::{build, template};
+    use serde_json::json;
+
+    #[test]
+    fn a_chroot_build_from_scratch_looks_up_no_source() {
+        assert_eq!(local_calls(&build(json!({}))), ["ec2:DescribeImages"]);
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/chroot-from-scratch.json"),
+        )
+        .unwrap();
+        let scratch = template(serde_json::from_str(&example).unwrap());
+        assert!(local_calls(&scratch).is_empty());
+    }
 }

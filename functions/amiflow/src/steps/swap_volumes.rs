@@ -23,11 +23,32 @@ pub const SPEC: StepSpec = StepSpec {
         "ec2:DetachVolume",
     ],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: with `use_create_image` ([`swaps`]) DescribeInstances,
+/// CreateTags (marking the surrogate) and DetachVolume; without it nothing. DescribeVolumes
+/// only finds the surrogate again for a step retried after it detached it.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if !swaps(build) {
+        return Vec::new();
+    }
+    vec![
+        "ec2:DescribeInstances",
+        "ec2:CreateTags",
+        "ec2:DetachVolume",
+    ]
+}
+
+/// amazon-ebssurrogate with `use_create_image`: the surrogate is swapped into the root slot
+/// (SwapVolumes, AttachRootVolume, WaitRootVolumeAttached) and CreateImage images the
+/// instance, instead of SnapshotVolumes' snapshots being registered.
+pub(crate) fn swaps(build: &amiflow_template::PreparedBuild) -> bool {
+    matches!(&build.config, amiflow_template::BuilderConfig::EbsSurrogate(c) if c.use_create_image)
+}
 
 /// Marks the surrogate volume, so a retried step finds it after it was detached; the value
 /// is its DeleteOnTermination at launch.
@@ -74,7 +95,10 @@ pub fn to_detach(
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
-    let Some(c) = surrogate(&state).filter(|c| c.use_create_image).cloned() else {
+    if !swaps(&state.build) {
+        return Ok(state);
+    }
+    let Some(c) = surrogate(&state).cloned() else {
         return Ok(state);
     };
     let region = state.build.config.build_region().to_string();
@@ -225,5 +249,32 @@ mod tests {
             to_detach("/dev/sdb", &[], "/dev/xvda", "/dev/xvdf", Some("/dev/sdb")),
             "the instance's own root, whatever its name"
         );
+    }
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn swaps_only_with_create_image() {
+        let surrogate = |create_image: bool| {
+            build(
+                "amazon-ebssurrogate",
+                serde_json::json!({"use_create_image": create_image}),
+            )
+        };
+        assert_eq!(
+            local_calls(&surrogate(true)),
+            vec![
+                "ec2:DescribeInstances",
+                "ec2:CreateTags",
+                "ec2:DetachVolume"
+            ]
+        );
+        assert!(local_calls(&surrogate(false)).is_empty());
+        assert!(!swaps(&build("amazon-ebsvolume", serde_json::json!({}))));
     }
 }

@@ -4,6 +4,8 @@
 //! are the artifact: recorded in `data.volumes` and in the ledger as artifacts (removed if
 //! the build fails later, kept when it succeeds).
 
+use amiflow_template::config::EbsVolumeMapping;
+use amiflow_template::BuilderConfig;
 use aws_sdk_ec2::types::Tag;
 
 use crate::builders::launch_volumes::{ebsvolume, instance_volumes, volume_at};
@@ -18,11 +20,35 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeInstances always; DeleteTags when `run_volume_tags`
+/// has tags other than the build's own and an `ebs_volumes` entry is kept ([`is_kept`]);
+/// CreateTags when an `ebs_volumes` entry has `tags`.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let BuilderConfig::EbsVolume(c) = &build.config else {
+        return Vec::new();
+    };
+    let mut calls = vec!["ec2:DescribeInstances"];
+    let own = [BUILD_TAG, BUILD_NAME_TAG, STATE_MACHINE_TAG];
+    let temporary = c.run_volume_tags.keys().any(|k| !own.contains(&k.as_str()));
+    if temporary && c.ebs_volumes.iter().any(is_kept) {
+        calls.push("ec2:DeleteTags");
+    }
+    if c.ebs_volumes.iter().any(|v| !v.tags.is_empty()) {
+        calls.push("ec2:CreateTags");
+    }
+    calls
+}
+
+/// A kept volume (the artifact): EC2 does not delete it with the instance.
+fn is_kept(v: &EbsVolumeMapping) -> bool {
+    !v.device.delete_on_termination
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let Some(cfg) = ebsvolume(&state).cloned() else {
@@ -51,7 +77,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .ebs_volumes
         .iter()
         .zip(&ids)
-        .filter(|(v, _)| !v.device.delete_on_termination)
+        .filter(|(v, _)| is_kept(v))
         .map(|(_, id)| id.clone())
         .collect();
     // Packer's order: the launch-time tags go first, then each volume gets its own. The
@@ -103,4 +129,36 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     state.data.volumes.insert(region, kept);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn deletes_run_volume_tags_from_kept_volumes_and_tags_those_with_tags() {
+        let calls = |c: serde_json::Value| local_calls(&build("amazon-ebsvolume", c));
+        assert_eq!(
+            calls(serde_json::json!({"run_volume_tags": {"stage": "run"},
+                "ebs_volumes": [{"device_name": "/dev/xvdf", "tags": {"k": "v"}}]})),
+            vec!["ec2:DescribeInstances", "ec2:DeleteTags", "ec2:CreateTags"]
+        );
+        // Every volume goes with the instance: no run_volume_tags to take off.
+        assert_eq!(
+            calls(serde_json::json!({"run_volume_tags": {"stage": "run"},
+                "ebs_volumes": [{"device_name": "/dev/xvdf", "delete_on_termination": true}]})),
+            vec!["ec2:DescribeInstances"]
+        );
+        assert_eq!(
+            calls(serde_json::json!({"ebs_volumes": [{"device_name": "/dev/xvdf"}]})),
+            vec!["ec2:DescribeInstances"]
+        );
+    }
 }

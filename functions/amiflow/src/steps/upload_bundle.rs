@@ -49,11 +49,24 @@ pub const SPEC: StepSpec = StepSpec {
         "sts:AssumeRole",
     ],
     reach: &[("sts:AssumeRole", Reach::BundleUploadRole)],
-    calls: None,
+    calls: Some(local_calls),
     wait: None,
     timeout_seconds: 900,
     handler: handler!(run),
 };
+
+/// What a local build calls here: ListBucket (HeadBucket), CreateBucket and PutBucketTagging
+/// (`s3_bucket` made when missing: whether it exists is the account's, not the template's,
+/// so the policy allows making it), the SSH session's calls
+/// ([`super::upload_x509_cert::session_calls`]) and GetObject (HeadObject on the manifest).
+/// Never DeleteBucket (only when tagging a new bucket failed) nor AssumeRole (a local build
+/// hands over the caller's own keys).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let mut calls = vec!["s3:ListBucket", "s3:CreateBucket", "s3:PutBucketTagging"];
+    calls.extend(super::upload_x509_cert::session_calls(build));
+    calls.push("s3:GetObject");
+    calls
+}
 
 /// Creates the bucket when it does not exist; refuses one we cannot use.
 async fn ensure_bucket(
@@ -332,5 +345,31 @@ mod tests {
         );
         assert_eq!(partition_of("us-gov-west-1"), "aws-us-gov");
         assert_eq!(partition_of("eu-west-1"), "aws");
+    }
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn local_calls_follow_the_session_and_never_assume_the_role() {
+        let calls = |c: serde_json::Value| local_calls(&build("amazon-instance", c));
+        assert_eq!(
+            calls(serde_json::json!({})),
+            vec![
+                "s3:ListBucket",
+                "s3:CreateBucket",
+                "s3:PutBucketTagging",
+                "ec2:DescribeInstances",
+                "ssm:GetParameter",
+                "s3:GetObject"
+            ]
+        );
+        let keyed = calls(serde_json::json!({"ssh_private_key_file": "id", "ssh_host": "h"}));
+        assert!(!keyed.contains(&"ssm:GetParameter") && !keyed.contains(&"ec2:DescribeInstances"));
+        assert!(!keyed.contains(&"sts:AssumeRole") && !keyed.contains(&"s3:DeleteBucket"));
     }
 }

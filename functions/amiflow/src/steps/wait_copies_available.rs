@@ -8,11 +8,21 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitCopiesAvailable",
     iam_actions: &["ec2:DescribeImages"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::COPIES_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages when the image is copied
+/// ([`super::copy_image::copy_regions`]); else nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if super::copy_image::copy_regions(&build.config).is_empty() {
+        Vec::new()
+    } else {
+        vec!["ec2:DescribeImages"]
+    }
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let mut pending = Vec::new();
@@ -38,4 +48,20 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     }
     waits::COPIES_AVAILABLE.end(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::build;
+    use serde_json::json;
+
+    #[test]
+    fn waits_only_for_copies() {
+        assert!(local_calls(&build(json!({}))).is_empty());
+        assert_eq!(
+            local_calls(&build(json!({"ami_regions": ["us-west-2"]}))),
+            ["ec2:DescribeImages"]
+        );
+    }
 }

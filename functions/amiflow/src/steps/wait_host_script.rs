@@ -17,11 +17,23 @@ pub const SPEC: StepSpec = StepSpec {
         "ssm:GetParameter",
     ],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::HOST_SCRIPT),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: GetCommandInvocation when the host script went by SSM
+/// ([`super::run_host_script::sends_to_host`]); nothing after a run on this machine. Never
+/// s3:DeleteObject: only a deployed build stages the job.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    match &build.config {
+        amiflow_template::BuilderConfig::Chroot(c) if super::run_host_script::sends_to_host(c) => {
+            vec!["ssm:GetCommandInvocation"]
+        }
+        _ => Vec::new(),
+    }
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let region = state.build.config.build_region().to_string();
@@ -122,4 +134,26 @@ async fn remove_staged_job(ctx: &Ctx, url: &str) -> Result<(), StepError> {
         .await
         .map_err(|e| classify("DeleteObject", url, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_an_ssm_command_is_polled() {
+        let named = local_calls(&build(
+            "amazon-chroot",
+            serde_json::json!({"chroot_host_instance_id": "i-1"}),
+        ));
+        assert_eq!(named, vec!["ssm:GetCommandInvocation"]);
+        assert!(local_calls(&build("amazon-chroot", serde_json::json!({}))).is_empty());
+    }
 }

@@ -7,11 +7,32 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitImageAvailable",
     iam_actions: &["ec2:DescribeImages", "ec2:CreateTags", "ssm:GetParameter"],
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::IMAGE_AVAILABLE),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeImages, and CreateTags on the image's snapshots
+/// ([`has_snapshots`]: not amazon-instance's instance-store image) where they were not
+/// tagged at creation (RegisterImage's; CreateImage's where EC2 refuses the snapshot tag
+/// specification, as emulators do); nothing with `skip_create_ami` (no image).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if build.config.skip_create_ami() {
+        return Vec::new();
+    }
+    let mut calls = vec!["ec2:DescribeImages"];
+    if has_snapshots(build) {
+        calls.push("ec2:CreateTags");
+    }
+    calls
+}
+
+/// Whether the build's images have snapshots: EBS-backed, not amazon-instance's
+/// instance-store image (registered from its bundle in S3).
+pub(crate) fn has_snapshots(build: &amiflow_template::PreparedBuild) -> bool {
+    build.builder_type != amiflow_template::BuilderType::Instance
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let cfg = state.build.config.clone();
@@ -51,4 +72,27 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.snapshots.insert(region, snaps);
     waits::IMAGE_AVAILABLE.end(&mut state);
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::prepare::fixture::{build, template};
+    use serde_json::json;
+
+    #[test]
+    fn snapshots_are_tagged_unless_the_image_has_none() {
+        assert_eq!(
+            local_calls(&build(json!({}))),
+            ["ec2:DescribeImages", "ec2:CreateTags"]
+        );
+        assert!(local_calls(&build(json!({"skip_create_ami": true}))).is_empty());
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/instance-basic.json"),
+        )
+        .unwrap();
+        let instance = template(serde_json::from_str(&example).unwrap());
+        assert_eq!(local_calls(&instance), ["ec2:DescribeImages"]);
+    }
 }

@@ -3,18 +3,28 @@
 
 use aws_sdk_ec2::types::VolumeAttachmentState;
 
-use super::swap_volumes::swap;
+use super::swap_volumes::{swap, swaps};
 use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "WaitRootVolumeAttached",
     iam_actions: &["ec2:DescribeVolumes"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::ROOT_VOLUME_ATTACHED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeVolumes with `use_create_image` ([`swaps`]);
+/// without it nothing.
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    if swaps(build) {
+        vec!["ec2:DescribeVolumes"]
+    } else {
+        Vec::new()
+    }
+}
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {
     let Some(plan) = swap(&state) else {
@@ -47,5 +57,29 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
             "volume {} is not attaching to {} as {} ({other:?}); was the instance started or changed meanwhile?",
             plan.source_volume, plan.instance_id, plan.root_device
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn waits_only_with_create_image() {
+        let surrogate = |create_image: bool| {
+            local_calls(&build(
+                "amazon-ebssurrogate",
+                serde_json::json!({"use_create_image": create_image}),
+            ))
+        };
+        assert_eq!(surrogate(true), vec!["ec2:DescribeVolumes"]);
+        assert!(surrogate(false).is_empty());
     }
 }

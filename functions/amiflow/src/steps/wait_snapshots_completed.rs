@@ -3,6 +3,7 @@
 //! SnapshotCompleted waiter, 30 minutes unless `aws_polling`); `BuildFailed` when one went
 //! to `error`. amazon-ebsvolume's snapshots are its artifact: they go to `data.snapshots` here.
 
+use amiflow_template::BuilderType;
 use aws_sdk_ec2::types::SnapshotState;
 
 use crate::builders::launch_volumes::snapshot_ids;
@@ -12,11 +13,29 @@ pub const SPEC: StepSpec = StepSpec {
     name: "WaitSnapshotsCompleted",
     iam_actions: &["ec2:DescribeSnapshots"],
     reach: &[],
-    calls: None,
+    calls: Some(local_calls),
     wait: Some(waits::SNAPSHOTS_COMPLETED),
     timeout_seconds: 60,
     handler: handler!(run),
 };
+
+/// What a local build calls here: DescribeSnapshots when there is a snapshot to wait for:
+/// always for amazon-chroot (CreateSnapshot's), for amazon-ebssurrogate and amazon-ebsvolume
+/// when SnapshotVolumes took some ([`super::snapshot_volumes::takes_snapshots`]).
+fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
+    let waits = match build.builder_type {
+        BuilderType::Chroot => true,
+        BuilderType::EbsSurrogate | BuilderType::EbsVolume => {
+            super::snapshot_volumes::takes_snapshots(build)
+        }
+        BuilderType::Ebs | BuilderType::Instance => false,
+    };
+    if waits {
+        vec!["ec2:DescribeSnapshots"]
+    } else {
+        Vec::new()
+    }
+}
 
 /// The snapshots this step waits for: SnapshotVolumes' per device, then CreateSnapshot's.
 pub fn awaited(state: &BuildState) -> Vec<String> {
@@ -74,10 +93,37 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         ));
     }
     waits::SNAPSHOTS_COMPLETED.end(&mut state);
-    if state.build.builder_type == amiflow_template::BuilderType::EbsVolume {
+    if state.build.builder_type == BuilderType::EbsVolume {
         let mut sorted = ids;
         sorted.sort();
         state.data.snapshots.insert(region, sorted);
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(serde_json::json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn waits_only_when_a_snapshot_was_taken() {
+        let waits = |b: &str, c: serde_json::Value| !local_calls(&build(b, c)).is_empty();
+        assert!(waits("amazon-chroot", serde_json::json!({})));
+        let volume = |snapshot: bool| serde_json::json!({"ebs_volumes": [{"device_name": "/dev/xvdf", "snapshot_volume": snapshot}]});
+        assert!(waits("amazon-ebsvolume", volume(true)));
+        assert!(!waits("amazon-ebsvolume", volume(false)));
+        let surrogate = |create_image: bool| {
+            serde_json::json!({"use_create_image": create_image,
+                "launch_block_device_mappings": [{"device_name": "/dev/xvdf"}]})
+        };
+        assert!(waits("amazon-ebssurrogate", surrogate(false)));
+        assert!(!waits("amazon-ebssurrogate", surrogate(true)));
+    }
 }
