@@ -52,9 +52,9 @@ pub struct Faults {
     /// pending, stopped → stopping) and the first N DescribeImages after CreateImage
     /// (available → pending).
     pub pending_describes: usize,
-    /// Rewrite the first N DescribeImages after CreateImage or RegisterImage (available →
-    /// pending), instances left alone: a build that fails once its image exists.
-    pub pending_images: usize,
+    /// Once the first action has gone through, fail the next call of the second (a read,
+    /// say): `("CreateImage", "DescribeImages", ..)` fails a build whose image exists.
+    pub fail_after: Option<(String, String, Injected)>,
     /// Answer the first N calls of an action with RequestLimitExceeded (HTTP 503).
     pub throttle: HashMap<String, usize>,
 }
@@ -69,6 +69,8 @@ struct ProxyState {
     images_pending: usize,
     saw_run: bool,
     saw_create_image: bool,
+    /// `fail_after`'s first action went through; its second not failed yet.
+    armed: bool,
     throttled: HashMap<String, usize>,
     log: Vec<Call>,
 }
@@ -273,6 +275,14 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
             return Decision::Fail(injected.code.clone(), injected.status);
         }
     }
+    if let Some((after, fail, injected)) = state.faults.fail_after.clone() {
+        if state.armed && action == fail {
+            state.armed = false;
+            state.faults.fail_after = None;
+            return Decision::Fail(injected.code, injected.status);
+        }
+        state.armed |= action == after;
+    }
     if is_mutating(action) && service != "sts" {
         state.mutating_seen += 1;
         for (n, injected) in [
@@ -295,7 +305,6 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
     match action {
         "RunInstances" => state.saw_run = true,
         "CreateImage" => state.saw_create_image = true,
-        "RegisterImage" if state.faults.pending_images > 0 => state.saw_create_image = true,
         "DescribeInstances"
             if state.saw_run && state.instances_pending < state.faults.pending_describes =>
         {
@@ -303,12 +312,7 @@ fn decide(state: &mut ProxyState, service: &str, action: &str) -> Decision {
             return Decision::Pending;
         }
         "DescribeImages"
-            if state.saw_create_image
-                && state.images_pending
-                    < state
-                        .faults
-                        .pending_describes
-                        .max(state.faults.pending_images) =>
+            if state.saw_create_image && state.images_pending < state.faults.pending_describes =>
         {
             state.images_pending += 1;
             return Decision::Pending;

@@ -1,7 +1,7 @@
 //! `amiflow policy TEMPLATE` is exactly what a local build needs, in the simulated account
 //! (tests/simacct: its front door decides every call of an IAM user on the user's policy,
 //! resources and conditions included). Under the printed policy each example builds, and a
-//! twin that fails once its image exists cleans up, with no call refused; without any one
+//! twin failing just before Cleanup cleans up, with no call refused; without any one
 //! action the build fails on it, or the failing twin's Cleanup is refused it. A user allowed
 //! nothing is refused at once, so the enforcement is real.
 //!
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use amiflow_tests::fault_proxy::{FaultProxy, Faults};
+use amiflow_tests::fault_proxy::{is_removal, FaultProxy, Faults, Injected};
 use amiflow_tests::lambda_harness::{workspace_binary, Als};
 use amiflow_tests::Moto;
 use serde_json::{json, Value};
@@ -118,8 +118,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// `template` as one run takes it: its own AMI names, the user's keys where it names keys,
-/// and with `fail_late` a polling budget that a pending image exhausts.
-fn for_run(template: &Value, run: &str, key: &(String, String), fail_late: bool) -> Value {
+fn for_run(template: &Value, run: &str, key: &(String, String)) -> Value {
     let mut template = template.clone();
     for (i, b) in template["builders"]
         .as_array_mut()
@@ -127,13 +126,12 @@ fn for_run(template: &Value, run: &str, key: &(String, String), fail_late: bool)
         .iter_mut()
         .enumerate()
     {
-        b["ami_name"] = Value::from(format!("policy-{run}-{i}"));
+        if b.get("ami_name").is_some() {
+            b["ami_name"] = Value::from(format!("policy-{run}-{i}"));
+        }
         if b.get("access_key").is_some() {
             b["access_key"] = Value::from(key.0.clone());
             b["secret_key"] = Value::from(key.1.clone());
-        }
-        if fail_late {
-            b["aws_polling"] = json!({"delay_seconds": 1, "max_attempts": 2});
         }
     }
     template
@@ -232,7 +230,7 @@ fn user(account: &Account, name: &str, policy: &Value) -> (String, String) {
 }
 
 /// One case: under exactly the printed policy the build succeeds with no call refused, and
-/// a build that fails once its image exists fails cleanly (nothing left, nothing refused);
+/// a twin failing just before Cleanup (everything made) fails cleanly (nothing left, nothing refused);
 /// without any one action, the build fails on it, or its failed twin's Cleanup is refused it.
 async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &Case) -> usize {
     let policy = printed_policy(case.label, &case.template).await;
@@ -242,36 +240,56 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
     proxy.set(Faults::default());
     let (ok, out) = build_at(
         &proxy.url(),
-        &for_run(&case.template, &format!("{}-all", case.label), &all, false),
+        &for_run(&case.template, &format!("{}-all", case.label), &all),
         &all,
     )
     .await;
     let refused = refused_to(account, &format!("{}-all", case.label));
     assert!(ok && refused.is_empty(), "{}: the build needs more than the printed policy ({refused:?} refused):\n{out}\npolicy: {policy:#}", case.label);
-    let makes_image = case.template["builders"][0]["type"] != "amazon-ebsvolume";
+    // The failing twin: the last change before Cleanup's first removal is refused, so
+    // everything the build makes exists, and must go.
+    let changes: Vec<(usize, String)> = proxy
+        .log()
+        .into_iter()
+        .filter(|c| c.nth > 0)
+        .map(|c| (c.nth, c.action))
+        .collect();
+    let cleanup_starts = changes
+        .iter()
+        .position(|(_, a)| is_removal(a) && a != "DeleteTags")
+        .expect("a build that removes something");
+    let (last_change, last) = changes[cleanup_starts - 1].clone();
+    let last = last.as_str();
     let fail_late = |run: String, key: (String, String)| async move {
-        proxy.set(Faults {
-            pending_images: 1000,
-            ..Faults::default()
+        let refusal = Injected {
+            code: "InvalidParameterValue".into(),
+            status: 400,
+            times: 1,
+        };
+        // A build that fails once its image exists: WaitImageAvailable's look is refused.
+        proxy.set(match last {
+            "CreateImage" | "RegisterImage" => Faults {
+                fail_after: Some((last.to_string(), "DescribeImages".into(), refusal)),
+                ..Faults::default()
+            },
+            _ => Faults {
+                fail_mutating: Some((last_change, refusal)),
+                ..Faults::default()
+            },
         });
-        let result = build_at(
-            &proxy.url(),
-            &for_run(&case.template, &run, &key, true),
-            &key,
-        )
-        .await;
+        let result = build_at(&proxy.url(), &for_run(&case.template, &run, &key), &key).await;
         proxy.set(Faults::default());
         result
     };
-    if makes_image {
-        let (ok, out) = fail_late(format!("{}-all-failing", case.label), all.clone()).await;
-        let refused = refused_to(account, &format!("{}-all", case.label));
-        assert!(
-            !ok && refused.is_empty(),
-            "{}: a failing build under the policy (refused {refused:?}):\n{out}",
-            case.label
-        );
-    }
+    let before = account.inventory();
+    let (ok, out) = fail_late(format!("{}-all-failing", case.label), all.clone()).await;
+    let refused = refused_to(account, &format!("{}-all", case.label));
+    let left: Vec<String> = account.inventory().difference(&before).cloned().collect();
+    assert!(
+        !ok && refused.is_empty() && left.is_empty(),
+        "{}: a build failing at its change #{last_change} under the policy (refused {refused:?}, left {left:?}):\n{out}",
+        case.label
+    );
     if !case.removals {
         return actions.len();
     }
@@ -279,25 +297,15 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
     for (i, action) in actions.iter().enumerate() {
         let name = format!("{}-without-{i}", case.label);
         let key = user(account, &name, &without(&policy, action));
-        let (ok, out) = build_at(
-            &proxy.url(),
-            &for_run(&case.template, &name, &key, false),
-            &key,
-        )
-        .await;
+        let (ok, out) = build_at(&proxy.url(), &for_run(&case.template, &name, &key), &key).await;
         let refused = refused_to(account, &name);
         if !ok {
             assert!(refused.contains(action), "{}: without {action} the build failed, but not on it (refused: {refused:?}):\n{out}", case.label);
             continue;
         }
-        // Needed only when the build fails: its twin, failing once its image exists, must be
-        // refused it.
-        let refused_failing = if makes_image {
-            let _ = fail_late(format!("{name}-failing"), key.clone()).await;
-            refused_to(account, &name)
-        } else {
-            BTreeSet::new()
-        };
+        // Needed only when the build fails: its failing twin's Cleanup must be refused it.
+        let _ = fail_late(format!("{name}-failing"), key.clone()).await;
+        let refused_failing = refused_to(account, &name);
         if !refused_failing.contains(action) {
             spare.push(action.clone());
         }
@@ -336,7 +344,7 @@ async fn local_builds_need_exactly_the_printed_policy() {
     let stranger = user(&account, "stranger", &nothing);
     let (ok, out) = build_at(
         &proxy.url(),
-        &for_run(&example("ebs-basic"), "stranger", &stranger, false),
+        &for_run(&example("ebs-basic"), "stranger", &stranger),
         &stranger,
     )
     .await;

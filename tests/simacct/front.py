@@ -106,6 +106,9 @@ SSM_OUTPUT_LIMIT = 24000  # characters of output GetCommandInvocation returns
 # EC2 calls the stack's roles may make only on tagged resources (infra.rs's BuildTagged
 # reaches), which moto allows whatever the tags: each call's resources as (form parameter,
 # kind). The front door evaluates the caller's policy on each one with its tags.
+# IAM's create calls whose Tags IAM authorizes as a tagging action as well.
+IAM_TAG_ON_CREATE = {"iam:CreateRole": "iam:TagRole", "iam:CreateInstanceProfile": "iam:TagInstanceProfile"}
+
 EC2_TAG_SCOPED = {
     "ec2:TerminateInstances": [("InstanceId", "instance")],
     "ec2:StopInstances": [("InstanceId", "instance")],
@@ -883,6 +886,15 @@ class Front:
         for arn, context in resources:
             if not policy.allowed(documents, action, arn, context):
                 return f"User: {caller['label']} is not authorized to perform: {action} on resource: {arn}"
+        # IAM, like EC2, authorizes the tags a create call puts on as the tagging action
+        # too (moto does not): CreateRole with Tags needs iam:TagRole on the role.
+        tagging = IAM_TAG_ON_CREATE.get(action)
+        if tagging and b"Tags.member.1.Key" in body:
+            for arn, context in resources:
+                if not policy.allowed(documents, tagging, arn, context):
+                    message = f"User: {caller['label']} is not authorized to perform: {tagging} on resource: {arn} (the tags of {action})"
+                    self.record_denial(caller["label"], tagging, message)
+                    return message
         return None
 
     # ------------------------------------------------------------------ SSM agent

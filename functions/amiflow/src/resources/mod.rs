@@ -355,16 +355,19 @@ impl Kind {
 
     /// The actions Cleanup calls for this kind in a build of this config (after a failure,
     /// or on success for what the ledger holds): its finding and removal, spot requests
-    /// only for a spot build.
+    /// only for a spot build, detaching only amazon-chroot's volume (the only one attached
+    /// to an instance the build does not terminate: the build host).
     pub fn cleanup_calls(self, build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
         if !self.made_by(build) {
             return Vec::new();
         }
         let spot = build.config.is_spot();
+        let on_a_host = build.builder_type == amiflow_template::BuilderType::Chroot;
         self.cleanup_actions()
             .iter()
             .copied()
             .filter(|a| spot || !spot_request::ACTIONS.contains(a))
+            .filter(|a| on_a_host || *a != volume::DETACH_ACTION)
             .collect()
     }
 

@@ -21,11 +21,11 @@ pub const REACH: &[(&str, Reach)] = &[
     ("ec2:DetachVolume", Reach::BuildTaggedOrBuildHost),
 ];
 
-pub const CLEANUP_ACTIONS: &[&str] = &[
-    "ec2:DescribeVolumes",
-    "ec2:DeleteVolume",
-    "ec2:DetachVolume",
-];
+pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeVolumes", "ec2:DeleteVolume", DETACH_ACTION];
+
+/// The sweep detaches a build's volume still attached to an instance it does not
+/// terminate (amazon-chroot's, on the build host).
+pub const DETACH_ACTION: &str = "ec2:DetachVolume";
 
 /// The volume, or None when EC2 does not know it.
 pub async fn describe(ctx: &Ctx, region: &str, id: &str) -> Result<Option<Volume>, StepError> {
