@@ -240,7 +240,7 @@ impl Account {
     }
 
     /// amiflow's clients with the admin's key, straight to moto (checks, not builds).
-    async fn admin(&self) -> amiflow::Ctx {
+    pub(super) async fn admin(&self) -> amiflow::Ctx {
         let key = &self.ready["admin"];
         amiflow::Ctx::from_sdk_config(
             sdk_as(

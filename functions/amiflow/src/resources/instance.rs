@@ -24,7 +24,6 @@ pub const REACH: &[(&str, Reach)] = &[
 pub const CLEANUP_ACTIONS: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:TerminateInstances",
-    "ec2:DescribeSpotInstanceRequests",
     "ec2:CancelSpotInstanceRequests",
 ];
 

@@ -331,9 +331,13 @@ impl Kind {
             Kind::Instance => config.run().is_some(),
             Kind::KeyPair => key_pair::made_for(config),
             Kind::SecurityGroup => security_group::made_for(config),
-            Kind::Volume => match build.builder_type {
-                B::Chroot | B::EbsVolume | B::EbsSurrogate => true,
-                B::Ebs | B::Instance => keeps_a_launch_volume(),
+            // A launch volume outlives the instance when it is not deleted on termination,
+            // or when amazon-ebssurrogate's `use_create_image` swaps the root out.
+            Kind::Volume => match config {
+                amiflow_template::BuilderConfig::Chroot(_)
+                | amiflow_template::BuilderConfig::EbsVolume(_) => true,
+                amiflow_template::BuilderConfig::EbsSurrogate(c) if c.use_create_image => true,
+                _ => keeps_a_launch_volume(),
             },
             Kind::Image => match build.builder_type {
                 B::EbsVolume => false,

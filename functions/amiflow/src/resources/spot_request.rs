@@ -8,10 +8,7 @@ use crate::{Ctx, StepError};
 pub const NOT_FOUND: &str = "InvalidSpotInstanceRequestID.NotFound";
 
 /// What the instance sweep calls about spot requests (of a spot build only).
-pub const ACTIONS: &[&str] = &[
-    "ec2:DescribeSpotInstanceRequests",
-    "ec2:CancelSpotInstanceRequests",
-];
+pub const ACTIONS: &[&str] = &["ec2:CancelSpotInstanceRequests"];
 
 /// Cancels these requests; Ok(false) when there were none or EC2 knows none of them.
 pub async fn cancel(ctx: &Ctx, region: &str, ids: &[String]) -> Result<bool, StepError> {

@@ -103,31 +103,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                 .set_block_device_mappings(
                     Some(mappings(cfg.ami_block_device_mappings(), false))
                         .filter(|m| !m.is_empty()),
-                )
-                .tag_specifications(tag_spec(ResourceType::Image, &state, &tags));
-            // No SDK retries on this first form: a 500 here means "not supported" (below).
-            let mut result = request
-                .clone()
-                .tag_specifications(tag_spec(ResourceType::Snapshot, &state, &tags))
-                .customize()
-                .config_override(
-                    aws_sdk_ec2::config::Config::builder()
-                        .retry_config(aws_config::retry::RetryConfig::disabled()),
-                )
-                .send()
-                .await;
-            // Emulators without snapshot tag specifications (moto answers 500): the image is
-            // tagged at creation, its snapshots by WaitImageAvailable.
-            if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500)
-            {
-                result = request.send().await;
-            } else if result.is_ok() {
-                state
-                    .data
-                    .extra
-                    .insert(SNAPSHOTS_TAGGED.into(), serde_json::Value::Bool(true));
-            }
-            let out = result.map_err(|e| create_image_error(&instance, &name, e))?;
+                );
+            let out = send_tagged(&mut state, request, &tags)
+                .await
+                .map_err(|e| create_image_error(&instance, &name, e))?;
             out.image_id().unwrap_or_default().to_string()
         }
     };
@@ -143,6 +122,45 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     state.data.amis.insert(region, id);
     waits::IMAGE_AVAILABLE.begin(&mut state);
     Ok(state)
+}
+
+/// Sends a CreateImage with the image and its snapshots tagged at creation, so that no
+/// untagged snapshot of the build ever exists (a role may tag and remove only what carries
+/// the build tag). An emulator without snapshot tag specifications (moto answers 500) gets
+/// the image tagged at creation and its snapshots tagged by WaitImageAvailable, which
+/// [`SNAPSHOTS_TAGGED`] tells otherwise. amazon-ebs's CreateImage, and amazon-ebssurrogate's
+/// with `use_create_image` (steps/register_image.rs).
+pub(crate) async fn send_tagged(
+    state: &mut BuildState,
+    request: aws_sdk_ec2::operation::create_image::builders::CreateImageFluentBuilder,
+    tags: &BTreeMap<String, String>,
+) -> Result<
+    aws_sdk_ec2::operation::create_image::CreateImageOutput,
+    aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::create_image::CreateImageError>,
+> {
+    let request = request.tag_specifications(tag_spec(ResourceType::Image, state, tags));
+    // No SDK retries on this first form: a 500 here means "not supported" (below).
+    let result = request
+        .clone()
+        .tag_specifications(tag_spec(ResourceType::Snapshot, state, tags))
+        .customize()
+        .config_override(
+            aws_sdk_ec2::config::Config::builder()
+                .retry_config(aws_config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await;
+    if matches!(&result, Err(aws_sdk_ec2::error::SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500)
+    {
+        return request.send().await;
+    }
+    if result.is_ok() {
+        state
+            .data
+            .extra
+            .insert(SNAPSHOTS_TAGGED.into(), serde_json::Value::Bool(true));
+    }
+    result
 }
 
 #[cfg(test)]

@@ -179,13 +179,12 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
                         )?
                     };
                     tags.extend(build_tags(&state));
-                    let out = ec2
+                    let request = ec2
                         .create_image()
                         .instance_id(&instance)
                         .name(&name)
-                        .set_block_device_mappings(Some(devices))
-                        .tag_specifications(tag_spec(ResourceType::Image, &state, &tags))
-                        .send()
+                        .set_block_device_mappings(Some(devices));
+                    let out = crate::steps::create_image::send_tagged(&mut state, request, &tags)
                         .await
                         .map_err(|e| create_image_error(&instance, &name, e))?;
                     out.image_id().unwrap_or_default().to_string()
