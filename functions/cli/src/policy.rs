@@ -255,6 +255,7 @@ fn localize(statement: Value, names: &LocalNames) -> Option<Value> {
             Value::String(s)
                 if s.contains("${ArtifactsBucket}") || s.contains("${BundleBuckets}") =>
             {
+                let s = ANY.iter().fold(s, |s, p| s.replace(p, "*"));
                 let out: Vec<Value> = names
                     .buckets
                     .iter()
@@ -328,4 +329,187 @@ fn localize(statement: Value, names: &LocalNames) -> Option<Value> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn examples() -> Vec<(String, Vec<PreparedBuild>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let opts = amiflow_template::PrepareOptions::new(chrono::Utc::now());
+            let prepared = amiflow_template::prepare(&text, &opts)
+                .unwrap_or_else(|p| panic!("{}: {p}", path.display()));
+            out.push((path.display().to_string(), prepared.builds));
+        }
+        assert!(out.len() > 10, "only {} examples found", out.len());
+        out
+    }
+
+    fn actions(policy: &Value) -> BTreeSet<String> {
+        amiflow::infra::policy_actions(policy).into_iter().collect()
+    }
+
+    /// What a build calls in a step is what the step's deployed role may do: the role is
+    /// the union of every config's calls.
+    #[test]
+    fn every_steps_calls_are_among_its_roles_actions() {
+        let mut checked = 0;
+        for (example, builds) in examples() {
+            for build in &builds {
+                let mut steps = amiflow::flows::local_path(build);
+                steps.extend(amiflow::flows::pipeline_steps());
+                for step in steps {
+                    for call in step.local_calls(build) {
+                        checked += 1;
+                        assert!(
+                            step.iam_actions.contains(&call),
+                            "{example}: {} calls {call}, which its role lacks",
+                            step.name
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} calls checked");
+    }
+
+    /// examples/ebs-basic.json (communicator none, no profile, KMS, bucket or SSM) is
+    /// granted its launch, image and cleanup calls, and none of what other options call.
+    #[test]
+    fn a_basic_build_is_granted_what_its_path_calls_only() {
+        let (_, builds) = examples()
+            .into_iter()
+            .find(|(name, _)| name.ends_with("/ebs-basic.json"))
+            .unwrap();
+        let granted = actions(&local_policy(&builds, None).unwrap());
+        for needed in [
+            "ec2:RunInstances",
+            "ec2:StopInstances",
+            "ec2:CreateImage",
+            "ec2:TerminateInstances",
+            "ec2:DeregisterImage",
+            "ec2:CreateTags",
+        ] {
+            assert!(granted.contains(needed), "{needed} missing: {granted:?}");
+        }
+        for a in &granted {
+            assert!(a.starts_with("ec2:"), "{a} granted to ebs-basic");
+        }
+        for absent in [
+            "ec2:CreateVolume",
+            "ec2:RegisterImage",
+            "ec2:CreateKeyPair",
+            "ec2:CreateSecurityGroup",
+            "ec2:CopyImage",
+            "ec2:ModifyImageAttribute",
+        ] {
+            assert!(!granted.contains(absent), "{absent} granted to ebs-basic");
+        }
+    }
+
+    /// Every statement of every example's policy is scoped as the stack scopes it: what
+    /// destroys or changes needs the build tag (or is the template's named build host), IAM
+    /// changes only amiflow's own roles, parameters only amiflow's, PassRole only towards EC2.
+    #[test]
+    fn every_examples_policy_is_scoped() {
+        for (example, builds) in examples() {
+            let policy = local_policy(&builds, None).unwrap();
+            let text = policy.to_string();
+            assert!(!text.contains("${"), "{example}: a stack name left: {text}");
+            for s in policy["Statement"].as_array().unwrap() {
+                let unscoped = s["Resource"] == "*" && s.get("Condition").is_none();
+                for a in actions(&json!({ "Statement": [s] })) {
+                    let verb = a.split(':').nth(1).unwrap_or_default();
+                    // Unscoped: only reads, and EC2's creates (scoped by the tags they carry).
+                    let reads = ["Describe", "Get", "List"]
+                        .iter()
+                        .any(|r| verb.starts_with(r));
+                    let creates =
+                        a.starts_with("ec2:") && amiflow::infra::is_creating_ec2_call(verb);
+                    assert!(
+                        !unscoped || reads || creates,
+                        "{example}: {a} unscoped: {s}"
+                    );
+                    if a.starts_with("iam:") && a != "iam:PassRole" && !reads {
+                        assert!(
+                            s["Resource"].to_string().contains("/amiflow/"),
+                            "{example}: {a} beyond amiflow's roles: {s}"
+                        );
+                    }
+                    if a == "iam:PassRole" {
+                        assert_eq!(
+                            s["Condition"]["StringEquals"]["iam:PassedToService"],
+                            "ec2.amazonaws.com",
+                            "{example}: {s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_local_statement_keeps_the_build_tag_and_the_templates_buckets() {
+        let names = LocalNames {
+            buckets: BTreeSet::from(["my-logs".to_string()]),
+            hosts: BTreeSet::new(),
+        };
+        let build_tagged = amiflow::infra::reach_statements(
+            Reach::BuildTagged,
+            &["ec2:TerminateInstances".to_string()],
+            &[],
+        )
+        .remove(0);
+        let local = localize(build_tagged, &names).unwrap();
+        assert_eq!(
+            local["Condition"],
+            json!({"StringLike": {"aws:ResourceTag/amiflow:build": "*"}}),
+            "the state machine condition goes (local builds carry no such tag), the build tag stays: {local}"
+        );
+        let buckets = amiflow::infra::reach_statements(
+            Reach::StackBuckets,
+            &["s3:PutObject".to_string()],
+            &[],
+        )
+        .remove(0);
+        let local = localize(buckets.clone(), &names).unwrap();
+        assert_eq!(
+            local["Resource"],
+            json!([
+                "arn:*:s3:::my-logs",
+                "arn:*:s3:::my-logs/*",
+                "arn:*:s3:::my-logs",
+                "arn:*:s3:::my-logs/*"
+            ])
+        );
+        let none = LocalNames {
+            buckets: BTreeSet::new(),
+            hosts: BTreeSet::new(),
+        };
+        assert_eq!(localize(buckets, &none), None, "no bucket, no statement");
+        let host = amiflow::infra::reach_statements(
+            Reach::BuildTaggedOrBuildHost,
+            &["ec2:AttachVolume".to_string()],
+            &[],
+        );
+        let kept: Vec<Value> = host
+            .iter()
+            .filter_map(|s| localize(s.clone(), &none))
+            .collect();
+        assert_eq!(
+            kept.len(),
+            1,
+            "no named host: only the build-tagged statement: {kept:?}"
+        );
+    }
 }
