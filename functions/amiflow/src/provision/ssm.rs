@@ -293,23 +293,28 @@ pub async fn agent_status(ctx: &Ctx, region: &str, instance_id: &str) -> AgentSt
     }
 }
 
-async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) {
+/// Removes a provisioner's staged files: they hold revealed values, so a removal that fails
+/// fails the build (Cleanup's staging sweep then tries again), never silently.
+async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) -> Result<(), StepError> {
     let Some(bucket) = &cfg.ssm_bucket else {
-        return;
+        return Ok(());
     };
-    let s3 = s3(ctx, &cfg.region);
-    if let Ok(list) = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .send()
+    crate::resources::s3::delete_objects_under(ctx, &cfg.region, &format!("{bucket}/{prefix}"), &[])
         .await
-    {
-        for obj in list.contents() {
-            if let Some(key) = obj.key() {
-                let _ = s3.delete_object().bucket(bucket).key(key).send().await;
-            }
-        }
+        .map(|_| ())
+        .map_err(|e| match e {
+            StepError::BuildFailed(why) => StepError::BuildFailed(format!(
+                "the staged files under s3://{bucket}/{prefix} hold revealed values and could not be removed ({why}): allow s3:ListBucket and s3:DeleteObject on the bucket"
+            )),
+            retried => retried,
+        })
+}
+
+/// [`remove_staged`] on a path that fails already: the removal's own failure is told, and
+/// Cleanup's staging sweep tries again.
+async fn remove_staged_after_failure(ctx: &Ctx, cfg: &Communication, prefix: &str) {
+    if let Err(e) = remove_staged(ctx, cfg, prefix).await {
+        tracing::error!(error = %e, "staged files left for Cleanup");
     }
 }
 
@@ -425,7 +430,7 @@ impl<'a> SsmSession<'a> {
             self.windows,
             &inv,
         )
-        .await;
+        .await?;
         let mut sink = OutputSink::new(label, secrets);
         sink.push(false, stdout.as_bytes());
         sink.push(false, b"\n");
@@ -436,7 +441,7 @@ impl<'a> SsmSession<'a> {
             self.cfg,
             &staging_prefix(&self.execution, &self.build, index),
         )
-        .await;
+        .await?;
         decide(label, &status, &details, inv.response_code(), &sink.tail())?;
         Ok(Progress::Done)
     }
@@ -530,7 +535,7 @@ impl<'a> SsmSession<'a> {
             }
             Err(e) => {
                 let text = DisplayErrorContext(&e).to_string();
-                remove_staged(ctx, cfg, &prefix).await;
+                remove_staged_after_failure(ctx, cfg, &prefix).await;
                 if text.contains("InvalidInstanceId") {
                     return Ok(Progress::Pending(format!(
                         "{label}: {} is not ready for SSM commands yet (agent not registered or instance not running)",
@@ -562,7 +567,7 @@ impl<'a> SsmSession<'a> {
                 .send()
                 .await;
             if let Err(e) = put {
-                remove_staged(self.ctx, self.cfg, prefix).await;
+                remove_staged_after_failure(self.ctx, self.cfg, prefix).await;
                 return Err(match classify("PutObject", key, e) {
                     StepError::BuildFailed(why) => {
                         failed(label, format!("staging s3://{bucket}/{key}: {why}"))
@@ -618,13 +623,13 @@ async fn command_output(
     instance_id: &str,
     windows: bool,
     inv: &aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput,
-) -> (String, String) {
+) -> Result<(String, String), StepError> {
     let fallback = (
         inv.standard_output_content().unwrap_or("").to_string(),
         inv.standard_error_content().unwrap_or("").to_string(),
     );
     let Some(bucket) = &cfg.ssm_bucket else {
-        return fallback;
+        return Ok(fallback);
     };
     let s3 = s3(ctx, &cfg.region);
     // The plugin's folder: the shell document's, or the PowerShell document's.
@@ -642,22 +647,34 @@ async fn command_output(
                 Ok(b) => Some(String::from_utf8_lossy(&b.into_bytes()).to_string()),
                 Err(_) => None,
             },
-            Err(_) => None,
+            // No such stream: the command wrote nothing to it.
+            Err(e) if crate::error::error_code(&e) == Some("NoSuchKey") => None,
+            Err(e) => {
+                tracing::warn!(
+                    output = %format!("s3://{bucket}/{key}"),
+                    error = %crate::error::classify("GetObject", &key, e),
+                    "cannot read the command's whole output (s3:GetObject); showing what SSM kept (24 000 characters)"
+                );
+                None
+            }
         };
         got.push(text);
     }
-    // Everything the command wrote goes, whatever the plugin named it (best effort: the
-    // bucket's lifecycle rule expires what is left).
+    // Everything the command wrote goes, whatever the plugin named it: it may print what
+    // it was given (revealed values), so what cannot go fails the build, never silently.
     let written = format!("{bucket}/{output_prefix}/{command_id}/");
-    if let Err(e) =
-        crate::resources::s3::delete_objects_under(ctx, &cfg.region, &written, &[]).await
-    {
-        tracing::warn!(output = %written, error = %e, "cannot remove the command's output");
-    }
-    match (got[0].take(), got[1].take()) {
+    crate::resources::s3::delete_objects_under(ctx, &cfg.region, &written, &[])
+        .await
+        .map_err(|e| match e {
+            StepError::BuildFailed(why) => StepError::BuildFailed(format!(
+                "the command's output under s3://{written} could not be removed ({why}): allow s3:ListBucket and s3:DeleteObject on the bucket"
+            )),
+            retried => retried,
+        })?;
+    Ok(match (got[0].take(), got[1].take()) {
         (None, None) => fallback,
         (o, e) => (o.unwrap_or(fallback.0), e.unwrap_or(fallback.1)),
-    }
+    })
 }
 
 /// Waits (at most ~5 s) until ListCommands on `instance` lists `command_id`.
