@@ -125,12 +125,21 @@ const SSM_BUCKET: &str = "my-amiflow-logs";
 
 /// An example that provisions over SSM, as it runs here: in the account's region and
 /// subnet, from its one image (the front door's agent answers for the instance).
-fn over_ssm(mut template: Value, subnet: &str) -> Value {
+fn over_ssm(template: Value, subnet: &str) -> Value {
+    let mut template = from_the_one_image(template);
     for b in template["builders"].as_array_mut().unwrap() {
         b["region"] = json!(REGION);
         if b.get("subnet_id").is_some() {
             b["subnet_id"] = json!(subnet);
         }
+    }
+    template
+}
+
+/// A template whose `source_ami_filter` looks for an image this account lacks (its
+/// catalogue holds one): that image named instead.
+fn from_the_one_image(mut template: Value) -> Value {
+    for b in template["builders"].as_array_mut().unwrap() {
         if let Some(o) = b.as_object_mut() {
             if o.remove("source_ami_filter").is_some() {
                 o.insert("source_ami".into(), json!(SOURCE_AMI));
@@ -165,6 +174,12 @@ fn cases(sshd: Option<&Sshd>, subnet: &str) -> Vec<Case> {
         case("ebsvolume", example("ebsvolume"), true),
         case("credentials-static", example("credentials-static"), false),
         case("credentials-env", example("credentials-env"), false),
+        case("credentials-profile", example("credentials-profile"), false),
+        case(
+            "ebs-al2023",
+            from_the_one_image(example("ebs-al2023")),
+            true,
+        ),
         case("ebs-ssm", over_ssm(example("ebs-ssm"), subnet), true),
         case(
             "windows-ssm",
@@ -214,9 +229,20 @@ async fn build_at(endpoint: &str, template: &Value, key: &(String, String)) -> (
     let path = dir.path().join("template.json");
     std::fs::write(&path, template.to_string()).unwrap();
     let region = template["builders"][0]["region"].as_str().unwrap_or(REGION);
+    // examples/credentials-profile.json's profile, with the same keys.
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[customprofile]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key.0, key.1
+        ),
+    )
+    .unwrap();
     let out = tokio::process::Command::new(workspace_binary("amiflow"))
         .arg("build")
         .arg(&path)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", &key.0)
         .env("AWS_SECRET_ACCESS_KEY", &key.1)
