@@ -133,7 +133,11 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     let c = &listed.commands()[0];
     assert_eq!(c.document_name(), Some("AWS-RunShellScript"));
     assert_eq!(c.instance_ids(), std::slice::from_ref(&id));
-    assert_eq!(c.comment(), Some("amiflow e2e-ssm #0"));
+    assert_eq!(
+        c.comment(),
+        Some(amiflow::provision::ssm::comment("", "e2e-ssm", 0).as_str())
+    );
+    assert!(c.comment().unwrap().starts_with("amiflow e2e-ssm "));
     assert_eq!(c.output_s3_bucket_name(), Some(BUCKET));
     let params = c.parameters().unwrap();
     let commands = params["commands"].join("\n");
@@ -195,7 +199,7 @@ async fn ssm_sends_one_command_per_provisioner_with_files_staged_in_s3() {
     let third = listed
         .commands()
         .iter()
-        .find(|c| c.comment() == Some("amiflow e2e-ssm #2"))
+        .find(|c| c.comment() == Some(amiflow::provision::ssm::comment("", "e2e-ssm", 2).as_str()))
         .expect("command #2");
     assert_eq!(
         third.parameters().unwrap()["executionTimeout"],
@@ -428,7 +432,7 @@ async fn a_winrm_template_provisions_windows_over_ssm_with_a_restart_between_ste
         assert_eq!(c.document_name(), Some("AWS-RunPowerShellScript"), "#{i}");
         assert_eq!(
             c.comment(),
-            Some(format!("amiflow {execution} #{i}").as_str())
+            Some(amiflow::provision::ssm::comment("", execution, i).as_str())
         );
         let params = c.parameters().unwrap();
         assert!(

@@ -18,6 +18,20 @@ pub fn stable_uuid(state: &BuildState, what: &str) -> Uuid {
     )
 }
 
+/// Eight hex digits naming whom a build's SSM commands belong to: the state machine and the
+/// execution (two stacks' executions may share a name; a local build has no state
+/// machine). Their comments carry it, so that a janitor cancels its own stack's commands
+/// only, whatever the names, in the 100 characters SSM allows a comment.
+pub fn command_owner(state_machine: &str, execution: &str) -> String {
+    let whole = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{state_machine}/{execution}").as_bytes(),
+    )
+    .simple()
+    .to_string();
+    whole[..8].to_string()
+}
+
 /// EC2's idempotency token for one create of one step.
 pub fn client_token(state: &BuildState, step: &str) -> String {
     stable_uuid(state, step).to_string()

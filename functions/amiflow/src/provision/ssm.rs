@@ -33,21 +33,26 @@ use crate::{BuildState, Ctx, StepError};
 
 pub const DOCUMENT: &str = crate::resources::ssm_command::SHELL_DOCUMENT;
 
-/// The comment that identifies a provisioner's command (SSM allows 100 characters).
-pub fn comment(execution: &str, index: usize) -> String {
-    let exec: String = execution.chars().take(80).collect();
-    format!("amiflow {exec} #{index}")
+/// The comment that identifies a provisioner's command (SSM allows 100 characters): the
+/// execution, cut to 60, and whose it is ([`crate::identity::command_owner`]).
+pub fn comment(state_machine: &str, execution: &str, index: usize) -> String {
+    format!("{}{index}", comment_prefix(state_machine, execution))
 }
 
-/// Whether `comment` is that of one of `execution`'s provisioner commands ([`comment`]).
-pub fn is_provisioner_command_of(comment: &str, execution: &str) -> bool {
-    index_of(comment, execution).is_some()
+fn comment_prefix(state_machine: &str, execution: &str) -> String {
+    let exec: String = execution.chars().take(60).collect();
+    let owner = crate::identity::command_owner(state_machine, execution);
+    format!("amiflow {exec} {owner} #")
 }
 
-fn index_of(comment: &str, execution: &str) -> Option<usize> {
-    let exec: String = execution.chars().take(80).collect();
+/// Whether `comment` is that of one of this execution's provisioner commands ([`comment`]).
+pub fn is_provisioner_command_of(comment: &str, state_machine: &str, execution: &str) -> bool {
+    index_of(comment, state_machine, execution).is_some()
+}
+
+fn index_of(comment: &str, state_machine: &str, execution: &str) -> Option<usize> {
     comment
-        .strip_prefix(&format!("amiflow {exec} #"))?
+        .strip_prefix(&comment_prefix(state_machine, execution))?
         .parse()
         .ok()
 }
@@ -325,6 +330,8 @@ pub struct SsmSession<'a> {
     client: aws_sdk_ssm::Client,
     instance_id: String,
     execution: String,
+    /// The state machine running it (empty locally): its commands' comments name both.
+    state_machine: String,
     /// The build's name: its staged files are its own.
     build: String,
     /// Provisioner index → the newest command sent for it, from ListCommands.
@@ -353,7 +360,8 @@ impl<'a> SsmSession<'a> {
         commands.sort_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0));
         for c in &commands {
             if let (Some(i), Some(id)) = (
-                c.comment().and_then(|s| index_of(s, &execution)),
+                c.comment()
+                    .and_then(|s| index_of(s, &state.state_machine, &execution)),
                 c.command_id(),
             ) {
                 sent.insert(i, id.to_string());
@@ -371,6 +379,7 @@ impl<'a> SsmSession<'a> {
             client,
             instance_id,
             execution,
+            state_machine: state.state_machine.clone(),
             build: state.build.name.clone(),
             sent,
             windows,
@@ -505,7 +514,7 @@ impl<'a> SsmSession<'a> {
             .send_command()
             .document_name(document)
             .instance_ids(&self.instance_id)
-            .comment(comment(&self.execution, index))
+            .comment(comment(&self.state_machine, &self.execution, index))
             .parameters("commands", commands);
         let limit = super::windows::execution_timeout(p, cfg.ssm_execution_timeout);
         send = send.parameters(
@@ -703,14 +712,15 @@ pub async fn newest_command(
     ctx: &Ctx,
     region: &str,
     instance: &str,
-    execution: &str,
+    state: &BuildState,
 ) -> Result<Option<String>, StepError> {
     let commands = commands_on(&ssm(ctx, region), instance, 1).await?;
     Ok(commands
         .iter()
         .filter(|c| {
-            c.comment()
-                .is_some_and(|s| is_provisioner_command_of(s, execution))
+            c.comment().is_some_and(|s| {
+                is_provisioner_command_of(s, &state.state_machine, &state.execution)
+            })
         })
         .max_by_key(|c| c.requested_date_time().map(|t| t.as_nanos()).unwrap_or(0))
         .and_then(|c| c.command_id())
@@ -805,9 +815,23 @@ mod tests {
 
     #[test]
     fn comments_round_trip() {
-        assert_eq!(index_of(&comment("exec-1", 4), "exec-1"), Some(4));
-        assert_eq!(index_of(&comment("exec-1", 4), "exec-2"), None);
-        assert!(comment(&"x".repeat(200), 999).len() <= 100);
+        assert_eq!(index_of(&comment("", "exec-1", 4), "", "exec-1"), Some(4));
+        assert_eq!(index_of(&comment("", "exec-1", 4), "", "exec-2"), None);
+        // Another stack's execution of the same name is not this one.
+        assert_eq!(
+            index_of(&comment("sm-a", "exec-1", 4), "sm-b", "exec-1"),
+            None
+        );
+        assert_eq!(
+            index_of(&comment("sm-a", "exec-1", 4), "sm-a", "exec-1"),
+            Some(4)
+        );
+        // Names that share the cut are told apart.
+        let long = "x".repeat(80);
+        let a = comment("sm-a", &format!("{long}a"), 999);
+        assert!(a.len() <= 100, "{a}");
+        assert_eq!(index_of(&a, "sm-a", &format!("{long}b")), None);
+        assert!(comment("sm", &"x".repeat(200), 999).len() <= 100);
     }
 
     #[test]

@@ -40,9 +40,15 @@ where
 pub const CANCEL_ACTIONS: [&str; 2] = ["ssm:ListCommands", "ssm:CancelCommand"];
 
 /// Cancels the execution's SSM commands still pending or running in `region` (found by
-/// comment among the region's newest), returning what it cancelled. Best effort: what it
+/// comment among the region's newest: only those of this state machine's execution,
+/// `state_machine` empty for a local build), returning what it cancelled. Best effort: what it
 /// cannot list or cancel is logged, and the sweep goes on.
-pub async fn cancel_running(ctx: &Ctx, region: &str, execution: &str) -> Vec<String> {
+pub async fn cancel_running(
+    ctx: &Ctx,
+    region: &str,
+    state_machine: &str,
+    execution: &str,
+) -> Vec<String> {
     let ssm = ctx.ssm(region);
     let mut cancelled = Vec::new();
     let mut next: Option<String> = None;
@@ -67,8 +73,8 @@ pub async fn cancel_running(ctx: &Ctx, region: &str, execution: &str) -> Vec<Str
                 Some(CommandStatus::Pending | CommandStatus::InProgress)
             );
             let ours = c.comment().is_some_and(|m| {
-                crate::steps::run_host_script::is_host_script_of(m, execution)
-                    || crate::provision::ssm::is_provisioner_command_of(m, execution)
+                crate::steps::run_host_script::is_host_script_of(m, state_machine, execution)
+                    || crate::provision::ssm::is_provisioner_command_of(m, state_machine, execution)
             });
             let Some(id) = c.command_id().filter(|_| running && ours) else {
                 continue;

@@ -134,8 +134,7 @@ async fn awaited(
             return Ok((Vec::new(), None));
         };
         let region = state.build.config.build_region();
-        let newest =
-            crate::provision::ssm::newest_command(ctx, region, &instance, &state.execution).await?;
+        let newest = crate::provision::ssm::newest_command(ctx, region, &instance, state).await?;
         return Ok((newest.into_iter().collect(), Some(instance)));
     }
     let event = crate::waits::named(wait).and_then(|w| w.event);

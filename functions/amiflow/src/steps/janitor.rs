@@ -259,7 +259,9 @@ async fn sweep_until_done(
     let id = crate::state::build_id(execution);
     let mut cancelled = Vec::new();
     for region in regions {
-        cancelled.extend(ssm_command::cancel_running(ctx, region, &id).await);
+        cancelled.extend(
+            ssm_command::cancel_running(ctx, region, state_machine.unwrap_or_default(), &id).await,
+        );
     }
     let mut report = sweep_execution_until_done(
         ctx,

@@ -195,20 +195,23 @@ fn sent(
 /// commands by it, [`is_host_script_of`]), and a hash of the build keeps builds apart.
 fn command_comment(state: &BuildState) -> String {
     let id = stable_uuid(state, "RunHostScript").simple().to_string();
-    format!("{}{id}", execution_prefix(&state.execution))
+    format!(
+        "{}{id}",
+        execution_prefix(&state.state_machine, &state.execution)
+    )
 }
 
-/// `amiflow chroot <execution, cut to 40> <8 hex of the whole name's hash> `.
-fn execution_prefix(execution: &str) -> String {
+/// `amiflow chroot <execution, cut to 40> <whose: crate::identity::command_owner> `.
+fn execution_prefix(state_machine: &str, execution: &str) -> String {
     let cut: String = execution.chars().take(40).collect();
-    let whole = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
-    format!("amiflow chroot {cut} {} ", &whole.to_string()[..8])
+    let owner = crate::identity::command_owner(state_machine, execution);
+    format!("amiflow chroot {cut} {owner} ")
 }
 
-/// Whether `comment` is that of one of `execution`'s host scripts ([`command_comment`]).
-pub fn is_host_script_of(comment: &str, execution: &str) -> bool {
+/// Whether `comment` is that of one of this execution's host scripts ([`command_comment`]).
+pub fn is_host_script_of(comment: &str, state_machine: &str, execution: &str) -> bool {
     comment
-        .strip_prefix(&execution_prefix(execution))
+        .strip_prefix(&execution_prefix(state_machine, execution))
         .is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
@@ -351,15 +354,21 @@ mod tests {
         assert!(
             super::command_comment(&state("nightly-42")).starts_with("amiflow chroot nightly-42 ")
         );
-        assert!(super::is_host_script_of(&a, &format!("{long}a")));
+        assert!(super::is_host_script_of(&a, "", &format!("{long}a")));
+        assert!(
+            !super::is_host_script_of(&a, "another-stack", &format!("{long}a")),
+            "another stack's execution of the same name"
+        );
         // Names that share the cut are told apart by the whole name's hash.
-        assert!(!super::is_host_script_of(&a, &format!("{long}b")));
+        assert!(!super::is_host_script_of(&a, "", &format!("{long}b")));
         assert!(super::is_host_script_of(
             &super::command_comment(&state("nightly-42")),
+            "",
             "nightly-42"
         ));
         assert!(!super::is_host_script_of(
             &super::command_comment(&state("nightly-42")),
+            "",
             "nightly-4"
         ));
     }
