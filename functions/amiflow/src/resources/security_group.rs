@@ -24,7 +24,13 @@ pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
     let Some(run) = config.run() else {
         return false;
     };
-    let named = !run.security_group_ids.is_empty()
+    !names_groups(run) && !config.comm().is_some_and(|c| c.is_none())
+}
+
+/// The template names the instance's groups (`security_group_id(s)`,
+/// `security_group_filter`): they are looked up, none is made.
+pub fn names_groups(run: &amiflow_template::config::RunConfig) -> bool {
+    !run.security_group_ids.is_empty()
         || run
             .security_group_id
             .as_deref()
@@ -32,8 +38,7 @@ pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
         || run
             .security_group_filter
             .as_ref()
-            .is_some_and(|f| !f.filters.is_empty());
-    !named && !config.comm().is_some_and(|c| c.is_none())
+            .is_some_and(|f| !f.filters.is_empty())
 }
 
 /// Deletes a group: Ok(true) when deleted, Ok(false) when gone already, `NotReady` while

@@ -192,12 +192,7 @@ mod tests {
         assert_eq!(ec2_name("/dev/xvdf"), "/dev/sdf");
     }
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn a_pinned_device_path_looks_at_no_host_devices() {

@@ -178,12 +178,7 @@ pub fn source_image(img: &aws_sdk_ec2::types::Image) -> SourceImage {
 mod tests {
     use super::*;
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn from_scratch_reads_no_source_image() {

@@ -734,6 +734,15 @@ pub(crate) mod fixture {
         b
     }
 
+    /// A build of `builder` whose config is `config` as a build state holds it (not
+    /// prepared: only the keys a test names).
+    pub(crate) fn of_config(builder: &str, config: Value) -> amiflow_template::PreparedBuild {
+        serde_json::from_value(json!({
+            "name": "b", "builder_type": builder, "config": {builder: config}
+        }))
+        .expect("a build state's build")
+    }
+
     /// The first build of `template`, which must prepare.
     pub(crate) fn template(template: Value) -> amiflow_template::PreparedBuild {
         let mut prepared = amiflow_template::prepare(

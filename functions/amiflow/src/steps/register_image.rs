@@ -538,12 +538,7 @@ mod tests {
         assert!(missing.message().contains("/dev/xvdh"), "{missing:?}");
     }
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn local_calls_follow_create_image_and_the_bundle_removal() {

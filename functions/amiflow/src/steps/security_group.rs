@@ -26,12 +26,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 /// What a local build calls here: DescribeSecurityGroups for the groups the template names
-/// ([`names_groups`]); for a temporary group ([`security_group::made_for`]) CreateSecurityGroup
+/// ([`security_group::names_groups`]); for a temporary group ([`security_group::made_for`]) CreateSecurityGroup
 /// tagged at creation (CreateTags) and, when the communicator needs an inbound port,
 /// AuthorizeSecurityGroupIngress; with neither (communicator none) nothing.
 /// DescribeSecurityGroups for a temporary group only finds a retry's own.
 fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
-    if build.config.run().is_some_and(names_groups) {
+    if build.config.run().is_some_and(security_group::names_groups) {
         return vec!["ec2:DescribeSecurityGroups"];
     }
     if !security_group::made_for(&build.config) {
@@ -42,20 +42,6 @@ fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
         calls.push("ec2:AuthorizeSecurityGroupIngress");
     }
     calls
-}
-
-/// The template names the instance's groups (`security_group_id(s)`,
-/// `security_group_filter`): they are looked up, none is made.
-pub(crate) fn names_groups(run: &RunConfig) -> bool {
-    !run.security_group_ids.is_empty()
-        || run
-            .security_group_id
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-        || run
-            .security_group_filter
-            .as_ref()
-            .is_some_and(|f| !f.filters.is_empty())
 }
 
 pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepError> {

@@ -135,12 +135,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 mod tests {
     use super::*;
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn deletes_run_volume_tags_from_kept_volumes_and_tags_those_with_tags() {

@@ -347,12 +347,7 @@ mod tests {
         assert_eq!(partition_of("eu-west-1"), "aws");
     }
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn local_calls_follow_the_session_and_never_assume_the_role() {

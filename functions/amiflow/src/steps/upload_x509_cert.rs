@@ -104,12 +104,7 @@ pub async fn run(ctx: &Ctx, state: BuildState) -> Result<BuildState, StepError> 
 mod tests {
     use super::*;
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn reads_x509_files_from_where_they_are_and_the_session_key() {

@@ -140,12 +140,7 @@ async fn remove_staged_job(ctx: &Ctx, url: &str) -> Result<(), StepError> {
 mod tests {
     use super::*;
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn only_an_ssm_command_is_polled() {

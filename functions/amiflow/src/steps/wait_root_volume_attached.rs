@@ -64,12 +64,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
 mod tests {
     use super::*;
 
-    fn build(builder: &str, config: serde_json::Value) -> amiflow_template::PreparedBuild {
-        serde_json::from_value(serde_json::json!({
-            "name": "b", "builder_type": builder, "config": {builder: config}
-        }))
-        .unwrap()
-    }
+    use crate::steps::prepare::fixture::of_config as build;
 
     #[test]
     fn waits_only_with_create_image() {
