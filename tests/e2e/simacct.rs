@@ -2092,6 +2092,70 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .await
         .unwrap();
 
+    // 5e. Each setting that names a file the build reads, deployed, naming the function's
+    //     own `/proc/self/environ` (its role's keys): refused where the file would be read
+    //     (RunSourceInstance's user data, Provision's script and file source), naming the
+    //     setting, with nothing left and none of the role's keys in the error.
+    let environ = "/proc/self/environ";
+    let secrets: Vec<String> = functions
+        .values()
+        .filter_map(|f| {
+            f["credentials"]["SecretAccessKey"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    for (label, key, keys, provisioners) in [
+        (
+            "user-data",
+            "user_data_file",
+            json!({"user_data_file": environ}),
+            json!([]),
+        ),
+        (
+            "script",
+            "script",
+            json!({"communicator": "ssm"}),
+            json!([{"type": "shell", "script": environ}]),
+        ),
+        (
+            "file",
+            "source",
+            json!({"communicator": "ssm"}),
+            json!([{"type": "file", "source": environ, "destination": "/tmp/environ"}]),
+        ),
+    ] {
+        let mut template = single_region_ebs_template();
+        let b = template["builders"][0].as_object_mut().unwrap();
+        b.extend(keys.as_object().unwrap().clone());
+        b.insert("ami_name".into(), json!(format!("simacct-file-{label}")));
+        template["provisioners"] = provisioners;
+        let name = format!("simacct-file-{label}");
+        let run = account
+            .execute(&als, &name, json!({"template": template, "vars": {}}))
+            .await;
+        let why = run
+            .succeeded()
+            .expect_err("a deployed build reading the function's own files must fail")
+            // The execution's error is JSON: its quotes escaped.
+            .replace("\\\"", "\"");
+        assert!(
+            why.contains(&format!("{key} \"{environ}\": refused in a deployed build")),
+            "{label}: the refusal names the setting and the file: {why}"
+        );
+        for secret in &secrets {
+            assert!(
+                !why.contains(secret.as_str()),
+                "{label}: a role's key in {why}"
+            );
+        }
+        assert!(
+            run.added.is_empty(),
+            "{label}: a refused build left {:?}",
+            run.added
+        );
+    }
+
     // 6. Only this machine is dialled: a build whose communicator would connect to the address
     //    moto invented for its instance is refused before anything is created.
     let mut unsafe_template = ebs_template();
