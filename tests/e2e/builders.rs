@@ -206,6 +206,12 @@ pub(crate) fn instance_fixture() -> Option<InstanceFixture> {
     Some(InstanceFixture { sshd, cert, key })
 }
 
+/// A stand-in for `ec2-bundle-vol`: checks the uploaded X.509 pair is there and writes a
+/// manifest and one part where the bundle goes.
+pub(crate) const FAKE_BUNDLE_VOL_COMMAND: &str = "mkdir -p {{.Destination}} && test -s {{.KeyPath}} && test -s {{.CertPath}} && \
+               printf '<manifest account=\"{{.AccountId}}\" arch=\"{{.Architecture}}\" exclude=\"{{.PrivatePath}}/*\"/>' > {{.Destination}}/{{.Prefix}}.manifest.xml && \
+               echo part0 > {{.Destination}}/{{.Prefix}}.part.00";
+
 /// `bundle_vol_command` writes a fake bundle (checking the uploaded key is there);
 /// `bundle_upload_command` PUTs it into moto's S3 with curl (moto does not check signatures).
 pub(crate) fn instance_template(
@@ -215,9 +221,7 @@ pub(crate) fn instance_template(
 ) -> Value {
     let dest = f.sshd.path("bundle");
     let x509 = f.sshd.path("x509");
-    let vol = "mkdir -p {{.Destination}} && test -s {{.KeyPath}} && test -s {{.CertPath}} && \
-               printf '<manifest account=\"{{.AccountId}}\" arch=\"{{.Architecture}}\" exclude=\"{{.PrivatePath}}/*\"/>' > {{.Destination}}/{{.Prefix}}.manifest.xml && \
-               echo part0 > {{.Destination}}/{{.Prefix}}.part.00";
+    let vol = FAKE_BUNDLE_VOL_COMMAND;
     let upload = format!(
         "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
          curl -sf -T $f {}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 1; done; \

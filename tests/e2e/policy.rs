@@ -15,6 +15,7 @@ use amiflow_tests::sshd::Sshd;
 use amiflow_tests::Moto;
 use serde_json::{json, Value};
 
+use super::builders::FAKE_BUNDLE_VOL_COMMAND;
 use super::simacct::{port_of, Account};
 
 const REGION: &str = "us-east-1";
@@ -60,12 +61,31 @@ async fn admin_iam(moto: &Moto) -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&admin_sdk)
 }
 
-/// Actions a build calls on AWS that no build here can be made to call, and why: the
-/// test grants them and does not take them away.
-const MOTO_NEVER_ASKS: &[(&str, &str)] = &[(
-    "ec2:CancelSpotInstanceRequests",
-    "moto's spot instances carry no spot request id, so Cleanup has none to cancel",
-)];
+/// Actions a build calls on AWS that no build here calls, and why: the test grants them
+/// and does not take them away.
+const NOT_CALLED_HERE: &[(&str, &str)] = &[
+    (
+        "ec2:CancelSpotInstanceRequests",
+        "moto's spot instances carry no spot request id, so Cleanup has none to cancel",
+    ),
+    (
+        "s3:CreateBucket",
+        "UploadBundle creates s3_bucket only when it does not exist; the account has it",
+    ),
+    (
+        "s3:PutBucketTagging",
+        "UploadBundle tags s3_bucket only when it creates it",
+    ),
+    (
+        "s3:DeleteBucket",
+        "Cleanup removes s3_bucket only when the build created it",
+    ),
+    (
+        "s3:PutObjectAcl",
+        "ec2-upload-bundle gives the bundle its ACL (aws-exec-read); the test's curl stand-in \
+         for it does not",
+    ),
+];
 
 /// Actions a build calls whose refusal it survives, and what it then loses.
 const TOLERATED: &[(&str, &str)] = &[
@@ -73,6 +93,11 @@ const TOLERATED: &[(&str, &str)] = &[
         "s3:GetObject",
         "Provision reads an SSM command's whole output from ssm_output_s3_bucket; refused, it \
          warns and shows the output SSM truncated to 24 000 characters",
+    ),
+    (
+        "s3:GetBucketTagging",
+        "Cleanup asks whether amazon-instance's s3_bucket is one the build made (by its tags) \
+         when its ledger does not say; refused, it keeps the bucket, never removing another's",
     ),
     (
         "ssm:DescribeInstanceInformation",
@@ -149,10 +174,47 @@ fn from_the_one_image(mut template: Value) -> Value {
     template
 }
 
+/// The bucket examples/instance-basic.json names, which the account has.
+const INSTANCE_BUCKET: &str = "packer-images";
+
+/// examples/instance-basic.json as it runs here: over SSH to the sshd from the account's
+/// one image (for its own), its X.509 pair and bundle in the sshd's folder, the bundle made by a stand-in
+/// for ec2-bundle-vol and uploaded by curl through `endpoint`, signed with the keys the
+/// upload command is handed (the caller's, as in a local build).
+fn instance_here(sshd: &Sshd, endpoint: &str) -> Value {
+    let mut template = from_the_one_image(over_ssh(example("instance-basic"), sshd));
+    let (cert, key) = (sshd.path("policy-cert.pem"), sshd.path("policy-key.pem"));
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nFAKE\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nFAKE\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let b = &mut template["builders"][0];
+    b["source_ami"] = json!(SOURCE_AMI);
+    b["x509_cert_path"] = json!(cert.to_string_lossy());
+    b["x509_key_path"] = json!(key.to_string_lossy());
+    b["x509_upload_path"] = json!(sshd.path("x509").to_string_lossy());
+    b["bundle_destination"] = json!(sshd.path("bundle").to_string_lossy());
+    b["bundle_vol_command"] = json!(FAKE_BUNDLE_VOL_COMMAND);
+    // Signed with the caller's own keys, which carry no session token; no `Expect:
+    // 100-continue`.
+    b["bundle_upload_command"] = json!(format!(
+        "m={{{{.ManifestPath}}}}; for f in $m ${{m%.manifest.xml}}.part.00; do \
+         curl -sSf --aws-sigv4 'aws:amz:{{{{.Region}}}}:s3' --user '{{{{.AccessKey}}}}:{{{{.SecretKey}}}}' \
+         -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T $f {endpoint}/{{{{.BucketName}}}}/$(basename $f) >/dev/null || exit 3; done"
+    ));
+    template
+}
+
 /// The examples this account runs, and ebs-basic with the options that bring their own
 /// calls (a copy, sharing, tags, a temporary instance profile). Those that provision over
 /// SSH need `sshd`.
-fn cases(sshd: Option<&Sshd>, subnet: &str) -> Vec<Case> {
+fn cases(sshd: Option<&Sshd>, subnet: &str, endpoint: &str) -> Vec<Case> {
     let mut options = example("ebs-basic");
     let b = &mut options["builders"][0];
     b["ami_regions"] = json!(["us-west-2"]);
@@ -199,6 +261,7 @@ fn cases(sshd: Option<&Sshd>, subnet: &str) -> Vec<Case> {
     ] {
         cases.push(case(name, over_ssh(example(name), sshd), true));
     }
+    cases.push(case("instance-basic", instance_here(sshd, endpoint), true));
     cases
 }
 
@@ -393,7 +456,7 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
     }
     let mut spare = Vec::new();
     for (i, action) in actions.iter().enumerate() {
-        if MOTO_NEVER_ASKS.iter().any(|(a, _)| a == action) {
+        if NOT_CALLED_HERE.iter().any(|(a, _)| a == action) {
             continue;
         }
         let name = format!("{}-without-{i}", case.label);
@@ -420,8 +483,12 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
         }
     }
     assert!(spare.is_empty(), "{}: granted and never called, on success nor after a failure: {spare:?}\npolicy: {policy:#}", case.label);
+    let not_here: Vec<&String> = actions
+        .iter()
+        .filter(|a| NOT_CALLED_HERE.iter().any(|(n, _)| n == a))
+        .collect();
     eprintln!(
-        "policy of {}: {} actions, each needed",
+        "policy of {}: {} actions, each needed (not called here, so not taken away: {not_here:?})",
         case.label,
         actions.len()
     );
@@ -495,7 +562,20 @@ async fn local_builds_need_exactly_the_printed_policy() {
         .as_str()
         .unwrap()
         .to_string();
-    for case in cases(sshd.as_ref(), &subnet) {
+    admin
+        .s3(REGION)
+        .create_bucket()
+        .bucket(INSTANCE_BUCKET)
+        .send()
+        .await
+        .expect("the instance example's bucket");
+    // `AMIFLOW_POLICY_CASE=<label>` runs one case (the whole set takes minutes).
+    let only = std::env::var("AMIFLOW_POLICY_CASE").ok();
+    let front = account.ready["aws_endpoint"].as_str().unwrap().to_string();
+    for case in cases(sshd.as_ref(), &subnet, &front) {
+        if only.as_deref().is_some_and(|o| o != case.label) {
+            continue;
+        }
         needs_exactly_its_policy(&account, &proxy, &case).await;
     }
     // The enforcement is real: a user allowed nothing of EC2 is refused at the first call.

@@ -1199,7 +1199,10 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
             resp_headers = resp.getheaders()
             conn.close()
             text = out.decode(errors="replace")
-            if resp.status >= 400 and any(f"<Code>{c}</Code>" in text or f'"{c}' in text for c in DENIED_CODES):
+            if resp.status == 403 and service == "s3" and self.command == "HEAD":
+                # A HEAD's refusal has no body to name it: S3's 403 is the refusal itself.
+                front.record_denial(label, action, f"HEAD {path}: 403")
+            elif resp.status >= 400 and any(f"<Code>{c}</Code>" in text or f'"{c}' in text for c in DENIED_CODES):
                 m = re.search(r"not authorized to perform:? (\S+?)(?: on|<|\"|$)", text)
                 front.record_denial(label, m.group(1) if m else action, text)
             elif resp.status == 200 and action == "ec2:RegisterImage":

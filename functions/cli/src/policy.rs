@@ -137,6 +137,15 @@ pub fn local_policy(
     let mut by_reach: BTreeMap<Reach, BTreeSet<String>> = BTreeMap::new();
     let mut pass_roles = BTreeSet::new();
     for (step, build) in steps_and_builds(builds, pipeline)? {
+        if step.name == amiflow::steps::upload_bundle::SPEC.name {
+            // A local build hands `bundle_upload_command` the caller's own keys (deployed,
+            // the stack's bundle upload role's): the caller writes the bundle.
+            by_reach.entry(Reach::StackBuckets).or_default().extend(
+                amiflow::steps::upload_bundle::BUNDLE_UPLOAD_ACTIONS
+                    .iter()
+                    .map(|a| a.to_string()),
+            );
+        }
         for action in step.local_calls(&build) {
             if action == "iam:PassRole" {
                 pass_roles.extend(passed_roles(&build));

@@ -21,8 +21,12 @@ pub const DEFAULT_BUNDLE_UPLOAD_COMMAND_WITH_PROFILE: &str = "sudo -i -n ec2-upl
 fn tmp() -> String {
     "/tmp".into()
 }
+/// Packer's default `bundle_prefix`: a template itself, which Prepare renders as if the
+/// builder had written it (`template/prepare.rs`).
+pub const DEFAULT_BUNDLE_PREFIX: &str = "image-{{timestamp}}";
+
 fn bundle_prefix() -> String {
-    "image-{{timestamp}}".into()
+    DEFAULT_BUNDLE_PREFIX.into()
 }
 fn bundle_vol_command() -> String {
     DEFAULT_BUNDLE_VOL_COMMAND.into()

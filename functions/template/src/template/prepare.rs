@@ -187,7 +187,13 @@ pub fn prepare(template_text: &str, opts: &PrepareOptions) -> Result<Prepared, P
             break;
         }
         let mut found = Vec::new();
-        let rendered = ctx.render_builder(&b.name, bt, &b.config, &mut found);
+        let mut keys = b.config.clone();
+        if bt == BuilderType::Instance {
+            // Packer's default prefix holds `{{timestamp}}`: rendered as if written.
+            keys.entry("bundle_prefix")
+                .or_insert(config::instance::DEFAULT_BUNDLE_PREFIX.into());
+        }
+        let rendered = ctx.render_builder(&b.name, bt, &keys, &mut found);
         let Value::Object(rendered) = rendered else {
             // Only an exhausted budget stops an object rendering to an object: reported below.
             break;

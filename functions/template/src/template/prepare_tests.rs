@@ -672,3 +672,19 @@ fn an_unknown_build_data_name_is_refused_at_validation() {
         "{text}"
     );
 }
+
+/// amazon-instance's default `bundle_prefix` (`image-{{timestamp}}`) is rendered as a
+/// written one is: left as it is, a bundle upload command's curl took the braces for a
+/// glob (examples/instance-basic.json names no prefix).
+#[test]
+fn the_default_bundle_prefix_is_rendered() {
+    let tpl = json!({"builders": [{
+        "type": "amazon-instance", "region": "us-east-1", "source_ami": "ami-1",
+        "instance_type": "m3.medium", "ssh_username": "u", "account_id": "0123-4567-0890",
+        "s3_bucket": "bundles", "x509_cert_path": "c", "x509_key_path": "k", "ami_name": "image"
+    }]});
+    let p = ok(&tpl, &opts());
+    let prefix = cfg(&p, "amazon-instance", "bundle_prefix");
+    let expected = format!("image-{}", opts().build_time.timestamp());
+    assert_eq!(prefix, json!(expected));
+}
