@@ -364,6 +364,47 @@ mod tests {
         out
     }
 
+    /// An HCL2 example says what its JSON twin says: the same policy. (Build names may
+    /// differ: the policy does not name builds.)
+    #[test]
+    fn an_hcl2_example_needs_what_its_json_twin_needs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let json: std::collections::BTreeMap<String, Vec<PreparedBuild>> = examples()
+            .into_iter()
+            .map(|(path, builds)| {
+                let stem = Path::new(&path)
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                (stem, builds)
+            })
+            .collect();
+        let mut compared = 0;
+        for entry in std::fs::read_dir(dir.join("hcl2")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let Some(stem) = name.strip_suffix(".pkr.hcl") else {
+                continue;
+            };
+            let Some(twin) = json.get(stem) else {
+                continue;
+            };
+            let opts = amiflow_template::PrepareOptions::new(chrono::Utc::now());
+            let builds = amiflow_template::LoadedTemplate::hcl2(&path, &opts)
+                .and_then(|l| l.prepare())
+                .unwrap_or_else(|p| panic!("{}: {p}", path.display()))
+                .builds;
+            assert_eq!(
+                local_policy(&builds, None).unwrap(),
+                local_policy(twin, None).unwrap(),
+                "{name} and {stem}.json"
+            );
+            compared += 1;
+        }
+        assert!(compared > 10, "only {compared} HCL2 examples compared");
+    }
+
     fn actions(policy: &Value) -> BTreeSet<String> {
         amiflow::infra::policy_actions(policy).into_iter().collect()
     }
