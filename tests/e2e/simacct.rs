@@ -35,6 +35,8 @@ use super::builders::{
 use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
 
 const REGION: &str = "us-east-1";
+/// The stack's name, and so its state machine's.
+const STACK: &str = "amiflow";
 const REGIONS: [&str; 2] = [REGION, COPY_REGION];
 const SOURCE_AMI: &str = "ami-0f8848d57eb4fe2d2";
 /// The waits a deployed build awaits EC2's event for (a callback state `<builder>.Await<wait>`
@@ -147,7 +149,7 @@ impl Account {
             "repo": repo_root(),
             "work_dir": work.path(),
             "region": REGION,
-            "stack_name": "amiflow",
+            "stack_name": STACK,
             "host_env": host_env,
             // The account's Step Functions runs executions with tests/als/run.mjs.
             "node": als.node,
@@ -824,9 +826,10 @@ async fn canary_input(
         [("canary".to_string(), value.to_string())].into(),
     );
     let mut input = amiflow_cli::start::execution_input(template, &vars, "cleanup").unwrap();
-    let stored = amiflow_cli::start::store_sensitive(&admin.ssm(REGION), execution, &sensitive)
-        .await
-        .unwrap();
+    let stored =
+        amiflow_cli::start::store_sensitive(&admin.ssm(REGION), STACK, execution, &sensitive)
+            .await
+            .unwrap();
     let parameter = stored["canary"].clone();
     input["sensitive_vars"] = json!(stored);
     (input, parameter)
@@ -1268,11 +1271,12 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // A sensitive variable reaches the test instance too (its launch settings are the
     // template's), as `amiflow start` passes it: by parameter.
     let canary = format!("pipeline-canary-{}", std::process::id());
-    let canary_parameter = "/amiflow/simacct-pipeline/vars/canary";
+    // Under the stack's path, where `amiflow start` stores it (and only this stack reads).
+    let canary_parameter = format!("/amiflow/{STACK}/simacct-pipeline/vars/canary");
     admin
         .ssm(REGION)
         .put_parameter()
-        .name(canary_parameter)
+        .name(&canary_parameter)
         .value(&canary)
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
         .send()
@@ -1306,11 +1310,11 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         );
     }
     assert_clean_success(&account, &run, |l| {
-        l.contains("/images/simacct/latest") || l.ends_with(canary_parameter)
+        l.contains("/images/simacct/latest") || l.ends_with(&canary_parameter)
     })
     .await;
     assert!(
-        run.removed.iter().any(|l| l.ends_with(canary_parameter)),
+        run.removed.iter().any(|l| l.ends_with(&canary_parameter)),
         "Notify removes the sensitive variable the test kept: {:?}",
         run.removed
     );
@@ -1399,7 +1403,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             "{}:{name}",
             machine.replace(":stateMachine:", ":execution:")
         );
-        let token = format!("/amiflow/{name}/approval/token");
+        let token = format!("/amiflow/{STACK}/{name}/approval/token");
         let answer = async {
             let waited = Instant::now();
             while admin
@@ -2026,7 +2030,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // 5d. The roles themselves, asked directly (not only the steps' own checks):
     //     RunHostScript's role may run its document on the stack's build host only, never
     //     on another instance nor AWS-RunShellScript there; UploadX509Cert's role reads only
-    //     the X.509 pairs under /amiflow/x509/, not another build's temporary key.
+    //     the X.509 pairs under /amiflow/x509/, not another build's temporary key; Connect's
+    //     reads its own stack's keys, not another stack's.
     let run_host_script = account.ssm_as("RunHostScript").await;
     let chroot_document = account.ready["functions"]["RunHostScript"]["environment"]
         ["AMIFLOW_CHROOT_DOCUMENT"]
@@ -2083,6 +2088,44 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         .send()
         .await
         .unwrap();
+    // Connect reads its own stack's temporary keys, never another stack's: a build there of
+    // the same execution name keeps its key under that stack's path.
+    for (stack, allowed) in [(STACK, true), ("another-stack", false)] {
+        let key = amiflow::resources::key_pair::parameter_name(
+            &amiflow::identity::parameter_owner(stack, "same-name-1"),
+            "web",
+        );
+        admin
+            .ssm(REGION)
+            .put_parameter()
+            .name(&key)
+            .value("-----BEGIN OPENSSH PRIVATE KEY----- a build's")
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .unwrap();
+        let read = account
+            .ssm_as("Connect")
+            .await
+            .get_parameter()
+            .name(&key)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+        assert_eq!(
+            read.is_ok(),
+            allowed,
+            "Connect's role reading {key}: {read:?}"
+        );
+        admin
+            .ssm(REGION)
+            .delete_parameter()
+            .name(&key)
+            .send()
+            .await
+            .unwrap();
+    }
     account.stats();
     admin
         .ec2(REGION)
@@ -2344,7 +2387,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     assert!(name.starts_with("scheduled-"), "{name}");
     assert_eq!(
         input["sensitive_vars"]["canary"],
-        format!("/amiflow/{name}/vars/canary"),
+        format!("/amiflow/{STACK}/{name}/vars/canary"),
         "the input names the run's own parameter: {input:#}"
     );
     assert!(
@@ -2354,7 +2397,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     let run = account.hosted(&name, before, fired_at).await;
     // The run's copy of the value was there before it began (ScheduledStart made it):
     // Finalize removed it.
-    let copy = format!("/amiflow/{name}/vars/canary");
+    let copy = format!("/amiflow/{STACK}/{name}/vars/canary");
     assert_clean_success(&account, &run, |l| l.ends_with(&copy)).await;
     assert!(
         !run.record.to_string().contains(&canary),
@@ -2461,9 +2504,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         !input.to_string().contains(&secret),
         "the value entered the input"
     );
-    let copy = "/amiflow/simacct-started/vars/secret";
+    let copy = format!("/amiflow/{STACK}/simacct-started/vars/secret");
     assert_eq!(input["sensitive_vars"]["secret"], copy, "{input:#}");
-    assert_clean_success(&account, &run, |l| l.ends_with(copy)).await;
+    assert_clean_success(&account, &run, |l| l.ends_with(&copy)).await;
     let ami = run.record["output"]["builds"][0]["amis"][REGION]
         .as_str()
         .unwrap();

@@ -118,6 +118,15 @@ impl StackDefaults {
 }
 
 impl Ctx {
+    /// Whose `execution`'s SSM parameters are, as this function sees it: its stack's
+    /// deployed ([`crate::identity::parameter_owner`]), the execution's alone locally.
+    pub fn parameter_owner(&self, execution: &str) -> String {
+        crate::identity::parameter_owner(
+            self.stack.stack_name.as_deref().unwrap_or_default(),
+            execution,
+        )
+    }
+
     /// The function's own region: where the stack is, and so the parameters it keeps for an
     /// execution (sensitive variables, the approval token).
     pub fn own_region(&self) -> String {

@@ -18,6 +18,18 @@ pub fn stable_uuid(state: &BuildState, what: &str) -> Uuid {
     )
 }
 
+/// Whose a build's SSM parameters are (its temporary key, its sensitive variables, the
+/// tokens it awaits with): deployed `<state machine>/<execution>`, so that they live under
+/// `/amiflow/<stack>/` (the state machine is named after its stack), which only that stack's
+/// roles reach; locally the execution alone.
+pub fn parameter_owner(state_machine: &str, execution: &str) -> String {
+    if state_machine.is_empty() {
+        execution.to_string()
+    } else {
+        format!("{state_machine}/{execution}")
+    }
+}
+
 /// Eight hex digits naming whom a build's SSM commands belong to: the state machine and the
 /// execution (two stacks' executions may share a name; a local build has no state
 /// machine). Their comments carry it, so that a janitor cancels its own stack's commands
@@ -114,7 +126,30 @@ pub fn own_filters(state: &BuildState) -> Vec<Filter> {
 
 #[cfg(test)]
 mod tests {
-    use super::state_machine_of;
+    use super::{parameter_owner, state_machine_of};
+
+    #[test]
+    fn a_deployed_builds_parameters_are_its_stacks() {
+        use crate::resources::key_pair::{parameter_name, parameters_root};
+        assert_eq!(
+            parameter_name(&parameter_owner("amiflow", "nightly-1"), "web"),
+            "/amiflow/amiflow/nightly-1/web/ssh-key"
+        );
+        assert!(
+            parameter_name(&parameter_owner("amiflow", "nightly-1"), "web")
+                .starts_with(&parameters_root(Some("amiflow")))
+        );
+        assert_ne!(
+            parameter_owner("stack-a", "nightly-1"),
+            parameter_owner("stack-b", "nightly-1")
+        );
+        // A local build has no stack.
+        assert_eq!(
+            parameter_name(&parameter_owner("", "nightly-1"), "web"),
+            "/amiflow/nightly-1/web/ssh-key"
+        );
+        assert_eq!(parameters_root(None), "/amiflow/");
+    }
 
     #[test]
     fn the_state_machine_is_read_from_an_execution_arn_only() {

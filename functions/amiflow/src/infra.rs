@@ -287,7 +287,8 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!("*"),
             Some(json!({ "Bool": { "kms:GrantIsForAWSResource": "true" } })),
         )],
-        Reach::AmiflowParameters => parameters("*", "/amiflow/*"),
+        // Under the stack's own path (`identity::parameter_owner`): no other stack's.
+        Reach::AmiflowParameters => parameters("*", "/amiflow/${AWS::StackName}/*"),
         Reach::PublishedParameters => parameters("*", "${PublishParameterPrefix}*"),
         Reach::StackBuckets => vec![statement("", stack_buckets, None)],
         Reach::X509Parameters => parameters("*", &format!("{X509_PARAMETER_PATH}*")),
@@ -327,7 +328,7 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!(format!("arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:role{BUNDLE_UPLOAD_ROLE_PATH}*")),
             None,
         )],
-        Reach::SensitiveVars => parameters("*", "/amiflow/*/vars/*"),
+        Reach::SensitiveVars => parameters("*", "/amiflow/${AWS::StackName}/*/vars/*"),
         Reach::NotifyTopics => vec![statement(
             "",
             json!(format!("arn:${{AWS::Partition}}:sns:*:${{AWS::AccountId}}:{NOTIFY_TOPIC_PREFIX}*")),
@@ -1715,7 +1716,8 @@ mod tests {
             assert_eq!(st.len(), 1, "{step} {action}");
             assert_eq!(
                 st[0]["Resource"],
-                json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/*" }),
+                // The stack's own path: no other stack's builds' keys or variables.
+                json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/${AWS::StackName}/*" }),
                 "{step} {action}"
             );
         }

@@ -28,7 +28,11 @@ pub struct Args {
 pub async fn run(args: Args, approve: bool) -> anyhow::Result<u8> {
     let (ctx, sfn) = sfn_for(&args.execution).await?;
     let name = execution_name(&args.execution);
-    let id = amiflow::state::build_id(&name);
+    // The token lives under the path of the execution's state machine (its stack's).
+    let id = amiflow::identity::parameter_owner(
+        amiflow::identity::state_machine_of(&args.execution).unwrap_or_default(),
+        &amiflow::state::build_id(&name),
+    );
     let region = ctx.own_region();
     let ssm = ctx.ssm(&region);
     let token = approval_token::read(&ssm, &id)

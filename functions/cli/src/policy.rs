@@ -278,7 +278,12 @@ fn localize(statement: Value, names: &LocalNames) -> Option<Value> {
                 (!out.is_empty()).then_some(Value::Array(out))
             }
             Value::String(s) => {
-                let s = ANY.iter().fold(s, |s, p| s.replace(p, "*"));
+                // A local build's parameters are under `/amiflow/<execution>/`, no stack's.
+                let s = ANY
+                    .iter()
+                    .fold(s.replace("/${AWS::StackName}/", "/"), |s, p| {
+                        s.replace(p, "*")
+                    });
                 // A name only the stack has (its schedule's template object): nothing local.
                 (!s.contains("${")).then_some(Value::String(s))
             }

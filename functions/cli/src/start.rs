@@ -95,7 +95,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let sdk = loader.load().await;
     let client = aws_sdk_sfn::Client::new(&sdk);
     let ssm = aws_sdk_ssm::Client::new(&sdk);
-    let stored = store_sensitive(&ssm, &name, &sensitive).await?;
+    let machine = state_machine.rsplit(':').next().unwrap_or_default();
+    let stored = store_sensitive(&ssm, machine, &name, &sensitive).await?;
     if !stored.is_empty() {
         input["sensitive_vars"] = serde_json::json!(stored);
     }
@@ -133,15 +134,19 @@ pub fn split_sensitive(
 
 /// Stores the sensitive values as SecureString parameters of execution `name` (what
 /// the input's `sensitive_vars` names); nothing when there are none.
+/// `state_machine`: the name of the state machine the execution runs on (its stack's): the
+/// values go under its path (`amiflow::identity::parameter_owner`).
 pub async fn store_sensitive(
     ssm: &aws_sdk_ssm::Client,
+    state_machine: &str,
     name: &str,
     sensitive: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     if sensitive.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let execution = amiflow::state::build_id(name);
+    let execution =
+        amiflow::identity::parameter_owner(state_machine, &amiflow::state::build_id(name));
     sensitive_var::store(ssm, &execution, sensitive)
         .await
         .map_err(|e| {

@@ -57,7 +57,7 @@ pub async fn store(
     build: &str,
     awaited: &Awaited,
 ) -> Result<String, StepError> {
-    let name = parameter_name(execution, build);
+    let name = parameter_name(&ctx.parameter_owner(execution), build);
     ctx.ssm(&ctx.own_region())
         .put_parameter()
         .name(&name)
@@ -101,10 +101,16 @@ pub async fn find(ctx: &Ctx, resource: &str) -> Result<Option<String>, StepError
             .build()
             .map_err(|e| StepError::BuildFailed(format!("filter {key}: {e}")))
     };
+    // This stack's parameters only (`/amiflow/<stack>/`): another stack's are not its own.
+    let root = super::key_pair::parameters_root(ctx.stack.stack_name.as_deref());
     let mut pages = ctx
         .ssm(&ctx.own_region())
         .describe_parameters()
-        .parameter_filters(filter("Path".into(), Some("Recursive"), "/amiflow/")?)
+        .parameter_filters(filter(
+            "Path".into(),
+            Some("Recursive"),
+            root.trim_end_matches('/'),
+        )?)
         .parameter_filters(filter(format!("tag:{AWAITS_TAG}"), None, resource)?)
         .into_paginator()
         .send();
@@ -114,7 +120,7 @@ pub async fn find(ctx: &Ctx, resource: &str) -> Result<Option<String>, StepError
             .parameters()
             .iter()
             .filter_map(|p| p.name())
-            .find(|n| n.starts_with("/amiflow/") && n.ends_with("/await"))
+            .find(|n| n.starts_with(&root) && n.ends_with("/await"))
         {
             return Ok(Some(name.to_string()));
         }
@@ -124,7 +130,7 @@ pub async fn find(ctx: &Ctx, resource: &str) -> Result<Option<String>, StepError
 
 /// The build's awaited resource and token, or None when it awaits nothing.
 pub async fn read(ctx: &Ctx, execution: &str, build: &str) -> Result<Option<Awaited>, StepError> {
-    read_at(ctx, &parameter_name(execution, build)).await
+    read_at(ctx, &parameter_name(&ctx.parameter_owner(execution), build)).await
 }
 
 /// [`read`] of the parameter `name`.
@@ -147,7 +153,7 @@ pub async fn read_at(ctx: &Ctx, name: &str) -> Result<Option<Awaited>, StepError
 
 /// Removes the build's token; absent counts as removed. Returns whether one was there.
 pub async fn remove(ctx: &Ctx, execution: &str, build: &str) -> Result<bool, StepError> {
-    remove_at(ctx, &parameter_name(execution, build)).await
+    remove_at(ctx, &parameter_name(&ctx.parameter_owner(execution), build)).await
 }
 
 /// [`remove`] of the parameter `name`.

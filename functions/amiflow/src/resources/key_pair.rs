@@ -77,14 +77,25 @@ pub fn parameter_part(s: &str) -> String {
         .collect()
 }
 
-/// `/amiflow/<execution>/` or, for one build, `/amiflow/<execution>/<build>/`.
+/// `/amiflow/<execution>/` or, for one build, `/amiflow/<execution>/<build>/`, where
+/// `execution` is the parameters' owner ([`crate::identity::parameter_owner`]): deployed
+/// `<stack>/<execution>`, a path only the stack's roles reach.
 pub fn parameter_path(execution: &str, build: Option<&str>) -> String {
-    let mut path = format!("/amiflow/{}/", parameter_part(execution));
+    let owner: Vec<String> = execution.split('/').map(parameter_part).collect();
+    let mut path = format!("/amiflow/{}/", owner.join("/"));
     if let Some(b) = build {
         path.push_str(&parameter_part(b));
         path.push('/');
     }
     path
+}
+
+/// `/amiflow/<stack>/` (deployed: [`crate::identity::parameter_owner`]), or `/amiflow/`.
+pub fn parameters_root(stack: Option<&str>) -> String {
+    match stack.filter(|s| !s.is_empty()) {
+        Some(stack) => format!("/amiflow/{}/", parameter_part(stack)),
+        None => "/amiflow/".to_string(),
+    }
 }
 
 /// Where a build's private key is kept: `/amiflow/<execution>/<build>/ssh-key`.
@@ -189,7 +200,11 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<Swept, S
         }
         let mut params = ledger_ids(ledger, ResourceKind::Parameter, region);
         if search {
-            let path = parameter_path(&scope.execution, scope.build_name.as_deref());
+            let owner = crate::identity::parameter_owner(
+                scope.state_machine.as_deref().unwrap_or_default(),
+                &scope.execution,
+            );
+            let path = parameter_path(&owner, scope.build_name.as_deref());
             params = union(params, parameters_under(ctx, region, &path).await?);
         }
         for p in params {

@@ -135,7 +135,8 @@ pub async fn read(
     let ssm = ctx.ssm(&region);
     let mut values = BTreeMap::new();
     for (name, parameter) in references {
-        check_reference(execution, name, parameter).map_err(StepError::InvalidTemplate)?;
+        check_reference(&ctx.parameter_owner(execution), name, parameter)
+            .map_err(StepError::InvalidTemplate)?;
         let out = ssm
             .get_parameter()
             .name(parameter)
@@ -199,7 +200,10 @@ pub async fn remove_all_best_effort(ctx: &Ctx, execution: &str) {
 /// `amiflow start` stored them): Finalize once the builds are done, the janitor after a sweep.
 pub async fn remove_all(ctx: &Ctx, execution: &str) -> Result<Vec<String>, StepError> {
     let region = ctx.own_region();
-    let path = format!("{}vars/", parameter_path(execution, None));
+    let path = format!(
+        "{}vars/",
+        parameter_path(&ctx.parameter_owner(execution), None)
+    );
     let names = super::key_pair::parameters_under(ctx, &region, &path).await?;
     let ssm = ctx.ssm(&region);
     remove(&ssm, names.iter()).await;

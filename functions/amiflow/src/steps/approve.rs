@@ -76,7 +76,12 @@ pub async fn run(ctx: &Ctx, input: ApproveInput) -> Result<Option<Approved>, Ste
     if ctx.in_lambda {
         let execution = crate::state::build_id(&input.execution);
         let region = ctx.own_region();
-        let parameter = approval_token::store(&ctx.ssm(&region), &execution, &input.token).await?;
+        let parameter = approval_token::store(
+            &ctx.ssm(&region),
+            &ctx.parameter_owner(&execution),
+            &input.token,
+        )
+        .await?;
         tracing::warn!(
             %parameter,
             "{question} Waiting for `amiflow approve {0}` or `amiflow reject {0}`",

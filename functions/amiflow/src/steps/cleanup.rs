@@ -137,7 +137,10 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
     {
         report.removed.push(format!(
             "parameter {}",
-            resources::await_token::parameter_name(&state.execution, &state.build.name)
+            resources::await_token::parameter_name(
+                &ctx.parameter_owner(&state.execution),
+                &state.build.name,
+            )
         ));
     }
     // Marked once everything else is gone (a NotReady pass above does not mark twice).

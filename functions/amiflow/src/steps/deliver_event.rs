@@ -95,7 +95,9 @@ pub async fn run(ctx: &Ctx, event: Value) -> Result<Delivered, StepError> {
     let parameter = if watched.carries_build_tags() {
         build_of(ctx, &region, &resource)
             .await?
-            .map(|(execution, build)| await_token::parameter_name(&execution, &build))
+            .map(|(execution, build)| {
+                await_token::parameter_name(&ctx.parameter_owner(&execution), &build)
+            })
     } else {
         await_token::find(ctx, &resource).await?
     };

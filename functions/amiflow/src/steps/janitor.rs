@@ -293,10 +293,10 @@ async fn sweep_until_done(
     // made and marked as delivered, and nobody approved them. They go, as Withdraw would
     // have removed them.
     let ssm = ctx.ssm(&ctx.own_region());
-    if crate::resources::approval_token::remove(&ssm, &id).await? {
+    if crate::resources::approval_token::remove(&ssm, &ctx.parameter_owner(&id)).await? {
         report.removed.push(format!(
             "parameter {} (approval token)",
-            crate::resources::approval_token::parameter_name(&id)
+            crate::resources::approval_token::parameter_name(&ctx.parameter_owner(&id))
         ));
         let none = std::collections::BTreeSet::new();
         for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &none).await? {

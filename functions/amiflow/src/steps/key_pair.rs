@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx, mut state: BuildState) -> Result<BuildState, StepErr
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| temp_name(&state, "amiflow", "KeyPair"));
-    let param = key_pair::parameter_name(&state.execution, &state.build.name);
+    let param = key_pair::parameter_name(&ctx.parameter_owner(&state.execution), &state.build.name);
 
     // A retried step finds its key pair; reuse it only if its private key was stored.
     let existing = match key_pair::describe(ctx, &region, &name).await? {

@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx, mut input: Value) -> Result<Started, StepError> {
         values.insert(var.clone(), value.to_string());
     }
     let execution = crate::state::build_id(&name);
-    let stored = sensitive_var::store(&ssm, &execution, &values).await?;
+    let stored = sensitive_var::store(&ssm, &ctx.parameter_owner(&execution), &values).await?;
     if !stored.is_empty() {
         input["sensitive_vars"] = serde_json::json!(stored);
     }

@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, input: WithdrawInput) -> Result<NotifiedOutput, Step
     if ctx.in_lambda {
         let region = ctx.own_region();
         let execution = crate::state::build_id(&input.execution);
-        approval_token::remove(&ctx.ssm(&region), &execution).await?;
+        approval_token::remove(&ctx.ssm(&region), &ctx.parameter_owner(&execution)).await?;
     }
     let refused = out
         .pipeline_error
