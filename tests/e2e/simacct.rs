@@ -811,7 +811,43 @@ fn single_region_ebs_template() -> Value {
     template
 }
 
-/// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
+/// A temporary key stored at `key` (by the admin) read as `function`'s role, then removed:
+/// what the read answered.
+async fn read_key_as(
+    account: &Account,
+    admin: &amiflow::Ctx,
+    function: &str,
+    key: &str,
+) -> Result<(), String> {
+    admin
+        .ssm(REGION)
+        .put_parameter()
+        .name(key)
+        .value("-----BEGIN OPENSSH PRIVATE KEY----- a build's")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let read = account
+        .ssm_as(function)
+        .await
+        .get_parameter()
+        .name(key)
+        .with_decryption(true)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+    admin
+        .ssm(REGION)
+        .delete_parameter()
+        .name(key)
+        .send()
+        .await
+        .unwrap();
+    read
+}
+
 /// A run of `template` started as `amiflow start` starts it with the sensitive variable
 /// `canary` = `value`: a SecureString parameter of the execution (its name returned), which
 /// the input names.
@@ -857,6 +893,7 @@ fn places_holding(account: &Account, run: &Run, value: &str) -> (Vec<String>, us
     (found, places.len())
 }
 
+/// The chroot builder naming no host: HostInfo takes the stack's BuildHostInstanceId.
 fn chroot_template(mount_dir: &Path) -> Value {
     json!({
         "builders": [{
@@ -2059,35 +2096,11 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         );
     }
     let other_key = amiflow::resources::key_pair::parameter_name("another-build-7", "web");
-    admin
-        .ssm(REGION)
-        .put_parameter()
-        .name(&other_key)
-        .value("-----BEGIN OPENSSH PRIVATE KEY----- another build's")
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .unwrap();
-    let read = account
-        .ssm_as("UploadX509Cert")
-        .await
-        .get_parameter()
-        .name(&other_key)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+    let read = read_key_as(&account, &admin, "UploadX509Cert", &other_key).await;
     assert!(
         read.as_ref().is_err_and(|e| e.contains("not authorized")),
         "UploadX509Cert's role reading another build's key: {read:?}"
     );
-    admin
-        .ssm(REGION)
-        .delete_parameter()
-        .name(&other_key)
-        .send()
-        .await
-        .unwrap();
     // Connect reads its own stack's temporary keys, never another stack's: a build there of
     // the same execution name keeps its key under that stack's path.
     for (stack, allowed) in [(STACK, true), ("another-stack", false)] {
@@ -2095,36 +2108,12 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             &amiflow::identity::parameter_owner(stack, "same-name-1"),
             "web",
         );
-        admin
-            .ssm(REGION)
-            .put_parameter()
-            .name(&key)
-            .value("-----BEGIN OPENSSH PRIVATE KEY----- a build's")
-            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            .send()
-            .await
-            .unwrap();
-        let read = account
-            .ssm_as("Connect")
-            .await
-            .get_parameter()
-            .name(&key)
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(e).to_string());
+        let read = read_key_as(&account, &admin, "Connect", &key).await;
         assert_eq!(
             read.is_ok(),
             allowed,
             "Connect's role reading {key}: {read:?}"
         );
-        admin
-            .ssm(REGION)
-            .delete_parameter()
-            .name(&key)
-            .send()
-            .await
-            .unwrap();
     }
     account.stats();
     admin

@@ -261,22 +261,6 @@ const STACK_ONLY: &[&str] = &["${AWS::StackName}", "${TemporaryRoleBoundary}"];
 fn localize(statement: Value, names: &LocalNames) -> Option<Value> {
     fn walk(v: Value, names: &LocalNames) -> Option<Value> {
         match v {
-            Value::String(s)
-                if s.contains("${ArtifactsBucket}") || s.contains("${BundleBuckets}") =>
-            {
-                let s = ANY.iter().fold(s, |s, p| s.replace(p, "*"));
-                let out: Vec<Value> = names
-                    .buckets
-                    .iter()
-                    .map(|b| {
-                        Value::String(
-                            s.replace("${ArtifactsBucket}", b)
-                                .replace("${BundleBuckets}", b),
-                        )
-                    })
-                    .collect();
-                (!out.is_empty()).then_some(Value::Array(out))
-            }
             Value::String(s) => {
                 // A local build's parameters are under `/amiflow/<execution>/`, no stack's.
                 let s = ANY
@@ -284,6 +268,19 @@ fn localize(statement: Value, names: &LocalNames) -> Option<Value> {
                     .fold(s.replace("/${AWS::StackName}/", "/"), |s, p| {
                         s.replace(p, "*")
                     });
+                if s.contains("${ArtifactsBucket}") || s.contains("${BundleBuckets}") {
+                    let out: Vec<Value> = names
+                        .buckets
+                        .iter()
+                        .map(|b| {
+                            Value::String(
+                                s.replace("${ArtifactsBucket}", b)
+                                    .replace("${BundleBuckets}", b),
+                            )
+                        })
+                        .collect();
+                    return (!out.is_empty()).then_some(Value::Array(out));
+                }
                 // A name only the stack has (its schedule's template object): nothing local.
                 (!s.contains("${")).then_some(Value::String(s))
             }

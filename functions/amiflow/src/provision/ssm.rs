@@ -304,12 +304,25 @@ async fn remove_staged(ctx: &Ctx, cfg: &Communication, prefix: &str) -> Result<(
     let Some(bucket) = &cfg.ssm_bucket else {
         return Ok(());
     };
-    crate::resources::s3::delete_objects_under(ctx, &cfg.region, &format!("{bucket}/{prefix}"), &[])
+    remove_revealed(
+        ctx,
+        &cfg.region,
+        &format!("{bucket}/{prefix}"),
+        "the staged files",
+    )
+    .await
+}
+
+/// Removes the objects under `bucket/prefix`, which may hold revealed values (`what` they
+/// are): a removal refused fails the build and says what is left where; a throttled one is
+/// retried.
+async fn remove_revealed(ctx: &Ctx, region: &str, at: &str, what: &str) -> Result<(), StepError> {
+    crate::resources::s3::delete_objects_under(ctx, region, at, &[])
         .await
         .map(|_| ())
         .map_err(|e| match e {
             StepError::BuildFailed(why) => StepError::BuildFailed(format!(
-                "the staged files under s3://{bucket}/{prefix} hold revealed values and could not be removed ({why}): allow s3:ListBucket and s3:DeleteObject on the bucket"
+                "{what} under s3://{at} may hold revealed values and could not be removed ({why}): allow s3:ListBucket and s3:DeleteObject on the bucket"
             )),
             retried => retried,
         })
@@ -672,14 +685,7 @@ async fn command_output(
     // Everything the command wrote goes, whatever the plugin named it: it may print what
     // it was given (revealed values), so what cannot go fails the build, never silently.
     let written = format!("{bucket}/{output_prefix}/{command_id}/");
-    crate::resources::s3::delete_objects_under(ctx, &cfg.region, &written, &[])
-        .await
-        .map_err(|e| match e {
-            StepError::BuildFailed(why) => StepError::BuildFailed(format!(
-                "the command's output under s3://{written} could not be removed ({why}): allow s3:ListBucket and s3:DeleteObject on the bucket"
-            )),
-            retried => retried,
-        })?;
+    remove_revealed(ctx, &cfg.region, &written, "the command's output").await?;
     Ok(match (got[0].take(), got[1].take()) {
         (None, None) => fallback,
         (o, e) => (o.unwrap_or(fallback.0), e.unwrap_or(fallback.1)),

@@ -321,12 +321,6 @@ impl Kind {
     pub fn made_by(self, build: &amiflow_template::PreparedBuild) -> bool {
         use amiflow_template::BuilderType as B;
         let config = &build.config;
-        let keeps_a_launch_volume = || {
-            config
-                .launch_block_device_mappings()
-                .iter()
-                .any(|d| !d.delete_on_termination)
-        };
         match self {
             Kind::Instance => config.run().is_some(),
             Kind::KeyPair => key_pair::made_for(config),
@@ -337,7 +331,7 @@ impl Kind {
                 amiflow_template::BuilderConfig::Chroot(_)
                 | amiflow_template::BuilderConfig::EbsVolume(_) => true,
                 amiflow_template::BuilderConfig::EbsSurrogate(c) if c.use_create_image => true,
-                _ => keeps_a_launch_volume(),
+                _ => volume::launch_volume_outlives_instance(config),
             },
             Kind::Image => match build.builder_type {
                 B::EbsVolume => false,

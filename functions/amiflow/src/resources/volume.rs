@@ -23,6 +23,15 @@ pub const REACH: &[(&str, Reach)] = &[
 
 pub const CLEANUP_ACTIONS: &[&str] = &["ec2:DescribeVolumes", "ec2:DeleteVolume", DETACH_ACTION];
 
+/// Whether the source instance launches a volume that outlives it (`delete_on_termination:
+/// false` in a launch mapping): RunInstances makes it, and only a search by tag finds it.
+pub fn launch_volume_outlives_instance(config: &amiflow_template::BuilderConfig) -> bool {
+    config
+        .launch_block_device_mappings()
+        .iter()
+        .any(|d| !d.delete_on_termination)
+}
+
 /// The sweep detaches a build's volume still attached to an instance it does not
 /// terminate (amazon-chroot's, on the build host).
 pub const DETACH_ACTION: &str = "ec2:DetachVolume";

@@ -207,12 +207,8 @@ fn ssm_staging(ctx: &Ctx, state: &BuildState) -> Vec<(String, String)> {
 /// amazon-ebs, -ebssurrogate or -instance launch mappings): RunInstances makes those, and
 /// only a search by tag finds them. amazon-ebsvolume records its kept volumes (TagVolumes).
 fn vouched_kinds(state: &BuildState) -> Vec<resources::Kind> {
-    let cfg = &state.build.config;
     let untracked_volumes = state.build.builder_type != amiflow_template::BuilderType::EbsVolume
-        && cfg
-            .launch_block_device_mappings()
-            .iter()
-            .any(|d| !d.delete_on_termination);
+        && resources::volume::launch_volume_outlives_instance(&state.build.config);
     resources::Kind::CLEANUP_ORDER
         .into_iter()
         .filter(|k| !(untracked_volumes && *k == resources::Kind::Volume))
