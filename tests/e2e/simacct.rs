@@ -1644,8 +1644,8 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 aws_sdk_ssm::types::ParameterType::SecureString,
             ),
         ] {
-            // Under /amiflow/x509/: where the stack keeps X.509 pairs (UploadX509Cert reads no other).
-            let name = format!("/amiflow/x509/simacct/{key}");
+            // Under /amiflow-x509/: where the stack keeps X.509 pairs (UploadX509Cert reads no other).
+            let name = format!("/amiflow-x509/simacct/{key}");
             admin
                 .ssm(REGION)
                 .put_parameter()
@@ -2067,7 +2067,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
     // 5d. The roles themselves, asked directly (not only the steps' own checks):
     //     RunHostScript's role may run its document on the stack's build host only, never
     //     on another instance nor AWS-RunShellScript there; UploadX509Cert's role reads only
-    //     the X.509 pairs under /amiflow/x509/, not another build's temporary key; Connect's
+    //     the X.509 pairs under /amiflow-x509/, not another build's temporary key; Connect's
     //     reads its own stack's keys, not another stack's.
     let run_host_script = account.ssm_as("RunHostScript").await;
     let chroot_document = account.ready["functions"]["RunHostScript"]["environment"]

@@ -223,8 +223,8 @@ async fn upload_bundle_in_lambda_never_hands_over_the_functions_own_keys() {
     let ctx = Arc::new(ctx);
     let instance = json!({
         "instance_type": "m3.medium", "communicator": "none", "account_id": "0123-4567-0890",
-        "s3_bucket": "lambda-keys-stay-home", "x509_cert_path": "/amiflow/x509/c",
-        "x509_key_path": "/amiflow/x509/k",
+        "s3_bucket": "lambda-keys-stay-home", "x509_cert_path": "/amiflow-x509/c",
+        "x509_key_path": "/amiflow-x509/k",
     });
     let mut state = state("amazon-instance", instance);
     state

@@ -305,6 +305,15 @@ pub fn step_of(state_name: &str) -> &str {
         .map_or(state_name, |(_, step)| step)
 }
 
+/// The step a state of the definition invokes: its handler's, or AwaitEvent for an
+/// announced wait's callback state; None for states that invoke nothing.
+pub fn step_of_state(state_name: &str) -> Option<StepSpec> {
+    if is_await_state(state_name) {
+        return Some(AWAIT_EVENT);
+    }
+    find(step_of(state_name))
+}
+
 /// Every step the definition invokes, once each, in first-use order.
 pub fn all_steps() -> Vec<StepSpec> {
     let mut all = vec![PREPARE];

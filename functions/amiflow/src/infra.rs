@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::builders::instance_store::{X509_OBJECT_PREFIX, X509_PARAMETER_PATH};
 use crate::ctx::StackDefaults;
 use crate::resources::iam::IAM_PATH;
-use crate::resources::{ssm_command, Reach, BUILD_HOST_TAG};
+use crate::resources::{is_creating_ec2_call, ssm_command, Reach, BUILD_HOST_TAG};
 use crate::state::{BUILD_TAG, STATE_MACHINE_TAG};
 use crate::steps::notify::NOTIFY_TOPIC_PREFIX;
 use crate::steps::upload_bundle::{self, BUNDLE_UPLOAD_ACTIONS, BUNDLE_UPLOAD_ROLE_PATH};
@@ -339,6 +339,11 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             json!("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:${AWS::StackName}"),
             None,
         )],
+        Reach::StackExecutions => vec![statement(
+            "",
+            json!("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${AWS::StackName}:*"),
+            None,
+        )],
         Reach::ScheduleSecrets => parameters(
             "${AWS::Region}",
             &format!("{}*", crate::steps::scheduled_start::SCHEDULE_SECRETS_PATH),
@@ -361,15 +366,6 @@ pub fn reach_statements(reach: Reach, actions: &[String], creating: &[String]) -
             ),
         ],
     }
-}
-
-/// Whether an EC2 call (`RunInstances`, without `ec2:`) creates something, and so may tag
-/// it at creation (`ec2:CreateAction`).
-pub fn is_creating_ec2_call(call: &str) -> bool {
-    ["Create", "Run", "Copy", "Register", "Import", "Request"]
-        .iter()
-        .any(|verb| call.starts_with(verb))
-        && call != "CreateTags"
 }
 
 /// A step's statements by reach (iam:PassRole apart), as patterns: see [`reach_statements`].
@@ -1739,7 +1735,7 @@ mod tests {
         let x509 = granting("UploadX509Cert", "ssm:GetParameter");
         assert_eq!(
             x509[0]["Resource"],
-            json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow/x509/*" })
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/amiflow-x509/*" })
         );
         let x509 = granting("UploadX509Cert", "s3:GetObject");
         assert_eq!(

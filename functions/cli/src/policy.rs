@@ -162,7 +162,7 @@ pub fn local_policy(
         .values()
         .flatten()
         .filter_map(|a| a.strip_prefix("ec2:"))
-        .filter(|a| amiflow::infra::is_creating_ec2_call(a))
+        .filter(|a| amiflow::resources::is_creating_ec2_call(a))
         .map(String::from)
         .collect();
     let names = LocalNames {
@@ -487,7 +487,7 @@ mod tests {
                         .iter()
                         .any(|r| verb.starts_with(r));
                     let creates =
-                        a.starts_with("ec2:") && amiflow::infra::is_creating_ec2_call(verb);
+                        a.starts_with("ec2:") && amiflow::resources::is_creating_ec2_call(verb);
                     assert!(
                         !unscoped || reads || creates,
                         "{example}: {a} unscoped: {s}"

@@ -118,8 +118,11 @@ pub async fn read_source(
 }
 
 /// Where a deployed stack keeps the X.509 pairs its operator stores for amazon-instance: SSM
-/// parameters under this path (not other builds' temporary keys, under `/amiflow/<execution>/`)...
-pub const X509_PARAMETER_PATH: &str = "/amiflow/x509/";
+/// parameters under this path... It is outside `/amiflow/`, where the builds' own
+/// parameters live (`/amiflow/<stack>/<execution>/`, `identity::parameter_owner`): under
+/// `/amiflow/x509/`, a stack named `x509` would keep its builds' keys among the operator's
+/// pairs, and its roles would reach them.
+pub const X509_PARAMETER_PATH: &str = "/amiflow-x509/";
 /// ...or objects under this prefix of the artifacts bucket.
 pub const X509_OBJECT_PREFIX: &str = "x509/";
 
@@ -268,16 +271,18 @@ mod x509_location_tests {
     fn a_deployed_build_reads_x509_files_only_where_the_stack_keeps_them() {
         let bucket = "amiflow-artifacts-1";
         for ok in [
-            "/amiflow/x509/prod/cert",
-            "ssm:/amiflow/x509/k",
+            "/amiflow-x509/prod/cert",
+            "ssm:/amiflow-x509/k",
             "s3://amiflow-artifacts-1/x509/cert.pem",
         ] {
             deployed_source_allowed("x509_cert_path", ok, bucket).unwrap();
         }
         for refused in [
             "/amiflow/exec-1/web/ssh-key",
+            // The builds' own path: a stack named `x509` keeps its builds' keys here.
+            "/amiflow/x509/exec-1/web/ssh-key",
             "/prod/db-password",
-            "ssm:/amiflow/x509/../exec-1/web/ssh-key",
+            "ssm:/amiflow-x509/../exec-1/web/ssh-key",
             "s3://other-bucket/x509/cert.pem",
             "s3://amiflow-artifacts-1/staged/script.sh",
             "s3://amiflow-artifacts-1-evil/x509/cert.pem",

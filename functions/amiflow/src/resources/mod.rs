@@ -188,7 +188,8 @@ pub enum Reach {
     /// KMS grants only for AWS resources (`kms:GrantIsForAWSResource`): EC2's, for encrypted
     /// volumes and snapshots.
     KmsGrantForAwsResource,
-    /// SSM parameters under `/amiflow/` (temporary keys, X.509 pairs the operator stores).
+    /// SSM parameters under `/amiflow/<stack>/`: its builds' temporary keys and tokens
+    /// (`identity::parameter_owner`).
     AmiflowParameters,
     /// SSM parameters a pipeline may publish image ids to: under the stack's
     /// `PublishParameterPrefix` (`/images/` by default), never amiflow's own.
@@ -199,7 +200,7 @@ pub enum Reach {
     /// template object.
     TemplateObjects,
     /// The X.509 pairs the operator keeps for amazon-instance: parameters under
-    /// `/amiflow/x509/`.
+    /// `/amiflow-x509/`.
     X509Parameters,
     /// ...and objects under `x509/` in the artifacts bucket.
     X509Objects,
@@ -222,6 +223,8 @@ pub enum Reach {
     /// The stack's own state machine (named after the stack): answering its task tokens,
     /// starting scheduled builds.
     StackStateMachine,
+    /// The executions of the stack's own state machine: the janitor reads how one ended.
+    StackExecutions,
     /// The operator's values of scheduled builds' sensitive variables: parameters under
     /// `/amiflow-schedule/` in the stack's region (`steps/scheduled_start.rs`).
     ScheduleSecrets,
@@ -260,6 +263,34 @@ pub fn declared_reach(action: &str) -> Reach {
         .flat_map(|r| r.iter())
         .find(|(a, _)| a.eq_ignore_ascii_case(action))
         .map_or(Reach::Any, |(_, r)| *r)
+}
+
+/// Whether an EC2 call (`RunInstances`, without `ec2:`) creates something, and so may tag
+/// it at creation (`ec2:CreateAction`).
+pub fn is_creating_ec2_call(call: &str) -> bool {
+    ["Create", "Run", "Copy", "Register", "Import", "Request"]
+        .iter()
+        .any(|verb| call.starts_with(verb))
+        && call != "CreateTags"
+}
+
+/// The calls outside EC2 that make something a sweep removes: temporary roles and profiles,
+/// objects and buckets, SSM commands (cancelled), parameters (keys, variables, tokens).
+const CREATING_CALLS: &[&str] = &[
+    "iam:CreateRole",
+    "iam:CreateInstanceProfile",
+    "s3:PutObject",
+    "s3:CreateBucket",
+    "ssm:SendCommand",
+    "ssm:PutParameter",
+];
+
+/// Whether `action` (`ec2:RunInstances`) makes something a sweep removes.
+pub fn is_creating_action(action: &str) -> bool {
+    match action.split_once(':') {
+        Some(("ec2", call)) => is_creating_ec2_call(call),
+        _ => CREATING_CALLS.contains(&action),
+    }
 }
 
 /// The kinds Cleanup removes, each through its module.

@@ -225,7 +225,7 @@ mod tests {
             "/amiflow/build-2/vars/pw",
             "/amiflow/build-1/web/ssh-key",
             "/amiflow/build-1/vars/other",
-            "/amiflow/x509/key",
+            "/amiflow-x509/key",
             "/prod/db/password",
         ] {
             let err = check_reference("build-1", "pw", other).unwrap_err();

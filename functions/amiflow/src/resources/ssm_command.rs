@@ -34,29 +34,49 @@ where
     error_code(err) == Some(NOT_VISIBLE_YET)
 }
 
+/// ListCommands' largest page.
+const LIST_PAGE: i32 = 50;
+/// How many pages of a region's newest commands are looked at when the execution's start
+/// is unknown.
+pub const NEWEST_PAGES: usize = 4;
+
 /// What cancelling a stopped build's commands needs. Neither action authorizes on a
 /// resource (IAM's reference lists none for either), so both are granted on `*`; only the
 /// commands whose comment names the execution are cancelled.
 pub const CANCEL_ACTIONS: [&str; 2] = ["ssm:ListCommands", "ssm:CancelCommand"];
 
 /// Cancels the execution's SSM commands still pending or running in `region` (found by
-/// comment among the region's newest: only those of this state machine's execution,
-/// `state_machine` empty for a local build), returning what it cancelled. Best effort: what it
-/// cannot list or cancel is logged, and the sweep goes on.
+/// comment: only those of this state machine's execution, `state_machine` empty for a local
+/// build), returning what it cancelled. With the execution's start, every command sent since
+/// then is looked at, however many other commands the region ran meanwhile; without it, the
+/// region's [`NEWEST_PAGES`] newest pages. Best effort: what it cannot list or cancel is
+/// logged, and the sweep goes on.
 pub async fn cancel_running(
     ctx: &Ctx,
     region: &str,
     state_machine: &str,
     execution: &str,
+    started: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Vec<String> {
     let ssm = ctx.ssm(region);
     let mut cancelled = Vec::new();
     let mut next: Option<String> = None;
-    // The builds' commands are among a region's newest: a few pages reach back far enough.
-    for _ in 0..4 {
+    // Key and value are both set: the filter always builds.
+    let since = started.and_then(|t| {
+        aws_sdk_ssm::types::CommandFilter::builder()
+            .key(aws_sdk_ssm::types::CommandFilterKey::InvokedAfter)
+            .value(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .build()
+            .ok()
+    });
+    for page_number in 0.. {
+        if since.is_none() && page_number == NEWEST_PAGES {
+            break;
+        }
         let page = match ssm
             .list_commands()
-            .max_results(50)
+            .max_results(LIST_PAGE)
+            .set_filters(since.clone().map(|f| vec![f]))
             .set_next_token(next.take())
             .send()
             .await

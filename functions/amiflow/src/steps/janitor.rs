@@ -41,6 +41,9 @@ pub const SPEC: StepSpec = StepSpec {
     reach: &[
         ("ssm:GetParameter", Reach::PublishedParameters),
         ("s3:GetObject", Reach::TemplateObjects),
+        (DESCRIBE_EXECUTION, Reach::StackExecutions),
+        (READ_HISTORY, Reach::StackExecutions),
+        (LIST_EXECUTIONS, Reach::StackStateMachine),
     ],
     calls: None,
     wait: None,
@@ -49,11 +52,12 @@ pub const SPEC: StepSpec = StepSpec {
 };
 
 /// It removes exactly what Cleanup removes, by the same code (and marks nothing), reads an
-/// execution's input when the event does not carry it, and reads a pipeline's published
-/// parameter.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 6] = {
+/// execution's input when the event does not carry it and its history (what was still
+/// running at the stop), and reads a pipeline's published parameter.
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 7] = {
     let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 6];
+    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 7];
+    all[CLEANUP_ACTIONS.len() + 6] = READ_HISTORY;
     all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
     all[CLEANUP_ACTIONS.len() + 2] = READ_PUBLISHED;
     all[CLEANUP_ACTIONS.len() + 3] = READ_PIPELINE_FILE;
@@ -67,6 +71,8 @@ const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 6] = {
     all
 };
 const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
+/// Which invocations were still running at the stop ([`in_flight`]).
+const READ_HISTORY: &str = "states:GetExecutionHistory";
 const READ_PUBLISHED: &str = "ssm:GetParameter";
 const READ_PIPELINE_FILE: &str = "s3:GetObject";
 const LIST_EXECUTIONS: &str = "states:ListExecutions";
@@ -97,6 +103,20 @@ pub struct StatusChangeDetail {
     /// The execution's input as JSON text; absent or null when too large for the event.
     #[serde(default)]
     pub input: Option<String>,
+    /// When the execution started, epoch milliseconds: its SSM commands were sent since.
+    #[serde(default)]
+    pub start_date: Option<i64>,
+    /// When it stopped, epoch milliseconds: a Lambda still in flight then may create
+    /// resources until its timeout after.
+    #[serde(default)]
+    pub stop_date: Option<i64>,
+}
+
+impl StatusChangeDetail {
+    fn started(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.start_date
+            .and_then(chrono::DateTime::from_timestamp_millis)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +136,10 @@ pub struct JanitorReport {
     /// until the redrive window closes (`amiflow abandon EXECUTION` removes them sooner).
     #[serde(default)]
     pub kept_for_redrive: bool,
+    /// The steps whose invocations were still running when the execution stopped, and
+    /// could still create: the sweep was repeated once each had surely ended.
+    #[serde(default)]
+    pub in_flight: Vec<String>,
 }
 
 /// What the janitor's daily rule sends: sweep the builds kept for redrive whose window has
@@ -201,6 +225,7 @@ pub async fn sweep(
         kept: Vec::new(),
         kept_on_error_abort: false,
         kept_for_redrive: false,
+        in_flight: Vec::new(),
     };
     if !SWEPT_STATUSES.contains(&detail.status.as_str()) {
         tracing::info!(execution = %detail.execution_arn, status = %detail.status, "status needs no sweep");
@@ -234,16 +259,20 @@ pub async fn sweep(
         )));
     }
     tracing::info!(execution = %detail.execution_arn, status = %detail.status, ?regions, "sweeping the build's resources by tag");
-    let CleanupReport { removed, kept, .. } =
+    let (CleanupReport { removed, kept, .. }, in_flight) =
         sweep_until_done(ctx, detail, input.as_deref(), &regions, interval, budget).await?;
     report.swept = true;
     report.removed = removed;
     report.kept = kept;
+    report.in_flight = in_flight;
     Ok(report)
 }
 
 /// Sweeps everything tagged for the execution (by this state machine) in `regions`, again
-/// while resources are still going (`NotReady`), within `budget`.
+/// while resources are still going (`NotReady`), within `budget`; and once more after the
+/// invocations still running at the stop have surely ended ([`in_flight`]): Step Functions
+/// stops an execution without stopping its Lambda invocations, and one may create after the
+/// first sweep. Returns what it removed and kept, and the steps it waited for.
 async fn sweep_until_done(
     ctx: &Ctx,
     detail: &StatusChangeDetail,
@@ -251,29 +280,77 @@ async fn sweep_until_done(
     regions: &[String],
     interval: Duration,
     budget: Duration,
-) -> Result<CleanupReport, StepError> {
+) -> Result<(CleanupReport, Vec<String>), StepError> {
+    let began = std::time::Instant::now();
     let execution = detail.name.as_str();
     let state_machine = crate::identity::state_machine_of(&detail.execution_arn);
-    // A command still running (a stopped chroot build's host script holds its volume
-    // mounted) is cancelled first: the script unmounts as it ends, and the sweep can detach.
     let id = crate::state::build_id(execution);
-    let mut cancelled = Vec::new();
-    for region in regions {
-        cancelled.extend(
-            ssm_command::cancel_running(ctx, region, state_machine.unwrap_or_default(), &id).await,
+    let late = still_running_at_stop(ctx, detail).await;
+    let id_ref = id.as_str();
+    let sweep = |budget: Duration| async move {
+        let id = id_ref;
+        // A command still running (a stopped chroot build's host script holds its volume
+        // mounted) is cancelled first: the script unmounts as it ends, and the sweep can
+        // detach.
+        let mut cancelled = Vec::new();
+        for region in regions {
+            cancelled.extend(
+                ssm_command::cancel_running(
+                    ctx,
+                    region,
+                    state_machine.unwrap_or_default(),
+                    id,
+                    detail.started(),
+                )
+                .await,
+            );
+        }
+        let mut report = sweep_execution_until_done(
+            ctx,
+            state_machine,
+            execution,
+            regions,
+            interval,
+            budget,
+            |why| tracing::info!(%why, "waiting before sweeping again"),
+        )
+        .await?;
+        report.removed.splice(0..0, cancelled);
+        Ok::<_, StepError>(report)
+    };
+    let mut report = sweep(budget).await?;
+    if let Some(late) = &late {
+        let deadline = chrono::Utc::now()
+            + chrono::Duration::from_std(budget.saturating_sub(began.elapsed()))
+                .unwrap_or_default();
+        match after_first_sweep(chrono::Utc::now(), late.until, deadline) {
+            Then::SweepNow => {}
+            Then::WaitUntil(at) => {
+                tracing::info!(steps = ?late.steps, until = %at, "invocations still running at the stop may create until then: sweeping again after");
+                sleep_until(at).await;
+            }
+            Then::HandOver(at) => {
+                // Lambda retries a failed event invocation a minute or more later, with the
+                // whole of its time: that one sweeps after `late.until`.
+                sleep_until(at).await;
+                return Err(StepError::Transient(format!(
+                    "Janitor: {} of execution {} may create until {} (started before the stop, within its Lambda timeout), past this invocation's time; Lambda's retry of this event sweeps again after it",
+                    late.steps.join(", "),
+                    detail.execution_arn,
+                    late.until
+                )));
+            }
+        }
+        let again = sweep(budget.saturating_sub(began.elapsed())).await?;
+        report.removed.extend(
+            again
+                .removed
+                .into_iter()
+                .map(|r| format!("{r} (after the invocations in flight ended)")),
         );
+        report.kept = again.kept;
     }
-    let mut report = sweep_execution_until_done(
-        ctx,
-        state_machine,
-        execution,
-        regions,
-        interval,
-        budget,
-        |why| tracing::info!(%why, "waiting before sweeping again"),
-    )
-    .await?;
-    report.removed.splice(0..0, cancelled);
+    let in_flight = late.map(|l| l.steps).unwrap_or_default();
     // The execution's sensitive variables and approval token are in the stack's own
     // region, which need not be one of the build's.
     for name in crate::resources::sensitive_var::remove_all(ctx, &id).await? {
@@ -314,7 +391,219 @@ async fn sweep_until_done(
                 .push(format!("{r} (stopped before it was published)"));
         }
     }
-    Ok(report)
+    Ok((report, in_flight))
+}
+
+// ---------------------------------------------------------------- invocations in flight
+
+/// Time after a Lambda invocation's timeout before it surely creates nothing any more (its
+/// last call's answer, clock skew).
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(10);
+/// What the final sweep is given once the invocations in flight have ended.
+const FINAL_SWEEP_RESERVE: Duration = Duration::from_secs(180);
+
+/// Invocations of steps that may create, still running when their execution stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InFlight {
+    /// Their states' steps, e.g. `RunSourceInstance`.
+    pub steps: Vec<String>,
+    /// When the last of them has surely ended: its start, plus its step's Lambda timeout,
+    /// plus [`IN_FLIGHT_MARGIN`].
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// One event of an execution's history, as much as [`in_flight`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub id: i64,
+    pub previous: i64,
+    /// `LambdaFunctionScheduled`, `TaskStateEntered`, ...
+    pub kind: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The state's name, on a `*StateEntered` event.
+    pub state: Option<String>,
+}
+
+/// The invocations a history (oldest first) leaves running: scheduled, never ended. Each
+/// attempt's events chain by `previousEventId` as Step Functions writes them (scheduled ←
+/// started ← ended; a state's entry ← its first attempt ← the next attempt), which keeps
+/// the parallel iterations of a Map apart. Only steps whose role can create count
+/// ([`StepSpec::may_create`]); None when there is none.
+pub fn in_flight(history: &[HistoryEvent]) -> Option<InFlight> {
+    const SCHEDULED: [&str; 2] = ["LambdaFunctionScheduled", "TaskScheduled"];
+    const ENDED: [&str; 10] = [
+        "LambdaFunctionSucceeded",
+        "LambdaFunctionFailed",
+        "LambdaFunctionTimedOut",
+        "LambdaFunctionStartFailed",
+        "LambdaFunctionScheduleFailed",
+        "TaskSucceeded",
+        "TaskFailed",
+        "TaskTimedOut",
+        "TaskStartFailed",
+        "TaskSubmitFailed",
+    ];
+    let by_id: std::collections::HashMap<i64, &HistoryEvent> =
+        history.iter().map(|e| (e.id, e)).collect();
+    let back = |e: &HistoryEvent| by_id.get(&e.previous).copied();
+    let mut open: BTreeSet<i64> = history
+        .iter()
+        .filter(|e| SCHEDULED.contains(&e.kind.as_str()))
+        .map(|e| e.id)
+        .collect();
+    for ended in history.iter().filter(|e| ENDED.contains(&e.kind.as_str())) {
+        // Its started event, then its scheduled one (or the scheduled one at once).
+        let mut at = back(ended);
+        for _ in 0..2 {
+            match at {
+                Some(e) if SCHEDULED.contains(&e.kind.as_str()) => {
+                    open.remove(&e.id);
+                    break;
+                }
+                Some(e) => at = back(e),
+                None => break,
+            }
+        }
+    }
+    let state_of = |scheduled: &HistoryEvent| {
+        let mut at = back(scheduled);
+        for _ in 0..history.len() {
+            let e = at?;
+            if let Some(state) = &e.state {
+                return Some(state.clone());
+            }
+            at = back(e);
+        }
+        None
+    };
+    let mut steps = Vec::new();
+    let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
+    for scheduled in history.iter().filter(|e| open.contains(&e.id)) {
+        // A state that cannot be named counts with the longest timeout of all.
+        let step = state_of(scheduled).and_then(|s| crate::flows::step_of_state(&s));
+        let (name, timeout) = match step {
+            Some(step) if !step.may_create() => continue,
+            Some(step) => (step.name.to_string(), step.timeout_seconds),
+            None => ("an unnamed step".to_string(), longest_timeout()),
+        };
+        let ends = scheduled.at
+            + chrono::Duration::seconds(i64::from(timeout))
+            + chrono::Duration::from_std(IN_FLIGHT_MARGIN).unwrap_or_default();
+        until = Some(until.map_or(ends, |u| u.max(ends)));
+        if !steps.contains(&name) {
+            steps.push(name);
+        }
+    }
+    until.map(|until| InFlight { steps, until })
+}
+
+/// The longest Lambda timeout of any step that may create: nothing started before a stop
+/// creates later than this after it.
+fn longest_timeout() -> u32 {
+    crate::flows::all_steps()
+        .iter()
+        .filter(|s| s.may_create())
+        .map(|s| s.timeout_seconds)
+        .max()
+        .unwrap_or(900)
+}
+
+/// What follows the first sweep when invocations are in flight until `until`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Then {
+    /// They have ended: sweep again now.
+    SweepNow,
+    /// Wait until then, and sweep again within this invocation.
+    WaitUntil(chrono::DateTime<chrono::Utc>),
+    /// Beyond this invocation's time: wait until then, and fail, for Lambda's retry of the
+    /// event (a minute or more later, with its whole time) to sweep after `until`.
+    HandOver(chrono::DateTime<chrono::Utc>),
+}
+
+/// [`Then`], given the time now, when the invocations surely ended, and when this
+/// invocation must have finished.
+pub fn after_first_sweep(
+    now: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+    deadline: chrono::DateTime<chrono::Utc>,
+) -> Then {
+    let reserve = chrono::Duration::from_std(FINAL_SWEEP_RESERVE).unwrap_or_default();
+    if until <= now {
+        Then::SweepNow
+    } else if until + reserve <= deadline {
+        Then::WaitUntil(until)
+    } else {
+        Then::HandOver((deadline - reserve).max(now))
+    }
+}
+
+async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
+    if let Ok(left) = (at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// The invocations still running when the execution stopped, from its history; None when
+/// nothing can be in flight any more (stopped longer ago than any step's timeout) or none
+/// was. A history that cannot be read counts as "anything may be": the longest timeout after
+/// the stop.
+async fn still_running_at_stop(ctx: &Ctx, detail: &StatusChangeDetail) -> Option<InFlight> {
+    let stopped = detail
+        .stop_date
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or_else(chrono::Utc::now);
+    let surely_ended = stopped
+        + chrono::Duration::seconds(i64::from(longest_timeout()))
+        + chrono::Duration::from_std(IN_FLIGHT_MARGIN).unwrap_or_default();
+    if surely_ended <= chrono::Utc::now() {
+        return None;
+    }
+    match execution_history(ctx, &detail.execution_arn).await {
+        Ok(history) => in_flight(&history),
+        Err(e) => {
+            tracing::warn!(execution = %detail.execution_arn, error = %e, "cannot read the execution's history: sweeping again when any step started before the stop has surely ended");
+            Some(InFlight {
+                steps: vec!["any step".to_string()],
+                until: surely_ended,
+            })
+        }
+    }
+}
+
+/// The execution's whole history, oldest first, without its data.
+async fn execution_history(ctx: &Ctx, execution_arn: &str) -> Result<Vec<HistoryEvent>, StepError> {
+    let mut pages = aws_sdk_sfn::Client::new(&ctx.sdk)
+        .get_execution_history()
+        .execution_arn(execution_arn)
+        .include_execution_data(false)
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut history = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            StepError::Transient(format!(
+                "GetExecutionHistory of {execution_arn}: {}",
+                aws_sdk_sfn::error::DisplayErrorContext(e)
+            ))
+        })?;
+        history.extend(page.events().iter().map(|e| {
+            HistoryEvent {
+                id: e.id(),
+                previous: e.previous_event_id(),
+                kind: e.r#type().as_str().to_string(),
+                at: chrono::DateTime::from_timestamp(
+                    e.timestamp().secs(),
+                    e.timestamp().subsec_nanos(),
+                )
+                .unwrap_or_default(),
+                state: e
+                    .state_entered_event_details()
+                    .map(|d| d.name().to_string()),
+            }
+        }));
+    }
+    Ok(history)
 }
 
 /// Sweeps the builds kept for redrive (`on_error: redrive`) whose redrive window closed:
@@ -360,6 +649,8 @@ pub async fn sweep_closed_redrive_windows(
                     name: execution.name().to_string(),
                     status: status.as_str().to_string(),
                     input: None,
+                    start_date: Some(execution.start_date().to_millis().unwrap_or_default()),
+                    stop_date: stopped.timestamp_millis().into(),
                 };
                 let input = execution_input(ctx, &detail).await?;
                 if kept_by_on_error(status.as_str(), input.as_deref()) != Some(OnError::Redrive) {
@@ -370,7 +661,7 @@ pub async fn sweep_closed_redrive_windows(
                     None,
                 );
                 tracing::info!(execution = %detail.execution_arn, ?regions, "redrive window closed: sweeping the kept build");
-                let CleanupReport { removed, kept, .. } = sweep_until_done(
+                let (CleanupReport { removed, kept, .. }, in_flight) = sweep_until_done(
                     ctx,
                     &detail,
                     input.as_deref(),
@@ -388,6 +679,7 @@ pub async fn sweep_closed_redrive_windows(
                     kept,
                     kept_on_error_abort: false,
                     kept_for_redrive: false,
+                    in_flight,
                 });
             }
         }
@@ -646,6 +938,130 @@ fn looks_like_region(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A history from (kind, previous id, seconds, state) rows, ids from 1.
+    fn history(rows: &[(&str, i64, i64, Option<&str>)]) -> Vec<HistoryEvent> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, (kind, previous, secs, state))| HistoryEvent {
+                id: i as i64 + 1,
+                previous: *previous,
+                kind: kind.to_string(),
+                at: chrono::DateTime::from_timestamp(*secs, 0).unwrap(),
+                state: state.map(str::to_string),
+            })
+            .collect()
+    }
+
+    fn at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn ends(started: i64, step: &StepSpec) -> chrono::DateTime<chrono::Utc> {
+        at(started + i64::from(step.timeout_seconds) + IN_FLIGHT_MARGIN.as_secs() as i64)
+    }
+
+    #[test]
+    fn an_invocation_running_at_the_stop_is_waited_for_until_its_timeout() {
+        let key_pair = crate::steps::key_pair::SPEC;
+        let h = history(&[
+            ("ExecutionStarted", 0, 100, None),
+            ("TaskStateEntered", 1, 101, Some("amazon-ebs.KeyPair")),
+            ("LambdaFunctionScheduled", 2, 102, None),
+            ("LambdaFunctionStarted", 3, 102, None),
+            ("ExecutionAborted", 4, 105, None),
+        ]);
+        let got = in_flight(&h).expect("KeyPair was running");
+        assert_eq!(got.steps, ["KeyPair"]);
+        assert_eq!(got.until, ends(102, &key_pair));
+        // Ended, it is not waited for.
+        let mut done = h.clone();
+        done.insert(
+            4,
+            HistoryEvent {
+                id: 6,
+                previous: 4,
+                kind: "LambdaFunctionSucceeded".into(),
+                at: at(103),
+                state: None,
+            },
+        );
+        assert_eq!(in_flight(&done), None);
+    }
+
+    #[test]
+    fn only_steps_that_can_create_keep_the_janitor_waiting() {
+        assert!(!crate::steps::wait_instance_running::SPEC.may_create());
+        let h = history(&[
+            (
+                "TaskStateEntered",
+                0,
+                101,
+                Some("amazon-ebs.WaitInstanceRunning"),
+            ),
+            ("LambdaFunctionScheduled", 1, 102, None),
+            ("LambdaFunctionStarted", 2, 102, None),
+        ]);
+        assert_eq!(in_flight(&h), None);
+        // A state that names no step counts, with the longest timeout.
+        let h = history(&[
+            ("LambdaFunctionScheduled", 0, 102, None),
+            ("LambdaFunctionStarted", 1, 102, None),
+        ]);
+        let got = in_flight(&h).unwrap();
+        assert_eq!(got.until, at(102 + i64::from(longest_timeout()) + 10));
+        assert_eq!(longest_timeout(), 900, "Provision, UploadBundle, ...");
+    }
+
+    #[test]
+    fn retries_and_parallel_iterations_are_paired_by_their_previous_event() {
+        let security_group = crate::steps::security_group::SPEC;
+        let run = crate::steps::run_source_instance::SPEC;
+        // Two builds in a Map: build 0's RunSourceInstance failed once and its retry is
+        // running; build 1's SecurityGroup ended while build 0's was still starting.
+        let h = history(&[
+            (
+                "TaskStateEntered",
+                0,
+                100,
+                Some("amazon-ebs.RunSourceInstance"),
+            ), // 1
+            ("TaskStateEntered", 0, 100, Some("amazon-ebs.SecurityGroup")), // 2
+            ("LambdaFunctionScheduled", 1, 101, None),                      // 3 (build 0)
+            ("LambdaFunctionScheduled", 2, 101, None),                      // 4 (build 1)
+            ("LambdaFunctionStarted", 3, 101, None),                        // 5
+            ("LambdaFunctionStarted", 4, 101, None),                        // 6
+            ("LambdaFunctionFailed", 5, 110, None),                         // 7 (build 0)
+            ("LambdaFunctionSucceeded", 6, 111, None),                      // 8 (build 1)
+            ("LambdaFunctionScheduled", 7, 130, None),                      // 9 (retry)
+            ("LambdaFunctionStarted", 9, 130, None),                        // 10
+            ("ExecutionAborted", 10, 131, None),
+        ]);
+        let got = in_flight(&h).unwrap();
+        assert_eq!(got.steps, ["RunSourceInstance"]);
+        assert_eq!(got.until, ends(130, &run));
+        assert!(security_group.may_create());
+    }
+
+    #[test]
+    fn the_second_sweep_waits_here_or_hands_over_to_lambdas_retry() {
+        let reserve = FINAL_SWEEP_RESERVE.as_secs() as i64;
+        assert_eq!(after_first_sweep(at(100), at(90), at(900)), Then::SweepNow);
+        assert_eq!(
+            after_first_sweep(at(100), at(200), at(900)),
+            Then::WaitUntil(at(200))
+        );
+        // Past this invocation's time (less the final sweep's): it waits as long as it may,
+        // then fails for the retry.
+        assert_eq!(
+            after_first_sweep(at(100), at(900), at(900)),
+            Then::HandOver(at(900 - reserve))
+        );
+        assert_eq!(
+            after_first_sweep(at(850), at(1000), at(900)),
+            Then::HandOver(at(850))
+        );
+    }
+
     #[test]
     fn only_a_stopped_pipeline_run_with_a_gate_loses_what_it_did_not_publish() {
         let gated = serde_json::json!({"name": "web", "approval": {"timeout": "1h"},
@@ -788,10 +1204,15 @@ mod tests {
                 "ssm:GetParameter",
                 "s3:GetObject",
                 "ssm:ListCommands",
-                "ssm:CancelCommand"
+                "ssm:CancelCommand",
+                "states:GetExecutionHistory"
             ]
         );
         assert_eq!(SPEC.reach_of("s3:GetObject"), Reach::TemplateObjects);
+        // Only this stack's state machine and executions.
+        assert_eq!(SPEC.reach_of(DESCRIBE_EXECUTION), Reach::StackExecutions);
+        assert_eq!(SPEC.reach_of(READ_HISTORY), Reach::StackExecutions);
+        assert_eq!(SPEC.reach_of(LIST_EXECUTIONS), Reach::StackStateMachine);
         assert_eq!(
             SPEC.reach_of("ssm:GetParameter"),
             Reach::PublishedParameters,

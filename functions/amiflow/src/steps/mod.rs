@@ -124,6 +124,15 @@ impl StepSpec {
         }
     }
 
+    /// Whether an invocation of this step may make something a sweep removes (its role
+    /// can create): one still running when its execution stopped keeps the janitor
+    /// sweeping until its timeout has passed (`steps/janitor.rs`).
+    pub fn may_create(&self) -> bool {
+        self.iam_actions
+            .iter()
+            .any(|a| crate::resources::is_creating_action(a))
+    }
+
     /// How far `action` reaches in this step's deployed role: the step's own narrowing,
     /// else what the action's kind declares.
     pub fn reach_of(&self, action: &str) -> crate::resources::Reach {
