@@ -217,6 +217,12 @@ function callbackHandler(state) {
       const params = withToken(parameters, token);
       const returned = await invoke(params.FunctionName, "Payload" in params ? params.Payload : input);
       entry.invoked_ms = Date.now() - entry.started_at;
+      if (eventsFile) {
+        // Step Functions' TaskSubmitted: the function returned, the token awaits its answer.
+        const entered = entries.filter((e) => e.state === state && e.input === entry.input && e.t <= entry.started_at);
+        const index = entered.length ? entered[entered.length - 1].index : null;
+        appendFileSync(eventsFile, JSON.stringify({ type: "TaskSubmitted", state, stateType: "Task", index, t: Date.now() }) + "\n");
+      }
       if (!callbackUrl) return { answered: "returned", result: returned };
       const answer = await answerOf(token, cancelled);
       if (answer === null) return null;

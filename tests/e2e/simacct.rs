@@ -1943,6 +1943,22 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // The region runs other commands meanwhile, more than the newest pages hold: the
+        // janitor still finds the host script among every command sent since its execution
+        // began.
+        let noise = (amiflow::resources::ssm_command::NEWEST_PAGES + 1) * 50;
+        for _ in 0..noise {
+            admin
+                .ssm(REGION)
+                .send_command()
+                .instance_ids("i-0123456789abcdef0")
+                .document_name("AWS-RunShellScript")
+                .parameters("commands", vec!["true".to_string()])
+                .comment("another team's command")
+                .send()
+                .await
+                .expect("SendCommand (another command in the region)");
+        }
         sfn.stop_execution()
             .execution_arn(&arn)
             .cause("stopped by the operator")
@@ -1981,6 +1997,86 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         eprintln!(
             "simacct: chroot build stopped mid-script: the janitor cancelled the command, then removed {} resources",
             removed.len() - 1
+        );
+        drop(run);
+    }
+
+    // 5a'. A build stopped while a step that creates is still running (RunInstances held
+    //      back at the front door): Step Functions stops the execution, not the Lambda, which
+    //      launches its instance after the janitor's first sweep. The janitor reads from the
+    //      history that RunSourceInstance was in flight, sweeps again once that invocation
+    //      has surely ended (its start plus its timeout), and nothing is left.
+    {
+        let name = "simacct-stopped-in-flight";
+        let mut template = single_region_ebs_template();
+        // No temporary profile: IamInstanceProfile's dry-run RunInstances would be held.
+        template["builders"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("temporary_iam_instance_profile_policy_document");
+        let input = json!({"template": template, "vars": {}});
+        account.stats();
+        let before = account.inventory();
+        let began = Instant::now();
+        account.control(
+            "POST",
+            "/hold",
+            &json!({"action": "ec2:RunInstances", "ms": 3000}),
+        );
+        let sfn = account.sfn().await;
+        let arn = sfn
+            .start_execution()
+            .state_machine_arn(account.ready["state_machine"]["arn"].as_str().unwrap())
+            .name(name)
+            .input(input.to_string())
+            .send()
+            .await
+            .expect("StartExecution")
+            .execution_arn()
+            .to_string();
+        while account.control("GET", "/stats", &Value::Null)["held"]
+            .as_array()
+            .is_none_or(|h| h.is_empty())
+        {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "the build never reached RunInstances: {:#}",
+                account.execution(name)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sfn.stop_execution()
+            .execution_arn(&arn)
+            .cause("stopped while RunSourceInstance runs")
+            .send()
+            .await
+            .expect("StopExecution");
+        let run = account.hosted(name, before.clone(), began).await;
+        let janitor = account.janitor_on(name, "ABORTED");
+        assert_eq!(
+            janitor["result"]["in_flight"],
+            json!(["RunSourceInstance"]),
+            "the janitor saw the invocation running at the stop: {janitor:#}"
+        );
+        let removed: Vec<&str> = janitor["result"]["removed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            removed.iter().any(|r| r.contains("instance")
+                && r.ends_with("(after the invocations in flight ended)")),
+            "the instance launched after the stop was removed by the second sweep: {janitor:#}"
+        );
+        let left = account.left_since(&before).await;
+        assert!(
+            left.is_empty(),
+            "the build stopped with RunSourceInstance in flight left {left:?}: {janitor:#}"
+        );
+        eprintln!(
+            "simacct: build stopped with RunSourceInstance in flight: the janitor swept again {:.0} s after the start, removing {removed:?}",
+            began.elapsed().as_secs_f64()
         );
         drop(run);
     }

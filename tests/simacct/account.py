@@ -433,6 +433,8 @@ def _control_handler(control: Control) -> type[BaseHTTPRequestHandler]:
                     return self._answer(200, control.remove_action(arg["function"], arg["action"]))
                 if path == "/users":
                     return self._answer(200, control.user(arg["name"], arg["policy"]))
+                if path == "/hold":
+                    return self._answer(200, control.front.hold(arg["action"], int(arg["ms"])))
                 if path == "/restore-roles":
                     return self._answer(200, control.restore())
                 if path == "/events":

@@ -8,8 +8,9 @@ GetExecutionHistory, ListExecutions, StopExecution and RedriveExecution from it:
 
 - the history is made from ALS's event log (run.mjs's AMIFLOW_EVENTS_FILE) in Step Functions'
   own shapes: `<Type>StateEntered`/`Exited`, LambdaFunctionScheduled/Started/Succeeded/
-  Failed for a Lambda task (one Scheduled per attempt), TaskScheduled/Succeeded/Failed for a
-  callback task, MapIterationStarted/Succeeded/Failed, Execution{Started,Succeeded,Failed,
+  Failed for a Lambda task (one Scheduled per attempt), TaskScheduled/Started/Submitted (its
+  function returned)/Succeeded/Failed for a callback task, each chained by previousEventId
+  within its Map iteration as Step Functions chains them, MapIterationStarted/Succeeded/Failed, Execution{Started,Succeeded,Failed,
   Aborted,TimedOut,Redriven}; `includeExecutionData: false` leaves out inputs and outputs;
   `reverseOrder`, `maxResults` and `nextToken` page it;
 - StopExecution sends the run SIGTERM: ALS aborts it (an invocation under way finishes, as a
@@ -368,9 +369,15 @@ class Executions:
             events.extend(self.convert(lines, done if number > 0 else None, execution))
             for key, n in _completed(lines).items():
                 done[key] = done.get(key, 0) + n
+        # Each event follows the one before it in its own lane (the top level, or one Map
+        # iteration), as Step Functions chains them: a Lambda attempt's events chain to its
+        # state's entry, a retry to the failure before it, in parallel iterations too.
+        last: dict[Any, int] = {}
         for i, event in enumerate(events, start=1):
+            lane = event.pop("_lane", None)
             event["id"] = i
-            event["previousEventId"] = i - 1
+            event["previousEventId"] = last.get(lane, i - 1 if lane is None else last.get(None, 0))
+            last[lane] = i
         return events
 
     def convert(self, lines: list[dict[str, Any]], done: dict[tuple[str, Any, str], int] | None, execution: Execution) -> list[dict[str, Any]]:
@@ -393,7 +400,7 @@ class Executions:
             error = line.get("error") or {}
 
             def add(kind: str, details_key: str | None = None, details: dict[str, Any] | None = None) -> None:
-                event: dict[str, Any] = {"timestamp": t, "type": kind}
+                event: dict[str, Any] = {"timestamp": t, "type": kind, "_lane": index}
                 if details_key:
                     event[details_key] = details or {}
                 out.append(event)
@@ -422,6 +429,9 @@ class Executions:
             elif (state, index) in replaying:
                 if kind == "StateExited":
                     replaying.discard((state, index))
+            elif kind == "TaskSubmitted":
+                if callback:
+                    add("TaskSubmitted", "taskSubmittedEventDetails", {"resourceType": "lambda", "resource": "invoke.waitForTaskToken"})
             elif kind == "StateFailed":
                 details = {"error": error.get("Error"), "cause": error.get("Cause")}
                 if callback:

@@ -456,6 +456,9 @@ class Front:
         self.instance_commands: dict[str, float] = {}
         # CancelCommand's command ids, for the test.
         self.cancelled_commands: list[str] = []
+        # Calls the test holds back (action -> seconds), once each, and those it held.
+        self.holds: dict[str, float] = {}
+        self.held: list[dict[str, Any]] = []
         self.calls: dict[str, int] = {}
         # EventBridge events the functions put on a bus (answered here, see `put_events`).
         self.events: list[dict[str, Any]] = []
@@ -501,6 +504,7 @@ class Front:
                     for run in [self.hosts[c["instance"]].report(c["command"]) or {"Status": "?", "out": "", "err": ""}]
                 ],
                 "cancelled_commands": list(self.cancelled_commands),
+                "held": list(self.held),
                 "aws_calls": dict(sorted(self.calls.items())),
                 "events": list(self.events),
                 "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
@@ -513,6 +517,7 @@ class Front:
                 self.registered_snapshots.clear()
                 self.host_commands.clear()
                 self.cancelled_commands.clear()
+                self.held.clear()
                 self.denied.clear()
                 self.passed_roles.clear()
                 self.calls.clear()
@@ -936,6 +941,21 @@ class Front:
                 with self.lock:
                     self.host_commands.append({"instance": instance, "command": command_id, "document": request["DocumentName"]})
 
+    def hold(self, action: str, ms: int) -> dict[str, Any]:
+        """Holds the next call of `action` by a function `ms` before it goes on: a step then
+        stays in flight while the test stops its execution."""
+        with self.lock:
+            self.holds[action] = ms / 1000
+        return {"holding": action, "ms": ms}
+
+    def take_hold(self, action: str, label: str) -> float:
+        """The seconds this call is held (0 when none is asked for), recorded once it begins."""
+        with self.lock:
+            seconds = self.holds.pop(action, 0.0)
+            if seconds:
+                self.held.append({"action": action, "by": label, "at_ms": int(time.time() * 1000), "ms": int(seconds * 1000)})
+        return seconds
+
     def cancel_command(self, body: bytes) -> bytes:
         """CancelCommand, which moto lacks: the agent that runs the command stops it."""
         command_id = json.loads(body or b"{}").get("CommandId", "")
@@ -945,8 +965,30 @@ class Front:
             self.cancelled_commands.append(command_id)
         return b"{}"
 
-    def list_commands(self, response: dict[str, Any]) -> dict[str, Any]:
-        """ListCommands with the statuses the agents report (moto says Success at once)."""
+    def list_commands(self, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        """ListCommands with the statuses the agents report (moto says Success at once), and
+        as SSM pages it (moto returns every command in one answer, unfiltered): newest first,
+        `MaxResults` (50 at most) a page, `NextToken`, and the `InvokedAfter` filter."""
+        def requested(command: dict[str, Any]) -> float:
+            value = command.get("RequestedDateTime")
+            if isinstance(value, (int, float)):
+                return float(value)
+            try:
+                return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return 0.0
+
+        commands = sorted(response.get("Commands", []), key=requested, reverse=True)
+        for f in request.get("Filters") or []:
+            if f.get("key") == "InvokedAfter":
+                after = datetime.fromisoformat(f["value"].replace("Z", "+00:00")).timestamp()
+                commands = [c for c in commands if requested(c) >= after]
+        start = int(request.get("NextToken") or 0)
+        size = min(int(request.get("MaxResults") or 50), 50)
+        response["Commands"] = commands[start:start + size]
+        response.pop("NextToken", None)
+        if start + size < len(commands):
+            response["NextToken"] = str(start + size)
         for command in response.get("Commands", []):
             for agent in self.hosts.values():
                 run = agent.report(command.get("CommandId", ""))
@@ -1099,6 +1141,9 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 front.calls[label] = front.calls.get(label, 0) + 1
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
             headers["Content-Length"] = str(len(body))
+            held = front.take_hold(action, label) if caller else 0.0
+            if held:
+                time.sleep(held)
             if caller and action == "ec2:RunInstances":
                 refused = front.pass_role_refusal(label, caller, urllib.parse.parse_qs(body.decode(errors="replace")))
                 if refused:
@@ -1218,7 +1263,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 if action == "ssm:SendCommand":
                     front.after_send_command(request, response)
                 elif action == "ssm:ListCommands":
-                    out = json.dumps(front.list_commands(response), default=str).encode()
+                    out = json.dumps(front.list_commands(request, response), default=str).encode()
                 else:
                     out = json.dumps(front.command_invocation(request, response), default=str).encode()
             if resp.status == 200 and creation_form:

@@ -485,6 +485,20 @@ const fn cleanup_actions() -> [&'static str; cleanup_actions_len()] {
 /// [`Kind::CLEANUP_ORDER`]. `NotReady` while instances terminate (nothing after key pairs is
 /// tried then) or while something else cannot go yet (everything else is removed first).
 pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupReport, StepError> {
+    match sweep_pass(ctx, scope, ledger).await? {
+        (report, None) => Ok(report),
+        (_, Some(why)) => Err(StepError::NotReady(why)),
+    }
+}
+
+/// One pass of [`sweep`]: what it removed and kept, and, when something cannot go yet, why
+/// (what `sweep` raises as `NotReady`), so that a caller sweeping again reports every pass's
+/// removals.
+async fn sweep_pass(
+    ctx: &Ctx,
+    scope: &Scope,
+    ledger: &Ledger,
+) -> Result<(CleanupReport, Option<String>), StepError> {
     let mut report = CleanupReport::default();
     let mut terminating: Vec<String> = Vec::new();
     // Whether this pass terminated an instance that was running: then, as an AWS waiter
@@ -501,10 +515,11 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
             terminating = Kind::Instance.sweep(ctx, scope, ledger).await?.not_yet;
         }
         if kind.waits_for_instances() && !terminating.is_empty() {
-            return Err(StepError::NotReady(format!(
+            let why = format!(
                 "waiting for {} to terminate before removing the rest",
                 terminating.join(", ")
-            )));
+            );
+            return Ok((report, Some(why)));
         }
         let swept = kind.sweep(ctx, scope, ledger).await?;
         if kind == Kind::Instance {
@@ -519,10 +534,7 @@ pub async fn sweep(ctx: &Ctx, scope: &Scope, ledger: &Ledger) -> Result<CleanupR
             _ => not_yet.extend(swept.not_yet),
         }
     }
-    if !not_yet.is_empty() {
-        return Err(StepError::NotReady(not_yet.join("; ")));
-    }
-    Ok(report)
+    Ok((report, (!not_yet.is_empty()).then(|| not_yet.join("; "))))
 }
 
 /// The janitor's sweep: everything tagged with the execution in these regions, partial
@@ -536,13 +548,24 @@ pub async fn sweep_execution(
     execution: &str,
     regions: &[String],
 ) -> Result<CleanupReport, StepError> {
+    sweep(
+        ctx,
+        &execution_scope(state_machine, execution, regions),
+        &Ledger::default(),
+    )
+    .await
+}
+
+fn execution_scope(state_machine: Option<&str>, execution: &str, regions: &[String]) -> Scope {
     let mut scope = Scope::execution(&crate::state::build_id(execution), regions);
     scope.state_machine = state_machine.map(String::from);
-    sweep(ctx, &scope, &Ledger::default()).await
+    scope
 }
 
 /// [`sweep_execution`] again while resources are still going (`NotReady`), every `interval`
-/// within `budget`, telling `waiting` why each time: the janitor and `amiflow clean`.
+/// within `budget`, telling `waiting` why each time: the janitor and `amiflow clean`. The
+/// report holds every pass's removals (an instance terminated in the first, its volume
+/// removed in a later one); what the last pass kept.
 pub async fn sweep_execution_until_done(
     ctx: &Ctx,
     state_machine: Option<&str>,
@@ -553,13 +576,23 @@ pub async fn sweep_execution_until_done(
     waiting: impl Fn(&str),
 ) -> Result<CleanupReport, StepError> {
     let started = std::time::Instant::now();
+    let scope = execution_scope(state_machine, execution, regions);
+    let mut removed = Vec::new();
     loop {
-        match sweep_execution(ctx, state_machine, execution, regions).await {
-            Err(StepError::NotReady(why)) if started.elapsed() + interval < budget => {
+        let (pass, not_ready) = sweep_pass(ctx, &scope, &Ledger::default()).await?;
+        removed = union(removed, pass.removed);
+        match not_ready {
+            None => {
+                return Ok(CleanupReport {
+                    removed,
+                    kept: pass.kept,
+                })
+            }
+            Some(why) if started.elapsed() + interval < budget => {
                 waiting(&why);
                 tokio::time::sleep(interval).await;
             }
-            other => return other,
+            Some(why) => return Err(StepError::NotReady(why)),
         }
     }
 }

@@ -431,7 +431,10 @@ pub struct HistoryEvent {
 /// ([`StepSpec::may_create`]); None when there is none.
 pub fn in_flight(history: &[HistoryEvent]) -> Option<InFlight> {
     const SCHEDULED: [&str; 2] = ["LambdaFunctionScheduled", "TaskScheduled"];
-    const ENDED: [&str; 10] = [
+    // A callback task's invocation has ended once the task is submitted (its token then
+    // awaits an answer, and no Lambda runs).
+    const ENDED: [&str; 11] = [
+        "TaskSubmitted",
         "LambdaFunctionSucceeded",
         "LambdaFunctionFailed",
         "LambdaFunctionTimedOut",
@@ -452,9 +455,9 @@ pub fn in_flight(history: &[HistoryEvent]) -> Option<InFlight> {
         .map(|e| e.id)
         .collect();
     for ended in history.iter().filter(|e| ENDED.contains(&e.kind.as_str())) {
-        // Its started event, then its scheduled one (or the scheduled one at once).
+        // Back to its scheduled event: through its started (and submitted) ones.
         let mut at = back(ended);
-        for _ in 0..2 {
+        for _ in 0..3 {
             match at {
                 Some(e) if SCHEDULED.contains(&e.kind.as_str()) => {
                     open.remove(&e.id);
@@ -986,6 +989,28 @@ mod tests {
             },
         );
         assert_eq!(in_flight(&done), None);
+        // A callback task's invocation (AwaitEvent stores its token) ends when the task is
+        // submitted, long before its answer.
+        let await_event = crate::steps::await_event::SPEC;
+        assert!(await_event.may_create());
+        let mut callback = history(&[
+            (
+                "TaskStateEntered",
+                0,
+                101,
+                Some("amazon-ebs.AwaitImageAvailable"),
+            ),
+            ("TaskScheduled", 1, 102, None),
+            ("TaskStarted", 2, 102, None),
+            ("TaskSubmitted", 3, 103, None),
+            ("ExecutionAborted", 4, 105, None),
+        ]);
+        assert_eq!(in_flight(&callback), None);
+        callback.remove(3);
+        callback[3].previous = 3;
+        let got = in_flight(&callback).expect("AwaitEvent's invocation may be running");
+        assert_eq!(got.steps, ["AwaitEvent"]);
+        assert_eq!(got.until, ends(102, &await_event));
     }
 
     #[test]
