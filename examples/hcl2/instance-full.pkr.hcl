@@ -10,7 +10,7 @@ packer {
 source "amazon-instance" "amazon-instance" {
   account_id                   = "123456789012"
   ami_name                     = "web-instance-store-{{timestamp}}"
-  ami_virtualization_type      = "paravirtual"
+  ami_virtualization_type      = "hvm"
   bundle_destination           = "/mnt"
   bundle_prefix                = "web-{{timestamp}}"
   bundle_upload_command        = "sudo -i -n ec2-upload-bundle -b {{.BucketName}} -m {{.ManifestPath}} -d {{.BundleDirectory}} --batch --region {{.Region}} --retry"

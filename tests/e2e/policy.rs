@@ -177,12 +177,39 @@ fn from_the_one_image(mut template: Value) -> Value {
 /// The bucket examples/instance-basic.json names, which the account has.
 const INSTANCE_BUCKET: &str = "packer-images";
 
-/// examples/instance-basic.json as it runs here: over SSH to the sshd from the account's
-/// one image (for its own), its X.509 pair and bundle in the sshd's folder, the bundle made by a stand-in
-/// for ec2-bundle-vol and uploaded by curl through `endpoint`, signed with the keys the
-/// upload command is handed (the caller's, as in a local build).
-fn instance_here(sshd: &Sshd, endpoint: &str) -> Value {
-    let mut template = from_the_one_image(over_ssh(example("instance-basic"), sshd));
+/// The bucket, instance profile (its role has its name) and security group
+/// examples/instance-full.json names, which the test makes in the account.
+const INSTANCE_FULL_BUCKET: &str = "my-instance-store-images";
+const INSTANCE_FULL_PROFILE: &str = "amiflow-bundler";
+
+/// Where the account's builds may run: its VPC, subnet, and a security group of the VPC.
+struct Network {
+    vpc: String,
+    subnet: String,
+    group: String,
+}
+
+/// An amazon-instance example as it runs here: over SSH to the sshd from the account's one
+/// image (for its own), its X.509 pair and bundle in the sshd's folder, the bundle made by a
+/// stand-in for ec2-bundle-vol and uploaded by curl through `endpoint`, signed with the
+/// keys the upload command is handed (the caller's, as in a local build); the network ids
+/// it names are the account's.
+fn instance_here(name: &str, sshd: &Sshd, endpoint: &str, network: &Network) -> Value {
+    let mut template = from_the_one_image(over_ssh(example(name), sshd));
+    for (key, value) in [
+        ("vpc_id", json!(network.vpc)),
+        ("subnet_id", json!(network.subnet)),
+        ("security_group_ids", json!([network.group])),
+    ] {
+        if template["builders"][0].get(key).is_some() {
+            template["builders"][0][key] = value;
+        }
+    }
+    // moto refuses a launch mapping without `ebs` (AWS takes an instance store's virtual
+    // name alone); the mapping changes no call.
+    if let Some(b) = template["builders"][0].as_object_mut() {
+        b.remove("launch_block_device_mappings");
+    }
     let (cert, key) = (sshd.path("policy-cert.pem"), sshd.path("policy-key.pem"));
     std::fs::write(
         &cert,
@@ -214,7 +241,8 @@ fn instance_here(sshd: &Sshd, endpoint: &str) -> Value {
 /// The examples this account runs, and ebs-basic with the options that bring their own
 /// calls (a copy, sharing, tags, a temporary instance profile). Those that provision over
 /// SSH need `sshd`.
-fn cases(sshd: Option<&Sshd>, subnet: &str, endpoint: &str) -> Vec<Case> {
+fn cases(sshd: Option<&Sshd>, network: &Network, endpoint: &str) -> Vec<Case> {
+    let subnet = network.subnet.as_str();
     let mut options = example("ebs-basic");
     let b = &mut options["builders"][0];
     b["ami_regions"] = json!(["us-west-2"]);
@@ -261,7 +289,13 @@ fn cases(sshd: Option<&Sshd>, subnet: &str, endpoint: &str) -> Vec<Case> {
     ] {
         cases.push(case(name, over_ssh(example(name), sshd), true));
     }
-    cases.push(case("instance-basic", instance_here(sshd, endpoint), true));
+    for name in ["instance-basic", "instance-full"] {
+        cases.push(case(
+            name,
+            instance_here(name, sshd, endpoint, network),
+            true,
+        ));
+    }
     cases
 }
 
@@ -562,17 +596,50 @@ async fn local_builds_need_exactly_the_printed_policy() {
         .as_str()
         .unwrap()
         .to_string();
-    admin
-        .s3(REGION)
-        .create_bucket()
-        .bucket(INSTANCE_BUCKET)
+    for bucket in [INSTANCE_BUCKET, INSTANCE_FULL_BUCKET] {
+        admin
+            .s3(REGION)
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("the instance examples' buckets");
+    }
+    iam.create_role()
+        .role_name(INSTANCE_FULL_PROFILE)
+        .assume_role_policy_document(trust.to_string())
         .send()
         .await
-        .expect("the instance example's bucket");
+        .expect("instance-full's role");
+    iam.create_instance_profile()
+        .instance_profile_name(INSTANCE_FULL_PROFILE)
+        .send()
+        .await
+        .expect("instance-full's instance profile");
+    iam.add_role_to_instance_profile()
+        .instance_profile_name(INSTANCE_FULL_PROFILE)
+        .role_name(INSTANCE_FULL_PROFILE)
+        .send()
+        .await
+        .unwrap();
+    let vpc = account.ready["setup"]["vpc"].as_str().unwrap().to_string();
+    let group = admin
+        .ec2(REGION)
+        .create_security_group()
+        .group_name("instance-full")
+        .description("instance-full")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .expect("instance-full's security group")
+        .group_id()
+        .unwrap()
+        .to_string();
+    let network = Network { vpc, subnet, group };
     // `AMIFLOW_POLICY_CASE=<label>` runs one case (the whole set takes minutes).
     let only = std::env::var("AMIFLOW_POLICY_CASE").ok();
     let front = account.ready["aws_endpoint"].as_str().unwrap().to_string();
-    for case in cases(sshd.as_ref(), &subnet, &front) {
+    for case in cases(sshd.as_ref(), &network, &front) {
         if only.as_deref().is_some_and(|o| o != case.label) {
             continue;
         }
