@@ -16,6 +16,7 @@ use amiflow_tests::Moto;
 use serde_json::{json, Value};
 
 use super::builders::FAKE_BUNDLE_VOL_COMMAND;
+use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
 use super::simacct::{port_of, Account};
 
 const REGION: &str = "us-east-1";
@@ -86,6 +87,13 @@ const NOT_CALLED_HERE: &[(&str, &str)] = &[
          for it does not",
     ),
 ];
+
+/// Whether no build here calls `action`: [`NOT_CALLED_HERE`], and the KMS actions EC2 uses
+/// a key with on the caller's behalf (`resources/kms.rs`), which moto's EC2 never does.
+fn not_called_here(action: &str) -> bool {
+    NOT_CALLED_HERE.iter().any(|(a, _)| *a == action)
+        || amiflow::resources::kms::EBS_ENCRYPTION_ACTIONS.contains(&action)
+}
 
 /// Actions a build calls whose refusal it survives, and what it then loses.
 const TOLERATED: &[(&str, &str)] = &[
@@ -238,10 +246,61 @@ fn instance_here(name: &str, sshd: &Sshd, endpoint: &str, network: &Network) -> 
     template
 }
 
+/// The account's amazon-chroot build host, and where its builds mount (the host's agent
+/// runs the host script on this machine, as root, the attached volume being a loop disk).
+struct ChrootHost {
+    instance: String,
+    mounts: std::path::PathBuf,
+}
+
+/// The build host's tag examples/chroot-full.json finds it by.
+const CHROOT_HOST_ROLE: &str = "amiflow-chroot-host";
+
+/// An amazon-chroot example as it runs here: on the account's build host (by id, or by the
+/// filter the example names), from the account's one image, mounting under the test's
+/// folder; its commands and provisioners, which would run on this machine, made harmless
+/// (the loop disk is partitioned and formatted already).
+fn chroot_here(name: &str, host: &ChrootHost) -> Value {
+    let mut template = from_the_one_image(example(name));
+    let b = template["builders"][0].as_object_mut().unwrap();
+    b.insert("region".into(), json!(REGION));
+    if b.contains_key("source_ami") {
+        b.insert("source_ami".into(), json!(SOURCE_AMI));
+    }
+    if !b.contains_key("chroot_host_filter") {
+        b.insert("chroot_host_instance_id".into(), json!(host.instance));
+    }
+    b.insert(
+        "mount_path".into(),
+        json!(format!("{}/{{{{.Device}}}}", host.mounts.display())),
+    );
+    for key in ["pre_mount_commands", "post_mount_commands"] {
+        if b.contains_key(key) {
+            b.insert(key.into(), json!(["true"]));
+        }
+    }
+    // This machine's binfmt_misc may not be mountable in a chroot; the other mounts are
+    // the defaults.
+    b.remove("chroot_mounts");
+    b.remove("command_wrapper");
+    // The loop disk stands in for the attached volume under its own name, not an NVMe
+    // path; the device names change no call.
+    b.remove("nvme_device_path");
+    if template.get("provisioners").is_some() {
+        template["provisioners"] = json!([{"type": "shell", "inline": ["echo provisioned"]}]);
+    }
+    template
+}
+
 /// The examples this account runs, and ebs-basic with the options that bring their own
 /// calls (a copy, sharing, tags, a temporary instance profile). Those that provision over
 /// SSH need `sshd`.
-fn cases(sshd: Option<&Sshd>, network: &Network, endpoint: &str) -> Vec<Case> {
+fn cases(
+    sshd: Option<&Sshd>,
+    network: &Network,
+    endpoint: &str,
+    chroot: Option<&ChrootHost>,
+) -> Vec<Case> {
     let subnet = network.subnet.as_str();
     let mut options = example("ebs-basic");
     let b = &mut options["builders"][0];
@@ -277,6 +336,14 @@ fn cases(sshd: Option<&Sshd>, network: &Network, endpoint: &str) -> Vec<Case> {
             true,
         ),
     ];
+    match chroot {
+        Some(host) => {
+            for name in ["chroot-basic", "chroot-from-scratch", "chroot-full"] {
+                cases.push(case(name, chroot_here(name, host), true));
+            }
+        }
+        None => eprintln!("SKIP the amazon-chroot examples of policy::local_builds_need_exactly_the_printed_policy: no loop devices"),
+    }
     let Some(sshd) = sshd else {
         eprintln!("SKIP the SSH examples of policy::local_builds_need_exactly_the_printed_policy: no sshd");
         return cases;
@@ -431,12 +498,17 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
     let all = user(account, &format!("{}-all", case.label), &policy);
     refused_to(account, "");
     proxy.set(Faults::default());
+    let began = std::time::Instant::now();
     let (ok, out) = build_at(
         &proxy.url(),
         &for_run(&case.template, &format!("{}-all", case.label), &all),
         &all,
     )
     .await;
+    let one_build = began.elapsed();
+    if std::env::var_os("AMIFLOW_POLICY_CASE").is_some() {
+        eprintln!("{}: the build under its policy:\n{out}", case.label);
+    }
     let refused = refused_to(account, &format!("{}-all", case.label));
     assert!(ok && refused.is_empty(), "{}: the build needs more than the printed policy ({refused:?} refused):\n{out}\npolicy: {policy:#}", case.label);
     // The failing twin: the last change before Cleanup's first removal is refused, so
@@ -447,11 +519,12 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
         .filter(|c| c.nth > 0)
         .map(|c| (c.nth, c.action))
         .collect();
-    // Cleanup's first removal: terminating the instance (amazon-chroot's: detaching).
+    // Cleanup's first removal: terminating the instance (amazon-chroot's, which launches
+    // none: deleting its volume, detached and snapshotted in its chain).
     let cleanup_starts = changes
         .iter()
         .position(|(_, a)| a == "TerminateInstances")
-        .or_else(|| changes.iter().position(|(_, a)| a == "DetachVolume"))
+        .or_else(|| changes.iter().position(|(_, a)| a == "DeleteVolume"))
         .expect("a build that cleans up");
     let (last_change, last) = changes[cleanup_starts - 1].clone();
     let last = last.as_str();
@@ -490,7 +563,7 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
     }
     let mut spare = Vec::new();
     for (i, action) in actions.iter().enumerate() {
-        if NOT_CALLED_HERE.iter().any(|(a, _)| a == action) {
+        if not_called_here(action) {
             continue;
         }
         let name = format!("{}-without-{i}", case.label);
@@ -517,14 +590,12 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
         }
     }
     assert!(spare.is_empty(), "{}: granted and never called, on success nor after a failure: {spare:?}\npolicy: {policy:#}", case.label);
-    let not_here: Vec<&String> = actions
-        .iter()
-        .filter(|a| NOT_CALLED_HERE.iter().any(|(n, _)| n == a))
-        .collect();
+    let not_here: Vec<&String> = actions.iter().filter(|a| not_called_here(a)).collect();
     eprintln!(
-        "policy of {}: {} actions, each needed (not called here, so not taken away: {not_here:?})",
+        "policy of {}: {} actions, each needed (not called here, so not taken away: {not_here:?}); one build {:.1} s",
         case.label,
-        actions.len()
+        actions.len(),
+        one_build.as_secs_f64()
     );
     actions.len()
 }
@@ -539,7 +610,13 @@ async fn local_builds_need_exactly_the_printed_policy() {
         Ok(als) => als,
         Err(missing) => return eprintln!("SKIP {test}: {missing}"),
     };
-    let account = match Account::start(json!({}), &als) {
+    // The chroot host's "disk": a loop device the host script takes for the attached volume.
+    let disk = loop_devices_usable(test).then(LoopDisk::new);
+    let host_env = match &disk {
+        Some(d) => json!({"AMIFLOW_CHROOT_TEST_DEVICES": d.device}),
+        None => json!({}),
+    };
+    let account = match Account::start(host_env, &als) {
         Ok(a) => a,
         Err(why) => return eprintln!("SKIP {test}: {why}"),
     };
@@ -636,14 +713,41 @@ async fn local_builds_need_exactly_the_printed_policy() {
         .unwrap()
         .to_string();
     let network = Network { vpc, subnet, group };
+    let chroot = disk.as_ref().map(|d| ChrootHost {
+        instance: account.ready["setup"]["host"].as_str().unwrap().to_string(),
+        mounts: d.dir.path().join("mnt"),
+    });
+    if let Some(host) = &chroot {
+        admin
+            .ec2(REGION)
+            .create_tags()
+            .resources(&host.instance)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("Role")
+                    .value(CHROOT_HOST_ROLE)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("tag the build host as examples/chroot-full.json finds it");
+    }
     // `AMIFLOW_POLICY_CASE=<label>` runs one case (the whole set takes minutes).
     let only = std::env::var("AMIFLOW_POLICY_CASE").ok();
     let front = account.ready["aws_endpoint"].as_str().unwrap().to_string();
-    for case in cases(sshd.as_ref(), &network, &front) {
+    for case in cases(sshd.as_ref(), &network, &front, chroot.as_ref()) {
         if only.as_deref().is_some_and(|o| o != case.label) {
             continue;
         }
         needs_exactly_its_policy(&account, &proxy, &case).await;
+        if let Some(host) = &chroot {
+            assert_eq!(
+                mounts_under(&host.mounts),
+                Vec::<String>::new(),
+                "{}: mounts left on the build host",
+                case.label
+            );
+        }
     }
     // The enforcement is real: a user allowed nothing of EC2 is refused at the first call.
     let nothing = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}]});

@@ -65,8 +65,10 @@ const LONG: WaitPolicy = growing(5, 30, 250);
 const INSTANCE: WaitPolicy = growing(3, 15, 250);
 /// Volume attach, detach, create: 2 s growing to 10 s, ~20 min.
 const VOLUME: WaitPolicy = growing(2, 10, 120);
-/// Commands that run for as long as provisioning does: 10 s growing to 60 s, ~8 h.
-const COMMAND: WaitPolicy = growing(10, 60, 480);
+/// Commands that run for as long as provisioning does: 2 s growing to 60 s, ~8 h. A short
+/// command (an `echo` provisioner, a quick host script) is seen done within seconds; a long
+/// one costs one poll a minute.
+const COMMAND: WaitPolicy = growing(2, 60, 487);
 
 /// What bounds a wait beyond its Retry policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -426,6 +428,14 @@ impl Wait {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_waits_poll_soon_and_last_about_eight_hours() {
+        let p = super::COMMAND;
+        assert_eq!(p.interval_seconds, 2);
+        let hours = p.budget_seconds() / 3600.0;
+        assert!((7.9..8.1).contains(&hours), "{hours} h");
+    }
 
     #[test]
     fn polling_budget_follows_packer_v2() {

@@ -16,6 +16,7 @@ pub mod iam;
 pub mod image;
 pub mod instance;
 pub mod key_pair;
+pub mod kms;
 pub mod s3;
 pub mod security_group;
 pub mod sensitive_var;
@@ -254,6 +255,7 @@ const DECLARED_REACH: &[&[(&str, Reach)]] = &[
     s3::REACH,
     iam::REACH,
     ssm_command::REACH,
+    kms::REACH,
 ];
 
 /// The reach of `action` as its kind's module declares it; `Any` when none does.

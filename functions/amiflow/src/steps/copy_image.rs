@@ -3,30 +3,23 @@
 //! `kms_key_id` / `region_kms_key_ids`, a ClientToken per region and the build tags.
 
 use crate::prelude::*;
+use crate::resources::kms;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CopyImage",
-    iam_actions: &[
-        "ec2:CopyImage",
-        "ec2:DescribeImages",
-        "ec2:CreateTags",
-        "kms:DescribeKey",
-        "kms:CreateGrant",
-        "kms:ReEncrypt*",
-        "kms:GenerateDataKeyWithoutPlaintext",
-    ],
-    // Keys only as EC2 uses them for the encrypted copy, grants only for EC2's resources.
-    reach: &[
-        ("kms:DescribeKey", Reach::KmsViaEc2),
-        ("kms:ReEncrypt*", Reach::KmsViaEc2),
-        ("kms:GenerateDataKeyWithoutPlaintext", Reach::KmsViaEc2),
-        ("kms:CreateGrant", Reach::KmsGrantForAwsResource),
-    ],
+    iam_actions: &IAM_ACTIONS,
+    reach: &[],
     calls: Some(local_calls),
     wait: None,
     timeout_seconds: SHORT_TIMEOUT,
     handler: handler!(run),
 };
+
+/// Its own, and what EC2 needs of it to encrypt a copy (`resources/kms.rs`).
+const IAM_ACTIONS: [&str; 8] = crate::steps::actions(
+    &["ec2:CopyImage", "ec2:DescribeImages", "ec2:CreateTags"],
+    &kms::EBS_ENCRYPTION_ACTIONS,
+);
 
 /// What a local build calls here: for each region copied into ([`copy_regions`]:
 /// `ami_regions`, and the build region when `encrypt_boot` copies the intermediary there)
@@ -39,12 +32,7 @@ fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
     }
     let mut calls = vec!["ec2:DescribeImages", "ec2:CopyImage", "ec2:CreateTags"];
     if copies_encrypted(&build.config) {
-        calls.extend([
-            "kms:DescribeKey",
-            "kms:CreateGrant",
-            "kms:ReEncrypt*",
-            "kms:GenerateDataKeyWithoutPlaintext",
-        ]);
+        calls.extend(kms::EBS_ENCRYPTION_ACTIONS);
     }
     calls
 }
@@ -62,15 +50,12 @@ pub(crate) fn copy_regions(cfg: &amiflow_template::BuilderConfig) -> Vec<String>
 /// Whether the copies are encrypted: `encrypt_boot`, or an encrypted volume in the image
 /// (a mapping with `encrypted` or a `kms_key_id`), whose copy EC2 makes encrypted too.
 pub(crate) fn copies_encrypted(cfg: &amiflow_template::BuilderConfig) -> bool {
-    let encrypts = |d: &amiflow_template::config::BlockDevice| {
-        d.encrypted == Some(true) || d.kms_key_id.as_deref().is_some_and(|k| !k.is_empty())
-    };
     cfg.ami().is_some_and(|a| a.encrypt_boot == Some(true))
-        || cfg.ami_block_device_mappings().iter().any(encrypts)
+        || cfg.ami_block_device_mappings().iter().any(kms::encrypts)
         || cfg
             .launch_block_device_mappings()
             .into_iter()
-            .any(|d| !d.omit_from_artifact && encrypts(d))
+            .any(|d| !d.omit_from_artifact && kms::encrypts(d))
 }
 
 /// Whether the build ends with AMIs (`data.amis`) for the steps after the copies to

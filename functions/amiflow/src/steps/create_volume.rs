@@ -10,12 +10,7 @@ use crate::prelude::*;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "CreateVolume",
-    iam_actions: &[
-        "ec2:DescribeImages",
-        "ec2:CreateVolume",
-        "ec2:CreateTags",
-        "ssm:GetParameter",
-    ],
+    iam_actions: &IAM_ACTIONS,
     reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
     calls: Some(local_calls),
     wait: None,
@@ -23,15 +18,34 @@ pub const SPEC: StepSpec = StepSpec {
     handler: handler!(run),
 };
 
+/// Its own, and what EC2 needs of it to encrypt the volume (`resources/kms.rs`).
+const IAM_ACTIONS: [&str; 9] = crate::steps::actions(
+    &[
+        "ec2:DescribeImages",
+        "ec2:CreateVolume",
+        "ec2:CreateTags",
+        "ssm:GetParameter",
+    ],
+    &crate::resources::kms::EBS_ENCRYPTION_ACTIONS,
+);
+
 /// What a local build calls here: DescribeImages (the source's root snapshot) unless
-/// `from_scratch`; CreateVolume, tagged at creation (CreateTags), always.
+/// `from_scratch`; CreateVolume, tagged at creation (CreateTags), always; the KMS actions
+/// EC2 uses on the caller's behalf when the volume is encrypted
+/// (`root_volume_encrypt_boot`, `root_volume_kms_key_id`).
 fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
     let from_scratch = matches!(&build.config, BuilderConfig::Chroot(c) if c.from_scratch);
+    let encrypted = matches!(&build.config, BuilderConfig::Chroot(c)
+        if c.root_volume_encrypt_boot == Some(true)
+            || c.root_volume_kms_key_id.as_deref().is_some_and(|k| !k.is_empty()));
     let mut calls = Vec::new();
     if !from_scratch {
         calls.push("ec2:DescribeImages");
     }
     calls.extend(["ec2:CreateVolume", "ec2:CreateTags"]);
+    if encrypted {
+        calls.extend(crate::resources::kms::EBS_ENCRYPTION_ACTIONS);
+    }
     calls
 }
 
@@ -192,5 +206,19 @@ mod tests {
             serde_json::json!({"from_scratch": true}),
         ));
         assert_eq!(scratch, vec!["ec2:CreateVolume", "ec2:CreateTags"]);
+    }
+
+    #[test]
+    fn an_encrypted_root_volume_needs_what_ebs_encryption_asks_of_the_caller() {
+        let encrypted = local_calls(&build(
+            "amazon-chroot",
+            serde_json::json!({"root_volume_encrypt_boot": true, "root_volume_kms_key_id": "alias/k"}),
+        ));
+        for action in crate::resources::kms::EBS_ENCRYPTION_ACTIONS {
+            assert!(encrypted.contains(&action), "{action}: {encrypted:?}");
+            assert!(SPEC.iam_actions.contains(&action), "{action}");
+        }
+        let plain = local_calls(&build("amazon-chroot", serde_json::json!({})));
+        assert!(plain.iter().all(|a| !a.starts_with("kms:")), "{plain:?}");
     }
 }

@@ -72,6 +72,29 @@ pub mod retain;
 pub mod scheduled_start;
 pub mod withdraw;
 
+/// `own` followed by `shared`: a step's `iam_actions` made of its own and a shared list (a
+/// kind's, `resources/`), never a copy of it. `N` must be the sum of their lengths.
+pub const fn actions<const N: usize>(
+    own: &[&'static str],
+    shared: &[&'static str],
+) -> [&'static str; N] {
+    assert!(
+        own.len() + shared.len() == N,
+        "N must be own.len() + shared.len()"
+    );
+    let mut all = [""; N];
+    let mut i = 0;
+    while i < own.len() {
+        all[i] = own[i];
+        i += 1;
+    }
+    while i < N {
+        all[i] = shared[i - own.len()];
+        i += 1;
+    }
+    all
+}
+
 /// The boxed form every handler is called through.
 pub type Handler = fn(Arc<Ctx>, Value) -> BoxFuture<'static, Result<Value, StepError>>;
 

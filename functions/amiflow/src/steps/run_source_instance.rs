@@ -21,7 +21,17 @@ use crate::steps::iam_instance_profile::gets_profile;
 
 pub const SPEC: StepSpec = StepSpec {
     name: "RunSourceInstance",
-    iam_actions: &[
+    iam_actions: &IAM_ACTIONS,
+    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
+    calls: Some(local_calls),
+    wait: None,
+    timeout_seconds: SHORT_TIMEOUT,
+    handler: handler!(run),
+};
+
+/// Its own, and what EC2 needs of it to encrypt a launch volume (`resources/kms.rs`).
+const IAM_ACTIONS: [&str; 10] = crate::steps::actions(
+    &[
         "ec2:RunInstances",
         "ec2:DescribeInstances",
         "ec2:CreateTags",
@@ -30,16 +40,13 @@ pub const SPEC: StepSpec = StepSpec {
         // (resources/sensitive_var.rs).
         "ssm:GetParameter",
     ],
-    reach: &[("ssm:GetParameter", Reach::SensitiveVars)],
-    calls: Some(local_calls),
-    wait: None,
-    timeout_seconds: SHORT_TIMEOUT,
-    handler: handler!(run),
-};
+    &crate::resources::kms::EBS_ENCRYPTION_ACTIONS,
+);
 
 /// What a local build calls here: DescribeInstances (a retry's own instance), RunInstances
-/// tagged at creation (CreateTags), and PassRole when the instance gets a profile
-/// ([`gets_profile`]: `iam_instance_profile` or a temporary one).
+/// tagged at creation (CreateTags), PassRole when the instance gets a profile
+/// ([`gets_profile`]: `iam_instance_profile` or a temporary one), and the KMS actions EC2
+/// uses on the caller's behalf when a launch volume is encrypted.
 fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
     let mut calls = vec![
         "ec2:DescribeInstances",
@@ -48,6 +55,14 @@ fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
     ];
     if gets_profile(&build.config) {
         calls.push("iam:PassRole");
+    }
+    if build
+        .config
+        .launch_block_device_mappings()
+        .into_iter()
+        .any(crate::resources::kms::encrypts)
+    {
+        calls.extend(crate::resources::kms::EBS_ENCRYPTION_ACTIONS);
     }
     calls
 }
@@ -343,6 +358,20 @@ mod tests {
             local_calls(&build(json!({"iam_instance_profile": "builder"})))
                 .contains(&"iam:PassRole")
         );
+    }
+
+    #[test]
+    fn an_encrypted_launch_volume_needs_what_ebs_encryption_asks_of_the_caller() {
+        let encrypted = local_calls(&build(json!({"launch_block_device_mappings": [
+            {"device_name": "/dev/sdf", "volume_size": 10, "encrypted": true, "kms_key_id": "alias/k"}
+        ]})));
+        for action in crate::resources::kms::EBS_ENCRYPTION_ACTIONS {
+            assert!(encrypted.contains(&action), "{action}: {encrypted:?}");
+            assert!(SPEC.iam_actions.contains(&action), "{action}");
+        }
+        assert!(local_calls(&build(json!({})))
+            .iter()
+            .all(|a| !a.starts_with("kms:")));
     }
 
     #[tokio::test]
