@@ -414,6 +414,10 @@ async fn build_at(endpoint: &str, template: &Value, key: &(String, String)) -> (
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
+        // chroot_build.rs runs host scripts here, by the process's environment: these
+        // builds send theirs to the account's build host.
+        .env_remove(amiflow::builders::chroot::RUN_MODE_ENV)
+        .env_remove("AMIFLOW_CHROOT_TEST_DEVICES")
         .current_dir(dir.path())
         .output()
         .await
@@ -640,65 +644,44 @@ async fn local_builds_need_exactly_the_printed_policy() {
             .await
             .expect("import the sshd's key pair");
     }
-    // What the SSM examples name: an instance profile whose role has its name, a bucket.
+    // What the SSM and instance examples name: instance profiles whose roles have their
+    // names, buckets.
     let admin = account.admin().await;
     let iam = admin.iam();
     let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
         "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
-    iam.create_role()
-        .role_name(SSM_PROFILE)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("the SSM examples' role");
-    iam.create_instance_profile()
-        .instance_profile_name(SSM_PROFILE)
-        .send()
-        .await
-        .expect("the SSM examples' instance profile");
-    iam.add_role_to_instance_profile()
-        .instance_profile_name(SSM_PROFILE)
-        .role_name(SSM_PROFILE)
-        .send()
-        .await
-        .unwrap();
-    admin
-        .s3(REGION)
-        .create_bucket()
-        .bucket(SSM_BUCKET)
-        .send()
-        .await
-        .expect("the SSM examples' bucket");
-    let subnet = account.ready["setup"]["subnet"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for bucket in [INSTANCE_BUCKET, INSTANCE_FULL_BUCKET] {
+    for profile in [SSM_PROFILE, INSTANCE_FULL_PROFILE] {
+        iam.create_role()
+            .role_name(profile)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .expect("an example's role");
+        iam.create_instance_profile()
+            .instance_profile_name(profile)
+            .send()
+            .await
+            .expect("an example's instance profile");
+        iam.add_role_to_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(profile)
+            .send()
+            .await
+            .unwrap();
+    }
+    for bucket in [SSM_BUCKET, INSTANCE_BUCKET, INSTANCE_FULL_BUCKET] {
         admin
             .s3(REGION)
             .create_bucket()
             .bucket(bucket)
             .send()
             .await
-            .expect("the instance examples' buckets");
+            .expect("an example's bucket");
     }
-    iam.create_role()
-        .role_name(INSTANCE_FULL_PROFILE)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("instance-full's role");
-    iam.create_instance_profile()
-        .instance_profile_name(INSTANCE_FULL_PROFILE)
-        .send()
-        .await
-        .expect("instance-full's instance profile");
-    iam.add_role_to_instance_profile()
-        .instance_profile_name(INSTANCE_FULL_PROFILE)
-        .role_name(INSTANCE_FULL_PROFILE)
-        .send()
-        .await
-        .unwrap();
+    let subnet = account.ready["setup"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let vpc = account.ready["setup"]["vpc"].as_str().unwrap().to_string();
     let group = admin
         .ec2(REGION)

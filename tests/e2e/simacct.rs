@@ -398,6 +398,69 @@ impl Account {
         janitor.clone()
     }
 
+    /// Starts execution `name` with `input` through the account's Step Functions (as
+    /// `aws stepfunctions start-execution` would), returning its ARN.
+    async fn start(&self, name: &str, input: &Value) -> String {
+        self.sfn()
+            .await
+            .start_execution()
+            .state_machine_arn(self.ready["state_machine"]["arn"].as_str().unwrap())
+            .name(name)
+            .input(input.to_string())
+            .send()
+            .await
+            .expect("StartExecution")
+            .execution_arn()
+            .to_string()
+    }
+
+    /// Waits, polling, until `reached` holds, at most `limit` after `began`.
+    async fn wait_until(
+        &self,
+        began: Instant,
+        limit: Duration,
+        what: &str,
+        reached: impl Fn() -> bool,
+    ) {
+        while !reached() {
+            assert!(
+                began.elapsed() < limit,
+                "{what} within {limit:?}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops execution `name` (`arn`) with `cause` and waits for its end: its run, the
+    /// janitor's answer to its ABORTED, and what the janitor removed.
+    async fn stop(
+        &self,
+        name: &str,
+        arn: &str,
+        cause: &str,
+        before: &BTreeSet<String>,
+        began: Instant,
+    ) -> (Run, Value, Vec<String>) {
+        self.sfn()
+            .await
+            .stop_execution()
+            .execution_arn(arn)
+            .cause(cause)
+            .send()
+            .await
+            .expect("StopExecution");
+        let run = self.hosted(name, before.clone(), began).await;
+        let janitor = self.janitor_on(name, "ABORTED");
+        let removed = janitor["result"]["removed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(String::from))
+            .collect();
+        (run, janitor, removed)
+    }
+
     /// SSM as one function's role.
     async fn ssm_as(&self, function: &str) -> aws_sdk_ssm::Client {
         aws_sdk_ssm::Client::new(&self.config_as(function).await)
@@ -1924,25 +1987,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         account.stats();
         let before = account.inventory();
         let began = Instant::now();
-        let sfn = account.sfn().await;
-        let arn = sfn
-            .start_execution()
-            .state_machine_arn(account.ready["state_machine"]["arn"].as_str().unwrap())
-            .name("simacct-chroot-stopped")
-            .input(input.to_string())
-            .send()
-            .await
-            .expect("StartExecution")
-            .execution_arn()
-            .to_string();
-        while mounts_under(disk.dir.path()).is_empty() {
-            assert!(
-                began.elapsed() < Duration::from_secs(120),
-                "the host script never mounted the volume: {:#}",
-                account.execution("simacct-chroot-stopped")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let arn = account.start("simacct-chroot-stopped", &input).await;
+        account
+            .wait_until(
+                began,
+                Duration::from_secs(120),
+                "the host script mounts the volume",
+                || !mounts_under(disk.dir.path()).is_empty(),
+            )
+            .await;
         // The region runs other commands meanwhile, more than the newest pages hold: the
         // janitor still finds the host script among every command sent since its execution
         // began.
@@ -1959,22 +2012,15 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 .await
                 .expect("SendCommand (another command in the region)");
         }
-        sfn.stop_execution()
-            .execution_arn(&arn)
-            .cause("stopped by the operator")
-            .send()
-            .await
-            .expect("StopExecution");
-        let run = account
-            .hosted("simacct-chroot-stopped", before.clone(), began)
+        let (run, janitor, removed) = account
+            .stop(
+                "simacct-chroot-stopped",
+                &arn,
+                "stopped by the operator",
+                &before,
+                began,
+            )
             .await;
-        let janitor = account.janitor_on("simacct-chroot-stopped", "ABORTED");
-        let removed: Vec<String> = janitor["result"]["removed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str().map(String::from))
-            .collect();
         assert!(
             removed
                 .first()
@@ -2023,47 +2069,33 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             "/hold",
             &json!({"action": "ec2:RunInstances", "ms": 3000}),
         );
-        let sfn = account.sfn().await;
-        let arn = sfn
-            .start_execution()
-            .state_machine_arn(account.ready["state_machine"]["arn"].as_str().unwrap())
-            .name(name)
-            .input(input.to_string())
-            .send()
-            .await
-            .expect("StartExecution")
-            .execution_arn()
-            .to_string();
-        while account.control("GET", "/stats", &Value::Null)["held"]
-            .as_array()
-            .is_none_or(|h| h.is_empty())
-        {
-            assert!(
-                began.elapsed() < Duration::from_secs(60),
-                "the build never reached RunInstances: {:#}",
-                account.execution(name)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        sfn.stop_execution()
-            .execution_arn(&arn)
-            .cause("stopped while RunSourceInstance runs")
-            .send()
-            .await
-            .expect("StopExecution");
-        let run = account.hosted(name, before.clone(), began).await;
-        let janitor = account.janitor_on(name, "ABORTED");
+        let arn = account.start(name, &input).await;
+        account
+            .wait_until(
+                began,
+                Duration::from_secs(60),
+                "the build reaches RunInstances",
+                || {
+                    account.control("GET", "/stats", &Value::Null)["held"]
+                        .as_array()
+                        .is_some_and(|h| !h.is_empty())
+                },
+            )
+            .await;
+        let (run, janitor, removed) = account
+            .stop(
+                name,
+                &arn,
+                "stopped while RunSourceInstance runs",
+                &before,
+                began,
+            )
+            .await;
         assert_eq!(
             janitor["result"]["in_flight"],
             json!(["RunSourceInstance"]),
             "the janitor saw the invocation running at the stop: {janitor:#}"
         );
-        let removed: Vec<&str> = janitor["result"]["removed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
         assert!(
             removed.iter().any(|r| r.contains("instance")
                 && r.ends_with("(after the invocations in flight ended)")),
