@@ -400,7 +400,7 @@ impl Account {
 
     /// Starts execution `name` with `input` through the account's Step Functions (as
     /// `aws stepfunctions start-execution` would), returning its ARN.
-    async fn start(&self, name: &str, input: &Value) -> String {
+    async fn start_execution(&self, name: &str, input: &Value) -> String {
         self.sfn()
             .await
             .start_execution()
@@ -434,7 +434,7 @@ impl Account {
 
     /// Stops execution `name` (`arn`) with `cause` and waits for its end: its run, the
     /// janitor's answer to its ABORTED, and what the janitor removed.
-    async fn stop(
+    async fn stop_execution(
         &self,
         name: &str,
         arn: &str,
@@ -1987,7 +1987,9 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
         account.stats();
         let before = account.inventory();
         let began = Instant::now();
-        let arn = account.start("simacct-chroot-stopped", &input).await;
+        let arn = account
+            .start_execution("simacct-chroot-stopped", &input)
+            .await;
         account
             .wait_until(
                 began,
@@ -2013,7 +2015,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
                 .expect("SendCommand (another command in the region)");
         }
         let (run, janitor, removed) = account
-            .stop(
+            .stop_execution(
                 "simacct-chroot-stopped",
                 &arn,
                 "stopped by the operator",
@@ -2069,7 +2071,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             "/hold",
             &json!({"action": "ec2:RunInstances", "ms": 3000}),
         );
-        let arn = account.start(name, &input).await;
+        let arn = account.start_execution(name, &input).await;
         account
             .wait_until(
                 began,
@@ -2083,7 +2085,7 @@ async fn deployed_stack_builds_every_builder_under_its_own_roles() {
             )
             .await;
         let (run, janitor, removed) = account
-            .stop(
+            .stop_execution(
                 name,
                 &arn,
                 "stopped while RunSourceInstance runs",
