@@ -191,8 +191,18 @@ pub(crate) fn instance_fixture() -> Option<InstanceFixture> {
             return None;
         }
     };
-    let cert = sshd.path("local-cert.pem");
-    let key = sshd.path("local-key.pem");
+    let (cert, key) = fake_x509_pair(&sshd, "local");
+    Some(InstanceFixture { sshd, cert, key })
+}
+
+/// The key material of [`fake_x509_pair`]'s key, which no output may show.
+pub(crate) const FAKE_X509_KEY_MATERIAL: &str = "FAKEX509KEYMATERIAL";
+
+/// A fake X.509 certificate and key for amazon-instance, `<name>-cert.pem` and
+/// `<name>-key.pem` in the sshd's folder.
+pub(crate) fn fake_x509_pair(sshd: &Sshd, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = sshd.path(&format!("{name}-cert.pem"));
+    let key = sshd.path(&format!("{name}-key.pem"));
     std::fs::write(
         &cert,
         "-----BEGIN CERTIFICATE-----\nFAKECERT\n-----END CERTIFICATE-----\n",
@@ -200,10 +210,12 @@ pub(crate) fn instance_fixture() -> Option<InstanceFixture> {
     .unwrap();
     std::fs::write(
         &key,
-        "-----BEGIN PRIVATE KEY-----\nFAKEX509KEYMATERIAL\n-----END PRIVATE KEY-----\n",
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{FAKE_X509_KEY_MATERIAL}\n-----END PRIVATE KEY-----\n"
+        ),
     )
     .unwrap();
-    Some(InstanceFixture { sshd, cert, key })
+    (cert, key)
 }
 
 /// A stand-in for `ec2-bundle-vol`: checks the uploaded X.509 pair is there and writes a
@@ -771,7 +783,7 @@ async fn instance_build_bundles_over_ssh_and_registers_from_s3() {
     // The secrets are not in the output or the state.
     let text = out.to_string();
     assert!(
-        !text.contains("FAKEX509KEYMATERIAL") && !text.contains(amiflow_tests::FAKE_SECRET_KEY),
+        !text.contains(FAKE_X509_KEY_MATERIAL) && !text.contains(amiflow_tests::FAKE_SECRET_KEY),
         "secret in the execution output"
     );
 

@@ -15,7 +15,7 @@ use amiflow_tests::sshd::Sshd;
 use amiflow_tests::Moto;
 use serde_json::{json, Value};
 
-use super::builders::FAKE_BUNDLE_VOL_COMMAND;
+use super::builders::{fake_x509_pair, FAKE_BUNDLE_VOL_COMMAND};
 use super::chroot_host::{loop_devices_usable, mounts_under, LoopDisk};
 use super::simacct::{port_of, Account};
 
@@ -218,17 +218,7 @@ fn instance_here(name: &str, sshd: &Sshd, endpoint: &str, network: &Network) -> 
     if let Some(b) = template["builders"][0].as_object_mut() {
         b.remove("launch_block_device_mappings");
     }
-    let (cert, key) = (sshd.path("policy-cert.pem"), sshd.path("policy-key.pem"));
-    std::fs::write(
-        &cert,
-        "-----BEGIN CERTIFICATE-----\nFAKE\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
-    std::fs::write(
-        &key,
-        "-----BEGIN PRIVATE KEY-----\nFAKE\n-----END PRIVATE KEY-----\n",
-    )
-    .unwrap();
+    let (cert, key) = fake_x509_pair(sshd, "policy");
     let b = &mut template["builders"][0];
     b["source_ami"] = json!(SOURCE_AMI);
     b["x509_cert_path"] = json!(cert.to_string_lossy());

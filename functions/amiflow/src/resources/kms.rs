@@ -10,15 +10,7 @@ use amiflow_template::config::BlockDevice;
 
 use super::Reach;
 
-/// What EC2 needs of the caller to use a KMS key for EBS.
-pub const EBS_ENCRYPTION_ACTIONS: [&str; 5] = [
-    "kms:CreateGrant",
-    "kms:Decrypt",
-    "kms:DescribeKey",
-    "kms:GenerateDataKeyWithoutPlaintext",
-    "kms:ReEncrypt*",
-];
-
+/// What EC2 needs of the caller to use a KMS key for EBS, and how far each reaches.
 pub const REACH: &[(&str, Reach)] = &[
     ("kms:CreateGrant", Reach::KmsGrantForAwsResource),
     ("kms:Decrypt", Reach::KmsViaEc2),
@@ -26,6 +18,17 @@ pub const REACH: &[(&str, Reach)] = &[
     ("kms:GenerateDataKeyWithoutPlaintext", Reach::KmsViaEc2),
     ("kms:ReEncrypt*", Reach::KmsViaEc2),
 ];
+
+/// The actions of [`REACH`], for the steps' `iam_actions` and calls.
+pub const EBS_ENCRYPTION_ACTIONS: [&str; 5] = {
+    let mut all = [""; 5];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = REACH[i].0;
+        i += 1;
+    }
+    all
+};
 
 /// Whether a block device mapping makes an encrypted volume: `encrypted`, or a `kms_key_id`.
 /// (Encrypted with the account's default key, EC2 still uses a key on the caller's behalf:

@@ -31,13 +31,12 @@ const IAM_ACTIONS: [&str; 9] = crate::steps::actions(
 
 /// What a local build calls here: DescribeImages (the source's root snapshot) unless
 /// `from_scratch`; CreateVolume, tagged at creation (CreateTags), always; the KMS actions
-/// EC2 uses on the caller's behalf when the volume is encrypted
-/// (`root_volume_encrypt_boot`, `root_volume_kms_key_id`).
+/// EC2 uses on the caller's behalf when the volume is encrypted (`root_volume_encrypt_boot`,
+/// which `root_volume_kms_key_id` requires).
 fn local_calls(build: &amiflow_template::PreparedBuild) -> Vec<&'static str> {
     let from_scratch = matches!(&build.config, BuilderConfig::Chroot(c) if c.from_scratch);
     let encrypted = matches!(&build.config, BuilderConfig::Chroot(c)
-        if c.root_volume_encrypt_boot == Some(true)
-            || c.root_volume_kms_key_id.as_deref().is_some_and(|k| !k.is_empty()));
+        if c.root_volume_encrypt_boot == Some(true));
     let mut calls = Vec::new();
     if !from_scratch {
         calls.push("ec2:DescribeImages");

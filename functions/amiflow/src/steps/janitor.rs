@@ -54,22 +54,18 @@ pub const SPEC: StepSpec = StepSpec {
 /// It removes exactly what Cleanup removes, by the same code (and marks nothing), reads an
 /// execution's input when the event does not carry it and its history (what was still
 /// running at the stop), and reads a pipeline's published parameter.
-const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 7] = {
-    let cleanup = CLEANUP_ACTIONS;
-    let mut all = [DESCRIBE_EXECUTION; CLEANUP_ACTIONS.len() + 7];
-    all[CLEANUP_ACTIONS.len() + 6] = READ_HISTORY;
-    all[CLEANUP_ACTIONS.len() + 1] = LIST_EXECUTIONS;
-    all[CLEANUP_ACTIONS.len() + 2] = READ_PUBLISHED;
-    all[CLEANUP_ACTIONS.len() + 3] = READ_PIPELINE_FILE;
-    all[CLEANUP_ACTIONS.len() + 4] = ssm_command::CANCEL_ACTIONS[0];
-    all[CLEANUP_ACTIONS.len() + 5] = ssm_command::CANCEL_ACTIONS[1];
-    let mut i = 0;
-    while i < cleanup.len() {
-        all[i] = cleanup[i];
-        i += 1;
-    }
-    all
-};
+const IAM_ACTIONS: [&str; CLEANUP_ACTIONS.len() + 7] = super::actions(
+    CLEANUP_ACTIONS,
+    &[
+        DESCRIBE_EXECUTION,
+        LIST_EXECUTIONS,
+        READ_PUBLISHED,
+        READ_PIPELINE_FILE,
+        ssm_command::CANCEL_ACTIONS[0],
+        ssm_command::CANCEL_ACTIONS[1],
+        READ_HISTORY,
+    ],
+);
 const DESCRIBE_EXECUTION: &str = "states:DescribeExecution";
 /// Which invocations were still running at the stop ([`in_flight`]).
 const READ_HISTORY: &str = "states:GetExecutionHistory";
@@ -285,10 +281,9 @@ async fn sweep_until_done(
     let execution = detail.name.as_str();
     let state_machine = crate::identity::state_machine_of(&detail.execution_arn);
     let id = crate::state::build_id(execution);
+    let id = id.as_str();
     let late = still_running_at_stop(ctx, detail).await;
-    let id_ref = id.as_str();
     let sweep = |budget: Duration| async move {
-        let id = id_ref;
         // A command still running (a stopped chroot build's host script holds its volume
         // mounted) is cancelled first: the script unmounts as it ends, and the sweep can
         // detach.
@@ -320,10 +315,11 @@ async fn sweep_until_done(
     };
     let mut report = sweep(budget).await?;
     if let Some(late) = &late {
-        let deadline = chrono::Utc::now()
+        let now = chrono::Utc::now();
+        let deadline = now
             + chrono::Duration::from_std(budget.saturating_sub(began.elapsed()))
                 .unwrap_or_default();
-        match after_first_sweep(chrono::Utc::now(), late.until, deadline) {
+        match after_first_sweep(now, late.until, deadline) {
             Then::SweepNow => {}
             Then::WaitUntil(at) => {
                 tracing::info!(steps = ?late.steps, until = %at, "invocations still running at the stop may create until then: sweeping again after");
@@ -353,7 +349,7 @@ async fn sweep_until_done(
     let in_flight = late.map(|l| l.steps).unwrap_or_default();
     // The execution's sensitive variables and approval token are in the stack's own
     // region, which need not be one of the build's.
-    for name in crate::resources::sensitive_var::remove_all(ctx, &id).await? {
+    for name in crate::resources::sensitive_var::remove_all(ctx, id).await? {
         report
             .removed
             .push(format!("parameter {name} (sensitive variable)"));
@@ -364,19 +360,19 @@ async fn sweep_until_done(
     {
         report
             .removed
-            .extend(remove_staging(ctx, &bucket, &id).await?);
+            .extend(remove_staging(ctx, &bucket, id).await?);
     }
     // A token left means the run stopped while it waited for approval: its images were
     // made and marked as delivered, and nobody approved them. They go, as Withdraw would
     // have removed them.
     let ssm = ctx.ssm(&ctx.own_region());
-    if crate::resources::approval_token::remove(&ssm, &ctx.parameter_owner(&id)).await? {
+    if crate::resources::approval_token::remove(&ssm, &ctx.parameter_owner(id)).await? {
         report.removed.push(format!(
             "parameter {} (approval token)",
-            crate::resources::approval_token::parameter_name(&ctx.parameter_owner(&id))
+            crate::resources::approval_token::parameter_name(&ctx.parameter_owner(id))
         ));
         let none = std::collections::BTreeSet::new();
-        for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &none).await? {
+        for r in crate::resources::image::withdraw_execution(ctx, id, regions, &none).await? {
             report.removed.push(format!("{r} (never approved)"));
         }
     } else if let Some(pipeline) =
@@ -385,7 +381,7 @@ async fn sweep_until_done(
         // Stopped with its test or approval maybe not passed: what it did not publish, and
         // Publish did not mark as past its gates, goes.
         let keep = published(ctx, &pipeline, regions).await;
-        for r in crate::resources::image::withdraw_execution(ctx, &id, regions, &keep).await? {
+        for r in crate::resources::image::withdraw_execution(ctx, id, regions, &keep).await? {
             report
                 .removed
                 .push(format!("{r} (stopped before it was published)"));
@@ -398,9 +394,18 @@ async fn sweep_until_done(
 
 /// Time after a Lambda invocation's timeout before it surely creates nothing any more (its
 /// last call's answer, clock skew).
-const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(10);
+const IN_FLIGHT_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// What the final sweep is given once the invocations in flight have ended.
-const FINAL_SWEEP_RESERVE: Duration = Duration::from_secs(180);
+const FINAL_SWEEP_RESERVE: chrono::TimeDelta = chrono::TimeDelta::seconds(180);
+
+/// When an invocation that started at `started`, of a function timing out after
+/// `timeout_seconds`, has surely ended.
+fn surely_ended(
+    started: chrono::DateTime<chrono::Utc>,
+    timeout_seconds: u32,
+) -> chrono::DateTime<chrono::Utc> {
+    started + chrono::TimeDelta::seconds(i64::from(timeout_seconds)) + IN_FLIGHT_MARGIN
+}
 
 /// Invocations of steps that may create, still running when their execution stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -489,9 +494,7 @@ pub fn in_flight(history: &[HistoryEvent]) -> Option<InFlight> {
             Some(step) => (step.name.to_string(), step.timeout_seconds),
             None => ("an unnamed step".to_string(), longest_timeout()),
         };
-        let ends = scheduled.at
-            + chrono::Duration::seconds(i64::from(timeout))
-            + chrono::Duration::from_std(IN_FLIGHT_MARGIN).unwrap_or_default();
+        let ends = surely_ended(scheduled.at, timeout);
         until = Some(until.map_or(ends, |u| u.max(ends)));
         if !steps.contains(&name) {
             steps.push(name);
@@ -530,13 +533,12 @@ pub fn after_first_sweep(
     until: chrono::DateTime<chrono::Utc>,
     deadline: chrono::DateTime<chrono::Utc>,
 ) -> Then {
-    let reserve = chrono::Duration::from_std(FINAL_SWEEP_RESERVE).unwrap_or_default();
     if until <= now {
         Then::SweepNow
-    } else if until + reserve <= deadline {
+    } else if until + FINAL_SWEEP_RESERVE <= deadline {
         Then::WaitUntil(until)
     } else {
-        Then::HandOver((deadline - reserve).max(now))
+        Then::HandOver((deadline - FINAL_SWEEP_RESERVE).max(now))
     }
 }
 
@@ -555,9 +557,7 @@ async fn still_running_at_stop(ctx: &Ctx, detail: &StatusChangeDetail) -> Option
         .stop_date
         .and_then(chrono::DateTime::from_timestamp_millis)
         .unwrap_or_else(chrono::Utc::now);
-    let surely_ended = stopped
-        + chrono::Duration::seconds(i64::from(longest_timeout()))
-        + chrono::Duration::from_std(IN_FLIGHT_MARGIN).unwrap_or_default();
+    let surely_ended = surely_ended(stopped, longest_timeout());
     if surely_ended <= chrono::Utc::now() {
         return None;
     }
@@ -960,7 +960,7 @@ mod tests {
     }
 
     fn ends(started: i64, step: &StepSpec) -> chrono::DateTime<chrono::Utc> {
-        at(started + i64::from(step.timeout_seconds) + IN_FLIGHT_MARGIN.as_secs() as i64)
+        at(started + i64::from(step.timeout_seconds) + IN_FLIGHT_MARGIN.num_seconds())
     }
 
     #[test]
@@ -1069,7 +1069,7 @@ mod tests {
 
     #[test]
     fn the_second_sweep_waits_here_or_hands_over_to_lambdas_retry() {
-        let reserve = FINAL_SWEEP_RESERVE.as_secs() as i64;
+        let reserve = FINAL_SWEEP_RESERVE.num_seconds();
         assert_eq!(after_first_sweep(at(100), at(90), at(900)), Then::SweepNow);
         assert_eq!(
             after_first_sweep(at(100), at(200), at(900)),
