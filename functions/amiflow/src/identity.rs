@@ -10,12 +10,19 @@ use uuid::Uuid;
 pub use crate::state::{BUILD_TAG, STATE_MACHINE_TAG};
 use crate::BuildState;
 
-/// A stable UUID for (execution, build, what): the same on every retry of a step.
+/// A stable UUID for (state machine, execution, build, what): the same on every retry of a
+/// step, and another for each stack's execution of the same name (EC2 ClientTokens are the
+/// account's: two stacks' "nightly" builds must not find each other's instances).
 pub fn stable_uuid(state: &BuildState, what: &str) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("amiflow/{}/{}/{}", state.execution, state.build.name, what).as_bytes(),
-    )
+    let seed = if state.state_machine.is_empty() {
+        format!("amiflow/{}/{}/{}", state.execution, state.build.name, what)
+    } else {
+        format!(
+            "amiflow/{}/{}/{}/{}",
+            state.state_machine, state.execution, state.build.name, what
+        )
+    };
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, seed.as_bytes())
 }
 
 /// Whose a build's SSM parameters are (its temporary key, its sensitive variables, the
@@ -126,7 +133,54 @@ pub fn own_filters(state: &BuildState) -> Vec<Filter> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parameter_owner, state_machine_of};
+    use super::{client_token, parameter_owner, state_machine_of, temp_name};
+    use crate::BuildState;
+
+    fn state(state_machine: &str, execution: &str) -> BuildState {
+        let template =
+            serde_json::json!({"builders": [{"type": "amazon-ebs", "region": "us-east-1",
+            "source_ami": "ami-12345678", "instance_type": "t3.micro", "communicator": "none",
+            "ami_name": "identity-test"}]})
+            .to_string();
+        let opts = amiflow_template::PrepareOptions::new(chrono::Utc::now());
+        let build = amiflow_template::prepare(&template, &opts)
+            .expect("fixture prepares")
+            .builds
+            .remove(0);
+        BuildState::new(
+            execution.into(),
+            state_machine.into(),
+            build,
+            Default::default(),
+        )
+    }
+
+    /// EC2 ClientTokens and key pair names are the account's and the region's: the same
+    /// execution name in two stacks (or a stack and `amiflow build`) must not share them, or
+    /// one stack's RunInstances would answer with the other's instance.
+    #[test]
+    fn idempotency_tokens_are_each_stacks_own() {
+        let a = state("stack-a", "nightly");
+        let b = state("stack-b", "nightly");
+        let local = state("", "nightly");
+        assert_ne!(
+            client_token(&a, "RunSourceInstance"),
+            client_token(&b, "RunSourceInstance")
+        );
+        assert_ne!(
+            client_token(&a, "RunSourceInstance"),
+            client_token(&local, "RunSourceInstance")
+        );
+        assert_ne!(
+            temp_name(&a, "packer", "key"),
+            temp_name(&b, "packer", "key")
+        );
+        // Retries of one step find what the first attempt made.
+        assert_eq!(
+            client_token(&a, "RunSourceInstance"),
+            client_token(&state("stack-a", "nightly"), "RunSourceInstance")
+        );
+    }
 
     #[test]
     fn a_deployed_builds_parameters_are_its_stacks() {

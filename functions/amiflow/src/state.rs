@@ -17,10 +17,14 @@ pub const BUILD_TAG: &str = "amiflow:build";
 /// The execution name as every build resource carries it ([`BUILD_TAG`] values, SSM
 /// parameter paths, S3 staging keys, ClientToken seeds): letters, digits and `_.-` only.
 /// Step Functions accepts names (`@ + ( ) ! =` …) that SSM parameter names and IAM tag
-/// values refuse; each other character becomes `-`, and a name that had to change gets a
-/// hash of the original so that two executions never share one id. Already-normalized
-/// names stay as they are, so Prepare, Cleanup, the janitor and `amiflow clean` may each
-/// apply it.
+/// values refuse; each other character becomes `-`, and a name that had to change gets
+/// `-` and 16 hex digits of a hash of the original.
+///
+/// Distinct names give distinct ids, whoever picks them: a name is kept as it is only if it
+/// is safe and does not end the way a hashed one does, so nobody can name an execution after
+/// another's id (`a--0123…` for `a@`) and have its janitor sweep, or its ClientTokens find,
+/// that build's resources. Apply it once, to the name Step Functions knows (an id passed
+/// again may change).
 pub fn build_id(execution: &str) -> String {
     let safe: String = execution
         .chars()
@@ -32,12 +36,27 @@ pub fn build_id(execution: &str) -> String {
             }
         })
         .collect();
-    if safe == execution {
+    if safe == execution && !looks_hashed(execution) {
         return safe;
     }
     let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
-    format!("{safe}-{}", &hash.to_string()[..8])
+    format!("{safe}-{}", &hash.to_string()[..BUILD_ID_HASH_DIGITS])
 }
+
+/// Hex digits of the hash a changed name gets: 64 bits, beyond anyone's search for a second
+/// name with the same id.
+const BUILD_ID_HASH_DIGITS: usize = 16;
+
+/// Whether `name` ends as [`build_id`]'s hashed ids do: `-` and 16 lowercase hex digits.
+fn looks_hashed(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() > BUILD_ID_HASH_DIGITS
+        && bytes[bytes.len() - BUILD_ID_HASH_DIGITS - 1] == b'-'
+        && bytes[bytes.len() - BUILD_ID_HASH_DIGITS..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
 /// Tag naming the state machine whose execution created a resource (`$$.StateMachine.Name`;
 /// `amiflow-local` for `amiflow build`): the janitor of one stack sweeps only its own state
 /// machine's resources, so an execution named like another stack's cannot take that
@@ -323,13 +342,14 @@ mod build_id_tests {
     use super::build_id;
 
     #[test]
-    fn build_ids_are_ssm_safe_distinct_and_stable() {
+    fn build_ids_are_ssm_safe_and_distinct() {
         assert_eq!(
             build_id("amiflow-20261203-1200-ab12"),
             "amiflow-20261203-1200-ab12"
         );
         let odd = build_id("web@+(1)!=x");
         assert!(odd.starts_with("web---1---x-"), "{odd}");
+        assert_eq!(odd.len(), "web@+(1)!=x".len() + 17, "{odd}");
         assert!(
             odd.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
@@ -340,6 +360,29 @@ mod build_id_tests {
             build_id("web-+(1)!=x"),
             "different names stay different"
         );
-        assert_eq!(build_id(&odd), odd, "normalizing twice changes nothing");
+        assert_eq!(build_id("web@+(1)!=x"), odd, "the same name, the same id");
+    }
+
+    /// A starter who sees an execution named `a@b` must not be able to start one whose id is
+    /// the same (its janitor would sweep that build, its ClientTokens find its instance).
+    #[test]
+    fn no_name_is_another_names_id() {
+        for victim in ["a@b", "nightly (retry)", "x=1", "web-0123456789abcdef"] {
+            let id = build_id(victim);
+            assert_ne!(id, victim, "{victim} is normalized");
+            assert_ne!(
+                build_id(&id),
+                id,
+                "a starter naming an execution {id} gets an id of its own"
+            );
+        }
+        // Names that only look hashed (wrong length, upper case) are kept.
+        for kept in [
+            "build-0123456789abcde",
+            "build-0123456789ABCDEF",
+            "0123456789abcdef",
+        ] {
+            assert_eq!(build_id(kept), kept);
+        }
     }
 }
