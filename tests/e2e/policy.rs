@@ -236,6 +236,34 @@ fn instance_here(name: &str, sshd: &Sshd, endpoint: &str, network: &Network) -> 
     template
 }
 
+/// The tags examples/ebs-full.json's network filters find the account's VPC, subnet and
+/// security group by (`vpc_filter`, `subnet_filter`, `security_group_filter`).
+const EBS_FULL_NETWORK_TAGS: [(&str, &str); 3] =
+    [("Name", "build"), ("Tier", "private"), ("Role", "packer")];
+
+/// examples/ebs-full.json as it runs here: over SSH to the sshd, from the account's one
+/// image, with its user data file (a path beside the example). Its role, assumed with the
+/// profile's keys, is made for each run's user ([`principal`]); its network is the
+/// account's, tagged as its filters look; its KMS keys, copies to three regions, sharing
+/// and `deprecate_at` are as written.
+fn ebs_full_here(sshd: &Sshd) -> Value {
+    let mut template = from_the_one_image(over_ssh(example("ebs-full"), sshd));
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let b = &mut template["builders"][0];
+    b["user_data_file"] = json!(examples.join("cloud-init.yaml").to_string_lossy());
+    // moto's RunInstances drops a mapping's Iops, and then refuses an io2 volume for
+    // lacking them; gp3 takes them too, and changes no call.
+    for mapping in b["launch_block_device_mappings"].as_array_mut().unwrap() {
+        if mapping["volume_type"] == "io2" {
+            mapping["volume_type"] = json!("gp3");
+        }
+    }
+    template
+}
+
+/// The account moto makes, which examples/ebs-full.json's role ARN names.
+const ACCOUNT_ID: &str = "123456789012";
+
 /// The account's amazon-chroot build host, and where its builds mount (the host's agent
 /// runs the host script on this machine, as root, the attached volume being a loop disk).
 struct ChrootHost {
@@ -346,6 +374,7 @@ fn cases(
     ] {
         cases.push(case(name, over_ssh(example(name), sshd), true));
     }
+    cases.push(case("ebs-full", ebs_full_here(sshd), true));
     for name in ["instance-basic", "instance-full"] {
         cases.push(case(
             name,
@@ -357,7 +386,8 @@ fn cases(
 }
 
 /// `template` as one run takes it: its own AMI names, the user's keys where it names keys,
-fn for_run(template: &Value, run: &str, key: &(String, String)) -> Value {
+/// the role made for `user` where it assumes one ([`principal`]).
+fn for_run(template: &Value, run: &str, user: &str, key: &(String, String)) -> Value {
     let mut template = template.clone();
     for (i, b) in template["builders"]
         .as_array_mut()
@@ -372,6 +402,9 @@ fn for_run(template: &Value, run: &str, key: &(String, String)) -> Value {
             b["access_key"] = Value::from(key.0.clone());
             b["secret_key"] = Value::from(key.1.clone());
         }
+        if b.get("assume_role").is_some() {
+            b["assume_role"]["role_arn"] = json!(format!("arn:aws:iam::{ACCOUNT_ID}:role/{user}"));
+        }
     }
     template
 }
@@ -383,16 +416,19 @@ async fn build_at(endpoint: &str, template: &Value, key: &(String, String)) -> (
     let path = dir.path().join("template.json");
     std::fs::write(&path, template.to_string()).unwrap();
     let region = template["builders"][0]["region"].as_str().unwrap_or(REGION);
-    // examples/credentials-profile.json's profile, with the same keys.
+    // examples/credentials-profile.json's and examples/ebs-full.json's profiles, with the
+    // same keys.
     let credentials = dir.path().join("credentials");
-    std::fs::write(
-        &credentials,
-        format!(
-            "[customprofile]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            key.0, key.1
-        ),
-    )
-    .unwrap();
+    let profiles: String = ["customprofile", "build"]
+        .iter()
+        .map(|p| {
+            format!(
+                "[{p}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                key.0, key.1
+            )
+        })
+        .collect();
+    std::fs::write(&credentials, profiles).unwrap();
     let out = tokio::process::Command::new(workspace_binary("amiflow"))
         .arg("build")
         .arg(&path)
@@ -483,19 +519,79 @@ fn user(account: &Account, name: &str, policy: &Value) -> (String, String) {
     )
 }
 
+/// Who runs `template`'s builds holding `policy`, by the name `name`: its keys. A user
+/// holding the policy; or, for a template that assumes a role, a user holding the policy's
+/// `sts:AssumeRole` and a role of the user's name holding the rest, trusting that user with
+/// the template's external id ([`for_run`] points the template at it). A part left with
+/// no statement allows nothing.
+async fn principal(
+    account: &Account,
+    name: &str,
+    template: &Value,
+    policy: &Value,
+) -> (String, String) {
+    let Some(assume) = template["builders"][0].get("assume_role") else {
+        return user(account, name, policy);
+    };
+    let nothing = json!({"Effect": "Deny", "Action": "sts:AssumeRole", "Resource": "*"});
+    let document = |mut statements: Vec<Value>| {
+        if statements.is_empty() {
+            statements.push(nothing.clone());
+        }
+        json!({"Version": "2012-10-17", "Statement": statements})
+    };
+    let role_arn = format!("arn:aws:iam::{ACCOUNT_ID}:role/{name}");
+    let (assuming, rest): (Vec<Value>, Vec<Value>) = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .partition(|s| {
+            s["Action"] == json!("sts:AssumeRole") || s["Action"] == json!(["sts:AssumeRole"])
+        });
+    let assuming = assuming
+        .into_iter()
+        .map(|mut s| {
+            s["Resource"] = json!(role_arn);
+            s
+        })
+        .collect();
+    let key = user(account, name, &document(assuming));
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT_ID}:user/{name}")},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": assume["external_id"]}}}]});
+    let iam = account.admin().await.iam();
+    iam.create_role()
+        .role_name(name)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .expect("the role the build assumes");
+    iam.put_role_policy()
+        .role_name(name)
+        .policy_name("amiflow-policy")
+        .policy_document(document(rest).to_string())
+        .send()
+        .await
+        .unwrap();
+    key
+}
+
 /// One case: under exactly the printed policy the build succeeds with no call refused, and
 /// a twin failing just before Cleanup (everything made) fails cleanly (nothing left, nothing refused);
 /// without any one action, the build fails on it, or its failed twin's Cleanup is refused it.
 async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &Case) -> usize {
     let policy = printed_policy(case.label, &case.template).await;
     let actions = granted(&policy);
-    let all = user(account, &format!("{}-all", case.label), &policy);
+    let all_name = format!("{}-all", case.label);
+    let all = principal(account, &all_name, &case.template, &policy).await;
     refused_to(account, "");
     proxy.set(Faults::default());
     let began = std::time::Instant::now();
     let (ok, out) = build_at(
         &proxy.url(),
-        &for_run(&case.template, &format!("{}-all", case.label), &all),
+        &for_run(&case.template, &all_name, &all_name, &all),
         &all,
     )
     .await;
@@ -522,7 +618,7 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
         .expect("a build that cleans up");
     let (last_change, last) = changes[cleanup_starts - 1].clone();
     let last = last.as_str();
-    let fail_late = |run: String, key: (String, String)| async move {
+    let fail_late = |run: String, user: String, key: (String, String)| async move {
         let refusal = Injected {
             code: "InvalidParameterValue".into(),
             status: 400,
@@ -539,12 +635,22 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
                 ..Faults::default()
             },
         });
-        let result = build_at(&proxy.url(), &for_run(&case.template, &run, &key), &key).await;
+        let result = build_at(
+            &proxy.url(),
+            &for_run(&case.template, &run, &user, &key),
+            &key,
+        )
+        .await;
         proxy.set(Faults::default());
         result
     };
     let before = account.inventory();
-    let (ok, out) = fail_late(format!("{}-all-failing", case.label), all.clone()).await;
+    let (ok, out) = fail_late(
+        format!("{}-all-failing", case.label),
+        all_name.clone(),
+        all.clone(),
+    )
+    .await;
     let refused = refused_to(account, &format!("{}-all", case.label));
     let left: Vec<String> = account.inventory().difference(&before).cloned().collect();
     assert!(
@@ -561,8 +667,13 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
             continue;
         }
         let name = format!("{}-without-{i}", case.label);
-        let key = user(account, &name, &without(&policy, action));
-        let (ok, out) = build_at(&proxy.url(), &for_run(&case.template, &name, &key), &key).await;
+        let key = principal(account, &name, &case.template, &without(&policy, action)).await;
+        let (ok, out) = build_at(
+            &proxy.url(),
+            &for_run(&case.template, &name, &name, &key),
+            &key,
+        )
+        .await;
         let refused = refused_to(account, &name);
         if !ok {
             assert!(refused.contains(action), "{}: without {action} the build failed, but not on it (refused: {refused:?}):\n{out}", case.label);
@@ -577,7 +688,7 @@ async fn needs_exactly_its_policy(account: &Account, proxy: &FaultProxy, case: &
             continue;
         }
         // Needed only when the build fails: its failing twin's Cleanup must be refused it.
-        let _ = fail_late(format!("{name}-failing"), key.clone()).await;
+        let _ = fail_late(format!("{name}-failing"), name.clone(), key.clone()).await;
         let refused_failing = refused_to(account, &name);
         if !refused_failing.contains(action) {
             spare.push(action.clone());
@@ -685,6 +796,24 @@ async fn local_builds_need_exactly_the_printed_policy() {
         .group_id()
         .unwrap()
         .to_string();
+    for (resource, (key, value)) in [&vpc, &subnet, &group]
+        .into_iter()
+        .zip(EBS_FULL_NETWORK_TAGS)
+    {
+        admin
+            .ec2(REGION)
+            .create_tags()
+            .resources(resource)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("tag the network as examples/ebs-full.json finds it");
+    }
     let network = Network { vpc, subnet, group };
     let chroot = disk.as_ref().map(|d| ChrootHost {
         instance: account.ready["setup"]["host"].as_str().unwrap().to_string(),
@@ -713,6 +842,22 @@ async fn local_builds_need_exactly_the_printed_policy() {
             continue;
         }
         needs_exactly_its_policy(&account, &proxy, &case).await;
+        if case.label == "ebs-full" {
+            // Its images, copies too, deprecated when the template says (EC2's side of
+            // EnableImageDeprecation is the front door's: moto lacks it).
+            let deprecated = account.stats()["deprecations"].clone();
+            for region in [REGION, "us-west-2", "eu-central-1"] {
+                assert!(
+                    deprecated
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .any(|(image, at)| image.starts_with(&format!("{region}/"))
+                            && at.as_str().unwrap().starts_with("2030-01-01T00:00:00")),
+                    "ebs-full: no image deprecated in {region}: {deprecated}"
+                );
+            }
+        }
         if let Some(host) = &chroot {
             assert_eq!(
                 mounts_under(&host.mounts),
@@ -727,7 +872,7 @@ async fn local_builds_need_exactly_the_printed_policy() {
     let stranger = user(&account, "stranger", &nothing);
     let (ok, out) = build_at(
         &proxy.url(),
-        &for_run(&example("ebs-basic"), "stranger", &stranger),
+        &for_run(&example("ebs-basic"), "stranger", "stranger", &stranger),
         &stranger,
     )
     .await;

@@ -55,6 +55,7 @@ a real account has and moto has not:
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import os
@@ -456,6 +457,8 @@ class Front:
         self.instance_commands: dict[str, float] = {}
         # CancelCommand's command ids, for the test.
         self.cancelled_commands: list[str] = []
+        # EnableImageDeprecation's times by "region/image" (`enable_image_deprecation`).
+        self.deprecations: dict[str, str] = {}
         # Calls the test holds back (action -> seconds), once each, and those it held.
         self.holds: dict[str, float] = {}
         self.held: list[dict[str, Any]] = []
@@ -505,6 +508,7 @@ class Front:
                 ],
                 "cancelled_commands": list(self.cancelled_commands),
                 "held": list(self.held),
+                "deprecations": dict(self.deprecations),
                 "aws_calls": dict(sorted(self.calls.items())),
                 "events": list(self.events),
                 "sessions": [{"key": k, "label": v["label"], "role": v["role"], "policy": v["policy"]} for k, v in self.sessions.items()],
@@ -665,21 +669,23 @@ class Front:
                 self.passed_roles.append({"function": caller, "role": role["Arn"]})
         return None
 
-    def trust_refusal(self, caller: dict[str, str], role_arn: str) -> str | None:
-        """Why the role `role_arn` does not trust the caller's role (moto compares its trust
-        principals with the caller's session ARN, never its role's, so no role ever trusts
-        another in moto); None when it does."""
+    def trust_refusal(self, caller: dict[str, str], role_arn: str, external_id: str | None) -> str | None:
+        """Why the role `role_arn` does not trust the caller, a function's role or an IAM user
+        (moto compares its trust principals with the caller's session ARN, never its role's,
+        so no role ever trusts another in moto, and it checks no `sts:ExternalId`); None
+        when it does."""
         iam = self.admin.client("iam")
         try:
             role = iam.get_role(RoleName=role_arn.rsplit("/", 1)[-1])["Role"]
-            caller_role = iam.get_role(RoleName=caller["role"])["Role"]
+            principal = iam.get_user(UserName=caller["user"])["User"] if caller.get("user") else iam.get_role(RoleName=caller["role"])["Role"]
         except Exception as e:
             return f"AssumeRole {role_arn}: {e}"
         document = role["AssumeRolePolicyDocument"]
         if isinstance(document, str):
             document = json.loads(urllib.parse.unquote(document))
-        if role["Arn"] != role_arn or not policy.trusts(document, caller_role["Arn"]):
-            return f"User: {caller['label']} is not authorized to perform: sts:AssumeRole on resource: {role_arn} (its trust policy does not name {caller_role['Arn']})"
+        context = {"sts:ExternalId": external_id} if external_id is not None else {}
+        if role["Arn"] != role_arn or not policy.trusts(document, principal["Arn"], context):
+            return f"User: {caller['label']} is not authorized to perform: sts:AssumeRole on resource: {role_arn} (its trust policy does not let {principal['Arn']} in, external id {external_id!r})"
         return None
 
     def forward_without_auth(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -956,6 +962,41 @@ class Front:
                 self.held.append({"action": action, "by": label, "at_ms": int(time.time() * 1000), "ms": int(seconds * 1000)})
         return seconds
 
+    def enable_image_deprecation(self, region: str, body: bytes) -> bytes:
+        """EnableImageDeprecation, which moto lacks (answered once the caller's policy allowed
+        it on the image): the time is kept for the image, nothing else changes."""
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+        with self.lock:
+            self.deprecations[f"{region}/{form.get('ImageId', '')}"] = form.get("DeprecateAt", "")
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<EnableImageDeprecationResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>{uuid.uuid4()}</requestId><return>true</return></EnableImageDeprecationResponse>"
+        ).encode()
+
+    def terminated_again(self, region: str, body: bytes) -> bytes | None:
+        """EC2's answer to terminating instances that are all terminated already (a no-op
+        there; moto deletes their network interfaces again and fails); None otherwise."""
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        ids = [v[0] for k, v in sorted(form.items()) if k.startswith("InstanceId.")]
+        if not ids:
+            return None
+        try:
+            reservations = self.admin.client("ec2", region).describe_instances(InstanceIds=ids)["Reservations"]
+        except Exception:  # a missing instance: moto's own answer
+            return None
+        states = {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]}
+        if sorted(states) != sorted(ids) or any(state != "terminated" for state in states.values()):
+            return None
+        terminated = "<code>48</code><name>terminated</name>"
+        items = "".join(
+            f"<item><instanceId>{i}</instanceId><currentState>{terminated}</currentState><previousState>{terminated}</previousState></item>"
+            for i in ids
+        )
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<TerminateInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>{uuid.uuid4()}</requestId><instancesSet>{items}</instancesSet></TerminateInstancesResponse>"
+        ).encode()
+
     def cancel_command(self, body: bytes) -> bytes:
         """CancelCommand, which moto lacks: the agent that runs the command stops it."""
         command_id = json.loads(body or b"{}").get("CommandId", "")
@@ -1184,7 +1225,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 return self._send(403, [("Content-Type", "text/xml")], error)
             if scoped is None and action == "sts:AssumeRole":
                 form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
-                untrusted = front.trust_refusal(caller, form.get("RoleArn", ""))
+                untrusted = front.trust_refusal(caller, form.get("RoleArn", ""), form.get("ExternalId"))
                 if untrusted:
                     front.record_denial(label, action, untrusted)
                     error = (
@@ -1201,9 +1242,27 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                             "role": form["RoleArn"],
                             "policy": json.loads(form["Policy"]),
                         }
+                elif status == 200 and issued and caller.get("user"):
+                    # A local build's `assume_role`: its calls are decided on the role's
+                    # policies, and its refusals count as the user's (the test's ledger).
+                    text = out.decode(errors="replace")
+                    secret = re.search(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
+                    token = re.search(r"<SessionToken>([^<]+)</SessionToken>", text)
+                    front.admin.credentials[issued.group(1)] = {
+                        "label": label,
+                        "role": form["RoleArn"].rsplit("/", 1)[-1],
+                        "secret": secret.group(1) if secret else "",
+                        "token": html.unescape(token.group(1)) if token else None,
+                    }
                 return self._send(status, resp_headers, out)
             if scoped is None and action == "events:PutEvents":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.put_events(body))
+            if scoped is None and action == "ec2:TerminateInstances":
+                again = front.terminated_again(region, body)
+                if again is not None:
+                    return self._send(200, [("Content-Type", "text/xml")], again)
+            if scoped is None and action == "ec2:EnableImageDeprecation":
+                return self._send(200, [("Content-Type", "text/xml")], front.enable_image_deprecation(region, body))
             if scoped is None and action == "ssm:CancelCommand":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.cancel_command(body))
             if scoped is None and action == "ssm:DescribeInstanceInformation":

@@ -98,16 +98,17 @@ def unqualified(arn: str) -> str:
     return arn if arn.count(":") <= 6 else arn.rsplit(":", 1)[0]
 
 
-def trusts(trust_policy: dict[str, Any], principal_arn: str) -> bool:
-    """Whether a role's trust policy lets the role `principal_arn` (or a session of it)
-    assume it: an Allow of sts:AssumeRole naming it among its AWS principals, no Deny."""
+def trusts(trust_policy: dict[str, Any], principal_arn: str, context: dict[str, str] | None = None) -> bool:
+    """Whether a role's trust policy lets `principal_arn` (a role, a session of it, or a
+    user) assume it: an Allow of sts:AssumeRole naming it among its AWS principals, its
+    conditions holding on `context` (`sts:ExternalId`), no Deny."""
     found = False
     for statement in statements([trust_policy]):
         if not any(_matches(a, "sts:AssumeRole", False) for a in _as_list(statement.get("Action"))):
             continue
         principals = statement.get("Principal")
         named = principals == "*" or (isinstance(principals, dict) and principal_arn in _as_list(principals.get("AWS")))
-        if not named:
+        if not named or not _condition_holds(statement.get("Condition"), context or {}):
             continue
         if statement.get("Effect") == "Deny":
             return False
