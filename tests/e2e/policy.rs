@@ -857,6 +857,28 @@ async fn local_builds_need_exactly_the_printed_policy() {
                     "ebs-full: no image deprecated in {region}: {deprecated}"
                 );
             }
+            // The role trusts its user with the example's external id only.
+            let policy = printed_policy(case.label, &case.template).await;
+            let key = principal(&account, "ebs-full-other-id", &case.template, &policy).await;
+            let mut other_id = for_run(
+                &case.template,
+                "ebs-full-other-id",
+                "ebs-full-other-id",
+                &key,
+            );
+            other_id["builders"][0]["assume_role"]["external_id"] = json!("someone-else");
+            let (ok, out) = build_at(&proxy.url(), &other_id, &key).await;
+            if only.is_some() {
+                eprintln!("ebs-full with another external id:\n{out}");
+            }
+            let refused = refused_to(&account, "ebs-full-other-id");
+            // Refused credentials fail the step at once, saying what to check: no retry.
+            assert!(
+                !ok && refused.contains("sts:AssumeRole")
+                    && out.contains("external_id")
+                    && !out.contains("retry"),
+                "ebs-full with another external id: refused {refused:?}:\n{out}"
+            );
         }
         if let Some(host) = &chroot {
             assert_eq!(

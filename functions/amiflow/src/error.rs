@@ -161,6 +161,11 @@ where
         format!("{operation} {resource}")
     };
     let detail = if code.is_empty() {
+        if let Some(refusal) = refused_credentials(std::error::Error::source(&err)) {
+            return StepError::BuildFailed(format!(
+                "{what}: no credentials: {refusal}. {CREDENTIALS_HINT}"
+            ));
+        }
         match &err {
             SdkError::DispatchFailure(_)
             | SdkError::TimeoutError(_)
@@ -182,6 +187,49 @@ where
         Some(h) => StepError::BuildFailed(format!("{what}: {detail}. {h}")),
         None => StepError::BuildFailed(format!("{what}: {detail}")),
     }
+}
+
+/// What to check when the credentials provider was refused.
+const CREDENTIALS_HINT: &str = "Check the keys or profile in use; with assume_role, your identity \
+     needs sts:AssumeRole on the role (`amiflow policy TEMPLATE` prints it) and the role's trust \
+     policy must let it in, with the template's external_id if the trust asks for one";
+
+/// STS's and IAM's answers that no retry changes (assume_role refused, keys unknown or expired).
+const REFUSED_CREDENTIAL_CODES: &[&str] = &[
+    "AccessDenied",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "SignatureDoesNotMatch",
+    "RegionDisabledException",
+    "MalformedPolicyDocument",
+    "PackedPolicyTooLarge",
+];
+
+/// The credentials provider's error behind a call that never left (the SDK loads credentials
+/// first, then reports a failure to load them as a dispatch failure), when retrying cannot
+/// help: credentials that are not there, a configuration that is wrong, or STS refusing
+/// (assume_role with a role that does not trust the caller). A provider that timed out, or
+/// STS unreachable, is left to retry.
+fn refused_credentials(source: Option<&(dyn std::error::Error + 'static)>) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next = source;
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            let chain = error_chain(c);
+            return match c {
+                CredentialsError::ProviderTimedOut(_) => None,
+                CredentialsError::ProviderError(_) | CredentialsError::Unhandled(_) => {
+                    REFUSED_CREDENTIAL_CODES
+                        .iter()
+                        .any(|code| chain.contains(&format!("({code})")))
+                        .then_some(chain)
+                }
+                _ => Some(chain),
+            };
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// The AWS error code of an SDK error, if AWS answered with one.
@@ -246,5 +294,72 @@ mod tests {
             .unwrap()
             .contains("iam:PassRole"));
         assert!(hint("InvalidAMIID.NotFound").is_none());
+    }
+
+    /// An error as the SDK reports credentials it could not load: a dispatch failure whose
+    /// source is the provider's error.
+    fn credentials_failure(
+        e: aws_credential_types::provider::error::CredentialsError,
+    ) -> SdkError<
+        aws_sdk_ec2::operation::describe_instances::DescribeInstancesError,
+        aws_sdk_ec2::config::http::HttpResponse,
+    > {
+        SdkError::dispatch_failure(aws_sdk_ec2::error::ConnectorError::other(Box::new(e), None))
+    }
+
+    #[derive(Debug)]
+    struct StsAnswer(&'static str);
+    impl std::fmt::Display for StsAnswer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for StsAnswer {}
+
+    /// assume_role refused (a trust policy that does not let the caller in, another external
+    /// id) fails the step at once with what to check; it was retried as unreachable AWS for
+    /// minutes.
+    #[test]
+    fn refused_credentials_fail_at_once_and_say_what_to_check() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let refused = classify(
+            "DescribeInstances",
+            "",
+            credentials_failure(CredentialsError::provider_error(StsAnswer(
+                "service error: unhandled error (AccessDenied): User is not authorized to perform: sts:AssumeRole",
+            ))),
+        );
+        match refused {
+            StepError::BuildFailed(m) => {
+                assert!(
+                    m.contains("AccessDenied") && m.contains("external_id"),
+                    "{m}"
+                )
+            }
+            other => panic!("refused credentials are permanent: {other:?}"),
+        }
+        assert!(matches!(
+            classify(
+                "DescribeInstances",
+                "",
+                credentials_failure(CredentialsError::not_loaded("no keys"))
+            ),
+            StepError::BuildFailed(_)
+        ));
+        // STS unreachable, or slow: worth another try.
+        for transient in [
+            CredentialsError::provider_error(StsAnswer(
+                "dispatch failure: io error: connection refused",
+            )),
+            CredentialsError::provider_timed_out(std::time::Duration::from_secs(5)),
+        ] {
+            assert!(
+                matches!(
+                    classify("DescribeInstances", "", credentials_failure(transient)),
+                    StepError::Transient(_)
+                ),
+                "retried"
+            );
+        }
     }
 }
