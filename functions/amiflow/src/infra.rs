@@ -1168,11 +1168,13 @@ pub fn sam_template(steps: &[StepSpec], chroot_script: Option<&str>) -> Value {
         );
         resources.insert(
             "JanitorErrorsAlarm".into(),
+            // The janitor's own count of failed sweeps, not Lambda's Errors: a sweep handed
+            // over to Lambda's retry fails the invocation, and is no failure (janitor.rs).
             alarm(
                 "The janitor failed to sweep an ended build: its resources may be left (see the Janitor log group)",
-                json!("AWS/Lambda"),
-                "Errors",
-                json!([{ "Name": "FunctionName", "Value": { "Ref": format!("{janitor}Function") } }]),
+                json!({ "Fn::Sub": METRIC_NAMESPACE }),
+                crate::steps::janitor::FAILURES_METRIC,
+                json!([]),
                 "Sum",
                 1,
             ),
@@ -2059,7 +2061,10 @@ mod tests {
         assert_eq!(metric("LambdaFailuresAlarm").1, LAMBDA_FAILURES_METRIC);
         assert_eq!(
             metric("JanitorErrorsAlarm"),
-            (json!("AWS/Lambda"), "Errors".into())
+            (
+                json!({ "Fn::Sub": METRIC_NAMESPACE }),
+                crate::steps::janitor::FAILURES_METRIC.into()
+            )
         );
         metric("JanitorDeadLetterAlarm");
         metric("ScheduleDeadLetterAlarm");

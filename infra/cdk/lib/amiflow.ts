@@ -474,7 +474,9 @@ export class Amiflow extends Construct {
         })],
       });
       alarmOn('JanitorErrorsAlarm', 'The janitor failed to sweep an ended build: its resources may be left',
-        this.functions[JANITOR].metricErrors({ period: Duration.minutes(5), statistic: 'Sum' }));
+        // The janitor's own count of failed sweeps (janitor.rs), not Lambda's Errors: a sweep
+        // handed over to Lambda's retry fails the invocation, and is no failure.
+        new cloudwatch.Metric({ namespace: failuresNamespace, metricName: 'JanitorFailures', statistic: 'Sum', period: Duration.minutes(5) }));
       alarmOn('JanitorDeadLetterAlarm', 'An ended build was not swept: its event is in the janitor\'s dead-letter queue',
         janitorDeadLetters.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: Duration.minutes(5) }));
     }

@@ -270,7 +270,7 @@ test('the janitor also runs daily for builds whose redrive window closed', () =>
 test('alarms on failed and timed-out executions, Lambda failures and the janitor notify the topic', () => {
   const template = synth(sample, { alarmEmail: 'ops@example.com' });
   template.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com' });
-  for (const metric of ['ExecutionsFailed', 'ExecutionsTimedOut', 'LambdaFailures', 'Errors', 'ApproximateNumberOfMessagesVisible']) {
+  for (const metric of ['ExecutionsFailed', 'ExecutionsTimedOut', 'LambdaFailures', 'JanitorFailures', 'ApproximateNumberOfMessagesVisible']) {
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       MetricName: metric,
       AlarmActions: [{ Ref: Match.stringLikeRegexp('AlarmTopic') }],

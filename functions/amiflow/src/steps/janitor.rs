@@ -18,6 +18,11 @@
 //!
 //! The janitor's daily rule sends [`RedriveWindowEvent`] instead: builds kept for redrive
 //! whose redrive window (14 days after they stopped) has closed are swept then.
+//!
+//! A sweep that failed writes the [`FAILURES_METRIC`] (CloudWatch's embedded metric format,
+//! [`failure_metric_line`]), which the stack's JanitorErrorsAlarm watches; a sweep handed
+//! over to Lambda's retry of the event ([`Then::HandOver`]) fails the invocation without it,
+//! being no failure of the sweep.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -185,6 +190,67 @@ const SWEEP_BUDGET: Duration = Duration::from_secs(SPEC.timeout_seconds as u64 -
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(ctx: &Ctx, event: JanitorEvent) -> Result<JanitorOutput, StepError> {
+    let result = run_event(ctx, event).await;
+    if let Err(e) = &result {
+        if !is_hand_over(e) {
+            if let Some(stack) = ctx.stack.stack_name.as_deref().filter(|s| !s.is_empty()) {
+                // One line on stdout: CloudWatch takes the metric from the function's log.
+                println!(
+                    "{}",
+                    failure_metric_line(stack, e, chrono::Utc::now().timestamp_millis())
+                );
+            }
+        }
+    }
+    result
+}
+
+/// The janitor's own failures, counted in the stack's namespace (`amiflow/<stack>`): the
+/// JanitorErrorsAlarm's metric (infra.rs).
+pub const FAILURES_METRIC: &str = "JanitorFailures";
+
+/// How a hand-over's error begins ([`is_hand_over`]).
+const HAND_OVER: &str = "Janitor hands the sweep over to Lambda's retry of this event";
+
+/// The error that hands the sweep over to Lambda's retry of the event: `steps` of
+/// `execution_arn` may create until `until`, beyond this invocation's time.
+fn hand_over(
+    steps: &[String],
+    execution_arn: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> StepError {
+    StepError::Transient(format!(
+        "{HAND_OVER}: {} of execution {execution_arn} may create until {until} (started before the stop, within its Lambda timeout), past this invocation's time; the retry sweeps again after it",
+        steps.join(", ")
+    ))
+}
+
+/// Whether `e` is the janitor handing its sweep over to Lambda's retry ([`Then::HandOver`]):
+/// not a failure of the sweep.
+pub fn is_hand_over(e: &StepError) -> bool {
+    matches!(e, StepError::Transient(m) if m.starts_with(HAND_OVER))
+}
+
+/// The line in CloudWatch's embedded metric format that counts one failure of the janitor
+/// (`now_ms`: its time), with the error beside it for whoever reads the log.
+pub fn failure_metric_line(stack: &str, error: &StepError, now_ms: i64) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": format!("amiflow/{stack}"),
+                "Dimensions": [[]],
+                "Metrics": [{ "Name": FAILURES_METRIC, "Unit": "Count" }]
+            }]
+        },
+        FAILURES_METRIC: 1,
+        "errorType": error.name(),
+        "errorMessage": error.message()
+    })
+    .to_string()
+}
+
+async fn run_event(ctx: &Ctx, event: JanitorEvent) -> Result<JanitorOutput, StepError> {
     match event {
         JanitorEvent::StatusChange(event) => sweep(ctx, event, SWEEP_INTERVAL, SWEEP_BUDGET)
             .await
@@ -329,12 +395,7 @@ async fn sweep_until_done(
                 // Lambda retries a failed event invocation a minute or more later, with the
                 // whole of its time: that one sweeps after `late.until`.
                 sleep_until(at).await;
-                return Err(StepError::Transient(format!(
-                    "Janitor: {} of execution {} may create until {} (started before the stop, within its Lambda timeout), past this invocation's time; Lambda's retry of this event sweeps again after it",
-                    late.steps.join(", "),
-                    detail.execution_arn,
-                    late.until
-                )));
+                return Err(hand_over(&late.steps, &detail.execution_arn, late.until));
             }
         }
         let again = sweep(budget.saturating_sub(began.elapsed())).await?;
@@ -1065,6 +1126,39 @@ mod tests {
         assert_eq!(got.steps, ["RunSourceInstance"]);
         assert_eq!(got.until, ends(130, &run));
         assert!(security_group.may_create());
+    }
+
+    /// The alarm counts failed sweeps, not a sweep handed over to Lambda's retry (which was
+    /// counted as a Lambda error before).
+    #[test]
+    fn a_failed_sweep_is_counted_and_a_hand_over_is_not() {
+        let handed = hand_over(
+            &["Provision".into()],
+            "arn:aws:states:us-east-1:1:execution:sm:x",
+            at(900),
+        );
+        assert!(is_hand_over(&handed), "{handed:?}");
+        for failed in [
+            StepError::NotReady("instance i-1 (us-east-1) still shutting down".into()),
+            StepError::Transient("DescribeInstances: could not reach AWS".into()),
+            StepError::BuildFailed(format!("{HAND_OVER} in a BuildFailed is no hand-over")),
+        ] {
+            assert!(!is_hand_over(&failed), "{failed:?}");
+        }
+        let line = failure_metric_line(
+            "prod",
+            &StepError::NotReady("stuck".into()),
+            1_700_000_000_000,
+        );
+        assert!(!line.contains('\n'), "one log line");
+        let emf: Value = serde_json::from_str(&line).unwrap();
+        let directive = &emf["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "amiflow/prod");
+        assert_eq!(directive["Metrics"][0]["Name"], FAILURES_METRIC);
+        assert_eq!(directive["Dimensions"], serde_json::json!([[]]));
+        assert_eq!(emf[FAILURES_METRIC], 1);
+        assert_eq!(emf["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        assert_eq!(emf["errorMessage"], "stuck");
     }
 
     #[test]
