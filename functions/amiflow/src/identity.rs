@@ -37,10 +37,11 @@ pub fn parameter_owner(state_machine: &str, execution: &str) -> String {
     }
 }
 
-/// Eight hex digits naming whom a build's SSM commands belong to: the state machine and the
-/// execution (two stacks' executions may share a name; a local build has no state
+/// Sixteen hex digits naming whom a build's SSM commands belong to: the state machine and
+/// the execution (two stacks' executions may share a name; a local build has no state
 /// machine). Their comments carry it, so that a janitor cancels its own stack's commands
-/// only, whatever the names, in the 100 characters SSM allows a comment.
+/// only, whatever the names, in the 100 characters SSM allows a comment; 64 bits, so that
+/// nobody finds an execution name whose janitor would cancel another build's commands.
 pub fn command_owner(state_machine: &str, execution: &str) -> String {
     let whole = Uuid::new_v5(
         &Uuid::NAMESPACE_OID,
@@ -48,7 +49,7 @@ pub fn command_owner(state_machine: &str, execution: &str) -> String {
     )
     .simple()
     .to_string();
-    whole[..8].to_string()
+    whole[..16].to_string()
 }
 
 /// EC2's idempotency token for one create of one step.

@@ -201,9 +201,9 @@ fn command_comment(state: &BuildState) -> String {
     )
 }
 
-/// `amiflow chroot <execution, cut to 40> <whose: crate::identity::command_owner> `.
+/// `amiflow chroot <execution, cut to 32> <whose: crate::identity::command_owner> `.
 fn execution_prefix(state_machine: &str, execution: &str) -> String {
-    let cut: String = execution.chars().take(40).collect();
+    let cut: String = execution.chars().take(32).collect();
     let owner = crate::identity::command_owner(state_machine, execution);
     format!("amiflow chroot {cut} {owner} ")
 }
