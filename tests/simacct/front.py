@@ -1248,12 +1248,14 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                     text = out.decode(errors="replace")
                     secret = re.search(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
                     token = re.search(r"<SessionToken>([^<]+)</SessionToken>", text)
-                    front.admin.credentials[issued.group(1)] = {
-                        "label": label,
-                        "role": form["RoleArn"].rsplit("/", 1)[-1],
-                        "secret": secret.group(1) if secret else "",
-                        "token": html.unescape(token.group(1)) if token else None,
-                    }
+                    with front.lock:
+                        front.admin.credentials[issued.group(1)] = {
+                            "label": label,
+                            "role": form["RoleArn"].rsplit("/", 1)[-1],
+                            "arn": form["RoleArn"],
+                            "secret": html.unescape(secret.group(1)) if secret else "",
+                            "token": html.unescape(token.group(1)) if token else None,
+                        }
                 return self._send(status, resp_headers, out)
             if scoped is None and action == "events:PutEvents":
                 return self._send(200, [("Content-Type", "application/x-amz-json-1.1")], front.put_events(body))

@@ -194,38 +194,45 @@ const CREDENTIALS_HINT: &str = "Check the keys or profile in use; with assume_ro
      needs sts:AssumeRole on the role (`amiflow policy TEMPLATE` prints it) and the role's trust \
      policy must let it in, with the template's external_id if the trust asks for one";
 
-/// STS's and IAM's answers that no retry changes (assume_role refused, keys unknown or expired).
+/// STS's answers to AssumeRole that no retry changes (the role refuses the caller, keys
+/// unknown or expired), as the SDK writes them: `(Code)` for an error STS does not model,
+/// `CodeException:` for one it does. STS's MalformedPolicyDocument and RegionDisabled come
+/// back as the provider's InvalidConfiguration, refused as such.
 const REFUSED_CREDENTIAL_CODES: &[&str] = &[
-    "AccessDenied",
-    "InvalidClientTokenId",
-    "ExpiredToken",
-    "SignatureDoesNotMatch",
-    "RegionDisabledException",
-    "MalformedPolicyDocument",
-    "PackedPolicyTooLarge",
+    "(AccessDenied)",
+    "(InvalidClientTokenId)",
+    "(SignatureDoesNotMatch)",
+    "(ExpiredToken)",
+    "ExpiredTokenException:",
+    "PackedPolicyTooLargeException:",
 ];
 
 /// The credentials provider's error behind a call that never left (the SDK loads credentials
 /// first, then reports a failure to load them as a dispatch failure), when retrying cannot
-/// help: credentials that are not there, a configuration that is wrong, or STS refusing
-/// (assume_role with a role that does not trust the caller). A provider that timed out, or
-/// STS unreachable, is left to retry.
+/// help: a configuration that is wrong (a profile that does not exist), or STS refusing
+/// (assume_role with a role that does not trust the caller). A provider that timed out, STS
+/// unreachable, or no credentials found (instance metadata may answer again) is left to
+/// retry. An assume_role provider's error wraps its base credentials' own: the walk goes on
+/// through it.
 fn refused_credentials(source: Option<&(dyn std::error::Error + 'static)>) -> Option<String> {
     use aws_credential_types::provider::error::CredentialsError;
     let mut next = source;
     while let Some(e) = next {
         if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            let chain = error_chain(c);
-            return match c {
-                CredentialsError::ProviderTimedOut(_) => None,
+            match c {
+                CredentialsError::ProviderTimedOut(_)
+                | CredentialsError::CredentialsNotLoaded(_) => return None,
                 CredentialsError::ProviderError(_) | CredentialsError::Unhandled(_) => {
-                    REFUSED_CREDENTIAL_CODES
+                    let chain = error_chain(c);
+                    if REFUSED_CREDENTIAL_CODES
                         .iter()
-                        .any(|code| chain.contains(&format!("({code})")))
-                        .then_some(chain)
+                        .any(|code| chain.contains(code))
+                    {
+                        return Some(chain);
+                    }
                 }
-                _ => Some(chain),
-            };
+                _ => return Some(error_chain(c)),
+            }
         }
         next = e.source();
     }
@@ -342,16 +349,40 @@ mod tests {
             classify(
                 "DescribeInstances",
                 "",
-                credentials_failure(CredentialsError::not_loaded("no keys"))
+                credentials_failure(CredentialsError::invalid_configuration(
+                    "profile build not found"
+                ))
             ),
             StepError::BuildFailed(_)
         ));
-        // STS unreachable, or slow: worth another try.
+        // A modeled STS error reads `CodeException: message`.
+        assert!(matches!(
+            classify(
+                "DescribeInstances",
+                "",
+                credentials_failure(CredentialsError::provider_error(StsAnswer(
+                    "ExpiredTokenException: the security token included in the request is expired"
+                )))
+            ),
+            StepError::BuildFailed(_)
+        ));
+        // assume_role's provider wraps its base credentials' error: a base profile that does
+        // not exist is found under it.
+        let nested = CredentialsError::provider_error(credentials_failure(
+            CredentialsError::invalid_configuration("profile build not found"),
+        ));
+        assert!(matches!(
+            classify("DescribeInstances", "", credentials_failure(nested)),
+            StepError::BuildFailed(_)
+        ));
+        // STS unreachable, slow, or no credentials found yet (instance metadata may answer
+        // again): worth another try.
         for transient in [
             CredentialsError::provider_error(StsAnswer(
                 "dispatch failure: io error: connection refused",
             )),
             CredentialsError::provider_timed_out(std::time::Duration::from_secs(5)),
+            CredentialsError::not_loaded("no credentials in the chain"),
         ] {
             assert!(
                 matches!(

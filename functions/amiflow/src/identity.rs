@@ -37,19 +37,24 @@ pub fn parameter_owner(state_machine: &str, execution: &str) -> String {
     }
 }
 
+/// The first `digits` hex digits of `text`'s SHA-256: the hashes in build ids and command
+/// owners (every digit counts, unlike a UUID's, whose version digit is fixed).
+pub fn digest_hex(text: &str, digits: usize) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..digits]
+        .to_string()
+}
+
 /// Sixteen hex digits naming whom a build's SSM commands belong to: the state machine and
 /// the execution (two stacks' executions may share a name; a local build has no state
 /// machine). Their comments carry it, so that a janitor cancels its own stack's commands
 /// only, whatever the names, in the 100 characters SSM allows a comment; 64 bits, so that
 /// nobody finds an execution name whose janitor would cancel another build's commands.
 pub fn command_owner(state_machine: &str, execution: &str) -> String {
-    let whole = Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("{state_machine}/{execution}").as_bytes(),
-    )
-    .simple()
-    .to_string();
-    whole[..16].to_string()
+    digest_hex(&format!("{state_machine}/{execution}"), 16)
 }
 
 /// EC2's idempotency token for one create of one step.

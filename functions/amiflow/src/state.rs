@@ -24,7 +24,7 @@ pub const BUILD_TAG: &str = "amiflow:build";
 /// is safe and does not end the way a hashed one does, so nobody can name an execution after
 /// another's id (`a--0123…` for `a@`) and have its janitor sweep, or its ClientTokens find,
 /// that build's resources. Apply it once, to the name Step Functions knows (an id passed
-/// again may change).
+/// again may change: `amiflow clean`, which takes either, sweeps both).
 pub fn build_id(execution: &str) -> String {
     let safe: String = execution
         .chars()
@@ -39,8 +39,10 @@ pub fn build_id(execution: &str) -> String {
     if safe == execution && !looks_hashed(execution) {
         return safe;
     }
-    let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, execution.as_bytes()).simple();
-    format!("{safe}-{}", &hash.to_string()[..BUILD_ID_HASH_DIGITS])
+    format!(
+        "{safe}-{}",
+        crate::identity::digest_hex(execution, BUILD_ID_HASH_DIGITS)
+    )
 }
 
 /// Hex digits of the hash a changed name gets: 64 bits, beyond anyone's search for a second

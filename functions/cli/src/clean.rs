@@ -14,8 +14,8 @@ use anyhow::{bail, Context as _};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The execution: its ARN (printed by `amiflow start`) or its name (the `amiflow:build`
-    /// tag value).
+    /// The execution: its ARN (printed by `amiflow start`), its name, or the `amiflow:build`
+    /// tag value its resources carry.
     pub execution: String,
     /// A region to sweep (repeatable); default: the regions the execution's input names.
     #[arg(long = "region", value_name = "REGION")]
@@ -70,22 +70,43 @@ pub async fn clean(
     if regions.is_empty() {
         bail!("no region to sweep for {name}: pass --region, or configure a default region (AWS_REGION or the profile's)");
     }
-    eprintln!(
-        "sweeping everything tagged amiflow:build={} in {regions:?}",
-        amiflow::state::build_id(&name)
-    );
     let state_machine = amiflow::identity::state_machine_of(execution);
-    sweep_execution_until_done(
-        ctx,
-        state_machine,
-        &name,
-        &regions,
-        interval,
-        budget,
-        |why| eprintln!("waiting: {why}"),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cleaning {name} in {regions:?}: {}", e.message()))
+    let mut report = CleanupReport::default();
+    for id in build_ids(execution, &name) {
+        eprintln!("sweeping everything tagged amiflow:build={id} in {regions:?}");
+        let swept = sweep_execution_until_done(
+            ctx,
+            state_machine,
+            &id,
+            &regions,
+            interval,
+            budget,
+            |why| eprintln!("waiting: {why}"),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cleaning {name} in {regions:?}: {}", e.message()))?;
+        report.removed.extend(swept.removed);
+        report.kept.extend(swept.kept);
+    }
+    Ok(report)
+}
+
+/// The build tag values to sweep for `execution` (an ARN, or a name: `name`): the id of the
+/// execution's name, and, given a name that is already a build tag value (as the resources
+/// show it, which the id of that text is not when the name was hashed), that value too. The
+/// operator names what to remove here: unlike the janitor, which takes Step Functions' name.
+fn build_ids(execution: &str, name: &str) -> Vec<String> {
+    let id = amiflow::state::build_id(name);
+    let as_given = !execution.starts_with("arn:")
+        && name != id
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if as_given {
+        vec![id, name.to_string()]
+    } else {
+        vec![id]
+    }
 }
 
 /// The regions the execution's input names, else the configured region.
@@ -138,5 +159,24 @@ mod tests {
         assert_eq!(arn_region(arn).as_deref(), Some("eu-west-1"));
         assert_eq!(execution_name("amiflow-web-1"), "amiflow-web-1");
         assert_eq!(arn_region("amiflow-web-1"), None);
+    }
+
+    /// `amiflow clean` takes the name or the tag value its resources carry (README): a hashed
+    /// tag value is swept as given too, since its own id differs.
+    #[test]
+    fn clean_sweeps_the_tag_value_it_is_given() {
+        let odd = "web@+(1)";
+        let tag = amiflow::state::build_id(odd);
+        assert_eq!(build_ids(odd, odd), vec![tag.clone()]);
+        assert_eq!(
+            build_ids(&tag, &tag),
+            vec![amiflow::state::build_id(&tag), tag.clone()]
+        );
+        assert_eq!(
+            build_ids("nightly-1", "nightly-1"),
+            vec!["nightly-1".to_string()]
+        );
+        let arn = format!("arn:aws:states:eu-west-1:123456789012:execution:amiflow:{odd}");
+        assert_eq!(build_ids(&arn, odd), vec![tag]);
     }
 }

@@ -541,25 +541,25 @@ async fn sweep_pass(
 
 /// The janitor's sweep: everything tagged with the execution in these regions, partial
 /// AMIs included, but not what a build that succeeded delivered (`amiflow:artifact`).
-/// `execution` is the name Step Functions knows; its resources carry its
-/// [`crate::state::build_id`]. With `state_machine`, only that state machine's resources
+/// `build_id` is the value of the build tag ([`crate::state::build_id`] of the name Step
+/// Functions knows). With `state_machine`, only that state machine's resources
 /// ([`crate::state::STATE_MACHINE_TAG`]) are looked for.
 pub async fn sweep_execution(
     ctx: &Ctx,
     state_machine: Option<&str>,
-    execution: &str,
+    build_id: &str,
     regions: &[String],
 ) -> Result<CleanupReport, StepError> {
     sweep(
         ctx,
-        &execution_scope(state_machine, execution, regions),
+        &execution_scope(state_machine, build_id, regions),
         &Ledger::default(),
     )
     .await
 }
 
-fn execution_scope(state_machine: Option<&str>, execution: &str, regions: &[String]) -> Scope {
-    let mut scope = Scope::execution(&crate::state::build_id(execution), regions);
+fn execution_scope(state_machine: Option<&str>, build_id: &str, regions: &[String]) -> Scope {
+    let mut scope = Scope::execution(build_id, regions);
     scope.state_machine = state_machine.map(String::from);
     scope
 }
@@ -571,14 +571,14 @@ fn execution_scope(state_machine: Option<&str>, execution: &str, regions: &[Stri
 pub async fn sweep_execution_until_done(
     ctx: &Ctx,
     state_machine: Option<&str>,
-    execution: &str,
+    build_id: &str,
     regions: &[String],
     interval: std::time::Duration,
     budget: std::time::Duration,
     waiting: impl Fn(&str),
 ) -> Result<CleanupReport, StepError> {
     let started = std::time::Instant::now();
-    let scope = execution_scope(state_machine, execution, regions);
+    let scope = execution_scope(state_machine, build_id, regions);
     let mut removed = Vec::new();
     loop {
         let (pass, not_ready) = sweep_pass(ctx, &scope, &Ledger::default()).await?;

@@ -369,7 +369,7 @@ async fn sweep_until_done(
         let mut report = sweep_execution_until_done(
             ctx,
             state_machine,
-            execution,
+            id,
             regions,
             interval,
             budget,
