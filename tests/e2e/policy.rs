@@ -796,10 +796,22 @@ async fn local_builds_need_exactly_the_printed_policy() {
         .group_id()
         .unwrap()
         .to_string();
-    for (resource, (key, value)) in [&vpc, &subnet, &group]
-        .into_iter()
-        .zip(EBS_FULL_NETWORK_TAGS)
-    {
+    let network = Network { vpc, subnet, group };
+    let chroot = disk.as_ref().map(|d| ChrootHost {
+        instance: account.ready["setup"]["host"].as_str().unwrap().to_string(),
+        mounts: d.dir.path().join("mnt"),
+    });
+    // What examples find by tag: ebs-full's network (its filters), chroot-full's build host.
+    let mut found_by_tag: Vec<(&str, (&str, &str))> =
+        [&network.vpc, &network.subnet, &network.group]
+            .into_iter()
+            .map(String::as_str)
+            .zip(EBS_FULL_NETWORK_TAGS)
+            .collect();
+    if let Some(host) = &chroot {
+        found_by_tag.push((&host.instance, ("Role", CHROOT_HOST_ROLE)));
+    }
+    for (resource, (key, value)) in found_by_tag {
         admin
             .ec2(REGION)
             .create_tags()
@@ -812,27 +824,9 @@ async fn local_builds_need_exactly_the_printed_policy() {
             )
             .send()
             .await
-            .expect("tag the network as examples/ebs-full.json finds it");
-    }
-    let network = Network { vpc, subnet, group };
-    let chroot = disk.as_ref().map(|d| ChrootHost {
-        instance: account.ready["setup"]["host"].as_str().unwrap().to_string(),
-        mounts: d.dir.path().join("mnt"),
-    });
-    if let Some(host) = &chroot {
-        admin
-            .ec2(REGION)
-            .create_tags()
-            .resources(&host.instance)
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("Role")
-                    .value(CHROOT_HOST_ROLE)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("tag the build host as examples/chroot-full.json finds it");
+            .unwrap_or_else(|e| {
+                panic!("tag {resource} {key}={value} as an example finds it: {e:?}")
+            });
     }
     // `AMIFLOW_POLICY_CASE=<label>` runs one case (the whole set takes minutes).
     let only = std::env::var("AMIFLOW_POLICY_CASE").ok();

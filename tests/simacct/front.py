@@ -867,13 +867,13 @@ class Front:
             buses = sorted({e.get("EventBusName") or "default" for e in request.get("Entries", [])} or {"default"})
             return [(b if b.startswith("arn:") else f"arn:aws:events:{region}:{account}:event-bus/{b}", {}) for b in buses]
         if service == "sns" and name == "Publish":
-            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            form = query_form(body)
             return [(form.get("TopicArn", ""), {})]
         if service == "sts" and name == "AssumeRole":
-            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            form = query_form(body)
             return [(form.get("RoleArn", ""), {})]
         if service == "iam":
-            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+            form = query_form(body)
             if name == "CreateRole":
                 context = {"iam:PermissionsBoundary": form["PermissionsBoundary"]} if "PermissionsBoundary" in form else {}
                 return [(f"arn:aws:iam::{account}:role{form.get('Path', '/')}{form.get('RoleName', '')}", context)]
@@ -965,13 +965,10 @@ class Front:
     def enable_image_deprecation(self, region: str, body: bytes) -> bytes:
         """EnableImageDeprecation, which moto lacks (answered once the caller's policy allowed
         it on the image): the time is kept for the image, nothing else changes."""
-        form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+        form = query_form(body)
         with self.lock:
             self.deprecations[f"{region}/{form.get('ImageId', '')}"] = form.get("DeprecateAt", "")
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<EnableImageDeprecationResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-            f"<requestId>{uuid.uuid4()}</requestId><return>true</return></EnableImageDeprecationResponse>"
-        ).encode()
+        return _ec2_response("EnableImageDeprecation", "<return>true</return>")
 
     def terminated_again(self, region: str, body: bytes) -> bytes | None:
         """EC2's answer to terminating instances that are all terminated already (a no-op
@@ -992,10 +989,7 @@ class Front:
             f"<item><instanceId>{i}</instanceId><currentState>{terminated}</currentState><previousState>{terminated}</previousState></item>"
             for i in ids
         )
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<TerminateInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-            f"<requestId>{uuid.uuid4()}</requestId><instancesSet>{items}</instancesSet></TerminateInstancesResponse>"
-        ).encode()
+        return _ec2_response("TerminateInstances", f"<instancesSet>{items}</instancesSet>")
 
     def cancel_command(self, body: bytes) -> bytes:
         """CancelCommand, which moto lacks: the agent that runs the command stops it."""
@@ -1126,6 +1120,19 @@ def without_tag_specification(form: list[tuple[str, str]], resource_type: str) -
     return [(k, v) for k, v in form if not (k.startswith("TagSpecification.") and k.split(".")[1] in dropped)]
 
 
+def query_form(body: bytes) -> dict[str, str]:
+    """A Query request's form, each parameter's first value."""
+    return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+
+
+def _ec2_response(action: str, inner: str) -> bytes:
+    """EC2's answer to `action`, its elements `inner`, as the front door gives it for moto."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        f"<requestId>{uuid.uuid4()}</requestId>{inner}</{action}Response>"
+    ).encode()
+
+
 def _ec2_error(code: str, message: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
@@ -1224,7 +1231,7 @@ def _front_handler(front: Front) -> type[BaseHTTPRequestHandler]:
                 ).encode()
                 return self._send(403, [("Content-Type", "text/xml")], error)
             if scoped is None and action == "sts:AssumeRole":
-                form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+                form = query_form(body)
                 untrusted = front.trust_refusal(caller, form.get("RoleArn", ""), form.get("ExternalId"))
                 if untrusted:
                     front.record_denial(label, action, untrusted)

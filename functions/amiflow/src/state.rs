@@ -28,13 +28,7 @@ pub const BUILD_TAG: &str = "amiflow:build";
 pub fn build_id(execution: &str) -> String {
     let safe: String = execution
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if is_safe_char(c) { c } else { '-' })
         .collect();
     if safe == execution && !looks_hashed(execution) {
         return safe;
@@ -48,6 +42,19 @@ pub fn build_id(execution: &str) -> String {
 /// Hex digits of the hash a changed name gets: 64 bits, beyond anyone's search for a second
 /// name with the same id.
 const BUILD_ID_HASH_DIGITS: usize = 16;
+
+/// Whether `text` is a hashed id as [`build_id`] makes them (safe characters, `-` and 16
+/// lowercase hex digits at the end): the tag value of a name that had to change, whose own
+/// id differs (`amiflow clean` takes it as given).
+pub fn is_hashed_id(text: &str) -> bool {
+    text.chars().all(is_safe_char) && looks_hashed(text)
+}
+
+/// The characters a build id keeps: what SSM parameter names and IAM tag values all take
+/// (`resources/key_pair.rs` names parameters with them too).
+pub fn is_safe_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_.-".contains(c)
+}
 
 /// Whether `name` ends as [`build_id`]'s hashed ids do: `-` and 16 lowercase hex digits.
 fn looks_hashed(name: &str) -> bool {

@@ -97,12 +97,7 @@ pub async fn clean(
 /// operator names what to remove here: unlike the janitor, which takes Step Functions' name.
 fn build_ids(execution: &str, name: &str) -> Vec<String> {
     let id = amiflow::state::build_id(name);
-    let as_given = !execution.starts_with("arn:")
-        && name != id
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if as_given {
+    if !execution.starts_with("arn:") && amiflow::state::is_hashed_id(name) {
         vec![id, name.to_string()]
     } else {
         vec![id]

@@ -68,7 +68,7 @@ pub fn made_for(config: &amiflow_template::BuilderConfig) -> bool {
 pub fn parameter_part(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+            if crate::state::is_safe_char(c) {
                 c
             } else {
                 '-'
